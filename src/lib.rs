@@ -3,3 +3,10 @@
 //! Data flows one way: `config` (KDL → checked model) → `changes` (git) →
 //! `plan` (a deterministic value) → `render` (pure functions of the plan) →
 //! `apply` (the only stage that touches the host).
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod exit;
+pub mod report;
+pub mod template;

@@ -1,3 +1,8 @@
+//! The `moorline` binary: parse the command line, run, map to an exit code.
+
+use clap::Parser;
+
 fn main() {
-    std::process::exit(0);
+    let cli = moorline::cli::Cli::parse();
+    std::process::exit(moorline::commands::run(&cli));
 }

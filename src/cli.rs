@@ -1,0 +1,263 @@
+//! The command line: clap definitions only. Raw flags are resolved into
+//! settings in `commands`; nothing here touches the host.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "moorline",
+    version,
+    about = "Declarative plan/apply deployments for systemd services",
+    long_about = "moorline reads services, phases and environments from a KDL file, plans what a \
+deploy of a git revision changes (builds, migrations, unit files, restarts, health checks, proxy \
+reload) and applies exactly that plan over systemd's D-Bus API, in parallel where the dependency \
+graph allows, with a journal that resumes and rolls back.",
+    after_help = "Exit codes: 0 ok, 1 error, 2 plan has changes (--detailed-exitcode), \
+3 apply failed and was rolled back, 4 apply failed and needs attention.\n\
+Docs: docs/getting-started.md, docs/config.md, docs/commands.md"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Configuration file [default: $MOORLINE_CONFIG, else the only *.kdl here]
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Git repository [default: the repository that contains the config file]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// State directory [default: /var/lib/moorline/PROJECT/ENV as root, else $XDG_STATE_HOME/moorline/PROJECT/ENV]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Which systemd to drive: the system manager or the user's
+    #[arg(long, global = true, value_enum)]
+    pub systemd: Option<SystemdKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SystemdKind {
+    System,
+    User,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    Markdown,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OnFailure {
+    /// Roll every switched service back to its previous release (exit 3)
+    #[default]
+    Rollback,
+    /// Leave the failed state in place for debugging (exit 4)
+    Stop,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse and check the configuration; every problem is reported
+    Validate,
+    /// Compute what a deploy would do, and why
+    Plan(PlanArgs),
+    /// Execute a saved plan exactly, or plan and apply after confirmation
+    Apply(ApplyArgs),
+    /// Return services to their previous release (no rebuild), or restore the database
+    Rollback(RollbackArgs),
+    /// Every service's unit state, release, health and drift
+    Status(StatusArgs),
+    /// The plan's action graph as Graphviz DOT
+    Graph(PlanArgs),
+    /// Take, list and restore database backups
+    Backup(BackupArgs),
+    /// Restart services in dependency order, gated on readiness (no build)
+    Restart(OpsArgs),
+    /// Start services in dependency order
+    Start(OpsArgs),
+    /// Stop services in reverse dependency order
+    Stop(OpsArgs),
+    /// Turn start-at-boot on for the services' units
+    Enable(OpsArgs),
+    /// Turn start-at-boot off for the services' units
+    Disable(OpsArgs),
+    /// The services' journal, interleaved by time
+    Logs(LogsArgs),
+    /// A self-contained walk-through on a generated repository and a private systemd
+    Demo(DemoArgs),
+    /// Shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The man page (roff) on standard output
+    Man,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PlanArgs {
+    /// Environment to plan for
+    #[arg(long = "env", short = 'e', value_name = "ENV")]
+    pub env: String,
+    /// What is deployed now [default: the revision in the host state; none: first deploy]
+    #[arg(long, value_name = "REV")]
+    pub from: Option<String>,
+    /// What to deploy [default: the tip of the environment's branch]
+    #[arg(long, value_name = "REV")]
+    pub to: Option<String>,
+    /// Allow a --from that is not an ancestor of --to (flagged in the plan)
+    #[arg(long)]
+    pub allow_non_ancestor: bool,
+    /// Save the plan (JSON, with its fingerprint) to this file
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    /// Exit 0 when nothing changes, 2 when something does, 1 on error
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A plan saved with `plan --out`
+    #[arg(value_name = "PLANFILE", conflicts_with_all = ["from", "to"])]
+    pub plan: Option<PathBuf>,
+    /// Environment (plans, shows the plan and asks before applying)
+    #[arg(long = "env", short = 'e', value_name = "ENV")]
+    pub env: Option<String>,
+    #[arg(long, value_name = "REV")]
+    pub from: Option<String>,
+    #[arg(long, value_name = "REV")]
+    pub to: Option<String>,
+    #[arg(long)]
+    pub allow_non_ancestor: bool,
+    /// Do not ask for confirmation
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Continue an interrupted apply from its journal
+    #[arg(long)]
+    pub resume: bool,
+    /// Builds run at once [default: number of CPUs]
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+    /// What to do when an action fails after services were switched
+    #[arg(long, value_enum, default_value_t)]
+    pub on_failure: OnFailure,
+    /// Progress output
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[arg(long = "env", short = 'e', value_name = "ENV")]
+    pub env: String,
+    /// Only these services (repeatable) [default: all changed by the last apply]
+    #[arg(long = "service", short = 's', value_name = "SERVICE")]
+    pub services: Vec<String>,
+    /// A specific kept release (revision) instead of the previous one
+    #[arg(long, value_name = "RELEASE")]
+    pub to: Option<String>,
+    /// Restore the database backup taken by the last apply
+    #[arg(long)]
+    pub database: bool,
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(long = "env", short = 'e', value_name = "ENV")]
+    pub env: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    /// Exit non-zero when anything is unhealthy or drifted
+    #[arg(long)]
+    pub check: bool,
+    /// Also run each runtime's migrate-status command
+    #[arg(long)]
+    pub migrations: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[arg(long = "env", short = 'e', value_name = "ENV", global = true)]
+    pub env: Option<String>,
+    #[command(subcommand)]
+    pub action: Option<BackupAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupAction {
+    /// Backups kept for the environment
+    List,
+    /// Restore one backup
+    Restore {
+        id: String,
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct OpsArgs {
+    #[arg(long = "env", short = 'e', value_name = "ENV")]
+    pub env: String,
+    /// Only these services (repeatable)
+    #[arg(long = "service", short = 's', value_name = "SERVICE")]
+    pub services: Vec<String>,
+    /// Also every service that depends on them
+    #[arg(long)]
+    pub with_dependents: bool,
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[arg(long = "env", short = 'e', value_name = "ENV")]
+    pub env: String,
+    #[arg(long = "service", short = 's', value_name = "SERVICE")]
+    pub services: Vec<String>,
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    #[arg(long, short = 'n', value_name = "N")]
+    pub lines: Option<usize>,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the generated files and print where they are
+    #[arg(long)]
+    pub keep: bool,
+    /// Use the running user manager instead of a private one
+    #[arg(long)]
+    pub use_running_systemd: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

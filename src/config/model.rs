@@ -1,0 +1,194 @@
+//! The checked configuration: every reference resolved, every default
+//! applied, no `Option` where a default exists. Built only by `validate`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Where a service's source lives when `path` is not given.
+pub const DEFAULT_SERVICE_PATH: &str = "services/{service}";
+/// Default unit name template.
+pub const DEFAULT_UNIT_NAME: &str = "{service}.service";
+/// Releases kept per service when `keep-releases` is not given.
+pub const DEFAULT_KEEP_RELEASES: u32 = 5;
+/// Default liveness path (`GET http://127.0.0.1:{port}/health`).
+pub const DEFAULT_HEALTH: &str = "/health";
+/// Default readiness path.
+pub const DEFAULT_READY: &str = "/health/ready";
+/// Default metrics path.
+pub const DEFAULT_METRICS: &str = "/health/metrics";
+/// How long a service may take to answer ready after its restart.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_mins(1);
+/// How long a build, migration, backup or check command may run.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_mins(15);
+/// Backups kept when a `backup` block has no `keep`.
+pub const DEFAULT_BACKUP_KEEP: u32 = 30;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub project: Project,
+    /// In declaration order.
+    pub environments: Vec<Environment>,
+    /// In declaration order, which is the start order.
+    pub phases: Vec<Phase>,
+    pub runtimes: BTreeMap<String, Runtime>,
+    /// In declaration order.
+    pub services: Vec<Service>,
+    pub proxy: Option<Proxy>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Project {
+    pub name: String,
+    pub unit_name: String,
+    pub keep_releases: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Environment {
+    pub name: String,
+    pub branch: String,
+    pub root: String,
+    pub url: Option<String>,
+    /// Where unit files are installed; `None`: the default of the systemd
+    /// instance moorline talks to.
+    pub unit_dir: Option<String>,
+    /// `apply` in this environment always asks, even with `--yes`, unless
+    /// `--approve` names it.
+    pub approval: bool,
+    pub backup: Option<Backup>,
+    /// Environment variables for every command run in this environment.
+    pub env: BTreeMap<String, EnvValue>,
+    pub env_files: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Backup {
+    pub run: Command,
+    pub restore: Command,
+    /// Run after a restore (for example `prisma migrate resolve`).
+    pub resolve: Option<Command>,
+    pub keep: u32,
+    /// Directory backups are written to; `None`: `{state}/backups`.
+    pub dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    pub name: String,
+    /// Infrastructure units ordered before this phase's services.
+    pub units: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Runtime {
+    pub name: String,
+    pub build: Option<Command>,
+    pub migrate: Option<Migrate>,
+    pub migrate_status: Option<Command>,
+    pub unit: Option<UnitSpec>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Migrate {
+    pub command: Command,
+    /// Relative to the service directory: migrate only where this exists.
+    pub if_exists: Option<String>,
+    /// Relative to the service directory: a change under it needs a migration.
+    pub inputs: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Command {
+    pub argv: Vec<String>,
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub runtime: String,
+    pub port: u16,
+    pub phase: String,
+    /// Index of `phase` in `Config::phases`.
+    pub phase_index: usize,
+    pub depends_on: Vec<String>,
+    /// Source directory in the repository, placeholders resolved.
+    pub path: String,
+    pub watch: Vec<String>,
+    pub health: String,
+    pub ready: String,
+    pub metrics: String,
+    #[serde(with = "secs")]
+    pub ready_timeout: Duration,
+    /// The unit moorline renders and installs; `None`: managed by hand.
+    pub unit: Option<UnitSpec>,
+    /// The systemd unit name.
+    pub unit_name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UnitSpec {
+    pub description: Option<String>,
+    pub exec: Vec<String>,
+    pub env: BTreeMap<String, EnvValue>,
+    pub env_files: Vec<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub restart: String,
+    pub working_directory: String,
+    pub after: Vec<String>,
+    pub wants: Vec<String>,
+    pub wanted_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnvValue {
+    pub value: String,
+    /// Redacted in every plan, diff and log.
+    pub secret: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Proxy {
+    pub name: String,
+    pub unit: String,
+    pub check: Option<Command>,
+    /// Paths in the repository whose change needs a reload.
+    pub watch: Vec<String>,
+}
+
+impl Config {
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    pub fn runtime_of(&self, service: &Service) -> Option<&Runtime> {
+        self.runtimes.get(&service.runtime)
+    }
+}
+
+/// Names that mark an environment variable as secret even without
+/// `secret=#true`.
+pub fn looks_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    ["PASSWORD", "SECRET", "TOKEN", "KEY"]
+        .iter()
+        .any(|m| upper.contains(m))
+        || upper == "DATABASE_URL"
+}
+
+mod secs {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+}

@@ -1,0 +1,959 @@
+//! Stage one: KDL document → a spanned raw tree. Checks only the shape of
+//! each node (known names, value types, arity); references, defaults and
+//! cross-node rules are `validate`'s job. Collects every problem it meets.
+
+use std::time::Duration;
+
+use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
+use miette::SourceSpan;
+
+use super::error::{Problem, ProblemKind, suggest};
+
+#[derive(Debug, Clone)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub span: SourceSpan,
+}
+
+impl Default for RawUnit {
+    fn default() -> Self {
+        Self {
+            span: SourceSpan::from((0, 0)),
+            description: None,
+            exec: None,
+            env: Vec::new(),
+            env_files: Vec::new(),
+            user: None,
+            group: None,
+            restart: None,
+            working_directory: None,
+            after: Vec::new(),
+            wants: Vec::new(),
+            wanted_by: None,
+        }
+    }
+}
+
+impl<T> Spanned<T> {
+    fn new(value: T, span: SourceSpan) -> Self {
+        Self { value, span }
+    }
+}
+
+pub type Str = Spanned<String>;
+
+#[derive(Debug, Clone)]
+pub struct RawCommand {
+    pub argv: Vec<Str>,
+    pub timeout: Option<Spanned<Duration>>,
+}
+
+#[derive(Debug, Default)]
+pub struct RawConfig {
+    pub projects: Vec<RawProject>,
+    pub environments: Vec<RawEnvironment>,
+    pub phases: Vec<RawPhase>,
+    pub runtimes: Vec<RawRuntime>,
+    pub services: Vec<RawService>,
+    pub proxies: Vec<RawProxy>,
+}
+
+#[derive(Debug)]
+pub struct RawProject {
+    pub name: Option<Str>,
+    pub span: SourceSpan,
+    pub unit_name: Option<Str>,
+    pub keep_releases: Option<Spanned<i128>>,
+}
+
+#[derive(Debug)]
+pub struct RawEnvironment {
+    pub name: Option<Str>,
+    pub branch: Option<Str>,
+    pub root: Option<Str>,
+    pub url: Option<Str>,
+    pub unit_dir: Option<Str>,
+    pub approval: Option<bool>,
+    pub backup: Option<RawBackup>,
+    pub env: Vec<RawEnv>,
+    pub env_files: Vec<Str>,
+    pub seen: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct RawBackup {
+    pub span: SourceSpan,
+    pub run: Option<RawCommand>,
+    pub restore: Option<RawCommand>,
+    pub resolve: Option<RawCommand>,
+    pub keep: Option<Spanned<i128>>,
+    pub dir: Option<Str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RawEnv {
+    pub name: Str,
+    pub value: Str,
+    pub secret: bool,
+}
+
+#[derive(Debug)]
+pub struct RawPhase {
+    pub name: Option<Str>,
+    pub units: Vec<Str>,
+}
+
+#[derive(Debug)]
+pub struct RawRuntime {
+    pub name: Option<Str>,
+    pub build: Option<RawCommand>,
+    pub migrate: Option<RawMigrate>,
+    pub migrate_status: Option<RawCommand>,
+    pub unit: Option<RawUnit>,
+}
+
+#[derive(Debug)]
+pub struct RawMigrate {
+    pub command: RawCommand,
+    pub if_exists: Option<Str>,
+    pub inputs: Option<Str>,
+}
+
+#[derive(Debug)]
+pub struct RawService {
+    pub name: Option<Str>,
+    pub runtime: Option<Str>,
+    pub port: Option<Spanned<i128>>,
+    pub phase: Option<Str>,
+    pub depends_on: Vec<Str>,
+    pub path: Option<Str>,
+    pub watch: Vec<Str>,
+    pub health: Option<Str>,
+    pub ready: Option<Str>,
+    pub metrics: Option<Str>,
+    pub ready_timeout: Option<Spanned<Duration>>,
+    pub unit: Option<RawUnit>,
+    /// Child node names present, even where their value was rejected, so
+    /// a wrong value is not reported a second time as a missing one.
+    pub seen: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RawUnit {
+    pub span: SourceSpan,
+    pub description: Option<Str>,
+    pub exec: Option<RawCommand>,
+    pub env: Vec<RawEnv>,
+    pub env_files: Vec<Str>,
+    pub user: Option<Str>,
+    pub group: Option<Str>,
+    pub restart: Option<Str>,
+    pub working_directory: Option<Str>,
+    pub after: Vec<Str>,
+    pub wants: Vec<Str>,
+    pub wanted_by: Option<Str>,
+}
+
+#[derive(Debug)]
+pub struct RawProxy {
+    pub name: Option<Str>,
+    pub span: SourceSpan,
+    pub unit: Option<Str>,
+    pub check: Option<RawCommand>,
+    pub watch: Vec<Str>,
+}
+
+const TOP: &[&str] = &[
+    "project",
+    "environment",
+    "phase",
+    "runtime",
+    "service",
+    "proxy",
+];
+const PROJECT: &[&str] = &["unit-name", "keep-releases"];
+const ENVIRONMENT: &[&str] = &[
+    "branch", "root", "url", "unit-dir", "approval", "backup", "env", "env-file",
+];
+const BACKUP: &[&str] = &["run", "restore", "resolve", "keep", "dir"];
+const PHASE: &[&str] = &["unit"];
+const RUNTIME: &[&str] = &["build", "migrate", "migrate-status", "unit"];
+const SERVICE: &[&str] = &[
+    "runtime",
+    "port",
+    "phase",
+    "depends-on",
+    "path",
+    "watch",
+    "health",
+    "ready",
+    "metrics",
+    "ready-timeout",
+    "unit",
+];
+const UNIT: &[&str] = &[
+    "description",
+    "exec",
+    "env",
+    "env-file",
+    "user",
+    "group",
+    "restart",
+    "working-directory",
+    "after",
+    "wants",
+    "wanted-by",
+];
+const PROXY: &[&str] = &["unit", "check", "watch"];
+
+/// Reads a parsed document into the raw tree, pushing every shape problem.
+pub fn read(doc: &KdlDocument, problems: &mut Vec<Problem>) -> RawConfig {
+    let mut r = Reader { problems };
+    let mut raw = RawConfig::default();
+    for node in doc.nodes() {
+        match node.name().value() {
+            "project" => raw.projects.push(r.project(node)),
+            "environment" => raw.environments.push(r.environment(node)),
+            "phase" => raw.phases.push(r.phase(node)),
+            "runtime" => raw.runtimes.push(r.runtime(node)),
+            "service" => raw.services.push(r.service(node)),
+            "proxy" => raw.proxies.push(r.proxy(node)),
+            _ => r.unknown_node(node, TOP, "the top level"),
+        }
+    }
+    raw
+}
+
+struct Reader<'p> {
+    problems: &'p mut Vec<Problem>,
+}
+
+fn children(node: &KdlNode) -> &[KdlNode] {
+    node.children().map_or(&[], KdlDocument::nodes)
+}
+
+fn args(node: &KdlNode) -> impl Iterator<Item = &KdlEntry> {
+    node.entries().iter().filter(|e| e.name().is_none())
+}
+
+fn type_name(v: &KdlValue) -> &'static str {
+    match v {
+        KdlValue::String(_) => "a string",
+        KdlValue::Integer(_) => "an integer",
+        KdlValue::Float(_) => "a number",
+        KdlValue::Bool(_) => "a boolean",
+        KdlValue::Null => "#null",
+    }
+}
+
+impl Reader<'_> {
+    fn push(&mut self, p: Problem) {
+        self.problems.push(p);
+    }
+
+    fn unknown_node(&mut self, node: &KdlNode, allowed: &[&str], place: &str) {
+        let name = node.name().value();
+        let help = match suggest(name, allowed) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None => format!("{place} accepts: {}", allowed.join(", ")),
+        };
+        self.push(Problem::new(
+            ProblemKind::UnknownNode,
+            node.name().span(),
+            format!("unknown node `{name}` in {place}"),
+            "not known here",
+            help,
+        ));
+    }
+
+    /// Checks properties against `allowed`; returns nothing, only reports.
+    fn check_props(&mut self, node: &KdlNode, allowed: &[&str]) {
+        for e in node.entries() {
+            let Some(name) = e.name() else { continue };
+            if allowed.contains(&name.value()) {
+                continue;
+            }
+            let help = match suggest(name.value(), allowed) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None if allowed.is_empty() => {
+                    format!("`{}` takes no properties", node.name().value())
+                }
+                None => format!(
+                    "`{}` accepts the properties: {}",
+                    node.name().value(),
+                    allowed.join(", ")
+                ),
+            };
+            self.push(Problem::new(
+                ProblemKind::UnknownProperty,
+                e.span(),
+                format!(
+                    "unknown property `{}` on `{}`",
+                    name.value(),
+                    node.name().value()
+                ),
+                "not known here",
+                help,
+            ));
+        }
+    }
+
+    fn string_value(&mut self, node: &KdlNode, e: &KdlEntry, what: &str) -> Option<Str> {
+        if let KdlValue::String(s) = e.value() {
+            Some(Spanned::new(s.clone(), e.span()))
+        } else {
+            self.push(Problem::new(
+                ProblemKind::WrongType,
+                e.span(),
+                format!(
+                    "`{}` expects {what} as a string, found {}",
+                    node.name().value(),
+                    type_name(e.value())
+                ),
+                "expected a string",
+                "write it in double quotes, for example \"value\"",
+            ));
+            None
+        }
+    }
+
+    /// Exactly one string argument (a name or a value).
+    fn one_string(&mut self, node: &KdlNode, what: &str) -> Option<Str> {
+        self.check_props(node, &[]);
+        self.one_string_keep_props(node, what)
+    }
+
+    fn one_string_keep_props(&mut self, node: &KdlNode, what: &str) -> Option<Str> {
+        let mut it = args(node);
+        let Some(first) = it.next() else {
+            self.push(Problem::new(
+                ProblemKind::MissingValue,
+                node.span(),
+                format!("`{}` needs {what}", node.name().value()),
+                "value missing",
+                format!("write it as `{} \"...\"`", node.name().value()),
+            ));
+            return None;
+        };
+        for extra in it {
+            self.push(Problem::new(
+                ProblemKind::UnexpectedArgument,
+                extra.span(),
+                format!("`{}` takes a single value", node.name().value()),
+                "unexpected",
+                "remove the extra value",
+            ));
+        }
+        self.string_value(node, first, what)
+    }
+
+    /// One or more string arguments.
+    fn strings(&mut self, node: &KdlNode, what: &str) -> Vec<Str> {
+        self.check_props(node, &[]);
+        let out: Vec<Str> = args(node)
+            .filter_map(|e| self.string_value(node, e, what))
+            .collect();
+        if args(node).next().is_none() {
+            self.push(Problem::new(
+                ProblemKind::MissingValue,
+                node.span(),
+                format!("`{}` needs at least one {what}", node.name().value()),
+                "value missing",
+                format!("write it as `{} \"...\"`", node.name().value()),
+            ));
+        }
+        out
+    }
+
+    fn integer(&mut self, node: &KdlNode, what: &str) -> Option<Spanned<i128>> {
+        self.check_props(node, &[]);
+        let mut it = args(node);
+        let Some(e) = it.next() else {
+            self.push(Problem::new(
+                ProblemKind::MissingValue,
+                node.span(),
+                format!("`{}` needs {what}", node.name().value()),
+                "value missing",
+                format!("write it as `{} 5`", node.name().value()),
+            ));
+            return None;
+        };
+        for extra in it {
+            self.push(Problem::new(
+                ProblemKind::UnexpectedArgument,
+                extra.span(),
+                format!("`{}` takes a single value", node.name().value()),
+                "unexpected",
+                "remove the extra value",
+            ));
+        }
+        if let KdlValue::Integer(i) = e.value() {
+            Some(Spanned::new(*i, e.span()))
+        } else {
+            self.push(Problem::new(
+                ProblemKind::WrongType,
+                e.span(),
+                format!(
+                    "`{}` expects {what} as an integer, found {}",
+                    node.name().value(),
+                    type_name(e.value())
+                ),
+                "expected an integer",
+                "write a whole number without quotes, for example 3080",
+            ));
+            None
+        }
+    }
+
+    fn boolean(&mut self, node: &KdlNode) -> Option<bool> {
+        self.check_props(node, &[]);
+        match args(node).next().map(KdlEntry::value) {
+            None => Some(true),
+            Some(KdlValue::Bool(b)) => Some(*b),
+            Some(v) => {
+                let span = args(node).next().map_or(node.span(), KdlEntry::span);
+                self.push(Problem::new(
+                    ProblemKind::WrongType,
+                    span,
+                    format!(
+                        "`{}` expects a boolean, found {}",
+                        node.name().value(),
+                        type_name(v)
+                    ),
+                    "expected #true or #false",
+                    "KDL v2 booleans are written #true and #false",
+                ));
+                None
+            }
+        }
+    }
+
+    fn duration_of(&mut self, node: &KdlNode, e: &KdlEntry) -> Option<Spanned<Duration>> {
+        let parsed = match e.value() {
+            KdlValue::Integer(i) => u64::try_from(*i).ok().map(Duration::from_secs),
+            KdlValue::String(s) => humantime::parse_duration(s).ok(),
+            _ => None,
+        };
+        match parsed {
+            Some(d) if !d.is_zero() => Some(Spanned::new(d, e.span())),
+            _ => {
+                self.push(Problem::new(
+                    ProblemKind::InvalidDuration,
+                    e.span(),
+                    format!("`{}` is not a valid duration", node.name().value()),
+                    "not a duration",
+                    "write a positive duration such as \"90s\", \"5m\" or a number of seconds",
+                ));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, node: &KdlNode) -> Option<Spanned<Duration>> {
+        self.check_props(node, &[]);
+        if let Some(e) = args(node).next() {
+            self.duration_of(node, e)
+        } else {
+            self.push(Problem::new(
+                ProblemKind::MissingValue,
+                node.span(),
+                format!("`{}` needs a duration", node.name().value()),
+                "value missing",
+                format!("write it as `{} \"60s\"`", node.name().value()),
+            ));
+            None
+        }
+    }
+
+    /// An argv command: one or more strings, optional `timeout=`.
+    fn command(&mut self, node: &KdlNode, extra_props: &[&str]) -> Option<RawCommand> {
+        let mut allowed = vec!["timeout"];
+        allowed.extend_from_slice(extra_props);
+        self.check_props(node, &allowed);
+        let argv: Vec<Str> = args(node)
+            .filter_map(|e| self.string_value(node, e, "each argument"))
+            .collect();
+        let timeout = node
+            .entries()
+            .iter()
+            .find(|e| e.name().is_some_and(|n| n.value() == "timeout"))
+            .and_then(|e| self.duration_of(node, e));
+        if args(node).next().is_none() || argv.first().is_some_and(|a| a.value.trim().is_empty()) {
+            self.push(Problem::new(
+                ProblemKind::EmptyCommand,
+                node.span(),
+                format!("`{}` has an empty command", node.name().value()),
+                "no program to run",
+                format!(
+                    "give the program and its arguments as separate strings, for example `{} \"npm\" \"ci\"`",
+                    node.name().value()
+                ),
+            ));
+            return None;
+        }
+        Some(RawCommand { argv, timeout })
+    }
+
+    fn prop_string(&mut self, node: &KdlNode, key: &str) -> Option<Str> {
+        let e = node
+            .entries()
+            .iter()
+            .find(|e| e.name().is_some_and(|n| n.value() == key))?;
+        self.string_value(node, e, key)
+    }
+
+    /// `env KEY="value" ...` (optionally `secret=#true`) or `env "KEY" "value"`.
+    fn env(&mut self, node: &KdlNode) -> Vec<RawEnv> {
+        let mut secret = false;
+        let mut out = Vec::new();
+        for e in node.entries() {
+            match e.name().map(kdl::KdlIdentifier::value) {
+                Some("secret") => match e.value() {
+                    KdlValue::Bool(b) => secret = *b,
+                    v => self.push(Problem::new(
+                        ProblemKind::WrongType,
+                        e.span(),
+                        format!("`secret` expects a boolean, found {}", type_name(v)),
+                        "expected #true or #false",
+                        "write secret=#true",
+                    )),
+                },
+                Some(key) => {
+                    if let Some(v) = self.string_value(node, e, "each value") {
+                        out.push(RawEnv {
+                            name: Spanned::new(key.to_owned(), e.span()),
+                            value: v,
+                            secret: false,
+                        });
+                    }
+                }
+                None => {}
+            }
+        }
+        let positional: Vec<&KdlEntry> = args(node).collect();
+        match positional.as_slice() {
+            [] => {}
+            [k, v] => {
+                if let (Some(k), Some(v)) = (
+                    self.string_value(node, k, "the variable name"),
+                    self.string_value(node, v, "the value"),
+                ) {
+                    out.push(RawEnv {
+                        name: k,
+                        value: v,
+                        secret: false,
+                    });
+                }
+            }
+            [first, ..] => self.push(Problem::new(
+                ProblemKind::UnexpectedArgument,
+                first.span(),
+                "`env` takes KEY=\"value\" properties, or one name and one value",
+                "unexpected",
+                "write env PORT=\"{port}\" NODE_ENV=\"production\"",
+            )),
+        }
+        if out.is_empty() {
+            self.push(Problem::new(
+                ProblemKind::MissingValue,
+                node.span(),
+                "`env` sets no variable",
+                "empty",
+                "write env NAME=\"value\"",
+            ));
+        }
+        for v in &mut out {
+            v.secret = secret;
+        }
+        out
+    }
+
+    fn no_children(&mut self, node: &KdlNode) {
+        if let Some(doc) = node.children() {
+            self.push(Problem::new(
+                ProblemKind::UnexpectedArgument,
+                doc.span(),
+                format!("`{}` takes no block", node.name().value()),
+                "unexpected block",
+                "remove the braces and their contents",
+            ));
+        }
+    }
+
+    fn once<T>(&mut self, slot: &mut Option<T>, node: &KdlNode, value: Option<T>) {
+        if slot.is_some() {
+            self.push(Problem::new(
+                ProblemKind::Duplicate,
+                node.span(),
+                format!("`{}` is given twice", node.name().value()),
+                "second definition",
+                "keep one of them",
+            ));
+            return;
+        }
+        *slot = value;
+    }
+
+    fn project(&mut self, node: &KdlNode) -> RawProject {
+        let name = self.one_string(node, "the project name");
+        let mut p = RawProject {
+            name,
+            span: node.span(),
+            unit_name: None,
+            keep_releases: None,
+        };
+        for c in children(node) {
+            self.no_children(c);
+            match c.name().value() {
+                "unit-name" => {
+                    let v = self.one_string(c, "a unit name template");
+                    self.once(&mut p.unit_name, c, v);
+                }
+                "keep-releases" => {
+                    let v = self.integer(c, "a number of releases");
+                    self.once(&mut p.keep_releases, c, v);
+                }
+                _ => self.unknown_node(c, PROJECT, "`project`"),
+            }
+        }
+        p
+    }
+
+    fn environment(&mut self, node: &KdlNode) -> RawEnvironment {
+        let name = self.one_string(node, "the environment name");
+        let mut env = RawEnvironment {
+            name,
+            branch: None,
+            root: None,
+            url: None,
+            unit_dir: None,
+            approval: None,
+            backup: None,
+            env: Vec::new(),
+            env_files: Vec::new(),
+            seen: Vec::new(),
+        };
+        for c in children(node) {
+            env.seen.push(c.name().value().to_owned());
+            if c.name().value() != "backup" {
+                self.no_children(c);
+            }
+            match c.name().value() {
+                "branch" => {
+                    let v = self.one_string(c, "a git branch");
+                    self.once(&mut env.branch, c, v);
+                }
+                "root" => {
+                    let v = self.one_string(c, "a directory");
+                    self.once(&mut env.root, c, v);
+                }
+                "url" => {
+                    let v = self.one_string(c, "a URL");
+                    self.once(&mut env.url, c, v);
+                }
+                "unit-dir" => {
+                    let v = self.one_string(c, "a directory");
+                    self.once(&mut env.unit_dir, c, v);
+                }
+                "approval" => {
+                    let v = self.boolean(c);
+                    self.once(&mut env.approval, c, v);
+                }
+                "backup" => {
+                    let v = self.backup(c);
+                    self.once(&mut env.backup, c, Some(v));
+                }
+                "env" => {
+                    let v = self.env(c);
+                    env.env.extend(v);
+                }
+                "env-file" => {
+                    let v = self.strings(c, "file");
+                    env.env_files.extend(v);
+                }
+                _ => self.unknown_node(c, ENVIRONMENT, "`environment`"),
+            }
+        }
+        env
+    }
+
+    fn backup(&mut self, node: &KdlNode) -> RawBackup {
+        self.check_props(node, &[]);
+        for e in args(node) {
+            self.push(Problem::new(
+                ProblemKind::UnexpectedArgument,
+                e.span(),
+                "`backup` takes no value, only a block",
+                "unexpected",
+                "write backup { run ...; restore ...; keep 30 }",
+            ));
+        }
+        let mut b = RawBackup {
+            span: node.span(),
+            run: None,
+            restore: None,
+            resolve: None,
+            keep: None,
+            dir: None,
+        };
+        for c in children(node) {
+            self.no_children(c);
+            match c.name().value() {
+                "run" => {
+                    let v = self.command(c, &[]);
+                    self.once(&mut b.run, c, v);
+                }
+                "restore" => {
+                    let v = self.command(c, &[]);
+                    self.once(&mut b.restore, c, v);
+                }
+                "resolve" => {
+                    let v = self.command(c, &[]);
+                    self.once(&mut b.resolve, c, v);
+                }
+                "keep" => {
+                    let v = self.integer(c, "a number of backups");
+                    self.once(&mut b.keep, c, v);
+                }
+                "dir" => {
+                    let v = self.one_string(c, "a directory");
+                    self.once(&mut b.dir, c, v);
+                }
+                _ => self.unknown_node(c, BACKUP, "`backup`"),
+            }
+        }
+        b
+    }
+
+    fn phase(&mut self, node: &KdlNode) -> RawPhase {
+        let name = self.one_string(node, "the phase name");
+        let mut p = RawPhase {
+            name,
+            units: Vec::new(),
+        };
+        for c in children(node) {
+            self.no_children(c);
+            match c.name().value() {
+                "unit" => {
+                    let v = self.strings(c, "unit name");
+                    p.units.extend(v);
+                }
+                _ => self.unknown_node(c, PHASE, "`phase`"),
+            }
+        }
+        p
+    }
+
+    fn runtime(&mut self, node: &KdlNode) -> RawRuntime {
+        let name = self.one_string(node, "the runtime name");
+        let mut rt = RawRuntime {
+            name,
+            build: None,
+            migrate: None,
+            migrate_status: None,
+            unit: None,
+        };
+        for c in children(node) {
+            if c.name().value() != "unit" {
+                self.no_children(c);
+            }
+            match c.name().value() {
+                "build" => {
+                    let v = self.command(c, &[]);
+                    self.once(&mut rt.build, c, v);
+                }
+                "migrate" => {
+                    let v = self
+                        .command(c, &["if-exists", "inputs"])
+                        .map(|command| RawMigrate {
+                            command,
+                            if_exists: self.prop_string(c, "if-exists"),
+                            inputs: self.prop_string(c, "inputs"),
+                        });
+                    self.once(&mut rt.migrate, c, v);
+                }
+                "migrate-status" => {
+                    let v = self.command(c, &[]);
+                    self.once(&mut rt.migrate_status, c, v);
+                }
+                "unit" => {
+                    let v = self.unit(c);
+                    self.once(&mut rt.unit, c, Some(v));
+                }
+                _ => self.unknown_node(c, RUNTIME, "`runtime`"),
+            }
+        }
+        rt
+    }
+
+    fn service(&mut self, node: &KdlNode) -> RawService {
+        let name = self.one_string(node, "the service name");
+        let mut s = RawService {
+            name,
+            runtime: None,
+            port: None,
+            phase: None,
+            depends_on: Vec::new(),
+            path: None,
+            watch: Vec::new(),
+            health: None,
+            ready: None,
+            metrics: None,
+            ready_timeout: None,
+            unit: None,
+            seen: Vec::new(),
+        };
+        for c in children(node) {
+            s.seen.push(c.name().value().to_owned());
+            if c.name().value() != "unit" {
+                self.no_children(c);
+            }
+            match c.name().value() {
+                "runtime" => {
+                    let v = self.one_string(c, "a runtime name");
+                    self.once(&mut s.runtime, c, v);
+                }
+                "port" => {
+                    let v = self.integer(c, "a port number");
+                    self.once(&mut s.port, c, v);
+                }
+                "phase" => {
+                    let v = self.one_string(c, "a phase name");
+                    self.once(&mut s.phase, c, v);
+                }
+                "depends-on" => {
+                    let v = self.strings(c, "service name");
+                    s.depends_on.extend(v);
+                }
+                "path" => {
+                    let v = self.one_string(c, "a directory in the repository");
+                    self.once(&mut s.path, c, v);
+                }
+                "watch" => {
+                    let v = self.strings(c, "path");
+                    s.watch.extend(v);
+                }
+                "health" => {
+                    let v = self.one_string(c, "a path or URL");
+                    self.once(&mut s.health, c, v);
+                }
+                "ready" => {
+                    let v = self.one_string(c, "a path or URL");
+                    self.once(&mut s.ready, c, v);
+                }
+                "metrics" => {
+                    let v = self.one_string(c, "a path or URL");
+                    self.once(&mut s.metrics, c, v);
+                }
+                "ready-timeout" => {
+                    let v = self.duration(c);
+                    self.once(&mut s.ready_timeout, c, v);
+                }
+                "unit" => {
+                    let v = self.unit(c);
+                    self.once(&mut s.unit, c, Some(v));
+                }
+                _ => self.unknown_node(c, SERVICE, "`service`"),
+            }
+        }
+        s
+    }
+
+    fn unit(&mut self, node: &KdlNode) -> RawUnit {
+        self.check_props(node, &[]);
+        for e in args(node) {
+            self.push(Problem::new(
+                ProblemKind::UnexpectedArgument,
+                e.span(),
+                "`unit` here takes no value, only a block",
+                "unexpected",
+                "write unit { exec \"/usr/bin/node\" \"{current}/index.js\" }",
+            ));
+        }
+        let mut u = RawUnit {
+            span: node.span(),
+            ..RawUnit::default()
+        };
+        for c in children(node) {
+            self.no_children(c);
+            match c.name().value() {
+                "description" => {
+                    let v = self.one_string(c, "a description");
+                    self.once(&mut u.description, c, v);
+                }
+                "exec" => {
+                    let v = self.command(c, &[]);
+                    self.once(&mut u.exec, c, v);
+                }
+                "env" => {
+                    let v = self.env(c);
+                    u.env.extend(v);
+                }
+                "env-file" => {
+                    let v = self.strings(c, "file");
+                    u.env_files.extend(v);
+                }
+                "user" => {
+                    let v = self.one_string(c, "a user name");
+                    self.once(&mut u.user, c, v);
+                }
+                "group" => {
+                    let v = self.one_string(c, "a group name");
+                    self.once(&mut u.group, c, v);
+                }
+                "restart" => {
+                    let v = self.one_string(c, "a restart policy");
+                    self.once(&mut u.restart, c, v);
+                }
+                "working-directory" => {
+                    let v = self.one_string(c, "a directory");
+                    self.once(&mut u.working_directory, c, v);
+                }
+                "after" => {
+                    let v = self.strings(c, "unit name");
+                    u.after.extend(v);
+                }
+                "wants" => {
+                    let v = self.strings(c, "unit name");
+                    u.wants.extend(v);
+                }
+                "wanted-by" => {
+                    let v = self.one_string(c, "a target");
+                    self.once(&mut u.wanted_by, c, v);
+                }
+                _ => self.unknown_node(c, UNIT, "`unit`"),
+            }
+        }
+        u
+    }
+
+    fn proxy(&mut self, node: &KdlNode) -> RawProxy {
+        let name = self.one_string(node, "the proxy name");
+        let mut p = RawProxy {
+            name,
+            span: node.span(),
+            unit: None,
+            check: None,
+            watch: Vec::new(),
+        };
+        for c in children(node) {
+            self.no_children(c);
+            match c.name().value() {
+                "unit" => {
+                    let v = self.one_string(c, "a unit name");
+                    self.once(&mut p.unit, c, v);
+                }
+                "check" => {
+                    let v = self.command(c, &[]);
+                    self.once(&mut p.check, c, v);
+                }
+                "watch" => {
+                    let v = self.strings(c, "path");
+                    p.watch.extend(v);
+                }
+                _ => self.unknown_node(c, PROXY, "`proxy`"),
+            }
+        }
+        p
+    }
+}

@@ -1,0 +1,1019 @@
+//! Stage two: raw tree → checked `Config`. Resolves references, applies
+//! every default once, and collects every cross-node problem (duplicates,
+//! ports, cycles, phases, placeholders, unsafe names and paths).
+
+use miette::SourceSpan;
+use std::collections::{BTreeMap, HashMap};
+
+use super::error::{Problem, ProblemKind, suggest};
+use super::model::{
+    Backup, Command, Config, DEFAULT_BACKUP_KEEP, DEFAULT_COMMAND_TIMEOUT, DEFAULT_HEALTH,
+    DEFAULT_KEEP_RELEASES, DEFAULT_METRICS, DEFAULT_READY, DEFAULT_READY_TIMEOUT,
+    DEFAULT_SERVICE_PATH, DEFAULT_UNIT_NAME, EnvValue, Environment, Migrate, Phase, Project, Proxy,
+    Runtime, Service, UnitSpec, looks_secret,
+};
+use super::raw::{RawCommand, RawConfig, RawEnv, RawUnit, Spanned, Str};
+use crate::template::{self, Vars};
+
+/// Placeholders allowed in each kind of string.
+const IN_BUILD: &[&str] = &["service", "port", "root", "release", "current"];
+const IN_UNIT: &[&str] = &["service", "port", "root", "current"];
+const IN_BACKUP: &[&str] = &["root", "backup"];
+const IN_UNIT_NAME: &[&str] = &["service"];
+const IN_SERVICE_PATH: &[&str] = &["service"];
+const IN_PLAIN: &[&str] = &[];
+
+pub fn validate(raw: &RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
+    let mut v = Validator { problems };
+    let project = v.project(raw);
+    let environments = v.environments(raw);
+    let phases = v.phases(raw);
+    let runtimes = v.runtimes(raw);
+    let services = v.services(raw, project.as_ref(), &phases, &runtimes);
+    let proxy = v.proxy(raw);
+    if v.problems.is_empty() {
+        Some(Config {
+            project: project?,
+            environments,
+            phases: phases.into_iter().map(|(p, _)| p).collect(),
+            runtimes: runtimes.into_iter().map(|(k, (rt, _))| (k, rt)).collect(),
+            services,
+            proxy,
+        })
+    } else {
+        None
+    }
+}
+
+struct Validator<'p> {
+    problems: &'p mut Vec<Problem>,
+}
+
+fn is_valid_name(s: &str) -> bool {
+    // A name becomes part of a systemd unit name and of a directory under
+    // the root: keep to systemd's unit-name characters, minus `\` and `@`
+    // (escapes and templates), and never a path component like `..`.
+    // https://www.freedesktop.org/software/systemd/man/systemd.unit.html
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn is_valid_unit_name(s: &str) -> bool {
+    const SUFFIXES: &[&str] = &[
+        ".service", ".socket", ".target", ".timer", ".mount", ".path", ".slice", ".scope",
+    ];
+    let Some(stem) = SUFFIXES.iter().find_map(|suf| s.strip_suffix(suf)) else {
+        return false;
+    };
+    !stem.is_empty()
+        && s.len() <= 255
+        && stem
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
+}
+
+/// A path inside the repository that cannot leave it.
+fn is_safe_relative(p: &str) -> bool {
+    !p.is_empty()
+        && !p.starts_with('/')
+        && !p.contains('\\')
+        && p.split('/').all(|c| c != ".." && c != ".")
+        && !p.split('/').any(str::is_empty)
+}
+
+fn is_env_name(s: &str) -> bool {
+    s.bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn command(c: &RawCommand) -> Command {
+    Command {
+        argv: c.argv.iter().map(|a| a.value.clone()).collect(),
+        timeout: c
+            .timeout
+            .as_ref()
+            .map_or(DEFAULT_COMMAND_TIMEOUT, |t| t.value),
+    }
+}
+
+impl Validator<'_> {
+    fn push(&mut self, p: Problem) {
+        self.problems.push(p);
+    }
+
+    fn placeholders(&mut self, s: &Str, allowed: &[&str], place: &str) {
+        for (_, name) in template::placeholders(&s.value) {
+            if allowed.contains(&name) {
+                continue;
+            }
+            let help = if template::ALL.contains(&name) {
+                if allowed.is_empty() {
+                    format!("{place} takes no placeholders")
+                } else {
+                    format!(
+                        "{{{name}}} has no value in {place}; usable here: {}",
+                        allowed
+                            .iter()
+                            .map(|a| format!("{{{a}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            } else if let Some(s) = suggest(name, template::ALL) {
+                format!("did you mean {{{s}}}?")
+            } else {
+                format!(
+                    "placeholders are: {}; write {{{{ and }}}} for literal braces",
+                    template::ALL
+                        .iter()
+                        .map(|a| format!("{{{a}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            self.push(Problem::new(
+                ProblemKind::UnknownPlaceholder,
+                s.span,
+                format!("unknown placeholder {{{name}}} in {place}"),
+                "this placeholder has no value here",
+                help,
+            ));
+        }
+    }
+
+    fn command_placeholders(&mut self, c: &RawCommand, allowed: &[&str], place: &str) {
+        for a in &c.argv {
+            self.placeholders(a, allowed, place);
+        }
+    }
+
+    fn duplicates<'a>(&mut self, what: &str, names: impl Iterator<Item = &'a Str>) {
+        let mut seen: HashMap<&str, SourceSpan> = HashMap::new();
+        for n in names {
+            if let Some(first) = seen.get(n.value.as_str()) {
+                self.push(
+                    Problem::new(
+                        ProblemKind::Duplicate,
+                        n.span,
+                        format!("{what} `{}` is defined twice", n.value),
+                        "defined again here",
+                        format!("rename or remove one of the two {what}s"),
+                    )
+                    .also(*first, "first defined here"),
+                );
+            } else {
+                seen.insert(&n.value, n.span);
+            }
+        }
+    }
+
+    fn name(&mut self, n: &Str, what: &str) {
+        if !is_valid_name(&n.value) {
+            let kind = if n.value.contains('/') || n.value.contains("..") || n.value.contains('\\')
+            {
+                ProblemKind::UnsafePath
+            } else {
+                ProblemKind::InvalidName
+            };
+            self.push(Problem::new(
+                kind,
+                n.span,
+                format!("`{}` is not a valid {what} name", n.value),
+                "invalid name",
+                "use letters, digits, `-`, `_` and `.`, starting with a letter or digit (it becomes part of a systemd unit name and a directory)",
+            ));
+        }
+    }
+
+    fn safe_path(&mut self, p: &Str, what: &str) {
+        let rendered = template::render(
+            &p.value,
+            &Vars {
+                service: Some("x"),
+                ..Vars::default()
+            },
+        );
+        if !is_safe_relative(rendered.trim_end_matches('/')) {
+            self.push(Problem::new(
+                ProblemKind::UnsafePath,
+                p.span,
+                format!("{what} `{}` could leave the repository", p.value),
+                "not a plain relative path",
+                "write a path relative to the repository root, without `..`, `.` or a leading `/`",
+            ));
+        }
+    }
+
+    fn absolute(&mut self, p: &Str, what: &str) {
+        if !p.value.starts_with('/') || p.value.split('/').any(|c| c == "..") {
+            self.push(Problem::new(
+                ProblemKind::UnsafePath,
+                p.span,
+                format!("{what} `{}` is not an absolute path", p.value),
+                "must be absolute",
+                "write an absolute path without `..`, for example \"/opt/pakashop\"",
+            ));
+        }
+    }
+
+    fn positive(&mut self, n: &Spanned<i128>, min: i128, max: i128, what: &str) -> Option<u32> {
+        if n.value < min || n.value > max {
+            self.push(Problem::new(
+                ProblemKind::InvalidValue,
+                n.span,
+                format!("{what} must be between {min} and {max}, not {}", n.value),
+                "out of range",
+                format!("choose a number from {min} to {max}"),
+            ));
+            return None;
+        }
+        u32::try_from(n.value).ok()
+    }
+
+    fn env(&mut self, vars: &[RawEnv], allowed: &[&str]) -> BTreeMap<String, EnvValue> {
+        let mut out = BTreeMap::new();
+        self.duplicates("environment variable", vars.iter().map(|v| &v.name));
+        for v in vars {
+            if !is_env_name(&v.name.value) {
+                self.push(Problem::new(
+                    ProblemKind::InvalidName,
+                    v.name.span,
+                    format!(
+                        "`{}` is not a valid environment variable name",
+                        v.name.value
+                    ),
+                    "invalid name",
+                    "use letters, digits and `_`, not starting with a digit",
+                ));
+            }
+            self.placeholders(&v.value, allowed, "an environment value");
+            out.insert(
+                v.name.value.clone(),
+                EnvValue {
+                    value: v.value.value.clone(),
+                    secret: v.secret || looks_secret(&v.name.value),
+                },
+            );
+        }
+        out
+    }
+
+    fn project(&mut self, raw: &RawConfig) -> Option<Project> {
+        self.duplicates(
+            "project",
+            raw.projects.iter().filter_map(|p| p.name.as_ref()),
+        );
+        let Some(p) = raw.projects.first() else {
+            self.push(Problem::new(
+                ProblemKind::MissingValue,
+                SourceSpan::from((0, 0)),
+                "no `project` node",
+                "expected a project here",
+                "start the file with project \"name\" { unit-name \"name-{service}.service\" }",
+            ));
+            return None;
+        };
+        if raw.projects.len() > 1 && raw.projects.iter().filter(|p| p.name.is_some()).count() < 2 {
+            self.push(Problem::new(
+                ProblemKind::Duplicate,
+                raw.projects[1].span,
+                "`project` is given twice",
+                "second project",
+                "a file describes one project",
+            ));
+        }
+        let name = p.name.as_ref()?;
+        self.name(name, "project");
+        let unit_name = p.unit_name.as_ref().map_or_else(
+            || DEFAULT_UNIT_NAME.to_owned(),
+            |u| {
+                self.placeholders(u, IN_UNIT_NAME, "the unit name template");
+                if !u.value.contains("{service}") {
+                    self.push(Problem::new(
+                        ProblemKind::InvalidName,
+                        u.span,
+                        "the unit name template does not contain {service}",
+                        "every service would get the same unit",
+                        "write it as \"{service}.service\" or \"project-{service}.service\"",
+                    ));
+                } else if !is_valid_unit_name(&u.value.replace("{service}", "x")) {
+                    self.push(Problem::new(
+                        ProblemKind::InvalidName,
+                        u.span,
+                        format!("`{}` does not make valid systemd unit names", u.value),
+                        "invalid unit name",
+                        "end it with .service and use only letters, digits, `-`, `_`, `.`",
+                    ));
+                }
+                u.value.clone()
+            },
+        );
+        let keep_releases = p
+            .keep_releases
+            .as_ref()
+            .map_or(Some(DEFAULT_KEEP_RELEASES), |k| {
+                // Two at least: the live release and the one a rollback needs.
+                self.positive(k, 2, 1000, "keep-releases")
+            })?;
+        Some(Project {
+            name: name.value.clone(),
+            unit_name,
+            keep_releases,
+        })
+    }
+
+    fn environments(&mut self, raw: &RawConfig) -> Vec<Environment> {
+        self.duplicates(
+            "environment",
+            raw.environments.iter().filter_map(|e| e.name.as_ref()),
+        );
+        let mut out = Vec::new();
+        for e in &raw.environments {
+            let Some(name) = &e.name else { continue };
+            self.name(name, "environment");
+            let seen = |n: &str| e.seen.iter().any(|s| s == n);
+            if !seen("branch") {
+                self.push(Problem::new(
+                    ProblemKind::MissingBranch,
+                    name.span,
+                    format!("environment `{}` has no branch", name.value),
+                    "no `branch` in this environment",
+                    "add branch \"main\" (the git branch this environment deploys)",
+                ));
+            }
+            if !seen("root") {
+                self.push(Problem::new(
+                    ProblemKind::MissingValue,
+                    name.span,
+                    format!("environment `{}` has no root", name.value),
+                    "no `root` in this environment",
+                    "add root \"/opt/project\" (where releases are kept)",
+                ));
+            }
+            if let Some(r) = &e.root {
+                self.absolute(r, "root");
+            }
+            if let Some(d) = &e.unit_dir {
+                self.absolute(d, "unit-dir");
+            }
+            if let Some(b) = &e.branch
+                && (b.value.is_empty()
+                    || b.value.contains("..")
+                    || b.value.starts_with('-')
+                    || b.value.contains(char::is_whitespace))
+            {
+                self.push(Problem::new(
+                    ProblemKind::InvalidName,
+                    b.span,
+                    format!("`{}` is not a valid branch name", b.value),
+                    "invalid branch",
+                    "write the branch as git names it, for example \"main\"",
+                ));
+            }
+            let backup = e.backup.as_ref().and_then(|b| {
+                for (slot, what) in [(&b.run, "run"), (&b.restore, "restore")] {
+                    if slot.is_none() {
+                        self.push(Problem::new(
+                            ProblemKind::MissingValue,
+                            b.span,
+                            format!("`backup` has no `{what}` command"),
+                            format!("`{what}` missing"),
+                            format!(
+                                "add {what} \"program\" \"arg\" ... (use {{backup}} for the file)"
+                            ),
+                        ));
+                    }
+                }
+                for c in [&b.run, &b.restore, &b.resolve].into_iter().flatten() {
+                    self.command_placeholders(c, IN_BACKUP, "a backup command");
+                }
+                if let Some(d) = &b.dir {
+                    self.absolute(d, "backup dir");
+                }
+                let keep = b.keep.as_ref().map_or(Some(DEFAULT_BACKUP_KEEP), |k| {
+                    self.positive(k, 1, 100_000, "keep")
+                });
+                Some(Backup {
+                    run: command(b.run.as_ref()?),
+                    restore: command(b.restore.as_ref()?),
+                    resolve: b.resolve.as_ref().map(command),
+                    keep: keep?,
+                    dir: b.dir.as_ref().map(|d| d.value.clone()),
+                })
+            });
+            let env = self.env(&e.env, IN_PLAIN);
+            let (Some(branch), Some(root)) = (&e.branch, &e.root) else {
+                continue;
+            };
+            out.push(Environment {
+                name: name.value.clone(),
+                branch: branch.value.clone(),
+                root: root.value.trim_end_matches('/').to_owned(),
+                url: e.url.as_ref().map(|u| u.value.clone()),
+                unit_dir: e.unit_dir.as_ref().map(|u| u.value.clone()),
+                approval: e.approval.unwrap_or(false),
+                backup,
+                env,
+                env_files: e.env_files.iter().map(|f| f.value.clone()).collect(),
+            });
+        }
+        out
+    }
+
+    fn phases(&mut self, raw: &RawConfig) -> Vec<(Phase, SourceSpan)> {
+        self.duplicates("phase", raw.phases.iter().filter_map(|p| p.name.as_ref()));
+        let mut out = Vec::new();
+        for p in &raw.phases {
+            let Some(name) = &p.name else { continue };
+            self.name(name, "phase");
+            for u in &p.units {
+                if !is_valid_unit_name(&u.value) {
+                    self.push(Problem::new(
+                        ProblemKind::InvalidName,
+                        u.span,
+                        format!("`{}` is not a valid systemd unit name", u.value),
+                        "invalid unit name",
+                        "write the full unit name, for example \"postgresql.service\"",
+                    ));
+                }
+            }
+            if out
+                .iter()
+                .any(|(q, _): &(Phase, SourceSpan)| q.name == name.value)
+            {
+                continue;
+            }
+            out.push((
+                Phase {
+                    name: name.value.clone(),
+                    units: p.units.iter().map(|u| u.value.clone()).collect(),
+                },
+                name.span,
+            ));
+        }
+        out
+    }
+
+    fn unit(&mut self, raw: &RawUnit) -> UnitSpec {
+        if let Some(c) = &raw.exec {
+            self.command_placeholders(c, IN_UNIT, "a unit's exec");
+        }
+        for s in [&raw.description, &raw.working_directory]
+            .into_iter()
+            .flatten()
+            .chain(&raw.env_files)
+        {
+            self.placeholders(s, IN_UNIT, "a unit setting");
+        }
+        for s in raw.after.iter().chain(&raw.wants) {
+            if !is_valid_unit_name(&s.value) {
+                self.push(Problem::new(
+                    ProblemKind::InvalidName,
+                    s.span,
+                    format!("`{}` is not a valid systemd unit name", s.value),
+                    "invalid unit name",
+                    "write the full unit name, for example \"postgresql.service\"",
+                ));
+            }
+        }
+        if let Some(r) = &raw.restart {
+            const POLICIES: &[&str] = &[
+                "no",
+                "on-success",
+                "on-failure",
+                "on-abnormal",
+                "on-watchdog",
+                "on-abort",
+                "always",
+            ];
+            if !POLICIES.contains(&r.value.as_str()) {
+                let help = suggest(&r.value, POLICIES).map_or_else(
+                    || format!("systemd's Restart= accepts: {}", POLICIES.join(", ")),
+                    |s| format!("did you mean \"{s}\"?"),
+                );
+                self.push(Problem::new(
+                    ProblemKind::InvalidValue,
+                    r.span,
+                    format!("`{}` is not a restart policy", r.value),
+                    "unknown policy",
+                    help,
+                ));
+            }
+        }
+        let env = self.env(&raw.env, IN_UNIT);
+        UnitSpec {
+            description: raw.description.as_ref().map(|d| d.value.clone()),
+            exec: raw
+                .exec
+                .as_ref()
+                .map(|c| c.argv.iter().map(|a| a.value.clone()).collect())
+                .unwrap_or_default(),
+            env,
+            env_files: raw.env_files.iter().map(|f| f.value.clone()).collect(),
+            user: raw.user.as_ref().map(|u| u.value.clone()),
+            group: raw.group.as_ref().map(|u| u.value.clone()),
+            restart: raw
+                .restart
+                .as_ref()
+                .map_or_else(|| "on-failure".to_owned(), |r| r.value.clone()),
+            working_directory: raw
+                .working_directory
+                .as_ref()
+                .map_or_else(|| "{current}".to_owned(), |w| w.value.clone()),
+            after: raw.after.iter().map(|a| a.value.clone()).collect(),
+            wants: raw.wants.iter().map(|a| a.value.clone()).collect(),
+            wanted_by: raw
+                .wanted_by
+                .as_ref()
+                .map_or_else(|| "multi-user.target".to_owned(), |w| w.value.clone()),
+        }
+    }
+
+    fn runtimes(&mut self, raw: &RawConfig) -> BTreeMap<String, (Runtime, Option<RawUnit>)> {
+        self.duplicates(
+            "runtime",
+            raw.runtimes.iter().filter_map(|r| r.name.as_ref()),
+        );
+        let mut out = BTreeMap::new();
+        for r in &raw.runtimes {
+            let Some(name) = &r.name else { continue };
+            self.name(name, "runtime");
+            for c in [&r.build, &r.migrate_status].into_iter().flatten() {
+                self.command_placeholders(c, IN_BUILD, "a runtime command");
+            }
+            let migrate = r.migrate.as_ref().map(|m| {
+                self.command_placeholders(&m.command, IN_BUILD, "a runtime command");
+                for p in [&m.if_exists, &m.inputs].into_iter().flatten() {
+                    self.safe_path(p, "migration path");
+                }
+                let inputs = m.inputs.as_ref().map_or_else(
+                    || {
+                        m.if_exists
+                            .as_ref()
+                            .and_then(|f| f.value.rsplit_once('/').map(|(d, _)| d.to_owned()))
+                            .unwrap_or_default()
+                    },
+                    |i| i.value.trim_end_matches('/').to_owned(),
+                );
+                Migrate {
+                    command: command(&m.command),
+                    if_exists: m.if_exists.as_ref().map(|f| f.value.clone()),
+                    inputs,
+                }
+            });
+            let unit = r.unit.as_ref().map(|u| self.unit(u));
+            if out.contains_key(&name.value) {
+                continue;
+            }
+            out.insert(
+                name.value.clone(),
+                (
+                    Runtime {
+                        name: name.value.clone(),
+                        build: r.build.as_ref().map(command),
+                        migrate,
+                        migrate_status: r.migrate_status.as_ref().map(command),
+                        unit,
+                    },
+                    r.unit.clone(),
+                ),
+            );
+        }
+        out
+    }
+
+    fn reference(&mut self, r: &Str, what: &str, known: &[&str]) {
+        let help = match suggest(&r.value, known) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None if known.is_empty() => format!("no {what} is defined; add one"),
+            None => format!("defined {what}s: {}", known.join(", ")),
+        };
+        self.push(Problem::new(
+            ProblemKind::UnknownReference,
+            r.span,
+            format!("unknown {what} `{}`", r.value),
+            format!("no {what} by this name"),
+            help,
+        ));
+    }
+
+    fn health_path(&mut self, s: &Str) {
+        let ok = s.value.starts_with('/')
+            || s.value.starts_with("http://")
+            || s.value.starts_with("https://");
+        if !ok {
+            self.push(Problem::new(
+                ProblemKind::InvalidValue,
+                s.span,
+                format!("`{}` is neither a path nor a URL", s.value),
+                "expected /path or http://...",
+                "write a path on the service's port, like \"/health\", or a full http:// URL",
+            ));
+        }
+        self.placeholders(s, &["port", "service"], "a health URL");
+    }
+
+    fn services(
+        &mut self,
+        raw: &RawConfig,
+        project: Option<&Project>,
+        phases: &[(Phase, SourceSpan)],
+        runtimes: &BTreeMap<String, (Runtime, Option<RawUnit>)>,
+    ) -> Vec<Service> {
+        self.duplicates(
+            "service",
+            raw.services.iter().filter_map(|s| s.name.as_ref()),
+        );
+        let phase_names: Vec<&str> = phases.iter().map(|(p, _)| p.name.as_str()).collect();
+        let runtime_names: Vec<&str> = runtimes.keys().map(String::as_str).collect();
+        let service_names: Vec<&str> = raw
+            .services
+            .iter()
+            .filter_map(|s| s.name.as_ref().map(|n| n.value.as_str()))
+            .collect();
+        let mut ports: HashMap<u16, (&str, SourceSpan)> = HashMap::new();
+        let mut out = Vec::new();
+        for s in &raw.services {
+            let Some(name) = &s.name else { continue };
+            self.name(name, "service");
+            let runtime = match &s.runtime {
+                None if s.seen.iter().any(|n| n == "runtime") => None,
+                None => {
+                    self.push(Problem::new(
+                        ProblemKind::MissingValue,
+                        name.span,
+                        format!("service `{}` has no runtime", name.value),
+                        "no `runtime` here",
+                        format!(
+                            "add runtime \"...\"; defined runtimes: {}",
+                            runtime_names.join(", ")
+                        ),
+                    ));
+                    None
+                }
+                Some(r) if !runtimes.contains_key(&r.value) => {
+                    self.reference(r, "runtime", &runtime_names);
+                    None
+                }
+                Some(r) => runtimes.get(&r.value),
+            };
+            let phase_index = match &s.phase {
+                None if s.seen.iter().any(|n| n == "phase") => None,
+                None => {
+                    self.push(Problem::new(
+                        ProblemKind::MissingValue,
+                        name.span,
+                        format!("service `{}` has no phase", name.value),
+                        "no `phase` here",
+                        format!("add phase \"...\"; phases: {}", phase_names.join(", ")),
+                    ));
+                    None
+                }
+                Some(p) => {
+                    let idx = phase_names.iter().position(|n| *n == p.value);
+                    if idx.is_none() {
+                        self.reference(p, "phase", &phase_names);
+                    }
+                    idx
+                }
+            };
+            let port = match &s.port {
+                None if s.seen.iter().any(|n| n == "port") => None,
+                None => {
+                    self.push(Problem::new(
+                        ProblemKind::MissingValue,
+                        name.span,
+                        format!("service `{}` has no port", name.value),
+                        "no `port` here",
+                        "add port 3000 (the port its health endpoints answer on)",
+                    ));
+                    None
+                }
+                Some(p) => match u16::try_from(p.value) {
+                    Ok(port) if port > 0 => {
+                        if let Some((other, first)) = ports.get(&port) {
+                            self.push(
+                                Problem::new(
+                                    ProblemKind::PortConflict,
+                                    p.span,
+                                    format!(
+                                        "services `{other}` and `{}` both use port {port}",
+                                        name.value
+                                    ),
+                                    "port already taken",
+                                    "give each service its own port",
+                                )
+                                .also(*first, format!("`{other}` uses it here")),
+                            );
+                        } else {
+                            ports.insert(port, (&name.value, p.span));
+                        }
+                        Some(port)
+                    }
+                    _ => {
+                        self.push(Problem::new(
+                            ProblemKind::PortRange,
+                            p.span,
+                            format!("port {} is out of range", p.value),
+                            "not a TCP port",
+                            "ports are 1 to 65535",
+                        ));
+                        None
+                    }
+                },
+            };
+            for d in &s.depends_on {
+                if d.value == name.value {
+                    self.push(Problem::new(
+                        ProblemKind::DependencyCycle,
+                        d.span,
+                        format!("service `{}` depends on itself", name.value),
+                        "self-dependency",
+                        "remove it from depends-on",
+                    ));
+                } else if !service_names.contains(&d.value.as_str()) {
+                    self.reference(d, "service", &service_names);
+                }
+            }
+            let path = s.path.as_ref().map_or_else(
+                || DEFAULT_SERVICE_PATH.replace("{service}", &name.value),
+                |p| {
+                    self.placeholders(p, IN_SERVICE_PATH, "a service path");
+                    self.safe_path(p, "path");
+                    p.value.replace("{service}", &name.value)
+                },
+            );
+            for w in &s.watch {
+                self.placeholders(w, IN_SERVICE_PATH, "a watch path");
+                self.safe_path(w, "watch path");
+            }
+            for h in [&s.health, &s.ready, &s.metrics].into_iter().flatten() {
+                self.health_path(h);
+            }
+            let unit = match (s.unit.as_ref(), runtime.and_then(|(_, u)| u.as_ref())) {
+                (None, None) => None,
+                (own, rt) => {
+                    if let Some(own) = own {
+                        // Reports the service's own problems; the runtime's
+                        // were reported once, with the runtime.
+                        let _ = self.unit(own);
+                    }
+                    let merged = merge_unit(rt, own);
+                    let spec = Validator {
+                        problems: &mut Vec::new(),
+                    }
+                    .unit(&merged);
+                    Some((spec, merged.span, merged.exec.is_some()))
+                }
+            };
+            if let Some((_, span, false)) = &unit {
+                self.push(Problem::new(
+                    ProblemKind::MissingValue,
+                    *span,
+                    format!("the unit of service `{}` has no exec", name.value),
+                    "no `exec` in this unit",
+                    "add exec \"/path/to/program\" \"arg\" ... (the unit's ExecStart)",
+                ));
+            }
+            let (Some((rt, _)), Some(phase_index), Some(port), Some(project)) =
+                (runtime, phase_index, port, project)
+            else {
+                continue;
+            };
+            out.push(Service {
+                name: name.value.clone(),
+                runtime: rt.name.clone(),
+                port,
+                phase: phase_names[phase_index].to_owned(),
+                phase_index,
+                depends_on: s.depends_on.iter().map(|d| d.value.clone()).collect(),
+                path,
+                watch: s
+                    .watch
+                    .iter()
+                    .map(|w| {
+                        w.value
+                            .replace("{service}", &name.value)
+                            .trim_end_matches('/')
+                            .to_owned()
+                    })
+                    .collect(),
+                health: s
+                    .health
+                    .as_ref()
+                    .map_or_else(|| DEFAULT_HEALTH.to_owned(), |h| h.value.clone()),
+                ready: s
+                    .ready
+                    .as_ref()
+                    .map_or_else(|| DEFAULT_READY.to_owned(), |h| h.value.clone()),
+                metrics: s
+                    .metrics
+                    .as_ref()
+                    .map_or_else(|| DEFAULT_METRICS.to_owned(), |h| h.value.clone()),
+                ready_timeout: s
+                    .ready_timeout
+                    .as_ref()
+                    .map_or(DEFAULT_READY_TIMEOUT, |t| t.value),
+                unit: unit.map(|(u, _, _)| u),
+                unit_name: project.unit_name.replace("{service}", &name.value),
+            });
+        }
+        self.dependency_rules(raw, &phase_names);
+        out
+    }
+
+    /// Cycles (the whole cycle named) and dependencies on later phases.
+    fn dependency_rules(&mut self, raw: &RawConfig, phase_names: &[&str]) {
+        let by_name: BTreeMap<&str, &super::raw::RawService> = raw
+            .services
+            .iter()
+            .filter_map(|s| s.name.as_ref().map(|n| (n.value.as_str(), s)))
+            .collect();
+        let phase_of = |s: &super::raw::RawService| {
+            s.phase
+                .as_ref()
+                .and_then(|p| phase_names.iter().position(|n| *n == p.value))
+        };
+        for s in by_name.values() {
+            let Some(name) = &s.name else { continue };
+            for d in &s.depends_on {
+                let Some(dep) = by_name.get(d.value.as_str()) else {
+                    continue;
+                };
+                if let (Some(mine), Some(theirs)) = (phase_of(s), phase_of(dep))
+                    && theirs > mine
+                {
+                    let mut p = Problem::new(
+                        ProblemKind::LaterPhaseDependency,
+                        d.span,
+                        format!(
+                            "service `{}` (phase `{}`) depends on `{}`, which starts later (phase `{}`)",
+                            name.value, phase_names[mine], d.value, phase_names[theirs]
+                        ),
+                        "depends on a later phase",
+                        format!(
+                            "move `{}` to phase `{}` or earlier, or drop the dependency",
+                            d.value, phase_names[mine]
+                        ),
+                    );
+                    if let Some(ph) = &dep.phase {
+                        p = p.also(ph.span, "its phase is set here");
+                    }
+                    self.push(p);
+                }
+            }
+        }
+        // Depth-first search for cycles; each cycle reported once, from its
+        // smallest name, with every edge labelled.
+        let mut reported: Vec<Vec<String>> = Vec::new();
+        for start in by_name.keys() {
+            let mut stack: Vec<(&str, usize)> = vec![(start, 0)];
+            let mut on_path: Vec<&str> = vec![start];
+            while let Some((node, idx)) = stack.last_mut() {
+                let deps = &by_name[*node].depends_on;
+                if *idx >= deps.len() {
+                    stack.pop();
+                    on_path.pop();
+                    continue;
+                }
+                let next = deps[*idx].value.as_str();
+                *idx += 1;
+                if next == *node || !by_name.contains_key(next) {
+                    continue;
+                }
+                if next == *start {
+                    let cycle: Vec<String> = on_path.iter().map(|s| (*s).to_owned()).collect();
+                    let mut key = cycle.clone();
+                    key.sort();
+                    if !reported.contains(&key) && cycle.iter().all(|c| c.as_str() >= *start) {
+                        reported.push(key);
+                        self.cycle(&cycle, &by_name);
+                    }
+                    continue;
+                }
+                if on_path.contains(&next) || on_path.len() > by_name.len() {
+                    continue;
+                }
+                on_path.push(next);
+                stack.push((next, 0));
+            }
+        }
+    }
+
+    fn cycle(&mut self, cycle: &[String], by_name: &BTreeMap<&str, &super::raw::RawService>) {
+        let mut names = cycle.to_vec();
+        names.push(cycle[0].clone());
+        let edge_span = |from: &str, to: &str| {
+            by_name
+                .get(from)
+                .and_then(|s| s.depends_on.iter().find(|d| d.value == to).map(|d| d.span))
+        };
+        let Some(first) = edge_span(&names[0], &names[1]) else {
+            return;
+        };
+        let mut p = Problem::new(
+            ProblemKind::DependencyCycle,
+            first,
+            format!("dependency cycle: {}", names.join(" → ")),
+            format!("`{}` depends on `{}`", names[0], names[1]),
+            "services in a cycle can never start in order; remove one of these depends-on",
+        );
+        for w in names.windows(2).skip(1) {
+            if let Some(span) = edge_span(&w[0], &w[1]) {
+                p = p.also(span, format!("`{}` depends on `{}`", w[0], w[1]));
+            }
+        }
+        self.push(p);
+    }
+
+    fn proxy(&mut self, raw: &RawConfig) -> Option<Proxy> {
+        if let Some(second) = raw.proxies.get(1) {
+            self.push(
+                Problem::new(
+                    ProblemKind::Duplicate,
+                    second.span,
+                    "a second `proxy`",
+                    "second proxy",
+                    "moorline manages one reverse proxy; merge the two",
+                )
+                .also(raw.proxies[0].span, "first proxy"),
+            );
+        }
+        let p = raw.proxies.first()?;
+        let name = p.name.as_ref()?;
+        self.name(name, "proxy");
+        for w in &p.watch {
+            self.safe_path(w, "watch path");
+        }
+        if let Some(c) = &p.check {
+            self.command_placeholders(c, &["root"], "the proxy check");
+        }
+        let unit = match &p.unit {
+            None => {
+                self.push(Problem::new(
+                    ProblemKind::MissingValue,
+                    p.span,
+                    format!("proxy `{}` has no unit", name.value),
+                    "no `unit` here",
+                    "add unit \"nginx.service\"",
+                ));
+                return None;
+            }
+            Some(u) => {
+                if !is_valid_unit_name(&u.value) {
+                    self.push(Problem::new(
+                        ProblemKind::InvalidName,
+                        u.span,
+                        format!("`{}` is not a valid systemd unit name", u.value),
+                        "invalid unit name",
+                        "write the full unit name, for example \"nginx.service\"",
+                    ));
+                }
+                u.value.clone()
+            }
+        };
+        Some(Proxy {
+            name: name.value.clone(),
+            unit,
+            check: p.check.as_ref().map(command),
+            watch: p
+                .watch
+                .iter()
+                .map(|w| w.value.trim_end_matches('/').to_owned())
+                .collect(),
+        })
+    }
+}
+
+/// A service's own unit settings laid over its runtime's: single values
+/// from the service win, lists and environment variables add up (the
+/// service's value wins for a variable set in both).
+fn merge_unit(runtime: Option<&RawUnit>, own: Option<&RawUnit>) -> RawUnit {
+    let base = runtime.cloned().unwrap_or_default();
+    let Some(own) = own else { return base };
+    let pick = |a: &Option<Str>, b: &Option<Str>| a.clone().or_else(|| b.clone());
+    RawUnit {
+        span: own.span,
+        description: pick(&own.description, &base.description),
+        exec: own.exec.clone().or(base.exec),
+        env: base.env.iter().chain(&own.env).cloned().collect(),
+        env_files: base
+            .env_files
+            .iter()
+            .chain(&own.env_files)
+            .cloned()
+            .collect(),
+        user: pick(&own.user, &base.user),
+        group: pick(&own.group, &base.group),
+        restart: pick(&own.restart, &base.restart),
+        working_directory: pick(&own.working_directory, &base.working_directory),
+        after: base.after.iter().chain(&own.after).cloned().collect(),
+        wants: base.wants.iter().chain(&own.wants).cloned().collect(),
+        wanted_by: pick(&own.wanted_by, &base.wanted_by),
+    }
+}
