@@ -4,9 +4,14 @@
 //! `plan` (a deterministic value) → `render` (pure functions of the plan) →
 //! `apply` (the only stage that touches the host).
 
+pub mod changes;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod exit;
+pub mod plan;
+pub mod render;
 pub mod report;
+pub mod state;
 pub mod template;
+pub mod unit;

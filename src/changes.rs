@@ -1,0 +1,356 @@
+//! Git changes: two revisions of a repository → the paths that changed
+//! between them (renames followed), read with git2 from the object
+//! database only; the working tree is never looked at or touched.
+
+use std::path::{Path, PathBuf};
+
+use git2::{Delta, DiffFindOptions, DiffOptions, ObjectType, Oid, Repository, Tree};
+use miette::Diagnostic;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum GitError {
+    #[error("{path} is not inside a git repository")]
+    #[diagnostic(
+        code(moorline::git::not_a_repository),
+        help("pass the repository with --repo DIR, or keep the config file inside it")
+    )]
+    NotARepository {
+        path: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("unknown revision `{spec}`")]
+    #[diagnostic(
+        code(moorline::git::unknown_revision),
+        help(
+            "use a commit SHA, a branch, a tag or an expression like HEAD~3 that exists in {repo}; fetch first if it lives on a remote"
+        )
+    )]
+    UnknownRevision {
+        spec: String,
+        repo: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("`{from}` ({from_sha:.12}) is not an ancestor of `{to}` ({to_sha:.12})")]
+    #[diagnostic(
+        code(moorline::git::not_an_ancestor),
+        help(
+            "this usually means a fix landed on the deployed branch and was never merged back; merge it, or pass --allow-non-ancestor to deploy anyway (the plan will say so)"
+        )
+    )]
+    NotAncestor {
+        from: String,
+        from_sha: String,
+        to: String,
+        to_sha: String,
+    },
+    #[error("service `{service}` has no directory `{path}` at {rev:.12}")]
+    #[diagnostic(
+        code(moorline::git::service_missing),
+        help(
+            "create the directory in the repository, or set the service's `path` to where its source lives"
+        )
+    )]
+    ServiceMissing {
+        service: String,
+        path: String,
+        rev: String,
+    },
+    #[error("git failed while {doing}")]
+    #[diagnostic(
+        code(moorline::git::failed),
+        help("check the repository with `git fsck`")
+    )]
+    Failed {
+        doing: String,
+        #[source]
+        source: git2::Error,
+    },
+}
+
+fn failed(doing: &str) -> impl FnOnce(git2::Error) -> GitError + '_ {
+    move |source| GitError::Failed {
+        doing: doing.to_owned(),
+        source,
+    }
+}
+
+/// A resolved revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rev {
+    /// What the user or the state said (`main`, `HEAD~3`, a SHA).
+    pub spec: String,
+    pub sha: String,
+    /// First line of the commit message.
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangedPath {
+    pub path: String,
+    /// For a rename: where it came from.
+    pub from: Option<String>,
+    /// `added`, `modified`, `deleted`, `renamed`, `type-changed`.
+    pub status: String,
+}
+
+/// What changed between two revisions.
+#[derive(Debug, Clone)]
+pub struct Changes {
+    pub from: Option<Rev>,
+    pub to: Rev,
+    /// Sorted by path; empty on a first deploy (everything is new).
+    pub paths: Vec<ChangedPath>,
+    /// `from` is not an ancestor of `to` (allowed only when asked).
+    pub non_ancestor: bool,
+}
+
+/// An open repository.
+pub struct Repo {
+    repo: Repository,
+    root: PathBuf,
+}
+
+impl Repo {
+    /// Opens the repository that contains `path`.
+    pub fn discover(path: &Path) -> Result<Self, GitError> {
+        let repo = Repository::discover(path).map_err(|source| GitError::NotARepository {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let root = repo.workdir().unwrap_or_else(|| repo.path()).to_path_buf();
+        Ok(Self { repo, root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Resolves any revspec to a commit.
+    pub fn resolve(&self, spec: &str) -> Result<Rev, GitError> {
+        let unknown = |source| GitError::UnknownRevision {
+            spec: spec.to_owned(),
+            repo: self.root.display().to_string(),
+            source,
+        };
+        let obj = self.repo.revparse_single(spec).map_err(unknown)?;
+        let commit = obj.peel_to_commit().map_err(unknown)?;
+        Ok(Rev {
+            spec: spec.to_owned(),
+            sha: commit.id().to_string(),
+            summary: commit.summary().ok().flatten().unwrap_or("").to_owned(),
+        })
+    }
+
+    /// The tip of a branch: the local branch, else `origin/BRANCH`.
+    pub fn branch_tip(&self, branch: &str) -> Result<Rev, GitError> {
+        let local = format!("refs/heads/{branch}");
+        if self.repo.find_reference(&local).is_ok() {
+            let mut rev = self.resolve(&local)?;
+            rev.spec = branch.to_owned();
+            return Ok(rev);
+        }
+        let remote = format!("refs/remotes/origin/{branch}");
+        if self.repo.find_reference(&remote).is_ok() {
+            let mut rev = self.resolve(&remote)?;
+            rev.spec = format!("origin/{branch}");
+            return Ok(rev);
+        }
+        self.resolve(branch)
+    }
+
+    fn tree(&self, sha: &str) -> Result<Tree<'_>, GitError> {
+        let oid = Oid::from_str(sha).map_err(failed("reading a commit id"))?;
+        self.repo
+            .find_commit(oid)
+            .and_then(|c| c.tree())
+            .map_err(failed("reading a commit's tree"))
+    }
+
+    /// Changed paths between `from` (none: first deploy) and `to`.
+    pub fn changes(
+        &self,
+        from: Option<Rev>,
+        to: Rev,
+        allow_non_ancestor: bool,
+    ) -> Result<Changes, GitError> {
+        let Some(from) = from else {
+            return Ok(Changes {
+                from: None,
+                to,
+                paths: Vec::new(),
+                non_ancestor: false,
+            });
+        };
+        let from_oid = Oid::from_str(&from.sha).map_err(failed("reading a commit id"))?;
+        let to_oid = Oid::from_str(&to.sha).map_err(failed("reading a commit id"))?;
+        let ancestor = from_oid == to_oid
+            || self
+                .repo
+                .graph_descendant_of(to_oid, from_oid)
+                .map_err(failed("checking ancestry"))?;
+        if !ancestor && !allow_non_ancestor {
+            return Err(GitError::NotAncestor {
+                from: from.spec,
+                from_sha: from.sha,
+                to: to.spec,
+                to_sha: to.sha,
+            });
+        }
+        let old = self.tree(&from.sha)?;
+        let new = self.tree(&to.sha)?;
+        let mut opts = DiffOptions::new();
+        opts.ignore_submodules(true);
+        let mut diff = self
+            .repo
+            .diff_tree_to_tree(Some(&old), Some(&new), Some(&mut opts))
+            .map_err(failed("comparing trees"))?;
+        let mut find = DiffFindOptions::new();
+        find.renames(true);
+        diff.find_similar(Some(&mut find))
+            .map_err(failed("finding renames"))?;
+        let path_of = |f: git2::DiffFile<'_>| {
+            f.path()
+                .map(|p| p.to_string_lossy().replace('\\', "/"))
+                .unwrap_or_default()
+        };
+        let mut paths: Vec<ChangedPath> = diff
+            .deltas()
+            .map(|d| {
+                let (status, from) = match d.status() {
+                    Delta::Added | Delta::Copied => ("added", None),
+                    Delta::Deleted => ("deleted", None),
+                    Delta::Renamed => ("renamed", Some(path_of(d.old_file()))),
+                    Delta::Typechange => ("type-changed", None),
+                    _ => ("modified", None),
+                };
+                let path = if d.status() == Delta::Deleted {
+                    path_of(d.old_file())
+                } else {
+                    path_of(d.new_file())
+                };
+                ChangedPath {
+                    path,
+                    from,
+                    status: status.to_owned(),
+                }
+            })
+            .collect();
+        paths.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Changes {
+            from: Some(from),
+            to,
+            paths,
+            non_ancestor: !ancestor,
+        })
+    }
+
+    /// Whether `path` exists (as a file or directory) at `sha`.
+    pub fn exists(&self, sha: &str, path: &str) -> Result<bool, GitError> {
+        let tree = self.tree(sha)?;
+        Ok(tree.get_path(Path::new(path)).is_ok())
+    }
+
+    /// Whether `path` is a directory at `sha`.
+    pub fn is_dir(&self, sha: &str, path: &str) -> Result<bool, GitError> {
+        let tree = self.tree(sha)?;
+        Ok(tree
+            .get_path(Path::new(path))
+            .is_ok_and(|e| e.kind() == Some(ObjectType::Tree)))
+    }
+
+    /// A file's content at `sha`, if it exists and is a blob.
+    pub fn read(&self, sha: &str, path: &str) -> Result<Option<Vec<u8>>, GitError> {
+        let tree = self.tree(sha)?;
+        let Ok(entry) = tree.get_path(Path::new(path)) else {
+            return Ok(None);
+        };
+        let Ok(blob) = self.repo.find_blob(entry.id()) else {
+            return Ok(None);
+        };
+        Ok(Some(blob.content().to_vec()))
+    }
+
+    /// Writes the tree at `sha`/`subdir` into `dest` (created; must not
+    /// exist). Files keep their executable bit; symlinks stay symlinks.
+    pub fn export(&self, sha: &str, subdir: &str, dest: &Path) -> Result<u64, ExportError> {
+        let tree = self.tree(sha)?;
+        let entry = tree
+            .get_path(Path::new(subdir))
+            .map_err(|source| GitError::Failed {
+                doing: format!("finding {subdir}"),
+                source,
+            })?;
+        let sub = self
+            .repo
+            .find_tree(entry.id())
+            .map_err(failed("reading a directory"))?;
+        std::fs::create_dir_all(dest).map_err(|e| ExportError::Io(dest.to_owned(), e))?;
+        let mut files = 0;
+        self.export_tree(&sub, dest, &mut files)?;
+        Ok(files)
+    }
+
+    fn export_tree(
+        &self,
+        tree: &Tree<'_>,
+        dest: &Path,
+        files: &mut u64,
+    ) -> Result<(), ExportError> {
+        for entry in tree {
+            let Ok(name) = entry.name() else { continue };
+            if name == ".." || name == "." || name.contains('/') {
+                continue;
+            }
+            let path = dest.join(name);
+            match entry.kind() {
+                Some(ObjectType::Tree) => {
+                    let sub = self
+                        .repo
+                        .find_tree(entry.id())
+                        .map_err(failed("reading a directory"))?;
+                    std::fs::create_dir(&path).map_err(|e| ExportError::Io(path.clone(), e))?;
+                    self.export_tree(&sub, &path, files)?;
+                }
+                Some(ObjectType::Blob) => {
+                    let blob = self
+                        .repo
+                        .find_blob(entry.id())
+                        .map_err(failed("reading a file"))?;
+                    let mode = entry.filemode();
+                    if mode == 0o120_000 {
+                        let target = String::from_utf8_lossy(blob.content()).into_owned();
+                        std::os::unix::fs::symlink(&target, &path)
+                            .map_err(|e| ExportError::Io(path.clone(), e))?;
+                    } else {
+                        std::fs::write(&path, blob.content())
+                            .map_err(|e| ExportError::Io(path.clone(), e))?;
+                        if mode == 0o100_755 {
+                            use std::os::unix::fs::PermissionsExt;
+                            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                                .map_err(|e| ExportError::Io(path.clone(), e))?;
+                        }
+                    }
+                    *files += 1;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum ExportError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Git(#[from] GitError),
+    #[error("cannot write {0}")]
+    #[diagnostic(
+        code(moorline::release::write),
+        help("check free space and permissions under the environment's root")
+    )]
+    Io(PathBuf, #[source] std::io::Error),
+}

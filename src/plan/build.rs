@@ -1,0 +1,921 @@
+//! The planner: config + git changes + a view of the host → `Plan`.
+//! Deterministic: ordered maps everywhere, an explicit tie-break in the
+//! topological order, no clock. Reads git (through `Repo`) but never the
+//! host itself: what it knows of the host comes in `HostView`.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+
+use miette::Diagnostic;
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::Serialize;
+
+use super::{
+    Action, ActionKind, FORMAT_VERSION, Plan, PlanInputs, RollbackKind, RollbackPlan,
+    ServiceChange, ServicePlan, UnitChange, short,
+};
+use crate::changes::{Changes, GitError, Repo};
+use crate::config::{Config, Environment, Service};
+use crate::state::{State, sha256_hex};
+use crate::template::{self, Vars};
+use crate::unit;
+
+/// How many changed paths a reason lists before it only counts.
+const PATHS_SHOWN: usize = 5;
+
+/// What the planner knows of the host.
+#[derive(Debug, Clone, Default)]
+pub struct HostView {
+    pub state: Option<State>,
+    pub state_sha256: Option<String>,
+    /// `host`, `config@<sha>` or `none`.
+    pub units_source: String,
+    /// Service name → the text of its baseline unit file, if one exists.
+    pub units: BTreeMap<String, Option<String>>,
+}
+
+pub struct Inputs<'a> {
+    pub config: &'a Config,
+    pub config_text: &'a str,
+    pub env: &'a Environment,
+    pub changes: &'a Changes,
+    pub host: &'a HostView,
+    pub repo: &'a Repo,
+    pub allow_non_ancestor: bool,
+}
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum PlanError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Git(#[from] GitError),
+    #[error("the plan's action graph has a cycle through {0}")]
+    #[diagnostic(
+        code(moorline::plan::cycle),
+        help("this is a bug in moorline: please report it with the config")
+    )]
+    Cycle(String),
+}
+
+struct Affected {
+    reasons: Vec<String>,
+    paths: Vec<String>,
+    migrate_paths: Vec<String>,
+}
+
+/// Builds the plan.
+pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
+    let Inputs {
+        config,
+        env,
+        changes,
+        host,
+        repo,
+        ..
+    } = *inp;
+    let to = &changes.to;
+    let first_deploy = changes.from.is_none();
+    let mut warnings = Vec::new();
+    if changes.non_ancestor
+        && let Some(from) = &changes.from
+    {
+        warnings.push(format!(
+            "{} is not an ancestor of {}: commits on the deployed revision are not in the target (a hotfix never merged back?) and would be undone",
+            short(&from.sha),
+            short(&to.sha)
+        ));
+    }
+
+    // Which services does each changed path affect?
+    let mut by_prefix: HashMap<&str, Vec<(usize, bool)>> = HashMap::new();
+    for (i, s) in config.services.iter().enumerate() {
+        by_prefix
+            .entry(s.path.as_str())
+            .or_default()
+            .push((i, false));
+        for w in &s.watch {
+            by_prefix.entry(w.as_str()).or_default().push((i, true));
+        }
+    }
+    let mut hits: Vec<BTreeMap<bool, Vec<&str>>> = vec![BTreeMap::new(); config.services.len()];
+    let mut proxy_paths: Vec<&str> = Vec::new();
+    for cp in &changes.paths {
+        let candidates = [Some(cp.path.as_str()), cp.from.as_deref()];
+        for path in candidates.into_iter().flatten() {
+            for prefix in prefixes(path) {
+                if let Some(list) = by_prefix.get(prefix) {
+                    for (i, watched) in list {
+                        let v = hits[*i].entry(*watched).or_default();
+                        if v.last() != Some(&cp.path.as_str()) {
+                            v.push(&cp.path);
+                        }
+                    }
+                }
+                if let Some(p) = &config.proxy
+                    && p.watch.iter().any(|w| w == prefix)
+                    && proxy_paths.last() != Some(&cp.path.as_str())
+                {
+                    proxy_paths.push(&cp.path);
+                }
+            }
+        }
+    }
+
+    let state = host.state.as_ref();
+    let mut affected: BTreeMap<usize, Affected> = BTreeMap::new();
+    for (i, s) in config.services.iter().enumerate() {
+        if !repo.is_dir(&to.sha, &s.path)? {
+            return Err(GitError::ServiceMissing {
+                service: s.name.clone(),
+                path: s.path.clone(),
+                rev: to.sha.clone(),
+            }
+            .into());
+        }
+        let live = state.and_then(|st| st.services.get(&s.name));
+        let mut reasons = Vec::new();
+        let mut paths: Vec<String> = Vec::new();
+        if first_deploy {
+            reasons.push("first deploy: nothing is recorded as deployed".to_owned());
+        } else if live.is_none() && state.is_some() {
+            reasons.push("never deployed to this environment".to_owned());
+        }
+        if let Some(own) = hits[i].get(&false) {
+            reasons.push(format!(
+                "{} under {}/: {}",
+                count(own.len(), "path changed", "paths changed"),
+                s.path,
+                list(own)
+            ));
+            paths.extend(own.iter().map(|p| (*p).to_owned()));
+        }
+        if let Some(w) = hits[i].get(&true) {
+            reasons.push(format!(
+                "watched {}: {}",
+                count(w.len(), "path changed", "paths changed"),
+                list(w)
+            ));
+            paths.extend(w.iter().map(|p| (*p).to_owned()));
+        }
+        if let (Some(live), Some(from)) = (live, &changes.from)
+            && live.revision != from.sha
+            && live.revision != to.sha
+        {
+            reasons.push(format!(
+                "its live release {} differs from the deployed revision {} (rolled back by hand?)",
+                short(&live.revision),
+                short(&from.sha)
+            ));
+        }
+        if reasons.is_empty() {
+            continue;
+        }
+        // Migrations: only where the runtime migrates, the `if-exists`
+        // file exists at the target, and its inputs changed (or first deploy).
+        let mut migrate_paths = Vec::new();
+        let mut migrates = false;
+        if let Some(m) = config.runtime_of(s).and_then(|r| r.migrate.as_ref()) {
+            let exists = match &m.if_exists {
+                Some(f) => repo.exists(&to.sha, &format!("{}/{f}", s.path))?,
+                None => true,
+            };
+            if exists {
+                let inputs = if m.inputs.is_empty() {
+                    s.path.clone()
+                } else {
+                    format!("{}/{}", s.path, m.inputs)
+                };
+                migrate_paths = paths
+                    .iter()
+                    .filter(|p| prefixes(p).any(|pre| pre == inputs))
+                    .cloned()
+                    .collect();
+                migrates = first_deploy || live.is_none() || !migrate_paths.is_empty();
+                if migrates && migrate_paths.is_empty() {
+                    migrate_paths.push(String::new());
+                }
+            }
+        }
+        if !migrates {
+            migrate_paths.clear();
+        }
+        affected.insert(
+            i,
+            Affected {
+                reasons,
+                paths,
+                migrate_paths,
+            },
+        );
+    }
+
+    // Unit files: rendered vs baseline.
+    let mut unit_changes: BTreeMap<usize, (UnitChange, Option<String>)> = BTreeMap::new();
+    let mut input_units = BTreeMap::new();
+    for (i, s) in config.services.iter().enumerate() {
+        let baseline = host.units.get(&s.name).cloned().flatten();
+        input_units.insert(
+            s.unit_name.clone(),
+            baseline.as_deref().map(|b| sha256_hex(b.as_bytes())),
+        );
+        let Some(rendered) = unit::render(env, s) else {
+            unit_changes.insert(i, (UnitChange::Unmanaged, None));
+            continue;
+        };
+        let secret = unit::secret_names(s);
+        let change = match &baseline {
+            None => UnitChange::New,
+            Some(b) if *b == rendered => UnitChange::Unchanged,
+            Some(_) => UnitChange::Changed,
+        };
+        let shown_new = unit::render_redacted(env, s).unwrap_or_default();
+        let diff = match (&change, &baseline) {
+            (UnitChange::Changed, Some(b)) => Some(unit::diff(
+                &unit::redact_text(b, &secret),
+                &shown_new,
+                &format!("installed/{}", s.unit_name),
+                &format!("planned/{}", s.unit_name),
+            )),
+            (UnitChange::New, _) => Some(unit::diff(
+                "",
+                &shown_new,
+                "/dev/null",
+                &format!("planned/{}", s.unit_name),
+            )),
+            _ => None,
+        };
+        unit_changes.insert(i, (change, diff));
+    }
+
+    // Assemble actions.
+    let mut actions: Vec<Action> = Vec::new();
+    let mut keys: Vec<(usize, ActionKind, usize)> = Vec::new();
+    let mut edges: Vec<(usize, usize)> = Vec::new();
+    let mut push = |a: Action, key: (usize, ActionKind, usize), actions: &mut Vec<Action>| {
+        actions.push(a);
+        keys.push(key);
+        actions.len() - 1
+    };
+    let current_of = |s: &Service| unit::current_link(env, &s.name);
+    let release_of = |s: &Service| format!("{}/{}/releases/{}", env.root, s.name, to.sha);
+
+    let mut builds: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut migrations: Vec<(usize, usize)> = Vec::new();
+    for (i, a) in &affected {
+        let s = &config.services[*i];
+        let rt = config.runtime_of(s);
+        let release = release_of(s);
+        let current = current_of(s);
+        let vars = Vars {
+            service: Some(&s.name),
+            port: Some(s.port),
+            root: Some(&env.root),
+            release: Some(&release),
+            current: Some(&current),
+            backup: None,
+        };
+        let build_cmd = rt.and_then(|r| r.build.as_ref());
+        let id = push(
+            Action {
+                id: format!("build:{}", s.name),
+                kind: ActionKind::Build,
+                service: Some(s.name.clone()),
+                phase: Some(s.phase.clone()),
+                reason: format!(
+                    "new release {} of {}: {}",
+                    short(&to.sha),
+                    s.name,
+                    a.reasons.join("; ")
+                ),
+                after: Vec::new(),
+                command: build_cmd
+                    .map(|c| c.argv.iter().map(|x| template::render(x, &vars)).collect()),
+                dir: Some(release.clone()),
+                unit: None,
+                url: None,
+                timeout_secs: build_cmd.map(|c| c.timeout.as_secs()),
+            },
+            (s.phase_index, ActionKind::Build, *i),
+            &mut actions,
+        );
+        builds.insert(*i, id);
+        if !a.migrate_paths.is_empty()
+            && let Some(m) = rt.and_then(|r| r.migrate.as_ref())
+        {
+            let why = if a.migrate_paths.iter().all(String::is_empty) {
+                "first deploy of a service with migrations".to_owned()
+            } else {
+                format!(
+                    "migration inputs changed: {}",
+                    list(
+                        &a.migrate_paths
+                            .iter()
+                            .map(String::as_str)
+                            .collect::<Vec<_>>()
+                    )
+                )
+            };
+            let mid = push(
+                Action {
+                    id: format!("migrate:{}", s.name),
+                    kind: ActionKind::Migrate,
+                    service: Some(s.name.clone()),
+                    phase: Some(s.phase.clone()),
+                    reason: why,
+                    after: Vec::new(),
+                    command: Some(
+                        m.command
+                            .argv
+                            .iter()
+                            .map(|x| template::render(x, &vars))
+                            .collect(),
+                    ),
+                    dir: Some(release.clone()),
+                    unit: None,
+                    url: None,
+                    timeout_secs: Some(m.command.timeout.as_secs()),
+                },
+                (s.phase_index, ActionKind::Migrate, *i),
+                &mut actions,
+            );
+            edges.push((id, mid));
+            migrations.push((*i, mid));
+        }
+    }
+    // One backup before the first migration, where the environment has one.
+    if !migrations.is_empty()
+        && let Some(b) = &env.backup
+    {
+        let names: Vec<&str> = migrations
+            .iter()
+            .map(|(i, _)| config.services[*i].name.as_str())
+            .collect();
+        let bid = push(
+            Action {
+                id: "backup".to_owned(),
+                kind: ActionKind::Backup,
+                service: None,
+                phase: None,
+                reason: format!(
+                    "environment {} backs up the database before migrations ({} migrate{})",
+                    env.name,
+                    names.join(", "),
+                    if names.len() == 1 { "s" } else { "" }
+                ),
+                after: Vec::new(),
+                command: Some(b.run.argv.clone()),
+                dir: None,
+                unit: None,
+                url: None,
+                timeout_secs: Some(b.run.timeout.as_secs()),
+            },
+            (0, ActionKind::Backup, 0),
+            &mut actions,
+        );
+        if let Some((_, first)) = migrations.first() {
+            edges.push((bid, *first));
+        }
+    }
+    // Migrations run one after another, in start order: two services'
+    // migrations against one database must not interleave.
+    for w in migrations.windows(2) {
+        edges.push((w[0].1, w[1].1));
+    }
+    // Whatever comes next changes what is live, so it waits for every build
+    // and migration: a failed build leaves the host untouched.
+    let last_prepare: Vec<usize> = {
+        let mut v: Vec<usize> = builds.values().copied().collect();
+        if let Some((_, m)) = migrations.last() {
+            // The chain makes every migration precede the last one.
+            v.retain(|b| !migrations.iter().any(|(i, _)| builds.get(i) == Some(b)));
+            v.push(*m);
+        }
+        v
+    };
+
+    // Unit installs and one daemon-reload.
+    let mut installs: BTreeMap<usize, usize> = BTreeMap::new();
+    for (i, (change, _)) in &unit_changes {
+        if !matches!(change, UnitChange::New | UnitChange::Changed) {
+            continue;
+        }
+        let s = &config.services[*i];
+        let id = push(
+            Action {
+                id: format!("install-unit:{}", s.name),
+                kind: ActionKind::InstallUnit,
+                service: Some(s.name.clone()),
+                phase: Some(s.phase.clone()),
+                reason: if *change == UnitChange::New {
+                    "unit file is not installed yet".to_owned()
+                } else {
+                    "unit file differs from the installed one".to_owned()
+                },
+                after: Vec::new(),
+                command: None,
+                dir: None,
+                unit: Some(s.unit_name.clone()),
+                url: None,
+                timeout_secs: None,
+            },
+            (s.phase_index, ActionKind::InstallUnit, *i),
+            &mut actions,
+        );
+        for p in &last_prepare {
+            edges.push((*p, id));
+        }
+        installs.insert(*i, id);
+    }
+    let reload = if installs.is_empty() {
+        None
+    } else {
+        let units: Vec<&str> = installs
+            .keys()
+            .map(|i| config.services[*i].unit_name.as_str())
+            .collect();
+        let id = push(
+            Action {
+                id: "daemon-reload".to_owned(),
+                kind: ActionKind::DaemonReload,
+                service: None,
+                phase: None,
+                reason: format!(
+                    "systemd must re-read {}: {}",
+                    count(units.len(), "unit file", "unit files"),
+                    units.join(", ")
+                ),
+                after: Vec::new(),
+                command: None,
+                dir: None,
+                unit: None,
+                url: None,
+                timeout_secs: None,
+            },
+            (0, ActionKind::DaemonReload, 0),
+            &mut actions,
+        );
+        for inst in installs.values() {
+            edges.push((*inst, id));
+        }
+        Some(id)
+    };
+
+    // Restarts and health checks, phase by phase.
+    let restarting: BTreeSet<usize> = affected.keys().chain(installs.keys()).copied().collect();
+    let mut health_of: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut restart_of: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut previous_phase_health: Vec<usize> = Vec::new();
+    let mut first_restart_phase = true;
+    for (pi, _) in config.phases.iter().enumerate() {
+        let in_phase: Vec<usize> = restarting
+            .iter()
+            .copied()
+            .filter(|i| config.services[*i].phase_index == pi)
+            .collect();
+        if in_phase.is_empty() {
+            continue;
+        }
+        for i in &in_phase {
+            let s = &config.services[*i];
+            let deploy = affected.contains_key(i);
+            let reason = if deploy {
+                format!("switch to release {}", short(&to.sha))
+            } else {
+                "unit file changed".to_owned()
+            };
+            let rid = push(
+                Action {
+                    id: format!("restart:{}", s.name),
+                    kind: ActionKind::Restart,
+                    service: Some(s.name.clone()),
+                    phase: Some(s.phase.clone()),
+                    reason,
+                    after: Vec::new(),
+                    command: None,
+                    dir: deploy.then(|| release_of(s)),
+                    unit: Some(s.unit_name.clone()),
+                    url: None,
+                    timeout_secs: None,
+                },
+                (pi, ActionKind::Restart, *i),
+                &mut actions,
+            );
+            let url = ready_url(s);
+            let hid = push(
+                Action {
+                    id: format!("health:{}", s.name),
+                    kind: ActionKind::Health,
+                    service: Some(s.name.clone()),
+                    phase: Some(s.phase.clone()),
+                    reason: format!(
+                        "GET {url} must answer 2xx within {}s",
+                        s.ready_timeout.as_secs()
+                    ),
+                    after: Vec::new(),
+                    command: None,
+                    dir: None,
+                    unit: Some(s.unit_name.clone()),
+                    url: Some(url),
+                    timeout_secs: Some(s.ready_timeout.as_secs()),
+                },
+                (pi, ActionKind::Health, *i),
+                &mut actions,
+            );
+            edges.push((rid, hid));
+            restart_of.insert(*i, rid);
+            health_of.insert(*i, hid);
+            if first_restart_phase {
+                if let Some(r) = reload {
+                    edges.push((r, rid));
+                } else {
+                    for p in &last_prepare {
+                        edges.push((*p, rid));
+                    }
+                }
+            }
+            for h in &previous_phase_health {
+                edges.push((*h, rid));
+            }
+        }
+        // depends-on inside the phase orders restarts.
+        for i in &in_phase {
+            let s = &config.services[*i];
+            for d in &s.depends_on {
+                if let Some(j) = in_phase.iter().find(|j| config.services[**j].name == *d)
+                    && let (Some(h), Some(r)) = (health_of.get(j), restart_of.get(i))
+                {
+                    edges.push((*h, *r));
+                }
+            }
+        }
+        // The next phase waits for the health of this one's services that
+        // nothing else in the phase waits on (the rest follow transitively).
+        previous_phase_health = in_phase
+            .iter()
+            .filter(|i| {
+                let name = &config.services[**i].name;
+                !in_phase
+                    .iter()
+                    .any(|j| config.services[*j].depends_on.iter().any(|d| d == name))
+            })
+            .filter_map(|i| health_of.get(i).copied())
+            .collect();
+        first_restart_phase = false;
+    }
+
+    // The proxy reloads last, after its configuration check.
+    if let Some(p) = &config.proxy
+        && (!restarting.is_empty() || !proxy_paths.is_empty())
+    {
+        let mut why = Vec::new();
+        if !restarting.is_empty() {
+            let names: Vec<&str> = restarting
+                .iter()
+                .map(|i| config.services[*i].name.as_str())
+                .collect();
+            why.push(format!("upstreams restarted: {}", list(&names)));
+        }
+        if !proxy_paths.is_empty() {
+            why.push(format!("its configuration changed: {}", list(&proxy_paths)));
+        }
+        if let Some(c) = &p.check {
+            why.push(format!("after `{}` passes", c.argv.join(" ")));
+        }
+        let id = push(
+            Action {
+                id: "reload-proxy".to_owned(),
+                kind: ActionKind::ReloadProxy,
+                service: None,
+                phase: None,
+                reason: why.join("; "),
+                after: Vec::new(),
+                command: p.check.as_ref().map(|c| c.argv.clone()),
+                dir: None,
+                unit: Some(p.unit.clone()),
+                url: None,
+                timeout_secs: p.check.as_ref().map(|c| c.timeout.as_secs()),
+            },
+            (config.phases.len(), ActionKind::ReloadProxy, 0),
+            &mut actions,
+        );
+        if health_of.is_empty() {
+            for pp in &last_prepare {
+                edges.push((*pp, id));
+            }
+        }
+        for h in &previous_phase_health {
+            edges.push((*h, id));
+        }
+    }
+
+    let actions = order(actions, &keys, &edges)?;
+
+    // Per-service summary, in start order.
+    let mut services = Vec::new();
+    let mut order_idx: Vec<usize> = (0..config.services.len()).collect();
+    order_idx.sort_by_key(|i| (config.services[*i].phase_index, *i));
+    for i in order_idx {
+        let s = &config.services[i];
+        let live = state.and_then(|st| st.services.get(&s.name));
+        let (unit_change, unit_diff) = unit_changes
+            .get(&i)
+            .cloned()
+            .unwrap_or((UnitChange::Unmanaged, None));
+        let (change, mut reasons, paths, migrate) = match affected.get(&i) {
+            Some(a) => (
+                ServiceChange::Deploy,
+                a.reasons.clone(),
+                a.paths.clone(),
+                !a.migrate_paths.is_empty(),
+            ),
+            None if installs.contains_key(&i) => {
+                (ServiceChange::Restart, Vec::new(), Vec::new(), false)
+            }
+            None => (ServiceChange::Unchanged, Vec::new(), Vec::new(), false),
+        };
+        match unit_change {
+            UnitChange::New => reasons.push("unit file is not installed yet".to_owned()),
+            UnitChange::Changed => {
+                reasons.push("unit file differs from the installed one".to_owned())
+            }
+            _ => {}
+        }
+        let from_revision = live
+            .map(|l| l.revision.clone())
+            .or_else(|| changes.from.as_ref().map(|f| f.sha.clone()));
+        let to_revision = match change {
+            ServiceChange::Deploy => Some(to.sha.clone()),
+            _ => from_revision.clone(),
+        };
+        services.push(ServicePlan {
+            name: s.name.clone(),
+            phase: s.phase.clone(),
+            unit: s.unit_name.clone(),
+            change,
+            migrate,
+            unit_change,
+            from_revision,
+            to_revision,
+            reasons,
+            changed_count: paths.len(),
+            changed_paths: paths.into_iter().take(PATHS_SHOWN).collect(),
+            unit_diff,
+        });
+    }
+
+    let rollback = rollback_plan(env, &services, first_deploy);
+    if rollback.kind == RollbackKind::Irreversible {
+        warnings.push(format!(
+            "migrations run and environment {} has no backup block: moorline cannot undo them",
+            env.name
+        ));
+    }
+
+    let inputs = PlanInputs {
+        moorline_version: env!("CARGO_PKG_VERSION").to_owned(),
+        config_sha256: sha256_hex(inp.config_text.as_bytes()),
+        state_sha256: host.state_sha256.clone(),
+        units_source: host.units_source.clone(),
+        units: input_units,
+        allow_non_ancestor: inp.allow_non_ancestor,
+    };
+    let fingerprint = fingerprint(config, env, changes, &inputs);
+    Ok(Plan {
+        format_version: FORMAT_VERSION,
+        project: config.project.name.clone(),
+        environment: env.name.clone(),
+        branch: env.branch.clone(),
+        from: changes.from.clone(),
+        to: to.clone(),
+        first_deploy,
+        non_ancestor: changes.non_ancestor,
+        fingerprint,
+        inputs,
+        changed_paths: changes.paths.len(),
+        services,
+        actions,
+        rollback,
+        warnings,
+    })
+}
+
+/// The fingerprint: SHA-256 over the canonical JSON of every input.
+fn fingerprint(
+    config: &Config,
+    env: &Environment,
+    changes: &Changes,
+    inputs: &PlanInputs,
+) -> String {
+    #[derive(Serialize)]
+    struct Fp<'a> {
+        format_version: u32,
+        project: &'a str,
+        environment: &'a str,
+        from: Option<&'a str>,
+        to: &'a str,
+        inputs: &'a PlanInputs,
+    }
+    let fp = Fp {
+        format_version: FORMAT_VERSION,
+        project: &config.project.name,
+        environment: &env.name,
+        from: changes.from.as_ref().map(|f| f.sha.as_str()),
+        to: &changes.to.sha,
+        inputs,
+    };
+    let bytes = serde_json::to_vec(&fp).unwrap_or_default();
+    format!("sha256:{}", sha256_hex(&bytes))
+}
+
+/// The readiness URL of a service.
+pub fn ready_url(s: &Service) -> String {
+    url_for(s, &s.ready)
+}
+
+/// A health path or URL of a service made absolute.
+pub fn url_for(s: &Service, path_or_url: &str) -> String {
+    let vars = Vars {
+        service: Some(&s.name),
+        port: Some(s.port),
+        ..Vars::default()
+    };
+    let p = template::render(path_or_url, &vars);
+    if p.starts_with("http://") || p.starts_with("https://") {
+        p
+    } else {
+        format!("http://127.0.0.1:{}{p}", s.port)
+    }
+}
+
+fn rollback_plan(env: &Environment, services: &[ServicePlan], first_deploy: bool) -> RollbackPlan {
+    let switched: Vec<String> = services
+        .iter()
+        .filter(|s| s.change != ServiceChange::Unchanged)
+        .map(|s| s.name.clone())
+        .collect();
+    let migrating: Vec<&str> = services
+        .iter()
+        .filter(|s| s.migrate)
+        .map(|s| s.name.as_str())
+        .collect();
+    let (kind, summary) = if switched.is_empty() {
+        (
+            RollbackKind::Nothing,
+            "nothing changes, so there is nothing to roll back".to_owned(),
+        )
+    } else if first_deploy {
+        (
+            RollbackKind::NoPrevious,
+            "first deploy: there is no previous release to go back to; a failed apply stops the services it started".to_owned(),
+        )
+    } else if migrating.is_empty() {
+        (
+            RollbackKind::CodeOnly,
+            format!(
+                "code-only: `moorline rollback --env {}` switches {} back to the previous release and restarts {} (no rebuild, no database change)",
+                env.name,
+                count(switched.len(), "service", "services"),
+                if switched.len() == 1 { "it" } else { "them" }
+            ),
+        )
+    } else if env.backup.is_some() {
+        (
+            RollbackKind::NeedsDatabase,
+            format!(
+                "needs the database: migrations of {} are the point of no return; the code rolls back with `moorline rollback --env {e}`, the schema only with `moorline rollback --env {e} --database`, which restores the backup taken before them (writes since then are lost)",
+                migrating.join(", "),
+                e = env.name
+            ),
+        )
+    } else {
+        (
+            RollbackKind::Irreversible,
+            format!(
+                "migrations of {} cannot be undone by moorline: environment {} takes no backup; the code can roll back, the schema stays migrated",
+                migrating.join(", "),
+                env.name
+            ),
+        )
+    };
+    RollbackPlan {
+        kind,
+        services: switched,
+        summary,
+    }
+}
+
+/// Topological order with an explicit tie-break (phase, kind, declaration
+/// order), and `after` filled with direct predecessors by id.
+fn order(
+    mut actions: Vec<Action>,
+    keys: &[(usize, ActionKind, usize)],
+    edges: &[(usize, usize)],
+) -> Result<Vec<Action>, PlanError> {
+    let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(actions.len(), edges.len());
+    let nodes: Vec<NodeIndex> = (0..actions.len()).map(|i| g.add_node(i)).collect();
+    let mut seen = BTreeSet::new();
+    for (a, b) in edges {
+        if a != b && seen.insert((*a, *b)) {
+            g.add_edge(nodes[*a], nodes[*b], ());
+        }
+    }
+    if let Err(c) = petgraph::algo::toposort(&g, None) {
+        let id = actions
+            .get(g[c.node_id()])
+            .map_or_else(String::new, |a| a.id.clone());
+        return Err(PlanError::Cycle(id));
+    }
+    let mut indegree: Vec<usize> = nodes
+        .iter()
+        .map(|n| {
+            g.neighbors_directed(*n, petgraph::Direction::Incoming)
+                .count()
+        })
+        .collect();
+    let mut ready: BinaryHeap<Reverse<((usize, ActionKind, usize), usize)>> = BinaryHeap::new();
+    for (i, d) in indegree.iter().enumerate() {
+        if *d == 0 {
+            ready.push(Reverse((keys[i], i)));
+        }
+    }
+    let mut out_order = Vec::with_capacity(actions.len());
+    while let Some(Reverse((_, i))) = ready.pop() {
+        out_order.push(i);
+        for n in g.neighbors_directed(nodes[i], petgraph::Direction::Outgoing) {
+            let j = g[n];
+            indegree[j] -= 1;
+            if indegree[j] == 0 {
+                ready.push(Reverse((keys[j], j)));
+            }
+        }
+    }
+    let ids: Vec<String> = actions.iter().map(|a| a.id.clone()).collect();
+    let position: HashMap<usize, usize> =
+        out_order.iter().enumerate().map(|(p, i)| (*i, p)).collect();
+    for (i, a) in actions.iter_mut().enumerate() {
+        let mut preds: Vec<usize> = g
+            .neighbors_directed(nodes[i], petgraph::Direction::Incoming)
+            .map(|n| g[n])
+            .collect();
+        preds.sort_by_key(|p| position.get(p).copied().unwrap_or(usize::MAX));
+        a.after = preds.into_iter().map(|p| ids[p].clone()).collect();
+    }
+    let mut slots: Vec<Option<Action>> = actions.into_iter().map(Some).collect();
+    Ok(out_order
+        .into_iter()
+        .filter_map(|i| slots.get_mut(i).and_then(Option::take))
+        .collect())
+}
+
+/// `a/b/c` → `a/b/c`, `a/b`, `a`.
+fn prefixes(path: &str) -> impl Iterator<Item = &str> {
+    let mut cur = Some(path);
+    std::iter::from_fn(move || {
+        let p = cur?;
+        cur = p.rsplit_once('/').map(|(head, _)| head);
+        Some(p)
+    })
+}
+
+fn count(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+fn list(items: &[&str]) -> String {
+    let shown: Vec<&str> = items.iter().take(PATHS_SHOWN).copied().collect();
+    if items.len() > PATHS_SHOWN {
+        format!("{} (+{} more)", shown.join(", "), items.len() - PATHS_SHOWN)
+    } else {
+        shown.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_prefixes() {
+        let got: Vec<&str> = prefixes("services/backend/src/a.js").collect();
+        assert_eq!(
+            got,
+            [
+                "services/backend/src/a.js",
+                "services/backend/src",
+                "services/backend",
+                "services"
+            ]
+        );
+    }
+
+    #[test]
+    fn lists_are_capped() {
+        let items = ["a", "b", "c", "d", "e", "f", "g"];
+        assert_eq!(list(&items), "a, b, c, d, e (+2 more)");
+        assert_eq!(list(&items[..2]), "a, b");
+    }
+}

@@ -1,0 +1,195 @@
+//! The plan: a deterministic, serialisable value (actions in a DAG, each
+//! with a reason) built by `build` before anything touches the host.
+//! Renderers are pure functions of it; `apply` executes it. Its JSON form is
+//! the contract documented in docs/plan-format.md.
+
+mod build;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::changes::Rev;
+
+pub use build::{HostView, Inputs, PlanError, build};
+
+/// Version of the JSON contract; bumped on any incompatible change.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub format_version: u32,
+    pub project: String,
+    pub environment: String,
+    pub branch: String,
+    /// What is deployed now; `null` on a first deploy.
+    pub from: Option<Rev>,
+    pub to: Rev,
+    pub first_deploy: bool,
+    /// `from` is not an ancestor of `to` (`--allow-non-ancestor`).
+    pub non_ancestor: bool,
+    /// SHA-256 over everything the plan was computed from.
+    pub fingerprint: String,
+    pub inputs: PlanInputs,
+    /// Number of paths that changed between `from` and `to`.
+    pub changed_paths: usize,
+    /// Every service of the config, in start order.
+    pub services: Vec<ServicePlan>,
+    /// Topologically ordered; `after` lists direct predecessors.
+    pub actions: Vec<Action>,
+    pub rollback: RollbackPlan,
+    pub warnings: Vec<String>,
+}
+
+/// What the plan was computed from; the fingerprint is a hash of this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanInputs {
+    pub moorline_version: String,
+    pub config_sha256: String,
+    /// `null`: no state on the host (nothing deployed, or not on the host).
+    pub state_sha256: Option<String>,
+    /// Where the baseline unit files came from: `host`, `config@<sha>` or `none`.
+    pub units_source: String,
+    /// Unit name → SHA-256 of the baseline unit file (`null`: none).
+    pub units: BTreeMap<String, Option<String>>,
+    pub allow_non_ancestor: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActionKind {
+    Backup,
+    Build,
+    Migrate,
+    InstallUnit,
+    DaemonReload,
+    Restart,
+    Health,
+    ReloadProxy,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backup => "backup",
+            Self::Build => "build",
+            Self::Migrate => "migrate",
+            Self::InstallUnit => "install-unit",
+            Self::DaemonReload => "daemon-reload",
+            Self::Restart => "restart",
+            Self::Health => "health",
+            Self::ReloadProxy => "reload-proxy",
+        }
+    }
+
+    /// Whether the action changes what is live (as opposed to preparing).
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            Self::InstallUnit | Self::DaemonReload | Self::Restart | Self::ReloadProxy
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    pub id: String,
+    pub kind: ActionKind,
+    pub service: Option<String>,
+    pub phase: Option<String>,
+    pub reason: String,
+    pub after: Vec<String>,
+    /// The argv it runs (placeholders resolved), if it runs a command.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub command: Option<Vec<String>>,
+    /// Working directory of the command / the release being built.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dir: Option<String>,
+    /// The systemd unit it acts on.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unit: Option<String>,
+    /// The readiness URL polled.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceChange {
+    /// Nothing happens to it.
+    Unchanged,
+    /// A new release is built and switched to.
+    Deploy,
+    /// Same release, restarted (its unit file changed).
+    Restart,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnitChange {
+    /// Managed by hand (no `unit` block).
+    Unmanaged,
+    Unchanged,
+    New,
+    Changed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePlan {
+    pub name: String,
+    pub phase: String,
+    pub unit: String,
+    pub change: ServiceChange,
+    pub migrate: bool,
+    pub unit_change: UnitChange,
+    /// Live revision before / after.
+    pub from_revision: Option<String>,
+    pub to_revision: Option<String>,
+    pub reasons: Vec<String>,
+    /// The first few changed paths that affect it, and how many in all.
+    pub changed_paths: Vec<String>,
+    pub changed_count: usize,
+    /// Unified diff of the unit file, secrets redacted.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unit_diff: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RollbackKind {
+    /// Nothing would change: nothing to roll back.
+    Nothing,
+    /// No previous release exists (first deploy).
+    NoPrevious,
+    /// Switching releases back is enough.
+    CodeOnly,
+    /// Migrations run: the database must be restored from the backup.
+    NeedsDatabase,
+    /// Migrations run and no backup is configured: not reversible by moorline.
+    Irreversible,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackPlan {
+    pub kind: RollbackKind,
+    pub services: Vec<String>,
+    pub summary: String,
+}
+
+impl Plan {
+    /// Whether applying the plan would do anything.
+    pub fn has_changes(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
+    pub fn action(&self, id: &str) -> Option<&Action> {
+        self.actions.iter().find(|a| a.id == id)
+    }
+}
+
+/// Shortens a SHA for display.
+pub fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}

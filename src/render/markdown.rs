@@ -1,0 +1,171 @@
+//! The pull-request comment: a summary line, a table of services and what
+//! happens to each, collapsible details (reasons, actions, unit diffs) and
+//! the rollback plan. GitHub-flavoured Markdown.
+
+use std::fmt::Write as _;
+
+use super::{change_words, summary};
+use crate::plan::{Plan, RollbackKind, ServiceChange, short};
+
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+/// Renders the plan as a Markdown comment.
+pub fn markdown(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### moorline plan: `{}` → {}\n",
+        plan.project, plan.environment
+    );
+    let from = plan.from.as_ref().map_or_else(
+        || "nothing deployed".to_owned(),
+        |f| format!("`{}`", short(&f.sha)),
+    );
+    let _ = writeln!(
+        out,
+        "**{}** · {from} → `{}` {} (branch `{}`, {} changed)\n",
+        summary(plan),
+        short(&plan.to.sha),
+        cell(&plan.to.summary),
+        plan.branch,
+        if plan.changed_paths == 1 {
+            "1 path".to_owned()
+        } else {
+            format!("{} paths", plan.changed_paths)
+        }
+    );
+    for w in &plan.warnings {
+        let _ = writeln!(out, "> [!WARNING]\n> {}\n", cell(w));
+    }
+    let changed: Vec<_> = plan
+        .services
+        .iter()
+        .filter(|s| s.change != ServiceChange::Unchanged)
+        .collect();
+    if !changed.is_empty() {
+        out.push_str("| Service | Phase | What happens | Why |\n|---|---|---|---|\n");
+        for s in &changed {
+            let why = s.reasons.first().map_or("", String::as_str);
+            let more = if s.reasons.len() > 1 {
+                format!(" (+{} more)", s.reasons.len() - 1)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "| `{}` | {} | {} | {}{more} |",
+                s.name,
+                s.phase,
+                change_words(s),
+                cell(why)
+            );
+        }
+        out.push('\n');
+    }
+    let unchanged: Vec<&str> = plan
+        .services
+        .iter()
+        .filter(|s| s.change == ServiceChange::Unchanged)
+        .map(|s| s.name.as_str())
+        .collect();
+    if !unchanged.is_empty() {
+        let _ = writeln!(
+            out,
+            "Unchanged ({}): {}\n",
+            unchanged.len(),
+            unchanged
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !changed.is_empty() {
+        out.push_str("<details><summary>Why each service changes</summary>\n\n");
+        for s in &changed {
+            let _ = writeln!(out, "**`{}`** ({})", s.name, change_words(s));
+            for r in &s.reasons {
+                let _ = writeln!(out, "- {}", cell(r));
+            }
+            if s.changed_count > s.changed_paths.len() {
+                let _ = writeln!(
+                    out,
+                    "- {} paths affect it; first: {}",
+                    s.changed_count,
+                    s.changed_paths.join(", ")
+                );
+            }
+            out.push('\n');
+        }
+        out.push_str("</details>\n\n");
+    }
+    let diffs: Vec<_> = plan
+        .services
+        .iter()
+        .filter(|s| s.unit_diff.is_some())
+        .collect();
+    if !diffs.is_empty() {
+        let _ = writeln!(
+            out,
+            "<details><summary>Unit files ({})</summary>\n",
+            diffs.len()
+        );
+        for s in diffs {
+            let _ = writeln!(out, "`{}`\n\n```diff", s.unit);
+            out.push_str(s.unit_diff.as_deref().unwrap_or(""));
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str("```\n\n");
+        }
+        out.push_str("</details>\n\n");
+    }
+    if plan.has_changes() {
+        let _ = writeln!(
+            out,
+            "<details><summary>Actions ({}), in order</summary>\n",
+            plan.actions.len()
+        );
+        out.push_str("| # | Action | After | Reason |\n|---|---|---|---|\n");
+        for (n, a) in plan.actions.iter().enumerate() {
+            let after = if a.after.is_empty() {
+                "—".to_owned()
+            } else {
+                a.after
+                    .iter()
+                    .map(|x| format!("`{x}`"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let _ = writeln!(
+                out,
+                "| {} | `{}` | {} | {} |",
+                n + 1,
+                a.id,
+                after,
+                cell(&a.reason)
+            );
+        }
+        out.push_str("\n</details>\n\n");
+    }
+    let label = match plan.rollback.kind {
+        RollbackKind::Nothing => "nothing to roll back",
+        RollbackKind::NoPrevious => "no previous release",
+        RollbackKind::CodeOnly => "code-only",
+        RollbackKind::NeedsDatabase => "needs the database backup",
+        RollbackKind::Irreversible => "not reversible",
+    };
+    let _ = writeln!(
+        out,
+        "#### Rollback plan: {label}\n\n{}\n",
+        cell(&plan.rollback.summary)
+    );
+    let _ = writeln!(
+        out,
+        "<sub>fingerprint `{}` · apply exactly this plan with `moorline apply PLANFILE`</sub>",
+        plan.fingerprint
+    );
+    out
+}

@@ -1,0 +1,126 @@
+//! Renderers: pure functions of `&Plan` → text. Terminal text, a Markdown
+//! pull-request comment, the JSON contract, and Graphviz DOT. None of them
+//! reads anything but the plan, so the same plan renders to the same bytes.
+
+mod markdown;
+mod text;
+
+pub use markdown::markdown;
+pub use text::text;
+
+use crate::plan::{Plan, ServiceChange, UnitChange};
+
+/// The JSON contract (docs/plan-format.md), pretty-printed, newline-ended.
+pub fn json(plan: &Plan) -> String {
+    let mut s = serde_json::to_string_pretty(plan).unwrap_or_else(|_| "{}".to_owned());
+    s.push('\n');
+    s
+}
+
+/// The action graph as Graphviz DOT; nodes coloured by kind.
+pub fn dot(plan: &Plan) -> String {
+    let mut out = format!(
+        "digraph \"{}/{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
+        esc_dot(&plan.project),
+        esc_dot(&plan.environment)
+    );
+    for a in &plan.actions {
+        let colour = match a.kind.as_str() {
+            "build" => "lightblue",
+            "migrate" | "backup" => "orange",
+            "install-unit" | "daemon-reload" => "khaki",
+            "restart" => "salmon",
+            "health" => "palegreen",
+            _ => "plum",
+        };
+        out.push_str(&format!(
+            "  \"{}\" [style=filled, fillcolor={colour}];\n",
+            esc_dot(&a.id)
+        ));
+    }
+    for a in &plan.actions {
+        for p in &a.after {
+            out.push_str(&format!(
+                "  \"{}\" -> \"{}\";\n",
+                esc_dot(p),
+                esc_dot(&a.id)
+            ));
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+fn esc_dot(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// One-line summary shared by the text and Markdown renderers.
+pub fn summary(plan: &Plan) -> String {
+    if !plan.has_changes() {
+        return "no changes: everything is up to date".to_owned();
+    }
+    let deploy = plan
+        .services
+        .iter()
+        .filter(|s| s.change == ServiceChange::Deploy)
+        .count();
+    let restart_only = plan
+        .services
+        .iter()
+        .filter(|s| s.change == ServiceChange::Restart)
+        .count();
+    let migrate = plan.services.iter().filter(|s| s.migrate).count();
+    let units = plan
+        .services
+        .iter()
+        .filter(|s| matches!(s.unit_change, UnitChange::New | UnitChange::Changed))
+        .count();
+    let mut parts = Vec::new();
+    if deploy > 0 {
+        parts.push(plural(deploy, "service deploys", "services deploy"));
+    }
+    if restart_only > 0 {
+        parts.push(plural(restart_only, "service restarts", "services restart"));
+    }
+    if migrate > 0 {
+        parts.push(plural(migrate, "migration", "migrations"));
+    }
+    if units > 0 {
+        parts.push(plural(units, "unit file changes", "unit files change"));
+    }
+    if plan.action("backup").is_some() {
+        parts.push("database backup first".to_owned());
+    }
+    if plan.action("reload-proxy").is_some() {
+        parts.push("proxy reloads".to_owned());
+    }
+    parts.join(", ")
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+/// What happens to a service, in a few words.
+pub fn change_words(s: &crate::plan::ServicePlan) -> String {
+    let mut words = Vec::new();
+    match s.change {
+        ServiceChange::Deploy => words.push("deploy"),
+        ServiceChange::Restart => words.push("restart"),
+        ServiceChange::Unchanged => words.push("unchanged"),
+    }
+    if s.migrate {
+        words.push("migrate");
+    }
+    match s.unit_change {
+        UnitChange::New => words.push("new unit"),
+        UnitChange::Changed => words.push("unit changed"),
+        _ => {}
+    }
+    words.join(", ")
+}

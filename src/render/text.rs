@@ -1,0 +1,125 @@
+//! The terminal rendering: grouped by phase, actions numbered in order,
+//! colour only when asked (the caller decides from the tty and NO_COLOR).
+
+use std::fmt::Write as _;
+
+use super::{change_words, summary};
+use crate::plan::{Plan, ServiceChange, short};
+
+struct Paint {
+    on: bool,
+}
+
+impl Paint {
+    fn wrap(&self, code: &str, s: &str) -> String {
+        if self.on {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_owned()
+        }
+    }
+    fn bold(&self, s: &str) -> String {
+        self.wrap("1", s)
+    }
+    fn dim(&self, s: &str) -> String {
+        self.wrap("2", s)
+    }
+    fn yellow(&self, s: &str) -> String {
+        self.wrap("33", s)
+    }
+    fn green(&self, s: &str) -> String {
+        self.wrap("32", s)
+    }
+    fn red(&self, s: &str) -> String {
+        self.wrap("31", s)
+    }
+}
+
+/// Renders the plan for a terminal.
+pub fn text(plan: &Plan, color: bool) -> String {
+    let p = Paint { on: color };
+    let mut out = String::new();
+    let from = plan.from.as_ref().map_or_else(
+        || "nothing deployed".to_owned(),
+        |f| format!("{} {:?}", short(&f.sha), f.summary),
+    );
+    let _ = writeln!(
+        out,
+        "{} {}/{} (branch {})",
+        p.bold("Plan for"),
+        plan.project,
+        plan.environment,
+        plan.branch
+    );
+    let _ = writeln!(out, "  from {from}");
+    let _ = writeln!(out, "  to   {} {:?}", short(&plan.to.sha), plan.to.summary);
+    let _ = writeln!(
+        out,
+        "  {} · {} changed",
+        summary(plan),
+        if plan.changed_paths == 1 {
+            "1 path".to_owned()
+        } else {
+            format!("{} paths", plan.changed_paths)
+        }
+    );
+    for w in &plan.warnings {
+        let _ = writeln!(out, "{} {w}", p.yellow("warning:"));
+    }
+    let width = plan
+        .services
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(0);
+    let mut phase = "";
+    for s in &plan.services {
+        if s.phase != phase {
+            phase = &s.phase;
+            let _ = writeln!(out, "\n{}", p.bold(&format!("phase {phase}")));
+        }
+        let (mark, words) = match s.change {
+            ServiceChange::Unchanged => (p.dim("  "), p.dim(&change_words(s))),
+            _ => (p.yellow("~ "), p.yellow(&change_words(s))),
+        };
+        let _ = writeln!(out, "  {mark}{:width$}  {words}", s.name);
+        for r in &s.reasons {
+            let _ = writeln!(out, "      {}", p.dim(r));
+        }
+        if let Some(d) = &s.unit_diff {
+            for line in d.lines() {
+                let l = if line.starts_with('+') && !line.starts_with("+++") {
+                    p.green(line)
+                } else if line.starts_with('-') && !line.starts_with("---") {
+                    p.red(line)
+                } else {
+                    p.dim(line)
+                };
+                let _ = writeln!(out, "      {l}");
+            }
+        }
+    }
+    if plan.has_changes() {
+        let _ = writeln!(
+            out,
+            "\n{}",
+            p.bold(&format!("actions ({})", plan.actions.len()))
+        );
+        let idw = plan.actions.iter().map(|a| a.id.len()).max().unwrap_or(0);
+        for (n, a) in plan.actions.iter().enumerate() {
+            let after = if a.after.is_empty() {
+                String::new()
+            } else {
+                p.dim(&format!("  (after {})", a.after.join(", ")))
+            };
+            let _ = writeln!(out, "  {:>3}. {:idw$}  {}{after}", n + 1, a.id, a.reason);
+        }
+    }
+    let _ = writeln!(out, "\n{} {}", p.bold("rollback:"), plan.rollback.summary);
+    let _ = writeln!(
+        out,
+        "{}",
+        p.dim(&format!("fingerprint {}", plan.fingerprint))
+    );
+    out
+}

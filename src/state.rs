@@ -1,0 +1,257 @@
+//! Host state: what is deployed in an environment (`state.json` in the
+//! state directory). Read by `plan`, written only by `apply`/`rollback`,
+//! always atomically (temp file, fsync, rename, fsync of the directory), so
+//! a crash leaves either the old or the new file, never a torn one.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use miette::Diagnostic;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const STATE_FILE: &str = "state.json";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub format_version: u32,
+    pub project: String,
+    pub environment: String,
+    /// The revision the last complete apply deployed.
+    pub revision: Option<String>,
+    pub services: BTreeMap<String, ServiceState>,
+    #[serde(default)]
+    pub backups: Vec<BackupRecord>,
+    #[serde(default)]
+    pub last_apply: Option<ApplyRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// The live release (a commit SHA; its directory is `releases/{sha}`).
+    pub revision: String,
+    /// The release before it: where a rollback goes.
+    pub previous: Option<String>,
+    /// SHA-256 of the unit file moorline installed, if it manages the unit.
+    pub unit_sha256: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    pub id: String,
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Seconds since the Unix epoch.
+    pub taken_at: u64,
+    /// The revision deployed when it was taken.
+    pub revision: Option<String>,
+    /// The apply it was taken for, if any.
+    pub apply_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyRecord {
+    pub id: String,
+    pub from: Option<String>,
+    pub to: String,
+    /// Services switched to a new release, in switch order.
+    pub switched: Vec<String>,
+    /// Unit files installed or changed (service → the text before, if any).
+    #[serde(default)]
+    pub previous_units: BTreeMap<String, Option<String>>,
+    pub backup: Option<String>,
+    pub migrated: bool,
+    /// `succeeded`, `rolled-back`, `failed`.
+    pub outcome: String,
+}
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum StateError {
+    #[error("cannot read the host state {path}")]
+    #[diagnostic(
+        code(moorline::state::unreadable),
+        help("check the permissions of the state directory (--state-dir)")
+    )]
+    Unreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the host state {path} is not valid")]
+    #[diagnostic(
+        code(moorline::state::invalid),
+        help(
+            "it was not written by this version of moorline, or was edited by hand; restore it from a backup or move it away to plan a first deploy"
+        )
+    )]
+    Invalid {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the host state {path} belongs to {found}, not {expected}")]
+    #[diagnostic(
+        code(moorline::state::mismatch),
+        help("use a separate --state-dir per project and environment")
+    )]
+    Mismatch {
+        path: String,
+        found: String,
+        expected: String,
+    },
+    #[error("cannot write {path}")]
+    #[diagnostic(
+        code(moorline::state::write),
+        help("check free space and permissions of the state directory")
+    )]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The default state directory for a project and environment.
+pub fn default_dir(project: &str, env: &str) -> PathBuf {
+    if is_root() {
+        return PathBuf::from(format!("/var/lib/moorline/{project}/{env}"));
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("moorline").join(project).join(env)
+}
+
+fn is_root() -> bool {
+    // The owner of /proc/self is the effective user; no unsafe getuid().
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// State as read from disk, with the hash of its bytes (for fingerprints).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub state: Option<State>,
+    pub sha256: Option<String>,
+}
+
+/// Reads `state.json` from `dir`; a missing file is `None` (nothing deployed).
+pub fn load(dir: &Path, project: &str, env: &str) -> Result<Loaded, StateError> {
+    let path = dir.join(STATE_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Loaded {
+                state: None,
+                sha256: None,
+            });
+        }
+        Err(source) => {
+            return Err(StateError::Unreadable {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    let state: State = serde_json::from_slice(&bytes).map_err(|source| StateError::Invalid {
+        path: path.display().to_string(),
+        source,
+    })?;
+    if state.project != project || state.environment != env {
+        return Err(StateError::Mismatch {
+            path: path.display().to_string(),
+            found: format!("{}/{}", state.project, state.environment),
+            expected: format!("{project}/{env}"),
+        });
+    }
+    Ok(Loaded {
+        state: Some(state),
+        sha256: Some(sha256_hex(&bytes)),
+    })
+}
+
+/// Writes `state.json` atomically and durably.
+pub fn save(dir: &Path, state: &State) -> Result<(), StateError> {
+    let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Write {
+        path: dir.join(STATE_FILE).display().to_string(),
+        source: std::io::Error::other(e),
+    })?;
+    bytes.push(b'\n');
+    write_atomic(&dir.join(STATE_FILE), &bytes).map_err(|source| StateError::Write {
+        path: dir.join(STATE_FILE).display().to_string(),
+        source,
+    })
+}
+
+/// Replaces `path` with `bytes`: temp file in the same directory, fsync,
+/// rename over the target, fsync the directory (so the rename itself is
+/// durable).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path(), "p", "e").unwrap().state.is_none());
+        let mut s = State {
+            format_version: FORMAT_VERSION,
+            project: "p".into(),
+            environment: "e".into(),
+            ..State::default()
+        };
+        s.revision = Some("abc".into());
+        save(dir.path(), &s).unwrap();
+        let back = load(dir.path(), "p", "e").unwrap();
+        assert_eq!(back.state.as_ref(), Some(&s));
+        assert!(back.sha256.is_some());
+        // No temp files left behind.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(STATE_FILE)]);
+        assert!(matches!(
+            load(dir.path(), "p", "other"),
+            Err(StateError::Mismatch { .. })
+        ));
+        fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
+        assert!(matches!(
+            load(dir.path(), "p", "e"),
+            Err(StateError::Invalid { .. })
+        ));
+    }
+}
