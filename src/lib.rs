@@ -4,4 +4,5 @@
 //! `plan` (a deterministic value) → `render` (pure functions of the plan) →
 //! `apply` (the only stage that touches the host).
 
+pub mod sandbox;
 pub mod systemd;
