@@ -5,5 +5,6 @@
 // shared helpers).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod sandbox;
 mod support;
 mod systemd;
