@@ -150,11 +150,13 @@ pub enum SandboxError {
     #[error("the private systemd manager exited during startup ({status}); its output:\n{log}")]
     #[diagnostic(
         code(moorline::sandbox::exited),
-        help("the output above is the manager's own log; the full log is in {log_path}")
+        help("{hint}; the full log is in {log_path}")
     )]
     Exited {
         /// The exit status of the sandbox process.
         status: String,
+        /// What most likely went wrong, depending on privilege.
+        hint: &'static str,
         /// The tail of the manager's output.
         log: String,
         /// The log file.
@@ -310,6 +312,16 @@ impl PrivateSystemd {
                 }
                 return Err(SandboxError::Exited {
                     status: status.to_string(),
+                    hint: if is_root() {
+                        "check that systemd and dbus-user-session are installed and that \
+                         `unshare --pid --mount` works here"
+                    } else {
+                        // Seen on cgroup v1/hybrid hosts: the manager's write to
+                        // /sys/fs/cgroup/.../cgroup.procs fails with EACCES and it exits 1
+                        // without a word (its own log goes to /dev/null).
+                        "unprivileged, systemd --user needs a cgroup it may write to (cgroup v2 \
+                         delegation, as inside a logged-in user session); otherwise run as root"
+                    },
                     log,
                     log_path: log_path.display().to_string(),
                 });

@@ -201,10 +201,20 @@ async fn reload_with_exec_reload_is_done_and_invalid_when_inactive() {
 }
 
 #[tokio::test]
-async fn unknown_unit() {
+async fn status_of_unknown_and_non_service_units() {
     let Some((_sandbox, systemd)) = connect().await else {
         return;
     };
+    // The sandbox's bus is socket-activated, so dbus.socket is active; its `Result` lives on
+    // the Socket interface.
+    let socket = systemd.status("dbus.socket").await.unwrap();
+    assert_eq!(socket.active_state, "active");
+    assert_eq!(socket.result, "success");
+    assert_eq!(socket.main_pid, 0);
+    let target = systemd.status("default.target").await.unwrap();
+    assert_eq!(target.active_state, "active");
+    assert_eq!(target.result, "");
+
     let status = systemd.status("it-never-written.service").await.unwrap();
     assert_eq!(status.load_state, "not-found");
     assert_eq!(status.active_state, "inactive");
