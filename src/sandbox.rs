@@ -61,7 +61,10 @@ const SYSTEMD_CANDIDATES: [&str; 2] = ["/lib/systemd/systemd", "/usr/lib/systemd
 const INIT_SCRIPT: &str = r#"
 mount -t tmpfs -o mode=0755 tmpfs /run/systemd || exit 90
 mkdir /run/systemd/system || exit 91
-"$MOORLINE_SYSTEMD" --user &
+# The manager hands its environment to every unit; keep our plumbing variable out of it.
+systemd=$MOORLINE_SYSTEMD
+unset MOORLINE_SYSTEMD
+"$systemd" --user &
 manager=$!
 trap 'kill -TERM $manager 2>/dev/null' TERM INT
 wait $manager
@@ -236,6 +239,9 @@ impl PrivateSystemd {
         // access to it. Its Unix access mode MUST be 0700").
         set_mode(&runtime, 0o700)?;
 
+        // Captures what unshare, mount and the shell say (e.g. "unshare failed: Operation not
+        // permitted"). The manager itself logs to its own /dev/null stdio when no journal runs,
+        // so its failures only show as an exit status.
         let log_path = dir.join("manager.log");
         let log = std::fs::File::create(&log_path).map_err(|source| SandboxError::ScratchDir {
             path: log_path.clone(),
@@ -276,7 +282,6 @@ impl PrivateSystemd {
         // sd-bus prefers this over $XDG_RUNTIME_DIR/bus; an inherited one would point the
         // manager at somebody else's bus.
         .env_remove("DBUS_SESSION_BUS_ADDRESS")
-        .env("SYSTEMD_LOG_TARGET", "console")
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(log)
@@ -372,6 +377,7 @@ impl PrivateSystemd {
 
     /// Stops the manager and everything it runs: `SIGTERM` to the manager (it stops its units,
     /// `systemd(1)`), up to [`GRACE`] for that, then `SIGKILL` to the namespace. Idempotent.
+    /// Blocks the calling thread (typically ~60 ms), as it also runs from [`Drop`].
     pub fn stop(&mut self) {
         let Some(keeper) = self.keeper.take() else {
             return;
