@@ -1,0 +1,10 @@
+//! The one integration-test binary of moorline: every area is a module here, so the whole
+//! suite links once and shares one private systemd manager.
+
+// Test code: a panic *is* the failure report (clippy.toml only exempts `#[test]` fns, not the
+// shared helpers).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod sandbox;
+mod support;
+mod systemd;

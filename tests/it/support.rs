@@ -1,0 +1,107 @@
+//! Shared test harness: one private `systemd --user` manager per test binary (in a PID
+//! namespace, so it dies with the binary even on SIGKILL), started lazily by the first test
+//! that needs it.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use moorline::sandbox::PrivateSystemd;
+use moorline::systemd::Systemd;
+
+/// Set to `1` to turn "cannot start a private manager" into a test failure instead of a skip.
+const REQUIRE_ENV: &str = "MOORLINE_REQUIRE_SYSTEMD";
+
+struct Harness {
+    sandbox: PrivateSystemd,
+    /// Keeps the scratch directory alive as long as the sandbox.
+    _dir: tempfile::TempDir,
+}
+
+static HARNESS: OnceLock<Result<Harness, String>> = OnceLock::new();
+
+/// The shared manager, or `None` (after printing why) when it cannot run here.
+///
+/// The manager is started on a runtime of its own in a helper thread: every `#[tokio::test]`
+/// has its own runtime that ends with the test, and nothing of the shared sandbox may live on
+/// one of those.
+pub fn sandbox() -> Option<&'static PrivateSystemd> {
+    let harness = HARNESS.get_or_init(|| {
+        std::thread::spawn(start)
+            .join()
+            .unwrap_or_else(|_| Err("the harness thread panicked".to_owned()))
+    });
+    match harness {
+        Ok(h) => Some(&h.sandbox),
+        Err(reason) => {
+            assert!(
+                std::env::var(REQUIRE_ENV).as_deref() != Ok("1"),
+                "{REQUIRE_ENV}=1 but no private systemd manager: {reason}"
+            );
+            eprintln!("SKIPPED: no private systemd manager: {reason}");
+            None
+        }
+    }
+}
+
+fn start() -> Result<Harness, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("sandbox-")
+        // Inside the target dir: statics are never dropped, so this is not removed at exit.
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .map_err(|e| format!("cannot create a scratch directory: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot build a tokio runtime: {e}"))?;
+    let sandbox = rt
+        .block_on(PrivateSystemd::start(dir.path()))
+        .map_err(|e| format!("{:?}", miette::Report::new(e)))?;
+    Ok(Harness { sandbox, _dir: dir })
+}
+
+/// A connection to the shared manager on the current test's runtime, or `None` to skip.
+pub async fn connect() -> Option<(&'static PrivateSystemd, Systemd)> {
+    let sandbox = sandbox()?;
+    let systemd = sandbox
+        .connect()
+        .await
+        .expect("connect to the private manager");
+    Some((sandbox, systemd))
+}
+
+/// Writes `{unit_dir}/{name}` and daemon-reloads so the manager sees it.
+pub async fn install_unit(
+    systemd: &Systemd,
+    sandbox: &PrivateSystemd,
+    name: &str,
+    body: &str,
+) -> PathBuf {
+    let path = sandbox.unit_dir().join(name);
+    std::fs::write(&path, body).expect("write unit file");
+    systemd.daemon_reload().await.expect("daemon-reload");
+    path
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Polls until `127.0.0.1:port` accepts a connection (python needs a moment to bind).
+pub async fn wait_for_port(port: u16, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
