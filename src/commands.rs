@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use miette::Diagnostic;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, Format, Global, PlanArgs};
 use crate::config::{self, Loaded};
-use crate::{exit, report};
+use crate::settings::{self, PlanRequest};
+use crate::{exit, render, report};
 
 /// Runs one command line; returns the process exit code.
 pub fn run(cli: &Cli) -> i32 {
@@ -25,6 +26,13 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
     let global = &cli.global;
     match &cli.command {
         Command::Validate => Ok(validate(&load_config(global.config.as_deref())?)),
+        Command::Plan(args) => plan(global, args),
+        Command::Graph(args) => {
+            let t = settings::resolve(global, &args.env)?;
+            let p = settings::compute_plan(&t, &request(args))?;
+            print!("{}", render::dot(&p));
+            Ok(exit::OK)
+        }
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(*shell, &mut cmd, "moorline", &mut std::io::stdout());
@@ -100,4 +108,52 @@ fn validate(loaded: &Loaded) -> i32 {
         plural(c.environments.len(), "environment"),
     );
     exit::OK
+}
+
+fn request(args: &PlanArgs) -> PlanRequest {
+    PlanRequest {
+        from: args.from.clone(),
+        to: args.to.clone(),
+        allow_non_ancestor: args.allow_non_ancestor,
+    }
+}
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("cannot write the plan to {path}")]
+#[diagnostic(code(moorline::plan::write), help("check that the directory exists and is writable"))]
+struct PlanWriteError {
+    path: String,
+    #[source]
+    source: std::io::Error,
+}
+
+fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
+    let t = settings::resolve(global, &args.env)?;
+    let p = settings::compute_plan(&t, &request(args))?;
+    let shown = match args.format {
+        Format::Text => render::text(&p, stdout_color()),
+        Format::Markdown => render::markdown(&p),
+        Format::Json => render::json(&p),
+    };
+    print!("{shown}");
+    if let Some(out) = &args.out {
+        crate::state::write_atomic(out, render::json(&p).as_bytes()).map_err(|source| {
+            PlanWriteError {
+                path: out.display().to_string(),
+                source,
+            }
+        })?;
+        eprintln!("plan saved to {} ({})", out.display(), p.fingerprint);
+    }
+    Ok(if args.detailed_exitcode && p.has_changes() {
+        exit::CHANGES
+    } else {
+        exit::OK
+    })
+}
+
+/// Colour on standard output: a terminal and no `NO_COLOR`.
+pub fn stdout_color() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
 }
