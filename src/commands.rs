@@ -120,7 +120,10 @@ fn request(args: &PlanArgs) -> PlanRequest {
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
 #[error("cannot write the plan to {path}")]
-#[diagnostic(code(moorline::plan::write), help("check that the directory exists and is writable"))]
+#[diagnostic(
+    code(moorline::plan::write),
+    help("check that the directory exists and is writable")
+)]
 struct PlanWriteError {
     path: String,
     #[source]

@@ -4,12 +4,18 @@
 //! `plan` (a deterministic value) → `render` (pure functions of the plan) →
 //! `apply` (the only stage that touches the host).
 
+pub mod apply;
+pub mod backup;
 pub mod changes;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod exit;
+pub mod health;
+pub mod journal;
+pub mod lock;
 pub mod plan;
+pub mod release;
 pub mod render;
 pub mod report;
 pub mod sandbox;

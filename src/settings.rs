@@ -129,12 +129,10 @@ pub fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan> {
         Some(spec) => t.repo.resolve(spec)?,
         None => t.repo.branch_tip(&t.env.branch)?,
     };
-    let from_spec = req.from.clone().or_else(|| {
-        loaded_state
-            .state
-            .as_ref()
-            .and_then(|s| s.revision.clone())
-    });
+    let from_spec = req
+        .from
+        .clone()
+        .or_else(|| loaded_state.state.as_ref().and_then(|s| s.revision.clone()));
     let from = from_spec.map(|f| t.repo.resolve(&f)).transpose()?;
     let mut warnings = Vec::new();
     let (units_source, units) = if loaded_state.state.is_some() || from.is_none() {

@@ -682,6 +682,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
     let fingerprint = fingerprint(config, env, changes, &inputs);
     Ok(Plan {
         format_version: FORMAT_VERSION,
+        operation: super::Operation::Deploy,
         project: config.project.name.clone(),
         environment: env.name.clone(),
         branch: env.branch.clone(),

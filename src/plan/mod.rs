@@ -3,7 +3,7 @@
 //! Renderers are pure functions of it; `apply` executes it. Its JSON form is
 //! the contract documented in docs/plan-format.md.
 
-mod build;
+pub mod build;
 
 use std::collections::BTreeMap;
 
@@ -19,6 +19,8 @@ pub const FORMAT_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub format_version: u32,
+    /// What the plan does: deploy a revision, or roll services back.
+    pub operation: Operation,
     pub project: String,
     pub environment: String,
     pub branch: String,
@@ -53,6 +55,13 @@ pub struct PlanInputs {
     /// Unit name → SHA-256 of the baseline unit file (`null`: none).
     pub units: BTreeMap<String, Option<String>>,
     pub allow_non_ancestor: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Operation {
+    Deploy,
+    Rollback,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -1,0 +1,1072 @@
+//! The executor: a `Plan` → effects on the host, the only stage that
+//! changes anything. Actions start as soon as their predecessors succeeded
+//! (builds bounded by `jobs`); every start and outcome goes to the
+//! write-ahead journal first; on the first failure nothing new starts and,
+//! once something live changed, every switched service is rolled back.
+//! `resume` continues a journal left by a crash without redoing work whose
+//! effect is still in place.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use miette::Diagnostic;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::changes::Repo;
+use crate::config::Config;
+use crate::config::Environment;
+use crate::health;
+use crate::journal::{Journal, JournalError, Record, Replay};
+use crate::plan::{Action, ActionKind, Plan, short};
+use crate::release::{self, Paths, Run};
+use crate::state::{self, ApplyRecord, BackupRecord, ServiceState, State};
+use crate::systemd::{SETTLE, Systemd};
+use crate::template::{self, Vars};
+use crate::unit;
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum ApplyError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    State(#[from] state::StateError),
+    #[error("an apply of {env} is unfinished (journal {path})")]
+    #[diagnostic(
+        code(moorline::apply::unfinished),
+        help(
+            "continue it with `moorline apply --resume --env {env}`, or roll it back with `moorline rollback --env {env}`"
+        )
+    )]
+    Unfinished { env: String, path: String },
+    #[error("the configuration changed since the interrupted apply began")]
+    #[diagnostic(
+        code(moorline::apply::config_moved),
+        help(
+            "restore the configuration the apply started with (its SHA-256 is {expected}), then resume"
+        )
+    )]
+    ConfigMoved { expected: String },
+}
+
+/// How the run reports progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// One line per event on standard error.
+    Lines,
+    /// JSON lines on standard output.
+    Json,
+    Quiet,
+}
+
+pub struct Options {
+    pub jobs: usize,
+    pub rollback_on_failure: bool,
+    pub progress: Progress,
+}
+
+/// What the executor needs from the rest of the program.
+pub struct Ctx {
+    pub config: Config,
+    pub config_sha256: String,
+    pub env: Environment,
+    pub repo_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub unit_dir: PathBuf,
+    pub systemd: Systemd,
+    pub options: Options,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Succeeded,
+    /// Failed before anything live changed: the host is as it was.
+    FailedUntouched,
+    /// Failed, and every switched service is back on its previous release.
+    RolledBack,
+    /// Failed and left as is (`--on-failure stop`), or the rollback failed.
+    NeedsAttention,
+    /// Stopped by a signal; resumable.
+    Interrupted,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub apply_id: String,
+    pub outcome: Outcome,
+    pub succeeded: Vec<String>,
+    pub failed: Vec<(String, String)>,
+    pub not_run: Vec<String>,
+    pub rolled_back: Vec<String>,
+    pub rollback_errors: Vec<String>,
+    pub millis: u64,
+}
+
+impl Report {
+    pub fn exit_code(&self) -> i32 {
+        match self.outcome {
+            Outcome::Succeeded => crate::exit::OK,
+            Outcome::FailedUntouched => crate::exit::ERROR,
+            Outcome::RolledBack => crate::exit::ROLLED_BACK,
+            Outcome::NeedsAttention | Outcome::Interrupted => crate::exit::NEEDS_ATTENTION,
+        }
+    }
+}
+
+/// A new apply id: time-based, sortable, unique per host in practice.
+pub fn new_apply_id() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{}-{:06}-{}",
+        now.as_secs(),
+        now.subsec_micros(),
+        std::process::id()
+    )
+}
+
+fn emit(progress: Progress, event: &str, action: &str, detail: &str) {
+    match progress {
+        Progress::Quiet => {}
+        Progress::Lines => {
+            if detail.is_empty() {
+                eprintln!("{event:>10} {action}");
+            } else {
+                eprintln!("{event:>10} {action}: {detail}");
+            }
+        }
+        Progress::Json => {
+            let line = serde_json::json!({"event": event, "action": action, "detail": detail});
+            println!("{line}");
+        }
+    }
+}
+
+type Shared = Arc<Mutex<Journal>>;
+
+fn journal_append(j: &Shared, r: &Record) -> Result<(), String> {
+    let mut g = j.lock().map_err(|_| "journal lock poisoned".to_owned())?;
+    g.append(r).map_err(|e| e.to_string())
+}
+
+/// Starts a fresh apply of `plan`.
+pub async fn apply(ctx: Arc<Ctx>, plan: Plan) -> Result<Report, ApplyError> {
+    if let Some(r) = crate::journal::read(&ctx.state_dir)?
+        && !r.ended()
+    {
+        return Err(ApplyError::Unfinished {
+            env: ctx.env.name.clone(),
+            path: ctx
+                .state_dir
+                .join(crate::journal::JOURNAL_FILE)
+                .display()
+                .to_string(),
+        });
+    }
+    // A journal left ended but not moved (crash between the two) is history.
+    let stale = ctx.state_dir.join(crate::journal::JOURNAL_FILE);
+    if stale.exists() {
+        let hist = ctx.state_dir.join("history");
+        let _ = std::fs::create_dir_all(&hist);
+        let _ = std::fs::rename(&stale, hist.join(format!("ended-{}.jsonl", new_apply_id())));
+    }
+    let apply_id = new_apply_id();
+    let journal = Journal::create(&ctx.state_dir, &apply_id, &plan)?;
+    run(ctx, plan, apply_id, journal, None).await
+}
+
+/// Continues the unfinished apply in the journal, if there is one.
+pub async fn resume(ctx: Arc<Ctx>) -> Result<Option<Report>, ApplyError> {
+    let Some(replay) = crate::journal::read(&ctx.state_dir)? else {
+        return Ok(None);
+    };
+    if replay.ended() {
+        return Ok(None);
+    }
+    if replay.plan.inputs.config_sha256 != ctx.config_sha256 {
+        return Err(ApplyError::ConfigMoved {
+            expected: replay.plan.inputs.config_sha256.clone(),
+        });
+    }
+    let journal = Journal::reopen(&ctx.state_dir)?;
+    let plan = replay.plan.clone();
+    let id = replay.apply_id.clone();
+    run(ctx, plan, id, journal, Some(replay)).await.map(Some)
+}
+
+async fn run(
+    ctx: Arc<Ctx>,
+    plan: Plan,
+    apply_id: String,
+    journal: Journal,
+    replay: Option<Replay>,
+) -> Result<Report, ApplyError> {
+    let started = Instant::now();
+    let journal: Shared = Arc::new(Mutex::new(journal));
+    let progress = ctx.options.progress;
+
+    // Which actions are already done (and still in effect)?
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    if let Some(r) = &replay {
+        if r.rollback_begun() {
+            let report = finish_failed(
+                &ctx,
+                &plan,
+                &apply_id,
+                journal,
+                r.records.clone(),
+                Vec::new(),
+                "resuming an interrupted rollback".to_owned(),
+                started,
+            )
+            .await?;
+            return Ok(report);
+        }
+        let mut invalid: BTreeSet<String> = BTreeSet::new();
+        for a in &plan.actions {
+            if r.succeeded(&a.id) {
+                if still_in_effect(&ctx, &plan, a).await {
+                    done.insert(a.id.clone());
+                    emit(progress, "verified", &a.id, "done before the interruption");
+                } else {
+                    invalid.insert(a.id.clone());
+                }
+            }
+        }
+        // Anything after an action that must run again runs again too.
+        for a in &plan.actions {
+            if a.after.iter().any(|p| invalid.contains(p)) {
+                invalid.insert(a.id.clone());
+                done.remove(&a.id);
+            }
+        }
+    }
+
+    let by_id: HashMap<&str, &Action> = plan.actions.iter().map(|a| (a.id.as_str(), a)).collect();
+    let builds = Arc::new(Semaphore::new(ctx.options.jobs.max(1)));
+    let mut running: JoinSet<(String, Result<Option<String>, String>)> = JoinSet::new();
+    let mut in_flight: BTreeSet<String> = BTreeSet::new();
+    let mut failed: Vec<(String, String)> = Vec::new();
+    let mut stopping = false;
+    let mut interrupted = false;
+
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    let mut sigterm =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+
+    loop {
+        if !stopping {
+            for a in &plan.actions {
+                if done.contains(&a.id) || in_flight.contains(&a.id) {
+                    continue;
+                }
+                if !a.after.iter().all(|p| done.contains(p)) {
+                    continue;
+                }
+                journal_append(
+                    &journal,
+                    &Record::Started {
+                        action: a.id.clone(),
+                    },
+                )
+                .map_err(|e| JournalError::Write {
+                    path: ctx.state_dir.display().to_string(),
+                    source: std::io::Error::other(e),
+                })?;
+                emit(progress, "start", &a.id, "");
+                in_flight.insert(a.id.clone());
+                let ctx2 = Arc::clone(&ctx);
+                let j2 = Arc::clone(&journal);
+                let a2 = (*a).clone();
+                let plan_to = plan.to.sha.clone();
+                let id2 = apply_id.clone();
+                let sem = Arc::clone(&builds);
+                running.spawn(async move {
+                    let _permit = if a2.kind == ActionKind::Build {
+                        sem.acquire_owned().await.ok()
+                    } else {
+                        None
+                    };
+                    let t = Instant::now();
+                    let res = perform(&ctx2, &a2, &plan_to, &id2, &j2).await;
+                    let res = res.map(|note| {
+                        let ms = t.elapsed().as_millis();
+                        Some(note.map_or_else(|| format!("{ms} ms"), |n| format!("{n} ({ms} ms)")))
+                    });
+                    (a2.id.clone(), res)
+                });
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        let joined = tokio::select! {
+            j = running.join_next() => j,
+            _ = recv(&mut sigint) => { stopping = true; interrupted = true; emit(progress, "signal", "SIGINT", "no new action starts; running ones finish"); continue; }
+            _ = recv(&mut sigterm) => { stopping = true; interrupted = true; emit(progress, "signal", "SIGTERM", "no new action starts; running ones finish"); continue; }
+        };
+        let Some(joined) = joined else { break };
+        let (id, res) = match joined {
+            Ok(x) => x,
+            Err(e) => (String::from("?"), Err(format!("task failed: {e}"))),
+        };
+        in_flight.remove(&id);
+        match res {
+            Ok(note) => {
+                journal_append(
+                    &journal,
+                    &Record::Succeeded {
+                        action: id.clone(),
+                        note: note.clone(),
+                    },
+                )
+                .map_err(|e| JournalError::Write {
+                    path: ctx.state_dir.display().to_string(),
+                    source: std::io::Error::other(e),
+                })?;
+                emit(progress, "done", &id, note.as_deref().unwrap_or(""));
+                done.insert(id);
+            }
+            Err(err) => {
+                journal_append(
+                    &journal,
+                    &Record::Failed {
+                        action: id.clone(),
+                        error: err.clone(),
+                    },
+                )
+                .map_err(|e| JournalError::Write {
+                    path: ctx.state_dir.display().to_string(),
+                    source: std::io::Error::other(e),
+                })?;
+                emit(progress, "FAILED", &id, &err);
+                failed.push((id, err));
+                stopping = true;
+            }
+        }
+    }
+
+    let succeeded: Vec<String> = plan
+        .actions
+        .iter()
+        .filter(|a| done.contains(&a.id))
+        .map(|a| a.id.clone())
+        .collect();
+    let not_run: Vec<String> = plan
+        .actions
+        .iter()
+        .filter(|a| !done.contains(&a.id) && !failed.iter().any(|(f, _)| *f == a.id))
+        .map(|a| a.id.clone())
+        .collect();
+    let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+
+    if failed.is_empty() && !interrupted {
+        let records = crate::journal::read(&ctx.state_dir)?
+            .map(|r| r.records)
+            .unwrap_or_default();
+        commit_state(&ctx, &plan, &apply_id, &records)?;
+        let j = take(journal)?;
+        j.finish("succeeded", &apply_id)?;
+        return Ok(Report {
+            apply_id,
+            outcome: Outcome::Succeeded,
+            succeeded,
+            failed,
+            not_run,
+            rolled_back: Vec::new(),
+            rollback_errors: Vec::new(),
+            millis,
+        });
+    }
+    if interrupted && failed.is_empty() {
+        return Ok(Report {
+            apply_id,
+            outcome: Outcome::Interrupted,
+            succeeded,
+            failed,
+            not_run,
+            rolled_back: Vec::new(),
+            rollback_errors: Vec::new(),
+            millis,
+        });
+    }
+    let _ = by_id;
+    let records = crate::journal::read(&ctx.state_dir)?
+        .map(|r| r.records)
+        .unwrap_or_default();
+    let reason = failed
+        .first()
+        .map(|(id, e)| format!("{id} failed: {e}"))
+        .unwrap_or_default();
+    let mut report = finish_failed(
+        &ctx, &plan, &apply_id, journal, records, failed, reason, started,
+    )
+    .await?;
+    report.succeeded = succeeded;
+    report.not_run = not_run;
+    Ok(report)
+}
+
+async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+fn take(j: Shared) -> Result<Journal, JournalError> {
+    Arc::try_unwrap(j)
+        .ok()
+        .and_then(|m| m.into_inner().ok())
+        .ok_or_else(|| JournalError::Write {
+            path: String::from("journal"),
+            source: std::io::Error::other("journal still in use"),
+        })
+}
+
+/// Whether anything live changed, according to the journal.
+fn live_changed(records: &[Record]) -> bool {
+    records.iter().any(|r| {
+        matches!(r, Record::Switch { .. } | Record::UnitReplace { .. })
+            || matches!(r, Record::Started { action } if action == "daemon-reload" || action == "reload-proxy")
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish_failed(
+    ctx: &Arc<Ctx>,
+    plan: &Plan,
+    apply_id: &str,
+    journal: Shared,
+    records: Vec<Record>,
+    failed: Vec<(String, String)>,
+    reason: String,
+    started: Instant,
+) -> Result<Report, ApplyError> {
+    let progress = ctx.options.progress;
+    let millis = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut report = Report {
+        apply_id: apply_id.to_owned(),
+        outcome: Outcome::FailedUntouched,
+        succeeded: Vec::new(),
+        failed,
+        not_run: Vec::new(),
+        rolled_back: Vec::new(),
+        rollback_errors: Vec::new(),
+        millis: 0,
+    };
+    let resuming_rollback = records
+        .iter()
+        .any(|r| matches!(r, Record::RollbackBegin { .. }));
+    if !live_changed(&records) && !resuming_rollback {
+        record_outcome(ctx, plan, apply_id, &records, "failed")?;
+        take(journal)?.finish("failed-untouched", apply_id)?;
+        report.millis = millis();
+        return Ok(report);
+    }
+    if !ctx.options.rollback_on_failure && !resuming_rollback {
+        record_outcome(ctx, plan, apply_id, &records, "failed")?;
+        take(journal)?.finish("failed-kept", apply_id)?;
+        report.outcome = Outcome::NeedsAttention;
+        report.millis = millis();
+        return Ok(report);
+    }
+    if !resuming_rollback {
+        journal_append(
+            &journal,
+            &Record::RollbackBegin {
+                reason: reason.clone(),
+            },
+        )
+        .map_err(|e| JournalError::Write {
+            path: ctx.state_dir.display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
+    }
+    emit(progress, "rollback", &plan.environment, &reason);
+    let (rolled, errors) = rollback_from_journal(ctx, &records, &journal).await;
+    report.rolled_back = rolled;
+    report.rollback_errors = errors;
+    let outcome = if report.rollback_errors.is_empty() {
+        Outcome::RolledBack
+    } else {
+        Outcome::NeedsAttention
+    };
+    record_outcome(
+        ctx,
+        plan,
+        apply_id,
+        &records,
+        if outcome == Outcome::RolledBack {
+            "rolled-back"
+        } else {
+            "rollback-failed"
+        },
+    )?;
+    if outcome == Outcome::RolledBack {
+        take(journal)?.finish("rolled-back", apply_id)?;
+    }
+    report.outcome = outcome;
+    report.millis = millis();
+    Ok(report)
+}
+
+/// Undoes what the journal says changed: unit files back (and one
+/// daemon-reload), then each switched service back to its previous release,
+/// restarted and ready, in reverse order; the proxy reloaded if it was.
+async fn rollback_from_journal(
+    ctx: &Arc<Ctx>,
+    records: &[Record],
+    journal: &Shared,
+) -> (Vec<String>, Vec<String>) {
+    let progress = ctx.options.progress;
+    let mut errors = Vec::new();
+    let mut rolled = Vec::new();
+    let mut units_restored = false;
+    let mut seen_units = BTreeSet::new();
+    for r in records.iter().rev() {
+        if let Record::UnitReplace { unit, saved, .. } = r {
+            if !seen_units.insert(unit.clone()) {
+                continue;
+            }
+            let path = ctx.unit_dir.join(unit);
+            let res = match saved {
+                Some(saved) => std::fs::read(saved).and_then(|b| state::write_atomic(&path, &b)),
+                None => match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    other => other,
+                },
+            };
+            if let Err(e) = res {
+                errors.push(format!("restoring {unit}: {e}"));
+            }
+            units_restored = true;
+        }
+    }
+    if units_restored && let Err(e) = ctx.systemd.daemon_reload().await {
+        errors.push(format!("daemon-reload: {e}"));
+    }
+    let mut switched: Vec<(String, Option<String>)> = Vec::new();
+    for r in records {
+        if let Record::Switch { service, from, .. } = r
+            && !switched.iter().any(|(s, _)| s == service)
+        {
+            switched.push((service.clone(), from.clone()));
+        }
+    }
+    let already: BTreeSet<String> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::RolledBack { service } => Some(service.clone()),
+            _ => None,
+        })
+        .collect();
+    for (service, from) in switched.iter().rev() {
+        let Some(svc) = ctx.config.service(service) else {
+            continue;
+        };
+        let paths = Paths::new(&ctx.env.root, service);
+        let unit = svc.unit_name.clone();
+        let res: Result<(), String> = async {
+            match from {
+                Some(prev) => {
+                    release::switch(&paths, &paths.release(prev)).map_err(|e| e.to_string())?;
+                    ctx.systemd
+                        .restart(&unit)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .check("restart", &unit)
+                        .map_err(|e| e.to_string())?;
+                    ctx.systemd
+                        .confirm_active(&unit, SETTLE)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let url = crate::plan::build::ready_url(svc);
+                    health::wait_ready(&url, svc.ready_timeout, || async { Ok(()) })
+                        .await
+                        .map_err(|p| p.error.unwrap_or_default())?;
+                }
+                None => {
+                    // First deploy: there is nothing to go back to; stop it.
+                    let _ = ctx.systemd.stop(&unit).await;
+                    let _ = std::fs::remove_file(paths.current());
+                }
+            }
+            Ok(())
+        }
+        .await;
+        match res {
+            Ok(()) => {
+                if !already.contains(service) {
+                    let _ = journal_append(
+                        journal,
+                        &Record::RolledBack {
+                            service: service.clone(),
+                        },
+                    );
+                }
+                emit(
+                    progress,
+                    "rolled",
+                    service,
+                    &from.as_deref().map_or_else(
+                        || "stopped (no previous release)".to_owned(),
+                        |f| format!("back to {}", short(f)),
+                    ),
+                );
+                rolled.push(service.clone());
+            }
+            Err(e) => {
+                emit(progress, "FAILED", &format!("rollback of {service}"), &e);
+                errors.push(format!("{service}: {e}"));
+            }
+        }
+    }
+    let proxy_reloaded = records
+        .iter()
+        .any(|r| matches!(r, Record::Started { action } if action == "reload-proxy"));
+    if proxy_reloaded
+        && let Some(p) = &ctx.config.proxy
+        && let Err(e) = ctx.systemd.reload(&p.unit).await
+    {
+        errors.push(format!("reloading {}: {e}", p.unit));
+    }
+    (rolled, errors)
+}
+
+/// Writes the state after a failed apply: services unchanged, the backup
+/// (if any) and the outcome recorded.
+fn record_outcome(
+    ctx: &Ctx,
+    plan: &Plan,
+    apply_id: &str,
+    records: &[Record],
+    outcome: &str,
+) -> Result<(), ApplyError> {
+    let loaded = state::load(&ctx.state_dir, &plan.project, &plan.environment)?;
+    let mut st = loaded.state.unwrap_or_else(|| empty_state(plan));
+    add_backups(&mut st, records, apply_id, ctx);
+    st.last_apply = Some(ApplyRecord {
+        id: apply_id.to_owned(),
+        from: plan.from.as_ref().map(|f| f.sha.clone()),
+        to: plan.to.sha.clone(),
+        switched: Vec::new(),
+        previous_units: BTreeMap::new(),
+        backup: last_backup(records),
+        migrated: records.iter().any(
+            |r| matches!(r, Record::Succeeded { action, .. } if action.starts_with("migrate:")),
+        ),
+        outcome: outcome.to_owned(),
+    });
+    state::save(&ctx.state_dir, &st)?;
+    Ok(())
+}
+
+fn empty_state(plan: &Plan) -> State {
+    State {
+        format_version: state::FORMAT_VERSION,
+        project: plan.project.clone(),
+        environment: plan.environment.clone(),
+        ..State::default()
+    }
+}
+
+fn last_backup(records: &[Record]) -> Option<String> {
+    records.iter().rev().find_map(|r| match r {
+        Record::Backup { id, .. } => Some(id.clone()),
+        _ => None,
+    })
+}
+
+fn add_backups(st: &mut State, records: &[Record], apply_id: &str, ctx: &Ctx) {
+    for r in records {
+        if let Record::Backup {
+            id,
+            path,
+            size,
+            sha256,
+        } = r
+            && !st.backups.iter().any(|b| b.id == *id)
+        {
+            st.backups.push(BackupRecord {
+                id: id.clone(),
+                path: path.clone(),
+                size: *size,
+                sha256: sha256.clone(),
+                taken_at: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                revision: st.revision.clone(),
+                apply_id: Some(apply_id.to_owned()),
+            });
+        }
+    }
+    if let Some(b) = &ctx.env.backup {
+        crate::backup::retain(st, b.keep as usize);
+    }
+}
+
+/// Writes the state after a successful apply and prunes old releases.
+fn commit_state(
+    ctx: &Ctx,
+    plan: &Plan,
+    apply_id: &str,
+    records: &[Record],
+) -> Result<(), ApplyError> {
+    let loaded = state::load(&ctx.state_dir, &plan.project, &plan.environment)?;
+    let mut st = loaded.state.unwrap_or_else(|| empty_state(plan));
+    add_backups(&mut st, records, apply_id, ctx);
+    let mut switched = Vec::new();
+    for r in records {
+        if let Record::Switch { service, from, to } = r {
+            let unit_sha = ctx
+                .config
+                .service(service)
+                .and_then(|s| unit::render(&ctx.env, s))
+                .map(|u| state::sha256_hex(u.as_bytes()));
+            let previous = match from {
+                Some(f) if f != to => Some(f.clone()),
+                _ => st.services.get(service).and_then(|s| s.previous.clone()),
+            };
+            st.services.insert(
+                service.clone(),
+                ServiceState {
+                    revision: to.clone(),
+                    previous,
+                    unit_sha256: unit_sha,
+                },
+            );
+            if !switched.contains(service) {
+                switched.push(service.clone());
+            }
+        }
+    }
+    let mut previous_units = BTreeMap::new();
+    for r in records {
+        if let Record::UnitReplace { service, saved, .. } = r {
+            previous_units.insert(service.clone(), saved.clone());
+            if let Some(s) = ctx.config.service(service) {
+                let sha = unit::render(&ctx.env, s).map(|u| state::sha256_hex(u.as_bytes()));
+                if let Some(entry) = st.services.get_mut(service) {
+                    entry.unit_sha256 = sha;
+                }
+            }
+        }
+    }
+    if plan.operation == crate::plan::Operation::Deploy {
+        st.revision = Some(plan.to.sha.clone());
+    }
+    st.last_apply = Some(ApplyRecord {
+        id: apply_id.to_owned(),
+        from: plan.from.as_ref().map(|f| f.sha.clone()),
+        to: plan.to.sha.clone(),
+        switched: switched.clone(),
+        previous_units,
+        backup: last_backup(records),
+        migrated: plan.actions.iter().any(|a| a.kind == ActionKind::Migrate),
+        outcome: "succeeded".to_owned(),
+    });
+    state::save(&ctx.state_dir, &st)?;
+    let keep = ctx.config.project.keep_releases as usize;
+    for s in &switched {
+        let paths = Paths::new(&ctx.env.root, s);
+        if let Some(entry) = st.services.get(s) {
+            let mut protect = vec![entry.revision.as_str()];
+            if let Some(p) = &entry.previous {
+                protect.push(p.as_str());
+            }
+            release::prune(&paths, keep, &protect);
+        }
+    }
+    Ok(())
+}
+
+/// Re-checks, on resume, that a journaled success is still in effect.
+async fn still_in_effect(ctx: &Ctx, plan: &Plan, a: &Action) -> bool {
+    let Some(service) = a.service.as_deref() else {
+        return true;
+    };
+    let paths = Paths::new(&ctx.env.root, service);
+    match a.kind {
+        ActionKind::Build => paths.is_built(&plan.to.sha),
+        ActionKind::Restart => {
+            let live_ok = a.dir.as_deref().is_none_or(|d| {
+                std::fs::read_link(paths.current()).is_ok_and(|t| t == Path::new(d))
+            });
+            let unit = a.unit.clone().unwrap_or_default();
+            live_ok
+                && ctx
+                    .systemd
+                    .status(&unit)
+                    .await
+                    .is_ok_and(|s| s.active_state == "active")
+        }
+        ActionKind::InstallUnit => {
+            let want = ctx
+                .config
+                .service(service)
+                .and_then(|s| unit::render(&ctx.env, s));
+            let have = a
+                .unit
+                .as_ref()
+                .and_then(|u| std::fs::read_to_string(ctx.unit_dir.join(u)).ok());
+            want.is_some() && want == have
+        }
+        _ => true,
+    }
+}
+
+/// Environment for commands: the environment's env-files, then its `env`,
+/// then moorline's own variables.
+fn command_env(
+    ctx: &Ctx,
+    service: Option<&str>,
+    release_dir: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    for f in &ctx.env.env_files {
+        env.extend(release::read_env_file(Path::new(f)));
+    }
+    for (k, v) in &ctx.env.env {
+        env.insert(k.clone(), v.value.clone());
+    }
+    env.insert("MOORLINE_ENV".to_owned(), ctx.env.name.clone());
+    env.insert("MOORLINE_ROOT".to_owned(), ctx.env.root.clone());
+    if let Some(s) = service {
+        env.insert("MOORLINE_SERVICE".to_owned(), s.to_owned());
+    }
+    if let Some(r) = release_dir {
+        env.insert("MOORLINE_RELEASE".to_owned(), r.to_owned());
+    }
+    env
+}
+
+fn log_path(ctx: &Ctx, apply_id: &str, action: &str) -> PathBuf {
+    ctx.state_dir
+        .join("logs")
+        .join(apply_id)
+        .join(format!("{}.log", action.replace([':', '/'], "-")))
+}
+
+/// Performs one action; `Ok(Some(note))` adds a note to the journal.
+async fn perform(
+    ctx: &Ctx,
+    a: &Action,
+    to_sha: &str,
+    apply_id: &str,
+    journal: &Shared,
+) -> Result<Option<String>, String> {
+    let service = a.service.as_deref();
+    match a.kind {
+        ActionKind::Build => {
+            let service = service.ok_or("build without a service")?;
+            let svc = ctx.config.service(service).ok_or("unknown service")?;
+            let paths = Paths::new(&ctx.env.root, service);
+            if paths.is_built(to_sha) {
+                return Ok(Some("already built".to_owned()));
+            }
+            let dir = paths.release(to_sha);
+            if dir.exists() {
+                // An interrupted build: start again from a fresh export.
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| format!("removing {}: {e}", dir.display()))?;
+            }
+            let repo = Repo::discover(&ctx.repo_dir).map_err(|e| e.to_string())?;
+            let files = repo.export(to_sha, &svc.path, &dir).map_err(|e| {
+                format!(
+                    "{e}: {}",
+                    e.source().map(ToString::to_string).unwrap_or_default()
+                )
+            })?;
+            if let Some(argv) = &a.command {
+                release::run(Run {
+                    argv,
+                    dir: Some(&dir),
+                    env: &command_env(ctx, Some(service), dir.to_str()),
+                    timeout: Duration::from_secs(a.timeout_secs.unwrap_or(900)),
+                    log: &log_path(ctx, apply_id, &a.id),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+            release::mark_built(&dir, to_sha).map_err(|e| e.to_string())?;
+            Ok(Some(format!("{files} files")))
+        }
+        ActionKind::Migrate => {
+            let argv = a.command.as_ref().ok_or("migrate without a command")?;
+            let dir = a.dir.as_deref().map(Path::new);
+            release::run(Run {
+                argv,
+                dir,
+                env: &command_env(ctx, service, a.dir.as_deref()),
+                timeout: Duration::from_secs(a.timeout_secs.unwrap_or(900)),
+                log: &log_path(ctx, apply_id, &a.id),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(None)
+        }
+        ActionKind::Backup => {
+            let b = ctx
+                .env
+                .backup
+                .as_ref()
+                .ok_or("no backup block in this environment")?;
+            let taken = crate::backup::take(ctx, b, apply_id).await?;
+            journal_append(
+                journal,
+                &Record::Backup {
+                    id: taken.id.clone(),
+                    path: taken.path.clone(),
+                    size: taken.size,
+                    sha256: taken.sha256.clone(),
+                },
+            )?;
+            Ok(Some(format!("{} ({} bytes)", taken.path, taken.size)))
+        }
+        ActionKind::InstallUnit => {
+            let service = service.ok_or("install-unit without a service")?;
+            let svc = ctx.config.service(service).ok_or("unknown service")?;
+            let text = unit::render(&ctx.env, svc).ok_or("the service has no unit block")?;
+            let path = ctx.unit_dir.join(&svc.unit_name);
+            let saved = match std::fs::read(&path) {
+                Ok(old) => {
+                    let keep = ctx
+                        .state_dir
+                        .join("units")
+                        .join(apply_id)
+                        .join(&svc.unit_name);
+                    state::write_atomic(&keep, &old)
+                        .map_err(|e| format!("saving {}: {e}", path.display()))?;
+                    restrict(&keep);
+                    Some(keep.display().to_string())
+                }
+                Err(_) => None,
+            };
+            journal_append(
+                journal,
+                &Record::UnitReplace {
+                    service: service.to_owned(),
+                    unit: svc.unit_name.clone(),
+                    saved,
+                },
+            )?;
+            state::write_atomic(&path, text.as_bytes())
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            Ok(None)
+        }
+        ActionKind::DaemonReload => {
+            ctx.systemd
+                .daemon_reload()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(None)
+        }
+        ActionKind::Restart => {
+            let service = service.ok_or("restart without a service")?;
+            let unit = a.unit.as_deref().ok_or("restart without a unit")?;
+            if let Some(dir) = &a.dir {
+                let paths = Paths::new(&ctx.env.root, service);
+                let target = PathBuf::from(dir);
+                let to = target
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .ok_or("bad release directory")?;
+                let from = paths.live();
+                journal_append(
+                    journal,
+                    &Record::Switch {
+                        service: service.to_owned(),
+                        from: from.clone(),
+                        to: to.clone(),
+                    },
+                )?;
+                release::switch(&paths, &target)
+                    .map_err(|e| format!("switching {}: {e}", paths.current().display()))?;
+            }
+            ctx.systemd
+                .restart(unit)
+                .await
+                .map_err(|e| e.to_string())?
+                .check("restart", unit)
+                .map_err(|e| e.to_string())?;
+            ctx.systemd
+                .confirm_active(unit, SETTLE)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(None)
+        }
+        ActionKind::Health => {
+            let url = a.url.as_deref().ok_or("health without a URL")?;
+            let unit = a.unit.clone().unwrap_or_default();
+            let sd = ctx.systemd.clone();
+            let timeout = Duration::from_secs(a.timeout_secs.unwrap_or(60));
+            let probe = health::wait_ready(url, timeout, || {
+                let sd = sd.clone();
+                let unit = unit.clone();
+                async move {
+                    match sd.status(&unit).await {
+                        Ok(s)
+                            if s.active_state == "active"
+                                || s.active_state == "activating"
+                                || s.active_state == "reloading" =>
+                        {
+                            Ok(())
+                        }
+                        Ok(s) => Err(format!(
+                            "{unit} is {} ({}, result {})",
+                            s.active_state, s.sub_state, s.result
+                        )),
+                        Err(_) => Ok(()),
+                    }
+                }
+            })
+            .await
+            .map_err(|p| format!("{url}: {}", p.error.unwrap_or_default()))?;
+            Ok(Some(format!("ready in {} ms", probe.millis)))
+        }
+        ActionKind::ReloadProxy => {
+            if let Some(argv) = &a.command {
+                let vars = Vars {
+                    root: Some(&ctx.env.root),
+                    ..Vars::default()
+                };
+                let argv: Vec<String> = argv.iter().map(|x| template::render(x, &vars)).collect();
+                release::run(Run {
+                    argv: &argv,
+                    dir: None,
+                    env: &command_env(ctx, None, None),
+                    timeout: Duration::from_secs(a.timeout_secs.unwrap_or(60)),
+                    log: &log_path(ctx, apply_id, &a.id),
+                })
+                .await
+                .map_err(|e| format!("proxy check: {e}"))?;
+            }
+            let unit = a.unit.as_deref().ok_or("reload-proxy without a unit")?;
+            ctx.systemd
+                .reload(unit)
+                .await
+                .map_err(|e| e.to_string())?
+                .check("reload", unit)
+                .map_err(|e| e.to_string())?;
+            Ok(None)
+        }
+    }
+}
+
+/// Saved unit files may hold secrets: readable by the owner only.
+fn restrict(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+use std::error::Error as _;

@@ -1,0 +1,175 @@
+//! Database backups: the environment's `backup.run` command writes a file
+//! (its path is `{backup}`), moorline records its size and SHA-256 in the
+//! state, keeps `keep` of them (never the one the live release depends on)
+//! and restores one with `backup.restore`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use crate::apply::Ctx;
+use crate::config::Backup;
+use crate::release::{self, Run};
+use crate::state::State;
+use crate::template::{self, Vars};
+
+pub struct Taken {
+    pub id: String,
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Where an environment's backups go.
+pub fn dir(state_dir: &Path, b: &Backup) -> PathBuf {
+    b.dir
+        .as_ref()
+        .map_or_else(|| state_dir.join("backups"), PathBuf::from)
+}
+
+fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((size, hex::encode(h.finalize())))
+}
+
+/// Runs the backup command and checks that it left a file.
+pub async fn take(ctx: &Ctx, b: &Backup, apply_id: &str) -> Result<Taken, String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .replace([':', '-'], "")
+        .replace('T', "-")
+        .trim_end_matches('Z')
+        .to_owned();
+    let id = format!(
+        "{}-{}-{stamp}-{}",
+        ctx.config.project.name,
+        ctx.env.name,
+        now.subsec_micros()
+    );
+    let dir = dir(&ctx.state_dir, b);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let path = dir.join(format!("{id}.backup"));
+    let path_s = path.display().to_string();
+    let vars = Vars {
+        root: Some(&ctx.env.root),
+        backup: Some(&path_s),
+        ..Vars::default()
+    };
+    let argv: Vec<String> = b
+        .run
+        .argv
+        .iter()
+        .map(|a| template::render(a, &vars))
+        .collect();
+    let mut env = std::collections::BTreeMap::new();
+    for f in &ctx.env.env_files {
+        env.extend(release::read_env_file(Path::new(f)));
+    }
+    for (k, v) in &ctx.env.env {
+        env.insert(k.clone(), v.value.clone());
+    }
+    release::run(Run {
+        argv: &argv,
+        dir: None,
+        env: &env,
+        timeout: b.run.timeout,
+        log: &ctx.state_dir.join("logs").join(apply_id).join("backup.log"),
+    })
+    .await
+    .map_err(|e| format!("the backup failed, so nothing was migrated: {e}"))?;
+    let (size, sha256) = file_sha256(&path).map_err(|e| {
+        format!("the backup command succeeded but left no readable file at {path_s}: {e}")
+    })?;
+    Ok(Taken {
+        id,
+        path: path_s,
+        size,
+        sha256,
+    })
+}
+
+/// Runs the restore command on a backup file after checking its checksum.
+pub async fn restore(
+    env: &crate::config::Environment,
+    b: &Backup,
+    state_dir: &Path,
+    record: &crate::state::BackupRecord,
+) -> Result<(), String> {
+    let path = Path::new(&record.path);
+    let (_, sha) = file_sha256(path).map_err(|e| format!("cannot read {}: {e}", record.path))?;
+    if sha != record.sha256 {
+        return Err(format!(
+            "{} does not match the checksum recorded when it was taken",
+            record.path
+        ));
+    }
+    let vars = Vars {
+        root: Some(&env.root),
+        backup: Some(&record.path),
+        ..Vars::default()
+    };
+    let mut cenv = std::collections::BTreeMap::new();
+    for f in &env.env_files {
+        cenv.extend(release::read_env_file(Path::new(f)));
+    }
+    for (k, v) in &env.env {
+        cenv.insert(k.clone(), v.value.clone());
+    }
+    for cmd in std::iter::once(&b.restore).chain(b.resolve.as_ref()) {
+        let argv: Vec<String> = cmd
+            .argv
+            .iter()
+            .map(|a| template::render(a, &vars))
+            .collect();
+        release::run(Run {
+            argv: &argv,
+            dir: None,
+            env: &cenv,
+            timeout: if cmd.timeout.is_zero() {
+                Duration::from_secs(900)
+            } else {
+                cmd.timeout
+            },
+            log: &state_dir
+                .join("logs")
+                .join(format!("restore-{}.log", record.id)),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Keeps the newest `keep` backups, and always the one the last apply took;
+/// deletes the files of the others.
+pub fn retain(st: &mut State, keep: usize) {
+    let pinned = st.last_apply.as_ref().and_then(|a| a.backup.clone());
+    st.backups.sort_by_key(|b| (b.taken_at, b.id.clone()));
+    let excess = st.backups.len().saturating_sub(keep);
+    let mut removed = 0;
+    st.backups.retain(|b| {
+        if removed < excess && pinned.as_deref() != Some(b.id.as_str()) {
+            removed += 1;
+            let _ = std::fs::remove_file(&b.path);
+            false
+        } else {
+            true
+        }
+    });
+}
