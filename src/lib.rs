@@ -3,3 +3,5 @@
 //! Data flows one way: `config` (KDL → checked model) → `changes` (git) →
 //! `plan` (a deterministic value) → `render` (pure functions of the plan) →
 //! `apply` (the only stage that touches the host).
+
+pub mod fixture;
