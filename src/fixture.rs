@@ -33,9 +33,11 @@ const GENERATED_PORT_BASE: u16 = 20_000;
 /// Options for [`Fixture::create`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FixtureOptions {
-    /// `None`: the real Pakashop ports; `Some(b)`: service `i` listens on `b + i`.
+    /// `None`: the real Pakashop ports (20000 + i for a generated fleet);
+    /// `Some(b)`: service `i` (0-based, in [`Fixture::services`] order) listens on `b + i`.
     pub port_base: Option<u16>,
-    /// `None`: the 19 Pakashop services; `Some(n)`: `svc-0001`.. spread over the phases.
+    /// `None`: the 19 Pakashop services; `Some(n)`: `svc-0001`.. cycling
+    /// through the phases config, gateway, core, supporting.
     pub services: Option<usize>,
     /// Environment roots are `root/staging` and `root/production`.
     pub root: PathBuf,
@@ -1314,6 +1316,45 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1));
+    }
+
+    #[test]
+    fn slow_readiness_turns_ready_and_heal_restores_defaults() {
+        let (tmp, fx) = create(opts);
+        let slow = fx
+            .commit(
+                "main",
+                "slow",
+                &[
+                    Edit::slow_readiness("gateway", 300),
+                    Edit::fail_build("gateway"),
+                ],
+            )
+            .unwrap();
+        let dir = tmp.path().join("slow");
+        export(&fx, &slow, "gateway", &dir);
+        let server = serve(&dir);
+        assert_eq!(get(server.1, "/health/ready").0, 503);
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        assert_eq!(get(server.1, "/health/ready").0, 200);
+        drop(server);
+
+        let healed = fx.commit("main", "heal", &[Edit::heal("gateway")]).unwrap();
+        let repo = fx.open().unwrap();
+        let blob = |rev: &str| {
+            repo.revparse_single(&format!("{rev}:services/gateway/behaviour.json"))
+                .unwrap()
+                .peel_to_blob()
+                .unwrap()
+                .id()
+        };
+        let initial = repo
+            .find_commit(Oid::from_str(&slow).unwrap())
+            .unwrap()
+            .parent_id(0)
+            .unwrap()
+            .to_string();
+        assert_eq!(blob(&healed), blob(&initial));
     }
 
     #[test]
