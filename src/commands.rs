@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use miette::Diagnostic;
 
-use crate::cli::{Cli, Command, Format, Global, PlanArgs};
+use crate::cli::{ApplyArgs, Cli, Command, Format, Global, OnFailure, PlanArgs};
 use crate::config::{self, Loaded};
 use crate::settings::{self, PlanRequest};
 use crate::{exit, render, report};
@@ -27,6 +27,7 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
     match &cli.command {
         Command::Validate => Ok(validate(&load_config(global.config.as_deref())?)),
         Command::Plan(args) => plan(global, args),
+        Command::Apply(args) => apply_cmd(global, args),
         Command::Graph(args) => {
             let t = settings::resolve(global, &args.env)?;
             let p = settings::compute_plan(&t, &request(args))?;
@@ -159,4 +160,290 @@ fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
 pub fn stdout_color() -> bool {
     use std::io::IsTerminal;
     std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
+}
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum ApplyCmdError {
+    #[error("`apply` needs a saved plan (PLANFILE) or --env")]
+    #[diagnostic(
+        code(moorline::apply::no_target),
+        help(
+            "moorline plan --env ENV --out plan.json, then moorline apply plan.json; or moorline apply --env ENV"
+        )
+    )]
+    NoTarget,
+    #[error("cannot read the saved plan {path}")]
+    #[diagnostic(
+        code(moorline::apply::bad_plan_file),
+        help("pass a file written by `moorline plan --out`")
+    )]
+    BadPlanFile { path: String, reason: String },
+    #[error("the saved plan no longer matches: {moved}")]
+    #[diagnostic(
+        code(moorline::apply::stale_plan),
+        help(
+            "make a new plan (`moorline plan --env {env} --out FILE`), review it, and apply that"
+        )
+    )]
+    Stale { moved: String, env: String },
+    #[error("refusing to apply without confirmation: there is no terminal to ask on")]
+    #[diagnostic(
+        code(moorline::apply::unconfirmed),
+        help("review the plan above and pass --yes to apply it")
+    )]
+    Unconfirmed,
+    #[error("environment {env} requires approval: apply a reviewed, saved plan")]
+    #[diagnostic(
+        code(moorline::apply::approval_required),
+        help(
+            "moorline plan --env {env} --out plan.json, have it reviewed, then moorline apply plan.json --yes"
+        )
+    )]
+    ApprovalRequired { env: String },
+    #[error("cannot start the async runtime")]
+    #[diagnostic(
+        code(moorline::apply::runtime),
+        help("the system may be out of threads or memory")
+    )]
+    Runtime(#[source] std::io::Error),
+}
+
+/// A multi-threaded runtime sized for a small host.
+pub fn runtime() -> miette::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| ApplyCmdError::Runtime(e).into())
+}
+
+fn read_plan_file(path: &Path) -> miette::Result<crate::plan::Plan> {
+    let text = std::fs::read_to_string(path).map_err(|e| ApplyCmdError::BadPlanFile {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        ApplyCmdError::BadPlanFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }
+        .into()
+    })
+}
+
+/// What differs between the inputs of a saved plan and a fresh one.
+fn what_moved(saved: &crate::plan::Plan, fresh: &crate::plan::Plan) -> String {
+    let (a, b) = (&saved.inputs, &fresh.inputs);
+    let mut moved = Vec::new();
+    if a.config_sha256 != b.config_sha256 {
+        moved.push("the configuration file changed".to_owned());
+    }
+    if a.state_sha256 != b.state_sha256 {
+        moved.push("the host state changed (another apply or rollback ran)".to_owned());
+    }
+    let units: Vec<&str> = a
+        .units
+        .keys()
+        .chain(b.units.keys())
+        .filter(|k| a.units.get(*k) != b.units.get(*k))
+        .map(String::as_str)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !units.is_empty() {
+        moved.push(format!(
+            "installed unit files changed: {}",
+            units.join(", ")
+        ));
+    }
+    if a.moorline_version != b.moorline_version {
+        moved.push(format!(
+            "it was made by moorline {}, this is {}",
+            a.moorline_version, b.moorline_version
+        ));
+    }
+    if moved.is_empty() {
+        moved.push("the computed actions differ".to_owned());
+    }
+    moved.join("; ")
+}
+
+fn confirm(question: &str) -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return false;
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return false;
+    }
+    matches!(line.trim(), "y" | "Y" | "yes")
+}
+
+fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
+    let saved = args.plan.as_deref().map(read_plan_file).transpose()?;
+    let env_name = match (&saved, &args.env) {
+        (Some(p), _) => p.environment.clone(),
+        (None, Some(e)) => e.clone(),
+        (None, None) => return Err(ApplyCmdError::NoTarget.into()),
+    };
+    let t = settings::resolve(global, &env_name)?;
+    let _lock = crate::lock::acquire(&t.state_dir, "apply")?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let systemd = crate::systemd::Systemd::connect(t.systemd).await?;
+        let progress = match args.format {
+            Format::Json => crate::apply::Progress::Json,
+            _ => crate::apply::Progress::Lines,
+        };
+        let ctx = std::sync::Arc::new(crate::apply::Ctx {
+            config: t.loaded.config.clone(),
+            config_sha256: crate::state::sha256_hex(t.loaded.text.as_bytes()),
+            env: t.env.clone(),
+            repo_dir: t.repo.root().to_path_buf(),
+            state_dir: t.state_dir.clone(),
+            unit_dir: t.unit_dir.clone(),
+            systemd,
+            options: crate::apply::Options {
+                jobs: args.jobs.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+                }),
+                rollback_on_failure: args.on_failure == OnFailure::Rollback,
+                progress,
+            },
+        });
+        if args.resume {
+            return match crate::apply::resume(std::sync::Arc::clone(&ctx)).await? {
+                None => {
+                    println!("nothing to resume: no unfinished apply of {env_name}");
+                    Ok(exit::OK)
+                }
+                Some(report) => Ok(print_report(&report, &env_name, args.format)),
+            };
+        }
+        let plan = if let Some(saved) = saved {
+            let fresh = settings::compute_plan(
+                &t,
+                &PlanRequest {
+                    from: saved.from.as_ref().map(|f| f.sha.clone()),
+                    to: Some(saved.to.sha.clone()),
+                    allow_non_ancestor: saved.inputs.allow_non_ancestor,
+                },
+            )?;
+            if fresh.fingerprint != saved.fingerprint || fresh.actions != saved.actions {
+                return Err(ApplyCmdError::Stale {
+                    moved: what_moved(&saved, &fresh),
+                    env: env_name.clone(),
+                }
+                .into());
+            }
+            if !args.yes
+                && !confirm(&format!(
+                    "Apply the saved plan ({} actions) to {env_name}?",
+                    fresh.actions.len()
+                ))
+            {
+                return Err(ApplyCmdError::Unconfirmed.into());
+            }
+            fresh
+        } else {
+            let p = settings::compute_plan(
+                &t,
+                &PlanRequest {
+                    from: args.from.clone(),
+                    to: args.to.clone(),
+                    allow_non_ancestor: args.allow_non_ancestor,
+                },
+            )?;
+            if args.format != Format::Json {
+                eprint!("{}", render::text(&p, report::stderr_color()));
+            }
+            if !p.has_changes() {
+                println!("nothing to apply: {env_name} is up to date");
+                return Ok(exit::OK);
+            }
+            if t.env.approval {
+                return Err(ApplyCmdError::ApprovalRequired {
+                    env: env_name.clone(),
+                }
+                .into());
+            }
+            if !args.yes
+                && !confirm(&format!(
+                    "Apply these {} actions to {env_name}?",
+                    p.actions.len()
+                ))
+            {
+                return Err(ApplyCmdError::Unconfirmed.into());
+            }
+            p
+        };
+        if !plan.has_changes() {
+            println!("nothing to apply: {env_name} is up to date");
+            return Ok(exit::OK);
+        }
+        let report = crate::apply::apply(ctx, plan).await?;
+        Ok(print_report(&report, &env_name, args.format))
+    })
+}
+
+fn print_report(r: &crate::apply::Report, env: &str, format: Format) -> i32 {
+    use crate::apply::Outcome;
+    if format == Format::Json {
+        println!("{}", serde_json::json!({"event": "report", "report": r}));
+        return r.exit_code();
+    }
+    let secs = r.millis as f64 / 1000.0;
+    match r.outcome {
+        Outcome::Succeeded => {
+            eprintln!(
+                "apply {} succeeded: {} actions in {secs:.2}s",
+                r.apply_id,
+                r.succeeded.len()
+            );
+        }
+        Outcome::Interrupted => {
+            eprintln!(
+                "apply {} interrupted: {} actions done, {} not run; the journal is consistent.\nresume with: moorline apply --resume --env {env}",
+                r.apply_id,
+                r.succeeded.len(),
+                r.not_run.len()
+            );
+        }
+        _ => {
+            for (id, e) in &r.failed {
+                eprintln!("\nFAILED {id}:\n{e}");
+            }
+            eprintln!("\nsucceeded: {}", list_or_none(&r.succeeded));
+            eprintln!("not run:   {}", list_or_none(&r.not_run));
+            match r.outcome {
+                Outcome::FailedUntouched => {
+                    eprintln!("nothing live changed: every service still runs its previous release")
+                }
+                Outcome::RolledBack => eprintln!(
+                    "rolled back: {} (each restarted on its previous release and ready)",
+                    list_or_none(&r.rolled_back)
+                ),
+                _ => {
+                    for e in &r.rollback_errors {
+                        eprintln!("rollback problem: {e}");
+                    }
+                    eprintln!(
+                        "left as is for inspection; roll back with: moorline rollback --env {env}"
+                    );
+                }
+            }
+        }
+    }
+    r.exit_code()
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".to_owned()
+    } else {
+        v.join(", ")
+    }
 }

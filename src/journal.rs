@@ -154,7 +154,9 @@ impl Journal {
             .map_err(|source| JournalError::Write {
                 path: self.path.display().to_string(),
                 source,
-            })
+            })?;
+        crash_point();
+        Ok(())
     }
 
     /// Ends the journal and moves it to `history/{apply_id}.jsonl`.
@@ -239,4 +241,20 @@ pub fn read(dir: &Path) -> Result<Option<Replay>, JournalError> {
         plan,
         records,
     }))
+}
+
+/// Fault injection for the crash tests: with `MOORLINE_TEST_CRASH_AFTER=N`
+/// the process dies (abort: no destructors, no flushing, like SIGKILL)
+/// right after the Nth journal record of this process is durable.
+fn crash_point() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static WRITTEN: AtomicUsize = AtomicUsize::new(0);
+    let n = WRITTEN.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Some(limit) = std::env::var("MOORLINE_TEST_CRASH_AFTER")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        && n >= limit
+    {
+        std::process::abort();
+    }
 }

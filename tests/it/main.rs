@@ -5,6 +5,7 @@
 // shared helpers).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod deploy;
 mod sandbox;
 mod support;
 mod systemd;
