@@ -309,8 +309,8 @@ async fn run(
         }
         let joined = tokio::select! {
             j = running.join_next() => j,
-            _ = recv(&mut sigint) => { stopping = true; interrupted = true; emit(progress, "signal", "SIGINT", "no new action starts; running ones finish"); continue; }
-            _ = recv(&mut sigterm) => { stopping = true; interrupted = true; emit(progress, "signal", "SIGTERM", "no new action starts; running ones finish"); continue; }
+            () = recv(&mut sigint) => { stopping = true; interrupted = true; emit(progress, "signal", "SIGINT", "no new action starts; running ones finish"); continue; }
+            () = recv(&mut sigterm) => { stopping = true; interrupted = true; emit(progress, "signal", "SIGTERM", "no new action starts; running ones finish"); continue; }
         };
         let Some(joined) = joined else { break };
         let (id, res) = match joined {
@@ -577,29 +577,17 @@ async fn rollback_from_journal(
         let paths = Paths::new(&ctx.env.root, service);
         let unit = svc.unit_name.clone();
         let res: Result<(), String> = async {
-            match from {
-                Some(prev) => {
-                    release::switch(&paths, &paths.release(prev)).map_err(|e| e.to_string())?;
-                    ctx.systemd
-                        .restart(&unit)
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .check("restart", &unit)
-                        .map_err(|e| e.to_string())?;
-                    ctx.systemd
-                        .confirm_active(&unit, SETTLE)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let url = crate::plan::build::ready_url(svc);
-                    health::wait_ready(&url, svc.ready_timeout, || async { Ok(()) })
-                        .await
-                        .map_err(|p| p.error.unwrap_or_default())?;
-                }
-                None => {
-                    // First deploy: there is nothing to go back to; stop it.
-                    let _ = ctx.systemd.stop(&unit).await;
-                    let _ = std::fs::remove_file(paths.current());
-                }
+            if let Some(prev) = from {
+                release::switch(&paths, &paths.release(prev)).map_err(|e| e.to_string())?;
+                restart_confirmed(&ctx.systemd, &unit).await?;
+                let url = crate::plan::build::ready_url(svc);
+                health::wait_ready(&url, svc.ready_timeout, || async { Ok(()) })
+                    .await
+                    .map_err(|p| p.error.unwrap_or_default())?;
+            } else {
+                // First deploy: there is nothing to go back to; stop it.
+                let _ = ctx.systemd.stop(&unit).await;
+                let _ = std::fs::remove_file(paths.current());
             }
             Ok(())
         }
@@ -993,16 +981,7 @@ async fn perform(
                 release::switch(&paths, &target)
                     .map_err(|e| format!("switching {}: {e}", paths.current().display()))?;
             }
-            ctx.systemd
-                .restart(unit)
-                .await
-                .map_err(|e| e.to_string())?
-                .check("restart", unit)
-                .map_err(|e| e.to_string())?;
-            ctx.systemd
-                .confirm_active(unit, SETTLE)
-                .await
-                .map_err(|e| e.to_string())?;
+            restart_confirmed(&ctx.systemd, unit).await?;
             Ok(None)
         }
         ActionKind::Health => {
@@ -1061,6 +1040,25 @@ async fn perform(
             Ok(None)
         }
     }
+}
+
+/// Restarts a unit and confirms it stays active. A deploy's restart is
+/// deliberate, not a crash loop, so the unit's start-rate counter is reset
+/// first (`ResetFailedUnit` also resets the rate limit): otherwise a few
+/// deploys within `StartLimitIntervalSec` (10 s by default) would hit
+/// `start-limit-hit`.
+/// https://www.freedesktop.org/software/systemd/man/systemctl.html#reset-failed%20%5BPATTERN%E2%80%A6%5D
+pub async fn restart_confirmed(sd: &Systemd, unit: &str) -> Result<(), String> {
+    let _ = sd.reset_failed(unit).await;
+    sd.restart(unit)
+        .await
+        .map_err(|e| e.to_string())?
+        .check("restart", unit)
+        .map_err(|e| e.to_string())?;
+    sd.confirm_active(unit, SETTLE)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Saved unit files may hold secrets: readable by the owner only.

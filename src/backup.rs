@@ -142,7 +142,7 @@ pub async fn restore(
             dir: None,
             env: &cenv,
             timeout: if cmd.timeout.is_zero() {
-                Duration::from_secs(900)
+                Duration::from_mins(15)
             } else {
                 cmd.timeout
             },

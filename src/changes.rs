@@ -149,7 +149,7 @@ impl Repo {
         let local = format!("refs/heads/{branch}");
         if self.repo.find_reference(&local).is_ok() {
             let mut rev = self.resolve(&local)?;
-            rev.spec = branch.to_owned();
+            branch.clone_into(&mut rev.spec);
             return Ok(rev);
         }
         let remote = format!("refs/remotes/origin/{branch}");
@@ -251,6 +251,16 @@ impl Repo {
     pub fn exists(&self, sha: &str, path: &str) -> Result<bool, GitError> {
         let tree = self.tree(sha)?;
         Ok(tree.get_path(Path::new(path)).is_ok())
+    }
+
+    /// The object id of `path` at `sha` (`None`: absent): equal ids mean
+    /// identical contents, however far apart the commits are.
+    pub fn path_id(&self, sha: &str, path: &str) -> Result<Option<String>, GitError> {
+        let tree = self.tree(sha)?;
+        Ok(tree
+            .get_path(Path::new(path))
+            .ok()
+            .map(|e| e.id().to_string()))
     }
 
     /// Whether `path` is a directory at `sha`.

@@ -232,7 +232,7 @@ pub fn prune(paths: &Paths, keep: usize, protect: &[&str]) -> Vec<String> {
     releases.sort();
     let mut removed = Vec::new();
     let excess = releases.len().saturating_sub(keep);
-    for (_, name, path) in releases.into_iter() {
+    for (_, name, path) in releases {
         if removed.len() >= excess {
             break;
         }

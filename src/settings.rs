@@ -42,9 +42,8 @@ impl Target {
 pub fn systemd_kind(flag: Option<SystemdKind>) -> crate::systemd::Bus {
     match flag {
         Some(SystemdKind::System) => crate::systemd::Bus::System,
-        Some(SystemdKind::User) => crate::systemd::Bus::User,
         None if state::default_dir("x", "y").starts_with("/var/lib") => crate::systemd::Bus::System,
-        None => crate::systemd::Bus::User,
+        Some(SystemdKind::User) | None => crate::systemd::Bus::User,
     }
 }
 
@@ -138,15 +137,14 @@ pub fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan> {
     let (units_source, units) = if loaded_state.state.is_some() || from.is_none() {
         ("host".to_owned(), installed_units(t))
     } else if let Some(f) = &from {
-        match units_at(t, &f.sha) {
-            Some(u) => (format!("config@{}", plan::short(&f.sha)), u),
-            None => {
-                warnings.push(format!(
-                    "the configuration at {} could not be read, so unit files are compared with nothing",
-                    plan::short(&f.sha)
-                ));
-                ("none".to_owned(), BTreeMap::new())
-            }
+        if let Some(u) = units_at(t, &f.sha) {
+            (format!("config@{}", plan::short(&f.sha)), u)
+        } else {
+            warnings.push(format!(
+                "the configuration at {} could not be read, so unit files are compared with nothing",
+                plan::short(&f.sha)
+            ));
+            ("none".to_owned(), BTreeMap::new())
         }
     } else {
         ("none".to_owned(), BTreeMap::new())

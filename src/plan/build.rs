@@ -161,11 +161,23 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             && live.revision != from.sha
             && live.revision != to.sha
         {
-            reasons.push(format!(
-                "its live release {} differs from the deployed revision {} (rolled back by hand?)",
-                short(&live.revision),
-                short(&from.sha)
-            ));
+            // It runs a release other than the deployed revision's (its last
+            // change was older, or it was rolled back by hand): compare its
+            // own inputs at that release with the target.
+            let mut differ = Vec::new();
+            for p in std::iter::once(&s.path).chain(&s.watch) {
+                if repo.path_id(&live.revision, p)? != repo.path_id(&to.sha, p)? {
+                    differ.push(p.as_str());
+                }
+            }
+            if !differ.is_empty() && hits[i].is_empty() {
+                reasons.push(format!(
+                    "its live release {} differs from {} in {}",
+                    short(&live.revision),
+                    short(&to.sha),
+                    list(&differ)
+                ));
+            }
         }
         if reasons.is_empty() {
             continue;
@@ -636,7 +648,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         match unit_change {
             UnitChange::New => reasons.push("unit file is not installed yet".to_owned()),
             UnitChange::Changed => {
-                reasons.push("unit file differs from the installed one".to_owned())
+                reasons.push("unit file differs from the installed one".to_owned());
             }
             _ => {}
         }
@@ -805,6 +817,9 @@ fn rollback_plan(env: &Environment, services: &[ServicePlan], first_deploy: bool
     }
 }
 
+/// Tie-break of the topological order: phase, kind, declaration order.
+type SortKey = (usize, ActionKind, usize);
+
 /// Topological order with an explicit tie-break (phase, kind, declaration
 /// order), and `after` filled with direct predecessors by id.
 fn order(
@@ -833,7 +848,7 @@ fn order(
                 .count()
         })
         .collect();
-    let mut ready: BinaryHeap<Reverse<((usize, ActionKind, usize), usize)>> = BinaryHeap::new();
+    let mut ready: BinaryHeap<Reverse<(SortKey, usize)>> = BinaryHeap::new();
     for (i, d) in indegree.iter().enumerate() {
         if *d == 0 {
             ready.push(Reverse((keys[i], i)));

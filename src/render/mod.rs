@@ -2,6 +2,8 @@
 //! pull-request comment, the JSON contract, and Graphviz DOT. None of them
 //! reads anything but the plan, so the same plan renders to the same bytes.
 
+use std::fmt::Write as _;
+
 mod markdown;
 mod text;
 
@@ -33,18 +35,15 @@ pub fn dot(plan: &Plan) -> String {
             "health" => "palegreen",
             _ => "plum",
         };
-        out.push_str(&format!(
-            "  \"{}\" [style=filled, fillcolor={colour}];\n",
+        let _ = writeln!(
+            out,
+            "  \"{}\" [style=filled, fillcolor={colour}];",
             esc_dot(&a.id)
-        ));
+        );
     }
     for a in &plan.actions {
         for p in &a.after {
-            out.push_str(&format!(
-                "  \"{}\" -> \"{}\";\n",
-                esc_dot(p),
-                esc_dot(&a.id)
-            ));
+            let _ = writeln!(out, "  \"{}\" -> \"{}\";", esc_dot(p), esc_dot(&a.id));
         }
     }
     out.push_str("}\n");

@@ -164,3 +164,294 @@ async fn first_deploy_then_only_the_changed_service_restarts() {
     w.all_ready(&sd).await;
     w.stop_all(&sd).await;
 }
+
+/// Shortens every service's readiness timeout so failure tests end fast.
+pub fn short_ready_timeout(w: &World, secs: u32) {
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with("service \"")
+            && let Some(pos) = line.find('{')
+        {
+            out.push_str(&line[..=pos]);
+            out.push_str(&format!(" ready-timeout \"{secs}s\";"));
+            out.push_str(&line[pos + 1..]);
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    std::fs::write(&w.fx.config_path, out).unwrap();
+}
+
+fn state_json(w: &World) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(w.state.join("state.json")).unwrap()).unwrap()
+}
+
+/// Journal records of the last finished apply, from history/.
+fn last_history(w: &World) -> Vec<serde_json::Value> {
+    let dir = w.state.join("history");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let text = std::fs::read_to_string(files.last().unwrap()).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_every_journal_record_then_resume_converges() {
+    let Some(w) = World::new("d2", 21100) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let mut crash_at = 1;
+    loop {
+        let sha = w.commit(
+            "main",
+            &format!("change {crash_at}"),
+            &[
+                Edit::touch_service("backend"),
+                Edit::touch_service("search"),
+            ],
+        );
+        let before = w.invocations(&sd).await;
+        let out = w
+            .cmd(&["apply", "--env", "staging", "--yes"])
+            .env("MOORLINE_TEST_CRASH_AFTER", crash_at.to_string())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            // Fewer records than `crash_at`: every point has been tried.
+            assert!(
+                crash_at > 10,
+                "an apply of two services writes more than 10 records"
+            );
+            break;
+        }
+        assert!(
+            out.status.code().is_none(),
+            "the crash hook kills the process: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A second apply refuses while one is unfinished (a crash right
+        // after the final record leaves a finished journal: nothing to do).
+        let journal = std::fs::read_to_string(w.state.join("journal.jsonl")).unwrap_or_default();
+        if !journal.contains("\"event\":\"end\"") {
+            let blocked = w.run(&["apply", "--env", "staging", "--yes"]);
+            assert_eq!(code(&blocked), 1, "crash at {crash_at}");
+            assert!(String::from_utf8_lossy(&blocked.stderr).contains("--resume"));
+        }
+        let resumed = w.run(&["apply", "--resume", "--env", "staging"]);
+        let log = ok(&resumed);
+        // Converged: both services on the new release, everything ready,
+        // state records the target.
+        assert_eq!(
+            w.live("staging", "backend").as_deref(),
+            Some(sha.as_str()),
+            "{log}"
+        );
+        assert_eq!(
+            w.live("staging", "search").as_deref(),
+            Some(sha.as_str()),
+            "{log}"
+        );
+        w.all_ready(&sd).await;
+        assert_eq!(state_json(&w)["revision"], sha.as_str());
+        // Only the two changed services restarted.
+        let after = w.invocations(&sd).await;
+        for (name, inv) in &before {
+            let restarted = after[name] != *inv;
+            assert_eq!(
+                restarted,
+                name == "backend" || name == "search",
+                "{name} at {crash_at}\n{log}\ncrashed run:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // No action that succeeded before the crash (and is still in
+        // effect) was started again.
+        let records = last_history(&w);
+        let mut started: BTreeMap<String, usize> = BTreeMap::new();
+        let mut succeeded_then_started = Vec::new();
+        let mut succeeded = std::collections::BTreeSet::new();
+        for r in &records {
+            let a = r["action"].as_str().unwrap_or_default().to_owned();
+            match r["event"].as_str() {
+                Some("started") => {
+                    if succeeded.contains(&a) {
+                        succeeded_then_started.push(a.clone());
+                    }
+                    *started.entry(a).or_default() += 1;
+                }
+                Some("succeeded") => {
+                    succeeded.insert(a);
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            succeeded_then_started.is_empty(),
+            "re-ran {succeeded_then_started:?} after a crash at record {crash_at}"
+        );
+        // Nothing left to resume.
+        let again = w.run(&["apply", "--resume", "--env", "staging"]);
+        assert!(ok(&again).contains("nothing to resume"));
+        crash_at += 1;
+    }
+    w.stop_all(&sd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_before_anything_live_leave_services_untouched() {
+    let Some(w) = World::new("d3", 21200) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let first = w.fx.head("main").unwrap();
+    for edits in [
+        vec![Edit::touch_service("search"), Edit::fail_build("backend")],
+        vec![
+            Edit::heal("backend"),
+            Edit::add_migration("backend", "0002_x"),
+            Edit::fail_migration("backend"),
+        ],
+    ] {
+        let before = w.invocations(&sd).await;
+        w.commit("main", "bad change", &edits);
+        let out = w.run(&["apply", "--env", "staging", "--yes"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(code(&out), 1, "{err}");
+        assert!(err.contains("nothing live changed"), "{err}");
+        assert_eq!(w.invocations(&sd).await, before, "no unit restarted");
+        for s in ["backend", "search"] {
+            assert_eq!(w.live("staging", s).as_deref(), Some(first.as_str()));
+        }
+        w.all_ready(&sd).await;
+    }
+    w.stop_all(&sd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_start_or_readiness_rolls_back_to_the_previous_release() {
+    let Some(w) = World::new("d4", 21300) else {
+        return;
+    };
+    short_ready_timeout(&w, 3);
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let good = w.fx.head("main").unwrap();
+    for (what, edits) in [
+        (
+            "crash",
+            vec![
+                Edit::touch_service("config"),
+                Edit::crash_on_start("gateway"),
+                Edit::touch_service("backend"),
+            ],
+        ),
+        (
+            "readiness",
+            vec![
+                Edit::heal("gateway"),
+                Edit::touch_service("config"),
+                Edit::break_readiness("backend"),
+            ],
+        ),
+    ] {
+        w.commit("main", what, &edits);
+        let out = w.run(&["apply", "--env", "staging", "--yes"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(code(&out), 3, "{what}: {err}");
+        assert!(err.contains("rolled back"), "{err}");
+        for s in ["config", "gateway", "backend"] {
+            assert_eq!(
+                w.live("staging", s).as_deref(),
+                Some(good.as_str()),
+                "{what}: {s}\n{err}"
+            );
+        }
+        w.all_ready(&sd).await;
+        // The state still names the good revision.
+        assert_eq!(state_json(&w)["revision"], good.as_str());
+        assert_eq!(state_json(&w)["last_apply"]["outcome"], "rolled-back");
+    }
+    // --on-failure stop keeps the failure for inspection (exit 4).
+    w.commit("main", "again", &[Edit::touch_service("backend")]);
+    let out = w.run(&["apply", "--env", "staging", "--yes", "--on-failure", "stop"]);
+    assert_eq!(code(&out), 4, "{}", String::from_utf8_lossy(&out.stderr));
+    w.stop_all(&sd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_plan_is_applied_exactly_and_refused_when_stale() {
+    let Some(w) = World::new("d5", 21400) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    let plan = w.state.parent().unwrap().join("plan.json");
+    ok(&w.run(&["plan", "--env", "staging", "--out", plan.to_str().unwrap()]));
+    // Without a terminal and without --yes: refused.
+    let out = w.run(&["apply", plan.to_str().unwrap()]);
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    ok(&w.run(&["apply", plan.to_str().unwrap(), "--yes"]));
+    w.all_ready(&sd).await;
+    // The same plan again: the host state moved, so it is stale.
+    let out = w.run(&["apply", plan.to_str().unwrap(), "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(err.contains("host state changed"), "{err}");
+    // A plan made, then the config edited: stale, says so.
+    w.commit("main", "next", &[Edit::touch_service("pricing")]);
+    ok(&w.run(&["plan", "--env", "staging", "--out", plan.to_str().unwrap()]));
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    std::fs::write(
+        &w.fx.config_path,
+        text.replace("keep-releases 5", "keep-releases 4"),
+    )
+    .unwrap();
+    let out = w.run(&["apply", plan.to_str().unwrap(), "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(err.contains("configuration file changed"), "{err}");
+    w.stop_all(&sd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_apply_fails_at_once_naming_the_holder() {
+    let Some(w) = World::new("d6", 21500) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    short_ready_timeout(&w, 30);
+    w.commit("main", "slow", &[Edit::slow_readiness("config", 3000)]);
+    let mut first = w
+        .cmd(&["apply", "--env", "staging", "--yes"])
+        .spawn()
+        .unwrap();
+    // Wait until the first holds the lock (its journal exists).
+    let journal = w.state.join("journal.jsonl");
+    for _ in 0..200 {
+        if journal.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let t = std::time::Instant::now();
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(err.contains(&format!("pid {}", first.id())), "{err}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "fails at once"
+    );
+    assert!(first.wait().unwrap().success());
+    w.stop_all(&sd).await;
+}
