@@ -174,7 +174,8 @@ pub fn short_ready_timeout(w: &World, secs: u32) {
             && let Some(pos) = line.find('{')
         {
             out.push_str(&line[..=pos]);
-            out.push_str(&format!(" ready-timeout \"{secs}s\";"));
+            let _ =
+                std::fmt::Write::write_fmt(&mut out, format_args!(" ready-timeout \"{secs}s\";"));
             out.push_str(&line[pos + 1..]);
         } else {
             out.push_str(line);
