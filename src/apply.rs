@@ -960,9 +960,9 @@ async fn perform(
             Ok(None)
         }
         ActionKind::Restart => {
-            let service = service.ok_or("restart without a service")?;
             let unit = a.unit.as_deref().ok_or("restart without a unit")?;
             if let Some(dir) = &a.dir {
+                let service = service.ok_or("a release switch without a service")?;
                 let paths = Paths::new(&ctx.env.root, service);
                 let target = PathBuf::from(dir);
                 let to = target

@@ -4,6 +4,7 @@
 //! the contract documented in docs/plan-format.md.
 
 pub mod build;
+pub mod ops;
 
 use std::collections::BTreeMap;
 
@@ -62,6 +63,7 @@ pub struct PlanInputs {
 pub enum Operation {
     Deploy,
     Rollback,
+    Restart,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
