@@ -256,6 +256,8 @@ invalid! {
     syntax_unquoted_string,
     syntax_bad_escape,
     syntax_kdl_v1_bool,
+    syntax_stray_brace,
+    syntax_unclosed_string,
     unknown_node,
     unknown_node_top,
     unknown_property,
