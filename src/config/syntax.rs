@@ -133,14 +133,13 @@ fn explain(
             return problem(
                 format!("invalid escape `{esc}` in a string"),
                 "bad escape",
-                "KDL strings accept \\n \\t \\r \\\\ \\\" \\b \\f \\s \\/ and \\u{...}; write \\\\ for a backslash, or use a raw string #\"...\"#".to_owned(),
+                "KDL v2 strings accept \\n \\t \\r \\\\ \\\" \\b \\f \\s and \\u{...}; write \\\\ for a backslash, or use a raw string #\"...\"#".to_owned(),
             );
         }
         return problem(
-            "this string is never closed".to_owned(),
-            "string starts here",
-            "end it with `\"` on the same line, or use a multi-line string \"\"\"...\"\"\""
-                .to_owned(),
+            "invalid quoted string".to_owned(),
+            "this string",
+            "check that it ends with `\"` and uses only the escapes \\n \\t \\r \\\\ \\\" \\b \\f \\s \\u{...}".to_owned(),
         );
     }
     if (message.starts_with("Expected identifier string")
@@ -177,7 +176,7 @@ fn bad_escape(quoted: &str) -> Option<String> {
             continue;
         }
         match chars.next() {
-            Some('n' | 't' | 'r' | '\\' | '"' | 'b' | 'f' | 's' | '/' | 'u') => {}
+            Some('n' | 't' | 'r' | '\\' | '"' | 'b' | 'f' | 's' | 'u') => {}
             Some(c) if c.is_whitespace() => {}
             Some(c) => return Some(format!("\\{c}")),
             None => return None,
@@ -197,6 +196,7 @@ mod tests {
             (r#""a\qb""#, Some(r"\q")),
             (r#""C:\Users""#, Some(r"\U")),
             (r#""\u{41}""#, None),
+            (r#""a\/b""#, Some(r"\/")),
         ] {
             assert_eq!(bad_escape(s).as_deref(), want, "{s}");
         }
