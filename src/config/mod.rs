@@ -5,6 +5,7 @@
 pub mod error;
 pub mod model;
 mod raw;
+mod syntax;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -20,23 +21,11 @@ pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
     let mut problems = Vec::new();
     let config = match KdlDocument::parse_v2(text) {
         Ok(doc) => {
-            let raw = raw::read(&doc, &mut problems);
+            let raw = raw::read(&doc, text, &mut problems);
             validate::validate(&raw, &mut problems)
         }
         Err(e) => {
-            problems.extend(e.diagnostics.into_iter().map(|d| {
-                let message = d.message.unwrap_or_else(|| "invalid KDL syntax".to_owned());
-                Problem::new(
-                    ProblemKind::Syntax,
-                    d.span,
-                    message,
-                    d.label.unwrap_or_else(|| "here".to_owned()),
-                    d.help.unwrap_or_else(|| {
-                        "moorline reads KDL v2: strings in double quotes, booleans as #true/#false"
-                            .to_owned()
-                    }),
-                )
-            }));
+            problems.extend(syntax::problems(text, e.diagnostics));
             None
         }
     };

@@ -13,6 +13,9 @@ use super::error::{Problem, ProblemKind, suggest};
 pub struct Spanned<T> {
     pub value: T,
     pub span: SourceSpan,
+    /// For a string written as `"..."` without escapes: the offset of its
+    /// first character, so a problem can point inside it (a placeholder).
+    pub content: Option<usize>,
 }
 
 impl Default for RawUnit {
@@ -36,7 +39,11 @@ impl Default for RawUnit {
 
 impl<T> Spanned<T> {
     fn new(value: T, span: SourceSpan) -> Self {
-        Self { value, span }
+        Self {
+            value,
+            span,
+            content: None,
+        }
     }
 }
 
@@ -207,8 +214,8 @@ const UNIT: &[&str] = &[
 const PROXY: &[&str] = &["unit", "check", "watch"];
 
 /// Reads a parsed document into the raw tree, pushing every shape problem.
-pub fn read(doc: &KdlDocument, problems: &mut Vec<Problem>) -> RawConfig {
-    let mut r = Reader { problems };
+pub fn read(doc: &KdlDocument, text: &str, problems: &mut Vec<Problem>) -> RawConfig {
+    let mut r = Reader { text, problems };
     let mut raw = RawConfig::default();
     for node in doc.nodes() {
         match node.name().value() {
@@ -224,8 +231,19 @@ pub fn read(doc: &KdlDocument, problems: &mut Vec<Problem>) -> RawConfig {
     raw
 }
 
-struct Reader<'p> {
+struct Reader<'t, 'p> {
+    text: &'t str,
     problems: &'p mut Vec<Problem>,
+}
+
+/// Where the characters of `value` start in `text`, if the entry ends with
+/// it written verbatim in double quotes.
+fn verbatim_start(text: &str, e: &KdlEntry, value: &str) -> Option<usize> {
+    let span = e.span();
+    let src = text.get(span.offset()..span.offset() + span.len())?;
+    let src = src.trim_end();
+    let inner = src.strip_suffix('"')?.strip_suffix(value)?;
+    inner.ends_with('"').then(|| span.offset() + inner.len())
 }
 
 fn children(node: &KdlNode) -> &[KdlNode] {
@@ -246,7 +264,7 @@ fn type_name(v: &KdlValue) -> &'static str {
     }
 }
 
-impl Reader<'_> {
+impl Reader<'_, '_> {
     fn push(&mut self, p: Problem) {
         self.problems.push(p);
     }
@@ -300,7 +318,9 @@ impl Reader<'_> {
 
     fn string_value(&mut self, node: &KdlNode, e: &KdlEntry, what: &str) -> Option<Str> {
         if let KdlValue::String(s) = e.value() {
-            Some(Spanned::new(s.clone(), e.span()))
+            let mut v = Spanned::new(s.clone(), e.span());
+            v.content = verbatim_start(self.text, e, s);
+            Some(v)
         } else {
             self.push(Problem::new(
                 ProblemKind::WrongType,
@@ -440,7 +460,14 @@ impl Reader<'_> {
                 self.push(Problem::new(
                     ProblemKind::InvalidDuration,
                     e.span(),
-                    format!("`{}` is not a valid duration", node.name().value()),
+                    match e.name() {
+                        Some(key) => format!(
+                            "`{}` on `{}` is not a valid duration",
+                            key.value(),
+                            node.name().value()
+                        ),
+                        None => format!("`{}` is not a valid duration", node.name().value()),
+                    },
                     "not a duration",
                     "write a positive duration such as \"90s\", \"5m\" or a number of seconds",
                 ));
@@ -671,7 +698,12 @@ impl Reader<'_> {
                     let v = self.strings(c, "file");
                     env.env_files.extend(v);
                 }
-                _ => self.unknown_node(c, ENVIRONMENT, "`environment`"),
+                other => {
+                    self.unknown_node(c, ENVIRONMENT, "`environment`");
+                    if let Some(meant) = suggest(other, ENVIRONMENT) {
+                        env.seen.push(meant.to_owned());
+                    }
+                }
             }
         }
         env
@@ -853,7 +885,13 @@ impl Reader<'_> {
                     let v = self.unit(c);
                     self.once(&mut s.unit, c, Some(v));
                 }
-                _ => self.unknown_node(c, SERVICE, "`service`"),
+                other => {
+                    self.unknown_node(c, SERVICE, "`service`");
+                    // `runtme "node"` is one typo, not also a missing runtime.
+                    if let Some(meant) = suggest(other, SERVICE) {
+                        s.seen.push(meant.to_owned());
+                    }
+                }
             }
         }
         s

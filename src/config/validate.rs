@@ -107,40 +107,57 @@ impl Validator<'_> {
     }
 
     fn placeholders(&mut self, s: &Str, allowed: &[&str], place: &str) {
-        for (_, name) in template::placeholders(&s.value) {
+        let usable = || {
+            allowed
+                .iter()
+                .map(|a| format!("{{{a}}}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for (offset, name) in template::placeholders(&s.value) {
             if allowed.contains(&name) {
                 continue;
             }
-            let help = if template::ALL.contains(&name) {
-                if allowed.is_empty() {
-                    format!("{place} takes no placeholders")
-                } else {
-                    format!(
-                        "{{{name}}} has no value in {place}; usable here: {}",
-                        allowed
-                            .iter()
-                            .map(|a| format!("{{{a}}}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                }
-            } else if let Some(s) = suggest(name, template::ALL) {
-                format!("did you mean {{{s}}}?")
+            let span = s
+                .content
+                .map_or(s.span, |c| SourceSpan::from((c + offset, name.len() + 2)));
+            let (message, label, help) = if template::ALL.contains(&name) {
+                (
+                    format!("placeholder {{{name}}} has no value in {place}"),
+                    "no value here",
+                    if allowed.is_empty() {
+                        format!("{place} takes no placeholders; write the value itself")
+                    } else if name == "release" && allowed.contains(&"current") {
+                        "a unit runs the live release: write {current}, the service's `current` symlink".to_owned()
+                    } else {
+                        format!("usable in {place}: {}", usable())
+                    },
+                )
             } else {
-                format!(
-                    "placeholders are: {}; write {{{{ and }}}} for literal braces",
-                    template::ALL
-                        .iter()
-                        .map(|a| format!("{{{a}}}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                let help = match (suggest(name, template::ALL), allowed) {
+                    (Some(s), _) => format!("did you mean {{{s}}}?"),
+                    (None, [only]) => {
+                        format!("did you mean {{{only}}}? It is the only placeholder here")
+                    }
+                    (None, []) => format!(
+                        "{place} takes no placeholders; write {{{{ and }}}} for literal braces"
+                    ),
+                    (None, _) => format!(
+                        "usable in {place}: {}; write {{{{ and }}}} for literal braces",
+                        usable()
+                    ),
+                };
+                (
+                    format!("unknown placeholder {{{name}}} in {place}"),
+                    "not a placeholder",
+                    help,
                 )
             };
             self.push(Problem::new(
                 ProblemKind::UnknownPlaceholder,
-                s.span,
-                format!("unknown placeholder {{{name}}} in {place}"),
-                "this placeholder has no value here",
+                span,
+                message,
+                label,
                 help,
             ));
         }
@@ -292,8 +309,11 @@ impl Validator<'_> {
         let unit_name = p.unit_name.as_ref().map_or_else(
             || DEFAULT_UNIT_NAME.to_owned(),
             |u| {
+                let before = self.problems.len();
                 self.placeholders(u, IN_UNIT_NAME, "the unit name template");
-                if !u.value.contains("{service}") {
+                if self.problems.len() > before {
+                    // A misspelt {service} is reported once, as such.
+                } else if !u.value.contains("{service}") {
                     self.push(Problem::new(
                         ProblemKind::InvalidName,
                         u.span,

@@ -5,6 +5,8 @@
 // shared helpers).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod config;
+mod config_fuzz;
 mod deploy;
 mod sandbox;
 mod support;

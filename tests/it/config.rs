@@ -1,0 +1,329 @@
+//! Configuration loading: `pakashop.kdl` against the facts in Pakashop's
+//! operations documents, and a catalogue of invalid configurations whose
+//! diagnostics are snapshots.
+
+use std::path::{Path, PathBuf};
+
+use miette::Diagnostic;
+use moorline::config::{self, Config};
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn pakashop() -> Config {
+    let text = std::fs::read_to_string(manifest_dir().join("pakashop.kdl")).unwrap();
+    match config::parse("pakashop.kdl", &text) {
+        Ok(c) => c,
+        Err(e) => panic!("{}", moorline::report::plain(&e)),
+    }
+}
+
+fn argv(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| (*w).to_owned()).collect()
+}
+
+/// The 19 services of the operations document's table (3.1) and the
+/// dependency order of 3.2: name, port, runtime, phase, depends-on.
+const SERVICES: &[(&str, u16, &str, &str, &[&str])] = &[
+    ("config", 3085, "node", "config", &[]),
+    ("gateway", 8000, "node", "gateway", &["config"]),
+    ("backend", 3080, "node", "core", &["gateway"]),
+    ("search", 3005, "go", "core", &["config"]),
+    ("analytics", 3007, "go", "core", &["config"]),
+    ("notifications", 3090, "node", "supporting", &[]),
+    ("tracking", 3120, "node", "supporting", &[]),
+    ("moderation", 3110, "python", "supporting", &[]),
+    ("recommendations", 3100, "python", "supporting", &[]),
+    ("scheduler", 3004, "node", "supporting", &[]),
+    ("fraud", 3006, "node", "supporting", &[]),
+    ("coupon", 3008, "node", "supporting", &[]),
+    ("loyalty", 3010, "node", "supporting", &[]),
+    ("whatsapp", 3009, "node", "supporting", &[]),
+    ("reports", 3011, "node", "supporting", &[]),
+    ("reconciliation", 3012, "node", "supporting", &[]),
+    ("invoicing", 3013, "node", "supporting", &[]),
+    ("pricing", 3014, "node", "supporting", &[]),
+    ("settlement", 3016, "node", "supporting", &[]),
+];
+
+#[test]
+fn pakashop_services_match_the_operations_document() {
+    let c = pakashop();
+    assert_eq!(c.project.name, "pakashop");
+    let got: Vec<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
+    let want: Vec<&str> = SERVICES.iter().map(|s| s.0).collect();
+    assert_eq!(got, want, "services in declaration order");
+    for &(name, port, runtime, phase, deps) in SERVICES {
+        let s = c.service(name).unwrap();
+        assert_eq!(s.port, port, "{name}: port");
+        assert_eq!(s.runtime, runtime, "{name}: runtime");
+        assert_eq!(s.phase, phase, "{name}: phase");
+        assert_eq!(s.depends_on, deps, "{name}: depends-on");
+        assert_eq!(s.unit_name, format!("pakashop-{name}.service"), "{name}");
+        assert_eq!(s.path, format!("services/{name}"), "{name}: default path");
+        assert_eq!(s.health, "/health", "{name}: liveness");
+        assert_eq!(s.ready, "/health/ready", "{name}: readiness");
+        assert_eq!(s.metrics, "/health/metrics", "{name}: metrics");
+        assert!(s.unit.is_some(), "{name}: unit managed by moorline");
+    }
+    let count = |rt: &str| c.services.iter().filter(|s| s.runtime == rt).count();
+    assert_eq!(
+        (count("node"), count("go"), count("python")),
+        (15, 2, 2),
+        "15 Node.js, 2 Go, 2 Python"
+    );
+}
+
+#[test]
+fn pakashop_phases_in_start_order() {
+    let c = pakashop();
+    let want: &[(&str, &[&str])] = &[
+        (
+            "infrastructure",
+            &[
+                "postgresql.service",
+                "redis-server.service",
+                "meilisearch.service",
+            ],
+        ),
+        ("config", &[]),
+        ("gateway", &[]),
+        ("core", &[]),
+        ("supporting", &[]),
+    ];
+    let got: Vec<(&str, Vec<&str>)> = c
+        .phases
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_str(),
+                p.units.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    let want: Vec<(&str, Vec<&str>)> = want.iter().map(|(n, u)| (*n, u.to_vec())).collect();
+    assert_eq!(got, want);
+    let supporting = c
+        .services
+        .iter()
+        .filter(|s| s.phase == "supporting")
+        .count();
+    assert_eq!(supporting, 14);
+    for s in &c.services {
+        assert_eq!(c.phases[s.phase_index].name, s.phase, "{}", s.name);
+    }
+}
+
+#[test]
+fn pakashop_runtimes_build_like_deploy_sh() {
+    let c = pakashop();
+    let table: &[(&str, &[&str])] = &[
+        ("node", &["npm", "ci", "--production"]),
+        ("go", &["go", "build", "-o", "bin/{service}", "./src"]),
+        (
+            "python",
+            &[
+                "sh",
+                "-c",
+                "python3 -m venv venv && venv/bin/pip install -r requirements.txt",
+            ],
+        ),
+    ];
+    assert_eq!(c.runtimes.len(), table.len());
+    for (name, build) in table {
+        let rt = &c.runtimes[*name];
+        assert_eq!(
+            rt.build.as_ref().unwrap().argv,
+            argv(build),
+            "{name}: build"
+        );
+        assert!(rt.unit.is_some(), "{name}: unit");
+    }
+    let migrate = c.runtimes["node"].migrate.as_ref().unwrap();
+    assert_eq!(
+        migrate.command.argv,
+        argv(&["npx", "prisma", "migrate", "deploy"])
+    );
+    assert_eq!(migrate.if_exists.as_deref(), Some("prisma/schema.prisma"));
+    assert!(c.runtimes["go"].migrate.is_none());
+    assert!(c.runtimes["python"].migrate.is_none());
+}
+
+#[test]
+fn pakashop_environments_and_proxy() {
+    let c = pakashop();
+    let names: Vec<&str> = c.environments.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["staging", "production"]);
+    let staging = c.environment("staging").unwrap();
+    assert_eq!(staging.branch, "main");
+    assert_eq!(staging.root, "/opt/pakashop");
+    assert!(staging.backup.is_none());
+    assert!(!staging.approval);
+    let production = c.environment("production").unwrap();
+    assert_eq!(production.branch, "production");
+    assert_eq!(production.root, "/opt/pakashop");
+    assert!(production.approval);
+    let backup = production.backup.as_ref().unwrap();
+    assert_eq!(backup.keep, 30);
+    assert!(backup.run.argv.iter().any(|a| a.contains("pg_dump")));
+    assert!(backup.run.argv.iter().any(|a| a == "{backup}"));
+    assert!(backup.restore.argv.iter().any(|a| a.contains("psql")));
+
+    let proxy = c.proxy.as_ref().unwrap();
+    assert_eq!(proxy.name, "nginx");
+    assert_eq!(proxy.unit, "nginx.service");
+    assert_eq!(proxy.check.as_ref().unwrap().argv, argv(&["nginx", "-t"]));
+    assert_eq!(c.project.keep_releases, 5);
+}
+
+#[test]
+fn pakashop_units_merge_runtime_and_service() {
+    let c = pakashop();
+    let backend = c.service("backend").unwrap().unit.as_ref().unwrap();
+    assert_eq!(
+        backend.exec,
+        argv(&["/usr/bin/node", "{current}/src/index.js"])
+    );
+    assert_eq!(backend.description.as_deref(), Some("Pakashop Backend API"));
+    assert_eq!(
+        backend.after,
+        argv(&["postgresql.service", "redis-server.service"])
+    );
+    assert_eq!(backend.env["PORT"].value, "{port}");
+    assert_eq!(backend.env["NODE_ENV"].value, "production");
+    assert_eq!(backend.restart, "on-failure");
+    assert_eq!(backend.user.as_deref(), Some("pakashop"));
+    let search = c.service("search").unwrap().unit.as_ref().unwrap();
+    assert_eq!(search.exec, argv(&["{current}/bin/{service}"]));
+}
+
+/// Loads `tests/fixtures/invalid/NAME.kdl`, checks that it fails with
+/// well-formed problems, and snapshots the rendered report.
+fn check_invalid(name: &str) {
+    let file = format!("{name}.kdl");
+    let path = manifest_dir().join("tests/fixtures/invalid").join(&file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let Err(err) = config::parse(&file, &text) else {
+        panic!("{file} loaded, but it is in the invalid catalogue");
+    };
+    assert!(!err.problems.is_empty(), "{file}: no problems");
+    for p in &err.problems {
+        let code = p.code().map(|c| c.to_string()).unwrap_or_default();
+        assert!(
+            code.starts_with("moorline::config::"),
+            "{file}: code {code:?} of {p}"
+        );
+        let help = p.help().map(|h| h.to_string()).unwrap_or_default();
+        assert!(!help.trim().is_empty(), "{file}: no help for {p}");
+        let labels: Vec<_> = p.labels().into_iter().flatten().collect();
+        assert!(!labels.is_empty(), "{file}: no label for {p}");
+        for l in labels {
+            assert!(
+                l.offset() + l.len() <= text.len(),
+                "{file}: label {:?} outside the file ({} bytes) for {p}",
+                l.inner(),
+                text.len()
+            );
+        }
+    }
+    insta::with_settings!({
+        description => text.clone(),
+        omit_expression => true,
+        prepend_module_to_snapshot => false,
+    }, {
+        insta::assert_snapshot!(format!("invalid__{name}"), moorline::report::plain(&err));
+    });
+}
+
+macro_rules! invalid {
+    ($($name:ident),* $(,)?) => {
+        /// Every fixture the macro below turns into a test.
+        const FIXTURES: &[&str] = &[$(stringify!($name)),*];
+        mod invalid {
+            $(
+                #[test]
+                fn $name() {
+                    super::check_invalid(stringify!($name));
+                }
+            )*
+        }
+    };
+}
+
+invalid! {
+    syntax_unclosed_brace,
+    syntax_unquoted_string,
+    syntax_bad_escape,
+    syntax_kdl_v1_bool,
+    syntax_stray_brace,
+    syntax_unclosed_string,
+    unknown_node,
+    unknown_node_top,
+    unknown_property,
+    wrong_type,
+    service_missing_values,
+    environment_without_root,
+    environment_without_branch,
+    duplicate_service,
+    duplicate_phase,
+    duplicate_environment,
+    duplicate_runtime,
+    port_conflict,
+    port_zero,
+    port_too_large,
+    unknown_phase,
+    unknown_runtime,
+    unknown_service,
+    cycle,
+    self_dependency,
+    later_phase_dependency,
+    unknown_placeholder,
+    backup_placeholder_in_unit,
+    release_placeholder_in_unit,
+    service_name_dotdot,
+    service_name_slash,
+    path_absolute,
+    path_dotdot,
+    watch_escapes_repo,
+    unit_name_without_service,
+    infrastructure_unit_name,
+    empty_command,
+    empty_program,
+    bad_duration,
+    bad_restart_policy,
+    keep_releases_one,
+    backup_without_restore,
+    relative_root,
+    second_proxy,
+    env_invalid_name,
+    many_problems,
+}
+
+#[test]
+fn every_invalid_fixture_is_listed() {
+    let dir = manifest_dir().join("tests/fixtures/invalid");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "kdl"))
+        .map(|p| stem(&p))
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = FIXTURES.iter().map(|s| (*s).to_owned()).collect();
+    listed.sort();
+    let unlisted: Vec<&String> = on_disk.iter().filter(|f| !listed.contains(f)).collect();
+    let missing: Vec<&String> = listed.iter().filter(|f| !on_disk.contains(f)).collect();
+    assert!(
+        unlisted.is_empty(),
+        "fixtures not listed in invalid!: {unlisted:?}"
+    );
+    assert!(missing.is_empty(), "listed but no file: {missing:?}");
+    assert!(FIXTURES.len() >= 34);
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
