@@ -201,6 +201,30 @@ pub async fn resume(ctx: Arc<Ctx>) -> Result<Option<Report>, ApplyError> {
     run(ctx, plan, id, journal, Some(replay)).await.map(Some)
 }
 
+/// Rolls back the unfinished apply in the journal (after a crash, instead
+/// of resuming it); `None` when there is none.
+pub async fn roll_back_unfinished(ctx: Arc<Ctx>) -> Result<Option<Report>, ApplyError> {
+    let Some(replay) = crate::journal::read(&ctx.state_dir)? else {
+        return Ok(None);
+    };
+    if replay.ended() {
+        return Ok(None);
+    }
+    let journal: Shared = Arc::new(Mutex::new(Journal::reopen(&ctx.state_dir)?));
+    let report = finish_failed(
+        &ctx,
+        &replay.plan,
+        &replay.apply_id,
+        journal,
+        replay.records.clone(),
+        Vec::new(),
+        "rollback of an interrupted apply requested".to_owned(),
+        Instant::now(),
+    )
+    .await?;
+    Ok(Some(report))
+}
+
 async fn run(
     ctx: Arc<Ctx>,
     plan: Plan,
@@ -820,13 +844,7 @@ fn command_env(
     service: Option<&str>,
     release_dir: Option<&str>,
 ) -> BTreeMap<String, String> {
-    let mut env = BTreeMap::new();
-    for f in &ctx.env.env_files {
-        env.extend(release::read_env_file(Path::new(f)));
-    }
-    for (k, v) in &ctx.env.env {
-        env.insert(k.clone(), v.value.clone());
-    }
+    let mut env = crate::backup::command_env(&ctx.env);
     env.insert("MOORLINE_ENV".to_owned(), ctx.env.name.clone());
     env.insert("MOORLINE_ROOT".to_owned(), ctx.env.root.clone());
     if let Some(s) = service {
@@ -909,7 +927,14 @@ async fn perform(
                 .backup
                 .as_ref()
                 .ok_or("no backup block in this environment")?;
-            let taken = crate::backup::take(ctx, b, apply_id).await?;
+            let taken = crate::backup::take(
+                &ctx.config.project.name,
+                &ctx.env,
+                &ctx.state_dir,
+                b,
+                apply_id,
+            )
+            .await?;
             journal_append(
                 journal,
                 &Record::Backup {

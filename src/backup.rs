@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::apply::Ctx;
 use crate::config::Backup;
 use crate::release::{self, Run};
 use crate::state::State;
@@ -46,7 +45,13 @@ fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
 }
 
 /// Runs the backup command and checks that it left a file.
-pub async fn take(ctx: &Ctx, b: &Backup, apply_id: &str) -> Result<Taken, String> {
+pub async fn take(
+    project: &str,
+    env: &crate::config::Environment,
+    state_dir: &Path,
+    b: &Backup,
+    log_id: &str,
+) -> Result<Taken, String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -56,18 +61,13 @@ pub async fn take(ctx: &Ctx, b: &Backup, apply_id: &str) -> Result<Taken, String
         .replace('T', "-")
         .trim_end_matches('Z')
         .to_owned();
-    let id = format!(
-        "{}-{}-{stamp}-{}",
-        ctx.config.project.name,
-        ctx.env.name,
-        now.subsec_micros()
-    );
-    let dir = dir(&ctx.state_dir, b);
+    let id = format!("{project}-{}-{stamp}-{:06}", env.name, now.subsec_micros());
+    let dir = dir(state_dir, b);
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let path = dir.join(format!("{id}.backup"));
     let path_s = path.display().to_string();
     let vars = Vars {
-        root: Some(&ctx.env.root),
+        root: Some(&env.root),
         backup: Some(&path_s),
         ..Vars::default()
     };
@@ -77,19 +77,12 @@ pub async fn take(ctx: &Ctx, b: &Backup, apply_id: &str) -> Result<Taken, String
         .iter()
         .map(|a| template::render(a, &vars))
         .collect();
-    let mut env = std::collections::BTreeMap::new();
-    for f in &ctx.env.env_files {
-        env.extend(release::read_env_file(Path::new(f)));
-    }
-    for (k, v) in &ctx.env.env {
-        env.insert(k.clone(), v.value.clone());
-    }
     release::run(Run {
         argv: &argv,
         dir: None,
-        env: &env,
+        env: &command_env(env),
         timeout: b.run.timeout,
-        log: &ctx.state_dir.join("logs").join(apply_id).join("backup.log"),
+        log: &state_dir.join("logs").join(log_id).join("backup.log"),
     })
     .await
     .map_err(|e| format!("the backup failed, so nothing was migrated: {e}"))?;
@@ -124,13 +117,7 @@ pub async fn restore(
         backup: Some(&record.path),
         ..Vars::default()
     };
-    let mut cenv = std::collections::BTreeMap::new();
-    for f in &env.env_files {
-        cenv.extend(release::read_env_file(Path::new(f)));
-    }
-    for (k, v) in &env.env {
-        cenv.insert(k.clone(), v.value.clone());
-    }
+    let cenv = command_env(env);
     for cmd in std::iter::once(&b.restore).chain(b.resolve.as_ref()) {
         let argv: Vec<String> = cmd
             .argv
@@ -154,6 +141,18 @@ pub async fn restore(
         .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// The environment's env-files and `env`, for backup and restore commands.
+pub fn command_env(env: &crate::config::Environment) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for f in &env.env_files {
+        out.extend(release::read_env_file(Path::new(f)));
+    }
+    for (k, v) in &env.env {
+        out.insert(k.clone(), v.value.clone());
+    }
+    out
 }
 
 /// Keeps the newest `keep` backups, and always the one the last apply took;

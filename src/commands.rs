@@ -11,6 +11,9 @@ use crate::config::{self, Loaded};
 use crate::settings::{self, PlanRequest};
 use crate::{exit, render, report};
 
+mod backup;
+mod rollback;
+
 /// Runs one command line; returns the process exit code.
 pub fn run(cli: &Cli) -> i32 {
     match dispatch(cli) {
@@ -28,6 +31,9 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
         Command::Validate => Ok(validate(&load_config(global.config.as_deref())?)),
         Command::Plan(args) => plan(global, args),
         Command::Apply(args) => apply_cmd(global, args),
+        Command::Rollback(args) => rollback::run(global, args),
+        Command::Restart(args) => rollback::restart(global, args),
+        Command::Backup(args) => backup::run(global, args),
         Command::Graph(args) => {
             let t = settings::resolve(global, &args.env)?;
             let p = settings::compute_plan(&t, &request(args))?;
@@ -268,7 +274,7 @@ fn what_moved(saved: &crate::plan::Plan, fresh: &crate::plan::Plan) -> String {
     moved.join("; ")
 }
 
-fn confirm(question: &str) -> bool {
+pub fn confirm(question: &str) -> bool {
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() {
         return false;
@@ -293,27 +299,13 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
     let _lock = crate::lock::acquire(&t.state_dir, "apply")?;
     let rt = runtime()?;
     rt.block_on(async {
-        let systemd = crate::systemd::Systemd::connect(t.systemd).await?;
-        let progress = match args.format {
-            Format::Json => crate::apply::Progress::Json,
-            _ => crate::apply::Progress::Lines,
-        };
-        let ctx = std::sync::Arc::new(crate::apply::Ctx {
-            config: t.loaded.config.clone(),
-            config_sha256: crate::state::sha256_hex(t.loaded.text.as_bytes()),
-            env: t.env.clone(),
-            repo_dir: t.repo.root().to_path_buf(),
-            state_dir: t.state_dir.clone(),
-            unit_dir: t.unit_dir.clone(),
-            systemd,
-            options: crate::apply::Options {
-                jobs: args.jobs.unwrap_or_else(|| {
-                    std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
-                }),
-                rollback_on_failure: args.on_failure == OnFailure::Rollback,
-                progress,
-            },
-        });
+        let ctx = executor(
+            &t,
+            args.jobs,
+            args.on_failure == OnFailure::Rollback,
+            args.format,
+        )
+        .await?;
         if args.resume {
             return match crate::apply::resume(std::sync::Arc::clone(&ctx)).await? {
                 None => {
@@ -389,7 +381,37 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
     })
 }
 
-fn print_report(r: &crate::apply::Report, env: &str, format: Format) -> i32 {
+/// Connects to systemd and assembles what the executor needs.
+pub async fn executor(
+    t: &settings::Target,
+    jobs: Option<usize>,
+    rollback_on_failure: bool,
+    format: Format,
+) -> miette::Result<std::sync::Arc<crate::apply::Ctx>> {
+    let systemd = crate::systemd::Systemd::connect(t.systemd).await?;
+    let progress = match format {
+        Format::Json => crate::apply::Progress::Json,
+        _ => crate::apply::Progress::Lines,
+    };
+    Ok(std::sync::Arc::new(crate::apply::Ctx {
+        config: t.loaded.config.clone(),
+        config_sha256: crate::state::sha256_hex(t.loaded.text.as_bytes()),
+        env: t.env.clone(),
+        repo_dir: t.repo.root().to_path_buf(),
+        state_dir: t.state_dir.clone(),
+        unit_dir: t.unit_dir.clone(),
+        systemd,
+        options: crate::apply::Options {
+            jobs: jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+            }),
+            rollback_on_failure,
+            progress,
+        },
+    }))
+}
+
+pub fn print_report(r: &crate::apply::Report, env: &str, format: Format) -> i32 {
     use crate::apply::Outcome;
     if format == Format::Json {
         println!("{}", serde_json::json!({"event": "report", "report": r}));

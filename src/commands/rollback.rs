@@ -1,0 +1,335 @@
+//! `rollback` and `restart`: plans without a build (`plan::ops`), shown,
+//! confirmed, locked and executed like an apply; `rollback --database`
+//! restores the backup the last apply took.
+
+use std::collections::BTreeSet;
+
+use miette::Diagnostic;
+
+use super::{confirm, executor, print_report, runtime};
+use crate::changes::Rev;
+use crate::cli::{Format, Global, OpsArgs, RollbackArgs};
+use crate::plan::Operation;
+use crate::plan::ops::{self, OpsInputs, Step};
+use crate::release::Paths;
+use crate::settings::{self, Target};
+use crate::{exit, render, report, state};
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum RollbackError {
+    #[error("nothing to roll back in {env}: {why}")]
+    #[diagnostic(
+        code(moorline::rollback::nothing),
+        help(
+            "`moorline status --env {env}` shows what runs; --service S --to RELEASE picks a kept release explicitly"
+        )
+    )]
+    Nothing { env: String, why: String },
+    #[error("service `{service}` has no kept release {what}")]
+    #[diagnostic(
+        code(moorline::rollback::no_release),
+        help("kept releases are under {dir}; choose one of them with --to")
+    )]
+    NoRelease {
+        service: String,
+        what: String,
+        dir: String,
+    },
+    #[error("unknown service `{name}`")]
+    #[diagnostic(code(moorline::rollback::unknown_service), help("{help}"))]
+    UnknownService { name: String, help: String },
+    #[error("refusing without confirmation: there is no terminal to ask on")]
+    #[diagnostic(
+        code(moorline::rollback::unconfirmed),
+        help("review what is shown above and pass --yes")
+    )]
+    Unconfirmed,
+    #[error("the database restore failed: {0}")]
+    #[diagnostic(
+        code(moorline::rollback::database),
+        help(
+            "the backup file is untouched; check the restore command's log in the state directory's logs/"
+        )
+    )]
+    Database(String),
+}
+
+fn check_services(t: &Target, names: &[String]) -> miette::Result<()> {
+    let known: Vec<&str> = t
+        .config()
+        .services
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    for n in names {
+        if !known.contains(&n.as_str()) {
+            let help = crate::config::error::suggest(n, &known).map_or_else(
+                || format!("services: {}", known.join(", ")),
+                |s| format!("did you mean `{s}`?"),
+            );
+            return Err(RollbackError::UnknownService {
+                name: n.clone(),
+                help,
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Finds a kept release by revision prefix.
+fn find_release(paths: &Paths, prefix: &str) -> Option<String> {
+    let mut hits: Vec<String> = std::fs::read_dir(paths.releases())
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix) && !n.starts_with('.'))
+        .collect();
+    hits.sort();
+    (hits.len() == 1).then(|| hits.remove(0))
+}
+
+pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
+    let t = settings::resolve(global, &args.env)?;
+    check_services(&t, &args.services)?;
+    let _lock = crate::lock::acquire(&t.state_dir, "rollback")?;
+    if args.database {
+        return database(&t, args);
+    }
+    let rt = runtime()?;
+    rt.block_on(async {
+        let ctx = executor(&t, None, true, args.format).await?;
+        // A crashed apply is rolled back from its journal first.
+        if let Some(report) =
+            crate::apply::roll_back_unfinished(std::sync::Arc::clone(&ctx)).await?
+        {
+            eprintln!(
+                "the interrupted apply {} was rolled back from its journal",
+                report.apply_id
+            );
+            return Ok(print_report(&report, &args.env, args.format));
+        }
+        let loaded = state::load(&t.state_dir, &t.config().project.name, &t.env.name)?;
+        let Some(st) = loaded.state.clone() else {
+            return Err(RollbackError::Nothing {
+                env: t.env.name.clone(),
+                why: "nothing was ever deployed".to_owned(),
+            }
+            .into());
+        };
+        let names: Vec<String> = if args.services.is_empty() {
+            st.last_apply
+                .as_ref()
+                .map(|a| a.switched.clone())
+                .unwrap_or_default()
+        } else {
+            args.services.clone()
+        };
+        if names.is_empty() {
+            return Err(RollbackError::Nothing {
+                env: t.env.name.clone(),
+                why: "the last apply switched no service".to_owned(),
+            }
+            .into());
+        }
+        let mut steps = Vec::new();
+        for name in &names {
+            let paths = Paths::new(&t.env.root, name);
+            let live = paths
+                .live()
+                .or_else(|| st.services.get(name).map(|s| s.revision.clone()));
+            let target = match &args.to {
+                Some(prefix) => {
+                    find_release(&paths, prefix).ok_or_else(|| RollbackError::NoRelease {
+                        service: name.clone(),
+                        what: format!("matching `{prefix}`"),
+                        dir: paths.releases().display().to_string(),
+                    })?
+                }
+                None => st
+                    .services
+                    .get(name)
+                    .and_then(|s| s.previous.clone())
+                    .ok_or_else(|| RollbackError::NoRelease {
+                        service: name.clone(),
+                        what: "before the live one".to_owned(),
+                        dir: paths.releases().display().to_string(),
+                    })?,
+            };
+            if !paths.is_built(&target) {
+                return Err(RollbackError::NoRelease {
+                    service: name.clone(),
+                    what: format!("{} (pruned or never built)", crate::plan::short(&target)),
+                    dir: paths.releases().display().to_string(),
+                }
+                .into());
+            }
+            steps.push(Step {
+                service: name.clone(),
+                reason: format!(
+                    "back to kept release {} (from {}; no rebuild)",
+                    crate::plan::short(&target),
+                    live.as_deref().map_or("nothing", crate::plan::short)
+                ),
+                release: Some(target),
+                from_revision: live,
+            });
+        }
+        let from = st.revision.as_ref().map(|sha| Rev {
+            spec: "deployed".to_owned(),
+            sha: sha.clone(),
+            summary: String::new(),
+        });
+        let to = Rev {
+            spec: "previous releases".to_owned(),
+            sha: steps
+                .first()
+                .and_then(|s| s.release.clone())
+                .unwrap_or_default(),
+            summary: format!("rollback of {}", names.join(", ")),
+        };
+        let plan = ops::build(OpsInputs {
+            config: t.config(),
+            config_text: &t.loaded.text,
+            env: &t.env,
+            operation: Operation::Rollback,
+            steps,
+            from,
+            to,
+            state_sha256: loaded.sha256,
+            infrastructure: false,
+        });
+        show_and_confirm(&plan, args.format, args.yes, "Roll back")?;
+        let report = crate::apply::apply(ctx, plan).await?;
+        Ok(print_report(&report, &args.env, args.format))
+    })
+}
+
+fn show_and_confirm(
+    plan: &crate::plan::Plan,
+    format: Format,
+    yes: bool,
+    verb: &str,
+) -> miette::Result<()> {
+    match format {
+        Format::Json => eprint!("{}", render::json(plan)),
+        Format::Markdown => eprint!("{}", render::markdown(plan)),
+        Format::Text => eprint!("{}", render::text(plan, report::stderr_color())),
+    }
+    if !yes
+        && !confirm(&format!(
+            "{verb}: {} actions in {}?",
+            plan.actions.len(),
+            plan.environment
+        ))
+    {
+        return Err(RollbackError::Unconfirmed.into());
+    }
+    Ok(())
+}
+
+fn database(t: &Target, args: &RollbackArgs) -> miette::Result<i32> {
+    let loaded = state::load(&t.state_dir, &t.config().project.name, &t.env.name)?;
+    let st = loaded.state.unwrap_or_default();
+    let Some(b) = &t.env.backup else {
+        return Err(RollbackError::Nothing {
+            env: t.env.name.clone(),
+            why: "the environment has no backup block".to_owned(),
+        }
+        .into());
+    };
+    let id = st.last_apply.as_ref().and_then(|a| a.backup.clone());
+    let Some(record) = id.and_then(|id| st.backups.iter().find(|r| r.id == id).cloned()) else {
+        return Err(RollbackError::Nothing {
+            env: t.env.name.clone(),
+            why: "the last apply took no backup".to_owned(),
+        }
+        .into());
+    };
+    let taken = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(record.taken_at),
+    );
+    eprintln!(
+        "restore the database of {} from backup {} ({} bytes, taken {taken} before apply {}).\nEverything written to the database since {taken} will be lost.",
+        t.env.name,
+        record.id,
+        record.size,
+        record.apply_id.as_deref().unwrap_or("-"),
+    );
+    if !args.yes && !confirm("Restore it?") {
+        return Err(RollbackError::Unconfirmed.into());
+    }
+    let rt = runtime()?;
+    rt.block_on(crate::backup::restore(&t.env, b, &t.state_dir, &record))
+        .map_err(RollbackError::Database)?;
+    eprintln!("restored {}", record.id);
+    Ok(exit::OK)
+}
+
+/// `moorline restart`: every (or the named) service in dependency order,
+/// each gated on readiness, without building or switching releases.
+pub fn restart(global: &Global, args: &OpsArgs) -> miette::Result<i32> {
+    let t = settings::resolve(global, &args.env)?;
+    check_services(&t, &args.services)?;
+    let config = t.config();
+    let mut chosen: BTreeSet<String> = args.services.iter().cloned().collect();
+    if args.with_dependents {
+        loop {
+            let before = chosen.len();
+            for s in &config.services {
+                if s.depends_on.iter().any(|d| chosen.contains(d)) {
+                    chosen.insert(s.name.clone());
+                }
+            }
+            if chosen.len() == before {
+                break;
+            }
+        }
+    }
+    let all = args.services.is_empty();
+    let steps: Vec<Step> = config
+        .services
+        .iter()
+        .filter(|s| all || chosen.contains(&s.name))
+        .map(|s| Step {
+            service: s.name.clone(),
+            release: None,
+            from_revision: Paths::new(&t.env.root, &s.name).live(),
+            reason: if all || args.services.contains(&s.name) {
+                "restart requested".to_owned()
+            } else {
+                "depends on a restarted service".to_owned()
+            },
+        })
+        .collect();
+    let _lock = crate::lock::acquire(&t.state_dir, "restart")?;
+    let loaded = state::load(&t.state_dir, &config.project.name, &t.env.name)?;
+    let live = loaded
+        .state
+        .as_ref()
+        .and_then(|s| s.revision.clone())
+        .unwrap_or_default();
+    let rev = Rev {
+        spec: "live".to_owned(),
+        sha: live,
+        summary: "restart".to_owned(),
+    };
+    let plan = ops::build(OpsInputs {
+        config,
+        config_text: &t.loaded.text,
+        env: &t.env,
+        operation: Operation::Restart,
+        steps,
+        from: Some(rev.clone()),
+        to: rev,
+        state_sha256: loaded.sha256,
+        infrastructure: all,
+    });
+    show_and_confirm(&plan, Format::Text, args.yes, "Restart")?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let ctx = executor(&t, None, false, Format::Text).await?;
+        let report = crate::apply::apply(ctx, plan).await?;
+        Ok(print_report(&report, &args.env, Format::Text))
+    })
+}
