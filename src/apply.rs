@@ -170,13 +170,7 @@ pub async fn apply(ctx: Arc<Ctx>, plan: Plan) -> Result<Report, ApplyError> {
                 .to_string(),
         });
     }
-    // A journal left ended but not moved (crash between the two) is history.
-    let stale = ctx.state_dir.join(crate::journal::JOURNAL_FILE);
-    if stale.exists() {
-        let hist = ctx.state_dir.join("history");
-        let _ = std::fs::create_dir_all(&hist);
-        let _ = std::fs::rename(&stale, hist.join(format!("ended-{}.jsonl", new_apply_id())));
-    }
+    archive_ended(&ctx.state_dir, None);
     let apply_id = new_apply_id();
     let journal = Journal::create(&ctx.state_dir, &apply_id, &plan)?;
     run(ctx, plan, apply_id, journal, None).await
@@ -188,6 +182,7 @@ pub async fn resume(ctx: Arc<Ctx>) -> Result<Option<Report>, ApplyError> {
         return Ok(None);
     };
     if replay.ended() {
+        archive_ended(&ctx.state_dir, Some(&replay.apply_id));
         return Ok(None);
     }
     if replay.plan.inputs.config_sha256 != ctx.config_sha256 {
@@ -208,6 +203,7 @@ pub async fn roll_back_unfinished(ctx: Arc<Ctx>) -> Result<Option<Report>, Apply
         return Ok(None);
     };
     if replay.ended() {
+        archive_ended(&ctx.state_dir, Some(&replay.apply_id));
         return Ok(None);
     }
     let journal: Shared = Arc::new(Mutex::new(Journal::reopen(&ctx.state_dir)?));
@@ -223,6 +219,18 @@ pub async fn roll_back_unfinished(ctx: Arc<Ctx>) -> Result<Option<Report>, Apply
     )
     .await?;
     Ok(Some(report))
+}
+
+/// A journal that ended but was not moved to history (a crash between the
+/// two) is history: move it there.
+fn archive_ended(state_dir: &Path, apply_id: Option<&str>) {
+    let stale = state_dir.join(crate::journal::JOURNAL_FILE);
+    if stale.exists() {
+        let hist = state_dir.join("history");
+        let name = apply_id.map_or_else(|| format!("ended-{}", new_apply_id()), str::to_owned);
+        let _ = std::fs::create_dir_all(&hist);
+        let _ = std::fs::rename(&stale, hist.join(format!("{name}.jsonl")));
+    }
 }
 
 async fn run(

@@ -1,0 +1,225 @@
+//! Rollback: manual (kept releases, no rebuild), of some services, to a
+//! named release, of an interrupted apply, crashes in the middle of an
+//! automatic rollback, and database backups restored.
+
+use moorline::fixture::Edit;
+
+use crate::deploy::{World, code, ok, short_ready_timeout};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_rollback_switches_back_without_rebuilding() {
+    let Some(w) = World::new("r1", 22000) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let a = w.fx.head("main").unwrap();
+    let b = w.commit(
+        "main",
+        "three services",
+        &[
+            Edit::touch_service("gateway"),
+            Edit::touch_service("backend"),
+            Edit::touch_service("pricing"),
+        ],
+    );
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let before = w.invocations(&sd).await;
+
+    // Without a terminal and without --yes: shown, refused, nothing changes.
+    let out = w.run(&["rollback", "--env", "staging"]);
+    assert_eq!(code(&out), 1);
+    assert_eq!(w.live("staging", "backend").as_deref(), Some(b.as_str()));
+
+    let log = ok(&w.run(&["rollback", "--env", "staging", "--yes"]));
+    assert!(
+        !log.contains("start build:"),
+        "a rollback never builds:\n{log}"
+    );
+    for s in ["gateway", "backend", "pricing"] {
+        assert_eq!(
+            w.live("staging", s).as_deref(),
+            Some(a.as_str()),
+            "{s}\n{log}"
+        );
+    }
+    let after = w.invocations(&sd).await;
+    for (name, inv) in &before {
+        let restarted = after[name] != *inv;
+        assert_eq!(
+            restarted,
+            ["gateway", "backend", "pricing"].contains(&name.as_str()),
+            "{name}"
+        );
+    }
+    w.all_ready(&sd).await;
+
+    // Only one service, back to the newer kept release by name.
+    let short = &b[..10];
+    ok(&w.run(&[
+        "rollback",
+        "--env",
+        "staging",
+        "--service",
+        "backend",
+        "--to",
+        short,
+        "--yes",
+    ]));
+    assert_eq!(w.live("staging", "backend").as_deref(), Some(b.as_str()));
+    assert_eq!(w.live("staging", "gateway").as_deref(), Some(a.as_str()));
+    // An unknown release or service is a clear error.
+    let out = w.run(&[
+        "rollback",
+        "--env",
+        "staging",
+        "--service",
+        "backend",
+        "--to",
+        "ffffff",
+        "--yes",
+    ]);
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("moorline::rollback::no_release"));
+    let out = w.run(&[
+        "rollback",
+        "--env",
+        "staging",
+        "--service",
+        "backnd",
+        "--yes",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `backend`"));
+    // The next plan sees what runs and redeploys what differs from the branch.
+    let out = w.run(&["plan", "--env", "staging", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let deployed: Vec<&str> = plan["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["change"] == "deploy")
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(deployed, ["gateway", "pricing"]);
+    w.all_ready(&sd).await;
+    w.stop_all(&sd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_anywhere_in_an_automatic_rollback_still_ends_on_the_previous_release() {
+    let Some(w) = World::new("r2", 22100) else {
+        return;
+    };
+    short_ready_timeout(&w, 3);
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let good = w.fx.head("main").unwrap();
+    let mut crash_at = 1;
+    let mut crashed_in_rollback = 0;
+    loop {
+        w.commit(
+            "main",
+            &format!("bad {crash_at}"),
+            &[
+                Edit::touch_service("config"),
+                Edit::touch_service("backend"),
+                Edit::crash_on_start("search"),
+            ],
+        );
+        let out = w
+            .cmd(&["apply", "--env", "staging", "--yes"])
+            .env("MOORLINE_TEST_CRASH_AFTER", crash_at.to_string())
+            .output()
+            .unwrap();
+        if out.status.code().is_some() {
+            // Ran to its end: every crash point has been tried.
+            assert_eq!(code(&out), 3, "{}", String::from_utf8_lossy(&out.stderr));
+            break;
+        }
+        let journal = std::fs::read_to_string(w.state.join("journal.jsonl")).unwrap_or_default();
+        if journal.contains("rollback-begin") {
+            crashed_in_rollback += 1;
+        }
+        // Either resume (finishes the rollback, or fails again and rolls
+        // back) or an explicit rollback: both end on the good release.
+        let out = if crash_at % 2 == 0 {
+            w.run(&["apply", "--resume", "--env", "staging"])
+        } else {
+            w.run(&["rollback", "--env", "staging", "--yes"])
+        };
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            matches!(code(&out), 0 | 1 | 3),
+            "crash at {crash_at}: {err}"
+        );
+        for s in ["config", "backend", "search"] {
+            assert_eq!(
+                w.live("staging", s).as_deref(),
+                Some(good.as_str()),
+                "crash at {crash_at}: {s}\n{err}"
+            );
+        }
+        w.all_ready(&sd).await;
+        assert!(
+            !w.state.join("journal.jsonl").exists(),
+            "journal finished at {crash_at}"
+        );
+        // Heal for the next round.
+        w.commit("main", "heal", &[Edit::heal("search")]);
+        crash_at += 1;
+    }
+    assert!(
+        crashed_in_rollback >= 3,
+        "crashed inside the rollback {crashed_in_rollback} times"
+    );
+    w.stop_all(&sd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_backs_up_before_migrating_and_restores_the_database() {
+    let Some(w) = World::new("r3", 22200) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "production", "--yes"]));
+    let ledger =
+        w.fx.env_root("production")
+            .join("db/applied-migrations.txt");
+    let before = std::fs::read_to_string(&ledger).unwrap();
+    w.commit(
+        "production",
+        "migration",
+        &[Edit::add_migration("backend", "0002_orders")],
+    );
+    let out = w.run(&["plan", "--env", "production", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    let pos = |id: &str| ids.iter().position(|x| *x == id).unwrap();
+    assert!(pos("backup") < pos("migrate:backend"), "{ids:?}");
+    assert_eq!(plan["rollback"]["kind"], "needs-database");
+    ok(&w.run(&["apply", "--env", "production", "--yes"]));
+    let after = std::fs::read_to_string(&ledger).unwrap();
+    assert!(after.contains("0002_orders"), "{after}");
+    let list = ok(&w.run(&["backup", "list", "--env", "production"]));
+    assert!(
+        list.contains("taken before the last apply's migrations"),
+        "{list}"
+    );
+    ok(&w.run(&["rollback", "--env", "production", "--database", "--yes"]));
+    assert_eq!(std::fs::read_to_string(&ledger).unwrap(), before);
+    // On-demand backups are kept and listed too.
+    ok(&w.run(&["backup", "--env", "production"]));
+    let list = ok(&w.run(&["backup", "list", "--env", "production"]));
+    // The first deploy migrated too, so it took one as well.
+    assert_eq!(
+        list.lines().filter(|l| l.contains("production-")).count(),
+        3,
+        "{list}"
+    );
+    w.stop_all(&sd).await;
+}
