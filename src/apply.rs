@@ -636,7 +636,7 @@ async fn rollback_from_journal(
                 }
                 emit(
                     progress,
-                    "rolled",
+                    "rolled-back",
                     service,
                     &from.as_deref().map_or_else(
                         || "stopped (no previous release)".to_owned(),
@@ -675,7 +675,7 @@ fn record_outcome(
     let loaded = state::load(&ctx.state_dir, &plan.project, &plan.environment)?;
     let mut st = loaded.state.unwrap_or_else(|| empty_state(plan));
     add_backups(&mut st, records, apply_id, ctx);
-    st.last_apply = Some(ApplyRecord {
+    st.last_failure = Some(ApplyRecord {
         id: apply_id.to_owned(),
         from: plan.from.as_ref().map(|f| f.sha.clone()),
         to: plan.to.sha.clone(),

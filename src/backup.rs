@@ -158,7 +158,7 @@ pub fn command_env(env: &crate::config::Environment) -> std::collections::BTreeM
 /// Keeps the newest `keep` backups, and always the one the last apply took;
 /// deletes the files of the others.
 pub fn retain(st: &mut State, keep: usize) {
-    let pinned = st.last_apply.as_ref().and_then(|a| a.backup.clone());
+    let pinned = st.apply_backup().map(|b| b.id.clone());
     st.backups.sort_by_key(|b| (b.taken_at, b.id.clone()));
     let excess = st.backups.len().saturating_sub(keep);
     let mut removed = 0;

@@ -34,6 +34,10 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
         Command::Rollback(args) => rollback::run(global, args),
         Command::Restart(args) => rollback::restart(global, args),
         Command::Backup(args) => backup::run(global, args),
+        Command::Demo(args) => {
+            runtime()?.block_on(crate::demo::run(args.keep, args.use_running_systemd))?;
+            Ok(exit::OK)
+        }
         Command::Graph(args) => {
             let t = settings::resolve(global, &args.env)?;
             let p = settings::compute_plan(&t, &request(args))?;

@@ -10,6 +10,7 @@ pub mod changes;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod exit;
 pub mod fixture;
 pub mod health;

@@ -55,13 +55,18 @@ pub fn unit_dir(env: &Environment, bus: crate::systemd::Bus) -> PathBuf {
     }
     match bus {
         crate::systemd::Bus::System => PathBuf::from("/etc/systemd/system"),
-        crate::systemd::Bus::User => std::env::var_os("XDG_CONFIG_HOME")
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-            .unwrap_or_else(|| PathBuf::from("/tmp"))
-            .join("systemd/user"),
+        crate::systemd::Bus::User => user_unit_dir(),
     }
+}
+
+/// The user manager's directory for administrator units.
+pub fn user_unit_dir() -> PathBuf {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("systemd/user")
 }
 
 /// Resolves the global flags and `--env` into a target.

@@ -25,8 +25,12 @@ pub struct State {
     pub services: BTreeMap<String, ServiceState>,
     #[serde(default)]
     pub backups: Vec<BackupRecord>,
+    /// The last apply, rollback or restart that succeeded.
     #[serde(default)]
     pub last_apply: Option<ApplyRecord>,
+    /// The last one that failed (rolled back or left for inspection).
+    #[serde(default)]
+    pub last_failure: Option<ApplyRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +71,17 @@ pub struct ApplyRecord {
     pub migrated: bool,
     /// `succeeded`, `rolled-back`, `failed`.
     pub outcome: String,
+}
+
+impl State {
+    /// The backup the most recent apply took before migrating (the one a
+    /// database rollback restores), if any.
+    pub fn apply_backup(&self) -> Option<&BackupRecord> {
+        self.backups
+            .iter()
+            .filter(|b| b.apply_id.is_some())
+            .max_by_key(|b| (b.taken_at, b.id.clone()))
+    }
 }
 
 #[derive(Debug, thiserror::Error, Diagnostic)]

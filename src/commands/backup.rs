@@ -85,7 +85,7 @@ pub fn run(global: &Global, args: &BackupArgs) -> miette::Result<i32> {
         }
         Some(BackupAction::List) => {
             let st = load(&t)?;
-            let pinned = st.last_apply.as_ref().and_then(|a| a.backup.clone());
+            let pinned = st.apply_backup().map(|b| b.id.clone());
             if st.backups.is_empty() {
                 println!("no backups kept for {env}");
             }

@@ -238,11 +238,10 @@ fn database(t: &Target, args: &RollbackArgs) -> miette::Result<i32> {
         }
         .into());
     };
-    let id = st.last_apply.as_ref().and_then(|a| a.backup.clone());
-    let Some(record) = id.and_then(|id| st.backups.iter().find(|r| r.id == id).cloned()) else {
+    let Some(record) = st.apply_backup().cloned() else {
         return Err(RollbackError::Nothing {
             env: t.env.name.clone(),
-            why: "the last apply took no backup".to_owned(),
+            why: "no apply has taken a backup".to_owned(),
         }
         .into());
     };

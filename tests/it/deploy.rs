@@ -380,7 +380,7 @@ async fn failed_start_or_readiness_rolls_back_to_the_previous_release() {
         w.all_ready(&sd).await;
         // The state still names the good revision.
         assert_eq!(state_json(&w)["revision"], good.as_str());
-        assert_eq!(state_json(&w)["last_apply"]["outcome"], "rolled-back");
+        assert_eq!(state_json(&w)["last_failure"]["outcome"], "rolled-back");
     }
     // --on-failure stop keeps the failure for inspection (exit 4).
     w.commit("main", "again", &[Edit::touch_service("backend")]);
