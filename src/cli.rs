@@ -55,6 +55,14 @@ pub enum Format {
     Json,
 }
 
+/// Output of commands that have no Markdown form (`status`, `logs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum OnFailure {
     /// Roll every switched service back to its previous release (exit 3)
@@ -182,8 +190,9 @@ pub struct RollbackArgs {
 pub struct StatusArgs {
     #[arg(long = "env", short = 'e', value_name = "ENV")]
     pub env: String,
+    /// Output format (json: see docs/commands.md)
     #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    pub format: OutputFormat,
     /// Exit non-zero when anything is unhealthy or drifted
     #[arg(long)]
     pub check: bool,

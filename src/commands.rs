@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use miette::Diagnostic;
 
-use crate::cli::{ApplyArgs, Cli, Command, Format, Global, OnFailure, PlanArgs};
+use crate::cli::{ApplyArgs, Cli, Command, Format, Global, OnFailure, PlanArgs, StatusArgs};
 use crate::config::{self, Loaded};
 use crate::settings::{self, PlanRequest};
 use crate::{exit, render, report};
@@ -34,6 +34,12 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             print!("{}", render::dot(&p));
             Ok(exit::OK)
         }
+        Command::Status(args) => status_cmd(global, args),
+        Command::Start(args) => crate::ops::run(global, args, crate::ops::Op::Start),
+        Command::Stop(args) => crate::ops::run(global, args, crate::ops::Op::Stop),
+        Command::Enable(args) => crate::ops::run(global, args, crate::ops::Op::Enable),
+        Command::Disable(args) => crate::ops::run(global, args, crate::ops::Op::Disable),
+        Command::Logs(args) => crate::logs::run(global, args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(*shell, &mut cmd, "moorline", &mut std::io::stdout());
@@ -268,7 +274,8 @@ fn what_moved(saved: &crate::plan::Plan, fresh: &crate::plan::Plan) -> String {
     moved.join("; ")
 }
 
-fn confirm(question: &str) -> bool {
+/// Asks on the terminal; `false` without one (the caller refuses then).
+pub(crate) fn confirm(question: &str) -> bool {
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() {
         return false;
@@ -446,4 +453,31 @@ fn list_or_none(v: &[String]) -> String {
     } else {
         v.join(", ")
     }
+}
+
+fn status_cmd(global: &Global, args: &StatusArgs) -> miette::Result<i32> {
+    let t = settings::resolve(global, &args.env)?;
+    let rt = runtime()?;
+    let status = rt.block_on(async {
+        let systemd = crate::systemd::Systemd::connect(t.systemd).await?;
+        crate::status::gather(
+            &t,
+            &systemd,
+            crate::status::Options {
+                migrations: args.migrations,
+            },
+        )
+        .await
+    })?;
+    match args.format {
+        crate::cli::OutputFormat::Json => print!("{}", crate::status::json(&status)),
+        crate::cli::OutputFormat::Text => {
+            print!("{}", crate::status::text(&status, crate::status::now_us()));
+        }
+    }
+    Ok(if args.check && !crate::status::is_ok(&status) {
+        exit::UNHEALTHY
+    } else {
+        exit::OK
+    })
 }
