@@ -239,16 +239,24 @@ pub struct OpsArgs {
 pub struct LogsArgs {
     #[arg(long = "env", short = 'e', value_name = "ENV")]
     pub env: String,
+    /// Only these services (repeatable) [default: all]
     #[arg(long = "service", short = 's', value_name = "SERVICE")]
     pub services: Vec<String>,
+    /// Entries from this time on (journalctl syntax: "1 hour ago", "2026-06-09 10:00", "today")
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
+    /// Keep printing new entries as they are written
     #[arg(long, short = 'f')]
     pub follow: bool,
+    /// The last N entries [default: 100 unless --since is given]
     #[arg(long, short = 'n', value_name = "N")]
     pub lines: Option<usize>,
+    /// Output format (json: one object per line)
     #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    pub format: OutputFormat,
+    /// Read the journal files in DIR instead of the host's journal (journalctl -D)
+    #[arg(long, short = 'D', value_name = "DIR")]
+    pub directory: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -118,3 +118,269 @@ async fn status_healthy_then_stopped_by_hand_then_unit_edited_by_hand() {
 
     w.stop_all(&sd).await;
 }
+
+/// systemd's own timestamp of a unit's last state change (for a stop: when it became
+/// inactive), and of its last activation.
+async fn stamps(w: &World, sd: &moorline::systemd::Systemd) -> Vec<(String, usize, u64, u64)> {
+    let mut out = Vec::new();
+    for s in &w.fx.services {
+        let st = sd.status(&w.unit(&s.name)).await.unwrap();
+        let phase = ["config", "gateway", "core", "supporting"]
+            .iter()
+            .position(|p| *p == s.phase)
+            .unwrap();
+        out.push((
+            s.name.clone(),
+            phase,
+            st.state_change_timestamp_us,
+            st.active_enter_timestamp_us,
+        ));
+        if st.active_state != "active" {
+            assert_eq!(st.active_state, "inactive", "{}", s.name);
+        }
+    }
+    out
+}
+
+/// For every pair of services in different phases, `stamp` orders them as `earlier_phase_first`.
+fn assert_phase_order(rows: &[(String, usize, u64)], earlier_phase_first: bool) {
+    for (a, pa, ta) in rows {
+        for (b, pb, tb) in rows {
+            if pa < pb {
+                let ok = if earlier_phase_first {
+                    ta < tb
+                } else {
+                    ta > tb
+                };
+                assert!(ok, "{a} (phase {pa}, {ta}) vs {b} (phase {pb}, {tb})");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_goes_in_reverse_phase_order_and_start_in_phase_order() {
+    let Some(w) = deployed("o2", 23100) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+
+    // Without a terminal and without --yes: refused, nothing stopped.
+    let out = w.run(&["stop", "--env", "staging"]);
+    assert_eq!(code(&out), moorline::exit::ERROR);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("moorline::ops::unconfirmed"), "{err}");
+    assert!(err.contains("1. "), "the order is shown first: {err}");
+    assert_eq!(
+        sd.status(&w.unit("gateway")).await.unwrap().active_state,
+        "active"
+    );
+
+    // An unknown service name: a diagnostic with a did-you-mean.
+    let out = w.run(&["stop", "--env", "staging", "--service", "gatewy", "--yes"]);
+    assert_eq!(code(&out), moorline::exit::ERROR);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown service `gatewy`"), "{err}");
+    assert!(err.contains("did you mean `gateway`?"), "{err}");
+
+    // Stopped units nothing refers to are unloaded (and their timestamps lost): pin them.
+    for s in &w.fx.services {
+        sd.pin(&w.unit(&s.name)).await.unwrap();
+    }
+    let out = w.run(&["stop", "--env", "staging", "--yes"]);
+    let text = ok(&out);
+    assert!(
+        text.contains("stop: 19 succeeded, 0 failed, 0 not run"),
+        "{text}"
+    );
+    let rows = stamps(&w, &sd).await;
+    for s in &w.fx.services {
+        let st = sd.status(&w.unit(&s.name)).await.unwrap();
+        assert_eq!(st.active_state, "inactive", "{}", s.name);
+    }
+    let stopped: Vec<_> = rows
+        .iter()
+        .map(|(n, p, t, _)| (n.clone(), *p, *t))
+        .collect();
+    assert_phase_order(&stopped, false);
+
+    let out = w.run(&["start", "--env", "staging", "--yes"]);
+    let text = ok(&out);
+    assert!(
+        text.contains("start: 19 succeeded, 0 failed, 0 not run"),
+        "{text}"
+    );
+    w.all_ready(&sd).await;
+    let rows = stamps(&w, &sd).await;
+    let started: Vec<_> = rows
+        .iter()
+        .map(|(n, p, _, t)| (n.clone(), *p, *t))
+        .collect();
+    assert_phase_order(&started, true);
+
+    // Only some services, with the ones that depend on them.
+    let out = w.run(&[
+        "stop",
+        "--env",
+        "staging",
+        "--service",
+        "config",
+        "--with-dependents",
+        "--yes",
+    ]);
+    let text = ok(&out);
+    assert!(text.contains("stop: 3 succeeded"), "{text}");
+    for (name, want) in [
+        ("config", "inactive"),
+        ("gateway", "inactive"),
+        ("backend", "inactive"),
+        ("search", "active"),
+    ] {
+        let st = sd.status(&w.unit(name)).await.unwrap();
+        assert_eq!(st.active_state, want, "{name}");
+    }
+    w.stop_all(&sd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enable_and_disable_show_in_unit_file_state_and_status() {
+    let Some(w) = deployed("o3", 23200) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    let out = w.run(&[
+        "enable",
+        "--env",
+        "staging",
+        "--service",
+        "backend",
+        "--service",
+        "search",
+    ]);
+    let text = ok(&out);
+    assert!(
+        text.contains("backend: o3-backend.service enabled"),
+        "{text}"
+    );
+    for (name, want) in [
+        ("backend", "enabled"),
+        ("search", "enabled"),
+        ("gateway", "disabled"),
+    ] {
+        assert_eq!(
+            sd.status(&w.unit(name)).await.unwrap().unit_file_state,
+            want,
+            "{name}"
+        );
+    }
+    let st = status_json(&w);
+    assert_eq!(service(&st, "backend")["unit_file_state"], "enabled");
+    assert_eq!(service(&st, "gateway")["unit_file_state"], "disabled");
+
+    ok(&w.run(&["disable", "--env", "staging", "--service", "backend"]));
+    assert_eq!(
+        sd.status(&w.unit("backend")).await.unwrap().unit_file_state,
+        "disabled"
+    );
+    assert_eq!(
+        sd.status(&w.unit("search")).await.unwrap().unit_file_state,
+        "enabled"
+    );
+    ok(&w.run(&["disable", "--env", "staging"]));
+    assert_eq!(
+        sd.status(&w.unit("search")).await.unwrap().unit_file_state,
+        "disabled"
+    );
+    w.stop_all(&sd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_interleave_two_services_lines_by_time() {
+    let Some(w) = deployed("o4", 23300) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    // config started before gateway (phase order); restarting config now writes its startup
+    // line again, after gateway's: config, gateway, config.
+    moorline::systemd::JobResult::check(
+        sd.restart(&w.unit("config")).await.unwrap(),
+        "restart",
+        "config",
+    )
+    .unwrap();
+    let port = w.fx.service("config").unwrap().port;
+    let ready = format!("http://127.0.0.1:{port}/health/ready");
+    assert!(
+        moorline::health::wait_ready(&ready, Duration::from_secs(10), || async { Ok(()) })
+            .await
+            .is_ok()
+    );
+    let journal = w.sandbox.journal_dir();
+    let journal = journal.to_str().unwrap();
+    let args = [
+        "logs",
+        "--env",
+        "staging",
+        "--service",
+        "gateway",
+        "--service",
+        "config",
+        "--directory",
+        journal,
+    ];
+    // journald writes asynchronously from the unit's point of view: poll briefly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let out = w.run(&args);
+        let text = ok(&out);
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("listening on"))
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= 3 || Instant::now() > deadline {
+            assert!(lines.len() >= 3, "{text}");
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let who: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(who, ["config", "gateway", "config"], "{lines:#?}");
+    assert!(
+        lines[0].contains("| pakashop-config listening on 127.0.0.1:"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].contains("| pakashop-gateway listening on"),
+        "{lines:#?}"
+    );
+
+    // JSON: one object per line, times never decreasing.
+    let mut json_args = args.to_vec();
+    json_args.extend(["--format", "json"]);
+    let out = w.run(&json_args);
+    ok(&out);
+    let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let times: Vec<u64> = entries
+        .iter()
+        .map(|e| e["timestamp_us"].as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|p| p[0] <= p[1]), "{times:?}");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["service"] == "config" || e["service"] == "gateway")
+    );
+
+    // An unknown service is a diagnostic, not an empty result.
+    let out = w.run(&["logs", "--env", "staging", "--service", "confg"]);
+    assert_eq!(code(&out), moorline::exit::ERROR);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `config`?"));
+    w.stop_all(&sd).await;
+}
