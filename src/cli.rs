@@ -15,7 +15,8 @@ deploy of a git revision changes (builds, migrations, unit files, restarts, heal
 reload) and applies exactly that plan over systemd's D-Bus API, in parallel where the dependency \
 graph allows, with a journal that resumes and rolls back.",
     after_help = "Exit codes: 0 ok, 1 error, 2 plan has changes (--detailed-exitcode), \
-3 apply failed and was rolled back, 4 apply failed and needs attention.\n\
+3 apply failed and was rolled back, 4 apply failed and needs attention, \
+5 status --check found something unhealthy or drifted.\n\
 Docs: docs/getting-started.md, docs/config.md, docs/commands.md"
 )]
 pub struct Cli {

@@ -384,3 +384,63 @@ async fn logs_interleave_two_services_lines_by_time() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `config`?"));
     w.stop_all(&sd).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_migrations_up_to_date_then_pending() {
+    let Some(w) = World::new("o5", 23400) else {
+        return;
+    };
+    // The fixture's node runtime migrates with migrate.py (a ledger under {root}/db); give
+    // it a migrate-status that checks every migration directory is in that ledger.
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let status_cmd = r##"    migrate-status "sh" "-c" #"for d in prisma/migrations/*/; do n=$(basename "$d"); grep -qx "$n" "$0/db/applied-migrations.txt" 2>/dev/null || (echo "pending: $n"; exit 1) || exit 1; done; echo "up to date""# "{root}""##;
+    let marker = "if-exists=\"prisma/schema.prisma\"\n";
+    assert!(text.contains(marker), "{text}");
+    let text = text.replacen(marker, &format!("{marker}{status_cmd}\n"), 1);
+    std::fs::write(&w.fx.config_path, text).unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let sd = w.sandbox.connect().await.unwrap();
+
+    let prisma: Vec<&str> =
+        w.fx.services
+            .iter()
+            .filter(|s| s.prisma)
+            .map(|s| s.name.as_str())
+            .collect();
+    assert!(!prisma.is_empty());
+    let out = w.run(&[
+        "status",
+        "--env",
+        "staging",
+        "--migrations",
+        "--check",
+        "--format",
+        "json",
+    ]);
+    let text = ok(&out);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for s in &w.fx.services {
+        let m = &service(&st, &s.name)["migrations"];
+        if s.prisma {
+            assert_eq!(m["state"], "up-to-date", "{}: {m:#}\n{text}", s.name);
+        } else {
+            assert!(m.is_null(), "{}: {m:#}", s.name);
+        }
+    }
+
+    // Forget every applied migration: pending, with the command's output, and --check fails.
+    std::fs::write(
+        w.fx.env_root("staging").join("db/applied-migrations.txt"),
+        "",
+    )
+    .unwrap();
+    let out = w.run(&["status", "--env", "staging", "--migrations", "--check"]);
+    assert_eq!(code(&out), moorline::exit::UNHEALTHY);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{}: migrations pending", prisma[0])),
+        "{text}"
+    );
+    assert!(text.contains("| pending: 0001_init"), "{text}");
+    w.stop_all(&sd).await;
+}
