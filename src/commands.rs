@@ -402,7 +402,7 @@ fn print_report(r: &crate::apply::Report, env: &str, format: Format) -> i32 {
         println!("{}", serde_json::json!({"event": "report", "report": r}));
         return r.exit_code();
     }
-    let secs = r.millis as f64 / 1000.0;
+    let secs = std::time::Duration::from_millis(r.millis).as_secs_f64();
     match r.outcome {
         Outcome::Succeeded => {
             eprintln!(
@@ -427,7 +427,9 @@ fn print_report(r: &crate::apply::Report, env: &str, format: Format) -> i32 {
             eprintln!("not run:   {}", list_or_none(&r.not_run));
             match r.outcome {
                 Outcome::FailedUntouched => {
-                    eprintln!("nothing live changed: every service still runs its previous release")
+                    eprintln!(
+                        "nothing live changed: every service still runs its previous release"
+                    );
                 }
                 Outcome::RolledBack => eprintln!(
                     "rolled back: {} (each restarted on its previous release and ready)",
