@@ -15,7 +15,8 @@ deploy of a git revision changes (builds, migrations, unit files, restarts, heal
 reload) and applies exactly that plan over systemd's D-Bus API, in parallel where the dependency \
 graph allows, with a journal that resumes and rolls back.",
     after_help = "Exit codes: 0 ok, 1 error, 2 plan has changes (--detailed-exitcode), \
-3 apply failed and was rolled back, 4 apply failed and needs attention.\n\
+3 apply failed and was rolled back, 4 apply failed and needs attention, \
+5 status --check found something unhealthy or drifted.\n\
 Docs: docs/getting-started.md, docs/config.md, docs/commands.md"
 )]
 pub struct Cli {
@@ -52,6 +53,14 @@ pub enum Format {
     #[default]
     Text,
     Markdown,
+    Json,
+}
+
+/// Output of commands that have no Markdown form (`status`, `logs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    #[default]
+    Text,
     Json,
 }
 
@@ -182,8 +191,9 @@ pub struct RollbackArgs {
 pub struct StatusArgs {
     #[arg(long = "env", short = 'e', value_name = "ENV")]
     pub env: String,
+    /// Output format (json: see docs/commands.md)
     #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    pub format: OutputFormat,
     /// Exit non-zero when anything is unhealthy or drifted
     #[arg(long)]
     pub check: bool,
@@ -230,16 +240,24 @@ pub struct OpsArgs {
 pub struct LogsArgs {
     #[arg(long = "env", short = 'e', value_name = "ENV")]
     pub env: String,
+    /// Only these services (repeatable) [default: all]
     #[arg(long = "service", short = 's', value_name = "SERVICE")]
     pub services: Vec<String>,
+    /// Entries from this time on (journalctl syntax: "1 hour ago", "2026-06-09 10:00", "today")
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
+    /// Keep printing new entries as they are written
     #[arg(long, short = 'f')]
     pub follow: bool,
+    /// The last N entries [default: 100 unless --since is given]
     #[arg(long, short = 'n', value_name = "N")]
     pub lines: Option<usize>,
+    /// Output format (json: one object per line)
     #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    pub format: OutputFormat,
+    /// Read the journal files in DIR instead of the host's journal (journalctl -D)
+    #[arg(long, short = 'D', value_name = "DIR")]
+    pub directory: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

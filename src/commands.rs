@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use miette::Diagnostic;
 
-use crate::cli::{ApplyArgs, Cli, Command, Format, Global, OnFailure, PlanArgs};
+use crate::cli::{ApplyArgs, Cli, Command, Format, Global, OnFailure, PlanArgs, StatusArgs};
 use crate::config::{self, Loaded};
 use crate::settings::{self, PlanRequest};
 use crate::{exit, render, report};
@@ -44,6 +44,12 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             print!("{}", render::dot(&p));
             Ok(exit::OK)
         }
+        Command::Status(args) => status_cmd(global, args),
+        Command::Start(args) => crate::ops::run(global, args, crate::ops::Op::Start),
+        Command::Stop(args) => crate::ops::run(global, args, crate::ops::Op::Stop),
+        Command::Enable(args) => crate::ops::run(global, args, crate::ops::Op::Enable),
+        Command::Disable(args) => crate::ops::run(global, args, crate::ops::Op::Disable),
+        Command::Logs(args) => crate::logs::run(global, args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(*shell, &mut cmd, "moorline", &mut std::io::stdout());
@@ -55,41 +61,6 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
                 .map_err(|e| miette::miette!("cannot write the man page: {e}"))?;
             Ok(exit::OK)
         }
-        other => Err(NotBuilt {
-            command: command_name(other),
-        }
-        .into()),
-    }
-}
-
-#[derive(Debug, thiserror::Error, Diagnostic)]
-#[error("`moorline {command}` is not built yet")]
-#[diagnostic(
-    code(moorline::cli::not_built),
-    help("this command is planned; see the project's issues for its progress")
-)]
-struct NotBuilt {
-    command: &'static str,
-}
-
-fn command_name(c: &Command) -> &'static str {
-    match c {
-        Command::Validate => "validate",
-        Command::Plan(_) => "plan",
-        Command::Apply(_) => "apply",
-        Command::Rollback(_) => "rollback",
-        Command::Status(_) => "status",
-        Command::Graph(_) => "graph",
-        Command::Backup(_) => "backup",
-        Command::Restart(_) => "restart",
-        Command::Start(_) => "start",
-        Command::Stop(_) => "stop",
-        Command::Enable(_) => "enable",
-        Command::Disable(_) => "disable",
-        Command::Logs(_) => "logs",
-        Command::Demo(_) => "demo",
-        Command::Completions { .. } => "completions",
-        Command::Man => "man",
     }
 }
 
@@ -278,7 +249,8 @@ fn what_moved(saved: &crate::plan::Plan, fresh: &crate::plan::Plan) -> String {
     moved.join("; ")
 }
 
-pub fn confirm(question: &str) -> bool {
+/// Asks on the terminal; `false` without one (the caller refuses then).
+pub(crate) fn confirm(question: &str) -> bool {
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() {
         return false;
@@ -474,4 +446,31 @@ fn list_or_none(v: &[String]) -> String {
     } else {
         v.join(", ")
     }
+}
+
+fn status_cmd(global: &Global, args: &StatusArgs) -> miette::Result<i32> {
+    let t = settings::resolve(global, &args.env)?;
+    let rt = runtime()?;
+    let status = rt.block_on(async {
+        let systemd = crate::systemd::Systemd::connect(t.systemd).await?;
+        crate::status::gather(
+            &t,
+            &systemd,
+            crate::status::Options {
+                migrations: args.migrations,
+            },
+        )
+        .await
+    })?;
+    match args.format {
+        crate::cli::OutputFormat::Json => print!("{}", crate::status::json(&status)),
+        crate::cli::OutputFormat::Text => {
+            print!("{}", crate::status::text(&status, crate::status::now_us()));
+        }
+    }
+    Ok(if args.check && !crate::status::is_ok(&status) {
+        exit::UNHEALTHY
+    } else {
+        exit::OK
+    })
 }

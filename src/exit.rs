@@ -12,3 +12,9 @@ pub const ROLLED_BACK: i32 = 3;
 /// `apply` failed and needs attention (`--on-failure stop`, or a rollback
 /// that could not finish).
 pub const NEEDS_ATTENTION: i32 = 4;
+/// `status --check`: a service is unhealthy (not active, not live, not
+/// ready, migrations pending) or something drifted (unit file edited,
+/// `current` moved, undeployed commits on the branch, never deployed).
+/// Distinct from `ERROR` so a health check can tell "the fleet is unwell"
+/// from "moorline could not look" (bad config, no bus).
+pub const UNHEALTHY: i32 = 5;

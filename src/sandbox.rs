@@ -13,6 +13,7 @@
 //! └─ setpriv --pdeathsig SIGKILL          (dies when the keeper thread dies)
 //!    └─ unshare --pid --fork --kill-child --mount-proc …   (exec'd by setpriv)
 //!       └─ sh   (PID 1 of the new PID namespace; killed when unshare dies)
+//!          ├─ systemd-journald (the units' stdout/stderr, see [`PrivateSystemd::journal_dir`])
 //!          └─ systemd --user   (refuses to run as PID 1: exits 255 silently)
 //!             └─ dbus-daemon, services…
 //! ```
@@ -52,6 +53,12 @@ const GRACE: Duration = Duration::from_secs(2);
 /// Where Debian/Ubuntu (`/lib`, merged-usr) and others (`/usr/lib`) install the manager.
 const SYSTEMD_CANDIDATES: [&str; 2] = ["/lib/systemd/systemd", "/usr/lib/systemd/systemd"];
 
+/// Where the journal daemon is installed (same layouts as [`SYSTEMD_CANDIDATES`]).
+const JOURNALD_CANDIDATES: [&str; 2] = [
+    "/lib/systemd/systemd-journald",
+    "/usr/lib/systemd/systemd-journald",
+];
+
 /// The shell that becomes PID 1 of the namespace. A private tmpfs on `/run/systemd` (this mount
 /// namespace only) with `/run/systemd/system` in it makes the manager see a "booted with
 /// systemd" host (`sd_booted(3)` tests exactly that directory) without touching the real
@@ -63,7 +70,21 @@ mount -t tmpfs -o mode=0755 tmpfs /run/systemd || exit 90
 mkdir /run/systemd/system || exit 91
 # The manager hands its environment to every unit; keep our plumbing variable out of it.
 systemd=$MOORLINE_SYSTEMD
-unset MOORLINE_SYSTEMD
+journald=$MOORLINE_JOURNALD
+journal_dir=$MOORLINE_JOURNAL_DIR
+unset MOORLINE_SYSTEMD MOORLINE_JOURNALD MOORLINE_JOURNAL_DIR
+# A journal for the units: without one, the manager connects their stdout/stderr to
+# /dev/null (the journal sockets live in /run/systemd/journal, which is our fresh tmpfs).
+# systemd-journald binds those sockets itself when not socket-activated; its runtime storage
+# (/run/log/journal) is bind-mounted from the sandbox, so the files are readable from outside
+# (`journalctl -D {dir}/journal`) and the host's journal is never touched. Best effort: no
+# journald, or no right to create the mount point, just means no logs.
+if [ -n "$journald" ] && mkdir -p /run/log/journal 2>/dev/null \
+    && mount --bind "$journal_dir" /run/log/journal; then
+    "$journald" &
+    i=0
+    while [ ! -S /run/systemd/journal/stdout ] && [ $i -lt 250 ]; do sleep 0.02; i=$((i+1)); done
+fi
 "$systemd" --user &
 manager=$!
 trap 'kill -TERM $manager 2>/dev/null' TERM INT
@@ -230,7 +251,7 @@ impl PrivateSystemd {
             source,
         })?;
         let runtime = dir.join("runtime");
-        for sub in ["config/systemd/user", "data", "state", "cache"] {
+        for sub in ["config/systemd/user", "data", "state", "cache", "journal"] {
             create_dir(&dir.join(sub))?;
         }
         create_dir(&runtime)?;
@@ -274,6 +295,15 @@ impl PrivateSystemd {
             INIT_SCRIPT,
         ])
         .env("MOORLINE_SYSTEMD", systemd)
+        .env(
+            "MOORLINE_JOURNALD",
+            JOURNALD_CANDIDATES
+                .iter()
+                .find(|p| Path::new(p).is_file())
+                .copied()
+                .unwrap_or_default(),
+        )
+        .env("MOORLINE_JOURNAL_DIR", dir.join("journal"))
         .env("XDG_RUNTIME_DIR", &runtime)
         .env("XDG_CONFIG_HOME", dir.join("config"))
         .env("XDG_DATA_HOME", dir.join("data"))
@@ -358,6 +388,13 @@ impl PrivateSystemd {
     /// in `systemd.unit(5)`'s user search path); created by [`PrivateSystemd::start`].
     pub fn unit_dir(&self) -> PathBuf {
         self.dir.join("config/systemd/user")
+    }
+
+    /// `{dir}/journal`: the journal files of the sandbox's own `systemd-journald`, which
+    /// captures the units' stdout/stderr (read with `journalctl -D`, or `moorline logs
+    /// --directory`). Stays empty where that journald could not be started.
+    pub fn journal_dir(&self) -> PathBuf {
+        self.dir.join("journal")
     }
 
     /// `{dir}/runtime`, the manager's `$XDG_RUNTIME_DIR`.

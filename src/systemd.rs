@@ -110,6 +110,11 @@ trait Manager {
     default_service = "org.freedesktop.systemd1"
 )]
 trait Unit {
+    /// Pins the unit in memory for as long as this client stays on the bus
+    /// (`org.freedesktop.systemd1(5)`, `Ref()`), so garbage collection does not unload it
+    /// (and reset its timestamps) once it is inactive.
+    #[zbus(name = "Ref")]
+    fn pin(&self) -> zbus::Result<()>;
     #[zbus(property(emits_changed_signal = "false"), name = "Id")]
     fn id(&self) -> zbus::Result<String>;
     #[zbus(property(emits_changed_signal = "false"), name = "LoadState")]
@@ -623,6 +628,22 @@ impl Systemd {
             status.result = String::try_from(value).map_err(err)?;
         }
         Ok(status)
+    }
+
+    /// Keeps `unit` loaded while this connection lives (`Unit.Ref()`): an inactive unit
+    /// nothing refers to is unloaded by systemd's garbage collection, which loses its
+    /// timestamps (`InactiveEnterTimestamp`, `StateChangeTimestamp`). Used to read them after
+    /// a stop.
+    pub async fn pin(&self, unit: &str) -> Result<(), SystemdError> {
+        let err = |source| call_error("ref", unit, source);
+        let path = self.manager.load_unit(unit).await.map_err(err)?;
+        let proxy = UnitProxy::builder(&self.connection)
+            .path(path)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(err)?;
+        proxy.pin().await.map_err(err)
     }
 
     /// Confirms that a unit a start/restart job just finished for is really up: `ActiveState`

@@ -8,6 +8,7 @@
 mod config;
 mod config_fuzz;
 mod deploy;
+mod ops;
 mod rollback;
 mod sandbox;
 mod support;
