@@ -190,7 +190,11 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                     .filter(|p| prefixes(p).any(|pre| pre == inputs))
                     .cloned()
                     .collect();
-                migrates = first_deploy || live.is_none() || !migrate_paths.is_empty();
+                // Never deployed here: only when the host's state says so.
+                // Without state (a plan between two revisions) the service
+                // runs `from`, and its migrations ran with it.
+                let never_deployed = state.is_some() && live.is_none();
+                migrates = first_deploy || never_deployed || !migrate_paths.is_empty();
                 if migrates && migrate_paths.is_empty() {
                     migrate_paths.push(String::new());
                 }
@@ -442,7 +446,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                 reason: format!(
                     "systemd must re-read {}: {}",
                     count(units.len(), "unit file", "unit files"),
-                    units.join(", ")
+                    list(&units)
                 ),
                 after: Vec::new(),
                 command: None,
@@ -636,7 +640,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         match unit_change {
             UnitChange::New => reasons.push("unit file is not installed yet".to_owned()),
             UnitChange::Changed => {
-                reasons.push("unit file differs from the installed one".to_owned())
+                reasons.push("unit file differs from the installed one".to_owned());
             }
             _ => {}
         }
@@ -805,6 +809,9 @@ fn rollback_plan(env: &Environment, services: &[ServicePlan], first_deploy: bool
     }
 }
 
+/// The tie-break of the topological order: (phase, kind, declaration order).
+type Key = (usize, ActionKind, usize);
+
 /// Topological order with an explicit tie-break (phase, kind, declaration
 /// order), and `after` filled with direct predecessors by id.
 fn order(
@@ -833,7 +840,7 @@ fn order(
                 .count()
         })
         .collect();
-    let mut ready: BinaryHeap<Reverse<((usize, ActionKind, usize), usize)>> = BinaryHeap::new();
+    let mut ready: BinaryHeap<Reverse<(Key, usize)>> = BinaryHeap::new();
     for (i, d) in indegree.iter().enumerate() {
         if *d == 0 {
             ready.push(Reverse((keys[i], i)));

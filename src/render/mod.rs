@@ -8,6 +8,8 @@ mod text;
 pub use markdown::markdown;
 pub use text::text;
 
+use std::fmt::Write as _;
+
 use crate::plan::{Plan, ServiceChange, UnitChange};
 
 /// The JSON contract (docs/plan-format.md), pretty-printed, newline-ended.
@@ -33,18 +35,15 @@ pub fn dot(plan: &Plan) -> String {
             "health" => "palegreen",
             _ => "plum",
         };
-        out.push_str(&format!(
-            "  \"{}\" [style=filled, fillcolor={colour}];\n",
+        let _ = writeln!(
+            out,
+            "  \"{}\" [style=filled, fillcolor={colour}];",
             esc_dot(&a.id)
-        ));
+        );
     }
     for a in &plan.actions {
         for p in &a.after {
-            out.push_str(&format!(
-                "  \"{}\" -> \"{}\";\n",
-                esc_dot(p),
-                esc_dot(&a.id)
-            ));
+            let _ = writeln!(out, "  \"{}\" -> \"{}\";", esc_dot(p), esc_dot(&a.id));
         }
     }
     out.push_str("}\n");
@@ -123,4 +122,28 @@ pub fn change_words(s: &crate::plan::ServicePlan) -> String {
         _ => {}
     }
     words.join(", ")
+}
+
+/// "N paths changed", or what stands in for it on a first deploy (nothing is
+/// compared, so a count of 0 would mislead).
+pub fn changed_words(plan: &Plan) -> String {
+    if plan.first_deploy {
+        "first deploy, every path is new".to_owned()
+    } else {
+        format!("{} changed", plural(plan.changed_paths, "path", "paths"))
+    }
+}
+
+/// How many predecessors are named before the rest are only counted.
+const AFTER_SHOWN: usize = 4;
+
+/// An action's `after` list for people: long lists (every build before the
+/// first live change) are cut, the JSON and DOT keep them whole.
+pub fn after_words(after: &[String], fmt: impl Fn(&str) -> String) -> String {
+    let shown: Vec<String> = after.iter().take(AFTER_SHOWN).map(|a| fmt(a)).collect();
+    let mut s = shown.join(", ");
+    if after.len() > AFTER_SHOWN {
+        let _ = write!(s, " and {} more", after.len() - AFTER_SHOWN);
+    }
+    s
 }

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod deploy;
+mod plan;
 mod sandbox;
 mod support;
 mod systemd;
