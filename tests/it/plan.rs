@@ -299,3 +299,348 @@ fn non_ancestor_from() {
         ],
     );
 }
+
+#[test]
+fn same_inputs_give_identical_bytes() {
+    let f = Fx::new();
+    let from = f.initial();
+    f.commit(
+        "main",
+        "backend and shared",
+        &[
+            Edit::add_migration("backend", "0002_orders"),
+            Edit::Write {
+                path: "packages/shared/index.js".to_owned(),
+                contents: "module.exports = {};\n".to_owned(),
+            },
+        ],
+    );
+    for args in [
+        vec!["plan", "--env", "staging"],
+        vec!["plan", "--env", "staging", "--from", &from],
+        vec![
+            "plan",
+            "--env",
+            "production",
+            "--from",
+            &from,
+            "--to",
+            "main",
+        ],
+    ] {
+        for format in FORMATS {
+            let full = [&args[..], &["--format", format]].concat();
+            let a = f.run(&full);
+            let b = f.run(&full);
+            assert_eq!(a.status.code(), Some(0), "{}", describe(&a));
+            assert!(a.stdout == b.stdout, "{full:?} differs between two runs");
+        }
+        let a = f.run(&[&["graph"], &args[1..]].concat());
+        let b = f.run(&[&["graph"], &args[1..]].concat());
+        assert_eq!(a.status.code(), Some(0), "{}", describe(&a));
+        assert!(
+            a.stdout == b.stdout,
+            "graph {args:?} differs between two runs"
+        );
+    }
+}
+
+#[test]
+fn detailed_exitcode_is_0_unchanged_2_changes_1_error() {
+    let f = Fx::new();
+    let from = f.initial();
+    let code = |args: &[&str]| {
+        let o = f.run(&[&["plan"], args, &["--detailed-exitcode"]].concat());
+        (o.status.code(), describe(&o))
+    };
+    let (c, o) = code(&["--env", "staging", "--from", &from]);
+    assert_eq!(c, Some(0), "{o}");
+    f.commit("main", "coupon", &[Edit::touch_service("coupon")]);
+    let (c, o) = code(&["--env", "staging", "--from", &from]);
+    assert_eq!(c, Some(2), "{o}");
+    let (c, o) = code(&["--env", "qa"]);
+    assert_eq!(c, Some(1), "{o}");
+    assert!(o.contains("moorline::cli::unknown_environment"), "{o}");
+    let (c, o) = code(&["--env", "staging", "--to", "nope"]);
+    assert_eq!(c, Some(1), "{o}");
+    assert!(o.contains("moorline::git::unknown_revision"), "{o}");
+    // Without the flag a plan with changes exits 0.
+    let o = f.run(&["plan", "--env", "staging", "--from", &from]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+}
+
+/// `git diff --name-status -M FROM TO` as (status, old path, new path).
+fn git_oracle(repo: &Path, from: &str, to: &str) -> Vec<(String, Option<String>, String)> {
+    let o = std::process::Command::new("git")
+        .args(["diff", "--name-status", "-M", from, to])
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", describe(&o));
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            match cols.as_slice() {
+                [s, old, new] => ((*s).to_owned(), Some((*old).to_owned()), (*new).to_owned()),
+                [s, p] => ((*s).to_owned(), None, (*p).to_owned()),
+                _ => panic!("unexpected git output {l:?}"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn changes_match_git_diff() {
+    let f = Fx::new();
+    let from = f.initial();
+    let write = |path: &str, contents: &str| Edit::Write {
+        path: path.to_owned(),
+        contents: contents.to_owned(),
+    };
+    f.commit(
+        "main",
+        "add and modify",
+        &[
+            write("services/coupon/src/rules.js", "module.exports = [];\n"),
+            Edit::touch_service("loyalty"),
+            write("docs/notes.md", "outside every service\n"),
+        ],
+    );
+    f.commit(
+        "main",
+        "delete and rename",
+        &[
+            Edit::Delete {
+                path: "services/fraud/behaviour.json".to_owned(),
+            },
+            Edit::Rename {
+                from: "services/reports/VERSION".to_owned(),
+                to: "services/reports/RELEASE".to_owned(),
+            },
+            // Across services: old path under one, new path under another.
+            Edit::Rename {
+                from: "services/pricing/package.json".to_owned(),
+                to: "services/settlement/pricing-package.json".to_owned(),
+            },
+        ],
+    );
+    f.commit(
+        "main",
+        "shared and more",
+        &[
+            Edit::add_migration("backend", "0002_orders"),
+            write("packages/shared/util.js", "module.exports = {};\n"),
+            Edit::touch_service("coupon"),
+        ],
+    );
+    let to = f.fx.head("main").unwrap();
+    let oracle = git_oracle(&f.fx.repo, &from, &to);
+    assert!(
+        oracle.iter().any(|(s, ..)| s.starts_with('R')) && oracle.iter().any(|(s, ..)| s == "D"),
+        "the history must hold renames and deletes: {oracle:?}"
+    );
+    let plan: serde_json::Value = serde_json::from_str(&f.plan(&[
+        "--env", "staging", "--from", &from, "--to", &to, "--format", "json",
+    ]))
+    .unwrap();
+    assert_eq!(plan["changed_paths"], oracle.len(), "{oracle:?}");
+
+    let config = moorline::config::load(&f.fx.config_path).unwrap().config;
+    let under = |p: &str, dir: &str| p == dir || p.starts_with(&format!("{dir}/"));
+    for s in plan["services"].as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        let svc = config.service(name).unwrap();
+        let dirs: Vec<&str> = std::iter::once(svc.path.as_str())
+            .chain(svc.watch.iter().map(String::as_str))
+            .collect();
+        let expected: Vec<&str> = oracle
+            .iter()
+            .filter(|(_, old, new)| {
+                dirs.iter()
+                    .any(|d| under(new, d) || old.as_deref().is_some_and(|o| under(o, d)))
+            })
+            .map(|(_, _, new)| new.as_str())
+            .collect();
+        assert_eq!(s["changed_count"], expected.len(), "{name}: {expected:?}");
+        let change = if expected.is_empty() {
+            "unchanged"
+        } else {
+            "deploy"
+        };
+        assert_eq!(s["change"], change, "{name}");
+        let mut shown: Vec<&str> = s["changed_paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        shown.sort_unstable();
+        let mut expected = expected;
+        expected.sort_unstable();
+        expected.truncate(shown.len());
+        if s["changed_count"].as_u64().unwrap() <= 5 {
+            assert_eq!(shown, expected, "{name}");
+        }
+    }
+}
+
+/// Distinctive secret values that must never be shown.
+const SECRETS: [&str; 5] = [
+    "postgres://app:hunter2-dburl@db.internal/pakashop",
+    "tok-9f8e7d6c-apitoken",
+    "sk_live_stripe_zz9qq",
+    "pw-correct-horse-battery",
+    "custom-plaintext-xyzzy",
+];
+
+#[test]
+fn secrets_never_appear() {
+    let f = Fx::new();
+    let secret_env = |v: &str| {
+        format!(
+            "NODE_ENV=\"production\" DATABASE_URL=\"{}\" API_TOKEN=\"{}\" STRIPE_SECRET_KEY=\"{}\" DB_PASSWORD=\"{}\"\n        env CUSTOM=\"{}\" secret=#true",
+            SECRETS[0], SECRETS[1], SECRETS[2], SECRETS[3], SECRETS[4]
+        )
+        .replace("-dburl", &format!("-dburl{v}"))
+    };
+    f.edit_config("NODE_ENV=\"production\"", &secret_env(""));
+    let head = f.fx.head("main").unwrap();
+    let check = |label: &str, text: &str, old: &[String]| {
+        for s in SECRETS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(old.iter().cloned())
+        {
+            assert!(
+                !text.contains(&s),
+                "{label} shows the secret {s:?}:\n{text}"
+            );
+        }
+        assert!(text.contains("NODE_ENV=production"), "{label}:\n{text}");
+    };
+    // First deploy: every unit is new, its diff shows the whole file.
+    for format in FORMATS {
+        check(
+            format,
+            &f.plan(&["--env", "staging", "--format", format]),
+            &[],
+        );
+    }
+    // Installed units hold the real values; change one secret and NODE_ENV.
+    f.deployed("staging", &head);
+    let installed = std::fs::read_to_string(f.unit_dir().join("pakashop-backend.service")).unwrap();
+    assert!(
+        installed.contains(SECRETS[1]),
+        "the host file holds the value"
+    );
+    let old_url = SECRETS[0].to_owned();
+    let text = std::fs::read_to_string(&f.fx.config_path).unwrap();
+    std::fs::write(
+        &f.fx.config_path,
+        text.replace("-dburl@", "-dburl-rotated@").replace(
+            "NODE_ENV=\"production\"",
+            "NODE_ENV=\"production\" LOG=\"debug\"",
+        ),
+    )
+    .unwrap();
+    let out = f.dir.path().join("saved.plan.json");
+    for format in FORMATS {
+        let shown = f.plan(&[
+            "--env",
+            "staging",
+            "--format",
+            format,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(shown.contains("LOG=debug"), "the diff is there:\n{shown}");
+        check(
+            format,
+            &shown,
+            &[old_url.replace("-dburl@", "-dburl-rotated@")],
+        );
+        let saved = std::fs::read_to_string(&out).unwrap();
+        check(
+            "saved plan",
+            &saved,
+            &[old_url.replace("-dburl@", "-dburl-rotated@")],
+        );
+    }
+    let o = f.run(&["graph", "--env", "staging"]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let dot = String::from_utf8(o.stdout).unwrap();
+    for s in SECRETS {
+        assert!(!dot.contains(s), "dot shows {s}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&f.plan(&["--env", "staging", "--format", "json"])).unwrap();
+    let diffs: Vec<&str> = json["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["unit_diff"].as_str())
+        .collect();
+    assert!(!diffs.is_empty());
+    for d in diffs {
+        assert!(d.contains("(redacted)"), "{d}");
+        check("unit diff", d, &[]);
+    }
+}
+
+/// A command that must fail with exit 1, the diagnostic `code` and no panic.
+fn fails_with(o: &Output, code: &str) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(o));
+    assert!(stderr.contains(code), "{code} missing:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_input_is_a_diagnostic_not_a_panic() {
+    let f = Fx::new();
+    let not_repo = tempfile::tempdir().unwrap();
+    fails_with(
+        &f.run(&[
+            "plan",
+            "--env",
+            "staging",
+            "--repo",
+            not_repo.path().to_str().unwrap(),
+        ]),
+        "moorline::git::not_a_repository",
+    );
+    fails_with(
+        &f.run(&["plan", "--env", "staging", "--to", "nope"]),
+        "moorline::git::unknown_revision",
+    );
+    fails_with(
+        &f.run(&["plan", "--env", "staging", "--from", "nope"]),
+        "moorline::git::unknown_revision",
+    );
+    let from = f.initial();
+    f.commit(
+        "main",
+        "drop coupon",
+        &[Edit::Delete {
+            path: "services/coupon".to_owned(),
+        }],
+    );
+    let o = f.run(&["plan", "--env", "staging", "--from", &from]);
+    fails_with(&o, "moorline::git::service_missing");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("coupon"));
+
+    std::fs::create_dir_all(f.state_dir()).unwrap();
+    std::fs::write(f.state_dir().join("state.json"), "{ not json").unwrap();
+    fails_with(
+        &f.run(&["plan", "--env", "staging", "--to", &from]),
+        "moorline::state::invalid",
+    );
+    std::fs::remove_file(f.state_dir().join("state.json")).unwrap();
+    std::fs::create_dir(f.state_dir().join("state.json")).unwrap();
+    fails_with(
+        &f.run(&["plan", "--env", "staging", "--to", &from]),
+        "moorline::state::unreadable",
+    );
+}
