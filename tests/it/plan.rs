@@ -644,3 +644,125 @@ fn bad_input_is_a_diagnostic_not_a_panic() {
         "moorline::state::unreadable",
     );
 }
+
+/// The fixture's repository with `pakashop.kdl` (the real configuration)
+/// in place of the generated `moorline.kdl`, in a root commit of its own:
+/// nothing temporary is committed, so every SHA is the same on every machine.
+fn pakashop_repository() -> Fx {
+    let f = Fx::new();
+    let repo = git2::Repository::open(&f.fx.repo).unwrap();
+    let initial = repo.head().unwrap().peel_to_commit().unwrap();
+    let pakashop =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pakashop.kdl")).unwrap();
+    let mut index = git2::Index::new().unwrap();
+    index.read_tree(&initial.tree().unwrap()).unwrap();
+    index.remove_path(Path::new("moorline.kdl")).unwrap();
+    let blob = repo.blob(pakashop.as_bytes()).unwrap();
+    let mut entry = index.get_path(Path::new("README.md"), 0).unwrap();
+    entry.id = blob;
+    entry.file_size = u32::try_from(pakashop.len()).unwrap();
+    entry.path = b"pakashop.kdl".to_vec();
+    index.add(&entry).unwrap();
+    let tree = repo.find_tree(index.write_tree_to(&repo).unwrap()).unwrap();
+    let sig = initial.author();
+    let root = repo
+        .commit(None, &sig, &sig, "Pakashop: initial import", &tree, &[])
+        .unwrap();
+    let root = repo.find_commit(root).unwrap();
+    repo.branch("production", &root, true).unwrap();
+    repo.checkout_tree(
+        tree.as_object(),
+        Some(
+            git2::build::CheckoutBuilder::new()
+                .force()
+                .remove_untracked(true),
+        ),
+    )
+    .unwrap();
+    repo.reference("refs/heads/main", root.id(), true, "pakashop.kdl")
+        .unwrap();
+    f
+}
+
+/// The example plans under `plans/`: (file name, contents).
+fn example_plans() -> Vec<(String, String)> {
+    let f = pakashop_repository();
+    let config = f.fx.repo.join("pakashop.kdl");
+    let plan = |args: &[&str], format: &str| {
+        let mut c = f.cmd(&[]);
+        c.args(["plan", "-c", config.to_str().unwrap(), "--format", format]);
+        c.args(args);
+        let o = c.output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let initial = f.initial();
+    f.commit(
+        "main",
+        "coupon: stacking rules",
+        &[Edit::touch_service("coupon")],
+    );
+    f.commit(
+        "production",
+        "backend: orders table",
+        &[
+            Edit::add_migration("backend", "0002_orders"),
+            Edit::touch_service("backend"),
+        ],
+    );
+    let scenarios: [(&str, Vec<&str>); 3] = [
+        (
+            "staging-first-deploy",
+            vec!["--env", "staging", "--to", &initial],
+        ),
+        (
+            "staging-one-service",
+            vec!["--env", "staging", "--from", &initial, "--to", "main"],
+        ),
+        (
+            "production-migration",
+            vec![
+                "--env",
+                "production",
+                "--from",
+                &initial,
+                "--to",
+                "production",
+            ],
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, args) in &scenarios {
+        for (ext, format) in [("md", "markdown"), ("json", "json")] {
+            let text = plan(args, format);
+            assert!(
+                !text.contains(&*f.dir.path().to_string_lossy()),
+                "{name}.{ext} holds a temporary path"
+            );
+            out.push((format!("{name}.{ext}"), text));
+        }
+    }
+    out
+}
+
+/// `plans/` holds the rendered example plans of pakashop.kdl. Regenerate with
+/// `MOORLINE_REGEN_PLANS=1 cargo test --test it plans_are_current`.
+#[test]
+fn plans_are_current() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("plans");
+    let regen = std::env::var("MOORLINE_REGEN_PLANS").as_deref() == Ok("1");
+    let mut stale = Vec::new();
+    for (name, text) in example_plans() {
+        let path = dir.join(&name);
+        if regen {
+            std::fs::write(&path, &text).unwrap();
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            stale.push(name);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "plans/ is out of date ({}); regenerate with `MOORLINE_REGEN_PLANS=1 cargo test --test it plans_are_current` and review the diff",
+        stale.join(", ")
+    );
+}
