@@ -202,7 +202,11 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                     .filter(|p| prefixes(p).any(|pre| pre == inputs))
                     .cloned()
                     .collect();
-                migrates = first_deploy || live.is_none() || !migrate_paths.is_empty();
+                // Never deployed here: only when the host's state says so.
+                // Without state (a plan between two revisions) the service
+                // runs `from`, and its migrations ran with it.
+                let never_deployed = state.is_some() && live.is_none();
+                migrates = first_deploy || never_deployed || !migrate_paths.is_empty();
                 if migrates && migrate_paths.is_empty() {
                     migrate_paths.push(String::new());
                 }
@@ -454,7 +458,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                 reason: format!(
                     "systemd must re-read {}: {}",
                     count(units.len(), "unit file", "unit files"),
-                    units.join(", ")
+                    list(&units)
                 ),
                 after: Vec::new(),
                 command: None,

@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
-use super::{change_words, summary};
-use crate::plan::{Plan, RollbackKind, ServiceChange, short};
+use super::{after_words, change_words, changed_words, summary};
+use crate::plan::{Plan, ServiceChange, short};
 
 fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
@@ -25,16 +25,12 @@ pub fn markdown(plan: &Plan) -> String {
     );
     let _ = writeln!(
         out,
-        "**{}** · {from} → `{}` {} (branch `{}`, {} changed)\n",
+        "**{}** · {from} → `{}` {} (branch `{}`, {})\n",
         summary(plan),
         short(&plan.to.sha),
         cell(&plan.to.summary),
         plan.branch,
-        if plan.changed_paths == 1 {
-            "1 path".to_owned()
-        } else {
-            format!("{} paths", plan.changed_paths)
-        }
+        changed_words(plan)
     );
     for w in &plan.warnings {
         let _ = writeln!(out, "> [!WARNING]\n> {}\n", cell(w));
@@ -133,11 +129,7 @@ pub fn markdown(plan: &Plan) -> String {
             let after = if a.after.is_empty() {
                 "—".to_owned()
             } else {
-                a.after
-                    .iter()
-                    .map(|x| format!("`{x}`"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
+                after_words(&a.after, |x| format!("`{x}`"))
             };
             let _ = writeln!(
                 out,
@@ -150,16 +142,11 @@ pub fn markdown(plan: &Plan) -> String {
         }
         out.push_str("\n</details>\n\n");
     }
-    let label = match plan.rollback.kind {
-        RollbackKind::Nothing => "nothing to roll back",
-        RollbackKind::NoPrevious => "no previous release",
-        RollbackKind::CodeOnly => "code-only",
-        RollbackKind::NeedsDatabase => "needs the database backup",
-        RollbackKind::Irreversible => "not reversible",
-    };
+    // The summary opens with the kind in words ("code-only: ..."), so the
+    // heading does not repeat it.
     let _ = writeln!(
         out,
-        "#### Rollback plan: {label}\n\n{}\n",
+        "#### Rollback plan\n\n{}\n",
         cell(&plan.rollback.summary)
     );
     let _ = writeln!(

@@ -10,6 +10,8 @@ mod text;
 pub use markdown::markdown;
 pub use text::text;
 
+use std::fmt::Write as _;
+
 use crate::plan::{Plan, ServiceChange, UnitChange};
 
 /// The JSON contract (docs/plan-format.md), pretty-printed, newline-ended.
@@ -122,4 +124,28 @@ pub fn change_words(s: &crate::plan::ServicePlan) -> String {
         _ => {}
     }
     words.join(", ")
+}
+
+/// "N paths changed", or what stands in for it on a first deploy (nothing is
+/// compared, so a count of 0 would mislead).
+pub fn changed_words(plan: &Plan) -> String {
+    if plan.first_deploy {
+        "first deploy, every path is new".to_owned()
+    } else {
+        format!("{} changed", plural(plan.changed_paths, "path", "paths"))
+    }
+}
+
+/// How many predecessors are named before the rest are only counted.
+const AFTER_SHOWN: usize = 4;
+
+/// An action's `after` list for people: long lists (every build before the
+/// first live change) are cut, the JSON and DOT keep them whole.
+pub fn after_words(after: &[String], fmt: impl Fn(&str) -> String) -> String {
+    let shown: Vec<String> = after.iter().take(AFTER_SHOWN).map(|a| fmt(a)).collect();
+    let mut s = shown.join(", ");
+    if after.len() > AFTER_SHOWN {
+        let _ = write!(s, " and {} more", after.len() - AFTER_SHOWN);
+    }
+    s
 }

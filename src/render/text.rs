@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{change_words, summary};
+use super::{after_words, change_words, changed_words, summary};
 use crate::plan::{Plan, ServiceChange, short};
 
 struct Paint {
@@ -53,16 +53,7 @@ pub fn text(plan: &Plan, color: bool) -> String {
     );
     let _ = writeln!(out, "  from {from}");
     let _ = writeln!(out, "  to   {} {:?}", short(&plan.to.sha), plan.to.summary);
-    let _ = writeln!(
-        out,
-        "  {} · {} changed",
-        summary(plan),
-        if plan.changed_paths == 1 {
-            "1 path".to_owned()
-        } else {
-            format!("{} paths", plan.changed_paths)
-        }
-    );
+    let _ = writeln!(out, "  {} · {}", summary(plan), changed_words(plan));
     for w in &plan.warnings {
         let _ = writeln!(out, "{} {w}", p.yellow("warning:"));
     }
@@ -110,7 +101,10 @@ pub fn text(plan: &Plan, color: bool) -> String {
             let after = if a.after.is_empty() {
                 String::new()
             } else {
-                p.dim(&format!("  (after {})", a.after.join(", ")))
+                p.dim(&format!(
+                    "  (after {})",
+                    after_words(&a.after, str::to_owned)
+                ))
             };
             let _ = writeln!(out, "  {:>3}. {:idw$}  {}{after}", n + 1, a.id, a.reason);
         }

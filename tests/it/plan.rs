@@ -1,0 +1,768 @@
+//! `moorline plan` end to end: the real binary against Pakashop-shaped
+//! fixture repositories. Snapshots of every format for the scenarios a
+//! reviewer meets (filters redact only temp paths, SHAs and fingerprints),
+//! determinism, exit codes, changes checked against `git diff`, secrets,
+//! bad input, and the rendered example plans under `plans/`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use moorline::fixture::{Edit, Fixture, FixtureOptions};
+
+/// The three formats a plan is shown in.
+const FORMATS: [&str; 3] = ["text", "markdown", "json"];
+
+/// A fixture repository with its own state directory and unit directory.
+struct Fx {
+    dir: tempfile::TempDir,
+    fx: Fixture,
+}
+
+impl Fx {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fx = Fixture::create(
+            &dir.path().join("fx"),
+            &FixtureOptions::new(dir.path().join("srv")),
+        )
+        .unwrap();
+        Self { dir, fx }
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// `XDG_CONFIG_HOME`: with `--systemd user`, units live in `systemd/user` under it.
+    fn config_home(&self) -> PathBuf {
+        self.dir.path().join("xdg")
+    }
+
+    fn unit_dir(&self) -> PathBuf {
+        self.config_home().join("systemd/user")
+    }
+
+    fn cmd(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_moorline"));
+        c.args(["-c", self.fx.config_path.to_str().unwrap()])
+            .args(["--state-dir", self.state_dir().to_str().unwrap()])
+            .args(["--systemd", "user"])
+            .args(args)
+            .env("XDG_CONFIG_HOME", self.config_home())
+            .env("NO_COLOR", "1")
+            .env_remove("MOORLINE_CONFIG")
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// stdout of a plan that must succeed (exit 0 or 2 with --detailed-exitcode).
+    fn plan(&self, args: &[&str]) -> String {
+        let o = self.run(&[&["plan"], args].concat());
+        assert!(matches!(o.status.code(), Some(0 | 2)), "{}", describe(&o));
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn commit(&self, branch: &str, msg: &str, edits: &[Edit]) -> String {
+        self.fx.commit(branch, msg, edits).unwrap()
+    }
+
+    fn initial(&self) -> String {
+        self.fx.head("production").unwrap()
+    }
+
+    /// Records `rev` as deployed everywhere and installs the units the
+    /// current config renders, as a complete apply would have left the host.
+    fn deployed(&self, env_name: &str, rev: &str) {
+        let loaded = moorline::config::load(&self.fx.config_path).unwrap();
+        let config = &loaded.config;
+        let env = config.environment(env_name).unwrap();
+        std::fs::create_dir_all(self.unit_dir()).unwrap();
+        let mut services = BTreeMap::new();
+        for s in &config.services {
+            let unit = moorline::unit::render(env, s);
+            if let Some(text) = &unit {
+                std::fs::write(self.unit_dir().join(&s.unit_name), text).unwrap();
+            }
+            services.insert(
+                s.name.clone(),
+                moorline::state::ServiceState {
+                    revision: rev.to_owned(),
+                    previous: None,
+                    unit_sha256: unit.map(|u| moorline::state::sha256_hex(u.as_bytes())),
+                },
+            );
+        }
+        let state = moorline::state::State {
+            format_version: moorline::state::FORMAT_VERSION,
+            project: config.project.name.clone(),
+            environment: env_name.to_owned(),
+            revision: Some(rev.to_owned()),
+            services,
+            ..Default::default()
+        };
+        moorline::state::save(&self.state_dir(), &state).unwrap();
+    }
+
+    fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.fx.config_path).unwrap();
+        assert!(text.contains(from), "{from:?} not in the fixture config");
+        std::fs::write(&self.fx.config_path, text.replacen(from, to, 1)).unwrap();
+    }
+}
+
+fn describe(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Redacts what differs between machines and runs, and nothing else.
+macro_rules! redacted {
+    ($($body:tt)*) => {
+        insta::with_settings!({
+            snapshot_path => "snapshots",
+            prepend_module_to_snapshot => false,
+            filters => vec![
+                (r"(/[\w.-]+)*/\.tmp[A-Za-z0-9]+", "[TMP]"),
+                (r"\b[0-9a-f]{64}\b", "[SHA256]"),
+                (r"\b[0-9a-f]{40}\b", "[SHA]"),
+                (r"\b[0-9a-f]{12}\b", "[SHORT]"),
+            ],
+        }, { $($body)* })
+    };
+}
+
+/// Snapshots `plan ARGS` in every format as `{name}_{format}`.
+fn snapshot_all(f: &Fx, name: &str, args: &[&str]) {
+    for format in FORMATS {
+        let out = f.plan(&[args, &["--format", format]].concat());
+        redacted!({
+            insta::assert_snapshot!(format!("plan_{name}_{format}"), out);
+        });
+    }
+}
+
+#[test]
+fn first_deploy() {
+    let f = Fx::new();
+    snapshot_all(&f, "first_deploy", &["--env", "staging"]);
+}
+
+#[test]
+fn one_service_changed() {
+    let f = Fx::new();
+    let from = f.initial();
+    f.commit(
+        "main",
+        "coupon: fix rounding",
+        &[Edit::touch_service("coupon")],
+    );
+    snapshot_all(&f, "one_service", &["--env", "staging", "--from", &from]);
+}
+
+#[test]
+fn watched_shared_path_changed() {
+    let f = Fx::new();
+    let from = f.initial();
+    f.commit(
+        "main",
+        "shared: currency helper",
+        &[Edit::Write {
+            path: "packages/shared/index.js".to_owned(),
+            contents: "module.exports = { currency: 'PKR', version: 2 };\n".to_owned(),
+        }],
+    );
+    snapshot_all(&f, "shared_path", &["--env", "staging", "--from", &from]);
+}
+
+#[test]
+fn migration_added() {
+    let f = Fx::new();
+    let from = f.initial();
+    f.commit(
+        "main",
+        "backend: orders table",
+        &[Edit::add_migration("backend", "0002_orders")],
+    );
+    snapshot_all(&f, "migration", &["--env", "staging", "--from", &from]);
+}
+
+#[test]
+fn unit_file_changed() {
+    let f = Fx::new();
+    let head = f.fx.head("main").unwrap();
+    f.deployed("staging", &head);
+    // Installed units equal the rendered ones: nothing to do.
+    let o = f.run(&["plan", "--env", "staging", "--detailed-exitcode"]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    f.edit_config("NODE_ENV=\"production\"", "NODE_ENV=\"staging\"");
+    snapshot_all(&f, "unit_changed", &["--env", "staging"]);
+}
+
+#[test]
+fn nothing_changed() {
+    let f = Fx::new();
+    let head = f.fx.head("main").unwrap();
+    let args = ["--env", "staging", "--from", &head, "--to", "main"];
+    snapshot_all(&f, "nothing", &args);
+    let o = f.run(&[&["plan"], &args[..], &["--detailed-exitcode"]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+}
+
+#[test]
+fn production_with_backup() {
+    let f = Fx::new();
+    let from = f.initial();
+    f.commit(
+        "production",
+        "backend: orders table",
+        &[
+            Edit::add_migration("backend", "0002_orders"),
+            Edit::touch_service("backend"),
+            Edit::touch_service("search"),
+        ],
+    );
+    snapshot_all(
+        &f,
+        "production_backup",
+        &["--env", "production", "--from", &from],
+    );
+    let json: serde_json::Value = serde_json::from_str(&f.plan(&[
+        "--env",
+        "production",
+        "--from",
+        &from,
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    let ids: Vec<&str> = json["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    let pos = |id: &str| ids.iter().position(|x| *x == id).unwrap();
+    assert!(pos("backup") < pos("migrate:backend"), "{ids:?}");
+    assert_eq!(json["rollback"]["kind"], "needs-database");
+}
+
+#[test]
+fn non_ancestor_from() {
+    let f = Fx::new();
+    f.commit(
+        "production",
+        "hotfix: coupon overflow",
+        &[Edit::touch_service("coupon")],
+    );
+    f.commit(
+        "main",
+        "pricing: new tiers",
+        &[Edit::touch_service("pricing")],
+    );
+    let o = f.run(&[
+        "plan",
+        "--env",
+        "staging",
+        "--from",
+        "production",
+        "--to",
+        "main",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("moorline::git::not_an_ancestor"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--allow-non-ancestor"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    snapshot_all(
+        &f,
+        "non_ancestor",
+        &[
+            "--env",
+            "staging",
+            "--from",
+            "production",
+            "--to",
+            "main",
+            "--allow-non-ancestor",
+        ],
+    );
+}
+
+#[test]
+fn same_inputs_give_identical_bytes() {
+    let f = Fx::new();
+    let from = f.initial();
+    f.commit(
+        "main",
+        "backend and shared",
+        &[
+            Edit::add_migration("backend", "0002_orders"),
+            Edit::Write {
+                path: "packages/shared/index.js".to_owned(),
+                contents: "module.exports = {};\n".to_owned(),
+            },
+        ],
+    );
+    for args in [
+        vec!["plan", "--env", "staging"],
+        vec!["plan", "--env", "staging", "--from", &from],
+        vec![
+            "plan",
+            "--env",
+            "production",
+            "--from",
+            &from,
+            "--to",
+            "main",
+        ],
+    ] {
+        for format in FORMATS {
+            let full = [&args[..], &["--format", format]].concat();
+            let a = f.run(&full);
+            let b = f.run(&full);
+            assert_eq!(a.status.code(), Some(0), "{}", describe(&a));
+            assert!(a.stdout == b.stdout, "{full:?} differs between two runs");
+        }
+        let a = f.run(&[&["graph"], &args[1..]].concat());
+        let b = f.run(&[&["graph"], &args[1..]].concat());
+        assert_eq!(a.status.code(), Some(0), "{}", describe(&a));
+        assert!(
+            a.stdout == b.stdout,
+            "graph {args:?} differs between two runs"
+        );
+    }
+}
+
+#[test]
+fn detailed_exitcode_is_0_unchanged_2_changes_1_error() {
+    let f = Fx::new();
+    let from = f.initial();
+    let code = |args: &[&str]| {
+        let o = f.run(&[&["plan"], args, &["--detailed-exitcode"]].concat());
+        (o.status.code(), describe(&o))
+    };
+    let (c, o) = code(&["--env", "staging", "--from", &from]);
+    assert_eq!(c, Some(0), "{o}");
+    f.commit("main", "coupon", &[Edit::touch_service("coupon")]);
+    let (c, o) = code(&["--env", "staging", "--from", &from]);
+    assert_eq!(c, Some(2), "{o}");
+    let (c, o) = code(&["--env", "qa"]);
+    assert_eq!(c, Some(1), "{o}");
+    assert!(o.contains("moorline::cli::unknown_environment"), "{o}");
+    let (c, o) = code(&["--env", "staging", "--to", "nope"]);
+    assert_eq!(c, Some(1), "{o}");
+    assert!(o.contains("moorline::git::unknown_revision"), "{o}");
+    // Without the flag a plan with changes exits 0.
+    let o = f.run(&["plan", "--env", "staging", "--from", &from]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+}
+
+/// `git diff --name-status -M FROM TO` as (status, old path, new path).
+fn git_oracle(repo: &Path, from: &str, to: &str) -> Vec<(String, Option<String>, String)> {
+    let o = std::process::Command::new("git")
+        .args(["diff", "--name-status", "-M", from, to])
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", describe(&o));
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            match cols.as_slice() {
+                [s, old, new] => ((*s).to_owned(), Some((*old).to_owned()), (*new).to_owned()),
+                [s, p] => ((*s).to_owned(), None, (*p).to_owned()),
+                _ => panic!("unexpected git output {l:?}"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn changes_match_git_diff() {
+    let f = Fx::new();
+    let from = f.initial();
+    let write = |path: &str, contents: &str| Edit::Write {
+        path: path.to_owned(),
+        contents: contents.to_owned(),
+    };
+    f.commit(
+        "main",
+        "add and modify",
+        &[
+            write("services/coupon/src/rules.js", "module.exports = [];\n"),
+            Edit::touch_service("loyalty"),
+            write("docs/notes.md", "outside every service\n"),
+        ],
+    );
+    f.commit(
+        "main",
+        "delete and rename",
+        &[
+            Edit::Delete {
+                path: "services/fraud/behaviour.json".to_owned(),
+            },
+            Edit::Rename {
+                from: "services/reports/VERSION".to_owned(),
+                to: "services/reports/RELEASE".to_owned(),
+            },
+            // Across services: old path under one, new path under another.
+            Edit::Rename {
+                from: "services/pricing/package.json".to_owned(),
+                to: "services/settlement/pricing-package.json".to_owned(),
+            },
+        ],
+    );
+    f.commit(
+        "main",
+        "shared and more",
+        &[
+            Edit::add_migration("backend", "0002_orders"),
+            write("packages/shared/util.js", "module.exports = {};\n"),
+            Edit::touch_service("coupon"),
+        ],
+    );
+    let to = f.fx.head("main").unwrap();
+    let oracle = git_oracle(&f.fx.repo, &from, &to);
+    assert!(
+        oracle.iter().any(|(s, ..)| s.starts_with('R')) && oracle.iter().any(|(s, ..)| s == "D"),
+        "the history must hold renames and deletes: {oracle:?}"
+    );
+    let plan: serde_json::Value = serde_json::from_str(&f.plan(&[
+        "--env", "staging", "--from", &from, "--to", &to, "--format", "json",
+    ]))
+    .unwrap();
+    assert_eq!(plan["changed_paths"], oracle.len(), "{oracle:?}");
+
+    let config = moorline::config::load(&f.fx.config_path).unwrap().config;
+    let under = |p: &str, dir: &str| p == dir || p.starts_with(&format!("{dir}/"));
+    for s in plan["services"].as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        let svc = config.service(name).unwrap();
+        let dirs: Vec<&str> = std::iter::once(svc.path.as_str())
+            .chain(svc.watch.iter().map(String::as_str))
+            .collect();
+        let expected: Vec<&str> = oracle
+            .iter()
+            .filter(|(_, old, new)| {
+                dirs.iter()
+                    .any(|d| under(new, d) || old.as_deref().is_some_and(|o| under(o, d)))
+            })
+            .map(|(_, _, new)| new.as_str())
+            .collect();
+        assert_eq!(s["changed_count"], expected.len(), "{name}: {expected:?}");
+        let change = if expected.is_empty() {
+            "unchanged"
+        } else {
+            "deploy"
+        };
+        assert_eq!(s["change"], change, "{name}");
+        let mut shown: Vec<&str> = s["changed_paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        shown.sort_unstable();
+        let mut expected = expected;
+        expected.sort_unstable();
+        expected.truncate(shown.len());
+        if s["changed_count"].as_u64().unwrap() <= 5 {
+            assert_eq!(shown, expected, "{name}");
+        }
+    }
+}
+
+/// Distinctive secret values that must never be shown.
+const SECRETS: [&str; 5] = [
+    "postgres://app:hunter2-dburl@db.internal/pakashop",
+    "tok-9f8e7d6c-apitoken",
+    "sk_live_stripe_zz9qq",
+    "pw-correct-horse-battery",
+    "custom-plaintext-xyzzy",
+];
+
+#[test]
+fn secrets_never_appear() {
+    let f = Fx::new();
+    let secret_env = |v: &str| {
+        format!(
+            "NODE_ENV=\"production\" DATABASE_URL=\"{}\" API_TOKEN=\"{}\" STRIPE_SECRET_KEY=\"{}\" DB_PASSWORD=\"{}\"\n        env CUSTOM=\"{}\" secret=#true",
+            SECRETS[0], SECRETS[1], SECRETS[2], SECRETS[3], SECRETS[4]
+        )
+        .replace("-dburl", &format!("-dburl{v}"))
+    };
+    f.edit_config("NODE_ENV=\"production\"", &secret_env(""));
+    let head = f.fx.head("main").unwrap();
+    let check = |label: &str, text: &str, old: &[String]| {
+        for s in SECRETS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(old.iter().cloned())
+        {
+            assert!(
+                !text.contains(&s),
+                "{label} shows the secret {s:?}:\n{text}"
+            );
+        }
+        assert!(text.contains("NODE_ENV=production"), "{label}:\n{text}");
+    };
+    // First deploy: every unit is new, its diff shows the whole file.
+    for format in FORMATS {
+        check(
+            format,
+            &f.plan(&["--env", "staging", "--format", format]),
+            &[],
+        );
+    }
+    // Installed units hold the real values; change one secret and NODE_ENV.
+    f.deployed("staging", &head);
+    let installed = std::fs::read_to_string(f.unit_dir().join("pakashop-backend.service")).unwrap();
+    assert!(
+        installed.contains(SECRETS[1]),
+        "the host file holds the value"
+    );
+    let old_url = SECRETS[0].to_owned();
+    let text = std::fs::read_to_string(&f.fx.config_path).unwrap();
+    std::fs::write(
+        &f.fx.config_path,
+        text.replace("-dburl@", "-dburl-rotated@").replace(
+            "NODE_ENV=\"production\"",
+            "NODE_ENV=\"production\" LOG=\"debug\"",
+        ),
+    )
+    .unwrap();
+    let out = f.dir.path().join("saved.plan.json");
+    for format in FORMATS {
+        let shown = f.plan(&[
+            "--env",
+            "staging",
+            "--format",
+            format,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(shown.contains("LOG=debug"), "the diff is there:\n{shown}");
+        check(
+            format,
+            &shown,
+            &[old_url.replace("-dburl@", "-dburl-rotated@")],
+        );
+        let saved = std::fs::read_to_string(&out).unwrap();
+        check(
+            "saved plan",
+            &saved,
+            &[old_url.replace("-dburl@", "-dburl-rotated@")],
+        );
+    }
+    let o = f.run(&["graph", "--env", "staging"]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let dot = String::from_utf8(o.stdout).unwrap();
+    for s in SECRETS {
+        assert!(!dot.contains(s), "dot shows {s}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&f.plan(&["--env", "staging", "--format", "json"])).unwrap();
+    let diffs: Vec<&str> = json["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["unit_diff"].as_str())
+        .collect();
+    assert!(!diffs.is_empty());
+    for d in diffs {
+        assert!(d.contains("(redacted)"), "{d}");
+        check("unit diff", d, &[]);
+    }
+}
+
+/// A command that must fail with exit 1, the diagnostic `code` and no panic.
+fn fails_with(o: &Output, code: &str) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(o));
+    assert!(stderr.contains(code), "{code} missing:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_input_is_a_diagnostic_not_a_panic() {
+    let f = Fx::new();
+    let not_repo = tempfile::tempdir().unwrap();
+    fails_with(
+        &f.run(&[
+            "plan",
+            "--env",
+            "staging",
+            "--repo",
+            not_repo.path().to_str().unwrap(),
+        ]),
+        "moorline::git::not_a_repository",
+    );
+    fails_with(
+        &f.run(&["plan", "--env", "staging", "--to", "nope"]),
+        "moorline::git::unknown_revision",
+    );
+    fails_with(
+        &f.run(&["plan", "--env", "staging", "--from", "nope"]),
+        "moorline::git::unknown_revision",
+    );
+    let from = f.initial();
+    f.commit(
+        "main",
+        "drop coupon",
+        &[Edit::Delete {
+            path: "services/coupon".to_owned(),
+        }],
+    );
+    let o = f.run(&["plan", "--env", "staging", "--from", &from]);
+    fails_with(&o, "moorline::git::service_missing");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("coupon"));
+
+    std::fs::create_dir_all(f.state_dir()).unwrap();
+    std::fs::write(f.state_dir().join("state.json"), "{ not json").unwrap();
+    fails_with(
+        &f.run(&["plan", "--env", "staging", "--to", &from]),
+        "moorline::state::invalid",
+    );
+    std::fs::remove_file(f.state_dir().join("state.json")).unwrap();
+    std::fs::create_dir(f.state_dir().join("state.json")).unwrap();
+    fails_with(
+        &f.run(&["plan", "--env", "staging", "--to", &from]),
+        "moorline::state::unreadable",
+    );
+}
+
+/// The fixture's repository with `pakashop.kdl` (the real configuration)
+/// in place of the generated `moorline.kdl`, in a root commit of its own:
+/// nothing temporary is committed, so every SHA is the same on every machine.
+fn pakashop_repository() -> Fx {
+    let f = Fx::new();
+    let repo = git2::Repository::open(&f.fx.repo).unwrap();
+    let initial = repo.head().unwrap().peel_to_commit().unwrap();
+    let pakashop =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pakashop.kdl")).unwrap();
+    let mut index = git2::Index::new().unwrap();
+    index.read_tree(&initial.tree().unwrap()).unwrap();
+    index.remove_path(Path::new("moorline.kdl")).unwrap();
+    let blob = repo.blob(pakashop.as_bytes()).unwrap();
+    let mut entry = index.get_path(Path::new("README.md"), 0).unwrap();
+    entry.id = blob;
+    entry.file_size = u32::try_from(pakashop.len()).unwrap();
+    entry.path = b"pakashop.kdl".to_vec();
+    index.add(&entry).unwrap();
+    let tree = repo.find_tree(index.write_tree_to(&repo).unwrap()).unwrap();
+    let sig = initial.author();
+    let root = repo
+        .commit(None, &sig, &sig, "Pakashop: initial import", &tree, &[])
+        .unwrap();
+    let root = repo.find_commit(root).unwrap();
+    repo.branch("production", &root, true).unwrap();
+    repo.checkout_tree(
+        tree.as_object(),
+        Some(
+            git2::build::CheckoutBuilder::new()
+                .force()
+                .remove_untracked(true),
+        ),
+    )
+    .unwrap();
+    repo.reference("refs/heads/main", root.id(), true, "pakashop.kdl")
+        .unwrap();
+    f
+}
+
+/// The example plans under `plans/`: (file name, contents).
+fn example_plans() -> Vec<(String, String)> {
+    let f = pakashop_repository();
+    let config = f.fx.repo.join("pakashop.kdl");
+    let plan = |args: &[&str], format: &str| {
+        let mut c = f.cmd(&[]);
+        c.args(["plan", "-c", config.to_str().unwrap(), "--format", format]);
+        c.args(args);
+        let o = c.output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let initial = f.initial();
+    f.commit(
+        "main",
+        "coupon: stacking rules",
+        &[Edit::touch_service("coupon")],
+    );
+    f.commit(
+        "production",
+        "backend: orders table",
+        &[
+            Edit::add_migration("backend", "0002_orders"),
+            Edit::touch_service("backend"),
+        ],
+    );
+    let scenarios: [(&str, Vec<&str>); 3] = [
+        (
+            "staging-first-deploy",
+            vec!["--env", "staging", "--to", &initial],
+        ),
+        (
+            "staging-one-service",
+            vec!["--env", "staging", "--from", &initial, "--to", "main"],
+        ),
+        (
+            "production-migration",
+            vec![
+                "--env",
+                "production",
+                "--from",
+                &initial,
+                "--to",
+                "production",
+            ],
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, args) in &scenarios {
+        for (ext, format) in [("md", "markdown"), ("json", "json")] {
+            let text = plan(args, format);
+            assert!(
+                !text.contains(&*f.dir.path().to_string_lossy()),
+                "{name}.{ext} holds a temporary path"
+            );
+            out.push((format!("{name}.{ext}"), text));
+        }
+    }
+    out
+}
+
+/// `plans/` holds the rendered example plans of pakashop.kdl. Regenerate with
+/// `MOORLINE_REGEN_PLANS=1 cargo test --test it plans_are_current`.
+#[test]
+fn plans_are_current() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("plans");
+    let regen = std::env::var("MOORLINE_REGEN_PLANS").as_deref() == Ok("1");
+    let mut stale = Vec::new();
+    for (name, text) in example_plans() {
+        let path = dir.join(&name);
+        if regen {
+            std::fs::write(&path, &text).unwrap();
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            stale.push(name);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "plans/ is out of date ({}); regenerate with `MOORLINE_REGEN_PLANS=1 cargo test --test it plans_are_current` and review the diff",
+        stale.join(", ")
+    );
+}
