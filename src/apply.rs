@@ -985,6 +985,7 @@ async fn perform(
                 .map_err(|e| format!("writing {}: {e}", path.display()))?;
             Ok(None)
         }
+        ActionKind::Barrier => Ok(None),
         ActionKind::DaemonReload => {
             ctx.systemd
                 .daemon_reload()

@@ -408,6 +408,50 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         }
         v
     };
+    let installs_planned = unit_changes
+        .values()
+        .filter(|(c, _)| matches!(c, UnitChange::New | UnitChange::Changed))
+        .count();
+    let mut restarts_in_phase = vec![0usize; config.phases.len()];
+    for i in affected
+        .keys()
+        .copied()
+        .chain(
+            unit_changes
+                .iter()
+                .filter(|(_, (c, _))| matches!(c, UnitChange::New | UnitChange::Changed))
+                .map(|(i, _)| *i),
+        )
+        .collect::<BTreeSet<usize>>()
+    {
+        restarts_in_phase[config.services[i].phase_index] += 1;
+    }
+    let first_consumers = if installs_planned > 0 {
+        installs_planned
+    } else {
+        restarts_in_phase
+            .iter()
+            .copied()
+            .find(|n| *n > 0)
+            .unwrap_or(1)
+    };
+    let last_prepare = if needs_barrier(last_prepare.len(), first_consumers) {
+        let b = push(
+            barrier(
+                "built",
+                None,
+                "every build and migration succeeded; nothing live has changed before this point",
+            ),
+            (0, ActionKind::Barrier, 0),
+            &mut actions,
+        );
+        for p in &last_prepare {
+            edges.push((*p, b));
+        }
+        vec![b]
+    } else {
+        last_prepare
+    };
 
     // Unit installs and one daemon-reload.
     let mut installs: BTreeMap<usize, usize> = BTreeMap::new();
@@ -576,6 +620,28 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             })
             .filter_map(|i| health_of.get(i).copied())
             .collect();
+        let next_consumers = restarts_in_phase
+            .iter()
+            .skip(pi + 1)
+            .copied()
+            .find(|n| *n > 0)
+            .unwrap_or(1);
+        if needs_barrier(previous_phase_health.len(), next_consumers) {
+            let phase = &config.phases[pi].name;
+            let b = push(
+                barrier(
+                    &format!("ready:{phase}"),
+                    Some(phase),
+                    &format!("every restarted service of phase {phase} is ready"),
+                ),
+                (pi, ActionKind::Barrier, 0),
+                &mut actions,
+            );
+            for h in &previous_phase_health {
+                edges.push((*h, b));
+            }
+            previous_phase_health = vec![b];
+        }
         first_restart_phase = false;
     }
 
@@ -714,6 +780,28 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         rollback,
         warnings,
     })
+}
+
+/// Whether `from` actions all preceding `to` actions is cheaper through a
+/// barrier: `from × to` direct edges against `from + to`.
+fn needs_barrier(from: usize, to: usize) -> bool {
+    from > 1 && to > 1 && from * to > from + to
+}
+
+fn barrier(id: &str, phase: Option<&str>, reason: &str) -> Action {
+    Action {
+        id: id.to_owned(),
+        kind: ActionKind::Barrier,
+        service: None,
+        phase: phase.map(str::to_owned),
+        reason: reason.to_owned(),
+        after: Vec::new(),
+        command: None,
+        dir: None,
+        unit: None,
+        url: None,
+        timeout_secs: None,
+    }
 }
 
 /// The fingerprint: SHA-256 over the canonical JSON of every input.

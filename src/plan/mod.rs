@@ -77,6 +77,10 @@ pub enum ActionKind {
     Restart,
     Health,
     ReloadProxy,
+    /// A no-op that only orders: "everything before me succeeded". Used
+    /// where many actions wait for many others, so a fleet of N services
+    /// has O(N) edges instead of O(N²).
+    Barrier,
 }
 
 impl ActionKind {
@@ -90,6 +94,7 @@ impl ActionKind {
             Self::Restart => "restart",
             Self::Health => "health",
             Self::ReloadProxy => "reload-proxy",
+            Self::Barrier => "barrier",
         }
     }
 

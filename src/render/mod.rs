@@ -10,8 +10,6 @@ mod text;
 pub use markdown::markdown;
 pub use text::text;
 
-use std::fmt::Write as _;
-
 use crate::plan::{Plan, ServiceChange, UnitChange};
 
 /// The JSON contract (docs/plan-format.md), pretty-printed, newline-ended.
