@@ -7,6 +7,7 @@
 
 mod config;
 mod config_fuzz;
+mod demo;
 mod deploy;
 mod ops;
 mod plan;
