@@ -456,3 +456,160 @@ async fn a_second_apply_fails_at_once_naming_the_holder() {
     assert!(first.wait().unwrap().success());
     w.stop_all(&sd).await;
 }
+
+/// Start times of every service's main process, by phase.
+async fn start_times(w: &World, sd: &Systemd) -> BTreeMap<String, (String, u64)> {
+    let mut out = BTreeMap::new();
+    for s in &w.fx.services {
+        let st = sd.status(&w.unit(&s.name)).await.unwrap();
+        out.insert(
+            s.name.clone(),
+            (s.phase.clone(), st.exec_main_start_timestamp_us),
+        );
+    }
+    out
+}
+
+/// Every service of a phase started after every service of the phases
+/// before it had started (and, per the plan, become ready).
+fn assert_phase_order(times: &BTreeMap<String, (String, u64)>, only: Option<&[&str]>) {
+    let phases = moorline::fixture::PHASES;
+    let mut last_max = 0u64;
+    for phase in phases {
+        let in_phase: Vec<u64> = times
+            .iter()
+            .filter(|(n, (p, _))| p == phase && only.is_none_or(|o| o.contains(&n.as_str())))
+            .map(|(_, (_, t))| *t)
+            .collect();
+        if in_phase.is_empty() {
+            continue;
+        }
+        let min = *in_phase.iter().min().unwrap();
+        assert!(
+            min > last_max,
+            "phase {phase} started before the previous phase: {times:?}"
+        );
+        last_max = *in_phase.iter().max().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_follow_the_phases_and_stop_at_a_service_that_is_not_ready() {
+    let Some(w) = World::new("d7", 21600) else {
+        return;
+    };
+    short_ready_timeout(&w, 3);
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    assert_phase_order(&start_times(&w, &sd).await, None);
+
+    let before = w.invocations(&sd).await;
+    let log = ok(&w.run(&["restart", "--env", "staging", "--yes"]));
+    assert!(!log.contains("build:"), "{log}");
+    let after = w.invocations(&sd).await;
+    assert!(
+        before.iter().all(|(k, v)| after[k] != *v),
+        "every service restarted"
+    );
+    assert_phase_order(&start_times(&w, &sd).await, None);
+    w.all_ready(&sd).await;
+
+    // --service with --with-dependents: gateway, and backend that depends on it.
+    let before = w.invocations(&sd).await;
+    ok(&w.run(&[
+        "restart",
+        "--env",
+        "staging",
+        "--service",
+        "gateway",
+        "--with-dependents",
+        "--yes",
+    ]));
+    let after = w.invocations(&sd).await;
+    let restarted: Vec<&str> = after
+        .iter()
+        .filter(|(k, v)| before[*k] != **v)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(restarted, ["backend", "gateway"]);
+    assert_phase_order(&start_times(&w, &sd).await, Some(&["gateway", "backend"]));
+
+    // A service whose readiness never comes stops the restart there.
+    let ready_file =
+        w.fx.env_root("staging")
+            .join("gateway/current/behaviour.json");
+    let live = std::fs::read_link(w.fx.env_root("staging").join("gateway/current")).unwrap();
+    let _ = live;
+    let mut behaviour: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ready_file).unwrap()).unwrap();
+    behaviour["ready"] = serde_json::Value::Bool(false);
+    std::fs::write(&ready_file, behaviour.to_string()).unwrap();
+    let before = w.invocations(&sd).await;
+    let out = w.run(&["restart", "--env", "staging", "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_ne!(code(&out), 0, "{err}");
+    assert!(err.contains("FAILED health:gateway"), "{err}");
+    let after = w.invocations(&sd).await;
+    for s in ["backend", "search", "pricing"] {
+        assert_eq!(
+            before[s], after[s],
+            "{s} must not restart after gateway failed\n{err}"
+        );
+    }
+    behaviour["ready"] = serde_json::Value::Bool(true);
+    std::fs::write(&ready_file, behaviour.to_string()).unwrap();
+    w.stop_all(&sd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_gracefully_and_resume_finishes() {
+    let Some(w) = World::new("d8", 21700) else {
+        return;
+    };
+    short_ready_timeout(&w, 30);
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let sha = w.commit(
+        "main",
+        "slow gateway",
+        &[
+            Edit::slow_readiness("gateway", 1500),
+            Edit::touch_service("backend"),
+        ],
+    );
+    let child = w
+        .cmd(&["apply", "--env", "staging", "--yes"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until gateway's readiness is being polled, then SIGTERM.
+    let journal = w.state.join("journal.jsonl");
+    for _ in 0..300 {
+        let text = std::fs::read_to_string(&journal).unwrap_or_default();
+        if text.contains("\"action\":\"health:gateway\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 4, "{err}");
+    assert!(
+        err.contains("moorline apply --resume --env staging"),
+        "{err}"
+    );
+    // gateway's health finished; backend (next phase) never started.
+    assert_ne!(
+        w.live("staging", "backend").as_deref(),
+        Some(sha.as_str()),
+        "{err}"
+    );
+    ok(&w.run(&["apply", "--resume", "--env", "staging"]));
+    assert_eq!(w.live("staging", "backend").as_deref(), Some(sha.as_str()));
+    w.all_ready(&sd).await;
+    w.stop_all(&sd).await;
+}
