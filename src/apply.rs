@@ -57,6 +57,9 @@ pub enum ApplyError {
 /// How the run reports progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
+    /// A live view on a terminal: finished events scroll above a spinner
+    /// line naming the running actions and their elapsed time.
+    Live,
     /// One line per event on standard error.
     Lines,
     /// JSON lines on standard output.
@@ -132,9 +135,52 @@ pub fn new_apply_id() -> String {
     )
 }
 
+/// The live view's spinner (one per process: one apply runs at a time).
+static LIVE: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
+
+fn live_bar() -> &'static indicatif::ProgressBar {
+    LIVE.get_or_init(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}") {
+            bar.set_style(style);
+        }
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    })
+}
+
+/// Updates the live view's line with the running actions.
+fn show_running(progress: Progress, running: &BTreeMap<String, Instant>) {
+    if progress != Progress::Live {
+        return;
+    }
+    let mut names: Vec<String> = running
+        .iter()
+        .map(|(id, t)| format!("{id} {:.1}s", t.elapsed().as_secs_f64()))
+        .collect();
+    let more = names.len().saturating_sub(4);
+    names.truncate(4);
+    let msg = if more > 0 {
+        format!("running {} (+{more})", names.join(", "))
+    } else {
+        format!("running {}", names.join(", "))
+    };
+    live_bar().set_message(msg);
+}
+
 fn emit(progress: Progress, event: &str, action: &str, detail: &str) {
     match progress {
         Progress::Quiet => {}
+        Progress::Live => {
+            let line = if detail.is_empty() {
+                format!("{event:>10} {action}")
+            } else {
+                format!("{event:>10} {action}: {detail}")
+            };
+            if event != "start" {
+                live_bar().println(line);
+            }
+        }
         Progress::Lines => {
             if detail.is_empty() {
                 eprintln!("{event:>10} {action}");
@@ -285,6 +331,7 @@ async fn run(
     let builds = Arc::new(Semaphore::new(ctx.options.jobs.max(1)));
     let mut running: JoinSet<(String, Result<Option<String>, String>)> = JoinSet::new();
     let mut in_flight: BTreeSet<String> = BTreeSet::new();
+    let mut running_since: BTreeMap<String, Instant> = BTreeMap::new();
     let mut failed: Vec<(String, String)> = Vec::new();
     let mut stopping = false;
     let mut interrupted = false;
@@ -314,6 +361,8 @@ async fn run(
                 })?;
                 emit(progress, "start", &a.id, "");
                 in_flight.insert(a.id.clone());
+                running_since.insert(a.id.clone(), Instant::now());
+                show_running(progress, &running_since);
                 let ctx2 = Arc::clone(&ctx);
                 let j2 = Arc::clone(&journal);
                 let a2 = (*a).clone();
@@ -350,6 +399,8 @@ async fn run(
             Err(e) => (String::from("?"), Err(format!("task failed: {e}"))),
         };
         in_flight.remove(&id);
+        running_since.remove(&id);
+        show_running(progress, &running_since);
         match res {
             Ok(note) => {
                 journal_append(
@@ -385,6 +436,9 @@ async fn run(
         }
     }
 
+    if progress == Progress::Live {
+        live_bar().finish_and_clear();
+    }
     let succeeded: Vec<String> = plan
         .actions
         .iter()

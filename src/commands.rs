@@ -367,6 +367,7 @@ pub async fn executor(
     let systemd = crate::systemd::Systemd::connect(t.systemd).await?;
     let progress = match format {
         Format::Json => crate::apply::Progress::Json,
+        _ if report::stderr_color() => crate::apply::Progress::Live,
         _ => crate::apply::Progress::Lines,
     };
     Ok(std::sync::Arc::new(crate::apply::Ctx {
