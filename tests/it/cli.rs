@@ -1,0 +1,98 @@
+//! The command line itself: config discovery, `validate`'s exit codes and
+//! summary, completions, the man page, help.
+
+use std::process::{Command, Output};
+
+fn moorline(dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_moorline"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("MOORLINE_CONFIG")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn validate_finds_the_config_and_summarises_it() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = moorline(root, &["validate", "-c", "pakashop.kdl"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("19 services, 5 phases, 2 environments"),
+        "{}",
+        text(&o)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    // None: a clear error.
+    let o = moorline(dir.path(), &["validate"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("moorline::config::not_found"),
+        "{}",
+        text(&o)
+    );
+    // The only *.kdl here.
+    std::fs::copy(root.join("pakashop.kdl"), dir.path().join("shop.kdl")).unwrap();
+    let o = moorline(dir.path(), &["validate"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Several: a clear error naming them.
+    std::fs::write(
+        dir.path().join("other.kdl"),
+        "project \"x\"\nservice \"a\" { port 0; }\n",
+    )
+    .unwrap();
+    let o = moorline(dir.path(), &["validate"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("other.kdl, shop.kdl"), "{}", text(&o));
+    // MOORLINE_CONFIG picks one.
+    let o = Command::new(env!("CARGO_BIN_EXE_moorline"))
+        .current_dir(dir.path())
+        .arg("validate")
+        .env("MOORLINE_CONFIG", "shop.kdl")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // An invalid file: exit 1, every problem.
+    let o = moorline(dir.path(), &["validate", "-c", "other.kdl"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("moorline::config::"), "{}", text(&o));
+}
+
+#[test]
+fn completions_man_page_and_help() {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for shell in ["bash", "zsh", "fish"] {
+        let o = moorline(here, &["completions", shell]);
+        assert!(o.status.success());
+        let s = String::from_utf8_lossy(&o.stdout);
+        assert!(s.contains("moorline") && s.contains("rollback"), "{shell}");
+    }
+    let o = moorline(here, &["man"]);
+    assert!(o.status.success());
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.starts_with(".ie") || s.contains(".TH"), "{s}");
+    let o = moorline(here, &["--help"]);
+    let s = String::from_utf8_lossy(&o.stdout);
+    for cmd in [
+        "validate", "plan", "apply", "rollback", "status", "graph", "backup", "demo",
+    ] {
+        assert!(s.contains(cmd), "--help lists {cmd}");
+    }
+    assert!(s.contains("Exit codes"), "{s}");
+    // An unknown command is a usage error (exit 1, never 2, which means
+    // "the plan has changes"), not a panic.
+    let o = moorline(here, &["deploy-everything"]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = moorline(here, &["plan", "--detailed-exitcode"]);
+    assert_eq!(o.status.code(), Some(1), "a missing --env");
+}
