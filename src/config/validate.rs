@@ -888,40 +888,70 @@ impl Validator<'_> {
                 }
             }
         }
-        // Depth-first search for cycles; each cycle reported once, from its
-        // smallest name, with every edge labelled.
-        let mut reported: Vec<Vec<String>> = Vec::new();
-        for start in by_name.keys() {
-            let mut stack: Vec<(&str, usize)> = vec![(start, 0)];
-            let mut on_path: Vec<&str> = vec![start];
-            while let Some((node, idx)) = stack.last_mut() {
-                let deps = &by_name[*node].depends_on;
-                if *idx >= deps.len() {
-                    stack.pop();
-                    on_path.pop();
-                    continue;
+        // Cycles: one per strongly connected component (Tarjan, linear),
+        // named by the shortest cycle through its smallest service, with
+        // every edge labelled. Enumerating all cycles would be exponential
+        // on a dense (hostile) dependency graph.
+        let names: Vec<&str> = by_name.keys().copied().collect();
+        let index: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let mut g: petgraph::graph::DiGraph<usize, ()> = petgraph::graph::DiGraph::new();
+        let nodes: Vec<_> = (0..names.len()).map(|i| g.add_node(i)).collect();
+        for (i, n) in names.iter().enumerate() {
+            for d in &by_name[n].depends_on {
+                if let Some(j) = index.get(d.value.as_str())
+                    && *j != i
+                {
+                    g.add_edge(nodes[i], nodes[*j], ());
                 }
-                let next = deps[*idx].value.as_str();
-                *idx += 1;
-                if next == *node || !by_name.contains_key(next) {
-                    continue;
-                }
-                if next == *start {
-                    let cycle: Vec<String> = on_path.iter().map(|s| (*s).to_owned()).collect();
-                    let mut key = cycle.clone();
-                    key.sort();
-                    if !reported.contains(&key) && cycle.iter().all(|c| c.as_str() >= *start) {
-                        reported.push(key);
-                        self.cycle(&cycle, &by_name);
-                    }
-                    continue;
-                }
-                if on_path.contains(&next) || on_path.len() > by_name.len() {
-                    continue;
-                }
-                on_path.push(next);
-                stack.push((next, 0));
             }
+        }
+        let mut sccs: Vec<Vec<usize>> = petgraph::algo::tarjan_scc(&g)
+            .into_iter()
+            .filter(|c| c.len() > 1)
+            .map(|c| {
+                let mut v: Vec<usize> = c.into_iter().map(|n| g[n]).collect();
+                v.sort_unstable();
+                v
+            })
+            .collect();
+        sccs.sort();
+        for scc in sccs {
+            let start = scc[0];
+            // Breadth-first from `start` back to itself, inside the component.
+            let mut prev: BTreeMap<usize, usize> = BTreeMap::new();
+            let mut queue = std::collections::VecDeque::from([start]);
+            let mut found = None;
+            while let Some(cur) = queue.pop_front() {
+                for d in &by_name[names[cur]].depends_on {
+                    let Some(&next) = index.get(d.value.as_str()) else {
+                        continue;
+                    };
+                    if !scc.contains(&next) || next == cur {
+                        continue;
+                    }
+                    if next == start {
+                        found = Some(cur);
+                        break;
+                    }
+                    if let std::collections::btree_map::Entry::Vacant(e) = prev.entry(next) {
+                        e.insert(cur);
+                        queue.push_back(next);
+                    }
+                }
+                if found.is_some() {
+                    break;
+                }
+            }
+            let Some(mut last) = found else { continue };
+            let mut path = vec![last];
+            while last != start {
+                let Some(&p) = prev.get(&last) else { break };
+                path.push(p);
+                last = p;
+            }
+            path.reverse();
+            let cycle: Vec<String> = path.iter().map(|i| names[*i].to_owned()).collect();
+            self.cycle(&cycle, &by_name);
         }
     }
 
