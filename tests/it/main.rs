@@ -8,6 +8,7 @@
 mod config;
 mod config_fuzz;
 mod deploy;
+mod docs;
 mod ops;
 mod rollback;
 mod sandbox;
