@@ -10,6 +10,7 @@ mod config;
 mod config_fuzz;
 mod demo;
 mod deploy;
+mod docs;
 mod ops;
 mod plan;
 mod rollback;
