@@ -523,7 +523,9 @@ fn take(j: Shared) -> Result<Journal, JournalError> {
 fn live_changed(records: &[Record]) -> bool {
     records.iter().any(|r| {
         matches!(r, Record::Switch { .. } | Record::UnitReplace { .. })
-            || matches!(r, Record::Started { action } if action == "daemon-reload" || action == "reload-proxy")
+            || matches!(r, Record::Started { action } if action == "daemon-reload"
+                || action == "reload-proxy"
+                || action.starts_with("restart:"))
     })
 }
 
@@ -560,8 +562,11 @@ async fn finish_failed(
         return Ok(report);
     }
     if !ctx.options.rollback_on_failure && !resuming_rollback {
+        // Left open on purpose: the journal knows what was switched, so
+        // `rollback` undoes exactly this apply and `apply --resume` retries
+        // it; a new apply is refused until one of them is chosen.
         record_outcome(ctx, plan, apply_id, &records, "failed")?;
-        take(journal)?.finish("failed-kept", apply_id)?;
+        drop(journal);
         report.outcome = Outcome::NeedsAttention;
         report.millis = millis();
         return Ok(report);

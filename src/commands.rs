@@ -274,15 +274,17 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
     let t = settings::resolve(global, &env_name)?;
     let _lock = crate::lock::acquire(&t.state_dir, "apply")?;
     let rt = runtime()?;
-    rt.block_on(async {
-        let ctx = executor(
+    let connect = || {
+        executor(
             &t,
             args.jobs,
             args.on_failure == OnFailure::Rollback,
             args.format,
         )
-        .await?;
+    };
+    rt.block_on(async {
         if args.resume {
+            let ctx = connect().await?;
             return match crate::apply::resume(std::sync::Arc::clone(&ctx)).await? {
                 None => {
                     println!("nothing to resume: no unfinished apply of {env_name}");
@@ -352,6 +354,8 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
             println!("nothing to apply: {env_name} is up to date");
             return Ok(exit::OK);
         }
+        // Only now, with a plan that is worth applying, talk to systemd.
+        let ctx = connect().await?;
         let report = crate::apply::apply(ctx, plan).await?;
         Ok(print_report(&report, &env_name, args.format))
     })
@@ -432,7 +436,7 @@ pub fn print_report(r: &crate::apply::Report, env: &str, format: Format) -> i32 
                         eprintln!("rollback problem: {e}");
                     }
                     eprintln!(
-                        "left as is for inspection; roll back with: moorline rollback --env {env}"
+                        "left as is for inspection; undo this apply with `moorline rollback --env {env}`, or fix the cause and retry it with `moorline apply --resume --env {env}`"
                     );
                 }
             }

@@ -104,10 +104,16 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
             crate::apply::roll_back_unfinished(std::sync::Arc::clone(&ctx)).await?
         {
             eprintln!(
-                "the interrupted apply {} was rolled back from its journal",
+                "the unfinished apply {} was rolled back from its journal",
                 report.apply_id
             );
-            return Ok(print_report(&report, &args.env, args.format));
+            let code = print_report(&report, &args.env, args.format);
+            // Asked for a rollback and got one: that is success.
+            return Ok(if report.outcome == crate::apply::Outcome::RolledBack {
+                exit::OK
+            } else {
+                code
+            });
         }
         let loaded = state::load(&t.state_dir, &t.config().project.name, &t.env.name)?;
         let Some(st) = loaded.state.clone() else {

@@ -379,7 +379,21 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                     if names.len() == 1 { "s" } else { "" }
                 ),
                 after: Vec::new(),
-                command: Some(b.run.argv.clone()),
+                command: Some(
+                    b.run
+                        .argv
+                        .iter()
+                        .map(|x| {
+                            template::render(
+                                x,
+                                &Vars {
+                                    root: Some(&env.root),
+                                    ..Vars::default()
+                                },
+                            )
+                        })
+                        .collect(),
+                ),
                 dir: None,
                 unit: None,
                 url: None,

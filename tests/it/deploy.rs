@@ -384,8 +384,18 @@ async fn failed_start_or_readiness_rolls_back_to_the_previous_release() {
     }
     // --on-failure stop keeps the failure for inspection (exit 4).
     w.commit("main", "again", &[Edit::touch_service("backend")]);
+    w.commit("main", "broken again", &[Edit::crash_on_start("backend")]);
     let out = w.run(&["apply", "--env", "staging", "--yes", "--on-failure", "stop"]);
     assert_eq!(code(&out), 4, "{}", String::from_utf8_lossy(&out.stderr));
+    // Left as is: a new apply is refused until the failure is dealt with,
+    // and `rollback` undoes exactly the failed apply.
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unfinished"));
+    ok(&w.run(&["rollback", "--env", "staging", "--yes"]));
+    for s in ["config", "gateway", "backend"] {
+        assert_eq!(w.live("staging", s).as_deref(), Some(good.as_str()), "{s}");
+    }
+    w.all_ready(&sd).await;
     w.stop_all(&sd).await;
 }
 
