@@ -9,6 +9,7 @@ mod config;
 mod config_fuzz;
 mod deploy;
 mod ops;
+mod realdb;
 mod rollback;
 mod sandbox;
 mod support;
