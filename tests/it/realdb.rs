@@ -342,15 +342,22 @@ const MIGRATE_SH: &str = concat!(
     r#"echo "applied $n"; fi; done"#,
 );
 
-/// A plain-SQL dump, gzipped; `pipefail` so a failing `pg_dump` fails the backup instead of
-/// leaving a valid gzip of nothing.
-const BACKUP_RUN: &str =
-    r#"set -o pipefail; pg_dump --no-owner --no-privileges "$DATABASE_URL" | gzip > "$1""#;
-
-/// A restore must bring the database back to the backup's content: objects created after the
-/// backup (a table a later migration added) are not in the dump, so the schema is dropped and
-/// recreated first, all in one transaction that stops at the first error.
-const BACKUP_RESTORE: &str = r#"set -o pipefail; { echo 'DROP SCHEMA public CASCADE; CREATE SCHEMA public;'; gunzip -c "$1"; } | psql -X -q -o /dev/null -v ON_ERROR_STOP=1 --single-transaction "$DATABASE_URL""#;
+/// The `run` and `restore` lines of production's backup block in `pakashop.kdl`, verbatim:
+/// the tests check the commands Pakashop deploys with. They dump with `pg_dump | gzip` under
+/// `pipefail`, and restore by recreating the `public` schema (objects created after the backup
+/// are not in the dump) and feeding the dump to `psql -v ON_ERROR_STOP=1 --single-transaction`.
+fn pakashop_backup_commands() -> (String, String) {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pakashop.kdl")).unwrap();
+    let line = |node: &str| {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(node) && l.contains("{backup}"))
+            .unwrap_or_else(|| panic!("no `{node}` in pakashop.kdl's backup block"))
+            .to_owned()
+    };
+    (line("run "), line("restore "))
+}
 
 /// A World whose production environment backs up and migrates the real database at `url`.
 fn db_world(prefix: &str, port_base: u16, url: &str, keep: u32) -> Option<World> {
@@ -364,11 +371,9 @@ fn db_world(prefix: &str, port_base: u16, url: &str, keep: u32) -> Option<World>
             .find("\n    }\n")
             .expect("end of backup block")
         + 7;
+    let (run, restore) = pakashop_backup_commands();
     let block = format!(
-        "    env-file \"{}\"\n    backup {{\n        \
-         run \"bash\" \"-c\" #\"{BACKUP_RUN}\"# \"pg_dump\" \"{{backup}}\"\n        \
-         restore \"bash\" \"-c\" #\"{BACKUP_RESTORE}\"# \"psql\" \"{{backup}}\"\n        \
-         keep {keep}\n    }}\n",
+        "    env-file \"{}\"\n    backup {{\n        {run}\n        {restore}\n        keep {keep}\n    }}\n",
         env_file.display()
     );
     let mut text = format!("{}{block}{}", &text[..start], &text[end..]);
@@ -738,12 +743,13 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
     (status, body.trim().to_owned())
 }
 
-/// Polls `/version` until it says `want` (a reload's new workers take a moment).
-async fn wait_version(port: u16, want: &str) -> String {
-    let mut got = String::new();
-    for _ in 0..100 {
-        got = http_get(port, "/version").1;
-        if got == want {
+/// Polls until `/version` says `want` and `/worker` names another worker than `old`: after a
+/// reload the old worker may still take a connection or two while it shuts down gracefully.
+async fn wait_reloaded(port: u16, want: &str, old: &str) -> (String, String) {
+    let mut got = (String::new(), String::new());
+    for _ in 0..200 {
+        got = (http_get(port, "/version").1, http_get(port, "/worker").1);
+        if got.0 == want && got.1 != old {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -779,8 +785,9 @@ async fn real_nginx_is_reloaded_after_a_deploy_and_a_failing_check_rolls_back() 
         .clone();
     assert_eq!(reload["unit"], ngx.unit.as_str());
     ok(&w.run(&["apply", "--env", "staging", "--yes"]));
-    assert_eq!(wait_version(ngx.port, "v2").await, "v2");
-    assert_ne!(http_get(ngx.port, "/worker").1, worker, "new workers");
+    let (version, new_worker) = wait_reloaded(ngx.port, "v2", &worker).await;
+    assert_eq!(version, "v2");
+    assert_ne!(new_worker, worker, "new workers");
     let now = sd.status(&ngx.unit).await.unwrap();
     assert_eq!(now.main_pid, master.main_pid, "same master");
     assert_eq!(now.invocation_id, master.invocation_id, "not restarted");
