@@ -13,6 +13,7 @@ mod deploy;
 mod docs;
 mod ops;
 mod plan;
+mod realdb;
 mod rollback;
 mod sandbox;
 mod support;
