@@ -2,6 +2,7 @@
 //! between them (renames followed), read with git2 from the object
 //! database only; the working tree is never looked at or touched.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use git2::{Delta, DiffFindOptions, DiffOptions, ObjectType, Oid, Repository, Tree};
@@ -116,6 +117,10 @@ pub struct Repo {
 impl Repo {
     /// Opens the repository that contains `path`.
     pub fn discover(path: &Path) -> Result<Self, GitError> {
+        // libgit2 re-hashes every object it reads by default; git itself
+        // does not (only `git fsck` does). Planning reads thousands of
+        // trees, and the SHA-1 work dominated a 2,000-service plan.
+        git2::opts::strict_hash_verification(false);
         let repo = Repository::discover(path).map_err(|source| GitError::NotARepository {
             path: path.display().to_string(),
             source,
@@ -247,6 +252,15 @@ impl Repo {
         })
     }
 
+    /// The tree of `sha`, read once for many path look-ups.
+    pub fn snapshot(&self, sha: &str) -> Result<Snapshot<'_>, GitError> {
+        Ok(Snapshot {
+            repo: &self.repo,
+            tree: self.tree(sha)?,
+            dirs: std::cell::RefCell::new(HashMap::new()),
+        })
+    }
+
     /// Whether `path` exists (as a file or directory) at `sha`.
     pub fn exists(&self, sha: &str, path: &str) -> Result<bool, GitError> {
         let tree = self.tree(sha)?;
@@ -349,6 +363,54 @@ impl Repo {
             }
         }
         Ok(())
+    }
+}
+
+/// One commit's tree, for repeated look-ups: directories read once are
+/// kept, so a `services/` directory with thousands of entries is inflated
+/// and parsed once, not once per service (libgit2 does not cache large
+/// trees by default).
+pub struct Snapshot<'r> {
+    repo: &'r Repository,
+    tree: Tree<'r>,
+    dirs: std::cell::RefCell<HashMap<String, Tree<'r>>>,
+}
+
+impl Snapshot<'_> {
+    /// (object id, is a directory) of `path`.
+    fn entry(&self, path: &str) -> Option<(Oid, bool)> {
+        let (dir, name) = match path.trim_end_matches('/').rsplit_once('/') {
+            Some((d, n)) => (d, n),
+            None => ("", path.trim_end_matches('/')),
+        };
+        if dir.is_empty() {
+            let e = self.tree.get_name(name)?;
+            return Some((e.id(), e.kind() == Some(ObjectType::Tree)));
+        }
+        if !self.dirs.borrow().contains_key(dir) {
+            let (id, is_dir) = self.entry(dir)?;
+            if !is_dir {
+                return None;
+            }
+            let t = self.repo.find_tree(id).ok()?;
+            self.dirs.borrow_mut().insert(dir.to_owned(), t);
+        }
+        let dirs = self.dirs.borrow();
+        let e = dirs.get(dir)?.get_name(name)?;
+        Some((e.id(), e.kind() == Some(ObjectType::Tree)))
+    }
+
+    pub fn exists(&self, path: &str) -> bool {
+        self.entry(path).is_some()
+    }
+
+    pub fn is_dir(&self, path: &str) -> bool {
+        self.entry(path).is_some_and(|(_, d)| d)
+    }
+
+    /// The object id of `path` (`None`: absent).
+    pub fn path_id(&self, path: &str) -> Option<String> {
+        self.entry(path).map(|(id, _)| id.to_string())
     }
 }
 

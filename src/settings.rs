@@ -195,7 +195,14 @@ fn units_at(t: &Target, sha: &str) -> Option<BTreeMap<String, Option<String>>> {
     let rel = abs.strip_prefix(&root).ok()?;
     let bytes = t.repo.read(sha, &rel.to_string_lossy()).ok()??;
     let text = String::from_utf8(bytes).ok()?;
-    let old = config::parse("old", &text).ok()?;
+    // Unchanged configuration (the common case): no second parse.
+    let parsed;
+    let old = if text == t.loaded.text {
+        t.config()
+    } else {
+        parsed = config::parse("old", &text).ok()?;
+        &parsed
+    };
     let env = old.environment(&t.env.name)?;
     Some(
         t.config()

@@ -122,9 +122,11 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
     }
 
     let state = host.state.as_ref();
+    let target = repo.snapshot(&to.sha)?;
+    let mut live_trees: HashMap<String, crate::changes::Snapshot<'_>> = HashMap::new();
     let mut affected: BTreeMap<usize, Affected> = BTreeMap::new();
     for (i, s) in config.services.iter().enumerate() {
-        if !repo.is_dir(&to.sha, &s.path)? {
+        if !target.is_dir(&s.path) {
             return Err(GitError::ServiceMissing {
                 service: s.name.clone(),
                 path: s.path.clone(),
@@ -164,10 +166,15 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             // It runs a release other than the deployed revision's (its last
             // change was older, or it was rolled back by hand): compare its
             // own inputs at that release with the target.
+            if !live_trees.contains_key(&live.revision) {
+                live_trees.insert(live.revision.clone(), repo.snapshot(&live.revision)?);
+            }
             let mut differ = Vec::new();
-            for p in std::iter::once(&s.path).chain(&s.watch) {
-                if repo.path_id(&live.revision, p)? != repo.path_id(&to.sha, p)? {
-                    differ.push(p.as_str());
+            if let Some(old) = live_trees.get(&live.revision) {
+                for p in std::iter::once(&s.path).chain(&s.watch) {
+                    if old.path_id(p) != target.path_id(p) {
+                        differ.push(p.as_str());
+                    }
                 }
             }
             if !differ.is_empty() && hits[i].is_empty() {
@@ -188,7 +195,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         let mut migrates = false;
         if let Some(m) = config.runtime_of(s).and_then(|r| r.migrate.as_ref()) {
             let exists = match &m.if_exists {
-                Some(f) => repo.exists(&to.sha, &format!("{}/{f}", s.path))?,
+                Some(f) => target.exists(&format!("{}/{f}", s.path)),
                 None => true,
             };
             if exists {
