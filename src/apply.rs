@@ -151,6 +151,11 @@ fn emit(progress: Progress, event: &str, action: &str, detail: &str) {
 
 type Shared = Arc<Mutex<Journal>>;
 
+/// Milliseconds since `t`, for the journal's `at_ms` fields.
+fn millis_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 fn journal_append(j: &Shared, r: &Record) -> Result<(), String> {
     let mut g = j.lock().map_err(|_| "journal lock poisoned".to_owned())?;
     g.append(r).map_err(|e| e.to_string())
@@ -306,6 +311,7 @@ async fn run(
                     &journal,
                     &Record::Started {
                         action: a.id.clone(),
+                        at_ms: Some(millis_since(started)),
                     },
                 )
                 .map_err(|e| JournalError::Write {
@@ -357,6 +363,7 @@ async fn run(
                     &Record::Succeeded {
                         action: id.clone(),
                         note: note.clone(),
+                        at_ms: Some(millis_since(started)),
                     },
                 )
                 .map_err(|e| JournalError::Write {
@@ -469,7 +476,7 @@ fn take(j: Shared) -> Result<Journal, JournalError> {
 fn live_changed(records: &[Record]) -> bool {
     records.iter().any(|r| {
         matches!(r, Record::Switch { .. } | Record::UnitReplace { .. })
-            || matches!(r, Record::Started { action } if action == "daemon-reload" || action == "reload-proxy")
+            || matches!(r, Record::Started { action, .. } if action == "daemon-reload" || action == "reload-proxy")
     })
 }
 
@@ -653,7 +660,7 @@ async fn rollback_from_journal(
     }
     let proxy_reloaded = records
         .iter()
-        .any(|r| matches!(r, Record::Started { action } if action == "reload-proxy"));
+        .any(|r| matches!(r, Record::Started { action, .. } if action == "reload-proxy"));
     if proxy_reloaded
         && let Some(p) = &ctx.config.proxy
         && let Err(e) = ctx.systemd.reload(&p.unit).await
