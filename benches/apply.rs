@@ -375,6 +375,16 @@ fn journal_spans(path: &Path) -> Res<HashMap<String, Span>> {
     Ok(spans)
 }
 
+/// The plan a journal executed (its `begin` record), as JSON text.
+fn journal_plan(path: &Path) -> Res<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "begin")
+        .map(|v| v["plan"].to_string())
+        .ok_or_else(|| format!("{} has no begin record", path.display()))
+}
+
 /// Action id → ids it runs after, in plan order.
 fn plan_edges(plan_json: &str) -> Res<Vec<(String, Vec<String>)>> {
     let v: serde_json::Value = serde_json::from_str(plan_json).map_err(|e| e.to_string())?;
@@ -398,6 +408,7 @@ fn plan_edges(plan_json: &str) -> Res<Vec<(String, Vec<String>)>> {
 
 struct CriticalPath {
     millis: u64,
+    actions: usize,
     chain: Vec<(String, u64)>,
     /// Sum of every action's duration (the work, were it run sequentially).
     total_work: u64,
@@ -467,10 +478,42 @@ fn critical_path(edges: &[(String, Vec<String>)], spans: &HashMap<String, Span>)
     waits.truncate(5);
     CriticalPath {
         millis: end.map_or(0, |(_, m)| m),
+        actions: edges.len(),
         chain,
         total_work: edges.iter().map(|(id, _)| dur(id)).sum(),
         waits,
     }
+}
+
+fn write_path(r: &mut String, what: &str, cp: &CriticalPath, actions: usize, journal: &Path) {
+    let _ = writeln!(r, "\ncritical path of the {what} (from its journal):");
+    for (id, ms) in &cp.chain {
+        let _ = writeln!(r, "  {ms:>6} ms  {id}");
+    }
+    let _ = writeln!(
+        r,
+        "  = {} ms; all {actions} actions' durations add up to {} ms",
+        cp.millis, cp.total_work
+    );
+    let restarts = cp
+        .chain
+        .iter()
+        .filter(|(id, _)| id.starts_with("restart:"))
+        .count();
+    let settle = moorline::systemd::SETTLE.as_millis();
+    let _ = writeln!(
+        r,
+        "  of which {restarts} restarts x {settle} ms settle window (systemd::SETTLE) = {} ms",
+        u128::try_from(restarts).unwrap_or(0) * settle
+    );
+    let _ = writeln!(
+        r,
+        "  largest waits between an action becoming runnable and starting:"
+    );
+    for (id, ms) in &cp.waits {
+        let _ = writeln!(r, "  {ms:>6} ms  {id}");
+    }
+    let _ = writeln!(r, "  (journal: {})", journal.display());
 }
 
 fn secs(d: Duration) -> String {
@@ -510,6 +553,10 @@ async fn run() -> Res<()> {
     let sd = sandbox.connect().await.map_err(|e| e.to_string())?;
     let result = measure_all(dir.path(), &sandbox, &sd, naive_sleep).await;
     sandbox.stop();
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        let kept = dir.keep();
+        eprintln!("bench: kept {}", kept.display());
+    }
     let report = result?;
     println!("{report}");
     Ok(())
@@ -604,6 +651,11 @@ async fn measure_all(
         "d-rollback",
     )?;
     require_ok(&rollback, "the rollback")?;
+    let rb_journal = newest_journal(&ml.state)?;
+    let rb_cp = critical_path(
+        &plan_edges(&journal_plan(&rb_journal)?)?,
+        &journal_spans(&rb_journal)?,
+    );
     let back = ml
         .fx
         .services
@@ -642,6 +694,8 @@ async fn measure_all(
 
     // The report.
     let mut r = String::new();
+    write_path(&mut r, "first deploy", &cp, edges.len(), &journal);
+    write_path(&mut r, "rollback of 19", &rb_cp, rb_cp.actions, &rb_journal);
     let ratio_ab = naive_first.as_secs_f64() / first.wall.as_secs_f64();
     let cp_d = Duration::from_millis(cp.millis);
     let ratio_cp = first.wall.as_secs_f64() / cp_d.as_secs_f64().max(1e-3);
@@ -660,25 +714,6 @@ async fn measure_all(
     .into_iter()
     .max()
     .unwrap_or(0);
-    let _ = writeln!(r, "\nplan critical path (first deploy, from the journal):");
-    for (id, ms) in &cp.chain {
-        let _ = writeln!(r, "  {ms:>6} ms  {id}");
-    }
-    let _ = writeln!(
-        r,
-        "  = {} ms; all {} actions' durations add up to {} ms",
-        cp.millis,
-        edges.len(),
-        cp.total_work
-    );
-    let _ = writeln!(
-        r,
-        "  largest waits between an action becoming runnable and starting:"
-    );
-    for (id, ms) in &cp.waits {
-        let _ = writeln!(r, "  {ms:>6} ms  {id}");
-    }
-    let _ = writeln!(r, "  (journal: {})", journal.display());
     let _ = writeln!(r);
     let _ = writeln!(
         r,
