@@ -197,6 +197,11 @@ fn emit(progress: Progress, event: &str, action: &str, detail: &str) {
 
 type Shared = Arc<Mutex<Journal>>;
 
+/// Milliseconds since `t`, for the journal's `at_ms` fields.
+fn millis_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 fn journal_append(j: &Shared, r: &Record) -> Result<(), String> {
     let mut g = j.lock().map_err(|_| "journal lock poisoned".to_owned())?;
     g.append(r).map_err(|e| e.to_string())
@@ -353,6 +358,7 @@ async fn run(
                     &journal,
                     &Record::Started {
                         action: a.id.clone(),
+                        at_ms: Some(millis_since(started)),
                     },
                 )
                 .map_err(|e| JournalError::Write {
@@ -408,6 +414,7 @@ async fn run(
                     &Record::Succeeded {
                         action: id.clone(),
                         note: note.clone(),
+                        at_ms: Some(millis_since(started)),
                     },
                 )
                 .map_err(|e| JournalError::Write {
@@ -523,7 +530,7 @@ fn take(j: Shared) -> Result<Journal, JournalError> {
 fn live_changed(records: &[Record]) -> bool {
     records.iter().any(|r| {
         matches!(r, Record::Switch { .. } | Record::UnitReplace { .. })
-            || matches!(r, Record::Started { action } if action == "daemon-reload"
+            || matches!(r, Record::Started { action, .. } if action == "daemon-reload"
                 || action == "reload-proxy"
                 || action.starts_with("restart:"))
     })
@@ -712,7 +719,7 @@ async fn rollback_from_journal(
     }
     let proxy_reloaded = records
         .iter()
-        .any(|r| matches!(r, Record::Started { action } if action == "reload-proxy"));
+        .any(|r| matches!(r, Record::Started { action, .. } if action == "reload-proxy"));
     if proxy_reloaded
         && let Some(p) = &ctx.config.proxy
         && let Err(e) = ctx.systemd.reload(&p.unit).await

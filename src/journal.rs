@@ -25,11 +25,19 @@ pub enum Record {
     },
     Started {
         action: String,
+        /// Milliseconds since this process began executing the plan
+        /// (monotonic clock; a resume starts again from 0). Absent in
+        /// journals written before it existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
     },
     Succeeded {
         action: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         note: Option<String>,
+        /// Same clock as `Started::at_ms`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_ms: Option<u64>,
     },
     Failed {
         action: String,
@@ -256,5 +264,31 @@ fn crash_point() {
         && n >= limit
     {
         std::process::abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Record;
+
+    #[test]
+    fn records_without_timestamps_still_parse() {
+        let old = r#"{"event":"succeeded","action":"build:a","note":"3 files"}"#;
+        let r: Record = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            r,
+            Record::Succeeded {
+                action: "build:a".to_owned(),
+                note: Some("3 files".to_owned()),
+                at_ms: None,
+            }
+        );
+        let new = Record::Started {
+            action: "build:a".to_owned(),
+            at_ms: Some(12),
+        };
+        let line = serde_json::to_string(&new).unwrap();
+        assert_eq!(line, r#"{"event":"started","action":"build:a","at_ms":12}"#);
+        assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), new);
     }
 }
