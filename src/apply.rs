@@ -677,11 +677,18 @@ async fn rollback_from_journal(
         let res: Result<(), String> = async {
             if let Some(prev) = from {
                 release::switch(&paths, &paths.release(prev)).map_err(|e| e.to_string())?;
-                restart_confirmed(&ctx.systemd, &unit).await?;
+                restart_confirmed(&ctx.systemd, &unit, Duration::ZERO).await?;
+                let invocation = ctx
+                    .systemd
+                    .status(&unit)
+                    .await
+                    .map(|s| s.invocation_id)
+                    .unwrap_or_default();
                 let url = crate::plan::build::ready_url(svc);
                 health::wait_ready(&url, svc.ready_timeout, || async { Ok(()) })
                     .await
                     .map_err(|p| p.error.unwrap_or_default())?;
+                settled(&ctx.systemd, &unit, &invocation).await?;
             } else {
                 // First deploy: there is nothing to go back to; stop it.
                 let _ = ctx.systemd.stop(&unit).await;
@@ -1081,7 +1088,14 @@ async fn perform(
                 release::switch(&paths, &target)
                     .map_err(|e| format!("switching {}: {e}", paths.current().display()))?;
             }
-            restart_confirmed(&ctx.systemd, unit).await?;
+            // A service's health action settles it; a bare unit
+            // (infrastructure) has no probe, so it settles here.
+            let settle = if service.is_some() {
+                Duration::ZERO
+            } else {
+                SETTLE
+            };
+            restart_confirmed(&ctx.systemd, unit, settle).await?;
             Ok(None)
         }
         ActionKind::Health => {
@@ -1089,6 +1103,11 @@ async fn perform(
             let unit = a.unit.clone().unwrap_or_default();
             let sd = ctx.systemd.clone();
             let timeout = Duration::from_secs(a.timeout_secs.unwrap_or(60));
+            let invocation = sd
+                .status(&unit)
+                .await
+                .map(|s| s.invocation_id)
+                .unwrap_or_default();
             let probe = health::wait_ready(url, timeout, || {
                 let sd = sd.clone();
                 let unit = unit.clone();
@@ -1111,6 +1130,9 @@ async fn perform(
             })
             .await
             .map_err(|p| format!("{url}: {}", p.error.unwrap_or_default()))?;
+            if !unit.is_empty() {
+                settled(&ctx.systemd, &unit, &invocation).await?;
+            }
             Ok(Some(format!("ready in {} ms", probe.millis)))
         }
         ActionKind::ReloadProxy => {
@@ -1148,16 +1170,43 @@ async fn perform(
 /// deploys within `StartLimitIntervalSec` (10 s by default) would hit
 /// `start-limit-hit`.
 /// https://www.freedesktop.org/software/systemd/man/systemctl.html#reset-failed%20%5BPATTERN%E2%80%A6%5D
-pub async fn restart_confirmed(sd: &Systemd, unit: &str) -> Result<(), String> {
+///
+/// `settle`: how long the unit must then stay active before this returns.
+/// A service's restart passes zero, because its readiness check that
+/// follows enforces the settle window itself while it polls (`settled`),
+/// so the two overlap instead of adding up in every phase.
+pub async fn restart_confirmed(sd: &Systemd, unit: &str, settle: Duration) -> Result<(), String> {
     let _ = sd.reset_failed(unit).await;
     sd.restart(unit)
         .await
         .map_err(|e| e.to_string())?
         .check("restart", unit)
         .map_err(|e| e.to_string())?;
-    sd.confirm_active(unit, SETTLE)
+    sd.confirm_active(unit, settle)
         .await
         .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// After readiness: the unit has been active for at least [`SETTLE`] since
+/// it (re)started and is still the same invocation. A process that answers
+/// once and then crashes (and is restarted by `Restart=`) is not ready.
+async fn settled(sd: &Systemd, unit: &str, invocation: &str) -> Result<(), String> {
+    let st = sd.status(unit).await.map_err(|e| e.to_string())?;
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let since = Duration::from_micros(now_us.saturating_sub(st.active_enter_timestamp_us));
+    if since < SETTLE {
+        tokio::time::sleep(SETTLE.saturating_sub(since)).await;
+    }
+    let st = sd.status(unit).await.map_err(|e| e.to_string())?;
+    if st.active_state != "active" || (!invocation.is_empty() && st.invocation_id != invocation) {
+        return Err(format!(
+            "{unit} answered ready but did not stay up: now {} ({}, result {})",
+            st.active_state, st.sub_state, st.result
+        ));
+    }
     Ok(())
 }
 

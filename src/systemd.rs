@@ -48,7 +48,9 @@ pub const JOB_TIMEOUT: Duration = Duration::from_secs(190);
 /// instant crash (bad flag, missing config, port in use) is reliably seen, while it stays far
 /// below the `sleep 2` of the old bash deploy. It is deliberately not a health check: a service
 /// that crashes after seconds needs a readiness protocol (`Type=notify`) or a probe, not a
-/// longer sleep.
+/// longer sleep. The executor overlaps this window with a service's readiness polling (the
+/// health action waits out whatever remains of it, then re-checks the unit and its
+/// InvocationID), so a phase costs max(settle, readiness), not their sum.
 pub const SETTLE: Duration = Duration::from_millis(300);
 
 const DESTINATION: &str = "org.freedesktop.systemd1";
