@@ -227,15 +227,24 @@ pub async fn apply(ctx: Arc<Ctx>, plan: Plan) -> Result<Report, ApplyError> {
     run(ctx, plan, apply_id, journal, None).await
 }
 
-/// Continues the unfinished apply in the journal, if there is one.
-pub async fn resume(ctx: Arc<Ctx>) -> Result<Option<Report>, ApplyError> {
-    let Some(replay) = crate::journal::read(&ctx.state_dir)? else {
+/// The unfinished apply in the journal, if any (a journal that ended but
+/// was not archived yet is archived).
+fn unfinished(state_dir: &Path) -> Result<Option<Replay>, ApplyError> {
+    let Some(replay) = crate::journal::read(state_dir)? else {
         return Ok(None);
     };
     if replay.ended() {
-        archive_ended(&ctx.state_dir, Some(&replay.apply_id));
+        archive_ended(state_dir, Some(&replay.apply_id));
         return Ok(None);
     }
+    Ok(Some(replay))
+}
+
+/// Continues the unfinished apply in the journal, if there is one.
+pub async fn resume(ctx: Arc<Ctx>) -> Result<Option<Report>, ApplyError> {
+    let Some(replay) = unfinished(&ctx.state_dir)? else {
+        return Ok(None);
+    };
     if replay.plan.inputs.config_sha256 != ctx.config_sha256 {
         return Err(ApplyError::ConfigMoved {
             expected: replay.plan.inputs.config_sha256.clone(),
@@ -250,13 +259,9 @@ pub async fn resume(ctx: Arc<Ctx>) -> Result<Option<Report>, ApplyError> {
 /// Rolls back the unfinished apply in the journal (after a crash, instead
 /// of resuming it); `None` when there is none.
 pub async fn roll_back_unfinished(ctx: Arc<Ctx>) -> Result<Option<Report>, ApplyError> {
-    let Some(replay) = crate::journal::read(&ctx.state_dir)? else {
+    let Some(replay) = unfinished(&ctx.state_dir)? else {
         return Ok(None);
     };
-    if replay.ended() {
-        archive_ended(&ctx.state_dir, Some(&replay.apply_id));
-        return Ok(None);
-    }
     let journal: Shared = Arc::new(Mutex::new(Journal::reopen(&ctx.state_dir)?));
     let report = finish_failed(
         &ctx,
@@ -1141,7 +1146,7 @@ async fn perform(
                     root: Some(&ctx.env.root),
                     ..Vars::default()
                 };
-                let argv: Vec<String> = argv.iter().map(|x| template::render(x, &vars)).collect();
+                let argv = template::render_all(argv, &vars);
                 release::run(Run {
                     argv: &argv,
                     dir: None,

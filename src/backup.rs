@@ -71,12 +71,7 @@ pub async fn take(
         backup: Some(&path_s),
         ..Vars::default()
     };
-    let argv: Vec<String> = b
-        .run
-        .argv
-        .iter()
-        .map(|a| template::render(a, &vars))
-        .collect();
+    let argv: Vec<String> = template::render_all(&b.run.argv, &vars);
     release::run(Run {
         argv: &argv,
         dir: None,
@@ -119,11 +114,7 @@ pub async fn restore(
     };
     let cenv = command_env(env);
     for cmd in std::iter::once(&b.restore).chain(b.resolve.as_ref()) {
-        let argv: Vec<String> = cmd
-            .argv
-            .iter()
-            .map(|a| template::render(a, &vars))
-            .collect();
+        let argv: Vec<String> = template::render_all(&cmd.argv, &vars);
         release::run(Run {
             argv: &argv,
             dir: None,

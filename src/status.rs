@@ -511,11 +511,7 @@ async fn migration_status(
         current: Some(&current_s),
         backup: None,
     };
-    let argv: Vec<String> = cmd
-        .argv
-        .iter()
-        .map(|a| template::render(a, &vars))
-        .collect();
+    let argv: Vec<String> = template::render_all(&cmd.argv, &vars);
     let log = host
         .state_dir
         .join("logs")

@@ -88,6 +88,11 @@ pub fn render(s: &str, vars: &Vars<'_>) -> String {
     out
 }
 
+/// Substitutes placeholders in every word of an argv.
+pub fn render_all(argv: &[String], vars: &Vars<'_>) -> Vec<String> {
+    argv.iter().map(|a| render(a, vars)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -311,8 +311,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                     a.reasons.join("; ")
                 ),
                 after: Vec::new(),
-                command: build_cmd
-                    .map(|c| c.argv.iter().map(|x| template::render(x, &vars)).collect()),
+                command: build_cmd.map(|c| template::render_all(&c.argv, &vars)),
                 dir: Some(release.clone()),
                 unit: None,
                 url: None,
@@ -346,13 +345,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                     phase: Some(s.phase.clone()),
                     reason: why,
                     after: Vec::new(),
-                    command: Some(
-                        m.command
-                            .argv
-                            .iter()
-                            .map(|x| template::render(x, &vars))
-                            .collect(),
-                    ),
+                    command: Some(template::render_all(&m.command.argv, &vars)),
                     dir: Some(release.clone()),
                     unit: None,
                     url: None,
@@ -386,21 +379,13 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                     if names.len() == 1 { "s" } else { "" }
                 ),
                 after: Vec::new(),
-                command: Some(
-                    b.run
-                        .argv
-                        .iter()
-                        .map(|x| {
-                            template::render(
-                                x,
-                                &Vars {
-                                    root: Some(&env.root),
-                                    ..Vars::default()
-                                },
-                            )
-                        })
-                        .collect(),
-                ),
+                command: Some(template::render_all(
+                    &b.run.argv,
+                    &Vars {
+                        root: Some(&env.root),
+                        ..Vars::default()
+                    },
+                )),
                 dir: None,
                 unit: None,
                 url: None,
@@ -581,24 +566,8 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                 (pi, ActionKind::Restart, *i),
                 &mut actions,
             );
-            let url = ready_url(s);
             let hid = push(
-                Action {
-                    id: format!("health:{}", s.name),
-                    kind: ActionKind::Health,
-                    service: Some(s.name.clone()),
-                    phase: Some(s.phase.clone()),
-                    reason: format!(
-                        "GET {url} must answer 2xx within {}s",
-                        s.ready_timeout.as_secs()
-                    ),
-                    after: Vec::new(),
-                    command: None,
-                    dir: None,
-                    unit: Some(s.unit_name.clone()),
-                    url: Some(url),
-                    timeout_secs: Some(s.ready_timeout.as_secs()),
-                },
+                health_action(s, Vec::new()),
                 (pi, ActionKind::Health, *i),
                 &mut actions,
             );
@@ -851,6 +820,27 @@ fn fingerprint(
     };
     let bytes = serde_json::to_vec(&fp).unwrap_or_default();
     format!("sha256:{}", sha256_hex(&bytes))
+}
+
+/// The readiness check of a service after its restart.
+pub fn health_action(s: &Service, after: Vec<String>) -> Action {
+    let url = ready_url(s);
+    Action {
+        id: format!("health:{}", s.name),
+        kind: ActionKind::Health,
+        service: Some(s.name.clone()),
+        phase: Some(s.phase.clone()),
+        reason: format!(
+            "GET {url} must answer 2xx within {}s",
+            s.ready_timeout.as_secs()
+        ),
+        after,
+        command: None,
+        dir: None,
+        unit: Some(s.unit_name.clone()),
+        url: Some(url),
+        timeout_secs: Some(s.ready_timeout.as_secs()),
+    }
 }
 
 /// The readiness URL of a service.

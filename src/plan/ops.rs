@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::build::ready_url;
+use super::build::health_action;
 use super::{
     Action, ActionKind, FORMAT_VERSION, Operation, Plan, PlanInputs, RollbackKind, RollbackPlan,
     ServiceChange, ServicePlan, UnitChange, short,
@@ -113,23 +113,7 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
                 url: None,
                 timeout_secs: None,
             });
-            let url = ready_url(s);
-            actions.push(Action {
-                id: format!("health:{}", s.name),
-                kind: ActionKind::Health,
-                service: Some(s.name.clone()),
-                phase: Some(s.phase.clone()),
-                reason: format!(
-                    "GET {url} must answer 2xx within {}s",
-                    s.ready_timeout.as_secs()
-                ),
-                after: vec![format!("restart:{}", s.name)],
-                command: None,
-                dir: None,
-                unit: Some(s.unit_name.clone()),
-                url: Some(url),
-                timeout_secs: Some(s.ready_timeout.as_secs()),
-            });
+            actions.push(health_action(s, vec![format!("restart:{}", s.name)]));
         }
         previous_health = in_phase
             .iter()
