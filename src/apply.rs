@@ -197,6 +197,9 @@ fn emit(progress: Progress, event: &str, action: &str, detail: &str) {
 
 type Shared = Arc<Mutex<Journal>>;
 
+/// Journal lines of a unit shown when its restart or readiness fails.
+const JOURNAL_TAIL: usize = 10;
+
 /// Milliseconds since `t`, for the journal's `at_ms` fields.
 fn millis_since(t: Instant) -> u64 {
     u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -387,7 +390,23 @@ async fn run(
                         None
                     };
                     let t = Instant::now();
-                    let res = perform(&ctx2, &a2, &plan_to, &id2, &j2).await;
+                    let mut res = perform(&ctx2, &a2, &plan_to, &id2, &j2).await;
+                    if let (Err(e), Some(unit), true) = (
+                        &mut res,
+                        a2.unit.as_deref(),
+                        matches!(a2.kind, ActionKind::Restart | ActionKind::Health),
+                    ) {
+                        let lines = crate::logs::tail(unit, JOURNAL_TAIL).await;
+                        if !lines.is_empty() {
+                            e.push_str("\nlast lines of ");
+                            e.push_str(unit);
+                            e.push_str("'s journal:");
+                            for l in lines {
+                                e.push_str("\n    | ");
+                                e.push_str(&l);
+                            }
+                        }
+                    }
                     let res = res.map(|note| {
                         let ms = t.elapsed().as_millis();
                         Some(note.map_or_else(|| format!("{ms} ms"), |n| format!("{n} ({ms} ms)")))

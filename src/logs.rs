@@ -165,6 +165,43 @@ pub fn parse(line: &str, units: &BTreeMap<String, String>) -> Option<Entry> {
     })
 }
 
+/// Where failure reports read unit logs from: `MOORLINE_JOURNAL_DIRECTORY`
+/// (a journal directory, as `journalctl --directory`), else the system's.
+pub const JOURNAL_DIRECTORY_ENV: &str = "MOORLINE_JOURNAL_DIRECTORY";
+
+/// The last `lines` journal messages of one unit, for a failure report:
+/// best effort (an empty list when the journal cannot be read), bounded
+/// in time so a report is never held up by the journal.
+pub async fn tail(unit: &str, lines: usize) -> Vec<String> {
+    let dir = std::env::var_os(JOURNAL_DIRECTORY_ENV).map(std::path::PathBuf::from);
+    let units: BTreeMap<String, String> = [(unit.to_owned(), unit.to_owned())].into();
+    let q = Query {
+        units: units.clone(),
+        since: None,
+        lines: Some(lines),
+        follow: false,
+        directory: dir.as_deref(),
+    };
+    let words = argv(&q);
+    let Some((program, rest)) = words.split_first() else {
+        return Vec::new();
+    };
+    let run = tokio::process::Command::new(program)
+        .args(rest)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let Ok(Ok(out)) = tokio::time::timeout(Duration::from_secs(2), run).await else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| parse(l, &units))
+        .map(|e| e.message)
+        .collect()
+}
+
 /// `2026-06-09T10:00:00.123Z backend  | message`.
 pub fn text_line(e: &Entry, width: usize) -> String {
     let time = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_micros(e.timestamp_us));

@@ -61,6 +61,7 @@ impl World {
             .env("XDG_RUNTIME_DIR", self.sandbox.runtime_dir())
             .env("DBUS_SESSION_BUS_ADDRESS", self.sandbox.bus_address())
             .env("XDG_CONFIG_HOME", config_home)
+            .env("MOORLINE_JOURNAL_DIRECTORY", self.sandbox.journal_dir())
             .env("NO_COLOR", "1")
             .env_remove("MOORLINE_CONFIG")
             .stdin(std::process::Stdio::null());
@@ -370,6 +371,10 @@ async fn failed_start_or_readiness_rolls_back_to_the_previous_release() {
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(code(&out), 3, "{what}: {err}");
         assert!(err.contains("rolled back"), "{err}");
+        if what == "crash" {
+            // The report shows what the unit itself said.
+            assert!(err.contains("crashing on start (behaviour.json)"), "{err}");
+        }
         for s in ["config", "gateway", "backend"] {
             assert_eq!(
                 w.live("staging", s).as_deref(),
