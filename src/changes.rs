@@ -166,6 +166,15 @@ impl Repo {
         self.resolve(branch)
     }
 
+    /// The tip of `origin/BRANCH`, if the repository has that ref.
+    pub fn remote_tip(&self, branch: &str) -> Option<Rev> {
+        let remote = format!("refs/remotes/origin/{branch}");
+        self.repo.find_reference(&remote).ok()?;
+        let mut rev = self.resolve(&remote).ok()?;
+        rev.spec = format!("origin/{branch}");
+        Some(rev)
+    }
+
     fn tree(&self, sha: &str) -> Result<Tree<'_>, GitError> {
         let oid = Oid::from_str(sha).map_err(failed("reading a commit id"))?;
         self.repo

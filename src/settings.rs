@@ -139,6 +139,18 @@ pub fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan> {
         .or_else(|| loaded_state.state.as_ref().and_then(|s| s.revision.clone()));
     let from = from_spec.map(|f| t.repo.resolve(&f)).transpose()?;
     let mut warnings = Vec::new();
+    if req.to.is_none()
+        && to.spec == t.env.branch
+        && let Some(remote) = t.repo.remote_tip(&t.env.branch)
+        && remote.sha != to.sha
+    {
+        warnings.push(format!(
+            "the local branch {b} ({}) differs from origin/{b} ({}): planning the local one; pass --to origin/{b} to deploy what was pushed",
+            plan::short(&to.sha),
+            plan::short(&remote.sha),
+            b = t.env.branch
+        ));
+    }
     let (units_source, units) = if loaded_state.state.is_some() || from.is_none() {
         ("host".to_owned(), installed_units(t))
     } else if let Some(f) = &from {

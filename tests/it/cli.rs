@@ -96,3 +96,47 @@ fn completions_man_page_and_help() {
     let o = moorline(here, &["plan", "--detailed-exitcode"]);
     assert_eq!(o.status.code(), Some(1), "a missing --env");
 }
+
+#[test]
+fn plan_warns_when_the_local_branch_is_not_what_was_pushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = moorline::fixture::Fixture::create(
+        &dir.path().join("fx"),
+        &moorline::fixture::FixtureOptions::new(dir.path().join("srv")),
+    )
+    .unwrap();
+    let pushed = fx.head("main").unwrap();
+    fx.commit(
+        "main",
+        "local only",
+        &[moorline::fixture::Edit::touch_service("coupon")],
+    )
+    .unwrap();
+    let repo = git2::Repository::open(&fx.repo).unwrap();
+    repo.reference(
+        "refs/remotes/origin/main",
+        git2::Oid::from_str(&pushed).unwrap(),
+        true,
+        "test",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let plan = |extra: &[&str]| {
+        let mut args = vec![
+            "-c",
+            fx.config_path.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "plan",
+            "--env",
+            "staging",
+        ];
+        args.extend_from_slice(extra);
+        moorline(dir.path(), &args)
+    };
+    let o = plan(&[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("pass --to origin/main"), "{}", text(&o));
+    let o = plan(&["--to", "origin/main"]);
+    assert!(!text(&o).contains("pass --to origin/main"), "{}", text(&o));
+}
