@@ -1084,10 +1084,27 @@ async fn perform(
         }
         ActionKind::Barrier => Ok(None),
         ActionKind::DaemonReload => {
-            ctx.systemd
-                .daemon_reload()
-                .await
-                .map_err(|e| e.to_string())?;
+            // The units just installed are also enabled (their [Install]
+            // section), so they start at boot like the hand-made units they
+            // replace; enabling reloads the manager too.
+            let installed: Vec<String> = a
+                .after
+                .iter()
+                .filter_map(|id| id.strip_prefix("install-unit:"))
+                .filter_map(|s| ctx.config.service(s))
+                .map(|s| s.unit_name.clone())
+                .collect();
+            if installed.is_empty() {
+                ctx.systemd
+                    .daemon_reload()
+                    .await
+                    .map_err(|e| e.to_string())?;
+            } else {
+                ctx.systemd
+                    .enable(&installed)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             Ok(None)
         }
         ActionKind::Restart => {

@@ -419,11 +419,19 @@ async fn steps(d: &mut Demo) -> miette::Result<()> {
         "backend runs its first release again",
     )?;
 
-    d.say("Status: every unit, its live release, health and drift, straight from systemd and the services.");
+    d.say("Status: every unit, its live release, health and drift, straight from systemd and the services. After the manual rollback, staging runs older releases than its branch: status reports that drift, and `status --check` (the 15-minute health check) exits non-zero until the next deploy.");
     let (code, text) = d.moorline(&["status", "--env", "staging"], true)?;
     d.expect(
-        code == 0 || text.contains("not built yet"),
-        "status answers",
+        code == 0 && text.contains("19 healthy") && text.contains("behind-branch"),
+        "status shows 19 healthy services and the drift from the branch",
     )?;
+
+    d.say("Deploy the branch again: staging catches up, and the health check passes.");
+    let (code, text) = d.moorline(&["apply", "--env", "staging", "--yes"], false)?;
+    println!("    {}", text.lines().last().unwrap_or(""));
+    d.expect(code == 0, format!("the apply succeeds:\n{text}"))?;
+    let (code, text) = d.moorline(&["status", "--env", "staging", "--check"], false)?;
+    println!("    {}", text.lines().last().unwrap_or(""));
+    d.expect(code == 0, format!("status --check passes:\n{text}"))?;
     Ok(())
 }

@@ -639,8 +639,17 @@ pub fn text(s: &Status, now_us: u64) -> String {
         s.branch_tip.as_deref().map_or("?", short),
         s.deployed.as_deref().map_or("nothing", short),
     );
+    // The first column carries a two-character marker ("! " when
+    // unhealthy); the header gets the same room so the columns line up.
     let header = [
-        "SERVICE", "UNIT", "SINCE", "BOOT", "RELEASE", "LIVE", "READY", "DRIFT",
+        "  SERVICE",
+        "UNIT",
+        "SINCE",
+        "BOOT",
+        "RELEASE",
+        "LIVE",
+        "READY",
+        "DRIFT",
     ];
     for p in &s.phases {
         if p.services.is_empty() && p.units.is_empty() {
@@ -698,14 +707,13 @@ pub fn text(s: &Status, now_us: u64) -> String {
         let widths: Vec<usize> = (0..8)
             .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
             .collect();
-        for (i, r) in rows.iter().enumerate() {
+        for r in &rows {
             let line: Vec<String> = r
                 .iter()
                 .zip(&widths)
                 .map(|(cell, w)| format!("{cell:<w$}"))
                 .collect();
-            let indent = if i == 0 { "    " } else { "  " };
-            let _ = writeln!(out, "{indent}{}", line.join("  ").trim_end());
+            let _ = writeln!(out, "  {}", line.join("  ").trim_end());
         }
     }
     if let Some(px) = &s.proxy {

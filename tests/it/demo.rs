@@ -25,6 +25,7 @@ fn demo_runs_every_step_and_cleans_up() {
         "$ moorline plan --env staging --format markdown",
         "$ moorline rollback --env staging --yes",
         "$ moorline status --env staging",
+        "$ moorline status --env staging --check",
         "restarted according to systemd: backend, pricing",
     ] {
         assert!(stdout.contains(step), "missing `{step}` in:\n{stdout}");

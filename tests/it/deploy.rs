@@ -135,6 +135,11 @@ async fn first_deploy_then_only_the_changed_service_restarts() {
     let out = w.run(&["apply", "--env", "staging", "--yes"]);
     ok(&out);
     w.all_ready(&sd).await;
+    // Installed units are enabled, so they start at boot.
+    for s in &w.fx.services {
+        let st = sd.status(&w.unit(&s.name)).await.unwrap();
+        assert_eq!(st.unit_file_state, "enabled", "{}", s.name);
+    }
     let main = w.fx.head("main").unwrap();
     for s in &w.fx.services {
         assert_eq!(w.live("staging", &s.name).as_deref(), Some(main.as_str()));

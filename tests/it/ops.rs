@@ -248,6 +248,16 @@ async fn enable_and_disable_show_in_unit_file_state_and_status() {
         return;
     };
     let sd = w.sandbox.connect().await.unwrap();
+    // apply enabled every unit it installed; start from all disabled.
+    assert_eq!(
+        sd.status(&w.unit("gateway")).await.unwrap().unit_file_state,
+        "enabled"
+    );
+    ok(&w.run(&["disable", "--env", "staging"]));
+    assert_eq!(
+        sd.status(&w.unit("gateway")).await.unwrap().unit_file_state,
+        "disabled"
+    );
     let out = w.run(&[
         "enable",
         "--env",
