@@ -145,6 +145,11 @@ pub struct ApplyArgs {
     /// Environment (plans, shows the plan and asks before applying)
     #[arg(long = "env", short = 'e', value_name = "ENV")]
     pub env: Option<String>,
+    /// A plan reviewed elsewhere (a pull request's): plan here toward its
+    /// target revision (or --to) and apply only if this host's plan does
+    /// the same; satisfies an environment's `approval`
+    #[arg(long, value_name = "FILE", conflicts_with = "plan")]
+    pub reviewed: Option<PathBuf>,
     #[arg(long, value_name = "REV")]
     pub from: Option<String>,
     #[arg(long, value_name = "REV")]

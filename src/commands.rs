@@ -177,10 +177,18 @@ pub enum ApplyCmdError {
     #[diagnostic(
         code(moorline::apply::approval_required),
         help(
-            "moorline plan --env {env} --out plan.json, have it reviewed, then moorline apply plan.json --yes"
+            "have a plan reviewed (the pull request's `moorline plan --env {env} --out plan.json`), then on the host `moorline apply --env {env} --reviewed plan.json --yes`; or apply a plan saved on the host: `moorline apply plan.json --yes`"
         )
     )]
     ApprovalRequired { env: String },
+    #[error("this host's plan differs from the reviewed one:\n  {differences}")]
+    #[diagnostic(
+        code(moorline::apply::not_as_reviewed),
+        help(
+            "nothing was applied; review a plan made for what this host runs (`moorline plan` on the host), or find out why the host differs (`moorline status`)"
+        )
+    )]
+    NotAsReviewed { differences: String },
     #[error("cannot start the async runtime")]
     #[diagnostic(
         code(moorline::apply::runtime),
@@ -319,14 +327,30 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
             }
             fresh
         } else {
+            let reviewed = args.reviewed.as_deref().map(read_plan_file).transpose()?;
             let p = settings::compute_plan(
                 &t,
                 &PlanRequest {
                     from: args.from.clone(),
-                    to: args.to.clone(),
-                    allow_non_ancestor: args.allow_non_ancestor,
+                    to: args
+                        .to
+                        .clone()
+                        .or_else(|| reviewed.as_ref().map(|r| r.to.sha.clone())),
+                    allow_non_ancestor: args.allow_non_ancestor
+                        || reviewed
+                            .as_ref()
+                            .is_some_and(|r| r.inputs.allow_non_ancestor),
                 },
             )?;
+            if let Some(r) = &reviewed {
+                let differences = crate::plan::review_differences(r, &p, args.to.is_none());
+                if !differences.is_empty() {
+                    return Err(ApplyCmdError::NotAsReviewed {
+                        differences: differences.join("\n  "),
+                    }
+                    .into());
+                }
+            }
             if args.format != Format::Json {
                 eprint!("{}", render::text(&p, report::stderr_color()));
             }
@@ -334,7 +358,7 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                 println!("nothing to apply: {env_name} is up to date");
                 return Ok(exit::OK);
             }
-            if t.env.approval {
+            if t.env.approval && reviewed.is_none() {
                 return Err(ApplyCmdError::ApprovalRequired {
                     env: env_name.clone(),
                 }

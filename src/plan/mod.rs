@@ -205,7 +205,166 @@ impl Plan {
     }
 }
 
+/// What a host's plan does differently from a plan reviewed elsewhere (for
+/// example in a pull request, where the host's state and unit files were
+/// not visible): the actions and what happens to each service, not the
+/// inputs or the wording of reasons. Empty when they do the same.
+///
+/// With `same_target` false the two plans may deploy different commits (a
+/// pull request's test merge and the merge commit that was pushed): the
+/// reviewed commit is read as this one wherever it appears (release
+/// directories, commands), and only what happens is compared.
+pub fn review_differences(reviewed: &Plan, here: &Plan, same_target: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if reviewed.environment != here.environment || reviewed.project != here.project {
+        out.push(format!(
+            "it is for {}/{}, this is {}/{}",
+            reviewed.project, reviewed.environment, here.project, here.environment
+        ));
+    }
+    if same_target && reviewed.to.sha != here.to.sha {
+        out.push(format!(
+            "it deploys {}, this plan {}",
+            short(&reviewed.to.sha),
+            short(&here.to.sha)
+        ));
+    }
+    let theirs_sha = reviewed.to.sha.as_str();
+    let norm = |s: &str| {
+        if theirs_sha.is_empty() {
+            s.to_owned()
+        } else {
+            s.replace(theirs_sha, &here.to.sha)
+        }
+    };
+    let key = |a: &Action, normalise: bool| {
+        let f = |s: &str| if normalise { norm(s) } else { s.to_owned() };
+        (
+            a.kind,
+            a.after.clone(),
+            a.command
+                .as_ref()
+                .map(|c| c.iter().map(|w| f(w)).collect::<Vec<_>>()),
+            a.dir.as_deref().map(f),
+            a.unit.clone(),
+            a.url.clone(),
+        )
+    };
+    let theirs: BTreeMap<&str, &Action> = reviewed
+        .actions
+        .iter()
+        .map(|a| (a.id.as_str(), a))
+        .collect();
+    let ours: BTreeMap<&str, &Action> = here.actions.iter().map(|a| (a.id.as_str(), a)).collect();
+    for (id, a) in &ours {
+        match theirs.get(id) {
+            None => out.push(format!("this host also needs `{id}`: {}", a.reason)),
+            Some(b) if key(a, false) != key(b, true) => {
+                out.push(format!("`{id}` differs on this host"));
+            }
+            Some(_) => {}
+        }
+    }
+    for id in theirs.keys() {
+        if !ours.contains_key(id) {
+            out.push(format!("the reviewed `{id}` is not needed on this host"));
+        }
+    }
+    for s in &here.services {
+        if let Some(r) = reviewed.services.iter().find(|r| r.name == s.name)
+            && (r.change, r.migrate, r.unit_change) != (s.change, s.migrate, s.unit_change)
+        {
+            out.push(format!(
+                "service `{}` changes differently on this host",
+                s.name
+            ));
+        }
+    }
+    out
+}
+
 /// Shortens a SHA for display.
 pub fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(sha: &str, services: &[&str]) -> Plan {
+        let rev = Rev {
+            spec: "x".into(),
+            sha: sha.into(),
+            summary: String::new(),
+        };
+        Plan {
+            format_version: FORMAT_VERSION,
+            operation: Operation::Deploy,
+            project: "p".into(),
+            environment: "e".into(),
+            branch: "main".into(),
+            from: None,
+            to: rev,
+            first_deploy: false,
+            non_ancestor: false,
+            fingerprint: String::new(),
+            inputs: PlanInputs {
+                moorline_version: String::new(),
+                config_sha256: String::new(),
+                state_sha256: None,
+                units_source: String::new(),
+                units: BTreeMap::new(),
+                allow_non_ancestor: false,
+            },
+            changed_paths: 0,
+            services: Vec::new(),
+            actions: services
+                .iter()
+                .map(|s| Action {
+                    id: format!("restart:{s}"),
+                    kind: ActionKind::Restart,
+                    service: Some((*s).into()),
+                    phase: None,
+                    reason: format!("switch to {sha}"),
+                    after: Vec::new(),
+                    command: None,
+                    dir: Some(format!("/opt/x/{s}/releases/{sha}")),
+                    unit: None,
+                    url: None,
+                    timeout_secs: None,
+                })
+                .collect(),
+            rollback: RollbackPlan {
+                kind: RollbackKind::CodeOnly,
+                services: Vec::new(),
+                summary: String::new(),
+            },
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn reviewed_plans_compare_by_what_they_do() {
+        let reviewed = plan("aaaa", &["backend"]);
+        // Same actions, same commit.
+        assert!(review_differences(&reviewed, &plan("aaaa", &["backend"]), true).is_empty());
+        // Another commit: a difference, unless the target was given explicitly.
+        assert_eq!(
+            review_differences(&reviewed, &plan("bbbb", &["backend"]), true).len(),
+            1
+        );
+        assert!(review_differences(&reviewed, &plan("bbbb", &["backend"]), false).is_empty());
+        // More or fewer actions are differences either way.
+        let more = review_differences(&reviewed, &plan("bbbb", &["backend", "coupon"]), false);
+        assert_eq!(
+            more,
+            ["this host also needs `restart:coupon`: switch to bbbb"]
+        );
+        let fewer = review_differences(&plan("aaaa", &["backend", "coupon"]), &reviewed, true);
+        assert_eq!(
+            fewer,
+            ["the reviewed `restart:coupon` is not needed on this host"]
+        );
+    }
 }

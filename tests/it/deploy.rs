@@ -51,11 +51,16 @@ impl World {
     }
 
     pub fn cmd(&self, args: &[&str]) -> std::process::Command {
+        self.cmd_in(&self.state, args)
+    }
+
+    /// `cmd` with another state directory (a machine that is not the host).
+    pub fn cmd_in(&self, state: &Path, args: &[&str]) -> std::process::Command {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_moorline"));
         let config_home = self.sandbox.unit_dir();
         let config_home = config_home.parent().and_then(Path::parent).unwrap();
         c.args(["-c", self.fx.config_path.to_str().unwrap()])
-            .args(["--state-dir", self.state.to_str().unwrap()])
+            .args(["--state-dir", state.to_str().unwrap()])
             .args(["--systemd", "user"])
             .args(args)
             .env("XDG_RUNTIME_DIR", self.sandbox.runtime_dir())
@@ -630,6 +635,100 @@ async fn sigterm_stops_gracefully_and_resume_finishes() {
     );
     ok(&w.run(&["apply", "--resume", "--env", "staging"]));
     assert_eq!(w.live("staging", "backend").as_deref(), Some(sha.as_str()));
+    w.all_ready(&sd).await;
+    w.stop_all(&sd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_reviewed_away_from_the_host_is_applied_only_if_the_host_agrees() {
+    let Some(w) = World::new("d9", 21800) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let first = w.fx.head("main").unwrap();
+    let coupon_v2 = w.commit("main", "coupon v2", &[Edit::touch_service("coupon")]);
+    // The pull request's plan: made where there is no host state.
+    let ci_state = w.state.parent().unwrap().join("ci-state");
+    let reviewed = w.state.parent().unwrap().join("reviewed.json");
+    let plan_file = reviewed.to_str().unwrap();
+    ok(&w
+        .cmd_in(
+            &ci_state,
+            &[
+                "plan", "--env", "staging", "--from", &first, "--to", &coupon_v2, "--out",
+                plan_file,
+            ],
+        )
+        .output()
+        .unwrap());
+    // Its fingerprint covers other inputs (no state), so it is not this
+    // host's plan; --reviewed compares what both would do instead.
+    assert_eq!(code(&w.run(&["apply", plan_file, "--yes"])), 1);
+    ok(&w.run(&[
+        "apply",
+        "--env",
+        "staging",
+        "--reviewed",
+        plan_file,
+        "--yes",
+    ]));
+    assert_eq!(
+        w.live("staging", "coupon").as_deref(),
+        Some(coupon_v2.as_str())
+    );
+    assert_eq!(
+        w.live("staging", "pricing").as_deref(),
+        Some(first.as_str())
+    );
+
+    // Something on the host that the review could not see: coupon rolled
+    // back by hand. The host's plan would redeploy it too: refused.
+    let pricing_v2 = w.commit("main", "pricing v2", &[Edit::touch_service("pricing")]);
+    ok(&w
+        .cmd_in(
+            &ci_state,
+            &[
+                "plan",
+                "--env",
+                "staging",
+                "--from",
+                &coupon_v2,
+                "--to",
+                &pricing_v2,
+                "--out",
+                plan_file,
+            ],
+        )
+        .output()
+        .unwrap());
+    ok(&w.run(&[
+        "rollback",
+        "--env",
+        "staging",
+        "--service",
+        "coupon",
+        "--yes",
+    ]));
+    let out = w.run(&[
+        "apply",
+        "--env",
+        "staging",
+        "--reviewed",
+        plan_file,
+        "--yes",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(
+        err.contains("moorline::apply::not_as_reviewed") && err.contains("coupon"),
+        "{err}"
+    );
+    assert_eq!(
+        w.live("staging", "pricing").as_deref(),
+        Some(first.as_str()),
+        "nothing applied"
+    );
     w.all_ready(&sd).await;
     w.stop_all(&sd).await;
 }
