@@ -86,7 +86,7 @@ pub enum Command {
     /// Every service's unit state, release, health and drift
     Status(StatusArgs),
     /// The plan's action graph as Graphviz DOT
-    Graph(PlanArgs),
+    Graph(GraphArgs),
     /// Take, list and restore database backups
     Backup(BackupArgs),
     /// Restart services in dependency order, gated on readiness (no build)
@@ -110,6 +110,22 @@ pub enum Command {
     },
     /// The man page (roff) on standard output
     Man,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GraphArgs {
+    /// Environment to plan for
+    #[arg(long = "env", short = 'e', value_name = "ENV")]
+    pub env: String,
+    /// What is deployed now [default: the revision in the host state]
+    #[arg(long, value_name = "REV")]
+    pub from: Option<String>,
+    /// What to deploy [default: the tip of the environment's branch]
+    #[arg(long, value_name = "REV")]
+    pub to: Option<String>,
+    /// Allow a --from that is not an ancestor of --to
+    #[arg(long)]
+    pub allow_non_ancestor: bool,
 }
 
 #[derive(Debug, Args, Clone)]

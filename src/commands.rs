@@ -40,7 +40,14 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
         }
         Command::Graph(args) => {
             let t = settings::resolve(global, &args.env)?;
-            let p = settings::compute_plan(&t, &request(args))?;
+            let p = settings::compute_plan(
+                &t,
+                &PlanRequest {
+                    from: args.from.clone(),
+                    to: args.to.clone(),
+                    allow_non_ancestor: args.allow_non_ancestor,
+                },
+            )?;
             print!("{}", render::dot(&p));
             Ok(exit::OK)
         }

@@ -33,6 +33,7 @@ pub fn dot(plan: &Plan) -> String {
             "install-unit" | "daemon-reload" => "khaki",
             "restart" => "salmon",
             "health" => "palegreen",
+            "barrier" => "lightgrey",
             _ => "plum",
         };
         let _ = writeln!(
