@@ -928,10 +928,7 @@ async fn still_in_effect(ctx: &Ctx, plan: &Plan, a: &Action) -> bool {
                     .is_ok_and(|s| s.active_state == "active")
         }
         ActionKind::InstallUnit => {
-            let want = ctx
-                .config
-                .service(service)
-                .and_then(|s| unit::render(&ctx.env, s));
+            let want = unit_text(ctx, a, service);
             let have = a
                 .unit
                 .as_ref()
@@ -1054,7 +1051,9 @@ async fn perform(
         ActionKind::InstallUnit => {
             let service = service.ok_or("install-unit without a service")?;
             let svc = ctx.config.service(service).ok_or("unknown service")?;
-            let text = unit::render(&ctx.env, svc).ok_or("the service has no unit block")?;
+            let text = unit_text(ctx, a, service).ok_or(
+                "no unit to install: the service has no unit block, or the saved unit file is gone",
+            )?;
             let path = ctx.unit_dir.join(&svc.unit_name);
             let saved = match std::fs::read(&path) {
                 Ok(old) => {
@@ -1249,6 +1248,19 @@ async fn settled(sd: &Systemd, unit: &str, invocation: &str) -> Result<(), Strin
         ));
     }
     Ok(())
+}
+
+/// The unit file an install-unit action writes: the saved file it names in
+/// `dir` (a rollback restoring the unit of a previous release), else the
+/// service's unit rendered from the configuration.
+fn unit_text(ctx: &Ctx, a: &Action, service: &str) -> Option<String> {
+    match &a.dir {
+        Some(saved) => std::fs::read_to_string(saved).ok(),
+        None => ctx
+            .config
+            .service(service)
+            .and_then(|s| unit::render(&ctx.env, s)),
+    }
 }
 
 /// Saved unit files may hold secrets: readable by the owner only.

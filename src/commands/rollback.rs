@@ -3,6 +3,7 @@
 //! restores the backup the last apply took.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use miette::Diagnostic;
 
@@ -170,6 +171,17 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
                 }
                 .into());
             }
+            // Going back over the last apply: its unit file changes go back
+            // too (it saved the files it replaced).
+            let unit_restore = if args.to.is_none() {
+                st.last_apply
+                    .as_ref()
+                    .filter(|a| a.switched.contains(name))
+                    .and_then(|a| a.previous_units.get(name).cloned().flatten())
+                    .filter(|p| Path::new(p).is_file())
+            } else {
+                None
+            };
             steps.push(Step {
                 service: name.clone(),
                 reason: format!(
@@ -179,6 +191,7 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
                 ),
                 release: Some(target),
                 from_revision: live,
+                unit_restore,
             });
         }
         let from = st.revision.as_ref().map(|sha| Rev {
@@ -300,6 +313,7 @@ pub fn restart(global: &Global, args: &OpsArgs) -> miette::Result<i32> {
             service: s.name.clone(),
             release: None,
             from_revision: Paths::new(&t.env.root, &s.name).live(),
+            unit_restore: None,
             reason: if all || args.services.contains(&s.name) {
                 "restart requested".to_owned()
             } else {

@@ -22,6 +22,9 @@ pub struct Step {
     pub release: Option<String>,
     pub from_revision: Option<String>,
     pub reason: String,
+    /// A saved unit file to put back first (the unit of the release being
+    /// returned to, when the apply being undone changed it).
+    pub unit_restore: Option<String>,
 }
 
 pub struct OpsInputs<'a> {
@@ -54,6 +57,48 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
         .collect();
     let mut actions: Vec<Action> = Vec::new();
     let mut previous_health: Vec<String> = Vec::new();
+    // Unit files of the releases returned to go back first, with one
+    // daemon-reload, before any restart.
+    let mut installs = Vec::new();
+    for (i, step) in &steps {
+        if let Some(saved) = &step.unit_restore {
+            let s = &config.services[*i];
+            let id = format!("install-unit:{}", s.name);
+            actions.push(Action {
+                id: id.clone(),
+                kind: ActionKind::InstallUnit,
+                service: Some(s.name.clone()),
+                phase: Some(s.phase.clone()),
+                reason: "put back the unit file of the release returned to".to_owned(),
+                after: Vec::new(),
+                command: None,
+                dir: Some(saved.clone()),
+                unit: Some(s.unit_name.clone()),
+                url: None,
+                timeout_secs: None,
+            });
+            installs.push(id);
+        }
+    }
+    if !installs.is_empty() {
+        actions.push(Action {
+            id: "daemon-reload".to_owned(),
+            kind: ActionKind::DaemonReload,
+            service: None,
+            phase: None,
+            reason: format!(
+                "systemd must re-read {} restored unit file(s)",
+                installs.len()
+            ),
+            after: installs,
+            command: None,
+            dir: None,
+            unit: None,
+            url: None,
+            timeout_secs: None,
+        });
+        previous_health = vec!["daemon-reload".to_owned()];
+    }
     for (pi, phase) in config.phases.iter().enumerate() {
         let in_phase: Vec<usize> = steps
             .keys()

@@ -223,3 +223,48 @@ async fn production_backs_up_before_migrating_and_restores_the_database() {
     );
     w.stop_all(&sd).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_rollback_puts_back_the_unit_file_the_last_apply_changed() {
+    let Some(w) = World::new("r4", 22300) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let unit_file = w.sandbox.unit_dir().join(w.unit("pricing"));
+    let before = std::fs::read_to_string(&unit_file).unwrap();
+    // A release of pricing that also changes its unit.
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("service \"pricing\""))
+        .unwrap()
+        .to_owned();
+    let pos = line.rfind('}').unwrap();
+    let changed = format!(
+        "{}; unit {{ env FEATURE_X=\"on\"; }} }}",
+        line[..pos].trim_end().trim_end_matches(';')
+    );
+    std::fs::write(&w.fx.config_path, text.replace(&line, &changed)).unwrap();
+    w.commit(
+        "main",
+        "pricing with feature x",
+        &[Edit::touch_service("pricing")],
+    );
+    let log = ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let after = std::fs::read_to_string(&unit_file).unwrap();
+    assert!(after.contains("FEATURE_X=on"), "{log}\n{after}");
+    let log = ok(&w.run(&["rollback", "--env", "staging", "--yes"]));
+    assert!(log.contains("install-unit:pricing"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(&unit_file).unwrap(),
+        before,
+        "{log}"
+    );
+    assert_eq!(
+        sd.status(&w.unit("pricing")).await.unwrap().active_state,
+        "active"
+    );
+    w.all_ready(&sd).await;
+    w.stop_all(&sd).await;
+}
