@@ -748,9 +748,11 @@ async fn rollback_from_journal(
             }
         }
     }
+    // Only a proxy that was reloaded is reloaded back: when its check
+    // failed, it still runs its old configuration and is left alone.
     let proxy_reloaded = records
         .iter()
-        .any(|r| matches!(r, Record::Started { action, .. } if action == "reload-proxy"));
+        .any(|r| matches!(r, Record::Succeeded { action, .. } if action == "reload-proxy"));
     if proxy_reloaded
         && let Some(p) = &ctx.config.proxy
         && let Err(e) = ctx.systemd.reload(&p.unit).await
