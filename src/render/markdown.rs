@@ -151,8 +151,8 @@ pub fn markdown(plan: &Plan) -> String {
     );
     let _ = writeln!(
         out,
-        "<sub>fingerprint `{}` · apply exactly this plan with `moorline apply PLANFILE`</sub>",
-        plan.fingerprint
+        "<sub>fingerprint `{}` · on the host, `moorline apply --env {} --reviewed PLANFILE` applies it only if the host's plan does the same</sub>",
+        plan.fingerprint, plan.environment
     );
     out
 }
