@@ -207,6 +207,19 @@ impl Validator<'_> {
         }
     }
 
+    /// A reference to a systemd unit must be a full, valid unit name.
+    fn unit_name(&mut self, u: &Str, example: &str) {
+        if !is_valid_unit_name(&u.value) {
+            self.push(Problem::new(
+                ProblemKind::InvalidName,
+                u.span,
+                format!("`{}` is not a valid systemd unit name", u.value),
+                "invalid unit name",
+                format!("write the full unit name, for example \"{example}\""),
+            ));
+        }
+    }
+
     fn safe_path(&mut self, p: &Str, what: &str) {
         let rendered = template::render(
             &p.value,
@@ -452,15 +465,7 @@ impl Validator<'_> {
             let Some(name) = &p.name else { continue };
             self.name(name, "phase");
             for u in &p.units {
-                if !is_valid_unit_name(&u.value) {
-                    self.push(Problem::new(
-                        ProblemKind::InvalidName,
-                        u.span,
-                        format!("`{}` is not a valid systemd unit name", u.value),
-                        "invalid unit name",
-                        "write the full unit name, for example \"postgresql.service\"",
-                    ));
-                }
+                self.unit_name(u, "postgresql.service");
             }
             if out
                 .iter()
@@ -491,15 +496,7 @@ impl Validator<'_> {
             self.placeholders(s, IN_UNIT, "a unit setting");
         }
         for s in raw.after.iter().chain(&raw.wants) {
-            if !is_valid_unit_name(&s.value) {
-                self.push(Problem::new(
-                    ProblemKind::InvalidName,
-                    s.span,
-                    format!("`{}` is not a valid systemd unit name", s.value),
-                    "invalid unit name",
-                    "write the full unit name, for example \"postgresql.service\"",
-                ));
-            }
+            self.unit_name(s, "postgresql.service");
         }
         if let Some(r) = &raw.restart {
             const POLICIES: &[&str] = &[
@@ -1015,15 +1012,7 @@ impl Validator<'_> {
                 return None;
             }
             Some(u) => {
-                if !is_valid_unit_name(&u.value) {
-                    self.push(Problem::new(
-                        ProblemKind::InvalidName,
-                        u.span,
-                        format!("`{}` is not a valid systemd unit name", u.value),
-                        "invalid unit name",
-                        "write the full unit name, for example \"nginx.service\"",
-                    ));
-                }
+                self.unit_name(u, "nginx.service");
                 u.value.clone()
             }
         };
