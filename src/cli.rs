@@ -86,7 +86,7 @@ pub enum Command {
     /// Every service's unit state, release, health and drift
     Status(StatusArgs),
     /// The plan's action graph as Graphviz DOT
-    Graph(GraphArgs),
+    Graph(PlanTarget),
     /// Take, list and restore database backups
     Backup(BackupArgs),
     /// Restart services in dependency order, gated on readiness (no build)
@@ -112,24 +112,9 @@ pub enum Command {
     Man,
 }
 
+/// What a plan is computed for: shared by `plan` and `graph`.
 #[derive(Debug, Args, Clone)]
-pub struct GraphArgs {
-    /// Environment to plan for
-    #[arg(long = "env", short = 'e', value_name = "ENV")]
-    pub env: String,
-    /// What is deployed now [default: the revision in the host state]
-    #[arg(long, value_name = "REV")]
-    pub from: Option<String>,
-    /// What to deploy [default: the tip of the environment's branch]
-    #[arg(long, value_name = "REV")]
-    pub to: Option<String>,
-    /// Allow a --from that is not an ancestor of --to
-    #[arg(long)]
-    pub allow_non_ancestor: bool,
-}
-
-#[derive(Debug, Args, Clone)]
-pub struct PlanArgs {
+pub struct PlanTarget {
     /// Environment to plan for
     #[arg(long = "env", short = 'e', value_name = "ENV")]
     pub env: String,
@@ -142,6 +127,12 @@ pub struct PlanArgs {
     /// Allow a --from that is not an ancestor of --to (flagged in the plan)
     #[arg(long)]
     pub allow_non_ancestor: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub target: PlanTarget,
     /// Save the plan (JSON, with its fingerprint) to this file
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,

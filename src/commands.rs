@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use miette::Diagnostic;
 
-use crate::cli::{ApplyArgs, Cli, Command, Format, Global, OnFailure, PlanArgs, StatusArgs};
+use crate::cli::{
+    ApplyArgs, Cli, Command, Format, Global, OnFailure, PlanArgs, PlanTarget, StatusArgs,
+};
 use crate::config::{self, Loaded};
 use crate::settings::{self, PlanRequest};
 use crate::{exit, render, report};
@@ -38,16 +40,9 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             runtime()?.block_on(crate::demo::run(args.keep, args.use_running_systemd))?;
             Ok(exit::OK)
         }
-        Command::Graph(args) => {
-            let t = settings::resolve(global, &args.env)?;
-            let p = settings::compute_plan(
-                &t,
-                &PlanRequest {
-                    from: args.from.clone(),
-                    to: args.to.clone(),
-                    allow_non_ancestor: args.allow_non_ancestor,
-                },
-            )?;
+        Command::Graph(target) => {
+            let t = settings::resolve(global, &target.env)?;
+            let p = settings::compute_plan(&t, &request(target))?;
             print!("{}", render::dot(&p));
             Ok(exit::OK)
         }
@@ -99,11 +94,11 @@ fn validate(loaded: &Loaded) -> i32 {
     exit::OK
 }
 
-fn request(args: &PlanArgs) -> PlanRequest {
+fn request(target: &PlanTarget) -> PlanRequest {
     PlanRequest {
-        from: args.from.clone(),
-        to: args.to.clone(),
-        allow_non_ancestor: args.allow_non_ancestor,
+        from: target.from.clone(),
+        to: target.to.clone(),
+        allow_non_ancestor: target.allow_non_ancestor,
     }
 }
 
@@ -120,8 +115,8 @@ struct PlanWriteError {
 }
 
 fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
-    let t = settings::resolve(global, &args.env)?;
-    let p = settings::compute_plan(&t, &request(args))?;
+    let t = settings::resolve(global, &args.target.env)?;
+    let p = settings::compute_plan(&t, &request(&args.target))?;
     let shown = match args.format {
         Format::Text => render::text(&p, stdout_color()),
         Format::Markdown => render::markdown(&p),
