@@ -732,3 +732,42 @@ async fn a_plan_reviewed_away_from_the_host_is_applied_only_if_the_host_agrees()
     w.all_ready(&sd).await;
     w.stop_all(&sd).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_apply_shows_a_live_view() {
+    let Some(w) = World::new("d10", 21900) else {
+        return;
+    };
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: no script(1) to give apply a terminal");
+        return;
+    }
+    let sd = w.sandbox.connect().await.unwrap();
+    // The same command line, run by script(1) on a pseudo-terminal.
+    let c = w.cmd(&["apply", "--env", "staging", "--yes"]);
+    let mut line = vec![c.get_program().to_string_lossy().into_owned()];
+    line.extend(c.get_args().map(|a| format!("'{}'", a.to_string_lossy())));
+    let mut script = std::process::Command::new("script");
+    script.args(["-qec", &line.join(" "), "/dev/null"]);
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => script.env(k, v),
+            None => script.env_remove(k),
+        };
+    }
+    script.env_remove("NO_COLOR");
+    let out = script.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("running "),
+        "the live line names running actions:\n{text}"
+    );
+    assert!(text.contains("succeeded"), "{text}");
+    w.all_ready(&sd).await;
+    w.stop_all(&sd).await;
+}
