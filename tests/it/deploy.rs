@@ -115,6 +115,18 @@ impl World {
     }
 }
 
+/// The plan JSON backs up the database before the first migration.
+pub fn assert_backup_before_migration(plan: &serde_json::Value) {
+    let ids: Vec<&str> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    let pos = |id: &str| ids.iter().position(|x| *x == id).unwrap();
+    assert!(pos("backup") < pos("migrate:backend"), "{ids:?}");
+}
+
 pub fn ok(o: &Output) -> String {
     let s = format!(
         "status {:?}\n--- stdout\n{}\n--- stderr\n{}",

@@ -244,14 +244,7 @@ fn production_with_backup() {
         "json",
     ]))
     .unwrap();
-    let ids: Vec<&str> = json["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["id"].as_str().unwrap())
-        .collect();
-    let pos = |id: &str| ids.iter().position(|x| *x == id).unwrap();
-    assert!(pos("backup") < pos("migrate:backend"), "{ids:?}");
+    crate::deploy::assert_backup_before_migration(&json);
     assert_eq!(json["rollback"]["kind"], "needs-database");
 }
 

@@ -461,14 +461,7 @@ async fn real_postgres_backup_before_migration_then_rollback_database_restores_i
     );
     let out = w.run(&["plan", "--env", "production", "--format", "json"]);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: Vec<&str> = plan["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["id"].as_str().unwrap())
-        .collect();
-    let pos = |id: &str| ids.iter().position(|x| *x == id).unwrap();
-    assert!(pos("backup") < pos("migrate:backend"), "{ids:?}");
+    crate::deploy::assert_backup_before_migration(&plan);
     let log = ok(&w.run(&["apply", "--env", "production", "--yes"]));
     assert_eq!(pg.applied(&url), ["0001_init", "0002_refunds"], "{log}");
     assert!(pg.has_table(&url, "refunds"));

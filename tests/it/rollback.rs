@@ -193,14 +193,7 @@ async fn production_backs_up_before_migrating_and_restores_the_database() {
     );
     let out = w.run(&["plan", "--env", "production", "--format", "json"]);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ids: Vec<&str> = plan["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["id"].as_str().unwrap())
-        .collect();
-    let pos = |id: &str| ids.iter().position(|x| *x == id).unwrap();
-    assert!(pos("backup") < pos("migrate:backend"), "{ids:?}");
+    crate::deploy::assert_backup_before_migration(&plan);
     assert_eq!(plan["rollback"]["kind"], "needs-database");
     ok(&w.run(&["apply", "--env", "production", "--yes"]));
     let after = std::fs::read_to_string(&ledger).unwrap();
