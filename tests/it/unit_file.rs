@@ -156,3 +156,40 @@ async fn systemd_reads_back_every_escaped_value_exactly() {
     std::fs::remove_file(&path).unwrap();
     systemd.daemon_reload().await.unwrap();
 }
+
+/// `apply` installs a unit that carries an inline secret readable by its owner only, and the
+/// others as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_installs_units_with_inline_secrets_as_0600() {
+    let Some(w) = crate::deploy::World::new("u1", 24600) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let mut config = String::new();
+    for line in text.lines() {
+        match line
+            .strip_prefix("service \"backend\"")
+            .and_then(|l| l.split_once('{'))
+        {
+            Some((pad, rest)) => config.push_str(&format!(
+                "service \"backend\"{pad}{{ unit {{ env API_TOKEN=\"t0ken\"; }};{rest}\n"
+            )),
+            None => {
+                config.push_str(line);
+                config.push('\n');
+            }
+        }
+    }
+    assert!(config.contains("API_TOKEN"), "{config}");
+    std::fs::write(&w.fx.config_path, config).unwrap();
+
+    crate::deploy::ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let mode = |service: &str| {
+        let path = w.sandbox.unit_dir().join(w.unit(service));
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode("backend"), 0o600);
+    assert_eq!(mode("gateway"), 0o644);
+    w.stop_all(&sd).await;
+}
