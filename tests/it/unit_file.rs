@@ -166,21 +166,19 @@ async fn apply_installs_units_with_inline_secrets_as_0600() {
     };
     let sd = w.sandbox.connect().await.unwrap();
     let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
-    let mut config = String::new();
-    for line in text.lines() {
-        match line
-            .strip_prefix("service \"backend\"")
-            .and_then(|l| l.split_once('{'))
-        {
-            Some((pad, rest)) => config.push_str(&format!(
-                "service \"backend\"{pad}{{ unit {{ env API_TOKEN=\"t0ken\"; }};{rest}\n"
-            )),
-            None => {
-                config.push_str(line);
-                config.push('\n');
+    let config: String = text
+        .lines()
+        .map(|line| {
+            if let Some((pad, rest)) = line
+                .strip_prefix("service \"backend\"")
+                .and_then(|l| l.split_once('{'))
+            {
+                format!("service \"backend\"{pad}{{ unit {{ env API_TOKEN=\"t0ken\"; }};{rest}\n")
+            } else {
+                format!("{line}\n")
             }
-        }
-    }
+        })
+        .collect();
     assert!(config.contains("API_TOKEN"), "{config}");
     std::fs::write(&w.fx.config_path, config).unwrap();
 
