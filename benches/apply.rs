@@ -283,7 +283,9 @@ async fn naive_deploy(
             .await?;
         }
         moorline::release::switch(&paths, &dir).map_err(|e| e.to_string())?;
-        let unit = moorline::unit::render(env, svc).ok_or("no unit block")?;
+        let unit = moorline::unit::render(env, svc)
+            .map_err(|e| e.to_string())?
+            .ok_or("no unit block")?;
         std::fs::write(f.unit_dir.join(&svc.unit_name), unit).map_err(|e| e.to_string())?;
         sd.daemon_reload().await.map_err(|e| e.to_string())?;
         // sudo systemctl restart pakashop-$service

@@ -850,7 +850,7 @@ fn commit_state(
             let unit_sha = ctx
                 .config
                 .service(service)
-                .and_then(|s| unit::render(&ctx.env, s))
+                .and_then(|s| unit::render(&ctx.env, s).ok().flatten())
                 .map(|u| state::sha256_hex(u.as_bytes()));
             let previous = match from {
                 Some(f) if f != to => Some(f.clone()),
@@ -874,7 +874,10 @@ fn commit_state(
         if let Record::UnitReplace { service, saved, .. } = r {
             previous_units.insert(service.clone(), saved.clone());
             if let Some(s) = ctx.config.service(service) {
-                let sha = unit::render(&ctx.env, s).map(|u| state::sha256_hex(u.as_bytes()));
+                let sha = unit::render(&ctx.env, s)
+                    .ok()
+                    .flatten()
+                    .map(|u| state::sha256_hex(u.as_bytes()));
                 if let Some(entry) = st.services.get_mut(service) {
                     entry.unit_sha256 = sha;
                 }
@@ -930,7 +933,7 @@ async fn still_in_effect(ctx: &Ctx, plan: &Plan, a: &Action) -> bool {
                     .is_ok_and(|s| s.active_state == "active")
         }
         ActionKind::InstallUnit => {
-            let want = unit_text(ctx, a, service);
+            let want = unit_text(ctx, a, service).ok().flatten();
             let have = a
                 .unit
                 .as_ref()
@@ -1053,7 +1056,9 @@ async fn perform(
         ActionKind::InstallUnit => {
             let service = service.ok_or("install-unit without a service")?;
             let svc = ctx.config.service(service).ok_or("unknown service")?;
-            let text = unit_text(ctx, a, service).ok_or(
+            let text = unit_text(ctx, a, service)
+                .map_err(|e| e.to_string())?
+                .ok_or(
                 "no unit to install: the service has no unit block, or the saved unit file is gone",
             )?;
             let path = ctx.unit_dir.join(&svc.unit_name);
@@ -1079,7 +1084,9 @@ async fn perform(
                     saved,
                 },
             )?;
-            state::write_atomic(&path, text.as_bytes())
+            // A unit carrying inline secret values is readable by root only.
+            let private = unit::carries_secrets(&text, &unit::secret_names(svc));
+            unit::install_file(&path, &text, private)
                 .map_err(|e| format!("writing {}: {e}", path.display()))?;
             Ok(None)
         }
@@ -1255,13 +1262,13 @@ async fn settled(sd: &Systemd, unit: &str, invocation: &str) -> Result<(), Strin
 /// The unit file an install-unit action writes: the saved file it names in
 /// `dir` (a rollback restoring the unit of a previous release), else the
 /// service's unit rendered from the configuration.
-fn unit_text(ctx: &Ctx, a: &Action, service: &str) -> Option<String> {
+fn unit_text(ctx: &Ctx, a: &Action, service: &str) -> Result<Option<String>, unit::UnitError> {
     match &a.dir {
-        Some(saved) => std::fs::read_to_string(saved).ok(),
-        None => ctx
-            .config
-            .service(service)
-            .and_then(|s| unit::render(&ctx.env, s)),
+        Some(saved) => Ok(std::fs::read_to_string(saved).ok()),
+        None => match ctx.config.service(service) {
+            Some(s) => unit::render(&ctx.env, s),
+            None => Ok(None),
+        },
     }
 }
 

@@ -222,7 +222,9 @@ fn units_at(t: &Target, sha: &str) -> Option<BTreeMap<String, Option<String>>> {
             .iter()
             .filter(|s| s.unit.is_some())
             .map(|s| {
-                let rendered = old.service(&s.name).and_then(|o| unit::render(env, o));
+                let rendered = old
+                    .service(&s.name)
+                    .and_then(|o| unit::render(env, o).ok().flatten());
                 (s.name.clone(), rendered)
             })
             .collect(),

@@ -383,7 +383,7 @@ async fn service_status(
         live: live.as_deref(),
         active_state: &unit_st.active_state,
         installed: installed.as_deref(),
-        rendered: unit::render(&host.env, s).as_deref(),
+        rendered: unit::render(&host.env, s).ok().flatten().as_deref(),
     });
     let migrations = match (host.options.migrations, runtime, &live) {
         (true, Some(rt), Some(rev)) => {

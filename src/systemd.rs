@@ -142,6 +142,8 @@ trait Unit {
     fn state_change_timestamp(&self) -> zbus::Result<u64>;
     #[zbus(property(emits_changed_signal = "false"), name = "FragmentPath")]
     fn fragment_path(&self) -> zbus::Result<String>;
+    #[zbus(property(emits_changed_signal = "false"), name = "Description")]
+    fn description(&self) -> zbus::Result<String>;
 }
 
 /// The service-specific properties live on a second interface of the same unit object.
@@ -161,6 +163,24 @@ trait Service {
         name = "ExecMainStartTimestamp"
     )]
     fn exec_main_start_timestamp(&self) -> zbus::Result<u64>;
+    #[zbus(property(emits_changed_signal = "false"), name = "Environment")]
+    fn environment(&self) -> zbus::Result<Vec<String>>;
+    /// `a(sasbttttuii)`: path, argv, ignore-failure, then timestamps, pid and status.
+    #[zbus(property(emits_changed_signal = "false"), name = "ExecStart")]
+    #[allow(clippy::type_complexity)]
+    fn exec_start(
+        &self,
+    ) -> zbus::Result<Vec<(String, Vec<String>, bool, u64, u64, u64, u64, u32, i32, i32)>>;
+}
+
+/// What systemd made of a service's unit file ([`Systemd::loaded_settings`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedSettings {
+    pub description: String,
+    /// `NAME=value` strings, in the order systemd keeps them.
+    pub environment: Vec<String>,
+    /// One `(program path, argv)` per `ExecStart=` command.
+    pub exec_start: Vec<(String, Vec<String>)>,
 }
 
 /// Which bus (and so which service manager) to talk to; `--systemd system|user`.
@@ -630,6 +650,37 @@ impl Systemd {
             status.result = String::try_from(value).map_err(err)?;
         }
         Ok(status)
+    }
+
+    /// A service's settings as systemd read them from its unit file
+    /// (specifiers resolved, quoting removed; `$` references are expanded
+    /// only when the command runs, so `$$` still shows doubled).
+    pub async fn loaded_settings(&self, unit: &str) -> Result<LoadedSettings, SystemdError> {
+        let err = |source| call_error("read settings", unit, source);
+        let path = self.manager.load_unit(unit).await.map_err(err)?;
+        let proxy = UnitProxy::builder(&self.connection)
+            .path(path.clone())
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(err)?;
+        let service = ServiceProxy::builder(&self.connection)
+            .path(path)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(err)?;
+        Ok(LoadedSettings {
+            description: proxy.description().await.map_err(err)?,
+            environment: service.environment().await.map_err(err)?,
+            exec_start: service
+                .exec_start()
+                .await
+                .map_err(err)?
+                .into_iter()
+                .map(|(path, argv, ..)| (path, argv))
+                .collect(),
+        })
     }
 
     /// Keeps `unit` loaded while this connection lives (`Unit.Ref()`): an inactive unit

@@ -55,6 +55,9 @@ pub enum PlanError {
         help("this is a bug in moorline: please report it with the config")
     )]
     Cycle(String),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Unit(#[from] unit::UnitError),
 }
 
 struct Affected {
@@ -241,7 +244,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             s.unit_name.clone(),
             baseline.as_deref().map(|b| sha256_hex(b.as_bytes())),
         );
-        let Some(rendered) = unit::render(env, s) else {
+        let Some(rendered) = unit::render(env, s)? else {
             unit_changes.insert(i, (UnitChange::Unmanaged, None));
             continue;
         };
@@ -251,7 +254,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             Some(b) if *b == rendered => UnitChange::Unchanged,
             Some(_) => UnitChange::Changed,
         };
-        let shown_new = unit::render_redacted(env, s).unwrap_or_default();
+        let shown_new = unit::render_redacted(env, s)?.unwrap_or_default();
         let diff = match (&change, &baseline) {
             (UnitChange::Changed, Some(b)) => Some(unit::diff(
                 &unit::redact_text(b, &secret),

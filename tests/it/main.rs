@@ -18,3 +18,4 @@ mod rollback;
 mod sandbox;
 mod support;
 mod systemd;
+mod unit_file;

@@ -84,7 +84,7 @@ impl Fx {
         std::fs::create_dir_all(self.unit_dir()).unwrap();
         let mut services = BTreeMap::new();
         for s in &config.services {
-            let unit = moorline::unit::render(env, s);
+            let unit = moorline::unit::render(env, s).unwrap();
             if let Some(text) = &unit {
                 std::fs::write(self.unit_dir().join(&s.unit_name), text).unwrap();
             }

@@ -105,3 +105,7 @@ pub async fn wait_for_port(port: u16, within: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// How long a test waits for a service it started to have done its work: generous, for a
+/// loaded 2-core machine (such a service normally finishes in milliseconds).
+pub const SERVICE_WAIT: Duration = Duration::from_secs(30);
