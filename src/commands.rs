@@ -161,6 +161,21 @@ pub enum ApplyCmdError {
         help("pass a file written by `moorline plan --out`")
     )]
     BadPlanFile { path: String, reason: String },
+    #[error(
+        "the saved plan {path} has format_version {found}; this moorline reads only {expected}"
+    )]
+    #[diagnostic(
+        code(moorline::plan::format_version),
+        help(
+            "it was written by {writer}; make the plan again with this moorline (`moorline plan --env ENV --out FILE`), or apply it with the moorline that wrote it"
+        )
+    )]
+    FormatVersion {
+        path: String,
+        found: String,
+        expected: u32,
+        writer: String,
+    },
     #[error("the saved plan no longer matches: {moved}")]
     #[diagnostic(
         code(moorline::apply::stale_plan),
@@ -208,12 +223,35 @@ pub fn runtime() -> miette::Result<tokio::runtime::Runtime> {
         .map_err(|e| ApplyCmdError::Runtime(e).into())
 }
 
+/// Reads a saved plan. Its `format_version` is checked before anything
+/// else in it is read: a plan of another format is refused whole, never
+/// read as this one.
 fn read_plan_file(path: &Path) -> miette::Result<crate::plan::Plan> {
     let text = std::fs::read_to_string(path).map_err(|e| ApplyCmdError::BadPlanFile {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    serde_json::from_str(&text).map_err(|e| {
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ApplyCmdError::BadPlanFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    if let Some(found) = crate::plan::foreign_format_version(&value) {
+        return Err(ApplyCmdError::FormatVersion {
+            path: path.display().to_string(),
+            found,
+            expected: crate::plan::FORMAT_VERSION,
+            writer: value
+                .pointer("/inputs/moorline_version")
+                .and_then(serde_json::Value::as_str)
+                .map_or_else(
+                    || "another version of moorline".to_owned(),
+                    |v| format!("moorline {}", crate::plan::clip(v)),
+                ),
+        }
+        .into());
+    }
+    serde_json::from_value(value).map_err(|e| {
         ApplyCmdError::BadPlanFile {
             path: path.display().to_string(),
             reason: e.to_string(),
@@ -275,7 +313,9 @@ pub(crate) fn confirm(question: &str) -> bool {
 }
 
 fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
+    // Plan files are read (and their format checked) before anything else.
     let saved = args.plan.as_deref().map(read_plan_file).transpose()?;
+    let reviewed = args.reviewed.as_deref().map(read_plan_file).transpose()?;
     let env_name = match (&saved, &args.env) {
         (Some(p), _) => p.environment.clone(),
         (None, Some(e)) => e.clone(),
@@ -329,7 +369,6 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
             }
             fresh
         } else {
-            let reviewed = args.reviewed.as_deref().map(read_plan_file).transpose()?;
             let p = settings::compute_plan(
                 &t,
                 &PlanRequest {

@@ -108,6 +108,20 @@ pub enum StateError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "the host state {path} has format_version {found}; this moorline reads only {expected}"
+    )]
+    #[diagnostic(
+        code(moorline::state::format_version),
+        help(
+            "it was written by another version of moorline; use that version on this host (moving the file away would make moorline treat every service as never deployed)"
+        )
+    )]
+    FormatVersion {
+        path: String,
+        found: String,
+        expected: u32,
+    },
     #[error("the host state {path} belongs to {found}, not {expected}")]
     #[diagnostic(
         code(moorline::state::mismatch),
@@ -174,10 +188,21 @@ pub fn load(dir: &Path, project: &str, env: &str) -> Result<Loaded, StateError> 
             });
         }
     };
-    let state: State = serde_json::from_slice(&bytes).map_err(|source| StateError::Invalid {
+    let invalid = |source| StateError::Invalid {
         path: path.display().to_string(),
         source,
-    })?;
+    };
+    // The version first: a state of another format is refused, never read
+    // as this one (its fields may mean something else).
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(invalid)?;
+    if let Some(found) = crate::plan::foreign_version(&value, FORMAT_VERSION) {
+        return Err(StateError::FormatVersion {
+            path: path.display().to_string(),
+            found,
+            expected: FORMAT_VERSION,
+        });
+    }
+    let state: State = serde_json::from_value(value).map_err(invalid)?;
     if state.project != project || state.environment != env {
         return Err(StateError::Mismatch {
             path: path.display().to_string(),
@@ -262,6 +287,22 @@ mod tests {
         assert!(matches!(
             load(dir.path(), "p", "other"),
             Err(StateError::Mismatch { .. })
+        ));
+        // Another format version is refused before anything else is read.
+        let other = serde_json::to_string(&State {
+            format_version: 99,
+            ..s.clone()
+        })
+        .unwrap();
+        fs::write(dir.path().join(STATE_FILE), &other).unwrap();
+        assert!(matches!(
+            load(dir.path(), "p", "e"),
+            Err(StateError::FormatVersion { found, .. }) if found == "99"
+        ));
+        fs::write(dir.path().join(STATE_FILE), br#"{"project": "p"}"#).unwrap();
+        assert!(matches!(
+            load(dir.path(), "p", "e"),
+            Err(StateError::FormatVersion { found, .. }) if found == "(none)"
         ));
         fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
         assert!(matches!(

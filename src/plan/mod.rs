@@ -283,6 +283,31 @@ pub fn review_differences(reviewed: &Plan, here: &Plan, same_target: bool) -> Ve
     out
 }
 
+/// The `format_version` of a plan file read as JSON, shown, when it is not
+/// the one this moorline writes (missing, another number, not a number);
+/// `None` when it is ours. Checked before the rest of the file is read.
+pub fn foreign_format_version(plan: &serde_json::Value) -> Option<String> {
+    foreign_version(plan, FORMAT_VERSION)
+}
+
+/// The `format_version` of a JSON document, shown, unless it is `expected`.
+pub fn foreign_version(doc: &serde_json::Value, expected: u32) -> Option<String> {
+    match doc.get("format_version") {
+        Some(v) if v.as_u64() == Some(u64::from(expected)) => None,
+        Some(v) => Some(clip(&v.to_string())),
+        None => Some("(none)".to_owned()),
+    }
+}
+
+/// A value from a file, cut for a one-line message.
+pub fn clip(s: &str) -> String {
+    const MAX: usize = 40;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
 /// Shortens a SHA for display.
 pub fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
@@ -342,6 +367,23 @@ mod tests {
             },
             warnings: Vec::new(),
         }
+    }
+
+    #[test]
+    fn only_this_format_version_is_read() {
+        let ours = serde_json::json!({"format_version": FORMAT_VERSION});
+        assert_eq!(foreign_format_version(&ours), None);
+        for (v, shown) in [
+            (serde_json::json!({"format_version": 99}), "99"),
+            (serde_json::json!({"format_version": "1"}), "\"1\""),
+            (serde_json::json!({"format_version": 1.5}), "1.5"),
+            (serde_json::json!({"format_version": null}), "null"),
+            (serde_json::json!({}), "(none)"),
+            (serde_json::json!([1]), "(none)"),
+        ] {
+            assert_eq!(foreign_format_version(&v).as_deref(), Some(shown), "{v}");
+        }
+        assert_eq!(clip(&"x".repeat(100)).chars().count(), 41);
     }
 
     #[test]

@@ -638,6 +638,74 @@ fn bad_input_is_a_diagnostic_not_a_panic() {
     );
 }
 
+/// Every file under `dir` with the hash of its bytes (what "nothing
+/// changed" compares).
+fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let hash = moorline::state::sha256_hex(&std::fs::read(&p).unwrap());
+                out.insert(p, hash);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_plan_or_state_of_another_format_version_is_refused() {
+    let f = Fx::new();
+    let plan = f.dir.path().join("plan.json");
+    f.plan(&["--env", "staging", "--out", plan.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&plan).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["format_version"] = 99.into();
+    // Another shape as well: the version is checked before anything else.
+    v["actions"] = "not a list".into();
+    std::fs::write(&plan, v.to_string()).unwrap();
+    let before = tree(f.dir.path());
+    for args in [
+        vec!["apply", plan.to_str().unwrap(), "--yes"],
+        vec![
+            "apply",
+            "--env",
+            "staging",
+            "--reviewed",
+            plan.to_str().unwrap(),
+            "--yes",
+        ],
+    ] {
+        let o = f.run(&args);
+        fails_with(&o, "moorline::plan::format_version");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("format_version 99"), "{err}");
+        assert!(
+            err.contains(&format!("moorline {}", env!("CARGO_PKG_VERSION"))),
+            "names the version that wrote it: {err}"
+        );
+        assert_eq!(tree(f.dir.path()), before, "nothing changed");
+    }
+
+    // A state file of another format is refused, not misread.
+    f.deployed("staging", &f.initial());
+    let path = f.state_dir().join("state.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["format_version"] = 99.into();
+    std::fs::write(&path, v.to_string()).unwrap();
+    let o = f.run(&["plan", "--env", "staging"]);
+    fails_with(&o, "moorline::state::format_version");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("format_version 99"));
+}
+
 /// The fixture's repository with `pakashop.kdl` (the real configuration)
 /// in place of the generated `moorline.kdl`, in a root commit of its own:
 /// nothing temporary is committed, so every SHA is the same on every machine.
