@@ -706,6 +706,53 @@ fn a_plan_or_state_of_another_format_version_is_refused() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("format_version 99"));
 }
 
+#[test]
+fn a_repository_of_another_user_names_git_safe_directory() {
+    use std::os::unix::fs::MetadataExt;
+    // Only root can give a directory away.
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        return;
+    }
+    let f = Fx::new();
+    let repo = f.fx.repo.canonicalize().unwrap();
+    // 65534: nobody. git checks the work tree and the git directory.
+    for d in [repo.clone(), repo.join(".git")] {
+        std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+    }
+    // An empty HOME: no global safe.directory from this machine.
+    let home = f.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let o = f
+        .cmd(&["plan", "--env", "staging"])
+        .env("HOME", &home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    fails_with(&o, "moorline::git::not_owned");
+    let err = String::from_utf8_lossy(&o.stderr).replace('\n', " ");
+    let want = format!(
+        "git config --global --add safe.directory {}",
+        repo.display()
+    );
+    // The help may wrap: compare with whitespace collapsed.
+    let flat = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat(&err).contains(&flat(&want)), "{err}");
+    assert!(!err.contains("--repo"), "{err}");
+    // Doing what it says works.
+    let cfg = home.join(".gitconfig");
+    std::fs::write(&cfg, format!("[safe]\n\tdirectory = {}\n", repo.display())).unwrap();
+    let o = f
+        .cmd(&["plan", "--env", "staging"])
+        .env("HOME", &home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    for d in [repo.clone(), repo.join(".git")] {
+        std::os::unix::fs::chown(&d, Some(0), Some(0)).unwrap();
+    }
+}
+
 /// The fixture's repository with `pakashop.kdl` (the real configuration)
 /// in place of the generated `moorline.kdl`, in a root commit of its own:
 /// nothing temporary is committed, so every SHA is the same on every machine.
