@@ -260,41 +260,14 @@ fn read_plan_file(path: &Path) -> miette::Result<crate::plan::Plan> {
     })
 }
 
-/// What differs between the inputs of a saved plan and a fresh one.
-fn what_moved(saved: &crate::plan::Plan, fresh: &crate::plan::Plan) -> String {
-    let (a, b) = (&saved.inputs, &fresh.inputs);
-    let mut moved = Vec::new();
-    if a.config_sha256 != b.config_sha256 {
-        moved.push("the configuration file changed".to_owned());
+/// Why a saved plan is stale, for the diagnostic: one reason on the line,
+/// several as a list.
+fn stale_reasons(saved: &crate::plan::Plan, fresh: &crate::plan::Plan) -> String {
+    let moved = crate::plan::stale::what_moved(saved, fresh);
+    match moved.as_slice() {
+        [one] => one.clone(),
+        many => format!("\n  - {}", many.join("\n  - ")),
     }
-    if a.state_sha256 != b.state_sha256 {
-        moved.push("the host state changed (another apply or rollback ran)".to_owned());
-    }
-    let units: Vec<&str> = a
-        .units
-        .keys()
-        .chain(b.units.keys())
-        .filter(|k| a.units.get(*k) != b.units.get(*k))
-        .map(String::as_str)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if !units.is_empty() {
-        moved.push(format!(
-            "installed unit files changed: {}",
-            units.join(", ")
-        ));
-    }
-    if a.moorline_version != b.moorline_version {
-        moved.push(format!(
-            "it was made by moorline {}, this is {}",
-            a.moorline_version, b.moorline_version
-        ));
-    }
-    if moved.is_empty() {
-        moved.push("the computed actions differ".to_owned());
-    }
-    moved.join("; ")
 }
 
 /// Asks on the terminal; `false` without one (the caller refuses then).
@@ -354,7 +327,7 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
             )?;
             if fresh.fingerprint != saved.fingerprint || fresh.actions != saved.actions {
                 return Err(ApplyCmdError::Stale {
-                    moved: what_moved(&saved, &fresh),
+                    moved: stale_reasons(&saved, &fresh),
                     env: env_name.clone(),
                 }
                 .into());

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use miette::Diagnostic;
 use petgraph::graph::{DiGraph, NodeIndex};
-use serde::Serialize;
 
 use super::{
     Action, ActionKind, FORMAT_VERSION, Plan, PlanInputs, RollbackKind, RollbackPlan,
@@ -750,8 +749,15 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         units_source: host.units_source.clone(),
         units: input_units,
         allow_non_ancestor: inp.allow_non_ancestor,
+        adopt: Vec::new(),
     };
-    let fingerprint = fingerprint(config, env, changes, &inputs);
+    let fingerprint = super::fingerprint(
+        &config.project.name,
+        &env.name,
+        changes.from.as_ref().map(|f| f.sha.as_str()),
+        &changes.to.sha,
+        &inputs,
+    );
     Ok(Plan {
         format_version: FORMAT_VERSION,
         operation: super::Operation::Deploy,
@@ -792,34 +798,6 @@ fn barrier(id: &str, phase: Option<&str>, reason: &str) -> Action {
         url: None,
         timeout_secs: None,
     }
-}
-
-/// The fingerprint: SHA-256 over the canonical JSON of every input.
-fn fingerprint(
-    config: &Config,
-    env: &Environment,
-    changes: &Changes,
-    inputs: &PlanInputs,
-) -> String {
-    #[derive(Serialize)]
-    struct Fp<'a> {
-        format_version: u32,
-        project: &'a str,
-        environment: &'a str,
-        from: Option<&'a str>,
-        to: &'a str,
-        inputs: &'a PlanInputs,
-    }
-    let fp = Fp {
-        format_version: FORMAT_VERSION,
-        project: &config.project.name,
-        environment: &env.name,
-        from: changes.from.as_ref().map(|f| f.sha.as_str()),
-        to: &changes.to.sha,
-        inputs,
-    };
-    let bytes = serde_json::to_vec(&fp).unwrap_or_default();
-    format!("sha256:{}", sha256_hex(&bytes))
 }
 
 /// The readiness check of a service after its restart.

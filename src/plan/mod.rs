@@ -5,6 +5,7 @@
 
 pub mod build;
 pub mod ops;
+pub mod stale;
 
 use std::collections::BTreeMap;
 
@@ -56,6 +57,11 @@ pub struct PlanInputs {
     /// Unit name → SHA-256 of the baseline unit file (`null`: none).
     pub units: BTreeMap<String, Option<String>>,
     pub allow_non_ancestor: bool,
+    /// Services whose hand-written unit file the plan adopts (`--adopt`),
+    /// sorted. Absent when none, so plans without adoption keep their
+    /// fingerprints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adopt: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -308,6 +314,36 @@ pub fn clip(s: &str) -> String {
     }
 }
 
+/// A deploy plan's fingerprint: SHA-256 over the canonical JSON of what it
+/// was computed from (the revisions and [`PlanInputs`]).
+pub fn fingerprint(
+    project: &str,
+    environment: &str,
+    from: Option<&str>,
+    to: &str,
+    inputs: &PlanInputs,
+) -> String {
+    #[derive(Serialize)]
+    struct Fp<'a> {
+        format_version: u32,
+        project: &'a str,
+        environment: &'a str,
+        from: Option<&'a str>,
+        to: &'a str,
+        inputs: &'a PlanInputs,
+    }
+    let fp = Fp {
+        format_version: FORMAT_VERSION,
+        project,
+        environment,
+        from,
+        to,
+        inputs,
+    };
+    let bytes = serde_json::to_vec(&fp).unwrap_or_default();
+    format!("sha256:{}", crate::state::sha256_hex(&bytes))
+}
+
 /// Shortens a SHA for display.
 pub fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
@@ -341,6 +377,7 @@ mod tests {
                 units_source: String::new(),
                 units: BTreeMap::new(),
                 allow_non_ancestor: false,
+                adopt: Vec::new(),
             },
             changed_paths: 0,
             services: Vec::new(),

@@ -253,6 +253,7 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
         units_source: "none".to_owned(),
         units: BTreeMap::new(),
         allow_non_ancestor: false,
+        adopt: Vec::new(),
     };
     let fp = serde_json::json!({
         "operation": inp.operation,

@@ -457,7 +457,51 @@ async fn saved_plan_is_applied_exactly_and_refused_when_stale() {
     let out = w.run(&["apply", plan.to_str().unwrap(), "--yes"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(code(&out), 1, "{err}");
-    assert!(err.contains("configuration file changed"), "{err}");
+    // Only the configuration moved, and the reason says exactly that.
+    let reason = err
+        .lines()
+        .find(|l| l.contains("no longer matches"))
+        .unwrap_or_default();
+    assert!(
+        reason.contains("the saved plan no longer matches: the configuration changed (sha256 "),
+        "{err}"
+    );
+    assert!(!err.contains("host state"), "{err}");
+    assert!(!err.contains("computed actions"), "{err}");
+    // A service renamed in the configuration after the plan was made:
+    // named as gone and as new, not as a host state change.
+    ok(&w.run(&["plan", "--env", "staging", "--out", plan.to_str().unwrap()]));
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let renamed: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("service \"pricing\"") {
+            Some(rest) => format!(
+                "service \"prices\" {}",
+                rest.trim_start()
+                    .replacen("{ ", "{ path \"services/pricing\"; ", 1)
+            ),
+            None => l.to_owned(),
+        })
+        .map(|l| l + "\n")
+        .collect();
+    assert!(renamed.contains("service \"prices\""), "{renamed}");
+    std::fs::write(&w.fx.config_path, renamed).unwrap();
+    let out = w.run(&["apply", plan.to_str().unwrap(), "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 1, "{err}");
+    // Long reasons may wrap: compare with whitespace collapsed.
+    let err = err.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(err.contains("the configuration changed (sha256 "), "{err}");
+    assert!(
+        err.contains("service `pricing` is no longer in the configuration"),
+        "{err}"
+    );
+    assert!(
+        err.contains("new service `prices` in the configuration"),
+        "{err}"
+    );
+    assert!(!err.contains("host state"), "{err}");
+    std::fs::write(&w.fx.config_path, text).unwrap();
     w.stop_all(&sd).await;
 }
 
