@@ -99,6 +99,7 @@ fn request(target: &PlanTarget) -> PlanRequest {
         from: target.from.clone(),
         to: target.to.clone(),
         allow_non_ancestor: target.allow_non_ancestor,
+        adopt: target.adopt.clone(),
     }
 }
 
@@ -132,11 +133,13 @@ fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
         })?;
         eprintln!("plan saved to {} ({})", out.display(), p.fingerprint);
     }
-    Ok(if args.detailed_exitcode && p.has_changes() {
-        exit::CHANGES
-    } else {
-        exit::OK
-    })
+    Ok(
+        if args.detailed_exitcode && (p.has_changes() || p.has_conflicts()) {
+            exit::CHANGES
+        } else {
+            exit::OK
+        },
+    )
 }
 
 /// Colour on standard output: a terminal and no `NO_COLOR`.
@@ -184,6 +187,14 @@ pub enum ApplyCmdError {
         )
     )]
     Stale { moved: String, env: String },
+    #[error("refusing to replace unit files that moorline did not install: {files}")]
+    #[diagnostic(
+        code(moorline::apply::unit_conflict),
+        help(
+            "nothing was changed. Compare each file with the unit moorline would write (the plan's diff), then adopt it explicitly: {how}; or remove the service's `unit` block to keep managing that unit by hand"
+        )
+    )]
+    UnitConflict { files: String, how: String },
     #[error("refusing to apply without confirmation: there is no terminal to ask on")]
     #[diagnostic(
         code(moorline::apply::unconfirmed),
@@ -260,6 +271,44 @@ fn read_plan_file(path: &Path) -> miette::Result<crate::plan::Plan> {
     })
 }
 
+/// The refusal of a plan with unit conflicts, naming each file and the
+/// command that adopts them (`how` depends on where the plan came from).
+fn conflict_error(p: &crate::plan::Plan, source: PlanSource) -> ApplyCmdError {
+    let files = p
+        .conflicts
+        .iter()
+        .map(|c| format!("{} (service {})", c.path, c.service))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let flags = p
+        .conflicts
+        .iter()
+        .map(|c| format!("--adopt {}", c.service))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let env = &p.environment;
+    let how = match source {
+        PlanSource::Saved => format!(
+            "make the plan again with `moorline plan --env {env} {flags} --out FILE`, review it, and apply that"
+        ),
+        PlanSource::Reviewed => format!(
+            "have a plan made with `moorline plan --env {env} {flags} --out FILE` reviewed, and apply that with --reviewed"
+        ),
+        PlanSource::Here => format!(
+            "`moorline apply --env {env} {flags}` (the plan shows the adoption first), or `moorline plan --env {env} {flags} --out FILE` to review it"
+        ),
+    };
+    ApplyCmdError::UnitConflict { files, how }
+}
+
+/// Where the plan being applied came from.
+#[derive(Debug, Clone, Copy)]
+enum PlanSource {
+    Saved,
+    Reviewed,
+    Here,
+}
+
 /// Why a saved plan is stale, for the diagnostic: one reason on the line,
 /// several as a list.
 fn stale_reasons(saved: &crate::plan::Plan, fresh: &crate::plan::Plan) -> String {
@@ -323,8 +372,12 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                     from: saved.from.as_ref().map(|f| f.sha.clone()),
                     to: Some(saved.to.sha.clone()),
                     allow_non_ancestor: saved.inputs.allow_non_ancestor,
+                    adopt: saved.inputs.adopt.clone(),
                 },
             )?;
+            if fresh.has_conflicts() {
+                return Err(conflict_error(&fresh, PlanSource::Saved).into());
+            }
             if fresh.fingerprint != saved.fingerprint || fresh.actions != saved.actions {
                 return Err(ApplyCmdError::Stale {
                     moved: stale_reasons(&saved, &fresh),
@@ -354,8 +407,25 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                         || reviewed
                             .as_ref()
                             .is_some_and(|r| r.inputs.allow_non_ancestor),
+                    adopt: args
+                        .adopt
+                        .iter()
+                        .chain(reviewed.iter().flat_map(|r| &r.inputs.adopt))
+                        .cloned()
+                        .collect(),
                 },
             )?;
+            if p.has_conflicts() {
+                if args.format != Format::Json {
+                    eprint!("{}", render::text(&p, report::stderr_color()));
+                }
+                let source = if reviewed.is_some() {
+                    PlanSource::Reviewed
+                } else {
+                    PlanSource::Here
+                };
+                return Err(conflict_error(&p, source).into());
+            }
             if let Some(r) = &reviewed {
                 let differences = crate::plan::review_differences(r, &p, args.to.is_none());
                 if !differences.is_empty() {

@@ -40,7 +40,13 @@ pub struct ServiceState {
     /// The release before it: where a rollback goes.
     pub previous: Option<String>,
     /// SHA-256 of the unit file moorline installed, if it manages the unit.
+    /// Its presence is the ownership record: moorline replaces only unit
+    /// files it installed (others only when adopted, `--adopt`).
     pub unit_sha256: Option<String>,
+    /// The name of that unit file (absent in states written before it was
+    /// recorded: then any name of the service's unit counts as installed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +80,14 @@ pub struct ApplyRecord {
 }
 
 impl State {
+    /// Whether moorline installed the unit file `unit` of `service` here:
+    /// the ownership record that lets a later apply replace it.
+    pub fn installed_unit(&self, service: &str, unit: &str) -> bool {
+        self.services
+            .get(service)
+            .is_some_and(|s| s.unit_sha256.is_some() && s.unit.as_deref().is_none_or(|u| u == unit))
+    }
+
     /// The backup the most recent apply took before migrating (the one a
     /// database rollback restores), if any.
     pub fn apply_backup(&self) -> Option<&BackupRecord> {

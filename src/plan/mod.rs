@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::changes::Rev;
 
-pub use build::{HostView, Inputs, PlanError, build};
+pub use build::{ForeignUnit, HostView, Inputs, PlanError, build};
 
 /// Version of the JSON contract; bumped on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
@@ -43,6 +43,23 @@ pub struct Plan {
     pub actions: Vec<Action>,
     pub rollback: RollbackPlan,
     pub warnings: Vec<String>,
+    /// Unit files on the host that moorline did not install and would
+    /// replace: `apply` refuses the plan until each is adopted (`--adopt`).
+    /// Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<UnitConflict>,
+}
+
+/// A unit file on the host, at the name a managed service's unit gets,
+/// that the host state does not record as installed by moorline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitConflict {
+    pub service: String,
+    pub unit: String,
+    /// The file on the host.
+    pub path: String,
+    /// Why it is not moorline's, and how to go on.
+    pub reason: String,
 }
 
 /// What the plan was computed from; the fingerprint is a hash of this.
@@ -156,6 +173,19 @@ pub enum UnitChange {
     Unchanged,
     New,
     Changed,
+    /// A unit file moorline did not install is where this unit goes: not
+    /// replaced (see `conflicts`) until adopted.
+    Conflict,
+    /// A unit file moorline did not install is replaced, as asked with
+    /// `--adopt`; from then on moorline owns it.
+    Adopt,
+}
+
+impl UnitChange {
+    /// Whether the plan writes the unit file.
+    pub fn installs(self) -> bool {
+        matches!(self, Self::New | Self::Changed | Self::Adopt)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +234,11 @@ impl Plan {
     /// Whether applying the plan would do anything.
     pub fn has_changes(&self) -> bool {
         !self.actions.is_empty()
+    }
+
+    /// Whether unit files moorline did not install stand in its way.
+    pub fn has_conflicts(&self) -> bool {
+        !self.conflicts.is_empty()
     }
 
     pub fn action(&self, id: &str) -> Option<&Action> {
@@ -277,8 +312,16 @@ pub fn review_differences(reviewed: &Plan, here: &Plan, same_target: bool) -> Ve
         }
     }
     for s in &here.services {
+        // An adoption the reviewed plan asked for installs a unit there
+        // (where no hand-written file was to be seen) and adopts one here.
+        let adopted = |r: UnitChange| {
+            s.unit_change == UnitChange::Adopt
+                && reviewed.inputs.adopt.contains(&s.name)
+                && r.installs()
+        };
         if let Some(r) = reviewed.services.iter().find(|r| r.name == s.name)
-            && (r.change, r.migrate, r.unit_change) != (s.change, s.migrate, s.unit_change)
+            && ((r.change, r.migrate) != (s.change, s.migrate)
+                || (r.unit_change != s.unit_change && !adopted(r.unit_change)))
         {
             out.push(format!(
                 "service `{}` changes differently on this host",
@@ -403,6 +446,7 @@ mod tests {
                 summary: String::new(),
             },
             warnings: Vec::new(),
+            conflicts: Vec::new(),
         }
     }
 

@@ -282,5 +282,6 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
         actions,
         rollback,
         warnings: Vec::new(),
+        conflicts: Vec::new(),
     }
 }

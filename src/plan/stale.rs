@@ -247,6 +247,7 @@ mod tests {
                 summary: String::new(),
             },
             warnings: Vec::new(),
+            conflicts: Vec::new(),
         };
         seal(&mut p);
         p

@@ -93,7 +93,10 @@ impl Fx {
                 moorline::state::ServiceState {
                     revision: rev.to_owned(),
                     previous: None,
-                    unit_sha256: unit.map(|u| moorline::state::sha256_hex(u.as_bytes())),
+                    unit_sha256: unit
+                        .as_ref()
+                        .map(|u| moorline::state::sha256_hex(u.as_bytes())),
+                    unit: unit.map(|_| s.unit_name.clone()),
                 },
             );
         }
