@@ -274,12 +274,12 @@ fn read_plan_file(path: &Path) -> miette::Result<crate::plan::Plan> {
 /// The refusal of a plan with unit conflicts, naming each file and the
 /// command that adopts them (`how` depends on where the plan came from).
 fn conflict_error(p: &crate::plan::Plan, source: PlanSource) -> ApplyCmdError {
-    let files = p
+    let files: Vec<String> = p
         .conflicts
         .iter()
         .map(|c| format!("{} (service {})", c.path, c.service))
-        .collect::<Vec<_>>()
-        .join(", ");
+        .collect();
+    let files = format!("\n  - {}", files.join("\n  - "));
     let flags = p
         .conflicts
         .iter()

@@ -850,8 +850,8 @@ fn unit_conflict(s: &Service, f: &ForeignUnit) -> UnitConflict {
         unit: s.unit_name.clone(),
         path: f.path.clone(),
         reason: format!(
-            "{} exists and the host state does not record moorline installing it: moorline replaces a unit file it did not install only when asked.{hint} Compare it with the planned one (the diff above), then adopt it with --adopt {} (moorline plan --adopt / moorline apply --adopt), or remove the `unit` block of service {} to keep managing it by hand.",
-            f.path, s.name, s.name
+            "{} was not installed by moorline (the host state has no record of it), so moorline will not replace it.{hint} Compare it with moorline's unit (the diff under service {}), then adopt it with --adopt {}; or remove the `unit` block of service {} to keep managing it by hand.",
+            f.path, s.name, s.name, s.name
         ),
     }
 }

@@ -468,6 +468,39 @@ mod tests {
     }
 
     #[test]
+    fn an_adoption_must_be_in_the_reviewed_plan() {
+        let with_unit = |change: UnitChange, adopt: &[&str]| {
+            let mut p = plan("aaaa", &["backend"]);
+            p.services.push(ServicePlan {
+                name: "backend".into(),
+                phase: "core".into(),
+                unit: "p-backend.service".into(),
+                change: ServiceChange::Restart,
+                migrate: false,
+                unit_change: change,
+                from_revision: None,
+                to_revision: None,
+                reasons: Vec::new(),
+                changed_paths: Vec::new(),
+                changed_count: 0,
+                unit_diff: None,
+            });
+            p.inputs.adopt = adopt.iter().map(|s| (*s).to_owned()).collect();
+            p
+        };
+        // Reviewed where no hand-written file was (a new unit), adopted here.
+        let here = with_unit(UnitChange::Adopt, &["backend"]);
+        let reviewed = with_unit(UnitChange::New, &["backend"]);
+        assert!(review_differences(&reviewed, &here, true).is_empty());
+        // The reviewed plan did not ask for it: a difference.
+        let unasked = with_unit(UnitChange::New, &[]);
+        assert_eq!(
+            review_differences(&unasked, &here, true),
+            ["service `backend` changes differently on this host"]
+        );
+    }
+
+    #[test]
     fn reviewed_plans_compare_by_what_they_do() {
         let reviewed = plan("aaaa", &["backend"]);
         // Same actions, same commit.

@@ -210,6 +210,86 @@ fn unit_file_changed() {
     snapshot_all(&f, "unit_changed", &["--env", "staging"]);
 }
 
+/// `pricing` was deployed while its unit was written by hand (the state
+/// records no unit of it), and that hand-written file is on the host.
+fn hand_written_pricing_unit(f: &Fx) -> PathBuf {
+    let head = f.fx.head("main").unwrap();
+    f.deployed("staging", &head);
+    let mut st = moorline::state::load(&f.state_dir(), "pakashop", "staging")
+        .unwrap()
+        .state
+        .unwrap();
+    let svc = st.services.get_mut("pricing").unwrap();
+    svc.unit_sha256 = None;
+    svc.unit = None;
+    moorline::state::save(&f.state_dir(), &st).unwrap();
+    let path = f.unit_dir().join("pakashop-pricing.service");
+    std::fs::write(
+        &path,
+        "[Unit]\nDescription=pricing, by hand\n\n[Service]\nExecStart=/usr/bin/python3 /srv/pricing/server.py\nEnvironment=\"API_TOKEN=hand-written-secret\"\n",
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn unit_not_installed_by_moorline_is_a_conflict() {
+    let f = Fx::new();
+    let path = hand_written_pricing_unit(&f);
+    // Nothing else changes, yet the plan is not "no changes".
+    let o = f.run(&["plan", "--env", "staging", "--detailed-exitcode"]);
+    assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
+    snapshot_all(&f, "unit_conflict", &["--env", "staging"]);
+    let json: serde_json::Value =
+        serde_json::from_str(&f.plan(&["--env", "staging", "--format", "json"])).unwrap();
+    assert_eq!(json["conflicts"][0]["service"], "pricing");
+    assert_eq!(json["conflicts"][0]["path"], path.to_str().unwrap());
+    assert_eq!(json["actions"].as_array().unwrap().len(), 0, "{json}");
+    // Adopted: replaced, with the diff from the hand-written file, and
+    // the adoption recorded in the plan's inputs.
+    snapshot_all(
+        &f,
+        "unit_adopt",
+        &["--env", "staging", "--adopt", "pricing"],
+    );
+    let json: serde_json::Value = serde_json::from_str(&f.plan(&[
+        "--env",
+        "staging",
+        "--adopt",
+        "pakashop-pricing.service",
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    assert!(json.get("conflicts").is_none(), "{json}");
+    assert_eq!(json["inputs"]["adopt"], serde_json::json!(["pricing"]));
+    let install = json["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "install-unit:pricing")
+        .unwrap();
+    assert!(
+        install["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("adopting a unit moorline did not install"),
+        "{install}"
+    );
+    // The hand-written file's secret is redacted in the diff like any other.
+    assert!(!json.to_string().contains("hand-written-secret"));
+    // A name that is not a managed service is an error.
+    fails_with(
+        &f.run(&["plan", "--env", "staging", "--adopt", "pricng"]),
+        "moorline::cli::adopt",
+    );
+    // Owned units stay owned: no conflict for the others, and none once
+    // the state records pricing's unit.
+    f.deployed("staging", &f.fx.head("main").unwrap());
+    let o = f.run(&["plan", "--env", "staging", "--detailed-exitcode"]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+}
+
 #[test]
 fn nothing_changed() {
     let f = Fx::new();
