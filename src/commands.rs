@@ -100,6 +100,7 @@ fn request(target: &PlanTarget) -> PlanRequest {
         to: target.to.clone(),
         allow_non_ancestor: target.allow_non_ancestor,
         adopt: target.adopt.clone(),
+        on_host: false,
     }
 }
 
@@ -373,6 +374,7 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                     to: Some(saved.to.sha.clone()),
                     allow_non_ancestor: saved.inputs.allow_non_ancestor,
                     adopt: saved.inputs.adopt.clone(),
+                    on_host: true,
                 },
             )?;
             if fresh.has_conflicts() {
@@ -413,6 +415,7 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                         .chain(reviewed.iter().flat_map(|r| &r.inputs.adopt))
                         .cloned()
                         .collect(),
+                    on_host: true,
                 },
             )?;
             if p.has_conflicts() {

@@ -133,6 +133,12 @@ pub struct PlanRequest {
     /// `--adopt`: services (or their unit file names) whose unit file that
     /// moorline did not install may be replaced.
     pub adopt: Vec<String>,
+    /// The plan is to be applied here (`apply`): this host's unit
+    /// directory is checked for unit files moorline did not install even
+    /// when the baseline comes from the configuration at `from` (a plan
+    /// made for review away from the host checks only where it compares
+    /// with this host's units).
+    pub on_host: bool,
 }
 
 /// Resolves `--adopt` names (a service or its unit file name) to service
@@ -213,7 +219,11 @@ pub fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan> {
         ("none".to_owned(), BTreeMap::new())
     };
     let changes = t.repo.changes(from, to, req.allow_non_ancestor)?;
-    let foreign_units = foreign_units(t, loaded_state.state.as_ref());
+    let foreign_units = if req.on_host || units_source == "host" {
+        foreign_units(t, loaded_state.state.as_ref())
+    } else {
+        BTreeMap::new()
+    };
     let adopt = resolve_adopt(config, &req.adopt)?;
     let host = HostView {
         state: loaded_state.state,
