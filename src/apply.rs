@@ -847,11 +847,13 @@ fn commit_state(
     let mut switched = Vec::new();
     for r in records {
         if let Record::Switch { service, from, to } = r {
-            let unit_sha = ctx
-                .config
-                .service(service)
+            let svc = ctx.config.service(service);
+            let unit_sha = svc
                 .and_then(|s| unit::render(&ctx.env, s).ok().flatten())
                 .map(|u| state::sha256_hex(u.as_bytes()));
+            let unit_name = svc
+                .filter(|_| unit_sha.is_some())
+                .map(|s| s.unit_name.clone());
             let previous = match from {
                 Some(f) if f != to => Some(f.clone()),
                 _ => st.services.get(service).and_then(|s| s.previous.clone()),
@@ -862,6 +864,7 @@ fn commit_state(
                     revision: to.clone(),
                     previous,
                     unit_sha256: unit_sha,
+                    unit: unit_name,
                 },
             );
             if !switched.contains(service) {
@@ -879,6 +882,7 @@ fn commit_state(
                     .flatten()
                     .map(|u| state::sha256_hex(u.as_bytes()));
                 if let Some(entry) = st.services.get_mut(service) {
+                    entry.unit = sha.as_ref().map(|_| s.unit_name.clone());
                     entry.unit_sha256 = sha;
                 }
             }

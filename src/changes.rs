@@ -21,6 +21,18 @@ pub enum GitError {
         #[source]
         source: git2::Error,
     },
+    #[error("git refuses to open {dir}: the repository belongs to another user")]
+    #[diagnostic(
+        code(moorline::git::not_owned),
+        help(
+            "if you trust the repository, mark it safe for the user running moorline: `git config --global --add safe.directory {dir}`; or run moorline as the repository's owner"
+        )
+    )]
+    NotOwned {
+        dir: String,
+        #[source]
+        source: git2::Error,
+    },
     #[error("unknown revision `{spec}`")]
     #[diagnostic(
         code(moorline::git::unknown_revision),
@@ -78,6 +90,37 @@ fn failed(doing: &str) -> impl FnOnce(git2::Error) -> GitError + '_ {
     }
 }
 
+/// Why a repository could not be opened from `path`. git (and libgit2)
+/// refuse a repository owned by another user unless its directory is
+/// listed in `safe.directory`: that case names the directory to list.
+fn open_error(path: &Path, source: git2::Error) -> GitError {
+    if source.code() == git2::ErrorCode::Owner {
+        return GitError::NotOwned {
+            dir: safe_directory(path).display().to_string(),
+            source,
+        };
+    }
+    GitError::NotARepository {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The directory git's `safe.directory` must list for the repository
+/// containing `path`: its work tree (the `.git` directory's parent), or
+/// the git directory of a bare repository. Finding it does not check
+/// ownership; when even that fails, `path` itself.
+fn safe_directory(path: &Path) -> PathBuf {
+    let Ok(gitdir) = Repository::discover_path(path, std::iter::empty::<&str>()) else {
+        return path.to_path_buf();
+    };
+    let gitdir = gitdir.components().collect::<PathBuf>();
+    match gitdir.file_name() {
+        Some(n) if n == ".git" => gitdir.parent().map_or(gitdir.clone(), Path::to_path_buf),
+        _ => gitdir,
+    }
+}
+
 /// A resolved revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rev {
@@ -121,10 +164,7 @@ impl Repo {
         // does not (only `git fsck` does). Planning reads thousands of
         // trees, and the SHA-1 work dominated a 2,000-service plan.
         git2::opts::strict_hash_verification(false);
-        let repo = Repository::discover(path).map_err(|source| GitError::NotARepository {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let repo = Repository::discover(path).map_err(|source| open_error(path, source))?;
         let root = repo.workdir().unwrap_or_else(|| repo.path()).to_path_buf();
         Ok(Self { repo, root })
     }
@@ -434,4 +474,56 @@ pub enum ExportError {
         help("check free space and permissions under the environment's root")
     )]
     Io(PathBuf, #[source] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repository_of_another_user_names_the_safe_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        Repository::init(root.join("work")).unwrap();
+        Repository::init_bare(root.join("bare.git")).unwrap();
+        std::fs::create_dir_all(root.join("work/sub/deeper")).unwrap();
+        let owner = || {
+            git2::Error::new(
+                git2::ErrorCode::Owner,
+                git2::ErrorClass::Config,
+                "repository path is not owned by current user",
+            )
+        };
+        for (from, want) in [
+            (root.join("work/sub/deeper"), root.join("work")),
+            (root.join("work"), root.join("work")),
+            (root.join("bare.git"), root.join("bare.git")),
+            // Nothing to discover: the path as given.
+            (root.join("nowhere"), root.join("nowhere")),
+        ] {
+            let e = open_error(&from, owner());
+            let GitError::NotOwned { dir, .. } = &e else {
+                panic!("{e:?}");
+            };
+            assert_eq!(Path::new(dir), want, "from {}", from.display());
+            let help = e.help().unwrap().to_string();
+            assert!(
+                help.contains(&format!(
+                    "git config --global --add safe.directory {}",
+                    want.display()
+                )),
+                "{help}"
+            );
+        }
+        // Any other failure is "not a repository", as before.
+        let other = git2::Error::new(
+            git2::ErrorCode::NotFound,
+            git2::ErrorClass::Repository,
+            "could not find repository",
+        );
+        assert!(matches!(
+            open_error(&root.join("nowhere"), other),
+            GitError::NotARepository { .. }
+        ));
+    }
 }

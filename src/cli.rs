@@ -127,6 +127,10 @@ pub struct PlanTarget {
     /// Allow a --from that is not an ancestor of --to (flagged in the plan)
     #[arg(long)]
     pub allow_non_ancestor: bool,
+    /// Replace the unit file of SERVICE (a service or its unit file name)
+    /// although moorline did not install it (shown in the plan); repeatable
+    #[arg(long, value_name = "SERVICE")]
+    pub adopt: Vec<String>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -163,6 +167,11 @@ pub struct ApplyArgs {
     pub to: Option<String>,
     #[arg(long)]
     pub allow_non_ancestor: bool,
+    /// Replace the unit file of SERVICE although moorline did not install
+    /// it (shown in the plan first); repeatable. A saved or reviewed plan
+    /// brings its own adoptions
+    #[arg(long, value_name = "SERVICE", conflicts_with = "plan")]
+    pub adopt: Vec<String>,
     /// Do not ask for confirmation
     #[arg(long, short = 'y')]
     pub yes: bool,

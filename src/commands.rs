@@ -99,6 +99,8 @@ fn request(target: &PlanTarget) -> PlanRequest {
         from: target.from.clone(),
         to: target.to.clone(),
         allow_non_ancestor: target.allow_non_ancestor,
+        adopt: target.adopt.clone(),
+        on_host: false,
     }
 }
 
@@ -132,11 +134,13 @@ fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
         })?;
         eprintln!("plan saved to {} ({})", out.display(), p.fingerprint);
     }
-    Ok(if args.detailed_exitcode && p.has_changes() {
-        exit::CHANGES
-    } else {
-        exit::OK
-    })
+    Ok(
+        if args.detailed_exitcode && (p.has_changes() || p.has_conflicts()) {
+            exit::CHANGES
+        } else {
+            exit::OK
+        },
+    )
 }
 
 /// Colour on standard output: a terminal and no `NO_COLOR`.
@@ -161,6 +165,21 @@ pub enum ApplyCmdError {
         help("pass a file written by `moorline plan --out`")
     )]
     BadPlanFile { path: String, reason: String },
+    #[error(
+        "the saved plan {path} has format_version {found}; this moorline reads only {expected}"
+    )]
+    #[diagnostic(
+        code(moorline::plan::format_version),
+        help(
+            "it was written by {writer}; make the plan again with this moorline (`moorline plan --env ENV --out FILE`), or apply it with the moorline that wrote it"
+        )
+    )]
+    FormatVersion {
+        path: String,
+        found: String,
+        expected: u32,
+        writer: String,
+    },
     #[error("the saved plan no longer matches: {moved}")]
     #[diagnostic(
         code(moorline::apply::stale_plan),
@@ -169,6 +188,14 @@ pub enum ApplyCmdError {
         )
     )]
     Stale { moved: String, env: String },
+    #[error("refusing to replace unit files that moorline did not install: {files}")]
+    #[diagnostic(
+        code(moorline::apply::unit_conflict),
+        help(
+            "nothing was changed. Compare each file with the unit moorline would write (the plan's diff), then adopt it explicitly: {how}; or remove the service's `unit` block to keep managing that unit by hand"
+        )
+    )]
+    UnitConflict { files: String, how: String },
     #[error("refusing to apply without confirmation: there is no terminal to ask on")]
     #[diagnostic(
         code(moorline::apply::unconfirmed),
@@ -208,12 +235,35 @@ pub fn runtime() -> miette::Result<tokio::runtime::Runtime> {
         .map_err(|e| ApplyCmdError::Runtime(e).into())
 }
 
+/// Reads a saved plan. Its `format_version` is checked before anything
+/// else in it is read: a plan of another format is refused whole, never
+/// read as this one.
 fn read_plan_file(path: &Path) -> miette::Result<crate::plan::Plan> {
     let text = std::fs::read_to_string(path).map_err(|e| ApplyCmdError::BadPlanFile {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    serde_json::from_str(&text).map_err(|e| {
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ApplyCmdError::BadPlanFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    if let Some(found) = crate::plan::foreign_format_version(&value) {
+        return Err(ApplyCmdError::FormatVersion {
+            path: path.display().to_string(),
+            found,
+            expected: crate::plan::FORMAT_VERSION,
+            writer: value
+                .pointer("/inputs/moorline_version")
+                .and_then(serde_json::Value::as_str)
+                .map_or_else(
+                    || "another version of moorline".to_owned(),
+                    |v| format!("moorline {}", crate::plan::clip(v)),
+                ),
+        }
+        .into());
+    }
+    serde_json::from_value(value).map_err(|e| {
         ApplyCmdError::BadPlanFile {
             path: path.display().to_string(),
             reason: e.to_string(),
@@ -222,41 +272,52 @@ fn read_plan_file(path: &Path) -> miette::Result<crate::plan::Plan> {
     })
 }
 
-/// What differs between the inputs of a saved plan and a fresh one.
-fn what_moved(saved: &crate::plan::Plan, fresh: &crate::plan::Plan) -> String {
-    let (a, b) = (&saved.inputs, &fresh.inputs);
-    let mut moved = Vec::new();
-    if a.config_sha256 != b.config_sha256 {
-        moved.push("the configuration file changed".to_owned());
-    }
-    if a.state_sha256 != b.state_sha256 {
-        moved.push("the host state changed (another apply or rollback ran)".to_owned());
-    }
-    let units: Vec<&str> = a
-        .units
-        .keys()
-        .chain(b.units.keys())
-        .filter(|k| a.units.get(*k) != b.units.get(*k))
-        .map(String::as_str)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
+/// The refusal of a plan with unit conflicts, naming each file and the
+/// command that adopts them (`how` depends on where the plan came from).
+fn conflict_error(p: &crate::plan::Plan, source: PlanSource) -> ApplyCmdError {
+    let files: Vec<String> = p
+        .conflicts
+        .iter()
+        .map(|c| format!("{} (service {})", c.path, c.service))
         .collect();
-    if !units.is_empty() {
-        moved.push(format!(
-            "installed unit files changed: {}",
-            units.join(", ")
-        ));
+    let files = format!("\n  - {}", files.join("\n  - "));
+    let flags = p
+        .conflicts
+        .iter()
+        .map(|c| format!("--adopt {}", c.service))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let env = &p.environment;
+    let how = match source {
+        PlanSource::Saved => format!(
+            "make the plan again with `moorline plan --env {env} {flags} --out FILE`, review it, and apply that"
+        ),
+        PlanSource::Reviewed => format!(
+            "have a plan made with `moorline plan --env {env} {flags} --out FILE` reviewed, and apply that with --reviewed"
+        ),
+        PlanSource::Here => format!(
+            "`moorline apply --env {env} {flags}` (the plan shows the adoption first), or `moorline plan --env {env} {flags} --out FILE` to review it"
+        ),
+    };
+    ApplyCmdError::UnitConflict { files, how }
+}
+
+/// Where the plan being applied came from.
+#[derive(Debug, Clone, Copy)]
+enum PlanSource {
+    Saved,
+    Reviewed,
+    Here,
+}
+
+/// Why a saved plan is stale, for the diagnostic: one reason on the line,
+/// several as a list.
+fn stale_reasons(saved: &crate::plan::Plan, fresh: &crate::plan::Plan) -> String {
+    let moved = crate::plan::stale::what_moved(saved, fresh);
+    match moved.as_slice() {
+        [one] => one.clone(),
+        many => format!("\n  - {}", many.join("\n  - ")),
     }
-    if a.moorline_version != b.moorline_version {
-        moved.push(format!(
-            "it was made by moorline {}, this is {}",
-            a.moorline_version, b.moorline_version
-        ));
-    }
-    if moved.is_empty() {
-        moved.push("the computed actions differ".to_owned());
-    }
-    moved.join("; ")
 }
 
 /// Asks on the terminal; `false` without one (the caller refuses then).
@@ -275,7 +336,9 @@ pub(crate) fn confirm(question: &str) -> bool {
 }
 
 fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
+    // Plan files are read (and their format checked) before anything else.
     let saved = args.plan.as_deref().map(read_plan_file).transpose()?;
+    let reviewed = args.reviewed.as_deref().map(read_plan_file).transpose()?;
     let env_name = match (&saved, &args.env) {
         (Some(p), _) => p.environment.clone(),
         (None, Some(e)) => e.clone(),
@@ -310,11 +373,16 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                     from: saved.from.as_ref().map(|f| f.sha.clone()),
                     to: Some(saved.to.sha.clone()),
                     allow_non_ancestor: saved.inputs.allow_non_ancestor,
+                    adopt: saved.inputs.adopt.clone(),
+                    on_host: true,
                 },
             )?;
+            if fresh.has_conflicts() {
+                return Err(conflict_error(&fresh, PlanSource::Saved).into());
+            }
             if fresh.fingerprint != saved.fingerprint || fresh.actions != saved.actions {
                 return Err(ApplyCmdError::Stale {
-                    moved: what_moved(&saved, &fresh),
+                    moved: stale_reasons(&saved, &fresh),
                     env: env_name.clone(),
                 }
                 .into());
@@ -329,7 +397,6 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
             }
             fresh
         } else {
-            let reviewed = args.reviewed.as_deref().map(read_plan_file).transpose()?;
             let p = settings::compute_plan(
                 &t,
                 &PlanRequest {
@@ -342,8 +409,26 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                         || reviewed
                             .as_ref()
                             .is_some_and(|r| r.inputs.allow_non_ancestor),
+                    adopt: args
+                        .adopt
+                        .iter()
+                        .chain(reviewed.iter().flat_map(|r| &r.inputs.adopt))
+                        .cloned()
+                        .collect(),
+                    on_host: true,
                 },
             )?;
+            if p.has_conflicts() {
+                if args.format != Format::Json {
+                    eprint!("{}", render::text(&p, report::stderr_color()));
+                }
+                let source = if reviewed.is_some() {
+                    PlanSource::Reviewed
+                } else {
+                    PlanSource::Here
+                };
+                return Err(conflict_error(&p, source).into());
+            }
             if let Some(r) = &reviewed {
                 let differences = crate::plan::review_differences(r, &p, args.to.is_none());
                 if !differences.is_empty() {

@@ -20,6 +20,13 @@ pub enum SettingsError {
     #[error("unknown environment `{name}`")]
     #[diagnostic(code(moorline::cli::unknown_environment), help("{help}"))]
     UnknownEnvironment { name: String, help: String },
+    #[error("--adopt {name}: {problem}")]
+    #[diagnostic(code(moorline::cli::adopt), help("{help}"))]
+    Adopt {
+        name: String,
+        problem: String,
+        help: String,
+    },
 }
 
 /// Everything a command needs to know about where it works.
@@ -123,6 +130,51 @@ pub struct PlanRequest {
     pub from: Option<String>,
     pub to: Option<String>,
     pub allow_non_ancestor: bool,
+    /// `--adopt`: services (or their unit file names) whose unit file that
+    /// moorline did not install may be replaced.
+    pub adopt: Vec<String>,
+    /// The plan is to be applied here (`apply`): this host's unit
+    /// directory is checked for unit files moorline did not install even
+    /// when the baseline comes from the configuration at `from` (a plan
+    /// made for review away from the host checks only where it compares
+    /// with this host's units).
+    pub on_host: bool,
+}
+
+/// Resolves `--adopt` names (a service or its unit file name) to service
+/// names, sorted and without repeats; each must manage its unit.
+pub fn resolve_adopt(
+    config: &config::Config,
+    names: &[String],
+) -> Result<Vec<String>, SettingsError> {
+    let mut out = std::collections::BTreeSet::new();
+    for name in names {
+        let Some(s) = config
+            .services
+            .iter()
+            .find(|s| s.name == *name || s.unit_name == *name)
+        else {
+            let known: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+            return Err(SettingsError::Adopt {
+                name: name.clone(),
+                problem: "no service of the configuration has this name or unit file name"
+                    .to_owned(),
+                help: config::error::suggest(name, &known).map_or_else(
+                    || "name a service whose unit block renders the unit file to adopt".to_owned(),
+                    |s| format!("did you mean `{s}`?"),
+                ),
+            });
+        };
+        if s.unit.is_none() {
+            return Err(SettingsError::Adopt {
+                name: name.clone(),
+                problem: format!("service `{}` has no `unit` block, so moorline does not write its unit file", s.name),
+                help: "adopting means moorline takes the unit file over: give the service a `unit` block first".to_owned(),
+            });
+        }
+        out.insert(s.name.clone());
+    }
+    Ok(out.into_iter().collect())
 }
 
 /// Observes the host (state, installed units) and computes the plan.
@@ -167,11 +219,18 @@ pub fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan> {
         ("none".to_owned(), BTreeMap::new())
     };
     let changes = t.repo.changes(from, to, req.allow_non_ancestor)?;
+    let foreign_units = if req.on_host || units_source == "host" {
+        foreign_units(t, loaded_state.state.as_ref())
+    } else {
+        BTreeMap::new()
+    };
+    let adopt = resolve_adopt(config, &req.adopt)?;
     let host = HostView {
         state: loaded_state.state,
         state_sha256: loaded_state.sha256,
         units_source,
         units,
+        foreign_units,
     };
     let mut p = plan::build(&plan::Inputs {
         config,
@@ -181,6 +240,7 @@ pub fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan> {
         host: &host,
         repo: &t.repo,
         allow_non_ancestor: req.allow_non_ancestor,
+        adopt: &adopt,
     })?;
     p.warnings.extend(warnings);
     Ok(p)
@@ -195,6 +255,33 @@ pub fn installed_units(t: &Target) -> BTreeMap<String, Option<String>> {
         .map(|s| {
             let text = std::fs::read_to_string(t.unit_dir.join(&s.unit_name)).ok();
             (s.name.clone(), text)
+        })
+        .collect()
+}
+
+/// Unit files on this host where a managed service's unit goes that the
+/// host state does not record as installed by moorline: a hand-written
+/// unit, or one installed with another state directory. Whatever the plan
+/// compares units with, these are what an install would overwrite.
+fn foreign_units(t: &Target, state: Option<&state::State>) -> BTreeMap<String, plan::ForeignUnit> {
+    t.config()
+        .services
+        .iter()
+        .filter(|s| s.unit.is_some())
+        .filter(|s| !state.is_some_and(|st| st.installed_unit(&s.name, &s.unit_name)))
+        .filter_map(|s| {
+            let path = t.unit_dir.join(&s.unit_name);
+            // Whatever is there (a file, a link, something unreadable) is
+            // not moorline's to replace.
+            path.symlink_metadata().ok()?;
+            let text = std::fs::read(&path).unwrap_or_default();
+            Some((
+                s.name.clone(),
+                plan::ForeignUnit {
+                    path: path.display().to_string(),
+                    text: String::from_utf8_lossy(&text).into_owned(),
+                },
+            ))
         })
         .collect()
 }

@@ -40,7 +40,13 @@ pub struct ServiceState {
     /// The release before it: where a rollback goes.
     pub previous: Option<String>,
     /// SHA-256 of the unit file moorline installed, if it manages the unit.
+    /// Its presence is the ownership record: moorline replaces only unit
+    /// files it installed (others only when adopted, `--adopt`).
     pub unit_sha256: Option<String>,
+    /// The name of that unit file (absent in states written before it was
+    /// recorded: then any name of the service's unit counts as installed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +80,14 @@ pub struct ApplyRecord {
 }
 
 impl State {
+    /// Whether moorline installed the unit file `unit` of `service` here:
+    /// the ownership record that lets a later apply replace it.
+    pub fn installed_unit(&self, service: &str, unit: &str) -> bool {
+        self.services
+            .get(service)
+            .is_some_and(|s| s.unit_sha256.is_some() && s.unit.as_deref().is_none_or(|u| u == unit))
+    }
+
     /// The backup the most recent apply took before migrating (the one a
     /// database rollback restores), if any.
     pub fn apply_backup(&self) -> Option<&BackupRecord> {
@@ -107,6 +121,20 @@ pub enum StateError {
         path: String,
         #[source]
         source: serde_json::Error,
+    },
+    #[error(
+        "the host state {path} has format_version {found}; this moorline reads only {expected}"
+    )]
+    #[diagnostic(
+        code(moorline::state::format_version),
+        help(
+            "it was written by another version of moorline; use that version on this host (moving the file away would make moorline treat every service as never deployed)"
+        )
+    )]
+    FormatVersion {
+        path: String,
+        found: String,
+        expected: u32,
     },
     #[error("the host state {path} belongs to {found}, not {expected}")]
     #[diagnostic(
@@ -174,10 +202,21 @@ pub fn load(dir: &Path, project: &str, env: &str) -> Result<Loaded, StateError> 
             });
         }
     };
-    let state: State = serde_json::from_slice(&bytes).map_err(|source| StateError::Invalid {
+    let invalid = |source| StateError::Invalid {
         path: path.display().to_string(),
         source,
-    })?;
+    };
+    // The version first: a state of another format is refused, never read
+    // as this one (its fields may mean something else).
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(invalid)?;
+    if let Some(found) = crate::plan::foreign_version(&value, FORMAT_VERSION) {
+        return Err(StateError::FormatVersion {
+            path: path.display().to_string(),
+            found,
+            expected: FORMAT_VERSION,
+        });
+    }
+    let state: State = serde_json::from_value(value).map_err(invalid)?;
     if state.project != project || state.environment != env {
         return Err(StateError::Mismatch {
             path: path.display().to_string(),
@@ -262,6 +301,22 @@ mod tests {
         assert!(matches!(
             load(dir.path(), "p", "other"),
             Err(StateError::Mismatch { .. })
+        ));
+        // Another format version is refused before anything else is read.
+        let other = serde_json::to_string(&State {
+            format_version: 99,
+            ..s.clone()
+        })
+        .unwrap();
+        fs::write(dir.path().join(STATE_FILE), &other).unwrap();
+        assert!(matches!(
+            load(dir.path(), "p", "e"),
+            Err(StateError::FormatVersion { found, .. }) if found == "99"
+        ));
+        fs::write(dir.path().join(STATE_FILE), br#"{"project": "p"}"#).unwrap();
+        assert!(matches!(
+            load(dir.path(), "p", "e"),
+            Err(StateError::FormatVersion { found, .. }) if found == "(none)"
         ));
         fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
         assert!(matches!(

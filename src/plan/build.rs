@@ -8,17 +8,19 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use miette::Diagnostic;
 use petgraph::graph::{DiGraph, NodeIndex};
-use serde::Serialize;
 
 use super::{
     Action, ActionKind, FORMAT_VERSION, Plan, PlanInputs, RollbackKind, RollbackPlan,
-    ServiceChange, ServicePlan, UnitChange, short,
+    ServiceChange, ServicePlan, UnitChange, UnitConflict, short,
 };
 use crate::changes::{Changes, GitError, Repo};
 use crate::config::{Config, Environment, Service};
 use crate::state::{State, sha256_hex};
 use crate::template::{self, Vars};
 use crate::unit;
+
+/// How every unit file moorline renders begins (`unit::render`).
+const MOORLINE_HEADER: &str = "# Managed by moorline";
 
 /// How many changed paths a reason lists before it only counts.
 const PATHS_SHOWN: usize = 5;
@@ -32,6 +34,16 @@ pub struct HostView {
     pub units_source: String,
     /// Service name → the text of its baseline unit file, if one exists.
     pub units: BTreeMap<String, Option<String>>,
+    /// Service name → a unit file on this host, where the service's unit
+    /// goes, that the host state does not record as installed by moorline.
+    pub foreign_units: BTreeMap<String, ForeignUnit>,
+}
+
+/// A unit file moorline did not install (see [`HostView::foreign_units`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignUnit {
+    pub path: String,
+    pub text: String,
 }
 
 pub struct Inputs<'a> {
@@ -42,6 +54,8 @@ pub struct Inputs<'a> {
     pub host: &'a HostView,
     pub repo: &'a Repo,
     pub allow_non_ancestor: bool,
+    /// Services whose foreign unit file may be replaced (`--adopt`), sorted.
+    pub adopt: &'a [String],
 }
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -235,11 +249,18 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         );
     }
 
-    // Unit files: rendered vs baseline.
+    // Unit files: rendered vs baseline. A file moorline did not install
+    // takes the baseline's place (it is what would be replaced), and is
+    // replaced only when adopted.
     let mut unit_changes: BTreeMap<usize, (UnitChange, Option<String>)> = BTreeMap::new();
     let mut input_units = BTreeMap::new();
+    let mut conflicts = Vec::new();
     for (i, s) in config.services.iter().enumerate() {
-        let baseline = host.units.get(&s.name).cloned().flatten();
+        let foreign = host.foreign_units.get(&s.name).filter(|_| s.unit.is_some());
+        let baseline = match foreign {
+            Some(f) => Some(f.text.clone()),
+            None => host.units.get(&s.name).cloned().flatten(),
+        };
         input_units.insert(
             s.unit_name.clone(),
             baseline.as_deref().map(|b| sha256_hex(b.as_bytes())),
@@ -249,19 +270,32 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             continue;
         };
         let secret = unit::secret_names(s);
-        let change = match &baseline {
-            None => UnitChange::New,
-            Some(b) if *b == rendered => UnitChange::Unchanged,
-            Some(_) => UnitChange::Changed,
+        let change = match (foreign, &baseline) {
+            (Some(_), _) if inp.adopt.contains(&s.name) => UnitChange::Adopt,
+            (Some(_), _) => UnitChange::Conflict,
+            (None, None) => UnitChange::New,
+            (None, Some(b)) if *b == rendered => UnitChange::Unchanged,
+            (None, Some(_)) => UnitChange::Changed,
         };
+        if let (UnitChange::Conflict, Some(f)) = (change, foreign) {
+            conflicts.push(unit_conflict(s, f));
+        }
         let shown_new = unit::render_redacted(env, s)?.unwrap_or_default();
+        let old_label = if foreign.is_some() {
+            format!("host/{}", s.unit_name)
+        } else {
+            format!("installed/{}", s.unit_name)
+        };
         let diff = match (&change, &baseline) {
-            (UnitChange::Changed, Some(b)) => Some(unit::diff(
-                &unit::redact_text(b, &secret),
-                &shown_new,
-                &format!("installed/{}", s.unit_name),
-                &format!("planned/{}", s.unit_name),
-            )),
+            (UnitChange::Changed | UnitChange::Conflict | UnitChange::Adopt, Some(b)) => {
+                Some(unit::diff(
+                    &unit::redact_text(b, &secret),
+                    &shown_new,
+                    &old_label,
+                    &format!("planned/{}", s.unit_name),
+                ))
+                .filter(|d| !d.is_empty())
+            }
             (UnitChange::New, _) => Some(unit::diff(
                 "",
                 &shown_new,
@@ -271,6 +305,17 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             _ => None,
         };
         unit_changes.insert(i, (change, diff));
+    }
+    for name in inp.adopt {
+        let Some(s) = config.service(name) else {
+            continue;
+        };
+        if !host.foreign_units.contains_key(name) {
+            warnings.push(format!(
+                "--adopt {name}: nothing to adopt, no unit file that moorline did not install is at {}",
+                s.unit_name
+            ));
+        }
     }
 
     // Assemble actions.
@@ -417,10 +462,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         }
         v
     };
-    let installs_planned = unit_changes
-        .values()
-        .filter(|(c, _)| matches!(c, UnitChange::New | UnitChange::Changed))
-        .count();
+    let installs_planned = unit_changes.values().filter(|(c, _)| c.installs()).count();
     let mut restarts_in_phase = vec![0usize; config.phases.len()];
     for i in affected
         .keys()
@@ -428,7 +470,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         .chain(
             unit_changes
                 .iter()
-                .filter(|(_, (c, _))| matches!(c, UnitChange::New | UnitChange::Changed))
+                .filter(|(_, (c, _))| c.installs())
                 .map(|(i, _)| *i),
         )
         .collect::<BTreeSet<usize>>()
@@ -465,7 +507,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
     // Unit installs and one daemon-reload.
     let mut installs: BTreeMap<usize, usize> = BTreeMap::new();
     for (i, (change, _)) in &unit_changes {
-        if !matches!(change, UnitChange::New | UnitChange::Changed) {
+        if !change.installs() {
             continue;
         }
         let s = &config.services[*i];
@@ -475,10 +517,10 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                 kind: ActionKind::InstallUnit,
                 service: Some(s.name.clone()),
                 phase: Some(s.phase.clone()),
-                reason: if *change == UnitChange::New {
-                    "unit file is not installed yet".to_owned()
-                } else {
-                    "unit file differs from the installed one".to_owned()
+                reason: match change {
+                    UnitChange::New => "unit file is not installed yet".to_owned(),
+                    UnitChange::Adopt => adopt_reason(s, host),
+                    _ => "unit file differs from the installed one".to_owned(),
                 },
                 after: Vec::new(),
                 command: None,
@@ -713,7 +755,12 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             UnitChange::Changed => {
                 reasons.push("unit file differs from the installed one".to_owned());
             }
-            _ => {}
+            UnitChange::Adopt => reasons.push(adopt_reason(s, host)),
+            UnitChange::Conflict => reasons.push(format!(
+                "conflict: {} on this host was not installed by moorline; it is left alone unless adopted (--adopt {})",
+                s.unit_name, s.name
+            )),
+            UnitChange::Unmanaged | UnitChange::Unchanged => {}
         }
         let from_revision = live
             .map(|l| l.revision.clone())
@@ -753,8 +800,15 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         units_source: host.units_source.clone(),
         units: input_units,
         allow_non_ancestor: inp.allow_non_ancestor,
+        adopt: inp.adopt.to_vec(),
     };
-    let fingerprint = fingerprint(config, env, changes, &inputs);
+    let fingerprint = super::fingerprint(
+        &config.project.name,
+        &env.name,
+        changes.from.as_ref().map(|f| f.sha.as_str()),
+        &changes.to.sha,
+        &inputs,
+    );
     Ok(Plan {
         format_version: FORMAT_VERSION,
         operation: super::Operation::Deploy,
@@ -772,7 +826,37 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         actions,
         rollback,
         warnings,
+        conflicts,
     })
+}
+
+/// Why an adopted unit file is replaced.
+fn adopt_reason(s: &Service, host: &HostView) -> String {
+    let path = host
+        .foreign_units
+        .get(&s.name)
+        .map_or(s.unit_name.as_str(), |f| f.path.as_str());
+    format!("adopting a unit moorline did not install: {path} is replaced (--adopt)")
+}
+
+/// The conflict a foreign unit file makes, with the way forward.
+fn unit_conflict(s: &Service, f: &ForeignUnit) -> UnitConflict {
+    // The header alone proves nothing (anyone can write it), but it hints
+    // at a state directory that is not the one that installed the file.
+    let hint = if f.text.starts_with(MOORLINE_HEADER) {
+        " It carries moorline's header, so it may have been installed with another state directory (--state-dir) or a state.json that was lost."
+    } else {
+        ""
+    };
+    UnitConflict {
+        service: s.name.clone(),
+        unit: s.unit_name.clone(),
+        path: f.path.clone(),
+        reason: format!(
+            "{} was not installed by moorline (the host state has no record of it), so moorline will not replace it.{hint} Compare it with moorline's unit (the diff under service {}), then adopt it with --adopt {}; or remove the `unit` block of service {} to keep managing it by hand.",
+            f.path, s.name, s.name, s.name
+        ),
+    }
 }
 
 /// Whether `from` actions all preceding `to` actions is cheaper through a
@@ -795,34 +879,6 @@ fn barrier(id: &str, phase: Option<&str>, reason: &str) -> Action {
         url: None,
         timeout_secs: None,
     }
-}
-
-/// The fingerprint: SHA-256 over the canonical JSON of every input.
-fn fingerprint(
-    config: &Config,
-    env: &Environment,
-    changes: &Changes,
-    inputs: &PlanInputs,
-) -> String {
-    #[derive(Serialize)]
-    struct Fp<'a> {
-        format_version: u32,
-        project: &'a str,
-        environment: &'a str,
-        from: Option<&'a str>,
-        to: &'a str,
-        inputs: &'a PlanInputs,
-    }
-    let fp = Fp {
-        format_version: FORMAT_VERSION,
-        project: &config.project.name,
-        environment: &env.name,
-        from: changes.from.as_ref().map(|f| f.sha.as_str()),
-        to: &changes.to.sha,
-        inputs,
-    };
-    let bytes = serde_json::to_vec(&fp).unwrap_or_default();
-    format!("sha256:{}", sha256_hex(&bytes))
 }
 
 /// The readiness check of a service after its restart.

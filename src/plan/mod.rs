@@ -5,6 +5,7 @@
 
 pub mod build;
 pub mod ops;
+pub mod stale;
 
 use std::collections::BTreeMap;
 
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::changes::Rev;
 
-pub use build::{HostView, Inputs, PlanError, build};
+pub use build::{ForeignUnit, HostView, Inputs, PlanError, build};
 
 /// Version of the JSON contract; bumped on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
@@ -42,6 +43,23 @@ pub struct Plan {
     pub actions: Vec<Action>,
     pub rollback: RollbackPlan,
     pub warnings: Vec<String>,
+    /// Unit files on the host that moorline did not install and would
+    /// replace: `apply` refuses the plan until each is adopted (`--adopt`).
+    /// Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<UnitConflict>,
+}
+
+/// A unit file on the host, at the name a managed service's unit gets,
+/// that the host state does not record as installed by moorline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitConflict {
+    pub service: String,
+    pub unit: String,
+    /// The file on the host.
+    pub path: String,
+    /// Why it is not moorline's, and how to go on.
+    pub reason: String,
 }
 
 /// What the plan was computed from; the fingerprint is a hash of this.
@@ -56,6 +74,11 @@ pub struct PlanInputs {
     /// Unit name → SHA-256 of the baseline unit file (`null`: none).
     pub units: BTreeMap<String, Option<String>>,
     pub allow_non_ancestor: bool,
+    /// Services whose hand-written unit file the plan adopts (`--adopt`),
+    /// sorted. Absent when none, so plans without adoption keep their
+    /// fingerprints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adopt: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +173,19 @@ pub enum UnitChange {
     Unchanged,
     New,
     Changed,
+    /// A unit file moorline did not install is where this unit goes: not
+    /// replaced (see `conflicts`) until adopted.
+    Conflict,
+    /// A unit file moorline did not install is replaced, as asked with
+    /// `--adopt`; from then on moorline owns it.
+    Adopt,
+}
+
+impl UnitChange {
+    /// Whether the plan writes the unit file.
+    pub fn installs(self) -> bool {
+        matches!(self, Self::New | Self::Changed | Self::Adopt)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +234,11 @@ impl Plan {
     /// Whether applying the plan would do anything.
     pub fn has_changes(&self) -> bool {
         !self.actions.is_empty()
+    }
+
+    /// Whether unit files moorline did not install stand in its way.
+    pub fn has_conflicts(&self) -> bool {
+        !self.conflicts.is_empty()
     }
 
     pub fn action(&self, id: &str) -> Option<&Action> {
@@ -271,8 +312,16 @@ pub fn review_differences(reviewed: &Plan, here: &Plan, same_target: bool) -> Ve
         }
     }
     for s in &here.services {
+        // An adoption the reviewed plan asked for installs a unit there
+        // (where no hand-written file was to be seen) and adopts one here.
+        let adopted = |r: UnitChange| {
+            s.unit_change == UnitChange::Adopt
+                && reviewed.inputs.adopt.contains(&s.name)
+                && r.installs()
+        };
         if let Some(r) = reviewed.services.iter().find(|r| r.name == s.name)
-            && (r.change, r.migrate, r.unit_change) != (s.change, s.migrate, s.unit_change)
+            && ((r.change, r.migrate) != (s.change, s.migrate)
+                || (r.unit_change != s.unit_change && !adopted(r.unit_change)))
         {
             out.push(format!(
                 "service `{}` changes differently on this host",
@@ -281,6 +330,61 @@ pub fn review_differences(reviewed: &Plan, here: &Plan, same_target: bool) -> Ve
         }
     }
     out
+}
+
+/// The `format_version` of a plan file read as JSON, shown, when it is not
+/// the one this moorline writes (missing, another number, not a number);
+/// `None` when it is ours. Checked before the rest of the file is read.
+pub fn foreign_format_version(plan: &serde_json::Value) -> Option<String> {
+    foreign_version(plan, FORMAT_VERSION)
+}
+
+/// The `format_version` of a JSON document, shown, unless it is `expected`.
+pub fn foreign_version(doc: &serde_json::Value, expected: u32) -> Option<String> {
+    match doc.get("format_version") {
+        Some(v) if v.as_u64() == Some(u64::from(expected)) => None,
+        Some(v) => Some(clip(&v.to_string())),
+        None => Some("(none)".to_owned()),
+    }
+}
+
+/// A value from a file, cut for a one-line message.
+pub fn clip(s: &str) -> String {
+    const MAX: usize = 40;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// A deploy plan's fingerprint: SHA-256 over the canonical JSON of what it
+/// was computed from (the revisions and [`PlanInputs`]).
+pub fn fingerprint(
+    project: &str,
+    environment: &str,
+    from: Option<&str>,
+    to: &str,
+    inputs: &PlanInputs,
+) -> String {
+    #[derive(Serialize)]
+    struct Fp<'a> {
+        format_version: u32,
+        project: &'a str,
+        environment: &'a str,
+        from: Option<&'a str>,
+        to: &'a str,
+        inputs: &'a PlanInputs,
+    }
+    let fp = Fp {
+        format_version: FORMAT_VERSION,
+        project,
+        environment,
+        from,
+        to,
+        inputs,
+    };
+    let bytes = serde_json::to_vec(&fp).unwrap_or_default();
+    format!("sha256:{}", crate::state::sha256_hex(&bytes))
 }
 
 /// Shortens a SHA for display.
@@ -316,6 +420,7 @@ mod tests {
                 units_source: String::new(),
                 units: BTreeMap::new(),
                 allow_non_ancestor: false,
+                adopt: Vec::new(),
             },
             changed_paths: 0,
             services: Vec::new(),
@@ -341,7 +446,58 @@ mod tests {
                 summary: String::new(),
             },
             warnings: Vec::new(),
+            conflicts: Vec::new(),
         }
+    }
+
+    #[test]
+    fn only_this_format_version_is_read() {
+        let ours = serde_json::json!({"format_version": FORMAT_VERSION});
+        assert_eq!(foreign_format_version(&ours), None);
+        for (v, shown) in [
+            (serde_json::json!({"format_version": 99}), "99"),
+            (serde_json::json!({"format_version": "1"}), "\"1\""),
+            (serde_json::json!({"format_version": 1.5}), "1.5"),
+            (serde_json::json!({"format_version": null}), "null"),
+            (serde_json::json!({}), "(none)"),
+            (serde_json::json!([1]), "(none)"),
+        ] {
+            assert_eq!(foreign_format_version(&v).as_deref(), Some(shown), "{v}");
+        }
+        assert_eq!(clip(&"x".repeat(100)).chars().count(), 41);
+    }
+
+    #[test]
+    fn an_adoption_must_be_in_the_reviewed_plan() {
+        let with_unit = |change: UnitChange, adopt: &[&str]| {
+            let mut p = plan("aaaa", &["backend"]);
+            p.services.push(ServicePlan {
+                name: "backend".into(),
+                phase: "core".into(),
+                unit: "p-backend.service".into(),
+                change: ServiceChange::Restart,
+                migrate: false,
+                unit_change: change,
+                from_revision: None,
+                to_revision: None,
+                reasons: Vec::new(),
+                changed_paths: Vec::new(),
+                changed_count: 0,
+                unit_diff: None,
+            });
+            p.inputs.adopt = adopt.iter().map(|s| (*s).to_owned()).collect();
+            p
+        };
+        // Reviewed where no hand-written file was (a new unit), adopted here.
+        let here = with_unit(UnitChange::Adopt, &["backend"]);
+        let reviewed = with_unit(UnitChange::New, &["backend"]);
+        assert!(review_differences(&reviewed, &here, true).is_empty());
+        // The reviewed plan did not ask for it: a difference.
+        let unasked = with_unit(UnitChange::New, &[]);
+        assert_eq!(
+            review_differences(&unasked, &here, true),
+            ["service `backend` changes differently on this host"]
+        );
     }
 
     #[test]

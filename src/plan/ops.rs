@@ -253,6 +253,7 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
         units_source: "none".to_owned(),
         units: BTreeMap::new(),
         allow_non_ancestor: false,
+        adopt: Vec::new(),
     };
     let fp = serde_json::json!({
         "operation": inp.operation,
@@ -281,5 +282,6 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
         actions,
         rollback,
         warnings: Vec::new(),
+        conflicts: Vec::new(),
     }
 }

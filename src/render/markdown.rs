@@ -35,6 +35,14 @@ pub fn markdown(plan: &Plan) -> String {
     for w in &plan.warnings {
         let _ = writeln!(out, "> [!WARNING]\n> {}\n", cell(w));
     }
+    for c in &plan.conflicts {
+        let _ = writeln!(
+            out,
+            "> [!CAUTION]\n> **Unit file conflict** (`{}`): {}\n",
+            c.service,
+            cell(&c.reason)
+        );
+    }
     let changed: Vec<_> = plan
         .services
         .iter()

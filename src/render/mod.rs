@@ -57,7 +57,15 @@ fn esc_dot(s: &str) -> String {
 
 /// One-line summary shared by the text and Markdown renderers.
 pub fn summary(plan: &Plan) -> String {
+    let conflicts = plural(
+        plan.conflicts.len(),
+        "unit file conflict (apply refuses until it is adopted)",
+        "unit file conflicts (apply refuses until they are adopted)",
+    );
     if !plan.has_changes() {
+        if plan.has_conflicts() {
+            return format!("nothing else changes; {conflicts}");
+        }
         return "no changes: everything is up to date".to_owned();
     }
     let deploy = plan
@@ -74,7 +82,7 @@ pub fn summary(plan: &Plan) -> String {
     let units = plan
         .services
         .iter()
-        .filter(|s| matches!(s.unit_change, UnitChange::New | UnitChange::Changed))
+        .filter(|s| s.unit_change.installs())
         .count();
     let mut parts = Vec::new();
     if deploy > 0 {
@@ -94,6 +102,9 @@ pub fn summary(plan: &Plan) -> String {
     }
     if plan.action("reload-proxy").is_some() {
         parts.push("proxy reloads".to_owned());
+    }
+    if plan.has_conflicts() {
+        parts.push(conflicts);
     }
     parts.join(", ")
 }
@@ -120,7 +131,9 @@ pub fn change_words(s: &crate::plan::ServicePlan) -> String {
     match s.unit_change {
         UnitChange::New => words.push("new unit"),
         UnitChange::Changed => words.push("unit changed"),
-        _ => {}
+        UnitChange::Adopt => words.push("adopt unit"),
+        UnitChange::Conflict => words.push("unit conflict"),
+        UnitChange::Unmanaged | UnitChange::Unchanged => {}
     }
     words.join(", ")
 }

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{after_words, change_words, changed_words, summary};
-use crate::plan::{Plan, ServiceChange, short};
+use crate::plan::{Plan, ServiceChange, UnitChange, short};
 
 struct Paint {
     on: bool,
@@ -57,6 +57,9 @@ pub fn text(plan: &Plan, color: bool) -> String {
     for w in &plan.warnings {
         let _ = writeln!(out, "{} {w}", p.yellow("warning:"));
     }
+    for c in &plan.conflicts {
+        let _ = writeln!(out, "{} {}", p.red("conflict:"), c.reason);
+    }
     let width = plan
         .services
         .iter()
@@ -70,6 +73,7 @@ pub fn text(plan: &Plan, color: bool) -> String {
             let _ = writeln!(out, "\n{}", p.bold(&format!("phase {phase}")));
         }
         let (mark, words) = match s.change {
+            _ if s.unit_change == UnitChange::Conflict => (p.red("! "), p.red(&change_words(s))),
             ServiceChange::Unchanged => (p.dim("  "), p.dim(&change_words(s))),
             _ => (p.yellow("~ "), p.yellow(&change_words(s))),
         };

@@ -457,7 +457,141 @@ async fn saved_plan_is_applied_exactly_and_refused_when_stale() {
     let out = w.run(&["apply", plan.to_str().unwrap(), "--yes"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(code(&out), 1, "{err}");
-    assert!(err.contains("configuration file changed"), "{err}");
+    // Only the configuration moved, and the reason says exactly that.
+    let reason = err
+        .lines()
+        .find(|l| l.contains("no longer matches"))
+        .unwrap_or_default();
+    assert!(
+        reason.contains("the saved plan no longer matches: the configuration changed (sha256 "),
+        "{err}"
+    );
+    assert!(!err.contains("host state"), "{err}");
+    assert!(!err.contains("computed actions"), "{err}");
+    // A service renamed in the configuration after the plan was made:
+    // named as gone and as new, not as a host state change.
+    ok(&w.run(&["plan", "--env", "staging", "--out", plan.to_str().unwrap()]));
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let renamed: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("service \"pricing\"") {
+            Some(rest) => format!(
+                "service \"prices\" {}",
+                rest.trim_start()
+                    .replacen("{ ", "{ path \"services/pricing\"; ", 1)
+            ),
+            None => l.to_owned(),
+        })
+        .map(|l| l + "\n")
+        .collect();
+    assert!(renamed.contains("service \"prices\""), "{renamed}");
+    std::fs::write(&w.fx.config_path, renamed).unwrap();
+    let out = w.run(&["apply", plan.to_str().unwrap(), "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 1, "{err}");
+    // Long reasons may wrap: compare with whitespace collapsed.
+    let err = err.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(err.contains("the configuration changed (sha256 "), "{err}");
+    assert!(
+        err.contains("service `pricing` is no longer in the configuration"),
+        "{err}"
+    );
+    assert!(
+        err.contains("new service `prices` in the configuration"),
+        "{err}"
+    );
+    assert!(!err.contains("host state"), "{err}");
+    std::fs::write(&w.fx.config_path, text).unwrap();
+    w.stop_all(&sd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_moorline_did_not_install_is_replaced_only_when_adopted() {
+    let Some(w) = World::new("adopt", 26300) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    let path = w.sandbox.unit_dir().join(w.unit("config"));
+    let hand =
+        "[Unit]\nDescription=config, written by hand\n\n[Service]\nExecStart=/bin/sleep 1000\n";
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, hand).unwrap();
+    let shown = path.display().to_string();
+
+    // The plan shows the conflict (and is not "no changes").
+    let out = w.run(&["plan", "--env", "staging", "--detailed-exitcode"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(code(&out), 2, "{text}");
+    assert!(
+        text.contains(&format!("conflict: {shown} was not installed by moorline")),
+        "{text}"
+    );
+    assert!(
+        text.contains("-Description=config, written by hand"),
+        "{text}"
+    );
+
+    // apply refuses, names the file and the way forward, and changes nothing.
+    // The diagnostic wraps long lines behind a `│`: read it unwrapped.
+    let flat = |o: &Output| {
+        String::from_utf8_lossy(&o.stderr)
+            .split_whitespace()
+            .filter(|w| *w != "│")
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    let err = flat(&out);
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(err.contains("moorline::apply::unit_conflict"), "{err}");
+    assert!(err.contains(&format!("{shown} (service config)")), "{err}");
+    assert!(
+        err.contains("moorline apply --env staging --adopt config"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), hand);
+    assert!(!w.state.join("state.json").exists());
+    assert_eq!(w.live("staging", "config"), None);
+    // So does a saved plan made without the adoption.
+    let plan = w.state.parent().unwrap().join("plan.json");
+    let out = w.run(&["plan", "--env", "staging", "--out", plan.to_str().unwrap()]);
+    ok(&out);
+    let out = w.run(&["apply", plan.to_str().unwrap(), "--yes"]);
+    let err = flat(&out);
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(err.contains("moorline::apply::unit_conflict"), "{err}");
+    assert!(err.contains("--adopt config --out FILE"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), hand);
+
+    // Adopted in a saved plan: applied, and the unit is moorline's now.
+    let out = w.run(&[
+        "plan",
+        "--env",
+        "staging",
+        "--adopt",
+        "config",
+        "--out",
+        plan.to_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("adopting a unit moorline did not install"),
+        "{}",
+        ok(&out)
+    );
+    ok(&w.run(&["apply", plan.to_str().unwrap(), "--yes"]));
+    let installed = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        installed.starts_with("# Managed by moorline"),
+        "{installed}"
+    );
+    assert_eq!(
+        state_json(&w)["services"]["config"]["unit"],
+        w.unit("config")
+    );
+    w.all_ready(&sd).await;
+    // Owned from now on: nothing to adopt, nothing in conflict.
+    let out = w.run(&["plan", "--env", "staging", "--detailed-exitcode"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stdout));
     w.stop_all(&sd).await;
 }
 

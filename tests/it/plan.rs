@@ -93,7 +93,10 @@ impl Fx {
                 moorline::state::ServiceState {
                     revision: rev.to_owned(),
                     previous: None,
-                    unit_sha256: unit.map(|u| moorline::state::sha256_hex(u.as_bytes())),
+                    unit_sha256: unit
+                        .as_ref()
+                        .map(|u| moorline::state::sha256_hex(u.as_bytes())),
+                    unit: unit.map(|_| s.unit_name.clone()),
                 },
             );
         }
@@ -205,6 +208,86 @@ fn unit_file_changed() {
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     f.edit_config("NODE_ENV=\"production\"", "NODE_ENV=\"staging\"");
     snapshot_all(&f, "unit_changed", &["--env", "staging"]);
+}
+
+/// `pricing` was deployed while its unit was written by hand (the state
+/// records no unit of it), and that hand-written file is on the host.
+fn hand_written_pricing_unit(f: &Fx) -> PathBuf {
+    let head = f.fx.head("main").unwrap();
+    f.deployed("staging", &head);
+    let mut st = moorline::state::load(&f.state_dir(), "pakashop", "staging")
+        .unwrap()
+        .state
+        .unwrap();
+    let svc = st.services.get_mut("pricing").unwrap();
+    svc.unit_sha256 = None;
+    svc.unit = None;
+    moorline::state::save(&f.state_dir(), &st).unwrap();
+    let path = f.unit_dir().join("pakashop-pricing.service");
+    std::fs::write(
+        &path,
+        "[Unit]\nDescription=pricing, by hand\n\n[Service]\nExecStart=/usr/bin/python3 /srv/pricing/server.py\nEnvironment=\"API_TOKEN=hand-written-secret\"\n",
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn unit_not_installed_by_moorline_is_a_conflict() {
+    let f = Fx::new();
+    let path = hand_written_pricing_unit(&f);
+    // Nothing else changes, yet the plan is not "no changes".
+    let o = f.run(&["plan", "--env", "staging", "--detailed-exitcode"]);
+    assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
+    snapshot_all(&f, "unit_conflict", &["--env", "staging"]);
+    let json: serde_json::Value =
+        serde_json::from_str(&f.plan(&["--env", "staging", "--format", "json"])).unwrap();
+    assert_eq!(json["conflicts"][0]["service"], "pricing");
+    assert_eq!(json["conflicts"][0]["path"], path.to_str().unwrap());
+    assert_eq!(json["actions"].as_array().unwrap().len(), 0, "{json}");
+    // Adopted: replaced, with the diff from the hand-written file, and
+    // the adoption recorded in the plan's inputs.
+    snapshot_all(
+        &f,
+        "unit_adopt",
+        &["--env", "staging", "--adopt", "pricing"],
+    );
+    let json: serde_json::Value = serde_json::from_str(&f.plan(&[
+        "--env",
+        "staging",
+        "--adopt",
+        "pakashop-pricing.service",
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    assert!(json.get("conflicts").is_none(), "{json}");
+    assert_eq!(json["inputs"]["adopt"], serde_json::json!(["pricing"]));
+    let install = json["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "install-unit:pricing")
+        .unwrap();
+    assert!(
+        install["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("adopting a unit moorline did not install"),
+        "{install}"
+    );
+    // The hand-written file's secret is redacted in the diff like any other.
+    assert!(!json.to_string().contains("hand-written-secret"));
+    // A name that is not a managed service is an error.
+    fails_with(
+        &f.run(&["plan", "--env", "staging", "--adopt", "pricng"]),
+        "moorline::cli::adopt",
+    );
+    // Owned units stay owned: no conflict for the others, and none once
+    // the state records pricing's unit.
+    f.deployed("staging", &f.fx.head("main").unwrap());
+    let o = f.run(&["plan", "--env", "staging", "--detailed-exitcode"]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
 }
 
 #[test]
@@ -636,6 +719,121 @@ fn bad_input_is_a_diagnostic_not_a_panic() {
         &f.run(&["plan", "--env", "staging", "--to", &from]),
         "moorline::state::unreadable",
     );
+}
+
+/// Every file under `dir` with the hash of its bytes (what "nothing
+/// changed" compares).
+fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let hash = moorline::state::sha256_hex(&std::fs::read(&p).unwrap());
+                out.insert(p, hash);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_plan_or_state_of_another_format_version_is_refused() {
+    let f = Fx::new();
+    let plan = f.dir.path().join("plan.json");
+    f.plan(&["--env", "staging", "--out", plan.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&plan).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["format_version"] = 99.into();
+    // Another shape as well: the version is checked before anything else.
+    v["actions"] = "not a list".into();
+    std::fs::write(&plan, v.to_string()).unwrap();
+    let before = tree(f.dir.path());
+    for args in [
+        vec!["apply", plan.to_str().unwrap(), "--yes"],
+        vec![
+            "apply",
+            "--env",
+            "staging",
+            "--reviewed",
+            plan.to_str().unwrap(),
+            "--yes",
+        ],
+    ] {
+        let o = f.run(&args);
+        fails_with(&o, "moorline::plan::format_version");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("format_version 99"), "{err}");
+        assert!(
+            err.contains(&format!("moorline {}", env!("CARGO_PKG_VERSION"))),
+            "names the version that wrote it: {err}"
+        );
+        assert_eq!(tree(f.dir.path()), before, "nothing changed");
+    }
+
+    // A state file of another format is refused, not misread.
+    f.deployed("staging", &f.initial());
+    let path = f.state_dir().join("state.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["format_version"] = 99.into();
+    std::fs::write(&path, v.to_string()).unwrap();
+    let o = f.run(&["plan", "--env", "staging"]);
+    fails_with(&o, "moorline::state::format_version");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("format_version 99"));
+}
+
+#[test]
+fn a_repository_of_another_user_names_git_safe_directory() {
+    use std::os::unix::fs::MetadataExt;
+    // Only root can give a directory away.
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        return;
+    }
+    let f = Fx::new();
+    let repo = f.fx.repo.canonicalize().unwrap();
+    // 65534: nobody. git checks the work tree and the git directory.
+    for d in [repo.clone(), repo.join(".git")] {
+        std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+    }
+    // An empty HOME: no global safe.directory from this machine.
+    let home = f.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let o = f
+        .cmd(&["plan", "--env", "staging"])
+        .env("HOME", &home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    fails_with(&o, "moorline::git::not_owned");
+    let err = String::from_utf8_lossy(&o.stderr).replace('\n', " ");
+    let want = format!(
+        "git config --global --add safe.directory {}",
+        repo.display()
+    );
+    // The help may wrap: compare with whitespace collapsed.
+    let flat = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat(&err).contains(&flat(&want)), "{err}");
+    assert!(!err.contains("--repo"), "{err}");
+    // Doing what it says works.
+    let cfg = home.join(".gitconfig");
+    std::fs::write(&cfg, format!("[safe]\n\tdirectory = {}\n", repo.display())).unwrap();
+    let o = f
+        .cmd(&["plan", "--env", "staging"])
+        .env("HOME", &home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    for d in [repo.clone(), repo.join(".git")] {
+        std::os::unix::fs::chown(&d, Some(0), Some(0)).unwrap();
+    }
 }
 
 /// The fixture's repository with `pakashop.kdl` (the real configuration)
