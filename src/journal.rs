@@ -6,6 +6,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use miette::Diagnostic;
@@ -120,10 +121,11 @@ impl Journal {
             path: path.display().to_string(),
             source,
         };
-        fs::create_dir_all(dir).map_err(err)?;
+        crate::state::tighten(dir).map_err(err)?;
         let file = OpenOptions::new()
             .append(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(err)?;
         // The new file's directory entry must be durable too.
@@ -151,10 +153,14 @@ impl Journal {
 
     /// Appends one record and fsyncs it.
     pub fn append(&mut self, r: &Record) -> Result<(), JournalError> {
-        let mut line = serde_json::to_vec(r).map_err(|e| JournalError::Write {
-            path: self.path.display().to_string(),
-            source: std::io::Error::other(e),
-        })?;
+        let value = crate::secrets::redacted_json(r);
+        let mut line =
+            value
+                .and_then(|v| serde_json::to_vec(&v))
+                .map_err(|e| JournalError::Write {
+                    path: self.path.display().to_string(),
+                    source: std::io::Error::other(e),
+                })?;
         line.push(b'\n');
         self.file
             .write_all(&line)
@@ -178,7 +184,7 @@ impl Journal {
             path: history.display().to_string(),
             source,
         };
-        fs::create_dir_all(&history).map_err(err)?;
+        crate::state::private_dir(&history).map_err(err)?;
         fs::rename(&self.path, history.join(format!("{apply_id}.jsonl"))).map_err(err)?;
         File::open(&dir).and_then(|d| d.sync_all()).map_err(err)
     }
