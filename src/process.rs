@@ -170,6 +170,7 @@ pub async fn run(r: Run<'_>) -> Result<(), RunError> {
     // Whatever happened, nothing the command started outlives it.
     kill_group(pgid);
     if !matches!(ended, Ended::Exited(_)) {
+        let _ = child.start_kill();
         let _ = child.wait().await;
     }
     let drained = tokio::time::timeout(DRAIN_GRACE, async {
@@ -562,6 +563,105 @@ mod tests {
             tail.last()
                 .unwrap()
                 .starts_with("[moorline: output truncated after ")
+        );
+    }
+
+    /// Processes whose process group is `pgid`, from /proc (zombies
+    /// excluded: they are gone, only not yet reaped by init).
+    fn group_members(pgid: u32) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid pgrp ...: comm may hold spaces.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if fields.get(2) == Some(&pgid.to_string().as_str()) && fields[0] != "Z" {
+                out.push(stat);
+            }
+        }
+        out
+    }
+
+    /// Runs `script` with `sh -c`; its group id (the shell's pid, which
+    /// the script writes to a file) and the result.
+    async fn run_script(script: &str, timeout: Duration) -> (u32, Result<(), RunError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let argv = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("echo $$ > {}; {script}", pid_file.display()),
+        ];
+        let log = dir.path().join("logs/x.log");
+        let res = run(Run {
+            argv: &argv,
+            dir: None,
+            env: &BTreeMap::new(),
+            timeout,
+            log: &log,
+        })
+        .await;
+        let pgid = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mode = |p: &Path| {
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+                & 0o777
+        };
+        assert_eq!(mode(&log), 0o600);
+        assert_eq!(mode(log.parent().unwrap()), 0o700);
+        (pgid, res)
+    }
+
+    /// Waits (briefly: SIGKILL is immediate, reaping by init is not) for
+    /// the group to be empty.
+    async fn assert_group_gone(pgid: u32) {
+        for _ in 0..100 {
+            if group_members(pgid).is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("left running: {:?}", group_members(pgid));
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_whole_process_group() {
+        let (pgid, res) = run_script("sleep 1000 & sleep 1000", Duration::from_millis(500)).await;
+        assert!(matches!(res, Err(RunError::Timeout { .. })), "{res:?}");
+        assert_group_gone(pgid).await;
+    }
+
+    #[tokio::test]
+    async fn background_processes_do_not_outlive_the_command() {
+        let (pgid, res) = run_script("sleep 1000 & echo started", Duration::from_mins(1)).await;
+        assert!(res.is_ok(), "{res:?}");
+        assert_group_gone(pgid).await;
+    }
+
+    #[tokio::test]
+    async fn a_failure_shows_a_bounded_tail() {
+        let (_, res) = run_script(
+            "head -c 300000 /dev/zero | tr '\\0' x; echo; seq 1 50; exit 3",
+            Duration::from_mins(1),
+        )
+        .await;
+        let Err(RunError::Failed { tail, .. }) = res else {
+            panic!("{res:?}");
+        };
+        let lines: Vec<&str> = tail.lines().collect();
+        assert_eq!(lines.len(), TAIL_LINES);
+        assert_eq!(lines.last(), Some(&"    | 50"));
+        assert!(
+            tail.len() < TAIL_LINES * (TAIL_LINE_CAP + 10),
+            "{}",
+            tail.len()
         );
     }
 
