@@ -16,5 +16,6 @@ mod plan;
 mod realdb;
 mod rollback;
 mod sandbox;
+mod secrets;
 mod support;
 mod systemd;
