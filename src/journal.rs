@@ -107,6 +107,34 @@ pub enum JournalError {
     NoBegin { path: String },
 }
 
+/// `r` with its free text (errors, notes, reasons) redacted
+/// ([`crate::secrets`]). The other fields (the plan, ids, paths) are read
+/// back by resume and rollback and must stay exact; the plan carries no
+/// secret values (they are redacted when it is made).
+fn redacted(r: &Record) -> std::borrow::Cow<'_, Record> {
+    use crate::secrets::redact;
+    use std::borrow::Cow;
+    match r {
+        Record::Succeeded {
+            action,
+            note: Some(note),
+            at_ms,
+        } => Cow::Owned(Record::Succeeded {
+            action: action.clone(),
+            note: Some(redact(note)),
+            at_ms: *at_ms,
+        }),
+        Record::Failed { action, error } => Cow::Owned(Record::Failed {
+            action: action.clone(),
+            error: redact(error),
+        }),
+        Record::RollbackBegin { reason } => Cow::Owned(Record::RollbackBegin {
+            reason: redact(reason),
+        }),
+        _ => Cow::Borrowed(r),
+    }
+}
+
 /// An open journal, appending.
 pub struct Journal {
     path: PathBuf,
@@ -153,14 +181,10 @@ impl Journal {
 
     /// Appends one record and fsyncs it.
     pub fn append(&mut self, r: &Record) -> Result<(), JournalError> {
-        let value = crate::secrets::redacted_json(r);
-        let mut line =
-            value
-                .and_then(|v| serde_json::to_vec(&v))
-                .map_err(|e| JournalError::Write {
-                    path: self.path.display().to_string(),
-                    source: std::io::Error::other(e),
-                })?;
+        let mut line = serde_json::to_vec(&redacted(r)).map_err(|e| JournalError::Write {
+            path: self.path.display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
         line.push(b'\n');
         self.file
             .write_all(&line)

@@ -193,13 +193,12 @@ pub fn load(dir: &Path, project: &str, env: &str) -> Result<Loaded, StateError> 
 
 /// Writes `state.json` atomically and durably.
 pub fn save(dir: &Path, state: &State) -> Result<(), StateError> {
-    let value = crate::secrets::redacted_json(state);
-    let mut bytes = value
-        .and_then(|v| serde_json::to_vec_pretty(&v))
-        .map_err(|e| StateError::Write {
-            path: dir.join(STATE_FILE).display().to_string(),
-            source: std::io::Error::other(e),
-        })?;
+    // No redaction: the state holds no free text (ids, revisions, paths,
+    // hashes), and moorline reads every field back.
+    let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Write {
+        path: dir.join(STATE_FILE).display().to_string(),
+        source: std::io::Error::other(e),
+    })?;
     bytes.push(b'\n');
     tighten(dir).map_err(|source| StateError::Write {
         path: dir.display().to_string(),
