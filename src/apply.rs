@@ -22,7 +22,8 @@ use crate::config::Environment;
 use crate::health;
 use crate::journal::{Journal, JournalError, Record, Replay};
 use crate::plan::{Action, ActionKind, Plan, short};
-use crate::release::{self, Paths, Run};
+use crate::process::{self, Run};
+use crate::release::{self, Paths};
 use crate::state::{self, ApplyRecord, BackupRecord, ServiceState, State};
 use crate::systemd::{SETTLE, Systemd};
 use crate::template::{self, Vars};
@@ -169,6 +170,7 @@ fn show_running(progress: Progress, running: &BTreeMap<String, Instant>) {
 }
 
 fn emit(progress: Progress, event: &str, action: &str, detail: &str) {
+    let detail = &crate::secrets::redact(detail);
     match progress {
         Progress::Quiet => {}
         Progress::Live => {
@@ -287,7 +289,7 @@ fn archive_ended(state_dir: &Path, apply_id: Option<&str>) {
     if stale.exists() {
         let hist = state_dir.join("history");
         let name = apply_id.map_or_else(|| format!("ended-{}", new_apply_id()), str::to_owned);
-        let _ = std::fs::create_dir_all(&hist);
+        let _ = state::private_dir(&hist);
         let _ = std::fs::rename(&stale, hist.join(format!("{name}.jsonl")));
     }
 }
@@ -662,7 +664,7 @@ async fn rollback_from_journal(
             }
             let path = ctx.unit_dir.join(unit);
             let res = match saved {
-                Some(saved) => std::fs::read(saved).and_then(|b| state::write_atomic(&path, &b)),
+                Some(saved) => std::fs::read(saved).and_then(|b| state::write_private(&path, &b)),
                 None => match std::fs::remove_file(&path) {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                     other => other,
@@ -1005,7 +1007,7 @@ async fn perform(
                 )
             })?;
             if let Some(argv) = &a.command {
-                release::run(Run {
+                process::run(Run {
                     argv,
                     dir: Some(&dir),
                     env: &command_env(ctx, Some(service), dir.to_str()),
@@ -1021,7 +1023,7 @@ async fn perform(
         ActionKind::Migrate => {
             let argv = a.command.as_ref().ok_or("migrate without a command")?;
             let dir = a.dir.as_deref().map(Path::new);
-            release::run(Run {
+            process::run(Run {
                 argv,
                 dir,
                 env: &command_env(ctx, service, a.dir.as_deref()),
@@ -1073,9 +1075,8 @@ async fn perform(
                         .join("units")
                         .join(apply_id)
                         .join(&svc.unit_name);
-                    state::write_atomic(&keep, &old)
+                    state::write_private(&keep, &old)
                         .map_err(|e| format!("saving {}: {e}", path.display()))?;
-                    restrict(&keep);
                     Some(keep.display().to_string())
                 }
                 Err(_) => None,
@@ -1195,7 +1196,7 @@ async fn perform(
                     ..Vars::default()
                 };
                 let argv = template::render_all(argv, &vars);
-                release::run(Run {
+                process::run(Run {
                     argv: &argv,
                     dir: None,
                     env: &command_env(ctx, None, None),
@@ -1274,12 +1275,6 @@ fn unit_text(ctx: &Ctx, a: &Action, service: &str) -> Result<Option<String>, uni
             None => Ok(None),
         },
     }
-}
-
-/// Saved unit files may hold secrets: readable by the owner only.
-fn restrict(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
 }
 
 use std::error::Error as _;

@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use crate::config::Backup;
-use crate::release::{self, Run};
+use crate::process::{self, Run};
+use crate::release;
 use crate::state::State;
 use crate::template::{self, Vars};
 
@@ -44,7 +45,29 @@ fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
     Ok((size, hex::encode(h.finalize())))
 }
 
-/// Runs the backup command and checks that it left a file.
+/// Creates an empty file only its owner may read (fails if it exists).
+fn private_new(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+}
+
+/// Sets a backup file to 0600 if it is more open.
+fn tighten_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// Runs the backup command and checks that it left a non-empty file,
+/// private (0600) like its directory (0700).
 pub async fn take(
     project: &str,
     env: &crate::config::Environment,
@@ -63,16 +86,19 @@ pub async fn take(
         .to_owned();
     let id = format!("{project}-{}-{stamp}-{:06}", env.name, now.subsec_micros());
     let dir = dir(state_dir, b);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    crate::state::private_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let path = dir.join(format!("{id}.backup"));
     let path_s = path.display().to_string();
+    // Created empty and private before the command runs: a command that
+    // writes it (`> {backup}`, `pg_dump -f`) keeps the mode.
+    private_new(&path).map_err(|e| format!("creating {path_s}: {e}"))?;
     let vars = Vars {
         root: Some(&env.root),
         backup: Some(&path_s),
         ..Vars::default()
     };
     let argv: Vec<String> = template::render_all(&b.run.argv, &vars);
-    release::run(Run {
+    process::run(Run {
         argv: &argv,
         dir: None,
         env: &command_env(env),
@@ -84,6 +110,14 @@ pub async fn take(
     let (size, sha256) = file_sha256(&path).map_err(|e| {
         format!("the backup command succeeded but left no readable file at {path_s}: {e}")
     })?;
+    if size == 0 {
+        return Err(format!(
+            "the backup command succeeded but left {path_s} empty: it must write the backup to {{backup}}"
+        ));
+    }
+    // A command that replaced the file (rename, `cp`) may have left it
+    // readable by others.
+    tighten_file(&path).map_err(|e| format!("making {path_s} private: {e}"))?;
     Ok(Taken {
         id,
         path: path_s,
@@ -115,7 +149,7 @@ pub async fn restore(
     let cenv = command_env(env);
     for cmd in std::iter::once(&b.restore).chain(b.resolve.as_ref()) {
         let argv: Vec<String> = template::render_all(&cmd.argv, &vars);
-        release::run(Run {
+        process::run(Run {
             argv: &argv,
             dir: None,
             env: &cenv,

@@ -71,7 +71,9 @@ pub fn load_config(flag: Option<&Path>) -> miette::Result<Loaded> {
     let env = std::env::var("MOORLINE_CONFIG").ok();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let path = config::locate(flag, env.as_deref(), &cwd)?;
-    config::load(&path)
+    let loaded = config::load(&path)?;
+    crate::secrets::register_config(&loaded);
+    Ok(loaded)
 }
 
 fn validate(loaded: &Loaded) -> i32 {
@@ -124,13 +126,16 @@ fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
         Format::Markdown => render::markdown(&p),
         Format::Json => render::json(&p),
     };
+    let shown = match args.format {
+        Format::Json => crate::secrets::redact_json_text(&shown),
+        _ => crate::secrets::redact(&shown),
+    };
     print!("{shown}");
     if let Some(out) = &args.out {
-        crate::state::write_atomic(out, render::json(&p).as_bytes()).map_err(|source| {
-            PlanWriteError {
-                path: out.display().to_string(),
-                source,
-            }
+        let saved = crate::secrets::redact_json_text(&render::json(&p));
+        crate::state::write_private(out, saved.as_bytes()).map_err(|source| PlanWriteError {
+            path: out.display().to_string(),
+            source,
         })?;
         eprintln!("plan saved to {} ({})", out.display(), p.fingerprint);
     }
@@ -506,7 +511,11 @@ pub async fn executor(
 pub fn print_report(r: &crate::apply::Report, env: &str, format: Format) -> i32 {
     use crate::apply::Outcome;
     if format == Format::Json {
-        println!("{}", serde_json::json!({"event": "report", "report": r}));
+        let report = crate::secrets::redacted_json(r).unwrap_or_default();
+        println!(
+            "{}",
+            serde_json::json!({"event": "report", "report": report})
+        );
         return r.exit_code();
     }
     let secs = std::time::Duration::from_millis(r.millis).as_secs_f64();
@@ -528,7 +537,7 @@ pub fn print_report(r: &crate::apply::Report, env: &str, format: Format) -> i32 
         }
         _ => {
             for (id, e) in &r.failed {
-                eprintln!("\nFAILED {id}:\n{e}");
+                eprintln!("\nFAILED {id}:\n{}", crate::secrets::redact(e));
             }
             eprintln!("\nsucceeded: {}", list_or_none(&r.succeeded));
             eprintln!("not run:   {}", list_or_none(&r.not_run));
@@ -544,7 +553,7 @@ pub fn print_report(r: &crate::apply::Report, env: &str, format: Format) -> i32 
                 ),
                 _ => {
                     for e in &r.rollback_errors {
-                        eprintln!("rollback problem: {e}");
+                        eprintln!("rollback problem: {}", crate::secrets::redact(e));
                     }
                     eprintln!(
                         "left as is for inspection; undo this apply with `moorline rollback --env {env}`, or fix the cause and retry it with `moorline apply --resume --env {env}`"

@@ -6,6 +6,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use miette::Diagnostic;
@@ -106,6 +107,34 @@ pub enum JournalError {
     NoBegin { path: String },
 }
 
+/// `r` with its free text (errors, notes, reasons) redacted
+/// ([`crate::secrets`]). The other fields (the plan, ids, paths) are read
+/// back by resume and rollback and must stay exact; the plan carries no
+/// secret values (they are redacted when it is made).
+fn redacted(r: &Record) -> std::borrow::Cow<'_, Record> {
+    use crate::secrets::redact;
+    use std::borrow::Cow;
+    match r {
+        Record::Succeeded {
+            action,
+            note: Some(note),
+            at_ms,
+        } => Cow::Owned(Record::Succeeded {
+            action: action.clone(),
+            note: Some(redact(note)),
+            at_ms: *at_ms,
+        }),
+        Record::Failed { action, error } => Cow::Owned(Record::Failed {
+            action: action.clone(),
+            error: redact(error),
+        }),
+        Record::RollbackBegin { reason } => Cow::Owned(Record::RollbackBegin {
+            reason: redact(reason),
+        }),
+        _ => Cow::Borrowed(r),
+    }
+}
+
 /// An open journal, appending.
 pub struct Journal {
     path: PathBuf,
@@ -120,10 +149,11 @@ impl Journal {
             path: path.display().to_string(),
             source,
         };
-        fs::create_dir_all(dir).map_err(err)?;
+        crate::state::tighten(dir).map_err(err)?;
         let file = OpenOptions::new()
             .append(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(err)?;
         // The new file's directory entry must be durable too.
@@ -151,7 +181,7 @@ impl Journal {
 
     /// Appends one record and fsyncs it.
     pub fn append(&mut self, r: &Record) -> Result<(), JournalError> {
-        let mut line = serde_json::to_vec(r).map_err(|e| JournalError::Write {
+        let mut line = serde_json::to_vec(&redacted(r)).map_err(|e| JournalError::Write {
             path: self.path.display().to_string(),
             source: std::io::Error::other(e),
         })?;
@@ -178,7 +208,7 @@ impl Journal {
             path: history.display().to_string(),
             source,
         };
-        fs::create_dir_all(&history).map_err(err)?;
+        crate::state::private_dir(&history).map_err(err)?;
         fs::rename(&self.path, history.join(format!("{apply_id}.jsonl"))).map_err(err)?;
         File::open(&dir).and_then(|d| d.sync_all()).map_err(err)
     }

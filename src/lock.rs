@@ -5,6 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use miette::Diagnostic;
@@ -44,8 +45,9 @@ pub fn acquire(dir: &Path, what: &str) -> Result<Lock, LockError> {
         path: path.display().to_string(),
         source,
     };
-    fs::create_dir_all(dir).map_err(io)?;
+    crate::state::tighten(dir).map_err(io)?;
     let mut file = OpenOptions::new()
+        .mode(0o600)
         .read(true)
         .write(true)
         .create(true)

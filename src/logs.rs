@@ -198,7 +198,7 @@ pub async fn tail(unit: &str, lines: usize) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| parse(l, &units))
-        .map(|e| e.message)
+        .map(|e| crate::secrets::redact(&e.message))
         .collect()
 }
 
@@ -238,9 +238,10 @@ pub fn run(global: &Global, args: &LogsArgs) -> miette::Result<i32> {
         let mut out = out.lock();
         for line in BufReader::new(stdout).lines() {
             let line = line.map_err(LogsError::Write)?;
-            let Some(e) = parse(&line, &q.units) else {
+            let Some(mut e) = parse(&line, &q.units) else {
                 continue;
             };
+            e.message = crate::secrets::redact(&e.message);
             let shown_line = match args.format {
                 OutputFormat::Text => text_line(&e, width),
                 OutputFormat::Json => serde_json::to_string(&e).unwrap_or_default(),

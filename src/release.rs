@@ -1,142 +1,14 @@
 //! Releases on the host: `{root}/{service}/releases/{sha}/` built from an
 //! export of the service's tree, `{root}/{service}/current` switched by an
-//! atomic rename of a new symlink, old releases pruned. Also the one place
-//! that runs a configured command: argv (never a shell string), a working
-//! directory, an environment, a timeout, output captured to a log file.
+//! atomic rename of a new symlink, old releases pruned; and env-files read
+//! for commands. Commands themselves run in [`crate::process`].
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
-
-use miette::Diagnostic;
 
 /// Marker written into a release once its build succeeded.
 pub const BUILT_MARKER: &str = ".moorline-built";
-/// Lines of a failed command's log shown in the report.
-pub const TAIL_LINES: usize = 20;
-
-#[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum RunError {
-    #[error("`{program}` could not be started")]
-    #[diagnostic(
-        code(moorline::run::spawn),
-        help(
-            "check that the program exists on the host and is executable (commands run without a shell)"
-        )
-    )]
-    Spawn {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("`{command}` exited with {status}\n{tail}")]
-    #[diagnostic(code(moorline::run::failed), help("the full output is in {log}"))]
-    Failed {
-        command: String,
-        status: String,
-        tail: String,
-        log: String,
-    },
-    #[error("`{command}` did not finish within {secs}s and was killed\n{tail}")]
-    #[diagnostic(
-        code(moorline::run::timeout),
-        help(
-            "raise the command's timeout= in the config if it is legitimately slow; output in {log}"
-        )
-    )]
-    Timeout {
-        command: String,
-        secs: u64,
-        tail: String,
-        log: String,
-    },
-    #[error("cannot write {path}")]
-    #[diagnostic(code(moorline::run::io), help("check free space and permissions"))]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// A command to run.
-pub struct Run<'a> {
-    pub argv: &'a [String],
-    pub dir: Option<&'a Path>,
-    pub env: &'a BTreeMap<String, String>,
-    pub timeout: Duration,
-    pub log: &'a Path,
-}
-
-/// Runs a command to completion, output (stdout and stderr) to the log.
-pub async fn run(r: Run<'_>) -> Result<(), RunError> {
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| RunError::Io { path, source }
-    };
-    let Some((program, args)) = r.argv.split_first() else {
-        return Err(RunError::Spawn {
-            program: String::new(),
-            source: std::io::Error::other("empty command"),
-        });
-    };
-    if let Some(parent) = r.log.parent() {
-        fs::create_dir_all(parent).map_err(io(parent))?;
-    }
-    let log = fs::File::create(r.log).map_err(io(r.log))?;
-    let log2 = log.try_clone().map_err(io(r.log))?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .envs(r.env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log2))
-        .kill_on_drop(true);
-    if let Some(d) = r.dir {
-        cmd.current_dir(d);
-    }
-    let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
-        program: program.clone(),
-        source,
-    })?;
-    let shown = r.argv.join(" ");
-    match tokio::time::timeout(r.timeout, child.wait()).await {
-        Ok(Ok(status)) if status.success() => Ok(()),
-        Ok(Ok(status)) => Err(RunError::Failed {
-            command: shown,
-            status: status.to_string(),
-            tail: tail(r.log),
-            log: r.log.display().to_string(),
-        }),
-        Ok(Err(source)) => Err(RunError::Spawn {
-            program: program.clone(),
-            source,
-        }),
-        Err(_) => {
-            let _ = child.kill().await;
-            Err(RunError::Timeout {
-                command: shown,
-                secs: r.timeout.as_secs(),
-                tail: tail(r.log),
-                log: r.log.display().to_string(),
-            })
-        }
-    }
-}
-
-/// The last lines of a log file, indented, for a report.
-pub fn tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines.len().saturating_sub(TAIL_LINES);
-    lines[start..]
-        .iter()
-        .map(|l| format!("    | {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// Reads an environment file (systemd `EnvironmentFile=` syntax, the common
 /// subset: `KEY=value`, optional quotes, `#` comments). A missing file is
@@ -249,6 +121,7 @@ pub fn prune(paths: &Paths, keep: usize, protect: &[&str]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn env_files() {

@@ -39,7 +39,7 @@ pub fn for_stderr(d: &dyn Diagnostic) -> String {
     out
 }
 
-/// Prints a diagnostic to standard error.
+/// Prints a diagnostic to standard error, secrets redacted.
 pub fn eprint(d: &dyn Diagnostic) {
-    eprint!("{}", for_stderr(d));
+    eprint!("{}", crate::secrets::redact(&for_stderr(d)));
 }

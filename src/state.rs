@@ -232,12 +232,18 @@ pub fn load(dir: &Path, project: &str, env: &str) -> Result<Loaded, StateError> 
 
 /// Writes `state.json` atomically and durably.
 pub fn save(dir: &Path, state: &State) -> Result<(), StateError> {
+    // No redaction: the state holds no free text (ids, revisions, paths,
+    // hashes), and moorline reads every field back.
     let mut bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Write {
         path: dir.join(STATE_FILE).display().to_string(),
         source: std::io::Error::other(e),
     })?;
     bytes.push(b'\n');
-    write_atomic(&dir.join(STATE_FILE), &bytes).map_err(|source| StateError::Write {
+    tighten(dir).map_err(|source| StateError::Write {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    write_private(&dir.join(STATE_FILE), &bytes).map_err(|source| StateError::Write {
         path: dir.join(STATE_FILE).display().to_string(),
         source,
     })
@@ -245,28 +251,87 @@ pub fn save(dir: &Path, state: &State) -> Result<(), StateError> {
 
 /// Replaces `path` with `bytes`: temp file in the same directory, fsync,
 /// rename over the target, fsync the directory (so the rename itself is
-/// durable).
+/// durable). The file gets the default mode (0666 less the umask).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, false)
+}
+
+/// [`write_atomic`] for a file only its owner may read: created 0600, in a
+/// directory created 0700 if missing (state, saved plans, unit files that
+/// carry secrets).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, true)
+}
+
+fn replace(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
+    if private {
+        private_dir(dir)?;
+    } else {
+        fs::create_dir_all(dir)?;
+    }
     let name = path
         .file_name()
         .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // A temp file left by a crash may have another mode: start afresh.
+    let _ = fs::remove_file(&tmp);
     {
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(if private { 0o600 } else { 0o666 })
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and any missing parents with mode 0700 (an existing
+/// directory is left as it is; see [`tighten`]).
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates (or truncates) a file only its owner may read: a new file is
+/// created 0600; an existing one is tightened to 0600.
+pub fn private_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    if f.metadata()?.permissions().mode() & 0o077 != 0 {
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(f)
+}
+
+/// Makes the state directory private: created 0700 if missing, and an
+/// existing one that others may read or enter (older moorline created it
+/// 0755) tightened to 0700. Only the state directory itself is tightened;
+/// what moorline creates inside it is private from the start.
+pub fn tighten(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    private_dir(dir)?;
+    let mode = fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o700 | 0o700))?;
+    }
+    Ok(())
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

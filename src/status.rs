@@ -54,7 +54,8 @@ use serde::Serialize;
 use crate::config::{Environment, Service};
 use crate::health::{self, Probe};
 use crate::plan::build::{ready_url, url_for};
-use crate::release::{self, Paths, Run};
+use crate::process::{self, Run};
+use crate::release::{self, Paths};
 use crate::settings::Target;
 use crate::state::{self, State};
 use crate::systemd::{Systemd, SystemdError, UnitStatus};
@@ -518,7 +519,7 @@ async fn migration_status(
         .join("status")
         .join(format!("migrate-status-{}.log", s.name));
     let env = command_env(&host.env, &s.name, &release_s);
-    let r = release::run(Run {
+    let r = process::run(Run {
         argv: &argv,
         dir: Some(release_dir),
         env: &env,
@@ -529,7 +530,7 @@ async fn migration_status(
     let output = std::fs::read_to_string(&log).unwrap_or_default();
     let (state, exit_code) = match &r {
         Ok(()) => (MigrationState::UpToDate, Some(0)),
-        Err(release::RunError::Failed { status, .. }) => {
+        Err(process::RunError::Failed { status, .. }) => {
             let code = status
                 .rsplit(':')
                 .next()
@@ -539,7 +540,7 @@ async fn migration_status(
         Err(_) => (MigrationState::Failed, None),
     };
     let output = match r {
-        Err(e @ (release::RunError::Spawn { .. } | release::RunError::Io { .. })) => {
+        Err(e @ (process::RunError::Spawn { .. } | process::RunError::Io { .. })) => {
             format!(
                 "{e}: {}",
                 std::error::Error::source(&e).map_or_else(String::new, ToString::to_string)

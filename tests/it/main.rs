@@ -16,6 +16,7 @@ mod plan;
 mod realdb;
 mod rollback;
 mod sandbox;
+mod secrets;
 mod support;
 mod systemd;
 mod unit_file;
