@@ -255,6 +255,18 @@ impl PrivateSystemd {
             create_dir(&dir.join(sub))?;
         }
         create_dir(&runtime)?;
+        // The broker may be restarted any number of times ([`PrivateSystemd::restart_bus`]):
+        // without this, the 6th start of dbus.service within 10 s hits systemd's default
+        // start limit (measured here: the bus socket then refuses every connection for good).
+        let broker_drop_in = dir.join("config/systemd/user/dbus.service.d");
+        create_dir(&broker_drop_in)?;
+        let drop_in = broker_drop_in.join("moorline-sandbox.conf");
+        std::fs::write(&drop_in, "[Unit]\nStartLimitIntervalSec=0\n").map_err(|source| {
+            SandboxError::ScratchDir {
+                path: drop_in,
+                source,
+            }
+        })?;
         // The manager and dbus-daemon insist on a private runtime dir (XDG Base Directory
         // spec: "MUST be owned by the user, and he MUST be the only one having read and write
         // access to it. Its Unix access mode MUST be 0700").
@@ -412,24 +424,19 @@ impl PrivateSystemd {
         self.pid
     }
 
-    /// Restarts the manager's bus broker the way a package upgrade does to a host's: the
-    /// running `dbus-daemon` gets `SIGTERM` and every client's connection closes, while the
-    /// listening socket (held by the manager's `dbus.socket`) stays, so the next client to
-    /// connect starts a new broker and the manager registers on it again. Returns how many
-    /// brokers were signalled (0 when none ran, e.g. before anybody connected).
+    /// Restarts the manager's bus broker as `systemctl restart dbus` (e.g. on a package
+    /// upgrade) does on a host: the running `dbus-daemon` gets `SIGTERM`, every client's
+    /// connection closes, and once it is gone a new broker is started (by connecting to the
+    /// listening socket, which the manager's `dbus.socket` keeps open throughout, so socket
+    /// activation starts it) and the manager registers on it again. Returns how many brokers
+    /// were stopped (0 when none ran, e.g. before any client had connected).
     ///
     /// Measured here (systemd 252, dbus-daemon 1.14): a new connection could call
     /// `org.freedesktop.systemd1` 45–75 ms after the old broker got `SIGTERM` or `SIGKILL`,
     /// and the same after `systemctl --user restart dbus.service`; jobs and units keep running
     /// meanwhile, only signals and replies addressed to the old connections are lost.
     pub fn restart_bus(&self) -> io::Result<usize> {
-        let brokers = descendants(self.pid)?
-            .into_iter()
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|comm| comm.trim_end() == "dbus-daemon")
-            })
-            .collect::<Vec<_>>();
+        let brokers = self.brokers()?;
         for pid in &brokers {
             let status = Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
@@ -443,7 +450,34 @@ impl PrivateSystemd {
                 )));
             }
         }
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while self.brokers()?.iter().any(|pid| brokers.contains(pid)) {
+            if Instant::now() >= deadline {
+                return Err(io::Error::other("the old dbus-daemon did not exit"));
+            }
+            std::thread::sleep(POLL);
+        }
+        // Socket activation: the first connection starts the new broker. Whether this very
+        // connection is accepted does not matter.
+        let _ = std::os::unix::net::UnixStream::connect(self.runtime_dir().join("bus"));
+        while self.brokers()?.is_empty() {
+            if Instant::now() >= deadline {
+                return Err(io::Error::other("no new dbus-daemon started"));
+            }
+            std::thread::sleep(POLL);
+        }
         Ok(brokers.len())
+    }
+
+    /// The host PIDs of the `dbus-daemon`s running under the manager.
+    fn brokers(&self) -> io::Result<Vec<u32>> {
+        Ok(descendants(self.pid)?
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim_end() == "dbus-daemon")
+            })
+            .collect())
     }
 
     /// Stops the manager and everything it runs: `SIGTERM` to the manager (it stops its units,

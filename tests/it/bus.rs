@@ -5,9 +5,11 @@
 
 use std::time::Duration;
 
+use moorline::fixture::Edit;
 use moorline::sandbox::PrivateSystemd;
 use moorline::systemd::{JobResult, SETTLE, Systemd};
 
+use crate::deploy::{World, ok, state_json};
 use crate::support::{self, BUS_RESTARTS};
 
 /// How long a unit's `ExecStartPre=` sleeps: long enough that the broker restart surely lands
@@ -120,4 +122,122 @@ async fn a_job_in_flight_gets_its_real_result_across_a_broker_restart() {
     restart_bus(sandbox);
     sd.daemon_reload().await.unwrap();
     assert_eq!(sd.stop(unit).await.unwrap(), JobResult::Done);
+}
+
+/// Runs `cmd` to its end, restarting the broker at each of `points` (offsets from its start)
+/// that comes while it still runs. Returns its output and how many restarts landed.
+fn run_with_broker_restarts(
+    sandbox: &PrivateSystemd,
+    mut cmd: std::process::Command,
+    points: &[Duration],
+) -> (std::process::Output, usize) {
+    let logs = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
+    // Files, not pipes: nobody reads a pipe while this thread is restarting brokers.
+    let mut child = cmd
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut landed = 0;
+    for point in points {
+        while start.elapsed() < *point && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        // No broker running means the last restart has not been noticed yet: not a landing.
+        if sandbox.restart_bus().unwrap() > 0 {
+            landed += 1;
+        }
+    }
+    let status = child.wait().unwrap();
+    let output = std::process::Output {
+        status,
+        stdout: std::fs::read(out_path).unwrap(),
+        stderr: std::fs::read(err_path).unwrap(),
+    };
+    (output, landed)
+}
+
+/// Every service active and ready, on the release state.json names for it.
+async fn consistent(w: &World, sd: &Systemd, revision: &str, log: &str) {
+    w.all_ready(sd).await;
+    let state = state_json(w);
+    for s in &w.fx.services {
+        let recorded = state["services"][&s.name]["revision"].as_str();
+        assert_eq!(recorded, Some(revision), "{}\n{log}", s.name);
+        assert_eq!(
+            w.live("staging", &s.name).as_deref(),
+            recorded,
+            "{}\n{log}",
+            s.name
+        );
+    }
+}
+
+fn millis(points: &[u64]) -> Vec<Duration> {
+    points.iter().copied().map(Duration::from_millis).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_carries_on_across_broker_restarts() {
+    let Some(sandbox) = support::bus_sandbox() else {
+        return;
+    };
+    let _one_at_a_time = BUS_RESTARTS.lock().await;
+    let w = World::on(sandbox, "b1", 24000);
+    let sd = sandbox.connect().await.unwrap();
+
+    // A first deploy (builds, unit installs, daemon-reload, enables, 19 restarts and health
+    // checks) with the broker restarted four times along the way.
+    let cmd = w.cmd(&["apply", "--env", "staging", "--yes"]);
+    let (out, landed) = tokio::task::spawn_blocking(move || {
+        run_with_broker_restarts(sandbox, cmd, &millis(&[300, 900, 1600, 2500]))
+    })
+    .await
+    .unwrap();
+    let log = ok(&out);
+    assert!(
+        landed >= 2,
+        "the apply ended before the broker restarts\n{log}"
+    );
+    let first = w.fx.head("main").unwrap();
+    consistent(&w, &sd, &first, &log).await;
+    assert_eq!(state_json(&w)["revision"], first.as_str());
+
+    // An update of a few services, the broker restarted while they restart.
+    let second = w.commit(
+        "main",
+        "four services",
+        &[
+            Edit::touch_service("config"),
+            Edit::touch_service("gateway"),
+            Edit::touch_service("backend"),
+            Edit::touch_service("search"),
+        ],
+    );
+    let cmd = w.cmd(&["apply", "--env", "staging", "--yes"]);
+    let (out, landed) = tokio::task::spawn_blocking(move || {
+        run_with_broker_restarts(sandbox, cmd, &millis(&[150, 500, 900]))
+    })
+    .await
+    .unwrap();
+    let log = ok(&out);
+    assert!(
+        landed >= 1,
+        "the apply ended before the broker restarts\n{log}"
+    );
+    w.all_ready(&sd).await;
+    assert_eq!(state_json(&w)["revision"], second.as_str());
+    for s in ["config", "gateway", "backend", "search"] {
+        assert_eq!(
+            w.live("staging", s).as_deref(),
+            Some(second.as_str()),
+            "{s}\n{log}"
+        );
+    }
+    w.stop_all(&sd).await;
 }
