@@ -9,7 +9,7 @@ use moorline::fixture::Edit;
 use moorline::sandbox::PrivateSystemd;
 use moorline::systemd::{JobResult, SETTLE, Systemd};
 
-use crate::deploy::{World, ok, state_json};
+use crate::deploy::{World, code, ok, state_json};
 use crate::support::{self, BUS_RESTARTS};
 
 /// How long a unit's `ExecStartPre=` sleeps: long enough that the broker restart surely lands
@@ -239,5 +239,78 @@ async fn an_apply_carries_on_across_broker_restarts() {
             "{s}\n{log}"
         );
     }
+    w.stop_all(&sd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollbacks_carry_on_across_broker_restarts() {
+    let Some(sandbox) = support::bus_sandbox() else {
+        return;
+    };
+    let _one_at_a_time = BUS_RESTARTS.lock().await;
+    let w = World::on(sandbox, "b2", 24100);
+    let sd = sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let good = w.fx.head("main").unwrap();
+    let changed = ["config", "gateway", "backend", "search"];
+    let edits: Vec<Edit> = changed.iter().map(|s| Edit::touch_service(s)).collect();
+    w.commit("main", "four services", &edits);
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+
+    // A manual rollback: four switches and restarts with the broker restarted among them.
+    let cmd = w.cmd(&["rollback", "--env", "staging", "--yes"]);
+    let (out, landed) = tokio::task::spawn_blocking(move || {
+        run_with_broker_restarts(sandbox, cmd, &millis(&[100, 400, 800]))
+    })
+    .await
+    .unwrap();
+    let log = ok(&out);
+    assert!(
+        landed >= 1,
+        "the rollback ended before the broker restarts\n{log}"
+    );
+    w.all_ready(&sd).await;
+    for s in changed {
+        assert_eq!(
+            w.live("staging", s).as_deref(),
+            Some(good.as_str()),
+            "{s}\n{log}"
+        );
+        assert_eq!(
+            state_json(&w)["services"][s]["revision"].as_str(),
+            Some(good.as_str()),
+            "{s}\n{log}"
+        );
+    }
+
+    // An automatic rollback: gateway crashes on start, so the apply rolls config (already
+    // switched) and gateway back, with the broker restarted during both.
+    w.commit(
+        "main",
+        "gateway crashes",
+        &[
+            Edit::touch_service("config"),
+            Edit::crash_on_start("gateway"),
+            Edit::touch_service("backend"),
+        ],
+    );
+    let cmd = w.cmd(&["apply", "--env", "staging", "--yes"]);
+    let (out, landed) = tokio::task::spawn_blocking(move || {
+        run_with_broker_restarts(sandbox, cmd, &millis(&[200, 600, 1000, 1500, 2100]))
+    })
+    .await
+    .unwrap();
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(code(&out), 3, "{log}");
+    assert!(
+        landed >= 1,
+        "the apply ended before the broker restarts\n{log}"
+    );
+    consistent(&w, &sd, &good, &log).await;
+    assert_eq!(state_json(&w)["last_failure"]["outcome"], "rolled-back");
     w.stop_all(&sd).await;
 }
