@@ -539,8 +539,8 @@ pub enum SystemdError {
 ///   its `JobRemoved` signal (and maybe the reply naming it) is lost with the connection. The
 ///   unit's `Job` property, read after subscribing anew, tells whether a job is still pending
 ///   (then its `JobRemoved` is awaited); once none is, the unit's state tells whether the job
-///   ran (see [`judge`]) or never did (then it is submitted again, at most
-///   [`MAX_RESUBMISSIONS`] times).
+///   ran (see `judge`) or never did (then it is submitted again, at most
+///   `MAX_RESUBMISSIONS` times).
 #[derive(Debug, Clone)]
 pub struct Systemd {
     shared: Arc<Shared>,
