@@ -2,13 +2,18 @@
 //! job results ([`JobResult`]) and unit snapshots ([`UnitStatus`]) come out; every call is
 //! bounded by a named timeout, every property read goes to the manager (nothing is cached),
 //! and a job is only reported finished once systemd's own `JobRemoved` signal for that very
-//! job has arrived.
+//! job has arrived — or, when the bus connection was lost while waiting, once the unit's state
+//! read over a new connection proves how the job ended (see [`Systemd`] on reconnecting).
 //!
 //! The D-Bus API used here is documented in `org.freedesktop.systemd1(5)`
 //! (<https://www.freedesktop.org/software/systemd/man/latest/org.freedesktop.systemd1.html>).
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::future::Future;
+use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_core::Stream;
@@ -52,6 +57,33 @@ pub const JOB_TIMEOUT: Duration = Duration::from_secs(190);
 /// health action waits out whatever remains of it, then re-checks the unit and its
 /// InvocationID), so a phase costs max(settle, readiness), not their sum.
 pub const SETTLE: Duration = Duration::from_millis(300);
+
+/// How long one operation may spend reconnecting after the bus connection was lost.
+///
+/// A broker restart (`systemctl restart dbus` on a package upgrade, dbus-broker or dbus-daemon)
+/// takes a few seconds on a busy host; measured here on a private user manager: after the
+/// `dbus-daemon` was killed (SIGTERM or SIGKILL) or restarted through `dbus.service`, the first
+/// new connection (which socket-activates a new broker through `dbus.socket`) could call
+/// `org.freedesktop.systemd1` after 45–75 ms, so the manager re-registers on the new broker
+/// at once. 30 s covers a slow restart under load many times over, yet fails an operation
+/// whose bus stays away long before a human would give up on it.
+pub const RECONNECT_BUDGET: Duration = Duration::from_secs(30);
+
+/// The pause after the first failed reconnect attempt; it doubles up to
+/// [`RECONNECT_MAX_DELAY`]. The first attempt is immediate: the listening socket outlives the
+/// broker (`dbus.socket`), so a new broker is usually one connect away.
+const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(50);
+
+/// The longest pause between reconnect attempts: long enough not to spin against a broker that
+/// is still starting, short enough to notice within a second that it is back.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// How often a job whose connection was lost is submitted again once the unit's state shows it
+/// never ran. Once: start, stop, restart and reload are idempotent enough here (starting an
+/// active unit or stopping an inactive one is a no-op, a second restart only restarts once
+/// more, and `ExecReload=` must tolerate a repeat), but a bus that drops again during the
+/// resubmission is a broken host, not a blip, and is reported as such.
+const MAX_RESUBMISSIONS: u32 = 1;
 
 const DESTINATION: &str = "org.freedesktop.systemd1";
 
@@ -144,6 +176,9 @@ trait Unit {
     fn fragment_path(&self) -> zbus::Result<String>;
     #[zbus(property(emits_changed_signal = "false"), name = "Description")]
     fn description(&self) -> zbus::Result<String>;
+    /// The job queued or running for the unit, `(0, "/")` when there is none.
+    #[zbus(property(emits_changed_signal = "false"), name = "Job")]
+    fn job(&self) -> zbus::Result<(u32, OwnedObjectPath)>;
 }
 
 /// The service-specific properties live on a second interface of the same unit object.
@@ -430,13 +465,45 @@ pub enum SystemdError {
         timeout: Duration,
     },
 
-    /// The connection went away while waiting for a job.
-    #[error("the bus connection closed while waiting for the {op} job of {unit}")]
-    #[diagnostic(
-        code(moorline::systemd::disconnected),
-        help("the bus broker or the service manager went away; the job's outcome is unknown")
+    /// The bus connection was lost during an operation and no new one could be made in time.
+    #[error(
+        "lost the connection to the {target} bus during the {op} of {unit} and could not \
+         reconnect within {budget:?}"
     )]
-    Disconnected {
+    #[diagnostic(
+        code(moorline::systemd::bus_lost),
+        help(
+            "the bus broker or the service manager stayed away (check `systemctl status dbus`); \
+             the outcome of the {op} is unknown: see `systemctl status {unit}`"
+        )
+    )]
+    BusLost {
+        /// The operation.
+        op: &'static str,
+        /// The unit name, or `manager` for manager-wide operations.
+        unit: String,
+        /// Bus kind or address.
+        target: String,
+        /// The limit that was exceeded ([`RECONNECT_BUDGET`]).
+        budget: Duration,
+        /// The last reconnect attempt's failure.
+        #[source]
+        source: Box<SystemdError>,
+    },
+
+    /// The bus connection kept dropping before a job could run.
+    #[error(
+        "the {op} job of {unit} never ran: the bus connection was lost again after it was \
+         submitted a second time"
+    )]
+    #[diagnostic(
+        code(moorline::systemd::job_lost),
+        help(
+            "the bus broker or the service manager keeps restarting; check `systemctl status dbus` \
+             and `systemctl status {unit}`"
+        )
+    )]
+    JobLost {
         /// The operation.
         op: &'static str,
         /// The unit name.
@@ -479,12 +546,85 @@ pub enum SystemdError {
     },
 }
 
-/// A clonable handle on one bus connection to a service manager.
+/// A clonable handle on a service manager's bus; clones share one connection.
+///
+/// The connection is replaceable: when it is lost (the broker restarted, `systemctl restart
+/// dbus`, or the manager left the bus), the next operation that notices reconnects (once for
+/// all clones, within [`RECONNECT_BUDGET`]), subscribes again, re-pins the units pinned with
+/// [`Systemd::pin`], and carries on:
+///
+/// - reads and idempotent calls (`status`, `daemon_reload`, `reset_failed`, `enable`, ...) are
+///   simply made again;
+/// - a job (start, stop, restart, reload) keeps running in systemd while the bus is away, but
+///   its `JobRemoved` signal (and maybe the reply naming it) is lost with the connection. The
+///   unit's `Job` property, read after subscribing anew, tells whether a job is still pending
+///   (then its `JobRemoved` is awaited); once none is, the unit's state tells whether the job
+///   ran (see `judge`) or never did (then it is submitted again, at most
+///   `MAX_RESUBMISSIONS` times).
 #[derive(Debug, Clone)]
 pub struct Systemd {
+    shared: Arc<Shared>,
+    job_timeout: Duration,
+}
+
+/// What every clone of a [`Systemd`] shares.
+#[derive(Debug)]
+struct Shared {
+    endpoint: Endpoint,
+    /// The current connection; replaced by [`Systemd::recover`].
+    link: Mutex<Link>,
+    /// Held while reconnecting, so that the many tasks that see the same connection drop
+    /// reconnect once, not once each.
+    reconnecting: tokio::sync::Mutex<()>,
+    /// Units pinned with `Ref()`: a pin lasts only as long as the connection that made it.
+    pinned: Mutex<BTreeSet<String>>,
+}
+
+/// Where to (re)connect to.
+#[derive(Debug, Clone)]
+enum Endpoint {
+    System,
+    Address(String),
+}
+
+impl Endpoint {
+    fn target(&self) -> String {
+        match self {
+            Endpoint::System => "system".to_owned(),
+            Endpoint::Address(address) => address.clone(),
+        }
+    }
+}
+
+/// One connection with its subscribed manager proxy. `generation` counts reconnects, so a
+/// task that saw a connection fail can tell whether somebody already replaced it.
+#[derive(Debug, Clone)]
+struct Link {
+    generation: u64,
     connection: Connection,
     manager: ManagerProxy<'static>,
-    job_timeout: Duration,
+}
+
+/// How waiting for a job on one connection ended.
+enum Waited {
+    /// `JobRemoved` arrived for the job.
+    Finished(JobResult),
+    /// systemd refused the job (the method call failed for a reason other than a lost bus).
+    Refused(zbus::Error),
+    /// The connection was lost before the job was submitted.
+    Unsent,
+    /// The connection was lost after the job was submitted (or while it was); the job's path
+    /// if the submission was answered.
+    Lost(Option<OwnedObjectPath>),
+}
+
+/// What a unit's state says about a job whose `JobRemoved` was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// The job ran, with this result.
+    Ran(JobResult),
+    /// Nothing shows that the job ran.
+    NotRun,
 }
 
 impl Systemd {
@@ -494,9 +634,7 @@ impl Systemd {
     /// (the address `sd_bus_open_user()` falls back to as well).
     pub async fn connect(bus: Bus) -> Result<Self, SystemdError> {
         match bus {
-            Bus::System => {
-                Self::establish("system".to_owned(), zbus::connection::Builder::system()).await
-            }
+            Bus::System => Self::establish(Endpoint::System).await,
             Bus::User => {
                 let address = user_bus_address(
                     std::env::var("DBUS_SESSION_BUS_ADDRESS").ok(),
@@ -511,39 +649,24 @@ impl Systemd {
     /// Connects to the manager behind an explicit bus address, e.g.
     /// `unix:path=/tmp/x/runtime/bus`.
     pub async fn connect_address(address: &str) -> Result<Self, SystemdError> {
-        Self::establish(
-            address.to_owned(),
-            zbus::connection::Builder::address(address),
-        )
-        .await
+        Self::establish(Endpoint::Address(address.to_owned())).await
     }
 
-    async fn establish(
-        target: String,
-        builder: zbus::connection::Builder<'_>,
-    ) -> Result<Self, SystemdError> {
-        let work = async {
-            let connection = builder.method_timeout(METHOD_TIMEOUT).build().await?;
-            let manager = ManagerProxy::builder(&connection)
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await?;
-            // Once per connection: systemd keeps the subscription until the client goes away.
-            manager.subscribe().await?;
-            Ok::<_, zbus::Error>((connection, manager))
-        };
-        match tokio::time::timeout(CONNECT_TIMEOUT, work).await {
-            Err(_) => Err(SystemdError::ConnectTimeout {
-                target,
-                timeout: CONNECT_TIMEOUT,
+    async fn establish(endpoint: Endpoint) -> Result<Self, SystemdError> {
+        let (connection, manager) = open(&endpoint).await?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                endpoint,
+                link: Mutex::new(Link {
+                    generation: 0,
+                    connection,
+                    manager,
+                }),
+                reconnecting: tokio::sync::Mutex::new(()),
+                pinned: Mutex::new(BTreeSet::new()),
             }),
-            Ok(Err(source)) => Err(SystemdError::Connect { target, source }),
-            Ok(Ok((connection, manager))) => Ok(Self {
-                connection,
-                manager,
-                job_timeout: JOB_TIMEOUT,
-            }),
-        }
+            job_timeout: JOB_TIMEOUT,
+        })
     }
 
     /// The same connection with another job deadline (for units whose configured start/stop
@@ -576,127 +699,54 @@ impl Systemd {
         self.run_job(JobKind::Reload, unit).await
     }
 
-    /// `daemon-reload`: systemd replies once the unit files have been re-read.
+    /// `daemon-reload`: systemd replies once the unit files have been re-read. Made again
+    /// after a lost connection (a second reload re-reads the same files).
     pub async fn daemon_reload(&self) -> Result<(), SystemdError> {
-        self.manager
-            .reload()
-            .await
-            .map_err(|source| SystemdError::Call {
-                op: "daemon-reload",
-                unit: "manager".to_owned(),
-                source,
-            })
+        self.retrying("daemon-reload", "manager", |link| async move {
+            link.manager.reload().await
+        })
+        .await
     }
 
     /// `ResetFailedUnit`: clears the failed state and the start-limit counter.
     pub async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
-        self.manager
-            .reset_failed_unit(unit)
-            .await
-            .map_err(|source| call_error("reset-failed", unit, source))
+        self.retrying("reset-failed", unit, |link| async move {
+            link.manager.reset_failed_unit(unit).await
+        })
+        .await
     }
 
     /// Reads the unit's current state; works for units that are not loaded yet.
     pub async fn status(&self, unit: &str) -> Result<UnitStatus, SystemdError> {
-        let err = |source| call_error("status", unit, source);
-        let path = self.manager.load_unit(unit).await.map_err(err)?;
-        let proxy = UnitProxy::builder(&self.connection)
-            .path(path.clone())
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .map_err(err)?;
-        let mut status = UnitStatus {
-            name: proxy.id().await.map_err(err)?,
-            load_state: proxy.load_state().await.map_err(err)?,
-            active_state: proxy.active_state().await.map_err(err)?,
-            sub_state: proxy.sub_state().await.map_err(err)?,
-            result: String::new(),
-            unit_file_state: proxy.unit_file_state().await.map_err(err)?,
-            invocation_id: hex::encode(proxy.invocation_id().await.map_err(err)?),
-            main_pid: 0,
-            exec_main_pid: 0,
-            active_enter_timestamp_us: proxy.active_enter_timestamp().await.map_err(err)?,
-            exec_main_start_timestamp_us: 0,
-            state_change_timestamp_us: proxy.state_change_timestamp().await.map_err(err)?,
-            fragment_path: proxy.fragment_path().await.map_err(err)?,
-        };
-        if status.name.ends_with(".service") {
-            let service = ServiceProxy::builder(&self.connection)
-                .path(path)
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await
-                .map_err(err)?;
-            status.result = service.result().await.map_err(err)?;
-            status.main_pid = service.main_pid().await.map_err(err)?;
-            status.exec_main_pid = service.exec_main_pid().await.map_err(err)?;
-            status.exec_main_start_timestamp_us =
-                service.exec_main_start_timestamp().await.map_err(err)?;
-        } else if let Some(interface) = result_interface(&status.name) {
-            // Other unit types with a `Result` property carry it on their own interface.
-            let props = zbus::fdo::PropertiesProxy::builder(&self.connection)
-                .destination(DESTINATION)
-                .path(path)
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await
-                .map_err(err)?;
-            let iface = zbus::names::InterfaceName::try_from(interface).map_err(err)?;
-            let value = props
-                .get(iface, "Result")
-                .await
-                .map_err(|e| err(e.into()))?;
-            status.result = String::try_from(value).map_err(err)?;
-        }
-        Ok(status)
+        self.retrying("status", unit, |link| async move {
+            read_status(&link, unit).await
+        })
+        .await
     }
 
     /// A service's settings as systemd read them from its unit file
     /// (specifiers resolved, quoting removed; `$` references are expanded
     /// only when the command runs, so `$$` still shows doubled).
     pub async fn loaded_settings(&self, unit: &str) -> Result<LoadedSettings, SystemdError> {
-        let err = |source| call_error("read settings", unit, source);
-        let path = self.manager.load_unit(unit).await.map_err(err)?;
-        let proxy = UnitProxy::builder(&self.connection)
-            .path(path.clone())
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .map_err(err)?;
-        let service = ServiceProxy::builder(&self.connection)
-            .path(path)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .map_err(err)?;
-        Ok(LoadedSettings {
-            description: proxy.description().await.map_err(err)?,
-            environment: service.environment().await.map_err(err)?,
-            exec_start: service
-                .exec_start()
-                .await
-                .map_err(err)?
-                .into_iter()
-                .map(|(path, argv, ..)| (path, argv))
-                .collect(),
+        self.retrying("read settings", unit, |link| async move {
+            read_settings(&link, unit).await
         })
+        .await
     }
 
     /// Keeps `unit` loaded while this connection lives (`Unit.Ref()`): an inactive unit
     /// nothing refers to is unloaded by systemd's garbage collection, which loses its
     /// timestamps (`InactiveEnterTimestamp`, `StateChangeTimestamp`). Used to read them after
-    /// a stop.
+    /// a stop. A reconnect pins the unit again on the new connection.
     pub async fn pin(&self, unit: &str) -> Result<(), SystemdError> {
-        let err = |source| call_error("ref", unit, source);
-        let path = self.manager.load_unit(unit).await.map_err(err)?;
-        let proxy = UnitProxy::builder(&self.connection)
-            .path(path)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .map_err(err)?;
-        proxy.pin().await.map_err(err)
+        self.retrying("ref", unit, |link| async move { pin_on(&link, unit).await })
+            .await?;
+        self.shared
+            .pinned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(unit.to_owned());
+        Ok(())
     }
 
     /// Confirms that a unit a start/restart job just finished for is really up: `ActiveState`
@@ -730,68 +780,452 @@ impl Systemd {
     }
 
     /// `EnableUnitFiles(units, runtime=false, force=true)` and a `daemon-reload`, as
-    /// `systemctl enable` does (`force` replaces conflicting symlinks).
+    /// `systemctl enable` does (`force` replaces conflicting symlinks). Made again after a
+    /// lost connection: enabling an enabled unit changes nothing.
     pub async fn enable(&self, units: &[String]) -> Result<(), SystemdError> {
         let names: Vec<&str> = units.iter().map(String::as_str).collect();
-        self.manager
-            .enable_unit_files(&names, false, true)
-            .await
-            .map_err(|source| call_error("enable", &units.join(" "), source))?;
+        let names = &names;
+        self.retrying("enable", &units.join(" "), |link| async move {
+            link.manager.enable_unit_files(names, false, true).await
+        })
+        .await?;
         self.daemon_reload().await
     }
 
     /// `DisableUnitFiles(units, runtime=false)` and a `daemon-reload`.
     pub async fn disable(&self, units: &[String]) -> Result<(), SystemdError> {
         let names: Vec<&str> = units.iter().map(String::as_str).collect();
-        self.manager
-            .disable_unit_files(&names, false)
-            .await
-            .map_err(|source| call_error("disable", &units.join(" "), source))?;
+        let names = &names;
+        self.retrying("disable", &units.join(" "), |link| async move {
+            link.manager.disable_unit_files(names, false).await
+        })
+        .await?;
         self.daemon_reload().await
     }
 
-    /// The job protocol: subscribe to `JobRemoved` *before* queueing the job (a trivial job
-    /// finishes in 4–10 ms, possibly before the reply carrying its path has been read), then
-    /// wait for the signal naming exactly that job path.
-    async fn run_job(&self, kind: JobKind, unit: &str) -> Result<JobResult, SystemdError> {
-        let op = kind.op();
-        let mut removed = self
-            .manager
-            .receive_job_removed()
-            .await
-            .map_err(|source| call_error(op, unit, source))?;
-        let submitted = match kind {
-            JobKind::Start => self.manager.start_unit(unit, JOB_MODE).await,
-            JobKind::Stop => self.manager.stop_unit(unit, JOB_MODE).await,
-            JobKind::Restart => self.manager.restart_unit(unit, JOB_MODE).await,
-            JobKind::Reload => self.manager.reload_unit(unit, JOB_MODE).await,
-        };
-        let job = submitted.map_err(|source| call_error(op, unit, source))?;
-        let wait = async {
-            while let Some(signal) = next(&mut removed).await {
-                // A signal we cannot decode is not ours to judge; keep waiting for our job.
-                let Ok(args) = signal.args() else {
-                    continue;
-                };
-                if args.job == job {
-                    return Ok(JobResult::parse(&args.result));
+    /// The connection in use now.
+    fn link(&self) -> Link {
+        self.shared
+            .link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Runs an idempotent call, reconnecting and calling again while the bus is lost, for at
+    /// most [`RECONNECT_BUDGET`] in total.
+    async fn retrying<T, F, Fut>(
+        &self,
+        op: &'static str,
+        unit: &str,
+        call: F,
+    ) -> Result<T, SystemdError>
+    where
+        F: Fn(Link) -> Fut,
+        Fut: Future<Output = zbus::Result<T>>,
+    {
+        let mut link = self.link();
+        let mut deadline = None;
+        loop {
+            match call(link.clone()).await {
+                Ok(value) => return Ok(value),
+                Err(e) if is_lost(&e, &link) => {
+                    let deadline = *deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + RECONNECT_BUDGET);
+                    link = self.recover(&link, op, unit, deadline).await?;
+                }
+                Err(e) => return Err(call_error(op, unit, e)),
+            }
+        }
+    }
+
+    /// Replaces the lost connection `stale` (unless another task already did) with a new,
+    /// subscribed one, trying until `deadline`.
+    async fn recover(
+        &self,
+        stale: &Link,
+        op: &'static str,
+        unit: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<Link, SystemdError> {
+        let _gate = self.shared.reconnecting.lock().await;
+        let current = self.link();
+        if current.generation != stale.generation {
+            return Ok(current);
+        }
+        let mut delay = RECONNECT_FIRST_DELAY;
+        let (connection, manager) = loop {
+            match open(&self.shared.endpoint).await {
+                Ok(opened) => break opened,
+                Err(last) => {
+                    if tokio::time::Instant::now() + delay >= deadline {
+                        return Err(SystemdError::BusLost {
+                            op,
+                            unit: unit.to_owned(),
+                            target: self.shared.endpoint.target(),
+                            budget: RECONNECT_BUDGET,
+                            source: Box::new(last),
+                        });
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RECONNECT_MAX_DELAY);
                 }
             }
-            Err(SystemdError::Disconnected {
-                op,
-                unit: unit.to_owned(),
-            })
         };
-        tokio::time::timeout(self.job_timeout, wait)
+        let link = Link {
+            generation: stale.generation + 1,
+            connection,
+            manager,
+        };
+        let pinned: Vec<String> = self
+            .shared
+            .pinned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        for unit in pinned {
+            // Best effort: a pin only protects timestamps from garbage collection, and a unit
+            // that cannot be pinned any more is reported by the next read of it.
+            let _ = pin_on(&link, &unit).await;
+        }
+        *self
+            .shared
+            .link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = link.clone();
+        Ok(link)
+    }
+
+    /// A job with its deadline ([`Systemd::with_job_timeout`]), surviving lost connections.
+    async fn run_job(&self, kind: JobKind, unit: &str) -> Result<JobResult, SystemdError> {
+        tokio::time::timeout(self.job_timeout, self.job(kind, unit))
             .await
             .unwrap_or_else(|_| {
                 Err(SystemdError::JobTimeout {
-                    op,
+                    op: kind.op(),
                     unit: unit.to_owned(),
                     timeout: self.job_timeout,
                 })
             })
     }
+
+    async fn job(&self, kind: JobKind, unit: &str) -> Result<JobResult, SystemdError> {
+        let op = kind.op();
+        // What the unit looked like before the job, to recognise afterwards whether a start
+        // happened if the connection is lost on the way.
+        let before = match kind {
+            JobKind::Start | JobKind::Restart => {
+                self.retrying(op, unit, |link| async move {
+                    read_invocation(&link, unit).await
+                })
+                .await?
+            }
+            JobKind::Stop | JobKind::Reload => String::new(),
+        };
+        let mut link = self.link();
+        let mut resubmissions = 0;
+        let mut submit = true;
+        let mut ours = None;
+        loop {
+            if submit {
+                match submit_and_wait(&link, kind, unit).await {
+                    Waited::Finished(result) => return Ok(result),
+                    Waited::Refused(e) => return Err(call_error(op, unit, e)),
+                    Waited::Unsent => {
+                        // Nothing reached systemd: reconnect and submit as if for the first time.
+                        let budget = tokio::time::Instant::now() + RECONNECT_BUDGET;
+                        link = self.recover(&link, op, unit, budget).await?;
+                        continue;
+                    }
+                    Waited::Lost(job) => ours = job,
+                }
+            }
+            // Each loss gets a fresh budget: the job itself may legitimately outlast one.
+            let budget = tokio::time::Instant::now() + RECONNECT_BUDGET;
+            link = self.recover(&link, op, unit, budget).await?;
+            let verdict = match settle_job(&link, kind, unit, ours.as_ref(), &before).await {
+                Ok(verdict) => verdict,
+                Err(e) if is_lost(&e, &link) => {
+                    submit = false;
+                    continue;
+                }
+                Err(e) => return Err(call_error(op, unit, e)),
+            };
+            match verdict {
+                Verdict::Ran(result) => return Ok(result),
+                Verdict::NotRun if resubmissions < MAX_RESUBMISSIONS => {
+                    resubmissions += 1;
+                    submit = true;
+                }
+                Verdict::NotRun => {
+                    return Err(SystemdError::JobLost {
+                        op,
+                        unit: unit.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Connects and subscribes, within [`CONNECT_TIMEOUT`].
+async fn open(endpoint: &Endpoint) -> Result<(Connection, ManagerProxy<'static>), SystemdError> {
+    let target = endpoint.target();
+    let work = async {
+        let builder = match endpoint {
+            Endpoint::System => zbus::connection::Builder::system(),
+            Endpoint::Address(address) => zbus::connection::Builder::address(address.as_str()),
+        };
+        let connection = builder.method_timeout(METHOD_TIMEOUT).build().await?;
+        let manager = ManagerProxy::builder(&connection)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        // Once per connection: systemd keeps the subscription until the client goes away.
+        // It is also the proof that the manager is on this bus: right after a broker restart
+        // the name may not be registered yet (`ServiceUnknown`), and reconnecting retries.
+        manager.subscribe().await?;
+        Ok::<_, zbus::Error>((connection, manager))
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, work).await {
+        Err(_) => Err(SystemdError::ConnectTimeout {
+            target,
+            timeout: CONNECT_TIMEOUT,
+        }),
+        Ok(Err(source)) => Err(SystemdError::Connect { target, source }),
+        Ok(Ok(opened)) => Ok(opened),
+    }
+}
+
+/// The job protocol on one connection: subscribe to `JobRemoved` *before* queueing the job (a
+/// trivial job finishes in 4–10 ms, possibly before the reply carrying its path has been
+/// read), then wait for the signal naming exactly that job path.
+async fn submit_and_wait(link: &Link, kind: JobKind, unit: &str) -> Waited {
+    let mut removed = match link.manager.receive_job_removed().await {
+        Ok(stream) => stream,
+        Err(e) if is_lost(&e, link) => return Waited::Unsent,
+        Err(e) => return Waited::Refused(e),
+    };
+    let submitted = match kind {
+        JobKind::Start => link.manager.start_unit(unit, JOB_MODE).await,
+        JobKind::Stop => link.manager.stop_unit(unit, JOB_MODE).await,
+        JobKind::Restart => link.manager.restart_unit(unit, JOB_MODE).await,
+        JobKind::Reload => link.manager.reload_unit(unit, JOB_MODE).await,
+    };
+    let job = match submitted {
+        Ok(job) => job,
+        // The call may have reached systemd before the connection went.
+        Err(e) if is_lost(&e, link) => return Waited::Lost(None),
+        Err(e) => return Waited::Refused(e),
+    };
+    match wait_removed(&mut removed, &job).await {
+        Some(result) => Waited::Finished(result),
+        None => Waited::Lost(Some(job)),
+    }
+}
+
+/// Waits for the `JobRemoved` of `job`; `None` when the stream ends (the connection closed).
+async fn wait_removed<S>(removed: &mut S, job: &OwnedObjectPath) -> Option<JobResult>
+where
+    S: Stream<Item = JobRemoved> + Unpin,
+{
+    while let Some(signal) = next(removed).await {
+        // A signal we cannot decode is not ours to judge; keep waiting for our job.
+        let Ok(args) = signal.args() else {
+            continue;
+        };
+        if args.job == *job {
+            return Some(JobResult::parse(&args.result));
+        }
+    }
+    None
+}
+
+/// After a lost connection, on a new one: waits while a job is pending for the unit (ours, or
+/// whatever replaced it), then judges from the unit's state how our job went. `ours` is the
+/// job's path if its submission was answered before the connection went.
+async fn settle_job(
+    link: &Link,
+    kind: JobKind,
+    unit: &str,
+    ours: Option<&OwnedObjectPath>,
+    before: &str,
+) -> zbus::Result<Verdict> {
+    // Subscribed before reading `Job`: a job that ends in between is still seen.
+    let mut removed = link.manager.receive_job_removed().await?;
+    let proxy = unit_proxy(link, unit).await?;
+    loop {
+        let (id, pending) = proxy.job().await?;
+        if id == 0 {
+            break;
+        }
+        let result = wait_removed(&mut removed, &pending)
+            .await
+            .ok_or_else(stream_ended)?;
+        if ours == Some(&pending) {
+            return Ok(Verdict::Ran(result));
+        }
+        // Not known to be ours (its reply was lost) or a job that replaced ours: look again.
+    }
+    let now = read_status(link, unit).await?;
+    Ok(judge(kind, before, &now))
+}
+
+/// Whether a job whose `JobRemoved` was lost ran, judged from the unit's state once no job
+/// is pending for it any more. `before` is the `InvocationID` read before the job was
+/// submitted.
+///
+/// - start/restart: every start of a unit gets a new `InvocationID` (`systemd.exec(5)`,
+///   `$INVOCATION_ID`), so a new one proves the start happened: `failed` now is the job's
+///   failure, anything else its success (whether it is still running is for
+///   [`Systemd::confirm_active`] to judge, as after a normal `done`). A start of a unit that
+///   is active with the old invocation was a no-op systemd also answers with `done`.
+/// - stop: an inactive or failed unit is stopped.
+/// - reload leaves no trace in the unit's state, so it is never proven and is submitted
+///   again.
+///
+/// A crash followed by an automatic restart (`Restart=`) during the outage also changes the
+/// invocation; the readiness checks after the job still judge that unit.
+fn judge(kind: JobKind, before: &str, now: &UnitStatus) -> Verdict {
+    let restarted = !now.invocation_id.is_empty() && now.invocation_id != before;
+    match kind {
+        JobKind::Start | JobKind::Restart if restarted => {
+            Verdict::Ran(if now.active_state == "failed" {
+                JobResult::Failed
+            } else {
+                JobResult::Done
+            })
+        }
+        JobKind::Start if now.active_state == "active" => Verdict::Ran(JobResult::Done),
+        JobKind::Stop if matches!(now.active_state.as_str(), "inactive" | "failed") => {
+            Verdict::Ran(JobResult::Done)
+        }
+        JobKind::Start | JobKind::Restart | JobKind::Stop | JobKind::Reload => Verdict::NotRun,
+    }
+}
+
+/// The error standing for a `JobRemoved` stream that ended: the connection closed.
+fn stream_ended() -> zbus::Error {
+    zbus::Error::InputOutput(Arc::new(io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the JobRemoved signal stream ended",
+    )))
+}
+
+/// Whether `error` means the connection (or the manager on it) is gone, rather than an
+/// answer: the socket closed or broke, or the bus says the manager is not (or no longer)
+/// there, as right after a broker restart or during `daemon-reexec`. A method timeout is
+/// not a lost bus: the manager is merely slow, and calling again would not help.
+fn is_lost(error: &zbus::Error, link: &Link) -> bool {
+    link.connection.is_closed() || means_lost(error)
+}
+
+/// The error half of [`is_lost`].
+fn means_lost(error: &zbus::Error) -> bool {
+    match error {
+        zbus::Error::InputOutput(e) => e.kind() != io::ErrorKind::TimedOut,
+        zbus::Error::MethodError(name, _, _) => matches!(
+            name.as_str(),
+            "org.freedesktop.DBus.Error.ServiceUnknown"
+                | "org.freedesktop.DBus.Error.NameHasNoOwner"
+                | "org.freedesktop.DBus.Error.NoReply"
+                | "org.freedesktop.DBus.Error.Disconnected"
+        ),
+        _ => false,
+    }
+}
+
+async fn unit_proxy(link: &Link, unit: &str) -> zbus::Result<UnitProxy<'static>> {
+    let path = link.manager.load_unit(unit).await?;
+    UnitProxy::builder(&link.connection)
+        .path(path)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+}
+
+async fn pin_on(link: &Link, unit: &str) -> zbus::Result<()> {
+    unit_proxy(link, unit).await?.pin().await
+}
+
+/// The unit's `InvocationID` in hex (empty if it never ran).
+async fn read_invocation(link: &Link, unit: &str) -> zbus::Result<String> {
+    Ok(hex::encode(
+        unit_proxy(link, unit).await?.invocation_id().await?,
+    ))
+}
+
+async fn read_settings(link: &Link, unit: &str) -> zbus::Result<LoadedSettings> {
+    let path = link.manager.load_unit(unit).await?;
+    let proxy = UnitProxy::builder(&link.connection)
+        .path(path.clone())
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let service = ServiceProxy::builder(&link.connection)
+        .path(path)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    Ok(LoadedSettings {
+        description: proxy.description().await?,
+        environment: service.environment().await?,
+        exec_start: service
+            .exec_start()
+            .await?
+            .into_iter()
+            .map(|(path, argv, ..)| (path, argv))
+            .collect(),
+    })
+}
+
+async fn read_status(link: &Link, unit: &str) -> zbus::Result<UnitStatus> {
+    let path = link.manager.load_unit(unit).await?;
+    let proxy = UnitProxy::builder(&link.connection)
+        .path(path.clone())
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let mut status = UnitStatus {
+        name: proxy.id().await?,
+        load_state: proxy.load_state().await?,
+        active_state: proxy.active_state().await?,
+        sub_state: proxy.sub_state().await?,
+        result: String::new(),
+        unit_file_state: proxy.unit_file_state().await?,
+        invocation_id: hex::encode(proxy.invocation_id().await?),
+        main_pid: 0,
+        exec_main_pid: 0,
+        active_enter_timestamp_us: proxy.active_enter_timestamp().await?,
+        exec_main_start_timestamp_us: 0,
+        state_change_timestamp_us: proxy.state_change_timestamp().await?,
+        fragment_path: proxy.fragment_path().await?,
+    };
+    if status.name.ends_with(".service") {
+        let service = ServiceProxy::builder(&link.connection)
+            .path(path)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        status.result = service.result().await?;
+        status.main_pid = service.main_pid().await?;
+        status.exec_main_pid = service.exec_main_pid().await?;
+        status.exec_main_start_timestamp_us = service.exec_main_start_timestamp().await?;
+    } else if let Some(interface) = result_interface(&status.name) {
+        // Other unit types with a `Result` property carry it on their own interface.
+        let props = zbus::fdo::PropertiesProxy::builder(&link.connection)
+            .destination(DESTINATION)
+            .path(path)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        let iface = zbus::names::InterfaceName::try_from(interface)?;
+        let value = props.get(iface, "Result").await?;
+        status.result = String::try_from(value)?;
+    }
+    Ok(status)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -984,6 +1418,103 @@ mod tests {
         let flapped =
             inactive_reason(&status("active", "running", "success", "cd"), Some("ab")).unwrap();
         assert!(flapped.contains("InvocationID ab -> cd"), "{flapped}");
+    }
+
+    #[test]
+    fn a_lost_job_is_judged_by_the_unit_state() {
+        use JobKind::{Reload, Restart, Start, Stop};
+        let ran = |r| Verdict::Ran(r);
+        for (kind, now, verdict) in [
+            // A new invocation: the start happened; its outcome is the unit's.
+            (
+                Restart,
+                status("active", "running", "success", "cd"),
+                ran(JobResult::Done),
+            ),
+            (
+                Restart,
+                status("activating", "start", "success", "cd"),
+                ran(JobResult::Done),
+            ),
+            (
+                Restart,
+                status("failed", "failed", "exit-code", "cd"),
+                ran(JobResult::Failed),
+            ),
+            (
+                Start,
+                status("inactive", "dead", "success", "cd"),
+                ran(JobResult::Done),
+            ),
+            // The same invocation: a restart never ran, a start of an active unit is a no-op.
+            (
+                Restart,
+                status("active", "running", "success", "ab"),
+                Verdict::NotRun,
+            ),
+            (
+                Start,
+                status("active", "running", "success", "ab"),
+                ran(JobResult::Done),
+            ),
+            (
+                Start,
+                status("failed", "failed", "start-limit-hit", "ab"),
+                Verdict::NotRun,
+            ),
+            (
+                Start,
+                status("inactive", "dead", "success", ""),
+                Verdict::NotRun,
+            ),
+            // Stop: judged by whether the unit is down.
+            (
+                Stop,
+                status("inactive", "dead", "success", "ab"),
+                ran(JobResult::Done),
+            ),
+            (
+                Stop,
+                status("failed", "failed", "exit-code", "ab"),
+                ran(JobResult::Done),
+            ),
+            (
+                Stop,
+                status("active", "running", "success", "ab"),
+                Verdict::NotRun,
+            ),
+            // A reload leaves no trace: always submitted again.
+            (
+                Reload,
+                status("active", "running", "success", "ab"),
+                Verdict::NotRun,
+            ),
+        ] {
+            assert_eq!(judge(kind, "ab", &now), verdict, "{kind:?} {now:?}");
+        }
+    }
+
+    #[test]
+    fn closed_sockets_and_a_missing_manager_mean_lost_a_timeout_does_not() {
+        let io = |kind| zbus::Error::InputOutput(Arc::new(io::Error::new(kind, "x")));
+        let method = |name: &str| {
+            zbus::Error::MethodError(
+                zbus::names::OwnedErrorName::try_from(name).unwrap(),
+                None,
+                zbus::message::Message::method_call("/", "Ping")
+                    .build(&())
+                    .unwrap(),
+            )
+        };
+        assert!(means_lost(&stream_ended()));
+        assert!(means_lost(&io(io::ErrorKind::ConnectionReset)));
+        assert!(!means_lost(&io(io::ErrorKind::TimedOut)));
+        assert!(means_lost(&method(
+            "org.freedesktop.DBus.Error.ServiceUnknown"
+        )));
+        assert!(means_lost(&method("org.freedesktop.DBus.Error.NoReply")));
+        assert!(!means_lost(&method("org.freedesktop.systemd1.NoSuchUnit")));
+        assert!(!means_lost(&zbus::Error::Failure("x".into())));
     }
 
     #[test]

@@ -25,7 +25,11 @@ impl World {
     /// whose ports start at `port_base`, so tests sharing the manager
     /// never collide. `None`: no systemd here (skip).
     pub fn new(prefix: &str, port_base: u16) -> Option<Self> {
-        let sandbox = support::sandbox()?;
+        Some(Self::on(support::sandbox()?, prefix, port_base))
+    }
+
+    /// The same fixture under another manager than the shared one.
+    pub fn on(sandbox: &'static PrivateSystemd, prefix: &str, port_base: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut opts = FixtureOptions::new(dir.path().join("srv"));
         opts.port_base = Some(port_base);
@@ -37,13 +41,13 @@ impl World {
         );
         std::fs::write(&fx.config_path, text).unwrap();
         let state = dir.path().join("state");
-        Some(Self {
+        Self {
             _dir: dir,
             fx,
             sandbox,
             prefix: prefix.to_owned(),
             state,
-        })
+        }
     }
 
     pub fn unit(&self, service: &str) -> String {
@@ -208,7 +212,7 @@ pub fn short_ready_timeout(w: &World, secs: u32) {
     std::fs::write(&w.fx.config_path, out).unwrap();
 }
 
-fn state_json(w: &World) -> serde_json::Value {
+pub fn state_json(w: &World) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(w.state.join("state.json")).unwrap()).unwrap()
 }
 

@@ -5,6 +5,7 @@
 // shared helpers).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bus;
 mod cli;
 mod config;
 mod config_fuzz;

@@ -20,13 +20,30 @@ struct Harness {
 
 static HARNESS: OnceLock<Result<Harness, String>> = OnceLock::new();
 
+/// A second manager whose bus broker the bus-restart tests kill: restarting the shared
+/// manager's broker would cut the connections of every other test running in parallel.
+static BUS_HARNESS: OnceLock<Result<Harness, String>> = OnceLock::new();
+
+/// Held by every test that restarts [`bus_sandbox`]'s broker, so that one test's restart
+/// never lands in another's assertions.
+pub static BUS_RESTARTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The shared manager, or `None` (after printing why) when it cannot run here.
 ///
 /// The manager is started on a runtime of its own in a helper thread: every `#[tokio::test]`
 /// has its own runtime that ends with the test, and nothing of the shared sandbox may live on
 /// one of those.
 pub fn sandbox() -> Option<&'static PrivateSystemd> {
-    let harness = HARNESS.get_or_init(|| {
+    started(&HARNESS)
+}
+
+/// The manager reserved for bus-restart tests (see [`BUS_HARNESS`]), or `None` to skip.
+pub fn bus_sandbox() -> Option<&'static PrivateSystemd> {
+    started(&BUS_HARNESS)
+}
+
+fn started(cell: &'static OnceLock<Result<Harness, String>>) -> Option<&'static PrivateSystemd> {
+    let harness = cell.get_or_init(|| {
         std::thread::spawn(start)
             .join()
             .unwrap_or_else(|_| Err("the harness thread panicked".to_owned()))
