@@ -362,16 +362,27 @@ impl Repo {
             .map_err(failed("reading a directory"))?;
         std::fs::create_dir_all(dest).map_err(|e| ExportError::Io(dest.to_owned(), e))?;
         let mut files = 0;
-        self.export_tree(&sub, dest, &mut files)?;
+        self.export_tree(&sub, dest, 0, &mut files)?;
         Ok(files)
     }
 
+    /// Writes one tree. Every file and directory is created new (`O_EXCL`,
+    /// `mkdir`), so a hostile tree cannot write through a symlink it made
+    /// earlier (two entries of one name), and nesting is bounded so a
+    /// crafted tree cannot exhaust the stack.
     fn export_tree(
         &self,
         tree: &Tree<'_>,
         dest: &Path,
+        depth: usize,
         files: &mut u64,
     ) -> Result<(), ExportError> {
+        if depth >= MAX_EXPORT_DEPTH {
+            return Err(ExportError::TooDeep {
+                path: dest.to_owned(),
+                limit: MAX_EXPORT_DEPTH,
+            });
+        }
         for entry in tree {
             let Ok(name) = entry.name() else { continue };
             if name == ".." || name == "." || name.contains('/') {
@@ -385,7 +396,7 @@ impl Repo {
                         .find_tree(entry.id())
                         .map_err(failed("reading a directory"))?;
                     std::fs::create_dir(&path).map_err(|e| ExportError::Io(path.clone(), e))?;
-                    self.export_tree(&sub, &path, files)?;
+                    self.export_tree(&sub, &path, depth + 1, files)?;
                 }
                 Some(ObjectType::Blob) => {
                     let blob = self
@@ -398,7 +409,7 @@ impl Repo {
                         std::os::unix::fs::symlink(&target, &path)
                             .map_err(|e| ExportError::Io(path.clone(), e))?;
                     } else {
-                        std::fs::write(&path, blob.content())
+                        write_new(&path, blob.content())
                             .map_err(|e| ExportError::Io(path.clone(), e))?;
                         if mode == 0o100_755 {
                             use std::os::unix::fs::PermissionsExt;
@@ -413,6 +424,22 @@ impl Repo {
         }
         Ok(())
     }
+}
+
+/// Directories nested deeper than this under a service are refused by
+/// [`Repo::export`]: far beyond any real source tree (git itself has no
+/// limit), and small enough that the recursive walk stays shallow.
+pub const MAX_EXPORT_DEPTH: usize = 256;
+
+/// Creates `path` (failing if anything, a symlink included, is there) and
+/// writes `bytes` to it.
+fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    f.write_all(bytes)
 }
 
 /// One commit's tree, for repeated look-ups: directories read once are
@@ -474,11 +501,66 @@ pub enum ExportError {
         help("check free space and permissions under the environment's root")
     )]
     Io(PathBuf, #[source] std::io::Error),
+    #[error("the service's tree nests directories deeper than {limit} levels at {path}")]
+    #[diagnostic(
+        code(moorline::release::too_deep),
+        help("no source tree needs that; check the commit for a crafted or generated tree")
+    )]
+    TooDeep { path: PathBuf, limit: usize },
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A commit whose `svc/` holds `levels` directories nested in a chain,
+    /// the innermost with one file.
+    fn nested_commit(repo: &Repository, levels: usize) -> String {
+        let blob = repo.blob(b"x\n").unwrap();
+        let mut b = repo.treebuilder(None).unwrap();
+        b.insert("f", blob, 0o100_644).unwrap();
+        let mut tree = b.write().unwrap();
+        for _ in 0..levels {
+            let mut b = repo.treebuilder(None).unwrap();
+            b.insert("d", tree, 0o040_000).unwrap();
+            tree = b.write().unwrap();
+        }
+        let mut b = repo.treebuilder(None).unwrap();
+        b.insert("svc", tree, 0o040_000).unwrap();
+        let root = repo.find_tree(b.write().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        repo.commit(None, &sig, &sig, "nested", &root, &[])
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn export_refuses_a_tree_nested_beyond_the_limit_and_writes_a_deep_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = Repository::init(dir.path().join("r")).unwrap();
+        let deep = nested_commit(&git, MAX_EXPORT_DEPTH + 10);
+        let repo = Repo::discover(&dir.path().join("r")).unwrap();
+        let err = repo
+            .export(&deep, "svc", &dir.path().join("out-deep"))
+            .unwrap_err();
+        assert!(matches!(err, ExportError::TooDeep { .. }), "{err:?}");
+        let fine = nested_commit(&git, 20);
+        let n = repo
+            .export(&fine, "svc", &dir.path().join("out-fine"))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn export_never_writes_through_an_existing_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(write_new(&link, b"written").is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    }
 
     #[test]
     fn a_repository_of_another_user_names_the_safe_directory() {
