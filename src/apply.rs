@@ -1229,17 +1229,44 @@ async fn perform(
 /// A service's restart passes zero, because its readiness check that
 /// follows enforces the settle window itself while it polls (`settled`),
 /// so the two overlap instead of adding up in every phase.
+///
+/// The job itself runs under a permit of [`unit_jobs`]; the confirmation
+/// does not, so a settle window never keeps another restart waiting.
 pub async fn restart_confirmed(sd: &Systemd, unit: &str, settle: Duration) -> Result<(), String> {
-    let _ = sd.reset_failed(unit).await;
-    sd.restart(unit)
-        .await
-        .map_err(|e| e.to_string())?
-        .check("restart", unit)
-        .map_err(|e| e.to_string())?;
+    {
+        let _permit = unit_jobs().acquire().await.ok();
+        let _ = sd.reset_failed(unit).await;
+        sd.restart(unit)
+            .await
+            .map_err(|e| e.to_string())?
+            .check("restart", unit)
+            .map_err(|e| e.to_string())?;
+    }
     sd.confirm_active(unit, settle)
         .await
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// Start and restart jobs in flight at once, per core. Each job makes the
+/// manager fork and exec a service that then competes for the same cores;
+/// with every service of a 150-service phase submitted at once, the jobs
+/// took 2 s each and the start-ups starved each other. A few per core keeps
+/// the manager and the cores busy without queueing everything at once.
+pub const UNIT_JOBS_PER_CORE: usize = 4;
+
+/// The process-wide bound on start and restart jobs in flight
+/// ([`UNIT_JOBS_PER_CORE`] per core). A permit is held only while one job
+/// is submitted and waited for, never while waiting for another permit or
+/// another action, so it cannot deadlock.
+pub fn unit_jobs() -> &'static Semaphore {
+    static JOBS: std::sync::OnceLock<Semaphore> = std::sync::OnceLock::new();
+    JOBS.get_or_init(|| {
+        Semaphore::new(
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+                * UNIT_JOBS_PER_CORE,
+        )
+    })
 }
 
 /// After readiness: the unit has been active for at least [`SETTLE`] since

@@ -1,15 +1,28 @@
-//! Health checks: one HTTP GET (2xx is healthy) and readiness polling with
-//! a fixed interval until a deadline. Plain HTTP on the host's loopback;
-//! the client runs on tokio's blocking pool.
+//! Health checks: one HTTP GET (2xx is healthy) and readiness polling that
+//! backs off (with jitter) until a deadline, probing once more at the
+//! deadline. Plain HTTP on the host's loopback; the client runs on tokio's
+//! blocking pool, and at most [`max_probes`] requests are in flight at once
+//! in this process, however many services a phase starts.
 
+use std::hash::BuildHasher as _;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
-/// Time between two readiness polls: short enough that a service ready in
-/// ~70 ms (a small HTTP server, measured here) is seen within one more
-/// interval, long enough not to load a service that is starting.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// The first wait between two readiness polls: a small HTTP server is ready
+/// in ~70 ms (measured here), so it is seen after two or three polls.
+pub const FIRST_INTERVAL: Duration = Duration::from_millis(25);
+/// The longest wait between two polls. The wait doubles from
+/// [`FIRST_INTERVAL`] up to this, so a slow service costs about two polls a
+/// second instead of twenty, while one that takes seconds is still seen
+/// within half a second of being ready.
+pub const MAX_INTERVAL: Duration = Duration::from_millis(500);
+/// In-flight probes per core. A probe is mostly waiting (connect, the
+/// service's answer), so a few per core keep the cores busy without 150
+/// readiness loops of one phase swamping the services that are starting.
+pub const PROBES_PER_CORE: usize = 4;
 /// One request's own limit; a service that accepts but never answers is
 /// not ready.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -57,8 +70,42 @@ pub fn probe_blocking(url: &str) -> Probe {
     }
 }
 
-/// One GET on tokio's blocking pool.
+/// How many probes may be in flight at once: [`PROBES_PER_CORE`] per core.
+pub fn max_probes() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get) * PROBES_PER_CORE
+}
+
+/// The process-wide bound on in-flight probes. A probe holds its permit only
+/// for its one request (at most [`REQUEST_TIMEOUT`]) and waits for nothing
+/// else while holding it, so the bound cannot deadlock.
+fn probes() -> &'static Semaphore {
+    static PROBES: OnceLock<Semaphore> = OnceLock::new();
+    PROBES.get_or_init(|| Semaphore::new(max_probes()))
+}
+
+/// The wait before poll `attempt + 1` (0-based): [`FIRST_INTERVAL`] doubled
+/// per attempt, capped at [`MAX_INTERVAL`], then jittered down to between
+/// half and all of it ("equal jitter"), so loops started together by one
+/// phase drift apart instead of polling in lockstep. `noise` is any random
+/// number.
+pub fn backoff(attempt: u32, noise: u64) -> Duration {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let full = ms(FIRST_INTERVAL)
+        .saturating_mul(1u64 << attempt.min(16))
+        .min(ms(MAX_INTERVAL));
+    let half = full / 2;
+    Duration::from_millis(half + noise % (full - half + 1))
+}
+
+/// A random number for the jitter: std's randomly keyed hasher (a new key
+/// per call) over the URL and attempt; no RNG dependency needed.
+fn noise(url: &str, attempt: u32) -> u64 {
+    std::collections::hash_map::RandomState::new().hash_one((url, attempt))
+}
+
+/// One GET on tokio's blocking pool, once a probe permit is free.
 pub async fn probe(url: &str) -> Probe {
+    let _permit = probes().acquire().await.ok();
     let u = url.to_owned();
     tokio::task::spawn_blocking(move || probe_blocking(&u))
         .await
@@ -72,8 +119,9 @@ pub async fn probe(url: &str) -> Probe {
 }
 
 /// Polls until ready or `timeout`; returns the last probe and whether ready.
-/// `still_alive` is asked between polls so a crashed unit fails at once
-/// instead of at the deadline.
+/// The waits between polls grow ([`backoff`]); the last one is cut short so
+/// a final probe runs at the deadline. `still_alive` is asked between polls
+/// so a crashed unit fails at once instead of at the deadline.
 pub async fn wait_ready<F, Fut>(
     url: &str,
     timeout: Duration,
@@ -84,6 +132,7 @@ where
     Fut: std::future::Future<Output = Result<(), String>>,
 {
     let deadline = Instant::now() + timeout;
+    let mut attempt: u32 = 0;
     loop {
         let p = probe(url).await;
         if p.ok {
@@ -105,6 +154,94 @@ where
                 ..p
             });
         }
-        tokio::time::sleep(POLL_INTERVAL).await;
+        let wait = backoff(attempt, noise(url, attempt));
+        attempt = attempt.saturating_add(1);
+        tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_from_the_first_interval_to_the_cap() {
+        // (attempt, noise) -> wait: half of the full interval plus noise
+        // modulo (half + 1) ms.
+        let cases = [
+            (0, 0, 12),
+            (0, 13, 25),
+            (0, 14, 12),
+            (1, 0, 25),
+            (2, 0, 50),
+            (3, 0, 100),
+            (4, 0, 200),
+            (5, 0, 250),
+            (5, 250, 500),
+            (40, 250, 500),
+            (u32::MAX, 7, 257),
+        ];
+        for (attempt, noise, ms) in cases {
+            assert_eq!(
+                backoff(attempt, noise),
+                Duration::from_millis(ms),
+                "attempt {attempt}, noise {noise}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_never_exceeds_the_cap_nor_goes_below_half_the_first_interval() {
+        for attempt in 0..64 {
+            for noise in [0, 1, 99, 12_345, u64::MAX] {
+                let d = backoff(attempt, noise);
+                assert!(d <= MAX_INTERVAL, "{attempt}/{noise}: {d:?}");
+                assert!(d >= Duration::from_millis(12), "{attempt}/{noise}: {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn jitter_differs_between_calls() {
+        let a: Vec<u64> = (0..8).map(|_| noise("http://x/ready", 3)).collect();
+        assert!(a.windows(2).any(|w| w[0] != w[1]), "{a:?}");
+    }
+
+    #[tokio::test]
+    async fn wait_ready_probes_once_more_at_the_deadline() {
+        // Nothing listens on a fresh port: every probe fails at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/ready");
+        let polls = std::sync::atomic::AtomicUsize::new(0);
+        let started = Instant::now();
+        let res = wait_ready(&url, Duration::from_millis(700), || {
+            polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Ok(()) }
+        })
+        .await;
+        let took = started.elapsed();
+        assert!(res.is_err());
+        assert!(took >= Duration::from_millis(700), "{took:?}");
+        // Backed off: 25, 50, 100, 200, 400 ms (at most) fit in 700 ms, so
+        // five to nine polls, not the fourteen a fixed 50 ms would make.
+        let n = polls.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((4..=10).contains(&n), "{n} polls");
+    }
+
+    #[tokio::test]
+    async fn a_dead_unit_fails_before_the_deadline() {
+        let started = Instant::now();
+        let res = wait_ready(
+            "http://127.0.0.1:9/ready",
+            Duration::from_mins(1),
+            || async { Err("gone".to_owned()) },
+        )
+        .await;
+        assert_eq!(res.unwrap_err().error.as_deref(), Some("gone"));
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 }

@@ -299,11 +299,14 @@ fn past(op: Op) -> &'static str {
 /// Start job, confirmed active after the settle window, then ready.
 async fn start_one(sd: &Systemd, s: &Service) -> Result<(), String> {
     let unit = &s.unit_name;
-    sd.start(unit)
-        .await
-        .map_err(|e| e.to_string())?
-        .check("start", unit)
-        .map_err(|e| e.to_string())?;
+    {
+        let _permit = crate::apply::unit_jobs().acquire().await.ok();
+        sd.start(unit)
+            .await
+            .map_err(|e| e.to_string())?
+            .check("start", unit)
+            .map_err(|e| e.to_string())?;
+    }
     sd.confirm_active(unit, SETTLE)
         .await
         .map_err(|e| e.to_string())?;

@@ -193,7 +193,7 @@ async fn first_deploy_then_only_the_changed_service_restarts() {
 }
 
 /// Shortens every service's readiness timeout so failure tests end fast.
-pub fn short_ready_timeout(w: &World, secs: u32) {
+pub fn short_ready_timeout(w: &World, secs: u64) {
     let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
     let mut out = String::new();
     for line in text.lines() {
@@ -370,7 +370,7 @@ async fn failed_start_or_readiness_rolls_back_to_the_previous_release() {
     let Some(w) = World::new("d4", 21300) else {
         return;
     };
-    short_ready_timeout(&w, 3);
+    short_ready_timeout(&w, support::failing_ready_timeout_secs());
     let sd = w.sandbox.connect().await.unwrap();
     ok(&w.run(&["apply", "--env", "staging", "--yes"]));
     let good = w.fx.head("main").unwrap();
@@ -605,29 +605,23 @@ async fn a_second_apply_fails_at_once_naming_the_holder() {
         return;
     };
     let sd = w.sandbox.connect().await.unwrap();
-    short_ready_timeout(&w, 30);
-    w.commit("main", "slow", &[Edit::slow_readiness("config", 3000)]);
+    short_ready_timeout(&w, support::wait().as_secs());
+    // Slow enough that the first apply certainly holds the lock while the second is refused.
+    let slow = u64::try_from((support::prompt() * 2).as_millis()).unwrap();
+    w.commit("main", "slow", &[Edit::slow_readiness("config", slow)]);
     let mut first = w
         .cmd(&["apply", "--env", "staging", "--yes"])
         .spawn()
         .unwrap();
     // Wait until the first holds the lock (its journal exists).
     let journal = w.state.join("journal.jsonl");
-    for _ in 0..200 {
-        if journal.exists() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    assert!(support::eventually(|| journal.exists()).await);
     let t = std::time::Instant::now();
     let out = w.run(&["apply", "--env", "staging", "--yes"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(code(&out), 1, "{err}");
     assert!(err.contains(&format!("pid {}", first.id())), "{err}");
-    assert!(
-        t.elapsed() < std::time::Duration::from_secs(2),
-        "fails at once"
-    );
+    assert!(t.elapsed() < support::prompt(), "fails at once");
     assert!(first.wait().unwrap().success());
     w.stop_all(&sd).await;
 }
@@ -673,7 +667,7 @@ async fn restarts_follow_the_phases_and_stop_at_a_service_that_is_not_ready() {
     let Some(w) = World::new("d7", 21600) else {
         return;
     };
-    short_ready_timeout(&w, 3);
+    short_ready_timeout(&w, support::failing_ready_timeout_secs());
     let sd = w.sandbox.connect().await.unwrap();
     ok(&w.run(&["apply", "--env", "staging", "--yes"]));
     assert_phase_order(&start_times(&w, &sd).await, None);
@@ -741,14 +735,16 @@ async fn sigterm_stops_gracefully_and_resume_finishes() {
     let Some(w) = World::new("d8", 21700) else {
         return;
     };
-    short_ready_timeout(&w, 30);
+    short_ready_timeout(&w, support::wait().as_secs());
     let sd = w.sandbox.connect().await.unwrap();
     ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    // Slow enough that the SIGTERM certainly lands while gateway's readiness is polled.
+    let slow = u64::try_from((support::prompt() * 2).as_millis()).unwrap();
     let sha = w.commit(
         "main",
         "slow gateway",
         &[
-            Edit::slow_readiness("gateway", 1500),
+            Edit::slow_readiness("gateway", slow),
             Edit::touch_service("backend"),
         ],
     );
@@ -759,13 +755,12 @@ async fn sigterm_stops_gracefully_and_resume_finishes() {
         .unwrap();
     // Wait until gateway's readiness is being polled, then SIGTERM.
     let journal = w.state.join("journal.jsonl");
-    for _ in 0..300 {
-        let text = std::fs::read_to_string(&journal).unwrap_or_default();
-        if text.contains("\"action\":\"health:gateway\"") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    support::eventually(|| {
+        std::fs::read_to_string(&journal)
+            .unwrap_or_default()
+            .contains("\"action\":\"health:gateway\"")
+    })
+    .await;
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -1,9 +1,10 @@
 //! `moorline status`, `start`, `stop`, `enable`, `disable` and `logs` on the shared private
 //! systemd manager, after a real `apply` of the 19 fixture services.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::deploy::{World, code, ok};
+use crate::support;
 
 fn deployed(prefix: &str, port_base: u16) -> Option<World> {
     let w = World::new(prefix, port_base)?;
@@ -49,7 +50,7 @@ async fn status_healthy_then_stopped_by_hand_then_unit_edited_by_hand() {
     let elapsed = started.elapsed();
     let text = ok(&out);
     assert!(
-        elapsed < Duration::from_secs(2),
+        elapsed < support::prompt(),
         "status took {elapsed:?}\n{text}"
     );
     assert!(
@@ -98,7 +99,7 @@ async fn status_healthy_then_stopped_by_hand_then_unit_edited_by_hand() {
                 "http://127.0.0.1:{}/health/ready",
                 w.fx.service("search").unwrap().port
             ),
-            Duration::from_secs(10),
+            support::wait(),
             || async { Ok(()) },
         )
         .await
@@ -321,7 +322,7 @@ async fn logs_interleave_two_services_lines_by_time() {
     let port = w.fx.service("config").unwrap().port;
     let ready = format!("http://127.0.0.1:{port}/health/ready");
     assert!(
-        moorline::health::wait_ready(&ready, Duration::from_secs(10), || async { Ok(()) })
+        moorline::health::wait_ready(&ready, support::wait(), || async { Ok(()) })
             .await
             .is_ok()
     );
@@ -339,7 +340,7 @@ async fn logs_interleave_two_services_lines_by_time() {
         journal,
     ];
     // journald writes asynchronously from the unit's point of view: poll briefly.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + support::wait();
     let lines = loop {
         let out = w.run(&args);
         let text = ok(&out);
@@ -352,7 +353,7 @@ async fn logs_interleave_two_services_lines_by_time() {
             assert!(lines.len() >= 3, "{text}");
             break lines;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(support::POLL).await;
     };
     let who: Vec<&str> = lines
         .iter()

@@ -16,7 +16,6 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use moorline::fixture::Edit;
 use moorline::sandbox::PrivateSystemd;
@@ -225,10 +224,11 @@ fn start_postgres(sandbox: &'static PrivateSystemd) -> Result<Postgres, String> 
             .map_err(|e| e.to_string())?
             .check("start", PG_UNIT)
             .map_err(|e| e.to_string())?;
-        if !support::wait_for_port(port, Duration::from_secs(30)).await {
+        if !support::wait_for_port(port).await {
             let st = sd.status(PG_UNIT).await.map_err(|e| e.to_string())?;
             return Err(format!(
-                "PostgreSQL did not listen on 127.0.0.1:{port} within 30 s: {st:?}"
+                "PostgreSQL did not listen on 127.0.0.1:{port} within {:?}: {st:?}",
+                support::wait()
             ));
         }
         Ok::<_, String>(())
@@ -239,12 +239,13 @@ fn start_postgres(sandbox: &'static PrivateSystemd) -> Result<Postgres, String> 
         _dir: dir,
     };
     // Accepting connections is not yet accepting queries (startup): retry a little.
-    for _ in 0..100 {
+    let deadline = std::time::Instant::now() + support::wait();
+    while std::time::Instant::now() < deadline {
         let o = pg.psql_raw(&pg.url("postgres"), "SELECT 1");
         if o.status.success() {
             return Ok(pg);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(support::POLL);
     }
     Err("PostgreSQL listens but does not answer queries".to_owned())
 }
@@ -435,7 +436,7 @@ async fn real_postgres_backup_before_migration_then_rollback_database_restores_i
     let Some(w) = db_world("pg1", 23000, &url, 30) else {
         return;
     };
-    short_ready_timeout(&w, 3);
+    short_ready_timeout(&w, support::failing_ready_timeout_secs());
     let sd = w.sandbox.connect().await.unwrap();
 
     // First deploy: migration 0001 creates `orders`; the test seeds it.
@@ -705,7 +706,7 @@ async fn nginx_world(prefix: &str, port_base: u16) -> Option<(World, Nginx, Syst
         .check("start", &ngx.unit)
         .unwrap();
     assert!(
-        support::wait_for_port(ngx.port, Duration::from_secs(10)).await,
+        support::wait_for_port(ngx.port).await,
         "nginx listens: {}",
         std::fs::read_to_string(ngx.dir.join("error.log")).unwrap_or_default()
     );
@@ -723,7 +724,7 @@ async fn nginx_world(prefix: &str, port_base: u16) -> Option<(World, Nginx, Syst
 /// `GET path` on 127.0.0.1:port over a fresh connection: (status, body).
 fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(support::wait())).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).unwrap();
@@ -740,12 +741,13 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
 /// reload the old worker may still take a connection or two while it shuts down gracefully.
 async fn wait_reloaded(port: u16, want: &str, old: &str) -> (String, String) {
     let mut got = (String::new(), String::new());
-    for _ in 0..200 {
+    let deadline = tokio::time::Instant::now() + support::wait();
+    while tokio::time::Instant::now() < deadline {
         got = (http_get(port, "/version").1, http_get(port, "/worker").1);
         if got.0 == want && got.1 != old {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(support::POLL).await;
     }
     got
 }
@@ -755,7 +757,7 @@ async fn real_nginx_is_reloaded_after_a_deploy_and_a_failing_check_rolls_back() 
     let Some((w, ngx, sd)) = nginx_world("ngx1", 23200).await else {
         return;
     };
-    short_ready_timeout(&w, 3);
+    short_ready_timeout(&w, support::failing_ready_timeout_secs());
     ok(&w.run(&["apply", "--env", "staging", "--yes"]));
     // nginx proxies to the live backend.
     assert_eq!(http_get(ngx.port, "/health/ready").0, 200);

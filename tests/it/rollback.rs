@@ -5,6 +5,7 @@
 use moorline::fixture::Edit;
 
 use crate::deploy::{World, code, ok, short_ready_timeout};
+use crate::support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_rollback_switches_back_without_rebuilding() {
@@ -110,7 +111,7 @@ async fn crash_anywhere_in_an_automatic_rollback_still_ends_on_the_previous_rele
     let Some(w) = World::new("r2", 22100) else {
         return;
     };
-    short_ready_timeout(&w, 3);
+    short_ready_timeout(&w, support::failing_ready_timeout_secs());
     let sd = w.sandbox.connect().await.unwrap();
     ok(&w.run(&["apply", "--env", "staging", "--yes"]));
     let good = w.fx.head("main").unwrap();

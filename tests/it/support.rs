@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use moorline::sandbox::PrivateSystemd;
 use moorline::systemd::Systemd;
@@ -106,23 +105,25 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// Polls until `127.0.0.1:port` accepts a connection (python needs a moment to bind).
-pub async fn wait_for_port(port: u16, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
+/// Polls until `127.0.0.1:port` accepts a connection (python needs a moment to bind), at most
+/// [`wait`].
+pub async fn wait_for_port(port: u16) -> bool {
+    eventually(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).await
+}
+
+// Every deadline comes from one place, scaled by `MOORLINE_TEST_TIME_SCALE`.
+pub use moorline::fixture::deadline::{POLL, failing_ready_timeout_secs, prompt, wait};
+
+/// Polls `done` every [`POLL`] until it holds or [`wait`] has passed; whether it held.
+pub async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + wait();
     loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
+        if done() {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
-
-/// How long a test waits for a service it started to have done its work: generous, for a
-/// loaded 2-core machine (such a service normally finishes in milliseconds).
-pub const SERVICE_WAIT: Duration = Duration::from_secs(30);

@@ -43,7 +43,7 @@ async fn restart_runs_a_reachable_http_server_and_changes_invocation_id() {
     assert!(first.active_enter_timestamp_us > 0);
     assert!(first.exec_main_start_timestamp_us > 0);
     assert!(
-        wait_for_port(port, Duration::from_secs(10)).await,
+        wait_for_port(port).await,
         "nothing listens on 127.0.0.1:{port}"
     );
 
@@ -51,7 +51,7 @@ async fn restart_runs_a_reachable_http_server_and_changes_invocation_id() {
     let second = systemd.confirm_active(unit, SETTLE).await.unwrap();
     assert_ne!(first.invocation_id, second.invocation_id);
     assert_ne!(first.main_pid, second.main_pid);
-    assert!(wait_for_port(port, Duration::from_secs(10)).await);
+    assert!(wait_for_port(port).await);
 
     assert_eq!(systemd.stop(unit).await.unwrap(), JobResult::Done);
     let stopped = systemd.status(unit).await.unwrap();

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt as _;
 
 use moorline::config::{EnvValue, Environment, Service, UnitSpec};
 
-use crate::support::{SERVICE_WAIT, connect};
+use crate::support::{connect, eventually, wait};
 
 const DESCRIPTION: &str = r#"100% "quoted" 'single' back\slash $HOME %h; for {service}"#;
 const GREETING: &str = r#"say "hi" \ 'x' $HOME ${HOME} %h ; a=b  two  spaces é😀"#;
@@ -80,7 +80,7 @@ fn service(root: &str, out: &str) -> (Environment, Service) {
         health: "/health".into(),
         ready: "/health/ready".into(),
         metrics: "/health/metrics".into(),
-        ready_timeout: SERVICE_WAIT,
+        ready_timeout: wait(),
         unit: Some(spec),
         unit_name: "it-escaping.service".into(),
     };
@@ -142,14 +142,15 @@ async fn systemd_reads_back_every_escaped_value_exactly() {
     systemd.start(&svc.unit_name).await.unwrap();
     let mut want: Vec<String> = ARGS.iter().map(|a| (*a).to_owned()).collect();
     want.extend([GREETING.to_owned(), TOKEN.to_owned()]);
-    let deadline = tokio::time::Instant::now() + SERVICE_WAIT;
-    let got = loop {
-        let got = std::fs::read_to_string(&out).unwrap_or_default();
-        if got.lines().count() >= want.len() || tokio::time::Instant::now() > deadline {
-            break got;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    eventually(|| {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= want.len()
+    })
+    .await;
+    let got = std::fs::read_to_string(&out).unwrap_or_default();
     let lines: Vec<&str> = got.lines().collect();
     assert_eq!(lines, want, "{text}");
 
