@@ -280,7 +280,11 @@ fn database(t: &Target, args: &RollbackArgs) -> miette::Result<i32> {
     let rt = runtime()?;
     rt.block_on(crate::backup::restore(&t.env, b, &t.state_dir, &record))
         .map_err(RollbackError::Database)?;
-    eprintln!("restored {}", record.id);
+    crate::backup::record_restore(&t.state_dir, &t.config().project.name, &t.env.name, &record)?;
+    eprintln!(
+        "restored {}; the next deploy of {} runs the migrations again (`moorline plan --env {}` shows them)",
+        record.id, t.env.name, t.env.name
+    );
     Ok(exit::OK)
 }
 
