@@ -258,6 +258,40 @@ service "s" {{ runtime "r"; port 4000; phase "core" }}
         crate::config::parse("test.kdl", &text).unwrap()
     }
 
+    #[test]
+    fn first_deploy_is_skip_unless_the_block_says_backup() {
+        use crate::config::FirstDeploy;
+        let with = |line: &str| {
+            crate::config::parse(
+                "test.kdl",
+                &format!(
+                    "project \"p\"\nenvironment \"e\" {{\n branch \"main\"\n root \"/srv/p\"\n backup {{\n  run \"true\"\n  restore \"true\"\n  {line}\n }}\n}}\nphase \"core\"\n"
+                ),
+            )
+        };
+        let first = |line: &str| {
+            with(line)
+                .unwrap()
+                .environment("e")
+                .unwrap()
+                .backup
+                .as_ref()
+                .unwrap()
+                .first_deploy
+        };
+        assert_eq!(first(""), FirstDeploy::Skip);
+        assert_eq!(first("first-deploy \"skip\""), FirstDeploy::Skip);
+        assert_eq!(first("first-deploy \"backup\""), FirstDeploy::Backup);
+        let err = with("first-deploy \"bakup\"").unwrap_err();
+        let shown = format!("{:?}", miette::Report::new(err));
+        assert!(
+            shown.contains("`bakup` is not a first-deploy choice"),
+            "{shown}"
+        );
+        assert!(shown.contains("did you mean \"backup\"?"), "{shown}");
+        assert!(shown.contains("invalid_value"), "{shown}");
+    }
+
     fn files(dir: &Path) -> Vec<String> {
         std::fs::read_dir(dir)
             .map(|rd| {
