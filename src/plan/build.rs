@@ -238,7 +238,9 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             ),
             _ => Vec::new(),
         };
-        if let Some(MigrateCheck::Unavailable(why)) = host.migrate_status.get(&s.name) {
+        if migrate_step.is_some()
+            && let Some(MigrateCheck::Unavailable(why)) = host.migrate_status.get(&s.name)
+        {
             notes.push(format!(
                 "{}: migrate-status could not tell whether migrations are pending ({why}); its migrations are planned from git alone",
                 s.name
