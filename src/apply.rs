@@ -892,6 +892,10 @@ fn commit_state(
     }
     if plan.operation == crate::plan::Operation::Deploy {
         st.revision = Some(plan.to.sha.clone());
+        // A deploy planned after a database restore migrated every
+        // deployed service again (the state it was planned from had the
+        // mark); it succeeded, so the schema matches the code.
+        st.database_restored = None;
     }
     st.last_apply = Some(ApplyRecord {
         id: apply_id.to_owned(),

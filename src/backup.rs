@@ -66,8 +66,19 @@ fn tighten_file(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Removes what a failed backup left at `path` (an empty or partial file
+/// is no backup) and returns the error, saying so if it stays.
+fn discard(path: &Path, error: String) -> String {
+    match std::fs::remove_file(path) {
+        Ok(()) => format!("{error} (the incomplete file was removed)"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => error,
+        Err(e) => format!("{error}; removing {} failed too: {e}", path.display()),
+    }
+}
+
 /// Runs the backup command and checks that it left a non-empty file,
-/// private (0600) like its directory (0700).
+/// private (0600) like its directory (0700). On any failure the file is
+/// removed: no empty or partial backup is left behind.
 pub async fn take(
     project: &str,
     env: &crate::config::Environment,
@@ -98,26 +109,33 @@ pub async fn take(
         ..Vars::default()
     };
     let argv: Vec<String> = template::render_all(&b.run.argv, &vars);
-    process::run(Run {
-        argv: &argv,
-        dir: None,
-        env: &command_env(env),
-        timeout: b.run.timeout,
-        log: &state_dir.join("logs").join(log_id).join("backup.log"),
-    })
-    .await
-    .map_err(|e| format!("the backup failed, so nothing was migrated: {e}"))?;
-    let (size, sha256) = file_sha256(&path).map_err(|e| {
-        format!("the backup command succeeded but left no readable file at {path_s}: {e}")
-    })?;
-    if size == 0 {
-        return Err(format!(
-            "the backup command succeeded but left {path_s} empty: it must write the backup to {{backup}}"
-        ));
-    }
-    // A command that replaced the file (rename, `cp`) may have left it
-    // readable by others.
-    tighten_file(&path).map_err(|e| format!("making {path_s} private: {e}"))?;
+    let checked = async {
+        process::run(Run {
+            argv: &argv,
+            dir: None,
+            env: &command_env(env),
+            timeout: b.run.timeout,
+            log: &state_dir.join("logs").join(log_id).join("backup.log"),
+        })
+        .await
+        .map_err(|e| format!("the backup failed, so nothing was migrated: {e}"))?;
+        let (size, sha256) = file_sha256(&path).map_err(|e| {
+            format!("the backup command succeeded but left no readable file at {path_s}: {e}")
+        })?;
+        if size == 0 {
+            return Err(format!(
+                "the backup command succeeded but left {path_s} empty: it must write the backup to {{backup}}"
+            ));
+        }
+        // A command that replaced the file (rename, `cp`) may have left it
+        // readable by others.
+        tighten_file(&path).map_err(|e| format!("making {path_s} private: {e}"))?;
+        Ok((size, sha256))
+    };
+    let (size, sha256) = match checked.await {
+        Ok(v) => v,
+        Err(e) => return Err(discard(&path, e)),
+    };
     Ok(Taken {
         id,
         path: path_s,
@@ -168,6 +186,25 @@ pub async fn restore(
     Ok(())
 }
 
+/// Records in the host state that the database was restored from
+/// `record`, so the next deploy migrates again. Without a state nothing is
+/// deployed, and nothing is recorded.
+pub fn record_restore(
+    state_dir: &Path,
+    project: &str,
+    env: &str,
+    record: &crate::state::BackupRecord,
+) -> Result<(), crate::state::StateError> {
+    let Some(mut st) = crate::state::load(state_dir, project, env)?.state else {
+        return Ok(());
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    st.mark_restored(record, now);
+    crate::state::save(state_dir, &st)
+}
+
 /// The environment's env-files and `env`, for backup and restore commands.
 pub fn command_env(env: &crate::config::Environment) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
@@ -196,4 +233,108 @@ pub fn retain(st: &mut State, keep: usize) {
             true
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(run: &str) -> crate::config::Config {
+        let text = format!(
+            r#"project "p"
+environment "e" {{
+    branch "main"
+    root "/srv/p"
+    backup {{
+        run "sh" "-c" "{run}" "sh" "{{backup}}"
+        restore "true"
+    }}
+}}
+phase "core"
+runtime "r"
+service "s" {{ runtime "r"; port 4000; phase "core" }}
+"#
+        );
+        crate::config::parse("test.kdl", &text).unwrap()
+    }
+
+    #[test]
+    fn first_deploy_is_skip_unless_the_block_says_backup() {
+        use crate::config::FirstDeploy;
+        let with = |line: &str| {
+            crate::config::parse(
+                "test.kdl",
+                &format!(
+                    "project \"p\"\nenvironment \"e\" {{\n branch \"main\"\n root \"/srv/p\"\n backup {{\n  run \"true\"\n  restore \"true\"\n  {line}\n }}\n}}\nphase \"core\"\n"
+                ),
+            )
+        };
+        let first = |line: &str| {
+            with(line)
+                .unwrap()
+                .environment("e")
+                .unwrap()
+                .backup
+                .as_ref()
+                .unwrap()
+                .first_deploy
+        };
+        assert_eq!(first(""), FirstDeploy::Skip);
+        assert_eq!(first("first-deploy \"skip\""), FirstDeploy::Skip);
+        assert_eq!(first("first-deploy \"backup\""), FirstDeploy::Backup);
+        let err = with("first-deploy \"bakup\"").unwrap_err();
+        let shown = format!("{:?}", miette::Report::new(err));
+        assert!(
+            shown.contains("`bakup` is not a first-deploy choice"),
+            "{shown}"
+        );
+        assert!(shown.contains("did you mean \"backup\"?"), "{shown}");
+        assert!(shown.contains("invalid_value"), "{shown}");
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_failed_backup_leaves_no_file() {
+        for (run, error) in [
+            // Fails before writing anything (the database does not exist).
+            ("exit 3", "the backup failed"),
+            // Writes part of a backup, then fails.
+            ("echo partial > $1; exit 1", "the backup failed"),
+            // Succeeds without writing the file.
+            ("true", "empty"),
+            // Removes the file it was given.
+            ("rm $1", "no readable file"),
+        ] {
+            let c = config(run);
+            let env = c.environment("e").unwrap();
+            let b = env.backup.as_ref().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let Err(e) = take("p", env, state.path(), b, "t").await else {
+                panic!("`{run}` must fail");
+            };
+            assert!(e.contains(error), "{run}: {e}");
+            assert_eq!(
+                files(&state.path().join("backups")),
+                Vec::<String>::new(),
+                "{run}"
+            );
+        }
+        // A good one is kept, private.
+        let c = config("echo dump > $1");
+        let env = c.environment("e").unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let taken = take("p", env, state.path(), env.backup.as_ref().unwrap(), "t")
+            .await
+            .unwrap();
+        assert_eq!(taken.size, 5);
+        assert_eq!(files(&state.path().join("backups")).len(), 1);
+    }
 }

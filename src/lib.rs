@@ -17,6 +17,7 @@ pub mod health;
 pub mod journal;
 pub mod lock;
 pub mod logs;
+pub mod migrations;
 pub mod ops;
 pub mod plan;
 pub mod process;

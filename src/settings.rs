@@ -225,12 +225,21 @@ pub fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan> {
         BTreeMap::new()
     };
     let adopt = resolve_adopt(config, &req.adopt)?;
+    // The database, not only git: on the host (a state is here), each
+    // deployed service's `migrate-status` says whether migrations are
+    // pending. Nothing runs for a config without `migrate-status`.
+    let migrate_status = loaded_state
+        .state
+        .as_ref()
+        .map(|st| crate::migrations::for_plan(config, &t.env, &t.state_dir, st, &changes.to.sha))
+        .unwrap_or_default();
     let host = HostView {
         state: loaded_state.state,
         state_sha256: loaded_state.sha256,
         units_source,
         units,
         foreign_units,
+        migrate_status,
     };
     let mut p = plan::build(&plan::Inputs {
         config,

@@ -31,6 +31,33 @@ pub struct State {
     /// The last one that failed (rolled back or left for inspection).
     #[serde(default)]
     pub last_failure: Option<ApplyRecord>,
+    /// The database was restored from a backup since the last deploy, so
+    /// it may be behind the deployed code: the next deploy migrates every
+    /// deployed service with a migrate step again. Cleared by a deploy
+    /// that succeeds. Absent when not restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_restored: Option<DatabaseRestore>,
+}
+
+/// A database restore (`rollback --database`, `backup restore`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseRestore {
+    /// The backup restored.
+    pub backup: String,
+    /// The apply it was taken before, if an apply took it.
+    pub apply_id: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub restored_at: u64,
+}
+
+impl DatabaseRestore {
+    /// "backup B (taken before apply X)", for reasons and messages.
+    pub fn describe(&self) -> String {
+        match &self.apply_id {
+            Some(a) => format!("backup {} (taken before apply {a})", self.backup),
+            None => format!("backup {}", self.backup),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +113,16 @@ impl State {
         self.services
             .get(service)
             .is_some_and(|s| s.unit_sha256.is_some() && s.unit.as_deref().is_none_or(|u| u == unit))
+    }
+
+    /// Records that the database was restored from `b` (see
+    /// [`State::database_restored`]).
+    pub fn mark_restored(&mut self, b: &BackupRecord, restored_at: u64) {
+        self.database_restored = Some(DatabaseRestore {
+            backup: b.id.clone(),
+            apply_id: b.apply_id.clone(),
+            restored_at,
+        });
     }
 
     /// The backup the most recent apply took before migrating (the one a

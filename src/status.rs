@@ -54,12 +54,10 @@ use serde::Serialize;
 use crate::config::{Environment, Service};
 use crate::health::{self, Probe};
 use crate::plan::build::{ready_url, url_for};
-use crate::process::{self, Run};
-use crate::release::{self, Paths};
+use crate::release::Paths;
 use crate::settings::Target;
 use crate::state::{self, State};
 use crate::systemd::{Systemd, SystemdError, UnitStatus};
-use crate::template::{self, Vars};
 use crate::unit;
 
 /// Version of the JSON shape above; bumped on any incompatible change.
@@ -137,25 +135,7 @@ pub struct Release {
     pub age_secs: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MigrationState {
-    /// `migrate-status` exited 0.
-    UpToDate,
-    /// It exited non-zero: migrations are pending (or the check itself failed).
-    Pending,
-    /// It could not be run at all, or timed out.
-    Failed,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Migrations {
-    pub state: MigrationState,
-    pub command: Vec<String>,
-    pub exit_code: Option<i32>,
-    /// The command's output (stdout and stderr), shown when it is not up to date.
-    pub output: String,
-}
+pub use crate::migrations::{MigrationState, Migrations};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceStatus {
@@ -388,7 +368,20 @@ async fn service_status(
     });
     let migrations = match (host.options.migrations, runtime, &live) {
         (true, Some(rt), Some(rev)) => {
-            migration_status(host, s, rt, &paths.release(rev), &paths.current()).await
+            let log = host
+                .state_dir
+                .join("logs")
+                .join("status")
+                .join(format!("migrate-status-{}.log", s.name));
+            crate::migrations::check(
+                &host.env,
+                s,
+                rt,
+                &paths.release(rev),
+                &paths.current(),
+                &log,
+            )
+            .await
         }
         _ => None,
     };
@@ -484,92 +477,6 @@ fn service_drift(i: &DriftInputs<'_>) -> Vec<Drift> {
             }
         }
     }
-    out
-}
-
-/// Runs the runtime's `migrate-status` in the live release when its migrate step applies there.
-async fn migration_status(
-    host: &Host,
-    s: &Service,
-    rt: &crate::config::Runtime,
-    release_dir: &Path,
-    current: &Path,
-) -> Option<Migrations> {
-    let cmd = rt.migrate_status.as_ref()?;
-    if let Some(m) = &rt.migrate
-        && let Some(marker) = &m.if_exists
-        && !release_dir.join(marker).exists()
-    {
-        return None;
-    }
-    let release_s = release_dir.display().to_string();
-    let current_s = current.display().to_string();
-    let vars = Vars {
-        service: Some(&s.name),
-        port: Some(s.port),
-        root: Some(&host.env.root),
-        release: Some(&release_s),
-        current: Some(&current_s),
-        backup: None,
-    };
-    let argv: Vec<String> = template::render_all(&cmd.argv, &vars);
-    let log = host
-        .state_dir
-        .join("logs")
-        .join("status")
-        .join(format!("migrate-status-{}.log", s.name));
-    let env = command_env(&host.env, &s.name, &release_s);
-    let r = process::run(Run {
-        argv: &argv,
-        dir: Some(release_dir),
-        env: &env,
-        timeout: cmd.timeout,
-        log: &log,
-    })
-    .await;
-    let output = std::fs::read_to_string(&log).unwrap_or_default();
-    let (state, exit_code) = match &r {
-        Ok(()) => (MigrationState::UpToDate, Some(0)),
-        Err(process::RunError::Failed { status, .. }) => {
-            let code = status
-                .rsplit(':')
-                .next()
-                .and_then(|c| c.trim().parse().ok());
-            (MigrationState::Pending, code)
-        }
-        Err(_) => (MigrationState::Failed, None),
-    };
-    let output = match r {
-        Err(e @ (process::RunError::Spawn { .. } | process::RunError::Io { .. })) => {
-            format!(
-                "{e}: {}",
-                std::error::Error::source(&e).map_or_else(String::new, ToString::to_string)
-            )
-        }
-        _ => output,
-    };
-    Some(Migrations {
-        state,
-        command: argv,
-        exit_code,
-        output,
-    })
-}
-
-/// The environment of configured commands: env-files, `env`, then moorline's variables (as
-/// `apply` gives its migrate commands).
-fn command_env(env: &Environment, service: &str, release_dir: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for f in &env.env_files {
-        out.extend(release::read_env_file(Path::new(f)));
-    }
-    for (k, v) in &env.env {
-        out.insert(k.clone(), v.value.clone());
-    }
-    out.insert("MOORLINE_ENV".to_owned(), env.name.clone());
-    out.insert("MOORLINE_ROOT".to_owned(), env.root.clone());
-    out.insert("MOORLINE_SERVICE".to_owned(), service.to_owned());
-    out.insert("MOORLINE_RELEASE".to_owned(), release_dir.to_owned());
     out
 }
 

@@ -124,7 +124,11 @@ pub fn run(global: &Global, args: &BackupArgs) -> miette::Result<i32> {
             runtime()?
                 .block_on(crate::backup::restore(&t.env, &b, &t.state_dir, &record))
                 .map_err(BackupError::Failed)?;
-            eprintln!("restored {}", record.id);
+            crate::backup::record_restore(&t.state_dir, &t.config().project.name, env, &record)?;
+            eprintln!(
+                "restored {}; the next deploy of {env} runs the migrations again",
+                record.id
+            );
             Ok(exit::OK)
         }
     }

@@ -207,7 +207,7 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
                 .unwrap_or_default(),
             summary: format!("rollback of {}", names.join(", ")),
         };
-        let plan = ops::build(OpsInputs {
+        let mut plan = ops::build(OpsInputs {
             config: t.config(),
             config_text: &t.loaded.text,
             env: &t.env,
@@ -218,9 +218,38 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
             state_sha256: loaded.sha256,
             infrastructure: false,
         });
+        let schema = schema_after_code_rollback(&st, &t.env.name);
+        plan.warnings.extend(schema.clone());
         show_and_confirm(&plan, args.format, args.yes, "Roll back")?;
         let report = crate::apply::apply(ctx, plan).await?;
-        Ok(print_report(&report, &args.env, args.format))
+        let code = print_report(&report, &args.env, args.format);
+        if let Some(s) = schema {
+            eprintln!("note: {s}");
+        }
+        Ok(code)
+    })
+}
+
+/// What a code-only rollback leaves of the database, when the last apply
+/// migrated it or it was restored: the schema does not roll back with the
+/// code.
+fn schema_after_code_rollback(st: &state::State, env: &str) -> Option<String> {
+    if let Some(r) = &st.database_restored {
+        return Some(format!(
+            "the database was restored from {}; this rollback switches code only, and the next deploy runs the migrations again",
+            r.describe()
+        ));
+    }
+    let last = st.last_apply.as_ref().filter(|a| a.migrated)?;
+    Some(match &last.backup {
+        Some(b) => format!(
+            "the schema stays migrated: apply {} ran migrations and this rollback switches code only; `moorline rollback --env {env} --database` restores backup {b}, taken before them (writes since then are lost)",
+            last.id
+        ),
+        None => format!(
+            "the schema stays migrated: apply {} ran migrations and this rollback switches code only; no backup was taken before them, so moorline cannot undo them",
+            last.id
+        ),
     })
 }
 
@@ -280,7 +309,11 @@ fn database(t: &Target, args: &RollbackArgs) -> miette::Result<i32> {
     let rt = runtime()?;
     rt.block_on(crate::backup::restore(&t.env, b, &t.state_dir, &record))
         .map_err(RollbackError::Database)?;
-    eprintln!("restored {}", record.id);
+    crate::backup::record_restore(&t.state_dir, &t.config().project.name, &t.env.name, &record)?;
+    eprintln!(
+        "restored {}; the next deploy of {} runs the migrations again (`moorline plan --env {}` shows them)",
+        record.id, t.env.name, t.env.name
+    );
     Ok(exit::OK)
 }
 
@@ -351,4 +384,61 @@ pub fn restart(global: &Global, args: &OpsArgs) -> miette::Result<i32> {
         let report = crate::apply::apply(ctx, plan).await?;
         Ok(print_report(&report, &args.env, Format::Text))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_code_rollback_says_what_happens_to_the_schema() {
+        let apply = |migrated: bool, backup: Option<&str>| state::ApplyRecord {
+            id: "a2".into(),
+            from: None,
+            to: "b".into(),
+            switched: vec!["backend".into()],
+            previous_units: std::collections::BTreeMap::new(),
+            backup: backup.map(str::to_owned),
+            migrated,
+            outcome: "succeeded".into(),
+        };
+        let mut st = state::State::default();
+        assert_eq!(schema_after_code_rollback(&st, "production"), None);
+        st.last_apply = Some(apply(false, None));
+        assert_eq!(schema_after_code_rollback(&st, "production"), None);
+        st.last_apply = Some(apply(true, Some("b1")));
+        let got = schema_after_code_rollback(&st, "production").unwrap();
+        assert!(
+            got.starts_with("the schema stays migrated: apply a2 ran migrations"),
+            "{got}"
+        );
+        assert!(
+            got.contains("`moorline rollback --env production --database` restores backup b1"),
+            "{got}"
+        );
+        st.last_apply = Some(apply(true, None));
+        let got = schema_after_code_rollback(&st, "production").unwrap();
+        assert!(got.contains("moorline cannot undo them"), "{got}");
+        st.mark_restored(
+            &state::BackupRecord {
+                id: "b1".into(),
+                path: "/x".into(),
+                size: 1,
+                sha256: String::new(),
+                taken_at: 0,
+                revision: None,
+                apply_id: Some("a2".into()),
+            },
+            5,
+        );
+        let got = schema_after_code_rollback(&st, "production").unwrap();
+        assert!(
+            got.starts_with("the database was restored from backup b1 (taken before apply a2)"),
+            "{got}"
+        );
+        assert!(
+            got.contains("the next deploy runs the migrations again"),
+            "{got}"
+        );
+    }
 }

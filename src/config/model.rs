@@ -72,6 +72,41 @@ pub struct Backup {
     pub keep: u32,
     /// Directory backups are written to; `None`: `{state}/backups`.
     pub dir: Option<String>,
+    /// Whether a first deploy (nothing recorded as deployed) backs up.
+    pub first_deploy: FirstDeploy,
+}
+
+/// A backup block's `first-deploy`: what a first deploy does about the
+/// backup before its migrations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirstDeploy {
+    /// No backup: the database may not exist yet (the first migration
+    /// creates it), and there is nothing of moorline's to go back to.
+    #[default]
+    Skip,
+    /// Back up as on any deploy (a database that holds data before
+    /// moorline's first deploy); a backup that fails stops the deploy.
+    Backup,
+}
+
+impl FirstDeploy {
+    pub const NAMES: &[&str] = &["skip", "backup"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "skip" => Some(Self::Skip),
+            "backup" => Some(Self::Backup),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Skip => "skip",
+            Self::Backup => "backup",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

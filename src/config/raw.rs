@@ -95,6 +95,7 @@ pub struct RawBackup {
     pub resolve: Option<RawCommand>,
     pub keep: Option<Spanned<i128>>,
     pub dir: Option<Str>,
+    pub first_deploy: Option<Str>,
 }
 
 #[derive(Debug, Clone)]
@@ -182,7 +183,7 @@ const PROJECT: &[&str] = &["unit-name", "keep-releases"];
 const ENVIRONMENT: &[&str] = &[
     "branch", "root", "url", "unit-dir", "approval", "backup", "env", "env-file",
 ];
-const BACKUP: &[&str] = &["run", "restore", "resolve", "keep", "dir"];
+const BACKUP: &[&str] = &["run", "restore", "resolve", "keep", "dir", "first-deploy"];
 const PHASE: &[&str] = &["unit"];
 const RUNTIME: &[&str] = &["build", "migrate", "migrate-status", "unit"];
 const SERVICE: &[&str] = &[
@@ -727,6 +728,7 @@ impl Reader<'_, '_> {
             resolve: None,
             keep: None,
             dir: None,
+            first_deploy: None,
         };
         for c in children(node) {
             self.no_children(c);
@@ -750,6 +752,10 @@ impl Reader<'_, '_> {
                 "dir" => {
                     let v = self.one_string(c, "a directory");
                     self.once(&mut b.dir, c, v);
+                }
+                "first-deploy" => {
+                    let v = self.one_string(c, "\"skip\" or \"backup\"");
+                    self.once(&mut b.first_deploy, c, v);
                 }
                 _ => self.unknown_node(c, BACKUP, "`backup`"),
             }

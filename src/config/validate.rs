@@ -9,8 +9,8 @@ use super::error::{Problem, ProblemKind, suggest};
 use super::model::{
     Backup, Command, Config, DEFAULT_BACKUP_KEEP, DEFAULT_COMMAND_TIMEOUT, DEFAULT_HEALTH,
     DEFAULT_KEEP_RELEASES, DEFAULT_METRICS, DEFAULT_READY, DEFAULT_READY_TIMEOUT,
-    DEFAULT_SERVICE_PATH, DEFAULT_UNIT_NAME, EnvValue, Environment, Migrate, Phase, Project, Proxy,
-    Runtime, Service, UnitSpec, looks_secret,
+    DEFAULT_SERVICE_PATH, DEFAULT_UNIT_NAME, EnvValue, Environment, FirstDeploy, Migrate, Phase,
+    Project, Proxy, Runtime, Service, UnitSpec, looks_secret,
 };
 use super::raw::{RawCommand, RawConfig, RawEnv, RawUnit, Spanned, Str};
 use crate::template::{self, Vars};
@@ -431,12 +431,36 @@ impl Validator<'_> {
                 let keep = b.keep.as_ref().map_or(Some(DEFAULT_BACKUP_KEEP), |k| {
                     self.positive(k, 1, 100_000, "keep")
                 });
+                let first_deploy = match &b.first_deploy {
+                    None => Some(FirstDeploy::default()),
+                    Some(f) => {
+                        let parsed = FirstDeploy::parse(&f.value);
+                        if parsed.is_none() {
+                            let help = suggest(&f.value, FirstDeploy::NAMES).map_or_else(
+                                || {
+                                    "write first-deploy \"skip\" or first-deploy \"backup\""
+                                        .to_owned()
+                                },
+                                |s| format!("did you mean \"{s}\"?"),
+                            );
+                            self.push(Problem::new(
+                                ProblemKind::InvalidValue,
+                                f.span,
+                                format!("`{}` is not a first-deploy choice", f.value),
+                                "\"skip\" or \"backup\"",
+                                help,
+                            ));
+                        }
+                        parsed
+                    }
+                };
                 Some(Backup {
                     run: command(b.run.as_ref()?),
                     restore: command(b.restore.as_ref()?),
                     resolve: b.resolve.as_ref().map(command),
                     keep: keep?,
                     dir: b.dir.as_ref().map(|d| d.value.clone()),
+                    first_deploy: first_deploy?,
                 })
             });
             let env = self.env(&e.env, IN_PLAIN);

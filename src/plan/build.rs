@@ -14,7 +14,7 @@ use super::{
     ServiceChange, ServicePlan, UnitChange, UnitConflict, short,
 };
 use crate::changes::{Changes, GitError, Repo};
-use crate::config::{Config, Environment, Service};
+use crate::config::{Config, Environment, FirstDeploy, Service};
 use crate::state::{State, sha256_hex};
 use crate::template::{self, Vars};
 use crate::unit;
@@ -37,6 +37,20 @@ pub struct HostView {
     /// Service name → a unit file on this host, where the service's unit
     /// goes, that the host state does not record as installed by moorline.
     pub foreign_units: BTreeMap<String, ForeignUnit>,
+    /// Service name → what its runtime's `migrate-status` reported on this
+    /// host (only services that have one and are deployed here; empty when
+    /// the plan is not made on the host).
+    pub migrate_status: BTreeMap<String, MigrateCheck>,
+}
+
+/// What `migrate-status` says about a deployed service's migrations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrateCheck {
+    UpToDate,
+    Pending,
+    /// It could not tell (no release to run it in, the command failed to
+    /// run): the plan says so and plans from git alone.
+    Unavailable(String),
 }
 
 /// A unit file moorline did not install (see [`HostView::foreign_units`]).
@@ -77,7 +91,8 @@ pub enum PlanError {
 struct Affected {
     reasons: Vec<String>,
     paths: Vec<String>,
-    migrate_paths: Vec<String>,
+    /// Why it migrates; empty: it does not.
+    migrate: Vec<String>,
 }
 
 /// Builds the plan.
@@ -93,6 +108,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
     let to = &changes.to;
     let first_deploy = changes.from.is_none();
     let mut warnings = Vec::new();
+    let mut notes = Vec::new();
     if changes.non_ancestor
         && let Some(from) = &changes.from
     {
@@ -203,48 +219,69 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                 ));
             }
         }
+        // Migrations: only where the runtime migrates and the `if-exists`
+        // file exists at the target.
+        let migrate_step = config
+            .runtime_of(s)
+            .and_then(|r| r.migrate.as_ref())
+            .filter(|m| {
+                m.if_exists
+                    .as_ref()
+                    .is_none_or(|f| target.exists(&format!("{}/{f}", s.path)))
+            });
+        // The database, not only git: a restore or `migrate-status` says
+        // the schema of a deployed service is behind its code.
+        let database_why = match (migrate_step, live) {
+            (Some(_), Some(_)) => database_reasons(
+                state.and_then(|st| st.database_restored.as_ref()),
+                host.migrate_status.get(&s.name),
+            ),
+            _ => Vec::new(),
+        };
+        if migrate_step.is_some()
+            && let Some(MigrateCheck::Unavailable(why)) = host.migrate_status.get(&s.name)
+        {
+            notes.push(format!(
+                "{}: migrate-status could not tell whether migrations are pending ({why}); its migrations are planned from git alone",
+                s.name
+            ));
+        }
+        reasons.extend(database_why.iter().cloned());
         if reasons.is_empty() {
             continue;
         }
-        // Migrations: only where the runtime migrates, the `if-exists`
-        // file exists at the target, and its inputs changed (or first deploy).
-        let mut migrate_paths = Vec::new();
-        let mut migrates = false;
-        if let Some(m) = config.runtime_of(s).and_then(|r| r.migrate.as_ref()) {
-            let exists = match &m.if_exists {
-                Some(f) => target.exists(&format!("{}/{f}", s.path)),
-                None => true,
+        let mut migrate = Vec::new();
+        if let Some(m) = migrate_step {
+            let inputs = if m.inputs.is_empty() {
+                s.path.clone()
+            } else {
+                format!("{}/{}", s.path, m.inputs)
             };
-            if exists {
-                let inputs = if m.inputs.is_empty() {
-                    s.path.clone()
-                } else {
-                    format!("{}/{}", s.path, m.inputs)
-                };
-                migrate_paths = paths
-                    .iter()
-                    .filter(|p| prefixes(p).any(|pre| pre == inputs))
-                    .cloned()
-                    .collect();
-                // Never deployed here: only when the host's state says so.
-                // Without state (a plan between two revisions) the service
-                // runs `from`, and its migrations ran with it.
-                let never_deployed = state.is_some() && live.is_none();
-                migrates = first_deploy || never_deployed || !migrate_paths.is_empty();
-                if migrates && migrate_paths.is_empty() {
-                    migrate_paths.push(String::new());
-                }
+            let migrate_paths: Vec<&str> = paths
+                .iter()
+                .filter(|p| prefixes(p).any(|pre| pre == inputs))
+                .map(String::as_str)
+                .collect();
+            // Never deployed here: only when the host's state says so.
+            // Without state (a plan between two revisions) the service
+            // runs `from`, and its migrations ran with it.
+            let never_deployed = state.is_some() && live.is_none();
+            if !migrate_paths.is_empty() {
+                migrate.push(format!(
+                    "migration inputs changed: {}",
+                    list(&migrate_paths)
+                ));
+            } else if first_deploy || never_deployed {
+                migrate.push("first deploy of a service with migrations".to_owned());
             }
-        }
-        if !migrates {
-            migrate_paths.clear();
+            migrate.extend(database_why);
         }
         affected.insert(
             i,
             Affected {
                 reasons,
                 paths,
-                migrate_paths,
+                migrate,
             },
         );
     }
@@ -369,22 +406,10 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             &mut actions,
         );
         builds.insert(*i, id);
-        if !a.migrate_paths.is_empty()
+        if !a.migrate.is_empty()
             && let Some(m) = rt.and_then(|r| r.migrate.as_ref())
         {
-            let why = if a.migrate_paths.iter().all(String::is_empty) {
-                "first deploy of a service with migrations".to_owned()
-            } else {
-                format!(
-                    "migration inputs changed: {}",
-                    list(
-                        &a.migrate_paths
-                            .iter()
-                            .map(String::as_str)
-                            .collect::<Vec<_>>()
-                    )
-                )
-            };
+            let why = a.migrate.join("; ");
             let mid = push(
                 Action {
                     id: format!("migrate:{}", s.name),
@@ -406,14 +431,25 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             migrations.push((*i, mid));
         }
     }
-    // One backup before the first migration, where the environment has one.
-    if !migrations.is_empty()
+    // One backup before the first migration, where the environment has one
+    // (and, on a first deploy, only if its backup block asks for it: the
+    // database may not exist before the first migration creates it).
+    let names: Vec<&str> = migrations
+        .iter()
+        .map(|(i, _)| config.services[*i].name.as_str())
+        .collect();
+    if let Some(b) = &env.backup
+        && !migrations.is_empty()
+        && first_deploy
+        && b.first_deploy == FirstDeploy::Skip
+    {
+        notes.push(format!(
+            "first deploy: nothing to back up yet, so no backup is taken before the migrations of {} (the backup block's first-deploy \"skip\"; write first-deploy \"backup\" if the database already holds data)",
+            names.join(", ")
+        ));
+    } else if !migrations.is_empty()
         && let Some(b) = &env.backup
     {
-        let names: Vec<&str> = migrations
-            .iter()
-            .map(|(i, _)| config.services[*i].name.as_str())
-            .collect();
         let bid = push(
             Action {
                 id: "backup".to_owned(),
@@ -743,7 +779,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                 ServiceChange::Deploy,
                 a.reasons.clone(),
                 a.paths.clone(),
-                !a.migrate_paths.is_empty(),
+                !a.migrate.is_empty(),
             ),
             None if installs.contains_key(&i) => {
                 (ServiceChange::Restart, Vec::new(), Vec::new(), false)
@@ -801,6 +837,12 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         units: input_units,
         allow_non_ancestor: inp.allow_non_ancestor,
         adopt: inp.adopt.to_vec(),
+        pending_migrations: host
+            .migrate_status
+            .iter()
+            .filter(|(_, c)| **c == MigrateCheck::Pending)
+            .map(|(name, _)| name.clone())
+            .collect(),
     };
     let fingerprint = super::fingerprint(
         &config.project.name,
@@ -826,8 +868,29 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         actions,
         rollback,
         warnings,
+        notes,
         conflicts,
     })
+}
+
+/// Why a deployed service migrates although git may not say so: the
+/// database was restored from a backup, or `migrate-status` reports
+/// pending migrations.
+fn database_reasons(
+    restored: Option<&crate::state::DatabaseRestore>,
+    status: Option<&MigrateCheck>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(r) = restored {
+        out.push(format!(
+            "the database was restored from {}; migrations run again",
+            r.describe()
+        ));
+    }
+    if status == Some(&MigrateCheck::Pending) {
+        out.push("migrate-status reports pending migrations".to_owned());
+    }
+    out
 }
 
 /// Why an adopted unit file is replaced.
@@ -1088,6 +1151,46 @@ mod tests {
                 "services"
             ]
         );
+    }
+
+    #[test]
+    fn the_database_decides_too() {
+        let restored = crate::state::DatabaseRestore {
+            backup: "p-e-1".into(),
+            apply_id: Some("a1".into()),
+            restored_at: 0,
+        };
+        let by_hand = crate::state::DatabaseRestore {
+            apply_id: None,
+            ..restored.clone()
+        };
+        let restore_why = "the database was restored from backup p-e-1 (taken before apply a1); migrations run again";
+        let pending = "migrate-status reports pending migrations";
+        let unknown = MigrateCheck::Unavailable("no release".into());
+        let cases: &[(
+            Option<&crate::state::DatabaseRestore>,
+            Option<&MigrateCheck>,
+            &[&str],
+        )] = &[
+            (None, None, &[]),
+            (None, Some(&MigrateCheck::UpToDate), &[]),
+            (None, Some(&unknown), &[]),
+            (None, Some(&MigrateCheck::Pending), &[pending]),
+            (Some(&restored), None, &[restore_why]),
+            (
+                Some(&by_hand),
+                Some(&MigrateCheck::UpToDate),
+                &["the database was restored from backup p-e-1; migrations run again"],
+            ),
+            (
+                Some(&restored),
+                Some(&MigrateCheck::Pending),
+                &[restore_why, pending],
+            ),
+        ];
+        for (r, st, want) in cases {
+            assert_eq!(database_reasons(*r, *st), *want, "{r:?} {st:?}");
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::changes::Rev;
 
-pub use build::{ForeignUnit, HostView, Inputs, PlanError, build};
+pub use build::{ForeignUnit, HostView, Inputs, MigrateCheck, PlanError, build};
 
 /// Version of the JSON contract; bumped on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
@@ -43,6 +43,11 @@ pub struct Plan {
     pub actions: Vec<Action>,
     pub rollback: RollbackPlan,
     pub warnings: Vec<String>,
+    /// What the plan decided that is worth knowing but needs no action:
+    /// a first deploy that takes no backup, a `migrate-status` that could
+    /// not run. Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Unit files on the host that moorline did not install and would
     /// replace: `apply` refuses the plan until each is adopted (`--adopt`).
     /// Absent when there are none.
@@ -79,6 +84,10 @@ pub struct PlanInputs {
     /// fingerprints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adopt: Vec<String>,
+    /// Deployed services whose `migrate-status` reported pending
+    /// migrations on the host, sorted. Absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_migrations: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -421,6 +430,7 @@ mod tests {
                 units: BTreeMap::new(),
                 allow_non_ancestor: false,
                 adopt: Vec::new(),
+                pending_migrations: Vec::new(),
             },
             changed_paths: 0,
             services: Vec::new(),
@@ -446,6 +456,7 @@ mod tests {
                 summary: String::new(),
             },
             warnings: Vec::new(),
+            notes: Vec::new(),
             conflicts: Vec::new(),
         }
     }

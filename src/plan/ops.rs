@@ -254,6 +254,7 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
         units: BTreeMap::new(),
         allow_non_ancestor: false,
         adopt: Vec::new(),
+        pending_migrations: Vec::new(),
     };
     let fp = serde_json::json!({
         "operation": inp.operation,
@@ -282,6 +283,7 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
         actions,
         rollback,
         warnings: Vec::new(),
+        notes: Vec::new(),
         conflicts: Vec::new(),
     }
 }

@@ -95,6 +95,13 @@ pub fn what_moved(saved: &Plan, fresh: &Plan) -> Vec<String> {
             list_or_none(&b.adopt)
         ));
     }
+    if a.pending_migrations != b.pending_migrations {
+        moved.push(format!(
+            "migrate-status on the host reported pending migrations for {}, now for {}",
+            list_or_none(&a.pending_migrations),
+            list_or_none(&b.pending_migrations)
+        ));
+    }
     if moved.is_empty()
         && (saved.fingerprint != fresh.fingerprint || saved.actions != fresh.actions)
     {
@@ -237,6 +244,7 @@ mod tests {
                 ]),
                 allow_non_ancestor: false,
                 adopt: Vec::new(),
+                pending_migrations: Vec::new(),
             },
             changed_paths: 1,
             services: vec![service("backend", A), service("search", A)],
@@ -247,6 +255,7 @@ mod tests {
                 summary: String::new(),
             },
             warnings: Vec::new(),
+            notes: Vec::new(),
             conflicts: Vec::new(),
         };
         seal(&mut p);
@@ -301,6 +310,13 @@ mod tests {
                 "state rewritten, no service moved",
                 |p| p.inputs.state_sha256 = Some("6".repeat(64)),
                 &["the host state changed (an apply, rollback, restart or backup ran since)"],
+            ),
+            (
+                "the database is behind the code now",
+                |p| p.inputs.pending_migrations = vec!["backend".to_owned()],
+                &[
+                    "migrate-status on the host reported pending migrations for none, now for backend",
+                ],
             ),
             (
                 "state removed",

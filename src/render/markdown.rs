@@ -35,6 +35,9 @@ pub fn markdown(plan: &Plan) -> String {
     for w in &plan.warnings {
         let _ = writeln!(out, "> [!WARNING]\n> {}\n", cell(w));
     }
+    for n in &plan.notes {
+        let _ = writeln!(out, "> [!NOTE]\n> {}\n", cell(n));
+    }
     for c in &plan.conflicts {
         let _ = writeln!(
             out,

@@ -57,6 +57,9 @@ pub fn text(plan: &Plan, color: bool) -> String {
     for w in &plan.warnings {
         let _ = writeln!(out, "{} {w}", p.yellow("warning:"));
     }
+    for n in &plan.notes {
+        let _ = writeln!(out, "{} {n}", p.bold("note:"));
+    }
     for c in &plan.conflicts {
         let _ = writeln!(out, "{} {}", p.red("conflict:"), c.reason);
     }

@@ -332,6 +332,107 @@ fn production_with_backup() {
 }
 
 #[test]
+fn production_first_deploy_takes_no_backup() {
+    let f = Fx::new();
+    let out = f.plan(&["--env", "production"]);
+    redacted!({
+        insta::assert_snapshot!("plan_production_first_deploy_text", out);
+    });
+    let json: serde_json::Value =
+        serde_json::from_str(&f.plan(&["--env", "production", "--format", "json"])).unwrap();
+    let ids: Vec<&str> = json["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"migrate:backend"), "{ids:?}");
+    assert!(!ids.contains(&"backup"), "{ids:?}");
+    assert_eq!(
+        json["notes"][0].as_str().unwrap(),
+        out.lines().find_map(|l| l.strip_prefix("note: ")).unwrap()
+    );
+    let md = f.plan(&["--env", "production", "--format", "markdown"]);
+    assert!(
+        md.contains("> [!NOTE]\n> first deploy: nothing to back up yet, so no backup is taken"),
+        "{md}"
+    );
+    // `first-deploy "backup"`: backed up like any deploy.
+    f.edit_config(
+        "        keep 30\n",
+        "        keep 30\n        first-deploy \"backup\"\n",
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&f.plan(&["--env", "production", "--format", "json"])).unwrap();
+    crate::deploy::assert_backup_before_migration(&json);
+    assert!(json.get("notes").is_none(), "{json}");
+}
+
+/// `state.json` of the Fx as JSON, changed by `edit`, written back.
+fn edit_state(f: &Fx, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = f.state_dir().join("state.json");
+    let mut st: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut st);
+    std::fs::write(&path, serde_json::to_vec_pretty(&st).unwrap()).unwrap();
+}
+
+#[test]
+fn database_restored_migrates_again() {
+    let f = Fx::new();
+    f.deployed("production", &f.initial());
+    let out = f.run(&["plan", "--env", "production", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    edit_state(&f, |st| {
+        st["database_restored"] = serde_json::json!({
+            "backup": "pakashop-production-20260609-020000-123456",
+            "apply_id": "1781000000-000001-4242",
+            "restored_at": 1_781_000_100,
+        });
+    });
+    snapshot_all(&f, "production_restored", &["--env", "production"]);
+}
+
+#[test]
+fn migrate_status_pending_migrates() {
+    let f = Fx::new();
+    let initial = f.initial();
+    f.deployed("production", &initial);
+    f.edit_config(
+        "if-exists=\"prisma/schema.prisma\"\n",
+        "if-exists=\"prisma/schema.prisma\"\n    migrate-status \"sh\" \"-c\" \"echo pending: 0002_orders; exit 1\"\n",
+    );
+    // Without a built release on the host, migrate-status cannot run: a note, no migration.
+    let json: serde_json::Value =
+        serde_json::from_str(&f.plan(&["--env", "production", "--format", "json"])).unwrap();
+    assert_eq!(json["actions"], serde_json::json!([]), "{json}");
+    assert_eq!(
+        json["notes"],
+        serde_json::json!([
+            "backend: migrate-status could not tell whether migrations are pending (no built release of it on this host); its migrations are planned from git alone"
+        ])
+    );
+    // backend's release is on the host: migrate-status runs there and reports pending.
+    let release =
+        f.fx.env_root("production")
+            .join("backend/releases")
+            .join(&initial);
+    std::fs::create_dir_all(release.join("prisma")).unwrap();
+    std::fs::write(release.join("prisma/schema.prisma"), "").unwrap();
+    moorline::release::mark_built(&release, &initial).unwrap();
+    snapshot_all(&f, "production_migrate_status", &["--env", "production"]);
+    let json: serde_json::Value =
+        serde_json::from_str(&f.plan(&["--env", "production", "--format", "json"])).unwrap();
+    assert_eq!(
+        json["inputs"]["pending_migrations"],
+        serde_json::json!(["backend"])
+    );
+    // Up to date: nothing to do.
+    f.edit_config("echo pending: 0002_orders; exit 1", "exit 0");
+    let out = f.run(&["plan", "--env", "production", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}
+
+#[test]
 fn non_ancestor_from() {
     let f = Fx::new();
     f.commit(

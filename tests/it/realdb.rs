@@ -329,12 +329,16 @@ impl Postgres {
     }
 }
 
-/// Applies every `prisma/migrations/*/migration.sql` not yet recorded in `_migrations`, each in
-/// one transaction together with its record (what `prisma migrate deploy` does with
-/// `_prisma_migrations`). Runs in the release directory of the service. One line: a KDL
-/// string (other than a `"""` one) holds no newline.
+/// Creates the database if it does not exist yet, then applies every
+/// `prisma/migrations/*/migration.sql` not yet recorded in `_migrations`, each in one transaction
+/// together with its record (what `prisma migrate deploy` does with `_prisma_migrations`). Runs
+/// in the release directory of the service. One line: a KDL string (other than a `"""` one)
+/// holds no newline.
 const MIGRATE_SH: &str = concat!(
     r#"set -eu; "#,
+    r#"if ! psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c 'SELECT 1' >/dev/null 2>&1; then "#,
+    r#"psql -X -q -v ON_ERROR_STOP=1 "$(echo "$DATABASE_URL" | sed 's,/[^/]*$,/postgres,')" -c "CREATE DATABASE $(basename "$DATABASE_URL")"; "#,
+    r#"echo "created the database"; fi; "#,
     r#"psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c 'CREATE TABLE IF NOT EXISTS _migrations (name text PRIMARY KEY)'; "#,
     r#"for d in prisma/migrations/*/; do n=$(basename "$d"); "#,
     r#"done_already=$(psql -X -q -t -A -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "SELECT 1 FROM _migrations WHERE name = '$n'"); "#,
@@ -342,6 +346,77 @@ const MIGRATE_SH: &str = concat!(
     r#"psql -X -q -v ON_ERROR_STOP=1 --single-transaction "$DATABASE_URL" -f "$d/migration.sql" -c "INSERT INTO _migrations (name) VALUES ('$n')"; "#,
     r#"echo "applied $n"; fi; done"#,
 );
+
+/// Exits 0 when every `prisma/migrations/*` is recorded in `_migrations`, 1 (naming the first
+/// one) when one is pending or the database cannot say (what `prisma migrate status` does).
+const MIGRATE_STATUS_SH: &str = concat!(
+    r#"set -eu; for d in prisma/migrations/*/; do n=$(basename "$d"); "#,
+    r#"found=$(psql -X -q -t -A -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "SELECT 1 FROM _migrations WHERE name = '$n'" || true); "#,
+    r#"if [ -z "$found" ]; then echo "pending: $n"; exit 1; fi; done; echo "up to date""#,
+);
+
+/// Gives the node runtime of a `db_world` its `migrate-status`.
+fn with_migrate_status(w: &World) {
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let m = text.find("    migrate \"sh\"").expect("db_world's migrate");
+    let m_end = m + text[m..].find('\n').unwrap() + 1;
+    let mut text = text;
+    text.insert_str(
+        m_end,
+        &format!("    migrate-status \"sh\" \"-c\" #\"{MIGRATE_STATUS_SH}\"#\n"),
+    );
+    std::fs::write(&w.fx.config_path, text).unwrap();
+    ok(&w.run(&["validate"]));
+}
+
+/// Sets the backup block's `first-deploy` of a `db_world`.
+fn first_deploy(w: &World, choice: &str) {
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let keep = text.find("        keep ").expect("db_world's keep");
+    let mut text = text;
+    text.insert_str(keep, &format!("        first-deploy \"{choice}\"\n"));
+    std::fs::write(&w.fx.config_path, text).unwrap();
+    ok(&w.run(&["validate"]));
+}
+
+/// The ids of a JSON plan's actions.
+fn action_ids(plan: &serde_json::Value) -> Vec<String> {
+    plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The reason of action `id` in a JSON plan.
+fn reason(plan: &serde_json::Value, id: &str) -> String {
+    plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id)
+        .unwrap_or_else(|| panic!("no {id} in {plan}"))["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn plan_json(w: &World) -> serde_json::Value {
+    let out = w.run(&["plan", "--env", "production", "--format", "json"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The backup files in the World's backup directory.
+fn backup_files(w: &World) -> Vec<String> {
+    std::fs::read_dir(w.state.join("backups"))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// The `run` and `restore` lines of production's backup block in `pakashop.kdl`, verbatim:
 /// the tests check the commands Pakashop deploys with. They dump with `pg_dump | gzip` under
@@ -466,6 +541,7 @@ async fn real_postgres_backup_before_migration_then_rollback_database_restores_i
     let log = ok(&w.run(&["apply", "--env", "production", "--yes"]));
     assert_eq!(pg.applied(&url), ["0001_init", "0002_refunds"], "{log}");
     assert!(pg.has_table(&url, "refunds"));
+    let migrated_db = pg.snapshot(&url);
     assert_eq!(
         pg.sql(&url, "SELECT id, status FROM orders ORDER BY id"),
         "1|paid\n2|refunded\n3|paid\n"
@@ -524,6 +600,26 @@ async fn real_postgres_backup_before_migration_then_rollback_database_restores_i
     assert_eq!(pg.snapshot(&url), before);
     assert_eq!(pg.applied(&url), ["0001_init"]);
     w.all_ready(&sd).await;
+
+    // The code still expects 0002: the next deploy (of a fixed backend) migrates again although
+    // no migration file changed, and says why; afterwards the schema matches the code again.
+    w.commit("production", "heal", &[Edit::heal("backend")]);
+    let plan = plan_json(&w);
+    let why = reason(&plan, "migrate:backend");
+    assert_eq!(
+        why,
+        format!(
+            "the database was restored from backup {backup_id} (taken before apply {}); migrations run again",
+            rec["apply_id"].as_str().unwrap()
+        )
+    );
+    crate::deploy::assert_backup_before_migration(&plan);
+    let log = ok(&w.run(&["apply", "--env", "production", "--yes"]));
+    assert_eq!(pg.applied(&url), ["0001_init", "0002_refunds"], "{log}");
+    assert_eq!(pg.snapshot(&url), migrated_db);
+    assert!(state_json(&w).get("database_restored").is_none());
+    assert!(action_ids(&plan_json(&w)).is_empty());
+    w.all_ready(&sd).await;
     w.stop_all(&sd).await;
 }
 
@@ -536,6 +632,8 @@ async fn real_postgres_backup_restore_round_trip_and_retention() {
     let Some(w) = db_world("pg2", 23100, &url, 2) else {
         return;
     };
+    // The database exists before moorline's first deploy: back it up then too.
+    first_deploy(&w, "backup");
     let sd = w.sandbox.connect().await.unwrap();
     w.commit(
         "production",
@@ -621,6 +719,161 @@ async fn real_postgres_backup_restore_round_trip_and_retention() {
     assert_eq!(code(&out), 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"));
     assert_eq!(pg.snapshot(&url), now);
+    w.stop_all(&sd).await;
+}
+
+/// What was reported: a code rollback and a database rollback, then a deploy that put the new
+/// code on the old schema without migrating. Here with `migrate-status`, from a first deploy
+/// whose database does not exist yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_postgres_restore_then_deploy_migrates_again_and_a_first_deploy_needs_no_database() {
+    let Some(pg) = postgres() else {
+        return;
+    };
+    let url = pg.url("realdb_restore");
+    pg.sql(
+        &pg.url("postgres"),
+        "DROP DATABASE IF EXISTS realdb_restore",
+    );
+    let Some(w) = db_world("pg3", 25100, &url, 30) else {
+        return;
+    };
+    with_migrate_status(&w);
+    short_ready_timeout(&w, 3);
+    let sd = w.sandbox.connect().await.unwrap();
+
+    // First deploy, no database yet: no backup (the plan says why); the migration creates it.
+    w.commit(
+        "production",
+        "orders",
+        &[migration("0001_init", ORDERS_0001)],
+    );
+    let plan = plan_json(&w);
+    let ids = action_ids(&plan);
+    assert!(ids.contains(&"migrate:backend".to_owned()), "{ids:?}");
+    assert!(!ids.contains(&"backup".to_owned()), "{ids:?}");
+    assert_eq!(
+        plan["notes"][0],
+        "first deploy: nothing to back up yet, so no backup is taken before the migrations of backend (the backup block's first-deploy \"skip\"; write first-deploy \"backup\" if the database already holds data)"
+    );
+    let log = ok(&w.run(&["apply", "--env", "production", "--yes"]));
+    assert_eq!(pg.applied(&url), ["0001_init"], "{log}");
+    assert!(backup_files(&w).is_empty(), "{:?}", backup_files(&w));
+    assert_eq!(state_json(&w)["backups"], serde_json::json!([]));
+    pg.sql(
+        &url,
+        "INSERT INTO orders VALUES (1, 'ada', 1250), (2, 'grace', 990), (3, 'linus', 4200)",
+    );
+    let v1_db = pg.snapshot(&url);
+    // migrate-status runs on the host and finds nothing pending: nothing to do.
+    assert!(action_ids(&plan_json(&w)).is_empty());
+
+    // A backup that fails (the database URL is wrong) fails the deploy before any migration
+    // and leaves no file behind.
+    let env_file = w.state.parent().unwrap().join("production.env");
+    let good_env = std::fs::read_to_string(&env_file).unwrap();
+    w.commit(
+        "production",
+        "refunds",
+        &[migration("0002_refunds", REFUNDS_0002)],
+    );
+    std::fs::write(
+        &env_file,
+        format!("DATABASE_URL={}\n", pg.url("realdb_nope")),
+    )
+    .unwrap();
+    let out = w.run(&["apply", "--env", "production", "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(matches!(code(&out), 1 | 3), "{err}");
+    assert!(
+        err.contains("the backup failed, so nothing was migrated"),
+        "{err}"
+    );
+    assert!(err.contains("the incomplete file was removed"), "{err}");
+    assert!(backup_files(&w).is_empty(), "{:?}", backup_files(&w));
+    assert_eq!(pg.snapshot(&url), v1_db);
+    std::fs::write(&env_file, good_env).unwrap();
+
+    // Migration 0002, with a backup before it.
+    ok(&w.run(&["apply", "--env", "production", "--yes"]));
+    assert_eq!(pg.applied(&url), ["0001_init", "0002_refunds"]);
+    let v2_db = pg.snapshot(&url);
+    let backup_id = state_json(&w)["last_apply"]["backup"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Code rollback: it says the schema stays migrated.
+    let log = ok(&w.run(&["rollback", "--env", "production", "--yes"]));
+    assert!(log.contains("the schema stays migrated"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "`moorline rollback --env production --database` restores backup {backup_id}"
+        )),
+        "{log}"
+    );
+    assert_eq!(pg.snapshot(&url), v2_db);
+    // Database rollback: the schema before 0002.
+    ok(&w.run(&["rollback", "--env", "production", "--database", "--yes"]));
+    assert_eq!(pg.snapshot(&url), v1_db);
+    assert_eq!(
+        state_json(&w)["database_restored"]["backup"],
+        backup_id.as_str()
+    );
+
+    // The next deploy redeploys the new code and migrates it, for both reasons.
+    let plan = plan_json(&w);
+    let why = reason(&plan, "migrate:backend");
+    assert!(
+        why.starts_with(&format!(
+            "the database was restored from backup {backup_id} (taken before apply "
+        )),
+        "{why}"
+    );
+    assert!(
+        why.ends_with("; migrations run again; migrate-status reports pending migrations"),
+        "{why}"
+    );
+    assert_eq!(
+        plan["inputs"]["pending_migrations"],
+        serde_json::json!(["backend"])
+    );
+    let text =
+        String::from_utf8_lossy(&w.run(&["plan", "--env", "production"]).stdout).into_owned();
+    assert!(
+        text.contains("migrate-status reports pending migrations"),
+        "{text}"
+    );
+    ok(&w.run(&["apply", "--env", "production", "--yes"]));
+    assert_eq!(pg.applied(&url), ["0001_init", "0002_refunds"]);
+    assert_eq!(pg.snapshot(&url), v2_db);
+    assert!(state_json(&w).get("database_restored").is_none());
+    assert!(action_ids(&plan_json(&w)).is_empty());
+    let status = ok(&w.run(&[
+        "status",
+        "--env",
+        "production",
+        "--migrations",
+        "--format",
+        "json",
+    ]));
+    assert!(!status.contains("\"pending\""), "{status}");
+
+    // Behind moorline's back (a restore by hand): migrate-status alone brings the migration back.
+    pg.sql(
+        &url,
+        "DROP TABLE refunds; ALTER TABLE orders DROP COLUMN status; \
+         DELETE FROM _migrations WHERE name = '0002_refunds'",
+    );
+    let plan = plan_json(&w);
+    assert_eq!(
+        reason(&plan, "migrate:backend"),
+        "migrate-status reports pending migrations"
+    );
+    ok(&w.run(&["apply", "--env", "production", "--yes"]));
+    assert_eq!(pg.applied(&url), ["0001_init", "0002_refunds"]);
+    assert!(pg.has_table(&url, "refunds"));
+    w.all_ready(&sd).await;
     w.stop_all(&sd).await;
 }
 

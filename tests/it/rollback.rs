@@ -182,6 +182,25 @@ async fn production_backs_up_before_migrating_and_restores_the_database() {
         return;
     };
     let sd = w.sandbox.connect().await.unwrap();
+    // First deploy: the migrations run, and nothing is backed up (there is
+    // nothing to back up yet: the backup block's default first-deploy "skip").
+    let out = w.run(&["plan", "--env", "production", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"migrate:backend"), "{ids:?}");
+    assert!(!ids.contains(&"backup"), "{ids:?}");
+    assert!(
+        plan["notes"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("first deploy: nothing to back up yet"),
+        "{plan}"
+    );
     ok(&w.run(&["apply", "--env", "production", "--yes"]));
     let ledger =
         w.fx.env_root("production")
@@ -204,12 +223,46 @@ async fn production_backs_up_before_migrating_and_restores_the_database() {
         list.contains("taken before the last apply's migrations"),
         "{list}"
     );
-    ok(&w.run(&["rollback", "--env", "production", "--database", "--yes"]));
+    let log = ok(&w.run(&["rollback", "--env", "production", "--database", "--yes"]));
+    assert!(
+        log.contains("the next deploy of production runs the migrations again"),
+        "{log}"
+    );
     assert_eq!(std::fs::read_to_string(&ledger).unwrap(), before);
+    // The code stayed; the database went back: the next plan migrates again, and says why,
+    // although no migration file changed.
+    let out = w.run(&["plan", "--env", "production", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    crate::deploy::assert_backup_before_migration(&plan);
+    let migrate = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "migrate:backend")
+        .unwrap_or_else(|| panic!("no migrate:backend in {plan}"));
+    let why = migrate["reason"].as_str().unwrap();
+    assert!(
+        why.starts_with("the database was restored from backup pakashop-production-")
+            && why.ends_with("; migrations run again"),
+        "{why}"
+    );
+    ok(&w.run(&["apply", "--env", "production", "--yes"]));
+    assert!(
+        std::fs::read_to_string(&ledger)
+            .unwrap()
+            .contains("0002_orders")
+    );
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.state.join("state.json")).unwrap()).unwrap();
+    assert!(st.get("database_restored").is_none(), "{st}");
+    // Once migrated, nothing more to do.
+    let out = w.run(&["plan", "--env", "production", "--detailed-exitcode"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stdout));
     // On-demand backups are kept and listed too.
     ok(&w.run(&["backup", "--env", "production"]));
     let list = ok(&w.run(&["backup", "list", "--env", "production"]));
-    // The first deploy migrated too, so it took one as well.
+    // One before 0002, one before migrating again after the restore, the on-demand one; the
+    // first deploy took none.
     assert_eq!(
         list.lines().filter(|l| l.contains("production-")).count(),
         3,
