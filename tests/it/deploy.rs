@@ -921,3 +921,91 @@ async fn on_a_terminal_apply_shows_a_live_view() {
     w.all_ready(&sd).await;
     w.stop_all(&sd).await;
 }
+
+/// A journal whose begin record was cut short (the state disk filled up
+/// while it was written) recorded nothing that acted: `apply --resume`,
+/// `rollback` and `apply` each archive it, say so, and go on. A complete
+/// record that cannot be read is refused, naming the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_journal_is_archived_and_the_command_goes_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(w) = World::new("j1", 25700) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    let journal = w.state.join("journal.jsonl");
+    let torn_files = || -> Vec<PathBuf> {
+        std::fs::read_dir(w.state.join("history"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with("torn-")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let note = |out: &Output| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains("has no complete begin record"), "{err}");
+        assert!(!journal.exists(), "archived");
+    };
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let a = w.fx.head("main").unwrap();
+    let b = w.commit("main", "search", &[Edit::touch_service("search")]);
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+
+    // A begin record cut short: nothing to resume.
+    std::fs::write(&journal, r#"{"event":"begin","apply_id":"1-2-3","pl"#).unwrap();
+    let out = w.run(&["apply", "--resume", "--env", "staging"]);
+    let log = ok(&out);
+    note(&out);
+    assert!(log.contains("nothing to resume"), "{log}");
+    assert_eq!(w.live("staging", "search").as_deref(), Some(b.as_str()));
+
+    // An empty journal: no unfinished apply to roll back, so the last
+    // apply is rolled back as usual.
+    std::fs::write(&journal, "").unwrap();
+    let out = w.run(&["rollback", "--env", "staging", "--yes"]);
+    ok(&out);
+    note(&out);
+    assert_eq!(w.live("staging", "search").as_deref(), Some(a.as_str()));
+
+    // And a new apply starts.
+    std::fs::write(&journal, "{").unwrap();
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    ok(&out);
+    note(&out);
+    assert_eq!(w.live("staging", "search").as_deref(), Some(b.as_str()));
+
+    let torn = torn_files();
+    assert_eq!(torn.len(), 3, "{torn:?}");
+    for f in &torn {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", f.display());
+    }
+
+    // A complete record that is not one is no torn write: refused, and
+    // the file is left for a human.
+    w.commit("main", "search again", &[Edit::touch_service("search")]);
+    std::fs::write(&journal, "not a record\n").unwrap();
+    for args in [
+        &["apply", "--resume", "--env", "staging"][..],
+        &["rollback", "--env", "staging", "--yes"][..],
+        &["apply", "--env", "staging", "--yes"][..],
+    ] {
+        let out = w.run(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(code(&out), 1, "{args:?}: {err}");
+        assert!(err.contains("moorline::journal::corrupt"), "{err}");
+        assert!(err.contains("corrupt at line 1"), "{err}");
+        assert!(journal.exists());
+    }
+    assert_eq!(w.live("staging", "search").as_deref(), Some(b.as_str()));
+    w.all_ready(&sd).await;
+    w.stop_all(&sd).await;
+}
