@@ -1435,3 +1435,89 @@ fn unit_text(ctx: &Ctx, a: &Action, service: &str) -> Result<Option<String>, uni
 }
 
 use std::error::Error as _;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// A repository whose `svc/` holds `files` files; returns its HEAD.
+    fn big_repo(dir: &std::path::Path, files: usize) -> String {
+        let repo = git2::Repository::init(dir).unwrap();
+        let svc = dir.join("svc");
+        for d in 0..files / 100 {
+            let sub = svc.join(format!("d{d}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            for f in 0..100 {
+                std::fs::write(
+                    sub.join(format!("f{f}.txt")),
+                    format!("{d}/{f}\n").repeat(64),
+                )
+                .unwrap();
+            }
+        }
+        let mut index = repo.index().unwrap();
+        index
+            .add_all(["svc"], git2::IndexAddOption::DEFAULT, None)
+            .unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let me = git2::Signature::now("t", "t@example.org").unwrap();
+        repo.commit(Some("HEAD"), &me, &me, "big", &tree, &[])
+            .unwrap()
+            .to_string()
+    }
+
+    /// Builds export big trees while a timer runs on the same 2-worker
+    /// runtime the commands use (readiness deadlines and `JobRemoved` waits
+    /// are such timers and wake-ups): the timer stays on time, because the
+    /// exports run on the blocking pool. Run inline on the workers, the
+    /// exports held both of them and the timer was late by about one
+    /// export.
+    #[test]
+    fn builds_do_not_hold_up_timers_on_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let sha = big_repo(&dir.path().join("repo"), 1500);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let stop = Arc::new(AtomicBool::new(false));
+            let ticking = Arc::clone(&stop);
+            let ticker = tokio::spawn(async move {
+                let mut worst = Duration::ZERO;
+                let mut last = Instant::now();
+                while !ticking.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    worst = worst.max(last.elapsed());
+                    last = Instant::now();
+                }
+                worst
+            });
+            let t = Instant::now();
+            let mut builds = Vec::new();
+            for i in 0..4 {
+                let (repo, sha, dest) = (
+                    dir.path().join("repo"),
+                    sha.clone(),
+                    dir.path().join(format!("release-{i}")),
+                );
+                builds.push(tokio::spawn(async move {
+                    super::export(&repo, &sha, "svc", &dest).await
+                }));
+            }
+            for b in builds {
+                assert_eq!(b.await.unwrap(), Ok(1500));
+            }
+            let took = t.elapsed();
+            stop.store(true, Ordering::SeqCst);
+            let worst = ticker.await.unwrap();
+            assert!(
+                worst < took / 4,
+                "a 5 ms timer was late by up to {worst:?} while builds ran for {took:?}"
+            );
+        });
+    }
+}
