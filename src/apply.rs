@@ -53,6 +53,20 @@ pub enum ApplyError {
         )
     )]
     ConfigMoved { expected: String },
+    /// Work on the blocking pool (writing the state) did not finish: it
+    /// panicked, or the runtime is shutting down.
+    #[error("{what} did not finish")]
+    #[diagnostic(
+        code(moorline::apply::blocking),
+        help(
+            "the journal still holds the apply: check `moorline status`, then `moorline apply --resume` or `moorline rollback`"
+        )
+    )]
+    Blocking {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 /// How the run reports progress.
@@ -544,10 +558,12 @@ async fn run(
         let records = read_records(&ctx.state_dir).await?;
         {
             let (ctx, plan, apply_id) = (Arc::clone(&ctx), plan.clone(), apply_id.clone());
-            let path = ctx.state_dir.display().to_string();
             tokio::task::spawn_blocking(move || commit_state(&ctx, &plan, &apply_id, &records))
                 .await
-                .map_err(|source| JournalError::Writer { path, source })??;
+                .map_err(|source| ApplyError::Blocking {
+                    what: "writing the state and pruning releases",
+                    source,
+                })??;
         }
         finish_journal(journal, "succeeded", &apply_id).await?;
         return Ok(Report {
@@ -692,7 +708,7 @@ async fn finish_failed(
         .iter()
         .any(|r| matches!(r, Record::RollbackBegin { .. }));
     if !live_changed(&records) && !resuming_rollback {
-        record_outcome(ctx, plan, apply_id, &records, "failed")?;
+        save_outcome(ctx, plan, apply_id, &records, "failed").await?;
         finish_journal(journal, "failed-untouched", apply_id).await?;
         report.millis = millis();
         return Ok(report);
@@ -701,7 +717,7 @@ async fn finish_failed(
         // Left open on purpose: the journal knows what was switched, so
         // `rollback` undoes exactly this apply and `apply --resume` retries
         // it; a new apply is refused until one of them is chosen.
-        record_outcome(ctx, plan, apply_id, &records, "failed")?;
+        save_outcome(ctx, plan, apply_id, &records, "failed").await?;
         drop(journal);
         report.outcome = Outcome::NeedsAttention;
         report.millis = millis();
@@ -725,7 +741,7 @@ async fn finish_failed(
     } else {
         Outcome::NeedsAttention
     };
-    record_outcome(
+    save_outcome(
         ctx,
         plan,
         apply_id,
@@ -735,7 +751,8 @@ async fn finish_failed(
         } else {
             "rollback-failed"
         },
-    )?;
+    )
+    .await?;
     if outcome == Outcome::RolledBack {
         finish_journal(journal, "rolled-back", apply_id).await?;
     }
@@ -888,6 +905,28 @@ async fn rollback_from_journal(
         errors.push(format!("reloading {}: {e}", p.unit));
     }
     Ok((rolled, errors))
+}
+
+/// [`record_outcome`] on the blocking pool (it fsyncs `state.json`).
+async fn save_outcome(
+    ctx: &Arc<Ctx>,
+    plan: &Plan,
+    apply_id: &str,
+    records: &[Record],
+    outcome: &'static str,
+) -> Result<(), ApplyError> {
+    let (ctx, plan, apply_id, records) = (
+        Arc::clone(ctx),
+        plan.clone(),
+        apply_id.to_owned(),
+        records.to_vec(),
+    );
+    tokio::task::spawn_blocking(move || record_outcome(&ctx, &plan, &apply_id, &records, outcome))
+        .await
+        .map_err(|source| ApplyError::Blocking {
+            what: "writing the state",
+            source,
+        })?
 }
 
 /// Writes the state after a failed apply: services unchanged, the backup
