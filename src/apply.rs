@@ -226,22 +226,27 @@ fn millis_since(t: Instant) -> u64 {
 /// blocking pool, so the async workers stay free for D-Bus signals and
 /// readiness deadlines; the mutex keeps records whole and in order.
 async fn journal_append(j: &Shared, r: Record) -> Result<(), JournalError> {
-    let j = Arc::clone(j);
-    let path = j
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .path()
-        .display()
-        .to_string();
+    let writer = Arc::clone(j);
     tokio::task::spawn_blocking(move || {
         // A panic while the lock was held cannot have left a half record
         // relied upon: `append` only returns after the fsync.
-        j.lock()
+        writer
+            .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .append(&r)
     })
     .await
-    .map_err(|source| JournalError::Writer { path, source })?
+    .map_err(|source| JournalError::Task {
+        // Only on this failure path is the lock taken on an async worker
+        // (to name the file).
+        path: j
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .path()
+            .display()
+            .to_string(),
+        source,
+    })?
 }
 
 /// Runs blocking file-system or git work (exports, directory removal,
@@ -276,7 +281,7 @@ async fn current_journal(state_dir: &Path) -> Result<crate::journal::Current, Jo
         Ok(current)
     })
     .await
-    .map_err(|source| JournalError::Writer { path, source })?
+    .map_err(|source| JournalError::Task { path, source })?
 }
 
 /// Starts a fresh apply of `plan`.
@@ -621,7 +626,7 @@ async fn read_records(state_dir: &Path) -> Result<Vec<Record>, JournalError> {
         crate::journal::read(&dir).map(crate::journal::Current::records)
     })
     .await
-    .map_err(|source| JournalError::Writer { path, source })?
+    .map_err(|source| JournalError::Task { path, source })?
 }
 
 /// Ends the journal with `outcome` and archives it (on the blocking pool).
@@ -631,7 +636,7 @@ async fn finish_journal(j: Shared, outcome: &str, apply_id: &str) -> Result<(), 
     let (outcome, apply_id) = (outcome.to_owned(), apply_id.to_owned());
     tokio::task::spawn_blocking(move || j.finish(&outcome, &apply_id))
         .await
-        .map_err(|source| JournalError::Writer { path, source })?
+        .map_err(|source| JournalError::Task { path, source })?
 }
 
 /// What performing an action can end in besides success: the action

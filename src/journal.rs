@@ -116,16 +116,17 @@ pub enum JournalError {
         #[source]
         source: Option<serde_json::Error>,
     },
-    /// The blocking writer task did not finish (it panicked, or the
-    /// runtime is shutting down): the record may not be durable.
-    #[error("the journal writer for {path} stopped")]
+    /// Reading or writing the journal on the blocking pool did not finish
+    /// (the task panicked, or the runtime is shutting down): a record may
+    /// not be durable.
+    #[error("reading or writing the journal {path} did not finish")]
     #[diagnostic(
-        code(moorline::journal::writer),
+        code(moorline::journal::task),
         help(
-            "moorline stops rather than act without a durable record; run `moorline apply --resume` or `moorline rollback`"
+            "moorline stops rather than act without a durable record; check `moorline status`, then `moorline apply --resume` or `moorline rollback`"
         )
     )]
-    Writer {
+    Task {
         path: String,
         #[source]
         source: tokio::task::JoinError,
