@@ -1009,3 +1009,71 @@ async fn a_torn_journal_is_archived_and_the_command_goes_on() {
     w.all_ready(&sd).await;
     w.stop_all(&sd).await;
 }
+
+/// An apply on a full state filesystem (a real one: a small tmpfs over the
+/// state directory, in a mount namespace of its own) fails before it does
+/// anything and leaves no journal behind; once space is freed, the next
+/// apply just runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_on_a_full_state_filesystem_leaves_no_journal() {
+    let Some(w) = World::new("j3", 25900) else {
+        return;
+    };
+    let probe = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=64k tmpfs /mnt",
+        ])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: cannot mount a tmpfs in a mount namespace here");
+        return;
+    }
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let b = w.commit("main", "search", &[Edit::touch_service("search")]);
+
+    let c = w.cmd(&["apply", "--env", "staging", "--yes"]);
+    let mut line = vec![format!("'{}'", c.get_program().to_string_lossy())];
+    line.extend(c.get_args().map(|a| format!("'{}'", a.to_string_lossy())));
+    let line = line.join(" ");
+    let script = format!(
+        r#"state="$1"; copy="$2"
+cp -a "$state" "$copy"
+mount -t tmpfs -o size=8m tmpfs "$state" || exit 99
+cp -a "$copy/." "$state/"
+dd if=/dev/zero of="$state/fill" bs=4k 2>/dev/null
+{line}
+echo "first exit $?"
+test -e "$state/journal.jsonl" && echo "a journal was left"
+rm "$state/fill"
+{line}
+echo "second exit $?"
+"#
+    );
+    let mut sh = std::process::Command::new("unshare");
+    sh.args(["--mount", "sh", "-c", &script, "sh"])
+        .arg(&w.state)
+        .arg(w.state.with_file_name("state-copy"))
+        .stdin(std::process::Stdio::null());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    let out = sh.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{stdout}\n--- stderr\n{stderr}");
+    assert!(stdout.contains("first exit 1"), "{all}");
+    assert!(stderr.contains("moorline::journal::write"), "{all}");
+    assert!(stderr.contains("No space left on device"), "{all}");
+    assert!(!stdout.contains("a journal was left"), "{all}");
+    assert!(stdout.contains("second exit 0"), "{all}");
+    assert_eq!(w.live("staging", "search").as_deref(), Some(b.as_str()));
+    w.all_ready(&sd).await;
+    w.stop_all(&sd).await;
+}
