@@ -2,7 +2,10 @@
 //! `{state}/journal.jsonl`, each appended and fsync'd before moorline relies
 //! on it (intent before the act, outcome after). An apply whose journal has
 //! no `end` record is resumable; a finished journal moves to `history/`.
-//! Write errors are returned, never swallowed.
+//! Write errors are returned, never swallowed. Reading tolerates exactly one
+//! kind of damage, a torn last line (a write cut short); a journal with no
+//! complete record is torn as a whole and archived; anything else is
+//! `journal::corrupt`, naming the line.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
