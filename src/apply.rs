@@ -53,6 +53,20 @@ pub enum ApplyError {
         )
     )]
     ConfigMoved { expected: String },
+    /// Work on the blocking pool (writing the state) did not finish: it
+    /// panicked, or the runtime is shutting down.
+    #[error("{what} did not finish")]
+    #[diagnostic(
+        code(moorline::apply::blocking),
+        help(
+            "the journal still holds the apply: check `moorline status`, then `moorline apply --resume` or `moorline rollback`"
+        )
+    )]
+    Blocking {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 /// How the run reports progress.
@@ -207,14 +221,72 @@ fn millis_since(t: Instant) -> u64 {
     u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-fn journal_append(j: &Shared, r: &Record) -> Result<(), String> {
-    let mut g = j.lock().map_err(|_| "journal lock poisoned".to_owned())?;
-    g.append(r).map_err(|e| e.to_string())
+/// Appends `r` to the journal and waits until it is durable (fsync'd):
+/// the caller acts only after this returns. The write and fsync run on the
+/// blocking pool, so the async workers stay free for D-Bus signals and
+/// readiness deadlines; the mutex keeps records whole and in order.
+async fn journal_append(j: &Shared, r: Record) -> Result<(), JournalError> {
+    let writer = Arc::clone(j);
+    tokio::task::spawn_blocking(move || {
+        // A panic while the lock was held cannot have left a half record
+        // relied upon: `append` only returns after the fsync.
+        writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .append(&r)
+    })
+    .await
+    .map_err(|source| JournalError::Task {
+        // Only on this failure path is the lock taken on an async worker
+        // (to name the file).
+        path: j
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .path()
+            .display()
+            .to_string(),
+        source,
+    })?
+}
+
+/// Runs blocking file-system or git work (exports, directory removal,
+/// release switches, unit files) on the blocking pool, so it never holds
+/// one of the runtime's two workers while jobs and probes wait on them.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("a blocking task failed: {e}"))?
+}
+
+/// The journal as the next command finds it; a torn one (no complete
+/// begin record, e.g. the disk was full) is archived first, saying so:
+/// its begin record is durable before anything acts, so nothing live
+/// changed under it.
+async fn current_journal(state_dir: &Path) -> Result<crate::journal::Current, JournalError> {
+    let dir = state_dir.to_owned();
+    let path = dir.join(crate::journal::JOURNAL_FILE).display().to_string();
+    tokio::task::spawn_blocking(move || {
+        let current = crate::journal::read(&dir)?;
+        if matches!(current, crate::journal::Current::Torn) {
+            let to = crate::journal::archive_torn(&dir)?;
+            eprintln!(
+                "note: the journal {} has no complete begin record (a write was cut short, e.g. the disk was full); nothing was done under it, so it was moved to {}",
+                dir.join(crate::journal::JOURNAL_FILE).display(),
+                to.display()
+            );
+            return Ok(crate::journal::Current::Absent);
+        }
+        Ok(current)
+    })
+    .await
+    .map_err(|source| JournalError::Task { path, source })?
 }
 
 /// Starts a fresh apply of `plan`.
 pub async fn apply(ctx: Arc<Ctx>, plan: Plan) -> Result<Report, ApplyError> {
-    if let Some(r) = crate::journal::read(&ctx.state_dir)?
+    if let crate::journal::Current::Begun(r) = current_journal(&ctx.state_dir).await?
         && !r.ended()
     {
         return Err(ApplyError::Unfinished {
@@ -226,7 +298,7 @@ pub async fn apply(ctx: Arc<Ctx>, plan: Plan) -> Result<Report, ApplyError> {
                 .to_string(),
         });
     }
-    archive_ended(&ctx.state_dir, None);
+    archive_ended(&ctx.state_dir, None)?;
     let apply_id = new_apply_id();
     let journal = Journal::create(&ctx.state_dir, &apply_id, &plan)?;
     run(ctx, plan, apply_id, journal, None).await
@@ -234,20 +306,20 @@ pub async fn apply(ctx: Arc<Ctx>, plan: Plan) -> Result<Report, ApplyError> {
 
 /// The unfinished apply in the journal, if any (a journal that ended but
 /// was not archived yet is archived).
-fn unfinished(state_dir: &Path) -> Result<Option<Replay>, ApplyError> {
-    let Some(replay) = crate::journal::read(state_dir)? else {
+async fn unfinished(state_dir: &Path) -> Result<Option<Replay>, ApplyError> {
+    let crate::journal::Current::Begun(replay) = current_journal(state_dir).await? else {
         return Ok(None);
     };
     if replay.ended() {
-        archive_ended(state_dir, Some(&replay.apply_id));
+        archive_ended(state_dir, Some(&replay.apply_id))?;
         return Ok(None);
     }
-    Ok(Some(replay))
+    Ok(Some(*replay))
 }
 
 /// Continues the unfinished apply in the journal, if there is one.
 pub async fn resume(ctx: Arc<Ctx>) -> Result<Option<Report>, ApplyError> {
-    let Some(replay) = unfinished(&ctx.state_dir)? else {
+    let Some(replay) = unfinished(&ctx.state_dir).await? else {
         return Ok(None);
     };
     if replay.plan.inputs.config_sha256 != ctx.config_sha256 {
@@ -264,7 +336,7 @@ pub async fn resume(ctx: Arc<Ctx>) -> Result<Option<Report>, ApplyError> {
 /// Rolls back the unfinished apply in the journal (after a crash, instead
 /// of resuming it); `None` when there is none.
 pub async fn roll_back_unfinished(ctx: Arc<Ctx>) -> Result<Option<Report>, ApplyError> {
-    let Some(replay) = unfinished(&ctx.state_dir)? else {
+    let Some(replay) = unfinished(&ctx.state_dir).await? else {
         return Ok(None);
     };
     let journal: Shared = Arc::new(Mutex::new(Journal::reopen(&ctx.state_dir)?));
@@ -284,14 +356,20 @@ pub async fn roll_back_unfinished(ctx: Arc<Ctx>) -> Result<Option<Report>, Apply
 
 /// A journal that ended but was not moved to history (a crash between the
 /// two) is history: move it there.
-fn archive_ended(state_dir: &Path, apply_id: Option<&str>) {
+fn archive_ended(state_dir: &Path, apply_id: Option<&str>) -> Result<(), JournalError> {
     let stale = state_dir.join(crate::journal::JOURNAL_FILE);
     if stale.exists() {
         let hist = state_dir.join("history");
         let name = apply_id.map_or_else(|| format!("ended-{}", new_apply_id()), str::to_owned);
-        let _ = state::private_dir(&hist);
-        let _ = std::fs::rename(&stale, hist.join(format!("{name}.jsonl")));
+        let to = hist.join(format!("{name}.jsonl"));
+        state::private_dir(&hist)
+            .and_then(|()| std::fs::rename(&stale, &to))
+            .map_err(|source| JournalError::Write {
+                path: to.display().to_string(),
+                source,
+            })?;
     }
+    Ok(())
 }
 
 async fn run(
@@ -344,7 +422,7 @@ async fn run(
 
     let by_id: HashMap<&str, &Action> = plan.actions.iter().map(|a| (a.id.as_str(), a)).collect();
     let builds = Arc::new(Semaphore::new(ctx.options.jobs.max(1)));
-    let mut running: JoinSet<(String, Result<Option<String>, String>)> = JoinSet::new();
+    let mut running: JoinSet<(String, Result<Option<String>, ActionError>)> = JoinSet::new();
     let mut in_flight: BTreeSet<String> = BTreeSet::new();
     let mut running_since: BTreeMap<String, Instant> = BTreeMap::new();
     let mut failed: Vec<(String, String)> = Vec::new();
@@ -366,15 +444,12 @@ async fn run(
                 }
                 journal_append(
                     &journal,
-                    &Record::Started {
+                    Record::Started {
                         action: a.id.clone(),
                         at_ms: Some(millis_since(started)),
                     },
                 )
-                .map_err(|e| JournalError::Write {
-                    path: ctx.state_dir.display().to_string(),
-                    source: std::io::Error::other(e),
-                })?;
+                .await?;
                 emit(progress, "start", &a.id, "");
                 in_flight.insert(a.id.clone());
                 running_since.insert(a.id.clone(), Instant::now());
@@ -393,7 +468,7 @@ async fn run(
                     };
                     let t = Instant::now();
                     let mut res = perform(&ctx2, &a2, &plan_to, &id2, &j2).await;
-                    if let (Err(e), Some(unit), true) = (
+                    if let (Err(ActionError::Failed(e)), Some(unit), true) = (
                         &mut res,
                         a2.unit.as_deref(),
                         matches!(a2.kind, ActionKind::Restart | ActionKind::Health),
@@ -428,7 +503,10 @@ async fn run(
         let Some(joined) = joined else { break };
         let (id, res) = match joined {
             Ok(x) => x,
-            Err(e) => (String::from("?"), Err(format!("task failed: {e}"))),
+            Err(e) => (
+                String::from("?"),
+                Err(ActionError::Failed(format!("task failed: {e}"))),
+            ),
         };
         in_flight.remove(&id);
         running_since.remove(&id);
@@ -437,31 +515,26 @@ async fn run(
             Ok(note) => {
                 journal_append(
                     &journal,
-                    &Record::Succeeded {
+                    Record::Succeeded {
                         action: id.clone(),
                         note: note.clone(),
                         at_ms: Some(millis_since(started)),
                     },
                 )
-                .map_err(|e| JournalError::Write {
-                    path: ctx.state_dir.display().to_string(),
-                    source: std::io::Error::other(e),
-                })?;
+                .await?;
                 emit(progress, "done", &id, note.as_deref().unwrap_or(""));
                 done.insert(id);
             }
-            Err(err) => {
+            Err(ActionError::Journal(e)) => return Err(e.into()),
+            Err(ActionError::Failed(err)) => {
                 journal_append(
                     &journal,
-                    &Record::Failed {
+                    Record::Failed {
                         action: id.clone(),
                         error: err.clone(),
                     },
                 )
-                .map_err(|e| JournalError::Write {
-                    path: ctx.state_dir.display().to_string(),
-                    source: std::io::Error::other(e),
-                })?;
+                .await?;
                 emit(progress, "FAILED", &id, &err);
                 failed.push((id, err));
                 stopping = true;
@@ -487,12 +560,17 @@ async fn run(
     let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
 
     if failed.is_empty() && !interrupted {
-        let records = crate::journal::read(&ctx.state_dir)?
-            .map(|r| r.records)
-            .unwrap_or_default();
-        commit_state(&ctx, &plan, &apply_id, &records)?;
-        let j = take(journal)?;
-        j.finish("succeeded", &apply_id)?;
+        let records = read_records(&ctx.state_dir).await?;
+        {
+            let (ctx, plan, apply_id) = (Arc::clone(&ctx), plan.clone(), apply_id.clone());
+            tokio::task::spawn_blocking(move || commit_state(&ctx, &plan, &apply_id, &records))
+                .await
+                .map_err(|source| ApplyError::Blocking {
+                    what: "writing the state and pruning releases",
+                    source,
+                })??;
+        }
+        finish_journal(journal, "succeeded", &apply_id).await?;
         return Ok(Report {
             apply_id,
             outcome: Outcome::Succeeded,
@@ -517,9 +595,7 @@ async fn run(
         });
     }
     let _ = by_id;
-    let records = crate::journal::read(&ctx.state_dir)?
-        .map(|r| r.records)
-        .unwrap_or_default();
+    let records = read_records(&ctx.state_dir).await?;
     let reason = failed
         .first()
         .map(|(id, e)| format!("{id} failed: {e}"))
@@ -539,6 +615,54 @@ async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
             s.recv().await;
         }
         None => std::future::pending::<()>().await,
+    }
+}
+
+/// The records of the current journal, read on the blocking pool.
+async fn read_records(state_dir: &Path) -> Result<Vec<Record>, JournalError> {
+    let dir = state_dir.to_owned();
+    let path = dir.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        crate::journal::read(&dir).map(crate::journal::Current::records)
+    })
+    .await
+    .map_err(|source| JournalError::Task { path, source })?
+}
+
+/// Ends the journal with `outcome` and archives it (on the blocking pool).
+async fn finish_journal(j: Shared, outcome: &str, apply_id: &str) -> Result<(), JournalError> {
+    let j = take(j)?;
+    let path = j.path().display().to_string();
+    let (outcome, apply_id) = (outcome.to_owned(), apply_id.to_owned());
+    tokio::task::spawn_blocking(move || j.finish(&outcome, &apply_id))
+        .await
+        .map_err(|source| JournalError::Task { path, source })?
+}
+
+/// What performing an action can end in besides success: the action
+/// failed (the apply stops and rolls back), or the journal could not be
+/// written (the apply stops at once: nothing may act without a record).
+#[derive(Debug)]
+enum ActionError {
+    Failed(String),
+    Journal(JournalError),
+}
+
+impl From<String> for ActionError {
+    fn from(e: String) -> Self {
+        Self::Failed(e)
+    }
+}
+
+impl From<&str> for ActionError {
+    fn from(e: &str) -> Self {
+        Self::Failed(e.to_owned())
+    }
+}
+
+impl From<JournalError> for ActionError {
+    fn from(e: JournalError) -> Self {
+        Self::Journal(e)
     }
 }
 
@@ -589,8 +713,8 @@ async fn finish_failed(
         .iter()
         .any(|r| matches!(r, Record::RollbackBegin { .. }));
     if !live_changed(&records) && !resuming_rollback {
-        record_outcome(ctx, plan, apply_id, &records, "failed")?;
-        take(journal)?.finish("failed-untouched", apply_id)?;
+        save_outcome(ctx, plan, apply_id, &records, "failed").await?;
+        finish_journal(journal, "failed-untouched", apply_id).await?;
         report.millis = millis();
         return Ok(report);
     }
@@ -598,7 +722,7 @@ async fn finish_failed(
         // Left open on purpose: the journal knows what was switched, so
         // `rollback` undoes exactly this apply and `apply --resume` retries
         // it; a new apply is refused until one of them is chosen.
-        record_outcome(ctx, plan, apply_id, &records, "failed")?;
+        save_outcome(ctx, plan, apply_id, &records, "failed").await?;
         drop(journal);
         report.outcome = Outcome::NeedsAttention;
         report.millis = millis();
@@ -607,17 +731,14 @@ async fn finish_failed(
     if !resuming_rollback {
         journal_append(
             &journal,
-            &Record::RollbackBegin {
+            Record::RollbackBegin {
                 reason: reason.clone(),
             },
         )
-        .map_err(|e| JournalError::Write {
-            path: ctx.state_dir.display().to_string(),
-            source: std::io::Error::other(e),
-        })?;
+        .await?;
     }
     emit(progress, "rollback", &plan.environment, &reason);
-    let (rolled, errors) = rollback_from_journal(ctx, &records, &journal).await;
+    let (rolled, errors) = rollback_from_journal(ctx, &records, &journal).await?;
     report.rolled_back = rolled;
     report.rollback_errors = errors;
     let outcome = if report.rollback_errors.is_empty() {
@@ -625,7 +746,7 @@ async fn finish_failed(
     } else {
         Outcome::NeedsAttention
     };
-    record_outcome(
+    save_outcome(
         ctx,
         plan,
         apply_id,
@@ -635,9 +756,10 @@ async fn finish_failed(
         } else {
             "rollback-failed"
         },
-    )?;
+    )
+    .await?;
     if outcome == Outcome::RolledBack {
-        take(journal)?.finish("rolled-back", apply_id)?;
+        finish_journal(journal, "rolled-back", apply_id).await?;
     }
     report.outcome = outcome;
     report.millis = millis();
@@ -651,7 +773,7 @@ async fn rollback_from_journal(
     ctx: &Arc<Ctx>,
     records: &[Record],
     journal: &Shared,
-) -> (Vec<String>, Vec<String>) {
+) -> Result<(Vec<String>, Vec<String>), JournalError> {
     let progress = ctx.options.progress;
     let mut errors = Vec::new();
     let mut rolled = Vec::new();
@@ -663,13 +785,20 @@ async fn rollback_from_journal(
                 continue;
             }
             let path = ctx.unit_dir.join(unit);
-            let res = match saved {
-                Some(saved) => std::fs::read(saved).and_then(|b| state::write_private(&path, &b)),
-                None => match std::fs::remove_file(&path) {
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    other => other,
-                },
-            };
+            let saved = saved.clone();
+            let res = blocking(move || {
+                match saved {
+                    Some(saved) => {
+                        std::fs::read(saved).and_then(|b| state::write_private(&path, &b))
+                    }
+                    None => match std::fs::remove_file(&path) {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                        other => other,
+                    },
+                }
+                .map_err(|e| e.to_string())
+            })
+            .await;
             if let Err(e) = res {
                 errors.push(format!("restoring {unit}: {e}"));
             }
@@ -702,7 +831,12 @@ async fn rollback_from_journal(
         let unit = svc.unit_name.clone();
         let res: Result<(), String> = async {
             if let Some(prev) = from {
-                release::switch(&paths, &paths.release(prev)).map_err(|e| e.to_string())?;
+                let (root, service, prev) = (ctx.env.root.clone(), service.clone(), prev.clone());
+                blocking(move || {
+                    let paths = Paths::new(&root, &service);
+                    release::switch(&paths, &paths.release(&prev)).map_err(|e| e.to_string())
+                })
+                .await?;
                 restart_confirmed(&ctx.systemd, &unit, Duration::ZERO).await?;
                 let invocation = ctx
                     .systemd
@@ -717,8 +851,21 @@ async fn rollback_from_journal(
                 settled(&ctx.systemd, &unit, &invocation).await?;
             } else {
                 // First deploy: there is nothing to go back to; stop it.
-                let _ = ctx.systemd.stop(&unit).await;
-                let _ = std::fs::remove_file(paths.current());
+                // A unit that is gone (its file was removed above and the
+                // manager unloaded it) is stopped already.
+                match ctx.systemd.stop(&unit).await {
+                    Ok(job) => job.check("stop", &unit).map_err(|e| e.to_string())?,
+                    Err(crate::systemd::SystemdError::NoSuchUnit { .. }) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                let current = paths.current();
+                blocking(move || match std::fs::remove_file(&current) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(format!("removing {}: {e}", current.display()))
+                    }
+                    _ => Ok(()),
+                })
+                .await?;
             }
             Ok(())
         }
@@ -726,12 +873,13 @@ async fn rollback_from_journal(
         match res {
             Ok(()) => {
                 if !already.contains(service) {
-                    let _ = journal_append(
+                    journal_append(
                         journal,
-                        &Record::RolledBack {
+                        Record::RolledBack {
                             service: service.clone(),
                         },
-                    );
+                    )
+                    .await?;
                 }
                 emit(
                     progress,
@@ -761,7 +909,29 @@ async fn rollback_from_journal(
     {
         errors.push(format!("reloading {}: {e}", p.unit));
     }
-    (rolled, errors)
+    Ok((rolled, errors))
+}
+
+/// [`record_outcome`] on the blocking pool (it fsyncs `state.json`).
+async fn save_outcome(
+    ctx: &Arc<Ctx>,
+    plan: &Plan,
+    apply_id: &str,
+    records: &[Record],
+    outcome: &'static str,
+) -> Result<(), ApplyError> {
+    let (ctx, plan, apply_id, records) = (
+        Arc::clone(ctx),
+        plan.clone(),
+        apply_id.to_owned(),
+        records.to_vec(),
+    );
+    tokio::task::spawn_blocking(move || record_outcome(&ctx, &plan, &apply_id, &records, outcome))
+        .await
+        .map_err(|source| ApplyError::Blocking {
+            what: "writing the state",
+            source,
+        })?
 }
 
 /// Writes the state after a failed apply: services unchanged, the backup
@@ -987,7 +1157,7 @@ async fn perform(
     to_sha: &str,
     apply_id: &str,
     journal: &Shared,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, ActionError> {
     let service = a.service.as_deref();
     match a.kind {
         ActionKind::Build => {
@@ -998,18 +1168,7 @@ async fn perform(
                 return Ok(Some("already built".to_owned()));
             }
             let dir = paths.release(to_sha);
-            if dir.exists() {
-                // An interrupted build: start again from a fresh export.
-                std::fs::remove_dir_all(&dir)
-                    .map_err(|e| format!("removing {}: {e}", dir.display()))?;
-            }
-            let repo = Repo::discover(&ctx.repo_dir).map_err(|e| e.to_string())?;
-            let files = repo.export(to_sha, &svc.path, &dir).map_err(|e| {
-                format!(
-                    "{e}: {}",
-                    e.source().map(ToString::to_string).unwrap_or_default()
-                )
-            })?;
+            let files = export(&ctx.repo_dir, to_sha, &svc.path, &dir).await?;
             if let Some(argv) = &a.command {
                 process::run(Run {
                     argv,
@@ -1021,7 +1180,8 @@ async fn perform(
                 .await
                 .map_err(|e| e.to_string())?;
             }
-            release::mark_built(&dir, to_sha).map_err(|e| e.to_string())?;
+            let sha = to_sha.to_owned();
+            blocking(move || release::mark_built(&dir, &sha).map_err(|e| e.to_string())).await?;
             Ok(Some(format!("{files} files")))
         }
         ActionKind::Migrate => {
@@ -1054,13 +1214,14 @@ async fn perform(
             .await?;
             journal_append(
                 journal,
-                &Record::Backup {
+                Record::Backup {
                     id: taken.id.clone(),
                     path: taken.path.clone(),
                     size: taken.size,
                     sha256: taken.sha256.clone(),
                 },
-            )?;
+            )
+            .await?;
             Ok(Some(format!("{} ({} bytes)", taken.path, taken.size)))
         }
         ActionKind::InstallUnit => {
@@ -1072,31 +1233,39 @@ async fn perform(
                 "no unit to install: the service has no unit block, or the saved unit file is gone",
             )?;
             let path = ctx.unit_dir.join(&svc.unit_name);
-            let saved = match std::fs::read(&path) {
-                Ok(old) => {
-                    let keep = ctx
-                        .state_dir
-                        .join("units")
-                        .join(apply_id)
-                        .join(&svc.unit_name);
-                    state::write_private(&keep, &old)
-                        .map_err(|e| format!("saving {}: {e}", path.display()))?;
-                    Some(keep.display().to_string())
-                }
-                Err(_) => None,
+            let keep = ctx
+                .state_dir
+                .join("units")
+                .join(apply_id)
+                .join(&svc.unit_name);
+            let saved = {
+                let path = path.clone();
+                blocking(move || match std::fs::read(&path) {
+                    Ok(old) => {
+                        state::write_private(&keep, &old)
+                            .map_err(|e| format!("saving {}: {e}", path.display()))?;
+                        Ok(Some(keep.display().to_string()))
+                    }
+                    Err(_) => Ok(None),
+                })
+                .await?
             };
             journal_append(
                 journal,
-                &Record::UnitReplace {
+                Record::UnitReplace {
                     service: service.to_owned(),
                     unit: svc.unit_name.clone(),
                     saved,
                 },
-            )?;
+            )
+            .await?;
             // A unit carrying inline secret values is readable by root only.
             let private = unit::carries_secrets(&text, &unit::secret_names(svc));
-            unit::install_file(&path, &text, private)
-                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            blocking(move || {
+                unit::install_file(&path, &text, private)
+                    .map_err(|e| format!("writing {}: {e}", path.display()))
+            })
+            .await?;
             Ok(None)
         }
         ActionKind::Barrier => Ok(None),
@@ -1137,14 +1306,18 @@ async fn perform(
                 let from = paths.live();
                 journal_append(
                     journal,
-                    &Record::Switch {
+                    Record::Switch {
                         service: service.to_owned(),
                         from: from.clone(),
                         to: to.clone(),
                     },
-                )?;
-                release::switch(&paths, &target)
-                    .map_err(|e| format!("switching {}: {e}", paths.current().display()))?;
+                )
+                .await?;
+                blocking(move || {
+                    release::switch(&paths, &target)
+                        .map_err(|e| format!("switching {}: {e}", paths.current().display()))
+                })
+                .await?;
             }
             // A service's health action settles it; a bare unit
             // (infrastructure) has no probe, so it settles here.
@@ -1220,6 +1393,34 @@ async fn perform(
             Ok(None)
         }
     }
+}
+
+/// Exports `subdir` of the tree at `sha` into the release directory `dir`
+/// (a leftover of an interrupted build is removed first), on the blocking
+/// pool: a big tree takes seconds of git and file-system work. Returns the
+/// number of files.
+async fn export(repo_dir: &Path, sha: &str, subdir: &str, dir: &Path) -> Result<u64, String> {
+    let (repo_dir, sha, subdir, dir) = (
+        repo_dir.to_owned(),
+        sha.to_owned(),
+        subdir.to_owned(),
+        dir.to_owned(),
+    );
+    blocking(move || {
+        if dir.exists() {
+            // An interrupted build: start again from a fresh export.
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| format!("removing {}: {e}", dir.display()))?;
+        }
+        let repo = Repo::discover(&repo_dir).map_err(|e| e.to_string())?;
+        repo.export(&sha, &subdir, &dir).map_err(|e| {
+            format!(
+                "{e}: {}",
+                e.source().map(ToString::to_string).unwrap_or_default()
+            )
+        })
+    })
+    .await
 }
 
 /// Restarts a unit and confirms it stays active. A deploy's restart is
@@ -1309,3 +1510,89 @@ fn unit_text(ctx: &Ctx, a: &Action, service: &str) -> Result<Option<String>, uni
 }
 
 use std::error::Error as _;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// A repository whose `svc/` holds `files` files; returns its HEAD.
+    fn big_repo(dir: &std::path::Path, files: usize) -> String {
+        let repo = git2::Repository::init(dir).unwrap();
+        let svc = dir.join("svc");
+        for d in 0..files / 100 {
+            let sub = svc.join(format!("d{d}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            for f in 0..100 {
+                std::fs::write(
+                    sub.join(format!("f{f}.txt")),
+                    format!("{d}/{f}\n").repeat(64),
+                )
+                .unwrap();
+            }
+        }
+        let mut index = repo.index().unwrap();
+        index
+            .add_all(["svc"], git2::IndexAddOption::DEFAULT, None)
+            .unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let me = git2::Signature::now("t", "t@example.org").unwrap();
+        repo.commit(Some("HEAD"), &me, &me, "big", &tree, &[])
+            .unwrap()
+            .to_string()
+    }
+
+    /// Builds export big trees while a timer runs on the same 2-worker
+    /// runtime the commands use (readiness deadlines and `JobRemoved` waits
+    /// are such timers and wake-ups): the timer stays on time, because the
+    /// exports run on the blocking pool. Run inline on the workers, the
+    /// exports held both of them and the timer was late by about one
+    /// export.
+    #[test]
+    fn builds_do_not_hold_up_timers_on_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let sha = big_repo(&dir.path().join("repo"), 1500);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let stop = Arc::new(AtomicBool::new(false));
+            let ticking = Arc::clone(&stop);
+            let ticker = tokio::spawn(async move {
+                let mut worst = Duration::ZERO;
+                let mut last = Instant::now();
+                while !ticking.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    worst = worst.max(last.elapsed());
+                    last = Instant::now();
+                }
+                worst
+            });
+            let t = Instant::now();
+            let mut builds = Vec::new();
+            for i in 0..4 {
+                let (repo, sha, dest) = (
+                    dir.path().join("repo"),
+                    sha.clone(),
+                    dir.path().join(format!("release-{i}")),
+                );
+                builds.push(tokio::spawn(async move {
+                    super::export(&repo, &sha, "svc", &dest).await
+                }));
+            }
+            for b in builds {
+                assert_eq!(b.await.unwrap(), Ok(1500));
+            }
+            let took = t.elapsed();
+            stop.store(true, Ordering::SeqCst);
+            let worst = ticker.await.unwrap();
+            assert!(
+                worst < took / 4,
+                "a 5 ms timer was late by up to {worst:?} while builds ran for {took:?}"
+            );
+        });
+    }
+}

@@ -2,11 +2,14 @@
 //! `{state}/journal.jsonl`, each appended and fsync'd before moorline relies
 //! on it (intent before the act, outcome after). An apply whose journal has
 //! no `end` record is resumable; a finished journal moves to `history/`.
-//! Write errors are returned, never swallowed.
+//! Write errors are returned, never swallowed. Reading tolerates exactly one
+//! kind of damage, a torn last line (a write cut short); a journal with no
+//! complete record is torn as a whole and archived; anything else is
+//! `journal::corrupt`, naming the line.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use miette::Diagnostic;
@@ -99,12 +102,38 @@ pub enum JournalError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the journal {path} has no beginning")]
+    /// A record that is not a torn last line cannot be read: something
+    /// other than moorline changed the file, or the disk is failing.
+    #[error("the journal {path} is corrupt at line {line}: {what}")]
     #[diagnostic(
         code(moorline::journal::corrupt),
-        help("move it away to give up on the interrupted apply, then check `moorline status`")
+        help(
+            "only an unfinished last line (a write cut short) is tolerated; this record was complete, so moorline cannot tell what the interrupted apply did. Keep the file for inspection: move it into history/ beside it, then check `moorline status` and the services before the next apply"
+        )
     )]
-    NoBegin { path: String },
+    Corrupt {
+        path: String,
+        /// 1-based.
+        line: usize,
+        what: String,
+        #[source]
+        source: Option<serde_json::Error>,
+    },
+    /// Reading or writing the journal on the blocking pool did not finish
+    /// (the task panicked, or the runtime is shutting down): a record may
+    /// not be durable.
+    #[error("reading or writing the journal {path} did not finish")]
+    #[diagnostic(
+        code(moorline::journal::task),
+        help(
+            "moorline stops rather than act without a durable record; check `moorline status`, then `moorline apply --resume` or `moorline rollback`"
+        )
+    )]
+    Task {
+        path: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 /// `r` with its free text (errors, notes, reasons) redacted
@@ -156,27 +185,62 @@ impl Journal {
             .mode(0o600)
             .open(&path)
             .map_err(err)?;
-        // The new file's directory entry must be durable too.
-        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-        let mut j = Self { path, file };
-        j.append(&Record::Begin {
-            apply_id: apply_id.to_owned(),
-            plan: Box::new(plan.clone()),
-        })?;
-        Ok(j)
+        Self { path, file }.begin(dir, apply_id, plan)
     }
 
-    /// Reopens an existing journal for appending (resume).
+    /// Makes the new file's directory entry durable and writes the begin
+    /// record. On failure (a full disk) the file is removed, so the next
+    /// command finds no journal rather than a torn one: nothing acted yet.
+    fn begin(mut self, dir: &Path, apply_id: &str, plan: &Plan) -> Result<Self, JournalError> {
+        let res = File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| JournalError::Write {
+                path: self.path.display().to_string(),
+                source,
+            })
+            .and_then(|()| {
+                self.append(&Record::Begin {
+                    apply_id: apply_id.to_owned(),
+                    plan: Box::new(plan.clone()),
+                })
+            });
+        match res {
+            Ok(()) => Ok(self),
+            Err(e) => {
+                // The write error is what is reported. Should the removal
+                // fail too, the next command finds a journal without a
+                // complete begin record and archives it (`Current::Torn`).
+                if fs::remove_file(&self.path).is_ok() {
+                    let _sync = File::open(dir).and_then(|d| d.sync_all());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reopens an existing journal for appending (resume, rollback). A torn
+    /// last line (see [`read`]) is cut off first, so the next record starts
+    /// on a line of its own.
     pub fn reopen(dir: &Path) -> Result<Self, JournalError> {
         let path = dir.join(JOURNAL_FILE);
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|source| JournalError::Write {
-                path: path.display().to_string(),
-                source,
-            })?;
+        let err = |source| JournalError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = OpenOptions::new().append(true).open(&path).map_err(err)?;
+        let bytes = fs::read(&path).map_err(err)?;
+        let complete = complete_len(&bytes);
+        if complete < bytes.len() {
+            file.set_len(complete as u64)
+                .and_then(|()| file.sync_data())
+                .map_err(err)?;
+        }
         Ok(Self { path, file })
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Appends one record and fsyncs it.
@@ -240,45 +304,112 @@ impl Replay {
     }
 }
 
-/// Reads the current journal, if any. A torn last line (a crash mid-write)
-/// is ignored: its record was never relied on.
-pub fn read(dir: &Path) -> Result<Option<Replay>, JournalError> {
-    let path = dir.join(JOURNAL_FILE);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(JournalError::Read {
-                path: path.display().to_string(),
-                source,
-            });
+/// What `journal.jsonl` holds.
+#[derive(Debug, Clone)]
+pub enum Current {
+    /// No journal: no apply is unfinished.
+    Absent,
+    /// A file without one complete record: empty, or its begin record cut
+    /// short (a full disk). The begin record is durable before anything
+    /// acts, so nothing was done under it: [`archive_torn`] and go on.
+    Torn,
+    Begun(Box<Replay>),
+}
+
+impl Current {
+    /// The records of a begun journal (none otherwise).
+    pub fn records(self) -> Vec<Record> {
+        match self {
+            Self::Begun(r) => r.records,
+            Self::Absent | Self::Torn => Vec::new(),
         }
+    }
+}
+
+/// Reads the current journal. A torn last line (no newline: a write cut
+/// short by a crash or a full disk) is ignored, whatever it holds: its
+/// append never returned, so nothing relied on it. Any other record that
+/// cannot be read is [`JournalError::Corrupt`].
+pub fn read(dir: &Path) -> Result<Current, JournalError> {
+    let path = dir.join(JOURNAL_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => parse(&bytes, &path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Current::Absent),
+        Err(source) => Err(JournalError::Read {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// The length of `bytes` up to and including its last newline: the
+/// complete lines.
+fn complete_len(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
+}
+
+/// Parses journal text (`path` names it in errors).
+fn parse(bytes: &[u8], path: &Path) -> Result<Current, JournalError> {
+    let complete = &bytes[..complete_len(bytes)];
+    let Some(lines) = complete.strip_suffix(b"\n") else {
+        return Ok(Current::Torn);
+    };
+    let corrupt = |line: usize, what: &str, source| JournalError::Corrupt {
+        path: path.display().to_string(),
+        line,
+        what: what.to_owned(),
+        source,
     };
     let mut begin = None;
     let mut records = Vec::new();
-    for line in BufReader::new(file).lines() {
-        let line = line.map_err(|source| JournalError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let Ok(r) = serde_json::from_str::<Record>(&line) else {
-            continue;
-        };
-        if let Record::Begin { apply_id, plan } = &r {
-            begin = Some((apply_id.clone(), (**plan).clone()));
+    for (i, line) in lines.split(|b| *b == b'\n').enumerate() {
+        let r = serde_json::from_slice::<Record>(line)
+            .map_err(|e| corrupt(i + 1, "not a journal record", Some(e)))?;
+        match (&r, i) {
+            (Record::Begin { apply_id, plan }, 0) => {
+                begin = Some((apply_id.clone(), (**plan).clone()));
+            }
+            (Record::Begin { .. }, _) => {
+                return Err(corrupt(i + 1, "a second `begin` record", None));
+            }
+            (_, 0) => return Err(corrupt(1, "the first record is not `begin`", None)),
+            _ => {}
         }
         records.push(r);
     }
     let Some((apply_id, plan)) = begin else {
-        return Err(JournalError::NoBegin {
-            path: path.display().to_string(),
-        });
+        return Ok(Current::Torn);
     };
-    Ok(Some(Replay {
+    Ok(Current::Begun(Box::new(Replay {
         apply_id,
         plan,
         records,
-    }))
+    })))
+}
+
+/// Moves a torn journal ([`Current::Torn`]) to
+/// `history/torn-{time}.jsonl` (readable by its owner only) and returns
+/// where it went.
+pub fn archive_torn(dir: &Path) -> Result<PathBuf, JournalError> {
+    let history = dir.join("history");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let to = history.join(format!(
+        "torn-{}-{:06}.jsonl",
+        now.as_secs(),
+        now.subsec_micros()
+    ));
+    let err = |source| JournalError::Write {
+        path: to.display().to_string(),
+        source,
+    };
+    crate::state::private_dir(&history).map_err(err)?;
+    let from = dir.join(JOURNAL_FILE);
+    fs::set_permissions(&from, fs::Permissions::from_mode(0o600)).map_err(err)?;
+    fs::rename(&from, &to).map_err(err)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    Ok(to)
 }
 
 /// Fault injection for the crash tests: with `MOORLINE_TEST_CRASH_AFTER=N`
@@ -314,7 +445,163 @@ fn crash_point() {}
 
 #[cfg(test)]
 mod tests {
-    use super::Record;
+    use super::{Current, JOURNAL_FILE, Journal, JournalError, Record, archive_torn, parse, read};
+    use std::fs::{self, OpenOptions};
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    const PLAN: &str = r#"{"format_version":1,"operation":"deploy","project":"p","environment":"e","branch":"main","from":null,"to":{"spec":"main","sha":"abc","summary":""},"first_deploy":true,"non_ancestor":false,"fingerprint":"f","inputs":{"moorline_version":"0","config_sha256":"c","state_sha256":null,"units_source":"none","units":{},"allow_non_ancestor":false},"changed_paths":0,"services":[],"actions":[],"rollback":{"kind":"nothing","services":[],"summary":""},"warnings":[]}"#;
+
+    fn begin() -> String {
+        format!(r#"{{"event":"begin","apply_id":"1","plan":{PLAN}}}"#)
+    }
+
+    const STARTED: &str = r#"{"event":"started","action":"build:a"}"#;
+
+    /// What a journal text parses to: `Ok(None)` torn, `Ok(Some(n))` begun
+    /// with n records, `Err(line)` corrupt at that line.
+    type Outcome = Result<Option<usize>, usize>;
+
+    fn outcome(text: &[u8]) -> Outcome {
+        match parse(text, Path::new("/state/journal.jsonl")) {
+            Ok(Current::Torn) => Ok(None),
+            Ok(Current::Begun(r)) => Ok(Some(r.records.len())),
+            Ok(Current::Absent) => panic!("parse never says absent"),
+            Err(JournalError::Corrupt { line, .. }) => Err(line),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_torn_last_line_is_tolerated() {
+        let b = begin();
+        let cases: Vec<(&str, String, Outcome)> = vec![
+            ("empty file", String::new(), Ok(None)),
+            ("begin cut short", b[..40].to_owned(), Ok(None)),
+            ("begin without its newline", b.clone(), Ok(None)),
+            ("begin", format!("{b}\n"), Ok(Some(1))),
+            ("two records", format!("{b}\n{STARTED}\n"), Ok(Some(2))),
+            (
+                "torn last record",
+                format!("{b}\n{STARTED}\n{}", &STARTED[..20]),
+                Ok(Some(2)),
+            ),
+            (
+                "complete last record without its newline",
+                format!("{b}\n{STARTED}"),
+                Ok(Some(1)),
+            ),
+            (
+                "garbage in the middle",
+                format!("{b}\nxx\n{STARTED}\n"),
+                Err(2),
+            ),
+            (
+                "complete unreadable last line",
+                format!("{b}\n{STARTED}\n{{\n"),
+                Err(3),
+            ),
+            ("empty line", format!("{b}\n\n"), Err(2)),
+            ("a lone newline", "\n".to_owned(), Err(1)),
+            ("no begin first", format!("{STARTED}\n{b}\n"), Err(1)),
+            ("a second begin", format!("{b}\n{b}\n"), Err(2)),
+            (
+                "unknown event",
+                format!("{b}\n{{\"event\":\"exploded\"}}\n"),
+                Err(2),
+            ),
+        ];
+        for (name, text, want) in cases {
+            assert_eq!(outcome(text.as_bytes()), want, "{name}");
+        }
+        // Bytes that are not UTF-8 on a complete line.
+        let mut text = format!("{b}\n").into_bytes();
+        text.extend_from_slice(b"\xff\xfe\n");
+        assert_eq!(outcome(&text), Err(2));
+    }
+
+    #[test]
+    fn a_corrupt_journal_names_its_file_and_line() {
+        let e = parse(
+            format!("{}\nxx\n", begin()).as_bytes(),
+            Path::new("/state/journal.jsonl"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the journal /state/journal.jsonl is corrupt at line 2: not a journal record"
+        );
+        assert_eq!(
+            miette::Diagnostic::code(&e).unwrap().to_string(),
+            "moorline::journal::corrupt"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn reopening_cuts_a_torn_line_so_the_next_record_stands_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        fs::write(&path, format!("{}\n{}", begin(), &STARTED[..20])).unwrap();
+        let mut j = Journal::reopen(dir.path()).unwrap();
+        j.append(&Record::RolledBack {
+            service: "a".to_owned(),
+        })
+        .unwrap();
+        let Current::Begun(r) = read(dir.path()).unwrap() else {
+            panic!("not begun");
+        };
+        assert_eq!(r.records.len(), 2);
+        assert_eq!(
+            r.records[1],
+            Record::RolledBack {
+                service: "a".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn a_begin_record_that_cannot_be_written_leaves_no_journal() {
+        // /dev/full fails every write with ENOSPC, as a full disk does.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        fs::write(&path, b"").unwrap();
+        let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        let plan = serde_json::from_str(PLAN).unwrap();
+        let j = Journal {
+            path: path.clone(),
+            file: full,
+        };
+        let Err(JournalError::Write { source, .. }) = j.begin(dir.path(), "1", &plan) else {
+            panic!("the begin record was written to /dev/full");
+        };
+        assert_eq!(source.raw_os_error(), Some(28), "{source}");
+        assert!(!path.exists());
+        assert!(matches!(read(dir.path()).unwrap(), Current::Absent));
+    }
+
+    #[test]
+    fn a_torn_journal_is_archived_privately() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        fs::write(&path, &begin()[..10]).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(read(dir.path()).unwrap(), Current::Torn));
+        let to = archive_torn(dir.path()).unwrap();
+        assert!(!path.exists());
+        assert_eq!(to.parent().unwrap(), dir.path().join("history"));
+        let name = to.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("torn-") && to.extension().is_some_and(|e| e == "jsonl"),
+            "{name}"
+        );
+        assert_eq!(fs::read(&to).unwrap(), &begin().as_bytes()[..10]);
+        assert_eq!(
+            fs::metadata(&to).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(matches!(read(dir.path()).unwrap(), Current::Absent));
+    }
 
     #[test]
     fn records_without_timestamps_still_parse() {

@@ -916,3 +916,159 @@ async fn on_a_terminal_apply_shows_a_live_view() {
     w.all_ready(&sd).await;
     w.stop_all(&sd).await;
 }
+
+/// A journal whose begin record was cut short (the state disk filled up
+/// while it was written) recorded nothing that acted: `apply --resume`,
+/// `rollback` and `apply` each archive it, say so, and go on. A complete
+/// record that cannot be read is refused, naming the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_journal_is_archived_and_the_command_goes_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(w) = World::new("j1", 25700) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    let journal = w.state.join("journal.jsonl");
+    let torn_files = || -> Vec<PathBuf> {
+        std::fs::read_dir(w.state.join("history"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .unwrap()
+                            .to_string_lossy()
+                            .starts_with("torn-")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let note = |out: &Output| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains("has no complete begin record"), "{err}");
+        assert!(!journal.exists(), "archived");
+    };
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let a = w.fx.head("main").unwrap();
+    let b = w.commit("main", "search", &[Edit::touch_service("search")]);
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+
+    // A begin record cut short: nothing to resume.
+    std::fs::write(&journal, r#"{"event":"begin","apply_id":"1-2-3","pl"#).unwrap();
+    let out = w.run(&["apply", "--resume", "--env", "staging"]);
+    let log = ok(&out);
+    note(&out);
+    assert!(log.contains("nothing to resume"), "{log}");
+    assert_eq!(w.live("staging", "search").as_deref(), Some(b.as_str()));
+
+    // An empty journal: no unfinished apply to roll back, so the last
+    // apply is rolled back as usual.
+    std::fs::write(&journal, "").unwrap();
+    let out = w.run(&["rollback", "--env", "staging", "--yes"]);
+    ok(&out);
+    note(&out);
+    assert_eq!(w.live("staging", "search").as_deref(), Some(a.as_str()));
+
+    // And a new apply starts.
+    std::fs::write(&journal, "{").unwrap();
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    ok(&out);
+    note(&out);
+    assert_eq!(w.live("staging", "search").as_deref(), Some(b.as_str()));
+
+    let torn = torn_files();
+    assert_eq!(torn.len(), 3, "{torn:?}");
+    for f in &torn {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", f.display());
+    }
+
+    // A complete record that is not one is no torn write: refused, and
+    // the file is left for a human.
+    w.commit("main", "search again", &[Edit::touch_service("search")]);
+    std::fs::write(&journal, "not a record\n").unwrap();
+    for args in [
+        &["apply", "--resume", "--env", "staging"][..],
+        &["rollback", "--env", "staging", "--yes"][..],
+        &["apply", "--env", "staging", "--yes"][..],
+    ] {
+        let out = w.run(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(code(&out), 1, "{args:?}: {err}");
+        assert!(err.contains("moorline::journal::corrupt"), "{err}");
+        assert!(err.contains("corrupt at line 1"), "{err}");
+        assert!(journal.exists());
+    }
+    assert_eq!(w.live("staging", "search").as_deref(), Some(b.as_str()));
+    w.all_ready(&sd).await;
+    w.stop_all(&sd).await;
+}
+
+/// An apply on a full state filesystem (a real one: a small tmpfs over the
+/// state directory, in a mount namespace of its own) fails before it does
+/// anything and leaves no journal behind; once space is freed, the next
+/// apply just runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_on_a_full_state_filesystem_leaves_no_journal() {
+    let Some(w) = World::new("j3", 25900) else {
+        return;
+    };
+    let probe = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=64k tmpfs /mnt",
+        ])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: cannot mount a tmpfs in a mount namespace here");
+        return;
+    }
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let b = w.commit("main", "search", &[Edit::touch_service("search")]);
+
+    let c = w.cmd(&["apply", "--env", "staging", "--yes"]);
+    let mut line = vec![format!("'{}'", c.get_program().to_string_lossy())];
+    line.extend(c.get_args().map(|a| format!("'{}'", a.to_string_lossy())));
+    let line = line.join(" ");
+    let script = format!(
+        r#"state="$1"; copy="$2"
+cp -a "$state" "$copy"
+mount -t tmpfs -o size=8m tmpfs "$state" || exit 99
+cp -a "$copy/." "$state/"
+dd if=/dev/zero of="$state/fill" bs=4k 2>/dev/null
+{line}
+echo "first exit $?"
+test -e "$state/journal.jsonl" && echo "a journal was left"
+rm "$state/fill"
+{line}
+echo "second exit $?"
+"#
+    );
+    let mut sh = std::process::Command::new("unshare");
+    sh.args(["--mount", "sh", "-c", &script, "sh"])
+        .arg(&w.state)
+        .arg(w.state.with_file_name("state-copy"))
+        .stdin(std::process::Stdio::null());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    let out = sh.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{stdout}\n--- stderr\n{stderr}");
+    assert!(stdout.contains("first exit 1"), "{all}");
+    assert!(stderr.contains("moorline::journal::write"), "{all}");
+    assert!(stderr.contains("No space left on device"), "{all}");
+    assert!(!stdout.contains("a journal was left"), "{all}");
+    assert!(stdout.contains("second exit 0"), "{all}");
+    assert_eq!(w.live("staging", "search").as_deref(), Some(b.as_str()));
+    w.all_ready(&sd).await;
+    w.stop_all(&sd).await;
+}

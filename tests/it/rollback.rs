@@ -315,3 +315,61 @@ async fn manual_rollback_puts_back_the_unit_file_the_last_apply_changed() {
     w.all_ready(&sd).await;
     w.stop_all(&sd).await;
 }
+
+/// The rollback of a failed first deploy stops what it started (there is
+/// no previous release). A stop that systemd refuses is a rollback
+/// problem (exit 4, the journal kept), never reported as rolled back; once
+/// the cause is gone, `rollback` finishes it from the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_deploy_rollback_reports_a_stop_that_fails() {
+    let Some(w) = World::new("j2", 25800) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    w.commit("main", "search crashes", &[Edit::crash_on_start("search")]);
+    // A unit file of the same name in a directory of lower priority
+    // (`$XDG_DATA_HOME/systemd/user`): moorline's own file hides it until
+    // the rollback removes that, then the manager loads it, and with it a
+    // stop that takes longer than its jobs may (result `timeout`).
+    let lower = w
+        .sandbox
+        .unit_dir()
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .join("data/systemd/user");
+    std::fs::create_dir_all(&lower).unwrap();
+    let lower = lower.join(w.unit("config"));
+    std::fs::write(
+        &lower,
+        "[Unit]\nJobTimeoutSec=1\n[Service]\nExecStart=/bin/sleep 1000\nExecStop=/bin/sleep 4\n",
+    )
+    .unwrap();
+
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 4, "{err}");
+    assert!(err.contains("rollback problem"), "{err}");
+    assert!(err.contains("config"), "{err}");
+    assert!(w.state.join("journal.jsonl").exists(), "kept for a retry");
+    assert!(err.contains("timeout"), "{err}");
+    // The other services were stopped and lost `current`.
+    assert_eq!(w.live("staging", "gateway"), None);
+
+    std::fs::remove_file(&lower).unwrap();
+    sd.daemon_reload().await.unwrap();
+    let out = w.run(&["rollback", "--env", "staging", "--yes"]);
+    let log = ok(&out);
+    assert!(log.contains("was rolled back from its journal"), "{log}");
+    assert!(!w.state.join("journal.jsonl").exists());
+    for s in &w.fx.services {
+        assert_eq!(w.live("staging", &s.name), None, "{}", s.name);
+        let st = sd.status(&w.unit(&s.name)).await;
+        assert!(
+            st.as_ref().map_or(true, |st| st.active_state != "active"),
+            "{} still runs: {st:?}",
+            s.name
+        );
+    }
+    w.stop_all(&sd).await;
+}
