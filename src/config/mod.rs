@@ -3,6 +3,7 @@
 //! problem in the file comes back at once, or a fully resolved config does.
 
 pub mod error;
+pub mod limits;
 pub mod model;
 mod raw;
 mod syntax;
@@ -11,34 +12,56 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 use kdl::KdlDocument;
-use miette::NamedSource;
 
 pub use error::{ConfigError, LocateError, Problem, ProblemKind};
 pub use model::*;
 
 /// Parses and checks configuration text; `name` is shown in diagnostics.
 pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
-    let mut problems = Vec::new();
-    let config = match KdlDocument::parse_v2(text) {
-        Ok(doc) => {
-            let raw = raw::read(&doc, text, &mut problems);
-            validate::validate(&raw, &mut problems)
+    let mut problems = limits::check(text);
+    let config = if problems.is_empty() {
+        match parse_kdl(text) {
+            Ok(doc) => {
+                let raw = raw::read(&doc, text, &mut problems);
+                validate::validate(&raw, &mut problems)
+            }
+            Err(e) => {
+                problems.extend(syntax::problems(text, e.diagnostics));
+                None
+            }
         }
-        Err(e) => {
-            problems.extend(syntax::problems(text, e.diagnostics));
-            None
-        }
+    } else {
+        None
     };
     match config {
         Some(c) if problems.is_empty() => Ok(c),
-        _ => {
-            problems.sort_by_key(|p| (p.span.offset(), p.kind.code()));
-            Err(ConfigError {
-                src: NamedSource::new(name, text.to_owned()),
-                problems,
-            })
-        }
+        _ => Err(ConfigError::new(name, text.to_owned(), problems)),
     }
+}
+
+/// Stack for kdl's parser. kdl recovers from a syntax error that ends a
+/// document early by parsing the rest as a new document, one level deeper
+/// each time: a file of 1,000,000 lines like `a )` recurses 1,000,000
+/// times (about 550 bytes of stack each, unoptimised). The limits in
+/// `limits` bound the file to 4 MiB, so at most ~4 million levels of which
+/// real files need none: the parse runs on its own thread whose stack is
+/// reserved (not used) up front, large enough for the worst case the size
+/// limit allows.
+const PARSE_STACK_BYTES: usize = 3 << 30;
+
+fn parse_kdl(text: &str) -> Result<KdlDocument, kdl::KdlError> {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("kdl-parse".to_owned())
+            .stack_size(PARSE_STACK_BYTES)
+            .spawn_scoped(scope, || KdlDocument::parse_v2(text))
+            .map_or_else(
+                // No address space for the stack: parse here (a file this
+                // small in stack needs is the common case).
+                |_| KdlDocument::parse_v2(text),
+                |h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            )
+    })
 }
 
 /// A configuration file read from disk, with its text (for fingerprints).
