@@ -44,6 +44,42 @@ pub enum ProblemKind {
 }
 
 impl ProblemKind {
+    /// Every kind, for checks that each code is documented.
+    pub const ALL: &[Self] = &[
+        Self::Syntax,
+        Self::UnknownNode,
+        Self::UnknownProperty,
+        Self::UnexpectedArgument,
+        Self::WrongType,
+        Self::MissingValue,
+        Self::Duplicate,
+        Self::PortConflict,
+        Self::PortRange,
+        Self::UnknownReference,
+        Self::DependencyCycle,
+        Self::LaterPhaseDependency,
+        Self::UnknownPlaceholder,
+        Self::InvalidName,
+        Self::UnsafePath,
+        Self::MissingBranch,
+        Self::EmptyCommand,
+        Self::InvalidDuration,
+        Self::InvalidValue,
+        Self::ControlCharacter,
+        Self::TooLarge,
+        Self::TooDeep,
+        Self::RelativeWorkingDirectory,
+        Self::UnitNameSuffix,
+        Self::UnitNameTooLong,
+        Self::UnitNameCharacters,
+        Self::SecondProject,
+        Self::UnsafeRoot,
+        Self::InvalidBranch,
+        Self::ExecPrefix,
+        Self::ProgramIsOption,
+        Self::HttpsHealth,
+    ];
+
     /// The stable code printed with the diagnostic (`moorline::config::...`).
     pub fn code(self) -> &'static str {
         match self {

@@ -16,6 +16,13 @@ pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
 /// A moorline file needs four levels (environment, backup, ...); kdl in a
 /// 2 MiB thread stack copes with several hundred.
 pub const MAX_DEPTH: usize = 64;
+/// The most places in a file where kdl cannot continue a node (a stray
+/// `)`, `}` or `=`, text after a block on its line). kdl resumes after each
+/// by parsing the rest of the file as a new document, one level of
+/// recursion deeper: a file of 100,000 lines `a )` overflows the stack.
+/// moorline counts them first (generously: some are not errors) and stops
+/// before kdl when there are more than this.
+pub const MAX_SUSPECTS: usize = 1000;
 
 /// Problems that stop the file from being handed to kdl at all.
 pub fn check(text: &str) -> Vec<Problem> {
@@ -32,30 +39,42 @@ pub fn check(text: &str) -> Vec<Problem> {
             "a configuration describes services, not data: keep large values in files on the host (env-file) and out of the KDL",
         )];
     }
-    scan(text).into_iter().collect()
+    scan(text).err().into_iter().collect()
 }
 
-/// Where a `{` or `/*` opens the (MAX_DEPTH + 1)-th level, if anywhere.
-fn scan(text: &str) -> Option<Problem> {
+/// Where a `{` or `/*` opens the (MAX_DEPTH + 1)-th level, or where the
+/// (MAX_SUSPECTS + 1)-th place kdl cannot continue a node is, if anywhere.
+/// Otherwise: how many such places there are.
+fn scan(text: &str) -> Result<usize, Problem> {
     let b = text.as_bytes();
     let mut i = 0;
     let mut blocks = 0usize;
     // `/-` comments out what follows, which may be another `/-`: kdl
     // recurses once per `/-` in a row.
     let mut slashdashes = 0usize;
+    let mut suspects = 0usize;
+    // Where an unclosed `(` of a type annotation is.
+    let mut paren: Option<usize> = None;
+    // Where in a node the scan is: before its name, in it, or after it.
+    let mut place = Place::Start;
     while i < b.len() {
         if !matches!(b[i], b' ' | b'\t' | b'\n' | b'\r' | b'/') {
             slashdashes = 0;
         }
+        let at = i;
+        let mut suspect = false;
         match b[i] {
             b'{' => {
                 blocks += 1;
                 if blocks > MAX_DEPTH {
-                    return Some(too_deep(i, 1, "blocks `{`"));
+                    return Err(too_deep(i, 1, "blocks `{`"));
                 }
+                // A block needs a node name before it.
+                suspect = paren.take().is_some() || place == Place::Start;
                 i += 1;
             }
             b'}' => {
+                suspect = paren.take().is_some() || blocks == 0 || !ends_node(b, i + 1);
                 blocks = blocks.saturating_sub(1);
                 i += 1;
             }
@@ -66,22 +85,167 @@ fn scan(text: &str) -> Option<Problem> {
                     .map_or(b.len(), |n| i + n);
             }
             b'/' if b.get(i + 1) == Some(&b'-') => {
+                // What it comments out must follow (kdl allows a newline
+                // in between, counted here all the same).
+                let next = b[i + 2..].iter().find(|c| !matches!(c, b' ' | b'\t'));
+                suspect = matches!(next, None | Some(b';' | b'}' | b'\n' | b'\r'));
                 slashdashes += 1;
                 if slashdashes > MAX_DEPTH {
-                    return Some(too_deep(i, 2, "slashdash comments `/-` in a row"));
+                    return Err(too_deep(i, 2, "slashdash comments `/-` in a row"));
                 }
                 i += 2;
             }
             b'/' if b.get(i + 1) == Some(&b'*') => match comment_end(b, i) {
                 Ok(end) => i = end,
-                Err(at) => return Some(too_deep(at, 2, "comments `/*`")),
+                Err(at) => return Err(too_deep(at, 2, "comments `/*`")),
             },
-            b'"' => i = quoted_end(b, i),
-            b'#' => i = raw_end(b, i),
+            b'"' => {
+                // Two values need a space between them: `1"s"`.
+                suspect = i
+                    .checked_sub(1)
+                    .and_then(|p| b.get(p))
+                    .is_some_and(|c| !(c.is_ascii_whitespace() || b"(){};=\\".contains(c)));
+                i = quoted_end(b, i);
+            }
+            b'#' => {
+                let end = raw_end(b, i);
+                // Not a raw string: a keyword, followed by a delimiter.
+                suspect = end == i + 1 && !keyword(b, i);
+                i = end;
+            }
+            b'(' => {
+                suspect = paren.replace(i).is_some() || !token_start(b, i);
+                i += 1;
+            }
+            b')' => {
+                suspect = paren.take().is_none() || !starts_value(b.get(i + 1).copied());
+                i += 1;
+            }
+            b'=' => {
+                let next = b.get(i + 1).copied();
+                // A node name is not a property key (`"a"=1` on its own).
+                suspect = place != Place::Rest
+                    || !after_key(b, i)
+                    || !(starts_value(next) || next == Some(b'('));
+                i += 1;
+            }
+            b'\\' => {
+                suspect = !ends_node(b, i + 1);
+                i += 1;
+            }
+            b'[' | b']' | b'/' => {
+                suspect = true;
+                i += 1;
+            }
+            b' ' | b'\t' | b'\n' | b'\r' | b';' => {
+                suspect = paren.take().is_some();
+                i += 1;
+            }
+            // A bare word that looks like a number but is not one (`.5`).
+            b'.' | b'+' | b'-' if token_start(b, i) => {
+                let digits = b.get(i + 1..).unwrap_or_default();
+                let digits = if b[i] == b'.' {
+                    digits
+                } else {
+                    digits.strip_prefix(b".").unwrap_or_default()
+                };
+                suspect = digits.first().is_some_and(u8::is_ascii_digit);
+                i += 1;
+            }
             _ => i += 1,
         }
+        place = match (b[at], place) {
+            (b'\n' | b'\r' | b';' | b'{' | b'}', _) => Place::Start,
+            (b' ' | b'\t', Place::Name) => Place::Rest,
+            (b' ' | b'\t', p) => p,
+            (b'/', p) if matches!(b.get(at + 1), Some(b'/' | b'*')) => p,
+            (_, Place::Start) => Place::Name,
+            (_, p) => p,
+        };
+        if suspect {
+            suspects += 1;
+            if suspects > MAX_SUSPECTS {
+                return Err(Problem::new(
+                    ProblemKind::Syntax,
+                    SourceSpan::from((at, 1)),
+                    format!("more than {MAX_SUSPECTS} places in this file are not valid KDL"),
+                    "moorline stops reading here",
+                    "this does not look like a moorline configuration; fix the first syntax errors (`moorline validate` on the start of the file shows them)",
+                ));
+            }
+        }
     }
-    None
+    Ok(suspects + usize::from(paren.is_some()))
+}
+
+/// Where the scan is in a node.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Before its name (only spaces since the last node ended).
+    Start,
+    /// In its name (or type annotation).
+    Name,
+    /// After its name: arguments, properties, children.
+    Rest,
+}
+
+/// Whether what follows offset `i` (after spaces) ends a node: a newline,
+/// `;`, a comment or slashdash, a closing `}`, or the end of the file.
+fn ends_node(b: &[u8], i: usize) -> bool {
+    let rest = b.get(i..).unwrap_or_default();
+    let next = rest.iter().find(|c| !matches!(c, b' ' | b'\t'));
+    matches!(next, None | Some(b'\n' | b'\r' | b';' | b'}' | b'/'))
+}
+
+/// Whether `c` can start a value or a name right after a type annotation.
+fn starts_value(c: Option<u8>) -> bool {
+    c.is_some_and(|c| {
+        c.is_ascii_alphanumeric()
+            || matches!(c, b'"' | b'#' | b'-' | b'+' | b'.' | b'_')
+            || c >= 0x80
+    })
+}
+
+/// Whether the `=` at `i` follows a property key: a quoted or raw string,
+/// or a bare word that is not a number or a keyword.
+fn after_key(b: &[u8], i: usize) -> bool {
+    let Some(&prev) = i.checked_sub(1).and_then(|p| b.get(p)) else {
+        return false;
+    };
+    if matches!(prev, b'"' | b'#') {
+        return true;
+    }
+    let start = b[..i]
+        .iter()
+        .rposition(|c| c.is_ascii_whitespace() || b"(){}[];=\"/\\".contains(c))
+        .map_or(0, |p| p + 1);
+    let word = |c: u8| c.is_ascii_alphabetic() || c == b'_' || c >= 0x80;
+    match b[start..i] {
+        [c, ..] if word(c) => true,
+        [b'+' | b'-' | b'.', c, ..] => word(c) || c == b'-',
+        _ => false,
+    }
+}
+
+/// Whether a KDL v2 keyword (`#true`, `#null`, `#-inf`, ...) starts at `i`
+/// and ends where a value may end.
+fn keyword(b: &[u8], i: usize) -> bool {
+    let rest = b.get(i..).unwrap_or_default();
+    ["#true", "#false", "#null", "#inf", "#-inf", "#nan"]
+        .iter()
+        .any(|k| {
+            rest.starts_with(k.as_bytes())
+                && rest
+                    .get(k.len())
+                    .is_none_or(|c| c.is_ascii_whitespace() || b";)}/=".contains(c))
+        })
+}
+
+/// Whether offset `i` starts a bare word.
+fn token_start(b: &[u8], i: usize) -> bool {
+    i.checked_sub(1)
+        .and_then(|p| b.get(p))
+        .is_none_or(|c| c.is_ascii_whitespace() || b"(){}[];=".contains(c))
 }
 
 fn too_deep(at: usize, len: usize, what: &str) -> Problem {
@@ -170,7 +334,7 @@ mod tests {
     use super::*;
 
     fn depth_problem(text: &str) -> Option<(usize, String)> {
-        scan(text).map(|p| (p.span.offset(), p.message))
+        scan(text).err().map(|p| (p.span.offset(), p.message))
     }
 
     #[test]
@@ -234,6 +398,70 @@ mod tests {
         assert!(msg.contains("slashdash"), "{msg}");
         let apart = "/- a\n".repeat(10_000);
         assert_eq!(depth_problem(&apart), None);
+    }
+
+    #[test]
+    fn valid_files_have_no_suspects() {
+        let pakashop = include_str!("../../pakashop.kdl");
+        assert_eq!(scan(pakashop).ok(), Some(0));
+        for text in [
+            "a x=1 \"y\"=2 #\"z\"#=3 secret=#true",
+            "a #true #false #null #inf #-inf #nan x=#true;b #null",
+            "a (t)1 (t)\"s\" x=(u)#true",
+            "a {\n  b; c {}\n} /-{ d }\n",
+            "a 1 \\\n  2 \\ // continued\n  3",
+            "a { b }; c { d } // done",
+            "a -1 +2 0.5 -x=1",
+        ] {
+            assert_eq!(scan(text).ok(), Some(0), "{text}");
+        }
+    }
+
+    #[test]
+    fn places_where_kdl_recurses_are_suspects() {
+        // Each of these, repeated on 100,000 lines, overflowed kdl's stack.
+        for line in [
+            "a )",
+            "a =",
+            "a x==",
+            "a 1=2",
+            "a #true=1",
+            "a [",
+            "a ]",
+            "a /",
+            "}",
+            "a {}x",
+            "a {} {}",
+            "a (t)(t)",
+            "a (t);",
+            "a (t)",
+            "a \\ x",
+            "a (",
+            "a \"x\")",
+            "x=",
+            "x= 1",
+            "a x=+=1",
+            "a /- ;",
+            "a .5",
+            "a -.5",
+            "{}",
+            "\t {} ",
+            "x=1\"s\"",
+            "\"a\"=1",
+            "xx=#true",
+            "# #inf, : ",
+            "a #inf,",
+            "$(t)\"a\"=1//",
+            "+ /- x=#true#true ",
+        ] {
+            let n = scan(line).unwrap_or(usize::MAX);
+            assert!(n >= 1, "{line}: {n}");
+        }
+        let many = "a )\n".repeat(MAX_SUSPECTS + 1);
+        let p = check(&many);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].kind, ProblemKind::Syntax);
+        assert_eq!(p[0].span.offset(), MAX_SUSPECTS * 4 + 2);
     }
 
     #[test]

@@ -40,14 +40,13 @@ pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
 }
 
 /// Stack for kdl's parser. kdl recovers from a syntax error that ends a
-/// document early by parsing the rest as a new document, one level deeper
-/// each time: a file of 1,000,000 lines like `a )` recurses 1,000,000
-/// times (about 550 bytes of stack each, unoptimised). The limits in
-/// `limits` bound the file to 4 MiB, so at most ~4 million levels of which
-/// real files need none: the parse runs on its own thread whose stack is
-/// reserved (not used) up front, large enough for the worst case the size
-/// limit allows.
-const PARSE_STACK_BYTES: usize = 3 << 30;
+/// node early by parsing the rest of the file as a new document, one level
+/// deeper each time (about 550 bytes of stack per level, unoptimised): a
+/// file of 100,000 lines `a )` overflowed the main thread's 8 MiB.
+/// `limits` stops files with more than 1000 such places before kdl sees
+/// them; this stack (reserved, used only as deep as the parse goes) is the
+/// backstop for a kind of place that count misses: ~450,000 levels.
+const PARSE_STACK_BYTES: usize = 256 << 20;
 
 fn parse_kdl(text: &str) -> Result<KdlDocument, kdl::KdlError> {
     std::thread::scope(|scope| {

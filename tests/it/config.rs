@@ -549,3 +549,21 @@ fn thousands(n: usize) -> String {
     }
     out
 }
+
+#[test]
+fn every_problem_code_is_in_config_md() {
+    let doc = std::fs::read_to_string(manifest_dir().join("docs/config.md")).unwrap();
+    let missing: Vec<&str> = config::ProblemKind::ALL
+        .iter()
+        .map(|k| k.code())
+        .chain([
+            "moorline::config::invalid",
+            "moorline::config::more_problems",
+        ])
+        .filter(|code| !doc.contains(&format!("`{code}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "codes not in docs/config.md: {missing:?}"
+    );
+}
