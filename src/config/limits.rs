@@ -10,8 +10,9 @@ use miette::SourceSpan;
 
 use super::error::{Problem, ProblemKind, thousands};
 
-/// The largest configuration file moorline reads (Pakashop's is ~10 KB).
-pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
+/// The largest configuration file moorline reads (Pakashop's is ~10 KB;
+/// 100,000 services take ~10 MB).
+pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 /// The deepest nesting of `{` blocks, and separately of `/*` comments.
 /// A moorline file needs four levels (environment, backup, ...); kdl in a
 /// 2 MiB thread stack copes with several hundred.
@@ -57,6 +58,8 @@ fn scan(text: &str) -> Result<usize, Problem> {
     let mut paren: Option<usize> = None;
     // Where in a node the scan is: before its name, in it, or after it.
     let mut place = Place::Start;
+    // Where the last quoted or raw string began.
+    let mut string_start = 0usize;
     while i < b.len() {
         if !matches!(b[i], b' ' | b'\t' | b'\n' | b'\r' | b'/') {
             slashdashes = 0;
@@ -101,6 +104,7 @@ fn scan(text: &str) -> Result<usize, Problem> {
             },
             b'"' => {
                 // Two values need a space between them: `1"s"`.
+                string_start = i;
                 suspect = i
                     .checked_sub(1)
                     .and_then(|p| b.get(p))
@@ -109,6 +113,7 @@ fn scan(text: &str) -> Result<usize, Problem> {
             }
             b'#' => {
                 let end = raw_end(b, i);
+                string_start = i;
                 // Not a raw string: a keyword, followed by a delimiter.
                 suspect = end == i + 1 && !keyword(b, i);
                 i = end;
@@ -125,7 +130,7 @@ fn scan(text: &str) -> Result<usize, Problem> {
                 let next = b.get(i + 1).copied();
                 // A node name is not a property key (`"a"=1` on its own).
                 suspect = place != Place::Rest
-                    || !after_key(b, i)
+                    || !after_key(b, i, string_start)
                     || !(starts_value(next) || next == Some(b'('));
                 i += 1;
             }
@@ -208,12 +213,16 @@ fn starts_value(c: Option<u8>) -> bool {
 
 /// Whether the `=` at `i` follows a property key: a quoted or raw string,
 /// or a bare word that is not a number or a keyword.
-fn after_key(b: &[u8], i: usize) -> bool {
+fn after_key(b: &[u8], i: usize, string_start: usize) -> bool {
     let Some(&prev) = i.checked_sub(1).and_then(|p| b.get(p)) else {
         return false;
     };
     if matches!(prev, b'"' | b'#') {
-        return true;
+        // A string key stands on its own, not after `=` or a type.
+        return string_start
+            .checked_sub(1)
+            .and_then(|p| b.get(p))
+            .is_none_or(u8::is_ascii_whitespace);
     }
     let start = b[..i]
         .iter()
@@ -453,6 +462,8 @@ mod tests {
             "a #inf,",
             "$(t)\"a\"=1//",
             "+ /- x=#true#true ",
+            "a x=(t)\"a\"=1",
+            "a x=\"a\"=1",
         ] {
             let n = scan(line).unwrap_or(usize::MAX);
             assert!(n >= 1, "{line}: {n}");

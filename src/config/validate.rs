@@ -107,11 +107,12 @@ fn has_control(s: &str) -> bool {
 }
 
 /// Whether git accepts `b` as a branch name (git-check-ref-format(1) for
-/// `refs/heads/<b>`, plus git's own refusals of `-x` and `HEAD`).
+/// `refs/heads/<b>`, plus git's own refusals of `-x`, `HEAD` and `@`).
 fn is_valid_branch(b: &str) -> bool {
     !b.is_empty()
         && !b.starts_with('-')
         && b != "HEAD"
+        && b != "@"
         && git2::Reference::is_valid_name(&format!("refs/heads/{b}"))
 }
 
@@ -1298,5 +1299,83 @@ fn merge_unit(runtime: Option<&RawUnit>, own: Option<&RawUnit>) -> RawUnit {
         after: base.after.iter().chain(&own.after).cloned().collect(),
         wants: base.wants.iter().chain(&own.wants).cloned().collect(),
         wanted_by: pick(&own.wanted_by, &base.wanted_by),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branch_names_follow_git() {
+        for (b, ok) in [
+            ("main", true),
+            ("production", true),
+            ("release/2024-05", true),
+            ("feature/a.b", true),
+            ("", false),
+            ("a:b", false),
+            ("main.lock", false),
+            ("main~1", false),
+            ("main^", false),
+            ("a..b", false),
+            ("..", false),
+            ("@{-1}", false),
+            ("@", false),
+            ("my branch", false),
+            ("-main", false),
+            ("feature/", false),
+            ("main.", false),
+            ("a//b", false),
+            (".hidden", false),
+            ("a/.b", false),
+            ("a?b", false),
+            ("a*b", false),
+            ("a[b", false),
+            ("a\\b", false),
+            ("HEAD", false),
+        ] {
+            assert_eq!(is_valid_branch(b), ok, "{b:?}");
+        }
+    }
+
+    #[test]
+    fn roots_that_cannot_hold_releases() {
+        for (root, ok) in [
+            ("/opt/pakashop", true),
+            ("/srv/shop", true),
+            ("/var/lib/shop", true),
+            ("/home/deploy/app", true),
+            ("/", false),
+            ("//", false),
+            ("/etc", false),
+            ("/etc/shop", false),
+            ("/usr/local/shop", false),
+            ("/proc/1", false),
+            ("/var", false),
+            ("/opt/", false),
+            ("/tmp", false),
+        ] {
+            assert_eq!(unsafe_root(root).is_none(), ok, "{root}");
+        }
+    }
+
+    #[test]
+    fn unit_name_faults() {
+        let long = format!("{}.service", "a".repeat(UNIT_NAME_MAX - 7));
+        for (name, fault) in [
+            ("shop-api.service", None),
+            ("a@b.service", None),
+            ("x:y.target", None),
+            ("shop-api", Some(UnitNameFault::NoSuffix)),
+            (".service", Some(UnitNameFault::NoSuffix)),
+            ("shop api.service", Some(UnitNameFault::Characters)),
+            ("a/b.service", Some(UnitNameFault::Characters)),
+            ("caf\u{e9}.service", Some(UnitNameFault::Characters)),
+            (long.as_str(), Some(UnitNameFault::TooLong)),
+            (&long[1..], None),
+        ] {
+            assert_eq!(unit_name_fault(name), fault, "{name}");
+        }
     }
 }
