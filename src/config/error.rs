@@ -2,8 +2,9 @@
 //! span it is about and a help line; `ConfigError` carries all of them at once.
 
 use std::fmt;
+use std::sync::OnceLock;
 
-use miette::{Diagnostic, LabeledSpan, NamedSource, SourceSpan};
+use miette::{Diagnostic, LabeledSpan, MietteSpanContents, SourceSpan};
 
 /// What went wrong; each kind maps to one stable diagnostic code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +28,58 @@ pub enum ProblemKind {
     EmptyCommand,
     InvalidDuration,
     InvalidValue,
+    ControlCharacter,
+    TooLarge,
+    TooDeep,
+    RelativeWorkingDirectory,
+    UnitNameSuffix,
+    UnitNameTooLong,
+    UnitNameCharacters,
+    SecondProject,
+    UnsafeRoot,
+    InvalidBranch,
+    ExecPrefix,
+    ProgramIsOption,
+    HttpsHealth,
 }
 
 impl ProblemKind {
+    /// Every kind, for checks that each code is documented.
+    pub const ALL: &[Self] = &[
+        Self::Syntax,
+        Self::UnknownNode,
+        Self::UnknownProperty,
+        Self::UnexpectedArgument,
+        Self::WrongType,
+        Self::MissingValue,
+        Self::Duplicate,
+        Self::PortConflict,
+        Self::PortRange,
+        Self::UnknownReference,
+        Self::DependencyCycle,
+        Self::LaterPhaseDependency,
+        Self::UnknownPlaceholder,
+        Self::InvalidName,
+        Self::UnsafePath,
+        Self::MissingBranch,
+        Self::EmptyCommand,
+        Self::InvalidDuration,
+        Self::InvalidValue,
+        Self::ControlCharacter,
+        Self::TooLarge,
+        Self::TooDeep,
+        Self::RelativeWorkingDirectory,
+        Self::UnitNameSuffix,
+        Self::UnitNameTooLong,
+        Self::UnitNameCharacters,
+        Self::SecondProject,
+        Self::UnsafeRoot,
+        Self::InvalidBranch,
+        Self::ExecPrefix,
+        Self::ProgramIsOption,
+        Self::HttpsHealth,
+    ];
+
     /// The stable code printed with the diagnostic (`moorline::config::...`).
     pub fn code(self) -> &'static str {
         match self {
@@ -52,6 +102,19 @@ impl ProblemKind {
             Self::EmptyCommand => "moorline::config::empty_command",
             Self::InvalidDuration => "moorline::config::invalid_duration",
             Self::InvalidValue => "moorline::config::invalid_value",
+            Self::ControlCharacter => "moorline::config::control_character",
+            Self::TooLarge => "moorline::config::too_large",
+            Self::TooDeep => "moorline::config::too_deep",
+            Self::RelativeWorkingDirectory => "moorline::config::relative_working_directory",
+            Self::UnitNameSuffix => "moorline::config::unit_name_suffix",
+            Self::UnitNameTooLong => "moorline::config::unit_name_too_long",
+            Self::UnitNameCharacters => "moorline::config::unit_name_characters",
+            Self::SecondProject => "moorline::config::second_project",
+            Self::UnsafeRoot => "moorline::config::unsafe_root",
+            Self::InvalidBranch => "moorline::config::invalid_branch",
+            Self::ExecPrefix => "moorline::config::exec_prefix",
+            Self::ProgramIsOption => "moorline::config::program_is_option",
+            Self::HttpsHealth => "moorline::config::https_health",
         }
     }
 }
@@ -79,19 +142,62 @@ impl Problem {
     ) -> Self {
         Self {
             kind,
-            message: message.into(),
+            message: bounded(&message.into()),
             span,
-            label: label.into(),
-            help: help.into(),
+            label: bounded(&label.into()),
+            help: bounded(&help.into()),
             also: Vec::new(),
         }
     }
 
+    /// Adds an explaining span; after [`MAX_ALSO`] of them (a cycle through
+    /// a whole fleet) the rest are left out.
     #[must_use]
     pub fn also(mut self, span: SourceSpan, label: impl Into<String>) -> Self {
-        self.also.push((span, label.into()));
+        if self.also.len() < MAX_ALSO {
+            self.also.push((span, bounded(&label.into())));
+        }
         self
     }
+}
+
+/// A value quoted in a message (between backticks) is shown up to this
+/// many characters, then `…`.
+pub const MAX_SHOWN_VALUE: usize = 60;
+/// Explaining spans kept per problem.
+pub const MAX_ALSO: usize = 20;
+/// A message, label or help line is cut after this many characters.
+pub const MAX_TEXT: usize = 400;
+
+/// `text` made safe and short for a terminal: control characters escaped
+/// (`\n`, `\u{1b}`), each backtick-quoted value elided after
+/// [`MAX_SHOWN_VALUE`] characters, the whole cut after [`MAX_TEXT`].
+/// Every text of a problem goes through here, so a hostile value can
+/// neither draw on the terminal nor flood it.
+pub fn bounded(text: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in text.split('`').enumerate() {
+        if i > 0 {
+            out.push('`');
+        }
+        let quoted = i % 2 == 1;
+        for (shown, c) in part.chars().enumerate() {
+            if quoted && shown == MAX_SHOWN_VALUE {
+                out.push('…');
+                break;
+            }
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    if out.chars().count() > MAX_TEXT {
+        out = out.chars().take(MAX_TEXT).collect();
+        out.push('…');
+    }
+    out
 }
 
 impl fmt::Display for Problem {
@@ -125,18 +231,69 @@ impl Diagnostic for Problem {
     }
 }
 
+/// At most this many problems are rendered; the rest are counted.
+pub const MAX_PROBLEMS_SHOWN: usize = 50;
+/// A source line longer than this is shown as a window around the label.
+const MAX_CONTEXT_BYTES: usize = 2048;
+/// Bytes of a long line shown before and after a label.
+const WINDOW_BYTES: usize = 120;
+/// A single-line label longer than this is shortened to its start.
+const MAX_LABEL_BYTES: usize = 256;
+
 /// A configuration file that could not be loaded: every problem found in it.
 #[derive(Debug)]
 pub struct ConfigError {
-    pub src: NamedSource<String>,
+    pub src: Source,
     pub problems: Vec<Problem>,
+    more: Option<MoreProblems>,
+}
+
+impl ConfigError {
+    /// Problems in file order; labels on long lines shortened so that
+    /// rendering stays bounded.
+    pub fn new(name: &str, text: String, mut problems: Vec<Problem>) -> Self {
+        problems.sort_by_key(|p| (p.span.offset(), p.kind.code()));
+        for p in &mut problems {
+            p.span = short_label(&text, p.span);
+            for (span, _) in &mut p.also {
+                *span = short_label(&text, *span);
+            }
+        }
+        let more = (problems.len() > MAX_PROBLEMS_SHOWN).then(|| MoreProblems {
+            count: problems.len() - MAX_PROBLEMS_SHOWN,
+        });
+        Self {
+            src: Source::new(name, text),
+            problems,
+            more,
+        }
+    }
+}
+
+/// `span` cut to its first [`MAX_SHOWN_VALUE`] characters when it is one
+/// long line (a huge value), so its label can be drawn under a window.
+fn short_label(text: &str, span: SourceSpan) -> SourceSpan {
+    let start = span.offset().min(text.len());
+    let end = (start + span.len()).min(text.len());
+    let Some(covered) = text.get(start..end) else {
+        return span;
+    };
+    if covered.len() <= MAX_LABEL_BYTES || covered.contains('\n') {
+        return span;
+    }
+    let len: usize = covered
+        .chars()
+        .take(MAX_SHOWN_VALUE)
+        .map(char::len_utf8)
+        .sum();
+    SourceSpan::from((start, len))
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.problems.len() {
-            1 => write!(f, "{} has 1 problem", self.src.name()),
-            n => write!(f, "{} has {n} problems", self.src.name()),
+            1 => write!(f, "{} has 1 problem", self.src.name),
+            n => write!(f, "{} has {} problems", self.src.name, thousands(n)),
         }
     }
 }
@@ -153,8 +310,155 @@ impl Diagnostic for ConfigError {
     }
 
     fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {
-        Some(Box::new(self.problems.iter().map(|p| p as &dyn Diagnostic)))
+        let shown = self
+            .problems
+            .iter()
+            .take(MAX_PROBLEMS_SHOWN)
+            .map(|p| p as &dyn Diagnostic);
+        let more = self.more.iter().map(|m| m as &dyn Diagnostic);
+        Some(Box::new(shown.chain(more)))
     }
+}
+
+/// The line after the first [`MAX_PROBLEMS_SHOWN`] problems.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("and {} more problems", thousands(*count))]
+#[diagnostic(
+    code(moorline::config::more_problems),
+    help("fix the problems above and run `moorline validate` again to see the rest")
+)]
+struct MoreProblems {
+    count: usize,
+}
+
+/// `n` with `,` between thousands: 99,950.
+pub(crate) fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// The configuration text as diagnostics see it: named, and read in
+/// bounded pieces. A label on a very long line (a 4 MB value on one line)
+/// is shown with a window of the line around it, not the whole line.
+#[derive(Debug)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+    /// Where each line starts, computed on first use for a large text.
+    line_starts: OnceLock<Vec<usize>>,
+}
+
+/// Texts up to this size are read the way miette reads any string.
+const SMALL_TEXT: usize = 64 * 1024;
+
+impl Source {
+    pub fn new(name: &str, text: String) -> Self {
+        Self {
+            name: name.to_owned(),
+            text,
+            line_starts: OnceLock::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn line_starts(&self) -> &[usize] {
+        self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(
+                    self.text
+                        .bytes()
+                        .enumerate()
+                        .filter(|(_, b)| *b == b'\n')
+                        .map(|(i, _)| i + 1),
+                )
+                .collect()
+        })
+    }
+
+    /// A bounded piece of a large text around `span`, in linear time once
+    /// and logarithmic time per label after that.
+    fn piece(&self, span: &SourceSpan, before: usize, after: usize) -> MietteSpanContents<'_> {
+        let text = self.text.as_str();
+        let ls = self.line_starts();
+        let line_of = |at: usize| ls.partition_point(|s| *s <= at).saturating_sub(1);
+        let line_end = |line: usize| ls.get(line + 1).map_or(text.len(), |n| n - 1);
+        let start = floor_boundary(text, span.offset());
+        let end = floor_boundary(text, span.offset() + span.len()).max(start);
+        let first = line_of(start);
+        let last = line_of(end.saturating_sub(1).max(start));
+        let column = start - ls[first];
+        let from_line = first.saturating_sub(before);
+        let to_line = (last + after).min(ls.len() - 1);
+        let (from, to) = (ls[from_line], line_end(to_line));
+        if to - from <= MAX_CONTEXT_BYTES {
+            return MietteSpanContents::new_named(
+                self.name.clone(),
+                &text.as_bytes()[from..to],
+                SourceSpan::from((from, to - from)),
+                from_line,
+                column,
+                to_line - from_line + 1,
+            );
+        }
+        let from = floor_boundary(text, start.saturating_sub(WINDOW_BYTES).max(ls[first]));
+        let to = floor_boundary(
+            text,
+            (start + span.len().min(MAX_LABEL_BYTES) + WINDOW_BYTES).min(line_end(first)),
+        )
+        .max(from);
+        MietteSpanContents::new_named(
+            self.name.clone(),
+            &text.as_bytes()[from..to],
+            SourceSpan::from((from, to - from)),
+            first,
+            column,
+            1,
+        )
+    }
+}
+
+impl miette::SourceCode for Source {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        if self.text.len() > SMALL_TEXT {
+            return Ok(Box::new(self.piece(span, before, after)));
+        }
+        let inner = self.text.read_span(span, before, after)?;
+        if inner.data().len() > MAX_CONTEXT_BYTES {
+            return Ok(Box::new(self.piece(span, before, after)));
+        }
+        Ok(Box::new(MietteSpanContents::new_named(
+            self.name.clone(),
+            inner.data(),
+            *inner.span(),
+            inner.line(),
+            inner.column(),
+            inner.line_count(),
+        )))
+    }
+}
+
+/// The byte offset nearest at or below `i` that is a char boundary.
+fn floor_boundary(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
 }
 
 /// Errors that happen before there is a file to point into.
@@ -211,6 +515,27 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounded_texts() {
+        let long = "x".repeat(1000);
+        for (text, want) in [
+            ("plain `value` text", "plain `value` text".to_owned()),
+            ("`a\nb` and \r\0", "`a\\nb` and \\r\\u{0}".to_owned()),
+            ("\u{1b}[31m", "\\u{1b}[31m".to_owned()),
+            (
+                &format!("name `{long}` is bad"),
+                format!("name `{}…` is bad", "x".repeat(MAX_SHOWN_VALUE)),
+            ),
+            ("`ééé`", "`ééé`".to_owned()),
+            ("odd ` backtick", "odd ` backtick".to_owned()),
+        ] {
+            assert_eq!(bounded(text), want, "{text:.80}");
+        }
+        let flood = bounded(&long);
+        assert_eq!(flood.chars().count(), MAX_TEXT + 1);
+        assert!(flood.ends_with('…'));
+    }
 
     #[test]
     fn suggestions() {

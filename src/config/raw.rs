@@ -255,6 +255,17 @@ fn args(node: &KdlNode) -> impl Iterator<Item = &KdlEntry> {
     node.entries().iter().filter(|e| e.name().is_none())
 }
 
+/// How a control character is named in a message.
+fn describe_control(c: char) -> String {
+    match c {
+        '\n' => "a newline (\\n)".to_owned(),
+        '\r' => "a carriage return (\\r)".to_owned(),
+        '\t' => "a tab (\\t)".to_owned(),
+        '\0' => "a NUL character (\\0)".to_owned(),
+        c => format!("the control character U+{:04X}", u32::from(c)),
+    }
+}
+
 fn type_name(v: &KdlValue) -> &'static str {
     match v {
         KdlValue::String(_) => "a string",
@@ -318,7 +329,37 @@ impl Reader<'_, '_> {
     }
 
     fn string_value(&mut self, node: &KdlNode, e: &KdlEntry, what: &str) -> Option<Str> {
+        self.string_value_in(node, e, what, false)
+    }
+
+    /// A string value, checked for control characters: none is allowed
+    /// (a value lands in unit files, plans and logs, where a newline starts
+    /// a new setting or line), except tabs where `tabs` is set.
+    fn string_value_in(
+        &mut self,
+        node: &KdlNode,
+        e: &KdlEntry,
+        what: &str,
+        tabs: bool,
+    ) -> Option<Str> {
         if let KdlValue::String(s) = e.value() {
+            if let Some(c) = s.chars().find(|c| c.is_control() && !(tabs && *c == '\t')) {
+                let place = match e.name() {
+                    Some(key) => format!("`{} {}`", node.name().value(), key.value()),
+                    None => format!("`{}`", node.name().value()),
+                };
+                self.push(Problem::new(
+                    ProblemKind::ControlCharacter,
+                    e.span(),
+                    format!("the value of {place} contains {}", describe_control(c)),
+                    "control character in this value",
+                    if tabs {
+                        "remove it: a newline or other control character could start a new line in a plan or log; pass separate lines as separate arguments"
+                    } else {
+                        "remove it: values are written into unit files, plans and logs, where a newline or other control character starts a new setting or line (tabs are allowed only in build, migrate, backup and check commands)"
+                    },
+                ));
+            }
             let mut v = Spanned::new(s.clone(), e.span());
             v.content = verbatim_start(self.text, e, s);
             Some(v)
@@ -498,8 +539,11 @@ impl Reader<'_, '_> {
         let mut allowed = vec!["timeout"];
         allowed.extend_from_slice(extra_props);
         self.check_props(node, &allowed);
+        // A tab in an argv word is harmless, except in `exec`, which is
+        // written into the unit file's ExecStart= line.
+        let tabs = node.name().value() != "exec";
         let argv: Vec<Str> = args(node)
-            .filter_map(|e| self.string_value(node, e, "each argument"))
+            .filter_map(|e| self.string_value_in(node, e, "each argument", tabs))
             .collect();
         let timeout = node
             .entries()

@@ -41,20 +41,16 @@ pub fn problems(text: &str, diagnostics: Vec<KdlDiagnostic>) -> Vec<Problem> {
     // One problem per line: what follows a broken value on the same line
     // is kdl resynchronising, not a second mistake.
     all.sort_by_key(|p| p.span.offset());
-    let mut kept: Vec<Problem> = Vec::new();
-    for p in all {
-        let line = line_of(text, p.span.offset());
-        if kept.iter().any(|k| line_of(text, k.span.offset()) == line) {
-            continue;
-        }
-        kept.push(p);
-    }
-    kept
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset)
-        .map_or(0, |t| t.bytes().filter(|b| *b == b'\n').count())
+    let line_starts: Vec<usize> = text
+        .bytes()
+        .enumerate()
+        .filter(|(_, b)| *b == b'\n')
+        .map(|(i, _)| i + 1)
+        .collect();
+    let line_of = |offset: usize| line_starts.partition_point(|s| *s <= offset);
+    let mut lines = std::collections::HashSet::new();
+    all.retain(|p| lines.insert(line_of(p.span.offset())));
+    all
 }
 
 /// The source text at `span`, or "" when it is not on char boundaries.

@@ -3,7 +3,7 @@
 //! ports, cycles, phases, placeholders, unsafe names and paths).
 
 use miette::SourceSpan;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::error::{Problem, ProblemKind, suggest};
 use super::model::{
@@ -37,6 +37,11 @@ pub fn validate(raw: &RawConfig, problems: &mut Vec<Problem>) -> Option<Config> 
             environments,
             phases: phases.into_iter().map(|(p, _)| p).collect(),
             runtimes: runtimes.into_iter().map(|(k, (rt, _))| (k, rt)).collect(),
+            service_index: services
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.name.clone(), i))
+                .collect(),
             services,
             proxy,
         })
@@ -61,19 +66,90 @@ fn is_valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-fn is_valid_unit_name(s: &str) -> bool {
+/// systemd's limit on the length of a unit name, suffix included
+/// (`UNIT_NAME_MAX`, systemd.unit(5)).
+const UNIT_NAME_MAX: usize = 255;
+
+/// What is wrong with a unit name, if anything.
+#[derive(Debug, PartialEq, Eq)]
+enum UnitNameFault {
+    NoSuffix,
+    TooLong,
+    Characters,
+}
+
+fn unit_name_fault(s: &str) -> Option<UnitNameFault> {
     const SUFFIXES: &[&str] = &[
         ".service", ".socket", ".target", ".timer", ".mount", ".path", ".slice", ".scope",
     ];
     let Some(stem) = SUFFIXES.iter().find_map(|suf| s.strip_suffix(suf)) else {
-        return false;
+        return Some(UnitNameFault::NoSuffix);
     };
-    !stem.is_empty()
-        && s.len() <= 255
-        && stem
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
+    if stem.is_empty() {
+        Some(UnitNameFault::NoSuffix)
+    } else if s.len() > UNIT_NAME_MAX {
+        Some(UnitNameFault::TooLong)
+    } else if !stem.bytes().all(is_unit_name_byte) {
+        Some(UnitNameFault::Characters)
+    } else {
+        None
+    }
 }
+
+/// The characters moorline accepts in a unit name: systemd's set
+/// (systemd.unit(5)) without `\`, whose escapes moorline does not write.
+fn is_unit_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@')
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// Whether git accepts `b` as a branch name (git-check-ref-format(1) for
+/// `refs/heads/<b>`, plus git's own refusals of `-x`, `HEAD` and `@`).
+fn is_valid_branch(b: &str) -> bool {
+    !b.is_empty()
+        && !b.starts_with('-')
+        && b != "HEAD"
+        && b != "@"
+        && git2::Reference::is_valid_name(&format!("refs/heads/{b}"))
+}
+
+/// Top-level directories of the operating system that a root must not be,
+/// nor be under: moorline creates, switches and prunes directories there.
+const SYSTEM_DIRS: &[&str] = &[
+    "bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run", "sbin", "sys",
+    "usr",
+];
+/// Directories that hold other things: a root may be under them, not them.
+const SHARED_DIRS: &[&str] = &["home", "media", "mnt", "opt", "root", "srv", "tmp", "var"];
+
+/// Why `root` (absolute, no `..`) cannot be an environment's root.
+fn unsafe_root(root: &str) -> Option<&'static str> {
+    let parts: Vec<&str> = root.split('/').filter(|c| !c.is_empty()).collect();
+    match parts.as_slice() {
+        [] => Some("it is the filesystem root"),
+        [first, ..] if SYSTEM_DIRS.contains(first) => Some("it is a system directory"),
+        [only] if SHARED_DIRS.contains(only) => Some("it is a shared top-level directory"),
+        _ => None,
+    }
+}
+
+/// At most `max` names, then how many more.
+fn listed(names: &[&str], max: usize) -> String {
+    if names.len() <= max {
+        names.join(", ")
+    } else {
+        format!("{} and {} more", names[..max].join(", "), names.len() - max)
+    }
+}
+
+/// Names listed in a help line.
+const LISTED: usize = 10;
+/// "Did you mean" is computed against at most this many names (edit
+/// distance against 100,000 names per unknown reference is quadratic).
+const SUGGEST_AMONG: usize = 1000;
 
 /// A path inside the repository that cannot leave it.
 fn is_safe_relative(p: &str) -> bool {
@@ -190,7 +266,7 @@ impl Validator<'_> {
     }
 
     fn name(&mut self, n: &Str, what: &str) {
-        if !is_valid_name(&n.value) {
+        if !is_valid_name(&n.value) && !has_control(&n.value) {
             let kind = if n.value.contains('/') || n.value.contains("..") || n.value.contains('\\')
             {
                 ProblemKind::UnsafePath
@@ -200,7 +276,11 @@ impl Validator<'_> {
             self.push(Problem::new(
                 kind,
                 n.span,
-                format!("`{}` is not a valid {what} name", n.value),
+                if n.value.is_empty() {
+                    format!("an empty {what} name")
+                } else {
+                    format!("`{}` is not a valid {what} name", n.value)
+                },
                 "invalid name",
                 "use letters, digits, `-`, `_` and `.`, starting with a letter or digit (it becomes part of a systemd unit name and a directory)",
             ));
@@ -209,18 +289,49 @@ impl Validator<'_> {
 
     /// A reference to a systemd unit must be a full, valid unit name.
     fn unit_name(&mut self, u: &Str, example: &str) {
-        if !is_valid_unit_name(&u.value) {
-            self.push(Problem::new(
+        if has_control(&u.value) {
+            return;
+        }
+        match unit_name_fault(&u.value) {
+            None => {}
+            Some(UnitNameFault::NoSuffix) => self.push(Problem::new(
                 ProblemKind::InvalidName,
                 u.span,
                 format!("`{}` is not a valid systemd unit name", u.value),
                 "invalid unit name",
                 format!("write the full unit name, for example \"{example}\""),
-            ));
+            )),
+            Some(UnitNameFault::TooLong) => self.unit_name_too_long(u.span, u.value.len()),
+            Some(UnitNameFault::Characters) => self.unit_name_characters(u),
         }
     }
 
+    fn unit_name_too_long(&mut self, span: SourceSpan, len: usize) {
+        self.push(Problem::new(
+            ProblemKind::UnitNameTooLong,
+            span,
+            format!(
+                "a unit name of {len} characters is longer than systemd allows ({UNIT_NAME_MAX})"
+            ),
+            "unit name too long",
+            format!("systemd refuses unit names over {UNIT_NAME_MAX} characters; shorten it"),
+        ));
+    }
+
+    fn unit_name_characters(&mut self, u: &Str) {
+        self.push(Problem::new(
+            ProblemKind::UnitNameCharacters,
+            u.span,
+            format!("`{}` has characters systemd does not allow in a unit name", u.value),
+            "invalid characters",
+            "unit names use only ASCII letters, digits and `-`, `_`, `.`, `:`, `@` (no spaces, no `/`)",
+        ));
+    }
+
     fn safe_path(&mut self, p: &Str, what: &str) {
+        if has_control(&p.value) {
+            return;
+        }
         let rendered = template::render(
             &p.value,
             &Vars {
@@ -239,14 +350,44 @@ impl Validator<'_> {
         }
     }
 
-    fn absolute(&mut self, p: &Str, what: &str) {
-        if !p.value.starts_with('/') || p.value.split('/').any(|c| c == "..") {
+    /// Whether `p` is absolute without `..` or `.`; reports it if not.
+    fn absolute(&mut self, p: &Str, what: &str) -> bool {
+        if has_control(&p.value) {
+            return false;
+        }
+        let relative = !p.value.starts_with('/');
+        if relative || p.value.split('/').any(|c| c == ".." || c == ".") {
             self.push(Problem::new(
                 ProblemKind::UnsafePath,
                 p.span,
-                format!("{what} `{}` is not an absolute path", p.value),
-                "must be absolute",
-                "write an absolute path without `..`, for example \"/opt/pakashop\"",
+                if relative {
+                    format!("{what} `{}` is not an absolute path", p.value)
+                } else {
+                    format!("{what} `{}` has a `..` or `.` component", p.value)
+                },
+                if relative {
+                    "must be absolute"
+                } else {
+                    "not a plain absolute path"
+                },
+                "write an absolute path without `..` or `.`, for example \"/opt/pakashop\"",
+            ));
+            return false;
+        }
+        true
+    }
+
+    /// The program of a command run by moorline (not by systemd) must not
+    /// look like an option.
+    fn program(&mut self, c: &RawCommand, what: &str) {
+        let Some(first) = c.argv.first() else { return };
+        if first.value.starts_with('-') {
+            self.push(Problem::new(
+                ProblemKind::ProgramIsOption,
+                first.span,
+                format!("the program of {what} `{}` starts with `-`", first.value),
+                "not a program",
+                "the first string is the program to run, then its arguments: write \"npm\" \"ci\", not \"--production\" first",
             ));
         }
     }
@@ -269,7 +410,7 @@ impl Validator<'_> {
         let mut out = BTreeMap::new();
         self.duplicates("environment variable", vars.iter().map(|v| &v.name));
         for v in vars {
-            if !is_env_name(&v.name.value) {
+            if !is_env_name(&v.name.value) && !has_control(&v.name.value) {
                 self.push(Problem::new(
                     ProblemKind::InvalidName,
                     v.name.span,
@@ -294,10 +435,6 @@ impl Validator<'_> {
     }
 
     fn project(&mut self, raw: &RawConfig) -> Option<Project> {
-        self.duplicates(
-            "project",
-            raw.projects.iter().filter_map(|p| p.name.as_ref()),
-        );
         let Some(p) = raw.projects.first() else {
             self.push(Problem::new(
                 ProblemKind::MissingValue,
@@ -308,14 +445,17 @@ impl Validator<'_> {
             ));
             return None;
         };
-        if raw.projects.len() > 1 && raw.projects.iter().filter(|p| p.name.is_some()).count() < 2 {
-            self.push(Problem::new(
-                ProblemKind::Duplicate,
-                raw.projects[1].span,
-                "`project` is given twice",
-                "second project",
-                "a file describes one project",
-            ));
+        for second in raw.projects.iter().skip(1) {
+            self.push(
+                Problem::new(
+                    ProblemKind::SecondProject,
+                    second.span,
+                    "a second `project`",
+                    "second project",
+                    "a file describes one project: merge the two, or keep each project in its own file",
+                )
+                .also(p.span, "first project"),
+            );
         }
         let name = p.name.as_ref()?;
         self.name(name, "project");
@@ -334,14 +474,24 @@ impl Validator<'_> {
                         "every service would get the same unit",
                         "write it as \"{service}.service\" or \"project-{service}.service\"",
                     ));
-                } else if !is_valid_unit_name(&u.value.replace("{service}", "x")) {
+                } else if has_control(&u.value) {
+                    // Reported as a control character.
+                } else if !u.value.ends_with(".service") {
                     self.push(Problem::new(
-                        ProblemKind::InvalidName,
+                        ProblemKind::UnitNameSuffix,
                         u.span,
-                        format!("`{}` does not make valid systemd unit names", u.value),
-                        "invalid unit name",
-                        "end it with .service and use only letters, digits, `-`, `_`, `.`",
+                        format!("the unit name template `{}` does not end in .service", u.value),
+                        "not a .service unit",
+                        "moorline writes a [Service] unit for each service: end the template with .service, for example \"shop-{service}.service\"",
                     ));
+                } else {
+                    match unit_name_fault(&u.value.replace("{service}", "x")) {
+                        None => {}
+                        Some(UnitNameFault::TooLong) => {
+                            self.unit_name_too_long(u.span, u.value.len());
+                        }
+                        Some(_) => self.unit_name_characters(u),
+                    }
                 }
                 u.value.clone()
             },
@@ -388,24 +538,31 @@ impl Validator<'_> {
                     "add root \"/opt/project\" (where releases are kept)",
                 ));
             }
-            if let Some(r) = &e.root {
-                self.absolute(r, "root");
+            if let Some(r) = &e.root
+                && self.absolute(r, "root")
+                && let Some(why) = unsafe_root(&r.value)
+            {
+                self.push(Problem::new(
+                    ProblemKind::UnsafeRoot,
+                    r.span,
+                    format!("root `{}` cannot hold releases: {why}", r.value),
+                    "not a release root",
+                    "moorline creates, switches and prunes directories under the root: give the project a directory of its own, for example \"/opt/pakashop\"",
+                ));
             }
             if let Some(d) = &e.unit_dir {
                 self.absolute(d, "unit-dir");
             }
             if let Some(b) = &e.branch
-                && (b.value.is_empty()
-                    || b.value.contains("..")
-                    || b.value.starts_with('-')
-                    || b.value.contains(char::is_whitespace))
+                && !has_control(&b.value)
+                && !is_valid_branch(&b.value)
             {
                 self.push(Problem::new(
-                    ProblemKind::InvalidName,
+                    ProblemKind::InvalidBranch,
                     b.span,
-                    format!("`{}` is not a valid branch name", b.value),
+                    format!("`{}` is not a valid git branch name", b.value),
                     "invalid branch",
-                    "write the branch as git names it, for example \"main\"",
+                    "write the branch as git names it, for example \"main\" (git check-ref-format --branch: no spaces, `..`, `~^:?*[\\`, `@{`, leading `-`, trailing `/`, `.` or `.lock`)",
                 ));
             }
             let backup = e.backup.as_ref().and_then(|b| {
@@ -424,6 +581,7 @@ impl Validator<'_> {
                 }
                 for c in [&b.run, &b.restore, &b.resolve].into_iter().flatten() {
                     self.command_placeholders(c, IN_BACKUP, "a backup command");
+                    self.program(c, "a backup command");
                 }
                 if let Some(d) = &b.dir {
                     self.absolute(d, "backup dir");
@@ -485,16 +643,14 @@ impl Validator<'_> {
     fn phases(&mut self, raw: &RawConfig) -> Vec<(Phase, SourceSpan)> {
         self.duplicates("phase", raw.phases.iter().filter_map(|p| p.name.as_ref()));
         let mut out = Vec::new();
+        let mut seen = HashSet::new();
         for p in &raw.phases {
             let Some(name) = &p.name else { continue };
             self.name(name, "phase");
             for u in &p.units {
                 self.unit_name(u, "postgresql.service");
             }
-            if out
-                .iter()
-                .any(|(q, _): &(Phase, SourceSpan)| q.name == name.value)
-            {
+            if !seen.insert(name.value.as_str()) {
                 continue;
             }
             out.push((
@@ -511,6 +667,38 @@ impl Validator<'_> {
     fn unit(&mut self, raw: &RawUnit) -> UnitSpec {
         if let Some(c) = &raw.exec {
             self.command_placeholders(c, IN_UNIT, "a unit's exec");
+            if let Some(first) = c.argv.first()
+                && let Some(prefix) = first.value.chars().next().filter(|c| "-@:+!".contains(*c))
+            {
+                self.push(Problem::new(
+                    ProblemKind::ExecPrefix,
+                    first.span,
+                    format!("the program of `exec` starts with `{prefix}`, which systemd reads as a flag"),
+                    "flag prefix",
+                    "systemd's ExecStart= treats a leading `-`, `@`, `:`, `+` or `!` as a flag (ignore failure, argv[0], no substitution, privileges); write the program's path, for example \"/usr/bin/node\"",
+                ));
+            }
+        }
+        if let Some(w) = &raw.working_directory
+            && !has_control(&w.value)
+            // `{release}/x` is reported as a placeholder without a value.
+            && !template::placeholders(&w.value)
+                .first()
+                .is_some_and(|(at, name)| *at == 0 && !IN_UNIT.contains(name))
+            && !(w.value.starts_with('/')
+                || w.value.starts_with("{current}")
+                || w.value.starts_with("{root}"))
+        {
+            self.push(Problem::new(
+                ProblemKind::RelativeWorkingDirectory,
+                w.span,
+                format!("working-directory `{}` is not absolute", w.value),
+                "relative directory",
+                "systemd needs an absolute WorkingDirectory=: start it with `/`, {current} (the live release) or {root}",
+            ));
+        }
+        if let Some(w) = &raw.wanted_by {
+            self.unit_name(w, "multi-user.target");
         }
         for s in [&raw.description, &raw.working_directory]
             .into_iter()
@@ -586,9 +774,11 @@ impl Validator<'_> {
             self.name(name, "runtime");
             for c in [&r.build, &r.migrate_status].into_iter().flatten() {
                 self.command_placeholders(c, IN_BUILD, "a runtime command");
+                self.program(c, "a runtime command");
             }
             let migrate = r.migrate.as_ref().map(|m| {
                 self.command_placeholders(&m.command, IN_BUILD, "a runtime command");
+                self.program(&m.command, "a runtime command");
                 for p in [&m.if_exists, &m.inputs].into_iter().flatten() {
                     self.safe_path(p, "migration path");
                 }
@@ -629,10 +819,15 @@ impl Validator<'_> {
     }
 
     fn reference(&mut self, r: &Str, what: &str, known: &[&str]) {
-        let help = match suggest(&r.value, known) {
+        let suggestion = if known.len() <= SUGGEST_AMONG {
+            suggest(&r.value, known)
+        } else {
+            None
+        };
+        let help = match suggestion {
             Some(s) => format!("did you mean `{s}`?"),
             None if known.is_empty() => format!("no {what} is defined; add one"),
-            None => format!("defined {what}s: {}", known.join(", ")),
+            None => format!("defined {what}s: {}", listed(known, LISTED)),
         };
         self.push(Problem::new(
             ProblemKind::UnknownReference,
@@ -644,9 +839,20 @@ impl Validator<'_> {
     }
 
     fn health_path(&mut self, s: &Str) {
-        let ok = s.value.starts_with('/')
-            || s.value.starts_with("http://")
-            || s.value.starts_with("https://");
+        if has_control(&s.value) {
+            return;
+        }
+        if s.value.starts_with("https://") {
+            self.push(Problem::new(
+                ProblemKind::HttpsHealth,
+                s.span,
+                format!("`{}`: moorline cannot check health over https", s.value),
+                "https is not supported here",
+                "moorline's HTTP client is built without TLS; health endpoints are asked on loopback: write a path like \"/health\" (asked at http://127.0.0.1:{port}) or an http:// URL",
+            ));
+            return;
+        }
+        let ok = s.value.starts_with('/') || s.value.starts_with("http://");
         if !ok {
             self.push(Problem::new(
                 ProblemKind::InvalidValue,
@@ -677,6 +883,13 @@ impl Validator<'_> {
             .iter()
             .filter_map(|s| s.name.as_ref().map(|n| n.value.as_str()))
             .collect();
+        let service_set: HashSet<&str> = service_names.iter().copied().collect();
+        let phase_index_of: HashMap<&str, usize> = phase_names
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, n)| (*n, i))
+            .collect();
         let mut ports: HashMap<u16, (&str, SourceSpan)> = HashMap::new();
         let mut out = Vec::new();
         for s in &raw.services {
@@ -692,7 +905,7 @@ impl Validator<'_> {
                         "no `runtime` here",
                         format!(
                             "add runtime \"...\"; defined runtimes: {}",
-                            runtime_names.join(", ")
+                            listed(&runtime_names, LISTED)
                         ),
                     ));
                     None
@@ -711,12 +924,15 @@ impl Validator<'_> {
                         name.span,
                         format!("service `{}` has no phase", name.value),
                         "no `phase` here",
-                        format!("add phase \"...\"; phases: {}", phase_names.join(", ")),
+                        format!(
+                            "add phase \"...\"; phases: {}",
+                            listed(&phase_names, LISTED)
+                        ),
                     ));
                     None
                 }
                 Some(p) => {
-                    let idx = phase_names.iter().position(|n| *n == p.value);
+                    let idx = phase_index_of.get(p.value.as_str()).copied();
                     if idx.is_none() {
                         self.reference(p, "phase", &phase_names);
                     }
@@ -777,7 +993,7 @@ impl Validator<'_> {
                         "self-dependency",
                         "remove it from depends-on",
                     ));
-                } else if !service_names.contains(&d.value.as_str()) {
+                } else if !service_set.contains(d.value.as_str()) {
                     self.reference(d, "service", &service_names);
                 }
             }
@@ -821,8 +1037,28 @@ impl Validator<'_> {
                     "add exec \"/path/to/program\" \"arg\" ... (the unit's ExecStart)",
                 ));
             }
-            let (Some((rt, _)), Some(phase_index), Some(port), Some(project)) =
-                (runtime, phase_index, port, project)
+            let unit_name = project.map(|p| p.unit_name.replace("{service}", &name.value));
+            if let Some(u) = &unit_name
+                && is_valid_name(&name.value)
+                && u.len() > UNIT_NAME_MAX
+                && u.len() - name.value.len() < UNIT_NAME_MAX
+            {
+                // Long only with this service's name (a template that is
+                // too long for any name was reported at the template).
+                self.push(Problem::new(
+                    ProblemKind::UnitNameTooLong,
+                    name.span,
+                    format!(
+                        "the unit name of service `{}` has {} characters, more than systemd allows ({UNIT_NAME_MAX})",
+                        name.value,
+                        u.len()
+                    ),
+                    "unit name too long",
+                    "systemd refuses unit names over 255 characters: shorten the service name or the project's unit-name",
+                ));
+            }
+            let (Some((rt, _)), Some(phase_index), Some(port), Some(unit_name)) =
+                (runtime, phase_index, port, unit_name)
             else {
                 continue;
             };
@@ -861,7 +1097,7 @@ impl Validator<'_> {
                     .as_ref()
                     .map_or(DEFAULT_READY_TIMEOUT, |t| t.value),
                 unit: unit.map(|(u, _, _)| u),
-                unit_name: project.unit_name.replace("{service}", &name.value),
+                unit_name,
             });
         }
         self.dependency_rules(raw, &phase_names);
@@ -875,10 +1111,16 @@ impl Validator<'_> {
             .iter()
             .filter_map(|s| s.name.as_ref().map(|n| (n.value.as_str(), s)))
             .collect();
+        let phase_index: HashMap<&str, usize> = phase_names
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, n)| (*n, i))
+            .collect();
         let phase_of = |s: &super::raw::RawService| {
             s.phase
                 .as_ref()
-                .and_then(|p| phase_names.iter().position(|n| *n == p.value))
+                .and_then(|p| phase_index.get(p.value.as_str()).copied())
         };
         for s in by_name.values() {
             let Some(name) = &s.name else { continue };
@@ -909,7 +1151,9 @@ impl Validator<'_> {
                 }
             }
         }
-        // Cycles: one per strongly connected component (Tarjan, linear),
+        // Cycles: one per strongly connected component (Kosaraju, linear
+        // and iterative: petgraph's Tarjan recurses once per service in a
+        // dependency chain and overflows the stack on a long one),
         // named by the shortest cycle through its smallest service, with
         // every edge labelled. Enumerating all cycles would be exponential
         // on a dense (hostile) dependency graph.
@@ -926,7 +1170,7 @@ impl Validator<'_> {
                 }
             }
         }
-        let mut sccs: Vec<Vec<usize>> = petgraph::algo::tarjan_scc(&g)
+        let mut sccs: Vec<Vec<usize>> = petgraph::algo::kosaraju_scc(&g)
             .into_iter()
             .filter(|c| c.len() > 1)
             .map(|c| {
@@ -947,7 +1191,7 @@ impl Validator<'_> {
                     let Some(&next) = index.get(d.value.as_str()) else {
                         continue;
                     };
-                    if !scc.contains(&next) || next == cur {
+                    if scc.binary_search(&next).is_err() || next == cur {
                         continue;
                     }
                     if next == start {
@@ -1023,6 +1267,7 @@ impl Validator<'_> {
         }
         if let Some(c) = &p.check {
             self.command_placeholders(c, &["root"], "the proxy check");
+            self.program(c, "the proxy check");
         }
         let unit = match &p.unit {
             None => {
@@ -1078,5 +1323,83 @@ fn merge_unit(runtime: Option<&RawUnit>, own: Option<&RawUnit>) -> RawUnit {
         after: base.after.iter().chain(&own.after).cloned().collect(),
         wants: base.wants.iter().chain(&own.wants).cloned().collect(),
         wanted_by: pick(&own.wanted_by, &base.wanted_by),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branch_names_follow_git() {
+        for (b, ok) in [
+            ("main", true),
+            ("production", true),
+            ("release/2024-05", true),
+            ("feature/a.b", true),
+            ("", false),
+            ("a:b", false),
+            ("main.lock", false),
+            ("main~1", false),
+            ("main^", false),
+            ("a..b", false),
+            ("..", false),
+            ("@{-1}", false),
+            ("@", false),
+            ("my branch", false),
+            ("-main", false),
+            ("feature/", false),
+            ("main.", false),
+            ("a//b", false),
+            (".hidden", false),
+            ("a/.b", false),
+            ("a?b", false),
+            ("a*b", false),
+            ("a[b", false),
+            ("a\\b", false),
+            ("HEAD", false),
+        ] {
+            assert_eq!(is_valid_branch(b), ok, "{b:?}");
+        }
+    }
+
+    #[test]
+    fn roots_that_cannot_hold_releases() {
+        for (root, ok) in [
+            ("/opt/pakashop", true),
+            ("/srv/shop", true),
+            ("/var/lib/shop", true),
+            ("/home/deploy/app", true),
+            ("/", false),
+            ("//", false),
+            ("/etc", false),
+            ("/etc/shop", false),
+            ("/usr/local/shop", false),
+            ("/proc/1", false),
+            ("/var", false),
+            ("/opt/", false),
+            ("/tmp", false),
+        ] {
+            assert_eq!(unsafe_root(root).is_none(), ok, "{root}");
+        }
+    }
+
+    #[test]
+    fn unit_name_faults() {
+        let long = format!("{}.service", "a".repeat(UNIT_NAME_MAX - 7));
+        for (name, fault) in [
+            ("shop-api.service", None),
+            ("a@b.service", None),
+            ("x:y.target", None),
+            ("shop-api", Some(UnitNameFault::NoSuffix)),
+            (".service", Some(UnitNameFault::NoSuffix)),
+            ("shop api.service", Some(UnitNameFault::Characters)),
+            ("a/b.service", Some(UnitNameFault::Characters)),
+            ("caf\u{e9}.service", Some(UnitNameFault::Characters)),
+            (long.as_str(), Some(UnitNameFault::TooLong)),
+            (&long[1..], None),
+        ] {
+            assert_eq!(unit_name_fault(name), fault, "{name}");
+        }
     }
 }

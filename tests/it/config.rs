@@ -298,6 +298,53 @@ invalid! {
     second_proxy,
     env_invalid_name,
     many_problems,
+    // Hostile input: injection through every unit field, control characters.
+    inject_env_value,
+    inject_secret_env_value,
+    inject_description,
+    inject_user,
+    inject_group,
+    inject_working_directory,
+    inject_env_file,
+    inject_wanted_by,
+    inject_exec_word,
+    inject_root,
+    inject_branch,
+    inject_after,
+    inject_runtime_unit,
+    carriage_return_in_description,
+    nul_in_env_value,
+    escape_sequence_in_description,
+    tab_in_user,
+    delete_in_group,
+    control_in_build_command,
+    control_in_service_name,
+    control_in_health,
+    control_in_watch,
+    control_in_url,
+    relative_working_directory,
+    unit_name_target,
+    unit_name_template_too_long,
+    unit_name_too_long_for_service,
+    unit_name_characters,
+    after_unit_name_characters,
+    second_project,
+    root_is_slash,
+    root_system_directory,
+    root_dot_components,
+    branch_invalid_names,
+    exec_flag_prefix,
+    program_is_option,
+    https_health,
+    wanted_by_not_a_unit,
+    name_empty,
+    name_unicode,
+    name_too_long,
+    name_dot,
+    deep_nesting,
+    nested_comments,
+    slashdash_run,
+    long_value_elided,
 }
 
 #[test]
@@ -319,11 +366,204 @@ fn every_invalid_fixture_is_listed() {
         "fixtures not listed in invalid!: {unlisted:?}"
     );
     assert!(missing.is_empty(), "listed but no file: {missing:?}");
-    assert!(FIXTURES.len() >= 34);
+    assert!(FIXTURES.len() >= 90);
 }
 
 fn stem(p: &Path) -> String {
     p.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// A rendered report of a hostile file stays under this size, whatever the
+/// size of the file or the number of its problems.
+const MAX_REPORT_BYTES: usize = 64 * 1024;
+
+/// Hostile files too large to commit, generated here. Each must fail with
+/// `code`, render (plain and in colour) within [`MAX_REPORT_BYTES`], and its
+/// plain report is a snapshot.
+fn check_generated(name: &str, text: &str, code: &str) {
+    let file = format!("{name}.kdl");
+    let Err(err) = config::parse(&file, text) else {
+        panic!("{file} loaded, but it is hostile");
+    };
+    let codes: Vec<String> = err
+        .problems
+        .iter()
+        .filter_map(|p| p.code().map(|c| c.to_string()))
+        .collect();
+    assert!(
+        codes.iter().any(|c| c == code),
+        "{file}: no {code} among {:?}",
+        &codes[..codes.len().min(5)]
+    );
+    let plain = moorline::report::plain(&err);
+    assert!(
+        plain.len() < MAX_REPORT_BYTES,
+        "{file}: plain report of {} bytes",
+        plain.len()
+    );
+    let mut fancy = String::new();
+    miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode())
+        .render_report(&mut fancy, &err)
+        .unwrap();
+    assert!(
+        fancy.len() < 2 * MAX_REPORT_BYTES,
+        "{file}: colour report of {} bytes",
+        fancy.len()
+    );
+    insta::with_settings!({
+        description => format!("generated: {name} ({} bytes)", text.len()),
+        omit_expression => true,
+        prepend_module_to_snapshot => false,
+    }, {
+        insta::assert_snapshot!(format!("generated__{name}"), plain);
+    });
+}
+
+const PRELUDE: &str =
+    "project \"shop\"\nphase \"app\"\nruntime \"node\" { build \"npm\" \"ci\"; }\n";
+
+mod generated {
+    use super::{PRELUDE, check_generated};
+
+    #[test]
+    fn huge_value() {
+        // 3 MB on one line: the message elides it, the source is windowed.
+        let text = format!(
+            "{PRELUDE}service \"{}\" {{ runtime \"node\"; port 3000; phase \"app\"; }}\n",
+            "x".repeat(3_000_000)
+        );
+        check_generated("huge_value", &text, "moorline::config::invalid_name");
+    }
+
+    #[test]
+    fn huge_control_value() {
+        let text = format!(
+            "{PRELUDE}service \"api\" {{ runtime \"node\"; port 3000; phase \"app\"; unit {{ exec \"/bin/x\"; description \"{}\\n\"; }} }}\n",
+            "d".repeat(1_000_000)
+        );
+        check_generated(
+            "huge_control_value",
+            &text,
+            "moorline::config::control_character",
+        );
+    }
+
+    #[test]
+    fn file_too_large() {
+        let line = "// a comment line to make the file larger than moorline reads\n";
+        let text = format!(
+            "{PRELUDE}{}",
+            line.repeat(moorline::config::limits::MAX_FILE_BYTES / line.len() + 1)
+        );
+        check_generated("file_too_large", &text, "moorline::config::too_large");
+    }
+
+    #[test]
+    fn blocks_100k_deep() {
+        let text = format!("{PRELUDE}{}{}", "a {".repeat(100_000), "}".repeat(100_000));
+        check_generated("blocks_100k_deep", &text, "moorline::config::too_deep");
+    }
+
+    #[test]
+    fn comments_100k_deep() {
+        let text = format!("{PRELUDE}{}", "/* ".repeat(100_000));
+        check_generated("comments_100k_deep", &text, "moorline::config::too_deep");
+    }
+
+    #[test]
+    fn slashdash_100k() {
+        let text = format!("{PRELUDE}{}a\n", "/- ".repeat(100_000));
+        check_generated("slashdash_100k", &text, "moorline::config::too_deep");
+    }
+
+    #[test]
+    fn problems_on_one_long_line() {
+        // 200,000 unknown properties on one 1.4 MB line: 50 are shown, each
+        // under a window of the line, and the rest are counted.
+        let text = format!(
+            "{PRELUDE}service \"api\" {}{{ runtime \"node\"; port 3000; phase \"app\"; }}\n",
+            "xy=1 ".repeat(200_000)
+        );
+        check_generated(
+            "problems_on_one_long_line",
+            &text,
+            "moorline::config::unknown_property",
+        );
+    }
+}
+
+/// Services in the generated fleet: large enough that quadratic validation
+/// (it once took over 30 s for 100,000) shows, small enough for a debug test.
+const FLEET: usize = 20_000;
+
+#[test]
+fn a_fleet_with_duplicate_ports_and_unknown_dependencies_fails_fast_and_briefly() {
+    use std::fmt::Write as _;
+    let mut text = String::from(PRELUDE);
+    for i in 0..FLEET {
+        // Ten services per port, each depending on the next (one cycle
+        // through the whole fleet) and on one that does not exist.
+        writeln!(
+            text,
+            "service \"s{i}\" {{ runtime \"node\"; port {}; phase \"app\"; depends-on \"s{}\" \"missing{i}\"; }}",
+            1000 + i / 10,
+            (i + 1) % FLEET
+        )
+        .unwrap();
+    }
+    let started = std::time::Instant::now();
+    let Err(err) = config::parse("fleet.kdl", &text) else {
+        panic!("the fleet loaded");
+    };
+    let elapsed = started.elapsed();
+    let count = |code: &str| {
+        err.problems
+            .iter()
+            .filter(|p| p.kind.code() == code)
+            .count()
+    };
+    assert_eq!(count("moorline::config::port_conflict"), FLEET / 10 * 9);
+    assert_eq!(count("moorline::config::unknown_reference"), FLEET);
+    assert_eq!(count("moorline::config::dependency_cycle"), 1);
+    let plain = moorline::report::plain(&err);
+    let more = err.problems.len() - moorline::config::error::MAX_PROBLEMS_SHOWN;
+    assert!(
+        plain.contains(&format!("and {} more problems", thousands(more))),
+        "no summary in {}",
+        &plain[plain.len().saturating_sub(500)..]
+    );
+    assert!(plain.len() < MAX_REPORT_BYTES, "{} bytes", plain.len());
+    eprintln!("{FLEET} services validated in {elapsed:?}");
+}
+
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+#[test]
+fn every_problem_code_is_in_config_md() {
+    let doc = std::fs::read_to_string(manifest_dir().join("docs/config.md")).unwrap();
+    let missing: Vec<&str> = config::ProblemKind::ALL
+        .iter()
+        .map(|k| k.code())
+        .chain([
+            "moorline::config::invalid",
+            "moorline::config::more_problems",
+        ])
+        .filter(|code| !doc.contains(&format!("`{code}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "codes not in docs/config.md: {missing:?}"
+    );
 }

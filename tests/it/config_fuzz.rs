@@ -1,5 +1,7 @@
 //! Mutations of `pakashop.kdl` never make `config::parse` panic: it returns
-//! a config or a non-empty list of problems, each pointing inside the text.
+//! a config or a non-empty list of problems, each pointing inside the text,
+//! and the report renders (plain and in colour) without a panic and within
+//! a bounded size.
 //!
 //! Cases: `PROPTEST_CASES` if set, else 10,000 under `CI`, else 1,000.
 
@@ -33,6 +35,19 @@ const TOKENS: &[&str] = &[
     "{",
     "é",
     "\u{feff}",
+    // Hostile: escapes that make control characters, and what makes kdl
+    // recurse.
+    "\\n",
+    "\\r",
+    "\\u{0}",
+    "\\u{1b}",
+    "\u{1b}",
+    "\u{85}",
+    ")",
+    "(t)",
+    "/-",
+    "{}",
+    "%h",
 ];
 
 #[derive(Debug, Clone)]
@@ -127,6 +142,10 @@ fn cases() -> u32 {
     }
 }
 
+/// The largest report a mutated pakashop.kdl may render to: 50 problems of
+/// a few source lines each, then a count.
+const MAX_REPORT_BYTES: usize = 256 * 1024;
+
 fn check(mutations: &[Mutation]) -> Result<(), TestCaseError> {
     let mut text = PAKASHOP.to_owned();
     for m in mutations {
@@ -144,6 +163,24 @@ fn check(mutations: &[Mutation]) -> Result<(), TestCaseError> {
                     p
                 );
             }
+        }
+        let plain = moorline::report::plain(&err);
+        let mut fancy = String::new();
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode())
+            .with_width(120)
+            .render_report(&mut fancy, &err)
+            .map_err(|e| TestCaseError::fail(format!("colour rendering failed: {e}")))?;
+        for (what, report) in [("plain", &plain), ("colour", &fancy)] {
+            prop_assert!(
+                report.len() <= MAX_REPORT_BYTES,
+                "{what} report of {} bytes",
+                report.len()
+            );
+            let shown = report.matches("moorline::config::").count();
+            prop_assert!(
+                shown <= moorline::config::error::MAX_PROBLEMS_SHOWN + 2,
+                "{what} report shows {shown} codes"
+            );
         }
     }
     Ok(())
