@@ -41,6 +41,7 @@ pub enum ProblemKind {
     ExecPrefix,
     ProgramIsOption,
     HttpsHealth,
+    UnitValue,
 }
 
 impl ProblemKind {
@@ -78,6 +79,7 @@ impl ProblemKind {
         Self::ExecPrefix,
         Self::ProgramIsOption,
         Self::HttpsHealth,
+        Self::UnitValue,
     ];
 
     /// The stable code printed with the diagnostic (`moorline::config::...`).
@@ -115,6 +117,7 @@ impl ProblemKind {
             Self::ExecPrefix => "moorline::config::exec_prefix",
             Self::ProgramIsOption => "moorline::config::program_is_option",
             Self::HttpsHealth => "moorline::config::https_health",
+            Self::UnitValue => "moorline::config::unit_value",
         }
     }
 }

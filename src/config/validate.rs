@@ -32,7 +32,7 @@ pub fn validate(raw: &RawConfig, problems: &mut Vec<Problem>) -> Option<Config> 
     let services = v.services(raw, project.as_ref(), &phases, &runtimes);
     let proxy = v.proxy(raw);
     if v.problems.is_empty() {
-        Some(Config {
+        let config = Config {
             project: project?,
             environments,
             phases: phases.into_iter().map(|(p, _)| p).collect(),
@@ -44,7 +44,9 @@ pub fn validate(raw: &RawConfig, problems: &mut Vec<Problem>) -> Option<Config> 
                 .collect(),
             services,
             proxy,
-        })
+        };
+        v.renderable_units(raw, &config);
+        v.problems.is_empty().then_some(config)
     } else {
         None
     }
@@ -52,6 +54,47 @@ pub fn validate(raw: &RawConfig, problems: &mut Vec<Problem>) -> Option<Config> 
 
 struct Validator<'p> {
     problems: &'p mut Vec<Problem>,
+}
+
+impl Validator<'_> {
+    /// The last check, on the resolved configuration: every unit renders in
+    /// every environment, with its placeholders filled in. The writer in
+    /// `unit` refuses a value it cannot write exactly (`unit::check`); the
+    /// checks above catch what they can on the value's own span, and this
+    /// one makes sure `validate` refuses everything `apply` would, so a
+    /// valid configuration never fails at install time.
+    fn renderable_units(&mut self, raw: &RawConfig, config: &Config) {
+        let mut seen = std::collections::BTreeSet::new();
+        for env in &config.environments {
+            for svc in &config.services {
+                let Err(e) = crate::unit::render(env, svc) else {
+                    continue;
+                };
+                let message = e.to_string();
+                if !seen.insert((svc.name.clone(), message.clone())) {
+                    continue;
+                }
+                let own = raw
+                    .services
+                    .iter()
+                    .find(|r| r.name.as_ref().is_some_and(|n| n.value == svc.name));
+                let Some(span) = own
+                    .and_then(|r| r.unit.as_ref().map(|u| u.span))
+                    .or_else(|| own.and_then(|r| r.name.as_ref().map(|n| n.span)))
+                else {
+                    continue;
+                };
+                let help = miette::Diagnostic::help(&e).map_or_else(String::new, |h| h.to_string());
+                self.push(Problem::new(
+                    ProblemKind::UnitValue,
+                    span,
+                    format!("{message} (environment `{}`)", env.name),
+                    "cannot be written into the unit file",
+                    help,
+                ));
+            }
+        }
+    }
 }
 
 fn is_valid_name(s: &str) -> bool {

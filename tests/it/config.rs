@@ -252,6 +252,8 @@ macro_rules! invalid {
 }
 
 invalid! {
+    unit_user_with_colon,
+    unit_relative_env_file,
     syntax_unclosed_brace,
     syntax_unquoted_string,
     syntax_bad_escape,
