@@ -256,8 +256,25 @@ fn args(node: &KdlNode) -> impl Iterator<Item = &KdlEntry> {
 }
 
 /// How a control character is named in a message.
+/// Characters that change how text is laid out without being seen:
+/// Unicode's bidirectional controls and the line and paragraph separators.
+/// A reviewer reading a plan or a pull request would not see the value
+/// that is really there ("Trojan Source", CVE-2021-42574), so they are
+/// refused like control characters.
+fn is_invisible_layout(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}'
+    )
+}
+
 fn describe_control(c: char) -> String {
     match c {
+        '\u{2028}' => "a line separator (U+2028)".to_owned(),
+        '\u{2029}' => "a paragraph separator (U+2029)".to_owned(),
+        c if is_invisible_layout(c) => {
+            format!("the bidirectional control character U+{:04X}", u32::from(c))
+        }
         '\n' => "a newline (\\n)".to_owned(),
         '\r' => "a carriage return (\\r)".to_owned(),
         '\t' => "a tab (\\t)".to_owned(),
@@ -343,7 +360,10 @@ impl Reader<'_, '_> {
         tabs: bool,
     ) -> Option<Str> {
         if let KdlValue::String(s) = e.value() {
-            if let Some(c) = s.chars().find(|c| c.is_control() && !(tabs && *c == '\t')) {
+            if let Some(c) = s
+                .chars()
+                .find(|c| (c.is_control() || is_invisible_layout(*c)) && !(tabs && *c == '\t'))
+            {
                 let place = match e.name() {
                     Some(key) => format!("`{} {}`", node.name().value(), key.value()),
                     None => format!("`{}`", node.name().value()),

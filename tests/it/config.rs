@@ -252,6 +252,8 @@ macro_rules! invalid {
 }
 
 invalid! {
+    bidi_override_in_exec,
+    line_separator_in_description,
     unit_user_with_colon,
     unit_relative_env_file,
     syntax_unclosed_brace,
