@@ -13,6 +13,7 @@ mod demo;
 mod deploy;
 mod docs;
 mod ops;
+mod package;
 mod plan;
 mod realdb;
 mod rollback;
