@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod limits;
+mod mask;
 pub mod model;
 mod raw;
 mod syntax;
@@ -19,11 +20,12 @@ pub use model::*;
 /// Parses and checks configuration text; `name` is shown in diagnostics.
 pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
     let mut problems = limits::check(text);
+    let mut raw_tree = None;
     let config = if problems.is_empty() {
         match parse_kdl(text) {
             Ok(doc) => {
-                let raw = raw::read(&doc, text, &mut problems);
-                validate::validate(&raw, &mut problems)
+                let raw = raw_tree.insert(raw::read(&doc, text, &mut problems));
+                validate::validate(raw, &mut problems)
             }
             Err(e) => {
                 problems.extend(syntax::problems(text, e.diagnostics));
@@ -35,7 +37,12 @@ pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
     };
     match config {
         Some(c) if problems.is_empty() => Ok(c),
-        _ => Err(ConfigError::new(name, text.to_owned(), problems)),
+        // The report quotes the file: never its secret values.
+        _ => Err(ConfigError::new(
+            name,
+            mask::mask(text, raw_tree.as_ref()),
+            problems,
+        )),
     }
 }
 

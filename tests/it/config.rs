@@ -252,6 +252,8 @@ macro_rules! invalid {
 }
 
 invalid! {
+    secret_beside_a_syntax_error,
+    secret_marked_beside_a_problem,
     bidi_override_in_exec,
     line_separator_in_description,
     unit_user_with_colon,
