@@ -956,7 +956,7 @@ async fn still_in_effect(ctx: &Ctx, plan: &Plan, a: &Action) -> bool {
 
 /// Environment for commands: the environment's env-files, then its `env`,
 /// then moorline's own variables.
-fn command_env(
+pub(crate) fn command_env(
     ctx: &Ctx,
     service: Option<&str>,
     release_dir: Option<&str>,
@@ -973,7 +973,7 @@ fn command_env(
     env
 }
 
-fn log_path(ctx: &Ctx, apply_id: &str, action: &str) -> PathBuf {
+pub(crate) fn log_path(ctx: &Ctx, apply_id: &str, action: &str) -> PathBuf {
     ctx.state_dir
         .join("logs")
         .join(apply_id)
@@ -1010,6 +1010,10 @@ async fn perform(
                     e.source().map(ToString::to_string).unwrap_or_default()
                 )
             })?;
+            let deps = match crate::deps::provision(ctx, svc, &repo, to_sha, &dir, apply_id) {
+                Some(p) => Some(crate::deps::provide(p?).await?),
+                None => None,
+            };
             if let Some(argv) = &a.command {
                 process::run(Run {
                     argv,
@@ -1022,7 +1026,10 @@ async fn perform(
                 .map_err(|e| e.to_string())?;
             }
             release::mark_built(&dir, to_sha).map_err(|e| e.to_string())?;
-            Ok(Some(format!("{files} files")))
+            Ok(Some(match deps {
+                Some(d) => format!("{files} files; {d}"),
+                None => format!("{files} files"),
+            }))
         }
         ActionKind::Migrate => {
             let argv = a.command.as_ref().ok_or("migrate without a command")?;
