@@ -281,6 +281,7 @@ invalid! {
     unknown_placeholder,
     backup_placeholder_in_unit,
     release_placeholder_in_unit,
+    deps_problems,
     service_name_dotdot,
     service_name_slash,
     path_absolute,
