@@ -1126,7 +1126,7 @@ async fn still_in_effect(ctx: &Ctx, plan: &Plan, a: &Action) -> bool {
 
 /// Environment for commands: the environment's env-files, then its `env`,
 /// then moorline's own variables.
-fn command_env(
+pub(crate) fn command_env(
     ctx: &Ctx,
     service: Option<&str>,
     release_dir: Option<&str>,
@@ -1143,7 +1143,7 @@ fn command_env(
     env
 }
 
-fn log_path(ctx: &Ctx, apply_id: &str, action: &str) -> PathBuf {
+pub(crate) fn log_path(ctx: &Ctx, apply_id: &str, action: &str) -> PathBuf {
     ctx.state_dir
         .join("logs")
         .join(apply_id)
@@ -1169,6 +1169,16 @@ async fn perform(
             }
             let dir = paths.release(to_sha);
             let files = export(&ctx.repo_dir, to_sha, &svc.path, &dir).await?;
+            // The cache key reads a few blobs from git (small, on this
+            // worker); storing and restoring run on the blocking pool.
+            let provision = match Repo::discover(&ctx.repo_dir) {
+                Ok(repo) => crate::deps::provision(ctx, svc, &repo, to_sha, &dir, apply_id),
+                Err(e) => Some(Err(e.to_string())),
+            };
+            let deps = match provision {
+                Some(p) => Some(crate::deps::provide(p?).await?),
+                None => None,
+            };
             if let Some(argv) = &a.command {
                 process::run(Run {
                     argv,
@@ -1182,7 +1192,10 @@ async fn perform(
             }
             let sha = to_sha.to_owned();
             blocking(move || release::mark_built(&dir, &sha).map_err(|e| e.to_string())).await?;
-            Ok(Some(format!("{files} files")))
+            Ok(Some(match deps {
+                Some(d) => format!("{files} files; {d}"),
+                None => format!("{files} files"),
+            }))
         }
         ActionKind::Migrate => {
             let argv = a.command.as_ref().ok_or("migrate without a command")?;

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod deps;
 pub mod exit;
 pub mod fixture;
 pub mod health;

@@ -219,6 +219,7 @@ pub fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan> {
         ("none".to_owned(), BTreeMap::new())
     };
     let changes = t.repo.changes(from, to, req.allow_non_ancestor)?;
+    let units_source_is_host = units_source == "host";
     let foreign_units = if req.on_host || units_source == "host" {
         foreign_units(t, loaded_state.state.as_ref())
     } else {
@@ -240,6 +241,8 @@ pub fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan> {
         units,
         foreign_units,
         migrate_status,
+        deps_cache: (req.on_host || units_source_is_host)
+            .then(|| crate::deps::present(&t.env.root)),
     };
     let mut p = plan::build(&plan::Inputs {
         config,

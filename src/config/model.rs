@@ -126,6 +126,21 @@ pub struct Runtime {
     pub migrate: Option<Migrate>,
     pub migrate_status: Option<Command>,
     pub unit: Option<UnitSpec>,
+    /// A cached dependency step, run before `build`.
+    pub deps: Option<Deps>,
+}
+
+/// A dependency step (`npm ci`, a venv): its outputs are kept on the host
+/// keyed by a hash of its inputs and reused by later releases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deps {
+    pub command: Command,
+    /// Relative to the service directory; files or directories.
+    pub inputs: Vec<String>,
+    /// Relative to the release directory; what the step produces.
+    pub outputs: Vec<String>,
+    /// Its output is part of the cache key (`node --version`).
+    pub version: Option<Command>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -118,6 +118,16 @@ pub struct RawRuntime {
     pub migrate: Option<RawMigrate>,
     pub migrate_status: Option<RawCommand>,
     pub unit: Option<RawUnit>,
+    pub deps: Option<RawDeps>,
+}
+
+/// `deps "npm" "ci" { inputs ...; outputs ...; version ... }`.
+#[derive(Debug)]
+pub struct RawDeps {
+    pub command: RawCommand,
+    pub inputs: Vec<Str>,
+    pub outputs: Vec<Str>,
+    pub version: Option<RawCommand>,
 }
 
 #[derive(Debug)]
@@ -185,7 +195,8 @@ const ENVIRONMENT: &[&str] = &[
 ];
 const BACKUP: &[&str] = &["run", "restore", "resolve", "keep", "dir", "first-deploy"];
 const PHASE: &[&str] = &["unit"];
-const RUNTIME: &[&str] = &["build", "migrate", "migrate-status", "unit"];
+const RUNTIME: &[&str] = &["build", "deps", "migrate", "migrate-status", "unit"];
+const DEPS: &[&str] = &["inputs", "outputs", "version"];
 const SERVICE: &[&str] = &[
     "runtime",
     "port",
@@ -854,9 +865,10 @@ impl Reader<'_, '_> {
             migrate: None,
             migrate_status: None,
             unit: None,
+            deps: None,
         };
         for c in children(node) {
-            if c.name().value() != "unit" {
+            if !matches!(c.name().value(), "unit" | "deps") {
                 self.no_children(c);
             }
             match c.name().value() {
@@ -878,6 +890,10 @@ impl Reader<'_, '_> {
                     let v = self.command(c, &[]);
                     self.once(&mut rt.migrate_status, c, v);
                 }
+                "deps" => {
+                    let v = self.deps(c);
+                    self.once(&mut rt.deps, c, v);
+                }
                 "unit" => {
                     let v = self.unit(c);
                     self.once(&mut rt.unit, c, Some(v));
@@ -886,6 +902,52 @@ impl Reader<'_, '_> {
             }
         }
         rt
+    }
+
+    /// A dependency step: its command, with `inputs`, `outputs` and an
+    /// optional `version` command as children.
+    fn deps(&mut self, node: &KdlNode) -> Option<RawDeps> {
+        let command = self.command(node, &[]);
+        let mut d = RawDeps {
+            command: RawCommand {
+                argv: Vec::new(),
+                timeout: None,
+            },
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            version: None,
+        };
+        for c in children(node) {
+            self.no_children(c);
+            match c.name().value() {
+                "inputs" => {
+                    let v = self.strings(c, "path");
+                    d.inputs.extend(v);
+                }
+                "outputs" => {
+                    let v = self.strings(c, "path");
+                    d.outputs.extend(v);
+                }
+                "version" => {
+                    let v = self.command(c, &[]);
+                    self.once(&mut d.version, c, v);
+                }
+                _ => self.unknown_node(c, DEPS, "`deps`"),
+            }
+        }
+        for (list, name) in [(&d.inputs, "inputs"), (&d.outputs, "outputs")] {
+            if list.is_empty() && !children(node).iter().any(|c| c.name().value() == name) {
+                self.push(Problem::new(
+                    ProblemKind::MissingValue,
+                    node.span(),
+                    format!("`deps` needs `{name}`"),
+                    format!("no `{name}` here"),
+                    "write deps \"npm\" \"ci\" { inputs \"package-lock.json\"; outputs \"node_modules\" }",
+                ));
+            }
+        }
+        d.command = command?;
+        Some(d)
     }
 
     fn service(&mut self, node: &KdlNode) -> RawService {

@@ -17,6 +17,9 @@ use crate::template::{self, Vars};
 
 /// Placeholders allowed in each kind of string.
 const IN_BUILD: &[&str] = &["service", "port", "root", "release", "current"];
+/// A dependency step's output is shared by releases: nothing of one
+/// release may go into its command.
+const IN_DEPS: &[&str] = &["service", "port", "root"];
 const IN_UNIT: &[&str] = &["service", "port", "root", "current"];
 const IN_BACKUP: &[&str] = &["root", "backup"];
 const IN_UNIT_NAME: &[&str] = &["service"];
@@ -841,6 +844,7 @@ impl Validator<'_> {
                 }
             });
             let unit = r.unit.as_ref().map(|u| self.unit(u));
+            let deps = r.deps.as_ref().map(|d| self.deps(d));
             if out.contains_key(&name.value) {
                 continue;
             }
@@ -853,12 +857,55 @@ impl Validator<'_> {
                         migrate,
                         migrate_status: r.migrate_status.as_ref().map(command),
                         unit,
+                        deps,
                     },
                     r.unit.clone(),
                 ),
             );
         }
         out
+    }
+
+    fn deps(&mut self, d: &super::raw::RawDeps) -> super::model::Deps {
+        for c in std::iter::once(&d.command).chain(&d.version) {
+            self.command_placeholders(c, IN_DEPS, "a dependency step");
+        }
+        for p in d.inputs.iter().chain(&d.outputs) {
+            self.safe_path(p, "dependency path");
+        }
+        let mut seen: Vec<&Str> = Vec::new();
+        for o in &d.outputs {
+            let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+            let clash = seen
+                .iter()
+                .copied()
+                .chain(&d.inputs)
+                .find(|p| inside(&o.value, &p.value) || inside(&p.value, &o.value));
+            if let Some(other) = clash {
+                self.push(
+                    Problem::new(
+                        ProblemKind::InvalidValue,
+                        o.span,
+                        format!("dependency output `{}` overlaps `{}`", o.value, other.value),
+                        "overlaps",
+                        "outputs are replaced as a whole: list each once, apart from the inputs",
+                    )
+                    .also(other.span, "this one"),
+                );
+            }
+            seen.push(o);
+        }
+        let trim = |v: &[Str]| {
+            v.iter()
+                .map(|p| p.value.trim_end_matches('/').to_owned())
+                .collect()
+        };
+        super::model::Deps {
+            command: command(&d.command),
+            inputs: trim(&d.inputs),
+            outputs: trim(&d.outputs),
+            version: d.version.as_ref().map(command),
+        }
     }
 
     fn reference(&mut self, r: &Str, what: &str, known: &[&str]) {

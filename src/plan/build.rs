@@ -41,6 +41,9 @@ pub struct HostView {
     /// host (only services that have one and are deployed here; empty when
     /// the plan is not made on the host).
     pub migrate_status: BTreeMap<String, MigrateCheck>,
+    /// Plan keys of the dependency cache's entries on this host (`None`:
+    /// not planned on the host, the cache is not visible).
+    pub deps_cache: Option<BTreeSet<String>>,
 }
 
 /// What `migrate-status` says about a deployed service's migrations.
@@ -383,18 +386,45 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             backup: None,
         };
         let build_cmd = rt.and_then(|r| r.build.as_ref());
+        let deps_note = match rt.and_then(|r| r.deps.as_ref().map(|d| (r, d))) {
+            Some((r, d)) => {
+                let inputs = crate::deps::input_ids(&target, &s.path, &d.inputs);
+                // The release the service runs now (or, planned away from
+                // the host, the revision deployed before).
+                let live_rev = match state {
+                    Some(st) => st.services.get(&s.name).map(|l| l.revision.clone()),
+                    None => changes.from.as_ref().map(|f| f.sha.clone()),
+                };
+                let live_inputs = live_rev
+                    .and_then(|rev| repo.snapshot(&rev).ok())
+                    .map(|snap| crate::deps::input_ids(&snap, &s.path, &d.inputs));
+                let argv = crate::deps::argv(&d.command.argv, s, env);
+                let key = crate::deps::plan_key(&r.name, &argv, &d.outputs, &inputs);
+                let cached = host.deps_cache.as_ref().map(|c| c.contains(&key));
+                Some(crate::deps::plan_note(
+                    &inputs,
+                    live_inputs.as_deref(),
+                    cached,
+                ))
+            }
+            None => None,
+        };
+        let mut reason = format!(
+            "new release {} of {}: {}",
+            short(&to.sha),
+            s.name,
+            a.reasons.join("; ")
+        );
+        if let Some(note) = deps_note {
+            reason = format!("{reason}; {note}");
+        }
         let id = push(
             Action {
                 id: format!("build:{}", s.name),
                 kind: ActionKind::Build,
                 service: Some(s.name.clone()),
                 phase: Some(s.phase.clone()),
-                reason: format!(
-                    "new release {} of {}: {}",
-                    short(&to.sha),
-                    s.name,
-                    a.reasons.join("; ")
-                ),
+                reason,
                 after: Vec::new(),
                 command: build_cmd.map(|c| template::render_all(&c.argv, &vars)),
                 dir: Some(release.clone()),

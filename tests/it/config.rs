@@ -133,11 +133,28 @@ fn pakashop_runtimes_build_like_deploy_sh() {
     assert_eq!(c.runtimes.len(), table.len());
     for (name, build) in table {
         let rt = &c.runtimes[*name];
-        assert_eq!(
-            rt.build.as_ref().unwrap().argv,
-            argv(build),
-            "{name}: build"
-        );
+        // npm ci and the venv are cached dependency steps; go builds.
+        let (step, inputs, outputs): (_, &[&str], &[&str]) = match *name {
+            "node" => (
+                rt.deps.as_ref().map(|d| &d.command),
+                &["package.json", "package-lock.json"],
+                &["node_modules"],
+            ),
+            "python" => (
+                rt.deps.as_ref().map(|d| &d.command),
+                &["requirements.txt"],
+                &["venv"],
+            ),
+            _ => (rt.build.as_ref(), &[], &[]),
+        };
+        assert_eq!(step.unwrap().argv, argv(build), "{name}: build");
+        if let Some(d) = &rt.deps {
+            assert_eq!(
+                (argv(inputs), argv(outputs)),
+                (d.inputs.clone(), d.outputs.clone())
+            );
+            assert!(d.version.is_some(), "{name}: version");
+        }
         assert!(rt.unit.is_some(), "{name}: unit");
     }
     let migrate = c.runtimes["node"].migrate.as_ref().unwrap();
@@ -287,6 +304,7 @@ invalid! {
     unknown_placeholder,
     backup_placeholder_in_unit,
     release_placeholder_in_unit,
+    deps_problems,
     service_name_dotdot,
     service_name_slash,
     path_absolute,

@@ -11,6 +11,7 @@ mod config;
 mod config_fuzz;
 mod demo;
 mod deploy;
+mod deps;
 mod docs;
 mod ops;
 mod package;

@@ -1,0 +1,795 @@
+//! Cached dependency steps (`deps` in a runtime): a step's outputs
+//! (`node_modules`, a venv) are kept on the host under
+//! `{root}/.moorline-cache/deps/{key}/`, keyed by a hash of what decides
+//! them, and linked into later releases instead of running the step again.
+//!
+//! - The key has two parts. The *plan key* is known from git alone: the
+//!   runtime, the step's argv, its outputs and the object id of each input
+//!   at the target revision ([`plan_key`]); the planner uses it to say
+//!   "reused" or "rebuilt" deterministically. The *version*, the output of
+//!   the step's `version` command, is only known on the host at apply time;
+//!   an entry is named `{plan key}-{hash of the version}`.
+//! - Reuse is a hard-link copy of the entry's tree into the release (every
+//!   directory new, every file a hard link), never a shared or symlinked
+//!   directory. Files in the cache are read-only (`a-w`), so an ordinary
+//!   user writing into a reused file fails loudly; root is not stopped by
+//!   permission bits, so every entry also records a digest of its files'
+//!   paths, sizes and modification times: an entry changed in place is
+//!   noticed on its next reuse, discarded and rebuilt.
+//! - Absolute paths: a step runs in the release directory it was first
+//!   built for (its "origin"). Storing scans the outputs' small text files
+//!   and symlinks for the origin's path; reusing writes those few files
+//!   anew (not as links) with the new release's path, so a venv's scripts
+//!   (`bin/pip`: `#!{release}/venv/bin/python`) name the new release's
+//!   interpreter. Binary files that hold the path are not rewritten.
+//! - An entry is written under a temporary name and renamed into place when
+//!   complete. A release records the entry it uses (`.moorline-deps`,
+//!   written before the entry is stored or linked); entries that no release
+//!   under the root names any more are removed ([`collect_garbage`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::changes::Snapshot;
+use crate::config::Deps;
+use crate::process::{self, Run};
+
+/// Where entries live, under an environment's root.
+pub const CACHE_DIR: &str = ".moorline-cache/deps";
+/// In a release: the name of the entry its dependencies came from.
+pub const RELEASE_MARKER: &str = ".moorline-deps";
+/// Bumped when the entry layout or the key changes.
+const FORMAT: u32 = 1;
+const META: &str = "meta.json";
+const OUT: &str = "out";
+const TMP_PREFIX: &str = ".tmp-";
+/// Files larger than this are not scanned for the origin's path.
+const RELOCATE_MAX: u64 = 1024 * 1024;
+/// A temporary entry this old belongs to a store that died.
+const STALE_TMP: Duration = Duration::from_hours(1);
+
+pub fn cache_dir(root: &str) -> PathBuf {
+    Path::new(root).join(CACHE_DIR)
+}
+
+/// Each input (relative to the service directory) and its git object id at
+/// the snapshot's revision (`None`: absent).
+pub fn input_ids(
+    snapshot: &Snapshot<'_>,
+    service_path: &str,
+    inputs: &[String],
+) -> Vec<(String, Option<String>)> {
+    inputs
+        .iter()
+        .map(|i| (i.clone(), snapshot.path_id(&format!("{service_path}/{i}"))))
+        .collect()
+}
+
+/// A dependency step's argv with its placeholders resolved (only those
+/// that are the same for every release of a service).
+pub fn argv(
+    argv: &[String],
+    s: &crate::config::Service,
+    env: &crate::config::Environment,
+) -> Vec<String> {
+    crate::template::render_all(
+        argv,
+        &crate::template::Vars {
+            service: Some(&s.name),
+            port: Some(s.port),
+            root: Some(&env.root),
+            ..crate::template::Vars::default()
+        },
+    )
+}
+
+/// The part of the key known from git: runtime, argv, outputs, inputs.
+pub fn plan_key(
+    runtime: &str,
+    argv: &[String],
+    outputs: &[String],
+    inputs: &[(String, Option<String>)],
+) -> String {
+    #[derive(Serialize)]
+    struct Key<'a> {
+        format: u32,
+        runtime: &'a str,
+        argv: &'a [String],
+        outputs: &'a [String],
+        inputs: &'a [(String, Option<String>)],
+    }
+    let bytes = serde_json::to_vec(&Key {
+        format: FORMAT,
+        runtime,
+        argv,
+        outputs,
+        inputs,
+    })
+    .unwrap_or_default();
+    hex::encode(Sha256::digest(&bytes))
+}
+
+/// An entry's name: the plan key and a hash of the tool version.
+fn entry_name(plan_key: &str, version: Option<&str>) -> String {
+    let v = hex::encode(Sha256::digest(version.unwrap_or("").as_bytes()));
+    format!("{plan_key}-{}", &v[..16])
+}
+
+/// The plan keys of the complete entries in the cache (for the planner).
+pub fn present(root: &str) -> BTreeSet<String> {
+    entries(&cache_dir(root))
+        .into_iter()
+        .filter(|(name, dir)| !name.starts_with(TMP_PREFIX) && dir.join(META).is_file())
+        .filter_map(|(name, _)| name.split_once('-').map(|(k, _)| k.to_owned()))
+        .collect()
+}
+
+fn entries(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, PathBuf)> = rd
+        .filter_map(Result::ok)
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// What the plan says about a service's dependencies (appended to its
+/// build's reason).
+pub fn plan_note(
+    inputs: &[(String, Option<String>)],
+    live: Option<&[(String, Option<String>)]>,
+    cached: Option<bool>,
+) -> String {
+    let names = inputs
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let changed: Vec<&str> = match live {
+        Some(live) => inputs
+            .iter()
+            .filter(|i| !live.contains(i))
+            .map(|(p, _)| p.as_str())
+            .collect(),
+        None => Vec::new(),
+    };
+    match (cached, live.is_some(), changed.is_empty()) {
+        (Some(true), true, true) => format!("dependencies reused ({names} unchanged)"),
+        (Some(true), _, _) => format!("dependencies reused ({names} as cached before)"),
+        (_, true, false) => format!("dependencies rebuilt: {} changed", changed.join(", ")),
+        (Some(false), true, true) => {
+            format!("dependencies rebuilt: not in the host's cache ({names} unchanged)")
+        }
+        (None, true, true) => {
+            format!("dependencies reused if the host's cache has them ({names} unchanged)")
+        }
+        (_, false, _) => "dependencies built: no earlier release to reuse them from".to_owned(),
+    }
+}
+
+/// What the apply of one build needs to provide its dependencies.
+pub struct Provide<'a> {
+    pub root: &'a str,
+    pub release: &'a Path,
+    pub deps: &'a Deps,
+    /// The step's and the version command's argv, placeholders resolved.
+    pub argv: Vec<String>,
+    pub version_argv: Option<Vec<String>>,
+    pub plan_key: String,
+    pub env: BTreeMap<String, String>,
+    /// Log files of the step and of the version command.
+    pub log: PathBuf,
+    pub version_log: PathBuf,
+}
+
+/// What a build in `release` needs for its runtime's dependency step
+/// (`None`: the runtime has none).
+pub fn provision<'a>(
+    ctx: &'a crate::apply::Ctx,
+    s: &crate::config::Service,
+    repo: &crate::changes::Repo,
+    to_sha: &str,
+    release: &'a Path,
+    apply_id: &str,
+) -> Option<Result<Provide<'a>, String>> {
+    let rt = ctx.config.runtime_of(s)?;
+    let d = rt.deps.as_ref()?;
+    Some((|| {
+        let snapshot = repo.snapshot(to_sha).map_err(|e| e.to_string())?;
+        let inputs = input_ids(&snapshot, &s.path, &d.inputs);
+        let argv = argv(&d.command.argv, s, &ctx.env);
+        let plan_key = plan_key(&rt.name, &argv, &d.outputs, &inputs);
+        let id = format!("deps:{}", s.name);
+        Ok(Provide {
+            root: &ctx.env.root,
+            release,
+            deps: d,
+            version_argv: d.version.as_ref().map(|v| self::argv(&v.argv, s, &ctx.env)),
+            argv,
+            plan_key,
+            env: crate::apply::command_env(ctx, Some(&s.name), release.to_str()),
+            log: crate::apply::log_path(ctx, apply_id, &id),
+            version_log: crate::apply::log_path(ctx, apply_id, &format!("{id}-version")),
+        })
+    })())
+}
+
+/// Links the dependencies from the cache into the release, or runs the
+/// step there and stores its outputs. Returns what it did, for the journal.
+pub async fn provide(p: Provide<'_>) -> Result<String, String> {
+    let version = match &p.version_argv {
+        Some(argv) => {
+            process::run(Run {
+                argv,
+                dir: Some(p.release),
+                env: &p.env,
+                timeout: p
+                    .deps
+                    .version
+                    .as_ref()
+                    .map_or(Duration::from_mins(1), |c| c.timeout),
+                log: &p.version_log,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            let out = fs::read_to_string(&p.version_log).map_err(|e| e.to_string())?;
+            Some(out.trim().to_owned())
+        }
+        None => None,
+    };
+    let cache = cache_dir(p.root);
+    let name = entry_name(&p.plan_key, version.as_deref());
+    let entry = cache.join(&name);
+    // The release names its entry before the entry is linked or stored, so
+    // a concurrent garbage collection keeps it.
+    crate::state::write_atomic(
+        &p.release.join(RELEASE_MARKER),
+        format!("{name}\n").as_bytes(),
+    )
+    .map_err(|e| format!("writing {}: {e}", p.release.display()))?;
+
+    let mut why = None;
+    if entry.join(META).is_file() {
+        let (e, release, outputs) = (entry.clone(), p.release.to_owned(), p.deps.outputs.clone());
+        let restored = tokio::task::spawn_blocking(move || restore(&e, &release, &outputs))
+            .await
+            .map_err(|e| e.to_string())?;
+        match restored {
+            Ok(r) => {
+                return Ok(format!(
+                    "dependencies reused from the cache: {} files linked, {} rewritten for this release",
+                    r.linked, r.rewritten
+                ));
+            }
+            Err(e) => {
+                // Not trusted any more: gone, rebuilt below.
+                make_writable_and_remove(&entry);
+                why = Some(format!("the cached entry was unusable ({e})"));
+            }
+        }
+    }
+    let why = why.unwrap_or_else(|| {
+        let older = entries(&cache).into_iter().find_map(|(n, dir)| {
+            let (k, _) = n.split_once('-')?;
+            (k == p.plan_key && n != name)
+                .then(|| read_meta(&dir).ok())
+                .flatten()
+        });
+        match (older, &version) {
+            (Some(m), Some(now)) => format!(
+                "`{}` changed ({} → {now})",
+                p.version_argv.as_deref().unwrap_or_default().join(" "),
+                m.version.as_deref().unwrap_or("?")
+            ),
+            _ => "not in the cache".to_owned(),
+        }
+    });
+    for o in &p.deps.outputs {
+        remove_any(&p.release.join(o)).map_err(|e| format!("removing {o}: {e}"))?;
+    }
+    process::run(Run {
+        argv: &p.argv,
+        dir: Some(p.release),
+        env: &p.env,
+        timeout: p.deps.command.timeout,
+        log: &p.log,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let (release, outputs, plan_key, root) = (
+        p.release.to_owned(),
+        p.deps.outputs.clone(),
+        p.plan_key.clone(),
+        p.root.to_owned(),
+    );
+    let stored = tokio::task::spawn_blocking(move || {
+        let n = store(&cache, &name, &plan_key, version, &release, &outputs)?;
+        collect_garbage(&root);
+        Ok::<_, String>(n)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    Ok(format!(
+        "dependencies built ({why}) and cached: {stored} files"
+    ))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Meta {
+    format: u32,
+    plan_key: String,
+    version: Option<String>,
+    /// The release directory the step ran in, as given and as resolved.
+    origins: Vec<String>,
+    outputs: Vec<String>,
+    /// Files (relative to `out/`) that hold an origin path.
+    relocate: Vec<String>,
+    /// Over every path, size and modification time under `out/`.
+    digest: String,
+}
+
+fn read_meta(entry: &Path) -> Result<Meta, String> {
+    let text = fs::read(entry.join(META)).map_err(|e| e.to_string())?;
+    let m: Meta = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+    if m.format == FORMAT {
+        Ok(m)
+    } else {
+        Err(format!("entry format {}", m.format))
+    }
+}
+
+/// The paths a release directory is known by: as given and resolved.
+fn names_of(dir: &Path) -> Vec<String> {
+    let mut v = vec![dir.display().to_string()];
+    if let Ok(c) = dir.canonicalize() {
+        let c = c.display().to_string();
+        if !v.contains(&c) {
+            v.push(c);
+        }
+    }
+    v
+}
+
+/// Visits `base/rel` and everything under it, parents first, entries in
+/// name order; symlinks are not followed.
+fn walk(
+    base: &Path,
+    rel: &Path,
+    f: &mut dyn FnMut(&Path, &fs::Metadata) -> io::Result<()>,
+) -> io::Result<()> {
+    let meta = fs::symlink_metadata(base.join(rel))?;
+    f(rel, &meta)?;
+    if meta.is_dir() {
+        let mut names: Vec<_> = fs::read_dir(base.join(rel))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()?;
+        names.sort();
+        for n in names {
+            walk(base, &rel.join(n), f)?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds one visited path to an entry digest.
+fn digest_add(h: &mut Sha256, rel: &Path, meta: &fs::Metadata, link: Option<&Path>) {
+    let kind = if meta.is_dir() {
+        "d"
+    } else if meta.file_type().is_symlink() {
+        "l"
+    } else {
+        "f"
+    };
+    let entry = format!(
+        "{kind}\0{}\0{}\0{}.{}\0{}\n",
+        rel.display(),
+        if meta.is_file() { meta.len() } else { 0 },
+        if meta.is_file() { meta.mtime() } else { 0 },
+        if meta.is_file() { meta.mtime_nsec() } else { 0 },
+        link.map(|l| l.display().to_string()).unwrap_or_default()
+    );
+    h.update(entry.as_bytes());
+}
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn make_writable_and_remove(path: &Path) {
+    // Files are read-only, directories are not: removal needs only the
+    // directories' write permission.
+    let _ = remove_any(path);
+}
+
+fn link_or_copy(src: &Path, dst: &Path) -> io::Result<()> {
+    match fs::hard_link(src, dst) {
+        Err(e) if e.kind() == io::ErrorKind::CrossesDevices => fs::copy(src, dst).map(|_| ()),
+        r => r,
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Stores the outputs the step left in `release` as entry `name`; returns
+/// the number of files.
+fn store(
+    cache: &Path,
+    name: &str,
+    plan_key: &str,
+    version: Option<String>,
+    release: &Path,
+    outputs: &[String],
+) -> Result<u64, String> {
+    let err = |what: &str, p: &Path| {
+        let what = what.to_owned();
+        let p = p.display().to_string();
+        move |e: io::Error| format!("{what} {p}: {e}")
+    };
+    for o in outputs {
+        if fs::symlink_metadata(release.join(o)).is_err() {
+            return Err(format!(
+                "the dependency step did not create `{o}` (listed in its outputs)"
+            ));
+        }
+    }
+    fs::create_dir_all(cache).map_err(err("creating", cache))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = cache.join(format!("{TMP_PREFIX}{name}-{}-{nanos}", std::process::id()));
+    let out = tmp.join(OUT);
+    fs::create_dir_all(&out).map_err(err("creating", &out))?;
+    let origins = names_of(release);
+    let mut relocate = Vec::new();
+    let mut files = 0u64;
+    for o in outputs {
+        if let Some(parent) = Path::new(o).parent() {
+            fs::create_dir_all(out.join(parent)).map_err(err("creating", &out))?;
+        }
+        walk(release, Path::new(o), &mut |rel, meta| {
+            let (src, dst) = (release.join(rel), out.join(rel));
+            if meta.is_dir() {
+                fs::create_dir(&dst)?;
+                fs::set_permissions(
+                    &dst,
+                    fs::Permissions::from_mode(meta.mode() & 0o7777 | 0o700),
+                )
+            } else if meta.file_type().is_symlink() {
+                std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)
+            } else if meta.is_file() {
+                // Read-only: a write into a reused file fails (but as root).
+                let mode = meta.mode() & 0o7777 & !0o222;
+                fs::set_permissions(&src, fs::Permissions::from_mode(mode))?;
+                link_or_copy(&src, &dst)?;
+                files += 1;
+                if meta.len() <= RELOCATE_MAX {
+                    let bytes = fs::read(&src)?;
+                    if !bytes.contains(&0) && origins.iter().any(|o| contains(&bytes, o.as_bytes()))
+                    {
+                        relocate.push(rel.display().to_string());
+                    }
+                }
+                Ok(())
+            } else {
+                // Sockets, fifos: not dependencies.
+                Ok(())
+            }
+        })
+        .map_err(|e| format!("storing {o} in the cache: {e}"))?;
+    }
+    let digest = digest_of(&out, outputs).map_err(|e| format!("reading the cache: {e}"))?;
+    let meta = Meta {
+        format: FORMAT,
+        plan_key: plan_key.to_owned(),
+        version,
+        origins,
+        outputs: outputs.to_vec(),
+        relocate,
+        digest,
+    };
+    let json = serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?;
+    crate::state::write_atomic(&tmp.join(META), &json).map_err(err("writing", &tmp))?;
+    let entry = cache.join(name);
+    match fs::rename(&tmp, &entry) {
+        Ok(()) => {}
+        // Another build with the same key stored it first.
+        Err(_) if entry.join(META).is_file() => make_writable_and_remove(&tmp),
+        Err(e) => return Err(format!("renaming {}: {e}", tmp.display())),
+    }
+    if let Ok(d) = fs::File::open(cache) {
+        let _ = d.sync_all();
+    }
+    Ok(files)
+}
+
+fn digest_of(out: &Path, outputs: &[String]) -> io::Result<String> {
+    let mut h = Sha256::new();
+    for o in outputs {
+        walk(out, Path::new(o), &mut |rel, meta| {
+            let link = if meta.file_type().is_symlink() {
+                Some(fs::read_link(out.join(rel))?)
+            } else {
+                None
+            };
+            digest_add(&mut h, rel, meta, link.as_deref());
+            Ok(())
+        })?;
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+struct Restored {
+    linked: u64,
+    rewritten: u64,
+}
+
+/// Links an entry's outputs into `release`, rewriting the files that name
+/// the origin; checks the entry's digest on the way.
+fn restore(entry: &Path, release: &Path, outputs: &[String]) -> Result<Restored, String> {
+    let meta = read_meta(entry)?;
+    if meta.outputs != outputs {
+        return Err("it holds other outputs".to_owned());
+    }
+    let out = entry.join(OUT);
+    let news = names_of(release);
+    let pairs: Vec<(&str, &str)> = meta
+        .origins
+        .iter()
+        .zip(news.iter().chain(std::iter::repeat(&news[news.len() - 1])))
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let relocate: BTreeSet<&str> = meta.relocate.iter().map(String::as_str).collect();
+    let mut h = Sha256::new();
+    let mut r = Restored {
+        linked: 0,
+        rewritten: 0,
+    };
+    let result = (|| {
+        for o in outputs {
+            let dst = release.join(o);
+            remove_any(&dst)?;
+            if let Some(parent) = dst.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            walk(&out, Path::new(o), &mut |rel, m| {
+                let (src, dst) = (out.join(rel), release.join(rel));
+                if m.is_dir() {
+                    digest_add(&mut h, rel, m, None);
+                    fs::create_dir(&dst)?;
+                    fs::set_permissions(&dst, fs::Permissions::from_mode(m.mode() & 0o7777))
+                } else if m.file_type().is_symlink() {
+                    let target = fs::read_link(&src)?;
+                    digest_add(&mut h, rel, m, Some(&target));
+                    let mut t = target.display().to_string();
+                    for (from, to) in &pairs {
+                        if let Some(rest) = t.strip_prefix(from) {
+                            t = format!("{to}{rest}");
+                            break;
+                        }
+                    }
+                    std::os::unix::fs::symlink(t, &dst)
+                } else {
+                    digest_add(&mut h, rel, m, None);
+                    if relocate.contains(rel.display().to_string().as_str()) {
+                        let mut text = fs::read(&src)?;
+                        for (from, to) in &pairs {
+                            text = replace(&text, from.as_bytes(), to.as_bytes());
+                        }
+                        fs::write(&dst, &text)?;
+                        fs::set_permissions(&dst, fs::Permissions::from_mode(m.mode() & 0o7777))?;
+                        r.rewritten += 1;
+                    } else {
+                        link_or_copy(&src, &dst)?;
+                        r.linked += 1;
+                    }
+                    Ok(())
+                }
+            })?;
+        }
+        Ok::<_, io::Error>(())
+    })();
+    let failed = match result {
+        Err(e) => Some(e.to_string()),
+        Ok(()) if hex::encode(h.finalize()) != meta.digest => {
+            Some("its files changed since it was stored".to_owned())
+        }
+        Ok(()) => None,
+    };
+    if let Some(why) = failed {
+        for o in outputs {
+            let _ = remove_any(&release.join(o));
+        }
+        return Err(why);
+    }
+    Ok(r)
+}
+
+fn replace(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(hay.len());
+    let mut i = 0;
+    while i < hay.len() {
+        if !from.is_empty() && hay[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Removes entries that no release under `root` names, and temporary
+/// entries of stores that died.
+pub fn collect_garbage(root: &str) {
+    let cache = cache_dir(root);
+    let mut used = BTreeSet::new();
+    for (name, svc) in entries(Path::new(root)) {
+        if name.starts_with('.') {
+            continue;
+        }
+        for (_, release) in entries(&svc.join("releases")) {
+            if let Ok(s) = fs::read_to_string(release.join(RELEASE_MARKER)) {
+                used.insert(s.trim().to_owned());
+            }
+        }
+    }
+    for (name, dir) in entries(&cache) {
+        let stale_tmp = name.starts_with(TMP_PREFIX)
+            && fs::metadata(&dir)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > STALE_TMP));
+        if stale_tmp || (!name.starts_with(TMP_PREFIX) && !used.contains(&name)) {
+            make_writable_and_remove(&dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_notes_say_why() {
+        let lock = |id: &str| vec![("package-lock.json".to_owned(), Some(id.to_owned()))];
+        let (a, b) = (lock("a"), lock("b"));
+        for (inputs, live, cached, want) in [
+            (
+                &a,
+                Some(&a),
+                Some(true),
+                "dependencies reused (package-lock.json unchanged)",
+            ),
+            (
+                &a,
+                Some(&b),
+                Some(false),
+                "dependencies rebuilt: package-lock.json changed",
+            ),
+            (
+                &a,
+                Some(&b),
+                None,
+                "dependencies rebuilt: package-lock.json changed",
+            ),
+            (
+                &a,
+                Some(&b),
+                Some(true),
+                "dependencies reused (package-lock.json as cached before)",
+            ),
+            (
+                &a,
+                Some(&a),
+                Some(false),
+                "dependencies rebuilt: not in the host's cache (package-lock.json unchanged)",
+            ),
+            (
+                &a,
+                Some(&a),
+                None,
+                "dependencies reused if the host's cache has them (package-lock.json unchanged)",
+            ),
+            (
+                &a,
+                None,
+                Some(false),
+                "dependencies built: no earlier release to reuse them from",
+            ),
+        ] {
+            assert_eq!(plan_note(inputs, live.map(Vec::as_slice), cached), want);
+        }
+    }
+
+    #[test]
+    fn keys_follow_inputs_and_versions() {
+        let argv = vec!["npm".to_owned(), "ci".to_owned()];
+        let out = vec!["node_modules".to_owned()];
+        let k = |id: &str| plan_key("node", &argv, &out, &[("p".into(), Some(id.into()))]);
+        assert_eq!(k("a"), k("a"));
+        assert_ne!(k("a"), k("b"));
+        assert_ne!(k("a"), plan_key("node", &argv, &out, &[("p".into(), None)]));
+        assert_ne!(entry_name("k", Some("v20")), entry_name("k", Some("v22")));
+        assert!(entry_name("k", None).starts_with("k-"));
+    }
+
+    #[test]
+    fn replace_rewrites_every_occurrence() {
+        assert_eq!(
+            replace(b"#!/a/r1/bin /a/r1", b"/a/r1", b"/b/r22"),
+            b"#!/b/r22/bin /b/r22"
+        );
+        assert_eq!(replace(b"none", b"/a", b"/b"), b"none");
+    }
+
+    #[test]
+    fn reuse_links_rewrites_and_notices_tampering() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let r1 = root.join("svc/releases/r1");
+        let r2 = root.join("svc/releases/r2");
+        fs::create_dir_all(r1.join("venv/bin")).unwrap();
+        fs::create_dir_all(&r2).unwrap();
+        let origin = names_of(&r1)[0].clone();
+        fs::write(
+            r1.join("venv/bin/tool"),
+            format!("#!{origin}/venv/bin/python\n"),
+        )
+        .unwrap();
+        fs::write(r1.join("venv/lib.txt"), "no path here").unwrap();
+        std::os::unix::fs::symlink("/usr/bin/python3", r1.join("venv/bin/python")).unwrap();
+        let outputs = vec!["venv".to_owned()];
+        let cache = cache_dir(root.to_str().unwrap());
+        store(&cache, "k-v", "k", None, &r1, &outputs).unwrap();
+        fs::write(r1.join(RELEASE_MARKER), "k-v\n").unwrap();
+        // The original release goes (pruned); the entry stays.
+        fs::remove_dir_all(&r1).unwrap();
+        fs::write(r2.join(RELEASE_MARKER), "k-v\n").unwrap();
+        let r = restore(&cache.join("k-v"), &r2, &outputs).unwrap();
+        assert_eq!((r.linked, r.rewritten), (1, 1));
+        let tool = fs::read_to_string(r2.join("venv/bin/tool")).unwrap();
+        assert_eq!(tool, format!("#!{}/venv/bin/python\n", r2.display()));
+        assert_eq!(
+            fs::read_link(r2.join("venv/bin/python")).unwrap(),
+            Path::new("/usr/bin/python3")
+        );
+        // Linked, read-only.
+        let m = fs::metadata(r2.join("venv/lib.txt")).unwrap();
+        assert_eq!((m.nlink(), m.mode() & 0o222), (2, 0));
+        assert_eq!(
+            present(root.to_str().unwrap()),
+            BTreeSet::from(["k".to_owned()])
+        );
+        // Changed in place through a link (as root would): noticed.
+        let lib = r2.join("venv/lib.txt");
+        fs::set_permissions(&lib, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&lib, "changed!").unwrap();
+        let r3 = root.join("svc/releases/r3");
+        fs::create_dir_all(&r3).unwrap();
+        let e = restore(&cache.join("k-v"), &r3, &outputs).err().unwrap();
+        assert!(e.contains("changed since"), "{e}");
+        assert!(!r3.join("venv").exists());
+        // No release names it: collected.
+        fs::remove_dir_all(root.join("svc")).unwrap();
+        collect_garbage(root.to_str().unwrap());
+        assert!(present(root.to_str().unwrap()).is_empty());
+        assert!(!cache.join("k-v").exists());
+    }
+}
