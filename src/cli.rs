@@ -77,6 +77,8 @@ pub enum OnFailure {
 pub enum Command {
     /// Parse and check the configuration; every problem is reported
     Validate,
+    /// Write a commented configuration guessed from a repository's files
+    Init(InitArgs),
     /// Compute what a deploy would do, and why
     Plan(PlanArgs),
     /// Execute a saved plan exactly, or plan and apply after confirmation
@@ -279,6 +281,19 @@ pub struct LogsArgs {
     /// Read the journal files in DIR instead of the host's journal (journalctl -D)
     #[arg(long, short = 'D', value_name = "DIR")]
     pub directory: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The repository to look at [default: the current directory]
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Where to write the configuration [default: DIR/moorline.kdl]
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Replace the file if it exists
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

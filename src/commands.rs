@@ -14,6 +14,7 @@ use crate::settings::{self, PlanRequest};
 use crate::{exit, render, report};
 
 mod backup;
+mod init;
 mod rollback;
 
 /// Runs one command line; returns the process exit code.
@@ -31,6 +32,7 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
     let global = &cli.global;
     match &cli.command {
         Command::Validate => Ok(validate(&load_config(global.config.as_deref())?)),
+        Command::Init(args) => init::run(args),
         Command::Plan(args) => plan(global, args),
         Command::Apply(args) => apply_cmd(global, args),
         Command::Rollback(args) => rollback::run(global, args),

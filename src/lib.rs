@@ -15,6 +15,7 @@ pub mod deps;
 pub mod exit;
 pub mod fixture;
 pub mod health;
+pub mod init;
 pub mod journal;
 pub mod lock;
 pub mod logs;

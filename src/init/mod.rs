@@ -1,0 +1,443 @@
+//! `moorline init`: a repository's files → a [`Scan`] (services, runtimes,
+//! existing unit files, a proxy, each guess with where it came from and
+//! whether to check it) → a commented KDL configuration ([`render`]).
+//! Reading the directory ([`Files::read`]) is the only I/O; [`scan`] and
+//! [`render`] are pure and deterministic (sorted inputs, no clock).
+
+mod render;
+mod scan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use miette::Diagnostic;
+
+pub use render::{kdl_string, render, summary};
+pub use scan::scan;
+
+/// Directories never looked into: dependencies, build output, virtualenvs,
+/// version control. Hidden directories (`.git`, `.venv`, `.next`) are
+/// skipped too.
+const SKIPPED_DIRS: &[&str] = &[
+    "node_modules",
+    "venv",
+    "env",
+    "target",
+    "vendor",
+    "dist",
+    "build",
+    "__pycache__",
+    "coverage",
+    "site-packages",
+];
+
+/// How deep below the repository root files are looked for
+/// (`services/api/prisma/schema.prisma` is 4; `deploy/systemd/x.service` 3).
+const MAX_DEPTH: usize = 6;
+/// Files listed at most: a repository with more is read in part (sorted
+/// order), and the scan says so.
+const MAX_FILES: usize = 50_000;
+/// Text read from one file at most; larger files are listed, not read.
+const MAX_FILE_BYTES: u64 = 512 * 1024;
+/// Text read in total at most (source files are read for ports and health
+/// paths; manifests and unit files first).
+const MAX_TOTAL_BYTES: usize = 32 * 1024 * 1024;
+
+/// What `init` reads of a repository: every file's relative path (`/`
+/// separators) and the text of the files it interprets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Files {
+    /// The directory's own name (the project name is guessed from it).
+    pub dir_name: String,
+    /// The branch checked out, when the directory is in a git repository.
+    pub branch: Option<String>,
+    /// Every file found, relative to the directory.
+    pub paths: BTreeSet<String>,
+    /// The text of the interesting files among them.
+    pub text: BTreeMap<String, String>,
+    /// Whether the listing stopped at `MAX_FILES` or `MAX_TOTAL_BYTES`.
+    pub truncated: bool,
+}
+
+impl Files {
+    /// Builds a listing from `(path, text)` pairs (tests, and `read`).
+    pub fn from_entries<'a>(
+        dir_name: &str,
+        entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Self {
+        let mut f = Self {
+            dir_name: dir_name.to_owned(),
+            ..Self::default()
+        };
+        for (p, t) in entries {
+            f.paths.insert(p.to_owned());
+            if is_interesting(p) {
+                f.text.insert(p.to_owned(), t.to_owned());
+            }
+        }
+        f
+    }
+
+    /// Lists `dir` (not following symlinks, skipping [`SKIPPED_DIRS`],
+    /// hidden directories and what git ignores) and reads the files the
+    /// scan interprets.
+    pub fn read(dir: &Path) -> Result<Self, InitError> {
+        let meta = std::fs::metadata(dir).map_err(|source| InitError::Unreadable {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(InitError::NotADirectory {
+                path: dir.display().to_string(),
+            });
+        }
+        let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let repo = git2::Repository::discover(&abs).ok();
+        let branch = repo.as_ref().and_then(|r| {
+            r.head()
+                .ok()
+                .filter(git2::Reference::is_branch)
+                .and_then(|h| h.shorthand().ok().map(str::to_owned))
+                .or_else(|| {
+                    // A fresh repository: HEAD names a branch without commits.
+                    r.find_reference("HEAD")
+                        .ok()
+                        .and_then(|h| h.symbolic_target().ok().flatten().map(str::to_owned))
+                        .and_then(|t| t.strip_prefix("refs/heads/").map(str::to_owned))
+                })
+        });
+        let mut files = Self {
+            dir_name: abs
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            branch,
+            ..Self::default()
+        };
+        let ignored = |rel: &str| -> bool {
+            let Some(r) = &repo else { return false };
+            let Some(work) = r.workdir() else {
+                return false;
+            };
+            let full = abs.join(rel);
+            full.strip_prefix(work)
+                .ok()
+                .is_some_and(|p| r.is_path_ignored(p).unwrap_or(false))
+        };
+        let mut stack = vec![(String::new(), 0usize)];
+        let mut found = Vec::new();
+        while let Some((rel, depth)) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(abs.join(&rel)) else {
+                continue;
+            };
+            let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+            entries.sort_by_key(std::fs::DirEntry::file_name);
+            for e in entries {
+                let Ok(name) = e.file_name().into_string() else {
+                    continue;
+                };
+                if !usable(&name) {
+                    continue;
+                }
+                let path = if rel.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let Ok(kind) = e.file_type() else { continue };
+                if kind.is_dir() {
+                    if depth + 1 < MAX_DEPTH
+                        && !name.starts_with('.')
+                        && !SKIPPED_DIRS.contains(&name.as_str())
+                        && !ignored(&path)
+                    {
+                        stack.push((path, depth + 1));
+                    }
+                } else if kind.is_file() && !ignored(&path) {
+                    if found.len() >= MAX_FILES {
+                        files.truncated = true;
+                        break;
+                    }
+                    found.push((path, e.metadata().map_or(u64::MAX, |m| m.len())));
+                }
+            }
+        }
+        found.sort();
+        // Manifests and unit files first, then source files, so that the
+        // byte budget goes to what matters most.
+        let mut wanted: Vec<&(String, u64)> = found
+            .iter()
+            .filter(|(p, len)| is_interesting(p) && *len <= MAX_FILE_BYTES)
+            .collect();
+        wanted.sort_by_key(|(p, _)| (is_source(p), p.clone()));
+        let mut total = 0usize;
+        for (p, len) in wanted {
+            let len = usize::try_from(*len).unwrap_or(usize::MAX);
+            if total.saturating_add(len) > MAX_TOTAL_BYTES {
+                files.truncated = true;
+                break;
+            }
+            if let Ok(t) = std::fs::read_to_string(abs.join(p)) {
+                total += len;
+                files.text.insert(p.clone(), t);
+            }
+        }
+        files.paths = found.into_iter().map(|(p, _)| p).collect();
+        Ok(files)
+    }
+}
+
+/// Files the scan reads: manifests, env examples, unit files, nginx
+/// configuration, and source files (for ports and health paths).
+fn is_interesting(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    matches!(
+        name,
+        "package.json"
+            | "go.mod"
+            | "requirements.txt"
+            | "pyproject.toml"
+            | ".env.example"
+            | ".env.sample"
+            | "Dockerfile"
+            | "Procfile"
+    ) || name.ends_with(".service")
+        || scan::is_nginx_path(path)
+        || is_source(path)
+}
+
+fn is_source(path: &str) -> bool {
+    [".js", ".mjs", ".cjs", ".ts", ".go", ".py"]
+        .iter()
+        .any(|e| {
+            path.ends_with(e)
+                && !path.ends_with(".d.ts")
+                && !path.contains(".test.")
+                && !path.contains("_test.go")
+        })
+}
+
+/// A name or value from the repository that can be written into the
+/// configuration as it is: no control or invisible layout characters
+/// (which validation refuses), no placeholder braces.
+pub(crate) fn usable(s: &str) -> bool {
+    !s.is_empty()
+        && !s.chars().any(|c| {
+            c.is_control()
+                || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}' | '{' | '}')
+        })
+}
+
+/// A guessed value, where it came from, and whether a person should check it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Guess<T> {
+    pub value: T,
+    /// Where it came from (`deploy/systemd/shop-api.service`), or why it is
+    /// a default.
+    pub from: String,
+    /// Nothing in the repository said so: check it.
+    pub check: bool,
+}
+
+impl<T> Guess<T> {
+    pub fn found(value: T, from: impl Into<String>) -> Self {
+        Self {
+            value,
+            from: from.into(),
+            check: false,
+        }
+    }
+    pub fn assumed(value: T, why: impl Into<String>) -> Self {
+        Self {
+            value,
+            from: why.into(),
+            check: true,
+        }
+    }
+}
+
+/// What `init` understood of a repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    pub project: Guess<String>,
+    /// The branch `staging` deploys.
+    pub branch: Guess<String>,
+    /// The `unit-name` template.
+    pub unit_name: Guess<String>,
+    /// Units the services' existing unit files start after that moorline
+    /// does not manage (`postgresql.service`).
+    pub infrastructure: Vec<Guess<String>>,
+    pub runtimes: Vec<Runtime>,
+    pub services: Vec<Service>,
+    pub proxy: Option<Proxy>,
+    /// Things found and not used, and what to check, for the summary.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtime {
+    pub name: String,
+    pub kind: Kind,
+    pub spec: RuntimeSpec,
+    /// A migration, for the services that have its `if_exists` file.
+    pub migrate: Option<Migrate>,
+}
+
+/// What services of one runtime share; services whose specs are equal
+/// share a runtime.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RuntimeSpec {
+    pub deps: Option<Deps>,
+    pub build: Option<Guess<Vec<String>>>,
+    /// The package manager (`npm`, `pnpm`, `yarn`, `pip`, `uv`, `go`).
+    pub manager: String,
+    /// `env` of the runtime's unit (`NODE_ENV=production`), besides `PORT`.
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Deps {
+    pub argv: Vec<String>,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    pub version: Vec<String>,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Migrate {
+    pub argv: Vec<String>,
+    pub status: Vec<String>,
+    pub if_exists: String,
+    pub inputs: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Node,
+    Go,
+    Python,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Node => "node",
+            Kind::Go => "go",
+            Kind::Python => "python",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    /// Source directory, relative to the repository root.
+    pub path: String,
+    pub kind: Kind,
+    /// The runtime's name (set once runtimes are grouped).
+    pub runtime: String,
+    /// What its runtime is made of (services with equal specs share one).
+    pub spec: RuntimeSpec,
+    pub migrate: Option<Migrate>,
+    pub port: Guess<u16>,
+    pub exec: Guess<Vec<String>>,
+    pub health: Guess<String>,
+    pub ready: Guess<String>,
+    /// Files outside the service that it depends on (a workspace lockfile).
+    pub watch: Vec<Guess<String>>,
+    /// Services it must start after (from its unit file's `After=`).
+    pub depends_on: Vec<Guess<String>>,
+    /// The existing unit file it was matched with.
+    pub unit: Option<FoundUnit>,
+}
+
+/// What an existing `*.service` file says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FoundUnit {
+    pub file: String,
+    pub unit_name: String,
+    pub description: Option<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub env_files: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub after: Vec<String>,
+    pub wants: Vec<String>,
+    pub exec_start: Option<String>,
+    pub working_directory: Option<String>,
+    /// Environment variables not carried over because they look secret.
+    pub secrets_left_out: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxy {
+    pub watch: Guess<String>,
+    /// Ports the configuration proxies to (`proxy_pass`, `server` lines).
+    pub upstream_ports: Vec<u16>,
+}
+
+/// Why `init` wrote nothing.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum InitError {
+    #[error("cannot read {path}")]
+    #[diagnostic(
+        code(moorline::init::unreadable),
+        help("pass the repository's directory: `moorline init DIR`")
+    )]
+    Unreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a directory")]
+    #[diagnostic(
+        code(moorline::init::unreadable),
+        help("pass the repository's directory: `moorline init DIR`")
+    )]
+    NotADirectory { path: String },
+    #[error(
+        "found no service in {dir}: no package.json, go.mod, requirements.txt or pyproject.toml"
+    )]
+    #[diagnostic(
+        code(moorline::init::nothing_found),
+        help(
+            "run `moorline init` in the repository's root; moorline deploys services each in its own directory (services/NAME, apps/NAME), recognised by one of those files. To write a configuration by hand, start from docs/config.md"
+        )
+    )]
+    NothingFound { dir: String },
+    #[error(
+        "the only service found is the repository root itself ({marker}); moorline deploys each service from a directory of its own"
+    )]
+    #[diagnostic(
+        code(moorline::init::root_service),
+        help(
+            "a service's `path` is a directory below the repository root, so that several services can share one repository. Move the service into a directory (for example `git mv` its files into services/{suggested}/), commit, and run `moorline init` again"
+        )
+    )]
+    RootService { marker: String, suggested: String },
+    #[error("{path} exists; nothing was written")]
+    #[diagnostic(
+        code(moorline::init::exists),
+        help("pass --force to replace it, or --out FILE to write elsewhere")
+    )]
+    Exists { path: String },
+    #[error("cannot write {path}")]
+    #[diagnostic(
+        code(moorline::init::write),
+        help("check that the directory exists and is writable")
+    )]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the configuration moorline init generated does not validate; nothing was written (this is a bug in moorline init, please report it with the diagnostics below)"
+    )]
+    #[diagnostic(code(moorline::init::invalid_output))]
+    InvalidOutput {
+        #[related]
+        problems: Vec<crate::config::ConfigError>,
+    },
+}

@@ -1,0 +1,1372 @@
+//! Files → [`Scan`]: which directories are services and of what kind, how
+//! each is installed, built, started and checked, what existing unit files
+//! and nginx configuration say. Every value is a [`Guess`] that says where
+//! it came from. Pure: reads only the [`Files`] value.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{
+    Deps, Files, FoundUnit, Guess, InitError, Kind, Migrate, Proxy, Runtime, RuntimeSpec, Scan,
+    Service, usable,
+};
+use crate::unit::reader;
+
+/// Ports assigned to services nothing says anything about start here.
+const PORT_BASE: u16 = 3000;
+
+/// Directories whose manifests are not services (tests, examples, docs).
+const NOT_SERVICE_DIRS: &[&str] = &[
+    "test", "tests", "e2e", "example", "examples", "docs", "fixtures", "testdata", "scripts",
+];
+
+const MARKERS: &[&str] = &[
+    "go.mod",
+    "package.json",
+    "requirements.txt",
+    "pyproject.toml",
+];
+
+/// What the repository says, as a scan; an error when it has no service.
+pub fn scan(files: &Files) -> Result<Scan, InitError> {
+    let mut notes = Vec::new();
+    let dirs = service_dirs(files, &mut notes);
+    if dirs.is_empty() {
+        let project = sanitize(&files.dir_name).unwrap_or_else(|| "app".to_owned());
+        if let Some(marker) = MARKERS.iter().find(|m| files.paths.contains(**m)) {
+            return Err(InitError::RootService {
+                marker: (*marker).to_owned(),
+                suggested: project,
+            });
+        }
+        return Err(InitError::NothingFound {
+            dir: files.dir_name.clone(),
+        });
+    }
+    if let Some(marker) = MARKERS.iter().find(|m| files.paths.contains(**m)) {
+        notes.push(format!(
+            "the root's {marker} is taken as the repository's tooling (a workspace), not as a service"
+        ));
+    }
+    let project = sanitize(&files.dir_name).map_or_else(
+        || Guess::assumed("app".to_owned(), "the directory's name is not a valid name"),
+        |p| Guess::found(p, "the repository's directory name"),
+    );
+    let branch = match files.branch.as_deref().filter(|b| usable(b)) {
+        Some(b) => Guess::found(b.to_owned(), "the branch checked out now"),
+        None => Guess::assumed(
+            "main".to_owned(),
+            "not a git repository, or no branch checked out",
+        ),
+    };
+
+    let mut services: Vec<Service> = Vec::new();
+    let mut names = BTreeSet::new();
+    for dir in &dirs {
+        let Some(mut name) = sanitize(dir.rsplit('/').next().unwrap_or(dir)) else {
+            notes.push(format!(
+                "{dir}: its name cannot be a service name; left out"
+            ));
+            continue;
+        };
+        if names.contains(&name) {
+            match sanitize(&dir.replace('/', "-")) {
+                Some(n) if !names.contains(&n) => name = n,
+                _ => {
+                    notes.push(format!("{dir}: a second service named {name}; left out"));
+                    continue;
+                }
+            }
+        }
+        names.insert(name.clone());
+        services.push(service(files, dir, name, &mut notes));
+    }
+
+    let units = unit_files(files, &mut notes);
+    let unit_name = match_units(&mut services, &units, &project.value, &mut notes);
+    found_ports(&mut services, files);
+    depends_on(&mut services);
+    assign_ports(&mut services, &mut notes);
+    let infrastructure = infrastructure(&services, &units);
+    let runtimes = group_runtimes(&mut services);
+    let proxy = proxy(files, &services, &mut notes);
+    Ok(Scan {
+        project,
+        branch,
+        unit_name,
+        infrastructure,
+        runtimes,
+        services,
+        proxy,
+        notes,
+    })
+}
+
+/// Directories below the root holding a manifest, the shallowest of
+/// nested ones, without test/example directories and Node libraries
+/// under `packages/` or `libs/`.
+fn service_dirs(files: &Files, notes: &mut Vec<String>) -> Vec<String> {
+    let mut dirs: BTreeSet<String> = BTreeSet::new();
+    for p in &files.paths {
+        let Some((dir, name)) = p.rsplit_once('/') else {
+            continue;
+        };
+        if MARKERS.contains(&name) {
+            dirs.insert(dir.to_owned());
+        }
+    }
+    let mut out: Vec<String> = Vec::new();
+    for dir in &dirs {
+        if dir.split('/').any(|c| NOT_SERVICE_DIRS.contains(&c)) {
+            continue;
+        }
+        if out.iter().any(|o| dir.starts_with(&format!("{o}/"))) {
+            continue;
+        }
+        let library_dir = dir
+            .split('/')
+            .next()
+            .is_some_and(|top| matches!(top, "packages" | "libs" | "lib" | "shared"));
+        if library_dir && !has_any(files, dir, &["go.mod"]) {
+            let pkg = package_json(files, dir);
+            let start = pkg
+                .as_ref()
+                .and_then(|p| p.pointer("/scripts/start"))
+                .is_some();
+            if !start && !has_any(files, dir, &["requirements.txt", "pyproject.toml"]) {
+                notes.push(format!(
+                    "{dir}: no start script, taken as a library; if a service uses it, add it to that service's `watch`"
+                ));
+                continue;
+            }
+        }
+        out.push(dir.clone());
+    }
+    out
+}
+
+fn has_any(files: &Files, dir: &str, names: &[&str]) -> bool {
+    names
+        .iter()
+        .any(|n| files.paths.contains(&format!("{dir}/{n}")))
+}
+
+fn package_json(files: &Files, dir: &str) -> Option<serde_json::Value> {
+    let text = files.text.get(&format!("{dir}/package.json"))?;
+    serde_json::from_str(text).ok()
+}
+
+/// A name as the configuration accepts it: letters, digits, `-`, `_`, `.`,
+/// starting with a letter or digit, at most 64 bytes.
+pub(super) fn sanitize(raw: &str) -> Option<String> {
+    let mapped: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let trimmed = mapped.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+    let mut name: String = trimmed.chars().take(64).collect();
+    while name.ends_with(['-', '.']) {
+        name.pop();
+    }
+    (!name.is_empty()).then_some(name)
+}
+
+fn service(files: &Files, dir: &str, name: String, notes: &mut Vec<String>) -> Service {
+    let (kind, spec, migrate, exec, watch) = if has_any(files, dir, &["go.mod"]) {
+        let (spec, exec) = go(files, dir, &name);
+        (Kind::Go, spec, None, exec, Vec::new())
+    } else if has_any(files, dir, &["package.json"]) {
+        let (spec, migrate, exec, watch) = node(files, dir, notes);
+        (Kind::Node, spec, migrate, exec, watch)
+    } else {
+        let (spec, exec) = python(files, dir);
+        (Kind::Python, spec, None, exec, Vec::new())
+    };
+    let also: Vec<&str> = MARKERS
+        .iter()
+        .copied()
+        .filter(|m| has_any(files, dir, &[m]))
+        .collect();
+    if also.len() > 1 {
+        notes.push(format!(
+            "{dir}: has {}; taken as a {} service",
+            also.join(", "),
+            kind.name()
+        ));
+    }
+    let (health, ready) = health_paths(files, dir);
+    Service {
+        name,
+        path: dir.to_owned(),
+        kind,
+        runtime: String::new(),
+        spec,
+        migrate,
+        port: Guess::assumed(0, "unassigned"),
+        exec,
+        health,
+        ready,
+        watch,
+        depends_on: Vec::new(),
+        unit: None,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NodeManager {
+    Npm,
+    Pnpm,
+    Yarn,
+}
+
+type NodeParts = (
+    RuntimeSpec,
+    Option<Migrate>,
+    Guess<Vec<String>>,
+    Vec<Guess<String>>,
+);
+
+fn node(files: &Files, dir: &str, notes: &mut Vec<String>) -> NodeParts {
+    let pkg_path = format!("{dir}/package.json");
+    let pkg = package_json(files, dir).unwrap_or_else(|| {
+        notes.push(format!(
+            "{pkg_path}: not valid JSON; its scripts were not read"
+        ));
+        serde_json::Value::Null
+    });
+    let lock_in = |d: &str| -> Option<(NodeManager, &'static str)> {
+        let at = |n: &str| {
+            if d.is_empty() {
+                files.paths.contains(n)
+            } else {
+                files.paths.contains(&format!("{d}/{n}"))
+            }
+        };
+        if at("pnpm-lock.yaml") {
+            Some((NodeManager::Pnpm, "pnpm-lock.yaml"))
+        } else if at("yarn.lock") {
+            Some((NodeManager::Yarn, "yarn.lock"))
+        } else if at("package-lock.json") {
+            Some((NodeManager::Npm, "package-lock.json"))
+        } else {
+            None
+        }
+    };
+    let has_script = |s: &str| pkg.pointer(&format!("/scripts/{s}")).is_some();
+    let build_script = has_script("build");
+    let prisma = files.paths.contains(&format!("{dir}/prisma/schema.prisma"));
+    let prisma_dev = pkg.pointer("/devDependencies/prisma").is_some();
+    // A build (TypeScript) or a migration with a dev-only prisma needs the
+    // dev dependencies installed.
+    let all = build_script || (prisma && prisma_dev);
+    let mut watch = Vec::new();
+    let (manager, local_lock) = match (lock_in(dir), lock_in("")) {
+        (Some((m, f)), _) => (m, Some(f)),
+        (None, Some((m, f))) => {
+            watch.push(Guess::found(
+                f.to_owned(),
+                "the workspace's lockfile: a change there can change this service's dependencies",
+            ));
+            (m, None)
+        }
+        (None, None) => (NodeManager::Npm, None),
+    };
+    let words = |w: &[&str]| w.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let (bin, mut argv, prod) = match (manager, local_lock) {
+        (NodeManager::Npm, Some(_)) => ("npm", words(&["npm", "ci"]), "--omit=dev"),
+        (NodeManager::Npm, None) => ("npm", words(&["npm", "install"]), "--omit=dev"),
+        (NodeManager::Pnpm, Some(_)) => (
+            "pnpm",
+            words(&["pnpm", "install", "--frozen-lockfile"]),
+            "--prod",
+        ),
+        (NodeManager::Pnpm, None) => ("pnpm", words(&["pnpm", "install"]), "--prod"),
+        (NodeManager::Yarn, Some(_)) => (
+            "yarn",
+            words(&["yarn", "install", "--frozen-lockfile"]),
+            "--production",
+        ),
+        (NodeManager::Yarn, None) => ("yarn", words(&["yarn", "install"]), "--production"),
+    };
+    if !all {
+        argv.push(prod.to_owned());
+    }
+    let mut inputs = vec!["package.json".to_owned()];
+    inputs.extend(local_lock.map(str::to_owned));
+    let why = match local_lock {
+        Some(l) => format!("{l} found: installs exactly what it pins"),
+        None if !watch.is_empty() => "the lockfile is at the repository root (a workspace), outside the service's release directory: versions are resolved anew on each rebuild; check".to_owned(),
+        None => "no lockfile: versions are resolved anew on each rebuild; commit one".to_owned(),
+    };
+    let why = if all {
+        format!("{why}; with dev dependencies, which the build or prisma needs")
+    } else {
+        why
+    };
+    let run = |script: &str| -> Vec<String> {
+        match manager {
+            NodeManager::Yarn => words(&["yarn", script]),
+            _ => words(&[bin, "run", script]),
+        }
+    };
+    let build =
+        build_script.then(|| Guess::found(run("build"), format!("scripts.build in {pkg_path}")));
+    let migrate = prisma.then(|| {
+        let exec: &[&str] = match manager {
+            NodeManager::Npm => &["npx", "prisma"],
+            NodeManager::Pnpm => &["pnpm", "exec", "prisma"],
+            NodeManager::Yarn => &["yarn", "prisma"],
+        };
+        let with = |rest: &[&str]| exec.iter().chain(rest).map(|s| (*s).to_owned()).collect();
+        Migrate {
+            argv: with(&["migrate", "deploy"]),
+            status: with(&["migrate", "status"]),
+            if_exists: "prisma/schema.prisma".to_owned(),
+            inputs: "prisma".to_owned(),
+        }
+    });
+    let spec = RuntimeSpec {
+        deps: Some(Deps {
+            argv,
+            inputs,
+            outputs: vec!["node_modules".to_owned()],
+            version: words(&["node", "--version"]),
+            why,
+        }),
+        build,
+        env: vec![("NODE_ENV".to_owned(), "production".to_owned())],
+        manager: bin.to_owned(),
+    };
+    (spec, migrate, node_exec(files, dir, &pkg, bin), watch)
+}
+
+/// How a Node service starts: `scripts.start` when it is a plain `node
+/// FILE`, else `main`, else the start script through the package manager,
+/// else a usual entry file.
+fn node_exec(files: &Files, dir: &str, pkg: &serde_json::Value, bin: &str) -> Guess<Vec<String>> {
+    let pkg_path = format!("{dir}/package.json");
+    let start = pkg
+        .pointer("/scripts/start")
+        .and_then(serde_json::Value::as_str);
+    if let Some(start) = start {
+        let plain = !start.contains(['&', '|', ';', '$', '"', '\'', '`', '=', '<', '>', '\\']);
+        let words: Vec<&str> = start.split_whitespace().collect();
+        if plain && words.first() == Some(&"node") && words.iter().all(|w| usable(w)) {
+            let mut argv = vec!["/usr/bin/node".to_owned()];
+            let mut file_seen = false;
+            for w in &words[1..] {
+                if !file_seen && !w.starts_with('-') {
+                    file_seen = true;
+                    argv.push(format!("{{current}}/{}", w.trim_start_matches("./")));
+                } else {
+                    argv.push((*w).to_owned());
+                }
+            }
+            if file_seen {
+                return Guess::found(argv, format!("scripts.start in {pkg_path} (`{start}`)"));
+            }
+        }
+    }
+    if let Some(main) = pkg
+        .get("main")
+        .and_then(serde_json::Value::as_str)
+        .filter(|m| usable(m) && !m.contains(char::is_whitespace))
+    {
+        return Guess::found(
+            vec![
+                "/usr/bin/node".to_owned(),
+                format!("{{current}}/{}", main.trim_start_matches("./")),
+            ],
+            format!("\"main\" in {pkg_path}"),
+        );
+    }
+    if let Some(start) = start {
+        return Guess::assumed(
+            vec![format!("/usr/bin/{bin}"), "start".to_owned()],
+            format!(
+                "scripts.start in {pkg_path} (`{}`) runs through {bin}: check, or write the command it runs",
+                clip(start)
+            ),
+        );
+    }
+    for entry in [
+        "server.js",
+        "index.js",
+        "app.js",
+        "src/server.js",
+        "src/index.js",
+        "src/main.js",
+    ] {
+        if files.paths.contains(&format!("{dir}/{entry}")) {
+            return Guess::assumed(
+                vec!["/usr/bin/node".to_owned(), format!("{{current}}/{entry}")],
+                format!("{dir}/{entry} exists; no start script or \"main\" says so"),
+            );
+        }
+    }
+    Guess::assumed(
+        vec!["/usr/bin/node".to_owned(), "{current}/index.js".to_owned()],
+        "TODO: no start script, \"main\" or entry file found; write the command that starts it",
+    )
+}
+
+fn go(files: &Files, dir: &str, name: &str) -> (RuntimeSpec, Guess<Vec<String>>) {
+    let at = |p: &str| files.paths.contains(&format!("{dir}/{p}"));
+    let cmds: Vec<&str> = files
+        .paths
+        .iter()
+        .filter_map(|p| p.strip_prefix(&format!("{dir}/cmd/")))
+        .filter_map(|rest| rest.strip_suffix("/main.go"))
+        .filter(|c| !c.contains('/') && usable(c))
+        .collect();
+    let package = if at("main.go") {
+        Guess::found(".".to_owned(), format!("{dir}/main.go"))
+    } else if cmds.contains(&name) {
+        Guess::found(
+            "./cmd/{service}".to_owned(),
+            format!("{dir}/cmd/{name}/main.go"),
+        )
+    } else if let [one] = cmds.as_slice() {
+        Guess::found(format!("./cmd/{one}"), format!("{dir}/cmd/{one}/main.go"))
+    } else if at("src/main.go") {
+        Guess::found("./src".to_owned(), format!("{dir}/src/main.go"))
+    } else if cmds.is_empty() {
+        Guess::assumed(
+            ".".to_owned(),
+            "TODO: no main.go found; name the main package",
+        )
+    } else {
+        Guess::assumed(
+            format!("./cmd/{}", cmds[0]),
+            format!(
+                "several commands under {dir}/cmd ({}): check which one is the service",
+                cmds.join(", ")
+            ),
+        )
+    };
+    let build = Guess {
+        value: ["go", "build", "-o", "bin/{service}", &package.value]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        from: format!("go.mod in {dir}; main package from {}", package.from),
+        check: package.check,
+    };
+    let spec = RuntimeSpec {
+        deps: None,
+        build: Some(build),
+        env: Vec::new(),
+        manager: "go".to_owned(),
+    };
+    let exec = Guess::found(
+        vec!["{current}/bin/{service}".to_owned()],
+        "the binary the build writes",
+    );
+    (spec, exec)
+}
+
+fn python(files: &Files, dir: &str) -> (RuntimeSpec, Guess<Vec<String>>) {
+    let at = |p: &str| files.paths.contains(&format!("{dir}/{p}"));
+    let words = |w: &[&str]| w.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let (spec, venv) = if at("requirements.txt") {
+        let deps = Deps {
+            argv: words(&[
+                "sh",
+                "-c",
+                "python3 -m venv venv && venv/bin/pip install -r requirements.txt",
+            ]),
+            inputs: words(&["requirements.txt"]),
+            outputs: words(&["venv"]),
+            version: words(&["python3", "--version"]),
+            why: format!(
+                "{dir}/requirements.txt found: a venv per requirements.txt and python3 version"
+            ),
+        };
+        (
+            RuntimeSpec {
+                deps: Some(deps),
+                build: None,
+                env: Vec::new(),
+                manager: "pip".to_owned(),
+            },
+            "venv",
+        )
+    } else if at("uv.lock") {
+        let deps = Deps {
+            argv: words(&["uv", "sync", "--frozen", "--no-dev", "--no-install-project"]),
+            inputs: words(&["pyproject.toml", "uv.lock"]),
+            outputs: words(&[".venv"]),
+            version: words(&["uv", "--version"]),
+            why: format!(
+                "{dir}/uv.lock found: `uv sync` installs what it pins into .venv (uv must be on the host)"
+            ),
+        };
+        (
+            RuntimeSpec {
+                deps: Some(deps),
+                build: None,
+                env: Vec::new(),
+                manager: "uv".to_owned(),
+            },
+            ".venv",
+        )
+    } else {
+        let build = Guess::assumed(
+            words(&["sh", "-c", "python3 -m venv venv && venv/bin/pip install ."]),
+            format!(
+                "{dir}/pyproject.toml without requirements.txt or uv.lock: the project and its dependencies are installed in every release (not cached: nothing pins them); export a requirements.txt to make it a cached deps step"
+            ),
+        );
+        (
+            RuntimeSpec {
+                deps: None,
+                build: Some(build),
+                env: Vec::new(),
+                manager: "pip".to_owned(),
+            },
+            "venv",
+        )
+    };
+    let python = format!("{{current}}/{venv}/bin/python");
+    for entry in [
+        "main.py",
+        "app.py",
+        "server.py",
+        "src/main.py",
+        "src/app.py",
+    ] {
+        if at(entry) {
+            return (
+                spec,
+                Guess::found(
+                    vec![python, format!("{{current}}/{entry}")],
+                    format!("{dir}/{entry}"),
+                ),
+            );
+        }
+    }
+    if let Some(script) = files
+        .text
+        .get(&format!("{dir}/pyproject.toml"))
+        .and_then(|t| first_project_script(t))
+        && spec.manager == "pip"
+        && spec.deps.is_none()
+    {
+        return (
+            spec,
+            Guess::found(
+                vec![format!("{{current}}/venv/bin/{script}")],
+                format!("[project.scripts] in {dir}/pyproject.toml"),
+            ),
+        );
+    }
+    (
+        spec,
+        Guess::assumed(
+            vec![python, "{current}/main.py".to_owned()],
+            "TODO: no main.py, app.py or server.py found; write the command that starts it",
+        ),
+    )
+}
+
+/// The first entry of `[project.scripts]` in a pyproject.toml.
+fn first_project_script(text: &str) -> Option<String> {
+    let mut inside = false;
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            inside = l == "[project.scripts]";
+            continue;
+        }
+        if inside && let Some((name, _)) = l.split_once('=') {
+            let name = name.trim().trim_matches('"');
+            if !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Some(name.to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// Liveness and readiness paths the service's source mentions as string
+/// literals, else `/health` for both (to check).
+fn health_paths(files: &Files, dir: &str) -> (Guess<String>, Guess<String>) {
+    let prefix = format!("{dir}/");
+    let sources: Vec<(&String, &String)> = files
+        .text
+        .iter()
+        .filter(|(p, _)| p.starts_with(&prefix) && super::is_source(p))
+        .collect();
+    let find = |candidates: &[&str]| -> Option<Guess<String>> {
+        for c in candidates {
+            for (p, t) in &sources {
+                if ['"', '\'', '`']
+                    .iter()
+                    .any(|q| t.contains(&format!("{q}{c}{q}")))
+                {
+                    return Some(Guess::found((*c).to_owned(), format!("a route in {p}")));
+                }
+            }
+        }
+        None
+    };
+    let health = find(&["/health", "/healthz", "/livez", "/ping", "/status"]);
+    let ready = find(&["/health/ready", "/ready", "/readyz"]);
+    match (health, ready) {
+        (Some(h), Some(r)) => (h, r),
+        (Some(h), None) => (h.clone(), h),
+        (None, Some(r)) => (
+            Guess::assumed(
+                r.value.clone(),
+                format!("{} (no liveness route found)", r.from),
+            ),
+            r,
+        ),
+        (None, None) => {
+            let g = Guess::assumed(
+                "/health".to_owned(),
+                "TODO: no health route found in the source; moorline checks this path on the service's port after each restart",
+            );
+            (g.clone(), g)
+        }
+    }
+}
+
+/// Every `*.service` file that reads as a unit, by path.
+fn unit_files(files: &Files, notes: &mut Vec<String>) -> Vec<FoundUnit> {
+    let mut out = Vec::new();
+    for (path, text) in &files.text {
+        let Some(name) = path.rsplit('/').next().filter(|n| n.ends_with(".service")) else {
+            continue;
+        };
+        match reader::parse(text) {
+            Ok(entries) => out.push(found_unit(path, name, &entries)),
+            Err(e) => notes.push(format!("{path}: not read as a unit file ({e})")),
+        }
+    }
+    out
+}
+
+fn found_unit(path: &str, name: &str, entries: &[reader::Entry]) -> FoundUnit {
+    let mut u = FoundUnit {
+        file: path.to_owned(),
+        unit_name: name.to_owned(),
+        ..FoundUnit::default()
+    };
+    let value = |v: &str| reader::unescape_specifiers(v).ok().filter(|v| usable(v));
+    for e in entries {
+        match (e.section.as_str(), e.key.as_str()) {
+            ("Unit", "Description") => u.description = value(&e.value),
+            ("Unit", "After") => u.after.extend(unit_names(&e.value)),
+            ("Unit", "Wants" | "Requires") => u.wants.extend(unit_names(&e.value)),
+            ("Service", "User") => u.user = value(&e.value),
+            ("Service", "Group") => u.group = value(&e.value),
+            ("Service", "WorkingDirectory") => u.working_directory = value(&e.value),
+            ("Service", "ExecStart") => u.exec_start = Some(e.value.clone()),
+            ("Service", "EnvironmentFile") => {
+                u.env_files.extend(
+                    value(&e.value).filter(|f| {
+                        f.trim_start_matches('-').starts_with('/') && !f.contains("/../")
+                    }),
+                );
+            }
+            ("Service", "Environment") => {
+                for (k, v) in reader::environment(&e.value).unwrap_or_default() {
+                    let name_ok = k
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                    if !name_ok || !usable(&v) || k == "PORT" {
+                        continue;
+                    }
+                    if looks_secret(&k) {
+                        u.secrets_left_out.push(k);
+                    } else {
+                        u.env.retain(|(n, _)| *n != k);
+                        u.env.push((k, v));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    u
+}
+
+/// Names moorline treats as secret (docs/config.md): these are not copied
+/// from a unit file into the configuration.
+fn looks_secret(name: &str) -> bool {
+    let up = name.to_ascii_uppercase();
+    ["PASSWORD", "SECRET", "TOKEN", "KEY"]
+        .iter()
+        .any(|w| up.contains(w))
+        || up == "DATABASE_URL"
+}
+
+fn unit_names(value: &str) -> Vec<String> {
+    value
+        .split_whitespace()
+        .filter(|n| {
+            n.len() <= 255
+                && n.rsplit_once('.').is_some_and(|(stem, ty)| {
+                    !stem.is_empty()
+                        && matches!(
+                            ty,
+                            "service" | "socket" | "target" | "timer" | "mount" | "path" | "slice"
+                        )
+                })
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The port of a unit: `Environment=PORT=`, then `--port N` in ExecStart.
+fn unit_port(text_entries: &FoundUnit, files: &Files) -> Option<u16> {
+    let text = files.text.get(&text_entries.file)?;
+    let entries = reader::parse(text).ok()?;
+    for e in &entries {
+        if e.section == "Service" && e.key == "Environment" {
+            for (k, v) in reader::environment(&e.value).unwrap_or_default() {
+                if k == "PORT"
+                    && let Ok(p) = v.parse::<u16>()
+                    && p > 0
+                {
+                    return Some(p);
+                }
+            }
+        }
+    }
+    let exec = text_entries.exec_start.as_deref()?;
+    let words: Vec<&str> = exec.split_whitespace().collect();
+    for (i, w) in words.iter().enumerate() {
+        let v = if let Some(v) = w.strip_prefix("--port=") {
+            Some(v)
+        } else if *w == "--port" || *w == "-p" {
+            words.get(i + 1).copied()
+        } else {
+            None
+        };
+        if let Some(p) = v.and_then(|v| v.parse::<u16>().ok()).filter(|p| *p > 0) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Matches unit files to services (by name, then by a path in ExecStart or
+/// WorkingDirectory), fills in ports from them, and returns the
+/// `unit-name` template they share.
+fn match_units(
+    services: &mut [Service],
+    units: &[FoundUnit],
+    project: &str,
+    notes: &mut Vec<String>,
+) -> Guess<String> {
+    let mut used = BTreeSet::new();
+    let stem = |u: &FoundUnit| u.unit_name.trim_end_matches(".service").to_owned();
+    // Pass 1: by name; pass 2: by path.
+    for pass in 0..3 {
+        for s in services.iter_mut().filter(|s| s.unit.is_none()) {
+            let hit = units.iter().enumerate().find(|(i, u)| {
+                if used.contains(i) {
+                    return false;
+                }
+                let st = stem(u);
+                match pass {
+                    0 => st == s.name,
+                    1 => {
+                        st.ends_with(&format!("-{}", s.name))
+                            || st.ends_with(&format!("_{}", s.name))
+                            || st.starts_with(&format!("{}-", s.name))
+                    }
+                    _ => {
+                        let needle = format!("/{}", s.path);
+                        u.exec_start.as_deref().is_some_and(|e| e.contains(&needle))
+                            || u.working_directory
+                                .as_deref()
+                                .is_some_and(|w| w.contains(&needle))
+                    }
+                }
+            });
+            if let Some((i, u)) = hit {
+                used.insert(i);
+                s.unit = Some(u.clone());
+            }
+        }
+    }
+    for (i, u) in units.iter().enumerate() {
+        if !used.contains(&i) && !u.unit_name.starts_with("nginx") {
+            notes.push(format!(
+                "{}: matches no service found; left out (add its service by hand if moorline should deploy it)",
+                u.file
+            ));
+        }
+    }
+    // The template: the same prefix and suffix around every service's name.
+    let mut shapes = BTreeSet::new();
+    let mut matched = Vec::new();
+    for s in services.iter() {
+        if let Some(u) = &s.unit {
+            let st = stem(u);
+            if let Some(at) = st.rfind(&s.name) {
+                shapes.insert((st[..at].to_owned(), st[at + s.name.len()..].to_owned()));
+                matched.push(u.unit_name.clone());
+            } else {
+                shapes.insert((String::from("\0"), String::new()));
+            }
+        }
+    }
+    let default = format!("{project}-{{service}}.service");
+    let template = match shapes.len() {
+        0 => Guess::assumed(
+            default,
+            "no existing unit file found: new units, named after the project",
+        ),
+        1 => {
+            let (pre, suf) = shapes.iter().next().cloned().unwrap_or_default();
+            let ok = |s: &str| {
+                s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@'))
+            };
+            if ok(&pre) && ok(&suf) {
+                Guess::found(
+                    format!("{pre}{{service}}{suf}.service"),
+                    format!("the existing unit files ({})", matched.join(", ")),
+                )
+            } else {
+                Guess::assumed(
+                    default,
+                    "the existing unit files' names do not contain the service names",
+                )
+            }
+        }
+        _ => Guess::assumed(
+            default,
+            "the existing unit files are named in different ways; moorline names every unit by one template",
+        ),
+    };
+    // A matched unit whose name the template does not give is a new unit
+    // beside the old one.
+    for s in services.iter() {
+        if let Some(u) = &s.unit {
+            let new_name = template.value.replace("{service}", &s.name);
+            if new_name != u.unit_name {
+                notes.push(format!(
+                    "{}: moorline will install {new_name} for service {}; stop and disable {} on the hosts",
+                    u.file, s.name, u.unit_name
+                ));
+            }
+        }
+    }
+    template
+}
+
+/// `depends-on` from the unit files: a service whose unit starts after
+/// (or wants) another service's unit depends on it; an edge that would
+/// close a cycle is left out.
+fn depends_on(services: &mut [Service]) {
+    let by_unit: BTreeMap<String, String> = services
+        .iter()
+        .filter_map(|s| Some((s.unit.as_ref()?.unit_name.clone(), s.name.clone())))
+        .collect();
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let reaches = |edges: &BTreeMap<String, BTreeSet<String>>, from: &str, to: &str| {
+        let mut stack = vec![from.to_owned()];
+        let mut seen = BTreeSet::new();
+        while let Some(n) = stack.pop() {
+            if n == to {
+                return true;
+            }
+            if seen.insert(n.clone()) {
+                stack.extend(edges.get(&n).into_iter().flatten().cloned());
+            }
+        }
+        false
+    };
+    for s in services.iter_mut() {
+        let Some(u) = &s.unit else { continue };
+        for n in u.after.iter().chain(&u.wants) {
+            let Some(target) = by_unit.get(n) else {
+                continue;
+            };
+            if *target == s.name
+                || s.depends_on.iter().any(|d| d.value == *target)
+                || reaches(&edges, target, &s.name)
+            {
+                continue;
+            }
+            edges
+                .entry(s.name.clone())
+                .or_default()
+                .insert(target.clone());
+            s.depends_on.push(Guess::found(
+                target.clone(),
+                format!("After=/Wants={n} in {}", u.file),
+            ));
+        }
+    }
+}
+
+/// Ports from unit files, env examples, Dockerfiles and the source; the
+/// rest assigned from [`PORT_BASE`], all different.
+fn assign_ports(services: &mut [Service], notes: &mut Vec<String>) {
+    let mut taken: BTreeMap<u16, String> = BTreeMap::new();
+    for s in services.iter_mut() {
+        if s.port.value == 0 {
+            continue;
+        }
+        if let Some(other) = taken.get(&s.port.value) {
+            notes.push(format!(
+                "{} and {other} both use port {} ({}); {} gets another one: check",
+                s.name, s.port.value, s.port.from, s.name
+            ));
+            s.port = Guess::assumed(0, "unassigned");
+        } else {
+            taken.insert(s.port.value, s.name.clone());
+        }
+    }
+    let mut next = PORT_BASE;
+    for s in services.iter_mut().filter(|s| s.port.value == 0) {
+        while taken.contains_key(&next) {
+            next = next.saturating_add(1);
+        }
+        s.port = Guess::assumed(
+            next,
+            "TODO: assigned; nothing in the repository names its port (set PORT or change this)",
+        );
+        taken.insert(next, s.name.clone());
+    }
+}
+
+/// Ports found for each service before assignment (run after units are
+/// matched).
+fn found_ports(services: &mut [Service], files: &Files) {
+    for s in services.iter_mut() {
+        if let Some(u) = &s.unit
+            && let Some(p) = unit_port(u, files)
+        {
+            s.port = Guess::found(p, format!("PORT in {}", u.file));
+            continue;
+        }
+        for f in [".env.example", ".env.sample"] {
+            let path = format!("{}/{f}", s.path);
+            if let Some(p) = files.text.get(&path).and_then(|t| {
+                t.lines()
+                    .filter_map(|l| l.trim().strip_prefix("PORT="))
+                    .find_map(|v| v.trim().trim_matches('"').parse::<u16>().ok())
+                    .filter(|p| *p > 0)
+            }) {
+                s.port = Guess::found(p, format!("PORT in {path}"));
+                break;
+            }
+        }
+        if !s.port.check {
+            continue;
+        }
+        let docker = format!("{}/Dockerfile", s.path);
+        if let Some(p) = files.text.get(&docker).and_then(|t| {
+            t.lines()
+                .filter_map(|l| l.trim().strip_prefix("EXPOSE "))
+                .find_map(|v| {
+                    v.split_whitespace()
+                        .next()?
+                        .split('/')
+                        .next()?
+                        .parse::<u16>()
+                        .ok()
+                })
+                .filter(|p| *p > 0)
+        }) {
+            s.port = Guess::found(p, format!("EXPOSE in {docker}"));
+            continue;
+        }
+        let prefix = format!("{}/", s.path);
+        if let Some((p, path)) = files
+            .text
+            .iter()
+            .filter(|(p, _)| p.starts_with(&prefix) && super::is_source(p))
+            .find_map(|(p, t)| port_in_source(t).map(|port| (port, p)))
+        {
+            s.port = Guess::assumed(p, format!("the PORT default in {path}"));
+        }
+    }
+}
+
+/// The default a program gives `PORT`: the first 4–5 digit number within
+/// 60 characters after `PORT` (`process.env.PORT || 3000`,
+/// `os.environ.get("PORT", "8000")`).
+fn port_in_source(text: &str) -> Option<u16> {
+    let mut from = 0;
+    while let Some(at) = text[from..].find("PORT") {
+        let start = from + at + 4;
+        let window: String = text[start..].chars().take(60).collect();
+        let digits: Vec<(usize, char)> = window.char_indices().collect();
+        let mut i = 0;
+        while i < digits.len() {
+            if digits[i].1.is_ascii_digit() && (i == 0 || !digits[i - 1].1.is_ascii_alphanumeric())
+            {
+                let run: String = digits[i..]
+                    .iter()
+                    .map(|(_, c)| *c)
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                if (4..=5).contains(&run.len())
+                    && let Ok(p) = run.parse::<u16>()
+                    && p >= 1024
+                {
+                    return Some(p);
+                }
+                i += run.len();
+            } else {
+                i += 1;
+            }
+        }
+        from = start;
+    }
+    None
+}
+
+/// Units the services' unit files start after or want that are not
+/// services of this repository (`postgresql.service`).
+fn infrastructure(services: &[Service], units: &[FoundUnit]) -> Vec<Guess<String>> {
+    let ours: BTreeSet<&str> = units.iter().map(|u| u.unit_name.as_str()).collect();
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for s in services {
+        let Some(u) = &s.unit else { continue };
+        for n in u.after.iter().chain(&u.wants) {
+            if (n.ends_with(".service") || n.ends_with(".socket")) && !ours.contains(n.as_str()) {
+                out.entry(n.clone()).or_insert_with(|| u.file.clone());
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(n, f)| Guess::found(n, format!("After=/Wants= in {f}")))
+        .collect()
+}
+
+/// Services with equal specs share a runtime named after their kind; a
+/// second, different one of a kind is named after its first service.
+fn group_runtimes(services: &mut [Service]) -> Vec<Runtime> {
+    let mut runtimes: Vec<Runtime> = Vec::new();
+    let mut order: Vec<Kind> = services.iter().map(|s| s.kind).collect();
+    order.sort();
+    order.dedup();
+    for kind in order {
+        for s in services.iter_mut().filter(|s| s.kind == kind) {
+            if let Some(r) = runtimes
+                .iter_mut()
+                .find(|r| r.kind == kind && r.spec == s.spec)
+            {
+                s.runtime = r.name.clone();
+                if r.migrate.is_none() {
+                    r.migrate.clone_from(&s.migrate);
+                }
+                continue;
+            }
+            let name = if runtimes.iter().any(|r| r.kind == kind) {
+                format!("{}-{}", kind.name(), s.name)
+            } else {
+                kind.name().to_owned()
+            };
+            s.runtime.clone_from(&name);
+            runtimes.push(Runtime {
+                name,
+                kind,
+                spec: s.spec.clone(),
+                migrate: s.migrate.clone(),
+            });
+        }
+    }
+    runtimes
+}
+
+/// A path that looks like nginx configuration.
+pub(super) fn is_nginx_path(path: &str) -> bool {
+    let mut parts: Vec<&str> = path.split('/').collect();
+    let Some(file) = parts.pop() else {
+        return false;
+    };
+    parts.iter().any(|d| d.contains("nginx"))
+        || file == "nginx.conf"
+        || (file.contains("nginx")
+            && std::path::Path::new(file)
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("conf")))
+}
+
+fn proxy(files: &Files, services: &[Service], notes: &mut Vec<String>) -> Option<Proxy> {
+    let paths: Vec<&String> = files.paths.iter().filter(|p| is_nginx_path(p)).collect();
+    if paths.is_empty() {
+        return None;
+    }
+    // The shallowest directory named for nginx, else the shallowest file.
+    let dir = paths
+        .iter()
+        .filter_map(|p| {
+            let parts: Vec<&str> = p.split('/').collect();
+            let at = parts[..parts.len() - 1]
+                .iter()
+                .position(|d| d.contains("nginx"))?;
+            Some(parts[..=at].join("/"))
+        })
+        .min_by_key(|d| (d.matches('/').count(), d.clone()));
+    let watch = if let Some(d) = dir {
+        Guess::found(d.clone(), format!("nginx configuration in {d}/"))
+    } else {
+        let f = paths
+            .iter()
+            .min_by_key(|p| (p.matches('/').count(), (**p).clone()))
+            .map(|p| (*p).clone())
+            .unwrap_or_default();
+        Guess::found(f.clone(), format!("nginx configuration {f}"))
+    };
+    let mut ports = BTreeSet::new();
+    for p in &paths {
+        let Some(t) = files.text.get(*p) else {
+            continue;
+        };
+        for host in ["localhost:", "127.0.0.1:", "[::1]:", "0.0.0.0:"] {
+            for (at, _) in t.match_indices(host) {
+                let digits: String = t[at + host.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                if let Some(port) = digits.parse::<u16>().ok().filter(|p| *p > 0) {
+                    ports.insert(port);
+                }
+            }
+        }
+    }
+    let known: BTreeSet<u16> = services.iter().map(|s| s.port.value).collect();
+    let strays: Vec<String> = ports
+        .iter()
+        .filter(|p| !known.contains(p))
+        .map(u16::to_string)
+        .collect();
+    if !strays.is_empty() {
+        notes.push(format!(
+            "nginx proxies to port {}, which no service here has: check the services' ports",
+            strays.join(", ")
+        ));
+    }
+    Some(Proxy {
+        watch,
+        upstream_ports: ports.into_iter().collect(),
+    })
+}
+
+/// At most 80 characters of a value quoted in a comment or note.
+pub(super) fn clip(s: &str) -> String {
+    if s.chars().count() <= 80 {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(79).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(entries: &[(&str, &str)]) -> Files {
+        Files::from_entries("shop", entries.iter().copied())
+    }
+
+    #[test]
+    fn names_are_made_valid() {
+        for (raw, want) in [
+            ("api", Some("api")),
+            ("My Service!", Some("My-Service")),
+            ("..hidden", Some("hidden")),
+            ("_x", Some("x")),
+            ("---", None),
+            ("ünï", Some("n")),
+            ("ü", None),
+        ] {
+            assert_eq!(sanitize(raw).as_deref(), want, "{raw}");
+        }
+        assert_eq!(sanitize(&"a".repeat(100)).map(|s| s.len()), Some(64));
+    }
+
+    #[test]
+    fn ports_in_source() {
+        for (src, want) in [
+            ("app.listen(process.env.PORT || 3000)", Some(3000)),
+            ("os.environ.get(\"PORT\", \"8000\")", Some(8000)),
+            ("PORT = 80", None),
+            ("const PORT_NAME = 'x'; // 12345678", None),
+            ("no port here", None),
+        ] {
+            assert_eq!(port_in_source(src), want, "{src}");
+        }
+    }
+
+    #[test]
+    fn node_manager_exec_and_prisma() {
+        let listing = files(&[
+            (
+                "services/a/package.json",
+                r#"{"scripts":{"start":"node --enable-source-maps ./dist/main.js"}}"#,
+            ),
+            ("services/a/yarn.lock", ""),
+            ("services/a/prisma/schema.prisma", ""),
+            ("services/b/package.json", r#"{"main":"lib/b.js"}"#),
+            ("services/c/package.json", "not json"),
+        ]);
+        let s = scan(&listing).unwrap();
+        let a = &s.services[0];
+        assert_eq!(
+            a.exec.value,
+            [
+                "/usr/bin/node",
+                "--enable-source-maps",
+                "{current}/dist/main.js"
+            ]
+        );
+        assert!(!a.exec.check);
+        let deps = a.spec.deps.as_ref().unwrap();
+        assert_eq!(
+            deps.argv,
+            ["yarn", "install", "--frozen-lockfile", "--production"]
+        );
+        assert_eq!(deps.inputs, ["package.json", "yarn.lock"]);
+        assert_eq!(
+            a.migrate.as_ref().unwrap().argv,
+            ["yarn", "prisma", "migrate", "deploy"]
+        );
+        let b = &s.services[1];
+        assert_eq!(b.exec.value, ["/usr/bin/node", "{current}/lib/b.js"]);
+        // No lockfile: npm install, a different runtime from yarn's.
+        assert_eq!(
+            b.spec.deps.as_ref().unwrap().argv,
+            ["npm", "install", "--omit=dev"]
+        );
+        assert_eq!(b.runtime, "node-b");
+        let c = &s.services[2];
+        assert!(c.exec.check && c.exec.from.starts_with("TODO"));
+        assert!(s.notes.iter().any(|n| n.contains("not valid JSON")));
+        // Ports: all assigned, all different.
+        let ports: BTreeSet<u16> = s.services.iter().map(|s| s.port.value).collect();
+        assert_eq!(ports.len(), 3);
+    }
+
+    #[test]
+    fn nested_test_and_library_directories_are_not_services() {
+        let f = files(&[
+            (
+                "services/a/package.json",
+                r#"{"scripts":{"start":"node a.js"}}"#,
+            ),
+            ("services/a/fixtures/x/package.json", "{}"),
+            ("services/a/sub/go.mod", ""),
+            ("tests/e2e/package.json", "{}"),
+            ("packages/lib/package.json", r#"{"main":"x.js"}"#),
+            (
+                "packages/svc/package.json",
+                r#"{"scripts":{"start":"node s.js"}}"#,
+            ),
+        ]);
+        let s = scan(&f).unwrap();
+        let names: Vec<&str> = s.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["svc", "a"]);
+        assert!(s.notes.iter().any(|n| n.starts_with("packages/lib")));
+    }
+
+    #[test]
+    fn empty_and_root_only_repositories_are_errors() {
+        assert!(matches!(
+            scan(&files(&[("README.md", "")])),
+            Err(InitError::NothingFound { .. })
+        ));
+        assert!(matches!(
+            scan(&files(&[("go.mod", ""), ("main.go", "")])),
+            Err(InitError::RootService { .. })
+        ));
+    }
+
+    #[test]
+    fn unit_files_give_ports_template_infrastructure_and_no_secrets() {
+        let unit = "[Unit]\nAfter=network.target postgresql.service app-db.service\n\
+            [Service]\nEnvironment=PORT=7000 LOG=debug DB_PASSWORD=x\nUser=app\nExecStart=/x\n";
+        let listing = files(&[
+            ("services/web/requirements.txt", ""),
+            ("services/db/requirements.txt", ""),
+            ("systemd/app-web.service", unit),
+            (
+                "systemd/app-db.service",
+                "[Service]\nExecStart=/y --port 7001\n",
+            ),
+            ("systemd/stray.service", "[Service]\nExecStart=/z\n"),
+            ("systemd/broken.service", "no section=1\n"),
+        ]);
+        let s = scan(&listing).unwrap();
+        assert_eq!(s.unit_name.value, "app-{service}.service");
+        assert!(!s.unit_name.check);
+        let web = s.services.iter().find(|x| x.name == "web").unwrap();
+        assert_eq!(web.port.value, 7000);
+        let found = web.unit.as_ref().unwrap();
+        assert_eq!(found.env, [("LOG".to_owned(), "debug".to_owned())]);
+        assert_eq!(found.secrets_left_out, ["DB_PASSWORD"]);
+        assert_eq!(web.depends_on[0].value, "db");
+        let db = s.services.iter().find(|x| x.name == "db").unwrap();
+        assert_eq!(db.port.value, 7001);
+        assert_eq!(s.infrastructure.len(), 1);
+        assert_eq!(s.infrastructure[0].value, "postgresql.service");
+        assert!(
+            s.notes
+                .iter()
+                .any(|n| n.contains("stray.service") && n.contains("matches no service"))
+        );
+        assert!(
+            s.notes
+                .iter()
+                .any(|n| n.contains("broken.service") && n.contains("not read"))
+        );
+    }
+
+    #[test]
+    fn duplicate_ports_are_reassigned() {
+        let f = files(&[
+            ("services/a/requirements.txt", ""),
+            ("services/a/.env.example", "PORT=4000\n"),
+            ("services/b/requirements.txt", ""),
+            ("services/b/Dockerfile", "EXPOSE 4000/tcp\n"),
+        ]);
+        let s = scan(&f).unwrap();
+        assert_eq!(s.services[0].port.value, 4000);
+        assert_eq!(s.services[1].port.value, PORT_BASE);
+        assert!(s.services[1].port.check);
+        assert!(s.notes.iter().any(|n| n.contains("both use port 4000")));
+    }
+
+    #[test]
+    fn nginx_directory_and_upstream_ports() {
+        let f = files(&[
+            ("apps/x/go.mod", ""),
+            ("apps/x/main.go", ""),
+            (
+                "ops/nginx/sites/x.conf",
+                "proxy_pass http://localhost:8081;",
+            ),
+        ]);
+        let s = scan(&f).unwrap();
+        let p = s.proxy.unwrap();
+        assert_eq!(p.watch.value, "ops/nginx");
+        assert_eq!(p.upstream_ports, [8081]);
+        assert!(is_nginx_path("nginx.conf"));
+        assert!(is_nginx_path("deploy/shop.nginx.conf"));
+        assert!(!is_nginx_path("src/engine.conf"));
+    }
+}

@@ -1,0 +1,261 @@
+//! `moorline init` on generated repositories of several shapes: what it
+//! writes validates (checked by running `moorline validate` on it), holds
+//! what the repository has, and nothing is overwritten without `--force`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn moorline(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_moorline"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("MOORLINE_CONFIG")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A git repository (branch `main`, nothing committed) with these files.
+fn repo(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("shop").tempdir().unwrap();
+    let r = git2::Repository::init(dir.path()).unwrap();
+    r.set_head("refs/heads/main").unwrap();
+    for (path, body) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    dir
+}
+
+/// Runs `init` in `dir`, then `validate` on what it wrote; returns the
+/// config and init's output.
+fn init_and_validate(dir: &Path) -> (String, String) {
+    let o = moorline(dir, &["init"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let config = std::fs::read_to_string(dir.join("moorline.kdl")).unwrap();
+    let v = moorline(dir, &["validate"]);
+    assert!(v.status.success(), "{}\n{config}", text(&v));
+    (config, text(&o))
+}
+
+const UNIT_API: &str = "[Unit]\nDescription=Shop API\nAfter=network.target postgresql.service\n\n\
+[Service]\nUser=shop\nWorkingDirectory=/srv/shop/services/api\nEnvironment=PORT=8080 NODE_ENV=production\n\
+Environment=API_TOKEN=hunter2\nEnvironmentFile=/etc/shop/api.env\n\
+ExecStart=/usr/bin/node /srv/shop/services/api/src/index.js\n\n[Install]\nWantedBy=multi-user.target\n";
+
+const UNIT_WORKER: &str = "[Unit]\nDescription=Shop worker\nAfter=redis-server.service shop-api.service\n\
+[Service]\nUser=shop\nExecStart=/srv/shop/venv/bin/python /srv/shop/services/worker/main.py\n";
+
+fn mixed() -> tempfile::TempDir {
+    repo(&[
+        (
+            "services/api/package.json",
+            r#"{"name":"api","scripts":{"start":"node src/index.js"},"devDependencies":{"prisma":"5"}}"#,
+        ),
+        ("services/api/package-lock.json", "{}"),
+        ("services/api/prisma/schema.prisma", "datasource db {}"),
+        (
+            "services/api/src/index.js",
+            "app.get('/healthz', ok);\napp.listen(process.env.PORT || 4000);\n",
+        ),
+        ("services/worker/requirements.txt", "flask==3.0\n"),
+        (
+            "services/worker/main.py",
+            "PORT = int(os.environ.get(\"PORT\", \"5000\"))\n",
+        ),
+        ("services/search/go.mod", "module example.com/search\n"),
+        ("services/search/cmd/search/main.go", "package main\n"),
+        (
+            "packages/ui/package.json",
+            r#"{"name":"ui","main":"index.js"}"#,
+        ),
+        ("deploy/systemd/shop-api.service", UNIT_API),
+        ("deploy/systemd/shop-worker.service", UNIT_WORKER),
+        (
+            "deploy/nginx/shop.conf",
+            "upstream api { server 127.0.0.1:8080; }\nserver { location / { proxy_pass http://api; } }\n",
+        ),
+        (
+            "services/api/node_modules/x/package.json",
+            r#"{"name":"x"}"#,
+        ),
+    ])
+}
+
+#[test]
+fn init_mixed_repository_with_unit_files_and_nginx() {
+    let dir = mixed();
+    let (config, out) = init_and_validate(dir.path());
+    // The secret in the unit file is not copied anywhere moorline writes.
+    assert!(!config.contains("hunter2") && !out.contains("hunter2"));
+    assert!(out.contains("api              node"), "{out}");
+    assert!(
+        out.contains("next: moorline validate, then moorline plan --env staging"),
+        "{out}"
+    );
+    // The project name is the temp directory's: replace it for the snapshot.
+    let name = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let name = name.trim_start_matches('.').to_owned();
+    let config = config.replace(&name, "[project]");
+    insta::assert_snapshot!("init_mixed", config);
+}
+
+#[test]
+fn init_node_prisma_monorepo_with_pnpm_workspace() {
+    let dir = repo(&[
+        (
+            "package.json",
+            r#"{"private":true,"workspaces":["apps/*"]}"#,
+        ),
+        ("pnpm-lock.yaml", "lockfileVersion: 9\n"),
+        (
+            "apps/web/package.json",
+            r#"{"scripts":{"build":"tsc","start":"node dist/server.js"}}"#,
+        ),
+        ("apps/web/.env.example", "PORT=3100\n"),
+        (
+            "apps/admin/package.json",
+            r#"{"scripts":{"start":"next start"}}"#,
+        ),
+        ("apps/admin/prisma/schema.prisma", "model A {}"),
+    ]);
+    let (config, out) = init_and_validate(dir.path());
+    assert!(config.contains("path \"apps/web\""), "{config}");
+    assert!(config.contains("port 3100"), "{config}");
+    assert!(config.contains("watch \"pnpm-lock.yaml\""), "{config}");
+    assert!(config.contains("\"pnpm\" \"run\" \"build\""), "{config}");
+    assert!(
+        config.contains("\"pnpm\" \"exec\" \"prisma\" \"migrate\" \"deploy\""),
+        "{config}"
+    );
+    assert!(
+        config.contains("\"/usr/bin/node\" \"{current}/dist/server.js\""),
+        "{config}"
+    );
+    // admin's start script goes through pnpm, and that is flagged.
+    assert!(
+        config.contains("exec \"/usr/bin/pnpm\" \"start\""),
+        "{config}"
+    );
+    assert!(out.contains("admin exec"), "{out}");
+    assert!(out.contains("taken as the repository's tooling"), "{out}");
+}
+
+#[test]
+fn init_python_with_requirements_and_pyproject_only() {
+    let dir = repo(&[
+        ("services/ml/requirements.txt", "numpy\n"),
+        ("services/ml/app.py", "route('/ready')\nroute('/health')\n"),
+        (
+            "services/reports/pyproject.toml",
+            "[project]\nname = \"reports\"\n\n[project.scripts]\nreports-server = \"reports:main\"\n",
+        ),
+    ]);
+    let (config, _) = init_and_validate(dir.path());
+    assert!(config.contains("outputs \"venv\""), "{config}");
+    assert!(
+        config.contains("\"{current}/venv/bin/python\" \"{current}/app.py\""),
+        "{config}"
+    );
+    assert!(config.contains("ready \"/ready\""), "{config}");
+    // pyproject.toml only: installed by a build step, runs its script.
+    assert!(config.contains("runtime \"python-reports\""), "{config}");
+    assert!(
+        config.contains("exec \"{current}/venv/bin/reports-server\""),
+        "{config}"
+    );
+}
+
+#[test]
+fn init_go_services_and_a_service_at_the_root() {
+    let dir = repo(&[
+        ("cmd/api/go.mod", "module a\n"),
+        (
+            "cmd/api/main.go",
+            "package main\nvar port = os.Getenv(\"PORT\") // default 9090\n",
+        ),
+    ]);
+    let (config, _) = init_and_validate(dir.path());
+    assert!(
+        config.contains("build \"go\" \"build\" \"-o\" \"bin/{service}\" \".\""),
+        "{config}"
+    );
+    assert!(config.contains("path \"cmd/api\""), "{config}");
+
+    // A single service at the root cannot be a service path: a clear error.
+    let dir = repo(&[("go.mod", "module a\n"), ("main.go", "package main\n")]);
+    let o = moorline(dir.path(), &["init"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("moorline::init::root_service"),
+        "{}",
+        text(&o)
+    );
+    assert!(!dir.path().join("moorline.kdl").exists());
+}
+
+#[test]
+fn init_on_an_empty_repository_writes_nothing() {
+    let dir = repo(&[("README.md", "hello\n")]);
+    let o = moorline(dir.path(), &["init"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("moorline::init::nothing_found"),
+        "{}",
+        text(&o)
+    );
+    assert!(!dir.path().join("moorline.kdl").exists());
+}
+
+#[test]
+fn init_refuses_to_overwrite_without_force_and_names_the_config_elsewhere() {
+    let dir = mixed();
+    let path = dir.path().join("moorline.kdl");
+    std::fs::write(&path, "mine").unwrap();
+    let o = moorline(dir.path(), &["init"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("moorline::init::exists"), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "mine");
+    let o = moorline(dir.path(), &["init", "--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("service \"api\"")
+    );
+
+    // --out elsewhere, DIR given: the next steps name the file with -c.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = elsewhere.path().join("shop.kdl");
+    let o = moorline(
+        elsewhere.path(),
+        &["init", dir.path().to_str().unwrap(), "--out", "other.kdl"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("next: moorline validate"), "{}", text(&o));
+    std::fs::write(&out, "x").unwrap();
+    let o = moorline(
+        elsewhere.path(),
+        &["init", dir.path().to_str().unwrap(), "--out", "third.kdl"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("moorline -c third.kdl validate"),
+        "{}",
+        text(&o)
+    );
+}
