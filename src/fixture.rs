@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use git2::{BranchType, IndexEntry, IndexTime, Oid, Repository, Signature, Time};
 
+use crate::config::kdl_string;
+
 /// The environment names the fixture config declares, in order.
 pub const ENVIRONMENTS: [&str; 2] = ["staging", "production"];
 
@@ -847,27 +849,6 @@ fn write_file(path: &Path, contents: &str) -> Result<(), FixtureError> {
         std::fs::create_dir_all(parent).map_err(io("create", parent))?;
     }
     std::fs::write(path, contents).map_err(io("write", path))
-}
-
-/// A KDL v2 quoted string.
-fn kdl_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]

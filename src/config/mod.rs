@@ -17,6 +17,30 @@ use kdl::KdlDocument;
 pub use error::{ConfigError, LocateError, Problem, ProblemKind};
 pub use model::*;
 
+/// A KDL v2 quoted string that reads back as exactly `s`: the one writer
+/// of KDL strings (the fixture's generated configuration, `moorline init`).
+pub fn kdl_string(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Parses and checks configuration text; `name` is shown in diagnostics.
 pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
     let mut problems = limits::check(text);

@@ -12,7 +12,8 @@ use std::path::Path;
 
 use miette::Diagnostic;
 
-pub use render::{kdl_string, render, summary};
+pub use crate::config::kdl_string;
+pub use render::{render, summary};
 pub use scan::scan;
 
 /// Directories never looked into: dependencies, build output, virtualenvs,

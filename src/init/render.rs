@@ -1,32 +1,12 @@
 //! [`Scan`] → the text of a commented KDL configuration, and the summary
 //! `init` prints. Every guessed value carries a comment saying where it
 //! came from; values nothing in the repository supported are marked
-//! `check` (or `TODO`). Strings are written by [`kdl_string`] only.
+//! `check` (or `TODO`). Strings are written by `config::kdl_string` only.
 
 use std::fmt::Write as _;
 
 use super::{Guess, Scan, Service};
-
-/// A KDL v2 quoted string that reads back as exactly `s`.
-pub fn kdl_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
+use crate::config::kdl_string;
 
 /// Text for a `//` comment: one line, no control characters.
 fn comment(s: &str) -> String {
