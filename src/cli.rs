@@ -148,6 +148,8 @@ pub struct PlanArgs {
     pub detailed_exitcode: bool,
 }
 
+// Command-line switches are independent yes/no flags, as clap has them.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// A plan saved with `plan --out`
@@ -172,6 +174,10 @@ pub struct ApplyArgs {
     /// brings its own adoptions
     #[arg(long, value_name = "SERVICE", conflicts_with = "plan")]
     pub adopt: Vec<String>,
+    /// Apply although the config file, a service's path or a watched path
+    /// has uncommitted changes (they are not deployed; the plan lists them)
+    #[arg(long)]
+    pub allow_dirty: bool,
     /// Do not ask for confirmation
     #[arg(long, short = 'y')]
     pub yes: bool,

@@ -223,6 +223,14 @@ pub enum ApplyCmdError {
         )
     )]
     NotAsReviewed { differences: String },
+    #[error("the working tree has uncommitted changes this plan does not see:\n  - {paths}")]
+    #[diagnostic(
+        code(moorline::apply::dirty),
+        help(
+            "services deploy from commits, and the configuration is read from disk: commit (or revert) these changes and plan again, or pass --allow-dirty to apply the plan as shown"
+        )
+    )]
+    Dirty { paths: String },
     #[error("cannot start the async runtime")]
     #[diagnostic(
         code(moorline::apply::runtime),
@@ -325,6 +333,16 @@ fn stale_reasons(saved: &crate::plan::Plan, fresh: &crate::plan::Plan) -> String
     }
 }
 
+/// Refuses a plan that does not see uncommitted changes, unless allowed.
+fn refuse_dirty(p: &crate::plan::Plan, allowed: bool) -> Result<(), ApplyCmdError> {
+    if p.uncommitted.is_empty() || allowed {
+        return Ok(());
+    }
+    Err(ApplyCmdError::Dirty {
+        paths: p.uncommitted.join("\n  - "),
+    })
+}
+
 /// Asks on the terminal; `false` without one (the caller refuses then).
 pub(crate) fn confirm(question: &str) -> bool {
     use std::io::{BufRead, IsTerminal, Write};
@@ -392,6 +410,9 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                 }
                 .into());
             }
+            if fresh.has_changes() {
+                refuse_dirty(&fresh, args.allow_dirty)?;
+            }
             if !args.yes
                 && !confirm(&format!(
                     "Apply the saved plan ({} actions) to {env_name}?",
@@ -450,6 +471,7 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                 println!("nothing to apply: {env_name} is up to date");
                 return Ok(exit::OK);
             }
+            refuse_dirty(&p, args.allow_dirty)?;
             if t.env.approval && reviewed.is_none() {
                 return Err(ApplyCmdError::ApprovalRequired {
                     env: env_name.clone(),

@@ -241,7 +241,10 @@ async fn run_in(
             }
         })
         .collect();
-    std::fs::write(&fx.config_path, text).map_err(|e| DemoError::Setup(e.to_string()))?;
+    // Committed, as a real repository's config is: `apply` refuses a
+    // working tree with uncommitted changes.
+    fx.commit_config("demo: unit names and readiness timeouts", &text)
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
 
     let mut env = BTreeMap::new();
     let mut sandbox = None;

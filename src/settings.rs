@@ -252,7 +252,76 @@ pub fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan> {
         adopt: &adopt,
     })?;
     p.warnings.extend(warnings);
+    p.uncommitted = uncommitted(t, &p.to.sha)?;
+    if !p.uncommitted.is_empty() {
+        p.warnings.push(uncommitted_warning(&p.uncommitted));
+    }
     Ok(p)
+}
+
+/// How many uncommitted paths the warning names before it only counts.
+const UNCOMMITTED_SHOWN: usize = 5;
+
+/// What a plan toward `to` does not see: uncommitted changes under the
+/// config file and every path a service or the proxy is planned from
+/// (services deploy from commits, so these would not be deployed), and a
+/// config file on disk (which the plan does use) that differs from the one
+/// committed at `to`.
+fn uncommitted(t: &Target, to: &str) -> miette::Result<Vec<String>> {
+    let config = t.config();
+    let config_rel = config_in_repo(t);
+    let mut paths: Vec<String> = config_rel.iter().cloned().collect();
+    for s in &config.services {
+        paths.push(s.path.clone());
+        paths.extend(s.watch.iter().cloned());
+    }
+    if let Some(p) = &config.proxy {
+        paths.extend(p.watch.iter().cloned());
+    }
+    paths.sort();
+    paths.dedup();
+    let mut out = t.repo.uncommitted(&paths)?;
+    if let Some(rel) = config_rel
+        && t.repo.head_sha().as_deref() != Some(to)
+        && !out.iter().any(|d| d.starts_with(&format!("{rel} (")))
+    {
+        match t.repo.read(to, &rel)? {
+            Some(b) if b == t.loaded.text.as_bytes() => {}
+            Some(_) => out.push(format!(
+                "{rel} (differs from its version at {})",
+                plan::short(to)
+            )),
+            None => out.push(format!("{rel} (not committed at {})", plan::short(to))),
+        }
+    }
+    Ok(out)
+}
+
+/// The config file's path inside the repository, if it lies there.
+fn config_in_repo(t: &Target) -> Option<String> {
+    let abs = t.loaded.path.canonicalize().ok()?;
+    let root = t.repo.root().canonicalize().ok()?;
+    let rel = abs.strip_prefix(&root).ok()?;
+    Some(rel.to_str()?.to_owned())
+}
+
+/// The plan's warning about uncommitted changes.
+fn uncommitted_warning(dirty: &[String]) -> String {
+    let shown = dirty
+        .iter()
+        .take(UNCOMMITTED_SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = dirty.len().saturating_sub(UNCOMMITTED_SHOWN);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "uncommitted changes this plan does not see: {shown}{more}; services deploy from commits and the configuration is read from disk: commit (or revert) them first; `apply` refuses them unless --allow-dirty"
+    )
 }
 
 /// The unit files installed on this host for every managed service.

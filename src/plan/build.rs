@@ -870,6 +870,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         warnings,
         notes,
         conflicts,
+        uncommitted: Vec::new(),
     })
 }
 

@@ -53,6 +53,14 @@ pub struct Plan {
     /// Absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<UnitConflict>,
+    /// What the plan does not see: uncommitted changes (modified, deleted,
+    /// untracked files) under the config file, service paths and watched
+    /// paths, each `path (what)`, and a config file that differs from its
+    /// version at `to`. Services deploy from commits, so these are not
+    /// deployed; `apply` refuses them without `--allow-dirty`. Absent when
+    /// the tree is clean.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uncommitted: Vec<String>,
 }
 
 /// A unit file on the host, at the name a managed service's unit gets,
@@ -458,6 +466,7 @@ mod tests {
             warnings: Vec::new(),
             notes: Vec::new(),
             conflicts: Vec::new(),
+            uncommitted: Vec::new(),
         }
     }
 

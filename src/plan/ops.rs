@@ -285,5 +285,6 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
         warnings: Vec::new(),
         notes: Vec::new(),
         conflicts: Vec::new(),
+        uncommitted: Vec::new(),
     }
 }

@@ -257,6 +257,7 @@ mod tests {
             warnings: Vec::new(),
             notes: Vec::new(),
             conflicts: Vec::new(),
+            uncommitted: Vec::new(),
         };
         seal(&mut p);
         p

@@ -21,3 +21,4 @@ mod secrets;
 mod support;
 mod systemd;
 mod unit_file;
+mod ux;

@@ -1,0 +1,135 @@
+//! What a new user runs into: uncommitted changes a plan does not see, user managers,
+//! what `status --check` fails on, and how plans and failures read.
+
+use moorline::fixture::Edit;
+
+use crate::deploy::{World, code, ok};
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncommitted_changes_are_warned_in_every_plan_and_refused_by_apply() {
+    let Some(w) = World::new("x1", 27100) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    // A clean tree: no warning, no field.
+    let out = w.run(&["plan", "--env", "staging", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(plan.get("uncommitted").is_none(), "{plan}");
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+
+    // A service file edited, a new file in another service, a file outside every service.
+    let backend = w.fx.repo.join("services/backend/VERSION");
+    std::fs::write(&backend, "edited\n").unwrap();
+    std::fs::write(w.fx.repo.join("services/pricing/new.txt"), "new\n").unwrap();
+    std::fs::write(w.fx.repo.join("NOTES.txt"), "not a service\n").unwrap();
+    let out = w.run(&["plan", "--env", "staging", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        plan["uncommitted"],
+        serde_json::json!([
+            "services/backend/VERSION (modified)",
+            "services/pricing/new.txt (untracked)"
+        ])
+    );
+    // Still "no changes": the plan deploys commits, and says what it does not see.
+    assert_eq!(plan["actions"], serde_json::json!([]));
+    let out = w.run(&["plan", "--env", "staging"]);
+    let t = text(&out);
+    assert!(
+        t.contains("warning: uncommitted changes this plan does not see: services/backend/VERSION (modified), services/pricing/new.txt (untracked);"),
+        "{t}"
+    );
+    let out = w.run(&["plan", "--env", "staging", "--format", "markdown"]);
+    let t = text(&out);
+    assert!(t.contains("> [!WARNING]\n> uncommitted changes"), "{t}");
+
+    // apply refuses a plan with changes while the tree is dirty, naming every path.
+    w.commit("main", "coupon", &[Edit::touch_service("coupon")]);
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    let t = text(&out);
+    assert_eq!(code(&out), 1, "{t}");
+    assert!(t.contains("moorline::apply::dirty"), "{t}");
+    assert!(t.contains("- services/backend/VERSION (modified)"), "{t}");
+    assert!(t.contains("- services/pricing/new.txt (untracked)"), "{t}");
+    assert!(!t.contains("NOTES.txt"), "{t}");
+    // A saved plan is refused the same way.
+    let saved = w.state.parent().unwrap().join("saved.plan.json");
+    ok(&w.run(&["plan", "--env", "staging", "--out", saved.to_str().unwrap()]));
+    let out = w.run(&["apply", saved.to_str().unwrap(), "--yes"]);
+    assert!(
+        text(&out).contains("moorline::apply::dirty"),
+        "{}",
+        text(&out)
+    );
+
+    // A configuration edited on disk is named too.
+    let config = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    std::fs::write(
+        &w.fx.config_path,
+        config.replace("keep-releases 5", "keep-releases 4"),
+    )
+    .unwrap();
+    let out = w.run(&["plan", "--env", "staging", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["uncommitted"][0], "moorline.kdl (modified)", "{plan}");
+    std::fs::write(&w.fx.config_path, &config).unwrap();
+
+    // --allow-dirty applies what the plan shows: the committed coupon, not the edits.
+    let out = w.run(&["apply", "--env", "staging", "--yes", "--allow-dirty"]);
+    ok(&out);
+    let live = w.live("staging", "backend").unwrap();
+    let release =
+        w.fx.env_root("staging")
+            .join("backend/releases")
+            .join(live)
+            .join("VERSION");
+    assert_ne!(std::fs::read_to_string(release).unwrap(), "edited\n");
+    w.stop_all(&sd).await;
+}
+
+#[test]
+fn a_config_that_differs_from_its_version_at_the_target_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = moorline::fixture::Fixture::create(
+        &dir.path().join("fx"),
+        &moorline::fixture::FixtureOptions::new(dir.path().join("srv")),
+    )
+    .unwrap();
+    // production moves on without main (HEAD): its config is not the one on disk.
+    let config = std::fs::read_to_string(&fx.config_path).unwrap();
+    let sha = fx
+        .commit(
+            "production",
+            "production keeps 4",
+            &[Edit::Write {
+                path: "moorline.kdl".into(),
+                contents: config.replace("keep-releases 5", "keep-releases 4"),
+            }],
+        )
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moorline"))
+        .args(["-c", fx.config_path.to_str().unwrap()])
+        .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
+        .args(["plan", "--env", "production", "--format", "json"])
+        .env_remove("MOORLINE_CONFIG")
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        plan["uncommitted"],
+        serde_json::json!([format!(
+            "moorline.kdl (differs from its version at {})",
+            &sha[..12]
+        )]),
+        "{}",
+        text(&out)
+    );
+}
