@@ -49,7 +49,7 @@ impl Target {
 pub fn systemd_kind(flag: Option<SystemdKind>) -> crate::systemd::Bus {
     match flag {
         Some(SystemdKind::System) => crate::systemd::Bus::System,
-        None if state::default_dir("x", "y").starts_with("/var/lib") => crate::systemd::Bus::System,
+        None if state::is_root() => crate::systemd::Bus::System,
         Some(SystemdKind::User) | None => crate::systemd::Bus::User,
     }
 }
@@ -108,11 +108,18 @@ pub fn resolve(global: &Global, env_name: &str) -> miette::Result<Target> {
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
     });
     let repo = Repo::discover(&repo_dir)?;
-    let state_dir = global
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| state::default_dir(&loaded.config.project.name, &env.name));
     let systemd = systemd_kind(global.systemd);
+    let state_dir = global.state_dir.clone().unwrap_or_else(|| {
+        state::default_dir(
+            &loaded.config.project.name,
+            &env.name,
+            systemd == crate::systemd::Bus::User,
+        )
+    });
+    let mut loaded = loaded;
+    if systemd == crate::systemd::Bus::User {
+        for_user_manager(&mut loaded.config);
+    }
     let unit_dir = unit_dir(&env, systemd);
     Ok(Target {
         loaded,
@@ -122,6 +129,25 @@ pub fn resolve(global: &Global, env_name: &str) -> miette::Result<Target> {
         unit_dir,
         systemd,
     })
+}
+
+/// The boot target of the system manager, `wanted-by`'s default.
+const SYSTEM_BOOT_TARGET: &str = "multi-user.target";
+/// The boot target of a user manager: `multi-user.target` does not exist
+/// there, so a unit wanted by it would never start at boot (systemd.special(7)).
+const USER_BOOT_TARGET: &str = "default.target";
+
+/// Makes the configuration's units right for a user manager: a unit wanted
+/// by the system's boot target (the default of `wanted-by`) is wanted by the
+/// user manager's instead. Other targets are kept as written.
+pub fn for_user_manager(config: &mut config::Config) {
+    for s in &mut config.services {
+        if let Some(u) = &mut s.unit
+            && u.wanted_by == SYSTEM_BOOT_TARGET
+        {
+            USER_BOOT_TARGET.clone_into(&mut u.wanted_by);
+        }
+    }
 }
 
 /// What a plan is asked for.
@@ -377,7 +403,13 @@ fn units_at(t: &Target, sha: &str) -> Option<BTreeMap<String, Option<String>>> {
     let old = if text == t.loaded.text {
         t.config()
     } else {
-        parsed = config::parse("old", &text).ok()?;
+        parsed = {
+            let mut c = config::parse("old", &text).ok()?;
+            if t.systemd == crate::systemd::Bus::User {
+                for_user_manager(&mut c);
+            }
+            c
+        };
         &parsed
     };
     let env = old.environment(&t.env.name)?;

@@ -196,8 +196,12 @@ pub enum StateError {
 }
 
 /// The default state directory for a project and environment.
-pub fn default_dir(project: &str, env: &str) -> PathBuf {
-    if is_root() {
+///
+/// A user manager's services are the user's, root included: with
+/// `user_manager` the state goes under `$XDG_STATE_HOME` (else
+/// `~/.local/state`) even as root, never beside the system's.
+pub fn default_dir(project: &str, env: &str, user_manager: bool) -> PathBuf {
+    if is_root() && !user_manager {
         return PathBuf::from(format!("/var/lib/moorline/{project}/{env}"));
     }
     let base = std::env::var_os("XDG_STATE_HOME")
@@ -208,7 +212,7 @@ pub fn default_dir(project: &str, env: &str) -> PathBuf {
     base.join("moorline").join(project).join(env)
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // The owner of /proc/self is the effective user; no unsafe getuid().
     use std::os::unix::fs::MetadataExt;
     fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)

@@ -133,3 +133,64 @@ fn a_config_that_differs_from_its_version_at_the_target_is_named() {
         text(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_manager_gets_its_boot_target_and_state_under_xdg_state_home() {
+    let Some(w) = World::new("x2", 27200) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    // As root (the test suite's user), with --systemd user and no --state-dir.
+    let xdg_state = w.state.parent().unwrap().join("xdg-state");
+    let run = |args: &[&str]| {
+        let c = w.cmd(&[]);
+        let mut argv: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = argv.iter().position(|a| a == "--state-dir").unwrap();
+        argv.drain(at..at + 2);
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        let mut fresh = std::process::Command::new(c.get_program());
+        fresh.args(argv);
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => fresh.env(k, v),
+                None => fresh.env_remove(k),
+            };
+        }
+        fresh.env("XDG_STATE_HOME", &xdg_state).output().unwrap()
+    };
+    ok(&run(&["apply", "--env", "staging", "--yes"]));
+    assert!(
+        xdg_state
+            .join("moorline/pakashop/staging/state.json")
+            .is_file(),
+        "state under $XDG_STATE_HOME"
+    );
+    assert!(!w.state.exists(), "nothing under the test's own state dir");
+    let unit_dir = w.sandbox.unit_dir();
+    let unit = w.unit("backend");
+    let text = std::fs::read_to_string(unit_dir.join(&unit)).unwrap();
+    assert!(text.contains("\nWantedBy=default.target\n"), "{text}");
+    assert!(!text.contains("multi-user.target"), "{text}");
+    // Enabled for real: the user manager's boot target wants it.
+    assert!(
+        unit_dir
+            .join("default.target.wants")
+            .join(&unit)
+            .symlink_metadata()
+            .is_ok()
+    );
+    assert!(
+        !unit_dir
+            .join("multi-user.target.wants")
+            .join(&unit)
+            .exists()
+    );
+    assert_eq!(sd.status(&unit).await.unwrap().unit_file_state, "enabled");
+    // status finds the same state without being told where it is.
+    let out = run(&["status", "--env", "staging", "--check"]);
+    ok(&out);
+    w.stop_all(&sd).await;
+}
