@@ -896,6 +896,14 @@ fn commit_state(
         // deployed service again (the state it was planned from had the
         // mark); it succeeded, so the schema matches the code.
         st.database_restored = None;
+        st.rolled_back = None;
+    }
+    if plan.operation == crate::plan::Operation::Rollback {
+        st.rolled_back = Some(state::ManualRollback::after(
+            st.rolled_back.take(),
+            apply_id,
+            &switched,
+        ));
     }
     st.last_apply = Some(ApplyRecord {
         id: apply_id.to_owned(),

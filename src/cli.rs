@@ -221,9 +221,14 @@ pub struct StatusArgs {
     /// Output format (json: see docs/commands.md)
     #[arg(long, value_enum, default_value_t)]
     pub format: OutputFormat,
-    /// Exit non-zero when anything is unhealthy or drifted
+    /// Exit 5 when an operator must act: a service unhealthy or drifted, a
+    /// unit down, nothing deployed (behind the branch is reported only)
     #[arg(long)]
     pub check: bool,
+    /// With --check, also fail when the branch has undeployed commits or
+    /// services were rolled back by hand
+    #[arg(long, requires = "check")]
+    pub fail_behind: bool,
     /// Also run each runtime's migrate-status command
     #[arg(long)]
     pub migrations: bool,

@@ -605,6 +605,7 @@ fn status_cmd(global: &Global, args: &StatusArgs) -> miette::Result<i32> {
             &systemd,
             crate::status::Options {
                 migrations: args.migrations,
+                fail_behind: args.fail_behind,
             },
         )
         .await

@@ -422,11 +422,23 @@ async fn steps(d: &mut Demo) -> miette::Result<()> {
         "backend runs its first release again",
     )?;
 
-    d.say("Status: every unit, its live release, health and drift, straight from systemd and the services. After the manual rollback, staging runs older releases than its branch: status reports that drift, and `status --check` (the 15-minute health check) exits non-zero until the next deploy.");
-    let (code, text) = d.moorline(&["status", "--env", "staging"], true)?;
+    d.say("Status: every unit, its live release, health and drift, straight from systemd and the services. After the manual rollback, staging runs older releases than its branch: status shows the rollback and the undeployed commit. `status --check` (the 15-minute health check) passes, since nothing needs repair; `--check --fail-behind` fails until the next deploy.");
+    let (code, text) = d.moorline(&["status", "--env", "staging", "--check"], true)?;
     d.expect(
-        code == 0 && text.contains("19 healthy") && text.contains("behind-branch"),
-        "status shows 19 healthy services and the drift from the branch",
+        code == 0
+            && text.contains("19 healthy")
+            && text.contains("rolled-back: rolled back by hand")
+            && text.contains("behind-branch"),
+        "status --check passes and shows 19 healthy services, the manual rollback and the drift from the branch",
+    )?;
+    let (code, _) = d.moorline(
+        &["status", "--env", "staging", "--check", "--fail-behind"],
+        false,
+    )?;
+    println!("    status --check --fail-behind exits {code}");
+    d.expect(
+        code == 5,
+        "status --check --fail-behind fails while staging is behind",
     )?;
 
     d.say("Deploy the branch again: staging catches up, and the health check passes.");

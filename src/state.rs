@@ -37,6 +37,23 @@ pub struct State {
     /// that succeeds. Absent when not restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_restored: Option<DatabaseRestore>,
+    /// Services were rolled back by hand (`moorline rollback`) since the
+    /// last deploy: they run releases older than `revision`. Cleared by a
+    /// deploy that succeeds. Absent when not rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<ManualRollback>,
+}
+
+/// A rollback made by hand (see [`State::rolled_back`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManualRollback {
+    /// The rollback's apply id.
+    pub apply_id: String,
+    /// The services it switched back, in switch order (accumulated over
+    /// several rollbacks since the last deploy, each once).
+    pub services: Vec<String>,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
 }
 
 /// A database restore (`rollback --database`, `backup restore`).
@@ -104,6 +121,26 @@ pub struct ApplyRecord {
     pub migrated: bool,
     /// `succeeded`, `rolled-back`, `failed`.
     pub outcome: String,
+}
+
+impl ManualRollback {
+    /// The record after rollback `apply_id` switched `services` back,
+    /// keeping the services of earlier rollbacks since the last deploy.
+    pub fn after(earlier: Option<Self>, apply_id: &str, services: &[String]) -> Self {
+        let mut all = earlier.map(|e| e.services).unwrap_or_default();
+        for s in services {
+            if !all.contains(s) {
+                all.push(s.clone());
+            }
+        }
+        Self {
+            apply_id: apply_id.to_owned(),
+            services: all,
+            at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
 }
 
 impl State {

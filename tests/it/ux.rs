@@ -194,3 +194,74 @@ async fn a_user_manager_gets_its_boot_target_and_state_under_xdg_state_home() {
     ok(&out);
     w.stop_all(&sd).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_check_fails_on_what_needs_action_and_shows_a_manual_rollback() {
+    let Some(w) = World::new("x3", 27300) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    w.all_ready(&sd).await;
+    let check = |extra: &[&str]| {
+        let mut args = vec!["status", "--env", "staging", "--check"];
+        args.extend_from_slice(extra);
+        w.run(&args)
+    };
+    assert_eq!(code(&check(&[])), 0, "{}", text(&check(&[])));
+
+    // A merge not deployed yet: reported, not failed, unless --fail-behind.
+    w.commit("main", "coupon v2", &[Edit::touch_service("coupon")]);
+    let out = check(&[]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("behind-branch: branch main is at"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("NOT OK"), "{}", text(&out));
+    let out = check(&["--fail-behind"]);
+    assert_eq!(code(&out), 5, "{}", text(&out));
+    assert!(text(&out).contains("NOT OK"), "{}", text(&out));
+
+    // Deployed, then rolled back by hand: shown as such, from the state.
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    ok(&w.run(&["rollback", "--env", "staging", "--yes"]));
+    w.all_ready(&sd).await;
+    let state = crate::deploy::state_json(&w);
+    assert_eq!(
+        state["rolled_back"]["services"],
+        serde_json::json!(["coupon"])
+    );
+    let out = check(&[]);
+    let t = text(&out);
+    assert_eq!(code(&out), 0, "{t}");
+    assert!(t.contains("rolled-back: rolled back by hand "), "{t}");
+    assert!(
+        t.contains("coupon runs an older release than the deployed"),
+        "{t}"
+    );
+    let out = w.run(&["status", "--env", "staging", "--format", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["drift"][0]["kind"], "rolled-back", "{status}");
+    assert_eq!(status["ok"], true);
+    assert_eq!(code(&check(&["--fail-behind"])), 5);
+
+    // A unit an operator must look at fails the check.
+    sd.stop(&w.unit("coupon")).await.unwrap();
+    let out = check(&[]);
+    assert_eq!(code(&out), 5, "{}", text(&out));
+    assert!(
+        text(&out).contains("coupon: unit is inactive"),
+        "{}",
+        text(&out)
+    );
+
+    // The next deploy brings coupon forward and clears the record.
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    assert!(crate::deploy::state_json(&w).get("rolled_back").is_none());
+    w.all_ready(&sd).await;
+    let out = check(&["--fail-behind"]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    w.stop_all(&sd).await;
+}
