@@ -616,7 +616,13 @@ async fn finish_failed(
             source: std::io::Error::other(e),
         })?;
     }
-    emit(progress, "rollback", &plan.environment, &reason);
+    // The failure itself was printed when it happened (`FAILED`): named
+    // here, not repeated.
+    let because = report.failed.first().map_or_else(
+        || reason.lines().next().unwrap_or_default().to_owned(),
+        |(id, _)| format!("because {id} failed"),
+    );
+    emit(progress, "rollback", &plan.environment, &because);
     let (rolled, errors) = rollback_from_journal(ctx, &records, &journal).await;
     report.rolled_back = rolled;
     report.rollback_errors = errors;

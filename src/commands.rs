@@ -386,7 +386,12 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                     println!("nothing to resume: no unfinished apply of {env_name}");
                     Ok(exit::OK)
                 }
-                Some(report) => Ok(print_report(&report, &env_name, args.format)),
+                Some(report) => Ok(print_report(
+                    &report,
+                    &env_name,
+                    args.format,
+                    crate::plan::Operation::Deploy,
+                )),
             };
         }
         let plan = if let Some(saved) = saved {
@@ -494,8 +499,9 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
         }
         // Only now, with a plan that is worth applying, talk to systemd.
         let ctx = connect().await?;
+        let operation = plan.operation;
         let report = crate::apply::apply(ctx, plan).await?;
-        Ok(print_report(&report, &env_name, args.format))
+        Ok(print_report(&report, &env_name, args.format, operation))
     })
 }
 
@@ -530,8 +536,21 @@ pub async fn executor(
     }))
 }
 
-pub fn print_report(r: &crate::apply::Report, env: &str, format: Format) -> i32 {
+/// Prints how an apply of `operation` (a deploy, rollback or restart)
+/// ended. The full error of a failed action was printed when it happened;
+/// the summary names it with the first line of its message, once.
+pub fn print_report(
+    r: &crate::apply::Report,
+    env: &str,
+    format: Format,
+    operation: crate::plan::Operation,
+) -> i32 {
     use crate::apply::Outcome;
+    let what = match operation {
+        crate::plan::Operation::Deploy => "apply",
+        crate::plan::Operation::Rollback => "rollback",
+        crate::plan::Operation::Restart => "restart",
+    };
     if format == Format::Json {
         let report = crate::secrets::redacted_json(r).unwrap_or_default();
         println!(
@@ -544,9 +563,9 @@ pub fn print_report(r: &crate::apply::Report, env: &str, format: Format) -> i32 
     match r.outcome {
         Outcome::Succeeded => {
             eprintln!(
-                "apply {} succeeded: {} actions in {secs:.2}s",
-                r.apply_id,
-                r.succeeded.len()
+                "{what} of {env} succeeded: {} actions in {secs:.2}s (apply {})",
+                r.succeeded.len(),
+                r.apply_id
             );
         }
         Outcome::Interrupted => {
@@ -559,7 +578,8 @@ pub fn print_report(r: &crate::apply::Report, env: &str, format: Format) -> i32 
         }
         _ => {
             for (id, e) in &r.failed {
-                eprintln!("\nFAILED {id}:\n{}", crate::secrets::redact(e));
+                let e = crate::secrets::redact(e);
+                eprintln!("\nFAILED {id}: {}", e.lines().next().unwrap_or_default());
             }
             eprintln!("\nsucceeded: {}", list_or_none(&r.succeeded));
             eprintln!("not run:   {}", list_or_none(&r.not_run));

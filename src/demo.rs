@@ -407,10 +407,18 @@ async fn steps(d: &mut Demo) -> miette::Result<()> {
     d.say("A manual rollback of the last successful deploy: kept releases make it a symlink switch and a restart, no rebuild.");
     d.commit("Search: revert the broken index", &[Edit::heal("search")])?;
     let (code, text) = d.moorline(&["rollback", "--env", "staging", "--yes"], false)?;
-    for line in text
-        .lines()
-        .filter(|l| l.contains("back to") || l.contains("succeeded"))
-    {
+    // Each service rolled back, with where it goes (the line under it in
+    // the plan), then how it ended.
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(row) = line.strip_prefix("  ~ ")
+            && let Some(name) = row.split_whitespace().next()
+        {
+            let why = lines.get(i + 1).map_or("", |l| l.trim());
+            println!("    {name}: {why}");
+        }
+    }
+    for line in lines.iter().filter(|l| l.contains("succeeded")) {
         println!("    {line}");
     }
     d.expect(code == 0, format!("the rollback succeeds:\n{text}"))?;

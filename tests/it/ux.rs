@@ -265,3 +265,137 @@ async fn status_check_fails_on_what_needs_action_and_shows_a_manual_rollback() {
     assert_eq!(code(&out), 0, "{}", text(&out));
     w.stop_all(&sd).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_rollbacks_and_restarts_read_naturally() {
+    let Some(w) = World::new("x4", 27400) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    crate::deploy::short_ready_timeout(&w, 2);
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let first = w.fx.head("main").unwrap();
+
+    // A readiness failure: the error once in full (with the answer's body), a one-line summary.
+    w.commit("main", "broken", &[Edit::break_readiness("search")]);
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    let t = text(&out);
+    assert_eq!(code(&out), 3, "{t}");
+    let port = w.fx.service("search").unwrap().port;
+    let message = format!(
+        "http://127.0.0.1:{port}/health/ready: not ready after 2s: answered 503: {{\"status\": \"not-ready\"}}"
+    );
+    assert_eq!(
+        t.matches(&message).count(),
+        2,
+        "live and in the summary:\n{t}"
+    );
+    assert_eq!(
+        t.matches("journal:").count(),
+        1,
+        "the journal tail once:\n{t}"
+    );
+    assert!(
+        t.contains(&format!("\nFAILED health:search: {message}\n")),
+        "{t}"
+    );
+    assert!(
+        t.contains("rollback staging: because health:search failed\n"),
+        "{t}"
+    );
+    assert!(
+        !t.lines()
+            .any(|l| l.trim_end().ends_with("FAILED health:search:")),
+        "{t}"
+    );
+
+    // A fixed release deployed, then rolled back by hand: the plan says what it is.
+    let fixed = w.commit(
+        "main",
+        "fixed",
+        &[Edit::heal("search"), Edit::touch_service("search")],
+    );
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let out = w.run(&["rollback", "--env", "staging", "--yes"]);
+    let t = text(&out);
+    assert_eq!(code(&out), 0, "{t}");
+    assert!(
+        t.contains("Rollback plan for pakashop/staging (branch main)\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "  from {} (the deployed revision)\n",
+            &fixed[..12]
+        )),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!("  to   the kept release {}\n", &first[..12])),
+        "{t}"
+    );
+    assert!(
+        t.contains("  1 service rolls back · kept releases, no rebuild\n"),
+        "{t}"
+    );
+    assert!(t.contains("  ~ search           roll back\n"), "{t}");
+    assert!(!t.contains("\"\""), "{t}");
+    assert!(t.contains("rollback of staging succeeded: "), "{t}");
+    let out = w.run(&[
+        "rollback", "--env", "staging", "--format", "markdown", "--yes",
+    ]);
+    let md = text(&out);
+    assert!(
+        md.contains("### moorline rollback plan: `pakashop` → staging"),
+        "{md}"
+    );
+
+    // A restart plan names what it does.
+    let out = w.run(&[
+        "restart",
+        "--env",
+        "staging",
+        "--service",
+        "backend",
+        "--yes",
+    ]);
+    let t = text(&out);
+    assert_eq!(code(&out), 0, "{t}");
+    assert!(
+        t.contains("Restart plan for pakashop/staging (branch main)\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains("  1 service restarts · same releases, no rebuild\n"),
+        "{t}"
+    );
+    assert!(!t.contains("\"restart\""), "{t}");
+    assert!(
+        t.contains("restart of staging succeeded: 2 actions in "),
+        "{t}"
+    );
+
+    // --to that matches nothing lists the kept releases instead of naming a directory.
+    let out = w.run(&[
+        "rollback",
+        "--env",
+        "staging",
+        "--service",
+        "search",
+        "--to",
+        "nope",
+    ]);
+    let t = text(&out).split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(code(&out), 1, "{t}");
+    assert!(
+        t.contains("service `search` has no kept release matching `nope`"),
+        "{t}"
+    );
+    assert!(t.contains("kept releases, newest first: "), "{t}");
+    for sha in [&fixed, &first] {
+        assert!(t.contains(&sha[..12]), "{sha} in {t}");
+    }
+    assert!(t.contains(", live)"), "{t}");
+    assert!(!t.contains("/releases"), "{t}");
+    w.stop_all(&sd).await;
+}
