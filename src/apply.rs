@@ -903,8 +903,10 @@ fn commit_state(
         // mark); it succeeded, so the schema matches the code.
         st.database_restored = None;
         st.rolled_back = None;
+        st.record_deploy(&plan.to.sha, state::now_secs());
     }
     if plan.operation == crate::plan::Operation::Rollback {
+        st.record_manual_rollback(state::now_secs());
         st.rolled_back = Some(state::ManualRollback::after(
             st.rolled_back.take(),
             apply_id,

@@ -363,6 +363,42 @@ impl Repo {
         Ok(out)
     }
 
+    /// The id of `sha`'s root tree: equal ids mean identical contents.
+    pub fn tree_id(&self, sha: &str) -> Option<String> {
+        self.tree(sha).ok().map(|t| t.id().to_string())
+    }
+
+    /// Commits reachable from `tip` but not from `base`, newest first, at
+    /// most `limit`, merge commits left out (merging the other branch in
+    /// is not a change of its own): what `tip`'s branch carries that
+    /// `base`'s lacks, such as a hotfix never merged back.
+    pub fn only_in(&self, tip: &str, base: &str, limit: usize) -> Result<Vec<Rev>, GitError> {
+        let oid = |s: &str| Oid::from_str(s).map_err(failed("reading a commit id"));
+        let mut walk = self.repo.revwalk().map_err(failed("walking history"))?;
+        walk.push(oid(tip)?).map_err(failed("walking history"))?;
+        walk.hide(oid(base)?).map_err(failed("walking history"))?;
+        let mut out = Vec::new();
+        for id in walk {
+            let id = id.map_err(failed("walking history"))?;
+            let c = self
+                .repo
+                .find_commit(id)
+                .map_err(failed("reading a commit"))?;
+            if c.parent_count() > 1 {
+                continue;
+            }
+            out.push(Rev {
+                spec: id.to_string(),
+                sha: id.to_string(),
+                summary: c.summary().ok().flatten().unwrap_or("").to_owned(),
+            });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// The commit HEAD points at, if any.
     pub fn head_sha(&self) -> Option<String> {
         self.repo

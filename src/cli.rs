@@ -131,6 +131,11 @@ pub struct PlanTarget {
     /// although moorline did not install it (shown in the plan); repeatable
     #[arg(long, value_name = "SERVICE")]
     pub adopt: Vec<String>,
+    /// Plan (and let `apply` of the saved plan go on) although the
+    /// environment's `promote-from` source never ran the revision healthy
+    /// (shown in the plan)
+    #[arg(long)]
+    pub skip_promotion_check: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -174,6 +179,11 @@ pub struct ApplyArgs {
     /// brings its own adoptions
     #[arg(long, value_name = "SERVICE", conflicts_with = "plan")]
     pub adopt: Vec<String>,
+    /// Apply although the environment's `promote-from` source never ran
+    /// the revision healthy (the plan shows it); a saved or reviewed plan
+    /// brings its own
+    #[arg(long)]
+    pub skip_promotion_check: bool,
     /// Apply although the config file, a service's path or a watched path
     /// has uncommitted changes (they are not deployed; the plan lists them)
     #[arg(long)]

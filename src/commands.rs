@@ -102,6 +102,7 @@ fn request(target: &PlanTarget) -> PlanRequest {
         to: target.to.clone(),
         allow_non_ancestor: target.allow_non_ancestor,
         adopt: target.adopt.clone(),
+        skip_promotion_check: target.skip_promotion_check,
         on_host: false,
     }
 }
@@ -231,6 +232,21 @@ pub enum ApplyCmdError {
         )
     )]
     Dirty { paths: String },
+    #[error(
+        "{env} only runs what {source_env} ran healthy, and {source_env} did not run {sha}: {why}"
+    )]
+    #[diagnostic(
+        code(moorline::apply::not_promoted),
+        help(
+            "deploy {sha} to {source_env} first and let it run healthy, then apply again; or, knowingly, pass --skip-promotion-check (the plan shows it)"
+        )
+    )]
+    NotPromoted {
+        env: String,
+        source_env: String,
+        sha: String,
+        why: String,
+    },
     #[error("cannot start the async runtime")]
     #[diagnostic(
         code(moorline::apply::runtime),
@@ -343,6 +359,24 @@ fn refuse_dirty(p: &crate::plan::Plan, allowed: bool) -> Result<(), ApplyCmdErro
     })
 }
 
+/// Refuses a plan whose revision its `promote-from` source never ran
+/// healthy, unless the check was skipped (which the plan shows).
+fn refuse_unpromoted(p: &crate::plan::Plan) -> Result<(), ApplyCmdError> {
+    match &p.promotion {
+        Some(pr) if !pr.healthy && !pr.skipped => Err(ApplyCmdError::NotPromoted {
+            env: p.environment.clone(),
+            source_env: pr.source.clone(),
+            sha: crate::plan::short(&p.to.sha).to_owned(),
+            why: match (&pr.ran, &pr.unavailable) {
+                (Some(_), _) => "it ran there but was rolled back by hand".to_owned(),
+                (None, Some(u)) => format!("it never ran there ({u})"),
+                (None, None) => "it never ran there".to_owned(),
+            },
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Asks on the terminal; `false` without one (the caller refuses then).
 pub(crate) fn confirm(question: &str) -> bool {
     use std::io::{BufRead, IsTerminal, Write};
@@ -402,6 +436,7 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                     to: Some(saved.to.sha.clone()),
                     allow_non_ancestor: saved.inputs.allow_non_ancestor,
                     adopt: saved.inputs.adopt.clone(),
+                    skip_promotion_check: saved.inputs.skip_promotion_check,
                     on_host: true,
                 },
             )?;
@@ -417,6 +452,7 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
             }
             if fresh.has_changes() {
                 refuse_dirty(&fresh, args.allow_dirty)?;
+                refuse_unpromoted(&fresh)?;
             }
             if !args.yes
                 && !confirm(&format!(
@@ -446,9 +482,23 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                         .chain(reviewed.iter().flat_map(|r| &r.inputs.adopt))
                         .cloned()
                         .collect(),
+                    skip_promotion_check: args.skip_promotion_check
+                        || reviewed
+                            .as_ref()
+                            .is_some_and(|r| r.inputs.skip_promotion_check),
                     on_host: true,
                 },
             )?;
+            // What the source environment proved comes first: without it,
+            // nothing else about this plan matters.
+            if p.has_changes()
+                && let Err(e) = refuse_unpromoted(&p)
+            {
+                if args.format != Format::Json {
+                    eprint!("{}", render::text(&p, report::stderr_color()));
+                }
+                return Err(e.into());
+            }
             if p.has_conflicts() {
                 if args.format != Format::Json {
                     eprint!("{}", render::text(&p, report::stderr_color()));

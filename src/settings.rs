@@ -37,6 +37,10 @@ pub struct Target {
     pub state_dir: PathBuf,
     pub unit_dir: PathBuf,
     pub systemd: crate::systemd::Bus,
+    /// The state directory of the environment's `promote-from` source, if
+    /// it has one: its `state-dir`, else beside an explicit `--state-dir`
+    /// (`DIR/../SOURCE`), else the source's default.
+    pub promotion_state_dir: Option<PathBuf>,
 }
 
 impl Target {
@@ -116,6 +120,22 @@ pub fn resolve(global: &Global, env_name: &str) -> miette::Result<Target> {
             systemd == crate::systemd::Bus::User,
         )
     });
+    let promotion_state_dir = env.promote_from.as_ref().map(|p| {
+        if let Some(d) = &p.state_dir {
+            PathBuf::from(d)
+        } else if let Some(explicit) = &global.state_dir {
+            explicit
+                .parent()
+                .unwrap_or_else(|| Path::new("/"))
+                .join(&p.environment)
+        } else {
+            state::default_dir(
+                &loaded.config.project.name,
+                &p.environment,
+                systemd == crate::systemd::Bus::User,
+            )
+        }
+    });
     let mut loaded = loaded;
     if systemd == crate::systemd::Bus::User {
         for_user_manager(&mut loaded.config);
@@ -128,6 +148,7 @@ pub fn resolve(global: &Global, env_name: &str) -> miette::Result<Target> {
         state_dir,
         unit_dir,
         systemd,
+        promotion_state_dir,
     })
 }
 
@@ -159,6 +180,9 @@ pub struct PlanRequest {
     /// `--adopt`: services (or their unit file names) whose unit file that
     /// moorline did not install may be replaced.
     pub adopt: Vec<String>,
+    /// `--skip-promotion-check`: the plan says so, and `apply` goes on
+    /// without a healthy run in the `promote-from` source.
+    pub skip_promotion_check: bool,
     /// The plan is to be applied here (`apply`): this host's unit
     /// directory is checked for unit files moorline did not install even
     /// when the baseline comes from the configuration at `from` (a plan
@@ -279,10 +303,188 @@ pub fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan> {
     })?;
     p.warnings.extend(warnings);
     p.uncommitted = uncommitted(t, &p.to.sha)?;
+    if let Some(promotion) = promotion(t, &p.to.sha, req.skip_promotion_check)? {
+        promotion_words(
+            &promotion,
+            &p.to.sha,
+            &t.env.name,
+            &mut p.warnings,
+            &mut p.notes,
+        );
+        p.promotion = Some(promotion);
+    }
+    if req.skip_promotion_check {
+        p.inputs.skip_promotion_check = true;
+        p.fingerprint = plan::fingerprint(
+            &p.project,
+            &p.environment,
+            p.from.as_ref().map(|f| f.sha.as_str()),
+            &p.to.sha,
+            &p.inputs,
+        );
+    }
     if !p.uncommitted.is_empty() {
         p.warnings.push(uncommitted_warning(&p.uncommitted));
     }
     Ok(p)
+}
+
+/// How many commits only on this environment's branch a plan names.
+const ONLY_HERE_SHOWN: usize = 10;
+
+/// The `promote-from` check of a plan toward `to`: the source
+/// environment's runs of `to` (or of a commit with the same tree, such as
+/// the merge of its branch into this one), read from its state on this
+/// host, and the commits this environment's branch has that the source's
+/// lacks. `None` without `promote-from`.
+fn promotion(t: &Target, to: &str, skip: bool) -> miette::Result<Option<plan::Promotion>> {
+    let (Some(p), Some(dir)) = (&t.env.promote_from, &t.promotion_state_dir) else {
+        return Ok(None);
+    };
+    let config = t.config();
+    let mut only_here = Vec::new();
+    if let (Some(source_env), Ok(here)) = (
+        config.environment(&p.environment),
+        t.repo.branch_tip(&t.env.branch),
+    ) && let Ok(there) = t.repo.branch_tip(&source_env.branch)
+    {
+        only_here = t
+            .repo
+            .only_in(&here.sha, &there.sha, ONLY_HERE_SHOWN)?
+            .into_iter()
+            .map(|r| format!("{} {}", plan::short(&r.sha), r.summary))
+            .collect();
+    }
+    let (state, unavailable) = match state::load(dir, &config.project.name, &p.environment) {
+        Ok(l) => (l.state, None),
+        Err(e) => (
+            None,
+            Some(format!("{} could not be read: {e}", dir.display())),
+        ),
+    };
+    let tree = t.repo.tree_id(to);
+    let same = |rev: &str| rev == to || (tree.is_some() && t.repo.tree_id(rev) == tree);
+    let ran = state.as_ref().and_then(|st| {
+        let recorded = st
+            .deploys
+            .iter()
+            .rev()
+            .find(|d| same(&d.revision))
+            .map(|d| plan::PromotionRun {
+                revision: d.revision.clone(),
+                at: Some(d.at),
+                until: d.until,
+                rolled_back_at: d.rolled_back_at,
+            });
+        // A state from before deploy times were recorded: its deployed
+        // revision still counts, with no time.
+        recorded.or_else(|| {
+            st.revision
+                .as_deref()
+                .filter(|r| st.deploys.is_empty() && same(r))
+                .map(|r| plan::PromotionRun {
+                    revision: r.to_owned(),
+                    at: None,
+                    until: None,
+                    rolled_back_at: st.rolled_back.as_ref().map(|rb| rb.at),
+                })
+        })
+    });
+    let healthy = ran.as_ref().is_some_and(|r| r.rolled_back_at.is_none());
+    Ok(Some(plan::Promotion {
+        source: p.environment.clone(),
+        ran,
+        healthy,
+        skipped: skip,
+        only_here,
+        unavailable: unavailable.or_else(|| {
+            state.is_none().then(|| {
+                format!(
+                    "nothing is recorded as deployed in {} ({})",
+                    p.environment,
+                    dir.display()
+                )
+            })
+        }),
+    }))
+}
+
+/// A time from a state file, for a plan (UTC, to the second).
+fn when(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
+}
+
+/// What a plan says about its promotion check: the run it found (a note),
+/// the missing one (a warning: `apply` refuses), a skipped check, and
+/// commits only this environment's branch has.
+fn promotion_words(
+    p: &plan::Promotion,
+    to: &str,
+    env: &str,
+    warnings: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) {
+    let source = &p.source;
+    let sha = plan::short(to);
+    let same = |r: &plan::PromotionRun| {
+        if r.revision == to {
+            String::new()
+        } else {
+            format!(" (as {}, the same tree)", plan::short(&r.revision))
+        }
+    };
+    match &p.ran {
+        Some(r) if p.healthy => {
+            let how_long = match (r.at, r.until) {
+                (Some(at), Some(until)) => format!(
+                    "deployed there {} and stayed healthy for {}, until the next deploy",
+                    when(at),
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        until.saturating_sub(at)
+                    ))
+                ),
+                (Some(at), None) => format!("deployed there {} and still live", when(at)),
+                (None, _) => {
+                    "its deployed revision there (deployed before moorline recorded deploy times)"
+                        .to_owned()
+                }
+            };
+            notes.push(format!(
+                "promotion: {source} ran {sha}{} healthy: {how_long}",
+                same(r)
+            ));
+        }
+        Some(r) => {
+            let at = r
+                .rolled_back_at
+                .map_or_else(String::new, |t| format!(" at {}", when(t)));
+            warnings.push(format!(
+                "promotion: {source} ran {sha}{} but it was rolled back by hand there{at}, so it does not count as healthy: {}",
+                same(r),
+                if p.skipped { "check skipped (--skip-promotion-check)".to_owned() } else { format!("`apply` refuses it unless --skip-promotion-check (deploy it healthy to {source} first)") }
+            ));
+        }
+        None => {
+            let why = p
+                .unavailable
+                .as_deref()
+                .map_or_else(String::new, |u| format!(" ({u})"));
+            warnings.push(format!(
+                "promotion: {source} never ran {sha} healthy{why}: {}",
+                if p.skipped { "check skipped (--skip-promotion-check)".to_owned() } else { format!("`apply` refuses it unless --skip-promotion-check (deploy it to {source} first)") }
+            ));
+        }
+    }
+    if !p.only_here.is_empty() {
+        warnings.push(format!(
+            "{env}'s branch has {} that {source}'s branch lacks (a hotfix not merged back?): {}; merge {} into {source}'s branch, so that {source} runs {} too",
+            if p.only_here.len() == 1 { "a commit".to_owned() } else { format!("{} commits", p.only_here.len()) },
+            p.only_here.join(", "),
+            if p.only_here.len() == 1 { "it" } else { "them" },
+            if p.only_here.len() == 1 { "it" } else { "them" },
+        ));
+    }
 }
 
 /// How many uncommitted paths the warning names before it only counts.

@@ -42,6 +42,29 @@ pub struct State {
     /// deploy that succeeds. Absent when not rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back: Option<ManualRollback>,
+    /// The revisions deploys made live here, oldest first (the last
+    /// [`DEPLOYS_KEPT`]): what another environment's `promote-from` reads.
+    /// Absent in states written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deploys: Vec<DeployRecord>,
+}
+
+/// How many deploys [`State::deploys`] keeps.
+pub const DEPLOYS_KEPT: usize = 50;
+
+/// One revision made live by a deploy that succeeded (every restarted
+/// service was ready).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRecord {
+    pub revision: String,
+    /// When the deploy succeeded (seconds since the Unix epoch).
+    pub at: u64,
+    /// When the next deploy replaced it; `None`: still the deployed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+    /// When it was rolled back by hand while it was the deployed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_at: Option<u64>,
 }
 
 /// A rollback made by hand (see [`State::rolled_back`]).
@@ -121,6 +144,44 @@ pub struct ApplyRecord {
     pub migrated: bool,
     /// `succeeded`, `rolled-back`, `failed`.
     pub outcome: String,
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl State {
+    /// Records that a deploy made `revision` live at `at`: the one before
+    /// it is replaced from then on.
+    pub fn record_deploy(&mut self, revision: &str, at: u64) {
+        if let Some(last) = self.deploys.last_mut()
+            && last.until.is_none()
+        {
+            last.until = Some(at);
+        }
+        self.deploys.push(DeployRecord {
+            revision: revision.to_owned(),
+            at,
+            until: None,
+            rolled_back_at: None,
+        });
+        let extra = self.deploys.len().saturating_sub(DEPLOYS_KEPT);
+        self.deploys.drain(..extra);
+    }
+
+    /// Records that services were rolled back by hand at `at`: the
+    /// deployed revision no longer runs whole.
+    pub fn record_manual_rollback(&mut self, at: u64) {
+        if let Some(last) = self.deploys.last_mut()
+            && last.until.is_none()
+            && last.rolled_back_at.is_none()
+        {
+            last.rolled_back_at = Some(at);
+        }
+    }
 }
 
 impl ManualRollback {

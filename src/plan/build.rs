@@ -843,6 +843,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             .filter(|(_, c)| **c == MigrateCheck::Pending)
             .map(|(name, _)| name.clone())
             .collect(),
+        skip_promotion_check: false,
     };
     let fingerprint = super::fingerprint(
         &config.project.name,
@@ -871,6 +872,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         notes,
         conflicts,
         uncommitted: Vec::new(),
+        promotion: None,
     })
 }
 

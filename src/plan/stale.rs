@@ -245,6 +245,7 @@ mod tests {
                 allow_non_ancestor: false,
                 adopt: Vec::new(),
                 pending_migrations: Vec::new(),
+                skip_promotion_check: false,
             },
             changed_paths: 1,
             services: vec![service("backend", A), service("search", A)],
@@ -258,6 +259,7 @@ mod tests {
             notes: Vec::new(),
             conflicts: Vec::new(),
             uncommitted: Vec::new(),
+            promotion: None,
         };
         seal(&mut p);
         p

@@ -298,6 +298,7 @@ invalid! {
     second_proxy,
     env_invalid_name,
     many_problems,
+    promote_from_bad,
 }
 
 #[test]

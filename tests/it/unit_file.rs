@@ -40,6 +40,7 @@ fn service(root: &str, out: &str) -> (Environment, Service) {
         url: None,
         unit_dir: None,
         approval: false,
+        promote_from: None,
         backup: None,
         env: BTreeMap::new(),
         env_files: Vec::new(),

@@ -399,3 +399,151 @@ async fn failures_rollbacks_and_restarts_read_naturally() {
     assert!(!t.contains("/releases"), "{t}");
     w.stop_all(&sd).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_runs_only_what_staging_ran_healthy() {
+    let Some(w) = World::new("x5", 27500) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    let config = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let marker = "    branch \"production\"\n";
+    assert!(config.contains(marker));
+    w.set_config(&config.replace(marker, &format!("{marker}    promote-from \"staging\"\n")));
+    // One state directory per environment, side by side: production finds staging's beside its
+    // own (`--state-dir DIR/production` → `DIR/staging`).
+    let states = w.state.parent().unwrap().join("states");
+    let (staging, production) = (states.join("staging"), states.join("production"));
+    let run = |state: &std::path::Path, args: &[&str]| w.cmd_in(state, args).output().unwrap();
+    let plan_json = |args: &[&str]| {
+        let mut a = vec!["plan", "--env", "production", "--format", "json"];
+        a.extend_from_slice(args);
+        let out = run(&production, &a);
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+        v
+    };
+
+    // Staging runs A healthy.
+    ok(&run(&staging, &["apply", "--env", "staging", "--yes"]));
+    // B is on both branches, but staging never ran it.
+    let rev_b = w.commit("main", "coupon v2", &[Edit::touch_service("coupon")]);
+    merge_into_production(&w, "merge main");
+    let out = run(&production, &["plan", "--env", "production"]);
+    let t = text(&out);
+    assert!(t.contains("warning: promotion: staging never ran "), "{t}");
+    assert!(
+        t.contains("`apply` refuses it unless --skip-promotion-check"),
+        "{t}"
+    );
+    let pj = plan_json(&[]);
+    assert_eq!(pj["promotion"]["source"], "staging", "{pj}");
+    assert_eq!(pj["promotion"]["healthy"], false);
+    assert!(pj["promotion"]["ran"].is_null());
+    let out = run(&production, &["apply", "--env", "production", "--yes"]);
+    let t = text(&out);
+    assert_eq!(code(&out), 1, "{t}");
+    assert!(t.contains("moorline::apply::not_promoted"), "{t}");
+    assert!(
+        t.contains("production only runs what staging ran healthy"),
+        "{t}"
+    );
+    assert!(!production.join("state.json").exists(), "nothing applied");
+    // The override is shown in the plan and kept in a saved plan.
+    let pj = plan_json(&["--skip-promotion-check"]);
+    assert_eq!(pj["promotion"]["skipped"], true);
+    assert_eq!(pj["inputs"]["skip_promotion_check"], true);
+    assert!(
+        pj["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("check skipped (--skip-promotion-check)")),
+        "{pj}"
+    );
+
+    // Staging runs B (the production merge has the same tree): production may deploy it, and
+    // its plan says when staging ran it.
+    ok(&run(&staging, &["apply", "--env", "staging", "--yes"]));
+    let pj = plan_json(&[]);
+    assert_eq!(pj["promotion"]["healthy"], true, "{pj}");
+    assert_eq!(pj["promotion"]["ran"]["revision"], rev_b.as_str());
+    assert!(pj["promotion"]["ran"]["until"].is_null());
+    let note = pj["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_owned())
+        .find(|n| n.starts_with("promotion:"))
+        .unwrap_or_else(|| panic!("{pj}"));
+    assert!(
+        note.contains(&format!(
+            "(as {}, the same tree) healthy: deployed there ",
+            &rev_b[..12]
+        )),
+        "{note}"
+    );
+    assert!(note.ends_with("and still live"), "{note}");
+    // The production units are staging's on this one manager: adopted, as the plan shows.
+    let mut apply = vec!["apply", "--env", "production", "--yes"];
+    for s in &w.fx.services {
+        apply.extend(["--adopt", s.name.as_str()]);
+    }
+    ok(&run(&production, &apply));
+
+    // A hotfix on production that main lacks: warned about in every production plan.
+    w.fx.commit(
+        "production",
+        "hotfix: coupon rounding",
+        &[Edit::touch_service("coupon")],
+    )
+    .unwrap();
+    let out = run(&production, &["plan", "--env", "production"]);
+    let t = text(&out).split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        t.contains("production's branch has a commit that staging's branch lacks (a hotfix not merged back?): "),
+        "{t}"
+    );
+    assert!(t.contains("hotfix: coupon rounding"), "{t}");
+    let warning = t
+        .split("staging's branch lacks")
+        .nth(1)
+        .unwrap()
+        .split("phase config")
+        .next()
+        .unwrap();
+    assert!(
+        !warning.contains("merge main"),
+        "merges are not hotfixes: {warning}"
+    );
+    // And staging never ran the hotfix's tree.
+    assert_eq!(plan_json(&[])["promotion"]["healthy"], false);
+    w.stop_all(&sd).await;
+}
+
+/// A real merge of `main` into `production` (two parents, `main`'s tree), as a pull request's
+/// merge makes it.
+fn merge_into_production(w: &World, message: &str) -> String {
+    let repo = git2::Repository::open(&w.fx.repo).unwrap();
+    let main = repo
+        .revparse_single("main")
+        .unwrap()
+        .peel_to_commit()
+        .unwrap();
+    let prod = repo
+        .revparse_single("production")
+        .unwrap()
+        .peel_to_commit()
+        .unwrap();
+    let sig = main.author();
+    let id = repo
+        .commit(
+            Some("refs/heads/production"),
+            &sig,
+            &sig,
+            message,
+            &main.tree().unwrap(),
+            &[&prod, &main],
+        )
+        .unwrap();
+    id.to_string()
+}
