@@ -232,9 +232,7 @@ pub enum ApplyCmdError {
         )
     )]
     Dirty { paths: String },
-    #[error(
-        "{env} only runs what {source_env} ran healthy, and {source_env} did not run {sha}: {why}"
-    )]
+    #[error("{env} only runs what {source_env} ran healthy: {why}")]
     #[diagnostic(
         code(moorline::apply::not_promoted),
         help(
@@ -367,10 +365,15 @@ fn refuse_unpromoted(p: &crate::plan::Plan) -> Result<(), ApplyCmdError> {
             env: p.environment.clone(),
             source_env: pr.source.clone(),
             sha: crate::plan::short(&p.to.sha).to_owned(),
-            why: match (&pr.ran, &pr.unavailable) {
-                (Some(_), _) => "it ran there but was rolled back by hand".to_owned(),
-                (None, Some(u)) => format!("it never ran there ({u})"),
-                (None, None) => "it never ran there".to_owned(),
+            why: {
+                let (source, sha) = (&pr.source, crate::plan::short(&p.to.sha));
+                match (&pr.ran, &pr.unavailable) {
+                    (Some(_), _) => {
+                        format!("{source} ran {sha}, but it was rolled back by hand there")
+                    }
+                    (None, Some(u)) => format!("{source} never ran {sha} ({u})"),
+                    (None, None) => format!("{source} never ran {sha}"),
+                }
             },
         }),
         _ => Ok(()),

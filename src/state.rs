@@ -479,6 +479,36 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn deploys_record_when_each_revision_was_live_and_a_manual_rollback() {
+        let mut st = State::default();
+        st.record_deploy("a", 100);
+        st.record_manual_rollback(150);
+        st.record_deploy("b", 200);
+        st.record_deploy("c", 300);
+        st.record_manual_rollback(350);
+        st.record_manual_rollback(360);
+        let seen: Vec<(&str, u64, Option<u64>, Option<u64>)> = st
+            .deploys
+            .iter()
+            .map(|d| (d.revision.as_str(), d.at, d.until, d.rolled_back_at))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("a", 100, Some(200), Some(150)),
+                ("b", 200, Some(300), None),
+                ("c", 300, None, Some(350)),
+            ]
+        );
+        for i in 0..(DEPLOYS_KEPT as u64 + 5) {
+            st.record_deploy(&i.to_string(), 400 + i);
+        }
+        assert_eq!(st.deploys.len(), DEPLOYS_KEPT);
+        assert_eq!(st.deploys[0].revision, "5");
+    }
+
     use super::*;
 
     #[test]

@@ -445,7 +445,7 @@ async fn production_runs_only_what_staging_ran_healthy() {
     assert_eq!(code(&out), 1, "{t}");
     assert!(t.contains("moorline::apply::not_promoted"), "{t}");
     assert!(
-        t.contains("production only runs what staging ran healthy"),
+        t.contains("production only runs what staging ran healthy: staging never ran"),
         "{t}"
     );
     assert!(!production.join("state.json").exists(), "nothing applied");
@@ -489,6 +489,34 @@ async fn production_runs_only_what_staging_ran_healthy() {
         apply.extend(["--adopt", s.name.as_str()]);
     }
     ok(&run(&production, &apply));
+
+    // C ran on staging, then was rolled back by hand there: it does not count.
+    w.commit("main", "pricing v2", &[Edit::touch_service("pricing")]);
+    ok(&run(&staging, &["apply", "--env", "staging", "--yes"]));
+    ok(&run(&staging, &["rollback", "--env", "staging", "--yes"]));
+    merge_into_production(&w, "merge main again");
+    let pj = plan_json(&[]);
+    assert_eq!(pj["promotion"]["healthy"], false, "{pj}");
+    assert!(pj["promotion"]["ran"]["rolled_back_at"].is_u64(), "{pj}");
+    let out = run(&production, &["apply", "--env", "production", "--yes"]);
+    let t = text(&out)
+        .replace('│', " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(code(&out), 1, "{t}");
+    assert!(
+        t.contains("but it was rolled back by hand there at "),
+        "{t}"
+    );
+    assert!(
+        t.contains("production only runs what staging ran healthy: staging ran "),
+        "{t}"
+    );
+    assert!(
+        t.contains(", but it was rolled back by hand there help:"),
+        "{t}"
+    );
 
     // A hotfix on production that main lacks: warned about in every production plan.
     w.fx.commit(
