@@ -479,6 +479,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn deploys_record_when_each_revision_was_live_and_a_manual_rollback() {
@@ -508,8 +509,6 @@ mod tests {
         assert_eq!(st.deploys.len(), DEPLOYS_KEPT);
         assert_eq!(st.deploys[0].revision, "5");
     }
-
-    use super::*;
 
     #[test]
     fn round_trips_atomically() {
