@@ -737,7 +737,13 @@ async fn finish_failed(
         )
         .await?;
     }
-    emit(progress, "rollback", &plan.environment, &reason);
+    // The failure itself was printed when it happened (`FAILED`): named
+    // here, not repeated.
+    let because = report.failed.first().map_or_else(
+        || reason.lines().next().unwrap_or_default().to_owned(),
+        |(id, _)| format!("because {id} failed"),
+    );
+    emit(progress, "rollback", &plan.environment, &because);
     let (rolled, errors) = rollback_from_journal(ctx, &records, &journal).await?;
     report.rolled_back = rolled;
     report.rollback_errors = errors;
@@ -1066,6 +1072,16 @@ fn commit_state(
         // deployed service again (the state it was planned from had the
         // mark); it succeeded, so the schema matches the code.
         st.database_restored = None;
+        st.rolled_back = None;
+        st.record_deploy(&plan.to.sha, state::now_secs());
+    }
+    if plan.operation == crate::plan::Operation::Rollback {
+        st.record_manual_rollback(state::now_secs());
+        st.rolled_back = Some(state::ManualRollback::after(
+            st.rolled_back.take(),
+            apply_id,
+            &switched,
+        ));
     }
     st.last_apply = Some(ApplyRecord {
         id: apply_id.to_owned(),

@@ -1,6 +1,7 @@
 //! Git changes: two revisions of a repository → the paths that changed
 //! between them (renames followed), read with git2 from the object
-//! database only; the working tree is never looked at or touched.
+//! database only. The working tree is never touched, and looked at only
+//! by [`Repo::uncommitted`], which says what a plan does not see.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -118,6 +119,29 @@ fn safe_directory(path: &Path) -> PathBuf {
     match gitdir.file_name() {
         Some(n) if n == ".git" => gitdir.parent().map_or(gitdir.clone(), Path::to_path_buf),
         _ => gitdir,
+    }
+}
+
+/// How a file differs from HEAD, in a word; `None`: it does not (or only
+/// in ways a plan cannot miss, such as being ignored).
+fn status_word(s: git2::Status) -> Option<&'static str> {
+    use git2::Status as S;
+    if s.contains(S::WT_NEW) {
+        Some("untracked")
+    } else if s.intersects(S::INDEX_DELETED | S::WT_DELETED) {
+        Some("deleted")
+    } else if s.intersects(S::INDEX_NEW) {
+        Some("added, not committed")
+    } else if s.intersects(S::INDEX_RENAMED | S::WT_RENAMED) {
+        Some("renamed")
+    } else if s
+        .intersects(S::INDEX_MODIFIED | S::WT_MODIFIED | S::INDEX_TYPECHANGE | S::WT_TYPECHANGE)
+    {
+        Some("modified")
+    } else if s.contains(S::CONFLICTED) {
+        Some("conflicted")
+    } else {
+        None
     }
 }
 
@@ -299,6 +323,90 @@ impl Repo {
             paths,
             non_ancestor: !ancestor,
         })
+    }
+
+    /// Uncommitted changes under `paths` (repository-relative, `/`
+    /// separators; a directory covers everything below it): files modified,
+    /// added, deleted or renamed in the index or the working tree against
+    /// HEAD, and untracked files. Ignored files are not changes. Sorted,
+    /// each as `path (what)`. Empty for a repository without a working tree
+    /// or for no paths.
+    pub fn uncommitted(&self, paths: &[String]) -> Result<Vec<String>, GitError> {
+        if self.repo.is_bare() || paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut opts = git2::StatusOptions::new();
+        opts.include_untracked(true)
+            .recurse_untracked_dirs(true)
+            .include_ignored(false)
+            .exclude_submodules(true);
+        for p in paths {
+            // A literal path, not a glob: service paths are names, and a
+            // `*` in one must not widen what is looked at.
+            opts.pathspec(p.trim_end_matches('/'));
+        }
+        opts.disable_pathspec_match(true);
+        let statuses = self
+            .repo
+            .statuses(Some(&mut opts))
+            .map_err(failed("reading the working tree's status"))?;
+        let mut out: Vec<String> = statuses
+            .iter()
+            .filter_map(|e| {
+                let path = String::from_utf8_lossy(e.path_bytes()).into_owned();
+                let what = status_word(e.status())?;
+                Some(format!("{path} ({what})"))
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The id of `sha`'s root tree: equal ids mean identical contents.
+    pub fn tree_id(&self, sha: &str) -> Option<String> {
+        self.tree(sha).ok().map(|t| t.id().to_string())
+    }
+
+    /// Commits reachable from `tip` but not from `base`, newest first, at
+    /// most `limit`, merge commits left out (merging the other branch in
+    /// is not a change of its own): what `tip`'s branch carries that
+    /// `base`'s lacks, such as a hotfix never merged back.
+    pub fn only_in(&self, tip: &str, base: &str, limit: usize) -> Result<Vec<Rev>, GitError> {
+        let oid = |s: &str| Oid::from_str(s).map_err(failed("reading a commit id"));
+        let mut walk = self.repo.revwalk().map_err(failed("walking history"))?;
+        walk.push(oid(tip)?).map_err(failed("walking history"))?;
+        walk.hide(oid(base)?).map_err(failed("walking history"))?;
+        let mut out = Vec::new();
+        for id in walk {
+            let id = id.map_err(failed("walking history"))?;
+            let c = self
+                .repo
+                .find_commit(id)
+                .map_err(failed("reading a commit"))?;
+            if c.parent_count() > 1 {
+                continue;
+            }
+            out.push(Rev {
+                spec: id.to_string(),
+                sha: id.to_string(),
+                summary: c.summary().ok().flatten().unwrap_or("").to_owned(),
+            });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The commit HEAD points at, if any.
+    pub fn head_sha(&self) -> Option<String> {
+        self.repo
+            .head()
+            .ok()?
+            .peel_to_commit()
+            .ok()
+            .map(|c| c.id().to_string())
     }
 
     /// The tree of `sha`, read once for many path look-ups.
@@ -549,6 +657,53 @@ mod tests {
             .export(&fine, "svc", &dir.path().join("out-fine"))
             .unwrap();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn uncommitted_sees_only_the_given_paths_and_every_kind_of_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("r");
+        let git = Repository::init(&root).unwrap();
+        for (p, c) in [
+            ("svc/a/main.js", "1"),
+            ("svc/a/gone.js", "1"),
+            ("svc/ab/x.js", "1"),
+            ("other/y", "1"),
+            ("app.kdl", "k"),
+            (".gitignore", "*.log\n"),
+        ] {
+            std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
+            std::fs::write(root.join(p), c).unwrap();
+        }
+        let mut index = git.index().unwrap();
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .unwrap();
+        index.write().unwrap();
+        let tree = git.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        git.commit(Some("HEAD"), &sig, &sig, "init", &tree, &[])
+            .unwrap();
+        let repo = Repo::discover(&root).unwrap();
+        let watched = ["svc/a".to_owned(), "app.kdl".to_owned()];
+        assert!(repo.uncommitted(&watched).unwrap().is_empty());
+        std::fs::write(root.join("svc/a/main.js"), "2").unwrap();
+        std::fs::remove_file(root.join("svc/a/gone.js")).unwrap();
+        std::fs::write(root.join("svc/a/new.js"), "n").unwrap();
+        std::fs::write(root.join("svc/a/debug.log"), "ignored").unwrap();
+        std::fs::write(root.join("svc/ab/x.js"), "2").unwrap();
+        std::fs::write(root.join("other/y"), "2").unwrap();
+        std::fs::write(root.join("app.kdl"), "k2").unwrap();
+        assert_eq!(
+            repo.uncommitted(&watched).unwrap(),
+            [
+                "app.kdl (modified)",
+                "svc/a/gone.js (deleted)",
+                "svc/a/main.js (modified)",
+                "svc/a/new.js (untracked)",
+            ]
+        );
+        assert!(repo.uncommitted(&[]).unwrap().is_empty());
     }
 
     #[test]

@@ -133,6 +133,11 @@ pub struct PlanTarget {
     /// although moorline did not install it (shown in the plan); repeatable
     #[arg(long, value_name = "SERVICE")]
     pub adopt: Vec<String>,
+    /// Plan (and let `apply` of the saved plan go on) although the
+    /// environment's `promote-from` source never ran the revision healthy
+    /// (shown in the plan)
+    #[arg(long)]
+    pub skip_promotion_check: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -150,6 +155,8 @@ pub struct PlanArgs {
     pub detailed_exitcode: bool,
 }
 
+// Command-line switches are independent yes/no flags, as clap has them.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// A plan saved with `plan --out`
@@ -174,6 +181,15 @@ pub struct ApplyArgs {
     /// brings its own adoptions
     #[arg(long, value_name = "SERVICE", conflicts_with = "plan")]
     pub adopt: Vec<String>,
+    /// Apply although the environment's `promote-from` source never ran
+    /// the revision healthy (the plan shows it); a saved or reviewed plan
+    /// brings its own
+    #[arg(long)]
+    pub skip_promotion_check: bool,
+    /// Apply although the config file, a service's path or a watched path
+    /// has uncommitted changes (they are not deployed; the plan lists them)
+    #[arg(long)]
+    pub allow_dirty: bool,
     /// Do not ask for confirmation
     #[arg(long, short = 'y')]
     pub yes: bool,
@@ -217,9 +233,14 @@ pub struct StatusArgs {
     /// Output format (json: see docs/commands.md)
     #[arg(long, value_enum, default_value_t)]
     pub format: OutputFormat,
-    /// Exit non-zero when anything is unhealthy or drifted
+    /// Exit 5 when an operator must act: a service unhealthy or drifted, a
+    /// unit down, nothing deployed (behind the branch is reported only)
     #[arg(long)]
     pub check: bool,
+    /// With --check, also fail when the branch has undeployed commits or
+    /// services were rolled back by hand
+    #[arg(long, requires = "check")]
+    pub fail_behind: bool,
     /// Also run each runtime's migrate-status command
     #[arg(long)]
     pub migrations: bool,

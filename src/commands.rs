@@ -104,6 +104,7 @@ fn request(target: &PlanTarget) -> PlanRequest {
         to: target.to.clone(),
         allow_non_ancestor: target.allow_non_ancestor,
         adopt: target.adopt.clone(),
+        skip_promotion_check: target.skip_promotion_check,
         on_host: false,
     }
 }
@@ -225,6 +226,27 @@ pub enum ApplyCmdError {
         )
     )]
     NotAsReviewed { differences: String },
+    #[error("the working tree has uncommitted changes this plan does not see:\n  - {paths}")]
+    #[diagnostic(
+        code(moorline::apply::dirty),
+        help(
+            "services deploy from commits, and the configuration is read from disk: commit (or revert) these changes and plan again, or pass --allow-dirty to apply the plan as shown"
+        )
+    )]
+    Dirty { paths: String },
+    #[error("{env} only runs what {source_env} ran healthy: {why}")]
+    #[diagnostic(
+        code(moorline::apply::not_promoted),
+        help(
+            "deploy {sha} to {source_env} first and let it run healthy, then apply again; or, knowingly, pass --skip-promotion-check (the plan shows it)"
+        )
+    )]
+    NotPromoted {
+        env: String,
+        source_env: String,
+        sha: String,
+        why: String,
+    },
     #[error("cannot start the async runtime")]
     #[diagnostic(
         code(moorline::apply::runtime),
@@ -327,6 +349,39 @@ fn stale_reasons(saved: &crate::plan::Plan, fresh: &crate::plan::Plan) -> String
     }
 }
 
+/// Refuses a plan that does not see uncommitted changes, unless allowed.
+fn refuse_dirty(p: &crate::plan::Plan, allowed: bool) -> Result<(), ApplyCmdError> {
+    if p.uncommitted.is_empty() || allowed {
+        return Ok(());
+    }
+    Err(ApplyCmdError::Dirty {
+        paths: p.uncommitted.join("\n  - "),
+    })
+}
+
+/// Refuses a plan whose revision its `promote-from` source never ran
+/// healthy, unless the check was skipped (which the plan shows).
+fn refuse_unpromoted(p: &crate::plan::Plan) -> Result<(), ApplyCmdError> {
+    match &p.promotion {
+        Some(pr) if !pr.healthy && !pr.skipped => Err(ApplyCmdError::NotPromoted {
+            env: p.environment.clone(),
+            source_env: pr.source.clone(),
+            sha: crate::plan::short(&p.to.sha).to_owned(),
+            why: {
+                let (source, sha) = (&pr.source, crate::plan::short(&p.to.sha));
+                match (&pr.ran, &pr.unavailable) {
+                    (Some(_), _) => {
+                        format!("{source} ran {sha}, but it was rolled back by hand there")
+                    }
+                    (None, Some(u)) => format!("{source} never ran {sha} ({u})"),
+                    (None, None) => format!("{source} never ran {sha}"),
+                }
+            },
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Asks on the terminal; `false` without one (the caller refuses then).
 pub(crate) fn confirm(question: &str) -> bool {
     use std::io::{BufRead, IsTerminal, Write};
@@ -370,7 +425,12 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                     println!("nothing to resume: no unfinished apply of {env_name}");
                     Ok(exit::OK)
                 }
-                Some(report) => Ok(print_report(&report, &env_name, args.format)),
+                Some(report) => Ok(print_report(
+                    &report,
+                    &env_name,
+                    args.format,
+                    crate::plan::Operation::Deploy,
+                )),
             };
         }
         let plan = if let Some(saved) = saved {
@@ -381,6 +441,7 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                     to: Some(saved.to.sha.clone()),
                     allow_non_ancestor: saved.inputs.allow_non_ancestor,
                     adopt: saved.inputs.adopt.clone(),
+                    skip_promotion_check: saved.inputs.skip_promotion_check,
                     on_host: true,
                 },
             )?;
@@ -393,6 +454,10 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                     env: env_name.clone(),
                 }
                 .into());
+            }
+            if fresh.has_changes() {
+                refuse_dirty(&fresh, args.allow_dirty)?;
+                refuse_unpromoted(&fresh)?;
             }
             if !args.yes
                 && !confirm(&format!(
@@ -422,9 +487,23 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                         .chain(reviewed.iter().flat_map(|r| &r.inputs.adopt))
                         .cloned()
                         .collect(),
+                    skip_promotion_check: args.skip_promotion_check
+                        || reviewed
+                            .as_ref()
+                            .is_some_and(|r| r.inputs.skip_promotion_check),
                     on_host: true,
                 },
             )?;
+            // What the source environment proved comes first: without it,
+            // nothing else about this plan matters.
+            if p.has_changes()
+                && let Err(e) = refuse_unpromoted(&p)
+            {
+                if args.format != Format::Json {
+                    eprint!("{}", render::text(&p, report::stderr_color()));
+                }
+                return Err(e.into());
+            }
             if p.has_conflicts() {
                 if args.format != Format::Json {
                     eprint!("{}", render::text(&p, report::stderr_color()));
@@ -452,6 +531,7 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
                 println!("nothing to apply: {env_name} is up to date");
                 return Ok(exit::OK);
             }
+            refuse_dirty(&p, args.allow_dirty)?;
             if t.env.approval && reviewed.is_none() {
                 return Err(ApplyCmdError::ApprovalRequired {
                     env: env_name.clone(),
@@ -474,8 +554,9 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
         }
         // Only now, with a plan that is worth applying, talk to systemd.
         let ctx = connect().await?;
+        let operation = plan.operation;
         let report = crate::apply::apply(ctx, plan).await?;
-        Ok(print_report(&report, &env_name, args.format))
+        Ok(print_report(&report, &env_name, args.format, operation))
     })
 }
 
@@ -510,8 +591,21 @@ pub async fn executor(
     }))
 }
 
-pub fn print_report(r: &crate::apply::Report, env: &str, format: Format) -> i32 {
+/// Prints how an apply of `operation` (a deploy, rollback or restart)
+/// ended. The full error of a failed action was printed when it happened;
+/// the summary names it with the first line of its message, once.
+pub fn print_report(
+    r: &crate::apply::Report,
+    env: &str,
+    format: Format,
+    operation: crate::plan::Operation,
+) -> i32 {
     use crate::apply::Outcome;
+    let what = match operation {
+        crate::plan::Operation::Deploy => "apply",
+        crate::plan::Operation::Rollback => "rollback",
+        crate::plan::Operation::Restart => "restart",
+    };
     if format == Format::Json {
         let report = crate::secrets::redacted_json(r).unwrap_or_default();
         println!(
@@ -524,9 +618,9 @@ pub fn print_report(r: &crate::apply::Report, env: &str, format: Format) -> i32 
     match r.outcome {
         Outcome::Succeeded => {
             eprintln!(
-                "apply {} succeeded: {} actions in {secs:.2}s",
-                r.apply_id,
-                r.succeeded.len()
+                "{what} of {env} succeeded: {} actions in {secs:.2}s (apply {})",
+                r.succeeded.len(),
+                r.apply_id
             );
         }
         Outcome::Interrupted => {
@@ -539,7 +633,8 @@ pub fn print_report(r: &crate::apply::Report, env: &str, format: Format) -> i32 
         }
         _ => {
             for (id, e) in &r.failed {
-                eprintln!("\nFAILED {id}:\n{}", crate::secrets::redact(e));
+                let e = crate::secrets::redact(e);
+                eprintln!("\nFAILED {id}: {}", e.lines().next().unwrap_or_default());
             }
             eprintln!("\nsucceeded: {}", list_or_none(&r.succeeded));
             eprintln!("not run:   {}", list_or_none(&r.not_run));
@@ -585,6 +680,7 @@ fn status_cmd(global: &Global, args: &StatusArgs) -> miette::Result<i32> {
             &systemd,
             crate::status::Options {
                 migrations: args.migrations,
+                fail_behind: args.fail_behind,
             },
         )
         .await

@@ -241,7 +241,10 @@ async fn run_in(
             }
         })
         .collect();
-    std::fs::write(&fx.config_path, text).map_err(|e| DemoError::Setup(e.to_string()))?;
+    // Committed, as a real repository's config is: `apply` refuses a
+    // working tree with uncommitted changes.
+    fx.commit_config("demo: unit names and readiness timeouts", &text)
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
 
     let mut env = BTreeMap::new();
     let mut sandbox = None;
@@ -404,10 +407,18 @@ async fn steps(d: &mut Demo) -> miette::Result<()> {
     d.say("A manual rollback of the last successful deploy: kept releases make it a symlink switch and a restart, no rebuild.");
     d.commit("Search: revert the broken index", &[Edit::heal("search")])?;
     let (code, text) = d.moorline(&["rollback", "--env", "staging", "--yes"], false)?;
-    for line in text
-        .lines()
-        .filter(|l| l.contains("back to") || l.contains("succeeded"))
-    {
+    // Each service rolled back, with where it goes (the line under it in
+    // the plan), then how it ended.
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(row) = line.strip_prefix("  ~ ")
+            && let Some(name) = row.split_whitespace().next()
+        {
+            let why = lines.get(i + 1).map_or("", |l| l.trim());
+            println!("    {name}: {why}");
+        }
+    }
+    for line in lines.iter().filter(|l| l.contains("succeeded")) {
         println!("    {line}");
     }
     d.expect(code == 0, format!("the rollback succeeds:\n{text}"))?;
@@ -419,11 +430,23 @@ async fn steps(d: &mut Demo) -> miette::Result<()> {
         "backend runs its first release again",
     )?;
 
-    d.say("Status: every unit, its live release, health and drift, straight from systemd and the services. After the manual rollback, staging runs older releases than its branch: status reports that drift, and `status --check` (the 15-minute health check) exits non-zero until the next deploy.");
-    let (code, text) = d.moorline(&["status", "--env", "staging"], true)?;
+    d.say("Status: every unit, its live release, health and drift, straight from systemd and the services. After the manual rollback, staging runs older releases than its branch: status shows the rollback and the undeployed commit. `status --check` (the 15-minute health check) passes, since nothing needs repair; `--check --fail-behind` fails until the next deploy.");
+    let (code, text) = d.moorline(&["status", "--env", "staging", "--check"], true)?;
     d.expect(
-        code == 0 && text.contains("19 healthy") && text.contains("behind-branch"),
-        "status shows 19 healthy services and the drift from the branch",
+        code == 0
+            && text.contains("19 healthy")
+            && text.contains("rolled-back: rolled back by hand")
+            && text.contains("behind-branch"),
+        "status --check passes and shows 19 healthy services, the manual rollback and the drift from the branch",
+    )?;
+    let (code, _) = d.moorline(
+        &["status", "--env", "staging", "--check", "--fail-behind"],
+        false,
+    )?;
+    println!("    status --check --fail-behind exits {code}");
+    d.expect(
+        code == 5,
+        "status --check --fail-behind fails while staging is behind",
     )?;
 
     d.say("Deploy the branch again: staging catches up, and the health check passes.");

@@ -356,6 +356,41 @@ impl Fixture {
         Ok(id.to_string())
     }
 
+    /// Replace the config file with `text` and commit it on `main` (checked
+    /// out, so the file on disk follows); `production` moves along when it
+    /// was at the same commit. A config edited this way is committed, as
+    /// `apply` wants it. Returns the new SHA of `main`.
+    pub fn commit_config(&self, message: &str, text: &str) -> Result<String, FixtureError> {
+        let before = self.head("main")?;
+        // The file on disk goes back to its committed text first, so the
+        // checkout of the new commit never meets a local edit.
+        let repo = self.open()?;
+        let committed = tip(&repo, "main")?
+            .tree()
+            .map_err(git("read the tree of main"))?
+            .get_path(Path::new("moorline.kdl"))
+            .and_then(|e| repo.find_blob(e.id()))
+            .map(|b| b.content().to_vec())
+            .map_err(git("read the committed config"))?;
+        std::fs::write(&self.config_path, committed).map_err(io("write", &self.config_path))?;
+        let sha = self.commit(
+            "main",
+            message,
+            &[Edit::Write {
+                path: "moorline.kdl".to_owned(),
+                contents: text.to_owned(),
+            }],
+        )?;
+        if self.head("production")? == before {
+            let commit = repo
+                .find_commit(git2::Oid::from_str(&sha).map_err(git("read the new commit id"))?)
+                .map_err(git("read the new commit"))?;
+            repo.branch("production", &commit, true)
+                .map_err(git("move branch production"))?;
+        }
+        Ok(sha)
+    }
+
     /// Create branch `new` at `from_rev` (a branch, SHA or any revspec).
     pub fn branch_from(&self, new: &str, from_rev: &str) -> Result<(), FixtureError> {
         let repo = self.open()?;

@@ -52,12 +52,21 @@ pub fn probe_blocking(url: &str) -> Probe {
     match res {
         Ok(r) => {
             let status = r.status().as_u16();
+            let ok = (200..300).contains(&status);
+            let error = (!ok).then(|| {
+                let body = body_snippet(r.into_body().into_reader());
+                if body.is_empty() {
+                    format!("answered {status}")
+                } else {
+                    format!("answered {status}: {body}")
+                }
+            });
             Probe {
                 url: url.to_owned(),
                 status: Some(status),
-                ok: (200..300).contains(&status),
+                ok,
                 millis,
-                error: (!(200..300).contains(&status)).then(|| format!("answered {status}")),
+                error,
             }
         }
         Err(e) => Probe {
@@ -68,6 +77,37 @@ pub fn probe_blocking(url: &str) -> Probe {
             error: Some(e.to_string()),
         },
     }
+}
+
+/// How much of a failed answer's body a probe's error shows (bytes).
+pub const BODY_SHOWN: usize = 200;
+/// How much more is read past it, so that a secret that starts inside the
+/// shown part is recognised whole and redacted, never cut in half.
+const BODY_SLACK: usize = 4096;
+
+/// The start of a failed answer's body for an error line: at most
+/// [`BODY_SHOWN`] bytes (read no further than [`BODY_SLACK`] past that),
+/// secrets redacted, whitespace runs and control characters folded into
+/// single spaces (so it stays one line); `…` when cut. Empty for an empty
+/// body.
+pub fn body_snippet(body: impl std::io::Read) -> String {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    let limit = u64::try_from(BODY_SHOWN + BODY_SLACK).unwrap_or(u64::MAX);
+    // A body that cannot be read shows what was read of it.
+    let _ = body.take(limit).read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let folded = text
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if folded.is_empty() {
+        return String::new();
+    }
+    let (shown, cut) = crate::secrets::known().redact_prefix(&folded, BODY_SHOWN);
+    let more = if cut { "…" } else { "" };
+    format!("{shown}{more}")
 }
 
 /// How many probes may be in flight at once: [`PROBES_PER_CORE`] per core.
@@ -230,6 +270,26 @@ mod tests {
         // five to nine polls, not the fourteen a fixed 50 ms would make.
         let n = polls.load(std::sync::atomic::Ordering::SeqCst);
         assert!((4..=10).contains(&n), "{n} polls");
+    }
+
+    #[test]
+    fn a_failed_answer_shows_a_bounded_redacted_snippet_of_its_body() {
+        crate::secrets::register(["s3cr3t-body-token"]);
+        assert_eq!(body_snippet(&b""[..]), "");
+        assert_eq!(body_snippet(&b" \n\t"[..]), "");
+        assert_eq!(
+            body_snippet(&b"database down:\n  token=s3cr3t-body-token\r\n"[..]),
+            "database down: token=(redacted)"
+        );
+        let long = "x".repeat(10_000);
+        let s = body_snippet(long.as_bytes());
+        assert!(s.ends_with('…'), "{s}");
+        assert!(s.len() <= BODY_SHOWN + 8, "{}", s.len());
+        // A secret across the cut is left out whole, never shown in part.
+        let across = format!("{}s3cr3t-body-token and more", "y".repeat(BODY_SHOWN - 5));
+        let s = body_snippet(across.as_bytes());
+        assert!(!s.contains("s3cr3"), "{s}");
+        assert!(s.ends_with('…'), "{s}");
     }
 
     #[tokio::test]

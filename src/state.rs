@@ -37,6 +37,46 @@ pub struct State {
     /// that succeeds. Absent when not restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_restored: Option<DatabaseRestore>,
+    /// Services were rolled back by hand (`moorline rollback`) since the
+    /// last deploy: they run releases older than `revision`. Cleared by a
+    /// deploy that succeeds. Absent when not rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<ManualRollback>,
+    /// The revisions deploys made live here, oldest first (the last
+    /// [`DEPLOYS_KEPT`]): what another environment's `promote-from` reads.
+    /// Absent in states written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deploys: Vec<DeployRecord>,
+}
+
+/// How many deploys [`State::deploys`] keeps.
+pub const DEPLOYS_KEPT: usize = 50;
+
+/// One revision made live by a deploy that succeeded (every restarted
+/// service was ready).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRecord {
+    pub revision: String,
+    /// When the deploy succeeded (seconds since the Unix epoch).
+    pub at: u64,
+    /// When the next deploy replaced it; `None`: still the deployed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+    /// When it was rolled back by hand while it was the deployed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_at: Option<u64>,
+}
+
+/// A rollback made by hand (see [`State::rolled_back`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManualRollback {
+    /// The rollback's apply id.
+    pub apply_id: String,
+    /// The services it switched back, in switch order (accumulated over
+    /// several rollbacks since the last deploy, each once).
+    pub services: Vec<String>,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
 }
 
 /// A database restore (`rollback --database`, `backup restore`).
@@ -104,6 +144,64 @@ pub struct ApplyRecord {
     pub migrated: bool,
     /// `succeeded`, `rolled-back`, `failed`.
     pub outcome: String,
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl State {
+    /// Records that a deploy made `revision` live at `at`: the one before
+    /// it is replaced from then on.
+    pub fn record_deploy(&mut self, revision: &str, at: u64) {
+        if let Some(last) = self.deploys.last_mut()
+            && last.until.is_none()
+        {
+            last.until = Some(at);
+        }
+        self.deploys.push(DeployRecord {
+            revision: revision.to_owned(),
+            at,
+            until: None,
+            rolled_back_at: None,
+        });
+        let extra = self.deploys.len().saturating_sub(DEPLOYS_KEPT);
+        self.deploys.drain(..extra);
+    }
+
+    /// Records that services were rolled back by hand at `at`: the
+    /// deployed revision no longer runs whole.
+    pub fn record_manual_rollback(&mut self, at: u64) {
+        if let Some(last) = self.deploys.last_mut()
+            && last.until.is_none()
+            && last.rolled_back_at.is_none()
+        {
+            last.rolled_back_at = Some(at);
+        }
+    }
+}
+
+impl ManualRollback {
+    /// The record after rollback `apply_id` switched `services` back,
+    /// keeping the services of earlier rollbacks since the last deploy.
+    pub fn after(earlier: Option<Self>, apply_id: &str, services: &[String]) -> Self {
+        let mut all = earlier.map(|e| e.services).unwrap_or_default();
+        for s in services {
+            if !all.contains(s) {
+                all.push(s.clone());
+            }
+        }
+        Self {
+            apply_id: apply_id.to_owned(),
+            services: all,
+            at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
 }
 
 impl State {
@@ -196,8 +294,12 @@ pub enum StateError {
 }
 
 /// The default state directory for a project and environment.
-pub fn default_dir(project: &str, env: &str) -> PathBuf {
-    if is_root() {
+///
+/// A user manager's services are the user's, root included: with
+/// `user_manager` the state goes under `$XDG_STATE_HOME` (else
+/// `~/.local/state`) even as root, never beside the system's.
+pub fn default_dir(project: &str, env: &str, user_manager: bool) -> PathBuf {
+    if is_root() && !user_manager {
         return PathBuf::from(format!("/var/lib/moorline/{project}/{env}"));
     }
     let base = std::env::var_os("XDG_STATE_HOME")
@@ -208,7 +310,7 @@ pub fn default_dir(project: &str, env: &str) -> PathBuf {
     base.join("moorline").join(project).join(env)
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // The owner of /proc/self is the effective user; no unsafe getuid().
     use std::os::unix::fs::MetadataExt;
     fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
@@ -378,6 +480,35 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deploys_record_when_each_revision_was_live_and_a_manual_rollback() {
+        let mut st = State::default();
+        st.record_deploy("a", 100);
+        st.record_manual_rollback(150);
+        st.record_deploy("b", 200);
+        st.record_deploy("c", 300);
+        st.record_manual_rollback(350);
+        st.record_manual_rollback(360);
+        let seen: Vec<(&str, u64, Option<u64>, Option<u64>)> = st
+            .deploys
+            .iter()
+            .map(|d| (d.revision.as_str(), d.at, d.until, d.rolled_back_at))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("a", 100, Some(200), Some(150)),
+                ("b", 200, Some(300), None),
+                ("c", 300, None, Some(350)),
+            ]
+        );
+        for i in 0..(DEPLOYS_KEPT as u64 + 5) {
+            st.record_deploy(&i.to_string(), 400 + i);
+        }
+        assert_eq!(st.deploys.len(), DEPLOYS_KEPT);
+        assert_eq!(st.deploys[0].revision, "5");
+    }
 
     #[test]
     fn round_trips_atomically() {

@@ -31,13 +31,14 @@
 //!   }],
 //!   "proxy": Unit | null,
 //!   "summary": {"services", "healthy", "unhealthy", "drifted"},
-//!   "ok": bool                             // what `--check` tests
+//!   "ok": bool                             // what `--check` tests (with or without --fail-behind)
 //! }
 //! Unit  = {"unit", "active_state", "sub_state", "ok"}
 //! Probe = {"url", "status": <u16> | null, "ok", "millis", "error": "..." | null}
 //! Drift = {"kind", "detail"}, kind one of: unit-file-edited, unit-file-outdated,
 //!         unit-file-missing, current-mismatch, not-active, no-release,
-//!         never-deployed, behind-branch
+//!         never-deployed, behind-branch, rolled-back (the last two fail
+//!         `--check` only with `--fail-behind`)
 //! ```
 //!
 //! Probes and D-Bus reads for all services run concurrently, so a status of 19 services takes
@@ -103,6 +104,18 @@ pub enum DriftKind {
     NeverDeployed,
     /// The environment's branch has commits that are not deployed.
     BehindBranch,
+    /// Services were rolled back by hand since the last deploy (the state
+    /// records it): they run releases older than the deployed revision.
+    RolledBack,
+}
+
+impl DriftKind {
+    /// Whether `status --check` fails on it without `--fail-behind`: what
+    /// an operator must act on. Running behind the branch (between a merge
+    /// and its deploy, or after a deliberate rollback) is reported only.
+    pub fn fails_check(self) -> bool {
+        !matches!(self, Self::BehindBranch | Self::RolledBack)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -185,7 +198,9 @@ pub struct Status {
     pub phases: Vec<PhaseStatus>,
     pub proxy: Option<UnitState>,
     pub summary: Summary,
-    /// Every service healthy, every unit active, no drift anywhere.
+    /// Every service healthy, every unit active, no environment drift
+    /// that fails the check (behind the branch and rolled back by hand
+    /// count only with `fail_behind`).
     pub ok: bool,
 }
 
@@ -193,6 +208,9 @@ pub struct Status {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
     pub migrations: bool,
+    /// `--fail-behind`: being behind the branch, or rolled back by hand,
+    /// fails the check too.
+    pub fail_behind: bool,
 }
 
 /// Everything gathered from the host that is not per-service.
@@ -274,6 +292,20 @@ pub async fn gather(t: &Target, sd: &Systemd, options: Options) -> miette::Resul
         )),
         _ => {}
     }
+    if let Some(rb) = host.state.as_ref().and_then(|s| s.rolled_back.as_ref()) {
+        env_drift.push(drift(
+            DriftKind::RolledBack,
+            format!(
+                "rolled back by hand {} (apply {}): {} {} an older release than the deployed {}; the next deploy brings {} forward again",
+                timestamp(rb.at.saturating_mul(1_000_000)).unwrap_or_else(|| "at an unknown time".to_owned()),
+                rb.apply_id,
+                rb.services.join(", "),
+                if rb.services.len() == 1 { "runs" } else { "run" },
+                deployed.as_deref().map_or("revision", short),
+                if rb.services.len() == 1 { "it" } else { "them" },
+            ),
+        ));
+    }
 
     let mut phases: Vec<PhaseStatus> = config
         .phases
@@ -305,7 +337,9 @@ pub async fn gather(t: &Target, sd: &Systemd, options: Options) -> miette::Resul
         drifted: all.iter().filter(|s| !s.drift.is_empty()).count(),
     };
     let ok = summary.unhealthy == 0
-        && env_drift.is_empty()
+        && env_drift
+            .iter()
+            .all(|d| !options.fail_behind && !d.kind.fails_check())
         && phases.iter().flat_map(|p| &p.units).all(|u| u.ok)
         && proxy.as_ref().is_none_or(|p| p.ok);
     Ok(Status {
@@ -732,6 +766,29 @@ mod tests {
 
     fn kinds(i: &DriftInputs<'_>) -> Vec<DriftKind> {
         service_drift(i).into_iter().map(|d| d.kind).collect()
+    }
+
+    #[test]
+    fn check_fails_on_what_needs_action_only() {
+        use DriftKind as K;
+        for (kind, fails) in [
+            (K::UnitFileEdited, true),
+            (K::UnitFileOutdated, true),
+            (K::UnitFileMissing, true),
+            (K::CurrentMismatch, true),
+            (K::NotActive, true),
+            (K::NoRelease, true),
+            (K::NeverDeployed, true),
+            (K::BehindBranch, false),
+            (K::RolledBack, false),
+        ] {
+            assert_eq!(kind.fails_check(), fails, "{kind:?}");
+        }
+        let first = crate::state::ManualRollback::after(None, "a1", &["b".into(), "c".into()]);
+        let second =
+            crate::state::ManualRollback::after(Some(first), "a2", &["c".into(), "d".into()]);
+        assert_eq!(second.services, ["b", "c", "d"]);
+        assert_eq!(second.apply_id, "a2");
     }
 
     #[test]

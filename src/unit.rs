@@ -674,6 +674,7 @@ mod tests {
             url: None,
             unit_dir: None,
             approval: false,
+            promote_from: None,
             backup: None,
             env: BTreeMap::new(),
             env_files: Vec::new(),

@@ -27,14 +27,12 @@ pub enum RollbackError {
     )]
     Nothing { env: String, why: String },
     #[error("service `{service}` has no kept release {what}")]
-    #[diagnostic(
-        code(moorline::rollback::no_release),
-        help("kept releases are under {dir}; choose one of them with --to")
-    )]
+    #[diagnostic(code(moorline::rollback::no_release), help("{kept}"))]
     NoRelease {
         service: String,
         what: String,
-        dir: String,
+        /// The kept releases, listed, and how to pick one.
+        kept: String,
     },
     #[error("unknown service `{name}`")]
     #[diagnostic(code(moorline::rollback::unknown_service), help("{help}"))]
@@ -79,6 +77,58 @@ fn check_services(t: &Target, names: &[String]) -> miette::Result<()> {
 }
 
 /// Finds a kept release by revision prefix.
+/// How many kept releases the help lists (`keep-releases` is usually 5).
+const KEPT_SHOWN: usize = 10;
+
+/// The help of a `--to` that matches no kept release: the releases there
+/// are, newest first, the live one marked, and how to pick one.
+fn kept_releases(paths: &Paths) -> String {
+    let live = paths.live();
+    let mut kept: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(paths.releases())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.') && paths.is_built(n))
+                .map(|n| {
+                    let at = std::fs::metadata(paths.release(&n))
+                        .and_then(|m| m.modified())
+                        .unwrap_or(std::time::UNIX_EPOCH);
+                    (at, n)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if kept.is_empty() {
+        return "no release of it is kept on this host: a rollback needs one built by an earlier apply".to_owned();
+    }
+    kept.sort_by(|a, b| b.cmp(a));
+    let now = std::time::SystemTime::now();
+    let shown: Vec<String> = kept
+        .iter()
+        .take(KEPT_SHOWN)
+        .map(|(at, n)| {
+            let secs = now.duration_since(*at).map_or(0, |d| d.as_secs());
+            let age = humantime::format_duration(std::time::Duration::from_secs(secs));
+            let live = if live.as_deref() == Some(n.as_str()) {
+                ", live"
+            } else {
+                ""
+            };
+            format!("{} (built {age} ago{live})", crate::plan::short(n))
+        })
+        .collect();
+    let more = kept.len().saturating_sub(KEPT_SHOWN);
+    let more = if more > 0 {
+        format!(" and {more} older")
+    } else {
+        String::new()
+    };
+    format!(
+        "kept releases, newest first: {}{more}; pass one (a unique prefix is enough) with --to",
+        shown.join(", ")
+    )
+}
+
 fn find_release(paths: &Paths, prefix: &str) -> Option<String> {
     let mut hits: Vec<String> = std::fs::read_dir(paths.releases())
         .ok()?
@@ -108,7 +158,12 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
                 "the unfinished apply {} was rolled back from its journal",
                 report.apply_id
             );
-            let code = print_report(&report, &args.env, args.format);
+            let code = print_report(
+                &report,
+                &args.env,
+                args.format,
+                crate::plan::Operation::Rollback,
+            );
             // Asked for a rollback and got one: that is success.
             return Ok(if report.outcome == crate::apply::Outcome::RolledBack {
                 exit::OK
@@ -150,7 +205,7 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
                     find_release(&paths, prefix).ok_or_else(|| RollbackError::NoRelease {
                         service: name.clone(),
                         what: format!("matching `{prefix}`"),
-                        dir: paths.releases().display().to_string(),
+                        kept: kept_releases(&paths),
                     })?
                 }
                 None => st
@@ -160,14 +215,14 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
                     .ok_or_else(|| RollbackError::NoRelease {
                         service: name.clone(),
                         what: "before the live one".to_owned(),
-                        dir: paths.releases().display().to_string(),
+                        kept: kept_releases(&paths),
                     })?,
             };
             if !paths.is_built(&target) {
                 return Err(RollbackError::NoRelease {
                     service: name.clone(),
                     what: format!("{} (pruned or never built)", crate::plan::short(&target)),
-                    dir: paths.releases().display().to_string(),
+                    kept: kept_releases(&paths),
                 }
                 .into());
             }
@@ -222,7 +277,12 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
         plan.warnings.extend(schema.clone());
         show_and_confirm(&plan, args.format, args.yes, "Roll back")?;
         let report = crate::apply::apply(ctx, plan).await?;
-        let code = print_report(&report, &args.env, args.format);
+        let code = print_report(
+            &report,
+            &args.env,
+            args.format,
+            crate::plan::Operation::Rollback,
+        );
         if let Some(s) = schema {
             eprintln!("note: {s}");
         }
@@ -382,7 +442,12 @@ pub fn restart(global: &Global, args: &OpsArgs) -> miette::Result<i32> {
     rt.block_on(async {
         let ctx = executor(&t, None, false, Format::Text).await?;
         let report = crate::apply::apply(ctx, plan).await?;
-        Ok(print_report(&report, &args.env, Format::Text))
+        Ok(print_report(
+            &report,
+            &args.env,
+            Format::Text,
+            crate::plan::Operation::Restart,
+        ))
     })
 }
 

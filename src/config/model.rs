@@ -60,10 +60,22 @@ pub struct Environment {
     /// `apply` in this environment always asks, even with `--yes`, unless
     /// `--approve` names it.
     pub approval: bool,
+    /// `promote-from`: a revision is applied here only after it ran
+    /// healthy in that environment (on the same host).
+    pub promote_from: Option<PromoteFrom>,
     pub backup: Option<Backup>,
     /// Environment variables for every command run in this environment.
     pub env: BTreeMap<String, EnvValue>,
     pub env_files: Vec<String>,
+}
+
+/// Where an environment's revisions must have run first.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromoteFrom {
+    /// The source environment (another environment of the config).
+    pub environment: String,
+    /// Its state directory, when it is not the default one (absolute).
+    pub state_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -81,6 +81,8 @@ pub struct RawEnvironment {
     pub url: Option<Str>,
     pub unit_dir: Option<Str>,
     pub approval: Option<bool>,
+    /// `promote-from "ENV" [state-dir="DIR"]`.
+    pub promote_from: Option<(Str, Option<Str>)>,
     pub backup: Option<RawBackup>,
     pub env: Vec<RawEnv>,
     pub env_files: Vec<Str>,
@@ -191,7 +193,15 @@ const TOP: &[&str] = &[
 ];
 const PROJECT: &[&str] = &["unit-name", "keep-releases"];
 const ENVIRONMENT: &[&str] = &[
-    "branch", "root", "url", "unit-dir", "approval", "backup", "env", "env-file",
+    "branch",
+    "root",
+    "url",
+    "unit-dir",
+    "approval",
+    "promote-from",
+    "backup",
+    "env",
+    "env-file",
 ];
 const BACKUP: &[&str] = &["run", "restore", "resolve", "keep", "dir", "first-deploy"];
 const PHASE: &[&str] = &["unit"];
@@ -731,6 +741,7 @@ impl Reader<'_, '_> {
             url: None,
             unit_dir: None,
             approval: None,
+            promote_from: None,
             backup: None,
             env: Vec::new(),
             env_files: Vec::new(),
@@ -761,6 +772,13 @@ impl Reader<'_, '_> {
                 "approval" => {
                     let v = self.boolean(c);
                     self.once(&mut env.approval, c, v);
+                }
+                "promote-from" => {
+                    self.check_props(c, &["state-dir"]);
+                    let v = self
+                        .one_string_keep_props(c, "the environment whose runs it requires")
+                        .map(|source| (source, self.prop_string(c, "state-dir")));
+                    self.once(&mut env.promote_from, c, v);
                 }
                 "backup" => {
                     let v = self.backup(c);

@@ -10,7 +10,7 @@ use super::model::{
     Backup, Command, Config, DEFAULT_BACKUP_KEEP, DEFAULT_COMMAND_TIMEOUT, DEFAULT_HEALTH,
     DEFAULT_KEEP_RELEASES, DEFAULT_METRICS, DEFAULT_READY, DEFAULT_READY_TIMEOUT,
     DEFAULT_SERVICE_PATH, DEFAULT_UNIT_NAME, EnvValue, Environment, FirstDeploy, Migrate, Phase,
-    Project, Proxy, Runtime, Service, UnitSpec, looks_secret,
+    Project, PromoteFrom, Proxy, Runtime, Service, UnitSpec, looks_secret,
 };
 use super::raw::{RawCommand, RawConfig, RawEnv, RawUnit, Spanned, Str};
 use crate::template::{self, Vars};
@@ -599,6 +599,27 @@ impl Validator<'_> {
             if let Some(d) = &e.unit_dir {
                 self.absolute(d, "unit-dir");
             }
+            if let Some((source, dir)) = &e.promote_from {
+                let names: Vec<&str> = raw
+                    .environments
+                    .iter()
+                    .filter_map(|o| o.name.as_ref().map(|n| n.value.as_str()))
+                    .collect();
+                if source.value == name.value {
+                    self.push(Problem::new(
+                        ProblemKind::DependencyCycle,
+                        source.span,
+                        format!("environment `{}` promotes from itself", name.value),
+                        "its own name",
+                        "name the environment a revision must run in first, for example \"staging\"",
+                    ));
+                } else if !names.contains(&source.value.as_str()) {
+                    self.reference(source, "environment", &names);
+                }
+                if let Some(d) = dir {
+                    self.absolute(d, "state-dir");
+                }
+            }
             if let Some(b) = &e.branch
                 && !has_control(&b.value)
                 && !is_valid_branch(&b.value)
@@ -678,6 +699,10 @@ impl Validator<'_> {
                 url: e.url.as_ref().map(|u| u.value.clone()),
                 unit_dir: e.unit_dir.as_ref().map(|u| u.value.clone()),
                 approval: e.approval.unwrap_or(false),
+                promote_from: e.promote_from.as_ref().map(|(source, dir)| PromoteFrom {
+                    environment: source.value.clone(),
+                    state_dir: dir.as_ref().map(|d| d.value.clone()),
+                }),
                 backup,
                 env,
                 env_files: e.env_files.iter().map(|f| f.value.clone()).collect(),

@@ -873,6 +873,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             .filter(|(_, c)| **c == MigrateCheck::Pending)
             .map(|(name, _)| name.clone())
             .collect(),
+        skip_promotion_check: false,
     };
     let fingerprint = super::fingerprint(
         &config.project.name,
@@ -900,6 +901,8 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         warnings,
         notes,
         conflicts,
+        uncommitted: Vec::new(),
+        promotion: None,
     })
 }
 

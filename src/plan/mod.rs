@@ -53,6 +53,54 @@ pub struct Plan {
     /// Absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<UnitConflict>,
+    /// What the plan does not see: uncommitted changes (modified, deleted,
+    /// untracked files) under the config file, service paths and watched
+    /// paths, each `path (what)`, and a config file that differs from its
+    /// version at `to`. Services deploy from commits, so these are not
+    /// deployed; `apply` refuses them without `--allow-dirty`. Absent when
+    /// the tree is clean.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uncommitted: Vec<String>,
+    /// The environment's `promote-from` check: whether the source
+    /// environment ran `to` healthy. Absent without `promote-from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<Promotion>,
+}
+
+/// What a plan knows of its revision's run in the `promote-from` source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    /// The source environment.
+    pub source: String,
+    /// Its latest run of `to` (or of a commit with the same tree), if it
+    /// had one; `null`: it never ran it.
+    pub ran: Option<PromotionRun>,
+    /// Whether that run counts: deployed healthy and not rolled back by hand.
+    pub healthy: bool,
+    /// The check was skipped (`--skip-promotion-check`): `apply` goes on
+    /// without a healthy run.
+    pub skipped: bool,
+    /// Commits on this environment's branch that the source's branch lacks
+    /// (merges left out), newest first, each `sha summary`; at most 10.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only_here: Vec<String>,
+    /// The source's state could not be read, and why (then `ran` is null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
+/// One deploy of the revision in the source environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionRun {
+    /// The revision it deployed (`to`, or a commit with the same tree).
+    pub revision: String,
+    /// When its deploy succeeded there (seconds since the epoch); `null`:
+    /// before moorline recorded deploy times.
+    pub at: Option<u64>,
+    /// When it stopped being the deployed revision there; `null`: it still is.
+    pub until: Option<u64>,
+    /// When it was rolled back by hand there, if it was.
+    pub rolled_back_at: Option<u64>,
 }
 
 /// A unit file on the host, at the name a managed service's unit gets,
@@ -88,6 +136,10 @@ pub struct PlanInputs {
     /// migrations on the host, sorted. Absent when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_migrations: Vec<String>,
+    /// The plan was made with `--skip-promotion-check`, so a saved plan
+    /// is applied without it as reviewed. Absent when not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_promotion_check: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -431,6 +483,7 @@ mod tests {
                 allow_non_ancestor: false,
                 adopt: Vec::new(),
                 pending_migrations: Vec::new(),
+                skip_promotion_check: false,
             },
             changed_paths: 0,
             services: Vec::new(),
@@ -458,6 +511,8 @@ mod tests {
             warnings: Vec::new(),
             notes: Vec::new(),
             conflicts: Vec::new(),
+            uncommitted: Vec::new(),
+            promotion: None,
         }
     }
 

@@ -255,6 +255,7 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
         allow_non_ancestor: false,
         adopt: Vec::new(),
         pending_migrations: Vec::new(),
+        skip_promotion_check: false,
     };
     let fp = serde_json::json!({
         "operation": inp.operation,
@@ -285,5 +286,7 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
         warnings: Vec::new(),
         notes: Vec::new(),
         conflicts: Vec::new(),
+        uncommitted: Vec::new(),
+        promotion: None,
     }
 }

@@ -245,6 +245,7 @@ mod tests {
                 allow_non_ancestor: false,
                 adopt: Vec::new(),
                 pending_migrations: Vec::new(),
+                skip_promotion_check: false,
             },
             changed_paths: 1,
             services: vec![service("backend", A), service("search", A)],
@@ -257,6 +258,8 @@ mod tests {
             warnings: Vec::new(),
             notes: Vec::new(),
             conflicts: Vec::new(),
+            uncommitted: Vec::new(),
+            promotion: None,
         };
         seal(&mut p);
         p

@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
-use super::{after_words, change_words, changed_words, summary};
-use crate::plan::{Plan, ServiceChange, short};
+use super::{after_words, change_words, changed_words, kind_words, rollback_target, summary};
+use crate::plan::{Operation, Plan, ServiceChange, short};
 
 fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
@@ -16,19 +16,24 @@ pub fn markdown(plan: &Plan) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "### moorline plan: `{}` → {}\n",
-        plan.project, plan.environment
+        "### moorline {}: `{}` → {}\n",
+        kind_words(plan).to_lowercase(),
+        plan.project,
+        plan.environment
     );
     let from = plan.from.as_ref().map_or_else(
         || "nothing deployed".to_owned(),
         |f| format!("`{}`", short(&f.sha)),
     );
+    let to = match plan.operation {
+        Operation::Deploy => format!("`{}` {}", short(&plan.to.sha), cell(&plan.to.summary)),
+        Operation::Rollback => rollback_target(plan, |s| format!("`{s}`")),
+        Operation::Restart => format!("`{}` (releases do not change)", short(&plan.to.sha)),
+    };
     let _ = writeln!(
         out,
-        "**{}** · {from} → `{}` {} (branch `{}`, {})\n",
+        "**{}** · {from} → {to} (branch `{}`, {})\n",
         summary(plan),
-        short(&plan.to.sha),
-        cell(&plan.to.summary),
         plan.branch,
         changed_words(plan)
     );
@@ -65,7 +70,7 @@ pub fn markdown(plan: &Plan) -> String {
                 "| `{}` | {} | {} | {}{more} |",
                 s.name,
                 s.phase,
-                change_words(s),
+                change_words(plan.operation, s),
                 cell(why)
             );
         }
@@ -92,7 +97,12 @@ pub fn markdown(plan: &Plan) -> String {
     if !changed.is_empty() {
         out.push_str("<details><summary>Why each service changes</summary>\n\n");
         for s in &changed {
-            let _ = writeln!(out, "**`{}`** ({})", s.name, change_words(s));
+            let _ = writeln!(
+                out,
+                "**`{}`** ({})",
+                s.name,
+                change_words(plan.operation, s)
+            );
             for r in &s.reasons {
                 let _ = writeln!(out, "- {}", cell(r));
             }

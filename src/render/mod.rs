@@ -10,7 +10,7 @@ mod text;
 pub use markdown::markdown;
 pub use text::text;
 
-use crate::plan::{Plan, ServiceChange, UnitChange};
+use crate::plan::{Operation, Plan, ServiceChange, UnitChange, short};
 
 /// The JSON contract (docs/plan-format.md), pretty-printed, newline-ended.
 pub fn json(plan: &Plan) -> String {
@@ -85,7 +85,9 @@ pub fn summary(plan: &Plan) -> String {
         .filter(|s| s.unit_change.installs())
         .count();
     let mut parts = Vec::new();
-    if deploy > 0 {
+    if deploy > 0 && plan.operation == Operation::Rollback {
+        parts.push(plural(deploy, "service rolls back", "services roll back"));
+    } else if deploy > 0 {
         parts.push(plural(deploy, "service deploys", "services deploy"));
     }
     if restart_only > 0 {
@@ -118,9 +120,12 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 }
 
 /// What happens to a service, in a few words.
-pub fn change_words(s: &crate::plan::ServicePlan) -> String {
+/// `operation` is the plan's: in a rollback plan a service switched to
+/// another release rolls back rather than deploys.
+pub fn change_words(operation: Operation, s: &crate::plan::ServicePlan) -> String {
     let mut words = Vec::new();
     match s.change {
+        ServiceChange::Deploy if operation == Operation::Rollback => words.push("roll back"),
         ServiceChange::Deploy => words.push("deploy"),
         ServiceChange::Restart => words.push("restart"),
         ServiceChange::Unchanged => words.push("unchanged"),
@@ -138,10 +143,41 @@ pub fn change_words(s: &crate::plan::ServicePlan) -> String {
     words.join(", ")
 }
 
+/// What kind of plan it is, for its title: "Plan", "Rollback plan", "Restart plan".
+pub fn kind_words(plan: &Plan) -> &'static str {
+    match plan.operation {
+        Operation::Deploy => "Plan",
+        Operation::Rollback => "Rollback plan",
+        Operation::Restart => "Restart plan",
+    }
+}
+
+/// The releases a rollback plan returns to: one kept release, or several.
+/// `code` formats a short SHA (plain, or as Markdown code).
+pub fn rollback_target(plan: &Plan, code: impl Fn(&str) -> String) -> String {
+    let mut targets: Vec<&str> = plan
+        .services
+        .iter()
+        .filter(|s| s.change != ServiceChange::Unchanged)
+        .filter_map(|s| s.to_revision.as_deref())
+        .collect();
+    targets.sort_unstable();
+    targets.dedup();
+    match targets.as_slice() {
+        [] => "no release changes".to_owned(),
+        [one] => format!("the kept release {}", code(short(one))),
+        many => format!("{} kept releases (per service below)", many.len()),
+    }
+}
+
 /// "N paths changed", or what stands in for it on a first deploy (nothing is
 /// compared, so a count of 0 would mislead).
 pub fn changed_words(plan: &Plan) -> String {
-    if plan.first_deploy {
+    if plan.operation == Operation::Rollback {
+        "kept releases, no rebuild".to_owned()
+    } else if plan.operation == Operation::Restart {
+        "same releases, no rebuild".to_owned()
+    } else if plan.first_deploy {
         "first deploy, every path is new".to_owned()
     } else {
         format!("{} changed", plural(plan.changed_paths, "path", "paths"))

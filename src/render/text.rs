@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use super::{after_words, change_words, changed_words, summary};
-use crate::plan::{Plan, ServiceChange, UnitChange, short};
+use super::{after_words, change_words, changed_words, kind_words, rollback_target, summary};
+use crate::plan::{Operation, Plan, ServiceChange, UnitChange, short};
 
 struct Paint {
     on: bool,
@@ -46,13 +46,32 @@ pub fn text(plan: &Plan, color: bool) -> String {
     let _ = writeln!(
         out,
         "{} {}/{} (branch {})",
-        p.bold("Plan for"),
+        p.bold(&format!("{} for", kind_words(plan))),
         plan.project,
         plan.environment,
         plan.branch
     );
-    let _ = writeln!(out, "  from {from}");
-    let _ = writeln!(out, "  to   {} {:?}", short(&plan.to.sha), plan.to.summary);
+    match plan.operation {
+        Operation::Deploy => {
+            let _ = writeln!(out, "  from {from}");
+            let _ = writeln!(out, "  to   {} {:?}", short(&plan.to.sha), plan.to.summary);
+        }
+        Operation::Rollback => {
+            let deployed = plan.from.as_ref().map_or_else(
+                || "nothing recorded as deployed".to_owned(),
+                |f| format!("{} (the deployed revision)", short(&f.sha)),
+            );
+            let _ = writeln!(out, "  from {deployed}");
+            let _ = writeln!(out, "  to   {}", rollback_target(plan, str::to_owned));
+        }
+        Operation::Restart => {
+            let _ = writeln!(
+                out,
+                "  on   {} (the deployed revision; releases do not change)",
+                short(&plan.to.sha)
+            );
+        }
+    }
     let _ = writeln!(out, "  {} · {}", summary(plan), changed_words(plan));
     for w in &plan.warnings {
         let _ = writeln!(out, "{} {w}", p.yellow("warning:"));
@@ -76,9 +95,11 @@ pub fn text(plan: &Plan, color: bool) -> String {
             let _ = writeln!(out, "\n{}", p.bold(&format!("phase {phase}")));
         }
         let (mark, words) = match s.change {
-            _ if s.unit_change == UnitChange::Conflict => (p.red("! "), p.red(&change_words(s))),
-            ServiceChange::Unchanged => (p.dim("  "), p.dim(&change_words(s))),
-            _ => (p.yellow("~ "), p.yellow(&change_words(s))),
+            _ if s.unit_change == UnitChange::Conflict => {
+                (p.red("! "), p.red(&change_words(plan.operation, s)))
+            }
+            ServiceChange::Unchanged => (p.dim("  "), p.dim(&change_words(plan.operation, s))),
+            _ => (p.yellow("~ "), p.yellow(&change_words(plan.operation, s))),
         };
         let _ = writeln!(out, "  {mark}{:width$}  {words}", s.name);
         for r in &s.reasons {

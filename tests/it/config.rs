@@ -369,6 +369,7 @@ invalid! {
     nested_comments,
     slashdash_run,
     long_value_elided,
+    promote_from_bad,
 }
 
 #[test]

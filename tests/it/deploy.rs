@@ -39,7 +39,7 @@ impl World {
             "unit-name \"pakashop-{service}.service\"",
             &format!("unit-name \"{prefix}-{{service}}.service\""),
         );
-        std::fs::write(&fx.config_path, text).unwrap();
+        fx.commit_config("unit names of this test", &text).unwrap();
         let state = dir.path().join("state");
         Self {
             _dir: dir,
@@ -79,6 +79,12 @@ impl World {
 
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().unwrap()
+    }
+
+    /// Replaces the config file and commits it (on `main`, and on
+    /// `production` when it was at the same commit), as an operator would.
+    pub fn set_config(&self, text: &str) {
+        self.fx.commit_config("config edit", text).unwrap();
     }
 
     pub fn commit(&self, branch: &str, msg: &str, edits: &[Edit]) -> String {
@@ -209,7 +215,7 @@ pub fn short_ready_timeout(w: &World, secs: u64) {
         }
         out.push('\n');
     }
-    std::fs::write(&w.fx.config_path, out).unwrap();
+    w.set_config(&out);
 }
 
 pub fn state_json(w: &World) -> serde_json::Value {
@@ -453,11 +459,7 @@ async fn saved_plan_is_applied_exactly_and_refused_when_stale() {
     w.commit("main", "next", &[Edit::touch_service("pricing")]);
     ok(&w.run(&["plan", "--env", "staging", "--out", plan.to_str().unwrap()]));
     let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
-    std::fs::write(
-        &w.fx.config_path,
-        text.replace("keep-releases 5", "keep-releases 4"),
-    )
-    .unwrap();
+    w.set_config(&text.replace("keep-releases 5", "keep-releases 4"));
     let out = w.run(&["apply", plan.to_str().unwrap(), "--yes"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(code(&out), 1, "{err}");
@@ -489,7 +491,7 @@ async fn saved_plan_is_applied_exactly_and_refused_when_stale() {
         .map(|l| l + "\n")
         .collect();
     assert!(renamed.contains("service \"prices\""), "{renamed}");
-    std::fs::write(&w.fx.config_path, renamed).unwrap();
+    w.set_config(&renamed);
     let out = w.run(&["apply", plan.to_str().unwrap(), "--yes"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(code(&out), 1, "{err}");
@@ -505,7 +507,7 @@ async fn saved_plan_is_applied_exactly_and_refused_when_stale() {
         "{err}"
     );
     assert!(!err.contains("host state"), "{err}");
-    std::fs::write(&w.fx.config_path, text).unwrap();
+    w.set_config(&text);
     w.stop_all(&sd).await;
 }
 

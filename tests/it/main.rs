@@ -24,3 +24,4 @@ mod secrets;
 mod support;
 mod systemd;
 mod unit_file;
+mod ux;

@@ -409,7 +409,7 @@ async fn status_migrations_up_to_date_then_pending() {
     let marker = "if-exists=\"prisma/schema.prisma\"\n";
     assert!(text.contains(marker), "{text}");
     let text = text.replacen(marker, &format!("{marker}{status_cmd}\n"), 1);
-    std::fs::write(&w.fx.config_path, text).unwrap();
+    w.set_config(&text);
     ok(&w.run(&["apply", "--env", "staging", "--yes"]));
     let sd = w.sandbox.connect().await.unwrap();
 

@@ -44,10 +44,15 @@ impl Fx {
     }
 
     fn cmd(&self, args: &[&str]) -> std::process::Command {
+        self.cmd_for("user", args)
+    }
+
+    /// `cmd` for another manager (`system`: what Pakashop's hosts run).
+    fn cmd_for(&self, manager: &str, args: &[&str]) -> std::process::Command {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_moorline"));
         c.args(["-c", self.fx.config_path.to_str().unwrap()])
             .args(["--state-dir", self.state_dir().to_str().unwrap()])
-            .args(["--systemd", "user"])
+            .args(["--systemd", manager])
             .args(args)
             .env("XDG_CONFIG_HOME", self.config_home())
             .env("NO_COLOR", "1")
@@ -78,7 +83,9 @@ impl Fx {
     /// Records `rev` as deployed everywhere and installs the units the
     /// current config renders, as a complete apply would have left the host.
     fn deployed(&self, env_name: &str, rev: &str) {
-        let loaded = moorline::config::load(&self.fx.config_path).unwrap();
+        let mut loaded = moorline::config::load(&self.fx.config_path).unwrap();
+        // These plans are made with `--systemd user`, as the units were installed.
+        moorline::settings::for_user_manager(&mut loaded.config);
         let config = &loaded.config;
         let env = config.environment(env_name).unwrap();
         std::fs::create_dir_all(self.unit_dir()).unwrap();
@@ -981,7 +988,8 @@ fn example_plans() -> Vec<(String, String)> {
     let f = pakashop_repository();
     let config = f.fx.repo.join("pakashop.kdl");
     let plan = |args: &[&str], format: &str| {
-        let mut c = f.cmd(&[]);
+        // Pakashop's hosts run moorline as root, with the system manager.
+        let mut c = f.cmd_for("system", &[]);
         c.args(["plan", "-c", config.to_str().unwrap(), "--format", format]);
         c.args(args);
         let o = c.output().unwrap();

@@ -365,7 +365,7 @@ fn with_migrate_status(w: &World) {
         m_end,
         &format!("    migrate-status \"sh\" \"-c\" #\"{MIGRATE_STATUS_SH}\"#\n"),
     );
-    std::fs::write(&w.fx.config_path, text).unwrap();
+    w.set_config(&text);
     ok(&w.run(&["validate"]));
 }
 
@@ -375,7 +375,7 @@ fn first_deploy(w: &World, choice: &str) {
     let keep = text.find("        keep ").expect("db_world's keep");
     let mut text = text;
     text.insert_str(keep, &format!("        first-deploy \"{choice}\"\n"));
-    std::fs::write(&w.fx.config_path, text).unwrap();
+    w.set_config(&text);
     ok(&w.run(&["validate"]));
 }
 
@@ -461,7 +461,7 @@ fn db_world(prefix: &str, port_base: u16, url: &str, keep: u32) -> Option<World>
         m..m_end,
         &format!("    migrate \"sh\" \"-c\" #\"{MIGRATE_SH}\"# if-exists=\"prisma/schema.prisma\""),
     );
-    std::fs::write(&w.fx.config_path, text).unwrap();
+    w.set_config(&text);
     let out = w.run(&["validate"]);
     ok(&out);
     Some(w)
@@ -969,7 +969,7 @@ async fn nginx_world(prefix: &str, port_base: u16) -> Option<(World, Nginx, Syst
         let _ = write!(text, " \"{a}\"");
     }
     text.push_str("; watch \"deploy/nginx\" }\n");
-    std::fs::write(&w.fx.config_path, text).unwrap();
+    w.set_config(&text);
     ok(&w.run(&["validate"]));
     Some((w, ngx, sd))
 }

@@ -292,7 +292,7 @@ async fn manual_rollback_puts_back_the_unit_file_the_last_apply_changed() {
         "{}; unit {{ env FEATURE_X=\"on\"; }} }}",
         line[..pos].trim_end().trim_end_matches(';')
     );
-    std::fs::write(&w.fx.config_path, text.replace(&line, &changed)).unwrap();
+    w.set_config(&text.replace(&line, &changed));
     w.commit(
         "main",
         "pricing with feature x",

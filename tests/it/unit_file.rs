@@ -40,6 +40,7 @@ fn service(root: &str, out: &str) -> (Environment, Service) {
         url: None,
         unit_dir: None,
         approval: false,
+        promote_from: None,
         backup: None,
         env: BTreeMap::new(),
         env_files: Vec::new(),
@@ -181,7 +182,7 @@ async fn apply_installs_units_with_inline_secrets_as_0600() {
         })
         .collect();
     assert!(config.contains("API_TOKEN"), "{config}");
-    std::fs::write(&w.fx.config_path, config).unwrap();
+    w.set_config(&config);
 
     crate::deploy::ok(&w.run(&["apply", "--env", "staging", "--yes"]));
     let mode = |service: &str| {
