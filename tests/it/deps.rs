@@ -30,7 +30,8 @@ fn world() -> Option<World> {
     let text = text
         .replace("runtime \"node\" {", DEPS)
         .replace("pakashop-{service}.service", "dp-{service}.service");
-    std::fs::write(&fx.config_path, text).unwrap();
+    // Committed: `apply` refuses a configuration with uncommitted changes.
+    fx.commit_config("deps step", &text).unwrap();
     Some(World {
         state: dir.path().join("state"),
         _dir: dir,
