@@ -17,6 +17,8 @@
 //! `after` edges (from `moorline plan --format json`). Peak memory is the
 //! `VmHWM` of the `moorline apply` process, polled from `/proc`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -60,24 +62,7 @@ type Res<T> = Result<T, String>;
 
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench` (and maybe a filter): nothing to parse.
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench: cannot build a tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run_on_runtime(run())
 }
 
 /// One fixture repository deployed under the shared manager.

@@ -8,6 +8,8 @@
 //! the apply, so the same apply runs the step, as every deploy did before.
 //! Not a timed test: it prints a table. `BENCH_DEPS_ROUNDS=N` (default 3).
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -25,24 +27,7 @@ const DEPS: &str = r#"runtime "node" {
     }"#;
 
 fn main() -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench: cannot build a tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run_on_runtime(run())
 }
 
 async fn run() -> Res<()> {

@@ -12,6 +12,8 @@
 //! deploy on this machine could do for the start-ups alone.
 //! `BENCH_SCALE_SIZES=10,50` picks other sizes.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -34,24 +36,7 @@ const OWN_LIMIT: Duration = Duration::from_secs(30);
 type Res<T> = Result<T, String>;
 
 fn main() -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench: cannot build a tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench failed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run_on_runtime(run())
 }
 
 fn sizes() -> Res<Vec<usize>> {
