@@ -2,7 +2,10 @@
 //! docs/*.md and the example workflows under docs/examples/ must parse with the real clap
 //! definition (`moorline::cli::Cli`); every subcommand must have a section in docs/commands.md;
 //! every exit code of src/exit.rs must be in its exit-code table; the README's Documentation
-//! list must name exactly the files in docs/.
+//! list must name exactly the files in docs/. Beyond parsing, the ```sh blocks marked
+//! `<!-- executed by tests/it/docs.rs -->` (the whole walk-through of getting-started.md, the
+//! plan and global-flag examples of commands.md) are run with the real binary: see
+//! `documented_examples_run` below.
 //!
 //! What counts as a command line: in Markdown, the lines of fenced code blocks (except blocks
 //! tagged `text`, `json`, `kdl`, `diff`, `dot`, `markdown`, which hold output and file
@@ -520,4 +523,444 @@ fn readme_documentation_list_matches_docs_dir() {
         listed, present,
         "README.md's Documentation list and docs/*.md differ"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Executed examples: the walk-through of docs/getting-started.md and the plan examples of
+// docs/commands.md run, in order, with the real binary against a generated Pakashop-shaped
+// repository and the shared private systemd manager.
+//
+// A ```sh block is executed when the line before it is [`EXECUTED`] (every ```sh block of
+// getting-started.md must be). Each block starts in the fixture repository; each line runs with
+// `bash -o pipefail -c` after the substitutions of [`SUBSTITUTIONS`] (`sudo` dropped, host
+// paths replaced by the test's), with a `moorline` on `PATH` that is the real binary plus
+// `--systemd user`, and `XDG_STATE_HOME` pointing into the test's directory (so the state lands
+// where the docs say a user manager's state lands). `cd DIR` changes the directory of the
+// following lines. A line that cannot run here is in [`SKIPPED`] with the reason; every other
+// line must exit with 0 unless [`EXPECTED`] says otherwise, and print what [`EXPECTED`] lists.
+// ---------------------------------------------------------------------------------------------
+
+/// The line before a ```sh block that this test executes.
+const EXECUTED: &str = "<!-- executed by tests/it/docs.rs -->";
+
+/// `(file, line as written, why it does not run here)`.
+const SKIPPED: &[(&str, &str, &str)] = &[
+    (
+        "docs/getting-started.md",
+        "V=0.1.0; curl -fsSLO",
+        "downloads a release; tests/it/package.rs builds and installs the package",
+    ),
+    (
+        "docs/getting-started.md",
+        "cargo install --locked --git",
+        "builds from the network",
+    ),
+    (
+        "docs/getting-started.md",
+        "cargo run --release -- demo",
+        "tests/it/demo.rs runs the demo",
+    ),
+    (
+        "docs/getting-started.md",
+        "moorline demo --keep",
+        "tests/it/demo.rs runs the demo",
+    ),
+    (
+        "docs/getting-started.md",
+        "sudo git clone git@github.com:pakashop/pakashop.git /opt/pakashop/repo",
+        "needs the network; the fixture repository stands in for the clone",
+    ),
+];
+
+/// `(file, line as written)` of lines that ask for confirmation on a terminal: the test is the
+/// operator who answers yes, so `--yes` is appended (there is no terminal here).
+const CONFIRMED: &[(&str, &str)] = &[
+    (
+        "docs/getting-started.md",
+        "sudo moorline apply /var/tmp/staging.plan.json",
+    ),
+    (
+        "docs/getting-started.md",
+        "sudo moorline apply --env staging",
+    ),
+];
+
+/// Host paths of the docs and what stands in for them (`{repo}`: the fixture repository,
+/// `{shop}`: a copy of it without a configuration, `{tmp}`: the test's scratch directory).
+const SUBSTITUTIONS: &[(&str, &str)] = &[
+    ("sudo ", ""),
+    ("~/src/shop", "{shop}"),
+    ("/opt/pakashop/repo", "{repo}"),
+    ("/var/tmp/", "{tmp}/"),
+    ("/tmp/pakashop-state", "{tmp}/pakashop-state"),
+    ("/opt/pakashop/pakashop.kdl", "{repo}/pakashop.kdl"),
+    // The fixture's configuration file is moorline.kdl.
+    ("pakashop.kdl", "moorline.kdl"),
+];
+
+/// `(file, line as written, exit code, texts the output must contain)` of lines that do not
+/// simply exit 0.
+const EXPECTED: &[(&str, &str, i32, &[&str])] = &[
+    (
+        "docs/getting-started.md",
+        "moorline --version",
+        0,
+        &[concat!("moorline ", env!("CARGO_PKG_VERSION"))],
+    ),
+    (
+        "docs/getting-started.md",
+        "moorline init",
+        0,
+        &["moorline.kdl"],
+    ),
+    (
+        "docs/getting-started.md",
+        "moorline -c pakashop.kdl validate",
+        0,
+        &["project pakashop is valid: 3 services"],
+    ),
+    (
+        "docs/getting-started.md",
+        "sudo moorline plan --env staging",
+        0,
+        &[
+            "first deploy: there is no previous release to go back to; a failed apply stops the services it started",
+        ],
+    ),
+    (
+        "docs/getting-started.md",
+        "sudo moorline apply /var/tmp/staging.plan.json",
+        0,
+        &["succeeded"],
+    ),
+    (
+        "docs/getting-started.md",
+        "sudo moorline status --env staging",
+        0,
+        &[
+            "svc-0001",
+            "svc-0003",
+            "3 services: 3 healthy, 0 unhealthy, 0 drifted",
+        ],
+    ),
+    // Run after a commit to main arrived (see `documented_examples_run`).
+    (
+        "docs/commands.md",
+        "moorline plan --env staging --detailed-exitcode",
+        2,
+        &[],
+    ),
+    (
+        "docs/commands.md",
+        "moorline plan --env staging --format json | jq '.actions[].id'",
+        0,
+        &["\"restart:svc-0001\""],
+    ),
+];
+
+/// The lines of the executed blocks of `file` (continuations joined), with line numbers.
+fn executed_lines(file: &str) -> Vec<Vec<(usize, String)>> {
+    let text = read(&root().join(file));
+    let lines: Vec<&str> = text.lines().collect();
+    let mut blocks = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let marked = i > 0 && lines[i - 1].trim() == EXECUTED;
+        if lines[i].trim() == "```sh" {
+            if file == "docs/getting-started.md" {
+                assert!(
+                    marked,
+                    "{file}:{}: every sh block of the walk-through is executed; mark it with {EXECUTED}",
+                    i + 1
+                );
+            }
+            let mut block = Vec::new();
+            let mut pending: Option<(usize, String)> = None;
+            i += 1;
+            while i < lines.len() && !lines[i].trim().starts_with("```") {
+                let trimmed = lines[i].trim();
+                let (start, mut acc) = pending.take().unwrap_or((i + 1, String::new()));
+                if let Some(head) = trimmed.strip_suffix('\\') {
+                    acc.push_str(head);
+                    pending = Some((start, acc));
+                } else {
+                    acc.push_str(trimmed);
+                    block.push((start, acc));
+                }
+                i += 1;
+            }
+            if marked {
+                blocks.push(block);
+            }
+        } else {
+            assert!(
+                lines[i].trim() != EXECUTED
+                    || lines.get(i + 1).is_some_and(|l| l.trim() == "```sh"),
+                "{file}:{}: {EXECUTED} must come right before a ```sh block",
+                i + 1
+            );
+        }
+        i += 1;
+    }
+    blocks
+}
+
+/// Runs the executed blocks of `file` in order; records skipped lines and checked expectations.
+struct Runner {
+    repo: PathBuf,
+    shop: PathBuf,
+    tmp: PathBuf,
+    bin: PathBuf,
+    sandbox: &'static moorline::sandbox::PrivateSystemd,
+    skipped: BTreeSet<(String, String)>,
+    expected: BTreeSet<(String, String)>,
+    confirmed: BTreeSet<(String, String)>,
+    ran: usize,
+}
+
+impl Runner {
+    fn substitute(&self, line: &str) -> String {
+        let mut out = line.to_owned();
+        for (from, to) in SUBSTITUTIONS {
+            let to = to
+                .replace("{repo}", &self.repo.display().to_string())
+                .replace("{shop}", &self.shop.display().to_string())
+                .replace("{tmp}", &self.tmp.display().to_string());
+            out = out.replace(from, &to);
+        }
+        out
+    }
+
+    fn run_file(&mut self, file: &str) {
+        let blocks = executed_lines(file);
+        assert!(!blocks.is_empty(), "{file} has no block marked {EXECUTED}");
+        for block in blocks {
+            let mut cwd = self.repo.clone();
+            for (n, line) in block {
+                if let Some((_, _, why)) = SKIPPED
+                    .iter()
+                    .find(|(f, l, _)| *f == file && line.starts_with(l))
+                {
+                    eprintln!("{file}:{n}: skipped ({why}): {line}");
+                    self.skipped.insert((file.to_owned(), line.clone()));
+                    continue;
+                }
+                let mut script = self.substitute(&line);
+                if CONFIRMED.iter().any(|(f, l)| *f == file && *l == line) {
+                    self.confirmed.insert((file.to_owned(), line.clone()));
+                    script.push_str(" --yes");
+                }
+                if let Some(dir) = script.strip_prefix("cd ") {
+                    cwd = PathBuf::from(dir.trim());
+                    assert!(
+                        cwd.is_dir(),
+                        "{file}:{n}: {line}: no directory {}",
+                        cwd.display()
+                    );
+                    continue;
+                }
+                let (code, texts) = EXPECTED
+                    .iter()
+                    .find(|(f, l, _, _)| *f == file && *l == line)
+                    .map_or((0, &[][..]), |(_, _, c, t)| (*c, *t));
+                if code != 0 || !texts.is_empty() {
+                    self.expected.insert((file.to_owned(), line.clone()));
+                }
+                let out = self.command(&script, &cwd).output().unwrap();
+                self.ran += 1;
+                let shown = format!(
+                    "{file}:{n}: {line}\n  ran: {script}\n  in {}\n  status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+                    cwd.display(),
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                eprintln!("{file}:{n}: exit {:?}: {line}", out.status.code());
+                assert_eq!(out.status.code(), Some(code), "{shown}");
+                let all = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                for text in texts {
+                    assert!(all.contains(text), "the output lacks {text:?}:\n{shown}");
+                }
+            }
+        }
+    }
+
+    fn command(&self, script: &str, cwd: &Path) -> std::process::Command {
+        let path = format!(
+            "{}:{}",
+            self.bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let config_home = self.sandbox.unit_dir();
+        let config_home = config_home.parent().and_then(Path::parent).unwrap();
+        let mut c = std::process::Command::new("bash");
+        c.args(["-o", "pipefail", "-c", script])
+            .current_dir(cwd)
+            .env("PATH", path)
+            .env("XDG_STATE_HOME", self.tmp.join("state"))
+            .env("XDG_RUNTIME_DIR", self.sandbox.runtime_dir())
+            .env("DBUS_SESSION_BUS_ADDRESS", self.sandbox.bus_address())
+            .env("XDG_CONFIG_HOME", config_home)
+            .env("MOORLINE_JOURNAL_DIRECTORY", self.sandbox.journal_dir())
+            .env("NO_COLOR", "1")
+            .env_remove("MOORLINE_CONFIG")
+            .stdin(std::process::Stdio::null());
+        c
+    }
+}
+
+#[test]
+fn documented_examples_run() {
+    let Some(sandbox) = crate::support::sandbox() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = moorline::fixture::FixtureOptions::new(dir.path().join("srv"));
+    opts.port_base = Some(28100);
+    opts.services = Some(3);
+    let fx = moorline::fixture::Fixture::create(&dir.path().join("fx"), &opts).unwrap();
+    let text = read(&fx.config_path).replace(
+        "unit-name \"pakashop-{service}.service\"",
+        "unit-name \"gs-{service}.service\"",
+    );
+    fx.commit_config("unit names of this test", &text).unwrap();
+    // A host's clone has the remote's branches (docs/commands.md plans `origin/main`).
+    {
+        let repo = git2::Repository::open(&fx.repo).unwrap();
+        for branch in ["main", "production"] {
+            let id = repo.revparse_single(branch).unwrap().id();
+            repo.reference(&format!("refs/remotes/origin/{branch}"), id, true, "fetch")
+                .unwrap();
+        }
+    }
+    // `moorline init` runs in a repository without a configuration: a copy of the fixture's.
+    let shop = dir.path().join("shop");
+    let copied = std::process::Command::new("cp")
+        .args(["-a"])
+        .arg(&fx.repo)
+        .arg(&shop)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::remove_file(shop.join("moorline.kdl")).unwrap();
+    // `moorline` on PATH: the real binary, driving the user manager (unless the line says which).
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let wrapper = bin.join("moorline");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" --systemd \"*) exec '{0}' \"$@\";; esac\nexec '{0}' --systemd user \"$@\"\n",
+            env!("CARGO_BIN_EXE_moorline")
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut runner = Runner {
+        repo: fx.repo.clone(),
+        shop,
+        tmp,
+        bin,
+        sandbox,
+        skipped: BTreeSet::new(),
+        expected: BTreeSet::new(),
+        confirmed: BTreeSet::new(),
+        ran: 0,
+    };
+
+    runner.run_file("docs/getting-started.md");
+    // What the walk-through says is on the host, under the user manager's state directory.
+    let main = fx.head("main").unwrap();
+    for s in &fx.services {
+        let current = fx.env_root("staging").join(&s.name).join("current");
+        assert_eq!(
+            std::fs::read_link(&current).unwrap(),
+            fx.env_root("staging")
+                .join(&s.name)
+                .join("releases")
+                .join(&main),
+            "{}",
+            current.display()
+        );
+        assert!(current.join(".moorline-built").is_file(), "{}", s.name);
+        assert!(
+            sandbox
+                .unit_dir()
+                .join(format!("gs-{}.service", s.name))
+                .is_file()
+        );
+    }
+    let state = runner.tmp.join("state/moorline/pakashop/staging");
+    assert!(state.join("state.json").is_file(), "{}", state.display());
+    assert!(!state.join("journal.jsonl").exists());
+    assert!(state.join("lock").exists());
+    let history: Vec<_> = std::fs::read_dir(state.join("history")).unwrap().collect();
+    assert_eq!(history.len(), 1, "one finished apply");
+
+    // A commit arrives; the plan examples of docs/commands.md show it.
+    fx.commit(
+        "main",
+        "a change",
+        &[moorline::fixture::Edit::touch_service("svc-0001")],
+    )
+    .unwrap();
+    runner.run_file("docs/commands.md");
+
+    let sd = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    sd.block_on(async {
+        let systemd = sandbox.connect().await.unwrap();
+        for s in &fx.services {
+            let _ = systemd.stop(&format!("gs-{}.service", s.name)).await;
+        }
+    });
+
+    let want_skipped: BTreeSet<(String, String)> = SKIPPED
+        .iter()
+        .map(|(f, l, _)| (f.to_string(), l.to_string()))
+        .collect();
+    let got_skipped: BTreeSet<(String, String)> = runner
+        .skipped
+        .iter()
+        .map(|(f, l)| {
+            let prefix = SKIPPED
+                .iter()
+                .find(|(sf, sl, _)| sf == f && l.starts_with(sl))
+                .unwrap()
+                .1;
+            (f.clone(), prefix.to_owned())
+        })
+        .collect();
+    assert_eq!(
+        got_skipped, want_skipped,
+        "SKIPPED names lines the docs no longer have"
+    );
+    let want_expected: BTreeSet<(String, String)> = EXPECTED
+        .iter()
+        .map(|(f, l, _, _)| (f.to_string(), l.to_string()))
+        .collect();
+    assert_eq!(
+        runner.expected, want_expected,
+        "EXPECTED names lines the executed blocks no longer have"
+    );
+    let want_confirmed: BTreeSet<(String, String)> = CONFIRMED
+        .iter()
+        .map(|(f, l)| (f.to_string(), l.to_string()))
+        .collect();
+    assert_eq!(
+        runner.confirmed, want_confirmed,
+        "CONFIRMED names lines the executed blocks no longer have"
+    );
+    assert!(runner.ran >= 12, "only {} lines ran", runner.ran);
 }
