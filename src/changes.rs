@@ -340,10 +340,14 @@ impl Repo {
             .recurse_untracked_dirs(true)
             .include_ignored(false)
             .exclude_submodules(true);
-        for p in paths {
-            // A literal path, not a glob: service paths are names, and a
-            // `*` in one must not widen what is looked at.
-            opts.pathspec(p.trim_end_matches('/'));
+        // The repository root (a service at `.`) is every path: no
+        // pathspec at all.
+        if !paths.iter().any(|p| is_root(p)) {
+            for p in paths {
+                // A literal path, not a glob: service paths are names, and a
+                // `*` in one must not widen what is looked at.
+                opts.pathspec(p.trim_end_matches('/'));
+            }
         }
         opts.disable_pathspec_match(true);
         let statuses = self
@@ -421,13 +425,16 @@ impl Repo {
     /// Whether `path` exists (as a file or directory) at `sha`.
     pub fn exists(&self, sha: &str, path: &str) -> Result<bool, GitError> {
         let tree = self.tree(sha)?;
-        Ok(tree.get_path(Path::new(path)).is_ok())
+        Ok(is_root(path) || tree.get_path(Path::new(path)).is_ok())
     }
 
     /// The object id of `path` at `sha` (`None`: absent): equal ids mean
     /// identical contents, however far apart the commits are.
     pub fn path_id(&self, sha: &str, path: &str) -> Result<Option<String>, GitError> {
         let tree = self.tree(sha)?;
+        if is_root(path) {
+            return Ok(Some(tree.id().to_string()));
+        }
         Ok(tree
             .get_path(Path::new(path))
             .ok()
@@ -437,9 +444,10 @@ impl Repo {
     /// Whether `path` is a directory at `sha`.
     pub fn is_dir(&self, sha: &str, path: &str) -> Result<bool, GitError> {
         let tree = self.tree(sha)?;
-        Ok(tree
-            .get_path(Path::new(path))
-            .is_ok_and(|e| e.kind() == Some(ObjectType::Tree)))
+        Ok(is_root(path)
+            || tree
+                .get_path(Path::new(path))
+                .is_ok_and(|e| e.kind() == Some(ObjectType::Tree)))
     }
 
     /// A file's content at `sha`, if it exists and is a blob.
@@ -454,20 +462,24 @@ impl Repo {
         Ok(Some(blob.content().to_vec()))
     }
 
-    /// Writes the tree at `sha`/`subdir` into `dest` (created; must not
-    /// exist). Files keep their executable bit; symlinks stay symlinks.
+    /// Writes the tree at `sha`/`subdir` (`.`: the whole tree) into `dest`
+    /// (created; must not exist). Files keep their executable bit; symlinks
+    /// stay symlinks.
     pub fn export(&self, sha: &str, subdir: &str, dest: &Path) -> Result<u64, ExportError> {
         let tree = self.tree(sha)?;
-        let entry = tree
-            .get_path(Path::new(subdir))
-            .map_err(|source| GitError::Failed {
-                doing: format!("finding {subdir}"),
-                source,
-            })?;
-        let sub = self
-            .repo
-            .find_tree(entry.id())
-            .map_err(failed("reading a directory"))?;
+        let sub = if is_root(subdir) {
+            tree
+        } else {
+            let entry = tree
+                .get_path(Path::new(subdir))
+                .map_err(|source| GitError::Failed {
+                    doing: format!("finding {subdir}"),
+                    source,
+                })?;
+            self.repo
+                .find_tree(entry.id())
+                .map_err(failed("reading a directory"))?
+        };
         std::fs::create_dir_all(dest).map_err(|e| ExportError::Io(dest.to_owned(), e))?;
         let mut files = 0;
         self.export_tree(&sub, dest, 0, &mut files)?;
@@ -563,6 +575,9 @@ pub struct Snapshot<'r> {
 impl Snapshot<'_> {
     /// (object id, is a directory) of `path`.
     fn entry(&self, path: &str) -> Option<(Oid, bool)> {
+        if is_root(path) {
+            return Some((self.tree.id(), true));
+        }
         let (dir, name) = match path.trim_end_matches('/').rsplit_once('/') {
             Some((d, n)) => (d, n),
             None => ("", path.trim_end_matches('/')),
@@ -596,6 +611,12 @@ impl Snapshot<'_> {
     pub fn path_id(&self, path: &str) -> Option<String> {
         self.entry(path).map(|(id, _)| id.to_string())
     }
+}
+
+/// Whether a repository path names the repository itself (a service at
+/// [`crate::config::ROOT_PATH`]).
+fn is_root(path: &str) -> bool {
+    path == crate::config::ROOT_PATH
 }
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -704,6 +725,52 @@ mod tests {
             ]
         );
         assert!(repo.uncommitted(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_root_path_is_the_whole_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("r");
+        let git = Repository::init(&root).unwrap();
+        for (p, c) in [
+            ("go.mod", "module a\n"),
+            ("cmd/a/main.go", "package main\n"),
+        ] {
+            std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
+            std::fs::write(root.join(p), c).unwrap();
+        }
+        let mut index = git.index().unwrap();
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .unwrap();
+        index.write().unwrap();
+        let tree = git.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let sha = git
+            .commit(Some("HEAD"), &sig, &sig, "init", &tree, &[])
+            .unwrap()
+            .to_string();
+        let repo = Repo::discover(&root).unwrap();
+        let snap = repo.snapshot(&sha).unwrap();
+        let tree_id = repo.tree_id(&sha);
+        assert!(snap.is_dir(".") && snap.exists("."));
+        assert_eq!(snap.path_id("."), tree_id);
+        assert!(repo.is_dir(&sha, ".").unwrap() && repo.exists(&sha, ".").unwrap());
+        assert_eq!(repo.path_id(&sha, ".").unwrap(), tree_id);
+        let out = dir.path().join("out");
+        assert_eq!(repo.export(&sha, ".", &out).unwrap(), 2);
+        assert_eq!(
+            std::fs::read_to_string(out.join("go.mod")).unwrap(),
+            "module a\n"
+        );
+        assert!(out.join("cmd/a/main.go").is_file());
+        // Uncommitted changes anywhere are the root's.
+        std::fs::write(root.join("notes.md"), "n").unwrap();
+        assert_eq!(
+            repo.uncommitted(&[".".to_owned()]).unwrap(),
+            ["notes.md (untracked)"]
+        );
+        assert!(repo.uncommitted(&["cmd".to_owned()]).unwrap().is_empty());
     }
 
     #[test]

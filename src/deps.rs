@@ -63,12 +63,12 @@ pub fn cache_dir(root: &str) -> PathBuf {
 /// the snapshot's revision (`None`: absent).
 pub fn input_ids(
     snapshot: &Snapshot<'_>,
-    service_path: &str,
+    s: &crate::config::Service,
     inputs: &[String],
 ) -> Vec<(String, Option<String>)> {
     inputs
         .iter()
-        .map(|i| (i.clone(), snapshot.path_id(&format!("{service_path}/{i}"))))
+        .map(|i| (i.clone(), snapshot.path_id(&s.join(i))))
         .collect()
 }
 
@@ -206,7 +206,7 @@ pub fn provision<'a>(
     let d = rt.deps.as_ref()?;
     Some((|| {
         let snapshot = repo.snapshot(to_sha).map_err(|e| e.to_string())?;
-        let inputs = input_ids(&snapshot, &s.path, &d.inputs);
+        let inputs = input_ids(&snapshot, s, &d.inputs);
         let argv = argv(&d.command.argv, s, &ctx.env);
         let plan_key = plan_key(&rt.name, &argv, &d.outputs, &inputs);
         let id = format!("deps:{}", s.name);

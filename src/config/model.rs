@@ -8,6 +8,8 @@ use serde::Serialize;
 
 /// Where a service's source lives when `path` is not given.
 pub const DEFAULT_SERVICE_PATH: &str = "services/{service}";
+/// The `path` of a service whose source is the whole repository.
+pub const ROOT_PATH: &str = ".";
 /// Default unit name template.
 pub const DEFAULT_UNIT_NAME: &str = "{service}.service";
 /// Releases kept per service when `keep-releases` is not given.
@@ -194,6 +196,31 @@ pub struct Service {
     pub unit_name: String,
 }
 
+impl Service {
+    /// Whether the service's source is the whole repository (`path "."`).
+    pub fn is_root(&self) -> bool {
+        self.path == ROOT_PATH
+    }
+
+    /// `rel`, relative to the service's directory, as a path from the
+    /// repository root (`""`: the directory itself).
+    pub fn join(&self, rel: &str) -> String {
+        join_path(&self.path, rel)
+    }
+}
+
+/// `rel` under the repository directory `dir` (which may be [`ROOT_PATH`]),
+/// as a path from the repository root; `""` is `dir` itself.
+pub fn join_path(dir: &str, rel: &str) -> String {
+    if rel.is_empty() {
+        dir.to_owned()
+    } else if dir == ROOT_PATH {
+        rel.to_owned()
+    } else {
+        format!("{dir}/{rel}")
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct UnitSpec {
     pub description: Option<String>,
@@ -267,5 +294,28 @@ mod secs {
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_secs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ROOT_PATH, join_path};
+
+    #[test]
+    fn join_path_table() {
+        for (dir, rel, want) in [
+            ("services/api", "package.json", "services/api/package.json"),
+            (
+                "services/api",
+                "prisma/schema.prisma",
+                "services/api/prisma/schema.prisma",
+            ),
+            ("services/api", "", "services/api"),
+            (ROOT_PATH, "package.json", "package.json"),
+            (ROOT_PATH, "prisma/schema.prisma", "prisma/schema.prisma"),
+            (ROOT_PATH, "", ROOT_PATH),
+        ] {
+            assert_eq!(join_path(dir, rel), want, "{dir} + {rel}");
+        }
     }
 }

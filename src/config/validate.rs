@@ -10,7 +10,7 @@ use super::model::{
     Backup, Command, Config, DEFAULT_BACKUP_KEEP, DEFAULT_COMMAND_TIMEOUT, DEFAULT_HEALTH,
     DEFAULT_KEEP_RELEASES, DEFAULT_METRICS, DEFAULT_READY, DEFAULT_READY_TIMEOUT,
     DEFAULT_SERVICE_PATH, DEFAULT_UNIT_NAME, EnvValue, Environment, FirstDeploy, Migrate, Phase,
-    Project, PromoteFrom, Proxy, Runtime, Service, UnitSpec, looks_secret,
+    Project, PromoteFrom, Proxy, ROOT_PATH, Runtime, Service, UnitSpec, looks_secret,
 };
 use super::raw::{RawCommand, RawConfig, RawEnv, RawUnit, Spanned, Str};
 use crate::template::{self, Vars};
@@ -1116,7 +1116,10 @@ impl Validator<'_> {
                 || DEFAULT_SERVICE_PATH.replace("{service}", &name.value),
                 |p| {
                     self.placeholders(p, IN_SERVICE_PATH, "a service path");
-                    self.safe_path(p, "path");
+                    // `.` alone: the service is the whole repository.
+                    if p.value != ROOT_PATH {
+                        self.safe_path(p, "path");
+                    }
                     p.value.replace("{service}", &name.value)
                 },
             );
@@ -1475,6 +1478,32 @@ mod tests {
             ("HEAD", false),
         ] {
             assert_eq!(is_valid_branch(b), ok, "{b:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_lone_dot_names_the_repository_root() {
+        let config = |path: &str| {
+            format!(
+                "project \"p\"\nenvironment \"staging\" {{ branch \"main\"; root \"/opt/p\" }}\n\
+                 phase \"a\"\nruntime \"go\" {{ unit {{ exec \"/bin/true\"; }} }}\n\
+                 service \"web\" {{ runtime \"go\"; port 3000; phase \"a\"; path {} }}\n",
+                crate::config::kdl_string(path)
+            )
+        };
+        for (path, ok) in [
+            (".", true),
+            ("web", true),
+            ("./", false),
+            ("./web", false),
+            ("", false),
+            ("..", false),
+        ] {
+            let got = crate::config::parse("moorline.kdl", &config(path));
+            assert_eq!(got.is_ok(), ok, "{path:?}: {got:?}");
+            if let Ok(c) = got {
+                assert_eq!(c.services[0].is_root(), path == ".", "{path:?}");
+            }
         }
     }
 

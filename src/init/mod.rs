@@ -403,20 +403,10 @@ pub enum InitError {
     #[diagnostic(
         code(moorline::init::nothing_found),
         help(
-            "run `moorline init` in the repository's root; moorline deploys services each in its own directory (services/NAME, apps/NAME), recognised by one of those files. To write a configuration by hand, start from docs/config.md"
+            "run `moorline init` in the repository's root; moorline recognises a service by one of those files, in a directory of its own (services/NAME, apps/NAME) or, for a single service, at the root. To write a configuration by hand, start from docs/config.md"
         )
     )]
     NothingFound { dir: String },
-    #[error(
-        "the only service found is the repository root itself ({marker}); moorline deploys each service from a directory of its own"
-    )]
-    #[diagnostic(
-        code(moorline::init::root_service),
-        help(
-            "a service's `path` is a directory below the repository root, so that several services can share one repository. Move the service into a directory (for example `git mv` its files into services/{suggested}/), commit, and run `moorline init` again"
-        )
-    )]
-    RootService { marker: String, suggested: String },
     #[error("{path} exists; nothing was written")]
     #[diagnostic(
         code(moorline::init::exists),

@@ -29,20 +29,20 @@ const MARKERS: &[&str] = &[
 /// What the repository says, as a scan; an error when it has no service.
 pub fn scan(files: &Files) -> Result<Scan, InitError> {
     let mut notes = Vec::new();
-    let dirs = service_dirs(files, &mut notes);
-    if dirs.is_empty() {
-        let project = sanitize(&files.dir_name).unwrap_or_else(|| "app".to_owned());
-        if let Some(marker) = MARKERS.iter().find(|m| files.paths.contains(**m)) {
-            return Err(InitError::RootService {
-                marker: (*marker).to_owned(),
-                suggested: project,
+    let mut dirs = service_dirs(files, &mut notes);
+    let root_marker = MARKERS.iter().find(|m| files.paths.contains(**m));
+    let root_only = dirs.is_empty();
+    if root_only {
+        let Some(marker) = root_marker else {
+            return Err(InitError::NothingFound {
+                dir: files.dir_name.clone(),
             });
-        }
-        return Err(InitError::NothingFound {
-            dir: files.dir_name.clone(),
-        });
-    }
-    if let Some(marker) = MARKERS.iter().find(|m| files.paths.contains(**m)) {
+        };
+        notes.push(format!(
+            "the root's {marker} is the only service: it deploys the whole repository (`path \".\"`), and every commit redeploys it"
+        ));
+        dirs.push(crate::config::ROOT_PATH.to_owned());
+    } else if let Some(marker) = root_marker {
         notes.push(format!(
             "the root's {marker} is taken as the repository's tooling (a workspace), not as a service"
         ));
@@ -62,7 +62,13 @@ pub fn scan(files: &Files) -> Result<Scan, InitError> {
     let mut services: Vec<Service> = Vec::new();
     let mut names = BTreeSet::new();
     for dir in &dirs {
-        let Some(mut name) = sanitize(dir.rsplit('/').next().unwrap_or(dir)) else {
+        let base = if root_only {
+            // Named after the repository, like the project.
+            project.value.as_str()
+        } else {
+            dir.rsplit('/').next().unwrap_or(dir)
+        };
+        let Some(mut name) = sanitize(base) else {
             notes.push(format!(
                 "{dir}: its name cannot be a service name; left out"
             ));
@@ -144,14 +150,26 @@ fn service_dirs(files: &Files, notes: &mut Vec<String>) -> Vec<String> {
     out
 }
 
+/// `rel` under the service directory `dir` (`.`: the repository root).
+fn join(dir: &str, rel: &str) -> String {
+    crate::config::join_path(dir, rel)
+}
+
+/// What every path under `dir` starts with (`""` for the repository root).
+fn prefix(dir: &str) -> String {
+    if dir == crate::config::ROOT_PATH {
+        String::new()
+    } else {
+        format!("{dir}/")
+    }
+}
+
 fn has_any(files: &Files, dir: &str, names: &[&str]) -> bool {
-    names
-        .iter()
-        .any(|n| files.paths.contains(&format!("{dir}/{n}")))
+    names.iter().any(|n| files.paths.contains(&join(dir, n)))
 }
 
 fn package_json(files: &Files, dir: &str) -> Option<serde_json::Value> {
-    let text = files.text.get(&format!("{dir}/package.json"))?;
+    let text = files.text.get(&join(dir, "package.json"))?;
     serde_json::from_str(text).ok()
 }
 
@@ -232,7 +250,7 @@ type NodeParts = (
 );
 
 fn node(files: &Files, dir: &str, notes: &mut Vec<String>) -> NodeParts {
-    let pkg_path = format!("{dir}/package.json");
+    let pkg_path = join(dir, "package.json");
     let pkg = package_json(files, dir).unwrap_or_else(|| {
         notes.push(format!(
             "{pkg_path}: not valid JSON; its scripts were not read"
@@ -244,7 +262,7 @@ fn node(files: &Files, dir: &str, notes: &mut Vec<String>) -> NodeParts {
             if d.is_empty() {
                 files.paths.contains(n)
             } else {
-                files.paths.contains(&format!("{d}/{n}"))
+                files.paths.contains(&join(d, n))
             }
         };
         if at("pnpm-lock.yaml") {
@@ -259,7 +277,7 @@ fn node(files: &Files, dir: &str, notes: &mut Vec<String>) -> NodeParts {
     };
     let has_script = |s: &str| pkg.pointer(&format!("/scripts/{s}")).is_some();
     let build_script = has_script("build");
-    let prisma = files.paths.contains(&format!("{dir}/prisma/schema.prisma"));
+    let prisma = files.paths.contains(&join(dir, "prisma/schema.prisma"));
     let prisma_dev = pkg.pointer("/devDependencies/prisma").is_some();
     // A build (TypeScript) or a migration with a dev-only prisma needs the
     // dev dependencies installed.
@@ -349,7 +367,7 @@ fn node(files: &Files, dir: &str, notes: &mut Vec<String>) -> NodeParts {
 /// FILE`, else `main`, else the start script through the package manager,
 /// else a usual entry file.
 fn node_exec(files: &Files, dir: &str, pkg: &serde_json::Value, bin: &str) -> Guess<Vec<String>> {
-    let pkg_path = format!("{dir}/package.json");
+    let pkg_path = join(dir, "package.json");
     let start = pkg
         .pointer("/scripts/start")
         .and_then(serde_json::Value::as_str);
@@ -402,7 +420,7 @@ fn node_exec(files: &Files, dir: &str, pkg: &serde_json::Value, bin: &str) -> Gu
         "src/index.js",
         "src/main.js",
     ] {
-        if files.paths.contains(&format!("{dir}/{entry}")) {
+        if files.paths.contains(&join(dir, entry)) {
             return Guess::assumed(
                 vec!["/usr/bin/node".to_owned(), format!("{{current}}/{entry}")],
                 format!("{dir}/{entry} exists; no start script or \"main\" says so"),
@@ -416,25 +434,28 @@ fn node_exec(files: &Files, dir: &str, pkg: &serde_json::Value, bin: &str) -> Gu
 }
 
 fn go(files: &Files, dir: &str, name: &str) -> (RuntimeSpec, Guess<Vec<String>>) {
-    let at = |p: &str| files.paths.contains(&format!("{dir}/{p}"));
+    let at = |p: &str| files.paths.contains(&join(dir, p));
     let cmds: Vec<&str> = files
         .paths
         .iter()
-        .filter_map(|p| p.strip_prefix(&format!("{dir}/cmd/")))
+        .filter_map(|p| p.strip_prefix(&join(dir, "cmd/")))
         .filter_map(|rest| rest.strip_suffix("/main.go"))
         .filter(|c| !c.contains('/') && usable(c))
         .collect();
     let package = if at("main.go") {
-        Guess::found(".".to_owned(), format!("{dir}/main.go"))
+        Guess::found(".".to_owned(), join(dir, "main.go"))
     } else if cmds.contains(&name) {
         Guess::found(
             "./cmd/{service}".to_owned(),
-            format!("{dir}/cmd/{name}/main.go"),
+            join(dir, &format!("cmd/{name}/main.go")),
         )
     } else if let [one] = cmds.as_slice() {
-        Guess::found(format!("./cmd/{one}"), format!("{dir}/cmd/{one}/main.go"))
+        Guess::found(
+            format!("./cmd/{one}"),
+            join(dir, &format!("cmd/{one}/main.go")),
+        )
     } else if at("src/main.go") {
-        Guess::found("./src".to_owned(), format!("{dir}/src/main.go"))
+        Guess::found("./src".to_owned(), join(dir, "src/main.go"))
     } else if cmds.is_empty() {
         Guess::assumed(
             ".".to_owned(),
@@ -471,7 +492,7 @@ fn go(files: &Files, dir: &str, name: &str) -> (RuntimeSpec, Guess<Vec<String>>)
 }
 
 fn python(files: &Files, dir: &str) -> (RuntimeSpec, Guess<Vec<String>>) {
-    let at = |p: &str| files.paths.contains(&format!("{dir}/{p}"));
+    let at = |p: &str| files.paths.contains(&join(dir, p));
     let words = |w: &[&str]| w.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     let (spec, venv) = if at("requirements.txt") {
         let deps = Deps {
@@ -545,14 +566,14 @@ fn python(files: &Files, dir: &str) -> (RuntimeSpec, Guess<Vec<String>>) {
                 spec,
                 Guess::found(
                     vec![python, format!("{{current}}/{entry}")],
-                    format!("{dir}/{entry}"),
+                    join(dir, entry),
                 ),
             );
         }
     }
     if let Some(script) = files
         .text
-        .get(&format!("{dir}/pyproject.toml"))
+        .get(&join(dir, "pyproject.toml"))
         .and_then(|t| first_project_script(t))
         && spec.manager == "pip"
         && spec.deps.is_none()
@@ -600,7 +621,7 @@ fn first_project_script(text: &str) -> Option<String> {
 /// Liveness and readiness paths the service's source mentions as string
 /// literals, else `/health` for both (to check).
 fn health_paths(files: &Files, dir: &str) -> (Guess<String>, Guess<String>) {
-    let prefix = format!("{dir}/");
+    let prefix = prefix(dir);
     let sources: Vec<(&String, &String)> = files
         .text
         .iter()
@@ -791,6 +812,8 @@ fn match_units(
                             || st.ends_with(&format!("_{}", s.name))
                             || st.starts_with(&format!("{}-", s.name))
                     }
+                    // Every path contains the root's: no evidence.
+                    _ if s.path == crate::config::ROOT_PATH => false,
                     _ => {
                         let needle = format!("/{}", s.path);
                         u.exec_start.as_deref().is_some_and(|e| e.contains(&needle))
@@ -961,7 +984,7 @@ fn found_ports(services: &mut [Service], files: &Files) {
             continue;
         }
         for f in [".env.example", ".env.sample"] {
-            let path = format!("{}/{f}", s.path);
+            let path = join(&s.path, f);
             if let Some(p) = files.text.get(&path).and_then(|t| {
                 t.lines()
                     .filter_map(|l| l.trim().strip_prefix("PORT="))
@@ -975,7 +998,7 @@ fn found_ports(services: &mut [Service], files: &Files) {
         if !s.port.check {
             continue;
         }
-        let docker = format!("{}/Dockerfile", s.path);
+        let docker = join(&s.path, "Dockerfile");
         if let Some(p) = files.text.get(&docker).and_then(|t| {
             t.lines()
                 .filter_map(|l| l.trim().strip_prefix("EXPOSE "))
@@ -992,7 +1015,7 @@ fn found_ports(services: &mut [Service], files: &Files) {
             s.port = Guess::found(p, format!("EXPOSE in {docker}"));
             continue;
         }
-        let prefix = format!("{}/", s.path);
+        let prefix = prefix(&s.path);
         if let Some((p, path)) = files
             .text
             .iter()
@@ -1285,15 +1308,14 @@ mod tests {
     }
 
     #[test]
-    fn empty_and_root_only_repositories_are_errors() {
+    fn an_empty_repository_is_an_error_and_a_root_only_one_is_a_root_service() {
         assert!(matches!(
             scan(&files(&[("README.md", "")])),
             Err(InitError::NothingFound { .. })
         ));
-        assert!(matches!(
-            scan(&files(&[("go.mod", ""), ("main.go", "")])),
-            Err(InitError::RootService { .. })
-        ));
+        let root = scan(&files(&[("go.mod", ""), ("main.go", "")])).unwrap();
+        let paths: Vec<&str> = root.services.iter().map(|s| s.path.as_str()).collect();
+        assert_eq!(paths, ["."]);
     }
 
     #[test]

@@ -179,10 +179,14 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             reasons.push("never deployed to this environment".to_owned());
         }
         if let Some(own) = hits[i].get(&false) {
+            let under = if s.is_root() {
+                "in the repository".to_owned()
+            } else {
+                format!("under {}/", s.path)
+            };
             reasons.push(format!(
-                "{} under {}/: {}",
+                "{} {under}: {}",
                 count(own.len(), "path changed", "paths changed"),
-                s.path,
                 list(own)
             ));
             paths.extend(own.iter().map(|p| (*p).to_owned()));
@@ -209,7 +213,11 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             if let Some(old) = live_trees.get(&live.revision) {
                 for p in std::iter::once(&s.path).chain(&s.watch) {
                     if old.path_id(p) != target.path_id(p) {
-                        differ.push(p.as_str());
+                        differ.push(if s.is_root() && *p == s.path {
+                            "the repository"
+                        } else {
+                            p.as_str()
+                        });
                     }
                 }
             }
@@ -230,7 +238,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             .filter(|m| {
                 m.if_exists
                     .as_ref()
-                    .is_none_or(|f| target.exists(&format!("{}/{f}", s.path)))
+                    .is_none_or(|f| target.exists(&s.join(f)))
             });
         // The database, not only git: a restore or `migrate-status` says
         // the schema of a deployed service is behind its code.
@@ -255,11 +263,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         }
         let mut migrate = Vec::new();
         if let Some(m) = migrate_step {
-            let inputs = if m.inputs.is_empty() {
-                s.path.clone()
-            } else {
-                format!("{}/{}", s.path, m.inputs)
-            };
+            let inputs = s.join(&m.inputs);
             let migrate_paths: Vec<&str> = paths
                 .iter()
                 .filter(|p| prefixes(p).any(|pre| pre == inputs))
@@ -388,7 +392,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         let build_cmd = rt.and_then(|r| r.build.as_ref());
         let deps_note = match rt.and_then(|r| r.deps.as_ref().map(|d| (r, d))) {
             Some((r, d)) => {
-                let inputs = crate::deps::input_ids(&target, &s.path, &d.inputs);
+                let inputs = crate::deps::input_ids(&target, s, &d.inputs);
                 // The release the service runs now (or, planned away from
                 // the host, the revision deployed before).
                 let live_rev = match state {
@@ -397,7 +401,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                 };
                 let live_inputs = live_rev
                     .and_then(|rev| repo.snapshot(&rev).ok())
-                    .map(|snap| crate::deps::input_ids(&snap, &s.path, &d.inputs));
+                    .map(|snap| crate::deps::input_ids(&snap, s, &d.inputs));
                 let argv = crate::deps::argv(&d.command.argv, s, env);
                 let key = crate::deps::plan_key(&r.name, &argv, &d.outputs, &inputs);
                 let cached = host.deps_cache.as_ref().map(|c| c.contains(&key));
@@ -1142,11 +1146,18 @@ fn order(
 }
 
 /// `a/b/c` → `a/b/c`, `a/b`, `a`.
+/// `path` and every directory above it, up to the repository itself
+/// ([`crate::config::ROOT_PATH`], which holds every path: a service there
+/// is affected by every change).
 fn prefixes(path: &str) -> impl Iterator<Item = &str> {
     let mut cur = Some(path);
     std::iter::from_fn(move || {
         let p = cur?;
-        cur = p.rsplit_once('/').map(|(head, _)| head);
+        cur = match p.rsplit_once('/') {
+            Some((head, _)) => Some(head),
+            None if p == crate::config::ROOT_PATH => None,
+            None => Some(crate::config::ROOT_PATH),
+        };
         Some(p)
     })
 }
@@ -1181,9 +1192,12 @@ mod tests {
                 "services/backend/src/a.js",
                 "services/backend/src",
                 "services/backend",
-                "services"
+                "services",
+                "."
             ]
         );
+        assert_eq!(prefixes("go.mod").collect::<Vec<_>>(), ["go.mod", "."]);
+        assert_eq!(prefixes(".").collect::<Vec<_>>(), ["."]);
     }
 
     #[test]

@@ -181,7 +181,7 @@ fn init_python_with_requirements_and_pyproject_only() {
 }
 
 #[test]
-fn init_go_services_and_a_service_at_the_root() {
+fn init_go_services_in_command_directories() {
     let dir = repo(&[
         ("cmd/api/go.mod", "module a\n"),
         (
@@ -195,17 +195,45 @@ fn init_go_services_and_a_service_at_the_root() {
         "{config}"
     );
     assert!(config.contains("path \"cmd/api\""), "{config}");
+}
 
-    // A single service at the root cannot be a service path: a clear error.
-    let dir = repo(&[("go.mod", "module a\n"), ("main.go", "package main\n")]);
-    let o = moorline(dir.path(), &["init"]);
-    assert_eq!(o.status.code(), Some(1));
+#[test]
+fn init_on_a_root_only_go_repository_writes_a_service_at_the_root() {
+    let dir = repo(&[
+        ("go.mod", "module example.com/shop\n"),
+        (
+            "main.go",
+            "package main\n// http.HandleFunc(\"/healthz\", ok)\n",
+        ),
+    ]);
+    let (config, out) = init_and_validate(dir.path());
+    assert!(config.contains("path \".\""), "{config}");
+    // Named after the repository (the temp directory starts with "shop").
+    assert!(config.contains("service \"shop"), "{config}");
     assert!(
-        text(&o).contains("moorline::init::root_service"),
-        "{}",
-        text(&o)
+        config.contains("build \"go\" \"build\" \"-o\" \"bin/{service}\" \".\""),
+        "{config}"
     );
-    assert!(!dir.path().join("moorline.kdl").exists());
+    assert!(out.contains("deploys the whole repository"), "{out}");
+}
+
+#[test]
+fn init_on_a_root_only_node_repository_writes_a_service_at_the_root() {
+    let dir = repo(&[
+        (
+            "package.json",
+            r#"{"name":"web","scripts":{"start":"node server.js"}}"#,
+        ),
+        ("package-lock.json", "{}"),
+        ("server.js", "app.listen(process.env.PORT || 4100);\n"),
+    ]);
+    let (config, out) = init_and_validate(dir.path());
+    assert!(config.contains("path \".\""), "{config}");
+    // The lockfile beside it is the service's own: a cached deps step
+    // with it as the input, not a workspace `watch`.
+    assert!(config.contains("\"package-lock.json\""), "{config}");
+    assert!(!config.contains("watch"), "{config}");
+    assert!(out.contains("deploys the whole repository"), "{out}");
 }
 
 #[test]

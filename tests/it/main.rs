@@ -19,6 +19,7 @@ mod package;
 mod plan;
 mod realdb;
 mod rollback;
+mod root_service;
 mod sandbox;
 mod secrets;
 mod support;
