@@ -3,7 +3,9 @@
 
 use std::process::{Command, Output};
 
-fn moorline(dir: &std::path::Path, args: &[&str]) -> Output {
+/// The binary in `dir`, without a config from the environment, colourless
+/// (also used by the `init` tests).
+pub fn moorline(dir: &std::path::Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_moorline"))
         .current_dir(dir)
         .args(args)
@@ -13,7 +15,8 @@ fn moorline(dir: &std::path::Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(o: &Output) -> String {
+/// Standard output and error together.
+pub fn text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),

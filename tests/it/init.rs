@@ -3,25 +3,8 @@
 //! what the repository has, and nothing is overwritten without `--force`.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn moorline(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moorline"))
-        .current_dir(dir)
-        .args(args)
-        .env_remove("MOORLINE_CONFIG")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use crate::cli::{moorline, text};
 
 /// A git repository (branch `main`, nothing committed) with these files.
 fn repo(files: &[(&str, &str)]) -> tempfile::TempDir {
