@@ -642,6 +642,28 @@ pub enum ExportError {
 mod tests {
     use super::*;
 
+    /// A repository at `root` with `files` committed on HEAD; the commit.
+    fn committed_repo(root: &Path, files: &[(&str, &str)]) -> (Repository, String) {
+        let git = Repository::init(root).unwrap();
+        for (p, c) in files {
+            std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
+            std::fs::write(root.join(p), c).unwrap();
+        }
+        let sha = {
+            let mut index = git.index().unwrap();
+            index
+                .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+                .unwrap();
+            index.write().unwrap();
+            let tree = git.find_tree(index.write_tree().unwrap()).unwrap();
+            let sig = git2::Signature::now("t", "t@example.com").unwrap();
+            git.commit(Some("HEAD"), &sig, &sig, "init", &tree, &[])
+                .unwrap()
+                .to_string()
+        };
+        (git, sha)
+    }
+
     /// A commit whose `svc/` holds `levels` directories nested in a chain,
     /// the innermost with one file.
     fn nested_commit(repo: &Repository, levels: usize) -> String {
@@ -684,27 +706,17 @@ mod tests {
     fn uncommitted_sees_only_the_given_paths_and_every_kind_of_change() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("r");
-        let git = Repository::init(&root).unwrap();
-        for (p, c) in [
-            ("svc/a/main.js", "1"),
-            ("svc/a/gone.js", "1"),
-            ("svc/ab/x.js", "1"),
-            ("other/y", "1"),
-            ("app.kdl", "k"),
-            (".gitignore", "*.log\n"),
-        ] {
-            std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
-            std::fs::write(root.join(p), c).unwrap();
-        }
-        let mut index = git.index().unwrap();
-        index
-            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-            .unwrap();
-        index.write().unwrap();
-        let tree = git.find_tree(index.write_tree().unwrap()).unwrap();
-        let sig = git2::Signature::now("t", "t@example.com").unwrap();
-        git.commit(Some("HEAD"), &sig, &sig, "init", &tree, &[])
-            .unwrap();
+        committed_repo(
+            &root,
+            &[
+                ("svc/a/main.js", "1"),
+                ("svc/a/gone.js", "1"),
+                ("svc/ab/x.js", "1"),
+                ("other/y", "1"),
+                ("app.kdl", "k"),
+                (".gitignore", "*.log\n"),
+            ],
+        );
         let repo = Repo::discover(&root).unwrap();
         let watched = ["svc/a".to_owned(), "app.kdl".to_owned()];
         assert!(repo.uncommitted(&watched).unwrap().is_empty());
@@ -731,25 +743,13 @@ mod tests {
     fn the_root_path_is_the_whole_repository() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("r");
-        let git = Repository::init(&root).unwrap();
-        for (p, c) in [
-            ("go.mod", "module a\n"),
-            ("cmd/a/main.go", "package main\n"),
-        ] {
-            std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
-            std::fs::write(root.join(p), c).unwrap();
-        }
-        let mut index = git.index().unwrap();
-        index
-            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-            .unwrap();
-        index.write().unwrap();
-        let tree = git.find_tree(index.write_tree().unwrap()).unwrap();
-        let sig = git2::Signature::now("t", "t@example.com").unwrap();
-        let sha = git
-            .commit(Some("HEAD"), &sig, &sig, "init", &tree, &[])
-            .unwrap()
-            .to_string();
+        let (_git, sha) = committed_repo(
+            &root,
+            &[
+                ("go.mod", "module a\n"),
+                ("cmd/a/main.go", "package main\n"),
+            ],
+        );
         let repo = Repo::discover(&root).unwrap();
         let snap = repo.snapshot(&sha).unwrap();
         let tree_id = repo.tree_id(&sha);
