@@ -4,7 +4,8 @@
 //! every exit code of src/exit.rs must be in its exit-code table; the README's Documentation
 //! list must name exactly the files in docs/. Beyond parsing, the ```sh blocks marked
 //! `<!-- executed by tests/it/docs.rs -->` (the whole walk-through of getting-started.md, the
-//! plan and global-flag examples of commands.md) are run with the real binary: see
+//! plan and global-flag examples of commands.md, the resume, rollback, restore-then-deploy,
+//! backup and journal examples of operations.md) are run with the real binary: see
 //! `documented_examples_run` below.
 //!
 //! What counts as a command line: in Markdown, the lines of fenced code blocks (except blocks
@@ -526,9 +527,9 @@ fn readme_documentation_list_matches_docs_dir() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Executed examples: the walk-through of docs/getting-started.md and the plan examples of
-// docs/commands.md run, in order, with the real binary against a generated Pakashop-shaped
-// repository and the shared private systemd manager.
+// Executed examples: the walk-through of docs/getting-started.md, the plan examples of
+// docs/commands.md and the marked examples of docs/operations.md run, in order, with the real
+// binary against generated Pakashop-shaped repositories and the shared private systemd manager.
 //
 // A ```sh block is executed when the line before it is [`EXECUTED`] (every ```sh block of
 // getting-started.md must be). Each block starts in the fixture repository; each line runs with
@@ -538,6 +539,9 @@ fn readme_documentation_list_matches_docs_dir() {
 // where the docs say a user manager's state lands). `cd DIR` changes the directory of the
 // following lines. A line that cannot run here is in [`SKIPPED`] with the reason; every other
 // line must exit with 0 unless [`EXPECTED`] says otherwise, and print what [`EXPECTED`] lists.
+// Example ids of the docs (a revision like `b6e8724`, a backup id) are replaced by the real ones
+// of the run; what a block assumes (an interrupted apply before `apply --resume`) is set up
+// before it by `operations_setup`.
 // ---------------------------------------------------------------------------------------------
 
 /// The line before a ```sh block that this test executes.
@@ -583,6 +587,22 @@ const CONFIRMED: &[(&str, &str)] = &[
         "docs/getting-started.md",
         "sudo moorline apply --env staging",
     ),
+    (
+        "docs/operations.md",
+        "sudo moorline rollback --env production",
+    ),
+    (
+        "docs/operations.md",
+        "sudo moorline rollback --env production --service backend --to b6e8724",
+    ),
+    (
+        "docs/operations.md",
+        "sudo moorline rollback --env production --database",
+    ),
+    (
+        "docs/operations.md",
+        "sudo moorline backup restore pakashop-production-20260609-020000-123456 --env production",
+    ),
 ];
 
 /// Host paths of the docs and what stands in for them (`{repo}`: the fixture repository,
@@ -597,6 +617,24 @@ const SUBSTITUTIONS: &[(&str, &str)] = &[
     // The fixture's configuration file is moorline.kdl.
     ("pakashop.kdl", "moorline.kdl"),
 ];
+
+/// Substitutions for one file only: `(file, from, to)`, applied before [`SUBSTITUTIONS`].
+const FILE_SUBSTITUTIONS: &[(&str, &str, &str)] = &[
+    // The fixture's service that migrates stands in for Pakashop's backend.
+    (
+        "docs/operations.md",
+        "--service backend",
+        "--service svc-0003",
+    ),
+    (
+        "docs/operations.md",
+        "/var/lib/moorline/pakashop/production",
+        "{tmp}/state/moorline/pakashop/production",
+    ),
+];
+
+/// The backup id of docs/operations.md; the newest backup of the run stands in for it.
+const EXAMPLE_BACKUP_ID: &str = "pakashop-production-20260609-020000-123456";
 
 /// `(file, line as written, exit code, texts the output must contain)` of lines that do not
 /// simply exit 0.
@@ -655,6 +693,83 @@ const EXPECTED: &[(&str, &str, i32, &[&str])] = &[
         "moorline plan --env staging --format json | jq '.actions[].id'",
         0,
         &["\"restart:svc-0001\""],
+    ),
+    // docs/operations.md, after an apply killed half-way (see `operations_setup`).
+    (
+        "docs/operations.md",
+        "sudo moorline apply --resume --env production",
+        0,
+        &[
+            // Which actions finished before the kill depends on timing (they run in parallel).
+            ": done before the interruption",
+            "apply of production succeeded",
+        ],
+    ),
+    (
+        "docs/operations.md",
+        "sudo moorline rollback --env production",
+        0,
+        &[
+            "the schema stays migrated",
+            "rollback of production succeeded",
+        ],
+    ),
+    (
+        "docs/operations.md",
+        "sudo moorline rollback --env production --service backend --to b6e8724",
+        0,
+        &["1 service rolls back", "restart:svc-0003"],
+    ),
+    (
+        "docs/operations.md",
+        "sudo moorline rollback --env production --database",
+        0,
+        &[
+            "Everything written to the database since",
+            "restored pakashop-production-",
+        ],
+    ),
+    (
+        "docs/operations.md",
+        "sudo moorline rollback --env production --database --yes  # schema back: \"restored B; the next deploy ... runs the migrations again\"",
+        0,
+        &["the next deploy of production runs the migrations again"],
+    ),
+    (
+        "docs/operations.md",
+        "sudo moorline plan --env production --out /var/tmp/restored.plan.json  # deploy, migrate: the database was restored ...",
+        0,
+        &[
+            "svc-0003  deploy, migrate",
+            "the database was restored from backup",
+        ],
+    ),
+    (
+        "docs/operations.md",
+        "sudo moorline apply /var/tmp/restored.plan.json --yes    # the schema matches the code again",
+        0,
+        &["migrate:svc-0003", "apply of production succeeded"],
+    ),
+    (
+        "docs/operations.md",
+        "sudo moorline backup list --env production",
+        0,
+        &["(taken before the last apply's migrations)"],
+    ),
+    (
+        "docs/operations.md",
+        "sudo moorline backup restore pakashop-production-20260609-020000-123456 --env production",
+        0,
+        &[
+            "everything written since it was taken is lost",
+            "restored pakashop-production-",
+        ],
+    ),
+    (
+        "docs/operations.md",
+        "sudo tail -n 5 /var/lib/moorline/pakashop/production/journal.jsonl",
+        0,
+        &["\"event\":"],
     ),
 ];
 
@@ -716,25 +831,68 @@ struct Runner {
     expected: BTreeSet<(String, String)>,
     confirmed: BTreeSet<(String, String)>,
     ran: usize,
+    /// Example ids of the docs and the real ones of this run (`b6e8724` and the like).
+    ids: Vec<(String, String)>,
 }
 
 impl Runner {
-    fn substitute(&self, line: &str) -> String {
+    fn substitute(&self, file: &str, line: &str) -> String {
         let mut out = line.to_owned();
-        for (from, to) in SUBSTITUTIONS {
+        let for_file = FILE_SUBSTITUTIONS
+            .iter()
+            .filter(|(f, _, _)| *f == file)
+            .map(|(_, from, to)| (from, to));
+        for (from, to) in for_file.chain(SUBSTITUTIONS.iter().map(|(f, t)| (f, t))) {
             let to = to
                 .replace("{repo}", &self.repo.display().to_string())
                 .replace("{shop}", &self.shop.display().to_string())
                 .replace("{tmp}", &self.tmp.display().to_string());
             out = out.replace(from, &to);
         }
+        for (from, to) in &self.ids {
+            out = out.replace(from.as_str(), to);
+        }
+        if out.contains(EXAMPLE_BACKUP_ID) {
+            out = out.replace(EXAMPLE_BACKUP_ID, &self.newest_backup());
+        }
+        out
+    }
+
+    /// The id of the newest backup recorded in the production state of the run.
+    fn newest_backup(&self) -> String {
+        let path = self
+            .tmp
+            .join("state/moorline/pakashop/production/state.json");
+        let state: serde_json::Value = serde_json::from_str(&read(&path)).unwrap();
+        state["backups"]
+            .as_array()
+            .and_then(|b| b.iter().max_by_key(|b| b["taken_at"].as_u64()))
+            .and_then(|b| b["id"].as_str())
+            .unwrap_or_else(|| panic!("no backup in {}", path.display()))
+            .to_owned()
+    }
+
+    /// Runs a set-up step (not from the docs) in the repository.
+    fn setup(&self, script: &str) -> std::process::Output {
+        let out = self
+            .command(&self.substitute("", script), &self.repo)
+            .output()
+            .unwrap();
+        eprintln!("set-up: exit {:?}: {script}", out.status.code());
         out
     }
 
     fn run_file(&mut self, file: &str) {
+        self.run_file_with(file, |_, _| {});
+    }
+
+    /// Runs the executed blocks of `file`, calling `before(runner, i)` before the `i`th one
+    /// (counted from 0) to set up what the docs assume at that point.
+    fn run_file_with(&mut self, file: &str, mut before: impl FnMut(&mut Runner, usize)) {
         let blocks = executed_lines(file);
         assert!(!blocks.is_empty(), "{file} has no block marked {EXECUTED}");
-        for block in blocks {
+        for (i, block) in blocks.into_iter().enumerate() {
+            before(self, i);
             let mut cwd = self.repo.clone();
             for (n, line) in block {
                 if let Some((_, _, why)) = SKIPPED
@@ -745,7 +903,7 @@ impl Runner {
                     self.skipped.insert((file.to_owned(), line.clone()));
                     continue;
                 }
-                let mut script = self.substitute(&line);
+                let mut script = self.substitute(file, &line);
                 if CONFIRMED.iter().any(|(f, l)| *f == file && *l == line) {
                     self.confirmed.insert((file.to_owned(), line.clone()));
                     script.push_str(" --yes");
@@ -875,6 +1033,7 @@ fn documented_examples_run() {
         expected: BTreeSet::new(),
         confirmed: BTreeSet::new(),
         ran: 0,
+        ids: Vec::new(),
     };
 
     runner.run_file("docs/getting-started.md");
@@ -915,6 +1074,14 @@ fn documented_examples_run() {
     .unwrap();
     runner.run_file("docs/commands.md");
 
+    // docs/operations.md runs against a second fixture whose production needs approval, as
+    // Pakashop's does, with its own unit names and ports (staging's units keep running).
+    let prod = operations_fixture(dir.path());
+    runner.repo = prod.repo.clone();
+    runner.run_file_with("docs/operations.md", |r, block| {
+        operations_setup(r, &prod, block);
+    });
+
     let sd = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -923,6 +1090,7 @@ fn documented_examples_run() {
         let systemd = sandbox.connect().await.unwrap();
         for s in &fx.services {
             let _ = systemd.stop(&format!("gs-{}.service", s.name)).await;
+            let _ = systemd.stop(&format!("ops-{}.service", s.name)).await;
         }
     });
 
@@ -962,5 +1130,82 @@ fn documented_examples_run() {
         runner.confirmed, want_confirmed,
         "CONFIRMED names lines the executed blocks no longer have"
     );
-    assert!(runner.ran >= 12, "only {} lines ran", runner.ran);
+    assert!(runner.ran >= 26, "only {} lines ran", runner.ran);
+}
+
+/// The fixture of docs/operations.md: production with `approval #true` and a backup block,
+/// units `ops-{service}.service`.
+fn operations_fixture(dir: &Path) -> moorline::fixture::Fixture {
+    let mut opts = moorline::fixture::FixtureOptions::new(dir.join("ops-srv"));
+    opts.port_base = Some(28200);
+    opts.services = Some(3);
+    let fx = moorline::fixture::Fixture::create(&dir.join("ops"), &opts).unwrap();
+    let text = read(&fx.config_path)
+        .replace(
+            "unit-name \"pakashop-{service}.service\"",
+            "unit-name \"ops-{service}.service\"",
+        )
+        .replace(
+            "environment \"production\" {\n",
+            "environment \"production\" {\n    approval #true\n",
+        );
+    assert!(text.contains("approval #true"), "{text}");
+    fx.commit_config("unit names and approval of this test", &text)
+        .unwrap();
+    fx
+}
+
+/// What docs/operations.md assumes before its `block`th executed block.
+fn operations_setup(r: &mut Runner, fx: &moorline::fixture::Fixture, block: usize) {
+    match block {
+        // Resume: a first deploy of production, then a commit that migrates svc-0003, whose
+        // apply is killed half-way. The rollback examples then find two kept releases and a
+        // backup taken before a migration.
+        0 => {
+            let planned = r.setup("moorline plan --env production --out /var/tmp/ops-1.plan.json");
+            assert!(planned.status.success(), "{planned:?}");
+            let first = r.setup("moorline apply /var/tmp/ops-1.plan.json --yes");
+            assert!(first.status.success(), "{first:?}");
+            let second = interrupted_apply(r, fx, "0002_coupons");
+            r.ids.push(("b6e8724".to_owned(), second[..7].to_owned()));
+        }
+        // The journal examples read an unfinished journal: another apply killed half-way.
+        4 => {
+            interrupted_apply(r, fx, "0003_loyalty");
+        }
+        _ => {}
+    }
+}
+
+/// Commits a change of svc-0001 and the migration `migration` of svc-0003 to production, plans
+/// it and kills its apply half-way (after its 6th journal record: at least one action has
+/// finished), leaving an unfinished journal. Returns the commit.
+fn interrupted_apply(r: &Runner, fx: &moorline::fixture::Fixture, migration: &str) -> String {
+    let commit = fx
+        .commit(
+            "production",
+            migration,
+            &[
+                moorline::fixture::Edit::touch_service("svc-0001"),
+                moorline::fixture::Edit::add_migration("svc-0003", migration),
+            ],
+        )
+        .unwrap();
+    let planned = r.setup("moorline plan --env production --out /var/tmp/ops-2.plan.json");
+    assert!(planned.status.success(), "{planned:?}");
+    let mut killed = r.command(
+        &r.substitute("", "moorline apply /var/tmp/ops-2.plan.json --yes"),
+        &r.repo,
+    );
+    let killed = killed
+        .env("MOORLINE_TEST_CRASH_AFTER", "6")
+        .output()
+        .unwrap();
+    assert_ne!(killed.status.code(), Some(0), "{killed:?}");
+    let journal = r
+        .tmp
+        .join("state/moorline/pakashop/production/journal.jsonl");
+    assert!(journal.is_file(), "the killed apply left its journal");
+    assert!(r.tmp.join("ops-2.plan.json").is_file());
+    commit
 }
