@@ -88,7 +88,9 @@ impl Fleet {
             "unit-name \"pakashop-{service}.service\"",
             &format!("unit-name \"{name}-{{service}}.service\""),
         );
-        std::fs::write(&fx.config_path, text).map_err(|e| e.to_string())?;
+        // Committed: `apply` refuses a configuration with uncommitted changes.
+        fx.commit_config("bench configuration", &text)
+            .map_err(|e| e.to_string())?;
         let unit_dir = sandbox.unit_dir();
         let config_home = unit_dir
             .parent()

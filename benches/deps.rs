@@ -8,10 +8,12 @@
 //! the apply, so the same apply runs the step, as every deploy did before.
 //! Not a timed test: it prints a table. `BENCH_DEPS_ROUNDS=N` (default 3).
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
 
 use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use moorline::fixture::{Edit, Fixture, FixtureOptions};
@@ -86,7 +88,9 @@ fn rounds_of(
     let text = text
         .replace("runtime \"node\" {", DEPS)
         .replace("pakashop-{service}.service", "bd-{service}.service");
-    std::fs::write(&fx.config_path, text).map_err(|e| e.to_string())?;
+    // Committed: `apply` refuses a configuration with uncommitted changes.
+    fx.commit_config("bench configuration", &text)
+        .map_err(|e| e.to_string())?;
     let svc = fx
         .services
         .first()
@@ -121,25 +125,9 @@ fn rounds_of(
 }
 
 fn apply(sandbox: &PrivateSystemd, config: &Path, state: &Path) -> Res<Duration> {
-    let unit_dir = sandbox.unit_dir();
-    let config_home = unit_dir
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_moorline"))
-        .arg("-c")
-        .arg(config)
-        .arg("--state-dir")
-        .arg(state)
-        .args(["--systemd", "user", "apply", "--env", "staging", "--yes"])
-        .env("XDG_RUNTIME_DIR", sandbox.runtime_dir())
-        .env("DBUS_SESSION_BUS_ADDRESS", sandbox.bus_address())
-        .env("XDG_CONFIG_HOME", config_home)
-        .env("NO_COLOR", "1")
-        .env_remove("MOORLINE_CONFIG")
-        .stdin(Stdio::null())
+    let out = cli::moorline(sandbox, config, state)
+        .args(["apply", "--env", "staging", "--yes"])
         .output()
         .map_err(|e| e.to_string())?;
     let took = started.elapsed();

@@ -12,12 +12,14 @@
 //! deploy on this machine could do for the start-ups alone.
 //! `BENCH_SCALE_SIZES=10,50` picks other sizes.
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use moorline::fixture::{Fixture, FixtureOptions};
@@ -124,7 +126,9 @@ async fn one_size(
         "unit-name \"pakashop-{service}.service\"",
         &format!("unit-name \"{name}-{{service}}.service\""),
     ));
-    std::fs::write(&fx.config_path, text).map_err(|e| e.to_string())?;
+    // Committed: `apply` refuses a configuration with uncommitted changes.
+    fx.commit_config("bench configuration", &text)
+        .map_err(|e| e.to_string())?;
     let state = base.join("state");
     let units: Vec<String> = fx
         .services
@@ -134,7 +138,7 @@ async fn one_size(
 
     eprintln!("bench: {n} services: moorline apply (first deploy)...");
     let t = Instant::now();
-    let out = moorline(sandbox, &fx.config_path, &state)
+    let out = cli::moorline(sandbox, &fx.config_path, &state)
         .args(["apply", "--env", "staging", "--yes"])
         .output()
         .map_err(|e| e.to_string())?;
@@ -244,28 +248,6 @@ async fn own_start(sd: &Systemd, unit: &str, url: &str) -> Res<u64> {
         }
         tokio::time::sleep(OWN_POLL).await;
     }
-}
-
-fn moorline(sandbox: &PrivateSystemd, config: &Path, state: &Path) -> Command {
-    let unit_dir = sandbox.unit_dir();
-    let config_home = unit_dir
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_moorline"));
-    c.arg("-c")
-        .arg(config)
-        .arg("--state-dir")
-        .arg(state)
-        .args(["--systemd", "user"])
-        .env("XDG_RUNTIME_DIR", sandbox.runtime_dir())
-        .env("DBUS_SESSION_BUS_ADDRESS", sandbox.bus_address())
-        .env("XDG_CONFIG_HOME", config_home)
-        .env("NO_COLOR", "1")
-        .env_remove("MOORLINE_CONFIG")
-        .stdin(Stdio::null());
-    c
 }
 
 /// The newest file in `{state}/history` (apply ids sort by time).
