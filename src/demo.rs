@@ -22,6 +22,9 @@ pub const PORT_BASE: u16 = 18_000;
 /// Unit name prefix of the demo fleet.
 pub const PREFIX: &str = "moorline-demo";
 
+/// The service whose new release never becomes ready in the failure step.
+const BROKEN: &str = "search";
+
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub enum DemoError {
     #[error("the demo cannot run here: {why}")]
@@ -223,8 +226,10 @@ async fn run_in(
         Fixture::create(&dir.join("shop"), &opts).map_err(|e| DemoError::Setup(e.to_string()))?;
     let text =
         std::fs::read_to_string(&fx.config_path).map_err(|e| DemoError::Setup(e.to_string()))?;
-    // Demo units get their own names; readiness gets a short timeout so the
-    // failure step ends quickly.
+    // Demo units get their own names. The service whose readiness the
+    // failure step breaks gets a short readiness timeout so that step ends
+    // quickly; the others keep the default, so a loaded machine does not
+    // fail the first deploy.
     let text = text.replace(
         "unit-name \"pakashop-{service}.service\"",
         &format!("unit-name \"{PREFIX}-{{service}}.service\""),
@@ -232,10 +237,10 @@ async fn run_in(
     let text: String = text
         .lines()
         .map(|l| {
-            if l.starts_with("service \"")
+            if l.starts_with(&format!("service \"{BROKEN}\""))
                 && let Some(pos) = l.find('{')
             {
-                format!("{} ready-timeout \"3s\";{}\n", &l[..=pos], &l[pos + 1..])
+                format!("{} ready-timeout \"5s\";{}\n", &l[..=pos], &l[pos + 1..])
             } else {
                 format!("{l}\n")
             }
@@ -377,7 +382,7 @@ async fn steps(d: &mut Demo) -> miette::Result<()> {
     d.say("A commit whose new search release never becomes ready: the apply fails its readiness check and rolls back by itself.");
     d.commit(
         "Search: new index (broken)",
-        &[Edit::break_readiness("search")],
+        &[Edit::break_readiness(BROKEN)],
     )?;
     let before = d.invocations().await;
     let (code, text) = d.moorline(&["apply", "--env", "staging", "--yes"], false)?;
@@ -405,7 +410,7 @@ async fn steps(d: &mut Demo) -> miette::Result<()> {
     );
 
     d.say("A manual rollback of the last successful deploy: kept releases make it a symlink switch and a restart, no rebuild.");
-    d.commit("Search: revert the broken index", &[Edit::heal("search")])?;
+    d.commit("Search: revert the broken index", &[Edit::heal(BROKEN)])?;
     let (code, text) = d.moorline(&["rollback", "--env", "staging", "--yes"], false)?;
     // Each service rolled back, with where it goes (the line under it in
     // the plan), then how it ended.
