@@ -678,6 +678,9 @@ mod tests {
             backup: None,
             env: BTreeMap::new(),
             env_files: Vec::new(),
+            hosts: Vec::new(),
+            rollout: crate::config::Rollout::default(),
+            drain: Vec::new(),
         }
     }
 
@@ -697,6 +700,7 @@ mod tests {
             ready_timeout: Duration::from_mins(1),
             unit: Some(spec),
             unit_name: "api.service".into(),
+            role: None,
         }
     }
 

@@ -69,6 +69,89 @@ pub struct Environment {
     /// Environment variables for every command run in this environment.
     pub env: BTreeMap<String, EnvValue>,
     pub env_files: Vec<String>,
+    /// Fleet mode: the hosts this environment deploys to over ssh. Empty:
+    /// the local host, as without fleet mode.
+    pub hosts: Vec<Host>,
+    /// How a fleet apply rolls out across `hosts` (defaults when absent).
+    pub rollout: Rollout,
+    /// Commands run on a named host before and after each batch.
+    pub drain: Vec<DrainHook>,
+}
+
+/// One host of a fleet environment, reached with the system's `ssh`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Host {
+    /// The name plans, journals and output use (unique in the environment).
+    pub name: String,
+    /// What `ssh` connects to: an address or a `Host` of the ssh config.
+    pub address: String,
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    /// Roles: the host runs the services whose `role` is one of these
+    /// (every service when empty; a service without a role runs everywhere).
+    pub roles: Vec<String>,
+}
+
+/// The size of a rollout batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BatchSize {
+    /// This many hosts.
+    Count(u32),
+    /// This percentage (1..=100) of all hosts, rounded up, counted over the
+    /// whole fleet (so `25%`, `100%` means "a quarter, then the rest").
+    Percent(u32),
+}
+
+/// An environment's `rollout` block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rollout {
+    /// Hosts applied first, alone, before any batch (0: no canary).
+    pub canary: u32,
+    /// Cumulative batch sizes after the canary; the last one is widened to
+    /// every host. Default: `100%` (everything after the canary at once).
+    pub batches: Vec<BatchSize>,
+    /// Host failures tolerated over the whole rollout (unreachable hosts
+    /// included) before it stops and rolls back. Default 0.
+    pub max_fail: u32,
+    /// Wait between batches.
+    #[serde(with = "secs")]
+    pub pause: Duration,
+    /// Hosts talked to at the same time (plan gathering, status, batches).
+    pub connections: u32,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Self {
+            canary: 0,
+            batches: vec![BatchSize::Percent(100)],
+            max_fail: 0,
+            pause: Duration::ZERO,
+            connections: 8,
+        }
+    }
+}
+
+/// When a drain hook runs, relative to each batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrainWhen {
+    /// Before a batch's hosts start (take them out of the load balancer).
+    Before,
+    /// After a batch's hosts are ready (put them back).
+    After,
+}
+
+/// A command run on a named host of the fleet around each batch. `{hosts}`
+/// in its argv is replaced by the batch's host names, comma-separated, and
+/// `{addresses}` by their addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DrainHook {
+    pub when: DrainWhen,
+    /// The host it runs on (a name from `hosts`).
+    pub on: String,
+    pub command: Command,
 }
 
 /// Where an environment's revisions must have run first.
@@ -194,6 +277,9 @@ pub struct Service {
     pub unit: Option<UnitSpec>,
     /// The systemd unit name.
     pub unit_name: String,
+    /// Fleet mode: the hosts with this role run the service (`None`: every
+    /// host).
+    pub role: Option<String>,
 }
 
 impl Service {

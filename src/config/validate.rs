@@ -706,6 +706,10 @@ impl Validator<'_> {
                 backup,
                 env,
                 env_files: e.env_files.iter().map(|f| f.value.clone()).collect(),
+                // Fleet mode (hosts, rollout, drain) is parsed in its own step.
+                hosts: Vec::new(),
+                rollout: crate::config::model::Rollout::default(),
+                drain: Vec::new(),
             });
         }
         out
@@ -1216,6 +1220,7 @@ impl Validator<'_> {
                     .map_or(DEFAULT_READY_TIMEOUT, |t| t.value),
                 unit: unit.map(|(u, _, _)| u),
                 unit_name,
+                role: None,
             });
         }
         self.dependency_rules(raw, &phase_names);

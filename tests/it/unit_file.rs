@@ -44,6 +44,9 @@ fn service(root: &str, out: &str) -> (Environment, Service) {
         backup: None,
         env: BTreeMap::new(),
         env_files: Vec::new(),
+        hosts: Vec::new(),
+        rollout: moorline::config::Rollout::default(),
+        drain: Vec::new(),
     };
     let mut exec: Vec<String> = vec!["/bin/sh".into(), "-c".into(), SCRIPT.into(), "sh".into()];
     exec.extend(ARGS.iter().map(|a| (*a).to_owned()));
@@ -84,6 +87,7 @@ fn service(root: &str, out: &str) -> (Environment, Service) {
         ready_timeout: wait(),
         unit: Some(spec),
         unit_name: "it-escaping.service".into(),
+        role: None,
     };
     (env, svc)
 }
