@@ -10,7 +10,8 @@ use crate::cli::{
     ApplyArgs, Cli, Command, Format, Global, OnFailure, PlanArgs, PlanTarget, StatusArgs,
 };
 use crate::config::{self, Loaded};
-use crate::settings::{self, PlanRequest};
+use crate::observe::PlanRequest;
+use crate::settings;
 use crate::{exit, render, report};
 
 mod backup;
@@ -44,7 +45,7 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
         }
         Command::Graph(target) => {
             let t = settings::resolve(global, &target.env)?;
-            let p = settings::compute_plan(&t, &request(target))?;
+            let p = crate::observe::compute_plan(&t, &request(target))?;
             print!("{}", render::dot(&p));
             Ok(exit::OK)
         }
@@ -123,7 +124,7 @@ struct PlanWriteError {
 
 fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
     let t = settings::resolve(global, &args.target.env)?;
-    let p = settings::compute_plan(&t, &request(&args.target))?;
+    let p = crate::observe::compute_plan(&t, &request(&args.target))?;
     let shown = match args.format {
         Format::Text => render::text(&p, stdout_color()),
         Format::Markdown => render::markdown(&p),
@@ -434,7 +435,7 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
             };
         }
         let plan = if let Some(saved) = saved {
-            let fresh = settings::compute_plan(
+            let fresh = crate::observe::compute_plan(
                 &t,
                 &PlanRequest {
                     from: saved.from.as_ref().map(|f| f.sha.clone()),
@@ -469,7 +470,7 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
             }
             fresh
         } else {
-            let p = settings::compute_plan(
+            let p = crate::observe::compute_plan(
                 &t,
                 &PlanRequest {
                     from: args.from.clone(),
