@@ -1,0 +1,261 @@
+//! The simulated fleet hosts (`moorline::fixture::hosts`) are separate machines as far as ssh,
+//! the network, the filesystem under the root path and systemd can tell, and leave nothing
+//! behind. Prints bring-up and ssh round-trip times (not asserted).
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::support::fleet;
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text(&out)
+}
+
+/// The names of every network namespace and link on the machine.
+fn network_objects() -> String {
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
+    format!("{}\n{}", text(&netns), text(&links))
+}
+
+fn mean(samples: &[Duration]) -> Duration {
+    samples.iter().sum::<Duration>() / u32::try_from(samples.len()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_are_separate_machines_over_real_ssh() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let started = Instant::now();
+    let Some(fleet) = fleet(dir.path(), 3).await else {
+        return;
+    };
+    let bring_up = started.elapsed();
+    let names: Vec<(String, String, String, String)> = fleet
+        .hosts()
+        .iter()
+        .map(|h| {
+            (
+                h.netns().to_owned(),
+                h.veth().to_owned(),
+                h.name().to_owned(),
+                h.address().to_string(),
+            )
+        })
+        .collect();
+    let bridge = fleet.bridge().unwrap().to_owned();
+    let root = fleet.root_path().to_owned();
+
+    // Each host answers as itself, on its own address only.
+    for (i, (_, _, name, address)) in names.iter().enumerate() {
+        let out = fleet
+            .run(i, &["sh", "-c", "uname -n; ip -4 -o addr show"])
+            .unwrap();
+        let out = ok(out, "hostname and addresses");
+        assert!(out.starts_with(&format!("{name}\n")), "{out}");
+        assert!(out.contains(&format!("inet {address}/24")), "{out}");
+        for (j, (_, _, _, other)) in names.iter().enumerate() {
+            if j != i {
+                assert!(!out.contains(&format!("inet {other}/")), "{out}");
+            }
+        }
+    }
+
+    // The common root path holds each host's own files.
+    let marker = root.join("marker");
+    let marker_str = marker.to_str().unwrap();
+    ok(
+        fleet
+            .run(0, &["sh", "-c", "echo host1 > \"$1\"", "sh", marker_str])
+            .unwrap(),
+        "write under the root path",
+    );
+    assert_eq!(fleet.read_file(0, &marker).unwrap(), b"host1\n");
+    assert!(fleet.read_file(1, &marker).is_err());
+    assert!(fleet.host(0).root_dir().join("marker").is_file());
+    assert!(!marker.exists(), "the machine's own root path stays empty");
+
+    // The test binary's moorline runs on a host by its absolute path.
+    let version = ok(
+        fleet
+            .run(0, &[env!("CARGO_BIN_EXE_moorline"), "--version"])
+            .unwrap(),
+        "moorline --version on host1",
+    );
+    assert!(version.starts_with("moorline "), "{version}");
+
+    // Each host's sessions reach that host's own manager.
+    ok(
+        fleet
+            .run(
+                0,
+                &[
+                    "systemd-run",
+                    "--user",
+                    "--unit=it-fleet-probe",
+                    "sleep",
+                    "300",
+                ],
+            )
+            .unwrap(),
+        "systemd-run on host1",
+    );
+    let state = |i: usize| {
+        text(
+            &fleet
+                .run(
+                    i,
+                    &["systemctl", "--user", "is-active", "it-fleet-probe.service"],
+                )
+                .unwrap(),
+        )
+    };
+    assert_eq!(state(0), "active");
+    assert_eq!(state(1), "inactive");
+    assert_eq!(state(2), "inactive");
+    for i in 0..3 {
+        let out = fleet
+            .run(i, &["systemctl", "--user", "is-system-running"])
+            .unwrap();
+        eprintln!(
+            "{}: is-system-running: {}",
+            fleet.host(i).name(),
+            text(&out)
+        );
+    }
+    // The same, from the machine over each host's bus.
+    let host1 = fleet.host(0).systemd().connect().await.unwrap();
+    let host2 = fleet.host(1).systemd().connect().await.unwrap();
+    let probe = "it-fleet-probe.service";
+    assert_eq!(host1.status(probe).await.unwrap().active_state, "active");
+    assert_eq!(host2.status(probe).await.unwrap().active_state, "inactive");
+
+    // Round trips: cold, then through a ControlMaster (a short path: socket paths are limited).
+    let mut cold = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        ok(fleet.run(1, &["true"]).unwrap(), "ssh host2 true");
+        cold.push(t.elapsed());
+    }
+    let control = tempfile::tempdir().unwrap();
+    let master = |cmd: &mut Command| {
+        cmd.arg("-o")
+            .arg("ControlMaster=auto")
+            .arg("-o")
+            .arg(format!("ControlPath={}/%C", control.path().display()))
+            .arg("-o")
+            .arg("ControlPersist=60");
+    };
+    let t = Instant::now();
+    let mut open = fleet.ssh_command(1);
+    master(&mut open);
+    ok(open.arg("true").output().unwrap(), "open a ControlMaster");
+    let opening = t.elapsed();
+    let mut shared = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let mut cmd = fleet.ssh_command(1);
+        master(&mut cmd);
+        ok(cmd.arg("true").output().unwrap(), "ssh through the master");
+        shared.push(t.elapsed());
+    }
+    let mut exit = fleet.ssh_command(1);
+    master(&mut exit);
+    let _ = exit.args(["-O", "exit"]).output();
+    eprintln!(
+        "fleet of 3: bring-up {bring_up:.2?}; `ssh host true` cold {:.1?} (mean of 5), \
+         opening a ControlMaster {opening:.1?}, through it {:.1?} (mean of 5)",
+        mean(&cold),
+        mean(&shared)
+    );
+
+    // A dropped link: new connections time out (short: this waits for the failure).
+    fleet.link_down(1).unwrap();
+    let t = Instant::now();
+    let out = fleet
+        .ssh_command(1)
+        .args(["-o", "ConnectTimeout=1", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("host2 dropped: ssh failed after {:.1?}", t.elapsed());
+    fleet.link_up(1).unwrap();
+    ok(fleet.run(1, &["true"]).unwrap(), "ssh host2 after link_up");
+
+    // A new host key: strict checking refuses at once with ssh's own exit status.
+    fleet.rekey(2).unwrap();
+    let t = Instant::now();
+    let out = fleet.run(2, &["true"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(stderr.contains("Host key verification failed"), "{stderr}");
+    eprintln!("host3 rekeyed: refused after {:.1?}", t.elapsed());
+    fleet.trust_host_keys().unwrap();
+    ok(
+        fleet.run(2, &["true"]).unwrap(),
+        "ssh host3 after trusting its new key",
+    );
+
+    // Teardown leaves nothing behind.
+    drop(host1);
+    drop(host2);
+    drop(fleet);
+    let left = network_objects();
+    for (netns, veth, _, _) in &names {
+        assert!(
+            !left.contains(netns.as_str()),
+            "{netns} left behind:\n{left}"
+        );
+        assert!(
+            !left.contains(&format!(" {veth}:")) && !left.contains(&format!(" {veth}@")),
+            "{veth} left behind:\n{left}"
+        );
+    }
+    assert!(
+        !left.contains(&format!(" {bridge}:")),
+        "{bridge} left behind:\n{left}"
+    );
+    assert!(!root.exists(), "{} left behind", root.display());
+}
+
+#[tokio::test]
+async fn a_panicking_test_still_tears_its_hosts_down() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let Some(fleet) = fleet(dir.path(), 1).await else {
+        return;
+    };
+    let netns = fleet.host(0).netns().to_owned();
+    let root = fleet.root_path().to_owned();
+    let pid = fleet.host(0).systemd().pid();
+    let unwound = std::thread::spawn(move || {
+        let _owned = fleet;
+        panic!("a failing fleet test");
+    })
+    .join();
+    assert!(unwound.is_err());
+    assert!(!network_objects().contains(&netns), "{netns} left behind");
+    assert!(!root.exists());
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "host processes left behind"
+    );
+}
