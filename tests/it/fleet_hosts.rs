@@ -13,14 +13,18 @@ fn text(out: &Output) -> String {
 }
 
 fn ok(out: Output, what: &str) -> String {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = out;
+    let stdout = String::from_utf8_lossy(&stdout);
     assert!(
-        out.status.success(),
-        "{what}: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        status.success(),
+        "{what}: {status}\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&stderr)
     );
-    text(&out)
+    stdout.trim().to_owned()
 }
 
 /// The names of every network namespace and link on the machine.
