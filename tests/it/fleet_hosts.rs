@@ -156,33 +156,59 @@ async fn three_hosts_are_separate_machines_over_real_ssh() {
         cold.push(t.elapsed());
     }
     let control = tempfile::tempdir().unwrap();
-    let master = |cmd: &mut Command| {
-        cmd.arg("-o")
-            .arg("ControlMaster=auto")
-            .arg("-o")
-            .arg(format!("ControlPath={}/%C", control.path().display()))
-            .arg("-o")
-            .arg("ControlPersist=60");
-    };
     let t = Instant::now();
-    let mut open = fleet.ssh_command(1);
-    master(&mut open);
-    ok(open.arg("true").output().unwrap(), "open a ControlMaster");
+    ok(
+        fleet
+            .ssh_command_shared(1, control.path())
+            .arg("true")
+            .output()
+            .unwrap(),
+        "open a ControlMaster",
+    );
     let opening = t.elapsed();
     let mut shared = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
-        let mut cmd = fleet.ssh_command(1);
-        master(&mut cmd);
-        ok(cmd.arg("true").output().unwrap(), "ssh through the master");
+        ok(
+            fleet
+                .ssh_command_shared(1, control.path())
+                .arg("true")
+                .output()
+                .unwrap(),
+            "ssh through the master",
+        );
         shared.push(t.elapsed());
     }
-    let mut exit = fleet.ssh_command(1);
-    master(&mut exit);
-    let _ = exit.args(["-O", "exit"]).output();
+    // Fan-out: `true` on every host at once, cold, then through a master per host.
+    let fan_out = |shared: bool| {
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for i in 0..3 {
+                let fleet = &fleet;
+                let control = control.path();
+                s.spawn(move || {
+                    let mut cmd = if shared {
+                        fleet.ssh_command_shared(i, control)
+                    } else {
+                        fleet.ssh_command(i)
+                    };
+                    ok(cmd.arg("true").output().unwrap(), "fan-out");
+                });
+            }
+        });
+        t.elapsed()
+    };
+    let fan_cold = fan_out(false);
+    fan_out(true);
+    let fan_shared = fan_out(true);
+    for i in 0..3 {
+        fleet.close_master(i, control.path()).unwrap();
+    }
+    assert!(fleet.close_master(1, control.path()).is_err());
     eprintln!(
         "fleet of 3: bring-up {bring_up:.2?}; `ssh host true` cold {:.1?} (mean of 5), \
-         opening a ControlMaster {opening:.1?}, through it {:.1?} (mean of 5)",
+         opening a ControlMaster {opening:.1?}, through it {:.1?} (mean of 5); \
+         on all 3 hosts at once: cold {fan_cold:.1?}, through masters {fan_shared:.1?}",
         mean(&cold),
         mean(&shared)
     );
@@ -252,7 +278,7 @@ async fn a_panicking_test_still_tears_its_hosts_down() {
     let pid = fleet.host(0).systemd().pid();
     let unwound = std::thread::spawn(move || {
         let _owned = fleet;
-        panic!("a failing fleet test");
+        panic!("a failing fleet test (this panic is expected)");
     })
     .join();
     assert!(unwound.is_err());
