@@ -6,6 +6,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use moorline::fixture::hosts::Fleet;
+
 use crate::support::fleet;
 
 fn text(out: &Output) -> String {
@@ -37,6 +39,17 @@ fn network_objects() -> String {
     format!("{}\n{}", text(&netns), text(&links))
 }
 
+/// `systemctl --user is-active` of the probe unit on host `i`, over ssh.
+fn probe_state(fleet: &Fleet, i: usize) -> String {
+    let out = fleet
+        .run(
+            i,
+            &["systemctl", "--user", "is-active", "it-fleet-probe.service"],
+        )
+        .unwrap();
+    text(&out)
+}
+
 fn mean(samples: &[Duration]) -> Duration {
     samples.iter().sum::<Duration>() / u32::try_from(samples.len()).unwrap()
 }
@@ -45,7 +58,7 @@ fn mean(samples: &[Duration]) -> Duration {
 async fn three_hosts_are_separate_machines_over_real_ssh() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let started = Instant::now();
-    let Some(fleet) = fleet(dir.path(), 3).await else {
+    let Some(mut fleet) = fleet(dir.path(), 3).await else {
         return;
     };
     let bring_up = started.elapsed();
@@ -118,19 +131,9 @@ async fn three_hosts_are_separate_machines_over_real_ssh() {
             .unwrap(),
         "systemd-run on host1",
     );
-    let state = |i: usize| {
-        text(
-            &fleet
-                .run(
-                    i,
-                    &["systemctl", "--user", "is-active", "it-fleet-probe.service"],
-                )
-                .unwrap(),
-        )
-    };
-    assert_eq!(state(0), "active");
-    assert_eq!(state(1), "inactive");
-    assert_eq!(state(2), "inactive");
+    assert_eq!(probe_state(&fleet, 0), "active");
+    assert_eq!(probe_state(&fleet, 1), "inactive");
+    assert_eq!(probe_state(&fleet, 2), "inactive");
     for i in 0..3 {
         let out = fleet
             .run(i, &["systemctl", "--user", "is-system-running"])
@@ -142,8 +145,8 @@ async fn three_hosts_are_separate_machines_over_real_ssh() {
         );
     }
     // The same, from the machine over each host's bus.
-    let host1 = fleet.host(0).systemd().connect().await.unwrap();
-    let host2 = fleet.host(1).systemd().connect().await.unwrap();
+    let host1 = fleet.host(0).systemd().unwrap().connect().await.unwrap();
+    let host2 = fleet.host(1).systemd().unwrap().connect().await.unwrap();
     let probe = "it-fleet-probe.service";
     assert_eq!(host1.status(probe).await.unwrap().active_state, "active");
     assert_eq!(host2.status(probe).await.unwrap().active_state, "inactive");
@@ -245,6 +248,23 @@ async fn three_hosts_are_separate_machines_over_real_ssh() {
         "ssh host3 after trusting its new key",
     );
 
+    // A host that shuts down refuses connections; booted again, it has its files back and a
+    // fresh manager (the transient unit is gone).
+    fleet.stop_host(0);
+    assert!(fleet.host(0).systemd().is_none());
+    let out = fleet.run(0, &["true"]).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Instant::now();
+    fleet.start_host(0).await.unwrap();
+    eprintln!("host1 booted again in {:.2?}", t.elapsed());
+    assert_eq!(fleet.read_file(0, &marker).unwrap(), b"host1\n");
+    assert_eq!(probe_state(&fleet, 0), "inactive");
+
     // Teardown leaves nothing behind.
     drop(host1);
     drop(host2);
@@ -275,7 +295,7 @@ async fn a_panicking_test_still_tears_its_hosts_down() {
     };
     let netns = fleet.host(0).netns().to_owned();
     let root = fleet.root_path().to_owned();
-    let pid = fleet.host(0).systemd().pid();
+    let pid = fleet.host(0).systemd().unwrap().pid();
     let unwound = std::thread::spawn(move || {
         let _owned = fleet;
         panic!("a failing fleet test (this panic is expected)");
