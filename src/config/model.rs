@@ -113,7 +113,7 @@ impl BatchSize {
             Self::Count(c) => usize::try_from(c).unwrap_or(usize::MAX),
             Self::Percent(p) => {
                 let p = usize::try_from(p.min(100)).unwrap_or(100);
-                (fleet * p).div_ceil(100)
+                fleet.saturating_mul(p).div_ceil(100)
             }
         };
         n.max(1)

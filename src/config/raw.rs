@@ -305,6 +305,19 @@ pub fn read(doc: &KdlDocument, text: &str, problems: &mut Vec<Problem>) -> RawCo
             "runtime" => raw.runtimes.push(r.runtime(node)),
             "service" => raw.services.push(r.service(node)),
             "proxy" => raw.proxies.push(r.proxy(node)),
+            "host" | "rollout" | "drain" | "branch" | "root" => r.push(Problem::new(
+                ProblemKind::UnknownNode,
+                node.name().span(),
+                format!(
+                    "`{}` at the top level: it belongs in an `environment`",
+                    node.name().value()
+                ),
+                "not known here",
+                format!(
+                    "move it into the environment it is for: environment \"production\" {{ {} ... }}",
+                    node.name().value()
+                ),
+            )),
             _ => r.unknown_node(node, TOP, "the top level"),
         }
     }
@@ -864,6 +877,22 @@ impl Reader<'_, '_> {
                 "drain" => {
                     let v = self.drain(c);
                     self.once(&mut env.drain, c, Some(v));
+                }
+                other if ROLLOUT.contains(&other) || DRAIN.contains(&other) => {
+                    let block = if ROLLOUT.contains(&other) {
+                        "rollout"
+                    } else {
+                        "drain"
+                    };
+                    self.push(Problem::new(
+                        ProblemKind::UnknownNode,
+                        c.name().span(),
+                        format!(
+                            "`{other}` directly in `environment`: it belongs in its `{block}` block"
+                        ),
+                        "not known here",
+                        format!("write {block} {{ {other} ... }} inside the environment"),
+                    ));
                 }
                 other => {
                     self.unknown_node(c, ENVIRONMENT, "`environment`");

@@ -988,24 +988,22 @@ impl Validator<'_> {
     /// A service with a role must have a host to run on in every
     /// environment with hosts.
     fn unhosted_services(&mut self, env: &Str, hosts: &[Host], services: &[RawService]) {
-        let all_roles: Vec<&str> = {
-            let mut v: Vec<&str> = hosts
-                .iter()
-                .flat_map(|h| h.roles.iter().map(String::as_str))
-                .collect();
-            v.sort_unstable();
-            v.dedup();
-            v
-        };
+        // A host without roles runs everything: nothing can be unhosted.
+        if hosts.iter().any(|h| h.roles.is_empty()) {
+            return;
+        }
+        // Linear in hosts and services: a hostile file may have many.
+        let covered: HashSet<&str> = hosts
+            .iter()
+            .flat_map(|h| h.roles.iter().map(String::as_str))
+            .collect();
+        let mut all_roles: Vec<&str> = covered.iter().copied().collect();
+        all_roles.sort_unstable();
         for s in services {
             let (Some(name), Some(role)) = (&s.name, &s.role) else {
                 continue;
             };
-            if !is_valid_name(&role.value)
-                || hosts
-                    .iter()
-                    .any(|h| h.roles.is_empty() || h.roles.contains(&role.value))
-            {
+            if !is_valid_name(&role.value) || covered.contains(role.value.as_str()) {
                 continue;
             }
             let shown: Vec<String> = hosts
@@ -1018,7 +1016,12 @@ impl Validator<'_> {
             } else {
                 String::new()
             };
-            let help = match suggest(&role.value, &all_roles) {
+            let near = if all_roles.len() <= SUGGEST_AMONG {
+                suggest(&role.value, &all_roles)
+            } else {
+                None
+            };
+            let help = match near {
                 Some(r) => format!(
                     "did you mean `{r}`? Otherwise add roles \"{}\" to a host of `{}`",
                     role.value, env.value

@@ -526,6 +526,7 @@ invalid! {
     fleet_without_hosts,
     fleet_drain_bad,
     fleet_control_in_address,
+    fleet_misplaced,
 }
 
 #[test]
@@ -747,4 +748,50 @@ fn every_problem_code_is_in_config_md() {
         missing.is_empty(),
         "codes not in docs/config.md: {missing:?}"
     );
+}
+
+/// Hosts and services in the generated fleet environment.
+const HOSTS: usize = 5_000;
+
+#[test]
+fn a_large_fleet_environment_with_unhosted_services_fails_fast() {
+    use std::fmt::Write as _;
+    let mut text = String::from(PRELUDE);
+    text.push_str(
+        "environment \"production\" {\n    branch \"production\"\n    root \"/srv/shop\"\n",
+    );
+    for i in 0..HOSTS {
+        // Every other host at the address of the one before it.
+        writeln!(
+            text,
+            "    host \"h{i}\" address=\"10.0.{}.{}\" {{ roles \"r{i}\"; }}",
+            i / 2 / 250,
+            i / 2 % 250
+        )
+        .unwrap();
+    }
+    text.push_str("}\n");
+    for i in 0..HOSTS {
+        writeln!(
+            text,
+            "service \"s{i}\" {{ runtime \"node\"; port {}; phase \"app\"; role \"x{i}\"; }}",
+            1000 + i
+        )
+        .unwrap();
+    }
+    let started = std::time::Instant::now();
+    let Err(err) = config::parse("hosts.kdl", &text) else {
+        panic!("the fleet loaded");
+    };
+    let elapsed = started.elapsed();
+    let count = |code: &str| {
+        err.problems
+            .iter()
+            .filter(|p| p.kind.code() == code)
+            .count()
+    };
+    assert_eq!(count("moorline::config::unhosted_service"), HOSTS);
+    assert_eq!(count("moorline::config::duplicate_address"), HOSTS / 2);
+    assert!(moorline::report::plain(&err).len() < MAX_REPORT_BYTES);
+    eprintln!("{HOSTS} hosts and services validated in {elapsed:?}");
 }
