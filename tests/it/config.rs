@@ -795,3 +795,34 @@ fn a_large_fleet_environment_with_unhosted_services_fails_fast() {
     assert!(moorline::report::plain(&err).len() < MAX_REPORT_BYTES);
     eprintln!("{HOSTS} hosts and services validated in {elapsed:?}");
 }
+
+#[test]
+fn the_fleet_example_of_config_md_is_valid() {
+    let doc = std::fs::read_to_string(manifest_dir().join("docs/config.md")).unwrap();
+    let section = &doc[doc.find("### Fleet:").expect("a Fleet section")..];
+    let start = section.find("```kdl\n").expect("a kdl example") + "```kdl\n".len();
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let text = format!(
+        "project \"pakashop\"\nphase \"core\"\nruntime \"node\" {{ build \"npm\" \"ci\"; }}\n{example}"
+    );
+    let c = match config::parse("config.md", &text) {
+        Ok(c) => c,
+        Err(e) => panic!("{}", moorline::report::plain(&e)),
+    };
+    let prod = c.environment("production").unwrap();
+    let names: Vec<&str> = prod.hosts.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["app1", "app2", "app3", "lb1"]);
+    // canary 1, "25%" of 4 = 1, then "100%": the rest.
+    assert_eq!(prod.rollout.steps(prod.hosts.len()), [1, 1, 2]);
+    let backend_on: Vec<&str> = prod
+        .hosts
+        .iter()
+        .filter(|h| !prod.services_on(h, &c.services).is_empty())
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(
+        backend_on,
+        ["app1", "app2", "app3"],
+        "lb1 runs no web service"
+    );
+}
