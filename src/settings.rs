@@ -189,6 +189,9 @@ pub fn for_user_manager(config: &mut config::Config) {
     }
 }
 
+/// Host names an unknown `--host` error lists.
+const HOSTS_LISTED: usize = 10;
+
 /// Restricts the configuration to the services host `name` of the fleet
 /// environment `env` runs (`--host`, the host side of a fleet): every
 /// command then plans, applies and reports on those services only.
@@ -197,20 +200,31 @@ pub fn for_host(
     env: &Environment,
     name: &str,
 ) -> Result<(), SettingsError> {
+    // The name is shown in the error: never a control character of it.
+    let shown = config::error::bounded(&format!("`{name}`"));
     if !env.is_fleet() {
         return Err(SettingsError::NotAFleet {
-            name: name.to_owned(),
+            name: shown,
             env: env.name.clone(),
         });
     }
     let Some(host) = env.host(name) else {
         let names: Vec<&str> = env.hosts.iter().map(|h| h.name.as_str()).collect();
+        let listed = if names.len() > HOSTS_LISTED {
+            format!(
+                "{} and {} more",
+                names[..HOSTS_LISTED].join(", "),
+                names.len() - HOSTS_LISTED
+            )
+        } else {
+            names.join(", ")
+        };
         return Err(SettingsError::UnknownHost {
-            name: name.to_owned(),
+            name: shown,
             env: env.name.clone(),
             help: match config::error::suggest(name, &names) {
                 Some(s) => format!("did you mean `{s}`?"),
-                None => format!("hosts of {}: {}", env.name, names.join(", ")),
+                None => format!("hosts of {}: {listed}", env.name),
             },
         });
     };
