@@ -40,6 +40,9 @@ pub struct Global {
     /// Which systemd to drive: the system manager or the user's
     #[arg(long, global = true, value_enum)]
     pub systemd: Option<SystemdKind>,
+    /// Fleet host side: act as this host of the environment (only the services it runs); used by the fleet controller
+    #[arg(long, global = true, value_name = "NAME")]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -17,6 +17,21 @@ pub enum SettingsError {
     #[error("unknown environment `{name}`")]
     #[diagnostic(code(moorline::cli::unknown_environment), help("{help}"))]
     UnknownEnvironment { name: String, help: String },
+    #[error("--host {name}: environment `{env}` has no host by this name")]
+    #[diagnostic(code(moorline::cli::unknown_host), help("{help}"))]
+    UnknownHost {
+        name: String,
+        env: String,
+        help: String,
+    },
+    #[error("--host {name}: environment `{env}` has no hosts")]
+    #[diagnostic(
+        code(moorline::cli::not_a_fleet),
+        help(
+            "--host is for the host side of a fleet environment (one with `host` nodes); an environment without hosts is deployed where moorline runs: leave --host out"
+        )
+    )]
+    NotAFleet { name: String, env: String },
     #[error("--adopt {name}: {problem}")]
     #[diagnostic(code(moorline::cli::adopt), help("{help}"))]
     Adopt {
@@ -137,6 +152,9 @@ pub fn resolve(global: &Global, env_name: &str) -> miette::Result<Target> {
     if systemd == crate::systemd::Bus::User {
         for_user_manager(&mut loaded.config);
     }
+    if let Some(name) = &global.host {
+        for_host(&mut loaded.config, &env, name)?;
+    }
     let unit_dir = unit_dir(&env, systemd);
     Ok(Target {
         loaded,
@@ -166,6 +184,49 @@ pub fn for_user_manager(config: &mut config::Config) {
             USER_BOOT_TARGET.clone_into(&mut u.wanted_by);
         }
     }
+}
+
+/// Host names an unknown `--host` error lists.
+const HOSTS_LISTED: usize = 10;
+
+/// Restricts the configuration to the services host `name` of the fleet
+/// environment `env` runs (`--host`, the host side of a fleet): every
+/// command then plans, applies and reports on those services only.
+pub fn for_host(
+    config: &mut config::Config,
+    env: &Environment,
+    name: &str,
+) -> Result<(), SettingsError> {
+    // The name is shown in the error: never a control character of it.
+    let shown = config::error::bounded(&format!("`{name}`"));
+    if !env.is_fleet() {
+        return Err(SettingsError::NotAFleet {
+            name: shown,
+            env: env.name.clone(),
+        });
+    }
+    let Some(host) = env.host(name) else {
+        let names: Vec<&str> = env.hosts.iter().map(|h| h.name.as_str()).collect();
+        let listed = if names.len() > HOSTS_LISTED {
+            format!(
+                "{} and {} more",
+                names[..HOSTS_LISTED].join(", "),
+                names.len() - HOSTS_LISTED
+            )
+        } else {
+            names.join(", ")
+        };
+        return Err(SettingsError::UnknownHost {
+            name: shown,
+            env: env.name.clone(),
+            help: match config::error::suggest(name, &names) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("hosts of {}: {listed}", env.name),
+            },
+        });
+    };
+    config.keep_services_of(host);
+    Ok(())
 }
 
 /// Resolves `--adopt` names (a service or its unit file name) to service
