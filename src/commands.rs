@@ -638,6 +638,18 @@ pub fn print_report(
             }
             eprintln!("\nsucceeded: {}", list_or_none(&r.succeeded));
             eprintln!("not run:   {}", list_or_none(&r.not_run));
+            // The rollback plan, as any plan is shown (a `rollback` of an
+            // unfinished apply showed it before it asked).
+            if let Some(p) = &r.rollback_plan
+                && operation != crate::plan::Operation::Rollback
+            {
+                if r.rolled_back.is_empty() && r.rollback_errors.is_empty() {
+                    eprintln!("\n`moorline rollback --env {env}` would execute this plan:");
+                } else {
+                    eprintln!("\nthe automatic rollback executed this plan:");
+                }
+                eprint!("{}", render::text(p, report::stderr_color()));
+            }
             match r.outcome {
                 Outcome::FailedUntouched => {
                     eprintln!(

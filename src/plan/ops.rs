@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::build::health_action;
 use super::{
-    Action, ActionKind, FORMAT_VERSION, Operation, Plan, PlanInputs, RollbackKind, RollbackPlan,
-    ServiceChange, ServicePlan, UnitChange, short,
+    Action, Command, FORMAT_VERSION, Operation, Plan, PlanInputs, RollbackKind, RollbackPlan,
+    ServiceChange, ServicePlan, Step as ActionStep, UnitChange, UnitSource, short,
 };
 use crate::changes::Rev;
 use crate::config::{Config, Environment};
@@ -66,36 +66,31 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
             let id = format!("install-unit:{}", s.name);
             actions.push(Action {
                 id: id.clone(),
-                kind: ActionKind::InstallUnit,
                 service: Some(s.name.clone()),
                 phase: Some(s.phase.clone()),
                 reason: "put back the unit file of the release returned to".to_owned(),
                 after: Vec::new(),
-                command: None,
-                dir: Some(saved.clone()),
-                unit: Some(s.unit_name.clone()),
-                url: None,
-                timeout_secs: None,
+                step: ActionStep::InstallUnit {
+                    unit: s.unit_name.clone(),
+                    source: UnitSource::Saved(saved.clone()),
+                },
             });
-            installs.push(id);
+            installs.push((id, s.unit_name.clone()));
         }
     }
     if !installs.is_empty() {
         actions.push(Action {
             id: "daemon-reload".to_owned(),
-            kind: ActionKind::DaemonReload,
             service: None,
             phase: None,
             reason: format!(
                 "systemd must re-read {} restored unit file(s)",
                 installs.len()
             ),
-            after: installs,
-            command: None,
-            dir: None,
-            unit: None,
-            url: None,
-            timeout_secs: None,
+            after: installs.iter().map(|(id, _)| id.clone()).collect(),
+            step: ActionStep::DaemonReload {
+                enable: installs.into_iter().map(|(_, unit)| unit).collect(),
+            },
         });
         previous_health = vec!["daemon-reload".to_owned()];
     }
@@ -111,16 +106,14 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
                 let id = format!("restart:{u}");
                 actions.push(Action {
                     id: id.clone(),
-                    kind: ActionKind::Restart,
                     service: None,
                     phase: Some(phase.name.clone()),
                     reason: format!("infrastructure of phase {}", phase.name),
                     after: previous_health.clone(),
-                    command: None,
-                    dir: None,
-                    unit: Some(u.clone()),
-                    url: None,
-                    timeout_secs: None,
+                    step: ActionStep::Restart {
+                        unit: u.clone(),
+                        release: None,
+                    },
                 });
                 ids.push(id);
             }
@@ -144,19 +137,17 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
             }
             actions.push(Action {
                 id: format!("restart:{}", s.name),
-                kind: ActionKind::Restart,
                 service: Some(s.name.clone()),
                 phase: Some(s.phase.clone()),
                 reason: step.reason.clone(),
                 after,
-                command: None,
-                dir: step
-                    .release
-                    .as_ref()
-                    .map(|r| format!("{}/{}/releases/{r}", env.root, s.name)),
-                unit: Some(s.unit_name.clone()),
-                url: None,
-                timeout_secs: None,
+                step: ActionStep::Restart {
+                    unit: s.unit_name.clone(),
+                    release: step
+                        .release
+                        .as_ref()
+                        .map(|r| format!("{}/{}/releases/{r}", env.root, s.name)),
+                },
             });
             actions.push(health_action(s, vec![format!("restart:{}", s.name)]));
         }
@@ -176,7 +167,6 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
     {
         actions.push(Action {
             id: "reload-proxy".to_owned(),
-            kind: ActionKind::ReloadProxy,
             service: None,
             phase: None,
             reason: match &p.check {
@@ -184,11 +174,13 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
                 None => "upstreams restarted".to_owned(),
             },
             after: previous_health.clone(),
-            command: p.check.as_ref().map(|c| c.argv.clone()),
-            dir: None,
-            unit: Some(p.unit.clone()),
-            url: None,
-            timeout_secs: p.check.as_ref().map(|c| c.timeout.as_secs()),
+            step: ActionStep::ReloadProxy {
+                unit: p.unit.clone(),
+                check: p.check.as_ref().map(|c| Command {
+                    argv: c.argv.clone(),
+                    timeout_secs: c.timeout.as_secs(),
+                }),
+            },
         });
     }
     // Actions were produced in a valid order; a stable sort by the same

@@ -27,11 +27,11 @@ pub fn dot(plan: &Plan) -> String {
         esc_dot(&plan.environment)
     );
     for a in &plan.actions {
-        let colour = match a.kind.as_str() {
+        let colour = match a.kind().as_str() {
             "build" => "lightblue",
             "migrate" | "backup" => "orange",
-            "install-unit" | "daemon-reload" => "khaki",
-            "restart" => "salmon",
+            "install-unit" | "daemon-reload" | "restore-unit" | "remove-unit" => "khaki",
+            "restart" | "start" | "stop" => "salmon",
             "health" => "palegreen",
             "barrier" => "lightgrey",
             _ => "plum",
@@ -78,6 +78,11 @@ pub fn summary(plan: &Plan) -> String {
         .iter()
         .filter(|s| s.change == ServiceChange::Restart)
         .count();
+    let stop = plan
+        .services
+        .iter()
+        .filter(|s| s.change == ServiceChange::Stop)
+        .count();
     let migrate = plan.services.iter().filter(|s| s.migrate).count();
     let units = plan
         .services
@@ -92,6 +97,9 @@ pub fn summary(plan: &Plan) -> String {
     }
     if restart_only > 0 {
         parts.push(plural(restart_only, "service restarts", "services restart"));
+    }
+    if stop > 0 {
+        parts.push(plural(stop, "service stops", "services stop"));
     }
     if migrate > 0 {
         parts.push(plural(migrate, "migration", "migrations"));
@@ -128,6 +136,7 @@ pub fn change_words(operation: Operation, s: &crate::plan::ServicePlan) -> Strin
         ServiceChange::Deploy if operation == Operation::Rollback => words.push("roll back"),
         ServiceChange::Deploy => words.push("deploy"),
         ServiceChange::Restart => words.push("restart"),
+        ServiceChange::Stop => words.push("stop"),
         ServiceChange::Unchanged => words.push("unchanged"),
     }
     if s.migrate {

@@ -317,9 +317,11 @@ async fn manual_rollback_puts_back_the_unit_file_the_last_apply_changed() {
 }
 
 /// The rollback of a failed first deploy stops what it started (there is
-/// no previous release). A stop that systemd refuses is a rollback
-/// problem (exit 4, the journal kept), never reported as rolled back; once
-/// the cause is gone, `rollback` finishes it from the journal.
+/// no previous release), before it removes the unit files it installed, so
+/// each unit's `ExecStop` still runs. A stop that systemd refuses is a
+/// rollback problem (exit 4, the journal kept), never reported as rolled
+/// back, and that unit's file stays; once the cause is gone, `rollback`
+/// finishes it from the journal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_deploy_rollback_reports_a_stop_that_fails() {
     let Some(w) = World::new("j2", 25800) else {
@@ -327,22 +329,15 @@ async fn a_first_deploy_rollback_reports_a_stop_that_fails() {
     };
     let sd = w.sandbox.connect().await.unwrap();
     w.commit("main", "search crashes", &[Edit::crash_on_start("search")]);
-    // A unit file of the same name in a directory of lower priority
-    // (`$XDG_DATA_HOME/systemd/user`): moorline's own file hides it until
-    // the rollback removes that, then the manager loads it, and with it a
-    // stop that takes longer than its jobs may (result `timeout`).
-    let lower = w
-        .sandbox
-        .unit_dir()
-        .ancestors()
-        .nth(3)
-        .unwrap()
-        .join("data/systemd/user");
-    std::fs::create_dir_all(&lower).unwrap();
-    let lower = lower.join(w.unit("config"));
+    // A drop-in for config's unit: its stop takes longer than its jobs may
+    // (result `timeout`). Stopped after its unit file was removed, the
+    // unit would be gone and its ExecStop never run.
+    let dropin = w.sandbox.unit_dir().join(format!("{}.d", w.unit("config")));
+    std::fs::create_dir_all(&dropin).unwrap();
+    let dropin = dropin.join("slow-stop.conf");
     std::fs::write(
-        &lower,
-        "[Unit]\nJobTimeoutSec=1\n[Service]\nExecStart=/bin/sleep 1000\nExecStop=/bin/sleep 4\n",
+        &dropin,
+        "[Unit]\nJobTimeoutSec=1\n[Service]\nExecStop=/bin/sleep 4\n",
     )
     .unwrap();
 
@@ -353,10 +348,13 @@ async fn a_first_deploy_rollback_reports_a_stop_that_fails() {
     assert!(err.contains("config"), "{err}");
     assert!(w.state.join("journal.jsonl").exists(), "kept for a retry");
     assert!(err.contains("timeout"), "{err}");
-    // The other services were stopped and lost `current`.
+    // The other services were stopped and lost `current`; config's unit
+    // file stays until it is stopped.
     assert_eq!(w.live("staging", "gateway"), None);
+    assert!(w.sandbox.unit_dir().join(w.unit("config")).is_file());
+    assert!(!w.sandbox.unit_dir().join(w.unit("gateway")).exists());
 
-    std::fs::remove_file(&lower).unwrap();
+    std::fs::remove_file(&dropin).unwrap();
     sd.daemon_reload().await.unwrap();
     let out = w.run(&["rollback", "--env", "staging", "--yes"]);
     let log = ok(&out);
