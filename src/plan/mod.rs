@@ -867,6 +867,37 @@ mod tests {
         }
     }
 
+    /// Actions read from JSON carry the fields their kind needs, or are
+    /// refused naming what is missing; written back they are the same JSON.
+    #[test]
+    fn actions_are_typed_by_kind() {
+        let health = serde_json::json!({
+            "id": "health:api", "kind": "health", "service": "api", "phase": "core",
+            "reason": "r", "after": ["restart:api"], "unit": "p-api.service",
+            "url": "http://127.0.0.1:1/ready", "timeout_secs": 5
+        });
+        let a: Action = serde_json::from_value(health.clone()).unwrap();
+        assert_eq!(
+            a.step,
+            Step::Health {
+                unit: "p-api.service".into(),
+                url: "http://127.0.0.1:1/ready".into(),
+                timeout_secs: 5
+            }
+        );
+        assert_eq!(serde_json::to_value(&a).unwrap(), health);
+        let mut no_url = health.clone();
+        no_url.as_object_mut().unwrap().remove("url");
+        let err = serde_json::from_value::<Action>(no_url).unwrap_err();
+        assert!(err.to_string().contains("has no `url`"), "{err}");
+        let half = serde_json::json!({
+            "id": "build:api", "kind": "build", "service": "api", "phase": "core",
+            "reason": "r", "after": [], "dir": "/r", "command": ["make"]
+        });
+        let err = serde_json::from_value::<Action>(half).unwrap_err();
+        assert!(err.to_string().contains("`timeout_secs`"), "{err}");
+    }
+
     #[test]
     fn only_this_format_version_is_read() {
         let ours = serde_json::json!({"format_version": FORMAT_VERSION});

@@ -365,3 +365,257 @@ pub fn build(
         promotion: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+project "p" { unit-name "p-{service}.service" }
+environment "staging" { branch "main"; root "/srv/p" }
+phase "core"
+phase "edge"
+runtime "node" {
+    build "true"
+    unit { exec "/usr/bin/node" "{current}/index.js"; }
+}
+service "api"     { runtime "node"; port 1; phase "core" }
+service "worker"  { runtime "node"; port 2; phase "core"; depends-on "api" }
+service "web"     { runtime "node"; port 3; phase "edge" }
+proxy "nginx" { unit "nginx.service"; check "nginx" "-t"; }
+"#;
+
+    fn config() -> Config {
+        crate::config::parse("t.kdl", CONFIG).unwrap()
+    }
+
+    fn failed(first_deploy: bool) -> Plan {
+        let json = serde_json::json!({
+            "format_version": FORMAT_VERSION,
+            "operation": "deploy",
+            "project": "p",
+            "environment": "staging",
+            "branch": "main",
+            "from": if first_deploy {
+                serde_json::Value::Null
+            } else {
+                serde_json::json!({"spec": "old", "sha": "aaaa", "summary": ""})
+            },
+            "to": {"spec": "main", "sha": "bbbb", "summary": ""},
+            "first_deploy": first_deploy,
+            "non_ancestor": false,
+            "fingerprint": "f",
+            "inputs": {"moorline_version": "0", "config_sha256": "c", "state_sha256": null,
+                       "units_source": "none", "units": {}, "allow_non_ancestor": false},
+            "changed_paths": 0,
+            "services": [],
+            "actions": [],
+            "rollback": {"kind": "code-only", "services": [], "summary": ""},
+            "warnings": []
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn started(action: &str) -> Record {
+        Record::Started {
+            action: action.to_owned(),
+            at_ms: None,
+        }
+    }
+
+    fn succeeded(action: &str) -> Record {
+        Record::Succeeded {
+            action: action.to_owned(),
+            note: None,
+            at_ms: None,
+        }
+    }
+
+    fn switch(service: &str, from: Option<&str>) -> Record {
+        Record::Switch {
+            service: service.to_owned(),
+            from: from.map(str::to_owned),
+            to: "bbbb".to_owned(),
+        }
+    }
+
+    fn replace(service: &str, saved: Option<&str>) -> Record {
+        Record::UnitReplace {
+            service: service.to_owned(),
+            unit: format!("p-{service}.service"),
+            saved: saved.map(str::to_owned),
+        }
+    }
+
+    fn ids(p: &Plan) -> Vec<(String, Vec<String>)> {
+        p.actions
+            .iter()
+            .map(|a| (a.id.clone(), a.after.clone()))
+            .collect()
+    }
+
+    fn pair(id: &str, after: &[&str]) -> (String, Vec<String>) {
+        (
+            id.to_owned(),
+            after.iter().map(|s| (*s).to_owned()).collect(),
+        )
+    }
+
+    /// A first deploy that failed in its second phase: every service
+    /// started is stopped (and loses `current`) before its unit file is
+    /// removed; nothing is restarted; the proxy was not reloaded.
+    #[test]
+    fn a_first_deploy_stops_before_it_removes_unit_files() {
+        let c = config();
+        let records = [
+            replace("api", None),
+            replace("worker", None),
+            replace("web", None),
+            succeeded("daemon-reload"),
+            started("restart:api"),
+            switch("api", None),
+            succeeded("restart:api"),
+            started("restart:web"),
+            switch("web", None),
+        ];
+        let p = build(&failed(true), "1", &records, &c, &c.environments[0]);
+        assert_eq!(
+            ids(&p),
+            [
+                pair("stop:api", &[]),
+                pair("stop:web", &[]),
+                pair("remove-unit:api", &["stop:api"]),
+                pair("remove-unit:web", &["stop:web"]),
+                pair("remove-unit:worker", &[]),
+                pair(
+                    "daemon-reload",
+                    &["remove-unit:api", "remove-unit:web", "remove-unit:worker"]
+                ),
+            ]
+        );
+        assert_eq!(
+            p.action("stop:api").unwrap().step,
+            Step::Stop {
+                unit: "p-api.service".to_owned(),
+                unlink: Some("/srv/p/api/current".to_owned()),
+            }
+        );
+        assert_eq!(p.operation, Operation::Rollback);
+        let api = p.services.iter().find(|s| s.name == "api").unwrap();
+        assert_eq!(api.change, ServiceChange::Stop);
+        // The plan survives its JSON form (it is journaled).
+        let back: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+    }
+
+    /// A deploy whose unit file of api changed and whose proxy reloaded
+    /// before web failed its readiness: the unit file is put back, then the
+    /// last phase goes back first, dependents before what they depend on,
+    /// each gated on readiness; the proxy is reloaded back last.
+    #[test]
+    fn a_deploy_goes_back_in_reverse_phase_order_and_reloads_the_proxy_it_reloaded() {
+        let c = config();
+        let records = [
+            replace("api", Some("/state/units/1/p-api.service")),
+            succeeded("daemon-reload"),
+            started("restart:api"),
+            switch("api", Some("aaaa")),
+            started("restart:worker"),
+            switch("worker", Some("aaaa")),
+            started("restart:web"),
+            switch("web", Some("aaaa")),
+            started("reload-proxy"),
+            succeeded("reload-proxy"),
+            Record::Failed {
+                action: "health:web".to_owned(),
+                error: "no".to_owned(),
+            },
+        ];
+        let p = build(&failed(false), "1", &records, &c, &c.environments[0]);
+        assert_eq!(
+            ids(&p),
+            [
+                pair("restore-unit:api", &[]),
+                pair("daemon-reload", &["restore-unit:api"]),
+                pair("restart:web", &["daemon-reload"]),
+                pair("health:web", &["restart:web"]),
+                pair("restart:api", &["health:web", "health:worker"]),
+                pair("health:api", &["restart:api"]),
+                pair("restart:worker", &["health:web"]),
+                pair("health:worker", &["restart:worker"]),
+                pair("reload-proxy", &["health:api"]),
+            ]
+        );
+        assert_eq!(
+            p.action("restart:api").unwrap().step,
+            Step::Restart {
+                unit: "p-api.service".to_owned(),
+                release: Some("/srv/p/api/releases/aaaa".to_owned()),
+            }
+        );
+        assert_eq!(
+            p.action("restore-unit:api").unwrap().step,
+            Step::RestoreUnit {
+                unit: "p-api.service".to_owned(),
+                saved: "/state/units/1/p-api.service".to_owned(),
+            }
+        );
+        assert_eq!(
+            p.action("reload-proxy").unwrap().step,
+            Step::ReloadProxy {
+                unit: "nginx.service".to_owned(),
+                check: None,
+            }
+        );
+    }
+
+    /// The proxy check failed (so it still runs its old configuration): it
+    /// is not reloaded back. A unit restored for a service that was only
+    /// restarted restarts it on that unit; nothing after `rollback-begin`
+    /// counts; nothing live changed gives an empty plan.
+    #[test]
+    fn the_proxy_is_left_alone_unless_it_was_reloaded() {
+        let c = config();
+        let records = [
+            replace("worker", Some("/saved")),
+            succeeded("daemon-reload"),
+            started("restart:worker"),
+            succeeded("restart:worker"),
+            started("reload-proxy"),
+            Record::Failed {
+                action: "reload-proxy".to_owned(),
+                error: "nginx -t failed".to_owned(),
+            },
+            Record::RollbackBegin {
+                reason: "x".to_owned(),
+                plan: None,
+            },
+            switch("api", Some("zzzz")),
+        ];
+        let p = build(&failed(false), "1", &records, &c, &c.environments[0]);
+        assert_eq!(
+            ids(&p),
+            [
+                pair("restore-unit:worker", &[]),
+                pair("daemon-reload", &["restore-unit:worker"]),
+                pair("restart:worker", &["daemon-reload"]),
+                pair("health:worker", &["restart:worker"]),
+            ]
+        );
+        assert_eq!(
+            p.action("restart:worker").unwrap().step,
+            Step::Restart {
+                unit: "p-worker.service".to_owned(),
+                release: None,
+            }
+        );
+        let nothing = build(
+            &failed(false),
+            "1",
+            &[started("build:api"), succeeded("build:api")],
+            &c,
+            &c.environments[0],
+        );
+        assert!(nothing.actions.is_empty());
+    }
+}
