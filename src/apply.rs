@@ -1053,6 +1053,19 @@ async fn roll_back(
             rolled.push(s.clone());
         }
     }
+    for service in &rolled {
+        let detail = match rollback.services.iter().find(|s| s.name == *service) {
+            Some(s) if s.change == crate::plan::ServiceChange::Stop => {
+                "stopped (no previous release)".to_owned()
+            }
+            Some(crate::plan::ServicePlan {
+                to_revision: Some(r),
+                ..
+            }) => format!("back to {}", crate::plan::short(r)),
+            _ => "restarted on its restored unit file".to_owned(),
+        };
+        emit(ctx.options.progress, "rolled-back", service, &detail);
+    }
     report.rolled_back = rolled;
     report.rollback_errors = ex
         .failed
