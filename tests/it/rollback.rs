@@ -183,8 +183,10 @@ fn json_report(out: &std::process::Output) -> serde_json::Value {
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|v| v["event"] == "report")
-        .map(|v| v["report"].clone())
-        .unwrap_or_else(|| panic!("no report in {}", String::from_utf8_lossy(&out.stdout)))
+        .map_or_else(
+            || panic!("no report in {}", String::from_utf8_lossy(&out.stdout)),
+            |v| v["report"].clone(),
+        )
 }
 
 /// The automatic rollback is a plan: shown in the failure report and in
