@@ -113,6 +113,9 @@ pub enum Outcome {
     NeedsAttention,
     /// Stopped by a signal; resumable.
     Interrupted,
+    /// `start`, `stop`, `enable`, `disable` failed: reported, nothing to
+    /// roll back.
+    Failed,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -150,7 +153,7 @@ impl Report {
     pub fn exit_code(&self) -> i32 {
         match self.outcome {
             Outcome::Succeeded => crate::exit::OK,
-            Outcome::FailedUntouched => crate::exit::ERROR,
+            Outcome::FailedUntouched | Outcome::Failed => crate::exit::ERROR,
             Outcome::RolledBack => crate::exit::ROLLED_BACK,
             Outcome::NeedsAttention | Outcome::Interrupted => crate::exit::NEEDS_ATTENTION,
         }
@@ -528,6 +531,9 @@ async fn execute(
     started: Instant,
 ) -> Result<Executed, ApplyError> {
     let progress = ctx.options.progress;
+    // A stop plan goes on past a unit that fails to stop (the rest is not
+    // kept up by it): a failed action then orders like a finished one.
+    let keep_going = plan.operation == crate::plan::Operation::Stop;
     // Which actions are already done (and still in effect)?
     let mut done: BTreeSet<String> = BTreeSet::new();
     if let Some(prior) = prior {
@@ -574,7 +580,14 @@ async fn execute(
                 if done.contains(&a.id) || in_flight.contains(&a.id) {
                     continue;
                 }
-                if !a.after.iter().all(|p| done.contains(p)) {
+                if failed.iter().any(|(f, _)| *f == a.id) {
+                    continue;
+                }
+                if !a
+                    .after
+                    .iter()
+                    .all(|p| done.contains(p) || (keep_going && failed.iter().any(|(f, _)| f == p)))
+                {
                     continue;
                 }
                 journal_append(
@@ -688,7 +701,7 @@ async fn execute(
                 .await?;
                 emit(progress, "FAILED", &id, &err);
                 failed.push((id, err));
-                stopping = true;
+                stopping = !keep_going;
             }
         }
     }
@@ -765,6 +778,28 @@ async fn run(
     let prior = replay.as_ref().map(|r| r.records.as_slice());
     let ex = execute(&ctx, &plan, &apply_id, &journal, prior, started).await?;
     let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+
+    if plan.operation.is_unit_op() && !(ex.interrupted && ex.failed.is_empty()) {
+        // start/stop/enable/disable: no release changes, nothing to roll
+        // back, no state to write; the journal goes to history.
+        let failed = !ex.failed.is_empty();
+        finish_journal(
+            journal,
+            if failed { "failed" } else { "succeeded" },
+            &apply_id,
+        )
+        .await?;
+        let mut report = Report::new(&apply_id, ex.failed);
+        report.outcome = if failed {
+            Outcome::Failed
+        } else {
+            Outcome::Succeeded
+        };
+        report.succeeded = ex.succeeded;
+        report.not_run = ex.not_run;
+        report.millis = millis;
+        return Ok(report);
+    }
 
     if ex.failed.is_empty() && !ex.interrupted {
         let records = read_records(&ctx.state_dir).await?;

@@ -10,11 +10,13 @@ use crate::cli::{
     ApplyArgs, Cli, Command, Format, Global, OnFailure, PlanArgs, PlanTarget, StatusArgs,
 };
 use crate::config::{self, Loaded};
+use crate::plan::Operation;
 use crate::settings::{self, PlanRequest};
 use crate::{exit, render, report};
 
 mod backup;
 mod init;
+mod ops;
 mod rollback;
 
 /// Runs one command line; returns the process exit code.
@@ -49,10 +51,10 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             Ok(exit::OK)
         }
         Command::Status(args) => status_cmd(global, args),
-        Command::Start(args) => crate::ops::run(global, args, crate::ops::Op::Start),
-        Command::Stop(args) => crate::ops::run(global, args, crate::ops::Op::Stop),
-        Command::Enable(args) => crate::ops::run(global, args, crate::ops::Op::Enable),
-        Command::Disable(args) => crate::ops::run(global, args, crate::ops::Op::Disable),
+        Command::Start(args) => ops::run(global, args, Operation::Start),
+        Command::Stop(args) => ops::run(global, args, Operation::Stop),
+        Command::Enable(args) => ops::run(global, args, Operation::Enable),
+        Command::Disable(args) => ops::run(global, args, Operation::Disable),
         Command::Logs(args) => crate::logs::run(global, args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
@@ -601,11 +603,7 @@ pub fn print_report(
     operation: crate::plan::Operation,
 ) -> i32 {
     use crate::apply::Outcome;
-    let what = match operation {
-        crate::plan::Operation::Deploy => "apply",
-        crate::plan::Operation::Rollback => "rollback",
-        crate::plan::Operation::Restart => "restart",
-    };
+    let what = operation.as_str();
     if format == Format::Json {
         let report = crate::secrets::redacted_json(r).unwrap_or_default();
         println!(
@@ -651,6 +649,7 @@ pub fn print_report(
                 eprint!("{}", render::text(p, report::stderr_color()));
             }
             match r.outcome {
+                Outcome::Failed => {}
                 Outcome::FailedUntouched => {
                     eprintln!(
                         "nothing live changed: every service still runs its previous release"

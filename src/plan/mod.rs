@@ -149,6 +149,35 @@ pub enum Operation {
     Deploy,
     Rollback,
     Restart,
+    /// `moorline start`, `stop`, `enable`, `disable`: units only, no
+    /// release changes, nothing to roll back.
+    Start,
+    Stop,
+    Enable,
+    Disable,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deploy => "apply",
+            Self::Rollback => "rollback",
+            Self::Restart => "restart",
+            Self::Start => "start",
+            Self::Stop => "stop",
+            Self::Enable => "enable",
+            Self::Disable => "disable",
+        }
+    }
+
+    /// `start`, `stop`, `enable`, `disable`: a failure is reported, not
+    /// rolled back, and the state is not touched.
+    pub fn is_unit_op(self) -> bool {
+        matches!(
+            self,
+            Self::Start | Self::Stop | Self::Enable | Self::Disable
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -95,7 +95,9 @@ pub fn summary(plan: &Plan) -> String {
     } else if deploy > 0 {
         parts.push(plural(deploy, "service deploys", "services deploy"));
     }
-    if restart_only > 0 {
+    if restart_only > 0 && plan.operation == Operation::Start {
+        parts.push(plural(restart_only, "service starts", "services start"));
+    } else if restart_only > 0 {
         parts.push(plural(restart_only, "service restarts", "services restart"));
     }
     if stop > 0 {
@@ -135,6 +137,7 @@ pub fn change_words(operation: Operation, s: &crate::plan::ServicePlan) -> Strin
     match s.change {
         ServiceChange::Deploy if operation == Operation::Rollback => words.push("roll back"),
         ServiceChange::Deploy => words.push("deploy"),
+        ServiceChange::Restart if operation == Operation::Start => words.push("start"),
         ServiceChange::Restart => words.push("restart"),
         ServiceChange::Stop => words.push("stop"),
         ServiceChange::Unchanged => words.push("unchanged"),
@@ -158,6 +161,10 @@ pub fn kind_words(plan: &Plan) -> &'static str {
         Operation::Deploy => "Plan",
         Operation::Rollback => "Rollback plan",
         Operation::Restart => "Restart plan",
+        Operation::Start => "Start plan",
+        Operation::Stop => "Stop plan",
+        Operation::Enable => "Enable plan",
+        Operation::Disable => "Disable plan",
     }
 }
 
@@ -184,7 +191,7 @@ pub fn rollback_target(plan: &Plan, code: impl Fn(&str) -> String) -> String {
 pub fn changed_words(plan: &Plan) -> String {
     if plan.operation == Operation::Rollback {
         "kept releases, no rebuild".to_owned()
-    } else if plan.operation == Operation::Restart {
+    } else if plan.operation == Operation::Restart || plan.operation.is_unit_op() {
         "same releases, no rebuild".to_owned()
     } else if plan.first_deploy {
         "first deploy, every path is new".to_owned()
