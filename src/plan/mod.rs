@@ -8,7 +8,7 @@ pub mod ops;
 pub mod stale;
 pub mod undo;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -828,6 +828,31 @@ pub fn fingerprint(
     };
     let bytes = serde_json::to_vec(&fp).unwrap_or_default();
     format!("sha256:{}", crate::state::sha256_hex(&bytes))
+}
+
+/// `actions` reordered so each comes after everything in its `after`,
+/// otherwise in the order given (stable).
+pub(crate) fn topological(mut pending: Vec<Action>) -> Vec<Action> {
+    let mut placed: BTreeSet<String> = BTreeSet::new();
+    let mut out = Vec::with_capacity(pending.len());
+    while !pending.is_empty() {
+        let before = pending.len();
+        let mut rest = Vec::new();
+        for a in pending {
+            if a.after.iter().all(|p| placed.contains(p)) {
+                placed.insert(a.id.clone());
+                out.push(a);
+            } else {
+                rest.push(a);
+            }
+        }
+        pending = rest;
+        if pending.len() == before {
+            // A cycle (validation rejects them): keep the rest as given.
+            out.append(&mut pending);
+        }
+    }
+    out
 }
 
 /// Shortens a SHA for display.

@@ -410,7 +410,7 @@ pub fn services(inp: ServiceOps<'_>) -> Plan {
         }
     }
     // Topological order: every action after those it waits for.
-    let actions = topological(actions);
+    let actions = super::topological(actions);
     let services = config
         .services
         .iter()
@@ -495,31 +495,6 @@ pub fn services(inp: ServiceOps<'_>) -> Plan {
         uncommitted: Vec::new(),
         promotion: None,
     }
-}
-
-/// `actions` reordered so each comes after everything in its `after`,
-/// otherwise in the order given (stable).
-fn topological(mut pending: Vec<Action>) -> Vec<Action> {
-    let mut placed: BTreeSet<String> = BTreeSet::new();
-    let mut out = Vec::with_capacity(pending.len());
-    while !pending.is_empty() {
-        let before = pending.len();
-        let mut rest = Vec::new();
-        for a in pending {
-            if a.after.iter().all(|p| placed.contains(p)) {
-                placed.insert(a.id.clone());
-                out.push(a);
-            } else {
-                rest.push(a);
-            }
-        }
-        pending = rest;
-        if pending.len() == before {
-            // A cycle (validation rejects them): keep the rest as given.
-            out.append(&mut pending);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

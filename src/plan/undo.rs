@@ -263,6 +263,8 @@ pub fn build(
         ));
     }
 
+    // Listed in a topological order, like every plan's actions.
+    let actions = super::topological(actions);
     let services = config
         .services
         .iter()
@@ -539,10 +541,10 @@ proxy "nginx" { unit "nginx.service"; check "nginx" "-t"; }
                 pair("daemon-reload", &["restore-unit:api"]),
                 pair("restart:web", &["daemon-reload"]),
                 pair("health:web", &["restart:web"]),
-                pair("restart:api", &["health:web", "health:worker"]),
-                pair("health:api", &["restart:api"]),
                 pair("restart:worker", &["health:web"]),
                 pair("health:worker", &["restart:worker"]),
+                pair("restart:api", &["health:web", "health:worker"]),
+                pair("health:api", &["restart:api"]),
                 pair("reload-proxy", &["health:api"]),
             ]
         );
