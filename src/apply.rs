@@ -374,7 +374,7 @@ impl PendingRollback {
 
     /// Whether anything live changed under the unfinished apply.
     pub fn live_changed(&self) -> bool {
-        self.begun || live_changed(&self.replay.records)
+        self.begun || live_changed(&self.replay.plan, &self.replay.records)
     }
 }
 
@@ -445,7 +445,7 @@ pub async fn roll_back_unfinished(
         .await;
     }
     let reason = "rollback of an interrupted apply requested".to_owned();
-    if !live_changed(&replay.records) {
+    if !live_changed(&replay.plan, &replay.records) {
         return finish_failed(
             &ctx,
             &replay.plan,
@@ -991,12 +991,16 @@ fn take(j: Shared) -> Result<Journal, JournalError> {
 }
 
 /// Whether anything live changed, according to the journal.
-fn live_changed(records: &[Record]) -> bool {
-    records.iter().any(|r| {
-        matches!(r, Record::Switch { .. } | Record::UnitReplace { .. })
-            || matches!(r, Record::Started { action, .. } if action == "daemon-reload"
-                || action == "reload-proxy"
-                || action.starts_with("restart:"))
+/// Whether anything live changed under `plan`, according to its records:
+/// a switch, a unit file replaced, or a live action of the plan started.
+fn live_changed(plan: &Plan, records: &[Record]) -> bool {
+    records.iter().any(|r| match r {
+        Record::Switch { .. } | Record::UnitReplace { .. } => true,
+        // An install-unit changes the file only after its `unit-replace`.
+        Record::Started { action, .. } => plan
+            .action(action)
+            .is_some_and(|a| a.kind().is_live() && a.kind() != ActionKind::InstallUnit),
+        _ => false,
     })
 }
 
@@ -1016,7 +1020,7 @@ async fn finish_failed(
     started: Instant,
 ) -> Result<Report, ApplyError> {
     let millis = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    if !live_changed(records) {
+    if !live_changed(plan, records) {
         save_outcome(ctx, plan, apply_id, records, "failed").await?;
         finish_journal(journal, "failed-untouched", apply_id).await?;
         report.outcome = Outcome::FailedUntouched;
@@ -1179,9 +1183,10 @@ fn record_outcome(
         switched: Vec::new(),
         previous_units: BTreeMap::new(),
         backup: last_backup(records),
-        migrated: records.iter().any(
-            |r| matches!(r, Record::Succeeded { action, .. } if action.starts_with("migrate:")),
-        ),
+        migrated: records.iter().any(|r| {
+            matches!(r, Record::Succeeded { action, .. }
+                if plan.action(action).is_some_and(|a| a.kind() == ActionKind::Migrate))
+        }),
         outcome: outcome.to_owned(),
     });
     state::save(&ctx.state_dir, &st)?;
@@ -1887,6 +1892,26 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
+
+    /// A `rollback-begin` written before rollbacks were plans has none: it
+    /// is read, and the rollback plan is then built from the records.
+    #[test]
+    fn an_old_rollback_begin_without_a_plan_is_read() {
+        let old: crate::journal::Record =
+            serde_json::from_str(r#"{"event":"rollback-begin","reason":"x failed"}"#).unwrap();
+        let records = vec![
+            crate::journal::Record::Started {
+                action: "restart:a".into(),
+                at_ms: None,
+            },
+            old,
+        ];
+        assert_eq!(
+            super::rollback_begun(&records).map(|(i, p)| (i, p.is_none())),
+            Some((1, true))
+        );
+        assert_eq!(super::rollback_begun(&records[..1]).map(|(i, _)| i), None);
+    }
 
     /// A repository whose `svc/` holds `files` files; returns its HEAD.
     fn big_repo(dir: &std::path::Path, files: usize) -> String {

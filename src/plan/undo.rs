@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::build::health_action;
 use super::{
-    Action, FORMAT_VERSION, Operation, Plan, PlanInputs, RollbackKind, RollbackPlan, ServiceChange,
-    ServicePlan, Step, UnitChange, short,
+    Action, ActionKind, FORMAT_VERSION, Operation, Plan, PlanInputs, RollbackKind, RollbackPlan,
+    ServiceChange, ServicePlan, Step, UnitChange, short,
 };
 use crate::changes::Rev;
 use crate::config::{Config, Environment};
@@ -61,19 +61,22 @@ pub fn build(
                     .entry(unit)
                     .or_insert((service.as_str(), saved.as_deref()));
             }
+            // What a record's action did is read from the plan, by id.
             Record::Started { action, .. } => {
-                if let Some(s) = action.strip_prefix("restart:") {
-                    restarted.insert(s);
+                if let Some(a) = failed.action(action)
+                    && a.kind() == ActionKind::Restart
+                    && let Some(s) = &a.service
+                {
+                    restarted.insert(s.as_str());
                 }
             }
-            Record::Succeeded { action, .. } => {
-                if action == "reload-proxy" {
-                    proxy_reloaded = true;
+            Record::Succeeded { action, .. } => match failed.action(action) {
+                Some(a) if a.kind() == ActionKind::ReloadProxy => proxy_reloaded = true,
+                Some(a) if a.kind() == ActionKind::Migrate => {
+                    migrated.extend(a.service.clone());
                 }
-                if let Some(s) = action.strip_prefix("migrate:") {
-                    migrated.push(s.to_owned());
-                }
-            }
+                _ => {}
+            },
             _ => {}
         }
     }
@@ -391,6 +394,11 @@ proxy "nginx" { unit "nginx.service"; check "nginx" "-t"; }
         crate::config::parse("t.kdl", CONFIG).unwrap()
     }
 
+    fn restart(s: &str) -> serde_json::Value {
+        serde_json::json!({"id": format!("restart:{s}"), "kind": "restart", "service": s,
+            "phase": null, "reason": "", "after": [], "unit": format!("p-{s}.service")})
+    }
+
     fn failed(first_deploy: bool) -> Plan {
         let json = serde_json::json!({
             "format_version": FORMAT_VERSION,
@@ -411,7 +419,11 @@ proxy "nginx" { unit "nginx.service"; check "nginx" "-t"; }
                        "units_source": "none", "units": {}, "allow_non_ancestor": false},
             "changed_paths": 0,
             "services": [],
-            "actions": [],
+            "actions": [
+                restart("api"), restart("worker"), restart("web"),
+                {"id": "reload-proxy", "kind": "reload-proxy", "service": null, "phase": null,
+                 "reason": "", "after": [], "unit": "nginx.service"}
+            ],
             "rollback": {"kind": "code-only", "services": [], "summary": ""},
             "warnings": []
         });
