@@ -167,10 +167,17 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
             }
             let report =
                 crate::apply::roll_back_unfinished(std::sync::Arc::clone(&ctx), pending).await?;
-            eprintln!(
-                "the unfinished apply {} was rolled back from its journal",
-                report.apply_id
-            );
+            match report.outcome {
+                crate::apply::Outcome::RolledBack => eprintln!(
+                    "the unfinished apply {} was rolled back from its journal",
+                    report.apply_id
+                ),
+                crate::apply::Outcome::FailedUntouched => eprintln!(
+                    "the unfinished apply {} was closed: nothing live had changed",
+                    report.apply_id
+                ),
+                _ => {}
+            }
             let code = print_report(
                 &report,
                 &args.env,
