@@ -6,7 +6,7 @@
 //! `resume` continues a journal left by a crash without redoing work whose
 //! effect is still in place.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,9 +19,10 @@ use tokio::task::JoinSet;
 use crate::changes::Repo;
 use crate::config::Config;
 use crate::config::Environment;
+use crate::config::Service;
 use crate::health;
 use crate::journal::{Journal, JournalError, Record, Replay};
-use crate::plan::{Action, ActionKind, Plan, short};
+use crate::plan::{Action, ActionKind, Plan, Step, UnitSource};
 use crate::process::{self, Run};
 use crate::release::{self, Paths};
 use crate::state::{self, ApplyRecord, BackupRecord, ServiceState, State};
@@ -112,6 +113,9 @@ pub enum Outcome {
     NeedsAttention,
     /// Stopped by a signal; resumable.
     Interrupted,
+    /// `start`, `stop`, `enable`, `disable` failed: reported, nothing to
+    /// roll back.
+    Failed,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -124,13 +128,32 @@ pub struct Report {
     pub rolled_back: Vec<String>,
     pub rollback_errors: Vec<String>,
     pub millis: u64,
+    /// The rollback plan: what the automatic rollback executed, or (the
+    /// apply left as is) what `moorline rollback` would. Absent when
+    /// nothing live changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_plan: Option<Plan>,
 }
 
 impl Report {
+    fn new(apply_id: &str, failed: Vec<(String, String)>) -> Self {
+        Self {
+            apply_id: apply_id.to_owned(),
+            outcome: Outcome::FailedUntouched,
+            succeeded: Vec::new(),
+            failed,
+            not_run: Vec::new(),
+            rolled_back: Vec::new(),
+            rollback_errors: Vec::new(),
+            millis: 0,
+            rollback_plan: None,
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self.outcome {
             Outcome::Succeeded => crate::exit::OK,
-            Outcome::FailedUntouched => crate::exit::ERROR,
+            Outcome::FailedUntouched | Outcome::Failed => crate::exit::ERROR,
             Outcome::RolledBack => crate::exit::ROLLED_BACK,
             Outcome::NeedsAttention | Outcome::Interrupted => crate::exit::NEEDS_ATTENTION,
         }
@@ -253,11 +276,11 @@ async fn journal_append(j: &Shared, r: Record) -> Result<(), JournalError> {
 /// release switches, unit files) on the blocking pool, so it never holds
 /// one of the runtime's two workers while jobs and probes wait on them.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    f: impl FnOnce() -> Result<T, ActionError> + Send + 'static,
+) -> Result<T, ActionError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| format!("a blocking task failed: {e}"))?
+        .map_err(|source| ActionError::Task { source })?
 }
 
 /// The journal as the next command finds it; a torn one (no complete
@@ -333,25 +356,133 @@ pub async fn resume(ctx: Arc<Ctx>) -> Result<Option<Report>, ApplyError> {
     run(ctx, plan, id, journal, Some(replay)).await.map(Some)
 }
 
-/// Rolls back the unfinished apply in the journal (after a crash, instead
-/// of resuming it); `None` when there is none.
-pub async fn roll_back_unfinished(ctx: Arc<Ctx>) -> Result<Option<Report>, ApplyError> {
+/// The rollback of an unfinished apply, planned and not yet executed (or
+/// begun and interrupted).
+pub struct PendingRollback {
+    replay: Replay,
+    /// The rollback plan: recorded by a rollback that began, else built
+    /// from the journal's records.
+    pub plan: Plan,
+    /// A rollback of it began already (and is continued).
+    pub begun: bool,
+}
+
+impl PendingRollback {
+    pub fn apply_id(&self) -> &str {
+        &self.replay.apply_id
+    }
+
+    /// Whether anything live changed under the unfinished apply.
+    pub fn live_changed(&self) -> bool {
+        self.begun || live_changed(&self.replay.plan, &self.replay.records)
+    }
+}
+
+/// The rollback of the unfinished apply in the journal, to show before it
+/// runs; `None` when no apply is unfinished.
+pub async fn unfinished_rollback(ctx: &Ctx) -> Result<Option<PendingRollback>, ApplyError> {
     let Some(replay) = unfinished(&ctx.state_dir).await? else {
         return Ok(None);
     };
+    let (plan, begun) = match rollback_begun(&replay.records) {
+        Some((_, Some(plan))) => (plan, true),
+        Some((_, None)) => (
+            crate::plan::undo::build(
+                &replay.plan,
+                &replay.apply_id,
+                &replay.records,
+                &ctx.config,
+                &ctx.env,
+            ),
+            true,
+        ),
+        None => (
+            crate::plan::undo::build(
+                &replay.plan,
+                &replay.apply_id,
+                &replay.records,
+                &ctx.config,
+                &ctx.env,
+            ),
+            false,
+        ),
+    };
+    Ok(Some(PendingRollback {
+        replay,
+        plan,
+        begun,
+    }))
+}
+
+/// Rolls back the unfinished apply (after a crash, instead of resuming
+/// it) with the plan [`unfinished_rollback`] returned: journaled, then
+/// executed like any plan; a rollback that began is continued from its
+/// records.
+pub async fn roll_back_unfinished(
+    ctx: Arc<Ctx>,
+    pending: PendingRollback,
+) -> Result<Report, ApplyError> {
+    let started = Instant::now();
     let journal: Shared = Arc::new(Mutex::new(Journal::reopen(&ctx.state_dir)?));
-    let report = finish_failed(
+    let PendingRollback {
+        replay,
+        plan: rollback,
+        begun,
+    } = pending;
+    let report = Report::new(&replay.apply_id, Vec::new());
+    if begun {
+        let at = rollback_begun(&replay.records).map_or(0, |(i, _)| i + 1);
+        return roll_back(
+            &ctx,
+            &replay.plan,
+            &replay.apply_id,
+            journal,
+            rollback,
+            Some(&replay.records[at..]),
+            report,
+            started,
+        )
+        .await;
+    }
+    let reason = "rollback of an interrupted apply requested".to_owned();
+    if !live_changed(&replay.plan, &replay.records) {
+        return finish_failed(
+            &ctx,
+            &replay.plan,
+            &replay.apply_id,
+            journal,
+            &replay.records,
+            report,
+            reason,
+            started,
+        )
+        .await;
+    }
+    journal_append(
+        &journal,
+        Record::RollbackBegin {
+            reason,
+            plan: Some(Box::new(rollback.clone())),
+        },
+    )
+    .await?;
+    emit(
+        ctx.options.progress,
+        "rollback",
+        &replay.plan.environment,
+        "of the unfinished apply",
+    );
+    roll_back(
         &ctx,
         &replay.plan,
         &replay.apply_id,
         journal,
-        replay.records.clone(),
-        Vec::new(),
-        "rollback of an interrupted apply requested".to_owned(),
-        Instant::now(),
+        rollback,
+        None,
+        report,
+        started,
     )
-    .await?;
-    Ok(Some(report))
+    .await
 }
 
 /// A journal that ended but was not moved to history (a crash between the
@@ -372,38 +503,49 @@ fn archive_ended(state_dir: &Path, apply_id: Option<&str>) -> Result<(), Journal
     Ok(())
 }
 
-async fn run(
-    ctx: Arc<Ctx>,
-    plan: Plan,
-    apply_id: String,
-    journal: Journal,
-    replay: Option<Replay>,
-) -> Result<Report, ApplyError> {
-    let started = Instant::now();
-    let journal: Shared = Arc::new(Mutex::new(journal));
-    let progress = ctx.options.progress;
+/// How one action ended: its journal note, or its error with the message
+/// recorded (the unit's last journal lines added).
+type Performed = Result<Option<String>, (ActionError, String)>;
 
+/// What executing one plan came to.
+struct Executed {
+    succeeded: Vec<String>,
+    failed: Vec<(String, String)>,
+    not_run: Vec<String>,
+    interrupted: bool,
+}
+
+/// Executes `plan`: every action starts as soon as its `after` actions
+/// succeeded (builds bounded by `jobs`), each start and outcome journaled
+/// first; on the first failure or a signal nothing new starts. `prior`:
+/// this plan's records from an earlier process (a resume): an action they
+/// record as succeeded is not run again if its effect is still in place.
+/// The one executor of deploys, rollbacks (automatic or asked for),
+/// restarts and start/stop/enable/disable.
+async fn execute(
+    ctx: &Arc<Ctx>,
+    plan: &Plan,
+    apply_id: &str,
+    journal: &Shared,
+    prior: Option<&[Record]>,
+    started: Instant,
+) -> Result<Executed, ApplyError> {
+    let progress = ctx.options.progress;
+    // A stop plan goes on past a unit that fails to stop (the rest is not
+    // kept up by it): a failed action then orders like a finished one.
+    let keep_going = plan.operation == crate::plan::Operation::Stop;
     // Which actions are already done (and still in effect)?
     let mut done: BTreeSet<String> = BTreeSet::new();
-    if let Some(r) = &replay {
-        if r.rollback_begun() {
-            let report = finish_failed(
-                &ctx,
-                &plan,
-                &apply_id,
-                journal,
-                r.records.clone(),
-                Vec::new(),
-                "resuming an interrupted rollback".to_owned(),
-                started,
-            )
-            .await?;
-            return Ok(report);
-        }
+    if let Some(prior) = prior {
+        let succeeded = |id: &str| {
+            prior
+                .iter()
+                .any(|r| matches!(r, Record::Succeeded { action, .. } if action == id))
+        };
         let mut invalid: BTreeSet<String> = BTreeSet::new();
         for a in &plan.actions {
-            if r.succeeded(&a.id) {
-                if still_in_effect(&ctx, &plan, a).await {
+            if succeeded(&a.id) {
+                if still_in_effect(ctx, plan, a).await {
                     done.insert(a.id.clone());
                     emit(progress, "verified", &a.id, "done before the interruption");
                 } else {
@@ -420,9 +562,8 @@ async fn run(
         }
     }
 
-    let by_id: HashMap<&str, &Action> = plan.actions.iter().map(|a| (a.id.as_str(), a)).collect();
     let builds = Arc::new(Semaphore::new(ctx.options.jobs.max(1)));
-    let mut running: JoinSet<(String, Result<Option<String>, ActionError>)> = JoinSet::new();
+    let mut running: JoinSet<(String, Performed)> = JoinSet::new();
     let mut in_flight: BTreeSet<String> = BTreeSet::new();
     let mut running_since: BTreeMap<String, Instant> = BTreeMap::new();
     let mut failed: Vec<(String, String)> = Vec::new();
@@ -439,11 +580,18 @@ async fn run(
                 if done.contains(&a.id) || in_flight.contains(&a.id) {
                     continue;
                 }
-                if !a.after.iter().all(|p| done.contains(p)) {
+                if failed.iter().any(|(f, _)| *f == a.id) {
+                    continue;
+                }
+                if !a
+                    .after
+                    .iter()
+                    .all(|p| done.contains(p) || (keep_going && failed.iter().any(|(f, _)| f == p)))
+                {
                     continue;
                 }
                 journal_append(
-                    &journal,
+                    journal,
                     Record::Started {
                         action: a.id.clone(),
                         at_ms: Some(millis_since(started)),
@@ -454,40 +602,52 @@ async fn run(
                 in_flight.insert(a.id.clone());
                 running_since.insert(a.id.clone(), Instant::now());
                 show_running(progress, &running_since);
-                let ctx2 = Arc::clone(&ctx);
-                let j2 = Arc::clone(&journal);
-                let a2 = (*a).clone();
+                let ctx2 = Arc::clone(ctx);
+                let j2 = Arc::clone(journal);
+                let a2 = a.clone();
                 let plan_to = plan.to.sha.clone();
-                let id2 = apply_id.clone();
+                let id2 = apply_id.to_owned();
                 let sem = Arc::clone(&builds);
                 running.spawn(async move {
-                    let _permit = if a2.kind == ActionKind::Build {
+                    let _permit = if a2.kind() == ActionKind::Build {
                         sem.acquire_owned().await.ok()
                     } else {
                         None
                     };
                     let t = Instant::now();
-                    let mut res = perform(&ctx2, &a2, &plan_to, &id2, &j2).await;
-                    if let (Err(ActionError::Failed(e)), Some(unit), true) = (
-                        &mut res,
-                        a2.unit.as_deref(),
-                        matches!(a2.kind, ActionKind::Restart | ActionKind::Health),
-                    ) {
-                        let lines = crate::logs::tail(unit, JOURNAL_TAIL).await;
-                        if !lines.is_empty() {
-                            e.push_str("\nlast lines of ");
-                            e.push_str(unit);
-                            e.push_str("'s journal:");
-                            for l in lines {
-                                e.push_str("\n    | ");
-                                e.push_str(&l);
-                            }
+                    let res = perform(&ctx2, &a2, &plan_to, &id2, &j2).await;
+                    let res = match res {
+                        Ok(note) => {
+                            let ms = t.elapsed().as_millis();
+                            Ok(Some(note.map_or_else(
+                                || format!("{ms} ms"),
+                                |n| format!("{n} ({ms} ms)"),
+                            )))
                         }
-                    }
-                    let res = res.map(|note| {
-                        let ms = t.elapsed().as_millis();
-                        Some(note.map_or_else(|| format!("{ms} ms"), |n| format!("{n} ({ms} ms)")))
-                    });
+                        Err(e) => {
+                            let mut msg = e.message();
+                            // The unit's own words on why it did not come up.
+                            if let (Some(unit), true) = (
+                                a2.step.unit(),
+                                matches!(
+                                    a2.kind(),
+                                    ActionKind::Restart | ActionKind::Health | ActionKind::Start
+                                ),
+                            ) {
+                                let lines = crate::logs::tail(unit, JOURNAL_TAIL).await;
+                                if !lines.is_empty() {
+                                    msg.push_str("\nlast lines of ");
+                                    msg.push_str(unit);
+                                    msg.push_str("'s journal:");
+                                    for l in lines {
+                                        msg.push_str("\n    | ");
+                                        msg.push_str(&l);
+                                    }
+                                }
+                            }
+                            Err((e, msg))
+                        }
+                    };
                     (a2.id.clone(), res)
                 });
             }
@@ -503,10 +663,14 @@ async fn run(
         let Some(joined) = joined else { break };
         let (id, res) = match joined {
             Ok(x) => x,
-            Err(e) => (
-                String::from("?"),
-                Err(ActionError::Failed(format!("task failed: {e}"))),
-            ),
+            Err(source) => {
+                // A panicked or cancelled task: which action is unknown
+                // here, so the run stops as after a journal error.
+                return Err(ApplyError::Blocking {
+                    what: "an action",
+                    source,
+                });
+            }
         };
         in_flight.remove(&id);
         running_since.remove(&id);
@@ -514,7 +678,7 @@ async fn run(
         match res {
             Ok(note) => {
                 journal_append(
-                    &journal,
+                    journal,
                     Record::Succeeded {
                         action: id.clone(),
                         note: note.clone(),
@@ -525,10 +689,10 @@ async fn run(
                 emit(progress, "done", &id, note.as_deref().unwrap_or(""));
                 done.insert(id);
             }
-            Err(ActionError::Journal(e)) => return Err(e.into()),
-            Err(ActionError::Failed(err)) => {
+            Err((ActionError::Journal(e), _)) => return Err(e.into()),
+            Err((_, err)) => {
                 journal_append(
-                    &journal,
+                    journal,
                     Record::Failed {
                         action: id.clone(),
                         error: err.clone(),
@@ -537,7 +701,7 @@ async fn run(
                 .await?;
                 emit(progress, "FAILED", &id, &err);
                 failed.push((id, err));
-                stopping = true;
+                stopping = !keep_going;
             }
         }
     }
@@ -557,9 +721,87 @@ async fn run(
         .filter(|a| !done.contains(&a.id) && !failed.iter().any(|(f, _)| *f == a.id))
         .map(|a| a.id.clone())
         .collect();
+    Ok(Executed {
+        succeeded,
+        failed,
+        not_run,
+        interrupted,
+    })
+}
+
+/// Where the rollback of an apply begins in its records, and the plan it
+/// recorded (journals from before rollbacks were plans have none).
+fn rollback_begun(records: &[Record]) -> Option<(usize, Option<Plan>)> {
+    records.iter().enumerate().find_map(|(i, r)| match r {
+        Record::RollbackBegin { plan, .. } => Some((i, plan.as_deref().cloned())),
+        _ => None,
+    })
+}
+
+async fn run(
+    ctx: Arc<Ctx>,
+    plan: Plan,
+    apply_id: String,
+    journal: Journal,
+    replay: Option<Replay>,
+) -> Result<Report, ApplyError> {
+    let started = Instant::now();
+    let journal: Shared = Arc::new(Mutex::new(journal));
+
+    if let Some(r) = &replay
+        && let Some((at, recorded)) = rollback_begun(&r.records)
+    {
+        // An interrupted rollback: it goes on from its own records.
+        let rollback = recorded.unwrap_or_else(|| {
+            crate::plan::undo::build(&plan, &apply_id, &r.records, &ctx.config, &ctx.env)
+        });
+        emit(
+            ctx.options.progress,
+            "rollback",
+            &plan.environment,
+            "resuming an interrupted rollback",
+        );
+        let report = Report::new(&apply_id, Vec::new());
+        return roll_back(
+            &ctx,
+            &plan,
+            &apply_id,
+            journal,
+            rollback,
+            Some(&r.records[at + 1..]),
+            report,
+            started,
+        )
+        .await;
+    }
+
+    let prior = replay.as_ref().map(|r| r.records.as_slice());
+    let ex = execute(&ctx, &plan, &apply_id, &journal, prior, started).await?;
     let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
 
-    if failed.is_empty() && !interrupted {
+    if plan.operation.is_unit_op() && !(ex.interrupted && ex.failed.is_empty()) {
+        // start/stop/enable/disable: no release changes, nothing to roll
+        // back, no state to write; the journal goes to history.
+        let failed = !ex.failed.is_empty();
+        finish_journal(
+            journal,
+            if failed { "failed" } else { "succeeded" },
+            &apply_id,
+        )
+        .await?;
+        let mut report = Report::new(&apply_id, ex.failed);
+        report.outcome = if failed {
+            Outcome::Failed
+        } else {
+            Outcome::Succeeded
+        };
+        report.succeeded = ex.succeeded;
+        report.not_run = ex.not_run;
+        report.millis = millis;
+        return Ok(report);
+    }
+
+    if ex.failed.is_empty() && !ex.interrupted {
         let records = read_records(&ctx.state_dir).await?;
         {
             let (ctx, plan, apply_id) = (Arc::clone(&ctx), plan.clone(), apply_id.clone());
@@ -571,42 +813,34 @@ async fn run(
                 })??;
         }
         finish_journal(journal, "succeeded", &apply_id).await?;
-        return Ok(Report {
-            apply_id,
-            outcome: Outcome::Succeeded,
-            succeeded,
-            failed,
-            not_run,
-            rolled_back: Vec::new(),
-            rollback_errors: Vec::new(),
-            millis,
-        });
+        let mut report = Report::new(&apply_id, ex.failed);
+        report.outcome = Outcome::Succeeded;
+        report.succeeded = ex.succeeded;
+        report.not_run = ex.not_run;
+        report.millis = millis;
+        return Ok(report);
     }
-    if interrupted && failed.is_empty() {
-        return Ok(Report {
-            apply_id,
-            outcome: Outcome::Interrupted,
-            succeeded,
-            failed,
-            not_run,
-            rolled_back: Vec::new(),
-            rollback_errors: Vec::new(),
-            millis,
-        });
+    if ex.interrupted && ex.failed.is_empty() {
+        let mut report = Report::new(&apply_id, ex.failed);
+        report.outcome = Outcome::Interrupted;
+        report.succeeded = ex.succeeded;
+        report.not_run = ex.not_run;
+        report.millis = millis;
+        return Ok(report);
     }
-    let _ = by_id;
     let records = read_records(&ctx.state_dir).await?;
-    let reason = failed
+    let reason = ex
+        .failed
         .first()
         .map(|(id, e)| format!("{id} failed: {e}"))
         .unwrap_or_default();
-    let mut report = finish_failed(
-        &ctx, &plan, &apply_id, journal, records, failed, reason, started,
+    let mut report = Report::new(&apply_id, ex.failed);
+    report.succeeded = ex.succeeded;
+    report.not_run = ex.not_run;
+    finish_failed(
+        &ctx, &plan, &apply_id, journal, &records, report, reason, started,
     )
-    .await?;
-    report.succeeded = succeeded;
-    report.not_run = not_run;
-    Ok(report)
+    .await
 }
 
 async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
@@ -639,30 +873,110 @@ async fn finish_journal(j: Shared, outcome: &str, apply_id: &str) -> Result<(), 
         .map_err(|source| JournalError::Task { path, source })?
 }
 
-/// What performing an action can end in besides success: the action
-/// failed (the apply stops and rolls back), or the journal could not be
-/// written (the apply stops at once: nothing may act without a record).
-#[derive(Debug)]
-enum ActionError {
-    Failed(String),
-    Journal(JournalError),
+/// Why an action failed. Each variant has a stable code; the message
+/// (with its sources) is what the journal's `failed` record and the report
+/// show. [`ActionError::Journal`] is different: the journal could not be
+/// written, so the run stops at once (nothing may act without a record).
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum ActionError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Journal(#[from] JournalError),
+    #[error("service `{service}` is not in the configuration")]
+    #[diagnostic(code(moorline::action::unknown_service))]
+    UnknownService { service: String },
+    #[error("{what} has no service")]
+    #[diagnostic(code(moorline::action::no_service))]
+    NoService { what: &'static str },
+    #[error("exporting the release into {dir}: {message}")]
+    #[diagnostic(code(moorline::action::export))]
+    Export { dir: String, message: String },
+    #[error("dependencies: {message}")]
+    #[diagnostic(code(moorline::action::deps))]
+    Deps { message: String },
+    #[error("{what}")]
+    #[diagnostic(code(moorline::action::command))]
+    Command {
+        what: &'static str,
+        #[source]
+        source: Box<process::RunError>,
+    },
+    #[error("backup: {message}")]
+    #[diagnostic(code(moorline::action::backup))]
+    Backup { message: String },
+    #[error("{what} {path}")]
+    #[diagnostic(code(moorline::action::io))]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("rendering the unit of {service}")]
+    #[diagnostic(code(moorline::action::unit))]
+    Unit {
+        service: String,
+        #[source]
+        source: Box<unit::UnitError>,
+    },
+    #[error(
+        "no unit to install for {service}: the service has no unit block, or the saved unit file is gone"
+    )]
+    #[diagnostic(code(moorline::action::no_unit))]
+    NoUnit { service: String },
+    #[error("{what} {unit}")]
+    #[diagnostic(code(moorline::action::systemd))]
+    Systemd {
+        what: &'static str,
+        unit: String,
+        #[source]
+        source: Box<crate::systemd::SystemdError>,
+    },
+    #[error("{url}: {error}")]
+    #[diagnostic(code(moorline::action::not_ready))]
+    NotReady { url: String, error: String },
+    #[error("{unit} answered ready but did not stay up: now {state}")]
+    #[diagnostic(code(moorline::action::unsettled))]
+    Unsettled { unit: String, state: String },
+    #[error("a blocking task failed")]
+    #[diagnostic(code(moorline::action::task))]
+    Task {
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
-impl From<String> for ActionError {
-    fn from(e: String) -> Self {
-        Self::Failed(e)
+impl ActionError {
+    /// The message with its chain of sources, one `: ` apart.
+    pub fn message(&self) -> String {
+        let mut s = self.to_string();
+        let mut e = std::error::Error::source(self);
+        while let Some(cause) = e {
+            let text = cause.to_string();
+            if !s.contains(&text) {
+                s.push_str(": ");
+                s.push_str(&text);
+            }
+            e = cause.source();
+        }
+        s
     }
-}
 
-impl From<&str> for ActionError {
-    fn from(e: &str) -> Self {
-        Self::Failed(e.to_owned())
+    fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.display().to_string();
+        move |source| Self::Io { what, path, source }
     }
-}
 
-impl From<JournalError> for ActionError {
-    fn from(e: JournalError) -> Self {
-        Self::Journal(e)
+    fn systemd(
+        what: &'static str,
+        unit: &str,
+    ) -> impl FnOnce(crate::systemd::SystemdError) -> Self {
+        let unit = unit.to_owned();
+        move |source| Self::Systemd {
+            what,
+            unit,
+            source: Box::new(source),
+        }
     }
 }
 
@@ -677,81 +991,138 @@ fn take(j: Shared) -> Result<Journal, JournalError> {
 }
 
 /// Whether anything live changed, according to the journal.
-fn live_changed(records: &[Record]) -> bool {
-    records.iter().any(|r| {
-        matches!(r, Record::Switch { .. } | Record::UnitReplace { .. })
-            || matches!(r, Record::Started { action, .. } if action == "daemon-reload"
-                || action == "reload-proxy"
-                || action.starts_with("restart:"))
+/// Whether anything live changed under `plan`, according to its records:
+/// a switch, a unit file replaced, or a live action of the plan started.
+fn live_changed(plan: &Plan, records: &[Record]) -> bool {
+    records.iter().any(|r| match r {
+        Record::Switch { .. } | Record::UnitReplace { .. } => true,
+        // An install-unit changes the file only after its `unit-replace`.
+        Record::Started { action, .. } => plan
+            .action(action)
+            .is_some_and(|a| a.kind().is_live() && a.kind() != ActionKind::InstallUnit),
+        _ => false,
     })
 }
 
+/// After a failure: nothing live changed (the journal is closed), the
+/// apply is left for a human (`--on-failure stop`), or it is rolled back
+/// by its rollback plan, journaled (`rollback-begin` carries the plan) and
+/// executed like any plan.
 #[allow(clippy::too_many_arguments)]
 async fn finish_failed(
     ctx: &Arc<Ctx>,
     plan: &Plan,
     apply_id: &str,
     journal: Shared,
-    records: Vec<Record>,
-    failed: Vec<(String, String)>,
+    records: &[Record],
+    mut report: Report,
     reason: String,
     started: Instant,
 ) -> Result<Report, ApplyError> {
-    let progress = ctx.options.progress;
     let millis = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let mut report = Report {
-        apply_id: apply_id.to_owned(),
-        outcome: Outcome::FailedUntouched,
-        succeeded: Vec::new(),
-        failed,
-        not_run: Vec::new(),
-        rolled_back: Vec::new(),
-        rollback_errors: Vec::new(),
-        millis: 0,
-    };
-    let resuming_rollback = records
-        .iter()
-        .any(|r| matches!(r, Record::RollbackBegin { .. }));
-    if !live_changed(&records) && !resuming_rollback {
-        save_outcome(ctx, plan, apply_id, &records, "failed").await?;
+    if !live_changed(plan, records) {
+        save_outcome(ctx, plan, apply_id, records, "failed").await?;
         finish_journal(journal, "failed-untouched", apply_id).await?;
+        report.outcome = Outcome::FailedUntouched;
         report.millis = millis();
         return Ok(report);
     }
-    if !ctx.options.rollback_on_failure && !resuming_rollback {
+    let rollback = crate::plan::undo::build(plan, apply_id, records, &ctx.config, &ctx.env);
+    if !ctx.options.rollback_on_failure {
         // Left open on purpose: the journal knows what was switched, so
-        // `rollback` undoes exactly this apply and `apply --resume` retries
-        // it; a new apply is refused until one of them is chosen.
-        save_outcome(ctx, plan, apply_id, &records, "failed").await?;
+        // `rollback` undoes exactly this apply (with the plan shown here)
+        // and `apply --resume` retries it; a new apply is refused until
+        // one of them is chosen.
+        save_outcome(ctx, plan, apply_id, records, "failed").await?;
         drop(journal);
         report.outcome = Outcome::NeedsAttention;
+        report.rollback_plan = Some(rollback);
         report.millis = millis();
         return Ok(report);
     }
-    if !resuming_rollback {
-        journal_append(
-            &journal,
-            Record::RollbackBegin {
-                reason: reason.clone(),
-            },
-        )
-        .await?;
-    }
+    journal_append(
+        &journal,
+        Record::RollbackBegin {
+            reason: reason.clone(),
+            plan: Some(Box::new(rollback.clone())),
+        },
+    )
+    .await?;
     // The failure itself was printed when it happened (`FAILED`): named
     // here, not repeated.
     let because = report.failed.first().map_or_else(
         || reason.lines().next().unwrap_or_default().to_owned(),
         |(id, _)| format!("because {id} failed"),
     );
-    emit(progress, "rollback", &plan.environment, &because);
-    let (rolled, errors) = rollback_from_journal(ctx, &records, &journal).await?;
+    emit(
+        ctx.options.progress,
+        "rollback",
+        &plan.environment,
+        &because,
+    );
+    roll_back(
+        ctx, plan, apply_id, journal, rollback, None, report, started,
+    )
+    .await
+}
+
+/// Executes `rollback`, the rollback plan of the apply `plan` (its
+/// `rollback-begin` is journaled already); `prior`: its records so far,
+/// when it is resumed. Rolled back, the journal ends; otherwise it stays
+/// open, so `apply --resume` or `rollback` carry the rollback on.
+#[allow(clippy::too_many_arguments)]
+async fn roll_back(
+    ctx: &Arc<Ctx>,
+    plan: &Plan,
+    apply_id: &str,
+    journal: Shared,
+    rollback: Plan,
+    prior: Option<&[Record]>,
+    mut report: Report,
+    started: Instant,
+) -> Result<Report, ApplyError> {
+    let ex = execute(ctx, &rollback, apply_id, &journal, prior, started).await?;
+    let mut rolled: Vec<String> = Vec::new();
+    for id in &ex.succeeded {
+        if let Some(a) = rollback.action(id)
+            && matches!(a.kind(), ActionKind::Health | ActionKind::Stop)
+            && let Some(s) = &a.service
+            && !rolled.contains(s)
+        {
+            rolled.push(s.clone());
+        }
+    }
+    for service in &rolled {
+        let detail = match rollback.services.iter().find(|s| s.name == *service) {
+            Some(s) if s.change == crate::plan::ServiceChange::Stop => {
+                "stopped (no previous release)".to_owned()
+            }
+            Some(crate::plan::ServicePlan {
+                to_revision: Some(r),
+                ..
+            }) => format!("back to {}", crate::plan::short(r)),
+            _ => "restarted on its restored unit file".to_owned(),
+        };
+        emit(ctx.options.progress, "rolled-back", service, &detail);
+    }
     report.rolled_back = rolled;
-    report.rollback_errors = errors;
-    let outcome = if report.rollback_errors.is_empty() {
+    report.rollback_errors = ex
+        .failed
+        .iter()
+        .map(|(id, e)| format!("{id}: {e}"))
+        .collect();
+    report.rollback_plan = Some(rollback);
+    report.millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if ex.interrupted && ex.failed.is_empty() {
+        report.outcome = Outcome::Interrupted;
+        return Ok(report);
+    }
+    let outcome = if ex.failed.is_empty() {
         Outcome::RolledBack
     } else {
         Outcome::NeedsAttention
     };
+    let records = read_records(&ctx.state_dir).await?;
     save_outcome(
         ctx,
         plan,
@@ -768,154 +1139,7 @@ async fn finish_failed(
         finish_journal(journal, "rolled-back", apply_id).await?;
     }
     report.outcome = outcome;
-    report.millis = millis();
     Ok(report)
-}
-
-/// Undoes what the journal says changed: unit files back (and one
-/// daemon-reload), then each switched service back to its previous release,
-/// restarted and ready, in reverse order; the proxy reloaded if it was.
-async fn rollback_from_journal(
-    ctx: &Arc<Ctx>,
-    records: &[Record],
-    journal: &Shared,
-) -> Result<(Vec<String>, Vec<String>), JournalError> {
-    let progress = ctx.options.progress;
-    let mut errors = Vec::new();
-    let mut rolled = Vec::new();
-    let mut units_restored = false;
-    let mut seen_units = BTreeSet::new();
-    for r in records.iter().rev() {
-        if let Record::UnitReplace { unit, saved, .. } = r {
-            if !seen_units.insert(unit.clone()) {
-                continue;
-            }
-            let path = ctx.unit_dir.join(unit);
-            let saved = saved.clone();
-            let res = blocking(move || {
-                match saved {
-                    Some(saved) => {
-                        std::fs::read(saved).and_then(|b| state::write_private(&path, &b))
-                    }
-                    None => match std::fs::remove_file(&path) {
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                        other => other,
-                    },
-                }
-                .map_err(|e| e.to_string())
-            })
-            .await;
-            if let Err(e) = res {
-                errors.push(format!("restoring {unit}: {e}"));
-            }
-            units_restored = true;
-        }
-    }
-    if units_restored && let Err(e) = ctx.systemd.daemon_reload().await {
-        errors.push(format!("daemon-reload: {e}"));
-    }
-    let mut switched: Vec<(String, Option<String>)> = Vec::new();
-    for r in records {
-        if let Record::Switch { service, from, .. } = r
-            && !switched.iter().any(|(s, _)| s == service)
-        {
-            switched.push((service.clone(), from.clone()));
-        }
-    }
-    let already: BTreeSet<String> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::RolledBack { service } => Some(service.clone()),
-            _ => None,
-        })
-        .collect();
-    for (service, from) in switched.iter().rev() {
-        let Some(svc) = ctx.config.service(service) else {
-            continue;
-        };
-        let paths = Paths::new(&ctx.env.root, service);
-        let unit = svc.unit_name.clone();
-        let res: Result<(), String> = async {
-            if let Some(prev) = from {
-                let (root, service, prev) = (ctx.env.root.clone(), service.clone(), prev.clone());
-                blocking(move || {
-                    let paths = Paths::new(&root, &service);
-                    release::switch(&paths, &paths.release(&prev)).map_err(|e| e.to_string())
-                })
-                .await?;
-                restart_confirmed(&ctx.systemd, &unit, Duration::ZERO).await?;
-                let invocation = ctx
-                    .systemd
-                    .status(&unit)
-                    .await
-                    .map(|s| s.invocation_id)
-                    .unwrap_or_default();
-                let url = crate::plan::build::ready_url(svc);
-                health::wait_ready(&url, svc.ready_timeout, || async { Ok(()) })
-                    .await
-                    .map_err(|p| p.error.unwrap_or_default())?;
-                settled(&ctx.systemd, &unit, &invocation).await?;
-            } else {
-                // First deploy: there is nothing to go back to; stop it.
-                // A unit that is gone (its file was removed above and the
-                // manager unloaded it) is stopped already.
-                match ctx.systemd.stop(&unit).await {
-                    Ok(job) => job.check("stop", &unit).map_err(|e| e.to_string())?,
-                    Err(crate::systemd::SystemdError::NoSuchUnit { .. }) => {}
-                    Err(e) => return Err(e.to_string()),
-                }
-                let current = paths.current();
-                blocking(move || match std::fs::remove_file(&current) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        Err(format!("removing {}: {e}", current.display()))
-                    }
-                    _ => Ok(()),
-                })
-                .await?;
-            }
-            Ok(())
-        }
-        .await;
-        match res {
-            Ok(()) => {
-                if !already.contains(service) {
-                    journal_append(
-                        journal,
-                        Record::RolledBack {
-                            service: service.clone(),
-                        },
-                    )
-                    .await?;
-                }
-                emit(
-                    progress,
-                    "rolled-back",
-                    service,
-                    &from.as_deref().map_or_else(
-                        || "stopped (no previous release)".to_owned(),
-                        |f| format!("back to {}", short(f)),
-                    ),
-                );
-                rolled.push(service.clone());
-            }
-            Err(e) => {
-                emit(progress, "FAILED", &format!("rollback of {service}"), &e);
-                errors.push(format!("{service}: {e}"));
-            }
-        }
-    }
-    // Only a proxy that was reloaded is reloaded back: when its check
-    // failed, it still runs its old configuration and is left alone.
-    let proxy_reloaded = records
-        .iter()
-        .any(|r| matches!(r, Record::Succeeded { action, .. } if action == "reload-proxy"));
-    if proxy_reloaded
-        && let Some(p) = &ctx.config.proxy
-        && let Err(e) = ctx.systemd.reload(&p.unit).await
-    {
-        errors.push(format!("reloading {}: {e}", p.unit));
-    }
-    Ok((rolled, errors))
 }
 
 /// [`record_outcome`] on the blocking pool (it fsyncs `state.json`).
@@ -959,9 +1183,10 @@ fn record_outcome(
         switched: Vec::new(),
         previous_units: BTreeMap::new(),
         backup: last_backup(records),
-        migrated: records.iter().any(
-            |r| matches!(r, Record::Succeeded { action, .. } if action.starts_with("migrate:")),
-        ),
+        migrated: records.iter().any(|r| {
+            matches!(r, Record::Succeeded { action, .. }
+                if plan.action(action).is_some_and(|a| a.kind() == ActionKind::Migrate))
+        }),
         outcome: outcome.to_owned(),
     });
     state::save(&ctx.state_dir, &st)?;
@@ -1090,7 +1315,7 @@ fn commit_state(
         switched: switched.clone(),
         previous_units,
         backup: last_backup(records),
-        migrated: plan.actions.iter().any(|a| a.kind == ActionKind::Migrate),
+        migrated: plan.actions.iter().any(|a| a.kind() == ActionKind::Migrate),
         outcome: "succeeded".to_owned(),
     });
     state::save(&ctx.state_dir, &st)?;
@@ -1110,32 +1335,47 @@ fn commit_state(
 
 /// Re-checks, on resume, that a journaled success is still in effect.
 async fn still_in_effect(ctx: &Ctx, plan: &Plan, a: &Action) -> bool {
-    let Some(service) = a.service.as_deref() else {
-        return true;
+    let active = |unit: &str| {
+        let (sd, unit) = (ctx.systemd.clone(), unit.to_owned());
+        async move {
+            sd.status(&unit)
+                .await
+                .is_ok_and(|s| s.active_state == "active")
+        }
     };
-    let paths = Paths::new(&ctx.env.root, service);
-    match a.kind {
-        ActionKind::Build => paths.is_built(&plan.to.sha),
-        ActionKind::Restart => {
-            let live_ok = a.dir.as_deref().is_none_or(|d| {
-                std::fs::read_link(paths.current()).is_ok_and(|t| t == Path::new(d))
-            });
-            let unit = a.unit.clone().unwrap_or_default();
-            live_ok
-                && ctx
-                    .systemd
-                    .status(&unit)
-                    .await
-                    .is_ok_and(|s| s.active_state == "active")
+    let file = |unit: &str| std::fs::read(ctx.unit_dir.join(unit)).ok();
+    match &a.step {
+        Step::Build { .. } => a
+            .service
+            .as_deref()
+            .is_none_or(|s| Paths::new(&ctx.env.root, s).is_built(&plan.to.sha)),
+        Step::Restart { unit, release } => {
+            let live_ok = match (release, a.service.as_deref()) {
+                (Some(d), Some(s)) => std::fs::read_link(Paths::new(&ctx.env.root, s).current())
+                    .is_ok_and(|t| t == Path::new(d)),
+                _ => true,
+            };
+            live_ok && active(unit).await
         }
-        ActionKind::InstallUnit => {
-            let want = unit_text(ctx, a, service).ok().flatten();
-            let have = a
-                .unit
-                .as_ref()
-                .and_then(|u| std::fs::read_to_string(ctx.unit_dir.join(u)).ok());
-            want.is_some() && want == have
+        Step::Start { unit } => active(unit).await,
+        Step::Stop { unit, unlink } => {
+            unlink
+                .as_deref()
+                .is_none_or(|l| std::fs::symlink_metadata(l).is_err())
+                && !active(unit).await
         }
+        Step::InstallUnit { unit, source } => {
+            let want = a
+                .service
+                .as_deref()
+                .and_then(|s| ctx.config.service(s))
+                .and_then(|svc| unit_text(ctx, source, svc).ok());
+            want.is_some_and(|w| file(unit).is_some_and(|h| h == w.as_bytes()))
+        }
+        Step::RestoreUnit { unit, saved } => {
+            std::fs::read(saved).is_ok_and(|w| file(unit).is_some_and(|h| h == w))
+        }
+        Step::RemoveUnit { unit } => file(unit).is_none(),
         _ => true,
     }
 }
@@ -1165,15 +1405,22 @@ async fn perform(
     journal: &Shared,
 ) -> Result<Option<String>, ActionError> {
     let service = a.service.as_deref();
-    match a.kind {
-        ActionKind::Build => {
-            let service = service.ok_or("build without a service")?;
-            let svc = ctx.config.service(service).ok_or("unknown service")?;
-            let paths = Paths::new(&ctx.env.root, service);
+    let configured = |what: &'static str| {
+        let name = service.ok_or(ActionError::NoService { what })?;
+        ctx.config
+            .service(name)
+            .ok_or_else(|| ActionError::UnknownService {
+                service: name.to_owned(),
+            })
+    };
+    match &a.step {
+        Step::Build { release, command } => {
+            let svc = configured("a build")?;
+            let paths = Paths::new(&ctx.env.root, &svc.name);
             if paths.is_built(to_sha) {
                 return Ok(Some("already built".to_owned()));
             }
-            let dir = paths.release(to_sha);
+            let dir = PathBuf::from(release);
             let files = export(&ctx.repo_dir, to_sha, &svc.path, &dir).await?;
             // The cache key reads a few blobs from git (small, on this
             // worker); storing and restoring run on the blocking pool.
@@ -1182,47 +1429,56 @@ async fn perform(
                 Err(e) => Some(Err(e.to_string())),
             };
             let deps = match provision {
-                Some(p) => Some(crate::deps::provide(p?).await?),
+                Some(p) => Some(
+                    crate::deps::provide(p.map_err(|message| ActionError::Deps { message })?)
+                        .await
+                        .map_err(|message| ActionError::Deps { message })?,
+                ),
                 None => None,
             };
-            if let Some(argv) = &a.command {
+            if let Some(c) = command {
                 process::run(Run {
-                    argv,
+                    argv: &c.argv,
                     dir: Some(&dir),
-                    env: &command_env(ctx, Some(service), dir.to_str()),
-                    timeout: Duration::from_secs(a.timeout_secs.unwrap_or(900)),
+                    env: &command_env(ctx, Some(&svc.name), Some(release)),
+                    timeout: Duration::from_secs(c.timeout_secs),
                     log: &log_path(ctx, apply_id, &a.id),
                 })
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|source| ActionError::Command {
+                    what: "the build command",
+                    source: Box::new(source),
+                })?;
             }
             let sha = to_sha.to_owned();
-            blocking(move || release::mark_built(&dir, &sha).map_err(|e| e.to_string())).await?;
+            blocking(move || {
+                release::mark_built(&dir, &sha).map_err(ActionError::io("marking built", &dir))
+            })
+            .await?;
             Ok(Some(match deps {
                 Some(d) => format!("{files} files; {d}"),
                 None => format!("{files} files"),
             }))
         }
-        ActionKind::Migrate => {
-            let argv = a.command.as_ref().ok_or("migrate without a command")?;
-            let dir = a.dir.as_deref().map(Path::new);
+        Step::Migrate { release, command } => {
             process::run(Run {
-                argv,
-                dir,
-                env: &command_env(ctx, service, a.dir.as_deref()),
-                timeout: Duration::from_secs(a.timeout_secs.unwrap_or(900)),
+                argv: &command.argv,
+                dir: Some(Path::new(release)),
+                env: &command_env(ctx, service, Some(release)),
+                timeout: Duration::from_secs(command.timeout_secs),
                 log: &log_path(ctx, apply_id, &a.id),
             })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| ActionError::Command {
+                what: "the migration",
+                source: Box::new(source),
+            })?;
             Ok(None)
         }
-        ActionKind::Backup => {
-            let b = ctx
-                .env
-                .backup
-                .as_ref()
-                .ok_or("no backup block in this environment")?;
+        Step::Backup { .. } => {
+            let b = ctx.env.backup.as_ref().ok_or_else(|| ActionError::Backup {
+                message: "no backup block in this environment".to_owned(),
+            })?;
             let taken = crate::backup::take(
                 &ctx.config.project.name,
                 &ctx.env,
@@ -1230,7 +1486,8 @@ async fn perform(
                 b,
                 apply_id,
             )
-            .await?;
+            .await
+            .map_err(|message| ActionError::Backup { message })?;
             journal_append(
                 journal,
                 Record::Backup {
@@ -1243,26 +1500,17 @@ async fn perform(
             .await?;
             Ok(Some(format!("{} ({} bytes)", taken.path, taken.size)))
         }
-        ActionKind::InstallUnit => {
-            let service = service.ok_or("install-unit without a service")?;
-            let svc = ctx.config.service(service).ok_or("unknown service")?;
-            let text = unit_text(ctx, a, service)
-                .map_err(|e| e.to_string())?
-                .ok_or(
-                "no unit to install: the service has no unit block, or the saved unit file is gone",
-            )?;
-            let path = ctx.unit_dir.join(&svc.unit_name);
-            let keep = ctx
-                .state_dir
-                .join("units")
-                .join(apply_id)
-                .join(&svc.unit_name);
+        Step::InstallUnit { unit, source } => {
+            let svc = configured("install-unit")?;
+            let text = unit_text(ctx, source, svc)?;
+            let path = ctx.unit_dir.join(unit);
+            let keep = ctx.state_dir.join("units").join(apply_id).join(unit);
             let saved = {
                 let path = path.clone();
                 blocking(move || match std::fs::read(&path) {
                     Ok(old) => {
                         state::write_private(&keep, &old)
-                            .map_err(|e| format!("saving {}: {e}", path.display()))?;
+                            .map_err(ActionError::io("saving the unit file as", &keep))?;
                         Ok(Some(keep.display().to_string()))
                     }
                     Err(_) => Ok(None),
@@ -1272,8 +1520,8 @@ async fn perform(
             journal_append(
                 journal,
                 Record::UnitReplace {
-                    service: service.to_owned(),
-                    unit: svc.unit_name.clone(),
+                    service: svc.name.clone(),
+                    unit: unit.clone(),
                     saved,
                 },
             )
@@ -1282,59 +1530,77 @@ async fn perform(
             let private = unit::carries_secrets(&text, &unit::secret_names(svc));
             blocking(move || {
                 unit::install_file(&path, &text, private)
-                    .map_err(|e| format!("writing {}: {e}", path.display()))
+                    .map_err(ActionError::io("writing the unit file", &path))
             })
             .await?;
             Ok(None)
         }
-        ActionKind::Barrier => Ok(None),
-        ActionKind::DaemonReload => {
+        Step::RestoreUnit { unit, saved } => {
+            let (path, saved) = (ctx.unit_dir.join(unit), PathBuf::from(saved));
+            blocking(move || {
+                let text = std::fs::read(&saved)
+                    .map_err(ActionError::io("reading the saved unit file", &saved))?;
+                state::write_private(&path, &text)
+                    .map_err(ActionError::io("writing the unit file", &path))
+            })
+            .await?;
+            Ok(None)
+        }
+        Step::RemoveUnit { unit } => {
+            let path = ctx.unit_dir.join(unit);
+            blocking(move || match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(ActionError::io("removing the unit file", &path)(e))
+                }
+                _ => Ok(()),
+            })
+            .await?;
+            Ok(None)
+        }
+        Step::Barrier => Ok(None),
+        Step::DaemonReload { enable } => {
             // The units just installed are also enabled (their [Install]
             // section), so they start at boot like the hand-made units they
             // replace; enabling reloads the manager too.
-            let installed: Vec<String> = a
-                .after
-                .iter()
-                .filter_map(|id| id.strip_prefix("install-unit:"))
-                .filter_map(|s| ctx.config.service(s))
-                .map(|s| s.unit_name.clone())
-                .collect();
-            if installed.is_empty() {
+            if enable.is_empty() {
                 ctx.systemd
                     .daemon_reload()
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(ActionError::systemd("daemon-reload of", "the manager"))?;
             } else {
                 ctx.systemd
-                    .enable(&installed)
+                    .enable(enable)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(ActionError::systemd("enabling", &enable.join(" ")))?;
             }
             Ok(None)
         }
-        ActionKind::Restart => {
-            let unit = a.unit.as_deref().ok_or("restart without a unit")?;
-            if let Some(dir) = &a.dir {
-                let service = service.ok_or("a release switch without a service")?;
-                let paths = Paths::new(&ctx.env.root, service);
+        Step::Restart { unit, release } => {
+            if let Some(dir) = release {
+                let svc = configured("a release switch")?;
+                let paths = Paths::new(&ctx.env.root, &svc.name);
                 let target = PathBuf::from(dir);
                 let to = target
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
-                    .ok_or("bad release directory")?;
+                    .ok_or_else(|| ActionError::Io {
+                        what: "a release directory without a name:",
+                        path: dir.clone(),
+                        source: std::io::ErrorKind::InvalidInput.into(),
+                    })?;
                 let from = paths.live();
                 journal_append(
                     journal,
                     Record::Switch {
-                        service: service.to_owned(),
-                        from: from.clone(),
-                        to: to.clone(),
+                        service: svc.name.clone(),
+                        from,
+                        to,
                     },
                 )
                 .await?;
                 blocking(move || {
                     release::switch(&paths, &target)
-                        .map_err(|e| format!("switching {}: {e}", paths.current().display()))
+                        .map_err(ActionError::io("switching", &paths.current()))
                 })
                 .await?;
             }
@@ -1348,17 +1614,74 @@ async fn perform(
             restart_confirmed(&ctx.systemd, unit, settle).await?;
             Ok(None)
         }
-        ActionKind::Health => {
-            let url = a.url.as_deref().ok_or("health without a URL")?;
-            let unit = a.unit.clone().unwrap_or_default();
+        Step::Start { unit } => {
+            {
+                let _permit = unit_jobs().acquire().await.ok();
+                ctx.systemd
+                    .start(unit)
+                    .await
+                    .and_then(|job| job.check("start", unit))
+                    .map_err(ActionError::systemd("starting", unit))?;
+            }
+            let settle = if service.is_some() {
+                Duration::ZERO
+            } else {
+                SETTLE
+            };
+            ctx.systemd
+                .confirm_active(unit, settle)
+                .await
+                .map_err(ActionError::systemd("confirming", unit))?;
+            Ok(None)
+        }
+        Step::Stop { unit, unlink } => {
+            // A unit that is not loaded (never installed, or its file gone)
+            // is stopped already.
+            match ctx.systemd.stop(unit).await {
+                Ok(job) => job
+                    .check("stop", unit)
+                    .map_err(ActionError::systemd("stopping", unit))?,
+                Err(crate::systemd::SystemdError::NoSuchUnit { .. }) => {}
+                Err(e) => return Err(ActionError::systemd("stopping", unit)(e)),
+            }
+            if let Some(link) = unlink {
+                let link = PathBuf::from(link);
+                blocking(move || match std::fs::remove_file(&link) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(ActionError::io("removing", &link)(e))
+                    }
+                    _ => Ok(()),
+                })
+                .await?;
+            }
+            Ok(None)
+        }
+        Step::Enable { units } => {
+            ctx.systemd
+                .enable(units)
+                .await
+                .map_err(ActionError::systemd("enabling", &units.join(" ")))?;
+            Ok(None)
+        }
+        Step::Disable { units } => {
+            ctx.systemd
+                .disable(units)
+                .await
+                .map_err(ActionError::systemd("disabling", &units.join(" ")))?;
+            Ok(None)
+        }
+        Step::Health {
+            unit,
+            url,
+            timeout_secs,
+        } => {
             let sd = ctx.systemd.clone();
-            let timeout = Duration::from_secs(a.timeout_secs.unwrap_or(60));
             let invocation = sd
-                .status(&unit)
+                .status(unit)
                 .await
                 .map(|s| s.invocation_id)
                 .unwrap_or_default();
-            let probe = health::wait_ready(url, timeout, || {
+            let probe = health::wait_ready(url, Duration::from_secs(*timeout_secs), || {
                 let sd = sd.clone();
                 let unit = unit.clone();
                 async move {
@@ -1379,36 +1702,38 @@ async fn perform(
                 }
             })
             .await
-            .map_err(|p| format!("{url}: {}", p.error.unwrap_or_default()))?;
-            if !unit.is_empty() {
-                settled(&ctx.systemd, &unit, &invocation).await?;
-            }
+            .map_err(|p| ActionError::NotReady {
+                url: url.clone(),
+                error: p.error.unwrap_or_else(|| "no answer".to_owned()),
+            })?;
+            settled(&ctx.systemd, unit, &invocation).await?;
             Ok(Some(format!("ready in {} ms", probe.millis)))
         }
-        ActionKind::ReloadProxy => {
-            if let Some(argv) = &a.command {
+        Step::ReloadProxy { unit, check } => {
+            if let Some(c) = check {
                 let vars = Vars {
                     root: Some(&ctx.env.root),
                     ..Vars::default()
                 };
-                let argv = template::render_all(argv, &vars);
+                let argv = template::render_all(&c.argv, &vars);
                 process::run(Run {
                     argv: &argv,
                     dir: None,
                     env: &command_env(ctx, None, None),
-                    timeout: Duration::from_secs(a.timeout_secs.unwrap_or(60)),
+                    timeout: Duration::from_secs(c.timeout_secs),
                     log: &log_path(ctx, apply_id, &a.id),
                 })
                 .await
-                .map_err(|e| format!("proxy check: {e}"))?;
+                .map_err(|source| ActionError::Command {
+                    what: "the proxy check",
+                    source: Box::new(source),
+                })?;
             }
-            let unit = a.unit.as_deref().ok_or("reload-proxy without a unit")?;
             ctx.systemd
                 .reload(unit)
                 .await
-                .map_err(|e| e.to_string())?
-                .check("reload", unit)
-                .map_err(|e| e.to_string())?;
+                .and_then(|job| job.check("reload", unit))
+                .map_err(ActionError::systemd("reloading", unit))?;
             Ok(None)
         }
     }
@@ -1418,7 +1743,7 @@ async fn perform(
 /// (a leftover of an interrupted build is removed first), on the blocking
 /// pool: a big tree takes seconds of git and file-system work. Returns the
 /// number of files.
-async fn export(repo_dir: &Path, sha: &str, subdir: &str, dir: &Path) -> Result<u64, String> {
+async fn export(repo_dir: &Path, sha: &str, subdir: &str, dir: &Path) -> Result<u64, ActionError> {
     let (repo_dir, sha, subdir, dir) = (
         repo_dir.to_owned(),
         sha.to_owned(),
@@ -1428,15 +1753,18 @@ async fn export(repo_dir: &Path, sha: &str, subdir: &str, dir: &Path) -> Result<
     blocking(move || {
         if dir.exists() {
             // An interrupted build: start again from a fresh export.
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| format!("removing {}: {e}", dir.display()))?;
+            std::fs::remove_dir_all(&dir).map_err(ActionError::io("removing", &dir))?;
         }
-        let repo = Repo::discover(&repo_dir).map_err(|e| e.to_string())?;
+        let failed = |message: String| ActionError::Export {
+            dir: dir.display().to_string(),
+            message,
+        };
+        let repo = Repo::discover(&repo_dir).map_err(|e| failed(e.to_string()))?;
         repo.export(&sha, &subdir, &dir).map_err(|e| {
-            format!(
+            failed(format!(
                 "{e}: {}",
                 e.source().map(ToString::to_string).unwrap_or_default()
-            )
+            ))
         })
     })
     .await
@@ -1446,7 +1774,8 @@ async fn export(repo_dir: &Path, sha: &str, subdir: &str, dir: &Path) -> Result<
 /// deliberate, not a crash loop, so the unit's start-rate counter is reset
 /// first (`ResetFailedUnit` also resets the rate limit): otherwise a few
 /// deploys within `StartLimitIntervalSec` (10 s by default) would hit
-/// `start-limit-hit`.
+/// `start-limit-hit`. A unit the manager has not loaded has no counter;
+/// any other failure to reset it fails the restart.
 /// https://www.freedesktop.org/software/systemd/man/systemctl.html#reset-failed%20%5BPATTERN%E2%80%A6%5D
 ///
 /// `settle`: how long the unit must then stay active before this returns.
@@ -1456,19 +1785,25 @@ async fn export(repo_dir: &Path, sha: &str, subdir: &str, dir: &Path) -> Result<
 ///
 /// The job itself runs under a permit of [`unit_jobs`]; the confirmation
 /// does not, so a settle window never keeps another restart waiting.
-pub async fn restart_confirmed(sd: &Systemd, unit: &str, settle: Duration) -> Result<(), String> {
+pub async fn restart_confirmed(
+    sd: &Systemd,
+    unit: &str,
+    settle: Duration,
+) -> Result<(), ActionError> {
     {
         let _permit = unit_jobs().acquire().await.ok();
-        let _ = sd.reset_failed(unit).await;
+        match sd.reset_failed(unit).await {
+            Ok(()) | Err(crate::systemd::SystemdError::NoSuchUnit { .. }) => {}
+            Err(e) => return Err(ActionError::systemd("resetting the start counter of", unit)(e)),
+        }
         sd.restart(unit)
             .await
-            .map_err(|e| e.to_string())?
-            .check("restart", unit)
-            .map_err(|e| e.to_string())?;
+            .and_then(|job| job.check("restart", unit))
+            .map_err(ActionError::systemd("restarting", unit))?;
     }
     sd.confirm_active(unit, settle)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(ActionError::systemd("confirming", unit))?;
     Ok(())
 }
 
@@ -1496,8 +1831,11 @@ pub fn unit_jobs() -> &'static Semaphore {
 /// After readiness: the unit has been active for at least [`SETTLE`] since
 /// it (re)started and is still the same invocation. A process that answers
 /// once and then crashes (and is restarted by `Restart=`) is not ready.
-async fn settled(sd: &Systemd, unit: &str, invocation: &str) -> Result<(), String> {
-    let st = sd.status(unit).await.map_err(|e| e.to_string())?;
+async fn settled(sd: &Systemd, unit: &str, invocation: &str) -> Result<(), ActionError> {
+    let st = sd
+        .status(unit)
+        .await
+        .map_err(ActionError::systemd("reading the state of", unit))?;
     let now_us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
@@ -1505,27 +1843,36 @@ async fn settled(sd: &Systemd, unit: &str, invocation: &str) -> Result<(), Strin
     if since < SETTLE {
         tokio::time::sleep(SETTLE.saturating_sub(since)).await;
     }
-    let st = sd.status(unit).await.map_err(|e| e.to_string())?;
+    let st = sd
+        .status(unit)
+        .await
+        .map_err(ActionError::systemd("reading the state of", unit))?;
     if st.active_state != "active" || (!invocation.is_empty() && st.invocation_id != invocation) {
-        return Err(format!(
-            "{unit} answered ready but did not stay up: now {} ({}, result {})",
-            st.active_state, st.sub_state, st.result
-        ));
+        return Err(ActionError::Unsettled {
+            unit: unit.to_owned(),
+            state: format!(
+                "{} ({}, result {})",
+                st.active_state, st.sub_state, st.result
+            ),
+        });
     }
     Ok(())
 }
 
-/// The unit file an install-unit action writes: the saved file it names in
-/// `dir` (a rollback restoring the unit of a previous release), else the
-/// service's unit rendered from the configuration.
-fn unit_text(ctx: &Ctx, a: &Action, service: &str) -> Result<Option<String>, unit::UnitError> {
-    match &a.dir {
-        Some(saved) => Ok(std::fs::read_to_string(saved).ok()),
-        None => match ctx.config.service(service) {
-            Some(s) => unit::render(&ctx.env, s),
-            None => Ok(None),
-        },
-    }
+/// The unit file an install-unit action writes: the saved file it names
+/// (the unit of a release a rollback returns to), else the service's unit
+/// rendered from the configuration.
+fn unit_text(ctx: &Ctx, source: &UnitSource, svc: &Service) -> Result<String, ActionError> {
+    let text = match source {
+        UnitSource::Saved(saved) => std::fs::read_to_string(saved).ok(),
+        UnitSource::Config => unit::render(&ctx.env, svc).map_err(|source| ActionError::Unit {
+            service: svc.name.clone(),
+            source: Box::new(source),
+        })?,
+    };
+    text.ok_or_else(|| ActionError::NoUnit {
+        service: svc.name.clone(),
+    })
 }
 
 use std::error::Error as _;
@@ -1535,6 +1882,26 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
+
+    /// A `rollback-begin` written before rollbacks were plans has none: it
+    /// is read, and the rollback plan is then built from the records.
+    #[test]
+    fn an_old_rollback_begin_without_a_plan_is_read() {
+        let old: crate::journal::Record =
+            serde_json::from_str(r#"{"event":"rollback-begin","reason":"x failed"}"#).unwrap();
+        let records = vec![
+            crate::journal::Record::Started {
+                action: "restart:a".into(),
+                at_ms: None,
+            },
+            old,
+        ];
+        assert_eq!(
+            super::rollback_begun(&records).map(|(i, p)| (i, p.is_none())),
+            Some((1, true))
+        );
+        assert_eq!(super::rollback_begun(&records[..1]).map(|(i, _)| i), None);
+    }
 
     /// A repository whose `svc/` holds `files` files; returns its HEAD.
     fn big_repo(dir: &std::path::Path, files: usize) -> String {
@@ -1603,7 +1970,7 @@ mod tests {
                 }));
             }
             for b in builds {
-                assert_eq!(b.await.unwrap(), Ok(1500));
+                assert_eq!(b.await.unwrap().ok(), Some(1500));
             }
             let took = t.elapsed();
             stop.store(true, Ordering::SeqCst);

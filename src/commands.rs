@@ -6,16 +6,18 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use miette::Diagnostic;
 
-use crate::cli::{
-    ApplyArgs, Cli, Command, Format, Global, OnFailure, PlanArgs, PlanTarget, StatusArgs,
-};
+use crate::cli::{Cli, Command, Format, Global, PlanArgs, PlanTarget, StatusArgs};
 use crate::config::{self, Loaded};
 use crate::observe::PlanRequest;
+use crate::plan::Operation;
 use crate::settings;
 use crate::{exit, render, report};
 
+mod apply;
 mod backup;
 mod init;
+mod logs;
+mod ops;
 mod rollback;
 
 /// Runs one command line; returns the process exit code.
@@ -35,7 +37,7 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
         Command::Validate => Ok(validate(&load_config(global.config.as_deref())?)),
         Command::Init(args) => init::run(args),
         Command::Plan(args) => plan(global, args),
-        Command::Apply(args) => apply_cmd(global, args),
+        Command::Apply(args) => apply::run(global, args),
         Command::Rollback(args) => rollback::run(global, args),
         Command::Restart(args) => rollback::restart(global, args),
         Command::Backup(args) => backup::run(global, args),
@@ -50,11 +52,11 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             Ok(exit::OK)
         }
         Command::Status(args) => status_cmd(global, args),
-        Command::Start(args) => crate::ops::run(global, args, crate::ops::Op::Start),
-        Command::Stop(args) => crate::ops::run(global, args, crate::ops::Op::Stop),
-        Command::Enable(args) => crate::ops::run(global, args, crate::ops::Op::Enable),
-        Command::Disable(args) => crate::ops::run(global, args, crate::ops::Op::Disable),
-        Command::Logs(args) => crate::logs::run(global, args),
+        Command::Start(args) => ops::run(global, args, Operation::Start),
+        Command::Stop(args) => ops::run(global, args, Operation::Stop),
+        Command::Enable(args) => ops::run(global, args, Operation::Enable),
+        Command::Disable(args) => ops::run(global, args, Operation::Disable),
+        Command::Logs(args) => logs::run(global, args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(*shell, &mut cmd, "moorline", &mut std::io::stdout());
@@ -158,229 +160,13 @@ pub fn stdout_color() -> bool {
     std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
 }
 
-#[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum ApplyCmdError {
-    #[error("`apply` needs a saved plan (PLANFILE) or --env")]
-    #[diagnostic(
-        code(moorline::apply::no_target),
-        help(
-            "moorline plan --env ENV --out plan.json, then moorline apply plan.json; or moorline apply --env ENV"
-        )
-    )]
-    NoTarget,
-    #[error("cannot read the saved plan {path}")]
-    #[diagnostic(
-        code(moorline::apply::bad_plan_file),
-        help("pass a file written by `moorline plan --out`")
-    )]
-    BadPlanFile { path: String, reason: String },
-    #[error(
-        "the saved plan {path} has format_version {found}; this moorline reads only {expected}"
-    )]
-    #[diagnostic(
-        code(moorline::plan::format_version),
-        help(
-            "it was written by {writer}; make the plan again with this moorline (`moorline plan --env ENV --out FILE`), or apply it with the moorline that wrote it"
-        )
-    )]
-    FormatVersion {
-        path: String,
-        found: String,
-        expected: u32,
-        writer: String,
-    },
-    #[error("the saved plan no longer matches: {moved}")]
-    #[diagnostic(
-        code(moorline::apply::stale_plan),
-        help(
-            "make a new plan (`moorline plan --env {env} --out FILE`), review it, and apply that"
-        )
-    )]
-    Stale { moved: String, env: String },
-    #[error("refusing to replace unit files that moorline did not install: {files}")]
-    #[diagnostic(
-        code(moorline::apply::unit_conflict),
-        help(
-            "nothing was changed. Compare each file with the unit moorline would write (the plan's diff), then adopt it explicitly: {how}; or remove the service's `unit` block to keep managing that unit by hand"
-        )
-    )]
-    UnitConflict { files: String, how: String },
-    #[error("refusing to apply without confirmation: there is no terminal to ask on")]
-    #[diagnostic(
-        code(moorline::apply::unconfirmed),
-        help("review the plan above and pass --yes to apply it")
-    )]
-    Unconfirmed,
-    #[error("environment {env} requires approval: apply a reviewed, saved plan")]
-    #[diagnostic(
-        code(moorline::apply::approval_required),
-        help(
-            "have a plan reviewed (the pull request's `moorline plan --env {env} --out plan.json`), then on the host `moorline apply --env {env} --reviewed plan.json --yes`; or apply a plan saved on the host: `moorline apply plan.json --yes`"
-        )
-    )]
-    ApprovalRequired { env: String },
-    #[error("this host's plan differs from the reviewed one:\n  {differences}")]
-    #[diagnostic(
-        code(moorline::apply::not_as_reviewed),
-        help(
-            "nothing was applied; review a plan made for what this host runs (`moorline plan` on the host), or find out why the host differs (`moorline status`)"
-        )
-    )]
-    NotAsReviewed { differences: String },
-    #[error("the working tree has uncommitted changes this plan does not see:\n  - {paths}")]
-    #[diagnostic(
-        code(moorline::apply::dirty),
-        help(
-            "services deploy from commits, and the configuration is read from disk: commit (or revert) these changes and plan again, or pass --allow-dirty to apply the plan as shown"
-        )
-    )]
-    Dirty { paths: String },
-    #[error("{env} only runs what {source_env} ran healthy: {why}")]
-    #[diagnostic(
-        code(moorline::apply::not_promoted),
-        help(
-            "deploy {sha} to {source_env} first and let it run healthy, then apply again; or, knowingly, pass --skip-promotion-check (the plan shows it)"
-        )
-    )]
-    NotPromoted {
-        env: String,
-        source_env: String,
-        sha: String,
-        why: String,
-    },
-    #[error("cannot start the async runtime")]
-    #[diagnostic(
-        code(moorline::apply::runtime),
-        help("the system may be out of threads or memory")
-    )]
-    Runtime(#[source] std::io::Error),
-}
-
 /// A multi-threaded runtime sized for a small host.
 pub fn runtime() -> miette::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| ApplyCmdError::Runtime(e).into())
-}
-
-/// Reads a saved plan. Its `format_version` is checked before anything
-/// else in it is read: a plan of another format is refused whole, never
-/// read as this one.
-fn read_plan_file(path: &Path) -> miette::Result<crate::plan::Plan> {
-    let text = std::fs::read_to_string(path).map_err(|e| ApplyCmdError::BadPlanFile {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| ApplyCmdError::BadPlanFile {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-    if let Some(found) = crate::plan::foreign_format_version(&value) {
-        return Err(ApplyCmdError::FormatVersion {
-            path: path.display().to_string(),
-            found,
-            expected: crate::plan::FORMAT_VERSION,
-            writer: value
-                .pointer("/inputs/moorline_version")
-                .and_then(serde_json::Value::as_str)
-                .map_or_else(
-                    || "another version of moorline".to_owned(),
-                    |v| format!("moorline {}", crate::plan::clip(v)),
-                ),
-        }
-        .into());
-    }
-    serde_json::from_value(value).map_err(|e| {
-        ApplyCmdError::BadPlanFile {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        }
-        .into()
-    })
-}
-
-/// The refusal of a plan with unit conflicts, naming each file and the
-/// command that adopts them (`how` depends on where the plan came from).
-fn conflict_error(p: &crate::plan::Plan, source: PlanSource) -> ApplyCmdError {
-    let files: Vec<String> = p
-        .conflicts
-        .iter()
-        .map(|c| format!("{} (service {})", c.path, c.service))
-        .collect();
-    let files = format!("\n  - {}", files.join("\n  - "));
-    let flags = p
-        .conflicts
-        .iter()
-        .map(|c| format!("--adopt {}", c.service))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let env = &p.environment;
-    let how = match source {
-        PlanSource::Saved => format!(
-            "make the plan again with `moorline plan --env {env} {flags} --out FILE`, review it, and apply that"
-        ),
-        PlanSource::Reviewed => format!(
-            "have a plan made with `moorline plan --env {env} {flags} --out FILE` reviewed, and apply that with --reviewed"
-        ),
-        PlanSource::Here => format!(
-            "`moorline apply --env {env} {flags}` (the plan shows the adoption first), or `moorline plan --env {env} {flags} --out FILE` to review it"
-        ),
-    };
-    ApplyCmdError::UnitConflict { files, how }
-}
-
-/// Where the plan being applied came from.
-#[derive(Debug, Clone, Copy)]
-enum PlanSource {
-    Saved,
-    Reviewed,
-    Here,
-}
-
-/// Why a saved plan is stale, for the diagnostic: one reason on the line,
-/// several as a list.
-fn stale_reasons(saved: &crate::plan::Plan, fresh: &crate::plan::Plan) -> String {
-    let moved = crate::plan::stale::what_moved(saved, fresh);
-    match moved.as_slice() {
-        [one] => one.clone(),
-        many => format!("\n  - {}", many.join("\n  - ")),
-    }
-}
-
-/// Refuses a plan that does not see uncommitted changes, unless allowed.
-fn refuse_dirty(p: &crate::plan::Plan, allowed: bool) -> Result<(), ApplyCmdError> {
-    if p.uncommitted.is_empty() || allowed {
-        return Ok(());
-    }
-    Err(ApplyCmdError::Dirty {
-        paths: p.uncommitted.join("\n  - "),
-    })
-}
-
-/// Refuses a plan whose revision its `promote-from` source never ran
-/// healthy, unless the check was skipped (which the plan shows).
-fn refuse_unpromoted(p: &crate::plan::Plan) -> Result<(), ApplyCmdError> {
-    match &p.promotion {
-        Some(pr) if !pr.healthy && !pr.skipped => Err(ApplyCmdError::NotPromoted {
-            env: p.environment.clone(),
-            source_env: pr.source.clone(),
-            sha: crate::plan::short(&p.to.sha).to_owned(),
-            why: {
-                let (source, sha) = (&pr.source, crate::plan::short(&p.to.sha));
-                match (&pr.ran, &pr.unavailable) {
-                    (Some(_), _) => {
-                        format!("{source} ran {sha}, but it was rolled back by hand there")
-                    }
-                    (None, Some(u)) => format!("{source} never ran {sha} ({u})"),
-                    (None, None) => format!("{source} never ran {sha}"),
-                }
-            },
-        }),
-        _ => Ok(()),
-    }
+        .map_err(|e| apply::ApplyCmdError::Runtime(e).into())
 }
 
 /// Asks on the terminal; `false` without one (the caller refuses then).
@@ -396,169 +182,6 @@ pub(crate) fn confirm(question: &str) -> bool {
         return false;
     }
     matches!(line.trim(), "y" | "Y" | "yes")
-}
-
-fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
-    // Plan files are read (and their format checked) before anything else.
-    let saved = args.plan.as_deref().map(read_plan_file).transpose()?;
-    let reviewed = args.reviewed.as_deref().map(read_plan_file).transpose()?;
-    let env_name = match (&saved, &args.env) {
-        (Some(p), _) => p.environment.clone(),
-        (None, Some(e)) => e.clone(),
-        (None, None) => return Err(ApplyCmdError::NoTarget.into()),
-    };
-    let t = settings::resolve(global, &env_name)?;
-    let _lock = crate::lock::acquire(&t.state_dir, "apply")?;
-    let rt = runtime()?;
-    let connect = || {
-        executor(
-            &t,
-            args.jobs,
-            args.on_failure == OnFailure::Rollback,
-            args.format,
-        )
-    };
-    rt.block_on(async {
-        if args.resume {
-            let ctx = connect().await?;
-            return match crate::apply::resume(std::sync::Arc::clone(&ctx)).await? {
-                None => {
-                    println!("nothing to resume: no unfinished apply of {env_name}");
-                    Ok(exit::OK)
-                }
-                Some(report) => Ok(print_report(
-                    &report,
-                    &env_name,
-                    args.format,
-                    crate::plan::Operation::Deploy,
-                )),
-            };
-        }
-        let plan = if let Some(saved) = saved {
-            let fresh = crate::observe::compute_plan(
-                &t,
-                &PlanRequest {
-                    from: saved.from.as_ref().map(|f| f.sha.clone()),
-                    to: Some(saved.to.sha.clone()),
-                    allow_non_ancestor: saved.inputs.allow_non_ancestor,
-                    adopt: saved.inputs.adopt.clone(),
-                    skip_promotion_check: saved.inputs.skip_promotion_check,
-                    on_host: true,
-                },
-            )?;
-            if fresh.has_conflicts() {
-                return Err(conflict_error(&fresh, PlanSource::Saved).into());
-            }
-            if fresh.fingerprint != saved.fingerprint || fresh.actions != saved.actions {
-                return Err(ApplyCmdError::Stale {
-                    moved: stale_reasons(&saved, &fresh),
-                    env: env_name.clone(),
-                }
-                .into());
-            }
-            if fresh.has_changes() {
-                refuse_dirty(&fresh, args.allow_dirty)?;
-                refuse_unpromoted(&fresh)?;
-            }
-            if !args.yes
-                && !confirm(&format!(
-                    "Apply the saved plan ({} actions) to {env_name}?",
-                    fresh.actions.len()
-                ))
-            {
-                return Err(ApplyCmdError::Unconfirmed.into());
-            }
-            fresh
-        } else {
-            let p = crate::observe::compute_plan(
-                &t,
-                &PlanRequest {
-                    from: args.from.clone(),
-                    to: args
-                        .to
-                        .clone()
-                        .or_else(|| reviewed.as_ref().map(|r| r.to.sha.clone())),
-                    allow_non_ancestor: args.allow_non_ancestor
-                        || reviewed
-                            .as_ref()
-                            .is_some_and(|r| r.inputs.allow_non_ancestor),
-                    adopt: args
-                        .adopt
-                        .iter()
-                        .chain(reviewed.iter().flat_map(|r| &r.inputs.adopt))
-                        .cloned()
-                        .collect(),
-                    skip_promotion_check: args.skip_promotion_check
-                        || reviewed
-                            .as_ref()
-                            .is_some_and(|r| r.inputs.skip_promotion_check),
-                    on_host: true,
-                },
-            )?;
-            // What the source environment proved comes first: without it,
-            // nothing else about this plan matters.
-            if p.has_changes()
-                && let Err(e) = refuse_unpromoted(&p)
-            {
-                if args.format != Format::Json {
-                    eprint!("{}", render::text(&p, report::stderr_color()));
-                }
-                return Err(e.into());
-            }
-            if p.has_conflicts() {
-                if args.format != Format::Json {
-                    eprint!("{}", render::text(&p, report::stderr_color()));
-                }
-                let source = if reviewed.is_some() {
-                    PlanSource::Reviewed
-                } else {
-                    PlanSource::Here
-                };
-                return Err(conflict_error(&p, source).into());
-            }
-            if let Some(r) = &reviewed {
-                let differences = crate::plan::review_differences(r, &p, args.to.is_none());
-                if !differences.is_empty() {
-                    return Err(ApplyCmdError::NotAsReviewed {
-                        differences: differences.join("\n  "),
-                    }
-                    .into());
-                }
-            }
-            if args.format != Format::Json {
-                eprint!("{}", render::text(&p, report::stderr_color()));
-            }
-            if !p.has_changes() {
-                println!("nothing to apply: {env_name} is up to date");
-                return Ok(exit::OK);
-            }
-            refuse_dirty(&p, args.allow_dirty)?;
-            if t.env.approval && reviewed.is_none() {
-                return Err(ApplyCmdError::ApprovalRequired {
-                    env: env_name.clone(),
-                }
-                .into());
-            }
-            if !args.yes
-                && !confirm(&format!(
-                    "Apply these {} actions to {env_name}?",
-                    p.actions.len()
-                ))
-            {
-                return Err(ApplyCmdError::Unconfirmed.into());
-            }
-            p
-        };
-        if !plan.has_changes() {
-            println!("nothing to apply: {env_name} is up to date");
-            return Ok(exit::OK);
-        }
-        // Only now, with a plan that is worth applying, talk to systemd.
-        let ctx = connect().await?;
-        let operation = plan.operation;
-        let report = crate::apply::apply(ctx, plan).await?;
-        Ok(print_report(&report, &env_name, args.format, operation))
-    })
 }
 
 /// Connects to systemd and assembles what the executor needs.
@@ -602,11 +225,7 @@ pub fn print_report(
     operation: crate::plan::Operation,
 ) -> i32 {
     use crate::apply::Outcome;
-    let what = match operation {
-        crate::plan::Operation::Deploy => "apply",
-        crate::plan::Operation::Rollback => "rollback",
-        crate::plan::Operation::Restart => "restart",
-    };
+    let what = operation.as_str();
     if format == Format::Json {
         let report = crate::secrets::redacted_json(r).unwrap_or_default();
         println!(
@@ -639,7 +258,20 @@ pub fn print_report(
             }
             eprintln!("\nsucceeded: {}", list_or_none(&r.succeeded));
             eprintln!("not run:   {}", list_or_none(&r.not_run));
+            // The rollback plan, as any plan is shown (a `rollback` of an
+            // unfinished apply showed it before it asked).
+            if let Some(p) = &r.rollback_plan
+                && operation != crate::plan::Operation::Rollback
+            {
+                if r.rolled_back.is_empty() && r.rollback_errors.is_empty() {
+                    eprintln!("\n`moorline rollback --env {env}` would execute this plan:");
+                } else {
+                    eprintln!("\nthe automatic rollback executed this plan:");
+                }
+                eprint!("{}", render::text(p, report::stderr_color()));
+            }
             match r.outcome {
+                Outcome::Failed => {}
                 Outcome::FailedUntouched => {
                     eprintln!(
                         "nothing live changed: every service still runs its previous release"

@@ -67,9 +67,16 @@ pub enum Record {
         size: u64,
         sha256: String,
     },
+    /// The apply failed (or `rollback` was asked for): what follows is the
+    /// execution of `plan`, its rollback plan. Journals written before the
+    /// plan was recorded have none; it is then built again from the
+    /// records before this one.
     RollbackBegin {
         reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plan: Option<Box<Plan>>,
     },
+    /// Written by rollbacks before they were plans; read, no longer written.
     RolledBack {
         service: String,
     },
@@ -157,8 +164,9 @@ fn redacted(r: &Record) -> std::borrow::Cow<'_, Record> {
             action: action.clone(),
             error: redact(error),
         }),
-        Record::RollbackBegin { reason } => Cow::Owned(Record::RollbackBegin {
+        Record::RollbackBegin { reason, plan } => Cow::Owned(Record::RollbackBegin {
             reason: redact(reason),
+            plan: plan.clone(),
         }),
         _ => Cow::Borrowed(r),
     }

@@ -150,14 +150,34 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
     let rt = runtime()?;
     rt.block_on(async {
         let ctx = executor(&t, None, true, args.format).await?;
-        // A crashed apply is rolled back from its journal first.
-        if let Some(report) =
-            crate::apply::roll_back_unfinished(std::sync::Arc::clone(&ctx)).await?
-        {
-            eprintln!(
-                "the unfinished apply {} was rolled back from its journal",
-                report.apply_id
-            );
+        // A crashed apply is rolled back from its journal first: its
+        // rollback plan is shown and confirmed like any other.
+        if let Some(pending) = crate::apply::unfinished_rollback(&ctx).await? {
+            if pending.live_changed() {
+                eprintln!(
+                    "apply {} is unfinished; {}:",
+                    pending.apply_id(),
+                    if pending.begun {
+                        "its rollback began and goes on with this plan"
+                    } else {
+                        "this plan rolls it back from its journal"
+                    }
+                );
+                show_and_confirm(&pending.plan, args.format, args.yes, "Roll back")?;
+            }
+            let report =
+                crate::apply::roll_back_unfinished(std::sync::Arc::clone(&ctx), pending).await?;
+            match report.outcome {
+                crate::apply::Outcome::RolledBack => eprintln!(
+                    "the unfinished apply {} was rolled back from its journal",
+                    report.apply_id
+                ),
+                crate::apply::Outcome::FailedUntouched => eprintln!(
+                    "the unfinished apply {} was closed: nothing live had changed",
+                    report.apply_id
+                ),
+                _ => {}
+            }
             let code = print_report(
                 &report,
                 &args.env,

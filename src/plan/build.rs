@@ -10,8 +10,8 @@ use miette::Diagnostic;
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use super::{
-    Action, ActionKind, FORMAT_VERSION, Plan, PlanInputs, RollbackKind, RollbackPlan,
-    ServiceChange, ServicePlan, UnitChange, UnitConflict, short,
+    Action, ActionKind, Command, FORMAT_VERSION, Plan, PlanInputs, RollbackKind, RollbackPlan,
+    ServiceChange, ServicePlan, Step, UnitChange, UnitConflict, UnitSource, short,
 };
 use crate::changes::{Changes, GitError, Repo};
 use crate::config::{Config, Environment, FirstDeploy, Service};
@@ -425,16 +425,17 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         let id = push(
             Action {
                 id: format!("build:{}", s.name),
-                kind: ActionKind::Build,
                 service: Some(s.name.clone()),
                 phase: Some(s.phase.clone()),
                 reason,
                 after: Vec::new(),
-                command: build_cmd.map(|c| template::render_all(&c.argv, &vars)),
-                dir: Some(release.clone()),
-                unit: None,
-                url: None,
-                timeout_secs: build_cmd.map(|c| c.timeout.as_secs()),
+                step: Step::Build {
+                    release: release.clone(),
+                    command: build_cmd.map(|c| Command {
+                        argv: template::render_all(&c.argv, &vars),
+                        timeout_secs: c.timeout.as_secs(),
+                    }),
+                },
             },
             (s.phase_index, ActionKind::Build, *i),
             &mut actions,
@@ -447,16 +448,17 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             let mid = push(
                 Action {
                     id: format!("migrate:{}", s.name),
-                    kind: ActionKind::Migrate,
                     service: Some(s.name.clone()),
                     phase: Some(s.phase.clone()),
                     reason: why,
                     after: Vec::new(),
-                    command: Some(template::render_all(&m.command.argv, &vars)),
-                    dir: Some(release.clone()),
-                    unit: None,
-                    url: None,
-                    timeout_secs: Some(m.command.timeout.as_secs()),
+                    step: Step::Migrate {
+                        release: release.clone(),
+                        command: Command {
+                            argv: template::render_all(&m.command.argv, &vars),
+                            timeout_secs: m.command.timeout.as_secs(),
+                        },
+                    },
                 },
                 (s.phase_index, ActionKind::Migrate, *i),
                 &mut actions,
@@ -487,7 +489,6 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         let bid = push(
             Action {
                 id: "backup".to_owned(),
-                kind: ActionKind::Backup,
                 service: None,
                 phase: None,
                 reason: format!(
@@ -497,17 +498,18 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                     if names.len() == 1 { "s" } else { "" }
                 ),
                 after: Vec::new(),
-                command: Some(template::render_all(
-                    &b.run.argv,
-                    &Vars {
-                        root: Some(&env.root),
-                        ..Vars::default()
+                step: Step::Backup {
+                    command: Command {
+                        argv: template::render_all(
+                            &b.run.argv,
+                            &Vars {
+                                root: Some(&env.root),
+                                ..Vars::default()
+                            },
+                        ),
+                        timeout_secs: b.run.timeout.as_secs(),
                     },
-                )),
-                dir: None,
-                unit: None,
-                url: None,
-                timeout_secs: Some(b.run.timeout.as_secs()),
+                },
             },
             (0, ActionKind::Backup, 0),
             &mut actions,
@@ -584,7 +586,6 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         let id = push(
             Action {
                 id: format!("install-unit:{}", s.name),
-                kind: ActionKind::InstallUnit,
                 service: Some(s.name.clone()),
                 phase: Some(s.phase.clone()),
                 reason: match change {
@@ -593,11 +594,10 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                     _ => "unit file differs from the installed one".to_owned(),
                 },
                 after: Vec::new(),
-                command: None,
-                dir: None,
-                unit: Some(s.unit_name.clone()),
-                url: None,
-                timeout_secs: None,
+                step: Step::InstallUnit {
+                    unit: s.unit_name.clone(),
+                    source: UnitSource::Config,
+                },
             },
             (s.phase_index, ActionKind::InstallUnit, *i),
             &mut actions,
@@ -617,7 +617,6 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         let id = push(
             Action {
                 id: "daemon-reload".to_owned(),
-                kind: ActionKind::DaemonReload,
                 service: None,
                 phase: None,
                 reason: format!(
@@ -626,11 +625,9 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                     list(&units)
                 ),
                 after: Vec::new(),
-                command: None,
-                dir: None,
-                unit: None,
-                url: None,
-                timeout_secs: None,
+                step: Step::DaemonReload {
+                    enable: units.iter().map(|u| (*u).to_owned()).collect(),
+                },
             },
             (0, ActionKind::DaemonReload, 0),
             &mut actions,
@@ -667,16 +664,14 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             let rid = push(
                 Action {
                     id: format!("restart:{}", s.name),
-                    kind: ActionKind::Restart,
                     service: Some(s.name.clone()),
                     phase: Some(s.phase.clone()),
                     reason,
                     after: Vec::new(),
-                    command: None,
-                    dir: deploy.then(|| release_of(s)),
-                    unit: Some(s.unit_name.clone()),
-                    url: None,
-                    timeout_secs: None,
+                    step: Step::Restart {
+                        unit: s.unit_name.clone(),
+                        release: deploy.then(|| release_of(s)),
+                    },
                 },
                 (pi, ActionKind::Restart, *i),
                 &mut actions,
@@ -771,16 +766,17 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         let id = push(
             Action {
                 id: "reload-proxy".to_owned(),
-                kind: ActionKind::ReloadProxy,
                 service: None,
                 phase: None,
                 reason: why.join("; "),
                 after: Vec::new(),
-                command: p.check.as_ref().map(|c| c.argv.clone()),
-                dir: None,
-                unit: Some(p.unit.clone()),
-                url: None,
-                timeout_secs: p.check.as_ref().map(|c| c.timeout.as_secs()),
+                step: Step::ReloadProxy {
+                    unit: p.unit.clone(),
+                    check: p.check.as_ref().map(|c| Command {
+                        argv: c.argv.clone(),
+                        timeout_secs: c.timeout.as_secs(),
+                    }),
+                },
             },
             (config.phases.len(), ActionKind::ReloadProxy, 0),
             &mut actions,
@@ -968,16 +964,11 @@ fn needs_barrier(from: usize, to: usize) -> bool {
 fn barrier(id: &str, phase: Option<&str>, reason: &str) -> Action {
     Action {
         id: id.to_owned(),
-        kind: ActionKind::Barrier,
         service: None,
         phase: phase.map(str::to_owned),
         reason: reason.to_owned(),
         after: Vec::new(),
-        command: None,
-        dir: None,
-        unit: None,
-        url: None,
-        timeout_secs: None,
+        step: Step::Barrier,
     }
 }
 
@@ -986,7 +977,6 @@ pub fn health_action(s: &Service, after: Vec<String>) -> Action {
     let url = ready_url(s);
     Action {
         id: format!("health:{}", s.name),
-        kind: ActionKind::Health,
         service: Some(s.name.clone()),
         phase: Some(s.phase.clone()),
         reason: format!(
@@ -994,11 +984,11 @@ pub fn health_action(s: &Service, after: Vec<String>) -> Action {
             s.ready_timeout.as_secs()
         ),
         after,
-        command: None,
-        dir: None,
-        unit: Some(s.unit_name.clone()),
-        url: Some(url),
-        timeout_secs: Some(s.ready_timeout.as_secs()),
+        step: Step::Health {
+            unit: s.unit_name.clone(),
+            url,
+            timeout_secs: s.ready_timeout.as_secs(),
+        },
     }
 }
 

@@ -6,8 +6,9 @@
 pub mod build;
 pub mod ops;
 pub mod stale;
+pub mod undo;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -148,6 +149,35 @@ pub enum Operation {
     Deploy,
     Rollback,
     Restart,
+    /// `moorline start`, `stop`, `enable`, `disable`: units only, no
+    /// release changes, nothing to roll back.
+    Start,
+    Stop,
+    Enable,
+    Disable,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deploy => "apply",
+            Self::Rollback => "rollback",
+            Self::Restart => "restart",
+            Self::Start => "start",
+            Self::Stop => "stop",
+            Self::Enable => "enable",
+            Self::Disable => "disable",
+        }
+    }
+
+    /// `start`, `stop`, `enable`, `disable`: a failure is reported, not
+    /// rolled back, and the state is not touched.
+    pub fn is_unit_op(self) -> bool {
+        matches!(
+            self,
+            Self::Start | Self::Stop | Self::Enable | Self::Disable
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -165,6 +195,18 @@ pub enum ActionKind {
     /// where many actions wait for many others, so a fleet of N services
     /// has O(N) edges instead of O(N²).
     Barrier,
+    /// Stops a unit (and, undoing a first deploy, removes `current`).
+    Stop,
+    /// Puts a saved unit file back, as it was before an apply.
+    RestoreUnit,
+    /// Removes a unit file an apply installed where there was none.
+    RemoveUnit,
+    /// Starts a unit (`moorline start`).
+    Start,
+    /// Enables units (`moorline enable`).
+    Enable,
+    /// Disables units (`moorline disable`).
+    Disable,
 }
 
 impl ActionKind {
@@ -179,6 +221,12 @@ impl ActionKind {
             Self::Health => "health",
             Self::ReloadProxy => "reload-proxy",
             Self::Barrier => "barrier",
+            Self::Stop => "stop",
+            Self::RestoreUnit => "restore-unit",
+            Self::RemoveUnit => "remove-unit",
+            Self::Start => "start",
+            Self::Enable => "enable",
+            Self::Disable => "disable",
         }
     }
 
@@ -186,33 +234,362 @@ impl ActionKind {
     pub fn is_live(self) -> bool {
         matches!(
             self,
-            Self::InstallUnit | Self::DaemonReload | Self::Restart | Self::ReloadProxy
+            Self::InstallUnit
+                | Self::DaemonReload
+                | Self::Restart
+                | Self::ReloadProxy
+                | Self::Stop
+                | Self::RestoreUnit
+                | Self::RemoveUnit
+                | Self::Start
+                | Self::Enable
+                | Self::Disable
         )
     }
 }
 
+/// A command an action runs: its argv and how long it may take (filled in
+/// by the planner from the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub argv: Vec<String>,
+    pub timeout_secs: u64,
+}
+
+/// Where the text of an installed unit file comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitSource {
+    /// Rendered from the service's `unit` block.
+    Config,
+    /// A file saved before an earlier apply replaced it (a rollback).
+    Saved(String),
+}
+
+/// What an action does, with exactly the fields its kind needs; the
+/// planner fills every one (defaults included), the executor reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The configured backup; `command` as written (`{backup}` and
+    /// `{root}` are resolved when it runs).
+    Backup {
+        command: Command,
+    },
+    /// Export into `release` (a directory), provide dependencies, run
+    /// `command` if the runtime has one.
+    Build {
+        release: String,
+        command: Option<Command>,
+    },
+    /// Run `command` in `release`.
+    Migrate {
+        release: String,
+        command: Command,
+    },
+    /// Save the installed unit file (if any) and write the new one.
+    InstallUnit {
+        unit: String,
+        source: UnitSource,
+    },
+    /// Enable `enable` (the units just installed) and reload the manager;
+    /// with none, reload only.
+    DaemonReload {
+        enable: Vec<String>,
+    },
+    /// Switch `current` to `release` (a release directory) if given, then
+    /// restart `unit`.
+    Restart {
+        unit: String,
+        release: Option<String>,
+    },
+    /// Poll `url` until it answers 2xx, within `timeout_secs`.
+    Health {
+        unit: String,
+        url: String,
+        timeout_secs: u64,
+    },
+    /// Run `check` if any, then reload `unit`.
+    ReloadProxy {
+        unit: String,
+        check: Option<Command>,
+    },
+    Barrier,
+    /// Stop `unit`; then remove the `current` link `unlink`, if given
+    /// (undoing a first deploy: no release is live any more).
+    Stop {
+        unit: String,
+        unlink: Option<String>,
+    },
+    /// Write the saved file `saved` back as `unit`'s file.
+    RestoreUnit {
+        unit: String,
+        saved: String,
+    },
+    /// Remove `unit`'s file (an apply installed it where there was none).
+    RemoveUnit {
+        unit: String,
+    },
+    /// Start `unit`.
+    Start {
+        unit: String,
+    },
+    /// Enable `units`.
+    Enable {
+        units: Vec<String>,
+    },
+    /// Disable `units`.
+    Disable {
+        units: Vec<String>,
+    },
+}
+
+impl Step {
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            Self::Backup { .. } => ActionKind::Backup,
+            Self::Build { .. } => ActionKind::Build,
+            Self::Migrate { .. } => ActionKind::Migrate,
+            Self::InstallUnit { .. } => ActionKind::InstallUnit,
+            Self::DaemonReload { .. } => ActionKind::DaemonReload,
+            Self::Restart { .. } => ActionKind::Restart,
+            Self::Health { .. } => ActionKind::Health,
+            Self::ReloadProxy { .. } => ActionKind::ReloadProxy,
+            Self::Barrier => ActionKind::Barrier,
+            Self::Stop { .. } => ActionKind::Stop,
+            Self::RestoreUnit { .. } => ActionKind::RestoreUnit,
+            Self::RemoveUnit { .. } => ActionKind::RemoveUnit,
+            Self::Start { .. } => ActionKind::Start,
+            Self::Enable { .. } => ActionKind::Enable,
+            Self::Disable { .. } => ActionKind::Disable,
+        }
+    }
+
+    /// The one systemd unit the action acts on, if it acts on one.
+    pub fn unit(&self) -> Option<&str> {
+        match self {
+            Self::InstallUnit { unit, .. }
+            | Self::Restart { unit, .. }
+            | Self::Health { unit, .. }
+            | Self::ReloadProxy { unit, .. }
+            | Self::Stop { unit, .. }
+            | Self::RestoreUnit { unit, .. }
+            | Self::RemoveUnit { unit }
+            | Self::Start { unit } => Some(unit),
+            _ => None,
+        }
+    }
+}
+
+/// One node of the plan's graph: what every action has, and its [`Step`].
+/// Its JSON form is the flat object of docs/plan-format.md (`kind` and the
+/// optional fields `command`, `dir`, `unit`, `units`, `url`,
+/// `timeout_secs`); reading one checks that its kind has the fields it
+/// needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "WireAction", try_from = "WireAction")]
 pub struct Action {
     pub id: String,
-    pub kind: ActionKind,
     pub service: Option<String>,
     pub phase: Option<String>,
     pub reason: String,
     pub after: Vec<String>,
-    /// The argv it runs (placeholders resolved), if it runs a command.
+    pub step: Step,
+}
+
+impl Action {
+    pub fn kind(&self) -> ActionKind {
+        self.step.kind()
+    }
+}
+
+/// The JSON form of an [`Action`] (field order and names are the contract).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WireAction {
+    id: String,
+    kind: ActionKind,
+    service: Option<String>,
+    phase: Option<String>,
+    reason: String,
+    after: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub command: Option<Vec<String>>,
-    /// Working directory of the command / the release being built.
+    command: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub dir: Option<String>,
-    /// The systemd unit it acts on.
+    dir: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub unit: Option<String>,
-    /// The readiness URL polled.
+    unit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub url: Option<String>,
+    units: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub timeout_secs: Option<u64>,
+    url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    timeout_secs: Option<u64>,
+}
+
+impl From<Action> for WireAction {
+    fn from(a: Action) -> Self {
+        let kind = a.kind();
+        let mut w = WireAction {
+            id: a.id,
+            kind,
+            service: a.service,
+            phase: a.phase,
+            reason: a.reason,
+            after: a.after,
+            command: None,
+            dir: None,
+            unit: None,
+            units: None,
+            url: None,
+            timeout_secs: None,
+        };
+        let mut command = |c: Option<Command>| {
+            if let Some(c) = c {
+                w.command = Some(c.argv);
+                w.timeout_secs = Some(c.timeout_secs);
+            }
+        };
+        match a.step {
+            Step::Backup { command: c } => command(Some(c)),
+            Step::Build {
+                release,
+                command: c,
+            } => {
+                command(c);
+                w.dir = Some(release);
+            }
+            Step::Migrate {
+                release,
+                command: c,
+            } => {
+                command(Some(c));
+                w.dir = Some(release);
+            }
+            Step::InstallUnit { unit, source } => {
+                w.unit = Some(unit);
+                if let UnitSource::Saved(p) = source {
+                    w.dir = Some(p);
+                }
+            }
+            Step::DaemonReload { enable } => {
+                w.units = (!enable.is_empty()).then_some(enable);
+            }
+            Step::Restart { unit, release } => {
+                w.dir = release;
+                w.unit = Some(unit);
+            }
+            Step::Health {
+                unit,
+                url,
+                timeout_secs,
+            } => {
+                w.unit = Some(unit);
+                w.url = Some(url);
+                w.timeout_secs = Some(timeout_secs);
+            }
+            Step::ReloadProxy { unit, check } => {
+                command(check);
+                w.unit = Some(unit);
+            }
+            Step::Barrier => {}
+            Step::Stop { unit, unlink } => {
+                w.dir = unlink;
+                w.unit = Some(unit);
+            }
+            Step::RestoreUnit { unit, saved } => {
+                w.dir = Some(saved);
+                w.unit = Some(unit);
+            }
+            Step::RemoveUnit { unit } | Step::Start { unit } => w.unit = Some(unit),
+            Step::Enable { units } | Step::Disable { units } => w.units = Some(units),
+        }
+        w
+    }
+}
+
+impl TryFrom<WireAction> for Action {
+    type Error = String;
+
+    fn try_from(w: WireAction) -> Result<Self, String> {
+        let kind = w.kind.as_str();
+        let need = |v: Option<String>, field: &str| {
+            v.ok_or_else(|| format!("action `{}` ({kind}) has no `{field}`", w.id))
+        };
+        let timed = |argv: Option<Vec<String>>, timeout: Option<u64>| match (argv, timeout) {
+            (Some(argv), Some(timeout_secs)) => Ok(Some(Command { argv, timeout_secs })),
+            (None, None) => Ok(None),
+            _ => Err(format!(
+                "action `{}` ({kind}) needs both `command` and `timeout_secs`, or neither",
+                w.id
+            )),
+        };
+        let command = |argv: Option<Vec<String>>, timeout: Option<u64>| {
+            timed(argv, timeout)?
+                .ok_or_else(|| format!("action `{}` ({kind}) has no `command`", w.id))
+        };
+        let step = match w.kind {
+            ActionKind::Backup => Step::Backup {
+                command: command(w.command.clone(), w.timeout_secs)?,
+            },
+            ActionKind::Build => Step::Build {
+                release: need(w.dir.clone(), "dir")?,
+                command: timed(w.command.clone(), w.timeout_secs)?,
+            },
+            ActionKind::Migrate => Step::Migrate {
+                release: need(w.dir.clone(), "dir")?,
+                command: command(w.command.clone(), w.timeout_secs)?,
+            },
+            ActionKind::InstallUnit => Step::InstallUnit {
+                unit: need(w.unit.clone(), "unit")?,
+                source: w.dir.clone().map_or(UnitSource::Config, UnitSource::Saved),
+            },
+            ActionKind::DaemonReload => Step::DaemonReload {
+                enable: w.units.clone().unwrap_or_default(),
+            },
+            ActionKind::Restart => Step::Restart {
+                unit: need(w.unit.clone(), "unit")?,
+                release: w.dir.clone(),
+            },
+            ActionKind::Health => Step::Health {
+                unit: need(w.unit.clone(), "unit")?,
+                url: need(w.url.clone(), "url")?,
+                timeout_secs: w
+                    .timeout_secs
+                    .ok_or_else(|| format!("action `{}` ({kind}) has no `timeout_secs`", w.id))?,
+            },
+            ActionKind::ReloadProxy => Step::ReloadProxy {
+                unit: need(w.unit.clone(), "unit")?,
+                check: timed(w.command.clone(), w.timeout_secs)?,
+            },
+            ActionKind::Barrier => Step::Barrier,
+            ActionKind::Stop => Step::Stop {
+                unit: need(w.unit.clone(), "unit")?,
+                unlink: w.dir.clone(),
+            },
+            ActionKind::RestoreUnit => Step::RestoreUnit {
+                unit: need(w.unit.clone(), "unit")?,
+                saved: need(w.dir.clone(), "dir")?,
+            },
+            ActionKind::RemoveUnit => Step::RemoveUnit {
+                unit: need(w.unit.clone(), "unit")?,
+            },
+            ActionKind::Start => Step::Start {
+                unit: need(w.unit.clone(), "unit")?,
+            },
+            ActionKind::Enable => Step::Enable {
+                units: w.units.clone().unwrap_or_default(),
+            },
+            ActionKind::Disable => Step::Disable {
+                units: w.units.clone().unwrap_or_default(),
+            },
+        };
+        Ok(Action {
+            id: w.id,
+            service: w.service,
+            phase: w.phase,
+            reason: w.reason,
+            after: w.after,
+            step,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +601,9 @@ pub enum ServiceChange {
     Deploy,
     /// Same release, restarted (its unit file changed).
     Restart,
+    /// Stopped: a rollback of its first deploy (no release is live after
+    /// it), or `moorline stop`.
+    Stop,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -341,15 +721,17 @@ pub fn review_differences(reviewed: &Plan, here: &Plan, same_target: bool) -> Ve
     };
     let key = |a: &Action, normalise: bool| {
         let f = |s: &str| if normalise { norm(s) } else { s.to_owned() };
+        let w = WireAction::from(a.clone());
         (
-            a.kind,
-            a.after.clone(),
-            a.command
+            w.kind,
+            w.after,
+            w.command
                 .as_ref()
                 .map(|c| c.iter().map(|w| f(w)).collect::<Vec<_>>()),
-            a.dir.as_deref().map(f),
-            a.unit.clone(),
-            a.url.clone(),
+            w.dir.as_deref().map(f),
+            w.unit,
+            w.units,
+            w.url,
         )
     };
     let theirs: BTreeMap<&str, &Action> = reviewed
@@ -448,6 +830,31 @@ pub fn fingerprint(
     format!("sha256:{}", crate::state::sha256_hex(&bytes))
 }
 
+/// `actions` reordered so each comes after everything in its `after`,
+/// otherwise in the order given (stable).
+pub(crate) fn topological(mut pending: Vec<Action>) -> Vec<Action> {
+    let mut placed: BTreeSet<String> = BTreeSet::new();
+    let mut out = Vec::with_capacity(pending.len());
+    while !pending.is_empty() {
+        let before = pending.len();
+        let mut rest = Vec::new();
+        for a in pending {
+            if a.after.iter().all(|p| placed.contains(p)) {
+                placed.insert(a.id.clone());
+                out.push(a);
+            } else {
+                rest.push(a);
+            }
+        }
+        pending = rest;
+        if pending.len() == before {
+            // A cycle (validation rejects them): keep the rest as given.
+            out.append(&mut pending);
+        }
+    }
+    out
+}
+
 /// Shortens a SHA for display.
 pub fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
@@ -491,16 +898,14 @@ mod tests {
                 .iter()
                 .map(|s| Action {
                     id: format!("restart:{s}"),
-                    kind: ActionKind::Restart,
                     service: Some((*s).into()),
                     phase: None,
                     reason: format!("switch to {sha}"),
                     after: Vec::new(),
-                    command: None,
-                    dir: Some(format!("/opt/x/{s}/releases/{sha}")),
-                    unit: None,
-                    url: None,
-                    timeout_secs: None,
+                    step: Step::Restart {
+                        unit: format!("p-{s}.service"),
+                        release: Some(format!("/opt/x/{s}/releases/{sha}")),
+                    },
                 })
                 .collect(),
             rollback: RollbackPlan {
@@ -514,6 +919,37 @@ mod tests {
             uncommitted: Vec::new(),
             promotion: None,
         }
+    }
+
+    /// Actions read from JSON carry the fields their kind needs, or are
+    /// refused naming what is missing; written back they are the same JSON.
+    #[test]
+    fn actions_are_typed_by_kind() {
+        let health = serde_json::json!({
+            "id": "health:api", "kind": "health", "service": "api", "phase": "core",
+            "reason": "r", "after": ["restart:api"], "unit": "p-api.service",
+            "url": "http://127.0.0.1:1/ready", "timeout_secs": 5
+        });
+        let a: Action = serde_json::from_value(health.clone()).unwrap();
+        assert_eq!(
+            a.step,
+            Step::Health {
+                unit: "p-api.service".into(),
+                url: "http://127.0.0.1:1/ready".into(),
+                timeout_secs: 5
+            }
+        );
+        assert_eq!(serde_json::to_value(&a).unwrap(), health);
+        let mut no_url = health.clone();
+        no_url.as_object_mut().unwrap().remove("url");
+        let err = serde_json::from_value::<Action>(no_url).unwrap_err();
+        assert!(err.to_string().contains("has no `url`"), "{err}");
+        let half = serde_json::json!({
+            "id": "build:api", "kind": "build", "service": "api", "phase": "core",
+            "reason": "r", "after": [], "dir": "/r", "command": ["make"]
+        });
+        let err = serde_json::from_value::<Action>(half).unwrap_err();
+        assert!(err.to_string().contains("`timeout_secs`"), "{err}");
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::build::health_action;
 use super::{
-    Action, ActionKind, FORMAT_VERSION, Operation, Plan, PlanInputs, RollbackKind, RollbackPlan,
-    ServiceChange, ServicePlan, UnitChange, short,
+    Action, Command, FORMAT_VERSION, Operation, Plan, PlanInputs, RollbackKind, RollbackPlan,
+    ServiceChange, ServicePlan, Step as ActionStep, UnitChange, UnitSource, short,
 };
 use crate::changes::Rev;
 use crate::config::{Config, Environment};
@@ -66,36 +66,31 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
             let id = format!("install-unit:{}", s.name);
             actions.push(Action {
                 id: id.clone(),
-                kind: ActionKind::InstallUnit,
                 service: Some(s.name.clone()),
                 phase: Some(s.phase.clone()),
                 reason: "put back the unit file of the release returned to".to_owned(),
                 after: Vec::new(),
-                command: None,
-                dir: Some(saved.clone()),
-                unit: Some(s.unit_name.clone()),
-                url: None,
-                timeout_secs: None,
+                step: ActionStep::InstallUnit {
+                    unit: s.unit_name.clone(),
+                    source: UnitSource::Saved(saved.clone()),
+                },
             });
-            installs.push(id);
+            installs.push((id, s.unit_name.clone()));
         }
     }
     if !installs.is_empty() {
         actions.push(Action {
             id: "daemon-reload".to_owned(),
-            kind: ActionKind::DaemonReload,
             service: None,
             phase: None,
             reason: format!(
                 "systemd must re-read {} restored unit file(s)",
                 installs.len()
             ),
-            after: installs,
-            command: None,
-            dir: None,
-            unit: None,
-            url: None,
-            timeout_secs: None,
+            after: installs.iter().map(|(id, _)| id.clone()).collect(),
+            step: ActionStep::DaemonReload {
+                enable: installs.into_iter().map(|(_, unit)| unit).collect(),
+            },
         });
         previous_health = vec!["daemon-reload".to_owned()];
     }
@@ -111,16 +106,14 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
                 let id = format!("restart:{u}");
                 actions.push(Action {
                     id: id.clone(),
-                    kind: ActionKind::Restart,
                     service: None,
                     phase: Some(phase.name.clone()),
                     reason: format!("infrastructure of phase {}", phase.name),
                     after: previous_health.clone(),
-                    command: None,
-                    dir: None,
-                    unit: Some(u.clone()),
-                    url: None,
-                    timeout_secs: None,
+                    step: ActionStep::Restart {
+                        unit: u.clone(),
+                        release: None,
+                    },
                 });
                 ids.push(id);
             }
@@ -144,19 +137,17 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
             }
             actions.push(Action {
                 id: format!("restart:{}", s.name),
-                kind: ActionKind::Restart,
                 service: Some(s.name.clone()),
                 phase: Some(s.phase.clone()),
                 reason: step.reason.clone(),
                 after,
-                command: None,
-                dir: step
-                    .release
-                    .as_ref()
-                    .map(|r| format!("{}/{}/releases/{r}", env.root, s.name)),
-                unit: Some(s.unit_name.clone()),
-                url: None,
-                timeout_secs: None,
+                step: ActionStep::Restart {
+                    unit: s.unit_name.clone(),
+                    release: step
+                        .release
+                        .as_ref()
+                        .map(|r| format!("{}/{}/releases/{r}", env.root, s.name)),
+                },
             });
             actions.push(health_action(s, vec![format!("restart:{}", s.name)]));
         }
@@ -176,7 +167,6 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
     {
         actions.push(Action {
             id: "reload-proxy".to_owned(),
-            kind: ActionKind::ReloadProxy,
             service: None,
             phase: None,
             reason: match &p.check {
@@ -184,11 +174,13 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
                 None => "upstreams restarted".to_owned(),
             },
             after: previous_health.clone(),
-            command: p.check.as_ref().map(|c| c.argv.clone()),
-            dir: None,
-            unit: Some(p.unit.clone()),
-            url: None,
-            timeout_secs: p.check.as_ref().map(|c| c.timeout.as_secs()),
+            step: ActionStep::ReloadProxy {
+                unit: p.unit.clone(),
+                check: p.check.as_ref().map(|c| Command {
+                    argv: c.argv.clone(),
+                    timeout_secs: c.timeout.as_secs(),
+                }),
+            },
         });
     }
     // Actions were produced in a valid order; a stable sort by the same
@@ -288,5 +280,305 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
         conflicts: Vec::new(),
         uncommitted: Vec::new(),
         promotion: None,
+    }
+}
+
+/// What `moorline start|stop|enable|disable` is asked to do.
+pub struct ServiceOps<'a> {
+    pub config: &'a Config,
+    pub config_text: &'a str,
+    pub env: &'a Environment,
+    /// `Start`, `Stop`, `Enable` or `Disable`.
+    pub operation: Operation,
+    /// The services, in configuration order.
+    pub services: Vec<&'a crate::config::Service>,
+    /// The deployed revision (nothing changes it).
+    pub live: Rev,
+    pub state_sha256: Option<String>,
+}
+
+/// The plan of `start`, `stop`, `enable` or `disable`. Start: `start:S`
+/// then `health:S` per service, phase by phase (each phase after the
+/// previous one's readiness), `depends-on` ordering starts inside a phase.
+/// Stop: `stop:S`, the last phase first, a service after those of its phase
+/// that depend on it. Enable and disable: one action for all the units.
+/// Only the services' own units; infrastructure units and the proxy are
+/// not moorline's to stop.
+pub fn services(inp: ServiceOps<'_>) -> Plan {
+    let config = inp.config;
+    let chosen: BTreeSet<&str> = inp.services.iter().map(|s| s.name.as_str()).collect();
+    let mut actions: Vec<Action> = Vec::new();
+    let verb = match inp.operation {
+        Operation::Start => "start",
+        Operation::Stop => "stop",
+        Operation::Enable => "enable",
+        _ => "disable",
+    };
+    let requested = format!("{verb} requested");
+    match inp.operation {
+        Operation::Start => {
+            let mut gate: Vec<String> = Vec::new();
+            for pi in 0..config.phases.len() {
+                let in_phase: Vec<&crate::config::Service> = inp
+                    .services
+                    .iter()
+                    .copied()
+                    .filter(|s| s.phase_index == pi)
+                    .collect();
+                if in_phase.is_empty() {
+                    continue;
+                }
+                for s in &in_phase {
+                    let mut after = gate.clone();
+                    for d in &s.depends_on {
+                        if in_phase.iter().any(|o| o.name == *d) {
+                            after.push(format!("health:{d}"));
+                        }
+                    }
+                    actions.push(Action {
+                        id: format!("start:{}", s.name),
+                        service: Some(s.name.clone()),
+                        phase: Some(s.phase.clone()),
+                        reason: requested.clone(),
+                        after,
+                        step: ActionStep::Start {
+                            unit: s.unit_name.clone(),
+                        },
+                    });
+                    actions.push(health_action(s, vec![format!("start:{}", s.name)]));
+                }
+                gate = in_phase
+                    .iter()
+                    .map(|s| format!("health:{}", s.name))
+                    .collect();
+            }
+        }
+        Operation::Stop => {
+            let mut gate: Vec<String> = Vec::new();
+            for pi in (0..config.phases.len()).rev() {
+                let in_phase: Vec<&crate::config::Service> = inp
+                    .services
+                    .iter()
+                    .copied()
+                    .filter(|s| s.phase_index == pi)
+                    .collect();
+                if in_phase.is_empty() {
+                    continue;
+                }
+                for s in &in_phase {
+                    let mut after = gate.clone();
+                    for d in &in_phase {
+                        if d.depends_on.contains(&s.name) {
+                            after.push(format!("stop:{}", d.name));
+                        }
+                    }
+                    actions.push(Action {
+                        id: format!("stop:{}", s.name),
+                        service: Some(s.name.clone()),
+                        phase: Some(s.phase.clone()),
+                        reason: requested.clone(),
+                        after,
+                        step: ActionStep::Stop {
+                            unit: s.unit_name.clone(),
+                            unlink: None,
+                        },
+                    });
+                }
+                gate = in_phase
+                    .iter()
+                    .map(|s| format!("stop:{}", s.name))
+                    .collect();
+            }
+        }
+        _ => {
+            let units: Vec<String> = inp.services.iter().map(|s| s.unit_name.clone()).collect();
+            if !units.is_empty() {
+                let names: Vec<&str> = inp.services.iter().map(|s| s.name.as_str()).collect();
+                actions.push(Action {
+                    id: verb.to_owned(),
+                    service: None,
+                    phase: None,
+                    reason: format!("{requested} for {}", names.join(", ")),
+                    after: Vec::new(),
+                    step: if inp.operation == Operation::Enable {
+                        ActionStep::Enable { units }
+                    } else {
+                        ActionStep::Disable { units }
+                    },
+                });
+            }
+        }
+    }
+    // Topological order: every action after those it waits for.
+    let actions = super::topological(actions);
+    let services = config
+        .services
+        .iter()
+        .map(|s| ServicePlan {
+            name: s.name.clone(),
+            phase: s.phase.clone(),
+            unit: s.unit_name.clone(),
+            change: match inp.operation {
+                Operation::Start if chosen.contains(s.name.as_str()) => ServiceChange::Restart,
+                Operation::Stop if chosen.contains(s.name.as_str()) => ServiceChange::Stop,
+                _ => ServiceChange::Unchanged,
+            },
+            migrate: false,
+            unit_change: if s.unit.is_some() {
+                UnitChange::Unchanged
+            } else {
+                UnitChange::Unmanaged
+            },
+            from_revision: None,
+            to_revision: None,
+            reasons: if chosen.contains(s.name.as_str()) {
+                vec![requested.clone()]
+            } else {
+                Vec::new()
+            },
+            changed_paths: Vec::new(),
+            changed_count: 0,
+            unit_diff: None,
+        })
+        .collect();
+    let inputs = PlanInputs {
+        moorline_version: env!("CARGO_PKG_VERSION").to_owned(),
+        config_sha256: sha256_hex(inp.config_text.as_bytes()),
+        state_sha256: inp.state_sha256,
+        units_source: "none".to_owned(),
+        units: BTreeMap::new(),
+        allow_non_ancestor: false,
+        adopt: Vec::new(),
+        pending_migrations: Vec::new(),
+        skip_promotion_check: false,
+    };
+    let fp = serde_json::json!({
+        "operation": inp.operation,
+        "inputs": &inputs,
+        "actions": &actions,
+    });
+    let fingerprint = format!(
+        "sha256:{}",
+        sha256_hex(serde_json::to_string(&fp).unwrap_or_default().as_bytes())
+    );
+    Plan {
+        format_version: FORMAT_VERSION,
+        operation: inp.operation,
+        project: config.project.name.clone(),
+        environment: inp.env.name.clone(),
+        branch: inp.env.branch.clone(),
+        from: Some(inp.live.clone()),
+        to: inp.live,
+        first_deploy: false,
+        non_ancestor: false,
+        fingerprint,
+        inputs,
+        changed_paths: 0,
+        services,
+        actions,
+        rollback: RollbackPlan {
+            kind: RollbackKind::Nothing,
+            services: Vec::new(),
+            summary: format!(
+                "no release changes: nothing to roll back (`moorline {}` undoes it)",
+                match inp.operation {
+                    Operation::Start => "stop",
+                    Operation::Stop => "start",
+                    Operation::Enable => "disable",
+                    _ => "enable",
+                }
+            ),
+        },
+        warnings: Vec::new(),
+        notes: Vec::new(),
+        conflicts: Vec::new(),
+        uncommitted: Vec::new(),
+        promotion: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        let text = r#"
+project "p" { unit-name "p-{service}.service" }
+environment "staging" { branch "main"; root "/tmp/p" }
+phase "config"
+phase "gateway"
+phase "core"
+runtime "node" { build "true" }
+service "config"  { runtime "node"; port 1; phase "config" }
+service "gateway" { runtime "node"; port 2; phase "gateway"; depends-on "config" }
+service "auth"    { runtime "node"; port 3; phase "core" }
+service "backend" { runtime "node"; port 4; phase "core"; depends-on "gateway" "auth" }
+service "search"  { runtime "node"; port 5; phase "core" }
+"#;
+        crate::config::parse("t.kdl", text).unwrap()
+    }
+
+    fn plan(c: &Config, operation: Operation) -> Plan {
+        services(ServiceOps {
+            config: c,
+            config_text: "",
+            env: &c.environments[0],
+            operation,
+            services: c.services.iter().collect(),
+            live: Rev {
+                spec: "live".into(),
+                sha: String::new(),
+                summary: String::new(),
+            },
+            state_sha256: None,
+        })
+    }
+
+    fn edges(p: &Plan) -> Vec<String> {
+        p.actions
+            .iter()
+            .map(|a| format!("{} <- {}", a.id, a.after.join(" ")))
+            .collect()
+    }
+
+    /// Start: phases in order, `depends-on` inside a phase, each start
+    /// gated on readiness; stop: the reverse, a dependency after its
+    /// dependents.
+    #[test]
+    fn start_follows_phases_and_depends_on_and_stop_reverses_them() {
+        let c = config();
+        assert_eq!(
+            edges(&plan(&c, Operation::Start)),
+            [
+                "start:config <- ",
+                "health:config <- start:config",
+                "start:gateway <- health:config",
+                "health:gateway <- start:gateway",
+                "start:auth <- health:gateway",
+                "health:auth <- start:auth",
+                "start:backend <- health:gateway health:auth",
+                "health:backend <- start:backend",
+                "start:search <- health:gateway",
+                "health:search <- start:search",
+            ]
+        );
+        assert_eq!(
+            edges(&plan(&c, Operation::Stop)),
+            [
+                "stop:backend <- ",
+                "stop:search <- ",
+                "stop:auth <- stop:backend",
+                "stop:gateway <- stop:auth stop:backend stop:search",
+                "stop:config <- stop:gateway",
+            ]
+        );
+        let enable = plan(&c, Operation::Enable);
+        assert_eq!(enable.actions.len(), 1);
+        assert_eq!(
+            enable.actions[0].step,
+            ActionStep::Enable {
+                units: c.services.iter().map(|s| s.unit_name.clone()).collect()
+            }
+        );
     }
 }

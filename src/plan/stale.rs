@@ -375,16 +375,11 @@ mod tests {
                 |p| {
                     p.actions.push(crate::plan::Action {
                         id: "barrier".into(),
-                        kind: crate::plan::ActionKind::Barrier,
                         service: None,
                         phase: None,
                         reason: String::new(),
                         after: Vec::new(),
-                        command: None,
-                        dir: None,
-                        unit: None,
-                        url: None,
-                        timeout_secs: None,
+                        step: crate::plan::Step::Barrier,
                     });
                 },
                 &["the computed actions differ"],

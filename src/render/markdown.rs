@@ -28,7 +28,11 @@ pub fn markdown(plan: &Plan) -> String {
     let to = match plan.operation {
         Operation::Deploy => format!("`{}` {}", short(&plan.to.sha), cell(&plan.to.summary)),
         Operation::Rollback => rollback_target(plan, |s| format!("`{s}`")),
-        Operation::Restart => format!("`{}` (releases do not change)", short(&plan.to.sha)),
+        Operation::Restart
+        | Operation::Start
+        | Operation::Stop
+        | Operation::Enable
+        | Operation::Disable => format!("`{}` (releases do not change)", short(&plan.to.sha)),
     };
     let _ = writeln!(
         out,

@@ -27,11 +27,11 @@ pub fn dot(plan: &Plan) -> String {
         esc_dot(&plan.environment)
     );
     for a in &plan.actions {
-        let colour = match a.kind.as_str() {
+        let colour = match a.kind().as_str() {
             "build" => "lightblue",
             "migrate" | "backup" => "orange",
-            "install-unit" | "daemon-reload" => "khaki",
-            "restart" => "salmon",
+            "install-unit" | "daemon-reload" | "restore-unit" | "remove-unit" => "khaki",
+            "restart" | "start" | "stop" => "salmon",
             "health" => "palegreen",
             "barrier" => "lightgrey",
             _ => "plum",
@@ -78,6 +78,11 @@ pub fn summary(plan: &Plan) -> String {
         .iter()
         .filter(|s| s.change == ServiceChange::Restart)
         .count();
+    let stop = plan
+        .services
+        .iter()
+        .filter(|s| s.change == ServiceChange::Stop)
+        .count();
     let migrate = plan.services.iter().filter(|s| s.migrate).count();
     let units = plan
         .services
@@ -90,8 +95,13 @@ pub fn summary(plan: &Plan) -> String {
     } else if deploy > 0 {
         parts.push(plural(deploy, "service deploys", "services deploy"));
     }
-    if restart_only > 0 {
+    if restart_only > 0 && plan.operation == Operation::Start {
+        parts.push(plural(restart_only, "service starts", "services start"));
+    } else if restart_only > 0 {
         parts.push(plural(restart_only, "service restarts", "services restart"));
+    }
+    if stop > 0 {
+        parts.push(plural(stop, "service stops", "services stop"));
     }
     if migrate > 0 {
         parts.push(plural(migrate, "migration", "migrations"));
@@ -127,7 +137,9 @@ pub fn change_words(operation: Operation, s: &crate::plan::ServicePlan) -> Strin
     match s.change {
         ServiceChange::Deploy if operation == Operation::Rollback => words.push("roll back"),
         ServiceChange::Deploy => words.push("deploy"),
+        ServiceChange::Restart if operation == Operation::Start => words.push("start"),
         ServiceChange::Restart => words.push("restart"),
+        ServiceChange::Stop => words.push("stop"),
         ServiceChange::Unchanged => words.push("unchanged"),
     }
     if s.migrate {
@@ -149,6 +161,10 @@ pub fn kind_words(plan: &Plan) -> &'static str {
         Operation::Deploy => "Plan",
         Operation::Rollback => "Rollback plan",
         Operation::Restart => "Restart plan",
+        Operation::Start => "Start plan",
+        Operation::Stop => "Stop plan",
+        Operation::Enable => "Enable plan",
+        Operation::Disable => "Disable plan",
     }
 }
 
@@ -175,7 +191,7 @@ pub fn rollback_target(plan: &Plan, code: impl Fn(&str) -> String) -> String {
 pub fn changed_words(plan: &Plan) -> String {
     if plan.operation == Operation::Rollback {
         "kept releases, no rebuild".to_owned()
-    } else if plan.operation == Operation::Restart {
+    } else if plan.operation == Operation::Restart || plan.operation.is_unit_op() {
         "same releases, no rebuild".to_owned()
     } else if plan.first_deploy {
         "first deploy, every path is new".to_owned()

@@ -64,7 +64,11 @@ pub fn text(plan: &Plan, color: bool) -> String {
             let _ = writeln!(out, "  from {deployed}");
             let _ = writeln!(out, "  to   {}", rollback_target(plan, str::to_owned));
         }
-        Operation::Restart => {
+        Operation::Restart
+        | Operation::Start
+        | Operation::Stop
+        | Operation::Enable
+        | Operation::Disable => {
             let _ = writeln!(
                 out,
                 "  on   {} (the deployed revision; releases do not change)",

@@ -204,6 +204,18 @@ async fn stop_goes_in_reverse_phase_order_and_start_in_phase_order() {
         .map(|(n, p, t, _)| (n.clone(), *p, *t))
         .collect();
     assert_phase_order(&stopped, false);
+    // A plan like any other: journaled, then archived with the outcome.
+    let journals: Vec<String> = std::fs::read_dir(w.state.join("history"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    let stop = journals
+        .iter()
+        .find(|j| j.contains("\"operation\":\"stop\""))
+        .unwrap_or_else(|| panic!("no journal of the stop plan in history/"));
+    assert!(stop.contains("\"action\":\"stop:gateway\""), "{stop}");
+    assert!(stop.contains("\"outcome\":\"succeeded\""), "{stop}");
+    assert!(!w.state.join("journal.jsonl").exists());
 
     let out = w.run(&["start", "--env", "staging", "--yes"]);
     let text = ok(&out);

@@ -176,6 +176,169 @@ async fn crash_anywhere_in_an_automatic_rollback_still_ends_on_the_previous_rele
     w.stop_all(&sd).await;
 }
 
+/// The stdout lines of a `--format json` apply: progress events and the
+/// final report.
+fn json_report(out: &std::process::Output) -> serde_json::Value {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "report")
+        .map_or_else(
+            || panic!("no report in {}", String::from_utf8_lossy(&out.stdout)),
+            |v| v["report"].clone(),
+        )
+}
+
+/// The automatic rollback is a plan: shown in the failure report and in
+/// `--format json`, journaled in `rollback-begin`; killed in the middle of
+/// it, `apply --resume` carries that plan on from its own records and ends
+/// with every service ready on the previous release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_rollback_is_a_plan_shown_journaled_and_resumed() {
+    let Some(w) = World::new("r5", 22400) else {
+        return;
+    };
+    short_ready_timeout(&w, support::failing_ready_timeout_secs());
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let good = w.fx.head("main").unwrap();
+    w.commit(
+        "main",
+        "bad",
+        &[
+            Edit::touch_service("config"),
+            Edit::touch_service("backend"),
+            Edit::crash_on_start("search"),
+        ],
+    );
+    let back_to = format!("back to its previous release {}", &good[..12]);
+
+    // Text: the rollback plan, rendered like any plan.
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 3, "{err}");
+    let shown = err
+        .split_once("the automatic rollback executed this plan:")
+        .unwrap_or_else(|| panic!("no rollback plan in the report:\n{err}"))
+        .1;
+    assert!(shown.contains("Rollback plan for"), "{shown}");
+    assert!(shown.contains(&back_to), "{shown}");
+    assert!(shown.contains("restart:backend"), "{shown}");
+    for s in ["config", "backend", "search"] {
+        assert_eq!(w.live("staging", s).as_deref(), Some(good.as_str()), "{s}");
+    }
+    // The journal of that apply holds the plan it executed.
+    let history = std::fs::read_dir(w.state.join("history"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let lines = std::fs::read_to_string(&history).unwrap();
+    let (at, begin) = lines
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains("\"rollback-begin\""))
+        .unwrap();
+    let begin: serde_json::Value = serde_json::from_str(begin).unwrap();
+    assert_eq!(begin["plan"]["operation"], "rollback", "{begin}");
+
+    // JSON: the report carries the same kind of plan.
+    let out = w.run(&["apply", "--env", "staging", "--yes", "--format", "json"]);
+    assert_eq!(code(&out), 3, "{}", String::from_utf8_lossy(&out.stderr));
+    let report = json_report(&out);
+    let plan = &report["rollback_plan"];
+    assert_eq!(plan["operation"], "rollback", "{report}");
+    let restart = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "restart:backend")
+        .unwrap_or_else(|| panic!("{plan}"));
+    assert!(
+        restart["dir"].as_str().unwrap().ends_with(&good),
+        "{restart}"
+    );
+    assert!(
+        report["rolled_back"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "backend"),
+        "{report}"
+    );
+
+    // Killed a few records into the rollback: the journal keeps the
+    // rollback plan and its records; `apply --resume` finishes it.
+    let out = w
+        .cmd(&["apply", "--env", "staging", "--yes"])
+        .env("MOORLINE_TEST_CRASH_AFTER", (at + 1 + 3).to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "killed");
+    let journal = std::fs::read_to_string(w.state.join("journal.jsonl")).unwrap();
+    assert!(journal.contains("\"rollback-begin\""), "{journal}");
+    let out = w.run(&["apply", "--resume", "--env", "staging"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 3, "{err}");
+    assert!(err.contains("resuming an interrupted rollback"), "{err}");
+    assert!(!w.state.join("journal.jsonl").exists(), "{err}");
+    for s in ["config", "backend", "search"] {
+        assert_eq!(
+            w.live("staging", s).as_deref(),
+            Some(good.as_str()),
+            "{s}\n{err}"
+        );
+    }
+    w.all_ready(&sd).await;
+    w.stop_all(&sd).await;
+}
+
+/// `rollback` of an unfinished apply shows the plan that rolls it back and
+/// asks like any rollback: without a terminal and without `--yes` it
+/// refuses, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_of_an_unfinished_apply_shows_its_plan_and_asks() {
+    let Some(w) = World::new("r6", 22500) else {
+        return;
+    };
+    short_ready_timeout(&w, support::failing_ready_timeout_secs());
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let good = w.fx.head("main").unwrap();
+    let bad = w.commit(
+        "main",
+        "bad",
+        &[
+            Edit::touch_service("backend"),
+            Edit::crash_on_start("search"),
+        ],
+    );
+    let out = w.run(&["apply", "--env", "staging", "--yes", "--on-failure", "stop"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 4, "{err}");
+    assert!(
+        err.contains("`moorline rollback --env staging` would execute this plan:"),
+        "{err}"
+    );
+
+    let out = w.run(&["rollback", "--env", "staging"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(err.contains("Rollback plan for"), "{err}");
+    assert!(err.contains("restart:backend"), "{err}");
+    assert!(err.contains("rollback::unconfirmed"), "{err}");
+    assert!(w.state.join("journal.jsonl").exists());
+    assert_eq!(w.live("staging", "backend").as_deref(), Some(bad.as_str()));
+
+    ok(&w.run(&["rollback", "--env", "staging", "--yes"]));
+    assert!(!w.state.join("journal.jsonl").exists());
+    for s in ["backend", "search"] {
+        assert_eq!(w.live("staging", s).as_deref(), Some(good.as_str()), "{s}");
+    }
+    w.all_ready(&sd).await;
+    w.stop_all(&sd).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_backs_up_before_migrating_and_restores_the_database() {
     let Some(w) = World::new("r3", 22200) else {
@@ -317,9 +480,11 @@ async fn manual_rollback_puts_back_the_unit_file_the_last_apply_changed() {
 }
 
 /// The rollback of a failed first deploy stops what it started (there is
-/// no previous release). A stop that systemd refuses is a rollback
-/// problem (exit 4, the journal kept), never reported as rolled back; once
-/// the cause is gone, `rollback` finishes it from the journal.
+/// no previous release), before it removes the unit files it installed, so
+/// each unit's `ExecStop` still runs. A stop that systemd refuses is a
+/// rollback problem (exit 4, the journal kept), never reported as rolled
+/// back, and that unit's file stays; once the cause is gone, `rollback`
+/// finishes it from the journal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_deploy_rollback_reports_a_stop_that_fails() {
     let Some(w) = World::new("j2", 25800) else {
@@ -327,22 +492,15 @@ async fn a_first_deploy_rollback_reports_a_stop_that_fails() {
     };
     let sd = w.sandbox.connect().await.unwrap();
     w.commit("main", "search crashes", &[Edit::crash_on_start("search")]);
-    // A unit file of the same name in a directory of lower priority
-    // (`$XDG_DATA_HOME/systemd/user`): moorline's own file hides it until
-    // the rollback removes that, then the manager loads it, and with it a
-    // stop that takes longer than its jobs may (result `timeout`).
-    let lower = w
-        .sandbox
-        .unit_dir()
-        .ancestors()
-        .nth(3)
-        .unwrap()
-        .join("data/systemd/user");
-    std::fs::create_dir_all(&lower).unwrap();
-    let lower = lower.join(w.unit("config"));
+    // A drop-in for config's unit: its stop takes longer than its jobs may
+    // (result `timeout`). Stopped after its unit file was removed, the
+    // unit would be gone and its ExecStop never run.
+    let dropin = w.sandbox.unit_dir().join(format!("{}.d", w.unit("config")));
+    std::fs::create_dir_all(&dropin).unwrap();
+    let dropin = dropin.join("slow-stop.conf");
     std::fs::write(
-        &lower,
-        "[Unit]\nJobTimeoutSec=1\n[Service]\nExecStart=/bin/sleep 1000\nExecStop=/bin/sleep 4\n",
+        &dropin,
+        "[Unit]\nJobTimeoutSec=1\n[Service]\nExecStop=/bin/sleep 4\n",
     )
     .unwrap();
 
@@ -353,10 +511,13 @@ async fn a_first_deploy_rollback_reports_a_stop_that_fails() {
     assert!(err.contains("config"), "{err}");
     assert!(w.state.join("journal.jsonl").exists(), "kept for a retry");
     assert!(err.contains("timeout"), "{err}");
-    // The other services were stopped and lost `current`.
+    // The other services were stopped and lost `current`; config's unit
+    // file stays until it is stopped.
     assert_eq!(w.live("staging", "gateway"), None);
+    assert!(w.sandbox.unit_dir().join(w.unit("config")).is_file());
+    assert!(!w.sandbox.unit_dir().join(w.unit("gateway")).exists());
 
-    std::fs::remove_file(&lower).unwrap();
+    std::fs::remove_file(&dropin).unwrap();
     sd.daemon_reload().await.unwrap();
     let out = w.run(&["rollback", "--env", "staging", "--yes"]);
     let log = ok(&out);

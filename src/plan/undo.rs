@@ -1,0 +1,635 @@
+//! The automatic rollback of a failed (or interrupted) apply, as a plan: a
+//! pure function of the plan that failed, its journal records and the
+//! configuration. It is rendered, journaled (`rollback-begin` carries it)
+//! and executed like any other plan, so an interrupted rollback resumes
+//! from its own records.
+//!
+//! What the records say changed is undone, in the reverse of the order it
+//! was done: a first-deployed service is stopped (and its `current` link
+//! removed) before its unit file goes; unit files are put back (or removed
+//! where there was none) with one daemon-reload; every service switched to
+//! a new release goes back to its previous one (and every service restarted
+//! for a changed unit file is restarted on the restored one), phase by
+//! phase in reverse order, each gated on readiness; the proxy is reloaded
+//! back only if the apply reloaded it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::build::health_action;
+use super::{
+    Action, ActionKind, FORMAT_VERSION, Operation, Plan, PlanInputs, RollbackKind, RollbackPlan,
+    ServiceChange, ServicePlan, Step, UnitChange, short,
+};
+use crate::changes::Rev;
+use crate::config::{Config, Environment};
+use crate::journal::Record;
+use crate::release::Paths;
+use crate::state::sha256_hex;
+
+/// The rollback plan of `failed` (apply `apply_id`), from the records it
+/// left (those after a `rollback-begin`, if any, are ignored: they belong
+/// to the rollback). Empty (no actions) when nothing live changed.
+pub fn build(
+    failed: &Plan,
+    apply_id: &str,
+    records: &[Record],
+    config: &Config,
+    env: &Environment,
+) -> Plan {
+    let records: Vec<&Record> = records
+        .iter()
+        .take_while(|r| !matches!(r, Record::RollbackBegin { .. }))
+        .collect();
+    // Each service's first switch: where it came from.
+    let mut switched: BTreeMap<&str, Option<&str>> = BTreeMap::new();
+    // Each unit's first replacement: what was there before this apply.
+    let mut replaced: BTreeMap<&str, (&str, Option<&str>)> = BTreeMap::new();
+    let mut restarted: BTreeSet<&str> = BTreeSet::new();
+    let mut proxy_reloaded = false;
+    let mut migrated = Vec::new();
+    for r in &records {
+        match r {
+            Record::Switch { service, from, .. } => {
+                switched.entry(service).or_insert(from.as_deref());
+            }
+            Record::UnitReplace {
+                service,
+                unit,
+                saved,
+            } => {
+                replaced
+                    .entry(unit)
+                    .or_insert((service.as_str(), saved.as_deref()));
+            }
+            // What a record's action did is read from the plan, by id.
+            Record::Started { action, .. } => {
+                if let Some(a) = failed.action(action)
+                    && a.kind() == ActionKind::Restart
+                    && let Some(s) = &a.service
+                {
+                    restarted.insert(s.as_str());
+                }
+            }
+            Record::Succeeded { action, .. } => match failed.action(action) {
+                Some(a) if a.kind() == ActionKind::ReloadProxy => proxy_reloaded = true,
+                Some(a) if a.kind() == ActionKind::Migrate => {
+                    migrated.extend(a.service.clone());
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    let unit_restored: BTreeSet<&str> = replaced.values().map(|(s, _)| *s).collect();
+    let mut warnings = Vec::new();
+    let mut actions: Vec<Action> = Vec::new();
+
+    // First deploys: stopped before anything else, so their unit's
+    // ExecStop runs while the unit file is still there.
+    let mut stops: BTreeMap<&str, String> = BTreeMap::new();
+    for (service, from) in &switched {
+        if from.is_some() {
+            continue;
+        }
+        let Some(s) = config.service(service) else {
+            warnings.push(format!(
+                "{service} is no longer in the configuration: it is not stopped"
+            ));
+            continue;
+        };
+        let id = format!("stop:{}", s.name);
+        actions.push(Action {
+            id: id.clone(),
+            service: Some(s.name.clone()),
+            phase: Some(s.phase.clone()),
+            reason: "first deploy: there is no previous release, so it stops and `current` goes"
+                .to_owned(),
+            after: Vec::new(),
+            step: Step::Stop {
+                unit: s.unit_name.clone(),
+                unlink: Some(
+                    Paths::new(&env.root, &s.name)
+                        .current()
+                        .display()
+                        .to_string(),
+                ),
+            },
+        });
+        stops.insert(service, id);
+    }
+
+    // Unit files back as they were, then one daemon-reload.
+    let mut unit_actions = Vec::new();
+    for (unit, (service, saved)) in &replaced {
+        let (id, reason, step) = match saved {
+            Some(saved) => (
+                format!("restore-unit:{service}"),
+                "put back the unit file the apply replaced".to_owned(),
+                Step::RestoreUnit {
+                    unit: (*unit).to_owned(),
+                    saved: (*saved).to_owned(),
+                },
+            ),
+            None => (
+                format!("remove-unit:{service}"),
+                "the apply installed it where there was none".to_owned(),
+                Step::RemoveUnit {
+                    unit: (*unit).to_owned(),
+                },
+            ),
+        };
+        let phase = config.service(service).map(|s| s.phase.clone());
+        actions.push(Action {
+            id: id.clone(),
+            service: Some((*service).to_owned()),
+            phase,
+            reason,
+            after: stops.get(service).cloned().into_iter().collect(),
+            step,
+        });
+        unit_actions.push(id);
+    }
+    let mut gate: Vec<String> = Vec::new();
+    if !unit_actions.is_empty() {
+        actions.push(Action {
+            id: "daemon-reload".to_owned(),
+            service: None,
+            phase: None,
+            reason: format!(
+                "systemd must re-read {} unit file{} put back or removed",
+                unit_actions.len(),
+                if unit_actions.len() == 1 { "" } else { "s" }
+            ),
+            after: unit_actions,
+            step: Step::DaemonReload { enable: Vec::new() },
+        });
+        gate.push("daemon-reload".to_owned());
+    }
+
+    // Back to the previous releases, the last phase first.
+    let back: Vec<(usize, Option<&str>)> = config
+        .services
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match switched.get(s.name.as_str()) {
+            Some(Some(prev)) => Some((i, Some(*prev))),
+            None if restarted.contains(s.name.as_str())
+                && unit_restored.contains(s.name.as_str()) =>
+            {
+                Some((i, None))
+            }
+            // First deploys stop instead; the rest did not change.
+            Some(None) | None => None,
+        })
+        .collect();
+    for (service, from) in &switched {
+        if from.is_some() && config.service(service).is_none() {
+            warnings.push(format!(
+                "{service} is no longer in the configuration: it stays on its new release"
+            ));
+        }
+    }
+    for pi in (0..config.phases.len()).rev() {
+        let in_phase: Vec<&(usize, Option<&str>)> = back
+            .iter()
+            .filter(|(i, _)| config.services[*i].phase_index == pi)
+            .collect();
+        if in_phase.is_empty() {
+            continue;
+        }
+        let names: BTreeSet<&str> = in_phase
+            .iter()
+            .map(|(i, _)| config.services[*i].name.as_str())
+            .collect();
+        for (i, prev) in &in_phase {
+            let s = &config.services[*i];
+            // Dependents go back before what they depend on.
+            let mut after = gate.clone();
+            for d in &config.services {
+                if names.contains(d.name.as_str()) && d.depends_on.contains(&s.name) {
+                    after.push(format!("health:{}", d.name));
+                }
+            }
+            let (reason, release) = match prev {
+                Some(prev) => (
+                    format!("back to its previous release {}", short(prev)),
+                    Some(
+                        Paths::new(&env.root, &s.name)
+                            .release(prev)
+                            .display()
+                            .to_string(),
+                    ),
+                ),
+                None => ("restarted on its restored unit file".to_owned(), None),
+            };
+            actions.push(Action {
+                id: format!("restart:{}", s.name),
+                service: Some(s.name.clone()),
+                phase: Some(s.phase.clone()),
+                reason,
+                after,
+                step: Step::Restart {
+                    unit: s.unit_name.clone(),
+                    release,
+                },
+            });
+            actions.push(health_action(s, vec![format!("restart:{}", s.name)]));
+        }
+        // The next (earlier) phase waits for the readiness of this one's
+        // services that nothing else here waits for.
+        gate = in_phase
+            .iter()
+            .map(|(i, _)| &config.services[*i])
+            .filter(|s| !s.depends_on.iter().any(|d| names.contains(d.as_str())))
+            .map(|s| format!("health:{}", s.name))
+            .collect();
+    }
+    if proxy_reloaded && let Some(p) = &config.proxy {
+        let mut after = gate;
+        after.extend(stops.values().cloned());
+        actions.push(Action {
+            id: "reload-proxy".to_owned(),
+            service: None,
+            phase: None,
+            reason: "the apply reloaded it: reloaded back with the previous upstreams".to_owned(),
+            after,
+            step: Step::ReloadProxy {
+                unit: p.unit.clone(),
+                check: None,
+            },
+        });
+    }
+    if !migrated.is_empty() {
+        warnings.push(format!(
+            "the schema stays migrated: the migrations of {} ran and this rollback switches code only",
+            migrated.join(", ")
+        ));
+    }
+
+    // Listed in a topological order, like every plan's actions.
+    let actions = super::topological(actions);
+    let services = config
+        .services
+        .iter()
+        .map(|s| {
+            let name = s.name.as_str();
+            let (change, to_revision, reasons) = match switched.get(name) {
+                Some(Some(prev)) => (
+                    ServiceChange::Deploy,
+                    Some((*prev).to_owned()),
+                    vec![format!("back to its previous release {}", short(prev))],
+                ),
+                Some(None) => (
+                    ServiceChange::Stop,
+                    None,
+                    vec!["first deploy undone: stopped, no release is live".to_owned()],
+                ),
+                None if back.iter().any(|(i, _)| config.services[*i].name == name) => (
+                    ServiceChange::Restart,
+                    None,
+                    vec!["its unit file is put back".to_owned()],
+                ),
+                None => (ServiceChange::Unchanged, None, Vec::new()),
+            };
+            let unit_change = if s.unit.is_none() {
+                UnitChange::Unmanaged
+            } else if replaced.contains_key(s.unit_name.as_str()) {
+                UnitChange::Changed
+            } else {
+                UnitChange::Unchanged
+            };
+            ServicePlan {
+                name: s.name.clone(),
+                phase: s.phase.clone(),
+                unit: s.unit_name.clone(),
+                change,
+                migrate: false,
+                unit_change,
+                from_revision: switched.contains_key(name).then(|| failed.to.sha.clone()),
+                to_revision,
+                reasons,
+                changed_paths: Vec::new(),
+                changed_count: 0,
+                unit_diff: None,
+            }
+        })
+        .collect();
+    let inputs = PlanInputs {
+        moorline_version: env!("CARGO_PKG_VERSION").to_owned(),
+        config_sha256: failed.inputs.config_sha256.clone(),
+        state_sha256: None,
+        units_source: "none".to_owned(),
+        units: BTreeMap::new(),
+        allow_non_ancestor: false,
+        adopt: Vec::new(),
+        pending_migrations: Vec::new(),
+        skip_promotion_check: false,
+    };
+    let fp = serde_json::json!({
+        "operation": Operation::Rollback,
+        "apply_id": apply_id,
+        "inputs": &inputs,
+        "actions": &actions,
+    });
+    let fingerprint = format!(
+        "sha256:{}",
+        sha256_hex(serde_json::to_string(&fp).unwrap_or_default().as_bytes())
+    );
+    Plan {
+        format_version: FORMAT_VERSION,
+        operation: Operation::Rollback,
+        project: failed.project.clone(),
+        environment: failed.environment.clone(),
+        branch: failed.branch.clone(),
+        from: Some(failed.to.clone()),
+        to: Rev {
+            spec: "previous releases".to_owned(),
+            sha: failed
+                .from
+                .as_ref()
+                .map(|f| f.sha.clone())
+                .unwrap_or_default(),
+            summary: format!("rollback of apply {apply_id}"),
+        },
+        first_deploy: false,
+        non_ancestor: false,
+        fingerprint,
+        inputs,
+        changed_paths: 0,
+        services,
+        actions,
+        rollback: RollbackPlan {
+            kind: RollbackKind::Nothing,
+            services: Vec::new(),
+            summary: format!("undoes apply {apply_id}; it has no rollback of its own"),
+        },
+        warnings,
+        notes: Vec::new(),
+        conflicts: Vec::new(),
+        uncommitted: Vec::new(),
+        promotion: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+project "p" { unit-name "p-{service}.service" }
+environment "staging" { branch "main"; root "/srv/p" }
+phase "core"
+phase "edge"
+runtime "node" {
+    build "true"
+    unit { exec "/usr/bin/node" "{current}/index.js"; }
+}
+service "api"     { runtime "node"; port 1; phase "core" }
+service "worker"  { runtime "node"; port 2; phase "core"; depends-on "api" }
+service "web"     { runtime "node"; port 3; phase "edge" }
+proxy "nginx" { unit "nginx.service"; check "nginx" "-t"; }
+"#;
+
+    fn config() -> Config {
+        crate::config::parse("t.kdl", CONFIG).unwrap()
+    }
+
+    fn restart(s: &str) -> serde_json::Value {
+        serde_json::json!({"id": format!("restart:{s}"), "kind": "restart", "service": s,
+            "phase": null, "reason": "", "after": [], "unit": format!("p-{s}.service")})
+    }
+
+    fn failed(first_deploy: bool) -> Plan {
+        let json = serde_json::json!({
+            "format_version": FORMAT_VERSION,
+            "operation": "deploy",
+            "project": "p",
+            "environment": "staging",
+            "branch": "main",
+            "from": if first_deploy {
+                serde_json::Value::Null
+            } else {
+                serde_json::json!({"spec": "old", "sha": "aaaa", "summary": ""})
+            },
+            "to": {"spec": "main", "sha": "bbbb", "summary": ""},
+            "first_deploy": first_deploy,
+            "non_ancestor": false,
+            "fingerprint": "f",
+            "inputs": {"moorline_version": "0", "config_sha256": "c", "state_sha256": null,
+                       "units_source": "none", "units": {}, "allow_non_ancestor": false},
+            "changed_paths": 0,
+            "services": [],
+            "actions": [
+                restart("api"), restart("worker"), restart("web"),
+                {"id": "reload-proxy", "kind": "reload-proxy", "service": null, "phase": null,
+                 "reason": "", "after": [], "unit": "nginx.service"}
+            ],
+            "rollback": {"kind": "code-only", "services": [], "summary": ""},
+            "warnings": []
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn started(action: &str) -> Record {
+        Record::Started {
+            action: action.to_owned(),
+            at_ms: None,
+        }
+    }
+
+    fn succeeded(action: &str) -> Record {
+        Record::Succeeded {
+            action: action.to_owned(),
+            note: None,
+            at_ms: None,
+        }
+    }
+
+    fn switch(service: &str, from: Option<&str>) -> Record {
+        Record::Switch {
+            service: service.to_owned(),
+            from: from.map(str::to_owned),
+            to: "bbbb".to_owned(),
+        }
+    }
+
+    fn replace(service: &str, saved: Option<&str>) -> Record {
+        Record::UnitReplace {
+            service: service.to_owned(),
+            unit: format!("p-{service}.service"),
+            saved: saved.map(str::to_owned),
+        }
+    }
+
+    fn ids(p: &Plan) -> Vec<(String, Vec<String>)> {
+        p.actions
+            .iter()
+            .map(|a| (a.id.clone(), a.after.clone()))
+            .collect()
+    }
+
+    fn pair(id: &str, after: &[&str]) -> (String, Vec<String>) {
+        (
+            id.to_owned(),
+            after.iter().map(|s| (*s).to_owned()).collect(),
+        )
+    }
+
+    /// A first deploy that failed in its second phase: every service
+    /// started is stopped (and loses `current`) before its unit file is
+    /// removed; nothing is restarted; the proxy was not reloaded.
+    #[test]
+    fn a_first_deploy_stops_before_it_removes_unit_files() {
+        let c = config();
+        let records = [
+            replace("api", None),
+            replace("worker", None),
+            replace("web", None),
+            succeeded("daemon-reload"),
+            started("restart:api"),
+            switch("api", None),
+            succeeded("restart:api"),
+            started("restart:web"),
+            switch("web", None),
+        ];
+        let p = build(&failed(true), "1", &records, &c, &c.environments[0]);
+        assert_eq!(
+            ids(&p),
+            [
+                pair("stop:api", &[]),
+                pair("stop:web", &[]),
+                pair("remove-unit:api", &["stop:api"]),
+                pair("remove-unit:web", &["stop:web"]),
+                pair("remove-unit:worker", &[]),
+                pair(
+                    "daemon-reload",
+                    &["remove-unit:api", "remove-unit:web", "remove-unit:worker"]
+                ),
+            ]
+        );
+        assert_eq!(
+            p.action("stop:api").unwrap().step,
+            Step::Stop {
+                unit: "p-api.service".to_owned(),
+                unlink: Some("/srv/p/api/current".to_owned()),
+            }
+        );
+        assert_eq!(p.operation, Operation::Rollback);
+        let api = p.services.iter().find(|s| s.name == "api").unwrap();
+        assert_eq!(api.change, ServiceChange::Stop);
+        // The plan survives its JSON form (it is journaled).
+        let back: Plan = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+    }
+
+    /// A deploy whose unit file of api changed and whose proxy reloaded
+    /// before web failed its readiness: the unit file is put back, then the
+    /// last phase goes back first, dependents before what they depend on,
+    /// each gated on readiness; the proxy is reloaded back last.
+    #[test]
+    fn a_deploy_goes_back_in_reverse_phase_order_and_reloads_the_proxy_it_reloaded() {
+        let c = config();
+        let records = [
+            replace("api", Some("/state/units/1/p-api.service")),
+            succeeded("daemon-reload"),
+            started("restart:api"),
+            switch("api", Some("aaaa")),
+            started("restart:worker"),
+            switch("worker", Some("aaaa")),
+            started("restart:web"),
+            switch("web", Some("aaaa")),
+            started("reload-proxy"),
+            succeeded("reload-proxy"),
+            Record::Failed {
+                action: "health:web".to_owned(),
+                error: "no".to_owned(),
+            },
+        ];
+        let p = build(&failed(false), "1", &records, &c, &c.environments[0]);
+        assert_eq!(
+            ids(&p),
+            [
+                pair("restore-unit:api", &[]),
+                pair("daemon-reload", &["restore-unit:api"]),
+                pair("restart:web", &["daemon-reload"]),
+                pair("health:web", &["restart:web"]),
+                pair("restart:worker", &["health:web"]),
+                pair("health:worker", &["restart:worker"]),
+                pair("restart:api", &["health:web", "health:worker"]),
+                pair("health:api", &["restart:api"]),
+                pair("reload-proxy", &["health:api"]),
+            ]
+        );
+        assert_eq!(
+            p.action("restart:api").unwrap().step,
+            Step::Restart {
+                unit: "p-api.service".to_owned(),
+                release: Some("/srv/p/api/releases/aaaa".to_owned()),
+            }
+        );
+        assert_eq!(
+            p.action("restore-unit:api").unwrap().step,
+            Step::RestoreUnit {
+                unit: "p-api.service".to_owned(),
+                saved: "/state/units/1/p-api.service".to_owned(),
+            }
+        );
+        assert_eq!(
+            p.action("reload-proxy").unwrap().step,
+            Step::ReloadProxy {
+                unit: "nginx.service".to_owned(),
+                check: None,
+            }
+        );
+    }
+
+    /// The proxy check failed (so it still runs its old configuration): it
+    /// is not reloaded back. A unit restored for a service that was only
+    /// restarted restarts it on that unit; nothing after `rollback-begin`
+    /// counts; nothing live changed gives an empty plan.
+    #[test]
+    fn the_proxy_is_left_alone_unless_it_was_reloaded() {
+        let c = config();
+        let records = [
+            replace("worker", Some("/saved")),
+            succeeded("daemon-reload"),
+            started("restart:worker"),
+            succeeded("restart:worker"),
+            started("reload-proxy"),
+            Record::Failed {
+                action: "reload-proxy".to_owned(),
+                error: "nginx -t failed".to_owned(),
+            },
+            Record::RollbackBegin {
+                reason: "x".to_owned(),
+                plan: None,
+            },
+            switch("api", Some("zzzz")),
+        ];
+        let p = build(&failed(false), "1", &records, &c, &c.environments[0]);
+        assert_eq!(
+            ids(&p),
+            [
+                pair("restore-unit:worker", &[]),
+                pair("daemon-reload", &["restore-unit:worker"]),
+                pair("restart:worker", &["daemon-reload"]),
+                pair("health:worker", &["restart:worker"]),
+            ]
+        );
+        assert_eq!(
+            p.action("restart:worker").unwrap().step,
+            Step::Restart {
+                unit: "p-worker.service".to_owned(),
+                release: None,
+            }
+        );
+        let nothing = build(
+            &failed(false),
+            "1",
+            &[started("build:api"), succeeded("build:api")],
+            &c,
+            &c.environments[0],
+        );
+        assert!(nothing.actions.is_empty());
+    }
+}
