@@ -314,7 +314,38 @@ async fn unfinished(state_dir: &Path) -> Result<Option<Replay>, ApplyError> {
         archive_ended(state_dir, Some(&replay.apply_id))?;
         return Ok(None);
     }
+    if state_committed(state_dir, &replay).await? {
+        // Every action succeeded and the state says so; only the end record
+        // is missing (a crash between the two). Nothing is left to resume,
+        // and a rollback of it is a rollback of the last apply, not of an
+        // unfinished one (whose state still names the old releases).
+        let (dir, id) = (state_dir.to_owned(), replay.apply_id.clone());
+        let path = dir.join(crate::journal::JOURNAL_FILE).display().to_string();
+        tokio::task::spawn_blocking(move || Journal::reopen(&dir)?.finish("succeeded", &id))
+            .await
+            .map_err(|source| JournalError::Task { path, source })??;
+        return Ok(None);
+    }
     Ok(Some(*replay))
+}
+
+/// Whether the state records `replay`'s apply as its last successful one
+/// (the state is written after the last action, before the end record).
+async fn state_committed(state_dir: &Path, replay: &Replay) -> Result<bool, ApplyError> {
+    let (dir, plan) = (state_dir.to_owned(), replay.plan.clone());
+    let id = replay.apply_id.clone();
+    tokio::task::spawn_blocking(move || {
+        let loaded = state::load(&dir, &plan.project, &plan.environment)?;
+        Ok(loaded
+            .state
+            .and_then(|s| s.last_apply)
+            .is_some_and(|a| a.id == id && a.outcome == "succeeded"))
+    })
+    .await
+    .map_err(|source| ApplyError::Blocking {
+        what: "reading the state",
+        source,
+    })?
 }
 
 /// Continues the unfinished apply in the journal, if there is one.
@@ -822,6 +853,22 @@ async fn rollback_from_journal(
             switched.push((service.clone(), from.clone()));
         }
     }
+    // A unit-only change (no new release) restarts the service under the
+    // new unit file: once that restart began, the service runs what the
+    // restored file no longer says, so it restarts again, on its live
+    // release, like a switched one.
+    for r in records {
+        if let Record::UnitReplace { service, .. } = r
+            && !switched.iter().any(|(s, _)| s == service)
+            && records.iter().any(|x| {
+                matches!(x, Record::Started { action, .. }
+                    if action.strip_prefix("restart:") == Some(service.as_str()))
+            })
+            && let Some(live) = Paths::new(&ctx.env.root, service).live()
+        {
+            switched.push((service.clone(), Some(live)));
+        }
+    }
     let already: BTreeSet<String> = records
         .iter()
         .filter_map(|r| match r {
@@ -1052,13 +1099,19 @@ fn commit_state(
     }
     let mut previous_units = BTreeMap::new();
     for r in records {
-        if let Record::UnitReplace { service, saved, .. } = r {
+        if let Record::UnitReplace {
+            service,
+            unit,
+            saved,
+        } = r
+        {
             previous_units.insert(service.clone(), saved.clone());
             if let Some(s) = ctx.config.service(service) {
-                let sha = unit::render(&ctx.env, s)
+                // What is installed now: the config's unit after a deploy,
+                // the saved previous one after a rollback (not the config's).
+                let sha = std::fs::read(ctx.unit_dir.join(unit))
                     .ok()
-                    .flatten()
-                    .map(|u| state::sha256_hex(u.as_bytes()));
+                    .map(|u| state::sha256_hex(&u));
                 if let Some(entry) = st.services.get_mut(service) {
                     entry.unit = sha.as_ref().map(|_| s.unit_name.clone());
                     entry.unit_sha256 = sha;

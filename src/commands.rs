@@ -397,6 +397,18 @@ pub(crate) fn confirm(question: &str) -> bool {
     matches!(line.trim(), "y" | "Y" | "yes")
 }
 
+/// Removes the empty backup files an interrupted apply left (see
+/// [`crate::backup::remove_empty`]), saying so. Before a resume or a
+/// rollback, under the state lock.
+pub(crate) fn removed_empty_backups(t: &settings::Target) {
+    for p in crate::backup::remove_empty(&t.state_dir, &t.env) {
+        eprintln!(
+            "note: removed {}, an empty backup file an interrupted apply left",
+            p.display()
+        );
+    }
+}
+
 fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
     // Plan files are read (and their format checked) before anything else.
     let saved = args.plan.as_deref().map(read_plan_file).transpose()?;
@@ -420,6 +432,7 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
     rt.block_on(async {
         if args.resume {
             let ctx = connect().await?;
+            removed_empty_backups(&t);
             return match crate::apply::resume(std::sync::Arc::clone(&ctx)).await? {
                 None => {
                     println!("nothing to resume: no unfinished apply of {env_name}");
