@@ -7,6 +7,7 @@
 //! slow builds beside the runtime's timers.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Instant;
@@ -100,11 +101,6 @@ impl Scene {
     /// Sets the scene up and deploys it once (the crashes hit the second
     /// and later deploys, so a rollback has a release to go back to).
     async fn new(prefix: &str, port_base: u16) -> Option<Scene> {
-        Self::with(prefix, port_base, |_| {}).await
-    }
-
-    /// [`Scene::new`] with `edit` applied to the config text first.
-    async fn with(prefix: &str, port_base: u16, edit: impl FnOnce(&mut String)) -> Option<Scene> {
         let sandbox = support::sandbox()?;
         let dir = tempfile::tempdir().unwrap();
         let mut opts = FixtureOptions::new(dir.path().join("srv"));
@@ -122,7 +118,7 @@ impl Scene {
         let text = std::fs::read_to_string(&fx.config_path).unwrap();
         let py = "/usr/bin/python3";
         let tool = fx.backup_tool.display().to_string();
-        let mut config = text
+        let config = text
             .replace(
                 "unit-name \"pakashop-{service}.service\"",
                 &format!("unit-name \"{prefix}-{{service}}.service\""),
@@ -145,7 +141,6 @@ impl Scene {
             );
         assert!(config.contains("backup {") && config.contains("@GEN@"));
         assert!(config.contains(&proxy_unit) && config.contains("migrate-counted.py"));
-        edit(&mut config);
 
         let w = World {
             _dir: dir,
@@ -308,7 +303,7 @@ impl Scene {
     ///   and actions after them;
     /// - the migration ran at most as often as the journal started it, and
     ///   applied each migration once;
-    /// - no empty or partial backup file.
+    /// - no empty backup file.
     async fn converged(
         &self,
         context: &str,
@@ -401,8 +396,10 @@ impl Scene {
                 let e = e.unwrap();
                 let name = e.file_name().to_string_lossy().into_owned();
                 let len = e.metadata().unwrap().len();
+                // (A `.partial` file is the fixture tool's own, of a
+                // backup command that outlived the killed apply.)
                 assert!(
-                    len > 0 && !name.ends_with(".partial"),
+                    len > 0 || !name.ends_with(".backup"),
                     "{context}: backup file {name} ({len} bytes)"
                 );
             }
@@ -645,6 +642,272 @@ async fn every_kill_point_of_a_deploy_then_rollback_converges() {
     let t = Instant::now();
     let points = every_kill_point(&mut scene, Recovery::Rollback).await;
     eprintln!("rollback: {points} kill points in {:?}", t.elapsed());
+    scene.w.stop_all(&scene.sd).await;
+    let _ = scene.sd.stop(&scene.proxy_unit).await;
+}
+
+/// The 1-based number of the first record of `records` matching `event`
+/// and `action`.
+fn record_number(records: &[serde_json::Value], event: &str, action: &str) -> usize {
+    records
+        .iter()
+        .position(|r| r["event"] == event && r["action"] == action)
+        .unwrap_or_else(|| panic!("no {event} {action} in {records:?}"))
+        + 1
+}
+
+/// Every record of one uninterrupted deploy of the next change (the shape
+/// every later change of the scene has).
+async fn reference_deploy(scene: &mut Scene) -> Vec<serde_json::Value> {
+    let sha = scene.next_change();
+    let runs = scene.migrate_runs();
+    ok(&scene.w.run(&["apply", "--env", "staging", "--yes"]));
+    let id = latest_history(&scene.w.state);
+    scene
+        .converged("the reference deploy", Some(&id), Some(&sha), &BTreeSet::new(), runs)
+        .await;
+    history(&scene.w.state, &id)
+}
+
+/// The recoveries are killed too: a deploy killed just before the record
+/// after svc-0003's release switch (the link switched, the restart under
+/// way) is resumed with a kill at every record of the resume, in both
+/// modes, then resumed again; and rolled back with a kill at every record
+/// of the rollback, in both modes, then rolled back again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_resumes_and_rollbacks_are_recovered_again() {
+    let Some(mut scene) = Scene::new("c3", 29300).await else {
+        return;
+    };
+    let t = Instant::now();
+    let reference = reference_deploy(&mut scene).await;
+    let switch = reference
+        .iter()
+        .position(|r| r["event"] == "switch" && r["service"] == MIGRATING)
+        .unwrap()
+        + 1;
+    let apply_kill = (Kill::Before, switch + 1);
+    let mut points = 0;
+    for how in [Recovery::Resume, Recovery::Rollback] {
+        for kill in [Kill::After, Kill::Before] {
+            let mut m = 1;
+            loop {
+                let sha = scene.next_change();
+                let runs = scene.migrate_runs();
+                assert!(
+                    scene
+                        .run_killed(&["apply", "--env", "staging", "--yes"], apply_kill.0, apply_kill.1)
+                        .is_none(),
+                    "the deploy was not killed at {apply_kill:?}"
+                );
+                let id = scene.unfinished_id();
+                assert!(id.is_some());
+                let context = format!("{how:?} killed {kill:?} its record {m}");
+                let Some(out) = scene.run_killed(how.args(), kill, m) else {
+                    points += 1;
+                    let last = scene.last_record();
+                    let log = scene.recover(how);
+                    let context = format!("{context} (last: {last})\n{log}");
+                    scene
+                        .converged(
+                            &context,
+                            id.as_deref(),
+                            (how == Recovery::Resume).then_some(sha.as_str()),
+                            &BTreeSet::new(),
+                            runs,
+                        )
+                        .await;
+                    m += 1;
+                    continue;
+                };
+                // The recovery ran to its end: every record of it was a
+                // kill point.
+                let log = ok(&out);
+                assert!(m > 3, "{context}: too few records\n{log}");
+                scene
+                    .converged(
+                        &context,
+                        id.as_deref(),
+                        (how == Recovery::Resume).then_some(sha.as_str()),
+                        &BTreeSet::new(),
+                        runs,
+                    )
+                    .await;
+                break;
+            }
+        }
+    }
+    eprintln!("killed recoveries: {points} kill points in {:?}", t.elapsed());
+    scene.w.stop_all(&scene.sd).await;
+    let _ = scene.sd.stop(&scene.proxy_unit).await;
+}
+
+/// Between a crash and the resume, an operator (or a reboot) undoes two
+/// effects the journal records as done: svc-0001's unit is stopped and
+/// svc-0003's `current` is swapped back to the old release. The resume
+/// verifies them, finds them no longer in effect and does them (and what
+/// follows them) again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effects_undone_behind_moorlines_back_are_redone_on_resume() {
+    let Some(mut scene) = Scene::new("c4", 29400).await else {
+        return;
+    };
+    let reference = reference_deploy(&mut scene).await;
+    let n = record_number(&reference, "succeeded", &format!("health:{MIGRATING}"));
+    let old = state_json(&scene.w)["services"][MIGRATING]["revision"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sha = scene.next_change();
+    let runs = scene.migrate_runs();
+    assert!(
+        scene
+            .run_killed(&["apply", "--env", "staging", "--yes"], Kill::After, n)
+            .is_none()
+    );
+    let id = scene.unfinished_id().unwrap();
+    let journal = std::fs::read_to_string(scene.w.state.join("journal.jsonl")).unwrap();
+    for a in ["restart:svc-0001", "restart:svc-0003"] {
+        assert!(
+            journal.contains(&format!("\"event\":\"succeeded\",\"action\":\"{a}\"")),
+            "{a} did not succeed before the kill:\n{journal}"
+        );
+    }
+    assert_eq!(scene.w.live("staging", MIGRATING).as_deref(), Some(sha.as_str()));
+
+    // Behind moorline's back.
+    let unit = scene.w.unit("svc-0001");
+    scene.sd.stop(&unit).await.unwrap().check("stop", &unit).unwrap();
+    let current = scene.w.fx.env_root("staging").join(MIGRATING).join("current");
+    let target = std::fs::read_link(&current).unwrap();
+    let old_target = target.with_file_name(&old);
+    assert!(old_target.is_dir(), "{}", old_target.display());
+    let tmp = current.with_file_name("current.swap");
+    std::os::unix::fs::symlink(&old_target, &tmp).unwrap();
+    std::fs::rename(&tmp, &current).unwrap();
+    assert_eq!(scene.w.live("staging", MIGRATING).as_deref(), Some(old.as_str()));
+
+    let log = scene.recover(Recovery::Resume);
+    let redone: BTreeSet<String> = ["restart:svc-0001", "restart:svc-0003"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    scene
+        .converged(
+            &format!("resume after undoing effects\n{log}"),
+            Some(&id),
+            Some(&sha),
+            &redone,
+            runs,
+        )
+        .await;
+    assert_eq!(scene.w.live("staging", MIGRATING).as_deref(), Some(sha.as_str()));
+    scene.w.stop_all(&scene.sd).await;
+    let _ = scene.sd.stop(&scene.proxy_unit).await;
+}
+
+/// svc-0004's build (a go service) that sleeps before building.
+const SLOW_BUILD: &str = r#"import os, subprocess, sys, time
+time.sleep(float(os.environ.get("SLOW_BUILD_SECS", "4")))
+here = os.path.dirname(os.path.abspath(__file__))
+sys.exit(subprocess.call([sys.executable, os.path.join(here, "build.py")] + sys.argv[1:]))
+"#;
+
+/// The services with big trees in the slow-build test; svc-0004's build
+/// also sleeps.
+const HEAVY: [&str; 2] = ["svc-0002", "svc-0004"];
+
+/// The duration of `action` in `records` (succeeded `at_ms` minus started
+/// `at_ms`).
+fn duration_ms(records: &[serde_json::Value], action: &str) -> u64 {
+    let at = |event: &str| {
+        records[record_number(records, event, action) - 1]["at_ms"]
+            .as_u64()
+            .unwrap()
+    };
+    at("succeeded") - at("started")
+}
+
+/// Slow builds (exports of two big trees, one build step that sleeps) run
+/// beside the backup and the other builds: the runtime's two workers stay
+/// free, so those finish while the exports are still running, and the
+/// restarts and readiness checks after the builds take what the services
+/// need, far below the build time.
+///
+/// (The plan orders every build before the first live change, so within
+/// one deploy no readiness wait overlaps a build; what shares the runtime
+/// with a build is the backup, migrations and other builds.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_builds_do_not_delay_the_rest_of_the_apply() {
+    let Some(mut scene) = Scene::new("c5", 29500).await else {
+        return;
+    };
+    let go_build = "build \"/usr/bin/python3\" \"build.py\" \"{service}\"";
+    assert!(scene.config.contains(go_build), "{}", scene.config);
+    scene.config = scene.config.replace(
+        go_build,
+        "build \"/usr/bin/python3\" \"slow-build.py\" \"{service}\"",
+    );
+    let mut edits = vec![Edit::Write {
+        path: "services/svc-0004/slow-build.py".to_owned(),
+        contents: SLOW_BUILD.to_owned(),
+    }];
+    // Two big trees: exported at once, they would hold both of the
+    // runtime's workers if the exports ran on them.
+    for svc in HEAVY {
+        for i in 0..1500 {
+            edits.push(Edit::Write {
+                path: format!("services/{svc}/assets/d{}/f{i}.txt", i / 100),
+                contents: format!("{svc} asset {i}\n").repeat(32),
+            });
+        }
+    }
+    scene.w.commit("main", "a slow build", &edits);
+    let sha = scene.next_change();
+    let runs = scene.migrate_runs();
+    // Long against what a fixture service needs to get ready (well under
+    // a second unloaded), scaled like every test deadline.
+    let secs = support::wait().as_secs_f64() / 5.0;
+    let out = scene
+        .w
+        .cmd(&["apply", "--env", "staging", "--yes", "--jobs", "4"])
+        .env("SLOW_BUILD_SECS", secs.to_string())
+        .output()
+        .unwrap();
+    ok(&out);
+    let id = latest_history(&scene.w.state);
+    scene
+        .converged("slow builds", Some(&id), Some(&sha), &BTreeSet::new(), runs)
+        .await;
+    let records = history(&scene.w.state, &id);
+    let slow = duration_ms(&records, "build:svc-0004");
+    assert!(
+        u128::from(slow) >= std::time::Duration::from_secs_f64(secs).as_millis(),
+        "the slow build took {slow} ms"
+    );
+    let done_at = |a: &str| {
+        records[record_number(&records, "succeeded", a) - 1]["at_ms"]
+            .as_u64()
+            .unwrap()
+    };
+    // svc-0002's build is its export (build.py takes milliseconds).
+    let export = duration_ms(&records, "build:svc-0002");
+    let mut report = format!("build:svc-0004 {slow} ms; build:svc-0002 (export) {export} ms");
+    for a in ["backup", "build:svc-0003", "migrate:svc-0003"] {
+        let d = duration_ms(&records, a);
+        let done = done_at(a);
+        let _ = write!(report, "; {a} {d} ms, done at {done} ms");
+        assert!(
+            done < done_at("build:svc-0002") && d < export,
+            "{a} waited for the exports: {report}"
+        );
+    }
+    for s in &scene.w.fx.services {
+        let h = duration_ms(&records, &format!("health:{}", s.name));
+        let _ = write!(report, "; health:{} {h} ms", s.name);
+        assert!(h < slow / 2, "{report}");
+    }
+    eprintln!("{report}");
     scene.w.stop_all(&scene.sd).await;
     let _ = scene.sd.stop(&scene.proxy_unit).await;
 }
