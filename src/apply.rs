@@ -1490,9 +1490,20 @@ async fn export(repo_dir: &Path, sha: &str, subdir: &str, dir: &Path) -> Result<
     );
     blocking(move || {
         if dir.exists() {
-            // An interrupted build: start again from a fresh export.
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| format!("removing {}: {e}", dir.display()))?;
+            // An interrupted build: start again from a fresh export. The
+            // leftover is renamed aside first: a build command of a killed
+            // apply may still be writing into it (its process group
+            // outlives a SIGKILL of moorline), and removing a directory
+            // being written to fails ("Directory not empty"). Should the
+            // removal still fail, pruning removes the hidden directory later.
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let aside = dir.with_file_name(format!(".{name}.interrupted-{}", std::process::id()));
+            std::fs::rename(&dir, &aside)
+                .map_err(|e| format!("moving {} aside: {e}", dir.display()))?;
+            let _ = std::fs::remove_dir_all(&aside);
         }
         let repo = Repo::discover(&repo_dir).map_err(|e| e.to_string())?;
         repo.export(&sha, &subdir, &dir).map_err(|e| {

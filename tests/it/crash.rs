@@ -190,9 +190,7 @@ impl Scene {
     fn config_edit(&self) -> Edit {
         Edit::Write {
             path: "moorline.kdl".to_owned(),
-            contents: self
-                .config
-                .replace("@GEN@", &self.generation.to_string()),
+            contents: self.config.replace("@GEN@", &self.generation.to_string()),
         }
     }
 
@@ -209,7 +207,10 @@ impl Scene {
             &[
                 self.config_edit(),
                 Edit::Write {
-                    path: format!("services/{MIGRATING}/prisma/migrations/{:04}_gen{g}/migration.sql", g + 1),
+                    path: format!(
+                        "services/{MIGRATING}/prisma/migrations/{:04}_gen{g}/migration.sql",
+                        g + 1
+                    ),
                     contents: format!("ALTER TABLE \"Order\" ADD COLUMN gen{g} INT;\n"),
                 },
                 Edit::touch_service("svc-0004"),
@@ -238,7 +239,12 @@ impl Scene {
     /// Runs `args` with a kill point; `None` when it was killed, the output
     /// when it ran to the end.
     fn run_killed(&self, args: &[&str], kill: Kill, n: usize) -> Option<Output> {
-        let out = self.w.cmd(args).env(kill.var(), n.to_string()).output().unwrap();
+        let out = self
+            .w
+            .cmd(args)
+            .env(kill.var(), n.to_string())
+            .output()
+            .unwrap();
         if out.status.code().is_none() {
             return None;
         }
@@ -255,19 +261,54 @@ impl Scene {
 
     /// The last complete record of the journal left behind, as `event` or
     /// `event:kind-of-action`.
+    /// `in-flight:kind` for each action of the journal left behind that
+    /// started and did not succeed; `recorded:switch`, `recorded:unit-replace`,
+    /// `recorded:backup` when such a record of an action is there and the
+    /// action's success is not.
+    fn in_flight(&self) -> BTreeSet<String> {
+        let text = std::fs::read_to_string(self.w.state.join("journal.jsonl")).unwrap_or_default();
+        let mut open = BTreeMap::new();
+        for v in text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            // An intent or outcome record belongs to its action.
+            let service = v["service"].as_str().unwrap_or_default();
+            let (key, l) = match v["event"].as_str() {
+                Some("switch") => (format!("restart:{service}#"), "recorded:switch".to_owned()),
+                Some("unit-replace") => (
+                    format!("install-unit:{service}#"),
+                    "recorded:unit-replace".to_owned(),
+                ),
+                Some("backup") => ("backup#".to_owned(), "recorded:backup".to_owned()),
+                _ => {
+                    let Some(a) = v["action"].as_str() else {
+                        continue;
+                    };
+                    if v["event"] == "started" {
+                        open.insert(
+                            a.to_owned(),
+                            label(&v).replacen("started:", "in-flight:", 1),
+                        );
+                    } else {
+                        open.remove(a);
+                        open.remove(&format!("{a}#"));
+                    }
+                    continue;
+                }
+            };
+            open.insert(key, l);
+        }
+        open.into_values().collect()
+    }
+
     fn last_record(&self) -> String {
         let text = std::fs::read_to_string(self.w.state.join("journal.jsonl")).unwrap_or_default();
         let Some(line) = text.lines().filter(|l| !l.is_empty()).last() else {
             return "none".to_owned();
         };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            return "torn".to_owned();
-        };
-        let event = v["event"].as_str().unwrap_or("?").to_owned();
-        match v["action"].as_str() {
-            Some(a) => format!("{event}:{}", a.split(':').next().unwrap_or(a)),
-            None => event,
-        }
+        serde_json::from_str::<serde_json::Value>(line)
+            .map_or_else(|_| "torn".to_owned(), |v| label(&v))
     }
 
     /// Recovers with `how`; the recovery must end by itself (exit code)
@@ -339,7 +380,11 @@ impl Scene {
                 .filter_map(|l| l.strip_prefix("Environment=\"CRASH_GEN="))
                 .map(|v| format!("CRASH_GEN={}", v.trim_end_matches('"')))
                 .collect();
-            assert_eq!(running, written, "{context}: {} runs another unit than its file", s.name);
+            assert_eq!(
+                running, written,
+                "{context}: {} runs another unit than its file",
+                s.name
+            );
         }
         let proxy = self.sd.status(&self.proxy_unit).await.unwrap();
         assert_eq!(proxy.active_state, "active", "{context}: the proxy");
@@ -503,10 +548,7 @@ fn crash_gens(script: &Path) -> Vec<String> {
         let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
             continue;
         };
-        if !cmdline
-            .split(|b| *b == 0)
-            .any(|a| a == script.as_bytes())
-        {
+        if !cmdline.split(|b| *b == 0).any(|a| a == script.as_bytes()) {
             continue;
         }
         let Ok(environ) = std::fs::read(dir.join("environ")) else {
@@ -539,8 +581,7 @@ fn latest_history(state_dir: &Path) -> String {
 /// The records of `history/{apply_id}.jsonl`.
 fn history(state_dir: &Path, apply_id: &str) -> Vec<serde_json::Value> {
     let path = state_dir.join("history").join(format!("{apply_id}.jsonl"));
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
@@ -559,66 +600,172 @@ const KINDS: [&str; 8] = [
     "reload-proxy",
 ];
 
-/// Every kill point of a deploy in both modes, each recovered by `how`.
-/// Returns (kill points exercised, distinct last records per mode).
+/// Set to `1` to kill the deploy at every record in both modes; by default
+/// the points are sampled (see [`every_kill_point`]).
+const ALL_POINTS_ENV: &str = "MOORLINE_TEST_CRASH_ALL";
+
+/// The labels every recovery path must have been killed at, in both
+/// modes: with each kind of action in flight (started, not succeeded: in
+/// after mode its effect not begun or under way, in before mode also done
+/// with its success record the one not written) and between each intent
+/// or outcome record and the success of its action (a release switch, a
+/// unit file replaced, a backup taken).
+fn required_labels() -> BTreeSet<String> {
+    KINDS
+        .iter()
+        .map(|k| format!("in-flight:{k}"))
+        .chain(["recorded:switch", "recorded:unit-replace"].map(str::to_owned))
+        .collect()
+}
+
+/// Required in one of the two modes: the backup's record is written amid
+/// the records of the builds running beside it, so which kill point falls
+/// between it and the backup's success varies from run to run.
+const EITHER_MODE: &str = "recorded:backup";
+
+/// Whether every point 1..=total has been tried.
+fn queue_is_spent(tried: &BTreeSet<usize>, total: usize) -> bool {
+    (1..=total).all(|n| tried.contains(&n))
+}
+
+/// Kills the next deploy of the scene at `kill` record `n`, recovers it
+/// by `how` and checks the invariant. `None` when the deploy was not
+/// killed (it has fewer records than `n`); else the label of the last
+/// record before the kill.
+async fn kill_point(
+    scene: &mut Scene,
+    how: Recovery,
+    kill: Kill,
+    n: usize,
+) -> Option<BTreeSet<String>> {
+    let sha = scene.next_change();
+    let runs = scene.migrate_runs();
+    let reloads = scene.reload_count();
+    if let Some(out) = scene.run_killed(&["apply", "--env", "staging", "--yes"], kill, n) {
+        ok(&out);
+        let id = latest_history(&scene.w.state);
+        let context = format!("an uninterrupted deploy ({kill:?} {n})");
+        scene
+            .converged(&context, Some(&id), Some(&sha), &BTreeSet::new(), runs)
+            .await;
+        return None;
+    }
+    let last = scene.last_record();
+    let mut labels = scene.in_flight();
+    let id = scene.unfinished_id();
+    let context = format!("{how:?} after a kill {kill:?} record {n} (last: {last}, {labels:?})");
+    labels.insert(last);
+    let log = scene.recover(how);
+    let context = format!("{context}\n{log}");
+    let resumed = how == Recovery::Resume && id.is_some();
+    scene
+        .converged(
+            &context,
+            id.as_deref(),
+            resumed.then_some(sha.as_str()),
+            &BTreeSet::new(),
+            runs,
+        )
+        .await;
+    if resumed {
+        assert!(scene.reload_count() > reloads, "{context}: no proxy reload");
+    }
+    Some(labels)
+}
+
+/// Kill points of the scene's deploy in both modes, each recovered by
+/// `how`; returns how many were exercised.
+///
+/// With [`ALL_POINTS_ENV`] every record in both modes (about 45 records;
+/// ~90 points take about 3 minutes on 2 cores). By default a deterministic
+/// sample from a reference deploy of the same shape: for each label (event
+/// and action kind) the first record carrying it, in both modes, plus the
+/// last record; should a run order its parallel records differently,
+/// neighbouring points (then any point) fill the gap until
+/// [`required_labels`] are covered in both modes. The point past the last
+/// record is always run: the deploy then completes unharmed.
 async fn every_kill_point(scene: &mut Scene, how: Recovery) -> usize {
+    let reference: Vec<String> = reference_deploy(scene).await.iter().map(label).collect();
+    let total = reference.len();
+    assert!(
+        total > 30,
+        "a deploy of the scene writes more than 30 records"
+    );
+    let all = std::env::var(ALL_POINTS_ENV).as_deref() == Ok("1");
     let mut points = 0;
-    let mut seen: BTreeMap<Kill, BTreeSet<String>> = BTreeMap::new();
+    let mut either = false;
     for kill in [Kill::After, Kill::Before] {
-        let mut n = 1;
-        loop {
-            let sha = scene.next_change();
-            let runs = scene.migrate_runs();
-            let reloads = scene.reload_count();
-            let Some(out) = scene.run_killed(&["apply", "--env", "staging", "--yes"], kill, n)
-            else {
+        // The label of the last record before a kill at `n`.
+        let before = |n: usize| match kill {
+            Kill::After => n.checked_sub(1),
+            Kill::Before => n.checked_sub(2),
+        };
+        let mut queue: BTreeSet<usize> = if all {
+            (1..=total).collect()
+        } else {
+            let mut first_of = BTreeSet::new();
+            (1..=total)
+                .filter(|n| {
+                    before(*n).is_none_or(|i| first_of.insert(reference[i].clone())) || *n == total
+                })
+                .collect()
+        };
+        let mut tried = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        while !queue.is_empty() {
+            for n in std::mem::take(&mut queue) {
+                tried.insert(n);
+                let labels = kill_point(scene, how, kill, n)
+                    .await
+                    .unwrap_or_else(|| panic!("{kill:?} {n}: fewer than {total} records"));
                 points += 1;
-                let last = scene.last_record();
-                seen.entry(kill).or_default().insert(last.clone());
-                let id = scene.unfinished_id();
-                let context = format!("{how:?} after a kill {kill:?} record {n} (last: {last})");
-                let log = scene.recover(how);
-                let context = format!("{context}\n{log}");
-                scene
-                    .converged(
-                        &context,
-                        id.as_deref(),
-                        (how == Recovery::Resume && id.is_some()).then_some(sha.as_str()),
-                        &BTreeSet::new(),
-                        runs,
-                    )
-                    .await;
-                if how == Recovery::Resume && id.is_some() {
-                    assert!(scene.reload_count() > reloads, "{context}: no proxy reload");
+                seen.extend(labels);
+            }
+            // Gaps: the neighbours of the reference's records of each
+            // label not yet hit; failing that, every point not tried yet.
+            let required = required_labels();
+            let gaps: Vec<&String> = required.difference(&seen).collect();
+            if !gaps.is_empty() && queue_is_spent(&tried, total) {
+                break;
+            }
+            for missing in gaps {
+                let wanted =
+                    missing
+                        .replacen("in-flight:", "started:", 1)
+                        .replacen("recorded:", "", 1);
+                for (i, l) in reference.iter().enumerate() {
+                    if *l != wanted {
+                        continue;
+                    }
+                    let at = i + if kill == Kill::After { 1 } else { 2 };
+                    for n in at.saturating_sub(2)..=(at + 2).min(total) {
+                        if n > 0 && !tried.contains(&n) {
+                            queue.insert(n);
+                        }
+                    }
                 }
-                n += 1;
-                continue;
-            };
-            // Not killed: every record of the deploy has been a kill point.
-            ok(&out);
-            assert!(n > 30, "a deploy of the scene writes more than 30 records");
-            let id = latest_history(&scene.w.state);
-            scene
-                .converged(
-                    "an uninterrupted deploy",
-                    Some(&id),
-                    Some(&sha),
-                    &BTreeSet::new(),
-                    runs,
-                )
-                .await;
-            break;
+            }
+            if queue.is_empty() && !required_labels().is_subset(&seen) {
+                queue = (1..=total).filter(|n| !tried.contains(n)).collect();
+            }
         }
+        either |= seen.contains(EITHER_MODE);
+        let required = required_labels();
+        let missing: Vec<&String> = required.difference(&seen).collect();
+        assert!(
+            missing.is_empty(),
+            "{kill:?}: never killed after {missing:?}: {seen:?}"
+        );
+        assert!(
+            kill_point(scene, how, kill, total + 1).await.is_none(),
+            "{kill:?} {}: the deploy has more records than the reference",
+            total + 1
+        );
     }
-    for kill in [Kill::After, Kill::Before] {
-        let last = &seen[&kill];
-        for kind in KINDS {
-            assert!(
-                last.contains(&format!("started:{kind}")),
-                "{kill:?}: no kill right after {kind} started: {last:?}"
-            );
-        }
-    }
+    assert!(
+        either,
+        "no kill between the backup's record and its success"
+    );
     points
 }
 
@@ -646,6 +793,15 @@ async fn every_kill_point_of_a_deploy_then_rollback_converges() {
     let _ = scene.sd.stop(&scene.proxy_unit).await;
 }
 
+/// A record as `event` or `event:kind-of-action`.
+fn label(v: &serde_json::Value) -> String {
+    let event = v["event"].as_str().unwrap_or("?").to_owned();
+    match v["action"].as_str() {
+        Some(a) => format!("{event}:{}", a.split(':').next().unwrap_or(a)),
+        None => event,
+    }
+}
+
 /// The 1-based number of the first record of `records` matching `event`
 /// and `action`.
 fn record_number(records: &[serde_json::Value], event: &str, action: &str) -> usize {
@@ -664,7 +820,13 @@ async fn reference_deploy(scene: &mut Scene) -> Vec<serde_json::Value> {
     ok(&scene.w.run(&["apply", "--env", "staging", "--yes"]));
     let id = latest_history(&scene.w.state);
     scene
-        .converged("the reference deploy", Some(&id), Some(&sha), &BTreeSet::new(), runs)
+        .converged(
+            "the reference deploy",
+            Some(&id),
+            Some(&sha),
+            &BTreeSet::new(),
+            runs,
+        )
         .await;
     history(&scene.w.state, &id)
 }
@@ -696,7 +858,11 @@ async fn killed_resumes_and_rollbacks_are_recovered_again() {
                 let runs = scene.migrate_runs();
                 assert!(
                     scene
-                        .run_killed(&["apply", "--env", "staging", "--yes"], apply_kill.0, apply_kill.1)
+                        .run_killed(
+                            &["apply", "--env", "staging", "--yes"],
+                            apply_kill.0,
+                            apply_kill.1
+                        )
                         .is_none(),
                     "the deploy was not killed at {apply_kill:?}"
                 );
@@ -737,7 +903,10 @@ async fn killed_resumes_and_rollbacks_are_recovered_again() {
             }
         }
     }
-    eprintln!("killed recoveries: {points} kill points in {:?}", t.elapsed());
+    eprintln!(
+        "killed recoveries: {points} kill points in {:?}",
+        t.elapsed()
+    );
     scene.w.stop_all(&scene.sd).await;
     let _ = scene.sd.stop(&scene.proxy_unit).await;
 }
@@ -773,19 +942,36 @@ async fn effects_undone_behind_moorlines_back_are_redone_on_resume() {
             "{a} did not succeed before the kill:\n{journal}"
         );
     }
-    assert_eq!(scene.w.live("staging", MIGRATING).as_deref(), Some(sha.as_str()));
+    assert_eq!(
+        scene.w.live("staging", MIGRATING).as_deref(),
+        Some(sha.as_str())
+    );
 
     // Behind moorline's back.
     let unit = scene.w.unit("svc-0001");
-    scene.sd.stop(&unit).await.unwrap().check("stop", &unit).unwrap();
-    let current = scene.w.fx.env_root("staging").join(MIGRATING).join("current");
+    scene
+        .sd
+        .stop(&unit)
+        .await
+        .unwrap()
+        .check("stop", &unit)
+        .unwrap();
+    let current = scene
+        .w
+        .fx
+        .env_root("staging")
+        .join(MIGRATING)
+        .join("current");
     let target = std::fs::read_link(&current).unwrap();
     let old_target = target.with_file_name(&old);
     assert!(old_target.is_dir(), "{}", old_target.display());
     let tmp = current.with_file_name("current.swap");
     std::os::unix::fs::symlink(&old_target, &tmp).unwrap();
     std::fs::rename(&tmp, &current).unwrap();
-    assert_eq!(scene.w.live("staging", MIGRATING).as_deref(), Some(old.as_str()));
+    assert_eq!(
+        scene.w.live("staging", MIGRATING).as_deref(),
+        Some(old.as_str())
+    );
 
     let log = scene.recover(Recovery::Resume);
     let redone: BTreeSet<String> = ["restart:svc-0001", "restart:svc-0003"]
@@ -801,7 +987,10 @@ async fn effects_undone_behind_moorlines_back_are_redone_on_resume() {
             runs,
         )
         .await;
-    assert_eq!(scene.w.live("staging", MIGRATING).as_deref(), Some(sha.as_str()));
+    assert_eq!(
+        scene.w.live("staging", MIGRATING).as_deref(),
+        Some(sha.as_str())
+    );
     scene.w.stop_all(&scene.sd).await;
     let _ = scene.sd.stop(&scene.proxy_unit).await;
 }
