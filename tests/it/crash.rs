@@ -245,9 +245,8 @@ impl Scene {
             .env(kill.var(), n.to_string())
             .output()
             .unwrap();
-        if out.status.code().is_none() {
-            return None;
-        }
+        // No exit code: killed by the signal.
+        out.status.code()?;
         Some(out)
     }
 
@@ -304,7 +303,7 @@ impl Scene {
 
     fn last_record(&self) -> String {
         let text = std::fs::read_to_string(self.w.state.join("journal.jsonl")).unwrap_or_default();
-        let Some(line) = text.lines().filter(|l| !l.is_empty()).last() else {
+        let Some(line) = text.lines().rfind(|l| !l.is_empty()) else {
             return "none".to_owned();
         };
         serde_json::from_str::<serde_json::Value>(line)
