@@ -337,7 +337,38 @@ async fn unfinished(state_dir: &Path) -> Result<Option<Replay>, ApplyError> {
         archive_ended(state_dir, Some(&replay.apply_id))?;
         return Ok(None);
     }
+    if state_committed(state_dir, &replay).await? {
+        // Every action succeeded and the state says so; only the end record
+        // is missing (a crash between the two). Nothing is left to resume,
+        // and a rollback of it is a rollback of the last apply, not of an
+        // unfinished one (whose state still names the old releases).
+        let (dir, id) = (state_dir.to_owned(), replay.apply_id.clone());
+        let path = dir.join(crate::journal::JOURNAL_FILE).display().to_string();
+        tokio::task::spawn_blocking(move || Journal::reopen(&dir)?.finish("succeeded", &id))
+            .await
+            .map_err(|source| JournalError::Task { path, source })??;
+        return Ok(None);
+    }
     Ok(Some(*replay))
+}
+
+/// Whether the state records `replay`'s apply as its last successful one
+/// (the state is written after the last action, before the end record).
+async fn state_committed(state_dir: &Path, replay: &Replay) -> Result<bool, ApplyError> {
+    let (dir, plan) = (state_dir.to_owned(), replay.plan.clone());
+    let id = replay.apply_id.clone();
+    tokio::task::spawn_blocking(move || {
+        let loaded = state::load(&dir, &plan.project, &plan.environment)?;
+        Ok(loaded
+            .state
+            .and_then(|s| s.last_apply)
+            .is_some_and(|a| a.id == id && a.outcome == "succeeded"))
+    })
+    .await
+    .map_err(|source| ApplyError::Blocking {
+        what: "reading the state",
+        source,
+    })?
 }
 
 /// Continues the unfinished apply in the journal, if there is one.
@@ -1277,13 +1308,19 @@ fn commit_state(
     }
     let mut previous_units = BTreeMap::new();
     for r in records {
-        if let Record::UnitReplace { service, saved, .. } = r {
+        if let Record::UnitReplace {
+            service,
+            unit,
+            saved,
+        } = r
+        {
             previous_units.insert(service.clone(), saved.clone());
             if let Some(s) = ctx.config.service(service) {
-                let sha = unit::render(&ctx.env, s)
+                // What is installed now: the config's unit after a deploy,
+                // the saved previous one after a rollback (not the config's).
+                let sha = std::fs::read(ctx.unit_dir.join(unit))
                     .ok()
-                    .flatten()
-                    .map(|u| state::sha256_hex(u.as_bytes()));
+                    .map(|u| state::sha256_hex(&u));
                 if let Some(entry) = st.services.get_mut(service) {
                     entry.unit = sha.as_ref().map(|_| s.unit_name.clone());
                     entry.unit_sha256 = sha;
@@ -1752,8 +1789,19 @@ async fn export(repo_dir: &Path, sha: &str, subdir: &str, dir: &Path) -> Result<
     );
     blocking(move || {
         if dir.exists() {
-            // An interrupted build: start again from a fresh export.
-            std::fs::remove_dir_all(&dir).map_err(ActionError::io("removing", &dir))?;
+            // An interrupted build: start again from a fresh export. The
+            // leftover is renamed aside first: a build command of a killed
+            // apply may still be writing into it (its process group
+            // outlives a SIGKILL of moorline), and removing a directory
+            // being written to fails ("Directory not empty"). Should the
+            // removal still fail, pruning removes the hidden directory later.
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let aside = dir.with_file_name(format!(".{name}.interrupted-{}", std::process::id()));
+            std::fs::rename(&dir, &aside).map_err(ActionError::io("moving aside", &dir))?;
+            let _ = std::fs::remove_dir_all(&aside);
         }
         let failed = |message: String| ActionError::Export {
             dir: dir.display().to_string(),

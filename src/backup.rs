@@ -44,6 +44,30 @@ fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
     Ok((size, hex::encode(h.finalize())))
 }
 
+/// Removes the empty `*.backup` files of `env`'s backup directory and
+/// returns them. [`take`] creates the file empty before the command runs
+/// and removes it when the backup fails, but an apply killed meanwhile
+/// leaves it behind; an empty file is never a backup (`take` refuses
+/// one). Called under the state lock when an interrupted apply is resumed
+/// or rolled back, so no backup is being taken.
+pub fn remove_empty(state_dir: &Path, env: &crate::config::Environment) -> Vec<PathBuf> {
+    let Some(b) = &env.backup else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(dir(state_dir, b)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "backup")
+                && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.len() == 0)
+        })
+        .filter(|p| std::fs::remove_file(p).is_ok())
+        .collect()
+}
+
 /// Creates an empty file only its owner may read (fails if it exists).
 fn private_new(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;

@@ -184,6 +184,18 @@ pub(crate) fn confirm(question: &str) -> bool {
     matches!(line.trim(), "y" | "Y" | "yes")
 }
 
+/// Removes the empty backup files an interrupted apply left (see
+/// [`crate::backup::remove_empty`]), saying so. Before a resume or a
+/// rollback, under the state lock.
+pub(crate) fn removed_empty_backups(t: &settings::Target) {
+    for p in crate::backup::remove_empty(&t.state_dir, &t.env) {
+        eprintln!(
+            "note: removed {}, an empty backup file an interrupted apply left",
+            p.display()
+        );
+    }
+}
+
 /// Connects to systemd and assembles what the executor needs.
 pub async fn executor(
     t: &settings::Target,

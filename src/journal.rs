@@ -253,6 +253,8 @@ impl Journal {
 
     /// Appends one record and fsyncs it.
     pub fn append(&mut self, r: &Record) -> Result<(), JournalError> {
+        let n = crash::next_record();
+        crash::before(n);
         let mut line = serde_json::to_vec(&redacted(r)).map_err(|e| JournalError::Write {
             path: self.path.display().to_string(),
             source: std::io::Error::other(e),
@@ -265,7 +267,7 @@ impl Journal {
                 path: self.path.display().to_string(),
                 source,
             })?;
-        crash_point();
+        crash::after(n);
         Ok(())
     }
 
@@ -420,25 +422,51 @@ pub fn archive_torn(dir: &Path) -> Result<PathBuf, JournalError> {
     Ok(to)
 }
 
-/// Fault injection for the crash tests: with `MOORLINE_TEST_CRASH_AFTER=N`
-/// the process sends itself SIGKILL (no destructors, no flushing, nothing
-/// of its own runs) right after the Nth journal record of this process is
-/// durable; if that fails, it aborts.
+/// Fault injection for the crash tests. Records are numbered from 1 in
+/// the order this process appends them (the begin record of a new apply
+/// is 1; a resume or rollback counts its own appends from 1 again).
+///
+/// - `MOORLINE_TEST_CRASH_AFTER=N`: the process sends itself SIGKILL (no
+///   destructors, no flushing, nothing of its own runs) right after record
+///   N is durable: the record is there, what follows it is not.
+/// - `MOORLINE_TEST_CRASH_BEFORE=N`: SIGKILL just before record N is
+///   written: whatever happened since record N-1 happened (an action's
+///   effect whose `succeeded` record N would state, a release switch
+///   whose intent record is N-1), but record N is not in the journal.
 ///
 /// Only in a build with the `crash-hook` feature, which `cargo test` turns
 /// on (the package is its own dev-dependency with that feature, see
 /// Cargo.toml) and `cargo build`/`cargo install` do not: a release binary
-/// ignores the variable.
+/// ignores both variables.
 #[cfg(feature = "crash-hook")]
-fn crash_point() {
+mod crash {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    static WRITTEN: AtomicUsize = AtomicUsize::new(0);
-    let n = WRITTEN.fetch_add(1, Ordering::SeqCst) + 1;
-    if let Some(limit) = std::env::var("MOORLINE_TEST_CRASH_AFTER")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        && n >= limit
-    {
+
+    static RECORDS: AtomicUsize = AtomicUsize::new(0);
+
+    /// The number of the record about to be appended.
+    pub(super) fn next_record() -> usize {
+        RECORDS.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    pub(super) fn before(n: usize) {
+        if limit("MOORLINE_TEST_CRASH_BEFORE").is_some_and(|l| n >= l) {
+            kill();
+        }
+    }
+
+    pub(super) fn after(n: usize) {
+        if limit("MOORLINE_TEST_CRASH_AFTER").is_some_and(|l| n >= l) {
+            kill();
+        }
+    }
+
+    fn limit(var: &str) -> Option<usize> {
+        std::env::var(var).ok().and_then(|v| v.parse().ok())
+    }
+
+    /// SIGKILL to this process; if that fails, abort.
+    fn kill() {
         let _ = std::process::Command::new("kill")
             .args(["-KILL", &std::process::id().to_string()])
             .status();
@@ -449,7 +477,13 @@ fn crash_point() {
 
 /// Without the `crash-hook` feature there is no fault injection.
 #[cfg(not(feature = "crash-hook"))]
-fn crash_point() {}
+mod crash {
+    pub(super) fn next_record() -> usize {
+        0
+    }
+    pub(super) fn before(_: usize) {}
+    pub(super) fn after(_: usize) {}
+}
 
 #[cfg(test)]
 mod tests {

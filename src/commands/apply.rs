@@ -253,6 +253,7 @@ pub fn run(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
     rt.block_on(async {
         if args.resume {
             let ctx = connect().await?;
+            crate::commands::removed_empty_backups(&t);
             return match crate::apply::resume(std::sync::Arc::clone(&ctx)).await? {
                 None => {
                     println!("nothing to resume: no unfinished apply of {env_name}");

@@ -150,6 +150,7 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
     let rt = runtime()?;
     rt.block_on(async {
         let ctx = executor(&t, None, true, args.format).await?;
+        crate::commands::removed_empty_backups(&t);
         // A crashed apply is rolled back from its journal first: its
         // rollback plan is shown and confirmed like any other.
         if let Some(pending) = crate::apply::unfinished_rollback(&ctx).await? {

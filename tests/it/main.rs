@@ -9,6 +9,7 @@ mod bus;
 mod cli;
 mod config;
 mod config_fuzz;
+mod crash;
 mod demo;
 mod deploy;
 mod deps;
