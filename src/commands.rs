@@ -14,6 +14,7 @@ use crate::settings::{self, PlanRequest};
 use crate::{exit, render, report};
 
 mod backup;
+mod fleet;
 mod init;
 mod rollback;
 
@@ -35,7 +36,10 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
         Command::Init(args) => init::run(args),
         Command::Plan(args) => plan(global, args),
         Command::Apply(args) => apply_cmd(global, args),
-        Command::Rollback(args) => rollback::run(global, args),
+        Command::Rollback(args) => match fleet::fleet_target(global, &args.env)? {
+            Some(t) => fleet::rollback(global, args, &t),
+            None => rollback::run(global, args),
+        },
         Command::Restart(args) => rollback::restart(global, args),
         Command::Backup(args) => backup::run(global, args),
         Command::Demo(args) => {
@@ -48,11 +52,20 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             print!("{}", render::dot(&p));
             Ok(exit::OK)
         }
-        Command::Status(args) => status_cmd(global, args),
+        Command::Status(args) => match fleet::fleet_target(global, &args.env)? {
+            Some(t) => fleet::status(global, args, &t),
+            None => status_cmd(global, args),
+        },
         Command::Start(args) => crate::ops::run(global, args, crate::ops::Op::Start),
         Command::Stop(args) => crate::ops::run(global, args, crate::ops::Op::Stop),
         Command::Enable(args) => crate::ops::run(global, args, crate::ops::Op::Enable),
         Command::Disable(args) => crate::ops::run(global, args, crate::ops::Op::Disable),
+        Command::Logs(args) if args.directory.is_none() => {
+            match fleet::fleet_target(global, &args.env)? {
+                Some(t) => fleet::logs(global, args, &t),
+                None => crate::logs::run(global, args),
+            }
+        }
         Command::Logs(args) => crate::logs::run(global, args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
@@ -123,6 +136,9 @@ struct PlanWriteError {
 
 fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
     let t = settings::resolve(global, &args.target.env)?;
+    if fleet::is_fleet(global, &t) {
+        return fleet::plan(global, args, &t);
+    }
     let p = settings::compute_plan(&t, &request(&args.target))?;
     let shown = match args.format {
         Format::Text => render::text(&p, stdout_color()),
@@ -268,7 +284,7 @@ pub fn runtime() -> miette::Result<tokio::runtime::Runtime> {
 /// else in it is read: a plan of another format is refused whole, never
 /// read as this one.
 fn read_plan_file(path: &Path) -> miette::Result<crate::plan::Plan> {
-    let text = std::fs::read_to_string(path).map_err(|e| ApplyCmdError::BadPlanFile {
+    let text = read_plan_text(path).map_err(|e| ApplyCmdError::BadPlanFile {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
@@ -299,6 +315,18 @@ fn read_plan_file(path: &Path) -> miette::Result<crate::plan::Plan> {
         }
         .into()
     })
+}
+
+/// A plan file's text; `-` is standard input (how a fleet controller hands
+/// a host its reviewed plan over ssh).
+fn read_plan_text(path: &Path) -> std::io::Result<String> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(path)
+    }
 }
 
 /// The refusal of a plan with unit conflicts, naming each file and the
@@ -398,6 +426,13 @@ pub(crate) fn confirm(question: &str) -> bool {
 }
 
 fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
+    // A fleet plan goes to the fleet controller.
+    if let Some(path) = &args.plan
+        && let Some(fp) = fleet::read_fleet_plan(path)?
+    {
+        let t = settings::resolve(global, &fp.environment)?;
+        return fleet::apply(global, args, &t, Some(fp));
+    }
     // Plan files are read (and their format checked) before anything else.
     let saved = args.plan.as_deref().map(read_plan_file).transpose()?;
     let reviewed = args.reviewed.as_deref().map(read_plan_file).transpose()?;
@@ -407,6 +442,9 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
         (None, None) => return Err(ApplyCmdError::NoTarget.into()),
     };
     let t = settings::resolve(global, &env_name)?;
+    if saved.is_none() && fleet::is_fleet(global, &t) {
+        return fleet::apply(global, args, &t, None);
+    }
     let _lock = crate::lock::acquire(&t.state_dir, "apply")?;
     let rt = runtime()?;
     let connect = || {
