@@ -43,6 +43,9 @@ pub struct Global {
     /// Fleet mode: the ssh config file the controller's `ssh` reads (`ssh -F FILE`)
     #[arg(long, global = true, value_name = "FILE")]
     pub ssh_config: Option<PathBuf>,
+    /// Fleet host side: act as this host of the environment (only the services it runs); used by the fleet controller
+    #[arg(long, global = true, value_name = "NAME")]
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

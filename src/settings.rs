@@ -20,6 +20,21 @@ pub enum SettingsError {
     #[error("unknown environment `{name}`")]
     #[diagnostic(code(moorline::cli::unknown_environment), help("{help}"))]
     UnknownEnvironment { name: String, help: String },
+    #[error("--host {name}: environment `{env}` has no host by this name")]
+    #[diagnostic(code(moorline::cli::unknown_host), help("{help}"))]
+    UnknownHost {
+        name: String,
+        env: String,
+        help: String,
+    },
+    #[error("--host {name}: environment `{env}` has no hosts")]
+    #[diagnostic(
+        code(moorline::cli::not_a_fleet),
+        help(
+            "--host is for the host side of a fleet environment (one with `host` nodes); an environment without hosts is deployed where moorline runs: leave --host out"
+        )
+    )]
+    NotAFleet { name: String, env: String },
     #[error("--adopt {name}: {problem}")]
     #[diagnostic(code(moorline::cli::adopt), help("{help}"))]
     Adopt {
@@ -140,6 +155,9 @@ pub fn resolve(global: &Global, env_name: &str) -> miette::Result<Target> {
     if systemd == crate::systemd::Bus::User {
         for_user_manager(&mut loaded.config);
     }
+    if let Some(name) = &global.host {
+        for_host(&mut loaded.config, &env, name)?;
+    }
     let unit_dir = unit_dir(&env, systemd);
     Ok(Target {
         loaded,
@@ -169,6 +187,35 @@ pub fn for_user_manager(config: &mut config::Config) {
             USER_BOOT_TARGET.clone_into(&mut u.wanted_by);
         }
     }
+}
+
+/// Restricts the configuration to the services host `name` of the fleet
+/// environment `env` runs (`--host`, the host side of a fleet): every
+/// command then plans, applies and reports on those services only.
+pub fn for_host(
+    config: &mut config::Config,
+    env: &Environment,
+    name: &str,
+) -> Result<(), SettingsError> {
+    if !env.is_fleet() {
+        return Err(SettingsError::NotAFleet {
+            name: name.to_owned(),
+            env: env.name.clone(),
+        });
+    }
+    let Some(host) = env.host(name) else {
+        let names: Vec<&str> = env.hosts.iter().map(|h| h.name.as_str()).collect();
+        return Err(SettingsError::UnknownHost {
+            name: name.to_owned(),
+            env: env.name.clone(),
+            help: match config::error::suggest(name, &names) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("hosts of {}: {}", env.name, names.join(", ")),
+            },
+        });
+    };
+    config.keep_services_of(host);
+    Ok(())
 }
 
 /// What a plan is asked for.

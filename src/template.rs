@@ -1,10 +1,20 @@
 //! Placeholders in config strings: `{service}`, `{port}`, `{root}`,
-//! `{release}`, `{current}`, `{backup}`. Finding them (for validation) and
+//! `{release}`, `{current}`, `{backup}`, and a fleet drain hook's `{hosts}`
+//! and `{addresses}`. Finding them (for validation) and
 //! substituting them (for planning) are pure functions; nothing is ever
 //! handed to a shell by moorline.
 
 /// Every placeholder moorline knows.
-pub const ALL: &[&str] = &["service", "port", "root", "release", "current", "backup"];
+pub const ALL: &[&str] = &[
+    "service",
+    "port",
+    "root",
+    "release",
+    "current",
+    "backup",
+    "hosts",
+    "addresses",
+];
 
 /// The placeholders in `s`: `(byte offset, name)`. `{{` and `}}` are literal
 /// braces and never start a placeholder.
@@ -63,6 +73,12 @@ impl Vars<'_> {
 
 /// Substitutes known placeholders; `{{`/`}}` become single braces.
 pub fn render(s: &str, vars: &Vars<'_>) -> String {
+    render_with(s, |name| vars.get(name))
+}
+
+/// Substitutes each placeholder `get` has a value for; `{{`/`}}` become
+/// single braces, any other placeholder stays as written.
+pub fn render_with(s: &str, get: impl Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(pos) = rest.find(['{', '}']) {
@@ -75,7 +91,7 @@ pub fn render(s: &str, vars: &Vars<'_>) -> String {
         }
         if tail.starts_with('{')
             && let Some(end) = tail.find('}')
-            && let Some(v) = vars.get(&tail[1..end])
+            && let Some(v) = get(&tail[1..end])
         {
             out.push_str(&v);
             rest = &tail[end + 1..];

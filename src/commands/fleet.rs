@@ -22,10 +22,7 @@ use super::{ApplyCmdError, PlanWriteError, confirm, runtime, stdout_color};
 
 /// The `--host NAME` flag: this process is one host of a fleet.
 fn host_flag(global: &Global) -> Option<&str> {
-    // Until the host side of fleet mode parses `--host`, every process is
-    // the controller.
-    let _ = global;
-    None
+    global.host.as_deref()
 }
 
 /// Whether `env` is deployed by the fleet controller from here.

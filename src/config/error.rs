@@ -42,6 +42,13 @@ pub enum ProblemKind {
     ProgramIsOption,
     HttpsHealth,
     UnitValue,
+    InvalidAddress,
+    InvalidUser,
+    DuplicateAddress,
+    UnhostedService,
+    InvalidBatch,
+    ImpossibleRollout,
+    FleetWithoutHosts,
 }
 
 impl ProblemKind {
@@ -80,6 +87,13 @@ impl ProblemKind {
         Self::ProgramIsOption,
         Self::HttpsHealth,
         Self::UnitValue,
+        Self::InvalidAddress,
+        Self::InvalidUser,
+        Self::DuplicateAddress,
+        Self::UnhostedService,
+        Self::InvalidBatch,
+        Self::ImpossibleRollout,
+        Self::FleetWithoutHosts,
     ];
 
     /// The stable code printed with the diagnostic (`moorline::config::...`).
@@ -118,6 +132,13 @@ impl ProblemKind {
             Self::ProgramIsOption => "moorline::config::program_is_option",
             Self::HttpsHealth => "moorline::config::https_health",
             Self::UnitValue => "moorline::config::unit_value",
+            Self::InvalidAddress => "moorline::config::invalid_address",
+            Self::InvalidUser => "moorline::config::invalid_user",
+            Self::DuplicateAddress => "moorline::config::duplicate_address",
+            Self::UnhostedService => "moorline::config::unhosted_service",
+            Self::InvalidBatch => "moorline::config::invalid_batch",
+            Self::ImpossibleRollout => "moorline::config::impossible_rollout",
+            Self::FleetWithoutHosts => "moorline::config::fleet_without_hosts",
         }
     }
 }

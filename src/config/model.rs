@@ -92,15 +92,32 @@ pub struct Host {
     pub roles: Vec<String>,
 }
 
-/// The size of a rollout batch.
+/// The size of one rollout batch: how many hosts it takes (not a running
+/// total).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BatchSize {
-    /// This many hosts.
+    /// This many hosts (1 up to the number of hosts).
     Count(u32),
-    /// This percentage (1..=100) of all hosts, rounded up, counted over the
-    /// whole fleet (so `25%`, `100%` means "a quarter, then the rest").
+    /// This percentage (1..=100) of all the environment's hosts (the
+    /// canary included), rounded up: `25%` of 5 hosts is 2 hosts, and
+    /// `100%` is every host left.
     Percent(u32),
+}
+
+impl BatchSize {
+    /// The number of hosts a batch of this size takes in a fleet of
+    /// `fleet` hosts, before it is cut to the hosts left: at least 1.
+    pub fn hosts(self, fleet: usize) -> usize {
+        let n = match self {
+            Self::Count(c) => usize::try_from(c).unwrap_or(usize::MAX),
+            Self::Percent(p) => {
+                let p = usize::try_from(p.min(100)).unwrap_or(100);
+                fleet.saturating_mul(p).div_ceil(100)
+            }
+        };
+        n.max(1)
+    }
 }
 
 /// An environment's `rollout` block.
@@ -108,8 +125,10 @@ pub enum BatchSize {
 pub struct Rollout {
     /// Hosts applied first, alone, before any batch (0: no canary).
     pub canary: u32,
-    /// Cumulative batch sizes after the canary; the last one is widened to
-    /// every host. Default: `100%` (everything after the canary at once).
+    /// The size of each batch after the canary, in order; once the list
+    /// is used up the last size repeats until every host has had its turn
+    /// (see [`Rollout::steps`]). Default: `100%` (everything after the
+    /// canary at once).
     pub batches: Vec<BatchSize>,
     /// Host failures tolerated over the whole rollout (unreachable hosts
     /// included) before it stops and rolls back. Default 0.
@@ -119,6 +138,37 @@ pub struct Rollout {
     pub pause: Duration,
     /// Hosts talked to at the same time (plan gathering, status, batches).
     pub connections: u32,
+}
+
+impl Rollout {
+    /// How many hosts each step of a rollout over `hosts` hosts takes, in
+    /// order: the canary first (when `canary` > 0), then one step per
+    /// batch. Each batch takes [`BatchSize::hosts`] hosts; after the listed
+    /// batches the last size repeats, and the last step is cut to the
+    /// hosts left. The steps add up to `hosts`; hosts are taken in their
+    /// declaration order. With 5 hosts, canary 1 and batches `"25%"`
+    /// `"100%"`: `[1, 2, 2]`; with batches `1` `2`: `[1, 1, 2, 1]`.
+    pub fn steps(&self, hosts: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut left = hosts;
+        let canary = usize::try_from(self.canary).unwrap_or(usize::MAX).min(left);
+        if canary > 0 {
+            out.push(canary);
+            left -= canary;
+        }
+        let last = self
+            .batches
+            .last()
+            .copied()
+            .unwrap_or(BatchSize::Percent(100));
+        let mut listed = self.batches.iter().copied();
+        while left > 0 {
+            let size = listed.next().unwrap_or(last).hosts(hosts).min(left);
+            out.push(size);
+            left -= size;
+        }
+        out
+    }
 }
 
 impl Default for Rollout {
@@ -152,6 +202,56 @@ pub struct DrainHook {
     /// The host it runs on (a name from `hosts`).
     pub on: String,
     pub command: Command,
+}
+
+impl DrainHook {
+    /// The hook's argv for one batch: `{hosts}` and `{addresses}` filled
+    /// in (comma-separated, in the batch's order), `{{`/`}}` as braces.
+    pub fn argv_for(&self, batch: &[&Host]) -> Vec<String> {
+        let join = |f: fn(&Host) -> &str| batch.iter().map(|h| f(h)).collect::<Vec<_>>().join(",");
+        let hosts = join(|h| &h.name);
+        let addresses = join(|h| &h.address);
+        self.command
+            .argv
+            .iter()
+            .map(|a| {
+                crate::template::render_with(a, |name| match name {
+                    "hosts" => Some(hosts.clone()),
+                    "addresses" => Some(addresses.clone()),
+                    _ => None,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Host {
+    /// Whether this host runs `service`: a host without roles runs every
+    /// service, a service without a role runs on every host, otherwise the
+    /// service's role must be one of the host's.
+    pub fn runs(&self, service: &Service) -> bool {
+        match &service.role {
+            None => true,
+            Some(role) => self.roles.is_empty() || self.roles.contains(role),
+        }
+    }
+}
+
+impl Environment {
+    /// Whether this environment deploys to a fleet of hosts over ssh.
+    pub fn is_fleet(&self) -> bool {
+        !self.hosts.is_empty()
+    }
+
+    /// The host called `name`.
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// The services `host` runs, in their declaration order.
+    pub fn services_on<'a>(&self, host: &Host, services: &'a [Service]) -> Vec<&'a Service> {
+        services.iter().filter(|s| host.runs(s)).collect()
+    }
 }
 
 /// Where an environment's revisions must have run first.
@@ -362,6 +462,24 @@ impl Config {
     pub fn runtime_of(&self, service: &Service) -> Option<&Runtime> {
         self.runtimes.get(&service.runtime)
     }
+
+    /// Keeps only the services `host` runs (the host side of a fleet):
+    /// dependencies on services of other hosts are dropped, since one
+    /// host's systemd cannot order them (the controller orders hosts).
+    pub fn keep_services_of(&mut self, host: &Host) {
+        self.services.retain(|s| host.runs(s));
+        let kept: std::collections::HashSet<String> =
+            self.services.iter().map(|s| s.name.clone()).collect();
+        for s in &mut self.services {
+            s.depends_on.retain(|d| kept.contains(d));
+        }
+        self.service_index = self
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+    }
 }
 
 /// Names that mark an environment variable as secret even without
@@ -385,7 +503,37 @@ mod secs {
 
 #[cfg(test)]
 mod tests {
-    use super::{ROOT_PATH, join_path};
+    use super::{BatchSize, ROOT_PATH, Rollout, join_path};
+
+    #[test]
+    fn rollout_steps_table() {
+        use BatchSize::{Count, Percent};
+        let rollout = |canary, batches: &[BatchSize]| Rollout {
+            canary,
+            batches: batches.to_vec(),
+            ..Rollout::default()
+        };
+        for (canary, batches, hosts, want) in [
+            // The documented example: 5 hosts, canary 1, "25%" "100%".
+            (1, &[Percent(25), Percent(100)][..], 5, &[1, 2, 2][..]),
+            (1, &[Count(1), Count(2)], 5, &[1, 1, 2, 1]),
+            (0, &[Percent(100)], 5, &[5]),
+            (1, &[Percent(100)], 5, &[1, 4]),
+            (0, &[Count(2)], 5, &[2, 2, 1]),
+            (0, &[Percent(1)], 3, &[1, 1, 1]),
+            (0, &[Percent(34)], 3, &[2, 1]),
+            (2, &[Count(1)], 3, &[2, 1]),
+            (0, &[], 4, &[4]),
+            (0, &[Count(0)], 2, &[1, 1]),
+            (3, &[Count(1)], 3, &[3]),
+            (9, &[Count(1)], 3, &[3]),
+            (1, &[Count(1)], 0, &[]),
+        ] {
+            let got = rollout(canary, batches).steps(hosts);
+            assert_eq!(got, want, "canary {canary}, {batches:?}, {hosts} hosts");
+            assert_eq!(got.iter().sum::<usize>(), hosts);
+        }
+    }
 
     #[test]
     fn join_path_table() {

@@ -8,6 +8,7 @@ use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 
 use super::error::{Problem, ProblemKind, suggest};
+use super::model::DrainWhen;
 
 #[derive(Debug, Clone)]
 pub struct Spanned<T> {
@@ -86,7 +87,55 @@ pub struct RawEnvironment {
     pub backup: Option<RawBackup>,
     pub env: Vec<RawEnv>,
     pub env_files: Vec<Str>,
+    /// Fleet mode: `host` nodes, in declaration order.
+    pub hosts: Vec<RawHost>,
+    pub rollout: Option<RawRollout>,
+    pub drain: Option<RawDrain>,
     pub seen: Vec<String>,
+}
+
+/// `host "app1" address="10.0.0.11" user="deploy" port=22 { roles "web" }`.
+#[derive(Debug)]
+pub struct RawHost {
+    pub name: Option<Str>,
+    pub address: Option<Str>,
+    pub user: Option<Str>,
+    pub port: Option<Spanned<i128>>,
+    pub roles: Vec<Str>,
+}
+
+/// One value of `batches`: a count (`2`) or a percentage string (`"25%"`),
+/// checked by `validate`.
+#[derive(Debug, Clone)]
+pub enum RawBatch {
+    Count(i128),
+    Text(String),
+}
+
+/// `rollout { canary 1; batches 1 "100%"; max-fail 1; pause "30s"; connections 8 }`.
+#[derive(Debug)]
+pub struct RawRollout {
+    pub span: SourceSpan,
+    pub canary: Option<Spanned<i128>>,
+    pub batches: Option<Vec<Spanned<RawBatch>>>,
+    pub max_fail: Option<Spanned<i128>>,
+    pub pause: Option<Spanned<Duration>>,
+    pub connections: Option<Spanned<i128>>,
+}
+
+/// `drain { before "lb1" "prog" ...; after "lb1" "prog" ... }`.
+#[derive(Debug)]
+pub struct RawDrain {
+    pub span: SourceSpan,
+    pub hooks: Vec<RawDrainHook>,
+}
+
+#[derive(Debug)]
+pub struct RawDrainHook {
+    pub when: DrainWhen,
+    /// The host it runs on, the node's first value.
+    pub on: Str,
+    pub command: RawCommand,
 }
 
 #[derive(Debug)]
@@ -153,6 +202,8 @@ pub struct RawService {
     pub metrics: Option<Str>,
     pub ready_timeout: Option<Spanned<Duration>>,
     pub unit: Option<RawUnit>,
+    /// Fleet mode: the role of the hosts that run it.
+    pub role: Option<Str>,
     /// Child node names present, even where their value was rejected, so
     /// a wrong value is not reported a second time as a missing one.
     pub seen: Vec<String>,
@@ -202,7 +253,13 @@ const ENVIRONMENT: &[&str] = &[
     "backup",
     "env",
     "env-file",
+    "host",
+    "rollout",
+    "drain",
 ];
+const HOST: &[&str] = &["roles"];
+const ROLLOUT: &[&str] = &["canary", "batches", "max-fail", "pause", "connections"];
+const DRAIN: &[&str] = &["before", "after"];
 const BACKUP: &[&str] = &["run", "restore", "resolve", "keep", "dir", "first-deploy"];
 const PHASE: &[&str] = &["unit"];
 const RUNTIME: &[&str] = &["build", "deps", "migrate", "migrate-status", "unit"];
@@ -219,6 +276,7 @@ const SERVICE: &[&str] = &[
     "metrics",
     "ready-timeout",
     "unit",
+    "role",
 ];
 const UNIT: &[&str] = &[
     "description",
@@ -247,6 +305,19 @@ pub fn read(doc: &KdlDocument, text: &str, problems: &mut Vec<Problem>) -> RawCo
             "runtime" => raw.runtimes.push(r.runtime(node)),
             "service" => raw.services.push(r.service(node)),
             "proxy" => raw.proxies.push(r.proxy(node)),
+            "host" | "rollout" | "drain" | "branch" | "root" => r.push(Problem::new(
+                ProblemKind::UnknownNode,
+                node.name().span(),
+                format!(
+                    "`{}` at the top level: it belongs in an `environment`",
+                    node.name().value()
+                ),
+                "not known here",
+                format!(
+                    "move it into the environment it is for: environment \"production\" {{ {} ... }}",
+                    node.name().value()
+                ),
+            )),
             _ => r.unknown_node(node, TOP, "the top level"),
         }
     }
@@ -282,7 +353,7 @@ fn args(node: &KdlNode) -> impl Iterator<Item = &KdlEntry> {
 /// A reviewer reading a plan or a pull request would not see the value
 /// that is really there ("Trojan Source", CVE-2021-42574), so they are
 /// refused like control characters.
-fn is_invisible_layout(c: char) -> bool {
+pub(super) fn is_invisible_layout(c: char) -> bool {
     matches!(
         c,
         '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}'
@@ -745,11 +816,14 @@ impl Reader<'_, '_> {
             backup: None,
             env: Vec::new(),
             env_files: Vec::new(),
+            hosts: Vec::new(),
+            rollout: None,
+            drain: None,
             seen: Vec::new(),
         };
         for c in children(node) {
             env.seen.push(c.name().value().to_owned());
-            if c.name().value() != "backup" {
+            if !matches!(c.name().value(), "backup" | "host" | "rollout" | "drain") {
                 self.no_children(c);
             }
             match c.name().value() {
@@ -791,6 +865,34 @@ impl Reader<'_, '_> {
                 "env-file" => {
                     let v = self.strings(c, "file");
                     env.env_files.extend(v);
+                }
+                "host" => {
+                    let v = self.host(c);
+                    env.hosts.push(v);
+                }
+                "rollout" => {
+                    let v = self.rollout(c);
+                    self.once(&mut env.rollout, c, Some(v));
+                }
+                "drain" => {
+                    let v = self.drain(c);
+                    self.once(&mut env.drain, c, Some(v));
+                }
+                other if ROLLOUT.contains(&other) || DRAIN.contains(&other) => {
+                    let block = if ROLLOUT.contains(&other) {
+                        "rollout"
+                    } else {
+                        "drain"
+                    };
+                    self.push(Problem::new(
+                        ProblemKind::UnknownNode,
+                        c.name().span(),
+                        format!(
+                            "`{other}` directly in `environment`: it belongs in its `{block}` block"
+                        ),
+                        "not known here",
+                        format!("write {block} {{ {other} ... }} inside the environment"),
+                    ));
                 }
                 other => {
                     self.unknown_node(c, ENVIRONMENT, "`environment`");
@@ -854,6 +956,200 @@ impl Reader<'_, '_> {
             }
         }
         b
+    }
+
+    /// A block node that takes no value and no property (`rollout`, `drain`).
+    fn block_only(&mut self, node: &KdlNode, example: &str) {
+        self.check_props(node, &[]);
+        for e in args(node) {
+            self.push(Problem::new(
+                ProblemKind::UnexpectedArgument,
+                e.span(),
+                format!("`{}` takes no value, only a block", node.name().value()),
+                "unexpected",
+                format!("write {example}"),
+            ));
+        }
+    }
+
+    /// An integer property (`port=22`), if given.
+    fn prop_integer(&mut self, node: &KdlNode, key: &str) -> Option<Spanned<i128>> {
+        let e = node
+            .entries()
+            .iter()
+            .find(|e| e.name().is_some_and(|n| n.value() == key))?;
+        if let KdlValue::Integer(i) = e.value() {
+            Some(Spanned::new(*i, e.span()))
+        } else {
+            self.push(Problem::new(
+                ProblemKind::WrongType,
+                e.span(),
+                format!(
+                    "`{key}` on `{}` expects an integer, found {}",
+                    node.name().value(),
+                    type_name(e.value())
+                ),
+                "expected an integer",
+                format!("write a whole number without quotes, for example {key}=22"),
+            ));
+            None
+        }
+    }
+
+    fn host(&mut self, node: &KdlNode) -> RawHost {
+        self.check_props(node, &["address", "user", "port"]);
+        let name = self.one_string_keep_props(node, "the host name");
+        let mut h = RawHost {
+            name,
+            address: self.prop_string(node, "address"),
+            user: self.prop_string(node, "user"),
+            port: self.prop_integer(node, "port"),
+            roles: Vec::new(),
+        };
+        for c in children(node) {
+            self.no_children(c);
+            match c.name().value() {
+                "roles" => {
+                    let v = self.strings(c, "role name");
+                    h.roles.extend(v);
+                }
+                _ => self.unknown_node(c, HOST, "`host`"),
+            }
+        }
+        h
+    }
+
+    fn rollout(&mut self, node: &KdlNode) -> RawRollout {
+        self.block_only(node, "rollout { canary 1; batches \"25%\" \"100%\" }");
+        let mut r = RawRollout {
+            span: node.span(),
+            canary: None,
+            batches: None,
+            max_fail: None,
+            pause: None,
+            connections: None,
+        };
+        for c in children(node) {
+            self.no_children(c);
+            match c.name().value() {
+                "canary" => {
+                    let v = self.integer(c, "a number of hosts");
+                    self.once(&mut r.canary, c, v);
+                }
+                "batches" => {
+                    let v = self.batches(c);
+                    self.once(&mut r.batches, c, Some(v));
+                }
+                "max-fail" => {
+                    let v = self.integer(c, "a number of hosts");
+                    self.once(&mut r.max_fail, c, v);
+                }
+                "pause" => {
+                    let v = self.duration(c);
+                    self.once(&mut r.pause, c, v);
+                }
+                "connections" => {
+                    let v = self.integer(c, "a number of connections");
+                    self.once(&mut r.connections, c, v);
+                }
+                _ => self.unknown_node(c, ROLLOUT, "`rollout`"),
+            }
+        }
+        r
+    }
+
+    /// `batches 1 "25%" "100%"`: integers or strings, checked by `validate`.
+    fn batches(&mut self, node: &KdlNode) -> Vec<Spanned<RawBatch>> {
+        self.check_props(node, &[]);
+        if args(node).next().is_none() {
+            self.push(Problem::new(
+                ProblemKind::MissingValue,
+                node.span(),
+                "`batches` needs at least one batch size",
+                "value missing",
+                "write batches 1 \"100%\" (a number of hosts or a percentage of them, per batch)",
+            ));
+        }
+        let mut out = Vec::new();
+        for e in args(node) {
+            match e.value() {
+                KdlValue::Integer(i) => out.push(Spanned::new(RawBatch::Count(*i), e.span())),
+                KdlValue::String(_) => {
+                    if let Some(s) = self.string_value(node, e, "a percentage") {
+                        out.push(Spanned::new(RawBatch::Text(s.value), s.span));
+                    }
+                }
+                v => self.push(Problem::new(
+                    ProblemKind::WrongType,
+                    e.span(),
+                    format!(
+                        "`batches` expects a number of hosts or a percentage, found {}",
+                        type_name(v)
+                    ),
+                    "expected 2 or \"25%\"",
+                    "write a whole number of hosts without quotes (2) or a percentage in quotes (\"25%\")",
+                )),
+            }
+        }
+        out
+    }
+
+    fn drain(&mut self, node: &KdlNode) -> RawDrain {
+        self.block_only(
+            node,
+            "drain { before \"lb1\" \"/usr/local/bin/lb\" \"drain\" \"{hosts}\" }",
+        );
+        let mut d = RawDrain {
+            span: node.span(),
+            hooks: Vec::new(),
+        };
+        for c in children(node) {
+            self.no_children(c);
+            let when = match c.name().value() {
+                "before" => DrainWhen::Before,
+                "after" => DrainWhen::After,
+                _ => {
+                    self.unknown_node(c, DRAIN, "`drain`");
+                    continue;
+                }
+            };
+            if let Some(h) = self.drain_hook(c, when) {
+                d.hooks.push(h);
+            }
+        }
+        d
+    }
+
+    /// `before "HOST" "program" "arg" ...`: the host, then an argv command.
+    fn drain_hook(&mut self, node: &KdlNode, when: DrainWhen) -> Option<RawDrainHook> {
+        let c = self.command(node, &[])?;
+        let mut argv = c.argv.into_iter();
+        let on = argv.next()?;
+        let rest: Vec<Str> = argv.collect();
+        if rest.first().is_none_or(|p| p.value.trim().is_empty()) {
+            self.push(Problem::new(
+                ProblemKind::EmptyCommand,
+                node.span(),
+                format!(
+                    "`{}` has a host but no command",
+                    node.name().value()
+                ),
+                "no program to run",
+                format!(
+                    "give the host, then the program and its arguments as separate strings, for example `{} \"lb1\" \"/usr/local/bin/lb\" \"drain\" \"{{hosts}}\"`",
+                    node.name().value()
+                ),
+            ));
+            return None;
+        }
+        Some(RawDrainHook {
+            when,
+            on,
+            command: RawCommand {
+                argv: rest,
+                timeout: c.timeout,
+            },
+        })
     }
 
     fn phase(&mut self, node: &KdlNode) -> RawPhase {
@@ -983,6 +1279,7 @@ impl Reader<'_, '_> {
             metrics: None,
             ready_timeout: None,
             unit: None,
+            role: None,
             seen: Vec::new(),
         };
         for c in children(node) {
@@ -1034,6 +1331,10 @@ impl Reader<'_, '_> {
                 "unit" => {
                     let v = self.unit(c);
                     self.once(&mut s.unit, c, Some(v));
+                }
+                "role" => {
+                    let v = self.one_string(c, "a role name");
+                    self.once(&mut s.role, c, v);
                 }
                 other => {
                     self.unknown_node(c, SERVICE, "`service`");

@@ -7,12 +7,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::error::{Problem, ProblemKind, suggest};
 use super::model::{
-    Backup, Command, Config, DEFAULT_BACKUP_KEEP, DEFAULT_COMMAND_TIMEOUT, DEFAULT_HEALTH,
-    DEFAULT_KEEP_RELEASES, DEFAULT_METRICS, DEFAULT_READY, DEFAULT_READY_TIMEOUT,
-    DEFAULT_SERVICE_PATH, DEFAULT_UNIT_NAME, EnvValue, Environment, FirstDeploy, Migrate, Phase,
-    Project, PromoteFrom, Proxy, ROOT_PATH, Runtime, Service, UnitSpec, looks_secret,
+    Backup, BatchSize, Command, Config, DEFAULT_BACKUP_KEEP, DEFAULT_COMMAND_TIMEOUT,
+    DEFAULT_HEALTH, DEFAULT_KEEP_RELEASES, DEFAULT_METRICS, DEFAULT_READY, DEFAULT_READY_TIMEOUT,
+    DEFAULT_SERVICE_PATH, DEFAULT_UNIT_NAME, DrainHook, EnvValue, Environment, FirstDeploy, Host,
+    Migrate, Phase, Project, PromoteFrom, Proxy, ROOT_PATH, Rollout, Runtime, Service, UnitSpec,
+    looks_secret,
 };
-use super::raw::{RawCommand, RawConfig, RawEnv, RawUnit, Spanned, Str};
+use super::raw::{
+    RawBatch, RawCommand, RawConfig, RawEnv, RawEnvironment, RawService, RawUnit, Spanned, Str,
+};
 use crate::template::{self, Vars};
 
 /// Placeholders allowed in each kind of string.
@@ -25,6 +28,57 @@ const IN_BACKUP: &[&str] = &["root", "backup"];
 const IN_UNIT_NAME: &[&str] = &["service"];
 const IN_SERVICE_PATH: &[&str] = &["service"];
 const IN_PLAIN: &[&str] = &[];
+/// A drain hook gets the batch's host names and addresses.
+const IN_DRAIN: &[&str] = &["hosts", "addresses"];
+/// The most hosts a rollout talks to at once: each is an `ssh` process
+/// and a control master.
+const MAX_CONNECTIONS: i128 = 1024;
+/// The most a canary or a failure budget may count.
+const MAX_HOSTS: i128 = 100_000;
+/// DNS's limit on a host name (RFC 1035), far above any address.
+const MAX_ADDRESS: usize = 253;
+/// Linux's limit on a user name (`useradd`, `LOGIN_NAME_MAX` - 1).
+const MAX_USER: usize = 32;
+
+/// Why `a` cannot be a host's address (what `ssh` connects to), if it
+/// cannot. It lands in ssh's argv: a leading `-` would be an option.
+fn address_fault(a: &str) -> Option<&'static str> {
+    if a.is_empty() {
+        Some("it is empty")
+    } else if a.starts_with('-') {
+        Some("it starts with `-`, which ssh would read as an option")
+    } else if a.contains('@') {
+        Some("it contains `@`; give the user as user=\"...\"")
+    } else if a.len() > MAX_ADDRESS {
+        Some("it is longer than a host name can be (253 characters)")
+    } else if !a
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'%'))
+    {
+        Some("it has characters no host name or IP address has")
+    } else {
+        None
+    }
+}
+
+/// Why `u` cannot be a host's ssh user, if it cannot: POSIX's portable
+/// user names (letters, digits, `.`, `_`, `-`, not starting with `-`).
+fn user_fault(u: &str) -> Option<&'static str> {
+    if u.is_empty() {
+        Some("it is empty")
+    } else if u.starts_with('-') {
+        Some("it starts with `-`, which ssh would read as an option")
+    } else if u.len() > MAX_USER {
+        Some("it is longer than a user name can be (32 characters)")
+    } else if !u
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        Some("it has characters a user name does not have")
+    } else {
+        None
+    }
+}
 
 pub fn validate(raw: &RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
     let mut v = Validator { problems };
@@ -150,6 +204,13 @@ fn is_unit_name_byte(b: u8) -> bool {
 
 fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
+}
+
+/// Control or invisible layout characters, reported by `raw` on the value:
+/// a message must not quote them again.
+fn has_hidden(s: &str) -> bool {
+    s.chars()
+        .any(|c| c.is_control() || super::raw::is_invisible_layout(c))
 }
 
 /// Whether git accepts `b` as a branch name (git-check-ref-format(1) for
@@ -689,6 +750,7 @@ impl Validator<'_> {
                 })
             });
             let env = self.env(&e.env, IN_PLAIN);
+            let (hosts, rollout, drain) = self.fleet(e, name, &raw.services);
             let (Some(branch), Some(root)) = (&e.branch, &e.root) else {
                 continue;
             };
@@ -706,13 +768,343 @@ impl Validator<'_> {
                 backup,
                 env,
                 env_files: e.env_files.iter().map(|f| f.value.clone()).collect(),
-                // Fleet mode (hosts, rollout, drain) is parsed in its own step.
-                hosts: Vec::new(),
-                rollout: crate::config::model::Rollout::default(),
-                drain: Vec::new(),
+                hosts,
+                rollout,
+                drain,
             });
         }
         out
+    }
+
+    /// An environment's fleet: its hosts, rollout and drain hooks, and
+    /// whether every service with a role has a host to run on.
+    fn fleet(
+        &mut self,
+        e: &RawEnvironment,
+        env: &Str,
+        services: &[RawService],
+    ) -> (Vec<Host>, Rollout, Vec<DrainHook>) {
+        let hosts = self.hosts(e);
+        let count = e.hosts.len();
+        let no_hosts = |what: &str| {
+            Problem::new(
+                ProblemKind::FleetWithoutHosts,
+                SourceSpan::from((0, 0)),
+                format!(
+                    "`{what}` in environment `{}`, which has no hosts",
+                    env.value
+                ),
+                "no `host` in this environment",
+                format!(
+                    "`{what}` is about the hosts of a fleet: add host \"app1\" address=\"10.0.0.11\" to this environment, or remove the `{what}` block (an environment without hosts deploys to the host moorline runs on)"
+                ),
+            )
+        };
+        let rollout = match &e.rollout {
+            None => Rollout::default(),
+            Some(r) => {
+                if count == 0 {
+                    let mut p = no_hosts("rollout");
+                    p.span = r.span;
+                    self.push(p);
+                }
+                let default = Rollout::default();
+                let canary = r
+                    .canary
+                    .as_ref()
+                    .map_or(Some(0), |c| self.positive(c, 0, MAX_HOSTS, "canary"));
+                if let (Some(c), Some(raw)) = (canary, &r.canary)
+                    && count > 0
+                    && usize::try_from(c).unwrap_or(usize::MAX) >= count
+                {
+                    self.push(Problem::new(
+                        ProblemKind::ImpossibleRollout,
+                        raw.span,
+                        format!(
+                            "a canary of {c} leaves no host for the batches: environment `{}` has {count} host{}",
+                            env.value,
+                            if count == 1 { "" } else { "s" }
+                        ),
+                        "canary as large as the fleet",
+                        "the canary is applied alone, before any batch, to learn whether the release works before the rest of the fleet gets it: make it smaller than the number of hosts (1 is usual), or remove `canary`",
+                    ));
+                }
+                let batches = r.batches.as_ref().map_or(default.batches, |bs| {
+                    bs.iter().filter_map(|b| self.batch(b, count)).collect()
+                });
+                let max_fail = r
+                    .max_fail
+                    .as_ref()
+                    .map_or(Some(0), |m| self.positive(m, 0, MAX_HOSTS, "max-fail"));
+                let connections = r
+                    .connections
+                    .as_ref()
+                    .map_or(Some(default.connections), |c| {
+                        self.positive(c, 1, MAX_CONNECTIONS, "connections")
+                    });
+                Rollout {
+                    canary: canary.unwrap_or(0),
+                    batches,
+                    max_fail: max_fail.unwrap_or(0),
+                    pause: r.pause.as_ref().map_or(default.pause, |p| p.value),
+                    connections: connections.unwrap_or(default.connections),
+                }
+            }
+        };
+        let drain = match &e.drain {
+            None => Vec::new(),
+            Some(d) => {
+                if count == 0 {
+                    let mut p = no_hosts("drain");
+                    p.span = d.span;
+                    self.push(p);
+                }
+                let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+                for h in &d.hooks {
+                    if count > 0 && !names.contains(&h.on.value.as_str()) {
+                        self.reference(&h.on, "host", &names);
+                    }
+                    self.program(&h.command, "a drain hook");
+                    self.command_placeholders(&h.command, IN_DRAIN, "a drain hook");
+                }
+                d.hooks
+                    .iter()
+                    .map(|h| DrainHook {
+                        when: h.when,
+                        on: h.on.value.clone(),
+                        command: command(&h.command),
+                    })
+                    .collect()
+            }
+        };
+        if count > 0 {
+            self.unhosted_services(env, &hosts, services);
+        }
+        (hosts, rollout, drain)
+    }
+
+    /// Every `host` of an environment, checked: names, addresses, users,
+    /// ports, and no two hosts at one address and port.
+    fn hosts(&mut self, e: &RawEnvironment) -> Vec<Host> {
+        self.duplicates("host", e.hosts.iter().filter_map(|h| h.name.as_ref()));
+        let mut at: HashMap<(String, Option<u16>), (&str, SourceSpan)> = HashMap::new();
+        let mut out = Vec::new();
+        for h in &e.hosts {
+            let Some(name) = &h.name else { continue };
+            self.name(name, "host");
+            if let Some(a) = &h.address
+                && !has_hidden(&a.value)
+                && let Some(why) = address_fault(&a.value)
+            {
+                self.push(Problem::new(
+                    ProblemKind::InvalidAddress,
+                    a.span,
+                    if a.value.is_empty() {
+                        "an empty host address".to_owned()
+                    } else {
+                        format!("`{}` is not a host address: {why}", a.value)
+                    },
+                    "not an address",
+                    "write what ssh connects to: a host name (\"app1.internal\"), an IP address (\"10.0.0.11\", \"fd00::11\") or a Host of your ssh config",
+                ));
+            }
+            if let Some(u) = &h.user
+                && !has_hidden(&u.value)
+                && let Some(why) = user_fault(&u.value)
+            {
+                self.push(Problem::new(
+                    ProblemKind::InvalidUser,
+                    u.span,
+                    if u.value.is_empty() {
+                        "an empty user name".to_owned()
+                    } else {
+                        format!("`{}` is not a user name: {why}", u.value)
+                    },
+                    "not a user name",
+                    "write the user ssh logs in as, for example user=\"deploy\" (letters, digits, `.`, `_`, `-`, not starting with `-`), or leave it out to use your ssh config's",
+                ));
+            }
+            let port = h.port.as_ref().and_then(|p| match u16::try_from(p.value) {
+                Ok(port) if port > 0 => Some(port),
+                _ => {
+                    self.push(Problem::new(
+                        ProblemKind::PortRange,
+                        p.span,
+                        format!("port {} is out of range", p.value),
+                        "not a TCP port",
+                        "ports are 1 to 65535; leave `port` out to use your ssh config's (22 by default)",
+                    ));
+                    None
+                }
+            });
+            for r in &h.roles {
+                self.name(r, "role");
+            }
+            let address = h.address.as_ref().unwrap_or(name);
+            // ssh compares host names without case.
+            let key = (address.value.to_ascii_lowercase(), port);
+            if let Some((other, first)) = at.get(&key) {
+                let shown = match port {
+                    Some(p) => format!("`{}` port {p}", address.value),
+                    None => format!("`{}`", address.value),
+                };
+                self.push(
+                    Problem::new(
+                        ProblemKind::DuplicateAddress,
+                        address.span,
+                        format!(
+                            "hosts `{other}` and `{}` are both {shown}",
+                            name.value
+                        ),
+                        if port.is_some() {
+                            "same address and port"
+                        } else {
+                            "same address"
+                        },
+                        "each host is one machine with its own moorline state: give each host its own address (or port), or remove one",
+                    )
+                    .also(*first, format!("`{other}` is here")),
+                );
+            } else {
+                at.insert(key, (&name.value, address.span));
+            }
+            let mut roles: Vec<String> = Vec::new();
+            for r in &h.roles {
+                if !roles.contains(&r.value) {
+                    roles.push(r.value.clone());
+                }
+            }
+            out.push(Host {
+                name: name.value.clone(),
+                address: address.value.clone(),
+                user: h.user.as_ref().map(|u| u.value.clone()),
+                port,
+                roles,
+            });
+        }
+        out
+    }
+
+    /// A service with a role must have a host to run on in every
+    /// environment with hosts.
+    fn unhosted_services(&mut self, env: &Str, hosts: &[Host], services: &[RawService]) {
+        // A host without roles runs everything: nothing can be unhosted.
+        if hosts.iter().any(|h| h.roles.is_empty()) {
+            return;
+        }
+        // Linear in hosts and services: a hostile file may have many.
+        let covered: HashSet<&str> = hosts
+            .iter()
+            .flat_map(|h| h.roles.iter().map(String::as_str))
+            .collect();
+        let mut all_roles: Vec<&str> = covered.iter().copied().collect();
+        all_roles.sort_unstable();
+        for s in services {
+            let (Some(name), Some(role)) = (&s.name, &s.role) else {
+                continue;
+            };
+            if !is_valid_name(&role.value) || covered.contains(role.value.as_str()) {
+                continue;
+            }
+            let shown: Vec<String> = hosts
+                .iter()
+                .take(LISTED)
+                .map(|h| format!("{} ({})", h.name, h.roles.join(", ")))
+                .collect();
+            let more = if hosts.len() > LISTED {
+                format!(" and {} more", hosts.len() - LISTED)
+            } else {
+                String::new()
+            };
+            let near = if all_roles.len() <= SUGGEST_AMONG {
+                suggest(&role.value, &all_roles)
+            } else {
+                None
+            };
+            let help = match near {
+                Some(r) => format!(
+                    "did you mean `{r}`? Otherwise add roles \"{}\" to a host of `{}`",
+                    role.value, env.value
+                ),
+                None => format!(
+                    "add roles \"{}\" to a host of `{}`, or change the service's role; hosts: {}{more}",
+                    role.value,
+                    env.value,
+                    shown.join(", ")
+                ),
+            };
+            self.push(
+                Problem::new(
+                    ProblemKind::UnhostedService,
+                    role.span,
+                    format!(
+                        "no host of environment `{}` runs service `{}`: none has role `{}`",
+                        env.value, name.value, role.value
+                    ),
+                    format!("no host of `{}` has this role", env.value),
+                    help,
+                )
+                .also(env.span, "this environment's hosts"),
+            );
+        }
+    }
+
+    /// One value of `batches`, checked against the number of hosts.
+    fn batch(&mut self, b: &Spanned<RawBatch>, hosts: usize) -> Option<BatchSize> {
+        let bad = |message: String, label: &str, help: &str| {
+            Problem::new(ProblemKind::InvalidBatch, b.span, message, label, help)
+        };
+        match &b.value {
+            RawBatch::Count(c) if *c < 1 => {
+                self.push(bad(
+                    format!("a batch of {c} hosts"),
+                    "empty batch",
+                    "a batch takes at least one host: write 1 or more, or a percentage such as \"25%\"",
+                ));
+                None
+            }
+            RawBatch::Count(c) if hosts > 0 && *c > i128::try_from(hosts).unwrap_or(i128::MAX) => {
+                self.push(bad(
+                    format!("a batch of {c} hosts, but the environment has {hosts}"),
+                    "more hosts than there are",
+                    &format!("write at most {hosts}, or \"100%\" for every host left"),
+                ));
+                None
+            }
+            RawBatch::Count(c) => u32::try_from(*c).ok().map(BatchSize::Count),
+            RawBatch::Text(t) => {
+                let percent = t
+                    .strip_suffix('%')
+                    .filter(|d| {
+                        !d.is_empty() && d.len() <= 4 && d.bytes().all(|b| b.is_ascii_digit())
+                    })
+                    .and_then(|d| d.parse::<u32>().ok());
+                match percent {
+                    Some(p @ 1..=100) => Some(BatchSize::Percent(p)),
+                    Some(p) => {
+                        self.push(bad(
+                            format!("a batch of {p}% of the hosts"),
+                            if p == 0 { "empty batch" } else { "over 100%" },
+                            "a percentage is 1% to 100% of the environment's hosts, rounded up (\"100%\": every host left)",
+                        ));
+                        None
+                    }
+                    None => {
+                        let digits = !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+                        self.push(bad(
+                            format!("`{t}` is not a batch size"),
+                            "not a batch size",
+                            &if digits {
+                                format!("write {t} without quotes for a number of hosts, or \"{t}%\" for a percentage")
+                            } else {
+                                "write a number of hosts without quotes (2) or a percentage in quotes (\"25%\")".to_owned()
+                            },
+                        ));
+                        None
+                    }
+                }
+            }
+        }
     }
 
     fn phases(&mut self, raw: &RawConfig) -> Vec<(Phase, SourceSpan)> {
@@ -1134,6 +1526,9 @@ impl Validator<'_> {
             for h in [&s.health, &s.ready, &s.metrics].into_iter().flatten() {
                 self.health_path(h);
             }
+            if let Some(r) = &s.role {
+                self.name(r, "role");
+            }
             let unit = match (s.unit.as_ref(), runtime.and_then(|(_, u)| u.as_ref())) {
                 (None, None) => None,
                 (own, rt) => {
@@ -1220,7 +1615,7 @@ impl Validator<'_> {
                     .map_or(DEFAULT_READY_TIMEOUT, |t| t.value),
                 unit: unit.map(|(u, _, _)| u),
                 unit_name,
-                role: None,
+                role: s.role.as_ref().map(|r| r.value.clone()),
             });
         }
         self.dependency_rules(raw, &phase_names);
@@ -1229,7 +1624,7 @@ impl Validator<'_> {
 
     /// Cycles (the whole cycle named) and dependencies on later phases.
     fn dependency_rules(&mut self, raw: &RawConfig, phase_names: &[&str]) {
-        let by_name: BTreeMap<&str, &super::raw::RawService> = raw
+        let by_name: BTreeMap<&str, &RawService> = raw
             .services
             .iter()
             .filter_map(|s| s.name.as_ref().map(|n| (n.value.as_str(), s)))
@@ -1240,7 +1635,7 @@ impl Validator<'_> {
             .rev()
             .map(|(i, n)| (*n, i))
             .collect();
-        let phase_of = |s: &super::raw::RawService| {
+        let phase_of = |s: &RawService| {
             s.phase
                 .as_ref()
                 .and_then(|p| phase_index.get(p.value.as_str()).copied())

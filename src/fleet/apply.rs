@@ -433,11 +433,9 @@ impl Rollout {
             let Some(on) = self.fleet.host(&hook.on) else {
                 return Err(format!("no host named {}", hook.on));
             };
-            let addresses: Vec<String> = batch
-                .iter()
-                .filter_map(|h| self.fleet.host(h).map(|h| h.address.clone()))
-                .collect();
-            let argv = drain_argv(&hook.command.argv, batch, &addresses);
+            let hosts: Vec<&crate::config::Host> =
+                batch.iter().filter_map(|h| self.fleet.host(h)).collect();
+            let argv = hook.argv_for(&hosts);
             let run = self.fleet.transport.run(on, &argv, super::ssh::Input::Null);
             let out = tokio::time::timeout(hook.command.timeout, run)
                 .await
@@ -466,18 +464,6 @@ fn when_word(w: DrainWhen) -> &'static str {
         DrainWhen::Before => "before",
         DrainWhen::After => "after",
     }
-}
-
-/// A drain hook's argv with `{hosts}` and `{addresses}` replaced by the
-/// batch's host names and addresses, comma-separated.
-pub fn drain_argv(argv: &[String], hosts: &[String], addresses: &[String]) -> Vec<String> {
-    let (hosts, addresses) = (hosts.join(","), addresses.join(","));
-    argv.iter()
-        .map(|w| {
-            w.replace("{hosts}", &hosts)
-                .replace("{addresses}", &addresses)
-        })
-        .collect()
 }
 
 /// One line of a host's JSON event stream, shown with its host: as JSON
@@ -519,29 +505,6 @@ fn print_event(host: &str, line: &str, json: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn drain_hooks_get_the_batch_substituted() {
-        let argv: Vec<String> = ["lb", "drain", "--hosts={hosts}", "{addresses}", "plain"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-        let got = drain_argv(
-            &argv,
-            &["app1".into(), "app2".into()],
-            &["10.0.0.1".into(), "10.0.0.2".into()],
-        );
-        assert_eq!(
-            got,
-            [
-                "lb",
-                "drain",
-                "--hosts=app1,app2",
-                "10.0.0.1,10.0.0.2",
-                "plain"
-            ]
-        );
-    }
 
     #[test]
     fn exit_codes_of_a_fleet() {

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BatchSize, Rollout};
+use crate::config::Rollout;
 
 /// One step of a rollout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,48 +22,26 @@ pub enum BatchKind {
     Batch,
 }
 
-/// How many hosts a batch size covers, cumulatively, in a fleet of `n`:
-/// a count as is, a percentage of the whole fleet rounded up.
-pub fn cumulative(size: BatchSize, n: usize) -> usize {
-    match size {
-        BatchSize::Count(c) => usize::try_from(c).unwrap_or(usize::MAX),
-        BatchSize::Percent(p) => {
-            let p = usize::try_from(p.min(100)).unwrap_or(100);
-            (n * p).div_ceil(100)
-        }
-    }
-}
-
-/// The batches of a rollout over `hosts`: the first `canary` hosts alone,
-/// then each batch size as a cumulative count over the whole fleet (a
-/// size the rollout already reached adds nothing and is skipped), and
-/// whatever the last size leaves for a final batch.
+/// The batches of a rollout over `hosts`, in order: the sizes of
+/// [`Rollout::steps`] (the canary first, then each batch size, the last
+/// one repeating; docs/config.md) laid over the hosts in their order.
 pub fn batches(rollout: &Rollout, hosts: &[String]) -> Vec<Batch> {
-    let n = hosts.len();
     let mut out = Vec::new();
-    let canary = usize::try_from(rollout.canary).unwrap_or(usize::MAX).min(n);
-    if canary > 0 {
-        out.push(Batch {
-            kind: BatchKind::Canary,
-            hosts: hosts[..canary].to_vec(),
-        });
-    }
-    let mut done = canary;
-    for size in &rollout.batches {
-        let upto = cumulative(*size, n).min(n);
-        if upto > done {
-            out.push(Batch {
-                kind: BatchKind::Batch,
-                hosts: hosts[done..upto].to_vec(),
-            });
-            done = upto;
+    let mut done = 0;
+    for (i, size) in rollout.steps(hosts.len()).into_iter().enumerate() {
+        let upto = (done + size).min(hosts.len());
+        if upto == done {
+            continue;
         }
-    }
-    if done < n {
         out.push(Batch {
-            kind: BatchKind::Batch,
-            hosts: hosts[done..].to_vec(),
+            kind: if i == 0 && rollout.canary > 0 {
+                BatchKind::Canary
+            } else {
+                BatchKind::Batch
+            },
+            hosts: hosts[done..upto].to_vec(),
         });
+        done = upto;
     }
     out
 }
@@ -71,6 +49,7 @@ pub fn batches(rollout: &Rollout, hosts: &[String]) -> Vec<Batch> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::BatchSize;
     use std::time::Duration;
 
     fn rollout(canary: u32, batches: &[BatchSize]) -> Rollout {
@@ -99,17 +78,26 @@ mod tests {
             (0, vec![Percent(100)], 3, vec![(B, 3)]),
             (0, vec![Count(1), Percent(100)], 3, vec![(B, 1), (B, 2)]),
             (1, vec![Percent(100)], 5, vec![(C, 1), (B, 4)]),
+            // docs/config.md's table.
             (
                 1,
                 vec![Percent(25), Percent(100)],
-                8,
-                vec![(C, 1), (B, 1), (B, 6)],
+                5,
+                vec![(C, 1), (B, 2), (B, 2)],
             ),
-            // A size the canary already covers adds nothing.
-            (1, vec![Count(1), Percent(100)], 3, vec![(C, 1), (B, 2)]),
-            (0, vec![Count(2), Count(4)], 5, vec![(B, 2), (B, 2), (B, 1)]),
-            (0, vec![Count(10)], 3, vec![(B, 3)]),
-            (5, vec![Percent(100)], 3, vec![(C, 3)]),
+            (
+                1,
+                vec![Count(1), Count(2)],
+                5,
+                vec![(C, 1), (B, 1), (B, 2), (B, 1)],
+            ),
+            (0, vec![Count(2)], 5, vec![(B, 2), (B, 2), (B, 1)]),
+            (
+                1,
+                vec![Count(1), Percent(100)],
+                3,
+                vec![(C, 1), (B, 1), (B, 1)],
+            ),
             (0, vec![Percent(50)], 3, vec![(B, 2), (B, 1)]),
             (0, vec![Percent(100)], 0, vec![]),
         ] {

@@ -215,6 +215,151 @@ fn pakashop_units_merge_runtime_and_service() {
     assert_eq!(search.exec, argv(&["{current}/bin/{service}"]));
 }
 
+/// A fleet environment as docs/config.md shows it.
+const FLEET_CONFIG: &str = r#"project "shop"
+phase "app"
+runtime "node" { build "npm" "ci"; }
+environment "staging" { branch "main"; root "/srv/shop"; }
+environment "production" {
+    branch "production"
+    root "/srv/shop"
+    host "app1" address="10.0.0.11" user="deploy" port=2222 {
+        roles "web" "workers"
+    }
+    host "app2" address="app2.internal" { roles "web"; }
+    host "app3"
+    host "lb1" address="fd00::10" { roles "lb"; }
+    rollout {
+        canary 1
+        batches "25%" 2 "100%"
+        max-fail 1
+        pause "30s"
+        connections 4
+    }
+    drain {
+        before "lb1" "/usr/local/bin/lb" "drain" "{hosts}" timeout="1m"
+        after "lb1" "/usr/local/bin/lb" "undrain" "{addresses}" "{{literal}}"
+    }
+}
+service "api" { runtime "node"; port 3000; phase "app"; role "web"; }
+service "mailer" { runtime "node"; port 3001; phase "app"; role "workers"; }
+service "config" { runtime "node"; port 3002; phase "app"; }
+service "gateway" { runtime "node"; port 3003; phase "app"; role "web"; depends-on "config" "mailer"; }
+"#;
+
+#[test]
+fn fleet_environment_hosts_rollout_and_drain() {
+    use moorline::config::{BatchSize, DrainWhen, Host};
+    let c = match config::parse("fleet.kdl", FLEET_CONFIG) {
+        Ok(c) => c,
+        Err(e) => panic!("{}", moorline::report::plain(&e)),
+    };
+    let staging = c.environment("staging").unwrap();
+    assert!(!staging.is_fleet());
+    assert_eq!(staging.rollout, moorline::config::Rollout::default());
+    let prod = c.environment("production").unwrap();
+    assert!(prod.is_fleet());
+    let host = |name: &str, address: &str, user: Option<&str>, port, roles: &[&str]| Host {
+        name: name.to_owned(),
+        address: address.to_owned(),
+        user: user.map(str::to_owned),
+        port,
+        roles: argv(roles),
+    };
+    assert_eq!(
+        prod.hosts,
+        [
+            host(
+                "app1",
+                "10.0.0.11",
+                Some("deploy"),
+                Some(2222),
+                &["web", "workers"]
+            ),
+            host("app2", "app2.internal", None, None, &["web"]),
+            // Without an address, the name is what ssh connects to.
+            host("app3", "app3", None, None, &[]),
+            host("lb1", "fd00::10", None, None, &["lb"]),
+        ]
+    );
+    let r = &prod.rollout;
+    assert_eq!(r.canary, 1);
+    assert_eq!(
+        r.batches,
+        [
+            BatchSize::Percent(25),
+            BatchSize::Count(2),
+            BatchSize::Percent(100)
+        ]
+    );
+    assert_eq!((r.max_fail, r.connections), (1, 4));
+    assert_eq!(r.pause, std::time::Duration::from_secs(30));
+    // 4 hosts: the canary, 25% (1), 2, then the one left.
+    assert_eq!(r.steps(prod.hosts.len()), [1, 1, 2]);
+    assert_eq!(prod.drain.len(), 2);
+    assert_eq!(prod.drain[0].when, DrainWhen::Before);
+    assert_eq!(prod.drain[0].on, "lb1");
+    assert_eq!(
+        prod.drain[0].command.timeout,
+        std::time::Duration::from_mins(1)
+    );
+    assert_eq!(prod.drain[1].when, DrainWhen::After);
+    let batch = [&prod.hosts[0], &prod.hosts[1]];
+    assert_eq!(
+        prod.drain[0].argv_for(&batch),
+        argv(&["/usr/local/bin/lb", "drain", "app1,app2"])
+    );
+    assert_eq!(
+        prod.drain[1].argv_for(&batch),
+        argv(&[
+            "/usr/local/bin/lb",
+            "undrain",
+            "10.0.0.11,app2.internal",
+            "{literal}"
+        ])
+    );
+    let on = |h: usize| -> Vec<&str> {
+        prod.services_on(&prod.hosts[h], &c.services)
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect()
+    };
+    assert_eq!(on(0), ["api", "mailer", "config", "gateway"]);
+    assert_eq!(on(1), ["api", "config", "gateway"]);
+    assert_eq!(
+        on(2),
+        ["api", "mailer", "config", "gateway"],
+        "no roles: every service"
+    );
+    assert_eq!(
+        on(3),
+        ["config"],
+        "a role no service has: only role-less services"
+    );
+    assert_eq!(c.service("api").unwrap().role.as_deref(), Some("web"));
+    assert_eq!(c.service("config").unwrap().role, None);
+
+    // The host side keeps its services; a dependency on another host's
+    // service is dropped, and lookups by name still work.
+    let mut app2 = c.clone();
+    app2.keep_services_of(&prod.hosts[1]);
+    let names: Vec<&str> = app2.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["api", "config", "gateway"]);
+    assert_eq!(app2.service("gateway").unwrap().depends_on, ["config"]);
+    assert!(app2.service("mailer").is_none());
+}
+
+#[test]
+fn a_role_needs_a_host_only_in_fleet_environments() {
+    // No environment has hosts: a role is not checked (everything runs on
+    // the host moorline runs on).
+    let text = "project \"shop\"\nphase \"app\"\nruntime \"node\" { build \"npm\" \"ci\"; }\n\
+                environment \"staging\" { branch \"main\"; root \"/srv/shop\"; }\n\
+                service \"api\" { runtime \"node\"; port 3000; phase \"app\"; role \"web\"; }\n";
+    let c = config::parse("roles.kdl", text).unwrap();
+    assert_eq!(c.service("api").unwrap().role.as_deref(), Some("web"));
+}
+
 /// Loads `tests/fixtures/invalid/NAME.kdl`, checks that it fails with
 /// well-formed problems, and snapshots the rendered report.
 fn check_invalid(name: &str) {
@@ -370,6 +515,18 @@ invalid! {
     slashdash_run,
     long_value_elided,
     promote_from_bad,
+    // Fleet mode: hosts, roles, rollout, drain hooks.
+    fleet_host_duplicates,
+    fleet_host_address,
+    fleet_host_user_port,
+    fleet_host_name,
+    fleet_unhosted_service,
+    fleet_batches,
+    fleet_rollout_numbers,
+    fleet_without_hosts,
+    fleet_drain_bad,
+    fleet_control_in_address,
+    fleet_misplaced,
 }
 
 #[test]
@@ -590,5 +747,82 @@ fn every_problem_code_is_in_config_md() {
     assert!(
         missing.is_empty(),
         "codes not in docs/config.md: {missing:?}"
+    );
+}
+
+/// Hosts and services in the generated fleet environment.
+const HOSTS: usize = 5_000;
+
+#[test]
+fn a_large_fleet_environment_with_unhosted_services_fails_fast() {
+    use std::fmt::Write as _;
+    let mut text = String::from(PRELUDE);
+    text.push_str(
+        "environment \"production\" {\n    branch \"production\"\n    root \"/srv/shop\"\n",
+    );
+    for i in 0..HOSTS {
+        // Every other host at the address of the one before it.
+        writeln!(
+            text,
+            "    host \"h{i}\" address=\"10.0.{}.{}\" {{ roles \"r{i}\"; }}",
+            i / 2 / 250,
+            i / 2 % 250
+        )
+        .unwrap();
+    }
+    text.push_str("}\n");
+    for i in 0..HOSTS {
+        writeln!(
+            text,
+            "service \"s{i}\" {{ runtime \"node\"; port {}; phase \"app\"; role \"x{i}\"; }}",
+            1000 + i
+        )
+        .unwrap();
+    }
+    let started = std::time::Instant::now();
+    let Err(err) = config::parse("hosts.kdl", &text) else {
+        panic!("the fleet loaded");
+    };
+    let elapsed = started.elapsed();
+    let count = |code: &str| {
+        err.problems
+            .iter()
+            .filter(|p| p.kind.code() == code)
+            .count()
+    };
+    assert_eq!(count("moorline::config::unhosted_service"), HOSTS);
+    assert_eq!(count("moorline::config::duplicate_address"), HOSTS / 2);
+    assert!(moorline::report::plain(&err).len() < MAX_REPORT_BYTES);
+    eprintln!("{HOSTS} hosts and services validated in {elapsed:?}");
+}
+
+#[test]
+fn the_fleet_example_of_config_md_is_valid() {
+    let doc = std::fs::read_to_string(manifest_dir().join("docs/config.md")).unwrap();
+    let section = &doc[doc.find("### Fleet:").expect("a Fleet section")..];
+    let start = section.find("```kdl\n").expect("a kdl example") + "```kdl\n".len();
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let text = format!(
+        "project \"pakashop\"\nphase \"core\"\nruntime \"node\" {{ build \"npm\" \"ci\"; }}\n{example}"
+    );
+    let c = match config::parse("config.md", &text) {
+        Ok(c) => c,
+        Err(e) => panic!("{}", moorline::report::plain(&e)),
+    };
+    let prod = c.environment("production").unwrap();
+    let names: Vec<&str> = prod.hosts.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["app1", "app2", "app3", "lb1"]);
+    // canary 1, "25%" of 4 = 1, then "100%": the rest.
+    assert_eq!(prod.rollout.steps(prod.hosts.len()), [1, 1, 2]);
+    let backend_on: Vec<&str> = prod
+        .hosts
+        .iter()
+        .filter(|h| !prod.services_on(h, &c.services).is_empty())
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(
+        backend_on,
+        ["app1", "app2", "app3"],
+        "lb1 runs no web service"
     );
 }

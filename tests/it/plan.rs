@@ -1066,3 +1066,75 @@ fn plans_are_current() {
         stale.join(", ")
     );
 }
+
+/// Makes production a fleet of two hosts: `backend` and `gateway` run on
+/// the web host, `tracking` on the workers host, the rest on both.
+fn fleet_production(f: &Fx) {
+    f.edit_config(
+        "environment \"production\" {\n",
+        "environment \"production\" {\n    host \"app1\" address=\"10.0.0.11\" { roles \"web\"; }\n    \
+         host \"app2\" address=\"10.0.0.12\" { roles \"workers\"; }\n",
+    );
+    f.edit_config("port 3080;", "port 3080; role \"web\";");
+    f.edit_config("port 8000;", "port 8000; role \"web\";");
+    f.edit_config("port 3120;", "port 3120; role \"workers\";");
+}
+
+/// The services of a JSON plan, in order.
+fn planned_services(json: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_host_of_a_fleet_plans_only_the_services_it_runs() {
+    let f = Fx::new();
+    fleet_production(&f);
+    let all = planned_services(&f.plan(&["--env", "production", "--format", "json"]));
+    assert_eq!(all.len(), 19, "{all:?}");
+
+    let workers = f.plan(&["--env", "production", "--host", "app2", "--format", "json"]);
+    let got = planned_services(&workers);
+    let want: Vec<String> = all
+        .iter()
+        .filter(|s| !matches!(s.as_str(), "backend" | "gateway"))
+        .cloned()
+        .collect();
+    assert_eq!(got, want);
+    // Nothing of the web host's services anywhere in the plan (actions,
+    // units, edges).
+    for other in [
+        "pakashop-backend.service",
+        "pakashop-gateway.service",
+        ":backend\"",
+        ":gateway\"",
+    ] {
+        assert!(!workers.contains(other), "{other} in the plan of app2");
+    }
+
+    let web =
+        planned_services(&f.plan(&["--env", "production", "--host", "app1", "--format", "json"]));
+    assert!(web.contains(&"backend".to_owned()) && web.contains(&"gateway".to_owned()));
+    assert!(!web.contains(&"tracking".to_owned()), "{web:?}");
+    assert_eq!(web.len(), 18);
+}
+
+#[test]
+fn host_flag_refuses_unknown_hosts_and_environments_without_hosts() {
+    let f = Fx::new();
+    fleet_production(&f);
+    let o = f.run(&["plan", "--env", "production", "--host", "app3"]);
+    fails_with(&o, "moorline::cli::unknown_host");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("did you mean `app1`?") || stderr.contains("did you mean `app2`?"),
+        "{stderr}"
+    );
+    let o = f.run(&["plan", "--env", "staging", "--host", "app1"]);
+    fails_with(&o, "moorline::cli::not_a_fleet");
+}
