@@ -7,6 +7,7 @@
 //! directory and edits always give the same SHAs.
 
 pub mod deadline;
+pub mod hosts;
 mod scripts;
 
 use std::fmt::Write as _;

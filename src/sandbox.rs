@@ -204,6 +204,20 @@ pub enum SandboxError {
     },
 }
 
+/// Extra isolation for [`PrivateSystemd::start_isolated`]; the default is none
+/// ([`PrivateSystemd::start`]).
+#[derive(Debug, Clone, Default)]
+pub struct Isolation {
+    /// A network namespace to run in, e.g. `/run/netns/NAME` (`ip netns add NAME`).
+    pub netns: Option<PathBuf>,
+    /// A UTS namespace of its own (a hostname of its own).
+    pub uts: bool,
+    /// Shell code run by the namespace's PID 1 before the manager starts (after the PID and
+    /// mount namespaces exist): private mounts, a hostname, other daemons started with `&`.
+    /// A failure should `exit` with a status that names it.
+    pub prelude: String,
+}
+
 enum Control {
     Terminate,
     Kill,
@@ -231,6 +245,15 @@ impl PrivateSystemd {
     /// Starts a manager that keeps all its state under `dir` (an empty scratch directory) and
     /// waits until its bus answers a call.
     pub async fn start(dir: &Path) -> Result<Self, SandboxError> {
+        Self::start_isolated(dir, &Isolation::default()).await
+    }
+
+    /// [`PrivateSystemd::start`] with more isolation: the sandbox runs in the network namespace
+    /// `isolation.netns` (entered with `nsenter --net`, not `ip netns exec`, which remounts
+    /// `/sys` without the cgroup mounts the manager needs), in its own UTS namespace when asked,
+    /// and runs `isolation.prelude` as PID 1 before the manager starts. Used by the simulated
+    /// fleet hosts (`fixture::hosts`).
+    pub async fn start_isolated(dir: &Path, isolation: &Isolation) -> Result<Self, SandboxError> {
         if !cfg!(target_os = "linux") {
             return Err(SandboxError::UnsupportedOs {
                 os: std::env::consts::OS,
@@ -288,7 +311,16 @@ impl PrivateSystemd {
         let mut cmd = Command::new(setpriv);
         // pdeathsig fires when the *thread* that forked us exits, hence the dedicated keeper
         // thread below (a tokio worker or a test thread may exit long before the sandbox).
-        cmd.args(["--pdeathsig", "SIGKILL", "--"]).arg(unshare);
+        cmd.args(["--pdeathsig", "SIGKILL", "--"]);
+        if let Some(netns) = &isolation.netns {
+            let mut net = std::ffi::OsString::from("--net=");
+            net.push(netns);
+            cmd.arg(find_tool("nsenter")?).arg(net).arg("--");
+        }
+        cmd.arg(unshare);
+        if isolation.uts {
+            cmd.arg("--uts");
+        }
         if !is_root() {
             // Unprivileged: a user namespace in which we are root grants the mount and PID
             // namespace rights (`user_namespaces(7)`).
@@ -304,8 +336,8 @@ impl PrivateSystemd {
             "private",
             "sh",
             "-c",
-            INIT_SCRIPT,
         ])
+        .arg(format!("{}\n{INIT_SCRIPT}", isolation.prelude))
         .env("MOORLINE_SYSTEMD", systemd)
         .env(
             "MOORLINE_JOURNALD",
@@ -598,7 +630,7 @@ fn terminate_manager(unshare_pid: u32) {
 
 /// Every process below `root` (host PIDs), from the parent links in `/proc/<pid>/stat`
 /// (`proc(5)`: the fourth field, after the parenthesised command name).
-fn descendants(root: u32) -> io::Result<Vec<u32>> {
+pub(crate) fn descendants(root: u32) -> io::Result<Vec<u32>> {
     let mut parent_of = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
         let Some(pid) = entry?
@@ -636,7 +668,7 @@ fn descendants(root: u32) -> io::Result<Vec<u32>> {
     Ok(found)
 }
 
-fn find_tool(tool: &'static str) -> Result<PathBuf, SandboxError> {
+pub(crate) fn find_tool(tool: &'static str) -> Result<PathBuf, SandboxError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/bin".into(), "/bin".into(), "/usr/sbin".into()])
@@ -663,7 +695,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
 }
 
 /// The effective UID from `/proc/self/status` (no `unsafe` `geteuid`).
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

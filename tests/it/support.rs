@@ -127,3 +127,21 @@ pub async fn eventually(mut done: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// `count` simulated fleet hosts (`moorline::fixture::hosts`) with their state under `dir`, or
+/// `None` (after printing why) when they cannot run here: not root, a tool missing, no private
+/// systemd manager. Under `MOORLINE_REQUIRE_SYSTEMD=1` that is a failure instead.
+pub async fn fleet(dir: &std::path::Path, count: usize) -> Option<moorline::fixture::hosts::Fleet> {
+    match moorline::fixture::hosts::Fleet::start(dir, count).await {
+        Ok(fleet) => Some(fleet),
+        Err(e) => {
+            let reason = format!("{:?}", miette::Report::new(e));
+            assert!(
+                std::env::var(REQUIRE_ENV).as_deref() != Ok("1"),
+                "{REQUIRE_ENV}=1 but no simulated hosts: {reason}"
+            );
+            eprintln!("SKIPPED: no simulated fleet hosts: {reason}");
+            None
+        }
+    }
+}
