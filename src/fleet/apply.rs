@@ -21,6 +21,12 @@ use super::{Fleet, FleetError};
 use crate::cli::Format;
 use crate::config::DrainWhen;
 
+/// How often a resumed host's `apply --resume` is retried while the
+/// host's lock is held by the apply the killed controller started, and
+/// how long apart (up to a minute in all).
+const LOCK_TRIES: u32 = 120;
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What drives a rollout: the fleet, its plan, the prepared hosts.
 pub struct Rollout {
     pub fleet: Arc<Fleet>,
@@ -292,15 +298,26 @@ impl Rollout {
     /// the host already runs the target.
     async fn resume_host(&self, p: &Prepared) -> Result<(HostOutcome, Option<i32>), FleetError> {
         let env = self.fleet.env.name.clone();
-        let (outcome, code) = self
-            .stream(
-                p,
-                &[
-                    "apply", "--resume", "--env", &env, "--yes", "--format", "json",
-                ],
-                None,
-            )
-            .await;
+        // The host's apply may still be running (the old controller's ssh
+        // lingers until its output has nowhere to go): wait for its lock.
+        let mut tries = 0;
+        let (outcome, code) = loop {
+            let (outcome, code, tail) = self
+                .stream_tail(
+                    p,
+                    &[
+                        "apply", "--resume", "--env", &env, "--yes", "--format", "json",
+                    ],
+                    None,
+                )
+                .await;
+            tries += 1;
+            if tail.contains("moorline::lock::held") && tries < LOCK_TRIES {
+                tokio::time::sleep(LOCK_RETRY).await;
+                continue;
+            }
+            break (outcome, code);
+        };
         if outcome != HostOutcome::Succeeded {
             return Ok((outcome, code));
         }
@@ -329,12 +346,23 @@ impl Rollout {
         args: &[&str],
         stdin: Option<String>,
     ) -> (HostOutcome, Option<i32>) {
+        let (o, c, _) = self.stream_tail(p, args, stdin).await;
+        (o, c)
+    }
+
+    /// [`Rollout::stream`], also returning the last lines of its stderr.
+    async fn stream_tail(
+        &self,
+        p: &Prepared,
+        args: &[&str],
+        stdin: Option<String>,
+    ) -> (HostOutcome, Option<i32>, String) {
         let host = p.host.name.clone();
         let mut child = match self.fleet.transport.spawn(&p.host, &p.moorline(args)) {
             Ok(c) => c,
             Err(e) => {
                 self.say(&host, &format!("cannot start ssh: {e}"));
-                return (HostOutcome::Unknown, None);
+                return (HostOutcome::Unknown, None, String::new());
             }
         };
         if let Some(mut w) = child.stdin.take() {
@@ -372,13 +400,13 @@ impl Rollout {
         let _ = out_task.await;
         let tail = err_task.await.unwrap_or_default().join("\n");
         let Ok(status) = status else {
-            return (HostOutcome::Unknown, None);
+            return (HostOutcome::Unknown, None, tail);
         };
         let code = status.code().unwrap_or(255);
         if super::ssh::classify(&p.host, code, &tail).is_some() || status.code().is_none() {
-            return (HostOutcome::Unknown, Some(code));
+            return (HostOutcome::Unknown, Some(code), tail);
         }
-        (HostOutcome::of_exit(code), Some(code))
+        (HostOutcome::of_exit(code), Some(code), tail)
     }
 
     /// Rolls `hosts` back in parallel, each with its own `moorline

@@ -123,6 +123,8 @@ enum Mode {
     Use,
     /// Ask the master to exit (`-O exit`).
     Close,
+    /// Ask whether a master runs (`-O check`).
+    Check,
 }
 
 impl Transport {
@@ -198,6 +200,7 @@ impl Transport {
             // it is not, and never start a master that would hold our pipes.
             Mode::Use => a.extend(["-o".into(), "ControlMaster=no".into()]),
             Mode::Close => a.extend(["-O".into(), "exit".into()]),
+            Mode::Check => a.extend(["-O".into(), "check".into()]),
         }
         if let Some(u) = &host.user {
             a.push("-l".into());
@@ -225,6 +228,20 @@ impl Transport {
     /// Opens `host`'s master connection (which later commands share); an
     /// unreachable host or a wrong host key is an error naming the host.
     pub async fn open(&self, host: &Host) -> Result<(), SshError> {
+        // A master left by an earlier controller (killed, or within its
+        // ControlPersist) is reused: opening a second one on the same
+        // socket would leave a plain connection in the background.
+        let alive = self
+            .command(host, Mode::Check, &[])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .is_ok_and(|s| s.success());
+        if alive {
+            return Ok(());
+        }
         let out = self
             .command(host, Mode::Open, &[])
             .stdin(Stdio::null())
