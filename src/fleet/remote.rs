@@ -350,6 +350,12 @@ fn bundle(
             })
         }
     };
+    // Hosts are prepared in parallel, and the scratch repository has one
+    // ref and one alternates file: one bundle at a time.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let common = ok(
         git(
             &["rev-parse", "--path-format=absolute", "--git-common-dir"],
@@ -365,9 +371,12 @@ fn bundle(
         )?;
     }
     let alternates = ship.join("objects/info/alternates");
-    std::fs::create_dir_all(ship.join("objects/info"))
-        .and_then(|()| std::fs::write(&alternates, format!("{common}/objects\n")))
-        .map_err(|e| fail(format!("write {}", alternates.display()), e))?;
+    let want = format!("{common}/objects\n");
+    if std::fs::read_to_string(&alternates).ok().as_deref() != Some(want.as_str()) {
+        std::fs::create_dir_all(ship.join("objects/info"))
+            .and_then(|()| crate::state::write_atomic(&alternates, want.as_bytes()))
+            .map_err(|e| fail(format!("write {}", alternates.display()), e))?;
+    }
     ok(
         git(&["update-ref", "refs/moorline/ship", to], &ship)?,
         &format!("find commit {to}"),
