@@ -317,6 +317,10 @@ async fn t_run(
     Ok(fleet.transport.run(host, words, input).await?)
 }
 
+/// Hosts are prepared in parallel, and the scratch repository has one ref
+/// and one alternates file: one bundle is made at a time.
+static ONE_BUNDLE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Writes a bundle of `to` (minus what `basis` has, when known here) to a
 /// file under `dir` and returns it. The controller's repository is not
 /// touched: a scratch bare repository borrows its objects (alternates) and
@@ -350,10 +354,7 @@ fn bundle(
             })
         }
     };
-    // Hosts are prepared in parallel, and the scratch repository has one
-    // ref and one alternates file: one bundle at a time.
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = ONE_AT_A_TIME
+    let _guard = ONE_BUNDLE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let common = ok(
