@@ -3,6 +3,7 @@
 //! private systemd, through the real `ssh`. Every test ends by reading each host's own
 //! state.json over ssh: one release per host, named by that host's state.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Output;
 
@@ -37,9 +38,9 @@ async fn world(k: usize, rollout: &str, edge: bool) -> Option<World> {
             (true, true) => " { roles \"edge\"; }".to_owned(),
             (true, false) => " { roles \"main\"; }".to_owned(),
         };
-        fleet.push_str(&format!("    host \"host{i}\"{roles}\n"));
+        let _ = writeln!(fleet, "    host \"host{i}\"{roles}");
     }
-    fleet.push_str(&format!("    rollout {{ {rollout} }}\n"));
+    let _ = writeln!(fleet, "    rollout {{ {rollout} }}");
     let text = text.replacen(
         "    branch \"main\"\n",
         &format!("    branch \"main\"\n{fleet}"),
