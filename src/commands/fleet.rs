@@ -227,6 +227,17 @@ pub fn apply(
     t: &Target,
     saved: Option<FleetPlan>,
 ) -> miette::Result<i32> {
+    if args.reviewed.is_some() {
+        return Err(FleetError::Local {
+            what: "apply --reviewed in a fleet environment".to_owned(),
+            help: format!(
+                "review a fleet plan (`moorline plan --env {e} --out FILE` on the controller) and apply that file: `moorline apply FILE`",
+                e = t.env.name
+            ),
+            source: None,
+        }
+        .into());
+    }
     let fleet = fleet(global, t)?;
     let _lock = crate::lock::acquire(&fleet.dir, "fleet apply")?;
     let rt = runtime()?;
