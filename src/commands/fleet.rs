@@ -378,6 +378,20 @@ async fn run_rollout(
     });
     let summary = r.drive(&replay).await?;
     let code = summary.exit_code();
+    if summary
+        .outcomes
+        .values()
+        .any(|o| *o == HostOutcome::Unknown)
+    {
+        // Left unfinished: `apply --resume` or `rollback` settles the
+        // hosts that dropped once they can be reached.
+        print_summary(&summary, &fleet.env.name, format);
+        eprintln!(
+            "the rollout stays unfinished: when the hosts marked unknown can be reached, finish it with `moorline apply --resume --env {e}` or undo it with `moorline rollback --env {e}`",
+            e = fleet.env.name
+        );
+        return Ok(code);
+    }
     let outcome = match code {
         exit::OK => "succeeded",
         exit::ROLLED_BACK => "rolled-back",
@@ -479,6 +493,16 @@ async fn resume(fleet: &Arc<Fleet>, format: Format) -> miette::Result<i32> {
         );
         return Ok(exit::OK);
     };
+    if replay.rollback_begun() {
+        eprintln!("finishing the rollback of rollout {}", replay.rollout_id);
+        let code = undo_rollout(fleet, replay, format).await?;
+        // The rollout failed and was rolled back: that is apply's exit 3.
+        return Ok(if code == exit::OK {
+            exit::ROLLED_BACK
+        } else {
+            code
+        });
+    }
     eprintln!("resuming rollout {}", replay.rollout_id);
     let prepared = prepare_all(fleet, &replay.plan).await;
     run_rollout(fleet, replay, prepared, format).await
@@ -581,55 +605,6 @@ async fn undo_rollout(
             reason: "`moorline rollback` on the controller".to_owned(),
         })?;
     }
-    let mut outcomes = finished.clone();
-    let mut targets = Vec::new();
-    for host in replay.started() {
-        if already.get(&host) == Some(&true) {
-            continue;
-        }
-        match finished.get(&host) {
-            Some(HostOutcome::Succeeded) => targets.push(host),
-            Some(_) => {}
-            None => {
-                // Its apply may have gone on, stopped or never begun
-                // there: the host's own journal settles it first.
-                let Some(p) = prepared.get(&host) else {
-                    outcomes.insert(host, HostOutcome::Unknown);
-                    continue;
-                };
-                let env = fleet.env.name.clone();
-                let out = fleet
-                    .transport
-                    .run(
-                        &p.host,
-                        &p.moorline(&[
-                            "apply", "--resume", "--env", &env, "--yes", "--format", "json",
-                        ]),
-                        crate::fleet::ssh::Input::Null,
-                    )
-                    .await;
-                let fresh =
-                    fplan::host_plan(fleet, p, &replay.plan.to.sha, &HostPlanArgs::default()).await;
-                match (out, fresh) {
-                    (Ok(_), Ok(plan)) => {
-                        let on_target = plan
-                            .from
-                            .as_ref()
-                            .is_some_and(|f| f.sha == replay.plan.to.sha);
-                        if on_target {
-                            outcomes.insert(host.clone(), HostOutcome::Succeeded);
-                            targets.push(host);
-                        } else {
-                            outcomes.insert(host, HostOutcome::RolledBack);
-                        }
-                    }
-                    _ => {
-                        outcomes.insert(host, HostOutcome::Unknown);
-                    }
-                }
-            }
-        }
-    }
     drop(j);
     let r = Arc::new(Rollout {
         fleet: Arc::clone(fleet),
@@ -639,6 +614,41 @@ async fn undo_rollout(
         journal: Mutex::new(Journal::reopen(&fleet.dir)?),
         rollout_id: replay.rollout_id.clone(),
     });
+    let mut outcomes = finished.clone();
+    let mut targets = Vec::new();
+    for host in replay.started() {
+        if already.get(&host) == Some(&true) {
+            continue;
+        }
+        match finished.get(&host) {
+            Some(HostOutcome::Succeeded) => targets.push(host),
+            Some(HostOutcome::Unknown) | None => {
+                // Its apply may have gone on, stopped or never begun
+                // there: the host's own journal settles it first.
+                let Some(p) = r.prepared.get(&host) else {
+                    outcomes.insert(host, HostOutcome::Unknown);
+                    continue;
+                };
+                let (settled, _) = r.settle(p).await;
+                match (settled, r.runs_target(p).await) {
+                    (HostOutcome::Succeeded, Ok(true)) => {
+                        outcomes.insert(host.clone(), HostOutcome::Succeeded);
+                        targets.push(host);
+                    }
+                    (HostOutcome::Succeeded, Ok(false)) => {
+                        outcomes.insert(host, HostOutcome::RolledBack);
+                    }
+                    (o @ (HostOutcome::RolledBack | HostOutcome::Failed), _) => {
+                        outcomes.insert(host, o);
+                    }
+                    _ => {
+                        outcomes.insert(host, HostOutcome::Unknown);
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
     let mut rolled_back = already;
     rolled_back.extend(r.roll_back_hosts(&targets).await?);
     let summary = Summary {
@@ -647,6 +657,18 @@ async fn undo_rollout(
         rollback_reason: Some("rollback asked for".to_owned()),
     };
     let code = summary.exit_code();
+    print_summary(&summary, &fleet.env.name, format);
+    if summary
+        .outcomes
+        .values()
+        .any(|o| *o == HostOutcome::Unknown)
+    {
+        eprintln!(
+            "the rollout stays unfinished: run `moorline rollback --env {}` again when every host can be reached",
+            fleet.env.name
+        );
+        return Ok(code);
+    }
     let outcome = if code == exit::ROLLED_BACK {
         "rolled-back"
     } else {
@@ -658,7 +680,6 @@ async fn undo_rollout(
     {
         j.finish(outcome, &replay.rollout_id)?;
     }
-    print_summary(&summary, &fleet.env.name, format);
     // Asked for a rollback and got one: that is success.
     Ok(if code == exit::ROLLED_BACK {
         exit::OK

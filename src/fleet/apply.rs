@@ -27,6 +27,9 @@ use crate::config::DrainWhen;
 const LOCK_TRIES: u32 = 120;
 const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// ssh's exit code for its own failures.
+const SSH_FAILED: i32 = 255;
+
 /// What drives a rollout: the fleet, its plan, the prepared hosts.
 pub struct Rollout {
     pub fleet: Arc<Fleet>,
@@ -102,6 +105,9 @@ impl Rollout {
     /// only its begin record).
     pub async fn drive(self: &Arc<Self>, replay: &Replay) -> Result<Summary, FleetError> {
         let mut outcomes = replay.finished();
+        // A host whose connection dropped is settled like one the
+        // controller never saw end.
+        outcomes.retain(|_, o| *o != HostOutcome::Unknown);
         let budget = self.plan.rollout.max_fail;
         let failures = Arc::new(AtomicU32::new(
             u32::try_from(outcomes.values().filter(|o| o.is_failure()).count()).unwrap_or(u32::MAX),
@@ -297,11 +303,43 @@ impl Rollout {
     /// apply never began there), its plan is made again and applied unless
     /// the host already runs the target.
     async fn resume_host(&self, p: &Prepared) -> Result<(HostOutcome, Option<i32>), FleetError> {
+        let (outcome, code) = self.settle(p).await;
+        if outcome != HostOutcome::Succeeded {
+            return Ok((outcome, code));
+        }
+        let fresh =
+            super::plan::host_plan(&self.fleet, p, &self.plan.to.sha, &self.host_args(p)).await?;
+        if !fresh.has_changes() {
+            return Ok((HostOutcome::Succeeded, code));
+        }
+        let text = crate::render::json(&fresh);
+        Ok(self
+            .stream(p, &["apply", "-", "--yes", "--format", "json"], Some(text))
+            .await)
+    }
+
+    /// What the host's plan was asked for in the reviewed plan.
+    fn host_args(&self, p: &Prepared) -> super::plan::HostPlanArgs {
+        self.plan
+            .host(&p.host.name)
+            .map(|h| super::plan::HostPlanArgs {
+                allow_non_ancestor: h.plan.inputs.allow_non_ancestor,
+                adopt: h.plan.inputs.adopt.clone(),
+                skip_promotion_check: h.plan.inputs.skip_promotion_check,
+            })
+            .unwrap_or_default()
+    }
+
+    /// Settles a host whose apply the controller never saw end (it was
+    /// killed, or the connection dropped): the host's own journal finishes
+    /// that apply, or rolls it back (`apply --resume` there; `nothing to
+    /// resume` when it had none or it ended). The host's apply may still be
+    /// running, since a dropped connection does not stop it: its lock is
+    /// waited for.
+    pub async fn settle(&self, p: &Prepared) -> (HostOutcome, Option<i32>) {
         let env = self.fleet.env.name.clone();
-        // The host's apply may still be running (the old controller's ssh
-        // lingers until its output has nowhere to go): wait for its lock.
         let mut tries = 0;
-        let (outcome, code) = loop {
+        loop {
             let (outcome, code, tail) = self
                 .stream_tail(
                     p,
@@ -316,25 +354,19 @@ impl Rollout {
                 tokio::time::sleep(LOCK_RETRY).await;
                 continue;
             }
-            break (outcome, code);
-        };
-        if outcome != HostOutcome::Succeeded {
-            return Ok((outcome, code));
+            return (outcome, code);
         }
-        let fresh = super::plan::host_plan(
-            &self.fleet,
-            p,
-            &self.plan.to.sha,
-            &super::plan::HostPlanArgs::default(),
-        )
-        .await?;
-        if !fresh.has_changes() {
-            return Ok((HostOutcome::Succeeded, code));
-        }
-        let text = crate::render::json(&fresh);
-        Ok(self
-            .stream(p, &["apply", "-", "--yes", "--format", "json"], Some(text))
-            .await)
+    }
+
+    /// Whether the host's last deploy is the rollout's target (its state's
+    /// revision, the `from` of a plan made there now).
+    pub async fn runs_target(&self, p: &Prepared) -> Result<bool, FleetError> {
+        let fresh =
+            super::plan::host_plan(&self.fleet, p, &self.plan.to.sha, &self.host_args(p)).await?;
+        Ok(fresh
+            .from
+            .as_ref()
+            .is_some_and(|f| f.sha == self.plan.to.sha))
     }
 
     /// Runs the host's moorline with `args`, `stdin` on its standard input,
@@ -403,7 +435,10 @@ impl Rollout {
             return (HostOutcome::Unknown, None, tail);
         };
         let code = status.code().unwrap_or(255);
-        if super::ssh::classify(&p.host, code, &tail).is_some() || status.code().is_none() {
+        // moorline itself never exits 255: that is ssh's own failure (a
+        // dropped connection says little on stderr, or only what the host
+        // printed), so the host's outcome is not known.
+        if code == SSH_FAILED || status.code().is_none() {
             return (HostOutcome::Unknown, Some(code), tail);
         }
         (HostOutcome::of_exit(code), Some(code), tail)

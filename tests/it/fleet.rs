@@ -317,14 +317,10 @@ async fn a_killed_controller_is_resumed_or_rolled_back_from_its_fleet_journal() 
         return;
     };
     let mut previous = deploy_all(&w);
-    for (n, undo) in [
-        (1, false),
-        (3, false),
-        (4, true),
-        (6, false),
-        (8, false),
-        (10, false),
-    ] {
+    for (n, undo) in (1..=10)
+        .map(|n| (n, false))
+        .chain([(4, true), (7, true), (9, true)])
+    {
         let head = w.commit(&format!("change {n}"), &[Edit::touch_service("svc-0001")]);
         let out = w
             .cmd(&["apply", "--env", "staging", "--yes"])
@@ -359,4 +355,55 @@ async fn a_killed_controller_is_resumed_or_rolled_back_from_its_fleet_journal() 
             show(&out)
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_drops_mid_apply_is_unknown_until_its_own_journal_settles_it() {
+    use std::io::BufRead;
+    let Some(w) = world(3, "batches \"100%\"", false).await else {
+        return;
+    };
+    let first = deploy_all(&w);
+    w.commit(
+        "svc-0001 is slow to get ready",
+        &[Edit::slow_readiness("svc-0001", 6000)],
+    );
+    let mut child = w
+        .cmd(&["apply", "--env", "staging", "--yes"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut sent = false;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if !sent && line.starts_with("[host3]") && line.contains("health:svc-0001") {
+                tx.send(()).unwrap();
+                sent = true;
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(moorline::fixture::deadline::wait())
+        .expect("host3 reached its health check");
+    w.hosts.link_down(2).unwrap();
+    let status = child.wait().unwrap();
+    let stderr = reader.join().unwrap();
+    assert_eq!(status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("host3: unknown"), "{stderr}");
+    assert!(stderr.contains("needs attention on: host3"), "{stderr}");
+    assert_eq!(w.revision(0), Some(first.clone()), "{stderr}");
+    assert_eq!(w.revision(1), Some(first.clone()), "{stderr}");
+
+    // Back on the network, host3's own journal settles it and the fleet rollback finishes.
+    w.hosts.link_up(2).unwrap();
+    let out = w.run(&["rollback", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    assert_eq!(w.revisions(), vec![Some(first); 3], "{}", show(&out));
 }
