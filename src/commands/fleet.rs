@@ -110,6 +110,9 @@ fn prepared(gathered: Vec<Gathered>) -> BTreeMap<String, Prepared> {
 pub fn plan(global: &Global, args: &PlanArgs, t: &Target) -> miette::Result<i32> {
     let fleet = fleet(global, t)?;
     let to = fplan::target(t, args.target.to.as_deref())?;
+    for p in crate::fleet::uncommitted(t)? {
+        eprintln!("warning: uncommitted, not in the plan (hosts get commits only): {p}");
+    }
     let host_args = HostPlanArgs {
         allow_non_ancestor: args.target.allow_non_ancestor,
         adopt: args.target.adopt.clone(),
@@ -240,6 +243,15 @@ pub fn apply(
     }
     let fleet = fleet(global, t)?;
     let _lock = crate::lock::acquire(&fleet.dir, "fleet apply")?;
+    if !args.resume && !args.allow_dirty {
+        let dirty = crate::fleet::uncommitted(t)?;
+        if !dirty.is_empty() {
+            return Err(FleetError::Dirty {
+                paths: dirty.join("\n  - "),
+            }
+            .into());
+        }
+    }
     let rt = runtime()?;
     let res = rt.block_on(async {
         if args.resume {

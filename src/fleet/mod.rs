@@ -59,14 +59,16 @@ pub enum FleetError {
         )
     )]
     UnreachableBeforeStart { hosts: String },
-    #[error("the controller's working tree has uncommitted changes to the configuration {path}")]
+    #[error(
+        "the controller's working tree has uncommitted changes the hosts would not get:\n  - {paths}"
+    )]
     #[diagnostic(
-        code(moorline::fleet::dirty_config),
+        code(moorline::fleet::dirty),
         help(
-            "hosts read the configuration committed at the deployed revision, not the file on this machine: commit (or revert) it and plan again"
+            "hosts get the commits, and read the configuration committed at the deployed revision, not the files on this machine: commit (or revert) these changes and plan again, or pass --allow-dirty to roll out the commits as planned"
         )
     )]
-    DirtyConfig { path: String },
+    Dirty { paths: String },
 }
 
 impl FleetError {
@@ -107,6 +109,19 @@ pub struct Fleet {
     pub transport: ssh::Transport,
     /// The binary that runs here and is installed on hosts.
     pub binary: remote::Binary,
+}
+
+/// Uncommitted changes on the controller under the configuration file,
+/// the services' paths and their watched paths: what the hosts will not
+/// get (they receive commits only).
+pub fn uncommitted(t: &crate::settings::Target) -> miette::Result<Vec<String>> {
+    let config = t.config();
+    let mut paths = vec![in_repo(&t.loaded.path, t.repo.root())?];
+    for s in &config.services {
+        paths.push(s.path.clone());
+        paths.extend(s.watch.iter().cloned());
+    }
+    Ok(t.repo.uncommitted(&paths)?)
 }
 
 impl Fleet {

@@ -24,6 +24,12 @@ struct World {
 /// `rollout` (KDL children). With `edge`, the last host alone runs `svc-0002` (role `edge`);
 /// the others run only `svc-0001`.
 async fn world(k: usize, rollout: &str, edge: bool) -> Option<World> {
+    world_with(k, rollout, edge, "").await
+}
+
+/// [`world`] with more KDL (`extra`) in the environment; `{root}` in it is the hosts' common
+/// root path.
+async fn world_with(k: usize, rollout: &str, edge: bool, extra: &str) -> Option<World> {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let hosts = support::fleet(&dir.path().join("hosts"), k).await?;
     let mut opts = FixtureOptions::new(hosts.root_path());
@@ -41,6 +47,7 @@ async fn world(k: usize, rollout: &str, edge: bool) -> Option<World> {
         let _ = writeln!(fleet, "    host \"host{i}\"{roles}");
     }
     let _ = writeln!(fleet, "    rollout {{ {rollout} }}");
+    fleet.push_str(&extra.replace("{root}", hosts.root_path().to_str().unwrap()));
     let text = text.replacen(
         "    branch \"main\"\n",
         &format!("    branch \"main\"\n{fleet}"),
@@ -406,4 +413,64 @@ async fn a_host_that_drops_mid_apply_is_unknown_until_its_own_journal_settles_it
     let out = w.run(&["rollback", "--env", "staging", "--yes"]);
     assert_eq!(code(&out), Some(0), "{}", show(&out));
     assert_eq!(w.revisions(), vec![Some(first); 3], "{}", show(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_hooks_run_around_each_batch_and_status_covers_every_host() {
+    let drain = "    drain {\n        \
+        before \"host1\" \"/bin/sh\" \"-c\" \"echo $0 $1 $2 >>{root}/drain.log\" \"before\" \"{hosts}\" \"{addresses}\"\n        \
+        after \"host1\" \"/bin/sh\" \"-c\" \"echo $0 $1 >>{root}/drain.log\" \"after\" \"{hosts}\"\n    }\n";
+    let Some(w) = world_with(3, "batches 1 \"100%\"", false, drain).await else {
+        return;
+    };
+    deploy_all(&w);
+    let log = std::fs::read_to_string(w.hosts.host(0).root_dir().join("drain.log")).unwrap();
+    assert_eq!(
+        log,
+        "before host1 host1\nafter host1\nbefore host2,host3 host2,host3\nafter host2,host3\n"
+    );
+    assert!(
+        !w.hosts.host(1).root_dir().join("drain.log").exists(),
+        "hooks run on their named host only"
+    );
+
+    let out = w.run(&["status", "--env", "staging", "--check"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let stopped = w
+        .hosts
+        .run(
+            1,
+            &["systemctl", "--user", "stop", "pakashop-svc-0001.service"],
+        )
+        .unwrap();
+    assert!(stopped.status.success());
+    let out = w.run(&["status", "--env", "staging", "--check", "--format", "json"]);
+    assert_eq!(code(&out), Some(5), "{}", show(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["hosts"]["host1"]["exit_code"], 0, "{status}");
+    assert_eq!(status["hosts"]["host2"]["exit_code"], 5, "{status}");
+
+    // Every host's journal, each line under its host's name.
+    let out = w.run(&["logs", "--env", "staging", "--lines", "3"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for h in ["host1", "host2", "host3"] {
+        assert!(stdout.contains(&format!("[{h}] ")), "{}", show(&out));
+    }
+    assert!(
+        stdout.lines().all(|l| l.starts_with("[host")),
+        "{}",
+        show(&out)
+    );
+
+    // An uncommitted configuration edit is not what the hosts would get.
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    std::fs::write(&w.fx.config_path, format!("{text}// edited\n")).unwrap();
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("moorline::fleet::dirty"),
+        "{}",
+        show(&out)
+    );
 }
