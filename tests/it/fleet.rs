@@ -474,3 +474,76 @@ async fn drain_hooks_run_around_each_batch_and_status_covers_every_host() {
         show(&out)
     );
 }
+
+/// The fleet plan's text and Markdown, from real host plans (made here, without hosts): hosts
+/// grouped by what they do, batches, the rollback, each group's plan once.
+#[test]
+fn the_fleet_plan_renders_as_text_and_markdown() {
+    use moorline::config::{BatchSize, Rollout};
+    use moorline::fleet::plan::{HostPlan, assemble};
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = FixtureOptions::new(dir.path().join("srv"));
+    opts.services = Some(2);
+    let fx = Fixture::create(&dir.path().join("fx"), &opts).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moorline"))
+        .args(["-c", fx.config_path.to_str().unwrap()])
+        .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
+        .args([
+            "--systemd",
+            "user",
+            "plan",
+            "--env",
+            "staging",
+            "--format",
+            "json",
+        ])
+        .env("NO_COLOR", "1")
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let plan: moorline::plan::Plan = serde_json::from_slice(&out.stdout).unwrap();
+    let host = |name: &str, fingerprint: &str, actions: bool| {
+        let mut p = plan.clone();
+        p.fingerprint = fingerprint.to_owned();
+        if !actions {
+            p.actions.clear();
+        }
+        HostPlan {
+            name: name.to_owned(),
+            address: format!("{name}.internal"),
+            user: Some("deploy".to_owned()),
+            port: None,
+            plan: p,
+        }
+    };
+    let rollout = Rollout {
+        canary: 1,
+        batches: vec![BatchSize::Percent(50), BatchSize::Percent(100)],
+        ..Rollout::default()
+    };
+    let fleet = assemble(
+        "pakashop",
+        "staging",
+        plan.to.clone(),
+        &rollout,
+        vec![
+            host("app1", &"1".repeat(64), true),
+            host("app2", &"2".repeat(64), false),
+            host("app3", &"3".repeat(64), true),
+        ],
+    );
+    insta::with_settings!({
+        snapshot_path => "snapshots",
+        prepend_module_to_snapshot => false,
+        filters => vec![
+            (r"(/[\w.-]+)*/\.tmp[A-Za-z0-9]+", "[TMP]"),
+            (r"\b[0-9a-f]{64}\b", "[SHA256]"),
+            (r"\b[0-9a-f]{40}\b", "[SHA]"),
+            (r"\b[0-9a-f]{12}\b", "[SHORT]"),
+        ],
+    }, {
+        insta::assert_snapshot!("fleet_plan_text", moorline::fleet::render::text(&fleet, false));
+        insta::assert_snapshot!("fleet_plan_markdown", moorline::fleet::render::markdown(&fleet));
+    });
+}
