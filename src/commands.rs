@@ -40,13 +40,22 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             Some(t) => fleet::rollback(global, args, &t),
             None => rollback::run(global, args),
         },
-        Command::Restart(args) => rollback::restart(global, args),
-        Command::Backup(args) => backup::run(global, args),
+        Command::Restart(args) => {
+            fleet::refuse_on_controller(global, &args.env, "restart")?;
+            rollback::restart(global, args)
+        }
+        Command::Backup(args) => {
+            if let Some(env) = &args.env {
+                fleet::refuse_on_controller(global, env, "backup")?;
+            }
+            backup::run(global, args)
+        }
         Command::Demo(args) => {
             runtime()?.block_on(crate::demo::run(args.keep, args.use_running_systemd))?;
             Ok(exit::OK)
         }
         Command::Graph(target) => {
+            fleet::refuse_on_controller(global, &target.env, "graph")?;
             let t = settings::resolve(global, &target.env)?;
             let p = settings::compute_plan(&t, &request(target))?;
             print!("{}", render::dot(&p));
@@ -56,10 +65,10 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             Some(t) => fleet::status(global, args, &t),
             None => status_cmd(global, args),
         },
-        Command::Start(args) => crate::ops::run(global, args, crate::ops::Op::Start),
-        Command::Stop(args) => crate::ops::run(global, args, crate::ops::Op::Stop),
-        Command::Enable(args) => crate::ops::run(global, args, crate::ops::Op::Enable),
-        Command::Disable(args) => crate::ops::run(global, args, crate::ops::Op::Disable),
+        Command::Start(args) => ops(global, args, crate::ops::Op::Start, "start"),
+        Command::Stop(args) => ops(global, args, crate::ops::Op::Stop, "stop"),
+        Command::Enable(args) => ops(global, args, crate::ops::Op::Enable, "enable"),
+        Command::Disable(args) => ops(global, args, crate::ops::Op::Disable, "disable"),
         Command::Logs(args) if args.directory.is_none() => {
             match fleet::fleet_target(global, &args.env)? {
                 Some(t) => fleet::logs(global, args, &t),
@@ -79,6 +88,16 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             Ok(exit::OK)
         }
     }
+}
+
+fn ops(
+    global: &Global,
+    args: &crate::cli::OpsArgs,
+    op: crate::ops::Op,
+    name: &str,
+) -> miette::Result<i32> {
+    fleet::refuse_on_controller(global, &args.env, name)?;
+    crate::ops::run(global, args, op)
 }
 
 /// Finds and loads the configuration (`-c`, `MOORLINE_CONFIG`, the only `*.kdl`).

@@ -36,6 +36,23 @@ pub fn fleet_target(global: &Global, env: &str) -> miette::Result<Option<Target>
     Ok(is_fleet(global, &t).then_some(t))
 }
 
+/// Refuses a command the fleet controller does not run over its hosts
+/// (yet), rather than run it on the controller's own machine.
+pub fn refuse_on_controller(global: &Global, env: &str, command: &str) -> miette::Result<()> {
+    if host_flag(global).is_some() {
+        return Ok(());
+    }
+    let loaded = super::load_config(global.config.as_deref())?;
+    match loaded.config.environment(env) {
+        Some(e) if !e.hosts.is_empty() => Err(FleetError::NotOnController {
+            command: command.to_owned(),
+            env: env.to_owned(),
+        }
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 fn fleet(global: &Global, t: &Target) -> Result<Arc<Fleet>, FleetError> {
     Ok(Arc::new(Fleet::new(
         t,

@@ -69,6 +69,14 @@ pub enum FleetError {
         )
     )]
     Dirty { paths: String },
+    #[error("`{command}` does not run over the hosts of the fleet environment {env}")]
+    #[diagnostic(
+        code(moorline::fleet::not_on_controller),
+        help(
+            "fleet mode runs plan, apply, rollback, status and logs over every host; run `{command}` on a host itself (`moorline --host NAME {command} --env {env}` there)"
+        )
+    )]
+    NotOnController { command: String, env: String },
 }
 
 impl FleetError {

@@ -547,3 +547,41 @@ fn the_fleet_plan_renders_as_text_and_markdown() {
         insta::assert_snapshot!("fleet_plan_markdown", moorline::fleet::render::markdown(&fleet));
     });
 }
+
+/// Commands the controller does not run over the hosts are refused, not run on the
+/// controller's own machine.
+#[test]
+fn commands_without_a_fleet_form_are_refused_on_the_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = FixtureOptions::new(dir.path().join("srv"));
+    opts.services = Some(2);
+    let fx = Fixture::create(&dir.path().join("fx"), &opts).unwrap();
+    let text = std::fs::read_to_string(&fx.config_path).unwrap();
+    let text = text.replacen(
+        "    branch \"main\"\n",
+        "    branch \"main\"\n    host \"app1\" address=\"192.0.2.1\"\n",
+        1,
+    );
+    fx.commit_config("a fleet", &text).unwrap();
+    for args in [
+        vec!["restart", "--env", "staging", "--yes"],
+        vec!["stop", "--env", "staging", "--yes"],
+        vec!["graph", "--env", "staging"],
+        vec!["backup", "--env", "staging", "list"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_moorline"))
+            .args(["-c", fx.config_path.to_str().unwrap()])
+            .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), Some(1), "{args:?}: {}", show(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("moorline::fleet::not_on_controller"),
+            "{args:?}: {}",
+            show(&out)
+        );
+    }
+}
