@@ -310,6 +310,14 @@ async fn an_unreachable_host_refuses_the_apply_and_a_changed_host_key_is_named()
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unreachable"), "{stderr}");
     assert!(stderr.contains("host3"), "{stderr}");
+    assert_eq!(w.revisions(), vec![None; 3], "nothing was applied");
+
+    // Skipped, it counts against max-fail (0 here): no host starts.
+    let out = w.run(&["apply", "--env", "staging", "--yes", "--skip-unreachable"]);
+    assert_eq!(code(&out), Some(3), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("host3: unreachable"), "{stderr}");
+    assert!(stderr.contains("exceed max-fail 0"), "{stderr}");
     w.hosts.link_up(2).unwrap();
     assert_eq!(w.revisions(), vec![None; 3], "nothing was applied");
 }
