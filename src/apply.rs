@@ -1140,23 +1140,13 @@ async fn still_in_effect(ctx: &Ctx, plan: &Plan, a: &Action) -> bool {
     }
 }
 
-/// Environment for commands: the environment's env-files, then its `env`,
-/// then moorline's own variables.
+/// The environment of the commands an apply runs ([`crate::process::command_env`]).
 pub(crate) fn command_env(
     ctx: &Ctx,
     service: Option<&str>,
     release_dir: Option<&str>,
 ) -> BTreeMap<String, String> {
-    let mut env = crate::backup::command_env(&ctx.env);
-    env.insert("MOORLINE_ENV".to_owned(), ctx.env.name.clone());
-    env.insert("MOORLINE_ROOT".to_owned(), ctx.env.root.clone());
-    if let Some(s) = service {
-        env.insert("MOORLINE_SERVICE".to_owned(), s.to_owned());
-    }
-    if let Some(r) = release_dir {
-        env.insert("MOORLINE_RELEASE".to_owned(), r.to_owned());
-    }
-    env
+    crate::process::command_env(&ctx.env, service, release_dir)
 }
 
 pub(crate) fn log_path(ctx: &Ctx, apply_id: &str, action: &str) -> PathBuf {

@@ -11,7 +11,6 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Backup;
 use crate::process::{self, Run};
-use crate::release;
 use crate::state::State;
 use crate::template::{self, Vars};
 
@@ -113,7 +112,7 @@ pub async fn take(
         process::run(Run {
             argv: &argv,
             dir: None,
-            env: &command_env(env),
+            env: &crate::process::command_env(env, None, None),
             timeout: b.run.timeout,
             log: &state_dir.join("logs").join(log_id).join("backup.log"),
         })
@@ -164,7 +163,7 @@ pub async fn restore(
         backup: Some(&record.path),
         ..Vars::default()
     };
-    let cenv = command_env(env);
+    let cenv = crate::process::command_env(env, None, None);
     for cmd in std::iter::once(&b.restore).chain(b.resolve.as_ref()) {
         let argv: Vec<String> = template::render_all(&cmd.argv, &vars);
         process::run(Run {
@@ -203,18 +202,6 @@ pub fn record_restore(
         .map_or(0, |d| d.as_secs());
     st.mark_restored(record, now);
     crate::state::save(state_dir, &st)
-}
-
-/// The environment's env-files and `env`, for backup and restore commands.
-pub fn command_env(env: &crate::config::Environment) -> std::collections::BTreeMap<String, String> {
-    let mut out = std::collections::BTreeMap::new();
-    for f in &env.env_files {
-        out.extend(release::read_env_file(Path::new(f)));
-    }
-    for (k, v) in &env.env {
-        out.insert(k.clone(), v.value.clone());
-    }
-    out
 }
 
 /// Keeps the newest `keep` backups, and always the one the last apply took;

@@ -10,7 +10,8 @@ use crate::cli::{
     ApplyArgs, Cli, Command, Format, Global, OnFailure, PlanArgs, PlanTarget, StatusArgs,
 };
 use crate::config::{self, Loaded};
-use crate::settings::{self, PlanRequest};
+use crate::observe::PlanRequest;
+use crate::settings;
 use crate::{exit, render, report};
 
 mod backup;
@@ -57,7 +58,7 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
         Command::Graph(target) => {
             fleet::refuse_on_controller(global, &target.env, "graph")?;
             let t = settings::resolve(global, &target.env)?;
-            let p = settings::compute_plan(&t, &request(target))?;
+            let p = crate::observe::compute_plan(&t, &request(target))?;
             print!("{}", render::dot(&p));
             Ok(exit::OK)
         }
@@ -158,7 +159,7 @@ fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
     if fleet::is_fleet(global, &t) {
         return fleet::plan(global, args, &t);
     }
-    let p = settings::compute_plan(&t, &request(&args.target))?;
+    let p = crate::observe::compute_plan(&t, &request(&args.target))?;
     let shown = match args.format {
         Format::Text => render::text(&p, stdout_color()),
         Format::Markdown => render::markdown(&p),
@@ -491,7 +492,7 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
             };
         }
         let plan = if let Some(saved) = saved {
-            let fresh = settings::compute_plan(
+            let fresh = crate::observe::compute_plan(
                 &t,
                 &PlanRequest {
                     from: saved.from.as_ref().map(|f| f.sha.clone()),
@@ -526,7 +527,7 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
             }
             fresh
         } else {
-            let p = settings::compute_plan(
+            let p = crate::observe::compute_plan(
                 &t,
                 &PlanRequest {
                     from: args.from.clone(),

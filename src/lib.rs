@@ -21,6 +21,7 @@ pub mod journal;
 pub mod lock;
 pub mod logs;
 pub mod migrations;
+pub mod observe;
 pub mod ops;
 pub mod plan;
 pub mod process;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::config::{Config, Environment, Runtime, Service};
 use crate::plan::MigrateCheck;
 use crate::process::{self, Run};
-use crate::release::{self, Paths};
+use crate::release::Paths;
 use crate::state::State;
 use crate::template::{self, Vars};
 
@@ -65,7 +65,7 @@ pub async fn check(
         backup: None,
     };
     let argv: Vec<String> = template::render_all(&cmd.argv, &vars);
-    let cenv = command_env(env, &s.name, &release_s);
+    let cenv = crate::process::command_env(env, Some(&s.name), Some(&release_s));
     let r = process::run(Run {
         argv: &argv,
         dir: Some(release_dir),
@@ -101,23 +101,6 @@ pub async fn check(
         exit_code,
         output,
     })
-}
-
-/// The environment of configured commands: env-files, `env`, then moorline's variables (as
-/// `apply` gives its migrate commands).
-fn command_env(env: &Environment, service: &str, release_dir: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for f in &env.env_files {
-        out.extend(release::read_env_file(Path::new(f)));
-    }
-    for (k, v) in &env.env {
-        out.insert(k.clone(), v.value.clone());
-    }
-    out.insert("MOORLINE_ENV".to_owned(), env.name.clone());
-    out.insert("MOORLINE_ROOT".to_owned(), env.root.clone());
-    out.insert("MOORLINE_SERVICE".to_owned(), service.to_owned());
-    out.insert("MOORLINE_RELEASE".to_owned(), release_dir.to_owned());
-    out
 }
 
 /// Which release of a service `plan` asks: the target's when it is built

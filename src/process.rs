@@ -26,6 +26,34 @@ use tokio::sync::mpsc;
 
 use crate::secrets::{self, Redactor};
 
+/// The environment of every configured command (build, migrate, backup,
+/// restore, proxy check, `migrate-status`): the environment's env-files,
+/// then its `env`, then moorline's own variables: `MOORLINE_ENV`,
+/// `MOORLINE_ROOT`, and `MOORLINE_SERVICE` / `MOORLINE_RELEASE` for a
+/// command that belongs to a service's release.
+pub fn command_env(
+    env: &crate::config::Environment,
+    service: Option<&str>,
+    release_dir: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for f in &env.env_files {
+        out.extend(crate::release::read_env_file(Path::new(f)));
+    }
+    for (k, v) in &env.env {
+        out.insert(k.clone(), v.value.clone());
+    }
+    out.insert("MOORLINE_ENV".to_owned(), env.name.clone());
+    out.insert("MOORLINE_ROOT".to_owned(), env.root.clone());
+    if let Some(s) = service {
+        out.insert("MOORLINE_SERVICE".to_owned(), s.to_owned());
+    }
+    if let Some(r) = release_dir {
+        out.insert("MOORLINE_RELEASE".to_owned(), r.to_owned());
+    }
+    out
+}
+
 /// Longest line kept in a log; the rest of the line is dropped and the cut
 /// is marked.
 pub const LINE_CAP: usize = 4 * 1024;

@@ -1,0 +1,282 @@
+//! Gathering: reads the host (systemd, `current` links, unit files, state, probes) into one
+//! [`Status`]; changes nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::drift::{DriftInputs, service_drift};
+use super::{
+    Drift, DriftKind, FORMAT_VERSION, MigrationState, Options, PhaseStatus, Release, ServiceStatus,
+    Status, StatusError, Summary, UnitState, short,
+};
+use crate::config::{Environment, Service};
+use crate::health;
+use crate::plan::build::{ready_url, url_for};
+use crate::release::Paths;
+use crate::settings::Target;
+use crate::state::{self, State};
+use crate::systemd::{Systemd, UnitStatus};
+use crate::unit;
+
+/// Everything gathered from the host that is not per-service.
+struct Host {
+    state: Option<State>,
+    env: Environment,
+    unit_dir: PathBuf,
+    state_dir: PathBuf,
+    options: Options,
+}
+
+/// Reads the host and computes the status of every service, infrastructure unit and the proxy.
+pub async fn gather(t: &Target, sd: &Systemd, options: Options) -> miette::Result<Status> {
+    let config = t.config();
+    let loaded = state::load(&t.state_dir, &config.project.name, &t.env.name)?;
+    let tip = t.repo.branch_tip(&t.env.branch).ok().map(|r| r.sha);
+    let host = std::sync::Arc::new(Host {
+        state: loaded.state,
+        env: t.env.clone(),
+        unit_dir: t.unit_dir.clone(),
+        state_dir: t.state_dir.clone(),
+        options,
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, s) in config.services.iter().enumerate() {
+        let (host, sd, s) = (host.clone(), sd.clone(), s.clone());
+        let runtime = config.runtime_of(&s).cloned();
+        tasks.spawn(async move { (i, service_status(&host, &sd, &s, runtime.as_ref()).await) });
+    }
+    let mut extra: Vec<String> = config
+        .phases
+        .iter()
+        .flat_map(|p| p.units.iter().cloned())
+        .collect();
+    if let Some(p) = &config.proxy {
+        extra.push(p.unit.clone());
+    }
+    let mut unit_tasks = tokio::task::JoinSet::new();
+    for u in extra {
+        let sd = sd.clone();
+        unit_tasks.spawn(async move {
+            let r = sd.status(&u).await;
+            (u, r)
+        });
+    }
+
+    let mut services: Vec<Option<ServiceStatus>> = vec![None; config.services.len()];
+    while let Some(joined) = tasks.join_next().await {
+        let (i, r) = joined.map_err(|e| StatusError::Task(e.to_string()))?;
+        services[i] = Some(r?);
+    }
+    let mut units = BTreeMap::new();
+    while let Some(joined) = unit_tasks.join_next().await {
+        let (u, r) = joined.map_err(|e| StatusError::Task(e.to_string()))?;
+        let st = r.map_err(|source| StatusError::Systemd {
+            unit: u.clone(),
+            source,
+        })?;
+        units.insert(u, unit_state(&st));
+    }
+
+    let mut env_drift = Vec::new();
+    let deployed = host.state.as_ref().and_then(|s| s.revision.clone());
+    match (&deployed, &tip) {
+        (None, _) => env_drift.push(Drift::new(
+            DriftKind::NeverDeployed,
+            format!("nothing deployed to {} yet (no state)", t.env.name),
+        )),
+        (Some(d), Some(tip)) if d != tip => env_drift.push(Drift::new(
+            DriftKind::BehindBranch,
+            format!(
+                "branch {} is at {}, {} has {} deployed",
+                t.env.branch,
+                short(tip),
+                t.env.name,
+                short(d)
+            ),
+        )),
+        _ => {}
+    }
+    if let Some(rb) = host.state.as_ref().and_then(|s| s.rolled_back.as_ref()) {
+        env_drift.push(Drift::new(
+            DriftKind::RolledBack,
+            format!(
+                "rolled back by hand {} (apply {}): {} {} an older release than the deployed {}; the next deploy brings {} forward again",
+                timestamp(rb.at.saturating_mul(1_000_000)).unwrap_or_else(|| "at an unknown time".to_owned()),
+                rb.apply_id,
+                rb.services.join(", "),
+                if rb.services.len() == 1 { "runs" } else { "run" },
+                deployed.as_deref().map_or("revision", short),
+                if rb.services.len() == 1 { "it" } else { "them" },
+            ),
+        ));
+    }
+
+    let mut phases: Vec<PhaseStatus> = config
+        .phases
+        .iter()
+        .map(|p| PhaseStatus {
+            name: p.name.clone(),
+            units: p
+                .units
+                .iter()
+                .filter_map(|u| units.get(u).cloned())
+                .collect(),
+            services: Vec::new(),
+        })
+        .collect();
+    for (s, st) in config.services.iter().zip(services) {
+        if let (Some(phase), Some(st)) = (phases.get_mut(s.phase_index), st) {
+            phase.services.push(st);
+        }
+    }
+    let proxy = config
+        .proxy
+        .as_ref()
+        .and_then(|p| units.get(&p.unit).cloned());
+    let all: Vec<&ServiceStatus> = phases.iter().flat_map(|p| &p.services).collect();
+    let summary = Summary {
+        services: all.len(),
+        healthy: all.iter().filter(|s| s.healthy).count(),
+        unhealthy: all.iter().filter(|s| !s.healthy).count(),
+        drifted: all.iter().filter(|s| !s.drift.is_empty()).count(),
+    };
+    let ok = summary.unhealthy == 0
+        && env_drift
+            .iter()
+            .all(|d| !options.fail_behind && !d.kind.fails_check())
+        && phases.iter().flat_map(|p| &p.units).all(|u| u.ok)
+        && proxy.as_ref().is_none_or(|p| p.ok);
+    Ok(Status {
+        format_version: FORMAT_VERSION,
+        project: config.project.name.clone(),
+        environment: t.env.name.clone(),
+        branch: t.env.branch.clone(),
+        branch_tip: tip,
+        deployed,
+        drift: env_drift,
+        phases,
+        proxy,
+        summary,
+        ok,
+    })
+}
+
+fn unit_state(st: &UnitStatus) -> UnitState {
+    UnitState {
+        unit: st.name.clone(),
+        active_state: st.active_state.clone(),
+        sub_state: st.sub_state.clone(),
+        ok: st.active_state == "active",
+    }
+}
+
+async fn service_status(
+    host: &Host,
+    sd: &Systemd,
+    s: &Service,
+    runtime: Option<&crate::config::Runtime>,
+) -> Result<ServiceStatus, StatusError> {
+    let (live_url, ready) = (url_for(s, &s.health), ready_url(s));
+    let (unit_st, liveness, readiness) = tokio::join!(
+        sd.status(&s.unit_name),
+        health::probe(&live_url),
+        health::probe(&ready),
+    );
+    let unit_st = unit_st.map_err(|source| StatusError::Systemd {
+        unit: s.unit_name.clone(),
+        source,
+    })?;
+    let paths = Paths::new(&host.env.root, &s.name);
+    let live = paths.live();
+    let release = live.as_ref().map(|rev| Release {
+        short: short(rev).to_owned(),
+        age_secs: release_age(&paths.release(rev)),
+        revision: rev.clone(),
+    });
+    let recorded = host.state.as_ref().and_then(|st| st.services.get(&s.name));
+    let installed = std::fs::read(host.unit_dir.join(&s.unit_name)).ok();
+    let drift = service_drift(&DriftInputs {
+        state_exists: host.state.is_some(),
+        recorded_revision: recorded.map(|r| r.revision.as_str()),
+        recorded_unit_sha: recorded.and_then(|r| r.unit_sha256.as_deref()),
+        live: live.as_deref(),
+        active_state: &unit_st.active_state,
+        installed: installed.as_deref(),
+        rendered: unit::render(&host.env, s).ok().flatten().as_deref(),
+    });
+    let migrations = match (host.options.migrations, runtime, &live) {
+        (true, Some(rt), Some(rev)) => {
+            let log = host
+                .state_dir
+                .join("logs")
+                .join("status")
+                .join(format!("migrate-status-{}.log", s.name));
+            crate::migrations::check(
+                &host.env,
+                s,
+                rt,
+                &paths.release(rev),
+                &paths.current(),
+                &log,
+            )
+            .await
+        }
+        _ => None,
+    };
+    let healthy = unit_st.active_state == "active"
+        && liveness.ok
+        && readiness.ok
+        && drift.is_empty()
+        && migrations
+            .as_ref()
+            .is_none_or(|m| m.state == MigrationState::UpToDate);
+    Ok(ServiceStatus {
+        name: s.name.clone(),
+        unit: s.unit_name.clone(),
+        phase: s.phase.clone(),
+        load_state: unit_st.load_state,
+        active_state: unit_st.active_state,
+        sub_state: unit_st.sub_state,
+        result: unit_st.result,
+        since: timestamp(unit_st.active_enter_timestamp_us),
+        since_us: unit_st.active_enter_timestamp_us,
+        unit_file_state: unit_st.unit_file_state,
+        release,
+        liveness,
+        readiness,
+        migrations,
+        drift,
+        healthy,
+    })
+}
+
+fn release_age(dir: &Path) -> Option<u64> {
+    let modified = std::fs::metadata(dir).ok()?.modified().ok()?;
+    SystemTime::now()
+        .duration_since(modified)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
+/// µs since the epoch as RFC 3339 (seconds), `None` for 0 (never).
+fn timestamp(us: u64) -> Option<String> {
+    (us != 0).then(|| {
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_micros(us)).to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_seconds() {
+        assert_eq!(timestamp(0), None);
+        assert_eq!(
+            timestamp(1_000_000).as_deref(),
+            Some("1970-01-01T00:00:01Z")
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! `moorline status`: the host (systemd over D-Bus, `current` symlinks, installed unit files,
+//! `state.json`, HTTP health endpoints, optionally each runtime's `migrate-status` command)
+//! goes in, one [`Status`] value comes out; rendering it ([`text`], [`json`]) is separate and
+//! pure. Nothing here changes the host.
+//!
+//! # JSON (`--format json`), format version 1
+//!
+//! ```text
+//! {
+//!   "format_version": 1,
+//!   "project": "pakashop", "environment": "staging", "branch": "main",
+//!   "branch_tip": "<sha>" | null,          // tip of the environment's branch
+//!   "deployed": "<sha>" | null,            // state.json's revision (last complete apply)
+//!   "drift": [Drift],                      // environment-level drift (never deployed, behind branch)
+//!   "phases": [{
+//!     "name": "core",
+//!     "units": [Unit],                     // the phase's infrastructure units
+//!     "services": [{
+//!       "name", "unit", "phase",
+//!       "load_state", "active_state", "sub_state", "result",
+//!       "since": "<RFC 3339>" | null,      // ActiveEnterTimestamp
+//!       "since_us": <µs since epoch>,      // 0 = never active
+//!       "unit_file_state": "enabled" | "disabled" | "" | ...,
+//!       "release": {"revision", "short", "age_secs": <u64> | null} | null,
+//!       "liveness": Probe, "readiness": Probe,
+//!       "migrations": {"state": "up-to-date"|"pending"|"failed", "command": [..],
+//!                      "exit_code": <i32> | null, "output": "..."} | null,
+//!       "drift": [Drift],
+//!       "healthy": bool                    // active, live, ready, no drift, migrations not pending
+//!     }]
+//!   }],
+//!   "proxy": Unit | null,
+//!   "summary": {"services", "healthy", "unhealthy", "drifted"},
+//!   "ok": bool                             // what `--check` tests (with or without --fail-behind)
+//! }
+//! Unit  = {"unit", "active_state", "sub_state", "ok"}
+//! Probe = {"url", "status": <u16> | null, "ok", "millis", "error": "..." | null}
+//! Drift = {"kind", "detail"}, kind one of: unit-file-edited, unit-file-outdated,
+//!         unit-file-missing, current-mismatch, not-active, no-release,
+//!         never-deployed, behind-branch, rolled-back (the last two fail
+//!         `--check` only with `--fail-behind`)
+//! ```
+//!
+//! Probes and D-Bus reads for all services run concurrently, so a status of 19 services takes
+//! about as long as the slowest single probe.
+
+use miette::Diagnostic;
+use serde::Serialize;
+
+use crate::health::Probe;
+use crate::systemd::SystemdError;
+
+mod drift;
+mod gather;
+mod render;
+
+pub use gather::gather;
+pub use render::{is_ok, json, now_us, text};
+
+/// Version of the JSON shape above; bumped on any incompatible change.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum StatusError {
+    #[error("cannot read the state of {unit} from systemd")]
+    #[diagnostic(
+        code(moorline::status::systemd),
+        help("check that the service manager is reachable (--systemd system|user)")
+    )]
+    Systemd {
+        unit: String,
+        #[source]
+        source: SystemdError,
+    },
+    #[error("a status task failed: {0}")]
+    #[diagnostic(
+        code(moorline::status::task),
+        help("this is a bug in moorline; please report it")
+    )]
+    Task(String),
+}
+
+/// Why something counts as drifted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriftKind {
+    /// The installed unit file's SHA-256 differs from what moorline installed (state).
+    UnitFileEdited,
+    /// The installed unit file differs from what the current configuration renders.
+    UnitFileOutdated,
+    /// The configuration declares the unit, but no unit file is installed.
+    UnitFileMissing,
+    /// `current` does not point at the release the state records.
+    CurrentMismatch,
+    /// The unit is not active.
+    NotActive,
+    /// The state records the service, but `current` is missing.
+    NoRelease,
+    /// Nothing was ever deployed (no state.json, or the service is not in it).
+    NeverDeployed,
+    /// The environment's branch has commits that are not deployed.
+    BehindBranch,
+    /// Services were rolled back by hand since the last deploy (the state
+    /// records it): they run releases older than the deployed revision.
+    RolledBack,
+}
+
+impl DriftKind {
+    /// Whether `status --check` fails on it without `--fail-behind`: what
+    /// an operator must act on. Running behind the branch (between a merge
+    /// and its deploy, or after a deliberate rollback) is reported only.
+    pub fn fails_check(self) -> bool {
+        !matches!(self, Self::BehindBranch | Self::RolledBack)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    pub kind: DriftKind,
+    pub detail: String,
+}
+
+/// A unit reported by its active state only (infrastructure units, the proxy).
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitState {
+    pub unit: String,
+    pub active_state: String,
+    pub sub_state: String,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Release {
+    pub revision: String,
+    pub short: String,
+    /// Seconds since the release directory was last modified (built).
+    pub age_secs: Option<u64>,
+}
+
+pub use crate::migrations::{MigrationState, Migrations};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub unit: String,
+    pub phase: String,
+    pub load_state: String,
+    pub active_state: String,
+    pub sub_state: String,
+    pub result: String,
+    pub since: Option<String>,
+    pub since_us: u64,
+    pub unit_file_state: String,
+    pub release: Option<Release>,
+    pub liveness: Probe,
+    pub readiness: Probe,
+    pub migrations: Option<Migrations>,
+    pub drift: Vec<Drift>,
+    pub healthy: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseStatus {
+    pub name: String,
+    pub units: Vec<UnitState>,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub services: usize,
+    pub healthy: usize,
+    pub unhealthy: usize,
+    pub drifted: usize,
+}
+
+/// Everything `moorline status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub format_version: u32,
+    pub project: String,
+    pub environment: String,
+    pub branch: String,
+    pub branch_tip: Option<String>,
+    pub deployed: Option<String>,
+    pub drift: Vec<Drift>,
+    pub phases: Vec<PhaseStatus>,
+    pub proxy: Option<UnitState>,
+    pub summary: Summary,
+    /// Every service healthy, every unit active, no environment drift
+    /// that fails the check (behind the branch and rolled back by hand
+    /// count only with `fail_behind`).
+    pub ok: bool,
+}
+
+/// What to gather besides the always-on checks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub migrations: bool,
+    /// `--fail-behind`: being behind the branch, or rolled back by hand,
+    /// fails the check too.
+    pub fail_behind: bool,
+}
+
+fn short(sha: &str) -> &str {
+    crate::plan::short(sha)
+}
