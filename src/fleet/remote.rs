@@ -287,13 +287,22 @@ async fn ship(
         })??;
         ("bundle", Input::File(file))
     };
+    let sent = match &input {
+        Input::File(f) => Some(f.clone()),
+        _ => None,
+    };
     let out = t_run(
         fleet,
         host,
         &sh(CHECKOUT, &[repo, to, mode, &fleet.env.branch]),
         input,
     )
-    .await?;
+    .await;
+    // The bundle has been read (or the host is gone): it is not kept.
+    if let Some(f) = sent {
+        let _ = std::fs::remove_file(f);
+    }
+    let out = out?;
     if out.code != 0 {
         return Err(FleetError::remote(
             host,
@@ -471,8 +480,18 @@ mod tests {
         git(&src, &["commit", "-q", "-am", "two"]);
         let two = git(&src, &["rev-parse", "HEAD"]);
         let b = bundle(&src, &dir, &two, Some(&one), "h").unwrap();
-        let heads = git(&src, &["bundle", "verify", &b.to_string_lossy()]);
-        let _ = heads;
+        // Incremental: the first commit is a prerequisite, not in the bundle.
+        let out = std::process::Command::new("git")
+            .args(["bundle", "verify", &b.to_string_lossy()])
+            .current_dir(&src)
+            .output()
+            .unwrap();
+        let verify = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            verify.contains(&format!("requires this ref:\n{one}")),
+            "{verify}"
+        );
         run(CHECKOUT, &[&host_s, &two, "bundle", "main"], Some(&b));
         assert_eq!(git(&host, &["rev-parse", "HEAD"]), two);
         assert_eq!(std::fs::read_to_string(host.join("a")).unwrap(), "2");
