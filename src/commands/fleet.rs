@@ -574,6 +574,9 @@ pub fn rollback(global: &Global, args: &RollbackArgs, t: &Target) -> miette::Res
                 words.push("--to".into());
                 words.push(r.clone());
             }
+            if args.database {
+                words.push("--database".into());
+            }
             set.spawn(async move {
                 let res = run_on(&fleet, &host, &to, &words).await;
                 (host.name.clone(), res)
