@@ -40,6 +40,9 @@ pub struct Global {
     /// Which systemd to drive: the system manager or the user's
     #[arg(long, global = true, value_enum)]
     pub systemd: Option<SystemdKind>,
+    /// Fleet mode: the ssh config file the controller's `ssh` reads (`ssh -F FILE`)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
     /// Fleet host side: act as this host of the environment (only the services it runs); used by the fleet controller
     #[arg(long, global = true, value_name = "NAME")]
     pub host: Option<String>,
@@ -162,7 +165,7 @@ pub struct PlanArgs {
 #[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// A plan saved with `plan --out`
+    /// A plan saved with `plan --out` (`-`: read it from standard input)
     #[arg(value_name = "PLANFILE", conflicts_with_all = ["from", "to"])]
     pub plan: Option<PathBuf>,
     /// Environment (plans, shows the plan and asks before applying)
@@ -199,6 +202,10 @@ pub struct ApplyArgs {
     /// Continue an interrupted apply from its journal
     #[arg(long)]
     pub resume: bool,
+    /// Fleet mode: go on without the hosts that cannot be reached before
+    /// the start (each counts against the rollout's max-fail)
+    #[arg(long)]
+    pub skip_unreachable: bool,
     /// Builds run at once [default: number of CPUs]
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,

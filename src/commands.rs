@@ -15,6 +15,7 @@ use crate::{exit, render, report};
 
 mod apply;
 mod backup;
+mod fleet;
 mod init;
 mod logs;
 mod ops;
@@ -38,24 +39,45 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
         Command::Init(args) => init::run(args),
         Command::Plan(args) => plan(global, args),
         Command::Apply(args) => apply::run(global, args),
-        Command::Rollback(args) => rollback::run(global, args),
-        Command::Restart(args) => rollback::restart(global, args),
-        Command::Backup(args) => backup::run(global, args),
+        Command::Rollback(args) => match fleet::fleet_target(global, &args.env)? {
+            Some(t) => fleet::rollback(global, args, &t),
+            None => rollback::run(global, args),
+        },
+        Command::Restart(args) => {
+            fleet::refuse_on_controller(global, &args.env, "restart")?;
+            rollback::restart(global, args)
+        }
+        Command::Backup(args) => {
+            if let Some(env) = &args.env {
+                fleet::refuse_on_controller(global, env, "backup")?;
+            }
+            backup::run(global, args)
+        }
         Command::Demo(args) => {
             runtime()?.block_on(crate::demo::run(args.keep, args.use_running_systemd))?;
             Ok(exit::OK)
         }
         Command::Graph(target) => {
+            fleet::refuse_on_controller(global, &target.env, "graph")?;
             let t = settings::resolve(global, &target.env)?;
             let p = crate::observe::compute_plan(&t, &request(target))?;
             print!("{}", render::dot(&p));
             Ok(exit::OK)
         }
-        Command::Status(args) => status_cmd(global, args),
-        Command::Start(args) => ops::run(global, args, Operation::Start),
-        Command::Stop(args) => ops::run(global, args, Operation::Stop),
-        Command::Enable(args) => ops::run(global, args, Operation::Enable),
-        Command::Disable(args) => ops::run(global, args, Operation::Disable),
+        Command::Status(args) => match fleet::fleet_target(global, &args.env)? {
+            Some(t) => fleet::status(global, args, &t),
+            None => status_cmd(global, args),
+        },
+        Command::Start(args) => ops_cmd(global, args, Operation::Start, "start"),
+        Command::Stop(args) => ops_cmd(global, args, Operation::Stop, "stop"),
+        Command::Enable(args) => ops_cmd(global, args, Operation::Enable, "enable"),
+        Command::Disable(args) => ops_cmd(global, args, Operation::Disable, "disable"),
+        Command::Logs(args) if args.directory.is_none() => {
+            match fleet::fleet_target(global, &args.env)? {
+                Some(t) => fleet::logs(global, args, &t),
+                None => logs::run(global, args),
+            }
+        }
         Command::Logs(args) => logs::run(global, args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
@@ -69,6 +91,18 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             Ok(exit::OK)
         }
     }
+}
+
+/// start/stop/enable/disable, which run on one host: refused on a fleet
+/// controller.
+fn ops_cmd(
+    global: &Global,
+    args: &crate::cli::OpsArgs,
+    op: Operation,
+    name: &str,
+) -> miette::Result<i32> {
+    fleet::refuse_on_controller(global, &args.env, name)?;
+    ops::run(global, args, op)
 }
 
 /// Finds and loads the configuration (`-c`, `MOORLINE_CONFIG`, the only `*.kdl`).
@@ -126,6 +160,9 @@ struct PlanWriteError {
 
 fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
     let t = settings::resolve(global, &args.target.env)?;
+    if fleet::is_fleet(global, &t) {
+        return fleet::plan(global, args, &t);
+    }
     let p = crate::observe::compute_plan(&t, &request(&args.target))?;
     let shown = match args.format {
         Format::Text => render::text(&p, stdout_color()),

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod deps;
 pub mod exit;
 pub mod fixture;
+pub mod fleet;
 pub mod health;
 pub mod init;
 pub mod journal;

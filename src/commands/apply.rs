@@ -115,8 +115,20 @@ pub enum ApplyCmdError {
 /// Reads a saved plan. Its `format_version` is checked before anything
 /// else in it is read: a plan of another format is refused whole, never
 /// read as this one.
+/// A plan file's text; `-` is standard input (how a fleet controller hands
+/// a host its reviewed plan over ssh).
+fn read_plan_text(path: &Path) -> std::io::Result<String> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(path)
+    }
+}
+
 fn read_plan_file(path: &Path) -> miette::Result<crate::plan::Plan> {
-    let text = std::fs::read_to_string(path).map_err(|e| ApplyCmdError::BadPlanFile {
+    let text = read_plan_text(path).map_err(|e| ApplyCmdError::BadPlanFile {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
@@ -231,6 +243,13 @@ fn refuse_unpromoted(p: &crate::plan::Plan) -> Result<(), ApplyCmdError> {
 }
 
 pub fn run(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
+    // A fleet plan goes to the fleet controller.
+    if let Some(path) = &args.plan
+        && let Some(fp) = super::fleet::read_fleet_plan(path)?
+    {
+        let t = settings::resolve(global, &fp.environment)?;
+        return super::fleet::apply(global, args, &t, Some(fp));
+    }
     // Plan files are read (and their format checked) before anything else.
     let saved = args.plan.as_deref().map(read_plan_file).transpose()?;
     let reviewed = args.reviewed.as_deref().map(read_plan_file).transpose()?;
@@ -240,6 +259,9 @@ pub fn run(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
         (None, None) => return Err(ApplyCmdError::NoTarget.into()),
     };
     let t = settings::resolve(global, &env_name)?;
+    if saved.is_none() && super::fleet::is_fleet(global, &t) {
+        return super::fleet::apply(global, args, &t, None);
+    }
     let _lock = crate::lock::acquire(&t.state_dir, "apply")?;
     let rt = runtime()?;
     let connect = || {

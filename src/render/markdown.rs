@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 use super::{after_words, change_words, changed_words, kind_words, rollback_target, summary};
 use crate::plan::{Operation, Plan, ServiceChange, short};
 
-fn cell(s: &str) -> String {
+/// A Markdown table cell: pipes escaped, on one line.
+pub fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 

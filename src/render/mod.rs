@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 mod markdown;
 mod text;
 
-pub use markdown::markdown;
+pub use markdown::{cell as markdown_cell, markdown};
 pub use text::text;
 
 use crate::plan::{Operation, Plan, ServiceChange, UnitChange, short};

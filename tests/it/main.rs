@@ -14,6 +14,7 @@ mod demo;
 mod deploy;
 mod deps;
 mod docs;
+mod fleet;
 mod fleet_hosts;
 mod init;
 mod ops;

@@ -1,0 +1,593 @@
+//! The rolling apply: runs each host's own `moorline apply` with its
+//! reviewed plan on stdin, batch by batch (the canary first), and rolls the
+//! fleet back when the failure budget is exceeded. In: a fleet plan whose
+//! hosts were prepared and re-planned; out: each host's outcome and the
+//! fleet's exit code. Guarantees: every host start and end, batch boundary
+//! and rollback is in the fleet journal (fsync'd) before the controller
+//! relies on it; no host starts once failures exceed `max-fail`; hosts in
+//! flight finish; a host whose connection dropped is `unknown`, never
+//! assumed rolled back.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::journal::{HostOutcome, Journal, Record, Replay};
+use super::plan::FleetPlan;
+use super::remote::Prepared;
+use super::{Fleet, FleetError};
+use crate::cli::Format;
+use crate::config::DrainWhen;
+
+/// How often a resumed host's `apply --resume` is retried while the
+/// host's lock is held by the apply the killed controller started, and
+/// how long apart (up to a minute in all).
+const LOCK_TRIES: u32 = 120;
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// ssh's exit code for its own failures.
+const SSH_FAILED: i32 = 255;
+
+/// What drives a rollout: the fleet, its plan, the prepared hosts.
+pub struct Rollout {
+    pub fleet: Arc<Fleet>,
+    pub plan: FleetPlan,
+    pub prepared: BTreeMap<String, Prepared>,
+    pub format: Format,
+    pub journal: Mutex<Journal>,
+    pub rollout_id: String,
+}
+
+/// How the rollout ended, per host.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub outcomes: BTreeMap<String, HostOutcome>,
+    /// Hosts the fleet rollback ran on, and whether each is back.
+    pub rolled_back: BTreeMap<String, bool>,
+    /// Why the fleet was rolled back, if it was.
+    pub rollback_reason: Option<String>,
+}
+
+impl Summary {
+    /// Hosts that need a human: their apply or rollback did not end on a
+    /// known release.
+    pub fn attention(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .outcomes
+            .iter()
+            .filter(|(h, o)| match o {
+                HostOutcome::NeedsAttention | HostOutcome::Unknown => true,
+                HostOutcome::Succeeded => self.rolled_back.get(*h) == Some(&false),
+                _ => false,
+            })
+            .map(|(h, _)| h.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The fleet's exit code: 0 within the budget with every host on a
+    /// known release, 3 when the fleet was rolled back and every host is
+    /// back, 4 when some host needs a human.
+    pub fn exit_code(&self) -> i32 {
+        if !self.attention().is_empty() {
+            crate::exit::NEEDS_ATTENTION
+        } else if self.rollback_reason.is_some() {
+            crate::exit::ROLLED_BACK
+        } else {
+            crate::exit::OK
+        }
+    }
+}
+
+impl Rollout {
+    fn record(&self, r: &Record) -> Result<(), FleetError> {
+        let mut j = self.journal.lock().map_err(|_| FleetError::Local {
+            what: "write the fleet journal: a writer panicked".to_owned(),
+            help: "check every host with `moorline status`".to_owned(),
+            source: None,
+        })?;
+        j.append(r)
+    }
+
+    fn say(&self, host: &str, line: &str) {
+        if self.format == Format::Json {
+            let v = serde_json::json!({"event": "fleet", "host": host, "detail": line});
+            println!("{v}");
+        } else {
+            eprintln!("[{host}] {line}");
+        }
+    }
+
+    /// Runs the rollout from where `replay` left it (a fresh rollout has
+    /// only its begin record).
+    pub async fn drive(self: &Arc<Self>, replay: &Replay) -> Result<Summary, FleetError> {
+        let mut outcomes = replay.finished();
+        // A host whose connection dropped is settled like one the
+        // controller never saw end.
+        outcomes.retain(|_, o| *o != HostOutcome::Unknown);
+        let budget = self.plan.rollout.max_fail;
+        let failures = Arc::new(AtomicU32::new(
+            u32::try_from(outcomes.values().filter(|o| o.is_failure()).count()).unwrap_or(u32::MAX),
+        ));
+        let interrupted: Vec<String> = replay
+            .started()
+            .into_iter()
+            .filter(|h| !outcomes.contains_key(h))
+            .collect();
+        let mut reason = None;
+        if replay.rollback_begun() {
+            reason =
+                Some("the failure budget was exceeded before the controller stopped".to_owned());
+        }
+        let mut ran_before = false;
+        for (index, batch) in self.plan.batches.iter().enumerate() {
+            if reason.is_some() {
+                break;
+            }
+            let todo: Vec<String> = batch
+                .hosts
+                .iter()
+                .filter(|h| !outcomes.contains_key(*h))
+                .filter(|h| {
+                    interrupted.contains(*h)
+                        || self.plan.host(h).is_some_and(|p| p.plan.has_changes())
+                })
+                .cloned()
+                .collect();
+            if todo.is_empty() {
+                continue;
+            }
+            if failures.load(Ordering::SeqCst) > budget {
+                reason = Some(self.over_budget(&failures));
+                break;
+            }
+            if ran_before && self.plan.rollout.pause_secs > 0 {
+                tokio::time::sleep(std::time::Duration::from_secs(self.plan.rollout.pause_secs))
+                    .await;
+            }
+            ran_before = true;
+            self.record(&Record::Batch { index })?;
+            if let Err(e) = self.drain(DrainWhen::Before, &batch.hosts).await {
+                reason = Some(format!(
+                    "the drain hook before batch {} failed: {e}",
+                    index + 1
+                ));
+                break;
+            }
+            let results = self.run_batch(&todo, &interrupted, &failures).await?;
+            for (h, o) in results {
+                outcomes.insert(h, o);
+            }
+            if let Err(e) = self.drain(DrainWhen::After, &batch.hosts).await {
+                eprintln!(
+                    "warning: the drain hook after batch {} failed: {e}",
+                    index + 1
+                );
+            }
+            if failures.load(Ordering::SeqCst) > budget {
+                reason = Some(self.over_budget(&failures));
+            }
+        }
+        let mut summary = Summary {
+            outcomes,
+            ..Summary::default()
+        };
+        if let Some(reason) = reason {
+            if !replay.rollback_begun() {
+                self.record(&Record::RollbackBegin {
+                    reason: reason.clone(),
+                })?;
+            }
+            let already = replay.rolled_back();
+            let targets: Vec<String> = summary
+                .outcomes
+                .iter()
+                .filter(|(h, o)| **o == HostOutcome::Succeeded && !already.contains_key(*h))
+                .map(|(h, _)| h.clone())
+                .collect();
+            summary.rolled_back = already;
+            summary
+                .rolled_back
+                .extend(self.roll_back_hosts(&targets).await?);
+            summary.rollback_reason = Some(reason);
+        }
+        Ok(summary)
+    }
+
+    fn over_budget(&self, failures: &AtomicU32) -> String {
+        format!(
+            "{} host failures exceed max-fail {}",
+            failures.load(Ordering::SeqCst),
+            self.plan.rollout.max_fail
+        )
+    }
+
+    /// Runs the hosts of one batch, at most `connections` at a time; a
+    /// host not yet started when the budget is exceeded is not started.
+    async fn run_batch(
+        self: &Arc<Self>,
+        hosts: &[String],
+        interrupted: &[String],
+        failures: &Arc<AtomicU32>,
+    ) -> Result<Vec<(String, HostOutcome)>, FleetError> {
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(self.plan.rollout.connections.max(1)).unwrap_or(8),
+        ));
+        let mut set = tokio::task::JoinSet::new();
+        for h in hosts {
+            let (me, h, permits, failures) = (
+                Arc::clone(self),
+                h.clone(),
+                Arc::clone(&permits),
+                Arc::clone(failures),
+            );
+            let resume = interrupted.contains(&h);
+            set.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                if failures.load(Ordering::SeqCst) > me.plan.rollout.max_fail {
+                    return Ok(None);
+                }
+                let outcome = me.apply_host(&h, resume).await?;
+                if outcome.is_failure() {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok::<_, FleetError>(Some((h, outcome)))
+            });
+        }
+        let mut out = Vec::new();
+        let mut first_error = None;
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok(Ok(Some(r))) => out.push(r),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(FleetError::Local {
+                        what: format!("drive a host: {e}"),
+                        help: "check every host with `moorline status`".to_owned(),
+                        source: None,
+                    });
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// One host's apply: recorded as started, run with its plan on stdin
+    /// (or resumed from its own journal after a controller crash), its
+    /// outcome recorded.
+    async fn apply_host(&self, host: &str, resume: bool) -> Result<HostOutcome, FleetError> {
+        let Some(p) = self.prepared.get(host) else {
+            self.record(&Record::HostFinished {
+                host: host.to_owned(),
+                outcome: HostOutcome::Unreachable,
+                code: None,
+            })?;
+            return Ok(HostOutcome::Unreachable);
+        };
+        if !resume {
+            self.record(&Record::HostStarted {
+                host: host.to_owned(),
+            })?;
+        }
+        let (outcome, code) = if resume {
+            self.resume_host(p).await?
+        } else {
+            let plan = self
+                .plan
+                .host(host)
+                .map(|h| crate::render::json(&h.plan))
+                .unwrap_or_default();
+            self.stream(p, &["apply", "-", "--yes", "--format", "json"], Some(plan))
+                .await
+        };
+        self.say(host, &format!("apply: {}", outcome.as_str()));
+        self.record(&Record::HostFinished {
+            host: host.to_owned(),
+            outcome,
+            code,
+        })?;
+        Ok(outcome)
+    }
+
+    /// A host whose apply the controller started but never saw end: its
+    /// own journal finishes it (`apply --resume`); when it has none (the
+    /// apply never began there), its plan is made again and applied unless
+    /// the host already runs the target.
+    async fn resume_host(&self, p: &Prepared) -> Result<(HostOutcome, Option<i32>), FleetError> {
+        let (outcome, code) = self.settle(p).await;
+        if outcome != HostOutcome::Succeeded {
+            return Ok((outcome, code));
+        }
+        let fresh =
+            super::plan::host_plan(&self.fleet, p, &self.plan.to.sha, &self.host_args(p)).await?;
+        if !fresh.has_changes() {
+            return Ok((HostOutcome::Succeeded, code));
+        }
+        let text = crate::render::json(&fresh);
+        Ok(self
+            .stream(p, &["apply", "-", "--yes", "--format", "json"], Some(text))
+            .await)
+    }
+
+    /// What the host's plan was asked for in the reviewed plan.
+    fn host_args(&self, p: &Prepared) -> super::plan::HostPlanArgs {
+        self.plan
+            .host(&p.host.name)
+            .map(|h| super::plan::HostPlanArgs {
+                allow_non_ancestor: h.plan.inputs.allow_non_ancestor,
+                adopt: h.plan.inputs.adopt.clone(),
+                skip_promotion_check: h.plan.inputs.skip_promotion_check,
+            })
+            .unwrap_or_default()
+    }
+
+    /// Settles a host whose apply the controller never saw end (it was
+    /// killed, or the connection dropped): the host's own journal finishes
+    /// that apply, or rolls it back (`apply --resume` there; `nothing to
+    /// resume` when it had none or it ended). The host's apply may still be
+    /// running, since a dropped connection does not stop it: its lock is
+    /// waited for.
+    pub async fn settle(&self, p: &Prepared) -> (HostOutcome, Option<i32>) {
+        let env = self.fleet.env.name.clone();
+        let mut tries = 0;
+        loop {
+            let (outcome, code, tail) = self
+                .stream_tail(
+                    p,
+                    &[
+                        "apply", "--resume", "--env", &env, "--yes", "--format", "json",
+                    ],
+                    None,
+                )
+                .await;
+            tries += 1;
+            if tail.contains("moorline::lock::held") && tries < LOCK_TRIES {
+                tokio::time::sleep(LOCK_RETRY).await;
+                continue;
+            }
+            return (outcome, code);
+        }
+    }
+
+    /// Whether the host's last deploy is the rollout's target (its state's
+    /// revision, the `from` of a plan made there now).
+    pub async fn runs_target(&self, p: &Prepared) -> Result<bool, FleetError> {
+        let fresh =
+            super::plan::host_plan(&self.fleet, p, &self.plan.to.sha, &self.host_args(p)).await?;
+        Ok(fresh
+            .from
+            .as_ref()
+            .is_some_and(|f| f.sha == self.plan.to.sha))
+    }
+
+    /// Runs the host's moorline with `args`, `stdin` on its standard input,
+    /// and streams its output prefixed with the host. A dropped connection
+    /// is [`HostOutcome::Unknown`].
+    async fn stream(
+        &self,
+        p: &Prepared,
+        args: &[&str],
+        stdin: Option<String>,
+    ) -> (HostOutcome, Option<i32>) {
+        let (o, c, _) = self.stream_tail(p, args, stdin).await;
+        (o, c)
+    }
+
+    /// [`Rollout::stream`], also returning the last lines of its stderr.
+    async fn stream_tail(
+        &self,
+        p: &Prepared,
+        args: &[&str],
+        stdin: Option<String>,
+    ) -> (HostOutcome, Option<i32>, String) {
+        let host = p.host.name.clone();
+        let mut child = match self.fleet.transport.spawn(&p.host, &p.moorline(args)) {
+            Ok(c) => c,
+            Err(e) => {
+                self.say(&host, &format!("cannot start ssh: {e}"));
+                return (HostOutcome::Unknown, None, String::new());
+            }
+        };
+        if let Some(mut w) = child.stdin.take() {
+            if let Some(text) = stdin {
+                let _ = w.write_all(text.as_bytes()).await;
+            }
+            drop(w);
+        }
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let json = self.format == Format::Json;
+        let out_host = host.clone();
+        let out_task = tokio::spawn(async move {
+            let Some(s) = stdout else { return };
+            let mut lines = BufReader::new(s).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                print_event(&out_host, &line, json);
+            }
+        });
+        let err_host = host.clone();
+        let err_task = tokio::spawn(async move {
+            let mut tail = Vec::new();
+            let Some(s) = stderr else { return tail };
+            let mut lines = BufReader::new(s).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[{err_host}] {line}");
+                tail.push(line);
+                if tail.len() > 20 {
+                    tail.remove(0);
+                }
+            }
+            tail
+        });
+        let status = child.wait().await;
+        let _ = out_task.await;
+        let tail = err_task.await.unwrap_or_default().join("\n");
+        let Ok(status) = status else {
+            return (HostOutcome::Unknown, None, tail);
+        };
+        let code = status.code().unwrap_or(255);
+        // moorline itself never exits 255: that is ssh's own failure (a
+        // dropped connection says little on stderr, or only what the host
+        // printed), so the host's outcome is not known.
+        if code == SSH_FAILED || status.code().is_none() {
+            return (HostOutcome::Unknown, Some(code), tail);
+        }
+        (HostOutcome::of_exit(code), Some(code), tail)
+    }
+
+    /// Rolls `hosts` back in parallel, each with its own `moorline
+    /// rollback`; returns whether each is back.
+    pub async fn roll_back_hosts(
+        self: &Arc<Self>,
+        hosts: &[String],
+    ) -> Result<BTreeMap<String, bool>, FleetError> {
+        let mut set = tokio::task::JoinSet::new();
+        for h in hosts {
+            let (me, h) = (Arc::clone(self), h.clone());
+            set.spawn(async move {
+                me.record(&Record::HostRollbackStarted { host: h.clone() })?;
+                let ok = match me.prepared.get(&h) {
+                    Some(p) => {
+                        let env = me.fleet.env.name.clone();
+                        let (o, _) = me
+                            .stream(
+                                p,
+                                &["rollback", "--env", &env, "--yes", "--format", "json"],
+                                None,
+                            )
+                            .await;
+                        o == HostOutcome::Succeeded
+                    }
+                    None => false,
+                };
+                me.say(&h, if ok { "rolled back" } else { "rollback FAILED" });
+                me.record(&Record::HostRolledBack {
+                    host: h.clone(),
+                    ok,
+                })?;
+                Ok::<_, FleetError>((h, ok))
+            });
+        }
+        let mut out = BTreeMap::new();
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok(Ok((h, ok))) => {
+                    out.insert(h, ok);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs the environment's drain hooks of `when` for a batch.
+    async fn drain(&self, when: DrainWhen, batch: &[String]) -> Result<(), String> {
+        for hook in self.fleet.env.drain.iter().filter(|d| d.when == when) {
+            let Some(on) = self.fleet.host(&hook.on) else {
+                return Err(format!("no host named {}", hook.on));
+            };
+            let hosts: Vec<&crate::config::Host> =
+                batch.iter().filter_map(|h| self.fleet.host(h)).collect();
+            let argv = hook.argv_for(&hosts);
+            let run = self.fleet.transport.run(on, &argv, super::ssh::Input::Null);
+            let out = tokio::time::timeout(hook.command.timeout, run)
+                .await
+                .map_err(|_| format!("timed out after {}s", hook.command.timeout.as_secs()))?
+                .map_err(|e| e.to_string())?;
+            if out.code != 0 {
+                return Err(format!(
+                    "`{}` exited {} on {}: {}",
+                    argv.join(" "),
+                    out.code,
+                    on.name,
+                    out.stderr.trim()
+                ));
+            }
+            self.say(
+                &on.name,
+                &format!("drain {}: {}", when_word(when), argv.join(" ")),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn when_word(w: DrainWhen) -> &'static str {
+    match w {
+        DrainWhen::Before => "before",
+        DrainWhen::After => "after",
+    }
+}
+
+/// One line of a host's JSON event stream, shown with its host: as JSON
+/// with a `host` field (`--format json`), else as a prefixed text line.
+fn print_event(host: &str, line: &str, json: bool) {
+    let parsed: Option<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_str(line).ok();
+    if json {
+        let mut m = parsed.unwrap_or_else(|| {
+            let mut m = serde_json::Map::new();
+            m.insert("event".into(), "output".into());
+            m.insert("detail".into(), line.into());
+            m
+        });
+        m.insert("host".into(), host.into());
+        println!("{}", serde_json::Value::Object(m));
+        return;
+    }
+    let Some(m) = parsed else {
+        eprintln!("[{host}] {line}");
+        return;
+    };
+    let s = |k: &str| m.get(k).and_then(serde_json::Value::as_str).unwrap_or("");
+    if s("event") == "report" {
+        return;
+    }
+    if s("detail").is_empty() {
+        eprintln!("[{host}] {:>10} {}", s("event"), s("action"));
+    } else {
+        eprintln!(
+            "[{host}] {:>10} {}: {}",
+            s("event"),
+            s("action"),
+            s("detail")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_of_a_fleet() {
+        let mut s = Summary::default();
+        s.outcomes.insert("a".into(), HostOutcome::Succeeded);
+        assert_eq!(s.exit_code(), 0);
+        s.outcomes.insert("b".into(), HostOutcome::RolledBack);
+        s.rollback_reason = Some("budget".into());
+        s.rolled_back.insert("a".into(), true);
+        assert_eq!(s.exit_code(), 3, "every host back");
+        s.rolled_back.insert("a".into(), false);
+        assert_eq!(s.exit_code(), 4, "a rollback failed");
+        assert_eq!(s.attention(), vec!["a"]);
+        s.rolled_back.insert("a".into(), true);
+        s.outcomes.insert("c".into(), HostOutcome::Unknown);
+        assert_eq!(
+            s.exit_code(),
+            4,
+            "a host that dropped is never assumed back"
+        );
+        assert_eq!(s.attention(), vec!["c"]);
+    }
+}

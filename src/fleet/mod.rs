@@ -1,0 +1,201 @@
+//! Fleet mode: one controller (a laptop, a CI runner) plans and rolls out an
+//! environment's `hosts` over the system's `ssh`, where each host runs
+//! today's moorline on its own state, journal and lock. In: the checked
+//! config and the controller's repository; out: a fleet plan (a value), a
+//! rolling apply with a fleet journal, fleet-wide rollback, status and logs.
+//! The controller never touches a host's services itself: it only runs the
+//! host's own `moorline`.
+
+pub mod apply;
+pub mod journal;
+pub mod plan;
+pub mod remote;
+pub mod render;
+pub mod rollout;
+pub mod ssh;
+
+use std::path::{Path, PathBuf};
+
+use miette::Diagnostic;
+
+use crate::cli::SystemdKind;
+use crate::config::{Environment, Host};
+
+pub use ssh::SshError;
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum FleetError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Ssh(#[from] SshError),
+    #[error("host {host}: {what}")]
+    #[diagnostic(code(moorline::fleet::remote), help("{help}"))]
+    Remote {
+        host: String,
+        what: String,
+        help: String,
+    },
+    #[error("cannot {what}")]
+    #[diagnostic(code(moorline::fleet::local), help("{help}"))]
+    Local {
+        what: String,
+        help: String,
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    #[error("the fleet plan no longer matches: {moved}")]
+    #[diagnostic(
+        code(moorline::fleet::stale_plan),
+        help(
+            "nothing was applied on any host. Make a new fleet plan (`moorline plan --env {env} --out FILE`), review it, and apply that"
+        )
+    )]
+    Stale { moved: String, env: String },
+    #[error("unreachable before the start: {hosts}")]
+    #[diagnostic(
+        code(moorline::fleet::unreachable_before_start),
+        help(
+            "nothing was applied on any host. Bring the hosts back, or pass --skip-unreachable to go on without them (each counts against the rollout's max-fail)"
+        )
+    )]
+    UnreachableBeforeStart { hosts: String },
+    #[error(
+        "the controller's working tree has uncommitted changes the hosts would not get:\n  - {paths}"
+    )]
+    #[diagnostic(
+        code(moorline::fleet::dirty),
+        help(
+            "hosts get the commits, and read the configuration committed at the deployed revision, not the files on this machine: commit (or revert) these changes and plan again, or pass --allow-dirty to roll out the commits as planned"
+        )
+    )]
+    Dirty { paths: String },
+    #[error("`{command}` does not run over the hosts of the fleet environment {env}")]
+    #[diagnostic(
+        code(moorline::fleet::not_on_controller),
+        help(
+            "fleet mode runs plan, apply, rollback, status and logs over every host; run `{command}` on a host itself (`moorline --host NAME {command} --env {env}` there)"
+        )
+    )]
+    NotOnController { command: String, env: String },
+}
+
+impl FleetError {
+    pub(crate) fn local(
+        what: impl Into<String>,
+        help: impl Into<String>,
+        source: std::io::Error,
+    ) -> Self {
+        Self::Local {
+            what: what.into(),
+            help: help.into(),
+            source: Some(source),
+        }
+    }
+
+    pub(crate) fn remote(host: &Host, what: impl Into<String>, help: impl Into<String>) -> Self {
+        Self::Remote {
+            host: host.name.clone(),
+            what: what.into(),
+            help: help.into(),
+        }
+    }
+}
+
+/// Everything the controller knows about where it works, resolved once.
+pub struct Fleet {
+    pub project: String,
+    pub env: Environment,
+    /// The controller's fleet directory (`{state}/fleet`): the fleet
+    /// journal, its lock, ssh control sockets and bundles.
+    pub dir: PathBuf,
+    /// The controller's repository (its working tree root).
+    pub repo_root: PathBuf,
+    /// The config file's path inside the repository.
+    pub config_in_repo: String,
+    /// `--systemd`, handed on to every host's moorline.
+    pub systemd: Option<SystemdKind>,
+    pub transport: ssh::Transport,
+    /// The binary that runs here and is installed on hosts.
+    pub binary: remote::Binary,
+}
+
+/// Uncommitted changes on the controller under the configuration file,
+/// the services' paths and their watched paths: what the hosts will not
+/// get (they receive commits only).
+pub fn uncommitted(t: &crate::settings::Target) -> miette::Result<Vec<String>> {
+    let config = t.config();
+    let mut paths = vec![in_repo(&t.loaded.path, t.repo.root())?];
+    for s in &config.services {
+        paths.push(s.path.clone());
+        paths.extend(s.watch.iter().cloned());
+    }
+    Ok(t.repo.uncommitted(&paths)?)
+}
+
+impl Fleet {
+    /// The controller's view of `t` (an environment with hosts).
+    pub fn new(
+        t: &crate::settings::Target,
+        ssh_config: Option<PathBuf>,
+        systemd: Option<SystemdKind>,
+    ) -> Result<Self, FleetError> {
+        let dir = t.state_dir.join("fleet");
+        crate::state::tighten(&dir).map_err(|e| {
+            FleetError::local(
+                format!("create the fleet directory {}", dir.display()),
+                "check the permissions of the state directory (--state-dir)",
+                e,
+            )
+        })?;
+        let transport = ssh::Transport::new(ssh_config, &dir)?;
+        let repo_root = t.repo.root().to_path_buf();
+        let config_in_repo = in_repo(&t.loaded.path, &repo_root)?;
+        let binary = remote::Binary::current(&dir)?;
+        Ok(Self {
+            project: t.loaded.config.project.name.clone(),
+            env: t.env.clone(),
+            dir,
+            repo_root,
+            config_in_repo,
+            systemd,
+            transport,
+            binary,
+        })
+    }
+
+    pub fn hosts(&self) -> &[Host] {
+        &self.env.hosts
+    }
+
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.env.hosts.iter().find(|h| h.name == name)
+    }
+}
+
+/// `config`'s path relative to the repository root `root`.
+fn in_repo(config: &Path, root: &Path) -> Result<String, FleetError> {
+    let abs = |p: &Path| {
+        p.canonicalize().map_err(|e| {
+            FleetError::local(
+                format!("resolve {}", p.display()),
+                "the configuration file must be inside the repository",
+                e,
+            )
+        })
+    };
+    let (config, root) = (abs(config)?, abs(root)?);
+    config
+        .strip_prefix(&root)
+        .ok()
+        .and_then(|p| p.to_str())
+        .map(str::to_owned)
+        .ok_or_else(|| FleetError::Local {
+            what: format!(
+                "find the configuration {} inside the repository {}",
+                config.display(),
+                root.display()
+            ),
+            help: "fleet hosts read the configuration from the shipped commits: keep it in the repository".to_owned(),
+            source: None,
+        })
+}

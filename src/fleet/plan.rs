@@ -1,0 +1,481 @@
+//! The fleet plan: every host's own plan (made on the host, read-only),
+//! gathered in parallel, with the hosts grouped by what their plans do, the
+//! rollout's batches and what a fleet rollback would do. In: a [`Fleet`]
+//! and a target commit; out: a [`FleetPlan`], a deterministic value whose
+//! fingerprint covers the host list, each host's plan fingerprint and the
+//! rollout. Renderers (`fleet::render`) are pure functions of it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::remote::{self, Prepared};
+use super::rollout::{self, Batch};
+use super::{Fleet, FleetError, SshError};
+use crate::changes::Rev;
+use crate::config::{BatchSize, Host, Rollout};
+use crate::plan::Plan;
+
+/// Version of the fleet plan's JSON contract (docs/fleet.md).
+pub const FLEET_FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetPlan {
+    /// Present only in fleet plans: how a saved plan file is told apart
+    /// from a single host's.
+    pub fleet_format_version: u32,
+    pub project: String,
+    pub environment: String,
+    pub to: Rev,
+    pub rollout: RolloutView,
+    /// In the environment's order.
+    pub hosts: Vec<HostPlan>,
+    /// Hosts whose plans do the same thing, largest group first.
+    pub groups: Vec<Group>,
+    /// In the order they run; the canary first.
+    pub batches: Vec<Batch>,
+    pub rollback: FleetRollback,
+    /// SHA-256 over the hosts (names, addresses, users, ports), each
+    /// host's plan fingerprint, the target and the rollout.
+    pub fingerprint: String,
+}
+
+/// The rollout block as the plan shows and fingerprints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutView {
+    pub canary: u32,
+    /// `1`, `25%`, ...
+    pub batches: Vec<String>,
+    pub max_fail: u32,
+    pub pause_secs: u64,
+    pub connections: u32,
+}
+
+impl RolloutView {
+    pub fn of(r: &Rollout) -> Self {
+        Self {
+            canary: r.canary,
+            batches: r
+                .batches
+                .iter()
+                .map(|b| match b {
+                    BatchSize::Count(c) => c.to_string(),
+                    BatchSize::Percent(p) => format!("{p}%"),
+                })
+                .collect(),
+            max_fail: r.max_fail,
+            pause_secs: r.pause.as_secs(),
+            connections: r.connections,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPlan {
+    pub name: String,
+    pub address: String,
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    /// The host's own plan (`moorline plan --format json` there).
+    pub plan: Plan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub hosts: Vec<String>,
+    /// What the group's hosts run now (`null`: nothing deployed).
+    pub from: Option<String>,
+    pub actions: usize,
+    /// Services restarted by the group's plan.
+    pub restarts: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetRollback {
+    /// Per host that would change, where a fleet rollback takes it.
+    pub hosts: Vec<HostRollback>,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRollback {
+    pub host: String,
+    /// The release it goes back to (`null`: a first deploy, nothing to go
+    /// back to).
+    pub to: Option<String>,
+    pub services: Vec<String>,
+    /// What the host's own rollback plan says of it (`code-only`,
+    /// `needs-database`, ...).
+    pub kind: crate::plan::RollbackKind,
+}
+
+impl FleetPlan {
+    pub fn has_changes(&self) -> bool {
+        self.hosts.iter().any(|h| h.plan.has_changes())
+    }
+
+    pub fn host(&self, name: &str) -> Option<&HostPlan> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+}
+
+/// Assembles the fleet plan from the hosts' plans (in the environment's
+/// host order). Pure.
+pub fn assemble(
+    project: &str,
+    environment: &str,
+    to: Rev,
+    rollout: &Rollout,
+    hosts: Vec<HostPlan>,
+) -> FleetPlan {
+    let names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
+    let batches = rollout::batches(rollout, &names);
+    let groups = groups(&hosts);
+    let rollback = rollback(&hosts);
+    let view = RolloutView::of(rollout);
+    let fingerprint = fingerprint(&to, &view, &hosts);
+    FleetPlan {
+        fleet_format_version: FLEET_FORMAT_VERSION,
+        project: project.to_owned(),
+        environment: environment.to_owned(),
+        to,
+        rollout: view,
+        hosts,
+        groups,
+        batches,
+        rollback,
+        fingerprint,
+    }
+}
+
+/// The fleet fingerprint (see [`FleetPlan::fingerprint`]).
+pub fn fingerprint(to: &Rev, rollout: &RolloutView, hosts: &[HostPlan]) -> String {
+    let hosts: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            serde_json::json!({
+                "name": h.name, "address": h.address, "user": h.user, "port": h.port,
+                "plan": h.plan.fingerprint,
+            })
+        })
+        .collect();
+    let v = serde_json::json!({
+        "fleet_format_version": FLEET_FORMAT_VERSION,
+        "to": to.sha,
+        "rollout": rollout,
+        "hosts": hosts,
+    });
+    crate::state::sha256_hex(v.to_string().as_bytes())
+}
+
+/// What a host's plan does, without what is only the host's (its state
+/// hash, its unit hashes): the key hosts are grouped by.
+fn what_it_does(p: &Plan) -> String {
+    serde_json::json!({
+        "from": p.from.as_ref().map(|f| &f.sha),
+        "actions": p.actions,
+    })
+    .to_string()
+}
+
+fn groups(hosts: &[HostPlan]) -> Vec<Group> {
+    let mut by: BTreeMap<String, Group> = BTreeMap::new();
+    let mut order = Vec::new();
+    for h in hosts {
+        let key = what_it_does(&h.plan);
+        let g = by.entry(key.clone()).or_insert_with(|| {
+            order.push(key);
+            Group {
+                hosts: Vec::new(),
+                from: h.plan.from.as_ref().map(|f| f.sha.clone()),
+                actions: h.plan.actions.len(),
+                restarts: h
+                    .plan
+                    .actions
+                    .iter()
+                    .filter(|a| a.kind() == crate::plan::ActionKind::Restart)
+                    .filter_map(|a| a.service.clone())
+                    .collect(),
+            }
+        });
+        g.hosts.push(h.name.clone());
+    }
+    let mut out: Vec<Group> = order.into_iter().filter_map(|k| by.remove(&k)).collect();
+    // Largest first; ties keep the hosts' order (the sort is stable).
+    out.sort_by_key(|g| std::cmp::Reverse(g.hosts.len()));
+    out
+}
+
+fn rollback(hosts: &[HostPlan]) -> FleetRollback {
+    let changing: Vec<HostRollback> = hosts
+        .iter()
+        .filter(|h| h.plan.has_changes())
+        .map(|h| HostRollback {
+            host: h.name.clone(),
+            to: h.plan.from.as_ref().map(|f| f.sha.clone()),
+            services: h
+                .plan
+                .actions
+                .iter()
+                .filter(|a| a.kind() == crate::plan::ActionKind::Restart)
+                .filter_map(|a| a.service.clone())
+                .collect(),
+            kind: h.plan.rollback.kind,
+        })
+        .collect();
+    let summary = if changing.is_empty() {
+        "nothing changes, so there is nothing to roll back".to_owned()
+    } else {
+        "when the failure budget is exceeded, no further host starts, hosts in flight finish, and every host that switched runs its own `moorline rollback` (in parallel): each goes back to the release it runs now, without a rebuild; a host that failed rolls itself back, and a host that cannot be reached is reported, never assumed rolled back".to_owned()
+    };
+    FleetRollback {
+        hosts: changing,
+        summary,
+    }
+}
+
+/// The commit a fleet plan deploys: `--to`, else the tip of the
+/// environment's branch, resolved in the controller's repository.
+pub fn target(t: &crate::settings::Target, to: Option<&str>) -> miette::Result<Rev> {
+    Ok(match to {
+        Some(spec) => t.repo.resolve(spec)?,
+        None => t.repo.branch_tip(&t.env.branch)?,
+    })
+}
+
+/// What the controller asks a host's plan for.
+#[derive(Debug, Clone, Default)]
+pub struct HostPlanArgs {
+    pub allow_non_ancestor: bool,
+    pub adopt: Vec<String>,
+    pub skip_promotion_check: bool,
+}
+
+/// How one host answered.
+pub enum Gathered {
+    Planned(Prepared, Box<Plan>),
+    Unreachable(Host, SshError),
+}
+
+/// Prepares every host and asks each for its plan, at most
+/// `rollout.connections` at a time. An unreachable host (or a host key
+/// mismatch) is returned as such; any other failure is an error.
+pub async fn gather(
+    fleet: &Arc<Fleet>,
+    to: &str,
+    args: &HostPlanArgs,
+) -> Result<Vec<Gathered>, FleetError> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        usize::try_from(fleet.env.rollout.connections.max(1)).unwrap_or(8),
+    ));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, host) in fleet.hosts().iter().enumerate() {
+        let (fleet, host, to, args, permits) = (
+            Arc::clone(fleet),
+            host.clone(),
+            to.to_owned(),
+            args.clone(),
+            Arc::clone(&permits),
+        );
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            (i, plan_host(&fleet, &host, &to, &args).await)
+        });
+    }
+    let mut out: Vec<(usize, Gathered)> = Vec::new();
+    let mut first_error = None;
+    while let Some(joined) = set.join_next().await {
+        let Ok((i, res)) = joined else { continue };
+        match res {
+            Ok(g) => out.push((i, g)),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out.into_iter().map(|(_, g)| g).collect())
+}
+
+async fn plan_host(
+    fleet: &Fleet,
+    host: &Host,
+    to: &str,
+    args: &HostPlanArgs,
+) -> Result<Gathered, FleetError> {
+    let prepared = match remote::prepare(fleet, host, to).await {
+        Ok(p) => p,
+        Err(FleetError::Ssh(e @ (SshError::Unreachable { .. } | SshError::HostKey { .. }))) => {
+            return Ok(Gathered::Unreachable(host.clone(), e));
+        }
+        Err(e) => return Err(e),
+    };
+    let plan = host_plan(fleet, &prepared, to, args).await?;
+    Ok(Gathered::Planned(prepared, Box::new(plan)))
+}
+
+/// Runs the host's `moorline plan --format json` and reads its plan.
+pub async fn host_plan(
+    fleet: &Fleet,
+    p: &Prepared,
+    to: &str,
+    args: &HostPlanArgs,
+) -> Result<Plan, FleetError> {
+    let mut words = vec![
+        "plan",
+        "--env",
+        &fleet.env.name,
+        "--to",
+        to,
+        "--format",
+        "json",
+    ];
+    if args.allow_non_ancestor {
+        words.push("--allow-non-ancestor");
+    }
+    if args.skip_promotion_check {
+        words.push("--skip-promotion-check");
+    }
+    for a in &args.adopt {
+        words.push("--adopt");
+        words.push(a);
+    }
+    let out = fleet
+        .transport
+        .run(&p.host, &p.moorline(&words), super::ssh::Input::Null)
+        .await?;
+    if out.code != 0 {
+        return Err(FleetError::remote(
+            &p.host,
+            format!(
+                "its plan failed (exit {}):\n{}",
+                out.code,
+                out.stderr.trim_end()
+            ),
+            "run the same `moorline plan` on the host to see why",
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        FleetError::remote(
+            &p.host,
+            format!("its plan is not a moorline plan: {e}"),
+            "the host runs the controller's moorline; check its output by hand",
+        )
+    })
+}
+
+/// Refuses a fleet plan some host of which is unreachable (listing them);
+/// with `skip`, returns them instead.
+pub fn unreachable(gathered: &[Gathered]) -> Vec<(&Host, &SshError)> {
+    gathered
+        .iter()
+        .filter_map(|g| match g {
+            Gathered::Unreachable(h, e) => Some((h, e)),
+            Gathered::Planned(..) => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn plan(from: Option<&str>, fingerprint: &str, restarts: &[&str]) -> Plan {
+        let actions: Vec<serde_json::Value> = restarts
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "id": format!("restart:{s}"), "kind": "restart", "service": s,
+                    "phase": null, "reason": "changed", "after": []
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "format_version": 1, "operation": "deploy", "project": "p", "environment": "prod",
+            "branch": "main",
+            "from": from.map(|f| serde_json::json!({"spec": f, "sha": f, "summary": ""})),
+            "to": {"spec": "b", "sha": "b", "summary": ""},
+            "first_deploy": from.is_none(), "non_ancestor": false, "fingerprint": fingerprint,
+            "inputs": {"moorline_version": "0", "config_sha256": "c", "state_sha256": null,
+                "units_source": "none", "units": {}, "allow_non_ancestor": false},
+            "changed_paths": 0, "services": [], "actions": actions,
+            "rollback": {"kind": "code-only", "services": [], "summary": ""}, "warnings": []
+        });
+        serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn host(name: &str, plan: Plan) -> HostPlan {
+        HostPlan {
+            name: name.into(),
+            address: format!("10.0.0.{}", name.len()),
+            user: None,
+            port: None,
+            plan,
+        }
+    }
+
+    fn fleet(hosts: Vec<HostPlan>) -> FleetPlan {
+        let to = Rev {
+            spec: "b".into(),
+            sha: "b".into(),
+            summary: String::new(),
+        };
+        assemble("p", "prod", to, &Rollout::default(), hosts)
+    }
+
+    #[test]
+    fn hosts_doing_the_same_are_grouped_whatever_their_fingerprints() {
+        let f = fleet(vec![
+            host("a1", plan(Some("a"), "f1", &["api"])),
+            host("a2", plan(Some("a"), "f2", &["api"])),
+            host("b1", plan(Some("z"), "f3", &["api"])),
+            host("a3", plan(Some("a"), "f4", &["api"])),
+        ]);
+        let g: Vec<Vec<String>> = f.groups.iter().map(|g| g.hosts.clone()).collect();
+        assert_eq!(g, vec![vec!["a1", "a2", "a3"], vec!["b1"]]);
+        assert_eq!(f.rollback.hosts.len(), 4);
+        assert_eq!(f.rollback.hosts[3].to.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn the_fingerprint_moves_with_any_host_plan_the_host_list_or_the_rollout() {
+        let base = || {
+            vec![
+                host("a1", plan(Some("a"), "f1", &["api"])),
+                host("a2", plan(Some("a"), "f2", &["api"])),
+            ]
+        };
+        let f = fleet(base()).fingerprint;
+        assert_eq!(fleet(base()).fingerprint, f, "deterministic");
+        let mut moved = base();
+        moved[1].plan.fingerprint = "other".into();
+        assert_ne!(fleet(moved).fingerprint, f, "a host's plan");
+        let mut readdressed = base();
+        readdressed[0].address = "10.9.9.9".into();
+        assert_ne!(fleet(readdressed).fingerprint, f, "an address");
+        assert_ne!(fleet(base()[..1].to_vec()).fingerprint, f, "the host list");
+        let to = fleet(base()).to;
+        let r = Rollout {
+            canary: 1,
+            ..Rollout::default()
+        };
+        assert_ne!(
+            assemble("p", "prod", to, &r, base()).fingerprint,
+            f,
+            "the rollout"
+        );
+    }
+
+    #[test]
+    fn the_fleet_plan_round_trips_through_json() {
+        let f = fleet(vec![host("a1", plan(None, "f1", &["api"]))]);
+        let text = serde_json::to_string(&f).unwrap();
+        let back: FleetPlan = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, f);
+        assert!(back.rollback.hosts[0].to.is_none());
+    }
+}

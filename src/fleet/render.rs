@@ -1,0 +1,162 @@
+//! Fleet plan renderers: text (terminal), Markdown (a pull request comment)
+//! and JSON (machines, the saved plan file). Pure functions of a
+//! [`FleetPlan`]; the per-host detail is each host's own plan, rendered by
+//! `crate::render`.
+
+use std::fmt::Write;
+
+use super::plan::FleetPlan;
+use super::rollout::BatchKind;
+use crate::plan::short;
+
+/// The fleet plan as JSON (pretty, with a trailing newline): the saved
+/// plan file's format.
+pub fn json(p: &FleetPlan) -> String {
+    let mut s = serde_json::to_string_pretty(p).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+fn from_label(from: Option<&str>) -> String {
+    from.map_or_else(|| "nothing deployed".to_owned(), |f| short(f).to_owned())
+}
+
+fn batches_line(p: &FleetPlan) -> Vec<String> {
+    p.batches
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let kind = match b.kind {
+                BatchKind::Canary => "canary",
+                BatchKind::Batch => "batch",
+            };
+            format!("{}. {kind}: {}", i + 1, b.hosts.join(", "))
+        })
+        .collect()
+}
+
+/// The fleet plan for a terminal: a summary, the groups, the batches, the
+/// rollback, then each group's plan (one host's plan stands for its group).
+pub fn text(p: &FleetPlan, color: bool) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Fleet plan for {}/{}: {} hosts -> {} ({})",
+        p.project,
+        p.environment,
+        p.hosts.len(),
+        short(&p.to.sha),
+        p.to.summary
+    );
+    let r = &p.rollout;
+    let _ = writeln!(
+        s,
+        "rollout: canary {}, batches {}, max-fail {}, pause {}s, connections {}",
+        r.canary,
+        r.batches.join(", "),
+        r.max_fail,
+        r.pause_secs,
+        r.connections
+    );
+    let _ = writeln!(s, "\nHosts:");
+    for g in &p.groups {
+        let what = if g.actions == 0 {
+            "up to date".to_owned()
+        } else {
+            format!(
+                "{} actions, restarts {}",
+                g.actions,
+                if g.restarts.is_empty() {
+                    "none".to_owned()
+                } else {
+                    g.restarts.join(", ")
+                }
+            )
+        };
+        let _ = writeln!(
+            s,
+            "  {} (from {}): {what}",
+            g.hosts.join(", "),
+            from_label(g.from.as_deref())
+        );
+    }
+    let _ = writeln!(s, "\nBatches:");
+    for b in batches_line(p) {
+        let _ = writeln!(s, "  {b}");
+    }
+    let _ = writeln!(s, "\nRollback: {}", p.rollback.summary);
+    for h in &p.rollback.hosts {
+        let db = if h.kind == crate::plan::RollbackKind::NeedsDatabase {
+            " (its migrations stay: the database needs its backup restored, `moorline rollback --database` there)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            s,
+            "  {} -> {}{db}",
+            h.host,
+            h.to.as_deref().map_or("nothing (first deploy)", short)
+        );
+    }
+    for g in &p.groups {
+        let Some(first) = g.hosts.first().and_then(|n| p.host(n)) else {
+            continue;
+        };
+        if !first.plan.has_changes() {
+            continue;
+        }
+        let _ = writeln!(s, "\n=== {} ===", g.hosts.join(", "));
+        s.push_str(&crate::render::text(&first.plan, color));
+    }
+    let _ = writeln!(s, "\nfleet fingerprint {}", p.fingerprint);
+    s
+}
+
+/// The fleet plan as Markdown.
+pub fn markdown(p: &FleetPlan) -> String {
+    let cell = crate::render::markdown_cell;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "## Fleet plan: {}/{} → `{}`\n",
+        cell(&p.project),
+        cell(&p.environment),
+        short(&p.to.sha)
+    );
+    let _ = writeln!(
+        s,
+        "| hosts | from | actions | restarts |\n| --- | --- | --- | --- |"
+    );
+    for g in &p.groups {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            cell(&g.hosts.join(", ")),
+            cell(&from_label(g.from.as_deref())),
+            g.actions,
+            cell(&g.restarts.join(", "))
+        );
+    }
+    let _ = writeln!(s, "\n**Batches**\n");
+    for b in batches_line(p) {
+        let _ = writeln!(s, "{}", cell(&b));
+    }
+    let _ = writeln!(s, "\n**Rollback**: {}\n", cell(&p.rollback.summary));
+    for g in &p.groups {
+        let Some(first) = g.hosts.first().and_then(|n| p.host(n)) else {
+            continue;
+        };
+        if !first.plan.has_changes() {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "<details><summary>{}</summary>\n",
+            cell(&g.hosts.join(", "))
+        );
+        s.push_str(&crate::render::markdown(&first.plan));
+        let _ = writeln!(s, "\n</details>\n");
+    }
+    let _ = writeln!(s, "fleet fingerprint `{}`", p.fingerprint);
+    s
+}

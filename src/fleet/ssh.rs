@@ -1,0 +1,543 @@
+//! The transport to fleet hosts: the system's OpenSSH `ssh` binary and
+//! nothing else, so the user's `~/.ssh/config`, agent, `ProxyJump`,
+//! certificates and `known_hosts` apply. In: a host and a remote argv; out:
+//! its exit code and output, or a [`SshError`] that names the host.
+//! Guarantees: one function builds every ssh argv ([`Transport::args`]),
+//! one function quotes every remote word ([`quote`]), host keys are checked
+//! strictly, and every master connection opened is closed by [`Transport::close_all`].
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use miette::Diagnostic;
+use tokio::io::AsyncWriteExt;
+
+use crate::config::Host;
+
+/// How long `ssh` may take to connect (`ConnectTimeout`). A dead link is
+/// reported after this; a wrong host key at once.
+pub const CONNECT_TIMEOUT_SECS: u32 = 10;
+/// How long a master connection outlives its last client (`ControlPersist`).
+pub const CONTROL_PERSIST_SECS: u32 = 60;
+/// The longest control socket path that works: `sun_path` holds 108 bytes
+/// and ssh adds a 17-byte random suffix while it creates the socket.
+const MAX_CONTROL_PATH: usize = 90;
+/// ssh's own exit code for its errors (connect, authentication, host key).
+const SSH_FAILED: i32 = 255;
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum SshError {
+    #[error("host {host} ({address}): the host key does not match known_hosts")]
+    #[diagnostic(
+        code(moorline::fleet::host_key),
+        help(
+            "nothing was done on {host}. If the host was reinstalled, check its new key out of band and update known_hosts (`ssh-keygen -R {address}`, then connect once by hand); otherwise treat this as an attack"
+        )
+    )]
+    HostKey {
+        host: String,
+        address: String,
+        detail: String,
+    },
+    #[error("host {host} ({address}) is unreachable: {detail}")]
+    #[diagnostic(
+        code(moorline::fleet::unreachable),
+        help(
+            "check that `ssh {address}` works non-interactively (BatchMode: keys or an agent, no password prompt), or pass --skip-unreachable to count it against the rollout's max-fail"
+        )
+    )]
+    Unreachable {
+        host: String,
+        address: String,
+        detail: String,
+    },
+    #[error("cannot run `ssh` for host {host}")]
+    #[diagnostic(
+        code(moorline::fleet::ssh_spawn),
+        help("fleet mode needs OpenSSH's `ssh` on the PATH of the controller")
+    )]
+    Spawn {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot prepare the ssh control directory {path}")]
+    #[diagnostic(
+        code(moorline::fleet::control_dir),
+        help("check the permissions of the state directory")
+    )]
+    ControlDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SshError {
+    /// The host the error is about (`None`: not about one host).
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            Self::HostKey { host, .. }
+            | Self::Unreachable { host, .. }
+            | Self::Spawn { host, .. } => Some(host),
+            Self::ControlDir { .. } => None,
+        }
+    }
+}
+
+/// How the controller reaches its hosts: the ssh config file and where the
+/// master connections' sockets live.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    /// `--ssh-config FILE`: passed as `-F FILE`.
+    config_file: Option<PathBuf>,
+    /// A private directory for control sockets.
+    control_dir: PathBuf,
+}
+
+/// What a remote command reads on its standard input.
+pub enum Input {
+    Null,
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+/// A finished remote command.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The remote command's exit code (255 may also be ssh's own failure,
+    /// which [`Transport::run`] reports as an error when ssh says so).
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+/// How an ssh process uses the host's master connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Open the master and go to the background (`-M -N -f`).
+    Open,
+    /// Run a command through the master (or directly when it is gone).
+    Use,
+    /// Ask the master to exit (`-O exit`).
+    Close,
+    /// Ask whether a master runs (`-O check`).
+    Check,
+}
+
+impl Transport {
+    /// A transport whose control sockets live under `state_dir/ssh`, or,
+    /// when that path is too long for a socket, under a private directory
+    /// in the system's temporary directory named after it.
+    pub fn new(config_file: Option<PathBuf>, state_dir: &Path) -> Result<Self, SshError> {
+        let preferred = state_dir.join("ssh");
+        let control_dir = if preferred.as_os_str().len() + 1 + TOKEN_LEN <= MAX_CONTROL_PATH {
+            preferred
+        } else {
+            let digest = crate::state::sha256_hex(state_dir.as_os_str().as_encoded_bytes());
+            std::env::temp_dir().join(format!("moorline-ssh-{}", &digest[..12]))
+        };
+        crate::state::tighten(&control_dir).map_err(|source| SshError::ControlDir {
+            path: control_dir.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            config_file,
+            control_dir,
+        })
+    }
+
+    /// The control socket of `host`: a short hash of where it connects,
+    /// so the path stays far below the socket path limit.
+    fn control_path(&self, host: &Host) -> PathBuf {
+        let who = format!(
+            "{}@{}:{}",
+            host.user.as_deref().unwrap_or(""),
+            host.address,
+            host.port.map_or_else(String::new, |p| p.to_string())
+        );
+        self.control_dir
+            .join(&crate::state::sha256_hex(who.as_bytes())[..TOKEN_LEN])
+    }
+
+    /// Every argument after `ssh` for `host`: the one place ssh options are
+    /// chosen. `remote` is the remote argv, quoted for the remote shell.
+    fn args(&self, host: &Host, mode: Mode, remote: &[String]) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        if let Some(f) = &self.config_file {
+            a.push("-F".into());
+            a.push(f.into());
+        }
+        for opt in [
+            "BatchMode=yes".to_owned(),
+            format!("ConnectTimeout={CONNECT_TIMEOUT_SECS}"),
+            "StrictHostKeyChecking=yes".to_owned(),
+            // A dead link mid-command is noticed instead of hanging.
+            "ServerAliveInterval=5".to_owned(),
+            "ServerAliveCountMax=3".to_owned(),
+        ] {
+            a.push("-o".into());
+            a.push(opt.into());
+        }
+        let mut control = OsString::from("ControlPath=");
+        control.push(self.control_path(host));
+        a.push("-o".into());
+        a.push(control);
+        match mode {
+            Mode::Open => {
+                for opt in [
+                    "ControlMaster=yes".to_owned(),
+                    format!("ControlPersist={CONTROL_PERSIST_SECS}"),
+                ] {
+                    a.push("-o".into());
+                    a.push(opt.into());
+                }
+                a.extend(["-N".into(), "-f".into()]);
+            }
+            // `no`: use the master when it is there, connect directly when
+            // it is not, and never start a master that would hold our pipes.
+            Mode::Use => a.extend(["-o".into(), "ControlMaster=no".into()]),
+            Mode::Close => a.extend(["-O".into(), "exit".into()]),
+            Mode::Check => a.extend(["-O".into(), "check".into()]),
+        }
+        if let Some(u) = &host.user {
+            a.push("-l".into());
+            a.push(u.into());
+        }
+        if let Some(p) = host.port {
+            a.push("-p".into());
+            a.push(p.to_string().into());
+        }
+        // `--` so that an address can never be read as an option.
+        a.push("--".into());
+        a.push((&host.address).into());
+        if mode == Mode::Use && !remote.is_empty() {
+            a.push(command_line(remote).into());
+        }
+        a
+    }
+
+    fn command(&self, host: &Host, mode: Mode, remote: &[String]) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new("ssh");
+        c.args(self.args(host, mode, remote)).kill_on_drop(true);
+        c
+    }
+
+    /// Opens `host`'s master connection (which later commands share); an
+    /// unreachable host or a wrong host key is an error naming the host.
+    pub async fn open(&self, host: &Host) -> Result<(), SshError> {
+        // A master left by an earlier controller (killed, or within its
+        // ControlPersist) is reused: opening a second one on the same
+        // socket would leave a plain connection in the background.
+        let alive = self
+            .command(host, Mode::Check, &[])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .is_ok_and(|s| s.success());
+        if alive {
+            return Ok(());
+        }
+        let out = self
+            .command(host, Mode::Open, &[])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(|source| SshError::Spawn {
+                host: host.name.clone(),
+                source,
+            })?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        match out.status.code() {
+            Some(0) => Ok(()),
+            code => Err(classify(host, code.unwrap_or(SSH_FAILED), &stderr)
+                .unwrap_or_else(|| unreachable(host, &stderr))),
+        }
+    }
+
+    /// Runs `remote` on `host` and waits for it. ssh's own failures
+    /// (exit 255 with ssh's message) are errors; any other exit code is
+    /// the remote command's and is returned.
+    pub async fn run(
+        &self,
+        host: &Host,
+        remote: &[String],
+        input: Input,
+    ) -> Result<Output, SshError> {
+        let spawn_err = |source| SshError::Spawn {
+            host: host.name.clone(),
+            source,
+        };
+        let stdin = match &input {
+            Input::Null => Stdio::null(),
+            Input::Bytes(_) => Stdio::piped(),
+            Input::File(p) => Stdio::from(std::fs::File::open(p).map_err(spawn_err)?),
+        };
+        let mut child = self
+            .command(host, Mode::Use, remote)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        if let Input::Bytes(b) = input
+            && let Some(mut w) = child.stdin.take()
+        {
+            // A remote side that exits without reading is seen in its exit
+            // code; a broken pipe here is not an error of its own.
+            let _ = w.write_all(&b).await;
+            drop(w);
+        }
+        let out = child.wait_with_output().await.map_err(spawn_err)?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let code = out.status.code().unwrap_or(SSH_FAILED);
+        if let Some(e) = classify(host, code, &stderr) {
+            return Err(e);
+        }
+        Ok(Output {
+            code,
+            stdout: out.stdout,
+            stderr,
+        })
+    }
+
+    /// Starts `remote` on `host` with piped stdin, stdout and stderr, for
+    /// callers that stream (a host's apply events).
+    pub fn spawn(&self, host: &Host, remote: &[String]) -> Result<tokio::process::Child, SshError> {
+        self.command(host, Mode::Use, remote)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| SshError::Spawn {
+                host: host.name.clone(),
+                source,
+            })
+    }
+
+    /// Closes the master connections of `hosts` (`ssh -O exit`); a host
+    /// without one is fine.
+    pub async fn close_all(&self, hosts: &[Host]) {
+        let mut set = tokio::task::JoinSet::new();
+        for h in hosts {
+            let mut c = self.command(h, Mode::Close, &[]);
+            c.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            set.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), c.status()).await;
+            });
+        }
+        while set.join_next().await.is_some() {}
+    }
+}
+
+/// Characters of a control socket's name.
+const TOKEN_LEN: usize = 16;
+
+/// Whether an ssh exit is ssh's own failure, and which: exit 255 with a
+/// host key message is a key mismatch; other 255s with ssh's typical
+/// messages are an unreachable host. A remote command's own 255 (no such
+/// message) is left to the caller.
+pub fn classify(host: &Host, code: i32, stderr: &str) -> Option<SshError> {
+    if code != SSH_FAILED {
+        return None;
+    }
+    let key_markers = [
+        "Host key verification failed",
+        "REMOTE HOST IDENTIFICATION HAS CHANGED",
+        "No ED25519 host key is known",
+        "No RSA host key is known",
+        "No ECDSA host key is known",
+        "host key for",
+    ];
+    if key_markers.iter().any(|m| stderr.contains(m)) {
+        return Some(SshError::HostKey {
+            host: host.name.clone(),
+            address: host.address.clone(),
+            detail: last_line(stderr),
+        });
+    }
+    let ssh_markers = [
+        "ssh:",
+        "Connection",
+        "Permission denied",
+        "timed out",
+        "Could not resolve",
+        "kex_exchange_identification",
+        "Broken pipe",
+        "Timeout, server",
+        "closed by remote host",
+        "Control socket",
+    ];
+    if stderr.is_empty() || ssh_markers.iter().any(|m| stderr.contains(m)) {
+        return Some(unreachable(host, stderr));
+    }
+    None
+}
+
+fn unreachable(host: &Host, stderr: &str) -> SshError {
+    SshError::Unreachable {
+        host: host.name.clone(),
+        address: host.address.clone(),
+        detail: if stderr.trim().is_empty() {
+            "ssh exited 255 without a message".to_owned()
+        } else {
+            last_line(stderr)
+        },
+    }
+}
+
+/// The last non-empty line of ssh's message: the one that says why.
+fn last_line(s: &str) -> String {
+    s.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('@'))
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// One word quoted for a POSIX shell: single quotes around it, each `'`
+/// inside written as `'\''`. Every byte other than `'` is literal inside
+/// single quotes, so the remote shell sees exactly `word`.
+pub fn quote(word: &str) -> String {
+    let mut q = String::with_capacity(word.len() + 2);
+    q.push('\'');
+    for c in word.chars() {
+        if c == '\'' {
+            q.push_str("'\\''");
+        } else {
+            q.push(c);
+        }
+    }
+    q.push('\'');
+    q
+}
+
+/// The remote command line ssh hands to the remote user's shell: every
+/// word quoted by [`quote`], joined by spaces.
+pub fn command_line(words: &[String]) -> String {
+    words.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn host() -> Host {
+        Host {
+            name: "app1".into(),
+            address: "10.0.0.11".into(),
+            user: Some("deploy".into()),
+            port: Some(2222),
+            roles: vec![],
+        }
+    }
+
+    #[test]
+    fn argv_has_strict_keys_batch_mode_and_a_short_control_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Transport::new(Some("/etc/fleet_ssh".into()), dir.path()).unwrap();
+        let args: Vec<String> = t
+            .args(&host(), Mode::Use, &["moorline".into(), "--version".into()])
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        for want in [
+            "-F /etc/fleet_ssh",
+            "-o BatchMode=yes",
+            "-o StrictHostKeyChecking=yes",
+            "-o ConnectTimeout=10",
+            "-o ControlMaster=no",
+            "-l deploy",
+            "-p 2222",
+            "-- 10.0.0.11 'moorline' '--version'",
+        ] {
+            assert!(joined.contains(want), "{want} missing from {joined}");
+        }
+        let cp = args
+            .iter()
+            .find_map(|a| a.strip_prefix("ControlPath="))
+            .unwrap();
+        assert!(cp.len() <= MAX_CONTROL_PATH, "{cp}");
+        assert!(cp.starts_with(&dir.path().display().to_string()), "{cp}");
+    }
+
+    #[test]
+    fn a_long_state_dir_moves_control_sockets_to_a_short_private_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = dir.path().join("x".repeat(100));
+        let t = Transport::new(None, &long).unwrap();
+        let cp = t.control_path(&host());
+        assert!(cp.as_os_str().len() <= MAX_CONTROL_PATH, "{}", cp.display());
+        let _ = std::fs::remove_dir(&t.control_dir);
+    }
+
+    #[test]
+    fn ssh_failures_are_classified_by_message() {
+        let h = host();
+        for (code, stderr, want) in [
+            (255, "Host key verification failed.\r\n", Some("host key")),
+            (
+                255,
+                "@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n",
+                Some("host key"),
+            ),
+            (
+                255,
+                "ssh: connect to host 10.0.0.11 port 22: Connection timed out\r\n",
+                Some("unreachable"),
+            ),
+            (255, "", Some("unreachable")),
+            (255, "moorline: error: something of its own", None),
+            (3, "Connection refused", None),
+            (0, "", None),
+        ] {
+            let got = classify(&h, code, stderr).map(|e| match e {
+                SshError::HostKey { .. } => "host key",
+                SshError::Unreachable { .. } => "unreachable",
+                _ => "other",
+            });
+            assert_eq!(got, want, "{code} {stderr:?}");
+        }
+    }
+
+    #[test]
+    fn a_host_key_error_names_the_host() {
+        let e = classify(&host(), 255, "Host key verification failed.").unwrap();
+        assert!(e.to_string().contains("app1"), "{e}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// What `sh -c` receives after the remote shell parses our command
+        /// line is exactly the argv we quoted.
+        #[test]
+        fn quoting_round_trips_through_sh(words in proptest::collection::vec("[^\0]{0,12}", 1..5)) {
+            let mut line = String::from("printf '%s\\0'");
+            for w in &words {
+                line.push(' ');
+                line.push_str(&quote(w));
+            }
+            let out = std::process::Command::new("sh").arg("-c").arg(&line).output().unwrap();
+            prop_assert!(out.status.success());
+            let got: Vec<String> = out
+                .stdout
+                .split(|b| *b == 0)
+                .filter(|_| true)
+                .map(|b| String::from_utf8(b.to_vec()).unwrap())
+                .collect();
+            // printf's output ends with a NUL, so the split has a trailing "".
+            prop_assert_eq!(&got[..got.len() - 1], &words[..]);
+        }
+    }
+}

@@ -1,0 +1,595 @@
+//! Fleet mode end to end: a controller (this machine) plans and rolls out an environment over
+//! simulated hosts (`moorline::fixture::hosts`), each with its own sshd, network namespace and
+//! private systemd, through the real `ssh`. Every test ends by reading each host's own
+//! state.json over ssh: one release per host, named by that host's state.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Output;
+
+use moorline::fixture::hosts::Fleet;
+use moorline::fixture::{Edit, Fixture, FixtureOptions};
+
+use crate::support;
+
+struct World {
+    dir: tempfile::TempDir,
+    hosts: Fleet,
+    fx: Fixture,
+    /// The controller's state directory (the fleet journal, its lock, ssh sockets).
+    ctrl: PathBuf,
+}
+
+/// `k` hosts, a two-service fixture whose `staging` environment deploys to them with
+/// `rollout` (KDL children). With `edge`, the last host alone runs `svc-0002` (role `edge`);
+/// the others run only `svc-0001`.
+async fn world(k: usize, rollout: &str, edge: bool) -> Option<World> {
+    world_with(k, rollout, edge, "").await
+}
+
+/// [`world`] with more KDL (`extra`) in the environment; `{root}` in it is the hosts' common
+/// root path.
+async fn world_with(k: usize, rollout: &str, edge: bool, extra: &str) -> Option<World> {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let hosts = support::fleet(&dir.path().join("hosts"), k).await?;
+    let mut opts = FixtureOptions::new(hosts.root_path());
+    opts.services = Some(2);
+    opts.port_base = Some(23_400);
+    let fx = Fixture::create(&dir.path().join("fx"), &opts).unwrap();
+    let text = std::fs::read_to_string(&fx.config_path).unwrap();
+    let mut fleet = String::new();
+    for i in 1..=k {
+        let roles = match (edge, i == k) {
+            (false, _) => String::new(),
+            (true, true) => " { roles \"edge\"; }".to_owned(),
+            (true, false) => " { roles \"main\"; }".to_owned(),
+        };
+        let _ = writeln!(fleet, "    host \"host{i}\"{roles}");
+    }
+    let _ = writeln!(fleet, "    rollout {{ {rollout} }}");
+    fleet.push_str(&extra.replace("{root}", hosts.root_path().to_str().unwrap()));
+    let text = text.replacen(
+        "    branch \"main\"\n",
+        &format!("    branch \"main\"\n{fleet}"),
+        1,
+    );
+    let text = if edge {
+        let at = text.find("service \"svc-0002\"").unwrap();
+        let end = at + text[at..].find(" }\n").unwrap();
+        format!("{} ; role \"edge\"{}", &text[..end], &text[end..])
+    } else {
+        text
+    };
+    fx.commit_config("fleet hosts", &text).unwrap();
+    let ctrl = dir.path().join("ctrl");
+    Some(World {
+        dir,
+        hosts,
+        fx,
+        ctrl,
+    })
+}
+
+impl World {
+    fn cmd(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_moorline"));
+        c.args(["-c", self.fx.config_path.to_str().unwrap()])
+            .args(["--state-dir", self.ctrl.to_str().unwrap()])
+            .args(["--ssh-config", self.hosts.ssh_config().to_str().unwrap()])
+            .args(["--systemd", "user"])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("MOORLINE_CONFIG")
+            .env_remove("MOORLINE_TEST_CRASH_AFTER")
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Host `i`'s own state.json (0-based), read over ssh; `Null` when it has none.
+    fn state(&self, i: usize) -> serde_json::Value {
+        let out = self
+            .hosts
+            .run(
+                i,
+                &[
+                    "sh",
+                    "-c",
+                    "cat \"$XDG_STATE_HOME/moorline/pakashop/staging/state.json\" 2>/dev/null",
+                ],
+            )
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The release `svc-0001` (which every commit of these tests changes) runs on host `i`,
+    /// as the host's state.json says.
+    fn revision(&self, i: usize) -> Option<String> {
+        self.state(i)["services"]["svc-0001"]["revision"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    fn revisions(&self) -> Vec<Option<String>> {
+        (0..self.hosts.hosts().len())
+            .map(|i| self.revision(i))
+            .collect()
+    }
+
+    fn head(&self) -> String {
+        self.fx.head("main").unwrap()
+    }
+
+    fn commit(&self, msg: &str, edits: &[Edit]) -> String {
+        self.fx.commit("main", msg, edits).unwrap()
+    }
+
+    fn plan_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn code(out: &Output) -> Option<i32> {
+    out.status.code()
+}
+
+/// Deploys the current head everywhere and checks every host runs it.
+fn deploy_all(w: &World) -> String {
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let head = w.head();
+    assert!(
+        w.revisions()
+            .iter()
+            .all(|r| r.as_deref() == Some(head.as_str())),
+        "{:?} vs {head}\n{}",
+        w.revisions(),
+        show(&out)
+    );
+    head
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewed_plan_rolls_out_over_three_hosts_in_batches_and_a_drifted_host_is_refused() {
+    let Some(w) = world(3, "batches 1 \"100%\"", false).await else {
+        return;
+    };
+    let saved = w.plan_file("fleet.plan.json");
+    let out = w.run(&[
+        "plan",
+        "--env",
+        "staging",
+        "--format",
+        "json",
+        "--out",
+        saved.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["fleet_format_version"], 1);
+    let batches: Vec<Vec<String>> = plan["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_value(b["hosts"].clone()).unwrap())
+        .collect();
+    assert_eq!(batches, vec![vec!["host1"], vec!["host2", "host3"]]);
+    assert_eq!(plan["groups"].as_array().unwrap().len(), 1, "{plan}");
+    assert!(
+        w.revisions().iter().all(Option::is_none),
+        "plan is read-only"
+    );
+
+    let out = w.run(&["apply", saved.to_str().unwrap(), "--yes"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let first = w.head();
+    assert_eq!(w.revisions(), vec![Some(first.clone()); 3]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for h in ["host1", "host2", "host3"] {
+        assert!(
+            stderr.contains(&format!("[{h}]")),
+            "events are prefixed: {stderr}"
+        );
+    }
+    // host1 (the first batch) finished before host2 (the second) started.
+    let h1_done = stderr.find("[host1] apply: succeeded").unwrap();
+    let h2_first = stderr.find("[host2]").unwrap();
+    assert!(h1_done < h2_first, "{stderr}");
+
+    // A new commit is planned; then host2's unit file is edited by hand.
+    w.commit("touch svc-0001", &[Edit::touch_service("svc-0001")]);
+    let out = w.run(&["plan", "--env", "staging", "--out", saved.to_str().unwrap()]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let drift = w
+        .hosts
+        .run(
+            1,
+            &[
+                "sh",
+                "-c",
+                "echo '# edited by hand' >> \"$XDG_CONFIG_HOME/systemd/user/pakashop-svc-0001.service\"",
+            ],
+        )
+        .unwrap();
+    assert!(drift.status.success());
+    let out = w.run(&["apply", saved.to_str().unwrap(), "--yes"]);
+    assert_eq!(code(&out), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("moorline::fleet::stale_plan"), "{stderr}");
+    assert!(stderr.contains("host host2 moved"), "{stderr}");
+    assert!(!stderr.contains("host host1 moved"), "{stderr}");
+    assert_eq!(w.revisions(), vec![Some(first); 3], "nothing was applied");
+
+    // Status over the fleet names every host.
+    let out = w.run(&["status", "--env", "staging"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for h in ["host1", "host2", "host3"] {
+        assert!(stdout.contains(&format!("=== {h} ===")), "{}", show(&out));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_touches_no_other_host() {
+    let Some(w) = world(3, "canary 1; batches \"100%\"", false).await else {
+        return;
+    };
+    let first = deploy_all(&w);
+    let before: Vec<_> = (1..3).map(|i| w.state(i)).collect();
+    w.commit("svc-0001 crashes", &[Edit::crash_on_start("svc-0001")]);
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(3), "{}", show(&out));
+    assert_eq!(w.revisions(), vec![Some(first); 3]);
+    let after: Vec<_> = (1..3).map(|i| w.state(i)).collect();
+    assert_eq!(before, after, "host2 and host3 were not touched");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[host1] apply: rolled-back"), "{stderr}");
+    assert!(!stderr.contains("[host2] apply"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_in_the_second_batch_rolls_the_whole_fleet_back() {
+    let Some(w) = world(3, "batches 1 \"100%\"", true).await else {
+        return;
+    };
+    let first = deploy_all(&w);
+    w.commit(
+        "svc-0001 changes, svc-0002 (host3 only) crashes",
+        &[
+            Edit::touch_service("svc-0001"),
+            Edit::crash_on_start("svc-0002"),
+        ],
+    );
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(3), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[host3] apply: rolled-back"), "{stderr}");
+    assert!(stderr.contains("[host1] rolled back"), "{stderr}");
+    assert!(stderr.contains("[host2] rolled back"), "{stderr}");
+    assert_eq!(w.revisions(), vec![Some(first.clone()); 3], "{stderr}");
+    // Each host's `current` links point at the first release again.
+    for i in 0..3 {
+        let link = w.hosts.host(i).root_dir().join("staging/svc-0001/current");
+        let target = std::fs::read_link(&link).unwrap();
+        assert_eq!(
+            target.file_name().unwrap().to_string_lossy(),
+            first,
+            "host{}",
+            i + 1
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_host_refuses_the_apply_and_a_changed_host_key_is_named() {
+    let Some(w) = world(3, "batches \"100%\"", false).await else {
+        return;
+    };
+    w.hosts.rekey(1).unwrap();
+    let out = w.run(&["plan", "--env", "staging"]);
+    assert_eq!(code(&out), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("moorline::fleet::host_key"), "{stderr}");
+    assert!(stderr.contains("host2"), "{stderr}");
+    w.hosts.trust_host_keys().unwrap();
+
+    w.hosts.link_down(2).unwrap();
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unreachable"), "{stderr}");
+    assert!(stderr.contains("host3"), "{stderr}");
+    assert_eq!(w.revisions(), vec![None; 3], "nothing was applied");
+
+    // Skipped, it counts against max-fail (0 here): no host starts.
+    let out = w.run(&["apply", "--env", "staging", "--yes", "--skip-unreachable"]);
+    assert_eq!(code(&out), Some(3), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("host3: unreachable"), "{stderr}");
+    assert!(stderr.contains("exceed max-fail 0"), "{stderr}");
+    w.hosts.link_up(2).unwrap();
+    assert_eq!(w.revisions(), vec![None; 3], "nothing was applied");
+}
+
+/// The controller is SIGKILLed right after its Nth fleet journal record, then the rollout is
+/// finished by `apply --resume` (or undone by `rollback`). Records of a 3-host rollout in
+/// batches 1, 100%: 1 begin, 2 batch, 3 host1 started, 4 host1 finished, 5 batch, 6-7 hosts
+/// started, 8-9 hosts finished, 10 end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_controller_is_resumed_or_rolled_back_from_its_fleet_journal() {
+    let Some(w) = world(3, "batches 1 \"100%\"", false).await else {
+        return;
+    };
+    let mut previous = deploy_all(&w);
+    for (n, undo) in (1..=10)
+        .map(|n| (n, false))
+        .chain([(4, true), (7, true), (9, true)])
+    {
+        let head = w.commit(&format!("change {n}"), &[Edit::touch_service("svc-0001")]);
+        let out = w
+            .cmd(&["apply", "--env", "staging", "--yes"])
+            .env("MOORLINE_TEST_FLEET_CRASH_AFTER", n.to_string())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            None,
+            "killed at record {n}: {}",
+            show(&out)
+        );
+        let out = if undo {
+            w.run(&["rollback", "--env", "staging", "--yes"])
+        } else {
+            w.run(&["apply", "--resume", "--env", "staging", "--yes"])
+        };
+        assert_eq!(code(&out), Some(0), "after record {n}: {}", show(&out));
+        let want = if undo { previous.clone() } else { head.clone() };
+        assert_eq!(
+            w.revisions(),
+            vec![Some(want.clone()); 3],
+            "after record {n}: {}",
+            show(&out)
+        );
+        previous = want;
+        // Nothing is left unfinished: a second resume has nothing to do.
+        let out = w.run(&["apply", "--resume", "--env", "staging"]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("nothing to resume"),
+            "{}",
+            show(&out)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_drops_mid_apply_is_unknown_until_its_own_journal_settles_it() {
+    use std::io::BufRead;
+    let Some(w) = world(3, "batches \"100%\"", false).await else {
+        return;
+    };
+    let first = deploy_all(&w);
+    w.commit(
+        "svc-0001 is slow to get ready",
+        &[Edit::slow_readiness("svc-0001", 6000)],
+    );
+    let mut child = w
+        .cmd(&["apply", "--env", "staging", "--yes"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut sent = false;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if !sent && line.starts_with("[host3]") && line.contains("health:svc-0001") {
+                tx.send(()).unwrap();
+                sent = true;
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(moorline::fixture::deadline::wait())
+        .expect("host3 reached its health check");
+    w.hosts.link_down(2).unwrap();
+    let status = child.wait().unwrap();
+    let stderr = reader.join().unwrap();
+    assert_eq!(status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("host3: unknown"), "{stderr}");
+    assert!(stderr.contains("needs attention on: host3"), "{stderr}");
+    assert_eq!(w.revision(0), Some(first.clone()), "{stderr}");
+    assert_eq!(w.revision(1), Some(first.clone()), "{stderr}");
+
+    // Back on the network, host3's own journal settles it and the fleet rollback finishes.
+    w.hosts.link_up(2).unwrap();
+    let out = w.run(&["rollback", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    assert_eq!(w.revisions(), vec![Some(first); 3], "{}", show(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_hooks_run_around_each_batch_and_status_covers_every_host() {
+    let drain = "    drain {\n        \
+        before \"host1\" \"/bin/sh\" \"-c\" \"echo $0 $1 $2 >>{root}/drain.log\" \"before\" \"{hosts}\" \"{addresses}\"\n        \
+        after \"host1\" \"/bin/sh\" \"-c\" \"echo $0 $1 >>{root}/drain.log\" \"after\" \"{hosts}\"\n    }\n";
+    let Some(w) = world_with(3, "batches 1 \"100%\"", false, drain).await else {
+        return;
+    };
+    deploy_all(&w);
+    let log = std::fs::read_to_string(w.hosts.host(0).root_dir().join("drain.log")).unwrap();
+    assert_eq!(
+        log,
+        "before host1 host1\nafter host1\nbefore host2,host3 host2,host3\nafter host2,host3\n"
+    );
+    assert!(
+        !w.hosts.host(1).root_dir().join("drain.log").exists(),
+        "hooks run on their named host only"
+    );
+
+    let out = w.run(&["status", "--env", "staging", "--check"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let stopped = w
+        .hosts
+        .run(
+            1,
+            &["systemctl", "--user", "stop", "pakashop-svc-0001.service"],
+        )
+        .unwrap();
+    assert!(stopped.status.success());
+    let out = w.run(&["status", "--env", "staging", "--check", "--format", "json"]);
+    assert_eq!(code(&out), Some(5), "{}", show(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["hosts"]["host1"]["exit_code"], 0, "{status}");
+    assert_eq!(status["hosts"]["host2"]["exit_code"], 5, "{status}");
+
+    // Every host's journal, each line under its host's name.
+    let out = w.run(&["logs", "--env", "staging", "--lines", "3"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for h in ["host1", "host2", "host3"] {
+        assert!(stdout.contains(&format!("[{h}] ")), "{}", show(&out));
+    }
+    assert!(
+        stdout.lines().all(|l| l.starts_with("[host")),
+        "{}",
+        show(&out)
+    );
+
+    // An uncommitted configuration edit is not what the hosts would get.
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    std::fs::write(&w.fx.config_path, format!("{text}// edited\n")).unwrap();
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("moorline::fleet::dirty"),
+        "{}",
+        show(&out)
+    );
+}
+
+/// The fleet plan's text and Markdown, from real host plans (made here, without hosts): hosts
+/// grouped by what they do, batches, the rollback, each group's plan once.
+#[test]
+fn the_fleet_plan_renders_as_text_and_markdown() {
+    use moorline::config::{BatchSize, Rollout};
+    use moorline::fleet::plan::{HostPlan, assemble};
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = FixtureOptions::new(dir.path().join("srv"));
+    opts.services = Some(2);
+    let fx = Fixture::create(&dir.path().join("fx"), &opts).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moorline"))
+        .args(["-c", fx.config_path.to_str().unwrap()])
+        .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
+        .args([
+            "--systemd",
+            "user",
+            "plan",
+            "--env",
+            "staging",
+            "--format",
+            "json",
+        ])
+        .env("NO_COLOR", "1")
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let plan: moorline::plan::Plan = serde_json::from_slice(&out.stdout).unwrap();
+    let host = |name: &str, fingerprint: &str, actions: bool| {
+        let mut p = plan.clone();
+        p.fingerprint = fingerprint.to_owned();
+        if !actions {
+            p.actions.clear();
+        }
+        HostPlan {
+            name: name.to_owned(),
+            address: format!("{name}.internal"),
+            user: Some("deploy".to_owned()),
+            port: None,
+            plan: p,
+        }
+    };
+    let rollout = Rollout {
+        canary: 1,
+        batches: vec![BatchSize::Percent(50), BatchSize::Percent(100)],
+        ..Rollout::default()
+    };
+    let fleet = assemble(
+        "pakashop",
+        "staging",
+        plan.to.clone(),
+        &rollout,
+        vec![
+            host("app1", &"1".repeat(64), true),
+            host("app2", &"2".repeat(64), false),
+            host("app3", &"3".repeat(64), true),
+        ],
+    );
+    insta::with_settings!({
+        snapshot_path => "snapshots",
+        prepend_module_to_snapshot => false,
+        filters => vec![
+            (r"(/[\w.-]+)*/\.tmp[A-Za-z0-9]+", "[TMP]"),
+            (r"\b[0-9a-f]{64}\b", "[SHA256]"),
+            (r"\b[0-9a-f]{40}\b", "[SHA]"),
+            (r"\b[0-9a-f]{12}\b", "[SHORT]"),
+        ],
+    }, {
+        insta::assert_snapshot!("fleet_plan_text", moorline::fleet::render::text(&fleet, false));
+        insta::assert_snapshot!("fleet_plan_markdown", moorline::fleet::render::markdown(&fleet));
+    });
+}
+
+/// Commands the controller does not run over the hosts are refused, not run on the
+/// controller's own machine.
+#[test]
+fn commands_without_a_fleet_form_are_refused_on_the_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = FixtureOptions::new(dir.path().join("srv"));
+    opts.services = Some(2);
+    let fx = Fixture::create(&dir.path().join("fx"), &opts).unwrap();
+    let text = std::fs::read_to_string(&fx.config_path).unwrap();
+    let text = text.replacen(
+        "    branch \"main\"\n",
+        "    branch \"main\"\n    host \"app1\" address=\"192.0.2.1\"\n",
+        1,
+    );
+    fx.commit_config("a fleet", &text).unwrap();
+    for args in [
+        vec!["restart", "--env", "staging", "--yes"],
+        vec!["stop", "--env", "staging", "--yes"],
+        vec!["graph", "--env", "staging"],
+        vec!["backup", "--env", "staging", "list"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_moorline"))
+            .args(["-c", fx.config_path.to_str().unwrap()])
+            .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), Some(1), "{args:?}: {}", show(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("moorline::fleet::not_on_controller"),
+            "{args:?}: {}",
+            show(&out)
+        );
+    }
+}
