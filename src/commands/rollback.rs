@@ -216,11 +216,22 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
             .into());
         }
         let mut steps = Vec::new();
+        let mut undeploy = Vec::new();
         for name in &names {
             let paths = Paths::new(&t.env.root, name);
             let live = paths
                 .live()
                 .or_else(|| st.services.get(name).map(|s| s.revision.clone()));
+            if args.to.is_none()
+                && let Some(unit) = first_deploy_undone(&st, name)
+            {
+                undeploy.push(ops::Undeploy {
+                    service: name.clone(),
+                    from_revision: live,
+                    unit,
+                });
+                continue;
+            }
             let target = match &args.to {
                 Some(prefix) => {
                     find_release(&paths, prefix).ok_or_else(|| RollbackError::NoRelease {
@@ -276,7 +287,11 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
             summary: String::new(),
         });
         let to = Rev {
-            spec: "previous releases".to_owned(),
+            spec: if steps.is_empty() {
+                "nothing deployed".to_owned()
+            } else {
+                "previous releases".to_owned()
+            },
             sha: steps
                 .first()
                 .and_then(|s| s.release.clone())
@@ -293,6 +308,7 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
             to,
             state_sha256: loaded.sha256,
             infrastructure: false,
+            undeploy,
         });
         let schema = schema_after_code_rollback(&st, &t.env.name);
         plan.warnings.extend(schema.clone());
@@ -308,6 +324,26 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
             eprintln!("note: {s}");
         }
         Ok(code)
+    })
+}
+
+/// How `service` goes back to nothing deployed, when the last apply was its
+/// first deploy: it switched it and the state has no release before the
+/// live one. What happens to its unit file is what that apply recorded: it
+/// installed it where there was none (removed), replaced a file it saved
+/// (put back), or did not touch it (left alone).
+fn first_deploy_undone(st: &state::State, service: &str) -> Option<ops::UnitUndo> {
+    let last = st.last_apply.as_ref()?;
+    if !last.switched.iter().any(|s| s == service) {
+        return None;
+    }
+    if st.services.get(service)?.previous.is_some() {
+        return None;
+    }
+    Some(match last.previous_units.get(service) {
+        Some(None) => ops::UnitUndo::Remove,
+        Some(Some(saved)) if Path::new(saved).is_file() => ops::UnitUndo::Restore(saved.clone()),
+        Some(Some(_)) | None => ops::UnitUndo::Keep,
     })
 }
 
@@ -457,6 +493,7 @@ pub fn restart(global: &Global, args: &OpsArgs) -> miette::Result<i32> {
         to: rev,
         state_sha256: loaded.sha256,
         infrastructure: all,
+        undeploy: Vec::new(),
     });
     show_and_confirm(&plan, Format::Text, args.yes, "Restart")?;
     let rt = runtime()?;
