@@ -291,6 +291,76 @@ async fn a_failure_in_the_second_batch_rolls_the_whole_fleet_back() {
     }
 }
 
+/// A first rollout whose second batch fails: the hosts of the first batch ran their first
+/// deploy, so their own `rollback` takes them back to nothing deployed (stopped, `current` and
+/// the unit files gone); the fleet ends exit 3 with every host's state saying nothing is
+/// deployed, so the next plan is a first deploy everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_rollout_takes_every_host_back_to_nothing_deployed() {
+    let Some(w) = world(3, "batches 1 \"100%\"", true).await else {
+        return;
+    };
+    w.commit(
+        "svc-0002 (host3 only) crashes",
+        &[Edit::crash_on_start("svc-0002")],
+    );
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(3), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[host3] apply: rolled-back"), "{stderr}");
+    assert!(stderr.contains("[host1] rolled back"), "{stderr}");
+    for i in 0..3 {
+        let st = w.state(i);
+        assert_eq!(st["revision"], serde_json::Value::Null, "host{}: {st:#}", i + 1);
+        assert!(
+            st["services"].as_object().is_none_or(|m| m.is_empty()),
+            "host{}: {st:#}",
+            i + 1
+        );
+        let root = w.hosts.host(i).root_dir().join("staging");
+        for svc in ["svc-0001", "svc-0002"] {
+            assert!(
+                std::fs::symlink_metadata(root.join(svc).join("current")).is_err(),
+                "host{} {svc}",
+                i + 1
+            );
+            let unit = format!("pakashop-{svc}.service");
+            let active = w
+                .hosts
+                .run(i, &["systemctl", "--user", "is-active", &unit])
+                .unwrap();
+            assert_ne!(
+                String::from_utf8_lossy(&active.stdout).trim(),
+                "active",
+                "host{} {unit}",
+                i + 1
+            );
+        }
+    }
+    let out = w.run(&["plan", "--env", "staging", "--format", "json"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    // Every host's plan in the fleet plan is a first deploy again.
+    fn first_deploys(v: &serde_json::Value, out: &mut Vec<bool>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    if k == "first_deploy" {
+                        out.push(v == &serde_json::Value::Bool(true));
+                    } else {
+                        first_deploys(v, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| first_deploys(v, out)),
+            _ => {}
+        }
+    }
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut seen = Vec::new();
+    first_deploys(&plan, &mut seen);
+    assert!(seen.len() >= 3 && seen.iter().all(|f| *f), "{seen:?}\n{}", show(&out));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_host_refuses_the_apply_and_a_changed_host_key_is_named() {
     let Some(w) = world(3, "batches \"100%\"", false).await else {
