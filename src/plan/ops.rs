@@ -698,4 +698,78 @@ service "search"  { runtime "node"; port 5; phase "core" }
             }
         );
     }
+
+    /// A rollback mixing a first deploy undone (stopped before its unit file
+    /// goes) with a service switched back to a kept release: one
+    /// daemon-reload covers both unit files, restarts wait for it.
+    #[test]
+    fn a_first_deploy_undone_stops_before_its_unit_file_goes() {
+        let c = config();
+        let step = |name: &str| Step {
+            service: name.into(),
+            release: Some("aaa".into()),
+            from_revision: Some("bbb".into()),
+            reason: "back".into(),
+            unit_restore: Some("/saved".into()),
+        };
+        let p = build(OpsInputs {
+            config: &c,
+            config_text: "",
+            env: &c.environments[0],
+            operation: Operation::Rollback,
+            steps: vec![step("auth")],
+            from: None,
+            to: Rev {
+                spec: "previous releases".into(),
+                sha: "aaa".into(),
+                summary: String::new(),
+            },
+            state_sha256: None,
+            infrastructure: false,
+            undeploy: vec![
+                Undeploy {
+                    service: "search".into(),
+                    from_revision: Some("bbb".into()),
+                    unit: UnitUndo::Remove,
+                },
+                Undeploy {
+                    service: "config".into(),
+                    from_revision: Some("bbb".into()),
+                    unit: UnitUndo::Keep,
+                },
+            ],
+        });
+        assert_eq!(
+            edges(&p),
+            [
+                "stop:config <- ",
+                "stop:search <- ",
+                "remove-unit:search <- stop:search",
+                "install-unit:auth <- ",
+                "daemon-reload <- remove-unit:search install-unit:auth",
+                "restart:auth <- daemon-reload",
+                "health:auth <- restart:auth",
+            ]
+        );
+        assert_eq!(
+            p.actions[0].step,
+            ActionStep::Stop {
+                unit: c.service("config").unwrap().unit_name.clone(),
+                unlink: Some("/tmp/p/config/current".into()),
+            }
+        );
+        let reload = p.action("daemon-reload").unwrap();
+        assert_eq!(
+            reload.step,
+            ActionStep::DaemonReload {
+                enable: vec![c.service("auth").unwrap().unit_name.clone()]
+            }
+        );
+        let change = |n: &str| p.services.iter().find(|s| s.name == n).unwrap().change;
+        assert_eq!(change("search"), ServiceChange::Stop);
+        assert_eq!(change("config"), ServiceChange::Stop);
+        assert_eq!(change("auth"), ServiceChange::Deploy);
+        assert_eq!(change("gateway"), ServiceChange::Unchanged);
+    }
+
 }
