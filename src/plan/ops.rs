@@ -297,9 +297,7 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
                 },
                 from_revision: u.from_revision.clone(),
                 to_revision: None,
-                reasons: vec![
-                    "first deploy undone: stopped, no release is live".to_owned(),
-                ],
+                reasons: vec!["first deploy undone: stopped, no release is live".to_owned()],
                 changed_paths: Vec::new(),
                 changed_count: 0,
                 unit_diff: None,
@@ -771,5 +769,4 @@ service "search"  { runtime "node"; port 5; phase "core" }
         assert_eq!(change("auth"), ServiceChange::Deploy);
         assert_eq!(change("gateway"), ServiceChange::Unchanged);
     }
-
 }
