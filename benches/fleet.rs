@@ -106,6 +106,7 @@ async fn run() -> Res<()> {
     // machine: its floor is its CPU time over the cores, whatever the
     // controller does.
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let cores_f = f64::from(u32::try_from(cores).unwrap_or(1));
     let (c_cpu, r_cpu) = (cpu.canary, cpu.rest);
     println!(
         "  CPU of the hosts and controller: canary window {c_cpu:.2}s ({:.2} of {cores} cores busy), batch {r_cpu:.2}s ({:.2} of {cores} cores busy): {:.2}x the canary's CPU",
@@ -119,8 +120,8 @@ async fn run() -> Res<()> {
     );
     println!(
         "  the batch on {cores} cores cannot take less than {:.2}s ({:.2}x one host) unless it needs less CPU; machine-wide (other work included) {:.2} cores were busy during it",
-        r_cpu / cores as f64,
-        r_cpu / cores as f64 / canary.as_secs_f64().max(1e-9),
+        r_cpu / cores_f,
+        r_cpu / cores_f / canary.as_secs_f64().max(1e-9),
         cpu.machine_rest / rest.as_secs_f64().max(1e-9)
     );
     println!(
@@ -184,11 +185,16 @@ fn tree_ticks_of(root: Option<u32>, comm: &str) -> u64 {
         let f: Vec<&str> = rest.split_whitespace().collect();
         let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         // state ppid ... utime(11) stime(12) cutime(13) cstime(14)
-        let ppid = u32::try_from(num(1)).unwrap_or(0);
+        let parent_pid = u32::try_from(num(1)).unwrap_or(0);
         let named = stat
             .find('(')
             .is_some_and(|i| stat[i + 1..].starts_with(comm));
-        procs.push((pid, ppid, num(11) + num(12) + num(13) + num(14), named));
+        procs.push((
+            pid,
+            parent_pid,
+            num(11) + num(12) + num(13) + num(14),
+            named,
+        ));
     }
     let parent: std::collections::HashMap<u32, u32> =
         procs.iter().map(|(p, pp, _, _)| (*p, *pp)).collect();
@@ -276,7 +282,9 @@ fn timed_rollout(config: &Path, ctrl: &Path, hosts: &Fleet) -> Res<((Duration, D
     let status = child.wait().map_err(|e| e.to_string())?;
     let all = started.elapsed();
     let t2 = t2_live.max(tree_ticks(None));
-    let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / hz;
+    // Tick counts of a benchmark fit in 32 bits.
+    let secs =
+        |a: u64, b: u64| f64::from(u32::try_from(b.saturating_sub(a)).unwrap_or(u32::MAX)) / hz;
     let cpu = Cpu {
         canary: secs(t0, t1),
         rest: secs(t1, t2),

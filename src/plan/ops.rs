@@ -97,7 +97,7 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
                 .map(|i| (i, u))
         })
         .collect();
-    let mut stops = Vec::new();
+    let mut stopped = Vec::new();
     for i in undeploy.keys() {
         let s = &config.services[*i];
         let id = format!("stop:{}", s.name);
@@ -117,7 +117,7 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
                 ),
             },
         });
-        stops.push(id);
+        stopped.push(id);
     }
     // Unit files of the releases returned to go back first, with one
     // daemon-reload, before any restart.
@@ -265,7 +265,7 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
                 Some(c) => format!("upstreams restarted; after `{}` passes", c.argv.join(" ")),
                 None => "upstreams restarted".to_owned(),
             },
-            after: previous_health.iter().chain(&stops).cloned().collect(),
+            after: previous_health.iter().chain(&stopped).cloned().collect(),
             step: ActionStep::ReloadProxy {
                 unit: p.unit.clone(),
                 check: p.check.as_ref().map(|c| Command {

@@ -341,6 +341,23 @@ async fn a_failure_in_the_second_batch_rolls_the_whole_fleet_back() {
     }
 }
 
+/// Every `first_deploy` value anywhere in `v`, whether true.
+fn first_deploys(v: &serde_json::Value, out: &mut Vec<bool>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                if k == "first_deploy" {
+                    out.push(v == &serde_json::Value::Bool(true));
+                } else {
+                    first_deploys(v, out);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| first_deploys(v, out)),
+        _ => {}
+    }
+}
+
 /// A first rollout whose second batch fails: the hosts of the first batch ran their first
 /// deploy, so their own `rollback` takes them back to nothing deployed (stopped, `current` and
 /// the unit files gone); the fleet ends exit 3 with every host's state saying nothing is
@@ -368,7 +385,9 @@ async fn a_failed_first_rollout_takes_every_host_back_to_nothing_deployed() {
             i + 1
         );
         assert!(
-            st["services"].as_object().is_none_or(|m| m.is_empty()),
+            st["services"]
+                .as_object()
+                .is_none_or(serde_json::Map::is_empty),
             "host{}: {st:#}",
             i + 1
         );
@@ -395,21 +414,6 @@ async fn a_failed_first_rollout_takes_every_host_back_to_nothing_deployed() {
     let out = w.run(&["plan", "--env", "staging", "--format", "json"]);
     assert_eq!(code(&out), Some(0), "{}", show(&out));
     // Every host's plan in the fleet plan is a first deploy again.
-    fn first_deploys(v: &serde_json::Value, out: &mut Vec<bool>) {
-        match v {
-            serde_json::Value::Object(m) => {
-                for (k, v) in m {
-                    if k == "first_deploy" {
-                        out.push(v == &serde_json::Value::Bool(true));
-                    } else {
-                        first_deploys(v, out);
-                    }
-                }
-            }
-            serde_json::Value::Array(a) => a.iter().for_each(|v| first_deploys(v, out)),
-            _ => {}
-        }
-    }
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut seen = Vec::new();
     first_deploys(&plan, &mut seen);
