@@ -390,6 +390,7 @@ mod tests {
             .map(|s| {
                 serde_json::json!({
                     "id": format!("restart:{s}"), "kind": "restart", "service": s,
+                    "unit": format!("p-{s}.service"),
                     "phase": null, "reason": "changed", "after": []
                 })
             })
