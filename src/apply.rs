@@ -1338,11 +1338,27 @@ fn commit_state(
         st.record_deploy(&plan.to.sha, state::now_secs());
     }
     if plan.operation == crate::plan::Operation::Rollback {
+        // Services whose first deploy this rollback undid: nothing of
+        // theirs is deployed any more, so the next plan deploys them first.
+        let undeployed: Vec<&str> = plan
+            .services
+            .iter()
+            .filter(|s| s.change == crate::plan::ServiceChange::Stop)
+            .map(|s| s.name.as_str())
+            .collect();
+        for s in &undeployed {
+            st.services.remove(*s);
+        }
+        if !undeployed.is_empty() && st.services.is_empty() {
+            st.revision = None;
+        }
         st.record_manual_rollback(state::now_secs());
+        let mut back = switched.clone();
+        back.extend(undeployed.iter().map(|s| (*s).to_owned()));
         st.rolled_back = Some(state::ManualRollback::after(
             st.rolled_back.take(),
             apply_id,
-            &switched,
+            &back,
         ));
     }
     st.last_apply = Some(ApplyRecord {

@@ -250,6 +250,15 @@ pub fn run(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
         let t = settings::resolve(global, &fp.environment)?;
         return super::fleet::apply(global, args, &t, Some(fp));
     }
+    // A reviewed fleet plan: the controller plans every host again and
+    // checks each does what was reviewed.
+    if let Some(path) = &args.reviewed
+        && let Some(fp) = super::fleet::read_fleet_plan(path)?
+    {
+        let env = args.env.clone().unwrap_or_else(|| fp.environment.clone());
+        let t = settings::resolve(global, &env)?;
+        return super::fleet::apply_reviewed(global, args, &t, fp);
+    }
     // Plan files are read (and their format checked) before anything else.
     let saved = args.plan.as_deref().map(read_plan_file).transpose()?;
     let reviewed = args.reviewed.as_deref().map(read_plan_file).transpose()?;

@@ -241,6 +241,68 @@ pub fn what_moved(saved: &FleetPlan, fresh: &FleetPlan, skipped: &[String]) -> V
     moved
 }
 
+/// What the fleet's fresh plans do differently from a reviewed fleet plan,
+/// host by host (empty: the same). Each host's plan is compared with its
+/// reviewed one as a host's `--reviewed` is ([`crate::plan::review_differences`]):
+/// what happens, not the inputs; with `same_target` false the target may
+/// be another commit (the merge of the reviewed pull request).
+pub fn review_differences(
+    reviewed: &FleetPlan,
+    fresh: &FleetPlan,
+    skipped: &[String],
+    same_target: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if reviewed.project != fresh.project || reviewed.environment != fresh.environment {
+        out.push(format!(
+            "it is for {}/{}, this is {}/{}",
+            reviewed.project, reviewed.environment, fresh.project, fresh.environment
+        ));
+    }
+    if reviewed.rollout != fresh.rollout {
+        out.push("the rollout block changed".to_owned());
+    }
+    if same_target && reviewed.to.sha != fresh.to.sha {
+        out.push(format!(
+            "it deploys {}, the fleet now {}",
+            crate::plan::short(&reviewed.to.sha),
+            crate::plan::short(&fresh.to.sha)
+        ));
+    }
+    for h in &reviewed.hosts {
+        if skipped.contains(&h.name) {
+            continue;
+        }
+        match fresh.host(&h.name) {
+            None => out.push(format!("host {} is no longer in the environment", h.name)),
+            Some(f) => {
+                let d = crate::plan::review_differences(&h.plan, &f.plan, same_target);
+                if !d.is_empty() {
+                    out.push(format!("host {}: {}", h.name, d.join("; ")));
+                }
+            }
+        }
+    }
+    for h in &fresh.hosts {
+        if reviewed.host(&h.name).is_none() {
+            out.push(format!("host {} was added to the environment", h.name));
+        }
+    }
+    out
+}
+
+/// `apply --reviewed FLEETPLAN`: a fleet plan reviewed elsewhere (a pull
+/// request), applied as each host plans it now when every host's plan does
+/// what the reviewed one does.
+pub fn apply_reviewed(
+    global: &Global,
+    args: &ApplyArgs,
+    t: &Target,
+    reviewed: FleetPlan,
+) -> miette::Result<i32> {
+    run_apply(global, args, t, Source::Reviewed(reviewed))
+}
+
 /// `apply` of a fleet: a saved fleet plan, or plan here and confirm.
 pub fn apply(
     global: &Global,
@@ -250,15 +312,30 @@ pub fn apply(
 ) -> miette::Result<i32> {
     if args.reviewed.is_some() {
         return Err(FleetError::Local {
-            what: "apply --reviewed in a fleet environment".to_owned(),
+            what: "apply --reviewed with a host's plan in a fleet environment".to_owned(),
             help: format!(
-                "review a fleet plan (`moorline plan --env {e} --out FILE` on the controller) and apply that file: `moorline apply FILE`",
+                "review a fleet plan (`moorline plan --env {e} --out FILE` on the controller) and apply it with `moorline apply FILE` or `moorline apply --env {e} --reviewed FILE`",
                 e = t.env.name
             ),
             source: None,
         }
         .into());
     }
+    run_apply(global, args, t, saved.map_or(Source::Fresh, Source::Saved))
+}
+
+/// Where a fleet apply's plan comes from.
+enum Source {
+    /// Planned now, shown and confirmed.
+    Fresh,
+    /// A saved fleet plan: applied as it is, refused if any host moved.
+    Saved(FleetPlan),
+    /// A reviewed fleet plan: planned now, refused if any host's plan does
+    /// something else.
+    Reviewed(FleetPlan),
+}
+
+fn run_apply(global: &Global, args: &ApplyArgs, t: &Target, source: Source) -> miette::Result<i32> {
     let fleet = fleet(global, t)?;
     let _lock = crate::lock::acquire(&fleet.dir, "fleet apply")?;
     if !args.resume && !args.allow_dirty {
@@ -286,12 +363,13 @@ pub fn apply(
             }
             .into());
         }
-        let to = match &saved {
-            Some(s) => t.repo.resolve(&s.to.sha)?,
-            None => fplan::target(t, args.to.as_deref())?,
+        let to = match &source {
+            Source::Saved(s) => t.repo.resolve(&s.to.sha)?,
+            Source::Reviewed(r) if args.to.is_none() => t.repo.resolve(&r.to.sha)?,
+            Source::Reviewed(_) | Source::Fresh => fplan::target(t, args.to.as_deref())?,
         };
-        let host_args = match &saved {
-            Some(s) => s
+        let host_args = match &source {
+            Source::Saved(s) | Source::Reviewed(s) => s
                 .hosts
                 .first()
                 .map(|h| HostPlanArgs {
@@ -300,7 +378,7 @@ pub fn apply(
                     skip_promotion_check: h.plan.inputs.skip_promotion_check,
                 })
                 .unwrap_or_default(),
-            None => HostPlanArgs {
+            Source::Fresh => HostPlanArgs {
                 allow_non_ancestor: args.allow_non_ancestor,
                 adopt: args.adopt.clone(),
                 skip_promotion_check: args.skip_promotion_check,
@@ -326,7 +404,27 @@ pub fn apply(
             &fleet.env.rollout,
             host_plans(&fleet, &gathered),
         );
-        let plan = if let Some(saved) = saved {
+        let plan = if let Source::Reviewed(reviewed) = &source {
+            let differences =
+                review_differences(reviewed, &fresh, &skipped, args.to.is_none());
+            if !differences.is_empty() {
+                return Err(FleetError::NotAsReviewed {
+                    differences: match differences.as_slice() {
+                        [one] => one.clone(),
+                        many => format!("\n  - {}", many.join("\n  - ")),
+                    },
+                    env: fleet.env.name.clone(),
+                }
+                .into());
+            }
+            if args.format != Format::Json {
+                eprint!(
+                    "{}",
+                    crate::secrets::redact(&render::text(&fresh, report::stderr_color()))
+                );
+            }
+            fresh
+        } else if let Source::Saved(saved) = source {
             let moved = what_moved(&saved, &fresh, &skipped);
             if !moved.is_empty() {
                 return Err(FleetError::Stale {

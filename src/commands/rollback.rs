@@ -216,11 +216,22 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
             .into());
         }
         let mut steps = Vec::new();
+        let mut undeploy = Vec::new();
         for name in &names {
             let paths = Paths::new(&t.env.root, name);
             let live = paths
                 .live()
                 .or_else(|| st.services.get(name).map(|s| s.revision.clone()));
+            if args.to.is_none()
+                && let Some(unit) = first_deploy_undone(&st, name)
+            {
+                undeploy.push(ops::Undeploy {
+                    service: name.clone(),
+                    from_revision: live,
+                    unit,
+                });
+                continue;
+            }
             let target = match &args.to {
                 Some(prefix) => {
                     find_release(&paths, prefix).ok_or_else(|| RollbackError::NoRelease {
@@ -276,7 +287,11 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
             summary: String::new(),
         });
         let to = Rev {
-            spec: "previous releases".to_owned(),
+            spec: if steps.is_empty() {
+                "nothing deployed".to_owned()
+            } else {
+                "previous releases".to_owned()
+            },
             sha: steps
                 .first()
                 .and_then(|s| s.release.clone())
@@ -293,6 +308,7 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
             to,
             state_sha256: loaded.sha256,
             infrastructure: false,
+            undeploy,
         });
         let schema = schema_after_code_rollback(&st, &t.env.name);
         plan.warnings.extend(schema.clone());
@@ -309,6 +325,44 @@ pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
         }
         Ok(code)
     })
+}
+
+/// How `service` goes back to nothing deployed, when the last apply was its
+/// first deploy: it switched it and the state has no release before the
+/// live one. What happens to its unit file is what that apply recorded: it
+/// installed it where there was none (removed), replaced a file it saved
+/// (put back), or did not touch it (left alone).
+///
+/// Not after a later apply failed (and was rolled back): `rollback` then
+/// has no release to go back to, as before, rather than taking down what
+/// the failed apply's rollback just restored.
+fn first_deploy_undone(st: &state::State, service: &str) -> Option<ops::UnitUndo> {
+    let last = st.last_apply.as_ref()?;
+    if !last.switched.iter().any(|s| s == service) {
+        return None;
+    }
+    if st
+        .last_failure
+        .as_ref()
+        .is_some_and(|f| apply_order(&f.id) >= apply_order(&last.id))
+    {
+        return None;
+    }
+    if st.services.get(service)?.previous.is_some() {
+        return None;
+    }
+    Some(match last.previous_units.get(service) {
+        Some(None) => ops::UnitUndo::Remove,
+        Some(Some(saved)) if Path::new(saved).is_file() => ops::UnitUndo::Restore(saved.clone()),
+        Some(Some(_)) | None => ops::UnitUndo::Keep,
+    })
+}
+
+/// When an apply began, from its id (`SECS-MICROS-PID`, see
+/// [`crate::apply::new_apply_id`]); an id of another form sorts first.
+fn apply_order(id: &str) -> (u64, u64) {
+    let mut parts = id.split('-').map(|p| p.parse::<u64>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 /// What a code-only rollback leaves of the database, when the last apply
@@ -457,6 +511,7 @@ pub fn restart(global: &Global, args: &OpsArgs) -> miette::Result<i32> {
         to: rev,
         state_sha256: loaded.sha256,
         infrastructure: all,
+        undeploy: Vec::new(),
     });
     show_and_confirm(&plan, Format::Text, args.yes, "Restart")?;
     let rt = runtime()?;
@@ -475,6 +530,49 @@ pub fn restart(global: &Global, args: &OpsArgs) -> miette::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_first_deploy_is_undone_only_when_nothing_failed_after_it() {
+        let record = |id: &str| state::ApplyRecord {
+            id: id.into(),
+            from: None,
+            to: "b".into(),
+            switched: vec!["backend".into()],
+            previous_units: std::collections::BTreeMap::from([("backend".into(), None)]),
+            backup: None,
+            migrated: false,
+            outcome: "succeeded".into(),
+        };
+        let mut st = state::State::default();
+        st.services.insert(
+            "backend".into(),
+            state::ServiceState {
+                revision: "b".into(),
+                previous: None,
+                unit_sha256: None,
+                unit: None,
+            },
+        );
+        st.last_apply = Some(record("1700000000-000100-7"));
+        assert_eq!(
+            first_deploy_undone(&st, "backend"),
+            Some(ops::UnitUndo::Remove)
+        );
+        assert_eq!(first_deploy_undone(&st, "web"), None, "not switched");
+        st.last_failure = Some(record("1699999999-999999-8"));
+        assert_eq!(
+            first_deploy_undone(&st, "backend"),
+            Some(ops::UnitUndo::Remove),
+            "an older failure"
+        );
+        st.last_failure = Some(record("1700000000-000200-9"));
+        assert_eq!(first_deploy_undone(&st, "backend"), None, "failed after it");
+        st.last_failure = None;
+        if let Some(s) = st.services.get_mut("backend") {
+            s.previous = Some("a".into());
+        }
+        assert_eq!(first_deploy_undone(&st, "backend"), None, "has a previous");
+    }
 
     #[test]
     fn a_code_rollback_says_what_happens_to_the_schema() {

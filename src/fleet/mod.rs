@@ -51,6 +51,14 @@ pub enum FleetError {
         )
     )]
     Stale { moved: String, env: String },
+    #[error("the fleet's plans differ from the reviewed fleet plan: {differences}")]
+    #[diagnostic(
+        code(moorline::fleet::not_as_reviewed),
+        help(
+            "nothing was applied on any host. Make a new fleet plan (`moorline plan --env {env} --out FILE`) and have it reviewed"
+        )
+    )]
+    NotAsReviewed { differences: String, env: String },
     #[error("unreachable before the start: {hosts}")]
     #[diagnostic(
         code(moorline::fleet::unreachable_before_start),

@@ -227,7 +227,7 @@ fn rollback(hosts: &[HostPlan]) -> FleetRollback {
     let summary = if changing.is_empty() {
         "nothing changes, so there is nothing to roll back".to_owned()
     } else {
-        "when the failure budget is exceeded, no further host starts, hosts in flight finish, and every host that switched runs its own `moorline rollback` (in parallel): each goes back to the release it runs now, without a rebuild; a host that failed rolls itself back, and a host that cannot be reached is reported, never assumed rolled back".to_owned()
+        "when the failure budget is exceeded, no further host starts, hosts in flight finish, and every host that switched runs its own `moorline rollback` (in parallel): each goes back to the release it runs now, without a rebuild (a host whose apply is its first deploy goes back to nothing deployed: its services stopped, their unit files removed); a host that failed rolls itself back, and a host that cannot be reached is reported, never assumed rolled back".to_owned()
     };
     FleetRollback {
         hosts: changing,
@@ -390,6 +390,7 @@ mod tests {
             .map(|s| {
                 serde_json::json!({
                     "id": format!("restart:{s}"), "kind": "restart", "service": s,
+                    "unit": format!("p-{s}.service"),
                     "phase": null, "reason": "changed", "after": []
                 })
             })

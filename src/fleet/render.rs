@@ -95,7 +95,10 @@ pub fn text(p: &FleetPlan, color: bool) -> String {
             s,
             "  {} -> {}{db}",
             h.host,
-            h.to.as_deref().map_or("nothing (first deploy)", short)
+            h.to.as_deref().map_or(
+                "nothing deployed (first deploy: stopped, unit files removed)",
+                short
+            )
         );
     }
     for g in &p.groups {

@@ -27,6 +27,30 @@ pub struct Step {
     pub unit_restore: Option<String>,
 }
 
+/// A service whose last apply was its first deploy, rolled back: there is
+/// no release to go back to, so it goes back to nothing deployed, as the
+/// automatic rollback of a first deploy does (`plan::undo`): stopped and
+/// its `current` link removed, then the unit file that apply installed is
+/// removed (or the one it replaced put back), then one daemon-reload.
+#[derive(Debug, Clone)]
+pub struct Undeploy {
+    pub service: String,
+    /// The release live now (the one the first deploy made live).
+    pub from_revision: Option<String>,
+    pub unit: UnitUndo,
+}
+
+/// What happens to the unit file of an [`Undeploy`]ed service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitUndo {
+    /// The first deploy installed it where there was none: removed.
+    Remove,
+    /// The first deploy replaced this saved file: put back.
+    Restore(String),
+    /// moorline did not install it (an unmanaged unit): left alone.
+    Keep,
+}
+
 pub struct OpsInputs<'a> {
     pub config: &'a Config,
     pub config_text: &'a str,
@@ -38,6 +62,9 @@ pub struct OpsInputs<'a> {
     pub state_sha256: Option<String>,
     /// Also restart each phase's infrastructure units, before its services.
     pub infrastructure: bool,
+    /// Services taken back to nothing deployed (a rollback of their first
+    /// deploy), before anything else.
+    pub undeploy: Vec<Undeploy>,
 }
 
 /// Builds the plan: restart (and health) for every step, in start order.
@@ -57,9 +84,74 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
         .collect();
     let mut actions: Vec<Action> = Vec::new();
     let mut previous_health: Vec<String> = Vec::new();
+    // First deploys undone: stopped first, so their unit's ExecStop runs
+    // while the unit file is still there; the unit file goes after.
+    let undeploy: BTreeMap<usize, &Undeploy> = inp
+        .undeploy
+        .iter()
+        .filter_map(|u| {
+            config
+                .services
+                .iter()
+                .position(|c| c.name == u.service)
+                .map(|i| (i, u))
+        })
+        .collect();
+    let mut stopped = Vec::new();
+    for i in undeploy.keys() {
+        let s = &config.services[*i];
+        let id = format!("stop:{}", s.name);
+        actions.push(Action {
+            id: id.clone(),
+            service: Some(s.name.clone()),
+            phase: Some(s.phase.clone()),
+            reason: "its last apply was its first deploy: there is no previous release, so it stops and `current` goes".to_owned(),
+            after: Vec::new(),
+            step: ActionStep::Stop {
+                unit: s.unit_name.clone(),
+                unlink: Some(
+                    crate::release::Paths::new(&env.root, &s.name)
+                        .current()
+                        .display()
+                        .to_string(),
+                ),
+            },
+        });
+        stopped.push(id);
+    }
     // Unit files of the releases returned to go back first, with one
     // daemon-reload, before any restart.
     let mut installs = Vec::new();
+    for (i, u) in &undeploy {
+        let s = &config.services[*i];
+        let (id, reason, step) = match &u.unit {
+            UnitUndo::Keep => continue,
+            UnitUndo::Remove => (
+                format!("remove-unit:{}", s.name),
+                "its first deploy installed it where there was none",
+                ActionStep::RemoveUnit {
+                    unit: s.unit_name.clone(),
+                },
+            ),
+            UnitUndo::Restore(saved) => (
+                format!("restore-unit:{}", s.name),
+                "put back the unit file its first deploy replaced",
+                ActionStep::RestoreUnit {
+                    unit: s.unit_name.clone(),
+                    saved: saved.clone(),
+                },
+            ),
+        };
+        actions.push(Action {
+            id: id.clone(),
+            service: Some(s.name.clone()),
+            phase: Some(s.phase.clone()),
+            reason: reason.to_owned(),
+            after: vec![format!("stop:{}", s.name)],
+            step,
+        });
+        installs.push((id, None));
+    }
     for (i, step) in &steps {
         if let Some(saved) = &step.unit_restore {
             let s = &config.services[*i];
@@ -75,7 +167,7 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
                     source: UnitSource::Saved(saved.clone()),
                 },
             });
-            installs.push((id, s.unit_name.clone()));
+            installs.push((id, Some(s.unit_name.clone())));
         }
     }
     if !installs.is_empty() {
@@ -84,12 +176,12 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
             service: None,
             phase: None,
             reason: format!(
-                "systemd must re-read {} restored unit file(s)",
+                "systemd must re-read {} restored or removed unit file(s)",
                 installs.len()
             ),
             after: installs.iter().map(|(id, _)| id.clone()).collect(),
             step: ActionStep::DaemonReload {
-                enable: installs.into_iter().map(|(_, unit)| unit).collect(),
+                enable: installs.into_iter().filter_map(|(_, unit)| unit).collect(),
             },
         });
         previous_health = vec!["daemon-reload".to_owned()];
@@ -173,7 +265,7 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
                 Some(c) => format!("upstreams restarted; after `{}` passes", c.argv.join(" ")),
                 None => "upstreams restarted".to_owned(),
             },
-            after: previous_health.clone(),
+            after: previous_health.iter().chain(&stopped).cloned().collect(),
             step: ActionStep::ReloadProxy {
                 unit: p.unit.clone(),
                 check: p.check.as_ref().map(|c| Command {
@@ -191,6 +283,27 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
     for i in order_idx {
         let s = &config.services[i];
         let step = steps.get(&i);
+        if let Some(u) = undeploy.get(&i) {
+            services.push(ServicePlan {
+                name: s.name.clone(),
+                phase: s.phase.clone(),
+                unit: s.unit_name.clone(),
+                change: ServiceChange::Stop,
+                migrate: false,
+                unit_change: match (&u.unit, s.unit.is_some()) {
+                    (_, false) => UnitChange::Unmanaged,
+                    (UnitUndo::Keep, true) => UnitChange::Unchanged,
+                    _ => UnitChange::Changed,
+                },
+                from_revision: u.from_revision.clone(),
+                to_revision: None,
+                reasons: vec!["first deploy undone: stopped, no release is live".to_owned()],
+                changed_paths: Vec::new(),
+                changed_count: 0,
+                unit_diff: None,
+            });
+            continue;
+        }
         services.push(ServicePlan {
             name: s.name.clone(),
             phase: s.phase.clone(),
@@ -227,7 +340,9 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
         } else {
             RollbackKind::CodeOnly
         },
-        summary: if switched.is_empty() {
+        summary: if switched.is_empty() && !undeploy.is_empty() {
+            "nothing to roll back: the services stopped are back to nothing deployed, and the next deploy is their first again".to_owned()
+        } else if switched.is_empty() {
             "no release changes: nothing to roll back".to_owned()
         } else {
             format!(
@@ -580,5 +695,78 @@ service "search"  { runtime "node"; port 5; phase "core" }
                 units: c.services.iter().map(|s| s.unit_name.clone()).collect()
             }
         );
+    }
+
+    /// A rollback mixing a first deploy undone (stopped before its unit file
+    /// goes) with a service switched back to a kept release: one
+    /// daemon-reload covers both unit files, restarts wait for it.
+    #[test]
+    fn a_first_deploy_undone_stops_before_its_unit_file_goes() {
+        let c = config();
+        let step = |name: &str| Step {
+            service: name.into(),
+            release: Some("aaa".into()),
+            from_revision: Some("bbb".into()),
+            reason: "back".into(),
+            unit_restore: Some("/saved".into()),
+        };
+        let p = build(OpsInputs {
+            config: &c,
+            config_text: "",
+            env: &c.environments[0],
+            operation: Operation::Rollback,
+            steps: vec![step("auth")],
+            from: None,
+            to: Rev {
+                spec: "previous releases".into(),
+                sha: "aaa".into(),
+                summary: String::new(),
+            },
+            state_sha256: None,
+            infrastructure: false,
+            undeploy: vec![
+                Undeploy {
+                    service: "search".into(),
+                    from_revision: Some("bbb".into()),
+                    unit: UnitUndo::Remove,
+                },
+                Undeploy {
+                    service: "config".into(),
+                    from_revision: Some("bbb".into()),
+                    unit: UnitUndo::Keep,
+                },
+            ],
+        });
+        assert_eq!(
+            edges(&p),
+            [
+                "stop:config <- ",
+                "stop:search <- ",
+                "remove-unit:search <- stop:search",
+                "install-unit:auth <- ",
+                "daemon-reload <- remove-unit:search install-unit:auth",
+                "restart:auth <- daemon-reload",
+                "health:auth <- restart:auth",
+            ]
+        );
+        assert_eq!(
+            p.actions[0].step,
+            ActionStep::Stop {
+                unit: c.service("config").unwrap().unit_name.clone(),
+                unlink: Some("/tmp/p/config/current".into()),
+            }
+        );
+        let reload = p.action("daemon-reload").unwrap();
+        assert_eq!(
+            reload.step,
+            ActionStep::DaemonReload {
+                enable: vec![c.service("auth").unwrap().unit_name.clone()]
+            }
+        );
+        let change = |n: &str| p.services.iter().find(|s| s.name == n).unwrap().change;
+        assert_eq!(change("search"), ServiceChange::Stop);
+        assert_eq!(change("config"), ServiceChange::Stop);
+        assert_eq!(change("auth"), ServiceChange::Deploy);
+        assert_eq!(change("gateway"), ServiceChange::Unchanged);
     }
 }

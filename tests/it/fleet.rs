@@ -240,6 +240,56 @@ async fn a_reviewed_plan_rolls_out_over_three_hosts_in_batches_and_a_drifted_hos
     }
 }
 
+/// `apply --reviewed FLEETPLAN`: a fleet plan reviewed in a pull request, applied after the
+/// merge (another commit, `--to main`) as every host plans it now, when each host's plan does
+/// what the reviewed one does; refused before touching any host, naming the hosts, when not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewed_fleet_plan_applies_a_merge_that_does_the_same_and_refuses_one_that_does_not() {
+    let Some(w) = world(2, "batches \"100%\"", false).await else {
+        return;
+    };
+    let first = deploy_all(&w);
+    w.commit("touch svc-0001", &[Edit::touch_service("svc-0001")]);
+    let reviewed = w.plan_file("reviewed.json");
+    let out = w.run(&[
+        "plan",
+        "--env",
+        "staging",
+        "--out",
+        reviewed.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    // The merge commit: the same change, another commit.
+    let merged = w.commit("merge: touch svc-0001", &[Edit::touch_service("svc-0001")]);
+    let args = [
+        "apply",
+        "--env",
+        "staging",
+        "--reviewed",
+        reviewed.to_str().unwrap(),
+        "--to",
+        "main",
+        "--yes",
+    ];
+    let out = w.run(&args);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    assert_eq!(w.revisions(), vec![Some(merged.clone()); 2]);
+    assert_ne!(merged, first);
+
+    // A later commit that changes another service does something else on every host.
+    w.commit("touch svc-0002", &[Edit::touch_service("svc-0002")]);
+    let out = w.run(&args);
+    assert_eq!(code(&out), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("moorline::fleet::not_as_reviewed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("host host1:"), "{stderr}");
+    assert!(stderr.contains("host host2:"), "{stderr}");
+    assert_eq!(w.revisions(), vec![Some(merged); 2], "nothing was applied");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_canary_touches_no_other_host() {
     let Some(w) = world(3, "canary 1; batches \"100%\"", false).await else {
@@ -289,6 +339,89 @@ async fn a_failure_in_the_second_batch_rolls_the_whole_fleet_back() {
             i + 1
         );
     }
+}
+
+/// Every `first_deploy` value anywhere in `v`, whether true.
+fn first_deploys(v: &serde_json::Value, out: &mut Vec<bool>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                if k == "first_deploy" {
+                    out.push(v == &serde_json::Value::Bool(true));
+                } else {
+                    first_deploys(v, out);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| first_deploys(v, out)),
+        _ => {}
+    }
+}
+
+/// A first rollout whose second batch fails: the hosts of the first batch ran their first
+/// deploy, so their own `rollback` takes them back to nothing deployed (stopped, `current` and
+/// the unit files gone); the fleet ends exit 3 with every host's state saying nothing is
+/// deployed, so the next plan is a first deploy everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_rollout_takes_every_host_back_to_nothing_deployed() {
+    let Some(w) = world(3, "batches 1 \"100%\"", true).await else {
+        return;
+    };
+    w.commit(
+        "svc-0002 (host3 only) crashes",
+        &[Edit::crash_on_start("svc-0002")],
+    );
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(3), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[host3] apply: rolled-back"), "{stderr}");
+    assert!(stderr.contains("[host1] rolled back"), "{stderr}");
+    for i in 0..3 {
+        let st = w.state(i);
+        assert_eq!(
+            st["revision"],
+            serde_json::Value::Null,
+            "host{}: {st:#}",
+            i + 1
+        );
+        assert!(
+            st["services"]
+                .as_object()
+                .is_none_or(serde_json::Map::is_empty),
+            "host{}: {st:#}",
+            i + 1
+        );
+        let root = w.hosts.host(i).root_dir().join("staging");
+        for svc in ["svc-0001", "svc-0002"] {
+            assert!(
+                std::fs::symlink_metadata(root.join(svc).join("current")).is_err(),
+                "host{} {svc}",
+                i + 1
+            );
+            let unit = format!("pakashop-{svc}.service");
+            let active = w
+                .hosts
+                .run(i, &["systemctl", "--user", "is-active", &unit])
+                .unwrap();
+            assert_ne!(
+                String::from_utf8_lossy(&active.stdout).trim(),
+                "active",
+                "host{} {unit}",
+                i + 1
+            );
+        }
+    }
+    let out = w.run(&["plan", "--env", "staging", "--format", "json"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    // Every host's plan in the fleet plan is a first deploy again.
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut seen = Vec::new();
+    first_deploys(&plan, &mut seen);
+    assert!(
+        seen.len() >= 3 && seen.iter().all(|f| *f),
+        "{seen:?}\n{}",
+        show(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -534,3 +534,59 @@ async fn a_first_deploy_rollback_reports_a_stop_that_fails() {
     }
     w.stop_all(&sd).await;
 }
+
+/// `rollback` after a first deploy that succeeded: there is no previous
+/// release, so every service goes back to nothing deployed, as the
+/// automatic rollback of a failed first deploy does: a plan shown and
+/// confirmed, each unit stopped and its `current` removed before the unit
+/// file the deploy installed goes, then one daemon-reload. The state then
+/// says nothing is deployed, so the next plan is a first deploy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_after_a_first_deploy_goes_back_to_nothing_deployed() {
+    let Some(w) = World::new("r7", 22600) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    w.all_ready(&sd).await;
+
+    // Shown, and refused without a terminal or --yes: nothing changes.
+    let out = w.run(&["rollback", "--env", "staging"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(err.contains("stop:pricing"), "{err}");
+    assert!(err.contains("remove-unit:pricing"), "{err}");
+    assert!(err.contains("first deploy undone"), "{err}");
+    assert!(w.live("staging", "pricing").is_some());
+
+    let log = ok(&w.run(&["rollback", "--env", "staging", "--yes"]));
+    assert!(!log.contains("start build:"), "{log}");
+    for s in &w.fx.services {
+        assert_eq!(w.live("staging", &s.name), None, "{}\n{log}", s.name);
+        assert!(
+            !w.sandbox.unit_dir().join(w.unit(&s.name)).exists(),
+            "{}'s unit file stays\n{log}",
+            s.name
+        );
+        let st = sd.status(&w.unit(&s.name)).await;
+        assert!(
+            st.as_ref().map_or(true, |st| st.active_state != "active"),
+            "{} still runs: {st:?}",
+            s.name
+        );
+    }
+    let st = crate::deploy::state_json(&w);
+    assert_eq!(st["revision"], serde_json::Value::Null, "{st:#}");
+    assert_eq!(st["services"], serde_json::json!({}), "{st:#}");
+
+    // Nothing left to roll back; the next plan is a first deploy again.
+    let out = w.run(&["rollback", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("moorline::rollback::nothing"));
+    let out = w.run(&["plan", "--env", "staging", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["first_deploy"], true, "{plan:#}");
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    w.all_ready(&sd).await;
+    w.stop_all(&sd).await;
+}
