@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use miette::Diagnostic;
 
-use crate::fixture::{Edit, Fixture, FixtureOptions};
-use crate::sandbox::PrivateSystemd;
+use crate::harness::fixture::{Edit, Fixture, FixtureOptions};
+use crate::harness::sandbox::PrivateSystemd;
 use crate::systemd::{Bus, Systemd};
 
 /// Ports of the demo fleet start here (not Pakashop's own ports, so a
