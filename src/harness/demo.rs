@@ -292,8 +292,7 @@ async fn run_in(
     }
     if use_running {
         for s in &demo.fx.services {
-            let _ =
-                std::fs::remove_file(crate::settings::user_unit_dir().join(Demo::unit(&s.name)));
+            let _ = std::fs::remove_file(crate::target::user_unit_dir().join(Demo::unit(&s.name)));
         }
         let _ = demo.systemd.daemon_reload().await;
     }

@@ -85,7 +85,7 @@ impl Fx {
     fn deployed(&self, env_name: &str, rev: &str) {
         let mut loaded = moorline::config::load(&self.fx.config_path).unwrap();
         // These plans are made with `--systemd user`, as the units were installed.
-        moorline::settings::for_user_manager(&mut loaded.config);
+        moorline::target::for_user_manager(&mut loaded.config);
         let config = &loaded.config;
         let env = config.environment(env_name).unwrap();
         std::fs::create_dir_all(self.unit_dir()).unwrap();
