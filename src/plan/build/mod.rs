@@ -3,24 +3,26 @@
 //! topological order, no clock. Reads git (through `Repo`) but never the
 //! host itself: what it knows of the host comes in `HostView`.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+mod affected;
+mod graph;
+mod order;
+mod rollback;
+mod units;
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use miette::Diagnostic;
-use petgraph::graph::{DiGraph, NodeIndex};
 
 use super::{
-    Action, ActionKind, Command, FORMAT_VERSION, Plan, PlanInputs, RollbackKind, RollbackPlan,
-    ServiceChange, ServicePlan, Step, UnitChange, UnitConflict, UnitSource, short,
+    Action, ActionKind, Command, FORMAT_VERSION, Plan, PlanInputs, RollbackKind, ServiceChange,
+    ServicePlan, Step, UnitChange, UnitSource, short,
 };
 use crate::changes::{Changes, GitError, Repo};
 use crate::config::{Config, Environment, FirstDeploy, Service};
 use crate::state::{State, sha256_hex};
 use crate::template::{self, Vars};
 use crate::unit;
-
-/// How every unit file moorline renders begins (`unit::render`).
-const MOORLINE_HEADER: &str = "# Managed by moorline";
+use graph::{Graph, barrier, needs_barrier};
 
 /// How many changed paths a reason lists before it only counts.
 const PATHS_SHOWN: usize = 5;
@@ -91,13 +93,6 @@ pub enum PlanError {
     Unit(#[from] unit::UnitError),
 }
 
-struct Affected {
-    reasons: Vec<String>,
-    paths: Vec<String>,
-    /// Why it migrates; empty: it does not.
-    migrate: Vec<String>,
-}
-
 /// Builds the plan.
 pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
     let Inputs {
@@ -122,255 +117,21 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         ));
     }
 
-    // Which services does each changed path affect?
-    let mut by_prefix: HashMap<&str, Vec<(usize, bool)>> = HashMap::new();
-    for (i, s) in config.services.iter().enumerate() {
-        by_prefix
-            .entry(s.path.as_str())
-            .or_default()
-            .push((i, false));
-        for w in &s.watch {
-            by_prefix.entry(w.as_str()).or_default().push((i, true));
-        }
-    }
-    let mut hits: Vec<BTreeMap<bool, Vec<&str>>> = vec![BTreeMap::new(); config.services.len()];
-    let mut proxy_paths: Vec<&str> = Vec::new();
-    for cp in &changes.paths {
-        let candidates = [Some(cp.path.as_str()), cp.from.as_deref()];
-        for path in candidates.into_iter().flatten() {
-            for prefix in prefixes(path) {
-                if let Some(list) = by_prefix.get(prefix) {
-                    for (i, watched) in list {
-                        let v = hits[*i].entry(*watched).or_default();
-                        if v.last() != Some(&cp.path.as_str()) {
-                            v.push(&cp.path);
-                        }
-                    }
-                }
-                if let Some(p) = &config.proxy
-                    && p.watch.iter().any(|w| w == prefix)
-                    && proxy_paths.last() != Some(&cp.path.as_str())
-                {
-                    proxy_paths.push(&cp.path);
-                }
-            }
-        }
-    }
-
+    // Which services the change touches, and why.
+    let hits = affected::path_hits(config, changes);
     let state = host.state.as_ref();
     let target = repo.snapshot(&to.sha)?;
-    let mut live_trees: HashMap<String, crate::changes::Snapshot<'_>> = HashMap::new();
-    let mut affected: BTreeMap<usize, Affected> = BTreeMap::new();
-    for (i, s) in config.services.iter().enumerate() {
-        if !target.is_dir(&s.path) {
-            return Err(GitError::ServiceMissing {
-                service: s.name.clone(),
-                path: s.path.clone(),
-                rev: to.sha.clone(),
-            }
-            .into());
-        }
-        let live = state.and_then(|st| st.services.get(&s.name));
-        let mut reasons = Vec::new();
-        let mut paths: Vec<String> = Vec::new();
-        if first_deploy {
-            reasons.push("first deploy: nothing is recorded as deployed".to_owned());
-        } else if live.is_none() && state.is_some() {
-            reasons.push("never deployed to this environment".to_owned());
-        }
-        if let Some(own) = hits[i].get(&false) {
-            let under = if s.is_root() {
-                "in the repository".to_owned()
-            } else {
-                format!("under {}/", s.path)
-            };
-            reasons.push(format!(
-                "{} {under}: {}",
-                count(own.len(), "path changed", "paths changed"),
-                list(own)
-            ));
-            paths.extend(own.iter().map(|p| (*p).to_owned()));
-        }
-        if let Some(w) = hits[i].get(&true) {
-            reasons.push(format!(
-                "watched {}: {}",
-                count(w.len(), "path changed", "paths changed"),
-                list(w)
-            ));
-            paths.extend(w.iter().map(|p| (*p).to_owned()));
-        }
-        if let (Some(live), Some(from)) = (live, &changes.from)
-            && live.revision != from.sha
-            && live.revision != to.sha
-        {
-            // It runs a release other than the deployed revision's (its last
-            // change was older, or it was rolled back by hand): compare its
-            // own inputs at that release with the target.
-            if !live_trees.contains_key(&live.revision) {
-                live_trees.insert(live.revision.clone(), repo.snapshot(&live.revision)?);
-            }
-            let mut differ = Vec::new();
-            if let Some(old) = live_trees.get(&live.revision) {
-                for p in std::iter::once(&s.path).chain(&s.watch) {
-                    if old.path_id(p) != target.path_id(p) {
-                        differ.push(if s.is_root() && *p == s.path {
-                            "the repository"
-                        } else {
-                            p.as_str()
-                        });
-                    }
-                }
-            }
-            if !differ.is_empty() && hits[i].is_empty() {
-                reasons.push(format!(
-                    "its live release {} differs from {} in {}",
-                    short(&live.revision),
-                    short(&to.sha),
-                    list(&differ)
-                ));
-            }
-        }
-        // Migrations: only where the runtime migrates and the `if-exists`
-        // file exists at the target.
-        let migrate_step = config
-            .runtime_of(s)
-            .and_then(|r| r.migrate.as_ref())
-            .filter(|m| {
-                m.if_exists
-                    .as_ref()
-                    .is_none_or(|f| target.exists(&s.join(f)))
-            });
-        // The database, not only git: a restore or `migrate-status` says
-        // the schema of a deployed service is behind its code.
-        let database_why = match (migrate_step, live) {
-            (Some(_), Some(_)) => database_reasons(
-                state.and_then(|st| st.database_restored.as_ref()),
-                host.migrate_status.get(&s.name),
-            ),
-            _ => Vec::new(),
-        };
-        if migrate_step.is_some()
-            && let Some(MigrateCheck::Unavailable(why)) = host.migrate_status.get(&s.name)
-        {
-            notes.push(format!(
-                "{}: migrate-status could not tell whether migrations are pending ({why}); its migrations are planned from git alone",
-                s.name
-            ));
-        }
-        reasons.extend(database_why.iter().cloned());
-        if reasons.is_empty() {
-            continue;
-        }
-        let mut migrate = Vec::new();
-        if let Some(m) = migrate_step {
-            let inputs = s.join(&m.inputs);
-            let migrate_paths: Vec<&str> = paths
-                .iter()
-                .filter(|p| prefixes(p).any(|pre| pre == inputs))
-                .map(String::as_str)
-                .collect();
-            // Never deployed here: only when the host's state says so.
-            // Without state (a plan between two revisions) the service
-            // runs `from`, and its migrations ran with it.
-            let never_deployed = state.is_some() && live.is_none();
-            if !migrate_paths.is_empty() {
-                migrate.push(format!(
-                    "migration inputs changed: {}",
-                    list(&migrate_paths)
-                ));
-            } else if first_deploy || never_deployed {
-                migrate.push("first deploy of a service with migrations".to_owned());
-            }
-            migrate.extend(database_why);
-        }
-        affected.insert(
-            i,
-            Affected {
-                reasons,
-                paths,
-                migrate,
-            },
-        );
-    }
+    let affected = affected::affected_services(inp, &target, &hits, &mut notes)?;
 
-    // Unit files: rendered vs baseline. A file moorline did not install
-    // takes the baseline's place (it is what would be replaced), and is
-    // replaced only when adopted.
-    let mut unit_changes: BTreeMap<usize, (UnitChange, Option<String>)> = BTreeMap::new();
-    let mut input_units = BTreeMap::new();
-    let mut conflicts = Vec::new();
-    for (i, s) in config.services.iter().enumerate() {
-        let foreign = host.foreign_units.get(&s.name).filter(|_| s.unit.is_some());
-        let baseline = match foreign {
-            Some(f) => Some(f.text.clone()),
-            None => host.units.get(&s.name).cloned().flatten(),
-        };
-        input_units.insert(
-            s.unit_name.clone(),
-            baseline.as_deref().map(|b| sha256_hex(b.as_bytes())),
-        );
-        let Some(rendered) = unit::render(env, s)? else {
-            unit_changes.insert(i, (UnitChange::Unmanaged, None));
-            continue;
-        };
-        let secret = unit::secret_names(s);
-        let change = match (foreign, &baseline) {
-            (Some(_), _) if inp.adopt.contains(&s.name) => UnitChange::Adopt,
-            (Some(_), _) => UnitChange::Conflict,
-            (None, None) => UnitChange::New,
-            (None, Some(b)) if *b == rendered => UnitChange::Unchanged,
-            (None, Some(_)) => UnitChange::Changed,
-        };
-        if let (UnitChange::Conflict, Some(f)) = (change, foreign) {
-            conflicts.push(unit_conflict(s, f));
-        }
-        let shown_new = unit::render_redacted(env, s)?.unwrap_or_default();
-        let old_label = if foreign.is_some() {
-            format!("host/{}", s.unit_name)
-        } else {
-            format!("installed/{}", s.unit_name)
-        };
-        let diff = match (&change, &baseline) {
-            (UnitChange::Changed | UnitChange::Conflict | UnitChange::Adopt, Some(b)) => {
-                Some(unit::diff(
-                    &unit::redact_text(b, &secret),
-                    &shown_new,
-                    &old_label,
-                    &format!("planned/{}", s.unit_name),
-                ))
-                .filter(|d| !d.is_empty())
-            }
-            (UnitChange::New, _) => Some(unit::diff(
-                "",
-                &shown_new,
-                "/dev/null",
-                &format!("planned/{}", s.unit_name),
-            )),
-            _ => None,
-        };
-        unit_changes.insert(i, (change, diff));
-    }
-    for name in inp.adopt {
-        let Some(s) = config.service(name) else {
-            continue;
-        };
-        if !host.foreign_units.contains_key(name) {
-            warnings.push(format!(
-                "--adopt {name}: nothing to adopt, no unit file that moorline did not install is at {}",
-                s.unit_name
-            ));
-        }
-    }
+    // Unit files: rendered vs baseline.
+    let units::UnitPlan {
+        changes: unit_changes,
+        input_units,
+        conflicts,
+    } = units::unit_changes(config, env, host, inp.adopt, &mut warnings)?;
 
     // Assemble actions.
-    let mut actions: Vec<Action> = Vec::new();
-    let mut keys: Vec<(usize, ActionKind, usize)> = Vec::new();
-    let mut edges: Vec<(usize, usize)> = Vec::new();
-    let mut push = |a: Action, key: (usize, ActionKind, usize), actions: &mut Vec<Action>| {
-        actions.push(a);
-        keys.push(key);
-        actions.len() - 1
-    };
+    let mut g = Graph::default();
     let current_of = |s: &Service| unit::current_link(env, &s.name);
     let release_of = |s: &Service| format!("{}/{}/releases/{}", env.root, s.name, to.sha);
 
@@ -422,7 +183,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         if let Some(note) = deps_note {
             reason = format!("{reason}; {note}");
         }
-        let id = push(
+        let id = g.push(
             Action {
                 id: format!("build:{}", s.name),
                 service: Some(s.name.clone()),
@@ -438,14 +199,13 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                 },
             },
             (s.phase_index, ActionKind::Build, *i),
-            &mut actions,
         );
         builds.insert(*i, id);
         if !a.migrate.is_empty()
             && let Some(m) = rt.and_then(|r| r.migrate.as_ref())
         {
             let why = a.migrate.join("; ");
-            let mid = push(
+            let mid = g.push(
                 Action {
                     id: format!("migrate:{}", s.name),
                     service: Some(s.name.clone()),
@@ -461,9 +221,8 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                     },
                 },
                 (s.phase_index, ActionKind::Migrate, *i),
-                &mut actions,
             );
-            edges.push((id, mid));
+            g.edge(id, mid);
             migrations.push((*i, mid));
         }
     }
@@ -486,7 +245,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
     } else if !migrations.is_empty()
         && let Some(b) = &env.backup
     {
-        let bid = push(
+        let bid = g.push(
             Action {
                 id: "backup".to_owned(),
                 service: None,
@@ -512,16 +271,15 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                 },
             },
             (0, ActionKind::Backup, 0),
-            &mut actions,
         );
         if let Some((_, first)) = migrations.first() {
-            edges.push((bid, *first));
+            g.edge(bid, *first);
         }
     }
     // Migrations run one after another, in start order: two services'
     // migrations against one database must not interleave.
     for w in migrations.windows(2) {
-        edges.push((w[0].1, w[1].1));
+        g.edge(w[0].1, w[1].1);
     }
     // Whatever comes next changes what is live, so it waits for every build
     // and migration: a failed build leaves the host untouched.
@@ -559,17 +317,16 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             .unwrap_or(1)
     };
     let last_prepare = if needs_barrier(last_prepare.len(), first_consumers) {
-        let b = push(
+        let b = g.push(
             barrier(
                 "built",
                 None,
                 "every build and migration succeeded; nothing live has changed before this point",
             ),
             (0, ActionKind::Barrier, 0),
-            &mut actions,
         );
         for p in &last_prepare {
-            edges.push((*p, b));
+            g.edge(*p, b);
         }
         vec![b]
     } else {
@@ -583,14 +340,14 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             continue;
         }
         let s = &config.services[*i];
-        let id = push(
+        let id = g.push(
             Action {
                 id: format!("install-unit:{}", s.name),
                 service: Some(s.name.clone()),
                 phase: Some(s.phase.clone()),
                 reason: match change {
                     UnitChange::New => "unit file is not installed yet".to_owned(),
-                    UnitChange::Adopt => adopt_reason(s, host),
+                    UnitChange::Adopt => units::adopt_reason(s, host),
                     _ => "unit file differs from the installed one".to_owned(),
                 },
                 after: Vec::new(),
@@ -600,10 +357,9 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                 },
             },
             (s.phase_index, ActionKind::InstallUnit, *i),
-            &mut actions,
         );
         for p in &last_prepare {
-            edges.push((*p, id));
+            g.edge(*p, id);
         }
         installs.insert(*i, id);
     }
@@ -614,7 +370,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             .keys()
             .map(|i| config.services[*i].unit_name.as_str())
             .collect();
-        let id = push(
+        let id = g.push(
             Action {
                 id: "daemon-reload".to_owned(),
                 service: None,
@@ -630,10 +386,9 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                 },
             },
             (0, ActionKind::DaemonReload, 0),
-            &mut actions,
         );
         for inst in installs.values() {
-            edges.push((*inst, id));
+            g.edge(*inst, id);
         }
         Some(id)
     };
@@ -661,7 +416,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             } else {
                 "unit file changed".to_owned()
             };
-            let rid = push(
+            let rid = g.push(
                 Action {
                     id: format!("restart:{}", s.name),
                     service: Some(s.name.clone()),
@@ -674,27 +429,22 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                     },
                 },
                 (pi, ActionKind::Restart, *i),
-                &mut actions,
             );
-            let hid = push(
-                health_action(s, Vec::new()),
-                (pi, ActionKind::Health, *i),
-                &mut actions,
-            );
-            edges.push((rid, hid));
+            let hid = g.push(health_action(s, Vec::new()), (pi, ActionKind::Health, *i));
+            g.edge(rid, hid);
             restart_of.insert(*i, rid);
             health_of.insert(*i, hid);
             if first_restart_phase {
                 if let Some(r) = reload {
-                    edges.push((r, rid));
+                    g.edge(r, rid);
                 } else {
                     for p in &last_prepare {
-                        edges.push((*p, rid));
+                        g.edge(*p, rid);
                     }
                 }
             }
             for h in &previous_phase_health {
-                edges.push((*h, rid));
+                g.edge(*h, rid);
             }
         }
         // depends-on inside the phase orders restarts.
@@ -704,7 +454,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                 if let Some(j) = in_phase.iter().find(|j| config.services[**j].name == *d)
                     && let (Some(h), Some(r)) = (health_of.get(j), restart_of.get(i))
                 {
-                    edges.push((*h, *r));
+                    g.edge(*h, *r);
                 }
             }
         }
@@ -728,17 +478,16 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             .unwrap_or(1);
         if needs_barrier(previous_phase_health.len(), next_consumers) {
             let phase = &config.phases[pi].name;
-            let b = push(
+            let b = g.push(
                 barrier(
                     &format!("ready:{phase}"),
                     Some(phase),
                     &format!("every restarted service of phase {phase} is ready"),
                 ),
                 (pi, ActionKind::Barrier, 0),
-                &mut actions,
             );
             for h in &previous_phase_health {
-                edges.push((*h, b));
+                g.edge(*h, b);
             }
             previous_phase_health = vec![b];
         }
@@ -747,7 +496,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
 
     // The proxy reloads last, after its configuration check.
     if let Some(p) = &config.proxy
-        && (!restarting.is_empty() || !proxy_paths.is_empty())
+        && (!restarting.is_empty() || !hits.proxy.is_empty())
     {
         let mut why = Vec::new();
         if !restarting.is_empty() {
@@ -757,13 +506,13 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                 .collect();
             why.push(format!("upstreams restarted: {}", list(&names)));
         }
-        if !proxy_paths.is_empty() {
-            why.push(format!("its configuration changed: {}", list(&proxy_paths)));
+        if !hits.proxy.is_empty() {
+            why.push(format!("its configuration changed: {}", list(&hits.proxy)));
         }
         if let Some(c) = &p.check {
             why.push(format!("after `{}` passes", c.argv.join(" ")));
         }
-        let id = push(
+        let id = g.push(
             Action {
                 id: "reload-proxy".to_owned(),
                 service: None,
@@ -779,19 +528,18 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                 },
             },
             (config.phases.len(), ActionKind::ReloadProxy, 0),
-            &mut actions,
         );
         if health_of.is_empty() {
             for pp in &last_prepare {
-                edges.push((*pp, id));
+                g.edge(*pp, id);
             }
         }
         for h in &previous_phase_health {
-            edges.push((*h, id));
+            g.edge(*h, id);
         }
     }
 
-    let actions = order(actions, &keys, &edges)?;
+    let actions = g.ordered()?;
 
     // Per-service summary, in start order.
     let mut services = Vec::new();
@@ -821,7 +569,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             UnitChange::Changed => {
                 reasons.push("unit file differs from the installed one".to_owned());
             }
-            UnitChange::Adopt => reasons.push(adopt_reason(s, host)),
+            UnitChange::Adopt => reasons.push(units::adopt_reason(s, host)),
             UnitChange::Conflict => reasons.push(format!(
                 "conflict: {} on this host was not installed by moorline; it is left alone unless adopted (--adopt {})",
                 s.unit_name, s.name
@@ -851,7 +599,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         });
     }
 
-    let rollback = rollback_plan(env, &services, first_deploy);
+    let rollback = rollback::rollback_plan(env, &services, first_deploy);
     if rollback.kind == RollbackKind::Irreversible {
         warnings.push(format!(
             "migrations run and environment {} has no backup block: moorline cannot undo them",
@@ -906,72 +654,6 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
     })
 }
 
-/// Why a deployed service migrates although git may not say so: the
-/// database was restored from a backup, or `migrate-status` reports
-/// pending migrations.
-fn database_reasons(
-    restored: Option<&crate::state::DatabaseRestore>,
-    status: Option<&MigrateCheck>,
-) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(r) = restored {
-        out.push(format!(
-            "the database was restored from {}; migrations run again",
-            r.describe()
-        ));
-    }
-    if status == Some(&MigrateCheck::Pending) {
-        out.push("migrate-status reports pending migrations".to_owned());
-    }
-    out
-}
-
-/// Why an adopted unit file is replaced.
-fn adopt_reason(s: &Service, host: &HostView) -> String {
-    let path = host
-        .foreign_units
-        .get(&s.name)
-        .map_or(s.unit_name.as_str(), |f| f.path.as_str());
-    format!("adopting a unit moorline did not install: {path} is replaced (--adopt)")
-}
-
-/// The conflict a foreign unit file makes, with the way forward.
-fn unit_conflict(s: &Service, f: &ForeignUnit) -> UnitConflict {
-    // The header alone proves nothing (anyone can write it), but it hints
-    // at a state directory that is not the one that installed the file.
-    let hint = if f.text.starts_with(MOORLINE_HEADER) {
-        " It carries moorline's header, so it may have been installed with another state directory (--state-dir) or a state.json that was lost."
-    } else {
-        ""
-    };
-    UnitConflict {
-        service: s.name.clone(),
-        unit: s.unit_name.clone(),
-        path: f.path.clone(),
-        reason: format!(
-            "{} was not installed by moorline (the host state has no record of it), so moorline will not replace it.{hint} Compare it with moorline's unit (the diff under service {}), then adopt it with --adopt {}; or remove the `unit` block of service {} to keep managing it by hand.",
-            f.path, s.name, s.name, s.name
-        ),
-    }
-}
-
-/// Whether `from` actions all preceding `to` actions is cheaper through a
-/// barrier: `from × to` direct edges against `from + to`.
-fn needs_barrier(from: usize, to: usize) -> bool {
-    from > 1 && to > 1 && from * to > from + to
-}
-
-fn barrier(id: &str, phase: Option<&str>, reason: &str) -> Action {
-    Action {
-        id: id.to_owned(),
-        service: None,
-        phase: phase.map(str::to_owned),
-        reason: reason.to_owned(),
-        after: Vec::new(),
-        step: Step::Barrier,
-    }
-}
-
 /// The readiness check of a service after its restart.
 pub fn health_action(s: &Service, after: Vec<String>) -> Action {
     let url = ready_url(s);
@@ -1012,146 +694,6 @@ pub fn url_for(s: &Service, path_or_url: &str) -> String {
     }
 }
 
-fn rollback_plan(env: &Environment, services: &[ServicePlan], first_deploy: bool) -> RollbackPlan {
-    let switched: Vec<String> = services
-        .iter()
-        .filter(|s| s.change != ServiceChange::Unchanged)
-        .map(|s| s.name.clone())
-        .collect();
-    let migrating: Vec<&str> = services
-        .iter()
-        .filter(|s| s.migrate)
-        .map(|s| s.name.as_str())
-        .collect();
-    let (kind, summary) = if switched.is_empty() {
-        (
-            RollbackKind::Nothing,
-            "nothing changes, so there is nothing to roll back".to_owned(),
-        )
-    } else if first_deploy {
-        (
-            RollbackKind::NoPrevious,
-            "first deploy: there is no previous release to go back to; a failed apply stops the services it started".to_owned(),
-        )
-    } else if migrating.is_empty() {
-        (
-            RollbackKind::CodeOnly,
-            format!(
-                "code-only: `moorline rollback --env {}` switches {} back to the previous release and restarts {} (no rebuild, no database change)",
-                env.name,
-                count(switched.len(), "service", "services"),
-                if switched.len() == 1 { "it" } else { "them" }
-            ),
-        )
-    } else if env.backup.is_some() {
-        (
-            RollbackKind::NeedsDatabase,
-            format!(
-                "needs the database: migrations of {} are the point of no return; the code rolls back with `moorline rollback --env {e}`, the schema only with `moorline rollback --env {e} --database`, which restores the backup taken before them (writes since then are lost)",
-                migrating.join(", "),
-                e = env.name
-            ),
-        )
-    } else {
-        (
-            RollbackKind::Irreversible,
-            format!(
-                "migrations of {} cannot be undone by moorline: environment {} takes no backup; the code can roll back, the schema stays migrated",
-                migrating.join(", "),
-                env.name
-            ),
-        )
-    };
-    RollbackPlan {
-        kind,
-        services: switched,
-        summary,
-    }
-}
-
-/// Tie-break of the topological order: phase, kind, declaration order.
-type SortKey = (usize, ActionKind, usize);
-
-/// Topological order with an explicit tie-break (phase, kind, declaration
-/// order), and `after` filled with direct predecessors by id.
-fn order(
-    mut actions: Vec<Action>,
-    keys: &[(usize, ActionKind, usize)],
-    edges: &[(usize, usize)],
-) -> Result<Vec<Action>, PlanError> {
-    let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(actions.len(), edges.len());
-    let nodes: Vec<NodeIndex> = (0..actions.len()).map(|i| g.add_node(i)).collect();
-    let mut seen = BTreeSet::new();
-    for (a, b) in edges {
-        if a != b && seen.insert((*a, *b)) {
-            g.add_edge(nodes[*a], nodes[*b], ());
-        }
-    }
-    if let Err(c) = petgraph::algo::toposort(&g, None) {
-        let id = actions
-            .get(g[c.node_id()])
-            .map_or_else(String::new, |a| a.id.clone());
-        return Err(PlanError::Cycle(id));
-    }
-    let mut indegree: Vec<usize> = nodes
-        .iter()
-        .map(|n| {
-            g.neighbors_directed(*n, petgraph::Direction::Incoming)
-                .count()
-        })
-        .collect();
-    let mut ready: BinaryHeap<Reverse<(SortKey, usize)>> = BinaryHeap::new();
-    for (i, d) in indegree.iter().enumerate() {
-        if *d == 0 {
-            ready.push(Reverse((keys[i], i)));
-        }
-    }
-    let mut out_order = Vec::with_capacity(actions.len());
-    while let Some(Reverse((_, i))) = ready.pop() {
-        out_order.push(i);
-        for n in g.neighbors_directed(nodes[i], petgraph::Direction::Outgoing) {
-            let j = g[n];
-            indegree[j] -= 1;
-            if indegree[j] == 0 {
-                ready.push(Reverse((keys[j], j)));
-            }
-        }
-    }
-    let ids: Vec<String> = actions.iter().map(|a| a.id.clone()).collect();
-    let position: HashMap<usize, usize> =
-        out_order.iter().enumerate().map(|(p, i)| (*i, p)).collect();
-    for (i, a) in actions.iter_mut().enumerate() {
-        let mut preds: Vec<usize> = g
-            .neighbors_directed(nodes[i], petgraph::Direction::Incoming)
-            .map(|n| g[n])
-            .collect();
-        preds.sort_by_key(|p| position.get(p).copied().unwrap_or(usize::MAX));
-        a.after = preds.into_iter().map(|p| ids[p].clone()).collect();
-    }
-    let mut slots: Vec<Option<Action>> = actions.into_iter().map(Some).collect();
-    Ok(out_order
-        .into_iter()
-        .filter_map(|i| slots.get_mut(i).and_then(Option::take))
-        .collect())
-}
-
-/// `a/b/c` → `a/b/c`, `a/b`, `a`.
-/// `path` and every directory above it, up to the repository itself
-/// ([`crate::config::ROOT_PATH`], which holds every path: a service there
-/// is affected by every change).
-fn prefixes(path: &str) -> impl Iterator<Item = &str> {
-    let mut cur = Some(path);
-    std::iter::from_fn(move || {
-        let p = cur?;
-        cur = match p.rsplit_once('/') {
-            Some((head, _)) => Some(head),
-            None if p == crate::config::ROOT_PATH => None,
-            None => Some(crate::config::ROOT_PATH),
-        };
-        Some(p)
-    })
-}
-
 fn count(n: usize, one: &str, many: &str) -> String {
     if n == 1 {
         format!("1 {one}")
@@ -1172,63 +714,6 @@ fn list(items: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn path_prefixes() {
-        let got: Vec<&str> = prefixes("services/backend/src/a.js").collect();
-        assert_eq!(
-            got,
-            [
-                "services/backend/src/a.js",
-                "services/backend/src",
-                "services/backend",
-                "services",
-                "."
-            ]
-        );
-        assert_eq!(prefixes("go.mod").collect::<Vec<_>>(), ["go.mod", "."]);
-        assert_eq!(prefixes(".").collect::<Vec<_>>(), ["."]);
-    }
-
-    #[test]
-    fn the_database_decides_too() {
-        let restored = crate::state::DatabaseRestore {
-            backup: "p-e-1".into(),
-            apply_id: Some("a1".into()),
-            restored_at: 0,
-        };
-        let by_hand = crate::state::DatabaseRestore {
-            apply_id: None,
-            ..restored.clone()
-        };
-        let restore_why = "the database was restored from backup p-e-1 (taken before apply a1); migrations run again";
-        let pending = "migrate-status reports pending migrations";
-        let unknown = MigrateCheck::Unavailable("no release".into());
-        let cases: &[(
-            Option<&crate::state::DatabaseRestore>,
-            Option<&MigrateCheck>,
-            &[&str],
-        )] = &[
-            (None, None, &[]),
-            (None, Some(&MigrateCheck::UpToDate), &[]),
-            (None, Some(&unknown), &[]),
-            (None, Some(&MigrateCheck::Pending), &[pending]),
-            (Some(&restored), None, &[restore_why]),
-            (
-                Some(&by_hand),
-                Some(&MigrateCheck::UpToDate),
-                &["the database was restored from backup p-e-1; migrations run again"],
-            ),
-            (
-                Some(&restored),
-                Some(&MigrateCheck::Pending),
-                &[restore_why, pending],
-            ),
-        ];
-        for (r, st, want) in cases {
-            assert_eq!(database_reasons(*r, *st), *want, "{r:?} {st:?}");
-        }
-    }
 
     #[test]
     fn lists_are_capped() {
