@@ -283,6 +283,82 @@ fn prefixes(path: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::changes::{ChangedPath, Rev};
+
+    const CONFIG: &str = r#"
+project "p" { unit-name "p-{service}.service" }
+environment "staging" { branch "main"; root "/srv/p" }
+phase "core"
+runtime "node" { build "true"; }
+service "api" { runtime "node"; port 1; phase "core"; path "services/api"; watch "shared"; }
+service "web" { runtime "node"; port 2; phase "core"; path "services/web"; }
+proxy "nginx" { unit "nginx.service"; watch "deploy/nginx"; }
+"#;
+
+    fn changes(paths: &[(&str, Option<&str>)]) -> Changes {
+        let rev = |sha: &str| Rev {
+            spec: sha.to_owned(),
+            sha: sha.to_owned(),
+            summary: String::new(),
+        };
+        Changes {
+            from: Some(rev("a")),
+            to: rev("b"),
+            paths: paths
+                .iter()
+                .map(|(path, from)| ChangedPath {
+                    path: (*path).to_owned(),
+                    from: from.map(str::to_owned),
+                    status: if from.is_some() {
+                        "renamed"
+                    } else {
+                        "modified"
+                    }
+                    .to_owned(),
+                })
+                .collect(),
+            non_ancestor: false,
+        }
+    }
+
+    #[test]
+    fn changed_paths_hit_services_by_directory_and_the_proxy_by_watch() {
+        let config = crate::config::parse("t.kdl", CONFIG).unwrap();
+        let changes = changes(&[
+            ("deploy/nginx/site.conf", None),
+            // Renamed out of web: it is web's change, named by where it went.
+            ("old/place.js", Some("services/web/place.js")),
+            ("services/api/src/a.js", None),
+            ("services/api/src/b.js", None),
+            // A longer name is not a directory of web.
+            ("services/webby/x.js", None),
+            ("shared/lib.js", None),
+        ]);
+        let hits = path_hits(&config, &changes);
+        assert_eq!(
+            hits.services,
+            [
+                ServiceHits {
+                    own: vec!["services/api/src/a.js", "services/api/src/b.js"],
+                    watched: vec!["shared/lib.js"],
+                },
+                ServiceHits {
+                    own: vec!["old/place.js"],
+                    watched: vec![],
+                },
+            ]
+        );
+        assert_eq!(hits.proxy, ["deploy/nginx/site.conf"]);
+    }
+
+    #[test]
+    fn a_change_elsewhere_hits_nothing() {
+        let config = crate::config::parse("t.kdl", CONFIG).unwrap();
+        let changes = changes(&[("README.md", None), ("services/webby/x.js", None)]);
+        let hits = path_hits(&config, &changes);
+        assert!(hits.services.iter().all(ServiceHits::is_empty));
+        assert!(hits.proxy.is_empty());
+    }
 
     #[test]
     fn path_prefixes() {

@@ -50,3 +50,45 @@ pub(super) fn barrier(id: &str, phase: Option<&str>, reason: &str) -> Action {
         step: Step::Barrier,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::ActionKind;
+
+    #[test]
+    fn a_barrier_only_where_it_saves_edges() {
+        // (from, to, barrier?): from × to direct edges against from + to.
+        for (from, to, want) in [
+            (0, 5, false),
+            (1, 5, false),
+            (5, 1, false),
+            (2, 2, false),
+            (2, 3, true),
+            (3, 2, true),
+            (10, 10, true),
+        ] {
+            assert_eq!(needs_barrier(from, to), want, "{from} → {to}");
+        }
+    }
+
+    #[test]
+    fn a_graph_orders_what_it_was_given() {
+        let mut g = Graph::default();
+        let ready = g.push(
+            barrier("ready:core", Some("core"), "every service of core is ready"),
+            (0, ActionKind::Barrier, 0),
+        );
+        let built = g.push(
+            barrier("built", None, "every build succeeded"),
+            (0, ActionKind::Barrier, 0),
+        );
+        g.edge(built, ready);
+        let got = g.ordered().unwrap();
+        assert_eq!(got[0].id, "built");
+        assert_eq!(got[1].id, "ready:core");
+        assert_eq!(got[1].phase.as_deref(), Some("core"));
+        assert_eq!(got[1].after, ["built"]);
+        assert_eq!(got[1].step, Step::Barrier);
+    }
+}

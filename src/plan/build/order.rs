@@ -77,3 +77,69 @@ pub(super) fn order(
         .filter_map(|i| slots.get_mut(i).and_then(Option::take))
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Step;
+
+    fn action(id: &str) -> Action {
+        Action {
+            id: id.to_owned(),
+            service: None,
+            phase: None,
+            reason: String::new(),
+            after: Vec::new(),
+            step: Step::Barrier,
+        }
+    }
+
+    fn ids(actions: &[Action]) -> Vec<&str> {
+        actions.iter().map(|a| a.id.as_str()).collect()
+    }
+
+    #[test]
+    fn ready_actions_go_by_phase_then_kind_then_declaration() {
+        let actions = ["late", "b2", "b1", "build", "after-late"]
+            .map(action)
+            .to_vec();
+        let keys = [
+            (1, ActionKind::Build, 0),
+            (0, ActionKind::Restart, 2),
+            (0, ActionKind::Restart, 1),
+            (0, ActionKind::Build, 3),
+            (0, ActionKind::Backup, 0),
+        ];
+        // after-late waits for late although its own key is the smallest;
+        // a repeated edge and a self-edge change nothing.
+        let edges = [(0, 4), (0, 4), (2, 2)];
+        let got = order(actions, &keys, &edges).unwrap();
+        assert_eq!(ids(&got), ["build", "b1", "b2", "late", "after-late"]);
+        assert_eq!(got[4].after, ["late"]);
+        assert!(got[..4].iter().all(|a| a.after.is_empty()));
+    }
+
+    #[test]
+    fn after_lists_predecessors_in_plan_order() {
+        let actions = ["join", "second", "first"].map(action).to_vec();
+        let keys = [
+            (0, ActionKind::Barrier, 0),
+            (0, ActionKind::Build, 2),
+            (0, ActionKind::Build, 1),
+        ];
+        let got = order(actions, &keys, &[(1, 0), (2, 0)]).unwrap();
+        assert_eq!(ids(&got), ["first", "second", "join"]);
+        assert_eq!(got[2].after, ["first", "second"]);
+    }
+
+    #[test]
+    fn a_cycle_is_an_error() {
+        let actions = ["a", "b", "c"].map(action).to_vec();
+        let keys = [(0, ActionKind::Build, 0); 3];
+        let err = order(actions, &keys, &[(0, 1), (1, 2), (2, 1)]).unwrap_err();
+        assert!(
+            matches!(err, PlanError::Cycle(ref id) if id == "b" || id == "c"),
+            "{err:?}"
+        );
+    }
+}

@@ -68,3 +68,89 @@ pub(super) fn rollback_plan(
         summary,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::UnitChange;
+
+    const CONFIG: &str = r#"
+project "p" { unit-name "p-{service}.service" }
+environment "staging" { branch "main"; root "/srv/p" }
+environment "production" {
+    branch "production"
+    root "/srv/p-production"
+    backup { run "backup" "{backup}"; restore "restore" "{backup}"; }
+}
+phase "core"
+runtime "node" { build "true"; }
+service "api" { runtime "node"; port 1; phase "core"; }
+"#;
+
+    fn service(name: &str, change: ServiceChange, migrate: bool) -> ServicePlan {
+        ServicePlan {
+            name: name.to_owned(),
+            phase: "core".to_owned(),
+            unit: format!("p-{name}.service"),
+            change,
+            migrate,
+            unit_change: UnitChange::Unchanged,
+            from_revision: None,
+            to_revision: None,
+            reasons: Vec::new(),
+            changed_paths: Vec::new(),
+            changed_count: 0,
+            unit_diff: None,
+        }
+    }
+
+    #[test]
+    fn what_undoing_takes() {
+        let config = crate::config::parse("t.kdl", CONFIG).unwrap();
+        let staging = config.environment("staging").unwrap();
+        let production = config.environment("production").unwrap();
+        let unchanged = service("a", ServiceChange::Unchanged, false);
+        let deploy = service("b", ServiceChange::Deploy, false);
+        let restart = service("c", ServiceChange::Restart, false);
+        let migrate = service("d", ServiceChange::Deploy, true);
+
+        let p = rollback_plan(staging, std::slice::from_ref(&unchanged), false);
+        assert_eq!(p.kind, RollbackKind::Nothing);
+        assert!(p.services.is_empty());
+
+        let p = rollback_plan(staging, &[unchanged.clone(), deploy.clone()], true);
+        assert_eq!(p.kind, RollbackKind::NoPrevious);
+        assert_eq!(p.services, ["b"]);
+
+        let p = rollback_plan(
+            staging,
+            &[unchanged.clone(), deploy.clone(), restart],
+            false,
+        );
+        assert_eq!(p.kind, RollbackKind::CodeOnly);
+        assert_eq!(p.services, ["b", "c"]);
+        assert!(
+            p.summary.contains("switches 2 services back"),
+            "{}",
+            p.summary
+        );
+        assert!(p.summary.contains("restarts them"), "{}", p.summary);
+
+        let p = rollback_plan(production, &[deploy.clone(), migrate.clone()], false);
+        assert_eq!(p.kind, RollbackKind::NeedsDatabase);
+        assert!(p.summary.contains("migrations of d"), "{}", p.summary);
+        assert!(
+            p.summary.contains("--env production --database"),
+            "{}",
+            p.summary
+        );
+
+        let p = rollback_plan(staging, &[deploy, migrate], false);
+        assert_eq!(p.kind, RollbackKind::Irreversible);
+        assert!(
+            p.summary.contains("staging takes no backup"),
+            "{}",
+            p.summary
+        );
+    }
+}

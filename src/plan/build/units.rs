@@ -137,3 +137,128 @@ fn unit_conflict(s: &Service, f: &ForeignUnit) -> UnitConflict {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+project "p" { unit-name "p-{service}.service" }
+environment "staging" { branch "main"; root "/srv/p" }
+phase "core"
+runtime "node" {
+    build "true"
+    unit { exec "/usr/bin/node" "{current}/index.js"; }
+}
+runtime "bin" { build "true"; }
+service "api" { runtime "node"; port 1; phase "core"; }
+service "web" { runtime "node"; port 2; phase "core"; }
+service "batch" { runtime "bin"; port 3; phase "core"; }
+"#;
+
+    struct Case {
+        config: Config,
+        host: HostView,
+    }
+
+    impl Case {
+        fn new() -> Self {
+            Self {
+                config: crate::config::parse("t.kdl", CONFIG).unwrap(),
+                host: HostView::default(),
+            }
+        }
+        fn env(&self) -> &Environment {
+            &self.config.environments[0]
+        }
+        fn rendered(&self, name: &str) -> String {
+            let s = self.config.service(name).unwrap();
+            unit::render(self.env(), s).unwrap().unwrap()
+        }
+        fn plan(&self, adopt: &[&str]) -> (UnitPlan, Vec<String>) {
+            let adopt: Vec<String> = adopt.iter().map(|a| (*a).to_owned()).collect();
+            let mut warnings = Vec::new();
+            let p =
+                unit_changes(&self.config, self.env(), &self.host, &adopt, &mut warnings).unwrap();
+            (p, warnings)
+        }
+    }
+
+    #[test]
+    fn new_unchanged_changed_and_unmanaged() {
+        let mut c = Case::new();
+        let installed = c.rendered("web");
+        c.host.units.insert("web".into(), Some(installed.clone()));
+        c.host
+            .units
+            .insert("batch".into(), Some("[Service]\n".into()));
+        let (p, warnings) = c.plan(&[]);
+        assert!(warnings.is_empty());
+        let (api, api_diff) = &p.changes[&0];
+        assert_eq!(*api, UnitChange::New);
+        assert!(api_diff.as_deref().unwrap().contains("/dev/null"));
+        assert_eq!(p.changes[&1], (UnitChange::Unchanged, None));
+        // A service without a unit block: moorline leaves its unit alone.
+        assert_eq!(p.changes[&2], (UnitChange::Unmanaged, None));
+        assert!(p.conflicts.is_empty());
+        assert_eq!(p.input_units["p-api.service"], None);
+        assert_eq!(
+            p.input_units["p-web.service"],
+            Some(sha256_hex(installed.as_bytes()))
+        );
+
+        c.host
+            .units
+            .insert("web".into(), Some(installed.replace("index.js", "old.js")));
+        let (p, _) = c.plan(&[]);
+        let (web, diff) = &p.changes[&1];
+        assert_eq!(*web, UnitChange::Changed);
+        let diff = diff.as_deref().unwrap();
+        assert!(diff.contains("installed/p-web.service"), "{diff}");
+        assert!(
+            diff.contains("-ExecStart=/usr/bin/node /srv/p/web/current/old.js"),
+            "{diff}"
+        );
+    }
+
+    #[test]
+    fn a_foreign_unit_is_a_conflict_until_adopted() {
+        let mut c = Case::new();
+        c.host.foreign_units.insert(
+            "api".into(),
+            ForeignUnit {
+                path: "/etc/systemd/user/p-api.service".into(),
+                text: format!("{MOORLINE_HEADER}\n[Service]\n"),
+            },
+        );
+        let (p, _) = c.plan(&[]);
+        assert_eq!(p.changes[&0].0, UnitChange::Conflict);
+        assert_eq!(p.conflicts.len(), 1);
+        assert_eq!(p.conflicts[0].service, "api");
+        assert!(p.conflicts[0].reason.contains("--adopt api"));
+        // moorline's header hints at another state directory.
+        assert!(p.conflicts[0].reason.contains("--state-dir"));
+
+        let (p, warnings) = c.plan(&["api"]);
+        assert_eq!(p.changes[&0].0, UnitChange::Adopt);
+        assert!(p.conflicts.is_empty());
+        assert!(warnings.is_empty());
+        assert!(
+            adopt_reason(c.config.service("api").unwrap(), &c.host)
+                .contains("/etc/systemd/user/p-api.service is replaced")
+        );
+    }
+
+    #[test]
+    fn adopting_what_is_not_there_warns() {
+        let c = Case::new();
+        let (p, warnings) = c.plan(&["web"]);
+        assert_eq!(p.changes[&1].0, UnitChange::New);
+        assert_eq!(
+            warnings,
+            [
+                "--adopt web: nothing to adopt, no unit file that moorline did not install is at p-web.service"
+            ]
+        );
+    }
+}
