@@ -5,7 +5,9 @@
 
 mod affected;
 mod graph;
+mod live;
 mod order;
+mod prepare;
 mod rollback;
 mod units;
 
@@ -14,15 +16,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use miette::Diagnostic;
 
 use super::{
-    Action, ActionKind, Command, FORMAT_VERSION, Plan, PlanInputs, RollbackKind, ServiceChange,
-    ServicePlan, Step, UnitChange, UnitSource, short,
+    Action, FORMAT_VERSION, Plan, PlanInputs, RollbackKind, ServiceChange, ServicePlan, Step,
+    UnitChange, short,
 };
 use crate::changes::{Changes, GitError, Repo};
-use crate::config::{Config, Environment, FirstDeploy, Service};
+use crate::config::{Config, Environment, Service};
 use crate::state::{State, sha256_hex};
 use crate::template::{self, Vars};
 use crate::unit;
-use graph::{Graph, barrier, needs_barrier};
+use graph::Graph;
 
 /// How many changed paths a reason lists before it only counts.
 const PATHS_SHOWN: usize = 5;
@@ -130,414 +132,18 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         conflicts,
     } = units::unit_changes(config, env, host, inp.adopt, &mut warnings)?;
 
-    // Assemble actions.
+    // Actions per service before anything live changes (builds, the
+    // backup, migrations), then the phase graph that changes what is live.
     let mut g = Graph::default();
-    let current_of = |s: &Service| unit::current_link(env, &s.name);
-    let release_of = |s: &Service| format!("{}/{}/releases/{}", env.root, s.name, to.sha);
-
-    let mut builds: BTreeMap<usize, usize> = BTreeMap::new();
-    let mut migrations: Vec<(usize, usize)> = Vec::new();
-    for (i, a) in &affected {
-        let s = &config.services[*i];
-        let rt = config.runtime_of(s);
-        let release = release_of(s);
-        let current = current_of(s);
-        let vars = Vars {
-            service: Some(&s.name),
-            port: Some(s.port),
-            root: Some(&env.root),
-            release: Some(&release),
-            current: Some(&current),
-            backup: None,
-        };
-        let build_cmd = rt.and_then(|r| r.build.as_ref());
-        let deps_note = match rt.and_then(|r| r.deps.as_ref().map(|d| (r, d))) {
-            Some((r, d)) => {
-                let inputs = crate::deps::input_ids(&target, s, &d.inputs);
-                // The release the service runs now (or, planned away from
-                // the host, the revision deployed before).
-                let live_rev = match state {
-                    Some(st) => st.services.get(&s.name).map(|l| l.revision.clone()),
-                    None => changes.from.as_ref().map(|f| f.sha.clone()),
-                };
-                let live_inputs = live_rev
-                    .and_then(|rev| repo.snapshot(&rev).ok())
-                    .map(|snap| crate::deps::input_ids(&snap, s, &d.inputs));
-                let argv = crate::deps::argv(&d.command.argv, s, env);
-                let key = crate::deps::plan_key(&r.name, &argv, &d.outputs, &inputs);
-                let cached = host.deps_cache.as_ref().map(|c| c.contains(&key));
-                Some(crate::deps::plan_note(
-                    &inputs,
-                    live_inputs.as_deref(),
-                    cached,
-                ))
-            }
-            None => None,
-        };
-        let mut reason = format!(
-            "new release {} of {}: {}",
-            short(&to.sha),
-            s.name,
-            a.reasons.join("; ")
-        );
-        if let Some(note) = deps_note {
-            reason = format!("{reason}; {note}");
-        }
-        let id = g.push(
-            Action {
-                id: format!("build:{}", s.name),
-                service: Some(s.name.clone()),
-                phase: Some(s.phase.clone()),
-                reason,
-                after: Vec::new(),
-                step: Step::Build {
-                    release: release.clone(),
-                    command: build_cmd.map(|c| Command {
-                        argv: template::render_all(&c.argv, &vars),
-                        timeout_secs: c.timeout.as_secs(),
-                    }),
-                },
-            },
-            (s.phase_index, ActionKind::Build, *i),
-        );
-        builds.insert(*i, id);
-        if !a.migrate.is_empty()
-            && let Some(m) = rt.and_then(|r| r.migrate.as_ref())
-        {
-            let why = a.migrate.join("; ");
-            let mid = g.push(
-                Action {
-                    id: format!("migrate:{}", s.name),
-                    service: Some(s.name.clone()),
-                    phase: Some(s.phase.clone()),
-                    reason: why,
-                    after: Vec::new(),
-                    step: Step::Migrate {
-                        release: release.clone(),
-                        command: Command {
-                            argv: template::render_all(&m.command.argv, &vars),
-                            timeout_secs: m.command.timeout.as_secs(),
-                        },
-                    },
-                },
-                (s.phase_index, ActionKind::Migrate, *i),
-            );
-            g.edge(id, mid);
-            migrations.push((*i, mid));
-        }
-    }
-    // One backup before the first migration, where the environment has one
-    // (and, on a first deploy, only if its backup block asks for it: the
-    // database may not exist before the first migration creates it).
-    let names: Vec<&str> = migrations
-        .iter()
-        .map(|(i, _)| config.services[*i].name.as_str())
-        .collect();
-    if let Some(b) = &env.backup
-        && !migrations.is_empty()
-        && first_deploy
-        && b.first_deploy == FirstDeploy::Skip
-    {
-        notes.push(format!(
-            "first deploy: nothing to back up yet, so no backup is taken before the migrations of {} (the backup block's first-deploy \"skip\"; write first-deploy \"backup\" if the database already holds data)",
-            names.join(", ")
-        ));
-    } else if !migrations.is_empty()
-        && let Some(b) = &env.backup
-    {
-        let bid = g.push(
-            Action {
-                id: "backup".to_owned(),
-                service: None,
-                phase: None,
-                reason: format!(
-                    "environment {} backs up the database before migrations ({} migrate{})",
-                    env.name,
-                    names.join(", "),
-                    if names.len() == 1 { "s" } else { "" }
-                ),
-                after: Vec::new(),
-                step: Step::Backup {
-                    command: Command {
-                        argv: template::render_all(
-                            &b.run.argv,
-                            &Vars {
-                                root: Some(&env.root),
-                                ..Vars::default()
-                            },
-                        ),
-                        timeout_secs: b.run.timeout.as_secs(),
-                    },
-                },
-            },
-            (0, ActionKind::Backup, 0),
-        );
-        if let Some((_, first)) = migrations.first() {
-            g.edge(bid, *first);
-        }
-    }
-    // Migrations run one after another, in start order: two services'
-    // migrations against one database must not interleave.
-    for w in migrations.windows(2) {
-        g.edge(w[0].1, w[1].1);
-    }
-    // Whatever comes next changes what is live, so it waits for every build
-    // and migration: a failed build leaves the host untouched.
-    let last_prepare: Vec<usize> = {
-        let mut v: Vec<usize> = builds.values().copied().collect();
-        if let Some((_, m)) = migrations.last() {
-            // The chain makes every migration precede the last one.
-            v.retain(|b| !migrations.iter().any(|(i, _)| builds.get(i) == Some(b)));
-            v.push(*m);
-        }
-        v
-    };
-    let installs_planned = unit_changes.values().filter(|(c, _)| c.installs()).count();
-    let mut restarts_in_phase = vec![0usize; config.phases.len()];
-    for i in affected
-        .keys()
-        .copied()
-        .chain(
-            unit_changes
-                .iter()
-                .filter(|(_, (c, _))| c.installs())
-                .map(|(i, _)| *i),
-        )
-        .collect::<BTreeSet<usize>>()
-    {
-        restarts_in_phase[config.services[i].phase_index] += 1;
-    }
-    let first_consumers = if installs_planned > 0 {
-        installs_planned
-    } else {
-        restarts_in_phase
-            .iter()
-            .copied()
-            .find(|n| *n > 0)
-            .unwrap_or(1)
-    };
-    let last_prepare = if needs_barrier(last_prepare.len(), first_consumers) {
-        let b = g.push(
-            barrier(
-                "built",
-                None,
-                "every build and migration succeeded; nothing live has changed before this point",
-            ),
-            (0, ActionKind::Barrier, 0),
-        );
-        for p in &last_prepare {
-            g.edge(*p, b);
-        }
-        vec![b]
-    } else {
-        last_prepare
-    };
-
-    // Unit installs and one daemon-reload.
-    let mut installs: BTreeMap<usize, usize> = BTreeMap::new();
-    for (i, (change, _)) in &unit_changes {
-        if !change.installs() {
-            continue;
-        }
-        let s = &config.services[*i];
-        let id = g.push(
-            Action {
-                id: format!("install-unit:{}", s.name),
-                service: Some(s.name.clone()),
-                phase: Some(s.phase.clone()),
-                reason: match change {
-                    UnitChange::New => "unit file is not installed yet".to_owned(),
-                    UnitChange::Adopt => units::adopt_reason(s, host),
-                    _ => "unit file differs from the installed one".to_owned(),
-                },
-                after: Vec::new(),
-                step: Step::InstallUnit {
-                    unit: s.unit_name.clone(),
-                    source: UnitSource::Config,
-                },
-            },
-            (s.phase_index, ActionKind::InstallUnit, *i),
-        );
-        for p in &last_prepare {
-            g.edge(*p, id);
-        }
-        installs.insert(*i, id);
-    }
-    let reload = if installs.is_empty() {
-        None
-    } else {
-        let units: Vec<&str> = installs
-            .keys()
-            .map(|i| config.services[*i].unit_name.as_str())
-            .collect();
-        let id = g.push(
-            Action {
-                id: "daemon-reload".to_owned(),
-                service: None,
-                phase: None,
-                reason: format!(
-                    "systemd must re-read {}: {}",
-                    count(units.len(), "unit file", "unit files"),
-                    list(&units)
-                ),
-                after: Vec::new(),
-                step: Step::DaemonReload {
-                    enable: units.iter().map(|u| (*u).to_owned()).collect(),
-                },
-            },
-            (0, ActionKind::DaemonReload, 0),
-        );
-        for inst in installs.values() {
-            g.edge(*inst, id);
-        }
-        Some(id)
-    };
-
-    // Restarts and health checks, phase by phase.
-    let restarting: BTreeSet<usize> = affected.keys().chain(installs.keys()).copied().collect();
-    let mut health_of: BTreeMap<usize, usize> = BTreeMap::new();
-    let mut restart_of: BTreeMap<usize, usize> = BTreeMap::new();
-    let mut previous_phase_health: Vec<usize> = Vec::new();
-    let mut first_restart_phase = true;
-    for (pi, _) in config.phases.iter().enumerate() {
-        let in_phase: Vec<usize> = restarting
-            .iter()
-            .copied()
-            .filter(|i| config.services[*i].phase_index == pi)
-            .collect();
-        if in_phase.is_empty() {
-            continue;
-        }
-        for i in &in_phase {
-            let s = &config.services[*i];
-            let deploy = affected.contains_key(i);
-            let reason = if deploy {
-                format!("switch to release {}", short(&to.sha))
-            } else {
-                "unit file changed".to_owned()
-            };
-            let rid = g.push(
-                Action {
-                    id: format!("restart:{}", s.name),
-                    service: Some(s.name.clone()),
-                    phase: Some(s.phase.clone()),
-                    reason,
-                    after: Vec::new(),
-                    step: Step::Restart {
-                        unit: s.unit_name.clone(),
-                        release: deploy.then(|| release_of(s)),
-                    },
-                },
-                (pi, ActionKind::Restart, *i),
-            );
-            let hid = g.push(health_action(s, Vec::new()), (pi, ActionKind::Health, *i));
-            g.edge(rid, hid);
-            restart_of.insert(*i, rid);
-            health_of.insert(*i, hid);
-            if first_restart_phase {
-                if let Some(r) = reload {
-                    g.edge(r, rid);
-                } else {
-                    for p in &last_prepare {
-                        g.edge(*p, rid);
-                    }
-                }
-            }
-            for h in &previous_phase_health {
-                g.edge(*h, rid);
-            }
-        }
-        // depends-on inside the phase orders restarts.
-        for i in &in_phase {
-            let s = &config.services[*i];
-            for d in &s.depends_on {
-                if let Some(j) = in_phase.iter().find(|j| config.services[**j].name == *d)
-                    && let (Some(h), Some(r)) = (health_of.get(j), restart_of.get(i))
-                {
-                    g.edge(*h, *r);
-                }
-            }
-        }
-        // The next phase waits for the health of this one's services that
-        // nothing else in the phase waits on (the rest follow transitively).
-        previous_phase_health = in_phase
-            .iter()
-            .filter(|i| {
-                let name = &config.services[**i].name;
-                !in_phase
-                    .iter()
-                    .any(|j| config.services[*j].depends_on.iter().any(|d| d == name))
-            })
-            .filter_map(|i| health_of.get(i).copied())
-            .collect();
-        let next_consumers = restarts_in_phase
-            .iter()
-            .skip(pi + 1)
-            .copied()
-            .find(|n| *n > 0)
-            .unwrap_or(1);
-        if needs_barrier(previous_phase_health.len(), next_consumers) {
-            let phase = &config.phases[pi].name;
-            let b = g.push(
-                barrier(
-                    &format!("ready:{phase}"),
-                    Some(phase),
-                    &format!("every restarted service of phase {phase} is ready"),
-                ),
-                (pi, ActionKind::Barrier, 0),
-            );
-            for h in &previous_phase_health {
-                g.edge(*h, b);
-            }
-            previous_phase_health = vec![b];
-        }
-        first_restart_phase = false;
-    }
-
-    // The proxy reloads last, after its configuration check.
-    if let Some(p) = &config.proxy
-        && (!restarting.is_empty() || !hits.proxy.is_empty())
-    {
-        let mut why = Vec::new();
-        if !restarting.is_empty() {
-            let names: Vec<&str> = restarting
-                .iter()
-                .map(|i| config.services[*i].name.as_str())
-                .collect();
-            why.push(format!("upstreams restarted: {}", list(&names)));
-        }
-        if !hits.proxy.is_empty() {
-            why.push(format!("its configuration changed: {}", list(&hits.proxy)));
-        }
-        if let Some(c) = &p.check {
-            why.push(format!("after `{}` passes", c.argv.join(" ")));
-        }
-        let id = g.push(
-            Action {
-                id: "reload-proxy".to_owned(),
-                service: None,
-                phase: None,
-                reason: why.join("; "),
-                after: Vec::new(),
-                step: Step::ReloadProxy {
-                    unit: p.unit.clone(),
-                    check: p.check.as_ref().map(|c| Command {
-                        argv: c.argv.clone(),
-                        timeout_secs: c.timeout.as_secs(),
-                    }),
-                },
-            },
-            (config.phases.len(), ActionKind::ReloadProxy, 0),
-        );
-        if health_of.is_empty() {
-            for pp in &last_prepare {
-                g.edge(*pp, id);
-            }
-        }
-        for h in &previous_phase_health {
-            g.edge(*h, id);
-        }
-    }
+    let prepared = prepare::prepare(inp, &target, &affected, &mut g, &mut notes);
+    let installs = live::go_live(
+        inp,
+        &affected,
+        &unit_changes,
+        &hits.proxy,
+        &prepared,
+        &mut g,
+    );
 
     let actions = g.ordered()?;
 
@@ -652,6 +258,11 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         uncommitted: Vec::new(),
         promotion: None,
     })
+}
+
+/// Where release `sha` of service `s` is unpacked.
+fn release_dir(env: &Environment, s: &Service, sha: &str) -> String {
+    format!("{}/{}/releases/{sha}", env.root, s.name)
 }
 
 /// The readiness check of a service after its restart.
