@@ -322,6 +322,82 @@ fn list(items: &[&str]) -> String {
     }
 }
 
+/// What the stages' tests plan with: a configuration, a repository with
+/// one commit holding the given files, and an empty host.
+#[cfg(test)]
+pub(super) mod testing {
+    use super::{HostView, Inputs};
+    use crate::changes::{Changes, Repo, Rev};
+    use crate::config::Config;
+
+    pub struct World {
+        _dir: tempfile::TempDir,
+        pub config: Config,
+        pub repo: Repo,
+        pub changes: Changes,
+        pub host: HostView,
+    }
+
+    impl World {
+        /// A first deploy of `files` (empty files) under `config`.
+        pub fn new(config: &str, files: &[&str]) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("r");
+            let git = git2::Repository::init(&root).unwrap();
+            for f in files {
+                std::fs::create_dir_all(root.join(f).parent().unwrap()).unwrap();
+                std::fs::write(root.join(f), "").unwrap();
+            }
+            let mut index = git.index().unwrap();
+            index
+                .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+                .unwrap();
+            let tree = git.find_tree(index.write_tree().unwrap()).unwrap();
+            let sig = git2::Signature::now("t", "t@example.com").unwrap();
+            let sha = git
+                .commit(Some("HEAD"), &sig, &sig, "init", &tree, &[])
+                .unwrap()
+                .to_string();
+            let to = Rev {
+                spec: "main".to_owned(),
+                sha,
+                summary: "init".to_owned(),
+            };
+            Self {
+                config: crate::config::parse("t.kdl", config).unwrap(),
+                repo: Repo::discover(&root).unwrap(),
+                changes: Changes {
+                    from: None,
+                    to,
+                    paths: Vec::new(),
+                    non_ancestor: false,
+                },
+                host: HostView::default(),
+                _dir: dir,
+            }
+        }
+
+        /// Not a first deploy: the target's own commit was deployed before.
+        pub fn redeploy(mut self) -> Self {
+            self.changes.from = Some(self.changes.to.clone());
+            self
+        }
+
+        pub fn inputs(&self) -> Inputs<'_> {
+            Inputs {
+                config: &self.config,
+                config_text: "",
+                env: &self.config.environments[0],
+                changes: &self.changes,
+                host: &self.host,
+                repo: &self.repo,
+                allow_non_ancestor: false,
+                adopt: &[],
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -192,3 +192,119 @@ pub(super) fn prepare(
     }
     Prepared { builds, migrations }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::World;
+    use super::*;
+
+    const CONFIG: &str = r#"
+project "p" { unit-name "p-{service}.service" }
+environment "staging" {
+    branch "main"
+    root "/srv/p"
+    backup { run "backup" "{root}/db.dump"; restore "restore" "{backup}"; }
+}
+phase "core"
+runtime "node" {
+    build "npm" "run" "build" "{release}"
+    migrate "node" "migrate.js" if-exists="migrations/1.sql" inputs="migrations"
+}
+service "api" { runtime "node"; port 1; phase "core"; }
+service "web" { runtime "node"; port 2; phase "core"; }
+service "docs" { runtime "node"; port 3; phase "core"; }
+"#;
+
+    const FILES: &[&str] = &[
+        "services/api/migrations/1.sql",
+        "services/web/migrations/1.sql",
+        "services/docs/index.md",
+    ];
+
+    fn affected(which: &[(usize, &[&str])]) -> BTreeMap<usize, Affected> {
+        which
+            .iter()
+            .map(|(i, migrate)| {
+                let a = Affected {
+                    reasons: vec!["a path changed".to_owned()],
+                    paths: Vec::new(),
+                    migrate: migrate.iter().map(|m| (*m).to_owned()).collect(),
+                };
+                (*i, a)
+            })
+            .collect()
+    }
+
+    fn run(w: &World, affected: &BTreeMap<usize, Affected>) -> (Vec<Action>, Vec<String>) {
+        let target = w.repo.snapshot(&w.changes.to.sha).unwrap();
+        let mut g = Graph::default();
+        let mut notes = Vec::new();
+        prepare(&w.inputs(), &target, affected, &mut g, &mut notes);
+        (g.ordered().unwrap(), notes)
+    }
+
+    #[test]
+    fn a_build_per_service_and_migrations_after_one_backup_one_at_a_time() {
+        let w = World::new(CONFIG, FILES).redeploy();
+        let (actions, notes) = run(
+            &w,
+            &affected(&[
+                (0, &["migration inputs changed"]),
+                (1, &["restored"]),
+                (2, &[]),
+            ]),
+        );
+        assert!(notes.is_empty());
+        let got: Vec<(&str, Vec<String>)> = actions
+            .iter()
+            .map(|a| (a.id.as_str(), a.after.clone()))
+            .collect();
+        let after = |ids: &[&str]| ids.iter().map(|i| (*i).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            got,
+            [
+                ("backup", after(&[])),
+                // Ready together: builds before migrations (the kind).
+                ("build:api", after(&[])),
+                ("build:web", after(&[])),
+                ("build:docs", after(&[])),
+                ("migrate:api", after(&["backup", "build:api"])),
+                ("migrate:web", after(&["build:web", "migrate:api"])),
+            ]
+        );
+        let sha = &w.changes.to.sha;
+        let Step::Build { release, command } = &actions[1].step else {
+            panic!("{:?}", actions[1].step);
+        };
+        assert_eq!(*release, format!("/srv/p/api/releases/{sha}"));
+        assert_eq!(
+            command.as_ref().unwrap().argv,
+            ["npm", "run", "build", release]
+        );
+        assert!(
+            actions[0].reason.contains("(api, web migrate)"),
+            "{}",
+            actions[0].reason
+        );
+        assert_eq!(actions[4].reason, "migration inputs changed");
+        let Step::Backup { command } = &actions[0].step else {
+            panic!("{:?}", actions[0].step);
+        };
+        assert_eq!(command.argv, ["backup", "/srv/p/db.dump"]);
+    }
+
+    #[test]
+    fn a_first_deploy_skips_the_backup_and_says_so() {
+        let w = World::new(CONFIG, FILES);
+        let (actions, notes) = run(&w, &affected(&[(0, &["first deploy"]), (2, &[])]));
+        let ids: Vec<&str> = actions.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["build:api", "build:docs", "migrate:api"]);
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].starts_with("first deploy: nothing to back up yet"),
+            "{}",
+            notes[0]
+        );
+        assert!(notes[0].contains("migrations of api"), "{}", notes[0]);
+    }
+}
