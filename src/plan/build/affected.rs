@@ -282,6 +282,7 @@ fn prefixes(path: &str) -> impl Iterator<Item = &str> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::World;
     use super::*;
     use crate::changes::{ChangedPath, Rev};
 
@@ -415,5 +416,85 @@ proxy "nginx" { unit "nginx.service"; watch "deploy/nginx"; }
         for (r, st, want) in cases {
             assert_eq!(database_reasons(*r, *st), *want, "{r:?} {st:?}");
         }
+    }
+
+    const MIGRATING: &str = r#"
+project "p" { unit-name "p-{service}.service" }
+environment "staging" { branch "main"; root "/srv/p" }
+phase "core"
+runtime "node" {
+    build "true"
+    migrate "node" "migrate.js" if-exists="migrations/1.sql" inputs="migrations"
+}
+service "api" { runtime "node"; port 1; phase "core"; }
+service "web" { runtime "node"; port 2; phase "core"; }
+"#;
+
+    const FILES: &[&str] = &["services/api/migrations/1.sql", "services/web/index.js"];
+
+    fn run(w: &World) -> (BTreeMap<usize, Affected>, Vec<String>) {
+        let target = w.repo.snapshot(&w.changes.to.sha).unwrap();
+        let hits = path_hits(&w.config, &w.changes);
+        let mut notes = Vec::new();
+        let a = affected_services(&w.inputs(), &target, &hits, &mut notes).unwrap();
+        (a, notes)
+    }
+
+    #[test]
+    fn a_first_deploy_affects_every_service_and_migrates_where_there_are_migrations() {
+        let w = World::new(MIGRATING, FILES);
+        let (a, notes) = run(&w);
+        assert!(notes.is_empty());
+        assert_eq!(a.len(), 2);
+        assert_eq!(
+            a[&0].reasons,
+            ["first deploy: nothing is recorded as deployed"]
+        );
+        assert_eq!(a[&0].migrate, ["first deploy of a service with migrations"]);
+        // No `if-exists` file: its runtime's migrations are not its own.
+        assert!(a[&1].migrate.is_empty());
+    }
+
+    #[test]
+    fn a_change_affects_the_services_it_is_under_and_migrates_on_migration_inputs() {
+        let mut w = World::new(MIGRATING, FILES).redeploy();
+        w.changes.paths = changes(&[("services/api/migrations/1.sql", None)]).paths;
+        let (a, notes) = run(&w);
+        assert!(notes.is_empty());
+        assert_eq!(a.keys().copied().collect::<Vec<_>>(), [0]);
+        assert_eq!(
+            a[&0].reasons,
+            ["1 path changed under services/api/: services/api/migrations/1.sql"]
+        );
+        assert_eq!(a[&0].paths, ["services/api/migrations/1.sql"]);
+        assert_eq!(
+            a[&0].migrate,
+            ["migration inputs changed: services/api/migrations/1.sql"]
+        );
+    }
+
+    #[test]
+    fn a_service_missing_from_the_target_is_an_error_and_unknown_migrations_a_note() {
+        let w = World::new(MIGRATING, &["services/api/migrations/1.sql"]);
+        let target = w.repo.snapshot(&w.changes.to.sha).unwrap();
+        let hits = path_hits(&w.config, &w.changes);
+        let err = affected_services(&w.inputs(), &target, &hits, &mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(err, PlanError::Git(GitError::ServiceMissing { ref service, .. }) if service == "web"),
+            "{err:?}"
+        );
+
+        let mut w = World::new(MIGRATING, FILES);
+        w.host.migrate_status.insert(
+            "api".into(),
+            MigrateCheck::Unavailable("no release to run it in".into()),
+        );
+        let (_, notes) = run(&w);
+        assert_eq!(
+            notes,
+            [
+                "api: migrate-status could not tell whether migrations are pending (no release to run it in); its migrations are planned from git alone"
+            ]
+        );
     }
 }
