@@ -2,6 +2,14 @@
 //! Deterministic: ordered maps everywhere, an explicit tie-break in the
 //! topological order, no clock. Reads git (through `Repo`) but never the
 //! host itself: what it knows of the host comes in `HostView`.
+//!
+//! [`build`] runs pure stages, one file each, tested alone:
+//! `affected` (which services a change touches, and why) →
+//! `units` (each unit file against the host's) → `prepare` (builds,
+//! the backup, migrations) → `live` (installs, one daemon-reload,
+//! restarts and health checks phase by phase, barriers, the proxy), all
+//! into a `graph` → `order` (topological, deterministic tie-break) →
+//! the per-service summary here → `rollback` (what undoing it takes).
 
 mod affected;
 mod graph;
