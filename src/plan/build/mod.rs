@@ -3,7 +3,8 @@
 //! topological order, no clock. Reads git (through `Repo`) but never the
 //! host itself: what it knows of the host comes in `HostView`.
 //!
-//! [`build`] runs pure stages, one file each, tested alone:
+//! [`build`] runs stages, one file each, each tested alone (none touches
+//! the host; `affected` and `prepare` read git):
 //! `affected` (which services a change touches, and why) →
 //! `units` (each unit file against the host's) → `prepare` (builds,
 //! the backup, migrations) → `live` (installs, one daemon-reload,
