@@ -28,9 +28,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moorline::changes::Repo;
-use moorline::fixture::{Edit, Fixture, FixtureOptions};
+use moorline::harness::fixture::{Edit, Fixture, FixtureOptions};
+use moorline::harness::sandbox::PrivateSystemd;
 use moorline::release::Paths;
-use moorline::sandbox::PrivateSystemd;
 use moorline::systemd::Systemd;
 
 /// The seeds' `deploy.sh` order: Node services, then Go, then Python.

@@ -16,8 +16,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use moorline::fixture::{Edit, Fixture, FixtureOptions};
-use moorline::sandbox::PrivateSystemd;
+use moorline::harness::fixture::{Edit, Fixture, FixtureOptions};
+use moorline::harness::sandbox::PrivateSystemd;
 
 type Res<T> = Result<T, String>;
 

@@ -22,9 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use moorline::fixture::{Fixture, FixtureOptions};
+use moorline::harness::fixture::{Fixture, FixtureOptions};
+use moorline::harness::sandbox::PrivateSystemd;
 use moorline::health;
-use moorline::sandbox::PrivateSystemd;
 use moorline::systemd::Systemd;
 
 const PYTHON: &str = "/usr/bin/python3";

@@ -10,7 +10,7 @@ use crate::cli::{Cli, Command, Format, Global, PlanArgs, PlanTarget, StatusArgs}
 use crate::config::{self, Loaded};
 use crate::observe::PlanRequest;
 use crate::plan::Operation;
-use crate::settings;
+use crate::target::Target;
 use crate::{exit, render, report};
 
 mod apply;
@@ -20,6 +20,7 @@ mod init;
 mod logs;
 mod ops;
 mod rollback;
+mod settings;
 
 /// Runs one command line; returns the process exit code.
 pub fn run(cli: &Cli) -> i32 {
@@ -54,7 +55,10 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             backup::run(global, args)
         }
         Command::Demo(args) => {
-            runtime()?.block_on(crate::demo::run(args.keep, args.use_running_systemd))?;
+            runtime()?.block_on(crate::harness::demo::run(
+                args.keep,
+                args.use_running_systemd,
+            ))?;
             Ok(exit::OK)
         }
         Command::Graph(target) => {
@@ -224,7 +228,7 @@ pub(crate) fn confirm(question: &str) -> bool {
 /// Removes the empty backup files an interrupted apply left (see
 /// [`crate::backup::remove_empty`]), saying so. Before a resume or a
 /// rollback, under the state lock.
-pub(crate) fn removed_empty_backups(t: &settings::Target) {
+pub(crate) fn removed_empty_backups(t: &Target) {
     for p in crate::backup::remove_empty(&t.state_dir, &t.env) {
         eprintln!(
             "note: removed {}, an empty backup file an interrupted apply left",
@@ -235,7 +239,7 @@ pub(crate) fn removed_empty_backups(t: &settings::Target) {
 
 /// Connects to systemd and assembles what the executor needs.
 pub async fn executor(
-    t: &settings::Target,
+    t: &Target,
     jobs: Option<usize>,
     rollback_on_failure: bool,
     format: Format,

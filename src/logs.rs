@@ -22,7 +22,7 @@
 //! is its, and exactly the order `journalctl -u 'pakashop-*'` would give.
 //!
 //! Units only log to the journal when a `systemd-journald` serves their manager. The test
-//! sandbox ([`crate::sandbox`]) starts its own and keeps its files in its directory; read them
+//! sandbox ([`crate::harness::sandbox`]) starts its own and keeps its files in its directory; read them
 //! with `--directory`. When nothing is found, `logs` says so and why, instead of printing
 //! nothing.
 

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use crate::config;
 use crate::plan::{self, HostView, Plan};
-use crate::settings::{Target, for_user_manager, resolve_adopt};
 use crate::state;
+use crate::target::{Target, for_user_manager, resolve_adopt};
 use crate::unit;
 
 /// What a plan is asked for.

@@ -8,10 +8,10 @@ use std::path::Path;
 
 use miette::Diagnostic;
 
+use super::settings;
 use super::{confirm, executor, print_report, runtime};
 use crate::cli::{ApplyArgs, Format, Global, OnFailure};
 use crate::observe::PlanRequest;
-use crate::settings;
 use crate::{exit, render, report};
 
 #[derive(Debug, thiserror::Error, Diagnostic)]

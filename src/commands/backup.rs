@@ -3,11 +3,12 @@
 
 use miette::Diagnostic;
 
+use super::settings;
 use super::{confirm, runtime};
 use crate::cli::{BackupAction, BackupArgs, Global};
 use crate::exit;
-use crate::settings::{self, Target};
 use crate::state::{self, BackupRecord, State};
+use crate::target::Target;
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub enum BackupError {

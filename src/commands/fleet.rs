@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use super::settings;
 use crate::cli::{
     ApplyArgs, Format, Global, LogsArgs, OutputFormat, PlanArgs, RollbackArgs, StatusArgs,
 };
@@ -15,7 +16,7 @@ use crate::fleet::journal::{self, HostOutcome, Journal, Record};
 use crate::fleet::plan::{self as fplan, FleetPlan, Gathered, HostPlan, HostPlanArgs};
 use crate::fleet::remote::Prepared;
 use crate::fleet::{Fleet, FleetError, render};
-use crate::settings::{self, Target};
+use crate::target::Target;
 use crate::{exit, report};
 
 use super::apply::ApplyCmdError;

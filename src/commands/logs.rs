@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
+use super::settings;
 use crate::cli::{Global, LogsArgs, OutputFormat};
 use crate::logs::{LogsError, Query, argv, parse, text_line};
-use crate::{exit, ops, settings};
+use crate::{exit, ops};
 
 /// Runs `moorline logs`; returns the exit code.
 pub fn run(global: &Global, args: &LogsArgs) -> miette::Result<i32> {

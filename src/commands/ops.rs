@@ -14,6 +14,7 @@
 
 use std::collections::BTreeSet;
 
+use super::settings;
 use super::{confirm, executor, print_report, runtime};
 use crate::apply::Outcome;
 use crate::changes::Rev;
@@ -21,7 +22,7 @@ use crate::cli::{Format, Global, OpsArgs};
 use crate::ops::{OpsError, select};
 use crate::plan::Operation;
 use crate::plan::ops::{ServiceOps, services};
-use crate::{exit, lock, render, report, settings, state};
+use crate::{exit, lock, render, report, state};
 
 /// Runs one of the four operations; returns the exit code.
 pub fn run(global: &Global, args: &OpsArgs, op: Operation) -> miette::Result<i32> {

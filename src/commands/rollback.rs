@@ -7,13 +7,14 @@ use std::path::Path;
 
 use miette::Diagnostic;
 
+use super::settings;
 use super::{confirm, executor, print_report, runtime};
 use crate::changes::Rev;
 use crate::cli::{Format, Global, OpsArgs, RollbackArgs};
 use crate::plan::Operation;
 use crate::plan::ops::{self, OpsInputs, Step};
 use crate::release::Paths;
-use crate::settings::{self, Target};
+use crate::target::Target;
 use crate::{exit, render, report, state};
 
 #[derive(Debug, thiserror::Error, Diagnostic)]

@@ -130,7 +130,7 @@ pub struct Fleet {
 /// Uncommitted changes on the controller under the configuration file,
 /// the services' paths and their watched paths: what the hosts will not
 /// get (they receive commits only).
-pub fn uncommitted(t: &crate::settings::Target) -> miette::Result<Vec<String>> {
+pub fn uncommitted(t: &crate::target::Target) -> miette::Result<Vec<String>> {
     let config = t.config();
     let mut paths = vec![in_repo(&t.loaded.path, t.repo.root())?];
     for s in &config.services {
@@ -143,7 +143,7 @@ pub fn uncommitted(t: &crate::settings::Target) -> miette::Result<Vec<String>> {
 impl Fleet {
     /// The controller's view of `t` (an environment with hosts).
     pub fn new(
-        t: &crate::settings::Target,
+        t: &crate::target::Target,
         ssh_config: Option<PathBuf>,
         systemd: Option<SystemdKind>,
     ) -> Result<Self, FleetError> {

@@ -237,7 +237,7 @@ fn rollback(hosts: &[HostPlan]) -> FleetRollback {
 
 /// The commit a fleet plan deploys: `--to`, else the tip of the
 /// environment's branch, resolved in the controller's repository.
-pub fn target(t: &crate::settings::Target, to: Option<&str>) -> miette::Result<Rev> {
+pub fn target(t: &crate::target::Target, to: Option<&str>) -> miette::Result<Rev> {
     Ok(match to {
         Some(spec) => t.repo.resolve(spec)?,
         None => t.repo.branch_tip(&t.env.branch)?,

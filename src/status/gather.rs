@@ -14,9 +14,9 @@ use crate::config::{Environment, Service};
 use crate::health;
 use crate::plan::build::{ready_url, url_for};
 use crate::release::Paths;
-use crate::settings::Target;
 use crate::state::{self, State};
 use crate::systemd::{Systemd, UnitStatus};
+use crate::target::Target;
 use crate::unit;
 
 /// Everything gathered from the host that is not per-service.

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use moorline::fixture::Edit;
-use moorline::sandbox::PrivateSystemd;
+use moorline::harness::fixture::Edit;
+use moorline::harness::sandbox::PrivateSystemd;
 use moorline::systemd::{JobResult, SETTLE, Systemd};
 
 use crate::deploy::{World, code, ok, state_json};

@@ -1,5 +1,5 @@
 //! Fleet mode end to end: a controller (this machine) plans and rolls out an environment over
-//! simulated hosts (`moorline::fixture::hosts`), each with its own sshd, network namespace and
+//! simulated hosts (`moorline::harness::fixture::hosts`), each with its own sshd, network namespace and
 //! private systemd, through the real `ssh`. Every test ends by reading each host's own
 //! state.json over ssh: one release per host, named by that host's state.
 
@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Output;
 
-use moorline::fixture::hosts::Fleet;
-use moorline::fixture::{Edit, Fixture, FixtureOptions};
+use moorline::harness::fixture::hosts::Fleet;
+use moorline::harness::fixture::{Edit, Fixture, FixtureOptions};
 
 use crate::support;
 
@@ -538,7 +538,7 @@ async fn a_host_that_drops_mid_apply_is_unknown_until_its_own_journal_settles_it
         }
         all
     });
-    rx.recv_timeout(moorline::fixture::deadline::wait())
+    rx.recv_timeout(moorline::harness::fixture::deadline::wait())
         .expect("host3 reached its health check");
     w.hosts.link_down(2).unwrap();
     let status = child.wait().unwrap();

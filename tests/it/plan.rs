@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use moorline::fixture::{Edit, Fixture, FixtureOptions};
+use moorline::harness::fixture::{Edit, Fixture, FixtureOptions};
 
 /// The three formats a plan is shown in.
 const FORMATS: [&str; 3] = ["text", "markdown", "json"];
@@ -85,7 +85,7 @@ impl Fx {
     fn deployed(&self, env_name: &str, rev: &str) {
         let mut loaded = moorline::config::load(&self.fx.config_path).unwrap();
         // These plans are made with `--systemd user`, as the units were installed.
-        moorline::settings::for_user_manager(&mut loaded.config);
+        moorline::target::for_user_manager(&mut loaded.config);
         let config = &loaded.config;
         let env = config.environment(env_name).unwrap();
         std::fs::create_dir_all(self.unit_dir()).unwrap();

@@ -1,8 +1,8 @@
-//! `moorline::sandbox` lifecycle: a second, short-lived private manager next to the shared one.
+//! `moorline::harness::sandbox` lifecycle: a second, short-lived private manager next to the shared one.
 
 use std::time::Instant;
 
-use moorline::sandbox::PrivateSystemd;
+use moorline::harness::sandbox::PrivateSystemd;
 use moorline::systemd::{JobResult, SETTLE};
 
 use crate::support::{free_port, prompt, sandbox, wait_for_port};

@@ -1,19 +1,20 @@
-//! Settings: raw command-line flags and environment variables resolved, in
-//! one place, into what a command works on (config, environment, repository,
-//! state directory, unit directory, which systemd). Plans are computed from
-//! a resolved target in `observe`.
+//! Target: where a command works — the checked configuration, one
+//! environment of it, the repository, the state directory, the unit
+//! directory and which systemd — built from explicit choices (the command
+//! line is turned into those in `commands::settings`). Plans are computed
+//! from a target in `observe`.
 
 use std::path::{Path, PathBuf};
 
 use miette::Diagnostic;
 
 use crate::changes::Repo;
-use crate::cli::{Global, SystemdKind};
 use crate::config::{self, Environment, Loaded};
 use crate::state;
+use crate::systemd::Bus;
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum SettingsError {
+pub enum TargetError {
     #[error("unknown environment `{name}`")]
     #[diagnostic(code(moorline::cli::unknown_environment), help("{help}"))]
     UnknownEnvironment { name: String, help: String },
@@ -48,7 +49,7 @@ pub struct Target {
     pub repo: Repo,
     pub state_dir: PathBuf,
     pub unit_dir: PathBuf,
-    pub systemd: crate::systemd::Bus,
+    pub systemd: Bus,
     /// The state directory of the environment's `promote-from` source, if
     /// it has one: its `state-dir`, else beside an explicit `--state-dir`
     /// (`DIR/../SOURCE`), else the source's default.
@@ -61,24 +62,15 @@ impl Target {
     }
 }
 
-/// Which systemd by default: the system manager as root, else the user's.
-pub fn systemd_kind(flag: Option<SystemdKind>) -> crate::systemd::Bus {
-    match flag {
-        Some(SystemdKind::System) => crate::systemd::Bus::System,
-        None if state::is_root() => crate::systemd::Bus::System,
-        Some(SystemdKind::User) | None => crate::systemd::Bus::User,
-    }
-}
-
 /// Where unit files go: the environment's `unit-dir`, else the directory the
 /// chosen systemd reads administrator units from.
-pub fn unit_dir(env: &Environment, bus: crate::systemd::Bus) -> PathBuf {
+pub fn unit_dir(env: &Environment, bus: Bus) -> PathBuf {
     if let Some(d) = &env.unit_dir {
         return PathBuf::from(d);
     }
     match bus {
-        crate::systemd::Bus::System => PathBuf::from("/etc/systemd/system"),
-        crate::systemd::Bus::User => user_unit_dir(),
+        Bus::System => PathBuf::from("/etc/systemd/system"),
+        Bus::User => user_unit_dir(),
     }
 }
 
@@ -92,9 +84,22 @@ pub fn user_unit_dir() -> PathBuf {
         .join("systemd/user")
 }
 
-/// Resolves the global flags and `--env` into a target.
-pub fn resolve(global: &Global, env_name: &str) -> miette::Result<Target> {
-    let loaded = crate::commands::load_config(global.config.as_deref())?;
+/// Where a command works, as chosen (on the command line); each `None`
+/// takes the default.
+#[derive(Debug, Clone, Copy)]
+pub struct Choices<'a> {
+    /// The repository; default: the directory of the configuration file.
+    pub repo: Option<&'a Path>,
+    /// The state directory; default: [`state::default_dir`].
+    pub state_dir: Option<&'a Path>,
+    /// Which systemd manager.
+    pub systemd: Bus,
+    /// The host of a fleet environment to act as ([`for_host`]).
+    pub host: Option<&'a str>,
+}
+
+/// Builds the target of environment `env_name` of `loaded`.
+pub fn resolve(loaded: Loaded, env_name: &str, choices: &Choices) -> miette::Result<Target> {
     let env = loaded
         .config
         .environment(env_name)
@@ -111,31 +116,31 @@ pub fn resolve(global: &Global, env_name: &str) -> miette::Result<Target> {
                 None if names.is_empty() => "the configuration defines no environment".to_owned(),
                 None => format!("environments: {}", names.join(", ")),
             };
-            SettingsError::UnknownEnvironment {
+            TargetError::UnknownEnvironment {
                 name: env_name.to_owned(),
                 help,
             }
         })?;
-    let repo_dir = global.repo.clone().unwrap_or_else(|| {
-        loaded
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-    });
+    let repo_dir = choices.repo.map_or_else(
+        || {
+            loaded
+                .path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        },
+        Path::to_path_buf,
+    );
     let repo = Repo::discover(&repo_dir)?;
-    let systemd = systemd_kind(global.systemd);
-    let state_dir = global.state_dir.clone().unwrap_or_else(|| {
-        state::default_dir(
-            &loaded.config.project.name,
-            &env.name,
-            systemd == crate::systemd::Bus::User,
-        )
-    });
+    let systemd = choices.systemd;
+    let state_dir = choices.state_dir.map_or_else(
+        || state::default_dir(&loaded.config.project.name, &env.name, systemd == Bus::User),
+        Path::to_path_buf,
+    );
     let promotion_state_dir = env.promote_from.as_ref().map(|p| {
         if let Some(d) = &p.state_dir {
             PathBuf::from(d)
-        } else if let Some(explicit) = &global.state_dir {
+        } else if let Some(explicit) = choices.state_dir {
             explicit
                 .parent()
                 .unwrap_or_else(|| Path::new("/"))
@@ -144,15 +149,15 @@ pub fn resolve(global: &Global, env_name: &str) -> miette::Result<Target> {
             state::default_dir(
                 &loaded.config.project.name,
                 &p.environment,
-                systemd == crate::systemd::Bus::User,
+                systemd == Bus::User,
             )
         }
     });
     let mut loaded = loaded;
-    if systemd == crate::systemd::Bus::User {
+    if systemd == Bus::User {
         for_user_manager(&mut loaded.config);
     }
-    if let Some(name) = &global.host {
+    if let Some(name) = choices.host {
         for_host(&mut loaded.config, &env, name)?;
     }
     let unit_dir = unit_dir(&env, systemd);
@@ -196,11 +201,11 @@ pub fn for_host(
     config: &mut config::Config,
     env: &Environment,
     name: &str,
-) -> Result<(), SettingsError> {
+) -> Result<(), TargetError> {
     // The name is shown in the error: never a control character of it.
     let shown = config::error::bounded(&format!("`{name}`"));
     if !env.is_fleet() {
-        return Err(SettingsError::NotAFleet {
+        return Err(TargetError::NotAFleet {
             name: shown,
             env: env.name.clone(),
         });
@@ -216,7 +221,7 @@ pub fn for_host(
         } else {
             names.join(", ")
         };
-        return Err(SettingsError::UnknownHost {
+        return Err(TargetError::UnknownHost {
             name: shown,
             env: env.name.clone(),
             help: match config::error::suggest(name, &names) {
@@ -234,7 +239,7 @@ pub fn for_host(
 pub fn resolve_adopt(
     config: &config::Config,
     names: &[String],
-) -> Result<Vec<String>, SettingsError> {
+) -> Result<Vec<String>, TargetError> {
     let mut out = std::collections::BTreeSet::new();
     for name in names {
         let Some(s) = config
@@ -243,7 +248,7 @@ pub fn resolve_adopt(
             .find(|s| s.name == *name || s.unit_name == *name)
         else {
             let known: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
-            return Err(SettingsError::Adopt {
+            return Err(TargetError::Adopt {
                 name: name.clone(),
                 problem: "no service of the configuration has this name or unit file name"
                     .to_owned(),
@@ -254,7 +259,7 @@ pub fn resolve_adopt(
             });
         };
         if s.unit.is_none() {
-            return Err(SettingsError::Adopt {
+            return Err(TargetError::Adopt {
                 name: name.clone(),
                 problem: format!("service `{}` has no `unit` block, so moorline does not write its unit file", s.name),
                 help: "adopting means moorline takes the unit file over: give the service a `unit` block first".to_owned(),

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use miette::Diagnostic;
 
-use crate::fixture::{Edit, Fixture, FixtureOptions};
-use crate::sandbox::PrivateSystemd;
+use crate::harness::fixture::{Edit, Fixture, FixtureOptions};
+use crate::harness::sandbox::PrivateSystemd;
 use crate::systemd::{Bus, Systemd};
 
 /// Ports of the demo fleet start here (not Pakashop's own ports, so a
@@ -292,8 +292,7 @@ async fn run_in(
     }
     if use_running {
         for s in &demo.fx.services {
-            let _ =
-                std::fs::remove_file(crate::settings::user_unit_dir().join(Demo::unit(&s.name)));
+            let _ = std::fs::remove_file(crate::target::user_unit_dir().join(Demo::unit(&s.name)));
         }
         let _ = demo.systemd.daemon_reload().await;
     }

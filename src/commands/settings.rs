@@ -1,0 +1,33 @@
+//! Settings: the global command-line flags (`-c`, `--repo`, `--state-dir`,
+//! `--systemd`, `--host`) and `MOORLINE_CONFIG` resolved, in one place, into
+//! the [`Target`] a command works on.
+
+use crate::cli::{Global, SystemdKind};
+use crate::state;
+use crate::systemd::Bus;
+use crate::target::{self, Choices, Target};
+
+/// Which systemd: `--systemd`, else the system manager as root and the
+/// user's otherwise.
+pub fn systemd_kind(flag: Option<SystemdKind>) -> Bus {
+    match flag {
+        Some(SystemdKind::System) => Bus::System,
+        None if state::is_root() => Bus::System,
+        Some(SystemdKind::User) | None => Bus::User,
+    }
+}
+
+/// Resolves the global flags and `--env` into a target.
+pub fn resolve(global: &Global, env_name: &str) -> miette::Result<Target> {
+    let loaded = super::load_config(global.config.as_deref())?;
+    target::resolve(
+        loaded,
+        env_name,
+        &Choices {
+            repo: global.repo.as_deref(),
+            state_dir: global.state_dir.as_deref(),
+            systemd: systemd_kind(global.systemd),
+            host: global.host.as_deref(),
+        },
+    )
+}
