@@ -59,7 +59,7 @@ fn fleet(global: &Global, t: &Target) -> Result<Arc<Fleet>, FleetError> {
     Ok(Arc::new(Fleet::new(
         t,
         global.ssh_config.clone(),
-        global.systemd,
+        global.systemd.map(|k| settings::systemd_kind(Some(k))),
     )?))
 }
 
@@ -501,7 +501,7 @@ async fn run_rollout(
         fleet: Arc::clone(fleet),
         plan: replay.plan.clone(),
         prepared,
-        format,
+        json: format == Format::Json,
         journal: Mutex::new(Journal::reopen(&fleet.dir)?),
         rollout_id: replay.rollout_id.clone(),
     });
@@ -742,7 +742,7 @@ async fn undo_rollout(
         fleet: Arc::clone(fleet),
         plan: replay.plan.clone(),
         prepared,
-        format,
+        json: format == Format::Json,
         journal: Mutex::new(Journal::reopen(&fleet.dir)?),
         rollout_id: replay.rollout_id.clone(),
     });

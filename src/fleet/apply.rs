@@ -18,7 +18,6 @@ use super::journal::{HostOutcome, Journal, Record, Replay};
 use super::plan::FleetPlan;
 use super::remote::Prepared;
 use super::{Fleet, FleetError};
-use crate::cli::Format;
 use crate::config::DrainWhen;
 
 /// How often a resumed host's `apply --resume` is retried while the
@@ -35,7 +34,8 @@ pub struct Rollout {
     pub fleet: Arc<Fleet>,
     pub plan: FleetPlan,
     pub prepared: BTreeMap<String, Prepared>,
-    pub format: Format,
+    /// Host events and progress as JSON lines (`--format json`).
+    pub json: bool,
     pub journal: Mutex<Journal>,
     pub rollout_id: String,
 }
@@ -93,7 +93,7 @@ impl Rollout {
     }
 
     fn say(&self, host: &str, line: &str) {
-        if self.format == Format::Json {
+        if self.json {
             let v = serde_json::json!({"event": "fleet", "host": host, "detail": line});
             println!("{v}");
         } else {
@@ -405,7 +405,7 @@ impl Rollout {
         }
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
-        let json = self.format == Format::Json;
+        let json = self.json;
         let out_host = host.clone();
         let out_task = tokio::spawn(async move {
             let Some(s) = stdout else { return };

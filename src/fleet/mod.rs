@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 
 use miette::Diagnostic;
 
-use crate::cli::SystemdKind;
 use crate::config::{Environment, Host};
 
 pub use ssh::SshError;
@@ -121,7 +120,7 @@ pub struct Fleet {
     /// The config file's path inside the repository.
     pub config_in_repo: String,
     /// `--systemd`, handed on to every host's moorline.
-    pub systemd: Option<SystemdKind>,
+    pub systemd: Option<crate::systemd::Bus>,
     pub transport: ssh::Transport,
     /// The binary that runs here and is installed on hosts.
     pub binary: remote::Binary,
@@ -145,7 +144,7 @@ impl Fleet {
     pub fn new(
         t: &crate::target::Target,
         ssh_config: Option<PathBuf>,
-        systemd: Option<SystemdKind>,
+        systemd: Option<crate::systemd::Bus>,
     ) -> Result<Self, FleetError> {
         let dir = t.state_dir.join("fleet");
         crate::state::tighten(&dir).map_err(|e| {

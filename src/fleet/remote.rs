@@ -229,8 +229,8 @@ pub async fn prepare(fleet: &Fleet, host: &Host, to: &str) -> Result<Prepared, F
         config: format!("{repo}/{}", fleet.config_in_repo),
         repo,
         systemd: fleet.systemd.map(|s| match s {
-            crate::cli::SystemdKind::System => "system",
-            crate::cli::SystemdKind::User => "user",
+            crate::systemd::Bus::System => "system",
+            crate::systemd::Bus::User => "user",
         }),
     })
 }
