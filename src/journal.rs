@@ -47,6 +47,15 @@ pub enum Record {
         action: String,
         error: String,
     },
+    /// A command of `action` started in process group `group.pgid`
+    /// (written as soon as it runs): what `apply --resume` and `rollback`
+    /// stop should moorline be killed while it runs
+    /// ([`crate::process::orphans`]).
+    Spawned {
+        action: String,
+        #[serde(flatten)]
+        group: crate::process::orphans::Group,
+    },
     /// Intent: `service`'s `current` link goes from `from` to `to`.
     Switch {
         service: String,
@@ -305,6 +314,17 @@ impl Replay {
         self.records
             .iter()
             .any(|r| matches!(r, Record::Succeeded { action: a, .. } if a == action))
+    }
+
+    /// The process groups of commands this apply started, by action.
+    pub fn spawned(&self) -> Vec<(String, crate::process::orphans::Group)> {
+        self.records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Spawned { action, group } => Some((action.clone(), group.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn rollback_begun(&self) -> bool {
