@@ -190,9 +190,9 @@ pub async fn run(r: Run<'_>) -> Result<(), RunError> {
     let pgid = child.id();
     if let Some(recorder) = orphans::recorder() {
         let recorded = match pgid {
-            Some(pid) => tokio::task::spawn_blocking(move || {
-                let g =
-                    orphans::identify(pid).map_err(|e| format!("reading /proc/{pid}/stat: {e}"))?;
+            Some(leader) => tokio::task::spawn_blocking(move || {
+                let g = orphans::identify(leader)
+                    .map_err(|e| format!("reading /proc/{leader}/stat: {e}"))?;
                 recorder(&g)
             })
             .await

@@ -344,7 +344,7 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        let seen = seen.lock().unwrap();
+        let seen = seen.lock().unwrap().clone();
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].pgid, pid);
         assert_eq!(seen[0].boot_id, boot_id().unwrap());
