@@ -666,6 +666,31 @@ mod tests {
     }
 
     #[test]
+    fn a_spawned_record_names_the_group_flat() {
+        let r = Record::Spawned {
+            action: "build:api".to_owned(),
+            group: crate::process::orphans::Group {
+                pgid: 4242,
+                start_time: 987_654,
+                session: 4200,
+                boot_id: "b00t".to_owned(),
+            },
+        };
+        let line = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            line,
+            r#"{"event":"spawned","action":"build:api","pgid":4242,"start_time":987654,"session":4200,"boot_id":"b00t"}"#
+        );
+        assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), r);
+        let text = format!("{}\n{STARTED}\n{line}\n", begin());
+        let Current::Begun(replay) = parse(text.as_bytes(), Path::new("/j")).unwrap() else {
+            panic!("not begun");
+        };
+        assert_eq!(replay.spawned().len(), 1);
+        assert_eq!(replay.spawned()[0].0, "build:api");
+    }
+
+    #[test]
     fn records_without_timestamps_still_parse() {
         let old = r#"{"event":"succeeded","action":"build:a","note":"3 files"}"#;
         let r: Record = serde_json::from_str(old).unwrap();
