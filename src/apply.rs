@@ -272,6 +272,46 @@ async fn journal_append(j: &Shared, r: Record) -> Result<(), JournalError> {
     })?
 }
 
+/// The recorder of the commands `action` starts: a `spawned` journal
+/// record for each (on the blocking pool, where the runner calls it), and
+/// where a failure to write one is kept for the executor.
+fn spawn_recorder(
+    j: &Shared,
+    action: &str,
+) -> (process::orphans::Recorder, Arc<Mutex<Option<JournalError>>>) {
+    let failed: Arc<Mutex<Option<JournalError>>> = Arc::default();
+    let (j, action, slot) = (Arc::clone(j), action.to_owned(), Arc::clone(&failed));
+    let recorder: process::orphans::Recorder = Arc::new(move |group| {
+        let r = Record::Spawned {
+            action: action.clone(),
+            group: group.clone(),
+        };
+        let res = j
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .append(&r);
+        res.map_err(|e| {
+            let message = e.to_string();
+            *slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+            message
+        })
+    });
+    (recorder, failed)
+}
+
+/// Stops the commands the interrupted apply `replay` started that still
+/// run (moorline was killed while they ran), saying so.
+async fn stop_orphans(replay: &Replay) {
+    let stopped = process::orphans::stop(replay.spawned(), process::orphans::STOP_GRACE).await;
+    for (action, pgid) in stopped {
+        eprintln!(
+            "note: stopped {action} (process group {pgid}) left running by the interrupted apply"
+        );
+    }
+}
+
 /// Runs blocking file-system or git work (exports, directory removal,
 /// release switches, unit files) on the blocking pool, so it never holds
 /// one of the runtime's two workers while jobs and probes wait on them.
@@ -381,6 +421,7 @@ pub async fn resume(ctx: Arc<Ctx>) -> Result<Option<Report>, ApplyError> {
             expected: replay.plan.inputs.config_sha256.clone(),
         });
     }
+    stop_orphans(&replay).await;
     let journal = Journal::reopen(&ctx.state_dir)?;
     let plan = replay.plan.clone();
     let id = replay.apply_id.clone();
@@ -460,6 +501,7 @@ pub async fn roll_back_unfinished(
         plan: rollback,
         begun,
     } = pending;
+    stop_orphans(&replay).await;
     let report = Report::new(&replay.apply_id, Vec::new());
     if begun {
         let at = rollback_begun(&replay.records).map_or(0, |(i, _)| i + 1);
@@ -646,7 +688,22 @@ async fn execute(
                         None
                     };
                     let t = Instant::now();
-                    let res = perform(&ctx2, &a2, &plan_to, &id2, &j2).await;
+                    let (recorder, unrecorded) = spawn_recorder(&j2, &a2.id);
+                    let res = process::orphans::recorded(
+                        recorder,
+                        perform(&ctx2, &a2, &plan_to, &id2, &j2),
+                    )
+                    .await;
+                    // A command whose group could not be journaled did not
+                    // run; the journal error stops the apply like any.
+                    let res = match unrecorded
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .take()
+                    {
+                        Some(e) => Err(ActionError::Journal(e)),
+                        None => res,
+                    };
                     let res = match res {
                         Ok(note) => {
                             let ms = t.elapsed().as_millis();

@@ -47,6 +47,15 @@ pub enum Record {
         action: String,
         error: String,
     },
+    /// A command of `action` started in process group `group.pgid`
+    /// (written as soon as it runs): what `apply --resume` and `rollback`
+    /// stop should moorline be killed while it runs
+    /// ([`crate::process::orphans`]).
+    Spawned {
+        action: String,
+        #[serde(flatten)]
+        group: crate::process::orphans::Group,
+    },
     /// Intent: `service`'s `current` link goes from `from` to `to`.
     Switch {
         service: String,
@@ -305,6 +314,17 @@ impl Replay {
         self.records
             .iter()
             .any(|r| matches!(r, Record::Succeeded { action: a, .. } if a == action))
+    }
+
+    /// The process groups of commands this apply started, by action.
+    pub fn spawned(&self) -> Vec<(String, crate::process::orphans::Group)> {
+        self.records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Spawned { action, group } => Some((action.clone(), group.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn rollback_begun(&self) -> bool {
@@ -643,6 +663,31 @@ mod tests {
             0o600
         );
         assert!(matches!(read(dir.path()).unwrap(), Current::Absent));
+    }
+
+    #[test]
+    fn a_spawned_record_names_the_group_flat() {
+        let r = Record::Spawned {
+            action: "build:api".to_owned(),
+            group: crate::process::orphans::Group {
+                pgid: 4242,
+                start_time: 987_654,
+                session: 4200,
+                boot_id: "b00t".to_owned(),
+            },
+        };
+        let line = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            line,
+            r#"{"event":"spawned","action":"build:api","pgid":4242,"start_time":987654,"session":4200,"boot_id":"b00t"}"#
+        );
+        assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), r);
+        let text = format!("{}\n{STARTED}\n{line}\n", begin());
+        let Current::Begun(replay) = parse(text.as_bytes(), Path::new("/j")).unwrap() else {
+            panic!("not begun");
+        };
+        assert_eq!(replay.spawned().len(), 1);
+        assert_eq!(replay.spawned()[0].0, "build:api");
     }
 
     #[test]

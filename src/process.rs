@@ -7,6 +7,9 @@
 //!   SIGKILL: nothing it started in the background outlives it (a process
 //!   that left the group with `setsid` is out of reach; moorline stops
 //!   reading its output [`DRAIN_GRACE`] after the command ended).
+//! - Under an apply, resume or rollback the group is recorded in the
+//!   journal as soon as it started ([`orphans`]), so that the next resume
+//!   or rollback stops it should moorline itself be killed (SIGKILL).
 //! - Its output (stdout and stderr, interleaved by line) is read through
 //!   pipes, redacted ([`crate::secrets`]) and written to a private log
 //!   (0600, directories 0700). A line is cut at [`LINE_CAP`] bytes and the
@@ -25,6 +28,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::secrets::{self, Redactor};
+
+pub mod orphans;
 
 /// The environment of every configured command (build, migrate, backup,
 /// restore, proxy check, `migrate-status`): the environment's env-files,
@@ -116,6 +121,14 @@ pub enum RunError {
         tail: String,
         log: String,
     },
+    #[error("`{command}` was stopped: its process group could not be recorded: {message}")]
+    #[diagnostic(
+        code(moorline::run::unrecorded),
+        help(
+            "moorline runs no command it could not stop after a crash; check free space and permissions of the state directory"
+        )
+    )]
+    Unrecorded { command: String, message: String },
     #[error("cannot write {path}")]
     #[diagnostic(code(moorline::run::io), help("check free space and permissions"))]
     Io {
@@ -175,6 +188,27 @@ pub async fn run(r: Run<'_>) -> Result<(), RunError> {
     })?;
     // The group's id is the child's pid (`process_group(0)`).
     let pgid = child.id();
+    if let Some(recorder) = orphans::recorder() {
+        let recorded = match pgid {
+            Some(leader) => tokio::task::spawn_blocking(move || {
+                let g = orphans::identify(leader)
+                    .map_err(|e| format!("reading /proc/{leader}/stat: {e}"))?;
+                recorder(&g)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string())),
+            None => Err("the command ended before its pid was known".to_owned()),
+        };
+        if let Err(message) = recorded {
+            kill_group(pgid);
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(RunError::Unrecorded {
+                command: r.argv.join(" "),
+                message,
+            });
+        }
+    }
 
     let redactor = secrets::known();
     let keep = LINE_CAP + redactor.longest();

@@ -284,6 +284,10 @@ impl Scene {
                     let Some(a) = v["action"].as_str() else {
                         continue;
                     };
+                    if v["event"] == "spawned" {
+                        // A command of the action runs: still in flight.
+                        continue;
+                    }
                     if v["event"] == "started" {
                         open.insert(
                             a.to_owned(),
@@ -1099,4 +1103,151 @@ async fn slow_builds_do_not_delay_the_rest_of_the_apply() {
     eprintln!("{report}");
     scene.w.stop_all(&scene.sd).await;
     let _ = scene.sd.stop(&scene.proxy_unit).await;
+}
+
+/// svc-0004's build for the orphan tests: appends its pid to `pids`; the
+/// first run starts a background process in its group, ignores SIGTERM
+/// and writes a heartbeat line every 50 ms forever (a build moorline was
+/// killed in the middle of); later runs build.
+const ORPHAN_BUILD: &str = r#"import os, signal, subprocess, sys, time
+pids = "@PIDS@"
+with open(pids, "a", encoding="utf-8") as f:
+    f.write(f"{os.getpid()}\n")
+with open(pids, encoding="utf-8") as f:
+    first = len(f.read().splitlines()) == 1
+if first:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    bg = subprocess.Popen(["sleep", "1000"])
+    with open(pids + ".bg", "w", encoding="utf-8") as f:
+        f.write(f"{bg.pid}\n")
+    while True:
+        with open(pids + ".beat", "a", encoding="utf-8") as f:
+            f.write("beat\n")
+        time.sleep(0.05)
+here = os.path.dirname(os.path.abspath(__file__))
+sys.exit(subprocess.call([sys.executable, os.path.join(here, "build.py")] + sys.argv[1:]))
+"#;
+
+/// Whether `pid` runs (a zombie does not: it only waits to be reaped).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn beats(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// A deploy SIGKILLed while svc-0004's build runs leaves the build running
+/// (its process group is not moorline's); the recovery (`how`) stops that
+/// group, background process included, before it acts, says so, and
+/// converges.
+async fn a_build_left_running_is_stopped_by(how: Recovery, prefix: &str, port_base: u16) {
+    let Some(mut scene) = Scene::new(prefix, port_base).await else {
+        return;
+    };
+    let go_build = "build \"/usr/bin/python3\" \"build.py\" \"{service}\"";
+    assert!(scene.config.contains(go_build), "{}", scene.config);
+    scene.config = scene.config.replace(
+        go_build,
+        "build \"/usr/bin/python3\" \"orphan-build.py\" \"{service}\"",
+    );
+    let pids = scene.w.state.with_file_name("orphan-build.pids");
+    let script = ORPHAN_BUILD.replace("@PIDS@", pids.to_str().unwrap());
+    scene.w.commit(
+        "main",
+        "a build that hangs the first time",
+        &[Edit::Write {
+            path: "services/svc-0004/orphan-build.py".to_owned(),
+            contents: script,
+        }],
+    );
+    let sha = scene.next_change();
+    let runs = scene.migrate_runs();
+    let mut apply = scene
+        .w
+        .cmd(&["apply", "--env", "staging", "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let beat = pids.with_extension("pids.beat");
+    let deadline = Instant::now() + support::wait();
+    while beats(&beat) < 3 {
+        assert!(Instant::now() < deadline, "the build never ran");
+        assert!(apply.try_wait().unwrap().is_none(), "the apply ended");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    apply.kill().unwrap();
+    apply.wait().unwrap();
+    let read_pid = |p: &Path| -> u32 {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let build = read_pid(&pids);
+    let bg = read_pid(&pids.with_extension("pids.bg"));
+    // moorline is gone; its build is not.
+    let n = beats(&beat);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(beats(&beat) > n, "the build stopped with moorline");
+    assert!(running(build) && running(bg));
+    let journal = std::fs::read_to_string(scene.w.state.join("journal.jsonl")).unwrap();
+    assert!(
+        journal.contains(&format!(
+            "\"event\":\"spawned\",\"action\":\"build:svc-0004\",\"pgid\":{build}"
+        )),
+        "{journal}"
+    );
+    let id = scene.unfinished_id();
+
+    let log = scene.recover(how);
+    assert!(
+        log.contains(&format!(
+            "note: stopped build:svc-0004 (process group {build}) left running by the interrupted apply"
+        )),
+        "{log}"
+    );
+    assert!(!running(build) && !running(bg), "{log}");
+    let n = beats(&beat);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(beats(&beat), n, "the old build still writes");
+    if how == Recovery::Resume {
+        // Stopped before the resumed build started (its pid is the second).
+        let all = std::fs::read_to_string(&pids).unwrap();
+        assert_eq!(all.lines().count(), 2, "{all}");
+    }
+    scene
+        .converged(
+            &format!("{how:?} of a deploy killed in a build\n{log}"),
+            id.as_deref(),
+            (how == Recovery::Resume).then_some(sha.as_str()),
+            &BTreeSet::new(),
+            runs,
+        )
+        .await;
+    scene.w.stop_all(&scene.sd).await;
+    let _ = scene.sd.stop(&scene.proxy_unit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_left_running_by_a_killed_apply_is_stopped_by_resume() {
+    a_build_left_running_is_stopped_by(Recovery::Resume, "c6", 29600).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_left_running_by_a_killed_apply_is_stopped_by_rollback() {
+    a_build_left_running_is_stopped_by(Recovery::Rollback, "c7", 29700).await;
 }
