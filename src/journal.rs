@@ -276,7 +276,7 @@ impl Journal {
                 path: self.path.display().to_string(),
                 source,
             })?;
-        crash::after(n);
+        crash::after(n, r);
         Ok(())
     }
 
@@ -453,6 +453,9 @@ pub fn archive_torn(dir: &Path) -> Result<PathBuf, JournalError> {
 ///   written: whatever happened since record N-1 happened (an action's
 ///   effect whose `succeeded` record N would state, a release switch
 ///   whose intent record is N-1), but record N is not in the journal.
+/// - `MOORLINE_TEST_CRASH_AFTER_EVENT=EVENT`: SIGKILL right after the first
+///   record of that event (`succeeded`, `switch`, ...) is durable: a kill
+///   point that does not move when records are added elsewhere.
 ///
 /// Only in a build with the `crash-hook` feature, which `cargo test` turns
 /// on (the package is its own dev-dependency with that feature, see
@@ -475,8 +478,15 @@ mod crash {
         }
     }
 
-    pub(super) fn after(n: usize) {
+    pub(super) fn after(n: usize, r: &super::Record) {
         if limit("MOORLINE_TEST_CRASH_AFTER").is_some_and(|l| n >= l) {
+            kill();
+        }
+        if let Ok(want) = std::env::var("MOORLINE_TEST_CRASH_AFTER_EVENT")
+            && serde_json::to_value(r)
+                .ok()
+                .is_some_and(|v| v.get("event").and_then(|e| e.as_str()) == Some(want.as_str()))
+        {
             kill();
         }
     }
@@ -502,7 +512,7 @@ mod crash {
         0
     }
     pub(super) fn before(_: usize) {}
-    pub(super) fn after(_: usize) {}
+    pub(super) fn after(_: usize, _: &super::Record) {}
 }
 
 #[cfg(test)]

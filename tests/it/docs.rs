@@ -1178,7 +1178,7 @@ fn operations_setup(r: &mut Runner, fx: &moorline::harness::fixture::Fixture, bl
 }
 
 /// Commits a change of svc-0001 and the migration `migration` of svc-0003 to production, plans
-/// it and kills its apply half-way (after its 6th journal record: at least one action has
+/// it and kills its apply half-way (right after its first `succeeded` record: one action has
 /// finished), leaving an unfinished journal. Returns the commit.
 fn interrupted_apply(
     r: &Runner,
@@ -1202,7 +1202,7 @@ fn interrupted_apply(
         &r.repo,
     );
     let killed = killed
-        .env("MOORLINE_TEST_CRASH_AFTER", "6")
+        .env("MOORLINE_TEST_CRASH_AFTER_EVENT", "succeeded")
         .output()
         .unwrap();
     assert_ne!(killed.status.code(), Some(0), "{killed:?}");
