@@ -411,7 +411,9 @@ impl Rollout {
             let Some(s) = stdout else { return };
             let mut lines = BufReader::new(s).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                print_event(&out_host, &line, json);
+                // The host redacts what it prints; the controller, which knows
+                // the same secrets, redacts again before anything is shown.
+                print_event(&out_host, &crate::secrets::redact_json_text(&line), json);
             }
         });
         let err_host = host.clone();
@@ -420,6 +422,7 @@ impl Rollout {
             let Some(s) = stderr else { return tail };
             let mut lines = BufReader::new(s).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                let line = crate::secrets::redact(&line);
                 eprintln!("[{err_host}] {line}");
                 tail.push(line);
                 if tail.len() > 20 {

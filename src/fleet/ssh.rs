@@ -295,7 +295,9 @@ impl Transport {
             drop(w);
         }
         let out = child.wait_with_output().await.map_err(spawn_err)?;
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        // What a remote command says on stderr ends up in errors, output and
+        // the fleet journal: redacted here, once, like every command's output.
+        let stderr = crate::secrets::redact(&String::from_utf8_lossy(&out.stderr));
         let code = out.status.code().unwrap_or(SSH_FAILED);
         if let Some(e) = classify(host, code, &stderr) {
             return Err(e);
