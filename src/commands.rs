@@ -156,10 +156,36 @@ fn request(target: &PlanTarget) -> PlanRequest {
     code(moorline::plan::write),
     help("check that the directory exists and is writable")
 )]
-struct PlanWriteError {
+pub(crate) struct PlanWriteError {
     path: String,
     #[source]
     source: std::io::Error,
+}
+
+/// Prints a plan rendered in `args.format` and, with `--out`, saves its
+/// JSON form (private); both redacted. `render` renders it in a format;
+/// `what` names it in the saved message (`plan`, `fleet plan`).
+pub(crate) fn print_and_save(
+    args: &PlanArgs,
+    render: impl Fn(Format) -> String,
+    what: &str,
+    fingerprint: &str,
+) -> Result<(), PlanWriteError> {
+    let shown = render(args.format);
+    let shown = match args.format {
+        Format::Json => crate::secrets::redact_json_text(&shown),
+        _ => crate::secrets::redact(&shown),
+    };
+    print!("{shown}");
+    if let Some(out) = &args.out {
+        let saved = crate::secrets::redact_json_text(&render(Format::Json));
+        crate::state::write_private(out, saved.as_bytes()).map_err(|source| PlanWriteError {
+            path: out.display().to_string(),
+            source,
+        })?;
+        eprintln!("{what} saved to {} ({fingerprint})", out.display());
+    }
+    Ok(())
 }
 
 fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
@@ -168,24 +194,16 @@ fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
         return fleet::plan(global, args, &t);
     }
     let p = crate::observe::compute_plan(&t, &request(&args.target))?;
-    let shown = match args.format {
-        Format::Text => render::text(&p, stdout_color()),
-        Format::Markdown => render::markdown(&p),
-        Format::Json => render::json(&p),
-    };
-    let shown = match args.format {
-        Format::Json => crate::secrets::redact_json_text(&shown),
-        _ => crate::secrets::redact(&shown),
-    };
-    print!("{shown}");
-    if let Some(out) = &args.out {
-        let saved = crate::secrets::redact_json_text(&render::json(&p));
-        crate::state::write_private(out, saved.as_bytes()).map_err(|source| PlanWriteError {
-            path: out.display().to_string(),
-            source,
-        })?;
-        eprintln!("plan saved to {} ({})", out.display(), p.fingerprint);
-    }
+    print_and_save(
+        args,
+        |f| match f {
+            Format::Text => render::text(&p, stdout_color()),
+            Format::Markdown => render::markdown(&p),
+            Format::Json => render::json(&p),
+        },
+        "plan",
+        &p.fingerprint,
+    )?;
     Ok(
         if args.detailed_exitcode && (p.has_changes() || p.has_conflicts()) {
             exit::CHANGES

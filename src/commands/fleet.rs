@@ -20,7 +20,7 @@ use crate::target::Target;
 use crate::{exit, report};
 
 use super::apply::ApplyCmdError;
-use super::{PlanWriteError, confirm, runtime, stdout_color};
+use super::{confirm, print_and_save, runtime, stdout_color};
 
 /// The `--host NAME` flag: this process is one host of a fleet.
 fn host_flag(global: &Global) -> Option<&str> {
@@ -153,24 +153,16 @@ pub fn plan(global: &Global, args: &PlanArgs, t: &Target) -> miette::Result<i32>
             host_plans(&fleet, &gathered),
         ))
     })?;
-    let shown = match args.format {
-        Format::Text => render::text(&p, stdout_color()),
-        Format::Markdown => render::markdown(&p),
-        Format::Json => render::json(&p),
-    };
-    let shown = match args.format {
-        Format::Json => crate::secrets::redact_json_text(&shown),
-        _ => crate::secrets::redact(&shown),
-    };
-    print!("{shown}");
-    if let Some(out) = &args.out {
-        let saved = crate::secrets::redact_json_text(&render::json(&p));
-        crate::state::write_private(out, saved.as_bytes()).map_err(|source| PlanWriteError {
-            path: out.display().to_string(),
-            source,
-        })?;
-        eprintln!("fleet plan saved to {} ({})", out.display(), p.fingerprint);
-    }
+    print_and_save(
+        args,
+        |f| match f {
+            Format::Text => render::text(&p, stdout_color()),
+            Format::Markdown => render::markdown(&p),
+            Format::Json => render::json(&p),
+        },
+        "fleet plan",
+        &p.fingerprint,
+    )?;
     Ok(if args.detailed_exitcode && p.has_changes() {
         exit::CHANGES
     } else {
