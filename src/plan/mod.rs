@@ -671,6 +671,77 @@ pub struct RollbackPlan {
     pub summary: String,
 }
 
+/// A plan that builds nothing (a rollback, a restart, start/stop/enable/
+/// disable): its inputs are the configuration and the state only, and its
+/// fingerprint covers the operation, those inputs, the actions and `salt`
+/// (a field that tells otherwise equal plans apart, such as the apply a
+/// rollback undoes).
+pub(crate) struct Unbuilt<'a> {
+    pub operation: Operation,
+    pub project: String,
+    pub environment: String,
+    pub branch: String,
+    pub from: Option<Rev>,
+    pub to: Rev,
+    pub config_sha256: String,
+    pub state_sha256: Option<String>,
+    pub services: Vec<ServicePlan>,
+    pub actions: Vec<Action>,
+    pub rollback: RollbackPlan,
+    pub warnings: Vec<String>,
+    pub salt: Option<(&'a str, &'a str)>,
+}
+
+impl Unbuilt<'_> {
+    pub(crate) fn plan(self) -> Plan {
+        let inputs = PlanInputs {
+            moorline_version: env!("CARGO_PKG_VERSION").to_owned(),
+            config_sha256: self.config_sha256,
+            state_sha256: self.state_sha256,
+            units_source: "none".to_owned(),
+            units: BTreeMap::new(),
+            allow_non_ancestor: false,
+            adopt: Vec::new(),
+            pending_migrations: Vec::new(),
+            skip_promotion_check: false,
+        };
+        let mut fp = serde_json::json!({
+            "operation": self.operation,
+            "inputs": &inputs,
+            "actions": &self.actions,
+        });
+        if let (Some((key, value)), Some(map)) = (self.salt, fp.as_object_mut()) {
+            map.insert(key.to_owned(), value.into());
+        }
+        let fingerprint = format!(
+            "sha256:{}",
+            crate::state::sha256_hex(serde_json::to_string(&fp).unwrap_or_default().as_bytes())
+        );
+        Plan {
+            format_version: FORMAT_VERSION,
+            operation: self.operation,
+            project: self.project,
+            environment: self.environment,
+            branch: self.branch,
+            from: self.from,
+            to: self.to,
+            first_deploy: false,
+            non_ancestor: false,
+            fingerprint,
+            inputs,
+            changed_paths: 0,
+            services: self.services,
+            actions: self.actions,
+            rollback: self.rollback,
+            warnings: self.warnings,
+            notes: Vec::new(),
+            conflicts: Vec::new(),
+            uncommitted: Vec::new(),
+            promotion: None,
+        }
+    }
+}
+
 impl Plan {
     /// Whether applying the plan would do anything.
     pub fn has_changes(&self) -> bool {

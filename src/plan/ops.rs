@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::build::health_action;
 use super::{
-    Action, Command, FORMAT_VERSION, Operation, Plan, PlanInputs, RollbackKind, RollbackPlan,
-    ServiceChange, ServicePlan, Step as ActionStep, UnitChange, UnitSource, short,
+    Action, Command, Operation, Plan, RollbackKind, RollbackPlan, ServiceChange, ServicePlan,
+    Step as ActionStep, Unbuilt, UnitChange, UnitSource,
 };
 use crate::changes::Rev;
 use crate::config::{Config, Environment};
@@ -353,49 +353,22 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
         },
         services: switched,
     };
-    let inputs = PlanInputs {
-        moorline_version: env!("CARGO_PKG_VERSION").to_owned(),
-        config_sha256: sha256_hex(inp.config_text.as_bytes()),
-        state_sha256: inp.state_sha256,
-        units_source: "none".to_owned(),
-        units: BTreeMap::new(),
-        allow_non_ancestor: false,
-        adopt: Vec::new(),
-        pending_migrations: Vec::new(),
-        skip_promotion_check: false,
-    };
-    let fp = serde_json::json!({
-        "operation": inp.operation,
-        "inputs": &inputs,
-        "actions": &actions,
-    });
-    let fingerprint = format!(
-        "sha256:{}",
-        sha256_hex(serde_json::to_string(&fp).unwrap_or_default().as_bytes())
-    );
-    let _ = short;
-    Plan {
-        format_version: FORMAT_VERSION,
+    Unbuilt {
         operation: inp.operation,
         project: config.project.name.clone(),
         environment: env.name.clone(),
         branch: env.branch.clone(),
         from: inp.from,
         to: inp.to,
-        first_deploy: false,
-        non_ancestor: false,
-        fingerprint,
-        inputs,
-        changed_paths: 0,
+        config_sha256: sha256_hex(inp.config_text.as_bytes()),
+        state_sha256: inp.state_sha256,
         services,
         actions,
         rollback,
         warnings: Vec::new(),
-        notes: Vec::new(),
-        conflicts: Vec::new(),
-        uncommitted: Vec::new(),
-        promotion: None,
+        salt: None,
     }
+    .plan()
 }
 
 /// What `moorline start|stop|enable|disable` is asked to do.
@@ -556,39 +529,15 @@ pub fn services(inp: ServiceOps<'_>) -> Plan {
             unit_diff: None,
         })
         .collect();
-    let inputs = PlanInputs {
-        moorline_version: env!("CARGO_PKG_VERSION").to_owned(),
-        config_sha256: sha256_hex(inp.config_text.as_bytes()),
-        state_sha256: inp.state_sha256,
-        units_source: "none".to_owned(),
-        units: BTreeMap::new(),
-        allow_non_ancestor: false,
-        adopt: Vec::new(),
-        pending_migrations: Vec::new(),
-        skip_promotion_check: false,
-    };
-    let fp = serde_json::json!({
-        "operation": inp.operation,
-        "inputs": &inputs,
-        "actions": &actions,
-    });
-    let fingerprint = format!(
-        "sha256:{}",
-        sha256_hex(serde_json::to_string(&fp).unwrap_or_default().as_bytes())
-    );
-    Plan {
-        format_version: FORMAT_VERSION,
+    Unbuilt {
         operation: inp.operation,
         project: config.project.name.clone(),
         environment: inp.env.name.clone(),
         branch: inp.env.branch.clone(),
         from: Some(inp.live.clone()),
         to: inp.live,
-        first_deploy: false,
-        non_ancestor: false,
-        fingerprint,
-        inputs,
-        changed_paths: 0,
+        config_sha256: sha256_hex(inp.config_text.as_bytes()),
+        state_sha256: inp.state_sha256,
         services,
         actions,
         rollback: RollbackPlan {
@@ -605,11 +554,9 @@ pub fn services(inp: ServiceOps<'_>) -> Plan {
             ),
         },
         warnings: Vec::new(),
-        notes: Vec::new(),
-        conflicts: Vec::new(),
-        uncommitted: Vec::new(),
-        promotion: None,
+        salt: None,
     }
+    .plan()
 }
 
 #[cfg(test)]

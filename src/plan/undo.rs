@@ -17,14 +17,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::build::health_action;
 use super::{
-    Action, ActionKind, FORMAT_VERSION, Operation, Plan, PlanInputs, RollbackKind, RollbackPlan,
-    ServiceChange, ServicePlan, Step, UnitChange, short,
+    Action, ActionKind, Operation, Plan, RollbackKind, RollbackPlan, ServiceChange, ServicePlan,
+    Step, Unbuilt, UnitChange, short,
 };
 use crate::changes::Rev;
 use crate::config::{Config, Environment};
 use crate::journal::Record;
 use crate::release::Paths;
-use crate::state::sha256_hex;
 
 /// The rollback plan of `failed` (apply `apply_id`), from the records it
 /// left (those after a `rollback-begin`, if any, are ignored: they belong
@@ -314,29 +313,7 @@ pub fn build(
             }
         })
         .collect();
-    let inputs = PlanInputs {
-        moorline_version: env!("CARGO_PKG_VERSION").to_owned(),
-        config_sha256: failed.inputs.config_sha256.clone(),
-        state_sha256: None,
-        units_source: "none".to_owned(),
-        units: BTreeMap::new(),
-        allow_non_ancestor: false,
-        adopt: Vec::new(),
-        pending_migrations: Vec::new(),
-        skip_promotion_check: false,
-    };
-    let fp = serde_json::json!({
-        "operation": Operation::Rollback,
-        "apply_id": apply_id,
-        "inputs": &inputs,
-        "actions": &actions,
-    });
-    let fingerprint = format!(
-        "sha256:{}",
-        sha256_hex(serde_json::to_string(&fp).unwrap_or_default().as_bytes())
-    );
-    Plan {
-        format_version: FORMAT_VERSION,
+    Unbuilt {
         operation: Operation::Rollback,
         project: failed.project.clone(),
         environment: failed.environment.clone(),
@@ -351,11 +328,8 @@ pub fn build(
                 .unwrap_or_default(),
             summary: format!("rollback of apply {apply_id}"),
         },
-        first_deploy: false,
-        non_ancestor: false,
-        fingerprint,
-        inputs,
-        changed_paths: 0,
+        config_sha256: failed.inputs.config_sha256.clone(),
+        state_sha256: None,
         services,
         actions,
         rollback: RollbackPlan {
@@ -364,16 +338,15 @@ pub fn build(
             summary: format!("undoes apply {apply_id}; it has no rollback of its own"),
         },
         warnings,
-        notes: Vec::new(),
-        conflicts: Vec::new(),
-        uncommitted: Vec::new(),
-        promotion: None,
+        salt: Some(("apply_id", apply_id)),
     }
+    .plan()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::FORMAT_VERSION;
 
     const CONFIG: &str = r#"
 project "p" { unit-name "p-{service}.service" }
