@@ -165,8 +165,11 @@ impl Journal {
 
     /// Appends one record and fsyncs it.
     pub fn append(&mut self, r: &Record) -> Result<(), FleetError> {
-        let mut line =
-            serde_json::to_vec(r).map_err(|e| write_err(&self.path, std::io::Error::other(e)))?;
+        // Every string redacted (a reason may quote a host's output), as
+        // in the hosts' own journals.
+        let mut line = crate::secrets::redacted_json(r)
+            .and_then(|v| serde_json::to_vec(&v))
+            .map_err(|e| write_err(&self.path, std::io::Error::other(e)))?;
         line.push(b'\n');
         self.file
             .write_all(&line)
