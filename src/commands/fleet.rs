@@ -194,6 +194,30 @@ pub fn read_fleet_plan(path: &Path) -> miette::Result<Option<FleetPlan>> {
     }
 }
 
+/// Host by host, what `differs` says of each host of `before` that is still
+/// in `now` (hosts in `skipped` are not compared), then the hosts removed
+/// and added.
+fn host_differences(
+    before: &FleetPlan,
+    now: &FleetPlan,
+    skipped: &[String],
+    differs: impl Fn(&HostPlan, &HostPlan) -> Option<String>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in before.hosts.iter().filter(|h| !skipped.contains(&h.name)) {
+        match now.host(&h.name) {
+            None => out.push(format!("host {} is no longer in the environment", h.name)),
+            Some(n) => out.extend(differs(h, n)),
+        }
+    }
+    for h in &now.hosts {
+        if before.host(&h.name).is_none() {
+            out.push(format!("host {} was added to the environment", h.name));
+        }
+    }
+    out
+}
+
 /// What moved between a reviewed fleet plan and the fleet now, host by
 /// host (empty: nothing).
 pub fn what_moved(saved: &FleetPlan, fresh: &FleetPlan, skipped: &[String]) -> Vec<String> {
@@ -208,29 +232,16 @@ pub fn what_moved(saved: &FleetPlan, fresh: &FleetPlan, skipped: &[String]) -> V
             crate::plan::short(&fresh.to.sha)
         ));
     }
-    for h in &saved.hosts {
-        if skipped.contains(&h.name) {
-            continue;
+    moved.extend(host_differences(saved, fresh, skipped, |h, f| {
+        if f.address != h.address || f.user != h.user || f.port != h.port {
+            Some(format!("host {} has a new address", h.name))
+        } else if f.plan.fingerprint != h.plan.fingerprint || f.plan.actions != h.plan.actions {
+            let why = crate::plan::stale::what_moved(&h.plan, &f.plan).join("; ");
+            Some(format!("host {} moved: {why}", h.name))
+        } else {
+            None
         }
-        match fresh.host(&h.name) {
-            None => moved.push(format!("host {} is no longer in the environment", h.name)),
-            Some(f) if f.address != h.address || f.user != h.user || f.port != h.port => {
-                moved.push(format!("host {} has a new address", h.name));
-            }
-            Some(f)
-                if f.plan.fingerprint != h.plan.fingerprint || f.plan.actions != h.plan.actions =>
-            {
-                let why = crate::plan::stale::what_moved(&h.plan, &f.plan).join("; ");
-                moved.push(format!("host {} moved: {why}", h.name));
-            }
-            Some(_) => {}
-        }
-    }
-    for h in &fresh.hosts {
-        if saved.host(&h.name).is_none() {
-            moved.push(format!("host {} was added to the environment", h.name));
-        }
-    }
+    }));
     moved
 }
 
@@ -262,25 +273,10 @@ pub fn review_differences(
             crate::plan::short(&fresh.to.sha)
         ));
     }
-    for h in &reviewed.hosts {
-        if skipped.contains(&h.name) {
-            continue;
-        }
-        match fresh.host(&h.name) {
-            None => out.push(format!("host {} is no longer in the environment", h.name)),
-            Some(f) => {
-                let d = crate::plan::review_differences(&h.plan, &f.plan, same_target);
-                if !d.is_empty() {
-                    out.push(format!("host {}: {}", h.name, d.join("; ")));
-                }
-            }
-        }
-    }
-    for h in &fresh.hosts {
-        if reviewed.host(&h.name).is_none() {
-            out.push(format!("host {} was added to the environment", h.name));
-        }
-    }
+    out.extend(host_differences(reviewed, fresh, skipped, |h, f| {
+        let d = crate::plan::review_differences(&h.plan, &f.plan, same_target);
+        (!d.is_empty()).then(|| format!("host {}: {}", h.name, d.join("; ")))
+    }));
     out
 }
 
