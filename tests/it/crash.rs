@@ -367,8 +367,7 @@ impl Scene {
             let unit = self.w.unit(&s.name);
             let st = self.sd.status(&unit).await.unwrap();
             assert_eq!(st.active_state, "active", "{context}: {} is {st:?}", s.name);
-            let url = format!("http://127.0.0.1:{}/health/ready", s.port);
-            let p = moorline::health::probe(&url).await;
+            let p = crate::deploy::ready(s.port).await;
             assert!(p.ok, "{context}: {} not ready: {p:?}", s.name);
             // The process runs what its unit file says.
             let file = std::fs::read_to_string(self.w.sandbox.unit_dir().join(&unit)).unwrap();

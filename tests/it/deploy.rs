@@ -105,8 +105,7 @@ impl World {
         for s in &self.fx.services {
             let st = sd.status(&self.unit(&s.name)).await.unwrap();
             assert_eq!(st.active_state, "active", "{} is {:?}", s.name, st);
-            let p =
-                moorline::health::probe(&format!("http://127.0.0.1:{}/health/ready", s.port)).await;
+            let p = ready(s.port).await;
             assert!(p.ok, "{} not ready: {p:?}", s.name);
         }
     }
@@ -1073,4 +1072,15 @@ echo "second exit $?"
     assert_eq!(w.live("staging", "search").as_deref(), Some(b.as_str()));
     w.all_ready(&sd).await;
     w.stop_all(&sd).await;
+}
+
+/// The readiness of the service on `port`, asked until it answers 2xx or the suite's wait
+/// deadline passes: a check after moorline said the service is ready, where a loaded machine
+/// may take seconds to answer one request (a single probe gives up after
+/// `moorline::health::REQUEST_TIMEOUT`).
+pub async fn ready(port: u16) -> moorline::health::Probe {
+    let url = format!("http://127.0.0.1:{port}/health/ready");
+    match moorline::health::wait_ready(&url, support::wait(), || async { Ok(()) }).await {
+        Ok(p) | Err(p) => p,
+    }
 }

@@ -508,7 +508,7 @@ async fn real_postgres_backup_before_migration_then_rollback_database_restores_i
         return;
     };
     let url = pg.create_db("realdb_apply");
-    let Some(w) = db_world("pg1", 23000, &url, 30) else {
+    let Some(w) = db_world("pg1", 26500, &url, 30) else {
         return;
     };
     short_ready_timeout(&w, support::failing_ready_timeout_secs());
@@ -629,7 +629,7 @@ async fn real_postgres_backup_restore_round_trip_and_retention() {
         return;
     };
     let url = pg.create_db("realdb_backups");
-    let Some(w) = db_world("pg2", 23100, &url, 2) else {
+    let Some(w) = db_world("pg2", 26600, &url, 2) else {
         return;
     };
     // The database exists before moorline's first deploy: back it up then too.
@@ -1007,7 +1007,7 @@ async fn wait_reloaded(port: u16, want: &str, old: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_nginx_is_reloaded_after_a_deploy_and_a_failing_check_rolls_back() {
-    let Some((w, ngx, sd)) = nginx_world("ngx1", 23200).await else {
+    let Some((w, ngx, sd)) = nginx_world("ngx1", 26700).await else {
         return;
     };
     short_ready_timeout(&w, support::failing_ready_timeout_secs());
