@@ -43,9 +43,16 @@ pub struct Global {
     /// Fleet mode: the ssh config file the controller's `ssh` reads (`ssh -F FILE`)
     #[arg(long, global = true, value_name = "FILE")]
     pub ssh_config: Option<PathBuf>,
-    /// Fleet host side: act as this host of the environment (only the services it runs); used by the fleet controller
-    #[arg(long, global = true, value_name = "NAME")]
+    /// Fleet host side: act as this host of the environment (only the services it runs); used by the fleet controller, and on a host by hand
+    #[arg(long, global = true, value_name = "NAME", env = "MOORLINE_HOST")]
     pub host: Option<String>,
+}
+
+impl Global {
+    /// `--host` (or `MOORLINE_HOST`), unless empty.
+    pub fn host_name(&self) -> Option<&str> {
+        self.host.as_deref().filter(|h| !h.is_empty())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -260,6 +267,9 @@ pub struct StatusArgs {
 pub struct BackupArgs {
     #[arg(long = "env", short = 'e', value_name = "ENV", global = true)]
     pub env: Option<String>,
+    /// Fleet controller: run on this host only (repeatable) [default: every host, one at a time]
+    #[arg(long, value_name = "HOST", global = true)]
+    pub on: Vec<String>,
     #[command(subcommand)]
     pub action: Option<BackupAction>,
 }
@@ -288,6 +298,9 @@ pub struct OpsArgs {
     pub with_dependents: bool,
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Fleet controller: run on this host only (repeatable) [default: every host, one at a time]
+    #[arg(long, value_name = "HOST")]
+    pub on: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -45,12 +45,18 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             None => rollback::run(global, args),
         },
         Command::Restart(args) => {
-            fleet::refuse_on_controller(global, &args.env, "restart")?;
+            if let Some(t) = fleet::fleet_target(global, &args.env)? {
+                return fleet::on_hosts(global, &t, &args.on, &ops_words("restart", args));
+            }
+            fleet::no_hosts_to_be_on(&args.on, &args.env)?;
             rollback::restart(global, args)
         }
         Command::Backup(args) => {
             if let Some(env) = &args.env {
-                fleet::refuse_on_controller(global, env, "backup")?;
+                if let Some(t) = fleet::fleet_target(global, env)? {
+                    return fleet::on_hosts(global, &t, &args.on, &backup_words(env, args));
+                }
+                fleet::no_hosts_to_be_on(&args.on, env)?;
             }
             backup::run(global, args)
         }
@@ -97,16 +103,50 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
     }
 }
 
-/// start/stop/enable/disable, which run on one host: refused on a fleet
-/// controller.
+/// start/stop/enable/disable: on this host, or, on a fleet controller,
+/// on the hosts one at a time.
 fn ops_cmd(
     global: &Global,
     args: &crate::cli::OpsArgs,
     op: Operation,
     name: &str,
 ) -> miette::Result<i32> {
-    fleet::refuse_on_controller(global, &args.env, name)?;
+    if let Some(t) = fleet::fleet_target(global, &args.env)? {
+        return fleet::on_hosts(global, &t, &args.on, &ops_words(name, args));
+    }
+    fleet::no_hosts_to_be_on(&args.on, &args.env)?;
     ops::run(global, args, op)
+}
+
+/// The host's own command line of restart/start/stop/enable/disable.
+fn ops_words(name: &str, args: &crate::cli::OpsArgs) -> Vec<String> {
+    let mut w = vec![name.to_owned(), "--env".to_owned(), args.env.clone()];
+    for s in &args.services {
+        w.extend(["--service".to_owned(), s.clone()]);
+    }
+    if args.with_dependents {
+        w.push("--with-dependents".to_owned());
+    }
+    if args.yes {
+        w.push("--yes".to_owned());
+    }
+    w
+}
+
+/// The host's own command line of `backup`.
+fn backup_words(env: &str, args: &crate::cli::BackupArgs) -> Vec<String> {
+    let mut w = vec!["backup".to_owned(), "--env".to_owned(), env.to_owned()];
+    match &args.action {
+        None => {}
+        Some(crate::cli::BackupAction::List) => w.push("list".to_owned()),
+        Some(crate::cli::BackupAction::Restore { id, yes }) => {
+            w.extend(["restore".to_owned(), id.clone()]);
+            if *yes {
+                w.push("--yes".to_owned());
+            }
+        }
+    }
+    w
 }
 
 /// Finds and loads the configuration (`-c`, `MOORLINE_CONFIG`, the only `*.kdl`).
@@ -400,4 +440,82 @@ fn status_cmd(global: &Global, args: &StatusArgs) -> miette::Result<i32> {
     } else {
         exit::OK
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(argv: &[&str]) -> Cli {
+        match Cli::try_parse_from(argv) {
+            Ok(c) => c,
+            Err(e) => panic!("{argv:?}: {e}"),
+        }
+    }
+
+    /// What the controller hands a host is the command the user gave, minus `--on`:
+    /// parsed again, every flag is the same.
+    #[test]
+    fn host_command_lines_round_trip() {
+        let cli = parse(&[
+            "moorline",
+            "restart",
+            "--env",
+            "prod",
+            "-s",
+            "a",
+            "--service",
+            "b c",
+            "--with-dependents",
+            "--yes",
+            "--on",
+            "app1",
+        ]);
+        let Command::Restart(args) = &cli.command else {
+            panic!("not a restart");
+        };
+        let words = ops_words("restart", args);
+        assert!(
+            !words.iter().any(|w| w == "--on" || w == "app1"),
+            "{words:?}"
+        );
+        let mut line = vec!["moorline"];
+        line.extend(words.iter().map(String::as_str));
+        let again = parse(&line);
+        let Command::Restart(back) = &again.command else {
+            panic!("not a restart");
+        };
+        assert_eq!(
+            (&back.env, &back.services, back.with_dependents, back.yes),
+            (&args.env, &args.services, args.with_dependents, args.yes)
+        );
+
+        for (argv, want) in [
+            (
+                vec!["moorline", "backup", "--env", "p", "--on", "h"],
+                vec!["backup", "--env", "p"],
+            ),
+            (
+                vec!["moorline", "backup", "list", "--env", "p"],
+                vec!["backup", "--env", "p", "list"],
+            ),
+            (
+                vec![
+                    "moorline", "backup", "restore", "p-1", "--yes", "--env", "p",
+                ],
+                vec!["backup", "--env", "p", "restore", "p-1", "--yes"],
+            ),
+        ] {
+            let cli = parse(&argv);
+            let Command::Backup(args) = &cli.command else {
+                panic!("not a backup");
+            };
+            let words = backup_words("p", args);
+            assert_eq!(words, want);
+            let mut again = vec!["moorline"];
+            again.extend(words.iter().map(String::as_str));
+            parse(&again);
+        }
+    }
 }

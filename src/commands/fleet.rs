@@ -14,7 +14,7 @@ use crate::cli::{
 use crate::fleet::apply::{Rollout, Summary};
 use crate::fleet::journal::{self, HostOutcome, Journal, Record};
 use crate::fleet::plan::{self as fplan, FleetPlan, Gathered, HostPlan, HostPlanArgs};
-use crate::fleet::remote::Prepared;
+use crate::fleet::remote::{Checkout, Prepared};
 use crate::fleet::{Fleet, FleetError, render};
 use crate::target::Target;
 use crate::{exit, report};
@@ -24,7 +24,7 @@ use super::{confirm, print_and_save, runtime, stdout_color};
 
 /// The `--host NAME` flag: this process is one host of a fleet.
 fn host_flag(global: &Global) -> Option<&str> {
-    global.host.as_deref()
+    global.host_name()
 }
 
 /// Whether `env` is deployed by the fleet controller from here.
@@ -52,6 +52,19 @@ pub fn refuse_on_controller(global: &Global, env: &str, command: &str) -> miette
         }
         .into()),
         _ => Ok(()),
+    }
+}
+
+/// `--on` names hosts of a fleet: refused for an environment without any.
+pub fn no_hosts_to_be_on(on: &[String], env: &str) -> miette::Result<()> {
+    match on.first() {
+        Some(name) => Err(FleetError::UnknownHost {
+            name: name.clone(),
+            env: env.to_owned(),
+            hosts: "none: it is deployed where moorline runs; leave --on out".to_owned(),
+        }
+        .into()),
+        None => Ok(()),
     }
 }
 
@@ -127,11 +140,15 @@ fn prepared(gathered: Vec<Gathered>) -> BTreeMap<String, Prepared> {
 
 /// `plan --env E` of a fleet.
 pub fn plan(global: &Global, args: &PlanArgs, t: &Target) -> miette::Result<i32> {
-    let fleet = fleet(global, t)?;
     let to = fplan::target(t, args.target.to.as_deref())?;
     for p in crate::fleet::uncommitted(t)? {
         eprintln!("warning: uncommitted, not in the plan (hosts get commits only): {p}");
     }
+    if args.target.from.is_some() {
+        let p = plan_offline(global, args, t, to)?;
+        return print_fleet_plan(args, &p);
+    }
+    let fleet = fleet(global, t)?;
     let host_args = HostPlanArgs {
         allow_non_ancestor: args.target.allow_non_ancestor,
         adopt: args.target.adopt.clone(),
@@ -153,12 +170,16 @@ pub fn plan(global: &Global, args: &PlanArgs, t: &Target) -> miette::Result<i32>
             host_plans(&fleet, &gathered),
         ))
     })?;
+    print_fleet_plan(args, &p)
+}
+
+fn print_fleet_plan(args: &PlanArgs, p: &FleetPlan) -> miette::Result<i32> {
     print_and_save(
         args,
         |f| match f {
-            Format::Text => render::text(&p, stdout_color()),
-            Format::Markdown => render::markdown(&p),
-            Format::Json => render::json(&p),
+            Format::Text => render::text(p, stdout_color()),
+            Format::Markdown => render::markdown(p),
+            Format::Json => render::json(p),
         },
         "fleet plan",
         &p.fingerprint,
@@ -168,6 +189,58 @@ pub fn plan(global: &Global, args: &PlanArgs, t: &Target) -> miette::Result<i32>
     } else {
         exit::OK
     })
+}
+
+/// `plan --env E --from REV` of a fleet: every host planned here, without
+/// ssh, as if `--from` were deployed on it (each host's plan is what
+/// `moorline --host NAME plan --from REV` makes). For pull-request review
+/// on a runner that holds no key to the hosts: its fingerprint never
+/// matches the hosts (`apply FILE` refuses it), `apply --reviewed` compares
+/// what it does with the hosts' real plans.
+fn plan_offline(
+    global: &Global,
+    args: &PlanArgs,
+    t: &Target,
+    to: crate::changes::Rev,
+) -> miette::Result<FleetPlan> {
+    let loaded = t.loaded.clone();
+    let mut request = super::request(&args.target);
+    request.to = Some(to.sha.clone());
+    let mut hosts = Vec::new();
+    for h in &t.env.hosts {
+        let ht = crate::target::resolve(
+            loaded.clone(),
+            &t.env.name,
+            &crate::target::Choices {
+                repo: global.repo.as_deref(),
+                state_dir: global.state_dir.as_deref(),
+                systemd: settings::systemd_kind(global.systemd),
+                host: Some(&h.name),
+            },
+        )?;
+        hosts.push(HostPlan {
+            name: h.name.clone(),
+            address: h.address.clone(),
+            user: h.user.clone(),
+            port: h.port,
+            plan: crate::observe::compute_plan(&ht, &request)?,
+        });
+    }
+    let mut p = fplan::assemble(
+        &t.config().project.name,
+        &t.env.name,
+        to,
+        &t.env.rollout,
+        hosts,
+    );
+    // Every host's plan starts from the same resolved `--from`.
+    p.planned_from = Some(
+        p.hosts
+            .first()
+            .and_then(|h| h.plan.from.as_ref())
+            .map_or_else(|| "none".to_owned(), |r| r.sha.clone()),
+    );
+    Ok(p)
 }
 
 /// A saved fleet plan, when `path` holds one (`None`: a host's plan).
@@ -583,7 +656,7 @@ async fn prepare_all(fleet: &Arc<Fleet>, plan: &FleetPlan) -> BTreeMap<String, P
         };
         let (fleet, to) = (Arc::clone(fleet), plan.to.sha.clone());
         set.spawn(async move {
-            match crate::fleet::remote::prepare(&fleet, &host, &to).await {
+            match crate::fleet::remote::prepare(&fleet, &host, &to, Checkout::Target).await {
                 Ok(p) => Some(p),
                 Err(e) => {
                     eprintln!("[{}] {e}", host.name);
@@ -815,7 +888,7 @@ async fn run_on(
     to: &str,
     words: &[String],
 ) -> Result<crate::fleet::ssh::Output, FleetError> {
-    let p = crate::fleet::remote::prepare(fleet, host, to).await?;
+    let p = crate::fleet::remote::prepare(fleet, host, to, Checkout::Keep).await?;
     let args: Vec<&str> = words.iter().map(String::as_str).collect();
     Ok(fleet
         .transport
@@ -955,6 +1028,116 @@ pub fn logs(global: &Global, args: &LogsArgs, t: &Target) -> miette::Result<i32>
     Ok(if failed { exit::ERROR } else { exit::OK })
 }
 
+/// `backup`, `restart`, `start`, `stop`, `enable` and `disable` of a
+/// fleet: the host's own command (`words`) run on the hosts `--on` names
+/// (every host without it), one host at a time in the configuration's
+/// order, stopping at the first that does not exit 0. Standard output
+/// passes through as the host prints it; standard error is prefixed with
+/// the host, after a `=== HOST ===` line. There is no terminal on the
+/// host: a command that asks needs `--yes`.
+pub fn on_hosts(
+    global: &Global,
+    t: &Target,
+    on: &[String],
+    words: &[String],
+) -> miette::Result<i32> {
+    let fleet = fleet(global, t)?;
+    let mut chosen = Vec::new();
+    for name in on {
+        let Some(h) = fleet.host(name) else {
+            return Err(FleetError::UnknownHost {
+                name: name.clone(),
+                env: fleet.env.name.clone(),
+                hosts: fleet
+                    .hosts()
+                    .iter()
+                    .map(|h| h.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+            .into());
+        };
+        if !chosen
+            .iter()
+            .any(|c: &crate::config::Host| c.name == h.name)
+        {
+            chosen.push(h.clone());
+        }
+    }
+    if chosen.is_empty() {
+        chosen = fleet.hosts().to_vec();
+    }
+    let to = fplan::target(t, None)?;
+    let rt = runtime()?;
+    let res = rt.block_on(async {
+        let mut code = exit::OK;
+        for host in &chosen {
+            eprintln!("=== {} ===", host.name);
+            match forward(&fleet, host, &to.sha, words).await {
+                Ok(0) => {}
+                Ok(255) => {
+                    eprintln!(
+                        "[{}] the ssh connection failed: what the command did there is unknown; run it again once the host answers",
+                        host.name
+                    );
+                    code = exit::NEEDS_ATTENTION;
+                    break;
+                }
+                Ok(c) => {
+                    code = c;
+                    break;
+                }
+                Err(e) => {
+                    fleet.transport.close_all(&chosen).await;
+                    return Err(e);
+                }
+            }
+        }
+        fleet.transport.close_all(&chosen).await;
+        Ok(code)
+    })?;
+    Ok(res)
+}
+
+/// Runs the host's moorline with `words`, its output streamed: standard
+/// output as is, standard error prefixed with the host. Returns its exit
+/// code (255: ssh failed).
+async fn forward(
+    fleet: &Fleet,
+    host: &crate::config::Host,
+    to: &str,
+    words: &[String],
+) -> Result<i32, FleetError> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let p = crate::fleet::remote::prepare(fleet, host, to, Checkout::Keep).await?;
+    let args: Vec<&str> = words.iter().map(String::as_str).collect();
+    let mut child = fleet.transport.spawn(host, &p.moorline(&args))?;
+    drop(child.stdin.take());
+    let err = child.stderr.take().map(|err| {
+        let name = host.name.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                eprintln!("[{name}] {}", crate::secrets::redact(&l));
+            }
+        })
+    });
+    if let Some(out) = child.stdout.take() {
+        let mut lines = BufReader::new(out).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            println!("{}", crate::secrets::redact(&l));
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| FleetError::local("wait for ssh", "", e))?;
+    if let Some(h) = err {
+        let _ = h.await;
+    }
+    Ok(status.code().unwrap_or(255))
+}
+
 async fn stream_logs(
     fleet: &Fleet,
     host: &crate::config::Host,
@@ -963,7 +1146,7 @@ async fn stream_logs(
     json: bool,
 ) -> Result<i32, FleetError> {
     use tokio::io::{AsyncBufReadExt, BufReader};
-    let p = crate::fleet::remote::prepare(fleet, host, to).await?;
+    let p = crate::fleet::remote::prepare(fleet, host, to, Checkout::Keep).await?;
     let args: Vec<&str> = words.iter().map(String::as_str).collect();
     let mut child = fleet.transport.spawn(host, &p.moorline(&args))?;
     drop(child.stdin.take());

@@ -27,7 +27,7 @@ pub fn resolve(global: &Global, env_name: &str) -> miette::Result<Target> {
             repo: global.repo.as_deref(),
             state_dir: global.state_dir.as_deref(),
             systemd: systemd_kind(global.systemd),
-            host: global.host.as_deref(),
+            host: global.host_name(),
         },
     )
 }

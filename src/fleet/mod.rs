@@ -80,10 +80,20 @@ pub enum FleetError {
     #[diagnostic(
         code(moorline::fleet::not_on_controller),
         help(
-            "fleet mode runs plan, apply, rollback, status and logs over every host; run `{command}` on a host itself (`moorline --host NAME {command} --env {env}` there)"
+            "fleet mode runs plan, apply, rollback, status, logs, backup, restart, start, stop, enable and disable over the hosts; run `{command}` on a host itself (`moorline --host NAME {command} --env {env}` there)"
         )
     )]
     NotOnController { command: String, env: String },
+    #[error("--on {name}: environment `{env}` has no host by this name")]
+    #[diagnostic(
+        code(moorline::fleet::unknown_host),
+        help("the hosts of {env}: {hosts}")
+    )]
+    UnknownHost {
+        name: String,
+        env: String,
+        hosts: String,
+    },
 }
 
 impl FleetError {

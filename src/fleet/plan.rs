@@ -39,6 +39,11 @@ pub struct FleetPlan {
     /// SHA-256 over the hosts (names, addresses, users, ports), each
     /// host's plan fingerprint, the target and the rollout.
     pub fingerprint: String,
+    /// `plan --from REV` of a fleet: every host planned on the controller,
+    /// without ssh, as if REV (this `--from`) were deployed on it. Absent
+    /// when the hosts made their plans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_from: Option<String>,
 }
 
 /// The rollout block as the plan shows and fingerprints it.
@@ -146,6 +151,7 @@ pub fn assemble(
         batches,
         rollback,
         fingerprint,
+        planned_from: None,
     }
 }
 
@@ -307,7 +313,7 @@ async fn plan_host(
     to: &str,
     args: &HostPlanArgs,
 ) -> Result<Gathered, FleetError> {
-    let prepared = match remote::prepare(fleet, host, to).await {
+    let prepared = match remote::prepare(fleet, host, to, remote::Checkout::Target).await {
         Ok(p) => p,
         Err(FleetError::Ssh(e @ (SshError::Unreachable { .. } | SshError::HostKey { .. }))) => {
             return Ok(Gathered::Unreachable(host.clone(), e));

@@ -155,8 +155,9 @@ trap - EXIT
 "#;
 
 /// Fetches the bundle read from stdin (when `$3` is `bundle`) into the
-/// repository `$1` and checks out `$2` detached and clean; the branch `$4`
-/// points at it too.
+/// repository `$1`; the branch `$4` points at `$2`. With `$5` = `move`,
+/// checks out `$2` detached and clean; with `keep`, leaves the checkout
+/// as it is (checking `$2` out only when there is none yet).
 const CHECKOUT: &str = r#"set -eu
 mkdir -p "$1"
 [ -e "$1/.git" ] || git init -q "$1"
@@ -166,8 +167,10 @@ if [ "$3" = bundle ]; then
   cat >"$tmp"
   git -C "$1" fetch -q "$tmp" "+refs/moorline/ship:refs/moorline/ship"
 fi
-git -C "$1" -c advice.detachedHead=false checkout -q --force --detach "$2"
-git -C "$1" clean -q -f -f -d -x
+if [ "$5" = move ] || ! git -C "$1" rev-parse -q --verify HEAD >/dev/null; then
+  git -C "$1" -c advice.detachedHead=false checkout -q --force --detach "$2"
+  git -C "$1" clean -q -f -f -d -x
+fi
 git -C "$1" update-ref "refs/heads/$4" "$2"
 "#;
 
@@ -182,9 +185,30 @@ fn sh(script: &str, args: &[&str]) -> Vec<String> {
     v
 }
 
+/// What [`prepare`] does to the host's checkout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkout {
+    /// Check the target out (`plan`, `apply`, and their resume): the host
+    /// plans and applies with the configuration committed there.
+    Target,
+    /// Leave the checkout as the last plan or apply left it (`status`,
+    /// `logs`, and the commands run `--on` hosts): they read the
+    /// configuration of what is deployed, and never move the files under
+    /// an apply that runs there. The commits are sent all the same, and
+    /// the environment's branch points at the target (what `status`
+    /// compares the deployed revision with).
+    Keep,
+}
+
 /// Makes `host` ready: opens its master connection, installs the binary
-/// when it is missing, and checks out `to` in its repository.
-pub async fn prepare(fleet: &Fleet, host: &Host, to: &str) -> Result<Prepared, FleetError> {
+/// when it is missing, sends the commits `to` needs, and checks `to` out
+/// or not ([`Checkout`]).
+pub async fn prepare(
+    fleet: &Fleet,
+    host: &Host,
+    to: &str,
+    checkout: Checkout,
+) -> Result<Prepared, FleetError> {
     let t = &fleet.transport;
     t.open(host).await?;
     let name = fleet.binary.remote_name();
@@ -222,7 +246,7 @@ pub async fn prepare(fleet: &Fleet, host: &Host, to: &str) -> Result<Prepared, F
         }
     }
     let repo = format!("{base}/{}/repo", fleet.env.name);
-    ship(fleet, host, &repo, to, repo_state).await?;
+    ship(fleet, host, &repo, to, repo_state, checkout).await?;
     Ok(Prepared {
         host: host.clone(),
         bin: format!("{bin_dir}/{name}"),
@@ -267,6 +291,7 @@ async fn ship(
     repo: &str,
     to: &str,
     repo_state: &str,
+    checkout: Checkout,
 ) -> Result<(), FleetError> {
     let (mode, input) = if repo_state == "have" {
         ("checkout", Input::Null)
@@ -294,7 +319,19 @@ async fn ship(
     let out = t_run(
         fleet,
         host,
-        &sh(CHECKOUT, &[repo, to, mode, &fleet.env.branch]),
+        &sh(
+            CHECKOUT,
+            &[
+                repo,
+                to,
+                mode,
+                &fleet.env.branch,
+                match checkout {
+                    Checkout::Target => "move",
+                    Checkout::Keep => "keep",
+                },
+            ],
+        ),
         input,
     )
     .await;
@@ -473,8 +510,16 @@ mod tests {
         };
         let host_s = host.to_string_lossy().into_owned();
         let b = bundle(&src, &dir, &one, None, "h").unwrap();
-        run(CHECKOUT, &[&host_s, &one, "bundle", "main"], Some(&b));
-        assert_eq!(git(&host, &["rev-parse", "HEAD"]), one);
+        run(
+            CHECKOUT,
+            &[&host_s, &one, "bundle", "main", "keep"],
+            Some(&b),
+        );
+        assert_eq!(
+            git(&host, &["rev-parse", "HEAD"]),
+            one,
+            "no checkout yet: keep checks out"
+        );
         std::fs::write(host.join("junk"), "x").unwrap();
         std::fs::write(src.join("a"), "2").unwrap();
         git(&src, &["commit", "-q", "-am", "two"]);
@@ -492,13 +537,22 @@ mod tests {
             verify.contains(&format!("requires this ref:\n{one}")),
             "{verify}"
         );
-        run(CHECKOUT, &[&host_s, &two, "bundle", "main"], Some(&b));
+        // `keep` (status, logs, ...): the commits and the branch, the checkout untouched.
+        run(
+            CHECKOUT,
+            &[&host_s, &two, "bundle", "main", "keep"],
+            Some(&b),
+        );
+        assert_eq!(git(&host, &["rev-parse", "HEAD"]), one);
+        assert_eq!(git(&host, &["rev-parse", "main"]), two);
+        assert!(host.join("junk").exists());
+        run(CHECKOUT, &[&host_s, &two, "checkout", "main", "move"], None);
         assert_eq!(git(&host, &["rev-parse", "HEAD"]), two);
         assert_eq!(std::fs::read_to_string(host.join("a")).unwrap(), "2");
         assert!(!host.join("junk").exists(), "the checkout is clean");
         assert_eq!(git(&host, &["rev-parse", "main"]), two);
         // Back to the first commit: the host has it, no bundle needed.
-        run(CHECKOUT, &[&host_s, &one, "checkout", "main"], None);
+        run(CHECKOUT, &[&host_s, &one, "checkout", "main", "move"], None);
         assert_eq!(std::fs::read_to_string(host.join("a")).unwrap(), "1");
         // The controller's repository has no new refs.
         assert_eq!(git(&src, &["for-each-ref", "refs/moorline"]), "");

@@ -35,6 +35,19 @@ fn batches_line(p: &FleetPlan) -> Vec<String> {
         .collect()
 }
 
+/// The note of a fleet plan made without the hosts (`plan --from`).
+fn planned_here(p: &FleetPlan, from: &str) -> String {
+    let what = if from == "none" {
+        "nothing were deployed".to_owned()
+    } else {
+        format!("{} were deployed", short(from))
+    };
+    format!(
+        "planned without the hosts, as if {what} on every host: for review; `moorline apply --env {} --reviewed FILE` applies it only where the hosts' own plans do the same",
+        p.environment
+    )
+}
+
 /// The fleet plan for a terminal: a summary, the groups, the batches, the
 /// rollback, then each group's plan (one host's plan stands for its group).
 pub fn text(p: &FleetPlan, color: bool) -> String {
@@ -48,6 +61,9 @@ pub fn text(p: &FleetPlan, color: bool) -> String {
         short(&p.to.sha),
         p.to.summary
     );
+    if let Some(from) = &p.planned_from {
+        let _ = writeln!(s, "{}", planned_here(p, from));
+    }
     let r = &p.rollout;
     let _ = writeln!(
         s,
@@ -126,6 +142,9 @@ pub fn markdown(p: &FleetPlan) -> String {
         cell(&p.environment),
         short(&p.to.sha)
     );
+    if let Some(from) = &p.planned_from {
+        let _ = writeln!(s, "{}\n", cell(&planned_here(p, from)));
+    }
     let _ = writeln!(
         s,
         "| hosts | from | actions | restarts |\n| --- | --- | --- | --- |"

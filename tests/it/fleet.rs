@@ -80,6 +80,7 @@ impl World {
             .args(args)
             .env("NO_COLOR", "1")
             .env_remove("MOORLINE_CONFIG")
+            .env_remove("MOORLINE_HOST")
             .env_remove("MOORLINE_TEST_CRASH_AFTER")
             .stdin(std::process::Stdio::null());
         c
@@ -287,7 +288,54 @@ async fn a_reviewed_fleet_plan_applies_a_merge_that_does_the_same_and_refuses_on
     );
     assert!(stderr.contains("host host1:"), "{stderr}");
     assert!(stderr.contains("host host2:"), "{stderr}");
-    assert_eq!(w.revisions(), vec![Some(merged); 2], "nothing was applied");
+    assert_eq!(
+        w.revisions(),
+        vec![Some(merged.clone()); 2],
+        "nothing was applied"
+    );
+
+    // A plan made without the hosts (`--from`, as a pull request's runner makes it) is
+    // applied by --reviewed when the hosts' own plans do the same, never by `apply FILE`.
+    let offline = w.plan_file("offline.json");
+    let out = w.run(&[
+        "plan",
+        "--env",
+        "staging",
+        "--from",
+        &merged,
+        "--to",
+        "main",
+        "--out",
+        offline.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let out = w.run(&["apply", offline.to_str().unwrap(), "--yes"]);
+    assert_eq!(code(&out), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("moorline::fleet::stale_plan"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        w.revisions(),
+        vec![Some(merged.clone()); 2],
+        "nothing was applied"
+    );
+    let out = w.run(&[
+        "apply",
+        "--env",
+        "staging",
+        "--reviewed",
+        offline.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let head = w.head();
+    for i in 0..2 {
+        let st = w.state(i);
+        assert_eq!(st["revision"], head.as_str(), "{}", show(&out));
+        assert_eq!(st["services"]["svc-0002"]["revision"], head.as_str());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,6 +639,35 @@ async fn drain_hooks_run_around_each_batch_and_status_covers_every_host() {
     assert_eq!(status["hosts"]["host1"]["exit_code"], 0, "{status}");
     assert_eq!(status["hosts"]["host2"]["exit_code"], 5, "{status}");
 
+    // `restart` over the fleet, on one host: host2's stopped service is back, host3's
+    // service is not touched (same main process).
+    let main_pid = |i: usize| {
+        let out = w
+            .hosts
+            .run(
+                i,
+                &[
+                    "systemctl",
+                    "--user",
+                    "show",
+                    "-p",
+                    "MainPID",
+                    "--value",
+                    "pakashop-svc-0001.service",
+                ],
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let host3_pid = main_pid(2);
+    let out = w.run(&["restart", "--env", "staging", "--on", "host2", "--yes"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("=== host2 ==="), "{}", show(&out));
+    assert!(!stderr.contains("=== host3 ==="), "{}", show(&out));
+    let out = w.run(&["status", "--env", "staging", "--check"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    assert_eq!(main_pid(2), host3_pid, "host3 was restarted");
     // Every host's journal, each line under its host's name.
     let out = w.run(&["logs", "--env", "staging", "--lines", "3"]);
     assert_eq!(code(&out), Some(0), "{}", show(&out));
@@ -614,6 +691,22 @@ async fn drain_hooks_run_around_each_batch_and_status_covers_every_host() {
         "{}",
         show(&out)
     );
+    // Without --on: every host, one at a time, in order. (Last: on these simulated hosts a
+    // unit that moorline starts or restarts over ssh right after moorline stopped it there
+    // sometimes dies within a millisecond and is restarted by systemd; not understood yet,
+    // and not seen with `systemctl start`, nor on the single-host sandbox (ops.rs).)
+    let out = w.run(&["stop", "--env", "staging", "--service", "svc-0001", "--yes"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let at = |h: &str| stderr.find(&format!("=== {h} ===")).unwrap_or(usize::MAX);
+    assert!(
+        at("host1") < at("host2") && at("host2") < at("host3") && at("host3") < usize::MAX,
+        "{}",
+        show(&out)
+    );
+    for i in 0..3 {
+        assert_eq!(main_pid(i), "0", "still running on host{}", i + 1);
+    }
 }
 
 /// The fleet plan's text and Markdown, from real host plans (made here, without hosts): hosts
@@ -689,10 +782,10 @@ fn the_fleet_plan_renders_as_text_and_markdown() {
     });
 }
 
-/// Commands the controller does not run over the hosts are refused, not run on the
-/// controller's own machine.
+/// `graph`, which the controller does not run over the hosts, is refused rather than run on
+/// the controller's own machine; `--on` must name a host of the fleet (refused before any ssh).
 #[test]
-fn commands_without_a_fleet_form_are_refused_on_the_controller() {
+fn graph_is_refused_on_the_controller_and_on_names_a_host_of_the_fleet() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = FixtureOptions::new(dir.path().join("srv"));
     opts.services = Some(2);
@@ -704,25 +797,41 @@ fn commands_without_a_fleet_form_are_refused_on_the_controller() {
         1,
     );
     fx.commit_config("a fleet", &text).unwrap();
-    for args in [
-        vec!["restart", "--env", "staging", "--yes"],
-        vec!["stop", "--env", "staging", "--yes"],
-        vec!["graph", "--env", "staging"],
-        vec!["backup", "--env", "staging", "list"],
-    ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_moorline"))
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_moorline"))
             .args(["-c", fx.config_path.to_str().unwrap()])
             .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
-            .args(&args)
+            .args(args)
             .env("NO_COLOR", "1")
             .stdin(std::process::Stdio::null())
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    for (args, code_in_stderr) in [
+        (
+            vec!["graph", "--env", "staging"],
+            "moorline::fleet::not_on_controller",
+        ),
+        (
+            vec!["restart", "--env", "staging", "--on", "app9", "--yes"],
+            "moorline::fleet::unknown_host",
+        ),
+        (
+            vec!["backup", "--env", "staging", "list", "--on", "app9"],
+            "moorline::fleet::unknown_host",
+        ),
+        // An environment without hosts has nothing to be `--on`.
+        (
+            vec!["stop", "--env", "production", "--on", "app1", "--yes"],
+            "moorline::fleet::unknown_host",
+        ),
+    ] {
+        let out = run(&args);
         assert_eq!(code(&out), Some(1), "{args:?}: {}", show(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("moorline::fleet::not_on_controller"),
-            "{args:?}: {}",
-            show(&out)
-        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(code_in_stderr), "{args:?}: {}", show(&out));
+        if args.contains(&"app9") {
+            assert!(stderr.contains("app1"), "the hosts are listed: {stderr}");
+        }
     }
 }

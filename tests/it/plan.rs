@@ -57,6 +57,7 @@ impl Fx {
             .env("XDG_CONFIG_HOME", self.config_home())
             .env("NO_COLOR", "1")
             .env_remove("MOORLINE_CONFIG")
+            .env_remove("MOORLINE_HOST")
             .stdin(std::process::Stdio::null());
         c
     }
@@ -1010,18 +1011,39 @@ fn example_plans() -> Vec<(String, String)> {
             Edit::touch_service("backend"),
         ],
     );
-    let scenarios: [(&str, Vec<&str>); 3] = [
+    // Pakashop's environments are fleets of one host each: a host's plan is
+    // what `--host NAME` makes there; the pull-request comment is the fleet
+    // plan made on the runner from `--from`, without ssh.
+    let scenarios: [(&str, Vec<&str>); 4] = [
         (
             "staging-first-deploy",
-            vec!["--env", "staging", "--to", &initial],
+            vec![
+                "--host",
+                "pakashop-staging",
+                "--env",
+                "staging",
+                "--to",
+                &initial,
+            ],
         ),
         (
             "staging-one-service",
-            vec!["--env", "staging", "--from", &initial, "--to", "main"],
+            vec![
+                "--host",
+                "pakashop-staging",
+                "--env",
+                "staging",
+                "--from",
+                &initial,
+                "--to",
+                "main",
+            ],
         ),
         (
             "production-migration",
             vec![
+                "--host",
+                "pakashop-production",
                 "--env",
                 "production",
                 "--from",
@@ -1029,6 +1051,10 @@ fn example_plans() -> Vec<(String, String)> {
                 "--to",
                 "production",
             ],
+        ),
+        (
+            "staging-pull-request",
+            vec!["--env", "staging", "--from", &initial, "--to", "main"],
         ),
     ];
     let mut out = Vec::new();
@@ -1126,6 +1152,99 @@ fn a_host_of_a_fleet_plans_only_the_services_it_runs() {
     assert_eq!(web.len(), 18);
 }
 
+/// `plan --from` of a fleet is made here, without ssh (the pull-request plan of a runner
+/// with no key to the hosts): every host's plan as `--host NAME --from` makes it, in one
+/// fleet plan that says how it was made.
+#[test]
+fn a_fleet_planned_from_a_revision_needs_no_host() {
+    let f = Fx::new();
+    fleet_production(&f);
+    let initial = f.initial();
+    f.commit(
+        "production",
+        "tracking: retries",
+        &[Edit::touch_service("tracking")],
+    );
+    let json = f.plan(&[
+        "--env",
+        "production",
+        "--from",
+        &initial,
+        "--to",
+        "production",
+        "--format",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["fleet_format_version"], 1, "{json}");
+    assert_eq!(v["planned_from"], initial.as_str());
+    let hosts = v["hosts"].as_array().unwrap();
+    let names: Vec<&str> = hosts.iter().map(|h| h["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["app1", "app2"]);
+    // Each host's plan is its own: tracking runs on the workers host only.
+    let deploys = |h: &serde_json::Value| -> Vec<String> {
+        h["plan"]["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["change"] != "unchanged")
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(deploys(&hosts[0]), Vec::<String>::new(), "{json}");
+    assert_eq!(deploys(&hosts[1]), ["tracking"], "{json}");
+    for h in hosts {
+        assert_eq!(h["plan"]["from"]["sha"], initial.as_str());
+        let own = f.plan(&[
+            "--host",
+            h["name"].as_str().unwrap(),
+            "--env",
+            "production",
+            "--from",
+            &initial,
+            "--to",
+            "production",
+            "--format",
+            "json",
+        ]);
+        let own: serde_json::Value = serde_json::from_str(&own).unwrap();
+        assert_eq!(
+            h["plan"]["fingerprint"], own["fingerprint"],
+            "{}",
+            h["name"]
+        );
+    }
+    let md = f.plan(&[
+        "--env",
+        "production",
+        "--from",
+        &initial,
+        "--to",
+        "production",
+        "--format",
+        "markdown",
+    ]);
+    assert!(
+        md.contains(&format!(
+            "planned without the hosts, as if {} were deployed on every host",
+            &initial[..12]
+        )),
+        "{md}"
+    );
+    // The same inputs, the same bytes.
+    let again = f.plan(&[
+        "--env",
+        "production",
+        "--from",
+        &initial,
+        "--to",
+        "production",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(json, again);
+}
+
 #[test]
 fn host_flag_refuses_unknown_hosts_and_environments_without_hosts() {
     let f = Fx::new();
@@ -1139,4 +1258,20 @@ fn host_flag_refuses_unknown_hosts_and_environments_without_hosts() {
     );
     let o = f.run(&["plan", "--env", "staging", "--host", "app1"]);
     fails_with(&o, "moorline::cli::not_a_fleet");
+
+    // MOORLINE_HOST is --host (set once on a host); empty, it is not set.
+    let flag = f.plan(&["--env", "production", "--host", "app2", "--format", "json"]);
+    let o = f
+        .cmd(&["plan", "--env", "production", "--format", "json"])
+        .env("MOORLINE_HOST", "app2")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), flag);
+    let o = f
+        .cmd(&["plan", "--env", "staging", "--format", "json"])
+        .env("MOORLINE_HOST", "")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
 }
