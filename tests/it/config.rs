@@ -186,6 +186,18 @@ fn pakashop_environments_and_proxy() {
     assert!(backup.run.argv.iter().any(|a| a.contains("pg_dump")));
     assert!(backup.run.argv.iter().any(|a| a == "{backup}"));
     assert!(backup.restore.argv.iter().any(|a| a.contains("psql")));
+    // One EC2 instance per environment, deployed from the CI runner over ssh
+    // as root (the system manager), by its ssh Host alias.
+    for (env, host) in [
+        (staging, "pakashop-staging"),
+        (production, "pakashop-production"),
+    ] {
+        assert_eq!(env.hosts.len(), 1, "{}", env.name);
+        let h = &env.hosts[0];
+        assert_eq!((h.name.as_str(), h.address.as_str()), (host, host));
+        assert_eq!(h.user.as_deref(), Some("root"));
+        assert!(h.roles.is_empty());
+    }
 
     let proxy = c.proxy.as_ref().unwrap();
     assert_eq!(proxy.name, "nginx");
