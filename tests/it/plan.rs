@@ -1165,16 +1165,24 @@ fn a_fleet_planned_from_a_revision_needs_no_host() {
         "tracking: retries",
         &[Edit::touch_service("tracking")],
     );
-    let json = f.plan(&[
-        "--env",
-        "production",
-        "--from",
-        &initial,
-        "--to",
-        "production",
-        "--format",
-        "json",
-    ]);
+    // `plan [--host H] --env production --from INITIAL --to production --format F`
+    let plan = |host: Option<&str>, format: &str| {
+        let mut args = Vec::new();
+        if let Some(h) = host {
+            args.extend(["--host", h]);
+        }
+        args.extend([
+            "--env",
+            "production",
+            "--from",
+            &initial,
+            "--to",
+            "production",
+        ]);
+        args.extend(["--format", format]);
+        f.plan(&args)
+    };
+    let json = plan(None, "json");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["fleet_format_version"], 1, "{json}");
     assert_eq!(v["planned_from"], initial.as_str());
@@ -1195,35 +1203,15 @@ fn a_fleet_planned_from_a_revision_needs_no_host() {
     assert_eq!(deploys(&hosts[1]), ["tracking"], "{json}");
     for h in hosts {
         assert_eq!(h["plan"]["from"]["sha"], initial.as_str());
-        let own = f.plan(&[
-            "--host",
-            h["name"].as_str().unwrap(),
-            "--env",
-            "production",
-            "--from",
-            &initial,
-            "--to",
-            "production",
-            "--format",
-            "json",
-        ]);
-        let own: serde_json::Value = serde_json::from_str(&own).unwrap();
+        let own: serde_json::Value =
+            serde_json::from_str(&plan(h["name"].as_str(), "json")).unwrap();
         assert_eq!(
             h["plan"]["fingerprint"], own["fingerprint"],
             "{}",
             h["name"]
         );
     }
-    let md = f.plan(&[
-        "--env",
-        "production",
-        "--from",
-        &initial,
-        "--to",
-        "production",
-        "--format",
-        "markdown",
-    ]);
+    let md = plan(None, "markdown");
     assert!(
         md.contains(&format!(
             "planned without the hosts, as if {} were deployed on every host",
@@ -1232,17 +1220,7 @@ fn a_fleet_planned_from_a_revision_needs_no_host() {
         "{md}"
     );
     // The same inputs, the same bytes.
-    let again = f.plan(&[
-        "--env",
-        "production",
-        "--from",
-        &initial,
-        "--to",
-        "production",
-        "--format",
-        "json",
-    ]);
-    assert_eq!(json, again);
+    assert_eq!(json, plan(None, "json"));
 }
 
 #[test]
