@@ -7,15 +7,16 @@
 //! complete record is torn as a whole and archived; anything else is
 //! `journal::corrupt`, naming the line.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use miette::Diagnostic;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Plan;
+
+pub mod lines;
 
 pub const JOURNAL_FILE: &str = "journal.jsonl";
 
@@ -183,53 +184,34 @@ fn redacted(r: &Record) -> std::borrow::Cow<'_, Record> {
 
 /// An open journal, appending.
 pub struct Journal {
-    path: PathBuf,
-    file: File,
+    lines: lines::Lines,
 }
 
 impl Journal {
     /// Starts a new journal (fails if one exists: an apply is unfinished).
     pub fn create(dir: &Path, apply_id: &str, plan: &Plan) -> Result<Self, JournalError> {
-        let path = dir.join(JOURNAL_FILE);
         let err = |source| JournalError::Write {
-            path: path.display().to_string(),
+            path: dir.join(JOURNAL_FILE).display().to_string(),
             source,
         };
         crate::state::tighten(dir).map_err(err)?;
-        let file = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(err)?;
-        Self { path, file }.begin(dir, apply_id, plan)
+        let lines = lines::Lines::create(dir, JOURNAL_FILE).map_err(err)?;
+        Self { lines }.begin(apply_id, plan)
     }
 
-    /// Makes the new file's directory entry durable and writes the begin
-    /// record. On failure (a full disk) the file is removed, so the next
-    /// command finds no journal rather than a torn one: nothing acted yet.
-    fn begin(mut self, dir: &Path, apply_id: &str, plan: &Plan) -> Result<Self, JournalError> {
-        let res = File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| JournalError::Write {
-                path: self.path.display().to_string(),
-                source,
-            })
-            .and_then(|()| {
-                self.append(&Record::Begin {
-                    apply_id: apply_id.to_owned(),
-                    plan: Box::new(plan.clone()),
-                })
-            });
-        match res {
+    /// Writes the begin record. On failure (a full disk) the file is
+    /// removed, so the next command finds no journal rather than a torn
+    /// one: nothing acted yet. Should the removal fail too, the next
+    /// command finds a journal without a complete begin record and
+    /// archives it (`Current::Torn`).
+    fn begin(mut self, apply_id: &str, plan: &Plan) -> Result<Self, JournalError> {
+        match self.append(&Record::Begin {
+            apply_id: apply_id.to_owned(),
+            plan: Box::new(plan.clone()),
+        }) {
             Ok(()) => Ok(self),
             Err(e) => {
-                // The write error is what is reported. Should the removal
-                // fail too, the next command finds a journal without a
-                // complete begin record and archives it (`Current::Torn`).
-                if fs::remove_file(&self.path).is_ok() {
-                    let _sync = File::open(dir).and_then(|d| d.sync_all());
-                }
+                self.lines.discard();
                 Err(e)
             }
         }
@@ -240,42 +222,35 @@ impl Journal {
     /// on a line of its own.
     pub fn reopen(dir: &Path) -> Result<Self, JournalError> {
         let path = dir.join(JOURNAL_FILE);
-        let err = |source| JournalError::Write {
-            path: path.display().to_string(),
+        let shown = path.display().to_string();
+        let lines = lines::Lines::reopen(path).map_err(|source| JournalError::Write {
+            path: shown,
             source,
-        };
-        let file = OpenOptions::new().append(true).open(&path).map_err(err)?;
-        let bytes = fs::read(&path).map_err(err)?;
-        let complete = complete_len(&bytes);
-        if complete < bytes.len() {
-            file.set_len(complete as u64)
-                .and_then(|()| file.sync_data())
-                .map_err(err)?;
-        }
-        Ok(Self { path, file })
+        })?;
+        Ok(Self { lines })
     }
 
     /// The journal file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.lines.path()
+    }
+
+    fn write_error(&self, source: std::io::Error) -> JournalError {
+        JournalError::Write {
+            path: self.lines.path().display().to_string(),
+            source,
+        }
     }
 
     /// Appends one record and fsyncs it.
     pub fn append(&mut self, r: &Record) -> Result<(), JournalError> {
         let n = crash::next_record();
         crash::before(n);
-        let mut line = serde_json::to_vec(&redacted(r)).map_err(|e| JournalError::Write {
-            path: self.path.display().to_string(),
-            source: std::io::Error::other(e),
-        })?;
-        line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|source| JournalError::Write {
-                path: self.path.display().to_string(),
-                source,
-            })?;
+        let line = serde_json::to_vec(&redacted(r))
+            .map_err(|e| self.write_error(std::io::Error::other(e)))?;
+        self.lines
+            .append(line)
+            .map_err(|source| self.write_error(source))?;
         crash::after(n, r);
         Ok(())
     }
@@ -285,15 +260,13 @@ impl Journal {
         self.append(&Record::End {
             outcome: outcome.to_owned(),
         })?;
-        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let history = dir.join("history");
-        let err = |source| JournalError::Write {
-            path: history.display().to_string(),
-            source,
-        };
-        crate::state::private_dir(&history).map_err(err)?;
-        fs::rename(&self.path, history.join(format!("{apply_id}.jsonl"))).map_err(err)?;
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(err)
+        let history = self.lines.history_dir().display().to_string();
+        self.lines
+            .finish(apply_id)
+            .map_err(|source| JournalError::Write {
+                path: history,
+                source,
+            })
     }
 }
 
@@ -374,13 +347,9 @@ pub fn read(dir: &Path) -> Result<Current, JournalError> {
 
 /// The length of `bytes` up to and including its last newline: the
 /// complete lines.
-fn complete_len(bytes: &[u8]) -> usize {
-    bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
-}
-
 /// Parses journal text (`path` names it in errors).
 fn parse(bytes: &[u8], path: &Path) -> Result<Current, JournalError> {
-    let complete = &bytes[..complete_len(bytes)];
+    let complete = &bytes[..lines::complete_len(bytes)];
     let Some(lines) = complete.strip_suffix(b"\n") else {
         return Ok(Current::Torn);
     };
@@ -641,10 +610,9 @@ mod tests {
         let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
         let plan = serde_json::from_str(PLAN).unwrap();
         let j = Journal {
-            path: path.clone(),
-            file: full,
+            lines: super::lines::Lines::from_parts(path.clone(), full),
         };
-        let Err(JournalError::Write { source, .. }) = j.begin(dir.path(), "1", &plan) else {
+        let Err(JournalError::Write { source, .. }) = j.begin("1", &plan) else {
             panic!("the begin record was written to /dev/full");
         };
         assert_eq!(source.raw_os_error(), Some(28), "{source}");

@@ -8,10 +8,10 @@
 //! returned, never swallowed; a torn last line is ignored on reading.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::Path;
+
+use crate::journal::lines::{Lines, complete_len};
 
 use serde::{Deserialize, Serialize};
 
@@ -112,8 +112,7 @@ pub enum Record {
 
 /// An open fleet journal.
 pub struct Journal {
-    path: PathBuf,
-    file: File,
+    lines: Lines,
 }
 
 fn write_err(path: &Path, source: std::io::Error) -> FleetError {
@@ -125,56 +124,42 @@ fn write_err(path: &Path, source: std::io::Error) -> FleetError {
 }
 
 impl Journal {
-    /// Starts the journal of a new rollout (fails if one is unfinished).
+    /// Starts the journal of a new rollout (fails if one is unfinished). A
+    /// begin record that cannot be written (a full disk) leaves no journal.
     pub fn create(dir: &Path, rollout_id: &str, plan: &FleetPlan) -> Result<Self, FleetError> {
-        let path = dir.join(JOURNAL_FILE);
-        let file = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| write_err(&path, e))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| write_err(&path, e))?;
-        let mut j = Self { path, file };
-        j.append(&Record::Begin {
+        let lines =
+            Lines::create(dir, JOURNAL_FILE).map_err(|e| write_err(&dir.join(JOURNAL_FILE), e))?;
+        let mut j = Self { lines };
+        match j.append(&Record::Begin {
             rollout_id: rollout_id.to_owned(),
             plan: Box::new(plan.clone()),
-        })?;
-        Ok(j)
+        }) {
+            Ok(()) => Ok(j),
+            Err(e) => {
+                j.lines.discard();
+                Err(e)
+            }
+        }
     }
 
     /// Reopens the unfinished journal for appending; a torn last line is
     /// cut first.
     pub fn reopen(dir: &Path) -> Result<Self, FleetError> {
         let path = dir.join(JOURNAL_FILE);
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| write_err(&path, e))?;
-        let bytes = fs::read(&path).map_err(|e| write_err(&path, e))?;
-        let complete = complete_len(&bytes);
-        if complete < bytes.len() {
-            file.set_len(complete as u64)
-                .and_then(|()| file.sync_data())
-                .map_err(|e| write_err(&path, e))?;
-        }
-        Ok(Self { path, file })
+        let lines = Lines::reopen(path.clone()).map_err(|e| write_err(&path, e))?;
+        Ok(Self { lines })
     }
 
     /// Appends one record and fsyncs it.
     pub fn append(&mut self, r: &Record) -> Result<(), FleetError> {
         // Every string redacted (a reason may quote a host's output), as
         // in the hosts' own journals.
-        let mut line = crate::secrets::redacted_json(r)
+        let line = crate::secrets::redacted_json(r)
             .and_then(|v| serde_json::to_vec(&v))
-            .map_err(|e| write_err(&self.path, std::io::Error::other(e)))?;
-        line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| write_err(&self.path, e))?;
+            .map_err(|e| write_err(self.lines.path(), std::io::Error::other(e)))?;
+        self.lines
+            .append(line)
+            .map_err(|e| write_err(self.lines.path(), e))?;
         crash_point();
         Ok(())
     }
@@ -184,17 +169,11 @@ impl Journal {
         self.append(&Record::End {
             outcome: outcome.to_owned(),
         })?;
-        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let history = dir.join("history");
-        crate::state::private_dir(&history)
-            .and_then(|()| fs::rename(&self.path, history.join(format!("{rollout_id}.jsonl"))))
-            .and_then(|()| File::open(&dir).and_then(|d| d.sync_all()))
+        let history = self.lines.history_dir();
+        self.lines
+            .finish(rollout_id)
             .map_err(|e| write_err(&history, e))
     }
-}
-
-fn complete_len(bytes: &[u8]) -> usize {
-    bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
 }
 
 /// An unfinished rollout read back.
@@ -329,6 +308,7 @@ mod tests {
 
     #[test]
     fn records_replay_and_a_torn_line_is_ignored() {
+        use std::io::Write as _;
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::create(dir.path(), "r1", &plan()).unwrap();
         assert!(
@@ -345,7 +325,7 @@ mod tests {
         .unwrap();
         j.append(&Record::HostStarted { host: "b".into() }).unwrap();
         drop(j);
-        let mut f = OpenOptions::new()
+        let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(dir.path().join(JOURNAL_FILE))
             .unwrap();

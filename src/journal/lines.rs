@@ -1,0 +1,144 @@
+//! The durable JSON-lines file under both write-ahead journals (an apply's
+//! and the fleet controller's): created private and new, each line appended
+//! and fsync'd before the caller goes on, a torn last line cut on reopening,
+//! and the finished file moved into `history/`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// An open journal file, appending.
+pub struct Lines {
+    path: PathBuf,
+    file: File,
+}
+
+/// Makes `dir`'s entries (a created, renamed or removed file) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
+}
+
+/// The length of the complete lines of `bytes` (a torn last line cut off).
+pub fn complete_len(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
+}
+
+impl Lines {
+    /// Creates `dir/name` (mode 0600; an existing file is an error: a
+    /// journal is unfinished) and makes its directory entry durable.
+    pub fn create(dir: &Path, name: &str) -> std::io::Result<Self> {
+        let path = dir.join(name);
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        let lines = Self { path, file };
+        match sync_dir(dir) {
+            Ok(()) => Ok(lines),
+            Err(e) => {
+                lines.discard();
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the file again, when its first record could not be written
+    /// (a full disk): the next command then finds no journal, rather than
+    /// one that is unfinished although nothing acted under it. Best effort:
+    /// the write error is what the caller reports, and a file left behind
+    /// has no complete first record, which both readers treat as nothing
+    /// begun.
+    pub fn discard(self) {
+        if fs::remove_file(&self.path).is_ok()
+            && let Some(dir) = self.path.parent()
+        {
+            let _ = sync_dir(dir);
+        }
+    }
+
+    /// Reopens `path` for appending; a torn last line is cut off first, so
+    /// the next line starts on a line of its own.
+    pub fn reopen(path: PathBuf) -> std::io::Result<Self> {
+        let file = OpenOptions::new().append(true).open(&path)?;
+        let bytes = fs::read(&path)?;
+        let complete = complete_len(&bytes);
+        if complete < bytes.len() {
+            file.set_len(complete as u64)?;
+            file.sync_data()?;
+        }
+        Ok(Self { path, file })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A file opened elsewhere (tests: `/dev/full` for a full disk).
+    #[cfg(test)]
+    pub(crate) fn from_parts(path: PathBuf, file: File) -> Self {
+        Self { path, file }
+    }
+
+    /// Appends `line` (without its newline) and fsyncs it.
+    pub fn append(&mut self, mut line: Vec<u8>) -> std::io::Result<()> {
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        self.file.sync_data()
+    }
+
+    /// The `history/` directory beside the file.
+    pub fn history_dir(&self) -> PathBuf {
+        self.path.parent().unwrap_or(Path::new(".")).join("history")
+    }
+
+    /// Moves the finished file to `history/{id}.jsonl` (created private)
+    /// and makes the move durable.
+    pub fn finish(self, id: &str) -> std::io::Result<()> {
+        let history = self.history_dir();
+        crate::state::private_dir(&history)?;
+        fs::rename(&self.path, history.join(format!("{id}.jsonl")))?;
+        sync_dir(self.path.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_appended_a_torn_tail_is_cut_and_the_file_ends_in_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Lines::create(dir.path(), "j.jsonl").unwrap();
+        assert!(
+            Lines::create(dir.path(), "j.jsonl").is_err(),
+            "an existing journal is never replaced"
+        );
+        let mode = fs::metadata(l.path()).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        l.append(b"{\"a\":1}".to_vec()).unwrap();
+        let path = l.path().to_path_buf();
+        drop(l);
+        // A write cut short.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"b\":").unwrap();
+        let mut l = Lines::reopen(path.clone()).unwrap();
+        l.append(b"{\"c\":3}".to_vec()).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"c\":3}\n");
+        l.finish("id1").unwrap();
+        assert!(!path.exists());
+        assert_eq!(
+            fs::read_to_string(dir.path().join("history/id1.jsonl")).unwrap(),
+            "{\"a\":1}\n{\"c\":3}\n"
+        );
+        // A discarded file is gone, and a new one can be created.
+        let l = Lines::create(dir.path(), "j.jsonl").unwrap();
+        l.discard();
+        assert!(!path.exists());
+        assert!(Lines::create(dir.path(), "j.jsonl").is_ok());
+    }
+}
