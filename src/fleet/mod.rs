@@ -13,6 +13,7 @@ pub mod remote;
 pub mod render;
 pub mod rollout;
 pub mod ssh;
+pub mod stale;
 
 use std::path::{Path, PathBuf};
 
