@@ -1,7 +1,9 @@
-//! The fleet commands on the controller: `plan`, `apply` (saved, planned
-//! here, `--resume`), `rollback`, `status` and `logs` of an environment
-//! with hosts, when no `--host` says "this is one host of it". Prints and
-//! maps outcomes to exit codes; the work is in `crate::fleet`.
+//! The fleet commands on the controller: `plan` (over ssh, or here with
+//! `--from`), `apply` (saved, reviewed, planned here, `--resume`),
+//! `rollback`, `status`, `logs`, and the commands run `--on` hosts
+//! (`backup`, `restart`, `start`, `stop`, `enable`, `disable`) of an
+//! environment with hosts, when no `--host` says "this is one host of it".
+//! Prints and maps outcomes to exit codes; the work is in `crate::fleet`.
 
 use std::collections::BTreeMap;
 use std::path::Path;

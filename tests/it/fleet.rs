@@ -835,3 +835,103 @@ fn graph_is_refused_on_the_controller_and_on_names_a_host_of_the_fleet() {
         }
     }
 }
+
+/// Secrets through a fleet: a failing build on every host prints its environment (an inline
+/// secret of the environment among it). Nothing the controller prints, nothing under its
+/// state directory, and nothing moorline wrote on a host (outside the checkout of the
+/// configuration, which holds the value on purpose) contains the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_printed_on_hosts_reach_nothing_the_controller_prints_or_writes() {
+    const SECRET: &str = "fleet-inline-s3cret-7391";
+    let env = format!("    env API_KEY=\"{SECRET}\"\n");
+    let Some(w) = world_with(2, "batches \"100%\"", false, &env).await else {
+        return;
+    };
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let failing = "build \"sh\" \"-c\" \"env; echo key=$API_KEY >&2; exit 3\"";
+    let edited = text.replace("build \"/usr/bin/python3\" \"build.py\"", failing);
+    assert_ne!(edited, text, "no build line replaced");
+    w.fx.commit_config("builds print their environment", &edited)
+        .unwrap();
+    let plan_file = w.plan_file("fleet.plan.json");
+    let outputs = [
+        w.run(&["plan", "--env", "staging"]),
+        w.run(&[
+            "plan",
+            "--env",
+            "staging",
+            "--format",
+            "json",
+            "--out",
+            plan_file.to_str().unwrap(),
+        ]),
+        w.run(&["apply", "--env", "staging", "--yes"]),
+        w.run(&["apply", "--env", "staging", "--yes", "--format", "json"]),
+        w.run(&["status", "--env", "staging", "--format", "json"]),
+        w.run(&["logs", "--env", "staging", "--lines", "50"]),
+    ];
+    let mut printed = String::new();
+    for o in &outputs {
+        printed.push_str(&String::from_utf8_lossy(&o.stdout));
+        printed.push_str(&String::from_utf8_lossy(&o.stderr));
+    }
+    // The builds really ran on the hosts and printed the variable.
+    assert_ne!(code(&outputs[2]), Some(0), "{}", show(&outputs[2]));
+    assert!(printed.contains("key=(redacted)"), "{printed}");
+    assert!(!printed.contains(SECRET), "printed:\n{printed}");
+
+    let mut written = Vec::new();
+    crate::secrets::files(&w.ctrl, &mut written);
+    assert!(
+        written
+            .iter()
+            .any(|p| p.parent().is_some_and(|d| d.ends_with("history"))),
+        "no fleet journal history in {written:?}"
+    );
+    for path in &written {
+        let text = String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
+        assert!(!text.contains(SECRET), "in {}", path.display());
+    }
+    // On each host: its state (journal, history, logs), its releases. The fleet directory's
+    // checkout and git objects hold the configuration as committed, value included.
+    let root = w.hosts.root_path().to_string_lossy().into_owned();
+    for i in 0..2 {
+        let out = w
+            .hosts
+            .run(
+                i,
+                &[
+                    "sh",
+                    "-c",
+                    "grep -rls --devices=skip --exclude-dir=repo -- \"$1\" \"$XDG_STATE_HOME\" \"$2\"; echo scanned",
+                    "sh",
+                    SECRET,
+                    &root,
+                ],
+            )
+            .unwrap();
+        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            listed.trim(),
+            "scanned",
+            "host{}: the value is in {listed}",
+            i + 1
+        );
+    }
+    // The scan does find the value where it is meant to be: the checked-out configuration.
+    let out = w
+        .hosts
+        .run(
+            0,
+            &[
+                "sh",
+                "-c",
+                "grep -rls -- \"$1\" \"$XDG_STATE_HOME\"",
+                "sh",
+                SECRET,
+            ],
+        )
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(listed.contains("/repo/"), "{listed}");
+}

@@ -12,7 +12,7 @@ const INLINE: &str = "s3cr3t-inline-4b7e1c";
 const FILE_SECRET: &str = "s3cr3t-file-9d2a6f";
 
 /// Every regular file under `dir` (symlinks not followed).
-fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+pub(crate) fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
