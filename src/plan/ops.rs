@@ -385,6 +385,24 @@ pub struct ServiceOps<'a> {
     pub state_sha256: Option<String>,
 }
 
+/// `services` grouped by phase, in start order, phases without any left
+/// out.
+fn by_phase<'a>(
+    services: &[&'a crate::config::Service],
+    phases: usize,
+) -> Vec<Vec<&'a crate::config::Service>> {
+    (0..phases)
+        .map(|pi| {
+            services
+                .iter()
+                .copied()
+                .filter(|s| s.phase_index == pi)
+                .collect::<Vec<_>>()
+        })
+        .filter(|g| !g.is_empty())
+        .collect()
+}
+
 /// The plan of `start`, `stop`, `enable` or `disable`. Start: `start:S`
 /// then `health:S` per service, phase by phase (each phase after the
 /// previous one's readiness), `depends-on` ordering starts inside a phase.
@@ -406,16 +424,7 @@ pub fn services(inp: ServiceOps<'_>) -> Plan {
     match inp.operation {
         Operation::Start => {
             let mut gate: Vec<String> = Vec::new();
-            for pi in 0..config.phases.len() {
-                let in_phase: Vec<&crate::config::Service> = inp
-                    .services
-                    .iter()
-                    .copied()
-                    .filter(|s| s.phase_index == pi)
-                    .collect();
-                if in_phase.is_empty() {
-                    continue;
-                }
+            for in_phase in by_phase(&inp.services, config.phases.len()) {
                 for s in &in_phase {
                     let mut after = gate.clone();
                     for d in &s.depends_on {
@@ -443,16 +452,10 @@ pub fn services(inp: ServiceOps<'_>) -> Plan {
         }
         Operation::Stop => {
             let mut gate: Vec<String> = Vec::new();
-            for pi in (0..config.phases.len()).rev() {
-                let in_phase: Vec<&crate::config::Service> = inp
-                    .services
-                    .iter()
-                    .copied()
-                    .filter(|s| s.phase_index == pi)
-                    .collect();
-                if in_phase.is_empty() {
-                    continue;
-                }
+            for in_phase in by_phase(&inp.services, config.phases.len())
+                .into_iter()
+                .rev()
+            {
                 for s in &in_phase {
                     let mut after = gate.clone();
                     for d in &in_phase {
@@ -560,10 +563,12 @@ pub fn services(inp: ServiceOps<'_>) -> Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn config() -> Config {
+    /// Three phases, a `depends-on` chain across them and two inside
+    /// `core`; also the configuration of `crate::ops`'s tests.
+    pub(crate) fn config() -> Config {
         let text = r#"
 project "p" { unit-name "p-{service}.service" }
 environment "staging" { branch "main"; root "/tmp/p" }
