@@ -72,22 +72,7 @@ pub fn select<'c>(
 mod tests {
     use super::*;
 
-    fn config() -> Config {
-        let text = r#"
-project "p" { unit-name "p-{service}.service" }
-environment "staging" { branch "main"; root "/tmp/p" }
-phase "config"
-phase "gateway"
-phase "core"
-runtime "node" { build "true" }
-service "config"  { runtime "node"; port 1; phase "config" }
-service "gateway" { runtime "node"; port 2; phase "gateway"; depends-on "config" }
-service "auth"    { runtime "node"; port 3; phase "core" }
-service "backend" { runtime "node"; port 4; phase "core"; depends-on "gateway" "auth" }
-service "search"  { runtime "node"; port 5; phase "core" }
-"#;
-        crate::config::parse("t.kdl", text).unwrap()
-    }
+    use crate::plan::ops::tests::config;
 
     #[test]
     fn select_with_dependents_and_did_you_mean() {
