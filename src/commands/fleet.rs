@@ -214,12 +214,7 @@ fn plan_offline(
         let ht = crate::target::resolve(
             loaded.clone(),
             &t.env.name,
-            &crate::target::Choices {
-                repo: global.repo.as_deref(),
-                state_dir: global.state_dir.as_deref(),
-                systemd: settings::systemd_kind(global.systemd),
-                host: Some(&h.name),
-            },
+            &settings::choices(global, Some(&h.name)),
         )?;
         hosts.push(HostPlan {
             name: h.name.clone(),
@@ -990,7 +985,7 @@ pub fn on_hosts(
         let mut code = exit::OK;
         for host in &chosen {
             eprintln!("=== {} ===", host.name);
-            match forward(&fleet, host, &to.sha, words).await {
+            match stream_on(&fleet, host, &to.sha, words, |l| println!("{l}")).await {
                 Ok(0) => {}
                 Ok(255) => {
                     eprintln!(
@@ -1016,14 +1011,16 @@ pub fn on_hosts(
     Ok(res)
 }
 
-/// Runs the host's moorline with `words`, its output streamed: standard
-/// output as is, standard error prefixed with the host. Returns its exit
-/// code (255: ssh failed).
-async fn forward(
+/// Runs the host's moorline with `words` (prepared, its checkout kept):
+/// each line of its standard output, secrets redacted, goes to `on_line`;
+/// its standard error goes to ours, each line redacted and prefixed with
+/// the host. Returns its exit code (255: ssh failed).
+async fn stream_on(
     fleet: &Fleet,
     host: &crate::config::Host,
     to: &str,
     words: &[String],
+    mut on_line: impl FnMut(&str),
 ) -> Result<i32, FleetError> {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let p = crate::fleet::remote::prepare(fleet, host, to, Checkout::Keep).await?;
@@ -1042,7 +1039,7 @@ async fn forward(
     if let Some(out) = child.stdout.take() {
         let mut lines = BufReader::new(out).lines();
         while let Ok(Some(l)) = lines.next_line().await {
-            println!("{}", crate::secrets::redact(&l));
+            on_line(&crate::secrets::redact_json_text(&l));
         }
     }
     let status = child
@@ -1055,6 +1052,8 @@ async fn forward(
     Ok(status.code().unwrap_or(255))
 }
 
+/// One host's journal lines, each prefixed with the host (`json`: a
+/// `host` field added to each object).
 async fn stream_logs(
     fleet: &Fleet,
     host: &crate::config::Host,
@@ -1062,40 +1061,19 @@ async fn stream_logs(
     words: &[String],
     json: bool,
 ) -> Result<i32, FleetError> {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    let p = crate::fleet::remote::prepare(fleet, host, to, Checkout::Keep).await?;
-    let args: Vec<&str> = words.iter().map(String::as_str).collect();
-    let mut child = fleet.transport.spawn(host, &p.moorline(&args))?;
-    drop(child.stdin.take());
     let name = host.name.clone();
-    if let Some(err) = child.stderr.take() {
-        let name = name.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(err).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                eprintln!("[{name}] {l}");
-            }
-        });
-    }
-    if let Some(out) = child.stdout.take() {
-        let mut lines = BufReader::new(out).lines();
-        while let Ok(Some(l)) = lines.next_line().await {
-            if json {
-                match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&l) {
-                    Ok(mut m) => {
-                        m.insert("host".into(), name.clone().into());
-                        println!("{}", serde_json::Value::Object(m));
-                    }
-                    Err(_) => println!("{}", serde_json::json!({"host": name, "line": l})),
-                }
-            } else {
-                println!("[{name}] {l}");
-            }
+    stream_on(fleet, host, to, words, |l| {
+        if !json {
+            println!("[{name}] {l}");
+            return;
         }
-    }
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| FleetError::local("wait for ssh", "", e))?;
-    Ok(status.code().unwrap_or(255))
+        match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(l) {
+            Ok(mut m) => {
+                m.insert("host".into(), name.clone().into());
+                println!("{}", serde_json::Value::Object(m));
+            }
+            Err(_) => println!("{}", serde_json::json!({"host": name, "line": l})),
+        }
+    })
+    .await
 }

@@ -20,14 +20,16 @@ pub fn systemd_kind(flag: Option<SystemdKind>) -> Bus {
 /// Resolves the global flags and `--env` into a target.
 pub fn resolve(global: &Global, env_name: &str) -> miette::Result<Target> {
     let loaded = super::load_config(global.config.as_deref())?;
-    target::resolve(
-        loaded,
-        env_name,
-        &Choices {
-            repo: global.repo.as_deref(),
-            state_dir: global.state_dir.as_deref(),
-            systemd: systemd_kind(global.systemd),
-            host: global.host_name(),
-        },
-    )
+    target::resolve(loaded, env_name, &choices(global, global.host_name()))
+}
+
+/// The global flags as target choices, acting as `host` (`--host`, or a
+/// host the fleet controller plans for).
+pub fn choices<'a>(global: &'a Global, host: Option<&'a str>) -> Choices<'a> {
+    Choices {
+        repo: global.repo.as_deref(),
+        state_dir: global.state_dir.as_deref(),
+        systemd: systemd_kind(global.systemd),
+        host,
+    }
 }
