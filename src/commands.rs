@@ -44,22 +44,24 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             Some(t) => fleet::rollback(global, args, &t),
             None => rollback::run(global, args),
         },
-        Command::Restart(args) => {
-            if let Some(t) = fleet::fleet_target(global, &args.env)? {
-                return fleet::on_hosts(global, &t, &args.on, &ops_words("restart", args));
-            }
-            fleet::no_hosts_to_be_on(&args.on, &args.env)?;
-            rollback::restart(global, args)
-        }
-        Command::Backup(args) => {
-            if let Some(env) = &args.env {
-                if let Some(t) = fleet::fleet_target(global, env)? {
-                    return fleet::on_hosts(global, &t, &args.on, &backup_words(env, args));
-                }
-                fleet::no_hosts_to_be_on(&args.on, env)?;
-            }
-            backup::run(global, args)
-        }
+        Command::Restart(args) => here_or_on_hosts(
+            global,
+            &args.env,
+            &args.on,
+            || ops_words("restart", args),
+            || rollback::restart(global, args),
+        ),
+        Command::Backup(args) => match &args.env {
+            Some(env) => here_or_on_hosts(
+                global,
+                env,
+                &args.on,
+                || backup_words(env, args),
+                || backup::run(global, args),
+            ),
+            // `backup::run` refuses it, naming `--env`.
+            None => backup::run(global, args),
+        },
         Command::Demo(args) => {
             runtime()?.block_on(crate::harness::demo::run(
                 args.keep,
@@ -111,11 +113,30 @@ fn ops_cmd(
     op: Operation,
     name: &str,
 ) -> miette::Result<i32> {
-    if let Some(t) = fleet::fleet_target(global, &args.env)? {
-        return fleet::on_hosts(global, &t, &args.on, &ops_words(name, args));
+    here_or_on_hosts(
+        global,
+        &args.env,
+        &args.on,
+        || ops_words(name, args),
+        || ops::run(global, args, op),
+    )
+}
+
+/// A command that runs on this host or, for an environment with hosts on
+/// its controller, on the hosts `--on` names (`words`: the host's own
+/// command line); `--on` for an environment without hosts is refused.
+fn here_or_on_hosts(
+    global: &Global,
+    env: &str,
+    on: &[String],
+    words: impl FnOnce() -> Vec<String>,
+    here: impl FnOnce() -> miette::Result<i32>,
+) -> miette::Result<i32> {
+    if let Some(t) = fleet::fleet_target(global, env)? {
+        return fleet::on_hosts(global, &t, on, &words());
     }
-    fleet::no_hosts_to_be_on(&args.on, &args.env)?;
-    ops::run(global, args, op)
+    fleet::no_hosts_to_be_on(on, env)?;
+    here()
 }
 
 /// The host's own command line of restart/start/stop/enable/disable.
