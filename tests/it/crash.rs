@@ -198,6 +198,12 @@ impl Scene {
         Some(scene)
     }
 
+    /// Stops the scene's units (the services and the proxy).
+    async fn stop(&self) {
+        self.w.stop_all(&self.sd).await;
+        let _ = self.sd.stop(&self.proxy_unit).await;
+    }
+
     fn config_edit(&self) -> Edit {
         Edit::Write {
             path: "moorline.kdl".to_owned(),
@@ -793,28 +799,25 @@ async fn every_kill_point(scene: &mut Scene, how: Recovery) -> usize {
     points
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_kill_point_of_a_deploy_then_resume_converges() {
-    let Some(mut scene) = Scene::new("c1", 29100).await else {
+/// A scene of its own (`prefix`, `port_base`) through [`every_kill_point`].
+async fn every_kill_point_recovered_by(how: Recovery, prefix: &str, port_base: u16) {
+    let Some(mut scene) = Scene::new(prefix, port_base).await else {
         return;
     };
     let t = Instant::now();
-    let points = every_kill_point(&mut scene, Recovery::Resume).await;
-    eprintln!("resume: {points} kill points in {:?}", t.elapsed());
-    scene.w.stop_all(&scene.sd).await;
-    let _ = scene.sd.stop(&scene.proxy_unit).await;
+    let points = every_kill_point(&mut scene, how).await;
+    eprintln!("{how:?}: {points} kill points in {:?}", t.elapsed());
+    scene.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kill_point_of_a_deploy_then_resume_converges() {
+    every_kill_point_recovered_by(Recovery::Resume, "c1", 29100).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kill_point_of_a_deploy_then_rollback_converges() {
-    let Some(mut scene) = Scene::new("c2", 29200).await else {
-        return;
-    };
-    let t = Instant::now();
-    let points = every_kill_point(&mut scene, Recovery::Rollback).await;
-    eprintln!("rollback: {points} kill points in {:?}", t.elapsed());
-    scene.w.stop_all(&scene.sd).await;
-    let _ = scene.sd.stop(&scene.proxy_unit).await;
+    every_kill_point_recovered_by(Recovery::Rollback, "c2", 29200).await;
 }
 
 /// A record as `event` or `event:kind-of-action`.
@@ -931,8 +934,7 @@ async fn killed_resumes_and_rollbacks_are_recovered_again() {
         "killed recoveries: {points} kill points in {:?}",
         t.elapsed()
     );
-    scene.w.stop_all(&scene.sd).await;
-    let _ = scene.sd.stop(&scene.proxy_unit).await;
+    scene.stop().await;
 }
 
 /// Between a crash and the resume, an operator (or a reboot) undoes two
@@ -1015,8 +1017,7 @@ async fn effects_undone_behind_moorlines_back_are_redone_on_resume() {
         scene.w.live("staging", MIGRATING).as_deref(),
         Some(sha.as_str())
     );
-    scene.w.stop_all(&scene.sd).await;
-    let _ = scene.sd.stop(&scene.proxy_unit).await;
+    scene.stop().await;
 }
 
 /// svc-0004's build (a go service) that sleeps before building.
@@ -1121,8 +1122,7 @@ async fn slow_builds_do_not_delay_the_rest_of_the_apply() {
         assert!(h < slow / 2, "{report}");
     }
     eprintln!("{report}");
-    scene.w.stop_all(&scene.sd).await;
-    let _ = scene.sd.stop(&scene.proxy_unit).await;
+    scene.stop().await;
 }
 
 /// svc-0004's build for the orphan tests: appends its pid to `pids`; the
@@ -1258,8 +1258,7 @@ async fn a_build_left_running_is_stopped_by(how: Recovery, prefix: &str, port_ba
             runs,
         )
         .await;
-    scene.w.stop_all(&scene.sd).await;
-    let _ = scene.sd.stop(&scene.proxy_unit).await;
+    scene.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
