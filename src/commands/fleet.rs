@@ -944,9 +944,9 @@ pub fn logs(global: &Global, args: &LogsArgs, t: &Target) -> miette::Result<i32>
 /// fleet: the host's own command (`words`) run on the hosts `--on` names
 /// (every host without it), one host at a time in the configuration's
 /// order, stopping at the first that does not exit 0. Standard output
-/// passes through as the host prints it; standard error is prefixed with
-/// the host, after a `=== HOST ===` line. There is no terminal on the
-/// host: a command that asks needs `--yes`.
+/// passes through as the host prints it, secrets redacted; standard error
+/// is prefixed with the host, after a `=== HOST ===` line. There is no
+/// terminal on the host: a command that asks needs `--yes`.
 pub fn on_hosts(
     global: &Global,
     t: &Target,
@@ -954,61 +954,56 @@ pub fn on_hosts(
     words: &[String],
 ) -> miette::Result<i32> {
     let fleet = fleet(global, t)?;
-    let mut chosen = Vec::new();
-    for name in on {
-        let Some(h) = fleet.host(name) else {
-            return Err(FleetError::UnknownHost {
-                name: name.clone(),
-                env: fleet.env.name.clone(),
-                hosts: fleet
-                    .hosts()
-                    .iter()
-                    .map(|h| h.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }
-            .into());
-        };
-        if !chosen
-            .iter()
-            .any(|c: &crate::config::Host| c.name == h.name)
-        {
-            chosen.push(h.clone());
+    if let Some(name) = on.iter().find(|n| fleet.host(n).is_none()) {
+        return Err(FleetError::UnknownHost {
+            name: name.clone(),
+            env: fleet.env.name.clone(),
+            hosts: fleet
+                .hosts()
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         }
+        .into());
     }
-    if chosen.is_empty() {
-        chosen = fleet.hosts().to_vec();
-    }
+    let chosen: Vec<crate::config::Host> = fleet
+        .hosts()
+        .iter()
+        .filter(|h| on.is_empty() || on.contains(&h.name))
+        .cloned()
+        .collect();
     let to = fplan::target(t, None)?;
     let rt = runtime()?;
-    let res = rt.block_on(async {
-        let mut code = exit::OK;
-        for host in &chosen {
-            eprintln!("=== {} ===", host.name);
-            match stream_on(&fleet, host, &to.sha, words, |l| println!("{l}")).await {
-                Ok(0) => {}
-                Ok(255) => {
-                    eprintln!(
-                        "[{}] the ssh connection failed: what the command did there is unknown; run it again once the host answers",
-                        host.name
-                    );
-                    code = exit::NEEDS_ATTENTION;
-                    break;
-                }
-                Ok(c) => {
-                    code = c;
-                    break;
-                }
-                Err(e) => {
-                    fleet.transport.close_all(&chosen).await;
-                    return Err(e);
-                }
-            }
-        }
+    Ok(rt.block_on(async {
+        let res = one_host_at_a_time(&fleet, &chosen, &to.sha, words).await;
         fleet.transport.close_all(&chosen).await;
-        Ok(code)
-    })?;
-    Ok(res)
+        res
+    })?)
+}
+
+/// The loop of [`on_hosts`]: its exit code.
+async fn one_host_at_a_time(
+    fleet: &Fleet,
+    hosts: &[crate::config::Host],
+    to: &str,
+    words: &[String],
+) -> Result<i32, FleetError> {
+    for host in hosts {
+        eprintln!("=== {} ===", host.name);
+        match stream_on(fleet, host, to, words, |l| println!("{l}")).await? {
+            0 => {}
+            255 => {
+                eprintln!(
+                    "[{}] the ssh connection failed: what the command did there is unknown; run it again once the host answers",
+                    host.name
+                );
+                return Ok(exit::NEEDS_ATTENTION);
+            }
+            c => return Ok(c),
+        }
+    }
+    Ok(exit::OK)
 }
 
 /// Runs the host's moorline with `words` (prepared, its checkout kept):
