@@ -40,28 +40,31 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
         Command::Init(args) => init::run(args),
         Command::Plan(args) => plan(global, args),
         Command::Apply(args) => apply::run(global, args),
-        Command::Rollback(args) => match fleet::fleet_target(global, &args.env)? {
-            Some(t) => fleet::rollback(global, args, &t),
-            None => rollback::run(global, args),
-        },
+        Command::Rollback(args) => {
+            let t = settings::resolve(global, &args.env)?;
+            if fleet::is_fleet(global, &t) {
+                fleet::rollback(global, args, &t)
+            } else {
+                rollback::run(&t, args)
+            }
+        }
         Command::Restart(args) => here_or_on_hosts(
             global,
             &args.env,
             &args.on,
             || ops_words("restart", args),
-            || rollback::restart(global, args),
+            |t| rollback::restart(&t, args),
         ),
-        Command::Backup(args) => match &args.env {
-            Some(env) => here_or_on_hosts(
+        Command::Backup(args) => {
+            let env = args.env.as_deref().ok_or(backup::BackupError::NoEnv)?;
+            here_or_on_hosts(
                 global,
                 env,
                 &args.on,
                 || backup_words(env, args),
-                || backup::run(global, args),
-            ),
-            // `backup::run` refuses it, naming `--env`.
-            None => backup::run(global, args),
-        },
+                |t| backup::run(&t, args),
+            )
+        }
         Command::Demo(args) => {
             runtime()?.block_on(crate::harness::demo::run(
                 args.keep,
@@ -70,27 +73,33 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             Ok(exit::OK)
         }
         Command::Graph(target) => {
-            fleet::refuse_on_controller(global, &target.env, "graph")?;
             let t = settings::resolve(global, &target.env)?;
+            fleet::refuse_on_controller(global, &t, "graph")?;
             let p = crate::observe::compute_plan(&t, &request(target))?;
             print!("{}", render::dot(&p));
             Ok(exit::OK)
         }
-        Command::Status(args) => match fleet::fleet_target(global, &args.env)? {
-            Some(t) => fleet::status(global, args, &t),
-            None => status_cmd(global, args),
-        },
+        Command::Status(args) => {
+            let t = settings::resolve(global, &args.env)?;
+            if fleet::is_fleet(global, &t) {
+                fleet::status(global, args, &t)
+            } else {
+                status_cmd(&t, args)
+            }
+        }
         Command::Start(args) => ops_cmd(global, args, Operation::Start, "start"),
         Command::Stop(args) => ops_cmd(global, args, Operation::Stop, "stop"),
         Command::Enable(args) => ops_cmd(global, args, Operation::Enable, "enable"),
         Command::Disable(args) => ops_cmd(global, args, Operation::Disable, "disable"),
-        Command::Logs(args) if args.directory.is_none() => {
-            match fleet::fleet_target(global, &args.env)? {
-                Some(t) => fleet::logs(global, args, &t),
-                None => logs::run(global, args),
+        Command::Logs(args) => {
+            let t = settings::resolve(global, &args.env)?;
+            // `--directory` reads journal files here, whatever the environment.
+            if args.directory.is_none() && fleet::is_fleet(global, &t) {
+                fleet::logs(global, args, &t)
+            } else {
+                logs::run(&t, args)
             }
         }
-        Command::Logs(args) => logs::run(global, args),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(*shell, &mut cmd, "moorline", &mut std::io::stdout());
@@ -118,25 +127,27 @@ fn ops_cmd(
         &args.env,
         &args.on,
         || ops_words(name, args),
-        || ops::run(global, args, op),
+        |t| ops::run(&t, args, op),
     )
 }
 
 /// A command that runs on this host or, for an environment with hosts on
 /// its controller, on the hosts `--on` names (`words`: the host's own
-/// command line); `--on` for an environment without hosts is refused.
+/// command line); `--on` for an environment without hosts is refused. The
+/// target is resolved once, for either.
 fn here_or_on_hosts(
     global: &Global,
     env: &str,
     on: &[String],
     words: impl FnOnce() -> Vec<String>,
-    here: impl FnOnce() -> miette::Result<i32>,
+    here: impl FnOnce(crate::target::Target) -> miette::Result<i32>,
 ) -> miette::Result<i32> {
-    if let Some(t) = fleet::fleet_target(global, env)? {
+    let t = settings::resolve(global, env)?;
+    if fleet::is_fleet(global, &t) {
         return fleet::on_hosts(global, &t, on, &words());
     }
     fleet::no_hosts_to_be_on(on, env)?;
-    here()
+    here(t)
 }
 
 /// The host's own command line of restart/start/stop/enable/disable.
@@ -435,13 +446,12 @@ fn list_or_none(v: &[String]) -> String {
     }
 }
 
-fn status_cmd(global: &Global, args: &StatusArgs) -> miette::Result<i32> {
-    let t = settings::resolve(global, &args.env)?;
+fn status_cmd(t: &Target, args: &StatusArgs) -> miette::Result<i32> {
     let rt = runtime()?;
     let status = rt.block_on(async {
         let systemd = crate::systemd::Systemd::connect(t.systemd).await?;
         crate::status::gather(
-            &t,
+            t,
             &systemd,
             crate::status::Options {
                 migrations: args.migrations,

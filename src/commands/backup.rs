@@ -3,9 +3,8 @@
 
 use miette::Diagnostic;
 
-use super::settings;
 use super::{confirm, runtime};
-use crate::cli::{BackupAction, BackupArgs, Global};
+use crate::cli::{BackupAction, BackupArgs};
 use crate::exit;
 use crate::state::{self, BackupRecord, State};
 use crate::target::Target;
@@ -44,9 +43,9 @@ pub enum BackupError {
     Unconfirmed,
 }
 
-pub fn run(global: &Global, args: &BackupArgs) -> miette::Result<i32> {
-    let env = args.env.as_deref().ok_or(BackupError::NoEnv)?;
-    let t = settings::resolve(global, env)?;
+/// `backup` on this host, for the environment of `t`.
+pub fn run(t: &Target, args: &BackupArgs) -> miette::Result<i32> {
+    let env = t.env.name.as_str();
     let b = t
         .env
         .backup
@@ -67,7 +66,7 @@ pub fn run(global: &Global, args: &BackupArgs) -> miette::Result<i32> {
                     &log_id,
                 ))
                 .map_err(BackupError::Failed)?;
-            let mut st = load(&t)?;
+            let mut st = load(t)?;
             st.backups.push(BackupRecord {
                 id: taken.id.clone(),
                 path: taken.path.clone(),
@@ -85,7 +84,7 @@ pub fn run(global: &Global, args: &BackupArgs) -> miette::Result<i32> {
             Ok(exit::OK)
         }
         Some(BackupAction::List) => {
-            let st = load(&t)?;
+            let st = load(t)?;
             let pinned = st.apply_backup().map(|b| b.id.clone());
             if st.backups.is_empty() {
                 println!("no backups kept for {env}");
@@ -104,7 +103,7 @@ pub fn run(global: &Global, args: &BackupArgs) -> miette::Result<i32> {
             Ok(exit::OK)
         }
         Some(BackupAction::Restore { id, yes }) => {
-            let st = load(&t)?;
+            let st = load(t)?;
             let record = st
                 .backups
                 .iter()

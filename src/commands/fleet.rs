@@ -35,27 +35,17 @@ pub fn is_fleet(global: &Global, t: &Target) -> bool {
     !t.env.hosts.is_empty() && host_flag(global).is_none()
 }
 
-/// The target of `env` when it is a fleet environment driven from here.
-pub fn fleet_target(global: &Global, env: &str) -> miette::Result<Option<Target>> {
-    let t = settings::resolve(global, env)?;
-    Ok(is_fleet(global, &t).then_some(t))
-}
-
 /// Refuses a command the fleet controller does not run over its hosts
 /// (yet), rather than run it on the controller's own machine.
-pub fn refuse_on_controller(global: &Global, env: &str, command: &str) -> miette::Result<()> {
-    if host_flag(global).is_some() {
-        return Ok(());
-    }
-    let loaded = super::load_config(global.config.as_deref())?;
-    match loaded.config.environment(env) {
-        Some(e) if !e.hosts.is_empty() => Err(FleetError::NotOnController {
+pub fn refuse_on_controller(global: &Global, t: &Target, command: &str) -> miette::Result<()> {
+    if is_fleet(global, t) {
+        return Err(FleetError::NotOnController {
             command: command.to_owned(),
-            env: env.to_owned(),
+            env: t.env.name.clone(),
         }
-        .into()),
-        _ => Ok(()),
+        .into());
     }
+    Ok(())
 }
 
 /// `--on` names hosts of a fleet: refused for an environment without any.

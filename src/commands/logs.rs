@@ -6,14 +6,13 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-use super::settings;
-use crate::cli::{Global, LogsArgs, OutputFormat};
+use crate::cli::{LogsArgs, OutputFormat};
 use crate::logs::{LogsError, Query, argv, parse, text_line};
+use crate::target::Target;
 use crate::{exit, ops};
 
 /// Runs `moorline logs`; returns the exit code.
-pub fn run(global: &Global, args: &LogsArgs) -> miette::Result<i32> {
-    let t = settings::resolve(global, &args.env)?;
+pub fn run(t: &Target, args: &LogsArgs) -> miette::Result<i32> {
     let selected = ops::select(t.config(), &args.services, false)?;
     let units: BTreeMap<String, String> = selected
         .iter()

@@ -14,19 +14,18 @@
 
 use std::collections::BTreeSet;
 
-use super::settings;
 use super::{confirm, executor, print_report, runtime};
 use crate::apply::Outcome;
 use crate::changes::Rev;
-use crate::cli::{Format, Global, OpsArgs};
+use crate::cli::{Format, OpsArgs};
 use crate::ops::{OpsError, select};
 use crate::plan::Operation;
 use crate::plan::ops::{ServiceOps, services};
+use crate::target::Target;
 use crate::{exit, lock, render, report, state};
 
 /// Runs one of the four operations; returns the exit code.
-pub fn run(global: &Global, args: &OpsArgs, op: Operation) -> miette::Result<i32> {
-    let t = settings::resolve(global, &args.env)?;
+pub fn run(t: &Target, args: &OpsArgs, op: Operation) -> miette::Result<i32> {
     let config = t.config();
     let selected = select(config, &args.services, args.with_dependents)?;
     let _lock = lock::acquire(&t.state_dir, op.as_str())?;
@@ -73,7 +72,7 @@ pub fn run(global: &Global, args: &OpsArgs, op: Operation) -> miette::Result<i32
     }
     let rt = runtime()?;
     rt.block_on(async {
-        let ctx = executor(&t, None, false, Format::Text).await?;
+        let ctx = executor(t, None, false, Format::Text).await?;
         let report = crate::apply::apply(std::sync::Arc::clone(&ctx), plan).await?;
         if report.outcome == Outcome::Interrupted {
             return Ok(print_report(&report, &args.env, Format::Text, op));

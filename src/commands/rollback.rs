@@ -7,10 +7,9 @@ use std::path::Path;
 
 use miette::Diagnostic;
 
-use super::settings;
 use super::{confirm, executor, print_report, runtime};
 use crate::changes::Rev;
-use crate::cli::{Format, Global, OpsArgs, RollbackArgs};
+use crate::cli::{Format, OpsArgs, RollbackArgs};
 use crate::plan::Operation;
 use crate::plan::ops::{self, OpsInputs, Step};
 use crate::release::Paths;
@@ -141,17 +140,16 @@ fn find_release(paths: &Paths, prefix: &str) -> Option<String> {
     (hits.len() == 1).then(|| hits.remove(0))
 }
 
-pub fn run(global: &Global, args: &RollbackArgs) -> miette::Result<i32> {
-    let t = settings::resolve(global, &args.env)?;
-    check_services(&t, &args.services)?;
+pub fn run(t: &Target, args: &RollbackArgs) -> miette::Result<i32> {
+    check_services(t, &args.services)?;
     let _lock = crate::lock::acquire(&t.state_dir, "rollback")?;
     if args.database {
-        return database(&t, args);
+        return database(t, args);
     }
     let rt = runtime()?;
     rt.block_on(async {
-        let ctx = executor(&t, None, true, args.format).await?;
-        crate::commands::removed_empty_backups(&t);
+        let ctx = executor(t, None, true, args.format).await?;
+        crate::commands::removed_empty_backups(t);
         // A crashed apply is rolled back from its journal first: its
         // rollback plan is shown and confirmed like any other.
         if let Some(pending) = crate::apply::unfinished_rollback(&ctx).await? {
@@ -455,9 +453,8 @@ fn database(t: &Target, args: &RollbackArgs) -> miette::Result<i32> {
 
 /// `moorline restart`: every (or the named) service in dependency order,
 /// each gated on readiness, without building or switching releases.
-pub fn restart(global: &Global, args: &OpsArgs) -> miette::Result<i32> {
-    let t = settings::resolve(global, &args.env)?;
-    check_services(&t, &args.services)?;
+pub fn restart(t: &Target, args: &OpsArgs) -> miette::Result<i32> {
+    check_services(t, &args.services)?;
     let config = t.config();
     let mut chosen: BTreeSet<String> = args.services.iter().cloned().collect();
     if args.with_dependents {
@@ -517,7 +514,7 @@ pub fn restart(global: &Global, args: &OpsArgs) -> miette::Result<i32> {
     show_and_confirm(&plan, Format::Text, args.yes, "Restart")?;
     let rt = runtime()?;
     rt.block_on(async {
-        let ctx = executor(&t, None, false, Format::Text).await?;
+        let ctx = executor(t, None, false, Format::Text).await?;
         let report = crate::apply::apply(ctx, plan).await?;
         Ok(print_report(
             &report,
