@@ -285,6 +285,14 @@ fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
     )
 }
 
+/// Reasons for a diagnostic: one on the line, several as a list.
+pub(crate) fn one_or_list(reasons: &[String]) -> String {
+    match reasons {
+        [one] => one.clone(),
+        many => format!("\n  - {}", many.join("\n  - ")),
+    }
+}
+
 /// Colour on standard output: a terminal and no `NO_COLOR`.
 pub fn stdout_color() -> bool {
     use std::io::IsTerminal;

@@ -202,11 +202,7 @@ enum PlanSource {
 /// Why a saved plan is stale, for the diagnostic: one reason on the line,
 /// several as a list.
 fn stale_reasons(saved: &crate::plan::Plan, fresh: &crate::plan::Plan) -> String {
-    let moved = crate::plan::stale::what_moved(saved, fresh);
-    match moved.as_slice() {
-        [one] => one.clone(),
-        many => format!("\n  - {}", many.join("\n  - ")),
-    }
+    super::one_or_list(&crate::plan::stale::what_moved(saved, fresh))
 }
 
 /// Refuses a plan that does not see uncommitted changes, unless allowed.

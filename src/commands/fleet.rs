@@ -373,10 +373,7 @@ fn run_apply(global: &Global, args: &ApplyArgs, t: &Target, source: Source) -> m
                 review_differences(reviewed, &fresh, &skipped, args.to.is_none());
             if !differences.is_empty() {
                 return Err(FleetError::NotAsReviewed {
-                    differences: match differences.as_slice() {
-                        [one] => one.clone(),
-                        many => format!("\n  - {}", many.join("\n  - ")),
-                    },
+                    differences: super::one_or_list(&differences),
                     env: fleet.env.name.clone(),
                 }
                 .into());
@@ -392,10 +389,7 @@ fn run_apply(global: &Global, args: &ApplyArgs, t: &Target, source: Source) -> m
             let moved = what_moved(&saved, &fresh, &skipped);
             if !moved.is_empty() {
                 return Err(FleetError::Stale {
-                    moved: match moved.as_slice() {
-                        [one] => one.clone(),
-                        many => format!("\n  - {}", many.join("\n  - ")),
-                    },
+                    moved: super::one_or_list(&moved),
                     env: fleet.env.name.clone(),
                 }
                 .into());
