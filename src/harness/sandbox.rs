@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use miette::Diagnostic;
 use thiserror::Error;
 
+use super::cgroup::Subtree;
 use crate::systemd::{Systemd, SystemdError};
 
 /// How long the manager may take until its bus answers. Measured here: ~100–300 ms (the
@@ -90,6 +91,14 @@ manager=$!
 trap 'kill -TERM $manager 2>/dev/null' TERM INT
 wait $manager
 wait $manager
+"#;
+
+/// Run first by the namespace's PID 1, before the prelude: it moves itself, and so everything
+/// the sandbox will start, into the sandbox's own cgroup subtree ([`Subtree`]), whose
+/// `cgroup.procs` files are the script's arguments. A PID written there is read in the
+/// writer's PID namespace, so `$$` (1) is this shell.
+const CGROUP_SCRIPT: &str = r#"
+for procs in "$@"; do echo $$ > "$procs" || exit 89; done
 "#;
 
 /// Every reason a private manager cannot be started.
@@ -187,6 +196,22 @@ pub enum SandboxError {
         log_path: String,
     },
 
+    /// The sandbox's own cgroup subtree could not be created (as root).
+    #[error("cannot create the private manager's own cgroup subtree: {source}")]
+    #[diagnostic(
+        code(moorline::sandbox::cgroup),
+        help(
+            "a private manager needs a cgroup of its own, or its units share cgroups with \
+             other managers' units of the same name; check that /sys/fs/cgroup is mounted \
+             read-write"
+        )
+    )]
+    Cgroup {
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+
     /// The bus did not come up in time.
     #[error("the private systemd manager's bus did not answer within {timeout:?}")]
     #[diagnostic(
@@ -230,6 +255,8 @@ pub struct PrivateSystemd {
     control: mpsc::Sender<Control>,
     exit: Arc<Mutex<Option<ExitStatus>>>,
     keeper: Option<JoinHandle<()>>,
+    /// Removed once the manager has exited ([`PrivateSystemd::stop`]).
+    cgroup: Option<Subtree>,
 }
 
 impl std::fmt::Debug for PrivateSystemd {
@@ -307,6 +334,13 @@ impl PrivateSystemd {
             path: log_path.clone(),
             source,
         })?;
+        // Unprivileged, the hierarchies are not ours to write (a user namespace does not
+        // change that): the manager then shares the caller's cgroup, as before.
+        let cgroup = match Subtree::create() {
+            Ok(subtree) => subtree,
+            Err(_) if !is_root() => None,
+            Err(source) => return Err(SandboxError::Cgroup { source }),
+        };
 
         let mut cmd = Command::new(setpriv);
         // pdeathsig fires when the *thread* that forked us exits, hence the dedicated keeper
@@ -337,7 +371,12 @@ impl PrivateSystemd {
             "sh",
             "-c",
         ])
-        .arg(format!("{}\n{INIT_SCRIPT}", isolation.prelude))
+        .arg(format!(
+            "{CGROUP_SCRIPT}\n{}\n{INIT_SCRIPT}",
+            isolation.prelude
+        ))
+        .arg("sh")
+        .args(cgroup.iter().flat_map(Subtree::procs_files))
         .env("MOORLINE_SYSTEMD", systemd)
         .env(
             "MOORLINE_JOURNALD",
@@ -371,6 +410,7 @@ impl PrivateSystemd {
             control,
             exit,
             keeper: Some(keeper),
+            cgroup,
         };
         if let Err(e) = sandbox.wait_ready(&log_path).await {
             sandbox.stop();
@@ -528,6 +568,13 @@ impl PrivateSystemd {
         let _ = self.control.send(Control::Kill);
         // The keeper returns once the process is reaped, which SIGKILL makes immediate.
         let _ = keeper.join();
+        drop(self.cgroup.take());
+    }
+
+    /// The sandbox's own cgroup directories (one per hierarchy systemd manages), below which
+    /// its manager runs its units; empty when it runs unprivileged in the caller's cgroup.
+    pub fn cgroup_dirs(&self) -> &[PathBuf] {
+        self.cgroup.as_ref().map_or(&[], Subtree::dirs)
     }
 
     fn exit_status(&self) -> Option<ExitStatus> {
@@ -695,7 +742,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
 }
 
 /// The effective UID from `/proc/self/status` (no `unsafe` `geteuid`).
-pub(crate) fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
