@@ -130,6 +130,9 @@ trait Manager {
     ) -> zbus::Result<Vec<(String, String, String)>>;
 
     #[zbus(signal)]
+    fn job_new(&self, id: u32, job: OwnedObjectPath, unit: String) -> zbus::Result<()>;
+
+    #[zbus(signal)]
     fn job_removed(
         &self,
         id: u32,
@@ -999,7 +1002,63 @@ async fn open(endpoint: &Endpoint) -> Result<(Connection, ManagerProxy<'static>)
     }
 }
 
-/// The job protocol on one connection: subscribe to `JobRemoved` *before* queueing the job (a
+/// A job as anyone watching the manager sees it: queued (`JobNew`) or finished (`JobRemoved`),
+/// whoever submitted it ([`Systemd::watch_jobs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEvent {
+    New { id: u32, unit: String },
+    Removed { id: u32, unit: String, result: JobResult },
+}
+
+/// The manager's job signals on one connection, in the order systemd sent them
+/// ([`Systemd::watch_jobs`]).
+pub struct JobWatch {
+    new: JobNewStream,
+    removed: JobRemovedStream,
+}
+
+impl JobWatch {
+    /// The next job event; `None` once the connection is gone.
+    pub async fn next(&mut self) -> Option<JobEvent> {
+        loop {
+            tokio::select! {
+                biased;
+                signal = next(&mut self.new) => {
+                    let signal = signal?;
+                    let Ok(args) = signal.args() else { continue };
+                    return Some(JobEvent::New { id: args.id, unit: args.unit });
+                }
+                signal = next(&mut self.removed) => {
+                    let signal = signal?;
+                    let Ok(args) = signal.args() else { continue };
+                    return Some(JobEvent::Removed {
+                        id: args.id,
+                        result: JobResult::parse(&args.result),
+                        unit: args.unit,
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Systemd {
+    /// Every job the manager queues and finishes from now on, whoever submitted it. Used by
+    /// the tests to check that the jobs an apply caused are exactly the ones its plan and
+    /// journal name. Not reconnected: the watch ends with this connection.
+    pub async fn watch_jobs(&self) -> Result<JobWatch, SystemdError> {
+        let link = self.link();
+        let failed = |source| SystemdError::Connect {
+            target: self.shared.endpoint.target(),
+            source,
+        };
+        let new = link.manager.receive_job_new().await.map_err(failed)?;
+        let removed = link.manager.receive_job_removed().await.map_err(failed)?;
+        Ok(JobWatch { new, removed })
+    }
+}
+
+/// The job protocol on one connection: subscribe to `JobRemoved` *before* queueing the job (
 /// trivial job finishes in 4–10 ms, possibly before the reply carrying its path has been
 /// read), then wait for the signal naming exactly that job path.
 async fn submit_and_wait(link: &Link, kind: JobKind, unit: &str) -> Waited {

@@ -77,8 +77,13 @@ impl World {
         c
     }
 
+    /// Runs moorline, then checks the invariants every apply, resume and rollback must leave
+    /// ([`crate::invariants`]).
     pub fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
+        let before = crate::invariants::before(self, args);
+        let out = self.cmd(args).output().unwrap();
+        crate::invariants::after(self, args, &out, before);
+        out
     }
 
     /// Replaces the config file and commits it (on `main`, and on

@@ -16,6 +16,7 @@ mod deps;
 mod docs;
 mod fleet;
 mod fleet_hosts;
+mod invariants;
 mod init;
 mod ops;
 mod package;
