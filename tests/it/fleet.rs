@@ -86,8 +86,46 @@ impl World {
         c
     }
 
+    /// Runs moorline on the controller; after a fleet apply, resume or rollback that
+    /// succeeded, checks what must hold on every host: each service state.json names is
+    /// active and ready (`status --check`), and after a rollout, planning the revision the
+    /// hosts now run finds nothing to do on any host.
     fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
+        let out = self.cmd(args).output().unwrap();
+        let covered = matches!(args.first(), Some(&("apply" | "rollback")))
+            && !args.contains(&"--skip-unreachable");
+        if covered && out.status.success() {
+            let context = format!("after `moorline {}`", args.join(" "));
+            let status = self.cmd(&["status", "--env", "staging", "--check"]).output().unwrap();
+            assert_eq!(code(&status), Some(0), "{context}: {}", show(&status));
+            // Idempotence after a rollout that ran (the revision svc-0001 runs: every commit
+            // of these tests changes it). Not after a rollback: planning the revision rolled
+            // back to still plans svc-0001's build and restart there, because a host plans
+            // from its environment's revision, which a rollback leaves on the one it rolled
+            // back from (noted in issue 19's closing note, left as it is).
+            let rolled_out = args[0] == "apply"
+                && !String::from_utf8_lossy(&out.stdout).contains("nothing to resume");
+            if let Some(to) = self.revision(0).filter(|_| rolled_out) {
+                let plan = ["plan", "--env", "staging", "--to", &to, "--format", "json"];
+                let again = self.cmd(&plan).output().unwrap();
+                assert_eq!(code(&again), Some(0), "{context}: {}", show(&again));
+                let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+                for h in again["hosts"].as_array().into_iter().flatten() {
+                    let left: Vec<&str> = h["plan"]["actions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|a| a["id"].as_str())
+                        .collect();
+                    assert!(
+                        left.is_empty(),
+                        "{context}: planning again, {} still has {left:?}",
+                        h["name"]
+                    );
+                }
+            }
+        }
+        out
     }
 
     /// Host `i`'s own state.json (0-based), read over ssh; `Null` when it has none.
