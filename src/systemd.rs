@@ -1006,8 +1006,15 @@ async fn open(endpoint: &Endpoint) -> Result<(Connection, ManagerProxy<'static>)
 /// whoever submitted it ([`Systemd::watch_jobs`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobEvent {
-    New { id: u32, unit: String },
-    Removed { id: u32, unit: String, result: JobResult },
+    New {
+        id: u32,
+        unit: String,
+    },
+    Removed {
+        id: u32,
+        unit: String,
+        result: JobResult,
+    },
 }
 
 /// The manager's job signals on one connection, in the order systemd sent them

@@ -240,7 +240,11 @@ mod tests {
                        99 23 0:26 / /mnt/again rw - cgroup2 cgroup2 rw\n";
         assert_eq!(
             hierarchies(pure_v2),
-            vec![(Kind::Unified, "/".to_owned(), PathBuf::from("/sys/fs/cgroup"))]
+            vec![(
+                Kind::Unified,
+                "/".to_owned(),
+                PathBuf::from("/sys/fs/cgroup")
+            )]
         );
         assert!(hierarchies("1 2 0:1 / / rw - ext4 /dev/vda rw\n").is_empty());
     }

@@ -8,7 +8,7 @@
 //!   of its own.
 //! - [`demo`]: the `moorline demo` scenario, built from the two above.
 
+pub mod cgroup;
 pub mod demo;
 pub mod fixture;
-pub mod cgroup;
 pub mod sandbox;

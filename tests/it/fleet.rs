@@ -96,7 +96,10 @@ impl World {
             && !args.contains(&"--skip-unreachable");
         if covered && out.status.success() {
             let context = format!("after `moorline {}`", args.join(" "));
-            let status = self.cmd(&["status", "--env", "staging", "--check"]).output().unwrap();
+            let status = self
+                .cmd(&["status", "--env", "staging", "--check"])
+                .output()
+                .unwrap();
             assert_eq!(code(&status), Some(0), "{context}: {}", show(&status));
             // Idempotence after a rollout that ran (the revision svc-0001 runs: every commit
             // of these tests changes it). Not after a rollback: planning the revision rolled
@@ -746,7 +749,14 @@ async fn drain_hooks_run_around_each_batch_and_status_covers_every_host() {
     // unit started on one host died within a millisecond. Every host's manager put its units
     // in the root cgroup's /app.slice, so a stop on host1 killed host2's new process of the
     // same name; each manager now has a cgroup subtree of its own, harness::cgroup.)
-    let out = w.run(&["start", "--env", "staging", "--service", "svc-0001", "--yes"]);
+    let out = w.run(&[
+        "start",
+        "--env",
+        "staging",
+        "--service",
+        "svc-0001",
+        "--yes",
+    ]);
     assert_eq!(code(&out), Some(0), "{}", show(&out));
     let out = w.run(&["status", "--env", "staging", "--check"]);
     assert_eq!(code(&out), Some(0), "{}", show(&out));

@@ -57,7 +57,8 @@ fn watcher(sandbox: &PrivateSystemd) -> Option<Arc<Watcher>> {
         return Some(Arc::clone(w));
     }
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let (sync, mut requests) = tokio::sync::mpsc::unbounded_channel::<std::sync::mpsc::Sender<()>>();
+    let (sync, mut requests) =
+        tokio::sync::mpsc::unbounded_channel::<std::sync::mpsc::Sender<()>>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<bool>();
     let seen_in = Arc::clone(&seen);
     let bus = address.clone();
@@ -173,8 +174,7 @@ pub fn before(w: &World, args: &[&str]) -> Option<Before> {
         }),
         history: history_files(&w.state),
         journal_lines: std::fs::read_to_string(w.state.join("journal.jsonl"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0),
+            .map_or(0, |t| t.lines().count()),
     })
 }
 
@@ -258,8 +258,7 @@ pub fn after(w: &World, args: &[&str], out: &Output, b: Option<Before>) {
     let mut began: Option<&serde_json::Value> = None;
     for r in &records {
         let plan = match r["event"].as_str() {
-            Some("begin") => &r["plan"],
-            Some("rollback-begin") => &r["plan"],
+            Some("begin" | "rollback-begin") => &r["plan"],
             _ => continue,
         };
         if r["event"] == "begin" {
@@ -325,12 +324,11 @@ pub fn after(w: &World, args: &[&str], out: &Output, b: Option<Before>) {
 
     // What state.json names is active, ready, and still the invocation of the command's end.
     let state = crate::deploy::state_json(w);
-    let services: Vec<&moorline::harness::fixture::FixtureService> = w
-        .fx
-        .services
-        .iter()
-        .filter(|s| state["services"].get(&s.name).is_some())
-        .collect();
+    let services: Vec<&moorline::harness::fixture::FixtureService> =
+        w.fx.services
+            .iter()
+            .filter(|s| state["services"].get(&s.name).is_some())
+            .collect();
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -349,11 +347,7 @@ pub fn after(w: &World, args: &[&str], out: &Output, b: Option<Before>) {
                         let p = crate::deploy::ready(s.port).await;
                         assert!(p.ok, "{context}: {} is not ready: {p:?}", s.name);
                         let st = sd.status(&w.unit(&s.name)).await.unwrap();
-                        assert_eq!(
-                            st.active_state, "active",
-                            "{context}: {} is {st:?}",
-                            s.name
-                        );
+                        assert_eq!(st.active_state, "active", "{context}: {} is {st:?}", s.name);
                         assert_eq!(
                             Some(&st.invocation_id),
                             at_end.get(&s.name),

@@ -81,10 +81,10 @@ async fn a_bad_scratch_directory_is_a_diagnostic_not_a_panic() {
 /// `/app.slice/NAME.service` in the root cgroup, and the stop killed both processes.
 #[tokio::test]
 async fn same_named_units_of_two_managers_live_in_their_own_cgroups() {
+    const UNIT: &str = "it-same-name.service";
     if sandbox().is_none() {
         return;
     }
-    const UNIT: &str = "it-same-name.service";
     let (dir_a, dir_b) = (
         tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(),
         tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(),
