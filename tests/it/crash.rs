@@ -256,6 +256,7 @@ impl Scene {
     /// Runs `args` with a kill point; `None` when it was killed, the output
     /// when it ran to the end.
     fn run_killed(&self, args: &[&str], kill: Kill, n: usize) -> Option<Output> {
+        let before = crate::invariants::before(&self.w, args);
         let out = self
             .w
             .cmd(args)
@@ -264,6 +265,8 @@ impl Scene {
             .unwrap();
         // No exit code: killed by the signal.
         out.status.code()?;
+        // Ran to the end: the invariants of every finished apply hold.
+        crate::invariants::after(&self.w, args, &out, before);
         Some(out)
     }
 
