@@ -417,6 +417,9 @@ fn units_at(t: &Target, sha: &str) -> Option<BTreeMap<String, Option<String>>> {
             if t.systemd == crate::systemd::Bus::User {
                 for_user_manager(&mut c);
             }
+            // The same services as now (a fleet host's own), so that the old units are
+            // rendered as that host had them, start order included.
+            c.keep_services(|s| t.config().service(&s.name).is_some());
             c
         };
         &parsed

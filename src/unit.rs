@@ -491,6 +491,16 @@ fn render_spec(
     for a in &spec.after {
         w.bare("After", Field::UnitName, a)?;
     }
+    // The phase order (and `depends-on`), for when systemd starts the
+    // units together: at boot. `After=` orders without pulling anything
+    // in, so a restart of this unit starts no other.
+    for a in service
+        .start_after
+        .iter()
+        .filter(|a| !spec.after.contains(a))
+    {
+        w.bare("After", Field::UnitName, a)?;
+    }
     for u in &spec.wants {
         w.bare("Wants", Field::UnitName, u)?;
     }
@@ -701,6 +711,7 @@ mod tests {
             unit: Some(spec),
             unit_name: "api.service".into(),
             role: None,
+            start_after: Vec::new(),
         }
     }
 

@@ -380,6 +380,12 @@ pub struct Service {
     /// Fleet mode: the hosts with this role run the service (`None`: every
     /// host).
     pub role: Option<String>,
+    /// The units this one starts after when systemd starts them together
+    /// (at boot): its phase's infrastructure units, the services and units
+    /// of the nearest earlier phase that has any, and the services of
+    /// `depends-on` (of this configuration, or this host's part of it).
+    /// Set by [`Config::order_starts`]; rendered as `After=`.
+    pub start_after: Vec<String>,
 }
 
 impl Service {
@@ -459,6 +465,49 @@ impl Config {
         self.services.iter().find(|s| s.name == name)
     }
 
+    /// Sets every service's [`Service::start_after`] from the phases and
+    /// `depends-on` of the services configured (here): the order `apply`
+    /// restarts them in, which systemd then keeps at boot too, where it
+    /// starts every enabled unit at once. A service starts after its
+    /// phase's own infrastructure `unit`s, and after the members (services
+    /// and infrastructure units) of the nearest earlier phase that has
+    /// any: `After=` chains, so the phases before that follow.
+    pub fn order_starts(&mut self) {
+        let mut members: Vec<Vec<String>> = self.phases.iter().map(|p| p.units.clone()).collect();
+        for s in &self.services {
+            if let Some(m) = members.get_mut(s.phase_index) {
+                m.push(s.unit_name.clone());
+            }
+        }
+        let unit_of: BTreeMap<String, String> = self
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.unit_name.clone()))
+            .collect();
+        for s in &mut self.services {
+            let own_phase = self
+                .phases
+                .get(s.phase_index)
+                .map(|p| p.units.clone())
+                .unwrap_or_default();
+            let earlier = members[..s.phase_index.min(members.len())]
+                .iter()
+                .rev()
+                .find(|m| !m.is_empty())
+                .cloned()
+                .unwrap_or_default();
+            let depended = s.depends_on.iter().filter_map(|d| unit_of.get(d).cloned());
+            let mut after: Vec<String> = own_phase
+                .into_iter()
+                .chain(earlier)
+                .chain(depended)
+                .collect();
+            after.sort();
+            after.dedup();
+            s.start_after = after;
+        }
+    }
+
     pub fn runtime_of(&self, service: &Service) -> Option<&Runtime> {
         self.runtimes.get(&service.runtime)
     }
@@ -467,12 +516,19 @@ impl Config {
     /// dependencies on services of other hosts are dropped, since one
     /// host's systemd cannot order them (the controller orders hosts).
     pub fn keep_services_of(&mut self, host: &Host) {
-        self.services.retain(|s| host.runs(s));
+        self.keep_services(|s| host.runs(s));
+    }
+
+    /// Keeps only the services `keep` selects, with their `depends-on`
+    /// and start order ([`Config::order_starts`]) among those alone.
+    pub fn keep_services(&mut self, keep: impl Fn(&Service) -> bool) {
+        self.services.retain(|s| keep(s));
         let kept: std::collections::HashSet<String> =
             self.services.iter().map(|s| s.name.clone()).collect();
         for s in &mut self.services {
             s.depends_on.retain(|d| kept.contains(d));
         }
+        self.order_starts();
         self.service_index = self
             .services
             .iter()
@@ -504,6 +560,47 @@ mod secs {
 #[cfg(test)]
 mod tests {
     use super::{BatchSize, ROOT_PATH, Rollout, join_path};
+
+    /// Pakashop's start order as `After=`: the infrastructure units before
+    /// `config`, each phase after the one before it, and a host's part of a
+    /// fleet ordered among its own services only.
+    #[test]
+    fn start_order_follows_phases_depends_on_and_the_host() {
+        let mut config =
+            crate::config::parse("pakashop.kdl", include_str!("../../pakashop.kdl")).unwrap();
+        let after = |c: &super::Config, name: &str| c.service(name).unwrap().start_after.clone();
+        assert_eq!(
+            after(&config, "config"),
+            [
+                "meilisearch.service",
+                "postgresql.service",
+                "redis-server.service"
+            ]
+        );
+        assert_eq!(after(&config, "gateway"), ["pakashop-config.service"]);
+        assert_eq!(after(&config, "backend"), ["pakashop-gateway.service"]);
+        assert_eq!(
+            after(&config, "coupon"),
+            [
+                "pakashop-analytics.service",
+                "pakashop-backend.service",
+                "pakashop-search.service"
+            ]
+        );
+        // Without its core services (another host runs them), the supporting phase starts
+        // after the nearest earlier phase this host has.
+        config.keep_services(|s| s.phase != "core");
+        assert_eq!(after(&config, "coupon"), ["pakashop-gateway.service"]);
+        config.keep_services(|s| s.phase == "supporting");
+        assert_eq!(
+            after(&config, "coupon"),
+            [
+                "meilisearch.service",
+                "postgresql.service",
+                "redis-server.service"
+            ]
+        );
+    }
 
     #[test]
     fn rollout_steps_table() {

@@ -102,6 +102,8 @@ pub fn validate(raw: &RawConfig, problems: &mut Vec<Problem>) -> Option<Config> 
             services,
             proxy,
         };
+        let mut config = config;
+        config.order_starts();
         v.renderable_units(raw, &config);
         v.problems.is_empty().then_some(config)
     } else {
@@ -1616,6 +1618,7 @@ impl Validator<'_> {
                 unit: unit.map(|(u, _, _)| u),
                 unit_name,
                 role: s.role.as_ref().map(|r| r.value.clone()),
+                start_after: Vec::new(),
             });
         }
         self.dependency_rules(raw, &phase_names);

@@ -668,6 +668,42 @@ fn assert_phase_order(times: &BTreeMap<String, (String, u64)>, only: Option<&[&s
     }
 }
 
+/// At boot systemd starts every enabled unit in one transaction; the units moorline renders
+/// carry the phase order (`After=`), so a boot starts them in that order too, not all at
+/// once. Here one transaction starts all of them, as a boot does (a target that wants them;
+/// the shared manager's `default.target` would start every other test's units as well).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_transaction_starting_every_service_follows_the_phases() {
+    let Some(w) = World::new("d10", 28500) else {
+        return;
+    };
+    let sd = w.sandbox.connect().await.unwrap();
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    w.stop_all(&sd).await;
+    let wants: Vec<String> =
+        w.fx.services
+            .iter()
+            .rev()
+            .map(|s| w.unit(&s.name))
+            .collect();
+    let target = "d10-boot.target";
+    support::install_unit(
+        &sd,
+        w.sandbox,
+        target,
+        &format!("[Unit]\nWants={}\n", wants.join(" ")),
+    )
+    .await;
+    sd.start(target)
+        .await
+        .unwrap()
+        .check("start", target)
+        .unwrap();
+    w.all_ready(&sd).await;
+    // (Without `After=`, this manager started them in the order of their names.)
+    assert_phase_order(&start_times(&w, &sd).await, None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_follow_the_phases_and_stop_at_a_service_that_is_not_ready() {
     let Some(w) = World::new("d7", 21600) else {

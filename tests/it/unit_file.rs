@@ -88,6 +88,7 @@ fn service(root: &str, out: &str) -> (Environment, Service) {
         unit: Some(spec),
         unit_name: "it-escaping.service".into(),
         role: None,
+        start_after: Vec::new(),
     };
     (env, svc)
 }
