@@ -276,6 +276,19 @@ fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
         "plan",
         &p.fingerprint,
     )?;
+    // Planned against this host: what it lacks for the plan, which `apply` would refuse.
+    if args.target.from.is_none() {
+        let host = crate::hostfacts::this_host();
+        let missing = crate::hostfacts::check(t.config(), &t.env, &p, &host);
+        if !missing.is_empty() {
+            eprintln!(
+                "warning: {host} lacks what this plan needs; `apply` refuses until it is fixed:"
+            );
+            for m in &missing {
+                report::eprint(m);
+            }
+        }
+    }
     Ok(
         if args.detailed_exitcode && (p.has_changes() || p.has_conflicts()) {
             exit::CHANGES

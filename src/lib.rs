@@ -15,6 +15,7 @@ pub mod exit;
 pub mod fleet;
 pub mod harness;
 pub mod health;
+pub mod hostfacts;
 pub mod init;
 pub mod journal;
 pub mod lock;

@@ -413,6 +413,9 @@ pub fn run(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
             println!("nothing to apply: {env_name} is up to date");
             return Ok(exit::OK);
         }
+        // What the plan needs from this host (users, env-files, programs, ports), before any
+        // change.
+        crate::hostfacts::refuse_missing(t.config(), &t.env, &plan)?;
         // Only now, with a plan that is worth applying, talk to systemd.
         let ctx = connect().await?;
         let operation = plan.operation;

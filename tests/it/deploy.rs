@@ -1125,3 +1125,80 @@ pub async fn ready(port: u16) -> moorline::health::Probe {
         Ok(p) | Err(p) => p,
     }
 }
+
+/// What the plan needs from the host is checked before anything changes: a user that does
+/// not exist, a missing and a world-readable env-file, a program that is not installed, a port
+/// held by another process. `plan` warns with each one's code; `apply` refuses with all of
+/// them and changes nothing; once they are fixed, the same apply goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_host_facts_are_refused_before_anything_changes() {
+    let Some(w) = World::new("d11", 28600) else {
+        return;
+    };
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let readable = w.state.with_file_name("readable.env");
+    std::fs::write(&readable, "LOG_LEVEL=debug\n").unwrap();
+    std::fs::set_permissions(
+        &readable,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let python = "runtime \"python\" {";
+    let at = text.find(python).unwrap();
+    let (head, tail) = text.split_at(at);
+    let broken_python = tail
+        .replacen(
+            "        restart \"on-failure\"\n",
+            &format!(
+                "        restart \"on-failure\"\n        user \"moorline-no-such-user\"\n        \
+                 env-file \"/nonexistent/moorline/app.env\" \"-/nonexistent/optional.env\" {:?}\n",
+                readable.display().to_string()
+            ),
+            1,
+        )
+        .replacen(
+            &format!("exec {:?}", "/usr/bin/python3"),
+            "exec \"/usr/local/bin/moorline-no-such-python\"",
+            1,
+        );
+    assert_ne!(
+        broken_python, tail,
+        "the fixture's python runtime changed shape"
+    );
+    w.set_config(&format!("{head}{broken_python}"));
+    let taken = w.fx.services.iter().find(|s| s.runtime == "node").unwrap();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", taken.port)).unwrap();
+
+    let out = w.run(&["plan", "--env", "staging"]);
+    assert_eq!(code(&out), 0, "{}", ok(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for code in [
+        "moorline::host::no_such_user",
+        "moorline::host::env_file_missing",
+        "moorline::host::env_file_readable",
+        "moorline::host::program_missing",
+        "moorline::host::port_taken",
+    ] {
+        assert!(stderr.contains(code), "{code} missing:\n{stderr}");
+    }
+    assert!(!stderr.contains("optional.env"), "{stderr}");
+
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("moorline::host::facts"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("port {} ", taken.port)),
+        "{stderr}"
+    );
+    assert!(!w.state.join("state.json").exists(), "{stderr}");
+    assert!(
+        !w.sandbox.unit_dir().join(w.unit(&taken.name)).exists(),
+        "a unit was installed"
+    );
+
+    // Fixed: the same configuration as before, the port free again.
+    w.set_config(&text);
+    drop(listener);
+    ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+}

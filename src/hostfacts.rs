@@ -1,0 +1,401 @@
+//! What a plan needs from the host it runs on, checked before anything changes: a plan and
+//! this host go in, every missing fact comes out ([`check`]), each as a coded diagnostic that
+//! names the host and the fix. For each service the plan starts or restarts, read from the
+//! unit file it will install (exactly what systemd will read): its `User=` and `Group=` exist,
+//! its `EnvironmentFile=`s exist (unless marked optional with `-`) and are not readable by
+//! others, its program exists and is executable (unless it lies in a release moorline builds),
+//! and its port is free or held by a process of the service's own unit. `plan` shows them as
+//! warnings; `apply` refuses to start while any is missing.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use miette::Diagnostic;
+use thiserror::Error;
+
+use crate::config::{Config, Environment, Service};
+use crate::plan::{Plan, Step};
+use crate::unit::reader;
+
+/// One fact the host lacks.
+#[derive(Debug, Error, Diagnostic)]
+pub enum Missing {
+    #[error("{service}: user `{user}` does not exist on {host}")]
+    #[diagnostic(
+        code(moorline::host::no_such_user),
+        help("create it on {host} (`useradd --system {user}`), or change the service's `user`")
+    )]
+    User {
+        host: String,
+        service: String,
+        user: String,
+    },
+    #[error("{service}: group `{group}` does not exist on {host}")]
+    #[diagnostic(
+        code(moorline::host::no_such_group),
+        help("create it on {host} (`groupadd --system {group}`), or change the service's `group`")
+    )]
+    Group {
+        host: String,
+        service: String,
+        group: String,
+    },
+    #[error("{service}: env-file {path} does not exist on {host}")]
+    #[diagnostic(
+        code(moorline::host::env_file_missing),
+        help(
+            "create it on {host} (owned by root, mode 0600 or 0640), or write it as `-{path}` if the service may start without it"
+        )
+    )]
+    EnvFileMissing {
+        host: String,
+        service: String,
+        path: String,
+    },
+    #[error("{service}: env-file {path} on {host} is readable by every user (mode {mode:04o})")]
+    #[diagnostic(
+        code(moorline::host::env_file_readable),
+        help(
+            "it holds the service's settings and often its secrets: `chmod o-rwx {path}` on {host}"
+        )
+    )]
+    EnvFileReadable {
+        host: String,
+        service: String,
+        path: String,
+        mode: u32,
+    },
+    #[error("{service}: program {program} {reason} on {host}")]
+    #[diagnostic(
+        code(moorline::host::program_missing),
+        help(
+            "install it on {host}, or correct the service's `exec` (the first word is the program, an absolute path)"
+        )
+    )]
+    Program {
+        host: String,
+        service: String,
+        program: String,
+        reason: &'static str,
+    },
+    #[error("{service}: port {port} on {host} is held by {holder}, not by {unit}")]
+    #[diagnostic(
+        code(moorline::host::port_taken),
+        help(
+            "stop what holds it on {host} (`ss -ltnp 'sport = :{port}'` shows it), or give the service another `port`"
+        )
+    )]
+    PortTaken {
+        host: String,
+        service: String,
+        port: u16,
+        unit: String,
+        holder: String,
+    },
+}
+
+/// Every missing fact, as one error: what `apply` refuses with.
+#[derive(Debug, Error, Diagnostic)]
+#[error("{host} lacks what this plan needs ({count} problem(s)); nothing was changed")]
+#[diagnostic(
+    code(moorline::host::facts),
+    help("fix each problem listed on {host}, then plan and apply again")
+)]
+pub struct HostFactsError {
+    pub host: String,
+    pub count: usize,
+    #[related]
+    pub missing: Vec<Missing>,
+}
+
+/// This host's name, as the diagnostics show it.
+pub fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "this host".to_owned())
+}
+
+/// The facts missing on this host (`host` names it) for the services `plan` starts or
+/// restarts, in the plan's order.
+pub fn check(config: &Config, env: &Environment, plan: &Plan, host: &str) -> Vec<Missing> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let listening = listening_sockets();
+    for action in &plan.actions {
+        if !matches!(action.step, Step::Restart { .. } | Step::Start { .. }) {
+            continue;
+        }
+        let Some(service) = action.service.as_deref().and_then(|s| config.service(s)) else {
+            continue;
+        };
+        if !seen.insert(service.name.clone()) {
+            continue;
+        }
+        if let Ok(Some(text)) = crate::unit::render(env, service) {
+            unit_facts(env, service, &text, host, &mut out);
+        }
+        if let Some(holder) = foreign_holder(service, &listening) {
+            out.push(Missing::PortTaken {
+                host: host.to_owned(),
+                service: service.name.clone(),
+                port: service.port,
+                unit: service.unit_name.clone(),
+                holder,
+            });
+        }
+    }
+    out
+}
+
+/// [`check`], as the error `apply` refuses with when anything is missing.
+pub fn refuse_missing(
+    config: &Config,
+    env: &Environment,
+    plan: &Plan,
+) -> Result<(), HostFactsError> {
+    let host = this_host();
+    let missing = check(config, env, plan, &host);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(HostFactsError {
+            host,
+            count: missing.len(),
+            missing,
+        })
+    }
+}
+
+fn unit_facts(
+    env: &Environment,
+    service: &Service,
+    text: &str,
+    host: &str,
+    out: &mut Vec<Missing>,
+) {
+    let Ok(entries) = reader::parse(text) else {
+        return;
+    };
+    let value = |v: &str| reader::unescape_specifiers(v).ok();
+    for e in entries.iter().filter(|e| e.section == "Service") {
+        match e.key.as_str() {
+            "User" => {
+                if let Some(user) = value(&e.value)
+                    && !exists("passwd", &user)
+                {
+                    out.push(Missing::User {
+                        host: host.to_owned(),
+                        service: service.name.clone(),
+                        user,
+                    });
+                }
+            }
+            "Group" => {
+                if let Some(group) = value(&e.value)
+                    && !exists("group", &group)
+                {
+                    out.push(Missing::Group {
+                        host: host.to_owned(),
+                        service: service.name.clone(),
+                        group,
+                    });
+                }
+            }
+            "EnvironmentFile" => {
+                let Some(raw) = value(&e.value) else { continue };
+                let (optional, path) = match raw.strip_prefix('-') {
+                    Some(p) => (true, p.to_owned()),
+                    None => (false, raw),
+                };
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.permissions().mode() & 0o004 != 0 => {
+                        out.push(Missing::EnvFileReadable {
+                            host: host.to_owned(),
+                            service: service.name.clone(),
+                            path,
+                            mode: m.permissions().mode() & 0o7777,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(_) if optional => {}
+                    Err(_) => out.push(Missing::EnvFileMissing {
+                        host: host.to_owned(),
+                        service: service.name.clone(),
+                        path,
+                    }),
+                }
+            }
+            "ExecStart" => {
+                let Some(program) = reader::exec(&e.value)
+                    .ok()
+                    .and_then(|a| a.into_iter().next())
+                else {
+                    continue;
+                };
+                // A program in a release is built by the plan itself.
+                if !program.starts_with('/') || Path::new(&program).starts_with(&env.root) {
+                    continue;
+                }
+                let reason = match std::fs::metadata(&program) {
+                    Err(_) => Some("does not exist"),
+                    Ok(m) if !m.is_file() => Some("is not a file"),
+                    Ok(m) if m.permissions().mode() & 0o111 == 0 => Some("is not executable"),
+                    Ok(_) => None,
+                };
+                if let Some(reason) = reason {
+                    out.push(Missing::Program {
+                        host: host.to_owned(),
+                        service: service.name.clone(),
+                        program,
+                        reason,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether `name` is a user (`database` `passwd`) or group (`group`) here: numeric ids
+/// always are; names are asked of `getent` (NSS: LDAP and the like too), else read from
+/// `/etc/passwd` or `/etc/group`.
+fn exists(database: &str, name: &str) -> bool {
+    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
+        return true;
+    }
+    match std::process::Command::new("getent")
+        .args([database, name])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+    {
+        Ok(status) => status.success(),
+        Err(_) => std::fs::read_to_string(format!("/etc/{database}"))
+            .is_ok_and(|t| t.lines().any(|l| l.split(':').next() == Some(name))),
+    }
+}
+
+/// A listening TCP socket here: its port and socket inode (`/proc/net/tcp`, `tcp6`; `proc(5)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Listening {
+    port: u16,
+    inode: u64,
+}
+
+/// State `0A` is `TCP_LISTEN`.
+fn parse_proc_net_tcp(text: &str) -> Vec<Listening> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = f.get(1)?.rsplit_once(':')?.1;
+            if *f.get(3)? != "0A" {
+                return None;
+            }
+            Some(Listening {
+                port: u16::from_str_radix(port, 16).ok()?,
+                inode: f.get(9)?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+fn listening_sockets() -> Vec<Listening> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|t| parse_proc_net_tcp(&t))
+        .collect()
+}
+
+/// Who holds `service`'s port, when that is not its own unit: `pid N (comm)`. `None` when
+/// the port is free, held by the unit, or held by a process this user may not look at.
+fn foreign_holder(service: &Service, listening: &[Listening]) -> Option<String> {
+    let inodes: Vec<u64> = listening
+        .iter()
+        .filter(|l| l.port == service.port)
+        .map(|l| l.inode)
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    let own = format!("/{}", service.unit_name);
+    let mut foreign = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| {
+                let l = l.to_string_lossy();
+                inodes.iter().any(|i| l == format!("socket:[{i}]"))
+            })
+        });
+        if !holds {
+            continue;
+        }
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if cgroup.lines().any(|l| l.ends_with(&own)) {
+            return None;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm: String = comm.trim().chars().filter(|c| !c.is_control()).collect();
+        foreign = Some(format!("pid {pid} ({comm})"));
+    }
+    foreign
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_listening_sockets_from_proc_net_tcp() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:0BB8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0\n\
+   1: 0100007F:0BB9 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1\n";
+        assert_eq!(
+            parse_proc_net_tcp(text),
+            vec![Listening {
+                port: 3000,
+                inode: 4242
+            }]
+        );
+    }
+
+    #[test]
+    fn numeric_ids_and_root_exist() {
+        assert!(exists("passwd", "0"));
+        assert!(exists("passwd", "root"));
+        assert!(exists("group", "root"));
+        assert!(!exists("passwd", "moorline-no-such-user-x"));
+    }
+
+    #[test]
+    fn a_port_held_by_another_process_is_named() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = crate::config::parse("pakashop.kdl", include_str!("../pakashop.kdl")).unwrap();
+        let mut service = config.services[0].clone();
+        service.port = port;
+        service.unit_name = "moorline-test-nobody.service".into();
+        let holder = foreign_holder(&service, &listening_sockets());
+        if crate::state::is_root() {
+            let holder = holder.unwrap();
+            assert!(
+                holder.starts_with(&format!("pid {} ", std::process::id())),
+                "{holder}"
+            );
+        }
+    }
+}
