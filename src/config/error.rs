@@ -193,8 +193,9 @@ pub const MAX_ALSO: usize = 20;
 /// A message, label or help line is cut after this many characters.
 pub const MAX_TEXT: usize = 400;
 
-/// `text` made safe and short for a terminal: control characters escaped
-/// (`\n`, `\u{1b}`), each backtick-quoted value elided after
+/// `text` made safe and short for a terminal: control and invisible
+/// format characters escaped ([`crate::visible::escape`]: `\n`, `\u{1b}`,
+/// `\u{200b}`), each backtick-quoted value elided after
 /// [`MAX_SHOWN_VALUE`] characters, the whole cut after [`MAX_TEXT`].
 /// Every text of a problem goes through here, so a hostile value can
 /// neither draw on the terminal nor flood it.
@@ -210,8 +211,8 @@ pub fn bounded(text: &str) -> String {
                 out.push('…');
                 break;
             }
-            if c.is_control() {
-                out.extend(c.escape_default());
+            if crate::visible::is_invisible(c) {
+                crate::visible::push_escaped(&mut out, c);
             } else {
                 out.push(c);
             }
@@ -274,20 +275,55 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// Problems in file order; labels on long lines shortened so that
-    /// rendering stays bounded.
+    /// rendering stays bounded. The text is shown with its control and
+    /// invisible characters escaped (a comment beside an error could
+    /// otherwise retitle the terminal or clear a CI log), and every span
+    /// moved to where its text is in the escaped one, so labels stay on
+    /// what they are about.
     pub fn new(name: &str, text: String, mut problems: Vec<Problem>) -> Self {
         problems.sort_by_key(|p| (p.span.offset(), p.kind.code()));
+        let shifts = crate::visible::escape_lines_shifts(&text);
+        let moved = |span: SourceSpan| {
+            let start = span.offset().min(text.len());
+            let end = (start + span.len()).min(text.len());
+            let start = crate::visible::shifted(&shifts, start);
+            SourceSpan::from((start, crate::visible::shifted(&shifts, end) - start))
+        };
         for p in &mut problems {
-            p.span = short_label(&text, p.span);
+            p.span = moved(short_label(&text, p.span));
             for (span, _) in &mut p.also {
-                *span = short_label(&text, *span);
+                *span = moved(short_label(&text, *span));
             }
         }
+        // Where each escape starts in the shown text, and how many more
+        // characters than the ones they stand for the escapes up to it
+        // take: the column of a location is given as in the file.
+        let mut bytes_before = 0;
+        let mut chars_added = 0;
+        let escapes = shifts
+            .iter()
+            .map(|(at, added)| {
+                let c = text[*at..].chars().next().unwrap_or(' ');
+                let start = at + bytes_before;
+                let extra = added - bytes_before;
+                bytes_before = *added;
+                chars_added += extra + c.len_utf8() - 1;
+                (start, chars_added)
+            })
+            .collect::<Box<[_]>>();
+        let text = if shifts.is_empty() {
+            text
+        } else {
+            crate::visible::escape_lines(&text)
+        };
         let more = (problems.len() > MAX_PROBLEMS_SHOWN).then(|| MoreProblems {
             count: problems.len() - MAX_PROBLEMS_SHOWN,
         });
         Self {
-            src: Source::new(name, text),
+            src: Source {
+                escapes,
+                ..Source::new(name, text)
+            },
             problems,
             more,
         }
@@ -376,19 +412,41 @@ pub struct Source {
     pub name: String,
     pub text: String,
     /// Where each line starts, computed on first use for a large text.
-    line_starts: OnceLock<Vec<usize>>,
+    /// (Boxed, as `escapes`: a `ConfigError` is what `parse` returns, and
+    /// stays small.)
+    line_starts: Box<OnceLock<Vec<usize>>>,
+    /// Escaped invisible characters of the text: where each escape starts,
+    /// and how many characters the escapes up to it add to the text.
+    escapes: Box<[(usize, usize)]>,
 }
 
 /// Texts up to this size are read the way miette reads any string.
 const SMALL_TEXT: usize = 64 * 1024;
 
 impl Source {
+    /// A source named `name` (a path, shown escaped).
     pub fn new(name: &str, text: String) -> Self {
         Self {
-            name: name.to_owned(),
+            name: crate::visible::escape(name),
             text,
-            line_starts: OnceLock::new(),
+            line_starts: Box::default(),
+            escapes: Box::default(),
         }
+    }
+
+    /// Characters that escapes add to the line of `at` before it: taken
+    /// off a column, so that a location reads as in the file.
+    fn escaped_columns(&self, at: usize) -> usize {
+        if self.escapes.is_empty() {
+            return 0;
+        }
+        let at = floor_boundary(&self.text, at);
+        let ls = self.line_starts();
+        let line_start = ls[ls.partition_point(|s| *s <= at).saturating_sub(1)];
+        let added = |k: usize| k.checked_sub(1).map_or(0, |k| self.escapes[k].1);
+        let from = self.escapes.partition_point(|(s, _)| *s < line_start);
+        let to = self.escapes.partition_point(|(s, _)| *s < at);
+        added(to) - added(from)
     }
 
     pub fn name(&self) -> &str {
@@ -458,19 +516,24 @@ impl miette::SourceCode for Source {
         before: usize,
         after: usize,
     ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
-        if self.text.len() > SMALL_TEXT {
-            return Ok(Box::new(self.piece(span, before, after)));
-        }
-        let inner = self.text.read_span(span, before, after)?;
-        if inner.data().len() > MAX_CONTEXT_BYTES {
-            return Ok(Box::new(self.piece(span, before, after)));
-        }
+        let inner: Box<dyn miette::SpanContents<'a> + 'a> = if self.text.len() > SMALL_TEXT {
+            Box::new(self.piece(span, before, after))
+        } else {
+            let inner = self.text.read_span(span, before, after)?;
+            if inner.data().len() > MAX_CONTEXT_BYTES {
+                Box::new(self.piece(span, before, after))
+            } else {
+                inner
+            }
+        };
         Ok(Box::new(MietteSpanContents::new_named(
             self.name.clone(),
             inner.data(),
             *inner.span(),
             inner.line(),
-            inner.column(),
+            inner
+                .column()
+                .saturating_sub(self.escaped_columns(span.offset())),
             inner.line_count(),
         )))
     }
@@ -559,6 +622,37 @@ mod tests {
         let flood = bounded(&long);
         assert_eq!(flood.chars().count(), MAX_TEXT + 1);
         assert!(flood.ends_with('…'));
+    }
+
+    #[test]
+    fn the_source_is_shown_escaped_with_its_labels_moved() {
+        let text = "a // \u{1b}]0;x\u{7}\u{9b}\u{200b}\r\nbogus 1\r\n".to_owned();
+        let at = text.find("bogus").unwrap();
+        let p = Problem::new(
+            ProblemKind::UnknownNode,
+            SourceSpan::from((at, 5)),
+            "m",
+            "l",
+            "h",
+        )
+        .also(SourceSpan::from((0, 1)), "a")
+        .also(SourceSpan::from((6, 2)), "after ESC");
+        let e = ConfigError::new("x\u{1b}[2J.kdl", text, vec![p]);
+        let shown = &e.src.text;
+        assert_eq!(
+            shown,
+            "a // \\u{1b}]0;x\\u{7}\\u{9b}\\u{200b}\r\nbogus 1\r\n"
+        );
+        let span = e.problems[0].span;
+        assert_eq!(&shown[span.offset()..span.offset() + span.len()], "bogus");
+        assert_eq!(e.problems[0].also[0].0, SourceSpan::from((0, 1)));
+        // `]0` after the escaped ESC: moved by the escape's 5 more bytes,
+        // and its column is the file's (7th character, 0-based 6).
+        let after = e.problems[0].also[1].0;
+        assert_eq!(&shown[after.offset()..after.offset() + after.len()], "]0");
+        let read = miette::SourceCode::read_span(&e.src, &after, 0, 0).unwrap();
+        assert_eq!(read.column(), 6);
+        assert_eq!(e.to_string(), "x\\u{1b}[2J.kdl has 1 problem");
     }
 
     #[test]
