@@ -180,6 +180,32 @@ fn one_service_changed() {
 }
 
 #[test]
+fn control_characters_from_the_repository_are_escaped_in_the_text_plan() {
+    // A commit can name a file and word its message with escape sequences
+    // (retitle the terminal, clear the screen): the plan shows them escaped.
+    let f = Fx::new();
+    let from = f.initial();
+    f.commit(
+        "main",
+        "coupon: \u{1b}[2J\u{1b}]0;PWNED\u{7}fix",
+        &[Edit::Write {
+            path: "services/coupon/\u{1b}]0;PWNED\u{7}\u{9b}2J\u{202e}sj.js".to_owned(),
+            contents: "x\n".to_owned(),
+        }],
+    );
+    let text = f.plan(&["--env", "staging", "--from", &from]);
+    let hidden: Vec<char> = text
+        .chars()
+        .filter(|c| moorline::visible::is_invisible(*c) && *c != '\n')
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?} in\n{text}");
+    assert!(
+        text.contains(r"services/coupon/\u{1b}]0;PWNED\u{7}\u{9b}2J\u{202e}sj.js"),
+        "{text}"
+    );
+}
+
+#[test]
 fn watched_shared_path_changed() {
     let f = Fx::new();
     let from = f.initial();
