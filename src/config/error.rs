@@ -49,6 +49,12 @@ pub enum ProblemKind {
     InvalidBatch,
     ImpossibleRollout,
     FleetWithoutHosts,
+    InvisibleInName,
+    InvisibleInPath,
+    InvisibleInUser,
+    InvisibleInEnvKey,
+    InvisibleInCommand,
+    InvisibleInValue,
 }
 
 impl ProblemKind {
@@ -94,6 +100,12 @@ impl ProblemKind {
         Self::InvalidBatch,
         Self::ImpossibleRollout,
         Self::FleetWithoutHosts,
+        Self::InvisibleInName,
+        Self::InvisibleInPath,
+        Self::InvisibleInUser,
+        Self::InvisibleInEnvKey,
+        Self::InvisibleInCommand,
+        Self::InvisibleInValue,
     ];
 
     /// The stable code printed with the diagnostic (`moorline::config::...`).
@@ -139,6 +151,12 @@ impl ProblemKind {
             Self::InvalidBatch => "moorline::config::invalid_batch",
             Self::ImpossibleRollout => "moorline::config::impossible_rollout",
             Self::FleetWithoutHosts => "moorline::config::fleet_without_hosts",
+            Self::InvisibleInName => "moorline::config::invisible_in_name",
+            Self::InvisibleInPath => "moorline::config::invisible_in_path",
+            Self::InvisibleInUser => "moorline::config::invisible_in_user",
+            Self::InvisibleInEnvKey => "moorline::config::invisible_in_env_key",
+            Self::InvisibleInCommand => "moorline::config::invisible_in_command",
+            Self::InvisibleInValue => "moorline::config::invisible_in_value",
         }
     }
 }

@@ -347,31 +347,86 @@ fn args(node: &KdlNode) -> impl Iterator<Item = &KdlEntry> {
     node.entries().iter().filter(|e| e.name().is_none())
 }
 
-/// How a control character is named in a message.
-/// Characters that change how text is laid out without being seen:
-/// Unicode's bidirectional controls and the line and paragraph separators.
-/// A reviewer reading a plan or a pull request would not see the value
-/// that is really there ("Trojan Source", CVE-2021-42574), so they are
-/// refused like control characters.
-pub(super) fn is_invisible_layout(c: char) -> bool {
-    matches!(
-        c,
-        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}'
-    )
+/// The line and paragraph separators: line breaks to a reader, refused
+/// with the control characters.
+fn is_separator(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}')
 }
 
+/// How a control character is named in a message.
 fn describe_control(c: char) -> String {
     match c {
         '\u{2028}' => "a line separator (U+2028)".to_owned(),
         '\u{2029}' => "a paragraph separator (U+2029)".to_owned(),
-        c if is_invisible_layout(c) => {
-            format!("the bidirectional control character U+{:04X}", u32::from(c))
-        }
         '\n' => "a newline (\\n)".to_owned(),
         '\r' => "a carriage return (\\r)".to_owned(),
         '\t' => "a tab (\\t)".to_owned(),
         '\0' => "a NUL character (\\0)".to_owned(),
         c => format!("the control character U+{:04X}", u32::from(c)),
+    }
+}
+
+/// What a string is, for the refusal of an invisible (format) character
+/// in it: each kind of value has its own code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// A name: of a project, environment, phase, runtime, service, proxy,
+    /// host or role, a reference to one, or a unit name.
+    Name,
+    /// A path, on the host or in the repository.
+    Path,
+    /// A user or group.
+    User,
+    /// The name of an environment variable.
+    EnvKey,
+    /// A word of a command.
+    Command,
+    /// Any other value (an `env` value, a description, a branch, a URL).
+    Value,
+}
+
+impl Place {
+    /// Where a string value of `node` (property `key`) belongs.
+    fn of(node: &str, key: Option<&str>) -> Self {
+        match (node, key) {
+            (_, Some("user")) | ("user" | "group", None) => Place::User,
+            (_, Some("state-dir" | "if-exists" | "inputs"))
+            | (
+                "root" | "unit-dir" | "env-file" | "working-directory" | "path" | "watch"
+                | "inputs" | "outputs" | "dir",
+                None,
+            ) => Place::Path,
+            (
+                "project" | "environment" | "phase" | "runtime" | "service" | "proxy" | "host"
+                | "roles" | "role" | "depends-on" | "unit" | "after" | "wants" | "wanted-by"
+                | "unit-name" | "promote-from",
+                None,
+            ) => Place::Name,
+            _ => Place::Value,
+        }
+    }
+
+    fn kind(self) -> ProblemKind {
+        match self {
+            Place::Name => ProblemKind::InvisibleInName,
+            Place::Path => ProblemKind::InvisibleInPath,
+            Place::User => ProblemKind::InvisibleInUser,
+            Place::EnvKey => ProblemKind::InvisibleInEnvKey,
+            Place::Command => ProblemKind::InvisibleInCommand,
+            Place::Value => ProblemKind::InvisibleInValue,
+        }
+    }
+
+    /// What a reviewer who reads the value without it is misled about.
+    fn why(self) -> &'static str {
+        match self {
+            Place::Name => "units, directories and references would use another name",
+            Place::Path => "another file or directory would be used",
+            Place::User => "another user or group would be used",
+            Place::EnvKey => "the program would get a variable of another name",
+            Place::Command => "another program or argument would run",
+            Place::Value => "moorline would use another value",
+        }
     }
 }
 
@@ -438,32 +493,37 @@ impl Reader<'_, '_> {
     }
 
     fn string_value(&mut self, node: &KdlNode, e: &KdlEntry, what: &str) -> Option<Str> {
-        self.string_value_in(node, e, what, false)
+        let place = Place::of(node.name().value(), e.name().map(kdl::KdlIdentifier::value));
+        self.string_value_in(node, e, what, place, false)
     }
 
     /// A string value, checked for control characters: none is allowed
     /// (a value lands in unit files, plans and logs, where a newline starts
-    /// a new setting or line), except tabs where `tabs` is set.
+    /// a new setting or line), except tabs where `tabs` is set; and for
+    /// invisible format characters, refused by `place`.
     fn string_value_in(
         &mut self,
         node: &KdlNode,
         e: &KdlEntry,
         what: &str,
+        place: Place,
         tabs: bool,
     ) -> Option<Str> {
         if let KdlValue::String(s) = e.value() {
+            let mut v = Spanned::new(s.clone(), e.span());
+            v.content = verbatim_start(self.text, e, s);
+            let described = || match e.name() {
+                Some(key) => format!("`{} {}`", node.name().value(), key.value()),
+                None => format!("`{}`", node.name().value()),
+            };
             if let Some(c) = s
                 .chars()
-                .find(|c| (c.is_control() || is_invisible_layout(*c)) && !(tabs && *c == '\t'))
+                .find(|c| (c.is_control() || is_separator(*c)) && !(tabs && *c == '\t'))
             {
-                let place = match e.name() {
-                    Some(key) => format!("`{} {}`", node.name().value(), key.value()),
-                    None => format!("`{}`", node.name().value()),
-                };
                 self.push(Problem::new(
                     ProblemKind::ControlCharacter,
                     e.span(),
-                    format!("the value of {place} contains {}", describe_control(c)),
+                    format!("the value of {} contains {}", described(), describe_control(c)),
                     "control character in this value",
                     if tabs {
                         "remove it: a newline or other control character could start a new line in a plan or log; pass separate lines as separate arguments"
@@ -471,9 +531,11 @@ impl Reader<'_, '_> {
                         "remove it: values are written into unit files, plans and logs, where a newline or other control character starts a new setting or line (tabs are allowed only in build, migrate, backup and check commands)"
                     },
                 ));
+            } else if place == Place::EnvKey {
+                self.invisible(&v, "the name of an `env` variable", place);
+            } else {
+                self.invisible(&v, &format!("the value of {}", described()), place);
             }
-            let mut v = Spanned::new(s.clone(), e.span());
-            v.content = verbatim_start(self.text, e, s);
             Some(v)
         } else {
             self.push(Problem::new(
@@ -489,6 +551,38 @@ impl Reader<'_, '_> {
             ));
             None
         }
+    }
+
+    /// Refuses an invisible format character (a zero-width space, a
+    /// bidirectional override, a tag character) in `v` (`described`: "the
+    /// value of `user`"): the value would read as another in a review, in the
+    /// plan and in the unit file. The label is on the character itself
+    /// when the value is written verbatim.
+    fn invisible(&mut self, v: &Str, described: &str, place: Place) {
+        let Some((position, c)) = crate::visible::first_format(&v.value) else {
+            return;
+        };
+        let span = v.content.map_or(v.span, |start| {
+            let at: usize = v.value.chars().take(position - 1).map(char::len_utf8).sum();
+            SourceSpan::from((start + at, c.len_utf8()))
+        });
+        let clean: String = v
+            .value
+            .chars()
+            .filter(|c| !crate::visible::is_format(*c))
+            .collect();
+        let name = crate::visible::describe(c);
+        self.push(Problem::new(
+            place.kind(),
+            span,
+            format!("{described} contains the invisible character {name}"),
+            format!("{name} at character {position}"),
+            format!(
+                "{name} at character {position} of `{}` cannot be seen: a reviewer reads `{clean}`, but {}; remove it",
+                v.value,
+                place.why()
+            ),
+        ));
     }
 
     /// Exactly one string argument (a name or a value).
@@ -655,7 +749,7 @@ impl Reader<'_, '_> {
         // written into the unit file's ExecStart= line.
         let tabs = node.name().value() != "exec";
         let argv: Vec<Str> = args(node)
-            .filter_map(|e| self.string_value_in(node, e, "each argument", tabs))
+            .filter_map(|e| self.string_value_in(node, e, "each argument", Place::Command, tabs))
             .collect();
         let timeout = node
             .entries()
@@ -703,6 +797,13 @@ impl Reader<'_, '_> {
                     )),
                 },
                 Some(key) => {
+                    // A bare key is a KDL identifier: it may hold format
+                    // characters, never control characters.
+                    self.invisible(
+                        &Spanned::new(key.to_owned(), e.span()),
+                        "the name of an `env` variable",
+                        Place::EnvKey,
+                    );
                     if let Some(v) = self.string_value(node, e, "each value") {
                         out.push(RawEnv {
                             name: Spanned::new(key.to_owned(), e.span()),
@@ -719,7 +820,7 @@ impl Reader<'_, '_> {
             [] => {}
             [k, v] => {
                 if let (Some(k), Some(v)) = (
-                    self.string_value(node, k, "the variable name"),
+                    self.string_value_in(node, k, "the variable name", Place::EnvKey, false),
                     self.string_value(node, v, "the value"),
                 ) {
                     out.push(RawEnv {
@@ -1444,5 +1545,34 @@ impl Reader<'_, '_> {
             }
         }
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_string_value_has_its_place() {
+        for (node, key, want) in [
+            ("service", None, Place::Name),
+            ("depends-on", None, Place::Name),
+            ("after", None, Place::Name),
+            ("unit", None, Place::Name),
+            ("root", None, Place::Path),
+            ("env-file", None, Place::Path),
+            ("unit-dir", None, Place::Path),
+            ("promote-from", Some("state-dir"), Place::Path),
+            ("migrate", Some("if-exists"), Place::Path),
+            ("user", None, Place::User),
+            ("group", None, Place::User),
+            ("host", Some("user"), Place::User),
+            ("host", Some("address"), Place::Value),
+            ("branch", None, Place::Value),
+            ("description", None, Place::Value),
+            ("env", Some("API_URL"), Place::Value),
+        ] {
+            assert_eq!(Place::of(node, key), want, "{node} {key:?}");
+        }
     }
 }

@@ -202,15 +202,10 @@ fn is_unit_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@')
 }
 
+/// Control or invisible characters, reported by `raw` on the value: the
+/// value is not checked again (one problem per mistake).
 fn has_control(s: &str) -> bool {
-    s.chars().any(char::is_control)
-}
-
-/// Control or invisible layout characters, reported by `raw` on the value:
-/// a message must not quote them again.
-fn has_hidden(s: &str) -> bool {
-    s.chars()
-        .any(|c| c.is_control() || super::raw::is_invisible_layout(c))
+    s.chars().any(crate::visible::is_invisible)
 }
 
 /// Whether git accepts `b` as a branch name (git-check-ref-format(1) for
@@ -893,7 +888,7 @@ impl Validator<'_> {
             let Some(name) = &h.name else { continue };
             self.name(name, "host");
             if let Some(a) = &h.address
-                && !has_hidden(&a.value)
+                && !has_control(&a.value)
                 && let Some(why) = address_fault(&a.value)
             {
                 self.push(Problem::new(
@@ -909,7 +904,7 @@ impl Validator<'_> {
                 ));
             }
             if let Some(u) = &h.user
-                && !has_hidden(&u.value)
+                && !has_control(&u.value)
                 && let Some(why) = user_fault(&u.value)
             {
                 self.push(Problem::new(
@@ -1330,6 +1325,9 @@ impl Validator<'_> {
     }
 
     fn reference(&mut self, r: &Str, what: &str, known: &[&str]) {
+        if has_control(&r.value) {
+            return;
+        }
         let suggestion = if known.len() <= SUGGEST_AMONG {
             suggest(&r.value, known)
         } else {

@@ -438,6 +438,12 @@ macro_rules! invalid {
 invalid! {
     secret_beside_a_syntax_error,
     control_bytes_in_comment,
+    invisible_in_name,
+    invisible_in_path,
+    invisible_in_user,
+    invisible_in_env_key,
+    invisible_in_command,
+    invisible_in_value,
     secret_marked_beside_a_problem,
     bidi_override_in_exec,
     line_separator_in_description,
