@@ -55,6 +55,11 @@ pub enum ProblemKind {
     InvisibleInEnvKey,
     InvisibleInCommand,
     InvisibleInValue,
+    DurationTooLong,
+    InvalidUnitUser,
+    RelativeEnvFile,
+    NotAUnitDir,
+    TypeAnnotation,
 }
 
 impl ProblemKind {
@@ -106,6 +111,11 @@ impl ProblemKind {
         Self::InvisibleInEnvKey,
         Self::InvisibleInCommand,
         Self::InvisibleInValue,
+        Self::DurationTooLong,
+        Self::InvalidUnitUser,
+        Self::RelativeEnvFile,
+        Self::NotAUnitDir,
+        Self::TypeAnnotation,
     ];
 
     /// The stable code printed with the diagnostic (`moorline::config::...`).
@@ -157,6 +167,11 @@ impl ProblemKind {
             Self::InvisibleInEnvKey => "moorline::config::invisible_in_env_key",
             Self::InvisibleInCommand => "moorline::config::invisible_in_command",
             Self::InvisibleInValue => "moorline::config::invisible_in_value",
+            Self::DurationTooLong => "moorline::config::duration_too_long",
+            Self::InvalidUnitUser => "moorline::config::invalid_unit_user",
+            Self::RelativeEnvFile => "moorline::config::relative_env_file",
+            Self::NotAUnitDir => "moorline::config::not_a_unit_dir",
+            Self::TypeAnnotation => "moorline::config::type_annotation",
         }
     }
 }

@@ -16,6 +16,7 @@ use kdl::KdlDocument;
 
 pub use error::{ConfigError, LocateError, Problem, ProblemKind};
 pub use model::*;
+pub(crate) use validate::unit_user_fault;
 
 /// A KDL v2 quoted string that reads back as exactly `s`: the one writer
 /// of KDL strings (the fixture's generated configuration, `moorline init`).

@@ -8,7 +8,7 @@ use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 
 use super::error::{Problem, ProblemKind, suggest};
-use super::model::DrainWhen;
+use super::model::{DrainWhen, MAX_DURATION};
 
 #[derive(Debug, Clone)]
 pub struct Spanned<T> {
@@ -296,6 +296,7 @@ const PROXY: &[&str] = &["unit", "check", "watch"];
 /// Reads a parsed document into the raw tree, pushing every shape problem.
 pub fn read(doc: &KdlDocument, text: &str, problems: &mut Vec<Problem>) -> RawConfig {
     let mut r = Reader { text, problems };
+    r.annotations(doc);
     let mut raw = RawConfig::default();
     for node in doc.nodes() {
         match node.name().value() {
@@ -443,6 +444,54 @@ fn type_name(v: &KdlValue) -> &'static str {
 impl Reader<'_, '_> {
     fn push(&mut self, p: Problem) {
         self.problems.push(p);
+    }
+
+    /// Refuses every type annotation (`(i8)3000`, `(u8)"x"`, `(t)node`):
+    /// moorline defines none, and one would be ignored, so the value would
+    /// not be what its annotation says.
+    fn annotations(&mut self, doc: &KdlDocument) {
+        for node in doc.nodes() {
+            let name = node.name().value();
+            if let Some(ty) = node.ty() {
+                self.annotation(ty, node.span(), &format!("node `{name}`"));
+            }
+            for e in node.entries() {
+                if let Some(ty) = e.ty() {
+                    let on = match e.name() {
+                        Some(key) => format!("`{key}` on `{name}`", key = key.value()),
+                        None => format!("a value of `{name}`"),
+                    };
+                    self.annotation(ty, e.span(), &on);
+                }
+            }
+            // Nesting is bounded (`limits`) before kdl parses the file.
+            if let Some(children) = node.children() {
+                self.annotations(children);
+            }
+        }
+    }
+
+    fn annotation(&mut self, ty: &kdl::KdlIdentifier, around: SourceSpan, on: &str) {
+        // The annotation's own span when kdl gives one, with its parentheses.
+        let (at, len) = (ty.span().offset(), ty.span().len());
+        let span = match (
+            at.checked_sub(1).and_then(|b| self.text.get(b..at)),
+            self.text.get(at + len..at + len + 1),
+        ) {
+            _ if len == 0 => around,
+            (Some("("), Some(")")) => SourceSpan::from((at - 1, len + 2)),
+            _ => ty.span(),
+        };
+        let ty = ty.value();
+        self.push(Problem::new(
+            ProblemKind::TypeAnnotation,
+            span,
+            format!("type annotation `({ty})` on {on}"),
+            "type annotation",
+            format!(
+                "moorline reads no type annotations, and would ignore this one: remove `({ty})`; a value's type is how it is written (3000 is an integer, \"3000\" a string)"
+            ),
+        ));
     }
 
     fn unknown_node(&mut self, node: &KdlNode, allowed: &[&str], place: &str) {
@@ -697,31 +746,53 @@ impl Reader<'_, '_> {
     }
 
     fn duration_of(&mut self, node: &KdlNode, e: &KdlEntry) -> Option<Spanned<Duration>> {
+        /// Why a value is not a duration moorline takes.
+        enum Fault {
+            Invalid,
+            TooLong,
+        }
         let parsed = match e.value() {
-            KdlValue::Integer(i) => u64::try_from(*i).ok().map(Duration::from_secs),
-            KdlValue::String(s) => humantime::parse_duration(s).ok(),
-            _ => None,
+            KdlValue::Integer(i) if *i > 0 => u64::try_from(*i)
+                .map(Duration::from_secs)
+                .map_err(|_| Fault::TooLong),
+            KdlValue::String(s) => humantime::parse_duration(s).map_err(|e| match e {
+                humantime::DurationError::NumberOverflow => Fault::TooLong,
+                _ => Fault::Invalid,
+            }),
+            _ => Err(Fault::Invalid),
+        };
+        let what = match e.name() {
+            Some(key) => format!("`{}` on `{}`", key.value(), node.name().value()),
+            None => format!("`{}`", node.name().value()),
         };
         match parsed {
-            Some(d) if !d.is_zero() => Some(Spanned::new(d, e.span())),
-            _ => {
-                self.push(Problem::new(
+            Ok(d) if d > MAX_DURATION => Err(Fault::TooLong),
+            Ok(d) if d.is_zero() => Err(Fault::Invalid),
+            other => other,
+        }
+        .map(|d| Spanned::new(d, e.span()))
+        .map_err(|fault| {
+            self.push(match fault {
+                Fault::Invalid => Problem::new(
                     ProblemKind::InvalidDuration,
                     e.span(),
-                    match e.name() {
-                        Some(key) => format!(
-                            "`{}` on `{}` is not a valid duration",
-                            key.value(),
-                            node.name().value()
-                        ),
-                        None => format!("`{}` is not a valid duration", node.name().value()),
-                    },
+                    format!("{what} is not a valid duration"),
                     "not a duration",
                     "write a positive duration such as \"90s\", \"5m\" or a number of seconds",
-                ));
-                None
-            }
-        }
+                ),
+                Fault::TooLong => Problem::new(
+                    ProblemKind::DurationTooLong,
+                    e.span(),
+                    format!("{what} is longer than moorline waits (7 days)"),
+                    "longer than 7 days",
+                    format!(
+                        "a duration is at most 7 days (\"7d\", {} seconds): no command, readiness check or pause should take longer, and a longer one is most likely a unit or a few digits too many",
+                        MAX_DURATION.as_secs()
+                    ),
+                ),
+            });
+        })
+        .ok()
     }
 
     fn duration(&mut self, node: &KdlNode) -> Option<Spanned<Duration>> {

@@ -444,6 +444,12 @@ invalid! {
     invisible_in_env_key,
     invisible_in_command,
     invisible_in_value,
+    // Values that validate as KDL but cannot work.
+    duration_too_long,
+    unit_user_invalid,
+    relative_env_file,
+    unit_dir_not_read,
+    type_annotation,
     secret_marked_beside_a_problem,
     bidi_override_in_exec,
     line_separator_in_description,
