@@ -438,6 +438,7 @@ macro_rules! invalid {
 invalid! {
     secret_beside_a_syntax_error,
     control_bytes_in_comment,
+    syntax_control_bytes,
     invisible_in_name,
     invisible_in_path,
     invisible_in_user,
