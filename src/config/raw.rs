@@ -382,7 +382,10 @@ enum Place {
     EnvKey,
     /// A word of a command.
     Command,
-    /// Any other value (an `env` value, a description, a branch, a URL).
+    /// The value of an environment variable: perhaps a secret, so never
+    /// quoted in a message.
+    EnvValue,
+    /// Any other value (a description, a branch, a URL).
     Value,
 }
 
@@ -390,6 +393,7 @@ impl Place {
     /// Where a string value of `node` (property `key`) belongs.
     fn of(node: &str, key: Option<&str>) -> Self {
         match (node, key) {
+            ("env", _) => Place::EnvValue,
             (_, Some("user")) | ("user" | "group", None) => Place::User,
             (_, Some("state-dir" | "if-exists" | "inputs"))
             | (
@@ -414,7 +418,7 @@ impl Place {
             Place::User => ProblemKind::InvisibleInUser,
             Place::EnvKey => ProblemKind::InvisibleInEnvKey,
             Place::Command => ProblemKind::InvisibleInCommand,
-            Place::Value => ProblemKind::InvisibleInValue,
+            Place::EnvValue | Place::Value => ProblemKind::InvisibleInValue,
         }
     }
 
@@ -426,7 +430,7 @@ impl Place {
             Place::User => "another user or group would be used",
             Place::EnvKey => "the program would get a variable of another name",
             Place::Command => "another program or argument would run",
-            Place::Value => "moorline would use another value",
+            Place::EnvValue | Place::Value => "moorline would use another value",
         }
     }
 }
@@ -615,22 +619,30 @@ impl Reader<'_, '_> {
             let at: usize = v.value.chars().take(position - 1).map(char::len_utf8).sum();
             SourceSpan::from((start + at, c.len_utf8()))
         });
-        let clean: String = v
-            .value
-            .chars()
-            .filter(|c| !crate::visible::is_format(*c))
-            .collect();
         let name = crate::visible::describe(c);
+        let help = if place == Place::EnvValue {
+            // It may be a secret: the report must not quote it.
+            format!(
+                "{name} at character {position} of the value cannot be seen: a reviewer reads another value than the program gets; remove it"
+            )
+        } else {
+            let clean: String = v
+                .value
+                .chars()
+                .filter(|c| !crate::visible::is_format(*c))
+                .collect();
+            format!(
+                "{name} at character {position} of `{}` cannot be seen: a reviewer reads `{clean}`, but {}; remove it",
+                v.value,
+                place.why()
+            )
+        };
         self.push(Problem::new(
             place.kind(),
             span,
             format!("{described} contains the invisible character {name}"),
             format!("{name} at character {position}"),
-            format!(
-                "{name} at character {position} of `{}` cannot be seen: a reviewer reads `{clean}`, but {}; remove it",
-                v.value,
-                place.why()
-            ),
+            help,
         ));
     }
 
@@ -1641,7 +1653,9 @@ mod tests {
             ("host", Some("address"), Place::Value),
             ("branch", None, Place::Value),
             ("description", None, Place::Value),
-            ("env", Some("API_URL"), Place::Value),
+            ("env", Some("API_URL"), Place::EnvValue),
+            ("env", Some("user"), Place::EnvValue),
+            ("env", None, Place::EnvValue),
         ] {
             assert_eq!(Place::of(node, key), want, "{node} {key:?}");
         }

@@ -445,6 +445,7 @@ invalid! {
     invisible_in_env_key,
     invisible_in_command,
     invisible_in_value,
+    invisible_in_secret_env_value,
     // Values that validate as KDL but cannot work.
     duration_too_long,
     unit_user_invalid,
