@@ -531,6 +531,11 @@ impl Source {
             (start + span.len().min(MAX_LABEL_BYTES) + WINDOW_BYTES).min(line_end(first)),
         )
         .max(from);
+        let (from, to) = if self.escapes.is_empty() {
+            (from, to)
+        } else {
+            whole_escapes(text, from, to)
+        };
         MietteSpanContents::new_named(
             self.name.clone(),
             &text.as_bytes()[from..to],
@@ -570,6 +575,24 @@ impl miette::SourceCode for Source {
             inner.line_count(),
         )))
     }
+}
+
+/// The window `from..to` of an escaped text widened so that it cuts no
+/// escape (`\u{1b}`) in two.
+fn whole_escapes(text: &str, from: usize, to: usize) -> (usize, usize) {
+    // The longest escape: `\u{10ffff}`.
+    const LONGEST: usize = 10;
+    // The escape that `at` falls inside of, if any: where it starts and
+    // where it ends.
+    let around = |at: usize| {
+        let lo = floor_boundary(text, at.saturating_sub(LONGEST - 1));
+        let p = lo + text[lo..at].rfind('\\')?;
+        let end = p + text[p..].find('}')? + 1;
+        (text[p..].starts_with("\\u{") && end - p <= LONGEST && end > at).then_some((p, end))
+    };
+    let from = around(from).map_or(from, |(p, _)| p);
+    let to = around(to).map_or(to, |(_, end)| end);
+    (from, to)
 }
 
 /// The byte offset nearest at or below `i` that is a char boundary.
@@ -686,6 +709,23 @@ mod tests {
         let read = miette::SourceCode::read_span(&e.src, &after, 0, 0).unwrap();
         assert_eq!(read.column(), 6);
         assert_eq!(e.to_string(), "x\\u{1b}[2J.kdl has 1 problem");
+    }
+
+    #[test]
+    fn a_window_cuts_no_escape() {
+        let text = "ab\\u{1b}cd\\u{200b}ef";
+        for (from, to, want) in [
+            (0, 2, "ab"),
+            (0, 5, "ab\\u{1b}"),
+            (4, 10, "\\u{1b}cd"),
+            (3, 14, "\\u{1b}cd\\u{200b}"),
+            (8, 18, "cd\\u{200b}"),
+            (7, 13, "\\u{1b}cd\\u{200b}"),
+            (2, 20, "\\u{1b}cd\\u{200b}ef"),
+        ] {
+            let (f, t) = whole_escapes(text, from, to);
+            assert_eq!(&text[f..t], want, "{from}..{to}");
+        }
     }
 
     #[test]
