@@ -102,32 +102,32 @@ pub fn escape_lines(s: &str) -> String {
     out
 }
 
-/// Where [`escape_lines`] moves each byte offset of `s`: for each escaped
-/// character, in order, its offset in `s` and how many bytes the escapes
-/// up to and including its own add. Empty when nothing is escaped (the
-/// common case).
-pub fn escape_lines_shifts(s: &str) -> Vec<(usize, usize)> {
-    let mut shifts = Vec::new();
+/// Where byte offsets of `s` are in [`escape_lines`]`(s)`: for each of
+/// `points` (sorted), its offset in the escaped text, and how many more
+/// characters than the ones they stand for the escapes before it on its
+/// line take (so that a column can be given as in `s`). One pass over
+/// `s`, nothing kept per escaped character: a hostile file holds millions.
+pub fn escaped_offsets(s: &str, points: &[usize]) -> Vec<(usize, usize)> {
+    let mut out = Vec::with_capacity(points.len());
+    let mut next = 0;
+    let (mut added, mut line_added) = (0, 0);
     let mut buf = String::new();
-    let mut added = 0;
     for (i, c) in s.char_indices() {
-        if is_invisible(c) && !keeps_layout(s, i, c) {
+        while let Some(&at) = points.get(next).filter(|at| **at <= i) {
+            out.push((at + added, line_added));
+            next += 1;
+        }
+        if c == '\n' {
+            line_added = 0;
+        } else if is_invisible(c) && !keeps_layout(s, i, c) {
             buf.clear();
             push_escaped(&mut buf, c);
             added += buf.len() - c.len_utf8();
-            shifts.push((i, added));
+            line_added += buf.len() - 1;
         }
     }
-    shifts
-}
-
-/// Byte offset `at` of a text, moved to where it is in the escaped text,
-/// given the text's [`escape_lines_shifts`] (in logarithmic time: a
-/// hostile file has a million escapes and thousands of labels). An offset
-/// inside an escaped character moves to the start of its escape.
-pub fn shifted(shifts: &[(usize, usize)], at: usize) -> usize {
-    let before = shifts.partition_point(|(i, _)| *i < at);
-    at + before.checked_sub(1).map_or(0, |b| shifts[b].1)
+    out.extend(points[next..].iter().map(|at| (at + added, line_added)));
+    out
 }
 
 /// A short name for the invisible characters people meet, for messages
@@ -277,18 +277,24 @@ mod tests {
                 "{:?}", l
             );
             prop_assert_eq!(unescape(&l.replace('\n', "\\n").replace('\t', "\\t").replace('\r', "\\r")), s.clone());
-            // Every offset moves to where its character is in the escaped text.
-            let shifts = escape_lines_shifts(&s);
-            for (i, c) in s.char_indices() {
-                let at = shifted(&shifts, i);
-                let shown: String = l[at..].chars().next().into_iter().collect();
+            // Every offset moves to where its character is in the escaped
+            // text, and the column there counts as in `s`.
+            let points: Vec<usize> = s.char_indices().map(|(i, _)| i).chain([s.len()]).collect();
+            let moved = escaped_offsets(&s, &points);
+            for ((i, c), (at, extra)) in s.char_indices().zip(&moved) {
+                let shown: String = l[*at..].chars().next().into_iter().collect();
                 if is_invisible(c) && !keeps_layout(&s, i, c) {
                     prop_assert!(shown == "\\", "{:?} at {}", l, at);
                 } else {
                     prop_assert_eq!(shown, c.to_string());
                 }
+                let column = |t: &str, at: usize| {
+                    let line = t[..at].rfind('\n').map_or(0, |n| n + 1);
+                    t[line..at].chars().count()
+                };
+                prop_assert_eq!(column(&l, *at) - extra, column(&s, i));
             }
-            prop_assert_eq!(shifted(&shifts, s.len()), l.len());
+            prop_assert_eq!(moved.last().map(|m| m.0), Some(l.len()));
         }
     }
 }

@@ -315,46 +315,59 @@ impl ConfigError {
     /// what they are about.
     pub fn new(name: &str, text: String, mut problems: Vec<Problem>) -> Self {
         problems.sort_by_key(|p| (p.span.offset(), p.kind.code()));
-        let shifts = crate::visible::escape_lines_shifts(&text);
-        let moved = |span: SourceSpan| {
-            let start = span.offset().min(text.len());
-            let end = (start + span.len()).min(text.len());
-            let start = crate::visible::shifted(&shifts, start);
-            SourceSpan::from((start, crate::visible::shifted(&shifts, end) - start))
-        };
         for p in &mut problems {
-            p.span = moved(short_label(&text, p.span));
+            p.span = short_label(&text, p.span);
             for (span, _) in &mut p.also {
-                *span = moved(short_label(&text, *span));
+                *span = short_label(&text, *span);
             }
         }
-        // Where each escape starts in the shown text, and how many more
-        // characters than the ones they stand for the escapes up to it
-        // take: the column of a location is given as in the file.
-        let mut bytes_before = 0;
-        let mut chars_added = 0;
-        let escapes = shifts
-            .iter()
-            .map(|(at, added)| {
-                let c = text[*at..].chars().next().unwrap_or(' ');
-                let start = at + bytes_before;
-                let extra = added - bytes_before;
-                bytes_before = *added;
-                chars_added += extra + c.len_utf8() - 1;
-                (start, chars_added)
-            })
-            .collect::<Box<[_]>>();
-        let text = if shifts.is_empty() {
-            text
-        } else {
+        // Every start and end of a span, and the end of the text, moved to
+        // the escaped text in one pass.
+        let spans = || {
+            problems
+                .iter()
+                .flat_map(|p| std::iter::once(p.span).chain(p.also.iter().map(|(s, _)| *s)))
+        };
+        let mut points: Vec<usize> = spans()
+            .flat_map(|s| [s.offset(), s.offset() + s.len()])
+            .map(|at| at.min(text.len()))
+            .chain([text.len()])
+            .collect();
+        points.sort_unstable();
+        points.dedup();
+        let moved = crate::visible::escaped_offsets(&text, &points);
+        let to = |at: usize| {
+            let at = at.min(text.len());
+            points.binary_search(&at).map_or(at, |k| moved[k].0)
+        };
+        // The column of a label's start, as in the file.
+        let mut columns: Vec<(usize, usize)> = spans()
+            .filter_map(|s| points.binary_search(&s.offset().min(text.len())).ok())
+            .map(|k| moved[k])
+            .filter(|(_, extra)| *extra > 0)
+            .collect();
+        columns.sort_unstable();
+        columns.dedup();
+        let escaped = moved.last().is_some_and(|(end, _)| *end > text.len());
+        for p in &mut problems {
+            let (start, end) = (to(p.span.offset()), to(p.span.offset() + p.span.len()));
+            p.span = SourceSpan::from((start, end - start));
+            for (span, _) in &mut p.also {
+                let (start, end) = (to(span.offset()), to(span.offset() + span.len()));
+                *span = SourceSpan::from((start, end - start));
+            }
+        }
+        let text = if escaped {
             crate::visible::escape_lines(&text)
+        } else {
+            text
         };
         let more = (problems.len() > MAX_PROBLEMS_SHOWN).then(|| MoreProblems {
             count: problems.len() - MAX_PROBLEMS_SHOWN,
         });
         Self {
             src: Source {
-                escapes,
+                columns: columns.into(),
                 ..Source::new(name, text)
             },
             problems,
@@ -445,12 +458,12 @@ pub struct Source {
     pub name: String,
     pub text: String,
     /// Where each line starts, computed on first use for a large text.
-    /// (Boxed, as `escapes`: a `ConfigError` is what `parse` returns, and
+    /// (Boxed, as `columns`: a `ConfigError` is what `parse` returns, and
     /// stays small.)
     line_starts: Box<OnceLock<Vec<usize>>>,
-    /// Escaped invisible characters of the text: where each escape starts,
-    /// and how many characters the escapes up to it add to the text.
-    escapes: Box<[(usize, usize)]>,
+    /// For a label that starts after escapes on its line: where it starts,
+    /// and how many characters those escapes add to its column.
+    columns: Box<[(usize, usize)]>,
 }
 
 /// Texts up to this size are read the way miette reads any string.
@@ -463,27 +476,20 @@ impl Source {
             name: crate::visible::escape(name),
             text,
             line_starts: Box::default(),
-            escapes: Box::default(),
+            columns: Box::default(),
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Characters that escapes add to the line of `at` before it: taken
     /// off a column, so that a location reads as in the file.
     fn escaped_columns(&self, at: usize) -> usize {
-        if self.escapes.is_empty() {
-            return 0;
-        }
-        let at = floor_boundary(&self.text, at);
-        let ls = self.line_starts();
-        let line_start = ls[ls.partition_point(|s| *s <= at).saturating_sub(1)];
-        let added = |k: usize| k.checked_sub(1).map_or(0, |k| self.escapes[k].1);
-        let from = self.escapes.partition_point(|(s, _)| *s < line_start);
-        let to = self.escapes.partition_point(|(s, _)| *s < at);
-        added(to) - added(from)
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
+        self.columns
+            .binary_search_by_key(&at, |(start, _)| *start)
+            .map_or(0, |k| self.columns[k].1)
     }
 
     fn line_starts(&self) -> &[usize] {
@@ -531,11 +537,7 @@ impl Source {
             (start + span.len().min(MAX_LABEL_BYTES) + WINDOW_BYTES).min(line_end(first)),
         )
         .max(from);
-        let (from, to) = if self.escapes.is_empty() {
-            (from, to)
-        } else {
-            whole_escapes(text, from, to)
-        };
+        let (from, to) = whole_escapes(text, from, to);
         MietteSpanContents::new_named(
             self.name.clone(),
             &text.as_bytes()[from..to],
