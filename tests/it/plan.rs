@@ -1250,6 +1250,56 @@ fn a_fleet_planned_from_a_revision_needs_no_host() {
 }
 
 #[test]
+fn a_unit_dir_of_the_other_manager_is_refused() {
+    // These plans are made with `--systemd user`: a unit-dir the system
+    // manager reads would hold units the user manager never loads.
+    let f = Fx::new();
+    f.edit_config(
+        "    branch \"main\"\n",
+        "    branch \"main\"\n    unit-dir \"/etc/systemd/system\"\n",
+    );
+    let o = f.run(&["plan", "--env", "staging"]);
+    fails_with(&o, "moorline::cli::unit_dir_manager");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("--systemd system, or"), "{stderr}");
+    let o = f
+        .cmd_for("system", &["plan", "--env", "staging"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("unit_dir_manager"),
+        "{}",
+        describe(&o)
+    );
+    // A fleet's controller installs no unit: its own manager is no reason
+    // to refuse the hosts' unit-dir.
+    fleet_production(&f);
+    f.edit_config(
+        "    branch \"production\"\n",
+        "    branch \"production\"\n    unit-dir \"/etc/systemd/system\"\n",
+    );
+    let initial = f.initial();
+    f.plan(&[
+        "--env",
+        "production",
+        "--from",
+        &initial,
+        "--to",
+        "production",
+    ]);
+    f.plan(&[
+        "--env",
+        "production",
+        "--host",
+        "app1",
+        "--from",
+        &initial,
+        "--to",
+        "production",
+    ]);
+}
+
+#[test]
 fn host_flag_refuses_unknown_hosts_and_environments_without_hosts() {
     let f = Fx::new();
     fleet_production(&f);
