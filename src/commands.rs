@@ -202,7 +202,7 @@ fn validate(loaded: &Loaded) -> i32 {
     };
     println!(
         "{}: project {} is valid: {}, {}, {}",
-        loaded.path.display(),
+        crate::visible::escape(&loaded.path.display().to_string()),
         c.project.name,
         plural(c.services.len(), "service"),
         plural(c.phases.len(), "phase"),

@@ -35,3 +35,4 @@ pub mod systemd;
 pub mod target;
 pub mod template;
 pub mod unit;
+pub mod visible;

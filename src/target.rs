@@ -33,6 +33,20 @@ pub enum TargetError {
         )
     )]
     NotAFleet { name: String, env: String },
+    #[error("unit-dir {dir} is read by {owner}, but moorline drives {driven} (--systemd {flag})")]
+    #[diagnostic(
+        code(moorline::cli::unit_dir_manager),
+        help(
+            "units installed there would never be loaded by the manager that starts them: run with --systemd {other}, or give the environment a unit-dir ending in systemd/{flag}"
+        )
+    )]
+    UnitDirManager {
+        dir: String,
+        owner: &'static str,
+        driven: &'static str,
+        flag: &'static str,
+        other: &'static str,
+    },
     #[error("--adopt {name}: {problem}")]
     #[diagnostic(code(moorline::cli::adopt), help("{help}"))]
     Adopt {
@@ -72,6 +86,34 @@ pub fn unit_dir(env: &Environment, bus: Bus) -> PathBuf {
         Bus::System => PathBuf::from("/etc/systemd/system"),
         Bus::User => user_unit_dir(),
     }
+}
+
+/// Refuses an environment's `unit-dir` that only the other kind of
+/// manager reads: `.../systemd/system` under a user manager, or
+/// `.../systemd/user` under the system manager (validation has made sure
+/// it ends in one of them). Not for a fleet: the controller installs no
+/// unit, and plans for its hosts with its own `--systemd`, not theirs.
+fn unit_dir_of(env: &Environment, bus: Bus) -> Result<(), TargetError> {
+    let Some(d) = env.unit_dir.as_ref().filter(|_| !env.is_fleet()) else {
+        return Ok(());
+    };
+    let d = d.trim_end_matches('/');
+    let (owner, driven, flag, other) = match bus {
+        Bus::User if d.ends_with("/systemd/system") => {
+            ("the system manager", "a user manager", "user", "system")
+        }
+        Bus::System if d.ends_with("/systemd/user") => {
+            ("user managers", "the system manager", "system", "user")
+        }
+        _ => return Ok(()),
+    };
+    Err(TargetError::UnitDirManager {
+        dir: d.to_owned(),
+        owner,
+        driven,
+        flag,
+        other,
+    })
 }
 
 /// The user manager's directory for administrator units.
@@ -161,6 +203,7 @@ pub fn resolve(loaded: Loaded, env_name: &str, choices: &Choices) -> miette::Res
         for_host(&mut loaded.config, &env, name)?;
     }
     let unit_dir = unit_dir(&env, systemd);
+    unit_dir_of(&env, systemd)?;
     Ok(Target {
         loaded,
         env,

@@ -49,6 +49,17 @@ pub enum ProblemKind {
     InvalidBatch,
     ImpossibleRollout,
     FleetWithoutHosts,
+    InvisibleInName,
+    InvisibleInPath,
+    InvisibleInUser,
+    InvisibleInEnvKey,
+    InvisibleInCommand,
+    InvisibleInValue,
+    DurationTooLong,
+    InvalidUnitUser,
+    RelativeEnvFile,
+    NotAUnitDir,
+    TypeAnnotation,
 }
 
 impl ProblemKind {
@@ -94,6 +105,17 @@ impl ProblemKind {
         Self::InvalidBatch,
         Self::ImpossibleRollout,
         Self::FleetWithoutHosts,
+        Self::InvisibleInName,
+        Self::InvisibleInPath,
+        Self::InvisibleInUser,
+        Self::InvisibleInEnvKey,
+        Self::InvisibleInCommand,
+        Self::InvisibleInValue,
+        Self::DurationTooLong,
+        Self::InvalidUnitUser,
+        Self::RelativeEnvFile,
+        Self::NotAUnitDir,
+        Self::TypeAnnotation,
     ];
 
     /// The stable code printed with the diagnostic (`moorline::config::...`).
@@ -139,6 +161,17 @@ impl ProblemKind {
             Self::InvalidBatch => "moorline::config::invalid_batch",
             Self::ImpossibleRollout => "moorline::config::impossible_rollout",
             Self::FleetWithoutHosts => "moorline::config::fleet_without_hosts",
+            Self::InvisibleInName => "moorline::config::invisible_in_name",
+            Self::InvisibleInPath => "moorline::config::invisible_in_path",
+            Self::InvisibleInUser => "moorline::config::invisible_in_user",
+            Self::InvisibleInEnvKey => "moorline::config::invisible_in_env_key",
+            Self::InvisibleInCommand => "moorline::config::invisible_in_command",
+            Self::InvisibleInValue => "moorline::config::invisible_in_value",
+            Self::DurationTooLong => "moorline::config::duration_too_long",
+            Self::InvalidUnitUser => "moorline::config::invalid_unit_user",
+            Self::RelativeEnvFile => "moorline::config::relative_env_file",
+            Self::NotAUnitDir => "moorline::config::not_a_unit_dir",
+            Self::TypeAnnotation => "moorline::config::type_annotation",
         }
     }
 }
@@ -193,8 +226,9 @@ pub const MAX_ALSO: usize = 20;
 /// A message, label or help line is cut after this many characters.
 pub const MAX_TEXT: usize = 400;
 
-/// `text` made safe and short for a terminal: control characters escaped
-/// (`\n`, `\u{1b}`), each backtick-quoted value elided after
+/// `text` made safe and short for a terminal: control and invisible
+/// format characters escaped ([`crate::visible::escape`]: `\n`, `\u{1b}`,
+/// `\u{200b}`), each backtick-quoted value elided after
 /// [`MAX_SHOWN_VALUE`] characters, the whole cut after [`MAX_TEXT`].
 /// Every text of a problem goes through here, so a hostile value can
 /// neither draw on the terminal nor flood it.
@@ -210,8 +244,8 @@ pub fn bounded(text: &str) -> String {
                 out.push('…');
                 break;
             }
-            if c.is_control() {
-                out.extend(c.escape_default());
+            if crate::visible::is_invisible(c) {
+                crate::visible::push_escaped(&mut out, c);
             } else {
                 out.push(c);
             }
@@ -274,7 +308,11 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// Problems in file order; labels on long lines shortened so that
-    /// rendering stays bounded.
+    /// rendering stays bounded. The text is shown with its control and
+    /// invisible characters escaped (a comment beside an error could
+    /// otherwise retitle the terminal or clear a CI log), and every span
+    /// moved to where its text is in the escaped one, so labels stay on
+    /// what they are about.
     pub fn new(name: &str, text: String, mut problems: Vec<Problem>) -> Self {
         problems.sort_by_key(|p| (p.span.offset(), p.kind.code()));
         for p in &mut problems {
@@ -283,11 +321,55 @@ impl ConfigError {
                 *span = short_label(&text, *span);
             }
         }
+        // Every start and end of a span, and the end of the text, moved to
+        // the escaped text in one pass.
+        let spans = || {
+            problems
+                .iter()
+                .flat_map(|p| std::iter::once(p.span).chain(p.also.iter().map(|(s, _)| *s)))
+        };
+        let mut points: Vec<usize> = spans()
+            .flat_map(|s| [s.offset(), s.offset() + s.len()])
+            .map(|at| at.min(text.len()))
+            .chain([text.len()])
+            .collect();
+        points.sort_unstable();
+        points.dedup();
+        let moved = crate::visible::escaped_offsets(&text, &points);
+        let to = |at: usize| {
+            let at = at.min(text.len());
+            points.binary_search(&at).map_or(at, |k| moved[k].0)
+        };
+        // The column of a label's start, as in the file.
+        let mut columns: Vec<(usize, usize)> = spans()
+            .filter_map(|s| points.binary_search(&s.offset().min(text.len())).ok())
+            .map(|k| moved[k])
+            .filter(|(_, extra)| *extra > 0)
+            .collect();
+        columns.sort_unstable();
+        columns.dedup();
+        let escaped = moved.last().is_some_and(|(end, _)| *end > text.len());
+        for p in &mut problems {
+            let (start, end) = (to(p.span.offset()), to(p.span.offset() + p.span.len()));
+            p.span = SourceSpan::from((start, end - start));
+            for (span, _) in &mut p.also {
+                let (start, end) = (to(span.offset()), to(span.offset() + span.len()));
+                *span = SourceSpan::from((start, end - start));
+            }
+        }
+        let text = if escaped {
+            crate::visible::escape_lines(&text)
+        } else {
+            text
+        };
         let more = (problems.len() > MAX_PROBLEMS_SHOWN).then(|| MoreProblems {
             count: problems.len() - MAX_PROBLEMS_SHOWN,
         });
         Self {
-            src: Source::new(name, text),
+            src: Source {
+                columns: columns.into(),
+                ..Source::new(name, text)
+            },
             problems,
             more,
         }
@@ -376,23 +458,38 @@ pub struct Source {
     pub name: String,
     pub text: String,
     /// Where each line starts, computed on first use for a large text.
-    line_starts: OnceLock<Vec<usize>>,
+    /// (Boxed, as `columns`: a `ConfigError` is what `parse` returns, and
+    /// stays small.)
+    line_starts: Box<OnceLock<Vec<usize>>>,
+    /// For a label that starts after escapes on its line: where it starts,
+    /// and how many characters those escapes add to its column.
+    columns: Box<[(usize, usize)]>,
 }
 
 /// Texts up to this size are read the way miette reads any string.
 const SMALL_TEXT: usize = 64 * 1024;
 
 impl Source {
+    /// A source named `name` (a path, shown escaped).
     pub fn new(name: &str, text: String) -> Self {
         Self {
-            name: name.to_owned(),
+            name: crate::visible::escape(name),
             text,
-            line_starts: OnceLock::new(),
+            line_starts: Box::default(),
+            columns: Box::default(),
         }
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Characters that escapes add to the line of `at` before it: taken
+    /// off a column, so that a location reads as in the file.
+    fn escaped_columns(&self, at: usize) -> usize {
+        self.columns
+            .binary_search_by_key(&at, |(start, _)| *start)
+            .map_or(0, |k| self.columns[k].1)
     }
 
     fn line_starts(&self) -> &[usize] {
@@ -440,6 +537,7 @@ impl Source {
             (start + span.len().min(MAX_LABEL_BYTES) + WINDOW_BYTES).min(line_end(first)),
         )
         .max(from);
+        let (from, to) = whole_escapes(text, from, to);
         MietteSpanContents::new_named(
             self.name.clone(),
             &text.as_bytes()[from..to],
@@ -458,22 +556,45 @@ impl miette::SourceCode for Source {
         before: usize,
         after: usize,
     ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
-        if self.text.len() > SMALL_TEXT {
-            return Ok(Box::new(self.piece(span, before, after)));
-        }
-        let inner = self.text.read_span(span, before, after)?;
-        if inner.data().len() > MAX_CONTEXT_BYTES {
-            return Ok(Box::new(self.piece(span, before, after)));
-        }
+        let inner: Box<dyn miette::SpanContents<'a> + 'a> = if self.text.len() > SMALL_TEXT {
+            Box::new(self.piece(span, before, after))
+        } else {
+            let inner = self.text.read_span(span, before, after)?;
+            if inner.data().len() > MAX_CONTEXT_BYTES {
+                Box::new(self.piece(span, before, after))
+            } else {
+                inner
+            }
+        };
         Ok(Box::new(MietteSpanContents::new_named(
             self.name.clone(),
             inner.data(),
             *inner.span(),
             inner.line(),
-            inner.column(),
+            inner
+                .column()
+                .saturating_sub(self.escaped_columns(span.offset())),
             inner.line_count(),
         )))
     }
+}
+
+/// The window `from..to` of an escaped text widened so that it cuts no
+/// escape (`\u{1b}`) in two.
+fn whole_escapes(text: &str, from: usize, to: usize) -> (usize, usize) {
+    // The longest escape: `\u{10ffff}`.
+    const LONGEST: usize = 10;
+    // The escape that `at` falls inside of, if any: where it starts and
+    // where it ends.
+    let around = |at: usize| {
+        let lo = floor_boundary(text, at.saturating_sub(LONGEST - 1));
+        let p = lo + text[lo..at].rfind('\\')?;
+        let end = p + text[p..].find('}')? + 1;
+        (text[p..].starts_with("\\u{") && end - p <= LONGEST && end > at).then_some((p, end))
+    };
+    let from = around(from).map_or(from, |(p, _)| p);
+    let to = around(to).map_or(to, |(_, end)| end);
+    (from, to)
 }
 
 /// The byte offset nearest at or below `i` that is a char boundary.
@@ -559,6 +680,54 @@ mod tests {
         let flood = bounded(&long);
         assert_eq!(flood.chars().count(), MAX_TEXT + 1);
         assert!(flood.ends_with('…'));
+    }
+
+    #[test]
+    fn the_source_is_shown_escaped_with_its_labels_moved() {
+        let text = "a // \u{1b}]0;x\u{7}\u{9b}\u{200b}\r\nbogus 1\r\n".to_owned();
+        let at = text.find("bogus").unwrap();
+        let p = Problem::new(
+            ProblemKind::UnknownNode,
+            SourceSpan::from((at, 5)),
+            "m",
+            "l",
+            "h",
+        )
+        .also(SourceSpan::from((0, 1)), "a")
+        .also(SourceSpan::from((6, 2)), "after ESC");
+        let e = ConfigError::new("x\u{1b}[2J.kdl", text, vec![p]);
+        let shown = &e.src.text;
+        assert_eq!(
+            shown,
+            "a // \\u{1b}]0;x\\u{7}\\u{9b}\\u{200b}\r\nbogus 1\r\n"
+        );
+        let span = e.problems[0].span;
+        assert_eq!(&shown[span.offset()..span.offset() + span.len()], "bogus");
+        assert_eq!(e.problems[0].also[0].0, SourceSpan::from((0, 1)));
+        // `]0` after the escaped ESC: moved by the escape's 5 more bytes,
+        // and its column is the file's (7th character, 0-based 6).
+        let after = e.problems[0].also[1].0;
+        assert_eq!(&shown[after.offset()..after.offset() + after.len()], "]0");
+        let read = miette::SourceCode::read_span(&e.src, &after, 0, 0).unwrap();
+        assert_eq!(read.column(), 6);
+        assert_eq!(e.to_string(), "x\\u{1b}[2J.kdl has 1 problem");
+    }
+
+    #[test]
+    fn a_window_cuts_no_escape() {
+        let text = "ab\\u{1b}cd\\u{200b}ef";
+        for (from, to, want) in [
+            (0, 2, "ab"),
+            (0, 5, "ab\\u{1b}"),
+            (4, 10, "\\u{1b}cd"),
+            (3, 14, "\\u{1b}cd\\u{200b}"),
+            (8, 18, "cd\\u{200b}"),
+            (7, 13, "\\u{1b}cd\\u{200b}"),
+            (2, 20, "\\u{1b}cd\\u{200b}ef"),
+        ] {
+            let (f, t) = whole_escapes(text, from, to);
+            assert_eq!(&text[f..t], want, "{from}..{to}");
+        }
     }
 
     #[test]

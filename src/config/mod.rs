@@ -16,6 +16,7 @@ use kdl::KdlDocument;
 
 pub use error::{ConfigError, LocateError, Problem, ProblemKind};
 pub use model::*;
+pub(crate) use validate::unit_user_fault;
 
 /// A KDL v2 quoted string that reads back as exactly `s`: the one writer
 /// of KDL strings (the fixture's generated configuration, `moorline init`).
@@ -105,7 +106,7 @@ pub struct Loaded {
 /// Reads and checks the file at `path`.
 pub fn load(path: &Path) -> miette::Result<Loaded> {
     let text = std::fs::read_to_string(path).map_err(|source| LocateError::Unreadable {
-        path: path.display().to_string(),
+        path: shown(path),
         source,
     })?;
     let config = parse(&path.display().to_string(), &text)?;
@@ -114,6 +115,12 @@ pub fn load(path: &Path) -> miette::Result<Loaded> {
         text,
         config,
     })
+}
+
+/// A path as a diagnostic shows it: invisible characters escaped (a file
+/// or directory name can hold an escape sequence).
+fn shown(path: &Path) -> String {
+    crate::visible::escape(&path.display().to_string())
 }
 
 /// The configuration file to use: `-c FILE`, else `MOORLINE_CONFIG`, else
@@ -127,7 +134,7 @@ pub fn locate(flag: Option<&Path>, env: Option<&str>, dir: &Path) -> Result<Path
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|source| LocateError::Unreadable {
-            path: dir.display().to_string(),
+            path: shown(dir),
             source,
         })?
         .filter_map(Result::ok)
@@ -136,16 +143,14 @@ pub fn locate(flag: Option<&Path>, env: Option<&str>, dir: &Path) -> Result<Path
         .collect();
     found.sort();
     match found.len() {
-        0 => Err(LocateError::NoneFound {
-            dir: dir.display().to_string(),
-        }),
+        0 => Err(LocateError::NoneFound { dir: shown(dir) }),
         1 => Ok(found.remove(0)),
         _ => Err(LocateError::Several {
-            dir: dir.display().to_string(),
+            dir: shown(dir),
             files: found
                 .iter()
                 .filter_map(|p| p.file_name())
-                .map(|n| n.to_string_lossy().into_owned())
+                .map(|n| crate::visible::escape(&n.to_string_lossy()))
                 .collect::<Vec<_>>()
                 .join(", "),
         }),

@@ -24,6 +24,11 @@ pub const DEFAULT_METRICS: &str = "/health/metrics";
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_mins(1);
 /// How long a build, migration, backup or check command may run.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_mins(15);
+/// The longest duration a configuration may give (a command's timeout, a
+/// readiness timeout, a pause between batches): a week. Longer is a slip
+/// (a unit or a few digits too many), and far longer overflows the
+/// arithmetic of deadlines.
+pub const MAX_DURATION: Duration = Duration::from_hours(7 * 24);
 /// Backups kept when a `backup` block has no `keep`.
 pub const DEFAULT_BACKUP_KEEP: u32 = 30;
 

@@ -8,7 +8,7 @@ use kdl::{KdlDocument, KdlEntry, KdlNode, KdlValue};
 use miette::SourceSpan;
 
 use super::error::{Problem, ProblemKind, suggest};
-use super::model::DrainWhen;
+use super::model::{DrainWhen, MAX_DURATION};
 
 #[derive(Debug, Clone)]
 pub struct Spanned<T> {
@@ -296,6 +296,7 @@ const PROXY: &[&str] = &["unit", "check", "watch"];
 /// Reads a parsed document into the raw tree, pushing every shape problem.
 pub fn read(doc: &KdlDocument, text: &str, problems: &mut Vec<Problem>) -> RawConfig {
     let mut r = Reader { text, problems };
+    r.annotations(doc);
     let mut raw = RawConfig::default();
     for node in doc.nodes() {
         match node.name().value() {
@@ -347,31 +348,90 @@ fn args(node: &KdlNode) -> impl Iterator<Item = &KdlEntry> {
     node.entries().iter().filter(|e| e.name().is_none())
 }
 
-/// How a control character is named in a message.
-/// Characters that change how text is laid out without being seen:
-/// Unicode's bidirectional controls and the line and paragraph separators.
-/// A reviewer reading a plan or a pull request would not see the value
-/// that is really there ("Trojan Source", CVE-2021-42574), so they are
-/// refused like control characters.
-pub(super) fn is_invisible_layout(c: char) -> bool {
-    matches!(
-        c,
-        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}'
-    )
+/// The line and paragraph separators: line breaks to a reader, refused
+/// with the control characters.
+fn is_separator(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}')
 }
 
+/// How a control character is named in a message.
 fn describe_control(c: char) -> String {
     match c {
         '\u{2028}' => "a line separator (U+2028)".to_owned(),
         '\u{2029}' => "a paragraph separator (U+2029)".to_owned(),
-        c if is_invisible_layout(c) => {
-            format!("the bidirectional control character U+{:04X}", u32::from(c))
-        }
         '\n' => "a newline (\\n)".to_owned(),
         '\r' => "a carriage return (\\r)".to_owned(),
         '\t' => "a tab (\\t)".to_owned(),
         '\0' => "a NUL character (\\0)".to_owned(),
         c => format!("the control character U+{:04X}", u32::from(c)),
+    }
+}
+
+/// What a string is, for the refusal of an invisible (format) character
+/// in it: each kind of value has its own code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// A name: of a project, environment, phase, runtime, service, proxy,
+    /// host or role, a reference to one, or a unit name.
+    Name,
+    /// A path, on the host or in the repository.
+    Path,
+    /// A user or group.
+    User,
+    /// The name of an environment variable.
+    EnvKey,
+    /// A word of a command.
+    Command,
+    /// The value of an environment variable: perhaps a secret, so never
+    /// quoted in a message.
+    EnvValue,
+    /// Any other value (a description, a branch, a URL).
+    Value,
+}
+
+impl Place {
+    /// Where a string value of `node` (property `key`) belongs.
+    fn of(node: &str, key: Option<&str>) -> Self {
+        match (node, key) {
+            ("env", _) => Place::EnvValue,
+            (_, Some("user")) | ("user" | "group", None) => Place::User,
+            (_, Some("state-dir" | "if-exists" | "inputs"))
+            | (
+                "root" | "unit-dir" | "env-file" | "working-directory" | "path" | "watch"
+                | "inputs" | "outputs" | "dir",
+                None,
+            ) => Place::Path,
+            (
+                "project" | "environment" | "phase" | "runtime" | "service" | "proxy" | "host"
+                | "roles" | "role" | "depends-on" | "unit" | "after" | "wants" | "wanted-by"
+                | "unit-name" | "promote-from",
+                None,
+            ) => Place::Name,
+            _ => Place::Value,
+        }
+    }
+
+    fn kind(self) -> ProblemKind {
+        match self {
+            Place::Name => ProblemKind::InvisibleInName,
+            Place::Path => ProblemKind::InvisibleInPath,
+            Place::User => ProblemKind::InvisibleInUser,
+            Place::EnvKey => ProblemKind::InvisibleInEnvKey,
+            Place::Command => ProblemKind::InvisibleInCommand,
+            Place::EnvValue | Place::Value => ProblemKind::InvisibleInValue,
+        }
+    }
+
+    /// What a reviewer who reads the value without it is misled about.
+    fn why(self) -> &'static str {
+        match self {
+            Place::Name => "units, directories and references would use another name",
+            Place::Path => "another file or directory would be used",
+            Place::User => "another user or group would be used",
+            Place::EnvKey => "the program would get a variable of another name",
+            Place::Command => "another program or argument would run",
+            Place::EnvValue | Place::Value => "moorline would use another value",
+        }
     }
 }
 
@@ -388,6 +448,54 @@ fn type_name(v: &KdlValue) -> &'static str {
 impl Reader<'_, '_> {
     fn push(&mut self, p: Problem) {
         self.problems.push(p);
+    }
+
+    /// Refuses every type annotation (`(i8)3000`, `(u8)"x"`, `(t)node`):
+    /// moorline defines none, and one would be ignored, so the value would
+    /// not be what its annotation says.
+    fn annotations(&mut self, doc: &KdlDocument) {
+        for node in doc.nodes() {
+            let name = node.name().value();
+            if let Some(ty) = node.ty() {
+                self.annotation(ty, node.span(), &format!("node `{name}`"));
+            }
+            for e in node.entries() {
+                if let Some(ty) = e.ty() {
+                    let on = match e.name() {
+                        Some(key) => format!("`{key}` on `{name}`", key = key.value()),
+                        None => format!("a value of `{name}`"),
+                    };
+                    self.annotation(ty, e.span(), &on);
+                }
+            }
+            // Nesting is bounded (`limits`) before kdl parses the file.
+            if let Some(children) = node.children() {
+                self.annotations(children);
+            }
+        }
+    }
+
+    fn annotation(&mut self, ty: &kdl::KdlIdentifier, around: SourceSpan, on: &str) {
+        // The annotation's own span when kdl gives one, with its parentheses.
+        let (at, len) = (ty.span().offset(), ty.span().len());
+        let span = match (
+            at.checked_sub(1).and_then(|b| self.text.get(b..at)),
+            self.text.get(at + len..at + len + 1),
+        ) {
+            _ if len == 0 => around,
+            (Some("("), Some(")")) => SourceSpan::from((at - 1, len + 2)),
+            _ => ty.span(),
+        };
+        let ty = ty.value();
+        self.push(Problem::new(
+            ProblemKind::TypeAnnotation,
+            span,
+            format!("type annotation `({ty})` on {on}"),
+            "type annotation",
+            format!(
+                "moorline reads no type annotations, and would ignore this one: remove `({ty})`; a value's type is how it is written (3000 is an integer, \"3000\" a string)"
+            ),
+        ));
     }
 
     fn unknown_node(&mut self, node: &KdlNode, allowed: &[&str], place: &str) {
@@ -438,32 +546,37 @@ impl Reader<'_, '_> {
     }
 
     fn string_value(&mut self, node: &KdlNode, e: &KdlEntry, what: &str) -> Option<Str> {
-        self.string_value_in(node, e, what, false)
+        let place = Place::of(node.name().value(), e.name().map(kdl::KdlIdentifier::value));
+        self.string_value_in(node, e, what, place, false)
     }
 
     /// A string value, checked for control characters: none is allowed
     /// (a value lands in unit files, plans and logs, where a newline starts
-    /// a new setting or line), except tabs where `tabs` is set.
+    /// a new setting or line), except tabs where `tabs` is set; and for
+    /// invisible format characters, refused by `place`.
     fn string_value_in(
         &mut self,
         node: &KdlNode,
         e: &KdlEntry,
         what: &str,
+        place: Place,
         tabs: bool,
     ) -> Option<Str> {
         if let KdlValue::String(s) = e.value() {
+            let mut v = Spanned::new(s.clone(), e.span());
+            v.content = verbatim_start(self.text, e, s);
+            let described = || match e.name() {
+                Some(key) => format!("`{} {}`", node.name().value(), key.value()),
+                None => format!("`{}`", node.name().value()),
+            };
             if let Some(c) = s
                 .chars()
-                .find(|c| (c.is_control() || is_invisible_layout(*c)) && !(tabs && *c == '\t'))
+                .find(|c| (c.is_control() || is_separator(*c)) && !(tabs && *c == '\t'))
             {
-                let place = match e.name() {
-                    Some(key) => format!("`{} {}`", node.name().value(), key.value()),
-                    None => format!("`{}`", node.name().value()),
-                };
                 self.push(Problem::new(
                     ProblemKind::ControlCharacter,
                     e.span(),
-                    format!("the value of {place} contains {}", describe_control(c)),
+                    format!("the value of {} contains {}", described(), describe_control(c)),
                     "control character in this value",
                     if tabs {
                         "remove it: a newline or other control character could start a new line in a plan or log; pass separate lines as separate arguments"
@@ -471,9 +584,11 @@ impl Reader<'_, '_> {
                         "remove it: values are written into unit files, plans and logs, where a newline or other control character starts a new setting or line (tabs are allowed only in build, migrate, backup and check commands)"
                     },
                 ));
+            } else if place == Place::EnvKey {
+                self.invisible(&v, "the name of an `env` variable", place);
+            } else {
+                self.invisible(&v, &format!("the value of {}", described()), place);
             }
-            let mut v = Spanned::new(s.clone(), e.span());
-            v.content = verbatim_start(self.text, e, s);
             Some(v)
         } else {
             self.push(Problem::new(
@@ -489,6 +604,46 @@ impl Reader<'_, '_> {
             ));
             None
         }
+    }
+
+    /// Refuses an invisible format character (a zero-width space, a
+    /// bidirectional override, a tag character) in `v` (`described`: "the
+    /// value of `user`"): the value would read as another in a review, in the
+    /// plan and in the unit file. The label is on the character itself
+    /// when the value is written verbatim.
+    fn invisible(&mut self, v: &Str, described: &str, place: Place) {
+        let Some((position, c)) = crate::visible::first_format(&v.value) else {
+            return;
+        };
+        let span = v.content.map_or(v.span, |start| {
+            let at: usize = v.value.chars().take(position - 1).map(char::len_utf8).sum();
+            SourceSpan::from((start + at, c.len_utf8()))
+        });
+        let name = crate::visible::describe(c);
+        let help = if place == Place::EnvValue {
+            // It may be a secret: the report must not quote it.
+            format!(
+                "{name} at character {position} of the value cannot be seen: a reviewer reads another value than the program gets; remove it"
+            )
+        } else {
+            let clean: String = v
+                .value
+                .chars()
+                .filter(|c| !crate::visible::is_format(*c))
+                .collect();
+            format!(
+                "{name} at character {position} of `{}` cannot be seen: a reviewer reads `{clean}`, but {}; remove it",
+                v.value,
+                place.why()
+            )
+        };
+        self.push(Problem::new(
+            place.kind(),
+            span,
+            format!("{described} contains the invisible character {name}"),
+            format!("{name} at character {position}"),
+            help,
+        ));
     }
 
     /// Exactly one string argument (a name or a value).
@@ -603,31 +758,53 @@ impl Reader<'_, '_> {
     }
 
     fn duration_of(&mut self, node: &KdlNode, e: &KdlEntry) -> Option<Spanned<Duration>> {
+        /// Why a value is not a duration moorline takes.
+        enum Fault {
+            Invalid,
+            TooLong,
+        }
         let parsed = match e.value() {
-            KdlValue::Integer(i) => u64::try_from(*i).ok().map(Duration::from_secs),
-            KdlValue::String(s) => humantime::parse_duration(s).ok(),
-            _ => None,
+            KdlValue::Integer(i) if *i > 0 => u64::try_from(*i)
+                .map(Duration::from_secs)
+                .map_err(|_| Fault::TooLong),
+            KdlValue::String(s) => humantime::parse_duration(s).map_err(|e| match e {
+                humantime::DurationError::NumberOverflow => Fault::TooLong,
+                _ => Fault::Invalid,
+            }),
+            _ => Err(Fault::Invalid),
+        };
+        let what = match e.name() {
+            Some(key) => format!("`{}` on `{}`", key.value(), node.name().value()),
+            None => format!("`{}`", node.name().value()),
         };
         match parsed {
-            Some(d) if !d.is_zero() => Some(Spanned::new(d, e.span())),
-            _ => {
-                self.push(Problem::new(
+            Ok(d) if d > MAX_DURATION => Err(Fault::TooLong),
+            Ok(d) if d.is_zero() => Err(Fault::Invalid),
+            other => other,
+        }
+        .map(|d| Spanned::new(d, e.span()))
+        .map_err(|fault| {
+            self.push(match fault {
+                Fault::Invalid => Problem::new(
                     ProblemKind::InvalidDuration,
                     e.span(),
-                    match e.name() {
-                        Some(key) => format!(
-                            "`{}` on `{}` is not a valid duration",
-                            key.value(),
-                            node.name().value()
-                        ),
-                        None => format!("`{}` is not a valid duration", node.name().value()),
-                    },
+                    format!("{what} is not a valid duration"),
                     "not a duration",
                     "write a positive duration such as \"90s\", \"5m\" or a number of seconds",
-                ));
-                None
-            }
-        }
+                ),
+                Fault::TooLong => Problem::new(
+                    ProblemKind::DurationTooLong,
+                    e.span(),
+                    format!("{what} is longer than moorline waits (7 days)"),
+                    "longer than 7 days",
+                    format!(
+                        "a duration is at most 7 days (\"7d\", {} seconds): no command, readiness check or pause should take longer, and a longer one is most likely a unit or a few digits too many",
+                        MAX_DURATION.as_secs()
+                    ),
+                ),
+            });
+        })
+        .ok()
     }
 
     fn duration(&mut self, node: &KdlNode) -> Option<Spanned<Duration>> {
@@ -655,7 +832,7 @@ impl Reader<'_, '_> {
         // written into the unit file's ExecStart= line.
         let tabs = node.name().value() != "exec";
         let argv: Vec<Str> = args(node)
-            .filter_map(|e| self.string_value_in(node, e, "each argument", tabs))
+            .filter_map(|e| self.string_value_in(node, e, "each argument", Place::Command, tabs))
             .collect();
         let timeout = node
             .entries()
@@ -703,6 +880,13 @@ impl Reader<'_, '_> {
                     )),
                 },
                 Some(key) => {
+                    // A bare key is a KDL identifier: it may hold format
+                    // characters, never control characters.
+                    self.invisible(
+                        &Spanned::new(key.to_owned(), e.span()),
+                        "the name of an `env` variable",
+                        Place::EnvKey,
+                    );
                     if let Some(v) = self.string_value(node, e, "each value") {
                         out.push(RawEnv {
                             name: Spanned::new(key.to_owned(), e.span()),
@@ -719,7 +903,7 @@ impl Reader<'_, '_> {
             [] => {}
             [k, v] => {
                 if let (Some(k), Some(v)) = (
-                    self.string_value(node, k, "the variable name"),
+                    self.string_value_in(node, k, "the variable name", Place::EnvKey, false),
                     self.string_value(node, v, "the value"),
                 ) {
                     out.push(RawEnv {
@@ -1444,5 +1628,36 @@ impl Reader<'_, '_> {
             }
         }
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_string_value_has_its_place() {
+        for (node, key, want) in [
+            ("service", None, Place::Name),
+            ("depends-on", None, Place::Name),
+            ("after", None, Place::Name),
+            ("unit", None, Place::Name),
+            ("root", None, Place::Path),
+            ("env-file", None, Place::Path),
+            ("unit-dir", None, Place::Path),
+            ("promote-from", Some("state-dir"), Place::Path),
+            ("migrate", Some("if-exists"), Place::Path),
+            ("user", None, Place::User),
+            ("group", None, Place::User),
+            ("host", Some("user"), Place::User),
+            ("host", Some("address"), Place::Value),
+            ("branch", None, Place::Value),
+            ("description", None, Place::Value),
+            ("env", Some("API_URL"), Place::EnvValue),
+            ("env", Some("user"), Place::EnvValue),
+            ("env", None, Place::EnvValue),
+        ] {
+            assert_eq!(Place::of(node, key), want, "{node} {key:?}");
+        }
     }
 }

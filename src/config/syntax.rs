@@ -125,6 +125,21 @@ fn explain(
     }
     if message.starts_with("Expected quoted string") {
         let quoted = at(text, span);
+        // KDL v2 refuses control and direction characters written as they
+        // are (escaped, they are refused by moorline's own checks).
+        if let Some(c) = quoted
+            .chars()
+            .find(|c| crate::visible::is_invisible(*c) && !matches!(c, '\n' | '\r' | '\t'))
+        {
+            return problem(
+                format!(
+                    "this string holds {} written as it is",
+                    crate::visible::describe(c)
+                ),
+                "invisible character in this string",
+                "remove it: KDL v2 does not allow it in a file, and moorline refuses control and invisible characters in every value".to_owned(),
+            );
+        }
         if let Some(esc) = bad_escape(quoted) {
             return problem(
                 format!("invalid escape `{esc}` in a string"),

@@ -61,6 +61,56 @@ fn address_fault(a: &str) -> Option<&'static str> {
     }
 }
 
+/// The longest user or group name systemd and `useradd` accept.
+const MAX_UNIT_USER: usize = 31;
+
+/// Why `u` cannot be a unit's `User=` or `Group=`, if it cannot: what
+/// systemd's strict check and `useradd` accept, `[a-zA-Z_][a-zA-Z0-9_-]*`
+/// with an optional final `$`, at most 31 characters, or a numeric id
+/// (not 65535 nor 4294967295, which mean "none"). systemd's relaxed check
+/// takes more ("root x"), but such a user cannot be made with `useradd`,
+/// and a unit naming it fails to start.
+/// https://systemd.io/USER_NAMES/
+pub(crate) fn unit_user_fault(u: &str) -> Option<&'static str> {
+    if u.is_empty() {
+        return Some("it is empty");
+    }
+    if u.bytes().all(|b| b.is_ascii_digit()) {
+        return match u.parse::<u32>() {
+            Ok(65535 | u32::MAX) => Some("65535 and 4294967295 are not ids, they mean \"no user\""),
+            Ok(_) => None,
+            Err(_) => Some("it is larger than any user or group id (4294967294)"),
+        };
+    }
+    let stem = u.strip_suffix('$').unwrap_or(u);
+    if u.chars().count() > MAX_UNIT_USER {
+        Some("it is longer than 31 characters")
+    } else if !stem
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+    {
+        Some("it does not start with a letter or `_`")
+    } else if !stem
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+    {
+        Some("it has characters other than letters, digits, `_` and `-` (and a final `$`)")
+    } else {
+        None
+    }
+}
+
+/// Whether `d` ends in a directory systemd reads unit files from:
+/// `.../systemd/system` (the system manager: /etc/systemd/system,
+/// /run/systemd/system, /usr/local/lib/systemd/system, ...) or
+/// `.../systemd/user` (a user manager: ~/.config/systemd/user,
+/// /etc/systemd/user, ...). systemd.unit(5), "Unit File Load Path".
+fn is_unit_dir(d: &str) -> bool {
+    let d = d.trim_end_matches('/');
+    d.ends_with("/systemd/system") || d.ends_with("/systemd/user")
+}
+
 /// Why `u` cannot be a host's ssh user, if it cannot: POSIX's portable
 /// user names (letters, digits, `.`, `_`, `-`, not starting with `-`).
 fn user_fault(u: &str) -> Option<&'static str> {
@@ -204,15 +254,10 @@ fn is_unit_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@')
 }
 
+/// Control or invisible characters, reported by `raw` on the value: the
+/// value is not checked again (one problem per mistake).
 fn has_control(s: &str) -> bool {
-    s.chars().any(char::is_control)
-}
-
-/// Control or invisible layout characters, reported by `raw` on the value:
-/// a message must not quote them again.
-fn has_hidden(s: &str) -> bool {
-    s.chars()
-        .any(|c| c.is_control() || super::raw::is_invisible_layout(c))
+    s.chars().any(crate::visible::is_invisible)
 }
 
 /// Whether git accepts `b` as a branch name (git-check-ref-format(1) for
@@ -659,8 +704,20 @@ impl Validator<'_> {
                     "moorline creates, switches and prunes directories under the root: give the project a directory of its own, for example \"/opt/pakashop\"",
                 ));
             }
-            if let Some(d) = &e.unit_dir {
-                self.absolute(d, "unit-dir");
+            if let Some(d) = &e.unit_dir
+                && self.absolute(d, "unit-dir")
+                && !is_unit_dir(&d.value)
+            {
+                self.push(Problem::new(
+                    ProblemKind::NotAUnitDir,
+                    d.span,
+                    format!("unit-dir `{}` is not a directory systemd reads units from", d.value),
+                    "systemd does not look here",
+                    "a unit installed there would never be loaded: write a directory of systemd's unit search path, ending in systemd/system for the system manager (\"/etc/systemd/system\", the default) or systemd/user for a user manager (\"/home/deploy/.config/systemd/user\"), or leave unit-dir out",
+                ));
+            }
+            for f in &e.env_files {
+                self.env_file(f, false);
             }
             if let Some((source, dir)) = &e.promote_from {
                 let names: Vec<&str> = raw
@@ -895,7 +952,7 @@ impl Validator<'_> {
             let Some(name) = &h.name else { continue };
             self.name(name, "host");
             if let Some(a) = &h.address
-                && !has_hidden(&a.value)
+                && !has_control(&a.value)
                 && let Some(why) = address_fault(&a.value)
             {
                 self.push(Problem::new(
@@ -911,7 +968,7 @@ impl Validator<'_> {
                 ));
             }
             if let Some(u) = &h.user
-                && !has_hidden(&u.value)
+                && !has_control(&u.value)
                 && let Some(why) = user_fault(&u.value)
             {
                 self.push(Problem::new(
@@ -1133,7 +1190,62 @@ impl Validator<'_> {
         out
     }
 
+    /// An `env-file` must name a file by an absolute path: a relative one
+    /// would be read from wherever moorline or systemd happens to run. In
+    /// a unit it may start with a placeholder that is absolute
+    /// (`{root}`, `{current}`), and with `-` (systemd: a missing file is
+    /// no error).
+    fn env_file(&mut self, f: &Str, unit: bool) {
+        if has_control(&f.value) {
+            return;
+        }
+        let path = if unit {
+            f.value.strip_prefix('-').unwrap_or(&f.value)
+        } else {
+            &f.value
+        };
+        let absolute = path.starts_with('/')
+            || (unit && (path.starts_with("{root}") || path.starts_with("{current}")));
+        if absolute {
+            if !unit {
+                self.absolute(f, "env-file");
+            }
+            return;
+        }
+        self.push(Problem::new(
+            ProblemKind::RelativeEnvFile,
+            f.span,
+            format!("env-file `{}` is not an absolute path", f.value),
+            "relative path",
+            if unit {
+                "systemd reads an EnvironmentFile= only by an absolute path: start it with `/`, {root} or {current} (\"/etc/shop/api.env\"; a leading `-` makes a missing file no error)"
+            } else {
+                "a relative env-file would be read from the directory moorline runs in, which differs between a terminal, CI and the fleet: write an absolute path, for example \"/etc/shop/production.env\""
+            },
+        ));
+    }
+
     fn unit(&mut self, raw: &RawUnit) -> UnitSpec {
+        for f in &raw.env_files {
+            self.env_file(f, true);
+        }
+        for u in [&raw.user, &raw.group].into_iter().flatten() {
+            if !has_control(&u.value)
+                && let Some(why) = unit_user_fault(&u.value)
+            {
+                self.push(Problem::new(
+                    ProblemKind::InvalidUnitUser,
+                    u.span,
+                    if u.value.is_empty() {
+                        "an empty user or group name".to_owned()
+                    } else {
+                        format!("`{}` is not a user or group name: {why}", u.value)
+                    },
+                    "not a user or group",
+                    "systemd and useradd take ASCII letters, digits, `_` and `-`, starting with a letter or `_` (a final `$` is allowed), at most 31 characters, or a numeric id: for example \"shop\" or \"1001\"",
+                ));
+            }
+        }
         if let Some(c) = &raw.exec {
             self.command_placeholders(c, IN_UNIT, "a unit's exec");
             if let Some(first) = c.argv.first()
@@ -1332,6 +1444,9 @@ impl Validator<'_> {
     }
 
     fn reference(&mut self, r: &Str, what: &str, known: &[&str]) {
+        if has_control(&r.value) {
+            return;
+        }
         let suggestion = if known.len() <= SUGGEST_AMONG {
             suggest(&r.value, known)
         } else {
@@ -1907,6 +2022,57 @@ mod tests {
             if let Ok(c) = got {
                 assert_eq!(c.services[0].is_root(), path == ".", "{path:?}");
             }
+        }
+    }
+
+    #[test]
+    fn unit_users_follow_useradd() {
+        for (u, ok) in [
+            ("root", true),
+            ("pakashop", true),
+            ("_apt", true),
+            ("www-data", true),
+            ("build_1", true),
+            ("machine$", true),
+            ("0", true),
+            ("1001", true),
+            ("4294967294", true),
+            (&"a".repeat(31), true),
+            (&"a".repeat(32), false),
+            ("", false),
+            ("root x", false),
+            ("app:admin", false),
+            ("1abc", false),
+            ("-root", false),
+            ("first.last", false),
+            ("a$b", false),
+            ("$", false),
+            ("caf\u{e9}", false),
+            ("65535", false),
+            ("4294967295", false),
+            ("99999999999", false),
+        ] {
+            assert_eq!(unit_user_fault(u).is_none(), ok, "{u:?}");
+        }
+    }
+
+    #[test]
+    fn unit_dirs_are_where_systemd_reads_units() {
+        for (d, ok) in [
+            ("/etc/systemd/system", true),
+            ("/etc/systemd/system/", true),
+            ("/run/systemd/system", true),
+            ("/usr/local/lib/systemd/system", true),
+            ("/home/deploy/.config/systemd/user", true),
+            ("/etc/systemd/user", true),
+            ("/etc", false),
+            ("/", false),
+            ("/etc/systemd", false),
+            ("/etc/systemd/system.d", false),
+            ("/opt/units", false),
+            ("/etc/systemd/system/multi-user.target.wants", false),
+        ] {
+            assert_eq!(is_unit_dir(d), ok, "{d}");
         }
     }
 

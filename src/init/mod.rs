@@ -219,14 +219,13 @@ fn is_source(path: &str) -> bool {
 }
 
 /// A name or value from the repository that can be written into the
-/// configuration as it is: no control or invisible layout characters
-/// (which validation refuses), no placeholder braces.
+/// configuration as it is: no control or invisible characters (which
+/// validation refuses), no placeholder braces.
 pub(crate) fn usable(s: &str) -> bool {
     !s.is_empty()
-        && !s.chars().any(|c| {
-            c.is_control()
-                || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}' | '{' | '}')
-        })
+        && !s
+            .chars()
+            .any(|c| crate::visible::is_invisible(c) || matches!(c, '{' | '}'))
 }
 
 /// A guessed value, where it came from, and whether a person should check it.

@@ -251,11 +251,21 @@ fn service(o: &mut String, s: &Service, project: &str, runtime_env: &[(String, S
         if let Some(d) = &u.description {
             let _ = writeln!(o, "        description {}", kdl_string(&escape_braces(d)));
         }
-        if let Some(user) = &u.user {
-            let _ = writeln!(o, "        user {}", kdl_string(&escape_braces(user)));
-        }
-        if let Some(group) = &u.group {
-            let _ = writeln!(o, "        group {}", kdl_string(&escape_braces(group)));
+        for (key, name) in [("user", &u.user), ("group", &u.group)] {
+            let Some(name) = name else { continue };
+            let name_kdl = kdl_string(&escape_braces(name));
+            match crate::config::unit_user_fault(name) {
+                None => {
+                    let _ = writeln!(o, "        {key} {name_kdl}");
+                }
+                // Written as a comment: validation would refuse it.
+                Some(why) => {
+                    let _ = writeln!(
+                        o,
+                        "        // check: the unit's {key} is not a name useradd makes ({why}):\n        // {key} {name_kdl}"
+                    );
+                }
+            }
         }
         for f in u
             .env_files

@@ -1,10 +1,14 @@
 //! The terminal rendering: grouped by phase, actions numbered in order,
 //! colour only when asked (the caller decides from the tty and NO_COLOR).
+//! Every text from outside (a changed path's name in a reason, an installed
+//! unit file's lines in a diff) is shown with its control and invisible
+//! characters escaped ([`crate::visible`]), so it cannot act on the terminal.
 
 use std::fmt::Write as _;
 
 use super::{after_words, change_words, changed_words, kind_words, rollback_target, summary};
 use crate::plan::{Operation, Plan, ServiceChange, UnitChange, short};
+use crate::visible::{escape as v, escape_lines};
 
 struct Paint {
     on: bool,
@@ -47,9 +51,9 @@ pub fn text(plan: &Plan, color: bool) -> String {
         out,
         "{} {}/{} (branch {})",
         p.bold(&format!("{} for", kind_words(plan))),
-        plan.project,
-        plan.environment,
-        plan.branch
+        v(&plan.project),
+        v(&plan.environment),
+        v(&plan.branch)
     );
     match plan.operation {
         Operation::Deploy => {
@@ -78,13 +82,13 @@ pub fn text(plan: &Plan, color: bool) -> String {
     }
     let _ = writeln!(out, "  {} · {}", summary(plan), changed_words(plan));
     for w in &plan.warnings {
-        let _ = writeln!(out, "{} {w}", p.yellow("warning:"));
+        let _ = writeln!(out, "{} {}", p.yellow("warning:"), v(w));
     }
     for n in &plan.notes {
-        let _ = writeln!(out, "{} {n}", p.bold("note:"));
+        let _ = writeln!(out, "{} {}", p.bold("note:"), v(n));
     }
     for c in &plan.conflicts {
-        let _ = writeln!(out, "{} {}", p.red("conflict:"), c.reason);
+        let _ = writeln!(out, "{} {}", p.red("conflict:"), v(&c.reason));
     }
     let width = plan
         .services
@@ -96,7 +100,7 @@ pub fn text(plan: &Plan, color: bool) -> String {
     for s in &plan.services {
         if s.phase != phase {
             phase = &s.phase;
-            let _ = writeln!(out, "\n{}", p.bold(&format!("phase {phase}")));
+            let _ = writeln!(out, "\n{}", p.bold(&format!("phase {}", v(phase))));
         }
         let (mark, words) = match s.change {
             _ if s.unit_change == UnitChange::Conflict => {
@@ -105,12 +109,14 @@ pub fn text(plan: &Plan, color: bool) -> String {
             ServiceChange::Unchanged => (p.dim("  "), p.dim(&change_words(plan.operation, s))),
             _ => (p.yellow("~ "), p.yellow(&change_words(plan.operation, s))),
         };
-        let _ = writeln!(out, "  {mark}{:width$}  {words}", s.name);
+        let _ = writeln!(out, "  {mark}{:width$}  {words}", v(&s.name));
         for r in &s.reasons {
-            let _ = writeln!(out, "      {}", p.dim(r));
+            let _ = writeln!(out, "      {}", p.dim(&v(r)));
         }
         if let Some(d) = &s.unit_diff {
             for line in d.lines() {
+                let line = escape_lines(line);
+                let line = line.as_str();
                 let l = if line.starts_with('+') && !line.starts_with("+++") {
                     p.green(line)
                 } else if line.starts_with('-') && !line.starts_with("---") {
@@ -133,15 +139,23 @@ pub fn text(plan: &Plan, color: bool) -> String {
             let after = if a.after.is_empty() {
                 String::new()
             } else {
-                p.dim(&format!(
-                    "  (after {})",
-                    after_words(&a.after, str::to_owned)
-                ))
+                p.dim(&format!("  (after {})", after_words(&a.after, v)))
             };
-            let _ = writeln!(out, "  {:>3}. {:idw$}  {}{after}", n + 1, a.id, a.reason);
+            let _ = writeln!(
+                out,
+                "  {:>3}. {:idw$}  {}{after}",
+                n + 1,
+                v(&a.id),
+                v(&a.reason)
+            );
         }
     }
-    let _ = writeln!(out, "\n{} {}", p.bold("rollback:"), plan.rollback.summary);
+    let _ = writeln!(
+        out,
+        "\n{} {}",
+        p.bold("rollback:"),
+        v(&plan.rollback.summary)
+    );
     let _ = writeln!(
         out,
         "{}",

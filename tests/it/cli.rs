@@ -25,6 +25,29 @@ pub fn text(o: &Output) -> String {
 }
 
 #[test]
+fn a_configuration_file_name_with_an_escape_sequence_is_shown_escaped() {
+    // A file name is text from outside too: `-c` with a name that would
+    // retitle the terminal shows it escaped, valid or not.
+    let dir = tempfile::tempdir().unwrap();
+    let name = "shop\u{1b}]0;PWNED\u{7}.kdl";
+    let valid = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pakashop.kdl"),
+    )
+    .unwrap();
+    for (config, ok) in [
+        (valid.as_str(), true),
+        ("project \"shop\"\nbogus 1\n", false),
+    ] {
+        std::fs::write(dir.path().join(name), config).unwrap();
+        let o = moorline(dir.path(), &["validate", "-c", name]);
+        let out = text(&o);
+        assert_eq!(o.status.success(), ok, "{out}");
+        assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+        assert!(out.contains(r"shop\u{1b}]0;PWNED\u{7}.kdl"), "{out}");
+    }
+}
+
+#[test]
 fn validate_finds_the_config_and_summarises_it() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let o = moorline(root, &["validate", "-c", "pakashop.kdl"]);

@@ -392,21 +392,31 @@ fn check_invalid(name: &str) {
         assert!(!help.trim().is_empty(), "{file}: no help for {p}");
         let labels: Vec<_> = p.labels().into_iter().flatten().collect();
         assert!(!labels.is_empty(), "{file}: no label for {p}");
+        // Spans point into the text as shown (invisible characters escaped).
+        let shown = &err.src.text;
         for l in labels {
             assert!(
-                l.offset() + l.len() <= text.len(),
+                l.offset() + l.len() <= shown.len(),
                 "{file}: label {:?} outside the file ({} bytes) for {p}",
                 l.inner(),
-                text.len()
+                shown.len()
             );
         }
     }
+    // Nothing a terminal acts on or a reader cannot see reaches the
+    // report: not from a value, a comment or the file's name.
+    let plain = moorline::report::plain(&err);
+    let hidden: Vec<char> = plain
+        .chars()
+        .filter(|c| moorline::visible::is_invisible(*c) && *c != '\n')
+        .collect();
+    assert!(hidden.is_empty(), "{file}: {hidden:?} in the report");
     insta::with_settings!({
         description => text.clone(),
         omit_expression => true,
         prepend_module_to_snapshot => false,
     }, {
-        insta::assert_snapshot!(format!("invalid__{name}"), moorline::report::plain(&err));
+        insta::assert_snapshot!(format!("invalid__{name}"), plain);
     });
 }
 
@@ -427,6 +437,21 @@ macro_rules! invalid {
 
 invalid! {
     secret_beside_a_syntax_error,
+    control_bytes_in_comment,
+    syntax_control_bytes,
+    invisible_in_name,
+    invisible_in_path,
+    invisible_in_user,
+    invisible_in_env_key,
+    invisible_in_command,
+    invisible_in_value,
+    invisible_in_secret_env_value,
+    // Values that validate as KDL but cannot work.
+    duration_too_long,
+    unit_user_invalid,
+    relative_env_file,
+    unit_dir_not_read,
+    type_annotation,
     secret_marked_beside_a_problem,
     bidi_override_in_exec,
     line_separator_in_description,
@@ -670,6 +695,25 @@ mod generated {
     fn slashdash_100k() {
         let text = format!("{PRELUDE}{}a\n", "/- ".repeat(100_000));
         check_generated("slashdash_100k", &text, "moorline::config::too_deep");
+    }
+
+    #[test]
+    fn control_bytes_between_problems() {
+        // 200,000 unknown properties on one line, an ESC in a comment
+        // between each two: every label is moved past the escapes before
+        // it in logarithmic time (summing them per label would be 2·10^10
+        // additions here).
+        let text = format!(
+            "{PRELUDE}service \"api\" {}{{ runtime \"node\"; port 3000; phase \"app\"; }}\n",
+            "xy=1 /*\u{1b}*/ ".repeat(200_000)
+        );
+        let started = std::time::Instant::now();
+        check_generated(
+            "control_bytes_between_problems",
+            &text,
+            "moorline::config::unknown_property",
+        );
+        eprintln!("reported in {:?}", started.elapsed());
     }
 
     #[test]

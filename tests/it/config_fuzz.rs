@@ -43,6 +43,10 @@ const TOKENS: &[&str] = &[
     "\\u{1b}",
     "\u{1b}",
     "\u{85}",
+    "\u{200b}",
+    "\\u{200b}",
+    "\u{202e}",
+    "\u{7}",
     ")",
     "(t)",
     "/-",
@@ -153,18 +157,26 @@ fn check(mutations: &[Mutation]) -> Result<(), TestCaseError> {
     }
     if let Err(err) = moorline::config::parse("pakashop.kdl", &text) {
         prop_assert!(!err.problems.is_empty(), "an error without problems");
+        // Labels point into the text as shown, its invisible characters escaped.
+        let shown = err.src.text.len();
         for p in &err.problems {
             for l in p.labels().into_iter().flatten() {
                 prop_assert!(
-                    l.offset() + l.len() <= text.len(),
+                    l.offset() + l.len() <= shown,
                     "label {:?} past the end ({} bytes): {}",
                     l.inner(),
-                    text.len(),
+                    shown,
                     p
                 );
             }
         }
         let plain = moorline::report::plain(&err);
+        prop_assert!(
+            !plain
+                .chars()
+                .any(|c| moorline::visible::is_invisible(c) && c != '\n'),
+            "an invisible character in the report"
+        );
         let mut fancy = String::new();
         miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode())
             .with_width(120)

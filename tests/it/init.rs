@@ -98,6 +98,30 @@ fn init_mixed_repository_with_unit_files_and_nginx() {
 }
 
 #[test]
+fn init_writes_a_unit_user_validation_refuses_as_a_comment() {
+    // systemd's relaxed User= takes `www.data` and `zero\u{200b}width`;
+    // validation refuses both, so init leaves them for a person to check.
+    let unit = "[Service]\nUser=www.data\nGroup=shop\u{200b}\n\
+                ExecStart=/usr/bin/node /srv/shop/services/api/src/index.js\n";
+    let dir = repo(&[
+        (
+            "services/api/package.json",
+            r#"{"name":"api","scripts":{"start":"node src/index.js"}}"#,
+        ),
+        ("services/api/src/index.js", "app.listen(3000);\n"),
+        ("deploy/systemd/shop-api.service", unit),
+    ]);
+    let (config, _) = init_and_validate(dir.path());
+    assert!(
+        config.contains(
+            "// check: the unit's user is not a name useradd makes (it has characters other than letters, digits, `_` and `-` (and a final `$`)):\n        // user \"www.data\""
+        ),
+        "{config}"
+    );
+    assert!(!config.contains('\u{200b}'), "{config}");
+}
+
+#[test]
 fn init_node_prisma_monorepo_with_pnpm_workspace() {
     let dir = repo(&[
         (

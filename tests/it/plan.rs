@@ -180,6 +180,32 @@ fn one_service_changed() {
 }
 
 #[test]
+fn control_characters_from_the_repository_are_escaped_in_the_text_plan() {
+    // A commit can name a file and word its message with escape sequences
+    // (retitle the terminal, clear the screen): the plan shows them escaped.
+    let f = Fx::new();
+    let from = f.initial();
+    f.commit(
+        "main",
+        "coupon: \u{1b}[2J\u{1b}]0;PWNED\u{7}fix",
+        &[Edit::Write {
+            path: "services/coupon/\u{1b}]0;PWNED\u{7}\u{9b}2J\u{202e}sj.js".to_owned(),
+            contents: "x\n".to_owned(),
+        }],
+    );
+    let text = f.plan(&["--env", "staging", "--from", &from]);
+    let hidden: Vec<char> = text
+        .chars()
+        .filter(|c| moorline::visible::is_invisible(*c) && *c != '\n')
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?} in\n{text}");
+    assert!(
+        text.contains(r"services/coupon/\u{1b}]0;PWNED\u{7}\u{9b}2J\u{202e}sj.js"),
+        "{text}"
+    );
+}
+
+#[test]
 fn watched_shared_path_changed() {
     let f = Fx::new();
     let from = f.initial();
@@ -1221,6 +1247,56 @@ fn a_fleet_planned_from_a_revision_needs_no_host() {
     );
     // The same inputs, the same bytes.
     assert_eq!(json, plan(None, "json"));
+}
+
+#[test]
+fn a_unit_dir_of_the_other_manager_is_refused() {
+    // These plans are made with `--systemd user`: a unit-dir the system
+    // manager reads would hold units the user manager never loads.
+    let f = Fx::new();
+    f.edit_config(
+        "    branch \"main\"\n",
+        "    branch \"main\"\n    unit-dir \"/etc/systemd/system\"\n",
+    );
+    let o = f.run(&["plan", "--env", "staging"]);
+    fails_with(&o, "moorline::cli::unit_dir_manager");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("--systemd system, or"), "{stderr}");
+    let o = f
+        .cmd_for("system", &["plan", "--env", "staging"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("unit_dir_manager"),
+        "{}",
+        describe(&o)
+    );
+    // A fleet's controller installs no unit: its own manager is no reason
+    // to refuse the hosts' unit-dir.
+    fleet_production(&f);
+    f.edit_config(
+        "    branch \"production\"\n",
+        "    branch \"production\"\n    unit-dir \"/etc/systemd/system\"\n",
+    );
+    let initial = f.initial();
+    f.plan(&[
+        "--env",
+        "production",
+        "--from",
+        &initial,
+        "--to",
+        "production",
+    ]);
+    f.plan(&[
+        "--env",
+        "production",
+        "--host",
+        "app1",
+        "--from",
+        &initial,
+        "--to",
+        "production",
+    ]);
 }
 
 #[test]
