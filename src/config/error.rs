@@ -49,6 +49,8 @@ pub enum ProblemKind {
     InvalidBatch,
     ImpossibleRollout,
     FleetWithoutHosts,
+    PassEnvName,
+    PassEnvDuplicate,
 }
 
 impl ProblemKind {
@@ -94,6 +96,8 @@ impl ProblemKind {
         Self::InvalidBatch,
         Self::ImpossibleRollout,
         Self::FleetWithoutHosts,
+        Self::PassEnvName,
+        Self::PassEnvDuplicate,
     ];
 
     /// The stable code printed with the diagnostic (`moorline::config::...`).
@@ -139,6 +143,8 @@ impl ProblemKind {
             Self::InvalidBatch => "moorline::config::invalid_batch",
             Self::ImpossibleRollout => "moorline::config::impossible_rollout",
             Self::FleetWithoutHosts => "moorline::config::fleet_without_hosts",
+            Self::PassEnvName => "moorline::config::pass_env_name",
+            Self::PassEnvDuplicate => "moorline::config::pass_env_duplicate",
         }
     }
 }

@@ -38,6 +38,12 @@ pub struct Plan {
     pub inputs: PlanInputs,
     /// Number of paths that changed between `from` and `to`.
     pub changed_paths: usize,
+    /// The environment's `pass-env`: variables of moorline's own
+    /// environment that the commands the plan runs receive, besides the
+    /// minimal environment every command gets
+    /// ([`crate::process::command_env`]). Empty: none.
+    #[serde(default)]
+    pub pass_env: Vec<String>,
     /// Every service of the config, in start order.
     pub services: Vec<ServicePlan>,
     /// Topologically ordered; `after` lists direct predecessors.
@@ -690,6 +696,8 @@ pub(crate) struct Unbuilt<'a> {
     pub rollback: RollbackPlan,
     pub warnings: Vec<String>,
     pub salt: Option<(&'a str, &'a str)>,
+    /// The environment's `pass-env`.
+    pub pass_env: Vec<String>,
 }
 
 impl Unbuilt<'_> {
@@ -730,6 +738,7 @@ impl Unbuilt<'_> {
             fingerprint,
             inputs,
             changed_paths: 0,
+            pass_env: self.pass_env,
             services: self.services,
             actions: self.actions,
             rollback: self.rollback,
@@ -964,6 +973,7 @@ mod tests {
                 skip_promotion_check: false,
             },
             changed_paths: 0,
+            pass_env: Vec::new(),
             services: Vec::new(),
             actions: services
                 .iter()
