@@ -17,6 +17,7 @@ pub mod harness;
 pub mod health;
 pub mod init;
 pub mod journal;
+pub(crate) mod json_file;
 pub mod lock;
 pub mod logs;
 pub mod migrations;

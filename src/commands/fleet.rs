@@ -240,8 +240,8 @@ pub fn read_fleet_plan(path: &Path) -> miette::Result<Option<FleetPlan>> {
         path: path.display().to_string(),
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let bytes = super::apply::read_plan_bytes(path)?;
+    let value = super::apply::parse_plan_json(path, &bytes)?;
     match value.get("fleet_format_version") {
         None => Ok(None),
         Some(v) if v.as_u64() == Some(u64::from(fplan::FLEET_FORMAT_VERSION)) => Ok(Some(

@@ -19,6 +19,16 @@ pub use build::{ForeignUnit, HostView, Inputs, MigrateCheck, PlanError, build};
 /// Version of the JSON contract; bumped on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The largest plan file `apply PLANFILE` and `--reviewed` read (128
+/// MiB), a host's plan or a fleet's. Measured: the first deploy of 2,000
+/// generated fixture services (`benches/plan.rs`'s fleet: 8,205 actions,
+/// every service built, installed, restarted and checked) saves as 5.4 MB.
+/// A fleet plan holds one host plan per host, so the cap fits some 20
+/// hosts that each run all 2,000 services; it keeps a file that is no
+/// plan from taking the host's memory (`/dev/zero`, a FIFO and other
+/// files that are not regular are refused before any read).
+pub const PLAN_FILE_CAP: u64 = 128 * 1024 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub format_version: u32,
