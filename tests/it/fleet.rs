@@ -935,3 +935,26 @@ async fn secrets_printed_on_hosts_reach_nothing_the_controller_prints_or_writes(
     let listed = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(listed.contains("/repo/"), "{listed}");
 }
+
+/// A `%` in the controller's state directory reaches ssh as a `%`, not as a
+/// token (`%h` would be the host, `%C` a hash): the control sockets live
+/// in that directory's `fleet/ssh/`, and the plan reaches the hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_percent_in_the_state_directory_is_no_ssh_token() {
+    let Some(mut w) = world(2, "canary 1", false).await else {
+        return;
+    };
+    w.ctrl = w.dir.path().join("state %h %C %% \"q\"");
+    let out = w.run(&["plan", "--env", "staging", "--format", "json"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["hosts"].as_array().map(Vec::len), Some(2), "{plan}");
+    assert!(w.ctrl.join("fleet/ssh").is_dir());
+    // Nothing appeared beside it under a name ssh made by expanding one.
+    let mut names: Vec<String> = std::fs::read_dir(w.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["fx", "hosts", "state %h %C %% \"q\""]);
+}
