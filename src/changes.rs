@@ -331,10 +331,44 @@ impl Repo {
     /// HEAD, and untracked files. Ignored files are not changes. Sorted,
     /// each as `path (what)`. Empty for a repository without a working tree
     /// or for no paths.
-    pub fn uncommitted(&self, paths: &[String]) -> Result<Vec<String>, GitError> {
+    ///
+    /// libgit2 reads no working tree with directories nested more than 100
+    /// deep (`directory nesting too deep`, its own fixed limit): the paths
+    /// are then looked at one by one, and those it cannot read are
+    /// [`Uncommitted::unchecked`], so one deep tree does not stop the plan
+    /// of every service.
+    pub fn uncommitted(&self, paths: &[String]) -> Result<Uncommitted, GitError> {
         if self.repo.is_bare() || paths.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Uncommitted::default());
         }
+        let reading = "reading the working tree's status";
+        let mut out = match self.statuses(paths) {
+            Ok(changes) => Uncommitted {
+                changes,
+                unchecked: Vec::new(),
+            },
+            Err(e) if too_deep(&e) => {
+                let mut out = Uncommitted::default();
+                for p in paths {
+                    match self.statuses(std::slice::from_ref(p)) {
+                        Ok(c) => out.changes.extend(c),
+                        Err(e) if too_deep(&e) => {
+                            out.unchecked.push(format!("{p}: {}", e.message()));
+                        }
+                        Err(e) => return Err(failed(reading)(e)),
+                    }
+                }
+                out
+            }
+            Err(e) => return Err(failed(reading)(e)),
+        };
+        out.changes.sort();
+        out.changes.dedup();
+        Ok(out)
+    }
+
+    /// [`Repo::uncommitted`]'s changes under `paths`, in one status walk.
+    fn statuses(&self, paths: &[String]) -> Result<Vec<String>, git2::Error> {
         let mut opts = git2::StatusOptions::new();
         opts.include_untracked(true)
             .recurse_untracked_dirs(true)
@@ -350,21 +384,15 @@ impl Repo {
             }
         }
         opts.disable_pathspec_match(true);
-        let statuses = self
-            .repo
-            .statuses(Some(&mut opts))
-            .map_err(failed("reading the working tree's status"))?;
-        let mut out: Vec<String> = statuses
+        let statuses = self.repo.statuses(Some(&mut opts))?;
+        Ok(statuses
             .iter()
             .filter_map(|e| {
                 let path = String::from_utf8_lossy(e.path_bytes()).into_owned();
                 let what = status_word(e.status())?;
                 Some(format!("{path} ({what})"))
             })
-            .collect();
-        out.sort();
-        out.dedup();
-        Ok(out)
+            .collect())
     }
 
     /// The id of `sha`'s root tree: equal ids mean identical contents.
@@ -546,6 +574,23 @@ impl Repo {
     }
 }
 
+/// What [`Repo::uncommitted`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Uncommitted {
+    /// Each `path (what)`, sorted.
+    pub changes: Vec<String>,
+    /// The paths libgit2 could not read the working tree of, each
+    /// `path: reason`: not checked for changes.
+    pub unchecked: Vec<String>,
+}
+
+/// Whether libgit2 refused a working tree for its directory nesting limit
+/// (100 levels, fixed in libgit2's filesystem iterator; git itself has
+/// none). It says so only in its message.
+fn too_deep(e: &git2::Error) -> bool {
+    e.message().contains("nesting too deep")
+}
+
 /// Directories nested deeper than this under a service are refused by
 /// [`Repo::export`]: far beyond any real source tree (git itself has no
 /// limit), and small enough that the recursive walk stays shallow.
@@ -719,7 +764,7 @@ mod tests {
         );
         let repo = Repo::discover(&root).unwrap();
         let watched = ["svc/a".to_owned(), "app.kdl".to_owned()];
-        assert!(repo.uncommitted(&watched).unwrap().is_empty());
+        assert_eq!(repo.uncommitted(&watched).unwrap(), Uncommitted::default());
         std::fs::write(root.join("svc/a/main.js"), "2").unwrap();
         std::fs::remove_file(root.join("svc/a/gone.js")).unwrap();
         std::fs::write(root.join("svc/a/new.js"), "n").unwrap();
@@ -728,7 +773,7 @@ mod tests {
         std::fs::write(root.join("other/y"), "2").unwrap();
         std::fs::write(root.join("app.kdl"), "k2").unwrap();
         assert_eq!(
-            repo.uncommitted(&watched).unwrap(),
+            repo.uncommitted(&watched).unwrap().changes,
             [
                 "app.kdl (modified)",
                 "svc/a/gone.js (deleted)",
@@ -736,7 +781,32 @@ mod tests {
                 "svc/a/new.js (untracked)",
             ]
         );
-        assert!(repo.uncommitted(&[]).unwrap().is_empty());
+        assert_eq!(repo.uncommitted(&[]).unwrap(), Uncommitted::default());
+    }
+
+    /// A working tree nested deeper than libgit2 walks (100) under one
+    /// path leaves that path unchecked, and the others checked.
+    #[test]
+    fn a_tree_too_deep_for_libgit2_leaves_only_its_path_unchecked() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("r");
+        let deep = format!("deep/{}f", "d/".repeat(150));
+        committed_repo(&root, &[("svc/a.js", "1"), (deep.as_str(), "x")]);
+        let repo = Repo::discover(&root).unwrap();
+        std::fs::write(root.join("svc/a.js"), "2").unwrap();
+        let found = repo
+            .uncommitted(&["deep".to_owned(), "svc".to_owned()])
+            .unwrap();
+        assert_eq!(found.changes, ["svc/a.js (modified)"]);
+        assert_eq!(found.unchecked.len(), 1, "{found:?}");
+        assert!(
+            found.unchecked[0].starts_with("deep: ") && found.unchecked[0].contains("too deep"),
+            "{found:?}"
+        );
+        // The whole repository is one path: unchecked as a whole.
+        let found = repo.uncommitted(&[".".to_owned()]).unwrap();
+        assert!(found.changes.is_empty());
+        assert_eq!(found.unchecked.len(), 1, "{found:?}");
     }
 
     #[test]
@@ -767,10 +837,13 @@ mod tests {
         // Uncommitted changes anywhere are the root's.
         std::fs::write(root.join("notes.md"), "n").unwrap();
         assert_eq!(
-            repo.uncommitted(&[".".to_owned()]).unwrap(),
+            repo.uncommitted(&[".".to_owned()]).unwrap().changes,
             ["notes.md (untracked)"]
         );
-        assert!(repo.uncommitted(&["cmd".to_owned()]).unwrap().is_empty());
+        assert_eq!(
+            repo.uncommitted(&["cmd".to_owned()]).unwrap(),
+            Uncommitted::default()
+        );
     }
 
     #[test]

@@ -1450,3 +1450,45 @@ fn host_flag_refuses_unknown_hosts_and_environments_without_hosts() {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
 }
+
+/// A directory nested 300 levels deep in one service (deeper than
+/// libgit2 reads a working tree: 100) no longer stops the plan of the
+/// whole repository with `moorline::git::failed`: the plan names the path
+/// it could not check, and plans every service.
+#[test]
+fn a_deeply_nested_directory_in_one_service_does_not_stop_the_plan() {
+    let f = Fx::new();
+    let deep = format!("services/coupon/{}leaf.txt", "d/".repeat(300));
+    f.commit(
+        "main",
+        "a deep tree",
+        &[Edit::Write {
+            path: deep.clone(),
+            contents: "x\n".to_owned(),
+        }],
+    );
+    assert!(f.fx.repo.join(&deep).is_file(), "checked out");
+    let json = f.plan(&["--env", "staging", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let warnings: Vec<&str> = plan["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.starts_with(
+            "not checked for uncommitted changes, services/coupon: directory nesting too deep"
+        )),
+        "{warnings:?}"
+    );
+    assert!(plan["uncommitted"].is_null(), "{plan}");
+    assert!(
+        plan["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == "build:coupon"),
+        "{plan}"
+    );
+}
