@@ -791,7 +791,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("r");
         let deep = format!("deep/{}f", "d/".repeat(150));
-        committed_repo(&root, &[("svc/a.js", "1"), (deep.as_str(), "x")]);
+        // Added path by path: libgit2's `add_all` walks the tree too.
+        let git = Repository::init(&root).unwrap();
+        let mut index = git.index().unwrap();
+        for p in ["svc/a.js", deep.as_str()] {
+            std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
+            std::fs::write(root.join(p), "1").unwrap();
+            index.add_path(Path::new(p)).unwrap();
+        }
+        index.write().unwrap();
+        let tree = git.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        git.commit(Some("HEAD"), &sig, &sig, "deep", &tree, &[])
+            .unwrap();
         let repo = Repo::discover(&root).unwrap();
         std::fs::write(root.join("svc/a.js"), "2").unwrap();
         let found = repo
