@@ -10,6 +10,8 @@ use std::path::Path;
 use crate::support;
 
 const AWS_SECRET: &str = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY";
+/// Passed on purpose; its name looks secret, so moorline redacts it.
+const DEPLOY_TOKEN: &str = "tok-0f9e8d7c6b5a";
 
 #[test]
 fn a_build_sees_no_credential_of_moorlines_environment() {
@@ -31,7 +33,7 @@ environment "staging" {{
     branch "main"
     root "{root}"
     env LOG_LEVEL="debug"
-    pass-env "CI_JOB_ID" "NOT_SET_ANYWHERE"
+    pass-env "CI_JOB_ID" "NOT_SET_ANYWHERE" "DEPLOY_TOKEN"
 }}
 phase "core"
 runtime "sh" {{
@@ -70,6 +72,7 @@ service "api" {{ runtime "sh"; port {port}; phase "core" }}
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
             .env("CI_JOB_ID", "4711")
+            .env("DEPLOY_TOKEN", DEPLOY_TOKEN)
             .env_remove("NOT_SET_ANYWHERE")
             .stdin(std::process::Stdio::null())
             .output()
@@ -81,21 +84,21 @@ service "api" {{ runtime "sh"; port {port}; phase "core" }}
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
     assert!(
         text.contains(
-            "  pass-env CI_JOB_ID, NOT_SET_ANYWHERE from moorline's environment into every command\n"
+            "  pass-env CI_JOB_ID, NOT_SET_ANYWHERE, DEPLOY_TOKEN from moorline's environment into every command\n"
         ),
         "{text}"
     );
     let md = run(&["plan", "--env", "staging", "--format", "markdown"]);
     let md = String::from_utf8_lossy(&md.stdout).into_owned();
     assert!(
-        md.contains("**pass-env** `CI_JOB_ID`, `NOT_SET_ANYWHERE` from moorline's environment into every command\n"),
+        md.contains("**pass-env** `CI_JOB_ID`, `NOT_SET_ANYWHERE`, `DEPLOY_TOKEN` from moorline's environment into every command\n"),
         "{md}"
     );
     let json = run(&["plan", "--env", "staging", "--format", "json"]);
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(
         json["pass_env"],
-        serde_json::json!(["CI_JOB_ID", "NOT_SET_ANYWHERE"])
+        serde_json::json!(["CI_JOB_ID", "NOT_SET_ANYWHERE", "DEPLOY_TOKEN"])
     );
 
     let out = run(&["apply", "--env", "staging", "--yes"]);
@@ -107,6 +110,10 @@ service "api" {{ runtime "sh"; port {port}; phase "core" }}
     assert_eq!(logs.len(), 1, "{logs:?}");
     let log = std::fs::read_to_string(&logs[0]).unwrap();
     assert!(!log.contains(AWS_SECRET), "{log}");
+    assert!(
+        !log.contains(DEPLOY_TOKEN) && !stderr.contains(DEPLOY_TOKEN),
+        "{log}"
+    );
     let names: BTreeSet<&str> = log
         .lines()
         .filter_map(|l| l.split_once('=').map(|(k, _)| k))
@@ -119,6 +126,7 @@ service "api" {{ runtime "sh"; port {port}; phase "core" }}
         "LANG",
         "LOG_LEVEL",
         "CI_JOB_ID",
+        "DEPLOY_TOKEN",
         "MOORLINE_ENV",
         "MOORLINE_ROOT",
         "MOORLINE_SERVICE",
@@ -128,6 +136,7 @@ service "api" {{ runtime "sh"; port {port}; phase "core" }}
     assert_eq!(names, expected, "{log}");
     for line in [
         "CI_JOB_ID=4711",
+        "DEPLOY_TOKEN=(redacted)",
         "LANG=C.UTF-8",
         "PATH=/usr/local/bin:/usr/bin:/bin",
         "LOG_LEVEL=debug",
