@@ -774,6 +774,9 @@ mod tests {
         );
     }
 
+    /// Variables, as `(name, value)` pairs.
+    type Vars<'a> = &'a [(&'a str, &'a str)];
+
     /// What a command's environment holds, from moorline's environment
     /// `outer`, an environment with `pass` and `env`.
     fn env_of(outer: &[(&str, &str)], pass: &[&str], env: &[(&str, &str)]) -> Vec<String> {
@@ -830,7 +833,7 @@ mod tests {
         ];
         let base = ["HOME=/root", "LANG=C.UTF-8"];
         // (outer, pass-env, env, expected besides MOORLINE_*)
-        let cases: &[(&[(&str, &str)], &[&str], &[(&str, &str)], &[&str])] = &[
+        let cases: &[(Vars, &[&str], Vars, &[&str])] = &[
             // Only the base variables of moorline's environment.
             (
                 &moorline,
