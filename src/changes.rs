@@ -510,41 +510,59 @@ impl Repo {
         };
         std::fs::create_dir_all(dest).map_err(|e| ExportError::Io(dest.to_owned(), e))?;
         let mut files = 0;
-        self.export_tree(&sub, dest, 0, &mut files)?;
+        self.export_tree(&sub, dest, &mut files)?;
         Ok(files)
     }
 
-    /// Writes one tree. Every file and directory is created new (`O_EXCL`,
+    /// Writes a tree. Every file and directory is created new (`O_EXCL`,
     /// `mkdir`), so a hostile tree cannot write through a symlink it made
-    /// earlier (two entries of one name), and nesting is bounded so a
-    /// crafted tree cannot exhaust the stack.
+    /// earlier (two entries of one name). The walk keeps its own stack, so
+    /// however deep a tree nests it needs no more of the thread's; what
+    /// bounds nesting is the longest path the kernel takes
+    /// ([`MAX_EXPORT_PATH`]), and a tree beyond it fails this export
+    /// naming the path.
     fn export_tree(
         &self,
         tree: &Tree<'_>,
         dest: &Path,
-        depth: usize,
         files: &mut u64,
     ) -> Result<(), ExportError> {
-        if depth >= MAX_EXPORT_DEPTH {
-            return Err(ExportError::TooDeep {
-                path: dest.to_owned(),
-                limit: MAX_EXPORT_DEPTH,
-            });
+        let mut dirs = vec![(tree.id(), dest.to_owned())];
+        while let Some((id, dir)) = dirs.pop() {
+            let tree = self
+                .repo
+                .find_tree(id)
+                .map_err(failed("reading a directory"))?;
+            self.export_entries(&tree, &dir, files, &mut dirs)?;
         }
+        Ok(())
+    }
+
+    /// Writes the entries of one tree into `dest`; its subtrees are
+    /// created empty and left in `dirs` to fill.
+    fn export_entries(
+        &self,
+        tree: &Tree<'_>,
+        dest: &Path,
+        files: &mut u64,
+        dirs: &mut Vec<(Oid, PathBuf)>,
+    ) -> Result<(), ExportError> {
         for entry in tree {
             let Ok(name) = entry.name() else { continue };
             if name == ".." || name == "." || name.contains('/') {
                 continue;
             }
             let path = dest.join(name);
+            if path.as_os_str().len() > MAX_EXPORT_PATH {
+                return Err(ExportError::TooDeep {
+                    path,
+                    limit: MAX_EXPORT_PATH,
+                });
+            }
             match entry.kind() {
                 Some(ObjectType::Tree) => {
-                    let sub = self
-                        .repo
-                        .find_tree(entry.id())
-                        .map_err(failed("reading a directory"))?;
                     std::fs::create_dir(&path).map_err(|e| ExportError::Io(path.clone(), e))?;
-                    self.export_tree(&sub, &path, depth + 1, files)?;
+                    dirs.push((entry.id(), path));
                 }
                 Some(ObjectType::Blob) => {
                     let blob = self
@@ -591,10 +609,12 @@ fn too_deep(e: &git2::Error) -> bool {
     e.message().contains("nesting too deep")
 }
 
-/// Directories nested deeper than this under a service are refused by
-/// [`Repo::export`]: far beyond any real source tree (git itself has no
-/// limit), and small enough that the recursive walk stays shallow.
-pub const MAX_EXPORT_DEPTH: usize = 256;
+/// The longest path [`Repo::export`] creates, in bytes: Linux's
+/// `PATH_MAX` (4096) less its NUL. A tree nested so deep that a path in
+/// the release would be longer cannot be written with plain paths (git
+/// itself has no limit); its export fails, naming the path. With one-letter
+/// directory names that is some 2,000 levels.
+pub const MAX_EXPORT_PATH: usize = 4095;
 
 /// Creates `path` (failing if anything, a symlink included, is there) and
 /// writes `bytes` to it.
@@ -675,10 +695,14 @@ pub enum ExportError {
         help("check free space and permissions under the environment's root")
     )]
     Io(PathBuf, #[source] std::io::Error),
-    #[error("the service's tree nests directories deeper than {limit} levels at {path}")]
+    #[error(
+        "the service's tree nests too deep to export: {path} would be longer than {limit} bytes"
+    )]
     #[diagnostic(
         code(moorline::release::too_deep),
-        help("no source tree needs that; check the commit for a crafted or generated tree")
+        help(
+            "only this service's build fails; no source tree needs that, so check the commit for a crafted or generated tree"
+        )
     )]
     TooDeep { path: PathBuf, limit: usize },
 }
@@ -734,13 +758,16 @@ mod tests {
     fn export_refuses_a_tree_nested_beyond_the_limit_and_writes_a_deep_one() {
         let dir = tempfile::tempdir().unwrap();
         let git = Repository::init(dir.path().join("r")).unwrap();
-        let deep = nested_commit(&git, MAX_EXPORT_DEPTH + 10);
+        // Two bytes (`d/`) a level: past the longest path.
+        let deep = nested_commit(&git, MAX_EXPORT_PATH / 2 + 10);
         let repo = Repo::discover(&dir.path().join("r")).unwrap();
         let err = repo
             .export(&deep, "svc", &dir.path().join("out-deep"))
             .unwrap_err();
         assert!(matches!(err, ExportError::TooDeep { .. }), "{err:?}");
-        let fine = nested_commit(&git, 20);
+        // 300 levels: deeper than libgit2 walks a working tree, and no
+        // problem for the export.
+        let fine = nested_commit(&git, 300);
         let n = repo
             .export(&fine, "svc", &dir.path().join("out-fine"))
             .unwrap();
