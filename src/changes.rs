@@ -331,10 +331,44 @@ impl Repo {
     /// HEAD, and untracked files. Ignored files are not changes. Sorted,
     /// each as `path (what)`. Empty for a repository without a working tree
     /// or for no paths.
-    pub fn uncommitted(&self, paths: &[String]) -> Result<Vec<String>, GitError> {
+    ///
+    /// libgit2 reads no working tree with directories nested more than 100
+    /// deep (`directory nesting too deep`, its own fixed limit): the paths
+    /// are then looked at one by one, and those it cannot read are
+    /// [`Uncommitted::unchecked`], so one deep tree does not stop the plan
+    /// of every service.
+    pub fn uncommitted(&self, paths: &[String]) -> Result<Uncommitted, GitError> {
         if self.repo.is_bare() || paths.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Uncommitted::default());
         }
+        let reading = "reading the working tree's status";
+        let mut out = match self.statuses(paths) {
+            Ok(changes) => Uncommitted {
+                changes,
+                unchecked: Vec::new(),
+            },
+            Err(e) if too_deep(&e) => {
+                let mut out = Uncommitted::default();
+                for p in paths {
+                    match self.statuses(std::slice::from_ref(p)) {
+                        Ok(c) => out.changes.extend(c),
+                        Err(e) if too_deep(&e) => {
+                            out.unchecked.push(format!("{p}: {}", e.message()));
+                        }
+                        Err(e) => return Err(failed(reading)(e)),
+                    }
+                }
+                out
+            }
+            Err(e) => return Err(failed(reading)(e)),
+        };
+        out.changes.sort();
+        out.changes.dedup();
+        Ok(out)
+    }
+
+    /// [`Repo::uncommitted`]'s changes under `paths`, in one status walk.
+    fn statuses(&self, paths: &[String]) -> Result<Vec<String>, git2::Error> {
         let mut opts = git2::StatusOptions::new();
         opts.include_untracked(true)
             .recurse_untracked_dirs(true)
@@ -350,21 +384,15 @@ impl Repo {
             }
         }
         opts.disable_pathspec_match(true);
-        let statuses = self
-            .repo
-            .statuses(Some(&mut opts))
-            .map_err(failed("reading the working tree's status"))?;
-        let mut out: Vec<String> = statuses
+        let statuses = self.repo.statuses(Some(&mut opts))?;
+        Ok(statuses
             .iter()
             .filter_map(|e| {
                 let path = String::from_utf8_lossy(e.path_bytes()).into_owned();
                 let what = status_word(e.status())?;
                 Some(format!("{path} ({what})"))
             })
-            .collect();
-        out.sort();
-        out.dedup();
-        Ok(out)
+            .collect())
     }
 
     /// The id of `sha`'s root tree: equal ids mean identical contents.
@@ -482,41 +510,59 @@ impl Repo {
         };
         std::fs::create_dir_all(dest).map_err(|e| ExportError::Io(dest.to_owned(), e))?;
         let mut files = 0;
-        self.export_tree(&sub, dest, 0, &mut files)?;
+        self.export_tree(&sub, dest, &mut files)?;
         Ok(files)
     }
 
-    /// Writes one tree. Every file and directory is created new (`O_EXCL`,
+    /// Writes a tree. Every file and directory is created new (`O_EXCL`,
     /// `mkdir`), so a hostile tree cannot write through a symlink it made
-    /// earlier (two entries of one name), and nesting is bounded so a
-    /// crafted tree cannot exhaust the stack.
+    /// earlier (two entries of one name). The walk keeps its own stack, so
+    /// however deep a tree nests it needs no more of the thread's; what
+    /// bounds nesting is the longest path the kernel takes
+    /// ([`MAX_EXPORT_PATH`]), and a tree beyond it fails this export
+    /// naming the path.
     fn export_tree(
         &self,
         tree: &Tree<'_>,
         dest: &Path,
-        depth: usize,
         files: &mut u64,
     ) -> Result<(), ExportError> {
-        if depth >= MAX_EXPORT_DEPTH {
-            return Err(ExportError::TooDeep {
-                path: dest.to_owned(),
-                limit: MAX_EXPORT_DEPTH,
-            });
+        let mut dirs = vec![(tree.id(), dest.to_owned())];
+        while let Some((id, dir)) = dirs.pop() {
+            let tree = self
+                .repo
+                .find_tree(id)
+                .map_err(failed("reading a directory"))?;
+            self.export_entries(&tree, &dir, files, &mut dirs)?;
         }
+        Ok(())
+    }
+
+    /// Writes the entries of one tree into `dest`; its subtrees are
+    /// created empty and left in `dirs` to fill.
+    fn export_entries(
+        &self,
+        tree: &Tree<'_>,
+        dest: &Path,
+        files: &mut u64,
+        dirs: &mut Vec<(Oid, PathBuf)>,
+    ) -> Result<(), ExportError> {
         for entry in tree {
             let Ok(name) = entry.name() else { continue };
             if name == ".." || name == "." || name.contains('/') {
                 continue;
             }
             let path = dest.join(name);
+            if path.as_os_str().len() > MAX_EXPORT_PATH {
+                return Err(ExportError::TooDeep {
+                    path,
+                    limit: MAX_EXPORT_PATH,
+                });
+            }
             match entry.kind() {
                 Some(ObjectType::Tree) => {
-                    let sub = self
-                        .repo
-                        .find_tree(entry.id())
-                        .map_err(failed("reading a directory"))?;
                     std::fs::create_dir(&path).map_err(|e| ExportError::Io(path.clone(), e))?;
-                    self.export_tree(&sub, &path, depth + 1, files)?;
+                    dirs.push((entry.id(), path));
                 }
                 Some(ObjectType::Blob) => {
                     let blob = self
@@ -546,10 +592,29 @@ impl Repo {
     }
 }
 
-/// Directories nested deeper than this under a service are refused by
-/// [`Repo::export`]: far beyond any real source tree (git itself has no
-/// limit), and small enough that the recursive walk stays shallow.
-pub const MAX_EXPORT_DEPTH: usize = 256;
+/// What [`Repo::uncommitted`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Uncommitted {
+    /// Each `path (what)`, sorted.
+    pub changes: Vec<String>,
+    /// The paths libgit2 could not read the working tree of, each
+    /// `path: reason`: not checked for changes.
+    pub unchecked: Vec<String>,
+}
+
+/// Whether libgit2 refused a working tree for its directory nesting limit
+/// (100 levels, fixed in libgit2's filesystem iterator; git itself has
+/// none). It says so only in its message.
+fn too_deep(e: &git2::Error) -> bool {
+    e.message().contains("nesting too deep")
+}
+
+/// The longest path [`Repo::export`] creates, in bytes: Linux's
+/// `PATH_MAX` (4096) less its NUL. A tree nested so deep that a path in
+/// the release would be longer cannot be written with plain paths (git
+/// itself has no limit); its export fails, naming the path. With one-letter
+/// directory names that is some 2,000 levels.
+pub const MAX_EXPORT_PATH: usize = 4095;
 
 /// Creates `path` (failing if anything, a symlink included, is there) and
 /// writes `bytes` to it.
@@ -630,10 +695,14 @@ pub enum ExportError {
         help("check free space and permissions under the environment's root")
     )]
     Io(PathBuf, #[source] std::io::Error),
-    #[error("the service's tree nests directories deeper than {limit} levels at {path}")]
+    #[error(
+        "the service's tree nests too deep to export: {path} would be longer than {limit} bytes"
+    )]
     #[diagnostic(
         code(moorline::release::too_deep),
-        help("no source tree needs that; check the commit for a crafted or generated tree")
+        help(
+            "only this service's build fails; no source tree needs that, so check the commit for a crafted or generated tree"
+        )
     )]
     TooDeep { path: PathBuf, limit: usize },
 }
@@ -689,13 +758,16 @@ mod tests {
     fn export_refuses_a_tree_nested_beyond_the_limit_and_writes_a_deep_one() {
         let dir = tempfile::tempdir().unwrap();
         let git = Repository::init(dir.path().join("r")).unwrap();
-        let deep = nested_commit(&git, MAX_EXPORT_DEPTH + 10);
+        // Two bytes (`d/`) a level: past the longest path.
+        let deep = nested_commit(&git, MAX_EXPORT_PATH / 2 + 10);
         let repo = Repo::discover(&dir.path().join("r")).unwrap();
         let err = repo
             .export(&deep, "svc", &dir.path().join("out-deep"))
             .unwrap_err();
         assert!(matches!(err, ExportError::TooDeep { .. }), "{err:?}");
-        let fine = nested_commit(&git, 20);
+        // 300 levels: deeper than libgit2 walks a working tree, and no
+        // problem for the export.
+        let fine = nested_commit(&git, 300);
         let n = repo
             .export(&fine, "svc", &dir.path().join("out-fine"))
             .unwrap();
@@ -719,7 +791,7 @@ mod tests {
         );
         let repo = Repo::discover(&root).unwrap();
         let watched = ["svc/a".to_owned(), "app.kdl".to_owned()];
-        assert!(repo.uncommitted(&watched).unwrap().is_empty());
+        assert_eq!(repo.uncommitted(&watched).unwrap(), Uncommitted::default());
         std::fs::write(root.join("svc/a/main.js"), "2").unwrap();
         std::fs::remove_file(root.join("svc/a/gone.js")).unwrap();
         std::fs::write(root.join("svc/a/new.js"), "n").unwrap();
@@ -728,7 +800,7 @@ mod tests {
         std::fs::write(root.join("other/y"), "2").unwrap();
         std::fs::write(root.join("app.kdl"), "k2").unwrap();
         assert_eq!(
-            repo.uncommitted(&watched).unwrap(),
+            repo.uncommitted(&watched).unwrap().changes,
             [
                 "app.kdl (modified)",
                 "svc/a/gone.js (deleted)",
@@ -736,7 +808,44 @@ mod tests {
                 "svc/a/new.js (untracked)",
             ]
         );
-        assert!(repo.uncommitted(&[]).unwrap().is_empty());
+        assert_eq!(repo.uncommitted(&[]).unwrap(), Uncommitted::default());
+    }
+
+    /// A working tree nested deeper than libgit2 walks (100) under one
+    /// path leaves that path unchecked, and the others checked.
+    #[test]
+    fn a_tree_too_deep_for_libgit2_leaves_only_its_path_unchecked() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("r");
+        let deep = format!("deep/{}f", "d/".repeat(150));
+        // Added path by path: libgit2's `add_all` walks the tree too.
+        let git = Repository::init(&root).unwrap();
+        let mut index = git.index().unwrap();
+        for p in ["svc/a.js", deep.as_str()] {
+            std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
+            std::fs::write(root.join(p), "1").unwrap();
+            index.add_path(Path::new(p)).unwrap();
+        }
+        index.write().unwrap();
+        let tree = git.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        git.commit(Some("HEAD"), &sig, &sig, "deep", &tree, &[])
+            .unwrap();
+        let repo = Repo::discover(&root).unwrap();
+        std::fs::write(root.join("svc/a.js"), "2").unwrap();
+        let found = repo
+            .uncommitted(&["deep".to_owned(), "svc".to_owned()])
+            .unwrap();
+        assert_eq!(found.changes, ["svc/a.js (modified)"]);
+        assert_eq!(found.unchecked.len(), 1, "{found:?}");
+        assert!(
+            found.unchecked[0].starts_with("deep: ") && found.unchecked[0].contains("too deep"),
+            "{found:?}"
+        );
+        // The whole repository is one path: unchecked as a whole.
+        let found = repo.uncommitted(&[".".to_owned()]).unwrap();
+        assert!(found.changes.is_empty());
+        assert_eq!(found.unchecked.len(), 1, "{found:?}");
     }
 
     #[test]
@@ -767,10 +876,13 @@ mod tests {
         // Uncommitted changes anywhere are the root's.
         std::fs::write(root.join("notes.md"), "n").unwrap();
         assert_eq!(
-            repo.uncommitted(&[".".to_owned()]).unwrap(),
+            repo.uncommitted(&[".".to_owned()]).unwrap().changes,
             ["notes.md (untracked)"]
         );
-        assert!(repo.uncommitted(&["cmd".to_owned()]).unwrap().is_empty());
+        assert_eq!(
+            repo.uncommitted(&["cmd".to_owned()]).unwrap(),
+            Uncommitted::default()
+        );
     }
 
     #[test]

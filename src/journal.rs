@@ -335,7 +335,7 @@ impl Current {
 /// cannot be read is [`JournalError::Corrupt`].
 pub fn read(dir: &Path) -> Result<Current, JournalError> {
     let path = dir.join(JOURNAL_FILE);
-    match fs::read(&path) {
+    match lines::read(&path) {
         Ok(bytes) => parse(&bytes, &path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Current::Absent),
         Err(source) => Err(JournalError::Read {

@@ -18,6 +18,7 @@ pub mod health;
 pub mod hostfacts;
 pub mod init;
 pub mod journal;
+pub(crate) mod json_file;
 pub mod lock;
 pub mod logs;
 pub mod migrations;

@@ -109,7 +109,10 @@ pub fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan> {
         adopt: &adopt,
     })?;
     p.warnings.extend(warnings);
-    p.uncommitted = uncommitted(t, &p.to.sha)?;
+    let (dirty, unchecked) = uncommitted(t, &p.to.sha)?;
+    p.uncommitted = dirty;
+    p.warnings
+        .extend(unchecked.iter().map(|u| unchecked_warning(u)));
     if let Some(promotion) = promotion(t, &p.to.sha, req.skip_promotion_check)? {
         promotion_words(
             &promotion,
@@ -302,7 +305,9 @@ const UNCOMMITTED_SHOWN: usize = 5;
 /// (services deploy from commits, so these would not be deployed), and a
 /// config file on disk (which the plan does use) that differs from the one
 /// committed at `to`.
-fn uncommitted(t: &Target, to: &str) -> miette::Result<Vec<String>> {
+/// Also the paths whose working tree could not be read, each `path:
+/// reason` ([`crate::changes::Uncommitted::unchecked`]).
+fn uncommitted(t: &Target, to: &str) -> miette::Result<(Vec<String>, Vec<String>)> {
     let config = t.config();
     let config_rel = config_in_repo(t);
     let mut paths: Vec<String> = config_rel.iter().cloned().collect();
@@ -315,7 +320,8 @@ fn uncommitted(t: &Target, to: &str) -> miette::Result<Vec<String>> {
     }
     paths.sort();
     paths.dedup();
-    let mut out = t.repo.uncommitted(&paths)?;
+    let found = t.repo.uncommitted(&paths)?;
+    let mut out = found.changes;
     if let Some(rel) = config_rel
         && t.repo.head_sha().as_deref() != Some(to)
         && !out.iter().any(|d| d.starts_with(&format!("{rel} (")))
@@ -329,7 +335,7 @@ fn uncommitted(t: &Target, to: &str) -> miette::Result<Vec<String>> {
             None => out.push(format!("{rel} (not committed at {})", plan::short(to))),
         }
     }
-    Ok(out)
+    Ok((out, found.unchecked))
 }
 
 /// The config file's path inside the repository, if it lies there.
@@ -338,6 +344,14 @@ fn config_in_repo(t: &Target) -> Option<String> {
     let root = t.repo.root().canonicalize().ok()?;
     let rel = abs.strip_prefix(&root).ok()?;
     Some(rel.to_str()?.to_owned())
+}
+
+/// The plan's warning about a path whose working tree could not be read
+/// (`path: reason`).
+pub(crate) fn unchecked_warning(unchecked: &str) -> String {
+    format!(
+        "not checked for uncommitted changes, {unchecked}; the plan uses what is committed there, and a tree the release cannot be exported from fails that service's build"
+    )
 }
 
 /// The plan's warning about uncommitted changes.

@@ -31,17 +31,61 @@ use crate::secrets::{self, Redactor};
 
 pub mod orphans;
 
-/// The environment of every configured command (build, migrate, backup,
-/// restore, proxy check, `migrate-status`): the environment's env-files,
-/// then its `env`, then moorline's own variables: `MOORLINE_ENV`,
-/// `MOORLINE_ROOT`, and `MOORLINE_SERVICE` / `MOORLINE_RELEASE` for a
-/// command that belongs to a service's release.
+/// Variables every configured command gets from moorline's own
+/// environment, when set there: `PATH` (to find `npm`, `python3`, ...),
+/// `HOME` (where package managers keep their caches and configuration) and
+/// `LANG` (the encoding tools read and write). Nothing else of moorline's
+/// environment reaches a command unless the environment's `pass-env` names
+/// it: a build from the repository must not read the credentials of the CI
+/// runner or of the operator's shell.
+pub const BASE_ENV: &[&str] = &["PATH", "HOME", "LANG"];
+
+/// `PATH` when moorline itself has none: systemd's default for services.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The whole environment of every configured command (build, deps step,
+/// migrate, backup, restore, proxy check, `migrate-status`), in order of
+/// precedence, lowest first:
+///
+/// 1. [`BASE_ENV`] from moorline's environment (`PATH` defaults to
+///    [`DEFAULT_PATH`]);
+/// 2. the environment's `pass-env` variables that are set in moorline's
+///    environment;
+/// 3. the environment's env-files, then its `env`;
+/// 4. moorline's own variables: `MOORLINE_ENV`, `MOORLINE_ROOT`, and
+///    `MOORLINE_SERVICE` / `MOORLINE_RELEASE` for a command that belongs
+///    to a service's release.
+///
+/// Nothing else is inherited ([`run`] clears the rest), moorline's own
+/// `MOORLINE_*` settings (`MOORLINE_CONFIG`, the test hooks) included. A
+/// value that is not UTF-8 is not passed.
 pub fn command_env(
     env: &crate::config::Environment,
     service: Option<&str>,
     release_dir: Option<&str>,
 ) -> BTreeMap<String, String> {
+    command_env_from(env, service, release_dir, |k| std::env::var(k).ok())
+}
+
+/// [`command_env`] with moorline's environment read through `outer`.
+fn command_env_from(
+    env: &crate::config::Environment,
+    service: Option<&str>,
+    release_dir: Option<&str>,
+    outer: impl Fn(&str) -> Option<String>,
+) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
+    for k in BASE_ENV
+        .iter()
+        .copied()
+        .chain(env.pass_env.iter().map(String::as_str))
+    {
+        if let Some(v) = outer(k) {
+            out.insert(k.to_owned(), v);
+        }
+    }
+    out.entry("PATH".to_owned())
+        .or_insert_with(|| DEFAULT_PATH.to_owned());
     for f in &env.env_files {
         out.extend(crate::release::read_env_file(Path::new(f)));
     }
@@ -142,6 +186,8 @@ pub enum RunError {
 pub struct Run<'a> {
     pub argv: &'a [String],
     pub dir: Option<&'a Path>,
+    /// The command's whole environment: nothing of moorline's own is
+    /// inherited besides it (see [`command_env`]).
     pub env: &'a BTreeMap<String, String>,
     pub timeout: Duration,
     pub log: &'a Path,
@@ -173,6 +219,7 @@ pub async fn run(r: Run<'_>) -> Result<(), RunError> {
     let log = crate::state::private_file(r.log).map_err(io_err(r.log))?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
+        .env_clear()
         .envs(r.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -725,6 +772,120 @@ mod tests {
             "{}",
             tail.len()
         );
+    }
+
+    /// Variables, as `(name, value)` pairs.
+    type Vars<'a> = &'a [(&'a str, &'a str)];
+
+    /// What a command's environment holds, from moorline's environment
+    /// `outer`, an environment with `pass` and `env`.
+    fn env_of(outer: &[(&str, &str)], pass: &[&str], env: &[(&str, &str)]) -> Vec<String> {
+        let e = crate::config::Environment {
+            name: "staging".into(),
+            branch: "main".into(),
+            root: "/srv/shop".into(),
+            url: None,
+            unit_dir: None,
+            approval: false,
+            promote_from: None,
+            backup: None,
+            env: env
+                .iter()
+                .map(|(k, v)| {
+                    let value = crate::config::EnvValue {
+                        value: (*v).to_owned(),
+                        secret: false,
+                    };
+                    ((*k).to_owned(), value)
+                })
+                .collect(),
+            env_files: Vec::new(),
+            pass_env: pass.iter().map(|p| (*p).to_owned()).collect(),
+            hosts: Vec::new(),
+            rollout: crate::config::Rollout::default(),
+            drain: Vec::new(),
+        };
+        let outer: BTreeMap<&str, &str> = outer.iter().copied().collect();
+        command_env_from(&e, Some("api"), Some("/srv/shop/api/releases/abc"), |k| {
+            outer.get(k).map(|v| (*v).to_owned())
+        })
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+    }
+
+    #[test]
+    fn commands_get_a_minimal_environment() {
+        let moorline = [
+            ("PATH", "/usr/bin"),
+            ("HOME", "/root"),
+            ("LANG", "C.UTF-8"),
+            ("AWS_SECRET_ACCESS_KEY", "hunter22"),
+            ("HTTP_PROXY", "http://proxy:3128"),
+            ("MOORLINE_CONFIG", "/etc/shop.kdl"),
+            ("MOORLINE_TEST_CRASH_AFTER", "3"),
+        ];
+        let ours = [
+            "MOORLINE_ENV=staging",
+            "MOORLINE_RELEASE=/srv/shop/api/releases/abc",
+            "MOORLINE_ROOT=/srv/shop",
+            "MOORLINE_SERVICE=api",
+        ];
+        let base = ["HOME=/root", "LANG=C.UTF-8"];
+        // (outer, pass-env, env, expected besides MOORLINE_*)
+        let cases: &[(Vars, &[&str], Vars, &[&str])] = &[
+            // Only the base variables of moorline's environment.
+            (
+                &moorline,
+                &[],
+                &[],
+                &[&base[..], &["PATH=/usr/bin"]].concat(),
+            ),
+            // pass-env adds one that is set, ignores one that is not.
+            (
+                &moorline,
+                &["HTTP_PROXY", "NOT_SET"],
+                &[],
+                &[
+                    &base[..],
+                    &["HTTP_PROXY=http://proxy:3128", "PATH=/usr/bin"],
+                ]
+                .concat(),
+            ),
+            // The configuration's env wins over what is passed.
+            (
+                &moorline,
+                &["HTTP_PROXY"],
+                &[("HTTP_PROXY", "http://other"), ("PATH", "/opt/bin")],
+                &[&base[..], &["HTTP_PROXY=http://other", "PATH=/opt/bin"]].concat(),
+            ),
+            // No PATH in moorline's environment: the default.
+            (&[], &[], &[], &[&format!("PATH={DEFAULT_PATH}")[..]]),
+        ];
+        for (outer, pass, env, want) in cases {
+            let mut want: Vec<String> = want.iter().map(|w| (*w).to_owned()).collect();
+            want.extend(ours.iter().map(|o| (*o).to_owned()));
+            want.sort();
+            assert_eq!(env_of(outer, pass, env), want, "{outer:?} {pass:?} {env:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_inherits_nothing_beyond_its_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("env.log");
+        let env: BTreeMap<String, String> = [("ONLY".to_owned(), "this".to_owned())].into();
+        // moorline's own environment (the test's) has PATH, HOME and more.
+        run(Run {
+            argv: &["/usr/bin/env".to_owned()],
+            dir: None,
+            env: &env,
+            timeout: Duration::from_mins(1),
+            log: &log,
+        })
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "ONLY=this\n");
     }
 
     #[test]

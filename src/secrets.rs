@@ -18,7 +18,9 @@
 //!   its name does not look secret *and* the value appears verbatim in the
 //!   configuration file (a value that is in the reviewed, committed
 //!   configuration is not secret: service names, ports, paths; redacting
-//!   them would only garble output).
+//!   them would only garble output);
+//! - the value, in moorline's own environment, of a variable an
+//!   environment's `pass-env` names, when its name looks secret.
 //!
 //! Values shorter than [`MIN_SECRET_LEN`] bytes are ignored: redacting
 //! every `1` or `on` would garble every line without hiding anything.
@@ -245,6 +247,13 @@ pub fn of_config(loaded: &Loaded) -> Redactor {
         for f in &env.env_files {
             env_file(&mut r, f);
             env_file(&mut r, &template::render(f, &vars));
+        }
+        // What pass-env lets through from moorline's environment: secret
+        // when its name looks secret (a CI job's NPM_TOKEN).
+        for name in env.pass_env.iter().filter(|n| looks_secret(n)) {
+            if let Ok(value) = std::env::var(name) {
+                r.add(&value);
+            }
         }
         for service in &config.services {
             let Some(spec) = &service.unit else { continue };

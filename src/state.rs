@@ -14,6 +14,12 @@ use sha2::{Digest, Sha256};
 
 pub const STATE_FILE: &str = "state.json";
 pub const FORMAT_VERSION: u32 = 1;
+/// The largest `state.json` moorline reads (64 MiB). What makes a state
+/// large is its backup records (about 330 bytes each, pretty-printed) and
+/// its services (about 300 bytes each): the most backups an environment
+/// keeps (`keep` 100,000) take about 33 MB, 2,000 services about 0.6 MB.
+/// The cap is twice the worst of it.
+pub const STATE_FILE_CAP: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -245,6 +251,32 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
+    #[error("refusing to read the host state {path}: {kind}, not a regular file")]
+    #[diagnostic(
+        code(moorline::state::not_a_file),
+        help(
+            "moorline writes state.json as a regular file; move what is there away (and restore the state from a backup, if any)"
+        )
+    )]
+    NotAFile { path: String, kind: &'static str },
+    #[error(
+        "refusing to read the host state {path}: it holds {size} bytes or more, over the limit of {cap}"
+    )]
+    #[diagnostic(
+        code(moorline::state::too_large),
+        help(
+            "the state moorline writes is far smaller; this file was not written by moorline: restore state.json from a backup"
+        )
+    )]
+    TooLarge { path: String, size: u64, cap: u64 },
+    #[error("refusing the host state {path}: {reason}")]
+    #[diagnostic(
+        code(moorline::state::duplicate_key),
+        help(
+            "moorline never writes a key twice: the file was edited by hand or forged; restore state.json from a backup"
+        )
+    )]
+    DuplicateKey { path: String, reason: String },
     #[error("the host state {path} is not valid")]
     #[diagnostic(
         code(moorline::state::invalid),
@@ -325,29 +357,50 @@ pub struct Loaded {
 
 /// Reads `state.json` from `dir`; a missing file is `None` (nothing deployed).
 pub fn load(dir: &Path, project: &str, env: &str) -> Result<Loaded, StateError> {
+    use crate::json_file::{JsonError, ReadError};
     let path = dir.join(STATE_FILE);
-    let bytes = match fs::read(&path) {
+    let shown = || path.display().to_string();
+    let bytes = match crate::json_file::read(&path, STATE_FILE_CAP) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(Loaded {
                 state: None,
                 sha256: None,
             });
         }
-        Err(source) => {
+        Err(ReadError::Io(source)) => {
             return Err(StateError::Unreadable {
-                path: path.display().to_string(),
+                path: shown(),
                 source,
+            });
+        }
+        Err(ReadError::NotAFile(kind)) => {
+            return Err(StateError::NotAFile {
+                path: shown(),
+                kind,
+            });
+        }
+        Err(ReadError::TooLarge { size, cap }) => {
+            return Err(StateError::TooLarge {
+                path: shown(),
+                size,
+                cap,
             });
         }
     };
     let invalid = |source| StateError::Invalid {
-        path: path.display().to_string(),
+        path: shown(),
         source,
     };
     // The version first: a state of another format is refused, never read
     // as this one (its fields may mean something else).
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(invalid)?;
+    let value = crate::json_file::parse_unique(&bytes).map_err(|e| match e {
+        JsonError::Duplicate(reason) => StateError::DuplicateKey {
+            path: shown(),
+            reason,
+        },
+        JsonError::Syntax(e) => invalid(e),
+    })?;
     if let Some(found) = crate::plan::foreign_version(&value, FORMAT_VERSION) {
         return Err(StateError::FormatVersion {
             path: path.display().to_string(),

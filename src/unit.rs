@@ -688,6 +688,7 @@ mod tests {
             backup: None,
             env: BTreeMap::new(),
             env_files: Vec::new(),
+            pass_env: Vec::new(),
             hosts: Vec::new(),
             rollout: crate::config::Rollout::default(),
             drain: Vec::new(),

@@ -30,6 +30,32 @@ pub enum ApplyCmdError {
         help("pass a file written by `moorline plan --out`")
     )]
     BadPlanFile { path: String, reason: String },
+    #[error("refusing to read the plan file {path}: {kind}, not a regular file")]
+    #[diagnostic(
+        code(moorline::apply::plan_not_a_file),
+        help(
+            "pass a plan file written by `moorline plan --out`, or `-` to read the plan from standard input"
+        )
+    )]
+    PlanNotAFile { path: String, kind: &'static str },
+    #[error(
+        "refusing to read the plan file {path}: it holds {size} bytes or more, over the limit of {cap}"
+    )]
+    #[diagnostic(
+        code(moorline::apply::plan_too_large),
+        help(
+            "a plan moorline writes is far smaller (a 2,000-service first deploy takes a few MB); pass a file written by `moorline plan --out`"
+        )
+    )]
+    PlanTooLarge { path: String, size: u64, cap: u64 },
+    #[error("refusing the plan file {path}: {reason}")]
+    #[diagnostic(
+        code(moorline::apply::plan_duplicate_key),
+        help(
+            "moorline never writes a key twice; one of the two values would be ignored, so the file may not say what its reviewer read. Make the plan again with `moorline plan --out`"
+        )
+    )]
+    PlanDuplicateKey { path: String, reason: String },
     #[error(
         "the saved plan {path} has format_version {found}; this moorline reads only {expected}"
     )]
@@ -117,26 +143,48 @@ pub enum ApplyCmdError {
 /// read as this one.
 /// A plan file's text; `-` is standard input (how a fleet controller hands
 /// a host its reviewed plan over ssh).
-fn read_plan_text(path: &Path) -> std::io::Result<String> {
-    if path == Path::new("-") {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
-        Ok(text)
+/// The bytes of a plan file (`-`: standard input), refused when it is not
+/// a regular file or larger than [`crate::plan::PLAN_FILE_CAP`].
+pub(crate) fn read_plan_bytes(path: &Path) -> Result<Vec<u8>, ApplyCmdError> {
+    use crate::json_file::{self, ReadError};
+    let cap = crate::plan::PLAN_FILE_CAP;
+    let read = if path == Path::new("-") {
+        json_file::read_capped(std::io::stdin().lock(), cap)
     } else {
-        std::fs::read_to_string(path)
-    }
+        json_file::read(path, cap)
+    };
+    let path = path.display().to_string();
+    read.map_err(|e| match e {
+        ReadError::NotAFile(kind) => ApplyCmdError::PlanNotAFile { path, kind },
+        ReadError::TooLarge { size, cap } => ApplyCmdError::PlanTooLarge { path, size, cap },
+        ReadError::Io(e) => ApplyCmdError::BadPlanFile {
+            path,
+            reason: e.to_string(),
+        },
+    })
+}
+
+/// A plan file's JSON, refused when an object in it holds a key twice.
+pub(crate) fn parse_plan_json(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<serde_json::Value, ApplyCmdError> {
+    use crate::json_file::JsonError;
+    crate::json_file::parse_unique(bytes).map_err(|e| match e {
+        JsonError::Duplicate(reason) => ApplyCmdError::PlanDuplicateKey {
+            path: path.display().to_string(),
+            reason,
+        },
+        JsonError::Syntax(e) => ApplyCmdError::BadPlanFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        },
+    })
 }
 
 fn read_plan_file(path: &Path) -> miette::Result<crate::plan::Plan> {
-    let text = read_plan_text(path).map_err(|e| ApplyCmdError::BadPlanFile {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| ApplyCmdError::BadPlanFile {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    let bytes = read_plan_bytes(path)?;
+    let value = parse_plan_json(path, &bytes)?;
     if let Some(found) = crate::plan::foreign_format_version(&value) {
         return Err(ApplyCmdError::FormatVersion {
             path: path.display().to_string(),

@@ -134,8 +134,12 @@ fn prepared(gathered: Vec<Gathered>) -> BTreeMap<String, Prepared> {
 /// `plan --env E` of a fleet.
 pub fn plan(global: &Global, args: &PlanArgs, t: &Target) -> miette::Result<i32> {
     let to = fplan::target(t, args.target.to.as_deref())?;
-    for p in crate::fleet::uncommitted(t)? {
+    let found = crate::fleet::uncommitted(t)?;
+    for p in found.changes {
         eprintln!("warning: uncommitted, not in the plan (hosts get commits only): {p}");
+    }
+    for u in found.unchecked {
+        eprintln!("warning: {}", crate::observe::unchecked_warning(&u));
     }
     if args.target.from.is_some() {
         let p = plan_offline(global, args, t, to)?;
@@ -240,8 +244,8 @@ pub fn read_fleet_plan(path: &Path) -> miette::Result<Option<FleetPlan>> {
         path: path.display().to_string(),
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let bytes = super::apply::read_plan_bytes(path)?;
+    let value = super::apply::parse_plan_json(path, &bytes)?;
     match value.get("fleet_format_version") {
         None => Ok(None),
         Some(v) if v.as_u64() == Some(u64::from(fplan::FLEET_FORMAT_VERSION)) => Ok(Some(
@@ -303,7 +307,7 @@ fn run_apply(global: &Global, args: &ApplyArgs, t: &Target, source: Source) -> m
     let fleet = fleet(global, t)?;
     let _lock = crate::lock::acquire(&fleet.dir, "fleet apply")?;
     if !args.resume && !args.allow_dirty {
-        let dirty = crate::fleet::uncommitted(t)?;
+        let dirty = crate::fleet::uncommitted(t)?.changes;
         if !dirty.is_empty() {
             return Err(FleetError::Dirty {
                 paths: dirty.join("\n  - "),

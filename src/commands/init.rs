@@ -13,12 +13,7 @@ pub fn run(args: &InitArgs) -> miette::Result<i32> {
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
     let out = args.out.clone().unwrap_or_else(|| dir.join("moorline.kdl"));
     // Refuse before reading anything: nothing is written either way.
-    if !args.force && out.exists() {
-        return Err(InitError::Exists {
-            path: out.display().to_string(),
-        }
-        .into());
-    }
+    writable(&out, args.force)?;
     let files = Files::read(&dir)?;
     let scan = init::scan(&files)?;
     let text = init::render(&scan);
@@ -26,10 +21,7 @@ pub fn run(args: &InitArgs) -> miette::Result<i32> {
     if let Err(e) = crate::config::parse(&out.display().to_string(), &text) {
         return Err(InitError::InvalidOutput { problems: vec![e] }.into());
     }
-    write(&out, text.as_bytes(), args.force).map_err(|source| InitError::Write {
-        path: out.display().to_string(),
-        source,
-    })?;
+    write(&out, text.as_bytes(), args.force)?;
 
     let runtimes: Vec<&str> = scan.runtimes.iter().map(|r| r.name.as_str()).collect();
     println!(
@@ -66,16 +58,99 @@ pub fn run(args: &InitArgs) -> miette::Result<i32> {
     Ok(exit::OK)
 }
 
-/// Writes `bytes` to `path`: a new file, or with `replace` over an existing one.
-fn write(path: &Path, bytes: &[u8], replace: bool) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .create_new(!replace)
-        .truncate(true)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
+/// What is at `path` (without following a symlink), checked before init
+/// writes there: nothing, or with `replace` a regular file. A symlink, a
+/// FIFO, a device or a directory is refused, replaced or not.
+fn writable(path: &Path, replace: bool) -> Result<(), InitError> {
+    let shown = || path.display().to_string();
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => {
+            let t = m.file_type();
+            let kind = if t.is_symlink() {
+                Some("a symbolic link")
+            } else if t.is_dir() {
+                Some("a directory")
+            } else if t.is_file() {
+                None
+            } else {
+                Some("a FIFO, socket or device")
+            };
+            match kind {
+                Some(kind) => Err(InitError::NotAFile {
+                    path: shown(),
+                    kind,
+                }),
+                None if replace => Ok(()),
+                None => Err(InitError::Exists { path: shown() }),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(InitError::Write {
+            path: shown(),
+            source,
+        }),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: into a temporary file created new
+/// beside it (never an existing path), then renamed over `path` with
+/// `replace`, else linked to it (which fails if something appeared there
+/// meanwhile). A rename replaces a directory entry, so a symlink put at
+/// `path` after [`writable`] looked is replaced, never written through.
+fn write(path: &Path, bytes: &[u8], replace: bool) -> Result<(), InitError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    writable(path, replace)?;
+    let err = |source| InitError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map_or_else(
+        || "moorline.kdl".into(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    // Created new: an existing path there (a temporary file left by a
+    // crash, or a symlink) is never opened; the next name is tried.
+    let mut created = Err(std::io::Error::other("no temporary name tried"));
+    for n in 0..100 {
+        let tmp = dir.join(format!(".{name}.init-{}-{n}", std::process::id()));
+        created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map(|f| (tmp, f));
+        if !matches!(&created, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists) {
+            break;
+        }
+    }
+    let (tmp, mut f) = created.map_err(err)?;
+    let written = f
+        .write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| {
+            if replace {
+                std::fs::rename(&tmp, path)
+            } else {
+                std::fs::hard_link(&tmp, path).and_then(|()| std::fs::remove_file(&tmp))
+            }
+        });
+    drop(f);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(match e.kind() {
+            std::io::ErrorKind::AlreadyExists if !replace => InitError::Exists {
+                path: path.display().to_string(),
+            },
+            _ => err(e),
+        });
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)
 }
 
 /// Whether `moorline validate` in the current directory (no `-c`, no

@@ -60,6 +60,8 @@ pub enum ProblemKind {
     RelativeEnvFile,
     NotAUnitDir,
     TypeAnnotation,
+    PassEnvName,
+    PassEnvDuplicate,
 }
 
 impl ProblemKind {
@@ -116,6 +118,8 @@ impl ProblemKind {
         Self::RelativeEnvFile,
         Self::NotAUnitDir,
         Self::TypeAnnotation,
+        Self::PassEnvName,
+        Self::PassEnvDuplicate,
     ];
 
     /// The stable code printed with the diagnostic (`moorline::config::...`).
@@ -172,6 +176,8 @@ impl ProblemKind {
             Self::RelativeEnvFile => "moorline::config::relative_env_file",
             Self::NotAUnitDir => "moorline::config::not_a_unit_dir",
             Self::TypeAnnotation => "moorline::config::type_annotation",
+            Self::PassEnvName => "moorline::config::pass_env_name",
+            Self::PassEnvDuplicate => "moorline::config::pass_env_duplicate",
         }
     }
 }

@@ -74,6 +74,11 @@ pub struct Environment {
     /// Environment variables for every command run in this environment.
     pub env: BTreeMap<String, EnvValue>,
     pub env_files: Vec<String>,
+    /// `pass-env`: names of variables that commands receive from
+    /// moorline's own environment (when set there), besides the minimal
+    /// environment every command gets ([`crate::process::command_env`]).
+    /// In the order written; names are checked and unique.
+    pub pass_env: Vec<String>,
     /// Fleet mode: the hosts this environment deploys to over ssh. Empty:
     /// the local host, as without fleet mode.
     pub hosts: Vec<Host>,

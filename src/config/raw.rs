@@ -87,6 +87,9 @@ pub struct RawEnvironment {
     pub backup: Option<RawBackup>,
     pub env: Vec<RawEnv>,
     pub env_files: Vec<Str>,
+    /// `pass-env "NAME" ...`: variables of moorline's own environment that
+    /// commands receive (may repeat).
+    pub pass_env: Vec<Str>,
     /// Fleet mode: `host` nodes, in declaration order.
     pub hosts: Vec<RawHost>,
     pub rollout: Option<RawRollout>,
@@ -253,6 +256,7 @@ const ENVIRONMENT: &[&str] = &[
     "backup",
     "env",
     "env-file",
+    "pass-env",
     "host",
     "rollout",
     "drain",
@@ -1000,6 +1004,7 @@ impl Reader<'_, '_> {
             backup: None,
             env: Vec::new(),
             env_files: Vec::new(),
+            pass_env: Vec::new(),
             hosts: Vec::new(),
             rollout: None,
             drain: None,
@@ -1049,6 +1054,10 @@ impl Reader<'_, '_> {
                 "env-file" => {
                     let v = self.strings(c, "file");
                     env.env_files.extend(v);
+                }
+                "pass-env" => {
+                    let v = self.strings(c, "variable name");
+                    env.pass_env.extend(v);
                 }
                 "host" => {
                     let v = self.host(c);

@@ -314,6 +314,9 @@ fn is_safe_relative(p: &str) -> bool {
         && !p.split('/').any(str::is_empty)
 }
 
+/// Names moorline gives its commands itself; `pass-env` cannot take them.
+const RESERVED_ENV_PREFIX: &str = "MOORLINE_";
+
 fn is_env_name(s: &str) -> bool {
     s.bytes()
         .next()
@@ -588,6 +591,50 @@ impl Validator<'_> {
         out
     }
 
+    /// An environment's `pass-env` names: variable names, not one that
+    /// moorline sets itself (`MOORLINE_*`), each once.
+    fn pass_env(&mut self, names: &[Str]) -> Vec<String> {
+        let mut seen: HashMap<&str, SourceSpan> = HashMap::new();
+        let mut out = Vec::new();
+        for n in names {
+            if has_control(&n.value) {
+                // Reported by `raw` on the value.
+            } else if !is_env_name(&n.value) {
+                self.push(Problem::new(
+                    ProblemKind::PassEnvName,
+                    n.span,
+                    format!("`{}` is not an environment variable name", n.value),
+                    "not a variable name",
+                    "pass-env takes names (letters, digits and `_`, not starting with a digit), not NAME=value: set values with env",
+                ));
+            } else if n.value.starts_with(RESERVED_ENV_PREFIX) {
+                self.push(Problem::new(
+                    ProblemKind::PassEnvName,
+                    n.span,
+                    format!("`{}` cannot be passed: moorline sets the `{RESERVED_ENV_PREFIX}` variables of its commands itself", n.value),
+                    "reserved for moorline",
+                    "commands get MOORLINE_ENV, MOORLINE_ROOT, MOORLINE_SERVICE and MOORLINE_RELEASE from moorline; use another name for a variable of your own",
+                ));
+            }
+            if let Some(first) = seen.get(n.value.as_str()) {
+                self.push(
+                    Problem::new(
+                        ProblemKind::PassEnvDuplicate,
+                        n.span,
+                        format!("`{}` is passed twice", n.value),
+                        "named again here",
+                        "name each variable once in an environment's pass-env",
+                    )
+                    .also(*first, "first named here"),
+                );
+            } else {
+                seen.insert(&n.value, n.span);
+                out.push(n.value.clone());
+            }
+        }
+        out
+    }
+
     fn project(&mut self, raw: &RawConfig) -> Option<Project> {
         let Some(p) = raw.projects.first() else {
             self.push(Problem::new(
@@ -809,6 +856,7 @@ impl Validator<'_> {
                 })
             });
             let env = self.env(&e.env, IN_PLAIN);
+            let pass_env = self.pass_env(&e.pass_env);
             let (hosts, rollout, drain) = self.fleet(e, name, &raw.services);
             let (Some(branch), Some(root)) = (&e.branch, &e.root) else {
                 continue;
@@ -827,6 +875,7 @@ impl Validator<'_> {
                 backup,
                 env,
                 env_files: e.env_files.iter().map(|f| f.value.clone()).collect(),
+                pass_env,
                 hosts,
                 rollout,
                 drain,

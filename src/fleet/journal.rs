@@ -8,7 +8,6 @@
 //! returned, never swallowed; a torn last line is ignored on reading.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::Path;
 
 use crate::journal::lines::{Lines, complete_len};
@@ -230,7 +229,7 @@ impl Replay {
 /// none (nothing acted under it).
 pub fn read(dir: &Path) -> Result<Option<Replay>, FleetError> {
     let path = dir.join(JOURNAL_FILE);
-    let bytes = match fs::read(&path) {
+    let bytes = match crate::journal::lines::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {

@@ -129,16 +129,29 @@ enum Mode {
 
 impl Transport {
     /// A transport whose control sockets live under `state_dir/ssh`, or,
-    /// when that path is too long for a socket, under a private directory
-    /// in the system's temporary directory named after it.
+    /// when that path is too long for a socket or cannot be written for
+    /// ssh ([`ssh_can_read`]), under a private directory in the system's
+    /// temporary directory named after it.
     pub fn new(config_file: Option<PathBuf>, state_dir: &Path) -> Result<Self, SshError> {
         let preferred = state_dir.join("ssh");
-        let control_dir = if preferred.as_os_str().len() + 1 + TOKEN_LEN <= MAX_CONTROL_PATH {
+        let usable = |p: &Path| {
+            p.as_os_str().len() + 1 + TOKEN_LEN <= MAX_CONTROL_PATH
+                && p.to_str().is_some_and(ssh_can_read)
+        };
+        let control_dir = if usable(&preferred) {
             preferred
         } else {
             let digest = crate::state::sha256_hex(state_dir.as_os_str().as_encoded_bytes());
             std::env::temp_dir().join(format!("moorline-ssh-{}", &digest[..12]))
         };
+        if !control_dir.to_str().is_some_and(ssh_can_read) {
+            return Err(SshError::ControlDir {
+                path: control_dir.display().to_string(),
+                source: std::io::Error::other(
+                    "ssh cannot be given this path: it holds `${`, a control character or bytes that are not UTF-8",
+                ),
+            });
+        }
         crate::state::tighten(&control_dir).map_err(|source| SshError::ControlDir {
             path: control_dir.display().to_string(),
             source,
@@ -181,10 +194,10 @@ impl Transport {
             a.push("-o".into());
             a.push(opt.into());
         }
-        let mut control = OsString::from("ControlPath=");
-        control.push(self.control_path(host));
+        // `Transport::new` chose a UTF-8 directory ssh can read.
+        let control = self.control_path(host);
         a.push("-o".into());
-        a.push(control);
+        a.push(format!("ControlPath={}", config_path(&control.to_string_lossy())).into());
         match mode {
             Mode::Open => {
                 for opt in [
@@ -343,6 +356,43 @@ impl Transport {
 /// Characters of a control socket's name.
 const TOKEN_LEN: usize = 16;
 
+/// Whether ssh can read `path` back exactly from a configuration line
+/// (`-o ControlPath=...`, `IdentityFile` in a config file) once
+/// [`config_path`] wrote it: ssh expands `${NAME}` in those options and has
+/// no escape for it, and a control character would end or corrupt the
+/// line.
+pub fn ssh_can_read(path: &str) -> bool {
+    !path.contains("${") && !path.chars().any(char::is_control)
+}
+
+/// `path` as one argument of an ssh configuration line for an option that
+/// expands `%` tokens, `${NAME}` and a leading `~` (ControlPath,
+/// IdentityFile, UserKnownHostsFile, ...), so that ssh uses exactly
+/// `path`: every `%` doubled (ssh reads `%%` as `%`, and `%h`, `%C`, ...
+/// as tokens), a relative path that starts with `~` prefixed with `./`,
+/// and the whole in double quotes with `"` and `\` escaped (ssh splits a
+/// line at spaces and reads quotes and backslashes). Only for a path that
+/// [`ssh_can_read`].
+pub fn config_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 4);
+    out.push('"');
+    if path.starts_with('~') {
+        out.push_str("./");
+    }
+    for c in path.chars() {
+        match c {
+            '%' => out.push_str("%%"),
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Whether an ssh exit is ssh's own failure, and which: exit 255 with a
 /// host key message is a key mismatch; other 255s with ssh's typical
 /// messages are an unreachable host. A remote command's own 255 (no such
@@ -466,12 +516,98 @@ mod tests {
         ] {
             assert!(joined.contains(want), "{want} missing from {joined}");
         }
+        // Quoted for ssh's configuration line.
+        let cp = args
+            .iter()
+            .find_map(|a| a.strip_prefix("ControlPath=\""))
+            .and_then(|a| a.strip_suffix('"'))
+            .unwrap();
+        assert!(cp.len() <= MAX_CONTROL_PATH, "{cp}");
+        assert!(cp.starts_with(&dir.path().display().to_string()), "{cp}");
+    }
+
+    /// What ssh itself makes of `ControlPath=WORD` (`ssh -G` prints the
+    /// expanded option); `None` without an ssh client.
+    fn ssh_reads(word: &str) -> Option<String> {
+        let out = std::process::Command::new("ssh")
+            .args(["-G", "-F", "/dev/null", "-o"])
+            .arg(format!("ControlPath={word}"))
+            .arg("example.invalid")
+            .output()
+            .ok()?;
+        assert!(out.status.success(), "{word}: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("controlpath "))
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn paths_reach_ssh_exactly() {
+        let cases = [
+            "/srv/state/ssh/0123456789abcdef",
+            "/srv/100%/ssh/%h-%C-%%-%",
+            "/srv/a b/\"q\"/it's/ #x/$HOME/{}/$",
+            "/srv/${HOME}/x",
+            "~user/ssh",
+            "rel/%d/ssh",
+            "/srv/\\back\\slash\\",
+            "/tmp/ünïcødé/ssh",
+        ];
+        for path in cases {
+            let readable = ssh_can_read(path);
+            assert_eq!(readable, !path.contains("${"), "{path}");
+            if !readable {
+                continue;
+            }
+            let Some(got) = ssh_reads(&config_path(path)) else {
+                return;
+            };
+            let want = if path.starts_with('~') {
+                format!("./{path}")
+            } else {
+                path.to_owned()
+            };
+            assert_eq!(got, want, "{path} as {}", config_path(path));
+        }
+        assert!(!ssh_can_read("/srv/a\nb"));
+    }
+
+    #[test]
+    fn a_state_dir_with_percent_keeps_its_sockets_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("100%h");
+        let t = Transport::new(None, &state).unwrap();
+        assert_eq!(t.control_dir, state.join("ssh"));
+        let args: Vec<String> = t
+            .args(&host(), Mode::Use, &[])
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let cp = args
             .iter()
             .find_map(|a| a.strip_prefix("ControlPath="))
             .unwrap();
-        assert!(cp.len() <= MAX_CONTROL_PATH, "{cp}");
-        assert!(cp.starts_with(&dir.path().display().to_string()), "{cp}");
+        assert!(cp.contains("100%%h/ssh/"), "{cp}");
+        // A state directory ssh cannot be told about: the sockets go to
+        // the private directory in the temporary directory.
+        let odd = dir.path().join("${HOME}");
+        let t = Transport::new(None, &odd).unwrap();
+        assert!(t.control_dir.starts_with(std::env::temp_dir()));
+        let _ = std::fs::remove_dir(&t.control_dir);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever the path, ssh reads back exactly what moorline wrote.
+        #[test]
+        fn any_path_ssh_can_read_round_trips(path in "[/a-z %$~{}\"'\\\\#=]{1,24}") {
+            prop_assume!(ssh_can_read(&path));
+            if let Some(got) = ssh_reads(&config_path(&path)) {
+                let want = if path.starts_with('~') { format!("./{path}") } else { path.clone() };
+                prop_assert_eq!(got, want);
+            }
+        }
     }
 
     #[test]

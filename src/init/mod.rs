@@ -412,6 +412,14 @@ pub enum InitError {
         help("pass --force to replace it, or --out FILE to write elsewhere")
     )]
     Exists { path: String },
+    #[error("refusing to write {path}: it is {kind}, not a regular file")]
+    #[diagnostic(
+        code(moorline::init::not_a_file),
+        help(
+            "nothing was written: moorline init replaces only a regular file and never writes through a symbolic link (it could point anywhere, and init may run as root); remove it, or pass --out FILE to write elsewhere"
+        )
+    )]
+    NotAFile { path: String, kind: &'static str },
     #[error("cannot write {path}")]
     #[diagnostic(
         code(moorline::init::write),

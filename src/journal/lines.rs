@@ -19,6 +19,25 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir).and_then(|d| d.sync_all())
 }
 
+/// The largest journal file read back (1 GiB). A journal holds one plan
+/// (an apply's own, or a fleet plan with every host's; each host plan at
+/// most [`crate::plan::PLAN_FILE_CAP`], a 2,000-service one a few MB) and
+/// a few short records per action; the cap is far above what moorline
+/// writes and only keeps a file that is no journal from taking the
+/// host's memory.
+pub const JOURNAL_FILE_CAP: u64 = 1024 * 1024 * 1024;
+
+/// The bytes of the journal file at `path`: a regular file of at most
+/// [`JOURNAL_FILE_CAP`] bytes, else an error saying what it is (a missing
+/// file is `NotFound`).
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    use crate::json_file::ReadError;
+    crate::json_file::read(path, JOURNAL_FILE_CAP).map_err(|e| match e {
+        ReadError::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    })
+}
+
 /// The length of the complete lines of `bytes` (a torn last line cut off).
 pub fn complete_len(bytes: &[u8]) -> usize {
     bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
@@ -61,8 +80,10 @@ impl Lines {
     /// Reopens `path` for appending; a torn last line is cut off first, so
     /// the next line starts on a line of its own.
     pub fn reopen(path: PathBuf) -> std::io::Result<Self> {
+        // Read first: a path that is not a regular file is refused before
+        // it is opened for writing (a FIFO would block that open).
+        let bytes = read(&path)?;
         let file = OpenOptions::new().append(true).open(&path)?;
-        let bytes = fs::read(&path)?;
         let complete = complete_len(&bytes);
         if complete < bytes.len() {
             file.set_len(complete as u64)?;

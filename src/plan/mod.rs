@@ -19,6 +19,16 @@ pub use build::{ForeignUnit, HostView, Inputs, MigrateCheck, PlanError, build};
 /// Version of the JSON contract; bumped on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The largest plan file `apply PLANFILE` and `--reviewed` read (128
+/// MiB), a host's plan or a fleet's. Measured: the first deploy of 2,000
+/// generated fixture services (`benches/plan.rs`'s fleet: 8,205 actions,
+/// every service built, installed, restarted and checked) saves as 5.4 MB.
+/// A fleet plan holds one host plan per host, so the cap fits some 20
+/// hosts that each run all 2,000 services; it keeps a file that is no
+/// plan from taking the host's memory (`/dev/zero`, a FIFO and other
+/// files that are not regular are refused before any read).
+pub const PLAN_FILE_CAP: u64 = 128 * 1024 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub format_version: u32,
@@ -38,6 +48,12 @@ pub struct Plan {
     pub inputs: PlanInputs,
     /// Number of paths that changed between `from` and `to`.
     pub changed_paths: usize,
+    /// The environment's `pass-env`: variables of moorline's own
+    /// environment that the commands the plan runs receive, besides the
+    /// minimal environment every command gets
+    /// ([`crate::process::command_env`]). Empty: none.
+    #[serde(default)]
+    pub pass_env: Vec<String>,
     /// Every service of the config, in start order.
     pub services: Vec<ServicePlan>,
     /// Topologically ordered; `after` lists direct predecessors.
@@ -690,6 +706,8 @@ pub(crate) struct Unbuilt<'a> {
     pub rollback: RollbackPlan,
     pub warnings: Vec<String>,
     pub salt: Option<(&'a str, &'a str)>,
+    /// The environment's `pass-env`.
+    pub pass_env: Vec<String>,
 }
 
 impl Unbuilt<'_> {
@@ -730,6 +748,7 @@ impl Unbuilt<'_> {
             fingerprint,
             inputs,
             changed_paths: 0,
+            pass_env: self.pass_env,
             services: self.services,
             actions: self.actions,
             rollback: self.rollback,
@@ -964,6 +983,7 @@ mod tests {
                 skip_promotion_check: false,
             },
             changed_paths: 0,
+            pass_env: Vec::new(),
             services: Vec::new(),
             actions: services
                 .iter()

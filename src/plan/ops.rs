@@ -367,6 +367,7 @@ pub fn build(inp: OpsInputs<'_>) -> Plan {
         rollback,
         warnings: Vec::new(),
         salt: None,
+        pass_env: env.pass_env.clone(),
     }
     .plan()
 }
@@ -558,6 +559,7 @@ pub fn services(inp: ServiceOps<'_>) -> Plan {
         },
         warnings: Vec::new(),
         salt: None,
+        pass_env: inp.env.pass_env.clone(),
     }
     .plan()
 }

@@ -248,6 +248,7 @@ mod tests {
                 skip_promotion_check: false,
             },
             changed_paths: 1,
+            pass_env: Vec::new(),
             services: vec![service("backend", A), service("search", A)],
             actions: Vec::new(),
             rollback: RollbackPlan {

@@ -339,6 +339,7 @@ pub fn build(
         },
         warnings,
         salt: Some(("apply_id", apply_id)),
+        pass_env: env.pass_env.clone(),
     }
     .plan()
 }

@@ -4,7 +4,9 @@
 
 use std::fmt::Write as _;
 
-use super::{after_words, change_words, changed_words, kind_words, rollback_target, summary};
+use super::{
+    after_words, change_words, changed_words, kind_words, pass_env_words, rollback_target, summary,
+};
 use crate::plan::{Operation, Plan, ServiceChange, short};
 
 /// A Markdown table cell: pipes escaped, on one line.
@@ -42,6 +44,9 @@ pub fn markdown(plan: &Plan) -> String {
         plan.branch,
         changed_words(plan)
     );
+    if let Some(w) = pass_env_words(plan, |n| format!("`{n}`")) {
+        let _ = writeln!(out, "**pass-env** {w}\n");
+    }
     for w in &plan.warnings {
         let _ = writeln!(out, "> [!WARNING]\n> {}\n", cell(w));
     }

@@ -200,6 +200,18 @@ pub fn changed_words(plan: &Plan) -> String {
     }
 }
 
+/// What the environment's `pass-env` lets through, for people: `None`
+/// without one (commands then get only the minimal environment).
+pub fn pass_env_words(plan: &Plan, fmt: impl Fn(&str) -> String) -> Option<String> {
+    (!plan.pass_env.is_empty()).then(|| {
+        let names: Vec<String> = plan.pass_env.iter().map(|n| fmt(n)).collect();
+        format!(
+            "{} from moorline's environment into every command",
+            names.join(", ")
+        )
+    })
+}
+
 /// How many predecessors are named before the rest are only counted.
 const AFTER_SHOWN: usize = 4;
 

@@ -6,7 +6,9 @@
 
 use std::fmt::Write as _;
 
-use super::{after_words, change_words, changed_words, kind_words, rollback_target, summary};
+use super::{
+    after_words, change_words, changed_words, kind_words, pass_env_words, rollback_target, summary,
+};
 use crate::plan::{Operation, Plan, ServiceChange, UnitChange, short};
 use crate::visible::{escape as v, escape_lines};
 
@@ -81,6 +83,9 @@ pub fn text(plan: &Plan, color: bool) -> String {
         }
     }
     let _ = writeln!(out, "  {} · {}", summary(plan), changed_words(plan));
+    if let Some(w) = pass_env_words(plan, str::to_owned) {
+        let _ = writeln!(out, "  pass-env {w}");
+    }
     for w in &plan.warnings {
         let _ = writeln!(out, "{} {}", p.yellow("warning:"), v(w));
     }

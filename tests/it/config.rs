@@ -552,6 +552,7 @@ invalid! {
     slashdash_run,
     long_value_elided,
     promote_from_bad,
+    pass_env_bad,
     // Fleet mode: hosts, roles, rollout, drain hooks.
     fleet_host_duplicates,
     fleet_host_address,

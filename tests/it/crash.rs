@@ -1061,10 +1061,19 @@ async fn slow_builds_do_not_delay_the_rest_of_the_apply() {
     };
     let go_build = "build \"/usr/bin/python3\" \"build.py\" \"{service}\"";
     assert!(scene.config.contains(go_build), "{}", scene.config);
-    scene.config = scene.config.replace(
-        go_build,
-        "build \"/usr/bin/python3\" \"slow-build.py\" \"{service}\"",
-    );
+    // The build reads SLOW_BUILD_SECS from moorline's environment, which
+    // commands get only through pass-env.
+    scene.config = scene
+        .config
+        .replace(
+            go_build,
+            "build \"/usr/bin/python3\" \"slow-build.py\" \"{service}\"",
+        )
+        .replace(
+            "    branch \"main\"\n",
+            "    branch \"main\"\n    pass-env \"SLOW_BUILD_SECS\"\n",
+        );
+    assert!(scene.config.contains("pass-env"), "{}", scene.config);
     let mut edits = vec![Edit::Write {
         path: "services/svc-0004/slow-build.py".to_owned(),
         contents: SLOW_BUILD.to_owned(),

@@ -674,7 +674,7 @@ fn assert_phase_order(times: &BTreeMap<String, (String, u64)>, only: Option<&[&s
 /// the shared manager's `default.target` would start every other test's units as well).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_transaction_starting_every_service_follows_the_phases() {
-    let Some(w) = World::new("d10", 28500) else {
+    let Some(w) = World::new("d12", 28500) else {
         return;
     };
     let sd = w.sandbox.connect().await.unwrap();
@@ -686,7 +686,7 @@ async fn one_transaction_starting_every_service_follows_the_phases() {
             .rev()
             .map(|s| w.unit(&s.name))
             .collect();
-    let target = "d10-boot.target";
+    let target = "d12-boot.target";
     support::install_unit(
         &sd,
         w.sandbox,
@@ -1201,4 +1201,95 @@ async fn missing_host_facts_are_refused_before_anything_changes() {
     w.set_config(&text);
     drop(listener);
     ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+}
+
+/// A directory nested 300 levels deep in one service (deeper than libgit2
+/// walks a working tree) is deployed like any other: the plan warns that
+/// the path was not checked for uncommitted changes, the export writes the
+/// whole tree, and the apply succeeds. Before, every plan of the
+/// repository failed with `moorline::git::failed`.
+#[test]
+fn a_service_with_a_directory_nested_300_deep_deploys() {
+    let Some(sandbox) = support::sandbox() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let root = tmp.path().join("srv");
+    let state = tmp.path().join("state");
+    let deep = format!("services/api/{}leaf.txt", "d/".repeat(300));
+    for (path, text) in [
+        ("services/web/index.txt", "web\n"),
+        (deep.as_str(), "leaf\n"),
+    ] {
+        std::fs::create_dir_all(repo.join(path).parent().unwrap()).unwrap();
+        std::fs::write(repo.join(path), text).unwrap();
+    }
+    let (api, web) = (support::free_port(), support::free_port());
+    let config = format!(
+        r#"project "dd" {{ unit-name "dd-{{service}}.service" }}
+environment "staging" {{
+    branch "main"
+    root "{root}"
+}}
+phase "core"
+runtime "http" {{
+    build "true"
+    unit {{
+        exec "/usr/bin/python3" "-m" "http.server" "{{port}}" "--bind" "127.0.0.1"
+        wanted-by "default.target"
+    }}
+}}
+service "api" {{ runtime "http"; port {api}; phase "core"; health "/"; ready "/"; metrics "/"; }}
+service "web" {{ runtime "http"; port {web}; phase "core"; health "/"; ready "/"; metrics "/"; }}
+"#,
+        root = root.display(),
+    );
+    std::fs::write(repo.join("moorline.kdl"), &config).unwrap();
+    crate::secrets::git(&repo, &["init", "-q", "-b", "main"]);
+    crate::secrets::git(&repo, &["add", "-A"]);
+    crate::secrets::git(&repo, &["commit", "-q", "-m", "deep"]);
+    let run = |args: &[&str]| {
+        let config_home = sandbox.unit_dir();
+        let config_home = config_home.parent().and_then(Path::parent).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_moorline"))
+            .args(["-c", repo.join("moorline.kdl").to_str().unwrap()])
+            .args(["--state-dir", state.to_str().unwrap()])
+            .args(["--systemd", "user"])
+            .args(args)
+            .env("XDG_RUNTIME_DIR", sandbox.runtime_dir())
+            .env("DBUS_SESSION_BUS_ADDRESS", sandbox.bus_address())
+            .env("XDG_CONFIG_HOME", config_home)
+            .env("MOORLINE_JOURNAL_DIRECTORY", sandbox.journal_dir())
+            .env("NO_COLOR", "1")
+            .env_remove("MOORLINE_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let plan = run(&["plan", "--env", "staging"]);
+    let text = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    assert!(
+        text.contains(
+            "not checked for uncommitted changes, services/api: directory nesting too deep"
+        ),
+        "{text}"
+    );
+    let out = run(&["apply", "--env", "staging", "--yes"]);
+    let _ = run(&["stop", "--env", "staging", "--yes"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let current = root.join("api/current");
+    let leaf = current.join(deep.trim_start_matches("services/api/"));
+    assert_eq!(std::fs::read_to_string(leaf).unwrap(), "leaf\n");
 }

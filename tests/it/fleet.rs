@@ -109,7 +109,17 @@ impl World {
             let rolled_out = args[0] == "apply"
                 && !String::from_utf8_lossy(&out.stdout).contains("nothing to resume");
             if let Some(to) = self.revision(0).filter(|_| rolled_out) {
-                let plan = ["plan", "--env", "staging", "--to", &to, "--format", "json"];
+                // (A reviewed plan may deploy a revision that is no descendant of the last.)
+                let plan = [
+                    "plan",
+                    "--env",
+                    "staging",
+                    "--to",
+                    &to,
+                    "--allow-non-ancestor",
+                    "--format",
+                    "json",
+                ];
                 let again = self.cmd(&plan).output().unwrap();
                 assert_eq!(code(&again), Some(0), "{context}: {}", show(&again));
                 let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
@@ -990,4 +1000,27 @@ async fn secrets_printed_on_hosts_reach_nothing_the_controller_prints_or_writes(
         .unwrap();
     let listed = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(listed.contains("/repo/"), "{listed}");
+}
+
+/// A `%` in the controller's state directory reaches ssh as a `%`, not as a
+/// token (`%h` would be the host, `%C` a hash): the control sockets live
+/// in that directory's `fleet/ssh/`, and the plan reaches the hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_percent_in_the_state_directory_is_no_ssh_token() {
+    let Some(mut w) = world(2, "canary 1", false).await else {
+        return;
+    };
+    w.ctrl = w.dir.path().join("state %h %C %% \"q\"");
+    let out = w.run(&["plan", "--env", "staging", "--format", "json"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["hosts"].as_array().map(Vec::len), Some(2), "{plan}");
+    assert!(w.ctrl.join("fleet/ssh").is_dir());
+    // Nothing appeared beside it under a name ssh made by expanding one.
+    let mut names: Vec<String> = std::fs::read_dir(w.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["fx", "hosts", "state %h %C %% \"q\""]);
 }

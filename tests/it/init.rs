@@ -294,3 +294,79 @@ fn init_refuses_to_overwrite_without_force_and_names_the_config_elsewhere() {
         text(&o)
     );
 }
+
+/// Names in `dir` that init's temporary files would have.
+fn temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".init-"))
+        .collect()
+}
+
+#[test]
+fn init_force_never_writes_through_a_symlink_nor_into_a_fifo_or_directory() {
+    let dir = mixed();
+    let outside = tempfile::tempdir().unwrap();
+    let precious = outside.path().join("precious");
+    std::fs::write(&precious, "precious\n").unwrap();
+    let path = dir.path().join("moorline.kdl");
+
+    // A symlink to a file outside the repository, and one to nowhere (init
+    // would create its target).
+    let nowhere = outside.path().join("nowhere");
+    for target in [&precious, &nowhere] {
+        std::os::unix::fs::symlink(target, &path).unwrap();
+        for args in [&["init"][..], &["init", "--force"]] {
+            let o = moorline(dir.path(), args);
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
+            assert!(
+                text(&o).contains("moorline::init::not_a_file"),
+                "{}",
+                text(&o)
+            );
+            assert!(text(&o).contains("it is a symbolic link"), "{}", text(&o));
+            assert!(std::fs::symlink_metadata(&path).unwrap().is_symlink());
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "precious\n");
+    assert!(!nowhere.exists());
+
+    // A FIFO (writing into it would block, or feed a reader) and a
+    // directory.
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = moorline(dir.path(), &["init", "--force"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("moorline::init::not_a_file"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    let o = moorline(dir.path(), &["init", "--force"]);
+    assert!(text(&o).contains("it is a directory"), "{}", text(&o));
+    std::fs::remove_dir(&path).unwrap();
+
+    // A regular file is replaced (a new file: its old inode is untouched,
+    // so a hard link elsewhere keeps the old text), and nothing is left.
+    std::fs::write(&path, "mine\n").unwrap();
+    let hard = outside.path().join("hard");
+    std::fs::hard_link(&path, &hard).unwrap();
+    let o = moorline(dir.path(), &["init", "--force"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("service \"api\"")
+    );
+    assert_eq!(std::fs::read_to_string(&hard).unwrap(), "mine\n");
+    assert_eq!(temporaries(dir.path()), Vec::<String>::new());
+}

@@ -138,6 +138,34 @@ impl Watcher {
         (seen.events.len(), seen.generation)
     }
 
+    /// Waits (up to the suite's wait deadline) until no job is pending for the units whose
+    /// names begin with `prefix`: a job that a killed moorline left queued or running finishes
+    /// before the next command's jobs are counted.
+    fn settle(&self, prefix: &str) {
+        let deadline = std::time::Instant::now() + crate::support::wait();
+        loop {
+            let Some(events) = self.since((0, self.mark().1)) else {
+                return;
+            };
+            let mut pending = BTreeSet::new();
+            for e in events {
+                match e {
+                    JobEvent::New { id, unit } if unit.starts_with(prefix) => {
+                        pending.insert(id);
+                    }
+                    JobEvent::Removed { id, .. } => {
+                        pending.remove(&id);
+                    }
+                    JobEvent::New { .. } => {}
+                }
+            }
+            if pending.is_empty() || std::time::Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(crate::support::POLL);
+        }
+    }
+
     /// The events since `mark` (after every event systemd sent so far has arrived), or `None`
     /// when the watch connection was lost meanwhile.
     fn since(&self, mark: (usize, u64)) -> Option<Vec<JobEvent>> {
@@ -169,6 +197,7 @@ pub fn before(w: &World, args: &[&str]) -> Option<Before> {
     }
     Some(Before {
         jobs: watcher(w.sandbox).map(|watcher| {
+            watcher.settle(&format!("{}-", w.prefix));
             let mark = watcher.mark();
             (watcher, mark)
         }),
@@ -280,15 +309,24 @@ pub fn after(w: &World, args: &[&str], out: &Output, b: Option<Before>) {
     if let Some((watcher, mark)) = &b.jobs
         && let Some(events) = watcher.since(*mark)
     {
+        let shown: Vec<String> = events
+            .iter()
+            .filter(|e| match e {
+                JobEvent::New { unit, .. } | JobEvent::Removed { unit, .. } => {
+                    unit.starts_with(&prefix)
+                }
+            })
+            .map(|e| format!("{e:?}"))
+            .collect();
         let seen = multiset(events.into_iter().filter_map(|e| match e {
             JobEvent::Removed { unit, .. } if unit.starts_with(&prefix) => Some(unit),
             _ => None,
         }));
-        // The unit of an action that failed is left out: systemd may have restarted it on its
-        // own meanwhile (`Restart=on-failure` of a process that crashes on start), or its job
+        // The unit of an action that failed (in this command or the one it resumes) is left
+        // out: systemd may have restarted it on its own meanwhile (`Restart=on-failure` of a process that crashes on start), or its job
         // was never submitted (a proxy whose configuration check failed). Every other unit:
         // exactly the journal's jobs.
-        let failed: BTreeSet<String> = own
+        let failed: BTreeSet<String> = records
             .iter()
             .filter(|r| r["event"] == "failed")
             .filter_map(|r| actions.get(r["action"].as_str()?))
@@ -304,7 +342,8 @@ pub fn after(w: &World, args: &[&str], out: &Output, b: Option<Before>) {
             strict(&seen),
             strict(&journaled),
             "{context}: the jobs systemd ran for {prefix}* (left) are not the ones the journal \
-             records (right)"
+             records (right); the bus said:\n{}",
+            shown.join("\n")
         );
     }
     let own_begin = own.iter().any(|r| r["event"] == "begin");

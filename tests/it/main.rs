@@ -7,6 +7,7 @@
 
 mod bus;
 mod cli;
+mod command_env;
 mod config;
 mod config_fuzz;
 mod crash;

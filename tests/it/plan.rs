@@ -852,8 +852,205 @@ fn bad_input_is_a_diagnostic_not_a_panic() {
     std::fs::create_dir(f.state_dir().join("state.json")).unwrap();
     fails_with(
         &f.run(&["plan", "--env", "staging", "--to", &from]),
-        "moorline::state::unreadable",
+        "moorline::state::not_a_file",
     );
+}
+
+/// Runs `cmd` to its end, which must come within a few seconds (a FIFO
+/// that blocked, or /dev/zero read to the end, would not).
+fn output_soon(mut cmd: std::process::Command) -> Output {
+    use std::io::Read as _;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(20) {
+            child.kill().unwrap();
+            panic!("still running after 20 s: {cmd:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut stderr = Vec::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_end(&mut stderr)
+        .unwrap();
+    let mut stdout = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    Output {
+        status: child.wait().unwrap(),
+        stdout,
+        stderr,
+    }
+}
+
+#[test]
+fn a_plan_file_that_is_no_regular_file_or_too_large_is_refused_at_once() {
+    let f = Fx::new();
+    // Outside the fixture's directory, which `tree` reads whole.
+    let other = tempfile::tempdir().unwrap();
+    let fifo = other.path().join("plan.fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Larger than the cap, and sparse: its size is what counts.
+    let huge = other.path().join("huge.plan.json");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(moorline::plan::PLAN_FILE_CAP + 1)
+        .unwrap();
+    let before = tree(f.dir.path());
+    let dir = other.path().to_str().unwrap().to_owned();
+    for (file, code, says) in [
+        (
+            "/dev/zero",
+            "moorline::apply::plan_not_a_file",
+            "a character device",
+        ),
+        (
+            fifo.to_str().unwrap(),
+            "moorline::apply::plan_not_a_file",
+            "a FIFO",
+        ),
+        (
+            dir.as_str(),
+            "moorline::apply::plan_not_a_file",
+            "a directory",
+        ),
+        (
+            huge.to_str().unwrap(),
+            "moorline::apply::plan_too_large",
+            "over the limit of 134217728",
+        ),
+    ] {
+        for args in [
+            vec!["apply", file, "--yes"],
+            vec!["apply", "--env", "staging", "--reviewed", file, "--yes"],
+        ] {
+            let o = output_soon(f.cmd(&args));
+            fails_with(&o, code);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains(says), "{err}");
+        }
+    }
+    // Standard input has no size to look at first: it is cut at the cap.
+    let mut cmd = f.cmd(&["apply", "-", "--yes"]);
+    cmd.stdin(std::process::Stdio::piped());
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let zeros = vec![b' '; 1 << 20];
+        // Ends when moorline stops reading.
+        while std::io::Write::write_all(&mut stdin, &zeros).is_ok() {}
+    });
+    let o = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    fails_with(&o, "moorline::apply::plan_too_large");
+    assert_eq!(tree(f.dir.path()), before, "nothing changed");
+}
+
+#[test]
+fn a_plan_or_state_with_a_key_given_twice_is_refused() {
+    let f = Fx::new();
+    let plan = f.dir.path().join("plan.json");
+    f.plan(&["--env", "staging", "--out", plan.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&plan).unwrap();
+    // serde would keep the last of the two: a reviewer reading the first
+    // would apply another environment.
+    let top = "\n  \"environment\": \"staging\",\n";
+    assert!(text.contains(top), "{text}");
+    let nested = "\"units_source\": ";
+    assert!(text.contains(nested), "{text}");
+    for (twice, key) in [
+        (
+            text.replacen(
+                top,
+                &format!("{top}  \"environment\": \"production\",\n"),
+                1,
+            ),
+            "environment",
+        ),
+        (
+            text.replacen(nested, &format!("{nested}\"none\", {nested}"), 1),
+            "units_source",
+        ),
+    ] {
+        std::fs::write(&plan, &twice).unwrap();
+        let before = tree(f.dir.path());
+        for args in [
+            vec!["apply", plan.to_str().unwrap(), "--yes"],
+            vec![
+                "apply",
+                "--env",
+                "staging",
+                "--reviewed",
+                plan.to_str().unwrap(),
+                "--yes",
+            ],
+        ] {
+            let o = f.run(&args);
+            fails_with(&o, "moorline::apply::plan_duplicate_key");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                err.contains(&format!("the key \"{key}\" is given twice")),
+                "{err}"
+            );
+            assert_eq!(tree(f.dir.path()), before, "nothing changed");
+        }
+    }
+
+    f.deployed("staging", &f.initial());
+    let path = f.state_dir().join("state.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let rev = "\"revision\": ";
+    assert!(text.contains(rev), "{text}");
+    std::fs::write(&path, text.replacen(rev, &format!("{rev}null, {rev}"), 1)).unwrap();
+    let before = tree(f.dir.path());
+    let o = f.run(&["plan", "--env", "staging"]);
+    fails_with(&o, "moorline::state::duplicate_key");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("the key \"revision\" is given twice"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(tree(f.dir.path()), before, "nothing changed");
+    // A state file that is too large, or a FIFO, is refused too.
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(moorline::state::STATE_FILE_CAP + 1)
+        .unwrap();
+    fails_with(
+        &f.run(&["plan", "--env", "staging"]),
+        "moorline::state::too_large",
+    );
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = output_soon(f.cmd(&["plan", "--env", "staging"]));
+    fails_with(&o, "moorline::state::not_a_file");
 }
 
 /// Every file under `dir` with the hash of its bytes (what "nothing
@@ -1328,4 +1525,46 @@ fn host_flag_refuses_unknown_hosts_and_environments_without_hosts() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+}
+
+/// A directory nested 300 levels deep in one service (deeper than
+/// libgit2 reads a working tree: 100) no longer stops the plan of the
+/// whole repository with `moorline::git::failed`: the plan names the path
+/// it could not check, and plans every service.
+#[test]
+fn a_deeply_nested_directory_in_one_service_does_not_stop_the_plan() {
+    let f = Fx::new();
+    let deep = format!("services/coupon/{}leaf.txt", "d/".repeat(300));
+    f.commit(
+        "main",
+        "a deep tree",
+        &[Edit::Write {
+            path: deep.clone(),
+            contents: "x\n".to_owned(),
+        }],
+    );
+    assert!(f.fx.repo.join(&deep).is_file(), "checked out");
+    let json = f.plan(&["--env", "staging", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let warnings: Vec<&str> = plan["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.starts_with(
+            "not checked for uncommitted changes, services/coupon: directory nesting too deep"
+        )),
+        "{warnings:?}"
+    );
+    assert!(plan["uncommitted"].is_null(), "{plan}");
+    assert!(
+        plan["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == "build:coupon"),
+        "{plan}"
+    );
 }

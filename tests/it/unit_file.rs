@@ -44,6 +44,7 @@ fn service(root: &str, out: &str) -> (Environment, Service) {
         backup: None,
         env: BTreeMap::new(),
         env_files: Vec::new(),
+        pass_env: Vec::new(),
         hosts: Vec::new(),
         rollout: moorline::config::Rollout::default(),
         drain: Vec::new(),

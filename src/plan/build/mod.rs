@@ -258,6 +258,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         fingerprint,
         inputs,
         changed_paths: changes.paths.len(),
+        pass_env: env.pass_env.clone(),
         services,
         actions,
         rollback,
