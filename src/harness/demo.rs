@@ -17,8 +17,24 @@ use crate::harness::sandbox::PrivateSystemd;
 use crate::systemd::{Bus, Systemd};
 
 /// Ports of the demo fleet start here (not Pakashop's own ports, so a
-/// developer's running services are left alone).
+/// developer's running services are left alone), or at the first block of
+/// [`PORT_BLOCK`] above it whose ports are all free ([`free_port_base`]).
 pub const PORT_BASE: u16 = 18_000;
+
+/// The distance between the port blocks the demo tries, and how many it tries.
+const PORT_BLOCK: u16 = 100;
+const PORT_BLOCKS: u16 = 20;
+
+/// The first port block from [`PORT_BASE`] in which `count` ports are free on loopback: a
+/// second demo (or a test, or another service) on the demo's ports would otherwise answer its
+/// readiness checks.
+fn free_port_base(count: u16) -> Option<u16> {
+    (0..PORT_BLOCKS)
+        .map(|k| PORT_BASE + k * PORT_BLOCK)
+        .find(|base| {
+            (*base..base + count).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        })
+}
 /// Unit name prefix of the demo fleet.
 pub const PREFIX: &str = "moorline-demo";
 
@@ -220,7 +236,12 @@ async fn run_in(
         dir.display()
     );
     let mut opts = FixtureOptions::new(dir.join("srv"));
-    opts.port_base = Some(PORT_BASE);
+    opts.port_base = Some(free_port_base(PORT_BLOCK).ok_or_else(|| {
+        DemoError::Setup(format!(
+            "no block of free ports on 127.0.0.1 from {PORT_BASE} to {}",
+            PORT_BASE + PORT_BLOCKS * PORT_BLOCK
+        ))
+    })?);
     opts.python = python;
     let fx =
         Fixture::create(&dir.join("shop"), &opts).map_err(|e| DemoError::Setup(e.to_string()))?;

@@ -32,7 +32,7 @@ impl World {
     pub fn on(sandbox: &'static PrivateSystemd, prefix: &str, port_base: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut opts = FixtureOptions::new(dir.path().join("srv"));
-        opts.port_base = Some(port_base);
+        opts.port_base = Some(support::port(port_base));
         let fx = Fixture::create(&dir.path().join("fx"), &opts).unwrap();
         let text = std::fs::read_to_string(&fx.config_path).unwrap();
         let text = text.replace(

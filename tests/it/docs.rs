@@ -978,7 +978,7 @@ fn documented_examples_run() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut opts = moorline::harness::fixture::FixtureOptions::new(dir.path().join("srv"));
-    opts.port_base = Some(28100);
+    opts.port_base = Some(crate::support::port(28100));
     opts.services = Some(3);
     let fx = moorline::harness::fixture::Fixture::create(&dir.path().join("fx"), &opts).unwrap();
     let text = read(&fx.config_path).replace(
@@ -1137,7 +1137,7 @@ fn documented_examples_run() {
 /// units `ops-{service}.service`.
 fn operations_fixture(dir: &Path) -> moorline::harness::fixture::Fixture {
     let mut opts = moorline::harness::fixture::FixtureOptions::new(dir.join("ops-srv"));
-    opts.port_base = Some(28200);
+    opts.port_base = Some(crate::support::port(28200));
     opts.services = Some(3);
     let fx = moorline::harness::fixture::Fixture::create(&dir.join("ops"), &opts).unwrap();
     let text = read(&fx.config_path)

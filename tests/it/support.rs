@@ -148,3 +148,34 @@ pub async fn fleet(
         }
     }
 }
+
+/// The fixture port `written` in a test (each test has its own block of ports, e.g. 21000 for
+/// the first deploy test), moved to this test process's block of ports: two runs of the suite
+/// at once on one machine must not answer each other's readiness checks or take each other's
+/// ports. The first run keeps the ports as written (21000–29999); a second one, while the
+/// first holds its slot, gets 11000–19999 and a third 31000–39999 (in Linux's default
+/// ephemeral range, so a rare collision is possible there). A slot is a lock file in the
+/// temporary directory, held for the life of the process (the kernel releases it when the
+/// process dies).
+pub fn port(written: u16) -> u16 {
+    const OFFSETS: [i32; 3] = [0, -10_000, 10_000];
+    static SLOT: OnceLock<(usize, Option<std::fs::File>)> = OnceLock::new();
+    let (slot, _) = SLOT.get_or_init(|| {
+        for (i, _) in OFFSETS.iter().enumerate() {
+            let path = std::env::temp_dir().join(format!("moorline-it-ports-{i}.lock"));
+            let Ok(file) = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+            else {
+                continue;
+            };
+            if file.try_lock().is_ok() {
+                return (i, Some(file));
+            }
+        }
+        panic!("more than {} runs of the suite at once", OFFSETS.len());
+    });
+    u16::try_from(i32::from(written) + OFFSETS[*slot]).expect("a port in range")
+}
