@@ -7,6 +7,7 @@
 //! and its port is free or held by a process of the service's own unit. `plan` shows them as
 //! warnings; `apply` refuses to start while any is missing.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -120,23 +121,27 @@ pub fn this_host() -> String {
 /// The facts missing on this host (`host` names it) for the services `plan` starts or
 /// restarts, in the plan's order.
 pub fn check(config: &Config, env: &Environment, plan: &Plan, host: &str) -> Vec<Missing> {
+    let mut services: Vec<&Service> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
-    let listening = listening_sockets();
     for action in &plan.actions {
-        if !matches!(action.step, Step::Restart { .. } | Step::Start { .. }) {
-            continue;
+        if matches!(action.step, Step::Restart { .. } | Step::Start { .. })
+            && let Some(service) = action.service.as_deref().and_then(|s| config.service(s))
+            && seen.insert(service.name.as_str())
+        {
+            services.push(service);
         }
-        let Some(service) = action.service.as_deref().and_then(|s| config.service(s)) else {
-            continue;
-        };
-        if !seen.insert(service.name.clone()) {
-            continue;
-        }
+    }
+    let listening: Vec<Listening> = listening_sockets()
+        .into_iter()
+        .filter(|l| services.iter().any(|s| s.port == l.port))
+        .collect();
+    let holders = Holders::of(&listening);
+    let mut out = Vec::new();
+    for service in services {
         if let Ok(Some(text)) = crate::unit::render(env, service) {
             unit_facts(env, service, &text, host, &mut out);
         }
-        if let Some(holder) = foreign_holder(service, &listening) {
+        if let Some(holder) = holders.foreign(service, &listening) {
             out.push(Missing::PortTaken {
                 host: host.to_owned(),
                 service: service.name.clone(),
@@ -311,48 +316,74 @@ fn listening_sockets() -> Vec<Listening> {
         .collect()
 }
 
-/// Who holds `service`'s port, when that is not its own unit: `pid N (comm)`. `None` when
-/// the port is free, held by the unit, or held by a process this user may not look at.
-fn foreign_holder(service: &Service, listening: &[Listening]) -> Option<String> {
-    let inodes: Vec<u64> = listening
-        .iter()
-        .filter(|l| l.port == service.port)
-        .map(|l| l.inode)
-        .collect();
-    if inodes.is_empty() {
-        return None;
-    }
-    let own = format!("/{}", service.unit_name);
-    let mut foreign = None;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        let holds = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|l| {
-                let l = l.to_string_lossy();
-                inodes.iter().any(|i| l == format!("socket:[{i}]"))
-            })
-        });
-        if !holds {
-            continue;
+/// The processes holding each listening socket here: one pass over `/proc/*/fd`, whatever
+/// the number of services. Processes this user may not look at are missing.
+#[derive(Debug, Default)]
+struct Holders {
+    /// Socket inode → the PIDs holding it.
+    by_inode: BTreeMap<u64, Vec<u32>>,
+}
+
+impl Holders {
+    fn of(listening: &[Listening]) -> Self {
+        let mut by_inode: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+        if listening.is_empty() {
+            return Self { by_inode };
         }
-        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        if cgroup.lines().any(|l| l.ends_with(&own)) {
-            return None;
+        let wanted: BTreeMap<String, u64> = listening
+            .iter()
+            .map(|l| (format!("socket:[{}]", l.inode), l.inode))
+            .collect();
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Self { by_inode };
+        };
+        for entry in procs.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                if let Ok(link) = std::fs::read_link(fd.path())
+                    && let Some(inode) = wanted.get(link.to_string_lossy().as_ref())
+                {
+                    let pids = by_inode.entry(*inode).or_default();
+                    if !pids.contains(&pid) {
+                        pids.push(pid);
+                    }
+                }
+            }
         }
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let comm: String = comm.trim().chars().filter(|c| !c.is_control()).collect();
-        foreign = Some(format!("pid {pid} ({comm})"));
+        Self { by_inode }
     }
-    foreign
+
+    /// Who holds `service`'s port, when that is not its own unit: `pid N (comm)`. `None`
+    /// when the port is free, held by the unit, or held by a process this user may not look
+    /// at.
+    fn foreign(&self, service: &Service, listening: &[Listening]) -> Option<String> {
+        let own = format!("/{}", service.unit_name);
+        let mut foreign = None;
+        for pid in listening
+            .iter()
+            .filter(|l| l.port == service.port)
+            .filter_map(|l| self.by_inode.get(&l.inode))
+            .flatten()
+        {
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            if cgroup.lines().any(|l| l.ends_with(&own)) {
+                return None;
+            }
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let comm: String = comm.trim().chars().filter(|c| !c.is_control()).collect();
+            foreign = Some(format!("pid {pid} ({comm})"));
+        }
+        foreign
+    }
 }
 
 #[cfg(test)]
@@ -389,7 +420,8 @@ mod tests {
         let mut service = config.services[0].clone();
         service.port = port;
         service.unit_name = "moorline-test-nobody.service".into();
-        let holder = foreign_holder(&service, &listening_sockets());
+        let listening = listening_sockets();
+        let holder = Holders::of(&listening).foreign(&service, &listening);
         if crate::state::is_root() {
             let holder = holder.unwrap();
             assert!(

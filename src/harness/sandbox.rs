@@ -36,6 +36,7 @@ use miette::Diagnostic;
 use thiserror::Error;
 
 use super::cgroup::Subtree;
+use crate::state::is_root;
 use crate::systemd::{Systemd, SystemdError};
 
 /// How long the manager may take until its bus answers. Measured here: ~100–300 ms (the
@@ -739,18 +740,6 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), SandboxError> {
             source,
         }
     })
-}
-
-/// The effective UID from `/proc/self/status` (no `unsafe` `geteuid`).
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// The last lines of the manager log, for error messages.

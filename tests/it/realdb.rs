@@ -61,13 +61,6 @@ fn find_tool(name: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
 /// uid and gid of a system user, from `id`.
 fn user_ids(user: &str) -> Option<(u32, u32)> {
     let id = |flag: &str| -> Option<u32> {
@@ -140,7 +133,7 @@ fn start_postgres(sandbox: &'static PrivateSystemd) -> Result<Postgres, String> 
         find_tool(t).ok_or_else(|| missing(t))?;
     }
     // As root, run the server as the `postgres` user (it refuses to run as root).
-    let drop_to: Vec<String> = if is_root() {
+    let drop_to: Vec<String> = if moorline::state::is_root() {
         let setpriv = find_tool("setpriv").ok_or("setpriv (util-linux) not found")?;
         user_ids("postgres").ok_or("running as root and there is no `postgres` user")?;
         vec![
