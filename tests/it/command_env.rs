@@ -5,7 +5,6 @@
 //! moorline's own settings).
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use crate::support;
 
@@ -54,17 +53,8 @@ service "api" {{ runtime "sh"; port {port}; phase "core" }}
     crate::secrets::git(&repo, &["commit", "-q", "-m", "first"]);
 
     let run = |args: &[&str]| {
-        let config_home = sandbox.unit_dir();
-        let config_home = config_home.parent().and_then(Path::parent).unwrap();
-        std::process::Command::new(env!("CARGO_BIN_EXE_moorline"))
-            .args(["--state-dir", state.to_str().unwrap()])
-            .args(["--systemd", "user"])
+        support::moorline(sandbox, &state)
             .args(args)
-            .env("XDG_RUNTIME_DIR", sandbox.runtime_dir())
-            .env("DBUS_SESSION_BUS_ADDRESS", sandbox.bus_address())
-            .env("XDG_CONFIG_HOME", config_home)
-            .env("MOORLINE_JOURNAL_DIRECTORY", sandbox.journal_dir())
-            .env("NO_COLOR", "1")
             // moorline's own setting: read by moorline, not for commands.
             .env("MOORLINE_CONFIG", &config_path)
             .env("HOME", &home)

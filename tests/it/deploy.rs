@@ -60,20 +60,9 @@ impl World {
 
     /// `cmd` with another state directory (a machine that is not the host).
     pub fn cmd_in(&self, state: &Path, args: &[&str]) -> std::process::Command {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_moorline"));
-        let config_home = self.sandbox.unit_dir();
-        let config_home = config_home.parent().and_then(Path::parent).unwrap();
+        let mut c = support::moorline(self.sandbox, state);
         c.args(["-c", self.fx.config_path.to_str().unwrap()])
-            .args(["--state-dir", state.to_str().unwrap()])
-            .args(["--systemd", "user"])
-            .args(args)
-            .env("XDG_RUNTIME_DIR", self.sandbox.runtime_dir())
-            .env("DBUS_SESSION_BUS_ADDRESS", self.sandbox.bus_address())
-            .env("XDG_CONFIG_HOME", config_home)
-            .env("MOORLINE_JOURNAL_DIRECTORY", self.sandbox.journal_dir())
-            .env("NO_COLOR", "1")
-            .env_remove("MOORLINE_CONFIG")
-            .stdin(std::process::Stdio::null());
+            .args(args);
         c
     }
 
@@ -1250,20 +1239,9 @@ service "web" {{ runtime "http"; port {web}; phase "core"; health "/"; ready "/"
     crate::secrets::git(&repo, &["add", "-A"]);
     crate::secrets::git(&repo, &["commit", "-q", "-m", "deep"]);
     let run = |args: &[&str]| {
-        let config_home = sandbox.unit_dir();
-        let config_home = config_home.parent().and_then(Path::parent).unwrap();
-        std::process::Command::new(env!("CARGO_BIN_EXE_moorline"))
+        support::moorline(sandbox, &state)
             .args(["-c", repo.join("moorline.kdl").to_str().unwrap()])
-            .args(["--state-dir", state.to_str().unwrap()])
-            .args(["--systemd", "user"])
             .args(args)
-            .env("XDG_RUNTIME_DIR", sandbox.runtime_dir())
-            .env("DBUS_SESSION_BUS_ADDRESS", sandbox.bus_address())
-            .env("XDG_CONFIG_HOME", config_home)
-            .env("MOORLINE_JOURNAL_DIRECTORY", sandbox.journal_dir())
-            .env("NO_COLOR", "1")
-            .env_remove("MOORLINE_CONFIG")
-            .stdin(std::process::Stdio::null())
             .output()
             .unwrap()
     };

@@ -128,12 +128,7 @@ impl World {
                 assert_eq!(code(&again), Some(0), "{context}: {}", show(&again));
                 let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
                 for h in again["hosts"].as_array().into_iter().flatten() {
-                    let left: Vec<&str> = h["plan"]["actions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|a| a["id"].as_str())
-                        .collect();
+                    let left = crate::support::action_ids(&h["plan"]);
                     assert!(
                         left.is_empty(),
                         "{context}: planning again, {} still has {left:?}",

@@ -335,13 +335,7 @@ fn init_force_never_writes_through_a_symlink_nor_into_a_fifo_or_directory() {
 
     // A FIFO (writing into it would block, or feed a reader) and a
     // directory.
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&path)
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::support::mkfifo(&path);
     let o = moorline(dir.path(), &["init", "--force"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(

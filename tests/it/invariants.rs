@@ -437,12 +437,7 @@ pub fn after(w: &World, args: &[&str], out: &Output, b: Option<Before>) {
             String::from_utf8_lossy(&again.stderr)
         );
         let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
-        let left: Vec<&str> = again["actions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a["id"].as_str())
-            .collect();
+        let left = crate::support::action_ids(&again);
         assert!(
             left.is_empty(),
             "{context}: a second plan of {env} at {to} is not empty: {left:?}"

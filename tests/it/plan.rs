@@ -900,13 +900,7 @@ fn a_plan_file_that_is_no_regular_file_or_too_large_is_refused_at_once() {
     // Outside the fixture's directory, which `tree` reads whole.
     let other = tempfile::tempdir().unwrap();
     let fifo = other.path().join("plan.fifo");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::support::mkfifo(&fifo);
     // Larger than the cap, and sparse: its size is what counts.
     let huge = other.path().join("huge.plan.json");
     std::fs::File::create(&huge)
@@ -1042,13 +1036,7 @@ fn a_plan_or_state_with_a_key_given_twice_is_refused() {
         "moorline::state::too_large",
     );
     std::fs::remove_file(&path).unwrap();
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&path)
-            .status()
-            .unwrap()
-            .success()
-    );
+    crate::support::mkfifo(&path);
     let o = output_soon(f.cmd(&["plan", "--env", "staging"]));
     fails_with(&o, "moorline::state::not_a_file");
 }

@@ -104,20 +104,9 @@ service "api" {{ runtime "sh"; port {port}; phase "core" }}
     git(&repo, &["commit", "-q", "-m", "first"]);
 
     let run = |args: &[&str]| -> Output {
-        let config_home = sandbox.unit_dir();
-        let config_home = config_home.parent().and_then(Path::parent).unwrap();
-        std::process::Command::new(env!("CARGO_BIN_EXE_moorline"))
+        support::moorline(sandbox, &state)
             .args(["-c", repo.join("moorline.kdl").to_str().unwrap()])
-            .args(["--state-dir", state.to_str().unwrap()])
-            .args(["--systemd", "user"])
             .args(args)
-            .env("XDG_RUNTIME_DIR", sandbox.runtime_dir())
-            .env("DBUS_SESSION_BUS_ADDRESS", sandbox.bus_address())
-            .env("XDG_CONFIG_HOME", config_home)
-            .env("MOORLINE_JOURNAL_DIRECTORY", sandbox.journal_dir())
-            .env("NO_COLOR", "1")
-            .env_remove("MOORLINE_CONFIG")
-            .stdin(std::process::Stdio::null())
             .output()
             .unwrap()
     };

@@ -179,3 +179,45 @@ pub fn port(written: u16) -> u16 {
     });
     u16::try_from(i32::from(written) + OFFSETS[*slot]).expect("a port in range")
 }
+
+/// The moorline binary run as a user would against `sandbox`'s manager (`--systemd user`,
+/// its bus, unit directory and journal) with its state in `state`, no colour, no terminal to
+/// ask on, and no `MOORLINE_CONFIG` from the caller's environment. The caller adds the
+/// configuration (`-c FILE`) and the command.
+pub fn moorline(sandbox: &PrivateSystemd, state: &std::path::Path) -> std::process::Command {
+    let unit_dir = sandbox.unit_dir();
+    let config_home = unit_dir
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the unit directory is CONFIG_HOME/systemd/user");
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_moorline"));
+    c.args(["--state-dir", state.to_str().unwrap()])
+        .args(["--systemd", "user"])
+        .env("XDG_RUNTIME_DIR", sandbox.runtime_dir())
+        .env("DBUS_SESSION_BUS_ADDRESS", sandbox.bus_address())
+        .env("XDG_CONFIG_HOME", config_home)
+        .env("MOORLINE_JOURNAL_DIRECTORY", sandbox.journal_dir())
+        .env("NO_COLOR", "1")
+        .env_remove("MOORLINE_CONFIG")
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+/// A FIFO at `path` (`mkfifo(1)`).
+pub fn mkfifo(path: &std::path::Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo {}: {status}", path.display());
+}
+
+/// The ids of a plan's actions (its JSON form).
+pub fn action_ids(plan: &serde_json::Value) -> Vec<&str> {
+    plan["actions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["id"].as_str())
+        .collect()
+}
