@@ -462,7 +462,7 @@ pub async fn unfinished_rollback(ctx: &Ctx) -> Result<Option<PendingRollback>, A
             crate::plan::undo::build(
                 &replay.plan,
                 &replay.apply_id,
-                &replay.records,
+                &crate::journal::effects(&replay.plan, &replay.records),
                 &ctx.config,
                 &ctx.env,
             ),
@@ -472,7 +472,7 @@ pub async fn unfinished_rollback(ctx: &Ctx) -> Result<Option<PendingRollback>, A
             crate::plan::undo::build(
                 &replay.plan,
                 &replay.apply_id,
-                &replay.records,
+                &crate::journal::effects(&replay.plan, &replay.records),
                 &ctx.config,
                 &ctx.env,
             ),
@@ -841,7 +841,8 @@ async fn run(
     {
         // An interrupted rollback: it goes on from its own records.
         let rollback = recorded.unwrap_or_else(|| {
-            crate::plan::undo::build(&plan, &apply_id, &r.records, &ctx.config, &ctx.env)
+            let effects = crate::journal::effects(&plan, &r.records);
+            crate::plan::undo::build(&plan, &apply_id, &effects, &ctx.config, &ctx.env)
         });
         emit(
             ctx.options.progress,
@@ -1115,7 +1116,8 @@ async fn finish_failed(
         report.millis = millis();
         return Ok(report);
     }
-    let rollback = crate::plan::undo::build(plan, apply_id, records, &ctx.config, &ctx.env);
+    let effects = crate::journal::effects(plan, records);
+    let rollback = crate::plan::undo::build(plan, apply_id, &effects, &ctx.config, &ctx.env);
     if !ctx.options.rollback_on_failure {
         // Left open on purpose: the journal knows what was switched, so
         // `rollback` undoes exactly this apply (with the plan shown here)
@@ -1459,7 +1461,7 @@ async fn still_in_effect(ctx: &Ctx, plan: &Plan, a: &Action) -> bool {
             .service
             .as_deref()
             .is_none_or(|s| Paths::new(&ctx.env.root, s).is_built(&plan.to.sha)),
-        Step::Restart { unit, release } => {
+        Step::Restart { unit, release, .. } => {
             let live_ok = match (release, a.service.as_deref()) {
                 (Some(d), Some(s)) => std::fs::read_link(Paths::new(&ctx.env.root, s).current())
                     .is_ok_and(|t| t == Path::new(d)),
@@ -1467,7 +1469,7 @@ async fn still_in_effect(ctx: &Ctx, plan: &Plan, a: &Action) -> bool {
             };
             live_ok && active(unit).await
         }
-        Step::Start { unit } => active(unit).await,
+        Step::Start { unit, .. } => active(unit).await,
         Step::Stop { unit, unlink } => {
             unlink
                 .as_deref()
@@ -1685,7 +1687,11 @@ async fn perform(
             }
             Ok(None)
         }
-        Step::Restart { unit, release } => {
+        Step::Restart {
+            unit,
+            release,
+            settle,
+        } => {
             if let Some(dir) = release {
                 let svc = configured("a release switch")?;
                 let paths = Paths::new(&ctx.env.root, &svc.name);
@@ -1714,17 +1720,10 @@ async fn perform(
                 })
                 .await?;
             }
-            // A service's health action settles it; a bare unit
-            // (infrastructure) has no probe, so it settles here.
-            let settle = if service.is_some() {
-                Duration::ZERO
-            } else {
-                SETTLE
-            };
-            restart_confirmed(&ctx.systemd, unit, settle).await?;
+            restart_confirmed(&ctx.systemd, unit, settle_window(*settle)).await?;
             Ok(None)
         }
-        Step::Start { unit } => {
+        Step::Start { unit, settle } => {
             {
                 let _permit = unit_jobs().acquire().await.ok();
                 ctx.systemd
@@ -1733,13 +1732,8 @@ async fn perform(
                     .and_then(|job| job.check("start", unit))
                     .map_err(ActionError::systemd("starting", unit))?;
             }
-            let settle = if service.is_some() {
-                Duration::ZERO
-            } else {
-                SETTLE
-            };
             ctx.systemd
-                .confirm_active(unit, settle)
+                .confirm_active(unit, settle_window(*settle))
                 .await
                 .map_err(ActionError::systemd("confirming", unit))?;
             Ok(None)
@@ -1899,6 +1893,15 @@ async fn export(repo_dir: &Path, sha: &str, subdir: &str, dir: &Path) -> Result<
 /// any other failure to reset it fails the restart.
 /// https://www.freedesktop.org/software/systemd/man/systemctl.html#reset-failed%20%5BPATTERN%E2%80%A6%5D
 ///
+/// How long a restarted or started unit must stay active before its action
+/// ends: a probe that follows holds it to [`SETTLE`] itself.
+fn settle_window(settle: crate::plan::Settle) -> Duration {
+    match settle {
+        crate::plan::Settle::Probe => Duration::ZERO,
+        crate::plan::Settle::Window => SETTLE,
+    }
+}
+
 /// `settle`: how long the unit must then stay active before this returns.
 /// A service's restart passes zero, because its readiness check that
 /// follows enforces the settle window itself while it polls (`settled`),

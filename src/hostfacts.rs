@@ -422,7 +422,7 @@ mod tests {
         service.unit_name = "moorline-test-nobody.service".into();
         let listening = listening_sockets();
         let holder = Holders::of(&listening).foreign(&service, &listening);
-        if crate::state::is_root() {
+        if crate::files::is_root() {
             let holder = holder.unwrap();
             assert!(
                 holder.starts_with(&format!("pid {} ", std::process::id())),

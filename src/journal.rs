@@ -182,6 +182,51 @@ fn redacted(r: &Record) -> std::borrow::Cow<'_, Record> {
     }
 }
 
+/// What the apply of `plan` changed, from its `records` (those after a
+/// `rollback-begin`, if any, belong to the rollback and are left out): the
+/// input of its undo ([`crate::plan::undo::build`]). What a record's
+/// action did is read from the plan, by id.
+pub fn effects(plan: &Plan, records: &[Record]) -> crate::plan::undo::Effects {
+    use crate::plan::ActionKind;
+    let mut e = crate::plan::undo::Effects::default();
+    for r in records
+        .iter()
+        .take_while(|r| !matches!(r, Record::RollbackBegin { .. }))
+    {
+        match r {
+            Record::Switch { service, from, .. } => {
+                e.switched.entry(service.clone()).or_insert(from.clone());
+            }
+            Record::UnitReplace {
+                service,
+                unit,
+                saved,
+            } => {
+                e.replaced
+                    .entry(unit.clone())
+                    .or_insert((service.clone(), saved.clone()));
+            }
+            Record::Started { action, .. } => {
+                if let Some(a) = plan.action(action)
+                    && a.kind() == ActionKind::Restart
+                    && let Some(s) = &a.service
+                {
+                    e.restarted.insert(s.clone());
+                }
+            }
+            Record::Succeeded { action, .. } => match plan.action(action) {
+                Some(a) if a.kind() == ActionKind::ReloadProxy => e.proxy_reloaded = true,
+                Some(a) if a.kind() == ActionKind::Migrate => {
+                    e.migrated.extend(a.service.clone());
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    e
+}
+
 /// An open journal, appending.
 pub struct Journal {
     lines: lines::Lines,

@@ -204,6 +204,24 @@ impl<'de> Visitor<'de> for UniqueKeys {
     }
 }
 
+/// The `format_version` of a JSON document, shown, unless it is `expected`.
+pub fn foreign_version(doc: &serde_json::Value, expected: u32) -> Option<String> {
+    match doc.get("format_version") {
+        Some(v) if v.as_u64() == Some(u64::from(expected)) => None,
+        Some(v) => Some(clip(&v.to_string())),
+        None => Some("(none)".to_owned()),
+    }
+}
+
+/// A value from a file, cut for a one-line message.
+pub fn clip(s: &str) -> String {
+    const MAX: usize = 40;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod deps;
 pub mod exit;
+pub mod files;
 pub mod fleet;
 pub mod harness;
 pub mod health;

@@ -45,7 +45,7 @@ pub fn acquire(dir: &Path, what: &str) -> Result<Lock, LockError> {
         path: path.display().to_string(),
         source,
     };
-    crate::state::tighten(dir).map_err(io)?;
+    crate::files::tighten(dir).map_err(io)?;
     let mut file = OpenOptions::new()
         .mode(0o600)
         .read(true)

@@ -214,9 +214,9 @@ pub async fn run(r: Run<'_>) -> Result<(), RunError> {
         });
     };
     if let Some(parent) = r.log.parent() {
-        crate::state::private_dir(parent).map_err(io_err(parent))?;
+        crate::files::private_dir(parent).map_err(io_err(parent))?;
     }
-    let log = crate::state::private_file(r.log).map_err(io_err(r.log))?;
+    let log = crate::files::private_file(r.log).map_err(io_err(r.log))?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .env_clear()

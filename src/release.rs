@@ -81,7 +81,7 @@ pub fn switch(paths: &Paths, target: &Path) -> std::io::Result<()> {
 
 /// Marks a release built (durably).
 pub fn mark_built(dir: &Path, sha: &str) -> std::io::Result<()> {
-    crate::state::write_atomic(&dir.join(BUILT_MARKER), format!("{sha}\n").as_bytes())
+    crate::files::write_atomic(&dir.join(BUILT_MARKER), format!("{sha}\n").as_bytes())
 }
 
 /// Removes releases beyond `keep`, oldest first by modification time,

@@ -4,13 +4,16 @@
 //! a crash leaves either the old or the new file, never a torn one.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use miette::Diagnostic;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+
+// The file helpers moved to `crate::files`; these names stay until every
+// caller imports them from there.
+pub use crate::files::{
+    is_root, now_secs, private_dir, private_file, sha256_hex, tighten, write_atomic, write_private,
+};
 
 pub const STATE_FILE: &str = "state.json";
 pub const FORMAT_VERSION: u32 = 1;
@@ -150,13 +153,6 @@ pub struct ApplyRecord {
     pub migrated: bool,
     /// `succeeded`, `rolled-back`, `failed`.
     pub outcome: String,
-}
-
-/// Seconds since the Unix epoch, now.
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl State {
@@ -342,12 +338,6 @@ pub fn default_dir(project: &str, env: &str, user_manager: bool) -> PathBuf {
     base.join("moorline").join(project).join(env)
 }
 
-pub fn is_root() -> bool {
-    // The owner of /proc/self is the effective user; no unsafe getuid().
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
 /// State as read from disk, with the hash of its bytes (for fingerprints).
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -401,7 +391,7 @@ pub fn load(dir: &Path, project: &str, env: &str) -> Result<Loaded, StateError> 
         },
         JsonError::Syntax(e) => invalid(e),
     })?;
-    if let Some(found) = crate::plan::foreign_version(&value, FORMAT_VERSION) {
+    if let Some(found) = crate::json_file::foreign_version(&value, FORMAT_VERSION) {
         return Err(StateError::FormatVersion {
             path: path.display().to_string(),
             found,
@@ -441,98 +431,10 @@ pub fn save(dir: &Path, state: &State) -> Result<(), StateError> {
     })
 }
 
-/// Replaces `path` with `bytes`: temp file in the same directory, fsync,
-/// rename over the target, fsync the directory (so the rename itself is
-/// durable). The file gets the default mode (0666 less the umask).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    replace(path, bytes, false)
-}
-
-/// [`write_atomic`] for a file only its owner may read: created 0600, in a
-/// directory created 0700 if missing (state, saved plans, unit files that
-/// carry secrets).
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    replace(path, bytes, true)
-}
-
-fn replace(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if private {
-        private_dir(dir)?;
-    } else {
-        fs::create_dir_all(dir)?;
-    }
-    let name = path
-        .file_name()
-        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    // A temp file left by a crash may have another mode: start afresh.
-    let _ = fs::remove_file(&tmp);
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(if private { 0o600 } else { 0o666 })
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
-}
-
-/// Creates `dir` and any missing parents with mode 0700 (an existing
-/// directory is left as it is; see [`tighten`]).
-pub fn private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-/// Creates (or truncates) a file only its owner may read: a new file is
-/// created 0600; an existing one is tightened to 0600.
-pub fn private_file(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    if f.metadata()?.permissions().mode() & 0o077 != 0 {
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(f)
-}
-
-/// Makes the state directory private: created 0700 if missing, and an
-/// existing one that others may read or enter (older moorline created it
-/// 0755) tightened to 0700. Only the state directory itself is tightened;
-/// what moorline creates inside it is private from the start.
-pub fn tighten(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    private_dir(dir)?;
-    let mode = fs::metadata(dir)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o700 | 0o700))?;
-    }
-    Ok(())
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn deploys_record_when_each_revision_was_live_and_a_manual_rollback() {

@@ -4,16 +4,18 @@
 //! the contract documented in docs/plan-format.md.
 
 pub mod build;
+pub mod lifecycle;
 pub mod ops;
 pub mod stale;
 pub mod undo;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::changes::Rev;
 
+pub use crate::json_file::clip;
 pub use build::{ForeignUnit, HostView, Inputs, MigrateCheck, PlanError, build};
 
 /// Version of the JSON contract; bumped on any incompatible change.
@@ -316,6 +318,7 @@ pub enum Step {
     Restart {
         unit: String,
         release: Option<String>,
+        settle: Settle,
     },
     /// Poll `url` until it answers 2xx, within `timeout_secs`.
     Health {
@@ -347,6 +350,7 @@ pub enum Step {
     /// Start `unit`.
     Start {
         unit: String,
+        settle: Settle,
     },
     /// Enable `units`.
     Enable {
@@ -389,10 +393,24 @@ impl Step {
             | Self::Stop { unit, .. }
             | Self::RestoreUnit { unit, .. }
             | Self::RemoveUnit { unit }
-            | Self::Start { unit } => Some(unit),
+            | Self::Start { unit, .. } => Some(unit),
             _ => None,
         }
     }
+}
+
+/// How a restart or start is confirmed before its action ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Settle {
+    /// The service's readiness probe (`health:S`) follows and holds the
+    /// unit to the settle window while it polls: the action ends when the
+    /// job completes and the unit is active, so a settle window never
+    /// keeps another restart waiting.
+    Probe,
+    /// No probe follows (a phase's infrastructure unit): the action itself
+    /// waits until the unit has stayed active for the settle window.
+    Window,
 }
 
 /// One node of the plan's graph: what every action has, and its [`Step`].
@@ -438,6 +456,10 @@ struct WireAction {
     url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     timeout_secs: Option<u64>,
+    /// `restart`/`start`: `"window"` when no readiness probe follows
+    /// ([`Settle`]); left out for `"probe"`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    settle: Option<Settle>,
 }
 
 impl From<Action> for WireAction {
@@ -456,6 +478,7 @@ impl From<Action> for WireAction {
             units: None,
             url: None,
             timeout_secs: None,
+            settle: None,
         };
         let mut command = |c: Option<Command>| {
             if let Some(c) = c {
@@ -488,9 +511,14 @@ impl From<Action> for WireAction {
             Step::DaemonReload { enable } => {
                 w.units = (!enable.is_empty()).then_some(enable);
             }
-            Step::Restart { unit, release } => {
+            Step::Restart {
+                unit,
+                release,
+                settle,
+            } => {
                 w.dir = release;
                 w.unit = Some(unit);
+                w.settle = (settle == Settle::Window).then_some(settle);
             }
             Step::Health {
                 unit,
@@ -514,7 +542,11 @@ impl From<Action> for WireAction {
                 w.dir = Some(saved);
                 w.unit = Some(unit);
             }
-            Step::RemoveUnit { unit } | Step::Start { unit } => w.unit = Some(unit),
+            Step::RemoveUnit { unit } => w.unit = Some(unit),
+            Step::Start { unit, settle } => {
+                w.unit = Some(unit);
+                w.settle = (settle == Settle::Window).then_some(settle);
+            }
             Step::Enable { units } | Step::Disable { units } => w.units = Some(units),
         }
         w
@@ -541,6 +573,13 @@ impl TryFrom<WireAction> for Action {
             timed(argv, timeout)?
                 .ok_or_else(|| format!("action `{}` ({kind}) has no `command`", w.id))
         };
+        // Plans written before `settle` existed: a unit without a service
+        // had no probe.
+        let settle = w.settle.unwrap_or(if w.service.is_some() {
+            Settle::Probe
+        } else {
+            Settle::Window
+        });
         let step = match w.kind {
             ActionKind::Backup => Step::Backup {
                 command: command(w.command.clone(), w.timeout_secs)?,
@@ -563,6 +602,7 @@ impl TryFrom<WireAction> for Action {
             ActionKind::Restart => Step::Restart {
                 unit: need(w.unit.clone(), "unit")?,
                 release: w.dir.clone(),
+                settle,
             },
             ActionKind::Health => Step::Health {
                 unit: need(w.unit.clone(), "unit")?,
@@ -589,6 +629,7 @@ impl TryFrom<WireAction> for Action {
             },
             ActionKind::Start => Step::Start {
                 unit: need(w.unit.clone(), "unit")?,
+                settle,
             },
             ActionKind::Enable => Step::Enable {
                 units: w.units.clone().unwrap_or_default(),
@@ -733,7 +774,7 @@ impl Unbuilt<'_> {
         }
         let fingerprint = format!(
             "sha256:{}",
-            crate::state::sha256_hex(serde_json::to_string(&fp).unwrap_or_default().as_bytes())
+            crate::files::sha256_hex(serde_json::to_string(&fp).unwrap_or_default().as_bytes())
         );
         Plan {
             format_version: FORMAT_VERSION,
@@ -869,25 +910,7 @@ pub fn review_differences(reviewed: &Plan, here: &Plan, same_target: bool) -> Ve
 /// the one this moorline writes (missing, another number, not a number);
 /// `None` when it is ours. Checked before the rest of the file is read.
 pub fn foreign_format_version(plan: &serde_json::Value) -> Option<String> {
-    foreign_version(plan, FORMAT_VERSION)
-}
-
-/// The `format_version` of a JSON document, shown, unless it is `expected`.
-pub fn foreign_version(doc: &serde_json::Value, expected: u32) -> Option<String> {
-    match doc.get("format_version") {
-        Some(v) if v.as_u64() == Some(u64::from(expected)) => None,
-        Some(v) => Some(clip(&v.to_string())),
-        None => Some("(none)".to_owned()),
-    }
-}
-
-/// A value from a file, cut for a one-line message.
-pub fn clip(s: &str) -> String {
-    const MAX: usize = 40;
-    match s.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
-    }
+    crate::json_file::foreign_version(plan, FORMAT_VERSION)
 }
 
 /// A deploy plan's fingerprint: SHA-256 over the canonical JSON of what it
@@ -917,32 +940,7 @@ pub fn fingerprint(
         inputs,
     };
     let bytes = serde_json::to_vec(&fp).unwrap_or_default();
-    format!("sha256:{}", crate::state::sha256_hex(&bytes))
-}
-
-/// `actions` reordered so each comes after everything in its `after`,
-/// otherwise in the order given (stable).
-pub(crate) fn topological(mut pending: Vec<Action>) -> Vec<Action> {
-    let mut placed: BTreeSet<String> = BTreeSet::new();
-    let mut out = Vec::with_capacity(pending.len());
-    while !pending.is_empty() {
-        let before = pending.len();
-        let mut rest = Vec::new();
-        for a in pending {
-            if a.after.iter().all(|p| placed.contains(p)) {
-                placed.insert(a.id.clone());
-                out.push(a);
-            } else {
-                rest.push(a);
-            }
-        }
-        pending = rest;
-        if pending.len() == before {
-            // A cycle (validation rejects them): keep the rest as given.
-            out.append(&mut pending);
-        }
-    }
-    out
+    format!("sha256:{}", crate::files::sha256_hex(&bytes))
 }
 
 /// Shortens a SHA for display.
@@ -996,6 +994,7 @@ mod tests {
                     step: Step::Restart {
                         unit: format!("p-{s}.service"),
                         release: Some(format!("/opt/x/{s}/releases/{sha}")),
+                        settle: Settle::Probe,
                     },
                 })
                 .collect(),

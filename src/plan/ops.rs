@@ -1,18 +1,21 @@
-//! Plans without a build: a rollback (switch services to kept releases)
-//! and an ordered restart. Same value, same renderers, same executor as a
-//! deploy: restarts phase by phase, each gated on readiness, `depends-on`
-//! ordering restarts inside a phase, the proxy reloaded last.
+//! Plans without a build: a rollback (switch services to kept releases),
+//! an ordered restart, and start/stop/enable/disable. Same value, same
+//! renderers, same executor as a deploy; the phase walk is the one
+//! lifecycle planner's ([`super::lifecycle`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::build::health_action;
+use super::build::graph::Graph;
+use super::lifecycle::{
+    Bounce, Lifecycle, Order, ProxyReload, Undeploy as LifeUndeploy, UnitFile, UnitWrite, Walk,
+};
 use super::{
-    Action, Command, Operation, Plan, RollbackKind, RollbackPlan, ServiceChange, ServicePlan,
+    Action, ActionKind, Operation, Plan, RollbackKind, RollbackPlan, ServiceChange, ServicePlan,
     Step as ActionStep, Unbuilt, UnitChange, UnitSource,
 };
 use crate::changes::Rev;
 use crate::config::{Config, Environment};
-use crate::state::sha256_hex;
+use crate::files::sha256_hex;
 
 /// One service to restart, optionally switched to a release first.
 #[derive(Debug, Clone)]
@@ -67,216 +70,104 @@ pub struct OpsInputs<'a> {
     pub undeploy: Vec<Undeploy>,
 }
 
-/// Builds the plan: restart (and health) for every step, in start order.
+/// Builds the plan: restart (and readiness) for every step, phase by phase
+/// ([`Lifecycle`]): in start order for a restart, in reverse for a
+/// rollback.
 pub fn build(inp: OpsInputs<'_>) -> Plan {
     let config = inp.config;
     let env = inp.env;
+    let index = |name: &str| config.services.iter().position(|c| c.name == name);
     let steps: BTreeMap<usize, &Step> = inp
         .steps
         .iter()
-        .filter_map(|s| {
-            config
-                .services
-                .iter()
-                .position(|c| c.name == s.service)
-                .map(|i| (i, s))
-        })
+        .filter_map(|s| index(&s.service).map(|i| (i, s)))
         .collect();
-    let mut actions: Vec<Action> = Vec::new();
-    let mut previous_health: Vec<String> = Vec::new();
-    // First deploys undone: stopped first, so their unit's ExecStop runs
-    // while the unit file is still there; the unit file goes after.
     let undeploy: BTreeMap<usize, &Undeploy> = inp
         .undeploy
         .iter()
-        .filter_map(|u| {
-            config
-                .services
-                .iter()
-                .position(|c| c.name == u.service)
-                .map(|i| (i, u))
-        })
+        .filter_map(|u| index(&u.service).map(|i| (i, u)))
         .collect();
-    let mut stopped = Vec::new();
+    let order = if inp.operation == Operation::Rollback {
+        Order::Reverse
+    } else {
+        Order::Forward
+    };
+    let mut life = Lifecycle::new(config, order);
+    life.infrastructure = inp.infrastructure;
+    // First deploys undone: stopped first, so their unit's ExecStop runs
+    // while the unit file is still there; the unit file goes after.
     for i in undeploy.keys() {
         let s = &config.services[*i];
-        let id = format!("stop:{}", s.name);
-        actions.push(Action {
-            id: id.clone(),
-            service: Some(s.name.clone()),
-            phase: Some(s.phase.clone()),
+        life.undeploy.push(LifeUndeploy {
+            service: *i,
             reason: "its last apply was its first deploy: there is no previous release, so it stops and `current` goes".to_owned(),
-            after: Vec::new(),
-            step: ActionStep::Stop {
-                unit: s.unit_name.clone(),
-                unlink: Some(
-                    crate::release::Paths::new(&env.root, &s.name)
-                        .current()
-                        .display()
-                        .to_string(),
-                ),
-            },
+            unlink: crate::release::Paths::new(&env.root, &s.name)
+                .current()
+                .display()
+                .to_string(),
         });
-        stopped.push(id);
     }
     // Unit files of the releases returned to go back first, with one
     // daemon-reload, before any restart.
-    let mut installs = Vec::new();
     for (i, u) in &undeploy {
         let s = &config.services[*i];
-        let (id, reason, step) = match &u.unit {
+        let (write, reason) = match &u.unit {
             UnitUndo::Keep => continue,
             UnitUndo::Remove => (
-                format!("remove-unit:{}", s.name),
+                UnitWrite::Remove,
                 "its first deploy installed it where there was none",
-                ActionStep::RemoveUnit {
-                    unit: s.unit_name.clone(),
-                },
             ),
             UnitUndo::Restore(saved) => (
-                format!("restore-unit:{}", s.name),
-                "put back the unit file its first deploy replaced",
-                ActionStep::RestoreUnit {
-                    unit: s.unit_name.clone(),
+                UnitWrite::Restore {
                     saved: saved.clone(),
                 },
+                "put back the unit file its first deploy replaced",
             ),
         };
-        actions.push(Action {
-            id: id.clone(),
-            service: Some(s.name.clone()),
-            phase: Some(s.phase.clone()),
+        life.units.push(UnitFile {
+            service: s.name.clone(),
+            unit: s.unit_name.clone(),
+            write,
             reason: reason.to_owned(),
-            after: vec![format!("stop:{}", s.name)],
-            step,
+            enable: false,
         });
-        installs.push((id, None));
     }
     for (i, step) in &steps {
         if let Some(saved) = &step.unit_restore {
             let s = &config.services[*i];
-            let id = format!("install-unit:{}", s.name);
-            actions.push(Action {
-                id: id.clone(),
-                service: Some(s.name.clone()),
-                phase: Some(s.phase.clone()),
-                reason: "put back the unit file of the release returned to".to_owned(),
-                after: Vec::new(),
-                step: ActionStep::InstallUnit {
-                    unit: s.unit_name.clone(),
+            life.units.push(UnitFile {
+                service: s.name.clone(),
+                unit: s.unit_name.clone(),
+                write: UnitWrite::Install {
                     source: UnitSource::Saved(saved.clone()),
                 },
+                reason: "put back the unit file of the release returned to".to_owned(),
+                enable: true,
             });
-            installs.push((id, Some(s.unit_name.clone())));
         }
     }
-    if !installs.is_empty() {
-        actions.push(Action {
-            id: "daemon-reload".to_owned(),
-            service: None,
-            phase: None,
-            reason: format!(
-                "systemd must re-read {} restored or removed unit file(s)",
-                installs.len()
-            ),
-            after: installs.iter().map(|(id, _)| id.clone()).collect(),
-            step: ActionStep::DaemonReload {
-                enable: installs.into_iter().filter_map(|(_, unit)| unit).collect(),
+    for (i, step) in &steps {
+        let s = &config.services[*i];
+        life.walk.push(Walk {
+            service: *i,
+            bounce: Bounce::Restart {
+                release: step
+                    .release
+                    .as_ref()
+                    .map(|r| format!("{}/{}/releases/{r}", env.root, s.name)),
             },
-        });
-        previous_health = vec!["daemon-reload".to_owned()];
-    }
-    for (pi, phase) in config.phases.iter().enumerate() {
-        let in_phase: Vec<usize> = steps
-            .keys()
-            .copied()
-            .filter(|i| config.services[*i].phase_index == pi)
-            .collect();
-        if inp.infrastructure && !phase.units.is_empty() {
-            let mut ids = Vec::new();
-            for u in &phase.units {
-                let id = format!("restart:{u}");
-                actions.push(Action {
-                    id: id.clone(),
-                    service: None,
-                    phase: Some(phase.name.clone()),
-                    reason: format!("infrastructure of phase {}", phase.name),
-                    after: previous_health.clone(),
-                    step: ActionStep::Restart {
-                        unit: u.clone(),
-                        release: None,
-                    },
-                });
-                ids.push(id);
-            }
-            previous_health = ids;
-        }
-        if in_phase.is_empty() {
-            continue;
-        }
-        let names: BTreeSet<&str> = in_phase
-            .iter()
-            .map(|i| config.services[*i].name.as_str())
-            .collect();
-        for i in &in_phase {
-            let s = &config.services[*i];
-            let step = steps[i];
-            let mut after = previous_health.clone();
-            for d in &s.depends_on {
-                if names.contains(d.as_str()) {
-                    after.push(format!("health:{d}"));
-                }
-            }
-            actions.push(Action {
-                id: format!("restart:{}", s.name),
-                service: Some(s.name.clone()),
-                phase: Some(s.phase.clone()),
-                reason: step.reason.clone(),
-                after,
-                step: ActionStep::Restart {
-                    unit: s.unit_name.clone(),
-                    release: step
-                        .release
-                        .as_ref()
-                        .map(|r| format!("{}/{}/releases/{r}", env.root, s.name)),
-                },
-            });
-            actions.push(health_action(s, vec![format!("restart:{}", s.name)]));
-        }
-        previous_health = in_phase
-            .iter()
-            .filter(|i| {
-                let name = &config.services[**i].name;
-                !in_phase
-                    .iter()
-                    .any(|j| config.services[*j].depends_on.iter().any(|d| d == name))
-            })
-            .map(|i| format!("health:{}", config.services[*i].name))
-            .collect();
-    }
-    if let Some(p) = &config.proxy
-        && !actions.is_empty()
-    {
-        actions.push(Action {
-            id: "reload-proxy".to_owned(),
-            service: None,
-            phase: None,
-            reason: match &p.check {
-                Some(c) => format!("upstreams restarted; after `{}` passes", c.argv.join(" ")),
-                None => "upstreams restarted".to_owned(),
-            },
-            after: previous_health.iter().chain(&stopped).cloned().collect(),
-            step: ActionStep::ReloadProxy {
-                unit: p.unit.clone(),
-                check: p.check.as_ref().map(|c| Command {
-                    argv: c.argv.clone(),
-                    timeout_secs: c.timeout.as_secs(),
-                }),
-            },
+            reason: step.reason.clone(),
         });
     }
-    // Actions were produced in a valid order; a stable sort by the same
-    // order keeps it deterministic.
+    if config.proxy.is_some() && (!steps.is_empty() || !undeploy.is_empty()) {
+        life.proxy = Some(ProxyReload::Upstreams {
+            config_changed: Vec::new(),
+        });
+    }
+    let mut g = Graph::default();
+    life.walk(&mut g);
+    let actions = g.into_actions();
+    // The per-service summary, in start order.
     let mut services = Vec::new();
     let mut order_idx: Vec<usize> = (0..config.services.len()).collect();
     order_idx.sort_by_key(|i| (config.services[*i].phase_index, *i));
@@ -386,24 +277,6 @@ pub struct ServiceOps<'a> {
     pub state_sha256: Option<String>,
 }
 
-/// `services` grouped by phase, in start order, phases without any left
-/// out.
-fn by_phase<'a>(
-    services: &[&'a crate::config::Service],
-    phases: usize,
-) -> Vec<Vec<&'a crate::config::Service>> {
-    (0..phases)
-        .map(|pi| {
-            services
-                .iter()
-                .copied()
-                .filter(|s| s.phase_index == pi)
-                .collect::<Vec<_>>()
-        })
-        .filter(|g| !g.is_empty())
-        .collect()
-}
-
 /// The plan of `start`, `stop`, `enable` or `disable`. Start: `start:S`
 /// then `health:S` per service, phase by phase (each phase after the
 /// previous one's readiness), `depends-on` ordering starts inside a phase.
@@ -414,7 +287,6 @@ fn by_phase<'a>(
 pub fn services(inp: ServiceOps<'_>) -> Plan {
     let config = inp.config;
     let chosen: BTreeSet<&str> = inp.services.iter().map(|s| s.name.as_str()).collect();
-    let mut actions: Vec<Action> = Vec::new();
     let verb = match inp.operation {
         Operation::Start => "start",
         Operation::Stop => "stop",
@@ -422,87 +294,54 @@ pub fn services(inp: ServiceOps<'_>) -> Plan {
         _ => "disable",
     };
     let requested = format!("{verb} requested");
+    let walk = |bounce: Bounce| -> Vec<Walk> {
+        config
+            .services
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| chosen.contains(s.name.as_str()))
+            .map(|(i, _)| Walk {
+                service: i,
+                bounce: bounce.clone(),
+                reason: requested.clone(),
+            })
+            .collect()
+    };
+    let mut g = Graph::default();
     match inp.operation {
         Operation::Start => {
-            let mut gate: Vec<String> = Vec::new();
-            for in_phase in by_phase(&inp.services, config.phases.len()) {
-                for s in &in_phase {
-                    let mut after = gate.clone();
-                    for d in &s.depends_on {
-                        if in_phase.iter().any(|o| o.name == *d) {
-                            after.push(format!("health:{d}"));
-                        }
-                    }
-                    actions.push(Action {
-                        id: format!("start:{}", s.name),
-                        service: Some(s.name.clone()),
-                        phase: Some(s.phase.clone()),
-                        reason: requested.clone(),
-                        after,
-                        step: ActionStep::Start {
-                            unit: s.unit_name.clone(),
-                        },
-                    });
-                    actions.push(health_action(s, vec![format!("start:{}", s.name)]));
-                }
-                gate = in_phase
-                    .iter()
-                    .map(|s| format!("health:{}", s.name))
-                    .collect();
-            }
+            let mut life = Lifecycle::new(config, Order::Forward);
+            life.walk = walk(Bounce::Start);
+            life.walk(&mut g);
         }
         Operation::Stop => {
-            let mut gate: Vec<String> = Vec::new();
-            for in_phase in by_phase(&inp.services, config.phases.len())
-                .into_iter()
-                .rev()
-            {
-                for s in &in_phase {
-                    let mut after = gate.clone();
-                    for d in &in_phase {
-                        if d.depends_on.contains(&s.name) {
-                            after.push(format!("stop:{}", d.name));
-                        }
-                    }
-                    actions.push(Action {
-                        id: format!("stop:{}", s.name),
-                        service: Some(s.name.clone()),
-                        phase: Some(s.phase.clone()),
-                        reason: requested.clone(),
-                        after,
-                        step: ActionStep::Stop {
-                            unit: s.unit_name.clone(),
-                            unlink: None,
-                        },
-                    });
-                }
-                gate = in_phase
-                    .iter()
-                    .map(|s| format!("stop:{}", s.name))
-                    .collect();
-            }
+            let mut life = Lifecycle::new(config, Order::Reverse);
+            life.walk = walk(Bounce::Stop);
+            life.walk(&mut g);
         }
         _ => {
             let units: Vec<String> = inp.services.iter().map(|s| s.unit_name.clone()).collect();
             if !units.is_empty() {
                 let names: Vec<&str> = inp.services.iter().map(|s| s.name.as_str()).collect();
-                actions.push(Action {
-                    id: verb.to_owned(),
-                    service: None,
-                    phase: None,
-                    reason: format!("{requested} for {}", names.join(", ")),
-                    after: Vec::new(),
-                    step: if inp.operation == Operation::Enable {
-                        ActionStep::Enable { units }
-                    } else {
-                        ActionStep::Disable { units }
+                g.push(
+                    Action {
+                        id: verb.to_owned(),
+                        service: None,
+                        phase: None,
+                        reason: format!("{requested} for {}", names.join(", ")),
+                        after: Vec::new(),
+                        step: if inp.operation == Operation::Enable {
+                            ActionStep::Enable { units }
+                        } else {
+                            ActionStep::Disable { units }
+                        },
                     },
-                });
+                    (0, ActionKind::Enable, 0),
+                );
             }
         }
     }
-    // Topological order: every action after those it waits for.
-    let actions = super::topological(actions);
+    let actions = g.into_actions();
     let services = config
         .services
         .iter()
@@ -635,9 +474,10 @@ service "search"  { runtime "node"; port 5; phase "core" }
             edges(&plan(&c, Operation::Stop)),
             [
                 "stop:backend <- ",
-                "stop:search <- ",
                 "stop:auth <- stop:backend",
-                "stop:gateway <- stop:auth stop:backend stop:search",
+                "stop:search <- ",
+                // stop:backend is implied: stop:auth waits for it.
+                "stop:gateway <- stop:auth stop:search",
                 "stop:config <- stop:gateway",
             ]
         );
@@ -696,9 +536,9 @@ service "search"  { runtime "node"; port 5; phase "core" }
             [
                 "stop:config <- ",
                 "stop:search <- ",
-                "remove-unit:search <- stop:search",
                 "install-unit:auth <- ",
-                "daemon-reload <- remove-unit:search install-unit:auth",
+                "remove-unit:search <- stop:search",
+                "daemon-reload <- install-unit:auth remove-unit:search",
                 "restart:auth <- daemon-reload",
                 "health:auth <- restart:auth",
             ]

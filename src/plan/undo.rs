@@ -15,248 +15,136 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::build::health_action;
+use super::build::graph::Graph;
+use super::lifecycle::Undeploy;
+use super::lifecycle::{Bounce, Lifecycle, Order, ProxyReload, UnitFile, UnitWrite, Walk};
 use super::{
-    Action, ActionKind, Operation, Plan, RollbackKind, RollbackPlan, ServiceChange, ServicePlan,
-    Step, Unbuilt, UnitChange, short,
+    Operation, Plan, RollbackKind, RollbackPlan, ServiceChange, ServicePlan, Unbuilt, UnitChange,
+    short,
 };
 use crate::changes::Rev;
 use crate::config::{Config, Environment};
-use crate::journal::Record;
 use crate::release::Paths;
 
-/// The rollback plan of `failed` (apply `apply_id`), from the records it
-/// left (those after a `rollback-begin`, if any, are ignored: they belong
-/// to the rollback). Empty (no actions) when nothing live changed.
+/// What an apply changed, as its journal records it: the input of its
+/// undo. The journal produces it (`journal::effects`); the planner never
+/// reads journal records itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Each service switched to a new release, and the release it came
+    /// from (`None`: it had none, a first deploy).
+    pub switched: BTreeMap<String, Option<String>>,
+    /// Each unit file the apply replaced: its service, and where the file
+    /// it replaced was saved (`None`: there was none).
+    pub replaced: BTreeMap<String, (String, Option<String>)>,
+    /// Services whose restart began.
+    pub restarted: BTreeSet<String>,
+    /// The apply reloaded the proxy.
+    pub proxy_reloaded: bool,
+    /// Services whose migrations ran.
+    pub migrated: Vec<String>,
+}
+
+/// The rollback plan of `failed` (apply `apply_id`), from what it changed.
+/// Empty (no actions) when nothing live changed.
 pub fn build(
     failed: &Plan,
     apply_id: &str,
-    records: &[Record],
+    effects: &Effects,
     config: &Config,
     env: &Environment,
 ) -> Plan {
-    let records: Vec<&Record> = records
-        .iter()
-        .take_while(|r| !matches!(r, Record::RollbackBegin { .. }))
-        .collect();
-    // Each service's first switch: where it came from.
-    let mut switched: BTreeMap<&str, Option<&str>> = BTreeMap::new();
-    // Each unit's first replacement: what was there before this apply.
-    let mut replaced: BTreeMap<&str, (&str, Option<&str>)> = BTreeMap::new();
-    let mut restarted: BTreeSet<&str> = BTreeSet::new();
-    let mut proxy_reloaded = false;
-    let mut migrated = Vec::new();
-    for r in &records {
-        match r {
-            Record::Switch { service, from, .. } => {
-                switched.entry(service).or_insert(from.as_deref());
-            }
-            Record::UnitReplace {
-                service,
-                unit,
-                saved,
-            } => {
-                replaced
-                    .entry(unit)
-                    .or_insert((service.as_str(), saved.as_deref()));
-            }
-            // What a record's action did is read from the plan, by id.
-            Record::Started { action, .. } => {
-                if let Some(a) = failed.action(action)
-                    && a.kind() == ActionKind::Restart
-                    && let Some(s) = &a.service
-                {
-                    restarted.insert(s.as_str());
-                }
-            }
-            Record::Succeeded { action, .. } => match failed.action(action) {
-                Some(a) if a.kind() == ActionKind::ReloadProxy => proxy_reloaded = true,
-                Some(a) if a.kind() == ActionKind::Migrate => {
-                    migrated.extend(a.service.clone());
-                }
-                _ => {}
-            },
-            _ => {}
-        }
-    }
-    let unit_restored: BTreeSet<&str> = replaced.values().map(|(s, _)| *s).collect();
+    let Effects {
+        switched,
+        replaced,
+        restarted,
+        proxy_reloaded,
+        migrated,
+    } = effects;
+    let unit_restored: BTreeSet<&str> = replaced.values().map(|(s, _)| s.as_str()).collect();
     let mut warnings = Vec::new();
-    let mut actions: Vec<Action> = Vec::new();
+    let mut life = Lifecycle::new(config, Order::Reverse);
 
-    // First deploys: stopped before anything else, so their unit's
-    // ExecStop runs while the unit file is still there.
-    let mut stops: BTreeMap<&str, String> = BTreeMap::new();
-    for (service, from) in &switched {
+    // First deploys: stopped before anything else.
+    for (service, from) in switched {
         if from.is_some() {
             continue;
         }
-        let Some(s) = config.service(service) else {
+        let Some(i) = config.services.iter().position(|s| s.name == *service) else {
             warnings.push(format!(
                 "{service} is no longer in the configuration: it is not stopped"
             ));
             continue;
         };
-        let id = format!("stop:{}", s.name);
-        actions.push(Action {
-            id: id.clone(),
-            service: Some(s.name.clone()),
-            phase: Some(s.phase.clone()),
+        life.undeploy.push(Undeploy {
+            service: i,
             reason: "first deploy: there is no previous release, so it stops and `current` goes"
                 .to_owned(),
-            after: Vec::new(),
-            step: Step::Stop {
-                unit: s.unit_name.clone(),
-                unlink: Some(
-                    Paths::new(&env.root, &s.name)
-                        .current()
-                        .display()
-                        .to_string(),
-                ),
-            },
+            unlink: Paths::new(&env.root, service)
+                .current()
+                .display()
+                .to_string(),
         });
-        stops.insert(service, id);
     }
 
     // Unit files back as they were, then one daemon-reload.
-    let mut unit_actions = Vec::new();
-    for (unit, (service, saved)) in &replaced {
-        let (id, reason, step) = match saved {
-            Some(saved) => (
-                format!("restore-unit:{service}"),
-                "put back the unit file the apply replaced".to_owned(),
-                Step::RestoreUnit {
-                    unit: (*unit).to_owned(),
-                    saved: (*saved).to_owned(),
+    for (unit, (service, saved)) in replaced {
+        life.units.push(UnitFile {
+            service: service.clone(),
+            unit: unit.clone(),
+            write: match saved {
+                Some(saved) => UnitWrite::Restore {
+                    saved: saved.clone(),
                 },
-            ),
-            None => (
-                format!("remove-unit:{service}"),
-                "the apply installed it where there was none".to_owned(),
-                Step::RemoveUnit {
-                    unit: (*unit).to_owned(),
-                },
-            ),
-        };
-        let phase = config.service(service).map(|s| s.phase.clone());
-        actions.push(Action {
-            id: id.clone(),
-            service: Some((*service).to_owned()),
-            phase,
-            reason,
-            after: stops.get(service).cloned().into_iter().collect(),
-            step,
+                None => UnitWrite::Remove,
+            },
+            reason: match saved {
+                Some(_) => "put back the unit file the apply replaced",
+                None => "the apply installed it where there was none",
+            }
+            .to_owned(),
+            enable: false,
         });
-        unit_actions.push(id);
-    }
-    let mut gate: Vec<String> = Vec::new();
-    if !unit_actions.is_empty() {
-        actions.push(Action {
-            id: "daemon-reload".to_owned(),
-            service: None,
-            phase: None,
-            reason: format!(
-                "systemd must re-read {} unit file{} put back or removed",
-                unit_actions.len(),
-                if unit_actions.len() == 1 { "" } else { "s" }
-            ),
-            after: unit_actions,
-            step: Step::DaemonReload { enable: Vec::new() },
-        });
-        gate.push("daemon-reload".to_owned());
     }
 
-    // Back to the previous releases, the last phase first.
-    let back: Vec<(usize, Option<&str>)> = config
-        .services
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| match switched.get(s.name.as_str()) {
-            Some(Some(prev)) => Some((i, Some(*prev))),
-            None if restarted.contains(s.name.as_str())
-                && unit_restored.contains(s.name.as_str()) =>
-            {
-                Some((i, None))
+    // Back to the previous releases, in the reverse of deploy order.
+    for (i, s) in config.services.iter().enumerate() {
+        let (reason, release) = match switched.get(&s.name) {
+            Some(Some(prev)) => (
+                format!("back to its previous release {}", short(prev)),
+                Some(
+                    Paths::new(&env.root, &s.name)
+                        .release(prev)
+                        .display()
+                        .to_string(),
+                ),
+            ),
+            None if restarted.contains(&s.name) && unit_restored.contains(s.name.as_str()) => {
+                ("restarted on its restored unit file".to_owned(), None)
             }
             // First deploys stop instead; the rest did not change.
-            Some(None) | None => None,
-        })
+            Some(None) | None => continue,
+        };
+        life.walk.push(Walk {
+            service: i,
+            bounce: Bounce::Restart { release },
+            reason,
+        });
+    }
+    let back: BTreeSet<&str> = life
+        .walk
+        .iter()
+        .map(|w| config.services[w.service].name.as_str())
         .collect();
-    for (service, from) in &switched {
+    for (service, from) in switched {
         if from.is_some() && config.service(service).is_none() {
             warnings.push(format!(
                 "{service} is no longer in the configuration: it stays on its new release"
             ));
         }
     }
-    for pi in (0..config.phases.len()).rev() {
-        let in_phase: Vec<&(usize, Option<&str>)> = back
-            .iter()
-            .filter(|(i, _)| config.services[*i].phase_index == pi)
-            .collect();
-        if in_phase.is_empty() {
-            continue;
-        }
-        let names: BTreeSet<&str> = in_phase
-            .iter()
-            .map(|(i, _)| config.services[*i].name.as_str())
-            .collect();
-        for (i, prev) in &in_phase {
-            let s = &config.services[*i];
-            // Dependents go back before what they depend on.
-            let mut after = gate.clone();
-            for d in &config.services {
-                if names.contains(d.name.as_str()) && d.depends_on.contains(&s.name) {
-                    after.push(format!("health:{}", d.name));
-                }
-            }
-            let (reason, release) = match prev {
-                Some(prev) => (
-                    format!("back to its previous release {}", short(prev)),
-                    Some(
-                        Paths::new(&env.root, &s.name)
-                            .release(prev)
-                            .display()
-                            .to_string(),
-                    ),
-                ),
-                None => ("restarted on its restored unit file".to_owned(), None),
-            };
-            actions.push(Action {
-                id: format!("restart:{}", s.name),
-                service: Some(s.name.clone()),
-                phase: Some(s.phase.clone()),
-                reason,
-                after,
-                step: Step::Restart {
-                    unit: s.unit_name.clone(),
-                    release,
-                },
-            });
-            actions.push(health_action(s, vec![format!("restart:{}", s.name)]));
-        }
-        // The next (earlier) phase waits for the readiness of this one's
-        // services that nothing else here waits for.
-        gate = in_phase
-            .iter()
-            .map(|(i, _)| &config.services[*i])
-            .filter(|s| !s.depends_on.iter().any(|d| names.contains(d.as_str())))
-            .map(|s| format!("health:{}", s.name))
-            .collect();
-    }
-    if proxy_reloaded && let Some(p) = &config.proxy {
-        let mut after = gate;
-        after.extend(stops.values().cloned());
-        actions.push(Action {
-            id: "reload-proxy".to_owned(),
-            service: None,
-            phase: None,
-            reason: "the apply reloaded it: reloaded back with the previous upstreams".to_owned(),
-            after,
-            step: Step::ReloadProxy {
-                unit: p.unit.clone(),
-                check: None,
-            },
-        });
+    if *proxy_reloaded {
+        life.proxy = Some(ProxyReload::Back);
     }
     if !migrated.is_empty() {
         warnings.push(format!(
@@ -264,9 +152,10 @@ pub fn build(
             migrated.join(", ")
         ));
     }
+    let mut g = Graph::default();
+    life.walk(&mut g);
+    let actions = g.into_actions();
 
-    // Listed in a topological order, like every plan's actions.
-    let actions = super::topological(actions);
     let services = config
         .services
         .iter()
@@ -275,7 +164,7 @@ pub fn build(
             let (change, to_revision, reasons) = match switched.get(name) {
                 Some(Some(prev)) => (
                     ServiceChange::Deploy,
-                    Some((*prev).to_owned()),
+                    Some(prev.clone()),
                     vec![format!("back to its previous release {}", short(prev))],
                 ),
                 Some(None) => (
@@ -283,7 +172,7 @@ pub fn build(
                     None,
                     vec!["first deploy undone: stopped, no release is live".to_owned()],
                 ),
-                None if back.iter().any(|(i, _)| config.services[*i].name == name) => (
+                None if back.contains(name) => (
                     ServiceChange::Restart,
                     None,
                     vec!["its unit file is put back".to_owned()],
@@ -347,7 +236,8 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::FORMAT_VERSION;
+    use crate::journal::{Record, effects};
+    use crate::plan::{FORMAT_VERSION, Settle, Step};
 
     const CONFIG: &str = r#"
 project "p" { unit-name "p-{service}.service" }
@@ -435,6 +325,17 @@ proxy "nginx" { unit "nginx.service"; check "nginx" "-t"; }
         }
     }
 
+    /// The undo of `failed` after `records`, through the journal's effects.
+    fn undo(failed: &Plan, records: &[Record], c: &Config) -> Plan {
+        build(
+            failed,
+            "1",
+            &effects(failed, records),
+            c,
+            &c.environments[0],
+        )
+    }
+
     fn ids(p: &Plan) -> Vec<(String, Vec<String>)> {
         p.actions
             .iter()
@@ -466,18 +367,18 @@ proxy "nginx" { unit "nginx.service"; check "nginx" "-t"; }
             started("restart:web"),
             switch("web", None),
         ];
-        let p = build(&failed(true), "1", &records, &c, &c.environments[0]);
+        let p = undo(&failed(true), &records, &c);
         assert_eq!(
             ids(&p),
             [
                 pair("stop:api", &[]),
                 pair("stop:web", &[]),
                 pair("remove-unit:api", &["stop:api"]),
-                pair("remove-unit:web", &["stop:web"]),
                 pair("remove-unit:worker", &[]),
+                pair("remove-unit:web", &["stop:web"]),
                 pair(
                     "daemon-reload",
-                    &["remove-unit:api", "remove-unit:web", "remove-unit:worker"]
+                    &["remove-unit:api", "remove-unit:worker", "remove-unit:web"]
                 ),
             ]
         );
@@ -519,7 +420,7 @@ proxy "nginx" { unit "nginx.service"; check "nginx" "-t"; }
                 error: "no".to_owned(),
             },
         ];
-        let p = build(&failed(false), "1", &records, &c, &c.environments[0]);
+        let p = undo(&failed(false), &records, &c);
         assert_eq!(
             ids(&p),
             [
@@ -539,6 +440,7 @@ proxy "nginx" { unit "nginx.service"; check "nginx" "-t"; }
             Step::Restart {
                 unit: "p-api.service".to_owned(),
                 release: Some("/srv/p/api/releases/aaaa".to_owned()),
+                settle: Settle::Probe,
             }
         );
         assert_eq!(
@@ -580,7 +482,7 @@ proxy "nginx" { unit "nginx.service"; check "nginx" "-t"; }
             },
             switch("api", Some("zzzz")),
         ];
-        let p = build(&failed(false), "1", &records, &c, &c.environments[0]);
+        let p = undo(&failed(false), &records, &c);
         assert_eq!(
             ids(&p),
             [
@@ -595,14 +497,13 @@ proxy "nginx" { unit "nginx.service"; check "nginx" "-t"; }
             Step::Restart {
                 unit: "p-worker.service".to_owned(),
                 release: None,
+                settle: Settle::Probe,
             }
         );
-        let nothing = build(
+        let nothing = undo(
             &failed(false),
-            "1",
             &[started("build:api"), succeeded("build:api")],
             &c,
-            &c.environments[0],
         );
         assert!(nothing.actions.is_empty());
     }

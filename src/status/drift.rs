@@ -2,7 +2,6 @@
 //! runs; a pure function of its inputs, tested in table form.
 
 use super::{Drift, DriftKind, short};
-use crate::state;
 
 impl Drift {
     pub(super) fn new(kind: DriftKind, detail: impl Into<String>) -> Self {
@@ -61,7 +60,7 @@ pub(super) fn service_drift(i: &DriftInputs<'_>) -> Vec<Drift> {
                 "the configuration declares the unit, but no unit file is installed",
             )),
             Some(bytes) => {
-                let sha = state::sha256_hex(bytes);
+                let sha = crate::files::sha256_hex(bytes);
                 if let Some(rec) = i.recorded_unit_sha
                     && rec != sha
                 {
@@ -126,7 +125,7 @@ mod tests {
 
     #[test]
     fn drift_table() {
-        let sha_of_unit = state::sha256_hex(b"unit");
+        let sha_of_unit = crate::files::sha256_hex(b"unit");
         let cases: Vec<(&str, DriftInputs<'_>, Vec<DriftKind>)> = vec![
             ("clean", inputs(), vec![]),
             (

@@ -9,7 +9,7 @@ use crate::plan::{Action, Step};
 
 /// A plan's actions under construction.
 #[derive(Debug, Default)]
-pub(super) struct Graph {
+pub(in crate::plan) struct Graph {
     pub actions: Vec<Action>,
     keys: Vec<SortKey>,
     edges: Vec<(usize, usize)>,
@@ -32,15 +32,30 @@ impl Graph {
     pub fn ordered(self) -> Result<Vec<Action>, PlanError> {
         order(self.actions, &self.keys, &self.edges)
     }
+
+    /// The actions in their deterministic topological order, for a graph
+    /// that has no cycle by construction (the lifecycle's, over a
+    /// validated configuration, whose `depends-on` has none). Should one
+    /// appear anyway, the edges that point back to an action added earlier
+    /// are dropped and the rest ordered: a plan that still runs, never a
+    /// panic or a hang.
+    pub fn into_actions(self) -> Vec<Action> {
+        if let Ok(actions) = order(self.actions.clone(), &self.keys, &self.edges) {
+            return actions;
+        }
+        let forward: Vec<(usize, usize)> =
+            self.edges.iter().copied().filter(|(a, b)| a < b).collect();
+        order(self.actions, &self.keys, &forward).unwrap_or_default()
+    }
 }
 
 /// Whether `from` actions all preceding `to` actions is cheaper through a
 /// barrier: `from × to` direct edges against `from + to`.
-pub(super) fn needs_barrier(from: usize, to: usize) -> bool {
+pub(in crate::plan) fn needs_barrier(from: usize, to: usize) -> bool {
     from > 1 && to > 1 && from * to > from + to
 }
 
-pub(super) fn barrier(id: &str, phase: Option<&str>, reason: &str) -> Action {
+pub(in crate::plan) fn barrier(id: &str, phase: Option<&str>, reason: &str) -> Action {
     Action {
         id: id.to_owned(),
         service: None,

@@ -13,7 +13,7 @@
 //! the per-service summary here → `rollback` (what undoing it takes).
 
 mod affected;
-mod graph;
+pub(in crate::plan) mod graph;
 mod live;
 mod order;
 mod prepare;
@@ -25,12 +25,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use miette::Diagnostic;
 
 use super::{
-    Action, FORMAT_VERSION, Plan, PlanInputs, RollbackKind, ServiceChange, ServicePlan, Step,
-    UnitChange, short,
+    FORMAT_VERSION, Plan, PlanInputs, RollbackKind, ServiceChange, ServicePlan, UnitChange, short,
 };
 use crate::changes::{Changes, GitError, Repo};
 use crate::config::{Config, Environment, Service};
-use crate::state::{State, sha256_hex};
+use crate::files::sha256_hex;
+use crate::state::State;
 use crate::template::{self, Vars};
 use crate::unit;
 use graph::Graph;
@@ -174,7 +174,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
                 a.paths.clone(),
                 !a.migrate.is_empty(),
             ),
-            None if installs.contains_key(&i) => {
+            None if installs.contains(&i) => {
                 (ServiceChange::Restart, Vec::new(), Vec::new(), false)
             }
             None => (ServiceChange::Unchanged, Vec::new(), Vec::new(), false),
@@ -275,26 +275,6 @@ fn release_dir(env: &Environment, s: &Service, sha: &str) -> String {
     format!("{}/{}/releases/{sha}", env.root, s.name)
 }
 
-/// The readiness check of a service after its restart.
-pub fn health_action(s: &Service, after: Vec<String>) -> Action {
-    let url = ready_url(s);
-    Action {
-        id: format!("health:{}", s.name),
-        service: Some(s.name.clone()),
-        phase: Some(s.phase.clone()),
-        reason: format!(
-            "GET {url} must answer 2xx within {}s",
-            s.ready_timeout.as_secs()
-        ),
-        after,
-        step: Step::Health {
-            unit: s.unit_name.clone(),
-            url,
-            timeout_secs: s.ready_timeout.as_secs(),
-        },
-    }
-}
-
 /// The readiness URL of a service.
 pub fn ready_url(s: &Service) -> String {
     url_for(s, &s.ready)
@@ -315,7 +295,7 @@ pub fn url_for(s: &Service, path_or_url: &str) -> String {
     }
 }
 
-fn count(n: usize, one: &str, many: &str) -> String {
+pub(in crate::plan) fn count(n: usize, one: &str, many: &str) -> String {
     if n == 1 {
         format!("1 {one}")
     } else {
@@ -323,7 +303,7 @@ fn count(n: usize, one: &str, many: &str) -> String {
     }
 }
 
-fn list(items: &[&str]) -> String {
+pub(in crate::plan) fn list(items: &[&str]) -> String {
     let shown: Vec<&str> = items.iter().take(PATHS_SHOWN).copied().collect();
     if items.len() > PATHS_SHOWN {
         format!("{} (+{} more)", shown.join(", "), items.len() - PATHS_SHOWN)

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use super::{ForeignUnit, HostView, PlanError};
 use crate::config::{Config, Environment, Service};
+use crate::files::sha256_hex;
 use crate::plan::{UnitChange, UnitConflict};
-use crate::state::sha256_hex;
 use crate::unit;
 
 /// How every unit file moorline renders begins (`unit::render`).

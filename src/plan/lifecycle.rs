@@ -1,0 +1,834 @@
+//! The one lifecycle planner: how services go live, go back and go down.
+//!
+//! Every plan that changes what runs (deploy, restart, start, stop, enable,
+//! disable, manual and automatic rollback) describes *what* changes as a
+//! [`Lifecycle`] and gets its actions from [`Lifecycle::walk`]. Only this
+//! file walks phases, so the rules below hold for every operation:
+//!
+//! 1. Stops of services going back to nothing deployed come first, so their
+//!    unit's `ExecStop` runs while the unit file is still there.
+//! 2. Unit files are written (installed, put back or removed) and systemd
+//!    re-reads them once (`daemon-reload`) before any service is touched.
+//! 3. Services are restarted or started phase by phase, each one gated on
+//!    readiness (`health:S`, the service's probe) before the next phase
+//!    begins; inside a phase, `depends-on` orders them. A bare unit (a
+//!    phase's infrastructure) has no probe: its own action holds it to the
+//!    settle window ([`Settle`]), which is written into the step.
+//! 4. Going forward (deploy, restart, start) walks the first phase first
+//!    and a service after what it depends on. Going back (both rollbacks,
+//!    stop) walks the last phase first and a service before what it
+//!    depends on: the reverse of the order the change was made in, so a
+//!    dependent never runs against a dependency older than the one it was
+//!    started against, and the newer side of every pair, which is the side
+//!    that knows both versions, goes first.
+//! 5. The proxy reloads last, after its configuration check.
+//!
+//! "All of these before all of those" becomes a barrier where that takes
+//! fewer edges ([`super::build`]'s graph), so plans of thousands of
+//! services stay linear in size.
+
+use std::collections::BTreeSet;
+
+use super::build::graph::{Graph, barrier, needs_barrier};
+use super::build::{count, list, ready_url};
+use super::{Action, ActionKind, Command, Settle, Step, UnitSource};
+use crate::config::{Config, Service};
+
+/// Which way phases are walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// First phase first; a service after those it depends on.
+    Forward,
+    /// Last phase first; a service before those it depends on.
+    Reverse,
+}
+
+/// What happens to one service in the phase walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bounce {
+    /// Switch `current` to `release` (a release directory) if given, then
+    /// restart; its readiness probe follows.
+    Restart { release: Option<String> },
+    /// Start; its readiness probe follows.
+    Start,
+    /// Stop (no probe).
+    Stop,
+}
+
+/// One service in the phase walk, by index into `config.services`.
+#[derive(Debug, Clone)]
+pub struct Walk {
+    pub service: usize,
+    pub bounce: Bounce,
+    pub reason: String,
+}
+
+/// A service stopped before anything else, its `current` link removed:
+/// back to nothing deployed.
+#[derive(Debug, Clone)]
+pub struct Undeploy {
+    pub service: usize,
+    pub reason: String,
+    /// The `current` link to remove after the stop.
+    pub unlink: String,
+}
+
+/// What happens to one service's unit file before the daemon-reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitWrite {
+    /// Save the installed file and write this one (`install-unit:S`).
+    Install { source: UnitSource },
+    /// Write a saved file back without saving the current one
+    /// (`restore-unit:S`).
+    Restore { saved: String },
+    /// Remove the file (`remove-unit:S`).
+    Remove,
+}
+
+/// One unit file change. By service name: the apply being undone may have
+/// written the unit of a service that is no longer configured.
+#[derive(Debug, Clone)]
+pub struct UnitFile {
+    pub service: String,
+    pub unit: String,
+    pub write: UnitWrite,
+    pub reason: String,
+    /// Enable the unit in the daemon-reload that follows.
+    pub enable: bool,
+}
+
+/// Why the proxy reloads at the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyReload {
+    /// Its upstreams changed (and/or its configuration files did, listed):
+    /// reloaded after its configuration check.
+    Upstreams { config_changed: Vec<String> },
+    /// The apply being undone reloaded it: reloaded back, without a
+    /// check (the configuration is the one that was running before).
+    Back,
+}
+
+/// What a plan changes in what runs; [`Lifecycle::walk`] turns it into
+/// actions.
+#[derive(Debug)]
+pub struct Lifecycle<'a> {
+    pub config: &'a Config,
+    pub order: Order,
+    /// Actions already in the graph that every change of what runs waits
+    /// for (a deploy's builds and migrations), and the barrier standing for
+    /// them where it saves edges: its id and reason.
+    pub after: Vec<usize>,
+    pub after_barrier: Option<(&'a str, &'a str)>,
+    pub undeploy: Vec<Undeploy>,
+    pub units: Vec<UnitFile>,
+    pub walk: Vec<Walk>,
+    /// Restart each phase's infrastructure units before its services
+    /// (forward walks only).
+    pub infrastructure: bool,
+    pub proxy: Option<ProxyReload>,
+}
+
+/// The readiness probe of a service after its restart or start.
+pub fn health(s: &Service) -> Action {
+    let url = ready_url(s);
+    Action {
+        id: health_id(&s.name),
+        service: Some(s.name.clone()),
+        phase: Some(s.phase.clone()),
+        reason: format!(
+            "GET {url} must answer 2xx within {}s",
+            s.ready_timeout.as_secs()
+        ),
+        after: Vec::new(),
+        step: Step::Health {
+            unit: s.unit_name.clone(),
+            url,
+            timeout_secs: s.ready_timeout.as_secs(),
+        },
+    }
+}
+
+/// The id of a service's readiness probe: the action whose success means
+/// the service is up.
+pub fn health_id(service: &str) -> String {
+    format!("health:{service}")
+}
+
+impl Lifecycle<'_> {
+    /// A lifecycle with nothing to do yet.
+    pub fn new(config: &Config, order: Order) -> Lifecycle<'_> {
+        Lifecycle {
+            config,
+            order,
+            after: Vec::new(),
+            after_barrier: None,
+            undeploy: Vec::new(),
+            units: Vec::new(),
+            walk: Vec::new(),
+            infrastructure: false,
+            proxy: None,
+        }
+    }
+
+    /// Adds the actions to `g` (after `self.after`).
+    pub(in crate::plan) fn walk(&self, g: &mut Graph) {
+        let mut w = Walker {
+            life: self,
+            g,
+            gate: self.after.clone(),
+            stops: Vec::new(),
+            written: Vec::new(),
+            walked: Vec::new(),
+        };
+        let phases = w.phases();
+        let first = if self.undeploy.is_empty() {
+            if self.units.is_empty() {
+                phases.first().map_or(1, |pi| w.consumers(*pi))
+            } else {
+                self.units.len()
+            }
+        } else {
+            self.undeploy.len()
+        };
+        if let Some((id, reason)) = self.after_barrier {
+            w.barrier(first, id, None, reason, 0);
+        }
+        let start = w.gate.clone();
+        w.undeploy();
+        w.unit_files();
+        for (k, pi) in phases.iter().enumerate() {
+            let next = phases.get(k + 1).map_or(1, |n| w.consumers(*n));
+            w.phase(*pi, next);
+        }
+        w.proxy(&start);
+    }
+
+    /// The walk's position of phase `pi`: the sort key's phase, so that
+    /// ties break in walk order.
+    fn rank(&self, pi: usize) -> usize {
+        match self.order {
+            Order::Forward => pi,
+            Order::Reverse => self.config.phases.len().saturating_sub(pi + 1),
+        }
+    }
+
+    fn infrastructure(&self) -> bool {
+        self.infrastructure && self.order == Order::Forward
+    }
+
+    /// The members of phase `pi`, in declaration order.
+    fn members(&self, pi: usize) -> Vec<&Walk> {
+        let mut v: Vec<&Walk> = self
+            .walk
+            .iter()
+            .filter(|w| self.config.services.get(w.service).map(|s| s.phase_index) == Some(pi))
+            .collect();
+        v.sort_by_key(|w| w.service);
+        v
+    }
+
+    /// Whether `a`'s first action waits for `b`'s last, inside a phase:
+    /// forward, a service after what it depends on; reverse, before it.
+    fn waits_on(&self, a: usize, b: usize) -> bool {
+        let (sa, sb) = (&self.config.services[a], &self.config.services[b]);
+        match self.order {
+            Order::Forward => sa.depends_on.contains(&sb.name),
+            Order::Reverse => sb.depends_on.contains(&sa.name),
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        !self.walk.is_empty() && self.walk.iter().all(|w| w.bounce == Bounce::Stop)
+    }
+}
+
+/// One walk in progress: the graph, and what the next actions wait for.
+struct Walker<'l, 'g> {
+    life: &'l Lifecycle<'l>,
+    g: &'g mut Graph,
+    /// What the next step's first actions wait for.
+    gate: Vec<usize>,
+    /// The undeploy stops: (service, node).
+    stops: Vec<(usize, usize)>,
+    /// Services whose unit file is written.
+    written: Vec<usize>,
+    /// Services walked.
+    walked: Vec<usize>,
+}
+
+impl Walker<'_, '_> {
+    /// The phases with something to do, in walk order.
+    fn phases(&self) -> Vec<usize> {
+        let life = self.life;
+        let n = life.config.phases.len();
+        let order: Vec<usize> = match life.order {
+            Order::Forward => (0..n).collect(),
+            Order::Reverse => (0..n).rev().collect(),
+        };
+        order
+            .into_iter()
+            .filter(|pi| {
+                !life.members(*pi).is_empty()
+                    || (life.infrastructure() && !life.config.phases[*pi].units.is_empty())
+            })
+            .collect()
+    }
+
+    /// How many actions of phase `pi` wait for the gate.
+    fn consumers(&self, pi: usize) -> usize {
+        let infra = if self.life.infrastructure() {
+            self.life.config.phases[pi].units.len()
+        } else {
+            0
+        };
+        self.life.members(pi).len() + infra
+    }
+
+    /// Replaces the gate by a barrier when `next` actions wait for it and
+    /// that takes fewer edges.
+    fn barrier(&mut self, next: usize, id: &str, phase: Option<&str>, reason: &str, rank: usize) {
+        if needs_barrier(self.gate.len(), next) {
+            let b = self
+                .g
+                .push(barrier(id, phase, reason), (rank, ActionKind::Barrier, 0));
+            for p in &self.gate {
+                self.g.edge(*p, b);
+            }
+            self.gate = vec![b];
+        }
+    }
+
+    /// Adds `a` after the gate.
+    fn gated(&mut self, a: Action, key: (usize, ActionKind, usize)) -> usize {
+        let n = self.g.push(a, key);
+        for p in &self.gate {
+            self.g.edge(*p, n);
+        }
+        n
+    }
+
+    /// Step 1, back to nothing deployed: stopped first.
+    fn undeploy(&mut self) {
+        let config = self.life.config;
+        for u in &self.life.undeploy {
+            let Some(s) = config.services.get(u.service) else {
+                continue;
+            };
+            let a = Action {
+                id: format!("stop:{}", s.name),
+                service: Some(s.name.clone()),
+                phase: Some(s.phase.clone()),
+                reason: u.reason.clone(),
+                after: Vec::new(),
+                step: Step::Stop {
+                    unit: s.unit_name.clone(),
+                    unlink: Some(u.unlink.clone()),
+                },
+            };
+            let n = self.gated(a, (0, ActionKind::Stop, u.service));
+            self.stops.push((u.service, n));
+        }
+    }
+
+    /// Step 2, unit files (a service's after its stop), then one
+    /// daemon-reload.
+    fn unit_files(&mut self) {
+        let config = self.life.config;
+        let mut writes = Vec::new();
+        let mut enable = Vec::new();
+        for f in &self.life.units {
+            let index = config.services.iter().position(|s| s.name == f.service);
+            let configured = index.and_then(|i| config.services.get(i));
+            let unit = f.unit.clone();
+            let (id, kind, step) = match &f.write {
+                UnitWrite::Install { source } => (
+                    format!("install-unit:{}", f.service),
+                    ActionKind::InstallUnit,
+                    Step::InstallUnit {
+                        unit,
+                        source: source.clone(),
+                    },
+                ),
+                UnitWrite::Restore { saved } => (
+                    format!("restore-unit:{}", f.service),
+                    ActionKind::RestoreUnit,
+                    Step::RestoreUnit {
+                        unit,
+                        saved: saved.clone(),
+                    },
+                ),
+                UnitWrite::Remove => (
+                    format!("remove-unit:{}", f.service),
+                    ActionKind::RemoveUnit,
+                    Step::RemoveUnit { unit },
+                ),
+            };
+            let a = Action {
+                id,
+                service: Some(f.service.clone()),
+                phase: configured.map(|s| s.phase.clone()),
+                reason: f.reason.clone(),
+                after: Vec::new(),
+                step,
+            };
+            let key = (
+                configured.map_or(0, |s| s.phase_index),
+                kind,
+                index.unwrap_or(usize::MAX),
+            );
+            let n = match self.stops.iter().find(|(i, _)| Some(*i) == index) {
+                Some((_, stopped)) => {
+                    let after_stop = *stopped;
+                    let n = self.g.push(a, key);
+                    self.g.edge(after_stop, n);
+                    n
+                }
+                None => self.gated(a, key),
+            };
+            writes.push(n);
+            self.written.extend(index);
+            if f.enable {
+                enable.push(f.unit.clone());
+            }
+        }
+        if writes.is_empty() {
+            return;
+        }
+        let units: Vec<&str> = self.life.units.iter().map(|f| f.unit.as_str()).collect();
+        let reload = self.g.push(
+            Action {
+                id: "daemon-reload".to_owned(),
+                service: None,
+                phase: None,
+                reason: format!(
+                    "systemd must re-read {}: {}",
+                    count(units.len(), "unit file", "unit files"),
+                    list(&units)
+                ),
+                after: Vec::new(),
+                step: Step::DaemonReload { enable },
+            },
+            (0, ActionKind::DaemonReload, 0),
+        );
+        for w in &writes {
+            self.g.edge(*w, reload);
+        }
+        self.gate = vec![reload];
+    }
+
+    /// Step 3, one phase: its infrastructure (forward walks), then its
+    /// members, ordered by `depends-on` inside it. The gate becomes the
+    /// members nothing else here waits for, through a barrier when the
+    /// `next` phase's many wait.
+    fn phase(&mut self, pi: usize, next: usize) {
+        let life = self.life;
+        let config = life.config;
+        let phase = &config.phases[pi];
+        let rank = life.rank(pi);
+        if life.infrastructure() && !phase.units.is_empty() {
+            let mut ids = Vec::new();
+            for u in &phase.units {
+                let a = Action {
+                    id: format!("restart:{u}"),
+                    service: None,
+                    phase: Some(phase.name.clone()),
+                    reason: format!("infrastructure of phase {}", phase.name),
+                    after: Vec::new(),
+                    step: Step::Restart {
+                        unit: u.clone(),
+                        release: None,
+                        settle: Settle::Window,
+                    },
+                };
+                ids.push(self.gated(a, (rank, ActionKind::Restart, 0)));
+            }
+            self.gate = ids;
+        }
+        let members = life.members(pi);
+        if members.is_empty() {
+            return;
+        }
+        // Each member: (service, its first action, the action that ends it).
+        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+        for m in &members {
+            let (first, last) = self.member(m, rank);
+            spans.push((m.service, first, last));
+        }
+        for (a, first, _) in &spans {
+            for (b, _, last) in &spans {
+                if a != b && life.waits_on(*a, *b) {
+                    self.g.edge(*last, *first);
+                }
+            }
+        }
+        self.gate = spans
+            .iter()
+            .filter(|(b, _, _)| {
+                !spans
+                    .iter()
+                    .any(|(a, _, _)| a != b && life.waits_on(*a, *b))
+            })
+            .map(|(_, _, last)| *last)
+            .collect();
+        self.walked.extend(spans.iter().map(|(i, _, _)| *i));
+        let (done, state) = if life.stopping() {
+            ("stopped", "stopped")
+        } else if life.walk.iter().all(|w| w.bounce == Bounce::Start) {
+            ("started", "ready")
+        } else {
+            ("restarted", "ready")
+        };
+        self.barrier(
+            next,
+            &format!("ready:{}", phase.name),
+            Some(&phase.name),
+            &format!("every {done} service of phase {} is {state}", phase.name),
+            rank,
+        );
+    }
+
+    /// One member's actions, after the gate: its first and its last.
+    fn member(&mut self, m: &Walk, rank: usize) -> (usize, usize) {
+        let s = &self.life.config.services[m.service];
+        let action = |id: String, step: Step| Action {
+            id,
+            service: Some(s.name.clone()),
+            phase: Some(s.phase.clone()),
+            reason: m.reason.clone(),
+            after: Vec::new(),
+            step,
+        };
+        let (first, kind) = match &m.bounce {
+            Bounce::Restart { release } => (
+                action(
+                    format!("restart:{}", s.name),
+                    Step::Restart {
+                        unit: s.unit_name.clone(),
+                        release: release.clone(),
+                        settle: Settle::Probe,
+                    },
+                ),
+                ActionKind::Restart,
+            ),
+            Bounce::Start => (
+                action(
+                    format!("start:{}", s.name),
+                    Step::Start {
+                        unit: s.unit_name.clone(),
+                        settle: Settle::Probe,
+                    },
+                ),
+                ActionKind::Start,
+            ),
+            Bounce::Stop => (
+                action(
+                    format!("stop:{}", s.name),
+                    Step::Stop {
+                        unit: s.unit_name.clone(),
+                        unlink: None,
+                    },
+                ),
+                ActionKind::Stop,
+            ),
+        };
+        let first = self.gated(first, (rank, kind, m.service));
+        if m.bounce == Bounce::Stop {
+            return (first, first);
+        }
+        let probe = self
+            .g
+            .push(health(s), (rank, ActionKind::Health, m.service));
+        self.g.edge(first, probe);
+        (first, probe)
+    }
+
+    /// Step 4, the proxy, last: after the last phase and the stops, or,
+    /// when nothing else changes, after what the walk began after.
+    fn proxy(&mut self, start: &[usize]) {
+        let config = self.life.config;
+        let (Some(why), Some(p)) = (&self.life.proxy, &config.proxy) else {
+            return;
+        };
+        let (reason, check) = match why {
+            ProxyReload::Upstreams { config_changed } => {
+                let names = |v: &mut dyn Iterator<Item = usize>| -> Vec<&str> {
+                    v.collect::<BTreeSet<usize>>()
+                        .into_iter()
+                        .map(|i| config.services[i].name.as_str())
+                        .collect()
+                };
+                let bounced = names(&mut self.walked.iter().chain(&self.written).copied());
+                let stopped = names(&mut self.stops.iter().map(|(i, _)| *i));
+                let mut parts = Vec::new();
+                if !bounced.is_empty() {
+                    parts.push(format!("upstreams restarted: {}", list(&bounced)));
+                }
+                if !stopped.is_empty() {
+                    parts.push(format!("upstreams stopped: {}", list(&stopped)));
+                }
+                if !config_changed.is_empty() {
+                    let hits: Vec<&str> = config_changed.iter().map(String::as_str).collect();
+                    parts.push(format!("its configuration changed: {}", list(&hits)));
+                }
+                if let Some(c) = &p.check {
+                    parts.push(format!("after `{}` passes", c.argv.join(" ")));
+                }
+                (
+                    parts.join("; "),
+                    p.check.as_ref().map(|c| Command {
+                        argv: c.argv.clone(),
+                        timeout_secs: c.timeout.as_secs(),
+                    }),
+                )
+            }
+            ProxyReload::Back => (
+                "the apply reloaded it: reloaded back with the previous upstreams".to_owned(),
+                None,
+            ),
+        };
+        let id = self.g.push(
+            Action {
+                id: "reload-proxy".to_owned(),
+                service: None,
+                phase: None,
+                reason,
+                after: Vec::new(),
+                step: Step::ReloadProxy {
+                    unit: p.unit.clone(),
+                    check,
+                },
+            },
+            (config.phases.len(), ActionKind::ReloadProxy, 0),
+        );
+        let untouched = self.walked.is_empty() && self.written.is_empty() && self.stops.is_empty();
+        let before: Vec<usize> = if untouched {
+            start.to_vec()
+        } else {
+            self.gate
+                .iter()
+                .copied()
+                .chain(self.stops.iter().map(|(_, n)| *n))
+                .collect()
+        };
+        for n in before {
+            self.g.edge(n, id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+project "p" { unit-name "p-{service}.service" }
+environment "staging" { branch "main"; root "/srv/p" }
+phase "db" { unit "postgresql.service"; }
+phase "core"
+phase "edge"
+runtime "node" { build "true" }
+service "api"    { runtime "node"; port 1; phase "core" }
+service "worker" { runtime "node"; port 2; phase "core"; depends-on "api" }
+service "web"    { runtime "node"; port 3; phase "edge" }
+service "admin"  { runtime "node"; port 4; phase "edge" }
+proxy "nginx" { unit "nginx.service"; check "nginx" "-t"; }
+"#;
+
+    fn config() -> Config {
+        crate::config::parse("t.kdl", CONFIG).unwrap()
+    }
+
+    fn restart_all(c: &Config, order: Order) -> Lifecycle<'_> {
+        let mut life = Lifecycle::new(c, order);
+        life.walk = (0..c.services.len())
+            .map(|i| Walk {
+                service: i,
+                bounce: Bounce::Restart { release: None },
+                reason: "r".to_owned(),
+            })
+            .collect();
+        life.proxy = Some(ProxyReload::Upstreams {
+            config_changed: Vec::new(),
+        });
+        life
+    }
+
+    /// Each action as `id <- after`, in plan order.
+    fn edges(life: &Lifecycle<'_>) -> Vec<String> {
+        let mut g = Graph::default();
+        life.walk(&mut g);
+        g.into_actions()
+            .iter()
+            .map(|a| format!("{} <- {}", a.id, a.after.join(" ")))
+            .collect()
+    }
+
+    /// Forward: phases in order, a service after what it depends on, the
+    /// proxy after the last phase's readiness; a phase's infrastructure
+    /// restarts first, holding its own settle window.
+    #[test]
+    fn forward_walks_phases_in_order_with_infrastructure_first() {
+        let c = config();
+        let mut life = restart_all(&c, Order::Forward);
+        life.infrastructure = true;
+        assert_eq!(
+            edges(&life),
+            [
+                "restart:postgresql.service <- ",
+                "restart:api <- restart:postgresql.service",
+                "health:api <- restart:api",
+                "restart:worker <- restart:postgresql.service health:api",
+                "health:worker <- restart:worker",
+                "restart:web <- health:worker",
+                "restart:admin <- health:worker",
+                "health:web <- restart:web",
+                "health:admin <- restart:admin",
+                "reload-proxy <- health:web health:admin",
+            ]
+        );
+        let mut g = Graph::default();
+        life.walk(&mut g);
+        let actions = g.into_actions();
+        let settle = |id: &str| match &actions.iter().find(|a| a.id == id).unwrap().step {
+            Step::Restart { settle, .. } => *settle,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(settle("restart:postgresql.service"), Settle::Window);
+        assert_eq!(settle("restart:api"), Settle::Probe);
+    }
+
+    /// Reverse: the last phase first, a service before what it depends on;
+    /// the reload gates on the first phase's services that depend on
+    /// nothing there.
+    #[test]
+    fn reverse_walks_the_last_phase_first_and_dependents_first() {
+        let c = config();
+        let life = restart_all(&c, Order::Reverse);
+        assert_eq!(
+            edges(&life),
+            [
+                "restart:web <- ",
+                "restart:admin <- ",
+                "health:web <- restart:web",
+                "health:admin <- restart:admin",
+                "restart:worker <- health:web health:admin",
+                "health:worker <- restart:worker",
+                "restart:api <- health:web health:admin health:worker",
+                "health:api <- restart:api",
+                "reload-proxy <- health:api",
+            ]
+        );
+    }
+
+    /// Many waiting for many goes through a barrier; the barrier names
+    /// the phase and what it stands for.
+    #[test]
+    fn a_barrier_stands_between_many_and_many() {
+        let c = crate::config::parse(
+            "t.kdl",
+            &(CONFIG.to_owned()
+                + r#"
+service "a2" { runtime "node"; port 5; phase "core" }
+service "a3" { runtime "node"; port 6; phase "core" }
+service "e3" { runtime "node"; port 7; phase "edge" }
+"#),
+        )
+        .unwrap();
+        let mut life = restart_all(&c, Order::Forward);
+        life.proxy = None;
+        let got = edges(&life);
+        assert!(
+            got.contains(&"ready:core <- health:worker health:a2 health:a3".to_owned()),
+            "{got:#?}"
+        );
+        assert!(
+            got.contains(&"restart:e3 <- ready:core".to_owned()),
+            "{got:#?}"
+        );
+        let mut g = Graph::default();
+        life.walk(&mut g);
+        let ready = g
+            .into_actions()
+            .into_iter()
+            .find(|a| a.id == "ready:core")
+            .unwrap();
+        assert_eq!(
+            ready.reason,
+            "every restarted service of phase core is ready"
+        );
+    }
+
+    /// Going back to nothing deployed: the stop comes before the unit file
+    /// goes, one daemon-reload after every write, restarts after it, and
+    /// the proxy after both the restarts and the stops.
+    #[test]
+    fn stops_then_unit_files_then_one_reload_then_the_walk() {
+        let c = config();
+        let mut life = Lifecycle::new(&c, Order::Reverse);
+        life.undeploy.push(Undeploy {
+            service: 2,
+            reason: "first deploy".to_owned(),
+            unlink: "/srv/p/web/current".to_owned(),
+        });
+        life.units.push(UnitFile {
+            service: "web".to_owned(),
+            unit: "p-web.service".to_owned(),
+            write: UnitWrite::Remove,
+            reason: "r".to_owned(),
+            enable: false,
+        });
+        life.units.push(UnitFile {
+            service: "api".to_owned(),
+            unit: "p-api.service".to_owned(),
+            write: UnitWrite::Restore {
+                saved: "/saved".to_owned(),
+            },
+            reason: "r".to_owned(),
+            enable: false,
+        });
+        life.walk.push(Walk {
+            service: 0,
+            bounce: Bounce::Restart {
+                release: Some("/srv/p/api/releases/a".to_owned()),
+            },
+            reason: "back".to_owned(),
+        });
+        life.proxy = Some(ProxyReload::Back);
+        assert_eq!(
+            edges(&life),
+            [
+                "stop:web <- ",
+                "restore-unit:api <- ",
+                "remove-unit:web <- stop:web",
+                "daemon-reload <- restore-unit:api remove-unit:web",
+                "restart:api <- daemon-reload",
+                "health:api <- restart:api",
+                "reload-proxy <- stop:web health:api",
+            ]
+        );
+    }
+
+    /// Stop: the reverse walk, no probes; a dependency stops after its
+    /// dependents.
+    #[test]
+    fn stop_walks_back_without_probes() {
+        let c = config();
+        let mut life = Lifecycle::new(&c, Order::Reverse);
+        life.walk = (0..c.services.len())
+            .map(|i| Walk {
+                service: i,
+                bounce: Bounce::Stop,
+                reason: "stop".to_owned(),
+            })
+            .collect();
+        assert_eq!(
+            edges(&life),
+            [
+                "stop:web <- ",
+                "stop:admin <- ",
+                "stop:worker <- stop:web stop:admin",
+                "stop:api <- stop:web stop:admin stop:worker",
+            ]
+        );
+    }
+}
