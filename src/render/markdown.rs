@@ -9,9 +9,29 @@ use super::{
 };
 use crate::plan::{Operation, Plan, ServiceChange, short};
 
-/// A Markdown table cell: pipes escaped, on one line.
+/// Text from anywhere (a commit subject, a path, a reason naming them) as
+/// Markdown inline text, the one place it is escaped for Markdown: on one
+/// line (newlines become spaces), pipes escaped (it may sit in a table
+/// cell), `<` written as `&lt;` so no HTML tag or comment can start (a
+/// commit subject `<!--` would otherwise hide the rest of the comment, and
+/// `</details>` close a section), and invisible characters shown escaped
+/// ([`crate::visible`]).
 pub fn cell(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
+    crate::visible::escape(&s.replace(['\n', '\r'], " "))
+        .replace('|', "\\|")
+        .replace('<', "&lt;")
+}
+
+/// A code fence for `body`: longer than any run of backticks in it, so no
+/// line of the body can close it (CommonMark closes a fence only with at
+/// least as many backticks as opened it).
+fn fence(body: &str) -> String {
+    let longest = body
+        .split(|c| c != '`')
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    "`".repeat(longest.max(2) + 1)
 }
 
 /// Renders the plan as a Markdown comment.
@@ -121,7 +141,7 @@ pub fn markdown(plan: &Plan) -> String {
                     out,
                     "- {} paths affect it; first: {}",
                     s.changed_count,
-                    s.changed_paths.join(", ")
+                    cell(&s.changed_paths.join(", "))
                 );
             }
             out.push('\n');
@@ -140,12 +160,14 @@ pub fn markdown(plan: &Plan) -> String {
             diffs.len()
         );
         for s in diffs {
-            let _ = writeln!(out, "`{}`\n\n```diff", s.unit);
-            out.push_str(s.unit_diff.as_deref().unwrap_or(""));
+            let diff = crate::visible::escape_lines(s.unit_diff.as_deref().unwrap_or(""));
+            let fence = fence(&diff);
+            let _ = writeln!(out, "`{}`\n\n{fence}diff", s.unit);
+            out.push_str(&diff);
             if !out.ends_with('\n') {
                 out.push('\n');
             }
-            out.push_str("```\n\n");
+            let _ = write!(out, "{fence}\n\n");
         }
         out.push_str("</details>\n\n");
     }
@@ -186,4 +208,43 @@ pub fn markdown(plan: &Plan) -> String {
         plan.fingerprint, plan.environment
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hostile text stays text: no HTML can open, no cell or line can
+    /// end, nothing invisible passes, and reading the escapes back gives
+    /// the text again.
+    #[test]
+    fn text_from_outside_cannot_change_the_comment() {
+        for raw in [
+            "<!-- hide the rest",
+            "</details><details open>",
+            "a | b",
+            "two\nlines",
+            "bidi \u{202e}evil",
+            "bell \u{7}",
+            "plain text, `code`, — and → arrows",
+        ] {
+            let c = cell(raw);
+            assert!(!c.contains('<'), "{c}");
+            assert!(!c.contains('\n'), "{c}");
+            assert!(!c.chars().any(crate::visible::is_invisible), "{c:?}");
+            assert!(!c.replace("\\|", "").contains('|'), "{c}");
+            // Round trip: undoing the escapes gives the text (on one line).
+            let back = c.replace("&lt;", "<").replace("\\|", "|");
+            let want = crate::visible::escape(&raw.replace('\n', " "));
+            assert_eq!(back, want);
+        }
+        assert_eq!(cell("plain `code`"), "plain `code`");
+    }
+
+    #[test]
+    fn a_fence_is_longer_than_any_backtick_run_inside() {
+        assert_eq!(fence("no ticks"), "```");
+        assert_eq!(fence("+ ```\n- x"), "````");
+        assert_eq!(fence("`````"), "``````");
+    }
 }
