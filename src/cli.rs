@@ -37,8 +37,8 @@ pub struct Global {
     /// State directory [default: /var/lib/moorline/PROJECT/ENV as root, else $XDG_STATE_HOME/moorline/PROJECT/ENV]
     #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Which systemd to drive: the system manager or the user's
-    #[arg(long, global = true, value_enum)]
+    /// Which systemd to drive: the system manager or the user's [default: $MOORLINE_SYSTEMD, else system as root and user otherwise]
+    #[arg(long, global = true, value_enum, env = "MOORLINE_SYSTEMD")]
     pub systemd: Option<SystemdKind>,
     /// Fleet mode: the ssh config file the controller's `ssh` reads (`ssh -F FILE`)
     #[arg(long, global = true, value_name = "FILE")]
