@@ -151,3 +151,69 @@ fn parse_json(path: &Path, bytes: &[u8]) -> Result<serde_json::Value, PlanFileEr
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `read` should make of a file: `Ok("host"|"fleet")`, or the
+    /// refusal's code and a piece of its message.
+    type Want = Result<&'static str, (&'static str, &'static str)>;
+
+    #[test]
+    fn a_plan_file_is_a_host_plan_or_a_fleet_plan_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let host =
+            serde_json::to_string(&crate::fleet::plan::tests::plan(None, "f", &["web"])).unwrap();
+        let fleet = serde_json::json!({
+            "fleet_format_version": 1, "project": "p", "environment": "e",
+            "to": {"spec": "b", "sha": "b", "summary": ""},
+            "rollout": {"canary": 0, "batches": ["100%"], "max_fail": 0, "pause_secs": 0, "connections": 8},
+            "hosts": [], "groups": [], "batches": [],
+            "rollback": {"hosts": [], "summary": ""}, "fingerprint": "x"
+        })
+        .to_string();
+        let cases: Vec<(String, Want)> = vec![
+            (host, Ok("host")),
+            (fleet, Ok("fleet")),
+            (
+                r#"{"fleet_format_version": 9}"#.to_owned(),
+                Err((
+                    "moorline::apply::bad_plan_file",
+                    "fleet_format_version 9; this moorline reads only 1",
+                )),
+            ),
+            (
+                r#"{"format_version": 99, "inputs": {"moorline_version": "9.9"}}"#.to_owned(),
+                Err((
+                    "moorline::plan::format_version",
+                    "has format_version 99; this moorline reads only",
+                )),
+            ),
+            (
+                r#"{"a": 1, "a": 2}"#.to_owned(),
+                Err((
+                    "moorline::apply::plan_duplicate_key",
+                    "refusing the plan file",
+                )),
+            ),
+        ];
+        for (i, (text, want)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("{i}.json"));
+            std::fs::write(&path, text).unwrap();
+            match (read(&path), want) {
+                (Ok(Saved::Host(_)), Ok("host")) | (Ok(Saved::Fleet(_)), Ok("fleet")) => {}
+                (Err(e), Err((code, text))) => {
+                    let shown = match &e {
+                        PlanFileError::BadPlanFile { reason, .. } => reason.clone(),
+                        other => other.to_string(),
+                    };
+                    let got = e.code().map(|c| c.to_string()).unwrap_or_default();
+                    assert_eq!(got, code, "case {i}");
+                    assert!(shown.contains(text), "case {i}: {shown}");
+                }
+                (got, want) => panic!("case {i}: {got:?}, wanted {want:?}"),
+            }
+        }
+    }
+}
