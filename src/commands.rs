@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 use miette::Diagnostic;
 
-use crate::cli::{Cli, Command, Format, Global, PlanArgs, PlanTarget, StatusArgs};
+use crate::cli::{ApplyArgs, Cli, Command, Format, Global, PlanArgs, PlanTarget, StatusArgs};
 use crate::config::{self, Loaded};
 use crate::observe::PlanRequest;
 use crate::plan::Operation;
+use crate::plan_file::{self, Saved};
 use crate::target::Target;
 use crate::{exit, render, report};
 
@@ -39,7 +40,7 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
         Command::Validate => Ok(validate(&load_config(global.config.as_deref())?)),
         Command::Init(args) => init::run(args),
         Command::Plan(args) => plan(global, args),
-        Command::Apply(args) => apply::run(global, args),
+        Command::Apply(args) => apply_cmd(global, args),
         Command::Rollback(args) => {
             let t = settings::resolve(global, &args.env)?;
             if fleet::is_fleet(global, &t) {
@@ -112,6 +113,42 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             Ok(exit::OK)
         }
     }
+}
+
+/// `apply`: the plan file (`PLANFILE` or `--reviewed`) is read first,
+/// then the target resolved: a fleet plan, or an environment with hosts
+/// without a saved plan, goes to the fleet controller; anything else is
+/// applied on this host.
+fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
+    let saved = match args.plan.as_deref().map(plan_file::read).transpose()? {
+        Some(Saved::Fleet(fp)) => {
+            let t = settings::resolve(global, &fp.environment)?;
+            return fleet::apply(global, args, &t, Some(*fp));
+        }
+        Some(Saved::Host(p)) => Some(*p),
+        None => None,
+    };
+    // A reviewed fleet plan: the controller plans every host again and
+    // checks each does what was reviewed.
+    let reviewed = match args.reviewed.as_deref().map(plan_file::read).transpose()? {
+        Some(Saved::Fleet(fp)) => {
+            let env = args.env.clone().unwrap_or_else(|| fp.environment.clone());
+            let t = settings::resolve(global, &env)?;
+            return fleet::apply_reviewed(global, args, &t, *fp);
+        }
+        Some(Saved::Host(p)) => Some(*p),
+        None => None,
+    };
+    let env_name = match (&saved, &args.env) {
+        (Some(p), _) => p.environment.clone(),
+        (None, Some(e)) => e.clone(),
+        (None, None) => return Err(apply::ApplyCmdError::NoTarget.into()),
+    };
+    let t = settings::resolve(global, &env_name)?;
+    if saved.is_none() && fleet::is_fleet(global, &t) {
+        return fleet::apply(global, args, &t, None);
+    }
+    apply::run(&t, args, saved, reviewed.as_ref())
 }
 
 /// start/stop/enable/disable: on this host, or, on a fleet controller,
@@ -296,14 +333,6 @@ fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
             exit::OK
         },
     )
-}
-
-/// Reasons for a diagnostic: one on the line, several as a list.
-pub(crate) fn one_or_list(reasons: &[String]) -> String {
-    match reasons {
-        [one] => one.clone(),
-        many => format!("\n  - {}", many.join("\n  - ")),
-    }
 }
 
 /// Colour on standard output: a terminal and no `NO_COLOR`.

@@ -117,7 +117,7 @@ pub fn run(t: &Target, args: &BackupArgs) -> miette::Result<i32> {
                 "restore {} into {env}: everything written since it was taken is lost",
                 record.id
             );
-            if !yes && !confirm("Restore it?") {
+            if !crate::policy::confirmed(*yes, || confirm("Restore it?")) {
                 return Err(BackupError::Unconfirmed.into());
             }
             let _lock = crate::lock::acquire(&t.state_dir, "backup restore")?;

@@ -60,13 +60,13 @@ pub fn run(t: &Target, args: &OpsArgs, op: Operation) -> miette::Result<i32> {
         } else {
             "Stop"
         };
-        if !args.yes
-            && !confirm(&format!(
+        if !crate::policy::confirmed(args.yes, || {
+            confirm(&format!(
                 "{verb} these {} services in {}?",
                 names.len(),
                 t.env.name
             ))
-        {
+        }) {
             return Err(OpsError::Unconfirmed { op: op.as_str() }.into());
         }
     }

@@ -7,6 +7,7 @@
 //! host's own `moorline`.
 
 pub mod apply;
+pub mod control;
 pub mod journal;
 pub mod plan;
 pub mod remote;
@@ -43,22 +44,6 @@ pub enum FleetError {
         #[source]
         source: Option<std::io::Error>,
     },
-    #[error("the fleet plan no longer matches: {moved}")]
-    #[diagnostic(
-        code(moorline::fleet::stale_plan),
-        help(
-            "nothing was applied on any host. Make a new fleet plan (`moorline plan --env {env} --out FILE`), review it, and apply that"
-        )
-    )]
-    Stale { moved: String, env: String },
-    #[error("the fleet's plans differ from the reviewed fleet plan: {differences}")]
-    #[diagnostic(
-        code(moorline::fleet::not_as_reviewed),
-        help(
-            "nothing was applied on any host. Make a new fleet plan (`moorline plan --env {env} --out FILE`) and have it reviewed"
-        )
-    )]
-    NotAsReviewed { differences: String, env: String },
     #[error("unreachable before the start: {hosts}")]
     #[diagnostic(
         code(moorline::fleet::unreachable_before_start),
@@ -67,16 +52,6 @@ pub enum FleetError {
         )
     )]
     UnreachableBeforeStart { hosts: String },
-    #[error(
-        "the controller's working tree has uncommitted changes the hosts would not get:\n  - {paths}"
-    )]
-    #[diagnostic(
-        code(moorline::fleet::dirty),
-        help(
-            "hosts get the commits, and read the configuration committed at the deployed revision, not the files on this machine: commit (or revert) these changes and plan again, or pass --allow-dirty to roll out the commits as planned"
-        )
-    )]
-    Dirty { paths: String },
     #[error("`{command}` does not run over the hosts of the fleet environment {env}")]
     #[diagnostic(
         code(moorline::fleet::not_on_controller),

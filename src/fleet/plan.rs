@@ -386,8 +386,137 @@ pub fn unreachable(gathered: &[Gathered]) -> Vec<(&Host, &SshError)> {
         .collect()
 }
 
+/// The error for hosts that could not be reached: the host's own error
+/// when there is one, else a list.
+pub fn unreachable_error(gathered: &[Gathered]) -> Option<FleetError> {
+    let mut down = unreachable(gathered);
+    match down.len() {
+        0 => None,
+        1 => {
+            let (h, e) = down.remove(0);
+            Some(match e {
+                SshError::HostKey {
+                    host,
+                    address,
+                    detail,
+                } => FleetError::Ssh(SshError::HostKey {
+                    host: host.clone(),
+                    address: address.clone(),
+                    detail: detail.clone(),
+                }),
+                other => FleetError::UnreachableBeforeStart {
+                    hosts: format!("{} ({other})", h.name),
+                },
+            })
+        }
+        _ => Some(FleetError::UnreachableBeforeStart {
+            hosts: down.iter().fold(String::new(), |mut s, (h, e)| {
+                use std::fmt::Write as _;
+                let _ = write!(s, "\n  - {} ({e})", h.name);
+                s
+            }),
+        }),
+    }
+}
+
+/// The plans of the hosts that answered, each with where the host is.
+pub fn host_plans(fleet: &Fleet, gathered: &[Gathered]) -> Vec<HostPlan> {
+    gathered
+        .iter()
+        .filter_map(|g| match g {
+            Gathered::Planned(p, plan) => {
+                let h = fleet.host(&p.host.name)?;
+                Some(HostPlan {
+                    name: h.name.clone(),
+                    address: h.address.clone(),
+                    user: h.user.clone(),
+                    port: h.port,
+                    plan: (**plan).clone(),
+                })
+            }
+            Gathered::Unreachable(..) => None,
+        })
+        .collect()
+}
+
+/// The hosts that answered, prepared, by name.
+pub fn prepared(gathered: Vec<Gathered>) -> BTreeMap<String, Prepared> {
+    gathered
+        .into_iter()
+        .filter_map(|g| match g {
+            Gathered::Planned(p, _) => Some((p.host.name.clone(), p)),
+            Gathered::Unreachable(..) => None,
+        })
+        .collect()
+}
+
+/// The fleet plan of `to`, every host planned over ssh (the connections
+/// closed after); an unreachable host is refused.
+pub async fn over_ssh(
+    fleet: &Arc<Fleet>,
+    to: Rev,
+    args: &HostPlanArgs,
+) -> Result<FleetPlan, FleetError> {
+    let res = gather(fleet, &to.sha, args).await;
+    fleet.transport.close_all(fleet.hosts()).await;
+    let gathered = res?;
+    if let Some(e) = unreachable_error(&gathered) {
+        return Err(e);
+    }
+    Ok(assemble(
+        &fleet.project,
+        &fleet.env.name,
+        to,
+        &fleet.env.rollout,
+        host_plans(fleet, &gathered),
+    ))
+}
+
+/// The fleet plan of `to` made here, without ssh, every host planned as if
+/// `request.from` were deployed on it (each host's plan is what
+/// `moorline --host NAME plan --from REV` makes; `target_of` resolves the
+/// target acting as a host). For pull-request review on a runner that
+/// holds no key to the hosts: its fingerprint never matches the hosts
+/// (`apply FILE` refuses it), `apply --reviewed` compares what it does
+/// with the hosts' real plans.
+pub fn offline(
+    t: &crate::target::Target,
+    to: Rev,
+    request: &crate::observe::PlanRequest,
+    target_of: impl Fn(&Host) -> miette::Result<crate::target::Target>,
+) -> miette::Result<FleetPlan> {
+    let mut request = request.clone();
+    request.to = Some(to.sha.clone());
+    let mut hosts = Vec::new();
+    for h in &t.env.hosts {
+        let ht = target_of(h)?;
+        hosts.push(HostPlan {
+            name: h.name.clone(),
+            address: h.address.clone(),
+            user: h.user.clone(),
+            port: h.port,
+            plan: crate::observe::compute_plan(&ht, &request)?,
+        });
+    }
+    let mut p = assemble(
+        &t.config().project.name,
+        &t.env.name,
+        to,
+        &t.env.rollout,
+        hosts,
+    );
+    // Every host's plan starts from the same resolved `--from`.
+    p.planned_from = Some(
+        p.hosts
+            .first()
+            .and_then(|h| h.plan.from.as_ref())
+            .map_or_else(|| "none".to_owned(), |r| r.sha.clone()),
+    );
+    Ok(p)
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn plan(from: Option<&str>, fingerprint: &str, restarts: &[&str]) -> Plan {
