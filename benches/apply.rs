@@ -28,8 +28,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moorline::changes::Repo;
-use moorline::harness::fixture::{Edit, Fixture, FixtureOptions};
-use moorline::harness::sandbox::PrivateSystemd;
+use moorline::demo::fixture::{Edit, Fixture, FixtureOptions};
+use moorline::demo::sandbox::PrivateSystemd;
 use moorline::release::Paths;
 use moorline::systemd::Systemd;
 

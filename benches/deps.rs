@@ -16,8 +16,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use moorline::harness::fixture::{Edit, Fixture, FixtureOptions};
-use moorline::harness::sandbox::PrivateSystemd;
+use moorline::demo::fixture::{Edit, Fixture, FixtureOptions};
+use moorline::demo::sandbox::PrivateSystemd;
 
 type Res<T> = Result<T, String>;
 

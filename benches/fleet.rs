@@ -1,5 +1,5 @@
 //! `cargo bench --bench fleet`: a fleet rollout over 5 simulated hosts
-//! (`moorline::harness::fixture::hosts`, real sshd and systemd per host) of the 19
+//! (`moorline::testkit::hosts`, real sshd and systemd per host) of the 19
 //! Pakashop services in batches `1, 100%`, beside one host's apply of the
 //! same deploy through the same controller, and the time of one ssh round
 //! trip with and without the shared (ControlMaster) connection. Target:
@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use moorline::harness::fixture::hosts::Fleet;
-use moorline::harness::fixture::{Fixture, FixtureOptions};
+use moorline::demo::fixture::{Fixture, FixtureOptions};
+use moorline::testkit::hosts::Fleet;
 
 type Res<T> = Result<T, String>;
 

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use git2::{FileMode, Repository, Signature, Time};
-use moorline::harness::fixture::{Edit, Fixture, FixtureOptions};
+use moorline::demo::fixture::{Edit, Fixture, FixtureOptions};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort_unstable();

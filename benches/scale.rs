@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use moorline::harness::fixture::{Fixture, FixtureOptions};
-use moorline::harness::sandbox::PrivateSystemd;
+use moorline::demo::fixture::{Fixture, FixtureOptions};
+use moorline::demo::sandbox::PrivateSystemd;
 use moorline::health;
 use moorline::systemd::Systemd;
 

@@ -67,10 +67,7 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             )
         }
         Command::Demo(args) => {
-            runtime()?.block_on(crate::harness::demo::run(
-                args.keep,
-                args.use_running_systemd,
-            ))?;
+            runtime()?.block_on(crate::demo::run(args.keep, args.use_running_systemd))?;
             Ok(exit::OK)
         }
         Command::Graph(target) => {

@@ -21,9 +21,9 @@
 //! `journalctl` merges all matching entries of all journal files by time, so the interleaving
 //! is its, and exactly the order `journalctl -u 'pakashop-*'` would give.
 //!
-//! Units only log to the journal when a `systemd-journald` serves their manager. The test
-//! sandbox ([`crate::harness::sandbox`]) starts its own and keeps its files in its directory; read them
-//! with `--directory`. When nothing is found, `logs` says so and why, instead of printing
+//! Units only log to the journal when a `systemd-journald` serves their manager. The private
+//! manager of the tests and the demo ([`crate::demo::sandbox`]) starts its own and keeps its
+//! files in its directory; read them with `--directory`. When nothing is found, `logs` says so and why, instead of printing
 //! nothing.
 
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use moorline::harness::sandbox::PrivateSystemd;
+use moorline::demo::sandbox::PrivateSystemd;
 
 /// `moorline -c CONFIG --state-dir STATE --systemd user` talking to the
 /// private manager `sandbox` (its bus, runtime and unit directories).

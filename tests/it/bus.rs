@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use moorline::harness::fixture::Edit;
-use moorline::harness::sandbox::PrivateSystemd;
+use moorline::demo::fixture::Edit;
+use moorline::demo::sandbox::PrivateSystemd;
 use moorline::systemd::{JobResult, SETTLE, Systemd};
 
 use crate::deploy::{World, code, ok, state_json};

@@ -126,16 +126,16 @@ fn completions_man_page_and_help() {
 #[test]
 fn plan_warns_when_the_local_branch_is_not_what_was_pushed() {
     let dir = tempfile::tempdir().unwrap();
-    let fx = moorline::harness::fixture::Fixture::create(
+    let fx = moorline::demo::fixture::Fixture::create(
         &dir.path().join("fx"),
-        &moorline::harness::fixture::FixtureOptions::new(dir.path().join("srv")),
+        &moorline::demo::fixture::FixtureOptions::new(dir.path().join("srv")),
     )
     .unwrap();
     let pushed = fx.head("main").unwrap();
     fx.commit(
         "main",
         "local only",
-        &[moorline::harness::fixture::Edit::touch_service("coupon")],
+        &[moorline::demo::fixture::Edit::touch_service("coupon")],
     )
     .unwrap();
     let repo = git2::Repository::open(&fx.repo).unwrap();

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Instant;
 
-use moorline::harness::fixture::{Edit, Fixture, FixtureOptions};
+use moorline::demo::fixture::{Edit, Fixture, FixtureOptions};
 use moorline::systemd::Systemd;
 
 use crate::deploy::{World, code, ok, state_json};

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use moorline::harness::fixture::{Edit, Fixture, FixtureOptions};
-use moorline::harness::sandbox::PrivateSystemd;
+use moorline::demo::fixture::{Edit, Fixture, FixtureOptions};
+use moorline::demo::sandbox::PrivateSystemd;
 use moorline::systemd::Systemd;
 
 use crate::support;
@@ -637,7 +637,7 @@ async fn start_times(w: &World, sd: &Systemd) -> BTreeMap<String, (String, u64)>
 /// Every service of a phase started after every service of the phases
 /// before it had started (and, per the plan, become ready).
 fn assert_phase_order(times: &BTreeMap<String, (String, u64)>, only: Option<&[&str]>) {
-    let phases = moorline::harness::fixture::PHASES;
+    let phases = moorline::demo::fixture::PHASES;
     let mut last_max = 0u64;
     for phase in phases {
         let in_phase: Vec<u64> = times

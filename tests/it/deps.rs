@@ -6,7 +6,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use moorline::harness::fixture::{Edit, Fixture, FixtureOptions};
+use moorline::demo::fixture::{Edit, Fixture, FixtureOptions};
 
 use crate::deploy::{World, ok};
 use crate::support;

@@ -826,7 +826,7 @@ struct Runner {
     shop: PathBuf,
     tmp: PathBuf,
     bin: PathBuf,
-    sandbox: &'static moorline::harness::sandbox::PrivateSystemd,
+    sandbox: &'static moorline::demo::sandbox::PrivateSystemd,
     skipped: BTreeSet<(String, String)>,
     expected: BTreeSet<(String, String)>,
     confirmed: BTreeSet<(String, String)>,
@@ -977,10 +977,10 @@ fn documented_examples_run() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = moorline::harness::fixture::FixtureOptions::new(dir.path().join("srv"));
+    let mut opts = moorline::demo::fixture::FixtureOptions::new(dir.path().join("srv"));
     opts.port_base = Some(crate::support::port(28100));
     opts.services = Some(3);
-    let fx = moorline::harness::fixture::Fixture::create(&dir.path().join("fx"), &opts).unwrap();
+    let fx = moorline::demo::fixture::Fixture::create(&dir.path().join("fx"), &opts).unwrap();
     let text = read(&fx.config_path).replace(
         "unit-name \"pakashop-{service}.service\"",
         "unit-name \"gs-{service}.service\"",
@@ -1069,7 +1069,7 @@ fn documented_examples_run() {
     fx.commit(
         "main",
         "a change",
-        &[moorline::harness::fixture::Edit::touch_service("svc-0001")],
+        &[moorline::demo::fixture::Edit::touch_service("svc-0001")],
     )
     .unwrap();
     runner.run_file("docs/commands.md");
@@ -1135,11 +1135,11 @@ fn documented_examples_run() {
 
 /// The fixture of docs/operations.md: production with `approval #true` and a backup block,
 /// units `ops-{service}.service`.
-fn operations_fixture(dir: &Path) -> moorline::harness::fixture::Fixture {
-    let mut opts = moorline::harness::fixture::FixtureOptions::new(dir.join("ops-srv"));
+fn operations_fixture(dir: &Path) -> moorline::demo::fixture::Fixture {
+    let mut opts = moorline::demo::fixture::FixtureOptions::new(dir.join("ops-srv"));
     opts.port_base = Some(crate::support::port(28200));
     opts.services = Some(3);
-    let fx = moorline::harness::fixture::Fixture::create(&dir.join("ops"), &opts).unwrap();
+    let fx = moorline::demo::fixture::Fixture::create(&dir.join("ops"), &opts).unwrap();
     let text = read(&fx.config_path)
         .replace(
             "unit-name \"pakashop-{service}.service\"",
@@ -1156,7 +1156,7 @@ fn operations_fixture(dir: &Path) -> moorline::harness::fixture::Fixture {
 }
 
 /// What docs/operations.md assumes before its `block`th executed block.
-fn operations_setup(r: &mut Runner, fx: &moorline::harness::fixture::Fixture, block: usize) {
+fn operations_setup(r: &mut Runner, fx: &moorline::demo::fixture::Fixture, block: usize) {
     match block {
         // Resume: a first deploy of production, then a commit that migrates svc-0003, whose
         // apply is killed half-way. The rollback examples then find two kept releases and a
@@ -1180,18 +1180,14 @@ fn operations_setup(r: &mut Runner, fx: &moorline::harness::fixture::Fixture, bl
 /// Commits a change of svc-0001 and the migration `migration` of svc-0003 to production, plans
 /// it and kills its apply half-way (right after its first `succeeded` record: one action has
 /// finished), leaving an unfinished journal. Returns the commit.
-fn interrupted_apply(
-    r: &Runner,
-    fx: &moorline::harness::fixture::Fixture,
-    migration: &str,
-) -> String {
+fn interrupted_apply(r: &Runner, fx: &moorline::demo::fixture::Fixture, migration: &str) -> String {
     let commit = fx
         .commit(
             "production",
             migration,
             &[
-                moorline::harness::fixture::Edit::touch_service("svc-0001"),
-                moorline::harness::fixture::Edit::add_migration("svc-0003", migration),
+                moorline::demo::fixture::Edit::touch_service("svc-0001"),
+                moorline::demo::fixture::Edit::add_migration("svc-0003", migration),
             ],
         )
         .unwrap();

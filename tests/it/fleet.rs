@@ -1,5 +1,5 @@
 //! Fleet mode end to end: a controller (this machine) plans and rolls out an environment over
-//! simulated hosts (`moorline::harness::fixture::hosts`), each with its own sshd, network namespace and
+//! simulated hosts (`moorline::testkit::hosts`), each with its own sshd, network namespace and
 //! private systemd, through the real `ssh`. Every test ends by reading each host's own
 //! state.json over ssh: one release per host, named by that host's state.
 
@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Output;
 
-use moorline::harness::fixture::hosts::Fleet;
-use moorline::harness::fixture::{Edit, Fixture, FixtureOptions};
+use moorline::demo::fixture::{Edit, Fixture, FixtureOptions};
+use moorline::testkit::hosts::Fleet;
 
 use crate::support;
 
@@ -636,7 +636,7 @@ async fn a_host_that_drops_mid_apply_is_unknown_until_its_own_journal_settles_it
         }
         all
     });
-    rx.recv_timeout(moorline::harness::fixture::deadline::wait())
+    rx.recv_timeout(moorline::testkit::deadline::wait())
         .expect("host3 reached its health check");
     w.hosts.link_down(2).unwrap();
     let status = child.wait().unwrap();
@@ -757,7 +757,7 @@ async fn drain_hooks_run_around_each_batch_and_status_covers_every_host() {
     // And started again right after, on every host. (This once failed now and then: the
     // unit started on one host died within a millisecond. Every host's manager put its units
     // in the root cgroup's /app.slice, so a stop on host1 killed host2's new process of the
-    // same name; each manager now has a cgroup subtree of its own, harness::cgroup.)
+    // same name; each manager now has a cgroup subtree of its own, src/demo/cgroup.rs.)
     let out = w.run(&[
         "start",
         "--env",

@@ -1,4 +1,4 @@
-//! The simulated fleet hosts (`moorline::harness::fixture::hosts`) are separate machines as far as ssh,
+//! The simulated fleet hosts (`moorline::testkit::hosts`) are separate machines as far as ssh,
 //! the network, the filesystem under the root path and systemd can tell, and leave nothing
 //! behind. Prints bring-up and ssh round-trip times (not asserted).
 
@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use moorline::harness::fixture::hosts::Fleet;
+use moorline::testkit::hosts::Fleet;
 
 use crate::support::fleet;
 

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use moorline::harness::sandbox::PrivateSystemd;
+use moorline::demo::sandbox::PrivateSystemd;
 use moorline::systemd::{JobEvent, Systemd};
 
 use crate::deploy::World;
@@ -383,7 +383,7 @@ pub fn after(w: &World, args: &[&str], out: &Output, b: Option<Before>) {
 
     // What state.json names is active, ready, and still the invocation of the command's end.
     let state = crate::deploy::state_json(w);
-    let services: Vec<&moorline::harness::fixture::FixtureService> =
+    let services: Vec<&moorline::demo::fixture::FixtureService> =
         w.fx.services
             .iter()
             .filter(|s| state["services"].get(&s.name).is_some())

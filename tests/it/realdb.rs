@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use moorline::harness::fixture::Edit;
-use moorline::harness::sandbox::PrivateSystemd;
+use moorline::demo::fixture::Edit;
+use moorline::demo::sandbox::PrivateSystemd;
 use moorline::systemd::Systemd;
 
 use crate::deploy::{World, code, ok, short_ready_timeout};

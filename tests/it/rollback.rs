@@ -2,7 +2,7 @@
 //! named release, of an interrupted apply, crashes in the middle of an
 //! automatic rollback, and database backups restored.
 
-use moorline::harness::fixture::Edit;
+use moorline::demo::fixture::Edit;
 
 use crate::deploy::{World, code, ok, short_ready_timeout};
 use crate::support;

@@ -3,7 +3,7 @@
 //! private systemd manager. The release holds the whole repository, and
 //! any change in the repository redeploys it.
 
-use moorline::harness::fixture::{Edit, Fixture, FixtureOptions};
+use moorline::demo::fixture::{Edit, Fixture, FixtureOptions};
 
 use crate::deploy::{World, ok};
 use crate::support;

@@ -1,9 +1,9 @@
-//! `moorline::harness::sandbox` lifecycle: a second, short-lived private manager next to the shared one.
+//! `moorline::demo::sandbox` lifecycle: a second, short-lived private manager next to the shared one.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use moorline::harness::sandbox::PrivateSystemd;
+use moorline::demo::sandbox::PrivateSystemd;
 use moorline::systemd::{JobResult, SETTLE};
 
 use crate::support::{free_port, prompt, sandbox, wait_for_port};

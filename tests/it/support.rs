@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use moorline::harness::sandbox::PrivateSystemd;
+use moorline::demo::sandbox::PrivateSystemd;
 use moorline::systemd::Systemd;
 
 /// Set to `1` to turn "cannot start a private manager" into a test failure instead of a skip.
@@ -112,7 +112,7 @@ pub async fn wait_for_port(port: u16) -> bool {
 }
 
 // Every deadline comes from one place, scaled by `MOORLINE_TEST_TIME_SCALE`.
-pub use moorline::harness::fixture::deadline::{POLL, failing_ready_timeout_secs, prompt, wait};
+pub use moorline::testkit::deadline::{POLL, failing_ready_timeout_secs, prompt, wait};
 
 /// Polls `done` every [`POLL`] until it holds or [`wait`] has passed; whether it held.
 pub async fn eventually(mut done: impl FnMut() -> bool) -> bool {
@@ -128,14 +128,11 @@ pub async fn eventually(mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// `count` simulated fleet hosts (`moorline::harness::fixture::hosts`) with their state under `dir`, or
+/// `count` simulated fleet hosts (`moorline::testkit::hosts`) with their state under `dir`, or
 /// `None` (after printing why) when they cannot run here: not root, a tool missing, no private
 /// systemd manager. Under `MOORLINE_REQUIRE_SYSTEMD=1` that is a failure instead.
-pub async fn fleet(
-    dir: &std::path::Path,
-    count: usize,
-) -> Option<moorline::harness::fixture::hosts::Fleet> {
-    match moorline::harness::fixture::hosts::Fleet::start(dir, count).await {
+pub async fn fleet(dir: &std::path::Path, count: usize) -> Option<moorline::testkit::hosts::Fleet> {
+    match moorline::testkit::hosts::Fleet::start(dir, count).await {
         Ok(fleet) => Some(fleet),
         Err(e) => {
             let reason = format!("{:?}", miette::Report::new(e));

@@ -1,7 +1,7 @@
 //! What a new user runs into: uncommitted changes a plan does not see, user managers,
 //! what `status --check` fails on, and how plans and failures read.
 
-use moorline::harness::fixture::Edit;
+use moorline::demo::fixture::Edit;
 
 use crate::deploy::{World, code, ok};
 
@@ -98,9 +98,9 @@ async fn uncommitted_changes_are_warned_in_every_plan_and_refused_by_apply() {
 #[test]
 fn a_config_that_differs_from_its_version_at_the_target_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let fx = moorline::harness::fixture::Fixture::create(
+    let fx = moorline::demo::fixture::Fixture::create(
         &dir.path().join("fx"),
-        &moorline::harness::fixture::FixtureOptions::new(dir.path().join("srv")),
+        &moorline::demo::fixture::FixtureOptions::new(dir.path().join("srv")),
     )
     .unwrap();
     // production moves on without main (HEAD): its config is not the one on disk.

@@ -68,6 +68,7 @@ impl Subtree {
     }
 
     /// The subtree's directories, one per hierarchy.
+    #[cfg(feature = "testkit")]
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
     }

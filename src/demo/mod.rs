@@ -3,6 +3,18 @@
 //! `systemd --user` manager, and runs the real commands a user would type,
 //! narrating each step and checking, through systemd itself, that it did
 //! what it says. Everything it starts is stopped and its files removed.
+//!
+//! What it is built from, shipped with it (the integration tests and benches
+//! use them too, and add their own in `crate::testkit`):
+//!
+//! - [`fixture`]: the generated Pakashop-shaped git repository with runnable
+//!   fake services that the demo deploys.
+//! - [`sandbox`]: a private, throw-away `systemd --user` manager, in a cgroup
+//!   subtree of its own (`cgroup`).
+
+mod cgroup;
+pub mod fixture;
+pub mod sandbox;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,9 +24,9 @@ use std::time::Instant;
 
 use miette::Diagnostic;
 
-use crate::harness::fixture::{Edit, Fixture, FixtureOptions};
-use crate::harness::sandbox::PrivateSystemd;
 use crate::systemd::{Bus, Systemd};
+use fixture::{Edit, Fixture, FixtureOptions};
+use sandbox::PrivateSystemd;
 
 /// Ports of the demo fleet start here (not Pakashop's own ports, so a
 /// developer's running services are left alone), or at the first block of

@@ -1,13 +1,14 @@
-//! Pakashop-shaped fixture repositories: in go a scratch directory and
-//! [`FixtureOptions`], out comes a git repository (`main` and `production`)
+//! Pakashop-shaped fixture repositories, the one `moorline demo` deploys: in go a scratch
+//! directory and [`FixtureOptions`], out comes a git repository (`main` and `production`)
 //! with a runnable fake of every service plus its `moorline.kdl`, and a
 //! backup tool beside it. Guarantees: nothing outside the given directory is
 //! written; no network and no real build tool is used; commits are
 //! deterministic (fixed author, time derived from the parent), so the same
 //! directory and edits always give the same SHAs.
+//!
+//! What only the tests and benches need (generated fleets, a proxy node, more edits, branches)
+//! is added by `crate::testkit::fixture`, with the `testkit` feature.
 
-pub mod deadline;
-pub mod hosts;
 mod scripts;
 
 use std::fmt::Write as _;
@@ -16,9 +17,6 @@ use std::path::{Path, PathBuf};
 use git2::{BranchType, IndexEntry, IndexTime, Oid, Repository, Signature, Time};
 
 use crate::config::kdl_string;
-
-/// The environment names the fixture config declares, in order.
-pub const ENVIRONMENTS: [&str; 2] = ["staging", "production"];
 
 /// Phases in the order the config declares them.
 pub const PHASES: [&str; 5] = ["infrastructure", "config", "gateway", "core", "supporting"];
@@ -31,9 +29,6 @@ const AUTHOR: (&str, &str) = ("Moorline Fixture", "fixture@moorline.invalid");
 const EPOCH: i64 = 1_700_000_000;
 const COMMIT_STEP_SECONDS: i64 = 60;
 
-/// First port of a generated fleet when no `port_base` is given.
-const GENERATED_PORT_BASE: u16 = 20_000;
-
 /// Options for [`Fixture::create`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FixtureOptions {
@@ -42,12 +37,14 @@ pub struct FixtureOptions {
     pub port_base: Option<u16>,
     /// `None`: the 19 Pakashop services; `Some(n)`: `svc-0001`.. cycling
     /// through the phases config, gateway, core, supporting.
+    #[cfg(feature = "testkit")]
     pub services: Option<usize>,
     /// Environment roots are `root/staging` and `root/production`.
     pub root: PathBuf,
     /// Absolute path of python3, used in every command and unit.
     pub python: PathBuf,
     /// When set, a `proxy "nginx"` node with this argv as its `check`.
+    #[cfg(feature = "testkit")]
     pub proxy: Option<Vec<String>>,
 }
 
@@ -56,9 +53,11 @@ impl FixtureOptions {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         FixtureOptions {
             port_base: None,
+            #[cfg(feature = "testkit")]
             services: None,
             root: root.into(),
             python: PathBuf::from("/usr/bin/python3"),
+            #[cfg(feature = "testkit")]
             proxy: None,
         }
     }
@@ -108,8 +107,10 @@ pub enum Edit {
     /// Create or replace a file.
     Write { path: String, contents: String },
     /// Remove a file, or every file under a directory.
+    #[cfg(feature = "testkit")]
     Delete { path: String },
     /// Move a file, or every file under a directory, keeping contents.
+    #[cfg(feature = "testkit")]
     Rename { from: String, to: String },
     /// Increment the integer in a file (a missing file counts as 0).
     Bump { path: String },
@@ -145,26 +146,6 @@ impl Edit {
         Self::behaviour(name, "ready", false.into())
     }
 
-    /// `/health/ready` answers 503 for the first `millis` after start.
-    pub fn slow_readiness(name: &str, millis: u64) -> Edit {
-        Self::behaviour(name, "ready_delay_ms", millis.into())
-    }
-
-    /// The server exits with status 1 as soon as it starts.
-    pub fn crash_on_start(name: &str) -> Edit {
-        Self::behaviour(name, "crash", true.into())
-    }
-
-    /// `build.py` exits with status 1.
-    pub fn fail_build(name: &str) -> Edit {
-        Self::behaviour(name, "fail_build", true.into())
-    }
-
-    /// `migrate.py` exits with status 1 and records nothing.
-    pub fn fail_migration(name: &str) -> Edit {
-        Self::behaviour(name, "fail_migration", true.into())
-    }
-
     /// Back to the healthy defaults of `behaviour.json`.
     pub fn heal(name: &str) -> Edit {
         Edit::Write {
@@ -173,7 +154,7 @@ impl Edit {
         }
     }
 
-    fn behaviour(name: &str, key: &str, value: serde_json::Value) -> Edit {
+    pub(crate) fn behaviour(name: &str, key: &str, value: serde_json::Value) -> Edit {
         Edit::Behaviour {
             service: name.to_owned(),
             key: key.to_owned(),
@@ -212,6 +193,7 @@ pub enum FixtureError {
         help("choose a lower port_base")
     )]
     PortOverflow { base: u16, count: usize },
+    #[cfg(feature = "testkit")]
     #[error("a fixture needs at least one service")]
     #[diagnostic(code(moorline::fixture::empty_fleet))]
     EmptyFleet,
@@ -229,7 +211,7 @@ pub enum FixtureError {
     NoBranch(String),
 }
 
-fn git(action: impl Into<String>) -> impl FnOnce(git2::Error) -> FixtureError {
+pub(crate) fn git(action: impl Into<String>) -> impl FnOnce(git2::Error) -> FixtureError {
     let action = action.into();
     move |source| FixtureError::Git { action, source }
 }
@@ -266,11 +248,11 @@ impl Fixture {
         std::fs::create_dir_all(&tools).map_err(io("create", &tools))?;
         write_file(&fixture.backup_tool, scripts::BACKUP_PY)?;
 
+        let config = fixture.config_text()?;
+        #[cfg(feature = "testkit")]
+        let config = crate::testkit::fixture::with_proxy(config, opts.proxy.as_deref());
         let mut files = repository_files(&fixture.services);
-        files.push((
-            "moorline.kdl".to_owned(),
-            fixture.config_text(opts.proxy.as_deref())?,
-        ));
+        files.push(("moorline.kdl".to_owned(), config));
         for (path, contents) in &files {
             write_file(&fixture.repo.join(path), contents)?;
         }
@@ -392,34 +374,17 @@ impl Fixture {
         Ok(sha)
     }
 
-    /// Create branch `new` at `from_rev` (a branch, SHA or any revspec).
-    pub fn branch_from(&self, new: &str, from_rev: &str) -> Result<(), FixtureError> {
-        let repo = self.open()?;
-        let commit = repo
-            .revparse_single(from_rev)
-            .and_then(|o| o.peel_to_commit())
-            .map_err(git(format!("resolve {from_rev}")))?;
-        repo.branch(new, &commit, false)
-            .map_err(git(format!("create branch {new}")))?;
-        Ok(())
-    }
-
-    /// The service named `name`, if the fleet has it.
-    pub fn service(&self, name: &str) -> Option<&FixtureService> {
-        self.services.iter().find(|s| s.name == name)
-    }
-
     /// The root directory of environment `env` (`root/env`).
     pub fn env_root(&self, env: &str) -> PathBuf {
         self.root.join(env)
     }
 
-    fn open(&self) -> Result<Repository, FixtureError> {
+    pub(crate) fn open(&self) -> Result<Repository, FixtureError> {
         Repository::open(&self.repo).map_err(git("open the repository"))
     }
 
     /// The text of `moorline.kdl`.
-    fn config_text(&self, proxy: Option<&[String]>) -> Result<String, FixtureError> {
+    fn config_text(&self) -> Result<String, FixtureError> {
         let py = kdl_string(utf8(&self.python)?);
         let tool = kdl_string(utf8(&self.backup_tool)?);
         let mut out = String::new();
@@ -492,13 +457,6 @@ impl Fixture {
             }
             out.push_str(" }\n");
         }
-        if let Some(check) = proxy {
-            out.push_str("proxy \"nginx\" { unit \"fixture-proxy.service\"; check");
-            for arg in check {
-                let _ = write!(out, " {}", kdl_string(arg));
-            }
-            out.push_str("; watch \"deploy/nginx\" }\n");
-        }
         Ok(out)
     }
 }
@@ -529,31 +487,23 @@ const PAKASHOP: [(&str, u16, &str, &str, Option<&str>); 19] = [
 /// Services that watch `packages/shared` in the real fleet.
 const SHARED_WATCHERS: [&str; 3] = ["gateway", "backend", "notifications"];
 
-const SHARED: &str = "packages/shared";
+pub(crate) const SHARED: &str = "packages/shared";
 
 fn fleet(opts: &FixtureOptions) -> Result<Vec<FixtureService>, FixtureError> {
-    let count = opts.services.unwrap_or(PAKASHOP.len());
-    if count == 0 {
-        return Err(FixtureError::EmptyFleet);
+    #[cfg(feature = "testkit")]
+    if let Some(count) = opts.services {
+        return crate::testkit::fixture::generated_fleet(count, opts.port_base);
     }
-    let base = opts
-        .port_base
-        .or(opts.services.map(|_| GENERATED_PORT_BASE));
-    let port_of = |i: usize, real: u16| -> Result<u16, FixtureError> {
-        match base {
-            None => Ok(real),
-            Some(b) => u16::try_from(i)
-                .ok()
-                .and_then(|i| b.checked_add(i))
-                .ok_or(FixtureError::PortOverflow { base: b, count }),
-        }
-    };
-    let mut out = Vec::with_capacity(count);
-    if opts.services.is_none() {
-        for (i, (name, port, runtime, phase, dep)) in PAKASHOP.into_iter().enumerate() {
-            out.push(FixtureService {
+    PAKASHOP
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, port, runtime, phase, dep))| {
+            Ok(FixtureService {
                 name: name.to_owned(),
-                port: port_of(i, port)?,
+                port: match opts.port_base {
+                    None => port,
+                    Some(base) => nth_port(base, i, PAKASHOP.len())?,
+                },
                 phase: phase.to_owned(),
                 runtime: runtime.to_owned(),
                 depends_on: dep.into_iter().map(str::to_owned).collect(),
@@ -563,43 +513,17 @@ fn fleet(opts: &FixtureOptions) -> Result<Vec<FixtureService>, FixtureError> {
                     Vec::new()
                 },
                 prisma: name == "backend",
-            });
-        }
-        return Ok(out);
-    }
-    // A generated fleet: phases cycle config, gateway, core, supporting; a
-    // service outside `config` depends on the first service of the phase
-    // before its own; runtimes cycle node, node, node, go, python.
-    let phases = &PHASES[1..];
-    let digits = count.to_string().len().max(4);
-    let mut first_of_phase: Vec<Option<String>> = vec![None; phases.len()];
-    for i in 0..count {
-        let name = format!("svc-{:0digits$}", i + 1);
-        let p = i % phases.len();
-        let runtime = ["node", "node", "node", "go", "python"][i % 5];
-        let depends_on = if p == 0 {
-            Vec::new()
-        } else {
-            first_of_phase[p - 1].iter().cloned().collect()
-        };
-        if first_of_phase[p].is_none() {
-            first_of_phase[p] = Some(name.clone());
-        }
-        out.push(FixtureService {
-            port: port_of(i, 0)?,
-            phase: phases[p].to_owned(),
-            runtime: runtime.to_owned(),
-            depends_on,
-            watch: if runtime == "node" && i % 4 == 1 {
-                vec![SHARED.to_owned()]
-            } else {
-                Vec::new()
-            },
-            prisma: runtime == "node" && i % 10 == 2,
-            name,
-        });
-    }
-    Ok(out)
+            })
+        })
+        .collect()
+}
+
+/// The port of service `i` (0-based) of a fleet of `count` whose ports start at `base`.
+pub(crate) fn nth_port(base: u16, i: usize, count: usize) -> Result<u16, FixtureError> {
+    u16::try_from(i)
+        .ok()
+        .and_then(|i| base.checked_add(i))
+        .ok_or(FixtureError::PortOverflow { base, count })
 }
 
 fn default_behaviour() -> String {
@@ -732,36 +656,11 @@ fn nginx_conf(services: &[FixtureService]) -> String {
 
 fn apply_edit(repo: &Repository, index: &mut git2::Index, edit: &Edit) -> Result<(), FixtureError> {
     match edit {
-        Edit::Write { path, contents } => put(repo, index, path, contents.as_bytes(), None),
-        Edit::Delete { path } => {
-            let entries = entries_under(index, path);
-            if entries.is_empty() {
-                return Err(FixtureError::MissingPath { path: path.clone() });
-            }
-            for e in entries {
-                index
-                    .remove_path(Path::new(&entry_path(&e)))
-                    .map_err(git(format!("remove {path}")))?;
-            }
-            Ok(())
-        }
-        Edit::Rename { from, to } => {
-            let entries = entries_under(index, from);
-            if entries.is_empty() {
-                return Err(FixtureError::MissingPath { path: from.clone() });
-            }
-            for mut e in entries {
-                let old = entry_path(&e);
-                let new = format!("{to}{}", &old[from.len()..]);
-                index
-                    .remove_path(Path::new(&old))
-                    .map_err(git(format!("remove {old}")))?;
-                e.path = new.into_bytes();
-                e.flags &= !0x0fff; // the name length lives in the low bits
-                index.add(&e).map_err(git(format!("rename {old}")))?;
-            }
-            Ok(())
-        }
+        Edit::Write { path, contents } => put(repo, index, path, contents.as_bytes()),
+        #[cfg(feature = "testkit")]
+        Edit::Delete { path } => crate::testkit::fixture::delete(index, path),
+        #[cfg(feature = "testkit")]
+        Edit::Rename { from, to } => crate::testkit::fixture::rename(index, from, to),
         Edit::Bump { path } => {
             let current = read(repo, index, path)?.unwrap_or_default();
             let n: u64 = if current.trim().is_empty() {
@@ -775,7 +674,7 @@ fn apply_edit(repo: &Repository, index: &mut git2::Index, edit: &Edit) -> Result
                         expected: "a number",
                     })?
             };
-            put(repo, index, path, format!("{}\n", n + 1).as_bytes(), None)
+            put(repo, index, path, format!("{}\n", n + 1).as_bytes())
         }
         Edit::Behaviour {
             service,
@@ -794,25 +693,9 @@ fn apply_edit(repo: &Repository, index: &mut git2::Index, edit: &Edit) -> Result
             object.insert(key.clone(), value.clone());
             let mut json = serde_json::to_string_pretty(&object).map_err(|_| bad())?;
             json.push('\n');
-            put(repo, index, &path, json.as_bytes(), None)
+            put(repo, index, &path, json.as_bytes())
         }
     }
-}
-
-fn entry_path(e: &IndexEntry) -> String {
-    String::from_utf8_lossy(&e.path).into_owned()
-}
-
-/// The entries at `path` exactly or under the directory `path`.
-fn entries_under(index: &git2::Index, path: &str) -> Vec<IndexEntry> {
-    let prefix = format!("{}/", path.trim_end_matches('/'));
-    index
-        .iter()
-        .filter(|e| {
-            let p = entry_path(e);
-            p == path || p.starts_with(&prefix)
-        })
-        .collect()
 }
 
 fn read(
@@ -834,17 +717,17 @@ fn read(
         })
 }
 
+/// Stage `data` at `path`, keeping the mode of the file it replaces (a new file is 0644).
 fn put(
     repo: &Repository,
     index: &mut git2::Index,
     path: &str,
     data: &[u8],
-    mode: Option<u32>,
 ) -> Result<(), FixtureError> {
     let id: Oid = repo.blob(data).map_err(git(format!("store {path}")))?;
-    let mode = mode
-        .or_else(|| index.get_path(Path::new(path), 0).map(|e| e.mode))
-        .unwrap_or(0o100_644);
+    let mode = index
+        .get_path(Path::new(path), 0)
+        .map_or(0o100_644, |e| e.mode);
     let entry = IndexEntry {
         ctime: IndexTime::new(0, 0),
         mtime: IndexTime::new(0, 0),
@@ -890,6 +773,8 @@ fn write_file(path: &Path, contents: &str) -> Result<(), FixtureError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::deadline;
+    use crate::testkit::fixture::GENERATED_PORT_BASE;
     use std::collections::BTreeSet;
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpStream;

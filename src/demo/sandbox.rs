@@ -44,8 +44,9 @@ use crate::systemd::{Systemd, SystemdError};
 /// because CI machines under load (two cores running a parallel test suite) are much slower.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Poll interval while waiting for the bus socket and for the manager to exit.
-const POLL: Duration = Duration::from_millis(20);
+/// Poll interval while waiting for the bus socket, the manager's exit or (in the test kit) its
+/// bus broker.
+pub(crate) const POLL: Duration = Duration::from_millis(20);
 
 /// How long [`PrivateSystemd::stop`] lets the manager stop its units after `SIGTERM` before it
 /// kills the namespace. `systemd(1)`: a user manager receiving `SIGTERM` starts `exit.target`,
@@ -230,8 +231,8 @@ pub enum SandboxError {
     },
 }
 
-/// Extra isolation for [`PrivateSystemd::start_isolated`]; the default is none
-/// ([`PrivateSystemd::start`]).
+/// Extra isolation for a private manager (the test kit's simulated fleet hosts run theirs in
+/// network namespaces of their own); the default is none ([`PrivateSystemd::start`]).
 #[derive(Debug, Clone, Default)]
 pub struct Isolation {
     /// A network namespace to run in, e.g. `/run/netns/NAME` (`ip netns add NAME`).
@@ -273,15 +274,21 @@ impl PrivateSystemd {
     /// Starts a manager that keeps all its state under `dir` (an empty scratch directory) and
     /// waits until its bus answers a call.
     pub async fn start(dir: &Path) -> Result<Self, SandboxError> {
-        Self::start_isolated(dir, &Isolation::default()).await
+        Self::launch(dir, &Isolation::default()).await
     }
 
-    /// [`PrivateSystemd::start`] with more isolation: the sandbox runs in the network namespace
+    /// [`PrivateSystemd::start`] with more isolation (see [`Isolation`]). Used by the simulated
+    /// fleet hosts (`crate::testkit::hosts`).
+    #[cfg(feature = "testkit")]
+    pub async fn start_isolated(dir: &Path, isolation: &Isolation) -> Result<Self, SandboxError> {
+        Self::launch(dir, isolation).await
+    }
+
+    /// Starts the manager. With `isolation`, the sandbox runs in the network namespace
     /// `isolation.netns` (entered with `nsenter --net`, not `ip netns exec`, which remounts
     /// `/sys` without the cgroup mounts the manager needs), in its own UTS namespace when asked,
-    /// and runs `isolation.prelude` as PID 1 before the manager starts. Used by the simulated
-    /// fleet hosts (`fixture::hosts`).
-    pub async fn start_isolated(dir: &Path, isolation: &Isolation) -> Result<Self, SandboxError> {
+    /// and runs `isolation.prelude` as PID 1 before the manager starts.
+    async fn launch(dir: &Path, isolation: &Isolation) -> Result<Self, SandboxError> {
         if !cfg!(target_os = "linux") {
             return Err(SandboxError::UnsupportedOs {
                 os: std::env::consts::OS,
@@ -478,6 +485,7 @@ impl PrivateSystemd {
     /// `{dir}/journal`: the journal files of the sandbox's own `systemd-journald`, which
     /// captures the units' stdout/stderr (read with `journalctl -D`, or `moorline logs
     /// --directory`). Stays empty where that journald could not be started.
+    #[cfg(feature = "testkit")]
     pub fn journal_dir(&self) -> PathBuf {
         self.dir.join("journal")
     }
@@ -493,64 +501,9 @@ impl PrivateSystemd {
     }
 
     /// The host PID of the sandbox's outermost process (`unshare`).
+    #[cfg(feature = "testkit")]
     pub fn pid(&self) -> u32 {
         self.pid
-    }
-
-    /// Restarts the manager's bus broker as `systemctl restart dbus` (e.g. on a package
-    /// upgrade) does on a host: the running `dbus-daemon` gets `SIGTERM`, every client's
-    /// connection closes, and once it is gone a new broker is started (by connecting to the
-    /// listening socket, which the manager's `dbus.socket` keeps open throughout, so socket
-    /// activation starts it) and the manager registers on it again. Returns how many brokers
-    /// were stopped (0 when none ran, e.g. before any client had connected).
-    ///
-    /// Measured here (systemd 252, dbus-daemon 1.14): a new connection could call
-    /// `org.freedesktop.systemd1` 45–75 ms after the old broker got `SIGTERM` or `SIGKILL`,
-    /// and the same after `systemctl --user restart dbus.service`; jobs and units keep running
-    /// meanwhile, only signals and replies addressed to the old connections are lost.
-    pub fn restart_bus(&self) -> io::Result<usize> {
-        let brokers = self.brokers()?;
-        for pid in &brokers {
-            let status = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()?;
-            if !status.success() {
-                return Err(io::Error::other(format!(
-                    "kill -TERM {pid} failed: {status}"
-                )));
-            }
-        }
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        while self.brokers()?.iter().any(|pid| brokers.contains(pid)) {
-            if Instant::now() >= deadline {
-                return Err(io::Error::other("the old dbus-daemon did not exit"));
-            }
-            std::thread::sleep(POLL);
-        }
-        // Socket activation: the first connection starts the new broker. Whether this very
-        // connection is accepted does not matter.
-        let _ = std::os::unix::net::UnixStream::connect(self.runtime_dir().join("bus"));
-        while self.brokers()?.is_empty() {
-            if Instant::now() >= deadline {
-                return Err(io::Error::other("no new dbus-daemon started"));
-            }
-            std::thread::sleep(POLL);
-        }
-        Ok(brokers.len())
-    }
-
-    /// The host PIDs of the `dbus-daemon`s running under the manager.
-    fn brokers(&self) -> io::Result<Vec<u32>> {
-        Ok(descendants(self.pid)?
-            .into_iter()
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|comm| comm.trim_end() == "dbus-daemon")
-            })
-            .collect())
     }
 
     /// Stops the manager and everything it runs: `SIGTERM` to the manager (it stops its units,
@@ -574,6 +527,7 @@ impl PrivateSystemd {
 
     /// The sandbox's own cgroup directories (one per hierarchy systemd manages), below which
     /// its manager runs its units; empty when it runs unprivileged in the caller's cgroup.
+    #[cfg(feature = "testkit")]
     pub fn cgroup_dirs(&self) -> &[PathBuf] {
         self.cgroup.as_ref().map_or(&[], Subtree::dirs)
     }
@@ -676,46 +630,6 @@ fn terminate_manager(unshare_pid: u32) {
     }
 }
 
-/// Every process below `root` (host PIDs), from the parent links in `/proc/<pid>/stat`
-/// (`proc(5)`: the fourth field, after the parenthesised command name).
-pub(crate) fn descendants(root: u32) -> io::Result<Vec<u32>> {
-    let mut parent_of = Vec::new();
-    for entry in std::fs::read_dir("/proc")? {
-        let Some(pid) = entry?
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        // A process may exit while we look; it is then nobody's concern.
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        if let Some(ppid) = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|ppid| ppid.parse::<u32>().ok())
-        {
-            parent_of.push((pid, ppid));
-        }
-    }
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(
-            parent_of
-                .iter()
-                .filter(|(_, ppid)| *ppid == parent)
-                .map(|(pid, _)| *pid),
-        );
-        i += 1;
-    }
-    found.remove(0);
-    Ok(found)
-}
-
 pub(crate) fn find_tool(tool: &'static str) -> Result<PathBuf, SandboxError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -780,32 +694,6 @@ mod tests {
             Some("unshare: unshare failed: Operation not permitted")
         );
         assert_eq!(unshare_denial("systemd 252 running in user mode"), None);
-    }
-
-    #[test]
-    fn descendants_include_children_and_grandchildren() {
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", "sleep 30 & wait"]);
-        // Its own process group, so that the grandchild is killed with it below.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let found = loop {
-            let found = descendants(std::process::id()).unwrap();
-            if found.len() >= 2 || Instant::now() > deadline {
-                break found;
-            }
-            std::thread::sleep(POLL);
-        };
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", child.id())])
-            .status();
-        let _ = child.wait();
-        assert!(found.contains(&child.id()), "{found:?}");
-        assert!(
-            found.len() >= 2,
-            "the grandchild `sleep` is missing: {found:?}"
-        );
     }
 
     #[test]

@@ -1,0 +1,13 @@
+//! The test kit: what only the integration tests and benches need, compiled only with the
+//! `testkit` feature (which the package's dev-dependency on itself turns on for `cargo test`
+//! and `cargo bench`), so the shipped binary carries none of it.
+//!
+//! - [`hosts`]: simulated fleet hosts (network namespaces, sshd, a private manager each).
+//! - [`deadline`]: every test deadline, scaled by `MOORLINE_TEST_TIME_SCALE`.
+//! - [`fixture`] and [`sandbox`]: the test-only API of the demo's fixture repositories
+//!   (`crate::demo::fixture`) and private managers (`crate::demo::sandbox`).
+
+pub mod deadline;
+pub mod fixture;
+pub mod hosts;
+pub mod sandbox;
