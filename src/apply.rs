@@ -295,7 +295,7 @@ fn spawn_recorder(
             *slot
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
-            message
+            process::orphans::RecordError::Write { message }
         })
     });
     (recorder, failed)
@@ -979,9 +979,9 @@ pub enum ActionError {
     #[error("exporting the release into {dir}: {message}")]
     #[diagnostic(code(moorline::action::export))]
     Export { dir: String, message: String },
-    #[error("dependencies: {message}")]
+    #[error("dependencies: {error}")]
     #[diagnostic(code(moorline::action::deps))]
-    Deps { message: String },
+    Deps { error: crate::deps::DepsError },
     #[error("{what}")]
     #[diagnostic(code(moorline::action::command))]
     Command {
@@ -989,9 +989,9 @@ pub enum ActionError {
         #[source]
         source: Box<process::RunError>,
     },
-    #[error("backup: {message}")]
+    #[error("backup: {error}")]
     #[diagnostic(code(moorline::action::backup))]
-    Backup { message: String },
+    Backup { error: crate::backup::BackupError },
     #[error("{what} {path}")]
     #[diagnostic(code(moorline::action::io))]
     Io {
@@ -1536,13 +1536,13 @@ async fn perform(
             // worker); storing and restoring run on the blocking pool.
             let provision = match Repo::discover(&ctx.repo_dir) {
                 Ok(repo) => crate::deps::provision(ctx, svc, &repo, to_sha, &dir, apply_id),
-                Err(e) => Some(Err(e.to_string())),
+                Err(error) => Some(Err(crate::deps::DepsError::Git { error })),
             };
             let deps = match provision {
                 Some(p) => Some(
-                    crate::deps::provide(p.map_err(|message| ActionError::Deps { message })?)
+                    crate::deps::provide(p.map_err(|error| ActionError::Deps { error })?)
                         .await
-                        .map_err(|message| ActionError::Deps { message })?,
+                        .map_err(|error| ActionError::Deps { error })?,
                 ),
                 None => None,
             };
@@ -1586,8 +1586,8 @@ async fn perform(
             Ok(None)
         }
         Step::Backup { .. } => {
-            let b = ctx.env.backup.as_ref().ok_or_else(|| ActionError::Backup {
-                message: "no backup block in this environment".to_owned(),
+            let b = ctx.env.backup.as_ref().ok_or(ActionError::Backup {
+                error: crate::backup::BackupError::NotConfigured,
             })?;
             let taken = crate::backup::take(
                 &ctx.config.project.name,
@@ -1597,7 +1597,7 @@ async fn perform(
                 apply_id,
             )
             .await
-            .map_err(|message| ActionError::Backup { message })?;
+            .map_err(|error| ActionError::Backup { error })?;
             journal_append(
                 journal,
                 Record::Backup {

@@ -34,12 +34,13 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use miette::Diagnostic;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::changes::Snapshot;
+use crate::changes::{GitError, Snapshot};
 use crate::config::Deps;
-use crate::process::{self, Run};
+use crate::process::{self, Run, RunError};
 
 /// Where entries live, under an environment's root.
 pub const CACHE_DIR: &str = ".moorline-cache/deps";
@@ -54,6 +55,71 @@ const TMP_PREFIX: &str = ".tmp-";
 const RELOCATE_MAX: u64 = 1024 * 1024;
 /// A temporary entry this old belongs to a store that died.
 const STALE_TMP: Duration = Duration::from_hours(1);
+
+/// Why a build's dependencies could not be provided. Each message carries
+/// its cause, since it is shown as one line (after `dependencies:`).
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum DepsError {
+    #[error("{error}")]
+    #[diagnostic(code(moorline::deps::git))]
+    Git { error: GitError },
+    #[error("{error}")]
+    #[diagnostic(code(moorline::deps::command))]
+    Command { error: Box<RunError> },
+    /// The version command's output (its log) could not be read.
+    #[error("{error}")]
+    #[diagnostic(code(moorline::deps::version))]
+    Version { error: io::Error },
+    #[error("the dependency step did not create `{output}` (listed in its outputs)")]
+    #[diagnostic(code(moorline::deps::missing_output))]
+    MissingOutput { output: String },
+    #[error("removing {output}: {error}")]
+    #[diagnostic(code(moorline::deps::remove))]
+    Remove { output: String, error: io::Error },
+    #[error("storing {output} in the cache: {error}")]
+    #[diagnostic(code(moorline::deps::store))]
+    Store { output: String, error: io::Error },
+    #[error("reading the cache: {error}")]
+    #[diagnostic(code(moorline::deps::digest))]
+    Digest { error: io::Error },
+    #[error("{error}")]
+    #[diagnostic(code(moorline::deps::meta))]
+    Meta { error: serde_json::Error },
+    #[error("{what} {path}: {error}")]
+    #[diagnostic(code(moorline::deps::io))]
+    Io {
+        what: &'static str,
+        path: String,
+        error: io::Error,
+    },
+    #[error("{error}")]
+    #[diagnostic(code(moorline::deps::task))]
+    Task { error: tokio::task::JoinError },
+}
+
+impl DepsError {
+    fn io(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Self {
+        let path = path.display().to_string();
+        move |error| Self::Io { what, path, error }
+    }
+}
+
+/// Why a cached entry cannot be reused (it is then removed and rebuilt).
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    #[error("{0}")]
+    Read(io::Error),
+    #[error("{0}")]
+    Parse(serde_json::Error),
+    #[error("entry format {0}")]
+    Format(u32),
+    #[error("it holds other outputs")]
+    Outputs,
+    #[error("{0}")]
+    Link(io::Error),
+    #[error("its files changed since it was stored")]
+    Changed,
+}
 
 pub fn cache_dir(root: &str) -> PathBuf {
     Path::new(root).join(CACHE_DIR)
@@ -201,11 +267,13 @@ pub fn provision<'a>(
     to_sha: &str,
     release: &'a Path,
     apply_id: &str,
-) -> Option<Result<Provide<'a>, String>> {
+) -> Option<Result<Provide<'a>, DepsError>> {
     let rt = ctx.config.runtime_of(s)?;
     let d = rt.deps.as_ref()?;
     Some((|| {
-        let snapshot = repo.snapshot(to_sha).map_err(|e| e.to_string())?;
+        let snapshot = repo
+            .snapshot(to_sha)
+            .map_err(|error| DepsError::Git { error })?;
         let inputs = input_ids(&snapshot, s, &d.inputs);
         let argv = argv(&d.command.argv, s, &ctx.env);
         let plan_key = plan_key(&rt.name, &argv, &d.outputs, &inputs);
@@ -226,7 +294,7 @@ pub fn provision<'a>(
 
 /// Links the dependencies from the cache into the release, or runs the
 /// step there and stores its outputs. Returns what it did, for the journal.
-pub async fn provide(p: Provide<'_>) -> Result<String, String> {
+pub async fn provide(p: Provide<'_>) -> Result<String, DepsError> {
     let version = match &p.version_argv {
         Some(argv) => {
             process::run(Run {
@@ -241,8 +309,9 @@ pub async fn provide(p: Provide<'_>) -> Result<String, String> {
                 log: &p.version_log,
             })
             .await
-            .map_err(|e| e.to_string())?;
-            let out = fs::read_to_string(&p.version_log).map_err(|e| e.to_string())?;
+            .map_err(|e| DepsError::Command { error: Box::new(e) })?;
+            let out =
+                fs::read_to_string(&p.version_log).map_err(|error| DepsError::Version { error })?;
             Some(out.trim().to_owned())
         }
         None => None,
@@ -256,14 +325,14 @@ pub async fn provide(p: Provide<'_>) -> Result<String, String> {
         &p.release.join(RELEASE_MARKER),
         format!("{name}\n").as_bytes(),
     )
-    .map_err(|e| format!("writing {}: {e}", p.release.display()))?;
+    .map_err(DepsError::io("writing", p.release))?;
 
     let mut why = None;
     if entry.join(META).is_file() {
         let (e, release, outputs) = (entry.clone(), p.release.to_owned(), p.deps.outputs.clone());
         let restored = tokio::task::spawn_blocking(move || restore(&e, &release, &outputs))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|error| DepsError::Task { error })?;
         match restored {
             Ok(r) => {
                 return Ok(format!(
@@ -295,7 +364,10 @@ pub async fn provide(p: Provide<'_>) -> Result<String, String> {
         }
     });
     for o in &p.deps.outputs {
-        remove_any(&p.release.join(o)).map_err(|e| format!("removing {o}: {e}"))?;
+        remove_any(&p.release.join(o)).map_err(|error| DepsError::Remove {
+            output: o.clone(),
+            error,
+        })?;
     }
     process::run(Run {
         argv: &p.argv,
@@ -305,7 +377,7 @@ pub async fn provide(p: Provide<'_>) -> Result<String, String> {
         log: &p.log,
     })
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| DepsError::Command { error: Box::new(e) })?;
     let (release, outputs, plan_key, root) = (
         p.release.to_owned(),
         p.deps.outputs.clone(),
@@ -315,10 +387,10 @@ pub async fn provide(p: Provide<'_>) -> Result<String, String> {
     let stored = tokio::task::spawn_blocking(move || {
         let n = store(&cache, &name, &plan_key, version, &release, &outputs)?;
         collect_garbage(&root);
-        Ok::<_, String>(n)
+        Ok::<_, DepsError>(n)
     })
     .await
-    .map_err(|e| e.to_string())??;
+    .map_err(|error| DepsError::Task { error })??;
     Ok(format!(
         "dependencies built ({why}) and cached: {stored} files"
     ))
@@ -338,13 +410,13 @@ struct Meta {
     digest: String,
 }
 
-fn read_meta(entry: &Path) -> Result<Meta, String> {
-    let text = fs::read(entry.join(META)).map_err(|e| e.to_string())?;
-    let m: Meta = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+fn read_meta(entry: &Path) -> Result<Meta, Unusable> {
+    let text = fs::read(entry.join(META)).map_err(Unusable::Read)?;
+    let m: Meta = serde_json::from_slice(&text).map_err(Unusable::Parse)?;
     if m.format == FORMAT {
         Ok(m)
     } else {
-        Err(format!("entry format {}", m.format))
+        Err(Unusable::Format(m.format))
     }
 }
 
@@ -436,17 +508,11 @@ fn store(
     version: Option<String>,
     release: &Path,
     outputs: &[String],
-) -> Result<u64, String> {
-    let err = |what: &str, p: &Path| {
-        let what = what.to_owned();
-        let p = p.display().to_string();
-        move |e: io::Error| format!("{what} {p}: {e}")
-    };
+) -> Result<u64, DepsError> {
+    let err = DepsError::io;
     for o in outputs {
         if fs::symlink_metadata(release.join(o)).is_err() {
-            return Err(format!(
-                "the dependency step did not create `{o}` (listed in its outputs)"
-            ));
+            return Err(DepsError::MissingOutput { output: o.clone() });
         }
     }
     fs::create_dir_all(cache).map_err(err("creating", cache))?;
@@ -492,9 +558,12 @@ fn store(
                 Ok(())
             }
         })
-        .map_err(|e| format!("storing {o} in the cache: {e}"))?;
+        .map_err(|error| DepsError::Store {
+            output: o.clone(),
+            error,
+        })?;
     }
-    let digest = digest_of(&out, outputs).map_err(|e| format!("reading the cache: {e}"))?;
+    let digest = digest_of(&out, outputs).map_err(|error| DepsError::Digest { error })?;
     let meta = Meta {
         format: FORMAT,
         plan_key: plan_key.to_owned(),
@@ -504,14 +573,14 @@ fn store(
         relocate,
         digest,
     };
-    let json = serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec_pretty(&meta).map_err(|error| DepsError::Meta { error })?;
     crate::state::write_atomic(&tmp.join(META), &json).map_err(err("writing", &tmp))?;
     let entry = cache.join(name);
     match fs::rename(&tmp, &entry) {
         Ok(()) => {}
         // Another build with the same key stored it first.
         Err(_) if entry.join(META).is_file() => make_writable_and_remove(&tmp),
-        Err(e) => return Err(format!("renaming {}: {e}", tmp.display())),
+        Err(e) => return Err(err("renaming", &tmp)(e)),
     }
     if let Ok(d) = fs::File::open(cache) {
         let _ = d.sync_all();
@@ -542,10 +611,10 @@ struct Restored {
 
 /// Links an entry's outputs into `release`, rewriting the files that name
 /// the origin; checks the entry's digest on the way.
-fn restore(entry: &Path, release: &Path, outputs: &[String]) -> Result<Restored, String> {
+fn restore(entry: &Path, release: &Path, outputs: &[String]) -> Result<Restored, Unusable> {
     let meta = read_meta(entry)?;
     if meta.outputs != outputs {
-        return Err("it holds other outputs".to_owned());
+        return Err(Unusable::Outputs);
     }
     let out = entry.join(OUT);
     let news = names_of(release);
@@ -606,10 +675,8 @@ fn restore(entry: &Path, release: &Path, outputs: &[String]) -> Result<Restored,
         Ok::<_, io::Error>(())
     })();
     let failed = match result {
-        Err(e) => Some(e.to_string()),
-        Ok(()) if hex::encode(h.finalize()) != meta.digest => {
-            Some("its files changed since it was stored".to_owned())
-        }
+        Err(e) => Some(Unusable::Link(e)),
+        Ok(()) if hex::encode(h.finalize()) != meta.digest => Some(Unusable::Changed),
         Ok(()) => None,
     };
     if let Some(why) = failed {
@@ -784,7 +851,7 @@ mod tests {
         let r3 = root.join("svc/releases/r3");
         fs::create_dir_all(&r3).unwrap();
         let e = restore(&cache.join("k-v"), &r3, &outputs).err().unwrap();
-        assert!(e.contains("changed since"), "{e}");
+        assert!(e.to_string().contains("changed since"), "{e}");
         assert!(!r3.join("venv").exists());
         // No release names it: collected.
         fs::remove_dir_all(root.join("svc")).unwrap();

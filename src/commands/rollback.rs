@@ -50,7 +50,7 @@ pub enum RollbackError {
             "the backup file is untouched; check the restore command's log in the state directory's logs/"
         )
     )]
-    Database(String),
+    Database(crate::backup::BackupError),
 }
 
 fn check_services(t: &Target, names: &[String]) -> miette::Result<()> {

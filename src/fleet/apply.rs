@@ -29,6 +29,29 @@ const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 /// ssh's exit code for its own failures.
 const SSH_FAILED: i32 = 255;
 
+/// Why a drain hook failed: before a batch it stops the rollout, after one
+/// it is a warning.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum DrainError {
+    #[error("no host named {host}")]
+    #[diagnostic(code(moorline::fleet::drain::no_host))]
+    NoHost { host: String },
+    #[error("timed out after {secs}s")]
+    #[diagnostic(code(moorline::fleet::drain::timeout))]
+    Timeout { secs: u64 },
+    #[error("{error}")]
+    #[diagnostic(code(moorline::fleet::drain::transport))]
+    Transport { error: super::ssh::SshError },
+    #[error("`{command}` exited {code} on {host}: {stderr}")]
+    #[diagnostic(code(moorline::fleet::drain::failed))]
+    Failed {
+        command: String,
+        code: i32,
+        host: String,
+        stderr: String,
+    },
+}
+
 /// What drives a rollout: the fleet, its plan, the prepared hosts.
 pub struct Rollout {
     pub fleet: Arc<Fleet>,
@@ -494,10 +517,12 @@ impl Rollout {
     }
 
     /// Runs the environment's drain hooks of `when` for a batch.
-    async fn drain(&self, when: DrainWhen, batch: &[String]) -> Result<(), String> {
+    async fn drain(&self, when: DrainWhen, batch: &[String]) -> Result<(), DrainError> {
         for hook in self.fleet.env.drain.iter().filter(|d| d.when == when) {
             let Some(on) = self.fleet.host(&hook.on) else {
-                return Err(format!("no host named {}", hook.on));
+                return Err(DrainError::NoHost {
+                    host: hook.on.clone(),
+                });
             };
             let hosts: Vec<&crate::config::Host> =
                 batch.iter().filter_map(|h| self.fleet.host(h)).collect();
@@ -505,16 +530,17 @@ impl Rollout {
             let run = self.fleet.transport.run(on, &argv, super::ssh::Input::Null);
             let out = tokio::time::timeout(hook.command.timeout, run)
                 .await
-                .map_err(|_| format!("timed out after {}s", hook.command.timeout.as_secs()))?
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| DrainError::Timeout {
+                    secs: hook.command.timeout.as_secs(),
+                })?
+                .map_err(|error| DrainError::Transport { error })?;
             if out.code != 0 {
-                return Err(format!(
-                    "`{}` exited {} on {}: {}",
-                    argv.join(" "),
-                    out.code,
-                    on.name,
-                    out.stderr.trim()
-                ));
+                return Err(DrainError::Failed {
+                    command: argv.join(" "),
+                    code: out.code,
+                    host: on.name.clone(),
+                    stderr: out.stderr.trim().to_owned(),
+                });
             }
             self.say(
                 &on.name,
