@@ -1450,7 +1450,7 @@ async fn still_in_effect(ctx: &Ctx, plan: &Plan, a: &Action) -> bool {
         async move {
             sd.status(&unit)
                 .await
-                .is_ok_and(|s| s.active_state == "active")
+                .is_ok_and(|s| s.active_state == crate::systemd::ActiveState::Active)
         }
     };
     let file = |unit: &str| std::fs::read(ctx.unit_dir.join(unit)).ok();
@@ -1796,17 +1796,8 @@ async fn perform(
                 let unit = unit.clone();
                 async move {
                     match sd.status(&unit).await {
-                        Ok(s)
-                            if s.active_state == "active"
-                                || s.active_state == "activating"
-                                || s.active_state == "reloading" =>
-                        {
-                            Ok(())
-                        }
-                        Ok(s) => Err(format!(
-                            "{unit} is {} ({}, result {})",
-                            s.active_state, s.sub_state, s.result
-                        )),
+                        Ok(s) if s.active_state.is_up() => Ok(()),
+                        Ok(s) => Err(s.down(&unit)),
                         Err(_) => Ok(()),
                     }
                 }
@@ -1968,7 +1959,9 @@ async fn settled(sd: &Systemd, unit: &str, invocation: &str) -> Result<(), Actio
         .status(unit)
         .await
         .map_err(ActionError::systemd("reading the state of", unit))?;
-    if st.active_state != "active" || (!invocation.is_empty() && st.invocation_id != invocation) {
+    if st.active_state != crate::systemd::ActiveState::Active
+        || (!invocation.is_empty() && st.invocation_id != invocation)
+    {
         return Err(ActionError::Unsettled {
             unit: unit.to_owned(),
             state: format!(
