@@ -21,11 +21,11 @@ use crate::config::Config;
 use crate::config::Environment;
 use crate::config::Service;
 use crate::health;
-use crate::journal::{Journal, JournalError, Record, Replay};
+use crate::journal::{Journal, JournalError, JournalOutcome, Record, Replay};
 use crate::plan::{Action, ActionKind, Plan, Step, UnitSource};
 use crate::process::{self, Run};
 use crate::release::{self, Paths};
-use crate::state::{self, ApplyRecord, BackupRecord, ServiceState, State};
+use crate::state::{self, ApplyOutcome, ApplyRecord, BackupRecord, ServiceState, State};
 use crate::systemd::{SETTLE, Systemd};
 use crate::template::{self, Vars};
 use crate::unit;
@@ -384,9 +384,11 @@ async fn unfinished(state_dir: &Path) -> Result<Option<Replay>, ApplyError> {
         // unfinished one (whose state still names the old releases).
         let (dir, id) = (state_dir.to_owned(), replay.apply_id.clone());
         let path = dir.join(crate::journal::JOURNAL_FILE).display().to_string();
-        tokio::task::spawn_blocking(move || Journal::reopen(&dir)?.finish("succeeded", &id))
-            .await
-            .map_err(|source| JournalError::Task { path, source })??;
+        tokio::task::spawn_blocking(move || {
+            Journal::reopen(&dir)?.finish(JournalOutcome::Succeeded, &id)
+        })
+        .await
+        .map_err(|source| JournalError::Task { path, source })??;
         return Ok(None);
     }
     Ok(Some(*replay))
@@ -402,7 +404,7 @@ async fn state_committed(state_dir: &Path, replay: &Replay) -> Result<bool, Appl
         Ok(loaded
             .state
             .and_then(|s| s.last_apply)
-            .is_some_and(|a| a.id == id && a.outcome == "succeeded"))
+            .is_some_and(|a| a.id == id && a.outcome == ApplyOutcome::Succeeded))
     })
     .await
     .map_err(|source| ApplyError::Blocking {
@@ -873,7 +875,11 @@ async fn run(
         let failed = !ex.failed.is_empty();
         finish_journal(
             journal,
-            if failed { "failed" } else { "succeeded" },
+            if failed {
+                JournalOutcome::Failed
+            } else {
+                JournalOutcome::Succeeded
+            },
             &apply_id,
         )
         .await?;
@@ -900,7 +906,7 @@ async fn run(
                     source,
                 })??;
         }
-        finish_journal(journal, "succeeded", &apply_id).await?;
+        finish_journal(journal, JournalOutcome::Succeeded, &apply_id).await?;
         let mut report = Report::new(&apply_id, ex.failed);
         report.outcome = Outcome::Succeeded;
         report.succeeded = ex.succeeded;
@@ -952,11 +958,15 @@ async fn read_records(state_dir: &Path) -> Result<Vec<Record>, JournalError> {
 }
 
 /// Ends the journal with `outcome` and archives it (on the blocking pool).
-async fn finish_journal(j: Shared, outcome: &str, apply_id: &str) -> Result<(), JournalError> {
+async fn finish_journal(
+    j: Shared,
+    outcome: JournalOutcome,
+    apply_id: &str,
+) -> Result<(), JournalError> {
     let j = take(j)?;
     let path = j.path().display().to_string();
-    let (outcome, apply_id) = (outcome.to_owned(), apply_id.to_owned());
-    tokio::task::spawn_blocking(move || j.finish(&outcome, &apply_id))
+    let apply_id = apply_id.to_owned();
+    tokio::task::spawn_blocking(move || j.finish(outcome, &apply_id))
         .await
         .map_err(|source| JournalError::Task { path, source })?
 }
@@ -1109,8 +1119,8 @@ async fn finish_failed(
 ) -> Result<Report, ApplyError> {
     let millis = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if !live_changed(plan, records) {
-        save_outcome(ctx, plan, apply_id, records, "failed").await?;
-        finish_journal(journal, "failed-untouched", apply_id).await?;
+        save_outcome(ctx, plan, apply_id, records, ApplyOutcome::Failed).await?;
+        finish_journal(journal, JournalOutcome::FailedUntouched, apply_id).await?;
         report.outcome = Outcome::FailedUntouched;
         report.millis = millis();
         return Ok(report);
@@ -1121,7 +1131,7 @@ async fn finish_failed(
         // `rollback` undoes exactly this apply (with the plan shown here)
         // and `apply --resume` retries it; a new apply is refused until
         // one of them is chosen.
-        save_outcome(ctx, plan, apply_id, records, "failed").await?;
+        save_outcome(ctx, plan, apply_id, records, ApplyOutcome::Failed).await?;
         drop(journal);
         report.outcome = Outcome::NeedsAttention;
         report.rollback_plan = Some(rollback);
@@ -1217,14 +1227,14 @@ async fn roll_back(
         apply_id,
         &records,
         if outcome == Outcome::RolledBack {
-            "rolled-back"
+            ApplyOutcome::RolledBack
         } else {
-            "rollback-failed"
+            ApplyOutcome::RollbackFailed
         },
     )
     .await?;
     if outcome == Outcome::RolledBack {
-        finish_journal(journal, "rolled-back", apply_id).await?;
+        finish_journal(journal, JournalOutcome::RolledBack, apply_id).await?;
     }
     report.outcome = outcome;
     Ok(report)
@@ -1236,7 +1246,7 @@ async fn save_outcome(
     plan: &Plan,
     apply_id: &str,
     records: &[Record],
-    outcome: &'static str,
+    outcome: ApplyOutcome,
 ) -> Result<(), ApplyError> {
     let (ctx, plan, apply_id, records) = (
         Arc::clone(ctx),
@@ -1259,7 +1269,7 @@ fn record_outcome(
     plan: &Plan,
     apply_id: &str,
     records: &[Record],
-    outcome: &str,
+    outcome: ApplyOutcome,
 ) -> Result<(), ApplyError> {
     let loaded = state::load(&ctx.state_dir, &plan.project, &plan.environment)?;
     let mut st = loaded.state.unwrap_or_else(|| empty_state(plan));
@@ -1275,7 +1285,7 @@ fn record_outcome(
             matches!(r, Record::Succeeded { action, .. }
                 if plan.action(action).is_some_and(|a| a.kind() == ActionKind::Migrate))
         }),
-        outcome: outcome.to_owned(),
+        outcome,
     });
     state::save(&ctx.state_dir, &st)?;
     Ok(())
@@ -1426,7 +1436,7 @@ fn commit_state(
         previous_units,
         backup: last_backup(records),
         migrated: plan.actions.iter().any(|a| a.kind() == ActionKind::Migrate),
-        outcome: "succeeded".to_owned(),
+        outcome: ApplyOutcome::Succeeded,
     });
     state::save(&ctx.state_dir, &st)?;
     let keep = ctx.config.project.keep_releases as usize;

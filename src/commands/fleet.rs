@@ -14,7 +14,7 @@ use crate::cli::{
     ApplyArgs, Format, Global, LogsArgs, OutputFormat, PlanArgs, RollbackArgs, StatusArgs,
 };
 use crate::fleet::apply::{Rollout, Summary};
-use crate::fleet::journal::{self, HostOutcome, Journal, Record};
+use crate::fleet::journal::{self, HostOutcome, Journal, Record, RolloutOutcome};
 use crate::fleet::plan::{self as fplan, FleetPlan, Gathered, HostPlan, HostPlanArgs};
 use crate::fleet::remote::{Checkout, Prepared};
 use crate::fleet::stale::{review_differences, what_moved};
@@ -483,9 +483,9 @@ async fn run_rollout(
         return Ok(code);
     }
     let outcome = match code {
-        exit::OK => "succeeded",
-        exit::ROLLED_BACK => "rolled-back",
-        _ => "needs-attention",
+        exit::OK => RolloutOutcome::Succeeded,
+        exit::ROLLED_BACK => RolloutOutcome::RolledBack,
+        _ => RolloutOutcome::NeedsAttention,
     };
     let journal = Arc::try_unwrap(r)
         .ok()
@@ -763,9 +763,9 @@ async fn undo_rollout(
         return Ok(code);
     }
     let outcome = if code == exit::ROLLED_BACK {
-        "rolled-back"
+        RolloutOutcome::RolledBack
     } else {
-        "needs-attention"
+        RolloutOutcome::NeedsAttention
     };
     if let Some(j) = Arc::try_unwrap(r)
         .ok()

@@ -539,7 +539,7 @@ mod tests {
             previous_units: std::collections::BTreeMap::from([("backend".into(), None)]),
             backup: None,
             migrated: false,
-            outcome: "succeeded".into(),
+            outcome: state::ApplyOutcome::Succeeded,
         };
         let mut st = state::State::default();
         st.services.insert(
@@ -582,7 +582,7 @@ mod tests {
             previous_units: std::collections::BTreeMap::new(),
             backup: backup.map(str::to_owned),
             migrated,
-            outcome: "succeeded".into(),
+            outcome: state::ApplyOutcome::Succeeded,
         };
         let mut st = state::State::default();
         assert_eq!(schema_after_code_rollback(&st, "production"), None);
