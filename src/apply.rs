@@ -20,6 +20,7 @@ use crate::changes::Repo;
 use crate::config::Config;
 use crate::config::Environment;
 use crate::config::Service;
+use crate::events::{self, Event};
 use crate::health;
 use crate::journal::{Journal, JournalError, JournalOutcome, Record, Replay};
 use crate::plan::{Action, ActionKind, Plan, Step, UnitSource};
@@ -206,31 +207,24 @@ fn show_running(progress: Progress, running: &BTreeMap<String, Instant>) {
     live_bar().set_message(msg);
 }
 
-fn emit(progress: Progress, event: &str, action: &str, detail: &str) {
-    let detail = &crate::secrets::redact(detail);
+fn emit(progress: Progress, event: fn(events::Step) -> Event, action: &str, detail: &str) {
+    let event = event(events::Step {
+        action: action.to_owned(),
+        detail: crate::secrets::redact(detail),
+    });
     match progress {
         Progress::Quiet => {}
         Progress::Live => {
-            let line = if detail.is_empty() {
-                format!("{event:>10} {action}")
-            } else {
-                format!("{event:>10} {action}: {detail}")
-            };
-            if event != "start" {
+            if let (false, Some(line)) = (matches!(event, Event::Start(_)), event.text()) {
                 live_bar().println(line);
             }
         }
         Progress::Lines => {
-            if detail.is_empty() {
-                eprintln!("{event:>10} {action}");
-            } else {
-                eprintln!("{event:>10} {action}: {detail}");
+            if let Some(line) = event.text() {
+                eprintln!("{line}");
             }
         }
-        Progress::Json => {
-            let line = serde_json::json!({"event": event, "action": action, "detail": detail});
-            println!("{line}");
-        }
+        Progress::Json => println!("{}", event.to_line()),
     }
 }
 
@@ -543,7 +537,7 @@ pub async fn roll_back_unfinished(
     .await?;
     emit(
         ctx.options.progress,
-        "rollback",
+        Event::Rollback,
         &replay.plan.environment,
         "of the unfinished apply",
     );
@@ -622,7 +616,12 @@ async fn execute(
             if succeeded(&a.id) {
                 if still_in_effect(ctx, plan, a).await {
                     done.insert(a.id.clone());
-                    emit(progress, "verified", &a.id, "done before the interruption");
+                    emit(
+                        progress,
+                        Event::Verified,
+                        &a.id,
+                        "done before the interruption",
+                    );
                 } else {
                     invalid.insert(a.id.clone());
                 }
@@ -673,7 +672,7 @@ async fn execute(
                     },
                 )
                 .await?;
-                emit(progress, "start", &a.id, "");
+                emit(progress, Event::Start, &a.id, "");
                 in_flight.insert(a.id.clone());
                 running_since.insert(a.id.clone(), Instant::now());
                 show_running(progress, &running_since);
@@ -747,8 +746,8 @@ async fn execute(
         }
         let joined = tokio::select! {
             j = running.join_next() => j,
-            () = recv(&mut sigint) => { stopping = true; interrupted = true; emit(progress, "signal", "SIGINT", "no new action starts; running ones finish"); continue; }
-            () = recv(&mut sigterm) => { stopping = true; interrupted = true; emit(progress, "signal", "SIGTERM", "no new action starts; running ones finish"); continue; }
+            () = recv(&mut sigint) => { stopping = true; interrupted = true; emit(progress, Event::Signal, "SIGINT", "no new action starts; running ones finish"); continue; }
+            () = recv(&mut sigterm) => { stopping = true; interrupted = true; emit(progress, Event::Signal, "SIGTERM", "no new action starts; running ones finish"); continue; }
         };
         let Some(joined) = joined else { break };
         let (id, res) = match joined {
@@ -776,7 +775,7 @@ async fn execute(
                     },
                 )
                 .await?;
-                emit(progress, "done", &id, note.as_deref().unwrap_or(""));
+                emit(progress, Event::Done, &id, note.as_deref().unwrap_or(""));
                 done.insert(id);
             }
             Err((ActionError::Journal(e), _)) => return Err(e.into()),
@@ -789,7 +788,7 @@ async fn execute(
                     },
                 )
                 .await?;
-                emit(progress, "FAILED", &id, &err);
+                emit(progress, Event::Failed, &id, &err);
                 failed.push((id, err));
                 stopping = !keep_going;
             }
@@ -847,7 +846,7 @@ async fn run(
         });
         emit(
             ctx.options.progress,
-            "rollback",
+            Event::Rollback,
             &plan.environment,
             "resuming an interrupted rollback",
         );
@@ -1154,7 +1153,7 @@ async fn finish_failed(
     );
     emit(
         ctx.options.progress,
-        "rollback",
+        Event::Rollback,
         &plan.environment,
         &because,
     );
@@ -1201,7 +1200,7 @@ async fn roll_back(
             }) => format!("back to {}", crate::plan::short(r)),
             _ => "restarted on its restored unit file".to_owned(),
         };
-        emit(ctx.options.progress, "rolled-back", service, &detail);
+        emit(ctx.options.progress, Event::RolledBack, service, &detail);
     }
     report.rolled_back = rolled;
     report.rollback_errors = ex

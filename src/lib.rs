@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod deps;
+pub mod events;
 pub mod exit;
 pub mod fleet;
 pub mod harness;

@@ -19,6 +19,7 @@ use super::plan::FleetPlan;
 use super::remote::Prepared;
 use super::{Fleet, FleetError};
 use crate::config::DrainWhen;
+use crate::events::Event;
 
 /// How often a resumed host's `apply --resume` is retried while the
 /// host's lock is held by the apply the killed controller started, and
@@ -558,39 +559,26 @@ fn when_word(w: DrainWhen) -> &'static str {
     }
 }
 
-/// One line of a host's JSON event stream, shown with its host: as JSON
-/// with a `host` field (`--format json`), else as a prefixed text line.
+/// One line of a host's event stream, shown with its host: as JSON with a
+/// `host` field (`--format json`), else as a prefixed text line. A line
+/// that is no event is shown as the host's output.
 fn print_event(host: &str, line: &str, json: bool) {
-    let parsed: Option<serde_json::Map<String, serde_json::Value>> =
-        serde_json::from_str(line).ok();
+    let event = Event::parse(line);
     if json {
-        let mut m = parsed.unwrap_or_else(|| {
-            let mut m = serde_json::Map::new();
-            m.insert("event".into(), "output".into());
-            m.insert("detail".into(), line.into());
-            m
+        let event = event.unwrap_or_else(|| Event::Output {
+            detail: line.to_owned(),
         });
-        m.insert("host".into(), host.into());
-        println!("{}", serde_json::Value::Object(m));
+        println!("{}", event.to_line_from(host));
         return;
     }
-    let Some(m) = parsed else {
-        eprintln!("[{host}] {line}");
-        return;
-    };
-    let s = |k: &str| m.get(k).and_then(serde_json::Value::as_str).unwrap_or("");
-    if s("event") == "report" {
-        return;
-    }
-    if s("detail").is_empty() {
-        eprintln!("[{host}] {:>10} {}", s("event"), s("action"));
-    } else {
-        eprintln!(
-            "[{host}] {:>10} {}: {}",
-            s("event"),
-            s("action"),
-            s("detail")
-        );
+    match event {
+        // The controller prints its own summary.
+        Some(Event::Report { .. }) => {}
+        Some(e) => match e.text() {
+            Some(text) => eprintln!("[{host}] {text}"),
+            None => eprintln!("[{host}] {line}"),
+        },
+        None => eprintln!("[{host}] {line}"),
     }
 }
 
