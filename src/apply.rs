@@ -1541,12 +1541,9 @@ async fn perform(
             }
             let dir = PathBuf::from(release);
             let files = export(&ctx.repo_dir, to_sha, &svc.path, &dir).await?;
-            // The cache key reads a few blobs from git (small, on this
-            // worker); storing and restoring run on the blocking pool.
-            let provision = match Repo::discover(&ctx.repo_dir) {
-                Ok(repo) => crate::deps::provision(ctx, svc, &repo, to_sha, &dir, apply_id),
-                Err(error) => Some(Err(crate::deps::DepsError::Git { error })),
-            };
+            // The cache key's git reads, storing and restoring run on the
+            // blocking pool.
+            let provision = crate::deps::provision(ctx, svc, to_sha, &dir, apply_id).await;
             let deps = match provision {
                 Some(p) => Some(
                     crate::deps::provide(p.map_err(|error| ActionError::Deps { error })?)

@@ -60,6 +60,10 @@ pub enum BackupError {
     #[error("{error}")]
     #[diagnostic(code(moorline::backup::restore))]
     Restore { error: Box<RunError> },
+    /// The blocking task that hashed the file panicked.
+    #[error("{error}")]
+    #[diagnostic(code(moorline::backup::task))]
+    Task { error: tokio::task::JoinError },
 }
 
 pub struct Taken {
@@ -202,22 +206,30 @@ pub async fn take(
         })
         .await
         .map_err(|e| BackupError::Command { error: Box::new(e) })?;
-        let (size, sha256) = file_sha256(&path).map_err(|error| BackupError::Unreadable {
-            path: path_s.clone(),
-            error,
-        })?;
-        if size == 0 {
-            return Err(BackupError::Empty {
-                path: path_s.clone(),
-            });
-        }
-        // A command that replaced the file (rename, `cp`) may have left it
-        // readable by others.
-        tighten_file(&path).map_err(|error| BackupError::Private {
-            path: path_s.clone(),
-            error,
-        })?;
-        Ok((size, sha256))
+        // Reading the whole file (gigabytes, for a real database) runs on
+        // the blocking pool.
+        let (path, path_s) = (path.clone(), path_s.clone());
+        crate::blocking::run(
+            move || {
+                let (size, sha256) =
+                    file_sha256(&path).map_err(|error| BackupError::Unreadable {
+                        path: path_s.clone(),
+                        error,
+                    })?;
+                if size == 0 {
+                    return Err(BackupError::Empty { path: path_s });
+                }
+                // A command that replaced the file (rename, `cp`) may have
+                // left it readable by others.
+                tighten_file(&path).map_err(|error| BackupError::Private {
+                    path: path_s,
+                    error,
+                })?;
+                Ok((size, sha256))
+            },
+            |error| BackupError::Task { error },
+        )
+        .await
     };
     let (size, sha256) = match checked.await {
         Ok(v) => v,
@@ -238,11 +250,13 @@ pub async fn restore(
     state_dir: &Path,
     record: &crate::state::BackupRecord,
 ) -> Result<(), BackupError> {
-    let path = Path::new(&record.path);
-    let (_, sha) = file_sha256(path).map_err(|error| BackupError::Read {
-        path: record.path.clone(),
-        error,
-    })?;
+    let path = PathBuf::from(&record.path);
+    let shown = record.path.clone();
+    let (_, sha) = crate::blocking::run(
+        move || file_sha256(&path).map_err(|error| BackupError::Read { path: shown, error }),
+        |error| BackupError::Task { error },
+    )
+    .await?;
     if sha != record.sha256 {
         return Err(BackupError::Checksum {
             path: record.path.clone(),

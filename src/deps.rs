@@ -259,22 +259,34 @@ pub struct Provide<'a> {
 }
 
 /// What a build in `release` needs for its runtime's dependency step
-/// (`None`: the runtime has none).
-pub fn provision<'a>(
+/// (`None`: the runtime has none). The key's git reads (the repository,
+/// the inputs' object ids) run on the blocking pool.
+pub async fn provision<'a>(
     ctx: &'a crate::apply::Ctx,
     s: &crate::config::Service,
-    repo: &crate::changes::Repo,
     to_sha: &str,
     release: &'a Path,
     apply_id: &str,
 ) -> Option<Result<Provide<'a>, DepsError>> {
     let rt = ctx.config.runtime_of(s)?;
     let d = rt.deps.as_ref()?;
+    let (repo_dir, sha) = (ctx.repo_dir.clone(), to_sha.to_owned());
+    let paths: Vec<(String, String)> = d.inputs.iter().map(|i| (i.clone(), s.join(i))).collect();
+    let inputs = crate::blocking::run(
+        move || {
+            let git = |error| DepsError::Git { error };
+            let repo = crate::changes::Repo::discover(&repo_dir).map_err(git)?;
+            let snapshot = repo.snapshot(&sha).map_err(git)?;
+            Ok(paths
+                .into_iter()
+                .map(|(i, path)| (i, snapshot.path_id(&path)))
+                .collect::<Vec<_>>())
+        },
+        |error| DepsError::Task { error },
+    )
+    .await;
     Some((|| {
-        let snapshot = repo
-            .snapshot(to_sha)
-            .map_err(|error| DepsError::Git { error })?;
-        let inputs = input_ids(&snapshot, s, &d.inputs);
+        let inputs = inputs?;
         let argv = argv(&d.command.argv, s, &ctx.env);
         let plan_key = plan_key(&rt.name, &argv, &d.outputs, &inputs);
         let id = format!("deps:{}", s.name);
@@ -318,57 +330,35 @@ pub async fn provide(p: Provide<'_>) -> Result<String, DepsError> {
     };
     let cache = cache_dir(p.root);
     let name = entry_name(&p.plan_key, version.as_deref());
-    let entry = cache.join(&name);
-    // The release names its entry before the entry is linked or stored, so
-    // a concurrent garbage collection keeps it.
-    crate::state::write_atomic(
-        &p.release.join(RELEASE_MARKER),
-        format!("{name}\n").as_bytes(),
-    )
-    .map_err(DepsError::io("writing", p.release))?;
-
-    let mut why = None;
-    if entry.join(META).is_file() {
-        let (e, release, outputs) = (entry.clone(), p.release.to_owned(), p.deps.outputs.clone());
-        let restored = tokio::task::spawn_blocking(move || restore(&e, &release, &outputs))
-            .await
-            .map_err(|error| DepsError::Task { error })?;
-        match restored {
-            Ok(r) => {
-                return Ok(format!(
-                    "dependencies reused from the cache: {} files linked, {} rewritten for this release",
-                    r.linked, r.rewritten
-                ));
-            }
-            Err(e) => {
-                // Not trusted any more: gone, rebuilt below.
-                make_writable_and_remove(&entry);
-                why = Some(format!("the cached entry was unusable ({e})"));
-            }
+    // Linking a tree in, or removing one, runs on the blocking pool.
+    let prepared = {
+        let (cache, name, plan_key) = (cache.clone(), name.clone(), p.plan_key.clone());
+        let (release, outputs) = (p.release.to_owned(), p.deps.outputs.clone());
+        crate::blocking::run(
+            move || prepare(&cache, &name, &plan_key, &release, &outputs),
+            |error| DepsError::Task { error },
+        )
+        .await?
+    };
+    let why = match prepared {
+        Ok(r) => {
+            return Ok(format!(
+                "dependencies reused from the cache: {} files linked, {} rewritten for this release",
+                r.linked, r.rewritten
+            ));
         }
-    }
-    let why = why.unwrap_or_else(|| {
-        let older = entries(&cache).into_iter().find_map(|(n, dir)| {
-            let (k, _) = n.split_once('-')?;
-            (k == p.plan_key && n != name)
-                .then(|| read_meta(&dir).ok())
-                .flatten()
-        });
-        match (older, &version) {
+        Err(Rebuild {
+            unusable: Some(e), ..
+        }) => format!("the cached entry was unusable ({e})"),
+        Err(Rebuild { older, .. }) => match (older, &version) {
             (Some(m), Some(now)) => format!(
                 "`{}` changed ({} → {now})",
                 p.version_argv.as_deref().unwrap_or_default().join(" "),
                 m.version.as_deref().unwrap_or("?")
             ),
             _ => "not in the cache".to_owned(),
-        }
-    });
-    for o in &p.deps.outputs {
-        remove_any(&p.release.join(o)).map_err(|error| DepsError::Remove {
-            output: o.clone(),
-            error,
-        })?;
-    }
+        },
+    };
     process::run(Run {
         argv: &p.argv,
         dir: Some(p.release),
@@ -384,16 +374,73 @@ pub async fn provide(p: Provide<'_>) -> Result<String, DepsError> {
         p.plan_key.clone(),
         p.root.to_owned(),
     );
-    let stored = tokio::task::spawn_blocking(move || {
-        let n = store(&cache, &name, &plan_key, version, &release, &outputs)?;
-        collect_garbage(&root);
-        Ok::<_, DepsError>(n)
-    })
-    .await
-    .map_err(|error| DepsError::Task { error })??;
+    let stored = crate::blocking::run(
+        move || {
+            let n = store(&cache, &name, &plan_key, version, &release, &outputs)?;
+            collect_garbage(&root);
+            Ok(n)
+        },
+        |error| DepsError::Task { error },
+    )
+    .await?;
     Ok(format!(
         "dependencies built ({why}) and cached: {stored} files"
     ))
+}
+
+/// Why the step runs: the entry was there but unusable (and is removed),
+/// or it was not there (`older`: an entry of the same plan key made with
+/// another version).
+struct Rebuild {
+    unusable: Option<Unusable>,
+    older: Option<Meta>,
+}
+
+/// Before the step: the release names its entry (before the entry is
+/// linked or stored, so a concurrent garbage collection keeps it); a
+/// complete entry is linked in; otherwise the step's outputs are cleared
+/// from the release and why it must run is returned.
+fn prepare(
+    cache: &Path,
+    name: &str,
+    plan_key: &str,
+    release: &Path,
+    outputs: &[String],
+) -> Result<Result<Restored, Rebuild>, DepsError> {
+    let entry = cache.join(name);
+    crate::state::write_atomic(
+        &release.join(RELEASE_MARKER),
+        format!("{name}\n").as_bytes(),
+    )
+    .map_err(DepsError::io("writing", release))?;
+    let mut unusable = None;
+    if entry.join(META).is_file() {
+        match restore(&entry, release, outputs) {
+            Ok(r) => return Ok(Ok(r)),
+            Err(e) => {
+                // Not trusted any more: gone, rebuilt.
+                make_writable_and_remove(&entry);
+                unusable = Some(e);
+            }
+        }
+    }
+    let older = if unusable.is_some() {
+        None
+    } else {
+        entries(cache).into_iter().find_map(|(n, dir)| {
+            let (k, _) = n.split_once('-')?;
+            (k == plan_key && n != name)
+                .then(|| read_meta(&dir).ok())
+                .flatten()
+        })
+    };
+    for o in outputs {
+        remove_any(&release.join(o)).map_err(|error| DepsError::Remove {
+            output: o.clone(),
+            error,
+        })?;
+    }
+    Ok(Err(Rebuild { unusable, older }))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -795,6 +842,129 @@ mod tests {
         assert_ne!(k("a"), plan_key("node", &argv, &out, &[("p".into(), None)]));
         assert_ne!(entry_name("k", Some("v20")), entry_name("k", Some("v22")));
         assert!(entry_name("k", None).starts_with("k-"));
+    }
+
+    /// A directory of `n` files (in 100 subdirectories) at `dir`.
+    fn many_files(dir: &Path, n: usize) {
+        for i in 0..n {
+            let sub = dir.join(format!("d{}", i % 100));
+            if i < 100 {
+                fs::create_dir_all(&sub).unwrap();
+            }
+            fs::write(sub.join(format!("f{i}")), b"x").unwrap();
+        }
+    }
+
+    /// On a runtime of one worker, a 10 ms timer stays on time while a
+    /// backup hashes a 256 MiB file and a dependency build removes an
+    /// unusable cache entry and the release's old outputs (20,000 files
+    /// each): the hash and the removals run on the blocking pool. Run on
+    /// the worker, each would hold the timer up for as long as it takes.
+    #[test]
+    fn backups_and_cache_removal_do_not_hold_up_timers_on_one_worker() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::Instant;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let config = crate::config::parse(
+            "test.kdl",
+            r#"project "p"
+environment "e" {
+    branch "main"
+    root "/srv/p"
+    backup {
+        run "sh" "-c" "head -c 268435456 /dev/zero > $1" "sh" "{backup}"
+        restore "true"
+    }
+}
+phase "core"
+runtime "r"
+service "s" { runtime "r"; port 4000; phase "core" }
+"#,
+        )
+        .unwrap();
+        let env = config.environment("e").unwrap().clone();
+        let root = tmp.path().join("root");
+        let release = root.join("s/releases/r2");
+        many_files(&release.join("out"), 20_000);
+        let entry = cache_dir(root.to_str().unwrap()).join(entry_name("k", None));
+        many_files(&entry.join(OUT).join("out"), 20_000);
+        fs::write(entry.join(META), "not json").unwrap();
+        let deps = Deps {
+            command: crate::config::Command {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "mkdir out && echo x > out/x".into(),
+                ],
+                timeout: Duration::from_mins(1),
+            },
+            inputs: Vec::new(),
+            outputs: vec!["out".into()],
+            version: None,
+        };
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let stop = Arc::new(AtomicBool::new(false));
+            let ticking = Arc::clone(&stop);
+            let ticker = tokio::spawn(async move {
+                let mut interval = tokio::time::interval(Duration::from_millis(10));
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                interval.tick().await;
+                let mut worst = Duration::ZERO;
+                let mut last = Instant::now();
+                while !ticking.load(Ordering::SeqCst) {
+                    interval.tick().await;
+                    let late = last.elapsed().saturating_sub(Duration::from_millis(10));
+                    worst = worst.max(late);
+                    last = Instant::now();
+                }
+                worst
+            });
+            let state_dir = tmp.path().join("state");
+            let work = tokio::spawn(async move {
+                let t = Instant::now();
+                let b = env.backup.clone().unwrap();
+                let taken = crate::backup::take("p", &env, &state_dir, &b, "t")
+                    .await
+                    .unwrap();
+                assert_eq!(taken.size, 256 << 20);
+                let hashed = t.elapsed();
+                let note = provide(Provide {
+                    root: root.to_str().unwrap(),
+                    release: &release,
+                    deps: &deps,
+                    argv: deps.command.argv.clone(),
+                    version_argv: None,
+                    plan_key: "k".into(),
+                    env: crate::process::command_env(&env, None, None),
+                    log: state_dir.join("logs/t/deps.log"),
+                    version_log: state_dir.join("logs/t/deps-version.log"),
+                })
+                .await
+                .unwrap();
+                assert!(note.contains("the cached entry was unusable"), "{note}");
+                assert_eq!(fs::read_dir(release.join("out")).unwrap().count(), 1);
+                (hashed, t.elapsed())
+            });
+            let (hashed, took) = work.await.unwrap();
+            stop.store(true, Ordering::SeqCst);
+            let worst = ticker.await.unwrap();
+            eprintln!(
+                "backup taken in {hashed:?}, dependencies in {:?}; the 10 ms timer was late by up to {worst:?}",
+                took.saturating_sub(hashed)
+            );
+            assert!(
+                worst < Duration::from_millis(250) && worst < took / 4,
+                "a 10 ms timer was late by up to {worst:?} while the work took {took:?}"
+            );
+        });
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod backup;
+pub mod blocking;
 pub mod changes;
 pub mod cli;
 pub mod commands;

@@ -463,7 +463,7 @@ async fn run_rollout(
         plan: replay.plan.clone(),
         prepared,
         json: format == Format::Json,
-        journal: Mutex::new(Journal::reopen(&fleet.dir)?),
+        journal: Arc::new(Mutex::new(Journal::reopen(&fleet.dir)?)),
         rollout_id: replay.rollout_id.clone(),
     });
     let summary = r.drive(&replay).await?;
@@ -487,12 +487,7 @@ async fn run_rollout(
         exit::ROLLED_BACK => RolloutOutcome::RolledBack,
         _ => RolloutOutcome::NeedsAttention,
     };
-    let journal = Arc::try_unwrap(r)
-        .ok()
-        .and_then(|r| r.journal.into_inner().ok());
-    if let Some(j) = journal {
-        j.finish(outcome, &replay.rollout_id)?;
-    }
+    r.finish(outcome).await?;
     print_summary(&summary, &fleet.env.name, format);
     Ok(code)
 }
@@ -692,19 +687,30 @@ async fn undo_rollout(
     let prepared = prepare_all(fleet, &replay.plan).await;
     let finished = replay.finished();
     let already = replay.rolled_back();
-    let mut j = Journal::reopen(&fleet.dir)?;
-    if !replay.rollback_begun() {
-        j.append(&Record::RollbackBegin {
-            reason: "`moorline rollback` on the controller".to_owned(),
-        })?;
-    }
-    drop(j);
+    let (dir, begun) = (fleet.dir.clone(), replay.rollback_begun());
+    crate::blocking::run(
+        move || {
+            let mut j = Journal::reopen(&dir)?;
+            if !begun {
+                j.append(&Record::RollbackBegin {
+                    reason: "`moorline rollback` on the controller".to_owned(),
+                })?;
+            }
+            Ok(())
+        },
+        |e| FleetError::Local {
+            what: format!("write the fleet journal: {e}"),
+            help: "check every host with `moorline status`".to_owned(),
+            source: None,
+        },
+    )
+    .await?;
     let r = Arc::new(Rollout {
         fleet: Arc::clone(fleet),
         plan: replay.plan.clone(),
         prepared,
         json: format == Format::Json,
-        journal: Mutex::new(Journal::reopen(&fleet.dir)?),
+        journal: Arc::new(Mutex::new(Journal::reopen(&fleet.dir)?)),
         rollout_id: replay.rollout_id.clone(),
     });
     let mut outcomes = finished.clone();
@@ -767,12 +773,7 @@ async fn undo_rollout(
     } else {
         RolloutOutcome::NeedsAttention
     };
-    if let Some(j) = Arc::try_unwrap(r)
-        .ok()
-        .and_then(|r| r.journal.into_inner().ok())
-    {
-        j.finish(outcome, &replay.rollout_id)?;
-    }
+    r.finish(outcome).await?;
     // Asked for a rollback and got one: that is success.
     Ok(if code == exit::ROLLED_BACK {
         exit::OK

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::journal::{HostOutcome, Journal, Record, Replay};
+use super::journal::{HostOutcome, Journal, Record, Replay, RolloutOutcome};
 use super::plan::FleetPlan;
 use super::remote::Prepared;
 use super::{Fleet, FleetError};
@@ -53,6 +53,15 @@ pub enum DrainError {
     },
 }
 
+/// A fleet-journal writer that panicked: nothing more may be recorded.
+fn writer_lost() -> FleetError {
+    FleetError::Local {
+        what: "write the fleet journal: a writer panicked".to_owned(),
+        help: "check every host with `moorline status`".to_owned(),
+        source: None,
+    }
+}
+
 /// What drives a rollout: the fleet, its plan, the prepared hosts.
 pub struct Rollout {
     pub fleet: Arc<Fleet>,
@@ -60,7 +69,8 @@ pub struct Rollout {
     pub prepared: BTreeMap<String, Prepared>,
     /// Host events and progress as JSON lines (`--format json`).
     pub json: bool,
-    pub journal: Mutex<Journal>,
+    /// Shared with the blocking pool, where its records are written.
+    pub journal: Arc<Mutex<Journal>>,
     pub rollout_id: String,
 }
 
@@ -107,13 +117,32 @@ impl Summary {
 }
 
 impl Rollout {
-    fn record(&self, r: &Record) -> Result<(), FleetError> {
-        let mut j = self.journal.lock().map_err(|_| FleetError::Local {
-            what: "write the fleet journal: a writer panicked".to_owned(),
-            help: "check every host with `moorline status`".to_owned(),
-            source: None,
-        })?;
-        j.append(r)
+    /// Appends `r` to the fleet journal and waits until it is durable; the
+    /// write and its fsync run on the blocking pool.
+    async fn record(&self, r: Record) -> Result<(), FleetError> {
+        let journal = Arc::clone(&self.journal);
+        crate::blocking::run(
+            move || {
+                let mut j = journal.lock().map_err(|_| writer_lost())?;
+                j.append(&r)
+            },
+            |_| writer_lost(),
+        )
+        .await
+    }
+
+    /// Ends the fleet journal with `outcome` and moves it to its history
+    /// (on the blocking pool); nothing is done while another holder of
+    /// the rollout remains.
+    pub async fn finish(self: Arc<Self>, outcome: RolloutOutcome) -> Result<(), FleetError> {
+        let Some(r) = Arc::into_inner(self) else {
+            return Ok(());
+        };
+        let Some(j) = Arc::into_inner(r.journal).and_then(|m| m.into_inner().ok()) else {
+            return Ok(());
+        };
+        let id = r.rollout_id;
+        crate::blocking::run(move || j.finish(outcome, &id), |_| writer_lost()).await
     }
 
     fn say(&self, host: &str, line: &str) {
@@ -173,7 +202,7 @@ impl Rollout {
                     .await;
             }
             ran_before = true;
-            self.record(&Record::Batch { index })?;
+            self.record(Record::Batch { index }).await?;
             if let Err(e) = self.drain(DrainWhen::Before, &batch.hosts).await {
                 reason = Some(format!(
                     "the drain hook before batch {} failed: {e}",
@@ -201,9 +230,10 @@ impl Rollout {
         };
         if let Some(reason) = reason {
             if !replay.rollback_begun() {
-                self.record(&Record::RollbackBegin {
+                self.record(Record::RollbackBegin {
                     reason: reason.clone(),
-                })?;
+                })
+                .await?;
             }
             let already = replay.rolled_back();
             let targets: Vec<String> = summary
@@ -290,17 +320,19 @@ impl Rollout {
     /// outcome recorded.
     async fn apply_host(&self, host: &str, resume: bool) -> Result<HostOutcome, FleetError> {
         let Some(p) = self.prepared.get(host) else {
-            self.record(&Record::HostFinished {
+            self.record(Record::HostFinished {
                 host: host.to_owned(),
                 outcome: HostOutcome::Unreachable,
                 code: None,
-            })?;
+            })
+            .await?;
             return Ok(HostOutcome::Unreachable);
         };
         if !resume {
-            self.record(&Record::HostStarted {
+            self.record(Record::HostStarted {
                 host: host.to_owned(),
-            })?;
+            })
+            .await?;
         }
         let (outcome, code) = if resume {
             self.resume_host(p).await?
@@ -314,11 +346,12 @@ impl Rollout {
                 .await
         };
         self.say(host, &format!("apply: {}", outcome.as_str()));
-        self.record(&Record::HostFinished {
+        self.record(Record::HostFinished {
             host: host.to_owned(),
             outcome,
             code,
-        })?;
+        })
+        .await?;
         Ok(outcome)
     }
 
@@ -481,7 +514,8 @@ impl Rollout {
         for h in hosts {
             let (me, h) = (Arc::clone(self), h.clone());
             set.spawn(async move {
-                me.record(&Record::HostRollbackStarted { host: h.clone() })?;
+                me.record(Record::HostRollbackStarted { host: h.clone() })
+                    .await?;
                 let ok = match me.prepared.get(&h) {
                     Some(p) => {
                         let env = me.fleet.env.name.clone();
@@ -497,10 +531,11 @@ impl Rollout {
                     None => false,
                 };
                 me.say(&h, if ok { "rolled back" } else { "rollback FAILED" });
-                me.record(&Record::HostRolledBack {
+                me.record(Record::HostRolledBack {
                     host: h.clone(),
                     ok,
-                })?;
+                })
+                .await?;
                 Ok::<_, FleetError>((h, ok))
             });
         }
