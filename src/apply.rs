@@ -215,7 +215,10 @@ fn emit(progress: Progress, event: fn(events::Step) -> Event, action: &str, deta
     match progress {
         Progress::Quiet => {}
         Progress::Live => {
-            if let (false, Some(line)) = (matches!(event, Event::Start(_)), event.text()) {
+            // A start shows in the bar of running actions, not as a line.
+            if !matches!(event, Event::Start(_))
+                && let Some(line) = event.text()
+            {
                 live_bar().println(line);
             }
         }
