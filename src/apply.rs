@@ -20,12 +20,13 @@ use crate::changes::Repo;
 use crate::config::Config;
 use crate::config::Environment;
 use crate::config::Service;
+use crate::events::{self, Event};
 use crate::health;
-use crate::journal::{Journal, JournalError, Record, Replay};
+use crate::journal::{Journal, JournalError, JournalOutcome, Record, Replay};
 use crate::plan::{Action, ActionKind, Plan, Step, UnitSource};
 use crate::process::{self, Run};
 use crate::release::{self, Paths};
-use crate::state::{self, ApplyRecord, BackupRecord, ServiceState, State};
+use crate::state::{self, ApplyOutcome, ApplyRecord, BackupRecord, ServiceState, State};
 use crate::systemd::{SETTLE, Systemd};
 use crate::template::{self, Vars};
 use crate::unit;
@@ -206,31 +207,27 @@ fn show_running(progress: Progress, running: &BTreeMap<String, Instant>) {
     live_bar().set_message(msg);
 }
 
-fn emit(progress: Progress, event: &str, action: &str, detail: &str) {
-    let detail = &crate::secrets::redact(detail);
+fn emit(progress: Progress, event: fn(events::Step) -> Event, action: &str, detail: &str) {
+    let event = event(events::Step {
+        action: action.to_owned(),
+        detail: crate::secrets::redact(detail),
+    });
     match progress {
         Progress::Quiet => {}
         Progress::Live => {
-            let line = if detail.is_empty() {
-                format!("{event:>10} {action}")
-            } else {
-                format!("{event:>10} {action}: {detail}")
-            };
-            if event != "start" {
+            // A start shows in the bar of running actions, not as a line.
+            if !matches!(event, Event::Start(_))
+                && let Some(line) = event.text()
+            {
                 live_bar().println(line);
             }
         }
         Progress::Lines => {
-            if detail.is_empty() {
-                eprintln!("{event:>10} {action}");
-            } else {
-                eprintln!("{event:>10} {action}: {detail}");
+            if let Some(line) = event.text() {
+                eprintln!("{line}");
             }
         }
-        Progress::Json => {
-            let line = serde_json::json!({"event": event, "action": action, "detail": detail});
-            println!("{line}");
-        }
+        Progress::Json => println!("{}", event.to_line()),
     }
 }
 
@@ -295,7 +292,7 @@ fn spawn_recorder(
             *slot
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
-            message
+            process::orphans::RecordError::Write { message }
         })
     });
     (recorder, failed)
@@ -384,9 +381,11 @@ async fn unfinished(state_dir: &Path) -> Result<Option<Replay>, ApplyError> {
         // unfinished one (whose state still names the old releases).
         let (dir, id) = (state_dir.to_owned(), replay.apply_id.clone());
         let path = dir.join(crate::journal::JOURNAL_FILE).display().to_string();
-        tokio::task::spawn_blocking(move || Journal::reopen(&dir)?.finish("succeeded", &id))
-            .await
-            .map_err(|source| JournalError::Task { path, source })??;
+        tokio::task::spawn_blocking(move || {
+            Journal::reopen(&dir)?.finish(JournalOutcome::Succeeded, &id)
+        })
+        .await
+        .map_err(|source| JournalError::Task { path, source })??;
         return Ok(None);
     }
     Ok(Some(*replay))
@@ -402,7 +401,7 @@ async fn state_committed(state_dir: &Path, replay: &Replay) -> Result<bool, Appl
         Ok(loaded
             .state
             .and_then(|s| s.last_apply)
-            .is_some_and(|a| a.id == id && a.outcome == "succeeded"))
+            .is_some_and(|a| a.id == id && a.outcome == ApplyOutcome::Succeeded))
     })
     .await
     .map_err(|source| ApplyError::Blocking {
@@ -541,7 +540,7 @@ pub async fn roll_back_unfinished(
     .await?;
     emit(
         ctx.options.progress,
-        "rollback",
+        Event::Rollback,
         &replay.plan.environment,
         "of the unfinished apply",
     );
@@ -620,7 +619,12 @@ async fn execute(
             if succeeded(&a.id) {
                 if still_in_effect(ctx, plan, a).await {
                     done.insert(a.id.clone());
-                    emit(progress, "verified", &a.id, "done before the interruption");
+                    emit(
+                        progress,
+                        Event::Verified,
+                        &a.id,
+                        "done before the interruption",
+                    );
                 } else {
                     invalid.insert(a.id.clone());
                 }
@@ -671,7 +675,7 @@ async fn execute(
                     },
                 )
                 .await?;
-                emit(progress, "start", &a.id, "");
+                emit(progress, Event::Start, &a.id, "");
                 in_flight.insert(a.id.clone());
                 running_since.insert(a.id.clone(), Instant::now());
                 show_running(progress, &running_since);
@@ -745,8 +749,8 @@ async fn execute(
         }
         let joined = tokio::select! {
             j = running.join_next() => j,
-            () = recv(&mut sigint) => { stopping = true; interrupted = true; emit(progress, "signal", "SIGINT", "no new action starts; running ones finish"); continue; }
-            () = recv(&mut sigterm) => { stopping = true; interrupted = true; emit(progress, "signal", "SIGTERM", "no new action starts; running ones finish"); continue; }
+            () = recv(&mut sigint) => { stopping = true; interrupted = true; emit(progress, Event::Signal, "SIGINT", "no new action starts; running ones finish"); continue; }
+            () = recv(&mut sigterm) => { stopping = true; interrupted = true; emit(progress, Event::Signal, "SIGTERM", "no new action starts; running ones finish"); continue; }
         };
         let Some(joined) = joined else { break };
         let (id, res) = match joined {
@@ -774,7 +778,7 @@ async fn execute(
                     },
                 )
                 .await?;
-                emit(progress, "done", &id, note.as_deref().unwrap_or(""));
+                emit(progress, Event::Done, &id, note.as_deref().unwrap_or(""));
                 done.insert(id);
             }
             Err((ActionError::Journal(e), _)) => return Err(e.into()),
@@ -787,7 +791,7 @@ async fn execute(
                     },
                 )
                 .await?;
-                emit(progress, "FAILED", &id, &err);
+                emit(progress, Event::Failed, &id, &err);
                 failed.push((id, err));
                 stopping = !keep_going;
             }
@@ -846,7 +850,7 @@ async fn run(
         });
         emit(
             ctx.options.progress,
-            "rollback",
+            Event::Rollback,
             &plan.environment,
             "resuming an interrupted rollback",
         );
@@ -874,7 +878,11 @@ async fn run(
         let failed = !ex.failed.is_empty();
         finish_journal(
             journal,
-            if failed { "failed" } else { "succeeded" },
+            if failed {
+                JournalOutcome::Failed
+            } else {
+                JournalOutcome::Succeeded
+            },
             &apply_id,
         )
         .await?;
@@ -901,7 +909,7 @@ async fn run(
                     source,
                 })??;
         }
-        finish_journal(journal, "succeeded", &apply_id).await?;
+        finish_journal(journal, JournalOutcome::Succeeded, &apply_id).await?;
         let mut report = Report::new(&apply_id, ex.failed);
         report.outcome = Outcome::Succeeded;
         report.succeeded = ex.succeeded;
@@ -953,11 +961,15 @@ async fn read_records(state_dir: &Path) -> Result<Vec<Record>, JournalError> {
 }
 
 /// Ends the journal with `outcome` and archives it (on the blocking pool).
-async fn finish_journal(j: Shared, outcome: &str, apply_id: &str) -> Result<(), JournalError> {
+async fn finish_journal(
+    j: Shared,
+    outcome: JournalOutcome,
+    apply_id: &str,
+) -> Result<(), JournalError> {
     let j = take(j)?;
     let path = j.path().display().to_string();
-    let (outcome, apply_id) = (outcome.to_owned(), apply_id.to_owned());
-    tokio::task::spawn_blocking(move || j.finish(&outcome, &apply_id))
+    let apply_id = apply_id.to_owned();
+    tokio::task::spawn_blocking(move || j.finish(outcome, &apply_id))
         .await
         .map_err(|source| JournalError::Task { path, source })?
 }
@@ -980,9 +992,9 @@ pub enum ActionError {
     #[error("exporting the release into {dir}: {message}")]
     #[diagnostic(code(moorline::action::export))]
     Export { dir: String, message: String },
-    #[error("dependencies: {message}")]
+    #[error("dependencies: {error}")]
     #[diagnostic(code(moorline::action::deps))]
-    Deps { message: String },
+    Deps { error: crate::deps::DepsError },
     #[error("{what}")]
     #[diagnostic(code(moorline::action::command))]
     Command {
@@ -990,9 +1002,9 @@ pub enum ActionError {
         #[source]
         source: Box<process::RunError>,
     },
-    #[error("backup: {message}")]
+    #[error("backup: {error}")]
     #[diagnostic(code(moorline::action::backup))]
-    Backup { message: String },
+    Backup { error: crate::backup::BackupError },
     #[error("{what} {path}")]
     #[diagnostic(code(moorline::action::io))]
     Io {
@@ -1110,8 +1122,8 @@ async fn finish_failed(
 ) -> Result<Report, ApplyError> {
     let millis = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if !live_changed(plan, records) {
-        save_outcome(ctx, plan, apply_id, records, "failed").await?;
-        finish_journal(journal, "failed-untouched", apply_id).await?;
+        save_outcome(ctx, plan, apply_id, records, ApplyOutcome::Failed).await?;
+        finish_journal(journal, JournalOutcome::FailedUntouched, apply_id).await?;
         report.outcome = Outcome::FailedUntouched;
         report.millis = millis();
         return Ok(report);
@@ -1123,7 +1135,7 @@ async fn finish_failed(
         // `rollback` undoes exactly this apply (with the plan shown here)
         // and `apply --resume` retries it; a new apply is refused until
         // one of them is chosen.
-        save_outcome(ctx, plan, apply_id, records, "failed").await?;
+        save_outcome(ctx, plan, apply_id, records, ApplyOutcome::Failed).await?;
         drop(journal);
         report.outcome = Outcome::NeedsAttention;
         report.rollback_plan = Some(rollback);
@@ -1146,7 +1158,7 @@ async fn finish_failed(
     );
     emit(
         ctx.options.progress,
-        "rollback",
+        Event::Rollback,
         &plan.environment,
         &because,
     );
@@ -1193,7 +1205,7 @@ async fn roll_back(
             }) => format!("back to {}", crate::plan::short(r)),
             _ => "restarted on its restored unit file".to_owned(),
         };
-        emit(ctx.options.progress, "rolled-back", service, &detail);
+        emit(ctx.options.progress, Event::RolledBack, service, &detail);
     }
     report.rolled_back = rolled;
     report.rollback_errors = ex
@@ -1219,14 +1231,14 @@ async fn roll_back(
         apply_id,
         &records,
         if outcome == Outcome::RolledBack {
-            "rolled-back"
+            ApplyOutcome::RolledBack
         } else {
-            "rollback-failed"
+            ApplyOutcome::RollbackFailed
         },
     )
     .await?;
     if outcome == Outcome::RolledBack {
-        finish_journal(journal, "rolled-back", apply_id).await?;
+        finish_journal(journal, JournalOutcome::RolledBack, apply_id).await?;
     }
     report.outcome = outcome;
     Ok(report)
@@ -1238,7 +1250,7 @@ async fn save_outcome(
     plan: &Plan,
     apply_id: &str,
     records: &[Record],
-    outcome: &'static str,
+    outcome: ApplyOutcome,
 ) -> Result<(), ApplyError> {
     let (ctx, plan, apply_id, records) = (
         Arc::clone(ctx),
@@ -1261,7 +1273,7 @@ fn record_outcome(
     plan: &Plan,
     apply_id: &str,
     records: &[Record],
-    outcome: &str,
+    outcome: ApplyOutcome,
 ) -> Result<(), ApplyError> {
     let loaded = state::load(&ctx.state_dir, &plan.project, &plan.environment)?;
     let mut st = loaded.state.unwrap_or_else(|| empty_state(plan));
@@ -1277,7 +1289,7 @@ fn record_outcome(
             matches!(r, Record::Succeeded { action, .. }
                 if plan.action(action).is_some_and(|a| a.kind() == ActionKind::Migrate))
         }),
-        outcome: outcome.to_owned(),
+        outcome,
     });
     state::save(&ctx.state_dir, &st)?;
     Ok(())
@@ -1428,7 +1440,7 @@ fn commit_state(
         previous_units,
         backup: last_backup(records),
         migrated: plan.actions.iter().any(|a| a.kind() == ActionKind::Migrate),
-        outcome: "succeeded".to_owned(),
+        outcome: ApplyOutcome::Succeeded,
     });
     state::save(&ctx.state_dir, &st)?;
     let keep = ctx.config.project.keep_releases as usize;
@@ -1452,7 +1464,7 @@ async fn still_in_effect(ctx: &Ctx, plan: &Plan, a: &Action) -> bool {
         async move {
             sd.status(&unit)
                 .await
-                .is_ok_and(|s| s.active_state == "active")
+                .is_ok_and(|s| s.active_state == crate::systemd::ActiveState::Active)
         }
     };
     let file = |unit: &str| std::fs::read(ctx.unit_dir.join(unit)).ok();
@@ -1534,17 +1546,14 @@ async fn perform(
             }
             let dir = PathBuf::from(release);
             let files = export(&ctx.repo_dir, to_sha, &svc.path, &dir).await?;
-            // The cache key reads a few blobs from git (small, on this
-            // worker); storing and restoring run on the blocking pool.
-            let provision = match Repo::discover(&ctx.repo_dir) {
-                Ok(repo) => crate::deps::provision(ctx, svc, &repo, to_sha, &dir, apply_id),
-                Err(e) => Some(Err(e.to_string())),
-            };
+            // The cache key's git reads, storing and restoring run on the
+            // blocking pool.
+            let provision = crate::deps::provision(ctx, svc, to_sha, &dir, apply_id).await;
             let deps = match provision {
                 Some(p) => Some(
-                    crate::deps::provide(p.map_err(|message| ActionError::Deps { message })?)
+                    crate::deps::provide(p.map_err(|error| ActionError::Deps { error })?)
                         .await
-                        .map_err(|message| ActionError::Deps { message })?,
+                        .map_err(|error| ActionError::Deps { error })?,
                 ),
                 None => None,
             };
@@ -1588,8 +1597,8 @@ async fn perform(
             Ok(None)
         }
         Step::Backup { .. } => {
-            let b = ctx.env.backup.as_ref().ok_or_else(|| ActionError::Backup {
-                message: "no backup block in this environment".to_owned(),
+            let b = ctx.env.backup.as_ref().ok_or(ActionError::Backup {
+                error: crate::backup::BackupError::NotConfigured,
             })?;
             let taken = crate::backup::take(
                 &ctx.config.project.name,
@@ -1599,7 +1608,7 @@ async fn perform(
                 apply_id,
             )
             .await
-            .map_err(|message| ActionError::Backup { message })?;
+            .map_err(|error| ActionError::Backup { error })?;
             journal_append(
                 journal,
                 Record::Backup {
@@ -1790,17 +1799,8 @@ async fn perform(
                 let unit = unit.clone();
                 async move {
                     match sd.status(&unit).await {
-                        Ok(s)
-                            if s.active_state == "active"
-                                || s.active_state == "activating"
-                                || s.active_state == "reloading" =>
-                        {
-                            Ok(())
-                        }
-                        Ok(s) => Err(format!(
-                            "{unit} is {} ({}, result {})",
-                            s.active_state, s.sub_state, s.result
-                        )),
+                        Ok(s) if s.active_state.is_up() => Ok(()),
+                        Ok(s) => Err(s.down(&unit)),
                         Err(_) => Ok(()),
                     }
                 }
@@ -1971,7 +1971,9 @@ async fn settled(sd: &Systemd, unit: &str, invocation: &str) -> Result<(), Actio
         .status(unit)
         .await
         .map_err(ActionError::systemd("reading the state of", unit))?;
-    if st.active_state != "active" || (!invocation.is_empty() && st.invocation_id != invocation) {
+    if st.active_state != crate::systemd::ActiveState::Active
+        || (!invocation.is_empty() && st.invocation_id != invocation)
+    {
         return Err(ActionError::Unsettled {
             unit: unit.to_owned(),
             state: format!(

@@ -7,12 +7,64 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
 use crate::config::Backup;
-use crate::process::{self, Run};
+use crate::process::{self, Run, RunError};
 use crate::state::State;
 use crate::template::{self, Vars};
+
+/// Why a backup could not be taken or restored. Each message carries its
+/// cause, since it is shown as one line (in the journal, after `backup:`).
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum BackupError {
+    #[error("no backup block in this environment")]
+    #[diagnostic(code(moorline::backup::not_configured))]
+    NotConfigured,
+    #[error("creating {path}: {error}")]
+    #[diagnostic(code(moorline::backup::create))]
+    Create { path: String, error: std::io::Error },
+    #[error("the backup failed, so nothing was migrated: {error}")]
+    #[diagnostic(code(moorline::backup::command))]
+    Command { error: Box<RunError> },
+    #[error("the backup command succeeded but left no readable file at {path}: {error}")]
+    #[diagnostic(code(moorline::backup::unreadable))]
+    Unreadable { path: String, error: std::io::Error },
+    #[error(
+        "the backup command succeeded but left {path} empty: it must write the backup to {{backup}}"
+    )]
+    #[diagnostic(code(moorline::backup::empty))]
+    Empty { path: String },
+    #[error("making {path} private: {error}")]
+    #[diagnostic(code(moorline::backup::private))]
+    Private { path: String, error: std::io::Error },
+    /// A failure after the file was created: the file is gone.
+    #[error("{error} (the incomplete file was removed)")]
+    #[diagnostic(code(moorline::backup::discarded))]
+    Discarded { error: Box<BackupError> },
+    /// A failure after the file was created, and the file stays.
+    #[error("{error}; removing {path} failed too: {cleanup}")]
+    #[diagnostic(code(moorline::backup::not_discarded))]
+    NotDiscarded {
+        error: Box<BackupError>,
+        path: String,
+        cleanup: std::io::Error,
+    },
+    #[error("cannot read {path}: {error}")]
+    #[diagnostic(code(moorline::backup::read))]
+    Read { path: String, error: std::io::Error },
+    #[error("{path} does not match the checksum recorded when it was taken")]
+    #[diagnostic(code(moorline::backup::checksum))]
+    Checksum { path: String },
+    #[error("{error}")]
+    #[diagnostic(code(moorline::backup::restore))]
+    Restore { error: Box<RunError> },
+    /// The blocking task that hashed the file panicked.
+    #[error("{error}")]
+    #[diagnostic(code(moorline::backup::task))]
+    Task { error: tokio::task::JoinError },
+}
 
 pub struct Taken {
     pub id: String,
@@ -91,11 +143,17 @@ fn tighten_file(path: &Path) -> std::io::Result<()> {
 
 /// Removes what a failed backup left at `path` (an empty or partial file
 /// is no backup) and returns the error, saying so if it stays.
-fn discard(path: &Path, error: String) -> String {
+fn discard(path: &Path, error: BackupError) -> BackupError {
     match std::fs::remove_file(path) {
-        Ok(()) => format!("{error} (the incomplete file was removed)"),
+        Ok(()) => BackupError::Discarded {
+            error: Box::new(error),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => error,
-        Err(e) => format!("{error}; removing {} failed too: {e}", path.display()),
+        Err(cleanup) => BackupError::NotDiscarded {
+            error: Box::new(error),
+            path: path.display().to_string(),
+            cleanup,
+        },
     }
 }
 
@@ -108,7 +166,7 @@ pub async fn take(
     state_dir: &Path,
     b: &Backup,
     log_id: &str,
-) -> Result<Taken, String> {
+) -> Result<Taken, BackupError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -120,12 +178,18 @@ pub async fn take(
         .to_owned();
     let id = format!("{project}-{}-{stamp}-{:06}", env.name, now.subsec_micros());
     let dir = dir(state_dir, b);
-    crate::state::private_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    crate::state::private_dir(&dir).map_err(|error| BackupError::Create {
+        path: dir.display().to_string(),
+        error,
+    })?;
     let path = dir.join(format!("{id}.backup"));
     let path_s = path.display().to_string();
     // Created empty and private before the command runs: a command that
     // writes it (`> {backup}`, `pg_dump -f`) keeps the mode.
-    private_new(&path).map_err(|e| format!("creating {path_s}: {e}"))?;
+    private_new(&path).map_err(|error| BackupError::Create {
+        path: path_s.clone(),
+        error,
+    })?;
     let vars = Vars {
         root: Some(&env.root),
         backup: Some(&path_s),
@@ -141,19 +205,31 @@ pub async fn take(
             log: &state_dir.join("logs").join(log_id).join("backup.log"),
         })
         .await
-        .map_err(|e| format!("the backup failed, so nothing was migrated: {e}"))?;
-        let (size, sha256) = file_sha256(&path).map_err(|e| {
-            format!("the backup command succeeded but left no readable file at {path_s}: {e}")
-        })?;
-        if size == 0 {
-            return Err(format!(
-                "the backup command succeeded but left {path_s} empty: it must write the backup to {{backup}}"
-            ));
-        }
-        // A command that replaced the file (rename, `cp`) may have left it
-        // readable by others.
-        tighten_file(&path).map_err(|e| format!("making {path_s} private: {e}"))?;
-        Ok((size, sha256))
+        .map_err(|e| BackupError::Command { error: Box::new(e) })?;
+        // Reading the whole file (gigabytes, for a real database) runs on
+        // the blocking pool.
+        let (path, path_s) = (path.clone(), path_s.clone());
+        crate::blocking::run(
+            move || {
+                let (size, sha256) =
+                    file_sha256(&path).map_err(|error| BackupError::Unreadable {
+                        path: path_s.clone(),
+                        error,
+                    })?;
+                if size == 0 {
+                    return Err(BackupError::Empty { path: path_s });
+                }
+                // A command that replaced the file (rename, `cp`) may have
+                // left it readable by others.
+                tighten_file(&path).map_err(|error| BackupError::Private {
+                    path: path_s,
+                    error,
+                })?;
+                Ok((size, sha256))
+            },
+            |error| BackupError::Task { error },
+        )
+        .await
     };
     let (size, sha256) = match checked.await {
         Ok(v) => v,
@@ -173,14 +249,18 @@ pub async fn restore(
     b: &Backup,
     state_dir: &Path,
     record: &crate::state::BackupRecord,
-) -> Result<(), String> {
-    let path = Path::new(&record.path);
-    let (_, sha) = file_sha256(path).map_err(|e| format!("cannot read {}: {e}", record.path))?;
+) -> Result<(), BackupError> {
+    let path = PathBuf::from(&record.path);
+    let shown = record.path.clone();
+    let (_, sha) = crate::blocking::run(
+        move || file_sha256(&path).map_err(|error| BackupError::Read { path: shown, error }),
+        |error| BackupError::Task { error },
+    )
+    .await?;
     if sha != record.sha256 {
-        return Err(format!(
-            "{} does not match the checksum recorded when it was taken",
-            record.path
-        ));
+        return Err(BackupError::Checksum {
+            path: record.path.clone(),
+        });
     }
     let vars = Vars {
         root: Some(&env.root),
@@ -204,7 +284,7 @@ pub async fn restore(
                 .join(format!("restore-{}.log", record.id)),
         })
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| BackupError::Restore { error: Box::new(e) })?;
     }
     Ok(())
 }
@@ -331,6 +411,7 @@ service "s" {{ runtime "r"; port 4000; phase "core" }}
             let Err(e) = take("p", env, state.path(), b, "t").await else {
                 panic!("`{run}` must fail");
             };
+            let e = e.to_string();
             assert!(e.contains(error), "{run}: {e}");
             assert_eq!(
                 files(&state.path().join("backups")),

@@ -418,10 +418,7 @@ pub fn print_report(
     let what = operation.as_str();
     if format == Format::Json {
         let report = crate::secrets::redacted_json(r).unwrap_or_default();
-        println!(
-            "{}",
-            serde_json::json!({"event": "report", "report": report})
-        );
+        println!("{}", crate::events::Event::Report { report }.to_line());
         return r.exit_code();
     }
     let secs = std::time::Duration::from_millis(r.millis).as_secs_f64();

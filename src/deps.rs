@@ -34,12 +34,13 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use miette::Diagnostic;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::changes::Snapshot;
+use crate::changes::{GitError, Snapshot};
 use crate::config::Deps;
-use crate::process::{self, Run};
+use crate::process::{self, Run, RunError};
 
 /// Where entries live, under an environment's root.
 pub const CACHE_DIR: &str = ".moorline-cache/deps";
@@ -54,6 +55,71 @@ const TMP_PREFIX: &str = ".tmp-";
 const RELOCATE_MAX: u64 = 1024 * 1024;
 /// A temporary entry this old belongs to a store that died.
 const STALE_TMP: Duration = Duration::from_hours(1);
+
+/// Why a build's dependencies could not be provided. Each message carries
+/// its cause, since it is shown as one line (after `dependencies:`).
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum DepsError {
+    #[error("{error}")]
+    #[diagnostic(code(moorline::deps::git))]
+    Git { error: GitError },
+    #[error("{error}")]
+    #[diagnostic(code(moorline::deps::command))]
+    Command { error: Box<RunError> },
+    /// The version command's output (its log) could not be read.
+    #[error("{error}")]
+    #[diagnostic(code(moorline::deps::version))]
+    Version { error: io::Error },
+    #[error("the dependency step did not create `{output}` (listed in its outputs)")]
+    #[diagnostic(code(moorline::deps::missing_output))]
+    MissingOutput { output: String },
+    #[error("removing {output}: {error}")]
+    #[diagnostic(code(moorline::deps::remove))]
+    Remove { output: String, error: io::Error },
+    #[error("storing {output} in the cache: {error}")]
+    #[diagnostic(code(moorline::deps::store))]
+    Store { output: String, error: io::Error },
+    #[error("reading the cache: {error}")]
+    #[diagnostic(code(moorline::deps::digest))]
+    Digest { error: io::Error },
+    #[error("{error}")]
+    #[diagnostic(code(moorline::deps::meta))]
+    Meta { error: serde_json::Error },
+    #[error("{what} {path}: {error}")]
+    #[diagnostic(code(moorline::deps::io))]
+    Io {
+        what: &'static str,
+        path: String,
+        error: io::Error,
+    },
+    #[error("{error}")]
+    #[diagnostic(code(moorline::deps::task))]
+    Task { error: tokio::task::JoinError },
+}
+
+impl DepsError {
+    fn io(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Self {
+        let path = path.display().to_string();
+        move |error| Self::Io { what, path, error }
+    }
+}
+
+/// Why a cached entry cannot be reused (it is then removed and rebuilt).
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    #[error("{0}")]
+    Read(io::Error),
+    #[error("{0}")]
+    Parse(serde_json::Error),
+    #[error("entry format {0}")]
+    Format(u32),
+    #[error("it holds other outputs")]
+    Outputs,
+    #[error("{0}")]
+    Link(io::Error),
+    #[error("its files changed since it was stored")]
+    Changed,
+}
 
 pub fn cache_dir(root: &str) -> PathBuf {
     Path::new(root).join(CACHE_DIR)
@@ -193,20 +259,34 @@ pub struct Provide<'a> {
 }
 
 /// What a build in `release` needs for its runtime's dependency step
-/// (`None`: the runtime has none).
-pub fn provision<'a>(
+/// (`None`: the runtime has none). The key's git reads (the repository,
+/// the inputs' object ids) run on the blocking pool.
+pub async fn provision<'a>(
     ctx: &'a crate::apply::Ctx,
     s: &crate::config::Service,
-    repo: &crate::changes::Repo,
     to_sha: &str,
     release: &'a Path,
     apply_id: &str,
-) -> Option<Result<Provide<'a>, String>> {
+) -> Option<Result<Provide<'a>, DepsError>> {
     let rt = ctx.config.runtime_of(s)?;
     let d = rt.deps.as_ref()?;
+    let (repo_dir, sha) = (ctx.repo_dir.clone(), to_sha.to_owned());
+    let paths: Vec<(String, String)> = d.inputs.iter().map(|i| (i.clone(), s.join(i))).collect();
+    let inputs = crate::blocking::run(
+        move || {
+            let git = |error| DepsError::Git { error };
+            let repo = crate::changes::Repo::discover(&repo_dir).map_err(git)?;
+            let snapshot = repo.snapshot(&sha).map_err(git)?;
+            Ok(paths
+                .into_iter()
+                .map(|(i, path)| (i, snapshot.path_id(&path)))
+                .collect::<Vec<_>>())
+        },
+        |error| DepsError::Task { error },
+    )
+    .await;
     Some((|| {
-        let snapshot = repo.snapshot(to_sha).map_err(|e| e.to_string())?;
-        let inputs = input_ids(&snapshot, s, &d.inputs);
+        let inputs = inputs?;
         let argv = argv(&d.command.argv, s, &ctx.env);
         let plan_key = plan_key(&rt.name, &argv, &d.outputs, &inputs);
         let id = format!("deps:{}", s.name);
@@ -226,7 +306,7 @@ pub fn provision<'a>(
 
 /// Links the dependencies from the cache into the release, or runs the
 /// step there and stores its outputs. Returns what it did, for the journal.
-pub async fn provide(p: Provide<'_>) -> Result<String, String> {
+pub async fn provide(p: Provide<'_>) -> Result<String, DepsError> {
     let version = match &p.version_argv {
         Some(argv) => {
             process::run(Run {
@@ -241,62 +321,44 @@ pub async fn provide(p: Provide<'_>) -> Result<String, String> {
                 log: &p.version_log,
             })
             .await
-            .map_err(|e| e.to_string())?;
-            let out = fs::read_to_string(&p.version_log).map_err(|e| e.to_string())?;
+            .map_err(|e| DepsError::Command { error: Box::new(e) })?;
+            let out =
+                fs::read_to_string(&p.version_log).map_err(|error| DepsError::Version { error })?;
             Some(out.trim().to_owned())
         }
         None => None,
     };
     let cache = cache_dir(p.root);
     let name = entry_name(&p.plan_key, version.as_deref());
-    let entry = cache.join(&name);
-    // The release names its entry before the entry is linked or stored, so
-    // a concurrent garbage collection keeps it.
-    crate::state::write_atomic(
-        &p.release.join(RELEASE_MARKER),
-        format!("{name}\n").as_bytes(),
-    )
-    .map_err(|e| format!("writing {}: {e}", p.release.display()))?;
-
-    let mut why = None;
-    if entry.join(META).is_file() {
-        let (e, release, outputs) = (entry.clone(), p.release.to_owned(), p.deps.outputs.clone());
-        let restored = tokio::task::spawn_blocking(move || restore(&e, &release, &outputs))
-            .await
-            .map_err(|e| e.to_string())?;
-        match restored {
-            Ok(r) => {
-                return Ok(format!(
-                    "dependencies reused from the cache: {} files linked, {} rewritten for this release",
-                    r.linked, r.rewritten
-                ));
-            }
-            Err(e) => {
-                // Not trusted any more: gone, rebuilt below.
-                make_writable_and_remove(&entry);
-                why = Some(format!("the cached entry was unusable ({e})"));
-            }
+    // Linking a tree in, or removing one, runs on the blocking pool.
+    let prepared = {
+        let (cache, name, plan_key) = (cache.clone(), name.clone(), p.plan_key.clone());
+        let (release, outputs) = (p.release.to_owned(), p.deps.outputs.clone());
+        crate::blocking::run(
+            move || prepare(&cache, &name, &plan_key, &release, &outputs),
+            |error| DepsError::Task { error },
+        )
+        .await?
+    };
+    let why = match prepared {
+        Ok(r) => {
+            return Ok(format!(
+                "dependencies reused from the cache: {} files linked, {} rewritten for this release",
+                r.linked, r.rewritten
+            ));
         }
-    }
-    let why = why.unwrap_or_else(|| {
-        let older = entries(&cache).into_iter().find_map(|(n, dir)| {
-            let (k, _) = n.split_once('-')?;
-            (k == p.plan_key && n != name)
-                .then(|| read_meta(&dir).ok())
-                .flatten()
-        });
-        match (older, &version) {
+        Err(Rebuild {
+            unusable: Some(e), ..
+        }) => format!("the cached entry was unusable ({e})"),
+        Err(Rebuild { older, .. }) => match (older, &version) {
             (Some(m), Some(now)) => format!(
                 "`{}` changed ({} → {now})",
                 p.version_argv.as_deref().unwrap_or_default().join(" "),
                 m.version.as_deref().unwrap_or("?")
             ),
             _ => "not in the cache".to_owned(),
-        }
-    });
-    for o in &p.deps.outputs {
-        remove_any(&p.release.join(o)).map_err(|e| format!("removing {o}: {e}"))?;
-    }
+        },
+    };
     process::run(Run {
         argv: &p.argv,
         dir: Some(p.release),
@@ -305,23 +367,80 @@ pub async fn provide(p: Provide<'_>) -> Result<String, String> {
         log: &p.log,
     })
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| DepsError::Command { error: Box::new(e) })?;
     let (release, outputs, plan_key, root) = (
         p.release.to_owned(),
         p.deps.outputs.clone(),
         p.plan_key.clone(),
         p.root.to_owned(),
     );
-    let stored = tokio::task::spawn_blocking(move || {
-        let n = store(&cache, &name, &plan_key, version, &release, &outputs)?;
-        collect_garbage(&root);
-        Ok::<_, String>(n)
-    })
-    .await
-    .map_err(|e| e.to_string())??;
+    let stored = crate::blocking::run(
+        move || {
+            let n = store(&cache, &name, &plan_key, version, &release, &outputs)?;
+            collect_garbage(&root);
+            Ok(n)
+        },
+        |error| DepsError::Task { error },
+    )
+    .await?;
     Ok(format!(
         "dependencies built ({why}) and cached: {stored} files"
     ))
+}
+
+/// Why the step runs: the entry was there but unusable (and is removed),
+/// or it was not there (`older`: an entry of the same plan key made with
+/// another version).
+struct Rebuild {
+    unusable: Option<Unusable>,
+    older: Option<Meta>,
+}
+
+/// Before the step: the release names its entry (before the entry is
+/// linked or stored, so a concurrent garbage collection keeps it); a
+/// complete entry is linked in; otherwise the step's outputs are cleared
+/// from the release and why it must run is returned.
+fn prepare(
+    cache: &Path,
+    name: &str,
+    plan_key: &str,
+    release: &Path,
+    outputs: &[String],
+) -> Result<Result<Restored, Rebuild>, DepsError> {
+    let entry = cache.join(name);
+    crate::state::write_atomic(
+        &release.join(RELEASE_MARKER),
+        format!("{name}\n").as_bytes(),
+    )
+    .map_err(DepsError::io("writing", release))?;
+    let mut unusable = None;
+    if entry.join(META).is_file() {
+        match restore(&entry, release, outputs) {
+            Ok(r) => return Ok(Ok(r)),
+            Err(e) => {
+                // Not trusted any more: gone, rebuilt.
+                make_writable_and_remove(&entry);
+                unusable = Some(e);
+            }
+        }
+    }
+    let older = if unusable.is_some() {
+        None
+    } else {
+        entries(cache).into_iter().find_map(|(n, dir)| {
+            let (k, _) = n.split_once('-')?;
+            (k == plan_key && n != name)
+                .then(|| read_meta(&dir).ok())
+                .flatten()
+        })
+    };
+    for o in outputs {
+        remove_any(&release.join(o)).map_err(|error| DepsError::Remove {
+            output: o.clone(),
+            error,
+        })?;
+    }
+    Ok(Err(Rebuild { unusable, older }))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -338,13 +457,13 @@ struct Meta {
     digest: String,
 }
 
-fn read_meta(entry: &Path) -> Result<Meta, String> {
-    let text = fs::read(entry.join(META)).map_err(|e| e.to_string())?;
-    let m: Meta = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+fn read_meta(entry: &Path) -> Result<Meta, Unusable> {
+    let text = fs::read(entry.join(META)).map_err(Unusable::Read)?;
+    let m: Meta = serde_json::from_slice(&text).map_err(Unusable::Parse)?;
     if m.format == FORMAT {
         Ok(m)
     } else {
-        Err(format!("entry format {}", m.format))
+        Err(Unusable::Format(m.format))
     }
 }
 
@@ -436,17 +555,11 @@ fn store(
     version: Option<String>,
     release: &Path,
     outputs: &[String],
-) -> Result<u64, String> {
-    let err = |what: &str, p: &Path| {
-        let what = what.to_owned();
-        let p = p.display().to_string();
-        move |e: io::Error| format!("{what} {p}: {e}")
-    };
+) -> Result<u64, DepsError> {
+    let err = DepsError::io;
     for o in outputs {
         if fs::symlink_metadata(release.join(o)).is_err() {
-            return Err(format!(
-                "the dependency step did not create `{o}` (listed in its outputs)"
-            ));
+            return Err(DepsError::MissingOutput { output: o.clone() });
         }
     }
     fs::create_dir_all(cache).map_err(err("creating", cache))?;
@@ -492,9 +605,12 @@ fn store(
                 Ok(())
             }
         })
-        .map_err(|e| format!("storing {o} in the cache: {e}"))?;
+        .map_err(|error| DepsError::Store {
+            output: o.clone(),
+            error,
+        })?;
     }
-    let digest = digest_of(&out, outputs).map_err(|e| format!("reading the cache: {e}"))?;
+    let digest = digest_of(&out, outputs).map_err(|error| DepsError::Digest { error })?;
     let meta = Meta {
         format: FORMAT,
         plan_key: plan_key.to_owned(),
@@ -504,14 +620,14 @@ fn store(
         relocate,
         digest,
     };
-    let json = serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec_pretty(&meta).map_err(|error| DepsError::Meta { error })?;
     crate::state::write_atomic(&tmp.join(META), &json).map_err(err("writing", &tmp))?;
     let entry = cache.join(name);
     match fs::rename(&tmp, &entry) {
         Ok(()) => {}
         // Another build with the same key stored it first.
         Err(_) if entry.join(META).is_file() => make_writable_and_remove(&tmp),
-        Err(e) => return Err(format!("renaming {}: {e}", tmp.display())),
+        Err(e) => return Err(err("renaming", &tmp)(e)),
     }
     if let Ok(d) = fs::File::open(cache) {
         let _ = d.sync_all();
@@ -542,10 +658,10 @@ struct Restored {
 
 /// Links an entry's outputs into `release`, rewriting the files that name
 /// the origin; checks the entry's digest on the way.
-fn restore(entry: &Path, release: &Path, outputs: &[String]) -> Result<Restored, String> {
+fn restore(entry: &Path, release: &Path, outputs: &[String]) -> Result<Restored, Unusable> {
     let meta = read_meta(entry)?;
     if meta.outputs != outputs {
-        return Err("it holds other outputs".to_owned());
+        return Err(Unusable::Outputs);
     }
     let out = entry.join(OUT);
     let news = names_of(release);
@@ -606,10 +722,8 @@ fn restore(entry: &Path, release: &Path, outputs: &[String]) -> Result<Restored,
         Ok::<_, io::Error>(())
     })();
     let failed = match result {
-        Err(e) => Some(e.to_string()),
-        Ok(()) if hex::encode(h.finalize()) != meta.digest => {
-            Some("its files changed since it was stored".to_owned())
-        }
+        Err(e) => Some(Unusable::Link(e)),
+        Ok(()) if hex::encode(h.finalize()) != meta.digest => Some(Unusable::Changed),
         Ok(()) => None,
     };
     if let Some(why) = failed {
@@ -730,6 +844,129 @@ mod tests {
         assert!(entry_name("k", None).starts_with("k-"));
     }
 
+    /// A directory of `n` files (in 100 subdirectories) at `dir`.
+    fn many_files(dir: &Path, n: usize) {
+        for i in 0..n {
+            let sub = dir.join(format!("d{}", i % 100));
+            if i < 100 {
+                fs::create_dir_all(&sub).unwrap();
+            }
+            fs::write(sub.join(format!("f{i}")), b"x").unwrap();
+        }
+    }
+
+    /// On a runtime of one worker, a 10 ms timer stays on time while a
+    /// backup hashes a 256 MiB file and a dependency build removes an
+    /// unusable cache entry and the release's old outputs (20,000 files
+    /// each): the hash and the removals run on the blocking pool. Run on
+    /// the worker, each would hold the timer up for as long as it takes.
+    #[test]
+    fn backups_and_cache_removal_do_not_hold_up_timers_on_one_worker() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::Instant;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let config = crate::config::parse(
+            "test.kdl",
+            r#"project "p"
+environment "e" {
+    branch "main"
+    root "/srv/p"
+    backup {
+        run "sh" "-c" "head -c 268435456 /dev/zero > $1" "sh" "{backup}"
+        restore "true"
+    }
+}
+phase "core"
+runtime "r"
+service "s" { runtime "r"; port 4000; phase "core" }
+"#,
+        )
+        .unwrap();
+        let env = config.environment("e").unwrap().clone();
+        let root = tmp.path().join("root");
+        let release = root.join("s/releases/r2");
+        many_files(&release.join("out"), 20_000);
+        let entry = cache_dir(root.to_str().unwrap()).join(entry_name("k", None));
+        many_files(&entry.join(OUT).join("out"), 20_000);
+        fs::write(entry.join(META), "not json").unwrap();
+        let deps = Deps {
+            command: crate::config::Command {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "mkdir out && echo x > out/x".into(),
+                ],
+                timeout: Duration::from_mins(1),
+            },
+            inputs: Vec::new(),
+            outputs: vec!["out".into()],
+            version: None,
+        };
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let stop = Arc::new(AtomicBool::new(false));
+            let ticking = Arc::clone(&stop);
+            let ticker = tokio::spawn(async move {
+                let mut interval = tokio::time::interval(Duration::from_millis(10));
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                interval.tick().await;
+                let mut worst = Duration::ZERO;
+                let mut last = Instant::now();
+                while !ticking.load(Ordering::SeqCst) {
+                    interval.tick().await;
+                    let late = last.elapsed().saturating_sub(Duration::from_millis(10));
+                    worst = worst.max(late);
+                    last = Instant::now();
+                }
+                worst
+            });
+            let state_dir = tmp.path().join("state");
+            let work = tokio::spawn(async move {
+                let t = Instant::now();
+                let b = env.backup.clone().unwrap();
+                let taken = crate::backup::take("p", &env, &state_dir, &b, "t")
+                    .await
+                    .unwrap();
+                assert_eq!(taken.size, 256 << 20);
+                let hashed = t.elapsed();
+                let note = provide(Provide {
+                    root: root.to_str().unwrap(),
+                    release: &release,
+                    deps: &deps,
+                    argv: deps.command.argv.clone(),
+                    version_argv: None,
+                    plan_key: "k".into(),
+                    env: crate::process::command_env(&env, None, None),
+                    log: state_dir.join("logs/t/deps.log"),
+                    version_log: state_dir.join("logs/t/deps-version.log"),
+                })
+                .await
+                .unwrap();
+                assert!(note.contains("the cached entry was unusable"), "{note}");
+                assert_eq!(fs::read_dir(release.join("out")).unwrap().count(), 1);
+                (hashed, t.elapsed())
+            });
+            let (hashed, took) = work.await.unwrap();
+            stop.store(true, Ordering::SeqCst);
+            let worst = ticker.await.unwrap();
+            eprintln!(
+                "backup taken in {hashed:?}, dependencies in {:?}; the 10 ms timer was late by up to {worst:?}",
+                took.saturating_sub(hashed)
+            );
+            assert!(
+                worst < Duration::from_millis(250) && worst < took / 4,
+                "a 10 ms timer was late by up to {worst:?} while the work took {took:?}"
+            );
+        });
+    }
+
     #[test]
     fn replace_rewrites_every_occurrence() {
         assert_eq!(
@@ -784,7 +1021,7 @@ mod tests {
         let r3 = root.join("svc/releases/r3");
         fs::create_dir_all(&r3).unwrap();
         let e = restore(&cache.join("k-v"), &r3, &outputs).err().unwrap();
-        assert!(e.contains("changed since"), "{e}");
+        assert!(e.to_string().contains("changed since"), "{e}");
         assert!(!r3.join("venv").exists());
         // No release names it: collected.
         fs::remove_dir_all(root.join("svc")).unwrap();

@@ -171,7 +171,7 @@ pub async fn wait_ready<F, Fut>(
 ) -> Result<Probe, Probe>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), crate::systemd::UnitDown>>,
 {
     let deadline = Instant::now() + timeout;
     let mut attempt: u32 = 0;
@@ -182,7 +182,7 @@ where
         }
         if let Err(why) = still_alive().await {
             return Err(Probe {
-                error: Some(why),
+                error: Some(why.to_string()),
                 ..p
             });
         }
@@ -300,10 +300,20 @@ mod tests {
         let res = wait_ready(
             "http://127.0.0.1:9/ready",
             Duration::from_mins(1),
-            || async { Err("gone".to_owned()) },
+            || async {
+                Err(crate::systemd::UnitDown {
+                    unit: "a.service".to_owned(),
+                    active_state: crate::systemd::ActiveState::Failed,
+                    sub_state: "failed".to_owned(),
+                    result: "exit-code".to_owned(),
+                })
+            },
         )
         .await;
-        assert_eq!(res.unwrap_err().error.as_deref(), Some("gone"));
+        assert_eq!(
+            res.unwrap_err().error.as_deref(),
+            Some("a.service is failed (failed, result exit-code)")
+        );
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 }

@@ -91,8 +91,26 @@ pub enum Record {
         service: String,
     },
     End {
-        outcome: String,
+        outcome: JournalOutcome,
     },
+}
+
+/// How an apply ended, as its journal's `end` record says (spelled as
+/// before it was an enum, so old journals read the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JournalOutcome {
+    /// Every action succeeded (for a unit operation too).
+    Succeeded,
+    /// A unit operation (start, stop, enable, disable) failed.
+    Failed,
+    /// An action failed before anything live changed.
+    FailedUntouched,
+    /// An action failed and the automatic rollback undid the apply.
+    RolledBack,
+    /// A failed apply left as is, by versions before `rollback` could undo
+    /// an unfinished one; read, no longer written.
+    FailedKept,
 }
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -301,10 +319,8 @@ impl Journal {
     }
 
     /// Ends the journal and moves it to `history/{apply_id}.jsonl`.
-    pub fn finish(mut self, outcome: &str, apply_id: &str) -> Result<(), JournalError> {
-        self.append(&Record::End {
-            outcome: outcome.to_owned(),
-        })?;
+    pub fn finish(mut self, outcome: JournalOutcome, apply_id: &str) -> Result<(), JournalError> {
+        self.append(&Record::End { outcome })?;
         let history = self.lines.history_dir().display().to_string();
         self.lines
             .finish(apply_id)
@@ -531,7 +547,10 @@ mod crash {
 
 #[cfg(test)]
 mod tests {
-    use super::{Current, JOURNAL_FILE, Journal, JournalError, Record, archive_torn, parse, read};
+    use super::{
+        Current, JOURNAL_FILE, Journal, JournalError, JournalOutcome, Record, archive_torn, parse,
+        read,
+    };
     use std::fs::{self, OpenOptions};
     use std::os::unix::fs::PermissionsExt;
     use std::path::Path;
@@ -711,6 +730,32 @@ mod tests {
         };
         assert_eq!(replay.spawned().len(), 1);
         assert_eq!(replay.spawned()[0].0, "build:api");
+    }
+
+    /// End records as moorline wrote them while outcomes were strings.
+    #[test]
+    fn end_records_keep_their_spelling() {
+        for (text, outcome) in [
+            ("succeeded", JournalOutcome::Succeeded),
+            ("failed", JournalOutcome::Failed),
+            ("failed-untouched", JournalOutcome::FailedUntouched),
+            ("rolled-back", JournalOutcome::RolledBack),
+            ("failed-kept", JournalOutcome::FailedKept),
+        ] {
+            let line = format!(r#"{{"event":"end","outcome":"{text}"}}"#);
+            let r: Record = serde_json::from_str(&line).unwrap();
+            assert_eq!(r, Record::End { outcome });
+            assert_eq!(serde_json::to_string(&r).unwrap(), line);
+        }
+        let finished = format!(
+            "{}\n{STARTED}\n{}\n",
+            begin(),
+            r#"{"event":"end","outcome":"rolled-back"}"#
+        );
+        assert!(matches!(
+            parse(finished.as_bytes(), Path::new("/j")),
+            Ok(Current::Begun(r)) if r.ended()
+        ));
     }
 
     #[test]

@@ -6,12 +6,14 @@
 
 pub mod apply;
 pub mod backup;
+pub mod blocking;
 pub mod changes;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod deps;
+pub mod events;
 pub mod exit;
 pub mod files;
 pub mod fleet;

@@ -169,7 +169,7 @@ pub fn for_plan(
         while let Some(r) = set.join_next().await {
             match r {
                 Ok(v) => done.push(v),
-                Err(e) => return Err(format!("a migrate-status check did not finish: {e}")),
+                Err(e) => return Err(ChecksFailed::Task(e)),
             }
         }
         Ok(done)
@@ -182,11 +182,11 @@ pub fn for_plan(
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|e| e.to_string())
+                    .map_err(ChecksFailed::Runtime)
                     .and_then(|rt| rt.block_on(run_all))
             })
             .join()
-            .unwrap_or_else(|_| Err("the migrate-status thread panicked".to_owned()))
+            .unwrap_or(Err(ChecksFailed::Panicked))
     });
     match results {
         Ok(results) => {
@@ -198,11 +198,23 @@ pub fn for_plan(
         }
         Err(e) => {
             for (s, ..) in &jobs {
-                out.insert(s.name.clone(), MigrateCheck::Unavailable(e.clone()));
+                out.insert(s.name.clone(), MigrateCheck::Unavailable(e.to_string()));
             }
         }
     }
     out
+}
+
+/// Why the plan's `migrate-status` checks gave no answer at all (each
+/// service's check is then unavailable, saying why).
+#[derive(Debug, thiserror::Error)]
+enum ChecksFailed {
+    #[error("a migrate-status check did not finish: {0}")]
+    Task(tokio::task::JoinError),
+    #[error("{0}")]
+    Runtime(std::io::Error),
+    #[error("the migrate-status thread panicked")]
+    Panicked,
 }
 
 /// What a `migrate-status` result means for a plan.

@@ -165,14 +165,17 @@ pub enum RunError {
         tail: String,
         log: String,
     },
-    #[error("`{command}` was stopped: its process group could not be recorded: {message}")]
+    #[error("`{command}` was stopped: its process group could not be recorded: {error}")]
     #[diagnostic(
         code(moorline::run::unrecorded),
         help(
             "moorline runs no command it could not stop after a crash; check free space and permissions of the state directory"
         )
     )]
-    Unrecorded { command: String, message: String },
+    Unrecorded {
+        command: String,
+        error: orphans::RecordError,
+    },
     #[error("cannot write {path}")]
     #[diagnostic(code(moorline::run::io), help("check free space and permissions"))]
     Io {
@@ -239,20 +242,20 @@ pub async fn run(r: Run<'_>) -> Result<(), RunError> {
         let recorded = match pgid {
             Some(leader) => tokio::task::spawn_blocking(move || {
                 let g = orphans::identify(leader)
-                    .map_err(|e| format!("reading /proc/{leader}/stat: {e}"))?;
+                    .map_err(|error| orphans::RecordError::Identify { leader, error })?;
                 recorder(&g)
             })
             .await
-            .unwrap_or_else(|e| Err(e.to_string())),
-            None => Err("the command ended before its pid was known".to_owned()),
+            .unwrap_or_else(|error| Err(orphans::RecordError::Task { error })),
+            None => Err(orphans::RecordError::Ended),
         };
-        if let Err(message) = recorded {
+        if let Err(error) = recorded {
             kill_group(pgid);
             let _ = child.start_kill();
             let _ = child.wait().await;
             return Err(RunError::Unrecorded {
                 command: r.argv.join(" "),
-                message,
+                error,
             });
         }
     }

@@ -53,7 +53,7 @@ pub enum RollbackError {
             "the backup file is untouched; check the restore command's log in the state directory's logs/"
         )
     )]
-    Database(String),
+    Database(crate::backup::BackupError),
 }
 
 /// Refuses a `--service` name the configuration does not have, with a

@@ -151,8 +151,23 @@ pub struct ApplyRecord {
     pub previous_units: BTreeMap<String, Option<String>>,
     pub backup: Option<String>,
     pub migrated: bool,
-    /// `succeeded`, `rolled-back`, `failed`.
-    pub outcome: String,
+    pub outcome: ApplyOutcome,
+}
+
+/// How an apply ended, as the state records it (spelled as before it was
+/// an enum, so old states read the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApplyOutcome {
+    /// Every action succeeded: `last_apply`.
+    Succeeded,
+    /// An action failed; nothing was rolled back (nothing live changed, or
+    /// the apply was left for `rollback` / `apply --resume`).
+    Failed,
+    /// An action failed and the automatic rollback undid the apply.
+    RolledBack,
+    /// An action failed and so did a step of the automatic rollback.
+    RollbackFailed,
 }
 
 impl State {
@@ -463,6 +478,62 @@ mod tests {
         }
         assert_eq!(st.deploys.len(), DEPLOYS_KEPT);
         assert_eq!(st.deploys[0].revision, "5");
+    }
+
+    /// A state as moorline wrote it while outcomes were strings: it loads,
+    /// and is written back byte for byte.
+    #[test]
+    fn a_state_written_before_outcomes_were_typed_round_trips() {
+        let record = |id: &str, outcome: &str| {
+            format!(
+                r#"{{
+    "id": "{id}",
+    "from": "aaa",
+    "to": "bbb",
+    "switched": [
+      "api"
+    ],
+    "previous_units": {{}},
+    "backup": null,
+    "migrated": false,
+    "outcome": "{outcome}"
+  }}"#
+            )
+        };
+        for (ok, failed, want) in [
+            ("succeeded", "failed", ApplyOutcome::Failed),
+            ("succeeded", "rolled-back", ApplyOutcome::RolledBack),
+            ("succeeded", "rollback-failed", ApplyOutcome::RollbackFailed),
+        ] {
+            let text = format!(
+                r#"{{
+  "format_version": {FORMAT_VERSION},
+  "project": "p",
+  "environment": "e",
+  "revision": "bbb",
+  "services": {{}},
+  "backups": [],
+  "last_apply": {},
+  "last_failure": {}
+}}
+"#,
+                record("1", ok),
+                record("2", failed)
+            );
+            let dir = tempfile::tempdir().unwrap();
+            fs::write(dir.path().join(STATE_FILE), &text).unwrap();
+            let st = load(dir.path(), "p", "e").unwrap().state.unwrap();
+            assert_eq!(
+                st.last_apply.as_ref().map(|a| a.outcome),
+                Some(ApplyOutcome::Succeeded)
+            );
+            assert_eq!(st.last_failure.as_ref().map(|a| a.outcome), Some(want));
+            save(dir.path(), &st).unwrap();
+            assert_eq!(
+                fs::read_to_string(dir.path().join(STATE_FILE)).unwrap(),
+                text
+            );
+        }
     }
 
     #[test]

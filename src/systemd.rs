@@ -315,6 +315,105 @@ impl fmt::Display for JobResult {
     }
 }
 
+/// A unit's `ActiveState` (`org.freedesktop.systemd1(5)`, "ActiveState contains a state
+/// value that reflects whether the unit is currently active or not").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActiveState {
+    /// `active`: started, bound, plugged in, ... (for a service: running, or exited with
+    /// `RemainAfterExit=`).
+    Active,
+    /// `reloading`: active, and its configuration is being reloaded.
+    Reloading,
+    /// `inactive`: stopped, and the last run did not fail.
+    Inactive,
+    /// `failed`: inactive after a failure (a non-zero exit, a crash, a timeout, ...).
+    Failed,
+    /// `activating`: on the way to `active`.
+    Activating,
+    /// `deactivating`: on the way to `inactive` or `failed`.
+    Deactivating,
+    /// `maintenance`: inactive while a cleaning operation (`systemctl clean`) runs.
+    Maintenance,
+    /// `refreshing`: active, while new mounts are propagated into its namespace.
+    Refreshing,
+    /// Any state this version does not know.
+    Other(String),
+}
+
+impl ActiveState {
+    /// Maps the `ActiveState` property; an unknown string is kept as [`Self::Other`].
+    pub fn parse(state: &str) -> Self {
+        match state {
+            "active" => Self::Active,
+            "reloading" => Self::Reloading,
+            "inactive" => Self::Inactive,
+            "failed" => Self::Failed,
+            "activating" => Self::Activating,
+            "deactivating" => Self::Deactivating,
+            "maintenance" => Self::Maintenance,
+            "refreshing" => Self::Refreshing,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+
+    /// The state as systemd spells it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Active => "active",
+            Self::Reloading => "reloading",
+            Self::Inactive => "inactive",
+            Self::Failed => "failed",
+            Self::Activating => "activating",
+            Self::Deactivating => "deactivating",
+            Self::Maintenance => "maintenance",
+            Self::Refreshing => "refreshing",
+            Self::Other(other) => other,
+        }
+    }
+
+    /// Whether the unit is up or coming up: `active`, `activating` or `reloading` (a unit
+    /// in one of these may still become ready).
+    pub fn is_up(&self) -> bool {
+        matches!(self, Self::Active | Self::Activating | Self::Reloading)
+    }
+}
+
+impl fmt::Display for ActiveState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Compares with systemd's spelling (what tests and JSON readers hold).
+impl PartialEq<str> for ActiveState {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ActiveState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// Serialized as systemd spells it, so JSON output stays the property's string.
+impl Serialize for ActiveState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A unit that went down while it was waited on to become ready.
+#[derive(Debug, Error)]
+#[error("{unit} is {active_state} ({sub_state}, result {result})")]
+pub struct UnitDown {
+    pub unit: String,
+    pub active_state: ActiveState,
+    pub sub_state: String,
+    pub result: String,
+}
+
 /// A snapshot of one unit, read property by property from the manager (never from a cache).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnitStatus {
@@ -323,7 +422,7 @@ pub struct UnitStatus {
     /// `LoadState`: `loaded`, `not-found`, `bad-setting`, `error`, `masked`.
     pub load_state: String,
     /// `ActiveState`: `active`, `reloading`, `inactive`, `failed`, `activating`, `deactivating`.
-    pub active_state: String,
+    pub active_state: ActiveState,
     /// `SubState`, type specific (`running`, `exited`, `dead`, `auto-restart`, ...).
     pub sub_state: String,
     /// `Result` of the last run (`success`, `exit-code`, `signal`, `start-limit-hit`, ...);
@@ -348,6 +447,16 @@ pub struct UnitStatus {
 }
 
 impl UnitStatus {
+    /// The unit, down: what a readiness wait reports when it is no longer up.
+    pub fn down(self, unit: &str) -> UnitDown {
+        UnitDown {
+            unit: unit.to_owned(),
+            active_state: self.active_state,
+            sub_state: self.sub_state,
+            result: self.result,
+        }
+    }
+
     fn describe(&self) -> String {
         let result = if self.result.is_empty() {
             "none"
@@ -1158,14 +1267,19 @@ fn judge(kind: JobKind, before: &str, now: &UnitStatus) -> Verdict {
     let restarted = !now.invocation_id.is_empty() && now.invocation_id != before;
     match kind {
         JobKind::Start | JobKind::Restart if restarted => {
-            Verdict::Ran(if now.active_state == "failed" {
+            Verdict::Ran(if now.active_state == ActiveState::Failed {
                 JobResult::Failed
             } else {
                 JobResult::Done
             })
         }
-        JobKind::Start if now.active_state == "active" => Verdict::Ran(JobResult::Done),
-        JobKind::Stop if matches!(now.active_state.as_str(), "inactive" | "failed") => {
+        JobKind::Start if now.active_state == ActiveState::Active => Verdict::Ran(JobResult::Done),
+        JobKind::Stop
+            if matches!(
+                now.active_state,
+                ActiveState::Inactive | ActiveState::Failed
+            ) =>
+        {
             Verdict::Ran(JobResult::Done)
         }
         JobKind::Start | JobKind::Restart | JobKind::Stop | JobKind::Reload => Verdict::NotRun,
@@ -1257,7 +1371,7 @@ async fn read_status(link: &Link, unit: &str) -> zbus::Result<UnitStatus> {
     let mut status = UnitStatus {
         name: proxy.id().await?,
         load_state: proxy.load_state().await?,
-        active_state: proxy.active_state().await?,
+        active_state: ActiveState::parse(&proxy.active_state().await?),
         sub_state: proxy.sub_state().await?,
         result: String::new(),
         unit_file_state: proxy.unit_file_state().await?,
@@ -1346,7 +1460,7 @@ fn result_interface(unit: &str) -> Option<&'static str> {
 /// `InvocationID` seen before the settle window: a different one means systemd restarted the
 /// unit in between (`Restart=`), i.e. it crashed.
 fn inactive_reason(status: &UnitStatus, previous_invocation: Option<&str>) -> Option<String> {
-    if status.active_state != "active" {
+    if status.active_state != ActiveState::Active {
         return Some(status.describe());
     }
     match previous_invocation {
@@ -1419,6 +1533,32 @@ mod tests {
     }
 
     #[test]
+    fn active_states_map_every_documented_string() {
+        use ActiveState as A;
+        for (s, a) in [
+            ("active", A::Active),
+            ("reloading", A::Reloading),
+            ("inactive", A::Inactive),
+            ("failed", A::Failed),
+            ("activating", A::Activating),
+            ("deactivating", A::Deactivating),
+            ("maintenance", A::Maintenance),
+            ("refreshing", A::Refreshing),
+            ("", A::Other(String::new())),
+            ("later", A::Other("later".to_owned())),
+        ] {
+            assert_eq!(A::parse(s), a);
+            assert_eq!(a.to_string(), s);
+            assert_eq!(serde_json::to_string(&a).unwrap(), format!("{s:?}"));
+        }
+        let up: Vec<&str> = ["active", "activating", "reloading", "failed", "inactive"]
+            .into_iter()
+            .filter(|s| A::parse(s).is_up())
+            .collect();
+        assert_eq!(up, ["active", "activating", "reloading"]);
+    }
+
+    #[test]
     fn only_done_is_success() {
         assert!(JobResult::Done.is_success());
         for r in [
@@ -1457,7 +1597,7 @@ mod tests {
         UnitStatus {
             name: "a.service".into(),
             load_state: "loaded".into(),
-            active_state: active.into(),
+            active_state: ActiveState::parse(active),
             sub_state: sub.into(),
             result: result.into(),
             unit_file_state: String::new(),

@@ -34,7 +34,7 @@ pub enum BackupError {
         code(moorline::backup::failed),
         help("see the command's log in the state directory's logs/")
     )]
-    Failed(String),
+    Failed(crate::backup::BackupError),
     #[error("refusing to restore without confirmation: there is no terminal to ask on")]
     #[diagnostic(
         code(moorline::backup::unconfirmed),

@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::journal::{HostOutcome, Journal, Record, Replay};
+use super::journal::{HostOutcome, Journal, Record, Replay, RolloutOutcome};
 use super::plan::FleetPlan;
 use super::remote::Prepared;
 use super::{Fleet, FleetError};
 use crate::config::DrainWhen;
+use crate::events::Event;
 
 /// How often a resumed host's `apply --resume` is retried while the
 /// host's lock is held by the apply the killed controller started, and
@@ -29,6 +30,38 @@ const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 /// ssh's exit code for its own failures.
 const SSH_FAILED: i32 = 255;
 
+/// Why a drain hook failed: before a batch it stops the rollout, after one
+/// it is a warning.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum DrainError {
+    #[error("no host named {host}")]
+    #[diagnostic(code(moorline::fleet::drain::no_host))]
+    NoHost { host: String },
+    #[error("timed out after {secs}s")]
+    #[diagnostic(code(moorline::fleet::drain::timeout))]
+    Timeout { secs: u64 },
+    #[error("{error}")]
+    #[diagnostic(code(moorline::fleet::drain::transport))]
+    Transport { error: super::ssh::SshError },
+    #[error("`{command}` exited {code} on {host}: {stderr}")]
+    #[diagnostic(code(moorline::fleet::drain::failed))]
+    Failed {
+        command: String,
+        code: i32,
+        host: String,
+        stderr: String,
+    },
+}
+
+/// A fleet-journal writer that panicked: nothing more may be recorded.
+fn writer_lost() -> FleetError {
+    FleetError::Local {
+        what: "write the fleet journal: a writer panicked".to_owned(),
+        help: "check every host with `moorline status`".to_owned(),
+        source: None,
+    }
+}
+
 /// What drives a rollout: the fleet, its plan, the prepared hosts.
 pub struct Rollout {
     pub fleet: Arc<Fleet>,
@@ -36,7 +69,8 @@ pub struct Rollout {
     pub prepared: BTreeMap<String, Prepared>,
     /// Host events and progress as JSON lines (`--format json`).
     pub json: bool,
-    pub journal: Mutex<Journal>,
+    /// Shared with the blocking pool, where its records are written.
+    pub journal: Arc<Mutex<Journal>>,
     pub rollout_id: String,
 }
 
@@ -83,13 +117,32 @@ impl Summary {
 }
 
 impl Rollout {
-    fn record(&self, r: &Record) -> Result<(), FleetError> {
-        let mut j = self.journal.lock().map_err(|_| FleetError::Local {
-            what: "write the fleet journal: a writer panicked".to_owned(),
-            help: "check every host with `moorline status`".to_owned(),
-            source: None,
-        })?;
-        j.append(r)
+    /// Appends `r` to the fleet journal and waits until it is durable; the
+    /// write and its fsync run on the blocking pool.
+    async fn record(&self, r: Record) -> Result<(), FleetError> {
+        let journal = Arc::clone(&self.journal);
+        crate::blocking::run(
+            move || {
+                let mut j = journal.lock().map_err(|_| writer_lost())?;
+                j.append(&r)
+            },
+            |_| writer_lost(),
+        )
+        .await
+    }
+
+    /// Ends the fleet journal with `outcome` and moves it to its history
+    /// (on the blocking pool); nothing is done while another holder of
+    /// the rollout remains.
+    pub async fn finish(self: Arc<Self>, outcome: RolloutOutcome) -> Result<(), FleetError> {
+        let Some(r) = Arc::into_inner(self) else {
+            return Ok(());
+        };
+        let Some(j) = Arc::into_inner(r.journal).and_then(|m| m.into_inner().ok()) else {
+            return Ok(());
+        };
+        let id = r.rollout_id;
+        crate::blocking::run(move || j.finish(outcome, &id), |_| writer_lost()).await
     }
 
     fn say(&self, host: &str, line: &str) {
@@ -149,7 +202,7 @@ impl Rollout {
                     .await;
             }
             ran_before = true;
-            self.record(&Record::Batch { index })?;
+            self.record(Record::Batch { index }).await?;
             if let Err(e) = self.drain(DrainWhen::Before, &batch.hosts).await {
                 reason = Some(format!(
                     "the drain hook before batch {} failed: {e}",
@@ -177,9 +230,10 @@ impl Rollout {
         };
         if let Some(reason) = reason {
             if !replay.rollback_begun() {
-                self.record(&Record::RollbackBegin {
+                self.record(Record::RollbackBegin {
                     reason: reason.clone(),
-                })?;
+                })
+                .await?;
             }
             let already = replay.rolled_back();
             let targets: Vec<String> = summary
@@ -266,17 +320,19 @@ impl Rollout {
     /// outcome recorded.
     async fn apply_host(&self, host: &str, resume: bool) -> Result<HostOutcome, FleetError> {
         let Some(p) = self.prepared.get(host) else {
-            self.record(&Record::HostFinished {
+            self.record(Record::HostFinished {
                 host: host.to_owned(),
                 outcome: HostOutcome::Unreachable,
                 code: None,
-            })?;
+            })
+            .await?;
             return Ok(HostOutcome::Unreachable);
         };
         if !resume {
-            self.record(&Record::HostStarted {
+            self.record(Record::HostStarted {
                 host: host.to_owned(),
-            })?;
+            })
+            .await?;
         }
         let (outcome, code) = if resume {
             self.resume_host(p).await?
@@ -290,11 +346,12 @@ impl Rollout {
                 .await
         };
         self.say(host, &format!("apply: {}", outcome.as_str()));
-        self.record(&Record::HostFinished {
+        self.record(Record::HostFinished {
             host: host.to_owned(),
             outcome,
             code,
-        })?;
+        })
+        .await?;
         Ok(outcome)
     }
 
@@ -457,7 +514,8 @@ impl Rollout {
         for h in hosts {
             let (me, h) = (Arc::clone(self), h.clone());
             set.spawn(async move {
-                me.record(&Record::HostRollbackStarted { host: h.clone() })?;
+                me.record(Record::HostRollbackStarted { host: h.clone() })
+                    .await?;
                 let ok = match me.prepared.get(&h) {
                     Some(p) => {
                         let env = me.fleet.env.name.clone();
@@ -473,10 +531,11 @@ impl Rollout {
                     None => false,
                 };
                 me.say(&h, if ok { "rolled back" } else { "rollback FAILED" });
-                me.record(&Record::HostRolledBack {
+                me.record(Record::HostRolledBack {
                     host: h.clone(),
                     ok,
-                })?;
+                })
+                .await?;
                 Ok::<_, FleetError>((h, ok))
             });
         }
@@ -494,10 +553,12 @@ impl Rollout {
     }
 
     /// Runs the environment's drain hooks of `when` for a batch.
-    async fn drain(&self, when: DrainWhen, batch: &[String]) -> Result<(), String> {
+    async fn drain(&self, when: DrainWhen, batch: &[String]) -> Result<(), DrainError> {
         for hook in self.fleet.env.drain.iter().filter(|d| d.when == when) {
             let Some(on) = self.fleet.host(&hook.on) else {
-                return Err(format!("no host named {}", hook.on));
+                return Err(DrainError::NoHost {
+                    host: hook.on.clone(),
+                });
             };
             let hosts: Vec<&crate::config::Host> =
                 batch.iter().filter_map(|h| self.fleet.host(h)).collect();
@@ -505,16 +566,17 @@ impl Rollout {
             let run = self.fleet.transport.run(on, &argv, super::ssh::Input::Null);
             let out = tokio::time::timeout(hook.command.timeout, run)
                 .await
-                .map_err(|_| format!("timed out after {}s", hook.command.timeout.as_secs()))?
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| DrainError::Timeout {
+                    secs: hook.command.timeout.as_secs(),
+                })?
+                .map_err(|error| DrainError::Transport { error })?;
             if out.code != 0 {
-                return Err(format!(
-                    "`{}` exited {} on {}: {}",
-                    argv.join(" "),
-                    out.code,
-                    on.name,
-                    out.stderr.trim()
-                ));
+                return Err(DrainError::Failed {
+                    command: argv.join(" "),
+                    code: out.code,
+                    host: on.name.clone(),
+                    stderr: out.stderr.trim().to_owned(),
+                });
             }
             self.say(
                 &on.name,
@@ -532,39 +594,26 @@ fn when_word(w: DrainWhen) -> &'static str {
     }
 }
 
-/// One line of a host's JSON event stream, shown with its host: as JSON
-/// with a `host` field (`--format json`), else as a prefixed text line.
+/// One line of a host's event stream, shown with its host: as JSON with a
+/// `host` field (`--format json`), else as a prefixed text line. A line
+/// that is no event is shown as the host's output.
 fn print_event(host: &str, line: &str, json: bool) {
-    let parsed: Option<serde_json::Map<String, serde_json::Value>> =
-        serde_json::from_str(line).ok();
+    let event = Event::parse(line);
     if json {
-        let mut m = parsed.unwrap_or_else(|| {
-            let mut m = serde_json::Map::new();
-            m.insert("event".into(), "output".into());
-            m.insert("detail".into(), line.into());
-            m
+        let event = event.unwrap_or_else(|| Event::Output {
+            detail: line.to_owned(),
         });
-        m.insert("host".into(), host.into());
-        println!("{}", serde_json::Value::Object(m));
+        println!("{}", event.to_line_from(host));
         return;
     }
-    let Some(m) = parsed else {
-        eprintln!("[{host}] {line}");
-        return;
-    };
-    let s = |k: &str| m.get(k).and_then(serde_json::Value::as_str).unwrap_or("");
-    if s("event") == "report" {
-        return;
-    }
-    if s("detail").is_empty() {
-        eprintln!("[{host}] {:>10} {}", s("event"), s("action"));
-    } else {
-        eprintln!(
-            "[{host}] {:>10} {}: {}",
-            s("event"),
-            s("action"),
-            s("detail")
-        );
+    match event {
+        // The controller prints its own summary.
+        Some(Event::Report { .. }) => {}
+        Some(e) => match e.text() {
+            Some(text) => eprintln!("[{host}] {text}"),
+            None => eprintln!("[{host}] {line}"),
+        },
+        None => eprintln!("[{host}] {line}"),
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::apply::{Rollout, Summary};
-use super::journal::{self, HostOutcome, Journal, Record, Replay};
+use super::journal::{self, HostOutcome, Journal, Record, Replay, RolloutOutcome};
 use super::plan::{self as fplan, FleetPlan, HostPlanArgs};
 use super::remote::{Checkout, Prepared};
 use super::ssh::Output;
@@ -125,9 +125,9 @@ impl Ended {
     /// the summary.
     pub fn close(self) -> Result<Summary, FleetError> {
         let outcome = match self.summary.exit_code() {
-            crate::exit::OK => "succeeded",
-            crate::exit::ROLLED_BACK => "rolled-back",
-            _ => "needs-attention",
+            crate::exit::OK => RolloutOutcome::Succeeded,
+            crate::exit::ROLLED_BACK => RolloutOutcome::RolledBack,
+            _ => RolloutOutcome::NeedsAttention,
         };
         if let Some(j) = self.journal {
             j.finish(outcome, &self.rollout_id)?;
@@ -147,7 +147,7 @@ fn rollout(
         plan: replay.plan.clone(),
         prepared,
         json,
-        journal: Mutex::new(Journal::reopen(&fleet.dir)?),
+        journal: Arc::new(Mutex::new(Journal::reopen(&fleet.dir)?)),
         rollout_id: replay.rollout_id.clone(),
     })
 }
@@ -156,7 +156,8 @@ fn rollout(
 fn into_journal(r: Arc<Rollout>) -> Option<Journal> {
     Arc::try_unwrap(r)
         .ok()
-        .and_then(|r| r.journal.into_inner().ok())
+        .and_then(|r| Arc::into_inner(r.journal))
+        .and_then(|m| m.into_inner().ok())
 }
 
 /// Drives (or finishes) the rollout of `replay` over the `prepared` hosts

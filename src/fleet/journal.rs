@@ -105,8 +105,20 @@ pub enum Record {
         ok: bool,
     },
     End {
-        outcome: String,
+        outcome: RolloutOutcome,
     },
+}
+
+/// How a rollout ended, as its journal's `end` record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutOutcome {
+    /// Every host's apply succeeded (exit 0).
+    Succeeded,
+    /// The fleet was rolled back: every host that switched is back.
+    RolledBack,
+    /// A host failed, or a host's rollback did: a human decides.
+    NeedsAttention,
 }
 
 /// An open fleet journal.
@@ -164,10 +176,8 @@ impl Journal {
     }
 
     /// Ends the journal and moves it to `history/{rollout_id}.jsonl`.
-    pub fn finish(mut self, outcome: &str, rollout_id: &str) -> Result<(), FleetError> {
-        self.append(&Record::End {
-            outcome: outcome.to_owned(),
-        })?;
+    pub fn finish(mut self, outcome: RolloutOutcome, rollout_id: &str) -> Result<(), FleetError> {
+        self.append(&Record::End { outcome })?;
         let history = self.lines.history_dir();
         self.lines
             .finish(rollout_id)
@@ -338,7 +348,18 @@ mod tests {
         j.append(&Record::RollbackBegin { reason: "x".into() })
             .unwrap();
         assert!(read(dir.path()).unwrap().unwrap().rollback_begun());
-        j.finish("rolled-back", "r1").unwrap();
+        j.finish(RolloutOutcome::RolledBack, "r1").unwrap();
+        for (text, outcome) in [
+            ("succeeded", RolloutOutcome::Succeeded),
+            ("rolled-back", RolloutOutcome::RolledBack),
+            ("needs-attention", RolloutOutcome::NeedsAttention),
+        ] {
+            // As written while outcomes were strings.
+            let line = format!(r#"{{"event":"end","outcome":"{text}"}}"#);
+            let r: Record = serde_json::from_str(&line).unwrap();
+            assert_eq!(r, Record::End { outcome });
+            assert_eq!(serde_json::to_string(&r).unwrap(), line);
+        }
         assert!(read(dir.path()).unwrap().is_none());
         assert!(dir.path().join("history/r1.jsonl").exists());
     }

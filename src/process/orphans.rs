@@ -36,7 +36,23 @@ pub struct Group {
 }
 
 /// Records a started command's group durably; an error stops the command.
-pub type Recorder = Arc<dyn Fn(&Group) -> Result<(), String> + Send + Sync>;
+pub type Recorder = Arc<dyn Fn(&Group) -> Result<(), RecordError> + Send + Sync>;
+
+/// Why a started command's group was not recorded (the command is then
+/// stopped).
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("reading /proc/{leader}/stat: {error}")]
+    Identify { leader: u32, error: std::io::Error },
+    #[error("the command ended before its pid was known")]
+    Ended,
+    #[error("{error}")]
+    Task { error: tokio::task::JoinError },
+    /// The recorder could not write the record; its own error is kept by
+    /// whoever installed it.
+    #[error("{message}")]
+    Write { message: String },
+}
 
 tokio::task_local! {
     static RECORDER: Recorder;
@@ -350,7 +366,11 @@ mod tests {
         assert_eq!(seen[0].boot_id, boot_id().unwrap());
 
         // A recorder that fails: the command does not run on unrecorded.
-        let failing: Recorder = Arc::new(|_: &Group| Err("disk full".to_owned()));
+        let failing: Recorder = Arc::new(|_: &Group| {
+            Err(RecordError::Write {
+                message: "disk full".to_owned(),
+            })
+        });
         let marker = dir.path().join("ran");
         let argv = vec![
             "sh".to_owned(),

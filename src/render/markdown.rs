@@ -26,11 +26,7 @@ pub fn cell(s: &str) -> String {
 /// line of the body can close it (CommonMark closes a fence only with at
 /// least as many backticks as opened it).
 fn fence(body: &str) -> String {
-    let longest = body
-        .split(|c| c != '`')
-        .map(str::len)
-        .max()
-        .unwrap_or(0);
+    let longest = body.split(|c| c != '`').map(str::len).max().unwrap_or(0);
     "`".repeat(longest.max(2) + 1)
 }
 

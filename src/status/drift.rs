@@ -2,6 +2,7 @@
 //! runs; a pure function of its inputs, tested in table form.
 
 use super::{Drift, DriftKind, short};
+use crate::systemd::ActiveState;
 
 impl Drift {
     pub(super) fn new(kind: DriftKind, detail: impl Into<String>) -> Self {
@@ -18,7 +19,7 @@ pub(super) struct DriftInputs<'a> {
     pub(super) recorded_revision: Option<&'a str>,
     pub(super) recorded_unit_sha: Option<&'a str>,
     pub(super) live: Option<&'a str>,
-    pub(super) active_state: &'a str,
+    pub(super) active_state: &'a ActiveState,
     pub(super) installed: Option<&'a [u8]>,
     pub(super) rendered: Option<&'a str>,
 }
@@ -47,7 +48,7 @@ pub(super) fn service_drift(i: &DriftInputs<'_>) -> Vec<Drift> {
         )),
         _ => {}
     }
-    if i.active_state != "active" {
+    if *i.active_state != ActiveState::Active {
         out.push(Drift::new(
             DriftKind::NotActive,
             format!("unit is {}", i.active_state),
@@ -90,7 +91,7 @@ mod tests {
             recorded_revision: Some("aaaaaaaaaaaa"),
             recorded_unit_sha: None,
             live: Some("aaaaaaaaaaaa"),
-            active_state: "active",
+            active_state: &ActiveState::Active,
             installed: Some(b"unit"),
             rendered: Some("unit"),
         }
@@ -189,7 +190,7 @@ mod tests {
             (
                 "stopped",
                 DriftInputs {
-                    active_state: "inactive",
+                    active_state: &ActiveState::Inactive,
                     ..inputs()
                 },
                 vec![DriftKind::NotActive],

@@ -15,7 +15,7 @@ use crate::health;
 use crate::plan::build::{ready_url, url_for};
 use crate::release::Paths;
 use crate::state::{self, State};
-use crate::systemd::{Systemd, UnitStatus};
+use crate::systemd::{ActiveState, Systemd, UnitStatus};
 use crate::target::Target;
 use crate::unit;
 
@@ -168,7 +168,7 @@ fn unit_state(st: &UnitStatus) -> UnitState {
         unit: st.name.clone(),
         active_state: st.active_state.clone(),
         sub_state: st.sub_state.clone(),
-        ok: st.active_state == "active",
+        ok: st.active_state == ActiveState::Active,
     }
 }
 
@@ -225,7 +225,7 @@ async fn service_status(
         }
         _ => None,
     };
-    let healthy = unit_st.active_state == "active"
+    let healthy = unit_st.active_state == ActiveState::Active
         && liveness.ok
         && readiness.ok
         && drift.is_empty()

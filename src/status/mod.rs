@@ -48,7 +48,7 @@ use miette::Diagnostic;
 use serde::Serialize;
 
 use crate::health::Probe;
-use crate::systemd::SystemdError;
+use crate::systemd::{ActiveState, SystemdError};
 
 mod drift;
 mod gather;
@@ -124,7 +124,7 @@ pub struct Drift {
 #[derive(Debug, Clone, Serialize)]
 pub struct UnitState {
     pub unit: String,
-    pub active_state: String,
+    pub active_state: ActiveState,
     pub sub_state: String,
     pub ok: bool,
 }
@@ -145,7 +145,7 @@ pub struct ServiceStatus {
     pub unit: String,
     pub phase: String,
     pub load_state: String,
-    pub active_state: String,
+    pub active_state: ActiveState,
     pub sub_state: String,
     pub result: String,
     pub since: Option<String>,

@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{DriftKind, MigrationState, Status, short};
 use crate::health::Probe;
+use crate::systemd::ActiveState;
 
 /// `--check`: whether everything is healthy and nothing drifted.
 pub fn is_ok(s: &Status) -> bool {
@@ -82,7 +83,7 @@ pub fn text(s: &Status, now_us: u64) -> String {
         }
         let mut rows: Vec<[String; 8]> = vec![header.map(str::to_owned)];
         for sv in &p.services {
-            let since = if sv.since_us == 0 || sv.active_state != "active" {
+            let since = if sv.since_us == 0 || sv.active_state != ActiveState::Active {
                 "-".to_owned()
             } else {
                 ago(now_us.saturating_sub(sv.since_us) / 1_000_000)
@@ -99,7 +100,7 @@ pub fn text(s: &Status, now_us: u64) -> String {
             }
             rows.push([
                 format!("{} {}", if sv.healthy { " " } else { "!" }, sv.name),
-                sv.active_state.clone(),
+                sv.active_state.to_string(),
                 since,
                 if sv.unit_file_state.is_empty() {
                     "-".to_owned()
