@@ -2,15 +2,15 @@
 //!
 //! Data flows one way: `config` (KDL → checked model) → `changes` (git) →
 //! `plan` (a deterministic value) → `render` (pure functions of the plan) →
-//! `apply` (the only stage that touches the host).
+//! `execute` (the only stage that touches the host).
 
-pub mod apply;
 pub mod backup;
 pub mod changes;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod deps;
+pub mod execute;
 pub mod exit;
 pub mod fleet;
 pub mod harness;

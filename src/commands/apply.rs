@@ -1,7 +1,7 @@
 //! `moorline apply`: a plan made here (or a saved one, re-made and
 //! compared; or one checked against a plan reviewed elsewhere), shown,
 //! refused when it must be (conflicts, dirty tree, promotion, approval,
-//! staleness), confirmed, then executed by [`crate::apply`]; and
+//! staleness), confirmed, then executed by [`crate::execute`]; and
 //! `apply --resume`.
 
 use std::path::Path;
@@ -329,7 +329,7 @@ pub fn run(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
         if args.resume {
             let ctx = connect().await?;
             crate::commands::removed_empty_backups(&t);
-            return match crate::apply::resume(std::sync::Arc::clone(&ctx)).await? {
+            return match crate::execute::resume(std::sync::Arc::clone(&ctx)).await? {
                 None => {
                     println!("nothing to resume: no unfinished apply of {env_name}");
                     Ok(exit::OK)
@@ -467,7 +467,7 @@ pub fn run(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
         // Only now, with a plan that is worth applying, talk to systemd.
         let ctx = connect().await?;
         let operation = plan.operation;
-        let report = crate::apply::apply(ctx, plan).await?;
+        let report = crate::execute::apply(ctx, plan).await?;
         Ok(print_report(&report, &env_name, args.format, operation))
     })
 }

@@ -427,7 +427,7 @@ fn run_apply(global: &Global, args: &ApplyArgs, t: &Target, source: Source) -> m
         {
             return Err(ApplyCmdError::Unconfirmed.into());
         }
-        let rollout_id = crate::apply::new_apply_id();
+        let rollout_id = crate::execute::new_apply_id();
         let mut j = Journal::create(&fleet.dir, &rollout_id, &plan)?;
         for h in &skipped {
             j.append(&Record::HostFinished {
