@@ -247,6 +247,84 @@ fn nodes(plan: &Plan, done: &BTreeSet<String>) -> Vec<Node> {
         .collect()
 }
 
+/// One run of [`execute`]: what starting an action and recording its
+/// outcome need.
+struct Runner<'a> {
+    ctx: &'a Arc<Ctx>,
+    plan: &'a Plan,
+    apply_id: &'a str,
+    journal: &'a Shared,
+    started: Instant,
+}
+
+impl Runner<'_> {
+    /// Journals the start of action `i` (durable first), shows it, and
+    /// performs it on the runtime.
+    async fn start(
+        &self,
+        i: usize,
+        running: &mut JoinSet<(usize, Performed)>,
+        running_since: &mut BTreeMap<String, Instant>,
+    ) -> Result<(), ApplyError> {
+        let Some(a) = self.plan.actions.get(i) else {
+            return Ok(());
+        };
+        let progress = self.ctx.options.progress;
+        journal_append(
+            self.journal,
+            Record::Started {
+                action: a.id.clone(),
+                at_ms: Some(millis_since(self.started)),
+            },
+        )
+        .await?;
+        emit(progress, "start", &a.id, "");
+        running_since.insert(a.id.clone(), Instant::now());
+        show_running(progress, running_since);
+        let (ctx, journal, a) = (Arc::clone(self.ctx), Arc::clone(self.journal), a.clone());
+        let (to_sha, apply_id) = (self.plan.to.sha.clone(), self.apply_id.to_owned());
+        running.spawn(async move {
+            let res = perform::run(&ctx, &a, &to_sha, &apply_id, &journal).await;
+            (i, res)
+        });
+        Ok(())
+    }
+
+    /// Journals and shows how action `id` ended: `Ok(Err(message))` when
+    /// it failed; a journal error (its own, or the action's) stops the run.
+    async fn record(&self, id: &str, res: Performed) -> Result<Result<(), String>, ApplyError> {
+        let progress = self.ctx.options.progress;
+        match res {
+            Ok(note) => {
+                journal_append(
+                    self.journal,
+                    Record::Succeeded {
+                        action: id.to_owned(),
+                        note: note.clone(),
+                        at_ms: Some(millis_since(self.started)),
+                    },
+                )
+                .await?;
+                emit(progress, "done", id, note.as_deref().unwrap_or(""));
+                Ok(Ok(()))
+            }
+            Err((ActionError::Journal(e), _)) => Err(e.into()),
+            Err((_, err)) => {
+                journal_append(
+                    self.journal,
+                    Record::Failed {
+                        action: id.to_owned(),
+                        error: err.clone(),
+                    },
+                )
+                .await?;
+                emit(progress, "FAILED", id, &err);
+                Ok(Err(err))
+            }
+        }
+    }
+}
+
 /// Executes `plan`: every action starts as soon as its `after` actions
 /// succeeded (builds bounded by `jobs`), each start and outcome journaled
 /// first; on the first failure or a signal nothing new starts. `prior`:
@@ -274,6 +352,13 @@ async fn execute(
         None => BTreeSet::new(),
     };
     let mut queue = Scheduler::new(&nodes(plan, &done), ctx.options.jobs, on_failure);
+    let runner = Runner {
+        ctx,
+        plan,
+        apply_id,
+        journal,
+        started,
+    };
     let mut running: JoinSet<(usize, Performed)> = JoinSet::new();
     let mut running_since: BTreeMap<String, Instant> = BTreeMap::new();
     let mut failed: Vec<(String, String)> = Vec::new();
@@ -285,26 +370,7 @@ async fn execute(
 
     loop {
         while let Some(i) = queue.start_next() {
-            let Some(a) = plan.actions.get(i) else {
-                continue;
-            };
-            journal_append(
-                journal,
-                Record::Started {
-                    action: a.id.clone(),
-                    at_ms: Some(millis_since(started)),
-                },
-            )
-            .await?;
-            emit(progress, "start", &a.id, "");
-            running_since.insert(a.id.clone(), Instant::now());
-            show_running(progress, &running_since);
-            let (ctx, journal, a) = (Arc::clone(ctx), Arc::clone(journal), a.clone());
-            let (to_sha, apply_id) = (plan.to.sha.clone(), apply_id.to_owned());
-            running.spawn(async move {
-                let res = perform::run(&ctx, &a, &to_sha, &apply_id, &journal).await;
-                (i, res)
-            });
+            runner.start(i, &mut running, &mut running_since).await?;
         }
         if running.is_empty() {
             break;
@@ -333,31 +399,9 @@ async fn execute(
             .unwrap_or_default();
         running_since.remove(&id);
         show_running(progress, &running_since);
-        match res {
-            Ok(note) => {
-                journal_append(
-                    journal,
-                    Record::Succeeded {
-                        action: id.clone(),
-                        note: note.clone(),
-                        at_ms: Some(millis_since(started)),
-                    },
-                )
-                .await?;
-                emit(progress, "done", &id, note.as_deref().unwrap_or(""));
-                queue.succeeded(i);
-            }
-            Err((ActionError::Journal(e), _)) => return Err(e.into()),
-            Err((_, err)) => {
-                journal_append(
-                    journal,
-                    Record::Failed {
-                        action: id.clone(),
-                        error: err.clone(),
-                    },
-                )
-                .await?;
-                emit(progress, "FAILED", &id, &err);
+        match runner.record(&id, res).await? {
+            Ok(()) => queue.succeeded(i),
+            Err(err) => {
                 failed.push((id, err));
                 queue.failed(i);
             }
@@ -382,6 +426,10 @@ async fn execute(
     })
 }
 
+/// Runs `plan` as the apply `apply_id` (fresh, or resumed from `replay`):
+/// an interrupted rollback goes on; otherwise the plan is executed, then
+/// the state committed, or the apply ended as interrupted, failed or
+/// rolled back.
 async fn run(
     ctx: Arc<Ctx>,
     plan: Plan,

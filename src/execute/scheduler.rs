@@ -64,7 +64,8 @@ pub struct Scheduler {
     queued: VecDeque<(u64, usize)>,
     seq: u64,
     permits: usize,
-    running: usize,
+    /// Permits held (by running permit actions).
+    held: usize,
     on_failure: OnFailure,
     stopping: bool,
 }
@@ -106,7 +107,7 @@ impl Scheduler {
             queued: VecDeque::new(),
             seq: 0,
             permits: permits.max(1),
-            running: 0,
+            held: 0,
             on_failure,
             stopping: false,
         };
@@ -135,7 +136,7 @@ impl Scheduler {
         if self.stopping {
             return None;
         }
-        let permit_free = self.running < self.permits;
+        let permit_free = self.held < self.permits;
         let take_queued = match (self.ready.front(), self.queued.front()) {
             (_, Some(_)) if !permit_free => false,
             (Some(&(r, _)), Some(&(q, _))) => q < r,
@@ -143,7 +144,7 @@ impl Scheduler {
             (_, None) => false,
         };
         let (_, i) = if take_queued {
-            self.running += 1;
+            self.held += 1;
             self.queued.pop_front()?
         } else {
             self.ready.pop_front()?
@@ -155,15 +156,18 @@ impl Scheduler {
     /// `i` succeeded: its dependents whose predecessors are all done
     /// become ready, in plan order.
     pub fn succeeded(&mut self, i: usize) {
-        self.finish(i, State::Succeeded);
-        self.release(i);
+        if self.finish(i, State::Succeeded) {
+            self.release(i);
+        }
     }
 
     /// `i` failed: under [`OnFailure::Stop`] nothing new starts (its
     /// dependents never do); under [`OnFailure::KeepGoing`] it releases its
     /// dependents like a success.
     pub fn failed(&mut self, i: usize) {
-        self.finish(i, State::Failed);
+        if !self.finish(i, State::Failed) {
+            return;
+        }
         match self.on_failure {
             OnFailure::Stop => self.stopping = true,
             OnFailure::KeepGoing => self.release(i),
@@ -175,14 +179,17 @@ impl Scheduler {
         self.stopping = true;
     }
 
-    fn finish(&mut self, i: usize, to: State) {
+    /// Marks the running action `i` finished (`to`); false (and nothing
+    /// changed) when `i` is not running.
+    fn finish(&mut self, i: usize, to: State) -> bool {
         if self.state.get(i) != Some(&State::Running) {
-            return;
+            return false;
         }
         if self.permit[i] {
-            self.running = self.running.saturating_sub(1);
+            self.held = self.held.saturating_sub(1);
         }
         self.state[i] = to;
+        true
     }
 
     fn release(&mut self, i: usize) {
@@ -405,6 +412,23 @@ mod tests {
         assert_eq!(drain(&mut s), Vec::<usize>::new());
         let states: Vec<_> = (0..4).map(|i| s.state(i)).collect();
         assert_eq!(states, vec![Some(State::Succeeded); 4]);
+    }
+
+    /// Finishing an action that is not running changes nothing: it does
+    /// not release its dependents nor free a permit.
+    #[test]
+    fn only_a_running_action_finishes() {
+        let nodes = vec![build(&[]), build(&[]), node(&[0])];
+        let mut s = Scheduler::new(&nodes, 1, OnFailure::KeepGoing);
+        assert_eq!(drain(&mut s), vec![0]);
+        s.succeeded(1);
+        s.failed(2);
+        assert_eq!(drain(&mut s), Vec::<usize>::new());
+        assert_eq!(s.state(1), Some(State::Ready));
+        assert_eq!(s.state(2), Some(State::Blocked));
+        s.succeeded(0);
+        s.succeeded(0);
+        assert_eq!(drain(&mut s), vec![1, 2]);
     }
 
     #[test]
