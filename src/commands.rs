@@ -380,14 +380,14 @@ pub async fn executor(
     jobs: Option<usize>,
     rollback_on_failure: bool,
     format: Format,
-) -> miette::Result<std::sync::Arc<crate::apply::Ctx>> {
+) -> miette::Result<std::sync::Arc<crate::execute::Ctx>> {
     let systemd = crate::systemd::Systemd::connect(t.systemd).await?;
     let progress = match format {
-        Format::Json => crate::apply::Progress::Json,
-        _ if report::stderr_color() => crate::apply::Progress::Live,
-        _ => crate::apply::Progress::Lines,
+        Format::Json => crate::execute::Progress::Json,
+        _ if report::stderr_color() => crate::execute::Progress::Live,
+        _ => crate::execute::Progress::Lines,
     };
-    Ok(std::sync::Arc::new(crate::apply::Ctx {
+    Ok(std::sync::Arc::new(crate::execute::Ctx {
         config: t.loaded.config.clone(),
         config_sha256: crate::state::sha256_hex(t.loaded.text.as_bytes()),
         env: t.env.clone(),
@@ -395,7 +395,7 @@ pub async fn executor(
         state_dir: t.state_dir.clone(),
         unit_dir: t.unit_dir.clone(),
         systemd,
-        options: crate::apply::Options {
+        options: crate::execute::Options {
             jobs: jobs.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
             }),
@@ -409,12 +409,12 @@ pub async fn executor(
 /// ended. The full error of a failed action was printed when it happened;
 /// the summary names it with the first line of its message, once.
 pub fn print_report(
-    r: &crate::apply::Report,
+    r: &crate::execute::Report,
     env: &str,
     format: Format,
     operation: crate::plan::Operation,
 ) -> i32 {
-    use crate::apply::Outcome;
+    use crate::execute::Outcome;
     let what = operation.as_str();
     if format == Format::Json {
         let report = crate::secrets::redacted_json(r).unwrap_or_default();

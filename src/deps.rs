@@ -258,19 +258,36 @@ pub struct Provide<'a> {
     pub version_log: PathBuf,
 }
 
+/// Where a build's dependency step runs: the configuration it reads the
+/// runtime from, the environment, and the step's log files (the executor
+/// names them).
+pub struct Provision<'a> {
+    pub config: &'a crate::config::Config,
+    pub env: &'a crate::config::Environment,
+    /// Log files of the step and of the version command.
+    pub log: PathBuf,
+    pub version_log: PathBuf,
+}
+
 /// What a build in `release` needs for its runtime's dependency step
-/// (`None`: the runtime has none). The key's git reads (the repository,
-/// the inputs' object ids) run on the blocking pool.
+/// (`None`: the runtime has none). The key's git reads (the repository
+/// in `repo_dir`, the inputs' object ids) run on the blocking pool.
 pub async fn provision<'a>(
-    ctx: &'a crate::apply::Ctx,
+    at: Provision<'a>,
+    repo_dir: &Path,
     s: &crate::config::Service,
     to_sha: &str,
     release: &'a Path,
-    apply_id: &str,
 ) -> Option<Result<Provide<'a>, DepsError>> {
-    let rt = ctx.config.runtime_of(s)?;
+    let Provision {
+        config,
+        env,
+        log,
+        version_log,
+    } = at;
+    let rt = config.runtime_of(s)?;
     let d = rt.deps.as_ref()?;
-    let (repo_dir, sha) = (ctx.repo_dir.clone(), to_sha.to_owned());
+    let (repo_dir, sha) = (repo_dir.to_owned(), to_sha.to_owned());
     let paths: Vec<(String, String)> = d.inputs.iter().map(|i| (i.clone(), s.join(i))).collect();
     let inputs = crate::blocking::run(
         move || {
@@ -287,19 +304,18 @@ pub async fn provision<'a>(
     .await;
     Some((|| {
         let inputs = inputs?;
-        let argv = argv(&d.command.argv, s, &ctx.env);
+        let argv = argv(&d.command.argv, s, env);
         let plan_key = plan_key(&rt.name, &argv, &d.outputs, &inputs);
-        let id = format!("deps:{}", s.name);
         Ok(Provide {
-            root: &ctx.env.root,
+            root: &env.root,
             release,
             deps: d,
-            version_argv: d.version.as_ref().map(|v| self::argv(&v.argv, s, &ctx.env)),
+            version_argv: d.version.as_ref().map(|v| self::argv(&v.argv, s, env)),
             argv,
             plan_key,
-            env: crate::apply::command_env(ctx, Some(&s.name), release.to_str()),
-            log: crate::apply::log_path(ctx, apply_id, &id),
-            version_log: crate::apply::log_path(ctx, apply_id, &format!("{id}-version")),
+            env: crate::process::command_env(env, Some(&s.name), release.to_str()),
+            log,
+            version_log,
         })
     })())
 }

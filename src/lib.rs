@@ -2,9 +2,8 @@
 //!
 //! Data flows one way: `config` (KDL → checked model) → `changes` (git) →
 //! `plan` (a deterministic value) → `render` (pure functions of the plan) →
-//! `apply` (the only stage that touches the host).
+//! `execute` (the only stage that touches the host).
 
-pub mod apply;
 pub mod backup;
 pub mod blocking;
 pub mod changes;
@@ -14,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod deps;
 pub mod events;
+pub mod execute;
 pub mod exit;
 pub mod files;
 pub mod fleet;

@@ -316,7 +316,7 @@ fn first_deploy_undone(st: &State, service: &str) -> Option<ops::UnitUndo> {
 }
 
 /// When an apply began, from its id (`SECS-MICROS-PID`, see
-/// [`crate::apply::new_apply_id`]); an id of another form sorts first.
+/// [`crate::execute::new_apply_id`]); an id of another form sorts first.
 fn apply_order(id: &str) -> (u64, u64) {
     let mut parts = id.split('-').map(|p| p.parse::<u64>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
@@ -456,7 +456,7 @@ mod tests {
             previous_units: std::collections::BTreeMap::from([("backend".into(), None)]),
             backup: None,
             migrated: false,
-            outcome: "succeeded".into(),
+            outcome: crate::state::ApplyOutcome::Succeeded,
         };
         let mut st = State::default();
         st.services.insert(
@@ -499,7 +499,7 @@ mod tests {
             previous_units: std::collections::BTreeMap::new(),
             backup: backup.map(str::to_owned),
             migrated,
-            outcome: "succeeded".into(),
+            outcome: crate::state::ApplyOutcome::Succeeded,
         };
         let mut st = State::default();
         assert_eq!(schema_after_code_rollback(&st, "production"), None);

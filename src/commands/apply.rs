@@ -2,7 +2,7 @@
 //! and compared; or one checked against a plan reviewed elsewhere), shown,
 //! passed through the gates of [`crate::policy`] (conflicts, promotion,
 //! staleness, review, dirty tree, approval, confirmation), then executed by
-//! [`crate::apply`]; and `apply --resume`. Which plan file and which
+//! [`crate::execute`]; and `apply --resume`. Which plan file and which
 //! target (a host or a fleet) is decided by the dispatcher.
 
 use miette::Diagnostic;
@@ -57,7 +57,7 @@ pub fn run(
         if args.resume {
             let ctx = connect().await?;
             crate::commands::removed_empty_backups(t);
-            return match crate::apply::resume(std::sync::Arc::clone(&ctx)).await? {
+            return match crate::execute::resume(std::sync::Arc::clone(&ctx)).await? {
                 None => {
                     println!("nothing to resume: no unfinished apply of {env_name}");
                     Ok(exit::OK)
@@ -170,7 +170,7 @@ pub fn run(
         // Only now, with a plan that is worth applying, talk to systemd.
         let ctx = connect().await?;
         let operation = plan.operation;
-        let report = crate::apply::apply(ctx, plan).await?;
+        let report = crate::execute::apply(ctx, plan).await?;
         Ok(print_report(&report, &env_name, args.format, operation))
     })
 }

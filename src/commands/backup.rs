@@ -56,7 +56,7 @@ pub fn run(t: &Target, args: &BackupArgs) -> miette::Result<i32> {
     match &args.action {
         None => {
             let _lock = crate::lock::acquire(&t.state_dir, "backup")?;
-            let log_id = format!("backup-{}", crate::apply::new_apply_id());
+            let log_id = format!("backup-{}", crate::execute::new_apply_id());
             let taken = runtime()?
                 .block_on(crate::backup::take(
                     &t.config().project.name,

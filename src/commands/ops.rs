@@ -15,9 +15,9 @@
 use std::collections::BTreeSet;
 
 use super::{confirm, executor, print_report, runtime};
-use crate::apply::Outcome;
 use crate::changes::Rev;
 use crate::cli::{Format, OpsArgs};
+use crate::execute::Outcome;
 use crate::ops::{OpsError, select};
 use crate::plan::Operation;
 use crate::plan::ops::{ServiceOps, services};
@@ -73,7 +73,7 @@ pub fn run(t: &Target, args: &OpsArgs, op: Operation) -> miette::Result<i32> {
     let rt = runtime()?;
     rt.block_on(async {
         let ctx = executor(t, None, false, Format::Text).await?;
-        let report = crate::apply::apply(std::sync::Arc::clone(&ctx), plan).await?;
+        let report = crate::execute::apply(std::sync::Arc::clone(&ctx), plan).await?;
         if report.outcome == Outcome::Interrupted {
             return Ok(print_report(&report, &args.env, Format::Text, op));
         }
@@ -98,7 +98,7 @@ pub fn run(t: &Target, args: &OpsArgs, op: Operation) -> miette::Result<i32> {
 
 /// `OP: N succeeded, M failed, K not run`, and the lists when not all
 /// succeeded. A started service succeeded when it is ready.
-fn summary(op: Operation, names: &[String], r: &crate::apply::Report) -> i32 {
+fn summary(op: Operation, names: &[String], r: &crate::execute::Report) -> i32 {
     let done: BTreeSet<&str> = r.succeeded.iter().map(String::as_str).collect();
     let failed: BTreeSet<&str> = r.failed.iter().map(|(id, _)| id.as_str()).collect();
     let final_id = |s: &str| {

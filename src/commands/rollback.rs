@@ -21,7 +21,7 @@ pub fn run(t: &Target, args: &RollbackArgs) -> miette::Result<i32> {
         crate::commands::removed_empty_backups(t);
         // A crashed apply is rolled back from its journal first: its
         // rollback plan is shown and confirmed like any other.
-        if let Some(pending) = crate::apply::unfinished_rollback(&ctx).await? {
+        if let Some(pending) = crate::execute::unfinished_rollback(&ctx).await? {
             if pending.live_changed() {
                 eprintln!(
                     "apply {} is unfinished; {}:",
@@ -35,13 +35,13 @@ pub fn run(t: &Target, args: &RollbackArgs) -> miette::Result<i32> {
                 show_and_confirm(&pending.plan, args.format, args.yes, "Roll back")?;
             }
             let report =
-                crate::apply::roll_back_unfinished(std::sync::Arc::clone(&ctx), pending).await?;
+                crate::execute::roll_back_unfinished(std::sync::Arc::clone(&ctx), pending).await?;
             match report.outcome {
-                crate::apply::Outcome::RolledBack => eprintln!(
+                crate::execute::Outcome::RolledBack => eprintln!(
                     "the unfinished apply {} was rolled back from its journal",
                     report.apply_id
                 ),
-                crate::apply::Outcome::FailedUntouched => eprintln!(
+                crate::execute::Outcome::FailedUntouched => eprintln!(
                     "the unfinished apply {} was closed: nothing live had changed",
                     report.apply_id
                 ),
@@ -54,7 +54,7 @@ pub fn run(t: &Target, args: &RollbackArgs) -> miette::Result<i32> {
                 crate::plan::Operation::Rollback,
             );
             // Asked for a rollback and got one: that is success.
-            return Ok(if report.outcome == crate::apply::Outcome::RolledBack {
+            return Ok(if report.outcome == crate::execute::Outcome::RolledBack {
                 exit::OK
             } else {
                 code
@@ -64,7 +64,7 @@ pub fn run(t: &Target, args: &RollbackArgs) -> miette::Result<i32> {
         let chosen = choose(t, &loaded, &args.services, args.to.as_deref())?;
         let (plan, schema) = (chosen.plan, chosen.schema);
         show_and_confirm(&plan, args.format, args.yes, "Roll back")?;
-        let report = crate::apply::apply(ctx, plan).await?;
+        let report = crate::execute::apply(ctx, plan).await?;
         let code = print_report(
             &report,
             &args.env,
@@ -140,7 +140,7 @@ pub fn restart(t: &Target, args: &OpsArgs) -> miette::Result<i32> {
     let rt = runtime()?;
     rt.block_on(async {
         let ctx = executor(t, None, false, Format::Text).await?;
-        let report = crate::apply::apply(ctx, plan).await?;
+        let report = crate::execute::apply(ctx, plan).await?;
         Ok(print_report(
             &report,
             &args.env,

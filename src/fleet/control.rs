@@ -85,7 +85,7 @@ pub async fn replan(
 /// Begins the rollout of `plan` in the fleet journal, the `skipped` hosts
 /// recorded as unreachable, and reads it back: what [`drive`] runs.
 pub fn begin(fleet: &Fleet, plan: &FleetPlan, skipped: &[String]) -> Result<Replay, FleetError> {
-    let rollout_id = crate::apply::new_apply_id();
+    let rollout_id = crate::execute::new_apply_id();
     let mut j = Journal::create(&fleet.dir, &rollout_id, plan)?;
     for h in skipped {
         j.append(&Record::HostFinished {

@@ -1,0 +1,247 @@
+//! The state commit: what `state.json` says after a run, written from the
+//! journal's records (switches, replaced units, backups). After a success
+//! the services' releases and units are recorded and old releases pruned;
+//! after a failure only the outcome and the backup are. Each writes on the
+//! blocking pool (it fsyncs).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::journal::Record;
+use crate::plan::{ActionKind, Plan};
+use crate::release::{self, Paths};
+use crate::state::{self, ApplyOutcome, ApplyRecord, BackupRecord, ServiceState, State};
+use crate::unit;
+
+use super::{ApplyError, Ctx};
+
+/// [`commit_state`] on the blocking pool: the state after a successful
+/// run of `plan`, and old releases pruned.
+pub(super) async fn save_success(
+    ctx: &Arc<Ctx>,
+    plan: &Plan,
+    apply_id: &str,
+    records: Vec<Record>,
+) -> Result<(), ApplyError> {
+    let (ctx, plan, apply_id) = (Arc::clone(ctx), plan.clone(), apply_id.to_owned());
+    tokio::task::spawn_blocking(move || commit_state(&ctx, &plan, &apply_id, &records))
+        .await
+        .map_err(|source| ApplyError::Blocking {
+            what: "writing the state and pruning releases",
+            source,
+        })?
+}
+
+/// [`record_outcome`] on the blocking pool (it fsyncs `state.json`).
+pub(super) async fn save_outcome(
+    ctx: &Arc<Ctx>,
+    plan: &Plan,
+    apply_id: &str,
+    records: &[Record],
+    outcome: ApplyOutcome,
+) -> Result<(), ApplyError> {
+    let (ctx, plan, apply_id, records) = (
+        Arc::clone(ctx),
+        plan.clone(),
+        apply_id.to_owned(),
+        records.to_vec(),
+    );
+    tokio::task::spawn_blocking(move || record_outcome(&ctx, &plan, &apply_id, &records, outcome))
+        .await
+        .map_err(|source| ApplyError::Blocking {
+            what: "writing the state",
+            source,
+        })?
+}
+
+/// Writes the state after a failed apply: services unchanged, the backup
+/// (if any) and the outcome recorded.
+fn record_outcome(
+    ctx: &Ctx,
+    plan: &Plan,
+    apply_id: &str,
+    records: &[Record],
+    outcome: ApplyOutcome,
+) -> Result<(), ApplyError> {
+    let loaded = state::load(&ctx.state_dir, &plan.project, &plan.environment)?;
+    let mut st = loaded.state.unwrap_or_else(|| empty_state(plan));
+    add_backups(&mut st, records, apply_id, ctx);
+    st.last_failure = Some(ApplyRecord {
+        id: apply_id.to_owned(),
+        from: plan.from.as_ref().map(|f| f.sha.clone()),
+        to: plan.to.sha.clone(),
+        switched: Vec::new(),
+        previous_units: BTreeMap::new(),
+        backup: last_backup(records),
+        migrated: records.iter().any(|r| {
+            matches!(r, Record::Succeeded { action, .. }
+                if plan.action(action).is_some_and(|a| a.kind() == ActionKind::Migrate))
+        }),
+        outcome,
+    });
+    state::save(&ctx.state_dir, &st)?;
+    Ok(())
+}
+
+fn empty_state(plan: &Plan) -> State {
+    State {
+        format_version: state::FORMAT_VERSION,
+        project: plan.project.clone(),
+        environment: plan.environment.clone(),
+        ..State::default()
+    }
+}
+
+fn last_backup(records: &[Record]) -> Option<String> {
+    records.iter().rev().find_map(|r| match r {
+        Record::Backup { id, .. } => Some(id.clone()),
+        _ => None,
+    })
+}
+
+fn add_backups(st: &mut State, records: &[Record], apply_id: &str, ctx: &Ctx) {
+    for r in records {
+        if let Record::Backup {
+            id,
+            path,
+            size,
+            sha256,
+        } = r
+            && !st.backups.iter().any(|b| b.id == *id)
+        {
+            st.backups.push(BackupRecord {
+                id: id.clone(),
+                path: path.clone(),
+                size: *size,
+                sha256: sha256.clone(),
+                taken_at: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                revision: st.revision.clone(),
+                apply_id: Some(apply_id.to_owned()),
+            });
+        }
+    }
+    if let Some(b) = &ctx.env.backup {
+        crate::backup::retain(st, b.keep as usize);
+    }
+}
+
+/// Writes the state after a successful apply and prunes old releases.
+fn commit_state(
+    ctx: &Ctx,
+    plan: &Plan,
+    apply_id: &str,
+    records: &[Record],
+) -> Result<(), ApplyError> {
+    let loaded = state::load(&ctx.state_dir, &plan.project, &plan.environment)?;
+    let mut st = loaded.state.unwrap_or_else(|| empty_state(plan));
+    add_backups(&mut st, records, apply_id, ctx);
+    let mut switched = Vec::new();
+    for r in records {
+        if let Record::Switch { service, from, to } = r {
+            let svc = ctx.config.service(service);
+            let unit_sha = svc
+                .and_then(|s| unit::render(&ctx.env, s).ok().flatten())
+                .map(|u| state::sha256_hex(u.as_bytes()));
+            let unit_name = svc
+                .filter(|_| unit_sha.is_some())
+                .map(|s| s.unit_name.clone());
+            let previous = match from {
+                Some(f) if f != to => Some(f.clone()),
+                _ => st.services.get(service).and_then(|s| s.previous.clone()),
+            };
+            st.services.insert(
+                service.clone(),
+                ServiceState {
+                    revision: to.clone(),
+                    previous,
+                    unit_sha256: unit_sha,
+                    unit: unit_name,
+                },
+            );
+            if !switched.contains(service) {
+                switched.push(service.clone());
+            }
+        }
+    }
+    let mut previous_units = BTreeMap::new();
+    for r in records {
+        if let Record::UnitReplace {
+            service,
+            unit,
+            saved,
+        } = r
+        {
+            previous_units.insert(service.clone(), saved.clone());
+            if let Some(s) = ctx.config.service(service) {
+                // What is installed now: the config's unit after a deploy,
+                // the saved previous one after a rollback (not the config's).
+                let sha = std::fs::read(ctx.unit_dir.join(unit))
+                    .ok()
+                    .map(|u| state::sha256_hex(&u));
+                if let Some(entry) = st.services.get_mut(service) {
+                    entry.unit = sha.as_ref().map(|_| s.unit_name.clone());
+                    entry.unit_sha256 = sha;
+                }
+            }
+        }
+    }
+    if plan.operation == crate::plan::Operation::Deploy {
+        st.revision = Some(plan.to.sha.clone());
+        // A deploy planned after a database restore migrated every
+        // deployed service again (the state it was planned from had the
+        // mark); it succeeded, so the schema matches the code.
+        st.database_restored = None;
+        st.rolled_back = None;
+        st.record_deploy(&plan.to.sha, state::now_secs());
+    }
+    if plan.operation == crate::plan::Operation::Rollback {
+        // Services whose first deploy this rollback undid: nothing of
+        // theirs is deployed any more, so the next plan deploys them first.
+        let undeployed: Vec<&str> = plan
+            .services
+            .iter()
+            .filter(|s| s.change == crate::plan::ServiceChange::Stop)
+            .map(|s| s.name.as_str())
+            .collect();
+        for s in &undeployed {
+            st.services.remove(*s);
+        }
+        if !undeployed.is_empty() && st.services.is_empty() {
+            st.revision = None;
+        }
+        st.record_manual_rollback(state::now_secs());
+        let mut back = switched.clone();
+        back.extend(undeployed.iter().map(|s| (*s).to_owned()));
+        st.rolled_back = Some(state::ManualRollback::after(
+            st.rolled_back.take(),
+            apply_id,
+            &back,
+        ));
+    }
+    st.last_apply = Some(ApplyRecord {
+        id: apply_id.to_owned(),
+        from: plan.from.as_ref().map(|f| f.sha.clone()),
+        to: plan.to.sha.clone(),
+        switched: switched.clone(),
+        previous_units,
+        backup: last_backup(records),
+        migrated: plan.actions.iter().any(|a| a.kind() == ActionKind::Migrate),
+        outcome: ApplyOutcome::Succeeded,
+    });
+    state::save(&ctx.state_dir, &st)?;
+    let keep = ctx.config.project.keep_releases as usize;
+    for s in &switched {
+        let paths = Paths::new(&ctx.env.root, s);
+        if let Some(entry) = st.services.get(s) {
+            let mut protect = vec![entry.revision.as_str()];
+            if let Some(p) = &entry.previous {
+                protect.push(p.as_str());
+            }
+            release::prune(&paths, keep, &protect);
+        }
+    }
+    Ok(())
+}
