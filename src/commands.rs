@@ -19,8 +19,8 @@ mod backup;
 mod fleet;
 mod init;
 mod logs;
-mod ops;
 mod rollback;
+mod services;
 mod settings;
 
 /// Runs one command line; returns the process exit code.
@@ -161,7 +161,7 @@ fn ops_cmd(
         &args.env,
         &args.on,
         || ops_words(name, args),
-        |t| ops::run(&t, args, op),
+        |t| services::run(&t, args, op),
     )
 }
 

@@ -38,8 +38,8 @@ use miette::Diagnostic;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::changes::{GitError, Snapshot};
 use crate::config::Deps;
+use crate::git::{GitError, Snapshot};
 use crate::process::{self, Run, RunError};
 
 /// Where entries live, under an environment's root.
@@ -292,7 +292,7 @@ pub async fn provision<'a>(
     let inputs = crate::blocking::run(
         move || {
             let git = |error| DepsError::Git { error };
-            let repo = crate::changes::Repo::discover(&repo_dir).map_err(git)?;
+            let repo = crate::git::Repo::discover(&repo_dir).map_err(git)?;
             let snapshot = repo.snapshot(&sha).map_err(git)?;
             Ok(paths
                 .into_iter()

@@ -1,12 +1,15 @@
 //! moorline: declarative plan/apply deployments for fleets of systemd services.
 //!
-//! Data flows one way: `config` (KDL → checked model) → `changes` (git) →
-//! `plan` (a deterministic value) → `render` (pure functions of the plan) →
-//! `execute` (the only stage that touches the host).
+//! Data flows one way: `config` (KDL → checked model) → `observe` (git and
+//! the host into the planner's inputs) → `plan` (a deterministic value; its
+//! phase walk is `plan::lifecycle`'s alone) → `execute` (the only stage that
+//! changes the host) → `state`; `render` is pure functions of the plan, and
+//! `commands` and `fleet` sit on top. docs/architecture.md draws it, says
+//! where new code goes, and lists the one import cycle allowed;
+//! `tests/it/architecture.rs` checks the import graph against it.
 
 pub mod backup;
 pub mod blocking;
-pub mod changes;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -17,6 +20,7 @@ pub mod execute;
 pub mod exit;
 pub mod files;
 pub mod fleet;
+pub mod git;
 pub mod health;
 pub mod hostfacts;
 pub mod init;
@@ -26,7 +30,6 @@ pub mod lock;
 pub mod logs;
 pub mod migrations;
 pub mod observe;
-pub mod ops;
 pub mod plan;
 pub mod plan_file;
 pub mod policy;
@@ -36,6 +39,7 @@ pub mod render;
 pub mod report;
 pub mod rollback;
 pub mod secrets;
+pub mod select;
 pub mod state;
 pub mod status;
 pub mod systemd;

@@ -306,7 +306,7 @@ const UNCOMMITTED_SHOWN: usize = 5;
 /// config file on disk (which the plan does use) that differs from the one
 /// committed at `to`.
 /// Also the paths whose working tree could not be read, each `path:
-/// reason` ([`crate::changes::Uncommitted::unchecked`]).
+/// reason` ([`crate::git::Uncommitted::unchecked`]).
 fn uncommitted(t: &Target, to: &str) -> miette::Result<(Vec<String>, Vec<String>)> {
     let config = t.config();
     let config_rel = config_in_repo(t);

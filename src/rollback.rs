@@ -1,6 +1,6 @@
 //! What `rollback` and `restart` act on, decided before anything runs: the
 //! host state, the kept releases and the command's `--service`/`--to` go
-//! in; a plan without a build comes out ([`crate::plan::ops::build`]):
+//! in; a plan without a build comes out ([`crate::plan::manual::restarts`]):
 //! which services, which kept release each goes back to (or back to
 //! nothing, when the last apply was its first deploy), which unit files go
 //! back with them, and what the rollback leaves of the database; or which
@@ -11,9 +11,9 @@ use std::path::Path;
 
 use miette::Diagnostic;
 
-use crate::changes::Rev;
 use crate::config::{Backup, Config, Environment};
-use crate::plan::ops::{self, OpsInputs, Step};
+use crate::git::Rev;
+use crate::plan::manual::{self, ManualInputs, Switch};
 use crate::plan::{Operation, Plan};
 use crate::release::Paths;
 use crate::state::{self, BackupRecord, State};
@@ -120,7 +120,7 @@ pub fn choose(
         if to.is_none()
             && let Some(unit) = first_deploy_undone(st, name)
         {
-            undeploy.push(ops::Undeploy {
+            undeploy.push(manual::Undeploy {
                 service: name.clone(),
                 from_revision: live,
                 unit,
@@ -146,7 +146,7 @@ pub fn choose(
             .unwrap_or_default(),
         summary: format!("rollback of {}", names.join(", ")),
     };
-    let mut plan = ops::build(OpsInputs {
+    let mut plan = manual::restarts(ManualInputs {
         config: t.config(),
         config_text: &t.loaded.text,
         env: &t.env,
@@ -172,7 +172,7 @@ fn step_back(
     paths: &Paths,
     live: Option<String>,
     to: Option<&str>,
-) -> Result<Step, RollbackError> {
+) -> Result<Switch, RollbackError> {
     let target = match to {
         Some(prefix) => find_release(paths, prefix).ok_or_else(|| RollbackError::NoRelease {
             service: name.to_owned(),
@@ -207,7 +207,7 @@ fn step_back(
     } else {
         None
     };
-    Ok(Step {
+    Ok(Switch {
         service: name.to_owned(),
         reason: format!(
             "back to kept release {} (from {}; no rebuild)",
@@ -293,7 +293,7 @@ fn find_release(paths: &Paths, prefix: &str) -> Option<String> {
 /// Not after a later apply failed (and was rolled back): `rollback` then
 /// has no release to go back to, as before, rather than taking down what
 /// the failed apply's rollback just restored.
-fn first_deploy_undone(st: &State, service: &str) -> Option<ops::UnitUndo> {
+fn first_deploy_undone(st: &State, service: &str) -> Option<manual::UnitUndo> {
     let last = st.last_apply.as_ref()?;
     if !last.switched.iter().any(|s| s == service) {
         return None;
@@ -309,9 +309,9 @@ fn first_deploy_undone(st: &State, service: &str) -> Option<ops::UnitUndo> {
         return None;
     }
     Some(match last.previous_units.get(service) {
-        Some(None) => ops::UnitUndo::Remove,
-        Some(Some(saved)) if Path::new(saved).is_file() => ops::UnitUndo::Restore(saved.clone()),
-        Some(Some(_)) | None => ops::UnitUndo::Keep,
+        Some(None) => manual::UnitUndo::Remove,
+        Some(Some(saved)) if Path::new(saved).is_file() => manual::UnitUndo::Restore(saved.clone()),
+        Some(Some(_)) | None => manual::UnitUndo::Keep,
     })
 }
 
@@ -386,7 +386,7 @@ pub fn restart_plan(
         sha: live,
         summary: "restart".to_owned(),
     };
-    Ok(ops::build(OpsInputs {
+    Ok(manual::restarts(ManualInputs {
         config: t.config(),
         config_text: &t.loaded.text,
         env: &t.env,
@@ -406,7 +406,7 @@ fn restart_steps(
     t: &Target,
     services: &[String],
     with_dependents: bool,
-) -> Result<Vec<Step>, RollbackError> {
+) -> Result<Vec<Switch>, RollbackError> {
     let config = t.config();
     check_services(config, services)?;
     let mut chosen: BTreeSet<String> = services.iter().cloned().collect();
@@ -428,7 +428,7 @@ fn restart_steps(
         .services
         .iter()
         .filter(|s| all || chosen.contains(&s.name))
-        .map(|s| Step {
+        .map(|s| Switch {
             service: s.name.clone(),
             release: None,
             from_revision: Paths::new(&t.env.root, &s.name).live(),
@@ -471,13 +471,13 @@ mod tests {
         st.last_apply = Some(record("1700000000-000100-7"));
         assert_eq!(
             first_deploy_undone(&st, "backend"),
-            Some(ops::UnitUndo::Remove)
+            Some(manual::UnitUndo::Remove)
         );
         assert_eq!(first_deploy_undone(&st, "web"), None, "not switched");
         st.last_failure = Some(record("1699999999-999999-8"));
         assert_eq!(
             first_deploy_undone(&st, "backend"),
-            Some(ops::UnitUndo::Remove),
+            Some(manual::UnitUndo::Remove),
             "an older failure"
         );
         st.last_failure = Some(record("1700000000-000200-9"));

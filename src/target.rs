@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use miette::Diagnostic;
 
-use crate::changes::Repo;
 use crate::config::{self, Environment, Loaded};
+use crate::git::Repo;
 use crate::state;
 use crate::systemd::Bus;
 

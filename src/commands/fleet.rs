@@ -169,7 +169,7 @@ impl Source {
     /// The commit the rollout deploys: the saved plan's; the reviewed
     /// plan's unless `--to` names another (the merge of the reviewed pull
     /// request); else `--to` or the branch's tip.
-    fn target(&self, t: &Target, to: Option<&str>) -> miette::Result<crate::changes::Rev> {
+    fn target(&self, t: &Target, to: Option<&str>) -> miette::Result<crate::git::Rev> {
         Ok(match self {
             Self::Saved(s) => t.repo.resolve(&s.to.sha)?,
             Self::Reviewed(r) if to.is_none() => t.repo.resolve(&r.to.sha)?,

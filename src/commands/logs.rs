@@ -9,11 +9,11 @@ use std::process::{Command, Stdio};
 use crate::cli::{LogsArgs, OutputFormat};
 use crate::logs::{LogsError, Query, argv, parse, text_line};
 use crate::target::Target;
-use crate::{exit, ops};
+use crate::{exit, select};
 
 /// Runs `moorline logs`; returns the exit code.
 pub fn run(t: &Target, args: &LogsArgs) -> miette::Result<i32> {
-    let selected = ops::select(t.config(), &args.services, false)?;
+    let selected = select::select(t.config(), &args.services, false)?;
     let units: BTreeMap<String, String> = selected
         .iter()
         .map(|s| (s.unit_name.clone(), s.name.clone()))

@@ -16,8 +16,8 @@ use super::plan::{self as fplan, FleetPlan, HostPlanArgs};
 use super::remote::{Checkout, Prepared};
 use super::ssh::Output;
 use super::{Fleet, FleetError};
-use crate::changes::Rev;
 use crate::config::Host;
+use crate::git::Rev;
 
 /// Refuses to start a rollout while another is unfinished in the fleet
 /// journal.

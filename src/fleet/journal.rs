@@ -307,7 +307,7 @@ mod tests {
     use super::*;
 
     fn plan() -> FleetPlan {
-        let to = crate::changes::Rev {
+        let to = crate::git::Rev {
             spec: "b".into(),
             sha: "b".into(),
             summary: String::new(),

@@ -115,7 +115,7 @@ pub struct Fleet {
 /// Uncommitted changes on the controller under the configuration file,
 /// the services' paths and their watched paths: what the hosts will not
 /// get (they receive commits only).
-pub fn uncommitted(t: &crate::target::Target) -> miette::Result<crate::changes::Uncommitted> {
+pub fn uncommitted(t: &crate::target::Target) -> miette::Result<crate::git::Uncommitted> {
     let config = t.config();
     let mut paths = vec![in_repo(&t.loaded.path, t.repo.root())?];
     for s in &config.services {

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::remote::{self, Prepared};
 use super::rollout::{self, Batch};
 use super::{Fleet, FleetError, SshError};
-use crate::changes::Rev;
 use crate::config::{BatchSize, Host, Rollout};
+use crate::git::Rev;
 use crate::plan::Plan;
 
 /// Version of the fleet plan's JSON contract (docs/fleet.md).

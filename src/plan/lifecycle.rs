@@ -29,8 +29,8 @@
 
 use std::collections::BTreeSet;
 
-use super::build::graph::{Graph, barrier, needs_barrier};
-use super::build::{count, list, ready_url};
+use super::deploy::graph::{Graph, barrier, needs_barrier};
+use super::deploy::{count, list, ready_url};
 use super::{Action, ActionKind, Command, Settle, Step, UnitSource};
 use crate::config::{Config, Service};
 

@@ -3,9 +3,9 @@
 //! Renderers are pure functions of it; `apply` executes it. Its JSON form is
 //! the contract documented in docs/plan-format.md.
 
-pub mod build;
+pub mod deploy;
 pub mod lifecycle;
-pub mod ops;
+pub mod manual;
 pub mod stale;
 pub mod undo;
 
@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::changes::Rev;
+use crate::git::Rev;
 
 pub use crate::json_file::clip;
-pub use build::{ForeignUnit, HostView, Inputs, MigrateCheck, PlanError, build};
+pub use deploy::{ForeignUnit, HostView, Inputs, MigrateCheck, PlanError, build};
 
 /// Version of the JSON contract; bumped on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;

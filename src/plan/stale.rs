@@ -48,7 +48,7 @@ pub fn what_moved(saved: &Plan, fresh: &Plan) -> Vec<String> {
             short(&b.config_sha256)
         ));
     }
-    let sha = |r: Option<&crate::changes::Rev>| r.map(|r| r.sha.clone());
+    let sha = |r: Option<&crate::git::Rev>| r.map(|r| r.sha.clone());
     if saved.to.sha != fresh.to.sha {
         moved.push(format!(
             "the branch moved: to was {}, now {}",
@@ -185,7 +185,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::changes::Rev;
+    use crate::git::Rev;
     use crate::plan::{
         FORMAT_VERSION, PlanInputs, RollbackKind, RollbackPlan, ServiceChange, ServicePlan,
         UnitChange,

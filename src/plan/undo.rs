@@ -15,15 +15,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::build::graph::Graph;
+use super::deploy::graph::Graph;
 use super::lifecycle::Undeploy;
 use super::lifecycle::{Bounce, Lifecycle, Order, ProxyReload, UnitFile, UnitWrite, Walk};
 use super::{
     Operation, Plan, RollbackKind, RollbackPlan, ServiceChange, ServicePlan, Unbuilt, UnitChange,
     short,
 };
-use crate::changes::Rev;
 use crate::config::{Config, Environment};
+use crate::git::Rev;
 use crate::release::Paths;
 
 /// What an apply changed, as its journal records it: the input of its

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::config::{Environment, Service};
 use crate::health;
-use crate::plan::build::{ready_url, url_for};
+use crate::plan::deploy::{ready_url, url_for};
 use crate::release::Paths;
 use crate::state::{self, State};
 use crate::systemd::{ActiveState, Systemd, UnitStatus};

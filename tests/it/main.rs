@@ -5,6 +5,7 @@
 // shared helpers).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod architecture;
 mod bus;
 mod cli;
 mod command_env;

@@ -6,7 +6,7 @@ use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::changes::Repo;
+use crate::git::Repo;
 use crate::plan::Command;
 use crate::process::{self, Run};
 use crate::release::{self, Paths};

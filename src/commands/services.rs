@@ -1,6 +1,6 @@
 //! `moorline start|stop|enable|disable`: the configuration, `--service`
 //! names and the environment's lock go in; a plan of the services' own
-//! units comes out ([`crate::plan::ops::services`]), shown and confirmed
+//! units comes out ([`crate::plan::manual::services`]), shown and confirmed
 //! like `apply` (start and stop; `--yes` skips, no terminal and no `--yes`
 //! refuses), then journaled and executed by the same executor as every
 //! other plan. A per-service summary closes it.
@@ -15,12 +15,12 @@
 use std::collections::BTreeSet;
 
 use super::{confirm, executor, print_report, runtime};
-use crate::changes::Rev;
 use crate::cli::{Format, OpsArgs};
 use crate::execute::Outcome;
-use crate::ops::{OpsError, select};
+use crate::git::Rev;
 use crate::plan::Operation;
-use crate::plan::ops::{ServiceOps, services};
+use crate::plan::manual::{ServiceOps, services};
+use crate::select::{OpsError, select};
 use crate::target::Target;
 use crate::{exit, lock, render, report, state};
 

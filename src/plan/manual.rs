@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::build::graph::Graph;
+use super::deploy::graph::Graph;
 use super::lifecycle::{
     Bounce, Lifecycle, Order, ProxyReload, Undeploy as LifeUndeploy, UnitFile, UnitWrite, Walk,
 };
@@ -13,13 +13,13 @@ use super::{
     Action, ActionKind, Operation, Plan, RollbackKind, RollbackPlan, ServiceChange, ServicePlan,
     Step as ActionStep, Unbuilt, UnitChange, UnitSource,
 };
-use crate::changes::Rev;
 use crate::config::{Config, Environment};
 use crate::files::sha256_hex;
+use crate::git::Rev;
 
 /// One service to restart, optionally switched to a release first.
 #[derive(Debug, Clone)]
-pub struct Step {
+pub struct Switch {
     pub service: String,
     /// Switch `current` to this release (a revision) before restarting.
     pub release: Option<String>,
@@ -54,12 +54,12 @@ pub enum UnitUndo {
     Keep,
 }
 
-pub struct OpsInputs<'a> {
+pub struct ManualInputs<'a> {
     pub config: &'a Config,
     pub config_text: &'a str,
     pub env: &'a Environment,
     pub operation: Operation,
-    pub steps: Vec<Step>,
+    pub steps: Vec<Switch>,
     pub from: Option<Rev>,
     pub to: Rev,
     pub state_sha256: Option<String>,
@@ -73,11 +73,11 @@ pub struct OpsInputs<'a> {
 /// Builds the plan: restart (and readiness) for every step, phase by phase
 /// ([`Lifecycle`]): in start order for a restart, in reverse for a
 /// rollback.
-pub fn build(inp: OpsInputs<'_>) -> Plan {
+pub fn restarts(inp: ManualInputs<'_>) -> Plan {
     let config = inp.config;
     let env = inp.env;
     let index = |name: &str| config.services.iter().position(|c| c.name == name);
-    let steps: BTreeMap<usize, &Step> = inp
+    let steps: BTreeMap<usize, &Switch> = inp
         .steps
         .iter()
         .filter_map(|s| index(&s.service).map(|i| (i, s)))
@@ -408,7 +408,7 @@ pub(crate) mod tests {
     use super::*;
 
     /// Three phases, a `depends-on` chain across them and two inside
-    /// `core`; also the configuration of `crate::ops`'s tests.
+    /// `core`; also the configuration of `crate::select`'s tests.
     pub(crate) fn config() -> Config {
         let text = r#"
 project "p" { unit-name "p-{service}.service" }
@@ -497,14 +497,14 @@ service "search"  { runtime "node"; port 5; phase "core" }
     #[test]
     fn a_first_deploy_undone_stops_before_its_unit_file_goes() {
         let c = config();
-        let step = |name: &str| Step {
+        let step = |name: &str| Switch {
             service: name.into(),
             release: Some("aaa".into()),
             from_revision: Some("bbb".into()),
             reason: "back".into(),
             unit_restore: Some("/saved".into()),
         };
-        let p = build(OpsInputs {
+        let p = restarts(ManualInputs {
             config: &c,
             config_text: "",
             env: &c.environments[0],

@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{Inputs, MigrateCheck, PlanError, count, list};
-use crate::changes::{Changes, GitError, Snapshot};
 use crate::config::Config;
+use crate::git::{Changes, GitError, Snapshot};
 use crate::plan::short;
 
 /// Why one service is affected.
@@ -284,7 +284,7 @@ fn prefixes(path: &str) -> impl Iterator<Item = &str> {
 mod tests {
     use super::super::testing::World;
     use super::*;
-    use crate::changes::{ChangedPath, Rev};
+    use crate::git::{ChangedPath, Rev};
 
     const CONFIG: &str = r#"
 project "p" { unit-name "p-{service}.service" }

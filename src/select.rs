@@ -2,7 +2,7 @@
 //! `logs` act on: `--service` names (all when none), checked against the
 //! configuration with a did-you-mean, and optionally the services that
 //! depend on them. The commands themselves are plans
-//! ([`crate::plan::ops::services`]) run by `commands::ops`.
+//! ([`crate::plan::manual::services`]) run by `commands::services`.
 
 use std::collections::BTreeSet;
 
@@ -72,7 +72,7 @@ pub fn select<'c>(
 mod tests {
     use super::*;
 
-    use crate::plan::ops::tests::config;
+    use crate::plan::manual::tests::config;
 
     #[test]
     fn select_with_dependents_and_did_you_mean() {

@@ -27,9 +27,9 @@ use miette::Diagnostic;
 use super::{
     FORMAT_VERSION, Plan, PlanInputs, RollbackKind, ServiceChange, ServicePlan, UnitChange, short,
 };
-use crate::changes::{Changes, GitError, Repo};
 use crate::config::{Config, Environment, Service};
 use crate::files::sha256_hex;
+use crate::git::{Changes, GitError, Repo};
 use crate::state::State;
 use crate::template::{self, Vars};
 use crate::unit;
@@ -317,8 +317,8 @@ pub(in crate::plan) fn list(items: &[&str]) -> String {
 #[cfg(test)]
 pub(super) mod testing {
     use super::{HostView, Inputs};
-    use crate::changes::{Changes, Repo, Rev};
     use crate::config::Config;
+    use crate::git::{Changes, Repo, Rev};
 
     pub struct World {
         _dir: tempfile::TempDir,
