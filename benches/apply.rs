@@ -27,9 +27,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use moorline::changes::Repo;
 use moorline::demo::fixture::{Edit, Fixture, FixtureOptions};
 use moorline::demo::sandbox::PrivateSystemd;
+use moorline::git::Repo;
 use moorline::release::Paths;
 use moorline::systemd::Systemd;
 

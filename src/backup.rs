@@ -178,7 +178,7 @@ pub async fn take(
         .to_owned();
     let id = format!("{project}-{}-{stamp}-{:06}", env.name, now.subsec_micros());
     let dir = dir(state_dir, b);
-    crate::state::private_dir(&dir).map_err(|error| BackupError::Create {
+    crate::files::private_dir(&dir).map_err(|error| BackupError::Create {
         path: dir.display().to_string(),
         error,
     })?;

@@ -285,7 +285,7 @@ pub(crate) fn print_and_save(
     print!("{shown}");
     if let Some(out) = &args.out {
         let saved = crate::secrets::redact_json_text(&render(Format::Json));
-        crate::state::write_private(out, saved.as_bytes()).map_err(|source| PlanWriteError {
+        crate::files::write_private(out, saved.as_bytes()).map_err(|source| PlanWriteError {
             path: out.display().to_string(),
             source,
         })?;
@@ -389,7 +389,7 @@ pub async fn executor(
     };
     Ok(std::sync::Arc::new(crate::execute::Ctx {
         config: t.loaded.config.clone(),
-        config_sha256: crate::state::sha256_hex(t.loaded.text.as_bytes()),
+        config_sha256: crate::files::sha256_hex(t.loaded.text.as_bytes()),
         env: t.env.clone(),
         repo_dir: t.repo.root().to_path_buf(),
         state_dir: t.state_dir.clone(),

@@ -424,7 +424,7 @@ fn prepare(
     outputs: &[String],
 ) -> Result<Result<Restored, Rebuild>, DepsError> {
     let entry = cache.join(name);
-    crate::state::write_atomic(
+    crate::files::write_atomic(
         &release.join(RELEASE_MARKER),
         format!("{name}\n").as_bytes(),
     )
@@ -637,7 +637,7 @@ fn store(
         digest,
     };
     let json = serde_json::to_vec_pretty(&meta).map_err(|error| DepsError::Meta { error })?;
-    crate::state::write_atomic(&tmp.join(META), &json).map_err(err("writing", &tmp))?;
+    crate::files::write_atomic(&tmp.join(META), &json).map_err(err("writing", &tmp))?;
     let entry = cache.join(name);
     match fs::rename(&tmp, &entry) {
         Ok(()) => {}

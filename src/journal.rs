@@ -257,7 +257,7 @@ impl Journal {
             path: dir.join(JOURNAL_FILE).display().to_string(),
             source,
         };
-        crate::state::tighten(dir).map_err(err)?;
+        crate::files::tighten(dir).map_err(err)?;
         let lines = lines::Lines::create(dir, JOURNAL_FILE).map_err(err)?;
         Self { lines }.begin(apply_id, plan)
     }
@@ -464,7 +464,7 @@ pub fn archive_torn(dir: &Path) -> Result<PathBuf, JournalError> {
         path: to.display().to_string(),
         source,
     };
-    crate::state::private_dir(&history).map_err(err)?;
+    crate::files::private_dir(&history).map_err(err)?;
     let from = dir.join(JOURNAL_FILE);
     fs::set_permissions(&from, fs::Permissions::from_mode(0o600)).map_err(err)?;
     fs::rename(&from, &to).map_err(err)?;

@@ -9,11 +9,7 @@ use std::path::{Path, PathBuf};
 use miette::Diagnostic;
 use serde::{Deserialize, Serialize};
 
-// The file helpers moved to `crate::files`; these names stay until every
-// caller imports them from there.
-pub use crate::files::{
-    is_root, now_secs, private_dir, private_file, sha256_hex, tighten, write_atomic, write_private,
-};
+use crate::files::{is_root, sha256_hex, tighten, write_private};
 
 pub const STATE_FILE: &str = "state.json";
 pub const FORMAT_VERSION: u32 = 1;

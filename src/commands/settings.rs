@@ -3,7 +3,6 @@
 //! the [`Target`] a command works on.
 
 use crate::cli::{Global, SystemdKind};
-use crate::state;
 use crate::systemd::Bus;
 use crate::target::{self, Choices, Target};
 
@@ -12,7 +11,7 @@ use crate::target::{self, Choices, Target};
 pub fn systemd_kind(flag: Option<SystemdKind>) -> Bus {
     match flag {
         Some(SystemdKind::System) => Bus::System,
-        None if state::is_root() => Bus::System,
+        None if crate::files::is_root() => Bus::System,
         Some(SystemdKind::User) | None => Bus::User,
     }
 }

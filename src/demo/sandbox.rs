@@ -36,7 +36,7 @@ use miette::Diagnostic;
 use thiserror::Error;
 
 use super::cgroup::Subtree;
-use crate::state::is_root;
+use crate::files::is_root;
 use crate::systemd::{Systemd, SystemdError};
 
 /// How long the manager may take until its bus answers. Measured here: ~100–300 ms (the

@@ -144,7 +144,7 @@ fn commit_state(
             let svc = ctx.config.service(service);
             let unit_sha = svc
                 .and_then(|s| unit::render(&ctx.env, s).ok().flatten())
-                .map(|u| state::sha256_hex(u.as_bytes()));
+                .map(|u| crate::files::sha256_hex(u.as_bytes()));
             let unit_name = svc
                 .filter(|_| unit_sha.is_some())
                 .map(|s| s.unit_name.clone());
@@ -180,7 +180,7 @@ fn commit_state(
                 // the saved previous one after a rollback (not the config's).
                 let sha = std::fs::read(ctx.unit_dir.join(unit))
                     .ok()
-                    .map(|u| state::sha256_hex(&u));
+                    .map(|u| crate::files::sha256_hex(&u));
                 if let Some(entry) = st.services.get_mut(service) {
                     entry.unit = sha.as_ref().map(|_| s.unit_name.clone());
                     entry.unit_sha256 = sha;
@@ -195,7 +195,7 @@ fn commit_state(
         // mark); it succeeded, so the schema matches the code.
         st.database_restored = None;
         st.rolled_back = None;
-        st.record_deploy(&plan.to.sha, state::now_secs());
+        st.record_deploy(&plan.to.sha, crate::files::now_secs());
     }
     if plan.operation == crate::plan::Operation::Rollback {
         // Services whose first deploy this rollback undid: nothing of
@@ -212,7 +212,7 @@ fn commit_state(
         if !undeployed.is_empty() && st.services.is_empty() {
             st.revision = None;
         }
-        st.record_manual_rollback(state::now_secs());
+        st.record_manual_rollback(crate::files::now_secs());
         let mut back = switched.clone();
         back.extend(undeployed.iter().map(|s| (*s).to_owned()));
         st.rolled_back = Some(state::ManualRollback::after(

@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use crate::journal::{Journal, JournalError, JournalOutcome, Record};
 use crate::process;
-use crate::state;
 
 use super::new_apply_id;
 
@@ -111,7 +110,7 @@ pub(super) fn archive_ended(state_dir: &Path, apply_id: Option<&str>) -> Result<
         let hist = state_dir.join("history");
         let name = apply_id.map_or_else(|| format!("ended-{}", new_apply_id()), str::to_owned);
         let to = hist.join(format!("{name}.jsonl"));
-        state::private_dir(&hist)
+        crate::files::private_dir(&hist)
             .and_then(|()| std::fs::rename(&stale, &to))
             .map_err(|source| JournalError::Write {
                 path: to.display().to_string(),

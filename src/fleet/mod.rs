@@ -133,7 +133,7 @@ impl Fleet {
         systemd: Option<crate::systemd::Bus>,
     ) -> Result<Self, FleetError> {
         let dir = t.state_dir.join("fleet");
-        crate::state::tighten(&dir).map_err(|e| {
+        crate::files::tighten(&dir).map_err(|e| {
             FleetError::local(
                 format!("create the fleet directory {}", dir.display()),
                 "check the permissions of the state directory (--state-dir)",

@@ -172,7 +172,7 @@ pub fn fingerprint(to: &Rev, rollout: &RolloutView, hosts: &[HostPlan]) -> Strin
         "rollout": rollout,
         "hosts": hosts,
     });
-    crate::state::sha256_hex(v.to_string().as_bytes())
+    crate::files::sha256_hex(v.to_string().as_bytes())
 }
 
 /// What a host's plan does, without what is only the host's (its state

@@ -58,7 +58,7 @@ impl Binary {
         }
         let sha256 = hash_file(&path).map_err(|e| io("read the running moorline", e))?;
         // The cache is an optimisation: failing to write it changes nothing.
-        let _ = crate::state::write_private(&cache, format!("{key} {sha256}\n").as_bytes());
+        let _ = crate::files::write_private(&cache, format!("{key} {sha256}\n").as_bytes());
         Ok(Self { path, sha256 })
     }
 
@@ -421,7 +421,7 @@ fn bundle(
     let want = format!("{common}/objects\n");
     if std::fs::read_to_string(&alternates).ok().as_deref() != Some(want.as_str()) {
         std::fs::create_dir_all(ship.join("objects/info"))
-            .and_then(|()| crate::state::write_atomic(&alternates, want.as_bytes()))
+            .and_then(|()| crate::files::write_atomic(&alternates, want.as_bytes()))
             .map_err(|e| fail(format!("write {}", alternates.display()), e))?;
     }
     ok(

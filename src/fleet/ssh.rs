@@ -141,7 +141,7 @@ impl Transport {
         let control_dir = if usable(&preferred) {
             preferred
         } else {
-            let digest = crate::state::sha256_hex(state_dir.as_os_str().as_encoded_bytes());
+            let digest = crate::files::sha256_hex(state_dir.as_os_str().as_encoded_bytes());
             std::env::temp_dir().join(format!("moorline-ssh-{}", &digest[..12]))
         };
         if !control_dir.to_str().is_some_and(ssh_can_read) {
@@ -152,7 +152,7 @@ impl Transport {
                 ),
             });
         }
-        crate::state::tighten(&control_dir).map_err(|source| SshError::ControlDir {
+        crate::files::tighten(&control_dir).map_err(|source| SshError::ControlDir {
             path: control_dir.display().to_string(),
             source,
         })?;
@@ -172,7 +172,7 @@ impl Transport {
             host.port.map_or_else(String::new, |p| p.to_string())
         );
         self.control_dir
-            .join(&crate::state::sha256_hex(who.as_bytes())[..TOKEN_LEN])
+            .join(&crate::files::sha256_hex(who.as_bytes())[..TOKEN_LEN])
     }
 
     /// Every argument after `ssh` for `host`: the one place ssh options are

@@ -118,7 +118,7 @@ impl Lines {
     /// and makes the move durable.
     pub fn finish(self, id: &str) -> std::io::Result<()> {
         let history = self.history_dir();
-        crate::state::private_dir(&history)?;
+        crate::files::private_dir(&history)?;
         fs::rename(&self.path, history.join(format!("{id}.jsonl")))?;
         sync_dir(self.path.parent().unwrap_or(Path::new(".")))
     }

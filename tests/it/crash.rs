@@ -422,7 +422,7 @@ impl Scene {
             );
             let unit = std::fs::read(self.w.sandbox.unit_dir().join(self.w.unit(&s.name))).unwrap();
             assert_eq!(
-                Some(moorline::state::sha256_hex(&unit).as_str()),
+                Some(moorline::files::sha256_hex(&unit).as_str()),
                 st["services"][&s.name]["unit_sha256"].as_str(),
                 "{context}: {}'s unit file vs state.json:\n{}",
                 s.name,

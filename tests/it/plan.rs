@@ -103,7 +103,7 @@ impl Fx {
                     previous: None,
                     unit_sha256: unit
                         .as_ref()
-                        .map(|u| moorline::state::sha256_hex(u.as_bytes())),
+                        .map(|u| moorline::files::sha256_hex(u.as_bytes())),
                     unit: unit.map(|_| s.unit_name.clone()),
                 },
             );
@@ -1055,7 +1055,7 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let hash = moorline::state::sha256_hex(&std::fs::read(&p).unwrap());
+                let hash = moorline::files::sha256_hex(&std::fs::read(&p).unwrap());
                 out.insert(p, hash);
             }
         }

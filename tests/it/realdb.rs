@@ -133,7 +133,7 @@ fn start_postgres(sandbox: &'static PrivateSystemd) -> Result<Postgres, String> 
         find_tool(t).ok_or_else(|| missing(t))?;
     }
     // As root, run the server as the `postgres` user (it refuses to run as root).
-    let drop_to: Vec<String> = if moorline::state::is_root() {
+    let drop_to: Vec<String> = if moorline::files::is_root() {
         let setpriv = find_tool("setpriv").ok_or("setpriv (util-linux) not found")?;
         user_ids("postgres").ok_or("running as root and there is no `postgres` user")?;
         vec![

@@ -111,7 +111,7 @@ async fn same_named_units_of_two_managers_live_in_their_own_cgroups() {
     // process (one in the root PID namespace, as on a real host) signals all of a cgroup's
     // processes when it stops the unit. (MainPID is a PID of the manager's PID namespace;
     // `cgroup.procs` read from here shows ours.)
-    let isolated = moorline::state::is_root();
+    let isolated = moorline::files::is_root();
     if isolated {
         let cgroups = unit_cgroups(Path::new("/sys/fs/cgroup"), UNIT, 6);
         assert!(

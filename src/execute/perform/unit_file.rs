@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use crate::config::Service;
 use crate::journal::Record;
 use crate::plan::UnitSource;
-use crate::state;
 use crate::unit;
 
 use super::super::Ctx;
@@ -29,7 +28,7 @@ pub(super) async fn install(
         let path = path.clone();
         blocking(move || match std::fs::read(&path) {
             Ok(old) => {
-                state::write_private(&keep, &old)
+                crate::files::write_private(&keep, &old)
                     .map_err(ActionError::io("saving the unit file as", &keep))?;
                 Ok(Some(keep.display().to_string()))
             }
@@ -66,7 +65,8 @@ pub(super) async fn restore(
     blocking(move || {
         let text = std::fs::read(&saved)
             .map_err(ActionError::io("reading the saved unit file", &saved))?;
-        state::write_private(&path, &text).map_err(ActionError::io("writing the unit file", &path))
+        crate::files::write_private(&path, &text)
+            .map_err(ActionError::io("writing the unit file", &path))
     })
     .await?;
     Ok(None)
