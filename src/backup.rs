@@ -18,7 +18,7 @@ use crate::template::{self, Vars};
 /// Why a backup could not be taken or restored. Each message carries its
 /// cause, since it is shown as one line (in the journal, after `backup:`).
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum BackupError {
+pub(crate) enum BackupError {
     #[error("no backup block in this environment")]
     #[diagnostic(code(moorline::backup::not_configured))]
     NotConfigured,
@@ -66,15 +66,15 @@ pub enum BackupError {
     Task { error: tokio::task::JoinError },
 }
 
-pub struct Taken {
-    pub id: String,
-    pub path: String,
-    pub size: u64,
-    pub sha256: String,
+pub(crate) struct Taken {
+    pub(crate) id: String,
+    pub(crate) path: String,
+    pub(crate) size: u64,
+    pub(crate) sha256: String,
 }
 
 /// Where an environment's backups go.
-pub fn dir(state_dir: &Path, b: &Backup) -> PathBuf {
+pub(crate) fn dir(state_dir: &Path, b: &Backup) -> PathBuf {
     b.dir
         .as_ref()
         .map_or_else(|| state_dir.join("backups"), PathBuf::from)
@@ -102,7 +102,7 @@ fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
 /// leaves it behind; an empty file is never a backup (`take` refuses
 /// one). Called under the state lock when an interrupted apply is resumed
 /// or rolled back, so no backup is being taken.
-pub fn remove_empty(state_dir: &Path, env: &crate::config::Environment) -> Vec<PathBuf> {
+pub(crate) fn remove_empty(state_dir: &Path, env: &crate::config::Environment) -> Vec<PathBuf> {
     let Some(b) = &env.backup else {
         return Vec::new();
     };
@@ -160,7 +160,7 @@ fn discard(path: &Path, error: BackupError) -> BackupError {
 /// Runs the backup command and checks that it left a non-empty file,
 /// private (0600) like its directory (0700). On any failure the file is
 /// removed: no empty or partial backup is left behind.
-pub async fn take(
+pub(crate) async fn take(
     project: &str,
     env: &crate::config::Environment,
     state_dir: &Path,
@@ -244,7 +244,7 @@ pub async fn take(
 }
 
 /// Runs the restore command on a backup file after checking its checksum.
-pub async fn restore(
+pub(crate) async fn restore(
     env: &crate::config::Environment,
     b: &Backup,
     state_dir: &Path,
@@ -292,7 +292,7 @@ pub async fn restore(
 /// Records in the host state that the database was restored from
 /// `record`, so the next deploy migrates again. Without a state nothing is
 /// deployed, and nothing is recorded.
-pub fn record_restore(
+pub(crate) fn record_restore(
     state_dir: &Path,
     project: &str,
     env: &str,
@@ -310,7 +310,7 @@ pub fn record_restore(
 
 /// Keeps the newest `keep` backups, and always the one the last apply took;
 /// deletes the files of the others.
-pub fn retain(st: &mut State, keep: usize) {
+pub(crate) fn retain(st: &mut State, keep: usize) {
     let pinned = st.apply_backup().map(|b| b.id.clone());
     st.backups.sort_by_key(|b| (b.taken_at, b.id.clone()));
     let excess = st.backups.len().saturating_sub(keep);

@@ -8,7 +8,7 @@ use tokio::task::JoinError;
 
 /// Runs `f` on tokio's blocking pool and waits for it; `lost` makes the
 /// caller's error when the task did not finish (it panicked).
-pub async fn run<T, E>(
+pub(crate) async fn run<T, E>(
     f: impl FnOnce() -> Result<T, E> + Send + 'static,
     lost: impl FnOnce(JoinError) -> E,
 ) -> Result<T, E>

@@ -21,48 +21,48 @@ Docs: docs/getting-started.md, docs/config.md, docs/commands.md"
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub global: Global,
+    pub(crate) global: Global,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Args)]
-pub struct Global {
+pub(crate) struct Global {
     /// Configuration file [default: $MOORLINE_CONFIG, else the only *.kdl here]
     #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Git repository [default: the repository that contains the config file]
     #[arg(long, global = true, value_name = "DIR")]
-    pub repo: Option<PathBuf>,
+    pub(crate) repo: Option<PathBuf>,
     /// State directory [default: /var/lib/moorline/PROJECT/ENV as root, else $XDG_STATE_HOME/moorline/PROJECT/ENV]
     #[arg(long, global = true, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
     /// Which systemd to drive: the system manager or the user's [default: $MOORLINE_SYSTEMD, else system as root and user otherwise]
     #[arg(long, global = true, value_enum, env = "MOORLINE_SYSTEMD")]
-    pub systemd: Option<SystemdKind>,
+    pub(crate) systemd: Option<SystemdKind>,
     /// Fleet mode: the ssh config file the controller's `ssh` reads (`ssh -F FILE`)
     #[arg(long, global = true, value_name = "FILE")]
-    pub ssh_config: Option<PathBuf>,
+    pub(crate) ssh_config: Option<PathBuf>,
     /// Fleet host side: act as this host of the environment (only the services it runs); used by the fleet controller, and on a host by hand
     #[arg(long, global = true, value_name = "NAME", env = "MOORLINE_HOST")]
-    pub host: Option<String>,
+    pub(crate) host: Option<String>,
 }
 
 impl Global {
     /// `--host` (or `MOORLINE_HOST`), unless empty.
-    pub fn host_name(&self) -> Option<&str> {
+    pub(crate) fn host_name(&self) -> Option<&str> {
         self.host.as_deref().filter(|h| !h.is_empty())
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SystemdKind {
+pub(crate) enum SystemdKind {
     System,
     User,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum Format {
+pub(crate) enum Format {
     #[default]
     Text,
     Markdown,
@@ -71,14 +71,14 @@ pub enum Format {
 
 /// Output of commands that have no Markdown form (`status`, `logs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum OutputFormat {
+pub(crate) enum OutputFormat {
     #[default]
     Text,
     Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum OnFailure {
+pub(crate) enum OnFailure {
     /// Roll every switched service back to its previous release (exit 3)
     #[default]
     Rollback,
@@ -87,7 +87,7 @@ pub enum OnFailure {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Parse and check the configuration; every problem is reported
     Validate,
     /// Write a commented configuration guessed from a repository's files
@@ -129,153 +129,153 @@ pub enum Command {
 
 /// What a plan is computed for: shared by `plan` and `graph`.
 #[derive(Debug, Args, Clone)]
-pub struct PlanTarget {
+pub(crate) struct PlanTarget {
     /// Environment to plan for
     #[arg(long = "env", short = 'e', value_name = "ENV")]
-    pub env: String,
+    pub(crate) env: String,
     /// What is deployed now [default: the revision in the host state; none: first deploy]
     #[arg(long, value_name = "REV")]
-    pub from: Option<String>,
+    pub(crate) from: Option<String>,
     /// What to deploy [default: the tip of the environment's branch]
     #[arg(long, value_name = "REV")]
-    pub to: Option<String>,
+    pub(crate) to: Option<String>,
     /// Allow a --from that is not an ancestor of --to (flagged in the plan)
     #[arg(long)]
-    pub allow_non_ancestor: bool,
+    pub(crate) allow_non_ancestor: bool,
     /// Replace the unit file of SERVICE (a service or its unit file name)
     /// although moorline did not install it (shown in the plan); repeatable
     #[arg(long, value_name = "SERVICE")]
-    pub adopt: Vec<String>,
+    pub(crate) adopt: Vec<String>,
     /// Plan (and let `apply` of the saved plan go on) although the
     /// environment's `promote-from` source never ran the revision healthy
     /// (shown in the plan)
     #[arg(long)]
-    pub skip_promotion_check: bool,
+    pub(crate) skip_promotion_check: bool,
 }
 
 #[derive(Debug, Args, Clone)]
-pub struct PlanArgs {
+pub(crate) struct PlanArgs {
     #[command(flatten)]
-    pub target: PlanTarget,
+    pub(crate) target: PlanTarget,
     /// Save the plan (JSON, with its fingerprint) to this file
     #[arg(long, value_name = "FILE")]
-    pub out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
     /// Output format
     #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    pub(crate) format: Format,
     /// Exit 0 when nothing changes, 2 when something does, 1 on error
     #[arg(long)]
-    pub detailed_exitcode: bool,
+    pub(crate) detailed_exitcode: bool,
 }
 
 // Command-line switches are independent yes/no flags, as clap has them.
 #[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Args)]
-pub struct ApplyArgs {
+pub(crate) struct ApplyArgs {
     /// A plan saved with `plan --out` (`-`: read it from standard input)
     #[arg(value_name = "PLANFILE", conflicts_with_all = ["from", "to"])]
-    pub plan: Option<PathBuf>,
+    pub(crate) plan: Option<PathBuf>,
     /// Environment (plans, shows the plan and asks before applying)
     #[arg(long = "env", short = 'e', value_name = "ENV")]
-    pub env: Option<String>,
+    pub(crate) env: Option<String>,
     /// A plan reviewed elsewhere (a pull request's): plan here toward its
     /// target revision (or --to) and apply only if this host's plan does
     /// the same; satisfies an environment's `approval`
     #[arg(long, value_name = "FILE", conflicts_with = "plan")]
-    pub reviewed: Option<PathBuf>,
+    pub(crate) reviewed: Option<PathBuf>,
     #[arg(long, value_name = "REV")]
-    pub from: Option<String>,
+    pub(crate) from: Option<String>,
     #[arg(long, value_name = "REV")]
-    pub to: Option<String>,
+    pub(crate) to: Option<String>,
     #[arg(long)]
-    pub allow_non_ancestor: bool,
+    pub(crate) allow_non_ancestor: bool,
     /// Replace the unit file of SERVICE although moorline did not install
     /// it (shown in the plan first); repeatable. A saved or reviewed plan
     /// brings its own adoptions
     #[arg(long, value_name = "SERVICE", conflicts_with = "plan")]
-    pub adopt: Vec<String>,
+    pub(crate) adopt: Vec<String>,
     /// Apply although the environment's `promote-from` source never ran
     /// the revision healthy (the plan shows it); a saved or reviewed plan
     /// brings its own
     #[arg(long)]
-    pub skip_promotion_check: bool,
+    pub(crate) skip_promotion_check: bool,
     /// Apply although the config file, a service's path or a watched path
     /// has uncommitted changes (they are not deployed; the plan lists them)
     #[arg(long)]
-    pub allow_dirty: bool,
+    pub(crate) allow_dirty: bool,
     /// Do not ask for confirmation
     #[arg(long, short = 'y')]
-    pub yes: bool,
+    pub(crate) yes: bool,
     /// Continue an interrupted apply from its journal
     #[arg(long)]
-    pub resume: bool,
+    pub(crate) resume: bool,
     /// Fleet mode: go on without the hosts that cannot be reached before
     /// the start (each counts against the rollout's max-fail)
     #[arg(long)]
-    pub skip_unreachable: bool,
+    pub(crate) skip_unreachable: bool,
     /// Builds run at once [default: number of CPUs]
     #[arg(long, short = 'j', value_name = "N")]
-    pub jobs: Option<usize>,
+    pub(crate) jobs: Option<usize>,
     /// What to do when an action fails after services were switched
     #[arg(long, value_enum, default_value_t)]
-    pub on_failure: OnFailure,
+    pub(crate) on_failure: OnFailure,
     /// Progress output
     #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    pub(crate) format: Format,
 }
 
 #[derive(Debug, Args)]
-pub struct RollbackArgs {
+pub(crate) struct RollbackArgs {
     #[arg(long = "env", short = 'e', value_name = "ENV")]
-    pub env: String,
+    pub(crate) env: String,
     /// Only these services (repeatable) [default: all changed by the last apply]
     #[arg(long = "service", short = 's', value_name = "SERVICE")]
-    pub services: Vec<String>,
+    pub(crate) services: Vec<String>,
     /// A specific kept release (revision) instead of the previous one
     #[arg(long, value_name = "RELEASE")]
-    pub to: Option<String>,
+    pub(crate) to: Option<String>,
     /// Restore the database backup taken by the last apply
     #[arg(long)]
-    pub database: bool,
+    pub(crate) database: bool,
     #[arg(long, short = 'y')]
-    pub yes: bool,
+    pub(crate) yes: bool,
     #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    pub(crate) format: Format,
 }
 
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     #[arg(long = "env", short = 'e', value_name = "ENV")]
-    pub env: String,
+    pub(crate) env: String,
     /// Output format (json: see docs/commands.md)
     #[arg(long, value_enum, default_value_t)]
-    pub format: OutputFormat,
+    pub(crate) format: OutputFormat,
     /// Exit 5 when an operator must act: a service unhealthy or drifted, a
     /// unit down, nothing deployed (behind the branch is reported only)
     #[arg(long)]
-    pub check: bool,
+    pub(crate) check: bool,
     /// With --check, also fail when the branch has undeployed commits or
     /// services were rolled back by hand
     #[arg(long, requires = "check")]
-    pub fail_behind: bool,
+    pub(crate) fail_behind: bool,
     /// Also run each runtime's migrate-status command
     #[arg(long)]
-    pub migrations: bool,
+    pub(crate) migrations: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct BackupArgs {
+pub(crate) struct BackupArgs {
     #[arg(long = "env", short = 'e', value_name = "ENV", global = true)]
-    pub env: Option<String>,
+    pub(crate) env: Option<String>,
     /// Fleet controller: run on this host only (repeatable) [default: every host, one at a time]
     #[arg(long, value_name = "HOST", global = true)]
-    pub on: Vec<String>,
+    pub(crate) on: Vec<String>,
     #[command(subcommand)]
-    pub action: Option<BackupAction>,
+    pub(crate) action: Option<BackupAction>,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum BackupAction {
+pub(crate) enum BackupAction {
     /// Backups kept for the environment
     List,
     /// Restore one backup
@@ -287,67 +287,67 @@ pub enum BackupAction {
 }
 
 #[derive(Debug, Args)]
-pub struct OpsArgs {
+pub(crate) struct OpsArgs {
     #[arg(long = "env", short = 'e', value_name = "ENV")]
-    pub env: String,
+    pub(crate) env: String,
     /// Only these services (repeatable)
     #[arg(long = "service", short = 's', value_name = "SERVICE")]
-    pub services: Vec<String>,
+    pub(crate) services: Vec<String>,
     /// Also every service that depends on them
     #[arg(long)]
-    pub with_dependents: bool,
+    pub(crate) with_dependents: bool,
     #[arg(long, short = 'y')]
-    pub yes: bool,
+    pub(crate) yes: bool,
     /// Fleet controller: run on this host only (repeatable) [default: every host, one at a time]
     #[arg(long, value_name = "HOST")]
-    pub on: Vec<String>,
+    pub(crate) on: Vec<String>,
 }
 
 #[derive(Debug, Args)]
-pub struct LogsArgs {
+pub(crate) struct LogsArgs {
     #[arg(long = "env", short = 'e', value_name = "ENV")]
-    pub env: String,
+    pub(crate) env: String,
     /// Only these services (repeatable) [default: all]
     #[arg(long = "service", short = 's', value_name = "SERVICE")]
-    pub services: Vec<String>,
+    pub(crate) services: Vec<String>,
     /// Entries from this time on (journalctl syntax: "1 hour ago", "2026-06-09 10:00", "today")
     #[arg(long, value_name = "TIME")]
-    pub since: Option<String>,
+    pub(crate) since: Option<String>,
     /// Keep printing new entries as they are written
     #[arg(long, short = 'f')]
-    pub follow: bool,
+    pub(crate) follow: bool,
     /// The last N entries [default: 100 unless --since is given]
     #[arg(long, short = 'n', value_name = "N")]
-    pub lines: Option<usize>,
+    pub(crate) lines: Option<usize>,
     /// Output format (json: one object per line)
     #[arg(long, value_enum, default_value_t)]
-    pub format: OutputFormat,
+    pub(crate) format: OutputFormat,
     /// Read the journal files in DIR instead of the host's journal (journalctl -D)
     #[arg(long, short = 'D', value_name = "DIR")]
-    pub directory: Option<PathBuf>,
+    pub(crate) directory: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     /// The repository to look at [default: the current directory]
     #[arg(value_name = "DIR")]
-    pub dir: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
     /// Where to write the configuration [default: DIR/moorline.kdl]
     #[arg(long, value_name = "FILE")]
-    pub out: Option<PathBuf>,
+    pub(crate) out: Option<PathBuf>,
     /// Replace the file if it exists
     #[arg(long)]
-    pub force: bool,
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Keep the generated files and print where they are
     #[arg(long)]
-    pub keep: bool,
+    pub(crate) keep: bool,
     /// Use the running user manager instead of a private one
     #[arg(long)]
-    pub use_running_systemd: bool,
+    pub(crate) use_running_systemd: bool,
 }
 
 #[cfg(test)]

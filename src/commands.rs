@@ -216,7 +216,7 @@ fn backup_words(env: &str, args: &crate::cli::BackupArgs) -> Vec<String> {
 }
 
 /// Finds and loads the configuration (`-c`, `MOORLINE_CONFIG`, the only `*.kdl`).
-pub fn load_config(flag: Option<&Path>) -> miette::Result<Loaded> {
+pub(crate) fn load_config(flag: Option<&Path>) -> miette::Result<Loaded> {
     let env = std::env::var("MOORLINE_CONFIG").ok();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let path = config::locate(flag, env.as_deref(), &cwd)?;
@@ -333,13 +333,13 @@ fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
 }
 
 /// Colour on standard output: a terminal and no `NO_COLOR`.
-pub fn stdout_color() -> bool {
+pub(crate) fn stdout_color() -> bool {
     use std::io::IsTerminal;
     std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
 }
 
 /// A multi-threaded runtime sized for a small host.
-pub fn runtime() -> miette::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> miette::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -375,7 +375,7 @@ pub(crate) fn removed_empty_backups(t: &Target) {
 }
 
 /// Connects to systemd and assembles what the executor needs.
-pub async fn executor(
+pub(crate) async fn executor(
     t: &Target,
     jobs: Option<usize>,
     rollback_on_failure: bool,
@@ -408,7 +408,7 @@ pub async fn executor(
 /// Prints how an apply of `operation` (a deploy, rollback or restart)
 /// ended. The full error of a failed action was printed when it happened;
 /// the summary names it with the first line of its message, once.
-pub fn print_report(
+pub(crate) fn print_report(
     r: &crate::execute::Report,
     env: &str,
     format: Format,

@@ -43,9 +43,9 @@ use crate::git::{GitError, Snapshot};
 use crate::process::{self, Run, RunError};
 
 /// Where entries live, under an environment's root.
-pub const CACHE_DIR: &str = ".moorline-cache/deps";
+pub(crate) const CACHE_DIR: &str = ".moorline-cache/deps";
 /// In a release: the name of the entry its dependencies came from.
-pub const RELEASE_MARKER: &str = ".moorline-deps";
+pub(crate) const RELEASE_MARKER: &str = ".moorline-deps";
 /// Bumped when the entry layout or the key changes.
 const FORMAT: u32 = 1;
 const META: &str = "meta.json";
@@ -59,7 +59,7 @@ const STALE_TMP: Duration = Duration::from_hours(1);
 /// Why a build's dependencies could not be provided. Each message carries
 /// its cause, since it is shown as one line (after `dependencies:`).
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum DepsError {
+pub(crate) enum DepsError {
     #[error("{error}")]
     #[diagnostic(code(moorline::deps::git))]
     Git { error: GitError },
@@ -121,13 +121,13 @@ enum Unusable {
     Changed,
 }
 
-pub fn cache_dir(root: &str) -> PathBuf {
+pub(crate) fn cache_dir(root: &str) -> PathBuf {
     Path::new(root).join(CACHE_DIR)
 }
 
 /// Each input (relative to the service directory) and its git object id at
 /// the snapshot's revision (`None`: absent).
-pub fn input_ids(
+pub(crate) fn input_ids(
     snapshot: &Snapshot<'_>,
     s: &crate::config::Service,
     inputs: &[String],
@@ -140,7 +140,7 @@ pub fn input_ids(
 
 /// A dependency step's argv with its placeholders resolved (only those
 /// that are the same for every release of a service).
-pub fn argv(
+pub(crate) fn argv(
     argv: &[String],
     s: &crate::config::Service,
     env: &crate::config::Environment,
@@ -157,7 +157,7 @@ pub fn argv(
 }
 
 /// The part of the key known from git: runtime, argv, outputs, inputs.
-pub fn plan_key(
+pub(crate) fn plan_key(
     runtime: &str,
     argv: &[String],
     outputs: &[String],
@@ -189,7 +189,7 @@ fn entry_name(plan_key: &str, version: Option<&str>) -> String {
 }
 
 /// The plan keys of the complete entries in the cache (for the planner).
-pub fn present(root: &str) -> BTreeSet<String> {
+pub(crate) fn present(root: &str) -> BTreeSet<String> {
     entries(&cache_dir(root))
         .into_iter()
         .filter(|(name, dir)| !name.starts_with(TMP_PREFIX) && dir.join(META).is_file())
@@ -211,7 +211,7 @@ fn entries(dir: &Path) -> Vec<(String, PathBuf)> {
 
 /// What the plan says about a service's dependencies (appended to its
 /// build's reason).
-pub fn plan_note(
+pub(crate) fn plan_note(
     inputs: &[(String, Option<String>)],
     live: Option<&[(String, Option<String>)]>,
     cached: Option<bool>,
@@ -244,35 +244,35 @@ pub fn plan_note(
 }
 
 /// What the apply of one build needs to provide its dependencies.
-pub struct Provide<'a> {
-    pub root: &'a str,
-    pub release: &'a Path,
-    pub deps: &'a Deps,
+pub(crate) struct Provide<'a> {
+    pub(crate) root: &'a str,
+    pub(crate) release: &'a Path,
+    pub(crate) deps: &'a Deps,
     /// The step's and the version command's argv, placeholders resolved.
-    pub argv: Vec<String>,
-    pub version_argv: Option<Vec<String>>,
-    pub plan_key: String,
-    pub env: BTreeMap<String, String>,
+    pub(crate) argv: Vec<String>,
+    pub(crate) version_argv: Option<Vec<String>>,
+    pub(crate) plan_key: String,
+    pub(crate) env: BTreeMap<String, String>,
     /// Log files of the step and of the version command.
-    pub log: PathBuf,
-    pub version_log: PathBuf,
+    pub(crate) log: PathBuf,
+    pub(crate) version_log: PathBuf,
 }
 
 /// Where a build's dependency step runs: the configuration it reads the
 /// runtime from, the environment, and the step's log files (the executor
 /// names them).
-pub struct Provision<'a> {
-    pub config: &'a crate::config::Config,
-    pub env: &'a crate::config::Environment,
+pub(crate) struct Provision<'a> {
+    pub(crate) config: &'a crate::config::Config,
+    pub(crate) env: &'a crate::config::Environment,
     /// Log files of the step and of the version command.
-    pub log: PathBuf,
-    pub version_log: PathBuf,
+    pub(crate) log: PathBuf,
+    pub(crate) version_log: PathBuf,
 }
 
 /// What a build in `release` needs for its runtime's dependency step
 /// (`None`: the runtime has none). The key's git reads (the repository
 /// in `repo_dir`, the inputs' object ids) run on the blocking pool.
-pub async fn provision<'a>(
+pub(crate) async fn provision<'a>(
     at: Provision<'a>,
     repo_dir: &Path,
     s: &crate::config::Service,
@@ -322,7 +322,7 @@ pub async fn provision<'a>(
 
 /// Links the dependencies from the cache into the release, or runs the
 /// step there and stores its outputs. Returns what it did, for the journal.
-pub async fn provide(p: Provide<'_>) -> Result<String, DepsError> {
+pub(crate) async fn provide(p: Provide<'_>) -> Result<String, DepsError> {
     let version = match &p.version_argv {
         Some(argv) => {
             process::run(Run {
@@ -768,7 +768,7 @@ fn replace(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
 
 /// Removes entries that no release under `root` names, and temporary
 /// entries of stores that died.
-pub fn collect_garbage(root: &str) {
+pub(crate) fn collect_garbage(root: &str) {
     let cache = cache_dir(root);
     let mut used = BTreeSet::new();
     for (name, svc) in entries(Path::new(root)) {

@@ -11,16 +11,16 @@ use serde::{Deserialize, Serialize};
 /// What a progress event is about: an action's id (or, for some events,
 /// the signal, environment or service) and a one-line detail, redacted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Step {
-    pub action: String,
+pub(crate) struct Step {
+    pub(crate) action: String,
     #[serde(default)]
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 /// One line of a host's event stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event")]
-pub enum Event {
+pub(crate) enum Event {
     /// An action started (`detail` empty).
     #[serde(rename = "start")]
     Start(Step),
@@ -55,7 +55,7 @@ pub enum Event {
 
 impl Event {
     /// The event's name (its `event` field).
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::Start(_) => "start",
             Self::Done(_) => "done",
@@ -70,7 +70,7 @@ impl Event {
     }
 
     /// The progress part, for the events that have one.
-    pub fn step(&self) -> Option<&Step> {
+    pub(crate) fn step(&self) -> Option<&Step> {
         match self {
             Self::Start(s)
             | Self::Done(s)
@@ -84,18 +84,18 @@ impl Event {
     }
 
     /// A line of the stream, or `None` for anything else a host printed.
-    pub fn parse(line: &str) -> Option<Self> {
+    pub(crate) fn parse(line: &str) -> Option<Self> {
         serde_json::from_str(line).ok()
     }
 
     /// The event as one JSON line (without the newline).
-    pub fn to_line(&self) -> String {
+    pub(crate) fn to_line(&self) -> String {
         self.value().to_string()
     }
 
     /// The event as the controller shows it with `--format json`: with the
     /// host it came from.
-    pub fn to_line_from(&self, host: &str) -> String {
+    pub(crate) fn to_line_from(&self, host: &str) -> String {
         let mut v = self.value();
         if let serde_json::Value::Object(m) = &mut v {
             m.insert("host".to_owned(), host.into());
@@ -105,7 +105,7 @@ impl Event {
 
     /// As a line of text (`      done build:api: 12 files`), for the
     /// progress events; `None` for the others.
-    pub fn text(&self) -> Option<String> {
+    pub(crate) fn text(&self) -> Option<String> {
         let s = self.step()?;
         let name = self.name();
         Some(if s.detail.is_empty() {

@@ -9,7 +9,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 /// Seconds since the Unix epoch, now.
-pub fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -25,14 +25,14 @@ pub fn is_root() -> bool {
 /// Replaces `path` with `bytes`: temp file in the same directory, fsync,
 /// rename over the target, fsync the directory (so the rename itself is
 /// durable). The file gets the default mode (0666 less the umask).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     replace(path, bytes, false)
 }
 
 /// [`write_atomic`] for a file only its owner may read: created 0600, in a
 /// directory created 0700 if missing (state, saved plans, unit files that
 /// carry secrets).
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     replace(path, bytes, true)
 }
 
@@ -69,7 +69,7 @@ fn replace(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
 
 /// Creates `dir` and any missing parents with mode 0700 (an existing
 /// directory is left as it is; see [`tighten`]).
-pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
         .recursive(true)
@@ -79,7 +79,7 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Creates (or truncates) a file only its owner may read: a new file is
 /// created 0600; an existing one is tightened to 0600.
-pub fn private_file(path: &Path) -> std::io::Result<File> {
+pub(crate) fn private_file(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let f = OpenOptions::new()
         .write(true)
@@ -97,7 +97,7 @@ pub fn private_file(path: &Path) -> std::io::Result<File> {
 /// existing one that others may read or enter (older moorline created it
 /// 0755) tightened to 0700. Only the state directory itself is tightened;
 /// what moorline creates inside it is private from the start.
-pub fn tighten(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn tighten(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     private_dir(dir)?;
     let mode = fs::metadata(dir)?.permissions().mode();

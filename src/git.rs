@@ -149,30 +149,30 @@ fn status_word(s: git2::Status) -> Option<&'static str> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rev {
     /// What the user or the state said (`main`, `HEAD~3`, a SHA).
-    pub spec: String,
-    pub sha: String,
+    pub(crate) spec: String,
+    pub(crate) sha: String,
     /// First line of the commit message.
-    pub summary: String,
+    pub(crate) summary: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChangedPath {
-    pub path: String,
+pub(crate) struct ChangedPath {
+    pub(crate) path: String,
     /// For a rename: where it came from.
-    pub from: Option<String>,
+    pub(crate) from: Option<String>,
     /// `added`, `modified`, `deleted`, `renamed`, `type-changed`.
-    pub status: String,
+    pub(crate) status: String,
 }
 
 /// What changed between two revisions.
 #[derive(Debug, Clone)]
-pub struct Changes {
-    pub from: Option<Rev>,
-    pub to: Rev,
+pub(crate) struct Changes {
+    pub(crate) from: Option<Rev>,
+    pub(crate) to: Rev,
     /// Sorted by path; empty on a first deploy (everything is new).
-    pub paths: Vec<ChangedPath>,
+    pub(crate) paths: Vec<ChangedPath>,
     /// `from` is not an ancestor of `to` (allowed only when asked).
-    pub non_ancestor: bool,
+    pub(crate) non_ancestor: bool,
 }
 
 /// An open repository.
@@ -193,12 +193,12 @@ impl Repo {
         Ok(Self { repo, root })
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
     /// Resolves any revspec to a commit.
-    pub fn resolve(&self, spec: &str) -> Result<Rev, GitError> {
+    pub(crate) fn resolve(&self, spec: &str) -> Result<Rev, GitError> {
         let unknown = |source| GitError::UnknownRevision {
             spec: spec.to_owned(),
             repo: self.root.display().to_string(),
@@ -214,7 +214,7 @@ impl Repo {
     }
 
     /// The tip of a branch: the local branch, else `origin/BRANCH`.
-    pub fn branch_tip(&self, branch: &str) -> Result<Rev, GitError> {
+    pub(crate) fn branch_tip(&self, branch: &str) -> Result<Rev, GitError> {
         let local = format!("refs/heads/{branch}");
         if self.repo.find_reference(&local).is_ok() {
             let mut rev = self.resolve(&local)?;
@@ -231,7 +231,7 @@ impl Repo {
     }
 
     /// The tip of `origin/BRANCH`, if the repository has that ref.
-    pub fn remote_tip(&self, branch: &str) -> Option<Rev> {
+    pub(crate) fn remote_tip(&self, branch: &str) -> Option<Rev> {
         let remote = format!("refs/remotes/origin/{branch}");
         self.repo.find_reference(&remote).ok()?;
         let mut rev = self.resolve(&remote).ok()?;
@@ -248,7 +248,7 @@ impl Repo {
     }
 
     /// Changed paths between `from` (none: first deploy) and `to`.
-    pub fn changes(
+    pub(crate) fn changes(
         &self,
         from: Option<Rev>,
         to: Rev,
@@ -337,7 +337,7 @@ impl Repo {
     /// are then looked at one by one, and those it cannot read are
     /// [`Uncommitted::unchecked`], so one deep tree does not stop the plan
     /// of every service.
-    pub fn uncommitted(&self, paths: &[String]) -> Result<Uncommitted, GitError> {
+    pub(crate) fn uncommitted(&self, paths: &[String]) -> Result<Uncommitted, GitError> {
         if self.repo.is_bare() || paths.is_empty() {
             return Ok(Uncommitted::default());
         }
@@ -396,7 +396,7 @@ impl Repo {
     }
 
     /// The id of `sha`'s root tree: equal ids mean identical contents.
-    pub fn tree_id(&self, sha: &str) -> Option<String> {
+    pub(crate) fn tree_id(&self, sha: &str) -> Option<String> {
         self.tree(sha).ok().map(|t| t.id().to_string())
     }
 
@@ -404,7 +404,12 @@ impl Repo {
     /// most `limit`, merge commits left out (merging the other branch in
     /// is not a change of its own): what `tip`'s branch carries that
     /// `base`'s lacks, such as a hotfix never merged back.
-    pub fn only_in(&self, tip: &str, base: &str, limit: usize) -> Result<Vec<Rev>, GitError> {
+    pub(crate) fn only_in(
+        &self,
+        tip: &str,
+        base: &str,
+        limit: usize,
+    ) -> Result<Vec<Rev>, GitError> {
         let oid = |s: &str| Oid::from_str(s).map_err(failed("reading a commit id"));
         let mut walk = self.repo.revwalk().map_err(failed("walking history"))?;
         walk.push(oid(tip)?).map_err(failed("walking history"))?;
@@ -432,7 +437,7 @@ impl Repo {
     }
 
     /// The commit HEAD points at, if any.
-    pub fn head_sha(&self) -> Option<String> {
+    pub(crate) fn head_sha(&self) -> Option<String> {
         self.repo
             .head()
             .ok()?
@@ -442,7 +447,7 @@ impl Repo {
     }
 
     /// The tree of `sha`, read once for many path look-ups.
-    pub fn snapshot(&self, sha: &str) -> Result<Snapshot<'_>, GitError> {
+    pub(crate) fn snapshot(&self, sha: &str) -> Result<Snapshot<'_>, GitError> {
         Ok(Snapshot {
             repo: &self.repo,
             tree: self.tree(sha)?,
@@ -450,15 +455,17 @@ impl Repo {
         })
     }
 
+    #[cfg(test)]
     /// Whether `path` exists (as a file or directory) at `sha`.
-    pub fn exists(&self, sha: &str, path: &str) -> Result<bool, GitError> {
+    pub(crate) fn exists(&self, sha: &str, path: &str) -> Result<bool, GitError> {
         let tree = self.tree(sha)?;
         Ok(is_root(path) || tree.get_path(Path::new(path)).is_ok())
     }
 
+    #[cfg(test)]
     /// The object id of `path` at `sha` (`None`: absent): equal ids mean
     /// identical contents, however far apart the commits are.
-    pub fn path_id(&self, sha: &str, path: &str) -> Result<Option<String>, GitError> {
+    pub(crate) fn path_id(&self, sha: &str, path: &str) -> Result<Option<String>, GitError> {
         let tree = self.tree(sha)?;
         if is_root(path) {
             return Ok(Some(tree.id().to_string()));
@@ -469,8 +476,9 @@ impl Repo {
             .map(|e| e.id().to_string()))
     }
 
+    #[cfg(test)]
     /// Whether `path` is a directory at `sha`.
-    pub fn is_dir(&self, sha: &str, path: &str) -> Result<bool, GitError> {
+    pub(crate) fn is_dir(&self, sha: &str, path: &str) -> Result<bool, GitError> {
         let tree = self.tree(sha)?;
         Ok(is_root(path)
             || tree
@@ -479,7 +487,7 @@ impl Repo {
     }
 
     /// A file's content at `sha`, if it exists and is a blob.
-    pub fn read(&self, sha: &str, path: &str) -> Result<Option<Vec<u8>>, GitError> {
+    pub(crate) fn read(&self, sha: &str, path: &str) -> Result<Option<Vec<u8>>, GitError> {
         let tree = self.tree(sha)?;
         let Ok(entry) = tree.get_path(Path::new(path)) else {
             return Ok(None);
@@ -594,12 +602,12 @@ impl Repo {
 
 /// What [`Repo::uncommitted`] found.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Uncommitted {
+pub(crate) struct Uncommitted {
     /// Each `path (what)`, sorted.
-    pub changes: Vec<String>,
+    pub(crate) changes: Vec<String>,
     /// The paths libgit2 could not read the working tree of, each
     /// `path: reason`: not checked for changes.
-    pub unchecked: Vec<String>,
+    pub(crate) unchecked: Vec<String>,
 }
 
 /// Whether libgit2 refused a working tree for its directory nesting limit
@@ -614,7 +622,7 @@ fn too_deep(e: &git2::Error) -> bool {
 /// the release would be longer cannot be written with plain paths (git
 /// itself has no limit); its export fails, naming the path. With one-letter
 /// directory names that is some 2,000 levels.
-pub const MAX_EXPORT_PATH: usize = 4095;
+pub(crate) const MAX_EXPORT_PATH: usize = 4095;
 
 /// Creates `path` (failing if anything, a symlink included, is there) and
 /// writes `bytes` to it.
@@ -631,7 +639,7 @@ fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// kept, so a `services/` directory with thousands of entries is inflated
 /// and parsed once, not once per service (libgit2 does not cache large
 /// trees by default).
-pub struct Snapshot<'r> {
+pub(crate) struct Snapshot<'r> {
     repo: &'r Repository,
     tree: Tree<'r>,
     dirs: std::cell::RefCell<HashMap<String, Tree<'r>>>,
@@ -664,16 +672,16 @@ impl Snapshot<'_> {
         Some((e.id(), e.kind() == Some(ObjectType::Tree)))
     }
 
-    pub fn exists(&self, path: &str) -> bool {
+    pub(crate) fn exists(&self, path: &str) -> bool {
         self.entry(path).is_some()
     }
 
-    pub fn is_dir(&self, path: &str) -> bool {
+    pub(crate) fn is_dir(&self, path: &str) -> bool {
         self.entry(path).is_some_and(|(_, d)| d)
     }
 
     /// The object id of `path` (`None`: absent).
-    pub fn path_id(&self, path: &str) -> Option<String> {
+    pub(crate) fn path_id(&self, path: &str) -> Option<String> {
         self.entry(path).map(|(id, _)| id.to_string())
     }
 }

@@ -13,35 +13,35 @@ use tokio::sync::Semaphore;
 
 /// The first wait between two readiness polls: a small HTTP server is ready
 /// in ~70 ms (measured here), so it is seen after two or three polls.
-pub const FIRST_INTERVAL: Duration = Duration::from_millis(25);
+pub(crate) const FIRST_INTERVAL: Duration = Duration::from_millis(25);
 /// The longest wait between two polls. The wait doubles from
 /// [`FIRST_INTERVAL`] up to this, so a slow service costs about four polls a
 /// second instead of forty, while one that takes seconds is still seen
 /// within a quarter second of being ready. (500 ms cost 10–20% more apply
 /// time in `cargo bench --bench scale` at 50 and 150 services: a phase
 /// waits for its last service's next poll.)
-pub const MAX_INTERVAL: Duration = Duration::from_millis(250);
+pub(crate) const MAX_INTERVAL: Duration = Duration::from_millis(250);
 /// In-flight probes per core. A probe is mostly waiting (connect, the
 /// service's answer), so a few per core keep the cores busy without 150
 /// readiness loops of one phase swamping the services that are starting.
-pub const PROBES_PER_CORE: usize = 4;
+pub(crate) const PROBES_PER_CORE: usize = 4;
 /// One request's own limit; a service that accepts but never answers is
 /// not ready.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Probe {
-    pub url: String,
+    pub(crate) url: String,
     /// HTTP status, if an answer came.
-    pub status: Option<u16>,
+    pub(crate) status: Option<u16>,
     pub ok: bool,
-    pub millis: u64,
+    pub(crate) millis: u64,
     /// Why it failed, when it did.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// One GET, blocking; 2xx is healthy.
-pub fn probe_blocking(url: &str) -> Probe {
+pub(crate) fn probe_blocking(url: &str) -> Probe {
     let agent = ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
             .timeout_global(Some(REQUEST_TIMEOUT))
@@ -82,7 +82,7 @@ pub fn probe_blocking(url: &str) -> Probe {
 }
 
 /// How much of a failed answer's body a probe's error shows (bytes).
-pub const BODY_SHOWN: usize = 200;
+pub(crate) const BODY_SHOWN: usize = 200;
 /// How much more is read past it, so that a secret that starts inside the
 /// shown part is recognised whole and redacted, never cut in half.
 const BODY_SLACK: usize = 4096;
@@ -92,7 +92,7 @@ const BODY_SLACK: usize = 4096;
 /// secrets redacted, whitespace runs and control characters folded into
 /// single spaces (so it stays one line); `…` when cut. Empty for an empty
 /// body.
-pub fn body_snippet(body: impl std::io::Read) -> String {
+pub(crate) fn body_snippet(body: impl std::io::Read) -> String {
     use std::io::Read as _;
     let mut bytes = Vec::new();
     let limit = u64::try_from(BODY_SHOWN + BODY_SLACK).unwrap_or(u64::MAX);
@@ -113,7 +113,7 @@ pub fn body_snippet(body: impl std::io::Read) -> String {
 }
 
 /// How many probes may be in flight at once: [`PROBES_PER_CORE`] per core.
-pub fn max_probes() -> usize {
+pub(crate) fn max_probes() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get) * PROBES_PER_CORE
 }
 
@@ -130,7 +130,7 @@ fn probes() -> &'static Semaphore {
 /// half and all of it ("equal jitter"), so loops started together by one
 /// phase drift apart instead of polling in lockstep. `noise` is any random
 /// number.
-pub fn backoff(attempt: u32, noise: u64) -> Duration {
+pub(crate) fn backoff(attempt: u32, noise: u64) -> Duration {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let full = ms(FIRST_INTERVAL)
         .saturating_mul(1u64 << attempt.min(16))

@@ -20,7 +20,7 @@ use crate::unit::reader;
 
 /// One fact the host lacks.
 #[derive(Debug, Error, Diagnostic)]
-pub enum Missing {
+pub(crate) enum Missing {
     #[error("{service}: user `{user}` does not exist on {host}")]
     #[diagnostic(
         code(moorline::host::no_such_user),
@@ -48,7 +48,7 @@ pub enum Missing {
             "create it on {host} (owned by root, mode 0600 or 0640), or write it as `-{path}` if the service may start without it"
         )
     )]
-    EnvFileMissing {
+    EnvFile {
         host: String,
         service: String,
         path: String,
@@ -102,15 +102,15 @@ pub enum Missing {
     code(moorline::host::facts),
     help("fix each problem listed on {host}, then plan and apply again")
 )]
-pub struct HostFactsError {
-    pub host: String,
-    pub count: usize,
+pub(crate) struct HostFactsError {
+    pub(crate) host: String,
+    pub(crate) count: usize,
     #[related]
-    pub missing: Vec<Missing>,
+    pub(crate) missing: Vec<Missing>,
 }
 
 /// This host's name, as the diagnostics show it.
-pub fn this_host() -> String {
+pub(crate) fn this_host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
@@ -120,7 +120,7 @@ pub fn this_host() -> String {
 
 /// The facts missing on this host (`host` names it) for the services `plan` starts or
 /// restarts, in the plan's order.
-pub fn check(config: &Config, env: &Environment, plan: &Plan, host: &str) -> Vec<Missing> {
+pub(crate) fn check(config: &Config, env: &Environment, plan: &Plan, host: &str) -> Vec<Missing> {
     let mut services: Vec<&Service> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for action in &plan.actions {
@@ -155,7 +155,7 @@ pub fn check(config: &Config, env: &Environment, plan: &Plan, host: &str) -> Vec
 }
 
 /// [`check`], as the error `apply` refuses with when anything is missing.
-pub fn refuse_missing(
+pub(crate) fn refuse_missing(
     config: &Config,
     env: &Environment,
     plan: &Plan,
@@ -225,7 +225,7 @@ fn unit_facts(
                     }
                     Ok(_) => {}
                     Err(_) if optional => {}
-                    Err(_) => out.push(Missing::EnvFileMissing {
+                    Err(_) => out.push(Missing::EnvFile {
                         host: host.to_owned(),
                         service: service.name.clone(),
                         path,

@@ -16,13 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::Plan;
 
-pub mod lines;
+pub(crate) mod lines;
 
-pub const JOURNAL_FILE: &str = "journal.jsonl";
+pub(crate) const JOURNAL_FILE: &str = "journal.jsonl";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
-pub enum Record {
+pub(crate) enum Record {
     /// The plan being executed, in full, so a resume runs exactly it.
     Begin {
         apply_id: String,
@@ -99,7 +99,7 @@ pub enum Record {
 /// before it was an enum, so old journals read the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum JournalOutcome {
+pub(crate) enum JournalOutcome {
     /// Every action succeeded (for a unit operation too).
     Succeeded,
     /// A unit operation (start, stop, enable, disable) failed.
@@ -114,7 +114,7 @@ pub enum JournalOutcome {
 }
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum JournalError {
+pub(crate) enum JournalError {
     #[error("cannot write the journal {path}")]
     #[diagnostic(
         code(moorline::journal::write),
@@ -204,7 +204,7 @@ fn redacted(r: &Record) -> std::borrow::Cow<'_, Record> {
 /// `rollback-begin`, if any, belong to the rollback and are left out): the
 /// input of its undo ([`crate::plan::undo::build`]). What a record's
 /// action did is read from the plan, by id.
-pub fn effects(plan: &Plan, records: &[Record]) -> crate::plan::undo::Effects {
+pub(crate) fn effects(plan: &Plan, records: &[Record]) -> crate::plan::undo::Effects {
     use crate::plan::ActionKind;
     let mut e = crate::plan::undo::Effects::default();
     for r in records
@@ -246,13 +246,13 @@ pub fn effects(plan: &Plan, records: &[Record]) -> crate::plan::undo::Effects {
 }
 
 /// An open journal, appending.
-pub struct Journal {
+pub(crate) struct Journal {
     lines: lines::Lines,
 }
 
 impl Journal {
     /// Starts a new journal (fails if one exists: an apply is unfinished).
-    pub fn create(dir: &Path, apply_id: &str, plan: &Plan) -> Result<Self, JournalError> {
+    pub(crate) fn create(dir: &Path, apply_id: &str, plan: &Plan) -> Result<Self, JournalError> {
         let err = |source| JournalError::Write {
             path: dir.join(JOURNAL_FILE).display().to_string(),
             source,
@@ -283,7 +283,7 @@ impl Journal {
     /// Reopens an existing journal for appending (resume, rollback). A torn
     /// last line (see [`read`]) is cut off first, so the next record starts
     /// on a line of its own.
-    pub fn reopen(dir: &Path) -> Result<Self, JournalError> {
+    pub(crate) fn reopen(dir: &Path) -> Result<Self, JournalError> {
         let path = dir.join(JOURNAL_FILE);
         let shown = path.display().to_string();
         let lines = lines::Lines::reopen(path).map_err(|source| JournalError::Write {
@@ -294,7 +294,7 @@ impl Journal {
     }
 
     /// The journal file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.lines.path()
     }
 
@@ -306,7 +306,7 @@ impl Journal {
     }
 
     /// Appends one record and fsyncs it.
-    pub fn append(&mut self, r: &Record) -> Result<(), JournalError> {
+    pub(crate) fn append(&mut self, r: &Record) -> Result<(), JournalError> {
         let n = crash::next_record();
         crash::before(n);
         let line = serde_json::to_vec(&redacted(r))
@@ -319,7 +319,11 @@ impl Journal {
     }
 
     /// Ends the journal and moves it to `history/{apply_id}.jsonl`.
-    pub fn finish(mut self, outcome: JournalOutcome, apply_id: &str) -> Result<(), JournalError> {
+    pub(crate) fn finish(
+        mut self,
+        outcome: JournalOutcome,
+        apply_id: &str,
+    ) -> Result<(), JournalError> {
         self.append(&Record::End { outcome })?;
         let history = self.lines.history_dir().display().to_string();
         self.lines
@@ -333,25 +337,19 @@ impl Journal {
 
 /// A journal read back.
 #[derive(Debug, Clone)]
-pub struct Replay {
-    pub apply_id: String,
-    pub plan: Plan,
-    pub records: Vec<Record>,
+pub(crate) struct Replay {
+    pub(crate) apply_id: String,
+    pub(crate) plan: Plan,
+    pub(crate) records: Vec<Record>,
 }
 
 impl Replay {
-    pub fn ended(&self) -> bool {
+    pub(crate) fn ended(&self) -> bool {
         self.records.iter().any(|r| matches!(r, Record::End { .. }))
     }
 
-    pub fn succeeded(&self, action: &str) -> bool {
-        self.records
-            .iter()
-            .any(|r| matches!(r, Record::Succeeded { action: a, .. } if a == action))
-    }
-
     /// The process groups of commands this apply started, by action.
-    pub fn spawned(&self) -> Vec<(String, crate::process::orphans::Group)> {
+    pub(crate) fn spawned(&self) -> Vec<(String, crate::process::orphans::Group)> {
         self.records
             .iter()
             .filter_map(|r| match r {
@@ -360,17 +358,11 @@ impl Replay {
             })
             .collect()
     }
-
-    pub fn rollback_begun(&self) -> bool {
-        self.records
-            .iter()
-            .any(|r| matches!(r, Record::RollbackBegin { .. }))
-    }
 }
 
 /// What `journal.jsonl` holds.
 #[derive(Debug, Clone)]
-pub enum Current {
+pub(crate) enum Current {
     /// No journal: no apply is unfinished.
     Absent,
     /// A file without one complete record: empty, or its begin record cut
@@ -382,7 +374,7 @@ pub enum Current {
 
 impl Current {
     /// The records of a begun journal (none otherwise).
-    pub fn records(self) -> Vec<Record> {
+    pub(crate) fn records(self) -> Vec<Record> {
         match self {
             Self::Begun(r) => r.records,
             Self::Absent | Self::Torn => Vec::new(),
@@ -394,7 +386,7 @@ impl Current {
 /// short by a crash or a full disk) is ignored, whatever it holds: its
 /// append never returned, so nothing relied on it. Any other record that
 /// cannot be read is [`JournalError::Corrupt`].
-pub fn read(dir: &Path) -> Result<Current, JournalError> {
+pub(crate) fn read(dir: &Path) -> Result<Current, JournalError> {
     let path = dir.join(JOURNAL_FILE);
     match lines::read(&path) {
         Ok(bytes) => parse(&bytes, &path),
@@ -450,7 +442,7 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Current, JournalError> {
 /// Moves a torn journal ([`Current::Torn`]) to
 /// `history/torn-{time}.jsonl` (readable by its owner only) and returns
 /// where it went.
-pub fn archive_torn(dir: &Path) -> Result<PathBuf, JournalError> {
+pub(crate) fn archive_torn(dir: &Path) -> Result<PathBuf, JournalError> {
     let history = dir.join("history");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -22,7 +22,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 
 /// Why a file was not read.
 #[derive(Debug)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     /// Not a regular file: what it is instead.
     NotAFile(&'static str),
     /// Larger than the cap (`size`: what it has, or at least has).
@@ -71,7 +71,7 @@ fn nonblock() -> i32 {
 
 /// The bytes of the regular file at `path`, at most `cap` of them. A
 /// missing file is `Io` with `NotFound`.
-pub fn read(path: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
+pub(crate) fn read(path: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
     let meta = std::fs::metadata(path).map_err(ReadError::Io)?;
     if let Some(k) = kind(meta.file_type()) {
         return Err(ReadError::NotAFile(k));
@@ -97,7 +97,7 @@ pub fn read(path: &Path, cap: u64) -> Result<Vec<u8>, ReadError> {
 
 /// At most `cap` bytes of `r` (standard input: a pipe has no size to
 /// check first).
-pub fn read_capped(r: impl Read, cap: u64) -> Result<Vec<u8>, ReadError> {
+pub(crate) fn read_capped(r: impl Read, cap: u64) -> Result<Vec<u8>, ReadError> {
     let mut bytes = Vec::new();
     r.take(cap.saturating_add(1))
         .read_to_end(&mut bytes)
@@ -111,7 +111,7 @@ pub fn read_capped(r: impl Read, cap: u64) -> Result<Vec<u8>, ReadError> {
 
 /// Why JSON text was not parsed.
 #[derive(Debug)]
-pub enum JsonError {
+pub(crate) enum JsonError {
     /// An object holds a key twice (the message names it and where).
     Duplicate(String),
     /// Not JSON (or not UTF-8).
@@ -128,7 +128,7 @@ impl fmt::Display for JsonError {
 }
 
 /// Parses `bytes` as JSON, refusing any object with a key given twice.
-pub fn parse_unique(bytes: &[u8]) -> Result<serde_json::Value, JsonError> {
+pub(crate) fn parse_unique(bytes: &[u8]) -> Result<serde_json::Value, JsonError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     match UniqueKeys.deserialize(&mut de).and_then(|()| de.end()) {
         Ok(()) => {}
@@ -205,7 +205,7 @@ impl<'de> Visitor<'de> for UniqueKeys {
 }
 
 /// The `format_version` of a JSON document, shown, unless it is `expected`.
-pub fn foreign_version(doc: &serde_json::Value, expected: u32) -> Option<String> {
+pub(crate) fn foreign_version(doc: &serde_json::Value, expected: u32) -> Option<String> {
     match doc.get("format_version") {
         Some(v) if v.as_u64() == Some(u64::from(expected)) => None,
         Some(v) => Some(clip(&v.to_string())),
@@ -214,7 +214,7 @@ pub fn foreign_version(doc: &serde_json::Value, expected: u32) -> Option<String>
 }
 
 /// A value from a file, cut for a one-line message.
-pub fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     const MAX: usize = 40;
     match s.char_indices().nth(MAX) {
         Some((i, _)) => format!("{}…", &s[..i]),

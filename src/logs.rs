@@ -36,13 +36,13 @@ use serde::Serialize;
 /// Entries shown when neither `--lines` nor `--since` is given: enough for "what just
 /// happened", bounded so a year of logs is not dumped by accident (journalctl's own `-f`
 /// default is 10, its non-follow default is everything).
-pub const DEFAULT_LINES: usize = 100;
+pub(crate) const DEFAULT_LINES: usize = 100;
 
 /// The journal fields that name the unit an entry belongs to, in the order they are trusted.
 const UNIT_FIELDS: [&str; 4] = ["_SYSTEMD_USER_UNIT", "_SYSTEMD_UNIT", "USER_UNIT", "UNIT"];
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum LogsError {
+pub(crate) enum LogsError {
     #[error("cannot run journalctl")]
     #[diagnostic(
         code(moorline::logs::spawn),
@@ -64,17 +64,17 @@ pub enum LogsError {
 
 /// What to read.
 #[derive(Debug, Clone)]
-pub struct Query<'a> {
+pub(crate) struct Query<'a> {
     /// Unit name → service name.
-    pub units: BTreeMap<String, String>,
-    pub since: Option<&'a str>,
-    pub lines: Option<usize>,
-    pub follow: bool,
-    pub directory: Option<&'a Path>,
+    pub(crate) units: BTreeMap<String, String>,
+    pub(crate) since: Option<&'a str>,
+    pub(crate) lines: Option<usize>,
+    pub(crate) follow: bool,
+    pub(crate) directory: Option<&'a Path>,
 }
 
 /// The `journalctl` argv for a query (pure; tested below).
-pub fn argv(q: &Query<'_>) -> Vec<String> {
+pub(crate) fn argv(q: &Query<'_>) -> Vec<String> {
     let mut a = vec![
         "journalctl".to_owned(),
         "--output=json".to_owned(),
@@ -108,20 +108,20 @@ pub fn argv(q: &Query<'_>) -> Vec<String> {
 
 /// One journal entry, as `--format json` prints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// RFC 3339 with microseconds, UTC.
-    pub time: String,
-    pub timestamp_us: u64,
-    pub service: String,
-    pub unit: String,
+    pub(crate) time: String,
+    pub(crate) timestamp_us: u64,
+    pub(crate) service: String,
+    pub(crate) unit: String,
     /// syslog priority (0 emerg … 7 debug), 6 when absent.
-    pub priority: u8,
-    pub message: String,
+    pub(crate) priority: u8,
+    pub(crate) message: String,
 }
 
 /// Parses one line of `journalctl --output=json`; `None` for entries of other units or
 /// unparsable lines.
-pub fn parse(line: &str, units: &BTreeMap<String, String>) -> Option<Entry> {
+pub(crate) fn parse(line: &str, units: &BTreeMap<String, String>) -> Option<Entry> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     let (unit, service) = UNIT_FIELDS
         .iter()
@@ -162,12 +162,12 @@ pub fn parse(line: &str, units: &BTreeMap<String, String>) -> Option<Entry> {
 
 /// Where failure reports read unit logs from: `MOORLINE_JOURNAL_DIRECTORY`
 /// (a journal directory, as `journalctl --directory`), else the system's.
-pub const JOURNAL_DIRECTORY_ENV: &str = "MOORLINE_JOURNAL_DIRECTORY";
+pub(crate) const JOURNAL_DIRECTORY_ENV: &str = "MOORLINE_JOURNAL_DIRECTORY";
 
 /// The last `lines` journal messages of one unit, for a failure report:
 /// best effort (an empty list when the journal cannot be read), bounded
 /// in time so a report is never held up by the journal.
-pub async fn tail(unit: &str, lines: usize) -> Vec<String> {
+pub(crate) async fn tail(unit: &str, lines: usize) -> Vec<String> {
     let dir = std::env::var_os(JOURNAL_DIRECTORY_ENV).map(std::path::PathBuf::from);
     let units: BTreeMap<String, String> = [(unit.to_owned(), unit.to_owned())].into();
     let q = Query {
@@ -198,7 +198,7 @@ pub async fn tail(unit: &str, lines: usize) -> Vec<String> {
 }
 
 /// `2026-06-09T10:00:00.123Z backend  | message`.
-pub fn text_line(e: &Entry, width: usize) -> String {
+pub(crate) fn text_line(e: &Entry, width: usize) -> String {
     let time = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_micros(e.timestamp_us));
     format!("{time} {:<width$} | {}", e.service, e.message)
 }

@@ -18,7 +18,7 @@ use crate::template::{self, Vars};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum MigrationState {
+pub(crate) enum MigrationState {
     /// `migrate-status` exited 0.
     UpToDate,
     /// It exited non-zero: migrations are pending (or the check itself failed).
@@ -28,18 +28,18 @@ pub enum MigrationState {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Migrations {
-    pub state: MigrationState,
-    pub command: Vec<String>,
-    pub exit_code: Option<i32>,
+pub(crate) struct Migrations {
+    pub(crate) state: MigrationState,
+    pub(crate) command: Vec<String>,
+    pub(crate) exit_code: Option<i32>,
     /// The command's output (stdout and stderr), shown when it is not up to date.
-    pub output: String,
+    pub(crate) output: String,
 }
 
 /// Runs the runtime's `migrate-status` in `release_dir` when its migrate
 /// step applies there (`None`: no `migrate-status`, or the `if-exists`
 /// file is not in that release). Output goes to `log`.
-pub async fn check(
+pub(crate) async fn check(
     env: &Environment,
     s: &Service,
     rt: &Runtime,
@@ -117,7 +117,7 @@ fn release_to_check(paths: &Paths, to_sha: &str) -> Option<String> {
 /// recorded as deployed and whose runtime has both `migrate` and
 /// `migrate-status`, all at once, and says per service what it reported.
 /// Returns at once (runs nothing) when no runtime has `migrate-status`.
-pub fn for_plan(
+pub(crate) fn for_plan(
     config: &Config,
     env: &Environment,
     state_dir: &Path,

@@ -13,26 +13,26 @@ use crate::unit;
 
 /// What a plan is asked for.
 #[derive(Debug, Clone, Default)]
-pub struct PlanRequest {
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub allow_non_ancestor: bool,
+pub(crate) struct PlanRequest {
+    pub(crate) from: Option<String>,
+    pub(crate) to: Option<String>,
+    pub(crate) allow_non_ancestor: bool,
     /// `--adopt`: services (or their unit file names) whose unit file that
     /// moorline did not install may be replaced.
-    pub adopt: Vec<String>,
+    pub(crate) adopt: Vec<String>,
     /// `--skip-promotion-check`: the plan says so, and `apply` goes on
     /// without a healthy run in the `promote-from` source.
-    pub skip_promotion_check: bool,
+    pub(crate) skip_promotion_check: bool,
     /// The plan is to be applied here (`apply`): this host's unit
     /// directory is checked for unit files moorline did not install even
     /// when the baseline comes from the configuration at `from` (a plan
     /// made for review away from the host checks only where it compares
     /// with this host's units).
-    pub on_host: bool,
+    pub(crate) on_host: bool,
 }
 
 /// Observes the host (state, installed units) and computes the plan.
-pub fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan> {
+pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan> {
     let config = t.config();
     let loaded_state = state::load(&t.state_dir, &config.project.name, &t.env.name)?;
     let to = match &req.to {
@@ -374,7 +374,7 @@ fn uncommitted_warning(dirty: &[String]) -> String {
 }
 
 /// The unit files installed on this host for every managed service.
-pub fn installed_units(t: &Target) -> BTreeMap<String, Option<String>> {
+pub(crate) fn installed_units(t: &Target) -> BTreeMap<String, Option<String>> {
     t.config()
         .services
         .iter()

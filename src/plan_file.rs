@@ -12,7 +12,7 @@ use crate::fleet::plan::{FLEET_FORMAT_VERSION, FleetPlan};
 use crate::plan::Plan;
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum PlanFileError {
+pub(crate) enum PlanFileError {
     #[error("cannot read the saved plan {path}")]
     #[diagnostic(
         code(moorline::apply::bad_plan_file),
@@ -64,7 +64,7 @@ pub enum PlanFileError {
 
 /// What a saved plan file holds.
 #[derive(Debug)]
-pub enum Saved {
+pub(crate) enum Saved {
     /// One host's plan (`moorline plan --out` of an environment without
     /// hosts, or on a host).
     Host(Box<Plan>),
@@ -75,7 +75,7 @@ pub enum Saved {
 /// Reads the plan file at `path`: a fleet plan when it has a
 /// `fleet_format_version` (standard input is always a host's plan: it is
 /// how a controller hands a host its plan), else a host's plan.
-pub fn read(path: &Path) -> Result<Saved, PlanFileError> {
+pub(crate) fn read(path: &Path) -> Result<Saved, PlanFileError> {
     let bytes = read_bytes(path)?;
     let value = parse_json(path, &bytes)?;
     let bad = |reason: String| PlanFileError::BadPlanFile {

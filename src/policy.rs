@@ -15,7 +15,7 @@ use crate::plan::Plan;
 /// The two have their own error codes and wording (a host's plan, the
 /// fleet's plans).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     Host,
     Fleet,
 }
@@ -23,7 +23,7 @@ pub enum Scope {
 /// Where the host plan being applied came from: the wording of how to
 /// adopt a unit file depends on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlanSource {
+pub(crate) enum PlanSource {
     /// A plan saved with `plan --out`, applied as `apply FILE`.
     Saved,
     /// Planned here and compared with `--reviewed FILE`.
@@ -33,7 +33,7 @@ pub enum PlanSource {
 }
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum GateError {
+pub(crate) enum GateError {
     #[error("the saved plan no longer matches: {moved}")]
     #[diagnostic(
         code(moorline::apply::stale_plan),
@@ -122,7 +122,7 @@ pub enum GateError {
 }
 
 /// Reasons for a diagnostic: one on the line, several as a list.
-pub fn one_or_list(reasons: &[String]) -> String {
+pub(crate) fn one_or_list(reasons: &[String]) -> String {
     match reasons {
         [one] => one.clone(),
         many => format!("\n  - {}", many.join("\n  - ")),
@@ -133,7 +133,7 @@ pub fn one_or_list(reasons: &[String]) -> String {
 /// request: empty when it is the same plan (same fingerprint, same
 /// actions), else every reason ([`crate::plan::stale::what_moved`] names
 /// at least one).
-pub fn host_plan_moved(saved: &Plan, fresh: &Plan) -> Vec<String> {
+pub(crate) fn host_plan_moved(saved: &Plan, fresh: &Plan) -> Vec<String> {
     if fresh.fingerprint == saved.fingerprint && fresh.actions == saved.actions {
         Vec::new()
     } else {
@@ -143,7 +143,7 @@ pub fn host_plan_moved(saved: &Plan, fresh: &Plan) -> Vec<String> {
 
 /// A saved plan is applied only while nothing it was made from moved
 /// (`moved`: what did, empty when nothing).
-pub fn unmoved(scope: Scope, env: &str, moved: &[String]) -> Result<(), GateError> {
+pub(crate) fn unmoved(scope: Scope, env: &str, moved: &[String]) -> Result<(), GateError> {
     if moved.is_empty() {
         return Ok(());
     }
@@ -156,7 +156,11 @@ pub fn unmoved(scope: Scope, env: &str, moved: &[String]) -> Result<(), GateErro
 
 /// A plan checked against a reviewed one is applied only when it does what
 /// the reviewed one does (`differences`: what it does otherwise).
-pub fn as_reviewed(scope: Scope, env: &str, differences: &[String]) -> Result<(), GateError> {
+pub(crate) fn as_reviewed(
+    scope: Scope,
+    env: &str,
+    differences: &[String],
+) -> Result<(), GateError> {
     if differences.is_empty() {
         return Ok(());
     }
@@ -173,7 +177,11 @@ pub fn as_reviewed(scope: Scope, env: &str, differences: &[String]) -> Result<()
 
 /// A plan does not apply over uncommitted changes it does not see
 /// (`uncommitted`: their paths), unless `--allow-dirty` allows it.
-pub fn clean(scope: Scope, uncommitted: &[String], allow_dirty: bool) -> Result<(), GateError> {
+pub(crate) fn clean(
+    scope: Scope,
+    uncommitted: &[String],
+    allow_dirty: bool,
+) -> Result<(), GateError> {
     if uncommitted.is_empty() || allow_dirty {
         return Ok(());
     }
@@ -187,7 +195,7 @@ pub fn clean(scope: Scope, uncommitted: &[String], allow_dirty: bool) -> Result<
 /// An environment with `require-approval` applies changes only from a
 /// reviewed (or saved) plan, never from one planned and confirmed on the
 /// spot.
-pub fn approved(
+pub(crate) fn approved(
     env: &str,
     requires_approval: bool,
     has_changes: bool,
@@ -203,7 +211,7 @@ pub fn approved(
 
 /// A plan whose revision its `promote-from` source never ran healthy is
 /// refused, unless the check was skipped (which the plan shows).
-pub fn promoted(p: &Plan) -> Result<(), GateError> {
+pub(crate) fn promoted(p: &Plan) -> Result<(), GateError> {
     match &p.promotion {
         Some(pr) if !pr.healthy && !pr.skipped => {
             let (source, sha) = (&pr.source, crate::plan::short(&p.to.sha));
@@ -226,7 +234,7 @@ pub fn promoted(p: &Plan) -> Result<(), GateError> {
 /// A plan that would replace unit files moorline did not install is
 /// refused, naming each file and the command that adopts them (`source`:
 /// where the plan came from, which decides that command).
-pub fn no_unit_conflicts(p: &Plan, source: PlanSource) -> Result<(), GateError> {
+pub(crate) fn no_unit_conflicts(p: &Plan, source: PlanSource) -> Result<(), GateError> {
     if !p.has_conflicts() {
         return Ok(());
     }
@@ -259,12 +267,12 @@ pub fn no_unit_conflicts(p: &Plan, source: PlanSource) -> Result<(), GateError> 
 
 /// Whether to go on: `--yes`, else the answer of `ask` (which asks on the
 /// terminal, and says no without one). `ask` is not called with `--yes`.
-pub fn confirmed(yes: bool, ask: impl FnOnce() -> bool) -> bool {
+pub(crate) fn confirmed(yes: bool, ask: impl FnOnce() -> bool) -> bool {
     yes || ask()
 }
 
 /// An apply goes on only when confirmed ([`confirmed`]).
-pub fn confirm(yes: bool, ask: impl FnOnce() -> bool) -> Result<(), GateError> {
+pub(crate) fn confirm(yes: bool, ask: impl FnOnce() -> bool) -> Result<(), GateError> {
     if confirmed(yes, ask) {
         Ok(())
     } else {

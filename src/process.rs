@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::secrets::{self, Redactor};
 
-pub mod orphans;
+pub(crate) mod orphans;
 
 /// Variables every configured command gets from moorline's own
 /// environment, when set there: `PATH` (to find `npm`, `python3`, ...),
@@ -38,10 +38,11 @@ pub mod orphans;
 /// environment reaches a command unless the environment's `pass-env` names
 /// it: a build from the repository must not read the credentials of the CI
 /// runner or of the operator's shell.
-pub const BASE_ENV: &[&str] = &["PATH", "HOME", "LANG"];
+pub(crate) const BASE_ENV: &[&str] = &["PATH", "HOME", "LANG"];
 
 /// `PATH` when moorline itself has none: systemd's default for services.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The whole environment of every configured command (build, deps step,
 /// migrate, backup, restore, proxy check, `migrate-status`), in order of
@@ -59,7 +60,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// Nothing else is inherited ([`run`] clears the rest), moorline's own
 /// `MOORLINE_*` settings (`MOORLINE_CONFIG`, the test hooks) included. A
 /// value that is not UTF-8 is not passed.
-pub fn command_env(
+pub(crate) fn command_env(
     env: &crate::config::Environment,
     service: Option<&str>,
     release_dir: Option<&str>,
@@ -105,22 +106,22 @@ fn command_env_from(
 
 /// Longest line kept in a log; the rest of the line is dropped and the cut
 /// is marked.
-pub const LINE_CAP: usize = 4 * 1024;
+pub(crate) const LINE_CAP: usize = 4 * 1024;
 /// Most bytes of output kept in one command's log (16 MiB); later output
 /// is read and counted but not written.
-pub const OUTPUT_CAP: u64 = 16 * 1024 * 1024;
+pub(crate) const OUTPUT_CAP: u64 = 16 * 1024 * 1024;
 /// Lines of a failed command's output shown in its error.
-pub const TAIL_LINES: usize = 20;
+pub(crate) const TAIL_LINES: usize = 20;
 /// Longest line shown in an error's tail.
-pub const TAIL_LINE_CAP: usize = 300;
+pub(crate) const TAIL_LINE_CAP: usize = 300;
 /// How long output is still read after the command's process group was
 /// killed (only a process that escaped the group can keep a pipe open).
-pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// Bytes read from a pipe at a time.
 const CHUNK: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum RunError {
+pub(crate) enum RunError {
     #[error("`{program}` could not be started")]
     #[diagnostic(
         code(moorline::run::spawn),
@@ -186,14 +187,14 @@ pub enum RunError {
 }
 
 /// A command to run.
-pub struct Run<'a> {
-    pub argv: &'a [String],
-    pub dir: Option<&'a Path>,
+pub(crate) struct Run<'a> {
+    pub(crate) argv: &'a [String],
+    pub(crate) dir: Option<&'a Path>,
     /// The command's whole environment: nothing of moorline's own is
     /// inherited besides it (see [`command_env`]).
-    pub env: &'a BTreeMap<String, String>,
-    pub timeout: Duration,
-    pub log: &'a Path,
+    pub(crate) env: &'a BTreeMap<String, String>,
+    pub(crate) timeout: Duration,
+    pub(crate) log: &'a Path,
 }
 
 /// How the command ended.
@@ -205,7 +206,7 @@ enum Ended {
 }
 
 /// Runs a command to completion, its output (redacted, capped) to the log.
-pub async fn run(r: Run<'_>) -> Result<(), RunError> {
+pub(crate) async fn run(r: Run<'_>) -> Result<(), RunError> {
     let io_err = |path: &Path| {
         let path = path.display().to_string();
         move |source| RunError::Io { path, source }

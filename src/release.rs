@@ -8,12 +8,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Marker written into a release once its build succeeded.
-pub const BUILT_MARKER: &str = ".moorline-built";
+pub(crate) const BUILT_MARKER: &str = ".moorline-built";
 
 /// Reads an environment file (systemd `EnvironmentFile=` syntax, the common
 /// subset: `KEY=value`, optional quotes, `#` comments). A missing file is
 /// empty, like systemd's `-` prefix.
-pub fn read_env_file(path: &Path) -> BTreeMap<String, String> {
+pub(crate) fn read_env_file(path: &Path) -> BTreeMap<String, String> {
     let Ok(text) = fs::read_to_string(path) else {
         return BTreeMap::new();
     };
@@ -38,7 +38,7 @@ pub fn read_env_file(path: &Path) -> BTreeMap<String, String> {
 
 /// Paths of one service's releases.
 pub struct Paths {
-    pub service_dir: PathBuf,
+    pub(crate) service_dir: PathBuf,
 }
 
 impl Paths {
@@ -47,13 +47,13 @@ impl Paths {
             service_dir: Path::new(root).join(service),
         }
     }
-    pub fn releases(&self) -> PathBuf {
+    pub(crate) fn releases(&self) -> PathBuf {
         self.service_dir.join("releases")
     }
     pub fn release(&self, sha: &str) -> PathBuf {
         self.releases().join(sha)
     }
-    pub fn current(&self) -> PathBuf {
+    pub(crate) fn current(&self) -> PathBuf {
         self.service_dir.join("current")
     }
     /// The revision `current` points to, if any.
@@ -61,7 +61,7 @@ impl Paths {
         let target = fs::read_link(self.current()).ok()?;
         target.file_name().map(|n| n.to_string_lossy().into_owned())
     }
-    pub fn is_built(&self, sha: &str) -> bool {
+    pub(crate) fn is_built(&self, sha: &str) -> bool {
         self.release(sha).join(BUILT_MARKER).is_file()
     }
 }
@@ -86,7 +86,7 @@ pub fn mark_built(dir: &Path, sha: &str) -> std::io::Result<()> {
 
 /// Removes releases beyond `keep`, oldest first by modification time,
 /// never one in `protect` (the live one and the one before it).
-pub fn prune(paths: &Paths, keep: usize, protect: &[&str]) -> Vec<String> {
+pub(crate) fn prune(paths: &Paths, keep: usize, protect: &[&str]) -> Vec<String> {
     let Ok(entries) = fs::read_dir(paths.releases()) else {
         return Vec::new();
     };

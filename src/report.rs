@@ -22,7 +22,7 @@ fn shown_inline(text: &str) -> String {
 }
 
 /// Width used for plain (snapshot) rendering.
-pub const PLAIN_WIDTH: usize = 100;
+pub(crate) const PLAIN_WIDTH: usize = 100;
 
 /// Renders without colour at a fixed width: stable for tests.
 pub fn plain(d: &dyn Diagnostic) -> String {
@@ -37,12 +37,12 @@ pub fn plain(d: &dyn Diagnostic) -> String {
 }
 
 /// Whether standard error should get colour.
-pub fn stderr_color() -> bool {
+pub(crate) fn stderr_color() -> bool {
     std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
 }
 
 /// Renders for standard error.
-pub fn for_stderr(d: &dyn Diagnostic) -> String {
+pub(crate) fn for_stderr(d: &dyn Diagnostic) -> String {
     if !stderr_color() {
         return plain(d);
     }
@@ -56,7 +56,7 @@ pub fn for_stderr(d: &dyn Diagnostic) -> String {
 }
 
 /// Prints a diagnostic to standard error, secrets redacted.
-pub fn eprint(d: &dyn Diagnostic) {
+pub(crate) fn eprint(d: &dyn Diagnostic) {
     eprint!("{}", crate::secrets::redact(&for_stderr(d)));
 }
 
@@ -66,7 +66,7 @@ pub fn eprint(d: &dyn Diagnostic) {
 /// and labels). Spans and the source are the
 /// inner diagnostic's: a configuration's source is escaped where it is
 /// made ([`crate::config::ConfigError`]), with its spans moved.
-pub struct Visible<'a> {
+pub(crate) struct Visible<'a> {
     inner: &'a dyn Diagnostic,
     message: String,
     related: Option<Vec<Visible<'a>>>,
@@ -75,7 +75,7 @@ pub struct Visible<'a> {
 }
 
 impl<'a> Visible<'a> {
-    pub fn new(inner: &'a dyn Diagnostic) -> Self {
+    pub(crate) fn new(inner: &'a dyn Diagnostic) -> Self {
         Self {
             inner,
             message: shown(&inner.to_string()),

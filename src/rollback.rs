@@ -20,7 +20,7 @@ use crate::state::{self, BackupRecord, State};
 use crate::target::Target;
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum RollbackError {
+pub(crate) enum RollbackError {
     #[error("nothing to roll back in {env}: {why}")]
     #[diagnostic(
         code(moorline::rollback::nothing),
@@ -58,7 +58,7 @@ pub enum RollbackError {
 
 /// Refuses a `--service` name the configuration does not have, with a
 /// did-you-mean.
-pub fn check_services(config: &Config, names: &[String]) -> Result<(), RollbackError> {
+pub(crate) fn check_services(config: &Config, names: &[String]) -> Result<(), RollbackError> {
     let known: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
     for n in names {
         if !known.contains(&n.as_str()) {
@@ -77,16 +77,16 @@ pub fn check_services(config: &Config, names: &[String]) -> Result<(), RollbackE
 
 /// A rollback chosen from the host state: its plan, and what it leaves of
 /// the database (a note for after it ran).
-pub struct Chosen {
-    pub plan: Plan,
-    pub schema: Option<String>,
+pub(crate) struct Chosen {
+    pub(crate) plan: Plan,
+    pub(crate) schema: Option<String>,
 }
 
 /// The rollback of `services` (the last apply's switched services when
 /// none are named) to the release before the live one, or, with `to`, to
 /// the kept release that revision prefix names. `loaded` is the host state
 /// read under the lock.
-pub fn choose(
+pub(crate) fn choose(
     t: &Target,
     loaded: &state::Loaded,
     services: &[String],
@@ -347,7 +347,7 @@ fn schema_after_code_rollback(st: &State, env: &str) -> Option<String> {
 
 /// The backup `rollback --database` restores: the one the last apply that
 /// took one took, with the environment's `backup` block that restores it.
-pub fn database_backup<'e>(
+pub(crate) fn database_backup<'e>(
     env: &'e Environment,
     st: &State,
 ) -> Result<(&'e Backup, BackupRecord), RollbackError> {
@@ -369,7 +369,7 @@ pub fn database_backup<'e>(
 /// that depend on them; in dependency order, each gated on readiness,
 /// without building or switching releases. `loaded` is the host state read
 /// under the lock.
-pub fn restart_plan(
+pub(crate) fn restart_plan(
     t: &Target,
     loaded: &state::Loaded,
     services: &[String],

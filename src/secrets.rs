@@ -39,33 +39,33 @@ use crate::template::{self, Vars};
 use crate::unit::REDACTED;
 
 /// Shorter values are not treated as secrets (see the module docs).
-pub const MIN_SECRET_LEN: usize = 4;
+pub(crate) const MIN_SECRET_LEN: usize = 4;
 
 /// A set of secret values and the replacement of their occurrences.
 #[derive(Debug, Default, Clone)]
-pub struct Redactor {
+pub(crate) struct Redactor {
     /// Distinct values, each at least [`MIN_SECRET_LEN`] bytes.
     values: Vec<String>,
 }
 
 impl Redactor {
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self { values: Vec::new() }
     }
 
     /// Adds a secret value (ignored when shorter than [`MIN_SECRET_LEN`]).
-    pub fn add(&mut self, value: &str) {
+    pub(crate) fn add(&mut self, value: &str) {
         if value.len() >= MIN_SECRET_LEN && !self.values.iter().any(|v| v == value) {
             self.values.push(value.to_owned());
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
 
     /// The length of the longest secret, in bytes (0 when there is none).
-    pub fn longest(&self) -> usize {
+    pub(crate) fn longest(&self) -> usize {
         self.values.iter().map(String::len).max().unwrap_or(0)
     }
 
@@ -96,7 +96,7 @@ impl Redactor {
     /// `text` with every byte that belongs to an occurrence of any secret
     /// replaced; overlapping or adjacent occurrences become one
     /// [`REDACTED`].
-    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+    pub(crate) fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
         self.redact_prefix(text, text.len()).0
     }
 
@@ -106,7 +106,7 @@ impl Redactor {
     /// starts after it is left out whole, so a cut never shows part of a
     /// secret as long as `text` extends at least [`Self::longest`] bytes
     /// past `limit` (or to the end of the original).
-    pub fn redact_prefix<'a>(&self, text: &'a str, limit: usize) -> (Cow<'a, str>, bool) {
+    pub(crate) fn redact_prefix<'a>(&self, text: &'a str, limit: usize) -> (Cow<'a, str>, bool) {
         let mut limit = limit.min(text.len());
         while !text.is_char_boundary(limit) {
             limit -= 1;
@@ -133,7 +133,7 @@ impl Redactor {
     }
 
     /// Redacts every string (and object key) in a JSON value, in place.
-    pub fn redact_json(&self, value: &mut serde_json::Value) {
+    pub(crate) fn redact_json(&self, value: &mut serde_json::Value) {
         use serde_json::Value;
         if self.is_empty() {
             return;
@@ -161,7 +161,7 @@ impl Redactor {
 static KNOWN: RwLock<Redactor> = RwLock::new(Redactor::new());
 
 /// Adds secret values to the registry.
-pub fn register<'a>(values: impl IntoIterator<Item = &'a str>) {
+pub(crate) fn register<'a>(values: impl IntoIterator<Item = &'a str>) {
     if let Ok(mut known) = KNOWN.write() {
         for v in values {
             known.add(v);
@@ -170,12 +170,12 @@ pub fn register<'a>(values: impl IntoIterator<Item = &'a str>) {
 }
 
 /// A copy of the registry.
-pub fn known() -> Redactor {
+pub(crate) fn known() -> Redactor {
     KNOWN.read().map(|r| r.clone()).unwrap_or_default()
 }
 
 /// `text` with every registered secret replaced.
-pub fn redact(text: &str) -> String {
+pub(crate) fn redact(text: &str) -> String {
     match KNOWN.read() {
         Ok(known) => known.redact(text).into_owned(),
         // A poisoned registry redacts everything rather than nothing.
@@ -185,7 +185,9 @@ pub fn redact(text: &str) -> String {
 
 /// `value` serialised to JSON with every registered secret replaced in
 /// every string.
-pub fn redacted_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<serde_json::Value> {
+pub(crate) fn redacted_json<T: Serialize + ?Sized>(
+    value: &T,
+) -> serde_json::Result<serde_json::Value> {
     let mut v = serde_json::to_value(value)?;
     match KNOWN.read() {
         Ok(known) => known.redact_json(&mut v),
@@ -197,7 +199,7 @@ pub fn redacted_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<ser
 /// A JSON document (text) with every registered secret replaced in every
 /// string; unchanged (same bytes) when it holds none. Text that is not
 /// JSON is redacted as plain text.
-pub fn redact_json_text(text: &str) -> String {
+pub(crate) fn redact_json_text(text: &str) -> String {
     let Ok(mut v) = serde_json::from_str::<serde_json::Value>(text) else {
         return redact(text);
     };
@@ -223,7 +225,7 @@ pub fn redact_json_text(text: &str) -> String {
 
 /// The secrets of a loaded configuration (every environment, every
 /// service; see the module docs for what counts).
-pub fn of_config(loaded: &Loaded) -> Redactor {
+pub(crate) fn of_config(loaded: &Loaded) -> Redactor {
     let mut r = Redactor::new();
     let config = &loaded.config;
     let env_file = |r: &mut Redactor, path: &str| {
@@ -284,7 +286,7 @@ pub fn of_config(loaded: &Loaded) -> Redactor {
 }
 
 /// Registers the secrets of a loaded configuration.
-pub fn register_config(loaded: &Loaded) {
+pub(crate) fn register_config(loaded: &Loaded) {
     let r = of_config(loaded);
     register(r.values.iter().map(String::as_str));
 }

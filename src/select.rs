@@ -11,7 +11,7 @@ use miette::Diagnostic;
 use crate::config::{Config, Service, error::suggest};
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum OpsError {
+pub(crate) enum OpsError {
     #[error("unknown service `{name}`")]
     #[diagnostic(code(moorline::ops::unknown_service), help("{help}"))]
     UnknownService { name: String, help: String },
@@ -25,7 +25,7 @@ pub enum OpsError {
 
 /// The services named by `--service` (all when none), plus their dependents if asked, in
 /// configuration order. Every unknown name is an error with a did-you-mean.
-pub fn select<'c>(
+pub(crate) fn select<'c>(
     config: &'c Config,
     names: &[String],
     with_dependents: bool,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::files::{is_root, sha256_hex, tighten, write_private};
 
-pub const STATE_FILE: &str = "state.json";
+pub(crate) const STATE_FILE: &str = "state.json";
 pub const FORMAT_VERSION: u32 = 1;
 /// The largest `state.json` moorline reads (64 MiB). What makes a state
 /// large is its backup records (about 330 bytes each, pretty-printed) and
@@ -55,49 +55,49 @@ pub struct State {
 }
 
 /// How many deploys [`State::deploys`] keeps.
-pub const DEPLOYS_KEPT: usize = 50;
+pub(crate) const DEPLOYS_KEPT: usize = 50;
 
 /// One revision made live by a deploy that succeeded (every restarted
 /// service was ready).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployRecord {
-    pub revision: String,
+    pub(crate) revision: String,
     /// When the deploy succeeded (seconds since the Unix epoch).
-    pub at: u64,
+    pub(crate) at: u64,
     /// When the next deploy replaced it; `None`: still the deployed one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub until: Option<u64>,
+    pub(crate) until: Option<u64>,
     /// When it was rolled back by hand while it was the deployed one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rolled_back_at: Option<u64>,
+    pub(crate) rolled_back_at: Option<u64>,
 }
 
 /// A rollback made by hand (see [`State::rolled_back`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManualRollback {
     /// The rollback's apply id.
-    pub apply_id: String,
+    pub(crate) apply_id: String,
     /// The services it switched back, in switch order (accumulated over
     /// several rollbacks since the last deploy, each once).
-    pub services: Vec<String>,
+    pub(crate) services: Vec<String>,
     /// Seconds since the Unix epoch.
-    pub at: u64,
+    pub(crate) at: u64,
 }
 
 /// A database restore (`rollback --database`, `backup restore`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatabaseRestore {
     /// The backup restored.
-    pub backup: String,
+    pub(crate) backup: String,
     /// The apply it was taken before, if an apply took it.
-    pub apply_id: Option<String>,
+    pub(crate) apply_id: Option<String>,
     /// Seconds since the Unix epoch.
-    pub restored_at: u64,
+    pub(crate) restored_at: u64,
 }
 
 impl DatabaseRestore {
     /// "backup B (taken before apply X)", for reasons and messages.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.apply_id {
             Some(a) => format!("backup {} (taken before apply {a})", self.backup),
             None => format!("backup {}", self.backup),
@@ -123,38 +123,38 @@ pub struct ServiceState {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupRecord {
-    pub id: String,
-    pub path: String,
-    pub size: u64,
-    pub sha256: String,
+    pub(crate) id: String,
+    pub(crate) path: String,
+    pub(crate) size: u64,
+    pub(crate) sha256: String,
     /// Seconds since the Unix epoch.
-    pub taken_at: u64,
+    pub(crate) taken_at: u64,
     /// The revision deployed when it was taken.
-    pub revision: Option<String>,
+    pub(crate) revision: Option<String>,
     /// The apply it was taken for, if any.
-    pub apply_id: Option<String>,
+    pub(crate) apply_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyRecord {
-    pub id: String,
-    pub from: Option<String>,
-    pub to: String,
+    pub(crate) id: String,
+    pub(crate) from: Option<String>,
+    pub(crate) to: String,
     /// Services switched to a new release, in switch order.
-    pub switched: Vec<String>,
+    pub(crate) switched: Vec<String>,
     /// Unit files installed or changed (service → the text before, if any).
     #[serde(default)]
-    pub previous_units: BTreeMap<String, Option<String>>,
-    pub backup: Option<String>,
-    pub migrated: bool,
-    pub outcome: ApplyOutcome,
+    pub(crate) previous_units: BTreeMap<String, Option<String>>,
+    pub(crate) backup: Option<String>,
+    pub(crate) migrated: bool,
+    pub(crate) outcome: ApplyOutcome,
 }
 
 /// How an apply ended, as the state records it (spelled as before it was
 /// an enum, so old states read the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum ApplyOutcome {
+pub(crate) enum ApplyOutcome {
     /// Every action succeeded: `last_apply`.
     Succeeded,
     /// An action failed; nothing was rolled back (nothing live changed, or
@@ -169,7 +169,7 @@ pub enum ApplyOutcome {
 impl State {
     /// Records that a deploy made `revision` live at `at`: the one before
     /// it is replaced from then on.
-    pub fn record_deploy(&mut self, revision: &str, at: u64) {
+    pub(crate) fn record_deploy(&mut self, revision: &str, at: u64) {
         if let Some(last) = self.deploys.last_mut()
             && last.until.is_none()
         {
@@ -187,7 +187,7 @@ impl State {
 
     /// Records that services were rolled back by hand at `at`: the
     /// deployed revision no longer runs whole.
-    pub fn record_manual_rollback(&mut self, at: u64) {
+    pub(crate) fn record_manual_rollback(&mut self, at: u64) {
         if let Some(last) = self.deploys.last_mut()
             && last.until.is_none()
             && last.rolled_back_at.is_none()
@@ -200,7 +200,7 @@ impl State {
 impl ManualRollback {
     /// The record after rollback `apply_id` switched `services` back,
     /// keeping the services of earlier rollbacks since the last deploy.
-    pub fn after(earlier: Option<Self>, apply_id: &str, services: &[String]) -> Self {
+    pub(crate) fn after(earlier: Option<Self>, apply_id: &str, services: &[String]) -> Self {
         let mut all = earlier.map(|e| e.services).unwrap_or_default();
         for s in services {
             if !all.contains(s) {
@@ -220,7 +220,7 @@ impl ManualRollback {
 impl State {
     /// Whether moorline installed the unit file `unit` of `service` here:
     /// the ownership record that lets a later apply replace it.
-    pub fn installed_unit(&self, service: &str, unit: &str) -> bool {
+    pub(crate) fn installed_unit(&self, service: &str, unit: &str) -> bool {
         self.services
             .get(service)
             .is_some_and(|s| s.unit_sha256.is_some() && s.unit.as_deref().is_none_or(|u| u == unit))
@@ -228,7 +228,7 @@ impl State {
 
     /// Records that the database was restored from `b` (see
     /// [`State::database_restored`]).
-    pub fn mark_restored(&mut self, b: &BackupRecord, restored_at: u64) {
+    pub(crate) fn mark_restored(&mut self, b: &BackupRecord, restored_at: u64) {
         self.database_restored = Some(DatabaseRestore {
             backup: b.id.clone(),
             apply_id: b.apply_id.clone(),
@@ -238,7 +238,7 @@ impl State {
 
     /// The backup the most recent apply took before migrating (the one a
     /// database rollback restores), if any.
-    pub fn apply_backup(&self) -> Option<&BackupRecord> {
+    pub(crate) fn apply_backup(&self) -> Option<&BackupRecord> {
         self.backups
             .iter()
             .filter(|b| b.apply_id.is_some())
@@ -337,7 +337,7 @@ pub enum StateError {
 /// A user manager's services are the user's, root included: with
 /// `user_manager` the state goes under `$XDG_STATE_HOME` (else
 /// `~/.local/state`) even as root, never beside the system's.
-pub fn default_dir(project: &str, env: &str, user_manager: bool) -> PathBuf {
+pub(crate) fn default_dir(project: &str, env: &str, user_manager: bool) -> PathBuf {
     if is_root() && !user_manager {
         return PathBuf::from(format!("/var/lib/moorline/{project}/{env}"));
     }
@@ -353,7 +353,7 @@ pub fn default_dir(project: &str, env: &str, user_manager: bool) -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub state: Option<State>,
-    pub sha256: Option<String>,
+    pub(crate) sha256: Option<String>,
 }
 
 /// Reads `state.json` from `dir`; a missing file is `None` (nothing deployed).

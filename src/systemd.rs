@@ -26,12 +26,12 @@ use zbus::{Connection, OwnedObjectPath};
 /// How long establishing a bus connection (socket connect, authentication, `Hello`, and our
 /// `Subscribe`) may take. A healthy local bus answers in milliseconds; this only bounds a hung
 /// or wedged broker so that `moorline` fails with a diagnostic instead of hanging.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The reply timeout for every single method call. This is the default of sd-bus (and thus of
 /// `systemctl`), 25 s (`BUS_DEFAULT_TIMEOUT` in systemd's sources); a `daemon-reload` on a big
 /// host is the slowest call we make and stays well inside it.
-pub const METHOD_TIMEOUT: Duration = Duration::from_secs(25);
+pub(crate) const METHOD_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// How long to wait for the `JobRemoved` signal of a submitted job.
 ///
@@ -41,7 +41,7 @@ pub const METHOD_TIMEOUT: Duration = Duration::from_secs(25);
 /// followed by a start. So for units with default timeouts systemd itself finishes the job
 /// within 180 s; this deadline sits just above that and only guards against a lost signal or a
 /// hung manager. Units with longer configured timeouts need [`Systemd::with_job_timeout`].
-pub const JOB_TIMEOUT: Duration = Duration::from_secs(190);
+pub(crate) const JOB_TIMEOUT: Duration = Duration::from_secs(190);
 
 /// The settle window [`Systemd::confirm_active`] waits after a start/restart job.
 ///
@@ -67,7 +67,7 @@ pub const SETTLE: Duration = Duration::from_millis(300);
 /// `org.freedesktop.systemd1` after 45–75 ms, so the manager re-registers on the new broker
 /// at once. 30 s covers a slow restart under load many times over, yet fails an operation
 /// whose bus stays away long before a human would give up on it.
-pub const RECONNECT_BUDGET: Duration = Duration::from_secs(30);
+pub(crate) const RECONNECT_BUDGET: Duration = Duration::from_secs(30);
 
 /// The pause after the first failed reconnect attempt; it doubles up to
 /// [`RECONNECT_MAX_DELAY`]. The first attempt is immediate: the listening socket outlives the
@@ -223,7 +223,7 @@ pub struct LoadedSettings {
 
 /// Which bus (and so which service manager) to talk to; `--systemd system|user`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bus {
+pub(crate) enum Bus {
     /// The system manager (PID 1) on the system bus.
     System,
     /// The calling user's `systemd --user` manager on the session bus.
@@ -262,7 +262,7 @@ pub enum JobResult {
 
 impl JobResult {
     /// Maps the `result` string of a `JobRemoved` signal.
-    pub fn parse(result: &str) -> Self {
+    pub(crate) fn parse(result: &str) -> Self {
         match result {
             "done" => Self::Done,
             "canceled" => Self::Canceled,
@@ -342,7 +342,7 @@ pub enum ActiveState {
 
 impl ActiveState {
     /// Maps the `ActiveState` property; an unknown string is kept as [`Self::Other`].
-    pub fn parse(state: &str) -> Self {
+    pub(crate) fn parse(state: &str) -> Self {
         match state {
             "active" => Self::Active,
             "reloading" => Self::Reloading,
@@ -357,7 +357,7 @@ impl ActiveState {
     }
 
     /// The state as systemd spells it.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             Self::Active => "active",
             Self::Reloading => "reloading",
@@ -373,7 +373,7 @@ impl ActiveState {
 
     /// Whether the unit is up or coming up: `active`, `activating` or `reloading` (a unit
     /// in one of these may still become ready).
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         matches!(self, Self::Active | Self::Activating | Self::Reloading)
     }
 }
@@ -408,17 +408,17 @@ impl Serialize for ActiveState {
 #[derive(Debug, Error)]
 #[error("{unit} is {active_state} ({sub_state}, result {result})")]
 pub struct UnitDown {
-    pub unit: String,
-    pub active_state: ActiveState,
-    pub sub_state: String,
-    pub result: String,
+    pub(crate) unit: String,
+    pub(crate) active_state: ActiveState,
+    pub(crate) sub_state: String,
+    pub(crate) result: String,
 }
 
 /// A snapshot of one unit, read property by property from the manager (never from a cache).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnitStatus {
     /// The unit's primary name (`Id`).
-    pub name: String,
+    pub(crate) name: String,
     /// `LoadState`: `loaded`, `not-found`, `bad-setting`, `error`, `masked`.
     pub load_state: String,
     /// `ActiveState`: `active`, `reloading`, `inactive`, `failed`, `activating`, `deactivating`.
@@ -435,7 +435,7 @@ pub struct UnitStatus {
     /// `MainPID`: the current main process, 0 when none runs.
     pub main_pid: u32,
     /// `ExecMainPID`: the last main process started, kept after it exited.
-    pub exec_main_pid: u32,
+    pub(crate) exec_main_pid: u32,
     /// `ActiveEnterTimestamp`, µs since the epoch (0 = never).
     pub active_enter_timestamp_us: u64,
     /// `ExecMainStartTimestamp`, µs since the epoch (0 = never / not a service).
@@ -448,7 +448,7 @@ pub struct UnitStatus {
 
 impl UnitStatus {
     /// The unit, down: what a readiness wait reports when it is no longer up.
-    pub fn down(self, unit: &str) -> UnitDown {
+    pub(crate) fn down(self, unit: &str) -> UnitDown {
         UnitDown {
             unit: unit.to_owned(),
             active_state: self.active_state,
@@ -744,7 +744,7 @@ impl Systemd {
     ///
     /// The user bus is `$DBUS_SESSION_BUS_ADDRESS` if set, else `unix:path=$XDG_RUNTIME_DIR/bus`
     /// (the address `sd_bus_open_user()` falls back to as well).
-    pub async fn connect(bus: Bus) -> Result<Self, SystemdError> {
+    pub(crate) async fn connect(bus: Bus) -> Result<Self, SystemdError> {
         match bus {
             Bus::System => Self::establish(Endpoint::System).await,
             Bus::User => {
@@ -779,14 +779,6 @@ impl Systemd {
             }),
             job_timeout: JOB_TIMEOUT,
         })
-    }
-
-    /// The same connection with another job deadline (for units whose configured start/stop
-    /// timeouts exceed the defaults [`JOB_TIMEOUT`] assumes).
-    #[must_use]
-    pub fn with_job_timeout(mut self, timeout: Duration) -> Self {
-        self.job_timeout = timeout;
-        self
     }
 
     /// `StartUnit(unit, "replace")`, waiting for the job to finish.

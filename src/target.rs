@@ -14,7 +14,7 @@ use crate::state;
 use crate::systemd::Bus;
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum TargetError {
+pub(crate) enum TargetError {
     #[error("unknown environment `{name}`")]
     #[diagnostic(code(moorline::cli::unknown_environment), help("{help}"))]
     UnknownEnvironment { name: String, help: String },
@@ -57,28 +57,28 @@ pub enum TargetError {
 }
 
 /// Everything a command needs to know about where it works.
-pub struct Target {
-    pub loaded: Loaded,
-    pub env: Environment,
-    pub repo: Repo,
-    pub state_dir: PathBuf,
-    pub unit_dir: PathBuf,
-    pub systemd: Bus,
+pub(crate) struct Target {
+    pub(crate) loaded: Loaded,
+    pub(crate) env: Environment,
+    pub(crate) repo: Repo,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) unit_dir: PathBuf,
+    pub(crate) systemd: Bus,
     /// The state directory of the environment's `promote-from` source, if
     /// it has one: its `state-dir`, else beside an explicit `--state-dir`
     /// (`DIR/../SOURCE`), else the source's default.
-    pub promotion_state_dir: Option<PathBuf>,
+    pub(crate) promotion_state_dir: Option<PathBuf>,
 }
 
 impl Target {
-    pub fn config(&self) -> &config::Config {
+    pub(crate) fn config(&self) -> &config::Config {
         &self.loaded.config
     }
 }
 
 /// Where unit files go: the environment's `unit-dir`, else the directory the
 /// chosen systemd reads administrator units from.
-pub fn unit_dir(env: &Environment, bus: Bus) -> PathBuf {
+pub(crate) fn unit_dir(env: &Environment, bus: Bus) -> PathBuf {
     if let Some(d) = &env.unit_dir {
         return PathBuf::from(d);
     }
@@ -117,7 +117,7 @@ fn unit_dir_of(env: &Environment, bus: Bus) -> Result<(), TargetError> {
 }
 
 /// The user manager's directory for administrator units.
-pub fn user_unit_dir() -> PathBuf {
+pub(crate) fn user_unit_dir() -> PathBuf {
     std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
@@ -129,19 +129,19 @@ pub fn user_unit_dir() -> PathBuf {
 /// Where a command works, as chosen (on the command line); each `None`
 /// takes the default.
 #[derive(Debug, Clone, Copy)]
-pub struct Choices<'a> {
+pub(crate) struct Choices<'a> {
     /// The repository; default: the directory of the configuration file.
-    pub repo: Option<&'a Path>,
+    pub(crate) repo: Option<&'a Path>,
     /// The state directory; default: [`state::default_dir`].
-    pub state_dir: Option<&'a Path>,
+    pub(crate) state_dir: Option<&'a Path>,
     /// Which systemd manager.
-    pub systemd: Bus,
+    pub(crate) systemd: Bus,
     /// The host of a fleet environment to act as ([`for_host`]).
-    pub host: Option<&'a str>,
+    pub(crate) host: Option<&'a str>,
 }
 
 /// Builds the target of environment `env_name` of `loaded`.
-pub fn resolve(loaded: Loaded, env_name: &str, choices: &Choices) -> miette::Result<Target> {
+pub(crate) fn resolve(loaded: Loaded, env_name: &str, choices: &Choices) -> miette::Result<Target> {
     let env = loaded
         .config
         .environment(env_name)
@@ -240,7 +240,7 @@ const HOSTS_LISTED: usize = 10;
 /// Restricts the configuration to the services host `name` of the fleet
 /// environment `env` runs (`--host`, the host side of a fleet): every
 /// command then plans, applies and reports on those services only.
-pub fn for_host(
+pub(crate) fn for_host(
     config: &mut config::Config,
     env: &Environment,
     name: &str,
@@ -279,7 +279,7 @@ pub fn for_host(
 
 /// Resolves `--adopt` names (a service or its unit file name) to service
 /// names, sorted and without repeats; each must manage its unit.
-pub fn resolve_adopt(
+pub(crate) fn resolve_adopt(
     config: &config::Config,
     names: &[String],
 ) -> Result<Vec<String>, TargetError> {

@@ -5,7 +5,7 @@
 //! handed to a shell by moorline.
 
 /// Every placeholder moorline knows.
-pub const ALL: &[&str] = &[
+pub(crate) const ALL: &[&str] = &[
     "service",
     "port",
     "root",
@@ -18,7 +18,7 @@ pub const ALL: &[&str] = &[
 
 /// The placeholders in `s`: `(byte offset, name)`. `{{` and `}}` are literal
 /// braces and never start a placeholder.
-pub fn placeholders(s: &str) -> Vec<(usize, &str)> {
+pub(crate) fn placeholders(s: &str) -> Vec<(usize, &str)> {
     let bytes = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -48,13 +48,13 @@ pub fn placeholders(s: &str) -> Vec<(usize, &str)> {
 
 /// Values for substitution; a `None` leaves the placeholder as written.
 #[derive(Debug, Default, Clone)]
-pub struct Vars<'a> {
-    pub service: Option<&'a str>,
-    pub port: Option<u16>,
-    pub root: Option<&'a str>,
-    pub release: Option<&'a str>,
-    pub current: Option<&'a str>,
-    pub backup: Option<&'a str>,
+pub(crate) struct Vars<'a> {
+    pub(crate) service: Option<&'a str>,
+    pub(crate) port: Option<u16>,
+    pub(crate) root: Option<&'a str>,
+    pub(crate) release: Option<&'a str>,
+    pub(crate) current: Option<&'a str>,
+    pub(crate) backup: Option<&'a str>,
 }
 
 impl Vars<'_> {
@@ -72,13 +72,13 @@ impl Vars<'_> {
 }
 
 /// Substitutes known placeholders; `{{`/`}}` become single braces.
-pub fn render(s: &str, vars: &Vars<'_>) -> String {
+pub(crate) fn render(s: &str, vars: &Vars<'_>) -> String {
     render_with(s, |name| vars.get(name))
 }
 
 /// Substitutes each placeholder `get` has a value for; `{{`/`}}` become
 /// single braces, any other placeholder stays as written.
-pub fn render_with(s: &str, get: impl Fn(&str) -> Option<String>) -> String {
+pub(crate) fn render_with(s: &str, get: impl Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(pos) = rest.find(['{', '}']) {
@@ -105,7 +105,7 @@ pub fn render_with(s: &str, get: impl Fn(&str) -> Option<String>) -> String {
 }
 
 /// Substitutes placeholders in every word of an argv.
-pub fn render_all(argv: &[String], vars: &Vars<'_>) -> Vec<String> {
+pub(crate) fn render_all(argv: &[String], vars: &Vars<'_>) -> Vec<String> {
     argv.iter().map(|a| render(a, vars)).collect()
 }
 

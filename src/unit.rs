@@ -16,7 +16,7 @@
 //! rather than write anything else. [`reader`] reads unit files back the
 //! way systemd does, for the round-trip tests and for redaction.
 
-pub mod reader;
+pub(crate) mod reader;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -29,12 +29,12 @@ use crate::config::{Environment, Service, UnitSpec, looks_secret};
 use crate::template::{self, Vars};
 
 /// What replaces a secret value in anything shown to people.
-pub const REDACTED: &str = "(redacted)";
+pub(crate) const REDACTED: &str = "(redacted)";
 
 /// The longest value moorline writes into any unit-file field, in bytes:
 /// far beyond any sensible value, and small enough that one line stays well
 /// under systemd's limit for a line ([`reader::LONG_LINE_MAX`], 1 MiB).
-pub const MAX_VALUE_LEN: usize = 64 * 1024;
+pub(crate) const MAX_VALUE_LEN: usize = 64 * 1024;
 
 /// systemd's `PATH_MAX` for a path setting.
 const MAX_PATH_LEN: usize = 4096;
@@ -44,7 +44,7 @@ const MAX_UNIT_NAME_LEN: usize = 255;
 
 /// The unit-file fields moorline writes, by the rules that apply to them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field {
+pub(crate) enum Field {
     /// `Description=`: free text, specifiers expanded, stripped.
     Description,
     /// `After=`, `Wants=`, `WantedBy=`: a unit name (`name.type`).
@@ -71,7 +71,7 @@ pub enum Field {
 
 impl Field {
     /// The unit-file key (or the part of one) the field is.
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             Field::Description => "Description",
             Field::UnitName => "After/Wants/WantedBy",
@@ -146,15 +146,16 @@ impl Unrepresentable {
     }
 }
 
+#[cfg(test)]
 /// Whether `value` can be written into `field` so that systemd reads back
 /// exactly `value`. The config validator rejects what this rejects, so
 /// that rendering a validated config never fails.
-pub fn representable(field: Field, value: &str) -> bool {
+pub(crate) fn representable(field: Field, value: &str) -> bool {
     check(field, value).is_ok()
 }
 
 /// [`representable`], with the reason when it is not.
-pub fn check(field: Field, value: &str) -> Result<(), Unrepresentable> {
+pub(crate) fn check(field: Field, value: &str) -> Result<(), Unrepresentable> {
     if let Some(c) = value.chars().find(|c| c.is_control()) {
         return Err(Unrepresentable::ControlCharacter(c));
     }
@@ -319,7 +320,7 @@ fn shown(value: &str) -> String {
 }
 
 /// The live release of a service: `{root}/{service}/current`.
-pub fn current_link(env: &Environment, service: &str) -> String {
+pub(crate) fn current_link(env: &Environment, service: &str) -> String {
     format!("{}/{service}/current", env.root)
 }
 
@@ -334,7 +335,10 @@ pub fn render(env: &Environment, service: &Service) -> Result<Option<String>, Un
 
 /// The same unit with every secret value replaced by [`REDACTED`]; fails
 /// exactly when [`render`] does.
-pub fn render_redacted(env: &Environment, service: &Service) -> Result<Option<String>, UnitError> {
+pub(crate) fn render_redacted(
+    env: &Environment,
+    service: &Service,
+) -> Result<Option<String>, UnitError> {
     let Some(spec) = service.unit.as_ref() else {
         return Ok(None);
     };
@@ -568,7 +572,7 @@ pub fn carries_secrets(text: &str, secret: &BTreeSet<String>) -> bool {
 /// systemd reads it (continued lines, quoting, several assignments on one
 /// line); a line holding a secret is rewritten with that value replaced,
 /// and an `Environment=` line that does not read back is redacted whole.
-pub fn redact_text(text: &str, secret: &BTreeSet<String>) -> String {
+pub(crate) fn redact_text(text: &str, secret: &BTreeSet<String>) -> String {
     let physical = reader::physical_lines(text);
     let Ok(logical) = reader::logical_lines(text) else {
         return format!("# {REDACTED}: the installed unit file does not read back\n");
@@ -649,7 +653,7 @@ pub fn install_file(path: &Path, text: &str, private: bool) -> std::io::Result<(
 }
 
 /// A unified diff of two unit texts (empty when equal).
-pub fn diff(old: &str, new: &str, old_name: &str, new_name: &str) -> String {
+pub(crate) fn diff(old: &str, new: &str, old_name: &str, new_name: &str) -> String {
     if old == new {
         return String::new();
     }

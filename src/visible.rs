@@ -40,7 +40,7 @@ const FORMAT: &[(char, char)] = &[
 
 /// Whether `c` is a Unicode format character (category Cf): invisible,
 /// and never needed in a name, path, user, variable or command.
-pub fn is_format(c: char) -> bool {
+pub(crate) fn is_format(c: char) -> bool {
     let i = FORMAT.partition_point(|(_, hi)| *hi < c);
     FORMAT.get(i).is_some_and(|(lo, _)| *lo <= c)
 }
@@ -55,7 +55,7 @@ pub fn is_invisible(c: char) -> bool {
 /// Appends the visible form of an invisible character: `\n`, `\r`, `\t`,
 /// else `\u{1b}` (hex, as Rust and KDL v2 write it, so a configuration's
 /// line shown this way reads as the same KDL).
-pub fn push_escaped(out: &mut String, c: char) {
+pub(crate) fn push_escaped(out: &mut String, c: char) {
     match c {
         '\n' => out.push_str("\\n"),
         '\r' => out.push_str("\\r"),
@@ -69,7 +69,7 @@ pub fn push_escaped(out: &mut String, c: char) {
 
 /// `s` with every invisible character escaped (`\u{1b}`, `\n`): for a
 /// value shown on one line of a message.
-pub fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if is_invisible(c) {
@@ -90,7 +90,7 @@ fn keeps_layout(s: &str, i: usize, c: char) -> bool {
 /// `s` with every invisible character escaped but the ones that lay out
 /// lines (newline, tab, `\r\n`): for text shown as lines (a source file,
 /// a diff).
-pub fn escape_lines(s: &str) -> String {
+pub(crate) fn escape_lines(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for (i, c) in s.char_indices() {
         if is_invisible(c) && !keeps_layout(s, i, c) {
@@ -107,7 +107,7 @@ pub fn escape_lines(s: &str) -> String {
 /// characters than the ones they stand for the escapes before it on its
 /// line take (so that a column can be given as in `s`). One pass over
 /// `s`, nothing kept per escaped character: a hostile file holds millions.
-pub fn escaped_offsets(s: &str, points: &[usize]) -> Vec<(usize, usize)> {
+pub(crate) fn escaped_offsets(s: &str, points: &[usize]) -> Vec<(usize, usize)> {
     let mut out = Vec::with_capacity(points.len());
     let mut next = 0;
     let (mut added, mut line_added) = (0, 0);
@@ -132,7 +132,7 @@ pub fn escaped_offsets(s: &str, points: &[usize]) -> Vec<(usize, usize)> {
 
 /// A short name for the invisible characters people meet, for messages
 /// ("U+200B ZERO WIDTH SPACE"); the code point alone for the others.
-pub fn describe(c: char) -> String {
+pub(crate) fn describe(c: char) -> String {
     let name = match c {
         '\u{00AD}' => "SOFT HYPHEN",
         '\u{061C}' => "ARABIC LETTER MARK",
@@ -165,7 +165,7 @@ pub fn describe(c: char) -> String {
 
 /// The first invisible format character of `s`, with its position
 /// (1-based, in characters).
-pub fn first_format(s: &str) -> Option<(usize, char)> {
+pub(crate) fn first_format(s: &str) -> Option<(usize, char)> {
     s.chars()
         .enumerate()
         .find(|(_, c)| is_format(*c))

@@ -16,7 +16,7 @@ use crate::target::Target;
 use crate::{exit, render, report};
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum ApplyCmdError {
+pub(crate) enum ApplyCmdError {
     #[error("`apply` needs a saved plan (PLANFILE) or --env")]
     #[diagnostic(
         code(moorline::apply::no_target),
@@ -36,7 +36,7 @@ pub enum ApplyCmdError {
 /// `apply` of `t` (an environment deployed where moorline runs): `saved`
 /// (`apply FILE`), planned here and checked against `reviewed`
 /// (`--reviewed FILE`), or planned here and confirmed.
-pub fn run(
+pub(crate) fn run(
     t: &Target,
     args: &ApplyArgs,
     saved: Option<Plan>,

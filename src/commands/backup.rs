@@ -10,7 +10,7 @@ use crate::state::{self, BackupRecord, State};
 use crate::target::Target;
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum BackupError {
+pub(crate) enum BackupError {
     #[error("`backup` needs --env")]
     #[diagnostic(
         code(moorline::backup::no_env),
@@ -44,7 +44,7 @@ pub enum BackupError {
 }
 
 /// `backup` on this host, for the environment of `t`.
-pub fn run(t: &Target, args: &BackupArgs) -> miette::Result<i32> {
+pub(crate) fn run(t: &Target, args: &BackupArgs) -> miette::Result<i32> {
     let env = t.env.name.as_str();
     let b = t
         .env

@@ -33,13 +33,17 @@ fn host_flag(global: &Global) -> Option<&str> {
 }
 
 /// Whether `env` is deployed by the fleet controller from here.
-pub fn is_fleet(global: &Global, t: &Target) -> bool {
+pub(crate) fn is_fleet(global: &Global, t: &Target) -> bool {
     !t.env.hosts.is_empty() && host_flag(global).is_none()
 }
 
 /// Refuses a command the fleet controller does not run over its hosts
 /// (yet), rather than run it on the controller's own machine.
-pub fn refuse_on_controller(global: &Global, t: &Target, command: &str) -> miette::Result<()> {
+pub(crate) fn refuse_on_controller(
+    global: &Global,
+    t: &Target,
+    command: &str,
+) -> miette::Result<()> {
     if is_fleet(global, t) {
         return Err(FleetError::NotOnController {
             command: command.to_owned(),
@@ -51,7 +55,7 @@ pub fn refuse_on_controller(global: &Global, t: &Target, command: &str) -> miett
 }
 
 /// `--on` names hosts of a fleet: refused for an environment without any.
-pub fn no_hosts_to_be_on(on: &[String], env: &str) -> miette::Result<()> {
+pub(crate) fn no_hosts_to_be_on(on: &[String], env: &str) -> miette::Result<()> {
     match on.first() {
         Some(name) => Err(FleetError::UnknownHost {
             name: name.clone(),
@@ -72,7 +76,7 @@ fn fleet(global: &Global, t: &Target) -> Result<Arc<Fleet>, FleetError> {
 }
 
 /// `plan --env E` of a fleet.
-pub fn plan(global: &Global, args: &PlanArgs, t: &Target) -> miette::Result<i32> {
+pub(crate) fn plan(global: &Global, args: &PlanArgs, t: &Target) -> miette::Result<i32> {
     let to = fplan::target(t, args.target.to.as_deref())?;
     let found = crate::fleet::uncommitted(t)?;
     for p in found.changes {
@@ -124,7 +128,7 @@ fn print_fleet_plan(args: &PlanArgs, p: &FleetPlan) -> miette::Result<i32> {
 /// `apply --reviewed FLEETPLAN`: a fleet plan reviewed elsewhere (a pull
 /// request), applied as each host plans it now when every host's plan does
 /// what the reviewed one does.
-pub fn apply_reviewed(
+pub(crate) fn apply_reviewed(
     global: &Global,
     args: &ApplyArgs,
     t: &Target,
@@ -134,7 +138,7 @@ pub fn apply_reviewed(
 }
 
 /// `apply` of a fleet: a saved fleet plan, or plan here and confirm.
-pub fn apply(
+pub(crate) fn apply(
     global: &Global,
     args: &ApplyArgs,
     t: &Target,
@@ -387,7 +391,7 @@ async fn resume(fleet: &Arc<Fleet>, format: Format) -> miette::Result<i32> {
 /// `rollback --env E` of a fleet: an unfinished rollout is undone (every
 /// host it started goes back); without one, every host rolls back its
 /// last apply.
-pub fn rollback(global: &Global, args: &RollbackArgs, t: &Target) -> miette::Result<i32> {
+pub(crate) fn rollback(global: &Global, args: &RollbackArgs, t: &Target) -> miette::Result<i32> {
     let fleet = fleet(global, t)?;
     let _lock = crate::lock::acquire(&fleet.dir, "fleet rollback")?;
     let env = &fleet.env.name;
@@ -452,7 +456,7 @@ pub fn rollback(global: &Global, args: &RollbackArgs, t: &Target) -> miette::Res
 }
 
 /// `status --env E` of a fleet: every host's status, each under its name.
-pub fn status(global: &Global, args: &StatusArgs, t: &Target) -> miette::Result<i32> {
+pub(crate) fn status(global: &Global, args: &StatusArgs, t: &Target) -> miette::Result<i32> {
     let fleet = fleet(global, t)?;
     let to = fplan::target(t, None)?;
     let mut words: Vec<String> = vec!["status".into(), "--env".into(), fleet.env.name.clone()];
@@ -523,7 +527,7 @@ pub fn status(global: &Global, args: &StatusArgs, t: &Target) -> miette::Result<
 
 /// `logs --env E` of a fleet: every host's journal, each line prefixed
 /// with its host (followed concurrently with `--follow`).
-pub fn logs(global: &Global, args: &LogsArgs, t: &Target) -> miette::Result<i32> {
+pub(crate) fn logs(global: &Global, args: &LogsArgs, t: &Target) -> miette::Result<i32> {
     let fleet = fleet(global, t)?;
     let to = fplan::target(t, None)?;
     let mut words: Vec<String> = vec!["logs".into(), "--env".into(), fleet.env.name.clone()];
@@ -567,7 +571,7 @@ pub fn logs(global: &Global, args: &LogsArgs, t: &Target) -> miette::Result<i32>
 /// passes through as the host prints it, secrets redacted; standard error
 /// is prefixed with the host, after a `=== HOST ===` line. There is no
 /// terminal on the host: a command that asks needs `--yes`.
-pub fn on_hosts(
+pub(crate) fn on_hosts(
     global: &Global,
     t: &Target,
     on: &[String],

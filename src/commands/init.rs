@@ -9,7 +9,7 @@ use crate::cli::InitArgs;
 use crate::exit;
 use crate::init::{self, Files, InitError};
 
-pub fn run(args: &InitArgs) -> miette::Result<i32> {
+pub(crate) fn run(args: &InitArgs) -> miette::Result<i32> {
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("."));
     let out = args.out.clone().unwrap_or_else(|| dir.join("moorline.kdl"));
     // Refuse before reading anything: nothing is written either way.

@@ -12,7 +12,7 @@ use crate::target::Target;
 use crate::{exit, select};
 
 /// Runs `moorline logs`; returns the exit code.
-pub fn run(t: &Target, args: &LogsArgs) -> miette::Result<i32> {
+pub(crate) fn run(t: &Target, args: &LogsArgs) -> miette::Result<i32> {
     let selected = select::select(t.config(), &args.services, false)?;
     let units: BTreeMap<String, String> = selected
         .iter()

@@ -9,7 +9,7 @@ use crate::rollback::{RollbackError, check_services, choose, database_backup, re
 use crate::target::Target;
 use crate::{exit, render, report, state};
 
-pub fn run(t: &Target, args: &RollbackArgs) -> miette::Result<i32> {
+pub(crate) fn run(t: &Target, args: &RollbackArgs) -> miette::Result<i32> {
     check_services(t.config(), &args.services)?;
     let _lock = crate::lock::acquire(&t.state_dir, "rollback")?;
     if args.database {
@@ -131,7 +131,7 @@ fn database(t: &Target, args: &RollbackArgs) -> miette::Result<i32> {
 
 /// `moorline restart`: every (or the named) service in dependency order,
 /// each gated on readiness, without building or switching releases.
-pub fn restart(t: &Target, args: &OpsArgs) -> miette::Result<i32> {
+pub(crate) fn restart(t: &Target, args: &OpsArgs) -> miette::Result<i32> {
     check_services(t.config(), &args.services)?;
     let _lock = crate::lock::acquire(&t.state_dir, "restart")?;
     let loaded = state::load(&t.state_dir, &t.config().project.name, &t.env.name)?;

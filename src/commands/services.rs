@@ -25,7 +25,7 @@ use crate::target::Target;
 use crate::{exit, lock, render, report, state};
 
 /// Runs one of the four operations; returns the exit code.
-pub fn run(t: &Target, args: &OpsArgs, op: Operation) -> miette::Result<i32> {
+pub(crate) fn run(t: &Target, args: &OpsArgs, op: Operation) -> miette::Result<i32> {
     let config = t.config();
     let selected = select(config, &args.services, args.with_dependents)?;
     let _lock = lock::acquire(&t.state_dir, op.as_str())?;

@@ -8,7 +8,7 @@ use crate::target::{self, Choices, Target};
 
 /// Which systemd: `--systemd`, else the system manager as root and the
 /// user's otherwise.
-pub fn systemd_kind(flag: Option<SystemdKind>) -> Bus {
+pub(crate) fn systemd_kind(flag: Option<SystemdKind>) -> Bus {
     match flag {
         Some(SystemdKind::System) => Bus::System,
         None if crate::files::is_root() => Bus::System,
@@ -17,14 +17,14 @@ pub fn systemd_kind(flag: Option<SystemdKind>) -> Bus {
 }
 
 /// Resolves the global flags and `--env` into a target.
-pub fn resolve(global: &Global, env_name: &str) -> miette::Result<Target> {
+pub(crate) fn resolve(global: &Global, env_name: &str) -> miette::Result<Target> {
     let loaded = super::load_config(global.config.as_deref())?;
     target::resolve(loaded, env_name, &choices(global, global.host_name()))
 }
 
 /// The global flags as target choices, acting as `host` (`--host`, or a
 /// host the fleet controller plans for).
-pub fn choices<'a>(global: &'a Global, host: Option<&'a str>) -> Choices<'a> {
+pub(crate) fn choices<'a>(global: &'a Global, host: Option<&'a str>) -> Choices<'a> {
     Choices {
         repo: global.repo.as_deref(),
         state_dir: global.state_dir.as_deref(),

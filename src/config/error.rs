@@ -186,17 +186,17 @@ impl ProblemKind {
 #[derive(Debug, Clone)]
 pub struct Problem {
     pub kind: ProblemKind,
-    pub message: String,
-    pub span: SourceSpan,
-    pub label: String,
-    pub help: String,
+    pub(crate) message: String,
+    pub(crate) span: SourceSpan,
+    pub(crate) label: String,
+    pub(crate) help: String,
     /// Further spans that explain the problem (the first definition of a
     /// duplicate, every edge of a cycle).
-    pub also: Vec<(SourceSpan, String)>,
+    pub(crate) also: Vec<(SourceSpan, String)>,
 }
 
 impl Problem {
-    pub fn new(
+    pub(crate) fn new(
         kind: ProblemKind,
         span: SourceSpan,
         message: impl Into<String>,
@@ -216,7 +216,7 @@ impl Problem {
     /// Adds an explaining span; after [`MAX_ALSO`] of them (a cycle through
     /// a whole fleet) the rest are left out.
     #[must_use]
-    pub fn also(mut self, span: SourceSpan, label: impl Into<String>) -> Self {
+    pub(crate) fn also(mut self, span: SourceSpan, label: impl Into<String>) -> Self {
         if self.also.len() < MAX_ALSO {
             self.also.push((span, bounded(&label.into())));
         }
@@ -226,11 +226,11 @@ impl Problem {
 
 /// A value quoted in a message (between backticks) is shown up to this
 /// many characters, then `…`.
-pub const MAX_SHOWN_VALUE: usize = 60;
+pub(crate) const MAX_SHOWN_VALUE: usize = 60;
 /// Explaining spans kept per problem.
-pub const MAX_ALSO: usize = 20;
+pub(crate) const MAX_ALSO: usize = 20;
 /// A message, label or help line is cut after this many characters.
-pub const MAX_TEXT: usize = 400;
+pub(crate) const MAX_TEXT: usize = 400;
 
 /// `text` made safe and short for a terminal: control and invisible
 /// format characters escaped ([`crate::visible::escape`]: `\n`, `\u{1b}`,
@@ -238,7 +238,7 @@ pub const MAX_TEXT: usize = 400;
 /// [`MAX_SHOWN_VALUE`] characters, the whole cut after [`MAX_TEXT`].
 /// Every text of a problem goes through here, so a hostile value can
 /// neither draw on the terminal nor flood it.
-pub fn bounded(text: &str) -> String {
+pub(crate) fn bounded(text: &str) -> String {
     let mut out = String::new();
     for (i, part) in text.split('`').enumerate() {
         if i > 0 {
@@ -319,7 +319,7 @@ impl ConfigError {
     /// otherwise retitle the terminal or clear a CI log), and every span
     /// moved to where its text is in the escaped one, so labels stay on
     /// what they are about.
-    pub fn new(name: &str, text: String, mut problems: Vec<Problem>) -> Self {
+    pub(crate) fn new(name: &str, text: String, mut problems: Vec<Problem>) -> Self {
         problems.sort_by_key(|p| (p.span.offset(), p.kind.code()));
         for p in &mut problems {
             p.span = short_label(&text, p.span);
@@ -461,7 +461,7 @@ pub(crate) fn thousands(n: usize) -> String {
 /// is shown with a window of the line around it, not the whole line.
 #[derive(Debug)]
 pub struct Source {
-    pub name: String,
+    pub(crate) name: String,
     pub text: String,
     /// Where each line starts, computed on first use for a large text.
     /// (Boxed, as `columns`: a `ConfigError` is what `parse` returns, and
@@ -477,17 +477,13 @@ const SMALL_TEXT: usize = 64 * 1024;
 
 impl Source {
     /// A source named `name` (a path, shown escaped).
-    pub fn new(name: &str, text: String) -> Self {
+    pub(crate) fn new(name: &str, text: String) -> Self {
         Self {
             name: crate::visible::escape(name),
             text,
             line_starts: Box::default(),
             columns: Box::default(),
         }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// Characters that escapes add to the line of `at` before it: taken
@@ -640,7 +636,7 @@ pub enum LocateError {
 }
 
 /// The closest candidate to `word` by edit distance, for "did you mean".
-pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| (edit_distance(word, c), *c))

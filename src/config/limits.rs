@@ -16,17 +16,17 @@ pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
 /// The deepest nesting of `{` blocks, and separately of `/*` comments.
 /// A moorline file needs four levels (environment, backup, ...); kdl in a
 /// 2 MiB thread stack copes with several hundred.
-pub const MAX_DEPTH: usize = 64;
+pub(crate) const MAX_DEPTH: usize = 64;
 /// The most places in a file where kdl cannot continue a node (a stray
 /// `)`, `}` or `=`, text after a block on its line). kdl resumes after each
 /// by parsing the rest of the file as a new document, one level of
 /// recursion deeper: a file of 100,000 lines `a )` overflows the stack.
 /// moorline counts them first (generously: some are not errors) and stops
 /// before kdl when there are more than this.
-pub const MAX_SUSPECTS: usize = 1000;
+pub(crate) const MAX_SUSPECTS: usize = 1000;
 
 /// Problems that stop the file from being handed to kdl at all.
-pub fn check(text: &str) -> Vec<Problem> {
+pub(crate) fn check(text: &str) -> Vec<Problem> {
     if text.len() > MAX_FILE_BYTES {
         return vec![Problem::new(
             ProblemKind::TooLarge,

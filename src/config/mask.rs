@@ -13,7 +13,7 @@ use super::raw::{RawConfig, RawEnv};
 /// Masks the values of secret variables: those read from the KDL tree
 /// (`secret=#true` or a secret-looking name), and, for text kdl could not
 /// parse, every `NAME="…"` whose name looks secret.
-pub fn mask(text: &str, raw: Option<&RawConfig>) -> String {
+pub(crate) fn mask(text: &str, raw: Option<&RawConfig>) -> String {
     let mut spans: Vec<SourceSpan> = raw.map(secret_spans).unwrap_or_default();
     spans.extend(scan(text));
     let mut bytes = text.as_bytes().to_vec();

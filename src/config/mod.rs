@@ -5,7 +5,7 @@
 pub mod error;
 pub mod limits;
 mod mask;
-pub mod model;
+pub(crate) mod model;
 mod raw;
 mod syntax;
 mod validate;
@@ -20,7 +20,7 @@ pub(crate) use validate::unit_user_fault;
 
 /// A KDL v2 quoted string that reads back as exactly `s`: the one writer
 /// of KDL strings (the fixture's generated configuration, `moorline init`).
-pub fn kdl_string(s: &str) -> String {
+pub(crate) fn kdl_string(s: &str) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -98,8 +98,8 @@ fn parse_kdl(text: &str) -> Result<KdlDocument, kdl::KdlError> {
 /// A configuration file read from disk, with its text (for fingerprints).
 #[derive(Debug, Clone)]
 pub struct Loaded {
-    pub path: PathBuf,
-    pub text: String,
+    pub(crate) path: PathBuf,
+    pub(crate) text: String,
     pub config: Config,
 }
 
@@ -125,7 +125,11 @@ fn shown(path: &Path) -> String {
 
 /// The configuration file to use: `-c FILE`, else `MOORLINE_CONFIG`, else
 /// the only `*.kdl` file in `dir`.
-pub fn locate(flag: Option<&Path>, env: Option<&str>, dir: &Path) -> Result<PathBuf, LocateError> {
+pub(crate) fn locate(
+    flag: Option<&Path>,
+    env: Option<&str>,
+    dir: &Path,
+) -> Result<PathBuf, LocateError> {
     if let Some(p) = flag {
         return Ok(p.to_owned());
     }

@@ -7,30 +7,30 @@ use std::time::Duration;
 use serde::Serialize;
 
 /// Where a service's source lives when `path` is not given.
-pub const DEFAULT_SERVICE_PATH: &str = "services/{service}";
+pub(crate) const DEFAULT_SERVICE_PATH: &str = "services/{service}";
 /// The `path` of a service whose source is the whole repository.
-pub const ROOT_PATH: &str = ".";
+pub(crate) const ROOT_PATH: &str = ".";
 /// Default unit name template.
-pub const DEFAULT_UNIT_NAME: &str = "{service}.service";
+pub(crate) const DEFAULT_UNIT_NAME: &str = "{service}.service";
 /// Releases kept per service when `keep-releases` is not given.
-pub const DEFAULT_KEEP_RELEASES: u32 = 5;
+pub(crate) const DEFAULT_KEEP_RELEASES: u32 = 5;
 /// Default liveness path (`GET http://127.0.0.1:{port}/health`).
-pub const DEFAULT_HEALTH: &str = "/health";
+pub(crate) const DEFAULT_HEALTH: &str = "/health";
 /// Default readiness path.
-pub const DEFAULT_READY: &str = "/health/ready";
+pub(crate) const DEFAULT_READY: &str = "/health/ready";
 /// Default metrics path.
-pub const DEFAULT_METRICS: &str = "/health/metrics";
+pub(crate) const DEFAULT_METRICS: &str = "/health/metrics";
 /// How long a service may take to answer ready after its restart.
-pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_mins(1);
+pub(crate) const DEFAULT_READY_TIMEOUT: Duration = Duration::from_mins(1);
 /// How long a build, migration, backup or check command may run.
-pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_mins(15);
+pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_mins(15);
 /// The longest duration a configuration may give (a command's timeout, a
 /// readiness timeout, a pause between batches): a week. Longer is a slip
 /// (a unit or a few digits too many), and far longer overflows the
 /// arithmetic of deadlines.
-pub const MAX_DURATION: Duration = Duration::from_hours(7 * 24);
+pub(crate) const MAX_DURATION: Duration = Duration::from_hours(7 * 24);
 /// Backups kept when a `backup` block has no `keep`.
-pub const DEFAULT_BACKUP_KEEP: u32 = 30;
+pub(crate) const DEFAULT_BACKUP_KEEP: u32 = 30;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -51,7 +51,7 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize)]
 pub struct Project {
     pub name: String,
-    pub unit_name: String,
+    pub(crate) unit_name: String,
     pub keep_releases: u32,
 }
 
@@ -118,7 +118,7 @@ pub enum BatchSize {
 impl BatchSize {
     /// The number of hosts a batch of this size takes in a fleet of
     /// `fleet` hosts, before it is cut to the hosts left: at least 1.
-    pub fn hosts(self, fleet: usize) -> usize {
+    pub(crate) fn hosts(self, fleet: usize) -> usize {
         let n = match self {
             Self::Count(c) => usize::try_from(c).unwrap_or(usize::MAX),
             Self::Percent(p) => {
@@ -239,7 +239,7 @@ impl Host {
     /// Whether this host runs `service`: a host without roles runs every
     /// service, a service without a role runs on every host, otherwise the
     /// service's role must be one of the host's.
-    pub fn runs(&self, service: &Service) -> bool {
+    pub(crate) fn runs(&self, service: &Service) -> bool {
         match &service.role {
             None => true,
             Some(role) => self.roles.is_empty() || self.roles.contains(role),
@@ -254,7 +254,7 @@ impl Environment {
     }
 
     /// The host called `name`.
-    pub fn host(&self, name: &str) -> Option<&Host> {
+    pub(crate) fn host(&self, name: &str) -> Option<&Host> {
         self.hosts.iter().find(|h| h.name == name)
     }
 
@@ -268,9 +268,9 @@ impl Environment {
 #[derive(Debug, Clone, Serialize)]
 pub struct PromoteFrom {
     /// The source environment (another environment of the config).
-    pub environment: String,
+    pub(crate) environment: String,
     /// Its state directory, when it is not the default one (absolute).
-    pub state_dir: Option<String>,
+    pub(crate) state_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -278,19 +278,19 @@ pub struct Backup {
     pub run: Command,
     pub restore: Command,
     /// Run after a restore (for example `prisma migrate resolve`).
-    pub resolve: Option<Command>,
+    pub(crate) resolve: Option<Command>,
     pub keep: u32,
     /// Directory backups are written to; `None`: `{state}/backups`.
-    pub dir: Option<String>,
+    pub(crate) dir: Option<String>,
     /// Whether a first deploy (nothing recorded as deployed) backs up.
-    pub first_deploy: FirstDeploy,
+    pub(crate) first_deploy: FirstDeploy,
 }
 
 /// A backup block's `first-deploy`: what a first deploy does about the
 /// backup before its migrations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum FirstDeploy {
+pub(crate) enum FirstDeploy {
     /// No backup: the database may not exist yet (the first migration
     /// creates it), and there is nothing of moorline's to go back to.
     #[default]
@@ -301,20 +301,13 @@ pub enum FirstDeploy {
 }
 
 impl FirstDeploy {
-    pub const NAMES: &[&str] = &["skip", "backup"];
+    pub(crate) const NAMES: &[&str] = &["skip", "backup"];
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "skip" => Some(Self::Skip),
             "backup" => Some(Self::Backup),
             _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Skip => "skip",
-            Self::Backup => "backup",
         }
     }
 }
@@ -328,10 +321,10 @@ pub struct Phase {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Runtime {
-    pub name: String,
+    pub(crate) name: String,
     pub build: Option<Command>,
     pub migrate: Option<Migrate>,
-    pub migrate_status: Option<Command>,
+    pub(crate) migrate_status: Option<Command>,
     pub unit: Option<UnitSpec>,
     /// A cached dependency step, run before `build`.
     pub deps: Option<Deps>,
@@ -356,7 +349,7 @@ pub struct Migrate {
     /// Relative to the service directory: migrate only where this exists.
     pub if_exists: Option<String>,
     /// Relative to the service directory: a change under it needs a migration.
-    pub inputs: String,
+    pub(crate) inputs: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -400,20 +393,20 @@ pub struct Service {
 
 impl Service {
     /// Whether the service's source is the whole repository (`path "."`).
-    pub fn is_root(&self) -> bool {
+    pub(crate) fn is_root(&self) -> bool {
         self.path == ROOT_PATH
     }
 
     /// `rel`, relative to the service's directory, as a path from the
     /// repository root (`""`: the directory itself).
-    pub fn join(&self, rel: &str) -> String {
+    pub(crate) fn join(&self, rel: &str) -> String {
         join_path(&self.path, rel)
     }
 }
 
 /// `rel` under the repository directory `dir` (which may be [`ROOT_PATH`]),
 /// as a path from the repository root; `""` is `dir` itself.
-pub fn join_path(dir: &str, rel: &str) -> String {
+pub(crate) fn join_path(dir: &str, rel: &str) -> String {
     if rel.is_empty() {
         dir.to_owned()
     } else if dir == ROOT_PATH {
@@ -451,7 +444,7 @@ pub struct Proxy {
     pub unit: String,
     pub check: Option<Command>,
     /// Paths in the repository whose change needs a reload.
-    pub watch: Vec<String>,
+    pub(crate) watch: Vec<String>,
 }
 
 impl Config {
@@ -482,7 +475,7 @@ impl Config {
     /// phase's own infrastructure `unit`s, and after the members (services
     /// and infrastructure units) of the nearest earlier phase that has
     /// any: `After=` chains, so the phases before that follow.
-    pub fn order_starts(&mut self) {
+    pub(crate) fn order_starts(&mut self) {
         let mut members: Vec<Vec<String>> = self.phases.iter().map(|p| p.units.clone()).collect();
         for s in &self.services {
             if let Some(m) = members.get_mut(s.phase_index) {
@@ -518,7 +511,7 @@ impl Config {
         }
     }
 
-    pub fn runtime_of(&self, service: &Service) -> Option<&Runtime> {
+    pub(crate) fn runtime_of(&self, service: &Service) -> Option<&Runtime> {
         self.runtimes.get(&service.runtime)
     }
 
@@ -531,7 +524,7 @@ impl Config {
 
     /// Keeps only the services `keep` selects, with their `depends-on`
     /// and start order ([`Config::order_starts`]) among those alone.
-    pub fn keep_services(&mut self, keep: impl Fn(&Service) -> bool) {
+    pub(crate) fn keep_services(&mut self, keep: impl Fn(&Service) -> bool) {
         self.services.retain(|s| keep(s));
         let kept: std::collections::HashSet<String> =
             self.services.iter().map(|s| s.name.clone()).collect();
@@ -550,7 +543,7 @@ impl Config {
 
 /// Names that mark an environment variable as secret even without
 /// `secret=#true`.
-pub fn looks_secret(name: &str) -> bool {
+pub(crate) fn looks_secret(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
     ["PASSWORD", "SECRET", "TOKEN", "KEY"]
         .iter()
@@ -562,7 +555,7 @@ mod secs {
     use serde::Serializer;
     use std::time::Duration;
 
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_secs())
     }
 }

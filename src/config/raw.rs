@@ -11,12 +11,12 @@ use super::error::{Problem, ProblemKind, suggest};
 use super::model::{DrainWhen, MAX_DURATION};
 
 #[derive(Debug, Clone)]
-pub struct Spanned<T> {
-    pub value: T,
-    pub span: SourceSpan,
+pub(crate) struct Spanned<T> {
+    pub(crate) value: T,
+    pub(crate) span: SourceSpan,
     /// For a string written as `"..."` without escapes: the offset of its
     /// first character, so a problem can point inside it (a placeholder).
-    pub content: Option<usize>,
+    pub(crate) content: Option<usize>,
 }
 
 impl Default for RawUnit {
@@ -48,193 +48,193 @@ impl<T> Spanned<T> {
     }
 }
 
-pub type Str = Spanned<String>;
+pub(crate) type Str = Spanned<String>;
 
 #[derive(Debug, Clone)]
-pub struct RawCommand {
-    pub argv: Vec<Str>,
-    pub timeout: Option<Spanned<Duration>>,
+pub(crate) struct RawCommand {
+    pub(crate) argv: Vec<Str>,
+    pub(crate) timeout: Option<Spanned<Duration>>,
 }
 
 #[derive(Debug, Default)]
-pub struct RawConfig {
-    pub projects: Vec<RawProject>,
-    pub environments: Vec<RawEnvironment>,
-    pub phases: Vec<RawPhase>,
-    pub runtimes: Vec<RawRuntime>,
-    pub services: Vec<RawService>,
-    pub proxies: Vec<RawProxy>,
+pub(crate) struct RawConfig {
+    pub(crate) projects: Vec<RawProject>,
+    pub(crate) environments: Vec<RawEnvironment>,
+    pub(crate) phases: Vec<RawPhase>,
+    pub(crate) runtimes: Vec<RawRuntime>,
+    pub(crate) services: Vec<RawService>,
+    pub(crate) proxies: Vec<RawProxy>,
 }
 
 #[derive(Debug)]
-pub struct RawProject {
-    pub name: Option<Str>,
-    pub span: SourceSpan,
-    pub unit_name: Option<Str>,
-    pub keep_releases: Option<Spanned<i128>>,
+pub(crate) struct RawProject {
+    pub(crate) name: Option<Str>,
+    pub(crate) span: SourceSpan,
+    pub(crate) unit_name: Option<Str>,
+    pub(crate) keep_releases: Option<Spanned<i128>>,
 }
 
 #[derive(Debug)]
-pub struct RawEnvironment {
-    pub name: Option<Str>,
-    pub branch: Option<Str>,
-    pub root: Option<Str>,
-    pub url: Option<Str>,
-    pub unit_dir: Option<Str>,
-    pub approval: Option<bool>,
+pub(crate) struct RawEnvironment {
+    pub(crate) name: Option<Str>,
+    pub(crate) branch: Option<Str>,
+    pub(crate) root: Option<Str>,
+    pub(crate) url: Option<Str>,
+    pub(crate) unit_dir: Option<Str>,
+    pub(crate) approval: Option<bool>,
     /// `promote-from "ENV" [state-dir="DIR"]`.
-    pub promote_from: Option<(Str, Option<Str>)>,
-    pub backup: Option<RawBackup>,
-    pub env: Vec<RawEnv>,
-    pub env_files: Vec<Str>,
+    pub(crate) promote_from: Option<(Str, Option<Str>)>,
+    pub(crate) backup: Option<RawBackup>,
+    pub(crate) env: Vec<RawEnv>,
+    pub(crate) env_files: Vec<Str>,
     /// `pass-env "NAME" ...`: variables of moorline's own environment that
     /// commands receive (may repeat).
-    pub pass_env: Vec<Str>,
+    pub(crate) pass_env: Vec<Str>,
     /// Fleet mode: `host` nodes, in declaration order.
-    pub hosts: Vec<RawHost>,
-    pub rollout: Option<RawRollout>,
-    pub drain: Option<RawDrain>,
-    pub seen: Vec<String>,
+    pub(crate) hosts: Vec<RawHost>,
+    pub(crate) rollout: Option<RawRollout>,
+    pub(crate) drain: Option<RawDrain>,
+    pub(crate) seen: Vec<String>,
 }
 
 /// `host "app1" address="10.0.0.11" user="deploy" port=22 { roles "web" }`.
 #[derive(Debug)]
-pub struct RawHost {
-    pub name: Option<Str>,
-    pub address: Option<Str>,
-    pub user: Option<Str>,
-    pub port: Option<Spanned<i128>>,
-    pub roles: Vec<Str>,
+pub(crate) struct RawHost {
+    pub(crate) name: Option<Str>,
+    pub(crate) address: Option<Str>,
+    pub(crate) user: Option<Str>,
+    pub(crate) port: Option<Spanned<i128>>,
+    pub(crate) roles: Vec<Str>,
 }
 
 /// One value of `batches`: a count (`2`) or a percentage string (`"25%"`),
 /// checked by `validate`.
 #[derive(Debug, Clone)]
-pub enum RawBatch {
+pub(crate) enum RawBatch {
     Count(i128),
     Text(String),
 }
 
 /// `rollout { canary 1; batches 1 "100%"; max-fail 1; pause "30s"; connections 8 }`.
 #[derive(Debug)]
-pub struct RawRollout {
-    pub span: SourceSpan,
-    pub canary: Option<Spanned<i128>>,
-    pub batches: Option<Vec<Spanned<RawBatch>>>,
-    pub max_fail: Option<Spanned<i128>>,
-    pub pause: Option<Spanned<Duration>>,
-    pub connections: Option<Spanned<i128>>,
+pub(crate) struct RawRollout {
+    pub(crate) span: SourceSpan,
+    pub(crate) canary: Option<Spanned<i128>>,
+    pub(crate) batches: Option<Vec<Spanned<RawBatch>>>,
+    pub(crate) max_fail: Option<Spanned<i128>>,
+    pub(crate) pause: Option<Spanned<Duration>>,
+    pub(crate) connections: Option<Spanned<i128>>,
 }
 
 /// `drain { before "lb1" "prog" ...; after "lb1" "prog" ... }`.
 #[derive(Debug)]
-pub struct RawDrain {
-    pub span: SourceSpan,
-    pub hooks: Vec<RawDrainHook>,
+pub(crate) struct RawDrain {
+    pub(crate) span: SourceSpan,
+    pub(crate) hooks: Vec<RawDrainHook>,
 }
 
 #[derive(Debug)]
-pub struct RawDrainHook {
-    pub when: DrainWhen,
+pub(crate) struct RawDrainHook {
+    pub(crate) when: DrainWhen,
     /// The host it runs on, the node's first value.
-    pub on: Str,
-    pub command: RawCommand,
+    pub(crate) on: Str,
+    pub(crate) command: RawCommand,
 }
 
 #[derive(Debug)]
-pub struct RawBackup {
-    pub span: SourceSpan,
-    pub run: Option<RawCommand>,
-    pub restore: Option<RawCommand>,
-    pub resolve: Option<RawCommand>,
-    pub keep: Option<Spanned<i128>>,
-    pub dir: Option<Str>,
-    pub first_deploy: Option<Str>,
+pub(crate) struct RawBackup {
+    pub(crate) span: SourceSpan,
+    pub(crate) run: Option<RawCommand>,
+    pub(crate) restore: Option<RawCommand>,
+    pub(crate) resolve: Option<RawCommand>,
+    pub(crate) keep: Option<Spanned<i128>>,
+    pub(crate) dir: Option<Str>,
+    pub(crate) first_deploy: Option<Str>,
 }
 
 #[derive(Debug, Clone)]
-pub struct RawEnv {
-    pub name: Str,
-    pub value: Str,
-    pub secret: bool,
+pub(crate) struct RawEnv {
+    pub(crate) name: Str,
+    pub(crate) value: Str,
+    pub(crate) secret: bool,
 }
 
 #[derive(Debug)]
-pub struct RawPhase {
-    pub name: Option<Str>,
-    pub units: Vec<Str>,
+pub(crate) struct RawPhase {
+    pub(crate) name: Option<Str>,
+    pub(crate) units: Vec<Str>,
 }
 
 #[derive(Debug)]
-pub struct RawRuntime {
-    pub name: Option<Str>,
-    pub build: Option<RawCommand>,
-    pub migrate: Option<RawMigrate>,
-    pub migrate_status: Option<RawCommand>,
-    pub unit: Option<RawUnit>,
-    pub deps: Option<RawDeps>,
+pub(crate) struct RawRuntime {
+    pub(crate) name: Option<Str>,
+    pub(crate) build: Option<RawCommand>,
+    pub(crate) migrate: Option<RawMigrate>,
+    pub(crate) migrate_status: Option<RawCommand>,
+    pub(crate) unit: Option<RawUnit>,
+    pub(crate) deps: Option<RawDeps>,
 }
 
 /// `deps "npm" "ci" { inputs ...; outputs ...; version ... }`.
 #[derive(Debug)]
-pub struct RawDeps {
-    pub command: RawCommand,
-    pub inputs: Vec<Str>,
-    pub outputs: Vec<Str>,
-    pub version: Option<RawCommand>,
+pub(crate) struct RawDeps {
+    pub(crate) command: RawCommand,
+    pub(crate) inputs: Vec<Str>,
+    pub(crate) outputs: Vec<Str>,
+    pub(crate) version: Option<RawCommand>,
 }
 
 #[derive(Debug)]
-pub struct RawMigrate {
-    pub command: RawCommand,
-    pub if_exists: Option<Str>,
-    pub inputs: Option<Str>,
+pub(crate) struct RawMigrate {
+    pub(crate) command: RawCommand,
+    pub(crate) if_exists: Option<Str>,
+    pub(crate) inputs: Option<Str>,
 }
 
 #[derive(Debug)]
-pub struct RawService {
-    pub name: Option<Str>,
-    pub runtime: Option<Str>,
-    pub port: Option<Spanned<i128>>,
-    pub phase: Option<Str>,
-    pub depends_on: Vec<Str>,
-    pub path: Option<Str>,
-    pub watch: Vec<Str>,
-    pub health: Option<Str>,
-    pub ready: Option<Str>,
-    pub metrics: Option<Str>,
-    pub ready_timeout: Option<Spanned<Duration>>,
-    pub unit: Option<RawUnit>,
+pub(crate) struct RawService {
+    pub(crate) name: Option<Str>,
+    pub(crate) runtime: Option<Str>,
+    pub(crate) port: Option<Spanned<i128>>,
+    pub(crate) phase: Option<Str>,
+    pub(crate) depends_on: Vec<Str>,
+    pub(crate) path: Option<Str>,
+    pub(crate) watch: Vec<Str>,
+    pub(crate) health: Option<Str>,
+    pub(crate) ready: Option<Str>,
+    pub(crate) metrics: Option<Str>,
+    pub(crate) ready_timeout: Option<Spanned<Duration>>,
+    pub(crate) unit: Option<RawUnit>,
     /// Fleet mode: the role of the hosts that run it.
-    pub role: Option<Str>,
+    pub(crate) role: Option<Str>,
     /// Child node names present, even where their value was rejected, so
     /// a wrong value is not reported a second time as a missing one.
-    pub seen: Vec<String>,
+    pub(crate) seen: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
-pub struct RawUnit {
-    pub span: SourceSpan,
-    pub description: Option<Str>,
-    pub exec: Option<RawCommand>,
-    pub env: Vec<RawEnv>,
-    pub env_files: Vec<Str>,
-    pub user: Option<Str>,
-    pub group: Option<Str>,
-    pub restart: Option<Str>,
-    pub working_directory: Option<Str>,
-    pub after: Vec<Str>,
-    pub wants: Vec<Str>,
-    pub wanted_by: Option<Str>,
+pub(crate) struct RawUnit {
+    pub(crate) span: SourceSpan,
+    pub(crate) description: Option<Str>,
+    pub(crate) exec: Option<RawCommand>,
+    pub(crate) env: Vec<RawEnv>,
+    pub(crate) env_files: Vec<Str>,
+    pub(crate) user: Option<Str>,
+    pub(crate) group: Option<Str>,
+    pub(crate) restart: Option<Str>,
+    pub(crate) working_directory: Option<Str>,
+    pub(crate) after: Vec<Str>,
+    pub(crate) wants: Vec<Str>,
+    pub(crate) wanted_by: Option<Str>,
 }
 
 #[derive(Debug)]
-pub struct RawProxy {
-    pub name: Option<Str>,
-    pub span: SourceSpan,
-    pub unit: Option<Str>,
-    pub check: Option<RawCommand>,
-    pub watch: Vec<Str>,
+pub(crate) struct RawProxy {
+    pub(crate) name: Option<Str>,
+    pub(crate) span: SourceSpan,
+    pub(crate) unit: Option<Str>,
+    pub(crate) check: Option<RawCommand>,
+    pub(crate) watch: Vec<Str>,
 }
 
 const TOP: &[&str] = &[
@@ -298,7 +298,7 @@ const UNIT: &[&str] = &[
 const PROXY: &[&str] = &["unit", "check", "watch"];
 
 /// Reads a parsed document into the raw tree, pushing every shape problem.
-pub fn read(doc: &KdlDocument, text: &str, problems: &mut Vec<Problem>) -> RawConfig {
+pub(crate) fn read(doc: &KdlDocument, text: &str, problems: &mut Vec<Problem>) -> RawConfig {
     let mut r = Reader { text, problems };
     r.annotations(doc);
     let mut raw = RawConfig::default();

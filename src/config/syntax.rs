@@ -20,7 +20,7 @@ fn is_echo(message: &str) -> bool {
 
 /// Turns kdl's diagnostics for `text` into problems, most specific first
 /// per location, echoes removed.
-pub fn problems(text: &str, diagnostics: Vec<KdlDiagnostic>) -> Vec<Problem> {
+pub(crate) fn problems(text: &str, diagnostics: Vec<KdlDiagnostic>) -> Vec<Problem> {
     let mut all: Vec<(bool, Problem)> = diagnostics
         .into_iter()
         .map(|d| {

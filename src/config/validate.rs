@@ -130,7 +130,7 @@ fn user_fault(u: &str) -> Option<&'static str> {
     }
 }
 
-pub fn validate(raw: &RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
+pub(crate) fn validate(raw: &RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
     let mut v = Validator { problems };
     let project = v.project(raw);
     let environments = v.environments(raw);

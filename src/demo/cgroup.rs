@@ -32,14 +32,14 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// One directory per hierarchy, owned by one private manager.
 #[derive(Debug)]
-pub struct Subtree {
+pub(crate) struct Subtree {
     dirs: Vec<PathBuf>,
 }
 
 impl Subtree {
     /// Creates a new, uniquely named directory in each hierarchy systemd manages, below the
     /// calling process's own cgroup there. `Ok(None)` when no such hierarchy is mounted.
-    pub fn create() -> io::Result<Option<Self>> {
+    pub(crate) fn create() -> io::Result<Option<Self>> {
         let name = format!(
             "{PREFIX}{}.{}",
             std::process::id(),
@@ -63,13 +63,13 @@ impl Subtree {
     }
 
     /// The `cgroup.procs` files a process writes its PID to in order to move into the subtree.
-    pub fn procs_files(&self) -> Vec<PathBuf> {
+    pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
     /// The subtree's directories, one per hierarchy.
     #[cfg(feature = "testkit")]
-    pub fn dirs(&self) -> &[PathBuf] {
+    pub(crate) fn dirs(&self) -> &[PathBuf] {
         &self.dirs
     }
 }

@@ -40,7 +40,7 @@ pub struct FixtureOptions {
     #[cfg(feature = "testkit")]
     pub services: Option<usize>,
     /// Environment roots are `root/staging` and `root/production`.
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// Absolute path of python3, used in every command and unit.
     pub python: PathBuf,
     /// When set, a `proxy "nginx"` node with this argv as its `check`.
@@ -71,16 +71,16 @@ pub struct FixtureService {
     pub phase: String,
     /// `node`, `go` or `python`.
     pub runtime: String,
-    pub depends_on: Vec<String>,
+    pub(crate) depends_on: Vec<String>,
     /// Paths outside `services/{name}` whose change affects the service.
-    pub watch: Vec<String>,
+    pub(crate) watch: Vec<String>,
     /// Whether `services/{name}/prisma/schema.prisma` exists (migrations run).
     pub prisma: bool,
 }
 
 impl FixtureService {
     /// The service's directory inside the repository.
-    pub fn dir(&self) -> String {
+    pub(crate) fn dir(&self) -> String {
         format!("services/{}", self.name)
     }
 }
@@ -94,7 +94,7 @@ pub struct Fixture {
     pub config_path: PathBuf,
     pub services: Vec<FixtureService>,
     /// Absolute parent of the environment roots (`root/staging`, `root/production`).
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// `dir/tools/backup.py`, the production backup command.
     pub backup_tool: PathBuf,
     python: PathBuf,

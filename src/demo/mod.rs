@@ -31,7 +31,7 @@ use sandbox::PrivateSystemd;
 /// Ports of the demo fleet start here (not Pakashop's own ports, so a
 /// developer's running services are left alone), or at the first block of
 /// [`PORT_BLOCK`] above it whose ports are all free ([`free_port_base`]).
-pub const PORT_BASE: u16 = 18_000;
+pub(crate) const PORT_BASE: u16 = 18_000;
 
 /// The distance between the port blocks the demo tries, and how many it tries.
 const PORT_BLOCK: u16 = 100;
@@ -48,13 +48,13 @@ fn free_port_base(count: u16) -> Option<u16> {
         })
 }
 /// Unit name prefix of the demo fleet.
-pub const PREFIX: &str = "moorline-demo";
+pub(crate) const PREFIX: &str = "moorline-demo";
 
 /// The service whose new release never becomes ready in the failure step.
 const BROKEN: &str = "search";
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum DemoError {
+pub(crate) enum DemoError {
     #[error("the demo cannot run here: {why}")]
     #[diagnostic(code(moorline::demo::unsupported), help("{help}"))]
     Unsupported { why: String, help: String },
@@ -208,7 +208,7 @@ impl Demo {
 }
 
 /// Runs the demo; `Ok(())` only when every step did what it says.
-pub async fn run(keep: bool, use_running: bool) -> miette::Result<()> {
+pub(crate) async fn run(keep: bool, use_running: bool) -> miette::Result<()> {
     let started = Instant::now();
     let python = check_prerequisites()?;
     let exe = std::env::current_exe()

@@ -42,7 +42,7 @@ use crate::systemd::{Systemd, SystemdError};
 /// How long the manager may take until its bus answers. Measured here: ~100–300 ms (the
 /// manager starts, then `dbus.socket` is activated on first connect). The limit is generous
 /// because CI machines under load (two cores running a parallel test suite) are much slower.
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Poll interval while waiting for the bus socket, the manager's exit or (in the test kit) its
 /// bus broker.
@@ -234,15 +234,15 @@ pub enum SandboxError {
 /// Extra isolation for a private manager (the test kit's simulated fleet hosts run theirs in
 /// network namespaces of their own); the default is none ([`PrivateSystemd::start`]).
 #[derive(Debug, Clone, Default)]
-pub struct Isolation {
+pub(crate) struct Isolation {
     /// A network namespace to run in, e.g. `/run/netns/NAME` (`ip netns add NAME`).
-    pub netns: Option<PathBuf>,
+    pub(crate) netns: Option<PathBuf>,
     /// A UTS namespace of its own (a hostname of its own).
-    pub uts: bool,
+    pub(crate) uts: bool,
     /// Shell code run by the namespace's PID 1 before the manager starts (after the PID and
     /// mount namespaces exist): private mounts, a hostname, other daemons started with `&`.
     /// A failure should `exit` with a status that names it.
-    pub prelude: String,
+    pub(crate) prelude: String,
 }
 
 enum Control {
@@ -280,7 +280,10 @@ impl PrivateSystemd {
     /// [`PrivateSystemd::start`] with more isolation (see [`Isolation`]). Used by the simulated
     /// fleet hosts (`crate::testkit::hosts`).
     #[cfg(feature = "testkit")]
-    pub async fn start_isolated(dir: &Path, isolation: &Isolation) -> Result<Self, SandboxError> {
+    pub(crate) async fn start_isolated(
+        dir: &Path,
+        isolation: &Isolation,
+    ) -> Result<Self, SandboxError> {
         Self::launch(dir, isolation).await
     }
 

@@ -47,12 +47,12 @@ use resume::{stop_orphans, unfinished};
 use rollback::{finish_failed, roll_back, rollback_begun};
 use scheduler::{Node, OnFailure, Scheduler};
 
-pub use perform::{ActionError, UNIT_JOBS_PER_CORE, restart_confirmed, unit_jobs};
-pub use progress::Progress;
-pub use rollback::{PendingRollback, roll_back_unfinished, unfinished_rollback};
+pub(crate) use perform::ActionError;
+pub(crate) use progress::Progress;
+pub(crate) use rollback::{roll_back_unfinished, unfinished_rollback};
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum ApplyError {
+pub(crate) enum ApplyError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Journal(#[from] JournalError),
@@ -91,27 +91,27 @@ pub enum ApplyError {
     },
 }
 
-pub struct Options {
-    pub jobs: usize,
-    pub rollback_on_failure: bool,
-    pub progress: Progress,
+pub(crate) struct Options {
+    pub(crate) jobs: usize,
+    pub(crate) rollback_on_failure: bool,
+    pub(crate) progress: Progress,
 }
 
 /// What the executor needs from the rest of the program.
-pub struct Ctx {
-    pub config: Config,
-    pub config_sha256: String,
-    pub env: Environment,
-    pub repo_dir: PathBuf,
-    pub state_dir: PathBuf,
-    pub unit_dir: PathBuf,
-    pub systemd: Systemd,
-    pub options: Options,
+pub(crate) struct Ctx {
+    pub(crate) config: Config,
+    pub(crate) config_sha256: String,
+    pub(crate) env: Environment,
+    pub(crate) repo_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) unit_dir: PathBuf,
+    pub(crate) systemd: Systemd,
+    pub(crate) options: Options,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Succeeded,
     /// Failed before anything live changed: the host is as it was.
     FailedUntouched,
@@ -127,20 +127,20 @@ pub enum Outcome {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub apply_id: String,
-    pub outcome: Outcome,
-    pub succeeded: Vec<String>,
-    pub failed: Vec<(String, String)>,
-    pub not_run: Vec<String>,
-    pub rolled_back: Vec<String>,
-    pub rollback_errors: Vec<String>,
-    pub millis: u64,
+pub(crate) struct Report {
+    pub(crate) apply_id: String,
+    pub(crate) outcome: Outcome,
+    pub(crate) succeeded: Vec<String>,
+    pub(crate) failed: Vec<(String, String)>,
+    pub(crate) not_run: Vec<String>,
+    pub(crate) rolled_back: Vec<String>,
+    pub(crate) rollback_errors: Vec<String>,
+    pub(crate) millis: u64,
     /// The rollback plan: what the automatic rollback executed, or (the
     /// apply left as is) what `moorline rollback` would. Absent when
     /// nothing live changed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rollback_plan: Option<Plan>,
+    pub(crate) rollback_plan: Option<Plan>,
 }
 
 impl Report {
@@ -158,7 +158,7 @@ impl Report {
         }
     }
 
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self.outcome {
             Outcome::Succeeded => crate::exit::OK,
             Outcome::FailedUntouched | Outcome::Failed => crate::exit::ERROR,
@@ -169,7 +169,7 @@ impl Report {
 }
 
 /// A new apply id: time-based, sortable, unique per host in practice.
-pub fn new_apply_id() -> String {
+pub(crate) fn new_apply_id() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -182,7 +182,7 @@ pub fn new_apply_id() -> String {
 }
 
 /// Starts a fresh apply of `plan`.
-pub async fn apply(ctx: Arc<Ctx>, plan: Plan) -> Result<Report, ApplyError> {
+pub(crate) async fn apply(ctx: Arc<Ctx>, plan: Plan) -> Result<Report, ApplyError> {
     if let crate::journal::Current::Begun(r) = current_journal(&ctx.state_dir).await?
         && !r.ended()
     {
@@ -202,7 +202,7 @@ pub async fn apply(ctx: Arc<Ctx>, plan: Plan) -> Result<Report, ApplyError> {
 }
 
 /// Continues the unfinished apply in the journal, if there is one.
-pub async fn resume(ctx: Arc<Ctx>) -> Result<Option<Report>, ApplyError> {
+pub(crate) async fn resume(ctx: Arc<Ctx>) -> Result<Option<Report>, ApplyError> {
     let Some(replay) = unfinished(&ctx.state_dir).await? else {
         return Ok(None);
     };

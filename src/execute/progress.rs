@@ -9,7 +9,7 @@ use crate::events::{self, Event};
 
 /// How the run reports progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
+pub(crate) enum Progress {
     /// A live view on a terminal: finished events scroll above a spinner
     /// line naming the running actions and their elapsed time.
     Live,
@@ -17,7 +17,6 @@ pub enum Progress {
     Lines,
     /// JSON lines on standard output.
     Json,
-    Quiet,
 }
 
 /// The live view's spinner (one per process: one apply runs at a time).
@@ -64,7 +63,6 @@ pub(super) fn emit(
         detail: crate::secrets::redact(detail),
     });
     match progress {
-        Progress::Quiet => {}
         Progress::Live => {
             // A start shows in the bar of running actions, not as a line.
             if !matches!(event, Event::Start(_))

@@ -20,29 +20,29 @@ use super::{ApplyError, Ctx, Outcome, Report, execute};
 
 /// The rollback of an unfinished apply, planned and not yet executed (or
 /// begun and interrupted).
-pub struct PendingRollback {
+pub(crate) struct PendingRollback {
     replay: Replay,
     /// The rollback plan: recorded by a rollback that began, else built
     /// from the journal's records.
-    pub plan: Plan,
+    pub(crate) plan: Plan,
     /// A rollback of it began already (and is continued).
-    pub begun: bool,
+    pub(crate) begun: bool,
 }
 
 impl PendingRollback {
-    pub fn apply_id(&self) -> &str {
+    pub(crate) fn apply_id(&self) -> &str {
         &self.replay.apply_id
     }
 
     /// Whether anything live changed under the unfinished apply.
-    pub fn live_changed(&self) -> bool {
+    pub(crate) fn live_changed(&self) -> bool {
         self.begun || live_changed(&self.replay.plan, &self.replay.records)
     }
 }
 
 /// The rollback of the unfinished apply in the journal, to show before it
 /// runs; `None` when no apply is unfinished.
-pub async fn unfinished_rollback(ctx: &Ctx) -> Result<Option<PendingRollback>, ApplyError> {
+pub(crate) async fn unfinished_rollback(ctx: &Ctx) -> Result<Option<PendingRollback>, ApplyError> {
     let Some(replay) = unfinished(&ctx.state_dir).await? else {
         return Ok(None);
     };
@@ -80,7 +80,7 @@ pub async fn unfinished_rollback(ctx: &Ctx) -> Result<Option<PendingRollback>, A
 /// it) with the plan [`unfinished_rollback`] returned: journaled, then
 /// executed like any plan; a rollback that began is continued from its
 /// records.
-pub async fn roll_back_unfinished(
+pub(crate) async fn roll_back_unfinished(
     ctx: Arc<Ctx>,
     pending: PendingRollback,
 ) -> Result<Report, ApplyError> {

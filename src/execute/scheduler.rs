@@ -41,7 +41,7 @@ pub enum OnFailure {
 
 /// Where one action is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     /// Waiting for predecessors.
     Blocked,
     /// Every predecessor finished; waiting to be handed out.
@@ -164,7 +164,7 @@ impl Scheduler {
     /// `i` failed: under [`OnFailure::Stop`] nothing new starts (its
     /// dependents never do); under [`OnFailure::KeepGoing`] it releases its
     /// dependents like a success.
-    pub fn failed(&mut self, i: usize) {
+    pub(crate) fn failed(&mut self, i: usize) {
         if !self.finish(i, State::Failed) {
             return;
         }
@@ -175,7 +175,7 @@ impl Scheduler {
     }
 
     /// Nothing new starts (a signal); running actions may still finish.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.stopping = true;
     }
 
@@ -210,7 +210,7 @@ impl Scheduler {
     }
 
     /// Where action `i` is.
-    pub fn state(&self, i: usize) -> Option<State> {
+    pub(crate) fn state(&self, i: usize) -> Option<State> {
         self.state.get(i).copied()
     }
 }

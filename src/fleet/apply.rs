@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::journal::{HostOutcome, Journal, Record, Replay, RolloutOutcome};
+use super::journal::{HostOutcome, Journal, Record, Replay};
 use super::plan::FleetPlan;
 use super::remote::Prepared;
 use super::{Fleet, FleetError};
@@ -33,7 +33,7 @@ const SSH_FAILED: i32 = 255;
 /// Why a drain hook failed: before a batch it stops the rollout, after one
 /// it is a warning.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-pub enum DrainError {
+pub(crate) enum DrainError {
     #[error("no host named {host}")]
     #[diagnostic(code(moorline::fleet::drain::no_host))]
     NoHost { host: String },
@@ -64,30 +64,29 @@ fn writer_lost() -> FleetError {
 
 /// What drives a rollout: the fleet, its plan, the prepared hosts.
 pub struct Rollout {
-    pub fleet: Arc<Fleet>,
-    pub plan: FleetPlan,
-    pub prepared: BTreeMap<String, Prepared>,
+    pub(crate) fleet: Arc<Fleet>,
+    pub(crate) plan: FleetPlan,
+    pub(crate) prepared: BTreeMap<String, Prepared>,
     /// Host events and progress as JSON lines (`--format json`).
-    pub json: bool,
+    pub(crate) json: bool,
     /// Shared with the blocking pool, where its records are written.
-    pub journal: Arc<Mutex<Journal>>,
-    pub rollout_id: String,
+    pub(crate) journal: Arc<Mutex<Journal>>,
 }
 
 /// How the rollout ended, per host.
 #[derive(Debug, Default)]
-pub struct Summary {
-    pub outcomes: BTreeMap<String, HostOutcome>,
+pub(crate) struct Summary {
+    pub(crate) outcomes: BTreeMap<String, HostOutcome>,
     /// Hosts the fleet rollback ran on, and whether each is back.
-    pub rolled_back: BTreeMap<String, bool>,
+    pub(crate) rolled_back: BTreeMap<String, bool>,
     /// Why the fleet was rolled back, if it was.
-    pub rollback_reason: Option<String>,
+    pub(crate) rollback_reason: Option<String>,
 }
 
 impl Summary {
     /// Hosts that need a human: their apply or rollback did not end on a
     /// known release.
-    pub fn attention(&self) -> Vec<String> {
+    pub(crate) fn attention(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .outcomes
             .iter()
@@ -105,7 +104,7 @@ impl Summary {
     /// The fleet's exit code: 0 within the budget with every host on a
     /// known release, 3 when the fleet was rolled back and every host is
     /// back, 4 when some host needs a human.
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         if !self.attention().is_empty() {
             crate::exit::NEEDS_ATTENTION
         } else if self.rollback_reason.is_some() {
@@ -131,20 +130,6 @@ impl Rollout {
         .await
     }
 
-    /// Ends the fleet journal with `outcome` and moves it to its history
-    /// (on the blocking pool); nothing is done while another holder of
-    /// the rollout remains.
-    pub async fn finish(self: Arc<Self>, outcome: RolloutOutcome) -> Result<(), FleetError> {
-        let Some(r) = Arc::into_inner(self) else {
-            return Ok(());
-        };
-        let Some(j) = Arc::into_inner(r.journal).and_then(|m| m.into_inner().ok()) else {
-            return Ok(());
-        };
-        let id = r.rollout_id;
-        crate::blocking::run(move || j.finish(outcome, &id), |_| writer_lost()).await
-    }
-
     fn say(&self, host: &str, line: &str) {
         if self.json {
             let v = serde_json::json!({"event": "fleet", "host": host, "detail": line});
@@ -156,7 +141,7 @@ impl Rollout {
 
     /// Runs the rollout from where `replay` left it (a fresh rollout has
     /// only its begin record).
-    pub async fn drive(self: &Arc<Self>, replay: &Replay) -> Result<Summary, FleetError> {
+    pub(crate) async fn drive(self: &Arc<Self>, replay: &Replay) -> Result<Summary, FleetError> {
         let mut outcomes = replay.finished();
         // A host whose connection dropped is settled like one the
         // controller never saw end.
@@ -393,7 +378,7 @@ impl Rollout {
     /// resume` when it had none or it ended). The host's apply may still be
     /// running, since a dropped connection does not stop it: its lock is
     /// waited for.
-    pub async fn settle(&self, p: &Prepared) -> (HostOutcome, Option<i32>) {
+    pub(crate) async fn settle(&self, p: &Prepared) -> (HostOutcome, Option<i32>) {
         let env = self.fleet.env.name.clone();
         let mut tries = 0;
         loop {
@@ -417,7 +402,7 @@ impl Rollout {
 
     /// Whether the host's last deploy is the rollout's target (its state's
     /// revision, the `from` of a plan made there now).
-    pub async fn runs_target(&self, p: &Prepared) -> Result<bool, FleetError> {
+    pub(crate) async fn runs_target(&self, p: &Prepared) -> Result<bool, FleetError> {
         let fresh =
             super::plan::host_plan(&self.fleet, p, &self.plan.to.sha, &self.host_args(p)).await?;
         Ok(fresh
@@ -506,7 +491,7 @@ impl Rollout {
 
     /// Rolls `hosts` back in parallel, each with its own `moorline
     /// rollback`; returns whether each is back.
-    pub async fn roll_back_hosts(
+    pub(crate) async fn roll_back_hosts(
         self: &Arc<Self>,
         hosts: &[String],
     ) -> Result<BTreeMap<String, bool>, FleetError> {

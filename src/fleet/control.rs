@@ -21,7 +21,7 @@ use crate::git::Rev;
 
 /// Refuses to start a rollout while another is unfinished in the fleet
 /// journal.
-pub fn refuse_unfinished(fleet: &Fleet) -> Result<(), FleetError> {
+pub(crate) fn refuse_unfinished(fleet: &Fleet) -> Result<(), FleetError> {
     if let Some(r) = journal::read(&fleet.dir)? {
         return Err(FleetError::Local {
             what: format!("start a rollout: rollout {} is unfinished", r.rollout_id),
@@ -37,24 +37,24 @@ pub fn refuse_unfinished(fleet: &Fleet) -> Result<(), FleetError> {
 
 /// The fleet planned again for a rollout: every reachable host prepared and
 /// planned on `to`.
-pub struct Replanned {
-    pub plan: FleetPlan,
+pub(crate) struct Replanned {
+    pub(crate) plan: FleetPlan,
     /// The hosts that could not be reached (with `--skip-unreachable`),
     /// each with why.
-    pub unreachable: Vec<(String, String)>,
-    pub prepared: BTreeMap<String, Prepared>,
+    pub(crate) unreachable: Vec<(String, String)>,
+    pub(crate) prepared: BTreeMap<String, Prepared>,
 }
 
 impl Replanned {
     /// The names of the hosts left out.
-    pub fn skipped(&self) -> Vec<String> {
+    pub(crate) fn skipped(&self) -> Vec<String> {
         self.unreachable.iter().map(|(h, _)| h.clone()).collect()
     }
 }
 
 /// Prepares and plans every host on `to`; an unreachable host is refused
 /// unless `skip_unreachable`, then it is left out of the plan.
-pub async fn replan(
+pub(crate) async fn replan(
     fleet: &Arc<Fleet>,
     to: Rev,
     host_args: &HostPlanArgs,
@@ -84,7 +84,11 @@ pub async fn replan(
 
 /// Begins the rollout of `plan` in the fleet journal, the `skipped` hosts
 /// recorded as unreachable, and reads it back: what [`drive`] runs.
-pub fn begin(fleet: &Fleet, plan: &FleetPlan, skipped: &[String]) -> Result<Replay, FleetError> {
+pub(crate) fn begin(
+    fleet: &Fleet,
+    plan: &FleetPlan,
+    skipped: &[String],
+) -> Result<Replay, FleetError> {
     let rollout_id = crate::execute::new_apply_id();
     let mut j = Journal::create(&fleet.dir, &rollout_id, plan)?;
     for h in skipped {
@@ -105,8 +109,8 @@ pub fn begin(fleet: &Fleet, plan: &FleetPlan, skipped: &[String]) -> Result<Repl
 /// How a rollout (or its undoing) ended, its fleet journal still open: the
 /// command shows the summary, and closes the journal unless a host is
 /// left unknown.
-pub struct Ended {
-    pub summary: Summary,
+pub(crate) struct Ended {
+    pub(crate) summary: Summary,
     journal: Option<Journal>,
     rollout_id: String,
 }
@@ -114,7 +118,7 @@ pub struct Ended {
 impl Ended {
     /// Some host lost its connection: the rollout stays unfinished, to be
     /// settled once it can be reached.
-    pub fn unfinished(&self) -> bool {
+    pub(crate) fn unfinished(&self) -> bool {
         self.summary
             .outcomes
             .values()
@@ -123,7 +127,7 @@ impl Ended {
 
     /// Finishes the rollout in the fleet journal with its outcome; returns
     /// the summary.
-    pub fn close(self) -> Result<Summary, FleetError> {
+    pub(crate) fn close(self) -> Result<Summary, FleetError> {
         let outcome = match self.summary.exit_code() {
             crate::exit::OK => RolloutOutcome::Succeeded,
             crate::exit::ROLLED_BACK => RolloutOutcome::RolledBack,
@@ -148,7 +152,6 @@ fn rollout(
         prepared,
         json,
         journal: Arc::new(Mutex::new(Journal::reopen(&fleet.dir)?)),
-        rollout_id: replay.rollout_id.clone(),
     })
 }
 
@@ -162,7 +165,7 @@ fn into_journal(r: Arc<Rollout>) -> Option<Journal> {
 
 /// Drives (or finishes) the rollout of `replay` over the `prepared` hosts
 /// (`json`: host events as JSON lines).
-pub async fn drive(
+pub(crate) async fn drive(
     fleet: &Arc<Fleet>,
     replay: Replay,
     prepared: BTreeMap<String, Prepared>,
@@ -179,7 +182,10 @@ pub async fn drive(
 
 /// Prepares the hosts of an unfinished rollout (the unreachable ones are
 /// left out, each said with its error: they are reported as such).
-pub async fn prepare_all(fleet: &Arc<Fleet>, plan: &FleetPlan) -> BTreeMap<String, Prepared> {
+pub(crate) async fn prepare_all(
+    fleet: &Arc<Fleet>,
+    plan: &FleetPlan,
+) -> BTreeMap<String, Prepared> {
     let mut set = tokio::task::JoinSet::new();
     for h in &plan.hosts {
         let Some(host) = fleet.host(&h.name).cloned() else {
@@ -208,7 +214,11 @@ pub async fn prepare_all(fleet: &Arc<Fleet>, plan: &FleetPlan) -> BTreeMap<Strin
 /// Undoes an unfinished rollout: hosts whose apply the controller never
 /// saw end finish theirs first (their own journal), then every host that
 /// runs the rollout's target goes back.
-pub async fn undo(fleet: &Arc<Fleet>, replay: Replay, json: bool) -> Result<Ended, FleetError> {
+pub(crate) async fn undo(
+    fleet: &Arc<Fleet>,
+    replay: Replay,
+    json: bool,
+) -> Result<Ended, FleetError> {
     let prepared = prepare_all(fleet, &replay.plan).await;
     let finished = replay.finished();
     let already = replay.rolled_back();
@@ -269,7 +279,7 @@ pub async fn undo(fleet: &Arc<Fleet>, replay: Replay, json: bool) -> Result<Ende
 }
 
 /// Prepares `host` on `to` and runs its moorline with `words`.
-pub async fn run_on(
+pub(crate) async fn run_on(
     fleet: &Fleet,
     host: &Host,
     to: &str,
@@ -285,7 +295,7 @@ pub async fn run_on(
 
 /// [`run_on`] every host of the fleet at once, at most `at_once` at a
 /// time: each host's name and result, in the configuration's order.
-pub async fn run_on_all(
+pub(crate) async fn run_on_all(
     fleet: &Arc<Fleet>,
     to: &str,
     words: &[String],
@@ -321,7 +331,7 @@ pub async fn run_on_all(
 /// each line of its standard output, secrets redacted, goes to `on_line`;
 /// its standard error goes to ours, each line redacted and prefixed with
 /// the host. Returns its exit code (255: ssh failed).
-pub async fn stream_on(
+pub(crate) async fn stream_on(
     fleet: &Fleet,
     host: &Host,
     to: &str,
@@ -361,7 +371,7 @@ pub async fn stream_on(
 /// The hosts `--on` names (every host without it), in the configuration's
 /// order; a name the environment does not have is refused, listing its
 /// hosts.
-pub fn chosen(fleet: &Fleet, on: &[String]) -> Result<Vec<Host>, FleetError> {
+pub(crate) fn chosen(fleet: &Fleet, on: &[String]) -> Result<Vec<Host>, FleetError> {
     if let Some(name) = on.iter().find(|n| fleet.host(n).is_none()) {
         return Err(FleetError::UnknownHost {
             name: name.clone(),

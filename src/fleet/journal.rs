@@ -17,12 +17,12 @@ use serde::{Deserialize, Serialize};
 use super::FleetError;
 use super::plan::FleetPlan;
 
-pub const JOURNAL_FILE: &str = "journal.jsonl";
+pub(crate) const JOURNAL_FILE: &str = "journal.jsonl";
 
 /// How one host's part of a rollout ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum HostOutcome {
+pub(crate) enum HostOutcome {
     /// Its apply succeeded (exit 0): it switched to the new release.
     Succeeded,
     /// Its apply failed before anything live changed (exit 1).
@@ -40,7 +40,7 @@ pub enum HostOutcome {
 
 impl HostOutcome {
     /// From the host's `moorline apply` exit code.
-    pub fn of_exit(code: i32) -> Self {
+    pub(crate) fn of_exit(code: i32) -> Self {
         match code {
             crate::exit::OK => Self::Succeeded,
             crate::exit::ROLLED_BACK => Self::RolledBack,
@@ -50,11 +50,11 @@ impl HostOutcome {
     }
 
     /// Counts against the failure budget.
-    pub fn is_failure(self) -> bool {
+    pub(crate) fn is_failure(self) -> bool {
         !matches!(self, Self::Succeeded)
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
@@ -68,7 +68,7 @@ impl HostOutcome {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
-pub enum Record {
+pub(crate) enum Record {
     /// The fleet plan being rolled out, in full.
     Begin {
         rollout_id: String,
@@ -112,7 +112,7 @@ pub enum Record {
 /// How a rollout ended, as its journal's `end` record says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum RolloutOutcome {
+pub(crate) enum RolloutOutcome {
     /// Every host's apply succeeded (exit 0).
     Succeeded,
     /// The fleet was rolled back: every host that switched is back.
@@ -122,7 +122,7 @@ pub enum RolloutOutcome {
 }
 
 /// An open fleet journal.
-pub struct Journal {
+pub(crate) struct Journal {
     lines: Lines,
 }
 
@@ -137,7 +137,11 @@ fn write_err(path: &Path, source: std::io::Error) -> FleetError {
 impl Journal {
     /// Starts the journal of a new rollout (fails if one is unfinished). A
     /// begin record that cannot be written (a full disk) leaves no journal.
-    pub fn create(dir: &Path, rollout_id: &str, plan: &FleetPlan) -> Result<Self, FleetError> {
+    pub(crate) fn create(
+        dir: &Path,
+        rollout_id: &str,
+        plan: &FleetPlan,
+    ) -> Result<Self, FleetError> {
         let lines =
             Lines::create(dir, JOURNAL_FILE).map_err(|e| write_err(&dir.join(JOURNAL_FILE), e))?;
         let mut j = Self { lines };
@@ -155,14 +159,14 @@ impl Journal {
 
     /// Reopens the unfinished journal for appending; a torn last line is
     /// cut first.
-    pub fn reopen(dir: &Path) -> Result<Self, FleetError> {
+    pub(crate) fn reopen(dir: &Path) -> Result<Self, FleetError> {
         let path = dir.join(JOURNAL_FILE);
         let lines = Lines::reopen(path.clone()).map_err(|e| write_err(&path, e))?;
         Ok(Self { lines })
     }
 
     /// Appends one record and fsyncs it.
-    pub fn append(&mut self, r: &Record) -> Result<(), FleetError> {
+    pub(crate) fn append(&mut self, r: &Record) -> Result<(), FleetError> {
         // Every string redacted (a reason may quote a host's output), as
         // in the hosts' own journals.
         let line = crate::secrets::redacted_json(r)
@@ -176,7 +180,11 @@ impl Journal {
     }
 
     /// Ends the journal and moves it to `history/{rollout_id}.jsonl`.
-    pub fn finish(mut self, outcome: RolloutOutcome, rollout_id: &str) -> Result<(), FleetError> {
+    pub(crate) fn finish(
+        mut self,
+        outcome: RolloutOutcome,
+        rollout_id: &str,
+    ) -> Result<(), FleetError> {
         self.append(&Record::End { outcome })?;
         let history = self.lines.history_dir();
         self.lines
@@ -187,15 +195,15 @@ impl Journal {
 
 /// An unfinished rollout read back.
 #[derive(Debug, Clone)]
-pub struct Replay {
-    pub rollout_id: String,
-    pub plan: FleetPlan,
-    pub records: Vec<Record>,
+pub(crate) struct Replay {
+    pub(crate) rollout_id: String,
+    pub(crate) plan: FleetPlan,
+    pub(crate) records: Vec<Record>,
 }
 
 impl Replay {
     /// Hosts whose apply started (in order).
-    pub fn started(&self) -> Vec<String> {
+    pub(crate) fn started(&self) -> Vec<String> {
         self.records
             .iter()
             .filter_map(|r| match r {
@@ -206,7 +214,7 @@ impl Replay {
     }
 
     /// How each finished host ended.
-    pub fn finished(&self) -> BTreeMap<String, HostOutcome> {
+    pub(crate) fn finished(&self) -> BTreeMap<String, HostOutcome> {
         self.records
             .iter()
             .filter_map(|r| match r {
@@ -216,14 +224,14 @@ impl Replay {
             .collect()
     }
 
-    pub fn rollback_begun(&self) -> bool {
+    pub(crate) fn rollback_begun(&self) -> bool {
         self.records
             .iter()
             .any(|r| matches!(r, Record::RollbackBegin { .. }))
     }
 
     /// Hosts whose rollback ended, and whether it worked.
-    pub fn rolled_back(&self) -> BTreeMap<String, bool> {
+    pub(crate) fn rolled_back(&self) -> BTreeMap<String, bool> {
         self.records
             .iter()
             .filter_map(|r| match r {
@@ -237,7 +245,7 @@ impl Replay {
 /// Reads the unfinished journal (`None`: no rollout is unfinished). A torn
 /// last line is ignored; a journal without its begin record counts as
 /// none (nothing acted under it).
-pub fn read(dir: &Path) -> Result<Option<Replay>, FleetError> {
+pub(crate) fn read(dir: &Path) -> Result<Option<Replay>, FleetError> {
     let path = dir.join(JOURNAL_FILE);
     let bytes = match crate::journal::lines::read(&path) {
         Ok(b) => b,

@@ -6,15 +6,15 @@
 //! The controller never touches a host's services itself: it only runs the
 //! host's own `moorline`.
 
-pub mod apply;
-pub mod control;
-pub mod journal;
+pub(crate) mod apply;
+pub(crate) mod control;
+pub(crate) mod journal;
 pub mod plan;
-pub mod remote;
+pub(crate) mod remote;
 pub mod render;
-pub mod rollout;
+pub(crate) mod rollout;
 pub mod ssh;
-pub mod stale;
+pub(crate) mod stale;
 
 use std::path::{Path, PathBuf};
 
@@ -22,10 +22,10 @@ use miette::Diagnostic;
 
 use crate::config::{Environment, Host};
 
-pub use ssh::SshError;
+pub(crate) use ssh::SshError;
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum FleetError {
+pub(crate) enum FleetError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Ssh(#[from] SshError),
@@ -95,27 +95,27 @@ impl FleetError {
 }
 
 /// Everything the controller knows about where it works, resolved once.
-pub struct Fleet {
-    pub project: String,
-    pub env: Environment,
+pub(crate) struct Fleet {
+    pub(crate) project: String,
+    pub(crate) env: Environment,
     /// The controller's fleet directory (`{state}/fleet`): the fleet
     /// journal, its lock, ssh control sockets and bundles.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// The controller's repository (its working tree root).
-    pub repo_root: PathBuf,
+    pub(crate) repo_root: PathBuf,
     /// The config file's path inside the repository.
-    pub config_in_repo: String,
+    pub(crate) config_in_repo: String,
     /// `--systemd`, handed on to every host's moorline.
-    pub systemd: Option<crate::systemd::Bus>,
-    pub transport: ssh::Transport,
+    pub(crate) systemd: Option<crate::systemd::Bus>,
+    pub(crate) transport: ssh::Transport,
     /// The binary that runs here and is installed on hosts.
-    pub binary: remote::Binary,
+    pub(crate) binary: remote::Binary,
 }
 
 /// Uncommitted changes on the controller under the configuration file,
 /// the services' paths and their watched paths: what the hosts will not
 /// get (they receive commits only).
-pub fn uncommitted(t: &crate::target::Target) -> miette::Result<crate::git::Uncommitted> {
+pub(crate) fn uncommitted(t: &crate::target::Target) -> miette::Result<crate::git::Uncommitted> {
     let config = t.config();
     let mut paths = vec![in_repo(&t.loaded.path, t.repo.root())?];
     for s in &config.services {
@@ -127,7 +127,7 @@ pub fn uncommitted(t: &crate::target::Target) -> miette::Result<crate::git::Unco
 
 impl Fleet {
     /// The controller's view of `t` (an environment with hosts).
-    pub fn new(
+    pub(crate) fn new(
         t: &crate::target::Target,
         ssh_config: Option<PathBuf>,
         systemd: Option<crate::systemd::Bus>,
@@ -156,11 +156,11 @@ impl Fleet {
         })
     }
 
-    pub fn hosts(&self) -> &[Host] {
+    pub(crate) fn hosts(&self) -> &[Host] {
         &self.env.hosts
     }
 
-    pub fn host(&self, name: &str) -> Option<&Host> {
+    pub(crate) fn host(&self, name: &str) -> Option<&Host> {
         self.env.hosts.iter().find(|h| h.name == name)
     }
 }

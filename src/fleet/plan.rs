@@ -18,47 +18,47 @@ use crate::git::Rev;
 use crate::plan::Plan;
 
 /// Version of the fleet plan's JSON contract (docs/fleet.md).
-pub const FLEET_FORMAT_VERSION: u32 = 1;
+pub(crate) const FLEET_FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetPlan {
     /// Present only in fleet plans: how a saved plan file is told apart
     /// from a single host's.
-    pub fleet_format_version: u32,
-    pub project: String,
-    pub environment: String,
-    pub to: Rev,
-    pub rollout: RolloutView,
+    pub(crate) fleet_format_version: u32,
+    pub(crate) project: String,
+    pub(crate) environment: String,
+    pub(crate) to: Rev,
+    pub(crate) rollout: RolloutView,
     /// In the environment's order.
-    pub hosts: Vec<HostPlan>,
+    pub(crate) hosts: Vec<HostPlan>,
     /// Hosts whose plans do the same thing, largest group first.
-    pub groups: Vec<Group>,
+    pub(crate) groups: Vec<Group>,
     /// In the order they run; the canary first.
-    pub batches: Vec<Batch>,
-    pub rollback: FleetRollback,
+    pub(crate) batches: Vec<Batch>,
+    pub(crate) rollback: FleetRollback,
     /// SHA-256 over the hosts (names, addresses, users, ports), each
     /// host's plan fingerprint, the target and the rollout.
-    pub fingerprint: String,
+    pub(crate) fingerprint: String,
     /// `plan --from REV` of a fleet: every host planned on the controller,
     /// without ssh, as if REV (this `--from`) were deployed on it. Absent
     /// when the hosts made their plans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub planned_from: Option<String>,
+    pub(crate) planned_from: Option<String>,
 }
 
 /// The rollout block as the plan shows and fingerprints it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RolloutView {
-    pub canary: u32,
+pub(crate) struct RolloutView {
+    pub(crate) canary: u32,
     /// `1`, `25%`, ...
-    pub batches: Vec<String>,
-    pub max_fail: u32,
-    pub pause_secs: u64,
-    pub connections: u32,
+    pub(crate) batches: Vec<String>,
+    pub(crate) max_fail: u32,
+    pub(crate) pause_secs: u64,
+    pub(crate) connections: u32,
 }
 
 impl RolloutView {
-    pub fn of(r: &Rollout) -> Self {
+    pub(crate) fn of(r: &Rollout) -> Self {
         Self {
             canary: r.canary,
             batches: r
@@ -87,40 +87,40 @@ pub struct HostPlan {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Group {
-    pub hosts: Vec<String>,
+pub(crate) struct Group {
+    pub(crate) hosts: Vec<String>,
     /// What the group's hosts run now (`null`: nothing deployed).
-    pub from: Option<String>,
-    pub actions: usize,
+    pub(crate) from: Option<String>,
+    pub(crate) actions: usize,
     /// Services restarted by the group's plan.
-    pub restarts: Vec<String>,
+    pub(crate) restarts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FleetRollback {
+pub(crate) struct FleetRollback {
     /// Per host that would change, where a fleet rollback takes it.
-    pub hosts: Vec<HostRollback>,
-    pub summary: String,
+    pub(crate) hosts: Vec<HostRollback>,
+    pub(crate) summary: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostRollback {
-    pub host: String,
+pub(crate) struct HostRollback {
+    pub(crate) host: String,
     /// The release it goes back to (`null`: a first deploy, nothing to go
     /// back to).
-    pub to: Option<String>,
-    pub services: Vec<String>,
+    pub(crate) to: Option<String>,
+    pub(crate) services: Vec<String>,
     /// What the host's own rollback plan says of it (`code-only`,
     /// `needs-database`, ...).
-    pub kind: crate::plan::RollbackKind,
+    pub(crate) kind: crate::plan::RollbackKind,
 }
 
 impl FleetPlan {
-    pub fn has_changes(&self) -> bool {
+    pub(crate) fn has_changes(&self) -> bool {
         self.hosts.iter().any(|h| h.plan.has_changes())
     }
 
-    pub fn host(&self, name: &str) -> Option<&HostPlan> {
+    pub(crate) fn host(&self, name: &str) -> Option<&HostPlan> {
         self.hosts.iter().find(|h| h.name == name)
     }
 }
@@ -156,7 +156,7 @@ pub fn assemble(
 }
 
 /// The fleet fingerprint (see [`FleetPlan::fingerprint`]).
-pub fn fingerprint(to: &Rev, rollout: &RolloutView, hosts: &[HostPlan]) -> String {
+pub(crate) fn fingerprint(to: &Rev, rollout: &RolloutView, hosts: &[HostPlan]) -> String {
     let hosts: Vec<_> = hosts
         .iter()
         .map(|h| {
@@ -243,7 +243,7 @@ fn rollback(hosts: &[HostPlan]) -> FleetRollback {
 
 /// The commit a fleet plan deploys: `--to`, else the tip of the
 /// environment's branch, resolved in the controller's repository.
-pub fn target(t: &crate::target::Target, to: Option<&str>) -> miette::Result<Rev> {
+pub(crate) fn target(t: &crate::target::Target, to: Option<&str>) -> miette::Result<Rev> {
     Ok(match to {
         Some(spec) => t.repo.resolve(spec)?,
         None => t.repo.branch_tip(&t.env.branch)?,
@@ -252,14 +252,14 @@ pub fn target(t: &crate::target::Target, to: Option<&str>) -> miette::Result<Rev
 
 /// What the controller asks a host's plan for.
 #[derive(Debug, Clone, Default)]
-pub struct HostPlanArgs {
-    pub allow_non_ancestor: bool,
-    pub adopt: Vec<String>,
-    pub skip_promotion_check: bool,
+pub(crate) struct HostPlanArgs {
+    pub(crate) allow_non_ancestor: bool,
+    pub(crate) adopt: Vec<String>,
+    pub(crate) skip_promotion_check: bool,
 }
 
 /// How one host answered.
-pub enum Gathered {
+pub(crate) enum Gathered {
     Planned(Prepared, Box<Plan>),
     Unreachable(Host, SshError),
 }
@@ -267,7 +267,7 @@ pub enum Gathered {
 /// Prepares every host and asks each for its plan, at most
 /// `rollout.connections` at a time. An unreachable host (or a host key
 /// mismatch) is returned as such; any other failure is an error.
-pub async fn gather(
+pub(crate) async fn gather(
     fleet: &Arc<Fleet>,
     to: &str,
     args: &HostPlanArgs,
@@ -325,7 +325,7 @@ async fn plan_host(
 }
 
 /// Runs the host's `moorline plan --format json` and reads its plan.
-pub async fn host_plan(
+pub(crate) async fn host_plan(
     fleet: &Fleet,
     p: &Prepared,
     to: &str,
@@ -376,7 +376,7 @@ pub async fn host_plan(
 
 /// Refuses a fleet plan some host of which is unreachable (listing them);
 /// with `skip`, returns them instead.
-pub fn unreachable(gathered: &[Gathered]) -> Vec<(&Host, &SshError)> {
+pub(crate) fn unreachable(gathered: &[Gathered]) -> Vec<(&Host, &SshError)> {
     gathered
         .iter()
         .filter_map(|g| match g {
@@ -388,7 +388,7 @@ pub fn unreachable(gathered: &[Gathered]) -> Vec<(&Host, &SshError)> {
 
 /// The error for hosts that could not be reached: the host's own error
 /// when there is one, else a list.
-pub fn unreachable_error(gathered: &[Gathered]) -> Option<FleetError> {
+pub(crate) fn unreachable_error(gathered: &[Gathered]) -> Option<FleetError> {
     let mut down = unreachable(gathered);
     match down.len() {
         0 => None,
@@ -420,7 +420,7 @@ pub fn unreachable_error(gathered: &[Gathered]) -> Option<FleetError> {
 }
 
 /// The plans of the hosts that answered, each with where the host is.
-pub fn host_plans(fleet: &Fleet, gathered: &[Gathered]) -> Vec<HostPlan> {
+pub(crate) fn host_plans(fleet: &Fleet, gathered: &[Gathered]) -> Vec<HostPlan> {
     gathered
         .iter()
         .filter_map(|g| match g {
@@ -440,7 +440,7 @@ pub fn host_plans(fleet: &Fleet, gathered: &[Gathered]) -> Vec<HostPlan> {
 }
 
 /// The hosts that answered, prepared, by name.
-pub fn prepared(gathered: Vec<Gathered>) -> BTreeMap<String, Prepared> {
+pub(crate) fn prepared(gathered: Vec<Gathered>) -> BTreeMap<String, Prepared> {
     gathered
         .into_iter()
         .filter_map(|g| match g {
@@ -452,7 +452,7 @@ pub fn prepared(gathered: Vec<Gathered>) -> BTreeMap<String, Prepared> {
 
 /// The fleet plan of `to`, every host planned over ssh (the connections
 /// closed after); an unreachable host is refused.
-pub async fn over_ssh(
+pub(crate) async fn over_ssh(
     fleet: &Arc<Fleet>,
     to: Rev,
     args: &HostPlanArgs,
@@ -479,7 +479,7 @@ pub async fn over_ssh(
 /// holds no key to the hosts: its fingerprint never matches the hosts
 /// (`apply FILE` refuses it), `apply --reviewed` compares what it does
 /// with the hosts' real plans.
-pub fn offline(
+pub(crate) fn offline(
     t: &crate::target::Target,
     to: Rev,
     request: &crate::observe::PlanRequest,

@@ -15,21 +15,21 @@ use super::{Fleet, FleetError};
 use crate::config::Host;
 
 /// The version line `moorline --version` prints.
-pub fn version_line() -> String {
+pub(crate) fn version_line() -> String {
     format!("moorline {}", env!("CARGO_PKG_VERSION"))
 }
 
 /// The controller's own executable, which hosts run.
 #[derive(Debug, Clone)]
-pub struct Binary {
-    pub path: PathBuf,
-    pub sha256: String,
+pub(crate) struct Binary {
+    pub(crate) path: PathBuf,
+    pub(crate) sha256: String,
 }
 
 impl Binary {
     /// The running executable and its SHA-256 (cached in `dir` by size and
     /// modification time, since hashing ~80 MB on every command is slow).
-    pub fn current(dir: &Path) -> Result<Self, FleetError> {
+    pub(crate) fn current(dir: &Path) -> Result<Self, FleetError> {
         let io = |what: &str, e| {
             FleetError::local(
                 what.to_owned(),
@@ -63,7 +63,7 @@ impl Binary {
     }
 
     /// The file name it has on hosts.
-    pub fn remote_name(&self) -> String {
+    pub(crate) fn remote_name(&self) -> String {
         format!("moorline-{}", &self.sha256[..16])
     }
 }
@@ -85,22 +85,22 @@ fn hash_file(path: &Path) -> std::io::Result<String> {
 
 /// A host ready to run moorline on the target commit.
 #[derive(Debug, Clone)]
-pub struct Prepared {
-    pub host: Host,
+pub(crate) struct Prepared {
+    pub(crate) host: Host,
     /// `{base}/bin/moorline-{sha}` on the host.
-    pub bin: String,
+    pub(crate) bin: String,
     /// `{base}/{env}/repo` on the host.
-    pub repo: String,
+    pub(crate) repo: String,
     /// The config file in that repository.
-    pub config: String,
+    pub(crate) config: String,
     /// `--systemd` handed on.
-    pub systemd: Option<&'static str>,
+    pub(crate) systemd: Option<&'static str>,
 }
 
 impl Prepared {
     /// The argv of the host's moorline running `args` (a subcommand and
     /// its flags) on this environment's config, restricted to the host.
-    pub fn moorline(&self, args: &[&str]) -> Vec<String> {
+    pub(crate) fn moorline(&self, args: &[&str]) -> Vec<String> {
         let mut v = vec![
             self.bin.clone(),
             "--repo".to_owned(),
@@ -187,7 +187,7 @@ fn sh(script: &str, args: &[&str]) -> Vec<String> {
 
 /// What [`prepare`] does to the host's checkout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Checkout {
+pub(crate) enum Checkout {
     /// Check the target out (`plan`, `apply`, and their resume): the host
     /// plans and applies with the configuration committed there.
     Target,
@@ -203,7 +203,7 @@ pub enum Checkout {
 /// Makes `host` ready: opens its master connection, installs the binary
 /// when it is missing, sends the commits `to` needs, and checks `to` out
 /// or not ([`Checkout`]).
-pub async fn prepare(
+pub(crate) async fn prepare(
     fleet: &Fleet,
     host: &Host,
     to: &str,

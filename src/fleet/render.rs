@@ -11,7 +11,7 @@ use crate::plan::short;
 
 /// The fleet plan as JSON (pretty, with a trailing newline): the saved
 /// plan file's format.
-pub fn json(p: &FleetPlan) -> String {
+pub(crate) fn json(p: &FleetPlan) -> String {
     let mut s = serde_json::to_string_pretty(p).unwrap_or_default();
     s.push('\n');
     s

@@ -9,15 +9,15 @@ use crate::config::Rollout;
 
 /// One step of a rollout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// `canary` or `batch`.
-    pub kind: BatchKind,
-    pub hosts: Vec<String>,
+    pub(crate) kind: BatchKind,
+    pub(crate) hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum BatchKind {
+pub(crate) enum BatchKind {
     Canary,
     Batch,
 }
@@ -25,7 +25,7 @@ pub enum BatchKind {
 /// The batches of a rollout over `hosts`, in order: the sizes of
 /// [`Rollout::steps`] (the canary first, then each batch size, the last
 /// one repeating; docs/config.md) laid over the hosts in their order.
-pub fn batches(rollout: &Rollout, hosts: &[String]) -> Vec<Batch> {
+pub(crate) fn batches(rollout: &Rollout, hosts: &[String]) -> Vec<Batch> {
     let mut out = Vec::new();
     let mut done = 0;
     for (i, size) in rollout.steps(hosts.len()).into_iter().enumerate() {

@@ -18,9 +18,9 @@ use crate::config::Host;
 
 /// How long `ssh` may take to connect (`ConnectTimeout`). A dead link is
 /// reported after this; a wrong host key at once.
-pub const CONNECT_TIMEOUT_SECS: u32 = 10;
+pub(crate) const CONNECT_TIMEOUT_SECS: u32 = 10;
 /// How long a master connection outlives its last client (`ControlPersist`).
-pub const CONTROL_PERSIST_SECS: u32 = 60;
+pub(crate) const CONTROL_PERSIST_SECS: u32 = 60;
 /// The longest control socket path that works: `sun_path` holds 108 bytes
 /// and ssh adds a 17-byte random suffix while it creates the socket.
 const MAX_CONTROL_PATH: usize = 90;
@@ -75,17 +75,7 @@ pub enum SshError {
     },
 }
 
-impl SshError {
-    /// The host the error is about (`None`: not about one host).
-    pub fn host(&self) -> Option<&str> {
-        match self {
-            Self::HostKey { host, .. }
-            | Self::Unreachable { host, .. }
-            | Self::Spawn { host, .. } => Some(host),
-            Self::ControlDir { .. } => None,
-        }
-    }
-}
+impl SshError {}
 
 /// How the controller reaches its hosts: the ssh config file and where the
 /// master connections' sockets live.
@@ -110,8 +100,8 @@ pub struct Output {
     /// The remote command's exit code (255 may also be ssh's own failure,
     /// which [`Transport::run`] reports as an error when ssh says so).
     pub code: i32,
-    pub stdout: Vec<u8>,
-    pub stderr: String,
+    pub(crate) stdout: Vec<u8>,
+    pub(crate) stderr: String,
 }
 
 /// How an ssh process uses the host's master connection.
@@ -324,7 +314,11 @@ impl Transport {
 
     /// Starts `remote` on `host` with piped stdin, stdout and stderr, for
     /// callers that stream (a host's apply events).
-    pub fn spawn(&self, host: &Host, remote: &[String]) -> Result<tokio::process::Child, SshError> {
+    pub(crate) fn spawn(
+        &self,
+        host: &Host,
+        remote: &[String],
+    ) -> Result<tokio::process::Child, SshError> {
         self.command(host, Mode::Use, remote)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -361,7 +355,7 @@ const TOKEN_LEN: usize = 16;
 /// [`config_path`] wrote it: ssh expands `${NAME}` in those options and has
 /// no escape for it, and a control character would end or corrupt the
 /// line.
-pub fn ssh_can_read(path: &str) -> bool {
+pub(crate) fn ssh_can_read(path: &str) -> bool {
     !path.contains("${") && !path.chars().any(char::is_control)
 }
 
@@ -373,7 +367,7 @@ pub fn ssh_can_read(path: &str) -> bool {
 /// and the whole in double quotes with `"` and `\` escaped (ssh splits a
 /// line at spaces and reads quotes and backslashes). Only for a path that
 /// [`ssh_can_read`].
-pub fn config_path(path: &str) -> String {
+pub(crate) fn config_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len() + 4);
     out.push('"');
     if path.starts_with('~') {
@@ -397,7 +391,7 @@ pub fn config_path(path: &str) -> String {
 /// host key message is a key mismatch; other 255s with ssh's typical
 /// messages are an unreachable host. A remote command's own 255 (no such
 /// message) is left to the caller.
-pub fn classify(host: &Host, code: i32, stderr: &str) -> Option<SshError> {
+pub(crate) fn classify(host: &Host, code: i32, stderr: &str) -> Option<SshError> {
     if code != SSH_FAILED {
         return None;
     }
@@ -459,7 +453,7 @@ fn last_line(s: &str) -> String {
 /// One word quoted for a POSIX shell: single quotes around it, each `'`
 /// inside written as `'\''`. Every byte other than `'` is literal inside
 /// single quotes, so the remote shell sees exactly `word`.
-pub fn quote(word: &str) -> String {
+pub(crate) fn quote(word: &str) -> String {
     let mut q = String::with_capacity(word.len() + 2);
     q.push('\'');
     for c in word.chars() {
@@ -475,7 +469,7 @@ pub fn quote(word: &str) -> String {
 
 /// The remote command line ssh hands to the remote user's shell: every
 /// word quoted by [`quote`], joined by spaces.
-pub fn command_line(words: &[String]) -> String {
+pub(crate) fn command_line(words: &[String]) -> String {
     words.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ")
 }
 

@@ -30,7 +30,7 @@ fn host_differences(
 
 /// What moved between a reviewed fleet plan and the fleet now, host by
 /// host (empty: nothing).
-pub fn what_moved(saved: &FleetPlan, fresh: &FleetPlan, skipped: &[String]) -> Vec<String> {
+pub(crate) fn what_moved(saved: &FleetPlan, fresh: &FleetPlan, skipped: &[String]) -> Vec<String> {
     let mut moved = Vec::new();
     if saved.rollout != fresh.rollout {
         moved.push("the rollout block changed".to_owned());
@@ -60,7 +60,7 @@ pub fn what_moved(saved: &FleetPlan, fresh: &FleetPlan, skipped: &[String]) -> V
 /// reviewed one as a host's `--reviewed` is ([`crate::plan::review_differences`]):
 /// what happens, not the inputs; with `same_target` false the target may
 /// be another commit (the merge of the reviewed pull request).
-pub fn review_differences(
+pub(crate) fn review_differences(
     reviewed: &FleetPlan,
     fresh: &FleetPlan,
     skipped: &[String],

@@ -12,9 +12,8 @@ use std::path::Path;
 
 use miette::Diagnostic;
 
-pub use crate::config::kdl_string;
-pub use render::{render, summary};
-pub use scan::scan;
+pub(crate) use render::{render, summary};
+pub(crate) use scan::scan;
 
 /// Directories never looked into: dependencies, build output, virtualenvs,
 /// version control. Hidden directories (`.git`, `.venv`, `.next`) are
@@ -47,22 +46,23 @@ const MAX_TOTAL_BYTES: usize = 32 * 1024 * 1024;
 /// What `init` reads of a repository: every file's relative path (`/`
 /// separators) and the text of the files it interprets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Files {
+pub(crate) struct Files {
     /// The directory's own name (the project name is guessed from it).
-    pub dir_name: String,
+    pub(crate) dir_name: String,
     /// The branch checked out, when the directory is in a git repository.
-    pub branch: Option<String>,
+    pub(crate) branch: Option<String>,
     /// Every file found, relative to the directory.
-    pub paths: BTreeSet<String>,
+    pub(crate) paths: BTreeSet<String>,
     /// The text of the interesting files among them.
-    pub text: BTreeMap<String, String>,
+    pub(crate) text: BTreeMap<String, String>,
     /// Whether the listing stopped at `MAX_FILES` or `MAX_TOTAL_BYTES`.
-    pub truncated: bool,
+    pub(crate) truncated: bool,
 }
 
 impl Files {
+    #[cfg(test)]
     /// Builds a listing from `(path, text)` pairs (tests, and `read`).
-    pub fn from_entries<'a>(
+    pub(crate) fn from_entries<'a>(
         dir_name: &str,
         entries: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Self {
@@ -82,7 +82,7 @@ impl Files {
     /// Lists `dir` (not following symlinks, skipping [`SKIPPED_DIRS`],
     /// hidden directories and what git ignores) and reads the files the
     /// scan interprets.
-    pub fn read(dir: &Path) -> Result<Self, InitError> {
+    pub(crate) fn read(dir: &Path) -> Result<Self, InitError> {
         let meta = std::fs::metadata(dir).map_err(|source| InitError::Unreadable {
             path: dir.display().to_string(),
             source,
@@ -231,23 +231,23 @@ pub(crate) fn usable(s: &str) -> bool {
 /// A guessed value, where it came from, and whether a person should check it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Guess<T> {
-    pub value: T,
+    pub(crate) value: T,
     /// Where it came from (`deploy/systemd/shop-api.service`), or why it is
     /// a default.
-    pub from: String,
+    pub(crate) from: String,
     /// Nothing in the repository said so: check it.
-    pub check: bool,
+    pub(crate) check: bool,
 }
 
 impl<T> Guess<T> {
-    pub fn found(value: T, from: impl Into<String>) -> Self {
+    pub(crate) fn found(value: T, from: impl Into<String>) -> Self {
         Self {
             value,
             from: from.into(),
             check: false,
         }
     }
-    pub fn assumed(value: T, why: impl Into<String>) -> Self {
+    pub(crate) fn assumed(value: T, why: impl Into<String>) -> Self {
         Self {
             value,
             from: why.into(),
@@ -258,27 +258,27 @@ impl<T> Guess<T> {
 
 /// What `init` understood of a repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scan {
-    pub project: Guess<String>,
+pub(crate) struct Scan {
+    pub(crate) project: Guess<String>,
     /// The branch `staging` deploys.
-    pub branch: Guess<String>,
+    pub(crate) branch: Guess<String>,
     /// The `unit-name` template.
-    pub unit_name: Guess<String>,
+    pub(crate) unit_name: Guess<String>,
     /// Units the services' existing unit files start after that moorline
     /// does not manage (`postgresql.service`).
-    pub infrastructure: Vec<Guess<String>>,
-    pub runtimes: Vec<Runtime>,
-    pub services: Vec<Service>,
-    pub proxy: Option<Proxy>,
+    pub(crate) infrastructure: Vec<Guess<String>>,
+    pub(crate) runtimes: Vec<Runtime>,
+    pub(crate) services: Vec<Service>,
+    pub(crate) proxy: Option<Proxy>,
     /// Things found and not used, and what to check, for the summary.
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Runtime {
-    pub name: String,
-    pub kind: Kind,
-    pub spec: RuntimeSpec,
+pub(crate) struct Runtime {
+    pub(crate) name: String,
+    pub(crate) kind: Kind,
+    pub(crate) spec: RuntimeSpec,
     /// A migration, for the services that have its `if_exists` file.
     pub migrate: Option<Migrate>,
 }
@@ -287,29 +287,29 @@ pub struct Runtime {
 /// share a runtime.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RuntimeSpec {
-    pub deps: Option<Deps>,
-    pub build: Option<Guess<Vec<String>>>,
+    pub(crate) deps: Option<Deps>,
+    pub(crate) build: Option<Guess<Vec<String>>>,
     /// The package manager (`npm`, `pnpm`, `yarn`, `pip`, `uv`, `go`).
-    pub manager: String,
+    pub(crate) manager: String,
     /// `env` of the runtime's unit (`NODE_ENV=production`), besides `PORT`.
-    pub env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Deps {
-    pub argv: Vec<String>,
+pub(crate) struct Deps {
+    pub(crate) argv: Vec<String>,
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
     pub version: Vec<String>,
-    pub why: String,
+    pub(crate) why: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Migrate {
-    pub argv: Vec<String>,
-    pub status: Vec<String>,
+    pub(crate) argv: Vec<String>,
+    pub(crate) status: Vec<String>,
     pub if_exists: String,
-    pub inputs: String,
+    pub(crate) inputs: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -320,7 +320,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Node => "node",
             Kind::Go => "go",
@@ -355,31 +355,31 @@ pub struct Service {
 /// What an existing `*.service` file says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FoundUnit {
-    pub file: String,
-    pub unit_name: String,
-    pub description: Option<String>,
-    pub user: Option<String>,
-    pub group: Option<String>,
-    pub env_files: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub after: Vec<String>,
-    pub wants: Vec<String>,
-    pub exec_start: Option<String>,
-    pub working_directory: Option<String>,
+    pub(crate) file: String,
+    pub(crate) unit_name: String,
+    pub(crate) description: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) group: Option<String>,
+    pub(crate) env_files: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) after: Vec<String>,
+    pub(crate) wants: Vec<String>,
+    pub(crate) exec_start: Option<String>,
+    pub(crate) working_directory: Option<String>,
     /// Environment variables not carried over because they look secret.
-    pub secrets_left_out: Vec<String>,
+    pub(crate) secrets_left_out: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Proxy {
-    pub watch: Guess<String>,
+pub(crate) struct Proxy {
+    pub(crate) watch: Guess<String>,
     /// Ports the configuration proxies to (`proxy_pass`, `server` lines).
-    pub upstream_ports: Vec<u16>,
+    pub(crate) upstream_ports: Vec<u16>,
 }
 
 /// Why `init` wrote nothing.
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum InitError {
+pub(crate) enum InitError {
     #[error("cannot read {path}")]
     #[diagnostic(
         code(moorline::init::unreadable),

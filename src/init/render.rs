@@ -32,7 +32,7 @@ fn why<T>(g: &Guess<T>) -> String {
 }
 
 /// The configuration's text.
-pub fn render(scan: &Scan) -> String {
+pub(crate) fn render(scan: &Scan) -> String {
     let mut o = String::new();
     let project = &scan.project.value;
     let _ = writeln!(
@@ -303,7 +303,7 @@ fn escape_braces(s: &str) -> String {
 
 /// What `init` prints after writing: what it found, what it guessed, what
 /// to check.
-pub fn summary(scan: &Scan) -> String {
+pub(crate) fn summary(scan: &Scan) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "found:");
     for s in &scan.services {

@@ -27,7 +27,7 @@ const MARKERS: &[&str] = &[
 ];
 
 /// What the repository says, as a scan; an error when it has no service.
-pub fn scan(files: &Files) -> Result<Scan, InitError> {
+pub(crate) fn scan(files: &Files) -> Result<Scan, InitError> {
     let mut notes = Vec::new();
     let mut dirs = service_dirs(files, &mut notes);
     let root_marker = MARKERS.iter().find(|m| files.paths.contains(**m));

@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// An open journal file, appending.
-pub struct Lines {
+pub(crate) struct Lines {
     path: PathBuf,
     file: File,
 }
@@ -25,12 +25,12 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// a few short records per action; the cap is far above what moorline
 /// writes and only keeps a file that is no journal from taking the
 /// host's memory.
-pub const JOURNAL_FILE_CAP: u64 = 1024 * 1024 * 1024;
+pub(crate) const JOURNAL_FILE_CAP: u64 = 1024 * 1024 * 1024;
 
 /// The bytes of the journal file at `path`: a regular file of at most
 /// [`JOURNAL_FILE_CAP`] bytes, else an error saying what it is (a missing
 /// file is `NotFound`).
-pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     use crate::json_file::ReadError;
     crate::json_file::read(path, JOURNAL_FILE_CAP).map_err(|e| match e {
         ReadError::Io(e) => e,
@@ -39,14 +39,14 @@ pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// The length of the complete lines of `bytes` (a torn last line cut off).
-pub fn complete_len(bytes: &[u8]) -> usize {
+pub(crate) fn complete_len(bytes: &[u8]) -> usize {
     bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
 }
 
 impl Lines {
     /// Creates `dir/name` (mode 0600; an existing file is an error: a
     /// journal is unfinished) and makes its directory entry durable.
-    pub fn create(dir: &Path, name: &str) -> std::io::Result<Self> {
+    pub(crate) fn create(dir: &Path, name: &str) -> std::io::Result<Self> {
         let path = dir.join(name);
         let file = OpenOptions::new()
             .append(true)
@@ -69,7 +69,7 @@ impl Lines {
     /// the write error is what the caller reports, and a file left behind
     /// has no complete first record, which both readers treat as nothing
     /// begun.
-    pub fn discard(self) {
+    pub(crate) fn discard(self) {
         if fs::remove_file(&self.path).is_ok()
             && let Some(dir) = self.path.parent()
         {
@@ -79,7 +79,7 @@ impl Lines {
 
     /// Reopens `path` for appending; a torn last line is cut off first, so
     /// the next line starts on a line of its own.
-    pub fn reopen(path: PathBuf) -> std::io::Result<Self> {
+    pub(crate) fn reopen(path: PathBuf) -> std::io::Result<Self> {
         // Read first: a path that is not a regular file is refused before
         // it is opened for writing (a FIFO would block that open).
         let bytes = read(&path)?;
@@ -92,7 +92,7 @@ impl Lines {
         Ok(Self { path, file })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -103,20 +103,20 @@ impl Lines {
     }
 
     /// Appends `line` (without its newline) and fsyncs it.
-    pub fn append(&mut self, mut line: Vec<u8>) -> std::io::Result<()> {
+    pub(crate) fn append(&mut self, mut line: Vec<u8>) -> std::io::Result<()> {
         line.push(b'\n');
         self.file.write_all(&line)?;
         self.file.sync_data()
     }
 
     /// The `history/` directory beside the file.
-    pub fn history_dir(&self) -> PathBuf {
+    pub(crate) fn history_dir(&self) -> PathBuf {
         self.path.parent().unwrap_or(Path::new(".")).join("history")
     }
 
     /// Moves the finished file to `history/{id}.jsonl` (created private)
     /// and makes the move durable.
-    pub fn finish(self, id: &str) -> std::io::Result<()> {
+    pub(crate) fn finish(self, id: &str) -> std::io::Result<()> {
         let history = self.history_dir();
         crate::files::private_dir(&history)?;
         fs::rename(&self.path, history.join(format!("{id}.jsonl")))?;

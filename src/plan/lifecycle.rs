@@ -36,7 +36,7 @@ use crate::config::{Config, Service};
 
 /// Which way phases are walked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Order {
+pub(crate) enum Order {
     /// First phase first; a service after those it depends on.
     Forward,
     /// Last phase first; a service before those it depends on.
@@ -45,7 +45,7 @@ pub enum Order {
 
 /// What happens to one service in the phase walk.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Bounce {
+pub(crate) enum Bounce {
     /// Switch `current` to `release` (a release directory) if given, then
     /// restart; its readiness probe follows.
     Restart { release: Option<String> },
@@ -57,25 +57,25 @@ pub enum Bounce {
 
 /// One service in the phase walk, by index into `config.services`.
 #[derive(Debug, Clone)]
-pub struct Walk {
-    pub service: usize,
-    pub bounce: Bounce,
-    pub reason: String,
+pub(crate) struct Walk {
+    pub(crate) service: usize,
+    pub(crate) bounce: Bounce,
+    pub(crate) reason: String,
 }
 
 /// A service stopped before anything else, its `current` link removed:
 /// back to nothing deployed.
 #[derive(Debug, Clone)]
-pub struct Undeploy {
-    pub service: usize,
-    pub reason: String,
+pub(crate) struct Undeploy {
+    pub(crate) service: usize,
+    pub(crate) reason: String,
     /// The `current` link to remove after the stop.
-    pub unlink: String,
+    pub(crate) unlink: String,
 }
 
 /// What happens to one service's unit file before the daemon-reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UnitWrite {
+pub(crate) enum UnitWrite {
     /// Save the installed file and write this one (`install-unit:S`).
     Install { source: UnitSource },
     /// Write a saved file back without saving the current one
@@ -88,18 +88,18 @@ pub enum UnitWrite {
 /// One unit file change. By service name: the apply being undone may have
 /// written the unit of a service that is no longer configured.
 #[derive(Debug, Clone)]
-pub struct UnitFile {
-    pub service: String,
-    pub unit: String,
-    pub write: UnitWrite,
-    pub reason: String,
+pub(crate) struct UnitFile {
+    pub(crate) service: String,
+    pub(crate) unit: String,
+    pub(crate) write: UnitWrite,
+    pub(crate) reason: String,
     /// Enable the unit in the daemon-reload that follows.
-    pub enable: bool,
+    pub(crate) enable: bool,
 }
 
 /// Why the proxy reloads at the end.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProxyReload {
+pub(crate) enum ProxyReload {
     /// Its upstreams changed (and/or its configuration files did, listed):
     /// reloaded after its configuration check.
     Upstreams { config_changed: Vec<String> },
@@ -111,25 +111,25 @@ pub enum ProxyReload {
 /// What a plan changes in what runs; [`Lifecycle::walk`] turns it into
 /// actions.
 #[derive(Debug)]
-pub struct Lifecycle<'a> {
-    pub config: &'a Config,
-    pub order: Order,
+pub(crate) struct Lifecycle<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) order: Order,
     /// Actions already in the graph that every change of what runs waits
     /// for (a deploy's builds and migrations), and the barrier standing for
     /// them where it saves edges: its id and reason.
-    pub after: Vec<usize>,
-    pub after_barrier: Option<(&'a str, &'a str)>,
-    pub undeploy: Vec<Undeploy>,
-    pub units: Vec<UnitFile>,
-    pub walk: Vec<Walk>,
+    pub(crate) after: Vec<usize>,
+    pub(crate) after_barrier: Option<(&'a str, &'a str)>,
+    pub(crate) undeploy: Vec<Undeploy>,
+    pub(crate) units: Vec<UnitFile>,
+    pub(crate) walk: Vec<Walk>,
     /// Restart each phase's infrastructure units before its services
     /// (forward walks only).
-    pub infrastructure: bool,
-    pub proxy: Option<ProxyReload>,
+    pub(crate) infrastructure: bool,
+    pub(crate) proxy: Option<ProxyReload>,
 }
 
 /// The readiness probe of a service after its restart or start.
-pub fn health(s: &Service) -> Action {
+pub(crate) fn health(s: &Service) -> Action {
     let url = ready_url(s);
     Action {
         id: health_id(&s.name),
@@ -150,13 +150,13 @@ pub fn health(s: &Service) -> Action {
 
 /// The id of a service's readiness probe: the action whose success means
 /// the service is up.
-pub fn health_id(service: &str) -> String {
+pub(crate) fn health_id(service: &str) -> String {
     format!("health:{service}")
 }
 
 impl Lifecycle<'_> {
     /// A lifecycle with nothing to do yet.
-    pub fn new(config: &Config, order: Order) -> Lifecycle<'_> {
+    pub(crate) fn new(config: &Config, order: Order) -> Lifecycle<'_> {
         Lifecycle {
             config,
             order,

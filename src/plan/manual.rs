@@ -19,15 +19,15 @@ use crate::git::Rev;
 
 /// One service to restart, optionally switched to a release first.
 #[derive(Debug, Clone)]
-pub struct Switch {
-    pub service: String,
+pub(crate) struct Switch {
+    pub(crate) service: String,
     /// Switch `current` to this release (a revision) before restarting.
-    pub release: Option<String>,
-    pub from_revision: Option<String>,
-    pub reason: String,
+    pub(crate) release: Option<String>,
+    pub(crate) from_revision: Option<String>,
+    pub(crate) reason: String,
     /// A saved unit file to put back first (the unit of the release being
     /// returned to, when the apply being undone changed it).
-    pub unit_restore: Option<String>,
+    pub(crate) unit_restore: Option<String>,
 }
 
 /// A service whose last apply was its first deploy, rolled back: there is
@@ -36,16 +36,16 @@ pub struct Switch {
 /// its `current` link removed, then the unit file that apply installed is
 /// removed (or the one it replaced put back), then one daemon-reload.
 #[derive(Debug, Clone)]
-pub struct Undeploy {
-    pub service: String,
+pub(crate) struct Undeploy {
+    pub(crate) service: String,
     /// The release live now (the one the first deploy made live).
-    pub from_revision: Option<String>,
-    pub unit: UnitUndo,
+    pub(crate) from_revision: Option<String>,
+    pub(crate) unit: UnitUndo,
 }
 
 /// What happens to the unit file of an [`Undeploy`]ed service.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UnitUndo {
+pub(crate) enum UnitUndo {
     /// The first deploy installed it where there was none: removed.
     Remove,
     /// The first deploy replaced this saved file: put back.
@@ -54,26 +54,26 @@ pub enum UnitUndo {
     Keep,
 }
 
-pub struct ManualInputs<'a> {
-    pub config: &'a Config,
-    pub config_text: &'a str,
-    pub env: &'a Environment,
-    pub operation: Operation,
-    pub steps: Vec<Switch>,
-    pub from: Option<Rev>,
-    pub to: Rev,
-    pub state_sha256: Option<String>,
+pub(crate) struct ManualInputs<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) config_text: &'a str,
+    pub(crate) env: &'a Environment,
+    pub(crate) operation: Operation,
+    pub(crate) steps: Vec<Switch>,
+    pub(crate) from: Option<Rev>,
+    pub(crate) to: Rev,
+    pub(crate) state_sha256: Option<String>,
     /// Also restart each phase's infrastructure units, before its services.
-    pub infrastructure: bool,
+    pub(crate) infrastructure: bool,
     /// Services taken back to nothing deployed (a rollback of their first
     /// deploy), before anything else.
-    pub undeploy: Vec<Undeploy>,
+    pub(crate) undeploy: Vec<Undeploy>,
 }
 
 /// Builds the plan: restart (and readiness) for every step, phase by phase
 /// ([`Lifecycle`]): in start order for a restart, in reverse for a
 /// rollback.
-pub fn restarts(inp: ManualInputs<'_>) -> Plan {
+pub(crate) fn restarts(inp: ManualInputs<'_>) -> Plan {
     let config = inp.config;
     let env = inp.env;
     let index = |name: &str| config.services.iter().position(|c| c.name == name);
@@ -264,17 +264,17 @@ pub fn restarts(inp: ManualInputs<'_>) -> Plan {
 }
 
 /// What `moorline start|stop|enable|disable` is asked to do.
-pub struct ServiceOps<'a> {
-    pub config: &'a Config,
-    pub config_text: &'a str,
-    pub env: &'a Environment,
+pub(crate) struct ServiceOps<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) config_text: &'a str,
+    pub(crate) env: &'a Environment,
     /// `Start`, `Stop`, `Enable` or `Disable`.
-    pub operation: Operation,
+    pub(crate) operation: Operation,
     /// The services, in configuration order.
-    pub services: Vec<&'a crate::config::Service>,
+    pub(crate) services: Vec<&'a crate::config::Service>,
     /// The deployed revision (nothing changes it).
-    pub live: Rev,
-    pub state_sha256: Option<String>,
+    pub(crate) live: Rev,
+    pub(crate) state_sha256: Option<String>,
 }
 
 /// The plan of `start`, `stop`, `enable` or `disable`. Start: `start:S`
@@ -284,7 +284,7 @@ pub struct ServiceOps<'a> {
 /// that depend on it. Enable and disable: one action for all the units.
 /// Only the services' own units; infrastructure units and the proxy are
 /// not moorline's to stop.
-pub fn services(inp: ServiceOps<'_>) -> Plan {
+pub(crate) fn services(inp: ServiceOps<'_>) -> Plan {
     let config = inp.config;
     let chosen: BTreeSet<&str> = inp.services.iter().map(|s| s.name.as_str()).collect();
     let verb = match inp.operation {

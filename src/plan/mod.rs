@@ -3,11 +3,11 @@
 //! Renderers are pure functions of it; `apply` executes it. Its JSON form is
 //! the contract documented in docs/plan-format.md.
 
-pub mod deploy;
-pub mod lifecycle;
-pub mod manual;
-pub mod stale;
-pub mod undo;
+pub(crate) mod deploy;
+pub(crate) mod lifecycle;
+pub(crate) mod manual;
+pub(crate) mod stale;
+pub(crate) mod undo;
 
 use std::collections::BTreeMap;
 
@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::git::Rev;
 
-pub use crate::json_file::clip;
-pub use deploy::{ForeignUnit, HostView, Inputs, MigrateCheck, PlanError, build};
+pub(crate) use crate::json_file::clip;
+pub(crate) use deploy::{ForeignUnit, HostView, Inputs, MigrateCheck, build};
 
 /// Version of the JSON contract; bumped on any incompatible change.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 
 /// The largest plan file `apply PLANFILE` and `--reviewed` read (128
 /// MiB), a host's plan or a fleet's. Measured: the first deploy of 2,000
@@ -33,45 +33,45 @@ pub const PLAN_FILE_CAP: u64 = 128 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
-    pub format_version: u32,
+    pub(crate) format_version: u32,
     /// What the plan does: deploy a revision, or roll services back.
-    pub operation: Operation,
-    pub project: String,
-    pub environment: String,
-    pub branch: String,
+    pub(crate) operation: Operation,
+    pub(crate) project: String,
+    pub(crate) environment: String,
+    pub(crate) branch: String,
     /// What is deployed now; `null` on a first deploy.
-    pub from: Option<Rev>,
+    pub(crate) from: Option<Rev>,
     pub to: Rev,
-    pub first_deploy: bool,
+    pub(crate) first_deploy: bool,
     /// `from` is not an ancestor of `to` (`--allow-non-ancestor`).
-    pub non_ancestor: bool,
+    pub(crate) non_ancestor: bool,
     /// SHA-256 over everything the plan was computed from.
     pub fingerprint: String,
-    pub inputs: PlanInputs,
+    pub(crate) inputs: PlanInputs,
     /// Number of paths that changed between `from` and `to`.
-    pub changed_paths: usize,
+    pub(crate) changed_paths: usize,
     /// The environment's `pass-env`: variables of moorline's own
     /// environment that the commands the plan runs receive, besides the
     /// minimal environment every command gets
     /// ([`crate::process::command_env`]). Empty: none.
     #[serde(default)]
-    pub pass_env: Vec<String>,
+    pub(crate) pass_env: Vec<String>,
     /// Every service of the config, in start order.
-    pub services: Vec<ServicePlan>,
+    pub(crate) services: Vec<ServicePlan>,
     /// Topologically ordered; `after` lists direct predecessors.
     pub actions: Vec<Action>,
-    pub rollback: RollbackPlan,
-    pub warnings: Vec<String>,
+    pub(crate) rollback: RollbackPlan,
+    pub(crate) warnings: Vec<String>,
     /// What the plan decided that is worth knowing but needs no action:
     /// a first deploy that takes no backup, a `migrate-status` that could
     /// not run. Absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
     /// Unit files on the host that moorline did not install and would
     /// replace: `apply` refuses the plan until each is adopted (`--adopt`).
     /// Absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conflicts: Vec<UnitConflict>,
+    pub(crate) conflicts: Vec<UnitConflict>,
     /// What the plan does not see: uncommitted changes (modified, deleted,
     /// untracked files) under the config file, service paths and watched
     /// paths, each `path (what)`, and a config file that differs from its
@@ -79,91 +79,91 @@ pub struct Plan {
     /// deployed; `apply` refuses them without `--allow-dirty`. Absent when
     /// the tree is clean.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub uncommitted: Vec<String>,
+    pub(crate) uncommitted: Vec<String>,
     /// The environment's `promote-from` check: whether the source
     /// environment ran `to` healthy. Absent without `promote-from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub promotion: Option<Promotion>,
+    pub(crate) promotion: Option<Promotion>,
 }
 
 /// What a plan knows of its revision's run in the `promote-from` source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Promotion {
+pub(crate) struct Promotion {
     /// The source environment.
-    pub source: String,
+    pub(crate) source: String,
     /// Its latest run of `to` (or of a commit with the same tree), if it
     /// had one; `null`: it never ran it.
-    pub ran: Option<PromotionRun>,
+    pub(crate) ran: Option<PromotionRun>,
     /// Whether that run counts: deployed healthy and not rolled back by hand.
-    pub healthy: bool,
+    pub(crate) healthy: bool,
     /// The check was skipped (`--skip-promotion-check`): `apply` goes on
     /// without a healthy run.
-    pub skipped: bool,
+    pub(crate) skipped: bool,
     /// Commits on this environment's branch that the source's branch lacks
     /// (merges left out), newest first, each `sha summary`; at most 10.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub only_here: Vec<String>,
+    pub(crate) only_here: Vec<String>,
     /// The source's state could not be read, and why (then `ran` is null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unavailable: Option<String>,
+    pub(crate) unavailable: Option<String>,
 }
 
 /// One deploy of the revision in the source environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PromotionRun {
+pub(crate) struct PromotionRun {
     /// The revision it deployed (`to`, or a commit with the same tree).
-    pub revision: String,
+    pub(crate) revision: String,
     /// When its deploy succeeded there (seconds since the epoch); `null`:
     /// before moorline recorded deploy times.
-    pub at: Option<u64>,
+    pub(crate) at: Option<u64>,
     /// When it stopped being the deployed revision there; `null`: it still is.
-    pub until: Option<u64>,
+    pub(crate) until: Option<u64>,
     /// When it was rolled back by hand there, if it was.
-    pub rolled_back_at: Option<u64>,
+    pub(crate) rolled_back_at: Option<u64>,
 }
 
 /// A unit file on the host, at the name a managed service's unit gets,
 /// that the host state does not record as installed by moorline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnitConflict {
-    pub service: String,
-    pub unit: String,
+pub(crate) struct UnitConflict {
+    pub(crate) service: String,
+    pub(crate) unit: String,
     /// The file on the host.
-    pub path: String,
+    pub(crate) path: String,
     /// Why it is not moorline's, and how to go on.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// What the plan was computed from; the fingerprint is a hash of this.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlanInputs {
-    pub moorline_version: String,
-    pub config_sha256: String,
+pub(crate) struct PlanInputs {
+    pub(crate) moorline_version: String,
+    pub(crate) config_sha256: String,
     /// `null`: no state on the host (nothing deployed, or not on the host).
-    pub state_sha256: Option<String>,
+    pub(crate) state_sha256: Option<String>,
     /// Where the baseline unit files came from: `host`, `config@<sha>` or `none`.
-    pub units_source: String,
+    pub(crate) units_source: String,
     /// Unit name → SHA-256 of the baseline unit file (`null`: none).
-    pub units: BTreeMap<String, Option<String>>,
-    pub allow_non_ancestor: bool,
+    pub(crate) units: BTreeMap<String, Option<String>>,
+    pub(crate) allow_non_ancestor: bool,
     /// Services whose hand-written unit file the plan adopts (`--adopt`),
     /// sorted. Absent when none, so plans without adoption keep their
     /// fingerprints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub adopt: Vec<String>,
+    pub(crate) adopt: Vec<String>,
     /// Deployed services whose `migrate-status` reported pending
     /// migrations on the host, sorted. Absent when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pending_migrations: Vec<String>,
+    pub(crate) pending_migrations: Vec<String>,
     /// The plan was made with `--skip-promotion-check`, so a saved plan
     /// is applied without it as reviewed. Absent when not.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub skip_promotion_check: bool,
+    pub(crate) skip_promotion_check: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Operation {
+pub(crate) enum Operation {
     Deploy,
     Rollback,
     Restart,
@@ -176,7 +176,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Deploy => "apply",
             Self::Rollback => "rollback",
@@ -190,7 +190,7 @@ impl Operation {
 
     /// `start`, `stop`, `enable`, `disable`: a failure is reported, not
     /// rolled back, and the state is not touched.
-    pub fn is_unit_op(self) -> bool {
+    pub(crate) fn is_unit_op(self) -> bool {
         matches!(
             self,
             Self::Start | Self::Stop | Self::Enable | Self::Disable
@@ -200,7 +200,7 @@ impl Operation {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum ActionKind {
+pub(crate) enum ActionKind {
     Backup,
     Build,
     Migrate,
@@ -228,7 +228,7 @@ pub enum ActionKind {
 }
 
 impl ActionKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Backup => "backup",
             Self::Build => "build",
@@ -249,7 +249,7 @@ impl ActionKind {
     }
 
     /// Whether the action changes what is live (as opposed to preparing).
-    pub fn is_live(self) -> bool {
+    pub(crate) fn is_live(self) -> bool {
         matches!(
             self,
             Self::InstallUnit
@@ -269,14 +269,14 @@ impl ActionKind {
 /// A command an action runs: its argv and how long it may take (filled in
 /// by the planner from the configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Command {
+pub(crate) struct Command {
     pub argv: Vec<String>,
-    pub timeout_secs: u64,
+    pub(crate) timeout_secs: u64,
 }
 
 /// Where the text of an installed unit file comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UnitSource {
+pub(crate) enum UnitSource {
     /// Rendered from the service's `unit` block.
     Config,
     /// A file saved before an earlier apply replaced it (a rollback).
@@ -286,7 +286,7 @@ pub enum UnitSource {
 /// What an action does, with exactly the fields its kind needs; the
 /// planner fills every one (defaults included), the executor reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// The configured backup; `command` as written (`{backup}` and
     /// `{root}` are resolved when it runs).
     Backup {
@@ -363,7 +363,7 @@ pub enum Step {
 }
 
 impl Step {
-    pub fn kind(&self) -> ActionKind {
+    pub(crate) fn kind(&self) -> ActionKind {
         match self {
             Self::Backup { .. } => ActionKind::Backup,
             Self::Build { .. } => ActionKind::Build,
@@ -384,7 +384,7 @@ impl Step {
     }
 
     /// The one systemd unit the action acts on, if it acts on one.
-    pub fn unit(&self) -> Option<&str> {
+    pub(crate) fn unit(&self) -> Option<&str> {
         match self {
             Self::InstallUnit { unit, .. }
             | Self::Restart { unit, .. }
@@ -402,7 +402,7 @@ impl Step {
 /// How a restart or start is confirmed before its action ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Settle {
+pub(crate) enum Settle {
     /// The service's readiness probe (`health:S`) follows and holds the
     /// unit to the settle window while it polls: the action ends when the
     /// job completes and the unit is active, so a settle window never
@@ -421,16 +421,16 @@ pub enum Settle {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "WireAction", try_from = "WireAction")]
 pub struct Action {
-    pub id: String,
-    pub service: Option<String>,
-    pub phase: Option<String>,
-    pub reason: String,
-    pub after: Vec<String>,
-    pub step: Step,
+    pub(crate) id: String,
+    pub(crate) service: Option<String>,
+    pub(crate) phase: Option<String>,
+    pub(crate) reason: String,
+    pub(crate) after: Vec<String>,
+    pub(crate) step: Step,
 }
 
 impl Action {
-    pub fn kind(&self) -> ActionKind {
+    pub(crate) fn kind(&self) -> ActionKind {
         self.step.kind()
     }
 }
@@ -651,7 +651,7 @@ impl TryFrom<WireAction> for Action {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum ServiceChange {
+pub(crate) enum ServiceChange {
     /// Nothing happens to it.
     Unchanged,
     /// A new release is built and switched to.
@@ -665,7 +665,7 @@ pub enum ServiceChange {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum UnitChange {
+pub(crate) enum UnitChange {
     /// Managed by hand (no `unit` block).
     Unmanaged,
     Unchanged,
@@ -681,34 +681,34 @@ pub enum UnitChange {
 
 impl UnitChange {
     /// Whether the plan writes the unit file.
-    pub fn installs(self) -> bool {
+    pub(crate) fn installs(self) -> bool {
         matches!(self, Self::New | Self::Changed | Self::Adopt)
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServicePlan {
-    pub name: String,
-    pub phase: String,
-    pub unit: String,
-    pub change: ServiceChange,
-    pub migrate: bool,
-    pub unit_change: UnitChange,
+pub(crate) struct ServicePlan {
+    pub(crate) name: String,
+    pub(crate) phase: String,
+    pub(crate) unit: String,
+    pub(crate) change: ServiceChange,
+    pub(crate) migrate: bool,
+    pub(crate) unit_change: UnitChange,
     /// Live revision before / after.
-    pub from_revision: Option<String>,
-    pub to_revision: Option<String>,
-    pub reasons: Vec<String>,
+    pub(crate) from_revision: Option<String>,
+    pub(crate) to_revision: Option<String>,
+    pub(crate) reasons: Vec<String>,
     /// The first few changed paths that affect it, and how many in all.
-    pub changed_paths: Vec<String>,
-    pub changed_count: usize,
+    pub(crate) changed_paths: Vec<String>,
+    pub(crate) changed_count: usize,
     /// Unified diff of the unit file, secrets redacted.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub unit_diff: Option<String>,
+    pub(crate) unit_diff: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum RollbackKind {
+pub(crate) enum RollbackKind {
     /// Nothing would change: nothing to roll back.
     Nothing,
     /// No previous release exists (first deploy).
@@ -722,10 +722,10 @@ pub enum RollbackKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RollbackPlan {
-    pub kind: RollbackKind,
-    pub services: Vec<String>,
-    pub summary: String,
+pub(crate) struct RollbackPlan {
+    pub(crate) kind: RollbackKind,
+    pub(crate) services: Vec<String>,
+    pub(crate) summary: String,
 }
 
 /// A plan that builds nothing (a rollback, a restart, start/stop/enable/
@@ -734,21 +734,21 @@ pub struct RollbackPlan {
 /// (a field that tells otherwise equal plans apart, such as the apply a
 /// rollback undoes).
 pub(crate) struct Unbuilt<'a> {
-    pub operation: Operation,
-    pub project: String,
-    pub environment: String,
-    pub branch: String,
-    pub from: Option<Rev>,
-    pub to: Rev,
-    pub config_sha256: String,
-    pub state_sha256: Option<String>,
-    pub services: Vec<ServicePlan>,
-    pub actions: Vec<Action>,
-    pub rollback: RollbackPlan,
-    pub warnings: Vec<String>,
-    pub salt: Option<(&'a str, &'a str)>,
+    pub(crate) operation: Operation,
+    pub(crate) project: String,
+    pub(crate) environment: String,
+    pub(crate) branch: String,
+    pub(crate) from: Option<Rev>,
+    pub(crate) to: Rev,
+    pub(crate) config_sha256: String,
+    pub(crate) state_sha256: Option<String>,
+    pub(crate) services: Vec<ServicePlan>,
+    pub(crate) actions: Vec<Action>,
+    pub(crate) rollback: RollbackPlan,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) salt: Option<(&'a str, &'a str)>,
     /// The environment's `pass-env`.
-    pub pass_env: Vec<String>,
+    pub(crate) pass_env: Vec<String>,
 }
 
 impl Unbuilt<'_> {
@@ -804,16 +804,16 @@ impl Unbuilt<'_> {
 
 impl Plan {
     /// Whether applying the plan would do anything.
-    pub fn has_changes(&self) -> bool {
+    pub(crate) fn has_changes(&self) -> bool {
         !self.actions.is_empty()
     }
 
     /// Whether unit files moorline did not install stand in its way.
-    pub fn has_conflicts(&self) -> bool {
+    pub(crate) fn has_conflicts(&self) -> bool {
         !self.conflicts.is_empty()
     }
 
-    pub fn action(&self, id: &str) -> Option<&Action> {
+    pub(crate) fn action(&self, id: &str) -> Option<&Action> {
         self.actions.iter().find(|a| a.id == id)
     }
 }
@@ -827,7 +827,7 @@ impl Plan {
 /// pull request's test merge and the merge commit that was pushed): the
 /// reviewed commit is read as this one wherever it appears (release
 /// directories, commands), and only what happens is compared.
-pub fn review_differences(reviewed: &Plan, here: &Plan, same_target: bool) -> Vec<String> {
+pub(crate) fn review_differences(reviewed: &Plan, here: &Plan, same_target: bool) -> Vec<String> {
     let mut out = Vec::new();
     if reviewed.environment != here.environment || reviewed.project != here.project {
         out.push(format!(
@@ -909,13 +909,13 @@ pub fn review_differences(reviewed: &Plan, here: &Plan, same_target: bool) -> Ve
 /// The `format_version` of a plan file read as JSON, shown, when it is not
 /// the one this moorline writes (missing, another number, not a number);
 /// `None` when it is ours. Checked before the rest of the file is read.
-pub fn foreign_format_version(plan: &serde_json::Value) -> Option<String> {
+pub(crate) fn foreign_format_version(plan: &serde_json::Value) -> Option<String> {
     crate::json_file::foreign_version(plan, FORMAT_VERSION)
 }
 
 /// A deploy plan's fingerprint: SHA-256 over the canonical JSON of what it
 /// was computed from (the revisions and [`PlanInputs`]).
-pub fn fingerprint(
+pub(crate) fn fingerprint(
     project: &str,
     environment: &str,
     from: Option<&str>,
@@ -944,7 +944,7 @@ pub fn fingerprint(
 }
 
 /// Shortens a SHA for display.
-pub fn short(sha: &str) -> &str {
+pub(crate) fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
 

@@ -10,7 +10,7 @@ use super::{Operation, Plan, fingerprint, short};
 
 /// What moved between `saved` and `fresh`, one reason per input, most
 /// fundamental first. Empty when the two plans are the same plan.
-pub fn what_moved(saved: &Plan, fresh: &Plan) -> Vec<String> {
+pub(crate) fn what_moved(saved: &Plan, fresh: &Plan) -> Vec<String> {
     let mut moved = Vec::new();
     let (a, b) = (&saved.inputs, &fresh.inputs);
     // A deploy plan's fingerprint is a hash of its own fields: when they

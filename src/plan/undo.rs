@@ -30,24 +30,24 @@ use crate::release::Paths;
 /// undo. The journal produces it (`journal::effects`); the planner never
 /// reads journal records itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Effects {
+pub(crate) struct Effects {
     /// Each service switched to a new release, and the release it came
     /// from (`None`: it had none, a first deploy).
-    pub switched: BTreeMap<String, Option<String>>,
+    pub(crate) switched: BTreeMap<String, Option<String>>,
     /// Each unit file the apply replaced: its service, and where the file
     /// it replaced was saved (`None`: there was none).
-    pub replaced: BTreeMap<String, (String, Option<String>)>,
+    pub(crate) replaced: BTreeMap<String, (String, Option<String>)>,
     /// Services whose restart began.
-    pub restarted: BTreeSet<String>,
+    pub(crate) restarted: BTreeSet<String>,
     /// The apply reloaded the proxy.
-    pub proxy_reloaded: bool,
+    pub(crate) proxy_reloaded: bool,
     /// Services whose migrations ran.
-    pub migrated: Vec<String>,
+    pub(crate) migrated: Vec<String>,
 }
 
 /// The rollback plan of `failed` (apply `apply_id`), from what it changed.
 /// Empty (no actions) when nothing live changed.
-pub fn build(
+pub(crate) fn build(
     failed: &Plan,
     apply_id: &str,
     effects: &Effects,

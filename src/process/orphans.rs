@@ -18,30 +18,30 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// How long a group has after SIGTERM before it gets SIGKILL.
-pub const STOP_GRACE: Duration = super::DRAIN_GRACE;
+pub(crate) const STOP_GRACE: Duration = super::DRAIN_GRACE;
 
 /// A started command's process group, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Group {
+pub(crate) struct Group {
     /// The group's id: the command's pid (it leads its own group).
-    pub pgid: u32,
+    pub(crate) pgid: u32,
     /// When the leader started, in clock ticks since boot
     /// (`/proc/PID/stat` field 22).
-    pub start_time: u64,
+    pub(crate) start_time: u64,
     /// The leader's session (moorline's own).
-    pub session: u32,
+    pub(crate) session: u32,
     /// `/proc/sys/kernel/random/boot_id`: after a reboot nothing recorded
     /// before it runs.
-    pub boot_id: String,
+    pub(crate) boot_id: String,
 }
 
 /// Records a started command's group durably; an error stops the command.
-pub type Recorder = Arc<dyn Fn(&Group) -> Result<(), RecordError> + Send + Sync>;
+pub(crate) type Recorder = Arc<dyn Fn(&Group) -> Result<(), RecordError> + Send + Sync>;
 
 /// Why a started command's group was not recorded (the command is then
 /// stopped).
 #[derive(Debug, thiserror::Error)]
-pub enum RecordError {
+pub(crate) enum RecordError {
     #[error("reading /proc/{leader}/stat: {error}")]
     Identify { leader: u32, error: std::io::Error },
     #[error("the command ended before its pid was known")]
@@ -60,7 +60,7 @@ tokio::task_local! {
 
 /// Runs `f` with every command it starts (through [`super::run`], in
 /// this task) recorded by `recorder` before its output is read.
-pub async fn recorded<F: Future>(recorder: Recorder, f: F) -> F::Output {
+pub(crate) async fn recorded<F: Future>(recorder: Recorder, f: F) -> F::Output {
     RECORDER.scope(recorder, f).await
 }
 
@@ -105,7 +105,7 @@ fn boot_id() -> std::io::Result<String> {
 
 /// The group `pid` leads, read from /proc (the process was just started
 /// and not yet waited for, so it is there, at worst as a zombie).
-pub fn identify(pid: u32) -> std::io::Result<Group> {
+pub(crate) fn identify(pid: u32) -> std::io::Result<Group> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).and_then(|t| {
         parse_stat(&t).ok_or_else(|| std::io::Error::other(format!("cannot parse {path}")))
@@ -162,7 +162,7 @@ fn signal_group(pgid: u32, sig: rustix::process::Signal) {
 /// Stops the recorded groups that still run: SIGTERM, up to `grace` to
 /// end, then SIGKILL. Returns the labels and group ids of those it found
 /// running.
-pub async fn stop(groups: Vec<(String, Group)>, grace: Duration) -> Vec<(String, u32)> {
+pub(crate) async fn stop(groups: Vec<(String, Group)>, grace: Duration) -> Vec<(String, u32)> {
     let Ok(boot) = boot_id() else {
         return Vec::new();
     };

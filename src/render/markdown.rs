@@ -16,7 +16,7 @@ use crate::plan::{Operation, Plan, ServiceChange, short};
 /// commit subject `<!--` would otherwise hide the rest of the comment, and
 /// `</details>` close a section), and invisible characters shown escaped
 /// ([`crate::visible`]).
-pub fn cell(s: &str) -> String {
+pub(crate) fn cell(s: &str) -> String {
     crate::visible::escape(&s.replace(['\n', '\r'], " "))
         .replace('|', "\\|")
         .replace('<', "&lt;")
@@ -31,7 +31,7 @@ fn fence(body: &str) -> String {
 }
 
 /// Renders the plan as a Markdown comment.
-pub fn markdown(plan: &Plan) -> String {
+pub(crate) fn markdown(plan: &Plan) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,

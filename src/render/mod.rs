@@ -7,20 +7,20 @@ use std::fmt::Write as _;
 mod markdown;
 mod text;
 
-pub use markdown::{cell as markdown_cell, markdown};
-pub use text::text;
+pub(crate) use markdown::{cell as markdown_cell, markdown};
+pub(crate) use text::text;
 
 use crate::plan::{Operation, Plan, ServiceChange, UnitChange, short};
 
 /// The JSON contract (docs/plan-format.md), pretty-printed, newline-ended.
-pub fn json(plan: &Plan) -> String {
+pub(crate) fn json(plan: &Plan) -> String {
     let mut s = serde_json::to_string_pretty(plan).unwrap_or_else(|_| "{}".to_owned());
     s.push('\n');
     s
 }
 
 /// The action graph as Graphviz DOT; nodes coloured by kind.
-pub fn dot(plan: &Plan) -> String {
+pub(crate) fn dot(plan: &Plan) -> String {
     let mut out = format!(
         "digraph \"{}/{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
         esc_dot(&plan.project),
@@ -56,7 +56,7 @@ fn esc_dot(s: &str) -> String {
 }
 
 /// One-line summary shared by the text and Markdown renderers.
-pub fn summary(plan: &Plan) -> String {
+pub(crate) fn summary(plan: &Plan) -> String {
     let conflicts = plural(
         plan.conflicts.len(),
         "unit file conflict (apply refuses until it is adopted)",
@@ -132,7 +132,7 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 /// What happens to a service, in a few words.
 /// `operation` is the plan's: in a rollback plan a service switched to
 /// another release rolls back rather than deploys.
-pub fn change_words(operation: Operation, s: &crate::plan::ServicePlan) -> String {
+pub(crate) fn change_words(operation: Operation, s: &crate::plan::ServicePlan) -> String {
     let mut words = Vec::new();
     match s.change {
         ServiceChange::Deploy if operation == Operation::Rollback => words.push("roll back"),
@@ -156,7 +156,7 @@ pub fn change_words(operation: Operation, s: &crate::plan::ServicePlan) -> Strin
 }
 
 /// What kind of plan it is, for its title: "Plan", "Rollback plan", "Restart plan".
-pub fn kind_words(plan: &Plan) -> &'static str {
+pub(crate) fn kind_words(plan: &Plan) -> &'static str {
     match plan.operation {
         Operation::Deploy => "Plan",
         Operation::Rollback => "Rollback plan",
@@ -170,7 +170,7 @@ pub fn kind_words(plan: &Plan) -> &'static str {
 
 /// The releases a rollback plan returns to: one kept release, or several.
 /// `code` formats a short SHA (plain, or as Markdown code).
-pub fn rollback_target(plan: &Plan, code: impl Fn(&str) -> String) -> String {
+pub(crate) fn rollback_target(plan: &Plan, code: impl Fn(&str) -> String) -> String {
     let mut targets: Vec<&str> = plan
         .services
         .iter()
@@ -188,7 +188,7 @@ pub fn rollback_target(plan: &Plan, code: impl Fn(&str) -> String) -> String {
 
 /// "N paths changed", or what stands in for it on a first deploy (nothing is
 /// compared, so a count of 0 would mislead).
-pub fn changed_words(plan: &Plan) -> String {
+pub(crate) fn changed_words(plan: &Plan) -> String {
     if plan.operation == Operation::Rollback {
         "kept releases, no rebuild".to_owned()
     } else if plan.operation == Operation::Restart || plan.operation.is_unit_op() {
@@ -202,7 +202,7 @@ pub fn changed_words(plan: &Plan) -> String {
 
 /// What the environment's `pass-env` lets through, for people: `None`
 /// without one (commands then get only the minimal environment).
-pub fn pass_env_words(plan: &Plan, fmt: impl Fn(&str) -> String) -> Option<String> {
+pub(crate) fn pass_env_words(plan: &Plan, fmt: impl Fn(&str) -> String) -> Option<String> {
     (!plan.pass_env.is_empty()).then(|| {
         let names: Vec<String> = plan.pass_env.iter().map(|n| fmt(n)).collect();
         format!(
@@ -217,7 +217,7 @@ const AFTER_SHOWN: usize = 4;
 
 /// An action's `after` list for people: long lists (every build before the
 /// first live change) are cut, the JSON and DOT keep them whole.
-pub fn after_words(after: &[String], fmt: impl Fn(&str) -> String) -> String {
+pub(crate) fn after_words(after: &[String], fmt: impl Fn(&str) -> String) -> String {
     let shown: Vec<String> = after.iter().take(AFTER_SHOWN).map(|a| fmt(a)).collect();
     let mut s = shown.join(", ");
     if after.len() > AFTER_SHOWN {

@@ -42,7 +42,7 @@ impl Paint {
 }
 
 /// Renders the plan for a terminal.
-pub fn text(plan: &Plan, color: bool) -> String {
+pub(crate) fn text(plan: &Plan, color: bool) -> String {
     let p = Paint { on: color };
     let mut out = String::new();
     let from = plan.from.as_ref().map_or_else(

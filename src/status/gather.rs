@@ -29,7 +29,7 @@ struct Host {
 }
 
 /// Reads the host and computes the status of every service, infrastructure unit and the proxy.
-pub async fn gather(t: &Target, sd: &Systemd, options: Options) -> miette::Result<Status> {
+pub(crate) async fn gather(t: &Target, sd: &Systemd, options: Options) -> miette::Result<Status> {
     let config = t.config();
     let loaded = state::load(&t.state_dir, &config.project.name, &t.env.name)?;
     let tip = t.repo.branch_tip(&t.env.branch).ok().map(|r| r.sha);

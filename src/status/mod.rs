@@ -54,14 +54,14 @@ mod drift;
 mod gather;
 mod render;
 
-pub use gather::gather;
-pub use render::{is_ok, json, now_us, text};
+pub(crate) use gather::gather;
+pub(crate) use render::{is_ok, json, now_us, text};
 
 /// Version of the JSON shape above; bumped on any incompatible change.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum StatusError {
+pub(crate) enum StatusError {
     #[error("cannot read the state of {unit} from systemd")]
     #[diagnostic(
         code(moorline::status::systemd),
@@ -83,7 +83,7 @@ pub enum StatusError {
 /// Why something counts as drifted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum DriftKind {
+pub(crate) enum DriftKind {
     /// The installed unit file's SHA-256 differs from what moorline installed (state).
     UnitFileEdited,
     /// The installed unit file differs from what the current configuration renders.
@@ -109,97 +109,97 @@ impl DriftKind {
     /// Whether `status --check` fails on it without `--fail-behind`: what
     /// an operator must act on. Running behind the branch (between a merge
     /// and its deploy, or after a deliberate rollback) is reported only.
-    pub fn fails_check(self) -> bool {
+    pub(crate) fn fails_check(self) -> bool {
         !matches!(self, Self::BehindBranch | Self::RolledBack)
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Drift {
-    pub kind: DriftKind,
-    pub detail: String,
+pub(crate) struct Drift {
+    pub(crate) kind: DriftKind,
+    pub(crate) detail: String,
 }
 
 /// A unit reported by its active state only (infrastructure units, the proxy).
 #[derive(Debug, Clone, Serialize)]
-pub struct UnitState {
-    pub unit: String,
-    pub active_state: ActiveState,
-    pub sub_state: String,
-    pub ok: bool,
+pub(crate) struct UnitState {
+    pub(crate) unit: String,
+    pub(crate) active_state: ActiveState,
+    pub(crate) sub_state: String,
+    pub(crate) ok: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Release {
-    pub revision: String,
-    pub short: String,
+pub(crate) struct Release {
+    pub(crate) revision: String,
+    pub(crate) short: String,
     /// Seconds since the release directory was last modified (built).
-    pub age_secs: Option<u64>,
+    pub(crate) age_secs: Option<u64>,
 }
 
-pub use crate::migrations::{MigrationState, Migrations};
+pub(crate) use crate::migrations::{MigrationState, Migrations};
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ServiceStatus {
-    pub name: String,
-    pub unit: String,
-    pub phase: String,
-    pub load_state: String,
-    pub active_state: ActiveState,
-    pub sub_state: String,
-    pub result: String,
-    pub since: Option<String>,
-    pub since_us: u64,
-    pub unit_file_state: String,
-    pub release: Option<Release>,
-    pub liveness: Probe,
-    pub readiness: Probe,
-    pub migrations: Option<Migrations>,
-    pub drift: Vec<Drift>,
-    pub healthy: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PhaseStatus {
-    pub name: String,
-    pub units: Vec<UnitState>,
-    pub services: Vec<ServiceStatus>,
+pub(crate) struct ServiceStatus {
+    pub(crate) name: String,
+    pub(crate) unit: String,
+    pub(crate) phase: String,
+    pub(crate) load_state: String,
+    pub(crate) active_state: ActiveState,
+    pub(crate) sub_state: String,
+    pub(crate) result: String,
+    pub(crate) since: Option<String>,
+    pub(crate) since_us: u64,
+    pub(crate) unit_file_state: String,
+    pub(crate) release: Option<Release>,
+    pub(crate) liveness: Probe,
+    pub(crate) readiness: Probe,
+    pub(crate) migrations: Option<Migrations>,
+    pub(crate) drift: Vec<Drift>,
+    pub(crate) healthy: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    pub services: usize,
-    pub healthy: usize,
-    pub unhealthy: usize,
-    pub drifted: usize,
+pub(crate) struct PhaseStatus {
+    pub(crate) name: String,
+    pub(crate) units: Vec<UnitState>,
+    pub(crate) services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Summary {
+    pub(crate) services: usize,
+    pub(crate) healthy: usize,
+    pub(crate) unhealthy: usize,
+    pub(crate) drifted: usize,
 }
 
 /// Everything `moorline status` reports.
 #[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    pub format_version: u32,
-    pub project: String,
-    pub environment: String,
-    pub branch: String,
-    pub branch_tip: Option<String>,
-    pub deployed: Option<String>,
-    pub drift: Vec<Drift>,
-    pub phases: Vec<PhaseStatus>,
-    pub proxy: Option<UnitState>,
-    pub summary: Summary,
+pub(crate) struct Status {
+    pub(crate) format_version: u32,
+    pub(crate) project: String,
+    pub(crate) environment: String,
+    pub(crate) branch: String,
+    pub(crate) branch_tip: Option<String>,
+    pub(crate) deployed: Option<String>,
+    pub(crate) drift: Vec<Drift>,
+    pub(crate) phases: Vec<PhaseStatus>,
+    pub(crate) proxy: Option<UnitState>,
+    pub(crate) summary: Summary,
     /// Every service healthy, every unit active, no environment drift
     /// that fails the check (behind the branch and rolled back by hand
     /// count only with `fail_behind`).
-    pub ok: bool,
+    pub(crate) ok: bool,
 }
 
 /// What to gather besides the always-on checks.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Options {
-    pub migrations: bool,
+pub(crate) struct Options {
+    pub(crate) migrations: bool,
     /// `--fail-behind`: being behind the branch, or rolled back by hand,
     /// fails the check too.
-    pub fail_behind: bool,
+    pub(crate) fail_behind: bool,
 }
 
 fn short(sha: &str) -> &str {

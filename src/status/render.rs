@@ -8,12 +8,12 @@ use crate::health::Probe;
 use crate::systemd::ActiveState;
 
 /// `--check`: whether everything is healthy and nothing drifted.
-pub fn is_ok(s: &Status) -> bool {
+pub(crate) fn is_ok(s: &Status) -> bool {
     s.ok
 }
 
 /// The status as pretty JSON (the documented shape above), newline-terminated.
-pub fn json(s: &Status) -> String {
+pub(crate) fn json(s: &Status) -> String {
     let mut out = serde_json::to_string_pretty(s).unwrap_or_else(|e| {
         serde_json::json!({"error": format!("cannot serialise the status: {e}")}).to_string()
     });
@@ -44,7 +44,7 @@ fn probe_cell(p: &Probe) -> String {
 
 /// The status as a table grouped by phase, then environment drift and a summary line.
 /// `now_us` makes ages deterministic for tests.
-pub fn text(s: &Status, now_us: u64) -> String {
+pub(crate) fn text(s: &Status, now_us: u64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -216,7 +216,7 @@ fn migration_str(m: MigrationState) -> &'static str {
 }
 
 /// Now in µs since the epoch, for [`text`].
-pub fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))

@@ -39,8 +39,9 @@ impl Edit {
 }
 
 impl Fixture {
+    #[cfg(test)]
     /// Create branch `new` at `from_rev` (a branch, SHA or any revspec).
-    pub fn branch_from(&self, new: &str, from_rev: &str) -> Result<(), FixtureError> {
+    pub(crate) fn branch_from(&self, new: &str, from_rev: &str) -> Result<(), FixtureError> {
         let repo = self.open()?;
         let commit = repo
             .revparse_single(from_rev)

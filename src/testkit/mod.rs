@@ -8,6 +8,6 @@
 //!   (`crate::demo::fixture`) and private managers (`crate::demo::sandbox`).
 
 pub mod deadline;
-pub mod fixture;
+pub(crate) mod fixture;
 pub mod hosts;
-pub mod sandbox;
+pub(crate) mod sandbox;

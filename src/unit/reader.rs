@@ -14,7 +14,7 @@ use std::ops::Range;
 
 /// systemd's `LONG_LINE_MAX`: a longer line (or continued line) makes the
 /// whole file fail to load.
-pub const LONG_LINE_MAX: usize = 1024 * 1024;
+pub(crate) const LONG_LINE_MAX: usize = 1024 * 1024;
 
 /// systemd's `WHITESPACE`: what it strips around keys and values and what
 /// separates words.
@@ -22,7 +22,7 @@ const WHITESPACE: &[char] = &[' ', '\t', '\n', '\r'];
 
 /// Why a unit file or a value does not read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     #[error("line {0}: longer than systemd's limit of {LONG_LINE_MAX} bytes")]
     TooLong(usize),
     #[error("line {0}: invalid section header")]
@@ -55,28 +55,28 @@ pub enum ReadError {
 
 /// One logical line: physical lines joined by trailing backslashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Logical {
+pub(crate) struct Logical {
     /// The joined text (each joining backslash replaced by a space, as
     /// systemd does), not yet stripped.
-    pub text: String,
+    pub(crate) text: String,
     /// Physical lines (0-based) it was read from, comments inside included.
-    pub lines: Range<usize>,
+    pub(crate) lines: Range<usize>,
 }
 
 /// One `Key=Value` assignment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub section: String,
-    pub key: String,
+pub(crate) struct Entry {
+    pub(crate) section: String,
+    pub(crate) key: String,
     /// Raw value: whitespace around it stripped, nothing decoded.
-    pub value: String,
-    pub lines: Range<usize>,
+    pub(crate) value: String,
+    pub(crate) lines: Range<usize>,
 }
 
 /// Splits text into physical lines as systemd's `read_line()` does: `\n`,
 /// `\r`, `\0` and their combinations (`\r\n`, `\n\r`, `\r\n\0`, …) each end
 /// one line; a NUL always ends it.
-pub fn physical_lines(text: &str) -> Vec<&str> {
+pub(crate) fn physical_lines(text: &str) -> Vec<&str> {
     const NUL: u8 = 1;
     const LF: u8 = 2;
     const CR: u8 = 4;
@@ -114,7 +114,7 @@ pub fn physical_lines(text: &str) -> Vec<&str> {
 /// line whose first non-blank character is `#` or `;` is a comment (also
 /// inside a continuation), and a line ending in an unescaped backslash is
 /// continued by the next non-comment line.
-pub fn logical_lines(text: &str) -> Result<Vec<Logical>, ReadError> {
+pub(crate) fn logical_lines(text: &str) -> Result<Vec<Logical>, ReadError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
     let mut continuation: Option<(String, usize)> = None;
@@ -160,7 +160,7 @@ pub fn logical_lines(text: &str) -> Result<Vec<Logical>, ReadError> {
 
 /// `Key=Value` of one logical line (both stripped), `None` for a blank line
 /// or a section header.
-pub fn split_assignment(line: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_assignment(line: &str) -> Option<(&str, &str)> {
     let l = line.trim_matches(WHITESPACE);
     if l.is_empty() || l.starts_with('[') {
         return None;
@@ -170,7 +170,7 @@ pub fn split_assignment(line: &str) -> Option<(&str, &str)> {
 }
 
 /// Every assignment of a unit file, in order, with its section.
-pub fn parse(text: &str) -> Result<Vec<Entry>, ReadError> {
+pub(crate) fn parse(text: &str) -> Result<Vec<Entry>, ReadError> {
     let mut section: Option<String> = None;
     let mut out = Vec::new();
     for logical in logical_lines(text)? {
@@ -206,7 +206,7 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, ReadError> {
 
 /// Resolves `%%` to `%`; any other specifier is an error (moorline never
 /// writes one, and what it would expand to depends on the host).
-pub fn unescape_specifiers(s: &str) -> Result<String, ReadError> {
+pub(crate) fn unescape_specifiers(s: &str) -> Result<String, ReadError> {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
@@ -227,7 +227,7 @@ pub fn unescape_specifiers(s: &str) -> Result<String, ReadError> {
 /// `EXTRACT_UNQUOTE|EXTRACT_CUNESCAPE`: whitespace separates words, single
 /// or double quotes group (and are removed), C-style escapes are decoded
 /// inside and outside quotes.
-pub fn words(s: &str) -> Result<Vec<String>, ReadError> {
+pub(crate) fn words(s: &str) -> Result<Vec<String>, ReadError> {
     let mut out = Vec::new();
     let mut rest = s;
     while let Some((w, r)) = next_word(rest)? {
@@ -310,7 +310,7 @@ fn cunescape_one(s: &str) -> Result<(char, usize), ReadError> {
 
 /// Decodes an `Environment=` value: its words (quotes and escapes
 /// removed), specifiers resolved, each split at its first `=`.
-pub fn environment(value: &str) -> Result<Vec<(String, String)>, ReadError> {
+pub(crate) fn environment(value: &str) -> Result<Vec<(String, String)>, ReadError> {
     words(value)?
         .into_iter()
         .map(|w| {
@@ -326,7 +326,7 @@ pub fn environment(value: &str) -> Result<Vec<(String, String)>, ReadError> {
 /// Decodes an `ExecStart=` value into the argv the process receives: one
 /// command (a `;` separator is an error), no prefix on the program,
 /// specifiers resolved, `$$` → `$` (any variable reference is an error).
-pub fn exec(value: &str) -> Result<Vec<String>, ReadError> {
+pub(crate) fn exec(value: &str) -> Result<Vec<String>, ReadError> {
     let mut argv = Vec::new();
     let mut rest = value.trim_start_matches(WHITESPACE);
     loop {

@@ -174,7 +174,7 @@ fn settle_window(settle: Settle) -> Duration {
 ///
 /// The job itself runs under a permit of [`unit_jobs`]; the confirmation
 /// does not, so a settle window never keeps another restart waiting.
-pub async fn restart_confirmed(
+pub(crate) async fn restart_confirmed(
     sd: &Systemd,
     unit: &str,
     settle: Duration,
@@ -201,13 +201,13 @@ pub async fn restart_confirmed(
 /// with every service of a 150-service phase submitted at once, the jobs
 /// took 2 s each and the start-ups starved each other. A few per core keeps
 /// the manager and the cores busy without queueing everything at once.
-pub const UNIT_JOBS_PER_CORE: usize = 4;
+pub(crate) const UNIT_JOBS_PER_CORE: usize = 4;
 
 /// The process-wide bound on start and restart jobs in flight
 /// ([`UNIT_JOBS_PER_CORE`] per core). A permit is held only while one job
 /// is submitted and waited for, never while waiting for another permit or
 /// another action, so it cannot deadlock.
-pub fn unit_jobs() -> &'static Semaphore {
+pub(crate) fn unit_jobs() -> &'static Semaphore {
     static JOBS: std::sync::OnceLock<Semaphore> = std::sync::OnceLock::new();
     JOBS.get_or_init(|| {
         Semaphore::new(

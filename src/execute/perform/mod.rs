@@ -26,8 +26,6 @@ use crate::unit;
 use super::Ctx;
 use super::journaling::{Shared, spawn_recorder};
 
-pub use jobs::{UNIT_JOBS_PER_CORE, restart_confirmed, unit_jobs};
-
 /// How one action ended: its journal note, or its error with the message
 /// recorded (the unit's last journal lines added).
 pub(super) type Performed = Result<Option<String>, (ActionError, String)>;
@@ -166,7 +164,7 @@ const JOURNAL_TAIL: usize = 10;
 /// show. [`ActionError::Journal`] is different: the journal could not be
 /// written, so the run stops at once (nothing may act without a record).
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum ActionError {
+pub(crate) enum ActionError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Journal(#[from] JournalError),
@@ -236,7 +234,7 @@ pub enum ActionError {
 
 impl ActionError {
     /// The message with its chain of sources, one `: ` apart.
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         let mut s = self.to_string();
         let mut e = std::error::Error::source(self);
         while let Some(cause) = e {

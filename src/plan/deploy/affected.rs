@@ -16,10 +16,10 @@ use crate::plan::short;
 /// Why one service is affected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Affected {
-    pub reasons: Vec<String>,
-    pub paths: Vec<String>,
+    pub(crate) reasons: Vec<String>,
+    pub(crate) paths: Vec<String>,
     /// Why it migrates; empty: it does not.
-    pub migrate: Vec<String>,
+    pub(crate) migrate: Vec<String>,
 }
 
 /// The changed paths that touch one service, each listed once, in the
@@ -27,13 +27,13 @@ pub(super) struct Affected {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct ServiceHits<'a> {
     /// Under the service's own path.
-    pub own: Vec<&'a str>,
+    pub(crate) own: Vec<&'a str>,
     /// Under one of its `watch` paths.
-    pub watched: Vec<&'a str>,
+    pub(crate) watched: Vec<&'a str>,
 }
 
 impl ServiceHits<'_> {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.own.is_empty() && self.watched.is_empty()
     }
 }
@@ -42,9 +42,9 @@ impl ServiceHits<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Hits<'a> {
     /// By service index of the configuration.
-    pub services: Vec<ServiceHits<'a>>,
+    pub(crate) services: Vec<ServiceHits<'a>>,
     /// Changed paths the proxy watches.
-    pub proxy: Vec<&'a str>,
+    pub(crate) proxy: Vec<&'a str>,
 }
 
 /// Matches every changed path (and, for a rename, where it came from)

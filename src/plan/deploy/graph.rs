@@ -10,26 +10,26 @@ use crate::plan::{Action, Step};
 /// A plan's actions under construction.
 #[derive(Debug, Default)]
 pub(in crate::plan) struct Graph {
-    pub actions: Vec<Action>,
+    pub(crate) actions: Vec<Action>,
     keys: Vec<SortKey>,
     edges: Vec<(usize, usize)>,
 }
 
 impl Graph {
     /// Adds an action with its tie-break key; returns its index.
-    pub fn push(&mut self, a: Action, key: SortKey) -> usize {
+    pub(crate) fn push(&mut self, a: Action, key: SortKey) -> usize {
         self.actions.push(a);
         self.keys.push(key);
         self.actions.len() - 1
     }
 
     /// `from` runs before `to`.
-    pub fn edge(&mut self, from: usize, to: usize) {
+    pub(crate) fn edge(&mut self, from: usize, to: usize) {
         self.edges.push((from, to));
     }
 
     /// The actions in their deterministic topological order.
-    pub fn ordered(self) -> Result<Vec<Action>, PlanError> {
+    pub(crate) fn ordered(self) -> Result<Vec<Action>, PlanError> {
         order(self.actions, &self.keys, &self.edges)
     }
 
@@ -39,7 +39,7 @@ impl Graph {
     /// appear anyway, the edges that point back to an action added earlier
     /// are dropped and the rest ordered: a plan that still runs, never a
     /// panic or a hang.
-    pub fn into_actions(self) -> Vec<Action> {
+    pub(crate) fn into_actions(self) -> Vec<Action> {
         if let Ok(actions) = order(self.actions.clone(), &self.keys, &self.edges) {
             return actions;
         }

@@ -40,28 +40,28 @@ const PATHS_SHOWN: usize = 5;
 
 /// What the planner knows of the host.
 #[derive(Debug, Clone, Default)]
-pub struct HostView {
-    pub state: Option<State>,
-    pub state_sha256: Option<String>,
+pub(crate) struct HostView {
+    pub(crate) state: Option<State>,
+    pub(crate) state_sha256: Option<String>,
     /// `host`, `config@<sha>` or `none`.
-    pub units_source: String,
+    pub(crate) units_source: String,
     /// Service name → the text of its baseline unit file, if one exists.
-    pub units: BTreeMap<String, Option<String>>,
+    pub(crate) units: BTreeMap<String, Option<String>>,
     /// Service name → a unit file on this host, where the service's unit
     /// goes, that the host state does not record as installed by moorline.
-    pub foreign_units: BTreeMap<String, ForeignUnit>,
+    pub(crate) foreign_units: BTreeMap<String, ForeignUnit>,
     /// Service name → what its runtime's `migrate-status` reported on this
     /// host (only services that have one and are deployed here; empty when
     /// the plan is not made on the host).
-    pub migrate_status: BTreeMap<String, MigrateCheck>,
+    pub(crate) migrate_status: BTreeMap<String, MigrateCheck>,
     /// Plan keys of the dependency cache's entries on this host (`None`:
     /// not planned on the host, the cache is not visible).
-    pub deps_cache: Option<BTreeSet<String>>,
+    pub(crate) deps_cache: Option<BTreeSet<String>>,
 }
 
 /// What `migrate-status` says about a deployed service's migrations.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MigrateCheck {
+pub(crate) enum MigrateCheck {
     UpToDate,
     Pending,
     /// It could not tell (no release to run it in, the command failed to
@@ -71,25 +71,25 @@ pub enum MigrateCheck {
 
 /// A unit file moorline did not install (see [`HostView::foreign_units`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForeignUnit {
-    pub path: String,
-    pub text: String,
+pub(crate) struct ForeignUnit {
+    pub(crate) path: String,
+    pub(crate) text: String,
 }
 
-pub struct Inputs<'a> {
-    pub config: &'a Config,
-    pub config_text: &'a str,
-    pub env: &'a Environment,
-    pub changes: &'a Changes,
-    pub host: &'a HostView,
-    pub repo: &'a Repo,
-    pub allow_non_ancestor: bool,
+pub(crate) struct Inputs<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) config_text: &'a str,
+    pub(crate) env: &'a Environment,
+    pub(crate) changes: &'a Changes,
+    pub(crate) host: &'a HostView,
+    pub(crate) repo: &'a Repo,
+    pub(crate) allow_non_ancestor: bool,
     /// Services whose foreign unit file may be replaced (`--adopt`), sorted.
-    pub adopt: &'a [String],
+    pub(crate) adopt: &'a [String],
 }
 
 #[derive(Debug, thiserror::Error, Diagnostic)]
-pub enum PlanError {
+pub(crate) enum PlanError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Git(#[from] GitError),
@@ -105,7 +105,7 @@ pub enum PlanError {
 }
 
 /// Builds the plan.
-pub fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
+pub(crate) fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
     let Inputs {
         config,
         env,
@@ -276,12 +276,12 @@ fn release_dir(env: &Environment, s: &Service, sha: &str) -> String {
 }
 
 /// The readiness URL of a service.
-pub fn ready_url(s: &Service) -> String {
+pub(crate) fn ready_url(s: &Service) -> String {
     url_for(s, &s.ready)
 }
 
 /// A health path or URL of a service made absolute.
-pub fn url_for(s: &Service, path_or_url: &str) -> String {
+pub(crate) fn url_for(s: &Service, path_or_url: &str) -> String {
     let vars = Vars {
         service: Some(&s.name),
         port: Some(s.port),
@@ -320,17 +320,17 @@ pub(super) mod testing {
     use crate::config::Config;
     use crate::git::{Changes, Repo, Rev};
 
-    pub struct World {
+    pub(crate) struct World {
         _dir: tempfile::TempDir,
-        pub config: Config,
-        pub repo: Repo,
-        pub changes: Changes,
-        pub host: HostView,
+        pub(crate) config: Config,
+        pub(crate) repo: Repo,
+        pub(crate) changes: Changes,
+        pub(crate) host: HostView,
     }
 
     impl World {
         /// A first deploy of `files` (empty files) under `config`.
-        pub fn new(config: &str, files: &[&str]) -> Self {
+        pub(crate) fn new(config: &str, files: &[&str]) -> Self {
             let dir = tempfile::tempdir().unwrap();
             let root = dir.path().join("r");
             let git = git2::Repository::init(&root).unwrap();
@@ -368,12 +368,12 @@ pub(super) mod testing {
         }
 
         /// Not a first deploy: the target's own commit was deployed before.
-        pub fn redeploy(mut self) -> Self {
+        pub(crate) fn redeploy(mut self) -> Self {
             self.changes.from = Some(self.changes.to.clone());
             self
         }
 
-        pub fn inputs(&self) -> Inputs<'_> {
+        pub(crate) fn inputs(&self) -> Inputs<'_> {
             Inputs {
                 config: &self.config,
                 config_text: "",

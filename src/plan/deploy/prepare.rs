@@ -19,9 +19,9 @@ use crate::unit;
 #[derive(Debug, Default)]
 pub(super) struct Prepared {
     /// Service index → its build.
-    pub builds: BTreeMap<usize, usize>,
+    pub(crate) builds: BTreeMap<usize, usize>,
     /// (service index, its migration), in the order they run.
-    pub migrations: Vec<(usize, usize)>,
+    pub(crate) migrations: Vec<(usize, usize)>,
 }
 
 /// Adds the builds, migrations and backup of the affected services to `g`.

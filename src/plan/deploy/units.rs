@@ -22,10 +22,10 @@ const MOORLINE_HEADER: &str = "# Managed by moorline";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct UnitPlan {
     /// By service index: the change and its (redacted) diff.
-    pub changes: BTreeMap<usize, (UnitChange, Option<String>)>,
+    pub(crate) changes: BTreeMap<usize, (UnitChange, Option<String>)>,
     /// Unit file name → the SHA-256 of its baseline (`None`: none).
-    pub input_units: BTreeMap<String, Option<String>>,
-    pub conflicts: Vec<UnitConflict>,
+    pub(crate) input_units: BTreeMap<String, Option<String>>,
+    pub(crate) conflicts: Vec<UnitConflict>,
 }
 
 /// Plans every service's unit file; warns about `--adopt` names with
