@@ -291,9 +291,9 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// Journals and shows how action `id` ended: `Ok(Err(message))` when
-    /// it failed; a journal error (its own, or the action's) stops the run.
-    async fn record(&self, id: &str, res: Performed) -> Result<Result<(), String>, ApplyError> {
+    /// Journals and shows how action `id` ended: `Some(message)` when it
+    /// failed; a journal error (its own, or the action's) stops the run.
+    async fn record(&self, id: &str, res: Performed) -> Result<Option<String>, ApplyError> {
         let progress = self.ctx.options.progress;
         match res {
             Ok(note) => {
@@ -307,7 +307,7 @@ impl Runner<'_> {
                 )
                 .await?;
                 emit(progress, Event::Done, id, note.as_deref().unwrap_or(""));
-                Ok(Ok(()))
+                Ok(None)
             }
             Err((ActionError::Journal(e), _)) => Err(e.into()),
             Err((_, err)) => {
@@ -320,7 +320,7 @@ impl Runner<'_> {
                 )
                 .await?;
                 emit(progress, Event::Failed, id, &err);
-                Ok(Err(err))
+                Ok(Some(err))
             }
         }
     }
@@ -401,8 +401,8 @@ async fn execute(
         running_since.remove(&id);
         show_running(progress, &running_since);
         match runner.record(&id, res).await? {
-            Ok(()) => queue.succeeded(i),
-            Err(err) => {
+            None => queue.succeeded(i),
+            Some(err) => {
                 failed.push((id, err));
                 queue.failed(i);
             }

@@ -553,25 +553,31 @@ impl From<Action> for WireAction {
     }
 }
 
-impl TryFrom<WireAction> for Action {
-    type Error = String;
+/// Why an action of a plan file cannot be read: a field its kind needs is
+/// missing, or two that go together are not both there.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct WireError(String);
 
-    fn try_from(w: WireAction) -> Result<Self, String> {
+impl TryFrom<WireAction> for Action {
+    type Error = WireError;
+
+    fn try_from(w: WireAction) -> Result<Self, WireError> {
         let kind = w.kind.as_str();
         let need = |v: Option<String>, field: &str| {
-            v.ok_or_else(|| format!("action `{}` ({kind}) has no `{field}`", w.id))
+            v.ok_or_else(|| WireError(format!("action `{}` ({kind}) has no `{field}`", w.id)))
         };
         let timed = |argv: Option<Vec<String>>, timeout: Option<u64>| match (argv, timeout) {
             (Some(argv), Some(timeout_secs)) => Ok(Some(Command { argv, timeout_secs })),
             (None, None) => Ok(None),
-            _ => Err(format!(
+            _ => Err(WireError(format!(
                 "action `{}` ({kind}) needs both `command` and `timeout_secs`, or neither",
                 w.id
-            )),
+            ))),
         };
         let command = |argv: Option<Vec<String>>, timeout: Option<u64>| {
             timed(argv, timeout)?
-                .ok_or_else(|| format!("action `{}` ({kind}) has no `command`", w.id))
+                .ok_or_else(|| WireError(format!("action `{}` ({kind}) has no `command`", w.id)))
         };
         // Plans written before `settle` existed: a unit without a service
         // had no probe.
@@ -607,9 +613,9 @@ impl TryFrom<WireAction> for Action {
             ActionKind::Health => Step::Health {
                 unit: need(w.unit.clone(), "unit")?,
                 url: need(w.url.clone(), "url")?,
-                timeout_secs: w
-                    .timeout_secs
-                    .ok_or_else(|| format!("action `{}` ({kind}) has no `timeout_secs`", w.id))?,
+                timeout_secs: w.timeout_secs.ok_or_else(|| {
+                    WireError(format!("action `{}` ({kind}) has no `timeout_secs`", w.id))
+                })?,
             },
             ActionKind::ReloadProxy => Step::ReloadProxy {
                 unit: need(w.unit.clone(), "unit")?,
