@@ -6,12 +6,12 @@ pub const OK: i32 = 0;
 /// An error: bad input, a refused or failed operation that changed nothing.
 pub const ERROR: i32 = 1;
 /// `plan --detailed-exitcode`: the plan has changes.
-pub(crate) const CHANGES: i32 = 2;
+pub const CHANGES: i32 = 2;
 /// `apply` failed and every service was rolled back to its previous release.
-pub(crate) const ROLLED_BACK: i32 = 3;
+pub const ROLLED_BACK: i32 = 3;
 /// `apply` failed and needs attention (`--on-failure stop`, or a rollback
 /// that could not finish).
-pub(crate) const NEEDS_ATTENTION: i32 = 4;
+pub const NEEDS_ATTENTION: i32 = 4;
 /// `status --check`: a service is unhealthy (not active, not live, not
 /// ready, migrations pending) or something drifted (unit file edited,
 /// `current` moved, undeployed commits on the branch, never deployed).
