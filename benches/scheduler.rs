@@ -8,12 +8,12 @@
 //! `BENCH_SCHEDULER_ROUNDS=N` repeats each measurement N times (default 5;
 //! the fastest counts).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use moorline::execute::scheduler::{Node, OnFailure, Scheduler};
+use moorline::execute::scheduler::{Node, OnFailure, Scheduler, predecessors};
 
 /// Actions per plan, about.
 const ACTIONS: usize = 2_000;
@@ -137,18 +137,10 @@ fn rescanning(plan: &[Action]) -> Vec<usize> {
 /// The scheduler, from the plan's ids as the executor builds its nodes.
 /// Returns the start order.
 fn scheduled(plan: &[Action]) -> Vec<usize> {
-    let mut index: HashMap<&str, usize> = HashMap::with_capacity(plan.len());
-    for (i, a) in plan.iter().enumerate() {
-        index.entry(a.id.as_str()).or_insert(i);
-    }
-    let nodes: Vec<Node> = plan
-        .iter()
-        .map(|a| Node {
-            after: a
-                .after
-                .iter()
-                .map(|p| index.get(p.as_str()).copied().unwrap_or(usize::MAX))
-                .collect(),
+    let nodes: Vec<Node> = predecessors(plan.iter().map(|a| (a.id.as_str(), &a.after[..])))
+        .into_iter()
+        .map(|after| Node {
+            after,
             permit: false,
             done: false,
         })

@@ -20,7 +20,7 @@ mod resume;
 mod rollback;
 pub mod scheduler;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -44,7 +44,7 @@ use journaling::{
 use perform::Performed;
 use progress::{emit, show_running};
 use resume::{stop_orphans, unfinished};
-use rollback::{finish_failed, roll_back, rollback_begun};
+use rollback::{finish_failed, roll_back, rollback_begun, undo_plan};
 use scheduler::{Node, OnFailure, Scheduler};
 
 pub(crate) use perform::ActionError;
@@ -230,18 +230,12 @@ struct Executed {
 /// (one the plan lacks is never satisfied), builds under the `jobs`
 /// permits, and what `done` holds (a resume's verified actions) done.
 fn nodes(plan: &Plan, done: &BTreeSet<String>) -> Vec<Node> {
-    let mut index: HashMap<&str, usize> = HashMap::with_capacity(plan.actions.len());
-    for (i, a) in plan.actions.iter().enumerate() {
-        index.entry(a.id.as_str()).or_insert(i);
-    }
-    plan.actions
-        .iter()
-        .map(|a| Node {
-            after: a
-                .after
-                .iter()
-                .map(|p| index.get(p.as_str()).copied().unwrap_or(usize::MAX))
-                .collect(),
+    let after = scheduler::predecessors(plan.actions.iter().map(|a| (a.id.as_str(), &a.after[..])));
+    after
+        .into_iter()
+        .zip(&plan.actions)
+        .map(|(after, a)| Node {
+            after,
             permit: a.kind() == ActionKind::Build,
             done: done.contains(&a.id),
         })
@@ -445,10 +439,7 @@ async fn run(
         && let Some((at, recorded)) = rollback_begun(&r.records)
     {
         // An interrupted rollback: it goes on from its own records.
-        let rollback = recorded.unwrap_or_else(|| {
-            let effects = crate::journal::effects(&plan, &r.records);
-            crate::plan::undo::build(&plan, &apply_id, &effects, &ctx.config, &ctx.env)
-        });
+        let rollback = recorded.unwrap_or_else(|| undo_plan(&ctx, &plan, &apply_id, &r.records));
         emit(
             ctx.options.progress,
             Event::Rollback,

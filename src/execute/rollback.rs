@@ -40,6 +40,13 @@ impl PendingRollback {
     }
 }
 
+/// The rollback of apply `apply_id` of `plan`, planned from what its
+/// journal `records` say it changed.
+pub(super) fn undo_plan(ctx: &Ctx, plan: &Plan, apply_id: &str, records: &[Record]) -> Plan {
+    let effects = crate::journal::effects(plan, records);
+    crate::plan::undo::build(plan, apply_id, &effects, &ctx.config, &ctx.env)
+}
+
 /// The rollback of the unfinished apply in the journal, to show before it
 /// runs; `None` when no apply is unfinished.
 pub(crate) async fn unfinished_rollback(ctx: &Ctx) -> Result<Option<PendingRollback>, ApplyError> {
@@ -48,25 +55,9 @@ pub(crate) async fn unfinished_rollback(ctx: &Ctx) -> Result<Option<PendingRollb
     };
     let (plan, begun) = match rollback_begun(&replay.records) {
         Some((_, Some(plan))) => (plan, true),
-        Some((_, None)) => (
-            crate::plan::undo::build(
-                &replay.plan,
-                &replay.apply_id,
-                &crate::journal::effects(&replay.plan, &replay.records),
-                &ctx.config,
-                &ctx.env,
-            ),
-            true,
-        ),
-        None => (
-            crate::plan::undo::build(
-                &replay.plan,
-                &replay.apply_id,
-                &crate::journal::effects(&replay.plan, &replay.records),
-                &ctx.config,
-                &ctx.env,
-            ),
-            false,
+        begun => (
+            undo_plan(ctx, &replay.plan, &replay.apply_id, &replay.records),
+            begun.is_some(),
         ),
     };
     Ok(Some(PendingRollback {
@@ -194,8 +185,7 @@ pub(super) async fn finish_failed(
         report.millis = millis();
         return Ok(report);
     }
-    let effects = crate::journal::effects(plan, records);
-    let rollback = crate::plan::undo::build(plan, apply_id, &effects, &ctx.config, &ctx.env);
+    let rollback = undo_plan(ctx, plan, apply_id, records);
     if !ctx.options.rollback_on_failure {
         // Left open on purpose: the journal knows what was switched, so
         // `rollback` undoes exactly this apply (with the plan shown here)

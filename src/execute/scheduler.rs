@@ -14,7 +14,7 @@
 //! they start in the order they became ready, and a permit-holding action
 //! waiting for a permit does not hold back the others behind it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 /// One action as the scheduler sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,6 +27,26 @@ pub struct Node {
     /// Done by an earlier run and still in effect: not started again, and
     /// satisfied for its dependents.
     pub done: bool,
+}
+
+/// Each action's predecessors by index, from `(id, the ids it waits for)`
+/// in plan order: an id names the first action that has it, and one the
+/// plan lacks becomes an index outside it (never satisfied).
+pub fn predecessors<'a>(
+    actions: impl Iterator<Item = (&'a str, &'a [String])> + Clone,
+) -> Vec<Vec<usize>> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, (id, _)) in actions.clone().enumerate() {
+        index.entry(id).or_insert(i);
+    }
+    actions
+        .map(|(_, after)| {
+            after
+                .iter()
+                .map(|p| index.get(p.as_str()).copied().unwrap_or(usize::MAX))
+                .collect()
+        })
+        .collect()
 }
 
 /// What a failed action means for the rest of the plan.
