@@ -4,7 +4,7 @@
 //! that takes fewer edges than joining each pair.
 
 use super::PlanError;
-use super::order::{SortKey, order};
+use super::order::{OnCycle, SortKey, order};
 use crate::plan::{Action, Step};
 
 /// A plan's actions under construction.
@@ -30,22 +30,21 @@ impl Graph {
 
     /// The actions in their deterministic topological order.
     pub(crate) fn ordered(self) -> Result<Vec<Action>, PlanError> {
-        order(self.actions, &self.keys, &self.edges)
+        order(self.actions, &self.keys, &self.edges, OnCycle::Refuse)
     }
 
     /// The actions in their deterministic topological order, for a graph
     /// that has no cycle by construction (the lifecycle's, over a
-    /// validated configuration, whose `depends-on` has none). Should one
-    /// appear anyway, the edges that point back to an action added earlier
-    /// are dropped and the rest ordered: a plan that still runs, never a
-    /// panic or a hang.
+    /// validated configuration, whose `depends-on` has none); should one
+    /// appear anyway, see [`OnCycle::DropBackEdges`].
     pub(crate) fn into_actions(self) -> Vec<Action> {
-        if let Ok(actions) = order(self.actions.clone(), &self.keys, &self.edges) {
-            return actions;
-        }
-        let forward: Vec<(usize, usize)> =
-            self.edges.iter().copied().filter(|(a, b)| a < b).collect();
-        order(self.actions, &self.keys, &forward).unwrap_or_default()
+        order(
+            self.actions,
+            &self.keys,
+            &self.edges,
+            OnCycle::DropBackEdges,
+        )
+        .unwrap_or_default()
     }
 }
 

@@ -15,26 +15,50 @@ use crate::plan::{Action, ActionKind};
 /// Tie-break of the topological order: phase, kind, declaration order.
 pub(super) type SortKey = (usize, ActionKind, usize);
 
+/// What [`order`] does with a cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnCycle {
+    /// Refuse the graph ([`PlanError::Cycle`], naming an action on it).
+    Refuse,
+    /// Drop the edges that point back to an action added earlier, and
+    /// order the rest: for graphs that have no cycle by construction, so
+    /// that a bug still gives a plan that runs, never a panic or a hang.
+    DropBackEdges,
+}
+
+/// The graph of `n` actions and `edges` (self-edges and repeats left out).
+fn graph(
+    n: usize,
+    edges: impl Iterator<Item = (usize, usize)>,
+) -> (DiGraph<usize, ()>, Vec<NodeIndex>) {
+    let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(n, 0);
+    let nodes: Vec<NodeIndex> = (0..n).map(|i| g.add_node(i)).collect();
+    let mut seen = BTreeSet::new();
+    for (a, b) in edges {
+        if a != b && seen.insert((a, b)) {
+            g.add_edge(nodes[a], nodes[b], ());
+        }
+    }
+    (g, nodes)
+}
+
 /// Topological order with an explicit tie-break (phase, kind, declaration
 /// order), and `after` filled with direct predecessors by id.
 pub(super) fn order(
     mut actions: Vec<Action>,
     keys: &[(usize, ActionKind, usize)],
     edges: &[(usize, usize)],
+    on_cycle: OnCycle,
 ) -> Result<Vec<Action>, PlanError> {
-    let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(actions.len(), edges.len());
-    let nodes: Vec<NodeIndex> = (0..actions.len()).map(|i| g.add_node(i)).collect();
-    let mut seen = BTreeSet::new();
-    for (a, b) in edges {
-        if a != b && seen.insert((*a, *b)) {
-            g.add_edge(nodes[*a], nodes[*b], ());
-        }
-    }
+    let (mut g, mut nodes) = graph(actions.len(), edges.iter().copied());
     if let Err(c) = petgraph::algo::toposort(&g, None) {
-        let id = actions
-            .get(g[c.node_id()])
-            .map_or_else(String::new, |a| a.id.clone());
-        return Err(PlanError::Cycle(id));
+        if on_cycle == OnCycle::Refuse {
+            let id = actions
+                .get(g[c.node_id()])
+                .map_or_else(String::new, |a| a.id.clone());
+            return Err(PlanError::Cycle(id));
+        }
+        (g, nodes) = graph(actions.len(), edges.iter().copied().filter(|(a, b)| a < b));
     }
     let mut indegree: Vec<usize> = nodes
         .iter()
@@ -113,7 +137,7 @@ mod tests {
         // after-late waits for late although its own key is the smallest;
         // a repeated edge and a self-edge change nothing.
         let edges = [(0, 4), (0, 4), (2, 2)];
-        let got = order(actions, &keys, &edges).unwrap();
+        let got = order(actions, &keys, &edges, OnCycle::Refuse).unwrap();
         assert_eq!(ids(&got), ["build", "b1", "b2", "late", "after-late"]);
         assert_eq!(got[4].after, ["late"]);
         assert!(got[..4].iter().all(|a| a.after.is_empty()));
@@ -127,7 +151,7 @@ mod tests {
             (0, ActionKind::Build, 2),
             (0, ActionKind::Build, 1),
         ];
-        let got = order(actions, &keys, &[(1, 0), (2, 0)]).unwrap();
+        let got = order(actions, &keys, &[(1, 0), (2, 0)], OnCycle::Refuse).unwrap();
         assert_eq!(ids(&got), ["first", "second", "join"]);
         assert_eq!(got[2].after, ["first", "second"]);
     }
@@ -136,10 +160,27 @@ mod tests {
     fn a_cycle_is_an_error() {
         let actions = ["a", "b", "c"].map(action).to_vec();
         let keys = [(0, ActionKind::Build, 0); 3];
-        let err = order(actions, &keys, &[(0, 1), (1, 2), (2, 1)]).unwrap_err();
+        let err = order(
+            actions.clone(),
+            &keys,
+            &[(0, 1), (1, 2), (2, 1)],
+            OnCycle::Refuse,
+        )
+        .unwrap_err();
         assert!(
             matches!(err, PlanError::Cycle(ref id) if id == "b" || id == "c"),
             "{err:?}"
         );
+        // Dropping the edge back to an earlier action (c → b) orders the
+        // rest.
+        let got = order(
+            actions,
+            &keys,
+            &[(0, 1), (1, 2), (2, 1)],
+            OnCycle::DropBackEdges,
+        )
+        .unwrap();
+        assert_eq!(ids(&got), ["a", "b", "c"]);
+        assert_eq!(got[2].after, ["b"]);
     }
 }
