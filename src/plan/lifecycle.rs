@@ -27,7 +27,7 @@
 //! fewer edges ([`super::build`]'s graph), so plans of thousands of
 //! services stay linear in size.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use super::deploy::graph::{Graph, barrier, needs_barrier};
 use super::deploy::{count, list, ready_url};
@@ -172,9 +172,21 @@ impl Lifecycle<'_> {
 
     /// Adds the actions to `g` (after `self.after`).
     pub(in crate::plan) fn walk(&self, g: &mut Graph) {
+        let mut members: Vec<Vec<&Walk>> = vec![Vec::new(); self.config.phases.len()];
+        for m in &self.walk {
+            if let Some(s) = self.config.services.get(m.service)
+                && let Some(phase) = members.get_mut(s.phase_index)
+            {
+                phase.push(m);
+            }
+        }
+        for phase in &mut members {
+            phase.sort_by_key(|m| m.service);
+        }
         let mut w = Walker {
             life: self,
             g,
+            members,
             gate: self.after.clone(),
             stops: Vec::new(),
             written: Vec::new(),
@@ -216,29 +228,18 @@ impl Lifecycle<'_> {
         self.infrastructure && self.order == Order::Forward
     }
 
-    /// The members of phase `pi`, in declaration order.
-    fn members(&self, pi: usize) -> Vec<&Walk> {
-        let mut v: Vec<&Walk> = self
-            .walk
-            .iter()
-            .filter(|w| self.config.services.get(w.service).map(|s| s.phase_index) == Some(pi))
-            .collect();
-        v.sort_by_key(|w| w.service);
-        v
-    }
-
-    /// Whether `a`'s first action waits for `b`'s last, inside a phase:
-    /// forward, a service after what it depends on; reverse, before it.
-    fn waits_on(&self, a: usize, b: usize) -> bool {
-        let (sa, sb) = (&self.config.services[a], &self.config.services[b]);
-        match self.order {
-            Order::Forward => sa.depends_on.contains(&sb.name),
-            Order::Reverse => sb.depends_on.contains(&sa.name),
+    /// How a phase's barrier names what it waits for: (what was done,
+    /// the state reached).
+    fn barrier_words(&self) -> (&'static str, &'static str) {
+        if self.walk.is_empty() {
+            ("restarted", "ready")
+        } else if self.walk.iter().all(|w| w.bounce == Bounce::Stop) {
+            ("stopped", "stopped")
+        } else if self.walk.iter().all(|w| w.bounce == Bounce::Start) {
+            ("started", "ready")
+        } else {
+            ("restarted", "ready")
         }
-    }
-
-    fn stopping(&self) -> bool {
-        !self.walk.is_empty() && self.walk.iter().all(|w| w.bounce == Bounce::Stop)
     }
 }
 
@@ -246,6 +247,8 @@ impl Lifecycle<'_> {
 struct Walker<'l, 'g> {
     life: &'l Lifecycle<'l>,
     g: &'g mut Graph,
+    /// The walk's members by phase index, each in declaration order.
+    members: Vec<Vec<&'l Walk>>,
     /// What the next step's first actions wait for.
     gate: Vec<usize>,
     /// The undeploy stops: (service, node).
@@ -268,7 +271,7 @@ impl Walker<'_, '_> {
         order
             .into_iter()
             .filter(|pi| {
-                !life.members(*pi).is_empty()
+                !self.members[*pi].is_empty()
                     || (life.infrastructure() && !life.config.phases[*pi].units.is_empty())
             })
             .collect()
@@ -281,7 +284,7 @@ impl Walker<'_, '_> {
         } else {
             0
         };
-        self.life.members(pi).len() + infra
+        self.members[pi].len() + infra
     }
 
     /// Replaces the gate by a barrier when `next` actions wait for it and
@@ -444,40 +447,45 @@ impl Walker<'_, '_> {
             }
             self.gate = ids;
         }
-        let members = life.members(pi);
+        let members = std::mem::take(&mut self.members[pi]);
         if members.is_empty() {
             return;
         }
-        // Each member: (service, its first action, the action that ends it).
-        let mut spans: Vec<(usize, usize, usize)> = Vec::new();
-        for m in &members {
-            let (first, last) = self.member(m, rank);
-            spans.push((m.service, first, last));
-        }
-        for (a, first, _) in &spans {
-            for (b, _, last) in &spans {
-                if a != b && life.waits_on(*a, *b) {
-                    self.g.edge(*last, *first);
+        // Each member's first action and the action that ends it.
+        let spans: Vec<(usize, usize)> = members.iter().map(|m| self.member(m, rank)).collect();
+        let at: HashMap<&str, usize> = members
+            .iter()
+            .enumerate()
+            .map(|(k, m)| (config.services[m.service].name.as_str(), k))
+            .collect();
+        // depends-on inside the phase: forward, a service starts after the
+        // end of what it depends on; reverse, what it depends on starts
+        // after its end. `waited[k]`: something here waits for member k.
+        let mut waited = vec![false; members.len()];
+        for (k, m) in members.iter().enumerate() {
+            for d in &config.services[m.service].depends_on {
+                let Some(&j) = at.get(d.as_str()) else {
+                    continue;
+                };
+                if j == k {
+                    continue;
                 }
+                let (before, after) = match life.order {
+                    Order::Forward => (j, k),
+                    Order::Reverse => (k, j),
+                };
+                self.g.edge(spans[before].1, spans[after].0);
+                waited[before] = true;
             }
         }
         self.gate = spans
             .iter()
-            .filter(|(b, _, _)| {
-                !spans
-                    .iter()
-                    .any(|(a, _, _)| a != b && life.waits_on(*a, *b))
-            })
-            .map(|(_, _, last)| *last)
+            .zip(&waited)
+            .filter(|(_, w)| !**w)
+            .map(|((_, last), _)| *last)
             .collect();
-        self.walked.extend(spans.iter().map(|(i, _, _)| *i));
-        let (done, state) = if life.stopping() {
-            ("stopped", "stopped")
-        } else if life.walk.iter().all(|w| w.bounce == Bounce::Start) {
-            ("started", "ready")
-        } else {
-            ("restarted", "ready")
-        };
+        self.walked.extend(members.iter().map(|m| m.service));
+        let (done, state) = life.barrier_words();
         self.barrier(
             next,
             &format!("ready:{}", phase.name),
