@@ -124,12 +124,20 @@ service "api" {{ runtime "sh"; port {port}; phase "core" }}
         run(&["apply", "--env", "staging", "--yes"]),
         run(&["apply", "--env", "staging", "--yes", "--format", "json"]),
         run(&["status", "--env", "staging", "--format", "json"]),
+        // The pull-request comment: unit diffs and reasons, Markdown-escaped.
+        run(&["plan", "--env", "staging", "--format", "markdown"]),
     ];
     let mut printed = String::new();
     for o in &outputs {
         printed.push_str(&String::from_utf8_lossy(&o.stdout));
         printed.push_str(&String::from_utf8_lossy(&o.stderr));
     }
+    // The Markdown plan shows the unit file, its secret value redacted.
+    let markdown = String::from_utf8_lossy(&outputs[5].stdout).into_owned();
+    assert!(
+        markdown.contains("```diff") && markdown.contains("TOKEN=(redacted)"),
+        "{markdown}"
+    );
     // The applies really ran the build, and it really failed.
     let text_apply = String::from_utf8_lossy(&outputs[2].stderr).into_owned();
     assert_eq!(outputs[2].status.code(), Some(1), "{text_apply}");
