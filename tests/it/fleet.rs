@@ -533,6 +533,12 @@ async fn an_unreachable_host_refuses_the_apply_and_a_changed_host_key_is_named()
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("moorline::fleet::host_key"), "{stderr}");
     assert!(stderr.contains("host2"), "{stderr}");
+    // The help names the key ssh checked: `host2` is an ssh alias, known_hosts holds its
+    // address (`ssh -G` resolves it), in the known_hosts file its configuration names.
+    let flat = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+    let forget = format!("ssh-keygen -R '{}'", w.hosts.host(1).address());
+    assert!(flat.contains(&forget), "{forget}: {stderr}");
+    assert!(flat.contains("known_hosts'"), "{stderr}");
     w.hosts.trust_host_keys().unwrap();
 
     w.hosts.link_down(2).unwrap();
