@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use super::journal::{HostOutcome, Journal, Record, Replay};
 use super::plan::FleetPlan;
 use super::remote::Prepared;
+use super::rollout::BatchKind;
 use super::{Fleet, FleetError};
 use crate::config::DrainWhen;
 use crate::events::Event;
@@ -165,6 +166,14 @@ impl Rollout {
             if reason.is_some() {
                 break;
             }
+            // docs/config.md: the batches start only once the canary is
+            // healthy, whatever `max-fail` allows.
+            if batch.kind == BatchKind::Batch
+                && let Some(why) = self.unhealthy_canary(&outcomes)
+            {
+                reason = Some(why);
+                break;
+            }
             let todo: Vec<String> = batch
                 .hosts
                 .iter()
@@ -234,6 +243,33 @@ impl Rollout {
             summary.rollback_reason = Some(reason);
         }
         Ok(summary)
+    }
+
+    /// Why the canary is not healthy, if it is not: a canary host whose
+    /// apply did not succeed (a canary host with nothing to do has no
+    /// outcome and does not count).
+    fn unhealthy_canary(&self, outcomes: &BTreeMap<String, HostOutcome>) -> Option<String> {
+        let canary = self
+            .plan
+            .batches
+            .iter()
+            .find(|b| b.kind == BatchKind::Canary)?;
+        let bad: Vec<String> = canary
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                outcomes
+                    .get(h)
+                    .filter(|o| o.is_failure())
+                    .map(|o| format!("{h} {}", o.as_str()))
+            })
+            .collect();
+        (!bad.is_empty()).then(|| {
+            format!(
+                "the canary is not healthy ({}): the batches start only after a healthy canary",
+                bad.join(", ")
+            )
+        })
     }
 
     fn over_budget(&self, failures: &AtomicU32) -> String {

@@ -388,9 +388,11 @@ async fn a_reviewed_fleet_plan_applies_a_merge_that_does_the_same_and_refuses_on
     }
 }
 
+/// With `max-fail 1` the canary's one failure is within the budget, yet the batches must not
+/// start: they start only after a healthy canary (docs/config.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_canary_touches_no_other_host() {
-    let Some(w) = world(3, "canary 1; batches \"100%\"", false).await else {
+    let Some(w) = world(3, "canary 1; max-fail 1; batches \"100%\"", false).await else {
         return;
     };
     let first = deploy_all(&w);
@@ -404,6 +406,10 @@ async fn a_failing_canary_touches_no_other_host() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("[host1] apply: rolled-back"), "{stderr}");
     assert!(!stderr.contains("[host2] apply"), "{stderr}");
+    assert!(
+        stderr.contains("the canary is not healthy (host1 rolled-back)"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
