@@ -540,10 +540,13 @@ impl Rollout {
                 let ok = match me.prepared.get(&h) {
                     Some(p) => {
                         let env = me.fleet.env.name.clone();
+                        // The host shows its rollback plan as its format
+                        // says: JSON only when the controller prints JSON.
+                        let format = if me.json { "json" } else { "text" };
                         let (o, _) = me
                             .stream(
                                 p,
-                                &["rollback", "--env", &env, "--yes", "--format", "json"],
+                                &["rollback", "--env", &env, "--yes", "--format", format],
                                 None,
                             )
                             .await;

@@ -431,6 +431,19 @@ async fn a_failure_in_the_second_batch_rolls_the_whole_fleet_back() {
     assert!(stderr.contains("[host3] apply: rolled-back"), "{stderr}");
     assert!(stderr.contains("[host1] rolled back"), "{stderr}");
     assert!(stderr.contains("[host2] rolled back"), "{stderr}");
+    // Each host's rollback plan is shown as a plan is, not as JSON (which only `--format
+    // json` asks for): it was some 900 lines of JSON per host.
+    assert!(
+        stderr.contains("[host1] Rollback plan for pakashop/staging"),
+        "{stderr}"
+    );
+    let raw_json = stderr
+        .lines()
+        .filter(|l| l.starts_with("[host1] {") || l.contains("\"format_version\""))
+        .count();
+    assert_eq!(raw_json, 0, "{stderr}");
+    let host1 = stderr.lines().filter(|l| l.starts_with("[host1]")).count();
+    assert!(host1 < 150, "{host1} lines from host1:\n{stderr}");
     assert_eq!(w.revisions(), vec![Some(first.clone()); 3], "{stderr}");
     // Each host's `current` links point at the first release again.
     for i in 0..3 {
