@@ -271,14 +271,21 @@ fn timestamp(us: u64) -> Option<String> {
     })
 }
 
-/// The apply whose journal is still open, if any: it blocks every other
-/// apply until `rollback` or `apply --resume` settles it. A journal that
-/// cannot be read is reported as such (it blocks applies just the same).
+/// The apply whose journal is still open while no moorline runs it, if
+/// any: it blocks every other apply until `rollback` or `apply --resume`
+/// settles it. An apply running now (its process holds the lock) is no
+/// drift. A journal that cannot be read is reported as such (it blocks
+/// applies just the same).
 async fn unfinished_apply(state_dir: &Path, env: &str) -> Option<Drift> {
     let dir = state_dir.to_owned();
-    let read = tokio::task::spawn_blocking(move || crate::journal::read(&dir))
-        .await
-        .ok()?;
+    let read = tokio::task::spawn_blocking(move || {
+        if crate::lock::held_by_running_moorline(&dir) {
+            return Ok(crate::journal::Current::Absent);
+        }
+        crate::journal::read(&dir)
+    })
+    .await
+    .ok()?;
     let settle = format!(
         "`moorline rollback --env {env}` rolls it back, `moorline apply --resume --env {env}` retries it"
     );
