@@ -241,6 +241,9 @@ pub(crate) struct RollbackArgs {
     pub(crate) yes: bool,
     #[arg(long, value_enum, default_value_t)]
     pub(crate) format: Format,
+    /// Fleet controller: roll back this host only (repeatable) [default: every host]
+    #[arg(long, value_name = "HOST")]
+    pub(crate) on: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -46,6 +46,7 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             if fleet::is_fleet(global, &t) {
                 fleet::rollback(global, args, &t)
             } else {
+                fleet::no_hosts_to_be_on(&args.on, &args.env)?;
                 rollback::run(&t, args)
             }
         }

@@ -80,6 +80,23 @@ pub fn acquire(dir: &Path, what: &str) -> Result<Lock, LockError> {
     Ok(Lock { _file: file })
 }
 
+/// Whether a moorline process still holds the lock in `dir`, judged
+/// without touching the lock (taking it, even shared and for an instant,
+/// could make an apply starting then fail): the holder the file names is
+/// alive and is a moorline (`/proc/PID/comm`, which a fleet host's
+/// `moorline-<hash>` binary also starts with). A PID reused by another
+/// moorline is possible but would need the holder to have died first.
+pub(crate) fn held_by_running_moorline(dir: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(dir.join("lock")) else {
+        return false;
+    };
+    text.strip_prefix("pid ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .and_then(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).ok())
+        .is_some_and(|comm| comm.starts_with("moorline"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +113,24 @@ mod tests {
         );
         drop(first);
         acquire(dir.path(), "apply").unwrap();
+    }
+
+    #[test]
+    fn a_holder_is_running_only_while_its_process_is_a_live_moorline() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!held_by_running_moorline(dir.path()), "no lock file");
+        // This test process is no moorline (its name is the test binary's).
+        drop(acquire(dir.path(), "apply").unwrap());
+        let comm = fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(
+            held_by_running_moorline(dir.path()),
+            comm.starts_with("moorline")
+        );
+        fs::write(
+            dir.path().join("lock"),
+            "pid 999999999 (apply), started x\n",
+        )
+        .unwrap();
+        assert!(!held_by_running_moorline(dir.path()), "no such process");
     }
 }

@@ -765,7 +765,7 @@ impl Systemd {
     }
 
     async fn establish(endpoint: Endpoint) -> Result<Self, SystemdError> {
-        let (connection, manager) = open(&endpoint).await?;
+        let (connection, manager) = open_first(&endpoint).await?;
         Ok(Self {
             shared: Arc::new(Shared {
                 endpoint,
@@ -1100,6 +1100,49 @@ async fn open(endpoint: &Endpoint) -> Result<(Connection, ManagerProxy<'static>)
         }),
         Ok(Err(source)) => Err(SystemdError::Connect { target, source }),
         Ok(Ok(opened)) => Ok(opened),
+    }
+}
+
+/// The first connection, retried as a lost one is ([`Systemd::recover`]: the same pauses, the
+/// same [`RECONNECT_BUDGET`]) while the bus looks like it is restarting: a broker that dies just
+/// as a command starts fails the connection or its handshake, and the manager is not on the new
+/// broker for the first tens of milliseconds. A bus that is not there at all (no socket file, no
+/// permission, a failed handshake, a timeout) is reported at once.
+async fn open_first(
+    endpoint: &Endpoint,
+) -> Result<(Connection, ManagerProxy<'static>), SystemdError> {
+    let deadline = tokio::time::Instant::now() + RECONNECT_BUDGET;
+    let mut delay = RECONNECT_FIRST_DELAY;
+    loop {
+        match open(endpoint).await {
+            Ok(opened) => return Ok(opened),
+            Err(SystemdError::Connect { source, .. })
+                if restarting(&source) && tokio::time::Instant::now() + delay < deadline =>
+            {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether a failed first connection looks like a broker restart rather than a bus that is
+/// not there: the socket refuses or drops the connection (the broker is gone or going, and
+/// `dbus.socket` keeps the socket file), or the manager is not registered on the broker yet.
+fn restarting(error: &zbus::Error) -> bool {
+    match error {
+        zbus::Error::InputOutput(e) | zbus::Error::Connection(e, _) => matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::NotConnected
+        ),
+        zbus::Error::MethodError(..) => means_lost(error),
+        _ => false,
     }
 }
 
@@ -1713,6 +1756,39 @@ mod tests {
         assert!(means_lost(&method("org.freedesktop.DBus.Error.NoReply")));
         assert!(!means_lost(&method("org.freedesktop.systemd1.NoSuchUnit")));
         assert!(!means_lost(&zbus::Error::Failure("x".into())));
+    }
+
+    #[test]
+    fn a_first_connection_waits_for_a_restarting_broker_not_for_a_missing_bus() {
+        let io = |kind| zbus::Error::InputOutput(Arc::new(io::Error::new(kind, "x")));
+        let connect = |kind| {
+            zbus::Error::Connection(
+                Arc::new(io::Error::new(kind, "x")),
+                Box::new(zbus::Address::try_from("unix:path=/x").unwrap()),
+            )
+        };
+        let method = |name: &str| {
+            zbus::Error::MethodError(
+                zbus::names::OwnedErrorName::try_from(name).unwrap(),
+                None,
+                zbus::message::Message::method_call("/", "Ping")
+                    .build(&())
+                    .unwrap(),
+            )
+        };
+        for (e, want) in [
+            (connect(io::ErrorKind::ConnectionRefused), true),
+            (io(io::ErrorKind::UnexpectedEof), true),
+            (io(io::ErrorKind::ConnectionReset), true),
+            (method("org.freedesktop.DBus.Error.ServiceUnknown"), true),
+            (connect(io::ErrorKind::NotFound), false),
+            (connect(io::ErrorKind::PermissionDenied), false),
+            (io(io::ErrorKind::TimedOut), false),
+            (zbus::Error::Handshake("auth".into()), false),
+            (method("org.freedesktop.DBus.Error.AccessDenied"), false),
+        ] {
+            assert_eq!(restarting(&e), want, "{e:?}");
+        }
     }
 
     #[test]

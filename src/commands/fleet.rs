@@ -333,6 +333,7 @@ fn print_summary(s: &Summary, env: &str, format: Format) {
                 "exit_code": s.exit_code(),
                 "rollback_reason": s.rollback_reason,
                 "needs_attention": s.attention(),
+                "failed": s.failed(),
                 "hosts": hosts,
             })
         );
@@ -353,11 +354,44 @@ fn print_summary(s: &Summary, env: &str, format: Format) {
             "fleet apply of {env} failed ({}) and every host is back on its previous release",
             s.rollback_reason.as_deref().unwrap_or("")
         ),
+        exit::HOSTS_FAILED => eprintln!(
+            "fleet apply of {env} went on within max-fail, but did not succeed on: {} (each is on its previous release; the others run the new one)",
+            s.failed().join(", ")
+        ),
         _ => eprintln!(
-            "fleet apply of {env} needs attention on: {}\n(a host marked unknown lost its connection mid-apply: run `moorline status --env {env}`; its own journal resumes it with `moorline apply --resume --env {env}`)",
+            "fleet apply of {env} needs attention on: {}",
             s.attention().join(", ")
         ),
     }
+    for (h, hint) in hints(s, env) {
+        eprintln!("  {h}: {hint}");
+    }
+}
+
+/// What settles each host a rollout left on no known release, by the
+/// state it is in: a host whose connection dropped is settled by the
+/// rollout (its journal on the controller is still unfinished); a host
+/// that needs attention, or whose fleet rollback failed, has its own
+/// unfinished apply, which its own `rollback` settles (`--on` it).
+fn hints(s: &Summary, env: &str) -> Vec<(String, String)> {
+    use crate::fleet::journal::HostOutcome;
+    s.attention()
+        .into_iter()
+        .filter_map(|h| {
+            let hint = match s.outcomes.get(&h)? {
+                HostOutcome::Unknown => format!(
+                    "lost its connection mid-apply; once it answers, `moorline apply --resume --env {env}` settles it by its own journal and finishes the rollout (or `moorline rollback --env {env}` undoes the rollout)"
+                ),
+                HostOutcome::NeedsAttention => format!(
+                    "its own apply is unfinished (it failed and could not roll itself back, see its messages above; `moorline status --env {env}` shows it); once the cause is fixed, `moorline rollback --env {env} --on {h}` rolls it back to its previous release"
+                ),
+                _ => format!(
+                    "its fleet rollback failed (see its messages above); once the cause is fixed, `moorline rollback --env {env} --on {h}` rolls it back"
+                ),
+            };
+            Some((h, hint))
+        })
+        .collect()
 }
 
 /// `apply --resume` of a fleet: finishes the unfinished rollout.
@@ -398,12 +432,39 @@ pub(crate) fn rollback(global: &Global, args: &RollbackArgs, t: &Target) -> miet
     let rt = runtime()?;
     let res = rt.block_on(async {
         if let Some(replay) = journal::read(&fleet.dir)? {
+            if !args.on.is_empty() {
+                // The rollout's journal decides what each of its hosts
+                // still needs: one host settled behind its back would
+                // leave the journal wrong about it.
+                return Err(FleetError::Local {
+                    what: format!(
+                        "roll back {} alone: rollout {} is unfinished",
+                        args.on.join(", "),
+                        replay.rollout_id
+                    ),
+                    help: format!(
+                        "finish it with `moorline apply --resume --env {env}`, or undo it on every host it started with `moorline rollback --env {env}`; then `--on` rolls back one host"
+                    ),
+                    source: None,
+                }
+                .into());
+            }
             eprintln!("rolling back the unfinished rollout {}", replay.rollout_id);
             let ended = control::undo(&fleet, replay, args.format == Format::Json).await?;
             return finish_undo(ended, env, args.format);
         }
+        let chosen = control::chosen(&fleet, &args.on)?;
+        let which = if args.on.is_empty() {
+            format!("every host of {env}")
+        } else {
+            chosen
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         policy::confirm(args.yes, || {
-            confirm(&format!("Roll back the last apply on every host of {env}?"))
+            confirm(&format!("Roll back the last apply on {which}?"))
         })?;
         let to = fplan::target(t, None)?;
         let mut words: Vec<String> = vec![
@@ -421,7 +482,8 @@ pub(crate) fn rollback(global: &Global, args: &RollbackArgs, t: &Target) -> miet
         if args.database {
             words.push("--database".into());
         }
-        let mut results = control::run_on_all(&fleet, &to.sha, &words, fleet.hosts().len()).await;
+        let mut results =
+            control::run_on_all(&fleet, &chosen, &to.sha, &words, chosen.len()).await;
         results.sort_by(|a, b| a.0.cmp(&b.0));
         let mut failed = Vec::new();
         for (name, res) in results {
@@ -444,7 +506,7 @@ pub(crate) fn rollback(global: &Global, args: &RollbackArgs, t: &Target) -> miet
             }
         }
         if failed.is_empty() {
-            eprintln!("every host of {env} rolled back");
+            eprintln!("{which} rolled back");
             Ok(exit::OK)
         } else {
             eprintln!("the rollback did not finish on: {}", failed.join(", "));
@@ -475,7 +537,7 @@ pub(crate) fn status(global: &Global, args: &StatusArgs, t: &Target) -> miette::
     let at_once = usize::try_from(fleet.env.rollout.connections.max(1)).unwrap_or(8);
     let rt = runtime()?;
     let results = rt.block_on(async {
-        let v = control::run_on_all(&fleet, &to.sha, &words, at_once).await;
+        let v = control::run_on_all(&fleet, fleet.hosts(), &to.sha, &words, at_once).await;
         fleet.transport.close_all(fleet.hosts()).await;
         v
     });

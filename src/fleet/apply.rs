@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use super::journal::{HostOutcome, Journal, Record, Replay};
 use super::plan::FleetPlan;
 use super::remote::Prepared;
+use super::rollout::BatchKind;
 use super::{Fleet, FleetError};
 use crate::config::DrainWhen;
 use crate::events::Event;
@@ -29,6 +30,22 @@ const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// ssh's exit code for its own failures.
 const SSH_FAILED: i32 = 255;
+
+/// The code a host's apply refuses with while an earlier apply there is
+/// unfinished (its journal open: a rollback that could not finish,
+/// `--on-failure stop`).
+const HOST_UNFINISHED: &str = "moorline::apply::unfinished";
+
+/// A host that refused its apply because an earlier one is unfinished
+/// there is not merely `failed`: it still needs a human, as when it was
+/// first left so ([`HostOutcome::NeedsAttention`]).
+fn stuck_or(outcome: HostOutcome, stderr_tail: &str) -> HostOutcome {
+    if outcome == HostOutcome::Failed && stderr_tail.contains(HOST_UNFINISHED) {
+        HostOutcome::NeedsAttention
+    } else {
+        outcome
+    }
+}
 
 /// Why a drain hook failed: before a batch it stops the rollout, after one
 /// it is a warning.
@@ -101,14 +118,33 @@ impl Summary {
         v
     }
 
-    /// The fleet's exit code: 0 within the budget with every host on a
-    /// known release, 3 when the fleet was rolled back and every host is
-    /// back, 4 when some host needs a human.
+    /// Hosts whose apply did not succeed but that are on a known release
+    /// (failed before anything live changed, rolled themselves back, or
+    /// unreachable): what a rollout within `max-fail` leaves behind.
+    pub(crate) fn failed(&self) -> Vec<String> {
+        self.outcomes
+            .iter()
+            .filter(|(_, o)| {
+                matches!(
+                    o,
+                    HostOutcome::Failed | HostOutcome::RolledBack | HostOutcome::Unreachable
+                )
+            })
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
+    /// The fleet's exit code: 4 when some host needs a human, 3 when the
+    /// fleet was rolled back and every host is back, 6 when it went on
+    /// within `max-fail` but some host did not succeed, 0 when every host
+    /// that had something to do succeeded.
     pub(crate) fn exit_code(&self) -> i32 {
         if !self.attention().is_empty() {
             crate::exit::NEEDS_ATTENTION
         } else if self.rollback_reason.is_some() {
             crate::exit::ROLLED_BACK
+        } else if !self.failed().is_empty() {
+            crate::exit::HOSTS_FAILED
         } else {
             crate::exit::OK
         }
@@ -163,6 +199,14 @@ impl Rollout {
         let mut ran_before = false;
         for (index, batch) in self.plan.batches.iter().enumerate() {
             if reason.is_some() {
+                break;
+            }
+            // docs/config.md: the batches start only once the canary is
+            // healthy, whatever `max-fail` allows.
+            if batch.kind == BatchKind::Batch
+                && let Some(why) = self.unhealthy_canary(&outcomes)
+            {
+                reason = Some(why);
                 break;
             }
             let todo: Vec<String> = batch
@@ -234,6 +278,33 @@ impl Rollout {
             summary.rollback_reason = Some(reason);
         }
         Ok(summary)
+    }
+
+    /// Why the canary is not healthy, if it is not: a canary host whose
+    /// apply did not succeed (a canary host with nothing to do has no
+    /// outcome and does not count).
+    fn unhealthy_canary(&self, outcomes: &BTreeMap<String, HostOutcome>) -> Option<String> {
+        let canary = self
+            .plan
+            .batches
+            .iter()
+            .find(|b| b.kind == BatchKind::Canary)?;
+        let bad: Vec<String> = canary
+            .hosts
+            .iter()
+            .filter_map(|h| {
+                outcomes
+                    .get(h)
+                    .filter(|o| o.is_failure())
+                    .map(|o| format!("{h} {}", o.as_str()))
+            })
+            .collect();
+        (!bad.is_empty()).then(|| {
+            format!(
+                "the canary is not healthy ({}): the batches start only after a healthy canary",
+                bad.join(", ")
+            )
+        })
     }
 
     fn over_budget(&self, failures: &AtomicU32) -> String {
@@ -327,8 +398,10 @@ impl Rollout {
                 .host(host)
                 .map(|h| crate::render::json(&h.plan))
                 .unwrap_or_default();
-            self.stream(p, &["apply", "-", "--yes", "--format", "json"], Some(plan))
-                .await
+            let (outcome, code, tail) = self
+                .stream_tail(p, &["apply", "-", "--yes", "--format", "json"], Some(plan))
+                .await;
+            (stuck_or(outcome, &tail), code)
         };
         self.say(host, &format!("apply: {}", outcome.as_str()));
         self.record(Record::HostFinished {
@@ -504,10 +577,13 @@ impl Rollout {
                 let ok = match me.prepared.get(&h) {
                     Some(p) => {
                         let env = me.fleet.env.name.clone();
+                        // The host shows its rollback plan as its format
+                        // says: JSON only when the controller prints JSON.
+                        let format = if me.json { "json" } else { "text" };
                         let (o, _) = me
                             .stream(
                                 p,
-                                &["rollback", "--env", &env, "--yes", "--format", "json"],
+                                &["rollback", "--env", &env, "--yes", "--format", format],
                                 None,
                             )
                             .await;
@@ -607,11 +683,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_host_refused_for_an_unfinished_apply_needs_attention() {
+        let tail = "Error: moorline::apply::unfinished\n  x an apply of staging is unfinished";
+        assert_eq!(
+            stuck_or(HostOutcome::Failed, tail),
+            HostOutcome::NeedsAttention
+        );
+        assert_eq!(stuck_or(HostOutcome::Failed, "other"), HostOutcome::Failed);
+        assert_eq!(
+            stuck_or(HostOutcome::RolledBack, tail),
+            HostOutcome::RolledBack
+        );
+    }
+
+    #[test]
     fn exit_codes_of_a_fleet() {
         let mut s = Summary::default();
         s.outcomes.insert("a".into(), HostOutcome::Succeeded);
         assert_eq!(s.exit_code(), 0);
         s.outcomes.insert("b".into(), HostOutcome::RolledBack);
+        assert_eq!(s.exit_code(), 6, "within max-fail, yet b did not succeed");
+        assert_eq!(s.failed(), vec!["b"]);
         s.rollback_reason = Some("budget".into());
         s.rolled_back.insert("a".into(), true);
         assert_eq!(s.exit_code(), 3, "every host back");

@@ -293,17 +293,18 @@ pub(crate) async fn run_on(
         .await?)
 }
 
-/// [`run_on`] every host of the fleet at once, at most `at_once` at a
-/// time: each host's name and result, in the configuration's order.
+/// [`run_on`] each of `hosts` at once, at most `at_once` at a time: each
+/// host's name and result, in the order of `hosts`.
 pub(crate) async fn run_on_all(
     fleet: &Arc<Fleet>,
+    hosts: &[Host],
     to: &str,
     words: &[String],
     at_once: usize,
 ) -> Vec<(String, Result<Output, FleetError>)> {
     let permits = Arc::new(tokio::sync::Semaphore::new(at_once.max(1)));
     let mut set = tokio::task::JoinSet::new();
-    for (i, host) in fleet.hosts().iter().cloned().enumerate() {
+    for (i, host) in hosts.iter().cloned().enumerate() {
         let (fleet, to, words, permits) = (
             Arc::clone(fleet),
             to.to_owned(),

@@ -399,10 +399,12 @@ pub(crate) fn unreachable_error(gathered: &[Gathered]) -> Option<FleetError> {
                     host,
                     address,
                     detail,
+                    forget,
                 } => FleetError::Ssh(SshError::HostKey {
                     host: host.clone(),
                     address: address.clone(),
                     detail: detail.clone(),
+                    forget: forget.clone(),
                 }),
                 other => FleetError::UnreachableBeforeStart {
                     hosts: format!("{} ({other})", h.name),

@@ -33,13 +33,17 @@ pub enum SshError {
     #[diagnostic(
         code(moorline::fleet::host_key),
         help(
-            "nothing was done on {host}. If the host was reinstalled, check its new key out of band and update known_hosts (`ssh-keygen -R {address}`, then connect once by hand); otherwise treat this as an attack"
+            "nothing was done on {host}. If the host was reinstalled, check its new key out of band and update known_hosts (`{forget}`, then connect once by hand); otherwise treat this as an attack"
         )
     )]
     HostKey {
         host: String,
         address: String,
         detail: String,
+        /// The command that removes the key ssh checked: the name it is
+        /// stored under in known_hosts, as `ssh -G` resolves the host
+        /// ([`known_hosts_entry`]).
+        forget: String,
     },
     #[error("host {host} ({address}) is unreachable: {detail}")]
     #[diagnostic(
@@ -259,8 +263,57 @@ impl Transport {
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         match out.status.code() {
             Some(0) => Ok(()),
-            code => Err(classify(host, code.unwrap_or(SSH_FAILED), &stderr)
-                .unwrap_or_else(|| unreachable(host, &stderr))),
+            code => Err(self
+                .resolved(
+                    host,
+                    classify(host, code.unwrap_or(SSH_FAILED), &stderr)
+                        .unwrap_or_else(|| unreachable(host, &stderr)),
+                )
+                .await),
+        }
+    }
+
+    /// `e`, a host key error naming the known_hosts entry ssh really
+    /// checked: an ssh alias (`Host app1` with `HostName 10.0.0.11`) is
+    /// stored under its address, a port other than 22 as `[addr]:port`, a
+    /// `HostKeyAlias` under the alias, in the `UserKnownHostsFile` the
+    /// configuration names. Read from `ssh -G`, which resolves the
+    /// configuration without connecting; when it cannot, the address.
+    async fn resolved(&self, host: &Host, e: SshError) -> SshError {
+        let SshError::HostKey {
+            host: name,
+            address,
+            detail,
+            forget,
+        } = e
+        else {
+            return e;
+        };
+        let mut c = tokio::process::Command::new("ssh");
+        if let Some(f) = &self.config_file {
+            c.arg("-F").arg(f);
+        }
+        if let Some(u) = &host.user {
+            c.arg("-l").arg(u);
+        }
+        if let Some(p) = host.port {
+            c.arg("-p").arg(p.to_string());
+        }
+        c.arg("-G").arg("--").arg(&host.address);
+        let resolved = c
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| known_hosts_entry(&String::from_utf8_lossy(&o.stdout)));
+        SshError::HostKey {
+            host: name,
+            address,
+            detail,
+            forget: resolved.unwrap_or(forget),
         }
     }
 
@@ -303,7 +356,7 @@ impl Transport {
         let stderr = crate::secrets::redact(&String::from_utf8_lossy(&out.stderr));
         let code = out.status.code().unwrap_or(SSH_FAILED);
         if let Some(e) = classify(host, code, &stderr) {
-            return Err(e);
+            return Err(self.resolved(host, e).await);
         }
         Ok(Output {
             code,
@@ -408,6 +461,7 @@ pub(crate) fn classify(host: &Host, code: i32, stderr: &str) -> Option<SshError>
             host: host.name.clone(),
             address: host.address.clone(),
             detail: last_line(stderr),
+            forget: format!("ssh-keygen -R {}", quote(&host.address)),
         });
     }
     let ssh_markers = [
@@ -426,6 +480,41 @@ pub(crate) fn classify(host: &Host, code: i32, stderr: &str) -> Option<SshError>
         return Some(unreachable(host, stderr));
     }
     None
+}
+
+/// The `ssh-keygen -R` command that removes the key ssh checks for a
+/// host, from `ssh -G` output (`keyword value` lines): known_hosts stores
+/// a key under `HostKeyAlias` when set, else under the resolved `HostName`,
+/// written `[name]:port` for a port other than 22 (sshd(8), "SSH_KNOWN_HOSTS
+/// FILE FORMAT"); `-f` names the first `UserKnownHostsFile` unless it is
+/// the default `~/.ssh/known_hosts`. `None` when there is no host name.
+pub(crate) fn known_hosts_entry(ssh_g: &str) -> Option<String> {
+    let value = |key: &str| {
+        ssh_g.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k.eq_ignore_ascii_case(key) && !v.trim().is_empty()).then(|| v.trim().to_owned())
+        })
+    };
+    let name = if let Some(alias) = value("hostkeyalias") {
+        alias
+    } else {
+        let hostname = value("hostname")?;
+        match value("port").as_deref() {
+            None | Some("22") => hostname,
+            Some(port) => format!("[{hostname}]:{port}"),
+        }
+    };
+    let mut cmd = format!("ssh-keygen -R {}", quote(&name));
+    // `ssh -G` prints the files space-separated, `~` expanded.
+    if let Some(file) = value("userknownhostsfile")
+        .as_deref()
+        .and_then(|f| f.split_whitespace().next())
+        .filter(|f| !f.ends_with("/.ssh/known_hosts"))
+    {
+        cmd.push_str(" -f ");
+        cmd.push_str(&quote(file));
+    }
+    Some(cmd)
 }
 
 fn unreachable(host: &Host, stderr: &str) -> SshError {
@@ -640,6 +729,33 @@ mod tests {
                 _ => "other",
             });
             assert_eq!(got, want, "{code} {stderr:?}");
+        }
+    }
+
+    #[test]
+    fn the_known_hosts_entry_is_what_ssh_resolves() {
+        let files = "userknownhostsfile /root/.ssh/known_hosts /root/.ssh/known_hosts2\n";
+        for (g, want) in [
+            (
+                format!("hostname 10.0.0.11\nport 22\n{files}"),
+                Some("ssh-keygen -R '10.0.0.11'"),
+            ),
+            (
+                format!("hostname 10.0.0.11\nport 2222\n{files}"),
+                Some("ssh-keygen -R '[10.0.0.11]:2222'"),
+            ),
+            (
+                format!("hostname 10.0.0.11\nport 2222\nhostkeyalias app1\n{files}"),
+                Some("ssh-keygen -R 'app1'"),
+            ),
+            (
+                "hostname 10.0.0.11\nport 22\nuserknownhostsfile /etc/fleet/known hosts2\n"
+                    .to_owned(),
+                Some("ssh-keygen -R '10.0.0.11' -f '/etc/fleet/known'"),
+            ),
+            ("port 22\n".to_owned(), None),
+        ] {
+            assert_eq!(known_hosts_entry(&g).as_deref(), want, "{g}");
         }
     }
 

@@ -113,6 +113,10 @@ pub(crate) async fn gather(t: &Target, sd: &Systemd, options: Options) -> miette
         ));
     }
 
+    if let Some(d) = unfinished_apply(&t.state_dir, &t.env.name).await {
+        env_drift.push(d);
+    }
+
     let mut phases: Vec<PhaseStatus> = config
         .phases
         .iter()
@@ -265,6 +269,46 @@ fn timestamp(us: u64) -> Option<String> {
     (us != 0).then(|| {
         humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_micros(us)).to_string()
     })
+}
+
+/// The apply whose journal is still open while no moorline runs it, if
+/// any: it blocks every other apply until `rollback` or `apply --resume`
+/// settles it. An apply running now (its process holds the lock) is no
+/// drift. A journal that cannot be read is reported as such (it blocks
+/// applies just the same).
+async fn unfinished_apply(state_dir: &Path, env: &str) -> Option<Drift> {
+    let dir = state_dir.to_owned();
+    let read = tokio::task::spawn_blocking(move || {
+        if crate::lock::held_by_running_moorline(&dir) {
+            return Ok(crate::journal::Current::Absent);
+        }
+        crate::journal::read(&dir)
+    })
+    .await
+    .ok()?;
+    let settle = format!(
+        "`moorline rollback --env {env}` rolls it back, `moorline apply --resume --env {env}` retries it"
+    );
+    let detail = match read {
+        Ok(crate::journal::Current::Begun(r)) if !r.ended() => {
+            let rolling_back = r
+                .records
+                .iter()
+                .any(|r| matches!(r, crate::journal::Record::RollbackBegin { .. }));
+            format!(
+                "apply {} is unfinished{}: {settle}",
+                r.apply_id,
+                if rolling_back {
+                    " (its rollback began and did not finish)"
+                } else {
+                    ""
+                }
+            )
+        }
+        Ok(_) => return None,
+        Err(e) => format!("the journal cannot be read ({e}); no apply can start until it can"),
+    };
+    Some(Drift::new(DriftKind::UnfinishedApply, detail))
 }
 
 #[cfg(test)]

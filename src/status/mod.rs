@@ -37,8 +37,8 @@
 //! Probe = {"url", "status": <u16> | null, "ok", "millis", "error": "..." | null}
 //! Drift = {"kind", "detail"}, kind one of: unit-file-edited, unit-file-outdated,
 //!         unit-file-missing, current-mismatch, not-active, no-release,
-//!         never-deployed, behind-branch, rolled-back (the last two fail
-//!         `--check` only with `--fail-behind`)
+//!         never-deployed, behind-branch, rolled-back (these two fail
+//!         `--check` only with `--fail-behind`), unfinished-apply
 //! ```
 //!
 //! Probes and D-Bus reads for all services run concurrently, so a status of 19 services takes
@@ -103,6 +103,10 @@ pub(crate) enum DriftKind {
     /// Services were rolled back by hand since the last deploy (the state
     /// records it): they run releases older than the deployed revision.
     RolledBack,
+    /// An apply's journal is still open: it failed and was left for a
+    /// human (`--on-failure stop`, a rollback that could not finish) or was
+    /// interrupted; every other apply is refused until it is settled.
+    UnfinishedApply,
 }
 
 impl DriftKind {

@@ -124,6 +124,54 @@ async fn a_job_in_flight_gets_its_real_result_across_a_broker_restart() {
     assert_eq!(sd.stop(unit).await.unwrap(), JobResult::Done);
 }
 
+/// A command's first connection, made while the broker is away (its socket refusing
+/// connections, as between one broker's exit and its successor's start), waits for it within
+/// the reconnect budget instead of failing the command; so does one made right after a broker
+/// restart, before the manager is back on the new broker. A bus that is not there at all (no
+/// socket) is still reported at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_connection_waits_out_a_broker_restart() {
+    let Some(sandbox) = support::bus_sandbox() else {
+        return;
+    };
+    let _one_at_a_time = BUS_RESTARTS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A socket file nobody listens on: connecting is refused, as while a broker restarts.
+    let away = dir.path().join("away");
+    drop(std::os::unix::net::UnixListener::bind(&away).unwrap());
+    let link = dir.path().join("bus");
+    std::os::unix::fs::symlink(&away, &link).unwrap();
+    let address = format!("unix:path={}", link.display());
+    let first = tokio::spawn(async move { Systemd::connect_address(&address).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !first.is_finished(),
+        "the first connection gave up while the broker was away: {:?}",
+        first.await.unwrap().err()
+    );
+    // The broker is back: the link now leads to the manager's bus.
+    let back = dir.path().join("bus.back");
+    std::os::unix::fs::symlink(sandbox.runtime_dir().join("bus"), &back).unwrap();
+    std::fs::rename(&back, &link).unwrap();
+    let sd = first.await.unwrap().unwrap();
+    sd.daemon_reload().await.unwrap();
+
+    // Right after a real restart.
+    restart_bus(sandbox);
+    let sd = sandbox.connect().await.unwrap();
+    sd.daemon_reload().await.unwrap();
+
+    // No socket at all: no bus to wait for.
+    let started = std::time::Instant::now();
+    let missing = format!("unix:path={}", dir.path().join("none").display());
+    assert!(Systemd::connect_address(&missing).await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// Runs `cmd` to its end, restarting the broker at each of `points` (offsets from its start)
 /// that comes while it still runs. Returns its output and how many restarts landed.
 fn run_with_broker_restarts(
@@ -208,7 +256,8 @@ async fn an_apply_carries_on_across_broker_restarts() {
     consistent(&w, &sd, &first, &log).await;
     assert_eq!(state_json(&w)["revision"], first.as_str());
 
-    // An update of a few services, the broker restarted while they restart.
+    // An update of a few services, the broker restarted as the apply starts (its first
+    // connection) and while they restart.
     let second = w.commit(
         "main",
         "four services",
@@ -221,7 +270,7 @@ async fn an_apply_carries_on_across_broker_restarts() {
     );
     let cmd = w.cmd(&["apply", "--env", "staging", "--yes"]);
     let (out, landed) = tokio::task::spawn_blocking(move || {
-        run_with_broker_restarts(sandbox, cmd, &millis(&[150, 500, 900]))
+        run_with_broker_restarts(sandbox, cmd, &millis(&[0, 150, 500, 900]))
     })
     .await
     .unwrap();

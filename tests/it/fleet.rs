@@ -388,9 +388,11 @@ async fn a_reviewed_fleet_plan_applies_a_merge_that_does_the_same_and_refuses_on
     }
 }
 
+/// With `max-fail 1` the canary's one failure is within the budget, yet the batches must not
+/// start: they start only after a healthy canary (docs/config.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_canary_touches_no_other_host() {
-    let Some(w) = world(3, "canary 1; batches \"100%\"", false).await else {
+    let Some(w) = world(3, "canary 1; max-fail 1; batches \"100%\"", false).await else {
         return;
     };
     let first = deploy_all(&w);
@@ -404,6 +406,10 @@ async fn a_failing_canary_touches_no_other_host() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("[host1] apply: rolled-back"), "{stderr}");
     assert!(!stderr.contains("[host2] apply"), "{stderr}");
+    assert!(
+        stderr.contains("the canary is not healthy (host1 rolled-back)"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -425,6 +431,19 @@ async fn a_failure_in_the_second_batch_rolls_the_whole_fleet_back() {
     assert!(stderr.contains("[host3] apply: rolled-back"), "{stderr}");
     assert!(stderr.contains("[host1] rolled back"), "{stderr}");
     assert!(stderr.contains("[host2] rolled back"), "{stderr}");
+    // Each host's rollback plan is shown as a plan is, not as JSON (which only `--format
+    // json` asks for): it was some 900 lines of JSON per host.
+    assert!(
+        stderr.contains("[host1] Rollback plan for pakashop/staging"),
+        "{stderr}"
+    );
+    let raw_json = stderr
+        .lines()
+        .filter(|l| l.starts_with("[host1] {") || l.contains("\"format_version\""))
+        .count();
+    assert_eq!(raw_json, 0, "{stderr}");
+    let host1 = stderr.lines().filter(|l| l.starts_with("[host1]")).count();
+    assert!(host1 < 150, "{host1} lines from host1:\n{stderr}");
     assert_eq!(w.revisions(), vec![Some(first.clone()); 3], "{stderr}");
     // Each host's `current` links point at the first release again.
     for i in 0..3 {
@@ -522,6 +541,138 @@ async fn a_failed_first_rollout_takes_every_host_back_to_nothing_deployed() {
     );
 }
 
+/// Writes host `i`'s `svc-0002` `behaviour.json` in the release its `current` names: what that
+/// release does the next time it starts (the test's stand-in for a release broken on a host).
+fn set_live_behaviour(w: &World, i: usize, crash: bool) {
+    // `current` is an absolute link into the hosts' common root path, which only the host
+    // itself sees as its own: followed here by its name.
+    let service = w.hosts.host(i).root_dir().join("staging/svc-0002");
+    let release = std::fs::read_link(service.join("current")).unwrap();
+    let path = service
+        .join("releases")
+        .join(release.file_name().unwrap())
+        .join("behaviour.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut v = v.as_object().unwrap().clone();
+    v.insert("crash".into(), crash.into());
+    std::fs::write(&path, serde_json::Value::Object(v).to_string()).unwrap();
+}
+
+/// `max-fail 1`: a host that fails within the budget makes the rollout exit 6, not 0; a host
+/// whose own rollback cannot finish is left needing attention, named with the command that
+/// settles it (not the unknown host's `apply --resume`), shown as such by `status`, counted as
+/// needing attention (not merely `failed`) by later rollouts, and settled from the controller
+/// with `rollback --on HOST`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_left_needing_attention_is_named_shown_and_settled_from_the_controller() {
+    let Some(w) = world(3, "max-fail 1; batches \"100%\"", true).await else {
+        return;
+    };
+    let first = deploy_all(&w);
+
+    // Only host3 runs svc-0002: it fails there and rolls itself back, within max-fail.
+    w.commit(
+        "svc-0001 changes, svc-0002 crashes",
+        &[
+            Edit::touch_service("svc-0001"),
+            Edit::crash_on_start("svc-0002"),
+        ],
+    );
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(6), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("host3: rolled-back"), "{stderr}");
+    assert!(stderr.contains("did not succeed on: host3"), "{stderr}");
+    let second = w.head();
+    assert_eq!(
+        w.revisions(),
+        vec![
+            Some(second.clone()),
+            Some(second.clone()),
+            Some(first.clone())
+        ],
+        "host1 and host2 went ahead, host3 rolled its whole apply back"
+    );
+    assert_ne!(first, second);
+
+    // host3's previous svc-0002 release now crashes too: its rollback cannot finish.
+    set_live_behaviour(&w, 2, true);
+    w.commit("svc-0001 changes", &[Edit::touch_service("svc-0001")]);
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(4), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("host3: needs-attention"), "{stderr}");
+    assert!(stderr.contains("needs attention on: host3"), "{stderr}");
+    assert!(
+        stderr.contains("`moorline rollback --env staging --on host3`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("lost its connection"), "{stderr}");
+    assert!(
+        !stderr.contains("apply --resume --env staging`"),
+        "{stderr}"
+    );
+
+    // `status` shows the stuck apply; `--check` fails on it.
+    let out = w.run(&["status", "--env", "staging", "--check"]);
+    assert_eq!(code(&out), Some(5), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let host3 = &stdout[stdout.find("=== host3 ===").unwrap()..];
+    assert!(host3.contains("unfinished-apply: apply "), "{stdout}");
+    assert!(
+        !stdout[..stdout.find("=== host3 ===").unwrap()].contains("unfinished-apply"),
+        "{stdout}"
+    );
+
+    // A later rollout: host3 refuses (its apply is unfinished), which needs attention, not 0.
+    w.commit("svc-0001 changes again", &[Edit::touch_service("svc-0001")]);
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(4), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("host3: needs-attention"), "{stderr}");
+    assert!(stderr.contains("moorline::apply::unfinished"), "{stderr}");
+
+    // `--on` names a host of the fleet, and settles that host alone.
+    let out = w.run(&["rollback", "--env", "staging", "--on", "nosuch", "--yes"]);
+    assert_eq!(code(&out), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("moorline::fleet::unknown_host"),
+        "{}",
+        show(&out)
+    );
+    let before: Vec<_> = (0..2).map(|i| w.state(i)).collect();
+    set_live_behaviour(&w, 2, false);
+    let out = w.run(&["rollback", "--env", "staging", "--on", "host3", "--yes"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    assert_eq!(
+        (0..2).map(|i| w.state(i)).collect::<Vec<_>>(),
+        before,
+        "host1 and host2 were not touched"
+    );
+    let out = w.run(&["status", "--env", "staging"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("unfinished-apply"),
+        "{}",
+        show(&out)
+    );
+
+    // Settled, host3 takes the next rollout like any host. (svc-0002 also changes: healed
+    // alone, its tree would be that of the release edited by hand above; and svc-0001, so
+    // that every host's state names the new revision.)
+    w.commit(
+        "svc-0002 heals",
+        &[
+            Edit::heal("svc-0002"),
+            Edit::touch_service("svc-0002"),
+            Edit::touch_service("svc-0001"),
+        ],
+    );
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    assert_eq!(w.revisions(), vec![Some(w.head()); 3]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_host_refuses_the_apply_and_a_changed_host_key_is_named() {
     let Some(w) = world(3, "batches \"100%\"", false).await else {
@@ -533,6 +684,12 @@ async fn an_unreachable_host_refuses_the_apply_and_a_changed_host_key_is_named()
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("moorline::fleet::host_key"), "{stderr}");
     assert!(stderr.contains("host2"), "{stderr}");
+    // The help names the key ssh checked: `host2` is an ssh alias, known_hosts holds its
+    // address (`ssh -G` resolves it), in the known_hosts file its configuration names.
+    let flat = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+    let forget = format!("ssh-keygen -R '{}'", w.hosts.host(1).address());
+    assert!(flat.contains(&forget), "{forget}: {stderr}");
+    assert!(flat.contains("known_hosts'"), "{stderr}");
     w.hosts.trust_host_keys().unwrap();
 
     w.hosts.link_down(2).unwrap();
