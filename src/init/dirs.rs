@@ -36,6 +36,12 @@ const NOT_SERVICE_DIRS: &[(&str, &str)] = &[
     ("hack", "tooling"),
     ("bench", "benchmarks"),
     ("benchmarks", "benchmarks"),
+    ("ci", "tooling"),
+    ("deploy", "deployment configuration"),
+    ("kubernetes", "deployment configuration"),
+    ("k8s", "deployment configuration"),
+    ("helm", "deployment configuration"),
+    ("terraform", "deployment configuration"),
 ];
 
 /// A manifest of a language init does not build, and what it means.

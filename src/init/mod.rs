@@ -453,7 +453,7 @@ pub(crate) enum InitError {
     )]
     NotADirectory { path: String },
     #[error(
-        "found no service in {dir}: no package.json, go.mod, requirements.txt or pyproject.toml"
+        "found no service in {dir}: no package.json, go.mod, requirements.txt or pyproject.toml{seen}"
     )]
     #[diagnostic(
         code(moorline::init::nothing_found),
@@ -461,7 +461,12 @@ pub(crate) enum InitError {
             "run `moorline init` in the repository's root; moorline recognises a service by one of those files, in a directory of its own (services/NAME, apps/NAME) or, for a single service, at the root. To write a configuration by hand, start from docs/config.md"
         )
     )]
-    NothingFound { dir: String },
+    NothingFound {
+        dir: String,
+        /// What it saw and cannot deploy (`; it saw, and cannot deploy: ...`),
+        /// or nothing.
+        seen: String,
+    },
     #[error("{path} exists; nothing was written")]
     #[diagnostic(
         code(moorline::init::exists),

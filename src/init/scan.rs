@@ -25,8 +25,38 @@ pub(crate) fn scan(files: &Files) -> Result<Scan, InitError> {
     let root_only = dirs.is_empty();
     if root_only {
         let Some(marker) = root_marker else {
+            let shown: Vec<String> = left_out
+                .iter()
+                .filter(|l| l.unhandled)
+                .take(10)
+                .map(|l| {
+                    format!(
+                        "{} ({})",
+                        l.path,
+                        l.reason.split(": init ").next().unwrap_or("")
+                    )
+                })
+                .collect();
+            let more = left_out
+                .iter()
+                .filter(|l| l.unhandled)
+                .count()
+                .saturating_sub(10);
             return Err(InitError::NothingFound {
                 dir: files.dir_name.clone(),
+                seen: if shown.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; it saw, and cannot deploy: {}{}",
+                        shown.join(", "),
+                        if more > 0 {
+                            format!(", and {more} more")
+                        } else {
+                            String::new()
+                        }
+                    )
+                },
             });
         };
         notes.push(format!(
@@ -217,9 +247,14 @@ fn sources<'a>(files: &'a Files, dir: &str) -> Vec<(&'a str, &'a str)> {
         .filter(|(p, _)| {
             p.starts_with(&prefix)
                 && super::is_source(p)
-                && !p[prefix.len()..]
-                    .split('/')
-                    .any(|c| matches!(c, "test" | "tests" | "__tests__" | "testdata"))
+                && !p[prefix.len()..].split('/').any(|c| {
+                    matches!(
+                        c,
+                        "test" | "tests" | "__tests__" | "__mocks__" | "testdata" | "cypress" | "e2e"
+                    )
+                })
+                // Tool configuration (`cypress.config.ts`, `vite.config.js`).
+                && !p.rsplit('/').next().is_some_and(|n| n.contains(".config."))
         })
         .map(|(p, t)| (p.as_str(), t.as_str()))
         .collect()
@@ -1326,8 +1361,18 @@ mod tests {
     fn an_empty_repository_is_an_error_and_a_root_only_one_is_a_root_service() {
         assert!(matches!(
             scan(&files(&[("README.md", "")])),
-            Err(InitError::NothingFound { .. })
+            Err(InitError::NothingFound { seen, .. }) if seen.is_empty()
         ));
+        // What it saw and cannot deploy is named.
+        let Err(InitError::NothingFound { seen, .. }) =
+            scan(&files(&[("svc/Svc.csproj", ""), ("api/pom.xml", "")]))
+        else {
+            panic!("a .NET and a Java service are not deployable");
+        };
+        assert_eq!(
+            seen,
+            "; it saw, and cannot deploy: api (Java (Maven: pom.xml)), svc (.NET (Svc.csproj))"
+        );
         let root = scan(&files(&[("go.mod", ""), ("main.go", "")])).unwrap();
         let paths: Vec<&str> = root.services.iter().map(|s| s.path.as_str()).collect();
         assert_eq!(paths, ["."]);

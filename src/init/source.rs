@@ -72,6 +72,23 @@ fn env_reads(text: &str) -> Vec<(String, usize)> {
             }
         }
     }
+    // A quoted port variable's name handed to a helper
+    // (`mustMapEnv(&port, "CHECKOUT_PORT")`, `must_map_env('X_PORT')`).
+    for q in ['"', '\''] {
+        for (at, _) in text.match_indices(q) {
+            let start = at + 1;
+            let name: String = text[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            if name.ends_with("PORT")
+                && text[start + name.len()..].starts_with(q)
+                && !out.iter().any(|(_, a)| *a == start)
+            {
+                out.push((name, start));
+            }
+        }
+    }
     out.sort_by_key(|(_, at)| *at);
     out
 }
@@ -376,6 +393,15 @@ mod tests {
                 "fetch('http://localhost:3000/x'); version = '1.2.3'\n",
                 "x",
                 None,
+            ),
+            (
+                "mustMapEnv(&port, \"CHECKOUT_PORT\")\nmustMapEnv(&a, \"CART_ADDR\")\n",
+                "checkout",
+                Some(Listen::Env {
+                    var: "CHECKOUT_PORT".into(),
+                    default: None,
+                    file: "f".into(),
+                }),
             ),
         ] {
             assert_eq!(listen(&[("f", src)], svc), want, "{src}");
