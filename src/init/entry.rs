@@ -249,6 +249,15 @@ pub(super) fn runtime_argv(
         }
         out.push(in_service(files, dir, a, workdir));
     }
+    // uvicorn and `fastapi run` read no PORT and listen on 8000 unless
+    // told: they are told the configured port (gunicorn reads PORT).
+    if matches!(base, "uvicorn" | "fastapi")
+        && !out
+            .iter()
+            .any(|w| w.contains("{port}") || w.starts_with("--uds") || w.starts_with("--fd"))
+    {
+        out.extend(["--port".to_owned(), "{port}".to_owned()]);
+    }
     Some((out, port))
 }
 
@@ -512,6 +521,18 @@ mod tests {
             (
                 &["uwsgi", "--ini", "/app/payment.ini"],
                 Some(&["{current}/venv/bin/uwsgi", "--ini", "{current}/payment.ini"]),
+                None,
+            ),
+            (
+                &["fastapi", "run", "--workers", "4"],
+                Some(&[
+                    "{current}/venv/bin/fastapi",
+                    "run",
+                    "--workers",
+                    "4",
+                    "--port",
+                    "{port}",
+                ]),
                 None,
             ),
             (&["/src/server"], None, None),

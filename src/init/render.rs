@@ -417,7 +417,9 @@ pub(crate) fn summary(scan: &Scan) -> String {
             s.port.check,
             &s.port.from,
         );
-        if let PortUse::HardCoded(file) = &s.port_use {
+        if let PortUse::HardCoded(file) = &s.port_use
+            && !s.port.check
+        {
             add(
                 format!("{} port {}", s.name, s.port.value),
                 true,

@@ -253,11 +253,36 @@ fn sources<'a>(files: &'a Files, dir: &str) -> Vec<(&'a str, &'a str)> {
                         "test" | "tests" | "__tests__" | "__mocks__" | "testdata" | "cypress" | "e2e"
                     )
                 })
-                // Tool configuration (`cypress.config.ts`, `vite.config.js`).
-                && !p.rsplit('/').next().is_some_and(|n| n.contains(".config."))
+                // Tool configuration (`cypress.config.ts`, `karma.conf.js`).
+                && !p.rsplit('/').next().is_some_and(is_tool_config)
         })
         .map(|(p, t)| (p.as_str(), t.as_str()))
         .collect()
+}
+
+/// A build, test or lint tool's configuration file, not the app's source.
+fn is_tool_config(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.contains(".config.")
+        || lower.contains(".conf.")
+        || [
+            "karma",
+            "webpack",
+            "jest",
+            "babel",
+            "eslint",
+            "protractor",
+            "vite",
+            "rollup",
+            "gulpfile",
+            "gruntfile",
+            "tailwind",
+            "postcss",
+            "setupproxy",
+            "setuptests",
+        ]
+        .iter()
+        .any(|t| lower.starts_with(t))
 }
 
 /// The `exec` of a service whose start command init did not find:
@@ -481,10 +506,21 @@ fn node_exec(
             ));
         }
     }
-    plain(todo_exec(
-        name,
-        "no start script, \"main\", Procfile, Dockerfile CMD or entry file found",
-    ))
+    let nginx = files
+        .text
+        .get(&join(dir, "Dockerfile"))
+        .map(|t| entry::dockerfile(t))
+        .and_then(|d| d.images.last().cloned())
+        .filter(|i| i.contains("nginx") || i.contains("httpd") || i.contains("caddy"));
+    let why = match nginx {
+        Some(image) => format!(
+            "no start script, \"main\", Procfile or entry file found, and its Dockerfile serves files from {image}: a static site, which the proxy can serve from its build output instead"
+        ),
+        None => {
+            "no start script, \"main\", Procfile, Dockerfile CMD or entry file found".to_owned()
+        }
+    };
+    plain(todo_exec(name, &why))
 }
 
 fn go(files: &Files, dir: &str, name: &str) -> (RuntimeSpec, Guess<Vec<String>>) {
@@ -995,10 +1031,19 @@ fn assign_ports(services: &mut [Service], notes: &mut Vec<String>) {
         }
         if let Some(other) = taken.get(&s.port.value) {
             if matches!(s.port_use, PortUse::HardCoded(_)) {
+                // Ports must differ in the configuration; the app still
+                // listens on its own, so this is a TODO.
                 notes.push(format!(
                     "{} and {other} both listen on port {}, and {} hard-codes it: they cannot run on one host; change one of them",
                     s.name, s.port.value, s.name
                 ));
+                s.port = Guess::assumed(
+                    0,
+                    format!(
+                        "{other} uses port {} too, which {} hard-codes: change its source to listen on this one",
+                        s.port.value, s.name
+                    ),
+                );
                 continue;
             }
             // The port's own comment and check say so.
@@ -1431,6 +1476,19 @@ mod tests {
         assert_eq!(s.services[1].port.value, PORT_BASE);
         assert!(s.services[1].port.check);
         assert!(s.services[1].port.from.contains("a uses port 4000 too"));
+        // Two apps that hard-code one port: the second gets another in
+        // the configuration (ports must differ), marked, and a note.
+        let f = files(&[
+            ("services/c/requirements.txt", ""),
+            ("services/c/app.py", "app.run(port=5000)\n"),
+            ("services/d/requirements.txt", ""),
+            ("services/d/app.py", "app.run(port=5000)\n"),
+        ]);
+        let s = scan(&f).unwrap();
+        assert_eq!(s.services[0].port.value, 5000);
+        assert_eq!(s.services[1].port.value, PORT_BASE);
+        assert!(s.services[1].port.check);
+        assert!(s.notes.iter().any(|n| n.contains("cannot run on one host")));
     }
 
     #[test]

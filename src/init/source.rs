@@ -137,12 +137,47 @@ fn number_after(text: &str, at: usize, window: usize) -> Option<u16> {
     None
 }
 
+/// Ports of servers a service connects to (Redis, PostgreSQL, MySQL,
+/// MongoDB, AMQP, Kafka, memcached, Elasticsearch, ZooKeeper, SQL Server,
+/// OTLP): a literal one is a client's, not the service's own.
+const CLIENT_PORTS: &[u16] = &[
+    6379, 5432, 3306, 27017, 5672, 9092, 11211, 9200, 2181, 1433, 4317, 4318,
+];
+
+/// Whether the line at `at` names a host to connect to (`host='redis'`,
+/// `host: "db"`): a port beside it is that host's.
+fn beside_client_host(text: &str, at: usize) -> bool {
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let line = text[start..end].to_ascii_lowercase();
+    let Some(h) = line.find("host") else {
+        return false;
+    };
+    let value: String = line[h + 4..]
+        .trim_start_matches(|c: char| c.is_whitespace() || matches!(c, '=' | ':'))
+        .trim_start_matches(['"', '\''])
+        .chars()
+        .take_while(|c| !matches!(c, '"' | '\'' | ',' | ')' | ' '))
+        .collect();
+    !value.is_empty()
+        && !matches!(
+            value.as_str(),
+            "0.0.0.0" | "::" | "127.0.0.1" | "localhost" | "[::]"
+        )
+        && value
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+}
+
 /// A port the text listens on: `port = 8080`, `listenPort = "5050"`,
 /// `.listen(3000`, `":8080"`, `"0.0.0.0:80"`, `'[::]:50051'`.
 pub(super) fn literal_port(text: &str) -> Option<u16> {
     let mut best: Option<(usize, u16)> = None;
     let mut consider = |at: usize, p: Option<u16>| {
         if let Some(p) = p
+            && !CLIENT_PORTS.contains(&p)
+            && !beside_client_host(text, at)
             && best.is_none_or(|(b, _)| at < b)
         {
             best = Some((at, p));
@@ -405,6 +440,18 @@ mod tests {
             ),
         ] {
             assert_eq!(listen(&[("f", src)], svc), want, "{src}");
+        }
+    }
+
+    #[test]
+    fn ports_of_clients_are_not_the_services() {
+        for (src, want) in [
+            ("cache = Redis(host='redis', port=6379)\n", None),
+            ("r = Client(host=\"queue\", port=7000)\n", None),
+            ("client = redis.createClient({ port: 6379 })\n", None),
+            ("app.run(host='0.0.0.0', port=8000)\n", Some(8000)),
+        ] {
+            assert_eq!(literal_port(src), want, "{src}");
         }
     }
 
