@@ -1464,6 +1464,45 @@ mod tests {
     }
 
     #[test]
+    fn start_commands_from_procfile_and_dockerfile_take_the_port() {
+        let f = files(&[
+            ("services/a/requirements.txt", "gunicorn\n"),
+            ("services/a/app.py", "app = Flask(__name__)\n"),
+            (
+                "services/a/Procfile",
+                "web: gunicorn app:app --bind 0.0.0.0:$PORT\n",
+            ),
+            ("services/b/package.json", "{}"),
+            ("services/b/server.js", "app.listen(8081)\n"),
+            (
+                "services/b/Dockerfile",
+                "FROM node:20\nEXPOSE 9000\nCMD [\"node\", \"server.js\"]\n",
+            ),
+        ]);
+        let s = scan(&f).unwrap();
+        let a = &s.services[0];
+        assert_eq!(
+            a.exec.value,
+            [
+                "{current}/venv/bin/gunicorn",
+                "app:app",
+                "--bind",
+                "0.0.0.0:{port}"
+            ]
+        );
+        assert_eq!(a.port_use, PortUse::Command);
+        // b: the Dockerfile's command; the port its source hard-codes, not
+        // EXPOSE's.
+        let b = &s.services[1];
+        assert_eq!(b.exec.value, ["/usr/bin/node", "{current}/server.js"]);
+        assert_eq!(b.port.value, 8081);
+        assert_eq!(
+            b.port_use,
+            PortUse::HardCoded("services/b/server.js".to_owned())
+        );
+    }
+
+    #[test]
     fn duplicate_ports_are_reassigned() {
         let f = files(&[
             ("services/a/requirements.txt", ""),
