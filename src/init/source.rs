@@ -310,6 +310,16 @@ const ROUTE_MARKERS: &[&str] = &[
     "Path(",
 ];
 
+/// What defines a router whose routes are mounted under a prefix
+/// (FastAPI, Express, Flask blueprints, gorilla/mux, Gin, Echo).
+const ROUTERS: &[&str] = &[
+    "APIRouter(",
+    "express.Router(",
+    "Blueprint(",
+    "Subrouter(",
+    ".Group(",
+];
+
 /// The liveness and readiness routes the source defines; a path quoted
 /// only outside a route definition is a guess to check.
 pub(super) fn health(sources: &[(&str, &str)]) -> (Option<Guess<String>>, Option<Guess<String>>) {
@@ -325,10 +335,28 @@ pub(super) fn health(sources: &[(&str, &str)]) -> (Option<Guess<String>>, Option
                         continue;
                     }
                     if ROUTE_MARKERS.iter().any(|m| line.contains(m)) {
-                        return Some(Guess::found(
-                            (*c).to_owned(),
-                            format!("a route in {file}:{}", n + 1),
-                        ));
+                        let at = format!("a route in {file}:{}", n + 1);
+                        // On a router, the path is under the prefix it is
+                        // mounted at, which is elsewhere.
+                        let joined = ['"', '\'', '`'].iter().any(|q| {
+                            line.contains(&format!("+{q}{c}{q}"))
+                                || line.contains(&format!("+ {q}{c}{q}"))
+                        });
+                        return Some(if joined {
+                            Guess::assumed(
+                                (*c).to_owned(),
+                                format!(
+                                    "{at}, joined to a prefix there: this path when the prefix is empty"
+                                ),
+                            )
+                        } else if ROUTERS.iter().any(|r| text.contains(r)) {
+                            Guess::assumed(
+                                (*c).to_owned(),
+                                format!("{at}, on a router: check the prefix it is mounted under"),
+                            )
+                        } else {
+                            Guess::found((*c).to_owned(), at)
+                        });
                     }
                     if loose.is_none() {
                         loose = Some(Guess::assumed(
@@ -463,12 +491,18 @@ mod tests {
         )]);
         let h = h.unwrap();
         // `/health` is mentioned first in the list but not in a route: the
-        // route `/_healthz` is found.
+        // route `/_healthz` is found, joined to a prefix (to check).
         assert_eq!(h.value, "/_healthz");
-        assert!(!h.check);
+        assert!(h.check && h.from.contains("joined to a prefix"), "{h:?}");
         assert_eq!(r, None);
         let (h, _) = health(&[("a.py", "PATH = '/health'\n")]);
         assert!(h.unwrap().check);
+        let (h, _) = health(&[(
+            "utils.py",
+            "router = APIRouter(prefix=\"/utils\")\n@router.get(\"/healthz\")\n",
+        )]);
+        let h = h.unwrap();
+        assert!(h.check && h.from.contains("on a router"), "{h:?}");
         let (h, r) = health(&[("a.py", "@app.get(\"/ready\")\n@app.route('/health')\n")]);
         assert_eq!(
             (h.unwrap().value, r.unwrap().value),
