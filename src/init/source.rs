@@ -326,21 +326,25 @@ pub(super) fn health(sources: &[(&str, &str)]) -> (Option<Guess<String>>, Option
     let find = |candidates: &[&str]| -> Option<Guess<String>> {
         let mut loose = None;
         for c in candidates {
+            let quoted: Vec<String> = ['"', '\'', '`']
+                .iter()
+                .map(|q| format!("{q}{c}{q}"))
+                .collect();
             for (file, text) in sources {
+                // Most files name no candidate: skip them whole.
+                if !quoted.iter().any(|q| text.contains(q.as_str())) {
+                    continue;
+                }
                 for (n, line) in text.lines().enumerate() {
-                    if !['"', '\'', '`'].iter().any(|q| {
-                        line.contains(&format!("{q}{c}{q}"))
-                            || line.contains(&format!("+{q}{c}{q}"))
-                    }) {
+                    if !quoted.iter().any(|q| line.contains(q.as_str())) {
                         continue;
                     }
                     if ROUTE_MARKERS.iter().any(|m| line.contains(m)) {
                         let at = format!("a route in {file}:{}", n + 1);
                         // On a router, the path is under the prefix it is
                         // mounted at, which is elsewhere.
-                        let joined = ['"', '\'', '`'].iter().any(|q| {
-                            line.contains(&format!("+{q}{c}{q}"))
-                                || line.contains(&format!("+ {q}{c}{q}"))
+                        let joined = quoted.iter().any(|q| {
+                            line.contains(&format!("+{q}")) || line.contains(&format!("+ {q}"))
                         });
                         return Some(if joined {
                             Guess::assumed(
