@@ -17,8 +17,15 @@ pub(crate) fn run(args: &InitArgs) -> miette::Result<i32> {
     let files = Files::read(&dir)?;
     let scan = init::scan(&files)?;
     let text = init::render(&scan);
-    // Never write a configuration that does not validate.
-    if let Err(e) = crate::config::parse(&out.display().to_string(), &text) {
+    // Never write a configuration that does not validate, but for the
+    // start commands init left as TODOs (validate refuses those until a
+    // person writes them).
+    if let Err(e) = crate::config::parse(&out.display().to_string(), &text)
+        && !e
+            .problems
+            .iter()
+            .all(|p| p.kind == crate::config::ProblemKind::InitTodo)
+    {
         return Err(InitError::InvalidOutput { problems: vec![e] }.into());
     }
     write(&out, text.as_bytes(), args.force)?;
@@ -54,7 +61,14 @@ pub(crate) fn run(args: &InitArgs) -> miette::Result<i32> {
     } else {
         format!(" -c {}", shell_word(&out.display().to_string()))
     };
-    println!("next: moorline{flag} validate, then moorline{flag} plan --env staging");
+    let file = match (flag.is_empty(), out.file_name()) {
+        (true, Some(name)) => name.to_string_lossy().into_owned(),
+        _ => out.display().to_string(),
+    };
+    println!(
+        "next: moorline{flag} validate, then moorline{flag} plan --env staging; commit {} once it validates",
+        shell_word(&file)
+    );
     Ok(exit::OK)
 }
 

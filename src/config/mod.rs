@@ -18,6 +18,11 @@ pub use error::{ConfigError, LocateError, Problem, ProblemKind};
 pub use model::*;
 pub(crate) use validate::unit_user_fault;
 
+/// What the program of an `exec` `moorline init` could not fill in starts
+/// with; validation refuses it (`moorline::config::init_todo`) until a
+/// person writes the command.
+pub(crate) const INIT_TODO: &str = "TODO:";
+
 /// A KDL v2 quoted string that reads back as exactly `s`: the one writer
 /// of KDL strings (the fixture's generated configuration, `moorline init`).
 pub(crate) fn kdl_string(s: &str) -> String {

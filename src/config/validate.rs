@@ -1298,6 +1298,17 @@ impl Validator<'_> {
         if let Some(c) = &raw.exec {
             self.command_placeholders(c, IN_UNIT, "a unit's exec");
             if let Some(first) = c.argv.first()
+                && first.value.starts_with(super::INIT_TODO)
+            {
+                self.push(Problem::new(
+                    ProblemKind::InitTodo,
+                    first.span,
+                    "`moorline init` found no start command for this unit; it is still a TODO",
+                    "TODO left by init",
+                    "write the program and its arguments, for example exec \"{current}/venv/bin/python\" \"{current}/server.py\" (the comment above it says what init looked for)",
+                ));
+            }
+            if let Some(first) = c.argv.first()
                 && let Some(prefix) = first.value.chars().next().filter(|c| "-@:+!".contains(*c))
             {
                 self.push(Problem::new(

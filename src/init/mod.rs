@@ -4,8 +4,11 @@
 //! Reading the directory ([`Files::read`]) is the only I/O; [`scan`] and
 //! [`render`] are pure and deterministic (sorted inputs, no clock).
 
+mod dirs;
+mod entry;
 mod render;
 mod scan;
+mod source;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -207,6 +210,13 @@ fn is_interesting(path: &str) -> bool {
         || is_source(path)
 }
 
+/// Whether `path` ends in `.EXT` (any case).
+fn ext_is(path: &str, ext: &str) -> bool {
+    Path::new(path)
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case(ext))
+}
+
 fn is_source(path: &str) -> bool {
     [".js", ".mjs", ".cjs", ".ts", ".go", ".py"]
         .iter()
@@ -270,8 +280,50 @@ pub(crate) struct Scan {
     pub(crate) runtimes: Vec<Runtime>,
     pub(crate) services: Vec<Service>,
     pub(crate) proxy: Option<Proxy>,
+    /// Directories that look like services and are not in the
+    /// configuration, with why.
+    pub(crate) left_out: Vec<LeftOut>,
     /// Things found and not used, and what to check, for the summary.
     pub(crate) notes: Vec<String>,
+}
+
+/// A directory init saw and did not make a service of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LeftOut {
+    pub(crate) path: String,
+    /// A service init cannot deploy (`true`), or not a service at all.
+    pub(crate) unhandled: bool,
+    pub(crate) reason: String,
+}
+
+impl LeftOut {
+    pub(crate) fn unhandled(path: &str, reason: String) -> Self {
+        Self {
+            path: path.to_owned(),
+            unhandled: true,
+            reason,
+        }
+    }
+    pub(crate) fn not_a_service(path: &str, reason: String) -> Self {
+        Self {
+            path: path.to_owned(),
+            unhandled: false,
+            reason,
+        }
+    }
+}
+
+/// How a service picks its port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortUse {
+    /// From `PORT`, as the runtime's unit sets it (or nothing is known).
+    Port,
+    /// From another variable, which the service's unit sets to `{port}`.
+    Var(String),
+    /// From its start command, where init wrote `{port}`.
+    Command,
+    /// Written in its source (the file): `PORT` changes nothing.
+    HardCoded(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,7 +393,11 @@ pub struct Service {
     pub spec: RuntimeSpec,
     pub migrate: Option<Migrate>,
     pub port: Guess<u16>,
+    /// How the service takes its port.
+    pub port_use: PortUse,
     pub exec: Guess<Vec<String>>,
+    /// Where it starts a gRPC server (then an HTTP health path cannot answer).
+    pub grpc: Option<String>,
     pub health: Guess<String>,
     pub ready: Guess<String>,
     /// Files outside the service that it depends on (a workspace lockfile).
@@ -397,7 +453,7 @@ pub(crate) enum InitError {
     )]
     NotADirectory { path: String },
     #[error(
-        "found no service in {dir}: no package.json, go.mod, requirements.txt or pyproject.toml"
+        "found no service in {dir}: no package.json, go.mod, requirements.txt or pyproject.toml{seen}"
     )]
     #[diagnostic(
         code(moorline::init::nothing_found),
@@ -405,7 +461,12 @@ pub(crate) enum InitError {
             "run `moorline init` in the repository's root; moorline recognises a service by one of those files, in a directory of its own (services/NAME, apps/NAME) or, for a single service, at the root. To write a configuration by hand, start from docs/config.md"
         )
     )]
-    NothingFound { dir: String },
+    NothingFound {
+        dir: String,
+        /// What it saw and cannot deploy (`; it saw, and cannot deploy: ...`),
+        /// or nothing.
+        seen: String,
+    },
     #[error("{path} exists; nothing was written")]
     #[diagnostic(
         code(moorline::init::exists),

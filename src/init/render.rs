@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Guess, Scan, Service};
+use super::{Guess, LeftOut, PortUse, Scan, Service};
 use crate::config::kdl_string;
 
 /// Text for a `//` comment: one line, no control characters.
@@ -31,6 +31,28 @@ fn why<T>(g: &Guess<T>) -> String {
     }
 }
 
+/// The directories init did not make services of, as comments.
+fn left_out(o: &mut String, left: &[LeftOut]) {
+    for (unhandled, title) in [
+        (
+            true,
+            "Not in this configuration: services init cannot build. Write a runtime and a\n\
+             // service for each by hand (docs/config.md), or run them outside moorline:",
+        ),
+        (false, "Not services, left out:"),
+    ] {
+        let these: Vec<&LeftOut> = left.iter().filter(|l| l.unhandled == unhandled).collect();
+        if these.is_empty() {
+            continue;
+        }
+        let _ = writeln!(o, "// {title}");
+        for l in these {
+            let _ = writeln!(o, "//   {}: {}", comment(&l.path), comment(&l.reason));
+        }
+        o.push('\n');
+    }
+}
+
 /// The configuration's text.
 pub(crate) fn render(scan: &Scan) -> String {
     let mut o = String::new();
@@ -45,6 +67,7 @@ pub(crate) fn render(scan: &Scan) -> String {
         comment(project)
     );
 
+    left_out(&mut o, &scan.left_out);
     let _ = writeln!(o, "// Project name: {}.", why(&scan.project));
     let _ = writeln!(o, "project {} {{", kdl_string(project));
     let _ = writeln!(o, "    // {}", why(&scan.unit_name));
@@ -208,6 +231,25 @@ fn service(o: &mut String, s: &Service, project: &str, runtime_env: &[(String, S
         let _ = writeln!(o, "    path {}", kdl_string(&s.path));
     }
     let _ = writeln!(o, "    // {}", why(&s.port));
+    match &s.port_use {
+        PortUse::Port => {}
+        PortUse::Var(var) => {
+            let _ = writeln!(
+                o,
+                "    // It reads {var}, not PORT: its unit sets {var} to this port."
+            );
+        }
+        PortUse::Command => {
+            let _ = writeln!(o, "    // Its start command takes this port (`{{port}}`).");
+        }
+        PortUse::HardCoded(_) => {
+            let _ = writeln!(
+                o,
+                "    // check: the app ignores PORT: change this and its source together; no\n    \
+                 // other service on the host may use this port."
+            );
+        }
+    }
     let _ = writeln!(o, "    port {}", s.port.value);
     let _ = writeln!(o, "    phase \"services\"");
     for d in &s.depends_on {
@@ -247,6 +289,13 @@ fn service(o: &mut String, s: &Service, project: &str, runtime_env: &[(String, S
     }
     let _ = writeln!(o, "        // {}", why(&s.exec));
     let _ = writeln!(o, "        exec {}", argv(&s.exec.value));
+    let port_var = match &s.port_use {
+        PortUse::Var(var) => {
+            let _ = writeln!(o, "        env {var}={}", kdl_string("{port}"));
+            Some(var.as_str())
+        }
+        _ => None,
+    };
     if let Some(u) = &s.unit {
         if let Some(d) = &u.description {
             let _ = writeln!(o, "        description {}", kdl_string(&escape_braces(d)));
@@ -274,7 +323,11 @@ fn service(o: &mut String, s: &Service, project: &str, runtime_env: &[(String, S
         {
             let _ = writeln!(o, "        env-file {}", kdl_string(&escape_braces(f)));
         }
-        for (k, v) in u.env.iter().filter(|kv| !runtime_env.contains(kv)) {
+        for (k, v) in u
+            .env
+            .iter()
+            .filter(|kv| !runtime_env.contains(kv) && Some(kv.0.as_str()) != port_var)
+        {
             let _ = writeln!(o, "        env {k}={}", kdl_string(&escape_braces(v)));
         }
         if !u.secrets_left_out.is_empty() {
@@ -322,6 +375,26 @@ pub(crate) fn summary(scan: &Scan) -> String {
     if let Some(p) = &scan.proxy {
         let _ = writeln!(o, "  nginx            proxy  {}", p.watch.value);
     }
+    for (unhandled, title) in [
+        (
+            true,
+            "not deployed (init cannot build these; add them by hand, or run them outside moorline):",
+        ),
+        (false, "not services:"),
+    ] {
+        let these: Vec<&LeftOut> = scan
+            .left_out
+            .iter()
+            .filter(|l| l.unhandled == unhandled)
+            .collect();
+        if these.is_empty() {
+            continue;
+        }
+        let _ = writeln!(o, "{title}");
+        for l in these {
+            let _ = writeln!(o, "  {:<24} {}", comment(&l.path), comment(&l.reason));
+        }
+    }
     let mut checks: Vec<String> = Vec::new();
     let mut add = |what: String, g_check: bool, from: &str| {
         if g_check {
@@ -344,6 +417,15 @@ pub(crate) fn summary(scan: &Scan) -> String {
             s.port.check,
             &s.port.from,
         );
+        if let PortUse::HardCoded(file) = &s.port_use
+            && !s.port.check
+        {
+            add(
+                format!("{} port {}", s.name, s.port.value),
+                true,
+                &format!("hard-coded in {file}; the app ignores PORT"),
+            );
+        }
         add(format!("{} exec", s.name), s.exec.check, &s.exec.from);
         add(
             format!("{} health {}", s.name, s.health.value),

@@ -5,37 +5,58 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::dirs::MARKERS;
+use super::entry::{self, For};
+use super::source::{self, Listen};
 use super::{
-    Deps, Files, FoundUnit, Guess, InitError, Kind, Migrate, Proxy, Runtime, RuntimeSpec, Scan,
-    Service, usable,
+    Deps, Files, FoundUnit, Guess, InitError, Kind, Migrate, PortUse, Proxy, Runtime, RuntimeSpec,
+    Scan, Service, usable,
 };
 use crate::unit::reader;
 
 /// Ports assigned to services nothing says anything about start here.
 const PORT_BASE: u16 = 3000;
 
-/// Directories whose manifests are not services (tests, examples, docs).
-const NOT_SERVICE_DIRS: &[&str] = &[
-    "test", "tests", "e2e", "example", "examples", "docs", "fixtures", "testdata", "scripts",
-];
-
-const MARKERS: &[&str] = &[
-    "go.mod",
-    "package.json",
-    "requirements.txt",
-    "pyproject.toml",
-];
-
 /// What the repository says, as a scan; an error when it has no service.
 pub(crate) fn scan(files: &Files) -> Result<Scan, InitError> {
     let mut notes = Vec::new();
-    let mut dirs = service_dirs(files, &mut notes);
+    let (mut dirs, left_out) = super::dirs::classify(files);
     let root_marker = MARKERS.iter().find(|m| files.paths.contains(**m));
     let root_only = dirs.is_empty();
     if root_only {
         let Some(marker) = root_marker else {
+            let shown: Vec<String> = left_out
+                .iter()
+                .filter(|l| l.unhandled)
+                .take(10)
+                .map(|l| {
+                    format!(
+                        "{} ({})",
+                        l.path,
+                        l.reason.split(": init ").next().unwrap_or("")
+                    )
+                })
+                .collect();
+            let more = left_out
+                .iter()
+                .filter(|l| l.unhandled)
+                .count()
+                .saturating_sub(10);
             return Err(InitError::NothingFound {
                 dir: files.dir_name.clone(),
+                seen: if shown.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; it saw, and cannot deploy: {}{}",
+                        shown.join(", "),
+                        if more > 0 {
+                            format!(", and {more} more")
+                        } else {
+                            String::new()
+                        }
+                    )
+                },
             });
         };
         notes.push(format!(
@@ -103,60 +124,18 @@ pub(crate) fn scan(files: &Files) -> Result<Scan, InitError> {
         runtimes,
         services,
         proxy,
+        left_out,
         notes,
     })
 }
 
-/// Directories below the root holding a manifest, the shallowest of
-/// nested ones, without test/example directories and Node libraries
-/// under `packages/` or `libs/`.
-fn service_dirs(files: &Files, notes: &mut Vec<String>) -> Vec<String> {
-    let mut dirs: BTreeSet<String> = BTreeSet::new();
-    for p in &files.paths {
-        let Some((dir, name)) = p.rsplit_once('/') else {
-            continue;
-        };
-        if MARKERS.contains(&name) {
-            dirs.insert(dir.to_owned());
-        }
-    }
-    let mut out: Vec<String> = Vec::new();
-    for dir in &dirs {
-        if dir.split('/').any(|c| NOT_SERVICE_DIRS.contains(&c)) {
-            continue;
-        }
-        if out.iter().any(|o| dir.starts_with(&format!("{o}/"))) {
-            continue;
-        }
-        let library_dir = dir
-            .split('/')
-            .next()
-            .is_some_and(|top| matches!(top, "packages" | "libs" | "lib" | "shared"));
-        if library_dir && !has_any(files, dir, &["go.mod"]) {
-            let pkg = package_json(files, dir);
-            let start = pkg
-                .as_ref()
-                .and_then(|p| p.pointer("/scripts/start"))
-                .is_some();
-            if !start && !has_any(files, dir, &["requirements.txt", "pyproject.toml"]) {
-                notes.push(format!(
-                    "{dir}: no start script, taken as a library; if a service uses it, add it to that service's `watch`"
-                ));
-                continue;
-            }
-        }
-        out.push(dir.clone());
-    }
-    out
-}
-
 /// `rel` under the service directory `dir` (`.`: the repository root).
-fn join(dir: &str, rel: &str) -> String {
+pub(super) fn join(dir: &str, rel: &str) -> String {
     crate::config::join_path(dir, rel)
 }
 
 /// What every path under `dir` starts with (`""` for the repository root).
-fn prefix(dir: &str) -> String {
+pub(super) fn prefix(dir: &str) -> String {
     if dir == crate::config::ROOT_PATH {
         String::new()
     } else {
@@ -195,15 +174,16 @@ pub(super) fn sanitize(raw: &str) -> Option<String> {
 }
 
 fn service(files: &Files, dir: &str, name: String, notes: &mut Vec<String>) -> Service {
-    let (kind, spec, migrate, exec, watch) = if has_any(files, dir, &["go.mod"]) {
+    let (kind, spec, migrate, start, watch) = if has_any(files, dir, &["go.mod"]) {
         let (spec, exec) = go(files, dir, &name);
-        (Kind::Go, spec, None, exec, Vec::new())
+        let start = entry::Start { exec, port: None };
+        (Kind::Go, spec, None, start, Vec::new())
     } else if has_any(files, dir, &["package.json"]) {
-        let (spec, migrate, exec, watch) = node(files, dir, notes);
-        (Kind::Node, spec, migrate, exec, watch)
+        let (spec, migrate, start, watch) = node(files, dir, &name, notes);
+        (Kind::Node, spec, migrate, start, watch)
     } else {
-        let (spec, exec) = python(files, dir);
-        (Kind::Python, spec, None, exec, Vec::new())
+        let (spec, start) = python(files, dir, &name);
+        (Kind::Python, spec, None, start, Vec::new())
     };
     let also: Vec<&str> = MARKERS
         .iter()
@@ -217,7 +197,24 @@ fn service(files: &Files, dir: &str, name: String, notes: &mut Vec<String>) -> S
             kind.name()
         ));
     }
-    let (health, ready) = health_paths(files, dir);
+    let sources = sources(files, dir);
+    let grpc = source::grpc_server(&sources);
+    let (health, ready) = health_paths(&sources, grpc.as_deref());
+    let takes_port = start.exec.value.iter().any(|w| w.contains("{port}"));
+    let port = match start.port {
+        // Below 1024 only root may listen; the command takes any port.
+        Some(p) if p < 1024 => Guess::assumed(
+            0,
+            format!(
+                "its start command bound port {p} (only root may listen there); the command now takes `{{port}}`"
+            ),
+        ),
+        Some(p) => Guess::found(
+            p,
+            format!("the port its start command bound ({})", start.exec.from),
+        ),
+        None => Guess::assumed(0, "unassigned"),
+    };
     Service {
         name,
         path: dir.to_owned(),
@@ -225,14 +222,79 @@ fn service(files: &Files, dir: &str, name: String, notes: &mut Vec<String>) -> S
         runtime: String::new(),
         spec,
         migrate,
-        port: Guess::assumed(0, "unassigned"),
-        exec,
+        port,
+        port_use: if takes_port {
+            PortUse::Command
+        } else {
+            PortUse::Port
+        },
+        exec: start.exec,
+        grpc,
         health,
         ready,
         watch,
         depends_on: Vec::new(),
         unit: None,
     }
+}
+
+/// The service's source files (path, text), without tests.
+fn sources<'a>(files: &'a Files, dir: &str) -> Vec<(&'a str, &'a str)> {
+    let prefix = prefix(dir);
+    files
+        .text
+        .iter()
+        .filter(|(p, _)| {
+            p.starts_with(&prefix)
+                && super::is_source(p)
+                && !p[prefix.len()..].split('/').any(|c| {
+                    matches!(
+                        c,
+                        "test" | "tests" | "__tests__" | "__mocks__" | "testdata" | "cypress" | "e2e"
+                    )
+                })
+                // Tool configuration (`cypress.config.ts`, `karma.conf.js`).
+                && !p.rsplit('/').next().is_some_and(is_tool_config)
+        })
+        .map(|(p, t)| (p.as_str(), t.as_str()))
+        .collect()
+}
+
+/// A build, test or lint tool's configuration file, not the app's source.
+fn is_tool_config(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.contains(".config.")
+        || lower.contains(".conf.")
+        || [
+            "karma",
+            "webpack",
+            "jest",
+            "babel",
+            "eslint",
+            "protractor",
+            "vite",
+            "rollup",
+            "gulpfile",
+            "gruntfile",
+            "tailwind",
+            "postcss",
+            "setupproxy",
+            "setuptests",
+        ]
+        .iter()
+        .any(|t| lower.starts_with(t))
+}
+
+/// The `exec` of a service whose start command init did not find:
+/// validation refuses it until a person writes one.
+fn todo_exec(name: &str, why: &str) -> Guess<Vec<String>> {
+    Guess::assumed(
+        vec![format!(
+            "{} write the command that starts {name}",
+            crate::config::INIT_TODO
+        )],
+        format!("TODO: {why}; `moorline validate` refuses this until it is written"),
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -245,11 +307,11 @@ enum NodeManager {
 type NodeParts = (
     RuntimeSpec,
     Option<Migrate>,
-    Guess<Vec<String>>,
+    entry::Start,
     Vec<Guess<String>>,
 );
 
-fn node(files: &Files, dir: &str, notes: &mut Vec<String>) -> NodeParts {
+fn node(files: &Files, dir: &str, name: &str, notes: &mut Vec<String>) -> NodeParts {
     let pkg_path = join(dir, "package.json");
     let pkg = package_json(files, dir).unwrap_or_else(|| {
         notes.push(format!(
@@ -360,21 +422,30 @@ fn node(files: &Files, dir: &str, notes: &mut Vec<String>) -> NodeParts {
         env: vec![("NODE_ENV".to_owned(), "production".to_owned())],
         manager: bin.to_owned(),
     };
-    (spec, migrate, node_exec(files, dir, &pkg, bin), watch)
+    (spec, migrate, node_exec(files, dir, name, &pkg, bin), watch)
 }
 
 /// How a Node service starts: `scripts.start` when it is a plain `node
-/// FILE`, else `main`, else the start script through the package manager,
-/// else a usual entry file.
-fn node_exec(files: &Files, dir: &str, pkg: &serde_json::Value, bin: &str) -> Guess<Vec<String>> {
+/// FILE`, else the Procfile's or Dockerfile's `node FILE`, else `main`,
+/// else the start script through the package manager, else a usual entry
+/// file; else a TODO.
+fn node_exec(
+    files: &Files,
+    dir: &str,
+    name: &str,
+    pkg: &serde_json::Value,
+    bin: &str,
+) -> entry::Start {
     let pkg_path = join(dir, "package.json");
+    let plain = |exec| entry::Start { exec, port: None };
     let start = pkg
         .pointer("/scripts/start")
         .and_then(serde_json::Value::as_str);
     if let Some(start) = start {
-        let plain = !start.contains(['&', '|', ';', '$', '"', '\'', '`', '=', '<', '>', '\\']);
+        let plain_words =
+            !start.contains(['&', '|', ';', '$', '"', '\'', '`', '=', '<', '>', '\\']);
         let words: Vec<&str> = start.split_whitespace().collect();
-        if plain && words.first() == Some(&"node") && words.iter().all(|w| usable(w)) {
+        if plain_words && words.first() == Some(&"node") && words.iter().all(|w| usable(w)) {
             let mut argv = vec!["/usr/bin/node".to_owned()];
             let mut file_seen = false;
             for w in &words[1..] {
@@ -386,31 +457,37 @@ fn node_exec(files: &Files, dir: &str, pkg: &serde_json::Value, bin: &str) -> Gu
                 }
             }
             if file_seen {
-                return Guess::found(argv, format!("scripts.start in {pkg_path} (`{start}`)"));
+                return plain(Guess::found(
+                    argv,
+                    format!("scripts.start in {pkg_path} (`{start}`)"),
+                ));
             }
         }
+    }
+    if let Some(found) = entry::declared(files, dir, For::Node) {
+        return found;
     }
     if let Some(main) = pkg
         .get("main")
         .and_then(serde_json::Value::as_str)
         .filter(|m| usable(m) && !m.contains(char::is_whitespace))
     {
-        return Guess::found(
+        return plain(Guess::found(
             vec![
                 "/usr/bin/node".to_owned(),
                 format!("{{current}}/{}", main.trim_start_matches("./")),
             ],
             format!("\"main\" in {pkg_path}"),
-        );
+        ));
     }
     if let Some(start) = start {
-        return Guess::assumed(
+        return plain(Guess::assumed(
             vec![format!("/usr/bin/{bin}"), "start".to_owned()],
             format!(
                 "scripts.start in {pkg_path} (`{}`) runs through {bin}: check, or write the command it runs",
                 clip(start)
             ),
-        );
+        ));
     }
     for entry in [
         "server.js",
@@ -421,16 +498,29 @@ fn node_exec(files: &Files, dir: &str, pkg: &serde_json::Value, bin: &str) -> Gu
         "src/main.js",
     ] {
         if files.paths.contains(&join(dir, entry)) {
-            return Guess::assumed(
+            return plain(Guess::assumed(
                 vec!["/usr/bin/node".to_owned(), format!("{{current}}/{entry}")],
-                format!("{dir}/{entry} exists; no start script or \"main\" says so"),
-            );
+                format!(
+                    "{dir}/{entry} exists; no start script, \"main\", Procfile or Dockerfile CMD says so"
+                ),
+            ));
         }
     }
-    Guess::assumed(
-        vec!["/usr/bin/node".to_owned(), "{current}/index.js".to_owned()],
-        "TODO: no start script, \"main\" or entry file found; write the command that starts it",
-    )
+    let nginx = files
+        .text
+        .get(&join(dir, "Dockerfile"))
+        .map(|t| entry::dockerfile(t))
+        .and_then(|d| d.images.last().cloned())
+        .filter(|i| i.contains("nginx") || i.contains("httpd") || i.contains("caddy"));
+    let why = match nginx {
+        Some(image) => format!(
+            "no start script, \"main\", Procfile or entry file found, and its Dockerfile serves files from {image}: a static site, which the proxy can serve from its build output instead"
+        ),
+        None => {
+            "no start script, \"main\", Procfile, Dockerfile CMD or entry file found".to_owned()
+        }
+    };
+    plain(todo_exec(name, &why))
 }
 
 fn go(files: &Files, dir: &str, name: &str) -> (RuntimeSpec, Guess<Vec<String>>) {
@@ -442,24 +532,44 @@ fn go(files: &Files, dir: &str, name: &str) -> (RuntimeSpec, Guess<Vec<String>>)
         .filter_map(|rest| rest.strip_suffix("/main.go"))
         .filter(|c| !c.contains('/') && usable(c))
         .collect();
+    // Directories (relative to the service) whose Go files say `package main`.
+    let prefix = prefix(dir);
+    let mains: BTreeSet<&str> = files
+        .text
+        .iter()
+        .filter_map(|(p, t)| Some((p.strip_prefix(&prefix)?, t)))
+        .filter(|(rel, t)| {
+            super::ext_is(rel, "go")
+                && !rel.ends_with("_test.go")
+                && t.lines().any(|l| l.trim() == "package main")
+        })
+        .map(|(rel, _)| rel.rsplit_once('/').map_or("", |(d, _)| d))
+        .collect();
+    let root_main = mains.iter().find(|d| d.is_empty()).and_then(|_| {
+        files
+            .text
+            .keys()
+            .filter_map(|p| p.strip_prefix(&prefix))
+            .find(|rel| {
+                !rel.contains('/') && super::ext_is(rel, "go") && !rel.ends_with("_test.go")
+            })
+    });
     let package = if at("main.go") {
-        Guess::found(".".to_owned(), join(dir, "main.go"))
+        Guess::found(".".to_owned(), "main.go")
+    } else if let Some(file) = root_main {
+        Guess::found(".".to_owned(), format!("`package main` in {file}"))
     } else if cmds.contains(&name) {
-        Guess::found(
-            "./cmd/{service}".to_owned(),
-            join(dir, &format!("cmd/{name}/main.go")),
-        )
+        Guess::found("./cmd/{service}".to_owned(), "cmd/{service}/main.go")
     } else if let [one] = cmds.as_slice() {
-        Guess::found(
-            format!("./cmd/{one}"),
-            join(dir, &format!("cmd/{one}/main.go")),
-        )
+        Guess::found(format!("./cmd/{one}"), format!("cmd/{one}/main.go"))
     } else if at("src/main.go") {
-        Guess::found("./src".to_owned(), join(dir, "src/main.go"))
+        Guess::found("./src".to_owned(), "src/main.go")
+    } else if let (true, [one]) = (cmds.is_empty(), mains.iter().collect::<Vec<_>>().as_slice()) {
+        Guess::found(format!("./{one}"), format!("`package main` in {one}/"))
     } else if cmds.is_empty() {
         Guess::assumed(
             ".".to_owned(),
-            "TODO: no main.go found; name the main package",
+            format!("TODO: no main package found in {dir}; name it"),
         )
     } else {
         Guess::assumed(
@@ -475,7 +585,7 @@ fn go(files: &Files, dir: &str, name: &str) -> (RuntimeSpec, Guess<Vec<String>>)
             .iter()
             .map(|s| (*s).to_owned())
             .collect(),
-        from: format!("go.mod in {dir}; main package from {}", package.from),
+        from: format!("go.mod; main package: {}", package.from),
         check: package.check,
     };
     let spec = RuntimeSpec {
@@ -491,7 +601,7 @@ fn go(files: &Files, dir: &str, name: &str) -> (RuntimeSpec, Guess<Vec<String>>)
     (spec, exec)
 }
 
-fn python(files: &Files, dir: &str) -> (RuntimeSpec, Guess<Vec<String>>) {
+fn python(files: &Files, dir: &str, name: &str) -> (RuntimeSpec, entry::Start) {
     let at = |p: &str| files.paths.contains(&join(dir, p));
     let words = |w: &[&str]| w.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     let (spec, venv) = if at("requirements.txt") {
@@ -504,9 +614,8 @@ fn python(files: &Files, dir: &str) -> (RuntimeSpec, Guess<Vec<String>>) {
             inputs: words(&["requirements.txt"]),
             outputs: words(&["venv"]),
             version: words(&["python3", "--version"]),
-            why: format!(
-                "{dir}/requirements.txt found: a venv per requirements.txt and python3 version"
-            ),
+            why: "requirements.txt found: a venv per requirements.txt and python3 version"
+                .to_owned(),
         };
         (
             RuntimeSpec {
@@ -523,9 +632,9 @@ fn python(files: &Files, dir: &str) -> (RuntimeSpec, Guess<Vec<String>>) {
             inputs: words(&["pyproject.toml", "uv.lock"]),
             outputs: words(&[".venv"]),
             version: words(&["uv", "--version"]),
-            why: format!(
-                "{dir}/uv.lock found: `uv sync` installs what it pins into .venv (uv must be on the host)"
-            ),
+            why:
+                "uv.lock found: `uv sync` installs what it pins into .venv (uv must be on the host)"
+                    .to_owned(),
         };
         (
             RuntimeSpec {
@@ -539,9 +648,7 @@ fn python(files: &Files, dir: &str) -> (RuntimeSpec, Guess<Vec<String>>) {
     } else {
         let build = Guess::assumed(
             words(&["sh", "-c", "python3 -m venv venv && venv/bin/pip install ."]),
-            format!(
-                "{dir}/pyproject.toml without requirements.txt or uv.lock: the project and its dependencies are installed in every release (not cached: nothing pins them); export a requirements.txt to make it a cached deps step"
-            ),
+            "pyproject.toml without requirements.txt or uv.lock: the project and its dependencies are installed in every release (not cached: nothing pins them); export a requirements.txt to make it a cached deps step",
         );
         (
             RuntimeSpec {
@@ -553,23 +660,8 @@ fn python(files: &Files, dir: &str) -> (RuntimeSpec, Guess<Vec<String>>) {
             "venv",
         )
     };
-    let python = format!("{{current}}/{venv}/bin/python");
-    for entry in [
-        "main.py",
-        "app.py",
-        "server.py",
-        "src/main.py",
-        "src/app.py",
-    ] {
-        if at(entry) {
-            return (
-                spec,
-                Guess::found(
-                    vec![python, format!("{{current}}/{entry}")],
-                    join(dir, entry),
-                ),
-            );
-        }
+    if let Some(found) = entry::declared(files, dir, For::Python(venv)) {
+        return (spec, found);
     }
     if let Some(script) = files
         .text
@@ -578,21 +670,22 @@ fn python(files: &Files, dir: &str) -> (RuntimeSpec, Guess<Vec<String>>) {
         && spec.manager == "pip"
         && spec.deps.is_none()
     {
-        return (
-            spec,
-            Guess::found(
-                vec![format!("{{current}}/venv/bin/{script}")],
-                format!("[project.scripts] in {dir}/pyproject.toml"),
-            ),
+        let exec = Guess::found(
+            vec![format!("{{current}}/venv/bin/{script}")],
+            format!("[project.scripts] in {dir}/pyproject.toml"),
         );
+        return (spec, entry::Start { exec, port: None });
     }
-    (
-        spec,
-        Guess::assumed(
-            vec![python, "{current}/main.py".to_owned()],
-            "TODO: no main.py, app.py or server.py found; write the command that starts it",
+    match entry::python_module(files, dir, venv) {
+        Ok(found) => (spec, found),
+        Err(why) => (
+            spec,
+            entry::Start {
+                exec: todo_exec(name, &why),
+                port: None,
+            },
         ),
-    )
+    }
 }
 
 /// The first entry of `[project.scripts]` in a pyproject.toml.
@@ -618,31 +711,10 @@ fn first_project_script(text: &str) -> Option<String> {
     None
 }
 
-/// Liveness and readiness paths the service's source mentions as string
-/// literals, else `/health` for both (to check).
-fn health_paths(files: &Files, dir: &str) -> (Guess<String>, Guess<String>) {
-    let prefix = prefix(dir);
-    let sources: Vec<(&String, &String)> = files
-        .text
-        .iter()
-        .filter(|(p, _)| p.starts_with(&prefix) && super::is_source(p))
-        .collect();
-    let find = |candidates: &[&str]| -> Option<Guess<String>> {
-        for c in candidates {
-            for (p, t) in &sources {
-                if ['"', '\'', '`']
-                    .iter()
-                    .any(|q| t.contains(&format!("{q}{c}{q}")))
-                {
-                    return Some(Guess::found((*c).to_owned(), format!("a route in {p}")));
-                }
-            }
-        }
-        None
-    };
-    let health = find(&["/health", "/healthz", "/livez", "/ping", "/status"]);
-    let ready = find(&["/health/ready", "/ready", "/readyz"]);
-    match (health, ready) {
+/// Liveness and readiness routes the service's source defines, else
+/// `/health` for both (a TODO; for a gRPC server, said so).
+fn health_paths(sources: &[(&str, &str)], grpc: Option<&str>) -> (Guess<String>, Guess<String>) {
+    match source::health(sources) {
         (Some(h), Some(r)) => (h, r),
         (Some(h), None) => (h.clone(), h),
         (None, Some(r)) => (
@@ -653,10 +725,13 @@ fn health_paths(files: &Files, dir: &str) -> (Guess<String>, Guess<String>) {
             r,
         ),
         (None, None) => {
-            let g = Guess::assumed(
-                "/health".to_owned(),
-                "TODO: no health route found in the source; moorline checks this path on the service's port after each restart",
-            );
+            let why = match grpc {
+                Some(at) => format!(
+                    "TODO: it serves gRPC ({at}), and no HTTP health route was found: an HTTP check of this path cannot answer; give it a readiness check that fits"
+                ),
+                None => "TODO: no health route found in the source; moorline checks this path on the service's port after each restart".to_owned(),
+            };
+            let g = Guess::assumed("/health".to_owned(), why);
             (g.clone(), g)
         }
     }
@@ -942,20 +1017,40 @@ fn depends_on(services: &mut [Service]) {
     }
 }
 
-/// Ports from unit files, env examples, Dockerfiles and the source; the
-/// rest assigned from [`PORT_BASE`], all different.
+/// Ports from unit files, env examples, start commands, the source and
+/// Dockerfiles; the rest assigned from [`PORT_BASE`], all different. A
+/// port the source hard-codes is kept before any other (it cannot move).
 fn assign_ports(services: &mut [Service], notes: &mut Vec<String>) {
     let mut taken: BTreeMap<u16, String> = BTreeMap::new();
-    for s in services.iter_mut() {
+    let mut order: Vec<usize> = (0..services.len()).collect();
+    order.sort_by_key(|i| !matches!(services[*i].port_use, PortUse::HardCoded(_)));
+    for i in order {
+        let s = &mut services[i];
         if s.port.value == 0 {
             continue;
         }
         if let Some(other) = taken.get(&s.port.value) {
-            notes.push(format!(
-                "{} and {other} both use port {} ({}); {} gets another one: check",
-                s.name, s.port.value, s.port.from, s.name
-            ));
-            s.port = Guess::assumed(0, "unassigned");
+            if matches!(s.port_use, PortUse::HardCoded(_)) {
+                // Ports must differ in the configuration; the app still
+                // listens on its own, so this is a TODO.
+                notes.push(format!(
+                    "{} and {other} both listen on port {}, and {} hard-codes it: they cannot run on one host; change one of them",
+                    s.name, s.port.value, s.name
+                ));
+                s.port = Guess::assumed(
+                    0,
+                    format!(
+                        "{other} uses port {} too, which {} hard-codes: change its source to listen on this one",
+                        s.port.value, s.name
+                    ),
+                );
+                continue;
+            }
+            // The port's own comment and check say so.
+            s.port = Guess::assumed(
+                0,
+                format!("{other} uses port {} too ({})", s.port.value, s.port.from),
+            );
         } else {
             taken.insert(s.port.value, s.name.clone());
         }
@@ -965,24 +1060,53 @@ fn assign_ports(services: &mut [Service], notes: &mut Vec<String>) {
         while taken.contains_key(&next) {
             next = next.saturating_add(1);
         }
-        s.port = Guess::assumed(
-            next,
-            "TODO: assigned; nothing in the repository names its port (set PORT or change this)",
-        );
+        let why = if s.port.from == "unassigned" {
+            "TODO: assigned; nothing in the repository names its port (set PORT or change this)"
+                .to_owned()
+        } else {
+            format!("TODO: assigned, as {}", s.port.from)
+        };
+        s.port = Guess::assumed(next, why);
         taken.insert(next, s.name.clone());
     }
 }
 
 /// Ports found for each service before assignment (run after units are
-/// matched).
+/// matched), in this order: what its start command binds (init wrote
+/// `{port}` there), a port its source hard-codes, its unit file's, its
+/// `.env.example`'s, the default of the variable its source reads, its
+/// Dockerfile's `EXPOSE`.
 fn found_ports(services: &mut [Service], files: &Files) {
     for s in services.iter_mut() {
+        if s.port_use == PortUse::Command && s.port.value != 0 {
+            continue;
+        }
+        let listen = if s.port_use == PortUse::Command {
+            None
+        } else {
+            source::listen(&sources(files, &s.path), &s.name)
+        };
+        match &listen {
+            Some(Listen::HardCoded { port, file }) => {
+                s.port_use = PortUse::HardCoded(file.clone());
+                s.port = Guess::found(
+                    *port,
+                    format!("hard-coded in {file} (it reads no PORT variable)"),
+                );
+                continue;
+            }
+            Some(Listen::Env { var, .. }) if var != "PORT" => {
+                s.port_use = PortUse::Var(var.clone());
+            }
+            _ => {}
+        }
         if let Some(u) = &s.unit
             && let Some(p) = unit_port(u, files)
         {
             s.port = Guess::found(p, format!("PORT in {}", u.file));
             continue;
         }
+        let mut from_env_file = false;
         for f in [".env.example", ".env.sample"] {
             let path = join(&s.path, f);
             if let Some(p) = files.text.get(&path).and_then(|t| {
@@ -992,73 +1116,35 @@ fn found_ports(services: &mut [Service], files: &Files) {
                     .filter(|p| *p > 0)
             }) {
                 s.port = Guess::found(p, format!("PORT in {path}"));
+                from_env_file = true;
                 break;
             }
         }
-        if !s.port.check {
+        if from_env_file {
+            continue;
+        }
+        if let Some(Listen::Env {
+            var,
+            default: Some(p),
+            file,
+        }) = &listen
+        {
+            s.port = Guess::found(*p, format!("the default of {var} in {file}"));
+            continue;
+        }
+        if s.port_use == PortUse::Command {
+            // Any port works: it is assigned.
             continue;
         }
         let docker = join(&s.path, "Dockerfile");
-        if let Some(p) = files.text.get(&docker).and_then(|t| {
-            t.lines()
-                .filter_map(|l| l.trim().strip_prefix("EXPOSE "))
-                .find_map(|v| {
-                    v.split_whitespace()
-                        .next()?
-                        .split('/')
-                        .next()?
-                        .parse::<u16>()
-                        .ok()
-                })
-                .filter(|p| *p > 0)
-        }) {
-            s.port = Guess::found(p, format!("EXPOSE in {docker}"));
-            continue;
-        }
-        let prefix = prefix(&s.path);
-        if let Some((p, path)) = files
+        if let Some(p) = files
             .text
-            .iter()
-            .filter(|(p, _)| p.starts_with(&prefix) && super::is_source(p))
-            .find_map(|(p, t)| port_in_source(t).map(|port| (port, p)))
+            .get(&docker)
+            .and_then(|t| entry::dockerfile(t).expose.first().copied())
         {
-            s.port = Guess::assumed(p, format!("the PORT default in {path}"));
+            s.port = Guess::found(p, format!("EXPOSE in {docker}"));
         }
     }
-}
-
-/// The default a program gives `PORT`: the first 4–5 digit number within
-/// 60 characters after `PORT` (`process.env.PORT || 3000`,
-/// `os.environ.get("PORT", "8000")`).
-fn port_in_source(text: &str) -> Option<u16> {
-    let mut from = 0;
-    while let Some(at) = text[from..].find("PORT") {
-        let start = from + at + 4;
-        let window: String = text[start..].chars().take(60).collect();
-        let digits: Vec<(usize, char)> = window.char_indices().collect();
-        let mut i = 0;
-        while i < digits.len() {
-            if digits[i].1.is_ascii_digit() && (i == 0 || !digits[i - 1].1.is_ascii_alphanumeric())
-            {
-                let run: String = digits[i..]
-                    .iter()
-                    .map(|(_, c)| *c)
-                    .take_while(char::is_ascii_digit)
-                    .collect();
-                if (4..=5).contains(&run.len())
-                    && let Ok(p) = run.parse::<u16>()
-                    && p >= 1024
-                {
-                    return Some(p);
-                }
-                i += run.len();
-            } else {
-                i += 1;
-            }
-        }
-        from = start;
-    }
-    None
 }
 
 /// Units the services' unit files start after or want that are not
@@ -1079,7 +1165,24 @@ fn infrastructure(services: &[Service], units: &[FoundUnit]) -> Vec<Guess<String
         .collect()
 }
 
-/// Services with equal specs share a runtime named after their kind; a
+/// Whether two services' runtimes do the same: equal commands, inputs,
+/// outputs and environment (where each guess came from does not matter).
+fn same_steps(a: &RuntimeSpec, b: &RuntimeSpec) -> bool {
+    let deps = |s: &RuntimeSpec| {
+        s.deps.as_ref().map(|d| {
+            (
+                d.argv.clone(),
+                d.inputs.clone(),
+                d.outputs.clone(),
+                d.version.clone(),
+            )
+        })
+    };
+    let build = |s: &RuntimeSpec| s.build.as_ref().map(|b| b.value.clone());
+    deps(a) == deps(b) && build(a) == build(b) && a.manager == b.manager && a.env == b.env
+}
+
+/// Services with equal steps share a runtime named after their kind; a
 /// second, different one of a kind is named after its first service.
 fn group_runtimes(services: &mut [Service]) -> Vec<Runtime> {
     let mut runtimes: Vec<Runtime> = Vec::new();
@@ -1090,7 +1193,7 @@ fn group_runtimes(services: &mut [Service]) -> Vec<Runtime> {
         for s in services.iter_mut().filter(|s| s.kind == kind) {
             if let Some(r) = runtimes
                 .iter_mut()
-                .find(|r| r.kind == kind && r.spec == s.spec)
+                .find(|r| r.kind == kind && same_steps(&r.spec, &s.spec))
             {
                 s.runtime = r.name.clone();
                 if r.migrate.is_none() {
@@ -1224,19 +1327,6 @@ mod tests {
     }
 
     #[test]
-    fn ports_in_source() {
-        for (src, want) in [
-            ("app.listen(process.env.PORT || 3000)", Some(3000)),
-            ("os.environ.get(\"PORT\", \"8000\")", Some(8000)),
-            ("PORT = 80", None),
-            ("const PORT_NAME = 'x'; // 12345678", None),
-            ("no port here", None),
-        ] {
-            assert_eq!(port_in_source(src), want, "{src}");
-        }
-    }
-
-    #[test]
     fn node_manager_exec_and_prisma() {
         let listing = files(&[
             (
@@ -1304,15 +1394,30 @@ mod tests {
         let s = scan(&f).unwrap();
         let names: Vec<&str> = s.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["svc", "a"]);
-        assert!(s.notes.iter().any(|n| n.starts_with("packages/lib")));
+        let left: Vec<(&str, bool)> = s
+            .left_out
+            .iter()
+            .map(|l| (l.path.as_str(), l.unhandled))
+            .collect();
+        assert_eq!(left, [("packages/lib", false), ("tests", false)]);
     }
 
     #[test]
     fn an_empty_repository_is_an_error_and_a_root_only_one_is_a_root_service() {
         assert!(matches!(
             scan(&files(&[("README.md", "")])),
-            Err(InitError::NothingFound { .. })
+            Err(InitError::NothingFound { seen, .. }) if seen.is_empty()
         ));
+        // What it saw and cannot deploy is named.
+        let Err(InitError::NothingFound { seen, .. }) =
+            scan(&files(&[("svc/Svc.csproj", ""), ("api/pom.xml", "")]))
+        else {
+            panic!("a .NET and a Java service are not deployable");
+        };
+        assert_eq!(
+            seen,
+            "; it saw, and cannot deploy: api (Java (Maven: pom.xml)), svc (.NET (Svc.csproj))"
+        );
         let root = scan(&files(&[("go.mod", ""), ("main.go", "")])).unwrap();
         let paths: Vec<&str> = root.services.iter().map(|s| s.path.as_str()).collect();
         assert_eq!(paths, ["."]);
@@ -1359,6 +1464,45 @@ mod tests {
     }
 
     #[test]
+    fn start_commands_from_procfile_and_dockerfile_take_the_port() {
+        let f = files(&[
+            ("services/a/requirements.txt", "gunicorn\n"),
+            ("services/a/app.py", "app = Flask(__name__)\n"),
+            (
+                "services/a/Procfile",
+                "web: gunicorn app:app --bind 0.0.0.0:$PORT\n",
+            ),
+            ("services/b/package.json", "{}"),
+            ("services/b/server.js", "app.listen(8081)\n"),
+            (
+                "services/b/Dockerfile",
+                "FROM node:20\nEXPOSE 9000\nCMD [\"node\", \"server.js\"]\n",
+            ),
+        ]);
+        let s = scan(&f).unwrap();
+        let a = &s.services[0];
+        assert_eq!(
+            a.exec.value,
+            [
+                "{current}/venv/bin/gunicorn",
+                "app:app",
+                "--bind",
+                "0.0.0.0:{port}"
+            ]
+        );
+        assert_eq!(a.port_use, PortUse::Command);
+        // b: the Dockerfile's command; the port its source hard-codes, not
+        // EXPOSE's.
+        let b = &s.services[1];
+        assert_eq!(b.exec.value, ["/usr/bin/node", "{current}/server.js"]);
+        assert_eq!(b.port.value, 8081);
+        assert_eq!(
+            b.port_use,
+            PortUse::HardCoded("services/b/server.js".to_owned())
+        );
+    }
+
+    #[test]
     fn duplicate_ports_are_reassigned() {
         let f = files(&[
             ("services/a/requirements.txt", ""),
@@ -1370,7 +1514,20 @@ mod tests {
         assert_eq!(s.services[0].port.value, 4000);
         assert_eq!(s.services[1].port.value, PORT_BASE);
         assert!(s.services[1].port.check);
-        assert!(s.notes.iter().any(|n| n.contains("both use port 4000")));
+        assert!(s.services[1].port.from.contains("a uses port 4000 too"));
+        // Two apps that hard-code one port: the second gets another in
+        // the configuration (ports must differ), marked, and a note.
+        let f = files(&[
+            ("services/c/requirements.txt", ""),
+            ("services/c/app.py", "app.run(port=5000)\n"),
+            ("services/d/requirements.txt", ""),
+            ("services/d/app.py", "app.run(port=5000)\n"),
+        ]);
+        let s = scan(&f).unwrap();
+        assert_eq!(s.services[0].port.value, 5000);
+        assert_eq!(s.services[1].port.value, PORT_BASE);
+        assert!(s.services[1].port.check);
+        assert!(s.notes.iter().any(|n| n.contains("cannot run on one host")));
     }
 
     #[test]

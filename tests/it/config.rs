@@ -540,6 +540,7 @@ invalid! {
     root_dot_components,
     branch_invalid_names,
     exec_flag_prefix,
+    exec_init_todo,
     program_is_option,
     https_health,
     wanted_by_not_a_unit,

@@ -651,6 +651,14 @@ const EXPECTED: &[(&str, &str, i32, &[&str])] = &[
         0,
         &["moorline.kdl"],
     ),
+    // The fixture's Node.js services have no start script: init leaves their
+    // start commands as TODOs, which validate refuses.
+    (
+        "docs/getting-started.md",
+        "moorline validate",
+        1,
+        &["moorline::config::init_todo", "TODO left by init"],
+    ),
     (
         "docs/getting-started.md",
         "moorline -c pakashop.kdl validate",

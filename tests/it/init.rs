@@ -53,7 +53,7 @@ fn mixed() -> tempfile::TempDir {
         ("services/worker/requirements.txt", "flask==3.0\n"),
         (
             "services/worker/main.py",
-            "PORT = int(os.environ.get(\"PORT\", \"5000\"))\n",
+            "PORT = int(os.environ.get(\"PORT\", \"5000\"))\nif __name__ == \"__main__\":\n    serve(PORT)\n",
         ),
         ("services/search/go.mod", "module example.com/search\n"),
         ("services/search/cmd/search/main.go", "package main\n"),
@@ -166,7 +166,10 @@ fn init_node_prisma_monorepo_with_pnpm_workspace() {
 fn init_python_with_requirements_and_pyproject_only() {
     let dir = repo(&[
         ("services/ml/requirements.txt", "numpy\n"),
-        ("services/ml/app.py", "route('/ready')\nroute('/health')\n"),
+        (
+            "services/ml/app.py",
+            "route('/ready')\nroute('/health')\nif __name__ == '__main__':\n    app.run()\n",
+        ),
         (
             "services/reports/pyproject.toml",
             "[project]\nname = \"reports\"\n\n[project.scripts]\nreports-server = \"reports:main\"\n",
@@ -363,4 +366,191 @@ fn init_force_never_writes_through_a_symlink_nor_into_a_fifo_or_directory() {
     );
     assert_eq!(std::fs::read_to_string(&hard).unwrap(), "mine\n");
     assert_eq!(temporaries(dir.path()), Vec::<String>::new());
+}
+
+/// The problem codes in a `moorline validate` report.
+fn codes(report: &str) -> std::collections::BTreeSet<String> {
+    report
+        .match_indices("moorline::config::")
+        .map(|(at, _)| {
+            report[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_'))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn init_leaves_a_start_command_it_cannot_find_as_a_todo_validate_refuses() {
+    // A Python module that defines routes but runs nothing, and no server
+    // in its requirements: there is no command to guess.
+    let dir = repo(&[
+        ("services/ml/requirements.txt", "numpy\n"),
+        ("services/ml/main.py", "def handler(event):\n    return 1\n"),
+        (
+            "services/web/package.json",
+            r#"{"scripts":{"start":"node server.js"}}"#,
+        ),
+    ]);
+    let o = moorline(dir.path(), &["init"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let config = std::fs::read_to_string(dir.path().join("moorline.kdl")).unwrap();
+    assert!(
+        config.contains("exec \"TODO: write the command that starts ml\""),
+        "{config}"
+    );
+    assert!(!config.contains("main.py\""), "{config}");
+    assert!(text(&o).contains("ml exec: no Procfile"), "{}", text(&o));
+    let v = moorline(dir.path(), &["validate"]);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v));
+    let report = text(&v);
+    assert_eq!(
+        codes(&report),
+        ["moorline::config::init_todo", "moorline::config::invalid"]
+            .map(str::to_owned)
+            .into(),
+        "{report}"
+    );
+    assert!(report.contains("TODO left by init"), "{report}");
+    // Written by hand, it validates.
+    let fixed = config.replace(
+        "exec \"TODO: write the command that starts ml\"",
+        "exec \"{current}/venv/bin/python\" \"{current}/main.py\"",
+    );
+    std::fs::write(dir.path().join("moorline.kdl"), fixed).unwrap();
+    let v = moorline(dir.path(), &["validate"]);
+    assert!(v.status.success(), "{}", text(&v));
+}
+
+/// Copies `tests/fixtures/init/NAME` (files of a public repository) into a
+/// git repository named NAME, runs `init` there and `validate` on what it
+/// wrote (which may refuse only init's TODOs); returns the configuration
+/// and init's report.
+fn public(name: &str) -> (String, String) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let target = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), target).unwrap();
+            }
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(name);
+    copy(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/init")
+            .join(name),
+        &dir,
+    );
+    let r = git2::Repository::init(&dir).unwrap();
+    r.set_head("refs/heads/main").unwrap();
+    let o = moorline(&dir, &["init"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let config = std::fs::read_to_string(dir.join("moorline.kdl")).unwrap();
+    let v = moorline(&dir, &["validate"]);
+    let report = text(&v);
+    assert!(
+        v.status.success()
+            || codes(&report)
+                == ["moorline::config::init_todo", "moorline::config::invalid"]
+                    .map(str::to_owned)
+                    .into(),
+        "{report}\n{config}"
+    );
+    (config, text(&o))
+}
+
+/// Counts the lines of `config` that start with `prefix`.
+fn count(config: &str, prefix: &str) -> usize {
+    config.lines().filter(|l| l.starts_with(prefix)).count()
+}
+
+#[test]
+fn init_on_microservices_demo() {
+    let (config, report) = public("microservices-demo");
+    // Java, .NET and the load generator are named, with the reason.
+    for (dir, why) in [
+        ("src/adservice", "Java/Kotlin (Gradle: build.gradle)"),
+        ("src/cartservice", ".NET (cartservice.sln)"),
+        ("src/loadgenerator", "a load generator"),
+    ] {
+        assert!(report.contains(dir) && report.contains(why), "{report}");
+        assert!(config.contains(&format!("//   {dir}: {why}")), "{config}");
+    }
+    assert!(!config.contains("service \"loadgenerator\""), "{config}");
+    // Equal steps share one runtime per language.
+    assert_eq!(count(&config, "runtime "), 3, "{config}");
+    assert_eq!(count(&config, "service "), 9, "{config}");
+    // The frontend's `/_healthz` route; the gRPC services are said to be.
+    assert!(config.contains("health \"/_healthz\""), "{config}");
+    assert!(config.contains("it serves gRPC (grpc.NewServer in src/checkoutservice/main.go)"));
+    // The source's port before EXPOSE; the hard-coded one is marked.
+    assert!(
+        config.contains("// the default of PORT in src/checkoutservice/main.go\n    port 5050")
+    );
+    assert!(
+        config.contains("// hard-coded in src/shoppingassistantservice/shoppingassistantservice.py (it reads no PORT variable)\n    // check: the app ignores PORT"),
+        "{config}"
+    );
+    // Start commands from the Dockerfiles' entry points.
+    assert!(config.contains("exec \"/usr/bin/node\" \"{current}/server.js\""));
+    assert!(config.contains("exec \"{current}/venv/bin/python\" \"{current}/email_server.py\""));
+    insta::assert_snapshot!("init_microservices_demo_config", config);
+    insta::assert_snapshot!("init_microservices_demo_report", report);
+}
+
+#[test]
+fn init_on_example_voting_app() {
+    let (config, report) = public("example-voting-app");
+    assert!(
+        report.contains("worker") && report.contains(".NET (Worker.csproj)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("seed-data") && report.contains("one-off job"),
+        "{report}"
+    );
+    // gunicorn from the Dockerfile's last stage, bound to the configured port.
+    assert!(
+        config
+            .contains("exec \"{current}/venv/bin/gunicorn\" \"app:app\" \"-b\" \"0.0.0.0:{port}\""),
+        "{config}"
+    );
+    assert!(
+        config.contains("exec \"/usr/bin/node\" \"{current}/server.js\""),
+        "{config}"
+    );
+    insta::assert_snapshot!("init_example_voting_app_config", config);
+    insta::assert_snapshot!("init_example_voting_app_report", report);
+}
+
+#[test]
+fn init_on_robot_shop() {
+    let (config, report) = public("robot-shop");
+    for (dir, why) in [
+        ("shipping", "Java (Maven: pom.xml)"),
+        ("ratings", "PHP (composer.json) in html"),
+        ("dispatch", "Go without go.mod"),
+        ("load-gen", "a load generator"),
+        ("mongo", "a container of mongo"),
+    ] {
+        assert!(
+            report.contains(dir) && report.contains(why),
+            "{dir}: {report}"
+        );
+    }
+    // The cart reads CART_SERVER_PORT, not PORT: its unit sets that.
+    assert!(
+        config.contains("env CART_SERVER_PORT=\"{port}\""),
+        "{config}"
+    );
+    assert!(config.contains("health \"/health\""), "{config}");
+    insta::assert_snapshot!("init_robot_shop_config", config);
+    insta::assert_snapshot!("init_robot_shop_report", report);
 }
