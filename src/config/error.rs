@@ -62,6 +62,9 @@ pub enum ProblemKind {
     TypeAnnotation,
     PassEnvName,
     PassEnvDuplicate,
+    CutoverWithoutProxy,
+    CutoverUnmanaged,
+    CutoverSlots,
 }
 
 impl ProblemKind {
@@ -120,6 +123,9 @@ impl ProblemKind {
         Self::TypeAnnotation,
         Self::PassEnvName,
         Self::PassEnvDuplicate,
+        Self::CutoverWithoutProxy,
+        Self::CutoverUnmanaged,
+        Self::CutoverSlots,
     ];
 
     /// The stable code printed with the diagnostic (`moorline::config::...`).
@@ -178,6 +184,9 @@ impl ProblemKind {
             Self::TypeAnnotation => "moorline::config::type_annotation",
             Self::PassEnvName => "moorline::config::pass_env_name",
             Self::PassEnvDuplicate => "moorline::config::pass_env_duplicate",
+            Self::CutoverWithoutProxy => "moorline::config::cutover_without_proxy",
+            Self::CutoverUnmanaged => "moorline::config::cutover_unmanaged",
+            Self::CutoverSlots => "moorline::config::cutover_slots",
         }
     }
 }

@@ -389,9 +389,40 @@ pub struct Service {
     /// `depends-on` (of this configuration, or this host's part of it).
     /// Set by [`Config::order_starts`]; rendered as `After=`.
     pub start_after: Vec<String>,
+    /// `cutover "blue-green"`: a new release goes live in the idle one of
+    /// two slots behind the proxy; `None`: restarted in place (the default).
+    pub cutover: Option<Cutover>,
+}
+
+/// How long the old slot keeps serving requests it already has after the
+/// proxy moved to the new one, when `drain` is not given.
+pub(crate) const DEFAULT_DRAIN: Duration = Duration::from_secs(2);
+
+/// A service's blue/green cutover: two instances of a template unit
+/// (`NAME@.service`, the instance is the slot's port), one of them named by
+/// an nginx upstream file that moorline owns and the proxy includes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cutover {
+    /// The two slot ports (distinct, neither the service's `port`).
+    pub slots: [u16; 2],
+    /// The upstream file moorline writes (absolute): `upstream
+    /// moorline_<service> { server 127.0.0.1:<live slot>; }`.
+    pub upstream: String,
+    /// How long the old slot keeps running after the switch.
+    #[serde(with = "secs")]
+    pub drain: Duration,
 }
 
 impl Service {
+    /// The unit systemd runs for one slot of a cutover service
+    /// (`pakashop-api@8101.service`); the unit name itself otherwise.
+    pub(crate) fn slot_unit(&self, slot: u16) -> String {
+        match self.unit_name.strip_suffix("@.service") {
+            Some(stem) if self.cutover.is_some() => format!("{stem}@{slot}.service"),
+            _ => self.unit_name.clone(),
+        }
+    }
+
     /// Whether the service's source is the whole repository (`path "."`).
     pub(crate) fn is_root(&self) -> bool {
         self.path == ROOT_PATH
