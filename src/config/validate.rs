@@ -1899,21 +1899,18 @@ impl Validator<'_> {
                 "write slots 8101 8102: two free ports, one for the live release and one for the next",
             ));
         }
-        let upstream = match &c.upstream {
-            Some(u) => {
-                self.absolute(u, "the upstream file");
-                Some(u.value.clone())
-            }
-            None => {
-                self.push(Problem::new(
-                    ProblemKind::MissingValue,
-                    c.span,
-                    format!("the cutover of service `{}` has no upstream file", name.value),
-                    "no `upstream` here",
-                    "add upstream \"/etc/nginx/moorline/{service}.conf\": the file moorline writes and nginx includes",
-                ));
-                None
-            }
+        let upstream = if let Some(u) = &c.upstream {
+            self.absolute(u, "the upstream file");
+            Some(u.value.clone())
+        } else {
+            self.push(Problem::new(
+                ProblemKind::MissingValue,
+                c.span,
+                format!("the cutover of service `{}` has no upstream file", name.value),
+                "no `upstream` here",
+                "add upstream \"/etc/nginx/moorline/{service}.conf\": the file moorline writes and nginx includes",
+            ));
+            None
         };
         if self.problems.len() != before {
             return None;

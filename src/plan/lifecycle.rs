@@ -578,34 +578,34 @@ impl Walker<'_, '_> {
     /// whole chain, so it never starts against a slot about to stop.
     fn cutover(
         &mut self,
-        m: &Walk,
-        s: &Service,
-        c: &Cutover,
-        p: &crate::config::Proxy,
+        walk: &Walk,
+        svc: &Service,
+        cut: &Cutover,
+        proxy: &crate::config::Proxy,
         rank: usize,
     ) -> (usize, usize) {
         let action = |id: String, reason: String, step: Step| Action {
             id,
-            service: Some(s.name.clone()),
-            phase: Some(s.phase.clone()),
+            service: Some(svc.name.clone()),
+            phase: Some(svc.phase.clone()),
             reason,
             after: Vec::new(),
             step,
         };
-        let [a, b] = c.slots;
-        let release = match &m.bounce {
+        let [slot_a, slot_b] = cut.slots;
+        let release = match &walk.bounce {
             Bounce::Stop => {
                 let stop = action(
-                    format!("stop:{}", s.name),
-                    format!("{}: both slots ({a}, {b}) stop", m.reason),
+                    format!("stop:{}", svc.name),
+                    format!("{}: both slots ({slot_a}, {slot_b}) stop", walk.reason),
                     Step::SlotStop {
-                        unit: s.unit_name.clone(),
-                        slots: c.slots,
+                        unit: svc.unit_name.clone(),
+                        slots: cut.slots,
                         upstream: None,
                         unlink: None,
                     },
                 );
-                let n = self.gated(stop, (rank, ActionKind::SlotStop, m.service));
+                let n = self.gated(stop, (rank, ActionKind::SlotStop, walk.service));
                 return (n, n);
             }
             Bounce::Restart { release } => release.clone(),
@@ -613,65 +613,65 @@ impl Walker<'_, '_> {
         };
         let first = self.gated(
             action(
-                format!("slot-start:{}", s.name),
+                format!("slot-start:{}", svc.name),
                 format!(
-                    "{}: in the slot of {a} and {b} that the proxy does not name (a slot already running that release is used as it is: nothing restarts)",
-                    m.reason
+                    "{}: in the slot of {slot_a} and {slot_b} that the proxy does not name (a slot already running that release is used as it is: nothing restarts)",
+                    walk.reason
                 ),
                 Step::SlotStart {
-                    unit: s.unit_name.clone(),
-                    slots: c.slots,
-                    upstream: c.upstream.clone(),
+                    unit: svc.unit_name.clone(),
+                    slots: cut.slots,
+                    upstream: cut.upstream.clone(),
                     release,
                 },
             ),
-            (rank, ActionKind::SlotStart, m.service),
+            (rank, ActionKind::SlotStart, walk.service),
         );
-        let url = slot_ready_url(s);
-        let name = crate::upstream::name(&s.name).unwrap_or_default();
-        let check = p.check.as_ref().map(|c| Command {
-            argv: c.argv.clone(),
-            timeout_secs: c.timeout.as_secs(),
+        let url = slot_ready_url(svc);
+        let name = crate::upstream::name(&svc.name).unwrap_or_default();
+        let check = proxy.check.as_ref().map(|check| Command {
+            argv: check.argv.clone(),
+            timeout_secs: check.timeout.as_secs(),
         });
-        let checked = p.check.as_ref().map_or_else(String::new, |c| {
-            format!(", after `{}` passes", c.argv.join(" "))
+        let checked = proxy.check.as_ref().map_or_else(String::new, |check| {
+            format!(", after `{}` passes", check.argv.join(" "))
         });
         let through = {
-            let mut h = health(s);
+            let mut h = health(svc);
             h.reason = format!("through the proxy: {}", h.reason);
             if let Step::Health { unit, .. } = &mut h.step {
-                unit.clone_from(&p.unit);
+                unit.clone_from(&proxy.unit);
             }
             h
         };
         let chain = [
             (
                 action(
-                    format!("slot-ready:{}", s.name),
+                    format!("slot-ready:{}", svc.name),
                     format!(
                         "the new slot: GET {url} must answer 2xx within {}s",
-                        s.ready_timeout.as_secs()
+                        svc.ready_timeout.as_secs()
                     ),
                     Step::SlotReady {
-                        unit: s.unit_name.clone(),
-                        slots: c.slots,
+                        unit: svc.unit_name.clone(),
+                        slots: cut.slots,
                         url: url.clone(),
-                        timeout_secs: s.ready_timeout.as_secs(),
+                        timeout_secs: svc.ready_timeout.as_secs(),
                     },
                 ),
                 ActionKind::SlotReady,
             ),
             (
                 action(
-                    format!("switch-upstream:{}", s.name),
+                    format!("switch-upstream:{}", svc.name),
                     format!(
                         "{} in {}: `- server 127.0.0.1:{{old slot}};` `+ server 127.0.0.1:{{new slot}};`, then {} reloads gracefully{checked}",
-                        name, c.upstream, p.unit
+                        name, cut.upstream, proxy.unit
                     ),
                     Step::SwitchUpstream {
-                        unit: p.unit.clone(),
-                        slots: c.slots,
-                        upstream: c.upstream.clone(),
+                        unit: proxy.unit.clone(),
+                        slots: cut.slots,
+                        upstream: cut.upstream.clone(),
                         check,
                     },
                 ),
@@ -680,26 +680,26 @@ impl Walker<'_, '_> {
             (through, ActionKind::Health),
             (
                 action(
-                    format!("drain:{}", s.name),
+                    format!("drain:{}", svc.name),
                     format!(
                         "the old slot finishes the requests it has: {}s",
-                        c.drain.as_secs()
+                        cut.drain.as_secs()
                     ),
                     Step::Drain {
-                        unit: s.unit_name.clone(),
-                        secs: c.drain.as_secs(),
+                        unit: svc.unit_name.clone(),
+                        secs: cut.drain.as_secs(),
                     },
                 ),
                 ActionKind::Drain,
             ),
             (
                 action(
-                    format!("slot-stop:{}", s.name),
+                    format!("slot-stop:{}", svc.name),
                     "the old slot stops: the proxy no longer names it".to_owned(),
                     Step::SlotStop {
-                        unit: s.unit_name.clone(),
-                        slots: c.slots,
-                        upstream: Some(c.upstream.clone()),
+                        unit: svc.unit_name.clone(),
+                        slots: cut.slots,
+                        upstream: Some(cut.upstream.clone()),
                         unlink: None,
                     },
                 ),
@@ -707,8 +707,8 @@ impl Walker<'_, '_> {
             ),
         ];
         let mut last = first;
-        for (a, kind) in chain {
-            let n = self.g.push(a, (rank, kind, m.service));
+        for (next, kind) in chain {
+            let n = self.g.push(next, (rank, kind, walk.service));
             self.g.edge(last, n);
             last = n;
         }
@@ -992,8 +992,7 @@ service "e3" { runtime "node"; port 7; phase "edge" }
             r#"service "api"    { runtime "node"; port 1; phase "core" }"#,
             r#"service "api"    { runtime "node"; port 1; phase "core"
                 cutover "blue-green" { slots 11 12; upstream "/etc/nginx/m/{service}.conf"; drain "3s" } }"#,
-        )
-        .replace("unit-name", "unit-name") + "runtime \"n2\" { unit { exec \"/bin/true\" } }";
+        );
         let text = text.replace(r#"runtime "node" { build "true" }"#, r#"runtime "node" { build "true"; unit { exec "/bin/x" "{current}/m.js"; env PORT="{port}" } }"#);
         let c = crate::config::parse("t.kdl", &text).unwrap();
         let api = c.service("api").unwrap();

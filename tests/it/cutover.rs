@@ -165,9 +165,9 @@ async fn blue_green_services_fail_no_request_through_deploys_and_rollbacks() {
         up_dir.display()
     );
     for (name, port, _) in &services {
-        let _ = write!(
+        let _ = writeln!(
             conf,
-            "    server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://moorline_{name}; }} }}\n"
+            "    server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://moorline_{name}; }} }}"
         );
     }
     conf.push_str("}\n");
@@ -203,28 +203,25 @@ async fn blue_green_services_fail_no_request_through_deploys_and_rollbacks() {
     );
     let mut out = String::new();
     for line in text.lines() {
-        match services
+        if let Some((_, _, [a, b])) = services
             .iter()
             .find(|(n, _, _)| line.starts_with(&format!("service \"{n}\"")))
         {
-            Some((_, _, [a, b])) => {
-                let line = line.strip_suffix(" }").unwrap();
-                let _ = writeln!(
-                    out,
-                    "{line}; ready-timeout \"{}s\"; cutover \"blue-green\" {{ slots {a} {b}; upstream \"{}/{{service}}.conf\"; drain \"1s\" }} }}",
-                    support::failing_ready_timeout_secs(),
-                    up_dir.display()
-                );
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
+            let line = line.strip_suffix(" }").unwrap();
+            let _ = writeln!(
+                out,
+                "{line}; ready-timeout \"{}s\"; cutover \"blue-green\" {{ slots {a} {b}; upstream \"{}/{{service}}.conf\"; drain \"1s\" }} }}",
+                support::failing_ready_timeout_secs(),
+                up_dir.display()
+            );
+        } else {
+            out.push_str(line);
+            out.push('\n');
         }
     }
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "proxy \"nginx\" {{ unit \"{ngx_unit}\"; check \"{}\" \"-t\" \"-q\" \"-c\" \"{}\" \"-e\" \"{}\" }}\n",
+        "proxy \"nginx\" {{ unit \"{ngx_unit}\"; check \"{}\" \"-t\" \"-q\" \"-c\" \"{}\" \"-e\" \"{}\" }}",
         bin.display(),
         conf_path.display(),
         err_log.display()
