@@ -400,9 +400,10 @@ pub(crate) enum Step {
         url: String,
         timeout_secs: u64,
     },
-    /// Write the upstream file `upstream` naming the new slot (atomically;
-    /// nothing when it names it already), run `check`, and reload the
-    /// proxy `unit`; a failed check puts the previous file back.
+    /// Write the upstream file `upstream` naming the new slot (atomically),
+    /// run `check`, and reload the proxy `unit` (also when the file named
+    /// it already: a run killed before its reload is resumed); a failed
+    /// check puts the previous file back.
     SwitchUpstream {
         unit: String,
         slots: [u16; 2],

@@ -110,6 +110,25 @@ async fn live_slot_serves(sd: &Systemd, dir: &Path, service: &str, slots: [u16; 
     slot
 }
 
+/// The records of the newest journal under `state/history`.
+fn newest_journal(state: &Path) -> Vec<serde_json::Value> {
+    let newest = std::fs::read_dir(state.join("history"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("torn-"))
+        })
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .unwrap();
+    std::fs::read_to_string(newest)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_services_fail_no_request_through_deploys_and_rollbacks() {
     let Some(sandbox) = support::sandbox() else {
@@ -341,6 +360,54 @@ async fn blue_green_services_fail_no_request_through_deploys_and_rollbacks() {
     check_all("manual rollback", load.finish());
     let back = live_slot_serves(&sd, &up_dir, "svc-0003", services[2].2).await;
     assert_ne!(back, healed, "the rollback switched slots");
+
+    // 5. Killed at every journal record of a cutover, then resumed or rolled back (in turn):
+    // after each kill and each recovery the upstream names a slot that runs and answers ready,
+    // and the client through nginx sees no failure. The record numbers come from a deploy of
+    // svc-0003 alone, journaled in full.
+    fx.commit("main", "measured", &[Edit::touch_service("svc-0003")])
+        .unwrap();
+    okay(run(&["apply", "--env", "staging", "--yes"]));
+    let records = newest_journal(&state);
+    let at = |event: &str, action: &str| {
+        records
+            .iter()
+            .position(|r| r["event"] == event && r["action"] == action)
+            .map(|i| i + 1)
+            .unwrap_or_else(|| panic!("no {event} {action} in {records:#?}"))
+    };
+    let (first, last) = (
+        at("started", "slot-start:svc-0003"),
+        at("succeeded", "slot-stop:svc-0003"),
+    );
+    let load = Load::start(&ports);
+    for (k, n) in (first..=last).enumerate() {
+        fx.commit(
+            "main",
+            &format!("crash {n}"),
+            &[Edit::touch_service("svc-0003")],
+        )
+        .unwrap();
+        let killed = support::moorline(sandbox, &state)
+            .args(["-c", fx.config_path.to_str().unwrap()])
+            .args(["apply", "--env", "staging", "--yes"])
+            .env("MOORLINE_TEST_CRASH_AFTER", n.to_string())
+            .output()
+            .unwrap();
+        assert_eq!(killed.status.code(), None, "killed after record {n}");
+        live_slot_serves(&sd, &up_dir, "svc-0003", services[2].2).await;
+        let recover: &[&str] = if k % 2 == 0 {
+            &["apply", "--resume", "--env", "staging"]
+        } else {
+            &["rollback", "--env", "staging", "--yes"]
+        };
+        okay(run(recover));
+        live_slot_serves(&sd, &up_dir, "svc-0003", services[2].2).await;
+    }
+    check_all(
+        "killed at every record of a cutover, then recovered",
+        load.finish(),
+    );
 
     for (name, _, slots) in &services {
         for s in slots {

@@ -238,10 +238,10 @@ pub(super) async fn switch(
         source: std::io::ErrorKind::InvalidInput.into(),
     })?;
     let change = upstream::change(&svc.name, from, target);
-    if before.as_deref() == Some(text.as_str()) {
-        return Ok(Some(change));
-    }
-    {
+    // A file that names the slot already is still checked and reloaded:
+    // a run killed between writing it and the reload left the proxy on
+    // the old slot, which `slot-stop` is about to stop.
+    if before.as_deref() != Some(text.as_str()) {
         let (path, text) = (path.clone(), text.clone());
         blocking(move || {
             if let Some(parent) = path.parent() {
