@@ -373,8 +373,7 @@ async fn blue_green_services_fail_no_request_through_deploys_and_rollbacks() {
         records
             .iter()
             .position(|r| r["event"] == event && r["action"] == action)
-            .map(|i| i + 1)
-            .unwrap_or_else(|| panic!("no {event} {action} in {records:#?}"))
+            .map_or_else(|| panic!("no {event} {action} in {records:#?}"), |i| i + 1)
     };
     let (first, last) = (
         at("started", "slot-start:svc-0003"),
