@@ -320,6 +320,8 @@ async fn blue_green_services_fail_no_request_through_deploys_and_rollbacks() {
     for (name, _, slots) in &services {
         live_slot_serves(&sd, &up_dir, name, *slots).await;
     }
+    // `status` reads each service's live slot: healthy, no drift.
+    okay(run(&["status", "--env", "staging", "--check"]));
     let good = fx.head("main").unwrap();
 
     // 3. A release that never gets ready: the apply fails at its slot's readiness and rolls
