@@ -124,8 +124,10 @@ pub(crate) fn check(config: &Config, env: &Environment, plan: &Plan, host: &str)
     let mut services: Vec<&Service> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for action in &plan.actions {
-        if matches!(action.step, Step::Restart { .. } | Step::Start { .. })
-            && let Some(service) = action.service.as_deref().and_then(|s| config.service(s))
+        if matches!(
+            action.step,
+            Step::Restart { .. } | Step::Start { .. } | Step::SlotStart { .. }
+        ) && let Some(service) = action.service.as_deref().and_then(|s| config.service(s))
             && seen.insert(service.name.as_str())
         {
             services.push(service);
@@ -141,7 +143,10 @@ pub(crate) fn check(config: &Config, env: &Environment, plan: &Plan, host: &str)
         if let Ok(Some(text)) = crate::unit::render(env, service) {
             unit_facts(env, service, &text, host, &mut out);
         }
-        if let Some(holder) = holders.foreign(service, &listening) {
+        // A blue/green service's port is the proxy's: nginx holds it.
+        if service.cutover.is_none()
+            && let Some(holder) = holders.foreign(service, &listening)
+        {
             out.push(Missing::PortTaken {
                 host: host.to_owned(),
                 service: service.name.clone(),

@@ -226,7 +226,7 @@ pub(crate) fn effects(plan: &Plan, records: &[Record]) -> crate::plan::undo::Eff
             }
             Record::Started { action, .. } => {
                 if let Some(a) = plan.action(action)
-                    && a.kind() == ActionKind::Restart
+                    && matches!(a.kind(), ActionKind::Restart | ActionKind::SlotStart)
                     && let Some(s) = &a.service
                 {
                     e.restarted.insert(s.clone());

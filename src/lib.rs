@@ -48,4 +48,5 @@ pub mod template;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod unit;
+pub mod upstream;
 pub mod visible;

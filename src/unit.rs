@@ -26,7 +26,7 @@ use std::path::Path;
 use miette::Diagnostic;
 
 use crate::config::{Environment, Service, UnitSpec, looks_secret};
-use crate::template::{self, Vars};
+use crate::template;
 
 /// What replaces a secret value in anything shown to people.
 pub(crate) const REDACTED: &str = "(redacted)";
@@ -470,15 +470,24 @@ fn render_spec(
     spec: &UnitSpec,
     redact: bool,
 ) -> Result<String, UnitError> {
-    let current = current_link(env, &service.name);
-    let vars = Vars {
-        service: Some(&service.name),
-        port: Some(service.port),
-        root: Some(&env.root),
-        current: Some(&current),
-        ..Vars::default()
+    // A cutover service's unit is a template: each instance is one slot,
+    // its name the slot's port (`%i`), running the release its own link
+    // names. `{port}` and `{current}` render to a marker first, so the
+    // escaping below (which doubles every `%`) leaves the `%i` it becomes.
+    let current = match service.cutover {
+        Some(_) => format!("{}/{SLOT_MARKER}", slots_dir(env, &service.name)),
+        None => current_link(env, &service.name),
     };
-    let r = |s: &str| template::render(s, &vars);
+    let port = service.port.to_string();
+    let vars = |name: &str| match name {
+        "service" => Some(service.name.clone()),
+        "port" if service.cutover.is_some() => Some(SLOT_MARKER.to_owned()),
+        "port" => Some(port.clone()),
+        "root" => Some(env.root.clone()),
+        "current" => Some(current.clone()),
+        _ => None,
+    };
+    let r = |s: &str| template::render_with(s, vars);
     let mut w = Writer {
         service: &service.name,
         out: String::new(),
@@ -543,7 +552,22 @@ fn render_spec(
     w.bare("Restart", Field::Description, &spec.restart)?;
     w.out.push_str("\n[Install]\n");
     w.bare("WantedBy", Field::UnitName, &spec.wanted_by)?;
+    if service.cutover.is_some() {
+        return Ok(w.out.replace(SLOT_MARKER, "%i"));
+    }
     Ok(w.out)
+}
+
+/// What `{port}` and the slot in `{current}` render to in a cutover
+/// service's template unit before the text is escaped; `%i` (the instance,
+/// which is the slot's port) after. Letters only, so every field takes it
+/// as written.
+const SLOT_MARKER: &str = "MOORLINExSLOTxINSTANCE";
+
+/// The directory of a cutover service's slot links:
+/// `{root}/{service}/slots`, one link per slot port naming its release.
+pub(crate) fn slots_dir(env: &Environment, service: &str) -> String {
+    format!("{}/{service}/slots", env.root)
 }
 
 /// Whether a unit file's text carries the value of a secret variable
@@ -717,6 +741,7 @@ mod tests {
             unit_name: "api.service".into(),
             role: None,
             start_after: Vec::new(),
+            cutover: None,
         }
     }
 
@@ -761,6 +786,39 @@ mod tests {
         ] {
             assert_eq!(exec_word(w), want, "{w}");
         }
+    }
+
+    /// A cutover service's unit is a template: `{port}` and `{current}`
+    /// become the instance (`%i`, the slot's port) and its slot link, while
+    /// a `%` the user wrote stays escaped.
+    #[test]
+    fn a_cutover_unit_is_a_template_of_its_slots() {
+        let mut s = service(spec());
+        s.cutover = Some(crate::config::Cutover {
+            slots: [8101, 8102],
+            upstream: "/etc/nginx/moorline/api.conf".into(),
+            drain: Duration::from_secs(2),
+        });
+        s.unit
+            .as_mut()
+            .unwrap()
+            .env
+            .insert("PORT".into(), plain("{port}"));
+        s.unit
+            .as_mut()
+            .unwrap()
+            .env
+            .insert("PCT".into(), plain("100%"));
+        let text = render(&env("/srv/a b"), &s).unwrap().unwrap();
+        for want in [
+            "ExecStart=/usr/bin/node \"/srv/a b/api/slots/%i/main.js\"",
+            "WorkingDirectory=/srv/a b/api/slots/%i",
+            "Environment=\"PORT=%i\"",
+            "Environment=\"PCT=100%%\"",
+        ] {
+            assert!(text.contains(want), "{want} in\n{text}");
+        }
+        assert!(!text.contains(SLOT_MARKER));
     }
 
     #[test]
@@ -1039,12 +1097,12 @@ mod tests {
         spec: &UnitSpec,
     ) -> (Vec<(String, String, Read)>, bool) {
         let current = current_link(e, &svc.name);
-        let vars = Vars {
+        let vars = crate::template::Vars {
             service: Some(&svc.name),
             port: Some(svc.port),
             root: Some(&e.root),
             current: Some(&current),
-            ..Vars::default()
+            ..crate::template::Vars::default()
         };
         let r = |s: &str| template::render(s, &vars);
         let mut ok = true;

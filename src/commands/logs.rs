@@ -16,7 +16,8 @@ pub(crate) fn run(t: &Target, args: &LogsArgs) -> miette::Result<i32> {
     let selected = select::select(t.config(), &args.services, false)?;
     let units: BTreeMap<String, String> = selected
         .iter()
-        .map(|s| (s.unit_name.clone(), s.name.clone()))
+        // A blue/green service logs under both of its slots' instances.
+        .flat_map(|s| s.running_units().into_iter().map(|u| (u, s.name.clone())))
         .collect();
     let width = selected.iter().map(|s| s.name.len()).max().unwrap_or(0);
     let q = Query {

@@ -63,6 +63,9 @@ pub enum ProblemKind {
     PassEnvName,
     PassEnvDuplicate,
     InitTodo,
+    CutoverWithoutProxy,
+    CutoverUnmanaged,
+    CutoverSlots,
 }
 
 impl ProblemKind {
@@ -122,6 +125,9 @@ impl ProblemKind {
         Self::PassEnvName,
         Self::PassEnvDuplicate,
         Self::InitTodo,
+        Self::CutoverWithoutProxy,
+        Self::CutoverUnmanaged,
+        Self::CutoverSlots,
     ];
 
     /// The stable code printed with the diagnostic (`moorline::config::...`).
@@ -181,6 +187,9 @@ impl ProblemKind {
             Self::PassEnvName => "moorline::config::pass_env_name",
             Self::PassEnvDuplicate => "moorline::config::pass_env_duplicate",
             Self::InitTodo => "moorline::config::init_todo",
+            Self::CutoverWithoutProxy => "moorline::config::cutover_without_proxy",
+            Self::CutoverUnmanaged => "moorline::config::cutover_unmanaged",
+            Self::CutoverSlots => "moorline::config::cutover_slots",
         }
     }
 }

@@ -389,9 +389,50 @@ pub struct Service {
     /// `depends-on` (of this configuration, or this host's part of it).
     /// Set by [`Config::order_starts`]; rendered as `After=`.
     pub start_after: Vec<String>,
+    /// `cutover "blue-green"`: a new release goes live in the idle one of
+    /// two slots behind the proxy; `None`: restarted in place (the default).
+    pub cutover: Option<Cutover>,
+}
+
+/// How long the old slot keeps serving requests it already has after the
+/// proxy moved to the new one, when `drain` is not given.
+pub(crate) const DEFAULT_DRAIN: Duration = Duration::from_secs(2);
+
+/// A service's blue/green cutover: two instances of a template unit
+/// (`NAME@.service`, the instance is the slot's port), one of them named by
+/// an nginx upstream file that moorline owns and the proxy includes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cutover {
+    /// The two slot ports (distinct, neither the service's `port`).
+    pub slots: [u16; 2],
+    /// The upstream file moorline writes (absolute): `upstream
+    /// moorline_<service> { server 127.0.0.1:<live slot>; }`.
+    pub upstream: String,
+    /// How long the old slot keeps running after the switch.
+    #[serde(with = "secs")]
+    pub drain: Duration,
 }
 
 impl Service {
+    /// The unit systemd runs for one slot of a cutover service
+    /// (`pakashop-api@8101.service`); the unit name itself otherwise.
+    pub(crate) fn slot_unit(&self, slot: u16) -> String {
+        match self.unit_name.strip_suffix("@.service") {
+            Some(stem) if self.cutover.is_some() => format!("{stem}@{slot}.service"),
+            _ => self.unit_name.clone(),
+        }
+    }
+
+    /// The units systemd runs for the service: its two slots' instances
+    /// for a cutover service (what `After=` names: a template orders
+    /// nothing), its unit otherwise.
+    pub(crate) fn running_units(&self) -> Vec<String> {
+        match &self.cutover {
+            Some(c) => c.slots.iter().map(|p| self.slot_unit(*p)).collect(),
+            None => vec![self.unit_name.clone()],
+        }
+    }
+
     /// Whether the service's source is the whole repository (`path "."`).
     pub(crate) fn is_root(&self) -> bool {
         self.path == ROOT_PATH
@@ -479,13 +520,13 @@ impl Config {
         let mut members: Vec<Vec<String>> = self.phases.iter().map(|p| p.units.clone()).collect();
         for s in &self.services {
             if let Some(m) = members.get_mut(s.phase_index) {
-                m.push(s.unit_name.clone());
+                m.extend(s.running_units());
             }
         }
-        let unit_of: BTreeMap<String, String> = self
+        let unit_of: BTreeMap<String, Vec<String>> = self
             .services
             .iter()
-            .map(|s| (s.name.clone(), s.unit_name.clone()))
+            .map(|s| (s.name.clone(), s.running_units()))
             .collect();
         for s in &mut self.services {
             let own_phase = self
@@ -499,7 +540,11 @@ impl Config {
                 .find(|m| !m.is_empty())
                 .cloned()
                 .unwrap_or_default();
-            let depended = s.depends_on.iter().filter_map(|d| unit_of.get(d).cloned());
+            let depended = s
+                .depends_on
+                .iter()
+                .filter_map(|d| unit_of.get(d).cloned())
+                .flatten();
             let mut after: Vec<String> = own_phase
                 .into_iter()
                 .chain(earlier)
@@ -581,7 +626,14 @@ mod tests {
             ]
         );
         assert_eq!(after(&config, "gateway"), ["pakashop-config.service"]);
-        assert_eq!(after(&config, "backend"), ["pakashop-gateway.service"]);
+        // The gateway runs blue/green: what follows it follows both of its slots.
+        assert_eq!(
+            after(&config, "backend"),
+            [
+                "pakashop-gateway@18000.service",
+                "pakashop-gateway@18001.service"
+            ]
+        );
         assert_eq!(
             after(&config, "coupon"),
             [
@@ -593,7 +645,13 @@ mod tests {
         // Without its core services (another host runs them), the supporting phase starts
         // after the nearest earlier phase this host has.
         config.keep_services(|s| s.phase != "core");
-        assert_eq!(after(&config, "coupon"), ["pakashop-gateway.service"]);
+        assert_eq!(
+            after(&config, "coupon"),
+            [
+                "pakashop-gateway@18000.service",
+                "pakashop-gateway@18001.service"
+            ]
+        );
         config.keep_services(|s| s.phase == "supporting");
         assert_eq!(
             after(&config, "coupon"),

@@ -207,9 +207,23 @@ pub(crate) struct RawService {
     pub(crate) unit: Option<RawUnit>,
     /// Fleet mode: the role of the hosts that run it.
     pub(crate) role: Option<Str>,
+    /// `cutover "blue-green" { ... }`: how a new release goes live.
+    pub(crate) cutover: Option<RawCutover>,
     /// Child node names present, even where their value was rejected, so
     /// a wrong value is not reported a second time as a missing one.
     pub(crate) seen: Vec<String>,
+}
+
+/// A service's `cutover` block, as written.
+#[derive(Debug, Clone)]
+pub(crate) struct RawCutover {
+    pub(crate) span: SourceSpan,
+    pub(crate) mode: Option<Str>,
+    pub(crate) slots: Vec<Spanned<i128>>,
+    /// The span of the `slots` node (for a wrong count).
+    pub(crate) slots_span: Option<SourceSpan>,
+    pub(crate) upstream: Option<Str>,
+    pub(crate) drain: Option<Spanned<Duration>>,
 }
 
 #[derive(Debug, Clone)]
@@ -281,7 +295,9 @@ const SERVICE: &[&str] = &[
     "ready-timeout",
     "unit",
     "role",
+    "cutover",
 ];
+const CUTOVER: &[&str] = &["slots", "upstream", "drain"];
 const UNIT: &[&str] = &[
     "description",
     "exec",
@@ -402,7 +418,7 @@ impl Place {
             (_, Some("state-dir" | "if-exists" | "inputs"))
             | (
                 "root" | "unit-dir" | "env-file" | "working-directory" | "path" | "watch"
-                | "inputs" | "outputs" | "dir",
+                | "inputs" | "outputs" | "dir" | "upstream",
                 None,
             ) => Place::Path,
             (
@@ -1473,11 +1489,12 @@ impl Reader<'_, '_> {
             ready_timeout: None,
             unit: None,
             role: None,
+            cutover: None,
             seen: Vec::new(),
         };
         for c in children(node) {
             s.seen.push(c.name().value().to_owned());
-            if c.name().value() != "unit" {
+            if !matches!(c.name().value(), "unit" | "cutover") {
                 self.no_children(c);
             }
             match c.name().value() {
@@ -1529,6 +1546,10 @@ impl Reader<'_, '_> {
                     let v = self.one_string(c, "a role name");
                     self.once(&mut s.role, c, v);
                 }
+                "cutover" => {
+                    let v = self.cutover(c);
+                    self.once(&mut s.cutover, c, Some(v));
+                }
                 other => {
                     self.unknown_node(c, SERVICE, "`service`");
                     // `runtme "node"` is one typo, not also a missing runtime.
@@ -1539,6 +1560,61 @@ impl Reader<'_, '_> {
             }
         }
         s
+    }
+
+    /// `cutover "blue-green" { slots 8101 8102; upstream "..."; drain "5s" }`.
+    fn cutover(&mut self, node: &KdlNode) -> RawCutover {
+        let mode = self.one_string(node, "a cutover mode (\"blue-green\" or \"restart\")");
+        let mut c = RawCutover {
+            span: node.span(),
+            mode,
+            slots: Vec::new(),
+            slots_span: None,
+            upstream: None,
+            drain: None,
+        };
+        for n in children(node) {
+            self.no_children(n);
+            match n.name().value() {
+                "slots" => {
+                    self.check_props(n, &[]);
+                    if c.slots_span.is_some() {
+                        self.push(Problem::new(
+                            ProblemKind::Duplicate,
+                            n.span(),
+                            "`slots` is given twice",
+                            "second definition",
+                            "keep one of them",
+                        ));
+                        continue;
+                    }
+                    c.slots_span = Some(n.span());
+                    for e in args(n) {
+                        if let KdlValue::Integer(i) = e.value() {
+                            c.slots.push(Spanned::new(*i, e.span()));
+                        } else {
+                            self.push(Problem::new(
+                                ProblemKind::WrongType,
+                                e.span(),
+                                "`slots` takes port numbers",
+                                "not a number",
+                                "write slots 8101 8102",
+                            ));
+                        }
+                    }
+                }
+                "upstream" => {
+                    let v = self.one_string(n, "the path of the upstream file moorline writes");
+                    self.once(&mut c.upstream, n, v);
+                }
+                "drain" => {
+                    let v = self.duration(n);
+                    self.once(&mut c.drain, n, v);
+                }
+                _ => self.unknown_node(n, CUTOVER, "`cutover`"),
+            }
+        }
+        c
     }
 
     fn unit(&mut self, node: &KdlNode) -> RawUnit {

@@ -7,14 +7,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::error::{Problem, ProblemKind, suggest};
 use super::model::{
-    Backup, BatchSize, Command, Config, DEFAULT_BACKUP_KEEP, DEFAULT_COMMAND_TIMEOUT,
-    DEFAULT_HEALTH, DEFAULT_KEEP_RELEASES, DEFAULT_METRICS, DEFAULT_READY, DEFAULT_READY_TIMEOUT,
-    DEFAULT_SERVICE_PATH, DEFAULT_UNIT_NAME, DrainHook, EnvValue, Environment, FirstDeploy, Host,
-    Migrate, Phase, Project, PromoteFrom, Proxy, ROOT_PATH, Rollout, Runtime, Service, UnitSpec,
-    looks_secret,
+    Backup, BatchSize, Command, Config, Cutover, DEFAULT_BACKUP_KEEP, DEFAULT_COMMAND_TIMEOUT,
+    DEFAULT_DRAIN, DEFAULT_HEALTH, DEFAULT_KEEP_RELEASES, DEFAULT_METRICS, DEFAULT_READY,
+    DEFAULT_READY_TIMEOUT, DEFAULT_SERVICE_PATH, DEFAULT_UNIT_NAME, DrainHook, EnvValue,
+    Environment, FirstDeploy, Host, Migrate, Phase, Project, PromoteFrom, Proxy, ROOT_PATH,
+    Rollout, Runtime, Service, UnitSpec, looks_secret,
 };
 use super::raw::{
-    RawBatch, RawCommand, RawConfig, RawEnv, RawEnvironment, RawService, RawUnit, Spanned, Str,
+    RawBatch, RawCommand, RawConfig, RawCutover, RawEnv, RawEnvironment, RawService, RawUnit,
+    Spanned, Str,
 };
 use crate::template::{self, Vars};
 
@@ -1751,6 +1752,17 @@ impl Validator<'_> {
                     "systemd refuses unit names over 255 characters: shorten the service name or the project's unit-name",
                 ));
             }
+            let cutover = s.cutover.as_ref().and_then(|c| {
+                self.cutover(c, name, !raw.proxies.is_empty(), unit.is_some(), &mut ports)
+            });
+            // A cutover service runs as two instances of a template unit.
+            let unit_name = match (unit_name, &cutover) {
+                (Some(u), Some(_)) => Some(
+                    u.strip_suffix(".service")
+                        .map_or_else(|| u.clone(), |stem| format!("{stem}@.service")),
+                ),
+                (u, _) => u,
+            };
             let (Some((rt, _)), Some(phase_index), Some(port), Some(unit_name)) =
                 (runtime, phase_index, port, unit_name)
             else {
@@ -1794,10 +1806,134 @@ impl Validator<'_> {
                 unit_name,
                 role: s.role.as_ref().map(|r| r.value.clone()),
                 start_after: Vec::new(),
+                cutover,
             });
         }
         self.dependency_rules(raw, &phase_names);
         out
+    }
+
+    /// A service's `cutover` block: the mode, two free slot ports, an
+    /// absolute upstream file, a proxy that fronts the service and a unit
+    /// moorline renders (the slots are instances of it). `None` for the
+    /// default (`"restart"`) or a block with problems (reported).
+    fn cutover<'r>(
+        &mut self,
+        c: &'r RawCutover,
+        name: &'r Str,
+        has_proxy: bool,
+        managed: bool,
+        ports: &mut HashMap<u16, (&'r str, SourceSpan)>,
+    ) -> Option<Cutover> {
+        let mode = c.mode.as_ref()?;
+        match mode.value.as_str() {
+            "blue-green" => {}
+            "restart" => return None,
+            other => {
+                self.push(Problem::new(
+                    ProblemKind::InvalidValue,
+                    mode.span,
+                    format!("unknown cutover mode `{other}`"),
+                    "not a cutover mode",
+                    "write cutover \"blue-green\" (two slots behind the proxy) or cutover \"restart\" (the default)",
+                ));
+                return None;
+            }
+        }
+        let before = self.problems.len();
+        if !has_proxy {
+            self.push(Problem::new(
+                ProblemKind::CutoverWithoutProxy,
+                mode.span,
+                format!(
+                    "service `{}` cuts over behind the proxy, but there is no `proxy`",
+                    name.value
+                ),
+                "needs a proxy",
+                "add proxy \"nginx\" { unit \"nginx.service\"; check \"nginx\" \"-t\" } and include the upstream file in its configuration (docs/operations.md), or remove `cutover`",
+            ));
+        }
+        if !managed {
+            self.push(Problem::new(
+                ProblemKind::CutoverUnmanaged,
+                mode.span,
+                format!(
+                    "service `{}` has no unit block: its slots are instances of the unit moorline renders",
+                    name.value
+                ),
+                "no unit to run twice",
+                "give the service (or its runtime) a unit { exec ... } block, or remove `cutover`",
+            ));
+        }
+        let mut slots = Vec::new();
+        for p in &c.slots {
+            match u16::try_from(p.value) {
+                Ok(port) if port > 0 => {
+                    if let Some((other, first)) = ports.get(&port) {
+                        self.push(
+                            Problem::new(
+                                ProblemKind::PortConflict,
+                                p.span,
+                                format!(
+                                    "slot port {port} of service `{}` is taken by `{other}`",
+                                    name.value
+                                ),
+                                "port already taken",
+                                "give each slot a port no service or other slot uses",
+                            )
+                            .also(*first, format!("`{other}` uses it here")),
+                        );
+                    } else {
+                        ports.insert(port, (&name.value, p.span));
+                    }
+                    slots.push(port);
+                }
+                _ => self.push(Problem::new(
+                    ProblemKind::PortRange,
+                    p.span,
+                    format!("port {} is out of range", p.value),
+                    "not a TCP port",
+                    "ports are 1 to 65535",
+                )),
+            }
+        }
+        if c.slots.len() != 2 {
+            self.push(Problem::new(
+                ProblemKind::CutoverSlots,
+                c.slots_span.unwrap_or(c.span),
+                format!(
+                    "blue-green service `{}` needs two slot ports, {} given",
+                    name.value,
+                    c.slots.len()
+                ),
+                "two slots needed",
+                "write slots 8101 8102: two free ports, one for the live release and one for the next",
+            ));
+        }
+        let upstream = if let Some(u) = &c.upstream {
+            self.absolute(u, "the upstream file");
+            Some(u.value.clone())
+        } else {
+            self.push(Problem::new(
+                ProblemKind::MissingValue,
+                c.span,
+                format!("the cutover of service `{}` has no upstream file", name.value),
+                "no `upstream` here",
+                "add upstream \"/etc/nginx/moorline/{service}.conf\": the file moorline writes and nginx includes",
+            ));
+            None
+        };
+        if self.problems.len() != before {
+            return None;
+        }
+        let [a, b] = slots.as_slice() else {
+            return None;
+        };
+        Some(Cutover {
+            slots: [*a, *b],
+            upstream: upstream?.replace("{service}", &name.value),
+            drain: c.drain.as_ref().map_or(DEFAULT_DRAIN, |d| d.value),
+        })
     }
 
     /// Cycles (the whole cycle named) and dependencies on later phases.
@@ -2057,6 +2193,80 @@ mod tests {
         ] {
             assert_eq!(is_valid_branch(b), ok, "{b:?}");
         }
+    }
+
+    /// A blue/green service needs a proxy, a unit, two free slot ports and
+    /// an absolute upstream file: each problem is reported at once with its
+    /// code; `"restart"` is the default spelled out.
+    #[test]
+    fn cutover_problems_are_coded() {
+        let config = |cutover: &str, proxy: bool, unit: bool| {
+            format!(
+                "project \"p\"\nenvironment \"staging\" {{ branch \"main\"; root \"/opt/p\" }}\n\
+                 phase \"a\"\nruntime \"go\" {{ {} }}\n\
+                 service \"b\" {{ runtime \"go\"; port 9; phase \"a\" }}\n\
+                 service \"s\" {{ runtime \"go\"; port 1; phase \"a\"; {cutover} }}\n{}",
+                if unit {
+                    "unit { exec \"/bin/true\"; }"
+                } else {
+                    ""
+                },
+                if proxy {
+                    "proxy \"nginx\" { unit \"nginx.service\"; }"
+                } else {
+                    ""
+                },
+            )
+        };
+        let codes = |text: String| -> Vec<&'static str> {
+            match crate::config::parse("t.kdl", &text) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.problems.iter().map(|p| p.kind.code()).collect(),
+            }
+        };
+        let good =
+            r#"cutover "blue-green" { slots 11 12; upstream "/etc/nginx/m/{service}.conf"; }"#;
+        assert_eq!(codes(config(good, true, true)), Vec::<&str>::new());
+        let c = crate::config::parse("t.kdl", &config(good, true, true)).unwrap();
+        let s = c.service("s").unwrap();
+        assert_eq!(s.unit_name, "s@.service");
+        assert_eq!(s.cutover.as_ref().unwrap().upstream, "/etc/nginx/m/s.conf");
+        assert_eq!(s.cutover.as_ref().unwrap().drain, DEFAULT_DRAIN);
+        assert!(c.service("b").unwrap().cutover.is_none());
+        let restart = crate::config::parse("t.kdl", &config(r#"cutover "restart""#, false, false));
+        assert!(restart.unwrap().service("s").unwrap().cutover.is_none());
+        assert_eq!(
+            codes(config(good, false, false)),
+            [
+                "moorline::config::cutover_unmanaged",
+                "moorline::config::cutover_without_proxy"
+            ]
+        );
+        assert_eq!(
+            codes(config(
+                r#"cutover "blue-green" { slots 9 1 13; upstream "rel"; }"#,
+                true,
+                true
+            )),
+            [
+                "moorline::config::cutover_slots",
+                "moorline::config::port_conflict",
+                "moorline::config::port_conflict",
+                "moorline::config::unsafe_path",
+            ]
+        );
+        assert_eq!(
+            codes(config(r#"cutover "rolling""#, true, true)),
+            ["moorline::config::invalid_value"]
+        );
+        assert_eq!(
+            codes(config(
+                r#"cutover "blue-green" { slots 11 12; }"#,
+                true,
+                true
+            )),
+            ["moorline::config::missing_value"]
+        );
     }
 
     #[test]

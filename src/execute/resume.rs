@@ -160,6 +160,27 @@ async fn still_in_effect(ctx: &Ctx, plan: &Plan, a: &Action) -> bool {
             std::fs::read(saved).is_ok_and(|w| file(unit).is_some_and(|h| h == w))
         }
         Step::RemoveUnit { unit } => file(unit).is_none(),
+        // A blue/green step is done again unless its slot still runs
+        // the release: each is safe to repeat (the slot is recorded).
+        Step::SlotStart { release, .. } => {
+            let svc = a.service.as_deref().and_then(|s| ctx.config.service(s));
+            let dir =
+                svc.map(|s| std::path::PathBuf::from(crate::unit::slots_dir(&ctx.env, &s.name)));
+            let next = dir
+                .as_ref()
+                .and_then(|d| std::fs::read_to_string(d.join("next")).ok())
+                .and_then(|t| t.trim().parse::<u16>().ok());
+            match (svc, dir, next) {
+                (Some(svc), Some(dir), Some(slot)) => {
+                    let linked = release.as_deref().is_none_or(|r| {
+                        std::fs::read_link(dir.join(slot.to_string()))
+                            .is_ok_and(|t| t == Path::new(r))
+                    });
+                    linked && active(&svc.slot_unit(slot)).await
+                }
+                _ => false,
+            }
+        }
         _ => true,
     }
 }

@@ -243,7 +243,10 @@ pub(super) async fn roll_back(
     let mut rolled: Vec<String> = Vec::new();
     for id in &ex.succeeded {
         if let Some(a) = rollback.action(id)
-            && matches!(a.kind(), ActionKind::Health | ActionKind::Stop)
+            && matches!(
+                a.kind(),
+                ActionKind::Health | ActionKind::Stop | ActionKind::SlotStop
+            )
             && let Some(s) = &a.service
             && !rolled.contains(s)
         {

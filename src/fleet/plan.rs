@@ -200,7 +200,12 @@ fn groups(hosts: &[HostPlan]) -> Vec<Group> {
                     .plan
                     .actions
                     .iter()
-                    .filter(|a| a.kind() == crate::plan::ActionKind::Restart)
+                    .filter(|a| {
+                        matches!(
+                            a.kind(),
+                            crate::plan::ActionKind::Restart | crate::plan::ActionKind::SlotStart
+                        )
+                    })
                     .filter_map(|a| a.service.clone())
                     .collect(),
             }
@@ -224,7 +229,12 @@ fn rollback(hosts: &[HostPlan]) -> FleetRollback {
                 .plan
                 .actions
                 .iter()
-                .filter(|a| a.kind() == crate::plan::ActionKind::Restart)
+                .filter(|a| {
+                    matches!(
+                        a.kind(),
+                        crate::plan::ActionKind::Restart | crate::plan::ActionKind::SlotStart
+                    )
+                })
                 .filter_map(|a| a.service.clone())
                 .collect(),
             kind: h.plan.rollback.kind,

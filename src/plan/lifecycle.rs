@@ -30,9 +30,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::deploy::graph::{Graph, barrier, needs_barrier};
-use super::deploy::{count, list, ready_url};
+use super::deploy::{count, list, ready_url, slot_ready_url};
 use super::{Action, ActionKind, Command, Settle, Step, UnitSource};
-use crate::config::{Config, Service};
+use crate::config::{Config, Cutover, Service};
 
 /// Which way phases are walked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,18 +317,33 @@ impl Walker<'_, '_> {
             let Some(s) = config.services.get(u.service) else {
                 continue;
             };
+            let (step, kind) = match &s.cutover {
+                Some(c) => (
+                    Step::SlotStop {
+                        unit: s.unit_name.clone(),
+                        slots: c.slots,
+                        upstream: None,
+                        unlink: Some(u.unlink.clone()),
+                    },
+                    ActionKind::SlotStop,
+                ),
+                None => (
+                    Step::Stop {
+                        unit: s.unit_name.clone(),
+                        unlink: Some(u.unlink.clone()),
+                    },
+                    ActionKind::Stop,
+                ),
+            };
             let a = Action {
                 id: format!("stop:{}", s.name),
                 service: Some(s.name.clone()),
                 phase: Some(s.phase.clone()),
                 reason: u.reason.clone(),
                 after: Vec::new(),
-                step: Step::Stop {
-                    unit: s.unit_name.clone(),
-                    unlink: Some(u.unlink.clone()),
-                },
+                step,
             };
-            let n = self.gated(a, (0, ActionKind::Stop, u.service));
+            let n = self.gated(a, (0, kind, u.service));
             self.stops.push((u.service, n));
         }
     }
@@ -390,7 +405,9 @@ impl Walker<'_, '_> {
             };
             writes.push(n);
             self.written.extend(index);
-            if f.enable {
+            // A cutover service's unit is a template: its slots are
+            // enabled one by one as they go live.
+            if f.enable && configured.is_none_or(|s| s.cutover.is_none()) {
                 enable.push(f.unit.clone());
             }
         }
@@ -498,6 +515,9 @@ impl Walker<'_, '_> {
     /// One member's actions, after the gate: its first and its last.
     fn member(&mut self, m: &Walk, rank: usize) -> (usize, usize) {
         let s = &self.life.config.services[m.service];
+        if let (Some(c), Some(p)) = (&s.cutover, &self.life.config.proxy) {
+            return self.cutover(m, s, c, p, rank);
+        }
         let action = |id: String, step: Step| Action {
             id,
             service: Some(s.name.clone()),
@@ -548,6 +568,151 @@ impl Walker<'_, '_> {
             .push(health(s), (rank, ActionKind::Health, m.service));
         self.g.edge(first, probe);
         (first, probe)
+    }
+
+    /// A cutover service's member: a stop stops every slot; a restart or
+    /// start is the blue/green chain, each step after the one before it:
+    /// the new slot started, its readiness on its own port, the upstream
+    /// switched (checked, reloaded), the service's readiness through the
+    /// proxy, the drain, the old slot stopped. A dependent waits for the
+    /// whole chain, so it never starts against a slot about to stop.
+    fn cutover(
+        &mut self,
+        walk: &Walk,
+        svc: &Service,
+        cut: &Cutover,
+        proxy: &crate::config::Proxy,
+        rank: usize,
+    ) -> (usize, usize) {
+        let action = |id: String, reason: String, step: Step| Action {
+            id,
+            service: Some(svc.name.clone()),
+            phase: Some(svc.phase.clone()),
+            reason,
+            after: Vec::new(),
+            step,
+        };
+        let [slot_a, slot_b] = cut.slots;
+        let release = match &walk.bounce {
+            Bounce::Stop => {
+                let stop = action(
+                    format!("stop:{}", svc.name),
+                    format!("{}: both slots ({slot_a}, {slot_b}) stop", walk.reason),
+                    Step::SlotStop {
+                        unit: svc.unit_name.clone(),
+                        slots: cut.slots,
+                        upstream: None,
+                        unlink: None,
+                    },
+                );
+                let n = self.gated(stop, (rank, ActionKind::SlotStop, walk.service));
+                return (n, n);
+            }
+            Bounce::Restart { release } => release.clone(),
+            Bounce::Start => None,
+        };
+        let first = self.gated(
+            action(
+                format!("slot-start:{}", svc.name),
+                format!(
+                    "{}: in the slot of {slot_a} and {slot_b} that the proxy does not name (a slot already running that release is used as it is: nothing restarts)",
+                    walk.reason
+                ),
+                Step::SlotStart {
+                    unit: svc.unit_name.clone(),
+                    slots: cut.slots,
+                    upstream: cut.upstream.clone(),
+                    release,
+                },
+            ),
+            (rank, ActionKind::SlotStart, walk.service),
+        );
+        let url = slot_ready_url(svc);
+        let name = crate::upstream::name(&svc.name).unwrap_or_default();
+        let check = proxy.check.as_ref().map(|check| Command {
+            argv: check.argv.clone(),
+            timeout_secs: check.timeout.as_secs(),
+        });
+        let checked = proxy.check.as_ref().map_or_else(String::new, |check| {
+            format!(", after `{}` passes", check.argv.join(" "))
+        });
+        let through = {
+            let mut h = health(svc);
+            h.reason = format!("through the proxy: {}", h.reason);
+            if let Step::Health { unit, .. } = &mut h.step {
+                unit.clone_from(&proxy.unit);
+            }
+            h
+        };
+        let chain = [
+            (
+                action(
+                    format!("slot-ready:{}", svc.name),
+                    format!(
+                        "the new slot: GET {url} must answer 2xx within {}s",
+                        svc.ready_timeout.as_secs()
+                    ),
+                    Step::SlotReady {
+                        unit: svc.unit_name.clone(),
+                        slots: cut.slots,
+                        url: url.clone(),
+                        timeout_secs: svc.ready_timeout.as_secs(),
+                    },
+                ),
+                ActionKind::SlotReady,
+            ),
+            (
+                action(
+                    format!("switch-upstream:{}", svc.name),
+                    format!(
+                        "{} in {}: `- server 127.0.0.1:{{old slot}};` `+ server 127.0.0.1:{{new slot}};`, then {} reloads gracefully{checked}",
+                        name, cut.upstream, proxy.unit
+                    ),
+                    Step::SwitchUpstream {
+                        unit: proxy.unit.clone(),
+                        slots: cut.slots,
+                        upstream: cut.upstream.clone(),
+                        check,
+                    },
+                ),
+                ActionKind::SwitchUpstream,
+            ),
+            (through, ActionKind::Health),
+            (
+                action(
+                    format!("drain:{}", svc.name),
+                    format!(
+                        "the old slot finishes the requests it has: {}s",
+                        cut.drain.as_secs()
+                    ),
+                    Step::Drain {
+                        unit: svc.unit_name.clone(),
+                        secs: cut.drain.as_secs(),
+                    },
+                ),
+                ActionKind::Drain,
+            ),
+            (
+                action(
+                    format!("slot-stop:{}", svc.name),
+                    "the old slot stops: the proxy no longer names it".to_owned(),
+                    Step::SlotStop {
+                        unit: svc.unit_name.clone(),
+                        slots: cut.slots,
+                        upstream: Some(cut.upstream.clone()),
+                        unlink: None,
+                    },
+                ),
+                ActionKind::SlotStop,
+            ),
+        ];
+        let mut last = first;
+        for (next, kind) in chain {
+            let n = self.g.push(next, (rank, kind, walk.service));
+            self.g.edge(last, n);
+            last = n;
+        }
+        (first, last)
     }
 
     /// Step 4, the proxy, last: after the last phase and the stops, or,
@@ -814,6 +979,97 @@ service "e3" { runtime "node"; port 7; phase "edge" }
                 "reload-proxy <- stop:web health:api",
             ]
         );
+    }
+
+    /// A blue/green service is the cutover chain, each step after the one
+    /// before: the new slot, its readiness on its own port, the upstream
+    /// switch, readiness through the proxy, the drain, the old slot
+    /// stopped; a service of a later phase waits for the whole chain.
+    /// Services in the default mode walk as before.
+    #[test]
+    fn a_cutover_service_walks_the_blue_green_chain() {
+        let text = CONFIG.replace(
+            r#"service "api"    { runtime "node"; port 1; phase "core" }"#,
+            r#"service "api"    { runtime "node"; port 1; phase "core"
+                cutover "blue-green" { slots 11 12; upstream "/etc/nginx/m/{service}.conf"; drain "3s" } }"#,
+        );
+        let text = text.replace(r#"runtime "node" { build "true" }"#, r#"runtime "node" { build "true"; unit { exec "/bin/x" "{current}/m.js"; env PORT="{port}" } }"#);
+        let c = crate::config::parse("t.kdl", &text).unwrap();
+        let api = c.service("api").unwrap();
+        assert_eq!(api.unit_name, "p-api@.service");
+        assert_eq!(api.slot_unit(12), "p-api@12.service");
+        let mut life = restart_all(&c, Order::Forward);
+        life.walk.truncate(3);
+        assert_eq!(
+            edges(&life),
+            [
+                "slot-start:api <- ",
+                "slot-ready:api <- slot-start:api",
+                "switch-upstream:api <- slot-ready:api",
+                "health:api <- switch-upstream:api",
+                "drain:api <- health:api",
+                "slot-stop:api <- drain:api",
+                "restart:worker <- slot-stop:api",
+                "health:worker <- restart:worker",
+                "restart:web <- health:worker",
+                "health:web <- restart:web",
+                "reload-proxy <- health:web",
+            ]
+        );
+        let mut g = Graph::default();
+        life.walk(&mut g);
+        let actions = g.into_actions();
+        let step = |id: &str| actions.iter().find(|a| a.id == id).unwrap().step.clone();
+        assert_eq!(
+            step("slot-ready:api"),
+            Step::SlotReady {
+                unit: "p-api@.service".into(),
+                slots: [11, 12],
+                url: "http://127.0.0.1:{slot}/health/ready".into(),
+                timeout_secs: 60,
+            }
+        );
+        assert_eq!(
+            step("health:api"),
+            Step::Health {
+                unit: "nginx.service".into(),
+                url: "http://127.0.0.1:1/health/ready".into(),
+                timeout_secs: 60,
+            }
+        );
+        assert_eq!(
+            step("switch-upstream:api"),
+            Step::SwitchUpstream {
+                unit: "nginx.service".into(),
+                slots: [11, 12],
+                upstream: "/etc/nginx/m/api.conf".into(),
+                check: Some(Command {
+                    argv: vec!["nginx".into(), "-t".into()],
+                    timeout_secs: 900,
+                }),
+            }
+        );
+        // Every step reads back from its JSON as itself.
+        for a in &actions {
+            let json = serde_json::to_value(a).unwrap();
+            let back: Action = serde_json::from_value(json).unwrap();
+            assert_eq!(&back, a);
+        }
+        // Stopping stops both slots; undoing a first deploy too.
+        let mut life = Lifecycle::new(&c, Order::Reverse);
+        life.walk.push(Walk {
+            service: 0,
+            bounce: Bounce::Stop,
+            reason: "stop".to_owned(),
+        });
+        let mut g = Graph::default();
+        life.walk(&mut g);
+        let actions = g.into_actions();
+        assert_eq!(actions.len(), 1);
+        assert!(matches!(
+            &actions[0].step,
+            Step::SlotStop { upstream: None, .. }
+        ));
     }
 
     /// Stop: the reverse walk, no probes; a dependency stops after its

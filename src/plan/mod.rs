@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::git::Rev;
 
 pub(crate) use crate::json_file::clip;
-pub(crate) use deploy::{ForeignUnit, HostView, Inputs, MigrateCheck, build};
+pub(crate) use deploy::{ForeignUnit, HostView, Inputs, MigrateCheck, build, slot_ready_url};
 
 /// Version of the JSON contract; bumped on any incompatible change.
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -225,6 +225,18 @@ pub(crate) enum ActionKind {
     Enable,
     /// Disables units (`moorline disable`).
     Disable,
+    /// Blue/green: starts the new release in the slot the proxy does not
+    /// name (or finds it running there already).
+    SlotStart,
+    /// Blue/green: the new slot's readiness, on its own port.
+    SlotReady,
+    /// Blue/green: the upstream file names the new slot; the proxy is
+    /// checked and reloaded gracefully.
+    SwitchUpstream,
+    /// Blue/green: the old slot finishes the requests it has.
+    Drain,
+    /// Blue/green: stops the slot the proxy no longer names.
+    SlotStop,
 }
 
 impl ActionKind {
@@ -245,6 +257,11 @@ impl ActionKind {
             Self::Start => "start",
             Self::Enable => "enable",
             Self::Disable => "disable",
+            Self::SlotStart => "slot-start",
+            Self::SlotReady => "slot-ready",
+            Self::SwitchUpstream => "switch-upstream",
+            Self::Drain => "drain",
+            Self::SlotStop => "slot-stop",
         }
     }
 
@@ -262,6 +279,9 @@ impl ActionKind {
                 | Self::Start
                 | Self::Enable
                 | Self::Disable
+                | Self::SlotStart
+                | Self::SwitchUpstream
+                | Self::SlotStop
         )
     }
 }
@@ -360,6 +380,51 @@ pub(crate) enum Step {
     Disable {
         units: Vec<String>,
     },
+    /// Blue/green, for the service of the action: the new slot is the one
+    /// of `slots` that the upstream file `upstream` does not name; point
+    /// its link at `release` (the live release when `None`) and restart
+    /// instance `unit` of it, unless it already runs that release. The
+    /// slot chosen is recorded, so the steps after it (and a resume) use
+    /// the same one.
+    SlotStart {
+        unit: String,
+        slots: [u16; 2],
+        upstream: String,
+        release: Option<String>,
+    },
+    /// Poll `url` (`{slot}` is the new slot's port) until it answers 2xx,
+    /// within `timeout_secs`, the new slot's unit staying up.
+    SlotReady {
+        unit: String,
+        slots: [u16; 2],
+        url: String,
+        timeout_secs: u64,
+    },
+    /// Write the upstream file `upstream` naming the new slot (atomically),
+    /// run `check`, and reload the proxy `unit` (also when the file named
+    /// it already: a run killed before its reload is resumed); a failed
+    /// check puts the previous file back.
+    SwitchUpstream {
+        unit: String,
+        slots: [u16; 2],
+        upstream: String,
+        check: Option<Command>,
+    },
+    /// Wait `secs` for the old slot to finish its requests (nothing when
+    /// only one slot runs).
+    Drain {
+        unit: String,
+        secs: u64,
+    },
+    /// Stop the slots of `unit` that the upstream file `upstream` does not
+    /// name (every slot when `None`); then remove the `current` link
+    /// `unlink`, if given.
+    SlotStop {
+        unit: String,
+        slots: [u16; 2],
+        upstream: Option<String>,
+        unlink: Option<String>,
+    },
 }
 
 impl Step {
@@ -380,6 +445,11 @@ impl Step {
             Self::Start { .. } => ActionKind::Start,
             Self::Enable { .. } => ActionKind::Enable,
             Self::Disable { .. } => ActionKind::Disable,
+            Self::SlotStart { .. } => ActionKind::SlotStart,
+            Self::SlotReady { .. } => ActionKind::SlotReady,
+            Self::SwitchUpstream { .. } => ActionKind::SwitchUpstream,
+            Self::Drain { .. } => ActionKind::Drain,
+            Self::SlotStop { .. } => ActionKind::SlotStop,
         }
     }
 
@@ -393,7 +463,12 @@ impl Step {
             | Self::Stop { unit, .. }
             | Self::RestoreUnit { unit, .. }
             | Self::RemoveUnit { unit }
-            | Self::Start { unit, .. } => Some(unit),
+            | Self::Start { unit, .. }
+            | Self::SlotStart { unit, .. }
+            | Self::SlotReady { unit, .. }
+            | Self::SwitchUpstream { unit, .. }
+            | Self::Drain { unit, .. }
+            | Self::SlotStop { unit, .. } => Some(unit),
             _ => None,
         }
     }
@@ -460,6 +535,12 @@ struct WireAction {
     /// ([`Settle`]); left out for `"probe"`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     settle: Option<Settle>,
+    /// Blue/green steps: the two slot ports.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    slots: Option<[u16; 2]>,
+    /// Blue/green steps: the upstream file moorline writes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    file: Option<String>,
 }
 
 impl From<Action> for WireAction {
@@ -479,6 +560,8 @@ impl From<Action> for WireAction {
             url: None,
             timeout_secs: None,
             settle: None,
+            slots: None,
+            file: None,
         };
         let mut command = |c: Option<Command>| {
             if let Some(c) = c {
@@ -548,6 +631,54 @@ impl From<Action> for WireAction {
                 w.settle = (settle == Settle::Window).then_some(settle);
             }
             Step::Enable { units } | Step::Disable { units } => w.units = Some(units),
+            Step::SlotStart {
+                unit,
+                slots,
+                upstream,
+                release,
+            } => {
+                w.unit = Some(unit);
+                w.slots = Some(slots);
+                w.file = Some(upstream);
+                w.dir = release;
+            }
+            Step::SlotReady {
+                unit,
+                slots,
+                url,
+                timeout_secs,
+            } => {
+                w.unit = Some(unit);
+                w.slots = Some(slots);
+                w.url = Some(url);
+                w.timeout_secs = Some(timeout_secs);
+            }
+            Step::SwitchUpstream {
+                unit,
+                slots,
+                upstream,
+                check,
+            } => {
+                command(check);
+                w.unit = Some(unit);
+                w.slots = Some(slots);
+                w.file = Some(upstream);
+            }
+            Step::Drain { unit, secs } => {
+                w.unit = Some(unit);
+                w.timeout_secs = Some(secs);
+            }
+            Step::SlotStop {
+                unit,
+                slots,
+                upstream,
+                unlink,
+            } => {
+                w.unit = Some(unit);
+                w.slots = Some(slots);
+                w.file = upstream;
+                w.dir = unlink;
+            }
         }
         w
     }
@@ -578,6 +709,12 @@ impl TryFrom<WireAction> for Action {
         let command = |argv: Option<Vec<String>>, timeout: Option<u64>| {
             timed(argv, timeout)?
                 .ok_or_else(|| WireError(format!("action `{}` ({kind}) has no `command`", w.id)))
+        };
+        let slots = |v: Option<[u16; 2]>| {
+            v.ok_or_else(|| WireError(format!("action `{}` ({kind}) has no `slots`", w.id)))
+        };
+        let secs = |v: Option<u64>| {
+            v.ok_or_else(|| WireError(format!("action `{}` ({kind}) has no `timeout_secs`", w.id)))
         };
         // Plans written before `settle` existed: a unit without a service
         // had no probe.
@@ -642,6 +779,34 @@ impl TryFrom<WireAction> for Action {
             },
             ActionKind::Disable => Step::Disable {
                 units: w.units.clone().unwrap_or_default(),
+            },
+            ActionKind::SlotStart => Step::SlotStart {
+                unit: need(w.unit.clone(), "unit")?,
+                slots: slots(w.slots)?,
+                upstream: need(w.file.clone(), "file")?,
+                release: w.dir.clone(),
+            },
+            ActionKind::SlotReady => Step::SlotReady {
+                unit: need(w.unit.clone(), "unit")?,
+                slots: slots(w.slots)?,
+                url: need(w.url.clone(), "url")?,
+                timeout_secs: secs(w.timeout_secs)?,
+            },
+            ActionKind::SwitchUpstream => Step::SwitchUpstream {
+                unit: need(w.unit.clone(), "unit")?,
+                slots: slots(w.slots)?,
+                upstream: need(w.file.clone(), "file")?,
+                check: timed(w.command.clone(), w.timeout_secs)?,
+            },
+            ActionKind::Drain => Step::Drain {
+                unit: need(w.unit.clone(), "unit")?,
+                secs: secs(w.timeout_secs)?,
+            },
+            ActionKind::SlotStop => Step::SlotStop {
+                unit: need(w.unit.clone(), "unit")?,
+                slots: slots(w.slots)?,
+                upstream: w.file.clone(),
+                unlink: w.dir.clone(),
             },
         };
         Ok(Action {

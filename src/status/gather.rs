@@ -176,6 +176,19 @@ fn unit_state(st: &UnitStatus) -> UnitState {
     }
 }
 
+/// The unit whose state is the service's: for a blue/green service, the
+/// instance of the slot its upstream file names (the template when the file
+/// names none); the service's unit otherwise.
+fn running_unit(s: &Service) -> String {
+    s.cutover
+        .as_ref()
+        .and_then(|c| {
+            let text = std::fs::read_to_string(&c.upstream).ok()?;
+            crate::upstream::live_slot(&text, &s.name, c.slots)
+        })
+        .map_or_else(|| s.unit_name.clone(), |slot| s.slot_unit(slot))
+}
+
 async fn service_status(
     host: &Host,
     sd: &Systemd,
@@ -183,13 +196,14 @@ async fn service_status(
     runtime: Option<&crate::config::Runtime>,
 ) -> Result<ServiceStatus, StatusError> {
     let (live_url, ready) = (url_for(s, &s.health), ready_url(s));
+    let running = running_unit(s);
     let (unit_st, liveness, readiness) = tokio::join!(
-        sd.status(&s.unit_name),
+        sd.status(&running),
         health::probe(&live_url),
         health::probe(&ready),
     );
     let unit_st = unit_st.map_err(|source| StatusError::Systemd {
-        unit: s.unit_name.clone(),
+        unit: running.clone(),
         source,
     })?;
     let paths = Paths::new(&host.env.root, &s.name);
@@ -238,7 +252,7 @@ async fn service_status(
             .is_none_or(|m| m.state == MigrationState::UpToDate);
     Ok(ServiceStatus {
         name: s.name.clone(),
-        unit: s.unit_name.clone(),
+        unit: running,
         phase: s.phase.clone(),
         load_state: unit_st.load_state,
         active_state: unit_st.active_state,

@@ -16,6 +16,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("visible", &["*"]),
     ("template", &["*"]),
     ("exit", &["*"]),
+    ("upstream", &["*"]),
     // The planner is a pure function of config, git and host view.
     (
         "plan",

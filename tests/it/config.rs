@@ -60,7 +60,14 @@ fn pakashop_services_match_the_operations_document() {
         assert_eq!(s.runtime, runtime, "{name}: runtime");
         assert_eq!(s.phase, phase, "{name}: phase");
         assert_eq!(s.depends_on, deps, "{name}: depends-on");
-        assert_eq!(s.unit_name, format!("pakashop-{name}.service"), "{name}");
+        // nginx fronts the gateway: it runs blue/green, as a template unit of two slots.
+        if name == "gateway" {
+            assert_eq!(s.unit_name, "pakashop-gateway@.service");
+            assert_eq!(s.cutover.as_ref().unwrap().slots, [18000, 18001]);
+        } else {
+            assert_eq!(s.unit_name, format!("pakashop-{name}.service"), "{name}");
+            assert!(s.cutover.is_none(), "{name}: restarted in place");
+        }
         assert_eq!(s.path, format!("services/{name}"), "{name}: default path");
         assert_eq!(s.health, "/health", "{name}: liveness");
         assert_eq!(s.ready, "/health/ready", "{name}: readiness");

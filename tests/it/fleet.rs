@@ -1180,3 +1180,43 @@ async fn a_percent_in_the_state_directory_is_no_ssh_token() {
     names.sort();
     assert_eq!(names, ["fx", "hosts", "state %h %C %% \"q\""]);
 }
+
+/// A fleet rollout runs each host's own apply, so a blue/green service cuts over on every host
+/// the same way: each host's plan holds its cutover steps, the fleet counts the service among
+/// what each host changes (and rolls back), and the drain hooks around each batch are the
+/// fleet's, untouched by what a host's apply does inside the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_plans_the_same_cutover_on_every_host() {
+    let drain = "    drain { before \"host1\" \"/bin/true\" \"{hosts}\"; after \"host1\" \"/bin/true\" \"{hosts}\"; }\n";
+    let Some(w) = world_with(2, "batches 1", false, drain).await else {
+        return;
+    };
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let at = text.find("service \"svc-0002\"").unwrap();
+    let end = at + text[at..].find(" }\n").unwrap();
+    let text = format!(
+        "{}; cutover \"blue-green\" {{ slots 23480 23481; upstream \"/etc/nginx/moorline/{{service}}.conf\" }}{}proxy \"nginx\" {{ unit \"nginx.service\"; check \"nginx\" \"-t\" }}\n",
+        &text[..end],
+        &text[end..]
+    );
+    w.fx.commit_config("svc-0002 blue-green", &text).unwrap();
+    let out = w.run(&["plan", "--env", "staging", "--format", "json"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json = plan.to_string();
+    for step in [
+        "slot-start:svc-0002",
+        "slot-ready:svc-0002",
+        "switch-upstream:svc-0002",
+        "drain:svc-0002",
+        "slot-stop:svc-0002",
+    ] {
+        assert!(
+            json.contains(&format!("\"id\":\"{step}\"")),
+            "{step} in {plan:#}"
+        );
+    }
+    assert!(!json.contains("\"id\":\"restart:svc-0002\""), "{plan:#}");
+    let rollback = plan["rollback"].to_string();
+    assert!(rollback.contains("svc-0002"), "{plan:#}");
+}

@@ -12,6 +12,7 @@ mod command_env;
 mod config;
 mod config_fuzz;
 mod crash;
+mod cutover;
 mod demo;
 mod deploy;
 mod deps;

@@ -90,6 +90,7 @@ fn service(root: &str, out: &str) -> (Environment, Service) {
         unit_name: "it-escaping.service".into(),
         role: None,
         start_after: Vec::new(),
+        cutover: None,
     };
     (env, svc)
 }

@@ -5,6 +5,7 @@
 //! turned into the note or the message the journal records.
 
 mod build;
+mod cutover;
 mod database;
 mod health;
 mod jobs;
@@ -108,7 +109,11 @@ pub(super) async fn run(
                 a.step.unit(),
                 matches!(
                     a.kind(),
-                    ActionKind::Restart | ActionKind::Health | ActionKind::Start
+                    ActionKind::Restart
+                        | ActionKind::Health
+                        | ActionKind::Start
+                        | ActionKind::SlotStart
+                        | ActionKind::SlotReady
                 ),
             ) {
                 let lines = crate::logs::tail(unit, JOURNAL_TAIL).await;
@@ -153,6 +158,31 @@ async fn perform(act: &Act<'_>) -> Result<Option<String>, ActionError> {
             timeout_secs,
         } => health::health(act, unit, url, *timeout_secs).await,
         Step::ReloadProxy { unit, check } => proxy::reload(act, unit, check.as_ref()).await,
+        Step::SlotStart {
+            slots,
+            upstream,
+            release,
+            ..
+        } => cutover::start(act, *slots, upstream, release.as_deref()).await,
+        Step::SlotReady {
+            slots,
+            url,
+            timeout_secs,
+            ..
+        } => cutover::ready(act, *slots, url, *timeout_secs).await,
+        Step::SwitchUpstream {
+            unit,
+            slots,
+            upstream,
+            check,
+        } => cutover::switch(act, unit, *slots, upstream, check.as_ref()).await,
+        Step::Drain { secs, .. } => cutover::drain(act, *secs).await,
+        Step::SlotStop {
+            slots,
+            upstream,
+            unlink,
+            ..
+        } => cutover::stop(act, *slots, upstream.as_deref(), unlink.as_deref()).await,
     }
 }
 

@@ -280,6 +280,22 @@ pub(crate) fn ready_url(s: &Service) -> String {
     url_for(s, &s.ready)
 }
 
+/// The readiness URL of one slot of a cutover service, with `{slot}` where
+/// the slot's port goes (a path is asked on the slot's port; `{port}` in a
+/// full URL becomes the slot's port).
+pub(crate) fn slot_ready_url(s: &Service) -> String {
+    let p = template::render_with(&s.ready, |name| match name {
+        "service" => Some(s.name.clone()),
+        "port" => Some("{slot}".to_owned()),
+        _ => None,
+    });
+    if p.starts_with("http://") || p.starts_with("https://") {
+        p
+    } else {
+        format!("http://127.0.0.1:{{slot}}{p}")
+    }
+}
+
 /// A health path or URL of a service made absolute.
 pub(crate) fn url_for(s: &Service, path_or_url: &str) -> String {
     let vars = Vars {
