@@ -107,3 +107,537 @@ fn a_booted_host_runs_systemd_as_pid_1_and_boots_again() {
         .ssh(0, &["systemctl", "is-active", "ssh.service"])
         .unwrap());
 }
+
+/// The Pakashop-shaped configuration the system-mode test deploys: node and python services
+/// (small real programs) in four phases after PostgreSQL, as `pakashop`, with env-files, a
+/// migration, a `pg_dump` backup and the nginx proxy. `{ready_timeout}` is filled in.
+const CONFIG: &str = r#"project "pakashop" {
+    unit-name "pakashop-{service}.service"
+    keep-releases 5
+}
+
+environment "staging" {
+    branch "main"
+    root "/opt/pakashop"
+    env-file "/etc/pakashop/staging.env"
+    backup {
+        run "bash" "-c" "set -o pipefail; pg_dump --no-owner --no-privileges \"$DATABASE_URL\" | gzip > \"$1\"" "pg_dump" "{backup}"
+        restore "bash" "-c" "set -o pipefail; (echo 'DROP SCHEMA public CASCADE; CREATE SCHEMA public;'; gunzip -c \"$1\") | psql -v ON_ERROR_STOP=1 --single-transaction \"$DATABASE_URL\"" "psql" "{backup}"
+        first-deploy "backup"
+    }
+}
+
+phase "infrastructure" {
+    unit "postgresql.service"
+}
+phase "config"
+phase "gateway"
+phase "core"
+phase "supporting"
+
+runtime "node" {
+    unit {
+        exec "/usr/bin/node" "{current}/src/index.js"
+        env PORT="{port}" NODE_ENV="production"
+        env-file "/etc/pakashop/{service}.env"
+        user "pakashop"
+        restart "on-failure"
+    }
+}
+
+runtime "python" {
+    migrate "psql" "-v" "ON_ERROR_STOP=1" "--single-transaction" "-f" "migrations/schema.sql" if-exists="migrations/schema.sql"
+    unit {
+        exec "/usr/bin/python3" "{current}/src/main.py"
+        env PORT="{port}"
+        env-file "/etc/pakashop/{service}.env"
+        user "pakashop"
+        restart "on-failure"
+    }
+}
+
+service "config" {
+    runtime "node"
+    port 3085
+    phase "config"
+    unit { description "Pakashop Config Service (feature flags)"; }
+}
+
+service "gateway" {
+    runtime "node"
+    port 8000
+    phase "gateway"
+    depends-on "config"
+    unit { description "Pakashop API Gateway"; }
+}
+
+service "backend" {
+    runtime "python"
+    port 3080
+    phase "core"
+    depends-on "gateway"
+    ready-timeout "{ready_timeout}s"
+    unit { description "Pakashop Backend API"; }
+}
+
+service "notifications" {
+    runtime "python"
+    port 3090
+    phase "supporting"
+    unit { description "Pakashop Notifications"; }
+}
+
+proxy "nginx" {
+    unit "nginx.service"
+    check "nginx" "-t"
+    watch "deploy/nginx"
+}
+"#;
+
+/// A node service: answers its health endpoints and `/version`.
+const NODE_SERVICE: &str = r#"const http = require('http');
+const VERSION = '1';
+const port = Number(process.env.PORT);
+http.createServer((req, res) => {
+  const ok = req.url === '/health' || req.url === '/health/ready' || req.url === '/version';
+  res.writeHead(ok ? 200 : 404);
+  res.end(VERSION + '\n');
+}).listen(port, '127.0.0.1', () => {
+  console.log(`${process.env.SERVICE} listening on ${port} as uid ${process.getuid()}`);
+});
+"#;
+
+/// A python service: ready only when its env-file was read (`SERVICE`, and `DATABASE_URL` for
+/// the backend); `READY` is what its readiness answers then (the failing-health scenario sets
+/// 503).
+const PYTHON_SERVICE: &str = r#"import http.server, os
+VERSION = "1"
+READY = 200
+PORT = int(os.environ["PORT"])
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/health/ready":
+            env_file_read = "SERVICE" in os.environ and (
+                os.environ["SERVICE"] != "backend" or "DATABASE_URL" in os.environ)
+            code = READY if env_file_read else 503
+        elif self.path in ("/health", "/version"):
+            code = 200
+        else:
+            code = 404
+        self.send_response(code)
+        self.end_headers()
+        self.wfile.write((VERSION + "\n").encode())
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.HTTPServer(("127.0.0.1", PORT), Handler)
+print(f"{os.environ['SERVICE']} listening on {PORT} as uid {os.getuid()}", flush=True)
+server.serve_forever()
+"#;
+
+const SERVICES: [(&str, &str); 4] = [
+    ("config", "node"),
+    ("gateway", "node"),
+    ("backend", "python"),
+    ("notifications", "python"),
+];
+
+/// The database password (a secret: it must never show in moorline's output).
+const DB_PASSWORD: &str = "s3cret-db-pass";
+
+/// The repository on the host, written from the machine through the host's layer.
+struct Repo {
+    dir: PathBuf,
+}
+
+impl Repo {
+    fn git(&self, args: &[&str]) {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&self.dir)
+            .args([
+                "-c",
+                "user.name=Pakashop",
+                "-c",
+                "user.email=ops@pakashop.test",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        ok(&out);
+    }
+
+    fn write(&self, path: &str, text: &str) {
+        let p = self.dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.dir.join(path)).unwrap()
+    }
+
+    fn edit(&self, path: &str, from: &str, to: &str) {
+        let text = self.read(path);
+        assert!(text.contains(from), "{path}: no {from:?}");
+        self.write(path, &text.replacen(from, to, 1));
+    }
+
+    fn commit(&self, message: &str) {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", message]);
+    }
+}
+
+/// One booted host and the Pakashop repository on it.
+struct Shop {
+    hosts: BootedHosts,
+    repo: Repo,
+    _dir: tempfile::TempDir,
+}
+
+impl Shop {
+    /// moorline on the host, as root over ssh, with the system manager.
+    fn moorline(&self, args: &[&str]) -> Output {
+        self.moorline_env(&[], args)
+    }
+
+    fn moorline_env(&self, env: &[&str], args: &[&str]) -> Output {
+        let mut argv = vec!["env"];
+        argv.extend_from_slice(env);
+        argv.extend_from_slice(&[
+            MOORLINE,
+            "-c",
+            "/srv/shop/moorline.kdl",
+            "--systemd",
+            "system",
+        ]);
+        argv.extend_from_slice(args);
+        let out = self.hosts.ssh(0, &argv).unwrap();
+        let all = text(&out);
+        assert!(
+            !all.contains(DB_PASSWORD),
+            "a secret in moorline's output:\n{all}"
+        );
+        out
+    }
+
+    fn sh(&self, script: &str) -> Output {
+        self.hosts.ssh(0, &["sh", "-c", script]).unwrap()
+    }
+
+    /// What `curl` gets from `url` on the host (empty when it fails).
+    fn get(&self, url: &str) -> String {
+        let out = self
+            .hosts
+            .ssh(0, &["curl", "-sf", "--max-time", "5", url])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn unit_property(&self, service: &str, property: &str) -> String {
+        let unit = format!("pakashop-{service}.service");
+        let out = self
+            .hosts
+            .ssh(0, &["systemctl", "show", "--value", "-p", property, &unit])
+            .unwrap();
+        ok(&out).trim().to_owned()
+    }
+
+    /// Every service active, its main process running as `pakashop`, its unit enabled.
+    fn all_running_as_pakashop(&self) {
+        let uid = ok(&self.hosts.ssh(0, &["id", "-u", "pakashop"]).unwrap());
+        for (svc, _) in SERVICES {
+            assert_eq!(self.unit_property(svc, "ActiveState"), "active", "{svc}");
+            assert_eq!(self.unit_property(svc, "UnitFileState"), "enabled", "{svc}");
+            let pid = self.unit_property(svc, "MainPID");
+            let status = ok(&self
+                .hosts
+                .ssh(0, &["cat", &format!("/proc/{pid}/status")])
+                .unwrap());
+            let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+            assert!(
+                uids.split_whitespace().skip(1).all(|u| u == uid.trim()),
+                "{svc} runs as {uids}, not pakashop ({uid})"
+            );
+        }
+    }
+
+    /// The monotonic times at which the services became active, in phase order.
+    fn active_since(&self) -> Vec<(String, u64)> {
+        SERVICES
+            .iter()
+            .map(|(svc, _)| {
+                let t = self.unit_property(svc, "ActiveEnterTimestampMonotonic");
+                ((*svc).to_owned(), t.parse::<u64>().unwrap())
+            })
+            .collect()
+    }
+
+    fn live(&self, service: &str) -> String {
+        let out = ok(&self
+            .hosts
+            .ssh(
+                0,
+                &["readlink", &format!("/opt/pakashop/{service}/current")],
+            )
+            .unwrap());
+        out.trim().rsplit('/').next().unwrap().to_owned()
+    }
+
+    fn head(&self) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&self.repo.dir)
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .unwrap();
+        ok(&out).trim().to_owned()
+    }
+}
+
+/// What a host needs before moorline's first deploy (docs/operations.md, "First deploy to a
+/// real server"): the service user, the env-files, the database and its role, nginx pointed
+/// at the repository's proxy files.
+const HOST_SETUP: &str = r#"set -eu
+useradd --system --no-create-home --shell /usr/sbin/nologin pakashop
+install -d -m 0755 /etc/pakashop
+umask 077
+cat > /etc/pakashop/staging.env <<ENV
+DATABASE_URL=postgresql://pakashop:@PW@@127.0.0.1:5432/pakashop
+PGHOST=127.0.0.1
+PGUSER=pakashop
+PGDATABASE=pakashop
+PGPASSWORD=@PW@
+ENV
+for s in config gateway notifications; do echo "SERVICE=$s" > /etc/pakashop/$s.env; done
+printf 'SERVICE=backend\nDATABASE_URL=postgresql://pakashop:@PW@@127.0.0.1:5432/pakashop\n' > /etc/pakashop/backend.env
+runuser -u postgres -- psql -q -c "CREATE ROLE pakashop LOGIN PASSWORD '@PW@'"
+runuser -u postgres -- createdb -O pakashop pakashop
+umask 022
+echo 'include /srv/shop/deploy/nginx/*.conf;' > /etc/nginx/conf.d/pakashop.conf
+"#;
+
+#[test]
+fn system_mode_on_a_booted_host_deploys_reboots_and_rolls_back() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let Some(hosts) = booted(dir.path(), 1) else {
+        return;
+    };
+    let repo = Repo {
+        dir: hosts.path(0, "/srv/shop"),
+    };
+    let shop = Shop {
+        hosts,
+        repo,
+        _dir: dir,
+    };
+    let started = std::time::Instant::now();
+    let timeout = moorline::testkit::deadline::failing_ready_timeout_secs().to_string();
+    std::fs::create_dir_all(&shop.repo.dir).unwrap();
+    shop.repo.git(&["init", "-q", "-b", "main"]);
+    shop.repo
+        .write("moorline.kdl", &CONFIG.replace("{ready_timeout}", &timeout));
+    for (svc, runtime) in SERVICES {
+        if runtime == "node" {
+            shop.repo
+                .write(&format!("services/{svc}/src/index.js"), NODE_SERVICE);
+        } else {
+            shop.repo
+                .write(&format!("services/{svc}/src/main.py"), PYTHON_SERVICE);
+        }
+    }
+    shop.repo.write(
+        "services/backend/migrations/schema.sql",
+        "CREATE TABLE IF NOT EXISTS orders (id serial PRIMARY KEY, total integer NOT NULL);\n",
+    );
+    shop.repo.write(
+        "deploy/nginx/shop.conf",
+        "server {\n    listen 8080;\n    location / { proxy_pass http://127.0.0.1:8000; }\n}\n",
+    );
+    shop.repo.commit("pakashop");
+
+    // Host facts first: no `pakashop` user, no env-files. `apply` refuses before any change.
+    let out = shop.moorline(&["apply", "--env", "staging", "--yes"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("moorline::host::no_such_user"), "{all}");
+    assert!(all.contains("moorline::host::env_file_missing"), "{all}");
+    assert!(
+        !shop.hosts.path(0, "/opt/pakashop").exists(),
+        "nothing may change"
+    );
+    assert!(
+        !shop
+            .hosts
+            .path(0, "/etc/systemd/system/pakashop-config.service")
+            .exists()
+    );
+
+    ok(&shop.sh(&HOST_SETUP.replace("@PW@", DB_PASSWORD)));
+
+    // A world-readable env-file is refused too.
+    ok(&shop.sh("chmod 0644 /etc/pakashop/backend.env"));
+    let out = shop.moorline(&["apply", "--env", "staging", "--yes"]);
+    assert!(
+        text(&out).contains("moorline::host::env_file_readable"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !shop.hosts.path(0, "/opt/pakashop").exists(),
+        "nothing may change"
+    );
+    ok(&shop.sh("chmod 0600 /etc/pakashop/backend.env"));
+
+    // A first deploy: backup (first-deploy "backup"), migration, four phases, nginx reloaded.
+    let first = shop.head();
+    ok(&shop.moorline(&["apply", "--env", "staging", "--yes"]));
+    shop.all_running_as_pakashop();
+    assert_eq!(
+        shop.get("http://127.0.0.1:8080/version"),
+        "1",
+        "nginx proxies to the gateway"
+    );
+    ok(&shop.sh("runuser -u postgres -- psql -d pakashop -tAc 'SELECT count(*) FROM orders'"));
+    let backups = |shop: &Shop| {
+        let out = ok(&shop.sh("ls /var/lib/moorline/pakashop/staging/backups | grep -c ."));
+        out.trim().parse::<usize>().unwrap()
+    };
+    assert_eq!(backups(&shop), 1, "the first deploy took a backup");
+    ok(&shop.sh(
+        "f=$(ls -d /var/lib/moorline/pakashop/staging/backups/* | head -n 1); \
+         gunzip -c \"$f\" | grep -q 'PostgreSQL database dump'",
+    ));
+    // Units in the system manager's directory, ordered by phase and depends-on.
+    let unit = std::fs::read_to_string(
+        shop.hosts
+            .path(0, "/etc/systemd/system/pakashop-backend.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("User=pakashop"), "{unit}");
+    assert!(unit.contains("After=pakashop-gateway.service"), "{unit}");
+
+    // Release files: readable by pakashop, writable by root only; the env-files, the state
+    // and the backups not readable by pakashop.
+    let as_pakashop = |cmd: &str| shop.sh(&format!("runuser -u pakashop -- sh -c '{cmd}'"));
+    ok(&as_pakashop(
+        "cat /opt/pakashop/backend/current/src/main.py >/dev/null",
+    ));
+    for denied in [
+        "touch /opt/pakashop/backend/current/src/main.py",
+        "cat /etc/pakashop/staging.env",
+        "cat /etc/pakashop/backend.env",
+        "ls /var/lib/moorline/pakashop/staging",
+    ] {
+        let out = as_pakashop(denied);
+        assert!(
+            !out.status.success(),
+            "pakashop may not: {denied}\n{}",
+            text(&out)
+        );
+    }
+
+    // An update: a new version, a migration, a new proxy location.
+    shop.repo.edit(
+        "services/backend/src/main.py",
+        "VERSION = \"1\"",
+        "VERSION = \"2\"",
+    );
+    shop.repo.write(
+        "services/backend/migrations/schema.sql",
+        "CREATE TABLE IF NOT EXISTS orders (id serial PRIMARY KEY, total integer NOT NULL);\n\
+         ALTER TABLE orders ADD COLUMN IF NOT EXISTS currency text NOT NULL DEFAULT 'IDR';\n",
+    );
+    shop.repo.write(
+        "deploy/nginx/shop.conf",
+        "server {\n    listen 8080;\n    location /api/ { proxy_pass http://127.0.0.1:3080/; }\n    \
+         location / { proxy_pass http://127.0.0.1:8000; }\n}\n",
+    );
+    shop.repo.commit("backend 2, orders.currency, /api");
+    let second = shop.head();
+    ok(&shop.moorline(&["apply", "--env", "staging", "--yes"]));
+    assert_eq!(shop.live("backend"), second);
+    assert_eq!(
+        shop.live("config"),
+        first,
+        "only what changed is redeployed"
+    );
+    assert_eq!(
+        shop.get("http://127.0.0.1:8080/api/version"),
+        "2",
+        "nginx was reloaded"
+    );
+    assert_eq!(backups(&shop), 2, "a backup before the migration");
+    ok(&shop
+        .sh("runuser -u postgres -- psql -d pakashop -tAc 'SELECT currency FROM orders LIMIT 0'"));
+
+    // A failing health check: rolled back automatically, the old release live and ready.
+    shop.repo.edit(
+        "services/backend/src/main.py",
+        "VERSION = \"2\"",
+        "VERSION = \"3\"",
+    );
+    shop.repo
+        .edit("services/backend/src/main.py", "READY = 200", "READY = 503");
+    shop.repo.commit("backend 3, never ready");
+    let out = shop.moorline(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(shop.live("backend"), second);
+    assert_eq!(shop.get("http://127.0.0.1:3080/version"), "2");
+    shop.all_running_as_pakashop();
+
+    // Healed, deployed, then rolled back by hand.
+    shop.repo
+        .edit("services/backend/src/main.py", "READY = 503", "READY = 200");
+    shop.repo.commit("backend 3, ready");
+    let third = shop.head();
+    ok(&shop.moorline(&["apply", "--env", "staging", "--yes"]));
+    assert_eq!(shop.live("backend"), third);
+    ok(&shop.moorline(&["rollback", "--env", "staging", "--yes"]));
+    assert_eq!(shop.live("backend"), second);
+    assert_eq!(shop.get("http://127.0.0.1:3080/version"), "2");
+    ok(&shop.moorline(&["status", "--env", "staging", "--check"]));
+
+    // Logs from the system journal.
+    let out = ok(&shop.moorline(&[
+        "logs",
+        "--env",
+        "staging",
+        "--service",
+        "backend",
+        "--lines",
+        "50",
+    ]));
+    assert!(out.contains("backend listening on 3080 as uid"), "{out}");
+    eprintln!(
+        "system mode: deploys and rollbacks took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    reboots(shop, &second);
+}
+
+/// Power-offs and boots with no moorline command in between, then one in the middle of an
+/// apply.
+fn reboots(mut shop: Shop, live: &str) {
+    let started = std::time::Instant::now();
+    let before = shop.hosts.boot_id(0).unwrap();
+    shop.hosts.poweroff(0);
+    let took = shop.hosts.boot(0).unwrap();
+    eprintln!("rebooted in {:.2} s", took.as_secs_f64());
+    assert_ne!(shop.hosts.boot_id(0).unwrap(), before);
+    shop.all_running_as_pakashop();
+    let since = shop.active_since();
+    for pair in since.windows(2) {
+        assert!(
+            pair[0].1 < pair[1].1,
+            "not in phase order at boot: {since:?}"
+        );
+    }
+    assert_eq!(shop.live("backend"), live);
+    ok(&shop.moorline(&["status", "--env", "staging", "--check"]));
+    eprintln!("reboot: {:.1} s", started.elapsed().as_secs_f64());
+}
