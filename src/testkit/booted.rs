@@ -88,7 +88,7 @@ const BRIDGE_NUMBERS: u32 = 4096;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// How long an image build may take: `mmdebstrap` downloads about 130 MB of packages.
-const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
+const BUILD_TIMEOUT: Duration = Duration::from_mins(15);
 
 /// The `PATH` of commands run inside a host.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -454,7 +454,7 @@ impl BootedHosts {
         let name = h.name.clone();
         self.hosts[i].nspawn = Some(child);
         self.hosts[i].cgroup = cgroup;
-        let deadline = Instant::now() + deadline::wait().max(Duration::from_secs(60));
+        let deadline = Instant::now() + deadline::wait().max(Duration::from_mins(1));
         let pid1 = loop {
             if let Some(pid) = container_init(nspawn_pid) {
                 break pid;
@@ -523,14 +523,14 @@ impl BootedHosts {
     /// Waits up to `grace` for host `i`'s nspawn to exit, then kills it and its container.
     fn wait_off(&mut self, i: usize, grace: Duration) {
         let h = &mut self.hosts[i];
-        if let Some(mut child) = h.nspawn.take() {
-            if !matches!(wait_child(&mut child, grace), Ok(Some(_))) {
-                if let Some(pid1) = h.pid1 {
-                    let _ = run_tool("kill", &["-KILL", &pid1.to_string()]);
-                }
-                let _ = child.kill();
-                let _ = child.wait();
+        if let Some(mut child) = h.nspawn.take()
+            && !matches!(wait_child(&mut child, grace), Ok(Some(_)))
+        {
+            if let Some(pid1) = h.pid1 {
+                let _ = run_tool("kill", &["-KILL", &pid1.to_string()]);
             }
+            let _ = child.kill();
+            let _ = child.wait();
         }
         h.pid1 = None;
         // Removed depth-first once the container's processes are reaped.

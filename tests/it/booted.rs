@@ -119,6 +119,8 @@ const CONFIG: &str = r#"project "pakashop" {
 environment "staging" {
     branch "main"
     root "/opt/pakashop"
+    // Not secret: in the configuration, where plans show them. The password stays on the host.
+    env PGHOST="127.0.0.1" PGUSER="pakashop" PGDATABASE="pakashop"
     env-file "/etc/pakashop/staging.env"
     backup {
         run "bash" "-c" "set -o pipefail; pg_dump --no-owner --no-privileges \"$DATABASE_URL\" | gzip > \"$1\"" "pg_dump" "{backup}"
@@ -195,7 +197,7 @@ proxy "nginx" {
 "#;
 
 /// A node service: answers its health endpoints and `/version`.
-const NODE_SERVICE: &str = r#"const http = require('http');
+const NODE_SERVICE: &str = r"const http = require('http');
 const VERSION = '1';
 const port = Number(process.env.PORT);
 http.createServer((req, res) => {
@@ -205,7 +207,7 @@ http.createServer((req, res) => {
 }).listen(port, '127.0.0.1', () => {
   console.log(`${process.env.SERVICE} listening on ${port} as uid ${process.getuid()}`);
 });
-"#;
+";
 
 /// A python service: ready only when its env-file was read (`SERVICE`, and `DATABASE_URL` for
 /// the backend); `READY` is what its readiness answers then (the failing-health scenario sets
@@ -305,17 +307,17 @@ impl Shop {
     }
 
     fn moorline_env(&self, env: &[&str], args: &[&str]) -> Output {
-        let mut argv = vec!["env"];
-        argv.extend_from_slice(env);
-        argv.extend_from_slice(&[
+        let mut words = vec!["env"];
+        words.extend_from_slice(env);
+        words.extend_from_slice(&[
             MOORLINE,
             "-c",
             "/srv/shop/moorline.kdl",
             "--systemd",
             "system",
         ]);
-        argv.extend_from_slice(args);
-        let out = self.hosts.ssh(0, &argv).unwrap();
+        words.extend_from_slice(args);
+        let out = self.hosts.ssh(0, &words).unwrap();
         let all = text(&out);
         assert!(
             !all.contains(DB_PASSWORD),
@@ -409,9 +411,6 @@ install -d -m 0755 /etc/pakashop
 umask 077
 cat > /etc/pakashop/staging.env <<ENV
 DATABASE_URL=postgresql://pakashop:@PW@@127.0.0.1:5432/pakashop
-PGHOST=127.0.0.1
-PGUSER=pakashop
-PGDATABASE=pakashop
 PGPASSWORD=@PW@
 ENV
 for s in config gateway notifications; do echo "SERVICE=$s" > /etc/pakashop/$s.env; done
