@@ -713,3 +713,176 @@ fn interrupted_by_a_power_cut(shop: &mut Shop) {
     shop.hosts.boot(0).unwrap();
     assert_ne!(shop.hosts.boot_id(0).unwrap(), before);
 }
+
+/// The fleet on booted hosts as Pakashop runs it: the controller (this machine) plans and rolls
+/// out over ssh as root, each host's moorline drives its system manager. A host that lacks the
+/// service user shows it in the fleet plan, and the apply refuses before any host changes; then
+/// a rolling deploy, and a failing canary rolled back, with no workaround.
+#[test]
+fn the_fleet_rolls_out_over_booted_hosts_with_the_system_manager() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let Some(hosts) = booted(&dir.path().join("hosts"), 2) else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let fleet_repo = "/var/lib/moorline-fleet/pakashop/staging/repo";
+    for i in 0..2 {
+        let setup = HOST_SETUP
+            .replace("@PW@", DB_PASSWORD)
+            .replace("/srv/shop", fleet_repo);
+        ok(&hosts.exec(i, &["sh", "-c", &setup]).unwrap());
+    }
+    ok(&hosts.exec(1, &["userdel", "pakashop"]).unwrap());
+
+    let repo = Repo {
+        dir: dir.path().join("repo"),
+    };
+    std::fs::create_dir_all(&repo.dir).unwrap();
+    repo.git(&["init", "-q", "-b", "main"]);
+    let timeout = moorline::testkit::deadline::failing_ready_timeout_secs().to_string();
+    let config = CONFIG.replace("{ready_timeout}", &timeout).replacen(
+        "    branch \"main\"\n",
+        "    branch \"main\"\n    host \"host1\" user=\"root\"\n    host \"host2\" user=\"root\"\n    \
+         rollout { canary 1; batches \"100%\"; }\n",
+        1,
+    );
+    repo.write("moorline.kdl", &config);
+    for (svc, runtime) in SERVICES {
+        if runtime == "node" {
+            repo.write(&format!("services/{svc}/src/index.js"), NODE_SERVICE);
+        } else {
+            repo.write(&format!("services/{svc}/src/main.py"), PYTHON_SERVICE);
+        }
+    }
+    repo.write(
+        "services/backend/migrations/schema.sql",
+        "CREATE TABLE IF NOT EXISTS orders (id serial PRIMARY KEY, total integer NOT NULL);\n",
+    );
+    repo.write(
+        "deploy/nginx/shop.conf",
+        "server {\n    listen 8080;\n    location / { proxy_pass http://127.0.0.1:8000; }\n}\n",
+    );
+    repo.commit("pakashop");
+    let ctrl = dir.path().join("ctrl");
+    let controller = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_moorline"))
+            .args(["-c", repo.dir.join("moorline.kdl").to_str().unwrap()])
+            .args(["--state-dir", ctrl.to_str().unwrap()])
+            .args(["--ssh-config", hosts.ssh_config().to_str().unwrap()])
+            .args(["--systemd", "system"])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("MOORLINE_CONFIG")
+            .env_remove("MOORLINE_HOST")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            !text(&out).contains(DB_PASSWORD),
+            "a secret in moorline's output:\n{}",
+            text(&out)
+        );
+        out
+    };
+    let live = |i: usize, service: &str| {
+        let out = hosts
+            .exec(
+                i,
+                &["readlink", &format!("/opt/pakashop/{service}/current")],
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let running_as_pakashop = |i: usize| {
+        for (svc, _) in SERVICES {
+            let unit = format!("pakashop-{svc}.service");
+            let out = ok(&hosts
+                .exec(
+                    i,
+                    &[
+                        "sh",
+                        "-c",
+                        &format!(
+                            "systemctl is-active {unit} && ps -o user= -p \
+                             \"$(systemctl show --value -p MainPID {unit})\""
+                        ),
+                    ],
+                )
+                .unwrap());
+            assert_eq!(out, "active\npakashop\n", "{} {svc}", hosts.host(i).name());
+        }
+    };
+
+    // The fleet plan shows what host2 lacks; the apply refuses before any host changes.
+    let out = controller(&["plan", "--env", "staging"]);
+    let plan = ok(&out);
+    assert!(plan.contains("Host facts"), "{}", text(&out));
+    assert!(
+        plan.contains("user `pakashop` does not exist on host2 (moorline::host::no_such_user)"),
+        "{plan}"
+    );
+    assert!(!plan.contains("host1: "), "host1 lacks nothing: {plan}");
+    let out = controller(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("moorline::fleet::host_facts"),
+        "{}",
+        text(&out)
+    );
+    for i in 0..2 {
+        assert!(
+            !hosts.path(i, "/opt/pakashop").exists(),
+            "nothing may change"
+        );
+    }
+
+    // Fixed: a rolling deploy, canary first.
+    ok(&hosts
+        .exec(
+            1,
+            &[
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "pakashop",
+            ],
+        )
+        .unwrap());
+    let first = {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo.dir)
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .unwrap();
+        ok(&out).trim().to_owned()
+    };
+    ok(&controller(&["apply", "--env", "staging", "--yes"]));
+    for i in 0..2 {
+        running_as_pakashop(i);
+        assert_eq!(live(i, "backend"), first);
+    }
+    ok(&controller(&["status", "--env", "staging", "--check"]));
+
+    // A canary that never becomes ready: rolled back there, host2 never touched.
+    repo.edit("services/backend/src/main.py", "READY = 200", "READY = 503");
+    repo.commit("backend never ready");
+    let out = controller(&["apply", "--env", "staging", "--yes"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    for i in 0..2 {
+        assert_eq!(live(i, "backend"), first, "{}", text(&out));
+        running_as_pakashop(i);
+    }
+    ok(&controller(&["status", "--env", "staging", "--check"]));
+    eprintln!(
+        "fleet on booted hosts: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
