@@ -717,7 +717,8 @@ fn interrupted_by_a_power_cut(shop: &mut Shop) {
 /// The fleet on booted hosts as Pakashop runs it: the controller (this machine) plans and rolls
 /// out over ssh as root, each host's moorline drives its system manager. A host that lacks the
 /// service user shows it in the fleet plan, and the apply refuses before any host changes; then
-/// a rolling deploy, and a failing canary rolled back, with no workaround.
+/// a rolling deploy, a failing canary rolled back, and a controller killed mid-rollout resumed
+/// or rolled back from its fleet journal, with no workaround.
 #[test]
 fn the_fleet_rolls_out_over_booted_hosts_with_the_system_manager() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -879,6 +880,68 @@ fn the_fleet_rolls_out_over_booted_hosts_with_the_system_manager() {
     for i in 0..2 {
         assert_eq!(live(i, "backend"), first, "{}", text(&out));
         running_as_pakashop(i);
+    }
+    ok(&controller(&["status", "--env", "staging", "--check"]));
+
+    // The controller is killed in the middle of a rollout (SIGKILL right after its Nth fleet
+    // journal record; a 2-host rollout records 1 begin, 2 batch, 3 host1 started, 4 host1
+    // finished, 5 batch, 6 host2 started, 7 host2 finished, 8 end): after the canary,
+    // `apply --resume` finishes it; after host2 too, `rollback` undoes it on both.
+    let head = |repo: &Repo| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo.dir)
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .unwrap();
+        ok(&out).trim().to_owned()
+    };
+    let mut previous = first;
+    for (record, undo) in [(4, false), (7, true)] {
+        let version = format!("VERSION = \"{record}\"");
+        let now = repo.read("services/backend/src/main.py");
+        let at = now.find("VERSION = ").unwrap();
+        let end = at + now[at..].find('\n').unwrap();
+        repo.write(
+            "services/backend/src/main.py",
+            &format!("{}{version}{}", &now[..at], &now[end..])
+                .replace("READY = 503", "READY = 200"),
+        );
+        repo.commit(&format!("backend {record}"));
+        let target = head(&repo);
+        let killed = std::process::Command::new(env!("CARGO_BIN_EXE_moorline"))
+            .args(["-c", repo.dir.join("moorline.kdl").to_str().unwrap()])
+            .args(["--state-dir", ctrl.to_str().unwrap()])
+            .args(["--ssh-config", hosts.ssh_config().to_str().unwrap()])
+            .args(["--systemd", "system", "apply", "--env", "staging", "--yes"])
+            .env("MOORLINE_TEST_FLEET_CRASH_AFTER", record.to_string())
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(
+            killed.status.code(),
+            None,
+            "killed at record {record}: {}",
+            text(&killed)
+        );
+        let out = if undo {
+            controller(&["rollback", "--env", "staging", "--yes"])
+        } else {
+            controller(&["apply", "--resume", "--env", "staging", "--yes"])
+        };
+        ok(&out);
+        let want = if undo { previous.clone() } else { target };
+        for i in 0..2 {
+            assert_eq!(
+                live(i, "backend"),
+                want,
+                "after record {record}: {}",
+                text(&out)
+            );
+            running_as_pakashop(i);
+        }
+        previous = want;
     }
     ok(&controller(&["status", "--env", "staging", "--check"]));
     eprintln!(
