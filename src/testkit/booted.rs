@@ -311,14 +311,18 @@ impl BootedHosts {
             hosts.create_host(i)?;
         }
         hosts.write_client_config()?;
+        // All at once: every container starts before the first is waited for.
+        let started = Instant::now();
         for i in 0..count {
-            let took = hosts.boot(i)?;
-            eprintln!(
-                "booted hosts: {} booted in {:.2} s",
-                hosts.hosts[i].name,
-                took.as_secs_f64()
-            );
+            hosts.spawn(i)?;
         }
+        for i in 0..count {
+            hosts.wait_booted(i)?;
+        }
+        eprintln!(
+            "booted hosts: {count} booted in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
         Ok(hosts)
     }
 
@@ -406,6 +410,13 @@ impl BootedHosts {
             return Ok(Duration::ZERO);
         }
         let started = Instant::now();
+        self.spawn(i)?;
+        self.wait_booted(i)?;
+        Ok(started.elapsed())
+    }
+
+    /// Starts host `i`'s container (`systemd-nspawn --boot`), without waiting.
+    fn spawn(&mut self, i: usize) -> Result<(), HostsError> {
         let cgroup = Subtree::create().map_err(|e| step("create a cgroup subtree", e))?;
         let procs: Vec<String> = cgroup
             .iter()
@@ -450,10 +461,20 @@ impl BootedHosts {
             .stderr(err)
             .spawn()
             .map_err(|e| step("run systemd-nspawn", e))?;
-        let nspawn_pid = child.id();
-        let name = h.name.clone();
         self.hosts[i].nspawn = Some(child);
         self.hosts[i].cgroup = cgroup;
+        Ok(())
+    }
+
+    /// Waits until host `i`, spawned, has finished booting and its sshd answers.
+    fn wait_booted(&mut self, i: usize) -> Result<(), HostsError> {
+        let h = &self.hosts[i];
+        let (name, log) = (h.name.clone(), h.boot_log());
+        let nspawn_pid = h
+            .nspawn
+            .as_ref()
+            .map(Child::id)
+            .ok_or_else(|| step(format!("boot {name}"), "its container was not started"))?;
         let deadline = Instant::now() + deadline::wait().max(Duration::from_mins(1));
         let pid1 = loop {
             if let Some(pid) = container_init(nspawn_pid) {
@@ -497,7 +518,7 @@ impl BootedHosts {
             }
             std::thread::sleep(deadline::POLL);
         }
-        Ok(started.elapsed())
+        Ok(())
     }
 
     /// Shuts host `i` down cleanly (`systemctl poweroff`: units stopped, files synced) and
