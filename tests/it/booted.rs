@@ -307,7 +307,9 @@ impl Shop {
     }
 
     fn moorline_env(&self, env: &[&str], args: &[&str]) -> Output {
-        let mut words = vec!["env"];
+        // A hardened root shell's umask: what moorline writes for the services must not
+        // depend on it.
+        let mut words = vec!["sh", "-c", "umask 077 && exec \"$@\"", "sh", "env"];
         words.extend_from_slice(env);
         words.extend_from_slice(&[
             MOORLINE,
