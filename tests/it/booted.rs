@@ -481,19 +481,24 @@ fn system_mode_on_a_booted_host_deploys_reboots_and_rolls_back() {
 
     ok(&shop.sh(&HOST_SETUP.replace("@PW@", DB_PASSWORD)));
 
-    // A world-readable env-file is refused too.
+    // A world-readable env-file and a port held by another process are refused too, both at
+    // once.
     ok(&shop.sh("chmod 0644 /etc/pakashop/backend.env"));
+    ok(&shop.sh(
+        "systemd-run --quiet --unit=squatter python3 -m http.server 3080 --bind 127.0.0.1 && \
+         for i in $(seq 200); do curl -s -o /dev/null http://127.0.0.1:3080/ && exit 0; \
+         sleep 0.05; done; exit 1",
+    ));
     let out = shop.moorline(&["apply", "--env", "staging", "--yes"]);
-    assert!(
-        text(&out).contains("moorline::host::env_file_readable"),
-        "{}",
-        text(&out)
-    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("moorline::host::env_file_readable"), "{all}");
+    assert!(all.contains("moorline::host::port_taken"), "{all}");
     assert!(
         !shop.hosts.path(0, "/opt/pakashop").exists(),
         "nothing may change"
     );
-    ok(&shop.sh("chmod 0600 /etc/pakashop/backend.env"));
+    ok(&shop.sh("chmod 0600 /etc/pakashop/backend.env && systemctl stop squatter.service"));
 
     // A first deploy: backup (first-deploy "backup"), migration, four phases, nginx reloaded.
     let first = shop.head();
