@@ -315,7 +315,11 @@ fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
     if args.target.from.is_none() {
         let host = crate::hostfacts::this_host();
         let missing = crate::hostfacts::check(t.config(), &t.env, &p, &host);
-        if !missing.is_empty() {
+        if !missing.is_empty() && global.host.is_some() && args.format == Format::Json {
+            // A host of a fleet, asked by the controller: one line it reads back and shows
+            // per host in the fleet plan (`fleet::plan`).
+            eprintln!("{}", crate::hostfacts::facts_line(&missing));
+        } else if !missing.is_empty() {
             eprintln!(
                 "warning: {host} lacks what this plan needs; `apply` refuses until it is fixed:"
             );

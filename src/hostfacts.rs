@@ -109,6 +109,52 @@ pub(crate) struct HostFactsError {
     pub(crate) missing: Vec<Missing>,
 }
 
+/// One missing fact as a host of a fleet reports it to the controller, which shows it per host
+/// in the fleet plan (`fleet::plan`): its code, message and help, as the diagnostic renders them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Fact {
+    pub(crate) code: String,
+    pub(crate) message: String,
+    pub(crate) help: String,
+}
+
+/// The one line `plan --format json` on a host of a fleet prints on standard error when
+/// the host lacks something (standard output holds the plan): `{"host_facts": [...]}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct FactsLine {
+    pub(crate) host_facts: Vec<Fact>,
+}
+
+/// `missing` as [`Fact`]s.
+pub(crate) fn facts(missing: &[Missing]) -> Vec<Fact> {
+    missing
+        .iter()
+        .map(|m| Fact {
+            code: m.code().map(|c| c.to_string()).unwrap_or_default(),
+            message: m.to_string(),
+            help: m.help().map(|h| h.to_string()).unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// The [`FactsLine`] of `missing`, as printed.
+pub(crate) fn facts_line(missing: &[Missing]) -> String {
+    serde_json::to_string(&FactsLine {
+        host_facts: facts(missing),
+    })
+    .unwrap_or_default()
+}
+
+/// The facts a host's standard error reports (its [`FactsLine`]); none when it has none.
+pub(crate) fn parse_facts_line(stderr: &str) -> Vec<Fact> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("{\"host_facts\""))
+        .find_map(|l| serde_json::from_str::<FactsLine>(l).ok())
+        .map(|f| f.host_facts)
+        .unwrap_or_default()
+}
+
 /// This host's name, as the diagnostics show it.
 pub(crate) fn this_host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -394,6 +440,40 @@ impl Holders {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hosts_facts_line_reaches_the_controller_whole() {
+        let missing = vec![
+            Missing::User {
+                host: "app1".to_owned(),
+                service: "backend".to_owned(),
+                user: "pakashop".to_owned(),
+            },
+            Missing::EnvFileReadable {
+                host: "app1".to_owned(),
+                service: "backend".to_owned(),
+                path: "/etc/pakashop/backend.env".to_owned(),
+                mode: 0o644,
+            },
+        ];
+        let stderr = format!(
+            "warning: something else\n{}\nnote: more\n",
+            facts_line(&missing)
+        );
+        let facts = parse_facts_line(&stderr);
+        assert_eq!(facts.len(), 2);
+        assert_eq!(facts[0].code, "moorline::host::no_such_user");
+        assert_eq!(
+            facts[0].message,
+            "backend: user `pakashop` does not exist on app1"
+        );
+        assert!(
+            facts[0].help.contains("useradd --system pakashop"),
+            "{facts:?}"
+        );
+        assert_eq!(facts[1].code, "moorline::host::env_file_readable");
+        assert!(parse_facts_line("warning: nothing typed here\n").is_empty());
+    }
 
     #[test]
     fn reads_listening_sockets_from_proc_net_tcp() {

@@ -225,6 +225,7 @@ fn run_apply(global: &Global, args: &ApplyArgs, t: &Target, source: Source) -> m
         let skipped = now.skipped();
         let env = &fleet.env.name;
         let fresh = now.plan;
+        let missing = fresh.host_facts.clone();
         let plan = match source {
             Source::Reviewed(reviewed) => {
                 let differences =
@@ -246,6 +247,10 @@ fn run_apply(global: &Global, args: &ApplyArgs, t: &Target, source: Source) -> m
         if !plan.has_changes() {
             println!("nothing to apply: every host of {env} is up to date");
             return Ok(exit::OK);
+        }
+        // Each host would refuse its own apply; refused here, before any host changes.
+        if !missing.is_empty() {
+            return Err(crate::fleet::FleetError::host_facts(&missing).into());
         }
         policy::confirm(args.yes, || {
             confirm(&format!(

@@ -12,7 +12,7 @@
 //! - [`sandbox`]: a private, throw-away `systemd --user` manager, in a cgroup
 //!   subtree of its own (`cgroup`).
 
-mod cgroup;
+pub(crate) mod cgroup;
 pub mod fixture;
 pub mod sandbox;
 

@@ -68,13 +68,14 @@ pub(crate) async fn replan(
         .iter()
         .map(|(h, e)| (h.name.clone(), e.to_string()))
         .collect();
-    let plan = fplan::assemble(
+    let mut plan = fplan::assemble(
         &fleet.project,
         &fleet.env.name,
         to,
         &fleet.env.rollout,
         fplan::host_plans(fleet, &gathered),
     );
+    plan.host_facts = fplan::host_facts(&gathered);
     Ok(Replanned {
         plan,
         unreachable,

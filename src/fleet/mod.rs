@@ -52,6 +52,14 @@ pub(crate) enum FleetError {
         )
     )]
     UnreachableBeforeStart { hosts: String },
+    #[error("hosts lack what their plans need; nothing was applied on any host:{hosts}")]
+    #[diagnostic(
+        code(moorline::fleet::host_facts),
+        help(
+            "fix each problem on its host (the fleet plan lists them under \"Host facts\"), then plan and apply again"
+        )
+    )]
+    HostFacts { hosts: String },
     #[error("`{command}` does not run over the hosts of the fleet environment {env}")]
     #[diagnostic(
         code(moorline::fleet::not_on_controller),
@@ -83,6 +91,20 @@ impl FleetError {
             help: help.into(),
             source: Some(source),
         }
+    }
+
+    /// The refusal of a fleet apply while hosts lack what their plans need.
+    pub(crate) fn host_facts(
+        facts: &std::collections::BTreeMap<String, Vec<crate::hostfacts::Fact>>,
+    ) -> Self {
+        let mut hosts = String::new();
+        for (host, list) in facts {
+            for f in list {
+                use std::fmt::Write as _;
+                let _ = write!(hosts, "\n  - {host}: {} ({})", f.message, f.code);
+            }
+        }
+        Self::HostFacts { hosts }
     }
 
     pub(crate) fn remote(host: &Host, what: impl Into<String>, help: impl Into<String>) -> Self {

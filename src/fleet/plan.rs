@@ -15,6 +15,7 @@ use super::rollout::{self, Batch};
 use super::{Fleet, FleetError, SshError};
 use crate::config::{BatchSize, Host, Rollout};
 use crate::git::Rev;
+use crate::hostfacts::Fact;
 use crate::plan::Plan;
 
 /// Version of the fleet plan's JSON contract (docs/fleet.md).
@@ -44,6 +45,12 @@ pub struct FleetPlan {
     /// when the hosts made their plans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) planned_from: Option<String>,
+    /// Per host, what it lacks for its plan (users, env-files, programs, ports), as its own
+    /// `plan` found it; hosts that lack nothing are absent. Host state, not the plan: not in
+    /// the fingerprint (a fact fixed between plan and apply does not make the plan stale), and
+    /// a fleet `apply` refuses to start while any host lacks something.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) host_facts: BTreeMap<String, Vec<Fact>>,
 }
 
 /// The rollout block as the plan shows and fingerprints it.
@@ -152,6 +159,7 @@ pub fn assemble(
         rollback,
         fingerprint,
         planned_from: None,
+        host_facts: BTreeMap::new(),
     }
 }
 
@@ -270,7 +278,8 @@ pub(crate) struct HostPlanArgs {
 
 /// How one host answered.
 pub(crate) enum Gathered {
-    Planned(Prepared, Box<Plan>),
+    /// The host's plan, and what the host lacks for it.
+    Planned(Prepared, Box<Plan>, Vec<Fact>),
     Unreachable(Host, SshError),
 }
 
@@ -330,8 +339,8 @@ async fn plan_host(
         }
         Err(e) => return Err(e),
     };
-    let plan = host_plan(fleet, &prepared, to, args).await?;
-    Ok(Gathered::Planned(prepared, Box::new(plan)))
+    let (plan, facts) = host_plan_and_facts(fleet, &prepared, to, args).await?;
+    Ok(Gathered::Planned(prepared, Box::new(plan), facts))
 }
 
 /// Runs the host's `moorline plan --format json` and reads its plan.
@@ -341,6 +350,17 @@ pub(crate) async fn host_plan(
     to: &str,
     args: &HostPlanArgs,
 ) -> Result<Plan, FleetError> {
+    Ok(host_plan_and_facts(fleet, p, to, args).await?.0)
+}
+
+/// [`host_plan`], and what the host lacks for that plan (the line its `plan` prints on
+/// standard error, [`crate::hostfacts::FactsLine`]).
+async fn host_plan_and_facts(
+    fleet: &Fleet,
+    p: &Prepared,
+    to: &str,
+    args: &HostPlanArgs,
+) -> Result<(Plan, Vec<Fact>), FleetError> {
     let mut words = vec![
         "plan",
         "--env",
@@ -375,13 +395,14 @@ pub(crate) async fn host_plan(
             "run the same `moorline plan` on the host to see why",
         ));
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| {
+    let plan = serde_json::from_slice(&out.stdout).map_err(|e| {
         FleetError::remote(
             &p.host,
             format!("its plan is not a moorline plan: {e}"),
             "the host runs the controller's moorline; check its output by hand",
         )
-    })
+    })?;
+    Ok((plan, crate::hostfacts::parse_facts_line(&out.stderr)))
 }
 
 /// Refuses a fleet plan some host of which is unreachable (listing them);
@@ -392,6 +413,19 @@ pub(crate) fn unreachable(gathered: &[Gathered]) -> Vec<(&Host, &SshError)> {
         .filter_map(|g| match g {
             Gathered::Unreachable(h, e) => Some((h, e)),
             Gathered::Planned(..) => None,
+        })
+        .collect()
+}
+
+/// What each host that answered lacks for its plan (hosts that lack nothing left out).
+pub(crate) fn host_facts(gathered: &[Gathered]) -> BTreeMap<String, Vec<Fact>> {
+    gathered
+        .iter()
+        .filter_map(|g| match g {
+            Gathered::Planned(p, _, facts) if !facts.is_empty() => {
+                Some((p.host.name.clone(), facts.clone()))
+            }
+            _ => None,
         })
         .collect()
 }
@@ -436,7 +470,7 @@ pub(crate) fn host_plans(fleet: &Fleet, gathered: &[Gathered]) -> Vec<HostPlan> 
     gathered
         .iter()
         .filter_map(|g| match g {
-            Gathered::Planned(p, plan) => {
+            Gathered::Planned(p, plan, _) => {
                 let h = fleet.host(&p.host.name)?;
                 Some(HostPlan {
                     name: h.name.clone(),
@@ -456,7 +490,7 @@ pub(crate) fn prepared(gathered: Vec<Gathered>) -> BTreeMap<String, Prepared> {
     gathered
         .into_iter()
         .filter_map(|g| match g {
-            Gathered::Planned(p, _) => Some((p.host.name.clone(), p)),
+            Gathered::Planned(p, _, _) => Some((p.host.name.clone(), p)),
             Gathered::Unreachable(..) => None,
         })
         .collect()
@@ -475,13 +509,15 @@ pub(crate) async fn over_ssh(
     if let Some(e) = unreachable_error(&gathered) {
         return Err(e);
     }
-    Ok(assemble(
+    let mut plan = assemble(
         &fleet.project,
         &fleet.env.name,
         to,
         &fleet.env.rollout,
         host_plans(fleet, &gathered),
-    ))
+    );
+    plan.host_facts = host_facts(&gathered);
+    Ok(plan)
 }
 
 /// The fleet plan of `to` made here, without ssh, every host planned as if

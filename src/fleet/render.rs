@@ -96,6 +96,18 @@ pub fn text(p: &FleetPlan, color: bool) -> String {
             from_label(g.from.as_deref())
         );
     }
+    if !p.host_facts.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nHost facts (`apply` refuses until each is fixed on its host):"
+        );
+        for (host, facts) in &p.host_facts {
+            for f in facts {
+                let _ = writeln!(s, "  {host}: {} ({})", f.message, f.code);
+                let _ = writeln!(s, "    help: {}", f.help);
+            }
+        }
+    }
     let _ = writeln!(s, "\nBatches:");
     for b in batches_line(p) {
         let _ = writeln!(s, "  {b}");
@@ -158,6 +170,24 @@ pub fn markdown(p: &FleetPlan) -> String {
             g.actions,
             cell(&g.restarts.join(", "))
         );
+    }
+    if !p.host_facts.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n**Host facts** (`apply` refuses until each is fixed on its host)\n"
+        );
+        for (host, facts) in &p.host_facts {
+            for f in facts {
+                let _ = writeln!(
+                    s,
+                    "- {}: {} (`{}`): {}",
+                    cell(host),
+                    cell(&f.message),
+                    cell(&f.code),
+                    cell(&f.help)
+                );
+            }
+        }
     }
     let _ = writeln!(s, "\n**Batches**\n");
     for b in batches_line(p) {
