@@ -473,7 +473,7 @@ fn render_spec(
     let current = current_link(env, &service.name);
     let vars = Vars {
         service: Some(&service.name),
-        port: Some(service.port),
+        port: service.port,
         root: Some(&env.root),
         current: Some(&current),
         ..Vars::default()
@@ -508,7 +508,16 @@ fn render_spec(
     for u in &spec.wants {
         w.bare("Wants", Field::UnitName, u)?;
     }
-    w.out.push_str("\n[Service]\nType=simple\n");
+    if service.readiness == crate::config::Readiness::Notify {
+        // `ready "notify"`: the start job ends when the service sends
+        // READY=1 (sd_notify(3)), and fails if that takes longer than the
+        // service's ready-timeout (systemd.service(5), TimeoutStartSec=).
+        w.out.push_str("\n[Service]\nType=notify\n");
+        let secs = service.ready_timeout.as_secs().max(1);
+        w.line("TimeoutStartSec", &format!("{secs}s"))?;
+    } else {
+        w.out.push_str("\n[Service]\nType=simple\n");
+    }
     let mut exec = Vec::with_capacity(spec.exec.len());
     for (i, a) in spec.exec.iter().enumerate() {
         let word = r(a);
@@ -703,7 +712,7 @@ mod tests {
         Service {
             name: "api".into(),
             runtime: "node".into(),
-            port: 3000,
+            port: Some(3000),
             phase: "core".into(),
             phase_index: 0,
             depends_on: Vec::new(),
@@ -711,6 +720,7 @@ mod tests {
             watch: Vec::new(),
             health: "/health".into(),
             ready: "/health/ready".into(),
+            readiness: crate::config::Readiness::Http,
             metrics: "/health/metrics".into(),
             ready_timeout: Duration::from_mins(1),
             unit: Some(spec),
@@ -761,6 +771,21 @@ mod tests {
         ] {
             assert_eq!(exec_word(w), want, "{w}");
         }
+    }
+
+    #[test]
+    fn a_notify_service_is_type_notify_with_its_ready_timeout() {
+        let mut svc = service(spec());
+        let simple = render(&env("/srv"), &svc).unwrap().unwrap();
+        assert!(simple.contains("\nType=simple\n"), "{simple}");
+        assert!(!simple.contains("TimeoutStartSec"), "{simple}");
+        svc.readiness = crate::config::Readiness::Notify;
+        svc.ready_timeout = Duration::from_secs(45);
+        let text = render(&env("/srv"), &svc).unwrap().unwrap();
+        assert!(
+            text.contains("\n[Service]\nType=notify\nTimeoutStartSec=45s\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1041,7 +1066,7 @@ mod tests {
         let current = current_link(e, &svc.name);
         let vars = Vars {
             service: Some(&svc.name),
-            port: Some(svc.port),
+            port: svc.port,
             root: Some(&e.root),
             current: Some(&current),
             ..Vars::default()

@@ -62,6 +62,7 @@ pub enum ProblemKind {
     TypeAnnotation,
     PassEnvName,
     PassEnvDuplicate,
+    ReadyKind,
 }
 
 impl ProblemKind {
@@ -120,6 +121,7 @@ impl ProblemKind {
         Self::TypeAnnotation,
         Self::PassEnvName,
         Self::PassEnvDuplicate,
+        Self::ReadyKind,
     ];
 
     /// The stable code printed with the diagnostic (`moorline::config::...`).
@@ -178,6 +180,7 @@ impl ProblemKind {
             Self::TypeAnnotation => "moorline::config::type_annotation",
             Self::PassEnvName => "moorline::config::pass_env_name",
             Self::PassEnvDuplicate => "moorline::config::pass_env_duplicate",
+            Self::ReadyKind => "moorline::config::ready",
         }
     }
 }

@@ -8,6 +8,6 @@
 //!   (`crate::demo::fixture`) and private managers (`crate::demo::sandbox`).
 
 pub mod deadline;
-pub(crate) mod fixture;
+pub mod fixture;
 pub mod hosts;
 pub(crate) mod sandbox;
