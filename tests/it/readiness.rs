@@ -102,7 +102,7 @@ async fn every_kind_of_readiness_deploys_and_each_failure_explains_itself() {
     }
     // Timings say what each number is.
     assert!(
-        first.contains("after the restart, at probe") && first.contains("the action took"),
+        first.contains("ms of checking, at probe") && first.contains("the action took"),
         "{first}"
     );
 

@@ -125,7 +125,7 @@ pub(super) async fn health(
     settled(&act.ctx.systemd, unit, &invocation).await?;
     let n = *probes.lock().unwrap_or_else(PoisonError::into_inner);
     Ok(Some(format!(
-        "ready {waited} ms after the restart, at probe {n} (that probe took {} ms)",
+        "ready after {waited} ms of checking, at probe {n} (that probe took {} ms)",
         probe.millis
     )))
 }
