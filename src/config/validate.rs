@@ -19,6 +19,20 @@ use super::raw::{
 use crate::template::{self, Vars};
 
 /// Placeholders allowed in each kind of string.
+/// Whether a unit names `{port}` in any value.
+fn unit_uses_port(u: &UnitSpec) -> bool {
+    let has = |v: &str| {
+        template::placeholders(v)
+            .iter()
+            .any(|(_, name)| *name == "port")
+    };
+    u.exec.iter().any(|v| has(v))
+        || u.env.values().any(|v| has(&v.value))
+        || u.env_files.iter().any(|v| has(v))
+        || has(&u.working_directory)
+        || u.description.as_deref().is_some_and(has)
+}
+
 /// The readiness kinds `ready` takes besides a path or URL.
 const READY_KINDS: &[&str] = &["tcp", "notify", "exec", "none"];
 
@@ -1844,6 +1858,22 @@ impl Validator<'_> {
                     "systemd refuses unit names over 255 characters: shorten the service name or the project's unit-name",
                 ));
             }
+            // A service without a port: `{port}` in its unit (its own, or
+            // its runtime's `env PORT="{port}"`) would be written as is.
+            if let (Some(None), Some((spec, span, _))) = (port, &unit)
+                && unit_uses_port(spec)
+            {
+                self.push(Problem::new(
+                    ProblemKind::UnknownPlaceholder,
+                    *span,
+                    format!(
+                        "service `{}` has no port, but its unit uses {{port}}",
+                        name.value
+                    ),
+                    "{port} has no value for this service",
+                    "give the service a `port`, or leave {port} out of the unit it gets (a runtime's unit applies to each of its services: give services without a port their own runtime)",
+                ));
+            }
             let (Some((rt, _)), Some(phase_index), Some(port), Some(unit_name), Some(readiness)) =
                 (runtime, phase_index, port, unit_name, readiness)
             else {
@@ -2164,6 +2194,16 @@ mod tests {
             )
         };
         let exec = Readiness::Exec(vec!["/bin/check".into(), "{service}".into()]);
+        // A portless service whose unit says {port} is refused.
+        let with_port_env = config("ready \"none\";", "").replace(
+            "exec \"/bin/true\";",
+            "exec \"/bin/true\"; env PORT=\"{port}\";",
+        );
+        let err = crate::config::parse("moorline.kdl", &with_port_env).unwrap_err();
+        assert!(
+            format!("{err:?}").contains("has no port, but its unit uses {port}"),
+            "{err:?}"
+        );
         for (ready, port, want) in [
             ("", "port 3000;", Some(Readiness::Http)),
             ("ready \"/up\";", "port 3000;", Some(Readiness::Http)),
