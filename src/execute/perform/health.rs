@@ -184,7 +184,9 @@ impl<'a> Alive<'a> {
             unit,
             port,
             elsewhere_since: Mutex::new(None),
-            ports_read: Mutex::new(None),
+            // The first read after PORTS_EVERY: a service that is ready
+            // within a second (most are) never costs a pass over /proc.
+            ports_read: Mutex::new(Some(Instant::now())),
         }
     }
 
