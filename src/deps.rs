@@ -149,7 +149,7 @@ pub(crate) fn argv(
         argv,
         &crate::template::Vars {
             service: Some(&s.name),
-            port: Some(s.port),
+            port: s.port,
             root: Some(&env.root),
             ..crate::template::Vars::default()
         },

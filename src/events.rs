@@ -15,6 +15,27 @@ pub(crate) struct Step {
     pub(crate) action: String,
     #[serde(default)]
     pub(crate) detail: String,
+    /// `FAILED` of a restart, start or readiness check: what systemd and
+    /// the journal said about the unit (its lines are also in `detail`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub(crate) unit: Option<UnitFailure>,
+}
+
+/// A unit whose restart, start or readiness check failed, as systemd and
+/// the journal saw it at that moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct UnitFailure {
+    pub(crate) name: String,
+    /// How its last main process ended (`ExecMainCode`, `ExecMainStatus`,
+    /// `ExecMainPID`, `NRestarts`); absent when it could not be read.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub(crate) exit: Option<crate::systemd::MainExit>,
+    /// Its last journal lines, redacted (empty when none could be read).
+    #[serde(default)]
+    pub(crate) journal: Vec<String>,
+    /// Why there are no journal lines, when there are none.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub(crate) journal_unavailable: Option<String>,
 }
 
 /// One line of a host's event stream.
@@ -130,6 +151,7 @@ mod tests {
         Step {
             action: action.to_owned(),
             detail: detail.to_owned(),
+            unit: None,
         }
     }
 
@@ -181,6 +203,27 @@ mod tests {
             Event::Done(step("a", "b")).to_line_from("web1"),
             r#"{"action":"a","detail":"b","event":"done","host":"web1"}"#
         );
+        let failed = Event::Failed(Step {
+            unit: Some(UnitFailure {
+                name: "a.service".into(),
+                exit: Some(crate::systemd::MainExit {
+                    result: "exit-code".into(),
+                    code: crate::systemd::MainCode::Exited,
+                    status: 1,
+                    pid: 42,
+                    restarts: 2,
+                }),
+                journal: vec!["boom".into()],
+                journal_unavailable: None,
+            }),
+            ..step("restart:a", "x failed")
+        });
+        let line = failed.to_line();
+        assert_eq!(
+            line,
+            r#"{"action":"restart:a","detail":"x failed","event":"FAILED","unit":{"exit":{"exec_main_code":"exited","exec_main_pid":42,"exec_main_status":1,"n_restarts":2,"result":"exit-code"},"journal":["boom"],"name":"a.service"}}"#
+        );
+        assert_eq!(Event::parse(&line), Some(failed));
         assert_eq!(Event::parse("Cloning into..."), None);
         assert_eq!(Event::parse(r#"{"event":"later","action":"a"}"#), None);
     }

@@ -160,26 +160,72 @@ pub async fn probe(url: &str) -> Probe {
         })
 }
 
-/// Polls until ready or `timeout`; returns the last probe and whether ready.
-/// The waits between polls grow ([`backoff`]); the last one is cut short so
-/// a final probe runs at the deadline. `still_alive` is asked between polls
-/// so a crashed unit fails at once instead of at the deadline.
+/// One TCP connection to `address` (`127.0.0.1:PORT`), closed at once;
+/// bounded by [`REQUEST_TIMEOUT`] and by the probe permits.
+pub(crate) async fn probe_tcp(address: &str) -> Probe {
+    let _permit = probes().acquire().await.ok();
+    let start = Instant::now();
+    let res = tokio::time::timeout(REQUEST_TIMEOUT, tokio::net::TcpStream::connect(address)).await;
+    let millis = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let error = match res {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(format!("connecting to {address}: {e}")),
+        Err(_) => Some(format!(
+            "connecting to {address}: no answer within {}s",
+            REQUEST_TIMEOUT.as_secs()
+        )),
+    };
+    Probe {
+        url: format!("tcp://{address}"),
+        status: None,
+        ok: error.is_none(),
+        millis,
+        error,
+    }
+}
+
+/// Polls `url` until ready or `timeout` ([`wait_until`] with HTTP probes).
 pub async fn wait_ready<F, Fut>(
     url: &str,
     timeout: Duration,
-    mut still_alive: F,
+    still_alive: F,
 ) -> Result<Probe, Probe>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), crate::systemd::UnitDown>>,
 {
+    wait_until(url, timeout, || probe(url), still_alive, |_| {}).await
+}
+
+/// Polls until ready or `timeout`; returns the last probe and whether ready.
+/// The waits between polls grow ([`backoff`]); the last one is cut short so
+/// a final probe runs at the deadline. `still_alive` is asked between polls
+/// so a crashed unit fails at once instead of at the deadline. `seen` gets
+/// every failed probe (what the live view shows while the wait runs).
+/// `what` keys the jitter (the URL, address or command).
+pub(crate) async fn wait_until<P, PFut, F, Fut, E>(
+    what: &str,
+    timeout: Duration,
+    mut probe: P,
+    mut still_alive: F,
+    mut seen: impl FnMut(&Probe),
+) -> Result<Probe, Probe>
+where
+    P: FnMut() -> PFut,
+    PFut: std::future::Future<Output = Probe>,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let url = what;
     let deadline = Instant::now() + timeout;
     let mut attempt: u32 = 0;
     loop {
-        let p = probe(url).await;
+        let p = probe().await;
         if p.ok {
             return Ok(p);
         }
+        seen(&p);
         if let Err(why) = still_alive().await {
             return Err(Probe {
                 error: Some(why.to_string()),

@@ -181,7 +181,7 @@ pub(crate) fn check(config: &Config, env: &Environment, plan: &Plan, host: &str)
     }
     let listening: Vec<Listening> = listening_sockets()
         .into_iter()
-        .filter(|l| services.iter().any(|s| s.port == l.port))
+        .filter(|l| services.iter().any(|s| s.port == Some(l.port)))
         .collect();
     let holders = Holders::of(&listening);
     let mut out = Vec::new();
@@ -191,12 +191,13 @@ pub(crate) fn check(config: &Config, env: &Environment, plan: &Plan, host: &str)
         }
         // A blue/green service's port is the proxy's: nginx holds it.
         if service.cutover.is_none()
-            && let Some(holder) = holders.foreign(service, &listening)
+            && let Some(port) = service.port
+            && let Some(holder) = holders.foreign(service, port, &listening)
         {
             out.push(Missing::PortTaken {
                 host: host.to_owned(),
                 service: service.name.clone(),
-                port: service.port,
+                port,
                 unit: service.unit_name.clone(),
                 holder,
             });
@@ -367,6 +368,33 @@ fn listening_sockets() -> Vec<Listening> {
         .collect()
 }
 
+/// The TCP ports the processes of the cgroup `cgroup` (a unit's `ControlGroup`) listen on:
+/// the listening sockets of `/proc/net/tcp` and `tcp6`, held by a process whose
+/// `/proc/PID/cgroup` names exactly that cgroup ([`Holders`], as for a port taken). How a
+/// readiness wait tells that a unit listens elsewhere than on its configured port; by cgroup,
+/// not by PID, since the manager may see its processes in another PID namespace. Processes
+/// this user may not look at hold nothing here.
+pub(crate) fn ports_of_cgroup(cgroup: &str) -> std::collections::BTreeSet<u16> {
+    if cgroup.is_empty() {
+        return std::collections::BTreeSet::new();
+    }
+    let listening = listening_sockets();
+    let holders = Holders::of(&listening);
+    let own = format!(":{cgroup}");
+    listening
+        .iter()
+        .filter(|l| {
+            holders.by_inode.get(&l.inode).is_some_and(|pids| {
+                pids.iter().any(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                        .is_ok_and(|c| c.lines().any(|l| l.ends_with(&own)))
+                })
+            })
+        })
+        .map(|l| l.port)
+        .collect()
+}
+
 /// The processes holding each listening socket here: one pass over `/proc/*/fd`, whatever
 /// the number of services. Processes this user may not look at are missing.
 #[derive(Debug, Default)]
@@ -416,12 +444,12 @@ impl Holders {
     /// Who holds `service`'s port, when that is not its own unit: `pid N (comm)`. `None`
     /// when the port is free, held by the unit, or held by a process this user may not look
     /// at.
-    fn foreign(&self, service: &Service, listening: &[Listening]) -> Option<String> {
+    fn foreign(&self, service: &Service, port: u16, listening: &[Listening]) -> Option<String> {
         let own = format!("/{}", service.unit_name);
         let mut foreign = None;
         for pid in listening
             .iter()
-            .filter(|l| l.port == service.port)
+            .filter(|l| l.port == port)
             .filter_map(|l| self.by_inode.get(&l.inode))
             .flatten()
         {
@@ -490,6 +518,26 @@ mod tests {
     }
 
     #[test]
+    fn the_ports_of_a_cgroup_are_those_its_processes_listen_on() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // This test's own cgroup, as a unit's would be.
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let own = cgroup
+            .lines()
+            .find(|l| l.starts_with("0::"))
+            .or_else(|| cgroup.lines().next())
+            .and_then(|l| l.splitn(3, ':').nth(2))
+            .unwrap_or_default();
+        if crate::files::is_root() && !own.is_empty() {
+            let ports = ports_of_cgroup(own);
+            assert!(ports.contains(&port), "{ports:?} lacks {port} ({own})");
+        }
+        assert!(ports_of_cgroup("").is_empty());
+        assert!(ports_of_cgroup("/moorline-test-nobody.service").is_empty());
+    }
+
+    #[test]
     fn numeric_ids_and_root_exist() {
         assert!(exists("passwd", "0"));
         assert!(exists("passwd", "root"));
@@ -503,10 +551,10 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let config = crate::config::parse("pakashop.kdl", include_str!("../pakashop.kdl")).unwrap();
         let mut service = config.services[0].clone();
-        service.port = port;
+        service.port = Some(port);
         service.unit_name = "moorline-test-nobody.service".into();
         let listening = listening_sockets();
-        let holder = Holders::of(&listening).foreign(&service, &listening);
+        let holder = Holders::of(&listening).foreign(&service, port, &listening);
         if crate::files::is_root() {
             let holder = holder.unwrap();
             assert!(

@@ -164,10 +164,14 @@ pub(crate) fn parse(line: &str, units: &BTreeMap<String, String>) -> Option<Entr
 /// (a journal directory, as `journalctl --directory`), else the system's.
 pub(crate) const JOURNAL_DIRECTORY_ENV: &str = "MOORLINE_JOURNAL_DIRECTORY";
 
-/// The last `lines` journal messages of one unit, for a failure report:
-/// best effort (an empty list when the journal cannot be read), bounded
-/// in time so a report is never held up by the journal.
-pub(crate) async fn tail(unit: &str, lines: usize) -> Vec<String> {
+/// How long a failure report waits for `journalctl`.
+const TAIL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The last `lines` journal messages of one unit, for a failure report,
+/// redacted; bounded in time so a report is never held up by the journal.
+/// `Err` says why there are none to show (no `journalctl`, no permission,
+/// nothing logged), so the report can say so instead of staying silent.
+pub(crate) async fn tail(unit: &str, lines: usize) -> Result<Vec<String>, String> {
     let dir = std::env::var_os(JOURNAL_DIRECTORY_ENV).map(std::path::PathBuf::from);
     let units: BTreeMap<String, String> = [(unit.to_owned(), unit.to_owned())].into();
     let q = Query {
@@ -179,22 +183,50 @@ pub(crate) async fn tail(unit: &str, lines: usize) -> Vec<String> {
     };
     let words = argv(&q);
     let Some((program, rest)) = words.split_first() else {
-        return Vec::new();
+        return Err("no journalctl command".to_owned());
     };
     let run = tokio::process::Command::new(program)
         .args(rest)
         .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .output();
-    let Ok(Ok(out)) = tokio::time::timeout(Duration::from_secs(2), run).await else {
-        return Vec::new();
+    let out = match tokio::time::timeout(TAIL_TIMEOUT, run).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return Err(format!("{program} could not be run: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "{program} did not answer within {}s",
+                TAIL_TIMEOUT.as_secs()
+            ));
+        }
     };
-    String::from_utf8_lossy(&out.stdout)
+    let found: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| parse(l, &units))
         .map(|e| crate::secrets::redact(&e.message))
-        .collect()
+        .collect();
+    if !found.is_empty() {
+        return Ok(found);
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    let said: Vec<&str> = said
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let place = dir.as_deref().map_or_else(
+        || "the system journal".to_owned(),
+        |d| format!("the journal in {}", d.display()),
+    );
+    Err(if said.is_empty() {
+        format!("{place} holds no lines of {unit}")
+    } else {
+        format!(
+            "{program} showed no lines of {unit} from {place}: {}",
+            crate::secrets::redact(&said.join(" "))
+        )
+    })
 }
 
 /// `2026-06-09T10:00:00.123Z backend  | message`.

@@ -58,7 +58,7 @@ pub(crate) async fn check(
     let current_s = current.display().to_string();
     let vars = Vars {
         service: Some(&s.name),
-        port: Some(s.port),
+        port: s.port,
         root: Some(&env.root),
         release: Some(&release_s),
         current: Some(&current_s),

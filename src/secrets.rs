@@ -265,7 +265,7 @@ pub(crate) fn of_config(loaded: &Loaded) -> Redactor {
                 .to_string();
             let vars = Vars {
                 service: Some(&service.name),
-                port: Some(service.port),
+                port: service.port,
                 root: Some(&env.root),
                 current: Some(&current),
                 ..Vars::default()

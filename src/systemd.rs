@@ -201,6 +201,19 @@ trait Service {
         name = "ExecMainStartTimestamp"
     )]
     fn exec_main_start_timestamp(&self) -> zbus::Result<u64>;
+    /// How the last main process ended: a `siginfo` `si_code` (`CLD_EXITED` = 1,
+    /// `CLD_KILLED` = 2, `CLD_DUMPED` = 3; 0 while it runs or never ran).
+    #[zbus(property(emits_changed_signal = "false"), name = "ExecMainCode")]
+    fn exec_main_code(&self) -> zbus::Result<i32>;
+    /// Its exit status, or the signal number that ended it.
+    #[zbus(property(emits_changed_signal = "false"), name = "ExecMainStatus")]
+    fn exec_main_status(&self) -> zbus::Result<i32>;
+    /// The unit's cgroup, as the manager sees it (`/system.slice/NAME.service`).
+    #[zbus(property(emits_changed_signal = "false"), name = "ControlGroup")]
+    fn control_group(&self) -> zbus::Result<String>;
+    /// How many times `Restart=` restarted the unit since it was started by hand.
+    #[zbus(property(emits_changed_signal = "false"), name = "NRestarts")]
+    fn n_restarts(&self) -> zbus::Result<u32>;
     #[zbus(property(emits_changed_signal = "false"), name = "Environment")]
     fn environment(&self) -> zbus::Result<Vec<String>>;
     /// `a(sasbttttuii)`: path, argv, ignore-failure, then timestamps, pid and status.
@@ -402,6 +415,127 @@ impl Serialize for ActiveState {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
     }
+}
+
+/// How a service's last main process ended ([`Systemd::main_exit`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct MainExit {
+    /// The unit's `Result` (`success`, `exit-code`, `signal`, `timeout`, `start-limit-hit`, ...).
+    pub(crate) result: String,
+    /// `ExecMainCode`.
+    #[serde(rename = "exec_main_code")]
+    pub(crate) code: MainCode,
+    /// `ExecMainStatus`: the exit status, or the signal number for `killed`/`dumped`.
+    #[serde(rename = "exec_main_status")]
+    pub(crate) status: i32,
+    /// `ExecMainPID`: the last main process (0: none started).
+    #[serde(rename = "exec_main_pid")]
+    pub(crate) pid: u32,
+    /// `NRestarts`.
+    #[serde(rename = "n_restarts")]
+    pub(crate) restarts: u32,
+}
+
+/// `ExecMainCode`, the `si_code` of the main process's end (`waitid(2)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum MainCode {
+    /// Still running, or never started (0).
+    None,
+    /// `CLD_EXITED`: it exited with `status`.
+    Exited,
+    /// `CLD_KILLED`: signal `status` killed it.
+    Killed,
+    /// `CLD_DUMPED`: signal `status` killed it and it dumped core.
+    Dumped,
+    /// Another code (`CLD_TRAPPED`, ...).
+    Other,
+}
+
+impl MainExit {
+    /// `Restart=` restarted the unit and its new main process runs: how the last one ended
+    /// is no longer known (systemd resets `ExecMainCode` when it starts a process).
+    pub(crate) fn restarted_and_running(&self) -> bool {
+        self.code == MainCode::None && self.pid != 0 && self.restarts > 0
+    }
+}
+
+impl MainCode {
+    fn from_si_code(code: i32) -> Self {
+        match code {
+            0 => Self::None,
+            1 => Self::Exited,
+            2 => Self::Killed,
+            3 => Self::Dumped,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl fmt::Display for MainExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let signal = || signal_name(self.status);
+        match self.result.as_str() {
+            "" | "success" => {}
+            "timeout" => write!(
+                f,
+                "result timeout (it did not start, or stop, within its TimeoutStartSec=/TimeoutStopSec=; \
+                 for ready \"notify\": no READY=1 within its ready-timeout): "
+            )?,
+            other => write!(f, "result {other}: ")?,
+        }
+        match self.code {
+            MainCode::None if self.pid == 0 => write!(f, "its main process never started"),
+            MainCode::None => write!(f, "its main process (pid {}) is running", self.pid),
+            MainCode::Exited => write!(
+                f,
+                "its main process (pid {}) exited with status {}",
+                self.pid, self.status
+            ),
+            MainCode::Killed => write!(
+                f,
+                "its main process (pid {}) was killed by {}",
+                self.pid,
+                signal()
+            ),
+            MainCode::Dumped => write!(
+                f,
+                "its main process (pid {}) was killed by {} and dumped core",
+                self.pid,
+                signal()
+            ),
+            MainCode::Other => write!(
+                f,
+                "its main process (pid {}) ended (code {:?}, status {})",
+                self.pid, self.code, self.status
+            ),
+        }?;
+        match self.restarts {
+            0 => write!(f, "; not restarted by systemd"),
+            1 => write!(f, "; restarted once by systemd (Restart=)"),
+            n => write!(f, "; restarted {n} times by systemd (Restart=)"),
+        }
+    }
+}
+
+/// `SIGTERM (15)`, or `signal 42` for one without a common name.
+fn signal_name(n: i32) -> String {
+    let name = match n {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        _ => return format!("signal {n}"),
+    };
+    format!("{name} ({n})")
 }
 
 /// A unit that went down while it was waited on to become ready.
@@ -834,6 +968,45 @@ impl Systemd {
     pub async fn loaded_settings(&self, unit: &str) -> Result<LoadedSettings, SystemdError> {
         self.retrying("read settings", unit, |link| async move {
             read_settings(&link, unit).await
+        })
+        .await
+    }
+
+    /// How a service's last main process ended and how often `Restart=` restarted it
+    /// (`ExecMainCode`, `ExecMainStatus`, `NRestarts`), for a failure report. `None` for a
+    /// unit that is not a service.
+    pub async fn main_exit(&self, unit: &str) -> Result<Option<MainExit>, SystemdError> {
+        if !unit.ends_with(".service") {
+            return Ok(None);
+        }
+        self.retrying("read the exit status of", unit, |link| async move {
+            let path = link.manager.load_unit(unit).await?;
+            let service = ServiceProxy::builder(&link.connection)
+                .path(path)
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await?;
+            Ok(Some(MainExit {
+                result: service.result().await?,
+                code: MainCode::from_si_code(service.exec_main_code().await?),
+                status: service.exec_main_status().await?,
+                pid: service.exec_main_pid().await?,
+                restarts: service.n_restarts().await?,
+            }))
+        })
+        .await
+    }
+
+    /// A service's cgroup path (`ControlGroup`), empty while it runs nothing.
+    pub async fn control_group(&self, unit: &str) -> Result<String, SystemdError> {
+        self.retrying("read the cgroup of", unit, |link| async move {
+            let path = link.manager.load_unit(unit).await?;
+            let service = ServiceProxy::builder(&link.connection)
+                .path(path)
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await?;
+            service.control_group().await
         })
         .await
     }

@@ -478,11 +478,11 @@ fn render_spec(
         Some(_) => format!("{}/{SLOT_MARKER}", slots_dir(env, &service.name)),
         None => current_link(env, &service.name),
     };
-    let port = service.port.to_string();
+    let port = service.port.map(|p| p.to_string());
     let vars = |name: &str| match name {
         "service" => Some(service.name.clone()),
         "port" if service.cutover.is_some() => Some(SLOT_MARKER.to_owned()),
-        "port" => Some(port.clone()),
+        "port" => port.clone(),
         "root" => Some(env.root.clone()),
         "current" => Some(current.clone()),
         _ => None,
@@ -517,7 +517,16 @@ fn render_spec(
     for u in &spec.wants {
         w.bare("Wants", Field::UnitName, u)?;
     }
-    w.out.push_str("\n[Service]\nType=simple\n");
+    if service.readiness == crate::config::Readiness::Notify {
+        // `ready "notify"`: the start job ends when the service sends
+        // READY=1 (sd_notify(3)), and fails if that takes longer than the
+        // service's ready-timeout (systemd.service(5), TimeoutStartSec=).
+        w.out.push_str("\n[Service]\nType=notify\n");
+        let secs = service.ready_timeout.as_secs().max(1);
+        w.line("TimeoutStartSec", &format!("{secs}s"))?;
+    } else {
+        w.out.push_str("\n[Service]\nType=simple\n");
+    }
     let mut exec = Vec::with_capacity(spec.exec.len());
     for (i, a) in spec.exec.iter().enumerate() {
         let word = r(a);
@@ -727,7 +736,7 @@ mod tests {
         Service {
             name: "api".into(),
             runtime: "node".into(),
-            port: 3000,
+            port: Some(3000),
             phase: "core".into(),
             phase_index: 0,
             depends_on: Vec::new(),
@@ -735,6 +744,7 @@ mod tests {
             watch: Vec::new(),
             health: "/health".into(),
             ready: "/health/ready".into(),
+            readiness: crate::config::Readiness::Http,
             metrics: "/health/metrics".into(),
             ready_timeout: Duration::from_mins(1),
             unit: Some(spec),
@@ -819,6 +829,21 @@ mod tests {
             assert!(text.contains(want), "{want} in\n{text}");
         }
         assert!(!text.contains(SLOT_MARKER));
+    }
+
+    #[test]
+    fn a_notify_service_is_type_notify_with_its_ready_timeout() {
+        let mut svc = service(spec());
+        let simple = render(&env("/srv"), &svc).unwrap().unwrap();
+        assert!(simple.contains("\nType=simple\n"), "{simple}");
+        assert!(!simple.contains("TimeoutStartSec"), "{simple}");
+        svc.readiness = crate::config::Readiness::Notify;
+        svc.ready_timeout = Duration::from_secs(45);
+        let text = render(&env("/srv"), &svc).unwrap().unwrap();
+        assert!(
+            text.contains("\n[Service]\nType=notify\nTimeoutStartSec=45s\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1099,7 +1124,7 @@ mod tests {
         let current = current_link(e, &svc.name);
         let vars = crate::template::Vars {
             service: Some(&svc.name),
-            port: Some(svc.port),
+            port: svc.port,
             root: Some(&e.root),
             current: Some(&current),
             ..crate::template::Vars::default()

@@ -66,6 +66,7 @@ pub enum ProblemKind {
     CutoverWithoutProxy,
     CutoverUnmanaged,
     CutoverSlots,
+    ReadyKind,
 }
 
 impl ProblemKind {
@@ -128,6 +129,7 @@ impl ProblemKind {
         Self::CutoverWithoutProxy,
         Self::CutoverUnmanaged,
         Self::CutoverSlots,
+        Self::ReadyKind,
     ];
 
     /// The stable code printed with the diagnostic (`moorline::config::...`).
@@ -190,6 +192,7 @@ impl ProblemKind {
             Self::CutoverWithoutProxy => "moorline::config::cutover_without_proxy",
             Self::CutoverUnmanaged => "moorline::config::cutover_unmanaged",
             Self::CutoverSlots => "moorline::config::cutover_slots",
+            Self::ReadyKind => "moorline::config::ready",
         }
     }
 }

@@ -359,11 +359,30 @@ pub struct Command {
     pub timeout: Duration,
 }
 
+/// How moorline knows a service is up after a restart or start (`ready`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Readiness {
+    /// `GET` of [`Service::ready`] answers 2xx (a path or an `http://` URL).
+    Http,
+    /// The service's port accepts a TCP connection on loopback.
+    Tcp,
+    /// `Type=notify`: the start job ends when the service sends `READY=1`.
+    Notify,
+    /// A command (argv, placeholders resolved at plan time) exits 0.
+    Exec(Vec<String>),
+    /// No check: active and still the same process after the settle window
+    /// (workers that listen on nothing).
+    None,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Service {
     pub name: String,
     pub runtime: String,
-    pub port: u16,
+    /// The port it answers on; `None` for a service whose readiness needs
+    /// none (`ready "notify"`, `"exec"`, `"none"`).
+    pub port: Option<u16>,
     pub phase: String,
     /// Index of `phase` in `Config::phases`.
     pub phase_index: usize,
@@ -373,6 +392,8 @@ pub struct Service {
     pub watch: Vec<String>,
     pub health: String,
     pub ready: String,
+    /// How readiness is checked; [`Readiness::Http`] asks [`Service::ready`].
+    pub readiness: Readiness,
     pub metrics: String,
     #[serde(with = "secs")]
     pub ready_timeout: Duration,

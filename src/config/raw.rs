@@ -202,6 +202,8 @@ pub(crate) struct RawService {
     pub(crate) watch: Vec<Str>,
     pub(crate) health: Option<Str>,
     pub(crate) ready: Option<Str>,
+    /// `ready "exec" ARGV...`: the words after the kind.
+    pub(crate) ready_args: Vec<Str>,
     pub(crate) metrics: Option<Str>,
     pub(crate) ready_timeout: Option<Spanned<Duration>>,
     pub(crate) unit: Option<RawUnit>,
@@ -1485,6 +1487,7 @@ impl Reader<'_, '_> {
             watch: Vec::new(),
             health: None,
             ready: None,
+            ready_args: Vec::new(),
             metrics: None,
             ready_timeout: None,
             unit: None,
@@ -1527,8 +1530,13 @@ impl Reader<'_, '_> {
                     self.once(&mut s.health, c, v);
                 }
                 "ready" => {
-                    let v = self.one_string(c, "a path or URL");
-                    self.once(&mut s.ready, c, v);
+                    // `ready "/path"`, `ready "tcp"`, `ready "exec" "pg_isready" ...`.
+                    let mut v = self.strings(c, "path, URL or kind").into_iter();
+                    let first = v.next();
+                    if first.is_some() && s.ready.is_none() {
+                        s.ready_args = v.collect();
+                    }
+                    self.once(&mut s.ready, c, first);
                 }
                 "metrics" => {
                     let v = self.one_string(c, "a path or URL");

@@ -11,7 +11,7 @@ use super::model::{
     DEFAULT_DRAIN, DEFAULT_HEALTH, DEFAULT_KEEP_RELEASES, DEFAULT_METRICS, DEFAULT_READY,
     DEFAULT_READY_TIMEOUT, DEFAULT_SERVICE_PATH, DEFAULT_UNIT_NAME, DrainHook, EnvValue,
     Environment, FirstDeploy, Host, Migrate, Phase, Project, PromoteFrom, Proxy, ROOT_PATH,
-    Rollout, Runtime, Service, UnitSpec, looks_secret,
+    Readiness, Rollout, Runtime, Service, UnitSpec, looks_secret,
 };
 use super::raw::{
     RawBatch, RawCommand, RawConfig, RawCutover, RawEnv, RawEnvironment, RawService, RawUnit,
@@ -20,6 +20,36 @@ use super::raw::{
 use crate::template::{self, Vars};
 
 /// Placeholders allowed in each kind of string.
+/// Whether a unit names `{port}` in any value.
+fn unit_uses_port(u: &UnitSpec) -> bool {
+    let has = |v: &str| {
+        template::placeholders(v)
+            .iter()
+            .any(|(_, name)| *name == "port")
+    };
+    u.exec.iter().any(|v| has(v))
+        || u.env.values().any(|v| has(&v.value))
+        || u.env_files.iter().any(|v| has(v))
+        || has(&u.working_directory)
+        || u.description.as_deref().is_some_and(has)
+}
+
+/// The readiness kinds `ready` takes besides a path or URL.
+const READY_KINDS: &[&str] = &["tcp", "notify", "exec", "none"];
+
+/// Whether a service's readiness needs its `port`: an HTTP path is asked
+/// on it, `tcp` connects to it.
+fn needs_port(r: &Readiness, s: &RawService) -> bool {
+    match r {
+        Readiness::Http => s
+            .ready
+            .as_ref()
+            .is_none_or(|u| !u.value.starts_with("http://") || u.value.contains("{port}")),
+        Readiness::Tcp => true,
+        Readiness::Notify | Readiness::Exec(_) | Readiness::None => false,
+    }
+}
+
 const IN_BUILD: &[&str] = &["service", "port", "root", "release", "current"];
 /// A dependency step's output is shared by releases: nothing of one
 /// release may go into its command.
@@ -1554,6 +1584,75 @@ impl Validator<'_> {
         self.placeholders(s, &["port", "service"], "a health URL");
     }
 
+    /// `ready`: a path or `http://` URL, or one of the kinds `"tcp"`,
+    /// `"notify"`, `"none"`, `"exec" ARGV...`. `None`: a problem was
+    /// reported.
+    fn readiness(&mut self, s: &RawService) -> Option<Readiness> {
+        let Some(r) = &s.ready else {
+            return Some(Readiness::Http);
+        };
+        let kind = match r.value.as_str() {
+            "tcp" => Readiness::Tcp,
+            "notify" => Readiness::Notify,
+            "none" => Readiness::None,
+            "exec" => {
+                if s.ready_args
+                    .first()
+                    .is_none_or(|a| a.value.trim().is_empty())
+                {
+                    self.push(Problem::new(
+                        ProblemKind::EmptyCommand,
+                        r.span,
+                        "`ready \"exec\"` has no command",
+                        "no program to run",
+                        "give the program and its arguments as separate strings after \"exec\", for example ready \"exec\" \"pg_isready\" \"-h\" \"127.0.0.1\"",
+                    ));
+                    return None;
+                }
+                let allowed: &[&str] = if s.port.is_some() {
+                    &["port", "service"]
+                } else {
+                    &["service"]
+                };
+                for a in &s.ready_args {
+                    self.placeholders(a, allowed, "a readiness command");
+                }
+                return Some(Readiness::Exec(
+                    s.ready_args.iter().map(|a| a.value.clone()).collect(),
+                ));
+            }
+            v if v.starts_with('/') || v.contains("://") => {
+                self.health_path(r);
+                Readiness::Http
+            }
+            _ if has_control(&r.value) => return None,
+            v => {
+                let help = match suggest(v, READY_KINDS) {
+                    Some(k) => format!("did you mean \"{k}\"?"),
+                    None => "write a path on the service's port (\"/health/ready\"), an http:// URL, or a kind: \"tcp\" (the port accepts a connection), \"notify\" (Type=notify, READY=1), \"exec\" followed by a command that exits 0, or \"none\" (stays up for the settle window)".to_owned(),
+                };
+                self.push(Problem::new(
+                    ProblemKind::ReadyKind,
+                    r.span,
+                    format!("`{v}` is neither a readiness path, a URL nor a kind"),
+                    "expected /path, http://..., tcp, notify, exec or none",
+                    help,
+                ));
+                return None;
+            }
+        };
+        if let Some(extra) = s.ready_args.first() {
+            self.push(Problem::new(
+                ProblemKind::UnexpectedArgument,
+                extra.span,
+                format!("`ready \"{}\"` takes a single value", r.value),
+                "unexpected",
+                "only ready \"exec\" takes more words (its command); remove the extra values",
+            ));
+        }
+        Some(kind)
+    }
+
     fn services(
         &mut self,
         raw: &RawConfig,
@@ -1628,15 +1727,22 @@ impl Validator<'_> {
                     idx
                 }
             };
+            let readiness = self.readiness(s);
+            // `None`: a problem was reported; `Some(None)`: no port, and
+            // its readiness needs none.
             let port = match &s.port {
                 None if s.seen.iter().any(|n| n == "port") => None,
+                // A `ready` that was refused is not reported again as a
+                // missing port.
+                None if readiness.is_none() => None,
+                None if readiness.as_ref().is_some_and(|r| !needs_port(r, s)) => Some(None),
                 None => {
                     self.push(Problem::new(
                         ProblemKind::MissingValue,
                         name.span,
                         format!("service `{}` has no port", name.value),
                         "no `port` here",
-                        "add port 3000 (the port its health endpoints answer on)",
+                        "add port 3000 (the port its readiness endpoint answers on); a service that listens on nothing says how it is ready instead: ready \"none\", ready \"notify\" or ready \"exec\" \"program\" ...",
                     ));
                     None
                 }
@@ -1659,7 +1765,7 @@ impl Validator<'_> {
                         } else {
                             ports.insert(port, (&name.value, p.span));
                         }
-                        Some(port)
+                        Some(Some(port))
                     }
                     _ => {
                         self.push(Problem::new(
@@ -1701,7 +1807,7 @@ impl Validator<'_> {
                 self.placeholders(w, IN_SERVICE_PATH, "a watch path");
                 self.safe_path(w, "watch path");
             }
-            for h in [&s.health, &s.ready, &s.metrics].into_iter().flatten() {
+            for h in [&s.health, &s.metrics].into_iter().flatten() {
                 self.health_path(h);
             }
             if let Some(r) = &s.role {
@@ -1732,6 +1838,18 @@ impl Validator<'_> {
                     "add exec \"/path/to/program\" \"arg\" ... (the unit's ExecStart)",
                 ));
             }
+            if let (Some(Readiness::Notify), None, Some(r)) = (&readiness, &unit, &s.ready) {
+                self.push(Problem::new(
+                    ProblemKind::ReadyKind,
+                    r.span,
+                    format!(
+                        "service `{}` is ready \"notify\", but moorline does not write its unit",
+                        name.value
+                    ),
+                    "needs a unit moorline writes",
+                    "add a unit block (unit { exec ... }) so that moorline writes Type=notify, or choose ready \"tcp\", \"exec\" or \"none\"",
+                ));
+            }
             let unit_name = project.map(|p| p.unit_name.replace("{service}", &name.value));
             if let Some(u) = &unit_name
                 && is_valid_name(&name.value)
@@ -1755,6 +1873,23 @@ impl Validator<'_> {
             let cutover = s.cutover.as_ref().and_then(|c| {
                 self.cutover(c, name, !raw.proxies.is_empty(), unit.is_some(), &mut ports)
             });
+            // A slot is confirmed, and the proxy then asked, on a port:
+            // a blue/green service is ready over HTTP or TCP, on its port.
+            if let (Some(c), Some(r)) = (&s.cutover, &readiness)
+                && cutover.is_some()
+                && (!matches!(r, Readiness::Http | Readiness::Tcp) || matches!(port, Some(None)))
+            {
+                self.push(Problem::new(
+                    ProblemKind::ReadyKind,
+                    s.ready.as_ref().map_or(c.span, |r| r.span),
+                    format!(
+                        "service `{}` cuts over blue/green, which needs a port and a readiness check on it",
+                        name.value
+                    ),
+                    "no port to check a slot on",
+                    "give the service a `port` and an HTTP `ready` path (the default) or ready \"tcp\"; a service that listens on nothing deploys with the default cutover \"restart\"",
+                ));
+            }
             // A cutover service runs as two instances of a template unit.
             let unit_name = match (unit_name, &cutover) {
                 (Some(u), Some(_)) => Some(
@@ -1763,8 +1898,24 @@ impl Validator<'_> {
                 ),
                 (u, _) => u,
             };
-            let (Some((rt, _)), Some(phase_index), Some(port), Some(unit_name)) =
-                (runtime, phase_index, port, unit_name)
+            // A service without a port: `{port}` in its unit (its own, or
+            // its runtime's `env PORT="{port}"`) would be written as is.
+            if let (Some(None), Some((spec, span, _))) = (port, &unit)
+                && unit_uses_port(spec)
+            {
+                self.push(Problem::new(
+                    ProblemKind::UnknownPlaceholder,
+                    *span,
+                    format!(
+                        "service `{}` has no port, but its unit uses {{port}}",
+                        name.value
+                    ),
+                    "{port} has no value for this service",
+                    "give the service a `port`, or leave {port} out of the unit it gets (a runtime's unit applies to each of its services: give services without a port their own runtime)",
+                ));
+            }
+            let (Some((rt, _)), Some(phase_index), Some(port), Some(unit_name), Some(readiness)) =
+                (runtime, phase_index, port, unit_name, readiness)
             else {
                 continue;
             };
@@ -1793,7 +1944,9 @@ impl Validator<'_> {
                 ready: s
                     .ready
                     .as_ref()
+                    .filter(|_| readiness == Readiness::Http)
                     .map_or_else(|| DEFAULT_READY.to_owned(), |h| h.value.clone()),
+                readiness,
                 metrics: s
                     .metrics
                     .as_ref()
@@ -2267,6 +2420,57 @@ mod tests {
             )),
             ["moorline::config::missing_value"]
         );
+    }
+
+    #[test]
+    fn every_readiness_kind_is_read_and_only_http_and_tcp_need_a_port() {
+        let config = |ready: &str, port: &str| {
+            format!(
+                "project \"p\"\nenvironment \"staging\" {{ branch \"main\"; root \"/opt/p\" }}\n\
+                 phase \"a\"\nruntime \"go\" {{ unit {{ exec \"/bin/true\"; }} }}\n\
+                 service \"w\" {{ runtime \"go\"; {port} phase \"a\"; {ready} }}\n"
+            )
+        };
+        let exec = Readiness::Exec(vec!["/bin/check".into(), "{service}".into()]);
+        // A portless service whose unit says {port} is refused.
+        let with_port_env = config("ready \"none\";", "").replace(
+            "exec \"/bin/true\";",
+            "exec \"/bin/true\"; env PORT=\"{port}\";",
+        );
+        let err = crate::config::parse("moorline.kdl", &with_port_env).unwrap_err();
+        assert!(
+            format!("{err:?}").contains("has no port, but its unit uses {port}"),
+            "{err:?}"
+        );
+        for (ready, port, want) in [
+            ("", "port 3000;", Some(Readiness::Http)),
+            ("ready \"/up\";", "port 3000;", Some(Readiness::Http)),
+            ("ready \"tcp\";", "port 3000;", Some(Readiness::Tcp)),
+            ("ready \"notify\";", "", Some(Readiness::Notify)),
+            ("ready \"none\";", "", Some(Readiness::None)),
+            (
+                "ready \"exec\" \"/bin/check\" \"{service}\";",
+                "",
+                Some(exec),
+            ),
+            ("ready \"http://10.0.0.1:9/up\";", "", Some(Readiness::Http)),
+            ("", "", None),
+            ("ready \"tcp\";", "", None),
+            ("ready \"/up\";", "", None),
+            ("ready \"exec\";", "", None),
+            ("ready \"none\" \"x\";", "", None),
+            ("ready \"grpc\";", "port 3000;", None),
+        ] {
+            let got = crate::config::parse("moorline.kdl", &config(ready, port));
+            match want {
+                Some(r) => {
+                    let c = got.unwrap_or_else(|e| panic!("{ready} {port}: {e:?}"));
+                    assert_eq!(c.services[0].readiness, r, "{ready} {port}");
+                    assert_eq!(c.services[0].port.is_some(), !port.is_empty());
+                }
+                None => assert!(got.is_err(), "{ready} {port}: accepted"),
+            }
+        }
     }
 
     #[test]

@@ -303,8 +303,8 @@ impl Runner<'_> {
                 emit(progress, Event::Done, id, note.as_deref().unwrap_or(""));
                 Ok(None)
             }
-            Err((ActionError::Journal(e), _)) => Err(e.into()),
-            Err((_, err)) => {
+            Err((ActionError::Journal(e), _, _)) => Err(e.into()),
+            Err((_, err, unit)) => {
                 journal_append(
                     self.journal,
                     Record::Failed {
@@ -313,7 +313,7 @@ impl Runner<'_> {
                     },
                 )
                 .await?;
-                emit(progress, Event::Failed, id, &err);
+                progress::emit_step(progress, Event::Failed, id, &err, unit);
                 Ok(Some(err))
             }
         }

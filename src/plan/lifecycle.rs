@@ -30,8 +30,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::deploy::graph::{Graph, barrier, needs_barrier};
-use super::deploy::{count, list, ready_url, slot_ready_url};
-use super::{Action, ActionKind, Command, Settle, Step, UnitSource};
+use super::deploy::{count, list, ready_check, slot_ready_url};
+use super::{Action, ActionKind, Check, Command, Settle, Step, UnitSource};
 use crate::config::{Config, Cutover, Service};
 
 /// Which way phases are walked.
@@ -130,20 +130,46 @@ pub(crate) struct Lifecycle<'a> {
 
 /// The readiness probe of a service after its restart or start.
 pub(crate) fn health(s: &Service) -> Action {
-    let url = ready_url(s);
+    let check = ready_check(s);
+    let secs = s.ready_timeout.as_secs();
+    let reason = match &check {
+        Check::Http { url } => format!("GET {url} must answer 2xx within {secs}s"),
+        Check::Tcp { address } => {
+            format!("{address} must accept a TCP connection within {secs}s")
+        }
+        Check::Exec { argv } => format!(
+            "`{}` must exit 0 within {secs}s",
+            argv.iter()
+                .map(|w| {
+                    if w.is_empty()
+                        || w.contains(char::is_whitespace)
+                        || w.contains(['"', '\\', '`'])
+                    {
+                        format!("{w:?}")
+                    } else {
+                        w.clone()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        Check::Notify => format!(
+            "must send READY=1 (Type=notify) within {secs}s, then stay up for the settle window"
+        ),
+        Check::Stable => {
+            "must stay up for the settle window (ready \"none\": nothing to ask it)".to_owned()
+        }
+    };
     Action {
         id: health_id(&s.name),
         service: Some(s.name.clone()),
         phase: Some(s.phase.clone()),
-        reason: format!(
-            "GET {url} must answer 2xx within {}s",
-            s.ready_timeout.as_secs()
-        ),
+        reason,
         after: Vec::new(),
         step: Step::Health {
             unit: s.unit_name.clone(),
-            url,
-            timeout_secs: s.ready_timeout.as_secs(),
+            check,
+            timeout_secs: secs,
         },
     }
 }
@@ -1033,7 +1059,9 @@ service "e3" { runtime "node"; port 7; phase "edge" }
             step("health:api"),
             Step::Health {
                 unit: "nginx.service".into(),
-                url: "http://127.0.0.1:1/health/ready".into(),
+                check: Check::Http {
+                    url: "http://127.0.0.1:1/health/ready".into()
+                },
                 timeout_secs: 60,
             }
         );

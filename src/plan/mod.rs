@@ -340,10 +340,10 @@ pub(crate) enum Step {
         release: Option<String>,
         settle: Settle,
     },
-    /// Poll `url` until it answers 2xx, within `timeout_secs`.
+    /// Wait until `check` passes, within `timeout_secs`.
     Health {
         unit: String,
-        url: String,
+        check: Check,
         timeout_secs: u64,
     },
     /// Run `check` if any, then reload `unit`.
@@ -474,6 +474,33 @@ impl Step {
     }
 }
 
+/// What a `health` step waits for (the service's `ready`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// `GET url` answers 2xx.
+    Http { url: String },
+    /// `address` (`127.0.0.1:PORT`) accepts a TCP connection.
+    Tcp { address: String },
+    /// `argv` exits 0.
+    Exec { argv: Vec<String> },
+    /// `Type=notify`: the restart job ended at READY=1; the unit must then
+    /// stay up for the settle window.
+    Notify,
+    /// No check: the unit stays up for the settle window.
+    Stable,
+}
+
+/// A `health` action's `ready` on the wire: absent for HTTP (plans written
+/// before other kinds existed read as HTTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum WireReady {
+    Tcp,
+    Exec,
+    Notify,
+    None,
+}
+
 /// How a restart or start is confirmed before its action ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -541,6 +568,10 @@ struct WireAction {
     /// Blue/green steps: the upstream file moorline writes.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     file: Option<String>,
+    /// `health`: what it waits for when that is not an HTTP `url`
+    /// ([`Check`]).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    ready: Option<WireReady>,
 }
 
 impl From<Action> for WireAction {
@@ -562,6 +593,7 @@ impl From<Action> for WireAction {
             settle: None,
             slots: None,
             file: None,
+            ready: None,
         };
         let mut command = |c: Option<Command>| {
             if let Some(c) = c {
@@ -605,12 +637,24 @@ impl From<Action> for WireAction {
             }
             Step::Health {
                 unit,
-                url,
+                check,
                 timeout_secs,
             } => {
                 w.unit = Some(unit);
-                w.url = Some(url);
                 w.timeout_secs = Some(timeout_secs);
+                match check {
+                    Check::Http { url } => w.url = Some(url),
+                    Check::Tcp { address } => {
+                        w.ready = Some(WireReady::Tcp);
+                        w.url = Some(format!("tcp://{address}"));
+                    }
+                    Check::Exec { argv } => {
+                        w.ready = Some(WireReady::Exec);
+                        w.command = Some(argv);
+                    }
+                    Check::Notify => w.ready = Some(WireReady::Notify),
+                    Check::Stable => w.ready = Some(WireReady::None),
+                }
             }
             Step::ReloadProxy { unit, check } => {
                 command(check);
@@ -749,7 +793,24 @@ impl TryFrom<WireAction> for Action {
             },
             ActionKind::Health => Step::Health {
                 unit: need(w.unit.clone(), "unit")?,
-                url: need(w.url.clone(), "url")?,
+                check: match w.ready {
+                    None => Check::Http {
+                        url: need(w.url.clone(), "url")?,
+                    },
+                    Some(WireReady::Tcp) => {
+                        let url = need(w.url.clone(), "url")?;
+                        Check::Tcp {
+                            address: url.strip_prefix("tcp://").unwrap_or(&url).to_owned(),
+                        }
+                    }
+                    Some(WireReady::Exec) => Check::Exec {
+                        argv: w.command.clone().filter(|c| !c.is_empty()).ok_or_else(|| {
+                            WireError(format!("action `{}` ({kind}) has no `command`", w.id))
+                        })?,
+                    },
+                    Some(WireReady::Notify) => Check::Notify,
+                    Some(WireReady::None) => Check::Stable,
+                },
                 timeout_secs: w.timeout_secs.ok_or_else(|| {
                     WireError(format!("action `{}` ({kind}) has no `timeout_secs`", w.id))
                 })?,
@@ -1196,11 +1257,50 @@ mod tests {
             a.step,
             Step::Health {
                 unit: "p-api.service".into(),
-                url: "http://127.0.0.1:1/ready".into(),
+                check: Check::Http {
+                    url: "http://127.0.0.1:1/ready".into()
+                },
                 timeout_secs: 5
             }
         );
         assert_eq!(serde_json::to_value(&a).unwrap(), health);
+        // The other readiness kinds round-trip through `ready`.
+        let with = |extra: serde_json::Value| {
+            let mut v = health.clone();
+            let m = v.as_object_mut().unwrap();
+            m.remove("url");
+            for (k, x) in extra.as_object().unwrap() {
+                m.insert(k.clone(), x.clone());
+            }
+            v
+        };
+        for (extra, check) in [
+            (
+                serde_json::json!({"ready": "tcp", "url": "tcp://127.0.0.1:7"}),
+                Check::Tcp {
+                    address: "127.0.0.1:7".into(),
+                },
+            ),
+            (
+                serde_json::json!({"ready": "exec", "command": ["pg_isready", "-q"]}),
+                Check::Exec {
+                    argv: vec!["pg_isready".into(), "-q".into()],
+                },
+            ),
+            (serde_json::json!({"ready": "notify"}), Check::Notify),
+            (serde_json::json!({"ready": "none"}), Check::Stable),
+        ] {
+            let v = with(extra);
+            let a: Action = serde_json::from_value(v.clone()).unwrap();
+            assert!(
+                matches!(&a.step, Step::Health { check: c, .. } if *c == check),
+                "{v}"
+            );
+            assert_eq!(serde_json::to_value(&a).unwrap(), v);
+        }
+        let err = serde_json::from_value::<Action>(with(serde_json::json!({"ready": "exec"})))
+            .unwrap_err();
+        assert!(err.to_string().contains("has no `command`"), "{err}");
         let mut no_url = health.clone();
         no_url.as_object_mut().unwrap().remove("url");
         let err = serde_json::from_value::<Action>(no_url).unwrap_err();

@@ -38,6 +38,89 @@ impl Edit {
     }
 }
 
+/// The program of the services of [`readiness_kinds`]: `main.py KIND`, where KIND is
+/// `worker` (works, listens on nothing), `notify` (sends READY=1 on `$NOTIFY_SOCKET`) or
+/// `tcp` (accepts connections on `$PORT`). Its `behaviour.json` breaks it: `crash` (exits 3
+/// at once), `never_ready` (notify: never sends READY=1), `port_offset` (tcp: listens on
+/// `$PORT` plus this).
+const KINDS_PROGRAM: &str = r#"import json, os, socket, sys, time
+kind = sys.argv[1]
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "behaviour.json")) as f:
+    b = json.load(f)
+if b.get("crash"):
+    print("kinds: crashing on start (behaviour.json)", flush=True)
+    sys.exit(3)
+if kind == "worker":
+    while True:
+        print("working", flush=True)
+        time.sleep(5)
+if kind == "notify":
+    if not b.get("never_ready"):
+        time.sleep(0.2)
+        addr = os.environ["NOTIFY_SOCKET"]
+        if addr.startswith("@"):
+            addr = chr(0) + addr[1:]
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.connect(addr)
+        s.send(b"READY=1")
+    print("notify: up", flush=True)
+    while True:
+        time.sleep(60)
+if kind == "tcp":
+    port = int(os.environ["PORT"]) + int(b.get("port_offset", 0))
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(16)
+    print(f"tcp: listening on {port}", flush=True)
+    while True:
+        c, _ = srv.accept()
+        c.close()
+"#;
+
+/// Services of every readiness kind but HTTP, added to a fixture for tests: `kinds-worker`
+/// (`ready "none"`, no port), `kinds-notify` (`ready "notify"`, no port), `kinds-grpc`
+/// (`ready "tcp"` on `port`) and `kinds-probed` (`ready "exec"`: a Python one-liner that
+/// connects to its port, `port + 1`), all in phase `phase`, run by `python`. Returns the edits
+/// that add their programs and the configuration text to append (a runtime `kinds` and the
+/// four services).
+pub fn readiness_kinds(python: &str, port: u16, phase: &str) -> (Vec<Edit>, String) {
+    let mut edits = Vec::new();
+    for name in KINDS {
+        edits.push(Edit::Write {
+            path: format!("services/{name}/main.py"),
+            contents: KINDS_PROGRAM.to_owned(),
+        });
+        edits.push(Edit::Write {
+            path: format!("services/{name}/behaviour.json"),
+            contents: "{}\n".to_owned(),
+        });
+    }
+    let py = kdl_string(python);
+    let ph = kdl_string(phase);
+    let probe = kdl_string(
+        "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1)",
+    );
+    let next = port.saturating_add(1);
+    let config = format!(
+        "runtime \"kinds\" {{ unit {{ restart \"on-failure\"; env PYTHONUNBUFFERED=\"1\"; }} }}\n\
+         service \"kinds-worker\" {{ runtime \"kinds\"; phase {ph}; ready \"none\"; \
+         unit {{ exec {py} \"{{current}}/main.py\" \"worker\"; }} }}\n\
+         service \"kinds-notify\" {{ runtime \"kinds\"; phase {ph}; ready \"notify\"; \
+         unit {{ exec {py} \"{{current}}/main.py\" \"notify\"; }} }}\n\
+         service \"kinds-grpc\" {{ runtime \"kinds\"; phase {ph}; port {port}; ready \"tcp\"; \
+         unit {{ exec {py} \"{{current}}/main.py\" \"tcp\"; env PORT=\"{{port}}\"; }} }}\n\
+         service \"kinds-probed\" {{ runtime \"kinds\"; phase {ph}; port {next}; \
+         ready \"exec\" {py} \"-c\" {probe} \"{{port}}\"; \
+         unit {{ exec {py} \"{{current}}/main.py\" \"tcp\"; env PORT=\"{{port}}\"; }} }}\n"
+    );
+    (edits, config)
+}
+
+/// The services [`readiness_kinds`] adds.
+pub const KINDS: [&str; 4] = ["kinds-worker", "kinds-notify", "kinds-grpc", "kinds-probed"];
+
 impl Fixture {
     #[cfg(test)]
     /// Create branch `new` at `from_rev` (a branch, SHA or any revspec).

@@ -10,6 +10,6 @@
 
 pub mod booted;
 pub mod deadline;
-pub(crate) mod fixture;
+pub mod fixture;
 pub mod hosts;
 pub(crate) mod sandbox;

@@ -56,7 +56,7 @@ fn pakashop_services_match_the_operations_document() {
     assert_eq!(got, want, "services in declaration order");
     for &(name, port, runtime, phase, deps) in SERVICES {
         let s = c.service(name).unwrap();
-        assert_eq!(s.port, port, "{name}: port");
+        assert_eq!(s.port, Some(port), "{name}: port");
         assert_eq!(s.runtime, runtime, "{name}: runtime");
         assert_eq!(s.phase, phase, "{name}: phase");
         assert_eq!(s.depends_on, deps, "{name}: depends-on");
@@ -550,6 +550,7 @@ invalid! {
     exec_init_todo,
     program_is_option,
     https_health,
+    ready_kinds,
     wanted_by_not_a_unit,
     name_empty,
     name_unicode,

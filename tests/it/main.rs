@@ -25,6 +25,7 @@ mod invariants;
 mod ops;
 mod package;
 mod plan;
+mod readiness;
 mod realdb;
 mod rollback;
 mod root_service;

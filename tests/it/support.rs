@@ -112,7 +112,7 @@ pub async fn wait_for_port(port: u16) -> bool {
 }
 
 // Every deadline comes from one place, scaled by `MOORLINE_TEST_TIME_SCALE`.
-pub use moorline::testkit::deadline::{POLL, failing_ready_timeout_secs, prompt, wait};
+pub use moorline::testkit::deadline::{POLL, explained, failing_ready_timeout_secs, prompt, wait};
 
 /// Polls `done` every [`POLL`] until it holds or [`wait`] has passed; whether it held.
 pub async fn eventually(mut done: impl FnMut() -> bool) -> bool {

@@ -76,7 +76,7 @@ fn service(root: &str, out: &str) -> (Environment, Service) {
     let svc = Service {
         name: "escaping".into(),
         runtime: "none".into(),
-        port: 1,
+        port: Some(1),
         phase: "p".into(),
         phase_index: 0,
         depends_on: Vec::new(),
@@ -84,6 +84,7 @@ fn service(root: &str, out: &str) -> (Environment, Service) {
         watch: Vec::new(),
         health: "/health".into(),
         ready: "/health/ready".into(),
+        readiness: moorline::config::Readiness::Http,
         metrics: "/health/metrics".into(),
         ready_timeout: wait(),
         unit: Some(spec),

@@ -13,9 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::Service;
+use crate::config::{Readiness, Service};
 use crate::journal::Record;
-use crate::plan::Command;
+use crate::plan::{Check, Command};
 use crate::release::{self, Paths};
 use crate::systemd::ActiveState;
 use crate::upstream;
@@ -207,8 +207,17 @@ pub(super) async fn ready(
     let svc = act.configured("a slot readiness check")?;
     let target = next(act, svc, slots)?;
     let unit = svc.slot_unit(target);
-    let url = url.replace("{slot}", &target.to_string());
-    let note = super::health::health(act, &unit, &url, timeout_secs).await?;
+    // A slot answers what the service is asked, on the slot's port.
+    let check = match svc.readiness {
+        Readiness::Tcp => Check::Tcp {
+            address: format!("127.0.0.1:{target}"),
+        },
+        _ => Check::Http {
+            url: url.replace("{slot}", &target.to_string()),
+        },
+    };
+    let note =
+        super::health::health_on(act, &unit, &check, timeout_secs, Some(target)).await?;
     Ok(Some(format!(
         "slot {target} {}",
         note.unwrap_or_else(|| "ready".to_owned())

@@ -13,8 +13,9 @@ mod proxy;
 pub(super) mod unit_file;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use miette::Diagnostic;
 
@@ -28,8 +29,11 @@ use super::Ctx;
 use super::journaling::{Shared, spawn_recorder};
 
 /// How one action ended: its journal note, or its error with the message
-/// recorded (the unit's last journal lines added).
-pub(super) type Performed = Result<Option<String>, (ActionError, String)>;
+/// recorded (how the unit's main process ended and its last journal lines
+/// added) and, for a unit's restart, start or readiness check, the same
+/// facts for the event stream.
+pub(super) type Performed =
+    Result<Option<String>, (ActionError, String, Option<crate::events::UnitFailure>)>;
 
 /// What one performer sees: the action and where it runs.
 struct Act<'a> {
@@ -99,12 +103,13 @@ pub(super) async fn run(
             let ms = t.elapsed().as_millis();
             Ok(Some(note.map_or_else(
                 || format!("{ms} ms"),
-                |n| format!("{n} ({ms} ms)"),
+                |n| format!("{n}; the action took {ms} ms"),
             )))
         }
         Err(e) => {
             let mut msg = e.message();
             // The unit's own words on why it did not come up.
+            let mut failure = None;
             if let (Some(unit), true) = (
                 a.step.unit(),
                 matches!(
@@ -115,20 +120,56 @@ pub(super) async fn run(
                         | ActionKind::SlotStart
                         | ActionKind::SlotReady
                 ),
-            ) {
-                let lines = crate::logs::tail(unit, JOURNAL_TAIL).await;
-                if !lines.is_empty() {
-                    msg.push_str("\nlast lines of ");
-                    msg.push_str(unit);
-                    msg.push_str("'s journal:");
-                    for l in lines {
+            ) && !matches!(e, ActionError::Journal(_))
+            {
+                let f = unit_failure(ctx, unit).await;
+                // How its main process ended, and how often systemd
+                // restarted it: a crash on start says its exit status.
+                if let Some(exit) = &f.exit {
+                    let _ = write!(msg, "\n{unit}: {exit}");
+                }
+                if let Some(why) = &f.journal_unavailable {
+                    let _ = write!(msg, "\nno journal lines of {unit}: {why}");
+                } else {
+                    let _ = write!(msg, "\nlast lines of {unit}'s journal:");
+                    for l in &f.journal {
                         msg.push_str("\n    | ");
-                        msg.push_str(&l);
+                        msg.push_str(l);
                     }
                 }
+                failure = Some(f);
             }
-            Err((e, msg))
+            Err((e, msg, failure))
         }
+    }
+}
+
+/// What systemd and the journal say about `unit` after its action failed.
+/// A unit in a `Restart=` loop runs a new main process most of the time,
+/// which has not ended yet: its exit status is read again for up to
+/// [`RESTARTED_EXIT_WAIT`], until that process ends the way the last one
+/// did (a crash on start ends again within a second or so).
+async fn unit_failure(ctx: &Ctx, unit: &str) -> crate::events::UnitFailure {
+    let deadline = Instant::now() + RESTARTED_EXIT_WAIT;
+    let mut exit = ctx.systemd.main_exit(unit).await.ok().flatten();
+    while exit
+        .as_ref()
+        .is_some_and(crate::systemd::MainExit::restarted_and_running)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(RESTARTED_EXIT_POLL).await;
+        exit = ctx.systemd.main_exit(unit).await.ok().flatten();
+    }
+    let journal = crate::logs::tail(unit, JOURNAL_TAIL).await;
+    let (journal, journal_unavailable) = match journal {
+        Ok(lines) => (lines, None),
+        Err(why) => (Vec::new(), Some(why)),
+    };
+    crate::events::UnitFailure {
+        name: unit.to_owned(),
+        exit,
+        journal,
+        journal_unavailable,
     }
 }
 
@@ -154,9 +195,9 @@ async fn perform(act: &Act<'_>) -> Result<Option<String>, ActionError> {
         Step::Disable { units } => jobs::disable(act, units).await,
         Step::Health {
             unit,
-            url,
+            check,
             timeout_secs,
-        } => health::health(act, unit, url, *timeout_secs).await,
+        } => health::health(act, unit, check, *timeout_secs).await,
         Step::ReloadProxy { unit, check } => proxy::reload(act, unit, check.as_ref()).await,
         Step::SlotStart {
             slots,
@@ -185,6 +226,12 @@ async fn perform(act: &Act<'_>) -> Result<Option<String>, ActionError> {
         } => cutover::stop(act, *slots, upstream.as_deref(), unlink.as_deref()).await,
     }
 }
+
+/// How long a failure report waits for the restarted main process of a unit
+/// in a `Restart=` loop to end ([`unit_failure`]).
+const RESTARTED_EXIT_WAIT: Duration = Duration::from_secs(2);
+/// How often it looks meanwhile.
+const RESTARTED_EXIT_POLL: Duration = Duration::from_millis(50);
 
 /// Journal lines of a unit shown when its restart or readiness fails.
 const JOURNAL_TAIL: usize = 10;
@@ -251,7 +298,7 @@ pub(crate) enum ActionError {
     #[error("{url}: {error}")]
     #[diagnostic(code(moorline::action::not_ready))]
     NotReady { url: String, error: String },
-    #[error("{unit} answered ready but did not stay up: now {state}")]
+    #[error("{unit} did not stay up through the settle window: now {state}")]
     #[diagnostic(code(moorline::action::unsettled))]
     Unsettled { unit: String, state: String },
     #[error("a blocking task failed")]

@@ -25,9 +25,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use miette::Diagnostic;
 
 use super::{
-    FORMAT_VERSION, Plan, PlanInputs, RollbackKind, ServiceChange, ServicePlan, UnitChange, short,
+    Check, FORMAT_VERSION, Plan, PlanInputs, RollbackKind, ServiceChange, ServicePlan, UnitChange,
+    short,
 };
-use crate::config::{Config, Environment, Service};
+use crate::config::{Config, Environment, Readiness, Service};
 use crate::files::sha256_hex;
 use crate::git::{Changes, GitError, Repo};
 use crate::state::State;
@@ -296,18 +297,42 @@ pub(crate) fn slot_ready_url(s: &Service) -> String {
     }
 }
 
+/// What a service's `health` step waits for, placeholders resolved.
+pub(crate) fn ready_check(s: &Service) -> Check {
+    match &s.readiness {
+        Readiness::Http => Check::Http { url: ready_url(s) },
+        Readiness::Tcp => Check::Tcp {
+            address: format!("127.0.0.1:{}", s.port.unwrap_or(0)),
+        },
+        Readiness::Exec(argv) => {
+            let vars = Vars {
+                service: Some(&s.name),
+                port: s.port,
+                ..Vars::default()
+            };
+            Check::Exec {
+                argv: argv.iter().map(|a| template::render(a, &vars)).collect(),
+            }
+        }
+        Readiness::Notify => Check::Notify,
+        Readiness::None => Check::Stable,
+    }
+}
+
 /// A health path or URL of a service made absolute.
 pub(crate) fn url_for(s: &Service, path_or_url: &str) -> String {
     let vars = Vars {
         service: Some(&s.name),
-        port: Some(s.port),
+        port: s.port,
         ..Vars::default()
     };
     let p = template::render(path_or_url, &vars);
     if p.starts_with("http://") || p.starts_with("https://") {
         p
     } else {
-        format!("http://127.0.0.1:{}{p}", s.port)
+        // A service without a port has no HTTP endpoint on loopback:
+        // port 0 is refused at once, never asked of someone else.
+        format!("http://127.0.0.1:{}{p}", s.port.unwrap_or(0))
     }
 }
 

@@ -53,7 +53,7 @@ pub(super) fn prepare(
         let current = unit::current_link(env, &s.name);
         let vars = Vars {
             service: Some(&s.name),
-            port: Some(s.port),
+            port: s.port,
             root: Some(&env.root),
             release: Some(&release),
             current: Some(&current),
