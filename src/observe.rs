@@ -88,6 +88,10 @@ pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan
         .as_ref()
         .map(|st| crate::migrations::for_plan(config, &t.env, &t.state_dir, st, &changes.to.sha))
         .unwrap_or_default();
+    let failed_here = loaded_state
+        .state
+        .as_ref()
+        .and_then(|st| failure_of(t, st, &changes.to.sha));
     let host = HostView {
         state: loaded_state.state,
         state_sha256: loaded_state.sha256,
@@ -109,6 +113,15 @@ pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan
         adopt: &adopt,
     })?;
     p.warnings.extend(warnings);
+    if p.operation == plan::Operation::Deploy
+        && let Some(f) = failed_here
+    {
+        p.warnings.push(format!(
+            "{}; `apply` asks again before deploying it (or refuses without --yes)",
+            failure_words(&f, &p.to.sha)
+        ));
+        p.failed_here = Some(Box::new(f));
+    }
     let (dirty, unchecked) = uncommitted(t, &p.to.sha)?;
     p.uncommitted = dirty;
     p.warnings
@@ -137,6 +150,28 @@ pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan
         p.warnings.push(uncommitted_warning(&p.uncommitted));
     }
     Ok(p)
+}
+
+/// The last failure here of `rev` or of a commit with the same tree
+/// ([`state::State::failure_of`]).
+pub(crate) fn failure_of(t: &Target, st: &state::State, rev: &str) -> Option<state::Failure> {
+    let tree = t.repo.tree_id(rev);
+    st.failure_of(|r| r == rev || (tree.is_some() && t.repo.tree_id(r) == tree))
+}
+
+/// "revision X failed here at T ...", or "X has the same tree as Y, which
+/// failed here ...": what `plan` and `status` say about a failure of `rev`.
+pub(crate) fn failure_words(f: &state::Failure, rev: &str) -> String {
+    if f.revision == rev {
+        format!("revision {} {}", plan::short(rev), f.describe())
+    } else {
+        format!(
+            "revision {} has the same tree as {}, which {}",
+            plan::short(rev),
+            plan::short(&f.revision),
+            f.describe()
+        )
+    }
 }
 
 /// How many commits only on this environment's branch a plan names.

@@ -18,6 +18,11 @@ use crate::git::Rev;
 pub(crate) use crate::json_file::clip;
 pub(crate) use deploy::{ForeignUnit, HostView, Inputs, MigrateCheck, build};
 
+/// The `from` spec of an automatic rollback's plan (the undo of a failed
+/// apply): its revision is what the failed apply was deploying, not the
+/// deployed one.
+pub(crate) const UNDO_FROM: &str = "failed apply";
+
 /// Version of the JSON contract; bumped on any incompatible change.
 pub(crate) const FORMAT_VERSION: u32 = 1;
 
@@ -84,6 +89,12 @@ pub struct Plan {
     /// environment ran `to` healthy. Absent without `promote-from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) promotion: Option<Promotion>,
+    /// `to` (or a commit with the same tree) failed on this environment,
+    /// or was rolled back by hand here, and no deploy of it succeeded
+    /// since: `apply` asks again, or refuses without `--yes`. Absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) failed_here: Option<Box<crate::state::Failure>>,
 }
 
 /// What a plan knows of its revision's run in the `promote-from` source.
@@ -804,6 +815,7 @@ impl Unbuilt<'_> {
             conflicts: Vec::new(),
             uncommitted: Vec::new(),
             promotion: None,
+            failed_here: None,
         }
     }
 }
@@ -1014,6 +1026,7 @@ mod tests {
             conflicts: Vec::new(),
             uncommitted: Vec::new(),
             promotion: None,
+            failed_here: None,
         }
     }
 

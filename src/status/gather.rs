@@ -113,6 +113,19 @@ pub(crate) async fn gather(t: &Target, sd: &Systemd, options: Options) -> miette
         ));
     }
 
+    if let (Some(st), Some(tip)) = (host.state.as_ref(), &tip)
+        && let Some(f) = crate::observe::failure_of(t, st, tip)
+    {
+        env_drift.push(Drift::new(
+            DriftKind::FailedHere,
+            format!(
+                "the tip of branch {}: {}; `apply` asks before deploying it again",
+                t.env.branch,
+                crate::observe::failure_words(&f, tip)
+            ),
+        ));
+    }
+
     let mut phases: Vec<PhaseStatus> = config
         .phases
         .iter()

@@ -309,6 +309,112 @@ async fn failures_rollbacks_and_restarts_read_naturally() {
         "{t}"
     );
 
+    // The automatic rollback's plan names the revisions for what they are.
+    let broken = w.fx.head("main").unwrap();
+    assert!(
+        t.contains(&format!(
+            "  from {} (what the failed apply was deploying; never recorded as deployed)\n",
+            &broken[..12]
+        )),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "  to   {} (the deployed revision): ",
+            &first[..12]
+        )),
+        "{t}"
+    );
+    assert!(!t.contains("(the deployed revision)\n"), "{t}");
+
+    // The failed revision is the branch tip: plan and status say so, apply refuses it unasked.
+    let failed_words = format!("revision {} failed here at ", &broken[..12]);
+    let out = w.run(&["plan", "--env", "staging"]);
+    let t = text(&out);
+    assert!(t.contains(&format!("warning: {failed_words}")), "{t}");
+    assert!(
+        t.contains("and was rolled back automatically; `apply` asks again"),
+        "{t}"
+    );
+    let out = w.run(&["plan", "--env", "staging", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["failed_here"]["revision"], broken.as_str(), "{plan}");
+    assert_eq!(plan["failed_here"]["how"], "rolled-back", "{plan}");
+    let out = w.run(&["status", "--env", "staging", "--check"]);
+    let t = text(&out);
+    assert_eq!(code(&out), 0, "reported, not failed: {t}");
+    assert!(
+        t.contains(&format!(
+            "failed-here: the tip of branch main: {failed_words}"
+        )),
+        "{t}"
+    );
+    let out = w.run(&["apply", "--env", "staging"]);
+    let t = text(&out);
+    assert_eq!(code(&out), 1, "{t}");
+    assert!(t.contains("moorline::apply::failed_here"), "{t}");
+    assert!(
+        t.contains(&format!("refusing to deploy {} again", &broken[..12])),
+        "{t}"
+    );
+
+    // A revert changes no service: apply records it as deployed, restarts nothing, and the
+    // environment is no longer behind its branch. So does a commit that touches no service.
+    let revert = w.commit("main", "Revert \"broken\"", &[Edit::heal("search")]);
+    let out = w.run(&["plan", "--env", "staging"]);
+    let t = text(&out);
+    assert!(
+        t.contains(&format!(
+            "no service changes since {}: `apply` records {} as deployed and restarts nothing",
+            &first[..12],
+            &revert[..12]
+        )),
+        "{t}"
+    );
+    assert!(!t.contains("failed here"), "{t}");
+    assert_eq!(
+        code(&w.run(&["status", "--env", "staging", "--check", "--fail-behind"])),
+        5
+    );
+    let started = w.invocations(&sd).await;
+    for (sha, edits) in [
+        (revert.clone(), None),
+        (
+            String::new(),
+            Some(vec![Edit::Write {
+                path: "docs/NOTES.md".into(),
+                contents: "notes\n".into(),
+            }]),
+        ),
+    ] {
+        let sha = match edits {
+            Some(e) => w.commit("main", "docs", &e),
+            None => sha,
+        };
+        let out = w.run(&["apply", "--env", "staging", "--yes"]);
+        let t = text(&out);
+        assert_eq!(code(&out), 0, "{t}");
+        assert!(
+            t.contains("nothing to restart: no service changed since ")
+                && t.contains(&format!(
+                    "; recorded {} as the revision deployed to staging",
+                    &sha[..12]
+                )),
+            "{t}"
+        );
+        assert_eq!(crate::deploy::state_json(&w)["revision"], sha.as_str());
+        let out = w.run(&["status", "--env", "staging", "--check", "--fail-behind"]);
+        assert_eq!(code(&out), 0, "{}", text(&out));
+        // Applying again: nothing left to record.
+        let out = w.run(&["apply", "--env", "staging", "--yes"]);
+        assert!(
+            text(&out).contains("nothing to apply: staging is up to date"),
+            "{}",
+            text(&out)
+        );
+    }
+    assert_eq!(w.invocations(&sd).await, started, "nothing restarted");
+
     // A fixed release deployed, then rolled back by hand: the plan says what it is.
     let fixed = w.commit(
         "main",
