@@ -37,7 +37,7 @@ pub fn run(cli: &Cli) -> i32 {
 fn dispatch(cli: &Cli) -> miette::Result<i32> {
     let global = &cli.global;
     match &cli.command {
-        Command::Validate => Ok(validate(&load_config(global.config.as_deref())?)),
+        Command::Validate => validate(&load_config(global.config.as_deref())?),
         Command::Init(args) => init::run(args),
         Command::Plan(args) => plan(global, args),
         Command::Apply(args) => apply_cmd(global, args),
@@ -225,7 +225,8 @@ pub(crate) fn load_config(flag: Option<&Path>) -> miette::Result<Loaded> {
     Ok(loaded)
 }
 
-fn validate(loaded: &Loaded) -> i32 {
+fn validate(loaded: &Loaded) -> miette::Result<i32> {
+    crate::config::check_shared_hosts(loaded)?;
     let c = &loaded.config;
     let plural = |n: usize, word: &str| {
         if n == 1 {
@@ -242,7 +243,7 @@ fn validate(loaded: &Loaded) -> i32 {
         plural(c.phases.len(), "phase"),
         plural(c.environments.len(), "environment"),
     );
-    exit::OK
+    Ok(exit::OK)
 }
 
 fn request(target: &PlanTarget) -> PlanRequest {

@@ -463,6 +463,7 @@ fn units_at(t: &Target, sha: &str) -> Option<BTreeMap<String, Option<String>>> {
     } else {
         parsed = {
             let mut c = config::parse("old", &text).ok()?;
+            c.for_environment(&t.env.name);
             if t.systemd == crate::systemd::Bus::User {
                 for_user_manager(&mut c);
             }

@@ -18,7 +18,17 @@ pub(crate) fn run(args: &InitArgs) -> miette::Result<i32> {
     let scan = init::scan(&files)?;
     let text = init::render(&scan);
     // Never write a configuration that does not validate.
-    if let Err(e) = crate::config::parse(&out.display().to_string(), &text) {
+    let config = match crate::config::parse(&out.display().to_string(), &text) {
+        Ok(c) => c,
+        Err(e) => return Err(InitError::InvalidOutput { problems: vec![e] }.into()),
+    };
+    // Nor one that `validate` refuses: its environments share this host.
+    let loaded = crate::config::Loaded {
+        path: out.clone(),
+        text: text.clone(),
+        config,
+    };
+    if let Err(e) = crate::config::check_shared_hosts(&loaded) {
         return Err(InitError::InvalidOutput { problems: vec![e] }.into());
     }
     write(&out, text.as_bytes(), args.force)?;
@@ -54,7 +64,10 @@ pub(crate) fn run(args: &InitArgs) -> miette::Result<i32> {
     } else {
         format!(" -c {}", shell_word(&out.display().to_string()))
     };
-    println!("next: moorline{flag} validate, then moorline{flag} plan --env staging");
+    println!(
+        "next: moorline{flag} validate; commit {} (moorline deploys commits, and `apply` refuses a configuration that is not committed); then moorline{flag} plan --env staging",
+        shell_word(&out.display().to_string())
+    );
     Ok(exit::OK)
 }
 

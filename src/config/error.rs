@@ -62,6 +62,9 @@ pub enum ProblemKind {
     TypeAnnotation,
     PassEnvName,
     PassEnvDuplicate,
+    SharedRoot,
+    SharedUnitNames,
+    SharedPorts,
 }
 
 impl ProblemKind {
@@ -120,6 +123,9 @@ impl ProblemKind {
         Self::TypeAnnotation,
         Self::PassEnvName,
         Self::PassEnvDuplicate,
+        Self::SharedRoot,
+        Self::SharedUnitNames,
+        Self::SharedPorts,
     ];
 
     /// The stable code printed with the diagnostic (`moorline::config::...`).
@@ -178,6 +184,9 @@ impl ProblemKind {
             Self::TypeAnnotation => "moorline::config::type_annotation",
             Self::PassEnvName => "moorline::config::pass_env_name",
             Self::PassEnvDuplicate => "moorline::config::pass_env_duplicate",
+            Self::SharedRoot => "moorline::config::shared_root",
+            Self::SharedUnitNames => "moorline::config::shared_unit_names",
+            Self::SharedPorts => "moorline::config::shared_ports",
         }
     }
 }
