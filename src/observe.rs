@@ -45,6 +45,11 @@ pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan
         .or_else(|| loaded_state.state.as_ref().and_then(|s| s.revision.clone()));
     let from = from_spec.map(|f| t.repo.resolve(&f)).transpose()?;
     let mut warnings = Vec::new();
+    if loaded_state.state.is_none()
+        && let Some(w) = state_elsewhere(t)
+    {
+        warnings.push(w);
+    }
     if req.to.is_none()
         && to.spec == t.env.branch
         && let Some(remote) = t.repo.remote_tip(&t.env.branch)
@@ -150,6 +155,42 @@ pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan
         p.warnings.push(uncommitted_warning(&p.uncommitted));
     }
     Ok(p)
+}
+
+/// When no state was found in the default state directory of the manager
+/// moorline drives (no `--state-dir`), but the other manager's default
+/// directory has one (`--systemd user` and `system` keep their states
+/// apart): where it is and how to use it. `None` otherwise.
+pub(crate) fn state_elsewhere(t: &Target) -> Option<String> {
+    use crate::systemd::Bus;
+    let project = &t.config().project.name;
+    let env = &t.env.name;
+    if t.state_dir != state::default_dir(project, env, t.systemd == Bus::User) {
+        return None;
+    }
+    let (other, flag) = match t.systemd {
+        Bus::System => (state::default_dir(project, env, true), "user"),
+        Bus::User => (state::system_dir(project, env), "system"),
+    };
+    // The directory is private (0700): seeing it is enough, its file may
+    // not be readable from here.
+    if other == t.state_dir || !other.is_dir() {
+        return None;
+    }
+    let sudo = if flag == "system" && !crate::files::is_root() {
+        " as root (sudo)"
+    } else {
+        ""
+    };
+    Some(format!(
+        "nothing is recorded as deployed in {} (the state of the {} manager), but {} holds the state of the {flag} manager's deploys of {env}: if {env} runs there, plan with --systemd {flag}{sudo} (or set MOORLINE_SYSTEMD={flag}), or point at it with --state-dir",
+        t.state_dir.display(),
+        match t.systemd {
+            Bus::System => "system",
+            Bus::User => "user",
+        },
+        other.display()
+    ))
 }
 
 /// The last failure here of `rev` or of a commit with the same tree

@@ -470,7 +470,7 @@ pub enum StateError {
 /// `~/.local/state`) even as root, never beside the system's.
 pub(crate) fn default_dir(project: &str, env: &str, user_manager: bool) -> PathBuf {
     if is_root() && !user_manager {
-        return PathBuf::from(format!("/var/lib/moorline/{project}/{env}"));
+        return system_dir(project, env);
     }
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
@@ -478,6 +478,12 @@ pub(crate) fn default_dir(project: &str, env: &str, user_manager: bool) -> PathB
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .unwrap_or_else(|| PathBuf::from("/tmp"));
     base.join("moorline").join(project).join(env)
+}
+
+/// The system manager's default state directory (what root uses without
+/// `--systemd user`).
+pub(crate) fn system_dir(project: &str, env: &str) -> PathBuf {
+    PathBuf::from(format!("/var/lib/moorline/{project}/{env}"))
 }
 
 /// State as read from disk, with the hash of its bytes (for fingerprints).

@@ -84,7 +84,10 @@ pub(crate) async fn gather(t: &Target, sd: &Systemd, options: Options) -> miette
     match (&deployed, &tip) {
         (None, _) => env_drift.push(Drift::new(
             DriftKind::NeverDeployed,
-            format!("nothing deployed to {} yet (no state)", t.env.name),
+            match crate::observe::state_elsewhere(t) {
+                Some(w) => format!("nothing deployed to {} yet (no state); {w}", t.env.name),
+                None => format!("nothing deployed to {} yet (no state)", t.env.name),
+            },
         )),
         (Some(d), Some(tip)) if d != tip => env_drift.push(Drift::new(
             DriftKind::BehindBranch,

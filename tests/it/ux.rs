@@ -681,3 +681,60 @@ fn merge_into_production(w: &World, message: &str) -> String {
         .unwrap();
     id.to_string()
 }
+
+/// A plan that finds no state where the manager it drives keeps it, while the other manager's
+/// default directory has one (a deploy made with `--systemd user`, planned as root without it),
+/// says where that state is and how to use it.
+#[test]
+fn a_plan_without_state_names_the_other_managers_state() {
+    if !moorline::files::is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = moorline::demo::fixture::FixtureOptions::new(dir.path().join("srv"));
+    opts.port_base = Some(crate::support::port(27600));
+    let fx = moorline::demo::fixture::Fixture::create(&dir.path().join("fx"), &opts).unwrap();
+    let xdg = dir.path().join("xdg");
+    let plan = |systemd: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_moorline"));
+        c.args(["-c", fx.config_path.to_str().unwrap()])
+            .args(["plan", "--env", "staging"])
+            .env("XDG_STATE_HOME", &xdg)
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("NO_COLOR", "1")
+            .env_remove("MOORLINE_CONFIG")
+            .env_remove("MOORLINE_SYSTEMD");
+        if let Some(s) = systemd {
+            c.env("MOORLINE_SYSTEMD", s);
+        }
+        text(&c.output().unwrap())
+    };
+    let system = std::path::Path::new("/var/lib/moorline/pakashop/staging");
+    if system.exists() {
+        // A real deploy of a project of this name on this machine: not ours to judge.
+        return;
+    }
+    let hint = "holds the state of the user manager's deploys of staging";
+    assert!(!plan(None).contains(hint), "{}", plan(None));
+    // The user manager's state (as `--systemd user` wrote it).
+    let user_state = xdg.join("moorline/pakashop/staging");
+    std::fs::create_dir_all(&user_state).unwrap();
+    std::fs::write(
+        user_state.join("state.json"),
+        "{\"format_version\": 1, \"project\": \"pakashop\", \"environment\": \"staging\", \"revision\": null, \"services\": {}}\n",
+    )
+    .unwrap();
+    let t = plan(None);
+    assert!(
+        t.contains(&format!(
+            "warning: nothing is recorded as deployed in {} (the state of the system manager), but {} {hint}: if staging runs there, plan with --systemd user (or set MOORLINE_SYSTEMD=user), or point at it with --state-dir",
+            system.display(),
+            user_state.display()
+        )),
+        "{t}"
+    );
+    // MOORLINE_SYSTEMD picks the user manager: its state is found, nothing to say.
+    let t = plan(Some("user"));
+    assert!(!t.contains("nothing is recorded as deployed in"), "{t}");
+    assert!(!system.exists(), "a plan writes no state");
+}
