@@ -826,6 +826,15 @@ impl Plan {
         !self.actions.is_empty()
     }
 
+    /// A deploy plan that changes no service toward a revision that is not
+    /// the deployed one (a revert, a commit that touches no service):
+    /// `apply` records `to` as deployed and restarts nothing.
+    pub(crate) fn records_only(&self) -> bool {
+        self.operation == Operation::Deploy
+            && !self.has_changes()
+            && self.from.as_ref().is_some_and(|f| f.sha != self.to.sha)
+    }
+
     /// Whether unit files moorline did not install stand in its way.
     pub(crate) fn has_conflicts(&self) -> bool {
         !self.conflicts.is_empty()
