@@ -123,8 +123,13 @@ pub(crate) enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// The man page (roff) on standard output
-    Man,
+    /// The man page (roff) on standard output; with --dir, a page for every command
+    Man {
+        /// Write moorline.1 and a page for every subcommand (moorline-plan.1,
+        /// moorline-backup-list.1, ...) into DIR instead
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// What a plan is computed for: shared by `plan` and `graph`.

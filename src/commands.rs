@@ -37,7 +37,7 @@ pub fn run(cli: &Cli) -> i32 {
 fn dispatch(cli: &Cli) -> miette::Result<i32> {
     let global = &cli.global;
     match &cli.command {
-        Command::Validate => Ok(validate(&load_config(global.config.as_deref())?)),
+        Command::Validate => validate(&load_config(global.config.as_deref())?),
         Command::Init(args) => init::run(args),
         Command::Plan(args) => plan(global, args),
         Command::Apply(args) => apply_cmd(global, args),
@@ -104,13 +104,53 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             clap_complete::generate(*shell, &mut cmd, "moorline", &mut std::io::stdout());
             Ok(exit::OK)
         }
-        Command::Man => {
+        Command::Man { dir: None } => {
             let man = clap_mangen::Man::new(Cli::command());
             man.render(&mut std::io::stdout())
                 .map_err(|e| miette::miette!("cannot write the man page: {e}"))?;
             Ok(exit::OK)
         }
+        Command::Man { dir: Some(dir) } => {
+            for path in man_pages(dir)? {
+                println!("{}", path.display());
+            }
+            Ok(exit::OK)
+        }
     }
+}
+
+/// Writes a man page for moorline and for every subcommand, nested ones
+/// included (`moorline-backup-list.1`), into `dir` (created if missing),
+/// each atomically; returns their paths, in order.
+fn man_pages(dir: &std::path::Path) -> miette::Result<Vec<std::path::PathBuf>> {
+    fn pages(cmd: &clap::Command, out: &mut Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
+        // Every page's footer names the version, the subcommands' too.
+        let man = clap_mangen::Man::new(cmd.clone().version(env!("CARGO_PKG_VERSION")));
+        let mut bytes = Vec::new();
+        man.render(&mut bytes)?;
+        out.push((man.get_filename(), bytes));
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            pages(sub, out)?;
+        }
+        Ok(())
+    }
+    let cannot = |e: std::io::Error| {
+        miette::miette!("cannot write the man pages into {}: {e}", dir.display())
+    };
+    // Built, so that each subcommand's page is named and titled with its
+    // full name (`moorline-plan`), and without clap's `help` subcommand.
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let mut out = Vec::new();
+    pages(&cmd, &mut out).map_err(cannot)?;
+    std::fs::create_dir_all(dir).map_err(cannot)?;
+    let mut written = Vec::new();
+    for (name, bytes) in out {
+        let path = dir.join(name);
+        crate::files::write_atomic(&path, &bytes).map_err(cannot)?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 /// `apply`: the plan file (`PLANFILE` or `--reviewed`) is read first,
@@ -226,7 +266,8 @@ pub(crate) fn load_config(flag: Option<&Path>) -> miette::Result<Loaded> {
     Ok(loaded)
 }
 
-fn validate(loaded: &Loaded) -> i32 {
+fn validate(loaded: &Loaded) -> miette::Result<i32> {
+    crate::config::check_shared_hosts(loaded)?;
     let c = &loaded.config;
     let plural = |n: usize, word: &str| {
         if n == 1 {
@@ -243,7 +284,7 @@ fn validate(loaded: &Loaded) -> i32 {
         plural(c.phases.len(), "phase"),
         plural(c.environments.len(), "environment"),
     );
-    exit::OK
+    Ok(exit::OK)
 }
 
 fn request(target: &PlanTarget) -> PlanRequest {

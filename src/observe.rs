@@ -45,6 +45,11 @@ pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan
         .or_else(|| loaded_state.state.as_ref().and_then(|s| s.revision.clone()));
     let from = from_spec.map(|f| t.repo.resolve(&f)).transpose()?;
     let mut warnings = Vec::new();
+    if loaded_state.state.is_none()
+        && let Some(w) = state_elsewhere(t)
+    {
+        warnings.push(w);
+    }
     if req.to.is_none()
         && to.spec == t.env.branch
         && let Some(remote) = t.repo.remote_tip(&t.env.branch)
@@ -88,6 +93,10 @@ pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan
         .as_ref()
         .map(|st| crate::migrations::for_plan(config, &t.env, &t.state_dir, st, &changes.to.sha))
         .unwrap_or_default();
+    let failed_here = loaded_state
+        .state
+        .as_ref()
+        .and_then(|st| failure_of(t, st, &changes.to.sha));
     let host = HostView {
         state: loaded_state.state,
         state_sha256: loaded_state.sha256,
@@ -109,6 +118,15 @@ pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan
         adopt: &adopt,
     })?;
     p.warnings.extend(warnings);
+    if p.operation == plan::Operation::Deploy
+        && let Some(f) = failed_here
+    {
+        p.warnings.push(format!(
+            "{}; `apply` asks again before deploying it (or refuses without --yes)",
+            failure_words(&f, &p.to.sha)
+        ));
+        p.failed_here = Some(Box::new(f));
+    }
     let (dirty, unchecked) = uncommitted(t, &p.to.sha)?;
     p.uncommitted = dirty;
     p.warnings
@@ -137,6 +155,64 @@ pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan
         p.warnings.push(uncommitted_warning(&p.uncommitted));
     }
     Ok(p)
+}
+
+/// When no state was found in the default state directory of the manager
+/// moorline drives (no `--state-dir`), but the other manager's default
+/// directory has one (`--systemd user` and `system` keep their states
+/// apart): where it is and how to use it. `None` otherwise.
+pub(crate) fn state_elsewhere(t: &Target) -> Option<String> {
+    use crate::systemd::Bus;
+    let project = &t.config().project.name;
+    let env = &t.env.name;
+    if t.state_dir != state::default_dir(project, env, t.systemd == Bus::User) {
+        return None;
+    }
+    let (other, flag) = match t.systemd {
+        Bus::System => (state::default_dir(project, env, true), "user"),
+        Bus::User => (state::system_dir(project, env), "system"),
+    };
+    // The directory is private (0700): seeing it is enough, its file may
+    // not be readable from here.
+    if other == t.state_dir || !other.is_dir() {
+        return None;
+    }
+    let sudo = if flag == "system" && !crate::files::is_root() {
+        " as root (sudo)"
+    } else {
+        ""
+    };
+    Some(format!(
+        "nothing is recorded as deployed in {} (the state of the {} manager), but {} holds the state of the {flag} manager's deploys of {env}: if {env} runs there, plan with --systemd {flag}{sudo} (or set MOORLINE_SYSTEMD={flag}), or point at it with --state-dir",
+        t.state_dir.display(),
+        match t.systemd {
+            Bus::System => "system",
+            Bus::User => "user",
+        },
+        other.display()
+    ))
+}
+
+/// The last failure here of `rev` or of a commit with the same tree
+/// ([`state::State::failure_of`]).
+pub(crate) fn failure_of(t: &Target, st: &state::State, rev: &str) -> Option<state::Failure> {
+    let tree = t.repo.tree_id(rev);
+    st.failure_of(|r| r == rev || (tree.is_some() && t.repo.tree_id(r) == tree))
+}
+
+/// "revision X failed here at T ...", or "X has the same tree as Y, which
+/// failed here ...": what `plan` and `status` say about a failure of `rev`.
+pub(crate) fn failure_words(f: &state::Failure, rev: &str) -> String {
+    if f.revision == rev {
+        format!("revision {} {}", plan::short(rev), f.describe())
+    } else {
+        format!(
+            "revision {} has the same tree as {}, which {}",
+            plan::short(rev),
+            plan::short(&f.revision),
+            f.describe()
+        )
+    }
 }
 
 /// How many commits only on this environment's branch a plan names.
@@ -428,6 +504,7 @@ fn units_at(t: &Target, sha: &str) -> Option<BTreeMap<String, Option<String>>> {
     } else {
         parsed = {
             let mut c = config::parse("old", &text).ok()?;
+            c.for_environment(&t.env.name);
             if t.systemd == crate::systemd::Bus::User {
                 for_user_manager(&mut c);
             }

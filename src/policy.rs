@@ -113,6 +113,14 @@ pub(crate) enum GateError {
         )
     )]
     UnitConflict { files: String, how: String },
+    #[error("refusing to deploy {sha} again without confirmation: it {what}")]
+    #[diagnostic(
+        code(moorline::apply::failed_here),
+        help(
+            "nothing was changed. Deploy a fix (a new commit) instead, or, knowingly, deploy it again with --yes (on a terminal, apply asks)"
+        )
+    )]
+    FailedHere { sha: String, what: String },
     #[error("refusing to apply without confirmation: there is no terminal to ask on")]
     #[diagnostic(
         code(moorline::apply::unconfirmed),
@@ -269,6 +277,33 @@ pub(crate) fn no_unit_conflicts(p: &Plan, source: PlanSource) -> Result<(), Gate
 /// terminal, and says no without one). `ask` is not called with `--yes`.
 pub(crate) fn confirmed(yes: bool, ask: impl FnOnce() -> bool) -> bool {
     yes || ask()
+}
+
+/// A plan toward a revision that failed here (or was rolled back by hand
+/// here) since its last healthy deploy goes on only when asked again:
+/// `--yes`, else the answer of `ask` (no terminal: no).
+pub(crate) fn not_failed_here(
+    p: &Plan,
+    yes: bool,
+    ask: impl FnOnce(&str) -> bool,
+) -> Result<(), GateError> {
+    let Some(f) = &p.failed_here else {
+        return Ok(());
+    };
+    let sha = crate::plan::short(&p.to.sha).to_owned();
+    let what = if f.revision == p.to.sha {
+        f.describe()
+    } else {
+        format!(
+            "has the same tree as {}, which {}",
+            crate::plan::short(&f.revision),
+            f.describe()
+        )
+    };
+    if yes || ask(&format!("{sha} {what}. Deploy it again?")) {
+        return Ok(());
+    }
+    Err(GateError::FailedHere { sha, what })
 }
 
 /// An apply goes on only when confirmed ([`confirmed`]).

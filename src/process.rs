@@ -790,6 +790,7 @@ mod tests {
             root: "/srv/shop".into(),
             url: None,
             unit_dir: None,
+            port_offset: 0,
             approval: false,
             promote_from: None,
             backup: None,

@@ -197,6 +197,137 @@ impl State {
     }
 }
 
+/// A revision that did not stay deployed here: its apply failed (rolled
+/// back or left), or it was rolled back by hand while it was the deployed
+/// one ([`State::failure_of`]). What `plan` and `status` warn about and
+/// `apply` asks about again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Failure {
+    /// The revision that failed (the one asked about, or a commit with
+    /// the same tree).
+    pub(crate) revision: String,
+    pub(crate) how: FailureKind,
+    /// When (seconds since the Unix epoch), if the state says.
+    pub(crate) at: Option<u64>,
+    /// The apply that failed, or the rollback that went back from it.
+    pub(crate) apply_id: Option<String>,
+}
+
+/// How a revision did not stay deployed ([`Failure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum FailureKind {
+    /// Its apply failed and was left as is (or failed before anything
+    /// live changed).
+    Failed,
+    /// Its apply failed and was rolled back automatically.
+    RolledBack,
+    /// Its apply failed and so did the automatic rollback.
+    RollbackFailed,
+    /// It was deployed, then rolled back by hand (`moorline rollback`).
+    RolledBackByHand,
+}
+
+impl Failure {
+    /// "failed here at T (apply X) and was rolled back", for warnings.
+    pub(crate) fn describe(&self) -> String {
+        let at = self.at.map_or_else(String::new, |t| {
+            format!(
+                " at {}",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)
+                )
+            )
+        });
+        let id = self
+            .apply_id
+            .as_ref()
+            .map_or_else(String::new, |i| format!(" (apply {i})"));
+        match self.how {
+            FailureKind::Failed => format!("failed here{at}{id}"),
+            FailureKind::RolledBack => {
+                format!("failed here{at}{id} and was rolled back automatically")
+            }
+            FailureKind::RollbackFailed => {
+                format!("failed here{at}{id}, and so did its automatic rollback")
+            }
+            FailureKind::RolledBackByHand => format!("was rolled back by hand here{at}{id}"),
+        }
+    }
+}
+
+/// When an apply began, from its id (`SECS-MICROS-PID`, see
+/// `execute::new_apply_id`); `None` for an id of another form.
+fn apply_began(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+impl State {
+    /// The last time a revision `same` matches (the one asked about, or a
+    /// commit with the same tree) did not stay deployed here, unless a
+    /// deploy of it succeeded since: its apply failed (`last_failure`), or
+    /// it was rolled back by hand while deployed (`deploys`).
+    pub(crate) fn failure_of(&self, same: impl Fn(&str) -> bool) -> Option<Failure> {
+        let last_deploy = self.deploys.iter().rev().find(|d| same(&d.revision));
+        let by_hand = last_deploy.and_then(|d| {
+            d.rolled_back_at.map(|at| Failure {
+                revision: d.revision.clone(),
+                how: FailureKind::RolledBackByHand,
+                at: Some(at),
+                apply_id: self
+                    .rolled_back
+                    .as_ref()
+                    .filter(|_| d.until.is_none())
+                    .map(|r| r.apply_id.clone()),
+            })
+        });
+        let failed = self.last_failure.as_ref().and_then(|f| {
+            let how = match f.outcome {
+                ApplyOutcome::Succeeded => return None,
+                ApplyOutcome::Failed => FailureKind::Failed,
+                ApplyOutcome::RolledBack => FailureKind::RolledBack,
+                ApplyOutcome::RollbackFailed => FailureKind::RollbackFailed,
+            };
+            if !same(&f.to) {
+                return None;
+            }
+            let at = apply_began(&f.id);
+            // Deployed healthy since (a later apply of the same revision
+            // succeeded): the failure no longer counts.
+            if let (Some(d), Some(at)) = (last_deploy, at)
+                && d.at >= at
+            {
+                return None;
+            }
+            Some(Failure {
+                revision: f.to.clone(),
+                how,
+                at,
+                apply_id: Some(f.id.clone()),
+            })
+        });
+        match (by_hand, failed) {
+            (Some(h), Some(f)) => Some(if h.at >= f.at { h } else { f }),
+            (h, f) => h.or(f),
+        }
+    }
+
+    /// Records that `revision` is deployed although its apply changed
+    /// nothing (a revert, a commit that touches no service): the state's
+    /// revision and a deploy record, so that the branch is no longer
+    /// behind and `promote-from` sees it. The last apply stays what it
+    /// was, so `rollback` still goes back over the last apply that
+    /// switched something. `false`: it was already the deployed one.
+    pub(crate) fn record_unchanged(&mut self, revision: &str, at: u64) -> bool {
+        if self.revision.as_deref() == Some(revision) {
+            return false;
+        }
+        self.revision = Some(revision.to_owned());
+        self.record_deploy(revision, at);
+        true
+    }
+}
+
 impl ManualRollback {
     /// The record after rollback `apply_id` switched `services` back,
     /// keeping the services of earlier rollbacks since the last deploy.
@@ -339,7 +470,7 @@ pub enum StateError {
 /// `~/.local/state`) even as root, never beside the system's.
 pub(crate) fn default_dir(project: &str, env: &str, user_manager: bool) -> PathBuf {
     if is_root() && !user_manager {
-        return PathBuf::from(format!("/var/lib/moorline/{project}/{env}"));
+        return system_dir(project, env);
     }
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
@@ -347,6 +478,12 @@ pub(crate) fn default_dir(project: &str, env: &str, user_manager: bool) -> PathB
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .unwrap_or_else(|| PathBuf::from("/tmp"));
     base.join("moorline").join(project).join(env)
+}
+
+/// The system manager's default state directory (what root uses without
+/// `--systemd user`).
+pub(crate) fn system_dir(project: &str, env: &str) -> PathBuf {
+    PathBuf::from(format!("/var/lib/moorline/{project}/{env}"))
 }
 
 /// State as read from disk, with the hash of its bytes (for fingerprints).
@@ -474,6 +611,69 @@ mod tests {
         }
         assert_eq!(st.deploys.len(), DEPLOYS_KEPT);
         assert_eq!(st.deploys[0].revision, "5");
+    }
+
+    #[test]
+    fn failures_count_until_a_deploy_of_the_same_revision_succeeds() {
+        let failure = |id: &str, to: &str, outcome| ApplyRecord {
+            id: id.to_owned(),
+            from: Some("a".into()),
+            to: to.to_owned(),
+            switched: Vec::new(),
+            previous_units: BTreeMap::new(),
+            backup: None,
+            migrated: false,
+            outcome,
+        };
+        let is = |r: &'static str| move |x: &str| x == r;
+        let mut st = State::default();
+        st.record_deploy("a", 100);
+        assert_eq!(st.failure_of(is("a")), None);
+        assert_eq!(st.failure_of(is("b")), None);
+        // b's apply failed and was rolled back at 200.
+        st.last_failure = Some(failure("200-000001-7", "b", ApplyOutcome::RolledBack));
+        let f = st.failure_of(is("b")).unwrap();
+        assert_eq!(
+            (f.revision.as_str(), f.how, f.at, f.apply_id.as_deref()),
+            (
+                "b",
+                FailureKind::RolledBack,
+                Some(200),
+                Some("200-000001-7")
+            )
+        );
+        assert!(f.describe().starts_with(
+            "failed here at 1970-01-01T00:03:20Z (apply 200-000001-7) and was rolled back"
+        ));
+        assert_eq!(st.failure_of(is("a")), None);
+        // A revert recorded without restarts does not clear b's failure.
+        assert!(st.record_unchanged("c", 300));
+        assert!(!st.record_unchanged("c", 301));
+        assert_eq!(st.revision.as_deref(), Some("c"));
+        assert!(st.failure_of(is("b")).is_some());
+        // b deployed healthy later: its failure no longer counts.
+        st.record_deploy("b", 400);
+        assert_eq!(st.failure_of(is("b")), None);
+        // Rolled back by hand while deployed: counts, until deployed again.
+        st.record_manual_rollback(500);
+        assert_eq!(
+            st.failure_of(is("b")).map(|f| (f.how, f.at)),
+            Some((FailureKind::RolledBackByHand, Some(500)))
+        );
+        st.record_deploy("b", 600);
+        assert_eq!(st.failure_of(is("b")), None);
+        // Outcomes that are failures, and one that is not.
+        for (outcome, how) in [
+            (ApplyOutcome::Failed, Some(FailureKind::Failed)),
+            (
+                ApplyOutcome::RollbackFailed,
+                Some(FailureKind::RollbackFailed),
+            ),
+            (ApplyOutcome::Succeeded, None),
+        ] {
+            st.last_failure = Some(failure("700-000001-7", "d", outcome));
+            assert_eq!(st.failure_of(is("d")).map(|f| f.how), how);
+        }
     }
 
     /// A state as moorline wrote it while outcomes were strings: it loads,

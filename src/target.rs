@@ -196,6 +196,7 @@ pub(crate) fn resolve(loaded: Loaded, env_name: &str, choices: &Choices) -> miet
         }
     });
     let mut loaded = loaded;
+    loaded.config.for_environment(&env.name);
     if systemd == Bus::User {
         for_user_manager(&mut loaded.config);
     }

@@ -1,6 +1,7 @@
 //! Placeholders in config strings: `{service}`, `{port}`, `{root}`,
-//! `{release}`, `{current}`, `{backup}`, and a fleet drain hook's `{hosts}`
-//! and `{addresses}`. Finding them (for validation) and
+//! `{release}`, `{current}`, `{backup}`, a fleet drain hook's `{hosts}`
+//! and `{addresses}`, and `{env}` (the environment's name, in `unit-name`
+//! and `root`). Finding them (for validation) and
 //! substituting them (for planning) are pure functions; nothing is ever
 //! handed to a shell by moorline.
 
@@ -14,6 +15,7 @@ pub(crate) const ALL: &[&str] = &[
     "backup",
     "hosts",
     "addresses",
+    "env",
 ];
 
 /// The placeholders in `s`: `(byte offset, name)`. `{{` and `}}` are literal

@@ -720,6 +720,7 @@ mod tests {
             root: root.into(),
             url: None,
             unit_dir: None,
+            port_offset: 0,
             approval: false,
             promote_from: None,
             backup: None,

@@ -89,6 +89,7 @@ pub(crate) fn run(
                 policy::clean(Scope::Host, &fresh.uncommitted, args.allow_dirty)?;
                 policy::promoted(&fresh)?;
             }
+            policy::not_failed_here(&fresh, args.yes, confirm)?;
             policy::confirm(args.yes, || {
                 confirm(&format!(
                     "Apply the saved plan ({} actions) to {env_name}?",
@@ -146,9 +147,9 @@ pub(crate) fn run(
             if args.format != Format::Json {
                 eprint!("{}", render::text(&p, report::stderr_color()));
             }
+            policy::not_failed_here(&p, args.yes, confirm)?;
             if !p.has_changes() {
-                println!("nothing to apply: {env_name} is up to date");
-                return Ok(exit::OK);
+                return record_unchanged(t, &p).await;
             }
             policy::clean(Scope::Host, &p.uncommitted, args.allow_dirty)?;
             policy::approved(&env_name, t.env.approval, true, reviewed.is_some())?;
@@ -161,8 +162,7 @@ pub(crate) fn run(
             p
         };
         if !plan.has_changes() {
-            println!("nothing to apply: {env_name} is up to date");
-            return Ok(exit::OK);
+            return record_unchanged(t, &plan).await;
         }
         // What the plan needs from this host (users, env-files, programs, ports), before any
         // change.
@@ -173,4 +173,23 @@ pub(crate) fn run(
         let report = crate::execute::apply(ctx, plan).await?;
         Ok(print_report(&report, &env_name, args.format, operation))
     })
+}
+
+/// An apply whose plan changes nothing: its target is recorded as the
+/// deployed revision (a revert, a commit that touches no service), and
+/// nothing restarts; or nothing at all when it already was.
+async fn record_unchanged(t: &Target, p: &Plan) -> miette::Result<i32> {
+    let env = &t.env.name;
+    if crate::execute::record_unchanged(&t.state_dir, p).await? {
+        let to = crate::plan::short(&p.to.sha);
+        let since = p.from.as_ref().map_or_else(String::new, |f| {
+            format!(" since {}", crate::plan::short(&f.sha))
+        });
+        println!(
+            "nothing to restart: no service changed{since}; recorded {to} as the revision deployed to {env}"
+        );
+    } else {
+        println!("nothing to apply: {env} is up to date");
+    }
+    Ok(exit::OK)
 }

@@ -244,7 +244,7 @@ fn run_apply(global: &Global, args: &ApplyArgs, t: &Target, source: Source) -> m
                 fresh
             }
         };
-        if !plan.has_changes() {
+        if !plan.has_work() {
             println!("nothing to apply: every host of {env} is up to date");
             return Ok(exit::OK);
         }

@@ -20,11 +20,24 @@ pub(crate) fn run(args: &InitArgs) -> miette::Result<i32> {
     // Never write a configuration that does not validate, but for the
     // start commands init left as TODOs (validate refuses those until a
     // person writes them).
-    if let Err(e) = crate::config::parse(&out.display().to_string(), &text)
-        && !e
-            .problems
-            .iter()
-            .all(|p| p.kind == crate::config::ProblemKind::InitTodo)
+    let config = match crate::config::parse(&out.display().to_string(), &text) {
+        Ok(c) => Some(c),
+        Err(e)
+            if e.problems
+                .iter()
+                .all(|p| p.kind == crate::config::ProblemKind::InitTodo) =>
+        {
+            None
+        }
+        Err(e) => return Err(InitError::InvalidOutput { problems: vec![e] }.into()),
+    };
+    // Nor one that `validate` refuses: its environments share this host.
+    if let Some(config) = config
+        && let Err(e) = crate::config::check_shared_hosts(&crate::config::Loaded {
+            path: out.clone(),
+            text: text.clone(),
+            config,
+        })
     {
         return Err(InitError::InvalidOutput { problems: vec![e] }.into());
     }
@@ -66,7 +79,7 @@ pub(crate) fn run(args: &InitArgs) -> miette::Result<i32> {
         _ => out.display().to_string(),
     };
     println!(
-        "next: moorline{flag} validate, then moorline{flag} plan --env staging; commit {} once it validates",
+        "next: moorline{flag} validate; commit {} (moorline deploys commits, and `apply` refuses a configuration that is not committed); then moorline{flag} plan --env staging",
         shell_word(&file)
     );
     Ok(exit::OK)

@@ -67,6 +67,9 @@ pub enum ProblemKind {
     CutoverUnmanaged,
     CutoverSlots,
     ReadyKind,
+    SharedRoot,
+    SharedUnitNames,
+    SharedPorts,
 }
 
 impl ProblemKind {
@@ -130,6 +133,9 @@ impl ProblemKind {
         Self::CutoverUnmanaged,
         Self::CutoverSlots,
         Self::ReadyKind,
+        Self::SharedRoot,
+        Self::SharedUnitNames,
+        Self::SharedPorts,
     ];
 
     /// The stable code printed with the diagnostic (`moorline::config::...`).
@@ -193,6 +199,9 @@ impl ProblemKind {
             Self::CutoverUnmanaged => "moorline::config::cutover_unmanaged",
             Self::CutoverSlots => "moorline::config::cutover_slots",
             Self::ReadyKind => "moorline::config::ready",
+            Self::SharedRoot => "moorline::config::shared_root",
+            Self::SharedUnitNames => "moorline::config::shared_unit_names",
+            Self::SharedPorts => "moorline::config::shared_ports",
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod limits;
 mod mask;
 pub(crate) mod model;
 mod raw;
+mod shared;
 mod syntax;
 mod validate;
 
@@ -55,7 +56,11 @@ pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
         match parse_kdl(text) {
             Ok(doc) => {
                 let raw = raw_tree.insert(raw::read(&doc, text, &mut problems));
-                validate::validate(raw, &mut problems)
+                let config = validate::validate(raw, &mut problems);
+                if let Some(c) = &config {
+                    problems.extend(shared::port_overflow(raw, c));
+                }
+                config
             }
             Err(e) => {
                 problems.extend(syntax::problems(text, e.diagnostics));
@@ -74,6 +79,25 @@ pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
             problems,
         )),
     }
+}
+
+/// What `validate` checks besides [`parse`]: environments that share a
+/// host (both deployed where moorline runs, or to one address) do not use
+/// the same root, unit names or ports. A command on one environment does
+/// not need it; `validate` and `init` refuse such a file.
+pub fn check_shared_hosts(loaded: &Loaded) -> Result<(), ConfigError> {
+    let name = loaded.path.display().to_string();
+    let text = &loaded.text;
+    let mut problems = Vec::new();
+    let Ok(doc) = parse_kdl(text) else {
+        return Ok(());
+    };
+    let raw = raw::read(&doc, text, &mut problems);
+    let found = shared::problems(&raw, &loaded.config);
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(ConfigError::new(&name, mask::mask(text, Some(&raw)), found))
 }
 
 /// Stack for kdl's parser. kdl recovers from a syntax error that ends a

@@ -64,6 +64,10 @@ pub struct Environment {
     /// Where unit files are installed; `None`: the default of the systemd
     /// instance moorline talks to.
     pub unit_dir: Option<String>,
+    /// `port-offset`: added to every service's port in this environment
+    /// (0 when absent), so that two environments on one host listen on
+    /// different ports. Applied by [`Config::for_environment`].
+    pub port_offset: u16,
     /// `apply` in this environment always asks, even with `--yes`, unless
     /// `--approve` names it.
     pub approval: bool,
@@ -435,6 +439,14 @@ pub struct Cutover {
 }
 
 impl Service {
+    /// Every port the service listens on: its `port` and its blue/green
+    /// slots.
+    pub(crate) fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.port
+            .into_iter()
+            .chain(self.cutover.iter().flat_map(|c| c.slots))
+    }
+
     /// The unit systemd runs for one slot of a cutover service
     /// (`pakashop-api@8101.service`); the unit name itself otherwise.
     pub(crate) fn slot_unit(&self, slot: u16) -> String {
@@ -579,6 +591,36 @@ impl Config {
 
     pub(crate) fn runtime_of(&self, service: &Service) -> Option<&Runtime> {
         self.runtimes.get(&service.runtime)
+    }
+
+    /// The configuration as environment `env` runs it: `{env}` in unit
+    /// names (the project's `unit-name`) is the environment's name, and
+    /// every service's port is moved by its `port-offset`. Every command
+    /// that works on one environment sees it so ([`crate::target`]).
+    /// Nothing changes for an environment that is not in the
+    /// configuration. Validation has checked that every moved port fits.
+    pub fn for_environment(&mut self, env: &str) {
+        let Some(offset) = self.environment(env).map(|e| e.port_offset) else {
+            return;
+        };
+        let name =
+            |u: &str| crate::template::render_with(u, |p| (p == "env").then(|| env.to_owned()));
+        for s in &mut self.services {
+            if s.unit_name.contains("{env}") {
+                s.unit_name = name(&s.unit_name);
+            }
+            for a in &mut s.start_after {
+                if a.contains("{env}") {
+                    *a = name(a);
+                }
+            }
+            s.port = s.port.map(|p| p.saturating_add(offset));
+            if let Some(c) = &mut s.cutover {
+                for slot in &mut c.slots {
+                    *slot = slot.saturating_add(offset);
+                }
+            }
+        }
     }
 
     /// Keeps only the services `host` runs (the host side of a fleet):

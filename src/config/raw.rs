@@ -81,6 +81,8 @@ pub(crate) struct RawEnvironment {
     pub(crate) root: Option<Str>,
     pub(crate) url: Option<Str>,
     pub(crate) unit_dir: Option<Str>,
+    /// `port-offset N`: added to every service's port in this environment.
+    pub(crate) port_offset: Option<Spanned<i128>>,
     pub(crate) approval: Option<bool>,
     /// `promote-from "ENV" [state-dir="DIR"]`.
     pub(crate) promote_from: Option<(Str, Option<Str>)>,
@@ -267,6 +269,7 @@ const ENVIRONMENT: &[&str] = &[
     "root",
     "url",
     "unit-dir",
+    "port-offset",
     "approval",
     "promote-from",
     "backup",
@@ -1017,6 +1020,7 @@ impl Reader<'_, '_> {
             root: None,
             url: None,
             unit_dir: None,
+            port_offset: None,
             approval: None,
             promote_from: None,
             backup: None,
@@ -1049,6 +1053,10 @@ impl Reader<'_, '_> {
                 "unit-dir" => {
                     let v = self.one_string(c, "a directory");
                     self.once(&mut env.unit_dir, c, v);
+                }
+                "port-offset" => {
+                    let v = self.integer(c, "a number added to every service's port");
+                    self.once(&mut env.port_offset, c, v);
                 }
                 "approval" => {
                     let v = self.boolean(c);

@@ -56,7 +56,7 @@ const IN_BUILD: &[&str] = &["service", "port", "root", "release", "current"];
 const IN_DEPS: &[&str] = &["service", "port", "root"];
 const IN_UNIT: &[&str] = &["service", "port", "root", "current"];
 const IN_BACKUP: &[&str] = &["root", "backup"];
-const IN_UNIT_NAME: &[&str] = &["service"];
+const IN_UNIT_NAME: &[&str] = &["service", "env"];
 const IN_SERVICE_PATH: &[&str] = &["service"];
 const IN_PLAIN: &[&str] = &[];
 /// A drain hook gets the batch's host names and addresses.
@@ -206,7 +206,10 @@ impl Validator<'_> {
     fn renderable_units(&mut self, raw: &RawConfig, config: &Config) {
         let mut seen = std::collections::BTreeSet::new();
         for env in &config.environments {
-            for svc in &config.services {
+            // As that environment runs it: `{env}` in unit names, its ports.
+            let mut resolved = config.clone();
+            resolved.for_environment(&env.name);
+            for svc in &resolved.services {
                 let Err(e) = crate::unit::render(env, svc) else {
                     continue;
                 };
@@ -717,7 +720,7 @@ impl Validator<'_> {
                         "moorline writes a [Service] unit for each service: end the template with .service, for example \"shop-{service}.service\"",
                     ));
                 } else {
-                    match unit_name_fault(&u.value.replace("{service}", "x")) {
+                    match unit_name_fault(&u.value.replace("{service}", "x").replace("{env}", "x")) {
                         None => {}
                         Some(UnitNameFault::TooLong) => {
                             self.unit_name_too_long(u.span, u.value.len());
@@ -770,7 +773,13 @@ impl Validator<'_> {
                     "add root \"/opt/project\" (where releases are kept)",
                 ));
             }
-            if let Some(r) = &e.root
+            // `{env}` in the root is the environment's name.
+            let root = e.root.as_ref().map(|r| Str {
+                value: r.value.replace("{env}", &name.value),
+                span: r.span,
+                content: None,
+            });
+            if let Some(r) = &root
                 && self.absolute(r, "root")
                 && let Some(why) = unsafe_root(&r.value)
             {
@@ -889,7 +898,12 @@ impl Validator<'_> {
             let env = self.env(&e.env, IN_PLAIN);
             let pass_env = self.pass_env(&e.pass_env);
             let (hosts, rollout, drain) = self.fleet(e, name, &raw.services);
-            let (Some(branch), Some(root)) = (&e.branch, &e.root) else {
+            let port_offset = e.port_offset.as_ref().map_or(Some(0), |o| {
+                self.positive(o, 0, i128::from(u16::MAX) - 1, "port-offset")
+                    .and_then(|o| u16::try_from(o).ok())
+            });
+            let (Some(branch), Some(root), Some(port_offset)) = (&e.branch, &root, port_offset)
+            else {
                 continue;
             };
             out.push(Environment {
@@ -898,6 +912,7 @@ impl Validator<'_> {
                 root: root.value.trim_end_matches('/').to_owned(),
                 url: e.url.as_ref().map(|u| u.value.clone()),
                 unit_dir: e.unit_dir.as_ref().map(|u| u.value.clone()),
+                port_offset,
                 approval: e.approval.unwrap_or(false),
                 promote_from: e.promote_from.as_ref().map(|(source, dir)| PromoteFrom {
                     environment: source.value.clone(),

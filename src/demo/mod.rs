@@ -164,7 +164,7 @@ impl Demo {
     }
 
     fn unit(name: &str) -> String {
-        format!("{PREFIX}-{name}.service")
+        format!("{PREFIX}-staging-{name}.service")
     }
 
     async fn invocations(&self) -> BTreeMap<String, String> {
@@ -263,10 +263,21 @@ async fn run_in(
     // failure step breaks gets a short readiness timeout so that step ends
     // quickly; the others keep the default, so a loaded machine does not
     // fail the first deploy.
-    let text = text.replace(
-        "unit-name \"pakashop-{service}.service\"",
-        &format!("unit-name \"{PREFIX}-{{service}}.service\""),
-    );
+    // Staging and production are both on this host: units of their own
+    // ({env}) and ports of their own (production's port-offset), so that
+    // `validate` accepts them (the demo deploys staging only).
+    let text = text
+        .replace(
+            "unit-name \"pakashop-{service}.service\"",
+            &format!("unit-name \"{PREFIX}-{{env}}-{{service}}.service\""),
+        )
+        .replace(
+            "environment \"production\" {\n",
+            &format!(
+                "environment \"production\" {{\n    port-offset {}\n",
+                production_offset(&fx)
+            ),
+        );
     let text: String = text
         .lines()
         .map(|l| {
@@ -334,6 +345,21 @@ async fn run_in(
     }
     let _ = &demo.dir;
     result
+}
+
+/// A `port-offset` for the fixture's production: the smallest multiple of
+/// 1000 that moves no service's port onto another's, or past 65535 (1000
+/// when none would: validation then says so).
+fn production_offset(fx: &Fixture) -> u16 {
+    let ports: Vec<u16> = fx.services.iter().map(|s| s.port).collect();
+    (1..=65u16)
+        .map(|k| k * 1000)
+        .find(|o| {
+            ports
+                .iter()
+                .all(|p| p.checked_add(*o).is_some_and(|m| !ports.contains(&m)))
+        })
+        .unwrap_or(1000)
 }
 
 async fn steps(d: &mut Demo) -> miette::Result<()> {

@@ -55,6 +55,57 @@ pub(super) async fn save_outcome(
         })?
 }
 
+/// An apply of a deploy plan that changes nothing (a revert, a commit
+/// that touches no service): its target is recorded as the deployed
+/// revision ([`State::record_unchanged`]), atomically and fsync'd, on the
+/// blocking pool. Nothing restarts. `Ok(false)`: nothing to record (no
+/// state, the target was already the deployed one, or the plan is not
+/// such a plan). The caller holds the environment's lock.
+pub(crate) async fn record_unchanged(
+    state_dir: &std::path::Path,
+    plan: &Plan,
+) -> Result<bool, ApplyError> {
+    if plan.operation != crate::plan::Operation::Deploy || plan.has_changes() {
+        return Ok(false);
+    }
+    // An unfinished apply is finished (or rolled back) first: what runs
+    // here is not known until then.
+    if let crate::journal::Current::Begun(r) = super::current_journal(state_dir).await?
+        && !r.ended()
+    {
+        return Err(ApplyError::Unfinished {
+            env: plan.environment.clone(),
+            path: state_dir
+                .join(crate::journal::JOURNAL_FILE)
+                .display()
+                .to_string(),
+        });
+    }
+    let (dir, project, env, to) = (
+        state_dir.to_owned(),
+        plan.project.clone(),
+        plan.environment.clone(),
+        plan.to.sha.clone(),
+    );
+    crate::blocking::run(
+        move || {
+            let Some(mut st) = state::load(&dir, &project, &env)?.state else {
+                return Ok(false);
+            };
+            if !st.record_unchanged(&to, crate::files::now_secs()) {
+                return Ok(false);
+            }
+            state::save(&dir, &st)?;
+            Ok(true)
+        },
+        |source| ApplyError::Blocking {
+            what: "recording the deployed revision",
+            source,
+        },
+    )
+    .await
+}
+
 /// Writes the state after a failed apply: services unchanged, the backup
 /// (if any) and the outcome recorded.
 fn record_outcome(

@@ -47,6 +47,7 @@ use resume::{stop_orphans, unfinished};
 use rollback::{finish_failed, roll_back, rollback_begun, undo_plan};
 use scheduler::{Node, OnFailure, Scheduler};
 
+pub(crate) use commit::record_unchanged;
 pub(crate) use perform::ActionError;
 pub(crate) use progress::Progress;
 pub(crate) use rollback::{roll_back_unfinished, unfinished_rollback};

@@ -253,6 +253,24 @@ impl Rollout {
                 reason = Some(self.over_budget(&failures));
             }
         }
+        // Hosts whose plan changes no service but moves the revision (a
+        // revert, a docs-only commit): once every change went out, each
+        // records the target as deployed, as `apply` does on a host. They
+        // restart nothing: no batch, drain or pause, and nothing to roll back.
+        if reason.is_none() {
+            let record: Vec<String> = self
+                .plan
+                .hosts
+                .iter()
+                .filter(|h| !outcomes.contains_key(&h.name) && h.plan.records_only())
+                .map(|h| h.name.clone())
+                .collect();
+            if !record.is_empty() {
+                for (h, o) in self.run_batch(&record, &interrupted, &failures).await? {
+                    outcomes.insert(h, o);
+                }
+            }
+        }
         let mut summary = Summary {
             outcomes,
             ..Summary::default()

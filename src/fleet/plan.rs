@@ -127,6 +127,14 @@ impl FleetPlan {
         self.hosts.iter().any(|h| h.plan.has_changes())
     }
 
+    /// Whether a rollout has anything to do: a host's changes, or a host
+    /// that only records the target as deployed ([`crate::plan::Plan::records_only`]).
+    pub(crate) fn has_work(&self) -> bool {
+        self.hosts
+            .iter()
+            .any(|h| h.plan.has_changes() || h.plan.records_only())
+    }
+
     pub(crate) fn host(&self, name: &str) -> Option<&HostPlan> {
         self.hosts.iter().find(|h| h.name == name)
     }

@@ -53,6 +53,33 @@ fn left_out(o: &mut String, left: &[LeftOut]) {
     }
 }
 
+/// The `unit-name` template with the environment in it (`{env}` before
+/// `{service}` when it has none), so that staging's and production's units
+/// on one host differ.
+fn per_env(template: &str) -> String {
+    if template.contains("{env}") {
+        template.to_owned()
+    } else {
+        template.replacen("{service}", "{env}-{service}", 1)
+    }
+}
+
+/// Production's `port-offset`: the smallest multiple of 1000 that moves
+/// no service's port onto one of staging's and none past 65535; `None`
+/// when there are no services or none fits.
+fn port_offset(scan: &Scan) -> Option<u16> {
+    let ports: Vec<u16> = scan.services.iter().map(|s| s.port.value).collect();
+    if ports.is_empty() {
+        return None;
+    }
+    (1..=65u16).map(|k| k * 1000).find(|o| {
+        ports.iter().all(|p| {
+            p.checked_add(*o)
+                .is_some_and(|moved| !ports.contains(&moved))
+        })
+    })
+}
+
 /// The configuration's text.
 pub(crate) fn render(scan: &Scan) -> String {
     let mut o = String::new();
@@ -62,8 +89,8 @@ pub(crate) fn render(scan: &Scan) -> String {
         "// moorline configuration for {}, written by `moorline init` from what it\n\
          // found in the repository. A comment above each guessed value says where it\n\
          // came from; `check` and `TODO` mark guesses nothing in the repository\n\
-         // confirmed. Reference: docs/config.md. Next: `moorline validate`, then\n\
-         // `moorline plan --env staging`.\n",
+         // confirmed. Reference: docs/config.md. Next: `moorline validate`, commit\n\
+         // this file (moorline deploys commits), then `moorline plan --env staging`.\n",
         comment(project)
     );
 
@@ -71,14 +98,26 @@ pub(crate) fn render(scan: &Scan) -> String {
     let _ = writeln!(o, "// Project name: {}.", why(&scan.project));
     let _ = writeln!(o, "project {} {{", kdl_string(project));
     let _ = writeln!(o, "    // {}", why(&scan.unit_name));
-    let _ = writeln!(o, "    unit-name {}", kdl_string(&scan.unit_name.value));
+    let _ = writeln!(
+        o,
+        "    // {{env}}: both environments below deploy on this host, each with units of its own."
+    );
+    let _ = writeln!(
+        o,
+        "    unit-name {}",
+        kdl_string(&per_env(&scan.unit_name.value))
+    );
     let _ = writeln!(o, "    keep-releases 5\n}}\n");
 
-    let root = format!("/opt/{project}");
+    // Both environments deploy where moorline runs: each gets its own root,
+    // unit names ({env}) and ports (production's port-offset), so that
+    // `validate` accepts them on one host.
+    let root = format!("/opt/{project}/{{env}}");
     let _ = writeln!(
         o,
         "// staging deploys {} ({}).\n\
-         // Releases go under {root}/SERVICE/releases/ on the host (check the root).",
+         // Releases go under {root}/SERVICE/releases/ on the host (check the root;\n\
+         // {{env}} is the environment's name).",
         comment(&scan.branch.value),
         why(&scan.branch)
     );
@@ -88,11 +127,18 @@ pub(crate) fn render(scan: &Scan) -> String {
         kdl_string(&scan.branch.value),
         kdl_string(&root)
     );
+    let offset = port_offset(scan).map_or_else(String::new, |n| {
+        format!(
+            "    // Its ports are each service's port + {n}, apart from staging's on this host.\n    \
+             port-offset {n}\n"
+        )
+    });
     let _ = writeln!(
         o,
         "// check: production deploys a branch of its own, `production`: create it, or\n\
-         // name the branch production deploys. On another host, the same root.\n\
-         environment \"production\" {{\n    branch \"production\"\n    root {}\n    \
+         // name the branch production deploys. On a host of its own, it may keep\n\
+         // staging's ports (drop port-offset).\n\
+         environment \"production\" {{\n    branch \"production\"\n    root {}\n{offset}    \
          // approval #true  // only reviewed, saved plans may be applied\n    \
          // backup {{ ... }}  // a database backup before migrations: docs/config.md\n}}\n",
         kdl_string(&root)
@@ -446,10 +492,21 @@ pub(crate) fn summary(scan: &Scan) -> String {
         }
     }
     checks.extend(scan.notes.iter().cloned());
-    checks.push(
-        "production deploys branch `production`; both environments use the root /opt/PROJECT"
-            .to_owned(),
-    );
+    checks.push(format!(
+        "production deploys branch `production`; both environments deploy on this host, each with its own root (/opt/{}/{{env}}), unit names (unit-name {}) and ports ({})",
+        scan.project.value,
+        per_env(&scan.unit_name.value),
+        port_offset(scan).map_or_else(
+            || "no port-offset fits: give production other ports, or a host of its own".to_owned(),
+            |n| format!("production's port-offset {n}")
+        )
+    ));
+    if let Some(u) = scan.services.iter().find_map(|s| s.unit.as_ref()) {
+        checks.push(format!(
+            "the existing unit files keep their names ({}, ...), the configuration names units per environment: stop and disable the old units before the first apply, or drop {{env}} from unit-name when only one environment deploys on this host",
+            u.unit_name
+        ));
+    }
     if scan.services.iter().any(|s| s.unit.is_some()) {
         checks.push(
             "units moorline did not install are not replaced silently: the first plan on a host that has them shows a conflict; compare, then `--adopt SERVICE`".to_owned(),

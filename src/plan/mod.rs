@@ -18,6 +18,11 @@ use crate::git::Rev;
 pub(crate) use crate::json_file::clip;
 pub(crate) use deploy::{ForeignUnit, HostView, Inputs, MigrateCheck, build, slot_ready_url};
 
+/// The `from` spec of an automatic rollback's plan (the undo of a failed
+/// apply): its revision is what the failed apply was deploying, not the
+/// deployed one.
+pub(crate) const UNDO_FROM: &str = "failed apply";
+
 /// Version of the JSON contract; bumped on any incompatible change.
 pub(crate) const FORMAT_VERSION: u32 = 1;
 
@@ -84,6 +89,12 @@ pub struct Plan {
     /// environment ran `to` healthy. Absent without `promote-from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) promotion: Option<Promotion>,
+    /// `to` (or a commit with the same tree) failed on this environment,
+    /// or was rolled back by hand here, and no deploy of it succeeded
+    /// since: `apply` asks again, or refuses without `--yes`. Absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) failed_here: Option<Box<crate::state::Failure>>,
 }
 
 /// What a plan knows of its revision's run in the `promote-from` source.
@@ -1030,6 +1041,7 @@ impl Unbuilt<'_> {
             conflicts: Vec::new(),
             uncommitted: Vec::new(),
             promotion: None,
+            failed_here: None,
         }
     }
 }
@@ -1038,6 +1050,15 @@ impl Plan {
     /// Whether applying the plan would do anything.
     pub(crate) fn has_changes(&self) -> bool {
         !self.actions.is_empty()
+    }
+
+    /// A deploy plan that changes no service toward a revision that is not
+    /// the deployed one (a revert, a commit that touches no service):
+    /// `apply` records `to` as deployed and restarts nothing.
+    pub(crate) fn records_only(&self) -> bool {
+        self.operation == Operation::Deploy
+            && !self.has_changes()
+            && self.from.as_ref().is_some_and(|f| f.sha != self.to.sha)
     }
 
     /// Whether unit files moorline did not install stand in its way.
@@ -1240,6 +1261,7 @@ mod tests {
             conflicts: Vec::new(),
             uncommitted: Vec::new(),
             promotion: None,
+            failed_here: None,
         }
     }
 

@@ -261,6 +261,7 @@ mod tests {
             conflicts: Vec::new(),
             uncommitted: Vec::new(),
             promotion: None,
+            failed_here: None,
         };
         seal(&mut p);
         p

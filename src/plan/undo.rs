@@ -207,7 +207,12 @@ pub(crate) fn build(
         project: failed.project.clone(),
         environment: failed.environment.clone(),
         branch: failed.branch.clone(),
-        from: Some(failed.to.clone()),
+        // What the failed apply was deploying, never recorded as deployed
+        // (the renderers name it so: `UNDO_FROM`).
+        from: Some(Rev {
+            spec: super::UNDO_FROM.to_owned(),
+            ..failed.to.clone()
+        }),
         to: Rev {
             spec: "previous releases".to_owned(),
             sha: failed

@@ -66,6 +66,15 @@ pub(crate) fn summary(plan: &Plan) -> String {
         if plan.has_conflicts() {
             return format!("nothing else changes; {conflicts}");
         }
+        if plan.operation == Operation::Deploy
+            && let Some(from) = plan.from.as_ref().filter(|f| f.sha != plan.to.sha)
+        {
+            return format!(
+                "no service changes since {}: `apply` records {} as deployed and restarts nothing",
+                short(&from.sha),
+                short(&plan.to.sha)
+            );
+        }
         return "no changes: everything is up to date".to_owned();
     }
     let deploy = plan

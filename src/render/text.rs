@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use super::{
     after_words, change_words, changed_words, kind_words, pass_env_words, rollback_target, summary,
 };
-use crate::plan::{Operation, Plan, ServiceChange, UnitChange, short};
+use crate::plan::{Operation, Plan, ServiceChange, UNDO_FROM, UnitChange, short};
 use crate::visible::{escape as v, escape_lines};
 
 struct Paint {
@@ -63,12 +63,34 @@ pub(crate) fn text(plan: &Plan, color: bool) -> String {
             let _ = writeln!(out, "  to   {} {:?}", short(&plan.to.sha), plan.to.summary);
         }
         Operation::Rollback => {
-            let deployed = plan.from.as_ref().map_or_else(
+            // An automatic rollback goes from what the failed apply was
+            // deploying back to the deployed revision's releases; a rollback
+            // by hand from the deployed revision to older releases.
+            let undo = plan.from.as_ref().is_some_and(|f| f.spec == UNDO_FROM);
+            let from = plan.from.as_ref().map_or_else(
                 || "nothing recorded as deployed".to_owned(),
-                |f| format!("{} (the deployed revision)", short(&f.sha)),
+                |f| {
+                    if undo {
+                        format!(
+                            "{} (what the failed apply was deploying; never recorded as deployed)",
+                            short(&f.sha)
+                        )
+                    } else {
+                        format!("{} (the deployed revision)", short(&f.sha))
+                    }
+                },
             );
-            let _ = writeln!(out, "  from {deployed}");
-            let _ = writeln!(out, "  to   {}", rollback_target(plan, str::to_owned));
+            let _ = writeln!(out, "  from {from}");
+            let target = rollback_target(plan, str::to_owned);
+            if undo && !plan.to.sha.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  to   {} (the deployed revision): {target}",
+                    short(&plan.to.sha)
+                );
+            } else {
+                let _ = writeln!(out, "  to   {target}");
+            }
         }
         Operation::Restart
         | Operation::Start

@@ -84,7 +84,10 @@ pub(crate) async fn gather(t: &Target, sd: &Systemd, options: Options) -> miette
     match (&deployed, &tip) {
         (None, _) => env_drift.push(Drift::new(
             DriftKind::NeverDeployed,
-            format!("nothing deployed to {} yet (no state)", t.env.name),
+            match crate::observe::state_elsewhere(t) {
+                Some(w) => format!("nothing deployed to {} yet (no state); {w}", t.env.name),
+                None => format!("nothing deployed to {} yet (no state)", t.env.name),
+            },
         )),
         (Some(d), Some(tip)) if d != tip => env_drift.push(Drift::new(
             DriftKind::BehindBranch,
@@ -115,6 +118,18 @@ pub(crate) async fn gather(t: &Target, sd: &Systemd, options: Options) -> miette
 
     if let Some(d) = unfinished_apply(&t.state_dir, &t.env.name).await {
         env_drift.push(d);
+    }
+    if let (Some(st), Some(tip)) = (host.state.as_ref(), &tip)
+        && let Some(f) = crate::observe::failure_of(t, st, tip)
+    {
+        env_drift.push(Drift::new(
+            DriftKind::FailedHere,
+            format!(
+                "the tip of branch {}: {}; `apply` asks before deploying it again",
+                t.env.branch,
+                crate::observe::failure_words(&f, tip)
+            ),
+        ));
     }
 
     let mut phases: Vec<PhaseStatus> = config

@@ -11,7 +11,7 @@
 //!   "project": "pakashop", "environment": "staging", "branch": "main",
 //!   "branch_tip": "<sha>" | null,          // tip of the environment's branch
 //!   "deployed": "<sha>" | null,            // state.json's revision (last complete apply)
-//!   "drift": [Drift],                      // environment-level drift (never deployed, behind branch)
+//!   "drift": [Drift],                      // environment-level drift (never deployed, behind branch, tip failed here)
 //!   "phases": [{
 //!     "name": "core",
 //!     "units": [Unit],                     // the phase's infrastructure units
@@ -37,8 +37,9 @@
 //! Probe = {"url", "status": <u16> | null, "ok", "millis", "error": "..." | null}
 //! Drift = {"kind", "detail"}, kind one of: unit-file-edited, unit-file-outdated,
 //!         unit-file-missing, current-mismatch, not-active, no-release,
-//!         never-deployed, behind-branch, rolled-back (these two fail
-//!         `--check` only with `--fail-behind`), unfinished-apply
+//!         never-deployed, behind-branch, rolled-back, failed-here (the
+//!         last three fail `--check` only with `--fail-behind`),
+//!         unfinished-apply
 //! ```
 //!
 //! Probes and D-Bus reads for all services run concurrently, so a status of 19 services takes
@@ -107,6 +108,11 @@ pub(crate) enum DriftKind {
     /// human (`--on-failure stop`, a rollback that could not finish) or was
     /// interrupted; every other apply is refused until it is settled.
     UnfinishedApply,
+    /// The branch tip (or a commit with the same tree) failed on this
+    /// environment, or was rolled back by hand here, and no deploy of it
+    /// succeeded since (the state records it): deploying it again is asked
+    /// about. Reported only, like `behind-branch`.
+    FailedHere,
 }
 
 impl DriftKind {
@@ -114,7 +120,10 @@ impl DriftKind {
     /// an operator must act on. Running behind the branch (between a merge
     /// and its deploy, or after a deliberate rollback) is reported only.
     pub(crate) fn fails_check(self) -> bool {
-        !matches!(self, Self::BehindBranch | Self::RolledBack)
+        !matches!(
+            self,
+            Self::BehindBranch | Self::RolledBack | Self::FailedHere
+        )
     }
 }
 

@@ -107,6 +107,28 @@ fn completions_man_page_and_help() {
     assert!(o.status.success());
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(s.starts_with(".ie") || s.contains(".TH"), "{s}");
+    // A page for every command, nested ones included.
+    let pages = tempfile::tempdir().unwrap();
+    let dir = pages.path().join("man1");
+    let o = moorline(here, &["man", "--dir", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    for (page, title) in [
+        ("moorline.1", ".TH moorline 1"),
+        ("moorline-init.1", ".TH moorline-init 1"),
+        ("moorline-apply.1", ".TH moorline-apply 1"),
+        ("moorline-backup-list.1", ".TH moorline-backup-list 1"),
+    ] {
+        let roff = std::fs::read_to_string(dir.join(page)).unwrap();
+        assert!(roff.contains(title), "{page}: {roff}");
+        assert!(text(&o).contains(page), "{page} is listed: {}", text(&o));
+    }
+    let written = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(written, text(&o).lines().count(), "{}", text(&o));
+    assert!(written >= 20, "{written} pages");
+    assert!(
+        !dir.join("moorline-help.1").exists(),
+        "no page for clap's help"
+    );
     let o = moorline(here, &["--help"]);
     let s = String::from_utf8_lossy(&o.stdout);
     for cmd in [

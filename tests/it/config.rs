@@ -484,6 +484,7 @@ invalid! {
     port_conflict,
     port_zero,
     port_too_large,
+    port_offset_too_large,
     unknown_phase,
     unknown_runtime,
     unknown_service,
@@ -891,4 +892,99 @@ fn the_fleet_example_of_config_md_is_valid() {
         ["app1", "app2", "app3"],
         "lb1 runs no web service"
     );
+}
+
+/// `validate`'s check of environments that share a host, on
+/// `tests/fixtures/shared_host/NAME.kdl`: each file loads (every
+/// environment on its own is fine) and the check reports every clash,
+/// coded and labelled on both environments; the report is a snapshot.
+fn check_shared_host(name: &str) -> String {
+    let path = manifest_dir()
+        .join("tests/fixtures/shared_host")
+        .join(format!("{name}.kdl"));
+    let loaded = config::load(&path).unwrap();
+    let Err(err) = config::check_shared_hosts(&loaded) else {
+        panic!("{name}: no clash found");
+    };
+    for p in &err.problems {
+        let code = p.code().map(|c| c.to_string()).unwrap_or_default();
+        assert!(
+            code.starts_with("moorline::config::shared_"),
+            "{name}: code {code:?} of {p}"
+        );
+        assert!(p.help().is_some(), "{name}: no help for {p}");
+        let labels: Vec<_> = p.labels().into_iter().flatten().collect();
+        assert!(labels.len() >= 2, "{name}: both environments labelled: {p}");
+    }
+    let plain = moorline::report::plain(&err);
+    plain.replace(&manifest_dir().display().to_string(), "[DIR]")
+}
+
+#[test]
+fn environments_on_one_host_that_share_a_root_unit_names_or_ports_are_refused() {
+    let both_local = check_shared_host("both_local");
+    for code in ["shared_root", "shared_unit_names", "shared_ports"] {
+        assert!(
+            both_local.contains(&format!("moorline::config::{code}")),
+            "{both_local}"
+        );
+    }
+    insta::assert_snapshot!("shared_host__both_local", both_local);
+    let same_address = check_shared_host("same_address");
+    assert!(
+        !same_address.contains("shared_root") && !same_address.contains("shared_unit_names"),
+        "{same_address}"
+    );
+    insta::assert_snapshot!("shared_host__same_address", same_address);
+}
+
+#[test]
+fn env_in_root_and_unit_name_and_a_port_offset_keep_two_local_environments_apart() {
+    let text = "project \"shop\" { unit-name \"shop-{env}-{service}.service\"; }\nphase \"app\"\n\
+                runtime \"node\" { build \"npm\" \"ci\"; unit { exec \"/usr/bin/node\" \"{current}/index.js\"; }; }\n\
+                environment \"staging\" { branch \"main\"; root \"/srv/shop/{env}\"; }\n\
+                environment \"production\" { branch \"production\"; root \"/srv/shop/{env}\"; port-offset 1000; }\n\
+                service \"api\" { runtime \"node\"; port 3000; phase \"app\"; }\n\
+                service \"web\" { runtime \"node\"; port 3001; phase \"app\"; depends-on \"api\"; }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shop.kdl");
+    std::fs::write(&path, text).unwrap();
+    let loaded = config::load(&path).unwrap();
+    config::check_shared_hosts(&loaded).unwrap();
+    let c = &loaded.config;
+    let roots: Vec<&str> = c.environments.iter().map(|e| e.root.as_str()).collect();
+    assert_eq!(roots, ["/srv/shop/staging", "/srv/shop/production"]);
+    for (env, api, web) in [
+        (
+            "staging",
+            ("shop-staging-api.service", 3000),
+            ("shop-staging-web.service", 3001),
+        ),
+        (
+            "production",
+            ("shop-production-api.service", 4000),
+            ("shop-production-web.service", 4001),
+        ),
+    ] {
+        let mut c = c.clone();
+        c.for_environment(env);
+        let api_s = c.service("api").unwrap();
+        assert_eq!(
+            (api_s.unit_name.as_str(), api_s.port.unwrap_or(0)),
+            api,
+            "{env}"
+        );
+        let web_s = c.service("web").unwrap();
+        assert_eq!(
+            (web_s.unit_name.as_str(), web_s.port.unwrap_or(0)),
+            web,
+            "{env}"
+        );
+        // The unit of web starts after api's unit of the same environment.
+        assert!(
+            web_s.start_after.contains(&api.0.to_owned()),
+            "{env}: {:?}",
+            web_s.start_after
+        );
+    }
 }

@@ -1126,7 +1126,11 @@ async fn slow_builds_do_not_delay_the_rest_of_the_apply() {
     for svc in HEAVY {
         let a = format!("build:{svc}");
         let done = done_at(&a);
-        let _ = write!(report, "; {a} (export) {} ms, done at {done} ms", duration_ms(&records, &a));
+        let _ = write!(
+            report,
+            "; {a} (export) {} ms, done at {done} ms",
+            duration_ms(&records, &a)
+        );
         first_export = first_export.min(done);
     }
     for a in ["backup", "build:svc-0003", "migrate:svc-0003"] {

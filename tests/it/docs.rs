@@ -551,13 +551,13 @@ const EXECUTED: &str = "<!-- executed by tests/it/docs.rs -->";
 const SKIPPED: &[(&str, &str, &str)] = &[
     (
         "docs/getting-started.md",
-        "V=0.1.0; curl -fsSLO",
-        "downloads a release; tests/it/package.rs builds and installs the package",
+        "cargo install --locked --version 3.8.0 cargo-deb && packaging/build-deb.sh",
+        "builds and installs the package: tests/it/package.rs does",
     ),
     (
         "docs/getting-started.md",
-        "cargo install --locked --git",
-        "builds from the network",
+        "cargo install --locked --path .",
+        "a release build of moorline itself",
     ),
     (
         "docs/getting-started.md",
@@ -989,10 +989,17 @@ fn documented_examples_run() {
     opts.port_base = Some(crate::support::port(28100));
     opts.services = Some(3);
     let fx = moorline::demo::fixture::Fixture::create(&dir.path().join("fx"), &opts).unwrap();
-    let text = read(&fx.config_path).replace(
-        "unit-name \"pakashop-{service}.service\"",
-        "unit-name \"gs-{service}.service\"",
-    );
+    // Staging and production share this host: units and ports of their own, as `validate`
+    // requires.
+    let text = read(&fx.config_path)
+        .replace(
+            "unit-name \"pakashop-{service}.service\"",
+            "unit-name \"gs-{env}-{service}.service\"",
+        )
+        .replace(
+            "environment \"production\" {\n",
+            "environment \"production\" {\n    port-offset 50\n",
+        );
     fx.commit_config("unit names of this test", &text).unwrap();
     // A host's clone has the remote's branches (docs/commands.md plans `origin/main`).
     {
@@ -1062,7 +1069,7 @@ fn documented_examples_run() {
         assert!(
             sandbox
                 .unit_dir()
-                .join(format!("gs-{}.service", s.name))
+                .join(format!("gs-staging-{}.service", s.name))
                 .is_file()
         );
     }
@@ -1097,8 +1104,10 @@ fn documented_examples_run() {
     sd.block_on(async {
         let systemd = sandbox.connect().await.unwrap();
         for s in &fx.services {
-            let _ = systemd.stop(&format!("gs-{}.service", s.name)).await;
-            let _ = systemd.stop(&format!("ops-{}.service", s.name)).await;
+            for env in ["staging", "production"] {
+                let _ = systemd.stop(&format!("gs-{env}-{}.service", s.name)).await;
+                let _ = systemd.stop(&format!("ops-{env}-{}.service", s.name)).await;
+            }
         }
     });
 
@@ -1142,7 +1151,7 @@ fn documented_examples_run() {
 }
 
 /// The fixture of docs/operations.md: production with `approval #true` and a backup block,
-/// units `ops-{service}.service`.
+/// units `ops-{env}-{service}.service`, production's ports 50 above staging's.
 fn operations_fixture(dir: &Path) -> moorline::demo::fixture::Fixture {
     let mut opts = moorline::demo::fixture::FixtureOptions::new(dir.join("ops-srv"));
     opts.port_base = Some(crate::support::port(28200));
@@ -1151,11 +1160,11 @@ fn operations_fixture(dir: &Path) -> moorline::demo::fixture::Fixture {
     let text = read(&fx.config_path)
         .replace(
             "unit-name \"pakashop-{service}.service\"",
-            "unit-name \"ops-{service}.service\"",
+            "unit-name \"ops-{env}-{service}.service\"",
         )
         .replace(
             "environment \"production\" {\n",
-            "environment \"production\" {\n    approval #true\n",
+            "environment \"production\" {\n    approval #true\n    port-offset 50\n",
         );
     assert!(text.contains("approval #true"), "{text}");
     fx.commit_config("unit names and approval of this test", &text)

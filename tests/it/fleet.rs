@@ -289,6 +289,36 @@ async fn a_reviewed_plan_rolls_out_over_three_hosts_in_batches_and_a_drifted_hos
     for h in ["host1", "host2", "host3"] {
         assert!(stdout.contains(&format!("=== {h} ===")), "{}", show(&out));
     }
+
+    // A commit that touches no service: every host records it as deployed, restarting nothing,
+    // so no host stays behind its branch.
+    deploy_all(&w);
+    w.commit(
+        "docs only",
+        &[Edit::Write {
+            path: "docs/NOTES.md".into(),
+            contents: "notes\n".into(),
+        }],
+    );
+    let before = w.revisions();
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    // Each host's deployed revision is the commit; its services keep their releases.
+    for i in 0..3 {
+        assert_eq!(w.state(i)["revision"], w.head().as_str(), "{}", show(&out));
+    }
+    assert_eq!(w.revisions(), before, "no service was rebuilt");
+    let said = show(&out);
+    assert!(
+        said.contains("recorded") && !said.contains("restart:svc"),
+        "{said}"
+    );
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert!(
+        show(&out).contains("nothing to apply: every host of staging is up to date"),
+        "{}",
+        show(&out)
+    );
 }
 
 /// `apply --reviewed FLEETPLAN`: a fleet plan reviewed in a pull request, applied after the

@@ -82,7 +82,9 @@ fn init_mixed_repository_with_unit_files_and_nginx() {
     assert!(!config.contains("hunter2") && !out.contains("hunter2"));
     assert!(out.contains("api              node"), "{out}");
     assert!(
-        out.contains("next: moorline validate, then moorline plan --env staging"),
+        out.contains(
+            "next: moorline validate; commit ./moorline.kdl (moorline deploys commits, and `apply` refuses a configuration that is not committed); then moorline plan --env staging"
+        ),
         "{out}"
     );
     // The project name is the temp directory's: replace it for the snapshot.

@@ -199,6 +199,9 @@ fn debian_package_builds_reproducibly_installs_and_runs_without_rust() {
 
     for path in [
         "/usr/share/man/man1/moorline.1.gz",
+        "/usr/share/man/man1/moorline-init.1.gz",
+        "/usr/share/man/man1/moorline-backup-list.1.gz",
+        "/usr/share/doc/moorline/pakashop.kdl",
         "/usr/share/bash-completion/completions/moorline",
         "/usr/share/zsh/vendor-completions/_moorline",
         "/usr/share/fish/vendor_completions.d/moorline.fish",
@@ -215,6 +218,11 @@ fn debian_package_builds_reproducibly_installs_and_runs_without_rust() {
     }
     let man = run(Command::new("gzip").args(["-dc", "/usr/share/man/man1/moorline.1.gz"]));
     assert!(stdout(&man).contains(".TH moorline 1"), "not a man page");
+    let man = run(Command::new("gzip").args(["-dc", "/usr/share/man/man1/moorline-init.1.gz"]));
+    assert!(
+        stdout(&man).contains(".TH moorline-init 1"),
+        "not init's man page"
+    );
     let bash = std::fs::read_to_string("/usr/share/bash-completion/completions/moorline").unwrap();
     assert!(
         bash.contains("complete -F") && bash.contains("moorline"),

@@ -39,6 +39,7 @@ fn service(root: &str, out: &str) -> (Environment, Service) {
         root: root.into(),
         url: None,
         unit_dir: None,
+        port_offset: 0,
         approval: false,
         promote_from: None,
         backup: None,

@@ -309,6 +309,112 @@ async fn failures_rollbacks_and_restarts_read_naturally() {
         "{t}"
     );
 
+    // The automatic rollback's plan names the revisions for what they are.
+    let broken = w.fx.head("main").unwrap();
+    assert!(
+        t.contains(&format!(
+            "  from {} (what the failed apply was deploying; never recorded as deployed)\n",
+            &broken[..12]
+        )),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "  to   {} (the deployed revision): ",
+            &first[..12]
+        )),
+        "{t}"
+    );
+    assert!(!t.contains("(the deployed revision)\n"), "{t}");
+
+    // The failed revision is the branch tip: plan and status say so, apply refuses it unasked.
+    let failed_words = format!("revision {} failed here at ", &broken[..12]);
+    let out = w.run(&["plan", "--env", "staging"]);
+    let t = text(&out);
+    assert!(t.contains(&format!("warning: {failed_words}")), "{t}");
+    assert!(
+        t.contains("and was rolled back automatically; `apply` asks again"),
+        "{t}"
+    );
+    let out = w.run(&["plan", "--env", "staging", "--format", "json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["failed_here"]["revision"], broken.as_str(), "{plan}");
+    assert_eq!(plan["failed_here"]["how"], "rolled-back", "{plan}");
+    let out = w.run(&["status", "--env", "staging", "--check"]);
+    let t = text(&out);
+    assert_eq!(code(&out), 0, "reported, not failed: {t}");
+    assert!(
+        t.contains(&format!(
+            "failed-here: the tip of branch main: {failed_words}"
+        )),
+        "{t}"
+    );
+    let out = w.run(&["apply", "--env", "staging"]);
+    let t = text(&out);
+    assert_eq!(code(&out), 1, "{t}");
+    assert!(t.contains("moorline::apply::failed_here"), "{t}");
+    assert!(
+        t.contains(&format!("refusing to deploy {} again", &broken[..12])),
+        "{t}"
+    );
+
+    // A revert changes no service: apply records it as deployed, restarts nothing, and the
+    // environment is no longer behind its branch. So does a commit that touches no service.
+    let revert = w.commit("main", "Revert \"broken\"", &[Edit::heal("search")]);
+    let out = w.run(&["plan", "--env", "staging"]);
+    let t = text(&out);
+    assert!(
+        t.contains(&format!(
+            "no service changes since {}: `apply` records {} as deployed and restarts nothing",
+            &first[..12],
+            &revert[..12]
+        )),
+        "{t}"
+    );
+    assert!(!t.contains("failed here"), "{t}");
+    assert_eq!(
+        code(&w.run(&["status", "--env", "staging", "--check", "--fail-behind"])),
+        5
+    );
+    let started = w.invocations(&sd).await;
+    for (sha, edits) in [
+        (revert.clone(), None),
+        (
+            String::new(),
+            Some(vec![Edit::Write {
+                path: "docs/NOTES.md".into(),
+                contents: "notes\n".into(),
+            }]),
+        ),
+    ] {
+        let sha = match edits {
+            Some(e) => w.commit("main", "docs", &e),
+            None => sha,
+        };
+        let out = w.run(&["apply", "--env", "staging", "--yes"]);
+        let t = text(&out);
+        assert_eq!(code(&out), 0, "{t}");
+        assert!(
+            t.contains("nothing to restart: no service changed since ")
+                && t.contains(&format!(
+                    "; recorded {} as the revision deployed to staging",
+                    &sha[..12]
+                )),
+            "{t}"
+        );
+        assert_eq!(crate::deploy::state_json(&w)["revision"], sha.as_str());
+        let out = w.run(&["status", "--env", "staging", "--check", "--fail-behind"]);
+        assert_eq!(code(&out), 0, "{}", text(&out));
+        // Applying again: nothing left to record.
+        let out = w.run(&["apply", "--env", "staging", "--yes"]);
+        assert!(
+            text(&out).contains("nothing to apply: staging is up to date"),
+            "{}",
+            text(&out)
+        );
+    }
+    assert_eq!(w.invocations(&sd).await, started, "nothing restarted");
+
     // A fixed release deployed, then rolled back by hand: the plan says what it is.
     let fixed = w.commit(
         "main",
@@ -574,4 +680,61 @@ fn merge_into_production(w: &World, message: &str) -> String {
         )
         .unwrap();
     id.to_string()
+}
+
+/// A plan that finds no state where the manager it drives keeps it, while the other manager's
+/// default directory has one (a deploy made with `--systemd user`, planned as root without it),
+/// says where that state is and how to use it.
+#[test]
+fn a_plan_without_state_names_the_other_managers_state() {
+    if !moorline::files::is_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = moorline::demo::fixture::FixtureOptions::new(dir.path().join("srv"));
+    opts.port_base = Some(crate::support::port(27600));
+    let fx = moorline::demo::fixture::Fixture::create(&dir.path().join("fx"), &opts).unwrap();
+    let xdg = dir.path().join("xdg");
+    let plan = |systemd: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_moorline"));
+        c.args(["-c", fx.config_path.to_str().unwrap()])
+            .args(["plan", "--env", "staging"])
+            .env("XDG_STATE_HOME", &xdg)
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("NO_COLOR", "1")
+            .env_remove("MOORLINE_CONFIG")
+            .env_remove("MOORLINE_SYSTEMD");
+        if let Some(s) = systemd {
+            c.env("MOORLINE_SYSTEMD", s);
+        }
+        text(&c.output().unwrap())
+    };
+    let system = std::path::Path::new("/var/lib/moorline/pakashop/staging");
+    if system.exists() {
+        // A real deploy of a project of this name on this machine: not ours to judge.
+        return;
+    }
+    let hint = "holds the state of the user manager's deploys of staging";
+    assert!(!plan(None).contains(hint), "{}", plan(None));
+    // The user manager's state (as `--systemd user` wrote it).
+    let user_state = xdg.join("moorline/pakashop/staging");
+    std::fs::create_dir_all(&user_state).unwrap();
+    std::fs::write(
+        user_state.join("state.json"),
+        "{\"format_version\": 1, \"project\": \"pakashop\", \"environment\": \"staging\", \"revision\": null, \"services\": {}}\n",
+    )
+    .unwrap();
+    let t = plan(None);
+    assert!(
+        t.contains(&format!(
+            "warning: nothing is recorded as deployed in {} (the state of the system manager), but {} {hint}: if staging runs there, plan with --systemd user (or set MOORLINE_SYSTEMD=user), or point at it with --state-dir",
+            system.display(),
+            user_state.display()
+        )),
+        "{t}"
+    );
+    // MOORLINE_SYSTEMD picks the user manager: its state is found, nothing to say.
+    let t = plan(Some("user"));
+    assert!(!t.contains("nothing is recorded as deployed in"), "{t}");
+    assert!(!system.exists(), "a plan writes no state");
 }

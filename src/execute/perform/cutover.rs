@@ -216,8 +216,7 @@ pub(super) async fn ready(
             url: url.replace("{slot}", &target.to_string()),
         },
     };
-    let note =
-        super::health::health_on(act, &unit, &check, timeout_secs, Some(target)).await?;
+    let note = super::health::health_on(act, &unit, &check, timeout_secs, Some(target)).await?;
     Ok(Some(format!(
         "slot {target} {}",
         note.unwrap_or_else(|| "ready".to_owned())

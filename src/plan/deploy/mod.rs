@@ -268,6 +268,7 @@ pub(crate) fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
         conflicts,
         uncommitted: Vec::new(),
         promotion: None,
+        failed_here: None,
     })
 }
 
