@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::error::{Problem, ProblemKind};
-use super::model::{Config, Environment};
+use super::model::{Config, Environment, Service};
 use super::raw::{RawConfig, RawEnvironment};
 
 /// How many clashing unit names or ports a message names before it counts.
@@ -178,8 +178,8 @@ fn shared_host(a: &Environment, b: &Environment) -> Option<String> {
 /// multiple of 1000 larger than the services' port range); `None`: the
 /// moved ports would not fit.
 fn suggested_offset(config: &Config, base: u16) -> Option<u16> {
-    let lo = config.services.iter().flat_map(|s| s.ports()).min()?;
-    let hi = config.services.iter().flat_map(|s| s.ports()).max()?;
+    let lo = config.services.iter().flat_map(Service::ports).min()?;
+    let hi = config.services.iter().flat_map(Service::ports).max()?;
     let step = (u32::from(hi - lo) + 1).div_ceil(1000) * 1000;
     let o = u32::from(base) + step;
     let o = u16::try_from(o).ok()?;

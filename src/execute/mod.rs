@@ -199,7 +199,9 @@ pub(crate) async fn apply(ctx: Arc<Ctx>, plan: Plan) -> Result<Report, ApplyErro
     archive_ended(&ctx.state_dir, None)?;
     let apply_id = new_apply_id();
     let journal = Journal::create(&ctx.state_dir, &apply_id, &plan)?;
-    run(ctx, plan, apply_id, journal, None).await
+    // Boxed: the run's state (the plan, the scheduler, the runner) is large,
+    // and every command that applies would otherwise carry it inline.
+    Box::pin(run(ctx, plan, apply_id, journal, None)).await
 }
 
 /// Continues the unfinished apply in the journal, if there is one.
