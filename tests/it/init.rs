@@ -83,7 +83,7 @@ fn init_mixed_repository_with_unit_files_and_nginx() {
     assert!(out.contains("api              node"), "{out}");
     assert!(
         out.contains(
-            "next: moorline validate; commit ./moorline.kdl (moorline deploys commits, and `apply` refuses a configuration that is not committed); then moorline plan --env staging"
+            "next: moorline validate; commit moorline.kdl (moorline deploys commits, and `apply` refuses a configuration that is not committed); then moorline plan --env staging"
         ),
         "{out}"
     );
