@@ -338,8 +338,14 @@ async fn blue_green_services_fail_no_request_through_deploys_and_rollbacks() {
     )
     .unwrap();
     let o = run(&["apply", "--env", "staging", "--yes"]);
-    assert_eq!(code(&o), 3, "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(code(&o), 3, "{err}");
     check_all("failed deploy and its rollback", load.finish());
+    // The failure report reads the new slot's instance, not the template (which runs nothing).
+    let new = services[2].2.iter().find(|s| **s != before).unwrap();
+    let journal = format!("last lines of {PREFIX}-svc-0003@{new}.service's journal:\n    | ");
+    assert!(err.contains(&journal), "{journal} in\n{err}");
+    assert!(!err.contains("svc-0003@.service"), "{err}");
     assert_eq!(
         live_slot_serves(&sd, &up_dir, "svc-0003", services[2].2).await,
         before
