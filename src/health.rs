@@ -184,6 +184,39 @@ pub(crate) async fn probe_tcp(address: &str) -> Probe {
     }
 }
 
+/// How long one `ready "exec"` attempt may run (a readiness wait's own
+/// deadline cuts it shorter).
+pub(crate) const EXEC_ATTEMPT: Duration = Duration::from_secs(10);
+
+/// One `ready "exec"` attempt: `argv` runs like a configured command
+/// ([`crate::process::run`]: no shell, `env`, its output in `log`), for at
+/// most `timeout`; exit 0 is ready. `describe` words a failure (its lines
+/// are folded into one).
+pub(crate) async fn probe_exec(
+    argv: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+    log: &std::path::Path,
+    timeout: Duration,
+    describe: impl FnOnce(crate::process::RunError) -> String,
+) -> Probe {
+    let start = Instant::now();
+    let res = crate::process::run(crate::process::Run {
+        argv,
+        dir: None,
+        env,
+        timeout,
+        log,
+    })
+    .await;
+    Probe {
+        url: argv.join(" "),
+        status: None,
+        ok: res.is_ok(),
+        millis: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+        error: res.err().map(|e| describe(e).replace('\n', " | ")),
+    }
+}
+
 /// Polls `url` until ready or `timeout` ([`wait_until`] with HTTP probes).
 pub async fn wait_ready<F, Fut>(
     url: &str,

@@ -21,6 +21,21 @@ pub(crate) enum OpsError {
         help("review the list above and pass --yes")
     )]
     Unconfirmed { op: &'static str },
+    #[error(
+        "cannot enable blue/green service `{service}`: its upstream file {upstream} names no slot of {slot_a} and {slot_b}"
+    )]
+    #[diagnostic(
+        code(moorline::ops::no_live_slot),
+        help(
+            "a blue/green service's template unit cannot be enabled itself; moorline enables the slot the proxy names, which `moorline apply` (or `moorline start`) writes to the upstream file"
+        )
+    )]
+    NoLiveSlot {
+        service: String,
+        upstream: String,
+        slot_a: u16,
+        slot_b: u16,
+    },
 }
 
 /// The services named by `--service` (all when none), plus their dependents if asked, in

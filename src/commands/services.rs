@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 
 use super::{confirm, executor, print_report, runtime};
 use crate::cli::{Format, OpsArgs};
+use crate::config::Service;
 use crate::execute::Outcome;
 use crate::git::Rev;
 use crate::plan::Operation;
@@ -40,10 +41,12 @@ pub(crate) fn run(t: &Target, args: &OpsArgs, op: Operation) -> miette::Result<i
         summary: op.as_str().to_owned(),
     };
     let names: Vec<String> = selected.iter().map(|s| s.name.clone()).collect();
-    let units: Vec<(String, String)> = selected
-        .iter()
-        .map(|s| (s.name.clone(), s.unit_name.clone()))
-        .collect();
+    let mut units: Vec<(String, String)> = Vec::new();
+    for s in &selected {
+        for u in acted_on(s, op)? {
+            units.push((s.name.clone(), u));
+        }
+    }
     let plan = services(ServiceOps {
         config,
         config_text: &t.loaded.text,
@@ -52,6 +55,7 @@ pub(crate) fn run(t: &Target, args: &OpsArgs, op: Operation) -> miette::Result<i
         services: selected,
         live,
         state_sha256: loaded.sha256,
+        units: units.iter().map(|(_, u)| u.clone()).collect(),
     });
     if matches!(op, Operation::Start | Operation::Stop) {
         eprint!("{}", render::text(&plan, report::stderr_color()));
@@ -94,6 +98,30 @@ pub(crate) fn run(t: &Target, args: &OpsArgs, op: Operation) -> miette::Result<i
         }
         Ok(summary(op, &names, &report))
     })
+}
+
+/// The units `enable` or `disable` acts on for `s`: its unit; for a
+/// blue/green service (a template unit, which cannot be enabled itself),
+/// `enable` the slot instance its upstream file names (the one that
+/// should start at boot; refused when it names none) and `disable` both
+/// slot instances.
+fn acted_on(s: &Service, op: Operation) -> Result<Vec<String>, OpsError> {
+    let Some(c) = &s.cutover else {
+        return Ok(vec![s.unit_name.clone()]);
+    };
+    if op != Operation::Enable {
+        return Ok(s.running_units());
+    }
+    std::fs::read_to_string(&c.upstream)
+        .ok()
+        .and_then(|text| crate::upstream::live_slot(&text, &s.name, c.slots))
+        .map(|slot| vec![s.slot_unit(slot)])
+        .ok_or_else(|| OpsError::NoLiveSlot {
+            service: s.name.clone(),
+            upstream: c.upstream.clone(),
+            slot_a: c.slots[0],
+            slot_b: c.slots[1],
+        })
 }
 
 /// `OP: N succeeded, M failed, K not run`, and the lists when not all
@@ -143,5 +171,50 @@ fn summary(op: Operation, names: &[String], r: &crate::execute::Report) -> i32 {
         exit::OK
     } else {
         exit::ERROR
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blue/green service: `enable` acts on the slot its upstream file
+    /// names, and is refused (coded) when the file names none; `disable`
+    /// and the others act on both slot instances.
+    #[test]
+    fn a_blue_green_service_enables_its_live_slot_and_disables_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = dir.path().join("api.conf");
+        let text = format!(
+            r#"
+project "p" {{ unit-name "p-{{service}}.service" }}
+environment "staging" {{ branch "main"; root "/srv/p" }}
+phase "core"
+runtime "node" {{ build "true"; unit {{ exec "/bin/x" "{{current}}/m.js"; env PORT="{{port}}" }} }}
+service "api" {{ runtime "node"; port 1; phase "core"
+    cutover "blue-green" {{ slots 11 12; upstream "{}"; drain "3s" }} }}
+service "web" {{ runtime "node"; port 2; phase "core" }}
+proxy "nginx" {{ unit "nginx.service"; check "nginx" "-t"; }}
+"#,
+            up.display()
+        );
+        let c = crate::config::parse("t.kdl", &text).unwrap();
+        let (api, web) = (c.service("api").unwrap(), c.service("web").unwrap());
+        assert_eq!(acted_on(web, Operation::Enable).unwrap(), ["p-web.service"]);
+        assert_eq!(
+            acted_on(api, Operation::Disable).unwrap(),
+            ["p-api@11.service", "p-api@12.service"]
+        );
+        let e = acted_on(api, Operation::Enable).unwrap_err();
+        assert_eq!(
+            miette::Diagnostic::code(&e).unwrap().to_string(),
+            "moorline::ops::no_live_slot"
+        );
+        assert!(e.to_string().contains("names no slot of 11 and 12"), "{e}");
+        std::fs::write(&up, crate::upstream::text("api", 12).unwrap()).unwrap();
+        assert_eq!(
+            acted_on(api, Operation::Enable).unwrap(),
+            ["p-api@12.service"]
+        );
     }
 }

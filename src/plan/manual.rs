@@ -275,6 +275,10 @@ pub(crate) struct ServiceOps<'a> {
     /// The deployed revision (nothing changes it).
     pub(crate) live: Rev,
     pub(crate) state_sha256: Option<String>,
+    /// The units `enable` and `disable` act on, in order: a service's
+    /// unit, or for a blue/green service its slot instances (its
+    /// template cannot be enabled itself).
+    pub(crate) units: Vec<String>,
 }
 
 /// The plan of `start`, `stop`, `enable` or `disable`. Start: `start:S`
@@ -320,7 +324,7 @@ pub(crate) fn services(inp: ServiceOps<'_>) -> Plan {
             life.walk(&mut g);
         }
         _ => {
-            let units: Vec<String> = inp.services.iter().map(|s| s.unit_name.clone()).collect();
+            let units = inp.units.clone();
             if !units.is_empty() {
                 let names: Vec<&str> = inp.services.iter().map(|s| s.name.as_str()).collect();
                 g.push(
@@ -439,6 +443,7 @@ service "search"  { runtime "node"; port 5; phase "core" }
                 summary: String::new(),
             },
             state_sha256: None,
+            units: c.services.iter().map(|s| s.unit_name.clone()).collect(),
         })
     }
 

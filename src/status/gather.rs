@@ -12,7 +12,8 @@ use super::{
 };
 use crate::config::{Environment, Service};
 use crate::health;
-use crate::plan::deploy::{ready_url, url_for};
+use crate::plan::Check;
+use crate::plan::deploy::{ready_check, url_for};
 use crate::release::Paths;
 use crate::state::{self, State};
 use crate::systemd::{ActiveState, Systemd, UnitStatus};
@@ -210,17 +211,18 @@ async fn service_status(
     s: &Service,
     runtime: Option<&crate::config::Runtime>,
 ) -> Result<ServiceStatus, StatusError> {
-    let (live_url, ready) = (url_for(s, &s.health), ready_url(s));
     let running = running_unit(s);
-    let (unit_st, liveness, readiness) = tokio::join!(
-        sd.status(&running),
-        health::probe(&live_url),
-        health::probe(&ready),
-    );
+    let check = ready_check(s);
+    let (unit_st, asked) = tokio::join!(sd.status(&running), ask(host, s, &check));
     let unit_st = unit_st.map_err(|source| StatusError::Systemd {
         unit: running.clone(),
         source,
     })?;
+    // Nothing to ask the service: systemd's answer is the answer.
+    let (liveness, readiness) = asked.unwrap_or_else(|| {
+        let p = unit_probe(&running, &check, &unit_st);
+        (p.clone(), p)
+    });
     let paths = Paths::new(&host.env.root, &s.name);
     let live = paths.live();
     let release = live.as_ref().map(|rev| Release {
@@ -283,6 +285,59 @@ async fn service_status(
         drift,
         healthy,
     })
+}
+
+/// Asks the service the way its readiness says: liveness and readiness
+/// over HTTP (its `health` and `ready` URLs) for `ready` a path or URL;
+/// for `"tcp"` and `"exec"` the one readiness probe answers both (the
+/// same probe code as the apply's readiness wait, an exec attempt bounded
+/// by [`health::EXEC_ATTEMPT`]). `None` for `"notify"` and `"none"`:
+/// nothing to ask, the unit's state answers ([`unit_probe`]).
+async fn ask(host: &Host, s: &Service, check: &Check) -> Option<(health::Probe, health::Probe)> {
+    let one = match check {
+        Check::Http { url } => {
+            let live = url_for(s, &s.health);
+            return Some(tokio::join!(health::probe(&live), health::probe(url)));
+        }
+        Check::Tcp { address } => health::probe_tcp(address).await,
+        Check::Exec { argv } => {
+            let env = crate::process::command_env(&host.env, Some(&s.name), None);
+            let log = host
+                .state_dir
+                .join("logs")
+                .join("status")
+                .join(format!("ready-{}.log", s.name));
+            health::probe_exec(argv, &env, &log, health::EXEC_ATTEMPT, |e| {
+                format!("the readiness command failed: {e}")
+            })
+            .await
+        }
+        Check::Notify | Check::Stable => return None,
+    };
+    Some((one.clone(), one))
+}
+
+/// The probe of a service with nothing to ask (`ready "notify"`,
+/// `"none"`): its unit is active and running.
+fn unit_probe(unit: &str, check: &Check, st: &UnitStatus) -> health::Probe {
+    let kind = if *check == Check::Notify {
+        "notify"
+    } else {
+        "none"
+    };
+    let ok = st.active_state == ActiveState::Active && st.sub_state == "running";
+    health::Probe {
+        url: format!("systemd: {unit} (ready \"{kind}\")"),
+        status: None,
+        ok,
+        millis: 0,
+        error: (!ok).then(|| {
+            format!(
+                "{unit} is {} ({}, result {}), not active and running",
+                st.active_state, st.sub_state, st.result
+            )
+        }),
+    }
 }
 
 fn release_age(dir: &Path) -> Option<u64> {

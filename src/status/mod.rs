@@ -1,5 +1,6 @@
 //! `moorline status`: the host (systemd over D-Bus, `current` symlinks, installed unit files,
-//! `state.json`, HTTP health endpoints, optionally each runtime's `migrate-status` command)
+//! `state.json`, each service's readiness (HTTP, TCP, its exec command, or its unit's state),
+//! optionally each runtime's `migrate-status` command)
 //! goes in, one [`Status`] value comes out; rendering it ([`text`], [`json`]) is separate and
 //! pure. Nothing here changes the host.
 //!
@@ -35,6 +36,8 @@
 //! }
 //! Unit  = {"unit", "active_state", "sub_state", "ok"}
 //! Probe = {"url", "status": <u16> | null, "ok", "millis", "error": "..." | null}
+//!         url: the HTTP URL, "tcp://127.0.0.1:PORT", the exec argv joined by spaces,
+//!         or "systemd: UNIT (ready \"notify\"|\"none\")"
 //! Drift = {"kind", "detail"}, kind one of: unit-file-edited, unit-file-outdated,
 //!         unit-file-missing, current-mismatch, not-active, no-release,
 //!         never-deployed, behind-branch, rolled-back, failed-here (the

@@ -322,6 +322,72 @@ async fn blue_green_services_fail_no_request_through_deploys_and_rollbacks() {
     }
     // `status` reads each service's live slot: healthy, no drift.
     okay(run(&["status", "--env", "staging", "--check"]));
+    // `disable` acts on both slot instances, `enable` on the live one (the template cannot be
+    // enabled itself).
+    let live3 = live_slot_serves(&sd, &up_dir, "svc-0003", services[2].2).await;
+    let slot_unit = |slot: u16| format!("{PREFIX}-svc-0003@{slot}.service");
+    let said = okay(run(&[
+        "disable",
+        "--env",
+        "staging",
+        "--service",
+        "svc-0003",
+    ]));
+    for slot in services[2].2 {
+        let st = sd.status(&slot_unit(slot)).await.unwrap();
+        assert_eq!(st.unit_file_state, "disabled", "{slot}: {said}");
+    }
+    let said = okay(run(&[
+        "enable",
+        "--env",
+        "staging",
+        "--service",
+        "svc-0003",
+    ]));
+    assert!(
+        said.contains(&format!("{} enabled", slot_unit(live3))),
+        "{said}"
+    );
+    for slot in services[2].2 {
+        let st = sd.status(&slot_unit(slot)).await.unwrap();
+        let want = if slot == live3 { "enabled" } else { "disabled" };
+        assert_eq!(st.unit_file_state, want, "{slot}: {said}");
+    }
+    // `stop` stops both slot instances; `start` and `restart` bring it back through the
+    // blue/green chain (never the template), and `status` is healthy again.
+    let said = okay(run(&[
+        "stop",
+        "--env",
+        "staging",
+        "--service",
+        "svc-0003",
+        "--yes",
+    ]));
+    assert!(said.contains("stop: 1 succeeded"), "{said}");
+    for slot in services[2].2 {
+        let st = sd.status(&slot_unit(slot)).await.unwrap();
+        assert_ne!(st.active_state, "active", "{slot}: {said}");
+    }
+    let said = okay(run(&[
+        "start",
+        "--env",
+        "staging",
+        "--service",
+        "svc-0003",
+        "--yes",
+    ]));
+    assert!(said.contains("start: 1 succeeded"), "{said}");
+    live_slot_serves(&sd, &up_dir, "svc-0003", services[2].2).await;
+    okay(run(&[
+        "restart",
+        "--env",
+        "staging",
+        "--service",
+        "svc-0003",
+        "--yes",
+    ]));
+    live_slot_serves(&sd, &up_dir, "svc-0003", services[2].2).await;
+    okay(run(&["status", "--env", "staging", "--check"]));
     let good = fx.head("main").unwrap();
 
     // 3. A release that never gets ready: the apply fails at its slot's readiness and rolls
@@ -338,8 +404,14 @@ async fn blue_green_services_fail_no_request_through_deploys_and_rollbacks() {
     )
     .unwrap();
     let o = run(&["apply", "--env", "staging", "--yes"]);
-    assert_eq!(code(&o), 3, "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(code(&o), 3, "{err}");
     check_all("failed deploy and its rollback", load.finish());
+    // The failure report reads the new slot's instance, not the template (which runs nothing).
+    let new = services[2].2.iter().find(|s| **s != before).unwrap();
+    let journal = format!("last lines of {PREFIX}-svc-0003@{new}.service's journal:\n    | ");
+    assert!(err.contains(&journal), "{journal} in\n{err}");
+    assert!(!err.contains("svc-0003@.service"), "{err}");
     assert_eq!(
         live_slot_serves(&sd, &up_dir, "svc-0003", services[2].2).await,
         before

@@ -27,7 +27,13 @@ fn world() -> Option<(World, u16)> {
     fx.commit("main", "services of every readiness kind", &edits)
         .unwrap();
     let text = std::fs::read_to_string(&fx.config_path).unwrap();
-    let mut text = text.replace("pakashop-{service}.service", "rk-{service}.service");
+    // Staging and production share this host: each its own unit names and ports.
+    let mut text = text
+        .replace("pakashop-{service}.service", "rk-{env}-{service}.service")
+        .replace(
+            "environment \"production\" {\n",
+            "environment \"production\" {\n    port-offset 1000\n",
+        );
     // A notify service that never sends READY=1 fails at this, not at 60 s.
     text.push_str(&services.replace(
         "ready \"notify\";",
@@ -43,7 +49,7 @@ fn world() -> Option<(World, u16)> {
             _dir: dir,
             fx,
             sandbox,
-            prefix: "rk".to_owned(),
+            prefix: "rk-staging".to_owned(),
         },
         grpc,
     ))
@@ -105,6 +111,52 @@ async fn every_kind_of_readiness_deploys_and_each_failure_explains_itself() {
         first.contains("ms of checking, at probe") && first.contains("the action took"),
         "{first}"
     );
+
+    // `status` asks each service the way its readiness says: a TCP connection, the exec
+    // command, and for notify and none the unit's state; `--check` passes.
+    let out = w.run(&["status", "--env", "staging", "--check"]);
+    let text = ok(&out);
+    assert!(
+        text.contains("5 services: 5 healthy, 0 unhealthy"),
+        "{text}"
+    );
+    let out = w.run(&["status", "--env", "staging", "--format", "json"]);
+    ok(&out);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let service = |st: &serde_json::Value, name: &str| {
+        st["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["services"].as_array().unwrap().clone())
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {st:#}"))
+    };
+    let grpc_probe = service(&st, "kinds-grpc");
+    assert_eq!(
+        grpc_probe["readiness"]["url"],
+        format!("tcp://127.0.0.1:{grpc}")
+    );
+    assert_eq!(grpc_probe["liveness"]["ok"], true, "{grpc_probe:#}");
+    assert!(
+        service(&st, "kinds-probed")["readiness"]["url"]
+            .as_str()
+            .unwrap()
+            .contains(&probed.to_string()),
+        "{st:#}"
+    );
+    // A stopped worker fails the check, named, and the others stay healthy.
+    sd.stop(&w.unit("kinds-worker")).await.unwrap();
+    let out = w.run(&["status", "--env", "staging", "--check"]);
+    assert_eq!(code(&out), moorline::exit::UNHEALTHY);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("5 services: 4 healthy, 1 unhealthy")
+            && text.contains("not active and running"),
+        "{text}"
+    );
+    sd.start(&w.unit("kinds-worker")).await.unwrap();
+    ok(&w.run(&["status", "--env", "staging", "--check"]));
 
     // A crash on start: the exit status, the restarts and the unit's own words, as text and
     // as the JSON event's `unit`.

@@ -57,6 +57,31 @@ fn next(act: &Act<'_>, svc: &Service, slots: [u16; 2]) -> Result<u16, ActionErro
         })
 }
 
+/// The units a failure report of `unit` reads (exit status, journal): for
+/// the template unit of a blue/green service, which runs nothing itself,
+/// the slot instance the step acted on (the slot `slot-start` chose for the
+/// slot steps, the live slot for the others), or both instances when
+/// neither is known; `unit` itself otherwise.
+pub(super) fn reported_units(act: &Act<'_>, unit: &str) -> Vec<String> {
+    let svc = match act.configured("a failure report") {
+        Ok(svc) if svc.cutover.is_some() && svc.unit_name == unit => svc,
+        _ => return vec![unit.to_owned()],
+    };
+    let Some(c) = &svc.cutover else {
+        return vec![unit.to_owned()];
+    };
+    let chosen = match act.action.step {
+        crate::plan::Step::SlotStart { .. } | crate::plan::Step::SlotReady { .. } => {
+            next(act, svc, c.slots).ok()
+        }
+        _ => None,
+    };
+    match chosen.or_else(|| live(&c.upstream, svc, c.slots)) {
+        Some(slot) => vec![svc.slot_unit(slot)],
+        None => svc.running_units(),
+    }
+}
+
 /// Where a slot's link points (a release directory), if it has one.
 fn link(dir: &Path, slot: u16) -> Option<PathBuf> {
     std::fs::read_link(dir.join(slot.to_string())).ok()

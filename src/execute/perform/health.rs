@@ -28,10 +28,6 @@ pub(crate) const PORT_MISMATCH_GRACE: Duration = Duration::from_secs(5);
 /// on (a pass over `/proc`), at most.
 const PORTS_EVERY: Duration = Duration::from_secs(1);
 
-/// How long one `ready "exec"` attempt may run (the wait's own deadline
-/// cuts it shorter).
-pub(crate) const EXEC_ATTEMPT: Duration = Duration::from_secs(10);
-
 /// Waits for `unit` to pass `check` (for up to `timeout_secs`) and settle;
 /// the port it should listen on is the service's configured one.
 pub(super) async fn health(
@@ -145,37 +141,22 @@ pub(super) async fn health_on(
 
 /// One `ready "exec"` attempt: the command runs like a configured command
 /// (argv, the service's command environment, its output in the action's
-/// log), bounded by [`EXEC_ATTEMPT`] and the wait's deadline.
+/// log), bounded by [`health::EXEC_ATTEMPT`] and the wait's deadline.
 async fn exec_probe(act: &Act<'_>, argv: &[String], deadline: Instant) -> Probe {
-    let start = Instant::now();
     let left = deadline
-        .saturating_duration_since(start)
+        .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(1));
     let env = super::command_env(act.ctx, act.action.service.as_deref(), None);
     let log = act.log();
-    let res = crate::process::run(crate::process::Run {
-        argv,
-        dir: None,
-        env: &env,
-        timeout: EXEC_ATTEMPT.min(left),
-        log: &log,
+    health::probe_exec(argv, &env, &log, health::EXEC_ATTEMPT.min(left), |e| {
+        // The message's first line: the tail of its output follows.
+        ActionError::Command {
+            what: "the readiness command",
+            source: Box::new(e),
+        }
+        .message()
     })
-    .await;
-    Probe {
-        url: argv.join(" "),
-        status: None,
-        ok: res.is_ok(),
-        millis: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
-        error: res.err().map(|e| {
-            // The message's first line: the tail of its output follows.
-            let text = ActionError::Command {
-                what: "the readiness command",
-                source: Box::new(e),
-            }
-            .message();
-            text.replace('\n', " | ")
-        }),
-    }
+    .await
 }
 
 /// What is asked between two probes: the unit is still up, and its

@@ -122,22 +122,25 @@ pub(super) async fn run(
                 ),
             ) && !matches!(e, ActionError::Journal(_))
             {
-                let f = unit_failure(ctx, unit).await;
-                // How its main process ended, and how often systemd
-                // restarted it: a crash on start says its exit status.
-                if let Some(exit) = &f.exit {
-                    let _ = write!(msg, "\n{unit}: {exit}");
-                }
-                if let Some(why) = &f.journal_unavailable {
-                    let _ = write!(msg, "\nno journal lines of {unit}: {why}");
-                } else {
-                    let _ = write!(msg, "\nlast lines of {unit}'s journal:");
-                    for l in &f.journal {
-                        msg.push_str("\n    | ");
-                        msg.push_str(l);
+                // A blue/green template runs nothing: its slot instances do.
+                for unit in cutover::reported_units(&act, unit) {
+                    let f = unit_failure(ctx, &unit).await;
+                    // How its main process ended, and how often systemd
+                    // restarted it: a crash on start says its exit status.
+                    if let Some(exit) = &f.exit {
+                        let _ = write!(msg, "\n{unit}: {exit}");
                     }
+                    if let Some(why) = &f.journal_unavailable {
+                        let _ = write!(msg, "\nno journal lines of {unit}: {why}");
+                    } else {
+                        let _ = write!(msg, "\nlast lines of {unit}'s journal:");
+                        for l in &f.journal {
+                            msg.push_str("\n    | ");
+                            msg.push_str(l);
+                        }
+                    }
+                    failure.get_or_insert(f);
                 }
-                failure = Some(f);
             }
             Err((e, msg, failure))
         }
