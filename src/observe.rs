@@ -79,6 +79,11 @@ pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan
     };
     let changes = t.repo.changes(from, to, req.allow_non_ancestor)?;
     let units_source_is_host = units_source == "host";
+    let timers = if units_source_is_host {
+        installed_timers(t)
+    } else {
+        BTreeMap::new()
+    };
     let foreign_units = if req.on_host || units_source == "host" {
         foreign_units(t, loaded_state.state.as_ref())
     } else {
@@ -102,6 +107,7 @@ pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan
         state_sha256: loaded_state.sha256,
         units_source,
         units,
+        timers,
         foreign_units,
         migrate_status,
         deps_cache: (req.on_host || units_source_is_host)
@@ -458,6 +464,20 @@ pub(crate) fn installed_units(t: &Target) -> BTreeMap<String, Option<String>> {
         .map(|s| {
             let text = std::fs::read_to_string(t.unit_dir.join(&s.unit_name)).ok();
             (s.name.clone(), text)
+        })
+        .collect()
+}
+
+/// The `.timer` files installed on this host for every scheduled service.
+fn installed_timers(t: &Target) -> BTreeMap<String, Option<String>> {
+    t.config()
+        .services
+        .iter()
+        .filter(|s| s.unit.is_some())
+        .filter_map(|s| {
+            let timer = s.timer_unit()?;
+            let text = std::fs::read_to_string(t.unit_dir.join(timer)).ok();
+            Some((s.name.clone(), text))
         })
         .collect()
 }

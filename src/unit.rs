@@ -333,6 +333,41 @@ pub fn render(env: &Environment, service: &Service) -> Result<Option<String>, Un
     render_spec(env, service, spec, false).map(Some)
 }
 
+/// The `.timer` unit of a scheduled service whose unit moorline writes
+/// (`None` otherwise): it starts the service at each `OnCalendar=` time
+/// (systemd.timer(5)) and is enabled with `timers.target`. It holds no
+/// secret.
+pub(crate) fn render_timer(
+    env: &Environment,
+    service: &Service,
+) -> Result<Option<String>, UnitError> {
+    let (Some(schedule), Some(_)) = (&service.schedule, &service.unit) else {
+        return Ok(None);
+    };
+    let mut w = Writer {
+        service: &service.name,
+        out: String::new(),
+    };
+    w.out.push_str(
+        "# Managed by moorline: changes made here are reported as drift and replaced on the next apply.\n",
+    );
+    w.out.push_str("[Unit]\n");
+    w.bare(
+        "Description",
+        Field::Description,
+        &format!("{} schedule ({})", service.name, env.name),
+    )?;
+    w.out.push_str("\n[Timer]\n");
+    w.bare("OnCalendar", Field::Description, &schedule.calendar)?;
+    if schedule.persistent {
+        w.line("Persistent", "true")?;
+    }
+    w.bare("Unit", Field::UnitName, &service.unit_name)?;
+    w.out.push_str("\n[Install]\n");
+    w.line("WantedBy", "timers.target")?;
+    Ok(Some(w.out))
+}
+
 /// The same unit with every secret value replaced by [`REDACTED`]; fails
 /// exactly when [`render`] does.
 pub(crate) fn render_redacted(
@@ -524,6 +559,10 @@ fn render_spec(
         w.out.push_str("\n[Service]\nType=notify\n");
         let secs = service.ready_timeout.as_secs().max(1);
         w.line("TimeoutStartSec", &format!("{secs}s"))?;
+    } else if service.schedule.is_some() {
+        // A scheduled job: its timer starts it, the start job ends when
+        // it has run (systemd.service(5), Type=oneshot).
+        w.out.push_str("\n[Service]\nType=oneshot\n");
     } else {
         w.out.push_str("\n[Service]\nType=simple\n");
     }
@@ -556,6 +595,11 @@ fn render_spec(
     }
     if let Some(g) = &spec.group {
         w.bare("Group", Field::UserGroup, g)?;
+    }
+    if service.schedule.is_some() {
+        // A job runs once per start and is not started at boot: its timer
+        // is what is enabled (Restart=always is refused for oneshot).
+        return Ok(w.out);
     }
     // `restart` is one of systemd's fixed words (checked by the validator).
     w.bare("Restart", Field::Description, &spec.restart)?;
@@ -753,6 +797,7 @@ mod tests {
             role: None,
             start_after: Vec::new(),
             cutover: None,
+            schedule: None,
         }
     }
 

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{ForeignUnit, HostView, PlanError};
+use super::{ForeignUnit, HostView, PlanError, timer_change};
 use crate::config::{Config, Environment, Service};
 use crate::files::sha256_hex;
 use crate::plan::{UnitChange, UnitConflict};
@@ -55,13 +55,21 @@ pub(super) fn unit_changes(
             continue;
         };
         let secret = unit::secret_names(s);
+        let timer = timer_change(env, s, host)?;
+        let timer_moved = timer.as_ref().is_some_and(|(b, r)| b.as_ref() != Some(r));
         let change = match (foreign, &baseline) {
             (Some(_), _) if adopt.contains(&s.name) => UnitChange::Adopt,
             (Some(_), _) => UnitChange::Conflict,
             (None, None) => UnitChange::New,
-            (None, Some(b)) if *b == rendered => UnitChange::Unchanged,
+            (None, Some(b)) if *b == rendered && !timer_moved => UnitChange::Unchanged,
             (None, Some(_)) => UnitChange::Changed,
         };
+        if let (Some((timer_baseline, _)), Some(t)) = (&timer, s.timer_unit()) {
+            input_units.insert(
+                t,
+                timer_baseline.as_deref().map(|b| sha256_hex(b.as_bytes())),
+            );
+        }
         if let (UnitChange::Conflict, Some(f)) = (change, foreign) {
             conflicts.push(unit_conflict(s, f));
         }
@@ -88,6 +96,22 @@ pub(super) fn unit_changes(
                 &format!("planned/{}", s.unit_name),
             )),
             _ => None,
+        };
+        let diff = match (&timer, s.timer_unit()) {
+            (Some((b, r)), Some(t)) if b.as_ref() != Some(r) && change != UnitChange::Conflict => {
+                let old_label = match b {
+                    Some(_) => format!("installed/{t}"),
+                    None => "/dev/null".to_owned(),
+                };
+                let d = unit::diff(
+                    b.as_deref().unwrap_or(""),
+                    r,
+                    &old_label,
+                    &format!("planned/{t}"),
+                );
+                Some(diff.map_or(d.clone(), |u| format!("{u}{d}")))
+            }
+            _ => diff,
         };
         unit_changes.insert(i, (change, diff));
     }
