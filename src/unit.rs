@@ -844,6 +844,45 @@ mod tests {
         }
     }
 
+    /// A scheduled job: `Type=oneshot`, no `Restart=` nor `[Install]` (its
+    /// timer is what is enabled); its timer names it and the schedule, as
+    /// systemd reads it back.
+    #[test]
+    fn a_scheduled_job_is_a_oneshot_started_by_its_timer() {
+        let mut s = service(spec());
+        assert_eq!(render_timer(&env("/srv"), &s).unwrap(), None);
+        s.schedule = Some(crate::config::Schedule {
+            calendar: "Mon..Fri *-*-* 03:00:00".into(),
+            persistent: true,
+        });
+        let unit = render(&env("/srv"), &s).unwrap().unwrap();
+        assert!(unit.contains("\n[Service]\nType=oneshot\n"), "{unit}");
+        assert!(
+            !unit.contains("Restart=") && !unit.contains("[Install]"),
+            "{unit}"
+        );
+        let timer = render_timer(&env("/srv"), &s).unwrap().unwrap();
+        let lines: Vec<(String, String)> = reader::logical_lines(&timer)
+            .unwrap()
+            .iter()
+            .filter_map(|l| reader::split_assignment(&l.text))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let get = |k: &str| lines.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("OnCalendar"), Some("Mon..Fri *-*-* 03:00:00"));
+        assert_eq!(get("Persistent"), Some("true"));
+        assert_eq!(get("Unit"), Some("api.service"));
+        assert_eq!(get("WantedBy"), Some("timers.target"));
+        assert!(timer.contains("\n[Timer]\n"), "{timer}");
+        // `%` is a specifier to systemd: doubled.
+        s.schedule.as_mut().unwrap().calendar = "%H".into();
+        let timer = render_timer(&env("/srv"), &s).unwrap().unwrap();
+        assert!(timer.contains("\nOnCalendar=%%H\n"), "{timer}");
+        // A job whose unit is managed by hand has no timer from moorline.
+        s.unit = None;
+        assert_eq!(render_timer(&env("/srv"), &s).unwrap(), None);
+    }
+
     /// A cutover service's unit is a template: `{port}` and `{current}`
     /// become the instance (`%i`, the slot's port) and its slot link, while
     /// a `%` the user wrote stays escaped.

@@ -2514,6 +2514,78 @@ mod tests {
     }
 
     #[test]
+    fn a_schedule_makes_a_job_without_port_or_readiness() {
+        let config = |service: &str, unit: bool| {
+            let unit = if unit {
+                " unit { exec \"/bin/true\"; }"
+            } else {
+                ""
+            };
+            format!(
+                "project \"p\"\nenvironment \"staging\" {{ branch \"main\"; root \"/opt/p\" }}\n\
+                 phase \"a\"\nruntime \"go\" {{{unit} }}\n\
+                 service \"j\" {{ runtime \"go\"; phase \"a\"; {service} }}\n"
+            )
+        };
+        let codes = |text: String| -> Vec<&'static str> {
+            match crate::config::parse("t.kdl", &text) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.problems.iter().map(|p| p.kind.code()).collect(),
+            }
+        };
+        let good = config(r#"schedule "*-*-* 03:00:00"; persistent #true;"#, true);
+        assert_eq!(codes(good.clone()), Vec::<&str>::new());
+        let c = crate::config::parse("t.kdl", &good).unwrap();
+        let j = c.service("j").unwrap();
+        assert_eq!(
+            j.schedule,
+            Some(Schedule {
+                calendar: "*-*-* 03:00:00".into(),
+                persistent: true
+            })
+        );
+        assert_eq!((j.port, &j.readiness), (None, &Readiness::None));
+        assert_eq!(j.timer_unit().as_deref(), Some("j.timer"));
+        assert_eq!(j.live_unit(), "j.timer");
+        let plain = crate::config::parse("t.kdl", &config(r#"schedule "daily";"#, true)).unwrap();
+        assert!(
+            !plain
+                .service("j")
+                .unwrap()
+                .schedule
+                .as_ref()
+                .unwrap()
+                .persistent
+        );
+        for (service, unit, want) in [
+            (r#"schedule " ";"#, true, vec!["moorline::config::schedule"]),
+            // A job with a newline: refused once, where the string is read.
+            (
+                r#"schedule "daily\n";"#,
+                true,
+                vec!["moorline::config::control_character"],
+            ),
+            (
+                r#"schedule "daily";"#,
+                false,
+                vec!["moorline::config::schedule"],
+            ),
+            (
+                r#"schedule "daily"; ready "tcp"; port 3;"#,
+                true,
+                vec!["moorline::config::schedule"],
+            ),
+            (
+                r#"persistent #true; ready "none";"#,
+                true,
+                vec!["moorline::config::schedule"],
+            ),
+        ] {
+            assert_eq!(codes(config(service, unit)), want, "{service}");
+        }
+    }
+
+    #[test]
     fn every_readiness_kind_is_read_and_only_http_and_tcp_need_a_port() {
         let config = |ready: &str, port: &str| {
             format!(

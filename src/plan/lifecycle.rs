@@ -392,7 +392,10 @@ impl Walker<'_, '_> {
             let unit = f.unit.clone();
             // A scheduled service's timer file is the second file of the
             // service (service units end in `.service`, checked by config).
-            let of = if f.unit.ends_with(".timer") {
+            let of = if std::path::Path::new(&f.unit)
+                .extension()
+                .is_some_and(|e| e == "timer")
+            {
                 format!("{}.timer", f.service)
             } else {
                 f.service.clone()

@@ -274,6 +274,41 @@ service "batch" { runtime "bin"; port 3; phase "core"; }
     }
 
     #[test]
+    fn a_jobs_timer_file_is_planned_with_its_unit() {
+        let mut c = Case::new();
+        c.config = crate::config::parse(
+            "t.kdl",
+            &CONFIG.replace(
+                "port 2; phase \"core\"; }",
+                "phase \"core\"; schedule \"daily\"; }",
+            ),
+        )
+        .unwrap();
+        let installed = c.rendered("web");
+        c.host.units.insert("web".into(), Some(installed));
+        // Its unit is installed, its timer not yet: both are installed.
+        let (p, _) = c.plan(&[]);
+        let (web, diff) = &p.changes[&1];
+        assert_eq!(*web, UnitChange::Changed);
+        let diff = diff.as_deref().unwrap();
+        assert!(diff.contains("planned/p-web.timer"), "{diff}");
+        assert!(diff.contains("+OnCalendar=daily"), "{diff}");
+        assert_eq!(p.input_units["p-web.timer"], None);
+        // Both as rendered: nothing to do.
+        let s = c.config.service("web").unwrap();
+        let timer = unit::render_timer(c.env(), s).unwrap();
+        c.host.timers.insert("web".into(), timer.clone());
+        let (p, _) = c.plan(&[]);
+        assert_eq!(p.changes[&1], (UnitChange::Unchanged, None));
+        assert_eq!(
+            p.input_units["p-web.timer"],
+            timer.map(|t| sha256_hex(t.as_bytes()))
+        );
+        // A service without a schedule has no timer entry.
+        assert!(!p.input_units.contains_key("p-api.timer"));
+    }
+
+    #[test]
     fn adopting_what_is_not_there_warns() {
         let c = Case::new();
         let (p, warnings) = c.plan(&["web"]);
