@@ -122,6 +122,21 @@ async fn every_kind_of_readiness_deploys_and_each_failure_explains_itself() {
         job.invocation_id.is_empty(),
         "the job ran at deploy: {job:?}"
     );
+    // `status` shows the job as its timer: active and enabled, not an inactive oneshot.
+    let status = w.run(&["status", "--env", "staging", "--format", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let job_status = status["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["services"].as_array().unwrap())
+        .find(|s| s["name"] == JOB)
+        .unwrap_or_else(|| panic!("no {JOB} in {status}"));
+    assert_eq!(
+        (&job_status["unit"], &job_status["active_state"]),
+        (&serde_json::json!(timer), &serde_json::json!("active")),
+        "{job_status}"
+    );
     let unit_text = std::fs::read_to_string(w.sandbox.unit_dir().join(w.unit(JOB))).unwrap();
     assert!(unit_text.contains("\nType=oneshot\n"), "{unit_text}");
     assert!(!unit_text.contains("Restart="), "{unit_text}");
