@@ -62,10 +62,13 @@ pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan
             b = t.env.branch
         ));
     }
+    let mut timers = BTreeMap::new();
     let (units_source, units) = if loaded_state.state.is_some() || from.is_none() {
+        timers = installed_timers(t);
         ("host".to_owned(), installed_units(t))
     } else if let Some(f) = &from {
-        if let Some(u) = units_at(t, &f.sha) {
+        if let Some((u, old_timers)) = units_at(t, &f.sha) {
+            timers = old_timers;
             (format!("config@{}", plan::short(&f.sha)), u)
         } else {
             warnings.push(format!(
@@ -79,11 +82,6 @@ pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan
     };
     let changes = t.repo.changes(from, to, req.allow_non_ancestor)?;
     let units_source_is_host = units_source == "host";
-    let timers = if units_source_is_host {
-        installed_timers(t)
-    } else {
-        BTreeMap::new()
-    };
     let foreign_units = if req.on_host || units_source == "host" {
         foreign_units(t, loaded_state.state.as_ref())
     } else {
@@ -509,9 +507,13 @@ fn foreign_units(t: &Target, state: Option<&state::State>) -> BTreeMap<String, p
         .collect()
 }
 
-/// The unit files the configuration as committed at `sha` would render:
-/// the baseline when planning away from the host (a pull request).
-fn units_at(t: &Target, sha: &str) -> Option<BTreeMap<String, Option<String>>> {
+/// Service name → the text of one of its unit files (`None`: none).
+type UnitTexts = BTreeMap<String, Option<String>>;
+
+/// The unit files the configuration as committed at `sha` would render
+/// (and the timer files of its scheduled services): the baseline when
+/// planning away from the host (a pull request).
+fn units_at(t: &Target, sha: &str) -> Option<(UnitTexts, UnitTexts)> {
     let abs = t.loaded.path.canonicalize().ok()?;
     let root = t.repo.root().canonicalize().ok()?;
     let rel = abs.strip_prefix(&root).ok()?;
@@ -536,17 +538,23 @@ fn units_at(t: &Target, sha: &str) -> Option<BTreeMap<String, Option<String>>> {
         &parsed
     };
     let env = old.environment(&t.env.name)?;
-    Some(
-        t.config()
-            .services
-            .iter()
-            .filter(|s| s.unit.is_some())
-            .map(|s| {
-                let rendered = old
-                    .service(&s.name)
-                    .and_then(|o| unit::render(env, o).ok().flatten());
-                (s.name.clone(), rendered)
-            })
-            .collect(),
-    )
+    let managed = || t.config().services.iter().filter(|s| s.unit.is_some());
+    let units = managed()
+        .map(|s| {
+            let rendered = old
+                .service(&s.name)
+                .and_then(|o| unit::render(env, o).ok().flatten());
+            (s.name.clone(), rendered)
+        })
+        .collect();
+    let timers = managed()
+        .filter(|s| s.schedule.is_some())
+        .map(|s| {
+            let rendered = old
+                .service(&s.name)
+                .and_then(|o| unit::render_timer(env, o).ok().flatten());
+            (s.name.clone(), rendered)
+        })
+        .collect();
+    Some((units, timers))
 }
