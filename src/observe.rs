@@ -62,10 +62,13 @@ pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan
             b = t.env.branch
         ));
     }
+    let mut timers = BTreeMap::new();
     let (units_source, units) = if loaded_state.state.is_some() || from.is_none() {
+        timers = installed_timers(t);
         ("host".to_owned(), installed_units(t))
     } else if let Some(f) = &from {
-        if let Some(u) = units_at(t, &f.sha) {
+        if let Some((u, old_timers)) = units_at(t, &f.sha) {
+            timers = old_timers;
             (format!("config@{}", plan::short(&f.sha)), u)
         } else {
             warnings.push(format!(
@@ -102,6 +105,7 @@ pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan
         state_sha256: loaded_state.sha256,
         units_source,
         units,
+        timers,
         foreign_units,
         migrate_status,
         deps_cache: (req.on_host || units_source_is_host)
@@ -462,6 +466,20 @@ pub(crate) fn installed_units(t: &Target) -> BTreeMap<String, Option<String>> {
         .collect()
 }
 
+/// The `.timer` files installed on this host for every scheduled service.
+fn installed_timers(t: &Target) -> BTreeMap<String, Option<String>> {
+    t.config()
+        .services
+        .iter()
+        .filter(|s| s.unit.is_some())
+        .filter_map(|s| {
+            let timer = s.timer_unit()?;
+            let text = std::fs::read_to_string(t.unit_dir.join(timer)).ok();
+            Some((s.name.clone(), text))
+        })
+        .collect()
+}
+
 /// Unit files on this host where a managed service's unit goes that the
 /// host state does not record as installed by moorline: a hand-written
 /// unit, or one installed with another state directory. Whatever the plan
@@ -489,9 +507,13 @@ fn foreign_units(t: &Target, state: Option<&state::State>) -> BTreeMap<String, p
         .collect()
 }
 
-/// The unit files the configuration as committed at `sha` would render:
-/// the baseline when planning away from the host (a pull request).
-fn units_at(t: &Target, sha: &str) -> Option<BTreeMap<String, Option<String>>> {
+/// Service name → the text of one of its unit files (`None`: none).
+type UnitTexts = BTreeMap<String, Option<String>>;
+
+/// The unit files the configuration as committed at `sha` would render
+/// (and the timer files of its scheduled services): the baseline when
+/// planning away from the host (a pull request).
+fn units_at(t: &Target, sha: &str) -> Option<(UnitTexts, UnitTexts)> {
     let abs = t.loaded.path.canonicalize().ok()?;
     let root = t.repo.root().canonicalize().ok()?;
     let rel = abs.strip_prefix(&root).ok()?;
@@ -516,17 +538,23 @@ fn units_at(t: &Target, sha: &str) -> Option<BTreeMap<String, Option<String>>> {
         &parsed
     };
     let env = old.environment(&t.env.name)?;
-    Some(
-        t.config()
-            .services
-            .iter()
-            .filter(|s| s.unit.is_some())
-            .map(|s| {
-                let rendered = old
-                    .service(&s.name)
-                    .and_then(|o| unit::render(env, o).ok().flatten());
-                (s.name.clone(), rendered)
-            })
-            .collect(),
-    )
+    let managed = || t.config().services.iter().filter(|s| s.unit.is_some());
+    let units = managed()
+        .map(|s| {
+            let rendered = old
+                .service(&s.name)
+                .and_then(|o| unit::render(env, o).ok().flatten());
+            (s.name.clone(), rendered)
+        })
+        .collect();
+    let timers = managed()
+        .filter(|s| s.schedule.is_some())
+        .map(|s| {
+            let rendered = old
+                .service(&s.name)
+                .and_then(|o| unit::render_timer(env, o).ok().flatten());
+            (s.name.clone(), rendered)
+        })
+        .collect();
+    Some((units, timers))
 }

@@ -333,6 +333,41 @@ pub fn render(env: &Environment, service: &Service) -> Result<Option<String>, Un
     render_spec(env, service, spec, false).map(Some)
 }
 
+/// The `.timer` unit of a scheduled service whose unit moorline writes
+/// (`None` otherwise): it starts the service at each `OnCalendar=` time
+/// (systemd.timer(5)) and is enabled with `timers.target`. It holds no
+/// secret.
+pub(crate) fn render_timer(
+    env: &Environment,
+    service: &Service,
+) -> Result<Option<String>, UnitError> {
+    let (Some(schedule), Some(_)) = (&service.schedule, &service.unit) else {
+        return Ok(None);
+    };
+    let mut w = Writer {
+        service: &service.name,
+        out: String::new(),
+    };
+    w.out.push_str(
+        "# Managed by moorline: changes made here are reported as drift and replaced on the next apply.\n",
+    );
+    w.out.push_str("[Unit]\n");
+    w.bare(
+        "Description",
+        Field::Description,
+        &format!("{} schedule ({})", service.name, env.name),
+    )?;
+    w.out.push_str("\n[Timer]\n");
+    w.bare("OnCalendar", Field::Description, &schedule.calendar)?;
+    if schedule.persistent {
+        w.line("Persistent", "true")?;
+    }
+    w.bare("Unit", Field::UnitName, &service.unit_name)?;
+    w.out.push_str("\n[Install]\n");
+    w.line("WantedBy", "timers.target")?;
+    Ok(Some(w.out))
+}
+
 /// The same unit with every secret value replaced by [`REDACTED`]; fails
 /// exactly when [`render`] does.
 pub(crate) fn render_redacted(
@@ -524,6 +559,10 @@ fn render_spec(
         w.out.push_str("\n[Service]\nType=notify\n");
         let secs = service.ready_timeout.as_secs().max(1);
         w.line("TimeoutStartSec", &format!("{secs}s"))?;
+    } else if service.schedule.is_some() {
+        // A scheduled job: its timer starts it, the start job ends when
+        // it has run (systemd.service(5), Type=oneshot).
+        w.out.push_str("\n[Service]\nType=oneshot\n");
     } else {
         w.out.push_str("\n[Service]\nType=simple\n");
     }
@@ -556,6 +595,11 @@ fn render_spec(
     }
     if let Some(g) = &spec.group {
         w.bare("Group", Field::UserGroup, g)?;
+    }
+    if service.schedule.is_some() {
+        // A job runs once per start and is not started at boot: its timer
+        // is what is enabled (Restart=always is refused for oneshot).
+        return Ok(w.out);
     }
     // `restart` is one of systemd's fixed words (checked by the validator).
     w.bare("Restart", Field::Description, &spec.restart)?;
@@ -753,6 +797,7 @@ mod tests {
             role: None,
             start_after: Vec::new(),
             cutover: None,
+            schedule: None,
         }
     }
 
@@ -797,6 +842,45 @@ mod tests {
         ] {
             assert_eq!(exec_word(w), want, "{w}");
         }
+    }
+
+    /// A scheduled job: `Type=oneshot`, no `Restart=` nor `[Install]` (its
+    /// timer is what is enabled); its timer names it and the schedule, as
+    /// systemd reads it back.
+    #[test]
+    fn a_scheduled_job_is_a_oneshot_started_by_its_timer() {
+        let mut s = service(spec());
+        assert_eq!(render_timer(&env("/srv"), &s).unwrap(), None);
+        s.schedule = Some(crate::config::Schedule {
+            calendar: "Mon..Fri *-*-* 03:00:00".into(),
+            persistent: true,
+        });
+        let unit = render(&env("/srv"), &s).unwrap().unwrap();
+        assert!(unit.contains("\n[Service]\nType=oneshot\n"), "{unit}");
+        assert!(
+            !unit.contains("Restart=") && !unit.contains("[Install]"),
+            "{unit}"
+        );
+        let timer = render_timer(&env("/srv"), &s).unwrap().unwrap();
+        let lines: Vec<(String, String)> = reader::logical_lines(&timer)
+            .unwrap()
+            .iter()
+            .filter_map(|l| reader::split_assignment(&l.text))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let get = |k: &str| lines.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("OnCalendar"), Some("Mon..Fri *-*-* 03:00:00"));
+        assert_eq!(get("Persistent"), Some("true"));
+        assert_eq!(get("Unit"), Some("api.service"));
+        assert_eq!(get("WantedBy"), Some("timers.target"));
+        assert!(timer.contains("\n[Timer]\n"), "{timer}");
+        // `%` is a specifier to systemd: doubled.
+        s.schedule.as_mut().unwrap().calendar = "%H".into();
+        let timer = render_timer(&env("/srv"), &s).unwrap().unwrap();
+        assert!(timer.contains("\nOnCalendar=%%H\n"), "{timer}");
+        // A job whose unit is managed by hand has no timer from moorline.
+        s.unit = None;
+        assert_eq!(render_timer(&env("/srv"), &s).unwrap(), None);
     }
 
     /// A cutover service's unit is a template: `{port}` and `{current}`

@@ -417,6 +417,20 @@ pub struct Service {
     /// `cutover "blue-green"`: a new release goes live in the idle one of
     /// two slots behind the proxy; `None`: restarted in place (the default).
     pub cutover: Option<Cutover>,
+    /// `schedule`: a job its `.timer` unit runs; `None`: a long-running
+    /// service.
+    pub schedule: Option<Schedule>,
+}
+
+/// A service run on a schedule: its unit is `Type=oneshot`, and a second
+/// unit, `NAME.timer`, starts it (systemd.timer(5)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Schedule {
+    /// The timer's `OnCalendar=` (systemd.time(7)), as written.
+    pub calendar: String,
+    /// `Persistent=`: a run missed while the timer was down happens when it
+    /// starts again.
+    pub persistent: bool,
 }
 
 /// How long the old slot keeps serving requests it already has after the
@@ -439,6 +453,23 @@ pub struct Cutover {
 }
 
 impl Service {
+    /// The `.timer` unit of a scheduled service (`NAME.timer` beside
+    /// `NAME.service`); `None` for a long-running one.
+    pub(crate) fn timer_unit(&self) -> Option<String> {
+        self.schedule.as_ref()?;
+        let stem = self
+            .unit_name
+            .strip_suffix(".service")
+            .unwrap_or(&self.unit_name);
+        Some(format!("{stem}.timer"))
+    }
+
+    /// The unit a deploy restarts and checks: the timer of a scheduled
+    /// service (a deploy never runs the job), the service's unit otherwise.
+    pub(crate) fn live_unit(&self) -> String {
+        self.timer_unit().unwrap_or_else(|| self.unit_name.clone())
+    }
+
     /// Every port the service listens on: its `port` and its blue/green
     /// slots.
     pub(crate) fn ports(&self) -> impl Iterator<Item = u16> + '_ {

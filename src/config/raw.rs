@@ -213,6 +213,10 @@ pub(crate) struct RawService {
     pub(crate) role: Option<Str>,
     /// `cutover "blue-green" { ... }`: how a new release goes live.
     pub(crate) cutover: Option<RawCutover>,
+    /// `schedule "OnCalendar"`: a job run by a `.timer` unit.
+    pub(crate) schedule: Option<Str>,
+    /// `persistent #true`: the timer catches up on runs missed while down.
+    pub(crate) persistent: Option<Spanned<bool>>,
     /// Child node names present, even where their value was rejected, so
     /// a wrong value is not reported a second time as a missing one.
     pub(crate) seen: Vec<String>,
@@ -301,6 +305,8 @@ const SERVICE: &[&str] = &[
     "unit",
     "role",
     "cutover",
+    "schedule",
+    "persistent",
 ];
 const CUTOVER: &[&str] = &["slots", "upstream", "drain"];
 const UNIT: &[&str] = &[
@@ -1501,6 +1507,8 @@ impl Reader<'_, '_> {
             unit: None,
             role: None,
             cutover: None,
+            schedule: None,
+            persistent: None,
             seen: Vec::new(),
         };
         for c in children(node) {
@@ -1565,6 +1573,14 @@ impl Reader<'_, '_> {
                 "cutover" => {
                     let v = self.cutover(c);
                     self.once(&mut s.cutover, c, Some(v));
+                }
+                "schedule" => {
+                    let v = self.one_string(c, "an OnCalendar expression");
+                    self.once(&mut s.schedule, c, v);
+                }
+                "persistent" => {
+                    let v = self.boolean(c).map(|b| Spanned::new(b, c.span()));
+                    self.once(&mut s.persistent, c, v);
                 }
                 other => {
                     self.unknown_node(c, SERVICE, "`service`");

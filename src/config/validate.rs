@@ -11,7 +11,7 @@ use super::model::{
     DEFAULT_DRAIN, DEFAULT_HEALTH, DEFAULT_KEEP_RELEASES, DEFAULT_METRICS, DEFAULT_READY,
     DEFAULT_READY_TIMEOUT, DEFAULT_SERVICE_PATH, DEFAULT_UNIT_NAME, DrainHook, EnvValue,
     Environment, FirstDeploy, Host, Migrate, Phase, Project, PromoteFrom, Proxy, ROOT_PATH,
-    Readiness, Rollout, Runtime, Service, UnitSpec, looks_secret,
+    Readiness, Rollout, Runtime, Schedule, Service, UnitSpec, looks_secret,
 };
 use super::raw::{
     RawBatch, RawCommand, RawConfig, RawCutover, RawEnv, RawEnvironment, RawService, RawUnit,
@@ -1742,7 +1742,12 @@ impl Validator<'_> {
                     idx
                 }
             };
-            let readiness = self.readiness(s);
+            // A scheduled job is checked as its timer: active, and stable.
+            let readiness = if s.schedule.is_some() {
+                Some(Readiness::None)
+            } else {
+                self.readiness(s)
+            };
             // `None`: a problem was reported; `Some(None)`: no port, and
             // its readiness needs none.
             let port = match &s.port {
@@ -1905,6 +1910,7 @@ impl Validator<'_> {
                     "give the service a `port` and an HTTP `ready` path (the default) or ready \"tcp\"; a service that listens on nothing deploys with the default cutover \"restart\"",
                 ));
             }
+            let schedule = self.schedule(s, name, unit.is_some());
             // A cutover service runs as two instances of a template unit.
             let unit_name = match (unit_name, &cutover) {
                 (Some(u), Some(_)) => Some(
@@ -1975,10 +1981,80 @@ impl Validator<'_> {
                 role: s.role.as_ref().map(|r| r.value.clone()),
                 start_after: Vec::new(),
                 cutover,
+                schedule,
             });
         }
         self.dependency_rules(raw, &phase_names);
         out
+    }
+
+    /// A service's `schedule` (and `persistent`): a non-blank `OnCalendar=`
+    /// expression (control characters are refused when read), on a service
+    /// whose unit moorline writes, checked by nothing but its timer (no
+    /// `ready`), restarted in place (no `cutover`). `None` without one or
+    /// with problems (reported).
+    fn schedule(&mut self, s: &RawService, name: &Str, managed: bool) -> Option<Schedule> {
+        let Some(cal) = &s.schedule else {
+            if let Some(p) = &s.persistent {
+                self.push(Problem::new(
+                    ProblemKind::Schedule,
+                    p.span,
+                    format!("service `{}` is persistent but has no schedule", name.value),
+                    "only a timer is persistent",
+                    "add schedule \"*-*-* 03:00:00\" (an OnCalendar expression), or remove `persistent`",
+                ));
+            }
+            return None;
+        };
+        let before = self.problems.len();
+        let problem = |label: &str, message: String, help: &str| {
+            Problem::new(ProblemKind::Schedule, cal.span, message, label, help)
+        };
+        if cal.value.trim().is_empty() {
+            self.push(problem(
+                "empty schedule",
+                format!("the schedule of service `{}` is empty", name.value),
+                "write an OnCalendar expression (systemd.time(7)), for example schedule \"*-*-* 03:00:00\" or schedule \"hourly\"",
+            ));
+        }
+        if !managed {
+            self.push(problem(
+                "needs a unit moorline writes",
+                format!(
+                    "service `{}` has a schedule, but moorline does not write its unit",
+                    name.value
+                ),
+                "give the service (or its runtime) a unit { exec ... } block: moorline writes it as Type=oneshot beside its .timer",
+            ));
+        }
+        if let Some(r) = &s.ready {
+            self.push(Problem::new(
+                ProblemKind::Schedule,
+                r.span,
+                format!(
+                    "service `{}` runs on a schedule, so nothing is asked of it at deploy",
+                    name.value
+                ),
+                "a scheduled job has no readiness",
+                "remove `ready`: a deploy restarts the job's timer and checks that the timer stays active; the job itself runs at its next scheduled time",
+            ));
+        }
+        if let Some(c) = &s.cutover {
+            self.push(Problem::new(
+                ProblemKind::Schedule,
+                c.span,
+                format!(
+                    "service `{}` runs on a schedule and cannot cut over blue/green",
+                    name.value
+                ),
+                "a job has no slots",
+                "remove `cutover` (or `schedule`)",
+            ));
+        }
+        (self.problems.len() == before && !has_control(&cal.value)).then(|| Schedule {
+            calendar: cal.value.clone(),
+            persistent: s.persistent.as_ref().is_some_and(|p| p.value),
+        })
     }
 
     /// A service's `cutover` block: the mode, two free slot ports, an
@@ -2435,6 +2511,78 @@ mod tests {
             )),
             ["moorline::config::missing_value"]
         );
+    }
+
+    #[test]
+    fn a_schedule_makes_a_job_without_port_or_readiness() {
+        let config = |service: &str, unit: bool| {
+            let unit = if unit {
+                " unit { exec \"/bin/true\"; }"
+            } else {
+                ""
+            };
+            format!(
+                "project \"p\"\nenvironment \"staging\" {{ branch \"main\"; root \"/opt/p\" }}\n\
+                 phase \"a\"\nruntime \"go\" {{{unit} }}\n\
+                 service \"j\" {{ runtime \"go\"; phase \"a\"; {service} }}\n"
+            )
+        };
+        let codes = |text: String| -> Vec<&'static str> {
+            match crate::config::parse("t.kdl", &text) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.problems.iter().map(|p| p.kind.code()).collect(),
+            }
+        };
+        let good = config(r#"schedule "*-*-* 03:00:00"; persistent #true;"#, true);
+        assert_eq!(codes(good.clone()), Vec::<&str>::new());
+        let c = crate::config::parse("t.kdl", &good).unwrap();
+        let j = c.service("j").unwrap();
+        assert_eq!(
+            j.schedule,
+            Some(Schedule {
+                calendar: "*-*-* 03:00:00".into(),
+                persistent: true
+            })
+        );
+        assert_eq!((j.port, &j.readiness), (None, &Readiness::None));
+        assert_eq!(j.timer_unit().as_deref(), Some("j.timer"));
+        assert_eq!(j.live_unit(), "j.timer");
+        let plain = crate::config::parse("t.kdl", &config(r#"schedule "daily";"#, true)).unwrap();
+        assert!(
+            !plain
+                .service("j")
+                .unwrap()
+                .schedule
+                .as_ref()
+                .unwrap()
+                .persistent
+        );
+        for (service, unit, want) in [
+            (r#"schedule " ";"#, true, vec!["moorline::config::schedule"]),
+            // A job with a newline: refused once, where the string is read.
+            (
+                r#"schedule "daily\n";"#,
+                true,
+                vec!["moorline::config::control_character"],
+            ),
+            (
+                r#"schedule "daily";"#,
+                false,
+                vec!["moorline::config::schedule"],
+            ),
+            (
+                r#"schedule "daily"; ready "tcp"; port 3;"#,
+                true,
+                vec!["moorline::config::schedule"],
+            ),
+            (
+                r#"persistent #true; ready "none";"#,
+                true,
+                vec!["moorline::config::schedule"],
+            ),
+        ] {
+            assert_eq!(codes(config(service, unit)), want, "{service}");
+        }
     }
 
     #[test]

@@ -225,6 +225,15 @@ fn commit_state(
             saved,
         } = r
         {
+            // A scheduled service's timer file is not its unit: the state
+            // records the unit (the timer is rendered from the config).
+            if ctx
+                .config
+                .service(service)
+                .is_some_and(|s| s.timer_unit().as_deref() == Some(unit.as_str()))
+            {
+                continue;
+            }
             previous_units.insert(service.clone(), saved.clone());
             if let Some(s) = ctx.config.service(service) {
                 // What is installed now: the config's unit after a deploy,

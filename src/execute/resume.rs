@@ -153,7 +153,7 @@ async fn still_in_effect(ctx: &Ctx, plan: &Plan, a: &Action) -> bool {
                 .service
                 .as_deref()
                 .and_then(|s| ctx.config.service(s))
-                .and_then(|svc| unit_text(ctx, source, svc).ok());
+                .and_then(|svc| unit_text(ctx, source, svc, unit).ok());
             want.is_some_and(|w| file(unit).is_some_and(|h| h == w.as_bytes()))
         }
         Step::RestoreUnit { unit, saved } => {

@@ -156,9 +156,15 @@ pub(crate) fn health(s: &Service) -> Action {
         Check::Notify => format!(
             "must send READY=1 (Type=notify) within {secs}s, then stay up for the settle window"
         ),
-        Check::Stable => {
-            "must stay up for the settle window (ready \"none\": nothing to ask it)".to_owned()
-        }
+        Check::Stable => match (&s.schedule, s.timer_unit()) {
+            (Some(c), Some(timer)) => format!(
+                "{timer} must stay active for the settle window; the job is not run now: next run per OnCalendar={}",
+                c.calendar
+            ),
+            _ => {
+                "must stay up for the settle window (ready \"none\": nothing to ask it)".to_owned()
+            }
+        },
     };
     Action {
         id: health_id(&s.name),
@@ -167,7 +173,7 @@ pub(crate) fn health(s: &Service) -> Action {
         reason,
         after: Vec::new(),
         step: Step::Health {
-            unit: s.unit_name.clone(),
+            unit: s.live_unit(),
             check,
             timeout_secs: secs,
         },
@@ -355,7 +361,7 @@ impl Walker<'_, '_> {
                 ),
                 None => (
                     Step::Stop {
-                        unit: s.unit_name.clone(),
+                        unit: s.live_unit(),
                         unlink: Some(u.unlink.clone()),
                     },
                     ActionKind::Stop,
@@ -384,9 +390,19 @@ impl Walker<'_, '_> {
             let index = config.services.iter().position(|s| s.name == f.service);
             let configured = index.and_then(|i| config.services.get(i));
             let unit = f.unit.clone();
+            // A scheduled service's timer file is the second file of the
+            // service (service units end in `.service`, checked by config).
+            let of = if std::path::Path::new(&f.unit)
+                .extension()
+                .is_some_and(|e| e == "timer")
+            {
+                format!("{}.timer", f.service)
+            } else {
+                f.service.clone()
+            };
             let (id, kind, step) = match &f.write {
                 UnitWrite::Install { source } => (
-                    format!("install-unit:{}", f.service),
+                    format!("install-unit:{of}"),
                     ActionKind::InstallUnit,
                     Step::InstallUnit {
                         unit,
@@ -394,7 +410,7 @@ impl Walker<'_, '_> {
                     },
                 ),
                 UnitWrite::Restore { saved } => (
-                    format!("restore-unit:{}", f.service),
+                    format!("restore-unit:{of}"),
                     ActionKind::RestoreUnit,
                     Step::RestoreUnit {
                         unit,
@@ -402,7 +418,7 @@ impl Walker<'_, '_> {
                     },
                 ),
                 UnitWrite::Remove => (
-                    format!("remove-unit:{}", f.service),
+                    format!("remove-unit:{of}"),
                     ActionKind::RemoveUnit,
                     Step::RemoveUnit { unit },
                 ),
@@ -557,7 +573,7 @@ impl Walker<'_, '_> {
                 action(
                     format!("restart:{}", s.name),
                     Step::Restart {
-                        unit: s.unit_name.clone(),
+                        unit: s.live_unit(),
                         release: release.clone(),
                         settle: Settle::Probe,
                     },
@@ -568,7 +584,7 @@ impl Walker<'_, '_> {
                 action(
                     format!("start:{}", s.name),
                     Step::Start {
-                        unit: s.unit_name.clone(),
+                        unit: s.live_unit(),
                         settle: Settle::Probe,
                     },
                 ),
@@ -578,7 +594,7 @@ impl Walker<'_, '_> {
                 action(
                     format!("stop:{}", s.name),
                     Step::Stop {
-                        unit: s.unit_name.clone(),
+                        unit: s.live_unit(),
                         unlink: None,
                     },
                 ),

@@ -194,7 +194,7 @@ fn unit_state(st: &UnitStatus) -> UnitState {
 
 /// The unit whose state is the service's: for a blue/green service, the
 /// instance of the slot its upstream file names (the template when the file
-/// names none); the service's unit otherwise.
+/// names none); a scheduled service's timer; the service's unit otherwise.
 fn running_unit(s: &Service) -> String {
     s.cutover
         .as_ref()
@@ -202,7 +202,7 @@ fn running_unit(s: &Service) -> String {
             let text = std::fs::read_to_string(&c.upstream).ok()?;
             crate::upstream::live_slot(&text, &s.name, c.slots)
         })
-        .map_or_else(|| s.unit_name.clone(), |slot| s.slot_unit(slot))
+        .map_or_else(|| s.live_unit(), |slot| s.slot_unit(slot))
 }
 
 async fn service_status(

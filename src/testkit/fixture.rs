@@ -67,6 +67,9 @@ if kind == "notify":
     print("notify: up", flush=True)
     while True:
         time.sleep(60)
+if kind == "job":
+    print("job: ran", flush=True)
+    sys.exit(0)
 if kind == "tcp":
     port = int(os.environ["PORT"]) + int(b.get("port_offset", 0))
     srv = socket.socket()
@@ -81,13 +84,14 @@ if kind == "tcp":
 
 /// Services of every readiness kind but HTTP, added to a fixture for tests: `kinds-worker`
 /// (`ready "none"`, no port), `kinds-notify` (`ready "notify"`, no port), `kinds-grpc`
-/// (`ready "tcp"` on `port`) and `kinds-probed` (`ready "exec"`: a Python one-liner that
-/// connects to its port, `port + 1`), all in phase `phase`, run by `python`. Returns the edits
+/// (`ready "tcp"` on `port`), `kinds-probed` (`ready "exec"`: a Python one-liner that
+/// connects to its port, `port + 1`) and the scheduled job [`JOB`], all in phase `phase`, run
+/// by `python`. Returns the edits
 /// that add their programs and the configuration text to append (a runtime `kinds` and the
-/// four services).
+/// five services).
 pub fn readiness_kinds(python: &str, port: u16, phase: &str) -> (Vec<Edit>, String) {
     let mut edits = Vec::new();
-    for name in KINDS {
+    for name in KINDS.into_iter().chain([JOB]) {
         edits.push(Edit::Write {
             path: format!("services/{name}/main.py"),
             contents: KINDS_PROGRAM.to_owned(),
@@ -113,10 +117,20 @@ pub fn readiness_kinds(python: &str, port: u16, phase: &str) -> (Vec<Edit>, Stri
          unit {{ exec {py} \"{{current}}/main.py\" \"tcp\"; env PORT=\"{{port}}\"; }} }}\n\
          service \"kinds-probed\" {{ runtime \"kinds\"; phase {ph}; port {next}; \
          ready \"exec\" {py} \"-c\" {probe} \"{{port}}\"; \
-         unit {{ exec {py} \"{{current}}/main.py\" \"tcp\"; env PORT=\"{{port}}\"; }} }}\n"
+         unit {{ exec {py} \"{{current}}/main.py\" \"tcp\"; env PORT=\"{{port}}\"; }} }}\n\
+         service \"{JOB}\" {{ runtime \"kinds\"; phase {ph}; schedule {schedule}; persistent #true; \
+         unit {{ exec {py} \"{{current}}/main.py\" \"job\"; }} }}\n",
+        schedule = kdl_string(JOB_SCHEDULE),
     );
     (edits, config)
 }
+
+/// The scheduled job [`readiness_kinds`] adds (not in [`KINDS`]: it is not
+/// running between its runs): its `.timer` runs it at [`JOB_SCHEDULE`].
+pub const JOB: &str = "kinds-job";
+
+/// When [`JOB`] runs: never during a test.
+pub const JOB_SCHEDULE: &str = "2099-01-01 03:00:00";
 
 /// The services [`readiness_kinds`] adds.
 pub const KINDS: [&str; 4] = ["kinds-worker", "kinds-notify", "kinds-grpc", "kinds-probed"];

@@ -1,13 +1,14 @@
 //! Readiness of every kind against the shared private systemd manager: a worker
-//! (`ready "none"`, no port), a `Type=notify` service, a TCP service (`ready "tcp"`) and one
-//! checked by a command (`ready "exec"`) deploy beside an HTTP service; then each is broken in
-//! its own way (a crash on start, the wrong port, never ready) and each failed apply says why,
-//! within seconds, and is rolled back.
+//! (`ready "none"`, no port), a `Type=notify` service, a TCP service (`ready "tcp"`), one
+//! checked by a command (`ready "exec"`) and a scheduled job (its `.timer`) deploy beside an
+//! HTTP service; then each is broken in its own way (a crash on start, the wrong port, never
+//! ready) and each failed apply says why, within seconds, and is rolled back (the job's timer
+//! file with it).
 
 use std::time::Instant;
 
 use moorline::demo::fixture::{Edit, Fixture, FixtureOptions};
-use moorline::testkit::fixture::{KINDS, readiness_kinds};
+use moorline::testkit::fixture::{JOB, JOB_SCHEDULE, KINDS, readiness_kinds};
 
 use crate::deploy::{World, code, ok};
 use crate::support;
@@ -95,6 +96,9 @@ async fn every_kind_of_readiness_deploys_and_each_failure_explains_itself() {
         "must stay up for the settle window (ready \"none\": nothing to ask it)".to_owned(),
         "must exit 0 within 60s".to_owned(),
         format!("{probed}` must exit 0"),
+        format!(
+            "rk-staging-{JOB}.timer must stay active for the settle window; the job is not run now: next run per OnCalendar={JOB_SCHEDULE}"
+        ),
     ] {
         assert!(plan.contains(&line), "{line}\n{plan}");
     }
@@ -106,6 +110,65 @@ async fn every_kind_of_readiness_deploys_and_each_failure_explains_itself() {
         let st = sd.status(&w.unit(s)).await.unwrap();
         assert_eq!(st.active_state, "active", "{s}: {st:?}\n{first}");
     }
+    // The job: its timer is installed, enabled and active; the job did not run at deploy.
+    let timer = w.unit(JOB).replace(".service", ".timer");
+    let timer_file = w.sandbox.unit_dir().join(&timer);
+    let t = sd.status(&timer).await.unwrap();
+    assert_eq!(t.active_state, "active", "{t:?}\n{first}");
+    assert_eq!(t.unit_file_state, "enabled", "{t:?}\n{first}");
+    let job = sd.status(&w.unit(JOB)).await.unwrap();
+    assert_eq!(job.active_state, "inactive", "{job:?}");
+    assert!(
+        job.invocation_id.is_empty(),
+        "the job ran at deploy: {job:?}"
+    );
+    // `status` shows the job as its timer: active and enabled, not an inactive oneshot.
+    let status = w.run(&["status", "--env", "staging", "--format", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let job_status = status["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["services"].as_array().unwrap())
+        .find(|s| s["name"] == JOB)
+        .unwrap_or_else(|| panic!("no {JOB} in {status}"));
+    assert_eq!(
+        (&job_status["unit"], &job_status["active_state"]),
+        (&serde_json::json!(timer), &serde_json::json!("active")),
+        "{job_status}"
+    );
+    let unit_text = std::fs::read_to_string(w.sandbox.unit_dir().join(w.unit(JOB))).unwrap();
+    assert!(unit_text.contains("\nType=oneshot\n"), "{unit_text}");
+    assert!(!unit_text.contains("Restart="), "{unit_text}");
+
+    // A new schedule: the timer file changes and the timer restarts, the job still not run.
+    let config = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let second = "2098-06-01 03:00:00";
+    w.set_config(&config.replace(JOB_SCHEDULE, second));
+    let plan = ok(&w.run(&["plan", "--env", "staging"]));
+    assert!(
+        plan.contains(&format!("-OnCalendar={JOB_SCHEDULE}"))
+            && plan.contains(&format!("+OnCalendar={second}")),
+        "{plan}"
+    );
+    let out = ok(&w.run(&["apply", "--env", "staging", "--yes"]));
+    let timer_text = std::fs::read_to_string(&timer_file).unwrap();
+    assert!(
+        timer_text.contains(&format!("\nOnCalendar={second}\n")),
+        "{timer_text}"
+    );
+    let t2 = sd.status(&timer).await.unwrap();
+    assert_eq!(t2.active_state, "active", "{t2:?}\n{out}");
+    assert_ne!(
+        t2.invocation_id, t.invocation_id,
+        "the timer did not restart\n{out}"
+    );
+    let job = sd.status(&w.unit(JOB)).await.unwrap();
+    assert!(
+        job.invocation_id.is_empty(),
+        "the job ran at deploy: {job:?}"
+    );
+
     // Timings say what each number is.
     assert!(
         first.contains("ms of checking, at probe") && first.contains("the action took"),
@@ -159,7 +222,10 @@ async fn every_kind_of_readiness_deploys_and_each_failure_explains_itself() {
     ok(&w.run(&["status", "--env", "staging", "--check"]));
 
     // A crash on start: the exit status, the restarts and the unit's own words, as text and
-    // as the JSON event's `unit`.
+    // as the JSON event's `unit`. The same deploy changes the job's schedule: the rollback
+    // puts its timer file back.
+    let config = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    w.set_config(&config.replace(second, "2097-06-01 03:00:00"));
     w.commit(
         "main",
         "the worker crashes",
@@ -187,6 +253,9 @@ async fn every_kind_of_readiness_deploys_and_each_failure_explains_itself() {
         detail.contains("kinds: crashing on start (behaviour.json)"),
         "{detail}"
     );
+    assert_eq!(std::fs::read_to_string(&timer_file).unwrap(), timer_text);
+    let t3 = sd.status(&timer).await.unwrap();
+    assert_eq!(t3.active_state, "active", "{t3:?}\n{stdout}");
 
     // The wrong port: named within seconds, not after the ready-timeout.
     w.commit(
@@ -232,7 +301,7 @@ async fn every_kind_of_readiness_deploys_and_each_failure_explains_itself() {
         .chain(["svc-0001"])
         .map(|s| w.unit(s))
         .collect();
-    for u in &units {
+    for u in units.iter().chain([&timer]) {
         let _ = sd.stop(u).await;
     }
 }

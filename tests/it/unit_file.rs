@@ -93,6 +93,7 @@ fn service(root: &str, out: &str) -> (Environment, Service) {
         role: None,
         start_after: Vec::new(),
         cutover: None,
+        schedule: None,
     };
     (env, svc)
 }

@@ -21,7 +21,7 @@ pub(super) async fn install(
 ) -> Result<Option<String>, ActionError> {
     let ctx = act.ctx;
     let svc = act.configured("install-unit")?;
-    let text = unit_text(ctx, source, svc)?;
+    let text = unit_text(ctx, source, svc, unit)?;
     let path = ctx.unit_dir.join(unit);
     let keep = ctx.state_dir.join("units").join(act.apply_id).join(unit);
     let saved = {
@@ -85,20 +85,29 @@ pub(super) async fn remove(act: &Act<'_>, unit: &str) -> Result<Option<String>, 
     Ok(None)
 }
 
-/// The unit file an install-unit action writes: the saved file it names
-/// (the unit of a release a rollback returns to), else the service's unit
-/// rendered from the configuration.
+/// The unit file an install-unit action writes as `unit`: the saved file
+/// it names (the unit of a release a rollback returns to), else the
+/// service's unit (or its timer, for the timer's name) rendered from the
+/// configuration.
 pub(in crate::execute) fn unit_text(
     ctx: &Ctx,
     source: &UnitSource,
     svc: &Service,
+    unit: &str,
 ) -> Result<String, ActionError> {
     let text = match source {
         UnitSource::Saved(saved) => std::fs::read_to_string(saved).ok(),
-        UnitSource::Config => unit::render(&ctx.env, svc).map_err(|source| ActionError::Unit {
-            service: svc.name.clone(),
-            source: Box::new(source),
-        })?,
+        UnitSource::Config => {
+            let rendered = if svc.timer_unit().as_deref() == Some(unit) {
+                unit::render_timer(&ctx.env, svc)
+            } else {
+                unit::render(&ctx.env, svc)
+            };
+            rendered.map_err(|source| ActionError::Unit {
+                service: svc.name.clone(),
+                source: Box::new(source),
+            })?
+        }
     };
     text.ok_or_else(|| ActionError::NoUnit {
         service: svc.name.clone(),

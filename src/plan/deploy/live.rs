@@ -55,18 +55,38 @@ pub(super) fn go_live(
     life.units = unit_changes
         .iter()
         .filter(|(_, (c, _))| c.installs())
-        .map(|(i, (change, _))| UnitFile {
-            service: s_of(i).name.clone(),
-            unit: s_of(i).unit_name.clone(),
-            write: UnitWrite::Install {
-                source: UnitSource::Config,
-            },
-            reason: match change {
-                UnitChange::New => "unit file is not installed yet".to_owned(),
-                UnitChange::Adopt => units::adopt_reason(s_of(i), host),
-                _ => "unit file differs from the installed one".to_owned(),
-            },
-            enable: true,
+        .flat_map(|(i, (change, _))| {
+            let s = s_of(i);
+            let unit = UnitFile {
+                service: s.name.clone(),
+                unit: s.unit_name.clone(),
+                write: UnitWrite::Install {
+                    source: UnitSource::Config,
+                },
+                reason: match change {
+                    UnitChange::New => "unit file is not installed yet".to_owned(),
+                    UnitChange::Adopt => units::adopt_reason(s, host),
+                    _ => "unit file differs from the installed one".to_owned(),
+                },
+                // A scheduled job is started by its timer, which is what
+                // is enabled.
+                enable: s.schedule.is_none(),
+            };
+            // A scheduled service's timer goes with its unit.
+            let timer = s.timer_unit().map(|t| UnitFile {
+                service: s.name.clone(),
+                reason: format!(
+                    "timer of {}: OnCalendar={}",
+                    s.unit_name,
+                    s.schedule.as_ref().map_or("", |c| c.calendar.as_str())
+                ),
+                unit: t,
+                write: UnitWrite::Install {
+                    source: UnitSource::Config,
+                },
+                enable: true,
+            });
+            std::iter::once(unit).chain(timer)
         })
         .collect();
     let installs: BTreeSet<usize> = unit_changes

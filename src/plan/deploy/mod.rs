@@ -48,6 +48,9 @@ pub(crate) struct HostView {
     pub(crate) units_source: String,
     /// Service name → the text of its baseline unit file, if one exists.
     pub(crate) units: BTreeMap<String, Option<String>>,
+    /// Scheduled service name → the text of its installed `.timer` unit,
+    /// if one exists.
+    pub(crate) timers: BTreeMap<String, Option<String>>,
     /// Service name → a unit file on this host, where the service's unit
     /// goes, that the host state does not record as installed by moorline.
     pub(crate) foreign_units: BTreeMap<String, ForeignUnit>,
@@ -318,6 +321,21 @@ pub(crate) fn ready_check(s: &Service) -> Check {
         Readiness::Notify => Check::Notify,
         Readiness::None => Check::Stable,
     }
+}
+
+/// A scheduled service's timer file, planned beside its unit: its change
+/// joins the unit's (either one changed: both are installed), its diff
+/// follows the unit's.
+fn timer_change(
+    env: &Environment,
+    s: &Service,
+    host: &HostView,
+) -> Result<Option<(Option<String>, String)>, PlanError> {
+    let Some(rendered) = unit::render_timer(env, s)? else {
+        return Ok(None);
+    };
+    let baseline = host.timers.get(&s.name).cloned().flatten();
+    Ok(Some((baseline, rendered)))
 }
 
 /// A health path or URL of a service made absolute.

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{ForeignUnit, HostView, PlanError};
+use super::{ForeignUnit, HostView, PlanError, timer_change};
 use crate::config::{Config, Environment, Service};
 use crate::files::sha256_hex;
 use crate::plan::{UnitChange, UnitConflict};
@@ -55,13 +55,21 @@ pub(super) fn unit_changes(
             continue;
         };
         let secret = unit::secret_names(s);
+        let timer = timer_change(env, s, host)?;
+        let timer_moved = timer.as_ref().is_some_and(|(b, r)| b.as_ref() != Some(r));
         let change = match (foreign, &baseline) {
             (Some(_), _) if adopt.contains(&s.name) => UnitChange::Adopt,
             (Some(_), _) => UnitChange::Conflict,
             (None, None) => UnitChange::New,
-            (None, Some(b)) if *b == rendered => UnitChange::Unchanged,
+            (None, Some(b)) if *b == rendered && !timer_moved => UnitChange::Unchanged,
             (None, Some(_)) => UnitChange::Changed,
         };
+        if let (Some((timer_baseline, _)), Some(t)) = (&timer, s.timer_unit()) {
+            input_units.insert(
+                t,
+                timer_baseline.as_deref().map(|b| sha256_hex(b.as_bytes())),
+            );
+        }
         if let (UnitChange::Conflict, Some(f)) = (change, foreign) {
             conflicts.push(unit_conflict(s, f));
         }
@@ -88,6 +96,22 @@ pub(super) fn unit_changes(
                 &format!("planned/{}", s.unit_name),
             )),
             _ => None,
+        };
+        let diff = match (&timer, s.timer_unit()) {
+            (Some((b, r)), Some(t)) if b.as_ref() != Some(r) && change != UnitChange::Conflict => {
+                let old_label = match b {
+                    Some(_) => format!("installed/{t}"),
+                    None => "/dev/null".to_owned(),
+                };
+                let d = unit::diff(
+                    b.as_deref().unwrap_or(""),
+                    r,
+                    &old_label,
+                    &format!("planned/{t}"),
+                );
+                Some(diff.map_or(d.clone(), |u| format!("{u}{d}")))
+            }
+            _ => diff,
         };
         unit_changes.insert(i, (change, diff));
     }
@@ -247,6 +271,41 @@ service "batch" { runtime "bin"; port 3; phase "core"; }
             adopt_reason(c.config.service("api").unwrap(), &c.host)
                 .contains("/etc/systemd/user/p-api.service is replaced")
         );
+    }
+
+    #[test]
+    fn a_jobs_timer_file_is_planned_with_its_unit() {
+        let mut c = Case::new();
+        c.config = crate::config::parse(
+            "t.kdl",
+            &CONFIG.replace(
+                "port 2; phase \"core\"; }",
+                "phase \"core\"; schedule \"daily\"; }",
+            ),
+        )
+        .unwrap();
+        let installed = c.rendered("web");
+        c.host.units.insert("web".into(), Some(installed));
+        // Its unit is installed, its timer not yet: both are installed.
+        let (p, _) = c.plan(&[]);
+        let (web, diff) = &p.changes[&1];
+        assert_eq!(*web, UnitChange::Changed);
+        let diff = diff.as_deref().unwrap();
+        assert!(diff.contains("planned/p-web.timer"), "{diff}");
+        assert!(diff.contains("+OnCalendar=daily"), "{diff}");
+        assert_eq!(p.input_units["p-web.timer"], None);
+        // Both as rendered: nothing to do.
+        let s = c.config.service("web").unwrap();
+        let timer = unit::render_timer(c.env(), s).unwrap();
+        c.host.timers.insert("web".into(), timer.clone());
+        let (p, _) = c.plan(&[]);
+        assert_eq!(p.changes[&1], (UnitChange::Unchanged, None));
+        assert_eq!(
+            p.input_units["p-web.timer"],
+            timer.map(|t| sha256_hex(t.as_bytes()))
+        );
+        // A service without a schedule has no timer entry.
+        assert!(!p.input_units.contains_key("p-api.timer"));
     }
 
     #[test]
