@@ -325,7 +325,10 @@ fn unit_probe(unit: &str, check: &Check, st: &UnitStatus) -> health::Probe {
     } else {
         "none"
     };
-    let ok = st.active_state == ActiveState::Active && st.sub_state == "running";
+    // A scheduled job is asked through its timer, which waits between runs.
+    let timer = unit.ends_with(".timer");
+    let ok = st.active_state == ActiveState::Active
+        && (st.sub_state == "running" || (timer && st.sub_state == "waiting"));
     health::Probe {
         url: format!("systemd: {unit} (ready \"{kind}\")"),
         status: None,

@@ -130,6 +130,30 @@ pub fn assert_backup_before_migration(plan: &serde_json::Value) {
     assert!(pos("backup") < pos("migrate:backend"), "{ids:?}");
 }
 
+/// `moorline validate` on a world's configuration: it must pass, apart from
+/// the shared-host codes. The fixture's staging and production run on this
+/// one machine with the same unit names and ports on purpose (a world
+/// deploys one environment at a time), which `validate` rightly reports.
+pub fn validated(w: &World) {
+    let out = w.run(&["validate"]);
+    if out.status.success() {
+        return;
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let codes: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Error: "))
+        .collect();
+    assert!(
+        !codes.is_empty()
+            && codes
+                .iter()
+                .all(|c| c.starts_with("moorline::config::shared_")),
+        "{}",
+        ok(&out)
+    );
+}
+
 pub fn ok(o: &Output) -> String {
     let s = format!(
         "status {:?}\n--- stdout\n{}\n--- stderr\n{}",

@@ -21,7 +21,7 @@ use moorline::demo::fixture::Edit;
 use moorline::demo::sandbox::PrivateSystemd;
 use moorline::systemd::Systemd;
 
-use crate::deploy::{World, code, ok, short_ready_timeout};
+use crate::deploy::{World, code, ok, short_ready_timeout, validated};
 use crate::support;
 
 /// Set to `1` to turn "PostgreSQL or nginx is not installed" into a test failure.
@@ -359,7 +359,7 @@ fn with_migrate_status(w: &World) {
         &format!("    migrate-status \"sh\" \"-c\" #\"{MIGRATE_STATUS_SH}\"#\n"),
     );
     w.set_config(&text);
-    ok(&w.run(&["validate"]));
+    validated(&w);
 }
 
 /// Sets the backup block's `first-deploy` of a `db_world`.
@@ -369,7 +369,7 @@ fn first_deploy(w: &World, choice: &str) {
     let mut text = text;
     text.insert_str(keep, &format!("        first-deploy \"{choice}\"\n"));
     w.set_config(&text);
-    ok(&w.run(&["validate"]));
+    validated(&w);
 }
 
 /// The ids of a JSON plan's actions.
@@ -455,8 +455,7 @@ fn db_world(prefix: &str, port_base: u16, url: &str, keep: u32) -> Option<World>
         &format!("    migrate \"sh\" \"-c\" #\"{MIGRATE_SH}\"# if-exists=\"prisma/schema.prisma\""),
     );
     w.set_config(&text);
-    let out = w.run(&["validate"]);
-    ok(&out);
+    validated(&w);
     Some(w)
 }
 
@@ -963,7 +962,7 @@ async fn nginx_world(prefix: &str, port_base: u16) -> Option<(World, Nginx, Syst
     }
     text.push_str("; watch \"deploy/nginx\" }\n");
     w.set_config(&text);
-    ok(&w.run(&["validate"]));
+    validated(&w);
     Some((w, ngx, sd))
 }
 

@@ -5,7 +5,7 @@
 
 use moorline::demo::fixture::{Edit, Fixture, FixtureOptions};
 
-use crate::deploy::{World, ok};
+use crate::deploy::{World, ok, validated};
 use crate::support;
 
 fn world() -> Option<World> {
@@ -45,7 +45,7 @@ fn world() -> Option<World> {
 async fn a_service_at_the_root_deploys_the_whole_repository() {
     let Some(w) = world() else { return };
     let svc = w.fx.services[0].name.clone();
-    ok(&w.run(&["validate"]));
+    validated(&w);
     ok(&w.run(&["apply", "--env", "staging", "--yes"]));
     let sd = w.sandbox.connect().await.unwrap();
     w.all_ready(&sd).await;
