@@ -326,7 +326,9 @@ fn unit_probe(unit: &str, check: &Check, st: &UnitStatus) -> health::Probe {
         "none"
     };
     // A scheduled job is asked through its timer, which waits between runs.
-    let timer = unit.ends_with(".timer");
+    let timer = std::path::Path::new(unit)
+        .extension()
+        .is_some_and(|e| e == "timer");
     let ok = st.active_state == ActiveState::Active
         && (st.sub_state == "running" || (timer && st.sub_state == "waiting"));
     health::Probe {
