@@ -359,7 +359,7 @@ fn with_migrate_status(w: &World) {
         &format!("    migrate-status \"sh\" \"-c\" #\"{MIGRATE_STATUS_SH}\"#\n"),
     );
     w.set_config(&text);
-    validated(&w);
+    validated(w);
 }
 
 /// Sets the backup block's `first-deploy` of a `db_world`.
@@ -369,7 +369,7 @@ fn first_deploy(w: &World, choice: &str) {
     let mut text = text;
     text.insert_str(keep, &format!("        first-deploy \"{choice}\"\n"));
     w.set_config(&text);
-    validated(&w);
+    validated(w);
 }
 
 /// The ids of a JSON plan's actions.
