@@ -176,11 +176,12 @@ async fn every_kind_of_readiness_deploys_and_each_failure_explains_itself() {
     );
 
     // `status` asks each service the way its readiness says: a TCP connection, the exec
-    // command, and for notify and none the unit's state; `--check` passes.
+    // command, and for notify and none the unit's state (for the job, its timer waiting
+    // between runs); `--check` passes.
     let out = w.run(&["status", "--env", "staging", "--check"]);
     let text = ok(&out);
     assert!(
-        text.contains("5 services: 5 healthy, 0 unhealthy"),
+        text.contains("6 services: 6 healthy, 0 unhealthy"),
         "{text}"
     );
     let out = w.run(&["status", "--env", "staging", "--format", "json"]);
@@ -214,7 +215,7 @@ async fn every_kind_of_readiness_deploys_and_each_failure_explains_itself() {
     assert_eq!(code(&out), moorline::exit::UNHEALTHY);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("5 services: 4 healthy, 1 unhealthy")
+        text.contains("6 services: 5 healthy, 1 unhealthy")
             && text.contains("not active and running"),
         "{text}"
     );
