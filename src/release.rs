@@ -70,13 +70,17 @@ impl Paths {
 /// name renamed over the old one (rename(2) replaces atomically), then the
 /// directory fsync'd.
 pub fn switch(paths: &Paths, target: &Path) -> std::io::Result<()> {
-    let tmp = paths
-        .service_dir
-        .join(format!(".current.tmp-{}", std::process::id()));
+    point(&paths.service_dir, "current", target)
+}
+
+/// Points the link `dir/name` at `target` atomically (a new symlink renamed
+/// over it), then fsyncs `dir`: `current`, and a blue/green slot's link.
+pub(crate) fn point(dir: &Path, name: &str, target: &Path) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp)?;
-    fs::rename(&tmp, paths.current())?;
-    fs::File::open(&paths.service_dir)?.sync_all()
+    fs::rename(&tmp, dir.join(name))?;
+    fs::File::open(dir)?.sync_all()
 }
 
 /// Marks a release built (durably).

@@ -87,14 +87,10 @@ fn link(dir: &Path, slot: u16) -> Option<PathBuf> {
     std::fs::read_link(dir.join(slot.to_string())).ok()
 }
 
-/// Points `dir/slot` at `target` atomically (a new link renamed over it).
+/// Points `dir/slot` at `target` atomically ([`release::point`]).
 fn set_link(dir: &Path, slot: u16, target: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{slot}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp)?;
-    std::fs::rename(&tmp, dir.join(slot.to_string()))?;
-    std::fs::File::open(dir)?.sync_all()
+    release::point(dir, &slot.to_string(), target)
 }
 
 /// Whether `slot` runs and answers ready now.
