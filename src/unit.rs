@@ -798,6 +798,7 @@ mod tests {
             start_after: Vec::new(),
             cutover: None,
             schedule: None,
+            build_on_host: false,
         }
     }
 

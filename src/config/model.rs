@@ -420,6 +420,10 @@ pub struct Service {
     /// `schedule`: a job its `.timer` unit runs; `None`: a long-running
     /// service.
     pub schedule: Option<Schedule>,
+    /// `build-on "host"`: each host builds it from the commits, as on a
+    /// single host (native modules for the host's architecture); never
+    /// built once and shipped as an artifact.
+    pub build_on_host: bool,
 }
 
 /// A service run on a schedule: its unit is `Type=oneshot`, and a second

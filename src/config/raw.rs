@@ -217,6 +217,8 @@ pub(crate) struct RawService {
     pub(crate) schedule: Option<Str>,
     /// `persistent #true`: the timer catches up on runs missed while down.
     pub(crate) persistent: Option<Spanned<bool>>,
+    /// `build-on "host"`: built on each host, never shipped as an artifact.
+    pub(crate) build_on: Option<Str>,
     /// Child node names present, even where their value was rejected, so
     /// a wrong value is not reported a second time as a missing one.
     pub(crate) seen: Vec<String>,
@@ -307,6 +309,7 @@ const SERVICE: &[&str] = &[
     "cutover",
     "schedule",
     "persistent",
+    "build-on",
 ];
 const CUTOVER: &[&str] = &["slots", "upstream", "drain"];
 const UNIT: &[&str] = &[
@@ -1509,6 +1512,7 @@ impl Reader<'_, '_> {
             cutover: None,
             schedule: None,
             persistent: None,
+            build_on: None,
             seen: Vec::new(),
         };
         for c in children(node) {
@@ -1581,6 +1585,10 @@ impl Reader<'_, '_> {
                 "persistent" => {
                     let v = self.boolean(c).map(|b| Spanned::new(b, c.span()));
                     self.once(&mut s.persistent, c, v);
+                }
+                "build-on" => {
+                    let v = self.one_string(c, "where it builds (\"host\" or \"anywhere\")");
+                    self.once(&mut s.build_on, c, v);
                 }
                 other => {
                     self.unknown_node(c, SERVICE, "`service`");

@@ -1911,6 +1911,20 @@ impl Validator<'_> {
                 ));
             }
             let schedule = self.schedule(s, name, unit.is_some());
+            let build_on_host = match s.build_on.as_ref().map(|b| (b.value.as_str(), b.span)) {
+                None | Some(("anywhere", _)) => false,
+                Some(("host", _)) => true,
+                Some((other, span)) => {
+                    self.push(Problem::new(
+                        ProblemKind::InvalidValue,
+                        span,
+                        format!("unknown build place `{other}`"),
+                        "not where a service builds",
+                        "write build-on \"host\" (each host builds it, as for native modules) or build-on \"anywhere\" (the default: built once, shipped as an artifact)",
+                    ));
+                    false
+                }
+            };
             // A cutover service runs as two instances of a template unit.
             let unit_name = match (unit_name, &cutover) {
                 (Some(u), Some(_)) => Some(
@@ -1982,6 +1996,7 @@ impl Validator<'_> {
                 start_after: Vec::new(),
                 cutover,
                 schedule,
+                build_on_host,
             });
         }
         self.dependency_rules(raw, &phase_names);

@@ -170,6 +170,11 @@ pub(crate) struct PlanInputs {
     /// is applied without it as reviewed. Absent when not.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) skip_promotion_check: bool,
+    /// Service → the artifact (`sha256:...`) its build installs instead of
+    /// building ([`with_artifacts`]). Absent when none, so plans that
+    /// build on the host keep their fingerprints.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) artifacts: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,10 +329,13 @@ pub(crate) enum Step {
         command: Command,
     },
     /// Export into `release` (a directory), provide dependencies, run
-    /// `command` if the runtime has one.
+    /// `command` if the runtime has one; or, with `artifact`, install that
+    /// artifact (its id, `sha256:...`) as `release` instead: nothing is
+    /// built on the host.
     Build {
         release: String,
         command: Option<Command>,
+        artifact: Option<String>,
     },
     /// Run `command` in `release`.
     Migrate {
@@ -583,6 +591,9 @@ struct WireAction {
     /// ([`Check`]).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     ready: Option<WireReady>,
+    /// `build`: the artifact installed instead of building.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    artifact: Option<String>,
 }
 
 impl From<Action> for WireAction {
@@ -605,6 +616,7 @@ impl From<Action> for WireAction {
             slots: None,
             file: None,
             ready: None,
+            artifact: None,
         };
         let mut command = |c: Option<Command>| {
             if let Some(c) = c {
@@ -617,9 +629,11 @@ impl From<Action> for WireAction {
             Step::Build {
                 release,
                 command: c,
+                artifact,
             } => {
                 command(c);
                 w.dir = Some(release);
+                w.artifact = artifact;
             }
             Step::Migrate {
                 release,
@@ -785,6 +799,7 @@ impl TryFrom<WireAction> for Action {
             ActionKind::Build => Step::Build {
                 release: need(w.dir.clone(), "dir")?,
                 command: timed(w.command.clone(), w.timeout_secs)?,
+                artifact: w.artifact.clone(),
             },
             ActionKind::Migrate => Step::Migrate {
                 release: need(w.dir.clone(), "dir")?,
@@ -1006,6 +1021,7 @@ impl Unbuilt<'_> {
             adopt: Vec::new(),
             pending_migrations: Vec::new(),
             skip_promotion_check: false,
+            artifacts: BTreeMap::new(),
         };
         let mut fp = serde_json::json!({
             "operation": self.operation,
@@ -1196,6 +1212,33 @@ pub(crate) fn fingerprint(
     format!("sha256:{}", crate::files::sha256_hex(&bytes))
 }
 
+/// Makes each `build` of a service in `artifacts` (service → artifact id)
+/// install that artifact instead of building, records the map in the
+/// inputs and fingerprints the plan again. The one way a plan gets
+/// artifacts: the host's planner (`--artifact`) and the fleet controller
+/// (which annotates the plans its hosts made) call it, so both arrive at
+/// the same fingerprint. Services the plan does not build are left out of
+/// the inputs.
+pub fn with_artifacts(plan: &mut Plan, artifacts: &BTreeMap<String, String>) {
+    let mut used = BTreeMap::new();
+    for a in &mut plan.actions {
+        if let (Some(service), Step::Build { artifact, .. }) = (&a.service, &mut a.step)
+            && let Some(id) = artifacts.get(service)
+        {
+            *artifact = Some(id.clone());
+            used.insert(service.clone(), id.clone());
+        }
+    }
+    plan.inputs.artifacts = used;
+    plan.fingerprint = fingerprint(
+        &plan.project,
+        &plan.environment,
+        plan.from.as_ref().map(|r| r.sha.as_str()),
+        &plan.to.sha,
+        &plan.inputs,
+    );
+}
+
 /// Shortens a SHA for display.
 pub(crate) fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
@@ -1204,6 +1247,48 @@ pub(crate) fn short(sha: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn artifacts_replace_builds_and_move_the_fingerprint() {
+        let mut p = plan("c1", &["api"]);
+        p.actions.push(Action {
+            id: "build:api".into(),
+            service: Some("api".into()),
+            phase: None,
+            reason: String::new(),
+            after: Vec::new(),
+            step: Step::Build {
+                release: "/opt/x/api/releases/c1".into(),
+                command: None,
+                artifact: None,
+            },
+        });
+        let before = p.fingerprint.clone();
+        let ids: BTreeMap<String, String> = [
+            ("api".to_owned(), format!("sha256:{}", "a".repeat(64))),
+            ("web".to_owned(), format!("sha256:{}", "b".repeat(64))),
+        ]
+        .into();
+        with_artifacts(&mut p, &ids);
+        assert_ne!(
+            p.fingerprint, before,
+            "the artifact is part of what is reviewed"
+        );
+        assert_eq!(
+            p.inputs.artifacts.keys().collect::<Vec<_>>(),
+            ["api"],
+            "only services the plan builds"
+        );
+        let Step::Build { artifact, .. } = &p.actions[1].step else {
+            panic!()
+        };
+        assert_eq!(artifact.as_deref(), Some(ids["api"].as_str()));
+        let wire: Action = WireAction::from(p.actions[1].clone()).try_into().unwrap();
+        assert_eq!(wire, p.actions[1], "the wire form keeps it");
+        let again = p.fingerprint.clone();
+        with_artifacts(&mut p, &ids);
+        assert_eq!(p.fingerprint, again, "the same map, the same fingerprint");
+    }
 
     fn plan(sha: &str, services: &[&str]) -> Plan {
         let rev = Rev {
@@ -1232,6 +1317,7 @@ mod tests {
                 adopt: Vec::new(),
                 pending_migrations: Vec::new(),
                 skip_promotion_check: false,
+                artifacts: BTreeMap::new(),
             },
             changed_paths: 0,
             pass_env: Vec::new(),

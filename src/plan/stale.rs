@@ -246,6 +246,7 @@ mod tests {
                 adopt: Vec::new(),
                 pending_migrations: Vec::new(),
                 skip_promotion_check: false,
+                artifacts: BTreeMap::new(),
             },
             changed_paths: 1,
             pass_env: Vec::new(),

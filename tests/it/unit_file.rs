@@ -94,6 +94,7 @@ fn service(root: &str, out: &str) -> (Environment, Service) {
         start_after: Vec::new(),
         cutover: None,
         schedule: None,
+        build_on_host: false,
     };
     (env, svc)
 }

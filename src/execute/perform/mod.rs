@@ -179,7 +179,19 @@ async fn unit_failure(ctx: &Ctx, unit: &str) -> crate::events::UnitFailure {
 /// Performs one action; `Ok(Some(note))` adds a note to the journal.
 async fn perform(act: &Act<'_>) -> Result<Option<String>, ActionError> {
     match &act.action.step {
-        Step::Build { release, command } => build::build(act, release, command.as_ref()).await,
+        Step::Build {
+            release,
+            command,
+            artifact: None,
+        } => build::build(act, release, command.as_ref()).await,
+        Step::Build {
+            artifact: Some(id), ..
+        } => Err(ActionError::Artifact {
+            error: crate::artifact::ArtifactError::Missing {
+                id: id.clone(),
+                store: ctx_store(act),
+            },
+        }),
         Step::Migrate { release, command } => database::migrate(act, release, command).await,
         Step::Backup { .. } => database::backup(act).await,
         Step::InstallUnit { unit, source } => unit_file::install(act, unit, source).await,
@@ -243,6 +255,13 @@ const JOURNAL_TAIL: usize = 10;
 /// (with its sources) is what the journal's `failed` record and the report
 /// show. [`ActionError::Journal`] is different: the journal could not be
 /// written, so the run stops at once (nothing may act without a record).
+/// The host's artifact store, as shown in errors.
+fn ctx_store(act: &Act<'_>) -> String {
+    crate::artifact::host_store(&act.ctx.env.root)
+        .display()
+        .to_string()
+}
+
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub(crate) enum ActionError {
     #[error(transparent)]
@@ -266,6 +285,11 @@ pub(crate) enum ActionError {
         what: &'static str,
         #[source]
         source: Box<process::RunError>,
+    },
+    #[error("artifact: {error}")]
+    #[diagnostic(code(moorline::action::artifact))]
+    Artifact {
+        error: crate::artifact::ArtifactError,
     },
     #[error("backup: {error}")]
     #[diagnostic(code(moorline::action::backup))]

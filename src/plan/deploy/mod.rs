@@ -241,6 +241,7 @@ pub(crate) fn build(inp: &Inputs<'_>) -> Result<Plan, PlanError> {
             .map(|(name, _)| name.clone())
             .collect(),
         skip_promotion_check: false,
+        artifacts: std::collections::BTreeMap::new(),
     };
     let fingerprint = super::fingerprint(
         &config.project.name,

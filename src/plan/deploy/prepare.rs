@@ -100,6 +100,7 @@ pub(super) fn prepare(
                 reason,
                 after: Vec::new(),
                 step: Step::Build {
+                    artifact: None,
                     release: release.clone(),
                     command: build_cmd.map(|c| Command {
                         argv: template::render_all(&c.argv, &vars),
@@ -273,7 +274,10 @@ service "docs" { runtime "node"; port 3; phase "core"; }
             ]
         );
         let sha = &w.changes.to.sha;
-        let Step::Build { release, command } = &actions[1].step else {
+        let Step::Build {
+            release, command, ..
+        } = &actions[1].step
+        else {
             panic!("{:?}", actions[1].step);
         };
         assert_eq!(*release, format!("/srv/p/api/releases/{sha}"));
