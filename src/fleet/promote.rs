@@ -399,6 +399,78 @@ mod tests {
         assert!(judge(Ok(past), 0, &[("web", &b)]).healthy);
     }
 
+    /// The fleet plan shows each source host's answer and what `apply` does about it, in
+    /// text and Markdown; the JSON round-trips.
+    #[test]
+    fn the_fleet_plan_shows_the_promotion() {
+        let to = Rev {
+            spec: "b".into(),
+            sha: "b".into(),
+            summary: String::new(),
+        };
+        let hosts = vec![super::super::plan::HostPlan {
+            name: "p1".into(),
+            address: "10.0.0.3".into(),
+            user: None,
+            port: None,
+            plan: super::super::plan::tests::plan(Some("a"), "f", &["api"]),
+        }];
+        let mut fp = super::super::plan::assemble(
+            "p",
+            "prod",
+            to,
+            &crate::config::Rollout::default(),
+            hosts,
+        );
+        let ok = judge(
+            Ok(record(&[("aaaa000000000000", "T", 100, None)], 5000)),
+            1800,
+            &[],
+        );
+        let down = judge(
+            Err("host s1 (10.0.0.1) is unreachable: timeout".into()),
+            1800,
+            &[],
+        );
+        fp.promotion = Some(FleetPromotion {
+            source: "staging".into(),
+            min_healthy_secs: 1800,
+            healthy: false,
+            hosts: vec![ok, down],
+            skipped: false,
+            only_here: vec!["cafe00000000 hotfix | pipes".into()],
+        });
+        let text = super::super::render::text(&fp, false);
+        for want in [
+            "Promotion (promote-from staging, min-healthy 30m, read from its hosts):",
+            "  ok: staging host s1 ran aaaa00000000 healthy: deployed there 1970-01-01T00:01:40Z and still live",
+            "  NO: staging host s1 never ran aaaa00000000 as far as can be told: host s1 (10.0.0.1) is unreachable: timeout",
+            "  `apply` refuses it unless --skip-promotion-check",
+            "prod's branch has commits that staging's branch lacks",
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
+        }
+        let md = super::super::render::markdown(&fp);
+        assert!(
+            md.contains(
+                "**Promotion (promote-from staging, min-healthy 30m, read from its hosts)**"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("hotfix \\| pipes"), "{md}");
+        let back: super::super::plan::FleetPlan =
+            serde_json::from_str(&super::super::render::json(&fp)).unwrap();
+        assert_eq!(back, fp);
+        // Skipped: shown, and nothing refused.
+        if let Some(p) = fp.promotion.as_mut() {
+            p.skipped = true;
+        }
+        assert!(
+            super::super::render::text(&fp, false)
+                .contains("check skipped (--skip-promotion-check): `apply` goes on")
+        );
+    }
+
     #[test]
     fn the_fleet_counts_only_when_every_source_host_does() {
         let host = |healthy: bool| SourceHost {
