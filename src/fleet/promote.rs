@@ -155,7 +155,20 @@ pub(crate) async fn check(
     ];
     let at_once = usize::try_from(source.rollout.connections.max(1)).unwrap_or(8);
     let answers = super::control::run_on_all(&src, src.hosts(), &here.ship, &words, at_once).await;
-    src.transport.close_all(src.hosts()).await;
+    // A source host that is also one of this fleet's keeps its connection
+    // (the rollout uses it).
+    let only_source: Vec<crate::config::Host> = src
+        .hosts()
+        .iter()
+        .filter(|s| {
+            !fleet
+                .hosts()
+                .iter()
+                .any(|h| (&h.address, &h.user, h.port) == (&s.address, &s.user, s.port))
+        })
+        .cloned()
+        .collect();
+    src.transport.close_all(&only_source).await;
     let hosts: Vec<SourceHost> = answers
         .into_iter()
         .map(|(host, res)| {
