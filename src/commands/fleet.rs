@@ -249,7 +249,7 @@ fn run_apply(global: &Global, args: &ApplyArgs, t: &Target, source: Source) -> m
             println!("nothing to apply: every host of {env} is up to date");
             return Ok(exit::OK);
         }
-        // What the source fleet proved, as the hosts' own plans show it now.
+        // What the source fleet proved, as its hosts report it now (never a saved plan's copy).
         if let Some(pr) = promotion.filter(|_| plan.has_changes()) {
             policy::not_promoted(env, &pr.source, &plan.to.sha, &pr.refusals())?;
         }
