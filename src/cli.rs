@@ -118,6 +118,13 @@ pub(crate) enum Command {
     Logs(LogsArgs),
     /// A self-contained walk-through on a generated repository and a private systemd
     Demo(DemoArgs),
+    /// Fleet host side: this host's deploy history of an environment as JSON, which a fleet controller reads to check another environment's `promote-from`
+    #[command(hide = true)]
+    PromotionRecord {
+        /// Environment whose deploys to report
+        #[arg(long = "env", short = 'e', value_name = "ENV")]
+        env: String,
+    },
     /// Shell completion script
     Completions {
         #[arg(value_enum)]

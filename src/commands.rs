@@ -99,6 +99,7 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
                 logs::run(&t, args)
             }
         }
+        Command::PromotionRecord { env } => promotion_record(global, env),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(*shell, &mut cmd, "moorline", &mut std::io::stdout());
@@ -117,6 +118,27 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             Ok(exit::OK)
         }
     }
+}
+
+/// `promotion-record --env ENV` (on a host of a fleet): the host's deploy
+/// history of ENV, each revision's tree and the host's clock, as one JSON
+/// line ([`crate::promotion::Record`]), for a controller checking another
+/// environment's `promote-from`. Reads only.
+fn promotion_record(global: &Global, env: &str) -> miette::Result<i32> {
+    let t = settings::resolve(global, env)?;
+    let project = &t.config().project.name;
+    let loaded = crate::state::load(&t.state_dir, project, &t.env.name)?;
+    let record = crate::promotion::Record::of(
+        project,
+        &t.env.name,
+        loaded.state.as_ref(),
+        |rev| t.repo.tree_id(rev),
+        crate::files::now_secs(),
+    );
+    let line = serde_json::to_string(&record)
+        .map_err(|e| miette::miette!("cannot write the promotion record: {e}"))?;
+    println!("{line}");
+    Ok(exit::OK)
 }
 
 /// Writes a man page for moorline and for every subcommand, nested ones

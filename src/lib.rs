@@ -37,6 +37,7 @@ pub mod plan;
 pub mod plan_file;
 pub mod policy;
 pub mod process;
+pub(crate) mod promotion;
 pub mod release;
 pub mod render;
 pub mod report;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::config;
 use crate::plan::{self, HostView, Plan};
+use crate::promotion::{self, when};
 use crate::state;
 use crate::target::{Target, for_user_manager, resolve_adopt};
 use crate::unit;
@@ -145,6 +146,12 @@ pub(crate) fn compute_plan(t: &Target, req: &PlanRequest) -> miette::Result<Plan
         );
         p.promotion = Some(promotion);
     }
+    if let Some(source) = controller_checks_promotion(t) {
+        p.notes.push(format!(
+            "promotion: {source} is deployed to its own hosts: the fleet controller checks that each of them ran {} healthy when it plans and applies over ssh",
+            plan::short(&p.to.sha)
+        ));
+    }
     if req.skip_promotion_check {
         p.inputs.skip_promotion_check = true;
         p.fingerprint = plan::fingerprint(
@@ -226,24 +233,20 @@ const ONLY_HERE_SHOWN: usize = 10;
 /// environment's runs of `to` (or of a commit with the same tree, such as
 /// the merge of its branch into this one), read from its state on this
 /// host, and the commits this environment's branch has that the source's
-/// lacks. `None` without `promote-from`.
+/// lacks. `None` without `promote-from`, and on a host of a fleet whose
+/// source is a fleet too: its controller reads the source's hosts
+/// ([`controller_checks_promotion`]).
 fn promotion(t: &Target, to: &str, skip: bool) -> miette::Result<Option<plan::Promotion>> {
     let (Some(p), Some(dir)) = (&t.env.promote_from, &t.promotion_state_dir) else {
         return Ok(None);
     };
+    if controller_checks_promotion(t).is_some() {
+        return Ok(None);
+    }
     let config = t.config();
     let mut only_here = Vec::new();
-    if let (Some(source_env), Ok(here)) = (
-        config.environment(&p.environment),
-        t.repo.branch_tip(&t.env.branch),
-    ) && let Ok(there) = t.repo.branch_tip(&source_env.branch)
-    {
-        only_here = t
-            .repo
-            .only_in(&here.sha, &there.sha, ONLY_HERE_SHOWN)?
-            .into_iter()
-            .map(|r| format!("{} {}", plan::short(&r.sha), r.summary))
-            .collect();
+    if let Some(source_env) = config.environment(&p.environment) {
+        only_here = only_here_of(&t.repo, &t.env.branch, &source_env.branch)?;
     }
     let (state, unavailable) = match state::load(dir, &config.project.name, &p.environment) {
         Ok(l) => (l.state, None),
@@ -254,33 +257,11 @@ fn promotion(t: &Target, to: &str, skip: bool) -> miette::Result<Option<plan::Pr
     };
     let tree = t.repo.tree_id(to);
     let same = |rev: &str| rev == to || (tree.is_some() && t.repo.tree_id(rev) == tree);
-    let ran = state.as_ref().and_then(|st| {
-        let recorded = st
-            .deploys
-            .iter()
-            .rev()
-            .find(|d| same(&d.revision))
-            .map(|d| plan::PromotionRun {
-                revision: d.revision.clone(),
-                at: Some(d.at),
-                until: d.until,
-                rolled_back_at: d.rolled_back_at,
-            });
-        // A state from before deploy times were recorded: its deployed
-        // revision still counts, with no time.
-        recorded.or_else(|| {
-            st.revision
-                .as_deref()
-                .filter(|r| st.deploys.is_empty() && same(r))
-                .map(|r| plan::PromotionRun {
-                    revision: r.to_owned(),
-                    at: None,
-                    until: None,
-                    rolled_back_at: st.rolled_back.as_ref().map(|rb| rb.at),
-                })
-        })
-    });
-    let healthy = ran.as_ref().is_some_and(|r| r.rolled_back_at.is_none());
+    let runs = state.as_ref().map(promotion::runs_of).unwrap_or_default();
+    let ran = promotion::latest(&runs, same).cloned();
+    let min_healthy_secs = p.min_healthy.as_secs();
+    let healthy = promotion::judge(ran.as_ref(), min_healthy_secs, crate::files::now_secs())
+        == promotion::Verdict::Counts;
     Ok(Some(plan::Promotion {
         source: p.environment.clone(),
         ran,
@@ -296,13 +277,36 @@ fn promotion(t: &Target, to: &str, skip: bool) -> miette::Result<Option<plan::Pr
                 )
             })
         }),
+        min_healthy_secs,
     }))
 }
 
-/// A time from a state file, for a plan (UTC, to the second).
-fn when(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .to_string()
+/// On a host of a fleet whose `promote-from` source has hosts too, the
+/// source's state is on those hosts, not here: the fleet controller
+/// checks it (`crate::fleet::promote`). The source environment's name
+/// then; `None` otherwise.
+pub(crate) fn controller_checks_promotion(t: &Target) -> Option<&str> {
+    let p = t.env.promote_from.as_ref()?;
+    let source = t.config().environment(&p.environment)?;
+    (t.env.is_fleet() && source.is_fleet()).then_some(source.name.as_str())
+}
+
+/// Commits on branch `here` that branch `there` lacks (merges aside),
+/// newest first, each `sha summary`, at most [`ONLY_HERE_SHOWN`]; empty
+/// when either branch is not in `repo`.
+pub(crate) fn only_here_of(
+    repo: &crate::git::Repo,
+    here: &str,
+    there: &str,
+) -> miette::Result<Vec<String>> {
+    let (Ok(here), Ok(there)) = (repo.branch_tip(here), repo.branch_tip(there)) else {
+        return Ok(Vec::new());
+    };
+    Ok(repo
+        .only_in(&here.sha, &there.sha, ONLY_HERE_SHOWN)?
+        .into_iter()
+        .map(|r| format!("{} {}", plan::short(&r.sha), r.summary))
+        .collect())
 }
 
 /// What a plan says about its promotion check: the run it found (a note),
@@ -326,26 +330,13 @@ fn promotion_words(
     };
     match &p.ran {
         Some(r) if p.healthy => {
-            let how_long = match (r.at, r.until) {
-                (Some(at), Some(until)) => format!(
-                    "deployed there {} and stayed healthy for {}, until the next deploy",
-                    when(at),
-                    humantime::format_duration(std::time::Duration::from_secs(
-                        until.saturating_sub(at)
-                    ))
-                ),
-                (Some(at), None) => format!("deployed there {} and still live", when(at)),
-                (None, _) => {
-                    "its deployed revision there (deployed before moorline recorded deploy times)"
-                        .to_owned()
-                }
-            };
+            let how_long = promotion::how_long(r);
             notes.push(format!(
                 "promotion: {source} ran {sha}{} healthy: {how_long}",
                 same(r)
             ));
         }
-        Some(r) => {
+        Some(r) if r.rolled_back_at.is_some() => {
             let at = r
                 .rolled_back_at
                 .map_or_else(String::new, |t| format!(" at {}", when(t)));
@@ -353,6 +344,19 @@ fn promotion_words(
                 "promotion: {source} ran {sha}{} but it was rolled back by hand there{at}, so it does not count as healthy: {}",
                 same(r),
                 if p.skipped { "check skipped (--skip-promotion-check)".to_owned() } else { format!("`apply` refuses it unless --skip-promotion-check (deploy it healthy to {source} first)") }
+            ));
+        }
+        Some(r) => {
+            let why = promotion::why_not(
+                &promotion::verdict_of(Some(r), false),
+                source,
+                &format!("{sha}{}", same(r)),
+                p.min_healthy_secs,
+            )
+            .unwrap_or_default();
+            warnings.push(format!(
+                "promotion: {why}: {}",
+                if p.skipped { "check skipped (--skip-promotion-check)".to_owned() } else { format!("`apply` refuses it unless --skip-promotion-check (let {source} run it longer first)") }
             ));
         }
         None => {

@@ -223,20 +223,36 @@ pub(crate) fn promoted(p: &Plan) -> Result<(), GateError> {
     match &p.promotion {
         Some(pr) if !pr.healthy && !pr.skipped => {
             let (source, sha) = (&pr.source, crate::plan::short(&p.to.sha));
+            let verdict = crate::promotion::verdict_of(pr.ran.as_ref(), pr.healthy);
             let why = match (&pr.ran, &pr.unavailable) {
-                (Some(_), _) => format!("{source} ran {sha}, but it was rolled back by hand there"),
                 (None, Some(u)) => format!("{source} never ran {sha} ({u})"),
-                (None, None) => format!("{source} never ran {sha}"),
+                _ => crate::promotion::why_not(&verdict, source, sha, pr.min_healthy_secs)
+                    .unwrap_or_else(|| format!("{source} never ran {sha}")),
             };
-            Err(GateError::NotPromoted {
-                env: p.environment.clone(),
-                source_env: source.clone(),
-                sha: sha.to_owned(),
-                why,
-            })
+            not_promoted(&p.environment, source, sha, &[why])
         }
         _ => Ok(()),
     }
+}
+
+/// The refusal of a revision its `promote-from` source did not run as
+/// asked, for the `reasons` given (one per source host in a fleet; none:
+/// it counts).
+pub(crate) fn not_promoted(
+    env: &str,
+    source: &str,
+    sha: &str,
+    reasons: &[String],
+) -> Result<(), GateError> {
+    if reasons.is_empty() {
+        return Ok(());
+    }
+    Err(GateError::NotPromoted {
+        env: env.to_owned(),
+        source_env: source.to_owned(),
+        sha: crate::plan::short(sha).to_owned(),
+        why: one_or_list(reasons),
+    })
 }
 
 /// A plan that would replace unit files moorline did not install is
@@ -476,6 +492,7 @@ mod tests {
             skipped,
             only_here: Vec::new(),
             unavailable: unavailable.map(str::to_owned),
+            min_healthy_secs: 0,
         };
         for (pr, want) in [
             (promotion(true, false, true, None), None),
@@ -501,5 +518,33 @@ mod tests {
             let got = promoted(&p).err().map(|e| e.to_string());
             assert_eq!(got.as_deref(), want);
         }
+        // Healthy, not rolled back, but for less than min-healthy.
+        let mut short = promotion(false, false, true, None);
+        short.min_healthy_secs = 1800;
+        if let Some(r) = short.ran.as_mut() {
+            r.rolled_back_at = None;
+            r.at = Some(0);
+        }
+        p.promotion = Some(short);
+        assert_eq!(
+            promoted(&p).err().map(|e| e.to_string()).as_deref(),
+            Some(
+                "prod only runs what staging ran healthy: staging runs 0123456789ab healthy since 1970-01-01T00:00:00Z, less than min-healthy 30m: it counts from 1970-01-01T00:30:00Z"
+            )
+        );
+        // A fleet: one reason per source host, as a list.
+        let e = not_promoted(
+            "prod",
+            "staging",
+            "0123456789abcdef",
+            &["a".into(), "b".into()],
+        )
+        .unwrap_err();
+        assert_eq!(code(&e), "moorline::apply::not_promoted");
+        assert_eq!(
+            e.to_string(),
+            "prod only runs what staging ran healthy: \n  - a\n  - b"
+        );
+        assert!(not_promoted("prod", "staging", "0123", &[]).is_ok());
     }
 }

@@ -226,6 +226,7 @@ fn run_apply(global: &Global, args: &ApplyArgs, t: &Target, source: Source) -> m
         let env = &fleet.env.name;
         let fresh = now.plan;
         let missing = fresh.host_facts.clone();
+        let promotion = fresh.promotion.clone();
         let plan = match source {
             Source::Reviewed(reviewed) => {
                 let differences =
@@ -247,6 +248,10 @@ fn run_apply(global: &Global, args: &ApplyArgs, t: &Target, source: Source) -> m
         if !plan.has_work() {
             println!("nothing to apply: every host of {env} is up to date");
             return Ok(exit::OK);
+        }
+        // What the source fleet proved, as its hosts report it now (never a saved plan's copy).
+        if let Some(pr) = promotion.filter(|_| plan.has_changes()) {
+            policy::not_promoted(env, &pr.source, &plan.to.sha, &pr.refusals())?;
         }
         // Each host would refuse its own apply; refused here, before any host changes.
         if !missing.is_empty() {

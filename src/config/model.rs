@@ -275,6 +275,10 @@ pub struct PromoteFrom {
     pub(crate) environment: String,
     /// Its state directory, when it is not the default one (absolute).
     pub(crate) state_dir: Option<String>,
+    /// `min-healthy`: how long the source must have run a revision
+    /// healthy (still deployed, or until its next deploy) for it to count;
+    /// zero (the default): any healthy run counts.
+    pub(crate) min_healthy: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]

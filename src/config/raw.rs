@@ -84,8 +84,8 @@ pub(crate) struct RawEnvironment {
     /// `port-offset N`: added to every service's port in this environment.
     pub(crate) port_offset: Option<Spanned<i128>>,
     pub(crate) approval: Option<bool>,
-    /// `promote-from "ENV" [state-dir="DIR"]`.
-    pub(crate) promote_from: Option<(Str, Option<Str>)>,
+    /// `promote-from "ENV" [state-dir="DIR"] [min-healthy="30m"]`.
+    pub(crate) promote_from: Option<(Str, Option<Str>, Option<Spanned<Duration>>)>,
     pub(crate) backup: Option<RawBackup>,
     pub(crate) env: Vec<RawEnv>,
     pub(crate) env_files: Vec<Str>,
@@ -1072,10 +1072,15 @@ impl Reader<'_, '_> {
                     self.once(&mut env.approval, c, v);
                 }
                 "promote-from" => {
-                    self.check_props(c, &["state-dir"]);
+                    self.check_props(c, &["state-dir", "min-healthy"]);
+                    let min_healthy = c
+                        .entries()
+                        .iter()
+                        .find(|e| e.name().is_some_and(|n| n.value() == "min-healthy"))
+                        .and_then(|e| self.duration_of(c, e));
                     let v = self
                         .one_string_keep_props(c, "the environment whose runs it requires")
-                        .map(|source| (source, self.prop_string(c, "state-dir")));
+                        .map(|source| (source, self.prop_string(c, "state-dir"), min_healthy));
                     self.once(&mut env.promote_from, c, v);
                 }
                 "backup" => {

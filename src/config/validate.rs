@@ -806,7 +806,7 @@ impl Validator<'_> {
             for f in &e.env_files {
                 self.env_file(f, false);
             }
-            if let Some((source, dir)) = &e.promote_from {
+            if let Some((source, dir, _)) = &e.promote_from {
                 let names: Vec<&str> = raw
                     .environments
                     .iter()
@@ -914,10 +914,14 @@ impl Validator<'_> {
                 unit_dir: e.unit_dir.as_ref().map(|u| u.value.clone()),
                 port_offset,
                 approval: e.approval.unwrap_or(false),
-                promote_from: e.promote_from.as_ref().map(|(source, dir)| PromoteFrom {
-                    environment: source.value.clone(),
-                    state_dir: dir.as_ref().map(|d| d.value.clone()),
-                }),
+                promote_from: e
+                    .promote_from
+                    .as_ref()
+                    .map(|(source, dir, min)| PromoteFrom {
+                        environment: source.value.clone(),
+                        state_dir: dir.as_ref().map(|d| d.value.clone()),
+                        min_healthy: min.as_ref().map_or(std::time::Duration::ZERO, |m| m.value),
+                    }),
                 backup,
                 env,
                 env_files: e.env_files.iter().map(|f| f.value.clone()).collect(),
@@ -2451,6 +2455,49 @@ mod tests {
             ("HEAD", false),
         ] {
             assert_eq!(is_valid_branch(b), ok, "{b:?}");
+        }
+    }
+
+    /// `promote-from`'s `min-healthy` is a duration (zero when left out);
+    /// a bad one is reported with its code, alongside other problems.
+    #[test]
+    fn promote_from_min_healthy_is_a_duration() {
+        let config = |props: &str| {
+            format!(
+                "project \"p\"\nenvironment \"staging\" {{ branch \"main\"; root \"/opt/s\" }}\n\
+                 environment \"production\" {{ branch \"production\"; root \"/opt/p\"; promote-from \"staging\"{props} }}\n\
+                 phase \"a\"\nruntime \"go\" {{ }}\n\
+                 service \"b\" {{ runtime \"go\"; phase \"a\"; port 9 }}\n"
+            )
+        };
+        let min = |props: &str| {
+            crate::config::parse("t.kdl", &config(props)).map(|c| {
+                c.environment("production")
+                    .and_then(|e| e.promote_from.as_ref())
+                    .map(|p| p.min_healthy.as_secs())
+            })
+        };
+        assert_eq!(min("").ok(), Some(Some(0)));
+        assert_eq!(min(" min-healthy=\"30m\"").ok(), Some(Some(1800)));
+        assert_eq!(min(" min-healthy=90").ok(), Some(Some(90)));
+        for (bad, code) in [
+            (
+                " min-healthy=\"soon\"",
+                "moorline::config::invalid_duration",
+            ),
+            (" min-healthy=\"0s\"", "moorline::config::invalid_duration"),
+            (
+                " min-healthy=\"30d\"",
+                "moorline::config::duration_too_long",
+            ),
+            (" min-healthy=#true", "moorline::config::invalid_duration"),
+            (" min-health=\"30m\"", "moorline::config::unknown_property"),
+        ] {
+            let codes: Vec<&str> = match min(bad) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.problems.iter().map(|p| p.kind.code()).collect(),
+            };
+            assert_eq!(codes, vec![code], "{bad}");
         }
     }
 

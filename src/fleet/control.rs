@@ -76,6 +76,13 @@ pub(crate) async fn replan(
         fplan::host_plans(fleet, &gathered),
     );
     plan.host_facts = fplan::host_facts(&gathered);
+    plan.promotion = super::promote::check(
+        fleet,
+        &plan.to,
+        &std::collections::BTreeMap::new(),
+        host_args.skip_promotion_check,
+    )
+    .await?;
     Ok(Replanned {
         plan,
         unreachable,

@@ -10,6 +10,7 @@ pub(crate) mod apply;
 pub(crate) mod control;
 pub(crate) mod journal;
 pub mod plan;
+pub(crate) mod promote;
 pub(crate) mod remote;
 pub mod render;
 pub(crate) mod rollout;
@@ -132,6 +133,9 @@ pub(crate) struct Fleet {
     pub(crate) transport: ssh::Transport,
     /// The binary that runs here and is installed on hosts.
     pub(crate) binary: remote::Binary,
+    /// The `promote-from` source environment, when it has hosts: the
+    /// controller reads them ([`promote`]).
+    pub(crate) promote_source: Option<Environment>,
 }
 
 /// Uncommitted changes on the controller under the configuration file,
@@ -175,6 +179,7 @@ impl Fleet {
             systemd,
             transport,
             binary,
+            promote_source: promote::source_of(t.config(), &t.env),
         })
     }
 

@@ -51,6 +51,12 @@ pub struct FleetPlan {
     /// a fleet `apply` refuses to start while any host lacks something.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) host_facts: BTreeMap<String, Vec<Fact>>,
+    /// `promote-from` a source environment with hosts: each source host's
+    /// run of the target, read over ssh (`fleet::promote`). The source's
+    /// history, not this fleet's plan: not in the fingerprint; `apply`
+    /// refuses unless it counts. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) promotion: Option<super::promote::FleetPromotion>,
 }
 
 /// The rollout block as the plan shows and fingerprints it.
@@ -168,6 +174,7 @@ pub fn assemble(
         fingerprint,
         planned_from: None,
         host_facts: BTreeMap::new(),
+        promotion: None,
     }
 }
 
@@ -525,6 +532,8 @@ pub(crate) async fn over_ssh(
         host_plans(fleet, &gathered),
     );
     plan.host_facts = host_facts(&gathered);
+    plan.promotion =
+        super::promote::check(fleet, &plan.to, &BTreeMap::new(), args.skip_promotion_check).await?;
     Ok(plan)
 }
 

@@ -48,6 +48,49 @@ fn planned_here(p: &FleetPlan, from: &str) -> String {
     )
 }
 
+/// The `promote-from` section of a fleet plan: its heading, then a line
+/// per source host and what `apply` does about it (empty without one).
+fn promotion_lines(p: &FleetPlan) -> Option<(String, Vec<String>)> {
+    let pr = p.promotion.as_ref()?;
+    let min = if pr.min_healthy_secs == 0 {
+        String::new()
+    } else {
+        format!(
+            ", min-healthy {}",
+            crate::promotion::span(pr.min_healthy_secs)
+        )
+    };
+    let heading = format!(
+        "Promotion (promote-from {}{min}, read from its hosts):",
+        pr.source
+    );
+    let mut lines: Vec<String> = pr
+        .hosts
+        .iter()
+        .map(|h| format!("{} {}", if h.healthy { "ok:" } else { "NO:" }, h.summary))
+        .collect();
+    let sha = short(&p.to.sha);
+    lines.push(if pr.skipped {
+        "check skipped (--skip-promotion-check): `apply` goes on".to_owned()
+    } else if pr.healthy {
+        format!("every host of {} ran {sha} as asked", pr.source)
+    } else {
+        format!(
+            "`apply` refuses it unless --skip-promotion-check (deploy it to every host of {} first, and let it run healthy)",
+            pr.source
+        )
+    });
+    if !pr.only_here.is_empty() {
+        lines.push(format!(
+            "{}'s branch has commits that {}'s branch lacks (a hotfix not merged back?): {}",
+            p.environment,
+            pr.source,
+            pr.only_here.join(", ")
+        ));
+    }
+    Some((heading, lines))
+}
+
 /// The fleet plan for a terminal: a summary, the groups, the batches, the
 /// rollback, then each group's plan (one host's plan stands for its group).
 pub fn text(p: &FleetPlan, color: bool) -> String {
@@ -106,6 +149,12 @@ pub fn text(p: &FleetPlan, color: bool) -> String {
                 let _ = writeln!(s, "  {host}: {} ({})", f.message, f.code);
                 let _ = writeln!(s, "    help: {}", f.help);
             }
+        }
+    }
+    if let Some((heading, lines)) = promotion_lines(p) {
+        let _ = writeln!(s, "\n{heading}");
+        for l in lines {
+            let _ = writeln!(s, "  {l}");
         }
     }
     let _ = writeln!(s, "\nBatches:");
@@ -187,6 +236,12 @@ pub fn markdown(p: &FleetPlan) -> String {
                     cell(&f.help)
                 );
             }
+        }
+    }
+    if let Some((heading, lines)) = promotion_lines(p) {
+        let _ = writeln!(s, "\n**{}**\n", cell(heading.trim_end_matches(':')));
+        for l in lines {
+            let _ = writeln!(s, "- {}", cell(&l));
         }
     }
     let _ = writeln!(s, "\n**Batches**\n");

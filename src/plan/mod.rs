@@ -105,7 +105,8 @@ pub(crate) struct Promotion {
     /// Its latest run of `to` (or of a commit with the same tree), if it
     /// had one; `null`: it never ran it.
     pub(crate) ran: Option<PromotionRun>,
-    /// Whether that run counts: deployed healthy and not rolled back by hand.
+    /// Whether that run counts: deployed healthy, not rolled back by hand,
+    /// and for at least `min_healthy_secs`.
     pub(crate) healthy: bool,
     /// The check was skipped (`--skip-promotion-check`): `apply` goes on
     /// without a healthy run.
@@ -117,6 +118,16 @@ pub(crate) struct Promotion {
     /// The source's state could not be read, and why (then `ran` is null).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) unavailable: Option<String>,
+    /// `min-healthy` in seconds: how long the run must have lasted
+    /// healthy to count. Absent when zero (any healthy run counts).
+    #[serde(default, skip_serializing_if = "crate::plan::is_zero")]
+    pub(crate) min_healthy_secs: u64,
+}
+
+/// Whether a count is zero (a field left out of JSON when it is).
+#[allow(clippy::trivially_copy_pass_by_ref)]
+pub(crate) fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One deploy of the revision in the source environment.

@@ -20,6 +20,7 @@ mod deps;
 mod docs;
 mod fleet;
 mod fleet_hosts;
+mod fleet_promote;
 mod init;
 mod invariants;
 mod ops;

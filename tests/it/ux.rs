@@ -589,6 +589,31 @@ async fn production_runs_only_what_staging_ran_healthy() {
         "{note}"
     );
     assert!(note.ends_with("and still live"), "{note}");
+    // With min-healthy, a run live for less than that does not count yet (the config file
+    // edited, not committed: the same revisions are planned).
+    let committed = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    std::fs::write(
+        &w.fx.config_path,
+        committed.replace(
+            "promote-from \"staging\"\n",
+            "promote-from \"staging\" min-healthy=\"1h\"\n",
+        ),
+    )
+    .unwrap();
+    let pj = plan_json(&[]);
+    assert_eq!(pj["promotion"]["healthy"], false, "{pj}");
+    assert_eq!(pj["promotion"]["min_healthy_secs"], 3600, "{pj}");
+    assert!(
+        pj["warnings"].to_string().contains("healthy since "),
+        "{pj}"
+    );
+    assert!(
+        pj["warnings"]
+            .to_string()
+            .contains(", less than min-healthy 1h: it counts from "),
+        "{pj}"
+    );
+    std::fs::write(&w.fx.config_path, &committed).unwrap();
     // The production units are staging's on this one manager: adopted, as the plan shows.
     let mut apply = vec!["apply", "--env", "production", "--yes"];
     for s in &w.fx.services {
