@@ -17,7 +17,11 @@
 //! `after` edges (from `moorline plan --format json`). Peak memory is the
 //! `VmHWM` of the `moorline apply` process, polled from `/proc`.
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
+#[path = "common/world.rs"]
+mod world;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -27,11 +31,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use moorline::demo::fixture::{Edit, Fixture, FixtureOptions};
+use moorline::demo::fixture::Edit;
 use moorline::demo::sandbox::PrivateSystemd;
 use moorline::git::Repo;
 use moorline::release::Paths;
 use moorline::systemd::Systemd;
+use world::{PYTHON, World};
 
 /// The seeds' `deploy.sh` order: Node services, then Go, then Python.
 const SEED_ORDER: [&str; 19] = [
@@ -56,8 +61,6 @@ const SEED_ORDER: [&str; 19] = [
     "recommendations",
 ];
 
-const PYTHON: &str = "/usr/bin/python3";
-
 type Res<T> = Result<T, String>;
 
 fn main() -> ExitCode {
@@ -65,88 +68,23 @@ fn main() -> ExitCode {
     common::run_on_runtime(run())
 }
 
-/// One fixture repository deployed under the shared manager.
-struct Fleet {
-    fx: Fixture,
-    /// Units are `{prefix}-{service}.service`.
-    prefix: String,
-    state: PathBuf,
-    unit_dir: PathBuf,
-    env: Vec<(String, String)>,
-    logs: PathBuf,
+/// A fixture of all 19 services deployed under the shared manager.
+fn fleet<'a>(
+    dir: &Path,
+    name: &str,
+    port_base: u16,
+    sandbox: &'a PrivateSystemd,
+) -> Res<World<'a>> {
+    let (w, text) = World::new(dir, name, port_base, None, sandbox)?;
+    // Committed: `apply` refuses a configuration with uncommitted changes.
+    w.fx.commit_config("bench configuration", &text)
+        .map_err(|e| e.to_string())?;
+    Ok(w)
 }
 
-impl Fleet {
-    fn new(dir: &Path, name: &str, port_base: u16, sandbox: &PrivateSystemd) -> Res<Self> {
-        let base = dir.join(name);
-        let mut opts = FixtureOptions::new(base.join("srv"));
-        opts.port_base = Some(port_base);
-        opts.python = PathBuf::from(PYTHON);
-        let fx = Fixture::create(&base.join("fx"), &opts).map_err(|e| e.to_string())?;
-        let text = std::fs::read_to_string(&fx.config_path).map_err(|e| e.to_string())?;
-        let text = text.replace(
-            "unit-name \"pakashop-{service}.service\"",
-            &format!("unit-name \"{name}-{{service}}.service\""),
-        );
-        // Committed: `apply` refuses a configuration with uncommitted changes.
-        fx.commit_config("bench configuration", &text)
-            .map_err(|e| e.to_string())?;
-        let unit_dir = sandbox.unit_dir();
-        let config_home = unit_dir
-            .parent()
-            .and_then(Path::parent)
-            .ok_or("sandbox unit dir has no parent")?
-            .to_path_buf();
-        let env = vec![
-            (
-                "XDG_RUNTIME_DIR".to_owned(),
-                sandbox.runtime_dir().display().to_string(),
-            ),
-            ("DBUS_SESSION_BUS_ADDRESS".to_owned(), sandbox.bus_address()),
-            (
-                "XDG_CONFIG_HOME".to_owned(),
-                config_home.display().to_string(),
-            ),
-            ("NO_COLOR".to_owned(), "1".to_owned()),
-        ];
-        let logs = base.join("logs");
-        std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
-        Ok(Self {
-            fx,
-            prefix: name.to_owned(),
-            state: base.join("state"),
-            unit_dir,
-            env,
-            logs,
-        })
-    }
-
-    fn moorline(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(moorline_exe());
-        c.arg("-c")
-            .arg(&self.fx.config_path)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .args(["--systemd", "user"])
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env_remove("MOORLINE_CONFIG")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn units(&self) -> Vec<String> {
-        self.fx
-            .services
-            .iter()
-            .map(|s| format!("{}-{}.service", self.prefix, s.name))
-            .collect()
-    }
-
-    async fn stop_all(&self, sd: &Systemd) {
-        for u in self.units() {
-            let _ = sd.stop(&u).await;
-        }
+async fn stop_all(w: &World<'_>, sd: &Systemd) {
+    for u in w.units() {
+        let _ = sd.stop(&u).await;
     }
 }
 
@@ -229,8 +167,9 @@ fn require_ok(m: &Measured, what: &str) -> Res<()> {
 /// migrate (prisma), install the unit, restart, sleep, `is-active`.
 /// `label` names the release directory, so a rollback rebuilds.
 async fn naive_deploy(
-    f: &Fleet,
+    f: &World<'_>,
     sd: &Systemd,
+    unit_dir: &Path,
     rev: &str,
     label: &str,
     sleep: Duration,
@@ -273,7 +212,7 @@ async fn naive_deploy(
         let unit = moorline::unit::render(env, svc)
             .map_err(|e| e.to_string())?
             .ok_or("no unit block")?;
-        std::fs::write(f.unit_dir.join(&svc.unit_name), unit).map_err(|e| e.to_string())?;
+        std::fs::write(unit_dir.join(&svc.unit_name), unit).map_err(|e| e.to_string())?;
         sd.daemon_reload().await.map_err(|e| e.to_string())?;
         // sudo systemctl restart pakashop-$service
         let job = sd
@@ -528,18 +467,8 @@ async fn run() -> Res<()> {
         .transpose()?
         .unwrap_or(2.0);
     let naive_sleep = Duration::from_secs_f64(naive_sleep.max(0.0));
-    if !Path::new(PYTHON).is_file() {
-        return Err(format!("{PYTHON} is needed (the fixture services)"));
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("moorline-bench-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
+    let (dir, mut sandbox, sd) = world::scratch_manager("moorline-bench-").await?;
     eprintln!("bench: scratch directory {}", dir.path().display());
-    let mut sandbox = PrivateSystemd::start(&dir.path().join("systemd"))
-        .await
-        .map_err(|e| format!("no private systemd manager: {:?}", miette::Report::new(e)))?;
-    let sd = sandbox.connect().await.map_err(|e| e.to_string())?;
     let result = measure_all(dir.path(), &sandbox, &sd, naive_sleep).await;
     sandbox.stop();
     if std::env::var_os("BENCH_KEEP").is_some() {
@@ -557,8 +486,11 @@ async fn measure_all(
     sd: &Systemd,
     naive_sleep: Duration,
 ) -> Res<String> {
-    let naive = Fleet::new(dir, "naive", 24_000, sandbox)?;
-    let ml = Fleet::new(dir, "bench", 24_100, sandbox)?;
+    let naive = fleet(dir, "naive", 24_000, sandbox)?;
+    let ml = fleet(dir, "bench", 24_100, sandbox)?;
+    let unit_dir = sandbox.unit_dir();
+    let logs = dir.join("bench/logs");
+    std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
 
     // (a) the seeds' deploy.sh.
     let rev0 = naive.fx.head("main").map_err(|e| e.to_string())?;
@@ -566,12 +498,12 @@ async fn measure_all(
         "bench: (a) naive sequential deploy, sleep {} s after each restart...",
         naive_sleep.as_secs_f64()
     );
-    let naive_first = naive_deploy(&naive, sd, &rev0, &rev0, naive_sleep).await?;
+    let naive_first = naive_deploy(&naive, sd, &unit_dir, &rev0, &rev0, naive_sleep).await?;
     eprintln!("bench: (a) {}", secs(naive_first));
-    naive.stop_all(sd).await;
+    stop_all(&naive, sd).await;
 
     // (b) moorline's first deploy: nothing built, no unit, nothing running.
-    ml.stop_all(sd).await;
+    stop_all(&ml, sd).await;
     let plan = ml
         .moorline(&["plan", "--env", "staging", "--format", "json"])
         .output()
@@ -589,7 +521,7 @@ async fn measure_all(
     );
     let first = measure(
         ml.moorline(&["apply", "--env", "staging", "--yes"]),
-        &ml.logs,
+        &logs,
         "b-apply",
     )?;
     require_ok(&first, "the first apply")?;
@@ -611,7 +543,7 @@ async fn measure_all(
     eprintln!("bench: (c) moorline apply, one service changed...");
     let one = measure(
         ml.moorline(&["apply", "--env", "staging", "--yes"]),
-        &ml.logs,
+        &logs,
         "c-apply",
     )?;
     require_ok(&one, "the one-service apply")?;
@@ -630,13 +562,13 @@ async fn measure_all(
     eprintln!("bench: (d) moorline apply of a change to all 19, then rollback...");
     let d_apply = measure(
         ml.moorline(&["apply", "--env", "staging", "--yes"]),
-        &ml.logs,
+        &logs,
         "d-apply",
     )?;
     require_ok(&d_apply, "the all-services apply")?;
     let rollback = measure(
         ml.moorline(&["rollback", "--env", "staging", "--yes"]),
-        &ml.logs,
+        &logs,
         "d-rollback",
     )?;
     require_ok(&rollback, "the rollback")?;
@@ -675,11 +607,11 @@ async fn measure_all(
         .fx
         .commit("main", "shared bump, every service", &all_naive)
         .map_err(|e| e.to_string())?;
-    naive_deploy(&naive, sd, &rev1, &rev1, Duration::ZERO).await?;
+    naive_deploy(&naive, sd, &unit_dir, &rev1, &rev1, Duration::ZERO).await?;
     eprintln!("bench: (d) rebuild-based rollback: deploy.sh at the previous revision...");
-    let d_naive = naive_deploy(&naive, sd, &rev0, "revert", naive_sleep).await?;
-    naive.stop_all(sd).await;
-    ml.stop_all(sd).await;
+    let d_naive = naive_deploy(&naive, sd, &unit_dir, &rev0, "revert", naive_sleep).await?;
+    stop_all(&naive, sd).await;
+    stop_all(&ml, sd).await;
 
     // The report.
     let mut r = String::new();

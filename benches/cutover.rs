@@ -14,23 +14,26 @@
 //! Printed: requests answered, failed requests (a refused connection or an answer that is not
 //! 200), the longest stretch without a successful answer, and the p99 latency.
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
+#[path = "common/world.rs"]
+mod world;
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use moorline::demo::fixture::{Edit, Fixture, FixtureOptions};
+use moorline::demo::fixture::Edit;
 use moorline::demo::sandbox::PrivateSystemd;
 use moorline::systemd::Systemd;
+use world::World;
 
 type Res<T> = Result<T, String>;
-
-const PYTHON: &str = "/usr/bin/python3";
 
 fn main() -> ExitCode {
     common::run_on_runtime(run())
@@ -122,56 +125,12 @@ async fn under_load<F: std::future::Future<Output = Res<()>>>(
     r.map(|()| all)
 }
 
-/// One fixture of three services, its own units and state.
-struct World {
-    fx: Fixture,
-    state: PathBuf,
-    env: Vec<(String, String)>,
-    prefix: String,
-}
-
-impl World {
-    fn new(dir: &Path, prefix: &str, port_base: u16, sandbox: &PrivateSystemd) -> Res<Self> {
-        let base = dir.join(prefix);
-        let mut opts = FixtureOptions::new(base.join("srv"));
-        opts.port_base = Some(port_base);
-        opts.services = Some(3);
-        opts.python = PathBuf::from(PYTHON);
-        let fx = Fixture::create(&base.join("fx"), &opts).map_err(|e| e.to_string())?;
-        let config_home = sandbox
-            .unit_dir()
-            .parent()
-            .and_then(Path::parent)
-            .ok_or("sandbox unit dir has no parent")?
-            .to_path_buf();
-        let env = vec![
-            (
-                "XDG_RUNTIME_DIR".to_owned(),
-                sandbox.runtime_dir().display().to_string(),
-            ),
-            ("DBUS_SESSION_BUS_ADDRESS".to_owned(), sandbox.bus_address()),
-            (
-                "XDG_CONFIG_HOME".to_owned(),
-                config_home.display().to_string(),
-            ),
-            ("NO_COLOR".to_owned(), "1".to_owned()),
-        ];
-        Ok(Self {
-            fx,
-            state: base.join("state"),
-            env,
-            prefix: prefix.to_owned(),
-        })
-    }
-
-    /// The configuration with this world's unit names, `edit` applied to each service line,
-    /// and `proxy`.
-    fn configure(&self, edit: impl Fn(&str, &str) -> String, proxy: &str) -> Res<()> {
-        let text = std::fs::read_to_string(&self.fx.config_path).map_err(|e| e.to_string())?;
-        let text = text.replace(
-            "unit-name \"pakashop-{service}.service\"",
-            &format!("unit-name \"{}-{{service}}.service\"", self.prefix),
-        );
+/// What the cutover bench adds to a world: its configuration, its apply, a change of every
+/// service.
+impl World<'_> {
+    /// `text` (the configuration with this world's unit names) with `edit` applied to each
+    /// service line, and `proxy`, committed.
+    fn configure(&self, text: &str, edit: impl Fn(&str, &str) -> String, proxy: &str) -> Res<()> {
         let mut out = String::new();
         for line in text.lines() {
             match self
@@ -193,15 +152,8 @@ impl World {
     }
 
     fn apply(&self) -> Res<()> {
-        let out = Command::new(env!("CARGO_BIN_EXE_moorline"))
-            .arg("-c")
-            .arg(&self.fx.config_path)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .args(["--systemd", "user", "apply", "--env", "staging", "--yes"])
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env_remove("MOORLINE_CONFIG")
-            .stdin(Stdio::null())
+        let out = self
+            .moorline(&["apply", "--env", "staging", "--yes"])
             .output()
             .map_err(|e| e.to_string())?;
         if out.status.success() {
@@ -253,23 +205,13 @@ fn p99(latencies: &mut [Duration]) -> Duration {
 
 async fn run() -> Res<()> {
     let nginx = nginx_bin().ok_or("nginx is needed (apt-get install nginx)")?;
-    if !Path::new(PYTHON).is_file() {
-        return Err(format!("{PYTHON} is needed (the fixture services)"));
-    }
     let sleep = std::env::var("BENCH_NAIVE_SLEEP")
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(Duration::from_secs(2), |s| {
             Duration::from_secs_f64(s.max(0.0))
         });
-    let dir = tempfile::Builder::new()
-        .prefix("moorline-bench-cutover-")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
-    let mut sandbox = PrivateSystemd::start(&dir.path().join("systemd"))
-        .await
-        .map_err(|e| format!("no private systemd manager: {:?}", miette::Report::new(e)))?;
-    let sd = sandbox.connect().await.map_err(|e| e.to_string())?;
+    let (dir, mut sandbox, sd) = world::scratch_manager("moorline-bench-cutover-").await?;
     let result = measure(dir.path(), &sandbox, &sd, &nginx, sleep).await;
     sandbox.stop();
     println!("{}", result?);
@@ -283,9 +225,9 @@ async fn measure(
     nginx: &Path,
     sleep: Duration,
 ) -> Res<String> {
-    let restart = World::new(dir, "rs", 25_100, sandbox)?;
-    let green = World::new(dir, "bg", 25_200, sandbox)?;
-    let naive = World::new(dir, "sh", 25_300, sandbox)?;
+    let (restart, restart_text) = World::new(dir, "rs", 25_100, Some(3), sandbox)?;
+    let (green, green_text) = World::new(dir, "bg", 25_200, Some(3), sandbox)?;
+    let (naive, naive_text) = World::new(dir, "sh", 25_300, Some(3), sandbox)?;
     let ngx = dir.join("nginx");
     let ups = ngx.join("upstreams");
     std::fs::create_dir_all(&ups).map_err(|e| e.to_string())?;
@@ -354,9 +296,10 @@ async fn measure(
         .and_then(|j| j.check("start", unit))
         .map_err(|e| e.to_string())?;
 
-    restart.configure(|_, line| line.to_owned(), &proxy)?;
-    naive.configure(|_, line| line.to_owned(), &proxy)?;
+    restart.configure(&restart_text, |_, line| line.to_owned(), &proxy)?;
+    naive.configure(&naive_text, |_, line| line.to_owned(), &proxy)?;
     green.configure(
+        &green_text,
         |name, line| {
             let [a, b] = slots
                 .iter()
@@ -384,12 +327,7 @@ async fn measure(
     };
     let restart_ports = port_of("rs").ok_or("no restart fronts")?;
     let naive_ports = port_of("sh").ok_or("no deploy.sh fronts")?;
-    let naive_units: Vec<String> = naive
-        .fx
-        .services
-        .iter()
-        .map(|s| format!("sh-{}.service", s.name))
-        .collect();
+    let naive_units = naive.units();
 
     eprintln!("bench: restart mode...");
     let mut rs = under_load(&restart_ports, async { restart.apply() }).await?;
@@ -427,8 +365,8 @@ async fn measure(
         );
     }
     for w in [&restart, &naive] {
-        for s in &w.fx.services {
-            let _ = sd.stop(&format!("{}-{}.service", w.prefix, s.name)).await;
+        for u in w.units() {
+            let _ = sd.stop(&u).await;
         }
     }
     for (name, pair) in &slots {

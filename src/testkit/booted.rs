@@ -22,7 +22,6 @@
 //!    └─ systemd (PID 1 of the host) ─ journald, dbus, sshd, nginx, postgresql, …
 //! ```
 
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -32,9 +31,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::demo::cgroup::Subtree;
+use crate::testkit::bridge::{self, Bridge, Family};
 use crate::testkit::deadline;
 use crate::testkit::hosts::{
-    HostsError, client_config, ip, keygen, public_key, run_tool, shell_quote, step, tail, write,
+    HostsError, client_config, ip, keygen, known_hosts_text, run_tool, shell_quote, step, tail,
+    write,
 };
 use crate::testkit::sandbox::descendants;
 
@@ -80,9 +81,16 @@ const TOOLS: [&str; 7] = [
 /// Names of everything a run makes start with this, then the owner's PID: `mlb-PID-N-I`.
 const PREFIX: &str = "mlb-";
 
-/// How many bridge numbers exist: bridge `mlboot{n}`, subnet `10.{224 + n / 256}.{n % 256}.0/24`
-/// (within 10.224.0.0/12, beside the simulated fleets' 10.208.0.0/12).
-const BRIDGE_NUMBERS: u32 = 4096;
+/// The hosts' bridges: `mlboot{n}`, subnet `10.{224 + n / 256}.{n % 256}.0/24` (within
+/// 10.224.0.0/12, beside the simulated fleets' 10.208.0.0/12), veths `mlb{n}h{i}`, alias
+/// `moorline-boot {pid}-{counter}`.
+const BRIDGES: Family = Family {
+    bridge: "mlboot",
+    veth: "mlb",
+    block: 224,
+    alias: "moorline-boot",
+    what: "the booted hosts",
+};
 
 /// How long a host may take to shut down cleanly before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -270,8 +278,7 @@ pub struct BootedHosts {
     id: String,
     dir: PathBuf,
     image: Image,
-    bridge: Option<String>,
-    subnet: [u8; 3],
+    bridge: Option<Bridge>,
     binds: Vec<(PathBuf, PathBuf)>,
     hosts: Vec<BootedHost>,
 }
@@ -297,12 +304,11 @@ impl BootedHosts {
             dir,
             image,
             bridge: None,
-            subnet: [10, 224, 0],
             binds: binds.to_vec(),
             hosts: Vec::new(),
         };
         // On any error below, dropping `hosts` removes what was made so far.
-        hosts.create_bridge(counter)?;
+        hosts.bridge = Some(Bridge::create(BRIDGES, &hosts.id, counter)?);
         let client = hosts.dir.join("client");
         std::fs::create_dir_all(&client)
             .map_err(|e| step(format!("create {}", client.display()), e))?;
@@ -565,50 +571,14 @@ impl BootedHosts {
             .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
-    fn create_bridge(&mut self, counter: u32) -> Result<(), HostsError> {
-        // The kernel refuses a second link of the same name: the name is a lock on `n` (and
-        // so on the subnet) across concurrently running test binaries.
-        let start = (std::process::id()
-            .wrapping_mul(31)
-            .wrapping_add(counter * 7))
-            % BRIDGE_NUMBERS;
-        for k in 0..BRIDGE_NUMBERS {
-            let n = (start + k) % BRIDGE_NUMBERS;
-            let name = format!("mlboot{n}");
-            match ip(&["link", "add", "name", &name, "type", "bridge"]) {
-                Ok(()) => {
-                    self.bridge = Some(name.clone());
-                    let hi = u8::try_from(224 + n / 256).unwrap_or(224);
-                    let lo = u8::try_from(n % 256).unwrap_or(0);
-                    self.subnet = [10, hi, lo];
-                    ip(&["link", "set", "dev", &name, "alias", &alias(&self.id)])?;
-                    let gateway = Ipv4Addr::new(10, hi, lo, 1);
-                    ip(&["addr", "add", &format!("{gateway}/24"), "dev", &name])?;
-                    return ip(&["link", "set", "dev", &name, "up"]);
-                }
-                Err(HostsError::Step { detail, .. }) if detail.contains("File exists") => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Err(step(
-            "create the hosts' bridge",
-            "every bridge number is taken",
-        ))
-    }
-
     fn create_host(&mut self, index: usize) -> Result<(), HostsError> {
-        let bridge = self.bridge.clone().unwrap_or_default();
-        let number = bridge.trim_start_matches("mlboot");
         let name = format!("host{index}");
         let machine = format!("{PREFIX}{}-{index}", self.id);
-        let veth = format!("mlb{number}h{index}");
-        let [a, b, c] = self.subnet;
-        let address = Ipv4Addr::new(
-            a,
-            b,
-            c,
-            u8::try_from(10 + index).map_err(|_| step("number the hosts", "at most 245 hosts"))?,
-        );
+        let bridge = self
+            .bridge
+            .as_ref()
+            .ok_or_else(|| step("add a host", "the hosts have no bridge"))?;
+        let address = bridge.address(index)?;
         let dir = self.dir.join(&machine);
         for sub in ["upper", "work", "merged"] {
             let path = dir.join(sub);
@@ -649,24 +619,11 @@ impl BootedHosts {
             h.mounted = true;
         }
         ip(&["netns", "add", &machine])?;
-        ip(&[
-            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &machine,
-        ])?;
+        let veth = bridge.add_veth(index, &machine)?;
         if let Some(h) = self.hosts.last_mut() {
             h.veth.clone_from(&veth);
         }
-        ip(&["link", "set", &veth, "master", &bridge, "up"])?;
-        ip(&["-n", &machine, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            &machine,
-            "addr",
-            "add",
-            &format!("{address}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &machine, "link", "set", "eth0", "up"])?;
+        bridge.connect(&veth, &machine, address)?;
 
         // The host's own files, in its layer: hostname, host key, the client's key.
         write(&merged.join("etc/hostname"), &format!("{name}\n"))?;
@@ -695,17 +652,11 @@ impl BootedHosts {
     }
 
     fn write_client_config(&self) -> Result<(), HostsError> {
-        let mut known = String::new();
-        for h in &self.hosts {
-            let _ = writeln!(
-                known,
-                "{},{} {}",
-                h.name,
-                h.address,
-                public_key(&h.host_key())?
-            );
-        }
-        write(&self.known_hosts(), &known)?;
+        let known = self
+            .hosts
+            .iter()
+            .map(|h| (h.name(), h.address, h.host_key()));
+        write(&self.known_hosts(), &known_hosts_text(known)?)?;
         let hosts: Vec<(&str, Ipv4Addr)> = self
             .hosts
             .iter()
@@ -740,7 +691,7 @@ impl BootedHosts {
             let _ = ip(&["netns", "del", &h.netns]);
         }
         if let Some(bridge) = self.bridge.take() {
-            let _ = ip(&["link", "del", &bridge]);
+            bridge.delete();
         }
     }
 }
@@ -749,11 +700,6 @@ impl Drop for BootedHosts {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// The bridge alias that names its owner: `moorline-boot {pid}-{counter}`.
-fn alias(id: &str) -> String {
-    format!("moorline-boot {id}")
 }
 
 /// The container's PID 1 below `nspawn` (host PID): the descendant whose innermost PID is 1,
@@ -819,10 +765,7 @@ fn check_environment() -> Result<(), HostsError> {
 /// Removes what runs whose process is gone left behind (killed before their `Drop` ran):
 /// their containers (killed), overlay mounts, network namespaces and bridges. Best effort.
 fn sweep_stale() {
-    let dead = |pid: &str| {
-        pid.parse::<u32>()
-            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists())
-    };
+    let dead = bridge::dead;
     let owner = |name: &str| {
         name.strip_prefix(PREFIX)
             .and_then(|r| r.split('-').next().map(str::to_owned))
@@ -876,20 +819,7 @@ fn sweep_stale() {
             }
         }
     }
-    if let Ok(out) = Command::new("ip")
-        .args(["-o", "link", "show", "type", "bridge"])
-        .output()
-    {
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let name = line.split(':').nth(1).map(str::trim).unwrap_or_default();
-            let owner = line
-                .split_once("alias moorline-boot ")
-                .and_then(|(_, rest)| rest.split('-').next());
-            if name.starts_with("mlboot") && owner.is_some_and(dead) {
-                let _ = ip(&["link", "del", name]);
-            }
-        }
-    }
+    bridge::sweep_stale(BRIDGES);
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -913,9 +843,9 @@ mod tests {
 
     #[test]
     fn interface_and_machine_names_fit() {
-        let n = BRIDGE_NUMBERS - 1;
-        assert!(format!("mlboot{n}").len() <= 15);
-        assert!(format!("mlb{n}h245").len() <= 15);
+        let n = bridge::NUMBERS - 1;
+        assert!(format!("{}{n}", BRIDGES.bridge).len() <= 15);
+        assert!(format!("{}{n}h245", BRIDGES.veth).len() <= 15);
         // Machine names are hostnames: at most 64 characters.
         assert!(format!("{PREFIX}{}-{}-245", u32::MAX, u32::MAX).len() <= 64);
     }

@@ -4,11 +4,14 @@
 //!
 //! - [`hosts`]: simulated fleet hosts (network namespaces, sshd, a private manager each).
 //! - [`booted`]: booted hosts (a Debian image, `systemd-nspawn --boot`, systemd as PID 1).
+//! - [`bridge`]: the bridge, addresses and veths both kinds of hosts share, and the sweep of
+//!   bridges a killed run left.
 //! - [`deadline`]: every test deadline, scaled by `MOORLINE_TEST_TIME_SCALE`.
 //! - [`fixture`] and [`sandbox`]: the test-only API of the demo's fixture repositories
 //!   (`crate::demo::fixture`) and private managers (`crate::demo::sandbox`).
 
 pub mod booted;
+pub(crate) mod bridge;
 pub mod deadline;
 pub mod fixture;
 pub mod hosts;

@@ -866,6 +866,12 @@ async fn reference_deploy(scene: &mut Scene) -> Vec<serde_json::Value> {
 /// way) is resumed with a kill at every record of the resume, in both
 /// modes, then resumed again; and rolled back with a kill at every record
 /// of the rollback, in both modes, then rolled back again.
+///
+/// Except one kill that is another's twin: a kill just before a `started`
+/// record lands where the kill just after the record before it does (the
+/// executor writes `started` before it does anything of its action, and
+/// nothing happens between an action's end and the next one's start), so
+/// in before mode the records that after mode saw as `started` are skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_resumes_and_rollbacks_are_recovered_again() {
     let Some(mut scene) = Scene::new("c3", 29300).await else {
@@ -879,11 +885,18 @@ async fn killed_resumes_and_rollbacks_are_recovered_again() {
         .unwrap()
         + 1;
     let apply_kill = (Kill::Before, switch + 1);
-    let mut points = 0;
+    let (mut points, mut twins) = (0, 0);
     for how in [Recovery::Resume, Recovery::Rollback] {
+        // Record m of the recovery, as after mode saw it.
+        let mut seen: BTreeMap<usize, String> = BTreeMap::new();
         for kill in [Kill::After, Kill::Before] {
             let mut m = 1;
             loop {
+                if kill == Kill::Before && seen.get(&m).is_some_and(|l| l.starts_with("started:")) {
+                    twins += 1;
+                    m += 1;
+                    continue;
+                }
                 let sha = scene.next_change();
                 let runs = scene.migrate_runs();
                 assert!(
@@ -902,6 +915,9 @@ async fn killed_resumes_and_rollbacks_are_recovered_again() {
                 let Some(out) = scene.run_killed(how.args(), kill, m) else {
                     points += 1;
                     let last = scene.last_record();
+                    if kill == Kill::After {
+                        seen.insert(m, last.clone());
+                    }
                     let log = scene.recover(how);
                     let context = format!("{context} (last: {last})\n{log}");
                     scene
@@ -934,7 +950,7 @@ async fn killed_resumes_and_rollbacks_are_recovered_again() {
         }
     }
     eprintln!(
-        "killed recoveries: {points} kill points in {:?}",
+        "killed recoveries: {points} kill points ({twins} twins skipped) in {:?}",
         t.elapsed()
     );
     scene.stop().await;
