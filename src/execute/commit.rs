@@ -210,6 +210,9 @@ fn commit_state(
                     previous,
                     unit_sha256: unit_sha,
                     unit: unit_name,
+                    artifact: crate::artifact::installed_id(
+                        &Paths::new(&ctx.env.root, service).release(to),
+                    ),
                 },
             );
             if !switched.contains(service) {
