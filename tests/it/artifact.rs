@@ -138,7 +138,8 @@ async fn a_prebuilt_artifact_is_installed_verified_and_watched() {
         .cmd_in(&build_state, &["stop", "--env", "staging", "--yes"])
         .output()
         .unwrap());
-    let store = w._dir.path().join("artifacts");
+    let tmp = build_state.parent().unwrap().to_path_buf();
+    let store = tmp.join("artifacts");
     let ids: Vec<String> = names
         .iter()
         .map(|s| {
@@ -201,7 +202,7 @@ async fn a_prebuilt_artifact_is_installed_verified_and_watched() {
 
     // A damaged pack is refused before the apply starts: nothing unpacked,
     // nothing recorded.
-    let damaged = w._dir.path().join("damaged");
+    let damaged = tmp.join("damaged");
     std::fs::create_dir_all(damaged.join("packs")).unwrap();
     for sub in ["manifests", "packs"] {
         std::fs::create_dir_all(damaged.join(sub)).unwrap();
