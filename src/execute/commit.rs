@@ -306,5 +306,7 @@ fn commit_state(
             release::prune(&paths, keep, &protect);
         }
     }
+    // Artifacts no release is installed from any more.
+    crate::artifact::gc::collect_garbage(&ctx.env.root);
     Ok(())
 }
