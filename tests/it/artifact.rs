@@ -236,9 +236,28 @@ async fn a_prebuilt_artifact_is_installed_verified_and_watched() {
     }
     assert!(!w.state.join("state.json").exists());
 
-    // Applied from the directory: nothing of the build runs here.
-    let applied =
-        ok(&w.run(&[&["apply"][..], &prod, &["--artifacts", store_arg, "--yes"]].concat()));
+    // Planned, saved and applied from the directory, the ids also named
+    // as the fleet controller names them: nothing of the build runs here.
+    let saved = tmp.join("plan.json");
+    let saved_arg = saved.to_str().unwrap();
+    ok(&w.run(
+        &[
+            &["plan"][..],
+            &prod,
+            &["--artifacts", store_arg, "--out", saved_arg],
+        ]
+        .concat(),
+    ));
+    let named = format!("{}={}", names[0], ids[0]);
+    let applied = ok(&w.run(&[
+        "apply",
+        saved_arg,
+        "--artifacts",
+        store_arg,
+        "--artifact",
+        &named,
+        "--yes",
+    ]));
     assert!(
         applied.contains(&format!("installed artifact {}", &ids[0][..19]))
             && applied.contains("dependencies entry adopted from the artifact"),
