@@ -248,14 +248,14 @@ async fn a_prebuilt_artifact_is_installed_verified_and_watched() {
         ]
         .concat(),
     ));
-    let named = format!("{}={}", names[0], ids[0]);
+    let pinned = format!("{}={}", names[0], ids[0]);
     let applied = ok(&w.run(&[
         "apply",
         saved_arg,
         "--artifacts",
         store_arg,
         "--artifact",
-        &named,
+        &pinned,
         "--yes",
     ]));
     assert!(
