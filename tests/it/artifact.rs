@@ -304,6 +304,10 @@ async fn a_prebuilt_artifact_is_installed_verified_and_watched() {
     assert_eq!(code(&out), 5, "{}", String::from_utf8_lossy(&out.stdout));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
+        text.contains(&format!(" artifact {}", &ids[1][..19])),
+        "each release names its artifact: {text}"
+    );
+    assert!(
         text.contains(&format!(
             "{}: release files differ from artifact {}…: server.py (modified)",
             names[0],
