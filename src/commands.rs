@@ -183,6 +183,10 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
     let saved = match args.plan.as_deref().map(plan_file::read).transpose()? {
         Some(Saved::Fleet(fp)) => {
             let t = settings::resolve(global, &fp.environment)?;
+            crate::artifact::choose::not_on_controller(
+                &args.artifacts.given,
+                args.artifacts.dir.as_deref(),
+            )?;
             return fleet::apply(global, args, &t, Some(*fp));
         }
         Some(Saved::Host(p)) => Some(*p),
@@ -194,6 +198,10 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
         Some(Saved::Fleet(fp)) => {
             let env = args.env.clone().unwrap_or_else(|| fp.environment.clone());
             let t = settings::resolve(global, &env)?;
+            crate::artifact::choose::not_on_controller(
+                &args.artifacts.given,
+                args.artifacts.dir.as_deref(),
+            )?;
             return fleet::apply_reviewed(global, args, &t, *fp);
         }
         Some(Saved::Host(p)) => Some(*p),
@@ -206,6 +214,10 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
     };
     let t = settings::resolve(global, &env_name)?;
     if saved.is_none() && fleet::is_fleet(global, &t) {
+        crate::artifact::choose::not_on_controller(
+            &args.artifacts.given,
+            args.artifacts.dir.as_deref(),
+        )?;
         return fleet::apply(global, args, &t, None);
     }
     apply::run(&t, args, saved, reviewed.as_ref())
@@ -309,6 +321,19 @@ fn validate(loaded: &Loaded) -> miette::Result<i32> {
     Ok(exit::OK)
 }
 
+/// The artifacts `--artifact` and `--artifacts` ask for, and those of a
+/// saved or reviewed plan (`planned`).
+pub(crate) fn artifacts<'a>(
+    args: &'a crate::cli::ArtifactArgs,
+    planned: Option<&'a std::collections::BTreeMap<String, String>>,
+) -> crate::artifact::choose::Request<'a> {
+    crate::artifact::choose::Request {
+        given: &args.given,
+        dir: args.dir.as_deref(),
+        planned,
+    }
+}
+
 fn request(target: &PlanTarget) -> PlanRequest {
     PlanRequest {
         from: target.from.clone(),
@@ -361,9 +386,19 @@ pub(crate) fn print_and_save(
 fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
     let t = settings::resolve(global, &args.target.env)?;
     if fleet::is_fleet(global, &t) {
+        crate::artifact::choose::not_on_controller(
+            &args.artifacts.given,
+            args.artifacts.dir.as_deref(),
+        )?;
         return fleet::plan(global, args, &t);
     }
-    let p = crate::observe::compute_plan(&t, &request(&args.target))?;
+    let mut p = crate::observe::compute_plan(&t, &request(&args.target))?;
+    crate::artifact::choose::choose(
+        t.config(),
+        &t.env.root,
+        &mut p,
+        &artifacts(&args.artifacts, None),
+    )?;
     print_and_save(
         args,
         |f| match f {

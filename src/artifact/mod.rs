@@ -19,6 +19,8 @@
 //! alone yields the same `deps` pack, which a host that has it is not sent
 //! again.
 
+pub(crate) mod choose;
+pub(crate) mod gc;
 pub(crate) mod pack;
 pub(crate) mod store;
 pub(crate) mod tree;

@@ -2,6 +2,7 @@
 //! `testkit` feature (which the package's dev-dependency on itself turns on for `cargo test`
 //! and `cargo bench`), so the shipped binary carries none of it.
 //!
+//! - [`artifact`]: artifacts packed from a release an apply built, as `moorline artifact build` would.
 //! - [`hosts`]: simulated fleet hosts (network namespaces, sshd, a private manager each).
 //! - [`booted`]: booted hosts (a Debian image, `systemd-nspawn --boot`, systemd as PID 1).
 //! - [`bridge`]: the bridge, addresses and veths both kinds of hosts share, and the sweep of
@@ -10,6 +11,7 @@
 //! - [`fixture`] and [`sandbox`]: the test-only API of the demo's fixture repositories
 //!   (`crate::demo::fixture`) and private managers (`crate::demo::sandbox`).
 
+pub mod artifact;
 pub mod booted;
 pub(crate) mod bridge;
 pub mod deadline;
