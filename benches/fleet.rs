@@ -1,58 +1,176 @@
-//! `cargo bench --bench fleet`: a fleet rollout over 5 simulated hosts
-//! (`moorline::testkit::hosts`, real sshd and systemd per host) of the 19
-//! Pakashop services in batches `1, 100%`, beside one host's apply of the
-//! same deploy through the same controller, and the time of one ssh round
-//! trip with and without the shared (ControlMaster) connection. Target:
-//! the whole fleet within 1.5x of one host plus the canary. Needs root
-//! (network namespaces). Not a timed test: it prints a table.
+//! `cargo bench --bench fleet`: fleet planning and rollouts at scale over simulated hosts
+//! (`moorline::testkit::hosts`: each its own network namespace, sshd and private systemd),
+//! each host running the 19 Pakashop-shaped fixture services. For every fleet size in
+//! `MOORLINE_BENCH_HOSTS` (default `1,5,20,50`) it starts a fresh fleet, deploys every
+//! service everywhere (not measured: `batches "100%"`), then commits a change to two services
+//! and the rollout `canary 1; batches 4; connections C` (`MOORLINE_BENCH_CONNECTIONS`, default
+//! 10) and measures `moorline plan --env staging` and `moorline apply` of that change: wall
+//! time, the controller's peak RSS (`VmHWM` of the `moorline` process, polled) and per host,
+//! the bytes sent to each host (its veth's counters), and each batch's time from the fleet
+//! journal (a record appears when a batch starts and when each host ends), a batch of 4
+//! hosts against the 1-host fleet's apply of the same change. Prints a table with each
+//! target beside its value; asserts nothing. Also times one ssh round trip with and without
+//! the shared (ControlMaster) connection. Needs root (network namespaces).
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use moorline::demo::fixture::{Fixture, FixtureOptions};
+use moorline::demo::fixture::{Edit, Fixture, FixtureOptions};
 use moorline::testkit::hosts::Fleet;
 
 type Res<T> = Result<T, String>;
 
-const HOSTS: usize = 5;
+const DEFAULT_HOSTS: &str = "1,5,20,50";
+const DEFAULT_CONNECTIONS: u32 = 10;
+/// Hosts per batch after the canary.
+const BATCH: usize = 4;
+/// The two services the measured change touches (a Go one in `core`, a Python one in
+/// `supporting`).
+const CHANGED: [&str; 2] = ["search", "moderation"];
 const ROUND_TRIPS: u32 = 10;
+/// How often the monitor samples `/proc` and the fleet journal.
+const POLL: Duration = Duration::from_millis(10);
+/// Targets from issue 20.
+const BATCH_TARGET: f64 = 1.2;
+const RSS_PER_HOST_TARGET_MB: f64 = 5.0;
 
-fn main() -> ExitCode {
+fn main() -> std::process::ExitCode {
     common::run_on_runtime(run())
 }
 
 async fn run() -> Res<()> {
+    let sizes = env_list("MOORLINE_BENCH_HOSTS", DEFAULT_HOSTS)?;
+    let connections =
+        std::env::var("MOORLINE_BENCH_CONNECTIONS")
+            .ok()
+            .map_or(Ok(DEFAULT_CONNECTIONS), |v| {
+                v.parse()
+                    .map_err(|e| format!("MOORLINE_BENCH_CONNECTIONS={v}: {e}"))
+            })?;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut trips = None;
+    for &n in &sizes {
+        eprintln!("bench: {n} hosts...");
+        let started = Instant::now();
+        let (row, rt) = one_fleet(n, connections, trips.is_none()).await?;
+        eprintln!(
+            "bench: {n} hosts done in {:.0}s",
+            started.elapsed().as_secs_f64()
+        );
+        trips = trips.or(rt);
+        rows.push(row);
+    }
+    print!("{}", table(&rows, connections));
+    if let Some((cold, shared)) = trips {
+        println!(
+            "ssh round trip: {:.1} ms new connection, {:.1} ms through the shared one ({ROUND_TRIPS} each)",
+            cold.as_secs_f64() * 1000.0,
+            shared.as_secs_f64() * 1000.0
+        );
+    }
+    Ok(())
+}
+
+fn env_list(name: &str, default: &str) -> Res<Vec<usize>> {
+    let text = std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    let mut v = text
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=250).contains(n))
+                .ok_or_else(|| format!("{name}={text}: want host counts 1..=250, comma-separated"))
+        })
+        .collect::<Res<Vec<usize>>>()?;
+    v.sort_unstable();
+    v.dedup();
+    Ok(v)
+}
+
+/// One fleet size's measurements.
+struct Row {
+    hosts: usize,
+    bring_up: Duration,
+    first_deploy: Duration,
+    /// Restarts each host's plan of the measured change has.
+    restarts: usize,
+    plan: Run,
+    rollout: Run,
+    /// The rollout's batches from the fleet journal: (hosts, duration, CPU seconds of every
+    /// process under the bench during it).
+    batches: Vec<(usize, Duration, f64)>,
+}
+
+/// What one `moorline` command cost.
+#[derive(Default)]
+struct Run {
+    wall: Duration,
+    /// Peak RSS of the controller's `moorline` process (`VmHWM`), in KiB.
+    peak_kib: u64,
+    /// Peak sum of the RSS of the controller's `ssh` children (master connections and
+    /// sessions), in KiB.
+    ssh_peak_kib: u64,
+    /// Most `ssh` processes under the controller at once.
+    ssh_peak_procs: usize,
+    /// CPU seconds of the controller and its children.
+    cpu: f64,
+    /// Bytes the machine sent to each host (sum over hosts / hosts) and received from it.
+    sent_per_host: u64,
+    received_per_host: u64,
+}
+
+async fn one_fleet(
+    n: usize,
+    connections: u32,
+    round_trip: bool,
+) -> Res<(Row, Option<(Duration, Duration)>)> {
     let dir = tempfile::Builder::new()
         .prefix("moorline-fleet-")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let hosts = Fleet::start(&dir.path().join("hosts"), HOSTS)
+    let started = Instant::now();
+    let hosts = Fleet::start(&dir.path().join("hosts"), n)
         .await
         .map_err(|e| format!("no simulated hosts: {:?}", miette::Report::new(e)))?;
-    let root = hosts.root_path().to_path_buf();
-    let fx = Fixture::create(&dir.path().join("fx"), &FixtureOptions::new(&root))
-        .map_err(|e| e.to_string())?;
-    let text = std::fs::read_to_string(&fx.config_path).map_err(|e| e.to_string())?;
-    let fleet = (1..=HOSTS).fold(String::new(), |mut s, i| {
-        use std::fmt::Write as _;
-        let _ = writeln!(s, "    host \"host{i}\"");
-        s
-    });
-    let text = text.replacen(
-        "    branch \"main\"\n",
-        &format!("    branch \"main\"\n{fleet}    rollout {{ batches 1 \"100%\"; }}\n"),
-        1,
-    );
-    fx.commit_config("fleet bench", &text)
+    let bring_up = started.elapsed();
+    let fx = Fixture::create(
+        &dir.path().join("fx"),
+        &FixtureOptions::new(hosts.root_path()),
+    )
+    .map_err(|e| e.to_string())?;
+    let base = std::fs::read_to_string(&fx.config_path).map_err(|e| e.to_string())?;
+    let config = |rollout: &str| {
+        let mut fleet = String::new();
+        for i in 1..=n {
+            let _ = writeln!(fleet, "    host \"host{i}\"");
+        }
+        // One host has no canary (it would leave no host for the batches).
+        let canary = if n > 1 { "canary 1; " } else { "" };
+        let _ = writeln!(
+            fleet,
+            "    rollout {{ {canary}{rollout}; connections {connections}; }}"
+        );
+        base.replacen(
+            "    branch \"main\"\n",
+            &format!("    branch \"main\"\n{fleet}"),
+            1,
+        )
+    };
+    fx.commit_config("fleet bench", &config("batches \"100%\""))
         .map_err(|e| e.to_string())?;
     let ctrl = dir.path().join("ctrl");
-    let moorline = |args: &[&str]| -> Res<Duration> {
-        let started = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_moorline"))
-            .arg("-c")
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_moorline"));
+        c.arg("-c")
             .arg(&fx.config_path)
             .arg("--state-dir")
             .arg(&ctrl)
@@ -61,89 +179,344 @@ async fn run() -> Res<()> {
             .args(["--systemd", "user"])
             .args(args)
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "moorline {}: {}\n{}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(started.elapsed())
+            .stdin(Stdio::null());
+        c
     };
-    // Warm up: install the binary and ship the commits to every host.
-    let warm = moorline(&["plan", "--env", "staging"])?;
-    let (timing, cpu) = timed_rollout(&fx.config_path, &ctrl, &hosts)?;
-    let (canary, all) = timing;
-    let rest = all.saturating_sub(canary);
-    let (cold, shared) = round_trips(&hosts, &ctrl).await?;
-    println!("fleet apply, {HOSTS} hosts x 19 services, batches 1, 100% (first deploy)");
-    println!(
-        "  prepare + plan, every host (binary and commits shipped): {:.2}s",
-        warm.as_secs_f64()
-    );
-    println!(
-        "  canary (host1 alone, planned and applied):  {:.2}s",
-        canary.as_secs_f64()
-    );
-    println!(
-        "  the other {} hosts at once:                   {:.2}s ({:.2}x one host; target <= 1.5x)",
-        HOSTS - 1,
-        rest.as_secs_f64(),
-        rest.as_secs_f64() / canary.as_secs_f64().max(1e-9)
-    );
-    println!(
-        "  whole fleet:                                {:.2}s",
-        all.as_secs_f64()
-    );
-    // Where the time goes: the CPU the bench's processes (the hosts'
-    // sshd sessions, host-side moorline, builds and services, the
-    // controller) used in each window. When the batch needs several times
-    // the canary's CPU and keeps every core busy, it is CPU-bound on this
-    // machine: its floor is its CPU time over the cores, whatever the
-    // controller does.
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let cores_f = f64::from(u32::try_from(cores).unwrap_or(1));
-    let (c_cpu, r_cpu) = (cpu.canary, cpu.rest);
-    println!(
-        "  CPU of the hosts and controller: canary window {c_cpu:.2}s ({:.2} of {cores} cores busy), batch {r_cpu:.2}s ({:.2} of {cores} cores busy): {:.2}x the canary's CPU",
-        c_cpu / canary.as_secs_f64().max(1e-9),
-        r_cpu / rest.as_secs_f64().max(1e-9),
-        r_cpu / c_cpu.max(1e-9)
-    );
-    println!(
-        "  of the batch's CPU, the controller (moorline and its ssh clients) used {:.2}s, the services themselves (19 Python servers per host starting) {:.2}s, the hosts' moorline, builds, sshd and systemd the rest",
-        cpu.controller_rest, cpu.services_rest
-    );
-    println!(
-        "  the batch on {cores} cores cannot take less than {:.2}s ({:.2}x one host) unless it needs less CPU; machine-wide (other work included) {:.2} cores were busy during it",
-        r_cpu / cores_f,
-        r_cpu / cores_f / canary.as_secs_f64().max(1e-9),
-        cpu.machine_rest / rest.as_secs_f64().max(1e-9)
-    );
-    println!(
-        "  ssh round trip: {:.1} ms new connection, {:.1} ms through the shared one ({ROUND_TRIPS} each)",
-        cold.as_secs_f64() * 1000.0,
-        shared.as_secs_f64() * 1000.0
-    );
-    Ok(())
+    // The first deploy, every host at once (`connections` at a time): binary, commits, 19
+    // services per host.
+    let started = Instant::now();
+    measure(
+        cmd(&["apply", "--env", "staging", "--yes"]),
+        &hosts,
+        &ctrl,
+        None,
+    )?;
+    let first_deploy = started.elapsed();
+
+    // The measured change: two services, batches of 4.
+    fx.commit_config(
+        "fleet bench: batches",
+        &config(&format!("batches {}", BATCH.min(n))),
+    )
+    .map_err(|e| e.to_string())?;
+    let edits: Vec<Edit> = CHANGED.iter().map(|s| Edit::touch_service(s)).collect();
+    fx.commit("main", "fleet bench: two services", &edits)
+        .map_err(|e| e.to_string())?;
+
+    let (plan, out) = measure(
+        cmd(&["plan", "--env", "staging", "--format", "json"]),
+        &hosts,
+        &ctrl,
+        None,
+    )?;
+    let restarts = restarts_per_host(&out, n)?;
+    let journal = ctrl.join("fleet/journal.jsonl");
+    let (rollout, _) = measure(
+        cmd(&["apply", "--env", "staging", "--yes"]),
+        &hosts,
+        &ctrl,
+        Some(&journal),
+    )?;
+    let batches = rollout.1.clone();
+    let trips = if round_trip {
+        Some(round_trips(&hosts, &ctrl).await?)
+    } else {
+        None
+    };
+    Ok((
+        Row {
+            hosts: n,
+            bring_up,
+            first_deploy,
+            restarts,
+            plan: plan.0,
+            rollout: rollout.0,
+            batches,
+        },
+        trips,
+    ))
 }
 
-/// CPU seconds used during the canary window and the batch window.
-struct Cpu {
-    /// By the bench's own descendants (hosts and controller).
-    canary: f64,
-    rest: f64,
-    /// By the whole machine during the batch.
-    machine_rest: f64,
-    /// By the controller (moorline and its ssh clients) during the batch.
-    controller_rest: f64,
-    /// By the services themselves (the fixture's Python servers, starting
-    /// and answering health checks) during the batch.
-    services_rest: f64,
+/// The number of restarts in each host's plan (all hosts alike, or an error).
+fn restarts_per_host(plan_json: &[u8], n: usize) -> Res<usize> {
+    let v: serde_json::Value =
+        serde_json::from_slice(plan_json).map_err(|e| format!("the fleet plan: {e}"))?;
+    let groups = v["groups"].as_array().cloned().unwrap_or_default();
+    let counts: Vec<usize> = groups
+        .iter()
+        .map(|g| g["restarts"].as_array().map_or(0, Vec::len))
+        .collect();
+    let hosts: usize = groups
+        .iter()
+        .map(|g| g["hosts"].as_array().map_or(0, Vec::len))
+        .sum();
+    match counts.as_slice() {
+        [one] if hosts == n => Ok(*one),
+        _ => Err(format!(
+            "expected one group of {n} hosts, got {} ({counts:?} restarts)",
+            groups.len()
+        )),
+    }
+}
+
+/// Bytes sent to and received from each simulated host so far (its machine-side veth).
+fn veth_bytes(hosts: &Fleet) -> (u64, u64) {
+    let read = |veth: &str, what: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{veth}/statistics/{what}"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    hosts.hosts().iter().fold((0, 0), |(tx, rx), h| {
+        (
+            tx + read(h.veth(), "tx_bytes"),
+            rx + read(h.veth(), "rx_bytes"),
+        )
+    })
+}
+
+/// The measurements of a run, and what the command printed on stdout; with a journal, the
+/// rollout's batches as the monitor saw them appear in it.
+type Measured = ((Run, Vec<(usize, Duration, f64)>), Vec<u8>);
+
+/// Runs `cmd` to its end while a monitor thread samples the process (and `journal`);
+/// fails when it fails.
+fn measure(mut cmd: Command, hosts: &Fleet, ctrl: &Path, journal: Option<&Path>) -> Res<Measured> {
+    let n = u64::try_from(hosts.hosts().len().max(1)).unwrap_or(1);
+    let (tx0, rx0) = veth_bytes(hosts);
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let pid = child.id();
+    let done = Arc::new(AtomicBool::new(false));
+    let monitor = {
+        let done = Arc::clone(&done);
+        let journal = journal.map(Path::to_path_buf);
+        let ctrl = ctrl.to_string_lossy().into_owned();
+        std::thread::spawn(move || monitor(pid, &ctrl, &done, journal.as_deref()))
+    };
+    // Both pipes drained at once, so the child never blocks on a full one.
+    let err = child.stderr.take();
+    let err_thread = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(err) = err {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        text
+    });
+    let mut stdout = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = std::io::Read::read_to_end(&mut out, &mut stdout);
+    }
+    let stderr = err_thread.join().unwrap_or_default();
+    done.store(true, Ordering::SeqCst);
+    let sample = monitor
+        .join()
+        .map_err(|_| "the monitor thread panicked".to_owned())?;
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let wall = started.elapsed();
+    if !status.success() {
+        return Err(format!(
+            "moorline {:?}: {status}\n{stderr}",
+            cmd.get_args().collect::<Vec<_>>()
+        ));
+    }
+    let (tx1, rx1) = veth_bytes(hosts);
+    Ok((
+        (
+            Run {
+                wall,
+                peak_kib: sample.peak_kib,
+                ssh_peak_kib: sample.ssh_peak_kib,
+                ssh_peak_procs: sample.ssh_peak_procs,
+                cpu: sample.cpu,
+                sent_per_host: tx1.saturating_sub(tx0) / n,
+                received_per_host: rx1.saturating_sub(rx0) / n,
+            },
+            sample.batches,
+        ),
+        stdout,
+    ))
+}
+
+#[derive(Default)]
+struct Sample {
+    peak_kib: u64,
+    ssh_peak_kib: u64,
+    ssh_peak_procs: usize,
+    cpu: f64,
+    batches: Vec<(usize, Duration, f64)>,
+}
+
+/// A batch as the monitor saw it: when it began, the CPU ticks then, its hosts, when its last
+/// host ended and the ticks then.
+type Seen = (Instant, u64, Vec<String>, Option<(Instant, u64)>);
+
+/// Samples `pid` until `done`: its `VmHWM`, its CPU time (its own and its reaped children's),
+/// the RSS of its `ssh` processes ([`ssh_processes`]); and the fleet journal's records as they appear, each batch
+/// timed from its `batch` record to its last host's end.
+fn monitor(pid: u32, ctrl: &str, done: &AtomicBool, journal: Option<&Path>) -> Sample {
+    let hz = ticks_per_sec();
+    let mut s = Sample::default();
+    let mut journal_file = None;
+    let mut partial = String::new();
+    let mut batches: Vec<Seen> = Vec::new();
+    let mut finished = std::collections::BTreeSet::new();
+    let mut ticks = 0u64;
+    let mut next_ssh = Instant::now();
+    let mut last = false;
+    while !last {
+        // One pass after the command ended: the records it wrote last.
+        last = done.load(Ordering::SeqCst);
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            && let Some(kib) = status_kib(&status, "VmHWM:")
+        {
+            s.peak_kib = s.peak_kib.max(kib);
+        }
+        if let Some(t) = stat_ticks(pid) {
+            ticks = ticks.max(t);
+        }
+        if Instant::now() >= next_ssh {
+            // Scanning /proc is not free with a thousand processes: twice a second.
+            next_ssh = Instant::now() + Duration::from_millis(500);
+            let (kib, procs) = ssh_processes(ctrl);
+            s.ssh_peak_kib = s.ssh_peak_kib.max(kib);
+            s.ssh_peak_procs = s.ssh_peak_procs.max(procs);
+        }
+        if let Some(path) = journal {
+            read_new(path, &mut journal_file, &mut partial);
+            while let Some(end) = partial.find('\n') {
+                let line: String = partial.drain(..=end).collect();
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let now = Instant::now();
+                let host = v["host"].as_str().unwrap_or_default().to_owned();
+                match v["event"].as_str() {
+                    Some("batch") => batches.push((now, tree_ticks(), Vec::new(), None)),
+                    Some("host-started") => {
+                        if let Some(b) = batches.last_mut() {
+                            b.2.push(host);
+                        }
+                    }
+                    Some("host-finished") => {
+                        finished.insert(host.clone());
+                        if let Some(b) = batches.iter_mut().find(|b| b.2.contains(&host))
+                            && b.2.iter().all(|h| finished.contains(h))
+                        {
+                            // The batch's last host ended.
+                            b.3 = Some((now, tree_ticks()));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !last {
+            std::thread::sleep(POLL);
+        }
+    }
+    s.cpu = f64::from(u32::try_from(ticks).unwrap_or(u32::MAX)) / hz;
+    s.batches = batches
+        .into_iter()
+        .filter_map(|(at, t0, hosts, end)| {
+            let (end, t1) = end?;
+            let cpu = f64::from(u32::try_from(t1.saturating_sub(t0)).unwrap_or(0)) / hz;
+            Some((hosts.len(), end.duration_since(at), cpu))
+        })
+        .collect();
+    s
+}
+
+/// Appends what was written to the journal since the last call to `partial`; opens `path`
+/// once it exists and keeps that handle, so the records written before the finished journal
+/// is moved to `history/` are read after the move too.
+fn read_new(path: &Path, file: &mut Option<std::fs::File>, partial: &mut String) {
+    use std::io::Read;
+    if file.is_none() {
+        *file = std::fs::File::open(path).ok();
+    }
+    let Some(f) = file else {
+        return;
+    };
+    let mut buf = Vec::new();
+    if f.read_to_end(&mut buf).is_ok() {
+        partial.push_str(&String::from_utf8_lossy(&buf));
+    }
+}
+
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `(pid, parent, command name, own + reaped children's CPU ticks)` of every process.
+fn processes() -> Vec<(u32, u32, String, u64)> {
+    let mut procs = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return procs;
+    };
+    for e in dir.filter_map(Result::ok) {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_owned();
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        // state ppid ... utime(11) stime(12) cutime(13) cstime(14)
+        let parent = u32::try_from(num(1)).unwrap_or(0);
+        procs.push((pid, parent, comm, num(11) + num(12) + num(13) + num(14)));
+    }
+    procs
+}
+
+/// The CPU ticks of `pid` itself and the children it reaped.
+fn stat_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    Some(f.get(11..15)?.iter().sum())
+}
+
+/// The summed RSS (KiB) and number of the controller's `ssh` processes: those whose command
+/// line names the controller's state directory `ctrl` (in its `ControlPath`). A master
+/// connection detaches from the controller, so it is found by that rather than by its parent.
+fn ssh_processes(ctrl: &str) -> (u64, usize) {
+    let mut kib = 0;
+    let mut count = 0;
+    for (p, _, comm, _) in processes() {
+        if comm != "ssh" {
+            continue;
+        }
+        let ours = std::fs::read(format!("/proc/{p}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(ctrl));
+        if ours {
+            kib += std::fs::read_to_string(format!("/proc/{p}/status"))
+                .ok()
+                .and_then(|s| status_kib(&s, "VmRSS:"))
+                .unwrap_or(0);
+            count += 1;
+        }
+    }
+    (kib, count)
 }
 
 /// The clock ticks per second of `/proc` times.
@@ -156,48 +529,12 @@ fn ticks_per_sec() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// CPU ticks used so far by `root` (when given) and every descendant of it
-/// (default: of this process): for each live one, its own time and that of
-/// the children it reaped (each dead process is counted once, by whoever
-/// reaped it).
-fn tree_ticks(root: Option<u32>) -> u64 {
-    tree_ticks_of(root, "")
-}
-
-/// [`tree_ticks`] of the processes whose command name starts with `comm`.
-fn tree_ticks_of(root: Option<u32>, comm: &str) -> u64 {
-    let me = root.unwrap_or_else(std::process::id);
-    let mut procs: Vec<(u32, u32, u64, bool)> = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    for e in dir.filter_map(Result::ok) {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the command name (which may hold spaces).
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        // state ppid ... utime(11) stime(12) cutime(13) cstime(14)
-        let parent_pid = u32::try_from(num(1)).unwrap_or(0);
-        let named = stat
-            .find('(')
-            .is_some_and(|i| stat[i + 1..].starts_with(comm));
-        procs.push((
-            pid,
-            parent_pid,
-            num(11) + num(12) + num(13) + num(14),
-            named,
-        ));
-    }
-    let parent: std::collections::HashMap<u32, u32> =
-        procs.iter().map(|(p, pp, _, _)| (*p, *pp)).collect();
+/// CPU ticks used so far by this process's descendants (each live one: its own time and that
+/// of the children it reaped), i.e. by the hosts and the controller.
+fn tree_ticks() -> u64 {
+    let me = std::process::id();
+    let procs = processes();
+    let parent: BTreeMap<u32, u32> = procs.iter().map(|(p, pp, _, _)| (*p, *pp)).collect();
     let descends = |mut p: u32| {
         for _ in 0..64 {
             match parent.get(&p) {
@@ -210,96 +547,200 @@ fn tree_ticks_of(root: Option<u32>, comm: &str) -> u64 {
     };
     procs
         .iter()
-        .filter(|(p, _, _, named)| *named && (descends(*p) || root == Some(*p)))
-        .map(|(_, _, t, _)| t)
+        .filter(|(p, ..)| descends(*p))
+        .map(|(.., t)| t)
         .sum()
 }
 
-/// Busy ticks of the whole machine so far (`/proc/stat`).
-fn machine_ticks() -> u64 {
-    std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().next()?.to_owned();
-            let v: Vec<u64> = line
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            // user nice system idle iowait irq softirq steal
-            Some(
-                v.iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != 3 && *i != 4)
-                    .map(|(_, x)| x)
-                    .take(6)
-                    .sum(),
-            )
-        })
-        .unwrap_or(0)
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
 }
 
-/// Runs the rollout, timing when the canary (host1) finished and when the
-/// whole fleet did, from the command's start, and the CPU used in each.
-fn timed_rollout(config: &Path, ctrl: &Path, hosts: &Fleet) -> Res<((Duration, Duration), Cpu)> {
-    use std::io::BufRead;
-    let hz = ticks_per_sec();
-    let t0 = tree_ticks(None);
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_moorline"))
-        .arg("-c")
-        .arg(config)
-        .arg("--state-dir")
-        .arg(ctrl)
-        .arg("--ssh-config")
-        .arg(hosts.ssh_config())
-        .args(["--systemd", "user", "apply", "--env", "staging", "--yes"])
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let mut canary = None;
-    let (mut t1, mut m1, mut c1, mut s1) = (0, 0, 0, 0);
-    let mut text = String::new();
-    if let Some(err) = child.stderr.take() {
-        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-            if canary.is_none() && line.starts_with("[host1] apply: succeeded") {
-                canary = Some(started.elapsed());
-                (t1, m1) = (tree_ticks(None), machine_ticks());
-                c1 = tree_ticks(Some(child.id()));
-                s1 = tree_ticks_of(None, "python");
+fn mib(kib: u64) -> f64 {
+    f64::from(u32::try_from(kib).unwrap_or(u32::MAX)) / 1024.0
+}
+
+fn count(n: usize) -> f64 {
+    f64::from(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// The mean duration and CPU of the batches of `size` hosts after the first (the canary).
+fn batches_of(row: &Row, size: usize) -> Option<(Duration, f64)> {
+    let v: Vec<&(usize, Duration, f64)> =
+        row.batches.iter().skip(1).filter(|b| b.0 == size).collect();
+    let k = u32::try_from(v.len()).ok().filter(|k| *k > 0)?;
+    let sum: Duration = v.iter().map(|b| b.1).sum();
+    let cpu: f64 = v.iter().map(|b| b.2).sum();
+    Some((sum / k, cpu / f64::from(k)))
+}
+
+fn table(rows: &[Row], connections: u32) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\nfleet: 19 services per host; measured change: {} (restarts per host: {}); rollout: canary 1, batches {BATCH}, connections {connections}",
+        CHANGED.join(" and "),
+        rows.first().map_or(0, |r| r.restarts)
+    );
+    let _ = writeln!(
+        t,
+        "{:>5} {:>8} {:>9} | {:>7} {:>8} {:>9} {:>9} | {:>8} {:>8} {:>9} {:>9} | {:>9} {:>9}",
+        "hosts",
+        "bring-up",
+        "1st deploy",
+        "plan s",
+        "s/host",
+        "peak MiB",
+        "KiB/host",
+        "rollout",
+        "s/host",
+        "peak MiB",
+        "KiB/host",
+        "sent/host",
+        "sent/host"
+    );
+    let _ = writeln!(
+        t,
+        "{:>5} {:>8} {:>9} | {:>7} {:>8} {:>9} {:>9} | {:>8} {:>8} {:>9} {:>9} | {:>9} {:>9}",
+        "", "s", "s", "", "", "(ctrl)", "RSS", "s", "", "(ctrl)", "RSS", "plan KiB", "apply KiB"
+    );
+    for r in rows {
+        let n = count(r.hosts);
+        let _ = writeln!(
+            t,
+            "{:>5} {:>8.1} {:>9.1} | {:>7.2} {:>8.3} {:>9.1} {:>9.0} | {:>8.2} {:>8.3} {:>9.1} {:>9.0} | {:>9.0} {:>9.0}",
+            r.hosts,
+            secs(r.bring_up),
+            secs(r.first_deploy),
+            secs(r.plan.wall),
+            secs(r.plan.wall) / n,
+            mib(r.plan.peak_kib),
+            count(usize::try_from(r.plan.peak_kib).unwrap_or(0)) / n,
+            secs(r.rollout.wall),
+            secs(r.rollout.wall) / n,
+            mib(r.rollout.peak_kib),
+            count(usize::try_from(r.rollout.peak_kib).unwrap_or(0)) / n,
+            count(usize::try_from(r.plan.sent_per_host).unwrap_or(0)) / 1024.0,
+            count(usize::try_from(r.rollout.sent_per_host).unwrap_or(0)) / 1024.0,
+        );
+    }
+    let _ = writeln!(t);
+    // Linearity: each size against the previous one.
+    let _ = writeln!(
+        t,
+        "growth against the previous size, (time ratio) / (host ratio); target: linear (<= 1.0)"
+    );
+    for w in rows.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        let hosts = count(b.hosts) / count(a.hosts);
+        let _ = writeln!(
+            t,
+            "  {:>3} -> {:>3} hosts: plan {:.2}x in time for {:.1}x hosts ({:.2} of linear), rollout {:.2}x ({:.2} of linear)",
+            a.hosts,
+            b.hosts,
+            secs(b.plan.wall) / secs(a.plan.wall).max(1e-9),
+            hosts,
+            secs(b.plan.wall) / secs(a.plan.wall).max(1e-9) / hosts,
+            secs(b.rollout.wall) / secs(a.rollout.wall).max(1e-9),
+            secs(b.rollout.wall) / secs(a.rollout.wall).max(1e-9) / hosts,
+        );
+    }
+    let _ = writeln!(t);
+    let _ = writeln!(
+        t,
+        "controller memory: peak RSS per host (target < {RSS_PER_HOST_TARGET_MB} MB per host); its ssh clients (masters and sessions, separate processes) beside it"
+    );
+    for r in rows {
+        let n = count(r.hosts);
+        let peak = mib(r.plan.peak_kib.max(r.rollout.peak_kib));
+        let _ = writeln!(
+            t,
+            "  {:>3} hosts: moorline {peak:.1} MiB = {:.2} MiB per host (target < {RSS_PER_HOST_TARGET_MB}); ssh clients at most {} processes, {:.1} MiB together; controller CPU plan {:.2}s, rollout {:.2}s",
+            r.hosts,
+            peak / n,
+            r.plan.ssh_peak_procs.max(r.rollout.ssh_peak_procs),
+            mib(r.plan.ssh_peak_kib.max(r.rollout.ssh_peak_kib)),
+            r.plan.cpu,
+            r.rollout.cpu,
+        );
+    }
+    let _ = writeln!(t);
+    let _ = writeln!(
+        t,
+        "bytes per host: plan sends {:?}, the rollout (re-plan included) {:?} (KiB, in order of size; received by the controller: plan {:?}, rollout {:?})",
+        rows.iter()
+            .map(|r| r.plan.sent_per_host / 1024)
+            .collect::<Vec<_>>(),
+        rows.iter()
+            .map(|r| r.rollout.sent_per_host / 1024)
+            .collect::<Vec<_>>(),
+        rows.iter()
+            .map(|r| r.plan.received_per_host / 1024)
+            .collect::<Vec<_>>(),
+        rows.iter()
+            .map(|r| r.rollout.received_per_host / 1024)
+            .collect::<Vec<_>>(),
+    );
+    let _ = writeln!(t);
+    // One host's apply: the 1-host fleet's only batch.
+    let one = rows
+        .iter()
+        .find(|r| r.hosts == 1)
+        .and_then(|r| r.batches.first())
+        .map(|b| (b.1, b.2));
+    let _ = writeln!(
+        t,
+        "batches (fleet journal): a batch of {BATCH} hosts against one host's apply of the same change (target <= {BATCH_TARGET}x)"
+    );
+    if let Some((d, cpu)) = one {
+        let _ = writeln!(
+            t,
+            "  1-host fleet: its host's apply {:.2}s ({cpu:.2} CPU-s of hosts and controller)",
+            secs(d)
+        );
+    }
+    for r in rows.iter().filter(|r| r.hosts > 1) {
+        let canary = r.batches.first().map(|b| (b.1, b.2));
+        let rollout_batches: Duration = r.batches.iter().map(|b| b.1).sum();
+        match (batches_of(r, BATCH), canary) {
+            (Some((d, cpu)), Some((c, c_cpu))) => {
+                let vs_one = one.map_or_else(
+                    || "no 1-host fleet measured".to_owned(),
+                    |(o, _)| {
+                        format!(
+                            "{:.2}x one host (target <= {BATCH_TARGET}x)",
+                            secs(d) / secs(o).max(1e-9)
+                        )
+                    },
+                );
+                let _ = writeln!(
+                    t,
+                    "  {:>3} hosts: {} batches; canary {:.2}s; a batch of {BATCH} {:.2}s on average = {vs_one}, {:.2}x this fleet's canary; CPU {cpu:.2}s per batch against {c_cpu:.2}s for the canary ({:.2} cores busy in a batch); batches take {:.1}s of the {:.1}s rollout",
+                    r.hosts,
+                    r.batches.len(),
+                    secs(c),
+                    secs(d),
+                    secs(d) / secs(c).max(1e-9),
+                    cpu / secs(d).max(1e-9),
+                    secs(rollout_batches),
+                    secs(r.rollout.wall),
+                );
             }
-            text.push_str(&line);
-            text.push('\n');
+            _ => {
+                let _ = writeln!(
+                    t,
+                    "  {:>3} hosts: no full batch of {BATCH} ({} batches seen)",
+                    r.hosts,
+                    r.batches.len()
+                );
+            }
         }
     }
-    // The controller's own time, once it is reaped, counts as ours.
-    let (t2_live, m2) = (tree_ticks(None), machine_ticks());
-    let c2 = tree_ticks(Some(child.id()));
-    let s2 = tree_ticks_of(None, "python");
-    let status = child.wait().map_err(|e| e.to_string())?;
-    let all = started.elapsed();
-    let t2 = t2_live.max(tree_ticks(None));
-    // Tick counts of a benchmark fit in 32 bits.
-    let secs =
-        |a: u64, b: u64| f64::from(u32::try_from(b.saturating_sub(a)).unwrap_or(u32::MAX)) / hz;
-    let cpu = Cpu {
-        canary: secs(t0, t1),
-        rest: secs(t1, t2),
-        machine_rest: secs(m1, m2),
-        controller_rest: secs(c1, c2),
-        services_rest: secs(s1, s2),
-    };
-    match (status.success(), canary) {
-        (true, Some(c)) => Ok(((c, all), cpu)),
-        _ => Err(format!("the fleet apply failed ({status}):\n{text}")),
-    }
+    t
 }
 
-/// The mean time of `true` on host1 over a new connection each time, and
-/// through moorline's master connection.
+/// The mean time of `true` on host1 over a new connection each time, and through moorline's
+/// master connection.
 async fn round_trips(hosts: &Fleet, ctrl: &Path) -> Res<(Duration, Duration)> {
     use moorline::fleet::ssh::{Input, Transport};
     let host = moorline::config::Host {
@@ -309,7 +750,7 @@ async fn round_trips(hosts: &Fleet, ctrl: &Path) -> Res<(Duration, Duration)> {
         port: None,
         roles: Vec::new(),
     };
-    let cold_dir = ctrl.join("bench-cold");
+    let cold_dir: PathBuf = ctrl.join("bench-cold");
     let cold = Transport::new(Some(hosts.ssh_config()), &cold_dir).map_err(|e| e.to_string())?;
     let word = vec!["true".to_owned()];
     let time = async |t: &Transport| -> Res<Duration> {

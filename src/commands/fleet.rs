@@ -493,7 +493,7 @@ pub(crate) fn rollback(global: &Global, args: &RollbackArgs, t: &Target) -> miet
             words.push("--database".into());
         }
         let mut results =
-            control::run_on_all(&fleet, &chosen, &to.sha, &words, chosen.len()).await;
+            control::run_on_all(&fleet, &chosen, &to.sha, &words, connections(&fleet)).await;
         results.sort_by(|a, b| a.0.cmp(&b.0));
         let mut failed = Vec::new();
         for (name, res) in results {
@@ -527,6 +527,12 @@ pub(crate) fn rollback(global: &Global, args: &RollbackArgs, t: &Target) -> miet
     res
 }
 
+/// How many hosts a command over the fleet talks to at once: the
+/// rollout's `connections`.
+fn connections(fleet: &Fleet) -> usize {
+    crate::fleet::at_once(fleet.env.rollout.connections)
+}
+
 /// `status --env E` of a fleet: every host's status, each under its name.
 pub(crate) fn status(global: &Global, args: &StatusArgs, t: &Target) -> miette::Result<i32> {
     let fleet = fleet(global, t)?;
@@ -544,10 +550,10 @@ pub(crate) fn status(global: &Global, args: &StatusArgs, t: &Target) -> miette::
     if args.migrations {
         words.push("--migrations".into());
     }
-    let at_once = usize::try_from(fleet.env.rollout.connections.max(1)).unwrap_or(8);
     let rt = runtime()?;
     let results = rt.block_on(async {
-        let v = control::run_on_all(&fleet, fleet.hosts(), &to.sha, &words, at_once).await;
+        let v =
+            control::run_on_all(&fleet, fleet.hosts(), &to.sha, &words, connections(&fleet)).await;
         fleet.transport.close_all(fleet.hosts()).await;
         v
     });
@@ -620,11 +626,22 @@ pub(crate) fn logs(global: &Global, args: &LogsArgs, t: &Target) -> miette::Resu
     }
     let json = args.format == OutputFormat::Json;
     let rt = runtime()?;
+    // `--follow` streams from every host until interrupted: all at once.
+    // Otherwise at most `connections` hosts at a time.
+    let permits = crate::fleet::host_permits(if args.follow {
+        u32::try_from(fleet.hosts().len()).unwrap_or(u32::MAX)
+    } else {
+        fleet.env.rollout.connections
+    });
     let failed = rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for host in fleet.hosts().to_vec() {
             let (fleet, to, words) = (Arc::clone(&fleet), to.sha.clone(), words.clone());
-            set.spawn(async move { stream_logs(&fleet, &host, &to, &words, json).await });
+            let permits = Arc::clone(&permits);
+            set.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                stream_logs(&fleet, &host, &to, &words, json).await
+            });
         }
         let mut failed = false;
         while let Some(r) = set.join_next().await {

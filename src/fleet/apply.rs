@@ -341,9 +341,7 @@ impl Rollout {
         interrupted: &[String],
         failures: &Arc<AtomicU32>,
     ) -> Result<Vec<(String, HostOutcome)>, FleetError> {
-        let permits = Arc::new(tokio::sync::Semaphore::new(
-            usize::try_from(self.plan.rollout.connections.max(1)).unwrap_or(8),
-        ));
+        let permits = super::host_permits(self.plan.rollout.connections);
         let mut set = tokio::task::JoinSet::new();
         for h in hosts {
             let (me, h, permits, failures) = (
@@ -580,16 +578,18 @@ impl Rollout {
         (HostOutcome::of_exit(code), Some(code), tail)
     }
 
-    /// Rolls `hosts` back in parallel, each with its own `moorline
-    /// rollback`; returns whether each is back.
+    /// Rolls `hosts` back in parallel, at most `connections` at a time,
+    /// each with its own `moorline rollback`; returns whether each is back.
     pub(crate) async fn roll_back_hosts(
         self: &Arc<Self>,
         hosts: &[String],
     ) -> Result<BTreeMap<String, bool>, FleetError> {
+        let permits = super::host_permits(self.plan.rollout.connections);
         let mut set = tokio::task::JoinSet::new();
         for h in hosts {
-            let (me, h) = (Arc::clone(self), h.clone());
+            let (me, h, permits) = (Arc::clone(self), h.clone(), Arc::clone(&permits));
             set.spawn(async move {
+                let _permit = permits.acquire_owned().await;
                 me.record(Record::HostRollbackStarted { host: h.clone() })
                     .await?;
                 let ok = match me.prepared.get(&h) {

@@ -188,20 +188,26 @@ pub(crate) async fn drive(
     })
 }
 
-/// Prepares the hosts of an unfinished rollout (the unreachable ones are
-/// left out, each said with its error: they are reported as such).
+/// Prepares the hosts of an unfinished rollout, at most the plan's
+/// `connections` at a time (the unreachable ones are left out, each said
+/// with its error: they are reported as such).
 pub(crate) async fn prepare_all(
     fleet: &Arc<Fleet>,
     plan: &FleetPlan,
 ) -> BTreeMap<String, Prepared> {
+    let permits = super::host_permits(plan.rollout.connections);
+    let at_once = super::at_once(plan.rollout.connections);
     let mut set = tokio::task::JoinSet::new();
     for h in &plan.hosts {
         let Some(host) = fleet.host(&h.name).cloned() else {
             continue;
         };
-        let (fleet, to) = (Arc::clone(fleet), plan.to.sha.clone());
+        let (fleet, to, permits) = (Arc::clone(fleet), plan.to.sha.clone(), Arc::clone(&permits));
         set.spawn(async move {
-            match super::remote::prepare(&fleet, &host, &to, Checkout::Target).await {
+            let _permit = permits.acquire_owned().await;
+            let prepared = super::remote::prepare(&fleet, &host, &to, Checkout::Target).await;
+            fleet.end_turn(&host, at_once).await;
+            match prepared {
                 Ok(p) => Some(p),
                 Err(e) => {
                     eprintln!("[{}] {e}", host.name);
@@ -321,11 +327,9 @@ pub(crate) async fn run_on_all(
         );
         set.spawn(async move {
             let _p = permits.acquire_owned().await;
-            (
-                i,
-                host.name.clone(),
-                run_on(&fleet, &host, &to, &words).await,
-            )
+            let res = run_on(&fleet, &host, &to, &words).await;
+            fleet.end_turn(&host, at_once).await;
+            (i, host.name.clone(), res)
         });
     }
     let mut v = Vec::new();

@@ -117,6 +117,20 @@ impl FleetError {
     }
 }
 
+/// The permits of a fan-out over hosts: at most `connections` (the
+/// rollout's, docs/config.md) hosts talked to at once; each task holds one
+/// for all its ssh sessions with its host.
+pub(crate) fn host_permits(connections: u32) -> std::sync::Arc<tokio::sync::Semaphore> {
+    std::sync::Arc::new(tokio::sync::Semaphore::new(at_once(connections)))
+}
+
+/// `connections` as a count of tasks (at least one).
+pub(crate) fn at_once(connections: u32) -> usize {
+    usize::try_from(connections.max(1))
+        .unwrap_or(usize::MAX)
+        .min(tokio::sync::Semaphore::MAX_PERMITS)
+}
+
 /// Everything the controller knows about where it works, resolved once.
 pub(crate) struct Fleet {
     pub(crate) project: String,
@@ -166,6 +180,7 @@ impl Fleet {
                 e,
             )
         })?;
+        raise_open_files_limit();
         let transport = ssh::Transport::new(ssh_config, &dir)?;
         let repo_root = t.repo.root().to_path_buf();
         let config_in_repo = in_repo(&t.loaded.path, &repo_root)?;
@@ -189,6 +204,40 @@ impl Fleet {
 
     pub(crate) fn host(&self, name: &str) -> Option<&Host> {
         self.env.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// Ends a fan-out task's turn with `host`, at most `at_once` hosts
+    /// talked to at a time: when the fleet has more hosts than that, the
+    /// host's master connection is closed, so that no more than `at_once`
+    /// connections stay open while the other hosts get their turn (its
+    /// later sessions connect again). A fleet that fits keeps them, to
+    /// share with what follows in the same command.
+    pub(crate) async fn end_turn(&self, host: &Host, at_once: usize) {
+        if self.hosts().len() > at_once {
+            self.transport.close_all(std::slice::from_ref(host)).await;
+        }
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit: the
+/// controller holds three pipes per ssh session, and `connections` (up to
+/// 1024) sessions at once outgrow the usual soft limit of 1024 (the hard
+/// one is far higher on current systems). Best effort: a limit that cannot
+/// be raised stays, and a session that then cannot start is an error
+/// naming its host.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum)
+        && soft < hard
+    {
+        let _ = setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            },
+        );
     }
 }
 
@@ -218,4 +267,26 @@ fn in_repo(config: &Path, root: &Path) -> Result<String, FleetError> {
             help: "fleet hosts read the configuration from the shipped commits: keep it in the repository".to_owned(),
             source: None,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        use rustix::process::{Resource, getrlimit};
+        raise_open_files_limit();
+        let limit = getrlimit(Resource::Nofile);
+        if limit.maximum.is_some() {
+            assert_eq!(limit.current, limit.maximum);
+        }
+    }
+
+    #[test]
+    fn connections_become_permits() {
+        assert_eq!(at_once(0), 1);
+        assert_eq!(at_once(10), 10);
+        assert_eq!(host_permits(1024).available_permits(), 1024);
+    }
 }

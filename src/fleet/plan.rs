@@ -320,7 +320,11 @@ pub(crate) async fn gather(
         );
         set.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            (i, plan_host(&fleet, &host, &to, &args).await)
+            let res = plan_host(&fleet, &host, &to, &args).await;
+            fleet
+                .end_turn(&host, super::at_once(fleet.env.rollout.connections))
+                .await;
+            (i, res)
         });
     }
     let mut out: Vec<(usize, Gathered)> = Vec::new();

@@ -1250,3 +1250,104 @@ async fn a_fleet_plans_the_same_cutover_on_every_host() {
     let rollback = plan["rollback"].to_string();
     assert!(rollback.contains("svc-0002"), "{plan:#}");
 }
+
+/// `connections` bounds the hosts the controller talks to at once, in every fan-out: planning
+/// (each host prepared, then planned), the rollout's batches, and `rollback` of every host.
+/// An `ssh` on the controller's PATH logs when each of its sessions with a host starts and
+/// ends; with `connections 1` no two hosts ever have one at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_bounds_the_hosts_talked_to_at_once() {
+    let Some(w) = world(3, "batches \"100%\"; connections 1", false).await else {
+        return;
+    };
+    let bin = w.dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let log = w.dir.path().join("ssh.log");
+    let real = which_ssh();
+    // The host is the word after `--` (moorline's argv ends `-- ADDRESS [COMMAND]`); `-O`
+    // commands only talk to the local master socket.
+    let wrapper = format!(
+        "#!/bin/sh\n\
+         case \" $* \" in *' -O '*) exec {real} \"$@\";; esac\n\
+         h=; prev=\n\
+         for a in \"$@\"; do if [ \"$prev\" = -- ]; then h=$a; break; fi; prev=$a; done\n\
+         echo \"start $$ $h $(date +%s%N)\" >> '{log}'\n\
+         {real} \"$@\"; rc=$?\n\
+         echo \"end $$ $h $(date +%s%N)\" >> '{log}'\n\
+         exit $rc\n",
+        log = log.display()
+    );
+    let ssh = bin.join("ssh");
+    std::fs::write(&ssh, wrapper).unwrap();
+    std::fs::set_permissions(
+        &ssh,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str]| w.cmd(args).env("PATH", &path).output().unwrap();
+
+    let out = run(&["plan", "--env", "staging"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let out = run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    // Every host rolls back its last apply (the first deploy: to nothing), each a session.
+    let out = run(&["rollback", "--env", "staging", "--yes"]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let (most, hosts) = most_hosts_at_once(&text);
+    assert_eq!(
+        hosts,
+        3,
+        "every host was talked to:\n{text}\n{}",
+        show(&out)
+    );
+    assert_eq!(most, 1, "connections 1:\n{text}");
+}
+
+fn which_ssh() -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "command -v ssh"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// From `start PID HOST NANOS` / `end PID HOST NANOS` lines: the most hosts with a session at
+/// the same time, and how many hosts had one at all.
+fn most_hosts_at_once(log: &str) -> (usize, usize) {
+    let mut events: Vec<(u128, bool, String, String)> = log
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            match w.as_slice() {
+                [kind, pid, host, at] => Some((
+                    at.parse().ok()?,
+                    *kind == "start",
+                    (*pid).to_owned(),
+                    (*host).to_owned(),
+                )),
+                _ => None,
+            }
+        })
+        .collect();
+    // Ends before starts at the same instant.
+    events.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut open: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut most = 0;
+    for (_, start, _, host) in events {
+        seen.insert(host.clone());
+        let n = open.entry(host).or_default();
+        if start {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+        }
+        most = most.max(open.values().filter(|n| **n > 0).count());
+    }
+    (most, seen.len())
+}
