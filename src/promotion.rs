@@ -271,10 +271,13 @@ impl Record {
 }
 
 /// Per service, the artifact its live release came from, as the state
-/// records it. States record no artifacts yet: empty, and then nothing is
-/// compared.
-fn live_artifacts(_st: &State) -> BTreeMap<String, String> {
-    BTreeMap::new()
+/// records it (services built on the host are left out: nothing to
+/// compare).
+fn live_artifacts(st: &State) -> BTreeMap<String, String> {
+    st.services
+        .iter()
+        .filter_map(|(name, s)| Some((name.clone(), s.artifact.clone()?)))
+        .collect()
 }
 
 #[cfg(test)]
