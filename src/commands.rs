@@ -15,6 +15,7 @@ use crate::target::Target;
 use crate::{exit, render, report};
 
 mod apply;
+mod artifact;
 mod backup;
 mod fleet;
 mod init;
@@ -99,6 +100,7 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
                 logs::run(&t, args)
             }
         }
+        Command::Artifact(cmd) => artifact::run(global, cmd),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(*shell, &mut cmd, "moorline", &mut std::io::stdout());

@@ -13,6 +13,7 @@
 pub mod artifact;
 pub mod backup;
 pub mod blocking;
+pub(crate) mod builder;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -76,6 +76,7 @@ pub(crate) async fn replan(
         fplan::host_plans(fleet, &gathered),
     );
     plan.host_facts = fplan::host_facts(&gathered);
+    super::artifacts::build(fleet, &mut plan).await?;
     Ok(Replanned {
         plan,
         unreachable,
@@ -153,6 +154,7 @@ fn rollout(
         prepared,
         json,
         journal: Arc::new(Mutex::new(Journal::reopen(&fleet.dir)?)),
+        sent: Mutex::default(),
     })
 }
 
@@ -273,6 +275,7 @@ pub(crate) async fn undo(
             outcomes,
             rolled_back,
             rollback_reason: Some("rollback asked for".to_owned()),
+            ..Summary::default()
         },
         journal: into_journal(r),
         rollout_id: replay.rollout_id,

@@ -7,6 +7,7 @@
 //! host's own `moorline`.
 
 pub(crate) mod apply;
+pub(crate) mod artifacts;
 pub(crate) mod control;
 pub(crate) mod journal;
 pub mod plan;
@@ -29,6 +30,9 @@ pub(crate) enum FleetError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Ssh(#[from] SshError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Build(#[from] crate::builder::BuilderError),
     #[error("host {host}: {what}")]
     #[diagnostic(code(moorline::fleet::remote), help("{help}"))]
     Remote {
@@ -132,6 +136,9 @@ pub(crate) struct Fleet {
     pub(crate) transport: ssh::Transport,
     /// The binary that runs here and is installed on hosts.
     pub(crate) binary: remote::Binary,
+    /// Builds the artifacts hosts install, here, into the controller's
+    /// store (`{state}/artifacts`).
+    pub(crate) builder: crate::builder::Builder,
 }
 
 /// Uncommitted changes on the controller under the configuration file,
@@ -166,6 +173,13 @@ impl Fleet {
         let repo_root = t.repo.root().to_path_buf();
         let config_in_repo = in_repo(&t.loaded.path, &repo_root)?;
         let binary = remote::Binary::current(&dir)?;
+        let builder = crate::builder::Builder::new(
+            t.config(),
+            &t.env,
+            &repo_root,
+            &t.state_dir,
+            crate::artifact::Store::at(crate::builder::default_store(&t.state_dir)),
+        );
         Ok(Self {
             project: t.loaded.config.project.name.clone(),
             env: t.env.clone(),
@@ -175,6 +189,7 @@ impl Fleet {
             systemd,
             transport,
             binary,
+            builder,
         })
     }
 

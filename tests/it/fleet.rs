@@ -1250,3 +1250,140 @@ async fn a_fleet_plans_the_same_cutover_on_every_host() {
     let rollback = plan["rollback"].to_string();
     assert!(rollback.contains("svc-0002"), "{plan:#}");
 }
+
+/// Issue 20, build once and ship by content hash: every runtime's build and dependency step
+/// append the service's name to `{root}/builds-ran` and `{root}/deps-ran`, so where they ran
+/// is on disk. A fleet plan builds each service's artifact once, on the controller (its
+/// `{root}` is its build root); the hosts run neither step, install the same artifact ids
+/// (each host's `status`), are sent only what their stores lack (a second rollout of a change
+/// to both services sends their new releases and manifests, not their unchanged dependency
+/// packs), and a file edited by hand on one host is drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_are_built_once_on_the_controller_and_hosts_get_only_what_they_lack() {
+    let Some(w) = world(3, "batches \"100%\"", false).await else {
+        return;
+    };
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let mut counted = String::new();
+    for line in text.lines() {
+        match line.strip_prefix("    build ") {
+            Some(rest) => {
+                let _ = writeln!(
+                    counted,
+                    "    build \"sh\" \"-c\" \"echo {{service}} >>{{root}}/builds-ran; exec \\\"$0\\\" \\\"$@\\\"\" {rest}"
+                );
+                let _ = writeln!(
+                    counted,
+                    "    deps \"sh\" \"-c\" \"echo {{service}} >>{{root}}/deps-ran; mkdir -p vendor; echo {{service}} >vendor/lib.txt\" {{ inputs \"server.py\"; outputs \"vendor\"; }}"
+                );
+            }
+            None => {
+                counted.push_str(line);
+                counted.push('\n');
+            }
+        }
+    }
+    w.fx.commit_config("count builds", &counted).unwrap();
+    let ran = |root: &std::path::Path, what: &str| -> Vec<String> {
+        std::fs::read_to_string(root.join(what))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let build_root = w.ctrl.join("build");
+    let nothing_ran_on_hosts = |w: &World| {
+        for h in w.hosts.hosts() {
+            let root = h.root_dir().join("staging");
+            assert!(
+                ran(&root, "builds-ran").is_empty() && ran(&root, "deps-ran").is_empty(),
+                "{} built: {:?}",
+                h.name(),
+                ran(&root, "builds-ran")
+            );
+        }
+    };
+
+    let saved = w.plan_file("artifacts.plan.json");
+    let out = w.run(&[
+        "plan",
+        "--env",
+        "staging",
+        "--format",
+        "json",
+        "--out",
+        saved.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: std::collections::BTreeMap<String, String> = plan["artifacts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{plan}"))
+        .iter()
+        .map(|a| {
+            assert_eq!(a["built_on"], "controller", "{a}");
+            (
+                a["service"].as_str().unwrap().to_owned(),
+                a["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids.keys().collect::<Vec<_>>(),
+        ["svc-0001", "svc-0002"],
+        "{plan}"
+    );
+    for h in plan["hosts"].as_array().unwrap() {
+        assert_eq!(
+            serde_json::to_string(&h["plan"]["inputs"]["artifacts"]).unwrap(),
+            serde_json::to_string(&ids).unwrap(),
+            "every host installs the same artifacts"
+        );
+    }
+    assert_eq!(ran(&build_root, "builds-ran"), ["svc-0001", "svc-0002"]);
+    assert_eq!(ran(&build_root, "deps-ran"), ["svc-0001", "svc-0002"]);
+
+    // The saved plan rolls out as reviewed; the controller's build root already has both
+    // releases: nothing is built again.
+    let out = w.run(&["apply", saved.to_str().unwrap(), "--yes"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let said = show(&out);
+    for h in ["host1", "host2", "host3"] {
+        assert!(
+            said.contains(&format!("[{h}] artifacts: sent 6 of 6 items")),
+            "two services, each an app pack, a deps pack and a manifest: {said}"
+        );
+    }
+    assert_eq!(ran(&build_root, "builds-ran").len(), 2, "{said}");
+    nothing_ran_on_hosts(&w);
+
+    // A change to both services: built once each, on the controller; each host is sent the
+    // two new releases and manifests, and keeps the dependency packs it has.
+    w.commit(
+        "touch both",
+        &[
+            Edit::touch_service("svc-0001"),
+            Edit::touch_service("svc-0002"),
+        ],
+    );
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let said = show(&out);
+    assert_eq!(
+        ran(&build_root, "builds-ran"),
+        ["svc-0001", "svc-0002", "svc-0001", "svc-0002"],
+        "{said}"
+    );
+    assert_eq!(
+        ran(&build_root, "deps-ran").len(),
+        2,
+        "the dependency inputs did not change: {said}"
+    );
+    for h in ["host1", "host2", "host3"] {
+        assert!(
+            said.contains(&format!("[{h}] artifacts: sent 4 of 6 items")),
+            "{said}"
+        );
+    }
+    nothing_ran_on_hosts(&w);
+}
