@@ -161,10 +161,28 @@ pub(crate) struct PlanTarget {
     pub(crate) skip_promotion_check: bool,
 }
 
+/// Prebuilt artifacts a host installs instead of building: shared by
+/// `plan` and `apply` on a host.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct ArtifactArgs {
+    /// Install this prebuilt artifact as SERVICE's release instead of
+    /// building it here (in this host's artifact store or in --artifacts
+    /// DIR); checked against the build it replaces; repeatable
+    #[arg(long = "artifact", value_name = "SERVICE=ID")]
+    pub(crate) given: Vec<String>,
+    /// A directory of artifacts (`moorline artifact build --out DIR`): each
+    /// service the plan builds installs the artifact there built from the
+    /// plan's target commit (services with `build-on "host"` build here)
+    #[arg(long = "artifacts", value_name = "DIR")]
+    pub(crate) dir: Option<PathBuf>,
+}
+
 #[derive(Debug, Args, Clone)]
 pub(crate) struct PlanArgs {
     #[command(flatten)]
     pub(crate) target: PlanTarget,
+    #[command(flatten)]
+    pub(crate) artifacts: ArtifactArgs,
     /// Save the plan (JSON, with its fingerprint) to this file
     #[arg(long, value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
@@ -207,6 +225,8 @@ pub(crate) struct ApplyArgs {
     /// brings its own
     #[arg(long)]
     pub(crate) skip_promotion_check: bool,
+    #[command(flatten)]
+    pub(crate) artifacts: ArtifactArgs,
     /// Apply although the config file, a service's path or a watched path
     /// has uncommitted changes (they are not deployed; the plan lists them)
     #[arg(long)]

@@ -289,6 +289,19 @@ fn validate(loaded: &Loaded) -> miette::Result<i32> {
     Ok(exit::OK)
 }
 
+/// The artifacts `--artifact` and `--artifacts` ask for, and those of a
+/// saved or reviewed plan (`planned`).
+pub(crate) fn artifacts<'a>(
+    args: &'a crate::cli::ArtifactArgs,
+    planned: Option<&'a std::collections::BTreeMap<String, String>>,
+) -> crate::artifact::choose::Request<'a> {
+    crate::artifact::choose::Request {
+        given: &args.given,
+        dir: args.dir.as_deref(),
+        planned,
+    }
+}
+
 fn request(target: &PlanTarget) -> PlanRequest {
     PlanRequest {
         from: target.from.clone(),
@@ -343,7 +356,13 @@ fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
     if fleet::is_fleet(global, &t) {
         return fleet::plan(global, args, &t);
     }
-    let p = crate::observe::compute_plan(&t, &request(&args.target))?;
+    let mut p = crate::observe::compute_plan(&t, &request(&args.target))?;
+    crate::artifact::choose::choose(
+        t.config(),
+        &t.env.root,
+        &mut p,
+        &artifacts(&args.artifacts, None),
+    )?;
     print_and_save(
         args,
         |f| match f {

@@ -459,6 +459,153 @@ fn prepare(
     Ok(Err(Rebuild { unusable, older }))
 }
 
+/// An entry made elsewhere (an artifact's dependency outputs), being
+/// adopted into the cache: its outputs are written into [`Staged::out`],
+/// then [`adopt`] completes it. Under a temporary name until then.
+pub(crate) struct Staged {
+    tmp: PathBuf,
+    name: String,
+}
+
+impl Staged {
+    /// Where the entry's outputs go (a directory that does not exist yet).
+    pub(crate) fn out(&self) -> PathBuf {
+        self.tmp.join(OUT)
+    }
+
+    /// Drops what was written (the outputs could not be unpacked).
+    pub(crate) fn abandon(self) {
+        make_writable_and_remove(&self.tmp);
+    }
+}
+
+/// Starts adopting entry `name` into the cache under `root`.
+pub(crate) fn stage(root: &str, name: &str) -> Result<Staged, DepsError> {
+    let cache = cache_dir(root);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = cache.join(format!("{TMP_PREFIX}{name}-{}-{nanos}", std::process::id()));
+    fs::create_dir_all(&tmp).map_err(DepsError::io("creating", &tmp))?;
+    Ok(Staged {
+        tmp,
+        name: name.to_owned(),
+    })
+}
+
+/// Completes an adopted entry: its files are made read-only, those that
+/// name `origin` (the release it was first built in, elsewhere) are
+/// recorded to be rewritten on reuse, its digest is taken and its meta
+/// written, and it is renamed into place (an entry already there is kept
+/// and this one dropped). Returns the number of files.
+pub(crate) fn adopt(staged: Staged, origin: &str, outputs: &[String]) -> Result<u64, DepsError> {
+    let result = (|| {
+        let out = staged.out();
+        for o in outputs {
+            if fs::symlink_metadata(out.join(o)).is_err() {
+                return Err(DepsError::MissingOutput { output: o.clone() });
+            }
+        }
+        let mut relocate = Vec::new();
+        let mut files = 0u64;
+        for o in outputs {
+            walk(&out, Path::new(o), &mut |rel, meta| {
+                if meta.is_file() {
+                    files += 1;
+                    let path = out.join(rel);
+                    let mode = meta.mode() & 0o7777 & !0o222;
+                    fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+                    if meta.len() <= RELOCATE_MAX {
+                        let bytes = fs::read(&path)?;
+                        if !bytes.contains(&0) && contains(&bytes, origin.as_bytes()) {
+                            relocate.push(rel.display().to_string());
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|error| DepsError::Store {
+                output: o.clone(),
+                error,
+            })?;
+        }
+        let digest = digest_of(&out, outputs).map_err(|error| DepsError::Digest { error })?;
+        let meta = Meta {
+            format: FORMAT,
+            plan_key: staged
+                .name
+                .split_once('-')
+                .map_or(staged.name.as_str(), |(k, _)| k)
+                .to_owned(),
+            version: None,
+            origins: vec![origin.to_owned()],
+            outputs: outputs.to_vec(),
+            relocate,
+            digest,
+        };
+        let json = serde_json::to_vec_pretty(&meta).map_err(|error| DepsError::Meta { error })?;
+        crate::files::write_atomic(&staged.tmp.join(META), &json)
+            .map_err(DepsError::io("writing", &staged.tmp))?;
+        Ok(files)
+    })();
+    let files = match result {
+        Ok(n) => n,
+        Err(e) => {
+            staged.abandon();
+            return Err(e);
+        }
+    };
+    let cache = staged
+        .tmp
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let entry = cache.join(&staged.name);
+    match fs::rename(&staged.tmp, &entry) {
+        Ok(()) => {}
+        // Another apply adopted or built it first.
+        Err(_) if entry.join(META).is_file() => staged.abandon(),
+        Err(e) => {
+            let tmp = staged.tmp.clone();
+            staged.abandon();
+            return Err(DepsError::io("renaming", &tmp)(e));
+        }
+    }
+    fs::File::open(&cache)
+        .and_then(|d| d.sync_all())
+        .map_err(DepsError::io("syncing", &cache))?;
+    Ok(files)
+}
+
+/// Links entry `name` of the cache under `root` into `release` (which
+/// names it first, so garbage collection keeps it), as a build that
+/// reuses it does. `Ok(None)`: the cache has no usable entry of that name
+/// (one changed since it was stored is removed). Returns the files linked
+/// and rewritten.
+pub(crate) fn link(
+    root: &str,
+    name: &str,
+    release: &Path,
+    outputs: &[String],
+) -> Result<Option<(u64, u64)>, DepsError> {
+    crate::files::write_atomic(
+        &release.join(RELEASE_MARKER),
+        format!("{name}\n").as_bytes(),
+    )
+    .map_err(DepsError::io("writing", release))?;
+    let entry = cache_dir(root).join(name);
+    if !entry.join(META).is_file() {
+        return Ok(None);
+    }
+    if let Ok(r) = restore(&entry, release, outputs) {
+        Ok(Some((r.linked, r.rewritten)))
+    } else {
+        // Changed since it was stored: not trusted, adopted again.
+        make_writable_and_remove(&entry);
+        Ok(None)
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Meta {
     format: u32,
@@ -1069,5 +1216,66 @@ service "s" { runtime "r"; port 4000; phase "core" }
         collect_garbage(root.to_str().unwrap());
         assert!(present(root.to_str().unwrap()).is_empty());
         assert!(!cache.join("k-v").exists());
+    }
+
+    /// An entry made on another machine (an artifact's dependency
+    /// outputs) is adopted into this cache and linked into a release, its
+    /// files that name the release it was built in rewritten for this one;
+    /// an adopted entry changed since is not linked, but removed.
+    #[test]
+    fn adopted_entries_link_like_built_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let root = root.to_str().unwrap();
+        let release = Path::new(root).join("svc/releases/r1");
+        fs::create_dir_all(&release).unwrap();
+        let outputs = vec!["node_modules".to_owned()];
+        let origin = "/build/svc/releases/r0";
+        let staged = stage(root, "k-v").unwrap();
+        let out = staged.out();
+        fs::create_dir_all(out.join("node_modules/.bin")).unwrap();
+        fs::write(
+            out.join("node_modules/.bin/tool"),
+            format!("#!{origin}/node_modules/x\n"),
+        )
+        .unwrap();
+        fs::write(out.join("node_modules/x.js"), "module.exports = 1;").unwrap();
+        assert!(
+            link(root, "k-v", &release, &outputs).unwrap().is_none(),
+            "not adopted yet"
+        );
+        assert_eq!(adopt(staged, origin, &outputs).unwrap(), 2);
+        assert_eq!(present(root), BTreeSet::from(["k".to_owned()]));
+        assert_eq!(link(root, "k-v", &release, &outputs).unwrap(), Some((1, 1)));
+        assert_eq!(
+            fs::read_to_string(release.join("node_modules/.bin/tool")).unwrap(),
+            format!("#!{}/node_modules/x\n", release.display())
+        );
+        assert_eq!(
+            fs::read_to_string(release.join(RELEASE_MARKER)).unwrap(),
+            "k-v\n"
+        );
+        let m = fs::metadata(release.join("node_modules/x.js")).unwrap();
+        assert_eq!((m.nlink(), m.mode() & 0o222), (2, 0), "linked, read-only");
+        // Another apply adopting the same entry keeps the one in place.
+        let again = stage(root, "k-v").unwrap();
+        fs::create_dir_all(again.out().join("node_modules")).unwrap();
+        assert_eq!(adopt(again, origin, &outputs).unwrap(), 0);
+        // Changed in place: not linked, removed (to be adopted again).
+        let x = release.join("node_modules/x.js");
+        fs::set_permissions(&x, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&x, "changed").unwrap();
+        let r2 = Path::new(root).join("svc/releases/r2");
+        fs::create_dir_all(&r2).unwrap();
+        assert!(link(root, "k-v", &r2, &outputs).unwrap().is_none());
+        assert!(!cache_dir(root).join("k-v").exists());
+        // A staged entry missing an output is refused and leaves nothing.
+        let bad = stage(root, "k2-v").unwrap();
+        fs::create_dir_all(bad.out()).unwrap();
+        assert!(matches!(
+            adopt(bad, origin, &outputs),
+            Err(DepsError::MissingOutput { .. })
+        ));
+        assert_eq!(entries(&cache_dir(root)).len(), 0);
     }
 }

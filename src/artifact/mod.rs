@@ -19,6 +19,7 @@
 //! alone yields the same `deps` pack, which a host that has it is not sent
 //! again.
 
+pub(crate) mod choose;
 pub(crate) mod pack;
 pub(crate) mod store;
 pub(crate) mod tree;

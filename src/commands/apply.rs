@@ -71,7 +71,7 @@ pub(crate) fn run(
             };
         }
         let plan = if let Some(saved) = saved {
-            let fresh = crate::observe::compute_plan(
+            let mut fresh = crate::observe::compute_plan(
                 t,
                 &PlanRequest {
                     from: saved.from.as_ref().map(|f| f.sha.clone()),
@@ -81,6 +81,14 @@ pub(crate) fn run(
                     skip_promotion_check: saved.inputs.skip_promotion_check,
                     on_host: true,
                 },
+            )?;
+            // The artifacts the saved plan installs (and those the fleet
+            // controller names, which must be the same ones).
+            crate::artifact::choose::choose(
+                t.config(),
+                &t.env.root,
+                &mut fresh,
+                &super::artifacts(&args.artifacts, Some(&saved.inputs.artifacts)),
             )?;
             policy::no_unit_conflicts(&fresh, PlanSource::Saved)?;
             let moved = policy::host_plan_moved(&saved, &fresh);
@@ -98,7 +106,7 @@ pub(crate) fn run(
             })?;
             fresh
         } else {
-            let p = crate::observe::compute_plan(
+            let mut p = crate::observe::compute_plan(
                 t,
                 &PlanRequest {
                     from: args.from.clone(),
@@ -118,6 +126,12 @@ pub(crate) fn run(
                         || reviewed.is_some_and(|r| r.inputs.skip_promotion_check),
                     on_host: true,
                 },
+            )?;
+            crate::artifact::choose::choose(
+                t.config(),
+                &t.env.root,
+                &mut p,
+                &super::artifacts(&args.artifacts, reviewed.map(|r| &r.inputs.artifacts)),
             )?;
             // What the source environment proved comes first: without it,
             // nothing else about this plan matters.
@@ -167,6 +181,10 @@ pub(crate) fn run(
         // What the plan needs from this host (users, env-files, programs, ports), before any
         // change.
         crate::hostfacts::refuse_missing(t.config(), &t.env, &plan)?;
+        // The artifacts it installs, into this host's store (from
+        // --artifacts DIR), each file checked: a damaged one stops the
+        // apply before it starts.
+        crate::artifact::choose::import(&t.env.root, args.artifacts.dir.as_deref(), &plan)?;
         // Only now, with a plan that is worth applying, talk to systemd.
         let ctx = connect().await?;
         let operation = plan.operation;

@@ -129,10 +129,16 @@ async fn still_in_effect(ctx: &Ctx, plan: &Plan, a: &Action) -> bool {
     };
     let file = |unit: &str| std::fs::read(ctx.unit_dir.join(unit)).ok();
     match &a.step {
-        Step::Build { .. } => a
-            .service
-            .as_deref()
-            .is_none_or(|s| Paths::new(&ctx.env.root, s).is_built(&plan.to.sha)),
+        // A release installed from an artifact is done only if it is that
+        // artifact (its marker names it).
+        Step::Build { artifact, .. } => a.service.as_deref().is_none_or(|s| {
+            let paths = Paths::new(&ctx.env.root, s);
+            paths.is_built(&plan.to.sha)
+                && artifact.as_deref().is_none_or(|id| {
+                    crate::artifact::installed_id(&paths.release(&plan.to.sha)).as_deref()
+                        == Some(id)
+                })
+        }),
         Step::Restart { unit, release, .. } => {
             let live_ok = match (release, a.service.as_deref()) {
                 (Some(d), Some(s)) => std::fs::read_link(Paths::new(&ctx.env.root, s).current())

@@ -8,6 +8,7 @@ pub(super) mod build;
 mod cutover;
 mod database;
 mod health;
+mod install;
 mod jobs;
 mod proxy;
 pub(super) mod unit_file;
@@ -185,13 +186,10 @@ async fn perform(act: &Act<'_>) -> Result<Option<String>, ActionError> {
             artifact: None,
         } => build::build(act, release, command.as_ref()).await,
         Step::Build {
-            artifact: Some(id), ..
-        } => Err(ActionError::Artifact {
-            error: crate::artifact::ArtifactError::Missing {
-                id: id.clone(),
-                store: ctx_store(act),
-            },
-        }),
+            release,
+            artifact: Some(id),
+            ..
+        } => install::install(act, release, id).await,
         Step::Migrate { release, command } => database::migrate(act, release, command).await,
         Step::Backup { .. } => database::backup(act).await,
         Step::InstallUnit { unit, source } => unit_file::install(act, unit, source).await,
@@ -255,13 +253,6 @@ const JOURNAL_TAIL: usize = 10;
 /// (with its sources) is what the journal's `failed` record and the report
 /// show. [`ActionError::Journal`] is different: the journal could not be
 /// written, so the run stops at once (nothing may act without a record).
-/// The host's artifact store, as shown in errors.
-fn ctx_store(act: &Act<'_>) -> String {
-    crate::artifact::host_store(&act.ctx.env.root)
-        .display()
-        .to_string()
-}
-
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub(crate) enum ActionError {
     #[error(transparent)]
@@ -291,6 +282,11 @@ pub(crate) enum ActionError {
     Artifact {
         error: crate::artifact::ArtifactError,
     },
+    #[error(
+        "the release {release} is live and was not installed from artifact {id}; it is not replaced"
+    )]
+    #[diagnostic(code(moorline::action::live_release))]
+    LiveRelease { release: String, id: String },
     #[error("backup: {error}")]
     #[diagnostic(code(moorline::action::backup))]
     Backup { error: crate::backup::BackupError },
