@@ -40,7 +40,7 @@ pub(crate) enum BuilderError {
         commit: String,
         root: String,
         #[source]
-        error: crate::execute::ActionError,
+        error: Box<crate::execute::ActionError>,
     },
     #[error("{service} at {commit}: its dependency step left no complete cache entry in {root}")]
     #[diagnostic(
@@ -258,7 +258,7 @@ impl Builder {
                 service: s.name.clone(),
                 commit: sha.to_owned(),
                 root: self.env.root.clone(),
-                error,
+                error: Box::new(error),
             })?;
         }
         let outputs = self
@@ -313,8 +313,7 @@ impl Builder {
             .filter(|(_, id)| {
                 self.store
                     .manifest(id)
-                    .map(|m| !self.store.missing(id, &m.packs()).is_empty())
-                    .unwrap_or(true)
+                    .map_or(true, |m| !self.store.missing(id, &m.packs()).is_empty())
             })
             .map(|(s, _)| s.clone())
             .collect();

@@ -65,24 +65,26 @@ fn build(global: &Global, args: &ArtifactBuildArgs) -> miette::Result<i32> {
 
 /// `service commit id size` a line, aligned.
 fn table(made: &[Made]) -> String {
+    use std::fmt::Write as _;
     let w = made.iter().map(|m| m.service.len()).max().unwrap_or(0);
-    made.iter()
-        .map(|m| {
-            format!(
-                "{:w$}  {}  {}  {}{}\n",
-                m.service,
-                crate::plan::short(&m.commit),
-                m.id,
-                builder::human_size(m.size),
-                if m.built { "" } else { "  (reused)" }
-            )
-        })
-        .collect()
+    let mut out = String::new();
+    for m in made {
+        let _ = writeln!(
+            out,
+            "{:w$}  {}  {}  {}{}",
+            m.service,
+            crate::plan::short(&m.commit),
+            m.id,
+            builder::human_size(m.size),
+            if m.built { "" } else { "  (reused)" }
+        );
+    }
+    out
 }
 
 /// The items `words` lists (`KIND HEX` pairs).
 fn items(words: &[String]) -> Result<Vec<Item>, ArtifactCmdError> {
-    if words.len() % 2 != 0 {
+    if !words.len().is_multiple_of(2) {
         return Err(ArtifactCmdError::BadItem {
             words: words.last().cloned().unwrap_or_default(),
         });

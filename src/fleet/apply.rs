@@ -437,14 +437,13 @@ impl Rollout {
                     )
                 })
                 .unwrap_or_default();
-            match self.ship(p, &ids).await {
-                Err(outcome) => (outcome, None),
-                Ok(()) => {
-                    let words = apply_words(&ids);
-                    let args: Vec<&str> = words.iter().map(String::as_str).collect();
-                    let (outcome, code, tail) = self.stream_tail(p, &args, Some(plan)).await;
-                    (stuck_or(outcome, &tail), code)
-                }
+            if let Err(outcome) = self.ship(p, &ids).await {
+                (outcome, None)
+            } else {
+                let words = apply_words(&ids);
+                let args: Vec<&str> = words.iter().map(String::as_str).collect();
+                let (outcome, code, tail) = self.stream_tail(p, &args, Some(plan)).await;
+                (stuck_or(outcome, &tail), code)
             }
         };
         self.say(host, &format!("apply: {}", outcome.as_str()));

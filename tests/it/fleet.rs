@@ -1088,10 +1088,11 @@ fn graph_is_refused_on_the_controller_and_on_names_a_host_of_the_fleet() {
     }
 }
 
-/// Secrets through a fleet: a failing build on every host prints its environment (an inline
-/// secret of the environment among it). Nothing the controller prints, nothing under its
-/// state directory, and nothing moorline wrote on a host (outside the checkout of the
-/// configuration, which holds the value on purpose) contains the value.
+/// Secrets through a fleet: a failing build prints its environment (an inline secret of the
+/// environment among it), first where artifacts are built (the controller), then, with
+/// `build-on "host"`, on every host. Nothing the controller prints, nothing under its state
+/// directory (its build root's logs included), and nothing moorline wrote on a host (outside
+/// the checkout of the configuration, which holds the value on purpose) contains the value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_printed_on_hosts_reach_nothing_the_controller_prints_or_writes() {
     const SECRET: &str = "fleet-inline-s3cret-7391";
@@ -1105,6 +1106,35 @@ async fn secrets_printed_on_hosts_reach_nothing_the_controller_prints_or_writes(
     assert_ne!(edited, text, "no build line replaced");
     w.fx.commit_config("builds print their environment", &edited)
         .unwrap();
+    // Built once, on the controller: the plan fails there, saying why without the value.
+    let out = w.run(&["plan", "--env", "staging"]);
+    assert_eq!(code(&out), Some(1), "{}", show(&out));
+    let said = show(&out);
+    assert!(said.contains("moorline::artifact::build"), "{said}");
+    assert!(!said.contains(SECRET), "{said}");
+    let mut written = Vec::new();
+    crate::secrets::files(&w.ctrl.join("build"), &mut written);
+    assert!(
+        written
+            .iter()
+            .any(|p| p.ends_with("logs/svc-0001-build.log")),
+        "{written:?}"
+    );
+    for path in &written {
+        let text = String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
+        assert!(!text.contains(SECRET), "in {}", path.display());
+    }
+    // Built on each host.
+    let mut on_hosts = String::new();
+    for line in edited.lines() {
+        on_hosts.push_str(line);
+        if line.starts_with("service ") {
+            on_hosts.truncate(on_hosts.len() - " }".len());
+            on_hosts.push_str("; build-on \"host\" }");
+        }
+        on_hosts.push('\n');
+    }
+    w.fx.commit_config("build on the hosts", &on_hosts).unwrap();
     let plan_file = w.plan_file("fleet.plan.json");
     let outputs = [
         w.run(&["plan", "--env", "staging"]),
@@ -1266,21 +1296,18 @@ async fn artifacts_are_built_once_on_the_controller_and_hosts_get_only_what_they
     let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
     let mut counted = String::new();
     for line in text.lines() {
-        match line.strip_prefix("    build ") {
-            Some(rest) => {
-                let _ = writeln!(
-                    counted,
-                    "    build \"sh\" \"-c\" \"echo {{service}} >>{{root}}/builds-ran; exec \\\"$0\\\" \\\"$@\\\"\" {rest}"
-                );
-                let _ = writeln!(
-                    counted,
-                    "    deps \"sh\" \"-c\" \"echo {{service}} >>{{root}}/deps-ran; mkdir -p vendor; echo {{service}} >vendor/lib.txt\" {{ inputs \"server.py\"; outputs \"vendor\"; }}"
-                );
-            }
-            None => {
-                counted.push_str(line);
-                counted.push('\n');
-            }
+        if let Some(rest) = line.strip_prefix("    build ") {
+            let _ = writeln!(
+                counted,
+                "    build \"sh\" \"-c\" \"echo {{service}} >>{{root}}/builds-ran; exec \\\"$0\\\" \\\"$@\\\"\" {rest}"
+            );
+            let _ = writeln!(
+                counted,
+                "    deps \"sh\" \"-c\" \"echo {{service}} >>{{root}}/deps-ran; mkdir -p vendor; echo {{service}} >vendor/lib.txt\" {{ inputs \"server.py\"; outputs \"vendor\"; }}"
+            );
+        } else {
+            counted.push_str(line);
+            counted.push('\n');
         }
     }
     w.fx.commit_config("count builds", &counted).unwrap();
