@@ -1413,4 +1413,48 @@ async fn artifacts_are_built_once_on_the_controller_and_hosts_get_only_what_they
         );
     }
     nothing_ran_on_hosts(&w);
+
+    // `moorline artifact build` (CI's command) is the controller's build: at the same commit,
+    // the build root's releases are reused and pack to the very artifacts the hosts installed.
+    let plan: serde_json::Value = serde_json::from_slice(
+        &w.cmd(&["plan", "--env", "staging", "--format", "json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(plan["artifacts"].is_null(), "nothing left to build: {plan}");
+    let out_dir = w.plan_file("ci-artifacts");
+    let out = w.run(&[
+        "artifact",
+        "build",
+        "--env",
+        "staging",
+        "--service",
+        "svc-0001",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = &built["artifacts"][0];
+    assert_eq!(
+        built["artifacts"].as_array().map(Vec::len),
+        Some(1),
+        "{built}"
+    );
+    assert_eq!(
+        (&a["service"], &a["built"]),
+        (&"svc-0001".into(), &false.into())
+    );
+    assert_eq!(ran(&build_root, "builds-ran").len(), 4, "reused: {built}");
+    let id = a["id"].as_str().unwrap();
+    let hex = id.strip_prefix("sha256:").unwrap();
+    assert!(out_dir.join(format!("manifests/{hex}.json")).is_file());
+    assert!(
+        said.contains(&id[..19]),
+        "the id the hosts were sent: {id}\n{said}"
+    );
 }
