@@ -466,6 +466,7 @@ mod tests {
                 previous: None,
                 unit_sha256: None,
                 unit: None,
+                artifact: None,
             },
         );
         st.last_apply = Some(record("1700000000-000100-7"));

@@ -119,6 +119,10 @@ pub struct ServiceState {
     /// recorded: then any name of the service's unit counts as installed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// The artifact (`sha256:...`) the live release was installed from;
+    /// absent when it was built on this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -342,3 +342,178 @@ pub(crate) fn import(root: &str, dir: Option<&Path>, plan: &Plan) -> Result<(), 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::artifact::{Built, make};
+
+    const CONFIG: &str = r#"
+project "pakashop" { unit-name "p-{service}.service"; }
+environment "staging" { branch "main"; root "/srv/p"; }
+phase "core"
+runtime "node" { build "npm" "run" "build"; }
+service "coupon" { runtime "node"; port 1; phase "core"; }
+service "native" { runtime "node"; port 2; phase "core"; build-on "host"; }
+"#;
+
+    /// A saved plan that builds `coupon`.
+    fn plan() -> Plan {
+        serde_json::from_str(include_str!("../../plans/staging-one-service.json")).unwrap()
+    }
+
+    /// An artifact of `service` at `commit` (its one file holds `body`)
+    /// in the store at `dir`.
+    fn artifact(dir: &Path, service: &str, commit: &str, body: &str) -> String {
+        let release = dir.join("build").join(service).join(commit);
+        std::fs::create_dir_all(&release).unwrap();
+        std::fs::write(release.join("server.js"), body).unwrap();
+        let built = Built {
+            project: "pakashop",
+            service,
+            commit,
+            release: &release,
+            deps: None,
+        };
+        make(&Store::at(dir.join("store")), &built).unwrap().0
+    }
+
+    fn codes(err: &Refused) -> Vec<String> {
+        err.problems
+            .iter()
+            .map(|p| p.code().map(|c| c.to_string()).unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn artifacts_are_chosen_from_the_directory_and_checked_against_the_build() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = crate::config::parse("p.kdl", CONFIG).unwrap();
+        let root = tmp.path().join("root");
+        let root = root.to_str().unwrap();
+        let mut p = plan();
+        let (sha, before) = (p.to.sha.clone(), p.fingerprint.clone());
+        choose(&config, root, &mut p, &Request::default()).unwrap();
+        assert_eq!(p.fingerprint, before, "nothing asked: nothing changes");
+
+        let id = artifact(tmp.path(), "coupon", &sha, "v1");
+        let other = artifact(tmp.path(), "coupon", &"0".repeat(40), "v0");
+        let native = artifact(tmp.path(), "native", &sha, "n");
+        let dir = tmp.path().join("store");
+        let req = Request {
+            dir: Some(&dir),
+            ..Request::default()
+        };
+        choose(&config, root, &mut p, &req).unwrap();
+        assert_eq!(
+            p.inputs.artifacts,
+            BTreeMap::from([("coupon".to_owned(), id.clone())]),
+            "the one of the plan's commit"
+        );
+        assert_ne!(p.fingerprint, before);
+
+        // Every problem at once, nothing chosen.
+        let mut q = plan();
+        let missing = format!("sha256:{}", "e".repeat(64));
+        let given = [
+            "coupon".to_owned(),
+            format!("native={native}"),
+            format!("nosuch={id}"),
+            format!("coupon={missing}"),
+        ];
+        let req = Request {
+            given: &given,
+            dir: Some(&dir),
+            planned: None,
+        };
+        let err = choose(&config, root, &mut q, &req).unwrap_err();
+        assert_eq!(
+            codes(&err),
+            [
+                "moorline::artifact::bad_flag",
+                "moorline::artifact::not_found",
+                "moorline::artifact::build_on_host",
+                "moorline::artifact::unknown_service",
+            ]
+        );
+        assert!(q.inputs.artifacts.is_empty());
+        // Another commit's artifact; a saved plan's ids, which a flag overrides.
+        let wrong = BTreeMap::from([("coupon".to_owned(), other.clone())]);
+        let req = Request {
+            planned: Some(&wrong),
+            dir: Some(&dir),
+            ..Request::default()
+        };
+        let err = choose(&config, root, &mut q, &req).unwrap_err();
+        assert_eq!(codes(&err), ["moorline::artifact::mismatch"]);
+        assert!(
+            err.problems[0]
+                .to_string()
+                .contains("coupon of project pakashop at 000000000000")
+        );
+        let right = [format!("coupon={id}")];
+        let req = Request {
+            given: &right,
+            ..req
+        };
+        choose(&config, root, &mut q, &req).unwrap();
+        assert_eq!(q.inputs.artifacts["coupon"], id);
+
+        // Two of the commit in the directory: which one is not guessed.
+        let twice = artifact(tmp.path(), "coupon", &sha, "v1 again");
+        let mut r = plan();
+        let req = Request {
+            dir: Some(&dir),
+            ..Request::default()
+        };
+        let err = choose(&config, root, &mut r, &req).unwrap_err();
+        assert_eq!(codes(&err), ["moorline::artifact::ambiguous"]);
+        assert!(err.problems[0].to_string().contains(&twice));
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let req = Request {
+            dir: Some(&empty),
+            ..Request::default()
+        };
+        let err = choose(&config, root, &mut r, &req).unwrap_err();
+        assert_eq!(codes(&err), ["moorline::artifact::not_in_dir"]);
+    }
+
+    #[test]
+    fn importing_checks_every_file_and_keeps_nothing_damaged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = crate::config::parse("p.kdl", CONFIG).unwrap();
+        let root = tmp.path().join("root");
+        let root = root.to_str().unwrap();
+        let mut p = plan();
+        let id = artifact(tmp.path(), "coupon", &p.to.sha, "v1");
+        let dir = tmp.path().join("store");
+        let req = Request {
+            dir: Some(&dir),
+            ..Request::default()
+        };
+        choose(&config, root, &mut p, &req).unwrap();
+        let m = Store::at(&dir).manifest(&id).unwrap();
+        let pack = Store::at(&dir).pack_path(&m.app);
+        let good = std::fs::read(&pack).unwrap();
+        let mut bad = good.clone();
+        bad[good.len() / 2] ^= 0xff;
+        std::fs::write(&pack, &bad).unwrap();
+        let err = import(root, Some(&dir), &p).unwrap_err();
+        assert!(matches!(err, ArtifactError::HashMismatch { .. }), "{err}");
+        let here = Store::at(host_store(root));
+        assert_eq!(
+            here.missing(&id, &m.packs()).len(),
+            1,
+            "the pack is not kept"
+        );
+        assert!(matches!(
+            import(root, None, &p).unwrap_err(),
+            ArtifactError::Missing { .. }
+        ));
+        std::fs::write(&pack, &good).unwrap();
+        import(root, Some(&dir), &p).unwrap();
+        assert!(here.missing(&id, &m.packs()).is_empty());
+        import(root, None, &p).unwrap();
+    }
+}

@@ -20,6 +20,7 @@
 //! again.
 
 pub(crate) mod choose;
+pub(crate) mod gc;
 pub(crate) mod pack;
 pub(crate) mod store;
 pub(crate) mod tree;

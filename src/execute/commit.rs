@@ -210,6 +210,9 @@ fn commit_state(
                     previous,
                     unit_sha256: unit_sha,
                     unit: unit_name,
+                    artifact: crate::artifact::installed_id(
+                        &Paths::new(&ctx.env.root, service).release(to),
+                    ),
                 },
             );
             if !switched.contains(service) {
@@ -303,5 +306,7 @@ fn commit_state(
             release::prune(&paths, keep, &protect);
         }
     }
+    // Artifacts no release is installed from any more.
+    crate::artifact::gc::collect_garbage(&ctx.env.root);
     Ok(())
 }

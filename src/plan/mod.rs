@@ -1227,6 +1227,7 @@ pub fn with_artifacts(plan: &mut Plan, artifacts: &BTreeMap<String, String>) {
         {
             *artifact = Some(id.clone());
             used.insert(service.clone(), id.clone());
+            a.reason = artifact_reason(&a.reason, id);
         }
     }
     plan.inputs.artifacts = used;
@@ -1237,6 +1238,22 @@ pub fn with_artifacts(plan: &mut Plan, artifacts: &BTreeMap<String, String>) {
         &plan.to.sha,
         &plan.inputs,
     );
+}
+
+/// What a build that installs artifact `id` says (its `reason` as
+/// planned, `planned`, without the dependency note: nothing runs): the
+/// artifact first.
+fn artifact_reason(planned: &str, id: &str) -> String {
+    const VERIFIED: &str = " (built once; verified before unpacking): ";
+    let base = planned
+        .strip_prefix("install artifact ")
+        .and_then(|r| r.split_once(VERIFIED))
+        .map_or(planned, |(_, r)| r);
+    let base = base.rfind("; dependencies ").map_or(base, |i| &base[..i]);
+    format!(
+        "install artifact {}…{VERIFIED}{base}",
+        id.get(..19).unwrap_or(id)
+    )
 }
 
 /// Shortens a SHA for display.
@@ -1286,8 +1303,17 @@ mod tests {
         let wire: Action = WireAction::from(p.actions[1].clone()).try_into().unwrap();
         assert_eq!(wire, p.actions[1], "the wire form keeps it");
         let again = p.fingerprint.clone();
+        let reason = p.actions[1].reason.clone();
         with_artifacts(&mut p, &ids);
         assert_eq!(p.fingerprint, again, "the same map, the same fingerprint");
+        assert_eq!(p.actions[1].reason, reason, "said once");
+        assert_eq!(
+            artifact_reason(
+                "new release c1 of api: 1 path changed; dependencies reused (package.json unchanged)",
+                &ids["api"]
+            ),
+            "install artifact sha256:aaaaaaaaaaaa… (built once; verified before unpacking): new release c1 of api: 1 path changed"
+        );
     }
 
     fn plan(sha: &str, services: &[&str]) -> Plan {

@@ -114,6 +114,7 @@ mod tests {
             (K::NeverDeployed, true),
             (K::BehindBranch, false),
             (K::RolledBack, false),
+            (K::ArtifactMismatch, true),
         ] {
             assert_eq!(kind.fails_check(), fails, "{kind:?}");
         }

@@ -241,6 +241,11 @@ async fn service_status(
         installed: installed.as_deref(),
         rendered: unit::render(&host.env, s).ok().flatten().as_deref(),
     });
+    let artifact = artifact_of(recorded, &paths, live.as_deref());
+    let mut drift = drift;
+    if let (Some(id), Some(rev)) = (&artifact, &live) {
+        drift.extend(artifact_drift(&host.env.root, id, &paths.release(rev)).await);
+    }
     let migrations = match (host.options.migrations, runtime, &live) {
         (true, Some(rt), Some(rev)) => {
             let log = host
@@ -279,12 +284,64 @@ async fn service_status(
         since_us: unit_st.active_enter_timestamp_us,
         unit_file_state: unit_st.unit_file_state,
         release,
+        artifact,
         liveness,
         readiness,
         migrations,
         drift,
         healthy,
     })
+}
+
+/// The artifact the live release came from: as the state records it for
+/// that release, else as the release's marker says.
+fn artifact_of(
+    recorded: Option<&crate::state::ServiceState>,
+    paths: &Paths,
+    live: Option<&str>,
+) -> Option<String> {
+    let live = live?;
+    match recorded {
+        Some(r) if r.revision == live && r.artifact.is_some() => r.artifact.clone(),
+        _ => crate::artifact::installed_id(&paths.release(live)),
+    }
+}
+
+/// The release `dir` against the manifest of artifact `id` in the host's
+/// store (every file hashed, on the blocking pool): what differs, as one
+/// drift.
+async fn artifact_drift(root: &str, id: &str, dir: &Path) -> Option<Drift> {
+    let store = crate::artifact::Store::at(crate::artifact::host_store(root));
+    let (id, dir) = (id.to_owned(), dir.to_owned());
+    let shown = format!("{}…", crate::artifact::short(&id));
+    let checked = tokio::task::spawn_blocking(move || crate::artifact::drift(&store, &id, &dir))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match checked {
+        Ok(diff) if diff.is_empty() => None,
+        Ok(diff) => {
+            const SHOWN: usize = 10;
+            let mut list = diff
+                .iter()
+                .take(SHOWN)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if diff.len() > SHOWN {
+                let more = diff.len() - SHOWN;
+                list = format!("{list} and {more} more");
+            }
+            Some(Drift::new(
+                DriftKind::ArtifactMismatch,
+                format!("release files differ from artifact {shown}: {list}"),
+            ))
+        }
+        Err(e) => Some(Drift::new(
+            DriftKind::ArtifactMismatch,
+            format!("release cannot be checked against artifact {shown}: {e}"),
+        )),
+    }
 }
 
 /// Asks the service the way its readiness says: liveness and readiness

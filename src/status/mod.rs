@@ -23,6 +23,7 @@
 //!       "since_us": <µs since epoch>,      // 0 = never active
 //!       "unit_file_state": "enabled" | "disabled" | "" | ...,
 //!       "release": {"revision", "short", "age_secs": <u64> | null} | null,
+//!       "artifact": "sha256:<hex>" | null, // the artifact the live release was installed from
 //!       "liveness": Probe, "readiness": Probe,
 //!       "migrations": {"state": "up-to-date"|"pending"|"failed", "command": [..],
 //!                      "exit_code": <i32> | null, "output": "..."} | null,
@@ -42,7 +43,7 @@
 //!         unit-file-missing, current-mismatch, not-active, no-release,
 //!         never-deployed, behind-branch, rolled-back, failed-here (the
 //!         last three fail `--check` only with `--fail-behind`),
-//!         unfinished-apply
+//!         unfinished-apply, artifact-mismatch
 //! ```
 //!
 //! Probes and D-Bus reads for all services run concurrently, so a status of 19 services takes
@@ -116,6 +117,10 @@ pub(crate) enum DriftKind {
     /// succeeded since (the state records it): deploying it again is asked
     /// about. Reported only, like `behind-branch`.
     FailedHere,
+    /// The live release was installed from an artifact, and its files no
+    /// longer match the artifact's manifest (a file edited, added,
+    /// removed or chmodded by hand), or cannot be checked against it.
+    ArtifactMismatch,
 }
 
 impl DriftKind {
@@ -168,6 +173,9 @@ pub(crate) struct ServiceStatus {
     pub(crate) since_us: u64,
     pub(crate) unit_file_state: String,
     pub(crate) release: Option<Release>,
+    /// The artifact the live release was installed from; `None`: built
+    /// on this host.
+    pub(crate) artifact: Option<String>,
     pub(crate) liveness: Probe,
     pub(crate) readiness: Probe,
     pub(crate) migrations: Option<Migrations>,

@@ -88,10 +88,13 @@ pub(crate) fn text(s: &Status, now_us: u64) -> String {
             } else {
                 ago(now_us.saturating_sub(sv.since_us) / 1_000_000)
             };
-            let release = sv.release.as_ref().map_or("-".to_owned(), |r| {
+            let mut release = sv.release.as_ref().map_or("-".to_owned(), |r| {
                 r.age_secs
                     .map_or_else(|| r.short.clone(), |a| format!("{} ({})", r.short, ago(a)))
             });
+            if let Some(id) = &sv.artifact {
+                let _ = write!(release, " artifact {}", crate::artifact::short(id));
+            }
             let mut drift: Vec<String> = sv.drift.iter().map(|d| kind_str(d.kind)).collect();
             if let Some(m) = &sv.migrations
                 && m.state != MigrationState::UpToDate

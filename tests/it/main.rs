@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod architecture;
+mod artifact;
 mod booted;
 mod bus;
 mod cli;

@@ -105,6 +105,7 @@ impl Fx {
                         .as_ref()
                         .map(|u| moorline::files::sha256_hex(u.as_bytes())),
                     unit: unit.map(|_| s.unit_name.clone()),
+                    artifact: None,
                 },
             );
         }
