@@ -1457,4 +1457,37 @@ async fn artifacts_are_built_once_on_the_controller_and_hosts_get_only_what_they
         said.contains(&id[..19]),
         "the id the hosts were sent: {id}\n{said}"
     );
+
+    // Every host's status names that artifact for svc-0001.
+    let out = w.run(&["status", "--env", "staging", "--format", "json"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for h in ["host1", "host2", "host3"] {
+        let sv = st["hosts"][h]["status"]["phases"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{st}"))
+            .iter()
+            .flat_map(|p| p["services"].as_array().unwrap())
+            .find(|x| x["name"] == "svc-0001")
+            .unwrap_or_else(|| panic!("{st}"));
+        assert_eq!(sv["artifact"], id, "{h}: {sv}");
+    }
+    // A file edited by hand on host2 is drift there, and only there.
+    let service = w.hosts.host(1).root_dir().join("staging/svc-0001");
+    let live = std::fs::read_link(service.join("current")).unwrap();
+    let release = service.join("releases").join(live.file_name().unwrap());
+    std::fs::write(release.join("server.py"), "# hot fix by hand\n").unwrap();
+    let out = w.run(&["status", "--env", "staging", "--check"]);
+    assert_eq!(code(&out), Some(5), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let drift = format!(
+        "svc-0001: release files differ from artifact {}…: server.py (modified)",
+        &id[..19]
+    );
+    let host2 = text.split("=== host3 ===").next().unwrap_or_default();
+    assert!(
+        host2.contains("=== host2 ===") && host2.contains(&drift),
+        "{text}"
+    );
+    assert_eq!(text.matches(&drift).count(), 1, "{text}");
 }
