@@ -4,10 +4,14 @@
 //! and the services; out: one artifact per service ([`Made`]). The build is
 //! the one an apply runs ([`crate::execute::build_release`]: export,
 //! dependencies cached or run, the build command), in a private build root
-//! (`{state}/build`: releases at `{build root}/{service}/releases/{sha}`,
+//! ([`build_root`]: releases at `{build root}/{service}/releases/{sha}`,
 //! the dependency cache at `{build root}/.moorline-cache/deps`), so that a
 //! service built before at the same commit is not built again, and an
-//! unchanged lockfile reuses its dependencies.
+//! unchanged lockfile reuses its dependencies. The build root is shared by
+//! the project's environments whose builds see the same settings: staging
+//! and production then build a commit once, into the very same artifact
+//! (its id names the directory it was built in), which is what lets
+//! production check it runs what staging ran.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -118,9 +122,27 @@ pub(crate) struct Builder {
     store: Store,
 }
 
-/// The build root of an environment whose state directory is `state_dir`.
-pub(crate) fn build_root(state_dir: &Path) -> PathBuf {
-    state_dir.join("build")
+/// The build root of environment `env` whose state directory is
+/// `state_dir`: `.moorline-build/{settings}` beside the environments'
+/// state directories (`{state}/../.moorline-build/...`), `settings` a hash
+/// of what a build of the environment sees besides the commit (its `env`
+/// values, `env-file` paths, `pass-env` names, port offset). Environments
+/// whose builds see the same settings share it.
+pub(crate) fn build_root(state_dir: &Path, env: &Environment) -> PathBuf {
+    let values: std::collections::BTreeMap<&String, &String> =
+        env.env.iter().map(|(k, v)| (k, &v.value)).collect();
+    let settings = serde_json::json!({
+        "env": values,
+        "env_files": env.env_files,
+        "pass_env": env.pass_env,
+        "port_offset": env.port_offset,
+    });
+    let hash = crate::files::sha256_hex(settings.to_string().as_bytes());
+    state_dir
+        .parent()
+        .unwrap_or(state_dir)
+        .join(".moorline-build")
+        .join(hash.get(..16).unwrap_or(&hash))
 }
 
 /// The default store of an environment whose state directory is
@@ -140,7 +162,7 @@ impl Builder {
         store: Store,
     ) -> Self {
         let mut env = env.clone();
-        env.root = build_root(state_dir).display().to_string();
+        env.root = build_root(state_dir, &env).display().to_string();
         Self {
             project: config.project.name.clone(),
             config: config.clone(),
@@ -436,6 +458,33 @@ pub(crate) fn built_in<'a>(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn environments_whose_builds_see_the_same_settings_share_a_build_root() {
+        let c = crate::config::parse(
+            "t.kdl",
+            r#"project "p"
+environment "staging" { branch "main"; root "/srv/s"; env LEVEL="info" }
+environment "production" { branch "prod"; root "/srv/p"; env LEVEL="info" }
+environment "debug" { branch "dbg"; root "/srv/d"; env LEVEL="debug" }
+phase "core"
+runtime "r"
+service "s" { runtime "r"; port 4000; phase "core" }
+"#,
+        )
+        .unwrap();
+        let env = |n: &str| c.environments.iter().find(|e| e.name == n).unwrap();
+        let root = |n: &str| super::build_root(&Path::new("/state/p").join(n), env(n));
+        assert_eq!(
+            root("staging"),
+            root("production"),
+            "one build, one artifact"
+        );
+        assert_ne!(root("staging"), root("debug"), "another env value");
+        assert!(root("staging").starts_with("/state/p/.moorline-build/"));
+    }
+
     #[test]
     fn sizes_for_people() {
         assert_eq!(super::human_size(999), "999 B");

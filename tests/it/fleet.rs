@@ -571,6 +571,17 @@ async fn a_failed_first_rollout_takes_every_host_back_to_nothing_deployed() {
     );
 }
 
+/// Commits the configuration with `service` built on each host (`build-on "host"`), not once
+/// on the controller.
+fn build_on_hosts(w: &World, service: &str) {
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let at = text.find(&format!("service \"{service}\"")).unwrap();
+    let end = at + text[at..].find(" }\n").unwrap();
+    let text = format!("{}; build-on \"host\"{}", &text[..end], &text[end..]);
+    w.fx.commit_config(&format!("{service} builds on the hosts"), &text)
+        .unwrap();
+}
+
 /// Writes host `i`'s `svc-0002` `behaviour.json` in the release its `current` names: what that
 /// release does the next time it starts (the test's stand-in for a release broken on a host).
 fn set_live_behaviour(w: &World, i: usize, crash: bool) {
@@ -599,6 +610,9 @@ async fn a_host_left_needing_attention_is_named_shown_and_settled_from_the_contr
     let Some(w) = world(3, "max-fail 1; batches \"100%\"", true).await else {
         return;
     };
+    // svc-0002's live release is edited on host3 below (`set_live_behaviour`): built there,
+    // it is no artifact whose files the edit would make drift.
+    build_on_hosts(&w, "svc-0002");
     let first = deploy_all(&w);
 
     // Only host3 runs svc-0002: it fails there and rolls itself back, within max-fail.
@@ -1113,7 +1127,7 @@ async fn secrets_printed_on_hosts_reach_nothing_the_controller_prints_or_writes(
     assert!(said.contains("moorline::artifact::build"), "{said}");
     assert!(!said.contains(SECRET), "{said}");
     let mut written = Vec::new();
-    crate::secrets::files(&w.ctrl.join("build"), &mut written);
+    crate::secrets::files(&w.dir.path().join(".moorline-build"), &mut written);
     assert!(
         written
             .iter()
@@ -1318,7 +1332,15 @@ async fn artifacts_are_built_once_on_the_controller_and_hosts_get_only_what_they
             .map(str::to_owned)
             .collect()
     };
-    let build_root = w.ctrl.join("build");
+    let build_root = || {
+        // Beside the controller's state directory, named after the build's settings.
+        let shared = w.dir.path().join(".moorline-build");
+        let roots: Vec<PathBuf> = std::fs::read_dir(&shared)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        assert!(roots.len() <= 1, "{roots:?}");
+        roots.into_iter().next().unwrap_or(shared)
+    };
     let nothing_ran_on_hosts = |w: &World| {
         for h in w.hosts.hosts() {
             let root = h.root_dir().join("staging");
@@ -1367,8 +1389,8 @@ async fn artifacts_are_built_once_on_the_controller_and_hosts_get_only_what_they
             "every host installs the same artifacts"
         );
     }
-    assert_eq!(ran(&build_root, "builds-ran"), ["svc-0001", "svc-0002"]);
-    assert_eq!(ran(&build_root, "deps-ran"), ["svc-0001", "svc-0002"]);
+    assert_eq!(ran(&build_root(), "builds-ran"), ["svc-0001", "svc-0002"]);
+    assert_eq!(ran(&build_root(), "deps-ran"), ["svc-0001", "svc-0002"]);
 
     // The saved plan rolls out as reviewed; the controller's build root already has both
     // releases: nothing is built again.
@@ -1381,7 +1403,7 @@ async fn artifacts_are_built_once_on_the_controller_and_hosts_get_only_what_they
             "two services, each an app pack, a deps pack and a manifest: {said}"
         );
     }
-    assert_eq!(ran(&build_root, "builds-ran").len(), 2, "{said}");
+    assert_eq!(ran(&build_root(), "builds-ran").len(), 2, "{said}");
     nothing_ran_on_hosts(&w);
 
     // A change to both services: built once each, on the controller; each host is sent the
@@ -1397,12 +1419,12 @@ async fn artifacts_are_built_once_on_the_controller_and_hosts_get_only_what_they
     assert_eq!(code(&out), Some(0), "{}", show(&out));
     let said = show(&out);
     assert_eq!(
-        ran(&build_root, "builds-ran"),
+        ran(&build_root(), "builds-ran"),
         ["svc-0001", "svc-0002", "svc-0001", "svc-0002"],
         "{said}"
     );
     assert_eq!(
-        ran(&build_root, "deps-ran").len(),
+        ran(&build_root(), "deps-ran").len(),
         2,
         "the dependency inputs did not change: {said}"
     );
@@ -1449,7 +1471,7 @@ async fn artifacts_are_built_once_on_the_controller_and_hosts_get_only_what_they
         (&a["service"], &a["built"]),
         (&"svc-0001".into(), &false.into())
     );
-    assert_eq!(ran(&build_root, "builds-ran").len(), 4, "reused: {built}");
+    assert_eq!(ran(&build_root(), "builds-ran").len(), 4, "reused: {built}");
     let id = a["id"].as_str().unwrap();
     let hex = id.strip_prefix("sha256:").unwrap();
     assert!(out_dir.join(format!("manifests/{hex}.json")).is_file());
