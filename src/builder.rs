@@ -126,14 +126,14 @@ pub(crate) struct Builder {
 /// `state_dir`: `.moorline-build/{settings}` beside the environments'
 /// state directories (`{state}/../.moorline-build/...`), `settings` a hash
 /// of what a build of the environment sees besides the commit (its `env`
-/// values, `env-file` paths, `pass-env` names, port offset). Environments
-/// whose builds see the same settings share it.
+/// values, `pass-env` names, port offset; not its `env-file`s, which are
+/// the hosts' files and are not read where artifacts are built).
+/// Environments whose builds see the same settings share it.
 pub(crate) fn build_root(state_dir: &Path, env: &Environment) -> PathBuf {
     let values: std::collections::BTreeMap<&String, &String> =
         env.env.iter().map(|(k, v)| (k, &v.value)).collect();
     let settings = serde_json::json!({
         "env": values,
-        "env_files": env.env_files,
         "pass_env": env.pass_env,
         "port_offset": env.port_offset,
     });
@@ -163,6 +163,9 @@ impl Builder {
     ) -> Self {
         let mut env = env.clone();
         env.root = build_root(state_dir, &env).display().to_string();
+        // An environment's env-files are its hosts' (secrets, settings read
+        // when the services run), not this machine's.
+        env.env_files.clear();
         Self {
             project: config.project.name.clone(),
             config: config.clone(),
@@ -465,8 +468,8 @@ mod tests {
         let c = crate::config::parse(
             "t.kdl",
             r#"project "p"
-environment "staging" { branch "main"; root "/srv/s"; env LEVEL="info" }
-environment "production" { branch "prod"; root "/srv/p"; env LEVEL="info" }
+environment "staging" { branch "main"; root "/srv/s"; env LEVEL="info"; env-file "/etc/p/staging.env" }
+environment "production" { branch "prod"; root "/srv/p"; env LEVEL="info"; env-file "/etc/p/production.env" }
 environment "debug" { branch "dbg"; root "/srv/d"; env LEVEL="debug" }
 phase "core"
 runtime "r"
