@@ -1246,13 +1246,17 @@ async fn a_percent_in_the_state_directory_is_no_ssh_token() {
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["hosts"].as_array().map(Vec::len), Some(2), "{plan}");
     assert!(w.ctrl.join("fleet/ssh").is_dir());
-    // Nothing appeared beside it under a name ssh made by expanding one.
+    // Nothing appeared beside it under a name ssh made by expanding one (the build root of
+    // the artifacts, shared by the project's environments, is moorline's own).
     let mut names: Vec<String> = std::fs::read_dir(w.dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["fx", "hosts", "state %h %C %% \"q\""]);
+    assert_eq!(
+        names,
+        [".moorline-build", "fx", "hosts", "state %h %C %% \"q\""]
+    );
 }
 
 /// A fleet rollout runs each host's own apply, so a blue/green service cuts over on every host
