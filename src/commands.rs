@@ -163,6 +163,10 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
     let saved = match args.plan.as_deref().map(plan_file::read).transpose()? {
         Some(Saved::Fleet(fp)) => {
             let t = settings::resolve(global, &fp.environment)?;
+            crate::artifact::choose::not_on_controller(
+                &args.artifacts.given,
+                args.artifacts.dir.as_deref(),
+            )?;
             return fleet::apply(global, args, &t, Some(*fp));
         }
         Some(Saved::Host(p)) => Some(*p),
@@ -174,6 +178,10 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
         Some(Saved::Fleet(fp)) => {
             let env = args.env.clone().unwrap_or_else(|| fp.environment.clone());
             let t = settings::resolve(global, &env)?;
+            crate::artifact::choose::not_on_controller(
+                &args.artifacts.given,
+                args.artifacts.dir.as_deref(),
+            )?;
             return fleet::apply_reviewed(global, args, &t, *fp);
         }
         Some(Saved::Host(p)) => Some(*p),
@@ -186,6 +194,10 @@ fn apply_cmd(global: &Global, args: &ApplyArgs) -> miette::Result<i32> {
     };
     let t = settings::resolve(global, &env_name)?;
     if saved.is_none() && fleet::is_fleet(global, &t) {
+        crate::artifact::choose::not_on_controller(
+            &args.artifacts.given,
+            args.artifacts.dir.as_deref(),
+        )?;
         return fleet::apply(global, args, &t, None);
     }
     apply::run(&t, args, saved, reviewed.as_ref())
@@ -354,6 +366,10 @@ pub(crate) fn print_and_save(
 fn plan(global: &Global, args: &PlanArgs) -> miette::Result<i32> {
     let t = settings::resolve(global, &args.target.env)?;
     if fleet::is_fleet(global, &t) {
+        crate::artifact::choose::not_on_controller(
+            &args.artifacts.given,
+            args.artifacts.dir.as_deref(),
+        )?;
         return fleet::plan(global, args, &t);
     }
     let mut p = crate::observe::compute_plan(&t, &request(&args.target))?;

@@ -141,6 +141,30 @@ pub(crate) struct Refused {
     pub(crate) problems: Vec<Problem>,
 }
 
+/// `--artifact` or `--artifacts` given to a fleet's controller.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error(
+    "--artifact and --artifacts are for a single host; a fleet's controller builds the artifacts itself"
+)]
+#[diagnostic(
+    code(moorline::artifact::on_controller),
+    help(
+        "leave them out: the fleet plan builds each service's artifact once here and sends every host only what it lacks (docs/fleet.md)"
+    )
+)]
+pub(crate) struct OnController;
+
+/// Refuses artifacts asked for on a fleet's controller (`given`: the
+/// `--artifact` flags, `dir`: `--artifacts`), which would otherwise be
+/// ignored.
+pub(crate) fn not_on_controller(given: &[String], dir: Option<&Path>) -> Result<(), OnController> {
+    if given.is_empty() && dir.is_none() {
+        Ok(())
+    } else {
+        Err(OnController)
+    }
+}
+
 /// Chooses the artifacts `req` asks for, checks each against the build it
 /// replaces in `plan` (planned for the environment whose root is `root`),
 /// and puts them into the plan ([`crate::plan::with_artifacts`]). Nothing

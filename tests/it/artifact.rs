@@ -236,9 +236,28 @@ async fn a_prebuilt_artifact_is_installed_verified_and_watched() {
     }
     assert!(!w.state.join("state.json").exists());
 
-    // Applied from the directory: nothing of the build runs here.
-    let applied =
-        ok(&w.run(&[&["apply"][..], &prod, &["--artifacts", store_arg, "--yes"]].concat()));
+    // Planned, saved and applied from the directory, the ids also named
+    // as the fleet controller names them: nothing of the build runs here.
+    let saved = tmp.join("plan.json");
+    let saved_arg = saved.to_str().unwrap();
+    ok(&w.run(
+        &[
+            &["plan"][..],
+            &prod,
+            &["--artifacts", store_arg, "--out", saved_arg],
+        ]
+        .concat(),
+    ));
+    let pinned = format!("{}={}", names[0], ids[0]);
+    let applied = ok(&w.run(&[
+        "apply",
+        saved_arg,
+        "--artifacts",
+        store_arg,
+        "--artifact",
+        &pinned,
+        "--yes",
+    ]));
     assert!(
         applied.contains(&format!("installed artifact {}", &ids[0][..19]))
             && applied.contains("dependencies entry adopted from the artifact"),
@@ -284,6 +303,10 @@ async fn a_prebuilt_artifact_is_installed_verified_and_watched() {
     let out = w.run(&["status", "--env", "production", "--check"]);
     assert_eq!(code(&out), 5, "{}", String::from_utf8_lossy(&out.stdout));
     let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(" artifact {}", &ids[1][..19])),
+        "each release names its artifact: {text}"
+    );
     assert!(
         text.contains(&format!(
             "{}: release files differ from artifact {}…: server.py (modified)",
