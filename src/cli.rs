@@ -116,6 +116,9 @@ pub(crate) enum Command {
     Disable(OpsArgs),
     /// The services' journal, interleaved by time
     Logs(LogsArgs),
+    /// Build release artifacts once, here; and a host's side of their transfer
+    #[command(subcommand)]
+    Artifact(ArtifactCommand),
     /// A self-contained walk-through on a generated repository and a private systemd
     Demo(DemoArgs),
     /// Fleet host side: this host's deploy history of an environment as JSON, which a fleet controller reads to check another environment's `promote-from`
@@ -360,6 +363,54 @@ pub(crate) struct LogsArgs {
     /// Read the journal files in DIR instead of the host's journal (journalctl -D)
     #[arg(long, short = 'D', value_name = "DIR")]
     pub(crate) directory: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ArtifactCommand {
+    /// Build services at a revision here (in a private build root) and pack
+    /// each into a content-addressed artifact store
+    Build(ArtifactBuildArgs),
+    /// A host's side of a fleet transfer: print which of the listed items
+    /// (`manifest HEX`, `pack HEX`) its artifact store lacks, one a line
+    #[command(hide = true)]
+    Missing {
+        #[arg(long = "env", short = 'e', value_name = "ENV")]
+        env: String,
+        /// Pairs of KIND HEX (`manifest` or `pack`, and its SHA-256)
+        #[arg(value_name = "KIND HEX")]
+        items: Vec<String>,
+    },
+    /// A host's side of a fleet transfer: keep the item read from standard
+    /// input in the artifact store if its SHA-256 is HEX
+    #[command(hide = true)]
+    Receive {
+        #[arg(long = "env", short = 'e', value_name = "ENV")]
+        env: String,
+        /// `manifest` or `pack`
+        #[arg(value_name = "KIND")]
+        kind: String,
+        #[arg(value_name = "HEX")]
+        hex: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ArtifactBuildArgs {
+    /// The environment whose configuration (runtimes, build commands) is built
+    #[arg(long = "env", short = 'e', value_name = "ENV")]
+    pub(crate) env: String,
+    /// The revision to build [default: the tip of the environment's branch]
+    #[arg(long, value_name = "REV")]
+    pub(crate) to: Option<String>,
+    /// Only these services (repeatable) [default: every service not built on its hosts]
+    #[arg(long = "service", short = 's', value_name = "SERVICE")]
+    pub(crate) services: Vec<String>,
+    /// The artifact store to write [default: STATE-DIR/artifacts]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: Option<PathBuf>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) format: OutputFormat,
 }
 
 #[derive(Debug, Args)]

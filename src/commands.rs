@@ -15,6 +15,7 @@ use crate::target::Target;
 use crate::{exit, render, report};
 
 mod apply;
+mod artifact;
 mod backup;
 mod fleet;
 mod init;
@@ -100,6 +101,7 @@ fn dispatch(cli: &Cli) -> miette::Result<i32> {
             }
         }
         Command::PromotionRecord { env } => promotion_record(global, env),
+        Command::Artifact(cmd) => artifact::run(global, cmd),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(*shell, &mut cmd, "moorline", &mut std::io::stdout());

@@ -913,6 +913,31 @@ fn replace(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The cache entry a built release uses ([`RELEASE_MARKER`]): what an
+/// artifact packs as its dependency outputs.
+pub(crate) struct Used {
+    /// The entry's name.
+    pub(crate) name: String,
+    /// Its output tree (`out/`, holding the outputs).
+    pub(crate) out: PathBuf,
+    /// The release it was first built in.
+    pub(crate) origin: String,
+}
+
+/// The entry of the cache under `root` that `release` uses, if it names
+/// one that is complete.
+pub(crate) fn used_by(root: &str, release: &Path) -> Option<Used> {
+    let name = fs::read_to_string(release.join(RELEASE_MARKER)).ok()?;
+    let name = name.trim().to_owned();
+    let entry = cache_dir(root).join(&name);
+    let meta = read_meta(&entry).ok()?;
+    Some(Used {
+        out: entry.join(OUT),
+        origin: meta.origins.first()?.clone(),
+        name,
+    })
+}
+
 /// Removes entries that no release under `root` names, and temporary
 /// entries of stores that died.
 pub(crate) fn collect_garbage(root: &str) {

@@ -236,6 +236,7 @@ fn run_apply(global: &Global, args: &ApplyArgs, t: &Target, source: Source) -> m
                 fresh
             }
             Source::Saved(saved) => {
+                as_planned(&saved, &fresh)?;
                 policy::unmoved(Scope::Fleet, env, &what_moved(&saved, &fresh, &skipped))?;
                 saved
             }
@@ -270,6 +271,25 @@ fn run_apply(global: &Global, args: &ApplyArgs, t: &Target, source: Source) -> m
     });
     rt.block_on(fleet.transport.close_all(fleet.hosts()));
     res
+}
+
+/// Refuses a saved plan whose artifacts, built again here, are not the ones
+/// it names (`moorline::artifact::not_as_planned`): what the hosts would
+/// install is not what was reviewed.
+fn as_planned(saved: &FleetPlan, fresh: &FleetPlan) -> Result<(), FleetError> {
+    for a in &saved.artifacts {
+        if let Some(now) = fresh.artifacts.iter().find(|f| f.service == a.service)
+            && now.id != a.id
+        {
+            return Err(crate::builder::BuilderError::NotAsPlanned {
+                service: a.service.clone(),
+                planned: a.id.clone(),
+                built: now.id.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// The fleet plan about to be rolled out, on standard error (not with
@@ -332,6 +352,7 @@ fn print_summary(s: &Summary, env: &str, format: Format) {
                     serde_json::json!({
                         "outcome": o.as_str(),
                         "rolled_back": s.rolled_back.get(h),
+                        "artifact_bytes_sent": s.sent.get(h).copied().unwrap_or(0),
                     }),
                 )
             })
@@ -356,7 +377,10 @@ fn print_summary(s: &Summary, env: &str, format: Format) {
             Some(false) => ", fleet rollback FAILED",
             None => "",
         };
-        eprintln!("  {h}: {}{rb}", o.as_str());
+        let sent = s.sent.get(h).map_or_else(String::new, |n| {
+            format!(" ({} of artifacts sent)", crate::builder::human_size(*n))
+        });
+        eprintln!("  {h}: {}{rb}{sent}", o.as_str());
     }
     match s.exit_code() {
         exit::OK => eprintln!("fleet apply of {env} succeeded"),

@@ -49,6 +49,7 @@ use scheduler::{Node, OnFailure, Scheduler};
 
 pub(crate) use commit::record_unchanged;
 pub(crate) use perform::ActionError;
+pub(crate) use perform::build::{Build, build_release};
 pub(crate) use progress::Progress;
 pub(crate) use rollback::{roll_back_unfinished, unfinished_rollback};
 

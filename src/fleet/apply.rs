@@ -88,6 +88,8 @@ pub struct Rollout {
     pub(crate) json: bool,
     /// Shared with the blocking pool, where its records are written.
     pub(crate) journal: Arc<Mutex<Journal>>,
+    /// Bytes of artifacts sent to each host.
+    pub(crate) sent: Mutex<BTreeMap<String, u64>>,
 }
 
 /// How the rollout ended, per host.
@@ -98,6 +100,9 @@ pub(crate) struct Summary {
     pub(crate) rolled_back: BTreeMap<String, bool>,
     /// Why the fleet was rolled back, if it was.
     pub(crate) rollback_reason: Option<String>,
+    /// Bytes of artifacts sent to each host that was sent any (hosts
+    /// absent: nothing to send, their stores had it all).
+    pub(crate) sent: BTreeMap<String, u64>,
 }
 
 impl Summary {
@@ -178,6 +183,9 @@ impl Rollout {
     /// Runs the rollout from where `replay` left it (a fresh rollout has
     /// only its begin record).
     pub(crate) async fn drive(self: &Arc<Self>, replay: &Replay) -> Result<Summary, FleetError> {
+        // What the hosts are sent: in the controller's store, or built again
+        // as planned, before any host starts.
+        super::artifacts::ensure(&self.fleet, &self.plan).await?;
         let mut outcomes = replay.finished();
         // A host whose connection dropped is settled like one the
         // controller never saw end.
@@ -273,6 +281,14 @@ impl Rollout {
         }
         let mut summary = Summary {
             outcomes,
+            sent: self
+                .sent
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .collect(),
             ..Summary::default()
         };
         if let Some(reason) = reason {
@@ -409,15 +425,24 @@ impl Rollout {
         let (outcome, code) = if resume {
             self.resume_host(p).await?
         } else {
-            let plan = self
+            let (plan, ids) = self
                 .plan
                 .host(host)
-                .map(|h| crate::render::json(&h.plan))
+                .map(|h| {
+                    (
+                        crate::render::json(&h.plan),
+                        h.plan.inputs.artifacts.clone(),
+                    )
+                })
                 .unwrap_or_default();
-            let (outcome, code, tail) = self
-                .stream_tail(p, &["apply", "-", "--yes", "--format", "json"], Some(plan))
-                .await;
-            (stuck_or(outcome, &tail), code)
+            if let Err(outcome) = self.ship(p, &ids).await {
+                (outcome, None)
+            } else {
+                let words = apply_words(&ids);
+                let args: Vec<&str> = words.iter().map(String::as_str).collect();
+                let (outcome, code, tail) = self.stream_tail(p, &args, Some(plan)).await;
+                (stuck_or(outcome, &tail), code)
+            }
         };
         self.say(host, &format!("apply: {}", outcome.as_str()));
         self.record(Record::HostFinished {
@@ -438,15 +463,63 @@ impl Rollout {
         if outcome != HostOutcome::Succeeded {
             return Ok((outcome, code));
         }
-        let fresh =
+        let mut fresh =
             super::plan::host_plan(&self.fleet, p, &self.plan.to.sha, &self.host_args(p)).await?;
         if !fresh.has_changes() {
             return Ok((HostOutcome::Succeeded, code));
         }
+        // The reviewed artifacts, as the fleet plan has them.
+        let ids = self
+            .plan
+            .artifacts
+            .iter()
+            .map(|a| (a.service.clone(), a.id.clone()))
+            .collect();
+        crate::plan::with_artifacts(&mut fresh, &ids);
+        let ids = fresh.inputs.artifacts.clone();
+        if let Err(outcome) = self.ship(p, &ids).await {
+            return Ok((outcome, None));
+        }
         let text = crate::render::json(&fresh);
-        Ok(self
-            .stream(p, &["apply", "-", "--yes", "--format", "json"], Some(text))
-            .await)
+        let words = apply_words(&ids);
+        let args: Vec<&str> = words.iter().map(String::as_str).collect();
+        Ok(self.stream(p, &args, Some(text)).await)
+    }
+
+    /// Sends the host the artifacts `ids` names that it lacks (counted in
+    /// [`Rollout::sent`]); a host that could not take them is `failed`, as
+    /// nothing changed there.
+    async fn ship(&self, p: &Prepared, ids: &BTreeMap<String, String>) -> Result<(), HostOutcome> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let host = &p.host.name;
+        match super::artifacts::send(&self.fleet, p, ids).await {
+            Ok(sent) => {
+                self.say(
+                    host,
+                    &format!(
+                        "artifacts: sent {} of {} items ({}){}",
+                        sent.items,
+                        sent.of,
+                        crate::builder::human_size(sent.bytes),
+                        if sent.items < sent.of {
+                            "; its store had the others"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                if let Ok(mut m) = self.sent.lock() {
+                    *m.entry(host.clone()).or_default() += sent.bytes;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.say(host, &format!("sending its artifacts failed: {e}"));
+                Err(HostOutcome::Failed)
+            }
+        }
     }
 
     /// What the host's plan was asked for in the reviewed plan.
@@ -664,6 +737,18 @@ impl Rollout {
         }
         Ok(())
     }
+}
+
+/// A host's apply of the plan on its standard input, installing the
+/// artifacts `ids` names (`--artifact SERVICE=ID`): the host plans again
+/// with them, so its fingerprint matches only if it installs what the
+/// reviewed plan names.
+fn apply_words(ids: &BTreeMap<String, String>) -> Vec<String> {
+    let mut w: Vec<String> = ["apply", "-", "--yes", "--format", "json"]
+        .map(str::to_owned)
+        .to_vec();
+    w.extend(super::artifacts::apply_flags(ids));
+    w
 }
 
 fn when_word(w: DrainWhen) -> &'static str {

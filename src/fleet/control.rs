@@ -76,10 +76,11 @@ pub(crate) async fn replan(
         fplan::host_plans(fleet, &gathered),
     );
     plan.host_facts = fplan::host_facts(&gathered);
+    super::artifacts::build(fleet, &mut plan).await?;
     plan.promotion = super::promote::check(
         fleet,
         &plan.to,
-        &std::collections::BTreeMap::new(),
+        &fplan::planned_artifacts(&plan),
         host_args.skip_promotion_check,
     )
     .await?;
@@ -160,6 +161,7 @@ fn rollout(
         prepared,
         json,
         journal: Arc::new(Mutex::new(Journal::reopen(&fleet.dir)?)),
+        sent: Mutex::default(),
     })
 }
 
@@ -286,6 +288,7 @@ pub(crate) async fn undo(
             outcomes,
             rolled_back,
             rollback_reason: Some("rollback asked for".to_owned()),
+            ..Summary::default()
         },
         journal: into_journal(r),
         rollout_id: replay.rollout_id,

@@ -7,6 +7,7 @@
 //! host's own `moorline`.
 
 pub(crate) mod apply;
+pub(crate) mod artifacts;
 pub(crate) mod control;
 pub(crate) mod journal;
 pub mod plan;
@@ -30,6 +31,9 @@ pub(crate) enum FleetError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Ssh(#[from] SshError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Build(#[from] crate::builder::BuilderError),
     #[error("host {host}: {what}")]
     #[diagnostic(code(moorline::fleet::remote), help("{help}"))]
     Remote {
@@ -150,6 +154,9 @@ pub(crate) struct Fleet {
     /// The `promote-from` source environment, when it has hosts: the
     /// controller reads them ([`promote`]).
     pub(crate) promote_source: Option<Environment>,
+    /// Builds the artifacts hosts install, here, into the controller's
+    /// store (`{state}/artifacts`).
+    pub(crate) builder: crate::builder::Builder,
 }
 
 /// Uncommitted changes on the controller under the configuration file,
@@ -185,6 +192,13 @@ impl Fleet {
         let repo_root = t.repo.root().to_path_buf();
         let config_in_repo = in_repo(&t.loaded.path, &repo_root)?;
         let binary = remote::Binary::current(&dir)?;
+        let builder = crate::builder::Builder::new(
+            t.config(),
+            &t.env,
+            &repo_root,
+            &t.state_dir,
+            crate::artifact::Store::at(crate::builder::default_store(&t.state_dir)),
+        );
         Ok(Self {
             project: t.loaded.config.project.name.clone(),
             env: t.env.clone(),
@@ -195,6 +209,7 @@ impl Fleet {
             transport,
             binary,
             promote_source: promote::source_of(t.config(), &t.env),
+            builder,
         })
     }
 

@@ -57,6 +57,27 @@ pub struct FleetPlan {
     /// refuses unless it counts. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) promotion: Option<super::promote::FleetPromotion>,
+    /// The artifacts the hosts install instead of building, each built
+    /// once ([`with_artifacts`]); absent when no host builds a service
+    /// that has one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) artifacts: Vec<ArtifactView>,
+}
+
+/// One artifact of a fleet plan: a service's release at the target, built
+/// once and installed on every host whose plan builds the service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ArtifactView {
+    pub(crate) service: String,
+    pub(crate) commit: String,
+    /// `sha256:...`: the SHA-256 of its manifest.
+    pub(crate) id: String,
+    /// The sum of its packs' sizes, in bytes.
+    pub(crate) size: u64,
+    /// The files of its release (without the dependency outputs).
+    pub(crate) files: usize,
+    /// Where it was built: `controller`.
+    pub(crate) built_on: String,
 }
 
 /// The rollout block as the plan shows and fingerprints it.
@@ -175,7 +196,38 @@ pub fn assemble(
         planned_from: None,
         host_facts: BTreeMap::new(),
         promotion: None,
+        artifacts: Vec::new(),
     }
+}
+
+/// Makes each host's plan install `artifacts` instead of building (the
+/// same map for every host, through [`crate::plan::with_artifacts`], as a
+/// host's `--artifact` does), records them in the plan and fingerprints it
+/// again: the fleet fingerprint covers their ids.
+pub(crate) fn with_artifacts(p: &mut FleetPlan, artifacts: Vec<ArtifactView>) {
+    let ids: BTreeMap<String, String> = artifacts
+        .iter()
+        .map(|a| (a.service.clone(), a.id.clone()))
+        .collect();
+    for h in &mut p.hosts {
+        crate::plan::with_artifacts(&mut h.plan, &ids);
+    }
+    p.groups = groups(&p.hosts);
+    p.artifacts = artifacts;
+    p.fingerprint = fingerprint(&p.to, &p.rollout, &p.hosts);
+    if !p.artifacts.is_empty() {
+        let v = serde_json::json!({"fleet": p.fingerprint, "artifacts": ids});
+        p.fingerprint = crate::files::sha256_hex(v.to_string().as_bytes());
+    }
+}
+
+/// Service → the artifact id the plan ships: what `promote-from` compares
+/// with what the source's hosts run.
+pub(crate) fn planned_artifacts(p: &FleetPlan) -> BTreeMap<String, String> {
+    p.artifacts
+        .iter()
+        .map(|a| (a.service.clone(), a.id.clone()))
+        .collect()
 }
 
 /// The fleet fingerprint (see [`FleetPlan::fingerprint`]).
@@ -536,8 +588,14 @@ pub(crate) async fn over_ssh(
         host_plans(fleet, &gathered),
     );
     plan.host_facts = host_facts(&gathered);
-    plan.promotion =
-        super::promote::check(fleet, &plan.to, &BTreeMap::new(), args.skip_promotion_check).await?;
+    super::artifacts::build(fleet, &mut plan).await?;
+    plan.promotion = super::promote::check(
+        fleet,
+        &plan.to,
+        &planned_artifacts(&plan),
+        args.skip_promotion_check,
+    )
+    .await?;
     Ok(plan)
 }
 
@@ -673,6 +731,61 @@ pub(crate) mod tests {
             f,
             "the rollout"
         );
+    }
+
+    #[test]
+    fn artifacts_annotate_every_host_and_move_the_fleet_fingerprint() {
+        let build = |h: &str, f: &str| {
+            let mut p = plan(Some("a"), f, &["api"]);
+            p.actions.push(crate::plan::Action {
+                id: "build:api".into(),
+                service: Some("api".into()),
+                phase: None,
+                reason: String::new(),
+                after: Vec::new(),
+                step: crate::plan::Step::Build {
+                    release: "/srv/api/releases/b".into(),
+                    command: None,
+                    artifact: None,
+                },
+            });
+            host(h, p)
+        };
+        let mut f = fleet(vec![build("a1", "f1"), build("a2", "f2")]);
+        let before = f.fingerprint.clone();
+        let json_before = serde_json::to_string(&f).unwrap();
+        assert!(!json_before.contains("artifacts"), "absent when none");
+        let id = format!("sha256:{}", "e".repeat(64));
+        let view = ArtifactView {
+            service: "api".into(),
+            commit: "b".into(),
+            id: id.clone(),
+            size: 10,
+            files: 2,
+            built_on: "controller".into(),
+        };
+        with_artifacts(&mut f, vec![view.clone()]);
+        assert_ne!(
+            f.fingerprint, before,
+            "the fleet fingerprint covers the ids"
+        );
+        for h in &f.hosts {
+            assert_eq!(h.plan.inputs.artifacts.get("api"), Some(&id), "{}", h.name);
+        }
+        let g: Vec<Vec<String>> = f.groups.iter().map(|g| g.hosts.clone()).collect();
+        assert_eq!(g, vec![vec!["a1", "a2"]], "the same artifact: one group");
+        let again = f.fingerprint.clone();
+        let mut other = f.clone();
+        with_artifacts(
+            &mut other,
+            vec![ArtifactView {
+                id: format!("sha256:{}", "d".repeat(64)),
+                ..view
+            }],
+        );
+        assert_ne!(other.fingerprint, again, "another artifact, another plan");
+        let back: FleetPlan = serde_json::from_str(&serde_json::to_string(&f).unwrap()).unwrap();
+        assert_eq!(back, f);
     }
 
     #[test]

@@ -147,6 +147,8 @@ pub(crate) async fn check(
         transport: fleet.transport.clone(),
         binary: fleet.binary.clone(),
         promote_source: None,
+        // The source's hosts build nothing here.
+        builder: fleet.builder.clone(),
     });
     let words: Vec<String> = vec![
         "promotion-record".into(),

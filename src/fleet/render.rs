@@ -17,6 +17,9 @@ pub(crate) fn json(p: &FleetPlan) -> String {
     s
 }
 
+/// What the artifacts section says of them.
+const ARTIFACTS_NOTE: &str = "each built once; every host whose plan builds the service installs it instead, sent only what its store lacks, checked against its hash before unpacking";
+
 fn from_label(from: Option<&str>) -> String {
     from.map_or_else(|| "nothing deployed".to_owned(), |f| short(f).to_owned())
 }
@@ -157,6 +160,27 @@ pub fn text(p: &FleetPlan, color: bool) -> String {
             let _ = writeln!(s, "  {l}");
         }
     }
+    if !p.artifacts.is_empty() {
+        let _ = writeln!(s, "\nArtifacts ({ARTIFACTS_NOTE}):");
+        let w = p
+            .artifacts
+            .iter()
+            .map(|a| a.service.len())
+            .max()
+            .unwrap_or(0);
+        for a in &p.artifacts {
+            let _ = writeln!(
+                s,
+                "  {:w$}  {}  {}  {} files, {}, built on the {}",
+                a.service,
+                short(&a.commit),
+                a.id,
+                a.files,
+                crate::builder::human_size(a.size),
+                a.built_on
+            );
+        }
+    }
     let _ = writeln!(s, "\nBatches:");
     for b in batches_line(p) {
         let _ = writeln!(s, "  {b}");
@@ -242,6 +266,24 @@ pub fn markdown(p: &FleetPlan) -> String {
         let _ = writeln!(s, "\n**{}**\n", cell(heading.trim_end_matches(':')));
         for l in lines {
             let _ = writeln!(s, "- {}", cell(&l));
+        }
+    }
+    if !p.artifacts.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n**Artifacts** ({ARTIFACTS_NOTE})\n\n| service | commit | artifact | files | size | built on |\n| --- | --- | --- | --- | --- | --- |"
+        );
+        for a in &p.artifacts {
+            let _ = writeln!(
+                s,
+                "| {} | `{}` | `{}` | {} | {} | {} |",
+                cell(&a.service),
+                short(&a.commit),
+                cell(&a.id),
+                a.files,
+                crate::builder::human_size(a.size),
+                cell(&a.built_on)
+            );
         }
     }
     let _ = writeln!(s, "\n**Batches**\n");

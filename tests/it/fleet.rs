@@ -571,6 +571,17 @@ async fn a_failed_first_rollout_takes_every_host_back_to_nothing_deployed() {
     );
 }
 
+/// Commits the configuration with `service` built on each host (`build-on "host"`), not once
+/// on the controller.
+fn build_on_hosts(w: &World, service: &str) {
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let at = text.find(&format!("service \"{service}\"")).unwrap();
+    let end = at + text[at..].find(" }\n").unwrap();
+    let text = format!("{}; build-on \"host\"{}", &text[..end], &text[end..]);
+    w.fx.commit_config(&format!("{service} builds on the hosts"), &text)
+        .unwrap();
+}
+
 /// Writes host `i`'s `svc-0002` `behaviour.json` in the release its `current` names: what that
 /// release does the next time it starts (the test's stand-in for a release broken on a host).
 fn set_live_behaviour(w: &World, i: usize, crash: bool) {
@@ -599,6 +610,9 @@ async fn a_host_left_needing_attention_is_named_shown_and_settled_from_the_contr
     let Some(w) = world(3, "max-fail 1; batches \"100%\"", true).await else {
         return;
     };
+    // svc-0002's live release is edited on host3 below (`set_live_behaviour`): built there,
+    // it is no artifact whose files the edit would make drift.
+    build_on_hosts(&w, "svc-0002");
     let first = deploy_all(&w);
 
     // Only host3 runs svc-0002: it fails there and rolls itself back, within max-fail.
@@ -1088,10 +1102,11 @@ fn graph_is_refused_on_the_controller_and_on_names_a_host_of_the_fleet() {
     }
 }
 
-/// Secrets through a fleet: a failing build on every host prints its environment (an inline
-/// secret of the environment among it). Nothing the controller prints, nothing under its
-/// state directory, and nothing moorline wrote on a host (outside the checkout of the
-/// configuration, which holds the value on purpose) contains the value.
+/// Secrets through a fleet: a failing build prints its environment (an inline secret of the
+/// environment among it), first where artifacts are built (the controller), then, with
+/// `build-on "host"`, on every host. Nothing the controller prints, nothing under its state
+/// directory (its build root's logs included), and nothing moorline wrote on a host (outside
+/// the checkout of the configuration, which holds the value on purpose) contains the value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_printed_on_hosts_reach_nothing_the_controller_prints_or_writes() {
     const SECRET: &str = "fleet-inline-s3cret-7391";
@@ -1105,6 +1120,35 @@ async fn secrets_printed_on_hosts_reach_nothing_the_controller_prints_or_writes(
     assert_ne!(edited, text, "no build line replaced");
     w.fx.commit_config("builds print their environment", &edited)
         .unwrap();
+    // Built once, on the controller: the plan fails there, saying why without the value.
+    let out = w.run(&["plan", "--env", "staging"]);
+    assert_eq!(code(&out), Some(1), "{}", show(&out));
+    let said = show(&out);
+    assert!(said.contains("moorline::artifact::build"), "{said}");
+    assert!(!said.contains(SECRET), "{said}");
+    let mut written = Vec::new();
+    crate::secrets::files(&w.dir.path().join(".moorline-build"), &mut written);
+    assert!(
+        written
+            .iter()
+            .any(|p| p.ends_with("logs/svc-0001-build.log")),
+        "{written:?}"
+    );
+    for path in &written {
+        let text = String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
+        assert!(!text.contains(SECRET), "in {}", path.display());
+    }
+    // Built on each host.
+    let mut on_hosts = String::new();
+    for line in edited.lines() {
+        on_hosts.push_str(line);
+        if line.starts_with("service ") {
+            on_hosts.truncate(on_hosts.len() - " }".len());
+            on_hosts.push_str("; build-on \"host\" }");
+        }
+        on_hosts.push('\n');
+    }
+    w.fx.commit_config("build on the hosts", &on_hosts).unwrap();
     let plan_file = w.plan_file("fleet.plan.json");
     let outputs = [
         w.run(&["plan", "--env", "staging"]),
@@ -1202,13 +1246,17 @@ async fn a_percent_in_the_state_directory_is_no_ssh_token() {
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["hosts"].as_array().map(Vec::len), Some(2), "{plan}");
     assert!(w.ctrl.join("fleet/ssh").is_dir());
-    // Nothing appeared beside it under a name ssh made by expanding one.
+    // Nothing appeared beside it under a name ssh made by expanding one (the build root of
+    // the artifacts, shared by the project's environments, is moorline's own).
     let mut names: Vec<String> = std::fs::read_dir(w.dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["fx", "hosts", "state %h %C %% \"q\""]);
+    assert_eq!(
+        names,
+        [".moorline-build", "fx", "hosts", "state %h %C %% \"q\""]
+    );
 }
 
 /// A fleet rollout runs each host's own apply, so a blue/green service cuts over on every host
@@ -1350,4 +1398,223 @@ fn most_hosts_at_once(log: &str) -> (usize, usize) {
         most = most.max(open.values().filter(|n| **n > 0).count());
     }
     (most, seen.len())
+}
+
+/// Issue 20, build once and ship by content hash: every runtime's build and dependency step
+/// append the service's name to `{root}/builds-ran` and `{root}/deps-ran`, so where they ran
+/// is on disk. A fleet plan builds each service's artifact once, on the controller (its
+/// `{root}` is its build root); the hosts run neither step, install the same artifact ids
+/// (each host's `status`), are sent only what their stores lack (a second rollout of a change
+/// to both services sends their new releases and manifests, not their unchanged dependency
+/// packs), and a file edited by hand on one host is drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_are_built_once_on_the_controller_and_hosts_get_only_what_they_lack() {
+    let Some(w) = world(3, "batches \"100%\"", false).await else {
+        return;
+    };
+    let text = std::fs::read_to_string(&w.fx.config_path).unwrap();
+    let mut counted = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("    build ") {
+            let _ = writeln!(
+                counted,
+                "    build \"sh\" \"-c\" \"echo {{service}} >>{{root}}/builds-ran; exec \\\"$0\\\" \\\"$@\\\"\" {rest}"
+            );
+            let _ = writeln!(
+                counted,
+                "    deps \"sh\" \"-c\" \"echo {{service}} >>{{root}}/deps-ran; mkdir -p vendor; echo {{service}} >vendor/lib.txt\" {{ inputs \"server.py\"; outputs \"vendor\"; }}"
+            );
+        } else {
+            counted.push_str(line);
+            counted.push('\n');
+        }
+    }
+    w.fx.commit_config("count builds", &counted).unwrap();
+    let ran = |root: &std::path::Path, what: &str| -> Vec<String> {
+        std::fs::read_to_string(root.join(what))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let build_root = || {
+        // Beside the controller's state directory, named after the build's settings.
+        let shared = w.dir.path().join(".moorline-build");
+        let roots: Vec<PathBuf> = std::fs::read_dir(&shared)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        assert!(roots.len() <= 1, "{roots:?}");
+        roots.into_iter().next().unwrap_or(shared)
+    };
+    let nothing_ran_on_hosts = |w: &World| {
+        for h in w.hosts.hosts() {
+            let root = h.root_dir().join("staging");
+            assert!(
+                ran(&root, "builds-ran").is_empty() && ran(&root, "deps-ran").is_empty(),
+                "{} built: {:?}",
+                h.name(),
+                ran(&root, "builds-ran")
+            );
+        }
+    };
+
+    let saved = w.plan_file("artifacts.plan.json");
+    let out = w.run(&[
+        "plan",
+        "--env",
+        "staging",
+        "--format",
+        "json",
+        "--out",
+        saved.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: std::collections::BTreeMap<String, String> = plan["artifacts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{plan}"))
+        .iter()
+        .map(|a| {
+            assert_eq!(a["built_on"], "controller", "{a}");
+            (
+                a["service"].as_str().unwrap().to_owned(),
+                a["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids.keys().collect::<Vec<_>>(),
+        ["svc-0001", "svc-0002"],
+        "{plan}"
+    );
+    for h in plan["hosts"].as_array().unwrap() {
+        assert_eq!(
+            serde_json::to_string(&h["plan"]["inputs"]["artifacts"]).unwrap(),
+            serde_json::to_string(&ids).unwrap(),
+            "every host installs the same artifacts"
+        );
+    }
+    assert_eq!(ran(&build_root(), "builds-ran"), ["svc-0001", "svc-0002"]);
+    assert_eq!(ran(&build_root(), "deps-ran"), ["svc-0001", "svc-0002"]);
+
+    // The saved plan rolls out as reviewed; the controller's build root already has both
+    // releases: nothing is built again.
+    let out = w.run(&["apply", saved.to_str().unwrap(), "--yes"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let said = show(&out);
+    for h in ["host1", "host2", "host3"] {
+        assert!(
+            said.contains(&format!("[{h}] artifacts: sent 6 of 6 items")),
+            "two services, each an app pack, a deps pack and a manifest: {said}"
+        );
+    }
+    assert_eq!(ran(&build_root(), "builds-ran").len(), 2, "{said}");
+    nothing_ran_on_hosts(&w);
+
+    // A change to both services: built once each, on the controller; each host is sent the
+    // two new releases and manifests, and keeps the dependency packs it has.
+    w.commit(
+        "touch both",
+        &[
+            Edit::touch_service("svc-0001"),
+            Edit::touch_service("svc-0002"),
+        ],
+    );
+    let out = w.run(&["apply", "--env", "staging", "--yes"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let said = show(&out);
+    assert_eq!(
+        ran(&build_root(), "builds-ran"),
+        ["svc-0001", "svc-0002", "svc-0001", "svc-0002"],
+        "{said}"
+    );
+    assert_eq!(
+        ran(&build_root(), "deps-ran").len(),
+        2,
+        "the dependency inputs did not change: {said}"
+    );
+    for h in ["host1", "host2", "host3"] {
+        assert!(
+            said.contains(&format!("[{h}] artifacts: sent 4 of 6 items")),
+            "{said}"
+        );
+    }
+    nothing_ran_on_hosts(&w);
+
+    // `moorline artifact build` (CI's command) is the controller's build: at the same commit,
+    // the build root's releases are reused and pack to the very artifacts the hosts installed.
+    let plan: serde_json::Value = serde_json::from_slice(
+        &w.cmd(&["plan", "--env", "staging", "--format", "json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(plan["artifacts"].is_null(), "nothing left to build: {plan}");
+    let out_dir = w.plan_file("ci-artifacts");
+    let out = w.run(&[
+        "artifact",
+        "build",
+        "--env",
+        "staging",
+        "--service",
+        "svc-0001",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = &built["artifacts"][0];
+    assert_eq!(
+        built["artifacts"].as_array().map(Vec::len),
+        Some(1),
+        "{built}"
+    );
+    assert_eq!(
+        (&a["service"], &a["built"]),
+        (&"svc-0001".into(), &false.into())
+    );
+    assert_eq!(ran(&build_root(), "builds-ran").len(), 4, "reused: {built}");
+    let id = a["id"].as_str().unwrap();
+    let hex = id.strip_prefix("sha256:").unwrap();
+    assert!(out_dir.join(format!("manifests/{hex}.json")).is_file());
+    assert!(
+        said.contains(&id[..19]),
+        "the id the hosts were sent: {id}\n{said}"
+    );
+
+    // Every host's status names that artifact for svc-0001.
+    let out = w.run(&["status", "--env", "staging", "--format", "json"]);
+    assert_eq!(code(&out), Some(0), "{}", show(&out));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for h in ["host1", "host2", "host3"] {
+        let sv = st["hosts"][h]["status"]["phases"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{st}"))
+            .iter()
+            .flat_map(|p| p["services"].as_array().unwrap())
+            .find(|x| x["name"] == "svc-0001")
+            .unwrap_or_else(|| panic!("{st}"));
+        assert_eq!(sv["artifact"], id, "{h}: {sv}");
+    }
+    // A file edited by hand on host2 is drift there, and only there.
+    let service = w.hosts.host(1).root_dir().join("staging/svc-0001");
+    let live = std::fs::read_link(service.join("current")).unwrap();
+    let release = service.join("releases").join(live.file_name().unwrap());
+    std::fs::write(release.join("server.py"), "# hot fix by hand\n").unwrap();
+    let out = w.run(&["status", "--env", "staging", "--check"]);
+    assert_eq!(code(&out), Some(5), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let drift = format!(
+        "svc-0001: release files differ from artifact {}…: server.py (modified)",
+        &id[..19]
+    );
+    let host2 = text.split("=== host3 ===").next().unwrap_or_default();
+    assert!(
+        host2.contains("=== host2 ===") && host2.contains(&drift),
+        "{text}"
+    );
+    assert_eq!(text.matches(&drift).count(), 1, "{text}");
 }

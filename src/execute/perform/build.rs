@@ -11,7 +11,7 @@ use crate::plan::Command;
 use crate::process::{self, Run};
 use crate::release::{self, Paths};
 
-use super::{Act, ActionError, blocking, command_env, log_path};
+use super::{Act, ActionError, blocking, log_path};
 
 /// Builds the action's service into `release` (nothing when a release of
 /// the commit is built already).
@@ -26,18 +26,60 @@ pub(super) async fn build(
     if paths.is_built(to_sha) {
         return Ok(Some("already built".to_owned()));
     }
-    let dir = PathBuf::from(release);
-    let files = export(&ctx.repo_dir, to_sha, &svc.path, &dir).await?;
-    // The cache key's git reads, storing and restoring run on the
-    // blocking pool.
     let deps_id = format!("deps:{}", svc.name);
-    let at = crate::deps::Provision {
+    build_release(Build {
         config: &ctx.config,
         env: &ctx.env,
-        log: log_path(ctx, apply_id, &deps_id),
+        repo_dir: &ctx.repo_dir,
+        service: svc,
+        sha: to_sha,
+        release,
+        command,
+        log: act.log(),
+        deps_log: log_path(ctx, apply_id, &deps_id),
         version_log: log_path(ctx, apply_id, &format!("{deps_id}-version")),
+    })
+    .await
+    .map(Some)
+}
+
+/// One build of a service at a commit: what [`build_release`] needs, with
+/// no apply around it (the performer above, and the artifact builder on a
+/// controller or in CI, [`crate::builder`]).
+pub(crate) struct Build<'a> {
+    pub(crate) config: &'a crate::config::Config,
+    /// Its `root` is where the release and the dependency cache are.
+    pub(crate) env: &'a crate::config::Environment,
+    pub(crate) repo_dir: &'a Path,
+    pub(crate) service: &'a crate::config::Service,
+    pub(crate) sha: &'a str,
+    /// The release directory (`{root}/{service}/releases/{sha}`).
+    pub(crate) release: &'a str,
+    /// The build command, placeholders resolved.
+    pub(crate) command: Option<&'a Command>,
+    /// Log files: the build command's, the dependency step's and its
+    /// version command's.
+    pub(crate) log: PathBuf,
+    pub(crate) deps_log: PathBuf,
+    pub(crate) version_log: PathBuf,
+}
+
+/// Exports the service's tree at the commit into the release directory,
+/// provides its dependencies (cached or run), runs its build command and
+/// marks it built. Returns what it did, for the journal.
+pub(crate) async fn build_release(b: Build<'_>) -> Result<String, ActionError> {
+    let svc = b.service;
+    let dir = PathBuf::from(b.release);
+    let files = export(b.repo_dir, b.sha, &svc.path, &dir).await?;
+    // The cache key's git reads, storing and restoring run on the
+    // blocking pool.
+    let at = crate::deps::Provision {
+        config: b.config,
+        env: b.env,
+        log: b.deps_log,
+        version_log: b.version_log,
     };
-    let provision = crate::deps::provision(at, &ctx.repo_dir, svc, to_sha, &dir).await;
+    let provision = crate::deps::provision(at, b.repo_dir, svc, b.sha, &dir).await;
     let deps = match provision {
         Some(p) => Some(
             crate::deps::provide(p.map_err(|error| ActionError::Deps { error })?)
@@ -46,13 +88,13 @@ pub(super) async fn build(
         ),
         None => None,
     };
-    if let Some(c) = command {
+    if let Some(c) = b.command {
         process::run(Run {
             argv: &c.argv,
             dir: Some(&dir),
-            env: &command_env(ctx, Some(&svc.name), Some(release)),
+            env: &crate::process::command_env(b.env, Some(&svc.name), Some(b.release)),
             timeout: Duration::from_secs(c.timeout_secs),
-            log: &act.log(),
+            log: &b.log,
         })
         .await
         .map_err(|source| ActionError::Command {
@@ -60,15 +102,15 @@ pub(super) async fn build(
             source: Box::new(source),
         })?;
     }
-    let sha = to_sha.to_owned();
+    let sha = b.sha.to_owned();
     blocking(move || {
         release::mark_built(&dir, &sha).map_err(ActionError::io("marking built", &dir))
     })
     .await?;
-    Ok(Some(match deps {
+    Ok(match deps {
         Some(d) => format!("{files} files; {d}"),
         None => format!("{files} files"),
-    }))
+    })
 }
 
 /// Exports `subdir` of the tree at `sha` into the release directory `dir`

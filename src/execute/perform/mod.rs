@@ -4,7 +4,7 @@
 //! the executor starts it: its spawned commands journaled, its outcome
 //! turned into the note or the message the journal records.
 
-mod build;
+pub(super) mod build;
 mod cutover;
 mod database;
 mod health;
