@@ -38,6 +38,7 @@ use miette::Diagnostic;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::artifact::tree::{contains, replace};
 use crate::config::Deps;
 use crate::git::{GitError, Snapshot};
 use crate::process::{self, Run, RunError};
@@ -705,10 +706,6 @@ fn link_or_copy(src: &Path, dst: &Path) -> io::Result<()> {
     }
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
-
 /// Stores the outputs the step left in `release` as entry `name`; returns
 /// the number of files.
 fn store(
@@ -896,21 +893,6 @@ fn restore(entry: &Path, release: &Path, outputs: &[String]) -> Result<Restored,
         return Err(why);
     }
     Ok(r)
-}
-
-fn replace(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(hay.len());
-    let mut i = 0;
-    while i < hay.len() {
-        if !from.is_empty() && hay[i..].starts_with(from) {
-            out.extend_from_slice(to);
-            i += from.len();
-        } else {
-            out.push(hay[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// The cache entry a built release uses ([`RELEASE_MARKER`]): what an

@@ -129,7 +129,10 @@ fn hash_and_scan(path: &Path, origin: &[u8]) -> Result<(String, u64, bool), Arti
         .len();
     if size <= RELOCATE_MAX {
         let bytes = fs::read(path).map_err(ArtifactError::io("reading", path))?;
-        let relocate = contains(&bytes, origin);
+        // Text only, as the dependency cache does: a binary that holds
+        // the path (debug info, a compiled-in default) would be corrupted
+        // by a rewrite of another length.
+        let relocate = !bytes.contains(&0) && contains(&bytes, origin);
         return Ok((
             crate::files::sha256_hex(&bytes),
             bytes.len() as u64,
@@ -307,6 +310,27 @@ pub(crate) fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binaries_that_name_the_origin_are_not_relocated() {
+        let t = tempfile::tempdir().unwrap();
+        let o = t.path().display().to_string();
+        fs::write(
+            t.path().join("bin"),
+            [b"\x7fELF\0".as_slice(), o.as_bytes()].concat(),
+        )
+        .unwrap();
+        fs::write(t.path().join("script"), format!("#!{o}/python\n")).unwrap();
+        let w = walk(t.path(), &BTreeSet::new(), &o).unwrap();
+        let flags: Vec<(&str, bool)> = w
+            .iter()
+            .map(|w| match &w.entry.kind {
+                EntryKind::File { relocate, .. } => (w.entry.path.as_str(), *relocate),
+                _ => (w.entry.path.as_str(), false),
+            })
+            .collect();
+        assert_eq!(flags, [("bin", false), ("script", true)]);
+    }
 
     #[test]
     fn replace_and_contains_handle_every_occurrence() {
