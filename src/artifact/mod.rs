@@ -280,9 +280,7 @@ pub(crate) fn make(store: &Store, b: &Built<'_>) -> Result<(String, Manifest), A
             entry: d.entry.to_owned(),
             origin: d.origin.to_owned(),
             outputs: d.outputs.to_vec(),
-            pack: store
-                .pack_dir(d.dir, &std::collections::BTreeSet::new(), d.origin)?
-                .0,
+            pack: store.deps_pack(d.entry, d.dir, d.origin)?,
         }),
         None => None,
     };
@@ -428,6 +426,21 @@ mod tests {
         };
         let (id, m) = make(&store, &b).unwrap();
         assert_eq!(make(&store, &b).unwrap().0, id, "made again: the same id");
+        // An entry is packed once: found again by its name, not packed.
+        let packs = || {
+            std::fs::read_dir(store.dir().join("packs"))
+                .unwrap()
+                .count()
+        };
+        let before = packs();
+        std::fs::write(entry.join("node_modules/x/i.js"), "never packed again").unwrap();
+        assert_eq!(
+            make(&store, &b).unwrap().0,
+            id,
+            "the entry was not packed again"
+        );
+        assert_eq!(packs(), before);
+        std::fs::write(entry.join("node_modules/x/i.js"), "dep").unwrap();
         assert_eq!(
             m.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
             ["server.js", "start"],

@@ -219,6 +219,48 @@ impl Store {
         result
     }
 
+    /// The pack of dependency-cache entry `entry` (its tree `dir`, first
+    /// built in `origin`): packed once, then found again by the entry's
+    /// name (`deps/ENTRY.json`, the pack it made), so a commit that leaves
+    /// the lockfile alone neither packs nor stores its dependencies again.
+    /// An entry is never changed in place (the dependency cache discards
+    /// one that was), so its name stands for its bytes.
+    pub(crate) fn deps_pack(
+        &self,
+        entry: &str,
+        dir: &Path,
+        origin: &str,
+    ) -> Result<Pack, ArtifactError> {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Known {
+            origin: String,
+            pack: Pack,
+        }
+        let safe = !entry.is_empty()
+            && entry
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let record = self.dir.join("deps").join(format!("{entry}.json"));
+        if safe
+            && let Ok(bytes) = fs::read(&record)
+            && let Ok(k) = serde_json::from_slice::<Known>(&bytes)
+            && k.origin == origin
+            && self.has(&Item::Pack(k.pack.sha256.clone()))
+        {
+            return Ok(k.pack);
+        }
+        let (pack, _) = self.pack_dir(dir, &std::collections::BTreeSet::new(), origin)?;
+        if safe {
+            let k = Known {
+                origin: origin.to_owned(),
+                pack: pack.clone(),
+            };
+            crate::files::write_atomic(&record, &serde_json::to_vec(&k).unwrap_or_default())
+                .map_err(ArtifactError::io("writing", &record))?;
+        }
+        Ok(pack)
+    }
+
     /// Copies artifact `id` (manifest and packs) from `other` into this
     /// store, each checked; what is here already is not copied.
     pub(crate) fn import(&self, other: &Store, id: &str) -> Result<Manifest, ArtifactError> {
