@@ -422,7 +422,35 @@ impl Rollout {
             })
             .await?;
         }
-        let (outcome, code) = if resume {
+        // The host's turn shares one master connection (a fleet larger than
+        // `connections` closed it after planning): the artifact transfer's
+        // several sessions and the apply do not each pay an ssh handshake.
+        // Best effort: without a master, each session connects on its own.
+        let _ = self.fleet.transport.open(&p.host).await;
+        let turn = self.host_turn(p, host, resume).await;
+        self.fleet
+            .end_turn(&p.host, super::at_once(self.fleet.env.rollout.connections))
+            .await;
+        let (outcome, code) = turn?;
+        self.say(host, &format!("apply: {}", outcome.as_str()));
+        self.record(Record::HostFinished {
+            host: host.to_owned(),
+            outcome,
+            code,
+        })
+        .await?;
+        Ok(outcome)
+    }
+
+    /// What a host's turn does once it started: its apply (the artifacts it
+    /// lacks sent first) or its resume.
+    async fn host_turn(
+        &self,
+        p: &Prepared,
+        host: &str,
+        resume: bool,
+    ) -> Result<(HostOutcome, Option<i32>), FleetError> {
+        Ok(if resume {
             self.resume_host(p).await?
         } else {
             let (plan, ids) = self
@@ -443,15 +471,7 @@ impl Rollout {
                 let (outcome, code, tail) = self.stream_tail(p, &args, Some(plan)).await;
                 (stuck_or(outcome, &tail), code)
             }
-        };
-        self.say(host, &format!("apply: {}", outcome.as_str()));
-        self.record(Record::HostFinished {
-            host: host.to_owned(),
-            outcome,
-            code,
         })
-        .await?;
-        Ok(outcome)
     }
 
     /// A host whose apply the controller started but never saw end: its
