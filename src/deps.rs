@@ -516,11 +516,8 @@ pub(crate) fn adopt(staged: Staged, origin: &str, outputs: &[String]) -> Result<
                     let path = out.join(rel);
                     let mode = meta.mode() & 0o7777 & !0o222;
                     fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
-                    if meta.len() <= RELOCATE_MAX {
-                        let bytes = fs::read(&path)?;
-                        if !bytes.contains(&0) && contains(&bytes, origin.as_bytes()) {
-                            relocate.push(rel.display().to_string());
-                        }
+                    if names_origin(&path, meta.len(), std::slice::from_ref(&origin))? {
+                        relocate.push(rel.display().to_string());
                     }
                 }
                 Ok(())
@@ -530,23 +527,22 @@ pub(crate) fn adopt(staged: Staged, origin: &str, outputs: &[String]) -> Result<
                 error,
             })?;
         }
-        let digest = digest_of(&out, outputs).map_err(|error| DepsError::Digest { error })?;
-        let meta = Meta {
-            format: FORMAT,
-            plan_key: staged
-                .name
-                .split_once('-')
-                .map_or(staged.name.as_str(), |(k, _)| k)
-                .to_owned(),
-            version: None,
-            origins: vec![origin.to_owned()],
-            outputs: outputs.to_vec(),
-            relocate,
-            digest,
-        };
-        let json = serde_json::to_vec_pretty(&meta).map_err(|error| DepsError::Meta { error })?;
-        crate::files::write_atomic(&staged.tmp.join(META), &json)
-            .map_err(DepsError::io("writing", &staged.tmp))?;
+        write_meta(
+            &staged.tmp,
+            Meta {
+                format: FORMAT,
+                plan_key: staged
+                    .name
+                    .split_once('-')
+                    .map_or(staged.name.as_str(), |(k, _)| k)
+                    .to_owned(),
+                version: None,
+                origins: vec![origin.to_owned()],
+                outputs: outputs.to_vec(),
+                relocate,
+                digest: String::new(),
+            },
+        )?;
         Ok(files)
     })();
     let files = match result {
@@ -752,12 +748,8 @@ fn store(
                 fs::set_permissions(&src, fs::Permissions::from_mode(mode))?;
                 link_or_copy(&src, &dst)?;
                 files += 1;
-                if meta.len() <= RELOCATE_MAX {
-                    let bytes = fs::read(&src)?;
-                    if !bytes.contains(&0) && origins.iter().any(|o| contains(&bytes, o.as_bytes()))
-                    {
-                        relocate.push(rel.display().to_string());
-                    }
+                if names_origin(&src, meta.len(), &origins)? {
+                    relocate.push(rel.display().to_string());
                 }
                 Ok(())
             } else {
@@ -770,18 +762,18 @@ fn store(
             error,
         })?;
     }
-    let digest = digest_of(&out, outputs).map_err(|error| DepsError::Digest { error })?;
-    let meta = Meta {
-        format: FORMAT,
-        plan_key: plan_key.to_owned(),
-        version,
-        origins,
-        outputs: outputs.to_vec(),
-        relocate,
-        digest,
-    };
-    let json = serde_json::to_vec_pretty(&meta).map_err(|error| DepsError::Meta { error })?;
-    crate::files::write_atomic(&tmp.join(META), &json).map_err(err("writing", &tmp))?;
+    write_meta(
+        &tmp,
+        Meta {
+            format: FORMAT,
+            plan_key: plan_key.to_owned(),
+            version,
+            origins,
+            outputs: outputs.to_vec(),
+            relocate,
+            digest: String::new(),
+        },
+    )?;
     let entry = cache.join(name);
     match fs::rename(&tmp, &entry) {
         Ok(()) => {}
@@ -793,6 +785,29 @@ fn store(
         let _ = d.sync_all();
     }
     Ok(files)
+}
+
+/// Whether the file `path` (`len` bytes) is a small text file that names
+/// one of `origins`: one a reuse writes anew with the new release's path.
+/// Binary files are never rewritten.
+fn names_origin<S: AsRef<str>>(path: &Path, len: u64, origins: &[S]) -> io::Result<bool> {
+    if len > RELOCATE_MAX {
+        return Ok(false);
+    }
+    let bytes = fs::read(path)?;
+    Ok(!bytes.contains(&0)
+        && origins
+            .iter()
+            .any(|o| contains(&bytes, o.as_ref().as_bytes())))
+}
+
+/// Writes the meta of the entry being made in `tmp`, its digest taken
+/// from the outputs under `tmp/out` now.
+fn write_meta(tmp: &Path, mut meta: Meta) -> Result<(), DepsError> {
+    meta.digest =
+        digest_of(&tmp.join(OUT), &meta.outputs).map_err(|error| DepsError::Digest { error })?;
+    let json = serde_json::to_vec_pretty(&meta).map_err(|error| DepsError::Meta { error })?;
+    crate::files::write_atomic(&tmp.join(META), &json).map_err(DepsError::io("writing", tmp))
 }
 
 fn digest_of(out: &Path, outputs: &[String]) -> io::Result<String> {
