@@ -344,14 +344,7 @@ pub(crate) fn render_timer(
     let (Some(schedule), Some(_)) = (&service.schedule, &service.unit) else {
         return Ok(None);
     };
-    let mut w = Writer {
-        service: &service.name,
-        out: String::new(),
-    };
-    w.out.push_str(
-        "# Managed by moorline: changes made here are reported as drift and replaced on the next apply.\n",
-    );
-    w.out.push_str("[Unit]\n");
+    let mut w = Writer::managed(&service.name);
     w.bare(
         "Description",
         Field::Description,
@@ -460,7 +453,15 @@ struct Writer<'a> {
     out: String,
 }
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
+    /// A unit file of `service`: the managed-by line, then `[Unit]`.
+    fn managed(service: &'a str) -> Self {
+        Self {
+            service,
+            out: "# Managed by moorline: changes made here are reported as drift and replaced on the next apply.\n[Unit]\n".to_owned(),
+        }
+    }
+
     fn check(&self, field: Field, value: &str, secret: bool) -> Result<(), UnitError> {
         check(field, value).map_err(|problem| UnitError::Unrepresentable {
             service: self.service.to_owned(),
@@ -523,14 +524,7 @@ fn render_spec(
         _ => None,
     };
     let r = |s: &str| template::render_with(s, vars);
-    let mut w = Writer {
-        service: &service.name,
-        out: String::new(),
-    };
-    w.out.push_str(
-        "# Managed by moorline: changes made here are reported as drift and replaced on the next apply.\n",
-    );
-    w.out.push_str("[Unit]\n");
+    let mut w = Writer::managed(&service.name);
     let description = spec
         .description
         .as_deref()
