@@ -3,12 +3,10 @@
 //! state, keeps `keep` of them (never the one the live release depends on)
 //! and restores one with `backup.restore`.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use miette::Diagnostic;
-use sha2::{Digest, Sha256};
 
 use crate::config::Backup;
 use crate::process::{self, Run, RunError};
@@ -81,19 +79,7 @@ pub(crate) fn dir(state_dir: &Path, b: &Backup) -> PathBuf {
 }
 
 fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((size, hex::encode(h.finalize())))
+    crate::files::sha256_file(path).map(|(sha, size)| (size, sha))
 }
 
 /// Removes the empty `*.backup` files of `env`'s backup directory and

@@ -108,21 +108,7 @@ pub(crate) fn write(
 
 /// The SHA-256 (hex) and size of a file.
 pub(crate) fn hash_file(path: &Path) -> Result<(String, u64), ArtifactError> {
-    let mut f = File::open(path).map_err(ArtifactError::io("reading", path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(ArtifactError::io("reading", path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((hex::encode(h.finalize()), size))
+    crate::files::sha256_file(path).map_err(ArtifactError::io("reading", path))
 }
 
 /// Checks that `file` is `pack` (its SHA-256 and size).

@@ -7,7 +7,6 @@
 //! repository has the commit checked out, detached and clean, from a
 //! `git bundle` sent over ssh (hosts need no access to the git remote).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::ssh::{Input, Transport};
@@ -69,18 +68,7 @@ impl Binary {
 }
 
 fn hash_file(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    crate::files::sha256_file(path).map(|(sha, _)| sha)
 }
 
 /// A host ready to run moorline on the target commit.
