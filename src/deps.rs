@@ -38,7 +38,6 @@ use miette::Diagnostic;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::artifact::tree::{contains, replace};
 use crate::config::Deps;
 use crate::git::{GitError, Snapshot};
 use crate::process::{self, Run, RunError};
@@ -785,6 +784,30 @@ fn store(
         let _ = d.sync_all();
     }
     Ok(files)
+}
+
+/// Whether `needle` (not empty) occurs in `hay`.
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `hay` with every occurrence of `from` (not empty) replaced by `to`.
+pub(crate) fn replace(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    if from.is_empty() {
+        return hay.to_vec();
+    }
+    let mut out = Vec::with_capacity(hay.len());
+    let mut i = 0;
+    while i < hay.len() {
+        if hay[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// Whether the file `path` (`len` bytes) is a small text file that names

@@ -9,6 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{ArtifactError, Entry, EntryKind};
+use crate::deps::{contains, replace};
 
 /// Files larger than this are not scanned for the origin's path (as the
 /// dependency cache does, [`crate::deps`]).
@@ -141,30 +142,6 @@ fn hash_and_scan(path: &Path, origin: &[u8]) -> Result<(String, u64, bool), Arti
     }
     let (sha, size) = super::pack::hash_file(path)?;
     Ok((sha, size, false))
-}
-
-/// Whether `needle` (not empty) occurs in `hay`.
-pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// `hay` with every occurrence of `from` (not empty) replaced by `to`.
-pub(crate) fn replace(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-    if from.is_empty() {
-        return hay.to_vec();
-    }
-    let mut out = Vec::with_capacity(hay.len());
-    let mut i = 0;
-    while i < hay.len() {
-        if hay[i..].starts_with(from) {
-            out.extend_from_slice(to);
-            i += from.len();
-        } else {
-            out.push(hay[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// Rewrites, in the unpacked tree `dir`, the entries marked `relocate`:
